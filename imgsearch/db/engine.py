@@ -1,0 +1,65 @@
+"""Engines: which database to talk to, and a check that it has what imgsearch needs."""
+
+from __future__ import annotations
+
+from sqlalchemy import Engine, create_engine, make_url, text
+from sqlalchemy.exc import ArgumentError, OperationalError
+
+from imgsearch.db import embedded
+from imgsearch.errors import ConfigurationError, DatabaseUnavailable
+from imgsearch.settings import Settings
+
+MIN_PGVECTOR = (0, 8)
+
+
+def normalize_url(url: str) -> str:
+    """Use psycopg 3 for plain ``postgresql://`` URLs."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ConfigurationError(f"not a database URL: {url!r}") from exc
+    if parsed.get_backend_name() != "postgresql":
+        raise ConfigurationError(f"imgsearch needs PostgreSQL, got a {parsed.get_backend_name()!r} URL")
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed.render_as_string(hide_password=False)
+
+
+def resolve_url(settings: Settings) -> str:
+    """``IMGSEARCH_DATABASE_URL`` when set, else the embedded server (started if needed)."""
+    if settings.database_url:
+        return normalize_url(settings.database_url)
+    return embedded.ensure_started(settings.home)
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url`` that fails fast with :class:`DatabaseUnavailable` when unreachable."""
+    engine = create_engine(normalize_url(url), pool_pre_ping=True, connect_args={"connect_timeout": 10})
+    check_server(engine)
+    return engine
+
+
+def _version(text_version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text_version.split(".")[:2] if part.isdigit())
+
+
+def check_server(engine: Engine) -> None:
+    """Raise unless the server is reachable and offers pgvector >= 0.8."""
+    try:
+        with engine.connect() as conn:
+            available = conn.execute(
+                text("SELECT default_version FROM pg_available_extensions WHERE name = 'vector'")
+            ).scalar()
+    except OperationalError as exc:
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        raise DatabaseUnavailable(
+            f"cannot connect to PostgreSQL at {engine.url.render_as_string()}: {reason}"
+        ) from exc
+    where = engine.url.render_as_string()
+    if available is None:
+        raise ConfigurationError(
+            f"PostgreSQL at {where} has no pgvector extension; imgsearch needs pgvector >= 0.8 "
+            "(unset IMGSEARCH_DATABASE_URL to use the embedded server, which ships it)"
+        )
+    if _version(str(available)) < MIN_PGVECTOR:
+        raise ConfigurationError(f"PostgreSQL at {where} has pgvector {available}; imgsearch needs >= 0.8")

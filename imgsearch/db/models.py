@@ -1,0 +1,189 @@
+"""Typed SQLAlchemy 2.0 models of the imgsearch tables (schema ``imgsearch``).
+
+A Flask or plain SQLAlchemy app can import and query them directly::
+
+    from sqlalchemy import select
+    from imgsearch.db.models import Image, Product
+
+    stmt = select(Image.id, Product.product_id).join(Image.product).where(Product.category == "shoes")
+
+The schema itself is created and changed by the Alembic migrations only; these classes mirror it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from decimal import Decimal
+from typing import Any
+
+from pgvector.sqlalchemy import HALFVEC
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Identity,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Numeric,
+    SmallInteger,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+SCHEMA = "imgsearch"
+
+NAMING_CONVENTION = {
+    "ix": "%(table_name)s_%(column_0_N_name)s_idx",
+    "uq": "%(table_name)s_%(column_0_N_name)s_key",
+    "ck": "%(table_name)s_%(constraint_name)s_check",
+    "fk": "%(table_name)s_%(column_0_N_name)s_fkey",
+    "pk": "%(table_name)s_pkey",
+}
+
+
+class ImageState(enum.StrEnum):
+    PENDING = "pending"
+    EMBEDDING = "embedding"
+    READY = "ready"
+    FAILED = "failed"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(schema=SCHEMA, naming_convention=NAMING_CONVENTION)
+
+
+def _created() -> Mapped[dt.datetime]:
+    return mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Model(Base):
+    """An embedding model; one is active (used by searches and workers) at a time."""
+
+    __tablename__ = "models"
+    __table_args__ = (
+        CheckConstraint("dim BETWEEN 1 AND 4000", name="dim_range"),
+        Index("models_one_active_idx", "active", unique=True, postgresql_where=text("active")),
+    )
+
+    id: Mapped[int] = mapped_column(SmallInteger, Identity(), primary_key=True)
+    name: Mapped[str] = mapped_column(Text, unique=True)
+    dim: Mapped[int] = mapped_column(Integer)
+    active: Mapped[bool] = mapped_column(server_default=text("false"))
+    created_at: Mapped[dt.datetime] = _created()
+
+
+class Product(Base):
+    """A product of one tenant; ``product_id`` (the SKU) is unique per tenant."""
+
+    __tablename__ = "products"
+    __table_args__ = (
+        UniqueConstraint("tenant", "product_id"),
+        UniqueConstraint("id", "tenant"),  # target of the images' (product, tenant) foreign key
+        CheckConstraint("tenant <> ''", name="tenant_not_empty"),
+        CheckConstraint("product_id <> ''", name="product_id_not_empty"),
+        CheckConstraint("price >= 0", name="price_not_negative"),
+        CheckConstraint("currency ~ '^[A-Z]{3}$'", name="currency_iso"),
+        CheckConstraint("jsonb_typeof(attributes) = 'object'", name="attributes_object"),
+        Index("products_tenant_category_idx", "tenant", "category"),
+        Index("products_tenant_price_idx", "tenant", "price"),
+        Index(
+            "products_attributes_idx",
+            "attributes",
+            postgresql_using="gin",
+            postgresql_ops={"attributes": "jsonb_path_ops"},
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    tenant: Mapped[str] = mapped_column(Text)
+    product_id: Mapped[str] = mapped_column(Text)
+    category: Mapped[str | None] = mapped_column(Text)
+    price: Mapped[Decimal | None] = mapped_column(Numeric(14, 4))
+    currency: Mapped[str | None] = mapped_column(String(3))
+    attributes: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    created_at: Mapped[dt.datetime] = _created()
+    updated_at: Mapped[dt.datetime] = _created()
+
+    images: Mapped[list[Image]] = relationship(back_populates="product", passive_deletes=True)
+
+
+class Image(Base):
+    """One image of a product: its bytes (or a URI), metadata and embedding state."""
+
+    __tablename__ = "images"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["product_pk", "tenant"],
+            ["products.id", "products.tenant"],
+            ondelete="CASCADE",
+            name="images_product_fkey",
+        ),
+        UniqueConstraint("tenant", "sha256"),  # same bytes, same tenant: one image
+        UniqueConstraint("id", "tenant"),
+        CheckConstraint("state IN ('pending', 'embedding', 'ready', 'failed')", name="state_known"),
+        CheckConstraint("sha256 IS NULL OR octet_length(sha256) = 32", name="sha256_length"),
+        CheckConstraint("attempts >= 0", name="attempts_not_negative"),
+        Index("images_product_pk_idx", "product_pk"),
+        # the work queue: workers claim the oldest pending rows through this partial index
+        Index("images_queue_idx", "state", "id", postgresql_where=text("state IN ('pending', 'embedding')")),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    product_pk: Mapped[int] = mapped_column(BigInteger)
+    tenant: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[bytes | None] = mapped_column(LargeBinary)
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    format: Mapped[str | None] = mapped_column(Text)
+    byte_size: Mapped[int | None] = mapped_column(BigInteger)
+    content: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
+    uri: Mapped[str | None] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(Text, server_default=text("'pending'"))
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    lease_expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[dt.datetime] = _created()
+    updated_at: Mapped[dt.datetime] = _created()
+
+    product: Mapped[Product] = relationship(back_populates="images")
+    embeddings: Mapped[list[Embedding]] = relationship(back_populates="image", passive_deletes=True)
+
+
+class Embedding(Base):
+    """An image's embedding under one model; models of different dimensions coexist.
+
+    The column has no fixed dimension; each model has its own partial HNSW index over
+    ``embedding::halfvec(dim)`` (see :mod:`imgsearch.db.vector_index`).
+    """
+
+    __tablename__ = "embeddings"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["image_id", "tenant"],
+            ["images.id", "images.tenant"],
+            ondelete="CASCADE",
+            name="embeddings_image_fkey",
+        ),
+        Index("embeddings_image_id_idx", "image_id"),
+    )
+
+    model_id: Mapped[int] = mapped_column(
+        SmallInteger, ForeignKey("models.id", ondelete="CASCADE"), primary_key=True
+    )
+    image_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    tenant: Mapped[str] = mapped_column(Text)
+    embedding: Mapped[Any] = mapped_column(HALFVEC())
+    created_at: Mapped[dt.datetime] = _created()
+
+    image: Mapped[Image] = relationship(back_populates="embeddings")
+    model: Mapped[Model] = relationship()

@@ -1,0 +1,83 @@
+"""Model names and their embedding dimensions, known without loading weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from imgsearch.errors import ConfigurationError
+
+# Embedding sizes (the pooled image/text features) of the checkpoints users pick most.
+KNOWN_DIMS: dict[str, int] = {
+    "google/siglip-base-patch16-224": 768,
+    "google/siglip-base-patch16-256": 768,
+    "google/siglip-base-patch16-384": 768,
+    "google/siglip-base-patch16-512": 768,
+    "google/siglip-base-patch16-256-multilingual": 768,
+    "google/siglip-large-patch16-256": 1024,
+    "google/siglip-large-patch16-384": 1024,
+    "google/siglip-so400m-patch14-224": 1152,
+    "google/siglip-so400m-patch14-384": 1152,
+    "google/siglip-so400m-patch16-256-i18n": 1152,
+    "google/siglip2-base-patch16-224": 768,
+    "google/siglip2-base-patch16-256": 768,
+    "google/siglip2-base-patch16-384": 768,
+    "google/siglip2-base-patch16-512": 768,
+    "google/siglip2-large-patch16-256": 1024,
+    "google/siglip2-large-patch16-384": 1024,
+    "google/siglip2-large-patch16-512": 1024,
+    "google/siglip2-so400m-patch14-224": 1152,
+    "google/siglip2-so400m-patch14-384": 1152,
+    "google/siglip2-so400m-patch16-256": 1152,
+    "google/siglip2-so400m-patch16-384": 1152,
+    "google/siglip2-so400m-patch16-512": 1152,
+    "google/siglip2-giant-opt-patch16-256": 1536,
+    "google/siglip2-giant-opt-patch16-384": 1536,
+    "openai/clip-vit-base-patch32": 512,
+    "openai/clip-vit-base-patch16": 512,
+    "openai/clip-vit-large-patch14": 768,
+    "openai/clip-vit-large-patch14-336": 768,
+}
+
+
+def dim_from_config(config: dict[str, Any]) -> int:
+    """The embedding dimension a transformers config describes (SigLIP, SigLIP 2 or CLIP)."""
+    model_type = config.get("model_type")
+    if model_type in ("siglip", "siglip2"):
+        vision = config.get("vision_config") or {}
+        return int(vision.get("hidden_size", 768))
+    if model_type == "clip":
+        return int(config.get("projection_dim", 512))
+    raise ConfigurationError(
+        f"unsupported model type {model_type!r}: imgsearch embeds with SigLIP, SigLIP 2 or CLIP"
+    )
+
+
+def _cached_config(name: str) -> Path | None:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    found = try_to_load_from_cache(name, "config.json")
+    return Path(found) if isinstance(found, str) else None
+
+
+def model_dim(name: str) -> int:
+    """Dimension of ``name`` (a hub id or a local checkpoint directory), without loading weights."""
+    path = Path(name).expanduser()
+    config_file: Path | None = path / "config.json" if path.is_dir() else None
+    if config_file is None:
+        if name in KNOWN_DIMS:
+            return KNOWN_DIMS[name]
+        config_file = _cached_config(name)
+    if config_file is None or not config_file.is_file():
+        raise ConfigurationError(
+            f"unknown model {name!r}: not a built-in SigLIP/CLIP name, not a local directory with a "
+            "config.json, and not in the Hugging Face cache; point IMGSEARCH_MODEL at a local checkpoint"
+        )
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigurationError(f"cannot read {config_file}: {exc}") from exc
+    return dim_from_config(config)

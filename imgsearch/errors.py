@@ -1,0 +1,94 @@
+"""Every exception imgsearch raises.
+
+User mistakes are separate from transient faults, so callers (and workers) can tell
+what to fix from what to retry::
+
+    ImgSearchError
+    ├── InvalidInput (also a ValueError)       a value the caller passed is wrong
+    │   ├── DimensionMismatch                  a vector of the wrong length
+    │   ├── InvalidImage                       bytes that are not a usable image
+    │   │   ├── EmptyImage                     zero bytes
+    │   │   ├── ImageTooLarge                  over the byte or pixel limit
+    │   │   └── UnsupportedImage               not an image, truncated, or unusable shape
+    │   └── InvalidQuery                       a search asked for the impossible
+    ├── NotFound (also a LookupError)          no such image, product or model
+    ├── ConfigurationError                     settings or environment are wrong
+    │   └── ModelUnavailable                   weights can't be found or downloaded
+    └── TransientError                         worth retrying later
+        └── DatabaseUnavailable                PostgreSQL can't be reached
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigurationError",
+    "DatabaseUnavailable",
+    "DimensionMismatch",
+    "EmptyImage",
+    "ImageTooLarge",
+    "ImgSearchError",
+    "InvalidImage",
+    "InvalidInput",
+    "InvalidQuery",
+    "ModelUnavailable",
+    "NotFound",
+    "TransientError",
+    "UnsupportedImage",
+]
+
+
+class ImgSearchError(Exception):
+    """Base of every imgsearch exception."""
+
+
+class InvalidInput(ImgSearchError, ValueError):
+    """A value passed by the caller is wrong; the message names it and what was expected."""
+
+
+class DimensionMismatch(InvalidInput):
+    """A vector's length differs from the model's dimension."""
+
+    def __init__(self, got: int, expected: int, what: str = "embedding") -> None:
+        super().__init__(f"{what} has {got} dimensions, expected {expected}")
+        self.got = got
+        self.expected = expected
+
+
+class InvalidImage(InvalidInput):
+    """Bytes that can't be used as an image."""
+
+
+class EmptyImage(InvalidImage):
+    """An image of zero bytes."""
+
+
+class ImageTooLarge(InvalidImage):
+    """An image over the configured byte or pixel limit."""
+
+
+class UnsupportedImage(InvalidImage):
+    """Not an image, a truncated one, or one whose shape can't be embedded."""
+
+
+class InvalidQuery(InvalidInput):
+    """A search whose arguments contradict each other."""
+
+
+class NotFound(ImgSearchError, LookupError):
+    """No such image, product or model (in the caller's tenant)."""
+
+
+class ConfigurationError(ImgSearchError):
+    """Settings or environment are wrong."""
+
+
+class ModelUnavailable(ConfigurationError):
+    """Model weights can't be loaded: not cached and the hub can't be reached, or a bad path."""
+
+
+class TransientError(ImgSearchError):
+    """A fault that may go away: retry later."""
+
+
+class DatabaseUnavailable(TransientError):
+    """PostgreSQL can't be reached."""

@@ -1,0 +1,125 @@
+"""Reading image sources and checking image bytes, safely (torch-free).
+
+Used at upload time (a quick header check: is it an image, how big) and by the embedder
+(full decode with orientation and mode fixes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from PIL import Image, UnidentifiedImageError
+
+from imgsearch.errors import EmptyImage, ImageTooLarge, InvalidImage, InvalidInput, UnsupportedImage
+
+DEFAULT_MAX_BYTES = 50 * 1024 * 1024
+DEFAULT_MAX_PIXELS = 64_000_000  # a 8000x8000 photo; far beyond any product shot
+
+ImageSource = str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes]
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_bytes: int = DEFAULT_MAX_BYTES
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    sha256: bytes
+    width: int
+    height: int
+    format: str
+    byte_size: int
+
+
+def is_url(value: object) -> bool:
+    return isinstance(value, str) and value.split("://", 1)[0].lower() in ("http", "https")
+
+
+def read_source(source: Any, limits: Limits) -> bytes:
+    """The bytes of a path, a bytes-like object or a binary file object."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        data = bytes(source)
+    elif isinstance(source, str | os.PathLike):
+        path = Path(source).expanduser()
+        try:
+            size = path.stat().st_size
+            if size > limits.max_bytes:
+                raise ImageTooLarge(f"{path} is {size} bytes, over the {limits.max_bytes}-byte limit")
+            data = path.read_bytes()
+        except FileNotFoundError as exc:
+            raise InvalidImage(f"no such image file: {str(path)!r}") from exc
+        except IsADirectoryError as exc:
+            raise InvalidImage(f"{str(path)!r} is a directory, not an image file") from exc
+        except PermissionError as exc:
+            raise InvalidImage(f"cannot read image file {str(path)!r}: permission denied") from exc
+        except OSError as exc:
+            raise InvalidImage(f"cannot read image file {str(path)!r}: {exc.strerror or exc}") from exc
+    elif hasattr(source, "read"):
+        chunk = source.read(limits.max_bytes + 1)
+        if isinstance(chunk, str):
+            raise InvalidInput("image file object is open in text mode; open it with 'rb'")
+        if not isinstance(chunk, bytes | bytearray):
+            raise InvalidInput(f"image file object returned {type(chunk).__name__}, expected bytes")
+        data = bytes(chunk)
+    else:
+        raise InvalidInput(
+            f"image must be a path, bytes or a binary file object, got {type(source).__name__}"
+        )
+    if not data:
+        raise EmptyImage("image is empty (0 bytes)")
+    if len(data) > limits.max_bytes:
+        raise ImageTooLarge(f"image is over the {limits.max_bytes}-byte limit")
+    return data
+
+
+def open_image(data: bytes, limits: Limits) -> Image.Image:
+    """Open image bytes lazily (header only), enforcing the pixel limit before any decoding."""
+    if not data:
+        raise EmptyImage("image is empty (0 bytes)")
+    if len(data) > limits.max_bytes:
+        raise ImageTooLarge(f"image is {len(data)} bytes, over the {limits.max_bytes}-byte limit")
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns, then raises, past its own global limit; ours is checked just below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(f"image exceeds the decompression-bomb limit: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise UnsupportedImage("not a recognised image format (the bytes are not an image)") from exc
+    except (OSError, ValueError, SyntaxError) as exc:  # PIL uses all three for corrupt headers
+        raise UnsupportedImage(f"corrupt image header: {exc}") from exc
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise UnsupportedImage(f"image has no pixels ({width}x{height})")
+    if width * height > limits.max_pixels:
+        raise ImageTooLarge(
+            f"image is {width}x{height} = {width * height} pixels, over the {limits.max_pixels}-pixel limit"
+        )
+    return image
+
+
+def inspect(data: bytes, limits: Limits) -> ImageInfo:
+    """Check that ``data`` is an image within the limits and describe it (no full decode)."""
+    image = open_image(data, limits)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image.verify()
+    except Exception as exc:  # verify raises whatever the codec raises on bad data
+        raise UnsupportedImage(f"corrupt {image.format} image: {exc}") from exc
+    return ImageInfo(
+        sha256=hashlib.sha256(data).digest(),
+        width=image.size[0],
+        height=image.size[1],
+        format=str(image.format or "unknown"),
+        byte_size=len(data),
+    )

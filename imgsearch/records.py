@@ -1,0 +1,57 @@
+"""Plain result types returned by the public API."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One stored image with its product, as :meth:`Catalog.get` returns it."""
+
+    image_id: int
+    tenant: str
+    product_id: str
+    category: str | None
+    price: Decimal | None
+    currency: str | None
+    attributes: dict[str, Any]
+    state: str
+    error: str | None
+    attempts: int
+    sha256: str | None
+    width: int | None
+    height: int | None
+    format: str | None
+    byte_size: int | None
+    uri: str | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    has_embedding: bool
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result. ``distance`` is cosine distance (0 = same direction, 2 = opposite);
+    ``score`` is ``1 - distance`` (cosine similarity) unless the search says otherwise."""
+
+    image_id: int
+    product_id: str
+    tenant: str
+    category: str | None
+    price: Decimal | None
+    distance: float
+    score: float
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """An embedding model registered in the catalog."""
+
+    id: int
+    name: str
+    dim: int
+    active: bool

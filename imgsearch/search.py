@@ -1,0 +1,216 @@
+"""Hybrid search: vector distance and SQL filters in one statement, with the right top-k.
+
+Plain ``ORDER BY embedding <=> q LIMIT k`` with a selective ``WHERE`` lets HNSW return fewer rows
+than asked and miss close matches. Each search here picks a strategy from a cheap, bounded count
+of the rows its filters match:
+
+* ``exact``: few rows match (at most :data:`EXACT_MAX_ROWS`): compute every matching row's distance.
+  The ORDER BY uses the uncast column, which the per-model HNSW index can't serve, so PostgreSQL
+  uses the B-tree/GIN filter indexes and sorts: exact results, fast because the set is small.
+* ``hnsw``: many rows match: the HNSW index with ``hnsw.iterative_scan = strict_order`` (keeps
+  scanning until k rows pass the filters) and ``ef_search``/``max_scan_tuples`` sized from k and the
+  filter's selectivity. If it still returns fewer than asked, the search falls back to ``exact``.
+
+pgvector settings are set with ``SET LOCAL`` inside the query's transaction only.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from sqlalchemy import ColumnElement, Connection, Select, and_, func, select, text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.sql.expression import literal
+
+from imgsearch.db.models import Embedding, Image, Product
+from imgsearch.db.vector_index import embedding_expr, model_filter
+from imgsearch.errors import InvalidQuery
+from imgsearch.records import Hit, ModelInfo
+from imgsearch.vectors import Vector
+
+log = logging.getLogger(__name__)
+
+EXACT_MAX_ROWS = 4000  # below this many matching rows an exact scan beats HNSW here (bench/search.py)
+MAX_K = 1000
+MIN_EF_SEARCH = 100
+MAX_EF_SEARCH = 1000
+MIN_SCAN_TUPLES = 20_000  # pgvector's default hnsw.max_scan_tuples
+
+
+@dataclass(frozen=True)
+class Filters:
+    """What a search restricts its rows to; every field is optional."""
+
+    tenant: str | None = None
+    category: str | Sequence[str] | None = None
+    price_min: Any = None
+    price_max: Any = None
+    attributes: dict[str, Any] | None = None
+    where: ColumnElement[bool] | None = None
+
+    def conditions(self) -> list[ColumnElement[bool]]:
+        conds: list[ColumnElement[bool]] = []
+        if self.tenant is not None:
+            if not isinstance(self.tenant, str) or not self.tenant:
+                raise InvalidQuery(f"tenant must be a non-empty string, got {self.tenant!r}")
+            conds.append(Embedding.tenant == self.tenant)
+        if self.category is not None:
+            categories = [self.category] if isinstance(self.category, str) else list(self.category)
+            if not categories or not all(isinstance(c, str) for c in categories):
+                raise InvalidQuery(
+                    f"category must be a string or a non-empty list of strings, got {self.category!r}"
+                )
+            conds.append(
+                Product.category.in_(categories) if len(categories) > 1 else Product.category == categories[0]
+            )
+        low, high = _price(self.price_min, "price_min"), _price(self.price_max, "price_max")
+        if low is not None:
+            conds.append(Product.price >= low)
+        if high is not None:
+            conds.append(Product.price <= high)
+        if low is not None and high is not None and low > high:
+            raise InvalidQuery(f"price_min {low} is above price_max {high}")
+        if self.attributes is not None:
+            if not isinstance(self.attributes, dict):
+                raise InvalidQuery(
+                    f"attributes must be a dict for JSONB containment, got {type(self.attributes).__name__}"
+                )
+            conds.append(Product.attributes.op("@>")(literal(self.attributes, JSONB)))
+        if self.where is not None:
+            if not isinstance(self.where, ColumnElement):
+                raise InvalidQuery("where must be a SQLAlchemy expression over the imgsearch models")
+            conds.append(self.where)
+        return conds
+
+
+def _price(value: Any, name: str) -> Decimal | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal | str):
+        raise InvalidQuery(f"{name} must be a number, got {type(value).__name__}")
+    try:
+        price = Decimal(str(value))
+    except InvalidOperation as exc:
+        raise InvalidQuery(f"{name} must be a number, got {value!r}") from exc
+    if not price.is_finite():
+        raise InvalidQuery(f"{name} must be finite, got {value!r}")
+    return price
+
+
+def check_page(k: Any, offset: Any) -> tuple[int, int]:
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+        raise InvalidQuery(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
+    if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset <= 10 * MAX_K:
+        raise InvalidQuery(f"offset must be an integer from 0 to {10 * MAX_K}, got {offset!r}")
+    return k, offset
+
+
+def joined(model: ModelInfo, filters: Filters, *columns: Any) -> Select[Any]:
+    """``SELECT columns FROM embeddings JOIN images JOIN products WHERE <model> AND <filters>``."""
+    return (
+        select(*columns)
+        .select_from(Embedding)
+        .join(Image, and_(Image.id == Embedding.image_id))
+        .join(Product, Product.id == Image.product_pk)
+        .where(model_filter(model.id), *filters.conditions())
+    )
+
+
+def hit_columns(distance: ColumnElement[Any]) -> list[Any]:
+    return [
+        Embedding.image_id,
+        Product.product_id,
+        Embedding.tenant,
+        Product.category,
+        Product.price,
+        distance.label("distance"),
+    ]
+
+
+def hnsw_statement(model: ModelInfo, query: Vector, filters: Filters, k: int, offset: int = 0) -> Select[Any]:
+    """The HNSW form: ORDER BY the indexed expression alone (a tiebreaker would defeat the index)."""
+    distance = embedding_expr(model.dim).cosine_distance(query)
+    return joined(model, filters, *hit_columns(distance)).order_by(distance).limit(k).offset(offset)
+
+
+def exact_statement(
+    model: ModelInfo, query: Vector, filters: Filters, k: int, offset: int = 0
+) -> Select[Any]:
+    """The exact form: the uncast column's distance, which no HNSW index serves, over the filtered rows."""
+    distance = Embedding.embedding.cosine_distance(query)
+    return joined(model, filters, *hit_columns(distance)).order_by(distance).limit(k).offset(offset)
+
+
+@dataclass(frozen=True)
+class Plan:
+    strategy: str
+    matching: int  # rows the filters match, counted up to a bound
+    ef_search: int = 0
+    max_scan_tuples: int = 0
+
+
+def plan(conn: Connection, model: ModelInfo, filters: Filters, k: int, offset: int) -> Plan:
+    """Choose a strategy from a bounded count of the matching rows (cheap: it stops at the bound)."""
+    wanted = k + offset
+    bound = max(EXACT_MAX_ROWS, wanted)
+    counted = select(func.count()).select_from(
+        joined(model, filters, Embedding.image_id).limit(bound + 1).subquery()
+    )
+    matching = int(conn.execute(counted).scalar_one())
+    if matching <= bound:
+        return Plan("exact", matching)
+    total = conn.execute(
+        text(
+            "SELECT greatest(reltuples, 1)::bigint FROM pg_class WHERE oid = 'imgsearch.embeddings'::regclass"
+        )
+    ).scalar_one()
+    selectivity = min(1.0, bound / max(int(total), 1))  # a lower bound: at least `bound` rows match
+    ef_search = min(MAX_EF_SEARCH, max(MIN_EF_SEARCH, 2 * wanted))
+    max_scan = max(MIN_SCAN_TUPLES, math.ceil(50 * wanted / selectivity))
+    return Plan("hnsw", matching, ef_search, min(max_scan, 10_000_000))
+
+
+def set_local(conn: Connection, p: Plan) -> None:
+    """pgvector settings for this transaction only (integers computed here, never user text)."""
+    conn.execute(text(f"SET LOCAL hnsw.ef_search = {int(p.ef_search)}"))
+    conn.execute(text("SET LOCAL hnsw.iterative_scan = strict_order"))
+    conn.execute(text(f"SET LOCAL hnsw.max_scan_tuples = {int(p.max_scan_tuples)}"))
+
+
+def _hits(rows: Any) -> list[Hit]:
+    return [
+        Hit(
+            image_id=r.image_id,
+            product_id=r.product_id,
+            tenant=r.tenant,
+            category=r.category,
+            price=r.price,
+            distance=float(r.distance),
+            score=1.0 - float(r.distance),
+        )
+        for r in rows
+    ]
+
+
+def search_vector(
+    conn: Connection, model: ModelInfo, query: Vector, filters: Filters, k: int, offset: int = 0
+) -> tuple[list[Hit], Plan]:
+    """Top ``k`` (after ``offset``) rows by cosine distance, inside the caller's transaction."""
+    chosen = plan(conn, model, filters, k, offset)
+    if chosen.strategy == "hnsw":
+        set_local(conn, chosen)
+        stmt = hnsw_statement(model, query, filters, k, offset)
+        log.debug("hnsw search %s: %s", chosen, stmt)
+        hits = _hits(conn.execute(stmt))
+        if len(hits) == k:
+            return hits, chosen
+        log.info("hnsw returned %d of %d rows; falling back to an exact scan", len(hits), k)
+        chosen = Plan("exact", chosen.matching)
+    stmt = exact_statement(model, query, filters, k, offset)
+    log.debug("exact search %s: %s", chosen, stmt)
+    return _hits(conn.execute(stmt)), chosen

@@ -1,0 +1,46 @@
+"""Settings, read from ``IMGSEARCH_*`` environment variables.
+
+Read only at entry points (the CLI, a worker's start, :meth:`Catalog.open`) and passed
+down as an object: importing imgsearch reads nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import platformdirs
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL = "google/siglip-base-patch16-224"
+
+
+def default_home() -> Path:
+    """Where the embedded database lives when ``IMGSEARCH_HOME`` is unset.
+
+    As root, the embedded server runs as a separate system user and every parent of its data
+    directory is made world-traversable; ``/var/lib`` is the conventional place for that, while
+    ``/root/.local/share`` would open up ``/root``.
+    """
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        return Path("/var/lib/imgsearch")
+    return Path(platformdirs.user_data_dir("imgsearch", appauthor=False))
+
+
+class Settings(BaseSettings):
+    """imgsearch settings; every field is ``IMGSEARCH_<NAME>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="IMGSEARCH_", env_nested_delimiter="__", extra="ignore")
+
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL of a PostgreSQL with pgvector >= 0.8; unset: embedded."
+    )
+    home: Path = Field(default_factory=default_home, description="Data directory of the embedded database.")
+    model: str = Field(default=DEFAULT_MODEL, description="Hub id or local directory of the embedding model.")
+    device: str | None = Field(
+        default=None, description="torch device; unset: cuda when available, else cpu."
+    )
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="Celery broker (wake-ups only).")
+    max_image_bytes: int = Field(default=50 * 1024 * 1024, gt=0, description="Largest upload accepted.")
+    max_image_pixels: int = Field(default=64_000_000, gt=0, description="Decompression-bomb limit.")

@@ -1,0 +1,100 @@
+"""Shared fixtures: one real embedded PostgreSQL + pgvector per test session.
+
+Every test that needs a database gets a fresh one, cloned from a migrated template, so
+tests are isolated without sharing rows.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from sqlalchemy import make_url
+
+from imgsearch.db import embedded
+
+TEMPLATE = "imgsearch_template"
+_counter = itertools.count()
+
+
+def _tmp_root() -> Path:
+    # /tmp is world-traversable already: the embedded server (run as its own user under root)
+    # changes no permissions there.
+    return Path(tempfile.mkdtemp(prefix="imgsearch-test-", dir="/tmp"))
+
+
+@pytest.fixture(scope="session")
+def pg_home() -> Iterator[Path]:
+    """The home of the session's embedded server; stopped and removed at the end."""
+    home = _tmp_root()
+    embedded.ensure_started(home)
+    try:
+        yield home
+    finally:
+        embedded.stop(home)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def server_url(pg_home: Path) -> str:
+    """SQLAlchemy URL of the session server's ``imgsearch`` database (left empty)."""
+    return embedded.ensure_started(pg_home)
+
+
+def _admin(server_url: str) -> psycopg.Connection[tuple[object, ...]]:
+    url = make_url(server_url)
+    return psycopg.connect(host=url.query["host"], user="postgres", dbname="postgres", autocommit=True)
+
+
+@pytest.fixture(scope="session")
+def template_db(server_url: str) -> str:
+    """A database migrated to head once, cloned by :func:`database_url`."""
+    from imgsearch.db import migrate
+    from imgsearch.db.engine import make_engine
+
+    with _admin(server_url) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {TEMPLATE}")
+        conn.execute(f"CREATE DATABASE {TEMPLATE}")
+    engine = make_engine(make_url(server_url).set(database=TEMPLATE).render_as_string())
+    migrate.upgrade(engine)
+    engine.dispose()
+    return TEMPLATE
+
+
+def new_database(server_url: str, template: str | None) -> str:
+    name = f"t{os.getpid()}_{next(_counter)}"
+    with _admin(server_url) as conn:
+        if template:
+            conn.execute(f"CREATE DATABASE {name} TEMPLATE {template}")
+        else:
+            conn.execute(f"CREATE DATABASE {name}")
+    return make_url(server_url).set(database=name).render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def database_url(server_url: str, template_db: str) -> str:
+    """A fresh, migrated database for one test."""
+    return new_database(server_url, template_db)
+
+
+@pytest.fixture
+def empty_database_url(server_url: str) -> str:
+    """A fresh database with no schema at all."""
+    return new_database(server_url, None)
+
+
+@pytest.fixture
+def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """An IMGSEARCH_HOME of its own (its server, if a test starts one, is stopped afterwards)."""
+    path = _tmp_root()
+    try:
+        yield path
+    finally:
+        embedded.stop(path)
+        shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,84 @@
+"""Schema through Alembic: up, down and up again, and the models agreeing with the migrations."""
+
+from __future__ import annotations
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import inspect, text
+
+from imgsearch.db import migrate
+from imgsearch.db.engine import make_engine
+from imgsearch.db.models import SCHEMA, Base
+
+TABLES = {"models", "products", "images", "embeddings", "alembic_version"}
+
+
+def _tables(engine) -> set[str]:  # type: ignore[no-untyped-def]
+    return set(inspect(engine).get_table_names(schema=SCHEMA))
+
+
+def test_upgrade_downgrade_upgrade(empty_database_url: str) -> None:
+    engine = make_engine(empty_database_url)
+    migrate.upgrade(engine)
+    assert _tables(engine) == TABLES
+    assert migrate.current(engine) == migrate.head()
+    migrate.downgrade(engine, "base")
+    assert _tables(engine) == {"alembic_version"}
+    assert migrate.current(engine) is None
+    migrate.upgrade(engine)
+    assert _tables(engine) == TABLES
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")).scalar()
+    engine.dispose()
+
+
+def test_models_match_migrations(database_url: str) -> None:
+    engine = make_engine(database_url)
+    with engine.connect() as conn:
+        ctx = MigrationContext.configure(
+            conn,
+            opts={
+                "include_schemas": True,
+                "version_table_schema": SCHEMA,
+                "include_name": lambda name, type_, parent: type_ != "schema" or name == SCHEMA,
+            },
+        )
+        diff = [d for d in compare_metadata(ctx, Base.metadata) if "alembic_version" not in str(d)]
+    engine.dispose()
+    assert diff == []
+
+
+def test_filter_indexes_exist(database_url: str) -> None:
+    engine = make_engine(database_url)
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'imgsearch'"))
+        indexes = {name: definition for name, definition in rows}
+    engine.dispose()
+    assert "USING gin (attributes jsonb_path_ops)" in indexes["products_attributes_idx"]
+    assert "(tenant, category)" in indexes["products_tenant_category_idx"]
+    assert "(tenant, price)" in indexes["products_tenant_price_idx"]
+    assert "images_tenant_sha256_key" in indexes
+
+
+def test_open_creates_hnsw_index_for_active_model(database_url: str) -> None:
+    from imgsearch import Catalog
+
+    with Catalog.open(database_url) as catalog, catalog.engine.connect() as conn:
+        indexdef = conn.execute(
+            text("SELECT indexdef FROM pg_indexes WHERE indexname = :name"),
+            {"name": f"embeddings_hnsw_m{catalog.active_model.id}"},
+        ).scalar_one()
+    assert "USING hnsw (((embedding)::halfvec(768)) halfvec_cosine_ops)" in indexdef
+    assert f"WHERE (model_id = {catalog.active_model.id})" in indexdef
+
+
+@pytest.mark.parametrize("revision", ["base"])
+def test_downgrade_from_populated_database(database_url: str, revision: str) -> None:
+    from imgsearch import Catalog
+    from tests.helpers import unit
+
+    with Catalog.open(database_url) as catalog:
+        catalog.add(embedding=unit(768), tenant="acme", product_id="sku")
+        migrate.downgrade(catalog.engine, revision)
+        assert _tables(catalog.engine) == {"alembic_version"}

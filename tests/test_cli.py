@@ -1,0 +1,51 @@
+"""The imgsearch command, driven as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def imgsearch(*args: str, home: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("IMGSEARCH_")}
+    environ.update(IMGSEARCH_HOME=str(home), HF_HUB_OFFLINE="1", **env)
+    return subprocess.run(
+        [sys.executable, "-m", "imgsearch", *args], env=environ, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_db_lifecycle(home: Path) -> None:
+    assert imgsearch("db", "status", home=home).returncode == 1
+    started = imgsearch("db", "start", home=home)
+    assert started.returncode == 0, started.stderr
+    assert started.stdout.startswith("postgresql+psycopg://")
+    status = imgsearch("db", "status", home=home)
+    assert status.returncode == 0 and status.stdout.startswith("running")
+    assert imgsearch("db", "url", home=home).stdout == started.stdout
+    assert imgsearch("migrate", home=home).stdout.strip() == "database at revision 0001"
+    assert imgsearch("db", "stop", home=home).stdout.strip() == "stopped"
+    assert imgsearch("db", "status", home=home).returncode == 1
+
+
+def test_demo_stores_and_searches(home: Path) -> None:
+    run = imgsearch("demo", "--rows", "300", home=home)
+    assert run.returncode == 0, run.stderr
+    assert "stored 300 products" in run.stdout
+    lamps = run.stdout.split("only lamps under 200:")[1].split("more like")[0]
+    rows = [line.split() for line in lamps.strip().splitlines()[1:]]
+    assert len(rows) == 5
+    assert all(r[2] == "lamps" and float(r[3]) <= 200 for r in rows)
+
+
+def test_user_error_is_one_line_without_traceback(home: Path) -> None:
+    run = imgsearch("migrate", home=home, IMGSEARCH_DATABASE_URL="mysql://root@localhost/x")
+    assert run.returncode == 2
+    assert run.stderr.strip() == "imgsearch: imgsearch needs PostgreSQL, got a 'mysql' URL"
+
+
+def test_unreachable_database_exits_tempfail(home: Path) -> None:
+    run = imgsearch("migrate", home=home, IMGSEARCH_DATABASE_URL="postgresql://x@127.0.0.1:1/db")
+    assert run.returncode == 75
+    assert "Traceback" not in run.stderr and run.stderr.startswith("imgsearch: cannot connect")
