@@ -5,20 +5,26 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, exists, select
+from sqlalchemy import Engine, Select, exists, select
 from sqlalchemy.exc import OperationalError
 
-from imgsearch import images, ingest, search, vectors
+from imgsearch import hybrid, images, ingest, vectors
+from imgsearch import search as vector_search
 from imgsearch.db import engine as db_engine
 from imgsearch.db import migrate, vector_index
 from imgsearch.db.models import Embedding, Image, Product
 from imgsearch.embed.registry import model_dim
 from imgsearch.errors import ConfigurationError, DatabaseUnavailable, InvalidQuery, NotFound
 from imgsearch.records import Hit, ImageRecord, ModelInfo
+from imgsearch.search import MAX_K
 from imgsearch.settings import Settings
+
+if TYPE_CHECKING:
+    from imgsearch.embed.model import Embedder
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +43,7 @@ class Catalog:
         self.settings = settings
         self._model = model
         self._limits = images.Limits(settings.max_image_bytes, settings.max_image_pixels)
+        self._embedder: Embedder | None = None
 
     @classmethod
     def open(
@@ -204,11 +211,23 @@ class Catalog:
 
     # -- search ---------------------------------------------------------------------------
 
+    @property
+    def embedder(self) -> Embedder:
+        """The active model's embedder, created on first use; weights load on the first text or image
+        query (searching by vector or by image id never loads them)."""
+        if self._embedder is None:
+            from imgsearch.embed.model import Embedder
+
+            self._embedder = Embedder.from_settings(self.settings, name=self.model)
+        return self._embedder
+
     def search(
         self,
         *,
-        vector: Any = None,
+        text: str | None = None,
+        image: Any = None,
         similar_to: int | None = None,
+        vector: Any = None,
         tenant: str | None = None,
         category: str | list[str] | None = None,
         price_min: Any = None,
@@ -217,35 +236,118 @@ class Catalog:
         where: Any = None,
         k: int = 10,
         offset: int = 0,
+        group_by_product: bool = False,
+        diversity: float | None = None,
+        expand: int | None = None,
+        min_score: float | None = None,
+        min_probability: float | None = None,
     ) -> list[Hit]:
         """The ``k`` nearest images (after ``offset``) matching every filter, nearest first.
 
-        Give exactly one query: ``vector`` (``catalog.dim`` numbers) or ``similar_to`` (an image id:
-        "more like this", the image itself left out). Returns ``min(k, matching rows)`` hits.
+        Give exactly one query: ``text`` (text to image), ``image`` (a path, bytes or file object),
+        ``similar_to`` (an image id: "more like this", the image itself left out) or ``vector``.
+        Filters: ``tenant``, ``category`` (one or a list), ``price_min``/``price_max``,
+        ``attributes`` (JSONB containment) and ``where`` (any SQLAlchemy expression over
+        :mod:`imgsearch.db.models`). Returns ``min(k, matching rows)`` hits.
 
-        >>> catalog.search(vector=v, tenant="acme", category=["shoes", "boots"], price_max=100)  # doctest: +SKIP
+        ``group_by_product`` keeps the best image per product; ``diversity=λ`` re-ranks with MMR
+        (1 = relevance only); ``expand=m`` searches again with the query averaged with its top m;
+        ``min_score`` drops hits below that cosine similarity, ``min_probability`` (text queries
+        on SigLIP) below that calibrated match probability.
+
+        >>> catalog.search(text="red sneakers", tenant="acme", price_max=100, k=5)  # doctest: +SKIP
         """
-        queries = {"vector": vector, "similar_to": similar_to}
+        k, offset = vector_search.check_page(k, offset)
+        if min_probability is not None and text is None:
+            raise InvalidQuery("min_probability applies to text queries only")
+        options = hybrid.Options(
+            k=k,
+            offset=offset,
+            group_by_product=group_by_product,
+            diversity=diversity,
+            expand=expand,
+            min_score=min_score,
+            exact_max_rows=self.settings.exact_max_rows,
+        )
+        options.check()
+        filters = vector_search.Filters(tenant, category, price_min, price_max, attributes, where)
+        filters.conditions()  # check the filters before any model work
+        with self.engine.begin() as conn:
+            query, filters = self._query(
+                conn, filters, text=text, image=image, similar_to=similar_to, vector=vector
+            )
+            hits = hybrid.run(conn, self._model, query, filters, options)
+        if text is not None:
+            hits = hybrid.with_probability(hits, self.embedder.probability)
+            if min_probability is not None:
+                hits = [hit for hit in hits if hit.probability is None or hit.probability >= min_probability]
+        return hits
+
+    def search_select(
+        self,
+        *,
+        text: str | None = None,
+        image: Any = None,
+        similar_to: int | None = None,
+        vector: Any = None,
+        tenant: str | None = None,
+        category: str | list[str] | None = None,
+        price_min: Any = None,
+        price_max: Any = None,
+        attributes: dict[str, Any] | None = None,
+        where: Any = None,
+        k: int = 10,
+    ) -> Select[Any]:
+        """The same hybrid search as a composable SQLAlchemy ``Select`` for ORM apps.
+
+        Its columns are ``image_id, product_id, tenant, category, price, distance`` over
+        ``imgsearch.embeddings`` joined to ``images`` and ``products``; add joins, columns and
+        ``where`` clauses, but keep its ``ORDER BY`` (the indexed distance, nothing after it) and
+        ``LIMIT``. Run it in a transaction after :meth:`apply_search_settings`::
+
+            stmt = catalog.search_select(text="red shoes", tenant="acme", k=20).join(Stock, ...)
+            with Session(engine) as session, session.begin():
+                catalog.apply_search_settings(session.connection())
+                rows = session.execute(stmt).all()
+        """
+        k, _ = vector_search.check_page(k, 0)
+        filters = vector_search.Filters(tenant, category, price_min, price_max, attributes, where)
+        filters.conditions()
+        with self.engine.connect() as conn:
+            query, filters = self._query(
+                conn, filters, text=text, image=image, similar_to=similar_to, vector=vector
+            )
+        return vector_search.hnsw_statement(self._model, query, filters, k)
+
+    def apply_search_settings(self, connection: Any, k: int = MAX_K) -> None:
+        """``SET LOCAL`` the pgvector settings a :meth:`search_select` statement needs, in the
+        caller's open transaction: a strict iterative HNSW scan allowed to visit every row, so extra
+        filters never make it return fewer rows than exist."""
+        vector_search.set_local(connection, vector_search.open_ended_plan(connection, k))
+
+    def _query(
+        self,
+        conn: Any,
+        filters: vector_search.Filters,
+        *,
+        text: str | None,
+        image: Any,
+        similar_to: Any,
+        vector: Any,
+    ) -> tuple[vectors.Vector, vector_search.Filters]:
+        """The query vector of exactly one query kind, and the filters (minus the source image)."""
+        queries = {"text": text, "image": image, "similar_to": similar_to, "vector": vector}
         given = [name for name, value in queries.items() if value is not None]
         if len(given) != 1:
             raise InvalidQuery(f"give exactly one query of {sorted(queries)}, got {given or 'none'}")
-        k, offset = search.check_page(k, offset)
-        filters = search.Filters(tenant, category, price_min, price_max, attributes, where)
-        with self.engine.begin() as conn:
-            if similar_to is not None:
-                query = self._embedding_of(conn, similar_to, tenant)
-                filters = search.Filters(
-                    tenant,
-                    category,
-                    price_min,
-                    price_max,
-                    attributes,
-                    _and(where, Embedding.image_id != similar_to),
-                )
-            else:
-                query = vectors.as_vector(vector, self.dim, "query vector")
-            hits, _ = search.search_vector(conn, self._model, query, filters, k, offset)
-        return hits
+        if text is not None:
+            return self.embedder.embed_texts([text])[0], filters
+        if image is not None:
+            return self.embedder.embed_image(images.read_source(image, self._limits)), filters
+        if vector is not None:
+            return vectors.as_vector(vector, self.dim, "query vector"), filters
+        query = self._embedding_of(conn, similar_to, filters.tenant)
+        return query, replace(filters, where=_and(filters.where, Embedding.image_id != similar_to))
 
     def _embedding_of(self, conn: Any, image_id: Any, tenant: str | None) -> vectors.Vector:
         if isinstance(image_id, bool) or not isinstance(image_id, int):

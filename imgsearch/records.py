@@ -35,8 +35,13 @@ class ImageRecord:
 
 @dataclass(frozen=True)
 class Hit:
-    """One search result. ``distance`` is cosine distance (0 = same direction, 2 = opposite);
-    ``score`` is ``1 - distance`` (cosine similarity) unless the search says otherwise."""
+    """One search result, nearest first.
+
+    ``distance`` is cosine distance (0 = same direction, 2 = opposite); ``score`` is cosine
+    similarity, ``1 - distance``. ``probability`` is set for text queries on SigLIP models: the
+    model's calibrated match probability, ``sigmoid(exp(logit_scale) * score + logit_bias)``, the
+    value to threshold for "is this relevant at all".
+    """
 
     image_id: int
     product_id: str
@@ -45,6 +50,7 @@ class Hit:
     price: Decimal | None
     distance: float
     score: float
+    probability: float | None = None
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 from sqlalchemy import ColumnElement, Connection, Select, and_, func, select, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.sql.expression import literal
@@ -40,6 +42,7 @@ MAX_K = 1000
 MIN_EF_SEARCH = 100
 MAX_EF_SEARCH = 1000
 MIN_SCAN_TUPLES = 20_000  # pgvector's default hnsw.max_scan_tuples
+SCAN_MEM_MULTIPLIER = 4
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,12 @@ class Filters:
                 raise InvalidQuery(f"tenant must be a non-empty string, got {self.tenant!r}")
             conds.append(Embedding.tenant == self.tenant)
         if self.category is not None:
-            categories = [self.category] if isinstance(self.category, str) else list(self.category)
+            if isinstance(self.category, str):
+                categories = [self.category]
+            elif isinstance(self.category, list | tuple | set | frozenset):
+                categories = list(self.category)
+            else:
+                categories = []
             if not categories or not all(isinstance(c, str) for c in categories):
                 raise InvalidQuery(
                     f"category must be a string or a non-empty list of strings, got {self.category!r}"
@@ -121,8 +129,8 @@ def joined(model: ModelInfo, filters: Filters, *columns: Any) -> Select[Any]:
     )
 
 
-def hit_columns(distance: ColumnElement[Any]) -> list[Any]:
-    return [
+def hit_columns(distance: ColumnElement[Any], with_embeddings: bool = False) -> list[Any]:
+    columns = [
         Embedding.image_id,
         Product.product_id,
         Embedding.tenant,
@@ -130,20 +138,25 @@ def hit_columns(distance: ColumnElement[Any]) -> list[Any]:
         Product.price,
         distance.label("distance"),
     ]
+    return [*columns, Embedding.embedding] if with_embeddings else columns
 
 
-def hnsw_statement(model: ModelInfo, query: Vector, filters: Filters, k: int, offset: int = 0) -> Select[Any]:
+def hnsw_statement(
+    model: ModelInfo, query: Vector, filters: Filters, k: int, offset: int = 0, with_embeddings: bool = False
+) -> Select[Any]:
     """The HNSW form: ORDER BY the indexed expression alone (a tiebreaker would defeat the index)."""
     distance = embedding_expr(model.dim).cosine_distance(query)
-    return joined(model, filters, *hit_columns(distance)).order_by(distance).limit(k).offset(offset)
+    columns = hit_columns(distance, with_embeddings)
+    return joined(model, filters, *columns).order_by(distance).limit(k).offset(offset)
 
 
 def exact_statement(
-    model: ModelInfo, query: Vector, filters: Filters, k: int, offset: int = 0
+    model: ModelInfo, query: Vector, filters: Filters, k: int, offset: int = 0, with_embeddings: bool = False
 ) -> Select[Any]:
     """The exact form: the uncast column's distance, which no HNSW index serves, over the filtered rows."""
     distance = Embedding.embedding.cosine_distance(query)
-    return joined(model, filters, *hit_columns(distance)).order_by(distance).limit(k).offset(offset)
+    columns = hit_columns(distance, with_embeddings)
+    return joined(model, filters, *columns).order_by(distance).limit(k).offset(offset)
 
 
 @dataclass(frozen=True)
@@ -154,14 +167,19 @@ class Plan:
     max_scan_tuples: int = 0
 
 
-def plan(conn: Connection, model: ModelInfo, filters: Filters, k: int, offset: int) -> Plan:
+def plan(
+    conn: Connection,
+    model: ModelInfo,
+    filters: Filters,
+    k: int,
+    offset: int,
+    exact_max_rows: int = EXACT_MAX_ROWS,
+) -> Plan:
     """Choose a strategy from a bounded count of the matching rows (cheap: it stops at the bound)."""
     wanted = k + offset
-    bound = max(EXACT_MAX_ROWS, wanted)
-    counted = select(func.count()).select_from(
-        joined(model, filters, Embedding.image_id).limit(bound + 1).subquery()
-    )
-    matching = int(conn.execute(counted).scalar_one())
+    bound = max(exact_max_rows, wanted)
+    limited = joined(model, filters, Embedding.image_id).limit(bound + 1).subquery()
+    matching = int(conn.execute(select(func.count()).select_from(limited)).scalar_one())
     if matching <= bound:
         return Plan("exact", matching)
     total = conn.execute(
@@ -175,15 +193,40 @@ def plan(conn: Connection, model: ModelInfo, filters: Filters, k: int, offset: i
     return Plan("hnsw", matching, ef_search, min(max_scan, 10_000_000))
 
 
+def open_ended_plan(conn: Connection, k: int) -> Plan:
+    """Settings for a statement whose filters we don't know (a composed Select): the scan may
+    visit every row before giving up."""
+    total = conn.execute(
+        text(
+            "SELECT greatest(reltuples, 1)::bigint FROM pg_class WHERE oid = 'imgsearch.embeddings'::regclass"
+        )
+    ).scalar_one()
+    ef_search = min(MAX_EF_SEARCH, max(MIN_EF_SEARCH, 2 * k))
+    return Plan("hnsw", -1, ef_search, min(max(MIN_SCAN_TUPLES, 2 * int(total)), 10_000_000))
+
+
 def set_local(conn: Connection, p: Plan) -> None:
     """pgvector settings for this transaction only (integers computed here, never user text)."""
     conn.execute(text(f"SET LOCAL hnsw.ef_search = {int(p.ef_search)}"))
     conn.execute(text("SET LOCAL hnsw.iterative_scan = strict_order"))
     conn.execute(text(f"SET LOCAL hnsw.max_scan_tuples = {int(p.max_scan_tuples)}"))
+    # iterative scans also stop at work_mem x this multiplier; long scans need the room
+    conn.execute(text(f"SET LOCAL hnsw.scan_mem_multiplier = {SCAN_MEM_MULTIPLIER}"))
 
 
-def _hits(rows: Any) -> list[Hit]:
-    return [
+@dataclass
+class Result:
+    hits: list[Hit]
+    plan: Plan
+    embeddings: npt.NDArray[np.float32] | None = None  # unit rows of the hits, when asked for
+
+
+def _result(rows: Any, chosen: Plan, with_embeddings: bool) -> Result:
+    # HNSW orders by the distance between the index's normalised half-precision copies, which can
+    # swap near-ties by ~1e-4 against the distance reported; re-sorting the k rows fetched keeps
+    # "nearest first" exact without touching the SQL ORDER BY.
+    rows = sorted(rows, key=lambda r: float(r.distance))
+    hits = [
         Hit(
             image_id=r.image_id,
             product_id=r.product_id,
@@ -195,22 +238,38 @@ def _hits(rows: Any) -> list[Hit]:
         )
         for r in rows
     ]
+    embeddings = None
+    if with_embeddings:
+        embeddings = np.array([r.embedding for r in rows], dtype=np.float32).reshape(len(rows), -1)
+        embeddings /= np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+    return Result(hits, chosen, embeddings)
 
 
 def search_vector(
-    conn: Connection, model: ModelInfo, query: Vector, filters: Filters, k: int, offset: int = 0
-) -> tuple[list[Hit], Plan]:
-    """Top ``k`` (after ``offset``) rows by cosine distance, inside the caller's transaction."""
-    chosen = plan(conn, model, filters, k, offset)
+    conn: Connection,
+    model: ModelInfo,
+    query: Vector,
+    filters: Filters,
+    k: int,
+    offset: int = 0,
+    *,
+    exact_max_rows: int = EXACT_MAX_ROWS,
+    with_embeddings: bool = False,
+) -> Result:
+    """Top ``k`` (after ``offset``) rows by cosine distance, inside the caller's transaction.
+
+    Returns ``min(k, matching rows - offset)`` hits.
+    """
+    chosen = plan(conn, model, filters, k, offset, exact_max_rows)
     if chosen.strategy == "hnsw":
         set_local(conn, chosen)
-        stmt = hnsw_statement(model, query, filters, k, offset)
+        stmt = hnsw_statement(model, query, filters, k, offset, with_embeddings)
         log.debug("hnsw search %s: %s", chosen, stmt)
-        hits = _hits(conn.execute(stmt))
-        if len(hits) == k:
-            return hits, chosen
-        log.info("hnsw returned %d of %d rows; falling back to an exact scan", len(hits), k)
+        result = _result(conn.execute(stmt), chosen, with_embeddings)
+        if len(result.hits) == k:
+            return result
+        log.info("hnsw returned %d of %d rows; falling back to an exact scan", len(result.hits), k)
         chosen = Plan("exact", chosen.matching)
-    stmt = exact_statement(model, query, filters, k, offset)
+    stmt = exact_statement(model, query, filters, k, offset, with_embeddings)
     log.debug("exact search %s: %s", chosen, stmt)
-    return _hits(conn.execute(stmt)), chosen
+    return _result(conn.execute(stmt), chosen, with_embeddings)

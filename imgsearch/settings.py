@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 import platformdirs
 from pydantic import Field
@@ -44,3 +45,14 @@ class Settings(BaseSettings):
     redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="Celery broker (wake-ups only).")
     max_image_bytes: int = Field(default=50 * 1024 * 1024, gt=0, description="Largest upload accepted.")
     max_image_pixels: int = Field(default=64_000_000, gt=0, description="Decompression-bomb limit.")
+    aspect: Literal["resize", "pad"] = Field(
+        default="resize",
+        description="resize: the checkpoint's own resize; pad: pad to square on white first.",
+    )
+    max_aspect_ratio: float = Field(default=20.0, gt=1, description="Wider or taller images are rejected.")
+    batch_size: int = Field(default=32, gt=0, description="Images per forward pass.")
+    exact_max_rows: int = Field(
+        default=4000,
+        gt=0,
+        description="Searches whose filters match at most this many rows scan them exactly.",
+    )

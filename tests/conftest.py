@@ -98,3 +98,27 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     finally:
         embedded.stop(path)
         shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_siglip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny SigLIP checkpoint (32-d, 32x32 input) saved with save_pretrained."""
+    from tests.tiny_models import build_tiny_siglip
+
+    return build_tiny_siglip(tmp_path_factory.mktemp("tiny-siglip"))
+
+
+@pytest.fixture(scope="session")
+def tiny_siglip_16(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second tiny SigLIP of another dimension (16-d), for model switches."""
+    from tests.tiny_models import build_tiny_siglip
+
+    return build_tiny_siglip(tmp_path_factory.mktemp("tiny-siglip-16"), dim=16, seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny CLIP checkpoint (24-d projection)."""
+    from tests.tiny_models import build_tiny_clip
+
+    return build_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))

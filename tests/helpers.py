@@ -24,3 +24,22 @@ def image_bytes(
 def unit(dim: int, seed: int = 0) -> np.ndarray:
     v = np.random.default_rng(seed).standard_normal(dim)
     return (v / np.linalg.norm(v)).astype(np.float32)
+
+
+def clustered(
+    n: int, dim: int, clusters: int, spread: float = 0.5, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` unit vectors around ``clusters`` random centres, and each vector's cluster."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, dim))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    labels = rng.integers(0, clusters, n)
+    data = centres[labels] + rng.standard_normal((n, dim)) * spread / np.sqrt(dim)
+    return (data / np.linalg.norm(data, axis=1, keepdims=True)).astype(np.float32), labels
+
+
+def explain(conn, stmt) -> str:  # type: ignore[no-untyped-def]
+    """EXPLAIN a SQLAlchemy statement with its bound values (vectors as pgvector text)."""
+    compiled = stmt.compile(conn, compile_kwargs={"render_postcompile": True})
+    params = {k: (str(v.tolist()) if isinstance(v, np.ndarray) else v) for k, v in compiled.params.items()}
+    return "\n".join(row[0] for row in conn.exec_driver_sql("EXPLAIN " + str(compiled), params))

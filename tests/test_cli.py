@@ -24,7 +24,9 @@ def test_db_lifecycle(home: Path) -> None:
     status = imgsearch("db", "status", home=home)
     assert status.returncode == 0 and status.stdout.startswith("running")
     assert imgsearch("db", "url", home=home).stdout == started.stdout
-    assert imgsearch("migrate", home=home).stdout.strip() == "database at revision 0001"
+    from imgsearch.db import migrate
+
+    assert imgsearch("migrate", home=home).stdout.strip() == f"database at revision {migrate.head()}"
     assert imgsearch("db", "stop", home=home).stdout.strip() == "stopped"
     assert imgsearch("db", "status", home=home).returncode == 1
 

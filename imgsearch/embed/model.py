@@ -1,0 +1,288 @@
+"""The embedder: SigLIP, SigLIP 2 or CLIP image and text towers through transformers.
+
+Loaded once per process, lazily and thread-safely, on first use (immich's pattern: a public
+method that loads under a lock, then calls the private one). Returns L2-normalised float32
+numpy arrays. Needs the ``worker`` extra (torch, transformers).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from imgsearch.embed import decode as decoding
+from imgsearch.embed.loading import resolve
+from imgsearch.embed.registry import model_dim
+from imgsearch.errors import ConfigurationError, InvalidImage, InvalidInput, ModelUnavailable
+from imgsearch.images import Limits
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+    from imgsearch.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Matrix = npt.NDArray[np.float32]
+SUPPORTED = ("siglip", "siglip2", "clip")
+DEFAULT_BATCH_SIZE = 32  # CPU: larger batches gain <5% here; GPU: see docs/benchmarks.md
+MAX_TEXT_CHARS = 2000
+
+
+@dataclass
+class PreparedBatch:
+    """A batch decoded and preprocessed, ready for the forward pass."""
+
+    inputs: dict[str, Any]  # processor output (pixel_values, and for NaFlex the mask and shapes)
+    good: list[int]  # positions in the batch with a usable image
+    errors: dict[int, InvalidImage]
+
+
+def _normalise(features: torch.Tensor) -> Matrix:
+    array = features.detach().float().cpu().numpy()
+    norms = np.linalg.norm(array, axis=1, keepdims=True)
+    result: Matrix = (array / np.maximum(norms, 1e-12)).astype(np.float32)
+    return result
+
+
+class Embedder:
+    """Image and text embeddings from one checkpoint.
+
+    >>> embedder = Embedder("google/siglip-base-patch16-224")      # doctest: +SKIP
+    >>> embedder.embed_texts(["a red shoe"]).shape                  # doctest: +SKIP
+    (1, 768)
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        device: str | None = None,
+        options: decoding.DecodeOptions | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> None:
+        if batch_size < 1:
+            raise ConfigurationError(f"batch size must be at least 1, got {batch_size}")
+        self.name = name
+        self.options = options or decoding.DecodeOptions()
+        self.batch_size = batch_size
+        self._device_setting = device
+        self._lock = threading.Lock()
+        self._model: Any = None
+        self._processor: Any = None
+        self._model_type = ""
+        self.device = "cpu"
+        self.dtype: Any = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, name: str | None = None) -> Embedder:
+        options = decoding.DecodeOptions(
+            limits=Limits(settings.max_image_bytes, settings.max_image_pixels),
+            aspect=settings.aspect,
+            max_aspect_ratio=settings.max_aspect_ratio,
+        )
+        return cls(
+            name or settings.model, device=settings.device, options=options, batch_size=settings.batch_size
+        )
+
+    @property
+    def dim(self) -> int:
+        """The embedding dimension, known without loading weights."""
+        return model_dim(self.name)
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    def load(self) -> None:
+        """Load weights and processor once; later calls (from any thread) return at once."""
+        if self._model is not None:
+            return
+        with self._lock:
+            if self._model is None:
+                self._load()
+
+    def _load(self) -> None:
+        source, offline = resolve(self.name)
+        import torch
+        import transformers
+        from transformers import AutoConfig, AutoModel, AutoProcessor
+
+        transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # untyped upstream
+        try:
+            config = AutoConfig.from_pretrained(source, local_files_only=offline)
+            if config.model_type not in SUPPORTED:
+                raise ModelUnavailable(
+                    f"model {self.name!r} is a {config.model_type!r} model; imgsearch embeds with {', '.join(SUPPORTED)}"
+                )
+            device = self._device_setting or ("cuda" if torch.cuda.is_available() else "cpu")
+            if device.startswith("cuda"):
+                dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            else:
+                dtype = torch.float32
+            processor = AutoProcessor.from_pretrained(  # type: ignore[no-untyped-call]  # untyped upstream
+                source, local_files_only=offline
+            )
+            model = AutoModel.from_pretrained(source, local_files_only=offline, dtype=dtype)
+            model = model.to(device).eval()
+        except ModelUnavailable:
+            raise
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise ModelUnavailable(f"cannot load model {self.name!r}: {exc}") from exc
+        self._processor, self.device, self.dtype = processor, device, dtype
+        self._model_type = config.model_type
+        self._model = model  # last: `loaded` turns true only once everything is in place
+        log.info("loaded %s (%s) on %s as %s", self.name, config.model_type, device, dtype)
+
+    # -- images ---------------------------------------------------------------------------
+
+    def prepare(self, images: Sequence[bytes]) -> PreparedBatch:
+        """Decode and preprocess a batch; bad images become per-position errors (CPU, no model needed
+        beyond the processor, so it can run in another thread while the model works)."""
+        self.load()
+        decoded: list[Image.Image] = []
+        good: list[int] = []
+        errors: dict[int, InvalidImage] = {}
+        for position, data in enumerate(images):
+            try:
+                if not isinstance(data, bytes | bytearray | memoryview):
+                    raise InvalidImage(f"image must be bytes, got {type(data).__name__}")
+                decoded.append(decoding.decode(bytes(data), self.options))
+                good.append(position)
+            except InvalidImage as exc:
+                errors[position] = exc
+        inputs = self._processor.image_processor(images=decoded, return_tensors="pt") if decoded else {}
+        return PreparedBatch(dict(inputs), good, errors)
+
+    def forward(self, batch: PreparedBatch) -> Matrix:
+        """The image tower on a prepared batch: one row per good image."""
+        import torch
+
+        if not batch.good:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        self.load()
+        inputs = {
+            key: (value.to(self.device, self.dtype) if key == "pixel_values" else value.to(self.device))
+            for key, value in batch.inputs.items()
+        }
+        with torch.inference_mode():
+            output = self._model.get_image_features(**inputs)
+        return _normalise(getattr(output, "pooler_output", output))
+
+    def _assemble(self, batch: PreparedBatch, count: int, vectors: Matrix) -> list[Matrix | InvalidImage]:
+        results: list[Matrix | InvalidImage] = list(batch.errors.get(i) for i in range(count))  # type: ignore[misc]
+        for row, position in enumerate(batch.good):
+            results[position] = vectors[row]
+        return results
+
+    def embed_images(self, images: Sequence[bytes]) -> list[Matrix | InvalidImage]:
+        """One result per image, in order: its unit vector, or the :class:`InvalidImage` it raised.
+
+        A bad image never fails the others.
+        """
+        results: list[Matrix | InvalidImage] = []
+        for batch_results in self.iter_embed_images(images):
+            results.extend(batch_results)
+        return results
+
+    def iter_embed_images(
+        self, images: Iterable[bytes], batch_size: int | None = None
+    ) -> Iterator[list[Matrix | InvalidImage]]:
+        """Embed in batches, decoding batch n+1 in a thread while the model runs batch n."""
+        size = batch_size or self.batch_size
+        self.load()
+
+        def batches() -> Iterator[list[bytes]]:
+            chunk: list[bytes] = []
+            for item in images:
+                chunk.append(item)
+                if len(chunk) == size:
+                    yield chunk
+                    chunk = []
+            if chunk:
+                yield chunk
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="imgsearch-decode") as pool:
+            source = batches()
+            first = next(source, None)
+            if first is None:
+                return
+            pending = (first, pool.submit(self.prepare, first))
+            for upcoming in source:
+                current, future = pending
+                pending = (upcoming, pool.submit(self.prepare, upcoming))
+                prepared = future.result()
+                yield self._assemble(prepared, len(current), self.forward(prepared))
+            current, future = pending
+            prepared = future.result()
+            yield self._assemble(prepared, len(current), self.forward(prepared))
+
+    def embed_image(self, data: bytes) -> Matrix:
+        """One image's unit vector; raises its :class:`InvalidImage`."""
+        (result,) = self.embed_images([data])
+        if isinstance(result, InvalidImage):
+            raise result
+        return result
+
+    # -- text -----------------------------------------------------------------------------
+
+    def embed_texts(self, texts: Sequence[str]) -> Matrix:
+        """Unit vectors of the text tower, one row per text."""
+        import torch
+
+        if isinstance(texts, str):
+            raise InvalidInput("embed_texts takes a list of strings; wrap a single query in a list")
+        for text in texts:
+            if not isinstance(text, str) or not text.strip():
+                raise InvalidInput(f"a text query must be a non-empty string, got {text!r}")
+            if len(text) > MAX_TEXT_CHARS:
+                raise InvalidInput(f"text query is {len(text)} characters; the limit is {MAX_TEXT_CHARS}")
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        self.load()
+        tokenizer = self._processor.tokenizer
+        if self._model_type in ("siglip", "siglip2"):
+            # SigLIP was trained on max_length padding; other padding changes its embeddings
+            max_length = self._model.config.text_config.max_position_embeddings
+            tokens = tokenizer(
+                list(texts), padding="max_length", truncation=True, max_length=max_length, return_tensors="pt"
+            )
+        else:
+            tokens = tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt")
+        inputs = {key: value.to(self.device) for key, value in tokens.items()}
+        with torch.inference_mode():
+            output = self._model.get_text_features(**inputs)
+        return _normalise(getattr(output, "pooler_output", output))
+
+    def embed_text(self, text: str) -> Matrix:
+        row: Matrix = self.embed_texts([text])[0]
+        return row
+
+    # -- scores ---------------------------------------------------------------------------
+
+    def probability(self, cosine: float | npt.NDArray[np.floating[Any]]) -> Any:
+        """SigLIP's calibrated text-image match probability, ``sigmoid(exp(logit_scale) * cos + logit_bias)``.
+
+        None for CLIP, which was trained with a softmax over a batch and has no calibrated bias.
+        """
+        scale, bias = self.logit_params()
+        if bias is None:
+            return None
+        logits = scale * np.asarray(cosine, dtype=np.float64) + bias
+        result = 1.0 / (1.0 + np.exp(-logits))
+        return float(result) if np.ndim(result) == 0 else result
+
+    def logit_params(self) -> tuple[float, float | None]:
+        """``(exp(logit_scale), logit_bias)`` of the checkpoint; bias None for CLIP."""
+        self.load()
+        scale = float(self._model.logit_scale.detach().float().exp().item())
+        bias = getattr(self._model, "logit_bias", None)
+        return scale, (None if bias is None else float(bias.detach().float().item()))

@@ -1,0 +1,129 @@
+"""One search request from query vector to hits: strategy, candidate pools and re-ranking.
+
+:mod:`imgsearch.search` answers "top k rows for this vector and these filters"; this module adds
+what users ask for on top: the best image per product, diverse results (MMR), query expansion and
+a score cut-off, each computed on a candidate pool drawn with the same guarantees.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Connection
+
+from imgsearch import rerank
+from imgsearch.errors import InvalidQuery
+from imgsearch.records import Hit, ModelInfo
+from imgsearch.search import EXACT_MAX_ROWS, Filters, search_vector
+from imgsearch.vectors import Vector
+
+MIN_POOL = 50
+MAX_POOL = 4000
+MAX_EXPAND = 100
+
+
+@dataclass(frozen=True)
+class Options:
+    k: int = 10
+    offset: int = 0
+    group_by_product: bool = False
+    diversity: float | None = None  # MMR λ: 1 = relevance only, 0 = variety only
+    expand: int | None = None
+    min_score: float | None = None
+    exact_max_rows: int = EXACT_MAX_ROWS
+
+    def check(self) -> None:
+        if not isinstance(self.group_by_product, bool):
+            raise InvalidQuery(f"group_by_product must be True or False, got {self.group_by_product!r}")
+        if self.diversity is not None and (
+            isinstance(self.diversity, bool)
+            or not isinstance(self.diversity, int | float)
+            or not 0.0 <= self.diversity <= 1.0
+        ):
+            raise InvalidQuery(
+                f"diversity must be a number from 0 (most varied) to 1 (most relevant), got {self.diversity!r}"
+            )
+        if self.expand is not None and (
+            isinstance(self.expand, bool)
+            or not isinstance(self.expand, int)
+            or not 1 <= self.expand <= MAX_EXPAND
+        ):
+            raise InvalidQuery(f"expand must be an integer from 1 to {MAX_EXPAND}, got {self.expand!r}")
+        if self.min_score is not None and (
+            isinstance(self.min_score, bool)
+            or not isinstance(self.min_score, int | float)
+            or not math.isfinite(self.min_score)
+            or not -1.0 <= self.min_score <= 1.0
+        ):
+            raise InvalidQuery(f"min_score must be a cosine similarity from -1 to 1, got {self.min_score!r}")
+
+
+def run(conn: Connection, model: ModelInfo, query: Vector, filters: Filters, options: Options) -> list[Hit]:
+    """Hits for one request, inside the caller's transaction."""
+    options.check()
+    if options.expand:
+        first = search_vector(
+            conn,
+            model,
+            query,
+            filters,
+            options.expand,
+            exact_max_rows=options.exact_max_rows,
+            with_embeddings=True,
+        )
+        assert first.embeddings is not None
+        query = rerank.expand_query(query, first.embeddings)
+    wanted = options.k + options.offset
+    if not options.group_by_product and options.diversity is None:
+        hits = search_vector(
+            conn, model, query, filters, options.k, options.offset, exact_max_rows=options.exact_max_rows
+        ).hits
+    else:
+        hits = _from_pool(conn, model, query, filters, options, wanted)[options.offset : wanted]
+    if options.min_score is not None:
+        hits = [hit for hit in hits if hit.score >= options.min_score]
+    return hits
+
+
+def _from_pool(
+    conn: Connection, model: ModelInfo, query: Vector, filters: Filters, options: Options, wanted: int
+) -> list[Hit]:
+    pool = min(MAX_POOL, max(MIN_POOL, 4 * wanted))
+    while True:
+        result = search_vector(
+            conn,
+            model,
+            query,
+            filters,
+            pool,
+            exact_max_rows=options.exact_max_rows,
+            with_embeddings=options.diversity is not None,
+        )
+        positions = list(range(len(result.hits)))
+        if options.group_by_product:
+            positions = rerank.best_per_product(result.hits)
+        exhausted = len(result.hits) < pool or pool >= MAX_POOL
+        if len(positions) >= wanted or exhausted:
+            break
+        pool = min(MAX_POOL, pool * 4)  # many images per product: widen the pool and draw again
+    if options.diversity is not None:
+        assert result.embeddings is not None
+        picked = rerank.mmr(query, result.embeddings[positions], wanted, float(options.diversity))
+        positions = [positions[p] for p in picked]
+    return [result.hits[p] for p in positions]
+
+
+def with_probability(hits: list[Hit], probability: Any) -> list[Hit]:
+    """Attach the model's calibrated probability (text queries on SigLIP) to each hit."""
+    if not hits:
+        return hits
+    scores = np.array([hit.score for hit in hits])
+    values = probability(scores)
+    if values is None:
+        return hits
+    from dataclasses import replace
+
+    return [replace(hit, probability=float(p)) for hit, p in zip(hits, np.atleast_1d(values), strict=True)]

@@ -1,0 +1,155 @@
+"""SQL console search functions: imgsearch.search_vector and imgsearch.search_similar.
+
+They follow the library's strategy: a bounded count of the rows the filters match picks an exact
+scan (few rows) or HNSW with a strict iterative scan (many rows), falling back to the exact scan
+if HNSW returns fewer rows than asked. pgvector settings are scoped to the function call by its
+SET clauses (set_config(..., true) inside such a function is SET LOCAL, undone when it returns).
+User values reach the dynamic SQL only through EXECUTE ... USING; format() inlines only the
+active model's id and dimension, integers read from imgsearch.models.
+
+Revision ID: 0002
+Revises: 0001
+Create Date: 2026-11-22
+"""
+
+from collections.abc import Sequence
+
+from alembic import op
+
+revision: str = "0002"
+down_revision: str | None = "0001"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+SEARCH = r"""
+CREATE FUNCTION imgsearch._search(
+    query halfvec, k int, tenant text, category text, price_min numeric, price_max numeric, exclude bigint
+) RETURNS TABLE (image_id bigint, product_id text, distance double precision)
+LANGUAGE plpgsql STABLE
+SET hnsw.ef_search = 40
+SET hnsw.iterative_scan = 'strict_order'
+SET hnsw.max_scan_tuples = 20000
+SET hnsw.scan_mem_multiplier = 4
+AS $fn$
+DECLARE
+    active record;
+    bound int;
+    matching bigint;
+    total bigint;
+    ids bigint[];
+    products text[];
+    distances double precision[];
+    filtered text := ' FROM imgsearch.embeddings e'
+        ' JOIN imgsearch.images i ON i.id = e.image_id'
+        ' JOIN imgsearch.products p ON p.id = i.product_pk'
+        ' WHERE e.model_id = %s'
+        ' AND ($1::text IS NULL OR e.tenant = $1)'
+        ' AND ($2::text IS NULL OR p.category = $2)'
+        ' AND ($3::numeric IS NULL OR p.price >= $3)'
+        ' AND ($4::numeric IS NULL OR p.price <= $4)'
+        ' AND ($5::bigint IS NULL OR e.image_id <> $5)';
+BEGIN
+    IF k IS NULL OR k < 1 OR k > 1000 THEN
+        RAISE EXCEPTION 'k must be from 1 to 1000, got %', k USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF query IS NULL THEN
+        RAISE EXCEPTION 'query vector must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    SELECT m.id, m.dim INTO active FROM imgsearch.models m WHERE m.active;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no active model: open the catalog once (imgsearch migrate)' USING ERRCODE = 'no_data_found';
+    END IF;
+    IF vector_dims(query) <> active.dim THEN
+        RAISE EXCEPTION 'query vector has % dimensions, expected %', vector_dims(query), active.dim
+            USING ERRCODE = 'data_exception';
+    END IF;
+    bound := greatest(4000, k);  -- imgsearch.search.EXACT_MAX_ROWS
+    EXECUTE format('SELECT count(*) FROM (SELECT 1' || filtered || ' LIMIT %s) s', active.id, bound + 1)
+        INTO matching USING tenant, category, price_min, price_max, exclude;
+    IF matching > bound THEN
+        SELECT greatest(c.reltuples, 1)::bigint INTO total FROM pg_class c
+            WHERE c.oid = 'imgsearch.embeddings'::regclass;
+        PERFORM set_config('hnsw.ef_search', least(1000, greatest(100, 2 * k))::text, true);
+        PERFORM set_config('hnsw.max_scan_tuples',
+                           least(10000000, greatest(20000, ceil(50.0 * k * total / bound)))::bigint::text, true);
+        EXECUTE format(
+            'SELECT array_agg(image_id ORDER BY distance), array_agg(product_id ORDER BY distance),'
+            ' array_agg(distance ORDER BY distance) FROM ('
+            'SELECT e.image_id, p.product_id, (e.embedding::halfvec(%s) <=> $6)::float8 AS distance'
+            || filtered || ' ORDER BY e.embedding::halfvec(%s) <=> $6 LIMIT %s) hits',
+            active.dim, active.id, active.dim, k)
+            INTO ids, products, distances USING tenant, category, price_min, price_max, exclude, query;
+        IF coalesce(cardinality(ids), 0) = k THEN
+            RETURN QUERY SELECT * FROM unnest(ids, products, distances);
+            RETURN;
+        END IF;
+    END IF;
+    RETURN QUERY EXECUTE format(
+        'SELECT e.image_id, p.product_id, (e.embedding <=> $6)::float8 AS distance'
+        || filtered || ' ORDER BY e.embedding <=> $6 LIMIT %s', active.id, k)
+        USING tenant, category, price_min, price_max, exclude, query;
+END
+$fn$
+"""
+
+SEARCH_VECTOR = """
+CREATE FUNCTION imgsearch.search_vector(
+    query vector, k int DEFAULT 10, tenant text DEFAULT NULL, category text DEFAULT NULL,
+    price_min numeric DEFAULT NULL, price_max numeric DEFAULT NULL
+) RETURNS TABLE (image_id bigint, product_id text, distance double precision)
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT * FROM imgsearch._search(query::halfvec, k, tenant, category, price_min, price_max, NULL);
+END
+"""
+
+SIMILAR_SOURCE = r"""
+CREATE FUNCTION imgsearch._similar_source(p_image_id bigint, p_tenant text) RETURNS halfvec
+LANGUAGE plpgsql STABLE
+AS $fn$
+DECLARE
+    source halfvec;
+BEGIN
+    SELECT e.embedding INTO source FROM imgsearch.embeddings e JOIN imgsearch.models m ON m.id = e.model_id
+        WHERE m.active AND e.image_id = p_image_id AND (p_tenant IS NULL OR e.tenant = p_tenant);
+    IF source IS NULL THEN
+        RAISE EXCEPTION 'no embedded image with id %', p_image_id USING ERRCODE = 'no_data_found';
+    END IF;
+    RETURN source;
+END
+$fn$
+"""
+
+# A SQL function: its parameter image_id may share the name of the result column image_id.
+SEARCH_SIMILAR = """
+CREATE FUNCTION imgsearch.search_similar(
+    image_id bigint, k int DEFAULT 10, tenant text DEFAULT NULL, category text DEFAULT NULL,
+    price_min numeric DEFAULT NULL, price_max numeric DEFAULT NULL
+) RETURNS TABLE (image_id bigint, product_id text, distance double precision)
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT s.* FROM imgsearch._search(imgsearch._similar_source($1, $3), $2, $3, $4, $5, $6, $1) AS s;
+END
+"""
+
+
+def upgrade() -> None:
+    op.execute(SEARCH)
+    op.execute(SEARCH_VECTOR)
+    op.execute(SIMILAR_SOURCE)
+    op.execute(SEARCH_SIMILAR)
+    op.execute(
+        "COMMENT ON FUNCTION imgsearch.search_vector(vector, int, text, text, numeric, numeric) IS "
+        "'Top k images nearest to a query vector under the active model, with optional filters'"
+    )
+    op.execute(
+        "COMMENT ON FUNCTION imgsearch.search_similar(bigint, int, text, text, numeric, numeric) IS "
+        "'Top k images most like the given image (itself left out), with optional filters'"
+    )
+
+
+def downgrade() -> None:
+    op.execute("DROP FUNCTION imgsearch.search_similar(bigint, int, text, text, numeric, numeric)")
+    op.execute("DROP FUNCTION imgsearch.search_vector(vector, int, text, text, numeric, numeric)")
+    op.execute("DROP FUNCTION imgsearch._similar_source(bigint, text)")
+    op.execute("DROP FUNCTION imgsearch._search(halfvec, int, text, text, numeric, numeric, bigint)")

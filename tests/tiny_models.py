@@ -1,0 +1,133 @@
+"""Tiny SigLIP and CLIP checkpoints with random weights, built by the tests (no model hub).
+
+They are saved with ``save_pretrained`` and loaded back through the same ``from_pretrained``
+path users take for real checkpoints.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+CORPUS = [
+    "a photo of a red shoe",
+    "a blue leather bag",
+    "white cotton shirt with buttons",
+    "a wooden chair",
+    "a green ceramic mug",
+    "black running shoes",
+    "a desk lamp",
+    "silver watch with a metal strap",
+    "a straw hat",
+    "product photo on a white background",
+] * 20
+
+
+def build_tiny_siglip(path: Path, *, dim: int = 32, image_size: int = 32, seed: int = 0) -> Path:
+    import sentencepiece as spm
+    import torch
+    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipProcessor, SiglipTokenizer
+
+    path.mkdir(parents=True, exist_ok=True)
+    model_proto = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(CORPUS),
+        model_writer=model_proto,
+        vocab_size=48,
+        model_type="unigram",
+        character_coverage=1.0,
+        unk_id=2,
+        eos_id=1,
+        pad_id=0,
+        bos_id=-1,
+        minloglevel=2,
+    )
+    spm_file = path / "spiece.model"
+    spm_file.write_bytes(model_proto.getvalue())
+    tokenizer = SiglipTokenizer(vocab_file=str(spm_file), model_max_length=16)
+    image_processor = SiglipImageProcessor(size={"height": image_size, "width": image_size})
+    SiglipProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(path)
+
+    torch.manual_seed(seed)
+    config = SiglipConfig(
+        text_config={
+            "vocab_size": 48,
+            "hidden_size": dim,
+            "intermediate_size": 2 * dim,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 16,
+            "pad_token_id": 0,
+            "eos_token_id": 1,
+            "bos_token_id": 1,
+            "projection_size": dim,
+        },
+        vision_config={
+            "hidden_size": dim,
+            "intermediate_size": 2 * dim,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": image_size,
+            "patch_size": 8,
+        },
+    )
+    SiglipModel(config).eval().save_pretrained(path)
+    return path
+
+
+def _byte_symbols() -> list[str]:
+    """GPT-2's byte-to-unicode table (CLIP's byte-level BPE alphabet)."""
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    codes = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            codes.append(256 + extra)
+            extra += 1
+    return [chr(c) for c in codes]
+
+
+def build_tiny_clip(path: Path, *, dim: int = 24, image_size: int = 32, seed: int = 0) -> Path:
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    path.mkdir(parents=True, exist_ok=True)
+    symbols = _byte_symbols()
+    vocab_list = symbols + [s + "</w>" for s in symbols] + ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {tok: i for i, tok in enumerate(vocab_list)}
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[])
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
+    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(path)
+
+    torch.manual_seed(seed)
+    config = CLIPConfig(
+        text_config={
+            "vocab_size": len(vocab_list),
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 32,
+            "bos_token_id": len(vocab_list) - 2,
+            "eos_token_id": len(vocab_list) - 1,
+            "pad_token_id": len(vocab_list) - 1,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": image_size,
+            "patch_size": 8,
+        },
+        projection_dim=dim,
+    )
+    CLIPModel(config).eval().save_pretrained(path)
+    return path
