@@ -4,7 +4,7 @@
 >>> catalog = Catalog.open()          # doctest: +SKIP
 """
 
-from imgsearch import errors
+from imgsearch import errors, tenancy
 from imgsearch.catalog import Catalog
 from imgsearch.errors import (
     ConfigurationError,
@@ -34,6 +34,7 @@ __all__ = [
     "Settings",
     "TransientError",
     "errors",
+    "tenancy",
 ]
 
 __version__ = "0.1.0"

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Engine, Select, exists, select
 from sqlalchemy.exc import OperationalError
 
-from imgsearch import hybrid, images, ingest, vectors
+from imgsearch import hybrid, images, ingest, tenancy, vectors
 from imgsearch import search as vector_search
 from imgsearch.db import engine as db_engine
 from imgsearch.db import migrate, vector_index
@@ -141,6 +141,7 @@ class Catalog:
         }
         prepared = ingest.prepare_row(row, dim=self.dim, limits=self._limits)
         with self.engine.begin() as conn:
+            tenancy.scope(conn, prepared.tenant)
             ids, _ = ingest.write_rows(conn, [prepared], self._model)
         return ids[0]
 
@@ -157,21 +158,32 @@ class Catalog:
         prepared = ingest.prepare_rows(
             tqdm(rows, desc="checking", unit="row", disable=not show), dim=self.dim, limits=self._limits
         )
-        ids: list[int] = []
+        ids: list[int] = [0] * len(prepared)
+        by_tenant: dict[str, list[int]] = {}
+        for position, row_ in enumerate(prepared):
+            by_tenant.setdefault(row_.tenant, []).append(position)
+        # one transaction; each tenant's rows are written under that tenant's row-level security
         with (
             self.engine.begin() as conn,
             tqdm(total=len(prepared), desc="writing", unit="row", disable=not show) as bar,
         ):
-            for chunk in ingest.chunks(prepared):
-                chunk_ids, _ = ingest.write_rows(conn, chunk, self._model)
-                ids.extend(chunk_ids)
-                bar.update(len(chunk))
+            for tenant, positions in by_tenant.items():
+                tenancy.scope(conn, tenant)
+                for start in range(0, len(positions), ingest.WRITE_CHUNK):
+                    part = positions[start : start + ingest.WRITE_CHUNK]
+                    chunk_ids, _ = ingest.write_rows(conn, [prepared[p] for p in part], self._model)
+                    for position, image_id in zip(part, chunk_ids, strict=True):
+                        ids[position] = image_id
+                    bar.update(len(part))
         return ids
 
     # -- read -----------------------------------------------------------------------------
 
-    def get(self, image_id: int) -> ImageRecord:
-        """The stored state and metadata of one image; :class:`NotFound` if there is none."""
+    def get(self, image_id: int, *, tenant: str | None = None) -> ImageRecord:
+        """The stored state and metadata of one image; :class:`NotFound` if there is none.
+
+        With ``tenant``, another tenant's image is indistinguishable from a missing one.
+        """
         if isinstance(image_id, bool) or not isinstance(image_id, int):
             raise NotFound(f"no image with id {image_id!r}")
         has_embedding = exists().where(Embedding.image_id == Image.id, Embedding.model_id == self._model.id)
@@ -200,7 +212,9 @@ class Catalog:
             .join(Product, Product.id == Image.product_pk)
             .where(Image.id == image_id)
         )
-        with self.engine.connect() as conn:
+        with self.engine.begin() as conn:
+            if tenant is not None:
+                tenancy.scope(conn, tenant)
             row = conn.execute(stmt).first()
         if row is None:
             raise NotFound(f"no image with id {image_id}")
@@ -268,11 +282,14 @@ class Catalog:
             expand=expand,
             min_score=min_score,
             exact_max_rows=self.settings.exact_max_rows,
+            exact_max_fraction=self.settings.exact_max_fraction,
         )
         options.check()
         filters = vector_search.Filters(tenant, category, price_min, price_max, attributes, where)
         filters.conditions()  # check the filters before any model work
         with self.engine.begin() as conn:
+            if tenant is not None:
+                tenancy.scope(conn, tenant)
             query, filters = self._query(
                 conn, filters, text=text, image=image, similar_to=similar_to, vector=vector
             )
@@ -317,12 +334,16 @@ class Catalog:
             query, filters = self._query(
                 conn, filters, text=text, image=image, similar_to=similar_to, vector=vector
             )
-        return vector_search.hnsw_statement(self._model, query, filters, k)
+        return vector_search.hnsw_statement(self._model, query, filters, k, with_images=True)
 
-    def apply_search_settings(self, connection: Any, k: int = MAX_K) -> None:
+    def apply_search_settings(self, connection: Any, k: int = MAX_K, *, tenant: str | None = None) -> None:
         """``SET LOCAL`` the pgvector settings a :meth:`search_select` statement needs, in the
         caller's open transaction: a strict iterative HNSW scan allowed to visit every row, so extra
-        filters never make it return fewer rows than exist."""
+        filters never make it return fewer rows than exist. With ``tenant``, the transaction is also
+        restricted to that tenant's rows by row-level security."""
+        if tenant is not None:
+            tenancy.scope(connection, tenant)
+        vector_search.planner_settings(connection)
         vector_search.set_local(connection, vector_search.open_ended_plan(connection, k))
 
     def _query(

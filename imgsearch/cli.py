@@ -53,6 +53,21 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     return run(settings, rows=args.rows)
 
 
+def _tenant(args: argparse.Namespace, settings: Settings) -> int:
+    from imgsearch import tenancy
+    from imgsearch.db import engine, migrate
+
+    password = sys.stdin.readline().rstrip("\n") if args.password_stdin else None
+    eng = engine.make_engine(engine.resolve_url(settings))
+    try:
+        migrate.upgrade(eng)
+        tenancy.create_login(eng, args.login, args.tenant, password)
+    finally:
+        eng.dispose()
+    print(f"created login {args.login!r}, restricted to tenant {args.tenant!r}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imgsearch", description="Postgres-native image search.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -68,6 +83,19 @@ def build_parser() -> argparse.ArgumentParser:
     mig = commands.add_parser("migrate", help="upgrade the schema", description="Run imgsearch's migrations.")
     mig.add_argument("revision", nargs="?", default="head", help="target revision (default: head)")
     mig.set_defaults(func=_migrate)
+
+    tenant = commands.add_parser("tenant", help="tenant isolation", description="Manage tenant-bound logins.")
+    tenant_commands = tenant.add_subparsers(dest="tenant_command", required=True, metavar="COMMAND")
+    login = tenant_commands.add_parser(
+        "create-login",
+        help="create a PostgreSQL login that sees one tenant only",
+        description="Create a PostgreSQL login for a SQL console (psql) that row-level security "
+        "restricts to one tenant.",
+    )
+    login.add_argument("login", help="login name: lowercase letters, digits, underscores")
+    login.add_argument("--tenant", required=True, help="the only tenant the login may see")
+    login.add_argument("--password-stdin", action="store_true", help="read the login's password from stdin")
+    login.set_defaults(func=_tenant)
 
     demo = commands.add_parser(
         "demo",

@@ -17,7 +17,7 @@ from sqlalchemy import Connection
 from imgsearch import rerank
 from imgsearch.errors import InvalidQuery
 from imgsearch.records import Hit, ModelInfo
-from imgsearch.search import EXACT_MAX_ROWS, Filters, search_vector
+from imgsearch.search import EXACT_MAX_FRACTION, EXACT_MAX_ROWS, Filters, search_vector
 from imgsearch.vectors import Vector
 
 MIN_POOL = 50
@@ -34,6 +34,7 @@ class Options:
     expand: int | None = None
     min_score: float | None = None
     exact_max_rows: int = EXACT_MAX_ROWS
+    exact_max_fraction: float = EXACT_MAX_FRACTION
 
     def check(self) -> None:
         if not isinstance(self.group_by_product, bool):
@@ -72,6 +73,7 @@ def run(conn: Connection, model: ModelInfo, query: Vector, filters: Filters, opt
             filters,
             options.expand,
             exact_max_rows=options.exact_max_rows,
+            exact_max_fraction=options.exact_max_fraction,
             with_embeddings=True,
         )
         assert first.embeddings is not None
@@ -79,7 +81,14 @@ def run(conn: Connection, model: ModelInfo, query: Vector, filters: Filters, opt
     wanted = options.k + options.offset
     if not options.group_by_product and options.diversity is None:
         hits = search_vector(
-            conn, model, query, filters, options.k, options.offset, exact_max_rows=options.exact_max_rows
+            conn,
+            model,
+            query,
+            filters,
+            options.k,
+            options.offset,
+            exact_max_rows=options.exact_max_rows,
+            exact_max_fraction=options.exact_max_fraction,
         ).hits
     else:
         hits = _from_pool(conn, model, query, filters, options, wanted)[options.offset : wanted]
@@ -100,6 +109,7 @@ def _from_pool(
             filters,
             pool,
             exact_max_rows=options.exact_max_rows,
+            exact_max_fraction=options.exact_max_fraction,
             with_embeddings=options.diversity is not None,
         )
         positions = list(range(len(result.hits)))

@@ -251,7 +251,13 @@ def write_rows(conn: Connection, rows: list[PreparedRow], model: ModelInfo) -> t
             ids[index] = by_hash[(row.tenant, row.info.sha256)]
 
     embeddings = [
-        {"model_id": model.id, "image_id": ids[i], "tenant": row.tenant, "embedding": row.embedding}
+        {
+            "model_id": model.id,
+            "image_id": ids[i],
+            "product_pk": products[(row.tenant, row.product_id)],
+            "tenant": row.tenant,
+            "embedding": row.embedding,
+        }
         for i, row in enumerate(rows)
         if created[i] and row.embedding is not None
     ]

@@ -4,14 +4,19 @@ Plain ``ORDER BY embedding <=> q LIMIT k`` with a selective ``WHERE`` lets HNSW 
 than asked and miss close matches. Each search here picks a strategy from a cheap, bounded count
 of the rows its filters match:
 
-* ``exact``: few rows match (at most :data:`EXACT_MAX_ROWS`): compute every matching row's distance.
-  The ORDER BY uses the uncast column, which the per-model HNSW index can't serve, so PostgreSQL
-  uses the B-tree/GIN filter indexes and sorts: exact results, fast because the set is small.
-* ``hnsw``: many rows match: the HNSW index with ``hnsw.iterative_scan = strict_order`` (keeps
-  scanning until k rows pass the filters) and ``ef_search``/``max_scan_tuples`` sized from k and the
-  filter's selectivity. If it still returns fewer than asked, the search falls back to ``exact``.
+* ``exact``: few rows match (at most :data:`EXACT_MAX_ROWS`, or :data:`EXACT_MAX_FRACTION` of the
+  catalog): compute every matching row's distance. The ORDER BY uses the uncast column, which the
+  per-model HNSW index can't serve, so PostgreSQL uses the B-tree/GIN filter indexes and sorts.
+* ``hnsw``: many rows match: the HNSW index with ``hnsw.iterative_scan = relaxed_order`` collects a
+  pool of matching rows (it keeps scanning until the pool is full, however many rows the filters
+  reject), in a materialised CTE that the outer query re-sorts exactly. If the pool still holds
+  fewer rows than asked, the search falls back to ``exact``.
 
-pgvector settings are set with ``SET LOCAL`` inside the query's transaction only.
+Why these bounds: HNSW's graph walk reaches rows far from the query late and in no useful order, so
+with a filter whose rows all lie far away it misses the true nearest ones; the exact scan has no
+such blind spot and, up to 15% of the catalog, costs about what such a walk costs (docs/benchmarks.md).
+Unfiltered searches skip the count. pgvector settings are set with ``SET LOCAL`` inside the query's
+transaction only.
 """
 
 from __future__ import annotations
@@ -19,13 +24,13 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import ColumnElement, Connection, Select, and_, func, select, text
+from sqlalchemy import ColumnElement, Connection, Select, func, select, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.sql.expression import literal
 
@@ -39,9 +44,12 @@ log = logging.getLogger(__name__)
 
 EXACT_MAX_ROWS = 4000  # below this many matching rows an exact scan beats HNSW here (bench/search.py)
 MAX_K = 1000
-MIN_EF_SEARCH = 100
+MIN_EF_SEARCH = 200  # 100 missed a poorly connected cluster in bench/search.py; 200 found it
 MAX_EF_SEARCH = 1000
 MIN_SCAN_TUPLES = 20_000  # pgvector's default hnsw.max_scan_tuples
+EXACT_MAX_FRACTION = 0.15  # filters matching up to 15% of the catalog scan exactly (bench/search.py)
+MIN_POOL = 200
+MAX_POOL = 4000
 SCAN_MEM_MULTIPLIER = 4
 
 
@@ -118,15 +126,22 @@ def check_page(k: Any, offset: Any) -> tuple[int, int]:
     return k, offset
 
 
-def joined(model: ModelInfo, filters: Filters, *columns: Any) -> Select[Any]:
-    """``SELECT columns FROM embeddings JOIN images JOIN products WHERE <model> AND <filters>``."""
-    return (
-        select(*columns)
-        .select_from(Embedding)
-        .join(Image, and_(Image.id == Embedding.image_id))
-        .join(Product, Product.id == Image.product_pk)
-        .where(model_filter(model.id), *filters.conditions())
-    )
+def _mentions_images(filters: Filters) -> bool:
+    from sqlalchemy.sql.util import find_tables
+
+    return filters.where is not None and Image.__table__ in find_tables(filters.where, include_crud=True)
+
+
+def joined(model: ModelInfo, filters: Filters, *columns: Any, with_images: bool = False) -> Select[Any]:
+    """``SELECT columns FROM embeddings JOIN products [JOIN images] WHERE <model> AND <filters>``.
+
+    Embeddings carry their product's key, so filters reach products in one join; images are joined
+    only when asked for or when ``where`` mentions them.
+    """
+    stmt = select(*columns).select_from(Embedding).join(Product, Product.id == Embedding.product_pk)
+    if with_images or _mentions_images(filters):
+        stmt = stmt.join(Image, Image.id == Embedding.image_id)
+    return stmt.where(model_filter(model.id), *filters.conditions())
 
 
 def hit_columns(distance: ColumnElement[Any], with_embeddings: bool = False) -> list[Any]:
@@ -142,12 +157,19 @@ def hit_columns(distance: ColumnElement[Any], with_embeddings: bool = False) -> 
 
 
 def hnsw_statement(
-    model: ModelInfo, query: Vector, filters: Filters, k: int, offset: int = 0, with_embeddings: bool = False
+    model: ModelInfo,
+    query: Vector,
+    filters: Filters,
+    k: int,
+    offset: int = 0,
+    with_embeddings: bool = False,
+    with_images: bool = False,
 ) -> Select[Any]:
     """The HNSW form: ORDER BY the indexed expression alone (a tiebreaker would defeat the index)."""
     distance = embedding_expr(model.dim).cosine_distance(query)
     columns = hit_columns(distance, with_embeddings)
-    return joined(model, filters, *columns).order_by(distance).limit(k).offset(offset)
+    stmt = joined(model, filters, *columns, with_images=with_images)
+    return stmt.order_by(distance).limit(k).offset(offset)
 
 
 def exact_statement(
@@ -162,9 +184,20 @@ def exact_statement(
 @dataclass(frozen=True)
 class Plan:
     strategy: str
-    matching: int  # rows the filters match, counted up to a bound
+    matching: int  # rows the filters match, counted up to a bound (-1: not counted)
     ef_search: int = 0
     max_scan_tuples: int = 0
+    pool: int = 0  # rows the HNSW scan collects before the exact re-sort
+    iterative_scan: str = "relaxed_order"
+
+
+def _total_rows(conn: Connection) -> int:
+    total = conn.execute(
+        text(
+            "SELECT greatest(reltuples, 1)::bigint FROM pg_class WHERE oid = 'imgsearch.embeddings'::regclass"
+        )
+    ).scalar_one()
+    return int(total)
 
 
 def plan(
@@ -174,44 +207,79 @@ def plan(
     k: int,
     offset: int,
     exact_max_rows: int = EXACT_MAX_ROWS,
+    exact_max_fraction: float = EXACT_MAX_FRACTION,
 ) -> Plan:
     """Choose a strategy from a bounded count of the matching rows (cheap: it stops at the bound)."""
     wanted = k + offset
-    bound = max(exact_max_rows, wanted)
+    total = _total_rows(conn)
+    hnsw = Plan(
+        "hnsw",
+        -1,
+        ef_search=min(MAX_EF_SEARCH, max(MIN_EF_SEARCH, 2 * wanted)),
+        # relaxed_order stops as soon as the pool is full; the cap only bounds a hopeless scan
+        max_scan_tuples=min(max(MIN_SCAN_TUPLES, total), 10_000_000),
+        pool=min(MAX_POOL, max(MIN_POOL, 4 * wanted)),
+    )
+    if not filters.conditions():
+        return hnsw
+    bound = max(exact_max_rows, math.ceil(exact_max_fraction * total), wanted)
     limited = joined(model, filters, Embedding.image_id).limit(bound + 1).subquery()
     matching = int(conn.execute(select(func.count()).select_from(limited)).scalar_one())
     if matching <= bound:
         return Plan("exact", matching)
-    total = conn.execute(
-        text(
-            "SELECT greatest(reltuples, 1)::bigint FROM pg_class WHERE oid = 'imgsearch.embeddings'::regclass"
-        )
-    ).scalar_one()
-    selectivity = min(1.0, bound / max(int(total), 1))  # a lower bound: at least `bound` rows match
-    ef_search = min(MAX_EF_SEARCH, max(MIN_EF_SEARCH, 2 * wanted))
-    max_scan = max(MIN_SCAN_TUPLES, math.ceil(50 * wanted / selectivity))
-    return Plan("hnsw", matching, ef_search, min(max_scan, 10_000_000))
+    return replace(hnsw, matching=matching)
 
 
 def open_ended_plan(conn: Connection, k: int) -> Plan:
-    """Settings for a statement whose filters we don't know (a composed Select): the scan may
-    visit every row before giving up."""
-    total = conn.execute(
-        text(
-            "SELECT greatest(reltuples, 1)::bigint FROM pg_class WHERE oid = 'imgsearch.embeddings'::regclass"
-        )
-    ).scalar_one()
+    """Settings for a statement whose filters we don't know (a composed Select): a strict-order
+    scan (the caller's ORDER BY must stay exact) that may visit every row before giving up."""
+    total = _total_rows(conn)
     ef_search = min(MAX_EF_SEARCH, max(MIN_EF_SEARCH, 2 * k))
-    return Plan("hnsw", -1, ef_search, min(max(MIN_SCAN_TUPLES, 2 * int(total)), 10_000_000))
+    return Plan("hnsw", -1, ef_search, min(max(MIN_SCAN_TUPLES, 2 * total), 10_000_000), k, "strict_order")
+
+
+def planner_settings(conn: Connection) -> None:
+    """Planner settings for this transaction: JIT compiling an exact scan's distance expressions
+    costs more than it saves at these sizes, catalogs live in memory, where random reads of the
+    filter indexes cost about what sequential ones do (bench/search.py: 1% filter 26 -> 14 ms),
+    and plans must see the actual query values."""
+    # psycopg prepares a statement after 5 runs and PostgreSQL may then switch to a generic plan,
+    # planned without the query vector and the filter values: always plan for the actual values
+    _set_local(conn, {"jit": "off", "random_page_cost": "1.1", "plan_cache_mode": "force_custom_plan"})
 
 
 def set_local(conn: Connection, p: Plan) -> None:
     """pgvector settings for this transaction only (integers computed here, never user text)."""
-    conn.execute(text(f"SET LOCAL hnsw.ef_search = {int(p.ef_search)}"))
-    conn.execute(text("SET LOCAL hnsw.iterative_scan = strict_order"))
-    conn.execute(text(f"SET LOCAL hnsw.max_scan_tuples = {int(p.max_scan_tuples)}"))
-    # iterative scans also stop at work_mem x this multiplier; long scans need the room
-    conn.execute(text(f"SET LOCAL hnsw.scan_mem_multiplier = {SCAN_MEM_MULTIPLIER}"))
+    mode = "strict_order" if p.iterative_scan == "strict_order" else "relaxed_order"
+    _set_local(
+        conn,
+        {
+            "hnsw.ef_search": str(int(p.ef_search)),
+            "hnsw.iterative_scan": mode,
+            "hnsw.max_scan_tuples": str(int(p.max_scan_tuples)),
+            # iterative scans also stop at work_mem x this multiplier; long scans need the room
+            "hnsw.scan_mem_multiplier": str(SCAN_MEM_MULTIPLIER),
+        },
+    )
+
+
+def _set_local(conn: Connection, settings: dict[str, str]) -> None:
+    """``SET LOCAL`` each setting, in one round trip. Names and values are constants and integers
+    of this module, never user input."""
+    conn.exec_driver_sql("; ".join(f"SET LOCAL {name} = {value}" for name, value in settings.items()))
+
+
+def pooled_statement(
+    model: ModelInfo, query: Vector, filters: Filters, p: Plan, k: int, offset: int, with_embeddings: bool
+) -> Select[Any]:
+    """HNSW collects ``p.pool`` matching rows (relaxed order, in a materialised CTE so the planner
+    can't push the outer sort into the index scan); the outer query re-sorts them exactly."""
+    pool = (
+        hnsw_statement(model, query, filters, p.pool, 0, with_embeddings)
+        .cte("pool")
+        .prefix_with("MATERIALIZED")
+    )
+    return select(*pool.c).order_by(pool.c.distance).limit(k).offset(offset)
 
 
 @dataclass
@@ -254,16 +322,18 @@ def search_vector(
     offset: int = 0,
     *,
     exact_max_rows: int = EXACT_MAX_ROWS,
+    exact_max_fraction: float = EXACT_MAX_FRACTION,
     with_embeddings: bool = False,
 ) -> Result:
     """Top ``k`` (after ``offset``) rows by cosine distance, inside the caller's transaction.
 
     Returns ``min(k, matching rows - offset)`` hits.
     """
-    chosen = plan(conn, model, filters, k, offset, exact_max_rows)
+    planner_settings(conn)
+    chosen = plan(conn, model, filters, k, offset, exact_max_rows, exact_max_fraction)
     if chosen.strategy == "hnsw":
         set_local(conn, chosen)
-        stmt = hnsw_statement(model, query, filters, k, offset, with_embeddings)
+        stmt = pooled_statement(model, query, filters, chosen, k, offset, with_embeddings)
         log.debug("hnsw search %s: %s", chosen, stmt)
         result = _result(conn.execute(stmt), chosen, with_embeddings)
         if len(result.hits) == k:

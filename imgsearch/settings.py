@@ -56,3 +56,6 @@ class Settings(BaseSettings):
         gt=0,
         description="Searches whose filters match at most this many rows scan them exactly.",
     )
+    exact_max_fraction: float = Field(
+        default=0.15, ge=0, le=1, description="...or at most this share of the catalog scan them exactly."
+    )

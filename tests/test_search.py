@@ -4,6 +4,7 @@ no injection, and the SQL console functions — against the real PostgreSQL + pg
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,14 +114,18 @@ FILTERS = [
 ]
 
 
-@pytest.mark.parametrize("exact_max_rows", [4000, 50], ids=["default-threshold", "hnsw-on-selective"])
+@pytest.mark.parametrize(
+    ("exact_max_rows", "exact_max_fraction"),
+    [(4000, 0.15), (50, 0.0)],
+    ids=["default-threshold", "hnsw-on-selective"],
+)
 @pytest.mark.parametrize(("name", "kwargs", "predicate"), FILTERS, ids=[f[0] for f in FILTERS])
 def test_right_top_k_at_every_selectivity(
-    data: Fixture, name: str, kwargs: dict, predicate: Any, exact_max_rows: int
+    data: Fixture, name: str, kwargs: dict, predicate: Any, exact_max_rows: int, exact_max_fraction: float
 ) -> None:
     mask = np.array([predicate(r) for r in data.rows])
     assert mask.any()
-    settings = Settings(exact_max_rows=exact_max_rows)
+    settings = Settings(exact_max_rows=exact_max_rows, exact_max_fraction=exact_max_fraction)
     recalls = []
     with Catalog.open(data.url, settings=settings) as catalog:
         for q in queries(data, 0):
@@ -281,7 +286,7 @@ def test_settings_are_set_local_and_do_not_leak(data: Fixture) -> None:
     from imgsearch import search as search_mod
 
     statements: list[str] = []
-    with Catalog.open(data.url, settings=Settings(exact_max_rows=50)) as catalog:
+    with Catalog.open(data.url, settings=Settings(exact_max_rows=50, exact_max_fraction=0.0)) as catalog:
         catalog.engine.dispose()
         catalog.engine = create_engine(catalog.engine.url, pool_size=1, max_overflow=0)
         event.listen(
@@ -295,18 +300,25 @@ def test_settings_are_set_local_and_do_not_leak(data: Fixture) -> None:
         assert settings_sql and all(s.startswith("SET LOCAL") for s in settings_sql)
         searches = [s for s in statements if "<=>" in s]
         assert len(searches) == 1, "one SQL statement per search"
-        assert searches[0].rstrip().split("ORDER BY")[1].count(",") == 0, "no tiebreaker after the distance"
+        orderings = re.findall(r"ORDER BY (.*?)\s+LIMIT", searches[0], flags=re.S)
+        assert orderings and all("," not in o for o in orderings), "no tiebreaker after the distance"
         with catalog.engine.connect() as conn:  # the same pooled connection, a new transaction
             assert conn.execute(text("SHOW hnsw.ef_search")).scalar() == "40"
             assert conn.execute(text("SHOW hnsw.iterative_scan")).scalar() == "off"
         with catalog.engine.begin() as conn:
             model = catalog.active_model
             result = search_mod.search_vector(
-                conn, model, data.vectors[0], search_mod.Filters(), 10, exact_max_rows=50
+                conn,
+                model,
+                data.vectors[0],
+                search_mod.Filters(tenant="acme"),
+                10,
+                exact_max_rows=50,
+                exact_max_fraction=0.0,
             )
             assert result.plan.strategy == "hnsw"
             assert conn.execute(text("SHOW hnsw.ef_search")).scalar() == str(result.plan.ef_search)
-            assert conn.execute(text("SHOW hnsw.iterative_scan")).scalar() == "strict_order"
+            assert conn.execute(text("SHOW hnsw.iterative_scan")).scalar() == "relaxed_order"
 
 
 def test_hnsw_plan_uses_the_index(data: Fixture, catalog: Catalog) -> None:

@@ -96,6 +96,8 @@ class Product(Base):
         CheckConstraint("jsonb_typeof(attributes) = 'object'", name="attributes_object"),
         Index("products_tenant_category_idx", "tenant", "category"),
         Index("products_tenant_price_idx", "tenant", "price"),
+        Index("products_category_idx", "category"),  # filters without a tenant (admins, one-shop setups)
+        Index("products_price_idx", "price"),
         Index(
             "products_attributes_idx",
             "attributes",
@@ -174,16 +176,36 @@ class Embedding(Base):
             ondelete="CASCADE",
             name="embeddings_image_fkey",
         ),
+        # the product is repeated here so filtered searches join embeddings to products directly
+        ForeignKeyConstraint(
+            ["product_pk", "tenant"],
+            ["products.id", "products.tenant"],
+            ondelete="CASCADE",
+            name="embeddings_product_fkey",
+        ),
         Index("embeddings_image_id_idx", "image_id"),
+        Index("embeddings_product_pk_idx", "product_pk", "model_id"),
     )
 
     model_id: Mapped[int] = mapped_column(
         SmallInteger, ForeignKey("models.id", ondelete="CASCADE"), primary_key=True
     )
     image_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    product_pk: Mapped[int] = mapped_column(BigInteger)
     tenant: Mapped[str] = mapped_column(Text)
     embedding: Mapped[Any] = mapped_column(HALFVEC())
     created_at: Mapped[dt.datetime] = _created()
 
     image: Mapped[Image] = relationship(back_populates="embeddings")
     model: Mapped[Model] = relationship()
+
+
+class TenantLogin(Base):
+    """A SQL console login bound to one tenant (created by ``imgsearch.create_tenant_login``)."""
+
+    __tablename__ = "tenant_logins"
+    __table_args__ = (CheckConstraint("tenant <> ''", name="tenant_check"),)
+
+    role_name: Mapped[str] = mapped_column(Text, primary_key=True)
+    tenant: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = _created()

@@ -86,6 +86,8 @@ def upgrade() -> None:
     op.create_index(
         "products_tenant_price_idx", "products", ["tenant", "price"], unique=False, schema="imgsearch"
     )
+    op.create_index("products_category_idx", "products", ["category"], unique=False, schema="imgsearch")
+    op.create_index("products_price_idx", "products", ["price"], unique=False, schema="imgsearch")
     op.create_table(
         "images",
         sa.Column("id", sa.BigInteger(), sa.Identity(always=False), nullable=False),
@@ -135,6 +137,7 @@ def upgrade() -> None:
         "embeddings",
         sa.Column("model_id", sa.SmallInteger(), nullable=False),
         sa.Column("image_id", sa.BigInteger(), nullable=False),
+        sa.Column("product_pk", sa.BigInteger(), nullable=False),
         sa.Column("tenant", sa.Text(), nullable=False),
         sa.Column("embedding", HALFVEC(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
@@ -145,15 +148,29 @@ def upgrade() -> None:
             ondelete="CASCADE",
         ),
         sa.ForeignKeyConstraint(
+            ["product_pk", "tenant"],
+            ["imgsearch.products.id", "imgsearch.products.tenant"],
+            name="embeddings_product_fkey",
+            ondelete="CASCADE",
+        ),
+        sa.ForeignKeyConstraint(
             ["model_id"], ["imgsearch.models.id"], name=op.f("embeddings_model_id_fkey"), ondelete="CASCADE"
         ),
         sa.PrimaryKeyConstraint("model_id", "image_id", name=op.f("embeddings_pkey")),
         schema="imgsearch",
     )
     op.create_index("embeddings_image_id_idx", "embeddings", ["image_id"], unique=False, schema="imgsearch")
+    op.create_index(
+        "embeddings_product_pk_idx",
+        "embeddings",
+        ["product_pk", "model_id"],
+        unique=False,
+        schema="imgsearch",
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("embeddings_product_pk_idx", table_name="embeddings", schema="imgsearch")
     op.drop_index("embeddings_image_id_idx", table_name="embeddings", schema="imgsearch")
     op.drop_table("embeddings", schema="imgsearch")
     op.drop_index(
@@ -164,6 +181,8 @@ def downgrade() -> None:
     )
     op.drop_index("images_product_pk_idx", table_name="images", schema="imgsearch")
     op.drop_table("images", schema="imgsearch")
+    op.drop_index("products_price_idx", table_name="products", schema="imgsearch")
+    op.drop_index("products_category_idx", table_name="products", schema="imgsearch")
     op.drop_index("products_tenant_price_idx", table_name="products", schema="imgsearch")
     op.drop_index("products_tenant_category_idx", table_name="products", schema="imgsearch")
     op.drop_index(

@@ -1,8 +1,9 @@
 """SQL console search functions: imgsearch.search_vector and imgsearch.search_similar.
 
-They follow the library's strategy: a bounded count of the rows the filters match picks an exact
-scan (few rows) or HNSW with a strict iterative scan (many rows), falling back to the exact scan
-if HNSW returns fewer rows than asked. pgvector settings are scoped to the function call by its
+They follow the library's strategy (imgsearch.search): a bounded count of the rows the filters
+match picks an exact scan (up to 4000 rows or 15% of the catalog) or HNSW with a relaxed iterative
+scan that fills a pool of matching rows, re-sorted exactly, falling back to the exact scan if the
+pool holds fewer rows than asked. pgvector settings are scoped to the function call by its
 SET clauses (set_config(..., true) inside such a function is SET LOCAL, undone when it returns).
 User values reach the dynamic SQL only through EXECUTE ... USING; format() inlines only the
 active model's id and dimension, integers read from imgsearch.models.
@@ -27,9 +28,12 @@ CREATE FUNCTION imgsearch._search(
 ) RETURNS TABLE (image_id bigint, product_id text, distance double precision)
 LANGUAGE plpgsql STABLE
 SET hnsw.ef_search = 40
-SET hnsw.iterative_scan = 'strict_order'
+SET hnsw.iterative_scan = 'relaxed_order'
 SET hnsw.max_scan_tuples = 20000
 SET hnsw.scan_mem_multiplier = 4
+SET jit = off
+SET random_page_cost = 1.1
+SET plan_cache_mode = force_custom_plan
 AS $fn$
 DECLARE
     active record;
@@ -40,8 +44,7 @@ DECLARE
     products text[];
     distances double precision[];
     filtered text := ' FROM imgsearch.embeddings e'
-        ' JOIN imgsearch.images i ON i.id = e.image_id'
-        ' JOIN imgsearch.products p ON p.id = i.product_pk'
+        ' JOIN imgsearch.products p ON p.id = e.product_pk'
         ' WHERE e.model_id = %s'
         ' AND ($1::text IS NULL OR e.tenant = $1)'
         ' AND ($2::text IS NULL OR p.category = $2)'
@@ -63,21 +66,26 @@ BEGIN
         RAISE EXCEPTION 'query vector has % dimensions, expected %', vector_dims(query), active.dim
             USING ERRCODE = 'data_exception';
     END IF;
-    bound := greatest(4000, k);  -- imgsearch.search.EXACT_MAX_ROWS
-    EXECUTE format('SELECT count(*) FROM (SELECT 1' || filtered || ' LIMIT %s) s', active.id, bound + 1)
-        INTO matching USING tenant, category, price_min, price_max, exclude;
+    SELECT greatest(c.reltuples, 1)::bigint INTO total FROM pg_class c
+        WHERE c.oid = 'imgsearch.embeddings'::regclass;
+    -- imgsearch.search: EXACT_MAX_ROWS = 4000, EXACT_MAX_FRACTION = 0.15
+    bound := greatest(4000, ceil(0.15 * total)::int, k);
+    IF num_nulls(tenant, category, price_min, price_max, exclude) = 5 THEN
+        matching := total + 1;  -- no filters: nothing to count
+    ELSE
+        EXECUTE format('SELECT count(*) FROM (SELECT 1' || filtered || ' LIMIT %s) s', active.id, bound + 1)
+            INTO matching USING tenant, category, price_min, price_max, exclude;
+    END IF;
     IF matching > bound THEN
-        SELECT greatest(c.reltuples, 1)::bigint INTO total FROM pg_class c
-            WHERE c.oid = 'imgsearch.embeddings'::regclass;
-        PERFORM set_config('hnsw.ef_search', least(1000, greatest(100, 2 * k))::text, true);
-        PERFORM set_config('hnsw.max_scan_tuples',
-                           least(10000000, greatest(20000, ceil(50.0 * k * total / bound)))::bigint::text, true);
+        PERFORM set_config('hnsw.ef_search', least(1000, greatest(200, 2 * k))::text, true);
+        PERFORM set_config('hnsw.max_scan_tuples', least(10000000, greatest(20000, total))::text, true);
         EXECUTE format(
-            'SELECT array_agg(image_id ORDER BY distance), array_agg(product_id ORDER BY distance),'
-            ' array_agg(distance ORDER BY distance) FROM ('
+            'WITH pool AS MATERIALIZED ('
             'SELECT e.image_id, p.product_id, (e.embedding::halfvec(%s) <=> $6)::float8 AS distance'
-            || filtered || ' ORDER BY e.embedding::halfvec(%s) <=> $6 LIMIT %s) hits',
-            active.dim, active.id, active.dim, k)
+            || filtered || ' ORDER BY e.embedding::halfvec(%s) <=> $6 LIMIT %s)'
+            ' SELECT array_agg(image_id ORDER BY distance), array_agg(product_id ORDER BY distance),'
+            ' array_agg(distance ORDER BY distance) FROM (SELECT * FROM pool ORDER BY distance LIMIT %s) top',
+            active.dim, active.id, active.dim, least(4000, greatest(200, 4 * k)), k)
             INTO ids, products, distances USING tenant, category, price_min, price_max, exclude, query;
         IF coalesce(cardinality(ids), 0) = k THEN
             RETURN QUERY SELECT * FROM unnest(ids, products, distances);

@@ -1,0 +1,302 @@
+"""PostgreSQL as the work queue: claim pending images, embed them, store the results.
+
+An upload commits its row as ``pending`` before anything else happens; Redis only wakes workers
+up. Workers claim batches with ``FOR UPDATE SKIP LOCKED`` under a lease (the row's
+``lease_expires_at``, which doubles as the claim's token), embed a batch in one forward pass and
+write embeddings and states in one transaction, and only while they still hold the lease: a worker
+that was killed, or whose lease ran out and was re-claimed, writes nothing, so no image is ever
+embedded twice. Rows whose lease expired are claimable again, so nothing is lost either.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import numpy as np
+from sqlalchemy import Connection, Engine, Table, bindparam, func, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import OperationalError
+
+from imgsearch import tenancy
+from imgsearch.db.models import Embedding, Image, ImageState
+from imgsearch.errors import DatabaseUnavailable, InvalidImage, TransientError
+from imgsearch.records import ModelInfo
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LEASE_SECONDS = 300  # a CPU batch of 32 base-size images takes ~15 s here; 20x headroom
+MAX_ATTEMPTS = 5  # claims per image before it is marked failed (each claim counts one)
+DOWNLOAD_TIMEOUT_SECONDS = 20
+
+Embed = Callable[[Sequence[bytes]], list[Any]]  # one vector or InvalidImage per image
+
+
+@dataclass
+class Claim:
+    image_id: int
+    tenant: str
+    product_pk: int
+    content: bytes | None
+    uri: str | None
+    attempts: int
+    lease: dt.datetime
+
+
+@dataclass
+class BatchResult:
+    claimed: int = 0
+    ready: int = 0
+    failed: int = 0
+    lost: int = 0  # results dropped because the lease had moved on
+    errors: dict[int, str] = field(default_factory=dict)
+
+
+def claim(conn: Connection, limit: int, lease_seconds: int = DEFAULT_LEASE_SECONDS) -> list[Claim]:
+    """Claim up to ``limit`` of the oldest claimable images (pending, or leased and expired)."""
+    claimable = (
+        select(Image.id)
+        .where(
+            (Image.state == ImageState.PENDING)
+            | ((Image.state == ImageState.EMBEDDING) & (Image.lease_expires_at < func.now()))
+        )
+        .order_by(Image.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    stmt = (
+        update(Image)
+        .where(Image.id.in_(claimable))
+        .values(
+            state=ImageState.EMBEDDING,
+            attempts=Image.attempts + 1,
+            lease_expires_at=func.clock_timestamp() + func.make_interval(0, 0, 0, 0, 0, 0, lease_seconds),
+            updated_at=func.now(),
+        )
+        .returning(
+            Image.id,
+            Image.tenant,
+            Image.product_pk,
+            Image.content,
+            Image.uri,
+            Image.attempts,
+            Image.lease_expires_at,
+        )
+    )
+    rows = conn.execute(stmt).all()
+    return sorted(
+        (Claim(r.id, r.tenant, r.product_pk, r.content, r.uri, r.attempts, r.lease_expires_at) for r in rows),
+        key=lambda c: c.image_id,
+    )
+
+
+def fetch_uri(uri: str, max_bytes: int) -> bytes:
+    """Download an image URL; HTTP errors are the image's fault, network errors are transient."""
+    try:
+        with urllib.request.urlopen(uri, timeout=DOWNLOAD_TIMEOUT_SECONDS) as response:
+            data: bytes = response.read(max_bytes + 1)
+    except urllib.error.HTTPError as exc:
+        raise InvalidImage(f"cannot download {uri}: HTTP {exc.code}") from exc
+    except (urllib.error.URLError, TimeoutError, OSError) as exc:
+        raise TransientError(f"cannot download {uri}: {exc}") from exc
+    if len(data) > max_bytes:
+        raise InvalidImage(f"{uri} is over the {max_bytes}-byte limit")
+    return data
+
+
+def embed_claims(claims: Sequence[Claim], embed: Embed, max_bytes: int) -> list[Any]:
+    """A vector, an :class:`InvalidImage` or a :class:`TransientError` per claim.
+
+    Out of memory on a batch splits it in halves and tries again; a single image that still
+    does not fit is a transient error (another worker, another time).
+    """
+    datas: list[bytes | Exception] = []
+    for item in claims:
+        if item.content is not None:
+            datas.append(item.content)
+        elif item.uri is not None:
+            try:
+                datas.append(fetch_uri(item.uri, max_bytes))
+            except (InvalidImage, TransientError) as exc:
+                datas.append(exc)
+        else:
+            datas.append(InvalidImage("image has neither stored bytes nor a URI"))
+    results: list[Any] = list(datas)
+    good = [i for i, d in enumerate(datas) if isinstance(d, bytes)]
+    for position, result in zip(good, _embed_splitting([datas[i] for i in good], embed), strict=True):  # type: ignore[misc]
+        results[position] = result
+    return results
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
+
+
+def _embed_splitting(datas: list[bytes], embed: Embed) -> list[Any]:
+    if not datas:
+        return []
+    try:
+        return embed(datas)
+    except (RuntimeError, MemoryError) as exc:
+        if not _is_oom(exc):
+            raise
+        if len(datas) == 1:
+            return [TransientError(f"out of memory embedding one image: {exc}")]
+        half = len(datas) // 2
+        log.warning(
+            "out of memory on a batch of %d; retrying as %d + %d", len(datas), half, len(datas) - half
+        )
+        return _embed_splitting(datas[:half], embed) + _embed_splitting(datas[half:], embed)
+
+
+def store(conn: Connection, model: ModelInfo, claims: Sequence[Claim], results: Sequence[Any]) -> BatchResult:
+    """Write a batch's outcome in the caller's transaction, for the claims still held."""
+    outcome = BatchResult(claimed=len(claims))
+    held_stmt = (
+        select(Image.id, Image.lease_expires_at)
+        .where(Image.id.in_([c.image_id for c in claims]), Image.state == ImageState.EMBEDDING)
+        .with_for_update()
+    )
+    held = {r.id: r.lease_expires_at for r in conn.execute(held_stmt)}
+    ready, failed, released = [], [], []
+    for item, result in zip(claims, results, strict=True):
+        if held.get(item.image_id) != item.lease:
+            outcome.lost += 1
+            continue
+        if isinstance(result, InvalidImage):
+            failed.append({"b_id": item.image_id, "b_error": str(result)[:2000]})
+            outcome.errors[item.image_id] = str(result)
+        elif isinstance(result, Exception):
+            if item.attempts >= MAX_ATTEMPTS:
+                failed.append(
+                    {
+                        "b_id": item.image_id,
+                        "b_error": f"gave up after {item.attempts} attempts: {result}"[:2000],
+                    }
+                )
+            else:
+                released.append({"b_id": item.image_id})
+        else:
+            ready.append((item, np.asarray(result, dtype=np.float32)))
+    if ready:
+        conn.execute(
+            pg_insert(Embedding).on_conflict_do_update(
+                index_elements=[Embedding.model_id, Embedding.image_id],
+                set_={"embedding": pg_insert(Embedding).excluded.embedding, "created_at": func.now()},
+            ),
+            [
+                {
+                    "model_id": model.id,
+                    "image_id": c.image_id,
+                    "product_pk": c.product_pk,
+                    "tenant": c.tenant,
+                    "embedding": v,
+                }
+                for c, v in ready
+            ],
+        )
+        _set_state(conn, [{"b_id": c.image_id, "b_error": None} for c, _ in ready], ImageState.READY)
+    _set_state(conn, failed, ImageState.FAILED)
+    _set_state(conn, [{**r, "b_error": None} for r in released], ImageState.PENDING)
+    outcome.ready, outcome.failed = len(ready), len(failed)
+    return outcome
+
+
+def _set_state(conn: Connection, rows: list[dict[str, Any]], state: ImageState) -> None:
+    if not rows:
+        return
+    table = cast(Table, Image.__table__)
+    stmt = (
+        update(table)
+        .where(table.c.id == bindparam("b_id"))
+        .values(state=state.value, error=bindparam("b_error"), lease_expires_at=None, updated_at=func.now())
+    )
+    conn.execute(stmt, rows)
+
+
+def process_batch(
+    engine: Engine,
+    model: ModelInfo,
+    embed: Embed,
+    *,
+    batch_size: int,
+    lease_seconds: int = DEFAULT_LEASE_SECONDS,
+    max_bytes: int = 50 * 1024 * 1024,
+) -> BatchResult:
+    """Claim one batch, embed it outside any transaction, store the outcome. Every tenant is
+    processed (as ``imgsearch_worker``); rows never change tenant."""
+    try:
+        with engine.begin() as conn:
+            tenancy.run_as_worker(conn)
+            claims = claim(conn, batch_size, lease_seconds)
+        if not claims:
+            return BatchResult()
+        results = embed_claims(claims, embed, max_bytes)
+        with engine.begin() as conn:
+            tenancy.run_as_worker(conn)
+            return store(conn, model, claims, results)
+    except OperationalError as exc:
+        raise DatabaseUnavailable(f"database unavailable while embedding: {exc.orig}") from exc
+
+
+@dataclass(frozen=True)
+class QueueStatus:
+    counts: dict[str, int]
+    oldest_pending_seconds: float | None
+    latest_errors: list[tuple[int, str, str]]  # image id, tenant, error
+
+
+def status(engine: Engine, errors: int = 5) -> QueueStatus:
+    with engine.connect() as conn:
+        counts = {state.value: 0 for state in ImageState}
+        counts.update(
+            {
+                r.state: r.n
+                for r in conn.execute(select(Image.state, func.count().label("n")).group_by(Image.state))
+            }
+        )
+        oldest = conn.execute(
+            select(func.extract("epoch", func.now() - func.min(Image.created_at))).where(
+                Image.state.in_([ImageState.PENDING, ImageState.EMBEDDING])
+            )
+        ).scalar()
+        latest = conn.execute(
+            select(Image.id, Image.tenant, Image.error)
+            .where(Image.state == ImageState.FAILED)
+            .order_by(Image.updated_at.desc(), Image.id.desc())
+            .limit(errors)
+        ).all()
+    return QueueStatus(
+        counts, None if oldest is None else float(oldest), [(r.id, r.tenant, r.error or "") for r in latest]
+    )
+
+
+def claimable_count(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(
+            conn.execute(
+                text(
+                    "SELECT count(*) FROM imgsearch.images WHERE state = 'pending' "
+                    "OR (state = 'embedding' AND lease_expires_at < now())"
+                )
+            ).scalar_one()
+        )
+
+
+def retry_failed(engine: Engine, tenant: str | None = None) -> int:
+    """Put failed images back to pending with a fresh attempt count; returns how many."""
+    stmt = (
+        update(Image)
+        .where(Image.state == ImageState.FAILED)
+        .values(state=ImageState.PENDING, error=None, attempts=0, updated_at=func.now())
+    )
+    if tenant is not None:
+        stmt = stmt.where(Image.tenant == tenant)
+    with engine.begin() as conn:
+        return int(conn.execute(stmt).rowcount)
