@@ -25,6 +25,7 @@ from imgsearch.settings import Settings
 
 if TYPE_CHECKING:
     from imgsearch.embed.model import Embedder
+    from imgsearch.wake import Waker
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +39,12 @@ class Catalog:
     'pending'
     """
 
-    def __init__(self, engine: Engine, model: ModelInfo, settings: Settings) -> None:
+    def __init__(
+        self, engine: Engine, model: ModelInfo, settings: Settings, waker: Waker | None = None
+    ) -> None:
         self.engine = engine
         self.settings = settings
+        self.waker = waker
         self._model = model
         self._limits = images.Limits(settings.max_image_bytes, settings.max_image_pixels)
         self._embedder: Embedder | None = None
@@ -79,7 +83,12 @@ class Catalog:
                 f"the catalog's active model is {active.name!r}, not {model!r}; "
                 "switch with `imgsearch reembed` and `imgsearch model activate`"
             )
-        return cls(engine, active, settings)
+        waker = None
+        if settings.wake_workers:
+            from imgsearch.wake import celery_waker
+
+            waker = celery_waker(settings.redis_url, settings.queue, settings.batch_size)
+        return cls(engine, active, settings, waker)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -142,7 +151,8 @@ class Catalog:
         prepared = ingest.prepare_row(row, dim=self.dim, limits=self._limits)
         with self.engine.begin() as conn:
             tenancy.scope(conn, prepared.tenant)
-            ids, _ = ingest.write_rows(conn, [prepared], self._model)
+            ids, created = ingest.write_rows(conn, [prepared], self._model)
+        self._wake([prepared], created)  # after the commit: the row is durable before anyone hears of it
         return ids[0]
 
     def add_many(self, rows: Iterable[Mapping[str, Any]], *, progress: bool | None = None) -> list[int]:
@@ -159,6 +169,7 @@ class Catalog:
             tqdm(rows, desc="checking", unit="row", disable=not show), dim=self.dim, limits=self._limits
         )
         ids: list[int] = [0] * len(prepared)
+        created_all = [False] * len(prepared)
         by_tenant: dict[str, list[int]] = {}
         for position, row_ in enumerate(prepared):
             by_tenant.setdefault(row_.tenant, []).append(position)
@@ -171,11 +182,18 @@ class Catalog:
                 tenancy.scope(conn, tenant)
                 for start in range(0, len(positions), ingest.WRITE_CHUNK):
                     part = positions[start : start + ingest.WRITE_CHUNK]
-                    chunk_ids, _ = ingest.write_rows(conn, [prepared[p] for p in part], self._model)
-                    for position, image_id in zip(part, chunk_ids, strict=True):
+                    chunk_ids, created = ingest.write_rows(conn, [prepared[p] for p in part], self._model)
+                    for position, image_id, new in zip(part, chunk_ids, created, strict=True):
                         ids[position] = image_id
+                        created_all[position] = new
                     bar.update(len(part))
+        self._wake(prepared, created_all)
         return ids
+
+    def _wake(self, rows: list[ingest.PreparedRow], created: list[bool]) -> None:
+        pending = sum(1 for row, new in zip(rows, created, strict=True) if new and row.embedding is None)
+        if pending and self.waker is not None:
+            self.waker(pending)
 
     # -- read -----------------------------------------------------------------------------
 

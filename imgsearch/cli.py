@@ -4,10 +4,12 @@ faults (database unreachable) exit 75 (EX_TEMPFAIL); everything else is a bug an
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
-from imgsearch.errors import ImgSearchError, InvalidInput, NotFound, TransientError
+from imgsearch.errors import ConfigurationError, ImgSearchError, InvalidInput, NotFound, TransientError
 from imgsearch.settings import Settings
 
 EXIT_USAGE = 2
@@ -68,6 +70,128 @@ def _tenant(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _open_engine(settings: Settings) -> Any:
+    from imgsearch.db import engine, migrate
+
+    eng = engine.make_engine(engine.resolve_url(settings))
+    if migrate.current(eng) != migrate.head():
+        migrate.upgrade(eng)
+    return eng
+
+
+def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    # the options become settings, which worker processes read from the environment at start
+    overrides = {
+        "IMGSEARCH_DEVICE": args.device,
+        "IMGSEARCH_BATCH_SIZE": args.batch_size,
+        "IMGSEARCH_QUEUE": args.queue,
+    }
+    for name, value in overrides.items():
+        if value is not None:
+            os.environ[name] = str(value)
+    if "IMGSEARCH_TORCH_THREADS" not in os.environ and args.concurrency > 1:
+        # worker processes share the CPU cores instead of each starting one thread per core
+        os.environ["IMGSEARCH_TORCH_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.concurrency))
+    settings = Settings()
+    if args.drain:
+        return _drain(settings)
+    import tempfile
+
+    from workers.app import configure
+
+    app = configure(settings)
+    argv = [
+        "worker",
+        "--concurrency",
+        str(args.concurrency),
+        "--queues",
+        settings.queue,
+        "--loglevel",
+        "INFO",
+        "--hostname",
+        f"imgsearch-{os.getpid()}@%h",
+    ]
+    if args.beat:
+        schedule = os.path.join(tempfile.gettempdir(), f"imgsearch-beat-{os.getpid()}")
+        argv += ["--beat", "--schedule", schedule]
+    app.worker_main(argv)
+    return 0
+
+
+def _drain(settings: Settings) -> int:
+    from imgsearch import queue
+    from imgsearch.db import vector_index
+    from imgsearch.embed.model import Embedder
+
+    eng = _open_engine(settings)
+    try:
+        with eng.connect() as conn:
+            model = vector_index.active_model(conn)
+        if model is None:
+            raise ConfigurationError("the catalog has no active model")
+        embedder = Embedder.from_settings(settings, name=model.name)
+        totals = queue.drain(
+            eng,
+            model,
+            embedder.embed_images,
+            batch_size=settings.batch_size,
+            lease_seconds=settings.lease_seconds,
+            max_bytes=settings.max_image_bytes,
+            progress=sys.stderr.isatty(),
+        )
+    finally:
+        eng.dispose()
+    print(f"embedded {totals.ready}, failed {totals.failed}")
+    for image_id, error in list(totals.errors.items())[:20]:
+        print(f"  image {image_id}: {error}")
+    return 0
+
+
+def _queue_depth(settings: Settings) -> int | None:
+    try:
+        import redis
+
+        client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=1, socket_timeout=1)
+        return int(client.llen(settings.queue))
+    except Exception:  # status must work without a broker
+        return None
+
+
+def _status(args: argparse.Namespace, settings: Settings) -> int:
+    from imgsearch import queue
+
+    eng = _open_engine(settings)
+    try:
+        current = queue.status(eng)
+    finally:
+        eng.dispose()
+    print("images: " + ", ".join(f"{state} {count}" for state, count in current.counts.items()))
+    depth = _queue_depth(settings)
+    print(f"queue {settings.queue!r}: " + ("broker unreachable" if depth is None else f"{depth} messages"))
+    age = current.oldest_pending_seconds
+    print("oldest pending: " + ("none" if age is None else f"{age:.0f} s"))
+    if current.latest_errors:
+        print("latest errors:")
+        for image_id, tenant, error in current.latest_errors:
+            print(f"  image {image_id} ({tenant}): {error}")
+    return 0
+
+
+def _retry_failed(args: argparse.Namespace, settings: Settings) -> int:
+    from imgsearch import queue
+    from imgsearch.wake import celery_waker
+
+    eng = _open_engine(settings)
+    try:
+        count = queue.retry_failed(eng, tenant=args.tenant)
+    finally:
+        eng.dispose()
+    if count:
+        celery_waker(settings.redis_url, settings.queue, settings.batch_size)(count)
+    print(f"re-queued {count} failed images")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imgsearch", description="Postgres-native image search.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -96,6 +220,37 @@ def build_parser() -> argparse.ArgumentParser:
     login.add_argument("--tenant", required=True, help="the only tenant the login may see")
     login.add_argument("--password-stdin", action="store_true", help="read the login's password from stdin")
     login.set_defaults(func=_tenant)
+
+    worker = commands.add_parser(
+        "worker",
+        help="run an embedding worker",
+        description="Run a Celery worker that embeds pending images (broker: IMGSEARCH_REDIS_URL), "
+        "or with --drain embed everything pending in this process and exit.",
+    )
+    worker.add_argument("--concurrency", type=int, default=1, help="worker processes (default 1)")
+    worker.add_argument("--queue", default=None, help="Celery queue (default IMGSEARCH_QUEUE or 'imgsearch')")
+    worker.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: auto)")
+    worker.add_argument("--batch-size", type=int, default=None, help="images per forward pass")
+    worker.add_argument(
+        "--no-beat", dest="beat", action="store_false", help="don't run the periodic sweep in this worker"
+    )
+    worker.add_argument("--drain", action="store_true", help="embed everything pending in-process, then exit")
+    worker.set_defaults(func=_worker)
+
+    status = commands.add_parser(
+        "status",
+        help="embedding progress and errors",
+        description="Counts per state, queue depth, oldest pending image, latest errors.",
+    )
+    status.set_defaults(func=_status)
+
+    retry = commands.add_parser(
+        "retry-failed",
+        help="re-queue failed images",
+        description="Put failed images back to pending and wake the workers.",
+    )
+    retry.add_argument("--tenant", default=None, help="only this tenant's images")
+    retry.set_defaults(func=_retry_failed)
 
     demo = commands.add_parser(
         "demo",

@@ -300,3 +300,32 @@ def retry_failed(engine: Engine, tenant: str | None = None) -> int:
         stmt = stmt.where(Image.tenant == tenant)
     with engine.begin() as conn:
         return int(conn.execute(stmt).rowcount)
+
+
+def drain(
+    engine: Engine,
+    model: ModelInfo,
+    embed: Embed,
+    *,
+    batch_size: int,
+    lease_seconds: int,
+    max_bytes: int,
+    progress: bool,
+) -> BatchResult:
+    """Embed everything claimable in this process, batch by batch, then return the totals."""
+    from tqdm import tqdm
+
+    totals = BatchResult()
+    with tqdm(total=claimable_count(engine), desc="embedding", unit="img", disable=not progress) as bar:
+        while True:
+            result = process_batch(
+                engine, model, embed, batch_size=batch_size, lease_seconds=lease_seconds, max_bytes=max_bytes
+            )
+            if not result.claimed:
+                return totals
+            totals.claimed += result.claimed
+            totals.ready += result.ready
+            totals.failed += result.failed
+            totals.lost += result.lost
+            totals.errors.update(result.errors)
+            bar.update(result.claimed)

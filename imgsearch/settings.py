@@ -59,3 +59,8 @@ class Settings(BaseSettings):
     exact_max_fraction: float = Field(
         default=0.15, ge=0, le=1, description="...or at most this share of the catalog scan them exactly."
     )
+    queue: str = Field(default="imgsearch", description="Celery queue the workers consume.")
+    lease_seconds: int = Field(default=300, gt=0, description="How long a claimed batch is held.")
+    sweep_seconds: float = Field(default=60.0, gt=0, description="How often lost work is re-queued.")
+    wake_workers: bool = Field(default=False, description="Send a Celery wake-up after each upload.")
+    torch_threads: int | None = Field(default=None, gt=0, description="CPU threads per worker process.")

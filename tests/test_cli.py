@@ -55,13 +55,31 @@ def test_unreachable_database_exits_tempfail(home: Path) -> None:
 
 def test_tenant_create_login(home: Path) -> None:
     run = subprocess.run(
-        [sys.executable, "-m", "imgsearch", "tenant", "create-login", "cli_console", "--tenant", "acme",
-         "--password-stdin"],
-        env={**{k: v for k, v in os.environ.items() if not k.startswith("IMGSEARCH_")}, "IMGSEARCH_HOME": str(home)},
-        input="pw\n", capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "imgsearch",
+            "tenant",
+            "create-login",
+            "cli_console",
+            "--tenant",
+            "acme",
+            "--password-stdin",
+        ],
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("IMGSEARCH_")},
+            "IMGSEARCH_HOME": str(home),
+        },
+        input="pw\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "created login 'cli_console', restricted to tenant 'acme'"
     again = imgsearch("tenant", "create-login", "cli_console", "--tenant", "acme", home=home)
-    assert again.returncode == 2 and again.stderr.strip() == "imgsearch: a login named 'cli_console' already exists"
+    assert (
+        again.returncode == 2
+        and again.stderr.strip() == "imgsearch: a login named 'cli_console' already exists"
+    )
     imgsearch("db", "stop", home=home)  # the role lives in this test's own server, removed with it

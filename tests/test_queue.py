@@ -1,0 +1,100 @@
+"""The PostgreSQL work queue: claims, leases, stale workers, out-of-memory splitting, faults."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from sqlalchemy import text
+
+from imgsearch import Catalog, queue
+from imgsearch.errors import DatabaseUnavailable, InvalidImage, TransientError
+from tests.helpers import image_bytes, unit
+
+
+@pytest.fixture
+def catalog(database_url: str) -> Catalog:
+    with Catalog.open(database_url) as cat:
+        cat.add_many({"image": image_bytes(i), "tenant": "acme", "product_id": f"p{i}"} for i in range(6))
+        yield cat
+
+
+def fake_vectors(datas: list[bytes]) -> list[np.ndarray]:
+    return [unit(768, len(d)) for d in datas]
+
+
+def test_claims_skip_locked_rows(catalog: Catalog) -> None:
+    with catalog.engine.begin() as first:
+        a = queue.claim(first, 4)
+        with catalog.engine.begin() as second:
+            b = queue.claim(second, 4)
+    assert len(a) == 4 and len(b) == 2
+    assert not {c.image_id for c in a} & {c.image_id for c in b}
+
+
+def test_stale_worker_writes_nothing_and_nothing_is_embedded_twice(catalog: Catalog) -> None:
+    with catalog.engine.begin() as conn:
+        stale = queue.claim(conn, 6, lease_seconds=1)
+    time.sleep(1.2)
+    with catalog.engine.begin() as conn:
+        fresh = queue.claim(conn, 6, lease_seconds=60)
+    assert {c.image_id for c in fresh} == {c.image_id for c in stale}
+    with catalog.engine.begin() as conn:
+        late = queue.store(conn, catalog.active_model, stale, fake_vectors([c.content or b"" for c in stale]))
+    assert (late.lost, late.ready) == (6, 0)
+    with catalog.engine.begin() as conn:
+        done = queue.store(conn, catalog.active_model, fresh, fake_vectors([c.content or b"" for c in fresh]))
+        again = queue.store(
+            conn, catalog.active_model, fresh, fake_vectors([c.content or b"" for c in fresh])
+        )
+    assert done.ready == 6 and again.lost == 6
+    with catalog.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM imgsearch.embeddings")).scalar() == 6
+        assert conn.execute(text("SELECT max(attempts) FROM imgsearch.images")).scalar() == 2
+
+
+def test_out_of_memory_splits_the_batch(catalog: Catalog) -> None:
+    sizes: list[int] = []
+
+    def small_gpu(datas: list[bytes]) -> list[np.ndarray]:
+        sizes.append(len(datas))
+        if len(datas) > 2:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return fake_vectors(datas)
+
+    result = queue.process_batch(catalog.engine, catalog.active_model, small_gpu, batch_size=6)
+    assert result.ready == 6
+    assert sizes[0] == 6 and max(sizes[1:]) <= 3
+
+
+def test_transient_errors_release_then_give_up(catalog: Catalog) -> None:
+    def flaky(datas: list[bytes]) -> list[object]:
+        return [TransientError("model server busy")] * len(datas)
+
+    for _ in range(queue.MAX_ATTEMPTS):
+        queue.process_batch(catalog.engine, catalog.active_model, flaky, batch_size=6)
+    with catalog.engine.connect() as conn:
+        rows = conn.execute(text("SELECT state, error FROM imgsearch.images")).all()
+    assert {r.state for r in rows} == {"failed"}
+    assert all(r.error.startswith(f"gave up after {queue.MAX_ATTEMPTS} attempts") for r in rows)
+
+
+def test_invalid_image_is_failed_with_its_message(catalog: Catalog) -> None:
+    def picky(datas: list[bytes]) -> list[object]:
+        return [InvalidImage("not a product photo"), *fake_vectors(datas[1:])]
+
+    result = queue.process_batch(catalog.engine, catalog.active_model, picky, batch_size=6)
+    assert (result.ready, result.failed) == (5, 1)
+    assert list(result.errors.values()) == ["not a product photo"]
+
+
+def test_database_gone_is_transient() -> None:
+    from sqlalchemy import create_engine
+
+    from imgsearch.records import ModelInfo
+
+    engine = create_engine("postgresql+psycopg://x@127.0.0.1:1/none", connect_args={"connect_timeout": 2})
+    with pytest.raises(DatabaseUnavailable):
+        queue.process_batch(engine, ModelInfo(1, "m", 768, True), fake_vectors, batch_size=4)
+    assert issubclass(DatabaseUnavailable, TransientError)

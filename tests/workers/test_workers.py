@@ -1,0 +1,249 @@
+"""Real Celery worker processes on real Redis and PostgreSQL: every upload gets its embedding,
+nothing is lost when a worker dies or the broker is flushed, bad images fail alone."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+from PIL import Image
+from sqlalchemy import text
+
+from imgsearch import Catalog
+from imgsearch.settings import Settings
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def jpeg(seed: int, size: int = 64, quality: int = 90) -> bytes:
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size]
+    base = np.stack([x * 255 / size, y * 255 / size, np.full_like(x, seed % 255)], axis=-1)
+    pixels = np.clip(base + rng.normal(0, 8, base.shape), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+class Workers:
+    """Starts ``imgsearch worker`` processes for one test and kills them afterwards."""
+
+    def __init__(self, env: dict[str, str], logs: Path) -> None:
+        self.env = env
+        self.logs = logs
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, *args: str, **env: str) -> subprocess.Popen[bytes]:
+        log = open(self.logs / f"worker-{len(self.procs)}.log", "wb")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "imgsearch", "worker", *args],
+            env={**self.env, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def kill(self, proc: subprocess.Popen[bytes]) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            self.kill(proc)
+
+    def log_tail(self) -> str:
+        return "\n".join(
+            p.read_text(errors="replace")[-3000:] for p in sorted(self.logs.glob("worker-*.log"))
+        )
+
+
+@pytest.fixture
+def setup(database_url: str, tiny_siglip: Path, tmp_path: Path) -> Iterator[tuple[Catalog, Workers, str]]:
+    queue = f"imgsearch-test-{uuid.uuid4().hex[:8]}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGSEARCH_")}
+    env.update(
+        IMGSEARCH_DATABASE_URL=database_url,
+        IMGSEARCH_MODEL=str(tiny_siglip),
+        IMGSEARCH_REDIS_URL=REDIS_URL,
+        IMGSEARCH_QUEUE=queue,
+        IMGSEARCH_SWEEP_SECONDS="1",
+        IMGSEARCH_BATCH_SIZE="16",
+        IMGSEARCH_DEVICE="cpu",
+        HF_HUB_OFFLINE="1",
+    )
+    settings = Settings(redis_url=REDIS_URL, queue=queue, wake_workers=True, batch_size=16)
+    workers = Workers(env, tmp_path)
+    with Catalog.open(database_url, model=str(tiny_siglip), settings=settings) as catalog:
+        try:
+            yield catalog, workers, queue
+        finally:
+            workers.stop_all()
+            redis.Redis.from_url(REDIS_URL).delete(queue)
+
+
+def counts(catalog: Catalog) -> dict[str, int]:
+    with catalog.engine.connect() as conn:
+        rows = conn.execute(text("SELECT state, count(*) FROM imgsearch.images GROUP BY state")).all()
+    return {state: n for state, n in rows}
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, workers: Workers, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}\n{workers.log_tail()}")
+
+
+def embeddings_per_image(catalog: Catalog) -> list[int]:
+    with catalog.engine.connect() as conn:
+        return list(
+            conn.execute(
+                text(
+                    "SELECT count(e.image_id) FROM imgsearch.images i "
+                    "LEFT JOIN imgsearch.embeddings e ON e.image_id = i.id GROUP BY i.id"
+                )
+            ).scalars()
+        )
+
+
+def test_200_uploads_all_become_ready(setup: tuple[Catalog, Workers, str]) -> None:
+    catalog, workers, _ = setup
+    ids = catalog.add_many(
+        {"image": jpeg(i), "tenant": "acme" if i % 2 else "globex", "product_id": f"p{i}"} for i in range(200)
+    )
+    assert counts(catalog) == {"pending": 200}, "uploads are committed as pending before any worker runs"
+    workers.start("--concurrency", "2")
+    wait_until(lambda: counts(catalog).get("ready") == 200, 240, workers, "200 ready images")
+    assert embeddings_per_image(catalog) == [1] * 200
+    with catalog.engine.connect() as conn:
+        assert conn.execute(text("SELECT max(attempts) FROM imgsearch.images")).scalar() == 1
+        tenants = conn.execute(
+            text(
+                "SELECT count(*) FROM imgsearch.embeddings e JOIN imgsearch.images i ON i.id = e.image_id "
+                "WHERE e.tenant <> i.tenant"
+            )
+        ).scalar()
+    assert tenants == 0
+    hits = catalog.search(similar_to=ids[0], k=3)
+    assert len(hits) == 3
+
+
+def test_killed_worker_loses_nothing_and_embeds_each_image_once(setup: tuple[Catalog, Workers, str]) -> None:
+    catalog, workers, _ = setup
+    catalog.add_many(
+        {"image": jpeg(i, size=1400, quality=80), "tenant": "acme", "product_id": f"p{i}"} for i in range(64)
+    )
+    first = workers.start(IMGSEARCH_LEASE_SECONDS="4")
+    wait_until(lambda: counts(catalog).get("embedding", 0) > 0, 120, workers, "a batch in progress")
+    workers.kill(first)  # SIGKILL mid-batch: its claims stay leased, its message unacknowledged
+    with catalog.engine.connect() as conn:
+        stranded = (
+            conn.execute(text("SELECT id FROM imgsearch.images WHERE state = 'embedding'")).scalars().all()
+        )
+    assert stranded
+    workers.start(IMGSEARCH_LEASE_SECONDS="4")
+    wait_until(lambda: counts(catalog).get("ready") == 64, 240, workers, "64 ready images after the kill")
+    assert embeddings_per_image(catalog) == [1] * 64
+    with catalog.engine.connect() as conn:
+        attempts = dict(conn.execute(text("SELECT id, attempts FROM imgsearch.images")).all())
+    assert all(attempts[i] >= 2 for i in stranded), "stranded rows were claimed again after their lease"
+
+
+def test_flushed_broker_loses_nothing(setup: tuple[Catalog, Workers, str]) -> None:
+    catalog, workers, queue = setup
+    catalog.add_many({"image": jpeg(i), "tenant": "acme", "product_id": f"p{i}"} for i in range(40))
+    broker = redis.Redis.from_url(REDIS_URL)
+    assert broker.llen(queue) > 0, "uploads woke the workers through Redis"
+    broker.flushall()
+    assert broker.llen(queue) == 0
+    workers.start()
+    wait_until(lambda: counts(catalog).get("ready") == 40, 180, workers, "40 ready images after FLUSHALL")
+    assert embeddings_per_image(catalog) == [1] * 40
+
+
+def test_bad_images_fail_alone_with_clear_errors(setup: tuple[Catalog, Workers, str], tmp_path: Path) -> None:
+    catalog, workers, _ = setup
+    good = [catalog.add(image=jpeg(i), tenant="acme", product_id=f"good{i}") for i in range(12)]
+    truncated = jpeg(99, size=300, quality=95)
+    banner = io.BytesIO()
+    Image.new("RGB", (3000, 20), "red").save(banner, "PNG")
+    bad = [
+        catalog.add(image=truncated[: len(truncated) // 2], tenant="acme", product_id="bad-truncated"),
+        catalog.add(image=truncated[: len(truncated) // 3], tenant="acme", product_id="bad-truncated-2"),
+        catalog.add(image=banner.getvalue(), tenant="acme", product_id="bad-banner"),
+    ]
+    workers.start()
+    wait_until(
+        lambda: set(counts(catalog)) <= {"ready", "failed"} and sum(counts(catalog).values()) == 15,
+        180,
+        workers,
+        "every image settled",
+    )
+    assert {i: catalog.get(i).state for i in good} == {i: "ready" for i in good}
+    records = [catalog.get(i) for i in bad]
+    assert [r.state for r in records] == ["failed"] * 3
+    assert "cannot decode JPEG" in (records[0].error or "") and "cannot decode JPEG" in (
+        records[1].error or ""
+    )
+    assert "aspect ratio of 150:1" in (records[2].error or "")
+
+    env = {**workers.env}
+    status = subprocess.run(
+        [sys.executable, "-m", "imgsearch", "status"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert status.returncode == 0, status.stderr
+    assert "images: pending 0, embedding 0, ready 12, failed 3" in status.stdout
+    assert f"image {bad[2]} (acme): image is 3000x20" in status.stdout
+    retry = subprocess.run(
+        [sys.executable, "-m", "imgsearch", "retry-failed"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert retry.returncode == 0 and retry.stdout.strip() == "re-queued 3 failed images"
+    wait_until(lambda: counts(catalog).get("failed") == 3, 120, workers, "bad images failing again")
+
+
+def test_drain_embeds_in_process_without_a_broker(database_url: str, tiny_siglip: Path) -> None:
+    with Catalog.open(database_url, model=str(tiny_siglip)) as catalog:
+        catalog.add_many({"image": jpeg(i), "tenant": "acme", "product_id": f"p{i}"} for i in range(20))
+        broken = jpeg(5, size=300, quality=95)
+        catalog.add(image=broken[: len(broken) // 2], tenant="acme", product_id="broken")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("IMGSEARCH_")}
+        env.update(IMGSEARCH_DATABASE_URL=database_url, IMGSEARCH_REDIS_URL="redis://127.0.0.1:1/0")
+        run = subprocess.run(
+            [sys.executable, "-m", "imgsearch", "worker", "--drain", "--batch-size", "8"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.splitlines()[0] == "embedded 20, failed 1"
+        assert counts(catalog) == {"ready": 20, "failed": 1}
+
+
+def test_unreachable_broker_never_fails_an_upload(database_url: str, tiny_siglip: Path) -> None:
+    settings = Settings(redis_url="redis://127.0.0.1:1/0", wake_workers=True)
+    with Catalog.open(database_url, model=str(tiny_siglip), settings=settings) as catalog:
+        start = time.monotonic()
+        image_id = catalog.add(image=jpeg(1), tenant="acme", product_id="p1")
+        assert time.monotonic() - start < 15
+        assert catalog.get(image_id).state == "pending"

@@ -1,0 +1,108 @@
+"""Tasks: ``imgsearch.embed_pending`` (claim, embed, store one batch) and ``imgsearch.sweep``."""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine
+
+from imgsearch import queue
+from imgsearch.db import engine as db_engine
+from imgsearch.db import vector_index
+from imgsearch.embed.model import Embedder
+from imgsearch.errors import ConfigurationError, TransientError
+from imgsearch.records import ModelInfo
+from imgsearch.settings import Settings
+from workers.app import app
+
+log = logging.getLogger(__name__)
+
+MAX_FANOUT = 8  # tasks a sweep enqueues at most; each re-queues itself while work remains
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: Engine
+    model: ModelInfo
+    embedder: Embedder
+
+
+_runtime: Runtime | None = None
+_lock = threading.Lock()
+
+
+def runtime() -> Runtime:
+    """Settings, engine, active model and embedder: created once per worker process, on first use
+    (after the fork, so no connection or model is shared between processes)."""
+    global _runtime
+    with _lock:
+        if _runtime is None:
+            settings = Settings()
+            engine = db_engine.make_engine(db_engine.resolve_url(settings))
+            with engine.connect() as conn:
+                model = vector_index.active_model(conn)
+            if model is None:
+                raise ConfigurationError("the catalog has no active model; open it once (imgsearch migrate)")
+            if settings.torch_threads:
+                import torch
+
+                torch.set_num_threads(settings.torch_threads)
+            embedder = Embedder.from_settings(settings, name=model.name)
+            embedder.load()
+            _runtime = Runtime(settings, engine, model, embedder)
+        return _runtime
+
+
+def embed_batch(rt: Runtime) -> queue.BatchResult:
+    return queue.process_batch(
+        rt.engine,
+        rt.model,
+        rt.embedder.embed_images,
+        batch_size=rt.settings.batch_size,
+        lease_seconds=rt.settings.lease_seconds,
+        max_bytes=rt.settings.max_image_bytes,
+    )
+
+
+@app.task(
+    name="imgsearch.embed_pending",
+    bind=True,
+    autoretry_for=(TransientError,),
+    retry_backoff=2,
+    retry_backoff_max=300,
+    retry_jitter=True,
+    max_retries=8,
+)
+def embed_pending(self: Any) -> dict[str, int]:
+    """Embed one batch of pending images; re-queue while the batch came back full."""
+    rt = runtime()
+    result = embed_batch(rt)
+    if result.claimed and result.claimed >= rt.settings.batch_size:
+        embed_pending.apply_async()
+    if result.claimed:
+        log.info(
+            "batch: %d claimed, %d ready, %d failed, %d lost",
+            result.claimed,
+            result.ready,
+            result.failed,
+            result.lost,
+        )
+    return {"claimed": result.claimed, "ready": result.ready, "failed": result.failed, "lost": result.lost}
+
+
+@app.task(name="imgsearch.sweep")
+def sweep() -> int:
+    """Re-queue work PostgreSQL holds but Redis may have lost (flushed broker, killed worker)."""
+    rt = runtime()
+    claimable = queue.claimable_count(rt.engine)
+    tasks = min(MAX_FANOUT, math.ceil(claimable / rt.settings.batch_size))
+    for _ in range(tasks):
+        embed_pending.apply_async()
+    if tasks:
+        log.info("sweep: %d claimable images, %d tasks queued", claimable, tasks)
+    return tasks
