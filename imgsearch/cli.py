@@ -111,6 +111,10 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
         "--hostname",
         f"imgsearch-{os.getpid()}@%h",
     ]
+    if args.concurrency == 1:
+        # one process: run tasks in it rather than in a forked child, where torch's CPU threads ran
+        # at 0.72x of the embedder alone (bench/workers.py); solo ran at the figure in docs/benchmarks.md
+        argv += ["--pool", "solo"]
     if args.beat:
         schedule = os.path.join(tempfile.gettempdir(), f"imgsearch-beat-{os.getpid()}")
         argv += ["--beat", "--schedule", schedule]
