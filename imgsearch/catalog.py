@@ -148,12 +148,17 @@ class Catalog:
             "currency": currency,
             "attributes": attributes,
         }
+        return self.add_row(row)[0]
+
+    def add_row(self, row: Mapping[str, Any]) -> tuple[int, bool]:
+        """:meth:`add` for a row dict (the keys of :meth:`add_many`); also says whether the image
+        was new (False: the same bytes were already stored for that tenant)."""
         prepared = ingest.prepare_row(row, dim=self.dim, limits=self._limits)
         with self.engine.begin() as conn:
             tenancy.scope(conn, prepared.tenant)
             ids, created = ingest.write_rows(conn, [prepared], self._model)
         self._wake([prepared], created)  # after the commit: the row is durable before anyone hears of it
-        return ids[0]
+        return ids[0], created[0]
 
     def add_many(self, rows: Iterable[Mapping[str, Any]], *, progress: bool | None = None) -> list[int]:
         """Store many uploads atomically: every row is validated first, and one bad row fails the

@@ -151,6 +151,51 @@ def _drain(settings: Settings) -> int:
     return 0
 
 
+def _ingest(args: argparse.Namespace, settings: Settings) -> int:
+    from tqdm import tqdm
+
+    from imgsearch import queue, sources
+    from imgsearch.catalog import Catalog
+    from imgsearch.embed.model import Embedder
+
+    rows = list(sources.collect(args.paths, tenant=args.tenant, category=args.category))
+    added = duplicates = 0
+    failures: list[str] = []
+    with Catalog.open(settings=settings) as catalog:
+        for row in tqdm(rows, desc="storing", unit="img", disable=not sys.stderr.isatty()):
+            where = row.pop("_where")
+            try:
+                _, created = catalog.add_row(row)
+            except InvalidInput as exc:
+                failures.append(f"{where}: {exc}")
+                continue
+            added += created
+            duplicates += not created
+        embedded_line = (
+            "embedding: skipped (--no-embed); run `imgsearch worker` or `imgsearch worker --drain`"
+        )
+        if not args.no_embed:
+            embedder = Embedder.from_settings(settings, name=catalog.model)
+            totals = queue.drain(
+                catalog.engine,
+                catalog.active_model,
+                embedder.embed_images,
+                batch_size=settings.batch_size,
+                lease_seconds=settings.lease_seconds,
+                max_bytes=settings.max_image_bytes,
+                progress=sys.stderr.isatty(),
+            )
+            embedded_line = f"embedded {totals.ready}, failed {totals.failed}"
+            failures += [f"image {image_id}: {error}" for image_id, error in totals.errors.items()]
+    print(f"added {added}, duplicates skipped {duplicates}")
+    print(embedded_line)
+    if failures:
+        print(f"failed {len(failures)}:")
+        for line in failures[:50]:
+            print(f"  {line}")
+    return 1 if failures else 0
+
+
 def _queue_depth(settings: Settings) -> int | None:
     try:
         import redis
@@ -224,6 +269,21 @@ def build_parser() -> argparse.ArgumentParser:
     login.add_argument("--tenant", required=True, help="the only tenant the login may see")
     login.add_argument("--password-stdin", action="store_true", help="read the login's password from stdin")
     login.set_defaults(func=_tenant)
+
+    ingest = commands.add_parser(
+        "ingest",
+        help="store images from files, folders or manifests, and embed them",
+        description="Store images from files, folders (recursively) or CSV/JSONL manifests (columns: "
+        "image path or URL, tenant, product_id, category, price, currency, attributes as JSON), then "
+        "embed everything pending in this process. Exit 1 when some images failed.",
+    )
+    ingest.add_argument("paths", nargs="+", metavar="PATH")
+    ingest.add_argument(
+        "--tenant", default="default", help="tenant of rows that don't name one (default 'default')"
+    )
+    ingest.add_argument("--category", default=None, help="category of rows that don't name one")
+    ingest.add_argument("--no-embed", action="store_true", help="only store; leave embedding to the workers")
+    ingest.set_defaults(func=_ingest)
 
     worker = commands.add_parser(
         "worker",

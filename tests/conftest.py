@@ -122,3 +122,11 @@ def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.tiny_models import build_tiny_clip
 
     return build_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
+
+
+@pytest.fixture(scope="session")
+def tiny_siglip2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny SigLIP 2 checkpoint (NaFlex, 32-d)."""
+    from tests.tiny_models import build_tiny_siglip2
+
+    return build_tiny_siglip2(tmp_path_factory.mktemp("tiny-siglip2"))

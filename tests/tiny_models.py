@@ -131,3 +131,49 @@ def build_tiny_clip(path: Path, *, dim: int = 24, image_size: int = 32, seed: in
     )
     CLIPModel(config).eval().save_pretrained(path)
     return path
+
+
+def build_tiny_siglip2(path: Path, *, dim: int = 32, seed: int = 0) -> Path:
+    """A tiny SigLIP 2 (NaFlex: variable resolution, patch masks) with a small Gemma tokenizer."""
+    import torch
+    from transformers import (
+        GemmaTokenizer,
+        Siglip2Config,
+        Siglip2ImageProcessor,
+        Siglip2Model,
+        Siglip2Processor,
+    )
+
+    path.mkdir(parents=True, exist_ok=True)
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
+    symbols = ["▁", *"abcdefghijklmnopqrstuvwxyz0123456789"]
+    vocab = {tok: i for i, tok in enumerate(specials + symbols)}
+    tokenizer = GemmaTokenizer(vocab=vocab, merges=[])
+    image_processor = Siglip2ImageProcessor(patch_size=8, max_num_patches=16)
+    Siglip2Processor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(path)
+
+    torch.manual_seed(seed)
+    config = Siglip2Config(
+        text_config={
+            "vocab_size": len(vocab),
+            "hidden_size": dim,
+            "intermediate_size": 2 * dim,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 16,
+            "pad_token_id": 0,
+            "eos_token_id": 1,
+            "bos_token_id": 2,
+            "projection_size": dim,
+        },
+        vision_config={
+            "hidden_size": dim,
+            "intermediate_size": 2 * dim,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "num_patches": 16,
+            "patch_size": 8,
+        },
+    )
+    Siglip2Model(config).eval().save_pretrained(path)
+    return path

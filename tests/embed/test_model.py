@@ -227,3 +227,24 @@ def test_uncached_hub_model_fails_fast_offline(tmp_path: Path, offline_env: dict
     )
     assert "IMGSEARCH_MODEL=/path/to/checkpoint" in last
     assert elapsed < 20, f"took {elapsed:.1f}s; the hub client's retries would take ~30s"
+
+
+def test_siglip2_naflex_equals_its_processor_and_model(tiny_siglip2: Path) -> None:
+    from transformers import Siglip2Model, Siglip2Processor
+
+    embedder = Embedder(str(tiny_siglip2))
+    datas = [photo(21, (40, 30)), photo(22, (100, 20)), photo(23, (64, 64))]
+    ours = np.stack(embedder.embed_images(datas))  # type: ignore[arg-type]
+    processor = Siglip2Processor.from_pretrained(tiny_siglip2)
+    model = Siglip2Model.from_pretrained(tiny_siglip2).eval()
+    images = [Image.open(io.BytesIO(d)).convert("RGB") for d in datas]
+    with torch.no_grad():
+        # Siglip2Processor's call defaults are the released checkpoints' (patch 16, 256 patches);
+        # the tiny checkpoint's image processor config says patch 8, 16 patches: pass them through
+        inputs = processor(images=images, return_tensors="pt", patch_size=8, max_num_patches=16)
+        theirs = model.get_image_features(**inputs).pooler_output.numpy()
+    theirs /= np.linalg.norm(theirs, axis=1, keepdims=True)
+    assert ours.shape == (3, 32)
+    assert np.abs(ours - theirs).max() <= 1e-4
+    text = embedder.embed_texts(["a red shoe"])
+    assert text.shape == (1, 32) and 0.0 < embedder.probability(float(text[0] @ ours[0])) < 1.0
