@@ -123,7 +123,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _drain(settings: Settings) -> int:
-    from imgsearch import queue
+    from imgsearch import pipeline
     from imgsearch.db import vector_index
     from imgsearch.embed.model import Embedder
 
@@ -134,10 +134,10 @@ def _drain(settings: Settings) -> int:
         if model is None:
             raise ConfigurationError("the catalog has no active model")
         embedder = Embedder.from_settings(settings, name=model.name)
-        totals = queue.drain(
+        totals = pipeline.drain(
             eng,
             model,
-            embedder.embed_images,
+            embedder,
             batch_size=settings.batch_size,
             lease_seconds=settings.lease_seconds,
             max_bytes=settings.max_image_bytes,
@@ -154,7 +154,7 @@ def _drain(settings: Settings) -> int:
 def _ingest(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
-    from imgsearch import queue, sources
+    from imgsearch import pipeline, sources
     from imgsearch.catalog import Catalog
     from imgsearch.embed.model import Embedder
 
@@ -176,10 +176,10 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> int:
         )
         if not args.no_embed:
             embedder = Embedder.from_settings(settings, name=catalog.model)
-            totals = queue.drain(
+            totals = pipeline.drain(
                 catalog.engine,
                 catalog.active_model,
-                embedder.embed_images,
+                embedder,
                 batch_size=settings.batch_size,
                 lease_seconds=settings.lease_seconds,
                 max_bytes=settings.max_image_bytes,

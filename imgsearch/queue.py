@@ -55,6 +55,7 @@ class BatchResult:
     failed: int = 0
     lost: int = 0  # results dropped because the lease had moved on
     errors: dict[int, str] = field(default_factory=dict)
+    last_batch_full: bool = False  # more work may remain
 
 
 def claim(conn: Connection, limit: int, lease_seconds: int = DEFAULT_LEASE_SECONDS) -> list[Claim]:
@@ -129,22 +130,23 @@ def embed_claims(claims: Sequence[Claim], embed: Embed, max_bytes: int) -> list[
             datas.append(InvalidImage("image has neither stored bytes nor a URI"))
     results: list[Any] = list(datas)
     good = [i for i, d in enumerate(datas) if isinstance(d, bytes)]
-    for position, result in zip(good, _embed_splitting([datas[i] for i in good], embed), strict=True):  # type: ignore[misc]
+    for position, result in zip(good, embed_splitting([datas[i] for i in good], embed), strict=True):  # type: ignore[misc]
         results[position] = result
     return results
 
 
-def _is_oom(exc: BaseException) -> bool:
+def is_oom(exc: BaseException) -> bool:
     return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
 
 
-def _embed_splitting(datas: list[bytes], embed: Embed) -> list[Any]:
+def embed_splitting(datas: list[bytes], embed: Embed) -> list[Any]:
+    """``embed(datas)``, halving the batch on out-of-memory until it fits."""
     if not datas:
         return []
     try:
         return embed(datas)
     except (RuntimeError, MemoryError) as exc:
-        if not _is_oom(exc):
+        if not is_oom(exc):
             raise
         if len(datas) == 1:
             return [TransientError(f"out of memory embedding one image: {exc}")]
@@ -152,7 +154,7 @@ def _embed_splitting(datas: list[bytes], embed: Embed) -> list[Any]:
         log.warning(
             "out of memory on a batch of %d; retrying as %d + %d", len(datas), half, len(datas) - half
         )
-        return _embed_splitting(datas[:half], embed) + _embed_splitting(datas[half:], embed)
+        return embed_splitting(datas[:half], embed) + embed_splitting(datas[half:], embed)
 
 
 def store(conn: Connection, model: ModelInfo, claims: Sequence[Claim], results: Sequence[Any]) -> BatchResult:
@@ -300,32 +302,3 @@ def retry_failed(engine: Engine, tenant: str | None = None) -> int:
         stmt = stmt.where(Image.tenant == tenant)
     with engine.begin() as conn:
         return int(conn.execute(stmt).rowcount)
-
-
-def drain(
-    engine: Engine,
-    model: ModelInfo,
-    embed: Embed,
-    *,
-    batch_size: int,
-    lease_seconds: int,
-    max_bytes: int,
-    progress: bool,
-) -> BatchResult:
-    """Embed everything claimable in this process, batch by batch, then return the totals."""
-    from tqdm import tqdm
-
-    totals = BatchResult()
-    with tqdm(total=claimable_count(engine), desc="embedding", unit="img", disable=not progress) as bar:
-        while True:
-            result = process_batch(
-                engine, model, embed, batch_size=batch_size, lease_seconds=lease_seconds, max_bytes=max_bytes
-            )
-            if not result.claimed:
-                return totals
-            totals.claimed += result.claimed
-            totals.ready += result.ready
-            totals.failed += result.failed
-            totals.lost += result.lost
-            totals.errors.update(result.errors)
-            bar.update(result.claimed)

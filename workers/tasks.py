@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from imgsearch import queue
+from imgsearch import pipeline, queue
 from imgsearch.db import engine as db_engine
 from imgsearch.db import vector_index
 from imgsearch.embed.model import Embedder
@@ -22,6 +22,7 @@ from workers.app import app
 log = logging.getLogger(__name__)
 
 MAX_FANOUT = 8  # tasks a sweep enqueues at most; each re-queues itself while work remains
+TASK_TIME_BUDGET_SECONDS = 120.0  # then the task re-queues itself, so other messages get a turn
 
 
 @dataclass
@@ -54,18 +55,24 @@ def runtime() -> Runtime:
                 torch.set_num_threads(settings.torch_threads)
             embedder = Embedder.from_settings(settings, name=model.name)
             embedder.load()
+            import torch
+
+            log.info(
+                "embedder %s on %s, %d torch threads", model.name, embedder.device, torch.get_num_threads()
+            )
             _runtime = Runtime(settings, engine, model, embedder)
         return _runtime
 
 
-def embed_batch(rt: Runtime) -> queue.BatchResult:
-    return queue.process_batch(
+def embed_batches(rt: Runtime) -> queue.BatchResult:
+    return pipeline.run(
         rt.engine,
         rt.model,
-        rt.embedder.embed_images,
+        rt.embedder,
         batch_size=rt.settings.batch_size,
         lease_seconds=rt.settings.lease_seconds,
         max_bytes=rt.settings.max_image_bytes,
+        time_budget_seconds=TASK_TIME_BUDGET_SECONDS,
     )
 
 
@@ -79,10 +86,11 @@ def embed_batch(rt: Runtime) -> queue.BatchResult:
     max_retries=8,
 )
 def embed_pending(self: Any) -> dict[str, int]:
-    """Embed one batch of pending images; re-queue while the batch came back full."""
+    """Embed pending images batch after batch (the next batch decoding while the model runs) for up
+    to a time budget; re-queue while the last batch came back full."""
     rt = runtime()
-    result = embed_batch(rt)
-    if result.claimed and result.claimed >= rt.settings.batch_size:
+    result = embed_batches(rt)
+    if result.last_batch_full:
         embed_pending.apply_async()
     if result.claimed:
         log.info(

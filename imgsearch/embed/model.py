@@ -177,7 +177,8 @@ class Embedder:
             output = self._model.get_image_features(**inputs)
         return _normalise(getattr(output, "pooler_output", output))
 
-    def _assemble(self, batch: PreparedBatch, count: int, vectors: Matrix) -> list[Matrix | InvalidImage]:
+    def assemble(self, batch: PreparedBatch, count: int, vectors: Matrix) -> list[Matrix | InvalidImage]:
+        """One result per image of a prepared batch: its vector (rows of ``vectors``) or its error."""
         results: list[Matrix | InvalidImage] = list(batch.errors.get(i) for i in range(count))  # type: ignore[misc]
         for row, position in enumerate(batch.good):
             results[position] = vectors[row]
@@ -220,10 +221,10 @@ class Embedder:
                 current, future = pending
                 pending = (upcoming, pool.submit(self.prepare, upcoming))
                 prepared = future.result()
-                yield self._assemble(prepared, len(current), self.forward(prepared))
+                yield self.assemble(prepared, len(current), self.forward(prepared))
             current, future = pending
             prepared = future.result()
-            yield self._assemble(prepared, len(current), self.forward(prepared))
+            yield self.assemble(prepared, len(current), self.forward(prepared))
 
     def embed_image(self, data: bytes) -> Matrix:
         """One image's unit vector; raises its :class:`InvalidImage`."""

@@ -1,0 +1,138 @@
+"""Embedding claimed batches back to back: batch n+1 is claimed, read and decoded in a thread
+while the model runs on batch n, so a worker's CPU or GPU never waits for JPEG decoding."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
+
+from imgsearch import queue, tenancy
+from imgsearch.embed.model import Embedder, PreparedBatch
+from imgsearch.errors import DatabaseUnavailable, InvalidImage, TransientError
+from imgsearch.records import ModelInfo
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Claimed:
+    claims: list[queue.Claim]
+    datas: list[bytes | Exception]  # per claim: the bytes, or why there are none
+    good: list[int]  # positions with bytes
+    prepared: PreparedBatch
+
+
+def _claim_and_prepare(
+    engine: Engine, embedder: Embedder, batch_size: int, lease_seconds: int, max_bytes: int
+) -> _Claimed | None:
+    with engine.begin() as conn:
+        tenancy.run_as_worker(conn)
+        claims = queue.claim(conn, batch_size, lease_seconds)
+    if not claims:
+        return None
+    datas: list[bytes | Exception] = []
+    for item in claims:
+        if item.content is not None:
+            datas.append(item.content)
+        elif item.uri is not None:
+            try:
+                datas.append(queue.fetch_uri(item.uri, max_bytes))
+            except (InvalidImage, TransientError) as exc:
+                datas.append(exc)
+        else:
+            datas.append(InvalidImage("image has neither stored bytes nor a URI"))
+    good = [i for i, d in enumerate(datas) if isinstance(d, bytes)]
+    prepared = embedder.prepare([datas[i] for i in good])  # type: ignore[misc]
+    return _Claimed(claims, datas, good, prepared)
+
+
+def _results(embedder: Embedder, batch: _Claimed) -> list[Any]:
+    try:
+        vectors = embedder.forward(batch.prepared)
+        embedded: list[Any] = embedder.assemble(batch.prepared, len(batch.good), vectors)
+    except (RuntimeError, MemoryError) as exc:
+        if not queue.is_oom(exc):
+            raise
+        log.warning("out of memory on a batch of %d; splitting it", len(batch.good))
+        embedded = queue.embed_splitting([batch.datas[i] for i in batch.good], embedder.embed_images)  # type: ignore[misc]
+    results: list[Any] = list(batch.datas)
+    for position, result in zip(batch.good, embedded, strict=True):
+        results[position] = result
+    return results
+
+
+def run(
+    engine: Engine,
+    model: ModelInfo,
+    embedder: Embedder,
+    *,
+    batch_size: int,
+    lease_seconds: int,
+    max_bytes: int,
+    time_budget_seconds: float | None = None,
+    on_batch: Callable[[queue.BatchResult], None] | None = None,
+) -> queue.BatchResult:
+    """Embed claimable images batch after batch until none is left (or the time budget is spent);
+    returns the totals, with ``claimed`` of the last batch deciding whether more may remain."""
+    deadline = None if time_budget_seconds is None else time.monotonic() + time_budget_seconds
+    totals = queue.BatchResult()
+    try:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="imgsearch-claim") as pool:
+            upcoming = pool.submit(_claim_and_prepare, engine, embedder, batch_size, lease_seconds, max_bytes)
+            while True:
+                batch = upcoming.result()
+                if batch is None:
+                    return totals
+                more = deadline is None or time.monotonic() < deadline
+                if more:
+                    upcoming = pool.submit(
+                        _claim_and_prepare, engine, embedder, batch_size, lease_seconds, max_bytes
+                    )
+                results = _results(embedder, batch)
+                with engine.begin() as conn:
+                    tenancy.run_as_worker(conn)
+                    outcome = queue.store(conn, model, batch.claims, results)
+                totals.claimed += outcome.claimed
+                totals.ready += outcome.ready
+                totals.failed += outcome.failed
+                totals.lost += outcome.lost
+                totals.errors.update(outcome.errors)
+                totals.last_batch_full = outcome.claimed >= batch_size
+                if on_batch is not None:
+                    on_batch(outcome)
+                if not more:
+                    return totals
+    except OperationalError as exc:
+        raise DatabaseUnavailable(f"database unavailable while embedding: {exc.orig}") from exc
+
+
+def drain(
+    engine: Engine,
+    model: ModelInfo,
+    embedder: Embedder,
+    *,
+    batch_size: int,
+    lease_seconds: int,
+    max_bytes: int,
+    progress: bool,
+) -> queue.BatchResult:
+    """Embed everything claimable in this process, with a progress bar, then return the totals."""
+    from tqdm import tqdm
+
+    with tqdm(total=queue.claimable_count(engine), desc="embedding", unit="img", disable=not progress) as bar:
+        return run(
+            engine,
+            model,
+            embedder,
+            batch_size=batch_size,
+            lease_seconds=lease_seconds,
+            max_bytes=max_bytes,
+            on_batch=lambda outcome: bar.update(outcome.claimed),
+        )
