@@ -15,7 +15,7 @@ from sqlalchemy.exc import OperationalError
 
 from imgsearch import queue, tenancy
 from imgsearch.embed.model import Embedder, PreparedBatch
-from imgsearch.errors import DatabaseUnavailable, InvalidImage, TransientError
+from imgsearch.errors import DatabaseUnavailable
 from imgsearch.records import ModelInfo
 
 log = logging.getLogger(__name__)
@@ -37,17 +37,7 @@ def _claim_and_prepare(
         claims = queue.claim(conn, batch_size, lease_seconds)
     if not claims:
         return None
-    datas: list[bytes | Exception] = []
-    for item in claims:
-        if item.content is not None:
-            datas.append(item.content)
-        elif item.uri is not None:
-            try:
-                datas.append(queue.fetch_uri(item.uri, max_bytes))
-            except (InvalidImage, TransientError) as exc:
-                datas.append(exc)
-        else:
-            datas.append(InvalidImage("image has neither stored bytes nor a URI"))
+    datas = queue.read_claims(claims, max_bytes)
     good = [i for i, d in enumerate(datas) if isinstance(d, bytes)]
     prepared = embedder.prepare([datas[i] for i in good])  # type: ignore[misc]
     return _Claimed(claims, datas, good, prepared)

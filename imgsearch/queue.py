@@ -111,12 +111,8 @@ def fetch_uri(uri: str, max_bytes: int) -> bytes:
     return data
 
 
-def embed_claims(claims: Sequence[Claim], embed: Embed, max_bytes: int) -> list[Any]:
-    """A vector, an :class:`InvalidImage` or a :class:`TransientError` per claim.
-
-    Out of memory on a batch splits it in halves and tries again; a single image that still
-    does not fit is a transient error (another worker, another time).
-    """
+def read_claims(claims: Sequence[Claim], max_bytes: int) -> list[bytes | Exception]:
+    """Each claim's image bytes (stored, or downloaded from its URI), or why there are none."""
     datas: list[bytes | Exception] = []
     for item in claims:
         if item.content is not None:
@@ -128,9 +124,20 @@ def embed_claims(claims: Sequence[Claim], embed: Embed, max_bytes: int) -> list[
                 datas.append(exc)
         else:
             datas.append(InvalidImage("image has neither stored bytes nor a URI"))
+    return datas
+
+
+def embed_claims(claims: Sequence[Claim], embed: Embed, max_bytes: int) -> list[Any]:
+    """A vector, an :class:`InvalidImage` or a :class:`TransientError` per claim.
+
+    Out of memory on a batch splits it in halves and tries again; a single image that still
+    does not fit is a transient error (another worker, another time).
+    """
+    datas = read_claims(claims, max_bytes)
     results: list[Any] = list(datas)
     good = [i for i, d in enumerate(datas) if isinstance(d, bytes)]
-    for position, result in zip(good, embed_splitting([datas[i] for i in good], embed), strict=True):  # type: ignore[misc]
+    embedded = embed_splitting([datas[i] for i in good], embed)  # type: ignore[misc]
+    for position, result in zip(good, embedded, strict=True):
         results[position] = result
     return results
 
