@@ -4,6 +4,8 @@ faults (database unreachable) exit 75 (EX_TEMPFAIL); everything else is a bug an
 from __future__ import annotations
 
 import argparse
+import contextlib
+import glob
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -115,10 +117,15 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
         # one process: run tasks in it rather than in a forked child, where torch's CPU threads ran
         # at 0.72x of the embedder alone (bench/workers.py); solo ran at the figure in docs/benchmarks.md
         argv += ["--pool", "solo"]
+    schedule = os.path.join(tempfile.gettempdir(), f"imgsearch-beat-{os.getpid()}")
     if args.beat:
-        schedule = os.path.join(tempfile.gettempdir(), f"imgsearch-beat-{os.getpid()}")
         argv += ["--beat", "--schedule", schedule]
-    app.worker_main(argv)
+    try:
+        app.worker_main(argv)
+    finally:
+        for leftover in glob.glob(glob.escape(schedule) + "*"):  # beat's schedule shelve files
+            with contextlib.suppress(OSError):
+                os.remove(leftover)
     return 0
 
 
