@@ -25,24 +25,11 @@ def build_base_checkpoint(path: Path) -> Path:
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    import sentencepiece as spm
     from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipProcessor, SiglipTokenizer
 
-    from tests.tiny_models import CORPUS  # the tokenizer only matters for text; a small one will do
+    from tests.tiny_models import small_sentencepiece  # the tokenizer only matters for text
 
-    proto = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(CORPUS),
-        model_writer=proto,
-        vocab_size=48,
-        unk_id=2,
-        eos_id=1,
-        pad_id=0,
-        bos_id=-1,
-        minloglevel=2,
-    )
-    (path / "spiece.model").write_bytes(proto.getvalue())
-    tokenizer = SiglipTokenizer(vocab_file=str(path / "spiece.model"))
+    tokenizer = SiglipTokenizer(vocab_file=str(small_sentencepiece(path)))
     # the processor settings of google/siglip-base-patch16-224
     processor = SiglipImageProcessor(
         size={"height": 224, "width": 224}, resample=3, image_mean=[0.5] * 3, image_std=[0.5] * 3

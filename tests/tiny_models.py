@@ -23,16 +23,14 @@ CORPUS = [
 ] * 20
 
 
-def build_tiny_siglip(path: Path, *, dim: int = 32, image_size: int = 32, seed: int = 0) -> Path:
+def small_sentencepiece(folder: Path) -> Path:
+    """A 48-piece SentencePiece model trained on :data:`CORPUS`, saved as ``spiece.model``."""
     import sentencepiece as spm
-    import torch
-    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipProcessor, SiglipTokenizer
 
-    path.mkdir(parents=True, exist_ok=True)
-    model_proto = io.BytesIO()
+    proto = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(CORPUS),
-        model_writer=model_proto,
+        model_writer=proto,
         vocab_size=48,
         model_type="unigram",
         character_coverage=1.0,
@@ -42,8 +40,17 @@ def build_tiny_siglip(path: Path, *, dim: int = 32, image_size: int = 32, seed: 
         bos_id=-1,
         minloglevel=2,
     )
-    spm_file = path / "spiece.model"
-    spm_file.write_bytes(model_proto.getvalue())
+    spm_file = folder / "spiece.model"
+    spm_file.write_bytes(proto.getvalue())
+    return spm_file
+
+
+def build_tiny_siglip(path: Path, *, dim: int = 32, image_size: int = 32, seed: int = 0) -> Path:
+    import torch
+    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipProcessor, SiglipTokenizer
+
+    path.mkdir(parents=True, exist_ok=True)
+    spm_file = small_sentencepiece(path)
     tokenizer = SiglipTokenizer(vocab_file=str(spm_file), model_max_length=16)
     image_processor = SiglipImageProcessor(size={"height": image_size, "width": image_size})
     SiglipProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(path)
