@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from types import TracebackType
@@ -17,7 +18,7 @@ from imgsearch import search as vector_search
 from imgsearch.db import engine as db_engine
 from imgsearch.db import migrate, vector_index
 from imgsearch.db.models import Embedding, Image, Product
-from imgsearch.embed.registry import model_dim
+from imgsearch.embed.registry import canonical_name, model_dim
 from imgsearch.errors import ConfigurationError, DatabaseUnavailable, InvalidQuery, NotFound
 from imgsearch.records import Hit, ImageRecord, ModelInfo
 from imgsearch.search import MAX_K
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
     from imgsearch.wake import Waker
 
 log = logging.getLogger(__name__)
+
+MODEL_REFRESH_SECONDS = 5.0  # how soon an open catalog follows `imgsearch model activate`
 
 
 class Catalog:
@@ -40,24 +43,38 @@ class Catalog:
     """
 
     def __init__(
-        self, engine: Engine, model: ModelInfo, settings: Settings, waker: Waker | None = None
+        self,
+        engine: Engine,
+        model: ModelInfo,
+        settings: Settings,
+        waker: Waker | None = None,
+        embedder: Embedder | None = None,
     ) -> None:
         self.engine = engine
         self.settings = settings
         self.waker = waker
         self._model = model
         self._limits = images.Limits(settings.max_image_bytes, settings.max_image_pixels)
-        self._embedder: Embedder | None = None
+        self._embedder: Embedder | None = (
+            embedder if embedder is None or embedder.name == model.name else None
+        )
+        self._model_checked = time.monotonic()
 
     @classmethod
     def open(
-        cls, url: str | None = None, *, model: str | None = None, settings: Settings | None = None
+        cls,
+        url: str | None = None,
+        *,
+        model: str | None = None,
+        settings: Settings | None = None,
+        embedder: Embedder | None = None,
     ) -> Catalog:
         """Connect, migrate to the latest schema, and make sure an active model is registered.
 
         ``url`` defaults to ``IMGSEARCH_DATABASE_URL``, else the embedded server (started on demand).
         On a new catalog ``model`` (default ``IMGSEARCH_MODEL``) becomes the active model; its
-        dimension is known without loading weights.
+        dimension is known without loading weights. ``embedder`` shares an already loaded embedder
+        of that model for text and image queries.
         """
         settings = settings or Settings()
         engine = db_engine.make_engine(url or db_engine.resolve_url(settings))
@@ -67,7 +84,7 @@ class Catalog:
             with engine.begin() as conn:
                 active = vector_index.active_model(conn)
                 if active is None:
-                    name = model or settings.model
+                    name = canonical_name(model or settings.model)
                     active = vector_index.register_model(conn, name, model_dim(name), activate=True)
         except OperationalError as exc:
             engine.dispose()
@@ -77,7 +94,7 @@ class Catalog:
         except BaseException:
             engine.dispose()
             raise
-        if model is not None and model != active.name:
+        if model is not None and canonical_name(model) != active.name:
             engine.dispose()
             raise ConfigurationError(
                 f"the catalog's active model is {active.name!r}, not {model!r}; "
@@ -88,7 +105,7 @@ class Catalog:
             from imgsearch.wake import celery_waker
 
             waker = celery_waker(settings.redis_url, settings.queue, settings.batch_size)
-        return cls(engine, active, settings, waker)
+        return cls(engine, active, settings, waker, embedder)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -103,6 +120,19 @@ class Catalog:
 
     def __repr__(self) -> str:
         return f"Catalog({self.engine.url.render_as_string()!r}, model={self.model!r})"
+
+    def _follow_model_switch(self) -> None:
+        """Pick up a model switch made elsewhere (checked at most every few seconds): later searches
+        and uploads use the new active model, and its embedder."""
+        now = time.monotonic()
+        if now - self._model_checked < MODEL_REFRESH_SECONDS:
+            return
+        with self.engine.connect() as conn:
+            active = vector_index.active_model(conn)
+        self._model_checked = now
+        if active is not None and active.id != self._model.id:
+            log.info("the catalog's active model is now %s (%d-d)", active.name, active.dim)
+            self._model, self._embedder = active, None
 
     @property
     def model(self) -> str:
@@ -153,6 +183,7 @@ class Catalog:
     def add_row(self, row: Mapping[str, Any]) -> tuple[int, bool]:
         """:meth:`add` for a row dict (the keys of :meth:`add_many`); also says whether the image
         was new (False: the same bytes were already stored for that tenant)."""
+        self._follow_model_switch()
         prepared = ingest.prepare_row(row, dim=self.dim, limits=self._limits)
         with self.engine.begin() as conn:
             tenancy.scope(conn, prepared.tenant)
@@ -169,6 +200,7 @@ class Catalog:
         from tqdm import tqdm
 
         show = sys.stderr.isatty() if progress is None else progress
+        self._follow_model_switch()
         rows = list(rows)
         prepared = ingest.prepare_rows(
             tqdm(rows, desc="checking", unit="row", disable=not show), dim=self.dim, limits=self._limits
@@ -209,6 +241,7 @@ class Catalog:
         """
         if isinstance(image_id, bool) or not isinstance(image_id, int):
             raise NotFound(f"no image with id {image_id!r}")
+        self._follow_model_switch()
         has_embedding = exists().where(Embedding.image_id == Image.id, Embedding.model_id == self._model.id)
         stmt = (
             select(
@@ -310,6 +343,7 @@ class Catalog:
         options.check()
         filters = vector_search.Filters(tenant, category, price_min, price_max, attributes, where)
         filters.conditions()  # check the filters before any model work
+        self._follow_model_switch()
         with self.engine.begin() as conn:
             if tenant is not None:
                 tenancy.scope(conn, tenant)
@@ -353,6 +387,7 @@ class Catalog:
         k, _ = vector_search.check_page(k, 0)
         filters = vector_search.Filters(tenant, category, price_min, price_max, attributes, where)
         filters.conditions()
+        self._follow_model_switch()
         with self.engine.connect() as conn:
             query, filters = self._query(
                 conn, filters, text=text, image=image, similar_to=similar_to, vector=vector

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from imgsearch.errors import ConfigurationError, ImgSearchError, InvalidInput, NotFound, TransientError
+from imgsearch.errors import ImgSearchError, InvalidInput, NotFound, TransientError
 from imgsearch.settings import Settings
 
 EXIT_USAGE = 2
@@ -52,9 +52,11 @@ def _migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    from pathlib import Path
+
     from imgsearch.demo import run
 
-    return run(settings, rows=args.rows)
+    return run(settings, html=Path(args.html))
 
 
 def _tenant(args: argparse.Namespace, settings: Settings) -> int:
@@ -129,22 +131,28 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _embedders(settings: Settings) -> Callable[[Any], Any]:
+    """One embedder per model name, created on first use (a model switch loads the new one)."""
+    from imgsearch.embed.model import Embedder
+
+    made: dict[str, Embedder] = {}
+
+    def embedder_for(model: Any) -> Embedder:
+        if model.name not in made:
+            made[model.name] = Embedder.from_settings(settings, name=model.name)
+        return made[model.name]
+
+    return embedder_for
+
+
 def _drain(settings: Settings) -> int:
     from imgsearch import pipeline
-    from imgsearch.db import vector_index
-    from imgsearch.embed.model import Embedder
 
     eng = _open_engine(settings)
     try:
-        with eng.connect() as conn:
-            model = vector_index.active_model(conn)
-        if model is None:
-            raise ConfigurationError("the catalog has no active model")
-        embedder = Embedder.from_settings(settings, name=model.name)
         totals = pipeline.drain(
             eng,
-            model,
-            embedder,
+            _embedders(settings),
             batch_size=settings.batch_size,
             lease_seconds=settings.lease_seconds,
             max_bytes=settings.max_image_bytes,
@@ -163,7 +171,6 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> int:
 
     from imgsearch import pipeline, sources
     from imgsearch.catalog import Catalog
-    from imgsearch.embed.model import Embedder
 
     rows = list(sources.collect(args.paths, tenant=args.tenant, category=args.category))
     added = duplicates = 0
@@ -182,11 +189,9 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> int:
             "embedding: skipped (--no-embed); run `imgsearch worker` or `imgsearch worker --drain`"
         )
         if not args.no_embed:
-            embedder = Embedder.from_settings(settings, name=catalog.model)
             totals = pipeline.drain(
                 catalog.engine,
-                catalog.active_model,
-                embedder,
+                _embedders(settings),
                 batch_size=settings.batch_size,
                 lease_seconds=settings.lease_seconds,
                 max_bytes=settings.max_image_bytes,
@@ -245,6 +250,178 @@ def _retry_failed(args: argparse.Namespace, settings: Settings) -> int:
     if count:
         celery_waker(settings.redis_url, settings.queue, settings.batch_size)(count)
     print(f"re-queued {count} failed images")
+    return 0
+
+
+def _read_vector(path: str) -> list[float]:
+    """A query vector from a .npy file, a JSON array, or numbers separated by commas or spaces."""
+    import json
+
+    import numpy as np
+
+    try:
+        if path.endswith(".npy"):
+            return [float(v) for v in np.load(path, allow_pickle=False).ravel()]
+        with open(path, encoding="utf-8") as handle:
+            content = handle.read().strip()
+    except (OSError, ValueError) as exc:
+        raise InvalidInput(f"cannot read vector file {path}: {exc}") from exc
+    try:
+        values = json.loads(content) if content.startswith("[") else content.replace(",", " ").split()
+        return [float(v) for v in values]
+    except (ValueError, TypeError) as exc:
+        raise InvalidInput(f"vector file {path} must hold numbers (JSON array, CSV or .npy): {exc}") from exc
+
+
+def _attributes(value: str | None) -> dict[str, Any] | None:
+    import json
+
+    if value is None:
+        return None
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f'--attributes must be a JSON object, e.g. \'{{"color": "red"}}\': {exc}') from exc
+    if not isinstance(parsed, dict):
+        raise InvalidInput('--attributes must be a JSON object, e.g. \'{"color": "red"}\'')
+    return parsed
+
+
+def _search(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+    from pathlib import Path
+
+    from imgsearch import report
+    from imgsearch.catalog import Catalog
+
+    query: dict[str, Any] = {}
+    if args.text is not None:
+        query["text"] = args.text
+    elif args.image is not None:
+        if not os.path.isfile(args.image):
+            raise InvalidInput(f"no such image file: {args.image}")
+        query["image"] = args.image
+    elif args.similar_to is not None:
+        query["similar_to"] = args.similar_to
+    else:
+        query["vector"] = _read_vector(args.vector_file)
+    filters = {
+        "tenant": args.tenant,
+        "category": args.category[0] if args.category and len(args.category) == 1 else args.category,
+        "price_min": args.price_min,
+        "price_max": args.price_max,
+        "attributes": _attributes(args.attributes),
+    }
+    options = {
+        "k": args.k,
+        "offset": args.offset,
+        "group_by_product": args.group_by_product,
+        "diversity": args.diversity,
+        "expand": args.expand,
+        "min_score": args.min_score,
+        "min_probability": args.min_probability,
+    }
+    with Catalog.open(settings=settings) as catalog:
+        hits = catalog.search(**query, **filters, **options)
+        if args.json:
+            for hit in hits:
+                row = {**hit.__dict__, "price": None if hit.price is None else str(hit.price)}
+                print(json.dumps(row))
+        else:
+            print(report.table(hits) if hits else "no results")
+        if args.html:
+            kind, value = next(iter(query.items()))
+            shown = {"vector": args.vector_file, "image": args.image}.get(kind, value)
+            details = {name: str(v) for name, v in {**filters, **options}.items() if v not in (None, False)}
+            details["model"] = catalog.model
+            thumb = report.thumbnail(Path(args.image).read_bytes()) if args.image else None
+            section = report.Section(f"{kind.replace('_', ' ')}: {shown}", hits, thumb, details)
+            pictures = report.thumbnails(catalog.engine, [h.image_id for h in hits], args.tenant)
+            Path(args.html).write_text(
+                report.html_page("imgsearch results", [section], pictures), encoding="utf-8"
+            )
+            print(f"wrote {args.html}", file=sys.stderr)
+    return 0
+
+
+def _reembed(args: argparse.Namespace, settings: Settings) -> int:
+    from tqdm import tqdm
+
+    from imgsearch import reembed
+    from imgsearch.embed.model import Embedder
+    from imgsearch.embed.registry import canonical_name, model_dim
+
+    name = canonical_name(args.model)
+    dim = model_dim(name)  # an unknown model fails here, before anything is registered
+    embedder = Embedder.from_settings(settings, name=name)
+    if args.device:
+        embedder = Embedder(
+            name, options=embedder.options, batch_size=embedder.batch_size, device=args.device
+        )
+    embedder.load()
+    eng = _open_engine(settings)
+    try:
+        model = reembed.register(eng, name, dim)
+        if model.active:
+            print(f"{name} is already the active model; nothing to backfill")
+            return 0
+        with eng.connect() as conn:
+            todo = reembed.missing_count(conn, model)
+        print(f"backfilling {todo} images with {name} ({dim}-d); searches keep using the active model")
+        with tqdm(total=todo, desc="re-embedding", unit="img", disable=not sys.stderr.isatty()) as bar:
+            result = reembed.backfill(
+                eng,
+                model,
+                embedder.embed_images,
+                batch_size=args.batch_size or settings.batch_size,
+                max_bytes=settings.max_image_bytes,
+                on_batch=bar.update,
+            )
+        print(f"embedded {result.embedded}, skipped {len(result.errors)}")
+        for image_id, error in list(result.errors.items())[:20]:
+            print(f"  image {image_id}: {error}")
+        if args.activate:
+            active, requeued = reembed.activate(eng, name, requeue_missing=True)
+            print(
+                f"active model: {active.name} ({active.dim}-d)"
+                + (f"; {requeued} images re-queued" if requeued else "")
+            )
+        else:
+            print(f"switch with: imgsearch model activate {args.model}")
+    finally:
+        eng.dispose()
+    return 1 if result.errors else 0
+
+
+def _model(args: argparse.Namespace, settings: Settings) -> int:
+    from imgsearch import reembed
+    from imgsearch.embed.registry import canonical_name
+
+    eng = _open_engine(settings)
+    try:
+        if args.model_command == "list":
+            rows = reembed.listing(eng)
+            width = max([len(r.name) for r in rows] + [5])
+            print(f"{'model':<{width}}  {'dim':>5}  {'embeddings':>10}  active")
+            for row in rows:
+                print(
+                    f"{row.name:<{width}}  {row.dim:>5}  {row.embeddings:>10}  {'yes' if row.active else ''}"
+                )
+        elif args.model_command == "activate":
+            model, requeued = reembed.activate(
+                eng, canonical_name(args.name), requeue_missing=args.requeue_missing
+            )
+            extra = f"; {requeued} images re-queued for it" if requeued else ""
+            print(f"active model: {model.name} ({model.dim}-d){extra}")
+        else:
+            if not args.yes:
+                raise InvalidInput(
+                    f"dropping deletes every embedding of {args.name!r}; pass --yes to confirm"
+                )
+            deleted = reembed.drop(eng, canonical_name(args.name))
+            print(f"dropped model {args.name}: {deleted} embeddings deleted")
+    finally:
+        eng.dispose()
     return 0
 
 
@@ -323,12 +500,85 @@ def build_parser() -> argparse.ArgumentParser:
     retry.add_argument("--tenant", default=None, help="only this tenant's images")
     retry.set_defaults(func=_retry_failed)
 
+    search = commands.add_parser(
+        "search",
+        help="search the catalog and print (or write as HTML) the results",
+        description="Hybrid search: one query (text, image file, image id or vector file) with any "
+        "filters; prints a table, or JSON lines with --json; --html writes a results page. "
+        "Exit 3 when --similar-to names no embedded image.",
+    )
+    kinds = search.add_mutually_exclusive_group(required=True)
+    kinds.add_argument("--text", help="text to image: describe what you look for")
+    kinds.add_argument("--image", metavar="FILE", help="image to image: a picture file")
+    kinds.add_argument("--similar-to", type=int, metavar="IMAGE_ID", help="more like this stored image")
+    kinds.add_argument("--vector-file", metavar="FILE", help="a query vector (.npy, JSON array or CSV)")
+    search.add_argument("--tenant", help="only this tenant's images")
+    search.add_argument("--category", action="append", help="category (repeat for any of several)")
+    search.add_argument("--price-min", help="lowest price")
+    search.add_argument("--price-max", help="highest price")
+    search.add_argument(
+        "--attributes", metavar="JSON", help='attributes to contain, e.g. \'{"color": "red"}\''
+    )
+    search.add_argument("-k", "--k", type=int, default=10, help="number of results (default 10)")
+    search.add_argument("--offset", type=int, default=0, help="skip this many results first")
+    search.add_argument("--group-by-product", action="store_true", help="best image per product only")
+    search.add_argument("--diversity", type=float, help="MMR trade-off, 0..1 (1 = relevance only)")
+    search.add_argument("--expand", type=int, metavar="M", help="query expansion with the top M results")
+    search.add_argument("--min-score", type=float, help="drop hits below this cosine similarity")
+    search.add_argument(
+        "--min-probability", type=float, help="text queries: drop hits below this probability"
+    )
+    search.add_argument("--json", action="store_true", help="print one JSON object per hit")
+    search.add_argument("--html", metavar="FILE", help="also write a results page with thumbnails")
+    search.set_defaults(func=_search)
+
+    re_embed = commands.add_parser(
+        "reembed",
+        help="backfill embeddings of a second model beside the active one",
+        description="Embed every ready image with MODEL (its own HNSW index; the dimension may "
+        "differ) while searches keep using the active model. Run again to catch images that became "
+        "ready meanwhile, then switch with `imgsearch model activate MODEL`.",
+    )
+    re_embed.add_argument("--model", required=True, help="hub id or local checkpoint directory")
+    re_embed.add_argument("--batch-size", type=int, default=None, help="images per forward pass")
+    re_embed.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: auto)")
+    re_embed.add_argument("--activate", action="store_true", help="switch to MODEL when the backfill is done")
+    re_embed.set_defaults(func=_reembed)
+
+    model = commands.add_parser(
+        "model", help="list, activate or drop embedding models", description="Manage the catalog's models."
+    )
+    model_commands = model.add_subparsers(dest="model_command", required=True, metavar="COMMAND")
+    model_commands.add_parser(
+        "list", help="models with their dimension and embeddings", description="List models."
+    )
+    activate = model_commands.add_parser(
+        "activate",
+        help="make a backfilled model the one searches use",
+        description="Switch the active model in one transaction. Refused while ready images lack "
+        "its embedding, unless --requeue-missing puts them back to pending for the workers.",
+    )
+    activate.add_argument("name", help="model name as registered by reembed")
+    activate.add_argument("--requeue-missing", action="store_true", help="re-queue images it lacks")
+    drop = model_commands.add_parser(
+        "drop",
+        help="delete an inactive model's embeddings",
+        description="Delete an inactive model's embeddings, index and registration.",
+    )
+    drop.add_argument("name")
+    drop.add_argument("--yes", action="store_true", help="confirm the deletion")
+    model.set_defaults(func=_model)
+
     demo = commands.add_parser(
         "demo",
-        help="store and search a synthetic catalog",
-        description="Store synthetic bring-your-own vectors and run filtered searches.",
+        help="ingest the bundled sample images and search them",
+        description="Ingest 36 bundled sample product pictures into the database imgsearch_demo, "
+        "embed them with IMGSEARCH_MODEL, run a text, an image and a filtered query, and write an "
+        "HTML results page.",
     )
-    demo.add_argument("--rows", type=int, default=2000, help="catalog size (default 2000)")
+    demo.add_argument(
+        "--html", default="imgsearch-demo.html", help="results page (default imgsearch-demo.html)"
+    )
     demo.set_defaults(func=_demo)
     return parser
 

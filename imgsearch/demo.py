@@ -1,61 +1,109 @@
-"""What ``make demo`` runs until image ingestion lands: a synthetic catalog of bring-your-own
-vectors (clustered like product photos, categories and prices following the clusters) and a few
-filtered searches, printed as tables."""
+"""What ``make demo`` runs: ingest the bundled sample catalog (36 product pictures with prices,
+categories and colours), embed it with ``IMGSEARCH_MODEL``, run a text query, an image query and a
+filtered query, print them as tables and write them to an HTML page.
+
+Without ``IMGSEARCH_DATABASE_URL`` it uses its own database, ``imgsearch_demo``, on the embedded
+server, so it never mixes with a real catalog and can be reset when the model changes.
+"""
 
 from __future__ import annotations
 
-import numpy as np
-from sqlalchemy import func, select
+import sys
+from pathlib import Path
 
+from imgsearch import pipeline, report, sources
 from imgsearch.catalog import Catalog
-from imgsearch.db.models import Product
+from imgsearch.db import embedded
+from imgsearch.embed.model import Embedder
+from imgsearch.embed.registry import canonical_name
+from imgsearch.errors import ConfigurationError, InvalidInput, ModelUnavailable
 from imgsearch.records import Hit
 from imgsearch.settings import Settings
 
+SAMPLES = Path(__file__).parent / "samples"
+DATABASE = "imgsearch_demo"
 TENANT = "demo"
-CATEGORIES = ["shoes", "bags", "hats", "shirts", "watches", "lamps", "mugs", "chairs"]
+K = 5
 
 
-def _table(title: str, hits: list[Hit]) -> None:
+def _open(settings: Settings, model: str, embedder: Embedder) -> Catalog:
+    """The demo catalog with ``model`` active; the embedded demo database is recreated when it was
+    made with another model."""
+    if settings.database_url:
+        return Catalog.open(model=model, settings=settings, embedder=embedder)
+    url = embedded.ensure_started(settings.home, DATABASE)
+    try:
+        return Catalog.open(url, model=model, settings=settings, embedder=embedder)
+    except ConfigurationError as exc:
+        if isinstance(exc, ModelUnavailable):
+            raise
+        print(f"the demo database was built with another model; starting it afresh for {model}")
+        url = embedded.recreate_database(settings.home, DATABASE)
+        return Catalog.open(url, model=model, settings=settings, embedder=embedder)
+
+
+def _load(settings: Settings, model: str) -> Embedder:
+    embedder = Embedder.from_settings(settings, name=model)
+    embedder.load()  # ModelUnavailable says what to do (IMGSEARCH_MODEL=/path/to/checkpoint)
+    return embedder
+
+
+def _show(title: str, hits: list[Hit]) -> None:
     print(f"\n{title}")
-    print(f"  {'image':>6}  {'product':<10} {'category':<8} {'price':>8}  {'distance':>8}")
-    for hit in hits:
-        price = f"{hit.price:.2f}" if hit.price is not None else "-"
-        print(
-            f"  {hit.image_id:>6}  {hit.product_id:<10} {hit.category or '-':<8} {price:>8}  {hit.distance:8.4f}"
-        )
+    print(report.table(hits) if hits else "no results")
 
 
-def run(settings: Settings, rows: int = 2000) -> int:
-    rng = np.random.default_rng(7)
-    with Catalog.open(settings=settings) as catalog:
-        print(f"catalog: {catalog.engine.url.render_as_string()}  model: {catalog.model} ({catalog.dim}-d)")
-        centres = rng.standard_normal((len(CATEGORIES), catalog.dim))
-        with catalog.engine.connect() as conn:
-            stored = conn.execute(select(func.count()).where(Product.tenant == TENANT)).scalar_one()
-        if stored < rows:
-            labels = rng.integers(0, len(CATEGORIES), rows)
-            vectors = centres[labels] + rng.standard_normal((rows, catalog.dim)) * 0.8
-            catalog.add_many(
-                {
-                    "embedding": vec,
-                    "tenant": TENANT,
-                    "product_id": f"demo-{i}",
-                    "category": CATEGORIES[label],
-                    "price": round(float(10 + 20 * label + rng.uniform(0, 30)), 2),
-                }
-                for i, (vec, label) in enumerate(zip(vectors, labels, strict=True))
-            )
-            print(f"stored {rows} products with bring-your-own {catalog.dim}-d embeddings")
-        query = centres[0] + rng.standard_normal(catalog.dim) * 0.8
-        _table("nearest to a 'shoes'-like vector:", catalog.search(vector=query, tenant=TENANT, k=5))
-        _table(
-            "same vector, only lamps under 200:",
-            catalog.search(vector=query, tenant=TENANT, category="lamps", price_max=200, k=5),
+def run(settings: Settings, html: Path) -> int:
+    model = canonical_name(settings.model)
+    print(f"model: {model}")
+    embedder = _load(settings, model)  # first: a missing model fails before anything is written
+    with _open(settings, model, embedder) as catalog:
+        print(f"catalog: {catalog.engine.url.render_as_string()}")
+        rows = list(sources.collect([str(SAMPLES / "manifest.csv")], tenant=TENANT))
+        added = 0
+        for row in rows:
+            where = row.pop("_where")
+            try:
+                added += catalog.add_row(row)[1]
+            except InvalidInput as exc:  # the bundled files are known good; say which one if not
+                raise InvalidInput(f"{where}: {exc}") from exc
+        print(f"sample images: {len(rows)} ({added} new, {len(rows) - added} already stored)")
+        totals = pipeline.drain(
+            catalog.engine,
+            lambda _model: embedder,
+            batch_size=settings.batch_size,
+            lease_seconds=settings.lease_seconds,
+            max_bytes=settings.max_image_bytes,
+            progress=sys.stderr.isatty(),
         )
-        first = catalog.search(vector=query, tenant=TENANT, k=1)[0]
-        _table(
-            f"more like image {first.image_id}:",
-            catalog.search(similar_to=first.image_id, tenant=TENANT, k=5),
-        )
+        print(f"embedded {totals.ready}, failed {totals.failed}")
+
+        query_image = SAMPLES / "queries" / "blue-tshirt.png"
+        searches = [
+            (
+                "text: 'a red coffee mug'",
+                {"text": "a red coffee mug"},
+                None,
+            ),
+            (
+                f"image: {query_image.name} (not in the catalog)",
+                {"image": str(query_image)},
+                report.thumbnail(query_image.read_bytes()),
+            ),
+            (
+                "text: 'something to wear', filtered: t-shirts, caps or sneakers up to 25 EUR",
+                {"text": "something to wear", "category": ["t-shirts", "caps", "sneakers"], "price_max": 25},
+                None,
+            ),
+        ]
+        sections = []
+        for title, query, thumb in searches:
+            hits = catalog.search(tenant=TENANT, k=K, **query)  # type: ignore[arg-type]
+            _show(title, hits)
+            sections.append(report.Section(title, hits, thumb))
+        sources_ = report.thumbnails(catalog.engine, [h.image_id for s in sections for h in s.hits], TENANT)
+    html.write_text(
+        report.html_page(f"imgsearch demo: {Path(model).name}", sections, sources_), encoding="utf-8"
+    )
+    print(f"\nresults page: {html.resolve()} (open it in a browser)")
     return 0

@@ -14,8 +14,9 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
 from imgsearch import queue, tenancy
+from imgsearch.db import vector_index
 from imgsearch.embed.model import Embedder, PreparedBatch
-from imgsearch.errors import DatabaseUnavailable
+from imgsearch.errors import ConfigurationError, DatabaseUnavailable
 from imgsearch.records import ModelInfo
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,16 @@ def run(
                 totals.last_batch_full = outcome.claimed >= batch_size
                 if on_batch is not None:
                     on_batch(outcome)
+                if outcome.stale_model:
+                    # the catalog switched models: give back what was claimed ahead and stop; the
+                    # caller picks up the new active model
+                    totals.stale_model = totals.last_batch_full = True
+                    ahead = upcoming.result() if more else None
+                    if ahead is not None:
+                        with engine.begin() as conn:
+                            tenancy.run_as_worker(conn)
+                            queue.release(conn, ahead.claims)
+                    return totals
                 if not more:
                     return totals
     except OperationalError as exc:
@@ -105,24 +116,38 @@ def run(
 
 def drain(
     engine: Engine,
-    model: ModelInfo,
-    embedder: Embedder,
+    embedder_for: Callable[[ModelInfo], Embedder],
     *,
     batch_size: int,
     lease_seconds: int,
     max_bytes: int,
     progress: bool,
 ) -> queue.BatchResult:
-    """Embed everything claimable in this process, with a progress bar, then return the totals."""
+    """Embed everything claimable in this process with the active model's embedder (``embedder_for``
+    gives it; a model switch mid-way moves on to the new one), with a progress bar; returns the
+    totals."""
     from tqdm import tqdm
 
+    totals = queue.BatchResult()
     with tqdm(total=queue.claimable_count(engine), desc="embedding", unit="img", disable=not progress) as bar:
-        return run(
-            engine,
-            model,
-            embedder,
-            batch_size=batch_size,
-            lease_seconds=lease_seconds,
-            max_bytes=max_bytes,
-            on_batch=lambda outcome: bar.update(outcome.claimed),
-        )
+        while True:
+            with engine.connect() as conn:
+                model = vector_index.active_model(conn)
+            if model is None:
+                raise ConfigurationError("the catalog has no active model")
+            part = run(
+                engine,
+                model,
+                embedder_for(model),
+                batch_size=batch_size,
+                lease_seconds=lease_seconds,
+                max_bytes=max_bytes,
+                on_batch=lambda outcome: bar.update(0 if outcome.stale_model else outcome.claimed),
+            )
+            totals.claimed += part.claimed
+            totals.ready += part.ready
+            totals.failed += part.failed
+            totals.lost += part.lost
+            totals.errors.update(part.errors)
+            if not part.stale_model:
+                return totals

@@ -24,7 +24,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import OperationalError
 
 from imgsearch import tenancy
-from imgsearch.db.models import Embedding, Image, ImageState
+from imgsearch.db.models import Embedding, Image, ImageState, Model
 from imgsearch.errors import DatabaseUnavailable, InvalidImage, TransientError
 from imgsearch.records import ModelInfo
 
@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 DEFAULT_LEASE_SECONDS = 300  # a CPU batch of 32 base-size images takes ~15 s here; 20x headroom
 MAX_ATTEMPTS = 5  # claims per image before it is marked failed (each claim counts one)
 DOWNLOAD_TIMEOUT_SECONDS = 20
+MODEL_SWITCH_LOCK = 0x696D6775  # advisory lock key: writes of embeddings vs. model switches
 
 Embed = Callable[[Sequence[bytes]], list[Any]]  # one vector or InvalidImage per image
 
@@ -56,6 +57,7 @@ class BatchResult:
     lost: int = 0  # results dropped because the lease had moved on
     errors: dict[int, str] = field(default_factory=dict)
     last_batch_full: bool = False  # more work may remain
+    stale_model: bool = False  # the batch's model is no longer active: its claims were given back
 
 
 def claim(conn: Connection, limit: int, lease_seconds: int = DEFAULT_LEASE_SECONDS) -> list[Claim]:
@@ -164,9 +166,47 @@ def embed_splitting(datas: list[bytes], embed: Embed) -> list[Any]:
         return embed_splitting(datas[:half], embed) + embed_splitting(datas[half:], embed)
 
 
+def release(conn: Connection, claims: Sequence[Claim]) -> None:
+    """Give claims still held back to ``pending``, without counting the attempt."""
+    table = cast(Table, Image.__table__)
+    stmt = (
+        update(table)
+        .where(
+            table.c.id == bindparam("b_id"),
+            table.c.state == ImageState.EMBEDDING.value,
+            table.c.lease_expires_at == bindparam("b_lease"),
+        )
+        .values(
+            state=ImageState.PENDING.value,
+            attempts=func.greatest(table.c.attempts - 1, 0),
+            lease_expires_at=None,
+            updated_at=func.now(),
+        )
+    )
+    if not claims:
+        return
+    conn.execute(stmt, [{"b_id": c.image_id, "b_lease": c.lease} for c in claims])
+
+
+def model_is_active(conn: Connection, model: ModelInfo) -> bool:
+    """Whether ``model`` is still the active one. Takes the model-switch lock in shared mode until
+    the transaction ends, so a switch (:func:`imgsearch.models.activate`, exclusive mode) waits for
+    this batch's write, or this batch sees the switch."""
+    conn.execute(text("SELECT pg_advisory_xact_lock_shared(:key)"), {"key": MODEL_SWITCH_LOCK})
+    return bool(conn.execute(select(Model.active).where(Model.id == model.id)).scalar())
+
+
 def store(conn: Connection, model: ModelInfo, claims: Sequence[Claim], results: Sequence[Any]) -> BatchResult:
-    """Write a batch's outcome in the caller's transaction, for the claims still held."""
+    """Write a batch's outcome in the caller's transaction, for the claims still held.
+
+    When the catalog switched models while the batch ran, nothing is written: the claims go back
+    to ``pending`` for the new active model (``stale_model`` says so).
+    """
     outcome = BatchResult(claimed=len(claims))
+    if not model_is_active(conn, model):
+        release(conn, claims)
+        outcome.stale_model = True
+        return outcome
     held_stmt = (
         select(Image.id, Image.lease_expires_at)
         .where(Image.id.in_([c.image_id for c in claims]), Image.state == ImageState.EMBEDDING)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 
 import numpy as np
 from PIL import Image
@@ -43,3 +46,17 @@ def explain(conn, stmt) -> str:  # type: ignore[no-untyped-def]
     compiled = stmt.compile(conn, compile_kwargs={"render_postcompile": True})
     params = {k: (str(v.tolist()) if isinstance(v, np.ndarray) else v) for k, v in compiled.params.items()}
     return "\n".join(row[0] for row in conn.exec_driver_sql("EXPLAIN " + str(compiled), params))
+
+
+def run_cli(*args: str, timeout: float = 300, **env: str) -> subprocess.CompletedProcess[str]:
+    """``python -m imgsearch ARGS`` in a subprocess, with only the given ``IMGSEARCH_*`` settings
+    (and the hub offline), capturing its output."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("IMGSEARCH_")}
+    environment.update(HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", **env)
+    return subprocess.run(
+        [sys.executable, "-m", "imgsearch", *args],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -64,7 +64,20 @@ def runtime() -> Runtime:
         return _runtime
 
 
+def follow_active_model(rt: Runtime) -> None:
+    """Load the new active model's embedder when the catalog switched models since the last task."""
+    with rt.engine.connect() as conn:
+        model = vector_index.active_model(conn)
+    if model is None or model.id == rt.model.id:
+        return
+    embedder = Embedder.from_settings(rt.settings, name=model.name)
+    embedder.load()
+    log.info("active model switched from %s to %s", rt.model.name, model.name)
+    rt.model, rt.embedder = model, embedder
+
+
 def embed_batches(rt: Runtime) -> queue.BatchResult:
+    follow_active_model(rt)
     return pipeline.run(
         rt.engine,
         rt.model,

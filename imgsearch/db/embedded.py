@@ -78,8 +78,9 @@ def url_for(socket_dir: Path, database: str = DATABASE) -> str:
     return f"postgresql+psycopg://postgres@/{database}?host={socket_dir}"
 
 
-def ensure_started(home: Path) -> str:
-    """Start (or reuse) the embedded server under ``home`` and return its SQLAlchemy URL.
+def ensure_started(home: Path, database: str = DATABASE) -> str:
+    """Start (or reuse) the embedded server under ``home`` and return the SQLAlchemy URL of
+    ``database`` on it (created when missing; ``imgsearch`` unless told otherwise).
 
     Safe when several processes call it at once: they serialise on a lock file in ``home``.
     """
@@ -100,17 +101,31 @@ def ensure_started(home: Path) -> str:
             if not current.running or current.socket_dir is None:
                 raise DatabaseUnavailable(f"embedded PostgreSQL in {pgdata} did not become ready")
         assert current.socket_dir is not None
-        _ensure_database(current.socket_dir)
-        return url_for(current.socket_dir)
+        _ensure_database(current.socket_dir, database)
+        return url_for(current.socket_dir, database)
 
 
-def _ensure_database(socket_dir: Path) -> None:
+def _ensure_database(socket_dir: Path, database: str, *, recreate: bool = False) -> None:
     import psycopg
+    from psycopg import sql
 
     with psycopg.connect(host=str(socket_dir), user="postgres", dbname="postgres", autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)).fetchone()
+        if recreate:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone()
         if not exists:
-            conn.execute(f'CREATE DATABASE "{DATABASE}"')  # a constant, not a user value
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+
+
+def recreate_database(home: Path, database: str) -> str:
+    """Drop ``database`` on the embedded server of ``home`` and create it empty; returns its URL."""
+    if database == DATABASE:
+        raise ConfigurationError("refusing to recreate the main imgsearch database")
+    url = ensure_started(home, database)
+    current = status(home)
+    assert current.socket_dir is not None
+    _ensure_database(current.socket_dir, database, recreate=True)
+    return url
 
 
 def stop(home: Path) -> bool:

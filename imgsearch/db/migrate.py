@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from importlib import resources
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
+
+from imgsearch.db.models import SCHEMA
 
 
 def alembic_config(engine: Engine | None = None) -> Config:
@@ -22,22 +25,42 @@ def alembic_config(engine: Engine | None = None) -> Config:
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
     with engine.begin() as conn:
-        config = alembic_config(engine)
-        config.attributes["connection"] = conn
-        command.upgrade(config, revision)
+        upgrade_on(conn, revision)
+
+
+def upgrade_on(connection: Connection, revision: str = "head") -> None:
+    """Run imgsearch's migrations on an open connection, in its transaction.
+
+    For projects with an Alembic history of their own: call it from one of your migrations
+    (``upgrade_on(op.get_bind())``) before tables that refer to imgsearch's. imgsearch keeps its
+    own version table, ``imgsearch.alembic_version``, so the two histories never mix.
+    """
+    config = alembic_config(connection.engine)
+    config.attributes["connection"] = connection
+    command.upgrade(config, revision)
+
+
+def downgrade_on(connection: Connection, revision: str) -> None:
+    config = alembic_config(connection.engine)
+    config.attributes["connection"] = connection
+    command.downgrade(config, revision)
+
+
+def include_name(name: str | None, type_: str, parent_names: Mapping[str, str | None]) -> bool:
+    """An Alembic ``include_name`` hook for your env.py: autogenerate then leaves imgsearch's schema
+    (its tables, indexes and functions) to imgsearch's own migrations."""
+    if type_ == "schema":
+        return name != SCHEMA
+    return parent_names.get("schema_name") != SCHEMA
 
 
 def downgrade(engine: Engine, revision: str) -> None:
     with engine.begin() as conn:
-        config = alembic_config(engine)
-        config.attributes["connection"] = conn
-        command.downgrade(config, revision)
+        downgrade_on(conn, revision)
 
 
 def current(engine: Engine) -> str | None:
     from alembic.runtime.migration import MigrationContext
-
-    from imgsearch.db.models import SCHEMA
 
     with engine.connect() as conn:
         ctx = MigrationContext.configure(conn, opts={"version_table_schema": SCHEMA})

@@ -81,3 +81,10 @@ def model_dim(name: str) -> int:
     except (OSError, ValueError) as exc:
         raise ConfigurationError(f"cannot read {config_file}: {exc}") from exc
     return dim_from_config(config)
+
+
+def canonical_name(name: str) -> str:
+    """How a model is registered: a local checkpoint directory by its absolute path (workers in
+    other directories must find it), a hub id as given."""
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.is_dir() else name

@@ -247,3 +247,30 @@ def test_unreachable_broker_never_fails_an_upload(database_url: str, tiny_siglip
         image_id = catalog.add(image=jpeg(1), tenant="acme", product_id="p1")
         assert time.monotonic() - start < 15
         assert catalog.get(image_id).state == "pending"
+
+
+def test_a_running_worker_follows_a_model_switch(
+    setup: tuple[Catalog, Workers, str], tiny_siglip_16: Path
+) -> None:
+    from imgsearch import reembed
+    from imgsearch.embed.model import Embedder
+
+    catalog, workers, _ = setup
+    catalog.add_many({"image": jpeg(i), "tenant": "acme", "product_id": f"p{i}"} for i in range(10))
+    workers.start()
+    wait_until(lambda: counts(catalog).get("ready") == 10, 120, workers, "10 ready images")
+    old = catalog.active_model.id
+    new = reembed.register(catalog.engine, str(tiny_siglip_16), 16)
+    backfilled = reembed.backfill(
+        catalog.engine, new, Embedder(str(tiny_siglip_16)).embed_images, batch_size=4, max_bytes=1 << 20
+    )
+    assert backfilled.embedded == 10 and not backfilled.errors
+    reembed.activate(catalog.engine, new.name)
+    catalog.add_many({"image": jpeg(100 + i), "tenant": "acme", "product_id": f"q{i}"} for i in range(10))
+    wait_until(lambda: counts(catalog).get("ready") == 20, 120, workers, "20 ready images after the switch")
+    with catalog.engine.connect() as conn:
+        per_model = dict(
+            conn.execute(text("SELECT model_id, count(*) FROM imgsearch.embeddings GROUP BY model_id")).all()
+        )
+    assert per_model == {new.id: 20, old: 10}  # uploads after the switch: new model only
+    assert "active model switched" in workers.log_tail()

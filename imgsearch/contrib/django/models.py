@@ -1,0 +1,152 @@
+"""imgsearch's tables as unmanaged Django models (imgsearch's Alembic migrations own the schema).
+
+``Image.objects`` adds :meth:`ImageQuerySet.search`: the hybrid search of
+:meth:`imgsearch.Catalog.search`, restricted further by the QuerySet's own filters.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import models
+from pgvector.django import HalfVectorField
+
+from imgsearch.contrib.django import bridge
+
+
+class EmbeddingModel(models.Model):
+    """An embedding model registered in the catalog (table ``imgsearch.models``)."""
+
+    id = models.SmallIntegerField(primary_key=True)
+    name = models.TextField(unique=True)
+    dim = models.IntegerField()
+    active = models.BooleanField(default=False)
+    created_at = models.DateTimeField()
+
+    class Meta:
+        managed = False
+        db_table = 'imgsearch"."models'
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.dim}-d{', active' if self.active else ''})"
+
+
+class Product(models.Model):
+    id = models.BigAutoField(primary_key=True)
+    tenant = models.TextField()
+    product_id = models.TextField()
+    category = models.TextField(null=True)
+    price = models.DecimalField(max_digits=14, decimal_places=4, null=True)
+    currency = models.CharField(max_length=3, null=True)
+    attributes = models.JSONField(default=dict)
+    created_at = models.DateTimeField()
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        managed = False
+        db_table = 'imgsearch"."products'
+
+    def __str__(self) -> str:
+        return f"{self.tenant}/{self.product_id}"
+
+
+class ImageQuerySet(models.QuerySet["Image"]):
+    def search(
+        self,
+        *,
+        text: str | None = None,
+        image: Any = None,
+        similar_to: int | None = None,
+        vector: Any = None,
+        tenant: str | None = None,
+        k: int = 10,
+        **options: Any,
+    ) -> list[Image]:
+        """The ``k`` nearest images that match this QuerySet's filters and the given ones, nearest
+        first, each with ``distance``, ``score`` and ``probability`` attributes and its product
+        loaded.
+
+        Takes the arguments of :meth:`imgsearch.Catalog.search` (``category``, ``price_min``,
+        ``price_max``, ``attributes``, ``offset``, ``group_by_product``, ``diversity``, ``expand``,
+        ``min_score``, ``min_probability``) with the same guarantees: ``min(k, matching)`` hits,
+        pgvector settings with ``SET LOCAL`` inside the query's transaction (a savepoint, rolled
+        back afterwards, so nothing leaks into the caller's transaction), and with ``tenant`` the
+        database's row-level security restricting every row read to that tenant.
+        """
+        if self.query.is_sliced:
+            raise TypeError("search() takes k and offset; don't slice the QuerySet first")
+        where = options.pop("where", None)
+        if self.query.has_filters():
+            restricted = bridge.subquery_ids(self)
+            where = restricted if where is None else (where & restricted)
+        with bridge.catalog(self.db, rollback=True) as catalog:
+            hits = catalog.search(
+                text=text,
+                image=image,
+                similar_to=similar_to,
+                vector=vector,
+                tenant=tenant,
+                where=where,
+                k=k,
+                **options,
+            )
+            by_id = (
+                self.model.objects.using(self.db)
+                .select_related("product")
+                .defer("content")
+                .in_bulk([hit.image_id for hit in hits])
+            )
+        found = []
+        for hit in hits:
+            row = by_id[hit.image_id]
+            row.distance, row.score, row.probability = hit.distance, hit.score, hit.probability
+            found.append(row)
+        return found
+
+
+class Image(models.Model):
+    id = models.BigAutoField(primary_key=True)
+    product = models.ForeignKey(Product, models.DO_NOTHING, db_column="product_pk", related_name="images")
+    tenant = models.TextField()
+    sha256 = models.BinaryField(null=True)
+    width = models.IntegerField(null=True)
+    height = models.IntegerField(null=True)
+    format = models.TextField(null=True)
+    byte_size = models.BigIntegerField(null=True)
+    content = models.BinaryField(null=True)
+    uri = models.TextField(null=True)
+    state = models.TextField(default="pending")
+    error = models.TextField(null=True)
+    attempts = models.IntegerField(default=0)
+    lease_expires_at = models.DateTimeField(null=True)
+    created_at = models.DateTimeField()
+    updated_at = models.DateTimeField()
+
+    objects = ImageQuerySet.as_manager()
+
+    distance: float
+    score: float
+    probability: float | None
+
+    class Meta:
+        managed = False
+        db_table = 'imgsearch"."images'
+
+    def __str__(self) -> str:
+        return f"image {self.pk} ({self.state})"
+
+
+class Embedding(models.Model):
+    """An image's embedding under one model (composite key: model, image)."""
+
+    pk = models.CompositePrimaryKey("model_id", "image_id")
+    model = models.ForeignKey(EmbeddingModel, models.DO_NOTHING)
+    image = models.ForeignKey(Image, models.DO_NOTHING, related_name="embeddings")
+    product = models.ForeignKey(Product, models.DO_NOTHING, db_column="product_pk", related_name="+")
+    tenant = models.TextField()
+    embedding = HalfVectorField()
+    created_at = models.DateTimeField()
+
+    class Meta:
+        managed = False
+        db_table = 'imgsearch"."embeddings'
