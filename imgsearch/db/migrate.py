@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from importlib import resources
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -37,7 +39,30 @@ def upgrade_on(connection: Connection, revision: str = "head") -> None:
     """
     config = alembic_config(connection.engine)
     config.attributes["connection"] = connection
-    command.upgrade(config, revision)
+    with _nestable():
+        command.upgrade(config, revision)
+
+
+@contextlib.contextmanager
+def _nestable() -> Iterator[None]:
+    """Let Alembic run inside another Alembic run (a user's migration calling :func:`upgrade_on`).
+
+    Alembic exposes the running migration through module globals of ``alembic.op`` and
+    ``alembic.context``; a nested run replaces them and deletes them when it ends, which would
+    leave the outer run without its ``op``. They are put back as they were.
+    """
+    import alembic.context
+    import alembic.op
+
+    saved = [(module, dict(vars(module))) for module in (alembic.op, alembic.context)]
+    try:
+        yield
+    finally:
+        for module, before in saved:
+            namespace = vars(module)
+            for name in set(namespace) - set(before):
+                del namespace[name]
+            namespace.update(before)
 
 
 def downgrade_on(connection: Connection, revision: str) -> None:
@@ -47,11 +72,18 @@ def downgrade_on(connection: Connection, revision: str) -> None:
 
 
 def include_name(name: str | None, type_: str, parent_names: Mapping[str, str | None]) -> bool:
-    """An Alembic ``include_name`` hook for your env.py: autogenerate then leaves imgsearch's schema
-    (its tables, indexes and functions) to imgsearch's own migrations."""
+    """Alembic ``include_name`` hook for your env.py: autogenerate then doesn't reflect imgsearch's
+    schema (its tables, indexes and functions belong to imgsearch's own migrations)."""
     if type_ == "schema":
         return name != SCHEMA
     return parent_names.get("schema_name") != SCHEMA
+
+
+def include_object(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
+    """Alembic ``include_object`` hook for your env.py: imgsearch's tables that your metadata holds
+    (for foreign keys to them) are never proposed as new tables."""
+    table = obj if type_ == "table" else getattr(obj, "table", None)
+    return getattr(table, "schema", None) != SCHEMA
 
 
 def downgrade(engine: Engine, revision: str) -> None:

@@ -1,0 +1,112 @@
+"""docker-compose.yml and the worker Dockerfile, checked without Docker: services, images, the
+settings their environment sets, and the commands they run."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from imgsearch.cli import build_parser
+from imgsearch.settings import Settings
+
+ROOT = Path(__file__).parents[1]
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def environment(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment", {})
+    return {str(k): str(v) for k, v in env.items()}
+
+
+def test_services_images_and_dependencies(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert set(services) == {"postgres", "redis", "migrate", "worker", "worker-gpu"}
+    assert services["postgres"]["image"].startswith("pgvector/pgvector:")
+    assert services["redis"]["image"].startswith("redis:")
+    for name in ("postgres", "redis", "worker", "worker-gpu"):
+        assert services[name]["healthcheck"]["test"], f"{name} has a healthcheck"
+    assert services["migrate"]["restart"] == "no"
+    assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    for name in ("worker", "worker-gpu"):
+        depends = services[name]["depends_on"]
+        assert depends["migrate"]["condition"] == "service_completed_successfully"
+        assert depends["redis"]["condition"] == "service_healthy"
+        assert "models:/models" in services[name]["volumes"]
+    assert set(compose["volumes"]) == {"pgdata", "models"}
+    assert any(v.startswith("pgdata:/var/lib/postgresql") for v in services["postgres"]["volumes"])
+
+
+def test_gpu_worker_profile(compose: dict[str, Any]) -> None:
+    gpu = compose["services"]["worker-gpu"]
+    assert gpu["profiles"] == ["gpu"]
+    (device,) = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+    assert environment(gpu)["IMGSEARCH_DEVICE"] == "cuda"
+    assert "cu1" in gpu["build"]["args"]["TORCH_INDEX"]  # a CUDA build of torch
+    assert "--device" in gpu["command"] and gpu["command"][gpu["command"].index("--device") + 1] == "cuda"
+    # bf16: the embedder picks bfloat16 on CUDA devices that support it
+    source = (ROOT / "imgsearch" / "embed" / "model.py").read_text()
+    assert "torch.bfloat16 if torch.cuda.is_bf16_supported()" in source
+
+
+def test_environment_matches_the_settings_and_the_database(compose: dict[str, Any]) -> None:
+    known = {f"IMGSEARCH_{name.upper()}" for name in Settings.model_fields}
+    postgres = environment(compose["services"]["postgres"])
+    for name in ("migrate", "worker", "worker-gpu"):
+        env = environment(compose["services"][name])
+        ours = {key for key in env if key.startswith("IMGSEARCH_")}
+        assert ours <= known, f"{name} sets unknown settings {ours - known}"
+        assert {"IMGSEARCH_DATABASE_URL", "IMGSEARCH_REDIS_URL", "IMGSEARCH_MODEL"} <= ours
+        settings = Settings(
+            **{key.removeprefix("IMGSEARCH_").lower(): value for key, value in env.items() if key in ours}
+        )
+        url = settings.database_url or ""
+        match = re.fullmatch(r"postgresql://(\w+):(\S+)@postgres:5432/(\w+)", url)
+        assert match, url
+        assert (match[1], match[3]) == (postgres["POSTGRES_USER"], postgres["POSTGRES_DB"])
+        assert match[2] == postgres["POSTGRES_PASSWORD"]
+        assert settings.redis_url == "redis://redis:6379/0"
+
+
+def test_commands_exist_in_the_cli(compose: dict[str, Any]) -> None:
+    parser = build_parser()
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    (cmd,) = re.findall(r"^CMD (\[.*\])$", dockerfile, re.MULTILINE)
+    commands = [yaml.safe_load(cmd)] + [
+        s["command"] for s in compose["services"].values() if s.get("command")
+    ]
+    for command in commands:
+        if command[0] != "imgsearch":
+            assert command[0] == "redis-server"
+            continue
+        args = parser.parse_args(command[1:])  # exits (fails the test) on an unknown command or option
+        assert callable(args.func)
+    healthcheck = compose["services"]["worker"]["healthcheck"]["test"][1]
+    assert "inspect ping" in healthcheck and "imgsearch-1@" in healthcheck
+    assert (
+        "imgsearch-{os.getpid()}@%h" in (ROOT / "imgsearch" / "cli.py").read_text()
+    )  # the node name it pings
+
+
+def test_dockerfile_installs_the_project_and_runs_unprivileged() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    lines = [line for line in dockerfile.splitlines() if line and not line.startswith("#")]
+    copies = [shlex.split(line)[1:-1] for line in lines if line.startswith("COPY")]
+    for sources in copies:
+        for source in sources:
+            assert (ROOT / source).exists(), f"Dockerfile copies missing {source}"
+    assert "pip install torch==2.13.0" in dockerfile and "pip install '.[worker]'" in dockerfile
+    users = [line.split()[1] for line in lines if line.startswith("USER")]
+    assert users and users[-1] not in ("root", "0")
+    assert lines.index(next(line for line in lines if line.startswith("USER"))) < lines.index(
+        next(line for line in lines if line.startswith("CMD"))
+    )
