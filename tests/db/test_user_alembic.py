@@ -82,6 +82,7 @@ def user_project(root: Path) -> Config:
     (root / "shop_models.py").write_text(MODELS)
     config = Config()
     config.set_main_option("script_location", str(root))
+    config.set_main_option("path_separator", "os")
     config.set_main_option("prepend_sys_path", str(root))
     return config
 
