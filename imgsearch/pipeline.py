@@ -90,11 +90,7 @@ def run(
                 with engine.begin() as conn:
                     tenancy.run_as_worker(conn)
                     outcome = queue.store(conn, model, batch.claims, results)
-                totals.claimed += outcome.claimed
-                totals.ready += outcome.ready
-                totals.failed += outcome.failed
-                totals.lost += outcome.lost
-                totals.errors.update(outcome.errors)
+                totals.add(outcome)
                 totals.last_batch_full = outcome.claimed >= batch_size
                 if on_batch is not None:
                     on_batch(outcome)
@@ -144,10 +140,6 @@ def drain(
                 max_bytes=max_bytes,
                 on_batch=lambda outcome: bar.update(0 if outcome.stale_model else outcome.claimed),
             )
-            totals.claimed += part.claimed
-            totals.ready += part.ready
-            totals.failed += part.failed
-            totals.lost += part.lost
-            totals.errors.update(part.errors)
+            totals.add(part)
             if not part.stale_model:
                 return totals

@@ -59,6 +59,14 @@ class BatchResult:
     last_batch_full: bool = False  # more work may remain
     stale_model: bool = False  # the batch's model is no longer active: its claims were given back
 
+    def add(self, other: BatchResult) -> None:
+        """Count ``other``'s images into these totals."""
+        self.claimed += other.claimed
+        self.ready += other.ready
+        self.failed += other.failed
+        self.lost += other.lost
+        self.errors.update(other.errors)
+
 
 def claim(conn: Connection, limit: int, lease_seconds: int = DEFAULT_LEASE_SECONDS) -> list[Claim]:
     """Claim up to ``limit`` of the oldest claimable images (pending, or leased and expired)."""

@@ -99,12 +99,7 @@ def backfill(
     skip: set[int] = set()
     try:
         for claims in _batches(engine, model, batch_size, skip):
-            datas = queue.read_claims(claims, max_bytes)
-            vectors: list[Any] = list(datas)
-            good = [i for i, d in enumerate(datas) if isinstance(d, bytes)]
-            embedded = queue.embed_splitting([datas[i] for i in good], embed)  # type: ignore[misc]
-            for position, vector in zip(good, embedded, strict=True):
-                vectors[position] = vector
+            vectors = queue.embed_claims(claims, embed, max_bytes)
             rows = []
             for claim, vector in zip(claims, vectors, strict=True):
                 if isinstance(vector, Exception):
