@@ -293,6 +293,7 @@ def _search(args: argparse.Namespace, settings: Settings) -> int:
 
     from imgsearch import report
     from imgsearch.catalog import Catalog
+    from imgsearch.images import Limits, read_source
 
     query: dict[str, Any] = {}
     if args.text is not None:
@@ -300,7 +301,8 @@ def _search(args: argparse.Namespace, settings: Settings) -> int:
     elif args.image is not None:
         if not os.path.isfile(args.image):
             raise InvalidInput(f"no such image file: {args.image}")
-        query["image"] = args.image
+        # read once (within the byte limit): searched, and shown on the --html page
+        query["image"] = read_source(args.image, Limits(settings.max_image_bytes, settings.max_image_pixels))
     elif args.similar_to is not None:
         query["similar_to"] = args.similar_to
     else:
@@ -334,7 +336,7 @@ def _search(args: argparse.Namespace, settings: Settings) -> int:
             shown = {"vector": args.vector_file, "image": args.image}.get(kind, value)
             details = {name: str(v) for name, v in {**filters, **options}.items() if v not in (None, False)}
             details["model"] = catalog.model
-            thumb = report.thumbnail(Path(args.image).read_bytes()) if args.image else None
+            thumb = report.thumbnail(query["image"]) if "image" in query else None
             section = report.Section(f"{kind.replace('_', ' ')}: {shown}", hits, thumb, details)
             pictures = report.thumbnails(catalog.engine, [h.image_id for h in hits], args.tenant)
             Path(args.html).write_text(
@@ -353,11 +355,9 @@ def _reembed(args: argparse.Namespace, settings: Settings) -> int:
 
     name = canonical_name(args.model)
     dim = model_dim(name)  # an unknown model fails here, before anything is registered
-    embedder = Embedder.from_settings(settings, name=name)
     if args.device:
-        embedder = Embedder(
-            name, options=embedder.options, batch_size=embedder.batch_size, device=args.device
-        )
+        settings = settings.model_copy(update={"device": args.device})
+    embedder = Embedder.from_settings(settings, name=name)
     embedder.load()
     eng = _open_engine(settings)
     try:

@@ -16,7 +16,7 @@ from imgsearch.catalog import Catalog
 from imgsearch.db import embedded
 from imgsearch.embed.model import Embedder
 from imgsearch.embed.registry import canonical_name
-from imgsearch.errors import ConfigurationError, InvalidInput, ModelUnavailable
+from imgsearch.errors import ConfigurationError, InvalidInput
 from imgsearch.records import Hit
 from imgsearch.settings import Settings
 
@@ -34,9 +34,7 @@ def _open(settings: Settings, model: str, embedder: Embedder) -> Catalog:
     url = embedded.ensure_started(settings.home, DATABASE)
     try:
         return Catalog.open(url, model=model, settings=settings, embedder=embedder)
-    except ConfigurationError as exc:
-        if isinstance(exc, ModelUnavailable):
-            raise
+    except ConfigurationError:  # the model was loaded already: this is the other model's catalog
         print(f"the demo database was built with another model; starting it afresh for {model}")
         url = embedded.recreate_database(settings.home, DATABASE)
         return Catalog.open(url, model=model, settings=settings, embedder=embedder)
