@@ -9,13 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import run_cli
+
 
 def imgsearch(*args: str, home: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("IMGSEARCH_")}
-    environ.update(IMGSEARCH_HOME=str(home), HF_HUB_OFFLINE="1", **env)
-    return subprocess.run(
-        [sys.executable, "-m", "imgsearch", *args], env=environ, capture_output=True, text=True, timeout=300
-    )
+    return run_cli(*args, IMGSEARCH_HOME=str(home), **env)
 
 
 def test_db_lifecycle(home: Path) -> None:

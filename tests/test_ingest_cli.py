@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 from imgsearch import Catalog
-from tests.helpers import image_bytes
+from tests.helpers import image_bytes, run_cli
 
 
 def run_ingest(database_url: str, model: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGSEARCH_")}
-    env.update(IMGSEARCH_DATABASE_URL=database_url, IMGSEARCH_MODEL=str(model), HF_HUB_OFFLINE="1")
-    return subprocess.run(
-        [sys.executable, "-m", "imgsearch", "ingest", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_cli("ingest", *args, IMGSEARCH_DATABASE_URL=database_url, IMGSEARCH_MODEL=str(model))
 
 
 def test_ingest_folder_embeds_in_process_and_summarises(
