@@ -217,3 +217,20 @@ def test_status_after_ingest(shop: dict[str, str]) -> None:
     assert lines[0] == "images: pending 0, embedding 0, ready 36, failed 0"
     assert lines[1] == "queue 'imgsearch': broker unreachable"
     assert lines[2] == "oldest pending: none"
+
+
+def test_empty_huge_and_unknown_inputs_are_one_line(shop: dict[str, str], tmp_path: Path) -> None:
+    empty = run_cli("search", "--text", "", **shop)
+    assert empty.returncode == 2 and "non-empty string" in empty.stderr
+    big = tmp_path / "big.png"
+    big.write_bytes((SAMPLES / "queries" / "red-mug.png").read_bytes() + b"\0" * 4096)
+    huge = run_cli("search", "--image", str(big), **shop, IMGSEARCH_MAX_IMAGE_BYTES="4096")
+    assert huge.returncode == 2 and "4096-byte limit" in huge.stderr
+    empty_file = tmp_path / "empty.png"
+    empty_file.write_bytes(b"")
+    zero = run_cli("search", "--image", str(empty_file), **shop)
+    assert zero.returncode == 2 and "empty" in zero.stderr
+    unknown = run_cli("reembed", "--model", str(tmp_path / "no-such-model"), **shop)
+    assert unknown.returncode == 2 and "unknown model" in unknown.stderr
+    for run in (empty, huge, zero, unknown):
+        assert len(run.stderr.strip().splitlines()) == 1 and "Traceback" not in run.stderr, run.stderr

@@ -59,7 +59,10 @@ def _cached_config(name: str) -> Path | None:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:
         return None
-    found = try_to_load_from_cache(name, "config.json")
+    try:
+        found = try_to_load_from_cache(name, "config.json")
+    except ValueError:  # not a valid hub id either (e.g. a path to a missing folder)
+        return None
     return Path(found) if isinstance(found, str) else None
 
 
