@@ -133,7 +133,11 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 
 def _embedders(settings: Settings) -> Callable[[Any], Any]:
     """One embedder per model name, created on first use (a model switch loads the new one)."""
+    from imgsearch.embed.allocator import retain_freed_memory
     from imgsearch.embed.model import Embedder
+
+    if settings.retain_freed_memory:
+        retain_freed_memory()
 
     made: dict[str, Embedder] = {}
 
@@ -350,6 +354,7 @@ def _reembed(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
     from imgsearch import reembed
+    from imgsearch.embed.allocator import retain_freed_memory
     from imgsearch.embed.model import Embedder
     from imgsearch.embed.registry import canonical_name, model_dim
 
@@ -357,6 +362,8 @@ def _reembed(args: argparse.Namespace, settings: Settings) -> int:
     dim = model_dim(name)  # an unknown model fails here, before anything is registered
     if args.device:
         settings = settings.model_copy(update={"device": args.device})
+    if settings.retain_freed_memory:
+        retain_freed_memory()
     embedder = Embedder.from_settings(settings, name=name)
     embedder.load()
     eng = _open_engine(settings)

@@ -64,3 +64,7 @@ class Settings(BaseSettings):
     sweep_seconds: float = Field(default=60.0, gt=0, description="How often lost work is re-queued.")
     wake_workers: bool = Field(default=False, description="Send a Celery wake-up after each upload.")
     torch_threads: int | None = Field(default=None, gt=0, description="CPU threads per worker process.")
+    retain_freed_memory: bool = Field(
+        default=True,
+        description="Embedding processes keep freed memory for the next batch (glibc: no mmap, no trim).",
+    )

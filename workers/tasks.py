@@ -13,6 +13,7 @@ from sqlalchemy import Engine
 from imgsearch import pipeline, queue
 from imgsearch.db import engine as db_engine
 from imgsearch.db import vector_index
+from imgsearch.embed.allocator import retain_freed_memory
 from imgsearch.embed.model import Embedder
 from imgsearch.errors import ConfigurationError, TransientError
 from imgsearch.records import ModelInfo
@@ -49,6 +50,8 @@ def runtime() -> Runtime:
                 model = vector_index.active_model(conn)
             if model is None:
                 raise ConfigurationError("the catalog has no active model; open it once (imgsearch migrate)")
+            if settings.retain_freed_memory:
+                retain_freed_memory()
             if settings.torch_threads:
                 import torch
 
