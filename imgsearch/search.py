@@ -82,13 +82,15 @@ class Filters:
                     f"category must be a string or a non-empty list of strings, got {self.category!r}"
                 )
             conds.append(
-                Product.category.in_(categories) if len(categories) > 1 else Product.category == categories[0]
+                Embedding.category.in_(categories)
+                if len(categories) > 1
+                else Embedding.category == categories[0]
             )
         low, high = _price(self.price_min, "price_min"), _price(self.price_max, "price_max")
         if low is not None:
-            conds.append(Product.price >= low)
+            conds.append(Embedding.price >= low)
         if high is not None:
-            conds.append(Product.price <= high)
+            conds.append(Embedding.price <= high)
         if low is not None and high is not None and low > high:
             raise InvalidQuery(f"price_min {low} is above price_max {high}")
         if self.attributes is not None:
@@ -126,20 +128,27 @@ def check_page(k: Any, offset: Any) -> tuple[int, int]:
     return k, offset
 
 
-def _mentions_images(filters: Filters) -> bool:
+def _mentions(filters: Filters, table: Any) -> bool:
     from sqlalchemy.sql.util import find_tables
 
-    return filters.where is not None and Image.__table__ in find_tables(filters.where, include_crud=True)
+    return filters.where is not None and table in find_tables(
+        filters.where, check_columns=True, include_crud=True
+    )
 
 
-def joined(model: ModelInfo, filters: Filters, *columns: Any, with_images: bool = False) -> Select[Any]:
-    """``SELECT columns FROM embeddings JOIN products [JOIN images] WHERE <model> AND <filters>``.
+def joined(
+    model: ModelInfo, filters: Filters, *columns: Any, with_images: bool = False, with_products: bool = False
+) -> Select[Any]:
+    """``SELECT columns FROM embeddings [JOIN products] [JOIN images] WHERE <model> AND <filters>``.
 
-    Embeddings carry their product's key, so filters reach products in one join; images are joined
-    only when asked for or when ``where`` mentions them.
+    Embeddings carry their product's tenant, category and price (kept by triggers), so those
+    filters read one table; products are joined when asked for or when ``attributes`` or
+    ``where`` need them, images when asked for or when ``where`` mentions them.
     """
-    stmt = select(*columns).select_from(Embedding).join(Product, Product.id == Embedding.product_pk)
-    if with_images or _mentions_images(filters):
+    stmt = select(*columns).select_from(Embedding)
+    if with_products or filters.attributes is not None or _mentions(filters, Product.__table__):
+        stmt = stmt.join(Product, Product.id == Embedding.product_pk)
+    if with_images or _mentions(filters, Image.__table__):
         stmt = stmt.join(Image, Image.id == Embedding.image_id)
     return stmt.where(model_filter(model.id), *filters.conditions())
 
@@ -149,8 +158,8 @@ def hit_columns(distance: ColumnElement[Any], with_embeddings: bool = False) -> 
         Embedding.image_id,
         Product.product_id,
         Embedding.tenant,
-        Product.category,
-        Product.price,
+        Embedding.category,
+        Embedding.price,
         distance.label("distance"),
     ]
     return [*columns, Embedding.embedding] if with_embeddings else columns
@@ -168,17 +177,31 @@ def hnsw_statement(
     """The HNSW form: ORDER BY the indexed expression alone (a tiebreaker would defeat the index)."""
     distance = embedding_expr(model.dim).cosine_distance(query)
     columns = hit_columns(distance, with_embeddings)
-    stmt = joined(model, filters, *columns, with_images=with_images)
+    stmt = joined(model, filters, *columns, with_images=with_images, with_products=True)
     return stmt.order_by(distance).limit(k).offset(offset)
 
 
 def exact_statement(
     model: ModelInfo, query: Vector, filters: Filters, k: int, offset: int = 0, with_embeddings: bool = False
 ) -> Select[Any]:
-    """The exact form: the uncast column's distance, which no HNSW index serves, over the filtered rows."""
+    """The exact form: the uncast column's distance, which no HNSW index serves, over the filtered
+    rows; products are joined to the ``k`` rows found, not to every row scanned."""
     distance = Embedding.embedding.cosine_distance(query)
-    columns = hit_columns(distance, with_embeddings)
-    return joined(model, filters, *columns).order_by(distance).limit(k).offset(offset)
+    columns = [
+        Embedding.image_id,
+        Embedding.product_pk,
+        Embedding.tenant,
+        Embedding.category,
+        Embedding.price,
+        distance.label("distance"),
+    ]
+    if with_embeddings:
+        columns.append(Embedding.embedding)
+    top = joined(model, filters, *columns).order_by(distance).limit(k).offset(offset).subquery("top")
+    outer = [top.c.image_id, Product.product_id, top.c.tenant, top.c.category, top.c.price, top.c.distance]
+    if with_embeddings:
+        outer.append(top.c.embedding)
+    return select(*outer).join_from(top, Product, Product.id == top.c.product_pk).order_by(top.c.distance)
 
 
 @dataclass(frozen=True)
@@ -210,6 +233,8 @@ def plan(
     exact_max_fraction: float = EXACT_MAX_FRACTION,
 ) -> Plan:
     """Choose a strategy from a bounded count of the matching rows (cheap: it stops at the bound)."""
+    if not filters.conditions():
+        return unfiltered_plan(k, offset)
     wanted = k + offset
     total = _total_rows(conn)
     hnsw = Plan(
@@ -220,14 +245,24 @@ def plan(
         max_scan_tuples=min(max(MIN_SCAN_TUPLES, total), 10_000_000),
         pool=min(MAX_POOL, max(MIN_POOL, 4 * wanted)),
     )
-    if not filters.conditions():
-        return hnsw
     bound = max(exact_max_rows, math.ceil(exact_max_fraction * total), wanted)
     limited = joined(model, filters, Embedding.image_id).limit(bound + 1).subquery()
     matching = int(conn.execute(select(func.count()).select_from(limited)).scalar_one())
     if matching <= bound:
         return Plan("exact", matching)
     return replace(hnsw, matching=matching)
+
+
+def unfiltered_plan(k: int, offset: int) -> Plan:
+    """No filters: every row matches, so the pool fills within its first rows; no count needed."""
+    wanted = k + offset
+    return Plan(
+        "hnsw",
+        -1,
+        ef_search=min(MAX_EF_SEARCH, max(MIN_EF_SEARCH, 2 * wanted)),
+        max_scan_tuples=MIN_SCAN_TUPLES,
+        pool=min(MAX_POOL, max(MIN_POOL, 4 * wanted)),
+    )
 
 
 def open_ended_plan(conn: Connection, k: int) -> Plan:
@@ -245,22 +280,24 @@ def planner_settings(conn: Connection) -> None:
     and plans must see the actual query values."""
     # psycopg prepares a statement after 5 runs and PostgreSQL may then switch to a generic plan,
     # planned without the query vector and the filter values: always plan for the actual values
-    _set_local(conn, {"jit": "off", "random_page_cost": "1.1", "plan_cache_mode": "force_custom_plan"})
+    _set_local(conn, PLANNER_SETTINGS)
 
 
-def set_local(conn: Connection, p: Plan) -> None:
-    """pgvector settings for this transaction only (integers computed here, never user text)."""
+PLANNER_SETTINGS = {"jit": "off", "random_page_cost": "1.1", "plan_cache_mode": "force_custom_plan"}
+
+
+def set_local(conn: Connection, p: Plan, with_planner: bool = False) -> None:
+    """pgvector settings for this transaction only (integers computed here, never user text);
+    ``with_planner`` adds :func:`planner_settings` in the same round trip."""
     mode = "strict_order" if p.iterative_scan == "strict_order" else "relaxed_order"
-    _set_local(
-        conn,
-        {
-            "hnsw.ef_search": str(int(p.ef_search)),
-            "hnsw.iterative_scan": mode,
-            "hnsw.max_scan_tuples": str(int(p.max_scan_tuples)),
-            # iterative scans also stop at work_mem x this multiplier; long scans need the room
-            "hnsw.scan_mem_multiplier": str(SCAN_MEM_MULTIPLIER),
-        },
-    )
+    settings = {
+        "hnsw.ef_search": str(int(p.ef_search)),
+        "hnsw.iterative_scan": mode,
+        "hnsw.max_scan_tuples": str(int(p.max_scan_tuples)),
+        # iterative scans also stop at work_mem x this multiplier; long scans need the room
+        "hnsw.scan_mem_multiplier": str(SCAN_MEM_MULTIPLIER),
+    }
+    _set_local(conn, {**PLANNER_SETTINGS, **settings} if with_planner else settings)
 
 
 def _set_local(conn: Connection, settings: dict[str, str]) -> None:
@@ -329,10 +366,15 @@ def search_vector(
 
     Returns ``min(k, matching rows - offset)`` hits.
     """
-    planner_settings(conn)
-    chosen = plan(conn, model, filters, k, offset, exact_max_rows, exact_max_fraction)
+    if filters.conditions():
+        planner_settings(conn)
+        chosen = plan(conn, model, filters, k, offset, exact_max_rows, exact_max_fraction)
+        if chosen.strategy == "hnsw":
+            set_local(conn, chosen)
+    else:  # one round trip for every setting
+        chosen = unfiltered_plan(k, offset)
+        set_local(conn, chosen, with_planner=True)
     if chosen.strategy == "hnsw":
-        set_local(conn, chosen)
         stmt = pooled_statement(model, query, filters, chosen, k, offset, with_embeddings)
         log.debug("hnsw search %s: %s", chosen, stmt)
         result = _result(conn.execute(stmt), chosen, with_embeddings)

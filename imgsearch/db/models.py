@@ -185,6 +185,9 @@ class Embedding(Base):
         ),
         Index("embeddings_image_id_idx", "image_id"),
         Index("embeddings_product_pk_idx", "product_pk", "model_id"),
+        Index("embeddings_category_idx", "model_id", "category"),
+        Index("embeddings_price_idx", "model_id", "price"),
+        Index("embeddings_tenant_idx", "model_id", "tenant"),
     )
 
     model_id: Mapped[int] = mapped_column(
@@ -193,6 +196,10 @@ class Embedding(Base):
     image_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     product_pk: Mapped[int] = mapped_column(BigInteger)
     tenant: Mapped[str] = mapped_column(Text)
+    # copies of the product's filter columns, kept by triggers (migration 0004), so a filtered
+    # exact scan reads one table
+    category: Mapped[str | None] = mapped_column(Text)
+    price: Mapped[Decimal | None] = mapped_column(Numeric(14, 4))
     embedding: Mapped[Any] = mapped_column(HALFVEC())
     created_at: Mapped[dt.datetime] = _created()
 

@@ -1,0 +1,119 @@
+"""Embeddings carry their product's category and price (migration 0004): the copies follow every
+change of the product, can't be set apart from it, and searches filter on them."""
+
+from __future__ import annotations
+
+import warnings
+from decimal import Decimal
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import SAWarning
+
+from imgsearch import Catalog
+from imgsearch.db.models import Image, Product
+
+DIM = 32
+
+
+@pytest.fixture
+def catalog(server_url: str, template_db: str, tiny_siglip: Path) -> Catalog:
+    from tests.conftest import new_database
+
+    url = new_database(server_url, template_db)
+    return Catalog.open(url, model=str(tiny_siglip))
+
+
+def vectors(n: int, seed: int) -> np.ndarray:
+    v = np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def copies(catalog: Catalog) -> list[tuple[str, str | None, Decimal | None, str | None, Decimal | None]]:
+    with catalog.engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT p.product_id, e.category, e.price, p.category, p.price FROM imgsearch.embeddings e"
+                " JOIN imgsearch.products p ON p.id = e.product_pk ORDER BY e.image_id"
+            )
+        ).all()
+    return [tuple(r) for r in rows]  # type: ignore[misc]
+
+
+def test_new_embeddings_copy_their_product(catalog: Catalog) -> None:
+    vs = vectors(4, 1)
+    catalog.add_many(
+        [
+            {"embedding": vs[0], "tenant": "acme", "product_id": "a", "category": "shoes", "price": 10},
+            {"embedding": vs[1], "tenant": "acme", "product_id": "a", "category": "shoes", "price": 10},
+            {"embedding": vs[2], "tenant": "acme", "product_id": "b", "category": None, "price": None},
+            {"embedding": vs[3], "tenant": "globex", "product_id": "a", "category": "hats", "price": 3.5},
+        ]
+    )
+    rows = copies(catalog)
+    assert len(rows) == 4
+    assert all(r[1] == r[3] and r[2] == r[4] for r in rows)
+    assert [r[1] for r in rows] == ["shoes", "shoes", None, "hats"]
+
+
+def test_a_product_change_reaches_its_embeddings_and_searches(catalog: Catalog) -> None:
+    vs = vectors(3, 2)
+    catalog.add_many(
+        [
+            {"embedding": vs[0], "tenant": "acme", "product_id": "a", "category": "shoes", "price": 10},
+            {"embedding": vs[1], "tenant": "acme", "product_id": "a", "category": "shoes", "price": 10},
+            {"embedding": vs[2], "tenant": "acme", "product_id": "b", "category": "shoes", "price": 20},
+        ]
+    )
+    assert len(catalog.search(vector=vs[0], category="shoes", tenant="acme")) == 3
+    # the same product uploaded again with new values: add_many upserts the product
+    catalog.add_many(
+        [{"embedding": vs[0], "tenant": "acme", "product_id": "a", "category": "boots", "price": 12.5}]
+    )
+    rows = copies(catalog)
+    assert all(r[1] == r[3] and r[2] == r[4] for r in rows)
+    assert {r[0]: r[1] for r in rows} == {"a": "boots", "b": "shoes"}
+    boots = catalog.search(vector=vs[0], category="boots", tenant="acme")
+    assert {h.product_id for h in boots} == {"a"} and len(boots) >= 2
+    assert all(h.category == "boots" and h.price == Decimal("12.5") for h in boots)
+    assert {h.product_id for h in catalog.search(vector=vs[0], category="shoes", tenant="acme")} == {"b"}
+    assert {h.product_id for h in catalog.search(vector=vs[0], price_min=12, price_max=13)} == {"a"}
+    # a direct change by SQL works the same way
+    with catalog.engine.begin() as conn:
+        conn.execute(text("UPDATE imgsearch.products SET price = 99 WHERE product_id = 'b'"))
+    assert {h.product_id for h in catalog.search(vector=vs[0], price_min=90)} == {"b"}
+
+
+def test_copies_cannot_be_set_apart_from_the_product(catalog: Catalog) -> None:
+    catalog.add_many(
+        [
+            {
+                "embedding": vectors(1, 3)[0],
+                "tenant": "acme",
+                "product_id": "a",
+                "category": "shoes",
+                "price": 10,
+            }
+        ]
+    )
+    with catalog.engine.begin() as conn:
+        conn.execute(text("UPDATE imgsearch.embeddings SET category = 'fake', price = 0"))
+    assert copies(catalog)[0][1:3] == ("shoes", Decimal("10.0000"))
+
+
+def test_where_over_products_and_images_joins_them(catalog: Catalog) -> None:
+    vs = vectors(4, 4)
+    ids = catalog.add_many(
+        [
+            {"embedding": v, "tenant": "acme", "product_id": f"p{i}", "category": "c", "price": i}
+            for i, v in enumerate(vs)
+        ]
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SAWarning)  # a missing join would be a cartesian product
+        by_image = catalog.search(vector=vs[0], where=Image.id.in_(ids[:2]), category="c")
+        by_product = catalog.search(vector=vs[0], where=Product.product_id == "p3")
+    assert sorted(h.image_id for h in by_image) == sorted(ids[:2])
+    assert [h.product_id for h in by_product] == ["p3"]
