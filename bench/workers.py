@@ -110,7 +110,7 @@ def main() -> None:
     base = Settings()
     # the same allocator setting as the workers (imgsearch/embed/allocator.py), so the baseline
     # is the embedder at its best, not a process whose heap happens to page-fault less or more
-    retain_freed_memory()
+    retain_freed_memory(Settings(retain_freed_memory=True))
     photos = product_photos(args.images + 2)
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = build_base_checkpoint(Path(tmp))

@@ -136,8 +136,7 @@ def _embedders(settings: Settings) -> Callable[[Any], Any]:
     from imgsearch.embed.allocator import retain_freed_memory
     from imgsearch.embed.model import Embedder
 
-    if settings.retain_freed_memory:
-        retain_freed_memory()
+    retain_freed_memory(settings)
 
     made: dict[str, Embedder] = {}
 
@@ -362,8 +361,7 @@ def _reembed(args: argparse.Namespace, settings: Settings) -> int:
     dim = model_dim(name)  # an unknown model fails here, before anything is registered
     if args.device:
         settings = settings.model_copy(update={"device": args.device})
-    if settings.retain_freed_memory:
-        retain_freed_memory()
+    retain_freed_memory(settings)
     embedder = Embedder.from_settings(settings, name=name)
     embedder.load()
     eng = _open_engine(settings)

@@ -153,10 +153,12 @@ def joined(
     return stmt.where(model_filter(model.id), *filters.conditions())
 
 
-def hit_columns(distance: ColumnElement[Any], with_embeddings: bool = False) -> list[Any]:
+def hit_columns(
+    distance: ColumnElement[Any], with_embeddings: bool = False, product: Any = Product.product_id
+) -> list[Any]:
     columns = [
         Embedding.image_id,
-        Product.product_id,
+        product,
         Embedding.tenant,
         Embedding.category,
         Embedding.price,
@@ -187,20 +189,9 @@ def exact_statement(
     """The exact form: the uncast column's distance, which no HNSW index serves, over the filtered
     rows; products are joined to the ``k`` rows found, not to every row scanned."""
     distance = Embedding.embedding.cosine_distance(query)
-    columns = [
-        Embedding.image_id,
-        Embedding.product_pk,
-        Embedding.tenant,
-        Embedding.category,
-        Embedding.price,
-        distance.label("distance"),
-    ]
-    if with_embeddings:
-        columns.append(Embedding.embedding)
+    columns = hit_columns(distance, with_embeddings, product=Embedding.product_pk)
     top = joined(model, filters, *columns).order_by(distance).limit(k).offset(offset).subquery("top")
-    outer = [top.c.image_id, Product.product_id, top.c.tenant, top.c.category, top.c.price, top.c.distance]
-    if with_embeddings:
-        outer.append(top.c.embedding)
+    outer = [Product.product_id if column is top.c.product_pk else column for column in top.c]
     return select(*outer).join_from(top, Product, Product.id == top.c.product_pk).order_by(top.c.distance)
 
 
@@ -366,15 +357,13 @@ def search_vector(
 
     Returns ``min(k, matching rows - offset)`` hits.
     """
-    if filters.conditions():
+    filtered = bool(filters.conditions())
+    if filtered:  # the planner settings apply to the count too
         planner_settings(conn)
-        chosen = plan(conn, model, filters, k, offset, exact_max_rows, exact_max_fraction)
-        if chosen.strategy == "hnsw":
-            set_local(conn, chosen)
-    else:  # one round trip for every setting
-        chosen = unfiltered_plan(k, offset)
-        set_local(conn, chosen, with_planner=True)
+    chosen = plan(conn, model, filters, k, offset, exact_max_rows, exact_max_fraction)
     if chosen.strategy == "hnsw":
+        # unfiltered: every setting in one round trip
+        set_local(conn, chosen, with_planner=not filtered)
         stmt = pooled_statement(model, query, filters, chosen, k, offset, with_embeddings)
         log.debug("hnsw search %s: %s", chosen, stmt)
         result = _result(conn.execute(stmt), chosen, with_embeddings)

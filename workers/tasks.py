@@ -50,8 +50,7 @@ def runtime() -> Runtime:
                 model = vector_index.active_model(conn)
             if model is None:
                 raise ConfigurationError("the catalog has no active model; open it once (imgsearch migrate)")
-            if settings.retain_freed_memory:
-                retain_freed_memory()
+            retain_freed_memory(settings)
             if settings.torch_threads:
                 import torch
 

@@ -22,6 +22,8 @@ import os
 import platform
 import sys
 
+from imgsearch.settings import Settings
+
 log = logging.getLogger(__name__)
 
 M_TRIM_THRESHOLD = -1  # <malloc.h>
@@ -42,8 +44,11 @@ def operator_tuned() -> str | None:
     return None
 
 
-def retain_freed_memory() -> bool:
-    """Turn off ``mmap``'d allocations and heap trimming in this process; True when applied."""
+def retain_freed_memory(settings: Settings) -> bool:
+    """Turn off ``mmap``'d allocations and heap trimming in this process, unless
+    ``settings.retain_freed_memory`` is off; True when applied."""
+    if not settings.retain_freed_memory:
+        return False
     if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
         return False
     tuned = operator_tuned()

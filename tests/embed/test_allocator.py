@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from imgsearch.embed import allocator
+from imgsearch.settings import Settings
 
 # four rounds of allocating, filling and freeing 16 tensors of 48 MiB (above glibc's largest mmap
 # threshold), like a forward pass's activations; prints the minor page faults of each round
@@ -18,7 +19,8 @@ ROUNDS = """
 import json, resource, sys
 import torch
 from imgsearch.embed.allocator import retain_freed_memory
-applied = retain_freed_memory() if sys.argv[1] == "retain" else False
+from imgsearch.settings import Settings
+applied = retain_freed_memory(Settings()) if sys.argv[1] == "retain" else False
 faults = []
 for _ in range(4):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -74,7 +76,7 @@ def test_default_allocator_faults_every_round() -> None:
 def test_operator_tuning_is_left_alone(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
     monkeypatch.setenv(name, value)
     assert allocator.operator_tuned() == name
-    assert allocator.retain_freed_memory() is False
+    assert allocator.retain_freed_memory(Settings()) is False
 
 
 def test_unrelated_preload_does_not_count_as_tuning(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -82,3 +84,7 @@ def test_unrelated_preload_does_not_count_as_tuning(monkeypatch: pytest.MonkeyPa
         monkeypatch.delenv(key)
     monkeypatch.setenv("LD_PRELOAD", "/usr/lib/libgomp.so.1")
     assert allocator.operator_tuned() is None
+
+
+def test_the_setting_turns_it_off() -> None:
+    assert allocator.retain_freed_memory(Settings(retain_freed_memory=False)) is False
