@@ -426,7 +426,7 @@ class Catalog:
         if vector is not None:
             return vectors.as_vector(vector, self.dim, "query vector"), filters
         query = self._embedding_of(conn, similar_to, filters.tenant)
-        return query, replace(filters, where=_and(filters.where, Embedding.image_id != similar_to))
+        return query, replace(filters, exclude_image=similar_to)
 
     def _embedding_of(self, conn: Any, image_id: Any, tenant: str | None) -> vectors.Vector:
         if isinstance(image_id, bool) or not isinstance(image_id, int):
@@ -440,9 +440,3 @@ class Catalog:
         if found is None:
             raise NotFound(f"no embedded image with id {image_id}")
         return vectors.as_vector(found[0], self.dim)
-
-
-def _and(where: Any, condition: Any) -> Any:
-    from sqlalchemy import and_
-
-    return condition if where is None else and_(where, condition)

@@ -1,48 +1,70 @@
 """Hybrid search: vector distance and SQL filters in one statement, with the right top-k.
 
 Plain ``ORDER BY embedding <=> q LIMIT k`` with a selective ``WHERE`` lets HNSW return fewer rows
-than asked and miss close matches. Each search here picks a strategy from a cheap, bounded count
-of the rows its filters match:
+than asked and miss close matches. A filtered search here is one statement
+(:func:`filtered_statement`) whose parts run only when cheap counts inside it call for them:
 
-* ``exact``: few rows match (at most :data:`EXACT_MAX_ROWS`, or :data:`EXACT_MAX_FRACTION` of the
-  catalog): compute every matching row's distance. The ORDER BY uses the uncast column, which the
-  per-model HNSW index can't serve, so PostgreSQL uses the B-tree/GIN filter indexes and sorts.
-* ``hnsw``: many rows match: the HNSW index with ``hnsw.iterative_scan = relaxed_order`` collects a
-  pool of matching rows (it keeps scanning until the pool is full, however many rows the filters
-  reject), in a materialised CTE that the outer query re-sorts exactly. If the pool still holds
-  fewer rows than asked, the search falls back to ``exact``.
+* ``exact``: few rows match (at most :data:`EXACT_MAX_ROWS`): compute every matching row's
+  distance. The ORDER BY uses the uncast column, which the per-model HNSW index can't serve, so
+  PostgreSQL uses the B-tree/GIN filter indexes and sorts.
+* ``hnsw`` (one pass): more match: the matching rows among HNSW's ``ef_search`` nearest, iterative
+  scan off. When ``k`` of them match they are the right top-k (a closer matching row would be
+  closer than one of those nearest rows too), so a filter whose rows surround the query costs about
+  an unfiltered search.
+* when the pass comes short, the filter's rows lie away from the query, where HNSW's graph walk
+  reaches them late and in no useful order: ``exact`` again when at most :data:`EXACT_MAX_FRACTION`
+  of the catalog matches, else ``hnsw_iterative`` (a second statement): ``hnsw.iterative_scan =
+  relaxed_order`` collects a pool of matching rows that the outer query re-sorts exactly, with an
+  exact scan if even the pool comes short.
 
-Why these bounds: HNSW's graph walk reaches rows far from the query late and in no useful order, so
-with a filter whose rows all lie far away it misses the true nearest ones; the exact scan has no
-such blind spot and, up to 15% of the catalog, costs about what such a walk costs (docs/benchmarks.md).
-Unfiltered searches skip the count. pgvector settings are set with ``SET LOCAL`` inside the query's
-transaction only.
+Unfiltered searches are one HNSW pass. Statements are built once per shape of filters and run with
+each search's values (building one costs more than running it). pgvector settings are set with
+``SET LOCAL`` inside the query's transaction only, in one round trip before the statement.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import ColumnElement, Connection, Select, func, select, text
+from sqlalchemy import (
+    BigInteger,
+    BindParameter,
+    ColumnElement,
+    Connection,
+    Numeric,
+    Select,
+    Text,
+    and_,
+    bindparam,
+    case,
+    column,
+    func,
+    or_,
+    select,
+    table,
+    text,
+    true,
+    union_all,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.sql.expression import literal
 
 from imgsearch.db.models import Embedding, Image, Product
-from imgsearch.db.vector_index import embedding_expr, model_filter
+from imgsearch.db.vector_index import QueryHalfvec, embedding_expr, model_filter, query_param
 from imgsearch.errors import InvalidQuery
 from imgsearch.records import Hit, ModelInfo
 from imgsearch.vectors import Vector
 
 log = logging.getLogger(__name__)
 
-EXACT_MAX_ROWS = 4000  # below this many matching rows an exact scan beats HNSW here (bench/search.py)
+EXACT_MAX_ROWS = 4000  # up to this many matching rows the exact scan goes first (bench/search.py)
 MAX_K = 1000
 MIN_EF_SEARCH = 200  # 100 missed a poorly connected cluster in bench/search.py; 200 found it
 MAX_EF_SEARCH = 1000
@@ -63,13 +85,32 @@ class Filters:
     price_max: Any = None
     attributes: dict[str, Any] | None = None
     where: ColumnElement[bool] | None = None
+    exclude_image: int | None = None  # "more like this": the source image itself
 
     def conditions(self) -> list[ColumnElement[bool]]:
-        conds: list[ColumnElement[bool]] = []
+        """The filters as SQL conditions; each value is a bound parameter named in :meth:`params`."""
+        return list(self._conditions)
+
+    def params(self) -> dict[str, Any]:
+        """The filter values by parameter name, to run a statement built for the same
+        :meth:`shape` with other values (checked once per instance)."""
+        return {f"{PARAM_PREFIX}{name}": value for name, value in self._values.items()}
+
+    def shape(self) -> tuple[Any, ...] | None:
+        """What the statement for these filters looks like, apart from the values; None when
+        ``where`` makes it unique."""
+        if self.where is not None:
+            return None
+        values = self._values
+        return (*values, len(values.get("categories", ())) > 1)
+
+    @cached_property
+    def _values(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
         if self.tenant is not None:
             if not isinstance(self.tenant, str) or not self.tenant:
                 raise InvalidQuery(f"tenant must be a non-empty string, got {self.tenant!r}")
-            conds.append(Embedding.tenant == self.tenant)
+            values["tenant"] = self.tenant
         if self.category is not None:
             if isinstance(self.category, str):
                 categories = [self.category]
@@ -81,29 +122,58 @@ class Filters:
                 raise InvalidQuery(
                     f"category must be a string or a non-empty list of strings, got {self.category!r}"
                 )
-            conds.append(
-                Embedding.category.in_(categories)
-                if len(categories) > 1
-                else Embedding.category == categories[0]
+            values["categories" if len(categories) > 1 else "category"] = (
+                categories if len(categories) > 1 else categories[0]
             )
         low, high = _price(self.price_min, "price_min"), _price(self.price_max, "price_max")
-        if low is not None:
-            conds.append(Embedding.price >= low)
-        if high is not None:
-            conds.append(Embedding.price <= high)
         if low is not None and high is not None and low > high:
             raise InvalidQuery(f"price_min {low} is above price_max {high}")
+        if low is not None:
+            values["price_min"] = low
+        if high is not None:
+            values["price_max"] = high
         if self.attributes is not None:
             if not isinstance(self.attributes, dict):
                 raise InvalidQuery(
                     f"attributes must be a dict for JSONB containment, got {type(self.attributes).__name__}"
                 )
-            conds.append(Product.attributes.op("@>")(literal(self.attributes, JSONB)))
+            values["attributes"] = self.attributes
+        if self.exclude_image is not None:
+            if isinstance(self.exclude_image, bool) or not isinstance(self.exclude_image, int):
+                raise InvalidQuery(f"exclude_image must be an image id, got {self.exclude_image!r}")
+            values["exclude_image"] = self.exclude_image
+        if self.where is not None and not isinstance(self.where, ColumnElement):
+            raise InvalidQuery("where must be a SQLAlchemy expression over the imgsearch models")
+        return values
+
+    @cached_property
+    def _conditions(self) -> list[ColumnElement[bool]]:
+        values = self._values
+
+        def param(name: str, type_: Any = None, expanding: bool = False) -> BindParameter[Any]:
+            return bindparam(f"{PARAM_PREFIX}{name}", values[name], type_=type_, expanding=expanding)
+
+        conds: list[ColumnElement[bool]] = []
+        if "tenant" in values:
+            conds.append(Embedding.tenant == param("tenant", Text()))
+        if "category" in values:
+            conds.append(Embedding.category == param("category", Text()))
+        if "categories" in values:
+            conds.append(Embedding.category.in_(param("categories", Text(), expanding=True)))
+        if "price_min" in values:
+            conds.append(Embedding.price >= param("price_min", Numeric()))
+        if "price_max" in values:
+            conds.append(Embedding.price <= param("price_max", Numeric()))
+        if "attributes" in values:
+            conds.append(Product.attributes.op("@>")(param("attributes", JSONB())))
+        if "exclude_image" in values:
+            conds.append(Embedding.image_id != param("exclude_image", BigInteger()))
         if self.where is not None:
-            if not isinstance(self.where, ColumnElement):
-                raise InvalidQuery("where must be a SQLAlchemy expression over the imgsearch models")
             conds.append(self.where)
         return conds
+
+
+PARAM_PREFIX = "imgsearch_filter_"
 
 
 def _price(value: Any, name: str) -> Decimal | None:
@@ -169,7 +239,7 @@ def hit_columns(
 
 def hnsw_statement(
     model: ModelInfo,
-    query: Vector,
+    query: Vector | BindParameter[Any],
     filters: Filters,
     k: int,
     offset: int = 0,
@@ -177,83 +247,79 @@ def hnsw_statement(
     with_images: bool = False,
 ) -> Select[Any]:
     """The HNSW form: ORDER BY the indexed expression alone (a tiebreaker would defeat the index)."""
-    distance = embedding_expr(model.dim).cosine_distance(query)
+    distance = embedding_expr(model.dim).cosine_distance(query_param(query, model.dim))
     columns = hit_columns(distance, with_embeddings)
     stmt = joined(model, filters, *columns, with_images=with_images, with_products=True)
     return stmt.order_by(distance).limit(k).offset(offset)
 
 
 def exact_statement(
-    model: ModelInfo, query: Vector, filters: Filters, k: int, offset: int = 0, with_embeddings: bool = False
+    model: ModelInfo,
+    query: Vector | BindParameter[Any],
+    filters: Filters,
+    k: int,
+    offset: int = 0,
+    with_embeddings: bool = False,
+    gate: ColumnElement[bool] | None = None,
 ) -> Select[Any]:
     """The exact form: the uncast column's distance, which no HNSW index serves, over the filtered
-    rows; products are joined to the ``k`` rows found, not to every row scanned."""
-    distance = Embedding.embedding.cosine_distance(query)
+    rows; products are joined to the ``k`` rows found, not to every row scanned. ``gate``, a
+    condition without columns, lets PostgreSQL skip the scan when it is false."""
+    distance = Embedding.embedding.cosine_distance(query_param(query, model.dim))
     columns = hit_columns(distance, with_embeddings, product=Embedding.product_pk)
-    top = joined(model, filters, *columns).order_by(distance).limit(k).offset(offset).subquery("top")
-    outer = [Product.product_id if column is top.c.product_pk else column for column in top.c]
-    return select(*outer).join_from(top, Product, Product.id == top.c.product_pk).order_by(top.c.distance)
+    top = joined(model, filters, *columns)
+    if gate is not None:
+        top = top.where(gate)
+    top_k = top.order_by(distance).limit(k).offset(offset).subquery("top")
+    outer = [Product.product_id if column is top_k.c.product_pk else column for column in top_k.c]
+    return (
+        select(*outer).join_from(top_k, Product, Product.id == top_k.c.product_pk).order_by(top_k.c.distance)
+    )
 
 
 @dataclass(frozen=True)
 class Plan:
-    strategy: str
+    strategy: str  # "exact", "hnsw" (one pass) or "hnsw_iterative" (a pool, then an exact re-sort)
     matching: int  # rows the filters match, counted up to a bound (-1: not counted)
     ef_search: int = 0
     max_scan_tuples: int = 0
-    pool: int = 0  # rows the HNSW scan collects before the exact re-sort
-    iterative_scan: str = "relaxed_order"
+    pool: int = 0  # rows the iterative HNSW scan collects before the exact re-sort
+    iterative_scan: str = "off"
 
 
-def _total_rows(conn: Connection) -> int:
-    total = conn.execute(
-        text(
-            "SELECT greatest(reltuples, 1)::bigint FROM pg_class WHERE oid = 'imgsearch.embeddings'::regclass"
-        )
-    ).scalar_one()
-    return int(total)
+def one_pass_plan(wanted: int) -> Plan | None:
+    """One HNSW pass over the ``ef_search`` nearest rows, or None when ``wanted`` rows need more
+    candidates than :data:`MAX_EF_SEARCH`."""
+    ef_search = max(MIN_EF_SEARCH, 2 * wanted)
+    return Plan("hnsw", -1, ef_search=ef_search) if ef_search <= MAX_EF_SEARCH else None
 
 
-def plan(
-    conn: Connection,
-    model: ModelInfo,
-    filters: Filters,
-    k: int,
-    offset: int,
-    exact_max_rows: int = EXACT_MAX_ROWS,
-    exact_max_fraction: float = EXACT_MAX_FRACTION,
-) -> Plan:
-    """Choose a strategy from a bounded count of the matching rows (cheap: it stops at the bound)."""
-    if not filters.conditions():
-        return unfiltered_plan(k, offset)
-    wanted = k + offset
-    total = _total_rows(conn)
-    hnsw = Plan(
-        "hnsw",
-        -1,
+def iterative_plan(wanted: int, matching: int, total: int) -> Plan:
+    """An iterative (relaxed order) scan that collects a pool of matching rows."""
+    return Plan(
+        "hnsw_iterative",
+        matching,
         ef_search=min(MAX_EF_SEARCH, max(MIN_EF_SEARCH, 2 * wanted)),
         # relaxed_order stops as soon as the pool is full; the cap only bounds a hopeless scan
         max_scan_tuples=min(max(MIN_SCAN_TUPLES, total), 10_000_000),
         pool=min(MAX_POOL, max(MIN_POOL, 4 * wanted)),
+        iterative_scan="relaxed_order",
     )
-    bound = max(exact_max_rows, math.ceil(exact_max_fraction * total), wanted)
-    limited = joined(model, filters, Embedding.image_id).limit(bound + 1).subquery()
-    matching = int(conn.execute(select(func.count()).select_from(limited)).scalar_one())
-    if matching <= bound:
-        return Plan("exact", matching)
-    return replace(hnsw, matching=matching)
 
 
-def unfiltered_plan(k: int, offset: int) -> Plan:
-    """No filters: every row matches, so the pool fills within its first rows; no count needed."""
-    wanted = k + offset
-    return Plan(
-        "hnsw",
-        -1,
-        ef_search=min(MAX_EF_SEARCH, max(MIN_EF_SEARCH, 2 * wanted)),
-        max_scan_tuples=MIN_SCAN_TUPLES,
-        pool=min(MAX_POOL, max(MIN_POOL, 4 * wanted)),
+def _total_rows(conn: Connection) -> int:
+    return int(conn.execute(select(_reltuples())).scalar_one())
+
+
+def _reltuples() -> ColumnElement[Any]:
+    """The planner's row estimate of the embeddings table (free: no scan)."""
+    pg_class = table("pg_class", column("oid"), column("reltuples"), schema="pg_catalog")
+    found = (
+        select(func.greatest(pg_class.c.reltuples, 1).cast(BigInteger))
+        .where(pg_class.c.oid == text("'imgsearch.embeddings'::regclass"))
+        .scalar_subquery()
     )
+    return func.coalesce(found, 1)
 
 
 def open_ended_plan(conn: Connection, k: int) -> Plan:
@@ -280,14 +346,12 @@ PLANNER_SETTINGS = {"jit": "off", "random_page_cost": "1.1", "plan_cache_mode": 
 def set_local(conn: Connection, p: Plan, with_planner: bool = False) -> None:
     """pgvector settings for this transaction only (integers computed here, never user text);
     ``with_planner`` adds :func:`planner_settings` in the same round trip."""
-    mode = "strict_order" if p.iterative_scan == "strict_order" else "relaxed_order"
-    settings = {
-        "hnsw.ef_search": str(int(p.ef_search)),
-        "hnsw.iterative_scan": mode,
-        "hnsw.max_scan_tuples": str(int(p.max_scan_tuples)),
+    mode = p.iterative_scan if p.iterative_scan in ("strict_order", "relaxed_order") else "off"
+    settings = {"hnsw.ef_search": str(int(p.ef_search)), "hnsw.iterative_scan": mode}
+    if mode != "off":
+        settings["hnsw.max_scan_tuples"] = str(int(p.max_scan_tuples))
         # iterative scans also stop at work_mem x this multiplier; long scans need the room
-        "hnsw.scan_mem_multiplier": str(SCAN_MEM_MULTIPLIER),
-    }
+        settings["hnsw.scan_mem_multiplier"] = str(SCAN_MEM_MULTIPLIER)
     _set_local(conn, {**PLANNER_SETTINGS, **settings} if with_planner else settings)
 
 
@@ -298,7 +362,13 @@ def _set_local(conn: Connection, settings: dict[str, str]) -> None:
 
 
 def pooled_statement(
-    model: ModelInfo, query: Vector, filters: Filters, p: Plan, k: int, offset: int, with_embeddings: bool
+    model: ModelInfo,
+    query: Vector | BindParameter[Any],
+    filters: Filters,
+    p: Plan,
+    k: int,
+    offset: int,
+    with_embeddings: bool,
 ) -> Select[Any]:
     """HNSW collects ``p.pool`` matching rows (relaxed order, in a materialised CTE so the planner
     can't push the outer sort into the index scan); the outer query re-sorts them exactly."""
@@ -310,6 +380,88 @@ def pooled_statement(
     return select(*pool.c).order_by(pool.c.distance).limit(k).offset(offset)
 
 
+def filtered_statement(
+    model: ModelInfo,
+    query: Vector | BindParameter[Any],
+    filters: Filters,
+    k: int,
+    offset: int,
+    *,
+    exact_max_rows: int,
+    exact_max_fraction: float,
+    one_pass: bool,
+    with_embeddings: bool,
+) -> Select[Any]:
+    """Strategy and search of a filtered search in one statement.
+
+    Every row carries ``matching`` (the rows the filters match, counted up to ``exact_max_rows + 1``
+    and, when the one pass came short, up to ``bound + 1``), ``bound`` (the most rows an exact scan
+    may take: ``exact_max_rows``, ``exact_max_fraction`` of the catalog's row estimate, or
+    ``k + offset``), ``total`` (that estimate) and ``source``, then the hit's columns; with no hits,
+    one row of NULL hit columns. Each part runs only when its gate (a condition on materialised
+    counts, evaluated once) holds:
+
+    * ``one_pass`` (more than ``exact_max_rows`` match): the matching rows among HNSW's
+      ``ef_search`` nearest, iterative scan off. When ``k + offset`` of them match, they are the
+      right top-k: a closer matching row would be closer than an ef_search-nearest candidate.
+    * the full count, up to ``bound + 1``: only when the one pass came short.
+    * ``exact`` (at most ``exact_max_rows`` match, or at most ``bound`` and the pass came short):
+      every matching row's distance.
+    * neither (more than ``bound`` match, the pass came short): no hits; the caller runs an
+      iterative scan (:func:`pooled_statement`) next.
+    """
+    q = query_param(query, model.dim)
+    wanted, small = k + offset, int(exact_max_rows)
+    limits = select(
+        func.greatest(
+            literal(small), func.ceil(literal(float(exact_max_fraction)) * _reltuples()), literal(wanted)
+        )
+        .cast(BigInteger)
+        .label("bound"),
+        _reltuples().label("total"),
+    ).cte("limits")
+    bound = select(limits.c.bound).scalar_subquery()
+
+    def counted(name: str, limit: Any, gate: ColumnElement[bool] | None = None) -> Any:
+        rows = joined(model, filters, Embedding.image_id)
+        if gate is not None:
+            rows = rows.where(gate)
+        limited = rows.limit(limit + 1).subquery(f"{name}_rows")
+        return select(func.count().label("matching")).select_from(limited).cte(name)
+
+    few = counted("few", literal(small))
+    matching_few = select(few.c.matching).scalar_subquery()
+    parts = []
+    if one_pass:
+        first = (
+            hnsw_statement(model, q, filters, wanted, 0, with_embeddings)
+            .where(matching_few > small)
+            .cte("one_pass")
+            .prefix_with("MATERIALIZED")
+        )
+        found = select(func.count()).select_from(first).scalar_subquery()
+        parts.append(select(literal("hnsw").label("source"), *first.c).where(found >= wanted))
+        short = and_(matching_few > small, found < wanted)
+    else:
+        short = matching_few > small
+    many = counted("many", bound, gate=short)
+    matching_many = select(many.c.matching).scalar_subquery()
+    exact_gate = or_(matching_few <= small, and_(short, matching_many <= bound))
+    exact = exact_statement(model, q, filters, k, offset, with_embeddings, gate=exact_gate).subquery("exact")
+    parts.append(select(literal("exact").label("source"), *exact.c))
+    hits = union_all(*parts).subquery("hits") if len(parts) > 1 else parts[0].subquery("hits")
+    matching = case(
+        (few.c.matching <= small, few.c.matching), (many.c.matching > 0, many.c.matching), else_=-1
+    )
+    return (
+        select(matching.label("matching"), limits.c.bound, limits.c.total, hits)
+        .select_from(few)
+        .join(many, true())
+        .join(limits, true())
+        .outerjoin(hits, true())
+    )
+
+
 @dataclass
 class Result:
     hits: list[Hit]
@@ -317,11 +469,11 @@ class Result:
     embeddings: npt.NDArray[np.float32] | None = None  # unit rows of the hits, when asked for
 
 
-def _result(rows: Any, chosen: Plan, with_embeddings: bool) -> Result:
+def _result(rows: Any, chosen: Plan, with_embeddings: bool, skip: int = 0) -> Result:
     # HNSW orders by the distance between the index's normalised half-precision copies, which can
-    # swap near-ties by ~1e-4 against the distance reported; re-sorting the k rows fetched keeps
+    # swap near-ties by ~1e-4 against the distance reported; re-sorting the rows fetched keeps
     # "nearest first" exact without touching the SQL ORDER BY.
-    rows = sorted(rows, key=lambda r: float(r.distance))
+    rows = sorted(rows, key=lambda r: float(r.distance))[skip:]
     hits = [
         Hit(
             image_id=r.image_id,
@@ -355,22 +507,100 @@ def search_vector(
 ) -> Result:
     """Top ``k`` (after ``offset``) rows by cosine distance, inside the caller's transaction.
 
-    Returns ``min(k, matching rows - offset)`` hits.
+    Returns ``min(k, matching rows - offset)`` hits. One statement in the common case (after one
+    round trip of ``SET LOCAL``): :func:`filtered_statement`, or for no filters a single HNSW
+    pass. A second one only when a pass comes short: an iterative scan over a large filter, or
+    an exact scan.
     """
-    filtered = bool(filters.conditions())
-    if filtered:  # the planner settings apply to the count too
-        planner_settings(conn)
-    chosen = plan(conn, model, filters, k, offset, exact_max_rows, exact_max_fraction)
-    if chosen.strategy == "hnsw":
-        # unfiltered: every setting in one round trip
-        set_local(conn, chosen, with_planner=not filtered)
-        stmt = pooled_statement(model, query, filters, chosen, k, offset, with_embeddings)
-        log.debug("hnsw search %s: %s", chosen, stmt)
-        result = _result(conn.execute(stmt), chosen, with_embeddings)
+    run = _Run(conn, model, query, filters, with_embeddings)
+    wanted = k + offset
+    first = one_pass_plan(wanted)
+    if not filters.conditions():
+        chosen = first or iterative_plan(wanted, -1, MIN_SCAN_TUPLES)
+        set_local(conn, chosen, with_planner=True)
+        if first is not None:
+            rows = run.execute(
+                ("hnsw", wanted), lambda q: hnsw_statement(model, q, filters, wanted, 0, with_embeddings)
+            )
+            if len(rows) == wanted:
+                return _result(rows, first, with_embeddings, skip=offset)
+            chosen = iterative_plan(wanted, -1, _total_rows(conn))
+            set_local(conn, chosen)
+        return run.pooled(chosen, k, offset)
+    # settings for the one pass (ignored by the exact scan and the count)
+    set_local(conn, first or Plan("exact", -1, ef_search=MIN_EF_SEARCH), with_planner=True)
+    rows = run.execute(
+        ("filtered", k, offset, exact_max_rows, exact_max_fraction, first is not None),
+        lambda q: filtered_statement(
+            model,
+            q,
+            filters,
+            k,
+            offset,
+            exact_max_rows=exact_max_rows,
+            exact_max_fraction=exact_max_fraction,
+            one_pass=first is not None,
+            with_embeddings=with_embeddings,
+        ),
+    )
+    matching, bound, total = rows[0].matching, rows[0].bound, rows[0].total
+    found = [r for r in rows if r.source is not None]
+    log.debug("filtered search: %d rows match (bound %d), hits from %s", matching, bound, rows[0].source)
+    if rows[0].source == "hnsw":
+        assert first is not None
+        return _result(found, replace(first, matching=matching), with_embeddings, skip=offset)
+    if 0 <= matching <= bound:  # the exact scan ran (and found every matching row when fewer than k)
+        return _result(found, Plan("exact", matching), with_embeddings)
+    chosen = iterative_plan(wanted, matching, total)
+    set_local(conn, chosen)
+    return run.pooled(chosen, k, offset)
+
+
+STATEMENT_CACHE_SIZE = 512
+_statements: dict[tuple[Any, ...], Select[Any]] = {}
+
+
+class _Run:
+    """One search's statements: built once per shape of filters and reused with new values
+    (building one costs more than running it), executed with this search's values."""
+
+    def __init__(
+        self, conn: Connection, model: ModelInfo, query: Vector, filters: Filters, with_embeddings: bool
+    ) -> None:
+        self.conn, self.model, self.filters, self.with_embeddings = conn, model, filters, with_embeddings
+        self.query = bindparam(QUERY_PARAM, query, type_=QueryHalfvec(model.dim))
+        self.params = {QUERY_PARAM: query, **filters.params()}
+        shape = filters.shape()
+        self.key = None if shape is None else (model.id, model.dim, with_embeddings, shape)
+
+    def execute(self, kind: tuple[Any, ...], build: Callable[[BindParameter[Any]], Select[Any]]) -> list[Any]:
+        if self.key is None:
+            stmt = build(self.query)
+        else:
+            key = (*self.key, *kind)
+            found = _statements.get(key)
+            if found is None:
+                if len(_statements) >= STATEMENT_CACHE_SIZE:
+                    _statements.clear()
+                found = _statements[key] = build(self.query)
+            stmt = found
+        return list(self.conn.execute(stmt, self.params).all())
+
+    def pooled(self, chosen: Plan, k: int, offset: int) -> Result:
+        """The iterative scan's pool, re-sorted exactly; an exact scan if even it comes short."""
+        model, filters, embeddings = self.model, self.filters, self.with_embeddings
+        rows = self.execute(
+            ("pool", chosen.pool, k, offset),
+            lambda q: pooled_statement(model, q, filters, chosen, k, offset, embeddings),
+        )
+        result = _result(rows, chosen, embeddings)
         if len(result.hits) == k:
             return result
         log.info("hnsw returned %d of %d rows; falling back to an exact scan", len(result.hits), k)
-        chosen = Plan("exact", chosen.matching)
-    stmt = exact_statement(model, query, filters, k, offset, with_embeddings)
-    log.debug("exact search %s: %s", chosen, stmt)
-    return _result(conn.execute(stmt), chosen, with_embeddings)
+        rows = self.execute(
+            ("exact", k, offset), lambda q: exact_statement(model, q, filters, k, offset, embeddings)
+        )
+        return _result(rows, Plan("exact", chosen.matching), embeddings)
+
+
+QUERY_PARAM = "imgsearch_query"

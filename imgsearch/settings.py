@@ -54,10 +54,13 @@ class Settings(BaseSettings):
     exact_max_rows: int = Field(
         default=4000,
         gt=0,
-        description="Searches whose filters match at most this many rows scan them exactly.",
+        description="Searches whose filters match at most this many rows scan them exactly, first.",
     )
     exact_max_fraction: float = Field(
-        default=0.15, ge=0, le=1, description="...or at most this share of the catalog scan them exactly."
+        default=0.15,
+        ge=0,
+        le=1,
+        description="...or at most this share of the catalog, when HNSW finds too few of them near the query.",
     )
     queue: str = Field(default="imgsearch", description="Celery queue the workers consume.")
     lease_seconds: int = Field(default=300, gt=0, description="How long a claimed batch is held.")

@@ -318,7 +318,87 @@ def test_settings_are_set_local_and_do_not_leak(data: Fixture) -> None:
             )
             assert result.plan.strategy == "hnsw"
             assert conn.execute(text("SHOW hnsw.ef_search")).scalar() == str(result.plan.ef_search)
-            assert conn.execute(text("SHOW hnsw.iterative_scan")).scalar() == "relaxed_order"
+            assert conn.execute(text("SHOW hnsw.iterative_scan")).scalar() == "off"  # one pass
+
+
+def test_filtered_search_is_one_statement_after_its_settings(data: Fixture) -> None:
+    statements: list[str] = []
+    with Catalog.open(data.url) as catalog:
+        event.listen(
+            catalog.engine,
+            "before_cursor_execute",
+            lambda conn, cursor, statement, *args: statements.append(statement),
+        )
+        q = queries(data, 0, 1)[0]
+        for kwargs in (
+            {"category": [f"c{c:02d}" for c in range(5)]},  # 10%, near: one HNSW pass
+            {"category": [f"c{c:02d}" for c in range(25, 30)]},  # 10%, far: the pass is short, exact
+            {"category": "c00", "price_max": 5},  # 1%: exact
+            {"attributes": {"tag": "unique"}, "tenant": "globex"},
+        ):
+            statements.clear()
+            assert catalog.search(vector=q, k=10, **kwargs)
+            searches = [s for s in statements if "<=>" in s]
+            settings = [s for s in statements if s.startswith("SET LOCAL") and "hnsw." in s]
+            assert len(searches) == 1 and len(settings) == 1, (kwargs, statements)
+            assert statements.index(settings[0]) < statements.index(searches[0])
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "exact_max_rows", "exact_max_fraction", "strategy"),
+    [
+        # (this catalog holds 10,000 rows: 10% is about 1,000)
+        ("10% near", {"category": [f"c{c:02d}" for c in range(5)]}, 500, 0.15, "hnsw"),
+        ("10% far", {"category": [f"c{c:02d}" for c in range(25, 30)]}, 500, 0.15, "exact"),
+        ("10% far", {"category": [f"c{c:02d}" for c in range(25, 30)]}, 50, 0.0, "hnsw_iterative"),
+        ("1% near", {"category": "c00"}, 4000, 0.15, "exact"),
+        ("1% near", {"category": "c00"}, 50, 0.0, "hnsw"),
+        ("none", {"category": "no-such-category"}, 4000, 0.15, "exact"),
+    ],
+)
+def test_each_strategy_returns_the_exact_top_k(
+    catalog: Catalog,
+    data: Fixture,
+    name: str,
+    kwargs: dict,
+    exact_max_rows: int,
+    exact_max_fraction: float,
+    strategy: str,
+) -> None:
+    """One pass when the filter's rows surround the query, exact when they lie far away and
+    are few enough, an iterative scan when they are many: the same top-k every way."""
+    from imgsearch import search as search_mod
+
+    q = queries(data, 0, 1)[0]
+    with catalog.engine.begin() as conn:
+        result = search_mod.search_vector(
+            conn,
+            catalog.active_model,
+            q,
+            search_mod.Filters(**kwargs),
+            K,
+            exact_max_rows=exact_max_rows,
+            exact_max_fraction=exact_max_fraction,
+        )
+        exact = conn.execute(
+            search_mod.exact_statement(catalog.active_model, q, search_mod.Filters(**kwargs), K)
+        ).all()
+    assert result.plan.strategy == strategy, (name, result.plan)
+    assert len(result.hits) == len(exact) == (0 if name == "none" else K)
+    assert len({h.image_id for h in result.hits} & {r.image_id for r in exact}) >= K - 1 if exact else True
+
+
+def test_statements_reused_across_searches_take_each_searchs_values(catalog: Catalog, data: Fixture) -> None:
+    """Statements are built once per shape of filters and run with new values each time."""
+    q = queries(data, 0, 1)[0]
+    for _ in range(2):
+        for tenant in ("globex", "acme"):
+            for category in ("c00", "c01", "c30"):
+                hits = catalog.search(vector=q, k=5, tenant=tenant, category=category, price_max=1000)
+                assert hits and all(h.tenant == tenant and h.category == category for h in hits)
+            for pair in (["c02", "c03"], ["c40", "c41"]):
+                hits = catalog.search(vector=q, k=5, category=pair)
+                assert hits and {h.category for h in hits} <= set(pair)
 
 
 def test_hnsw_plan_uses_the_index(data: Fixture, catalog: Catalog) -> None:
