@@ -100,9 +100,63 @@ def ensure_started(home: Path, database: str = DATABASE) -> str:
             current = status(home)
             if not current.running or current.socket_dir is None:
                 raise DatabaseUnavailable(f"embedded PostgreSQL in {pgdata} did not become ready")
+            if _size_memory(current.socket_dir):
+                current = _restart(home)
         assert current.socket_dir is not None
         _ensure_database(current.socket_dir, database)
         return url_for(current.socket_dir, database)
+
+
+MIB = 2**20
+MIN_SHARED_BUFFERS_MB = 128  # initdb's default
+MAX_SHARED_BUFFERS_MB = 2048
+
+
+def shared_buffers_mb(total_memory: int | None = None) -> int:
+    """An eighth of the machine's memory, from 128 MB to 2 GB: the HNSW index and the rows a
+    search reads should stay in PostgreSQL's cache (100k 768-d embeddings take ~360 MB with
+    their index), and the embedded server shares the machine with the application and the model."""
+    if total_memory is None:
+        total_memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return max(MIN_SHARED_BUFFERS_MB, min(MAX_SHARED_BUFFERS_MB, total_memory // 8 // MIB))
+
+
+def _size_memory(socket_dir: Path) -> bool:
+    """Size ``shared_buffers`` for this machine unless someone set it already (``ALTER SYSTEM``
+    or a command-line option): initdb writes a fixed 128 MB. True when a restart must apply it."""
+    import psycopg
+
+    with psycopg.connect(host=str(socket_dir), user="postgres", dbname="postgres", autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT source, coalesce(sourcefile, '') FROM pg_settings WHERE name = 'shared_buffers'"
+        ).fetchone()
+        assert row is not None
+        source, sourcefile = row
+        if source not in ("default", "configuration file") or sourcefile.endswith("postgresql.auto.conf"):
+            return False
+        size = shared_buffers_mb()
+        if size == MIN_SHARED_BUFFERS_MB:
+            return False
+        log.info("setting the embedded server's shared_buffers to %d MB", size)
+        conn.execute(f"ALTER SYSTEM SET shared_buffers = '{int(size)}MB'")  # an integer we computed
+        return True
+
+
+def _restart(home: Path) -> ServerStatus:
+    ep = _ep()
+    pgdata = _pgdata(home)
+    user = SERVER_USER if hasattr(os, "geteuid") and os.geteuid() == 0 else None
+    ep.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user, timeout=60)
+    try:
+        ep.PostgresServer(pgdata, cleanup_mode=None)  # started as the first time: socket only, its log
+    except Exception as exc:
+        raise DatabaseUnavailable(
+            f"embedded PostgreSQL did not restart in {pgdata} (see {pgdata / 'log'}): {exc}"
+        ) from exc
+    current = status(home)
+    if not current.running or current.socket_dir is None:
+        raise DatabaseUnavailable(f"embedded PostgreSQL in {pgdata} did not come back after a restart")
+    return current
 
 
 def _ensure_database(socket_dir: Path, database: str, *, recreate: bool = False) -> None:

@@ -94,3 +94,31 @@ def test_unwritable_home_is_a_clear_error(tmp_path: Path) -> None:
     )
     assert run.returncode != 0
     assert "cannot create IMGSEARCH_HOME" in run.stderr
+
+
+def test_shared_buffers_sized_for_the_machine_once_and_operator_values_kept(home: Path) -> None:
+    url = embedded.ensure_started(home)
+    host = make_url(url).query["host"]
+    expected = embedded.shared_buffers_mb()
+
+    def shared_buffers() -> str:
+        with psycopg.connect(host=str(host), user="postgres", dbname="postgres") as conn:
+            row = conn.execute("SHOW shared_buffers").fetchone()
+            assert row is not None
+            return str(row[0])
+
+    assert shared_buffers() == (f"{expected // 1024}GB" if expected % 1024 == 0 else f"{expected}MB")
+    pid = embedded.status(home).pid
+    assert embedded.ensure_started(home) == url and embedded.status(home).pid == pid  # no restart
+    with psycopg.connect(host=str(host), user="postgres", dbname="postgres", autocommit=True) as conn:
+        conn.execute("ALTER SYSTEM SET shared_buffers = '200MB'")  # the operator's choice
+    embedded.stop(home)
+    embedded.ensure_started(home)
+    assert shared_buffers() == "200MB"
+
+
+def test_shared_buffers_rule() -> None:
+    gib = 2**30
+    assert embedded.shared_buffers_mb(24 * gib) == 2048
+    assert embedded.shared_buffers_mb(8 * gib) == 1024
+    assert embedded.shared_buffers_mb(512 * 2**20) == 128
