@@ -57,7 +57,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.sql.expression import literal
 
 from imgsearch.db.models import Embedding, Image, Product
-from imgsearch.db.vector_index import QueryHalfvec, embedding_expr, model_filter, query_param
+from imgsearch.db.vector_index import embedding_expr, model_filter, query_param
 from imgsearch.errors import InvalidQuery
 from imgsearch.records import Hit, ModelInfo
 from imgsearch.vectors import Vector
@@ -568,12 +568,14 @@ class _Run:
         self, conn: Connection, model: ModelInfo, query: Vector, filters: Filters, with_embeddings: bool
     ) -> None:
         self.conn, self.model, self.filters, self.with_embeddings = conn, model, filters, with_embeddings
-        self.query = bindparam(QUERY_PARAM, query, type_=QueryHalfvec(model.dim))
+        self.query = query_param(query, model.dim, name=QUERY_PARAM)
         self.params = {QUERY_PARAM: query, **filters.params()}
         shape = filters.shape()
         self.key = None if shape is None else (model.id, model.dim, with_embeddings, shape)
 
-    def execute(self, kind: tuple[Any, ...], build: Callable[[BindParameter[Any]], Select[Any]]) -> list[Any]:
+    def execute(
+        self, kind: tuple[Any, ...], build: Callable[[BindParameter[Any]], Select[Any]]
+    ) -> Sequence[Any]:
         if self.key is None:
             stmt = build(self.query)
         else:
@@ -584,7 +586,7 @@ class _Run:
                     _statements.clear()
                 found = _statements[key] = build(self.query)
             stmt = found
-        return list(self.conn.execute(stmt, self.params).all())
+        return self.conn.execute(stmt, self.params).all()
 
     def pooled(self, chosen: Plan, k: int, offset: int) -> Result:
         """The iterative scan's pool, re-sorted exactly; an exact scan if even it comes short."""

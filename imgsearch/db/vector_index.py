@@ -131,8 +131,9 @@ def halfvec_text(value: Any) -> str:
     return "[" + ",".join(map("{:.5g}".format, values)) + "]"
 
 
-def query_param(query: Any, dim: int) -> BindParameter[Any]:
-    """The query vector as one bound parameter (a statement that uses it twice sends it once)."""
+def query_param(query: Any, dim: int, name: str | None = None) -> BindParameter[Any]:
+    """The query vector as one bound parameter (a statement that uses it twice sends it once);
+    ``name`` makes it a named parameter whose value an execution can supply."""
     if isinstance(query, BindParameter):
         return query
-    return bindparam("query_vector", query, type_=QueryHalfvec(dim), unique=True)
+    return bindparam(name or "query_vector", query, type_=QueryHalfvec(dim), unique=name is None)
