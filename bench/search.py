@@ -12,7 +12,11 @@ clusters far from the query). Methods, all on the same database:
   (ef_search 40, no iterative scan): what an application gets from plain pgvector
 * exact — the same WHERE with an exact distance sort (no index): the ground truth for recall
 * baseline — the unfiltered HNSW query (pgvector defaults, planned for the actual vector): the
-  latency target is imgsearch's p50 within 2x of it
+  latency target is imgsearch's p50 within 2x of it. It is timed in every filter's block, between
+  the other methods, and each filter's ratio is against its own block's baseline.
+
+No timed search reuses the vector of one of the searches just before it: a repeated vector finds its
+HNSW path in the CPU caches and runs up to 2x faster, which real requests don't get.
 
 Writes the table to stdout and a recall/latency plot to docs/search_benchmark.png. The catalog is
 kept in the database ``bench_search`` of the embedded server (IMGSEARCH_HOME) for reruns.
@@ -210,46 +214,63 @@ def main() -> None:
                 "imgsearch.products",
             ):
                 conn.execute(text("SELECT pg_prewarm(CAST(:relation AS regclass))"), {"relation": relation})
-        for n, ((q, filters), row_truth) in enumerate(zip(cases, truths, strict=True)):
-            for (name, kwargs), expected in zip(filters, row_truth, strict=True):
-                f = vector_search.Filters(**kwargs)
-                with catalog.engine.begin() as conn:
-                    naive, ms = timed(fetch, conn, vector_search.hnsw_statement(model, q, f, K))
-                record(name, "naive", [r.image_id for r in naive], expected, ms)
-                ours, ms = timed(catalog.search, vector=q, k=K, **kwargs)
-                record(name, "imgsearch", [h.image_id for h in ours], expected, ms)
-                if not kwargs:  # the baseline: plain unfiltered HNSW, planned for the actual vector
-                    with catalog.engine.begin() as conn:
-                        conn.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
-                        plain, ms = timed(fetch, conn, vector_search.hnsw_statement(model, q, f, K))
-                    record(name, "baseline", [r.image_id for r in plain], expected, ms)
-            if (n + 1) % 10 == 0:
-                print(f"  hnsw: {n + 1}/{args.queries} queries", flush=True)
+        # A search repeated with the same vector finds that vector's HNSW path in the CPU caches and
+        # runs up to 2x faster, which a real request doesn't get. So each filter runs as a block of
+        # steps; step n times naive on query n, imgsearch on query n + Q/3 and the baseline on query
+        # n + 2Q/3 (mod Q): every method meets every query once per filter, a vector comes back
+        # only about Q searches after its last use; the methods interleave, so machine noise hits them alike, and
+        # each filter's ratio is against the baseline timed in its own block.
+        shift = max(1, args.queries // 3)
+        for position, name in enumerate(names):
+            for n in range(args.queries):
+                for method, m in (("naive", n), ("imgsearch", n + shift), ("baseline", n + 2 * shift)):
+                    q, filters = cases[m % args.queries]
+                    kwargs = filters[position][1]
+                    expected = truths[m % args.queries][position]
+                    if method == "naive":
+                        f = vector_search.Filters(**kwargs)
+                        with catalog.engine.begin() as conn:
+                            naive, ms = timed(fetch, conn, vector_search.hnsw_statement(model, q, f, K))
+                        record(name, method, [r.image_id for r in naive], expected, ms)
+                    elif method == "imgsearch":
+                        ours, ms = timed(catalog.search, vector=q, k=K, **kwargs)
+                        record(name, method, [h.image_id for h in ours], expected, ms)
+                    else:  # plain unfiltered HNSW, planned for the actual vector
+                        with catalog.engine.begin() as conn:
+                            conn.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
+                            plain, ms = timed(
+                                fetch,
+                                conn,
+                                vector_search.hnsw_statement(model, q, vector_search.Filters(), K),
+                            )
+                        record(name, method, [r.image_id for r in plain], truths[m % args.queries][0], ms)
+            print(f"  timed: {name}", flush=True)
 
-    baseline = statistics.median(results[("100%", "baseline")]["ms"])
+    baselines = {name: statistics.median(results[(name, "baseline")]["ms"]) for name in names}
     print(
-        f"\n{args.rows} rows x 768 dims, {args.queries} queries per filter, k={K}; "
-        f"baseline = unfiltered HNSW p50 {baseline:.1f} ms\n"
+        f"\n{args.rows} rows x 768 dims, {args.queries} queries per filter, k={K}; baseline = unfiltered "
+        f"HNSW p50 {statistics.median(baselines.values()):.1f} ms (median of the filters' blocks)\n"
     )
     print("| filter | method | recall@10 | rows returned (min / mean) | p50 ms | p95 ms | p50 / baseline |")
     print("|---|---|---|---|---|---|---|")
     for name in names:
         for method in ("imgsearch", "naive", "exact", "baseline"):
-            if (name, method) not in results:
-                continue
             cell = results[(name, method)]
             p50 = statistics.median(cell["ms"])
             p95 = float(np.percentile(cell["ms"], 95))
             print(
                 f"| {name} | {method} | {np.mean(cell['recall']):.3f} | {min(cell['rows'])} / "
-                f"{np.mean(cell['rows']):.1f} | {p50:.1f} | {p95:.1f} | {p50 / baseline:.2f}x |"
+                f"{np.mean(cell['rows']):.1f} | {p50:.1f} | {p95:.1f} | {p50 / baselines[name]:.2f}x |"
             )
-    plot(results, names, baseline, Path(args.plot))
+    plot(results, names, baselines, Path(args.plot))
     print(f"\nplot: {args.plot}")
 
 
 def plot(
-    results: dict[tuple[str, str], dict[str, list[float]]], names: list[str], baseline: float, path: Path
+    results: dict[tuple[str, str], dict[str, list[float]]],
+    names: list[str],
+    baselines: dict[str, float],
+    path: Path,
 ) -> None:
     import matplotlib
 
@@ -272,7 +293,9 @@ def plot(
     left.axhline(0.98, color="black", linestyle=":", linewidth=1)
     right.set_ylabel("p50 latency (ms, log)")
     right.set_yscale("log")
-    right.axhline(2 * baseline, color="black", linestyle=":", linewidth=1, label="2x unfiltered HNSW")
+    right.scatter(
+        x, [2 * baselines[n] for n in names], marker="_", s=400, color="black", label="2x unfiltered HNSW"
+    )
     for ax in (left, right):
         ax.set_xticks(x, names, rotation=30, ha="right")
         ax.legend(fontsize=8)

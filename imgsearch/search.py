@@ -42,6 +42,7 @@ from sqlalchemy import (
     Select,
     Text,
     and_,
+    any_,
     bindparam,
     case,
     column,
@@ -53,7 +54,7 @@ from sqlalchemy import (
     true,
     union_all,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.sql.expression import literal
 
 from imgsearch.db.models import Embedding, Image, Product
@@ -102,7 +103,7 @@ class Filters:
         if self.where is not None:
             return None
         values = self._values
-        return (*values, len(values.get("categories", ())) > 1)
+        return tuple(values)
 
     @cached_property
     def _values(self) -> dict[str, Any]:
@@ -150,8 +151,8 @@ class Filters:
     def _conditions(self) -> list[ColumnElement[bool]]:
         values = self._values
 
-        def param(name: str, type_: Any = None, expanding: bool = False) -> BindParameter[Any]:
-            return bindparam(f"{PARAM_PREFIX}{name}", values[name], type_=type_, expanding=expanding)
+        def param(name: str, type_: Any = None) -> BindParameter[Any]:
+            return bindparam(f"{PARAM_PREFIX}{name}", values[name], type_=type_)
 
         conds: list[ColumnElement[bool]] = []
         if "tenant" in values:
@@ -159,7 +160,8 @@ class Filters:
         if "category" in values:
             conds.append(Embedding.category == param("category", Text()))
         if "categories" in values:
-            conds.append(Embedding.category.in_(param("categories", Text(), expanding=True)))
+            # one array parameter: the same SQL text (and prepared statement) for every list length
+            conds.append(Embedding.category == any_(param("categories", ARRAY(Text()))))
         if "price_min" in values:
             conds.append(Embedding.price >= param("price_min", Numeric()))
         if "price_max" in values:
@@ -260,21 +262,34 @@ def exact_statement(
     k: int,
     offset: int = 0,
     with_embeddings: bool = False,
-    gate: ColumnElement[bool] | None = None,
 ) -> Select[Any]:
     """The exact form: the uncast column's distance, which no HNSW index serves, over the filtered
-    rows; products are joined to the ``k`` rows found, not to every row scanned. ``gate``, a
-    condition without columns, lets PostgreSQL skip the scan when it is false."""
-    distance = Embedding.embedding.cosine_distance(query_param(query, model.dim))
-    columns = hit_columns(distance, with_embeddings, product=Embedding.product_pk)
-    top = joined(model, filters, *columns)
-    if gate is not None:
-        top = top.where(gate)
-    top_k = top.order_by(distance).limit(k).offset(offset).subquery("top")
+    rows; products are joined to the ``k`` rows found, not to every row scanned."""
+    top_k = _exact_top(model, query_param(query, model.dim), filters, k, offset, with_embeddings).subquery(
+        "top"
+    )
     outer = [Product.product_id if column is top_k.c.product_pk else column for column in top_k.c]
     return (
         select(*outer).join_from(top_k, Product, Product.id == top_k.c.product_pk).order_by(top_k.c.distance)
     )
+
+
+def _exact_top(
+    model: ModelInfo,
+    query: BindParameter[Any],
+    filters: Filters,
+    k: int,
+    offset: int,
+    with_embeddings: bool,
+    gate: ColumnElement[bool] | None = None,
+) -> Select[Any]:
+    """The exact top-k with ``product_pk`` for its product; ``gate``, a condition without columns,
+    lets PostgreSQL skip the scan when it is false."""
+    distance = Embedding.embedding.cosine_distance(query)
+    top = joined(model, filters, *hit_columns(distance, with_embeddings, product=Embedding.product_pk))
+    if gate is not None:
+        top = top.where(gate)
+    return top.order_by(distance).limit(k).offset(offset)
 
 
 @dataclass(frozen=True)
@@ -409,16 +424,20 @@ def filtered_statement(
       every matching row's distance.
     * neither (more than ``bound`` match, the pass came short): no hits; the caller runs an
       iterative scan (:func:`pooled_statement`) next.
+
+    Products are joined once, to the hits found (PostgreSQL plans this statement on every run, for
+    the actual values: each join and table reference left out is planning time saved).
     """
     q = query_param(query, model.dim)
     wanted, small = k + offset, int(exact_max_rows)
+    sizes = select(_reltuples().label("total")).subquery("sizes")
     limits = select(
         func.greatest(
-            literal(small), func.ceil(literal(float(exact_max_fraction)) * _reltuples()), literal(wanted)
+            literal(small), func.ceil(literal(float(exact_max_fraction)) * sizes.c.total), literal(wanted)
         )
         .cast(BigInteger)
         .label("bound"),
-        _reltuples().label("total"),
+        sizes.c.total,
     ).cte("limits")
     bound = select(limits.c.bound).scalar_subquery()
 
@@ -433,9 +452,12 @@ def filtered_statement(
     matching_few = select(few.c.matching).scalar_subquery()
     parts = []
     if one_pass:
+        distance = embedding_expr(model.dim).cosine_distance(q)
         first = (
-            hnsw_statement(model, q, filters, wanted, 0, with_embeddings)
+            joined(model, filters, *hit_columns(distance, with_embeddings, product=Embedding.product_pk))
             .where(matching_few > small)
+            .order_by(distance)
+            .limit(wanted)
             .cte("one_pass")
             .prefix_with("MATERIALIZED")
         )
@@ -446,19 +468,21 @@ def filtered_statement(
         short = matching_few > small
     many = counted("many", bound, gate=short)
     matching_many = select(many.c.matching).scalar_subquery()
-    exact_gate = or_(matching_few <= small, and_(short, matching_many <= bound))
-    exact = exact_statement(model, q, filters, k, offset, with_embeddings, gate=exact_gate).subquery("exact")
+    gate = or_(matching_few <= small, and_(short, matching_many <= bound))
+    exact = _exact_top(model, q, filters, k, offset, with_embeddings, gate).subquery("exact")
     parts.append(select(literal("exact").label("source"), *exact.c))
     hits = union_all(*parts).subquery("hits") if len(parts) > 1 else parts[0].subquery("hits")
     matching = case(
         (few.c.matching <= small, few.c.matching), (many.c.matching > 0, many.c.matching), else_=-1
     )
+    columns = [Product.product_id if c is hits.c.product_pk else c for c in hits.c]
     return (
-        select(matching.label("matching"), limits.c.bound, limits.c.total, hits)
+        select(matching.label("matching"), limits.c.bound, limits.c.total, *columns)
         .select_from(few)
         .join(many, true())
         .join(limits, true())
         .outerjoin(hits, true())
+        .outerjoin(Product, Product.id == hits.c.product_pk)
     )
 
 

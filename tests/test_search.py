@@ -401,6 +401,26 @@ def test_statements_reused_across_searches_take_each_searchs_values(catalog: Cat
                 assert hits and {h.category for h in hits} <= set(pair)
 
 
+def test_category_lists_of_any_length_share_one_statement(data: Fixture) -> None:
+    """A list of categories is one array parameter: the SQL text (and the server's prepared
+    statement) is the same for two categories or seven."""
+    statements: list[str] = []
+    with Catalog.open(data.url) as catalog:
+        event.listen(
+            catalog.engine,
+            "before_cursor_execute",
+            lambda conn, cursor, statement, *args: statements.append(statement),
+        )
+        q = queries(data, 0, 1)[0]
+        seen = set()
+        for categories in (["c00", "c01"], ["c02", "c03", "c04"], [f"c{c:02d}" for c in range(10, 17)]):
+            statements.clear()
+            hits = catalog.search(vector=q, k=5, category=categories)
+            assert hits and {h.category for h in hits} <= set(categories)
+            seen.update(s for s in statements if "<=>" in s)
+        assert len(seen) == 1
+
+
 def test_hnsw_plan_uses_the_index(data: Fixture, catalog: Catalog) -> None:
     from imgsearch import search as search_mod
 
