@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import create_engine, event, select, text
+from sqlalchemy import Engine, create_engine, event, select, text
 from sqlalchemy.exc import DBAPIError
 
 from imgsearch import Catalog, NotFound
@@ -83,6 +83,15 @@ def queries(data: Fixture, cluster: int, count: int = 8) -> np.ndarray:
     centre = data.vectors[data.labels == cluster].mean(axis=0)
     qs = centre + rng.standard_normal((count, DIM)) * 0.3 / np.sqrt(DIM)
     return qs / np.linalg.norm(qs, axis=1, keepdims=True)
+
+
+def recorded_statements(engine: Engine) -> list[str]:
+    """Every SQL statement ``engine`` sends from now on, in order."""
+    statements: list[str] = []
+    event.listen(
+        engine, "before_cursor_execute", lambda conn, cursor, statement, *args: statements.append(statement)
+    )
+    return statements
 
 
 def exact_similarities(vectors: np.ndarray, q: np.ndarray) -> np.ndarray:
@@ -285,15 +294,10 @@ def test_min_score_drops_weak_hits(catalog: Catalog, data: Fixture) -> None:
 def test_settings_are_set_local_and_do_not_leak(data: Fixture) -> None:
     from imgsearch import search as search_mod
 
-    statements: list[str] = []
     with Catalog.open(data.url, settings=Settings(exact_max_rows=50, exact_max_fraction=0.0)) as catalog:
         catalog.engine.dispose()
         catalog.engine = create_engine(catalog.engine.url, pool_size=1, max_overflow=0)
-        event.listen(
-            catalog.engine,
-            "before_cursor_execute",
-            lambda conn, cursor, statement, *args: statements.append(statement),
-        )
+        statements = recorded_statements(catalog.engine)
         hits = catalog.search(vector=data.vectors[0], k=10)
         assert len(hits) == 10
         settings_sql = [s for s in statements if "hnsw." in s]
@@ -322,13 +326,8 @@ def test_settings_are_set_local_and_do_not_leak(data: Fixture) -> None:
 
 
 def test_filtered_search_is_one_statement_after_its_settings(data: Fixture) -> None:
-    statements: list[str] = []
     with Catalog.open(data.url) as catalog:
-        event.listen(
-            catalog.engine,
-            "before_cursor_execute",
-            lambda conn, cursor, statement, *args: statements.append(statement),
-        )
+        statements = recorded_statements(catalog.engine)
         q = queries(data, 0, 1)[0]
         for kwargs in (
             {"category": [f"c{c:02d}" for c in range(5)]},  # 10%, near: one HNSW pass
@@ -404,13 +403,8 @@ def test_statements_reused_across_searches_take_each_searchs_values(catalog: Cat
 def test_category_lists_of_any_length_share_one_statement(data: Fixture) -> None:
     """A list of categories is one array parameter: the SQL text (and the server's prepared
     statement) is the same for two categories or seven."""
-    statements: list[str] = []
     with Catalog.open(data.url) as catalog:
-        event.listen(
-            catalog.engine,
-            "before_cursor_execute",
-            lambda conn, cursor, statement, *args: statements.append(statement),
-        )
+        statements = recorded_statements(catalog.engine)
         q = queries(data, 0, 1)[0]
         seen = set()
         for categories in (["c00", "c01"], ["c02", "c03", "c04"], [f"c{c:02d}" for c in range(10, 17)]):
