@@ -247,11 +247,16 @@ def hnsw_statement(
     offset: int = 0,
     with_embeddings: bool = False,
     with_images: bool = False,
+    product_pk: bool = False,
 ) -> Select[Any]:
-    """The HNSW form: ORDER BY the indexed expression alone (a tiebreaker would defeat the index)."""
+    """The HNSW form: ORDER BY the indexed expression alone (a tiebreaker would defeat the index).
+    ``product_pk`` returns the product's key instead of joining products for its id."""
     distance = embedding_expr(model.dim).cosine_distance(query_param(query, model.dim))
-    columns = hit_columns(distance, with_embeddings)
-    stmt = joined(model, filters, *columns, with_images=with_images, with_products=True)
+    if product_pk:
+        columns = hit_columns(distance, with_embeddings, product=Embedding.product_pk)
+    else:
+        columns = hit_columns(distance, with_embeddings)
+    stmt = joined(model, filters, *columns, with_images=with_images, with_products=not product_pk)
     return stmt.order_by(distance).limit(k).offset(offset)
 
 
@@ -452,12 +457,9 @@ def filtered_statement(
     matching_few = select(few.c.matching).scalar_subquery()
     parts = []
     if one_pass:
-        distance = embedding_expr(model.dim).cosine_distance(q)
         first = (
-            joined(model, filters, *hit_columns(distance, with_embeddings, product=Embedding.product_pk))
+            hnsw_statement(model, q, filters, wanted, 0, with_embeddings, product_pk=True)
             .where(matching_few > small)
-            .order_by(distance)
-            .limit(wanted)
             .cte("one_pass")
             .prefix_with("MATERIALIZED")
         )
