@@ -144,6 +144,22 @@ def filters_for(
     ]
 
 
+def query_cases(
+    data: np.ndarray, labels: np.ndarray, count: int
+) -> list[tuple[np.ndarray, list[tuple[str, dict[str, Any]]]]]:
+    """``count`` query vectors (a catalog row plus noise), each with its filters by selectivity."""
+    centres = np.stack([data[labels == c].mean(axis=0) for c in range(CLUSTERS)])
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    rng = np.random.default_rng(5)
+    dim = data.shape[1]
+    cases = []
+    for _ in range(count):
+        row = int(rng.integers(0, len(data)))
+        q = data[row] + rng.standard_normal(dim).astype(np.float32) * 0.3 / np.sqrt(dim)
+        cases.append((q / np.linalg.norm(q), filters_for(int(labels[row]), centres, rng)))
+    return cases
+
+
 def fetch(conn: Any, stmt: Any) -> list[Any]:
     return list(conn.execute(stmt).all())
 
@@ -169,15 +185,8 @@ def main() -> None:
     url = database_url(settings.home)
     with Catalog.open(url, model="google/siglip-base-patch16-224", settings=settings) as catalog:
         data, labels = load(catalog, args.rows, seed=11)
-        centres = np.stack([data[labels == c].mean(axis=0) for c in range(CLUSTERS)])
-        centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-        rng = np.random.default_rng(5)
         model = catalog.active_model
-        cases = []
-        for _ in range(args.queries):
-            row = int(rng.integers(0, args.rows))
-            q = data[row] + rng.standard_normal(catalog.dim).astype(np.float32) * 0.3 / np.sqrt(catalog.dim)
-            cases.append((q / np.linalg.norm(q), filters_for(int(labels[row]), centres, rng)))
+        cases = query_cases(data, labels, args.queries)
         names = [name for name, _ in cases[0][1]]
         results: dict[tuple[str, str], dict[str, list[float]]] = {}
 
