@@ -252,10 +252,9 @@ def hnsw_statement(
     """The HNSW form: ORDER BY the indexed expression alone (a tiebreaker would defeat the index).
     ``product_pk`` returns the product's key instead of joining products for its id."""
     distance = embedding_expr(model.dim).cosine_distance(query_param(query, model.dim))
-    if product_pk:
-        columns = hit_columns(distance, with_embeddings, product=Embedding.product_pk)
-    else:
-        columns = hit_columns(distance, with_embeddings)
+    columns = hit_columns(
+        distance, with_embeddings, Embedding.product_pk if product_pk else Product.product_id
+    )
     stmt = joined(model, filters, *columns, with_images=with_images, with_products=not product_pk)
     return stmt.order_by(distance).limit(k).offset(offset)
 
@@ -273,10 +272,16 @@ def exact_statement(
     top_k = _exact_top(model, query_param(query, model.dim), filters, k, offset, with_embeddings).subquery(
         "top"
     )
-    outer = [Product.product_id if column is top_k.c.product_pk else column for column in top_k.c]
     return (
-        select(*outer).join_from(top_k, Product, Product.id == top_k.c.product_pk).order_by(top_k.c.distance)
+        select(*_with_product_id(top_k))
+        .join_from(top_k, Product, Product.id == top_k.c.product_pk)
+        .order_by(top_k.c.distance)
     )
+
+
+def _with_product_id(rows: Any) -> list[Any]:
+    """The columns of a subquery of hits with ``product_pk`` swapped for the joined product's id."""
+    return [Product.product_id if c is rows.c.product_pk else c for c in rows.c]
 
 
 def _exact_top(
@@ -477,9 +482,8 @@ def filtered_statement(
     matching = case(
         (few.c.matching <= small, few.c.matching), (many.c.matching > 0, many.c.matching), else_=-1
     )
-    columns = [Product.product_id if c is hits.c.product_pk else c for c in hits.c]
     return (
-        select(matching.label("matching"), limits.c.bound, limits.c.total, *columns)
+        select(matching.label("matching"), limits.c.bound, limits.c.total, *_with_product_id(hits))
         .select_from(few)
         .join(many, true())
         .join(limits, true())
