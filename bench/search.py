@@ -166,17 +166,13 @@ def query_cases(
     return cases
 
 
-def fetch(conn: Any, stmt: Any) -> list[Any]:
-    return list(conn.execute(stmt).all())
-
-
 def in_transaction(engine: Engine, stmt: Any, planner: bool = False) -> list[Any]:
     """``stmt`` in a transaction of its own on a pooled connection: what its caller waits for
     (``planner``: with imgsearch's planner settings, as the exact scan runs)."""
     with engine.begin() as conn:
         if planner:
             vector_search.planner_settings(conn)
-        return fetch(conn, stmt)
+        return list(conn.execute(stmt).all())
 
 
 def timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
