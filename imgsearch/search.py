@@ -65,7 +65,7 @@ from imgsearch.vectors import Vector
 
 log = logging.getLogger(__name__)
 
-EXACT_MAX_ROWS = 4000  # up to this many matching rows the exact scan goes first (bench/search.py)
+EXACT_MAX_ROWS = 1500  # up to this many matching rows the exact scan goes first (bench/search.py)
 MAX_K = 1000
 MIN_EF_SEARCH = 200  # 100 missed a poorly connected cluster in bench/search.py; 200 found it
 MAX_EF_SEARCH = 1000

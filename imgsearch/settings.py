@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     max_aspect_ratio: float = Field(default=20.0, gt=1, description="Wider or taller images are rejected.")
     batch_size: int = Field(default=32, gt=0, description="Images per forward pass.")
     exact_max_rows: int = Field(
-        default=4000,
+        default=1500,
         gt=0,
         description="Searches whose filters match at most this many rows scan them exactly, first.",
     )

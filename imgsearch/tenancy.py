@@ -25,13 +25,16 @@ def scope(conn: Connection, tenant: str) -> None:
     if not isinstance(tenant, str) or not tenant.strip():
         raise InvalidInput(f"tenant must be a non-empty string, got {tenant!r}")
     try:
-        conn.execute(text(f"SET LOCAL ROLE {APP_ROLE}"))  # a constant role name
+        # one round trip: set_config(..., true) is SET LOCAL, and 'role' is what SET ROLE sets
+        conn.execute(
+            text("SELECT set_config('role', :role, true), set_config('imgsearch.tenant', :tenant, true)"),
+            {"role": APP_ROLE, "tenant": tenant},
+        )
     except ProgrammingError as exc:
         raise ConfigurationError(
             f"the database login cannot switch to role {APP_ROLE} for tenant isolation; "
             f"run `GRANT {APP_ROLE} TO <login>` as an administrator"
         ) from exc
-    conn.execute(text("SELECT set_config('imgsearch.tenant', :tenant, true)"), {"tenant": tenant})
 
 
 def run_as_worker(conn: Connection) -> None:

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 from sqlalchemy import make_url, text
 
-from imgsearch import Catalog, InvalidInput, NotFound, tenancy
+from imgsearch import Catalog, ConfigurationError, InvalidInput, NotFound, tenancy
 from imgsearch.db.models import Embedding
 from tests.helpers import unit
 
@@ -140,6 +140,21 @@ def test_library_with_a_tenant_never_returns_another(shops: Shops) -> None:
     with catalog.engine.connect() as conn:  # the same pool, the next transaction: nothing leaked
         assert conn.execute(text("SELECT current_user")).scalar() == "postgres"
         assert conn.execute(text("SELECT current_setting('imgsearch.tenant', true)")).scalar() in (None, "")
+
+
+def test_scope_needs_the_app_role(shops: Shops) -> None:
+    from sqlalchemy import create_engine
+
+    url = make_url(shops.catalog.engine.url).set(username=shops.login_a, password="s3cret")
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn, pytest.raises(ConfigurationError, match="GRANT imgsearch_app TO"):
+            tenancy.scope(conn, "shop_b")
+        with engine.connect() as conn:  # nothing was switched: still the console login, its tenant
+            assert conn.execute(text("SELECT current_user")).scalar() == shops.login_a
+            assert conn.execute(text("SELECT DISTINCT tenant FROM imgsearch.products")).all() == [("shop_a",)]
+    finally:
+        engine.dispose()
 
 
 def test_composable_select_is_tenant_restricted(shops: Shops) -> None:
