@@ -61,16 +61,18 @@ from imgsearch.db.models import Embedding, Image, Product
 from imgsearch.db.vector_index import embedding_expr, model_filter, query_param
 from imgsearch.errors import InvalidQuery
 from imgsearch.records import Hit, ModelInfo
+from imgsearch.settings import Settings
 from imgsearch.vectors import Vector
 
 log = logging.getLogger(__name__)
 
-EXACT_MAX_ROWS = 1500  # up to this many matching rows the exact scan goes first (bench/search.py)
+# the thresholds' defaults are declared once, on Settings (the class, not the environment)
+EXACT_MAX_ROWS: int = Settings.model_fields["exact_max_rows"].default
 MAX_K = 1000
 MIN_EF_SEARCH = 200  # 100 missed a poorly connected cluster in bench/search.py; 200 found it
 MAX_EF_SEARCH = 1000
 MIN_SCAN_TUPLES = 20_000  # pgvector's default hnsw.max_scan_tuples
-EXACT_MAX_FRACTION = 0.15  # filters matching up to 15% of the catalog scan exactly (bench/search.py)
+EXACT_MAX_FRACTION: float = Settings.model_fields["exact_max_fraction"].default
 MIN_POOL = 200
 MAX_POOL = 4000
 SCAN_MEM_MULTIPLIER = 4

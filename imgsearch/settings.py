@@ -51,6 +51,7 @@ class Settings(BaseSettings):
     )
     max_aspect_ratio: float = Field(default=20.0, gt=1, description="Wider or taller images are rejected.")
     batch_size: int = Field(default=32, gt=0, description="Images per forward pass.")
+    # up to 1500 rows the exact scan goes first, up to 15% when HNSW comes short (bench/search.py)
     exact_max_rows: int = Field(
         default=1500,
         gt=0,
