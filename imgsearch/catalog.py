@@ -339,6 +339,7 @@ class Catalog:
             min_score=min_score,
             exact_max_rows=self.settings.exact_max_rows,
             exact_max_fraction=self.settings.exact_max_fraction,
+            cached_plans=self.settings.cached_plans,
         )
         options.check()
         filters = vector_search.Filters(tenant, category, price_min, price_max, attributes, where)

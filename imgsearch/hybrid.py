@@ -17,7 +17,7 @@ from sqlalchemy import Connection
 from imgsearch import rerank
 from imgsearch.errors import InvalidQuery
 from imgsearch.records import Hit, ModelInfo
-from imgsearch.search import EXACT_MAX_FRACTION, EXACT_MAX_ROWS, Filters, search_vector
+from imgsearch.search import EXACT_MAX_FRACTION, EXACT_MAX_ROWS, Filters, Result, search_vector
 from imgsearch.vectors import Vector
 
 MIN_POOL = 50
@@ -35,6 +35,7 @@ class Options:
     min_score: float | None = None
     exact_max_rows: int = EXACT_MAX_ROWS
     exact_max_fraction: float = EXACT_MAX_FRACTION
+    cached_plans: bool = True
 
     def check(self) -> None:
         if not isinstance(self.group_by_product, bool):
@@ -66,30 +67,12 @@ def run(conn: Connection, model: ModelInfo, query: Vector, filters: Filters, opt
     """Hits for one request, inside the caller's transaction."""
     options.check()
     if options.expand:
-        first = search_vector(
-            conn,
-            model,
-            query,
-            filters,
-            options.expand,
-            exact_max_rows=options.exact_max_rows,
-            exact_max_fraction=options.exact_max_fraction,
-            with_embeddings=True,
-        )
+        first = _search(conn, model, query, filters, options, options.expand, with_embeddings=True)
         assert first.embeddings is not None
         query = rerank.expand_query(query, first.embeddings)
     wanted = options.k + options.offset
     if not options.group_by_product and options.diversity is None:
-        hits = search_vector(
-            conn,
-            model,
-            query,
-            filters,
-            options.k,
-            options.offset,
-            exact_max_rows=options.exact_max_rows,
-            exact_max_fraction=options.exact_max_fraction,
-        ).hits
+        hits = _search(conn, model, query, filters, options, options.k, options.offset).hits
     else:
         hits = _from_pool(conn, model, query, filters, options, wanted)[options.offset : wanted]
     if options.min_score is not None:
@@ -97,20 +80,38 @@ def run(conn: Connection, model: ModelInfo, query: Vector, filters: Filters, opt
     return hits
 
 
+def _search(
+    conn: Connection,
+    model: ModelInfo,
+    query: Vector,
+    filters: Filters,
+    options: Options,
+    k: int,
+    offset: int = 0,
+    with_embeddings: bool = False,
+) -> Result:
+    """:func:`search_vector` with the options' strategy settings."""
+    return search_vector(
+        conn,
+        model,
+        query,
+        filters,
+        k,
+        offset,
+        exact_max_rows=options.exact_max_rows,
+        exact_max_fraction=options.exact_max_fraction,
+        cached_plans=options.cached_plans,
+        with_embeddings=with_embeddings,
+    )
+
+
 def _from_pool(
     conn: Connection, model: ModelInfo, query: Vector, filters: Filters, options: Options, wanted: int
 ) -> list[Hit]:
     pool = min(MAX_POOL, max(MIN_POOL, 4 * wanted))
     while True:
-        result = search_vector(
-            conn,
-            model,
-            query,
-            filters,
-            pool,
-            exact_max_rows=options.exact_max_rows,
-            exact_max_fraction=options.exact_max_fraction,
-            with_embeddings=options.diversity is not None,
+        result = _search(
+            conn, model, query, filters, options, pool, with_embeddings=options.diversity is not None
         )
         positions = list(range(len(result.hits)))
         if options.group_by_product:

@@ -18,8 +18,10 @@ than asked and miss close matches. A filtered search here is one statement
   exact scan if even the pool comes short.
 
 Unfiltered searches are one HNSW pass. Statements are built once per shape of filters and run with
-each search's values (building one costs more than running it). pgvector settings are set with
-``SET LOCAL`` inside the query's transaction only, in one round trip before the statement.
+each search's values (building one costs more than running it). Shapes whose best plan doesn't
+depend on the values (:meth:`Filters.plans_alike`) also run on a plan PostgreSQL caches, planning
+the others costs 1-1.5 ms per search. pgvector settings are set with ``SET LOCAL`` inside the
+query's transaction only, in one round trip before the statement.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from sqlalchemy import (
     case,
     column,
     func,
+    literal_column,
     or_,
     select,
     table,
@@ -98,6 +101,15 @@ class Filters:
         """The filter values by parameter name, to run a statement built for the same
         :meth:`shape` with other values (checked once per instance)."""
         return {f"{PARAM_PREFIX}{name}": value for name, value in self._values.items()}
+
+    def plans_alike(self) -> bool:
+        """True when the best way to read every part of a search doesn't depend on the values:
+        no filter, or one filter on an indexed column (tenant, category or a list of them,
+        attributes), with or without ``exclude_image``. A statement of such a shape can run on
+        a plan cached at its first runs. Prices (a range may match a few rows or every row) and
+        two filters (which index leads depends on the values) are planned for each search."""
+        columns = set(self._values) - {"exclude_image"}
+        return self.where is None and len(columns) <= 1 and not columns & {"price_min", "price_max"}
 
     def shape(self) -> tuple[Any, ...] | None:
         """What the statement for these filters looks like, apart from the values; None when
@@ -245,7 +257,7 @@ def hnsw_statement(
     model: ModelInfo,
     query: Vector | BindParameter[Any],
     filters: Filters,
-    k: int,
+    k: int | ColumnElement[Any],
     offset: int = 0,
     with_embeddings: bool = False,
     with_images: bool = False,
@@ -258,7 +270,33 @@ def hnsw_statement(
         distance, with_embeddings, Embedding.product_pk if product_pk else Product.product_id
     )
     stmt = joined(model, filters, *columns, with_images=with_images, with_products=not product_pk)
-    return stmt.order_by(distance).limit(k).offset(offset)
+    return _page(stmt.order_by(distance), k, offset)
+
+
+def _page(stmt: Select[Any], k: int | ColumnElement[Any], offset: int) -> Select[Any]:
+    """LIMIT ``k``, and OFFSET only when there is one (a cached plan takes a parameter OFFSET for
+    a tenth of the table)."""
+    stmt = stmt.limit(k)
+    return stmt.offset(offset) if offset else stmt
+
+
+MIN_FETCH = 16
+
+
+def fetch_size(wanted: int) -> int:
+    """How many rows a statement fetches to give ``wanted`` hits: the next power of two from
+    :data:`MIN_FETCH`. It is written into the statement's text (a number of this module's
+    choosing, one of a few), so a plan cached for the statement knows its LIMIT: PostgreSQL plans
+    a LIMIT parameter as a tenth of the table, and then turns HNSW down for a sort."""
+    size = MIN_FETCH
+    while size < wanted:
+        size *= 2
+    return size
+
+
+def fetch_limit(wanted: int) -> ColumnElement[Any]:
+    """``fetch_size(wanted)`` as a constant of the SQL text."""
+    return literal_column(str(fetch_size(int(wanted))))
 
 
 def exact_statement(
@@ -290,7 +328,7 @@ def _exact_top(
     model: ModelInfo,
     query: BindParameter[Any],
     filters: Filters,
-    k: int,
+    k: int | ColumnElement[Any],
     offset: int,
     with_embeddings: bool,
     gate: ColumnElement[bool] | None = None,
@@ -301,7 +339,7 @@ def _exact_top(
     top = joined(model, filters, *hit_columns(distance, with_embeddings, product=Embedding.product_pk))
     if gate is not None:
         top = top.where(gate)
-    return top.order_by(distance).limit(k).offset(offset)
+    return _page(top.order_by(distance), k, offset)
 
 
 @dataclass(frozen=True)
@@ -363,18 +401,38 @@ def planner_settings(conn: Connection) -> None:
     filter indexes cost about what sequential ones do (bench/search.py: 1% filter 26 -> 14 ms),
     and plans must see the actual query values."""
     # psycopg prepares a statement after 5 runs and PostgreSQL may then switch to a generic plan,
-    # planned without the query vector and the filter values: always plan for the actual values
+    # planned without the query vector and the filter values: plan for the actual values, unless
+    # set_local says the statement's shape plans alike for every value
     _set_local(conn, PLANNER_SETTINGS)
 
 
 PLANNER_SETTINGS = {"jit": "off", "random_page_cost": "1.1", "plan_cache_mode": "force_custom_plan"}
 
 
-def set_local(conn: Connection, p: Plan, with_planner: bool = False) -> None:
+def set_local(conn: Connection, p: Plan, with_planner: bool = False, cached_plan: bool = False) -> None:
     """pgvector settings for this transaction only (integers computed here, never user text);
-    ``with_planner`` adds :func:`planner_settings` in the same round trip."""
+    ``with_planner`` adds :func:`planner_settings` in the same round trip.
+
+    ``cached_plan``: the next statement may run on the plan PostgreSQL cached for it
+    (``force_generic_plan``; psycopg prepares a statement at its 5th run on a connection). Only
+    for statements whose every LIMIT is in their text and whose filters
+    :meth:`Filters.plans_alike`: planning the filtered statement for each search costs 1-1.5 ms,
+    half an unfiltered search. Otherwise each run is planned for its values.
+
+    A cached plan is planned without the values, from average row estimates, so it is made
+    without sequential scans or sorts where there is another way: an average that is most of the
+    table (one tenant, few categories) would otherwise make the exact scan, which runs only when
+    few rows match, a read of the whole table; and a small average would sort the filter's rows
+    for the HNSW pass, which runs only when many rows match. The exact scan's sort has no other
+    way, and stays."""
     mode = p.iterative_scan if p.iterative_scan in ("strict_order", "relaxed_order") else "off"
-    settings = {"hnsw.ef_search": str(int(p.ef_search)), "hnsw.iterative_scan": mode}
+    settings = {
+        "hnsw.ef_search": str(int(p.ef_search)),
+        "hnsw.iterative_scan": mode,
+        "plan_cache_mode": "force_generic_plan" if cached_plan else "force_custom_plan",
+        "enable_seqscan": "off" if cached_plan else "on",
+        "enable_sort": "off" if cached_plan else "on",
+    }
     if mode != "off":
         settings["hnsw.max_scan_tuples"] = str(int(p.max_scan_tuples))
         # iterative scans also stop at work_mem x this multiplier; long scans need the room
@@ -421,7 +479,9 @@ def filtered_statement(
 ) -> Select[Any]:
     """Strategy and search of a filtered search in one statement.
 
-    Every row carries ``matching`` (the rows the filters match, counted up to ``exact_max_rows + 1``
+    Each part fetches the nearest :func:`fetch_size` ``(k + offset)`` rows, a number in the SQL
+    text; the caller keeps hits ``offset`` to ``offset + k``. Every row carries ``matching`` (the
+    rows the filters match, counted up to ``exact_max_rows + 1``
     and, when the one pass came short, up to ``bound + 1``), ``bound`` (the most rows an exact scan
     may take: ``exact_max_rows``, ``exact_max_fraction`` of the catalog's row estimate, or
     ``k + offset``), ``total`` (that estimate) and ``source``, then the hit's columns; with no hits,
@@ -442,6 +502,7 @@ def filtered_statement(
     """
     q = query_param(query, model.dim)
     wanted, small = k + offset, int(exact_max_rows)
+    fetched = fetch_limit(wanted)
     sizes = select(_reltuples().label("total")).subquery("sizes")
     limits = select(
         func.greatest(
@@ -465,7 +526,7 @@ def filtered_statement(
     parts = []
     if one_pass:
         first = (
-            hnsw_statement(model, q, filters, wanted, 0, with_embeddings, product_pk=True)
+            hnsw_statement(model, q, filters, fetched, 0, with_embeddings, product_pk=True)
             .where(matching_few > small)
             .cte("one_pass")
             .prefix_with("MATERIALIZED")
@@ -478,7 +539,7 @@ def filtered_statement(
     many = counted("many", bound, gate=short)
     matching_many = select(many.c.matching).scalar_subquery()
     gate = or_(matching_few <= small, and_(short, matching_many <= bound))
-    exact = _exact_top(model, q, filters, k, offset, with_embeddings, gate).subquery("exact")
+    exact = _exact_top(model, q, filters, fetched, 0, with_embeddings, gate).subquery("exact")
     parts.append(select(literal("exact").label("source"), *exact.c))
     hits = union_all(*parts).subquery("hits") if len(parts) > 1 else parts[0].subquery("hits")
     matching = case(
@@ -501,11 +562,11 @@ class Result:
     embeddings: npt.NDArray[np.float32] | None = None  # unit rows of the hits, when asked for
 
 
-def _result(rows: Any, chosen: Plan, with_embeddings: bool, skip: int = 0) -> Result:
+def _result(rows: Any, chosen: Plan, with_embeddings: bool, skip: int = 0, k: int | None = None) -> Result:
     # HNSW orders by the distance between the index's normalised half-precision copies, which can
     # swap near-ties by ~1e-4 against the distance reported; re-sorting the rows fetched keeps
     # "nearest first" exact without touching the SQL ORDER BY.
-    rows = sorted(rows, key=lambda r: float(r.distance))[skip:]
+    rows = sorted(rows, key=lambda r: float(r.distance))[skip : None if k is None else skip + k]
     hits = [
         Hit(
             image_id=r.image_id,
@@ -535,6 +596,7 @@ def search_vector(
     *,
     exact_max_rows: int = EXACT_MAX_ROWS,
     exact_max_fraction: float = EXACT_MAX_FRACTION,
+    cached_plans: bool = True,
     with_embeddings: bool = False,
 ) -> Result:
     """Top ``k`` (after ``offset``) rows by cosine distance, inside the caller's transaction.
@@ -542,25 +604,29 @@ def search_vector(
     Returns ``min(k, matching rows - offset)`` hits. One statement in the common case (after one
     round trip of ``SET LOCAL``): :func:`filtered_statement`, or for no filters a single HNSW
     pass. A second one only when a pass comes short: an iterative scan over a large filter, or
-    an exact scan.
+    an exact scan. ``cached_plans=False`` plans every statement for its values.
     """
     run = _Run(conn, model, query, filters, with_embeddings)
     wanted = k + offset
     first = one_pass_plan(wanted)
+    cached_plan = cached_plans and filters.plans_alike()
     if not filters.conditions():
         chosen = first or iterative_plan(wanted, -1, MIN_SCAN_TUPLES)
-        set_local(conn, chosen, with_planner=True)
+        set_local(conn, chosen, with_planner=True, cached_plan=cached_plan and first is not None)
         if first is not None:
             rows = run.execute(
-                ("hnsw", wanted), lambda q: hnsw_statement(model, q, filters, wanted, 0, with_embeddings)
+                ("hnsw", fetch_size(wanted)),
+                lambda q: hnsw_statement(model, q, filters, fetch_limit(wanted), 0, with_embeddings),
             )
-            if len(rows) == wanted:
-                return _result(rows, first, with_embeddings, skip=offset)
+            if len(rows) >= wanted:
+                return _result(rows, first, with_embeddings, skip=offset, k=k)
             chosen = iterative_plan(wanted, -1, _total_rows(conn))
             set_local(conn, chosen)
         return run.pooled(chosen, k, offset)
     # settings for the one pass (ignored by the exact scan and the count)
-    set_local(conn, first or Plan("exact", -1, ef_search=MIN_EF_SEARCH), with_planner=True)
+    set_local(
+        conn, first or Plan("exact", -1, ef_search=MIN_EF_SEARCH), with_planner=True, cached_plan=cached_plan
+    )
     rows = run.execute(
         ("filtered", k, offset, exact_max_rows, exact_max_fraction, first is not None),
         lambda q: filtered_statement(
@@ -580,9 +646,9 @@ def search_vector(
     log.debug("filtered search: %d rows match (bound %d), hits from %s", matching, bound, rows[0].source)
     if rows[0].source == "hnsw":
         assert first is not None
-        return _result(found, replace(first, matching=matching), with_embeddings, skip=offset)
+        return _result(found, replace(first, matching=matching), with_embeddings, skip=offset, k=k)
     if 0 <= matching <= bound:  # the exact scan ran (and found every matching row when fewer than k)
-        return _result(found, Plan("exact", matching), with_embeddings)
+        return _result(found, Plan("exact", matching), with_embeddings, skip=offset, k=k)
     chosen = iterative_plan(wanted, matching, total)
     set_local(conn, chosen)
     return run.pooled(chosen, k, offset)

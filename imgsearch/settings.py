@@ -63,6 +63,10 @@ class Settings(BaseSettings):
         le=1,
         description="...or at most this share of the catalog, when HNSW finds too few of them near the query.",
     )
+    cached_plans: bool = Field(
+        default=True,
+        description="Searches whose best plan doesn't depend on the filter values run on a plan PostgreSQL caches.",
+    )
     queue: str = Field(default="imgsearch", description="Celery queue the workers consume.")
     lease_seconds: int = Field(default=300, gt=0, description="How long a claimed batch is held.")
     sweep_seconds: float = Field(default=60.0, gt=0, description="How often lost work is re-queued.")

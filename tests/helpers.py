@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import subprocess
 import sys
 
@@ -46,6 +47,22 @@ def explain(conn, stmt) -> str:  # type: ignore[no-untyped-def]
     compiled = stmt.compile(conn, compile_kwargs={"render_postcompile": True})
     params = {k: (str(v.tolist()) if isinstance(v, np.ndarray) else v) for k, v in compiled.params.items()}
     return "\n".join(row[0] for row in conn.exec_driver_sql("EXPLAIN " + str(compiled), params))
+
+
+def explain_generic(conn, stmt) -> str:  # type: ignore[no-untyped-def]
+    """EXPLAIN (GENERIC_PLAN) a SQLAlchemy statement: the plan PostgreSQL caches for it, made
+    without its values (each parameter becomes ``$n`` cast to its SQL type)."""
+    compiled = stmt.compile(conn, compile_kwargs={"render_postcompile": True})
+    order: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in order:
+            order.append(name)
+        return f"(${order.index(name) + 1}::{compiled.binds[name].type.compile(dialect=conn.dialect)})"
+
+    sql = re.sub(r"%\((\w+)\)s", number, compiled.string)
+    return "\n".join(row[0] for row in conn.exec_driver_sql("EXPLAIN (GENERIC_PLAN) " + sql))
 
 
 def run_cli(*args: str, timeout: float = 300, **env: str) -> subprocess.CompletedProcess[str]:

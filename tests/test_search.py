@@ -19,7 +19,7 @@ from imgsearch import Catalog, NotFound
 from imgsearch.db.models import Image, Product
 from imgsearch.errors import DimensionMismatch, InvalidQuery
 from imgsearch.settings import Settings
-from tests.helpers import clustered, explain
+from tests.helpers import clustered, explain, explain_generic
 
 N, DIM, CLUSTERS, K = 10_000, 32, 50, 10
 
@@ -309,6 +309,13 @@ def test_settings_are_set_local_and_do_not_leak(data: Fixture) -> None:
         with catalog.engine.connect() as conn:  # the same pooled connection, a new transaction
             assert conn.execute(text("SHOW hnsw.ef_search")).scalar() == "40"
             assert conn.execute(text("SHOW hnsw.iterative_scan")).scalar() == "off"
+            # an unfiltered search runs on a cached plan, made without seq scans or sorts
+            for name, default in (
+                ("plan_cache_mode", "auto"),
+                ("enable_seqscan", "on"),
+                ("enable_sort", "on"),
+            ):
+                assert conn.execute(text(f"SHOW {name}")).scalar() == default
         with catalog.engine.begin() as conn:
             model = catalog.active_model
             result = search_mod.search_vector(
@@ -413,6 +420,122 @@ def test_category_lists_of_any_length_share_one_statement(data: Fixture) -> None
             assert hits and {h.category for h in hits} <= set(categories)
             seen.update(s for s in statements if "<=>" in s)
         assert len(seen) == 1
+
+
+def test_shapes_that_plan_alike_run_on_a_cached_plan_with_the_exact_top_k(data: Fixture) -> None:
+    """A category list (one indexed column) runs on the plan PostgreSQL caches for its statement,
+    and that one plan serves lists whose rows surround the query (the HNSW pass) and lists whose
+    rows lie far away (the exact scan). Prices are planned for each search's values."""
+    from imgsearch import search as search_mod
+
+    near = [f"c{c:02d}" for c in range(3)]
+    far = [f"c{c:02d}" for c in range(25, 29)]
+    settings = Settings(exact_max_rows=100, exact_max_fraction=0.15)
+    with Catalog.open(data.url, settings=settings) as catalog:
+        catalog.engine.dispose()
+        catalog.engine = create_engine(catalog.engine.url, pool_size=1, max_overflow=0)
+        strategies = set()
+        for n, q in enumerate(queries(data, 0, 12)):
+            categories = near if n % 2 else far
+            with catalog.engine.begin() as conn:
+                result = search_mod.search_vector(
+                    conn,
+                    catalog.active_model,
+                    q,
+                    search_mod.Filters(category=categories),
+                    K,
+                    exact_max_rows=100,
+                    exact_max_fraction=0.15,
+                )
+                assert conn.execute(text("SHOW plan_cache_mode")).scalar() == "force_generic_plan"
+            strategies.add(result.plan.strategy)
+            mask = np.isin([r["category"] for r in data.rows], categories)
+            sims = exact_similarities(data.vectors[mask], q)
+            truth = set(data.ids[mask][np.argsort(-sims)[:K]].tolist())
+            assert len(truth & {h.image_id for h in result.hits}) >= K - 1, (n, result.plan)
+        for q in queries(data, 3, 8):
+            assert catalog.search(vector=q, k=K, category="c03", price_min=30, price_max=35)
+        with catalog.engine.connect() as conn:  # the pool's one connection, where psycopg prepared them
+            prepared = conn.execute(
+                text("SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements")
+            ).all()
+    assert strategies == {"hnsw", "exact"}
+    plans = {("embeddings.price >=" in s): (g, c) for s, g, c in prepared if "one_pass" in s}
+    generic, custom = plans[False]
+    assert generic > 0 and custom == 0, "the category list ran on its cached plan"
+    generic, custom = plans[True]
+    assert generic == 0 and custom > 0, "a price range was planned for each search's values"
+
+
+def test_cached_plans_can_be_turned_off(data: Fixture) -> None:
+    with Catalog.open(data.url, settings=Settings(cached_plans=False)) as catalog:
+        catalog.engine.dispose()
+        catalog.engine = create_engine(catalog.engine.url, pool_size=1, max_overflow=0)
+        for q in queries(data, 0, 8):
+            assert len(catalog.search(vector=q, k=K, category=["c00", "c01"])) == K
+            assert len(catalog.search(vector=q, k=K)) == K
+        with catalog.engine.connect() as conn:
+            searches = (
+                "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement LIKE '%<=>%'"
+            )
+            plans = conn.execute(text(searches)).all()
+    assert len(plans) == 2 and all(generic == 0 and custom > 0 for generic, custom in plans), plans
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"category": ["c00", "c01"]},
+        {"category": "c00"},
+        {"tenant": "globex"},
+        {"attributes": {"bucket": 7}},
+        {},
+    ],
+    ids=["category list", "category", "tenant", "attributes", "unfiltered"],
+)
+def test_a_cached_plan_takes_hnsw_for_the_pass_and_reads_no_whole_table(
+    data: Fixture, catalog: Catalog, kwargs: dict
+) -> None:
+    """Planned without values, from average row estimates, the plan still walks the HNSW index
+    for the one pass and reads the filter's rows through their index for the exact scan."""
+    from imgsearch import search as search_mod
+
+    filters = search_mod.Filters(**kwargs)
+    assert filters.plans_alike()
+    model = catalog.active_model
+    q = data.vectors[0]
+    if kwargs:
+        stmt = search_mod.filtered_statement(
+            model,
+            q,
+            filters,
+            K,
+            0,
+            exact_max_rows=100,
+            exact_max_fraction=0.15,
+            one_pass=True,
+            with_embeddings=False,
+        )
+    else:
+        stmt = search_mod.hnsw_statement(model, q, filters, search_mod.fetch_limit(K))
+    with catalog.engine.begin() as conn:
+        search_mod.set_local(
+            conn, search_mod.Plan("hnsw", -1, ef_search=200), with_planner=True, cached_plan=True
+        )
+        plan = explain_generic(conn, stmt)
+    assert f"embeddings_hnsw_m{model.id}" in plan
+    assert "Seq Scan on embeddings" not in plan and "Seq Scan on products" not in plan, plan
+
+
+def test_which_shapes_plan_alike() -> None:
+    from imgsearch.search import Filters, fetch_size
+
+    alike = [{}, {"tenant": "a"}, {"category": "c"}, {"category": ["a", "b"]}, {"attributes": {"x": 1}}]
+    per_search = [{"price_max": 5}, {"tenant": "a", "category": "c"}, {"where": Product.price > 1}]
+    assert all(Filters(**kw).plans_alike() for kw in alike)
+    assert all(Filters(exclude_image=1, **kw).plans_alike() for kw in alike)
+    assert not any(Filters(**kw).plans_alike() for kw in per_search)
+    assert [fetch_size(n) for n in (1, 10, 16, 17, 500, 4000)] == [16, 16, 16, 32, 512, 4096]
 
 
 def test_hnsw_plan_uses_the_index(data: Fixture, catalog: Catalog) -> None:
