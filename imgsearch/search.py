@@ -481,8 +481,8 @@ def filtered_statement(
 
     Each part fetches the nearest :func:`fetch_size` ``(k + offset)`` rows, a number in the SQL
     text; the caller keeps hits ``offset`` to ``offset + k``. Every row carries ``matching`` (the
-    rows the filters match, counted up to ``exact_max_rows + 1``
-    and, when the one pass came short, up to ``bound + 1``), ``bound`` (the most rows an exact scan
+    rows the filters match, counted up to ``exact_max_rows + 1`` and, when the one pass came
+    short, up to ``bound + 1``), ``bound`` (the most rows an exact scan
     may take: ``exact_max_rows``, ``exact_max_fraction`` of the catalog's row estimate, or
     ``k + offset``), ``total`` (that estimate) and ``source``, then the hit's columns; with no hits,
     one row of NULL hit columns. Each part runs only when its gate (a condition on materialised
