@@ -5,9 +5,10 @@
 A synthetic catalog of 768-d unit vectors with product-like structure: 200 clusters; each category
 holds two neighbouring clusters (1% of the catalog); prices follow the clusters. Filters of 10%, 3%,
 1% and 0.1% of the catalog, each "near" (the rows lie around the query) and "far" (the rows lie in
-clusters far from the query); 0.01%, one value of a random attribute; and two over the whole
-catalog: none ("100%"), and its one tenant ("100% tenant": a shop's search, which imgsearch runs
-under row-level security). Methods, all on the same database:
+clusters far from the query), the 1% ones also within the catalog's one tenant ("1% near, shop": a
+shop's search in a category); 0.01%, one value of a random attribute; and two over the whole
+catalog: none ("100%"), and its one tenant ("100% tenant": a shop's search). imgsearch runs the
+searches with a tenant under row-level security. Methods, all on the same database:
 
 * imgsearch — ``catalog.search(vector=q, k=10, <filters>)``
 * naive — ``ORDER BY embedding <=> q LIMIT 10`` with the same WHERE, HNSW, pgvector defaults
@@ -155,6 +156,8 @@ def filters_for(
         ("3% far", {"category": far3}),
         ("1% near", {"category": f"cat-{near_cat:03d}"}),
         ("1% far", {"category": f"cat-{far_cat:03d}"}),
+        ("1% near, shop", {"tenant": "acme", "category": f"cat-{near_cat:03d}"}),
+        ("1% far, shop", {"tenant": "acme", "category": f"cat-{far_cat:03d}"}),
         ("0.1% near", {"category": f"cat-{near_cat:03d}", "price_min": low_near, "price_max": low_near + 1}),
         ("0.1% far", {"category": f"cat-{far_cat:03d}", "price_min": low_far, "price_max": low_far + 1}),
         ("0.01%", {"attributes": {"bucket": int(rng.integers(0, 10000))}}),

@@ -104,12 +104,13 @@ class Filters:
 
     def plans_alike(self) -> bool:
         """True when the best way to read every part of a search doesn't depend on the values:
-        no filter, or one filter on an indexed column (tenant, category or a list of them,
-        attributes), with or without ``exclude_image``. A statement of such a shape can run on
-        a plan cached at its first runs. Prices (a range may match a few rows or every row) and
-        two filters (which index leads depends on the values) are planned for each search."""
-        columns = set(self._values) - {"exclude_image"}
-        return self.where is None and len(columns) <= 1 and not columns & {"price_min", "price_max"}
+        no filter, one filter on an indexed column (tenant, category or a list of them,
+        attributes), or a shop's search, tenant and category (or a list), which one index
+        serves; with or without ``exclude_image``. A statement of such a shape can run on a plan
+        cached at its first runs. Prices (a range may match a few rows or every row) and other
+        pairs of filters (which index leads depends on the values) are planned for each search."""
+        columns = frozenset(self._values) - {"exclude_image"}
+        return self.where is None and columns in PLANS_ALIKE
 
     def shape(self) -> tuple[Any, ...] | None:
         """What the statement for these filters looks like, apart from the values; None when
@@ -190,6 +191,21 @@ class Filters:
 
 
 PARAM_PREFIX = "imgsearch_filter_"
+
+# the filter columns of Filters.plans_alike shapes: none, one indexed column, or a shop's category
+# (embeddings (model_id, tenant, category), migration 0005)
+PLANS_ALIKE = {
+    frozenset(columns)
+    for columns in (
+        (),
+        ("tenant",),
+        ("category",),
+        ("categories",),
+        ("attributes",),
+        ("tenant", "category"),
+        ("tenant", "categories"),
+    )
+}
 
 
 def _price(value: Any, name: str) -> Decimal | None:

@@ -422,10 +422,14 @@ def test_category_lists_of_any_length_share_one_statement(data: Fixture) -> None
         assert len(seen) == 1
 
 
-def test_shapes_that_plan_alike_run_on_a_cached_plan_with_the_exact_top_k(data: Fixture) -> None:
-    """A category list (one indexed column) runs on the plan PostgreSQL caches for its statement,
-    and that one plan serves lists whose rows surround the query (the HNSW pass) and lists whose
-    rows lie far away (the exact scan). Prices are planned for each search's values."""
+@pytest.mark.parametrize("tenant", [None, "acme"], ids=["category list", "shop's category list"])
+def test_shapes_that_plan_alike_run_on_a_cached_plan_with_the_exact_top_k(
+    data: Fixture, tenant: str | None
+) -> None:
+    """A category list (one indexed column), alone or in a shop (tenant and category: one index),
+    runs on the plan PostgreSQL caches for its statement, and that one plan serves lists whose
+    rows surround the query (the HNSW pass) and lists whose rows lie far away (the exact scan).
+    Prices are planned for each search's values."""
     from imgsearch import search as search_mod
 
     near = [f"c{c:02d}" for c in range(3)]
@@ -442,7 +446,7 @@ def test_shapes_that_plan_alike_run_on_a_cached_plan_with_the_exact_top_k(data: 
                     conn,
                     catalog.active_model,
                     q,
-                    search_mod.Filters(category=categories),
+                    search_mod.Filters(tenant=tenant, category=categories),
                     K,
                     exact_max_rows=100,
                     exact_max_fraction=0.15,
@@ -450,11 +454,13 @@ def test_shapes_that_plan_alike_run_on_a_cached_plan_with_the_exact_top_k(data: 
                 assert conn.execute(text("SHOW plan_cache_mode")).scalar() == "force_generic_plan"
             strategies.add(result.plan.strategy)
             mask = np.isin([r["category"] for r in data.rows], categories)
+            if tenant is not None:
+                mask &= np.array([r["tenant"] == tenant for r in data.rows])
             sims = exact_similarities(data.vectors[mask], q)
             truth = set(data.ids[mask][np.argsort(-sims)[:K]].tolist())
             assert len(truth & {h.image_id for h in result.hits}) >= K - 1, (n, result.plan)
         for q in queries(data, 3, 8):
-            assert catalog.search(vector=q, k=K, category="c03", price_min=30, price_max=35)
+            assert catalog.search(vector=q, k=K, tenant=tenant, category="c03", price_min=30, price_max=35)
         with catalog.engine.connect() as conn:  # the pool's one connection, where psycopg prepared them
             prepared = conn.execute(
                 text("SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements")
@@ -489,15 +495,26 @@ def test_cached_plans_can_be_turned_off(data: Fixture) -> None:
         {"category": "c00"},
         {"tenant": "globex"},
         {"attributes": {"bucket": 7}},
+        {"tenant": "globex", "category": "c00"},
+        {"tenant": "globex", "category": ["c00", "c01"]},
         {},
     ],
-    ids=["category list", "category", "tenant", "attributes", "unfiltered"],
+    ids=[
+        "category list",
+        "category",
+        "tenant",
+        "attributes",
+        "shop category",
+        "shop category list",
+        "unfiltered",
+    ],
 )
 def test_a_cached_plan_takes_hnsw_for_the_pass_and_reads_no_whole_table(
     data: Fixture, catalog: Catalog, kwargs: dict
 ) -> None:
     """Planned without values, from average row estimates, the plan still walks the HNSW index
-    for the one pass and reads the filter's rows through their index for the exact scan."""
+    for the one pass and reads the filter's rows through their index for the exact scan; a
+    shop's category through the index on both columns."""
     from imgsearch import search as search_mod
 
     filters = search_mod.Filters(**kwargs)
@@ -525,13 +542,30 @@ def test_a_cached_plan_takes_hnsw_for_the_pass_and_reads_no_whole_table(
         plan = explain_generic(conn, stmt)
     assert f"embeddings_hnsw_m{model.id}" in plan
     assert "Seq Scan on embeddings" not in plan and "Seq Scan on products" not in plan, plan
+    if "tenant" in kwargs and "category" in kwargs:
+        assert "embeddings_tenant_category_idx" in plan, plan
 
 
 def test_which_shapes_plan_alike() -> None:
     from imgsearch.search import Filters, fetch_size
 
-    alike = [{}, {"tenant": "a"}, {"category": "c"}, {"category": ["a", "b"]}, {"attributes": {"x": 1}}]
-    per_search = [{"price_max": 5}, {"tenant": "a", "category": "c"}, {"where": Product.price > 1}]
+    alike = [
+        {},
+        {"tenant": "a"},
+        {"category": "c"},
+        {"category": ["a", "b"]},
+        {"attributes": {"x": 1}},
+        {"tenant": "a", "category": "c"},
+        {"tenant": "a", "category": ["a", "b"]},
+    ]
+    per_search = [
+        {"price_max": 5},
+        {"tenant": "a", "price_min": 1},
+        {"tenant": "a", "attributes": {"x": 1}},
+        {"category": "c", "attributes": {"x": 1}},
+        {"tenant": "a", "category": "c", "price_max": 5},
+        {"where": Product.price > 1},
+    ]
     assert all(Filters(**kw).plans_alike() for kw in alike)
     assert all(Filters(exclude_image=1, **kw).plans_alike() for kw in alike)
     assert not any(Filters(**kw).plans_alike() for kw in per_search)

@@ -187,7 +187,8 @@ class Embedding(Base):
         Index("embeddings_product_pk_idx", "product_pk", "model_id"),
         Index("embeddings_category_idx", "model_id", "category"),
         Index("embeddings_price_idx", "model_id", "price"),
-        Index("embeddings_tenant_idx", "model_id", "tenant"),
+        # a shop's search within a category (migration 0005); its prefix serves tenant-only filters
+        Index("embeddings_tenant_category_idx", "model_id", "tenant", "category"),
     )
 
     model_id: Mapped[int] = mapped_column(
