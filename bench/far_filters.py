@@ -39,11 +39,9 @@ from psycopg import sql
 from sqlalchemy import make_url
 
 sys.path.insert(0, str(Path(__file__).parent))
-from search import database_url, load, query_cases
+from search import query_cases, stored_catalog
 
-from imgsearch import Catalog
 from imgsearch.db.vector_index import halfvec_text
-from imgsearch.settings import Settings
 
 K = 10
 POOL = 400
@@ -128,10 +126,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=20)
     args = parser.parse_args()
 
-    settings = Settings()
-    url = database_url(settings.home)
-    with Catalog.open(url, model="google/siglip-base-patch16-224", settings=settings) as catalog:
-        data, labels = load(catalog, args.rows, seed=11)
+    url, data, labels, _ = stored_catalog(args.rows)
     cases = query_cases(data, labels, args.queries)
     server = make_url(url)
     results: dict[tuple[str, str], list[dict[str, Any]]] = {}

@@ -31,11 +31,9 @@ import psycopg
 from sqlalchemy import make_url
 
 sys.path.insert(0, str(Path(__file__).parent))
-from search import database_url, load, query_cases
+from search import query_cases, stored_catalog
 
-from imgsearch import Catalog
 from imgsearch.db.vector_index import halfvec_text, index_name
-from imgsearch.settings import Settings
 
 FILTERS = ("10% far", "3% far", "1% far", "10% near")
 TABLES = {"stored order": "imgsearch.embeddings", "category order": "public.bench_heap_order"}
@@ -75,11 +73,8 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    settings = Settings()
-    url = database_url(settings.home)
-    with Catalog.open(url, model="google/siglip-base-patch16-224", settings=settings) as catalog:
-        data, labels = load(catalog, args.rows, seed=11)
-        hnsw_index = index_name(catalog.active_model.id)
+    url, data, labels, model_id = stored_catalog(args.rows)
+    hnsw_index = index_name(model_id)
     cases = query_cases(data, labels, args.queries)
     server = make_url(url)
     times: dict[tuple[str, str], list[float]] = {}

@@ -73,6 +73,17 @@ def database_url(home: Path) -> str:
     return url.set(database=DB).render_as_string()
 
 
+def stored_catalog(rows: int) -> tuple[str, np.ndarray, np.ndarray, int]:
+    """For the side benchmarks: ``bench_search``'s URL, its catalog's vectors and cluster labels
+    (loaded first if missing, as this script does) and the active model's id."""
+    settings = Settings()
+    url = database_url(settings.home)
+    with Catalog.open(url, model="google/siglip-base-patch16-224", settings=settings) as catalog:
+        data, labels = load(catalog, rows, seed=11)
+        model_id = catalog.active_model.id
+    return url, data, labels, model_id
+
+
 def load(catalog: Catalog, rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     data, labels = clustered_with_labels(rows, catalog.dim, seed)
     with catalog.engine.connect() as conn:
