@@ -90,9 +90,6 @@ def main() -> None:
                 "imgsearch.embeddings",
                 "imgsearch.embeddings_category_idx",
                 f"imgsearch.{hnsw_index}",
-            ):
-                conn.execute("SELECT pg_prewarm(%s::regclass)", (relation,))
-            for relation in (
                 "bench_heap_order",
                 "bench_heap_order_category",
                 "bench_heap_order_hnsw",
