@@ -19,15 +19,15 @@ searches with a tenant under row-level security. Methods, all on the same databa
   prepared statement instead of planning it for each vector, the fastest way to run it. The
   latency target is imgsearch's p50 within 2x of it. It is timed in every filter's block, between
   the other methods, and each filter's ratio is against its own block's baseline.
-* planned baseline — the same query with the limit as a parameter, planned for each vector
-  (``plan_cache_mode = force_custom_plan``): the baseline until 2026-11-22 session 9, 0-19% slower
-  than the one above in that session's runs; kept to compare runs before and after.
+* text baseline — the same query with the vector sent as text: the baseline until 2026-11-22
+  session 11, when imgsearch's searches started sending it in halfvec's binary form; kept to
+  compare runs before and after.
 
 Every method is timed the way its caller waits for it: from taking a pooled connection to the
-commit (checkout, BEGIN, the statement, COMMIT), as ``catalog.search`` is. Naive and both baselines
-run on engines of their own with SQLAlchemy's defaults (no pre-ping); the planned baseline's
-connections are started with ``plan_cache_mode = force_custom_plan`` (no ``SET`` round trip). Their
-statements are built before the clock starts.
+commit (checkout, BEGIN, the statement, COMMIT), as ``catalog.search`` is. Every method but the text
+baseline sends the query vector in halfvec's binary form, as ``catalog.search`` does, so the
+comparison is between what the statements do. Naive and both baselines run on engines of their own
+with SQLAlchemy's defaults (no pre-ping). Their statements are built before the clock starts.
 
 No timed search reuses the vector of one of the searches just before it: a repeated vector finds its
 HNSW path in the CPU caches and runs up to 2x faster, which real requests don't get.
@@ -56,7 +56,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from imgsearch import Catalog
 from imgsearch import search as vector_search
 from imgsearch.db import embedded
-from imgsearch.db.vector_index import create_index, index_name
+from imgsearch.db.vector_index import create_index, index_name, query_param, send_binary_queries
 from imgsearch.settings import Settings
 
 DB = "bench_search"
@@ -193,11 +193,18 @@ def query_cases(
 
 def in_transaction(engine: Engine, stmt: Any, planner: bool = False) -> list[Any]:
     """``stmt`` in a transaction of its own on a pooled connection: what its caller waits for
-    (``planner``: with imgsearch's planner settings, as the exact scan runs)."""
+    (``planner``: with imgsearch's planner settings, as the exact scan runs). The connection can
+    send query vectors in binary, as imgsearch's do."""
     with engine.begin() as conn:
+        send_binary_queries(conn)
         if planner:
             vector_search.planner_settings(conn)
         return list(conn.execute(stmt).all())
+
+
+def binary(q: np.ndarray) -> Any:
+    """``q`` as a parameter sent in halfvec's binary form, as ``catalog.search`` sends its own."""
+    return query_param(q, len(q), binary=True)
 
 
 def timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
@@ -239,7 +246,7 @@ def main() -> None:
         for n, (q, filters) in enumerate(cases):
             row_truth = []
             for name, kwargs in filters:
-                stmt = vector_search.exact_statement(model, q, vector_search.Filters(**kwargs), K)
+                stmt = vector_search.exact_statement(model, binary(q), vector_search.Filters(**kwargs), K)
                 truth, ms = timed(in_transaction, catalog.engine, stmt, planner=True)
                 ids = [r.image_id for r in truth]
                 record(name, "exact", ids, set(ids), ms)
@@ -264,14 +271,11 @@ def main() -> None:
         # method meets every query once per filter, a vector comes back only about Q searches after
         # its last use; the methods interleave, so machine noise hits them alike, and each filter's
         # ratio is against the baseline timed in its own block.
-        methods = ("naive", "imgsearch", "baseline", "planned baseline")
+        methods = ("naive", "imgsearch", "baseline", "text baseline")
         shift = max(1, args.queries // len(methods))
         # plain pgvector as an application runs it: SQLAlchemy's defaults, no pre-ping
         naive_engine = create_engine(catalog.engine.url)
         baseline_engine = create_engine(catalog.engine.url)
-        planned_engine = create_engine(
-            catalog.engine.url, connect_args={"options": "-c plan_cache_mode=force_custom_plan"}
-        )
         for position, name in enumerate(names):
             for n in range(args.queries):
                 for i, method in enumerate(methods):
@@ -280,23 +284,22 @@ def main() -> None:
                     kwargs = filters[position][1]
                     expected = truths[m % args.queries][position]
                     if method == "naive":
-                        stmt = vector_search.hnsw_statement(model, q, vector_search.Filters(**kwargs), K)
+                        stmt = vector_search.hnsw_statement(
+                            model, binary(q), vector_search.Filters(**kwargs), K
+                        )
                         naive, ms = timed(in_transaction, naive_engine, stmt)
                         record(name, method, [r.image_id for r in naive], expected, ms)
                     elif method == "imgsearch":
                         ours, ms = timed(catalog.search, vector=q, k=K, **kwargs)
                         record(name, method, [h.image_id for h in ours], expected, ms)
-                    else:  # plain unfiltered HNSW: its LIMIT in the text, or planned for each vector
-                        engine, limit = (
-                            (baseline_engine, literal_column(str(K)))
-                            if method == "baseline"
-                            else (planned_engine, K)
-                        )
-                        stmt = vector_search.hnsw_statement(model, q, vector_search.Filters(), limit)
-                        plain, ms = timed(in_transaction, engine, stmt)
+                    else:  # plain unfiltered HNSW, its LIMIT in the text; the vector binary, or text
+                        query = binary(q) if method == "baseline" else q
+                        limit = literal_column(str(K))
+                        stmt = vector_search.hnsw_statement(model, query, vector_search.Filters(), limit)
+                        plain, ms = timed(in_transaction, baseline_engine, stmt)
                         record(name, method, [r.image_id for r in plain], truths[m % args.queries][0], ms)
             print(f"  timed: {name}", flush=True)
-        for engine in (naive_engine, baseline_engine, planned_engine):
+        for engine in (naive_engine, baseline_engine):
             engine.dispose()
 
     baselines = {name: statistics.median(results[(name, "baseline")]["ms"]) for name in names}
@@ -307,7 +310,7 @@ def main() -> None:
     print("| filter | method | recall@10 | rows returned (min / mean) | p50 ms | p95 ms | p50 / baseline |")
     print("|---|---|---|---|---|---|---|")
     for name in names:
-        for method in ("imgsearch", "naive", "exact", "baseline", "planned baseline"):
+        for method in ("imgsearch", "naive", "exact", "baseline", "text baseline"):
             cell = results[(name, method)]
             p50 = statistics.median(cell["ms"])
             p95 = float(np.percentile(cell["ms"], 95))

@@ -11,7 +11,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, Select, exists, select
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from imgsearch import hybrid, images, ingest, tenancy, vectors
 from imgsearch import search as vector_search
@@ -49,8 +49,10 @@ class Catalog:
         settings: Settings,
         waker: Waker | None = None,
         embedder: Embedder | None = None,
+        search_engine: Engine | None = None,
     ) -> None:
         self.engine = engine
+        self._search_engine = search_engine or engine
         self.settings = settings
         self.waker = waker
         self._model = model
@@ -105,10 +107,11 @@ class Catalog:
             from imgsearch.wake import celery_waker
 
             waker = celery_waker(settings.redis_url, settings.queue, settings.batch_size)
-        return cls(engine, active, settings, waker, embedder)
+        return cls(engine, active, settings, waker, embedder, db_engine.make_search_engine(engine))
 
     def close(self) -> None:
         self.engine.dispose()
+        self._search_engine.dispose()
 
     def __enter__(self) -> Catalog:
         return self
@@ -133,6 +136,13 @@ class Catalog:
         if active is not None and active.id != self._model.id:
             log.info("the catalog's active model is now %s (%d-d)", active.name, active.dim)
             self._model, self._embedder = active, None
+
+    @property
+    def search_engine(self) -> Engine:
+        """The engine searches run on: a pool of its own whose connections aren't pinged before use
+        (:func:`imgsearch.db.engine.make_search_engine`), or :attr:`engine` for a catalog made on
+        a given engine."""
+        return self._search_engine
 
     @property
     def model(self) -> str:
@@ -345,18 +355,34 @@ class Catalog:
         filters = vector_search.Filters(tenant, category, price_min, price_max, attributes, where)
         filters.conditions()  # check the filters before any model work
         self._follow_model_switch()
-        with self.engine.begin() as conn:
-            if tenant is not None:
-                tenancy.scope(conn, tenant)
-            query, filters = self._query(
-                conn, filters, text=text, image=image, similar_to=similar_to, vector=vector
-            )
-            hits = hybrid.run(conn, self._model, query, filters, options)
+        queries = {"text": text, "image": image, "similar_to": similar_to, "vector": vector}
+        try:
+            hits = self._search_once(tenant, filters, options, queries)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            # searches check out connections without a ping (db_engine.make_search_engine): a
+            # search is read-only, so it runs again on a new connection
+            log.warning("a search's database connection was closed (%s); running it again", exc.orig)
+            hits = self._search_once(tenant, filters, options, queries)
         if text is not None:
             hits = hybrid.with_probability(hits, self.embedder.probability)
             if min_probability is not None:
                 hits = [hit for hit in hits if hit.probability is None or hit.probability >= min_probability]
         return hits
+
+    def _search_once(
+        self,
+        tenant: str | None,
+        filters: vector_search.Filters,
+        options: hybrid.Options,
+        queries: dict[str, Any],
+    ) -> list[Hit]:
+        with self._search_engine.begin() as conn:
+            if tenant is not None:
+                tenancy.scope(conn, tenant)
+            query, filters = self._query(conn, filters, **queries)
+            return hybrid.run(conn, self._model, query, filters, options)
 
     def search_select(
         self,

@@ -61,7 +61,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.sql.expression import literal
 
 from imgsearch.db.models import Embedding, Image, Product
-from imgsearch.db.vector_index import embedding_expr, model_filter, query_param
+from imgsearch.db.vector_index import embedding_expr, model_filter, query_param, send_binary_queries
 from imgsearch.errors import InvalidQuery
 from imgsearch.records import Hit, ModelInfo
 from imgsearch.settings import Settings
@@ -682,7 +682,8 @@ class _Run:
         self, conn: Connection, model: ModelInfo, query: Vector, filters: Filters, with_embeddings: bool
     ) -> None:
         self.conn, self.model, self.filters, self.with_embeddings = conn, model, filters, with_embeddings
-        self.query = query_param(query, model.dim, name=QUERY_PARAM)
+        send_binary_queries(conn)
+        self.query = query_param(query, model.dim, name=QUERY_PARAM, binary=True)
         self.params = {QUERY_PARAM: query, **filters.params()}
         shape = filters.shape()
         self.key = None if shape is None else (model.id, model.dim, with_embeddings, shape)

@@ -6,17 +6,19 @@ from __future__ import annotations
 import io
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import Engine, create_engine, event, select, text
+from sqlalchemy import Engine, create_engine, event, make_url, select, text
 from sqlalchemy.exc import DBAPIError
 
 from imgsearch import Catalog, NotFound
 from imgsearch.db.models import Image, Product
+from imgsearch.db.vector_index import HalfvecValue
 from imgsearch.errors import DimensionMismatch, InvalidQuery
 from imgsearch.settings import Settings
 from tests.helpers import clustered, explain, explain_generic
@@ -83,6 +85,17 @@ def queries(data: Fixture, cluster: int, count: int = 8) -> np.ndarray:
     centre = data.vectors[data.labels == cluster].mean(axis=0)
     qs = centre + rng.standard_normal((count, DIM)) * 0.3 / np.sqrt(DIM)
     return qs / np.linalg.norm(qs, axis=1, keepdims=True)
+
+
+@contextmanager
+def one_connection(url: str, settings: Settings) -> Iterator[Catalog]:
+    """A catalog whose searches and other statements all take the same pooled connection."""
+    with Catalog.open(url, settings=settings) as opened:
+        engine = create_engine(opened.engine.url, pool_size=1, max_overflow=0)
+        try:
+            yield Catalog(engine, opened.active_model, settings)
+        finally:
+            engine.dispose()
 
 
 def recorded_statements(engine: Engine) -> list[str]:
@@ -294,10 +307,8 @@ def test_min_score_drops_weak_hits(catalog: Catalog, data: Fixture) -> None:
 def test_settings_are_set_local_and_do_not_leak(data: Fixture) -> None:
     from imgsearch import search as search_mod
 
-    with Catalog.open(data.url, settings=Settings(exact_max_rows=50, exact_max_fraction=0.0)) as catalog:
-        catalog.engine.dispose()
-        catalog.engine = create_engine(catalog.engine.url, pool_size=1, max_overflow=0)
-        statements = recorded_statements(catalog.engine)
+    with one_connection(data.url, Settings(exact_max_rows=50, exact_max_fraction=0.0)) as catalog:
+        statements = recorded_statements(catalog.search_engine)
         hits = catalog.search(vector=data.vectors[0], k=10)
         assert len(hits) == 10
         settings_sql = [s for s in statements if "hnsw." in s]
@@ -334,7 +345,7 @@ def test_settings_are_set_local_and_do_not_leak(data: Fixture) -> None:
 
 def test_filtered_search_is_one_statement_after_its_settings(data: Fixture) -> None:
     with Catalog.open(data.url) as catalog:
-        statements = recorded_statements(catalog.engine)
+        statements = recorded_statements(catalog.search_engine)
         q = queries(data, 0, 1)[0]
         for kwargs in (
             {"category": [f"c{c:02d}" for c in range(5)]},  # 10%, near: one HNSW pass
@@ -411,7 +422,7 @@ def test_category_lists_of_any_length_share_one_statement(data: Fixture) -> None
     """A list of categories is one array parameter: the SQL text (and the server's prepared
     statement) is the same for two categories or seven."""
     with Catalog.open(data.url) as catalog:
-        statements = recorded_statements(catalog.engine)
+        statements = recorded_statements(catalog.search_engine)
         q = queries(data, 0, 1)[0]
         seen = set()
         for categories in (["c00", "c01"], ["c02", "c03", "c04"], [f"c{c:02d}" for c in range(10, 17)]):
@@ -435,9 +446,7 @@ def test_shapes_that_plan_alike_run_on_a_cached_plan_with_the_exact_top_k(
     near = [f"c{c:02d}" for c in range(3)]
     far = [f"c{c:02d}" for c in range(25, 29)]
     settings = Settings(exact_max_rows=100, exact_max_fraction=0.15)
-    with Catalog.open(data.url, settings=settings) as catalog:
-        catalog.engine.dispose()
-        catalog.engine = create_engine(catalog.engine.url, pool_size=1, max_overflow=0)
+    with one_connection(data.url, settings) as catalog:
         strategies = set()
         for n, q in enumerate(queries(data, 0, 12)):
             categories = near if n % 2 else far
@@ -474,9 +483,7 @@ def test_shapes_that_plan_alike_run_on_a_cached_plan_with_the_exact_top_k(
 
 
 def test_cached_plans_can_be_turned_off(data: Fixture) -> None:
-    with Catalog.open(data.url, settings=Settings(cached_plans=False)) as catalog:
-        catalog.engine.dispose()
-        catalog.engine = create_engine(catalog.engine.url, pool_size=1, max_overflow=0)
+    with one_connection(data.url, Settings(cached_plans=False)) as catalog:
         for q in queries(data, 0, 8):
             assert len(catalog.search(vector=q, k=K, category=["c00", "c01"])) == K
             assert len(catalog.search(vector=q, k=K)) == K
@@ -598,6 +605,54 @@ def test_composable_select_for_orm_users(catalog: Catalog, data: Fixture) -> Non
     assert all("bucket" in r.attributes for r in rows)
 
 
+def test_searches_send_the_query_vector_in_binary_and_composed_selects_in_text(
+    catalog: Catalog, data: Fixture
+) -> None:
+    """catalog.search binds its query vector as a HalfvecValue (psycopg writes it in halfvec's
+    binary form); a composed Select binds text, so an app's own engine runs it as it is, with the
+    very distances the search computes."""
+    params: list[Any] = []
+    event.listen(catalog.search_engine, "before_cursor_execute", lambda *args: params.append(args[3]))
+    q = queries(data, 6, 1)[0]
+    for kwargs in ({}, {"category": ["c06", "c07"]}, {"category": "c06"}):
+        params.clear()
+        hits = catalog.search(vector=q, k=10, **kwargs)
+        sent = [v for p in params if isinstance(p, dict) for v in p.values() if isinstance(v, HalfvecValue)]
+        assert len(sent) == 1 and np.array_equal(sent[0].values, q.astype(np.float16)), kwargs
+        app_engine = create_engine(data.url)  # an application's engine: nothing of imgsearch's registered
+        try:
+            with app_engine.begin() as conn:
+                catalog.apply_search_settings(conn)
+                rows = conn.execute(catalog.search_select(vector=q, k=10, **kwargs)).all()
+        finally:
+            app_engine.dispose()
+        composed = {r.image_id: r.distance for r in rows}
+        assert len(hits) == 10 and len(rows) == 10, kwargs
+        common = [h for h in hits if h.image_id in composed]
+        assert len(common) >= 9 and all(h.distance == composed[h.image_id] for h in common), kwargs
+
+
+def test_a_search_runs_again_when_its_connection_was_closed(
+    catalog: Catalog, data: Fixture, server_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Searches take connections without a ping: when the server closed one (a restart, an idle
+    timeout), the search runs again on a new connection instead of failing."""
+    from tests.conftest import _admin
+
+    q = queries(data, 3, 1)[0]
+    expected = [h.image_id for h in catalog.search(vector=q, k=10, category=["c03", "c04"])]
+    with _admin(server_url) as admin:
+        closed = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = %s",
+            (make_url(data.url).database,),
+        ).fetchone()
+    assert closed is not None and closed[0] >= 1
+    with caplog.at_level("WARNING", logger="imgsearch.catalog"):
+        again = [h.image_id for h in catalog.search(vector=q, k=10, category=["c03", "c04"])]
+    assert again == expected
+    assert "connection was closed" in caplog.text
+
+
 def test_sql_functions_match_the_library(catalog: Catalog, data: Fixture) -> None:
     q = queries(data, 7, 1)[0]
     with catalog.engine.begin() as conn:
@@ -625,6 +680,47 @@ def test_sql_functions_match_the_library(catalog: Catalog, data: Fixture) -> Non
     ]
     matching = sum(1 for r in data.rows if 70 <= r["price"] <= 70.2)
     assert tiny == min(10, matching)
+
+
+@pytest.mark.parametrize(
+    ("name", "filters"),
+    [
+        ("200 rows: exact", {"category": "c00"}),
+        ("none: one pass", {}),
+        ("2,000 rows around the query: one pass", {"price_max": 100}),
+        ("1,600 rows away from it: iterative scan", {"price_min": 250, "price_max": 330}),
+    ],
+)
+def test_sql_functions_take_the_librarys_strategy(
+    catalog: Catalog, data: Fixture, name: str, filters: dict[str, Any]
+) -> None:
+    from imgsearch import search as search_mod
+
+    q = queries(data, 0, 1)[0]
+    notices: list[str] = []
+    with catalog.engine.begin() as conn:
+        library = search_mod.search_vector(conn, catalog.active_model, q, search_mod.Filters(**filters), K)
+    with catalog.engine.begin() as conn:
+        driver = conn.connection.driver_connection
+        assert driver is not None
+        driver.add_notice_handler(lambda diagnostic: notices.append(diagnostic.message_primary or ""))
+        conn.execute(text("SET LOCAL client_min_messages = debug1"))
+        rows = conn.execute(
+            text(
+                "SELECT image_id FROM imgsearch.search_vector(CAST(:q AS vector), :k,"
+                " category => :category, price_min => :price_min, price_max => :price_max)"
+            ),
+            {"q": str(q.tolist()), "k": K, "category": None, "price_min": None, "price_max": None, **filters},
+        ).all()
+    taken = [n.split(": ", 1)[1].split(" ")[0] for n in notices if n.startswith("imgsearch._search: ")]
+    assert taken == [library.plan.strategy], (name, notices)
+    with catalog.engine.begin() as conn:
+        exact = search_mod.search_vector(
+            conn, catalog.active_model, q, search_mod.Filters(**filters), K, exact_max_rows=10**6
+        )
+    assert (
+        [r.image_id for r in rows] == [h.image_id for h in library.hits] == [h.image_id for h in exact.hits]
+    )
 
 
 def test_sql_functions_report_bad_arguments(catalog: Catalog) -> None:
