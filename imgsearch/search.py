@@ -472,13 +472,17 @@ def pooled_statement(
     with_embeddings: bool,
 ) -> Select[Any]:
     """HNSW collects ``p.pool`` matching rows (relaxed order, in a materialised CTE so the planner
-    can't push the outer sort into the index scan); the outer query re-sorts them exactly."""
+    can't push the outer sort into the index scan); the outer query re-sorts them exactly.
+
+    The re-sort is by ``distance + 0``: PostgreSQL 17+ knows the CTE's rows come in its ORDER BY's
+    order, and sorting by the same ``distance`` it would skip the sort and keep the relaxed scan's
+    first ``k`` rows (pgvector's README documents the ``+ 0``)."""
     pool = (
         hnsw_statement(model, query, filters, p.pool, 0, with_embeddings)
         .cte("pool")
         .prefix_with("MATERIALIZED")
     )
-    return select(*pool.c).order_by(pool.c.distance).limit(k).offset(offset)
+    return select(*pool.c).order_by(pool.c.distance + 0).limit(k).offset(offset)
 
 
 def filtered_statement(

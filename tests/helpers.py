@@ -42,11 +42,12 @@ def clustered(
     return (data / np.linalg.norm(data, axis=1, keepdims=True)).astype(np.float32), labels
 
 
-def explain(conn, stmt) -> str:  # type: ignore[no-untyped-def]
-    """EXPLAIN a SQLAlchemy statement with its bound values (vectors as pgvector text)."""
+def explain(conn, stmt, options: str = "") -> str:  # type: ignore[no-untyped-def]
+    """EXPLAIN (``options``) a SQLAlchemy statement with its bound values (vectors as pgvector text)."""
     compiled = stmt.compile(conn, compile_kwargs={"render_postcompile": True})
     params = {k: (str(v.tolist()) if isinstance(v, np.ndarray) else v) for k, v in compiled.params.items()}
-    return "\n".join(row[0] for row in conn.exec_driver_sql("EXPLAIN " + str(compiled), params))
+    head = f"EXPLAIN ({options}) " if options else "EXPLAIN "
+    return "\n".join(row[0] for row in conn.exec_driver_sql(head + str(compiled), params))
 
 
 def explain_generic(conn, stmt) -> str:  # type: ignore[no-untyped-def]

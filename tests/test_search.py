@@ -405,6 +405,25 @@ def test_each_strategy_returns_the_exact_top_k(
     assert len({h.image_id for h in result.hits} & {r.image_id for r in exact}) >= K - 1 if exact else True
 
 
+def test_the_iterative_pool_is_filled_then_re_sorted(catalog: Catalog, data: Fixture) -> None:
+    """The relaxed iterative scan returns rows roughly by distance: all ``pool`` of them are
+    collected, then re-sorted. (PostgreSQL 17+ takes a CTE's rows as sorted by its ORDER BY, and
+    re-sorting by the same column it would keep the scan's first k.)"""
+    from imgsearch import search as search_mod
+
+    q = queries(data, 0, 1)[0]
+    far = search_mod.Filters(category=[f"c{c:02d}" for c in range(25, 30)])  # 1,000 rows
+    plan = search_mod.iterative_plan(K, -1, N)
+    stmt = search_mod.pooled_statement(catalog.active_model, q, far, plan, K, 0, False)
+    with catalog.engine.begin() as conn:
+        search_mod.set_local(conn, plan, with_planner=True)
+        lines = explain(conn, stmt, "ANALYZE, COSTS OFF, SUMMARY OFF").splitlines()
+    top, pool = (line for line in lines if line.lstrip(" ->").startswith("Limit"))
+    assert int(re.search(r"rows=(\d+)", pool)[1]) == plan.pool, lines  # type: ignore[index]
+    assert int(re.search(r"rows=(\d+)", top)[1]) == K, lines  # type: ignore[index]
+    assert any("Sort" in line for line in lines), lines
+
+
 def test_statements_reused_across_searches_take_each_searchs_values(catalog: Catalog, data: Fixture) -> None:
     """Statements are built once per shape of filters and run with new values each time."""
     q = queries(data, 0, 1)[0]

@@ -5,9 +5,11 @@ the strategy the library had when migration 0002 wrote it: count the matching ro
 the catalog, scan them exactly when that many or fewer match. Since then the library
 (``imgsearch.search``) counts only up to 1,500 rows and, above that, first takes the matching
 rows among HNSW's 200 nearest, which are the right top-k when ``k`` of them match. A console
-search with a large filter around the query (a category of 10% of the catalog) then costs about an
-unfiltered search instead of an exact scan of every matching row, and a shop's whole catalog is
-no longer counted up to 15% of the table before each search. Step by step, as the library:
+search with a large filter around the query (a price range over 10% of the catalog) then costs a
+pass instead of an exact scan of every matching row, and a shop's whole catalog is no longer
+counted up to 15% of the table before each search. The filters read the embeddings table alone
+(its category and price columns, migration 0004); products are joined to the ``k`` hits, not to
+every matching row. Step by step, as the library:
 
 1. a filter that matches at most 1,500 rows (counted up to 1,501): an exact scan;
 2. otherwise one HNSW pass, iterative scan off, ``ef_search`` = max(200, 2k): the matching rows
@@ -63,11 +65,12 @@ DECLARE
     bound bigint;
     matching bigint;
     has_filters boolean := num_nulls(tenant, category, price_min, price_max, exclude) < 5;
+    strategy text;
     ids bigint[];
-    products text[];
+    pks bigint[];
     distances double precision[];
+    -- the filters read embeddings alone (migration 0004); products are joined to the k hits only
     filtered text := ' FROM imgsearch.embeddings e'
-        ' JOIN imgsearch.products p ON p.id = e.product_pk'
         ' WHERE e.model_id = %1$s'
         ' AND ($1::text IS NULL OR e.tenant = $1)'
         ' AND ($2::text IS NULL OR e.category = $2)'
@@ -75,15 +78,18 @@ DECLARE
         ' AND ($4::numeric IS NULL OR e.price <= $4)'
         ' AND ($5::bigint IS NULL OR e.image_id <> $5)';
     counted text := 'SELECT count(*) FROM (SELECT 1' || filtered || ' LIMIT %2$s) s';
-    -- the first %3$s matching rows through the model's HNSW index, the nearest %4$s of them into
-    -- arrays; MATERIALIZED, or the planner takes the scan's order (relaxed, for a pool) as sorted
+    hits text := 'SELECT array_agg(image_id ORDER BY distance), array_agg(product_pk ORDER BY distance),'
+        ' array_agg(distance ORDER BY distance) FROM ';
+    -- the first %3$s matching rows through the model's HNSW index, the nearest %4$s of them,
+    -- re-sorted: MATERIALIZED and "+ 0", or PostgreSQL 17+ takes the scan's order (relaxed, for
+    -- a pool) as sorted and keeps its first rows (pgvector's README)
     nearest text := 'WITH pool AS MATERIALIZED ('
-        'SELECT e.image_id, p.product_id, (e.embedding::halfvec(%2$s) <=> $6)::float8 AS distance'
-        || filtered || ' ORDER BY e.embedding::halfvec(%2$s) <=> $6 LIMIT %3$s)'
-        ' SELECT array_agg(image_id ORDER BY distance), array_agg(product_id ORDER BY distance),'
-        ' array_agg(distance ORDER BY distance) FROM (SELECT * FROM pool ORDER BY distance LIMIT %4$s) top';
-    exact text := 'SELECT e.image_id, p.product_id, (e.embedding <=> $6)::float8 AS distance'
-        || filtered || ' ORDER BY e.embedding <=> $6 LIMIT %2$s';
+        'SELECT e.image_id, e.product_pk, (e.embedding::halfvec(%2$s) <=> $6)::float8 AS distance'
+        || filtered || ' ORDER BY e.embedding::halfvec(%2$s) <=> $6 LIMIT %3$s) '
+        || hits || '(SELECT * FROM pool ORDER BY distance + 0 LIMIT %4$s) top';
+    -- every matching row's distance (the uncast column: no HNSW index serves it)
+    exact text := hits || '(SELECT e.image_id, e.product_pk, (e.embedding <=> $6)::float8 AS distance'
+        || filtered || ' ORDER BY e.embedding <=> $6 LIMIT %2$s) top';
 BEGIN
     IF k IS NULL OR k < 1 OR k > 1000 THEN
         RAISE EXCEPTION 'k must be from 1 to 1000, got %', k USING ERRCODE = 'invalid_parameter_value';
@@ -102,59 +108,55 @@ BEGIN
     SELECT greatest(c.reltuples, 1)::bigint INTO total FROM pg_class c
         WHERE c.oid = 'imgsearch.embeddings'::regclass;
 
-    -- 1. few rows match: every matching row's distance
+    -- 1. few rows match: every matching row's distance (below)
     IF has_filters THEN
         EXECUTE format(counted, active.id, exact_max_rows + 1)
             INTO matching USING tenant, category, price_min, price_max, exclude;
         IF matching <= exact_max_rows THEN
-            RAISE DEBUG 'imgsearch._search: exact (% rows match)', matching;
-            RETURN QUERY EXECUTE format(exact, active.id, k)
-                USING tenant, category, price_min, price_max, exclude, query;
-            RETURN;
+            strategy := format('exact (%s rows match)', matching);
         END IF;
     END IF;
 
     -- 2. one HNSW pass: the matching rows among the ef_search nearest
-    IF ef_search <= 1000 THEN
+    IF strategy IS NULL AND ef_search <= 1000 THEN
         PERFORM set_config('hnsw.ef_search', ef_search::text, true);
         EXECUTE format(nearest, active.id, active.dim, k, k)
-            INTO ids, products, distances USING tenant, category, price_min, price_max, exclude, query;
+            INTO ids, pks, distances USING tenant, category, price_min, price_max, exclude, query;
         IF coalesce(cardinality(ids), 0) = k THEN
-            RAISE DEBUG 'imgsearch._search: hnsw';
-            RETURN QUERY SELECT * FROM unnest(ids, products, distances);
-            RETURN;
+            strategy := 'hnsw';
         END IF;
     END IF;
 
     -- 3. the pass came short, the filter's rows lie away from the query: exact up to a bound
-    bound := greatest(exact_max_rows, ceil(exact_max_fraction * total)::bigint, k);
-    IF has_filters THEN
+    IF strategy IS NULL AND has_filters THEN
+        bound := greatest(exact_max_rows, ceil(exact_max_fraction * total)::bigint, k);
         EXECUTE format(counted, active.id, bound + 1)
             INTO matching USING tenant, category, price_min, price_max, exclude;
         IF matching <= bound THEN
-            RAISE DEBUG 'imgsearch._search: exact (% rows match, the pass came short)', matching;
-            RETURN QUERY EXECUTE format(exact, active.id, k)
-                USING tenant, category, price_min, price_max, exclude, query;
-            RETURN;
+            strategy := format('exact (%s rows match, the pass came short)', matching);
         END IF;
     END IF;
 
-    -- 4. a relaxed iterative scan fills a pool, re-sorted exactly
-    PERFORM set_config('hnsw.ef_search', least(1000, ef_search)::text, true);
-    PERFORM set_config('hnsw.iterative_scan', 'relaxed_order', true);
-    PERFORM set_config('hnsw.max_scan_tuples', least(10000000, greatest(20000, total))::text, true);
-    EXECUTE format(nearest, active.id, active.dim, least(4000, greatest(200, 4 * k)), k)
-        INTO ids, products, distances USING tenant, category, price_min, price_max, exclude, query;
-    IF coalesce(cardinality(ids), 0) = k THEN
-        RAISE DEBUG 'imgsearch._search: hnsw_iterative';
-        RETURN QUERY SELECT * FROM unnest(ids, products, distances);
-        RETURN;
+    -- 4. a relaxed iterative scan fills a pool, re-sorted exactly; an exact scan if it comes short
+    IF strategy IS NULL THEN
+        PERFORM set_config('hnsw.ef_search', least(1000, ef_search)::text, true);
+        PERFORM set_config('hnsw.iterative_scan', 'relaxed_order', true);
+        PERFORM set_config('hnsw.max_scan_tuples', least(10000000, greatest(20000, total))::text, true);
+        EXECUTE format(nearest, active.id, active.dim, least(4000, greatest(200, 4 * k)), k)
+            INTO ids, pks, distances USING tenant, category, price_min, price_max, exclude, query;
+        strategy := CASE WHEN coalesce(cardinality(ids), 0) = k THEN 'hnsw_iterative'
+            ELSE 'exact (the pool came short)' END;
     END IF;
 
-    -- 5. even the pool came short: every matching row's distance
-    RAISE DEBUG 'imgsearch._search: exact (the pool came short)';
-    RETURN QUERY EXECUTE format(exact, active.id, k)
-        USING tenant, category, price_min, price_max, exclude, query;
+    IF strategy LIKE 'exact%' THEN
+        EXECUTE format(exact, active.id, k)
+            INTO ids, pks, distances USING tenant, category, price_min, price_max, exclude, query;
+    END IF;
+    RAISE DEBUG 'imgsearch._search: %', strategy;
+    RETURN QUERY SELECT hit.i, p.product_id, hit.d
+        FROM unnest(ids, pks, distances) WITH ORDINALITY AS hit (i, pk, d, n)
+        JOIN imgsearch.products p ON p.id = hit.pk
+        ORDER BY hit.n;
 END
 $fn$
 """
