@@ -686,11 +686,11 @@ class _Run:
         self, conn: Connection, model: ModelInfo, query: Vector, filters: Filters, with_embeddings: bool
     ) -> None:
         self.conn, self.model, self.filters, self.with_embeddings = conn, model, filters, with_embeddings
-        send_binary_queries(conn)
-        self.query = query_param(query, model.dim, name=QUERY_PARAM, binary=True)
+        binary = send_binary_queries(conn)
+        self.query = query_param(query, model.dim, name=QUERY_PARAM, binary=binary)
         self.params = {QUERY_PARAM: query, **filters.params()}
         shape = filters.shape()
-        self.key = None if shape is None else (model.id, model.dim, with_embeddings, shape)
+        self.key = None if shape is None else (model.id, model.dim, with_embeddings, binary, shape)
 
     def execute(
         self, kind: tuple[Any, ...], build: Callable[[BindParameter[Any]], Select[Any]]

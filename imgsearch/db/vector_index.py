@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from pgvector.sqlalchemy import HALFVEC
-from psycopg.adapt import Dumper
+from psycopg.adapt import AdaptersMap, Dumper
 from psycopg.pq import Format
 from sqlalchemy import (
     BindParameter,
@@ -174,17 +174,21 @@ class HalfvecBinaryDumper(Dumper):
         return struct.pack(">HH", values.shape[0], 0) + values.astype(">f2").tobytes()
 
 
-def send_binary_queries(conn: Connection) -> None:
+def send_binary_queries(conn: Connection) -> bool:
     """Let ``conn``'s database connection send :class:`HalfvecValue` parameters (binary, or text
-    where its cursors bind on the client). Registered on that connection only (the class is
-    imgsearch's own, so nothing else changes), once per pooled connection; a borrowed one
-    (Django's) is registered each time, a dictionary update."""
+    where its cursors bind on the client); False when its driver isn't psycopg 3, whose
+    statements then bind text. Registered on that connection only (the class is imgsearch's own,
+    so nothing else changes), once per pooled connection; a borrowed one (Django's) is registered
+    each time, a dictionary update."""
     record = conn.connection
-    if not record.info.get("imgsearch_halfvec_dumpers"):
-        adapters = record.driver_connection.adapters  # type: ignore[union-attr]
-        adapters.register_dumper(HalfvecValue, HalfvecTextDumper)
-        adapters.register_dumper(HalfvecValue, HalfvecBinaryDumper)  # the last one is the default
-        record.info["imgsearch_halfvec_dumpers"] = True
+    registered = record.info.get("imgsearch_halfvec_dumpers")
+    if registered is None:
+        adapters = getattr(record.driver_connection, "adapters", None)
+        if registered := isinstance(adapters, AdaptersMap):
+            adapters.register_dumper(HalfvecValue, HalfvecTextDumper)
+            adapters.register_dumper(HalfvecValue, HalfvecBinaryDumper)  # the last one is the default
+        record.info["imgsearch_halfvec_dumpers"] = registered
+    return bool(registered)
 
 
 def query_param(query: Any, dim: int, name: str | None = None, binary: bool = False) -> BindParameter[Any]:
