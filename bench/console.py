@@ -31,7 +31,7 @@ from sqlalchemy import make_url
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent / "migrations" / "versions"))
-from search import CLUSTERS, query_cases, stored_catalog
+from search import CLUSTERS, cluster_centres, farthest_cluster, query_cases, stored_catalog
 
 from imgsearch.db.vector_index import halfvec_text
 
@@ -82,8 +82,7 @@ def main() -> None:
 
     url, data, labels, _ = stored_catalog(args.rows)
     cases = query_cases(data, labels, args.queries)
-    centres = np.stack([data[labels == c].mean(axis=0) for c in range(CLUSTERS)])
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    centres = cluster_centres(data, labels)
     parsed = make_url(url)
     with psycopg.connect(
         host=parsed.query["host"], user="postgres", dbname=parsed.database, autocommit=True
@@ -93,7 +92,7 @@ def main() -> None:
             searches = []
             for q, _ in cases:
                 q_cluster = int(np.argmax(centres @ q))
-                far_cluster = int(np.argmin(centres @ centres[q_cluster]))
+                far_cluster = farthest_cluster(centres, q_cluster)
                 searches.append((halfvec_text(q), filters(q_cluster, far_cluster)))
             names = list(searches[0][1])
             print("| filter | function | recall@10 | p50 ms | p50 / 0005 |")

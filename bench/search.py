@@ -154,7 +154,7 @@ def clustered_with_labels(rows: int, dim: int, seed: int) -> tuple[np.ndarray, n
 def filters_for(
     query_cluster: int, centres: np.ndarray, rng: np.random.Generator
 ) -> list[tuple[str, dict[str, Any]]]:
-    far = int(np.argmin(centres @ centres[query_cluster]))  # the cluster least like the query's
+    far = farthest_cluster(centres, query_cluster)
     near_cat, far_cat = query_cluster // 2, far // 2
     near10 = [f"cat-{(near_cat + i) % 100:03d}" for i in range(10)]
     far10 = [f"cat-{(far_cat + i) % 100:03d}" for i in range(10)]
@@ -178,12 +178,22 @@ def filters_for(
     ]
 
 
+def cluster_centres(data: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Each cluster's mean row, unit length, in cluster order."""
+    centres = np.stack([data[labels == c].mean(axis=0) for c in range(CLUSTERS)])
+    return centres / np.linalg.norm(centres, axis=1, keepdims=True)
+
+
+def farthest_cluster(centres: np.ndarray, cluster: int) -> int:
+    """The cluster least like ``cluster``: where the "far" filters' rows lie."""
+    return int(np.argmin(centres @ centres[cluster]))
+
+
 def query_cases(
     data: np.ndarray, labels: np.ndarray, count: int
 ) -> list[tuple[np.ndarray, list[tuple[str, dict[str, Any]]]]]:
     """``count`` query vectors (a catalog row plus noise), each with its filters by selectivity."""
-    centres = np.stack([data[labels == c].mean(axis=0) for c in range(CLUSTERS)])
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    centres = cluster_centres(data, labels)
     rng = np.random.default_rng(5)
     dim = data.shape[1]
     cases = []
