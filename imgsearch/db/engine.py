@@ -10,6 +10,7 @@ from imgsearch.errors import ConfigurationError, DatabaseUnavailable
 from imgsearch.settings import Settings
 
 MIN_PGVECTOR = (0, 8)
+CONNECT_ARGS = {"connect_timeout": 10}  # seconds: an unreachable server fails fast
 
 
 def normalize_url(url: str) -> str:
@@ -34,7 +35,7 @@ def resolve_url(settings: Settings) -> str:
 
 def make_engine(url: str) -> Engine:
     """An engine for ``url`` that fails fast with :class:`DatabaseUnavailable` when unreachable."""
-    engine = create_engine(normalize_url(url), pool_pre_ping=True, connect_args={"connect_timeout": 10})
+    engine = create_engine(normalize_url(url), pool_pre_ping=True, connect_args=CONNECT_ARGS)
     check_server(engine)
     return engine
 
@@ -44,7 +45,7 @@ def make_search_engine(engine: Engine) -> Engine:
     ping is a round trip of its own, 3-9% of a search (bench/search_overheads.py); a search is
     read-only, so the catalog runs one again on a new connection when its connection turns out
     closed (a server restart, an idle timeout) instead. Writes keep the pinged pool."""
-    return create_engine(engine.url, connect_args={"connect_timeout": 10})
+    return create_engine(engine.url, connect_args=CONNECT_ARGS)
 
 
 def _version(text_version: str) -> tuple[int, ...]:
