@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Engine, Select, exists, select
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from imgsearch import hybrid, images, ingest, tenancy, vectors
+from imgsearch import checks, hybrid, images, ingest, tenancy, vectors
 from imgsearch import search as vector_search
 from imgsearch.db import engine as db_engine
 from imgsearch.db import migrate, vector_index
@@ -249,7 +249,7 @@ class Catalog:
 
         With ``tenant``, another tenant's image is indistinguishable from a missing one.
         """
-        if isinstance(image_id, bool) or not isinstance(image_id, int):
+        if isinstance(image_id, bool) or not isinstance(image_id, int) or not checks.stored_id(image_id):
             raise NotFound(f"no image with id {image_id!r}")
         self._follow_model_switch()
         has_embedding = exists().where(Embedding.image_id == Image.id, Embedding.model_id == self._model.id)
@@ -338,8 +338,15 @@ class Catalog:
         >>> catalog.search(text="red sneakers", tenant="acme", price_max=100, k=5)  # doctest: +SKIP
         """
         k, offset = vector_search.check_page(k, offset)
-        if min_probability is not None and text is None:
-            raise InvalidQuery("min_probability applies to text queries only")
+        if min_probability is not None:
+            if text is None:
+                raise InvalidQuery("min_probability applies to text queries only")
+            if isinstance(min_probability, bool) or not (
+                isinstance(min_probability, int | float) and 0 <= min_probability <= 1
+            ):
+                raise InvalidQuery(
+                    f"min_probability must be a probability from 0 to 1, got {min_probability!r}"
+                )
         options = hybrid.Options(
             k=k,
             offset=offset,
@@ -458,6 +465,8 @@ class Catalog:
     def _embedding_of(self, conn: Any, image_id: Any, tenant: str | None) -> vectors.Vector:
         if isinstance(image_id, bool) or not isinstance(image_id, int):
             raise InvalidQuery(f"similar_to must be an image id (an integer), got {image_id!r}")
+        if not checks.stored_id(image_id):
+            raise NotFound(f"no embedded image with id {image_id}")
         stmt = select(Embedding.embedding).where(
             Embedding.image_id == image_id, Embedding.model_id == self._model.id
         )

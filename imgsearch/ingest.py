@@ -7,7 +7,6 @@ uploaded again by the same tenant return the existing image.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -16,7 +15,7 @@ from typing import Any
 from sqlalchemy import Connection, func, select, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from imgsearch import images, vectors
+from imgsearch import checks, images, vectors
 from imgsearch.db.models import Embedding, Image, ImageState, Product
 from imgsearch.errors import InvalidInput
 from imgsearch.records import ModelInfo
@@ -24,8 +23,6 @@ from imgsearch.records import ModelInfo
 ROW_KEYS = frozenset(
     {"image", "embedding", "tenant", "product_id", "category", "price", "currency", "attributes"}
 )
-MAX_TEXT = 1000  # tenant, product id, category: longer is a mistake, not a name
-MAX_ATTRIBUTES_BYTES = 64 * 1024
 WRITE_CHUNK = 500  # rows per INSERT; ~0.1 s each for bring-your-own 768-d vectors here
 
 
@@ -53,11 +50,7 @@ def _text(value: Any, name: str, *, required: bool) -> str | None:
     result = str(value).strip()
     if not result:
         raise InvalidInput(f"{name} must not be empty")
-    if len(result) > MAX_TEXT:
-        raise InvalidInput(f"{name} is {len(result)} characters long; the limit is {MAX_TEXT}")
-    if any(ord(ch) < 32 for ch in result) or "\x7f" in result:
-        raise InvalidInput(f"{name} {result[:40]!r} contains control characters")
-    return result
+    return checks.name(result, name)
 
 
 def _price(value: Any) -> Decimal | None:
@@ -73,7 +66,7 @@ def _price(value: Any) -> Decimal | None:
         raise InvalidInput(f"price must be finite, got {value!r}")
     if price < 0:
         raise InvalidInput(f"price must not be negative, got {value!r}")
-    if price >= Decimal("1e10"):
+    if price >= checks.PRICE_LIMIT:
         raise InvalidInput(f"price {value!r} is too large (limit 9,999,999,999.9999)")
     return price.quantize(Decimal("0.0001"))
 
@@ -87,24 +80,7 @@ def _currency(value: Any) -> str | None:
 
 
 def _attributes(value: Any) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise InvalidInput(
-            f"attributes must be a mapping of names to JSON values, got {type(value).__name__}"
-        )
-    if not all(isinstance(key, str) for key in value):
-        raise InvalidInput("attribute names must be strings")
-    try:
-        encoded = json.dumps(dict(value), allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInput(f"attributes must be JSON-serialisable without NaN or infinity: {exc}") from exc
-    if len(encoded) > MAX_ATTRIBUTES_BYTES:
-        raise InvalidInput(
-            f"attributes are {len(encoded)} bytes as JSON; the limit is {MAX_ATTRIBUTES_BYTES}"
-        )
-    result: dict[str, Any] = json.loads(encoded)
-    return result
+    return {} if value is None else checks.attributes(value, "attributes")
 
 
 def prepare_row(row: Mapping[str, Any], *, dim: int, limits: images.Limits) -> PreparedRow:

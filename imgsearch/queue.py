@@ -23,7 +23,7 @@ from sqlalchemy import Connection, Engine, Table, bindparam, func, select, text,
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import OperationalError
 
-from imgsearch import tenancy
+from imgsearch import checks, tenancy
 from imgsearch.db.models import Embedding, Image, ImageState, Model
 from imgsearch.errors import DatabaseUnavailable, InvalidImage, TransientError
 from imgsearch.records import ModelInfo
@@ -354,6 +354,6 @@ def retry_failed(engine: Engine, tenant: str | None = None) -> int:
         .values(state=ImageState.PENDING, error=None, attempts=0, updated_at=func.now())
     )
     if tenant is not None:
-        stmt = stmt.where(Image.tenant == tenant)
+        stmt = stmt.where(Image.tenant == checks.name(tenant, "tenant"))
     with engine.begin() as conn:
         return int(conn.execute(stmt).rowcount)

@@ -20,7 +20,7 @@ from sqlalchemy import Connection, Engine, delete, exists, func, select, text, u
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import OperationalError
 
-from imgsearch import queue, tenancy
+from imgsearch import checks, queue, tenancy
 from imgsearch.db import vector_index
 from imgsearch.db.models import Embedding, Image, ImageState, Model
 from imgsearch.errors import ConfigurationError, DatabaseUnavailable, InvalidInput, NotFound
@@ -128,6 +128,7 @@ def backfill(
 
 
 def _locked_model(conn: Connection, name: str) -> ModelInfo:
+    checks.unicode(name, "model name")
     conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": queue.MODEL_SWITCH_LOCK})
     model = vector_index.get_model(conn, name)
     if model is None:

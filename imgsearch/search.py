@@ -60,6 +60,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.sql.expression import literal
 
+from imgsearch import checks
 from imgsearch.db.models import Embedding, Image, Product
 from imgsearch.db.vector_index import embedding_expr, model_filter, query_param, send_binary_queries
 from imgsearch.errors import InvalidQuery
@@ -126,7 +127,7 @@ class Filters:
         if self.tenant is not None:
             if not isinstance(self.tenant, str) or not self.tenant:
                 raise InvalidQuery(f"tenant must be a non-empty string, got {self.tenant!r}")
-            values["tenant"] = self.tenant
+            values["tenant"] = checks.name(self.tenant, "tenant", InvalidQuery)
         if self.category is not None:
             if isinstance(self.category, str):
                 categories = [self.category]
@@ -138,24 +139,29 @@ class Filters:
                 raise InvalidQuery(
                     f"category must be a string or a non-empty list of strings, got {self.category!r}"
                 )
+            for category in categories:
+                checks.name(category, "category", InvalidQuery)
             values["categories" if len(categories) > 1 else "category"] = (
                 categories if len(categories) > 1 else categories[0]
             )
         low, high = _price(self.price_min, "price_min"), _price(self.price_max, "price_max")
         if low is not None and high is not None and low > high:
             raise InvalidQuery(f"price_min {low} is above price_max {high}")
+        # every stored price lies in [0, PRICE_LIMIT): a bound past that selects the same rows as
+        # the limit does, and one past numeric's range would fail in the statement
+        limit = checks.PRICE_LIMIT
         if low is not None:
-            values["price_min"] = low
+            values["price_min"] = max(-limit, min(low, limit))
         if high is not None:
-            values["price_max"] = high
+            values["price_max"] = max(-limit, min(high, limit))
         if self.attributes is not None:
-            if not isinstance(self.attributes, dict):
-                raise InvalidQuery(
-                    f"attributes must be a dict for JSONB containment, got {type(self.attributes).__name__}"
-                )
-            values["attributes"] = self.attributes
+            values["attributes"] = checks.attributes(self.attributes, "attributes", InvalidQuery)
         if self.exclude_image is not None:
-            if isinstance(self.exclude_image, bool) or not isinstance(self.exclude_image, int):
+            if (
+                isinstance(self.exclude_image, bool)
+                or not isinstance(self.exclude_image, int)
+                or not checks.stored_id(self.exclude_image)
+            ):
                 raise InvalidQuery(f"exclude_image must be an image id, got {self.exclude_image!r}")
             values["exclude_image"] = self.exclude_image
         if self.where is not None and not isinstance(self.where, ColumnElement):

@@ -12,6 +12,7 @@ from __future__ import annotations
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError, ProgrammingError
 
+from imgsearch import checks
 from imgsearch.errors import ConfigurationError, InvalidInput
 
 APP_ROLE = "imgsearch_app"
@@ -24,6 +25,7 @@ def scope(conn: Connection, tenant: str) -> None:
     """Restrict the rest of the current transaction to ``tenant`` (SET LOCAL semantics)."""
     if not isinstance(tenant, str) or not tenant.strip():
         raise InvalidInput(f"tenant must be a non-empty string, got {tenant!r}")
+    checks.name(tenant, "tenant")
     try:
         # one round trip: set_config(..., true) is SET LOCAL, and 'role' is what SET ROLE sets
         conn.execute(
@@ -47,6 +49,12 @@ def create_login(engine: Engine, login: str, tenant: str, password: str | None =
 
     >>> create_login(catalog.engine, "acme_console", "acme", password="...")   # doctest: +SKIP
     """
+    # the SQL function checks the names' form; values PostgreSQL can't even receive stop here
+    for value, what in ((login, "login"), (tenant, "tenant")):
+        if isinstance(value, str):
+            checks.name(value, what)
+    if isinstance(password, str) and "\x00" in password:
+        raise InvalidInput("password must not contain a NUL character")
     try:
         with engine.begin() as conn:
             conn.execute(

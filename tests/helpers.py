@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -78,3 +79,11 @@ def run_cli(*args: str, timeout: float = 300, **env: str) -> subprocess.Complete
         text=True,
         timeout=timeout,
     )
+
+
+def nested(depth: int) -> list[Any]:
+    """A JSON list ``depth`` levels deep: ``[[[...]]]``."""
+    value: list[Any] = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value

@@ -14,7 +14,7 @@ from sqlalchemy import text
 from imgsearch import Catalog, DimensionMismatch, InvalidImage, InvalidInput, NotFound
 from imgsearch.errors import DatabaseUnavailable, EmptyImage, ImageTooLarge, UnsupportedImage
 from imgsearch.settings import Settings
-from tests.helpers import image_bytes, unit
+from tests.helpers import image_bytes, nested, unit
 
 INJECTIONS = ["'; DROP TABLE imgsearch.images; --", "x' OR '1'='1", "$$;SELECT 1;$$", 'a"b\\c', "é🙂"]
 
@@ -154,11 +154,19 @@ def test_reupload_of_product_updates_given_fields_only(catalog: Catalog) -> None
         ({"embedding": unit(768), "price": True}, InvalidInput, "price must be a number"),
         ({"embedding": unit(768), "currency": "euro"}, InvalidInput, "three-letter"),
         ({"embedding": unit(768), "attributes": ["red"]}, InvalidInput, "attributes must be a mapping"),
-        ({"embedding": unit(768), "attributes": {"w": math.nan}}, InvalidInput, "without NaN"),
+        ({"embedding": unit(768), "attributes": {"w": math.nan}}, InvalidInput, "must not hold NaN"),
+        ({"embedding": unit(768), "attributes": {"w": "a\x00b"}}, InvalidInput, "NUL character"),
+        ({"embedding": unit(768), "attributes": {"w\x00": 1}}, InvalidInput, "NUL character"),
+        ({"embedding": unit(768), "attributes": {"w": "\ud800"}}, InvalidInput, "lone surrogate"),
+        ({"embedding": unit(768), "attributes": {"w": {1, 2}}}, InvalidInput, "JSON values only"),
+        ({"embedding": unit(768), "attributes": {"w": nested(40)}}, InvalidInput, "deeper than 32"),
+        ({"embedding": unit(768), "attributes": {1: "x"}}, InvalidInput, "names must be strings"),
         ({"embedding": unit(768), "tenant": ""}, InvalidInput, "tenant must not be empty"),
         ({"embedding": unit(768), "tenant": "   "}, InvalidInput, "tenant must not be empty"),
         ({"embedding": unit(768), "tenant": None}, InvalidInput, "tenant is required"),
         ({"embedding": unit(768), "tenant": "a\x00b"}, InvalidInput, "control characters"),
+        ({"embedding": unit(768), "tenant": "\ud800"}, InvalidInput, "lone surrogate"),
+        ({"embedding": unit(768), "category": "shoes\udfff"}, InvalidInput, "lone surrogate"),
         ({"embedding": unit(768), "product_id": "x" * 1001}, InvalidInput, "1001 characters"),
         ({}, InvalidInput, "needs an image"),
         ({"image": "/nonexistent/shoe.jpg"}, InvalidImage, "no such image file"),
@@ -278,6 +286,18 @@ def test_get_unknown_id_is_not_found(catalog: Catalog) -> None:
         catalog.get(424242)
     with pytest.raises(NotFound):
         catalog.get("1; DROP TABLE x")  # type: ignore[arg-type]
+    with pytest.raises(NotFound, match="no image with id 1180591620717411303424"):
+        catalog.get(2**70)  # past bigint: no row can have it
+    with pytest.raises(NotFound):
+        catalog.get(-1)
+
+
+def test_get_with_a_tenant_postgresql_cannot_receive(catalog: Catalog) -> None:
+    image_id = catalog.add(embedding=unit(768), tenant="acme", product_id="sku-1")
+    with pytest.raises(InvalidInput, match="control characters"):
+        catalog.get(image_id, tenant="ac\x00me")
+    with pytest.raises(InvalidInput, match="lone surrogate"):
+        catalog.get(image_id, tenant="\ud800")
 
 
 def test_database_constraints_back_the_validation(catalog: Catalog) -> None:

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import text
 
 from imgsearch import Catalog, queue
-from imgsearch.errors import DatabaseUnavailable, InvalidImage, TransientError
+from imgsearch.errors import DatabaseUnavailable, InvalidImage, InvalidInput, TransientError
 from tests.helpers import image_bytes, unit
 
 
@@ -87,6 +87,22 @@ def test_invalid_image_is_failed_with_its_message(catalog: Catalog) -> None:
     result = queue.process_batch(catalog.engine, catalog.active_model, picky, batch_size=6)
     assert (result.ready, result.failed) == (5, 1)
     assert list(result.errors.values()) == ["not a product photo"]
+
+
+def test_retry_failed_puts_a_tenants_failed_images_back(catalog: Catalog) -> None:
+    def picky(datas: list[bytes]) -> list[object]:
+        return [InvalidImage("not a product photo"), *fake_vectors(datas[1:])]
+
+    queue.process_batch(catalog.engine, catalog.active_model, picky, batch_size=6)
+    assert queue.retry_failed(catalog.engine, tenant="globex") == 0
+    with pytest.raises(InvalidInput, match=r"tenant .* contains control characters"):
+        queue.retry_failed(catalog.engine, tenant="ac\x00me")
+    assert queue.retry_failed(catalog.engine, tenant="acme") == 1
+    with catalog.engine.connect() as conn:
+        states = conn.execute(
+            text("SELECT state, count(*) FROM imgsearch.images GROUP BY 1 ORDER BY 1")
+        ).all()
+    assert [tuple(r) for r in states] == [("pending", 1), ("ready", 5)]
 
 
 def test_database_gone_is_transient() -> None:

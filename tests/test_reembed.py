@@ -111,6 +111,8 @@ def test_requeue_missing_lets_the_workers_embed_with_the_new_model(
         reembed.drop(engine, str(tiny_siglip_16))
     with pytest.raises(NotFound):
         reembed.drop(engine, "never-registered")
+    with pytest.raises(InvalidInput, match=r"model name .* is not valid Unicode"):
+        reembed.activate(engine, "siglip-\udcff")  # a path from bytes that aren't UTF-8
     engine.dispose()
 
 

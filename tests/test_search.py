@@ -21,7 +21,7 @@ from imgsearch.db.models import Image, Product
 from imgsearch.db.vector_index import HalfvecValue
 from imgsearch.errors import DimensionMismatch, InvalidQuery
 from imgsearch.settings import Settings
-from tests.helpers import clustered, explain, explain_generic
+from tests.helpers import clustered, explain, explain_generic, nested
 
 N, DIM, CLUSTERS, K = 10_000, 32, 50, 10
 
@@ -190,8 +190,18 @@ def test_exactly_one_query_kind(catalog: Catalog, data: Fixture) -> None:
         ({"price_min": 10, "price_max": 5}, "above price_max"),
         ({"category": []}, "category must be a string or a non-empty list"),
         ({"category": 5}, "category must be a string"),
-        ({"attributes": ["red"]}, "attributes must be a dict"),
+        ({"attributes": ["red"]}, "attributes must be a mapping"),
+        ({"attributes": {"bucket": float("nan")}}, "must not hold NaN"),
+        ({"attributes": {"bucket": "a\x00"}}, "NUL character"),
+        ({"attributes": {"bucket": "\ud800"}}, "lone surrogate"),
+        ({"attributes": {"bucket": {1}}}, "JSON values only"),
+        ({"attributes": {"bucket": nested(40)}}, "deeper than 32"),
         ({"tenant": ""}, "tenant must be a non-empty string"),
+        ({"tenant": "ac\x00me"}, "tenant .* contains control characters"),
+        ({"tenant": "\ud800"}, "tenant .* lone surrogate"),
+        ({"category": "c0\x001"}, "category .* contains control characters"),
+        ({"category": ["c01", "\udfff"]}, "category .* lone surrogate"),
+        ({"category": "c" * 1001}, "category is 1001 characters long; the limit is 1000"),
         ({"diversity": 1.5}, "diversity must be a number from 0"),
         ({"expand": 0}, "expand must be an integer from 1"),
         ({"min_score": float("nan")}, "min_score must be a cosine similarity"),
@@ -202,6 +212,34 @@ def test_exactly_one_query_kind(catalog: Catalog, data: Fixture) -> None:
 def test_bad_search_arguments(catalog: Catalog, data: Fixture, kwargs: dict, message: str) -> None:
     with pytest.raises(InvalidQuery, match=message):
         catalog.search(vector=data.vectors[0], **kwargs)
+
+
+@pytest.mark.parametrize("value", [2, -0.1, float("nan"), "0.5", True])
+def test_min_probability_must_be_a_probability(catalog: Catalog, value: Any) -> None:
+    with pytest.raises(InvalidQuery, match="min_probability must be a probability from 0 to 1"):
+        catalog.search(text="red shoe", min_probability=value)
+
+
+def test_price_bounds_past_numeric_range_select_what_the_price_limit_does(
+    catalog: Catalog, data: Fixture
+) -> None:
+    """A bound numeric can't even hold selects the rows a bound at the limit of stored prices does."""
+    q = data.vectors[0]
+    below_limit = catalog.search(vector=q, price_max=10**10)
+    assert len(below_limit) == K
+    assert catalog.search(vector=q, price_max="1e200000") == below_limit
+    assert catalog.search(vector=q, price_min="-1e200000", price_max=10**10) == below_limit
+    assert catalog.search(vector=q, price_min="1e200000") == []
+    assert catalog.search(vector=q, price_max="-1e200000") == []
+    with pytest.raises(InvalidQuery, match="above price_max"):
+        catalog.search(vector=q, price_min="1e200000", price_max="1e100000")
+
+
+def test_similar_to_an_id_past_bigint_is_not_found(catalog: Catalog) -> None:
+    with pytest.raises(NotFound, match="no embedded image with id 1180591620717411303424"):
+        catalog.search(similar_to=2**70)
+    with pytest.raises(NotFound):
+        catalog.search_select(similar_to=2**70)
 
 
 INJECTIONS = [

@@ -184,3 +184,9 @@ def test_create_login_rejects_bad_names_and_duplicates(shops: Shops) -> None:
         tenancy.create_login(shops.catalog.engine, 'x"; DROP ROLE postgres; --', "shop_a")
     with pytest.raises(InvalidInput, match="tenant must not be empty"):
         tenancy.create_login(shops.catalog.engine, "nobody_here", "")
+    with pytest.raises(InvalidInput, match=r"login .* contains control characters"):
+        tenancy.create_login(shops.catalog.engine, "nobody\x00here", "shop_a")
+    with pytest.raises(InvalidInput, match=r"tenant .* lone surrogate"):
+        tenancy.create_login(shops.catalog.engine, "nobody_here", "\ud800")
+    with pytest.raises(InvalidInput, match="password must not contain a NUL character"):
+        tenancy.create_login(shops.catalog.engine, "nobody_here", "shop_a", password="a\x00b")

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from imgsearch import checks
 from imgsearch.embed import decode as decoding
 from imgsearch.embed.loading import resolve
 from imgsearch.embed.registry import model_dim
@@ -246,6 +247,7 @@ class Embedder:
                 raise InvalidInput(f"a text query must be a non-empty string, got {text!r}")
             if len(text) > MAX_TEXT_CHARS:
                 raise InvalidInput(f"text query is {len(text)} characters; the limit is {MAX_TEXT_CHARS}")
+            checks.unicode(text, "text query")
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         self.load()

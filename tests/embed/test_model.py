@@ -168,6 +168,8 @@ def test_text_input_is_checked(siglip: Embedder) -> None:
         siglip.embed_texts("a red shoe")
     with pytest.raises(InvalidInput, match="limit is 2000"):
         siglip.embed_texts(["x" * 2001])
+    with pytest.raises(InvalidInput, match=r"text query .* is not valid Unicode"):
+        siglip.embed_texts(["ok", "red \ud800 shoe"])
     assert siglip.embed_texts([]).shape == (0, 32)
 
 

@@ -1,0 +1,96 @@
+"""Checks of the values callers hand over, shared by uploads and searches: names (tenant, product
+id, category), attribute documents and image ids.
+
+Each check raises the error class its caller names, with a message that says what is wrong. A
+value that passes can go to PostgreSQL as it is: without these, a NUL byte, a lone surrogate or an
+id past ``bigint`` would come back as a driver error from the middle of a statement.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from decimal import Decimal
+from numbers import Integral, Real
+from typing import Any
+
+from imgsearch.errors import InvalidInput
+
+MAX_NAME = 1000  # tenant, product id, category: longer is a mistake, not a name
+MAX_ATTRIBUTES_BYTES = 64 * 1024
+MAX_ATTRIBUTES_DEPTH = 32
+MAX_ID = 2**63 - 1  # bigint
+PRICE_LIMIT = Decimal("1e10")  # prices are numeric(14, 4): every stored one is below it
+
+
+def name(value: str, what: str, error: type[InvalidInput] = InvalidInput) -> str:
+    """``value`` if it can be stored as a name: at most :data:`MAX_NAME` characters, no control
+    characters (NUL included: PostgreSQL text can't hold it), valid Unicode."""
+    if len(value) > MAX_NAME:
+        raise error(f"{what} is {len(value)} characters long; the limit is {MAX_NAME}")
+    if any(ord(ch) < 32 for ch in value) or "\x7f" in value:
+        raise error(f"{what} {value[:40]!r} contains control characters")
+    unicode(value, what, error)
+    return value
+
+
+def attributes(value: Any, what: str, error: type[InvalidInput] = InvalidInput) -> dict[str, Any]:
+    """``value`` as a JSON object PostgreSQL's ``jsonb`` accepts: string keys, JSON values nested at
+    most :data:`MAX_ATTRIBUTES_DEPTH` deep, finite numbers, no NUL character or lone surrogate in
+    any string, at most :data:`MAX_ATTRIBUTES_BYTES` as JSON. Tuples become lists, numpy numbers
+    plain ones."""
+    if not isinstance(value, Mapping):
+        raise error(f"{what} must be a mapping of names to JSON values, got {type(value).__name__}")
+    document = _json(value, what, error, depth=1)
+    size = len(json.dumps(document, allow_nan=False))
+    if size > MAX_ATTRIBUTES_BYTES:
+        raise error(f"{what} are {size} bytes as JSON; the limit is {MAX_ATTRIBUTES_BYTES}")
+    assert isinstance(document, dict)
+    return document
+
+
+def stored_id(value: int) -> bool:
+    """Whether an integer can be a stored id (a positive ``bigint``): one that can't names no row."""
+    return 0 < value <= MAX_ID
+
+
+def _json(value: Any, what: str, error: type[InvalidInput], depth: int) -> Any:
+    if depth > MAX_ATTRIBUTES_DEPTH:
+        raise error(f"{what} nest deeper than {MAX_ATTRIBUTES_DEPTH} levels")
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise error(f"{what} hold a NUL character in {value[:40]!r}; jsonb can't store it")
+        unicode(value, what, error)
+        return value
+    if isinstance(value, Integral):
+        return int(value)
+    if isinstance(value, Real):
+        number = float(value)
+        if not math.isfinite(number):
+            raise error(f"{what} must not hold NaN or infinity, got {number}")
+        return number
+    if isinstance(value, Mapping):
+        document = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise error(f"{what}: names must be strings, got {key!r}")
+            document[_json(key, what, error, depth)] = _json(item, what, error, depth + 1)
+        return document
+    if isinstance(value, list | tuple):
+        return [_json(item, what, error, depth + 1) for item in value]
+    raise error(
+        f"{what} must hold JSON values only (mappings, lists, strings, numbers, booleans, None), "
+        f"got {type(value).__name__}"
+    )
+
+
+def unicode(value: str, what: str, error: type[InvalidInput] = InvalidInput) -> None:
+    """Raise unless ``value`` is valid Unicode: Python strings may hold lone surrogates, which no
+    UTF-8 encoder (PostgreSQL's client, a tokenizer) accepts."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise error(f"{what} {value[:40]!r} is not valid Unicode (a lone surrogate)") from exc
