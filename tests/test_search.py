@@ -791,6 +791,27 @@ def test_sql_functions_report_bad_arguments(catalog: Catalog) -> None:
             "k must be from 1 to 1000",
         ),
         ("SELECT * FROM imgsearch.search_similar(987654321)", "no embedded image with id 987654321"),
+        (
+            "SELECT * FROM imgsearch.search_vector(CAST(array_fill(0, ARRAY[32]) AS vector))",
+            "query vector is all zeros",
+        ),
+        (
+            "SELECT * FROM imgsearch.search_vector(CAST(array_fill(0.1, ARRAY[32]) AS vector), 5, NULL, NULL, 'NaN')",
+            "price_min must be finite, got NaN",
+        ),
+        (
+            "SELECT * FROM imgsearch.search_vector(CAST(array_fill(0.1, ARRAY[32]) AS vector), 5, NULL, NULL,"
+            " NULL, '-Infinity')",
+            "price_max must be finite, got -Infinity",
+        ),
+        (
+            "SELECT * FROM imgsearch.search_vector(CAST(array_fill(0.1, ARRAY[32]) AS vector), 5, NULL, NULL, 10, 5)",
+            "price_min 10 is above price_max 5",
+        ),
+        (
+            "SELECT * FROM imgsearch.search_similar(1, 5, NULL, NULL, 10, 5)",
+            "price_min 10 is above price_max 5",
+        ),
     ]:
         with pytest.raises(DBAPIError, match=message), catalog.engine.begin() as conn:
             conn.execute(text(sql))
