@@ -8,7 +8,7 @@ import csv
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from imgsearch.errors import InvalidInput
 from imgsearch.images import is_url
@@ -18,16 +18,40 @@ MANIFEST_SUFFIXES = {".csv", ".jsonl", ".ndjson"}
 
 
 def _manifest_rows(path: Path) -> Iterator[dict[str, Any]]:
+    # utf-8-sig: spreadsheets save "CSV UTF-8" with a byte-order mark before the header
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
             if path.suffix.lower() == ".csv":
-                records: Iterator[dict[str, Any]] = iter(csv.DictReader(handle))
+                yield from _csv_rows(path, handle)
             else:
-                records = (json.loads(line) for line in handle if line.strip())
-            for number, record in enumerate(records, start=2 if path.suffix.lower() == ".csv" else 1):
-                yield _from_manifest(path, number, dict(record))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, csv.Error) as exc:
+                yield from _json_lines(path, handle)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise InvalidInput(f"cannot read manifest {path}: {exc}") from exc
+
+
+def _csv_rows(path: Path, handle: IO[str]) -> Iterator[dict[str, Any]]:
+    reader = csv.DictReader(handle)
+    if reader.fieldnames is not None and "image" not in reader.fieldnames:
+        raise InvalidInput(f"{path}:1: the header {reader.fieldnames} has no 'image' column")
+    start = reader.line_num + 1  # a quoted value may span lines: a row is named by its first
+    for record in reader:
+        line, start = start, reader.line_num + 1
+        if None in record:
+            raise InvalidInput(f"{path}:{line}: more values than the header has columns")
+        yield _from_manifest(path, line, dict(record))
+
+
+def _json_lines(path: Path, handle: IO[str]) -> Iterator[dict[str, Any]]:
+    for line, text in enumerate(handle, start=1):
+        if not text.strip():
+            continue
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InvalidInput(f"{path}:{line}: not JSON: {exc}") from exc
+        if not isinstance(record, dict):
+            raise InvalidInput(f"{path}:{line}: each line must be a JSON object, got {type(record).__name__}")
+        yield _from_manifest(path, line, record)
 
 
 def _from_manifest(path: Path, line: int, record: dict[str, Any]) -> dict[str, Any]:
