@@ -11,8 +11,10 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from pydantic import ValidationError
+
 from imgsearch.errors import ImgSearchError, InvalidInput, NotFound, TransientError
-from imgsearch.settings import Settings
+from imgsearch.settings import Settings, describe_invalid
 
 EXIT_USAGE = 2
 EXIT_NOT_FOUND = 3
@@ -40,12 +42,16 @@ def _db(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from alembic.util import CommandError
+
     from imgsearch.db import engine, migrate
 
     eng = engine.make_engine(engine.resolve_url(settings))
     try:
         migrate.upgrade(eng, args.revision)
         print(f"database at revision {migrate.current(eng)}")
+    except CommandError as exc:  # an unknown revision
+        raise InvalidInput(f"cannot migrate to {args.revision!r}: {exc}") from exc
     finally:
         eng.dispose()
     return 0
@@ -264,11 +270,18 @@ def _read_vector(path: str) -> list[float]:
 
     try:
         if path.endswith(".npy"):
-            return [float(v) for v in np.load(path, allow_pickle=False).ravel()]
-        with open(path, encoding="utf-8") as handle:
-            content = handle.read().strip()
+            array = np.load(path, allow_pickle=False)
+        else:
+            with open(path, encoding="utf-8") as handle:
+                content = handle.read().strip()
     except (OSError, ValueError) as exc:
         raise InvalidInput(f"cannot read vector file {path}: {exc}") from exc
+    if path.endswith(".npy"):
+        if array.ndim != 1:
+            raise InvalidInput(
+                f"vector file {path} holds an array of shape {array.shape}; expected one vector"
+            )
+        return [float(v) for v in array]
     try:
         values = json.loads(content) if content.startswith("[") else content.replace(",", " ").split()
         return [float(v) for v in values]
@@ -342,9 +355,7 @@ def _search(args: argparse.Namespace, settings: Settings) -> int:
             thumb = report.thumbnail(query["image"]) if "image" in query else None
             section = report.Section(f"{kind.replace('_', ' ')}: {shown}", hits, thumb, details)
             pictures = report.thumbnails(catalog.engine, [h.image_id for h in hits], args.tenant)
-            Path(args.html).write_text(
-                report.html_page("imgsearch results", [section], pictures), encoding="utf-8"
-            )
+            report.write_page(Path(args.html), "imgsearch results", [section], pictures)
             print(f"wrote {args.html}", file=sys.stderr)
     return 0
 
@@ -430,6 +441,17 @@ def _model(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    """An argparse type: a whole number above zero."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number above 0, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imgsearch", description="Postgres-native image search.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -480,10 +502,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a Celery worker that embeds pending images (broker: IMGSEARCH_REDIS_URL), "
         "or with --drain embed everything pending in this process and exit.",
     )
-    worker.add_argument("--concurrency", type=int, default=1, help="worker processes (default 1)")
+    worker.add_argument("--concurrency", type=_positive, default=1, help="worker processes (default 1)")
     worker.add_argument("--queue", default=None, help="Celery queue (default IMGSEARCH_QUEUE or 'imgsearch')")
     worker.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: auto)")
-    worker.add_argument("--batch-size", type=int, default=None, help="images per forward pass")
+    worker.add_argument("--batch-size", type=_positive, default=None, help="images per forward pass")
     worker.add_argument(
         "--no-beat", dest="beat", action="store_false", help="don't run the periodic sweep in this worker"
     )
@@ -545,7 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
         "ready meanwhile, then switch with `imgsearch model activate MODEL`.",
     )
     re_embed.add_argument("--model", required=True, help="hub id or local checkpoint directory")
-    re_embed.add_argument("--batch-size", type=int, default=None, help="images per forward pass")
+    re_embed.add_argument("--batch-size", type=_positive, default=None, help="images per forward pass")
     re_embed.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: auto)")
     re_embed.add_argument("--activate", action="store_true", help="switch to MODEL when the backfill is done")
     re_embed.set_defaults(func=_reembed)
@@ -595,6 +617,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings()
         return func(args, settings)
+    except ValidationError as exc:  # IMGSEARCH_* variables, or options that become them
+        print(f"imgsearch: {describe_invalid(exc)}", file=sys.stderr)
+        return EXIT_USAGE
     except NotFound as exc:
         print(f"imgsearch: {exc}", file=sys.stderr)
         return EXIT_NOT_FOUND

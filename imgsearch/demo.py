@@ -100,8 +100,6 @@ def run(settings: Settings, html: Path) -> int:
             _show(title, hits)
             sections.append(report.Section(title, hits, thumb))
         sources_ = report.thumbnails(catalog.engine, [h.image_id for s in sections for h in s.hits], TENANT)
-    html.write_text(
-        report.html_page(f"imgsearch demo: {Path(model).name}", sections, sources_), encoding="utf-8"
-    )
+    report.write_page(html, f"imgsearch demo: {Path(model).name}", sections, sources_)
     print(f"\nresults page: {html.resolve()} (open it in a browser)")
     return 0

@@ -10,11 +10,13 @@ import io
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from pathlib import Path
 
 from sqlalchemy import Engine, select
 
 from imgsearch import tenancy
 from imgsearch.db.models import Image
+from imgsearch.errors import InvalidInput
 from imgsearch.images import Limits, open_image
 from imgsearch.records import Hit
 
@@ -167,3 +169,11 @@ def html_page(title: str, sections: Sequence[Section], sources: dict[int, str]) 
         parts.append("</section>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+def write_page(path: Path, title: str, sections: Sequence[Section], sources: dict[int, str]) -> None:
+    """:func:`html_page` written to ``path``; a path that can't be written is :class:`InvalidInput`."""
+    try:
+        path.write_text(html_page(title, sections, sources), encoding="utf-8")
+    except OSError as exc:
+        raise InvalidInput(f"cannot write the results page {path}: {exc.strerror}") from exc

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 import platformdirs
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "google/siglip-base-patch16-224"
@@ -76,3 +76,14 @@ class Settings(BaseSettings):
         default=True,
         description="Embedding processes keep freed memory for the next batch (glibc: no mmap, no trim).",
     )
+
+
+def describe_invalid(exc: ValidationError) -> str:
+    """A :class:`Settings` validation error as one line naming each bad variable, e.g.
+    ``IMGSEARCH_BATCH_SIZE='0': Input should be greater than 0``."""
+    prefix = str(Settings.model_config.get("env_prefix", ""))
+    problems = []
+    for error in exc.errors():
+        name = prefix + "__".join(str(part) for part in error["loc"]).upper()
+        problems.append(f"{name}={error.get('input')!r}: {error['msg']}")
+    return "invalid settings: " + "; ".join(problems)

@@ -57,6 +57,46 @@ def test_user_error_is_one_line_without_traceback(home: Path) -> None:
     assert run.stderr.strip() == "imgsearch: imgsearch needs PostgreSQL, got a 'mysql' URL"
 
 
+def test_invalid_settings_are_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from imgsearch.cli import main
+
+    monkeypatch.setenv("IMGSEARCH_BATCH_SIZE", "many")
+    monkeypatch.setenv("IMGSEARCH_ASPECT", "stretch")
+    assert main(["status"]) == 2
+    assert capsys.readouterr().err == (
+        "imgsearch: invalid settings: IMGSEARCH_ASPECT='stretch': Input should be 'resize' or 'pad'; "
+        "IMGSEARCH_BATCH_SIZE='many': Input should be a valid integer, unable to parse string as an integer\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["worker", "--concurrency", "0"],
+        ["worker", "--batch-size", "-3"],
+        ["reembed", "--model", "m", "--batch-size", "x"],
+    ],
+)
+def test_counts_must_be_above_zero(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    from imgsearch.cli import build_parser
+
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(args)
+    assert exited.value.code == 2
+    assert "must be a whole number above 0, got" in capsys.readouterr().err
+
+
+def test_migrate_to_an_unknown_revision_is_one_line(database_url: str) -> None:
+    run = run_cli("migrate", "9999", IMGSEARCH_DATABASE_URL=database_url)
+    assert run.returncode == 2
+    assert (
+        run.stderr.strip()
+        == "imgsearch: cannot migrate to '9999': Can't locate revision identified by '9999'"
+    )
+
+
 def test_unreachable_database_exits_tempfail(home: Path) -> None:
     run = imgsearch("migrate", home=home, IMGSEARCH_DATABASE_URL="postgresql://x@127.0.0.1:1/db")
     assert run.returncode == 75

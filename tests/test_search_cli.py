@@ -175,6 +175,17 @@ def test_search_mistakes_are_one_line(
     assert "Traceback" not in run.stderr
 
 
+def test_unusable_vector_file_and_results_page_are_one_line(shop: dict[str, str], tmp_path: Path) -> None:
+    np.save(tmp_path / "matrix.npy", np.ones((2, 16)))
+    matrix = run_cli("search", "--vector-file", str(tmp_path / "matrix.npy"), **shop)
+    assert matrix.returncode == 2
+    assert matrix.stderr.strip().endswith("matrix.npy holds an array of shape (2, 16); expected one vector")
+    (tmp_path / "v.json").write_text(json.dumps([0.1] * 32))
+    page = run_cli("search", "--vector-file", str(tmp_path / "v.json"), "--html", str(tmp_path), **shop)
+    assert page.returncode == 2 and len(page.stdout.splitlines()) > 10  # the hits, then the error
+    assert page.stderr.strip() == f"imgsearch: cannot write the results page {tmp_path}: Is a directory"
+
+
 def test_search_missing_things_and_injection(shop: dict[str, str], shop_url: str, tmp_path: Path) -> None:
     missing = run_cli("search", "--similar-to", "987654", **shop)
     assert missing.returncode == 3 and missing.stderr.strip() == "imgsearch: no embedded image with id 987654"
