@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from decimal import Decimal
 from numbers import Integral, Real
 from typing import Any
+from urllib.parse import urlsplit
 
 from imgsearch.errors import InvalidInput
 
@@ -21,6 +22,7 @@ MAX_NAME = 1000  # tenant, product id, category: longer is a mistake, not a name
 MAX_ATTRIBUTES_BYTES = 64 * 1024
 MAX_ATTRIBUTES_DEPTH = 32
 MAX_ID = 2**63 - 1  # bigint
+MAX_URL = 8192
 PRICE_LIMIT = Decimal("1e10")  # prices are numeric(14, 4): every stored one is below it
 
 
@@ -48,6 +50,25 @@ def attributes(value: Any, what: str, error: type[InvalidInput] = InvalidInput) 
         raise error(f"{what} are {size} bytes as JSON; the limit is {MAX_ATTRIBUTES_BYTES}")
     assert isinstance(document, dict)
     return document
+
+
+def url(value: str, what: str = "image URL", error: type[InvalidInput] = InvalidInput) -> str:
+    """``value`` if a worker can download it: http(s), a host, a valid port, no spaces or control
+    characters (percent-encode them), at most :data:`MAX_URL` characters. Other non-ASCII
+    characters are fine: they are percent-encoded when the image is downloaded."""
+    if len(value) > MAX_URL:
+        raise error(f"{what} is {len(value)} characters long; the limit is {MAX_URL}")
+    if any(ch.isspace() or ord(ch) < 32 or ch == "\x7f" for ch in value):
+        raise error(f"{what} {value[:80]!r} contains spaces or control characters; percent-encode them")
+    unicode(value, what, error)
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError as exc:
+        raise error(f"{what} {value[:80]!r} is not a valid URL: {exc}") from exc
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise error(f"{what} {value[:80]!r} must be http:// or https:// with a host")
+    return value
 
 
 def stored_id(value: int) -> bool:

@@ -107,9 +107,7 @@ def prepare_row(row: Mapping[str, Any], *, dim: int, limits: images.Limits) -> P
     if embedding is not None:
         prepared.embedding = vectors.as_vector(embedding, dim)
     if images.is_url(source):
-        prepared.uri = str(source)
-        if len(prepared.uri) > 8192:
-            raise InvalidInput("image URL is longer than 8192 characters")
+        prepared.uri = checks.url(str(source))
     elif source is not None:
         prepared.content = images.read_source(source, limits)
         prepared.info = images.inspect(prepared.content, limits)

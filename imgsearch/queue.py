@@ -11,8 +11,10 @@ embedded twice. Rows whose lease expired are claimable again, so nothing is lost
 from __future__ import annotations
 
 import datetime as dt
+import http.client
 import logging
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -107,15 +109,33 @@ def claim(conn: Connection, limit: int, lease_seconds: int = DEFAULT_LEASE_SECON
     )
 
 
+def _ascii_url(uri: str) -> str:
+    """``uri`` with non-ASCII characters in its path, query and fragment percent-encoded, as
+    browsers send them (existing escapes are kept); a non-ASCII host goes as it is (IDNA)."""
+    parts = urllib.parse.urlsplit(uri)
+    safe = "/:@!$&'()*+,;=%~"
+    return urllib.parse.urlunsplit(
+        parts._replace(
+            path=urllib.parse.quote(parts.path, safe=safe),
+            query=urllib.parse.quote(parts.query, safe=safe + "?"),
+            fragment=urllib.parse.quote(parts.fragment, safe=safe + "?"),
+        )
+    )
+
+
 def fetch_uri(uri: str, max_bytes: int) -> bytes:
     """Download an image URL; HTTP errors are the image's fault, network errors are transient."""
     try:
-        with urllib.request.urlopen(uri, timeout=DOWNLOAD_TIMEOUT_SECONDS) as response:
+        with urllib.request.urlopen(_ascii_url(uri), timeout=DOWNLOAD_TIMEOUT_SECONDS) as response:
             data: bytes = response.read(max_bytes + 1)
     except urllib.error.HTTPError as exc:
         raise InvalidImage(f"cannot download {uri}: HTTP {exc.code}") from exc
     except (urllib.error.URLError, TimeoutError, OSError) as exc:
         raise TransientError(f"cannot download {uri}: {exc}") from exc
+    except (http.client.InvalidURL, ValueError) as exc:  # a URL urllib can't even request
+        raise InvalidImage(f"cannot download {uri}: {exc}") from exc
+    except http.client.HTTPException as exc:  # a response cut short or malformed
+        raise TransientError(f"cannot download {uri}: {exc!r}") from exc
     if len(data) > max_bytes:
         raise InvalidImage(f"{uri} is over the {max_bytes}-byte limit")
     return data

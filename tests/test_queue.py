@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
+import re
+import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -87,6 +93,80 @@ def test_invalid_image_is_failed_with_its_message(catalog: Catalog) -> None:
     result = queue.process_batch(catalog.engine, catalog.active_model, picky, batch_size=6)
     assert (result.ready, result.failed) == (5, 1)
     assert list(result.errors.values()) == ["not a product photo"]
+
+
+@pytest.fixture
+def image_server(tmp_path: Path) -> Iterator[str]:
+    """A real HTTP server on localhost serving ``tmp_path``; yields its base URL."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_images_by_url_are_downloaded_by_the_worker(
+    catalog: Catalog, image_server: str, tmp_path: Path
+) -> None:
+    (tmp_path / "caf\u00e9 cr\u00e8me.png").write_bytes(image_bytes(40))  # a non-ASCII name, a space
+    (tmp_path / "big.png").write_bytes(image_bytes(41) + b"\0" * 5000)
+    ids = catalog.add_many(
+        {"image": f"{image_server}/{name}", "tenant": "acme", "product_id": name}
+        for name in ("caf\u00e9%20cr\u00e8me.png", "missing.png", "big.png")
+    )
+    downloaded: list[bytes] = []
+
+    def embed(datas: list[bytes]) -> list[np.ndarray]:
+        downloaded.extend(datas)
+        return fake_vectors(datas)
+
+    limit = len(image_bytes(41)) + 100
+    result = queue.process_batch(catalog.engine, catalog.active_model, embed, batch_size=16, max_bytes=limit)
+    assert (result.ready, result.failed) == (7, 2)
+    assert image_bytes(40) in downloaded
+    assert result.errors == {
+        ids[1]: f"cannot download {image_server}/missing.png: HTTP 404",
+        ids[2]: f"{image_server}/big.png is over the {limit}-byte limit",
+    }
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://exa mple.com/a.jpg", "contains spaces or control characters"),
+        ("http://[::1/a.jpg", "is not a valid URL: Invalid IPv6 URL"),
+        ("http://example.com:99999/a.jpg", "is not a valid URL: Port out of range"),
+        ("https:///a.jpg", "must be http:// or https:// with a host"),
+        ("https://example.com/" + "a" * 8200, "image URL is 8220 characters long; the limit is 8192"),
+    ],
+)
+def test_urls_workers_cannot_download_are_refused_at_upload(catalog: Catalog, url: str, message: str) -> None:
+    with pytest.raises(InvalidInput, match=re.escape(message)):
+        catalog.add(image=url, tenant="acme", product_id="p")
+
+
+def test_an_unusable_stored_url_fails_alone(catalog: Catalog) -> None:
+    """A URL stored before uploads were checked (or written by hand) that urllib can't even
+    request fails its image; the rest of the batch is embedded."""
+    with catalog.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO imgsearch.images (product_pk, tenant, state, uri) "
+                "SELECT (SELECT min(product_pk) FROM imgsearch.images), 'acme', 'pending', u "
+                "FROM unnest(ARRAY['http://exa mple.com/a.jpg', 'http://[::1/a.jpg']) u"
+            )
+        )
+    result = queue.process_batch(catalog.engine, catalog.active_model, fake_vectors, batch_size=8)
+    assert (result.ready, result.failed) == (6, 2)
+    assert sorted(result.errors.values()) == [
+        "cannot download http://[::1/a.jpg: Invalid IPv6 URL",
+        "cannot download http://exa mple.com/a.jpg: URL can't contain control characters. "
+        "'exa mple.com' (found at least ' ')",
+    ]
 
 
 def test_retry_failed_puts_a_tenants_failed_images_back(catalog: Catalog) -> None:
