@@ -249,7 +249,7 @@ class Catalog:
 
         With ``tenant``, another tenant's image is indistinguishable from a missing one.
         """
-        if isinstance(image_id, bool) or not isinstance(image_id, int) or not checks.stored_id(image_id):
+        if not checks.stored_id(image_id):
             raise NotFound(f"no image with id {image_id!r}")
         self._follow_model_switch()
         has_embedding = exists().where(Embedding.image_id == Image.id, Embedding.model_id == self._model.id)

@@ -71,9 +71,10 @@ def url(value: str, what: str = "image URL", error: type[InvalidInput] = Invalid
     return value
 
 
-def stored_id(value: int) -> bool:
-    """Whether an integer can be a stored id (a positive ``bigint``): one that can't names no row."""
-    return 0 < value <= MAX_ID
+def stored_id(value: Any) -> bool:
+    """Whether ``value`` can be a stored id: an integer (not a bool) that fits a positive
+    ``bigint``. Anything else names no row."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_ID
 
 
 def _json(value: Any, what: str, error: type[InvalidInput], depth: int) -> Any:

@@ -157,11 +157,7 @@ class Filters:
         if self.attributes is not None:
             values["attributes"] = checks.attributes(self.attributes, "attributes", InvalidQuery)
         if self.exclude_image is not None:
-            if (
-                isinstance(self.exclude_image, bool)
-                or not isinstance(self.exclude_image, int)
-                or not checks.stored_id(self.exclude_image)
-            ):
+            if not checks.stored_id(self.exclude_image):
                 raise InvalidQuery(f"exclude_image must be an image id, got {self.exclude_image!r}")
             values["exclude_image"] = self.exclude_image
         if self.where is not None and not isinstance(self.where, ColumnElement):
