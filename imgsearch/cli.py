@@ -164,7 +164,7 @@ def _drain(settings: Settings) -> int:
             _embedders(settings),
             batch_size=settings.batch_size,
             lease_seconds=settings.lease_seconds,
-            max_bytes=settings.max_image_bytes,
+            downloads=settings.downloads(),
             progress=sys.stderr.isatty(),
         )
     finally:
@@ -203,7 +203,7 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> int:
                 _embedders(settings),
                 batch_size=settings.batch_size,
                 lease_seconds=settings.lease_seconds,
-                max_bytes=settings.max_image_bytes,
+                downloads=settings.downloads(),
                 progress=sys.stderr.isatty(),
             )
             embedded_line = f"embedded {totals.ready}, failed {totals.failed}"
@@ -390,7 +390,7 @@ def _reembed(args: argparse.Namespace, settings: Settings) -> int:
                 model,
                 embedder.embed_images,
                 batch_size=args.batch_size or settings.batch_size,
-                max_bytes=settings.max_image_bytes,
+                downloads=settings.downloads(),
                 on_batch=bar.update,
             )
         print(f"embedded {result.embedded}, skipped {len(result.errors)}")

@@ -71,7 +71,7 @@ def run(settings: Settings, html: Path) -> int:
             lambda _model: embedder,
             batch_size=settings.batch_size,
             lease_seconds=settings.lease_seconds,
-            max_bytes=settings.max_image_bytes,
+            downloads=settings.downloads(),
             progress=sys.stderr.isatty(),
         )
         print(f"embedded {totals.ready}, failed {totals.failed}")

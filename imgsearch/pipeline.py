@@ -15,6 +15,7 @@ from sqlalchemy.exc import OperationalError
 
 from imgsearch import queue, tenancy
 from imgsearch.db import vector_index
+from imgsearch.downloads import Downloads
 from imgsearch.embed.model import Embedder, PreparedBatch
 from imgsearch.errors import ConfigurationError, DatabaseUnavailable
 from imgsearch.records import ModelInfo
@@ -31,14 +32,14 @@ class _Claimed:
 
 
 def _claim_and_prepare(
-    engine: Engine, embedder: Embedder, batch_size: int, lease_seconds: int, max_bytes: int
+    engine: Engine, embedder: Embedder, batch_size: int, lease_seconds: int, downloads: Downloads
 ) -> _Claimed | None:
     with engine.begin() as conn:
         tenancy.run_as_worker(conn)
         claims = queue.claim(conn, batch_size, lease_seconds)
     if not claims:
         return None
-    datas = queue.read_claims(claims, max_bytes)
+    datas = queue.read_claims(claims, downloads)
     good = [i for i, d in enumerate(datas) if isinstance(d, bytes)]
     prepared = embedder.prepare([datas[i] for i in good])  # type: ignore[misc]
     return _Claimed(claims, datas, good, prepared)
@@ -66,7 +67,7 @@ def run(
     *,
     batch_size: int,
     lease_seconds: int,
-    max_bytes: int,
+    downloads: Downloads,
     time_budget_seconds: float | None = None,
     on_batch: Callable[[queue.BatchResult], None] | None = None,
 ) -> queue.BatchResult:
@@ -76,7 +77,7 @@ def run(
     totals = queue.BatchResult()
     try:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="imgsearch-claim") as pool:
-            upcoming = pool.submit(_claim_and_prepare, engine, embedder, batch_size, lease_seconds, max_bytes)
+            upcoming = pool.submit(_claim_and_prepare, engine, embedder, batch_size, lease_seconds, downloads)
             while True:
                 batch = upcoming.result()
                 if batch is None:
@@ -84,7 +85,7 @@ def run(
                 more = deadline is None or time.monotonic() < deadline
                 if more:
                     upcoming = pool.submit(
-                        _claim_and_prepare, engine, embedder, batch_size, lease_seconds, max_bytes
+                        _claim_and_prepare, engine, embedder, batch_size, lease_seconds, downloads
                     )
                 results = _results(embedder, batch)
                 with engine.begin() as conn:
@@ -116,7 +117,7 @@ def drain(
     *,
     batch_size: int,
     lease_seconds: int,
-    max_bytes: int,
+    downloads: Downloads,
     progress: bool,
 ) -> queue.BatchResult:
     """Embed everything claimable in this process with the active model's embedder (``embedder_for``
@@ -137,7 +138,7 @@ def drain(
                 embedder_for(model),
                 batch_size=batch_size,
                 lease_seconds=lease_seconds,
-                max_bytes=max_bytes,
+                downloads=downloads,
                 on_batch=lambda outcome: bar.update(0 if outcome.stale_model else outcome.claimed),
             )
             totals.add(part)

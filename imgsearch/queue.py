@@ -11,11 +11,7 @@ embedded twice. Rows whose lease expired are claimable again, so nothing is lost
 from __future__ import annotations
 
 import datetime as dt
-import http.client
 import logging
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -27,6 +23,7 @@ from sqlalchemy.exc import OperationalError
 
 from imgsearch import checks, tenancy
 from imgsearch.db.models import Embedding, Image, ImageState, Model
+from imgsearch.downloads import PUBLIC_ONLY, Downloads
 from imgsearch.errors import DatabaseUnavailable, InvalidImage, TransientError
 from imgsearch.records import ModelInfo
 
@@ -34,7 +31,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_LEASE_SECONDS = 300  # a CPU batch of 32 base-size images takes ~15 s here; 20x headroom
 MAX_ATTEMPTS = 5  # claims per image before it is marked failed (each claim counts one)
-DOWNLOAD_TIMEOUT_SECONDS = 20
 MODEL_SWITCH_LOCK = 0x696D6775  # advisory lock key: writes of embeddings vs. model switches
 
 Embed = Callable[[Sequence[bytes]], list[Any]]  # one vector or InvalidImage per image
@@ -109,39 +105,7 @@ def claim(conn: Connection, limit: int, lease_seconds: int = DEFAULT_LEASE_SECON
     )
 
 
-def _ascii_url(uri: str) -> str:
-    """``uri`` with non-ASCII characters in its path, query and fragment percent-encoded, as
-    browsers send them (existing escapes are kept); a non-ASCII host goes as it is (IDNA)."""
-    parts = urllib.parse.urlsplit(uri)
-    safe = "/:@!$&'()*+,;=%~"
-    return urllib.parse.urlunsplit(
-        parts._replace(
-            path=urllib.parse.quote(parts.path, safe=safe),
-            query=urllib.parse.quote(parts.query, safe=safe + "?"),
-            fragment=urllib.parse.quote(parts.fragment, safe=safe + "?"),
-        )
-    )
-
-
-def fetch_uri(uri: str, max_bytes: int) -> bytes:
-    """Download an image URL; HTTP errors are the image's fault, network errors are transient."""
-    try:
-        with urllib.request.urlopen(_ascii_url(uri), timeout=DOWNLOAD_TIMEOUT_SECONDS) as response:
-            data: bytes = response.read(max_bytes + 1)
-    except urllib.error.HTTPError as exc:
-        raise InvalidImage(f"cannot download {uri}: HTTP {exc.code}") from exc
-    except (urllib.error.URLError, TimeoutError, OSError) as exc:
-        raise TransientError(f"cannot download {uri}: {exc}") from exc
-    except (http.client.InvalidURL, ValueError) as exc:  # a URL urllib can't even request
-        raise InvalidImage(f"cannot download {uri}: {exc}") from exc
-    except http.client.HTTPException as exc:  # a response cut short or malformed
-        raise TransientError(f"cannot download {uri}: {exc!r}") from exc
-    if len(data) > max_bytes:
-        raise InvalidImage(f"{uri} is over the {max_bytes}-byte limit")
-    return data
-
-
-def read_claims(claims: Sequence[Claim], max_bytes: int) -> list[bytes | Exception]:
+def read_claims(claims: Sequence[Claim], downloads: Downloads) -> list[bytes | Exception]:
     """Each claim's image bytes (stored, or downloaded from its URI), or why there are none."""
     datas: list[bytes | Exception] = []
     for item in claims:
@@ -149,7 +113,7 @@ def read_claims(claims: Sequence[Claim], max_bytes: int) -> list[bytes | Excepti
             datas.append(item.content)
         elif item.uri is not None:
             try:
-                datas.append(fetch_uri(item.uri, max_bytes))
+                datas.append(downloads.fetch(item.uri))
             except (InvalidImage, TransientError) as exc:
                 datas.append(exc)
         else:
@@ -157,13 +121,13 @@ def read_claims(claims: Sequence[Claim], max_bytes: int) -> list[bytes | Excepti
     return datas
 
 
-def embed_claims(claims: Sequence[Claim], embed: Embed, max_bytes: int) -> list[Any]:
+def embed_claims(claims: Sequence[Claim], embed: Embed, downloads: Downloads) -> list[Any]:
     """A vector, an :class:`InvalidImage` or a :class:`TransientError` per claim.
 
     Out of memory on a batch splits it in halves and tries again; a single image that still
     does not fit is a transient error (another worker, another time).
     """
-    datas = read_claims(claims, max_bytes)
+    datas = read_claims(claims, downloads)
     results: list[Any] = list(datas)
     good = [i for i, d in enumerate(datas) if isinstance(d, bytes)]
     embedded = embed_splitting([datas[i] for i in good], embed)  # type: ignore[misc]
@@ -304,7 +268,7 @@ def process_batch(
     *,
     batch_size: int,
     lease_seconds: int = DEFAULT_LEASE_SECONDS,
-    max_bytes: int = 50 * 1024 * 1024,
+    downloads: Downloads = PUBLIC_ONLY,
 ) -> BatchResult:
     """Claim one batch, embed it outside any transaction, store the outcome. Every tenant is
     processed (as ``imgsearch_worker``); rows never change tenant."""
@@ -314,7 +278,7 @@ def process_batch(
             claims = claim(conn, batch_size, lease_seconds)
         if not claims:
             return BatchResult()
-        results = embed_claims(claims, embed, max_bytes)
+        results = embed_claims(claims, embed, downloads)
         with engine.begin() as conn:
             tenancy.run_as_worker(conn)
             return store(conn, model, claims, results)

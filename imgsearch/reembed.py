@@ -23,6 +23,7 @@ from sqlalchemy.exc import OperationalError
 from imgsearch import checks, queue, tenancy
 from imgsearch.db import vector_index
 from imgsearch.db.models import Embedding, Image, ImageState, Model
+from imgsearch.downloads import Downloads
 from imgsearch.errors import ConfigurationError, DatabaseUnavailable, InvalidInput, NotFound
 from imgsearch.records import ModelInfo
 
@@ -89,7 +90,7 @@ def backfill(
     embed: queue.Embed,
     *,
     batch_size: int,
-    max_bytes: int,
+    downloads: Downloads,
     on_batch: Callable[[int], None] | None = None,
 ) -> BackfillResult:
     """Embed every ready image that has no embedding of ``model`` yet, batch by batch (each batch
@@ -99,7 +100,7 @@ def backfill(
     skip: set[int] = set()
     try:
         for claims in _batches(engine, model, batch_size, skip):
-            vectors = queue.embed_claims(claims, embed, max_bytes)
+            vectors = queue.embed_claims(claims, embed, downloads)
             rows = []
             for claim, vector in zip(claims, vectors, strict=True):
                 if isinstance(vector, Exception):

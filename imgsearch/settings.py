@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 import platformdirs
-from pydantic import Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, IPvAnyNetwork, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from imgsearch.downloads import Downloads
 
 DEFAULT_MODEL = "google/siglip-base-patch16-224"
 
@@ -45,6 +47,11 @@ class Settings(BaseSettings):
     redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="Celery broker (wake-ups only).")
     max_image_bytes: int = Field(default=50 * 1024 * 1024, gt=0, description="Largest upload accepted.")
     max_image_pixels: int = Field(default=64_000_000, gt=0, description="Decompression-bomb limit.")
+    download_allow: Annotated[list[IPvAnyNetwork], NoDecode] = Field(
+        default=[],
+        description="Networks workers may download images from besides public addresses, comma-separated "
+        "(10.0.0.0/8,fd00::/8; an address alone is one host); unset: public addresses only.",
+    )
     aspect: Literal["resize", "pad"] = Field(
         default="resize",
         description="resize: the checkpoint's own resize; pad: pad to square on white first.",
@@ -77,13 +84,27 @@ class Settings(BaseSettings):
         description="Embedding processes keep freed memory for the next batch (glibc: no mmap, no trim).",
     )
 
+    @field_validator("download_allow", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    def downloads(self) -> Downloads:
+        """The policy workers download images by: the size limit and the allowed networks."""
+        return Downloads(max_bytes=self.max_image_bytes, allow=tuple(self.download_allow))
+
 
 def describe_invalid(exc: ValidationError) -> str:
     """A :class:`Settings` validation error as one line naming each bad variable, e.g.
-    ``IMGSEARCH_BATCH_SIZE='0': Input should be greater than 0``."""
+    ``IMGSEARCH_BATCH_SIZE='0': Input should be greater than 0``, or for a list's
+    value ``IMGSEARCH_DOWNLOAD_ALLOW item 2 'intranet': ...``."""
     prefix = str(Settings.model_config.get("env_prefix", ""))
     problems = []
     for error in exc.errors():
-        name = prefix + "__".join(str(part) for part in error["loc"]).upper()
-        problems.append(f"{name}={error.get('input')!r}: {error['msg']}")
+        name = prefix + "__".join(str(part) for part in error["loc"] if not isinstance(part, int)).upper()
+        items = [part for part in error["loc"] if isinstance(part, int)]  # in a list setting
+        where = f" item {items[0] + 1} " if items else "="
+        problems.append(f"{name}{where}{error.get('input')!r}: {error['msg']}")
     return "invalid settings: " + "; ".join(problems)

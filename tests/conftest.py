@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy import make_url
 
 from imgsearch.db import embedded
+from tests.helpers import FileServer, serve_files
 
 TEMPLATE = "imgsearch_template"
 _counter = itertools.count()
@@ -87,6 +88,13 @@ def database_url(server_url: str, template_db: str) -> str:
 def empty_database_url(server_url: str) -> str:
     """A fresh database with no schema at all."""
     return new_database(server_url, None)
+
+
+@pytest.fixture
+def image_server(tmp_path: Path) -> Iterator[FileServer]:
+    """A real HTTP server on localhost serving ``tmp_path`` (see :class:`tests.helpers.FileServer`)."""
+    with serve_files(tmp_path) as server:
+        yield server
 
 
 @pytest.fixture

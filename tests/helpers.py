@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 import io
 import os
 import re
 import subprocess
 import sys
+import threading
+import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -87,3 +95,44 @@ def nested(depth: int) -> list[Any]:
     for _ in range(depth - 1):
         value = [value]
     return value
+
+
+@dataclass
+class FileServer:
+    """A real HTTP server on 127.0.0.1 serving the files in ``root`` at ``url``;
+    ``/redirect?to=URL`` answers 302 to ``URL``. ``paths`` lists the paths it was asked for."""
+
+    url: str
+    root: Path
+    paths: list[str] = field(default_factory=list)
+
+
+@contextmanager
+def serve_files(root: Path) -> Iterator[FileServer]:
+    served = FileServer("", root)
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self) -> None:
+            served.paths.append(self.path)
+            parts = urllib.parse.urlsplit(self.path)
+            if parts.path == "/redirect":
+                self.send_response(302)
+                self.send_header("Location", urllib.parse.parse_qs(parts.query)["to"][0])
+                self.end_headers()
+                return
+            super().do_GET()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Handler, directory=str(root))
+    )
+    served.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield served
+    finally:
+        server.shutdown()
+        server.server_close()

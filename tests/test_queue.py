@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import functools
-import http.server
+import ipaddress
 import re
-import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
 from sqlalchemy import text
 
 from imgsearch import Catalog, queue
+from imgsearch.downloads import Downloads
 from imgsearch.errors import DatabaseUnavailable, InvalidImage, InvalidInput, TransientError
-from tests.helpers import image_bytes, unit
+from tests.helpers import FileServer, image_bytes, unit
 
 
 @pytest.fixture
@@ -95,27 +92,11 @@ def test_invalid_image_is_failed_with_its_message(catalog: Catalog) -> None:
     assert list(result.errors.values()) == ["not a product photo"]
 
 
-@pytest.fixture
-def image_server(tmp_path: Path) -> Iterator[str]:
-    """A real HTTP server on localhost serving ``tmp_path``; yields its base URL."""
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def test_images_by_url_are_downloaded_by_the_worker(
-    catalog: Catalog, image_server: str, tmp_path: Path
-) -> None:
-    (tmp_path / "caf\u00e9 cr\u00e8me.png").write_bytes(image_bytes(40))  # a non-ASCII name, a space
-    (tmp_path / "big.png").write_bytes(image_bytes(41) + b"\0" * 5000)
+def test_images_by_url_are_downloaded_by_the_worker(catalog: Catalog, image_server: FileServer) -> None:
+    (image_server.root / "caf\u00e9 cr\u00e8me.png").write_bytes(image_bytes(40))  # a non-ASCII name, a space
+    (image_server.root / "big.png").write_bytes(image_bytes(41) + b"\0" * 5000)
     ids = catalog.add_many(
-        {"image": f"{image_server}/{name}", "tenant": "acme", "product_id": name}
+        {"image": f"{image_server.url}/{name}", "tenant": "acme", "product_id": name}
         for name in ("caf\u00e9%20cr\u00e8me.png", "missing.png", "big.png")
     )
     downloaded: list[bytes] = []
@@ -125,13 +106,37 @@ def test_images_by_url_are_downloaded_by_the_worker(
         return fake_vectors(datas)
 
     limit = len(image_bytes(41)) + 100
-    result = queue.process_batch(catalog.engine, catalog.active_model, embed, batch_size=16, max_bytes=limit)
+    local = Downloads(max_bytes=limit, allow=(ipaddress.ip_network("127.0.0.1/32"),))
+    result = queue.process_batch(catalog.engine, catalog.active_model, embed, batch_size=16, downloads=local)
     assert (result.ready, result.failed) == (7, 2)
     assert image_bytes(40) in downloaded
     assert result.errors == {
-        ids[1]: f"cannot download {image_server}/missing.png: HTTP 404",
-        ids[2]: f"{image_server}/big.png is over the {limit}-byte limit",
+        ids[1]: f"cannot download {image_server.url}/missing.png: HTTP 404",
+        ids[2]: f"{image_server.url}/big.png is over the {limit}-byte limit",
     }
+
+
+def test_by_default_workers_download_from_public_addresses_only(
+    catalog: Catalog, image_server: FileServer
+) -> None:
+    """A URL on the worker's own machine fails its image with the reason, without a request; the
+    rest of the batch is embedded, and the image can be retried once its network is allowed."""
+    (image_server.root / "a.png").write_bytes(image_bytes(40))
+    image_id = catalog.add(image=f"{image_server.url}/a.png", tenant="acme", product_id="local")
+    result = queue.process_batch(catalog.engine, catalog.active_model, fake_vectors, batch_size=16)
+    assert (result.ready, result.failed) == (6, 1)
+    assert result.errors == {
+        image_id: f"cannot download {image_server.url}/a.png: 127.0.0.1 is not a public address; "
+        "workers download from private networks only when IMGSEARCH_DOWNLOAD_ALLOW lists them"
+    }
+    assert image_server.paths == []
+    assert queue.retry_failed(catalog.engine) == 1
+    local = Downloads(allow=(ipaddress.ip_network("127.0.0.0/8"),))
+    result = queue.process_batch(
+        catalog.engine, catalog.active_model, fake_vectors, batch_size=16, downloads=local
+    )
+    assert (result.ready, result.failed) == (1, 0)
+    assert image_server.paths == ["/a.png"]
 
 
 @pytest.mark.parametrize(

@@ -86,7 +86,7 @@ def embed_batches(rt: Runtime) -> queue.BatchResult:
         rt.embedder,
         batch_size=rt.settings.batch_size,
         lease_seconds=rt.settings.lease_seconds,
-        max_bytes=rt.settings.max_image_bytes,
+        downloads=rt.settings.downloads(),
         time_budget_seconds=TASK_TIME_BUDGET_SECONDS,
     )
 

@@ -21,7 +21,9 @@ from PIL import Image
 from sqlalchemy import text
 
 from imgsearch import Catalog
+from imgsearch.downloads import Downloads
 from imgsearch.settings import Settings
+from tests.helpers import FileServer
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -221,6 +223,25 @@ def test_bad_images_fail_alone_with_clear_errors(setup: tuple[Catalog, Workers, 
     wait_until(lambda: counts(catalog).get("failed") == 3, 120, workers, "bad images failing again")
 
 
+def test_workers_download_from_the_networks_their_settings_allow(
+    setup: tuple[Catalog, Workers, str], image_server: FileServer
+) -> None:
+    """``IMGSEARCH_DOWNLOAD_ALLOW`` reaches the worker processes: an image on an allowed host is
+    downloaded and embedded; one redirected to a host outside it fails with the reason."""
+    catalog, workers, _ = setup
+    (image_server.root / "shoe.jpg").write_bytes(jpeg(7))
+    allowed = catalog.add(image=f"{image_server.url}/shoe.jpg", tenant="acme", product_id="shoe")
+    elsewhere = f"http://127.0.0.2:{image_server.url.rsplit(':', 1)[1]}/shoe.jpg"
+    redirected = catalog.add(
+        image=f"{image_server.url}/redirect?to={elsewhere}", tenant="acme", product_id="moved"
+    )
+    workers.start(IMGSEARCH_DOWNLOAD_ALLOW="127.0.0.1")
+    wait_until(lambda: counts(catalog) == {"ready": 1, "failed": 1}, 120, workers, "both images settled")
+    assert catalog.get(allowed).state == "ready"
+    assert "127.0.0.2 is not a public address" in (catalog.get(redirected).error or "")
+    assert sorted(image_server.paths) == ["/redirect?to=" + elsewhere, "/shoe.jpg"]
+
+
 def test_drain_embeds_in_process_without_a_broker(database_url: str, tiny_siglip: Path) -> None:
     with Catalog.open(database_url, model=str(tiny_siglip)) as catalog:
         catalog.add_many({"image": jpeg(i), "tenant": "acme", "product_id": f"p{i}"} for i in range(20))
@@ -262,7 +283,11 @@ def test_a_running_worker_follows_a_model_switch(
     old = catalog.active_model.id
     new = reembed.register(catalog.engine, str(tiny_siglip_16), 16)
     backfilled = reembed.backfill(
-        catalog.engine, new, Embedder(str(tiny_siglip_16)).embed_images, batch_size=4, max_bytes=1 << 20
+        catalog.engine,
+        new,
+        Embedder(str(tiny_siglip_16)).embed_images,
+        batch_size=4,
+        downloads=Downloads(max_bytes=1 << 20),
     )
     assert backfilled.embedded == 10 and not backfilled.errors
     reembed.activate(catalog.engine, new.name)

@@ -1,0 +1,189 @@
+"""Downloading images that uploads name by URL, for the workers.
+
+Workers fetch what uploads name, so a URL could point them at the machine's own services or its
+network's (a cloud's metadata service at 169.254.169.254, an admin port on localhost): server-side
+request forgery. By default a worker connects to public addresses only. The check runs on the
+address each connection actually goes to, after DNS resolution and on every redirect, so a name
+that resolves to a private address, or re-resolves to one between checks, is refused too.
+Networks listed in ``Downloads.allow`` (``IMGSEARCH_DOWNLOAD_ALLOW``) are allowed besides, for an
+image store on the local network.
+
+With a proxy in the environment (``http_proxy``, ``https_proxy``), workers connect to the proxy
+only; its address must then be allowed, and the proxy applies its own rules to the images' hosts.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.client
+import ipaddress
+import socket
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+from imgsearch.errors import InvalidImage, TransientError
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+DEFAULT_MAX_BYTES = 50 * 1024 * 1024
+DEFAULT_TIMEOUT_SECONDS = 20.0
+
+
+class _Refused(Exception):
+    """A connection or redirect the policy doesn't allow. Not an ``OSError``, so urllib passes it
+    through instead of wrapping it as a network error (which would be retried)."""
+
+
+@dataclass(frozen=True)
+class Downloads:
+    """How workers download images: the size limit, the time limit per connection, and the
+    networks they may reach besides public addresses."""
+
+    max_bytes: int = DEFAULT_MAX_BYTES
+    allow: tuple[Network, ...] = ()
+    timeout: float = DEFAULT_TIMEOUT_SECONDS
+
+    def permits(self, address: Address) -> bool:
+        """Whether a worker may connect to ``address``: a public (global unicast) address, or one
+        in an allowed network. An IPv4 address written as IPv6 (``::ffff:127.0.0.1``) counts as
+        the IPv4 address."""
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        if address.is_global and not address.is_multicast:
+            return True
+        return any(address.version == net.version and address in net for net in self.allow)
+
+    def fetch(self, uri: str) -> bytes:
+        """The image at ``uri``. HTTP errors, refused addresses and oversized bodies are the
+        image's fault (:class:`InvalidImage`); network errors are transient."""
+        try:
+            with _opener(self).open(_ascii_url(uri), timeout=self.timeout) as response:
+                data: bytes = response.read(self.max_bytes + 1)
+        except _Refused as exc:
+            raise InvalidImage(f"cannot download {uri}: {exc}") from exc
+        except urllib.error.HTTPError as exc:
+            raise InvalidImage(f"cannot download {uri}: HTTP {exc.code}") from exc
+        except (urllib.error.URLError, TimeoutError, OSError) as exc:
+            raise TransientError(f"cannot download {uri}: {exc}") from exc
+        except (http.client.InvalidURL, ValueError) as exc:  # a URL urllib can't even request
+            raise InvalidImage(f"cannot download {uri}: {exc}") from exc
+        except http.client.HTTPException as exc:  # a response cut short or malformed
+            raise TransientError(f"cannot download {uri}: {exc!r}") from exc
+        if len(data) > self.max_bytes:
+            raise InvalidImage(f"{uri} is over the {self.max_bytes}-byte limit")
+        return data
+
+
+PUBLIC_ONLY = Downloads()  # the default: public addresses, 50 MiB
+
+
+def _ascii_url(uri: str) -> str:
+    """``uri`` with non-ASCII characters in its path, query and fragment percent-encoded, as
+    browsers send them (existing escapes are kept); a non-ASCII host goes as it is (IDNA)."""
+    parts = urllib.parse.urlsplit(uri)
+    safe = "/:@!$&'()*+,;=%~"
+    return urllib.parse.urlunsplit(
+        parts._replace(
+            path=urllib.parse.quote(parts.path, safe=safe),
+            query=urllib.parse.quote(parts.query, safe=safe + "?"),
+            fragment=urllib.parse.quote(parts.fragment, safe=safe + "?"),
+        )
+    )
+
+
+def _connect(
+    policy: Downloads, address: tuple[str, int], timeout: Any = None, source_address: Any = None
+) -> socket.socket:
+    """``socket.create_connection`` that tries only the addresses ``policy`` permits."""
+    host, port = address
+    refused: list[str] = []
+    error: OSError | None = None
+    for family, kind, proto, _, sockaddr in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+        ip = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])  # an IPv6 zone id aside
+        if not policy.permits(ip):
+            refused.append(str(ip))
+            continue
+        sock = socket.socket(family, kind, proto)
+        try:
+            if timeout is not None and timeout is not getattr(socket, "_GLOBAL_DEFAULT_TIMEOUT", None):
+                sock.settimeout(timeout)
+            if source_address:
+                sock.bind(source_address)
+            sock.connect(sockaddr)
+            return sock
+        except OSError as exc:
+            error = exc
+            sock.close()
+    if error is not None:
+        raise error
+    where = host if refused == [host] else f"{host} ({', '.join(dict.fromkeys(refused))})"
+    raise _Refused(
+        f"{where} is not a public address; workers download from private networks only when "
+        "IMGSEARCH_DOWNLOAD_ALLOW lists them"
+    )
+
+
+def _guarded(connection: type[http.client.HTTPConnection], policy: Downloads) -> Any:
+    """A factory for ``connection`` objects that connect through :func:`_connect`."""
+
+    def make(*args: Any, **kwargs: Any) -> http.client.HTTPConnection:
+        conn = connection(*args, **kwargs)
+        # http.client's connect() (HTTPS's too, before its TLS handshake) opens the socket with
+        # this attribute, socket.create_connection by default
+        conn._create_connection = functools.partial(_connect, policy)  # type: ignore[attr-defined]
+        return conn
+
+    return make
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, policy: Downloads) -> None:
+        super().__init__()
+        self._connection = _guarded(http.client.HTTPConnection, policy)
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(self._connection, req)
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, policy: Downloads) -> None:
+        super().__init__()
+        self._connection = _guarded(http.client.HTTPSConnection, policy)
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(self._connection, req)  # ssl's default context, as urlopen's
+
+
+class _RedirectHandler(urllib.request.HTTPRedirectHandler):
+    """urllib's redirects, to http(s) only (its own default also follows ftp)."""
+
+    def redirect_request(
+        self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any, newurl: str
+    ) -> urllib.request.Request | None:
+        scheme = urllib.parse.urlsplit(urllib.parse.urljoin(req.full_url, newurl)).scheme.lower()
+        if scheme not in ("http", "https"):
+            raise _Refused(f"redirected to {newurl!r}, which is not an http(s) URL")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+@functools.lru_cache(maxsize=16)
+def _opener(policy: Downloads) -> urllib.request.OpenerDirector:
+    """urllib's default opener for http and https alone, every connection checked by ``policy``.
+    Built once per policy, as urlopen builds its own once: building one (and reading the proxy
+    variables) costs ~0.6 ms, more than a local download (bench/downloads.py)."""
+    opener = urllib.request.OpenerDirector()
+    for handler in (
+        urllib.request.ProxyHandler(),
+        urllib.request.UnknownHandler(),
+        urllib.request.HTTPDefaultErrorHandler(),
+        _RedirectHandler(),
+        urllib.request.HTTPErrorProcessor(),
+        _HTTPHandler(policy),
+        _HTTPSHandler(policy),
+    ):
+        opener.add_handler(handler)
+    return opener
