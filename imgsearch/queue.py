@@ -106,16 +106,16 @@ def claim(conn: Connection, limit: int, lease_seconds: int = DEFAULT_LEASE_SECON
 
 
 def read_claims(claims: Sequence[Claim], downloads: Downloads) -> list[bytes | Exception]:
-    """Each claim's image bytes (stored, or downloaded from its URI), or why there are none."""
+    """Each claim's image bytes (stored, or downloaded from its URI), or why there are none.
+    The batch's downloads run concurrently (:meth:`Downloads.fetch_all`)."""
+    uris = [item.uri for item in claims if item.content is None and item.uri is not None]
+    downloaded = iter(downloads.fetch_all(uris))
     datas: list[bytes | Exception] = []
     for item in claims:
         if item.content is not None:
             datas.append(item.content)
         elif item.uri is not None:
-            try:
-                datas.append(downloads.fetch(item.uri))
-            except (InvalidImage, TransientError) as exc:
-                datas.append(exc)
+            datas.append(next(downloaded))
         else:
             datas.append(InvalidImage("image has neither stored bytes nor a URI"))
     return datas

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,8 +107,12 @@ class FileServer:
     paths: list[str] = field(default_factory=list)
 
 
+Route = Callable[[http.server.BaseHTTPRequestHandler], None]
+
+
 @contextmanager
-def serve_files(root: Path) -> Iterator[FileServer]:
+def serve_files(root: Path, routes: dict[str, Route] | None = None) -> Iterator[FileServer]:
+    """Serve ``root``; ``routes`` answer their paths (the query aside) themselves."""
     served = FileServer("", root)
 
     class Handler(http.server.SimpleHTTPRequestHandler):
@@ -119,6 +123,9 @@ def serve_files(root: Path) -> Iterator[FileServer]:
                 self.send_response(302)
                 self.send_header("Location", urllib.parse.parse_qs(parts.query)["to"][0])
                 self.end_headers()
+                return
+            if routes and parts.path in routes:
+                routes[parts.path](self)
                 return
             super().do_GET()
 

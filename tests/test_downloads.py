@@ -3,8 +3,12 @@
 
 from __future__ import annotations
 
+import http.server
 import ipaddress
 import re
+import threading
+import time
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -12,7 +16,7 @@ from pydantic import ValidationError
 from imgsearch.downloads import Downloads
 from imgsearch.errors import InvalidImage, TransientError
 from imgsearch.settings import Settings, describe_invalid
-from tests.helpers import FileServer, image_bytes
+from tests.helpers import FileServer, image_bytes, serve_files
 
 LOOPBACK = Downloads(allow=(ipaddress.ip_network("127.0.0.1/32"),))
 REFUSED = "is not a public address; workers download from private networks only when IMGSEARCH_DOWNLOAD_ALLOW lists them"
@@ -108,6 +112,55 @@ def test_an_allowed_host_that_is_down_is_transient(image_server: FileServer) -> 
     down = Downloads(allow=(ipaddress.ip_network("127.0.0.0/8"),))
     with pytest.raises(TransientError, match="Connection refused"):
         down.fetch(f"http://127.0.0.3:{port}/a.png")  # nothing listens on 127.0.0.3
+
+
+def trickle(handler: http.server.BaseHTTPRequestHandler) -> None:
+    """Promises 1,000 bytes and sends one every 50 ms: each read well within any timeout."""
+    handler.send_response(200)
+    handler.send_header("Content-Length", "1000")
+    handler.end_headers()
+    try:
+        for _ in range(1000):
+            handler.wfile.write(b"x")
+            handler.wfile.flush()
+            time.sleep(0.05)
+    except OSError:  # the client gave up
+        pass
+
+
+def test_a_download_that_trickles_past_its_deadline_is_transient(tmp_path: Path) -> None:
+    with serve_files(tmp_path, {"/trickle": trickle}) as server:
+        policy = Downloads(allow=LOOPBACK.allow, timeout=5, deadline=0.5)
+        started = time.monotonic()
+        with pytest.raises(
+            TransientError, match=r"cannot download .*/trickle: not done after 0\.5 s \(\d+ bytes\)"
+        ):
+            policy.fetch(f"{server.url}/trickle")
+        assert time.monotonic() - started < 5  # stopped by the deadline, not by the per-read timeout
+
+
+def test_a_batch_downloads_concurrently_and_keeps_its_order(tmp_path: Path) -> None:
+    """Three requests that each wait for the other two: they all succeed only when they are in
+    flight together (one at a time, the first would wait out the barrier and get a 503)."""
+    barrier = threading.Barrier(3, timeout=10)
+
+    def together(handler: http.server.BaseHTTPRequestHandler) -> None:
+        try:
+            barrier.wait()
+        except threading.BrokenBarrierError:
+            handler.send_error(503)
+            return
+        body = handler.path.encode()
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    with serve_files(tmp_path, {"/together": together}) as server:
+        uris = [f"{server.url}/together?i={i}" for i in range(3)]
+        results = LOOPBACK.fetch_all([*uris, f"{server.url}/missing.png"])
+    assert results[:3] == [f"/together?i={i}".encode() for i in range(3)]
+    assert isinstance(results[3], InvalidImage) and str(results[3]).endswith("missing.png: HTTP 404")
 
 
 def test_the_setting_takes_a_comma_separated_list(monkeypatch: pytest.MonkeyPatch) -> None:
