@@ -72,6 +72,8 @@ class Downloads:
         try:
             with _opener(self).open(_ascii_url(uri), timeout=self.timeout) as response:
                 data = self._body(response, uri, started)
+        except InvalidImage:  # from _body: not one of urllib's ValueErrors below
+            raise
         except _Refused as exc:
             raise InvalidImage(f"cannot download {uri}: {exc}") from exc
         except urllib.error.HTTPError as exc:
@@ -102,7 +104,12 @@ class Downloads:
             return list(pool.map(one, uris))
 
     def _body(self, response: Any, uri: str, started: float) -> bytes:
-        """Up to ``max_bytes + 1`` bytes of the response, within the deadline."""
+        """Up to ``max_bytes + 1`` bytes of the response, within the deadline. A body its
+        ``Content-Length`` announces over the limit is refused unread; one that ends short of it
+        (the connection closed mid-way) is transient, not a truncated image."""
+        announced = _content_length(response)
+        if announced is not None and announced > self.max_bytes:
+            raise InvalidImage(f"{uri} is over the {self.max_bytes}-byte limit ({announced} bytes announced)")
         parts: list[bytes] = []
         size = 0
         while size <= self.max_bytes:
@@ -117,7 +124,23 @@ class Downloads:
                 raise TransientError(
                     f"cannot download {uri}: not done after {self.deadline:g} s ({size} bytes)"
                 )
+        # http.client counts down what Content-Length announced; read1 returns b"" when the
+        # connection closes early instead of raising IncompleteRead as read() does
+        missing = getattr(response, "length", None)
+        if size <= self.max_bytes and missing:
+            raise TransientError(
+                f"cannot download {uri}: the connection closed after {size} of {size + missing} bytes"
+            )
         return b"".join(parts)
+
+
+def _content_length(response: Any) -> int | None:
+    """The body size the response announces, if it announces a usable one."""
+    value = response.headers.get("Content-Length")
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
 
 
 PUBLIC_ONLY = Downloads()  # the default: public addresses, 50 MiB

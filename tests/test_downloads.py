@@ -139,6 +139,59 @@ def test_a_download_that_trickles_past_its_deadline_is_transient(tmp_path: Path)
         assert time.monotonic() - started < 5  # stopped by the deadline, not by the per-read timeout
 
 
+def cut_short(handler: http.server.BaseHTTPRequestHandler) -> None:
+    """Promises 100,000 bytes, sends 1,000 and closes the connection (a dropped link)."""
+    handler.send_response(200)
+    handler.send_header("Content-Length", "100000")
+    handler.end_headers()
+    handler.wfile.write(image_bytes()[:1000])
+    handler.close_connection = True
+
+
+def test_a_body_cut_short_of_its_content_length_is_transient_not_a_truncated_image(tmp_path: Path) -> None:
+    with (
+        serve_files(tmp_path, {"/cut.png": cut_short}) as server,
+        pytest.raises(
+            TransientError,
+            match=r"cannot download .*/cut\.png: the connection closed after 1000 of 100000 bytes",
+        ),
+    ):
+        LOOPBACK.fetch(f"{server.url}/cut.png")
+
+
+def test_a_body_announced_over_the_limit_is_refused_unread(tmp_path: Path) -> None:
+    """The server announces 10 MB and sends nothing for 5 s: reading would wait for it."""
+
+    def huge(handler: http.server.BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(10_000_000))
+        handler.end_headers()
+        handler.wfile.flush()
+        time.sleep(5)
+
+    policy = Downloads(max_bytes=1000, allow=LOOPBACK.allow, timeout=10)
+    with serve_files(tmp_path, {"/huge.png": huge}) as server:
+        started = time.monotonic()
+        with pytest.raises(
+            InvalidImage, match=r"/huge\.png is over the 1000-byte limit \(10000000 bytes announced\)$"
+        ):
+            policy.fetch(f"{server.url}/huge.png")
+        assert time.monotonic() - started < 4
+
+
+def test_a_body_that_announces_no_size_is_read_up_to_the_limit(tmp_path: Path) -> None:
+    def unannounced(handler: http.server.BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)  # HTTP/1.0, no Content-Length: the body ends when the connection does
+        handler.end_headers()
+        handler.wfile.write(b"x" * 5000)
+
+    policy = Downloads(max_bytes=1000, allow=LOOPBACK.allow)
+    with serve_files(tmp_path, {"/a.png": unannounced, "/b.png": unannounced}) as server:
+        with pytest.raises(InvalidImage, match=r"/a\.png is over the 1000-byte limit$"):
+            policy.fetch(f"{server.url}/a.png")
+        assert LOOPBACK.fetch(f"{server.url}/b.png") == b"x" * 5000
+
+
 def test_a_batch_downloads_concurrently_and_keeps_its_order(tmp_path: Path) -> None:
     """Three requests that each wait for the other two: they all succeed only when they are in
     flight together (one at a time, the first would wait out the barrier and get a 503)."""

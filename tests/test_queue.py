@@ -112,7 +112,7 @@ def test_images_by_url_are_downloaded_by_the_worker(catalog: Catalog, image_serv
     assert image_bytes(40) in downloaded
     assert result.errors == {
         ids[1]: f"cannot download {image_server.url}/missing.png: HTTP 404",
-        ids[2]: f"{image_server.url}/big.png is over the {limit}-byte limit",
+        ids[2]: f"{image_server.url}/big.png is over the {limit}-byte limit ({limit + 4900} bytes announced)",
     }
 
 
