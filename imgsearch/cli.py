@@ -311,6 +311,8 @@ def _search(args: argparse.Namespace, settings: Settings) -> int:
     from imgsearch.catalog import Catalog
     from imgsearch.images import Limits, read_source
 
+    if args.html:
+        report.check_writable(Path(args.html))  # before the search, not after it
     query: dict[str, Any] = {}
     if args.text is not None:
         query["text"] = args.text

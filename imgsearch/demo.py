@@ -52,6 +52,7 @@ def _show(title: str, hits: list[Hit]) -> None:
 
 
 def run(settings: Settings, html: Path) -> int:
+    report.check_writable(html)  # before anything else: the page is what the demo is for
     model = canonical_name(settings.model)
     print(f"model: {model}")
     embedder = _load(settings, model)  # first: a missing model fails before anything is written

@@ -7,6 +7,7 @@ import base64
 import datetime as dt
 import html
 import io
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -169,6 +170,18 @@ def html_page(title: str, sections: Sequence[Section], sources: dict[int, str]) 
         parts.append("</section>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+def check_writable(path: Path) -> None:
+    """Refuse a results page ``path`` that :func:`write_page` could not write (a folder, a missing
+    folder, no permission) before the work whose results it would show."""
+    if path.is_dir():
+        raise InvalidInput(f"cannot write the results page {path}: Is a directory")
+    folder = path.parent
+    if not folder.is_dir():
+        raise InvalidInput(f"cannot write the results page {path}: no folder {folder}")
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise InvalidInput(f"cannot write the results page {path}: Permission denied")
 
 
 def write_page(path: Path, title: str, sections: Sequence[Section], sources: dict[int, str]) -> None:

@@ -58,3 +58,13 @@ def test_demo_without_the_model_stops_with_one_clear_line(tmp_path: Path) -> Non
     assert (
         not (tmp_path / "home").exists() and not (tmp_path / "x.html").exists()
     )  # nothing started or written
+
+
+def test_demo_refuses_a_results_page_it_could_not_write_before_starting(tmp_path: Path) -> None:
+    page = tmp_path / "missing" / "demo.html"
+    run = run_cli(
+        "demo", "--html", str(page), IMGSEARCH_HOME=str(tmp_path / "home"), HF_HOME=str(tmp_path / "hf")
+    )
+    assert run.returncode == 2 and run.stdout == ""
+    assert run.stderr.strip() == f"imgsearch: cannot write the results page {page}: no folder {page.parent}"
+    assert not (tmp_path / "home").exists()  # no server started, nothing stored

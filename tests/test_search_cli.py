@@ -182,8 +182,15 @@ def test_unusable_vector_file_and_results_page_are_one_line(shop: dict[str, str]
     assert matrix.stderr.strip().endswith("matrix.npy holds an array of shape (2, 16); expected one vector")
     (tmp_path / "v.json").write_text(json.dumps([0.1] * 32))
     page = run_cli("search", "--vector-file", str(tmp_path / "v.json"), "--html", str(tmp_path), **shop)
-    assert page.returncode == 2 and len(page.stdout.splitlines()) > 10  # the hits, then the error
+    assert page.returncode == 2 and page.stdout == ""  # refused before searching
     assert page.stderr.strip() == f"imgsearch: cannot write the results page {tmp_path}: Is a directory"
+    nowhere = tmp_path / "missing" / "r.html"
+    page = run_cli("search", "--similar-to", "987654", "--html", str(nowhere), **shop)  # not looked up
+    assert page.returncode == 2 and page.stdout == ""
+    assert (
+        page.stderr.strip()
+        == f"imgsearch: cannot write the results page {nowhere}: no folder {nowhere.parent}"
+    )
 
 
 def test_search_missing_things_and_injection(shop: dict[str, str], shop_url: str, tmp_path: Path) -> None:
