@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Engine, Select, exists, select
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from imgsearch import checks, hybrid, images, ingest, tenancy, vectors
+from imgsearch import checks, hybrid, images, ingest, removal, tenancy, vectors
 from imgsearch import search as vector_search
 from imgsearch.db import engine as db_engine
 from imgsearch.db import migrate, vector_index
@@ -288,6 +288,21 @@ class Catalog:
         values["sha256"] = values["sha256"].hex() if values["sha256"] else None
         values["attributes"] = dict(values["attributes"])
         return ImageRecord(**values)
+
+    def delete(self, image_id: int, *, tenant: str | None = None) -> None:
+        """Delete one image and its embeddings; :class:`NotFound` if there is none (with
+        ``tenant``, none of that tenant's). Its product stays, with its other images."""
+        removal.delete_images(self.engine, [image_id], tenant=tenant)
+
+    def delete_many(self, image_ids: Iterable[int], *, tenant: str | None = None) -> int:
+        """Delete every image of ``image_ids`` in one transaction, or none when one of them is
+        :class:`NotFound`; the number deleted."""
+        return removal.delete_images(self.engine, image_ids, tenant=tenant)
+
+    def delete_product(self, product_id: str, *, tenant: str) -> int:
+        """Delete a product with all its images and their embeddings; the number of images.
+        :class:`NotFound` when ``tenant`` has no such product."""
+        return removal.delete_product(self.engine, product_id, tenant=tenant)
 
     # -- search ---------------------------------------------------------------------------
 

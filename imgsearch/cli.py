@@ -262,6 +262,26 @@ def _retry_failed(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _delete(args: argparse.Namespace, settings: Settings) -> int:
+    from imgsearch import removal
+
+    if bool(args.image_ids) == bool(args.product):
+        raise InvalidInput("give image ids or --product, not both and not neither")
+    if args.product and args.tenant is None:
+        raise InvalidInput("--product needs --tenant: product ids are per tenant")
+    eng = _open_engine(settings)
+    try:
+        if args.product:
+            count = removal.delete_product(eng, args.product, tenant=args.tenant)
+            print(f"deleted product {args.product!r} of tenant {args.tenant!r} and its {count} images")
+        else:
+            count = removal.delete_images(eng, args.image_ids, tenant=args.tenant)
+            print(f"deleted {count} images")
+    finally:
+        eng.dispose()
+    return 0
+
+
 def _read_vector(path: str) -> list[float]:
     """A query vector from a .npy file, a JSON array, or numbers separated by commas or spaces."""
     import json
@@ -528,6 +548,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     retry.add_argument("--tenant", default=None, help="only this tenant's images")
     retry.set_defaults(func=_retry_failed)
+
+    remove = commands.add_parser(
+        "delete",
+        help="delete images, or a product with its images",
+        description="Delete images by id, or a product with all its images; their embeddings go "
+        "with them. All or nothing: an id that names no image (of --tenant, if given) deletes "
+        "nothing and exits 3.",
+    )
+    remove.add_argument("image_ids", nargs="*", type=int, metavar="IMAGE_ID", help="images to delete")
+    remove.add_argument("--product", metavar="PRODUCT_ID", help="delete this product and all its images")
+    remove.add_argument("--tenant", default=None, help="only this tenant's images (required with --product)")
+    remove.set_defaults(func=_delete)
 
     search = commands.add_parser(
         "search",
