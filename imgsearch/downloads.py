@@ -28,11 +28,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from imgsearch.errors import InvalidImage, TransientError
+from imgsearch.images import DEFAULT_MAX_BYTES
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-DEFAULT_MAX_BYTES = 50 * 1024 * 1024
 DEFAULT_TIMEOUT_SECONDS = 20.0  # to connect, and for each read
 DEFAULT_DEADLINE_SECONDS = 60.0  # for the whole download
 CONCURRENCY = 16  # downloads of one batch at a time: a batch of 32 takes at most two rounds
@@ -84,8 +84,6 @@ class Downloads:
             raise InvalidImage(f"cannot download {uri}: {exc}") from exc
         except http.client.HTTPException as exc:  # a response cut short or malformed
             raise TransientError(f"cannot download {uri}: {exc!r}") from exc
-        if len(data) > self.max_bytes:
-            raise InvalidImage(f"{uri} is over the {self.max_bytes}-byte limit")
         return data
 
     def fetch_all(self, uris: Sequence[str]) -> list[bytes | InvalidImage | TransientError]:
@@ -104,9 +102,10 @@ class Downloads:
             return list(pool.map(one, uris))
 
     def _body(self, response: Any, uri: str, started: float) -> bytes:
-        """Up to ``max_bytes + 1`` bytes of the response, within the deadline. A body its
-        ``Content-Length`` announces over the limit is refused unread; one that ends short of it
-        (the connection closed mid-way) is transient, not a truncated image."""
+        """The response's body, within the size limit and the deadline. A body its
+        ``Content-Length`` announces over the limit is refused unread, one that turns out over it
+        once ``max_bytes + 1`` bytes are in; one that ends short of what it announced (the
+        connection closed mid-way) is transient, not a truncated image."""
         announced = _content_length(response)
         if announced is not None and announced > self.max_bytes:
             raise InvalidImage(f"{uri} is over the {self.max_bytes}-byte limit ({announced} bytes announced)")
@@ -126,8 +125,10 @@ class Downloads:
                 )
         # http.client counts down what Content-Length announced; read1 returns b"" when the
         # connection closes early instead of raising IncompleteRead as read() does
+        if size > self.max_bytes:
+            raise InvalidImage(f"{uri} is over the {self.max_bytes}-byte limit")
         missing = getattr(response, "length", None)
-        if size <= self.max_bytes and missing:
+        if missing:
             raise TransientError(
                 f"cannot download {uri}: the connection closed after {size} of {size + missing} bytes"
             )

@@ -15,6 +15,7 @@ from pydantic import Field, IPvAnyNetwork, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from imgsearch.downloads import Downloads
+from imgsearch.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 
 DEFAULT_MODEL = "google/siglip-base-patch16-224"
 
@@ -45,8 +46,8 @@ class Settings(BaseSettings):
         default=None, description="torch device; unset: cuda when available, else cpu."
     )
     redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="Celery broker (wake-ups only).")
-    max_image_bytes: int = Field(default=50 * 1024 * 1024, gt=0, description="Largest upload accepted.")
-    max_image_pixels: int = Field(default=64_000_000, gt=0, description="Decompression-bomb limit.")
+    max_image_bytes: int = Field(default=DEFAULT_MAX_BYTES, gt=0, description="Largest upload accepted.")
+    max_image_pixels: int = Field(default=DEFAULT_MAX_PIXELS, gt=0, description="Decompression-bomb limit.")
     download_allow: Annotated[list[IPvAnyNetwork], NoDecode] = Field(
         default=[],
         description="Networks workers may download images from besides public addresses, comma-separated "
