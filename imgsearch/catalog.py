@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Engine, Select, exists, select
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from imgsearch import checks, hybrid, images, ingest, removal, tenancy, vectors
+from imgsearch import checks, hybrid, images, ingest, removal, tenancy, updates, vectors
 from imgsearch import search as vector_search
 from imgsearch.db import engine as db_engine
 from imgsearch.db import migrate, vector_index
@@ -241,6 +241,28 @@ class Catalog:
         pending = sum(1 for row, new in zip(rows, created, strict=True) if new and row.embedding is None)
         if pending and self.waker is not None:
             self.waker(pending)
+
+    def update_product(self, product_id: str, *, tenant: str, **fields: Any) -> bool:
+        """Set fields of one product without uploading its images again: any of ``category``,
+        ``price``, ``currency`` (``None`` clears them) and ``attributes`` (replaces the document;
+        re-uploading merges it instead). Searches filter on the new values at once.
+
+        Returns whether a value changed; :class:`NotFound` when ``tenant`` has no such product.
+
+        >>> catalog.update_product("sku-1", tenant="acme", price=39.9)  # doctest: +SKIP
+        """
+        return self.update_products([{"tenant": tenant, "product_id": product_id, **fields}]) == 1
+
+    def update_products(self, rows: Iterable[Mapping[str, Any]]) -> int:
+        """:meth:`update_product` for many products (a price feed), all or nothing: every row
+        (``tenant``, ``product_id`` and the fields to set) is checked first, one bad row or
+        unknown product fails the call with its index and nothing is written. Returns how many
+        products changed; rows that repeat stored values write nothing."""
+        changes = updates.prepare_all(rows)
+        if not changes:
+            return 0
+        with self.engine.begin() as conn:
+            return updates.apply(conn, changes)
 
     # -- read -----------------------------------------------------------------------------
 
@@ -486,7 +508,7 @@ class Catalog:
             Embedding.image_id == image_id, Embedding.model_id == self._model.id
         )
         if tenant is not None:
-            stmt = stmt.where(Embedding.tenant == tenant)
+            stmt = stmt.where(Embedding.tenant == checks.identifier(tenant, "tenant", InvalidQuery))
         found = conn.execute(stmt).first()
         if found is None:
             raise NotFound(f"no embedded image with id {image_id}")

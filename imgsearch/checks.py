@@ -1,5 +1,5 @@
-"""Checks of the values callers hand over, shared by uploads and searches: names (tenant, product
-id, category), attribute documents and image ids.
+"""Checks of the values callers hand over, shared by uploads, updates, deletes and searches: names
+(tenant, product id, category), prices, currencies, attribute documents and image ids.
 
 Each check raises the error class its caller names, with a message that says what is wrong. A
 value that passes can go to PostgreSQL as it is: without these, a NUL byte, a lone surrogate or an
@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from numbers import Integral, Real
 from typing import Any
 from urllib.parse import urlsplit
@@ -35,6 +35,48 @@ def name(value: str, what: str, error: type[InvalidInput] = InvalidInput) -> str
         raise error(f"{what} {value[:40]!r} contains control characters")
     unicode(value, what, error)
     return value
+
+
+def identifier(value: Any, what: str, error: type[InvalidInput] = InvalidInput) -> str:
+    """A tenant, product id or category as the catalog stores it: a string or an integer (``42``
+    is ``"42"``) without surrounding spaces, not empty, and a :func:`name`. Uploads store names
+    this way and lookups (searches, deletes, tenant scopes) read them this way, so the same value
+    names the same row everywhere."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise error(f"{what} must be a string, got {type(value).__name__}")
+    result = str(value).strip()
+    if not result:
+        raise error(f"{what} must not be empty")
+    return name(result, what, error)
+
+
+def price(value: Any) -> Decimal | None:
+    """A product price as stored: a finite, non-negative number below :data:`PRICE_LIMIT`, to four
+    decimal places (``numeric(14, 4)``); ``None`` stays ``None``."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal | str):
+        raise InvalidInput(f"price must be a number, got {type(value).__name__}")
+    try:
+        price = Decimal(str(value).strip()) if not isinstance(value, Decimal) else value
+    except InvalidOperation as exc:
+        raise InvalidInput(f"price must be a number, got {value!r}") from exc
+    if not price.is_finite():
+        raise InvalidInput(f"price must be finite, got {value!r}")
+    if price < 0:
+        raise InvalidInput(f"price must not be negative, got {value!r}")
+    if price >= PRICE_LIMIT:
+        raise InvalidInput(f"price {value!r} is too large (limit 9,999,999,999.9999)")
+    return price.quantize(Decimal("0.0001"))
+
+
+def currency(value: Any) -> str | None:
+    """A three-letter ISO 4217 code, upper case; ``None`` stays ``None``."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value.strip()) != 3 or not value.strip().isalpha():
+        raise InvalidInput(f"currency must be a three-letter ISO 4217 code such as 'EUR', got {value!r}")
+    return value.strip().upper()
 
 
 def attributes(value: Any, what: str, error: type[InvalidInput] = InvalidInput) -> dict[str, Any]:

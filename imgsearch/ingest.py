@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Connection, func, select, tuple_
@@ -45,38 +45,7 @@ def _text(value: Any, name: str, *, required: bool) -> str | None:
         if required:
             raise InvalidInput(f"{name} is required")
         return None
-    if isinstance(value, bool) or not isinstance(value, str | int):
-        raise InvalidInput(f"{name} must be a string, got {type(value).__name__}")
-    result = str(value).strip()
-    if not result:
-        raise InvalidInput(f"{name} must not be empty")
-    return checks.name(result, name)
-
-
-def _price(value: Any) -> Decimal | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float | Decimal | str):
-        raise InvalidInput(f"price must be a number, got {type(value).__name__}")
-    try:
-        price = Decimal(str(value).strip()) if not isinstance(value, Decimal) else value
-    except InvalidOperation as exc:
-        raise InvalidInput(f"price must be a number, got {value!r}") from exc
-    if not price.is_finite():
-        raise InvalidInput(f"price must be finite, got {value!r}")
-    if price < 0:
-        raise InvalidInput(f"price must not be negative, got {value!r}")
-    if price >= checks.PRICE_LIMIT:
-        raise InvalidInput(f"price {value!r} is too large (limit 9,999,999,999.9999)")
-    return price.quantize(Decimal("0.0001"))
-
-
-def _currency(value: Any) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or len(value.strip()) != 3 or not value.strip().isalpha():
-        raise InvalidInput(f"currency must be a three-letter ISO 4217 code such as 'EUR', got {value!r}")
-    return value.strip().upper()
+    return checks.identifier(value, name)
 
 
 def _attributes(value: Any) -> dict[str, Any]:
@@ -97,8 +66,8 @@ def prepare_row(row: Mapping[str, Any], *, dim: int, limits: images.Limits) -> P
         tenant=tenant,
         product_id=product_id,
         category=_text(row.get("category"), "category", required=False),
-        price=_price(row.get("price")),
-        currency=_currency(row.get("currency")),
+        price=checks.price(row.get("price")),
+        currency=checks.currency(row.get("currency")),
         attributes=_attributes(row.get("attributes")),
     )
     source, embedding = row.get("image"), row.get("embedding")

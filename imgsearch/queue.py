@@ -338,6 +338,6 @@ def retry_failed(engine: Engine, tenant: str | None = None) -> int:
         .values(state=ImageState.PENDING, error=None, attempts=0, updated_at=func.now())
     )
     if tenant is not None:
-        stmt = stmt.where(Image.tenant == checks.name(tenant, "tenant"))
+        stmt = stmt.where(Image.tenant == checks.identifier(tenant, "tenant"))
     with engine.begin() as conn:
         return int(conn.execute(stmt).rowcount)

@@ -45,11 +45,9 @@ def delete_images(engine: Engine, image_ids: Iterable[int], *, tenant: str | Non
 def delete_product(engine: Engine, product_id: str, *, tenant: str) -> int:
     """Delete ``tenant``'s product ``product_id`` with all its images; how many images it had.
     :class:`NotFound` when the tenant has no such product."""
-    if not isinstance(product_id, str) or not product_id:
-        raise InvalidInput(f"product_id must be a non-empty string, got {product_id!r}")
-    checks.name(product_id, "product_id")
+    product_id = checks.identifier(product_id, "product_id")
     with engine.begin() as conn:
-        tenancy.scope(conn, tenant)
+        tenant = tenancy.scope(conn, tenant)
         pk = conn.execute(
             select(Product.id).where(Product.tenant == tenant, Product.product_id == product_id)
         ).scalar()

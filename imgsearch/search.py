@@ -125,22 +125,16 @@ class Filters:
     def _values(self) -> dict[str, Any]:
         values: dict[str, Any] = {}
         if self.tenant is not None:
-            if not isinstance(self.tenant, str) or not self.tenant:
-                raise InvalidQuery(f"tenant must be a non-empty string, got {self.tenant!r}")
-            values["tenant"] = checks.name(self.tenant, "tenant", InvalidQuery)
+            values["tenant"] = checks.identifier(self.tenant, "tenant", InvalidQuery)
         if self.category is not None:
-            if isinstance(self.category, str):
-                categories = [self.category]
-            elif isinstance(self.category, list | tuple | set | frozenset):
-                categories = list(self.category)
+            if isinstance(self.category, list | tuple | set | frozenset):
+                if not self.category:
+                    raise InvalidQuery(
+                        f"category must be a string or a non-empty list of strings, got {self.category!r}"
+                    )
+                categories = [checks.identifier(c, "category", InvalidQuery) for c in self.category]
             else:
-                categories = []
-            if not categories or not all(isinstance(c, str) for c in categories):
-                raise InvalidQuery(
-                    f"category must be a string or a non-empty list of strings, got {self.category!r}"
-                )
-            for category in categories:
-                checks.name(category, "category", InvalidQuery)
+                categories = [checks.identifier(self.category, "category", InvalidQuery)]
             values["categories" if len(categories) > 1 else "category"] = (
                 categories if len(categories) > 1 else categories[0]
             )

@@ -21,11 +21,10 @@ ADMIN_ROLE = "imgsearch_admin"
 CONSOLE_ROLE = "imgsearch_console"
 
 
-def scope(conn: Connection, tenant: str) -> None:
-    """Restrict the rest of the current transaction to ``tenant`` (SET LOCAL semantics)."""
-    if not isinstance(tenant, str) or not tenant.strip():
-        raise InvalidInput(f"tenant must be a non-empty string, got {tenant!r}")
-    checks.name(tenant, "tenant")
+def scope(conn: Connection, tenant: str) -> str:
+    """Restrict the rest of the current transaction to ``tenant`` (SET LOCAL semantics); the
+    tenant's name as stored (:func:`imgsearch.checks.identifier`)."""
+    tenant = checks.identifier(tenant, "tenant")
     try:
         # one round trip: set_config(..., true) is SET LOCAL, and 'role' is what SET ROLE sets
         conn.execute(
@@ -37,6 +36,7 @@ def scope(conn: Connection, tenant: str) -> None:
             f"the database login cannot switch to role {APP_ROLE} for tenant isolation; "
             f"run `GRANT {APP_ROLE} TO <login>` as an administrator"
         ) from exc
+    return tenant
 
 
 def run_as_worker(conn: Connection) -> None:
@@ -49,10 +49,10 @@ def create_login(engine: Engine, login: str, tenant: str, password: str | None =
 
     >>> create_login(catalog.engine, "acme_console", "acme", password="...")   # doctest: +SKIP
     """
-    # the SQL function checks the names' form; values PostgreSQL can't even receive stop here
-    for value, what in ((login, "login"), (tenant, "tenant")):
-        if isinstance(value, str):
-            checks.name(value, what)
+    # the SQL function checks the login's form; values PostgreSQL can't even receive stop here
+    if isinstance(login, str):
+        checks.name(login, "login")
+    tenant = checks.identifier(tenant, "tenant")  # as uploads store it
     if isinstance(password, str) and "\x00" in password:
         raise InvalidInput("password must not contain a NUL character")
     try:

@@ -39,6 +39,14 @@ def unit(dim: int, seed: int = 0) -> np.ndarray:
     return (v / np.linalg.norm(v)).astype(np.float32)
 
 
+def exact_similarities(vectors: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Cosine similarity as an exact scan of the stored halfvec column computes it (the issue's
+    ground truth; the storage precision itself is measured against float32 in docs/benchmarks.md)."""
+    v = vectors.astype(np.float16).astype(np.float64)
+    q16 = q.astype(np.float16).astype(np.float64)
+    return (v @ q16) / (np.linalg.norm(v, axis=1) * np.linalg.norm(q16))
+
+
 def clustered(
     n: int, dim: int, clusters: int, spread: float = 0.5, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:

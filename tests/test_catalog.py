@@ -120,6 +120,25 @@ def test_bring_your_own_embedding_is_ready(catalog: Catalog) -> None:
     assert np.allclose(values, unit(768, 1), atol=1e-3)  # halfvec keeps ~3 decimal digits
 
 
+def test_names_are_looked_up_as_uploads_store_them(catalog: Catalog) -> None:
+    """Uploads store an integer name as its digits and drop spaces around names; searches,
+    deletes and tenant scopes read names the same way, so the value that made a row finds it."""
+    vec = unit(768, 3)
+    image_id = catalog.add(embedding=vec, tenant=" acme ", product_id=42, category=" shoes ")
+    record = catalog.get(image_id, tenant="acme  ")
+    assert (record.tenant, record.product_id, record.category) == ("acme", "42", "shoes")
+    for tenant, category in ((" acme", "shoes "), ("acme", [" shoes", "boots"])):
+        assert [h.image_id for h in catalog.search(vector=vec, tenant=tenant, category=category)] == [
+            image_id
+        ]
+    other = catalog.add(embedding=unit(768, 4), tenant="acme", product_id=7, category=7)
+    assert [h.image_id for h in catalog.search(vector=vec, category=[7], k=5)] == [other]
+    assert [h.image_id for h in catalog.search(similar_to=other, tenant=" acme")] == [image_id]
+    assert catalog.delete_product(42, tenant=" acme ") == 1
+    assert catalog.delete_product(" 7", tenant="acme") == 1
+    assert counts(catalog) == {"products": 0, "images": 0, "embeddings": 0}
+
+
 def test_reupload_of_product_updates_given_fields_only(catalog: Catalog) -> None:
     catalog.add(
         embedding=unit(768, 1),

@@ -11,8 +11,7 @@ from sqlalchemy import text
 
 from imgsearch import Catalog, queue
 from imgsearch.errors import InvalidInput, NotFound
-from tests.helpers import clustered, image_bytes, run_cli, unit
-from tests.test_search import exact_similarities
+from tests.helpers import clustered, exact_similarities, image_bytes, run_cli, unit
 
 
 @pytest.fixture
@@ -95,11 +94,12 @@ def test_delete_product_takes_its_images_and_embeddings(catalog: Catalog) -> Non
 @pytest.mark.parametrize(
     ("product_id", "tenant", "message"),
     [
-        ("", "acme", "product_id must be a non-empty string, got ''"),
-        (None, "acme", "product_id must be a non-empty string, got None"),
-        (42, "acme", "product_id must be a non-empty string, got 42"),
+        ("", "acme", "product_id must not be empty"),
+        ("  ", "acme", "product_id must not be empty"),
+        (None, "acme", "product_id must be a string, got NoneType"),
+        (4.2, "acme", "product_id must be a string, got float"),
         ("a\x00b", "acme", "contains control characters"),
-        ("sku", "", "tenant must be a non-empty string"),
+        ("sku", "", "tenant must not be empty"),
         ("sku", "a\x00b", "contains control characters"),
     ],
 )

@@ -1,0 +1,154 @@
+"""Changing products' fields (a price feed, a new category) without uploading their images again.
+
+Each row names a product by tenant and product id and gives the fields to set: ``category``,
+``price``, ``currency`` (``None`` clears them) and ``attributes`` (the whole document, replaced).
+Fields a row leaves out keep their values. Every row is checked first, and the rows are written in
+one transaction: an unknown product fails the call with nothing written.
+
+Only products whose values change are written. That matters for price and category: each
+embedding carries its product's copy of them for filtered searches (migration 0004), and a
+changed copy is a new row version, which pgvector inserts into the HNSW index again (about 1 ms
+an image; docs/benchmarks.md, "Product updates"). A feed that repeats yesterday's prices costs
+the lookups only.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, text
+
+from imgsearch import checks, tenancy
+from imgsearch.errors import InvalidInput, NotFound
+
+FIELDS = ("category", "price", "currency", "attributes")
+ROW_KEYS = frozenset({"tenant", "product_id", *FIELDS})
+
+# One statement per tenant; the rows travel as arrays, so their number doesn't change the SQL.
+_LOCK = text(
+    """SELECT p.product_id FROM imgsearch.products p
+       WHERE p.tenant = :tenant AND p.product_id = ANY(CAST(:product_ids AS text[]))
+       FOR UPDATE"""
+)
+_UPDATE = text(
+    """UPDATE imgsearch.products p SET
+           category = CASE WHEN v.set_category THEN v.category ELSE p.category END,
+           price = CASE WHEN v.set_price THEN v.price ELSE p.price END,
+           currency = CASE WHEN v.set_currency THEN v.currency ELSE p.currency END,
+           attributes = CASE WHEN v.set_attributes THEN v.attributes::jsonb ELSE p.attributes END,
+           updated_at = now()
+       FROM unnest(
+           CAST(:product_ids AS text[]),
+           CAST(:set_category AS boolean[]), CAST(:category AS text[]),
+           CAST(:set_price AS boolean[]), CAST(:price AS numeric[]),
+           CAST(:set_currency AS boolean[]), CAST(:currency AS text[]),
+           CAST(:set_attributes AS boolean[]), CAST(:attributes AS text[])
+       ) AS v(product_id, set_category, category, set_price, price, set_currency, currency,
+              set_attributes, attributes)
+       WHERE p.tenant = :tenant AND p.product_id = v.product_id
+         AND ((v.set_category AND p.category IS DISTINCT FROM v.category)
+              OR (v.set_price AND p.price IS DISTINCT FROM v.price)
+              OR (v.set_currency AND p.currency IS DISTINCT FROM v.currency)
+              OR (v.set_attributes AND p.attributes IS DISTINCT FROM v.attributes::jsonb))
+       RETURNING p.product_id"""
+)
+
+
+@dataclass(frozen=True)
+class ProductChange:
+    """One checked row: the product and the fields to set (absent ones keep their values)."""
+
+    tenant: str
+    product_id: str
+    fields: dict[str, Any]
+
+
+def prepare(row: Mapping[str, Any]) -> ProductChange:
+    """Check one row; :class:`InvalidInput` naming the bad field."""
+    if not isinstance(row, Mapping):
+        raise InvalidInput(f"a row must be a mapping of fields, got {type(row).__name__}")
+    unknown = sorted(str(key) for key in set(row) - ROW_KEYS)
+    if unknown:
+        raise InvalidInput(f"unknown keys {unknown}; allowed: {sorted(ROW_KEYS)}")
+    for key in ("tenant", "product_id"):
+        if row.get(key) is None:
+            raise InvalidInput(f"{key} is required")
+    fields: dict[str, Any] = {}
+    for key in FIELDS:
+        if key not in row:
+            continue
+        value = row[key]
+        if key == "category":
+            fields[key] = None if value is None else checks.identifier(value, "category")
+        elif key == "price":
+            fields[key] = checks.price(value)
+        elif key == "currency":
+            fields[key] = checks.currency(value)
+        else:
+            fields[key] = checks.attributes({} if value is None else value, "attributes")
+    if not fields:
+        raise InvalidInput(f"nothing to change: give at least one of {list(FIELDS)}")
+    return ProductChange(
+        tenant=checks.identifier(row["tenant"], "tenant"),
+        product_id=checks.identifier(row["product_id"], "product_id"),
+        fields=fields,
+    )
+
+
+def prepare_all(rows: Iterable[Mapping[str, Any]]) -> list[ProductChange]:
+    """Check every row first; the first bad one fails the call with its index."""
+    changes: list[ProductChange] = []
+    first: dict[tuple[str, str], int] = {}
+    for index, row in enumerate(rows):
+        try:
+            change = prepare(row)
+        except InvalidInput as exc:
+            exc.args = (f"row {index}: {exc}",)
+            raise
+        key = (change.tenant, change.product_id)
+        if key in first:
+            raise InvalidInput(
+                f"row {index}: product {change.product_id!r} of tenant {change.tenant!r} "
+                f"is already changed by row {first[key]}"
+            )
+        first[key] = index
+        changes.append(change)
+    return changes
+
+
+def apply(conn: Connection, changes: list[ProductChange]) -> int:
+    """Write checked changes in the caller's transaction, each tenant's under its row-level
+    security; the number of products whose values changed. :class:`NotFound` for the first
+    product that doesn't exist (the caller's transaction then holds partial writes: roll it back,
+    as :meth:`Catalog.update_products` does)."""
+    by_tenant: dict[str, list[tuple[int, ProductChange]]] = {}
+    for index, change in enumerate(changes):
+        by_tenant.setdefault(change.tenant, []).append((index, change))
+    changed = 0
+    for tenant, rows in by_tenant.items():
+        tenancy.scope(conn, tenant)
+        ids = [change.product_id for _, change in rows]
+        found = set(conn.execute(_LOCK, {"tenant": tenant, "product_ids": ids}).scalars())
+        missing = [(index, change) for index, change in rows if change.product_id not in found]
+        if missing:
+            index, change = missing[0]
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise NotFound(
+                f"row {index}: tenant {tenant!r} has no product {change.product_id!r}{more}; nothing updated"
+            )
+        changed += len(conn.execute(_UPDATE, _columns(tenant, [change for _, change in rows])).all())
+    return changed
+
+
+def _columns(tenant: str, changes: list[ProductChange]) -> dict[str, Any]:
+    params: dict[str, Any] = {"tenant": tenant, "product_ids": [c.product_id for c in changes]}
+    for key in FIELDS:
+        params[f"set_{key}"] = [key in c.fields for c in changes]
+        values = [c.fields.get(key) for c in changes]
+        if key == "attributes":
+            values = [None if v is None else json.dumps(v, allow_nan=False) for v in values]
+        params[key] = values
+    return params

@@ -1,0 +1,212 @@
+"""Changing products' fields: checked first, all or nothing, per tenant, and searches filter on
+the new values at once (the embeddings' copies follow in the same transaction)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy import text
+
+from imgsearch import Catalog
+from imgsearch.errors import InvalidInput, NotFound
+from tests.helpers import clustered, exact_similarities, unit
+
+
+@pytest.fixture
+def catalog(database_url: str) -> Iterator[Catalog]:
+    with Catalog.open(database_url) as cat:
+        yield cat
+
+
+def product(catalog: Catalog, product_id: str, tenant: str = "acme") -> dict[str, Any]:
+    with catalog.engine.connect() as conn:
+        row = conn.execute(
+            text(
+                "SELECT category, price, currency, attributes, updated_at FROM imgsearch.products"
+                " WHERE tenant = :t AND product_id = :p"
+            ),
+            {"t": tenant, "p": product_id},
+        ).one()
+    return row._asdict()
+
+
+def embedding_versions(catalog: Catalog) -> list[tuple[int, str]]:
+    """Each embedding row's id and transaction id: a new row version (and a new HNSW index entry)
+    changes the second."""
+    with catalog.engine.connect() as conn:
+        return [
+            tuple(r)
+            for r in conn.execute(text("SELECT image_id, xmin::text FROM imgsearch.embeddings ORDER BY 1"))
+        ]
+
+
+def test_update_sets_the_given_fields_and_keeps_the_rest(catalog: Catalog) -> None:
+    catalog.add(
+        embedding=unit(768, 1),
+        tenant="acme",
+        product_id="mug",
+        category="kitchen",
+        price=10,
+        currency="EUR",
+        attributes={"color": "red", "size": "L"},
+    )
+    assert catalog.update_product("mug", tenant="acme", price="8.50") is True
+    assert product(catalog, "mug") | {"updated_at": None} == {
+        "category": "kitchen",
+        "price": Decimal("8.5"),
+        "currency": "EUR",
+        "attributes": {"color": "red", "size": "L"},
+        "updated_at": None,
+    }
+    # attributes are replaced, not merged (re-uploading merges); None clears a field
+    assert catalog.update_product("mug", tenant="acme", attributes={"color": "blue"}, currency=None)
+    assert catalog.update_product("mug", tenant="acme", category=None, price=None)
+    stored = product(catalog, "mug")
+    assert (stored["category"], stored["price"], stored["currency"]) == (None, None, None)
+    assert stored["attributes"] == {"color": "blue"}
+    assert catalog.update_product("mug", tenant="acme", attributes=None)
+    assert product(catalog, "mug")["attributes"] == {}
+
+
+def test_searches_filter_on_the_new_values_at_once(catalog: Catalog) -> None:
+    vec = unit(768, 1)
+    mug = catalog.add(embedding=vec, tenant="acme", product_id="mug", category="kitchen", price=10)
+    catalog.add(embedding=unit(768, 2), tenant="acme", product_id="cup", category="kitchen", price=10)
+    catalog.update_products(
+        [
+            {"tenant": "acme", "product_id": "mug", "price": 55, "category": "gifts"},
+            {"tenant": "acme", "product_id": "cup", "price": 12},
+        ]
+    )
+    assert catalog.search(vector=vec, price_max=20, k=5)[0].product_id == "cup"
+    hits = catalog.search(vector=vec, category="gifts", price_min=50, k=5)
+    assert [(h.image_id, h.category, h.price) for h in hits] == [(mug, "gifts", Decimal("55"))]
+    with catalog.engine.connect() as conn:  # the SQL console's search reads the same copies
+        rows = conn.execute(
+            text("SELECT image_id FROM imgsearch.search_vector(CAST(:q AS vector), 5, category => 'gifts')"),
+            {"q": str(vec.tolist())},
+        ).all()
+    assert [r.image_id for r in rows] == [mug]
+
+
+def test_values_already_stored_write_nothing(catalog: Catalog) -> None:
+    catalog.add_many(
+        {"embedding": unit(768, i), "tenant": "acme", "product_id": f"p{i}", "category": "c", "price": 5}
+        for i in range(3)
+    )
+    before, stamp = embedding_versions(catalog), product(catalog, "p0")["updated_at"]
+    feed = [{"tenant": "acme", "product_id": f"p{i}", "price": "5.00", "category": "c"} for i in range(3)]
+    assert catalog.update_products(feed) == 0
+    assert catalog.update_product("p0", tenant="acme", attributes={}) is False
+    assert embedding_versions(catalog) == before  # no new row versions, no HNSW insertions
+    assert product(catalog, "p0")["updated_at"] == stamp
+
+    feed[1]["price"] = 6
+    assert catalog.update_products(feed) == 1
+    after = embedding_versions(catalog)
+    assert [a == b for a, b in zip(before, after, strict=True)] == [True, False, True]
+    # attributes live on products only: changing them leaves the embeddings alone
+    assert catalog.update_product("p2", tenant="acme", attributes={"new": True}) is True
+    assert embedding_versions(catalog) == after
+
+
+def test_an_unknown_product_fails_the_whole_call(catalog: Catalog) -> None:
+    catalog.add_many(
+        {"embedding": unit(768, i), "tenant": t, "product_id": "p1", "price": 5}
+        for i, t in enumerate(("acme", "other"))
+    )
+    feed = [
+        {"tenant": "acme", "product_id": "p1", "price": 7},
+        {"tenant": "other", "product_id": "p1", "price": 7},
+        {"tenant": "other", "product_id": "p2", "price": 7},
+        {"tenant": "other", "product_id": "p3", "price": 7},
+    ]
+    with pytest.raises(
+        NotFound, match=r"row 2: tenant 'other' has no product 'p2' \(and 1 more\); nothing updated"
+    ):
+        catalog.update_products(feed)
+    assert product(catalog, "p1")["price"] == product(catalog, "p1", "other")["price"] == Decimal(5)
+    with pytest.raises(NotFound, match="row 0: tenant 'acme' has no product 'nope'; nothing updated"):
+        catalog.update_product("nope", tenant="acme", price=1)
+
+
+def test_another_tenants_product_is_not_found_and_not_changed(catalog: Catalog) -> None:
+    catalog.add(embedding=unit(768, 1), tenant="shop_b", product_id="sku", price=5)
+    with pytest.raises(NotFound, match="tenant 'shop_a' has no product 'sku'"):
+        catalog.update_product("sku", tenant="shop_a", price=1)
+    for attack in ("sku' OR '1'='1", "x'; UPDATE imgsearch.products SET price = 0; --", "%"):
+        with pytest.raises(NotFound):
+            catalog.update_product(attack, tenant="shop_b", price=1)
+        with pytest.raises(NotFound):
+            catalog.update_product("sku", tenant=attack, price=1)
+    assert product(catalog, "sku", "shop_b")["price"] == Decimal(5)
+    # a value that looks like SQL is stored as it is
+    catalog.update_product("sku", tenant="shop_b", category="'; DROP TABLE imgsearch.products; --")
+    assert product(catalog, "sku", "shop_b")["category"] == "'; DROP TABLE imgsearch.products; --"
+
+
+def test_names_are_read_as_uploads_store_them(catalog: Catalog) -> None:
+    catalog.add(embedding=unit(768, 1), tenant="acme", product_id=42, category="7")
+    assert catalog.update_product(42, tenant=" acme ", category=8, price=3)  # type: ignore[arg-type]
+    assert (product(catalog, "42")["category"], product(catalog, "42")["price"]) == ("8", Decimal(3))
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ({"price": float("nan")}, "row 1: price must be finite"),
+        ({"price": -1}, "row 1: price must not be negative"),
+        ({"price": "cheap"}, "row 1: price must be a number"),
+        ({"price": 10**12}, "row 1: price .* is too large"),
+        ({"currency": "EURO"}, "row 1: currency must be a three-letter ISO 4217 code"),
+        ({"category": ""}, "row 1: category must not be empty"),
+        ({"category": "a\x00b"}, "row 1: category .* contains control characters"),
+        ({"attributes": ["red"]}, "row 1: attributes must be a mapping"),
+        ({"attributes": {"x": float("inf")}}, "row 1: .* must not hold NaN or infinity"),
+        ({"colour": "red"}, r"row 1: unknown keys \['colour'\]"),
+        ({}, "row 1: nothing to change"),
+        ({"tenant": None, "price": 1}, "row 1: tenant is required"),
+        (
+            {"product_id": "p0", "price": 2},
+            "row 1: product 'p0' of tenant 'acme' is already changed by row 0",
+        ),
+    ],
+)
+def test_bad_rows_are_one_clear_error_and_nothing_is_written(
+    catalog: Catalog, row: dict[str, Any], message: str
+) -> None:
+    catalog.add_many(
+        {"embedding": unit(768, i), "tenant": "acme", "product_id": f"p{i}", "price": 5} for i in range(2)
+    )
+    feed = [{"tenant": "acme", "product_id": "p0", "price": 9}, {"tenant": "acme", "product_id": "p1", **row}]
+    with pytest.raises(InvalidInput, match=message):
+        catalog.update_products(feed)
+    assert product(catalog, "p0")["price"] == Decimal(5)
+
+
+def test_a_row_that_is_not_a_mapping_is_refused(catalog: Catalog) -> None:
+    with pytest.raises(InvalidInput, match="row 0: a row must be a mapping of fields, got str"):
+        catalog.update_products(["p0"])  # type: ignore[list-item]
+    assert catalog.update_products([]) == 0
+
+
+def test_price_filtered_searches_return_the_exact_top_k_after_a_price_feed(catalog: Catalog) -> None:
+    """A sale moves a fifth of the catalog into a price range; searches in that range right after
+    (dead HNSW entries for the old row versions included, no vacuum) return the exact top-10."""
+    vectors, _ = clustered(2000, 768, clusters=20, seed=5)
+    ids = catalog.add_many(
+        {"embedding": v, "tenant": "acme", "product_id": f"p{i}", "price": 100} for i, v in enumerate(vectors)
+    )
+    on_sale = np.random.default_rng(1).choice(len(ids), size=400, replace=False)
+    catalog.update_products({"tenant": "acme", "product_id": f"p{i}", "price": 49} for i in on_sale)
+    sale_ids = np.array(ids)[on_sale]
+    for seed in range(5):
+        query = unit(768, 100 + seed)
+        expected = sale_ids[np.argsort(-exact_similarities(vectors[on_sale], query))[:10]]
+        hits = catalog.search(vector=query, tenant="acme", price_max=50, k=10)
+        assert [h.image_id for h in hits] == list(expected)
+        assert {h.price for h in hits} == {Decimal(49)}
