@@ -253,16 +253,25 @@ class Catalog:
         """
         return self.update_products([{"tenant": tenant, "product_id": product_id, **fields}]) == 1
 
-    def update_products(self, rows: Iterable[Mapping[str, Any]]) -> int:
+    def update_products(self, rows: Iterable[Mapping[str, Any]], *, progress: bool | None = None) -> int:
         """:meth:`update_product` for many products (a price feed), all or nothing: every row
         (``tenant``, ``product_id`` and the fields to set) is checked first, one bad row or
         unknown product fails the call with its index and nothing is written. Returns how many
-        products changed; rows that repeat stored values write nothing."""
+        products changed; rows that repeat stored values write nothing.
+
+        ``progress`` shows a progress bar; by default only when stderr is a terminal.
+        """
+        from tqdm import tqdm
+
         changes = updates.prepare_all(rows)
         if not changes:
             return 0
-        with self.engine.begin() as conn:
-            return updates.apply(conn, changes)
+        show = sys.stderr.isatty() if progress is None else progress
+        with (
+            self.engine.begin() as conn,
+            tqdm(total=len(changes), desc="updating", unit="product", disable=not show) as bar,
+        ):
+            return updates.apply(conn, changes, progress=bar.update)
 
     # -- read -----------------------------------------------------------------------------
 

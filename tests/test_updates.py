@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from sqlalchemy import text
 
-from imgsearch import Catalog
+from imgsearch import Catalog, updates
 from imgsearch.errors import InvalidInput, NotFound
 from tests.helpers import clustered, exact_similarities, unit
 
@@ -210,3 +210,21 @@ def test_price_filtered_searches_return_the_exact_top_k_after_a_price_feed(catal
         hits = catalog.search(vector=query, tenant="acme", price_max=50, k=10)
         assert [h.image_id for h in hits] == list(expected)
         assert {h.price for h in hits} == {Decimal(49)}
+
+
+def test_large_feeds_are_written_in_chunks_with_progress(
+    catalog: Catalog, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(updates, "CHUNK", 3)
+    catalog.add_many(
+        {"embedding": unit(768, i), "tenant": "acme", "product_id": f"p{i}", "price": 5} for i in range(7)
+    )
+    feed = [
+        {"tenant": "acme", "product_id": f"p{i}", "price": 5 if i in (2, 4) else 10 + i} for i in range(7)
+    ]
+    assert catalog.update_products(feed, progress=True) == 5
+    assert [product(catalog, f"p{i}")["price"] for i in range(7)] == [
+        Decimal(5 if i in (2, 4) else 10 + i) for i in range(7)
+    ]
+    err = capsys.readouterr().err
+    assert "updating: 100%" in err and "7/7" in err
