@@ -251,7 +251,9 @@ class Catalog:
 
         >>> catalog.update_product("sku-1", tenant="acme", price=39.9)  # doctest: +SKIP
         """
-        return self.update_products([{"tenant": tenant, "product_id": product_id, **fields}]) == 1
+        change = updates.prepare({"tenant": tenant, "product_id": product_id, **fields})
+        with self.engine.begin() as conn:
+            return updates.apply(conn, [change]) == 1
 
     def update_products(self, rows: Iterable[Mapping[str, Any]], *, progress: bool | None = None) -> int:
         """:meth:`update_product` for many products (a price feed), all or nothing: every row

@@ -125,7 +125,8 @@ def apply(
 ) -> int:
     """Write checked changes in the caller's transaction, each tenant's under its row-level
     security; the number of products whose values changed. Every product is looked up (and
-    locked) before anything is written: :class:`NotFound` names the first that doesn't exist.
+    locked) before anything is written: :class:`NotFound` names the first that doesn't exist
+    (and its row, when there are several).
     ``progress`` is called with the number of rows done after each chunk of :data:`CHUNK`."""
     by_tenant: dict[str, list[tuple[int, ProductChange]]] = {}
     for index, change in enumerate(changes):
@@ -137,9 +138,10 @@ def apply(
         missing = [(index, change) for index, change in rows if change.product_id not in found]
         if missing:
             index, change = missing[0]
+            row = f"row {index}: " if len(changes) > 1 else ""
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
             raise NotFound(
-                f"row {index}: tenant {tenant!r} has no product {change.product_id!r}{more}; nothing updated"
+                f"{row}tenant {tenant!r} has no product {change.product_id!r}{more}; nothing updated"
             )
     changed = 0
     for tenant, rows in by_tenant.items():

@@ -130,8 +130,10 @@ def test_an_unknown_product_fails_the_whole_call(catalog: Catalog) -> None:
     ):
         catalog.update_products(feed)
     assert product(catalog, "p1")["price"] == product(catalog, "p1", "other")["price"] == Decimal(5)
-    with pytest.raises(NotFound, match="row 0: tenant 'acme' has no product 'nope'; nothing updated"):
+    with pytest.raises(NotFound, match=r"^tenant 'acme' has no product 'nope'; nothing updated$"):
         catalog.update_product("nope", tenant="acme", price=1)
+    with pytest.raises(InvalidInput, match=r"^price must not be negative, got -1$"):
+        catalog.update_product("p1", tenant="acme", price=-1)  # one product: no row number
 
 
 def test_another_tenants_product_is_not_found_and_not_changed(catalog: Catalog) -> None:
