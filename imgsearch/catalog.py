@@ -507,7 +507,7 @@ class Catalog:
             return self.embedder.embed_image(images.read_source(image, self._limits)), filters
         if vector is not None:
             return vectors.as_vector(vector, self.dim, "query vector"), filters
-        query = self._embedding_of(conn, similar_to, filters.tenant)
+        query = self._embedding_of(conn, similar_to, filters.tenant_name())
         return query, replace(filters, exclude_image=similar_to)
 
     def _embedding_of(self, conn: Any, image_id: Any, tenant: str | None) -> vectors.Vector:
@@ -519,7 +519,7 @@ class Catalog:
             Embedding.image_id == image_id, Embedding.model_id == self._model.id
         )
         if tenant is not None:
-            stmt = stmt.where(Embedding.tenant == checks.identifier(tenant, "tenant", InvalidQuery))
+            stmt = stmt.where(Embedding.tenant == tenant)
         found = conn.execute(stmt).first()
         if found is None:
             raise NotFound(f"no embedded image with id {image_id}")

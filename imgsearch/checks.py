@@ -50,6 +50,16 @@ def identifier(value: Any, what: str, error: type[InvalidInput] = InvalidInput) 
     return name(result, what, error)
 
 
+def identifier_field(value: Any, what: str, *, required: bool) -> str | None:
+    """A name field of an upload or an update: :func:`identifier`, ``None`` when the field is
+    absent and optional, "``what`` is required" when it is absent and required."""
+    if value is None:
+        if required:
+            raise InvalidInput(f"{what} is required")
+        return None
+    return identifier(value, what)
+
+
 def price(value: Any) -> Decimal | None:
     """A product price as stored: a finite, non-negative number below :data:`PRICE_LIMIT`, to four
     decimal places (``numeric(14, 4)``); ``None`` stays ``None``."""

@@ -40,14 +40,6 @@ class PreparedRow:
     embedding: vectors.Vector | None = None
 
 
-def _text(value: Any, name: str, *, required: bool) -> str | None:
-    if value is None:
-        if required:
-            raise InvalidInput(f"{name} is required")
-        return None
-    return checks.identifier(value, name)
-
-
 def _attributes(value: Any) -> dict[str, Any]:
     return {} if value is None else checks.attributes(value, "attributes")
 
@@ -59,13 +51,13 @@ def prepare_row(row: Mapping[str, Any], *, dim: int, limits: images.Limits) -> P
     unknown = sorted(str(key) for key in set(row) - ROW_KEYS)
     if unknown:
         raise InvalidInput(f"unknown keys {unknown}; allowed: {sorted(ROW_KEYS)}")
-    tenant = _text(row.get("tenant"), "tenant", required=True)
-    product_id = _text(row.get("product_id"), "product_id", required=True)
+    tenant = checks.identifier_field(row.get("tenant"), "tenant", required=True)
+    product_id = checks.identifier_field(row.get("product_id"), "product_id", required=True)
     assert tenant is not None and product_id is not None
     prepared = PreparedRow(
         tenant=tenant,
         product_id=product_id,
-        category=_text(row.get("category"), "category", required=False),
+        category=checks.identifier_field(row.get("category"), "category", required=False),
         price=checks.price(row.get("price")),
         currency=checks.currency(row.get("currency")),
         attributes=_attributes(row.get("attributes")),

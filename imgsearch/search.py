@@ -103,6 +103,11 @@ class Filters:
         :meth:`shape` with other values (checked once per instance)."""
         return {f"{PARAM_PREFIX}{name}": value for name, value in self._values.items()}
 
+    def tenant_name(self) -> str | None:
+        """The tenant as stored (:func:`imgsearch.checks.identifier`, checked once per instance)."""
+        tenant: str | None = self._values.get("tenant")
+        return tenant
+
     def plans_alike(self) -> bool:
         """True when the best way to read every part of a search doesn't depend on the values:
         no filter, one filter on an indexed column (tenant, category or a list of them,

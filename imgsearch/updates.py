@@ -74,16 +74,16 @@ def prepare(row: Mapping[str, Any]) -> ProductChange:
     unknown = sorted(str(key) for key in set(row) - ROW_KEYS)
     if unknown:
         raise InvalidInput(f"unknown keys {unknown}; allowed: {sorted(ROW_KEYS)}")
-    for key in ("tenant", "product_id"):
-        if row.get(key) is None:
-            raise InvalidInput(f"{key} is required")
+    tenant = checks.identifier_field(row.get("tenant"), "tenant", required=True)
+    product_id = checks.identifier_field(row.get("product_id"), "product_id", required=True)
+    assert tenant is not None and product_id is not None
     fields: dict[str, Any] = {}
     for key in FIELDS:
         if key not in row:
             continue
         value = row[key]
         if key == "category":
-            fields[key] = None if value is None else checks.identifier(value, "category")
+            fields[key] = checks.identifier_field(value, "category", required=False)
         elif key == "price":
             fields[key] = checks.price(value)
         elif key == "currency":
@@ -92,11 +92,7 @@ def prepare(row: Mapping[str, Any]) -> ProductChange:
             fields[key] = checks.attributes({} if value is None else value, "attributes")
     if not fields:
         raise InvalidInput(f"nothing to change: give at least one of {list(FIELDS)}")
-    return ProductChange(
-        tenant=checks.identifier(row["tenant"], "tenant"),
-        product_id=checks.identifier(row["product_id"], "product_id"),
-        fields=fields,
-    )
+    return ProductChange(tenant=tenant, product_id=product_id, fields=fields)
 
 
 def prepare_all(rows: Iterable[Mapping[str, Any]]) -> list[ProductChange]:
