@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -255,17 +255,24 @@ class Catalog:
         with self.engine.begin() as conn:
             return updates.apply(conn, [change]) == 1
 
-    def update_products(self, rows: Iterable[Mapping[str, Any]], *, progress: bool | None = None) -> int:
+    def update_products(
+        self,
+        rows: Iterable[Mapping[str, Any]],
+        *,
+        progress: bool | None = None,
+        names: Sequence[str] | None = None,
+    ) -> int:
         """:meth:`update_product` for many products (a price feed), all or nothing: every row
         (``tenant``, ``product_id`` and the fields to set) is checked first, one bad row or
         unknown product fails the call with its index and nothing is written. Returns how many
         products changed; rows that repeat stored values write nothing.
 
-        ``progress`` shows a progress bar; by default only when stderr is a terminal.
+        ``progress`` shows a progress bar; by default only when stderr is a terminal. ``names``
+        (one per row) replaces ``"row i"`` in errors, e.g. with the row's file and line.
         """
         from tqdm import tqdm
 
-        changes = updates.prepare_all(rows)
+        changes = updates.prepare_all(rows, names)
         if not changes:
             return 0
         show = sys.stderr.isatty() if progress is None else progress

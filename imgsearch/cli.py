@@ -217,6 +217,21 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if failures else 0
 
 
+def _update(args: argparse.Namespace, settings: Settings) -> int:
+    from imgsearch import sources
+    from imgsearch.catalog import Catalog
+
+    named = list(sources.feed(args.feeds, tenant=args.tenant))
+    if not named:
+        print("updated 0 products: the feed has no rows")
+        return 0
+    names = [name for name, _ in named]
+    with Catalog.open(settings=settings) as catalog:
+        changed = catalog.update_products([row for _, row in named], names=names)
+    print(f"updated {changed} of {len(named)} products ({len(named) - changed} already had these values)")
+    return 0
+
+
 def _queue_depth(settings: Settings) -> int | None:
     try:
         import redis
@@ -517,6 +532,21 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--category", default=None, help="category of rows that don't name one")
     ingest.add_argument("--no-embed", action="store_true", help="only store; leave embedding to the workers")
     ingest.set_defaults(func=_ingest)
+
+    update = commands.add_parser(
+        "update",
+        help="change products' price, category, currency or attributes from a feed",
+        description="Apply CSV/JSONL product feeds (columns: product_id, tenant, category, price, "
+        "currency, attributes as JSON) without uploading images again. An empty CSV cell keeps its "
+        "field; in JSON Lines a missing key keeps it and null clears it. All or nothing: every row "
+        "is checked and every product looked up first; a bad row or an unknown product exits "
+        "non-zero naming its file and line, with nothing written.",
+    )
+    update.add_argument("feeds", nargs="+", metavar="FEED", help=".csv, .jsonl or .ndjson files")
+    update.add_argument(
+        "--tenant", default="default", help="tenant of rows that don't name one (default 'default')"
+    )
+    update.set_defaults(func=_update)
 
     worker = commands.add_parser(
         "worker",

@@ -15,8 +15,8 @@ the lookups only.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import Connection, text
@@ -60,11 +60,13 @@ _UPDATE = text(
 
 @dataclass(frozen=True)
 class ProductChange:
-    """One checked row: the product and the fields to set (absent ones keep their values)."""
+    """One checked row: the product and the fields to set (absent ones keep their values), and
+    how errors name the row (``"row 3"``, ``"feed.csv:4"``; empty for a single product)."""
 
     tenant: str
     product_id: str
     fields: dict[str, Any]
+    name: str = ""
 
 
 def prepare(row: Mapping[str, Any]) -> ProductChange:
@@ -95,23 +97,28 @@ def prepare(row: Mapping[str, Any]) -> ProductChange:
     return ProductChange(tenant=tenant, product_id=product_id, fields=fields)
 
 
-def prepare_all(rows: Iterable[Mapping[str, Any]]) -> list[ProductChange]:
-    """Check every row first; the first bad one fails the call with its index."""
+def prepare_all(rows: Iterable[Mapping[str, Any]], names: Sequence[str] | None = None) -> list[ProductChange]:
+    """Check every row first; the first bad one fails the call, named by ``names[i]`` (by
+    default ``"row i"``)."""
+    listed = list(rows)
+    if names is not None and len(names) != len(listed):
+        raise InvalidInput(f"names must name every row: got {len(names)} names for {len(listed)} rows")
     changes: list[ProductChange] = []
-    first: dict[tuple[str, str], int] = {}
-    for index, row in enumerate(rows):
+    first: dict[tuple[str, str], str] = {}
+    for index, row in enumerate(listed):
+        name = f"row {index}" if names is None else names[index]
         try:
-            change = prepare(row)
+            change = replace(prepare(row), name=name)
         except InvalidInput as exc:
-            exc.args = (f"row {index}: {exc}",)
+            exc.args = (f"{name}: {exc}",)
             raise
         key = (change.tenant, change.product_id)
         if key in first:
             raise InvalidInput(
-                f"row {index}: product {change.product_id!r} of tenant {change.tenant!r} "
-                f"is already changed by row {first[key]}"
+                f"{name}: product {change.product_id!r} of tenant {change.tenant!r} "
+                f"is already changed by {first[key]}"
             )
-        first[key] = index
+        first[key] = name
         changes.append(change)
     return changes
 
@@ -122,19 +129,19 @@ def apply(
     """Write checked changes in the caller's transaction, each tenant's under its row-level
     security; the number of products whose values changed. Every product is looked up (and
     locked) before anything is written: :class:`NotFound` names the first that doesn't exist
-    (and its row, when there are several).
+    (and its row, when the change has a name).
     ``progress`` is called with the number of rows done after each chunk of :data:`CHUNK`."""
-    by_tenant: dict[str, list[tuple[int, ProductChange]]] = {}
-    for index, change in enumerate(changes):
-        by_tenant.setdefault(change.tenant, []).append((index, change))
+    by_tenant: dict[str, list[ProductChange]] = {}
+    for change in changes:
+        by_tenant.setdefault(change.tenant, []).append(change)
     for tenant, rows in by_tenant.items():
         tenancy.scope(conn, tenant)
-        ids = [change.product_id for _, change in rows]
+        ids = [change.product_id for change in rows]
         found = set(conn.execute(_LOCK, {"tenant": tenant, "product_ids": ids}).scalars())
-        missing = [(index, change) for index, change in rows if change.product_id not in found]
+        missing = [change for change in rows if change.product_id not in found]
         if missing:
-            index, change = missing[0]
-            row = f"row {index}: " if len(changes) > 1 else ""
+            change = missing[0]
+            row = f"{change.name}: " if change.name else ""
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
             raise NotFound(
                 f"{row}tenant {tenant!r} has no product {change.product_id!r}{more}; nothing updated"
@@ -143,7 +150,7 @@ def apply(
     for tenant, rows in by_tenant.items():
         tenancy.scope(conn, tenant)
         for start in range(0, len(rows), CHUNK):
-            part = [change for _, change in rows[start : start + CHUNK]]
+            part = rows[start : start + CHUNK]
             changed += len(conn.execute(_UPDATE, _columns(tenant, part)).all())
             if progress is not None:
                 progress(len(part))

@@ -60,5 +60,48 @@ def test_bad_manifests_name_the_line(tmp_path: Path, name: str, content: str, me
 def test_manifest_that_is_not_utf8(tmp_path: Path) -> None:
     manifest = tmp_path / "a.csv"
     manifest.write_bytes(b"image,tenant\na.png,ac\xffme\n")
-    with pytest.raises(InvalidInput, match=r"cannot read manifest .*a.csv: 'utf-8' codec can't decode"):
+    with pytest.raises(InvalidInput, match=r"cannot read .*a.csv: 'utf-8' codec can't decode"):
         rows(manifest)
+
+
+def feed(*paths: Path) -> list[tuple[str, dict[str, object]]]:
+    return list(sources.feed([str(p) for p in paths], tenant="fallback"))
+
+
+def test_feed_rows_keep_what_they_leave_out(tmp_path: Path) -> None:
+    """An empty CSV cell keeps its field; in JSON Lines a missing key keeps it and null clears it."""
+    sheet = tmp_path / "prices.csv"
+    sheet.write_bytes(
+        '\ufeffproduct_id,tenant,price,attributes\nsku-1,,9.5,"{""a"": 1}"\nsku-2,acme,,\n'.encode()
+    )
+    lines = tmp_path / "prices.jsonl"
+    lines.write_text(
+        '{"product_id": "sku-3", "tenant": null, "currency": null}\n\n{"product_id": 4, "price": 2}\n'
+    )
+    assert feed(sheet, lines) == [
+        (f"{sheet}:2", {"product_id": "sku-1", "tenant": "fallback", "price": "9.5", "attributes": {"a": 1}}),
+        (f"{sheet}:3", {"product_id": "sku-2", "tenant": "acme"}),
+        (f"{lines}:1", {"product_id": "sku-3", "tenant": "fallback", "currency": None}),
+        (f"{lines}:3", {"product_id": 4, "price": 2, "tenant": "fallback"}),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("a.csv", "sku,price\n1,2\n", r"a.csv:1: the header \['sku', 'price'\] has no 'product_id' column"),
+        ("a.csv", "product_id,price\nsku-1,2,3\n", "a.csv:2: more values than the header has columns"),
+        ("a.csv", 'product_id,attributes\nsku-1,"{"\n', "a.csv:2: attributes are not JSON"),
+        (
+            "a.ndjson",
+            '{"product_id": "sku-1"}\n[1]\n',
+            "a.ndjson:2: each line must be a JSON object, got list",
+        ),
+        ("a.txt", "product_id\nsku-1\n", "a.txt: a feed is a .csv, .jsonl or .ndjson file"),
+    ],
+)
+def test_bad_feeds_name_the_line(tmp_path: Path, name: str, content: str, message: str) -> None:
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(InvalidInput, match=message):
+        feed(path)

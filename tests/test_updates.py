@@ -196,6 +196,27 @@ def test_a_row_that_is_not_a_mapping_is_refused(catalog: Catalog) -> None:
     assert catalog.update_products([]) == 0
 
 
+def test_rows_can_be_named_by_where_they_come_from(catalog: Catalog) -> None:
+    """``names`` (a feed's file and line) replace "row i" in every error."""
+    catalog.add(embedding=unit(768, 1), tenant="acme", product_id="p0", price=5)
+    rows = [
+        {"tenant": "acme", "product_id": "p0", "price": 1},
+        {"tenant": "acme", "product_id": "p9", "price": 1},
+    ]
+    with pytest.raises(NotFound, match=r"^feed.csv:3: tenant 'acme' has no product 'p9'; nothing updated$"):
+        catalog.update_products(rows, names=["feed.csv:2", "feed.csv:3"])
+    with pytest.raises(
+        InvalidInput, match=r"^feed.csv:3: product 'p0' of tenant 'acme' is already changed by feed.csv:2$"
+    ):
+        catalog.update_products([rows[0], rows[0]], names=["feed.csv:2", "feed.csv:3"])
+    with pytest.raises(InvalidInput, match=r"^names must name every row: got 1 names for 2 rows$"):
+        catalog.update_products(rows, names=["feed.csv:2"])
+    # a one-row feed still names its row: the caller asked for names
+    with pytest.raises(NotFound, match=r"^row 0: tenant 'acme' has no product 'p9'"):
+        catalog.update_products(rows[1:])
+    assert product(catalog, "p0")["price"] == Decimal(5)
+
+
 def test_price_filtered_searches_return_the_exact_top_k_after_a_price_feed(catalog: Catalog) -> None:
     """A sale moves a fifth of the catalog into a price range; searches in that range right after
     (dead HNSW entries for the old row versions included, no vacuum) return the exact top-10."""
