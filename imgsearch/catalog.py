@@ -417,16 +417,16 @@ class Catalog:
         filters = vector_search.Filters(tenant, category, price_min, price_max, attributes, where)
         filters.conditions()  # check the filters before any model work
         self._follow_model_switch()
-        queries = {"text": text, "image": image, "similar_to": similar_to, "vector": vector}
+        query = self._query_vector(text=text, image=image, similar_to=similar_to, vector=vector)
         try:
-            hits = self._search_once(tenant, filters, options, queries)
+            hits = self._search_once(tenant, filters, options, query, similar_to)
         except DBAPIError as exc:
             if not exc.connection_invalidated:
                 raise
             # searches check out connections without a ping (db_engine.make_search_engine): a
             # search is read-only, so it runs again on a new connection
             log.warning("a search's database connection was closed (%s); running it again", exc.orig)
-            hits = self._search_once(tenant, filters, options, queries)
+            hits = self._search_once(tenant, filters, options, query, similar_to)
         if text is not None:
             hits = hybrid.with_probability(hits, self.embedder.probability)
             if min_probability is not None:
@@ -438,12 +438,14 @@ class Catalog:
         tenant: str | None,
         filters: vector_search.Filters,
         options: hybrid.Options,
-        queries: dict[str, Any],
+        query: vectors.Vector | None,
+        similar_to: Any,
     ) -> list[Hit]:
         with self._search_engine.begin() as conn:
             if tenant is not None:
                 tenancy.scope(conn, tenant)
-            query, filters = self._query(conn, filters, **queries)
+            if query is None:
+                query, filters = self._similar(conn, similar_to, filters)
             return hybrid.run(conn, self._model, query, filters, options)
 
     def search_select(
@@ -477,10 +479,10 @@ class Catalog:
         filters = vector_search.Filters(tenant, category, price_min, price_max, attributes, where)
         filters.conditions()
         self._follow_model_switch()
-        with self.engine.connect() as conn:
-            query, filters = self._query(
-                conn, filters, text=text, image=image, similar_to=similar_to, vector=vector
-            )
+        query = self._query_vector(text=text, image=image, similar_to=similar_to, vector=vector)
+        if query is None:
+            with self.engine.connect() as conn:
+                query, filters = self._similar(conn, similar_to, filters)
         return vector_search.hnsw_statement(self._model, query, filters, k, with_images=True)
 
     def apply_search_settings(self, connection: Any, k: int = MAX_K, *, tenant: str | None = None) -> None:
@@ -493,29 +495,30 @@ class Catalog:
         vector_search.planner_settings(connection)
         vector_search.set_local(connection, vector_search.open_ended_plan(connection, k))
 
-    def _query(
-        self,
-        conn: Any,
-        filters: vector_search.Filters,
-        *,
-        text: str | None,
-        image: Any,
-        similar_to: Any,
-        vector: Any,
-    ) -> tuple[vectors.Vector, vector_search.Filters]:
-        """The query vector of exactly one query kind, and the filters (minus the source image)."""
+    def _query_vector(
+        self, *, text: str | None, image: Any, similar_to: Any, vector: Any
+    ) -> vectors.Vector | None:
+        """The query vector of exactly one query kind, before any connection is taken (a text or
+        image query's forward pass takes tens of ms on a CPU); None for ``similar_to``, whose
+        vector is read in the search's own transaction (:meth:`_similar`)."""
         queries = {"text": text, "image": image, "similar_to": similar_to, "vector": vector}
         given = [name for name, value in queries.items() if value is not None]
         if len(given) != 1:
             raise InvalidQuery(f"give exactly one query of {sorted(queries)}, got {given or 'none'}")
         if text is not None:
-            return self.embedder.embed_texts([text])[0], filters
+            return self.embedder.embed_text(text)
         if image is not None:
-            return self.embedder.embed_image(images.read_source(image, self._limits)), filters
+            return self.embedder.embed_image(images.read_source(image, self._limits))
         if vector is not None:
-            return vectors.as_vector(vector, self.dim, "query vector"), filters
-        query = self._embedding_of(conn, similar_to, filters.tenant_name())
-        return query, replace(filters, exclude_image=similar_to)
+            return vectors.as_vector(vector, self.dim, "query vector")
+        return None
+
+    def _similar(
+        self, conn: Any, image_id: Any, filters: vector_search.Filters
+    ) -> tuple[vectors.Vector, vector_search.Filters]:
+        """A ``similar_to`` query: the image's embedding, and the filters without the image."""
+        query = self._embedding_of(conn, image_id, filters.tenant_name())
+        return query, replace(filters, exclude_image=image_id)
 
     def _embedding_of(self, conn: Any, image_id: Any, tenant: str | None) -> vectors.Vector:
         if isinstance(image_id, bool) or not isinstance(image_id, int):

@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     )
     max_aspect_ratio: float = Field(default=20.0, gt=1, description="Wider or taller images are rejected.")
     batch_size: int = Field(default=32, gt=0, description="Images per forward pass.")
+    text_cache_size: int = Field(
+        default=1024, ge=0, description="Text queries whose embeddings a catalog remembers (0: none)."
+    )
     # up to 1500 rows the exact scan goes first, up to 15% when HNSW comes short (bench/search.py)
     exact_max_rows: int = Field(
         default=1500,

@@ -21,7 +21,7 @@ from imgsearch.db.models import Image, Product
 from imgsearch.db.vector_index import HalfvecValue
 from imgsearch.errors import DimensionMismatch, InvalidQuery
 from imgsearch.settings import Settings
-from tests.helpers import clustered, exact_similarities, explain, explain_generic, nested
+from tests.helpers import clustered, exact_similarities, explain, explain_generic, nested, unit
 
 N, DIM, CLUSTERS, K = 10_000, 32, 50, 10
 
@@ -838,6 +838,37 @@ def test_text_and_image_queries_use_the_embedder(database_url: str, tiny_siglip:
         threshold = sorted(h.probability for h in text_hits)[2]
         kept = catalog.search(text="a blue square", k=4, min_probability=threshold)
         assert {h.image_id for h in kept} == {h.image_id for h in text_hits if h.probability >= threshold}
+
+
+def test_text_and_image_queries_hold_no_connection_while_embedding(
+    database_url: str, tiny_siglip: Path
+) -> None:
+    """The forward pass (tens of ms on a CPU) runs before the search takes a connection, so a pool
+    isn't tied up by model work; a repeated text query skips it (the embedder's cache)."""
+    from PIL import Image as PILImage
+
+    with Catalog.open(database_url, model=str(tiny_siglip)) as catalog:
+        for i in range(5):
+            catalog.add(embedding=unit(catalog.dim, i), tenant="acme", product_id=f"p{i}")
+        checked_out: list[tuple[int, int]] = []
+        catalog.embedder.load()
+        for tower in (catalog.embedder._model.text_model, catalog.embedder._model.vision_model):
+            tower.register_forward_hook(
+                lambda *_: checked_out.append(
+                    (catalog.search_engine.pool.checkedout(), catalog.engine.pool.checkedout())
+                )
+            )
+        buf = io.BytesIO()
+        PILImage.new("RGB", (40, 40), "red").save(buf, "PNG")
+
+        first = catalog.search(text="a red square", tenant="acme", k=3)
+        again = catalog.search(text="a red square", tenant="acme", k=3)
+        catalog.search(image=buf.getvalue(), tenant="acme", k=3)
+        catalog.search_select(text="a blue square", k=3)
+
+        assert checked_out == [(0, 0)] * 3  # two texts (one cached) and an image
+        assert again == first and len(first) == 3
+        assert catalog.embedder.text_cache_info().hits == 1
 
 
 def test_search_by_vector_never_loads_weights(catalog: Catalog, data: Fixture) -> None:

@@ -7,6 +7,7 @@ numpy arrays. Needs the ``worker`` extra (torch, transformers).
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -23,12 +24,11 @@ from imgsearch.embed.loading import resolve
 from imgsearch.embed.registry import model_dim
 from imgsearch.errors import ConfigurationError, InvalidImage, InvalidInput, ModelUnavailable
 from imgsearch.images import Limits
+from imgsearch.settings import Settings
 
 if TYPE_CHECKING:
     import torch
     from PIL import Image
-
-    from imgsearch.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,8 @@ Matrix = npt.NDArray[np.float32]
 SUPPORTED = ("siglip", "siglip2", "clip")
 DEFAULT_BATCH_SIZE = 32  # CPU: larger batches gain <5% here; GPU: see docs/benchmarks.md
 MAX_TEXT_CHARS = 2000
+# text queries remembered per embedder (768-d: ~3 KiB each); declared once, on Settings
+DEFAULT_TEXT_CACHE_SIZE: int = Settings.model_fields["text_cache_size"].default
 
 
 @dataclass
@@ -45,6 +47,14 @@ class PreparedBatch:
     inputs: dict[str, Any]  # processor output (pixel_values, and for NaFlex the mask and shapes)
     good: list[int]  # positions in the batch with a usable image
     errors: dict[int, InvalidImage]
+
+
+def _check_text(text: object) -> None:
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidInput(f"a text query must be a non-empty string, got {text!r}")
+    if len(text) > MAX_TEXT_CHARS:
+        raise InvalidInput(f"text query is {len(text)} characters; the limit is {MAX_TEXT_CHARS}")
+    checks.unicode(text, "text query")
 
 
 def _normalise(features: torch.Tensor) -> Matrix:
@@ -69,9 +79,12 @@ class Embedder:
         device: str | None = None,
         options: decoding.DecodeOptions | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
+        text_cache_size: int = DEFAULT_TEXT_CACHE_SIZE,
     ) -> None:
         if batch_size < 1:
             raise ConfigurationError(f"batch size must be at least 1, got {batch_size}")
+        if text_cache_size < 0:
+            raise ConfigurationError(f"text cache size must not be negative, got {text_cache_size}")
         self.name = name
         self.options = options or decoding.DecodeOptions()
         self.batch_size = batch_size
@@ -82,6 +95,9 @@ class Embedder:
         self._model_type = ""
         self.device = "cpu"
         self.dtype: Any = None
+        # a shop's search box sees the same queries again and again: each costs a text forward
+        # pass (tens of ms on a CPU) the first time only
+        self._text_row = functools.lru_cache(maxsize=text_cache_size)(self._embed_one_text)
 
     @classmethod
     def from_settings(cls, settings: Settings, name: str | None = None) -> Embedder:
@@ -91,7 +107,11 @@ class Embedder:
             max_aspect_ratio=settings.max_aspect_ratio,
         )
         return cls(
-            name or settings.model, device=settings.device, options=options, batch_size=settings.batch_size
+            name or settings.model,
+            device=settings.device,
+            options=options,
+            batch_size=settings.batch_size,
+            text_cache_size=settings.text_cache_size,
         )
 
     @property
@@ -243,11 +263,7 @@ class Embedder:
         if isinstance(texts, str):
             raise InvalidInput("embed_texts takes a list of strings; wrap a single query in a list")
         for text in texts:
-            if not isinstance(text, str) or not text.strip():
-                raise InvalidInput(f"a text query must be a non-empty string, got {text!r}")
-            if len(text) > MAX_TEXT_CHARS:
-                raise InvalidInput(f"text query is {len(text)} characters; the limit is {MAX_TEXT_CHARS}")
-            checks.unicode(text, "text query")
+            _check_text(text)
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         self.load()
@@ -266,7 +282,19 @@ class Embedder:
         return _normalise(getattr(output, "pooler_output", output))
 
     def embed_text(self, text: str) -> Matrix:
+        """One text's unit vector, from a cache of the last ``text_cache_size`` texts asked for
+        (the same text gives the same vector: the forward pass is deterministic)."""
+        _check_text(text)
+        row: Matrix = self._text_row(text).copy()
+        return row
+
+    def text_cache_info(self) -> functools._CacheInfo:
+        """Hits, misses and size of the text cache (:func:`functools.lru_cache`'s ``cache_info``)."""
+        return self._text_row.cache_info()
+
+    def _embed_one_text(self, text: str) -> Matrix:
         row: Matrix = self.embed_texts([text])[0]
+        row.setflags(write=False)  # shared by every caller of the cache: they get copies
         return row
 
     # -- scores ---------------------------------------------------------------------------

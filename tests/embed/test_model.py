@@ -17,7 +17,14 @@ from PIL import Image
 
 from imgsearch.embed.decode import DecodeOptions
 from imgsearch.embed.model import Embedder
-from imgsearch.errors import EmptyImage, ImageTooLarge, InvalidInput, ModelUnavailable, UnsupportedImage
+from imgsearch.errors import (
+    ConfigurationError,
+    EmptyImage,
+    ImageTooLarge,
+    InvalidInput,
+    ModelUnavailable,
+    UnsupportedImage,
+)
 from imgsearch.images import Limits
 from imgsearch.settings import Settings
 
@@ -171,6 +178,49 @@ def test_text_input_is_checked(siglip: Embedder) -> None:
     with pytest.raises(InvalidInput, match=r"text query .* is not valid Unicode"):
         siglip.embed_texts(["ok", "red \ud800 shoe"])
     assert siglip.embed_texts([]).shape == (0, 32)
+
+
+def test_text_queries_are_embedded_once_then_cached(tiny_siglip: Path) -> None:
+    embedder = Embedder(str(tiny_siglip), device="cpu", text_cache_size=2)
+    forwards: list[int] = []
+    embedder.load()
+    embedder._model.text_model.register_forward_hook(lambda *_: forwards.append(1))
+
+    first = embedder.embed_text("a red shoe")
+    first[:] = 0  # the caller's copy: the cached vector is untouched
+    again = embedder.embed_text("a red shoe")
+    assert len(forwards) == 1
+    assert np.array_equal(again, embedder.embed_texts(["a red shoe"])[0])  # what the model gives
+    assert np.linalg.norm(again) == pytest.approx(1.0, abs=1e-5)
+    assert again.flags.writeable
+
+    embedder.embed_text("a blue hat")
+    embedder.embed_text("a green bag")  # the cache holds 2: "a red shoe" is dropped
+    embedder.embed_text("a red shoe")
+    info = embedder.text_cache_info()
+    assert (info.hits, info.misses, info.currsize, info.maxsize) == (1, 4, 2, 2)
+    assert len(forwards) == 4 + 1  # a forward pass per miss, and embed_texts above
+
+
+def test_text_cache_can_be_turned_off_and_checks_its_input(tiny_siglip: Path) -> None:
+    embedder = Embedder(str(tiny_siglip), device="cpu", text_cache_size=0)
+    assert np.array_equal(embedder.embed_text("a hat"), embedder.embed_text("a hat"))
+    assert embedder.text_cache_info().currsize == 0
+    for bad, message in [
+        (["a list"], "non-empty string"),  # unhashable: refused before the cache sees it
+        ("   ", "non-empty string"),
+        (None, "non-empty string"),
+        ("x" * 2001, "limit is 2000"),
+        ("red \ud800 shoe", "not valid Unicode"),
+    ]:
+        with pytest.raises(InvalidInput, match=message):
+            embedder.embed_text(bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="text cache size must not be negative, got -1"):
+        Embedder(str(tiny_siglip), text_cache_size=-1)
+    size = (
+        Embedder.from_settings(Settings(model=str(tiny_siglip), text_cache_size=7)).text_cache_info().maxsize
+    )
+    assert size == 7
 
 
 def test_loads_once_lazily_across_threads(tiny_siglip: Path) -> None:
