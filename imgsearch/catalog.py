@@ -6,11 +6,12 @@ import logging
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, Select, exists, select
+import numpy as np
+from sqlalchemy import Engine, Select, and_, exists, select
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from imgsearch import checks, hybrid, images, ingest, removal, tenancy, updates, vectors
@@ -31,6 +32,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MODEL_REFRESH_SECONDS = 5.0  # how soon an open catalog follows `imgsearch model activate`
+
+
+@dataclass(frozen=True)
+class _Stored:
+    """A query read from the database in the search's transaction: an image's embedding, or a
+    product's (tenant from the filters)."""
+
+    image_id: Any = None
+    product_id: Any = None
 
 
 class Catalog:
@@ -362,6 +372,7 @@ class Catalog:
         text: str | None = None,
         image: Any = None,
         similar_to: int | None = None,
+        similar_to_product: str | None = None,
         vector: Any = None,
         tenant: str | None = None,
         category: str | list[str] | None = None,
@@ -380,7 +391,9 @@ class Catalog:
         """The ``k`` nearest images (after ``offset``) matching every filter, nearest first.
 
         Give exactly one query: ``text`` (text to image), ``image`` (a path, bytes or file object),
-        ``similar_to`` (an image id: "more like this", the image itself left out) or ``vector``.
+        ``similar_to`` (an image id: "more like this image", the image itself left out),
+        ``similar_to_product`` (a product id of ``tenant``: "more like this item", the mean of its
+        images' embeddings, all of its images left out) or ``vector``.
         Filters: ``tenant``, ``category`` (one or a list), ``price_min``/``price_max``,
         ``attributes`` (JSONB containment) and ``where`` (any SQLAlchemy expression over
         :mod:`imgsearch.db.models`). Returns ``min(k, matching rows)`` hits.
@@ -417,16 +430,24 @@ class Catalog:
         filters = vector_search.Filters(tenant, category, price_min, price_max, attributes, where)
         filters.conditions()  # check the filters before any model work
         self._follow_model_switch()
-        query = self._query_vector(text=text, image=image, similar_to=similar_to, vector=vector)
+        query = self._query_vector(
+            filters,
+            text=text,
+            image=image,
+            similar_to=similar_to,
+            similar_to_product=similar_to_product,
+            vector=vector,
+        )
+        stored = _Stored(similar_to, similar_to_product)
         try:
-            hits = self._search_once(tenant, filters, options, query, similar_to)
+            hits = self._search_once(tenant, filters, options, query, stored)
         except DBAPIError as exc:
             if not exc.connection_invalidated:
                 raise
             # searches check out connections without a ping (db_engine.make_search_engine): a
             # search is read-only, so it runs again on a new connection
             log.warning("a search's database connection was closed (%s); running it again", exc.orig)
-            hits = self._search_once(tenant, filters, options, query, similar_to)
+            hits = self._search_once(tenant, filters, options, query, stored)
         if text is not None:
             hits = hybrid.with_probability(hits, self.embedder.probability)
             if min_probability is not None:
@@ -439,13 +460,13 @@ class Catalog:
         filters: vector_search.Filters,
         options: hybrid.Options,
         query: vectors.Vector | None,
-        similar_to: Any,
+        stored: _Stored,
     ) -> list[Hit]:
         with self._search_engine.begin() as conn:
             if tenant is not None:
                 tenancy.scope(conn, tenant)
             if query is None:
-                query, filters = self._similar(conn, similar_to, filters)
+                query, filters = self._similar(conn, stored, filters)
             return hybrid.run(conn, self._model, query, filters, options)
 
     def search_select(
@@ -454,6 +475,7 @@ class Catalog:
         text: str | None = None,
         image: Any = None,
         similar_to: int | None = None,
+        similar_to_product: str | None = None,
         vector: Any = None,
         tenant: str | None = None,
         category: str | list[str] | None = None,
@@ -479,10 +501,17 @@ class Catalog:
         filters = vector_search.Filters(tenant, category, price_min, price_max, attributes, where)
         filters.conditions()
         self._follow_model_switch()
-        query = self._query_vector(text=text, image=image, similar_to=similar_to, vector=vector)
+        query = self._query_vector(
+            filters,
+            text=text,
+            image=image,
+            similar_to=similar_to,
+            similar_to_product=similar_to_product,
+            vector=vector,
+        )
         if query is None:
             with self.engine.connect() as conn:
-                query, filters = self._similar(conn, similar_to, filters)
+                query, filters = self._similar(conn, _Stored(similar_to, similar_to_product), filters)
         return vector_search.hnsw_statement(self._model, query, filters, k, with_images=True)
 
     def apply_search_settings(self, connection: Any, k: int = MAX_K, *, tenant: str | None = None) -> None:
@@ -496,15 +525,31 @@ class Catalog:
         vector_search.set_local(connection, vector_search.open_ended_plan(connection, k))
 
     def _query_vector(
-        self, *, text: str | None, image: Any, similar_to: Any, vector: Any
+        self,
+        filters: vector_search.Filters,
+        *,
+        text: str | None,
+        image: Any,
+        similar_to: Any,
+        similar_to_product: Any,
+        vector: Any,
     ) -> vectors.Vector | None:
         """The query vector of exactly one query kind, before any connection is taken (a text or
-        image query's forward pass takes tens of ms on a CPU); None for ``similar_to``, whose
-        vector is read in the search's own transaction (:meth:`_similar`)."""
-        queries = {"text": text, "image": image, "similar_to": similar_to, "vector": vector}
+        image query's forward pass takes tens of ms on a CPU); None for ``similar_to`` and
+        ``similar_to_product``, whose vectors are read in the search's own transaction
+        (:meth:`_similar`)."""
+        queries = {
+            "text": text,
+            "image": image,
+            "similar_to": similar_to,
+            "similar_to_product": similar_to_product,
+            "vector": vector,
+        }
         given = [name for name, value in queries.items() if value is not None]
         if len(given) != 1:
             raise InvalidQuery(f"give exactly one query of {sorted(queries)}, got {given or 'none'}")
+        if similar_to_product is not None and filters.tenant_name() is None:
+            raise InvalidQuery("similar_to_product needs tenant=: product ids name products within a tenant")
         if text is not None:
             return self.embedder.embed_text(text)
         if image is not None:
@@ -514,11 +559,33 @@ class Catalog:
         return None
 
     def _similar(
-        self, conn: Any, image_id: Any, filters: vector_search.Filters
+        self, conn: Any, stored: _Stored, filters: vector_search.Filters
     ) -> tuple[vectors.Vector, vector_search.Filters]:
-        """A ``similar_to`` query: the image's embedding, and the filters without the image."""
-        query = self._embedding_of(conn, image_id, filters.tenant_name())
-        return query, replace(filters, exclude_image=image_id)
+        """A query read from the database: an image's embedding, the image left out of the hits;
+        or a product's (the mean of its images'), all of its images left out."""
+        tenant = filters.tenant_name()
+        if stored.product_id is None:
+            query = self._embedding_of(conn, stored.image_id, tenant)
+            return query, replace(filters, exclude_image=stored.image_id)
+        assert tenant is not None  # _query_vector checked
+        product_id = checks.identifier(stored.product_id, "similar_to_product", InvalidQuery)
+        rows = conn.execute(
+            select(Product.id, Embedding.embedding)
+            .select_from(Product)
+            .outerjoin(
+                Embedding, and_(Embedding.product_pk == Product.id, Embedding.model_id == self._model.id)
+            )
+            .where(Product.tenant == tenant, Product.product_id == product_id)
+        ).all()
+        if not rows:
+            raise NotFound(f"tenant {tenant!r} has no product {product_id!r}")
+        embedded = [vectors.as_vector(row.embedding, self.dim) for row in rows if row.embedding is not None]
+        if not embedded:
+            raise NotFound(f"product {product_id!r} of tenant {tenant!r} has no embedded image yet")
+        query = vectors.as_vector(
+            np.mean(embedded, axis=0), self.dim, f"the mean of product {product_id!r}'s images"
+        )
+        return query, replace(filters, exclude_product=rows[0].id)
 
     def _embedding_of(self, conn: Any, image_id: Any, tenant: str | None) -> vectors.Vector:
         if isinstance(image_id, bool) or not isinstance(image_id, int):

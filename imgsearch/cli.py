@@ -358,6 +358,8 @@ def _search(args: argparse.Namespace, settings: Settings) -> int:
         query["image"] = read_source(args.image, Limits(settings.max_image_bytes, settings.max_image_pixels))
     elif args.similar_to is not None:
         query["similar_to"] = args.similar_to
+    elif args.similar_to_product is not None:
+        query["similar_to_product"] = args.similar_to_product
     else:
         query["vector"] = _read_vector(args.vector_file)
     filters = {
@@ -596,12 +598,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="search the catalog and print (or write as HTML) the results",
         description="Hybrid search: one query (text, image file, image id or vector file) with any "
         "filters; prints a table, or JSON lines with --json; --html writes a results page. "
-        "Exit 3 when --similar-to names no embedded image.",
+        "Exit 3 when --similar-to names no embedded image, or --similar-to-product no product "
+        "of --tenant with one.",
     )
     kinds = search.add_mutually_exclusive_group(required=True)
     kinds.add_argument("--text", help="text to image: describe what you look for")
     kinds.add_argument("--image", metavar="FILE", help="image to image: a picture file")
     kinds.add_argument("--similar-to", type=int, metavar="IMAGE_ID", help="more like this stored image")
+    kinds.add_argument(
+        "--similar-to-product",
+        metavar="PRODUCT_ID",
+        help="more like this product of --tenant (its images averaged; none of them in the results)",
+    )
     kinds.add_argument("--vector-file", metavar="FILE", help="a query vector (.npy, JSON array or CSV)")
     search.add_argument("--tenant", help="only this tenant's images")
     search.add_argument("--category", action="append", help="category (repeat for any of several)")

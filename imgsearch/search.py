@@ -92,7 +92,8 @@ class Filters:
     price_max: Any = None
     attributes: dict[str, Any] | None = None
     where: ColumnElement[bool] | None = None
-    exclude_image: int | None = None  # "more like this": the source image itself
+    exclude_image: int | None = None  # "more like this image": the source image itself
+    exclude_product: int | None = None  # "more like this product": its images (products.id)
 
     def conditions(self) -> list[ColumnElement[bool]]:
         """The filters as SQL conditions; each value is a bound parameter named in :meth:`params`."""
@@ -112,10 +113,10 @@ class Filters:
         """True when the best way to read every part of a search doesn't depend on the values:
         no filter, one filter on an indexed column (tenant, category or a list of them,
         attributes), or a shop's search, tenant and category (or a list), which one index
-        serves; with or without ``exclude_image``. A statement of such a shape can run on a plan
+        serves; with or without ``exclude_image`` or ``exclude_product``. A statement of such a shape can run on a plan
         cached at its first runs. Prices (a range may match a few rows or every row) and other
         pairs of filters (which index leads depends on the values) are planned for each search."""
-        columns = frozenset(self._values) - {"exclude_image"}
+        columns = frozenset(self._values) - {"exclude_image", "exclude_product"}
         return self.where is None and columns in PLANS_ALIKE
 
     def shape(self) -> tuple[Any, ...] | None:
@@ -159,6 +160,10 @@ class Filters:
             if not checks.stored_id(self.exclude_image):
                 raise InvalidQuery(f"exclude_image must be an image id, got {self.exclude_image!r}")
             values["exclude_image"] = self.exclude_image
+        if self.exclude_product is not None:
+            if not checks.stored_id(self.exclude_product):
+                raise InvalidQuery(f"exclude_product must be a product key, got {self.exclude_product!r}")
+            values["exclude_product"] = self.exclude_product
         if self.where is not None and not isinstance(self.where, ColumnElement):
             raise InvalidQuery("where must be a SQLAlchemy expression over the imgsearch models")
         return values
@@ -186,6 +191,8 @@ class Filters:
             conds.append(Product.attributes.op("@>")(param("attributes", JSONB())))
         if "exclude_image" in values:
             conds.append(Embedding.image_id != param("exclude_image", BigInteger()))
+        if "exclude_product" in values:
+            conds.append(Embedding.product_pk != param("exclude_product", BigInteger()))
         if self.where is not None:
             conds.append(self.where)
         return conds

@@ -21,7 +21,7 @@ from imgsearch.db.models import Image, Product
 from imgsearch.db.vector_index import HalfvecValue
 from imgsearch.errors import DimensionMismatch, InvalidQuery
 from imgsearch.settings import Settings
-from tests.helpers import clustered, exact_similarities, explain, explain_generic, nested, unit
+from tests.helpers import clustered, exact_similarities, explain, explain_generic, image_bytes, nested, unit
 
 N, DIM, CLUSTERS, K = 10_000, 32, 50, 10
 
@@ -280,6 +280,78 @@ def test_similar_to_leaves_the_item_out_and_respects_tenant(catalog: Catalog, da
         catalog.search(similar_to=source, tenant="globex")
     with pytest.raises(NotFound, match="no embedded image with id 999999999"):
         catalog.search(similar_to=999999999)
+
+
+def stored_mean(data: Fixture, rows: list[int]) -> np.ndarray:
+    """The unit mean of rows' embeddings as stored (halfvec), as a product query computes it."""
+    stored = data.vectors[rows].astype(np.float16).astype(np.float32)
+    stored /= np.linalg.norm(stored, axis=1, keepdims=True)
+    mean = stored.mean(axis=0)
+    return mean / np.linalg.norm(mean)
+
+
+def test_similar_to_product_searches_by_its_images_and_leaves_them_all_out(
+    catalog: Catalog, data: Fixture
+) -> None:
+    own = {int(data.ids[10]), int(data.ids[11])}  # product p5 of tenant acme: two photos
+    hits = catalog.search(similar_to_product="p5", tenant="acme", k=10)
+    direct = catalog.search(vector=stored_mean(data, [10, 11]), tenant="acme", k=12)
+    assert [h.image_id for h in hits] == [h.image_id for h in direct if h.image_id not in own][:10]
+    assert len(hits) == 10 and not own & {h.image_id for h in hits}
+    # by image, the product's other photo comes first; by product, neither does
+    assert catalog.search(similar_to=int(data.ids[10]), k=1)[0].image_id == int(data.ids[11])
+    grouped = catalog.search(similar_to_product="p5", tenant="acme", k=5, group_by_product=True)
+    assert len({h.product_id for h in grouped}) == 5 and "p5" not in {h.product_id for h in grouped}
+    # with filters: a selective one (an exact scan) and the product's own category (one HNSW pass)
+    cheap = catalog.search(similar_to_product="p5", tenant="acme", k=4, price_max=15)
+    assert cheap and all(h.price is not None and h.price <= 15 for h in cheap)
+    category = data.rows[10]["category"]
+    same = catalog.search(similar_to_product="p5", tenant="acme", category=category, k=10)
+    assert (
+        len(same) == 10 and {h.category for h in same} == {category} and not own & {h.image_id for h in same}
+    )
+    # a number is read as its digits, spaces dropped, as uploads store product ids
+    assert catalog.search(similar_to_product=" p5 ", tenant=" acme ", k=10) == hits
+
+
+def test_similar_to_product_names_what_is_wrong(catalog: Catalog, data: Fixture) -> None:
+    with pytest.raises(InvalidQuery, match="similar_to_product needs tenant="):
+        catalog.search(similar_to_product="p5")
+    with pytest.raises(NotFound, match=r"^tenant 'globex' has no product 'p5'$"):
+        catalog.search(similar_to_product="p5", tenant="globex")  # acme's: not another tenant's
+    for bad in ("p5' OR '1'='1", "'; DROP TABLE imgsearch.products; --"):
+        with pytest.raises(NotFound, match="has no product"):
+            catalog.search(similar_to_product=bad, tenant="acme")
+    with pytest.raises(InvalidQuery, match="similar_to_product must be a string, got list"):
+        catalog.search(similar_to_product=["p5"], tenant="acme")  # type: ignore[arg-type]
+    with pytest.raises(InvalidQuery, match=r"got \['similar_to', 'similar_to_product'\]"):
+        catalog.search(similar_to=int(data.ids[0]), similar_to_product="p5", tenant="acme")
+
+
+def test_similar_to_product_needs_an_embedded_image(database_url: str) -> None:
+    with Catalog.open(database_url) as catalog:
+        catalog.add(image=image_bytes(1), tenant="acme", product_id="new")  # pending: no embedding yet
+        with pytest.raises(NotFound, match=r"^product 'new' of tenant 'acme' has no embedded image yet$"):
+            catalog.search(similar_to_product="new", tenant="acme")
+        pending = "SELECT * FROM imgsearch.search_similar_product('acme', 'new')"
+        with (
+            pytest.raises(DBAPIError, match="product 'new' of tenant 'acme' has no embedded"),
+            catalog.engine.begin() as conn,
+        ):
+            conn.execute(text(pending))
+        catalog.add(embedding=unit(catalog.dim, 1), tenant="acme", product_id="new")
+        catalog.add(embedding=unit(catalog.dim, 2), tenant="acme", product_id="other")
+        [hit] = catalog.search(similar_to_product="new", tenant="acme")
+        assert hit.product_id == "other"
+
+
+def test_similar_to_product_as_a_composable_select(catalog: Catalog, data: Fixture) -> None:
+    stmt = catalog.search_select(similar_to_product="p5", tenant="acme", k=10)
+    with catalog.engine.begin() as conn:
+        catalog.apply_search_settings(conn)
+        rows = conn.execute(stmt).all()
+    hits = catalog.search(similar_to_product="p5", tenant="acme", k=10)
+    assert [r.image_id for r in rows] == [h.image_id for h in hits]
 
 
 def test_where_takes_any_sqlalchemy_expression(catalog: Catalog, data: Fixture) -> None:
@@ -731,6 +803,41 @@ def test_sql_functions_match_the_library(catalog: Catalog, data: Fixture) -> Non
     ]
     matching = sum(1 for r in data.rows if 70 <= r["price"] <= 70.2)
     assert tiny == min(10, matching)
+
+
+def test_sql_similar_product_matches_the_library(catalog: Catalog, data: Fixture) -> None:
+    category = data.rows[10]["category"]
+    for filters, sql in [
+        ({}, ""),
+        ({"category": category}, ", category => :c"),
+        ({"price_max": 15}, ", price_max => 15"),
+    ]:
+        with catalog.engine.begin() as conn:
+            rows = conn.execute(
+                text(
+                    f"SELECT image_id, product_id FROM imgsearch.search_similar_product('acme', 'p5', 10{sql})"
+                ),
+                {"c": category},
+            ).all()
+        hits = catalog.search(similar_to_product="p5", tenant="acme", k=10, **filters)
+        assert [(r.image_id, r.product_id) for r in rows] == [(h.image_id, h.product_id) for h in hits]
+        assert "p5" not in {r.product_id for r in rows} and rows
+    evil = "p5'); DROP TABLE imgsearch.images; --"
+    for sql, params, message in [
+        ("SELECT * FROM imgsearch.search_similar_product(NULL, 'p5')", {}, "needs a tenant"),
+        (
+            "SELECT * FROM imgsearch.search_similar_product('globex', 'p5')",
+            {},
+            "tenant 'globex' has no product 'p5'",
+        ),
+        ("SELECT * FROM imgsearch.search_similar_product('acme', :p)", {"p": evil}, "has no product"),
+        ("SELECT * FROM imgsearch.search_similar_product(:p, 'p5')", {"p": evil}, "has no product 'p5'"),
+        ("SELECT * FROM imgsearch.search_similar_product('acme', 'p5', 0)", {}, "k must be from 1 to 1000"),
+    ]:
+        with pytest.raises(DBAPIError, match=message), catalog.engine.begin() as conn:
+            conn.execute(text(sql), params)
+    with catalog.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM imgsearch.images")).scalar_one() == N
 
 
 @pytest.mark.parametrize(

@@ -139,6 +139,19 @@ def test_search_by_image_similar_and_vector_file(shop: dict[str, str], shop_url:
     ids = [json.loads(line)["image_id"] for line in similar.stdout.splitlines()]
     assert len(ids) == 5 and first.image_id not in ids  # "more like this" leaves the item out
 
+    by_product = run_cli(
+        "search", "--similar-to-product", "mug-red", "--tenant", "shop", "-k", "5", "--json", **shop
+    )
+    products = [json.loads(line)["product_id"] for line in by_product.stdout.splitlines()]
+    assert by_product.returncode == 0 and len(products) == 5 and "mug-red" not in products
+    unknown = run_cli("search", "--similar-to-product", "mug-plaid", "--tenant", "shop", **shop)
+    assert (unknown.returncode, unknown.stderr.strip()) == (
+        3,
+        "imgsearch: tenant 'shop' has no product 'mug-plaid'",
+    )
+    no_tenant = run_cli("search", "--similar-to-product", "mug-red", **shop)
+    assert no_tenant.returncode == 2 and "similar_to_product needs tenant=" in no_tenant.stderr
+
     np.save(tmp_path / "q.npy", vector)
     (tmp_path / "q.json").write_text(json.dumps([float(v) for v in vector]))
     from_npy = run_cli("search", "--vector-file", str(tmp_path / "q.npy"), "--json", **shop)
@@ -207,7 +220,8 @@ def test_search_missing_things_and_injection(shop: dict[str, str], shop_url: str
     no_query = run_cli("search", "--tenant", "shop", **shop)
     assert (
         no_query.returncode == 2
-        and "one of the arguments --text --image --similar-to --vector-file" in no_query.stderr
+        and "one of the arguments --text --image --similar-to --similar-to-product --vector-file"
+        in no_query.stderr
     )
 
     evil = "x'); DROP TABLE imgsearch.images; --"

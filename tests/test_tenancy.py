@@ -89,6 +89,13 @@ def test_console_login_cannot_reach_other_tenant(shops: Shops) -> None:
         with pytest.raises(psycopg.errors.NoDataFound) as missing:
             conn.execute("SELECT * FROM imgsearch.search_similar(%s)", (987654321,))
         assert str(foreign.value).replace(str(b_id), "N") == str(missing.value).replace("987654321", "N")
+        # a product of another tenant is as unknown as one that doesn't exist
+        with pytest.raises(psycopg.errors.NoDataFound, match="tenant 'shop_b' has no product 'b0'"):
+            conn.execute("SELECT * FROM imgsearch.search_similar_product('shop_b', 'b0')")
+        rows = conn.execute(
+            "SELECT image_id FROM imgsearch.search_similar_product('shop_a', 'a0', 20)"
+        ).fetchall()
+        assert {r[0] for r in rows} == set(shops.a_ids[1:])
         assert conn.execute("UPDATE imgsearch.products SET price = 0 WHERE tenant = 'shop_b'").rowcount == 0
         assert conn.execute("DELETE FROM imgsearch.images WHERE tenant = 'shop_b'").rowcount == 0
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
