@@ -60,6 +60,20 @@ def identifier_field(value: Any, what: str, *, required: bool) -> str | None:
     return identifier(value, what)
 
 
+def product_row(row: Any, allowed: frozenset[str]) -> tuple[str, str]:
+    """The tenant and product id of an upload or update row, after checking that the row is a
+    mapping of ``allowed`` keys only; both names are required (:func:`identifier_field`)."""
+    if not isinstance(row, Mapping):
+        raise InvalidInput(f"a row must be a mapping of fields, got {type(row).__name__}")
+    unknown = sorted(str(key) for key in set(row) - allowed)
+    if unknown:
+        raise InvalidInput(f"unknown keys {unknown}; allowed: {sorted(allowed)}")
+    tenant = identifier_field(row.get("tenant"), "tenant", required=True)
+    product_id = identifier_field(row.get("product_id"), "product_id", required=True)
+    assert tenant is not None and product_id is not None
+    return tenant, product_id
+
+
 def price(value: Any) -> Decimal | None:
     """A product price as stored: a finite, non-negative number below :data:`PRICE_LIMIT`, to four
     decimal places (``numeric(14, 4)``); ``None`` stays ``None``."""

@@ -46,14 +46,7 @@ def _attributes(value: Any) -> dict[str, Any]:
 
 def prepare_row(row: Mapping[str, Any], *, dim: int, limits: images.Limits) -> PreparedRow:
     """Validate one upload; raises :class:`InvalidInput` naming the bad field."""
-    if not isinstance(row, Mapping):
-        raise InvalidInput(f"a row must be a mapping of fields, got {type(row).__name__}")
-    unknown = sorted(str(key) for key in set(row) - ROW_KEYS)
-    if unknown:
-        raise InvalidInput(f"unknown keys {unknown}; allowed: {sorted(ROW_KEYS)}")
-    tenant = checks.identifier_field(row.get("tenant"), "tenant", required=True)
-    product_id = checks.identifier_field(row.get("product_id"), "product_id", required=True)
-    assert tenant is not None and product_id is not None
+    tenant, product_id = checks.product_row(row, ROW_KEYS)
     prepared = PreparedRow(
         tenant=tenant,
         product_id=product_id,

@@ -71,14 +71,7 @@ class ProductChange:
 
 def prepare(row: Mapping[str, Any]) -> ProductChange:
     """Check one row; :class:`InvalidInput` naming the bad field."""
-    if not isinstance(row, Mapping):
-        raise InvalidInput(f"a row must be a mapping of fields, got {type(row).__name__}")
-    unknown = sorted(str(key) for key in set(row) - ROW_KEYS)
-    if unknown:
-        raise InvalidInput(f"unknown keys {unknown}; allowed: {sorted(ROW_KEYS)}")
-    tenant = checks.identifier_field(row.get("tenant"), "tenant", required=True)
-    product_id = checks.identifier_field(row.get("product_id"), "product_id", required=True)
-    assert tenant is not None and product_id is not None
+    tenant, product_id = checks.product_row(row, ROW_KEYS)
     fields: dict[str, Any] = {}
     for key in FIELDS:
         if key not in row:
