@@ -53,10 +53,15 @@ def _search_0006() -> str:
     return search
 
 
-def upgrade() -> None:
+def search_with_checks() -> str:
+    """``imgsearch._search`` as this migration leaves it: 0006's body with the checks."""
     search = _search_0006()
     assert search.count(ANCHOR) == 1, "migration 0006's body changed: place the checks again"
-    op.execute(search.replace(ANCHOR, ANCHOR + CHECKS))
+    return search.replace(ANCHOR, ANCHOR + CHECKS)
+
+
+def upgrade() -> None:
+    op.execute(search_with_checks())
 
 
 def downgrade() -> None:

@@ -120,8 +120,8 @@ def _search_0007() -> str:
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    search: str = module._search_0006()
-    return search.replace(module.ANCHOR, module.ANCHOR + module.CHECKS)
+    search: str = module.search_with_checks()
+    return search
 
 
 def search_with_product_filter() -> str:
