@@ -468,6 +468,8 @@ def _model(args: argparse.Namespace, settings: Settings) -> int:
             )
             extra = f"; {requeued} images re-queued for it" if requeued else ""
             print(f"active model: {model.name} ({model.dim}-d){extra}")
+        elif args.model_command == "reindex":
+            _reindex(eng, None if args.name is None else canonical_name(args.name), args.maintenance_work_mem)
         else:
             if not args.yes:
                 raise InvalidInput(
@@ -478,6 +480,31 @@ def _model(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         eng.dispose()
     return 0
+
+
+def _reindex(eng: Any, name: str | None, maintenance_work_mem: str) -> None:
+    from tqdm import tqdm
+
+    from imgsearch.db import vector_index
+
+    with eng.connect() as conn:
+        model = vector_index.active_model(conn) if name is None else vector_index.get_model(conn, name)
+    if model is None:
+        raise NotFound("no active model" if name is None else f"model {name!r} is not registered")
+    with tqdm(total=0, unit="block", desc="rebuilding", disable=not sys.stderr.isatty()) as bar:
+
+        def show(done: int, total: int, phase: str) -> None:
+            bar.total = total
+            bar.set_description(phase, refresh=False)
+            bar.update(done - bar.n)
+
+        seconds = vector_index.rebuild_index(
+            eng, model, maintenance_work_mem=maintenance_work_mem, progress=show
+        )
+    print(
+        f"rebuilt the HNSW index of {model.name} (m {vector_index.HNSW_M}, "
+        f"ef_construction {vector_index.HNSW_EF_CONSTRUCTION}) in {seconds:.1f} s"
+    )
 
 
 def _positive(text: str) -> int:
@@ -666,6 +693,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     drop.add_argument("name")
     drop.add_argument("--yes", action="store_true", help="confirm the deletion")
+    reindex = model_commands.add_parser(
+        "reindex",
+        help="rebuild a model's HNSW index with the current parameters",
+        description="Rebuild a model's HNSW index (m 16, ef_construction 128) with REINDEX "
+        "CONCURRENTLY: searches and writes go on, the old index serving until the new one "
+        "replaces it. Indexes built by imgsearch before 2026-11-23 used ef_construction 64, which "
+        "can leave clusters of a catalog out of a search's reach.",
+    )
+    reindex.add_argument("name", nargs="?", help="model name (default: the active model)")
+    reindex.add_argument(
+        "--maintenance-work-mem",
+        default="1GB",
+        metavar="SIZE",
+        help="memory for the build, e.g. 512MB or 2GB (default 1GB); a graph that doesn't fit builds far slower",
+    )
     model.set_defaults(func=_model)
 
     demo = commands.add_parser(

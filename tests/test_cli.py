@@ -34,7 +34,7 @@ def test_db_lifecycle(home: Path) -> None:
 COMMANDS = [
     ["db"], ["migrate"], ["tenant"], ["tenant", "create-login"], ["ingest"], ["worker"], ["status"],
     ["retry-failed"], ["search"], ["reembed"], ["model"], ["model", "list"], ["model", "activate"],
-    ["model", "drop"], ["demo"], ["delete"],
+    ["model", "drop"], ["model", "reindex"], ["demo"], ["delete"],
 ]  # fmt: skip
 
 

@@ -154,6 +154,19 @@ def test_right_top_k_at_every_selectivity(
     assert np.mean(recalls) >= 0.98, f"{name}: recall {np.mean(recalls):.3f}"
 
 
+def test_unfiltered_searches_reach_every_cluster(catalog: Catalog, data: Fixture) -> None:
+    """Two queries in each of the catalog's clusters, not only one: an HNSW graph can leave a
+    whole cluster out of a search's reach (bench/index_build.py), which queries around one
+    cluster never show. Recall@10 against exact over all of them, and no query missing its own."""
+    recalls = []
+    for cluster in range(CLUSTERS):
+        for q in queries(data, cluster, 2):
+            hits = catalog.search(vector=q, k=K)
+            truth = set(data.ids[np.argsort(-exact_similarities(data.vectors, q))[:K]].tolist())
+            recalls.append(len(truth & {h.image_id for h in hits}) / K)
+    assert np.mean(recalls) >= 0.98 and min(recalls) >= 0.5, (np.mean(recalls), min(recalls))
+
+
 def test_offset_pages_through_the_same_order(catalog: Catalog, data: Fixture) -> None:
     q = queries(data, 1, 1)[0]
     first = catalog.search(vector=q, k=20)

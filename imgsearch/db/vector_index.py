@@ -13,7 +13,10 @@ vector of the wrong dimension for that model.
 
 from __future__ import annotations
 
+import re
 import struct
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +29,7 @@ from sqlalchemy import (
     BindParameter,
     ColumnElement,
     Connection,
+    Engine,
     bindparam,
     cast,
     insert,
@@ -34,6 +38,7 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.types import UserDefinedType
 
 from imgsearch.db.models import SCHEMA, Embedding, Model
@@ -41,7 +46,10 @@ from imgsearch.errors import InvalidInput
 from imgsearch.records import ModelInfo
 
 HNSW_M = 16
-HNSW_EF_CONSTRUCTION = 64
+# pgvector's default of 64 left 1-2 of bench/search.py's 200 clusters out of an ef_search 200
+# search's reach in each of 4 builds (those queries found 0 of their top 10); 128 left none in
+# 4 of 4, for writes 1.2x and builds 1.5x as costly (bench/index_build.py; m 24 at 64 still missed)
+HNSW_EF_CONSTRUCTION = 128
 REGISTER_LOCK = 0x696D6774
 
 
@@ -65,6 +73,84 @@ def create_index(conn: Connection, model_id: int, dim: int) -> None:
 
 def drop_index(conn: Connection, model_id: int) -> None:
     conn.execute(text(f"DROP INDEX IF EXISTS {SCHEMA}.{index_name(int(model_id))}"))
+
+
+# progress(blocks done, blocks total, phase) while an index builds
+Progress = Callable[[int, int, str], None]
+PROGRESS_INTERVAL_SECONDS = 0.5
+
+
+def rebuild_index(
+    engine: Engine, model: ModelInfo, *, maintenance_work_mem: str = "1GB", progress: Progress | None = None
+) -> float:
+    """Rebuild ``model``'s HNSW index with the current :data:`HNSW_M` and
+    :data:`HNSW_EF_CONSTRUCTION` while searches and writes go on (``REINDEX CONCURRENTLY``: the
+    old index serves until the new one replaces it); returns the seconds taken.
+
+    An index built with other parameters (an older imgsearch's) keeps its graph until rebuilt:
+    only later inserts use new parameters. ``maintenance_work_mem`` is the build's memory, in
+    PostgreSQL's units (``"1GB"``); a graph that doesn't fit builds far slower. A rebuild that was
+    interrupted leaves an invalid copy, which the next one drops first.
+
+        rebuild_index(catalog.engine, catalog.active_model)
+    """
+    name = index_name(model.id)
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        try:
+            conn.execute(
+                text("SELECT set_config('maintenance_work_mem', :m, false)"), {"m": maintenance_work_mem}
+            )
+        except DBAPIError as exc:
+            raise InvalidInput(
+                f"maintenance_work_mem must be a size such as '1GB', got {maintenance_work_mem!r}"
+            ) from exc
+        for leftover in conn.execute(
+            text(
+                "SELECT c.relname FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid "
+                "WHERE c.relnamespace = CAST(:schema AS regnamespace) AND NOT i.indisvalid "
+                "AND c.relname LIKE :prefix"
+            ),
+            {"schema": SCHEMA, "prefix": f"{name}_ccnew%"},
+        ).scalars():
+            if re.fullmatch(rf"{name}_ccnew\d*", leftover):  # our own name, safe in the statement
+                conn.execute(text(f"DROP INDEX CONCURRENTLY IF EXISTS {SCHEMA}.{leftover}"))
+        # CREATE INDEX IF NOT EXISTS would take a ShareLock on the table (waiting for writers, then
+        # holding them off) before finding the index there; only a lost index is made again
+        if conn.execute(text("SELECT to_regclass(:name)"), {"name": f"{SCHEMA}.{name}"}).scalar() is None:
+            create_index(conn, model.id, model.dim)
+        conn.execute(
+            text(f"ALTER INDEX {SCHEMA}.{name} SET (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION})")
+        )
+        pid = int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
+        done = threading.Event()
+        watcher = None
+        if progress is not None:
+            watcher = threading.Thread(target=_watch_build, args=(engine, pid, progress, done), daemon=True)
+            watcher.start()
+        start = time.perf_counter()
+        try:
+            conn.execute(text(f"REINDEX INDEX CONCURRENTLY {SCHEMA}.{name}"))
+        finally:
+            done.set()
+            if watcher is not None:
+                watcher.join()
+        return time.perf_counter() - start
+
+
+def _watch_build(engine: Engine, pid: int, progress: Progress, done: threading.Event) -> None:
+    """Report backend ``pid``'s index build (``pg_stat_progress_create_index``) until ``done``."""
+    with engine.connect() as conn:
+        while not done.wait(PROGRESS_INTERVAL_SECONDS):
+            row = conn.execute(
+                text(
+                    "SELECT blocks_done, blocks_total, phase FROM pg_stat_progress_create_index "
+                    "WHERE pid = :pid"
+                ),
+                {"pid": pid},
+            ).first()
+            conn.rollback()  # each look at the view in a snapshot of its own
+            if row is not None:
+                progress(int(row.blocks_done), int(row.blocks_total), str(row.phase))
 
 
 def register_model(conn: Connection, name: str, dim: int, *, activate: bool = False) -> ModelInfo:

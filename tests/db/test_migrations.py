@@ -82,3 +82,26 @@ def test_downgrade_from_populated_database(database_url: str, revision: str) -> 
         catalog.add(embedding=unit(768), tenant="acme", product_id="sku")
         migrate.downgrade(catalog.engine, revision)
         assert _tables(catalog.engine) == {"alembic_version"}
+
+
+def test_0009_sets_ef_construction_on_existing_indexes(database_url: str) -> None:
+    """Indexes of models registered before 0009 link new rows with ef_construction 128 after it,
+    and 64 again after a downgrade; m stays."""
+    from imgsearch import Catalog
+
+    def options(engine) -> list[str]:  # type: ignore[no-untyped-def]
+        with engine.connect() as conn:
+            return sorted(
+                conn.execute(
+                    text("SELECT reloptions FROM pg_class WHERE oid = to_regclass(:name)"),
+                    {"name": f"imgsearch.embeddings_hnsw_m{model_id}"},
+                ).scalar_one()
+            )
+
+    with Catalog.open(database_url) as catalog:
+        model_id = catalog.active_model.id
+        migrate.downgrade(catalog.engine, "0008")
+        assert options(catalog.engine) == ["ef_construction=64", "m=16"]
+        migrate.upgrade(catalog.engine)
+        assert options(catalog.engine) == ["ef_construction=128", "m=16"]
+        assert migrate.current(catalog.engine) == "0009"

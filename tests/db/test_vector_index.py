@@ -3,6 +3,9 @@ that pgvector's own writer sends, for every finite float16."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
+
 import numpy as np
 import psycopg
 import pytest
@@ -11,8 +14,13 @@ from pgvector.sqlalchemy import HALFVEC
 from psycopg.adapt import PyFormat
 from psycopg.pq import Format
 from sqlalchemy import Engine, Text, cast, create_engine, select, text
+from sqlalchemy.exc import DBAPIError
 
+from imgsearch import Catalog
+from imgsearch.db import vector_index
 from imgsearch.db.vector_index import HalfvecValue, halfvec_text, query_param, send_binary_queries
+from imgsearch.errors import InvalidInput
+from tests.helpers import clustered, exact_similarities, run_cli, unit
 
 
 def test_every_float16_value_reaches_the_server_unchanged(database_url: str) -> None:
@@ -69,3 +77,168 @@ def test_query_vectors_sent_as_halfvec_values_arrive_unchanged(database_url: str
             assert ours == theirs
     finally:
         engine.dispose()
+
+
+# --- HNSW parameters and rebuilding an index -------------------------------------------------
+
+
+def _index(engine: Engine, model_id: int) -> tuple[list[str], int, bool]:
+    """The model's HNSW index: its options, its file (a rebuild makes a new one) and validity."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            text(
+                "SELECT c.reloptions, c.relfilenode, i.indisvalid FROM pg_class c "
+                "JOIN pg_index i ON i.indexrelid = c.oid WHERE c.oid = to_regclass(:name)"
+            ),
+            {"name": f"imgsearch.{vector_index.index_name(model_id)}"},
+        ).one()
+    return sorted(row.reloptions), int(row.relfilenode), bool(row.indisvalid)
+
+
+def _invalid_indexes(engine: Engine) -> list[str]:
+    with engine.connect() as conn:
+        return list(
+            conn.execute(
+                text(
+                    "SELECT c.relname FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid "
+                    "WHERE c.relnamespace = 'imgsearch'::regnamespace AND NOT i.indisvalid"
+                )
+            ).scalars()
+        )
+
+
+CURRENT = sorted([f"m={vector_index.HNSW_M}", f"ef_construction={vector_index.HNSW_EF_CONSTRUCTION}"])
+
+
+@pytest.fixture
+def filled(database_url: str) -> Iterator[tuple[Catalog, np.ndarray, np.ndarray]]:
+    """A catalog of 600 clustered 768-d rows: the catalog, its vectors and their image ids."""
+    vectors, _ = clustered(600, 768, 12, seed=9)
+    with Catalog.open(database_url) as catalog:
+        ids = catalog.add_many(
+            [{"embedding": v, "tenant": "acme", "product_id": f"p{i}"} for i, v in enumerate(vectors)],
+            progress=False,
+        )
+        yield catalog, vectors, np.array(ids)
+
+
+def _exact_top(vectors: np.ndarray, ids: np.ndarray, q: np.ndarray, k: int = 10) -> list[int]:
+    return ids[np.argsort(-exact_similarities(vectors, q))[:k]].tolist()
+
+
+def test_new_indexes_are_built_with_ef_construction_128(database_url: str) -> None:
+    with Catalog.open(database_url) as catalog:
+        options, _, valid = _index(catalog.engine, catalog.active_model.id)
+    assert vector_index.HNSW_EF_CONSTRUCTION == 128
+    assert options == ["ef_construction=128", "m=16"] and valid
+
+
+def test_rebuild_gives_an_old_index_the_current_parameters(
+    filled: tuple[Catalog, np.ndarray, np.ndarray],
+) -> None:
+    catalog, vectors, ids = filled
+    model = catalog.active_model
+    with catalog.engine.begin() as conn:  # as an index built by imgsearch before ef_construction 128
+        conn.execute(
+            text(f"ALTER INDEX imgsearch.{vector_index.index_name(model.id)} SET (ef_construction = 64)")
+        )
+    before = _index(catalog.engine, model.id)
+    assert "ef_construction=64" in before[0]
+    reports: list[tuple[int, int, str]] = []
+    seconds = vector_index.rebuild_index(catalog.engine, model, progress=lambda *r: reports.append(r))
+    options, filenode, valid = _index(catalog.engine, model.id)
+    assert options == CURRENT and valid and seconds > 0
+    assert filenode != before[1]  # a new graph, not only new options
+    assert all(total >= done >= 0 for done, total, _ in reports)
+    for n in range(5):
+        q = unit(768, seed=n)
+        assert [h.image_id for h in catalog.search(vector=q, k=10)] == _exact_top(vectors, ids, q)
+    assert _invalid_indexes(catalog.engine) == []
+
+
+def test_searches_go_on_during_a_rebuild_and_an_interrupted_one_is_cleaned_up(
+    filled: tuple[Catalog, np.ndarray, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer's open transaction holds the rebuild in "waiting for writers before build", after
+    it has made its new copy: searches still run then; cancelled there, it leaves that copy
+    invalid, and the next rebuild drops it."""
+    catalog, vectors, ids = filled
+    model = catalog.active_model
+    monkeypatch.setattr(vector_index, "PROGRESS_INTERVAL_SECONDS", 0.02)
+    q = unit(768, seed=42)
+    seen: list[list[int]] = []
+
+    def search_then_cancel(done: int, total: int, phase: str) -> None:
+        if phase == "waiting for writers before build" and not seen:
+            seen.append([h.image_id for h in catalog.search(vector=q, k=10)])
+            with catalog.engine.connect() as conn:
+                conn.execute(
+                    text(
+                        "SELECT pg_cancel_backend(pid) FROM pg_stat_progress_create_index "
+                        "WHERE relid = 'imgsearch.embeddings'::regclass"
+                    )
+                )
+
+    writer = catalog.engine.connect()
+    try:
+        with writer.begin():
+            writer.execute(
+                text("UPDATE imgsearch.embeddings SET created_at = now() WHERE image_id = :i"),
+                {"i": int(ids[0])},
+            )
+            with pytest.raises(DBAPIError, match="canceling statement"):
+                vector_index.rebuild_index(catalog.engine, model, progress=search_then_cancel)
+    finally:
+        writer.close()
+    assert seen == [_exact_top(vectors, ids, q)]
+    assert _invalid_indexes(catalog.engine) == [f"{vector_index.index_name(model.id)}_ccnew"]
+    vector_index.rebuild_index(catalog.engine, model)
+    assert _invalid_indexes(catalog.engine) == []
+    assert _index(catalog.engine, model.id)[0] == CURRENT
+    assert [h.image_id for h in catalog.search(vector=q, k=10)] == _exact_top(vectors, ids, q)
+
+
+@pytest.mark.parametrize(
+    "memory", ["", "lots", "-1GB", "1GB'; DROP TABLE imgsearch.products; --", "1 GB\x00", "9" * 40]
+)
+def test_bad_maintenance_work_mem_is_refused_before_anything_changes(database_url: str, memory: str) -> None:
+    with Catalog.open(database_url) as catalog:
+        before = _index(catalog.engine, catalog.active_model.id)
+        with pytest.raises(InvalidInput, match="maintenance_work_mem must be a size"):
+            vector_index.rebuild_index(catalog.engine, catalog.active_model, maintenance_work_mem=memory)
+        assert _index(catalog.engine, catalog.active_model.id) == before
+        with catalog.engine.connect() as conn:
+            assert conn.execute(text("SELECT to_regclass('imgsearch.products') IS NOT NULL")).scalar_one()
+
+
+def test_model_reindex_command(filled: tuple[Catalog, np.ndarray, np.ndarray]) -> None:
+    catalog, _, _ = filled
+    env = {"IMGSEARCH_DATABASE_URL": str(catalog.engine.url.render_as_string(hide_password=False))}
+    before = _index(catalog.engine, catalog.active_model.id)
+    run = run_cli("model", "reindex", **env)
+    assert run.returncode == 0, run.stderr
+    assert re.fullmatch(
+        rf"rebuilt the HNSW index of {re.escape(catalog.model)} \(m 16, ef_construction 128\) in \d+\.\d s\n",
+        run.stdout,
+    )
+    assert _index(catalog.engine, catalog.active_model.id)[1] != before[1]
+    named = run_cli("model", "reindex", catalog.model, "--maintenance-work-mem", "256MB", **env)
+    assert named.returncode == 0, named.stderr
+    unknown = run_cli("model", "reindex", "no/such-model", **env)
+    assert (unknown.returncode, unknown.stderr) == (3, "imgsearch: model 'no/such-model' is not registered\n")
+    bad = run_cli("model", "reindex", "--maintenance-work-mem", "lots", **env)
+    assert (bad.returncode, bad.stderr) == (
+        2,
+        "imgsearch: maintenance_work_mem must be a size such as '1GB', got 'lots'\n",
+    )
+
+
+def test_rebuild_makes_a_lost_index_again(filled: tuple[Catalog, np.ndarray, np.ndarray]) -> None:
+    catalog, vectors, ids = filled
+    model = catalog.active_model
+    with catalog.engine.begin() as conn:
+        vector_index.drop_index(conn, model.id)
+    vector_index.rebuild_index(catalog.engine, model)
+    assert _index(catalog.engine, model.id)[0] == CURRENT
+    q = unit(768, seed=7)
+    assert [h.image_id for h in catalog.search(vector=q, k=10)] == _exact_top(vectors, ids, q)
