@@ -38,11 +38,11 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.types import UserDefinedType
 
 from imgsearch.db.models import SCHEMA, Embedding, Model
-from imgsearch.errors import InvalidInput
+from imgsearch.errors import InvalidInput, TransientError
 from imgsearch.records import ModelInfo
 
 HNSW_M = 16
@@ -89,8 +89,9 @@ def rebuild_index(
 
     An index built with other parameters (an older imgsearch's) keeps its graph until rebuilt:
     only later inserts use new parameters. ``maintenance_work_mem`` is the build's memory, in
-    PostgreSQL's units (``"1GB"``); a graph that doesn't fit builds far slower. A rebuild that was
-    interrupted leaves an invalid copy, which the next one drops first.
+    PostgreSQL's units (``"1GB"``); a graph that doesn't fit builds far slower. A rebuild that is
+    interrupted (cancelled, a timeout) raises :class:`TransientError` and leaves an invalid copy,
+    which the next one drops first.
 
         rebuild_index(catalog.engine, catalog.active_model)
     """
@@ -130,6 +131,12 @@ def rebuild_index(
         start = time.perf_counter()
         try:
             conn.execute(text(f"REINDEX INDEX CONCURRENTLY {SCHEMA}.{name}"))
+        except OperationalError as exc:  # cancelled, a timeout, a deadlock with another DDL
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+            raise TransientError(
+                f"rebuilding the HNSW index of {model.name} was interrupted ({reason}); the old "
+                "index still serves searches: run the rebuild again"
+            ) from exc
         finally:
             done.set()
             if watcher is not None:
