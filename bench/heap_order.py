@@ -33,7 +33,7 @@ from sqlalchemy import make_url
 sys.path.insert(0, str(Path(__file__).parent))
 from search import query_cases, stored_catalog
 
-from imgsearch.db.vector_index import halfvec_text, index_name
+from imgsearch.db.vector_index import HNSW_EF_CONSTRUCTION, HNSW_M, halfvec_text, index_name
 
 FILTERS = ("10% far", "3% far", "1% far", "10% near")
 TABLES = {"stored order": "imgsearch.embeddings", "category order": "public.bench_heap_order"}
@@ -56,7 +56,7 @@ def copy_in_category_order(conn: psycopg.Connection[Any]) -> float:
     conn.execute("SET maintenance_work_mem = '2GB'")
     conn.execute(
         "CREATE INDEX bench_heap_order_hnsw ON public.bench_heap_order USING hnsw ((embedding::halfvec(768)) halfvec_cosine_ops) "
-        "WITH (m = 16, ef_construction = 64) WHERE model_id = 1"
+        f"WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION}) WHERE model_id = 1"
     )
     conn.execute("VACUUM ANALYZE public.bench_heap_order")
     return time.perf_counter() - start
