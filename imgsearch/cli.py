@@ -696,10 +696,10 @@ def build_parser() -> argparse.ArgumentParser:
     reindex = model_commands.add_parser(
         "reindex",
         help="rebuild a model's HNSW index with the current parameters",
-        description="Rebuild a model's HNSW index (m 16, ef_construction 128) with REINDEX "
-        "CONCURRENTLY: searches and writes go on, the old index serving until the new one "
-        "replaces it. Indexes built by imgsearch before 2026-11-23 used ef_construction 64, which "
-        "can leave clusters of a catalog out of a search's reach.",
+        description="Rebuild a model's HNSW index with imgsearch's current parameters (printed "
+        "when done) by REINDEX CONCURRENTLY: searches and writes go on, the old index serving until "
+        "the new one replaces it. Indexes built by imgsearch before migration 0009 used "
+        "ef_construction 64, which can leave clusters of a catalog out of a search's reach.",
     )
     reindex.add_argument("name", nargs="?", help="model name (default: the active model)")
     reindex.add_argument(
