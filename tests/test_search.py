@@ -904,6 +904,16 @@ def test_sql_functions_report_bad_arguments(catalog: Catalog) -> None:
             "SELECT * FROM imgsearch.search_vector(CAST(array_fill(0.1, ARRAY[32]) AS vector), 0)",
             "k must be from 1 to 1000",
         ),
+        # an int still, but twice it is not: named as out of range, not an integer overflow
+        (
+            "SELECT * FROM imgsearch.search_vector(CAST(array_fill(0.1, ARRAY[32]) AS vector), 2000000000)",
+            "k must be from 1 to 1000, got 2000000000",
+        ),
+        ("SELECT * FROM imgsearch.search_similar(1, 2147483647)", "k must be from 1 to 1000, got 2147483647"),
+        (
+            "SELECT * FROM imgsearch.search_similar_product('acme', 'p1', 1073741824)",
+            "k must be from 1 to 1000, got 1073741824",
+        ),
         ("SELECT * FROM imgsearch.search_similar(987654321)", "no embedded image with id 987654321"),
         (
             "SELECT * FROM imgsearch.search_vector(CAST(array_fill(0, ARRAY[32]) AS vector))",

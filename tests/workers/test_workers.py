@@ -86,6 +86,8 @@ def setup(database_url: str, tiny_siglip: Path, tmp_path: Path) -> Iterator[tupl
         IMGSEARCH_BATCH_SIZE="16",
         IMGSEARCH_DEVICE="cpu",
         HF_HUB_OFFLINE="1",
+        # a worker killed with SIGKILL can't remove its beat schedule files: keep them in this test's folder
+        TMPDIR=str(tmp_path),
     )
     settings = Settings(redis_url=REDIS_URL, queue=queue, wake_workers=True, batch_size=16)
     workers = Workers(env, tmp_path)
