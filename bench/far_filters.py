@@ -14,7 +14,8 @@ imgsearch misses its latency target: it scans every matching row. This script me
   to give the per-row costs that bound any exact scan
 * iterative — the global HNSW index with ``hnsw.iterative_scan = relaxed_order``: a pool of 400
   matching rows, re-sorted exactly
-* per-category HNSW — a partial HNSW index per category (built here, dropped at the end), one
+* per-category HNSW — a partial HNSW index per category (built here with imgsearch's m and
+  ef_construction, dropped at the end), one
   ``ORDER BY ... LIMIT k`` branch per category, merged: the "partition the index by the filter"
   design, at ef_search 40 and 200
 * binary + rerank — the 400 nearest by Hamming distance of ``binary_quantize`` codes, re-sorted
@@ -41,7 +42,7 @@ from sqlalchemy import make_url
 sys.path.insert(0, str(Path(__file__).parent))
 from search import query_cases, stored_catalog
 
-from imgsearch.db.vector_index import halfvec_text
+from imgsearch.db.vector_index import HNSW_EF_CONSTRUCTION, HNSW_M, halfvec_text
 
 K = 10
 POOL = 400
@@ -109,8 +110,9 @@ def category_indexes(conn: psycopg.Connection[Any], categories: list[str], creat
             conn.execute(
                 sql.SQL(
                     "CREATE INDEX IF NOT EXISTS {} ON imgsearch.embeddings USING hnsw "
-                    "((embedding::halfvec(768)) halfvec_cosine_ops) WHERE model_id = 1 AND category = {}"
-                ).format(name, sql.Literal(category))
+                    "((embedding::halfvec(768)) halfvec_cosine_ops) WITH (m = {}, ef_construction = {}) "
+                    "WHERE model_id = 1 AND category = {}"
+                ).format(name, sql.Literal(HNSW_M), sql.Literal(HNSW_EF_CONSTRUCTION), sql.Literal(category))
             )
         else:
             conn.execute(sql.SQL("DROP INDEX IF EXISTS imgsearch.{}").format(name))
