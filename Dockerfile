@@ -1,4 +1,4 @@
-# The imgsearch worker (and CLI) image. CPU by default; the GPU profile of docker-compose.yml
+# The imgsearch image: workers, the HTTP API (imgsearch serve) and the CLI. CPU by default; the GPU profile of docker-compose.yml
 # builds it with TORCH_INDEX=https://download.pytorch.org/whl/cu128.
 FROM python:3.12-slim
 
@@ -12,11 +12,13 @@ COPY pyproject.toml README.md alembic.ini ./
 COPY imgsearch ./imgsearch
 COPY migrations ./migrations
 COPY workers ./workers
-RUN pip install '.[worker]'
+RUN pip install '.[worker,server]'
 
 # workers never run as root (Celery warns about it, and a model or image bug shouldn't own the box)
 RUN useradd --create-home --uid 10001 imgsearch && mkdir -p /models && chown imgsearch /models
 USER imgsearch
+
+EXPOSE 8000
 
 # exec form: the worker is PID 1, so its Celery node name is imgsearch-1@<container hostname>
 CMD ["imgsearch", "worker", "--concurrency", "2", "--device", "cpu"]

@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
+# the search page's tests drive Debian's Chromium: Playwright can't download its own browser here
+CHROMIUM ?= /usr/bin/chromium
+SUDO   := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
 .PHONY: install demo test lint bench clean
 
@@ -11,15 +14,19 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: 2.13.0 is the CPU build; an unpinned torch pulls a multi-GB CUDA build
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[worker,django,flask,dev]'
+	$(PY) -m pip install -q -e '.[worker,server,django,flask,dev]'
 	@touch $(STAMP)
 
 install: $(STAMP)
 
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium > /dev/null
+
 demo: install
 	$(VENV)/bin/imgsearch demo
 
-test: install
+test: install $(CHROMIUM)
 	$(PY) -m pytest -q
 
 lint: install

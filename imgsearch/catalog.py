@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sqlalchemy import Engine, Select, and_, exists, select
+from sqlalchemy import Engine, Select, and_, exists, func, select
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from imgsearch import checks, hybrid, images, ingest, removal, tenancy, updates, vectors
@@ -22,7 +22,7 @@ from imgsearch.db.models import Embedding, Image, Product
 from imgsearch.embed.registry import canonical_name, model_dim
 from imgsearch.errors import ConfigurationError, DatabaseUnavailable, InvalidQuery, NotFound
 from imgsearch.records import Hit, ImageRecord, ModelInfo
-from imgsearch.search import MAX_K
+from imgsearch.search import MAX_K, Plan
 from imgsearch.settings import Settings
 
 if TYPE_CHECKING:
@@ -71,6 +71,11 @@ class Catalog:
             embedder if embedder is None or embedder.name == model.name else None
         )
         self._model_checked = time.monotonic()
+        # told the plan of each statement a search runs ("exact", "hnsw", "hnsw_iterative"), e.g.
+        # to count strategies in metrics; called on the searching thread
+        self.on_search_plan: Callable[[Plan], None] | None = None
+        # told of each forward pass of text or image queries (kind, queries in it), likewise
+        self.on_query_batch: Callable[[str, int], None] | None = None
 
     @classmethod
     def open(
@@ -339,6 +344,41 @@ class Catalog:
         values["attributes"] = dict(values["attributes"])
         return ImageRecord(**values)
 
+    def image_content(self, image_id: int, *, tenant: str | None = None) -> bytes | None:
+        """The bytes stored for an image, or None for one uploaded by URL (workers download it and
+        keep only its embedding); :class:`NotFound` when there is no such image (of ``tenant``)."""
+        if not checks.stored_id(image_id):
+            raise NotFound(f"no image with id {image_id!r}")
+        with self.engine.begin() as conn:
+            if tenant is not None:
+                tenancy.scope(conn, tenant)
+            row = conn.execute(select(Image.content).where(Image.id == image_id)).first()
+        if row is None:
+            raise NotFound(f"no image with id {image_id}")
+        return None if row.content is None else bytes(row.content)
+
+    def categories(self, *, tenant: str | None = None, limit: int = 1000) -> list[tuple[str, int]]:
+        """The categories of the catalog's products (of ``tenant``'s, with a tenant) and how many
+        products each has, most products first; at most ``limit``.
+
+        >>> catalog.categories(tenant="acme")  # doctest: +SKIP
+        [('shoes', 120), ('bags', 31)]
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
+            raise InvalidQuery(f"limit must be an integer from 1 to 10000, got {limit!r}")
+        count = func.count().label("products")
+        stmt = (
+            select(Product.category, count)
+            .where(Product.category.is_not(None))
+            .group_by(Product.category)
+            .order_by(count.desc(), Product.category)
+            .limit(limit)
+        )
+        with self.engine.begin() as conn:
+            if tenant is not None:
+                tenancy.scope(conn, tenant)
+            return [(row.category, int(row.products)) for row in conn.execute(stmt)]
+
     def delete(self, image_id: int, *, tenant: str | None = None) -> None:
         """Delete one image and its embeddings; :class:`NotFound` if there is none (with
         ``tenant``, none of that tenant's). Its product stays, with its other images."""
@@ -364,6 +404,8 @@ class Catalog:
             from imgsearch.embed.model import Embedder
 
             self._embedder = Embedder.from_settings(self.settings, name=self.model)
+            if self.on_query_batch is not None:
+                self._embedder.on_query_batch(self.on_query_batch)
         return self._embedder
 
     def search(
@@ -390,7 +432,9 @@ class Catalog:
     ) -> list[Hit]:
         """The ``k`` nearest images (after ``offset``) matching every filter, nearest first.
 
-        Give exactly one query: ``text`` (text to image), ``image`` (a path, bytes or file object),
+        Give exactly one query: ``text`` (text to image), ``image`` (a path, bytes, a binary file
+        object or an http(s) URL, downloaded as workers download uploads: public addresses only
+        unless ``IMGSEARCH_DOWNLOAD_ALLOW`` lists the network),
         ``similar_to`` (an image id: "more like this image", the image itself left out),
         ``similar_to_product`` (a product id of ``tenant``: "more like this item", the mean of its
         images' embeddings, all of its images left out) or ``vector``.
@@ -425,6 +469,7 @@ class Catalog:
             exact_max_rows=self.settings.exact_max_rows,
             exact_max_fraction=self.settings.exact_max_fraction,
             cached_plans=self.settings.cached_plans,
+            on_plan=self.on_search_plan,
         )
         options.check()
         filters = vector_search.Filters(tenant, category, price_min, price_max, attributes, where)
@@ -553,7 +598,11 @@ class Catalog:
         if text is not None:
             return self.embedder.embed_text(text)
         if image is not None:
-            return self.embedder.embed_image(images.read_source(image, self._limits))
+            if images.is_url(image):
+                data = self.settings.downloads().fetch(checks.url(str(image), "query image URL", InvalidQuery))
+            else:
+                data = images.read_source(image, self._limits)
+            return self.embedder.embed_image(data)
         if vector is not None:
             return vectors.as_vector(vector, self.dim, "query vector")
         return None

@@ -38,7 +38,13 @@ __all__ = [
 
 
 class ImgSearchError(Exception):
-    """Base of every imgsearch exception."""
+    """Base of every imgsearch exception.
+
+    ``index`` is the position of the row at fault when a call took many rows (``add_many``,
+    ``update_products``; its message names the row too), else None.
+    """
+
+    index: int | None = None
 
 
 class InvalidInput(ImgSearchError, ValueError):

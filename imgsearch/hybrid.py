@@ -8,6 +8,7 @@ a score cut-off, each computed on a candidate pool drawn with the same guarantee
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +18,7 @@ from sqlalchemy import Connection
 from imgsearch import rerank
 from imgsearch.errors import InvalidQuery
 from imgsearch.records import Hit, ModelInfo
-from imgsearch.search import EXACT_MAX_FRACTION, EXACT_MAX_ROWS, Filters, Result, search_vector
+from imgsearch.search import EXACT_MAX_FRACTION, EXACT_MAX_ROWS, Filters, Plan, Result, search_vector
 from imgsearch.vectors import Vector
 
 MIN_POOL = 50
@@ -36,6 +37,7 @@ class Options:
     exact_max_rows: int = EXACT_MAX_ROWS
     exact_max_fraction: float = EXACT_MAX_FRACTION
     cached_plans: bool = True
+    on_plan: Callable[[Plan], None] | None = None  # told each statement's plan (metrics)
 
     def check(self) -> None:
         if not isinstance(self.group_by_product, bool):
@@ -91,7 +93,7 @@ def _search(
     with_embeddings: bool = False,
 ) -> Result:
     """:func:`search_vector` with the options' strategy settings."""
-    return search_vector(
+    result = search_vector(
         conn,
         model,
         query,
@@ -103,6 +105,9 @@ def _search(
         cached_plans=options.cached_plans,
         with_embeddings=with_embeddings,
     )
+    if options.on_plan is not None:
+        options.on_plan(result.plan)
+    return result
 
 
 def _from_pool(

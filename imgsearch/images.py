@@ -123,3 +123,25 @@ def inspect(data: bytes, limits: Limits) -> ImageInfo:
         format=str(image.format or "unknown"),
         byte_size=len(data),
     )
+
+
+def thumbnail(data: bytes, px: int, limits: Limits) -> bytes:
+    """A JPEG of the image scaled to fit ``px`` x ``px`` (never enlarged), first frame, EXIF
+    orientation applied, transparency on white; :class:`InvalidImage` for bytes that aren't one."""
+    from PIL import ImageOps
+
+    image = open_image(data, limits)
+    try:
+        image.draft("RGB", (px, px))  # JPEG: decode at a reduced scale, much faster for big photos
+        image = ImageOps.exif_transpose(image)
+        if image.mode in ("RGBA", "LA", "P", "PA"):
+            image = image.convert("RGBA")
+            background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+            image = Image.alpha_composite(background, image)
+        image = image.convert("RGB")
+        image.thumbnail((px, px))
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise UnsupportedImage(f"cannot decode the image: {exc}") from exc
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=85)
+    return out.getvalue()

@@ -76,6 +76,7 @@ def prepare_rows(rows: Iterable[Mapping[str, Any]], *, dim: int, limits: images.
             prepared.append(prepare_row(row, dim=dim, limits=limits))
         except InvalidInput as exc:
             exc.args = (f"row {index}: {exc}",)  # same type and attributes, message names the row
+            exc.index = index
             raise
     return prepared
 

@@ -293,8 +293,12 @@ class QueueStatus:
     latest_errors: list[tuple[int, str, str]]  # image id, tenant, error
 
 
-def status(engine: Engine, errors: int = 5) -> QueueStatus:
-    with engine.connect() as conn:
+def status(engine: Engine, errors: int = 5, *, tenant: str | None = None) -> QueueStatus:
+    """Images per state, the age of the oldest one waiting, and the latest ``errors`` failures;
+    with ``tenant``, of that tenant's images only (under its row-level security)."""
+    with engine.begin() as conn:
+        if tenant is not None:
+            tenancy.scope(conn, tenant)
         counts = {state.value: 0 for state in ImageState}
         counts.update(
             {

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import html
-import io
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -15,10 +14,10 @@ from pathlib import Path
 
 from sqlalchemy import Engine, select
 
-from imgsearch import tenancy
+from imgsearch import images, tenancy
 from imgsearch.db.models import Image
 from imgsearch.errors import InvalidInput
-from imgsearch.images import Limits, open_image
+from imgsearch.images import Limits
 from imgsearch.records import Hit
 
 THUMBNAIL_PX = 192
@@ -74,14 +73,10 @@ def table(hits: Sequence[Hit]) -> str:
 def thumbnail(data: bytes, px: int = THUMBNAIL_PX) -> str | None:
     """A JPEG data URI of the image scaled to fit ``px``; None when the bytes aren't an image."""
     try:
-        image = open_image(data, Limits(max_bytes=len(data) + 1, max_pixels=200_000_000))
-        image = image.convert("RGB")
-        image.thumbnail((px, px))
+        jpeg = images.thumbnail(data, px, Limits(max_bytes=len(data) + 1, max_pixels=200_000_000))
     except Exception:  # a thumbnail is cosmetic: never fail the page over one
         return None
-    out = io.BytesIO()
-    image.save(out, format="JPEG", quality=85)
-    return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode("ascii")
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
 
 
 def thumbnails(engine: Engine, image_ids: Iterable[int], tenant: str | None = None) -> dict[int, str]:

@@ -62,6 +62,24 @@ class Settings(BaseSettings):
     text_cache_size: int = Field(
         default=1024, ge=0, description="Text queries whose embeddings a catalog remembers (0: none)."
     )
+    query_batch_size: int = Field(
+        default=16,
+        gt=0,
+        description="Text or image queries asked for at once (a server's requests) embedded in one forward pass.",
+    )
+    query_batch_wait_ms: float = Field(
+        default=2.0,
+        ge=0,
+        le=1000,
+        description="How long the first query of a batch waits for others to join it, in milliseconds.",
+    )
+    max_batch_items: int = Field(
+        default=1000,
+        gt=0,
+        le=100_000,
+        description="The HTTP service's largest batch: items of an upload or a feed, ids of a delete.",
+    )
+    preload: bool = Field(default=False, description="`imgsearch serve` loads the model when it starts.")
     # up to 1500 rows the exact scan goes first, up to 15% when HNSW comes short (bench/search.py)
     exact_max_rows: int = Field(
         default=1500,

@@ -67,6 +67,7 @@ class ProductChange:
     product_id: str
     fields: dict[str, Any]
     name: str = ""
+    index: int | None = None  # position in the caller's rows
 
 
 def prepare(row: Mapping[str, Any]) -> ProductChange:
@@ -101,16 +102,19 @@ def prepare_all(rows: Iterable[Mapping[str, Any]], names: Sequence[str] | None =
     for index, row in enumerate(listed):
         name = f"row {index}" if names is None else names[index]
         try:
-            change = replace(prepare(row), name=name)
+            change = replace(prepare(row), name=name, index=index)
         except InvalidInput as exc:
             exc.args = (f"{name}: {exc}",)
+            exc.index = index
             raise
         key = (change.tenant, change.product_id)
         if key in first:
-            raise InvalidInput(
+            twice = InvalidInput(
                 f"{name}: product {change.product_id!r} of tenant {change.tenant!r} "
                 f"is already changed by {first[key]}"
             )
+            twice.index = index
+            raise twice
         first[key] = name
         changes.append(change)
     return changes
@@ -136,9 +140,11 @@ def apply(
             change = missing[0]
             row = f"{change.name}: " if change.name else ""
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-            raise NotFound(
+            unknown = NotFound(
                 f"{row}tenant {tenant!r} has no product {change.product_id!r}{more}; nothing updated"
             )
+            unknown.index = change.index
+            raise unknown
     changed = 0
     for tenant, rows in by_tenant.items():
         tenancy.scope(conn, tenant)

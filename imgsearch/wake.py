@@ -40,3 +40,18 @@ def celery_waker(redis_url: str, queue: str, batch_size: int) -> Waker:
             )
 
     return wake
+
+
+def queue_depth(redis_url: str, queue: str) -> int | None:
+    """Messages waiting in the Celery queue, or None when the broker can't be reached (within a
+    second: status pages and metrics must work without a broker)."""
+    try:
+        import redis
+
+        client = redis.Redis.from_url(redis_url, socket_connect_timeout=1, socket_timeout=1)
+        try:
+            return int(client.llen(queue))
+        finally:
+            client.close()
+    except Exception:
+        return None

@@ -34,7 +34,8 @@ def test_db_lifecycle(home: Path) -> None:
 COMMANDS = [
     ["db"], ["migrate"], ["tenant"], ["tenant", "create-login"], ["ingest"], ["worker"], ["status"],
     ["retry-failed"], ["search"], ["reembed"], ["model"], ["model", "list"], ["model", "activate"],
-    ["model", "drop"], ["model", "reindex"], ["demo"], ["delete"],
+    ["model", "drop"], ["model", "reindex"], ["demo"], ["delete"], ["update"], ["serve"],
+    ["tenant", "create-key"], ["tenant", "list-keys"], ["tenant", "revoke-key"],
 ]  # fmt: skip
 
 

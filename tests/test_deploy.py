@@ -29,14 +29,14 @@ def environment(service: dict[str, Any]) -> dict[str, str]:
 
 def test_services_images_and_dependencies(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) == {"postgres", "redis", "migrate", "worker", "worker-gpu"}
+    assert set(services) == {"postgres", "redis", "migrate", "api", "worker", "worker-gpu"}
     assert services["postgres"]["image"].startswith("pgvector/pgvector:")
     assert services["redis"]["image"].startswith("redis:")
-    for name in ("postgres", "redis", "worker", "worker-gpu"):
+    for name in ("postgres", "redis", "api", "worker", "worker-gpu"):
         assert services[name]["healthcheck"]["test"], f"{name} has a healthcheck"
     assert services["migrate"]["restart"] == "no"
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
-    for name in ("worker", "worker-gpu"):
+    for name in ("api", "worker", "worker-gpu"):
         depends = services[name]["depends_on"]
         assert depends["migrate"]["condition"] == "service_completed_successfully"
         assert depends["redis"]["condition"] == "service_healthy"
@@ -61,7 +61,7 @@ def test_gpu_worker_profile(compose: dict[str, Any]) -> None:
 def test_environment_matches_the_settings_and_the_database(compose: dict[str, Any]) -> None:
     known = {f"IMGSEARCH_{name.upper()}" for name in Settings.model_fields}
     postgres = environment(compose["services"]["postgres"])
-    for name in ("migrate", "worker", "worker-gpu"):
+    for name in ("migrate", "api", "worker", "worker-gpu"):
         env = environment(compose["services"][name])
         ours = {key for key in env if key.startswith("IMGSEARCH_")}
         assert ours <= known, f"{name} sets unknown settings {ours - known}"
@@ -93,8 +93,21 @@ def test_commands_exist_in_the_cli(compose: dict[str, Any]) -> None:
     healthcheck = compose["services"]["worker"]["healthcheck"]["test"][1]
     assert "inspect ping" in healthcheck and "imgsearch-1@" in healthcheck
     assert (
-        "imgsearch-{os.getpid()}@%h" in (ROOT / "imgsearch" / "cli.py").read_text()
+        "imgsearch-{os.getpid()}@%h" in (ROOT / "imgsearch" / "cli" / "workers.py").read_text()
     )  # the node name it pings
+
+
+def test_api_service_serves_on_its_port_and_checks_readiness(compose: dict[str, Any]) -> None:
+    api = compose["services"]["api"]
+    args = build_parser().parse_args(api["command"][1:])
+    assert args.command == "serve" and args.host == "0.0.0.0" and args.preload and args.workers >= 1
+    assert f"{args.port}:{args.port}" in api["ports"]
+    check = api["healthcheck"]["test"]
+    assert f"http://127.0.0.1:{args.port}/readyz" in " ".join(check)
+    assert check[:2] == ["CMD", "python"], "the slim image has python, not curl"
+    assert environment(api)["IMGSEARCH_WAKE_WORKERS"] == "true"
+    assert "models:/models" in api["volumes"]
+    assert "EXPOSE 8000" in (ROOT / "Dockerfile").read_text()
 
 
 def test_dockerfile_installs_the_project_and_runs_unprivileged() -> None:
@@ -104,7 +117,7 @@ def test_dockerfile_installs_the_project_and_runs_unprivileged() -> None:
     for sources in copies:
         for source in sources:
             assert (ROOT / source).exists(), f"Dockerfile copies missing {source}"
-    assert "pip install torch==2.13.0" in dockerfile and "pip install '.[worker]'" in dockerfile
+    assert "pip install torch==2.13.0" in dockerfile and "pip install '.[worker,server]'" in dockerfile
     users = [line.split()[1] for line in lines if line.startswith("USER")]
     assert users and users[-1] not in ("root", "0")
     assert lines.index(next(line for line in lines if line.startswith("USER"))) < lines.index(

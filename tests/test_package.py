@@ -39,11 +39,12 @@ def test_every_error_derives_from_the_base() -> None:
 
 
 def test_the_wheel_ships_the_demo_samples_and_the_migrations(tmp_path: Path) -> None:
-    """A wheel install has what `imgsearch demo` and `imgsearch migrate` read, and builds quietly."""
+    """A wheel install has what `imgsearch demo`, `imgsearch migrate` and `imgsearch serve` read,
+    and builds quietly."""
     root = Path(__file__).resolve().parents[1]
     # a copy, so that no earlier build's leftovers (build/lib) end up in this wheel
     source = tmp_path / "source"
-    shutil.copytree(root, source, ignore=shutil.ignore_patterns(".*", "build", "*.egg-info", "__pycache__"))
+    shutil.copytree(root, source, ignore=shutil.ignore_patterns(".*", "build", "*.egg-info", "__pycache__", "test-artifacts"))
     build = subprocess.run(
         [
             sys.executable,
@@ -76,4 +77,7 @@ def test_the_wheel_ships_the_demo_samples_and_the_migrations(tmp_path: Path) -> 
         for path in (root / "migrations" / "versions").glob("*.py")
     }
     expected |= {"imgsearch/py.typed", "imgsearch/migrations/script.py.mako", "imgsearch/migrations/env.py"}
+    # the HTTP service, its page, and the command's package
+    expected |= {f"imgsearch/server/static/{name}" for name in ("index.html", "app.js", "style.css")}
+    expected |= {"imgsearch/server/app.py", "imgsearch/server/routes/search.py", "imgsearch/cli/serve.py"}
     assert expected - shipped == set()

@@ -208,6 +208,28 @@ class Embedding(Base):
     model: Mapped[Model] = relationship()
 
 
+class ApiKey(Base):
+    """A key of the HTTP service (migration 0011): its public id and the SHA-256 of the whole key,
+    bound to one tenant, or an admin key (no tenant) that sees every tenant."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (
+        CheckConstraint("key_id ~ '^[a-z2-7]{12}$'", name="key_id_form"),
+        CheckConstraint("octet_length(secret_sha256) = 32", name="digest_length"),
+        CheckConstraint("admin = (tenant IS NULL)", name="tenant_or_admin"),
+        CheckConstraint("tenant <> ''", name="tenant_not_empty"),
+        Index("api_keys_tenant_idx", "tenant"),
+    )
+
+    key_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    secret_sha256: Mapped[bytes] = mapped_column(LargeBinary)
+    tenant: Mapped[str | None] = mapped_column(Text)
+    admin: Mapped[bool] = mapped_column(server_default=text("false"))
+    name: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = _created()
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
 class TenantLogin(Base):
     """A SQL console login bound to one tenant (created by ``imgsearch.create_tenant_login``)."""
 

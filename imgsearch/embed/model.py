@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -20,6 +20,7 @@ import numpy.typing as npt
 
 from imgsearch import checks
 from imgsearch.embed import decode as decoding
+from imgsearch.embed.batching import CacheInfo, LRUCache, MicroBatcher
 from imgsearch.embed.loading import resolve
 from imgsearch.embed.registry import model_dim
 from imgsearch.errors import ConfigurationError, InvalidImage, InvalidInput, ModelUnavailable
@@ -38,6 +39,8 @@ DEFAULT_BATCH_SIZE = 32  # CPU: larger batches gain <5% here; GPU: see docs/benc
 MAX_TEXT_CHARS = 2000
 # text queries remembered per embedder (768-d: ~3 KiB each); declared once, on Settings
 DEFAULT_TEXT_CACHE_SIZE: int = Settings.model_fields["text_cache_size"].default
+DEFAULT_QUERY_BATCH_SIZE: int = Settings.model_fields["query_batch_size"].default
+DEFAULT_QUERY_BATCH_WAIT_MS: float = Settings.model_fields["query_batch_wait_ms"].default
 
 
 @dataclass
@@ -80,11 +83,17 @@ class Embedder:
         options: decoding.DecodeOptions | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         text_cache_size: int = DEFAULT_TEXT_CACHE_SIZE,
+        query_batch_size: int = DEFAULT_QUERY_BATCH_SIZE,
+        query_batch_wait_ms: float = DEFAULT_QUERY_BATCH_WAIT_MS,
     ) -> None:
         if batch_size < 1:
             raise ConfigurationError(f"batch size must be at least 1, got {batch_size}")
         if text_cache_size < 0:
             raise ConfigurationError(f"text cache size must not be negative, got {text_cache_size}")
+        if query_batch_size < 1:
+            raise ConfigurationError(f"query batch size must be at least 1, got {query_batch_size}")
+        if query_batch_wait_ms < 0:
+            raise ConfigurationError(f"query batch wait must not be negative, got {query_batch_wait_ms}")
         self.name = name
         self.options = options or decoding.DecodeOptions()
         self.batch_size = batch_size
@@ -97,7 +106,15 @@ class Embedder:
         self.dtype: Any = None
         # a shop's search box sees the same queries again and again: each costs a text forward
         # pass (tens of ms on a CPU) the first time only
-        self._text_row = functools.lru_cache(maxsize=text_cache_size)(self._embed_one_text)
+        self._text_cache: LRUCache[str, Matrix] = LRUCache(text_cache_size)
+        # queries asked for from many threads at once (a server's requests) share forward passes
+        wait = query_batch_wait_ms / 1000
+        self._text_batcher: MicroBatcher[str, Matrix] = MicroBatcher(
+            self._embed_text_batch, max_size=query_batch_size, max_wait_seconds=wait, name="imgsearch-text"
+        )
+        self._image_batcher: MicroBatcher[bytes, Matrix] = MicroBatcher(
+            self.embed_images, max_size=query_batch_size, max_wait_seconds=wait, name="imgsearch-image"
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings, name: str | None = None) -> Embedder:
@@ -112,6 +129,8 @@ class Embedder:
             options=options,
             batch_size=settings.batch_size,
             text_cache_size=settings.text_cache_size,
+            query_batch_size=settings.query_batch_size,
+            query_batch_wait_ms=settings.query_batch_wait_ms,
         )
 
     @property
@@ -248,11 +267,9 @@ class Embedder:
             yield self.assemble(prepared, len(current), self.forward(prepared))
 
     def embed_image(self, data: bytes) -> Matrix:
-        """One image's unit vector; raises its :class:`InvalidImage`."""
-        (result,) = self.embed_images([data])
-        if isinstance(result, InvalidImage):
-            raise result
-        return result
+        """One image's unit vector (a query); raises its :class:`InvalidImage`. Images asked for
+        from several threads at once share a forward pass (:class:`MicroBatcher`)."""
+        return self._image_batcher.submit(data)
 
     # -- text -----------------------------------------------------------------------------
 
@@ -282,20 +299,43 @@ class Embedder:
         return _normalise(getattr(output, "pooler_output", output))
 
     def embed_text(self, text: str) -> Matrix:
-        """One text's unit vector, from a cache of the last ``text_cache_size`` texts asked for
-        (the same text gives the same vector: the forward pass is deterministic)."""
+        """One text's unit vector (a query), from a cache of the last ``text_cache_size`` texts
+        asked for (the same text gives the same vector: the forward pass is deterministic). Texts
+        asked for from several threads at once share a forward pass (:class:`MicroBatcher`)."""
         _check_text(text)
-        row: Matrix = self._text_row(text).copy()
-        return row
+        row = self._text_cache.get(text)
+        if row is None:
+            row = self._text_batcher.submit(text)
+            row.setflags(write=False)  # shared by every caller of the cache: they get copies
+            self._text_cache.put(text, row)
+        return row.copy()
 
-    def text_cache_info(self) -> functools._CacheInfo:
-        """Hits, misses and size of the text cache (:func:`functools.lru_cache`'s ``cache_info``)."""
-        return self._text_row.cache_info()
+    def text_cache_info(self) -> CacheInfo:
+        """Hits, misses and size of the text cache (as :func:`functools.lru_cache`'s ``cache_info``)."""
+        return self._text_cache.info()
 
-    def _embed_one_text(self, text: str) -> Matrix:
-        row: Matrix = self.embed_texts([text])[0]
-        row.setflags(write=False)  # shared by every caller of the cache: they get copies
-        return row
+    def query_batches(self) -> tuple[int, int]:
+        """Forward passes run for text and image queries, and the queries they embedded."""
+        text, image = self._text_batcher, self._image_batcher
+        return text.batches + image.batches, text.items + image.items
+
+    def on_query_batch(self, observe: Callable[[str, int], None] | None) -> None:
+        """Have ``observe(kind, size)`` told of each forward pass of queries (``"text"`` or
+        ``"image"``, and how many queries it embedded), e.g. for metrics."""
+        self._text_batcher.on_batch = None if observe is None else functools.partial(observe, "text")
+        self._image_batcher.on_batch = None if observe is None else functools.partial(observe, "image")
+
+    def close(self) -> None:
+        """Stop the query batchers' threads (they also stop with the process)."""
+        self._text_batcher.close()
+        self._image_batcher.close()
+
+    def _embed_text_batch(self, texts: list[str]) -> list[Matrix]:
+        """One forward pass over the distinct texts of a batch of queries."""
+        distinct = list(dict.fromkeys(texts))
+        rows = self.embed_texts(distinct)
+        by_text = {text: rows[i] for i, text in enumerate(distinct)}
+        return [by_text[text] for text in texts]
 
     # -- scores ---------------------------------------------------------------------------
 

@@ -3,15 +3,13 @@ nothing is lost when a worker dies or the broker is flushed, bad images fail alo
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
-import signal
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +21,7 @@ from sqlalchemy import text
 from imgsearch import Catalog
 from imgsearch.downloads import Downloads
 from imgsearch.settings import Settings
-from tests.helpers import FileServer
+from tests.helpers import FileServer, Workers, wait_until
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -36,41 +34,6 @@ def jpeg(seed: int, size: int = 64, quality: int = 90) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, "JPEG", quality=quality)
     return buf.getvalue()
-
-
-class Workers:
-    """Starts ``imgsearch worker`` processes for one test and kills them afterwards."""
-
-    def __init__(self, env: dict[str, str], logs: Path) -> None:
-        self.env = env
-        self.logs = logs
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, *args: str, **env: str) -> subprocess.Popen[bytes]:
-        log = open(self.logs / f"worker-{len(self.procs)}.log", "wb")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "imgsearch", "worker", *args],
-            env={**self.env, **env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.procs.append(proc)
-        return proc
-
-    def kill(self, proc: subprocess.Popen[bytes]) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-
-    def stop_all(self) -> None:
-        for proc in self.procs:
-            self.kill(proc)
-
-    def log_tail(self) -> str:
-        return "\n".join(
-            p.read_text(errors="replace")[-3000:] for p in sorted(self.logs.glob("worker-*.log"))
-        )
 
 
 @pytest.fixture
@@ -103,15 +66,6 @@ def counts(catalog: Catalog) -> dict[str, int]:
     with catalog.engine.connect() as conn:
         rows = conn.execute(text("SELECT state, count(*) FROM imgsearch.images GROUP BY state")).all()
     return {state: n for state, n in rows}
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, workers: Workers, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}\n{workers.log_tail()}")
 
 
 def embeddings_per_image(catalog: Catalog) -> list[int]:

@@ -1,0 +1,57 @@
+"""The ``imgsearch`` command, one module per command group. User mistakes print one line on stderr
+and exit 2; something not found exits 3; transient faults (database unreachable) exit 75
+(EX_TEMPFAIL); everything else is a bug and shows its traceback."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from pydantic import ValidationError
+
+from imgsearch.cli import database, demo, ingest, models, products, search, serve, tenants, workers
+from imgsearch.cli._common import EXIT_NOT_FOUND, EXIT_TEMPFAIL, EXIT_USAGE
+from imgsearch.errors import ImgSearchError, NotFound, TransientError
+from imgsearch.settings import Settings, describe_invalid
+
+__all__ = ["EXIT_NOT_FOUND", "EXIT_TEMPFAIL", "EXIT_USAGE", "build_parser", "main"]
+
+# in the order `imgsearch --help` lists them
+GROUPS = (database, tenants, ingest, products, workers, search, models, serve, demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imgsearch", description="Postgres-native image search.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for group in GROUPS:
+        group.register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace, Settings], int] = args.func
+    try:
+        settings = Settings()
+        return func(args, settings)
+    except ValidationError as exc:  # IMGSEARCH_* variables, or options that become them
+        print(f"imgsearch: {describe_invalid(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    except NotFound as exc:
+        print(f"imgsearch: {exc}", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    except TransientError as exc:
+        print(f"imgsearch: {exc}", file=sys.stderr)
+        return EXIT_TEMPFAIL
+    except ImgSearchError as exc:
+        print(f"imgsearch: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("imgsearch: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

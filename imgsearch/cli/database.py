@@ -1,0 +1,59 @@
+"""``imgsearch db`` (the embedded server) and ``imgsearch migrate``."""
+
+from __future__ import annotations
+
+import argparse
+
+from imgsearch.cli._common import Subparsers
+from imgsearch.errors import InvalidInput
+from imgsearch.settings import Settings
+
+
+def _db(args: argparse.Namespace, settings: Settings) -> int:
+    from imgsearch.db import embedded
+
+    if args.action == "start":
+        print(embedded.ensure_started(settings.home))
+    elif args.action == "stop":
+        print("stopped" if embedded.stop(settings.home) else "not running")
+    elif args.action == "url":
+        if settings.database_url:
+            print(settings.database_url)
+        else:
+            print(embedded.ensure_started(settings.home))
+    else:
+        status = embedded.status(settings.home)
+        where = status.pgdata
+        print(f"running (pid {status.pid}) in {where}" if status.running else f"not running ({where})")
+        return 0 if status.running else 1
+    return 0
+
+
+def _migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from alembic.util import CommandError
+
+    from imgsearch.db import engine, migrate
+
+    eng = engine.make_engine(engine.resolve_url(settings))
+    try:
+        migrate.upgrade(eng, args.revision)
+        print(f"database at revision {migrate.current(eng)}")
+    except CommandError as exc:  # an unknown revision
+        raise InvalidInput(f"cannot migrate to {args.revision!r}: {exc}") from exc
+    finally:
+        eng.dispose()
+    return 0
+
+
+def register(commands: Subparsers) -> None:
+    db = commands.add_parser(
+        "db",
+        help="manage the embedded PostgreSQL server",
+        description="Start, stop or inspect the embedded PostgreSQL + pgvector server.",
+    )
+    db.add_argument("action", choices=["start", "stop", "status", "url"])
+    db.set_defaults(func=_db)
+
+    mig = commands.add_parser("migrate", help="upgrade the schema", description="Run imgsearch's migrations.")
+    mig.add_argument("revision", nargs="?", default="head", help="target revision (default: head)")
+    mig.set_defaults(func=_migrate)

@@ -1,0 +1,69 @@
+"""``imgsearch ingest``: store files, folders and manifests, then embed them in-process."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from imgsearch.cli._common import Subparsers, embedders
+from imgsearch.errors import InvalidInput
+from imgsearch.settings import Settings
+
+
+def _ingest(args: argparse.Namespace, settings: Settings) -> int:
+    from tqdm import tqdm
+
+    from imgsearch import pipeline, sources
+    from imgsearch.catalog import Catalog
+
+    rows = list(sources.collect(args.paths, tenant=args.tenant, category=args.category))
+    added = duplicates = 0
+    failures: list[str] = []
+    with Catalog.open(settings=settings) as catalog:
+        for row in tqdm(rows, desc="storing", unit="img", disable=not sys.stderr.isatty()):
+            where = row.pop("_where")
+            try:
+                _, created = catalog.add_row(row)
+            except InvalidInput as exc:
+                failures.append(f"{where}: {exc}")
+                continue
+            added += created
+            duplicates += not created
+        embedded_line = (
+            "embedding: skipped (--no-embed); run `imgsearch worker` or `imgsearch worker --drain`"
+        )
+        if not args.no_embed:
+            totals = pipeline.drain(
+                catalog.engine,
+                embedders(settings),
+                batch_size=settings.batch_size,
+                lease_seconds=settings.lease_seconds,
+                downloads=settings.downloads(),
+                progress=sys.stderr.isatty(),
+            )
+            embedded_line = f"embedded {totals.ready}, failed {totals.failed}"
+            failures += [f"image {image_id}: {error}" for image_id, error in totals.errors.items()]
+    print(f"added {added}, duplicates skipped {duplicates}")
+    print(embedded_line)
+    if failures:
+        print(f"failed {len(failures)}:")
+        for line in failures[:50]:
+            print(f"  {line}")
+    return 1 if failures else 0
+
+
+def register(commands: Subparsers) -> None:
+    ingest = commands.add_parser(
+        "ingest",
+        help="store images from files, folders or manifests, and embed them",
+        description="Store images from files, folders (recursively) or CSV/JSONL manifests (columns: "
+        "image path or URL, tenant, product_id, category, price, currency, attributes as JSON), then "
+        "embed everything pending in this process. Exit 1 when some images failed.",
+    )
+    ingest.add_argument("paths", nargs="+", metavar="PATH")
+    ingest.add_argument(
+        "--tenant", default="default", help="tenant of rows that don't name one (default 'default')"
+    )
+    ingest.add_argument("--category", default=None, help="category of rows that don't name one")
+    ingest.add_argument("--no-embed", action="store_true", help="only store; leave embedding to the workers")
+    ingest.set_defaults(func=_ingest)

@@ -1,0 +1,173 @@
+"""``imgsearch reembed`` and ``imgsearch model``: a second model's backfill, switches, drops, reindexes."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from imgsearch.cli._common import Subparsers, open_engine, positive
+from imgsearch.errors import InvalidInput, NotFound
+from imgsearch.settings import Settings
+
+
+def _reembed(args: argparse.Namespace, settings: Settings) -> int:
+    from tqdm import tqdm
+
+    from imgsearch import reembed
+    from imgsearch.embed.allocator import retain_freed_memory
+    from imgsearch.embed.model import Embedder
+    from imgsearch.embed.registry import canonical_name, model_dim
+
+    name = canonical_name(args.model)
+    dim = model_dim(name)  # an unknown model fails here, before anything is registered
+    if args.device:
+        settings = settings.model_copy(update={"device": args.device})
+    retain_freed_memory(settings)
+    embedder = Embedder.from_settings(settings, name=name)
+    embedder.load()
+    eng = open_engine(settings)
+    try:
+        model = reembed.register(eng, name, dim)
+        if model.active:
+            print(f"{name} is already the active model; nothing to backfill")
+            return 0
+        with eng.connect() as conn:
+            todo = reembed.missing_count(conn, model)
+        print(f"backfilling {todo} images with {name} ({dim}-d); searches keep using the active model")
+        with tqdm(total=todo, desc="re-embedding", unit="img", disable=not sys.stderr.isatty()) as bar:
+            result = reembed.backfill(
+                eng,
+                model,
+                embedder.embed_images,
+                batch_size=args.batch_size or settings.batch_size,
+                downloads=settings.downloads(),
+                on_batch=bar.update,
+            )
+        print(f"embedded {result.embedded}, skipped {len(result.errors)}")
+        for image_id, error in list(result.errors.items())[:20]:
+            print(f"  image {image_id}: {error}")
+        if args.activate:
+            active, requeued = reembed.activate(eng, name, requeue_missing=True)
+            print(
+                f"active model: {active.name} ({active.dim}-d)"
+                + (f"; {requeued} images re-queued" if requeued else "")
+            )
+        else:
+            print(f"switch with: imgsearch model activate {args.model}")
+    finally:
+        eng.dispose()
+    return 1 if result.errors else 0
+
+
+def _model(args: argparse.Namespace, settings: Settings) -> int:
+    from imgsearch import reembed
+    from imgsearch.embed.registry import canonical_name
+
+    eng = open_engine(settings)
+    try:
+        if args.model_command == "list":
+            rows = reembed.listing(eng)
+            width = max([len(r.name) for r in rows] + [5])
+            print(f"{'model':<{width}}  {'dim':>5}  {'embeddings':>10}  active")
+            for row in rows:
+                print(
+                    f"{row.name:<{width}}  {row.dim:>5}  {row.embeddings:>10}  {'yes' if row.active else ''}"
+                )
+        elif args.model_command == "activate":
+            model, requeued = reembed.activate(
+                eng, canonical_name(args.name), requeue_missing=args.requeue_missing
+            )
+            extra = f"; {requeued} images re-queued for it" if requeued else ""
+            print(f"active model: {model.name} ({model.dim}-d){extra}")
+        elif args.model_command == "reindex":
+            _reindex(eng, None if args.name is None else canonical_name(args.name), args.maintenance_work_mem)
+        else:
+            if not args.yes:
+                raise InvalidInput(
+                    f"dropping deletes every embedding of {args.name!r}; pass --yes to confirm"
+                )
+            deleted = reembed.drop(eng, canonical_name(args.name))
+            print(f"dropped model {args.name}: {deleted} embeddings deleted")
+    finally:
+        eng.dispose()
+    return 0
+
+
+def _reindex(eng: Any, name: str | None, maintenance_work_mem: str) -> None:
+    from tqdm import tqdm
+
+    from imgsearch.db import vector_index
+
+    with eng.connect() as conn:
+        model = vector_index.active_model(conn) if name is None else vector_index.get_model(conn, name)
+    if model is None:
+        raise NotFound("no active model" if name is None else f"model {name!r} is not registered")
+    with tqdm(total=0, unit="block", desc="rebuilding", disable=not sys.stderr.isatty()) as bar:
+
+        def show(done: int, total: int, phase: str) -> None:
+            bar.total = total
+            bar.set_description(phase, refresh=False)
+            bar.update(done - bar.n)
+
+        seconds = vector_index.rebuild_index(
+            eng, model, maintenance_work_mem=maintenance_work_mem, progress=show
+        )
+    print(
+        f"rebuilt the HNSW index of {model.name} (m {vector_index.HNSW_M}, "
+        f"ef_construction {vector_index.HNSW_EF_CONSTRUCTION}) in {seconds:.1f} s"
+    )
+
+
+def register(commands: Subparsers) -> None:
+    re_embed = commands.add_parser(
+        "reembed",
+        help="backfill embeddings of a second model beside the active one",
+        description="Embed every ready image with MODEL (its own HNSW index; the dimension may "
+        "differ) while searches keep using the active model. Run again to catch images that became "
+        "ready meanwhile, then switch with `imgsearch model activate MODEL`.",
+    )
+    re_embed.add_argument("--model", required=True, help="hub id or local checkpoint directory")
+    re_embed.add_argument("--batch-size", type=positive, default=None, help="images per forward pass")
+    re_embed.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: auto)")
+    re_embed.add_argument("--activate", action="store_true", help="switch to MODEL when the backfill is done")
+    re_embed.set_defaults(func=_reembed)
+
+    model = commands.add_parser(
+        "model", help="list, activate or drop embedding models", description="Manage the catalog's models."
+    )
+    model_commands = model.add_subparsers(dest="model_command", required=True, metavar="COMMAND")
+    model_commands.add_parser(
+        "list", help="models with their dimension and embeddings", description="List models."
+    )
+    activate = model_commands.add_parser(
+        "activate",
+        help="make a backfilled model the one searches use",
+        description="Switch the active model in one transaction. Refused while ready images lack "
+        "its embedding, unless --requeue-missing puts them back to pending for the workers.",
+    )
+    activate.add_argument("name", help="model name as registered by reembed")
+    activate.add_argument("--requeue-missing", action="store_true", help="re-queue images it lacks")
+    drop = model_commands.add_parser(
+        "drop",
+        help="delete an inactive model's embeddings",
+        description="Delete an inactive model's embeddings, index and registration.",
+    )
+    drop.add_argument("name")
+    drop.add_argument("--yes", action="store_true", help="confirm the deletion")
+    reindex = model_commands.add_parser(
+        "reindex",
+        help="rebuild a model's HNSW index with the current parameters",
+        description="Rebuild a model's HNSW index with imgsearch's current parameters (printed "
+        "when done) by REINDEX CONCURRENTLY: searches and writes go on, the old index serving until "
+        "the new one replaces it. Indexes built by imgsearch before migration 0009 used "
+        "ef_construction 64, which can leave clusters of a catalog out of a search's reach.",
+    )
+    reindex.add_argument("name", nargs="?", help="model name (default: the active model)")
+    reindex.add_argument(
+        "--maintenance-work-mem",
+        default="1GB",
+        metavar="SIZE",
+        help="memory for the build, e.g. 512MB or 2GB (default 1GB); a graph that doesn't fit builds far slower",
+    )
+    model.set_defaults(func=_model)

@@ -1,0 +1,64 @@
+"""``imgsearch serve``: the HTTP API and the search page (FastAPI on uvicorn)."""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import os
+import shutil
+import tempfile
+
+from imgsearch.cli._common import Subparsers, open_engine, positive
+from imgsearch.errors import ConfigurationError
+from imgsearch.settings import Settings
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"imgsearch serve needs the server extra: pip install 'pg-imgsearch[server]' ({exc.name} is missing)"
+        ) from exc
+    if args.preload:
+        os.environ["IMGSEARCH_PRELOAD"] = "true"  # worker processes read their settings at start
+    settings = Settings()
+    # migrate here, once: N worker processes starting at the same moment would race to
+    open_engine(settings).dispose()
+    if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # each process counts into files here; a scrape of any of them adds them all up
+        folder = tempfile.mkdtemp(prefix="imgsearch-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+        atexit.register(shutil.rmtree, folder, True)
+    from imgsearch.server.middleware import configure_logging
+
+    configure_logging()
+    uvicorn.run(
+        "imgsearch.server.app:from_environment",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        access_log=False,  # imgsearch's access log has the request id, and never a query string
+        log_config=None,
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+def register(commands: Subparsers) -> None:
+    serve = commands.add_parser(
+        "serve",
+        help="run the HTTP API and the search page",
+        description="Serve the HTTP API (/v1, OpenAPI schema at /openapi.json, docs at /docs), the "
+        "search page at /, /healthz, /readyz and /metrics. Requests need a key from "
+        "`imgsearch tenant create-key`. Needs the server extra: pip install 'pg-imgsearch[server]'.",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--workers", type=positive, default=1, help="server processes (default 1)")
+    serve.add_argument(
+        "--preload", action="store_true", help="load the model at start; /readyz waits for it"
+    )
+    serve.set_defaults(func=_serve)

@@ -1,0 +1,149 @@
+"""``imgsearch worker``, ``imgsearch status`` and ``imgsearch retry-failed``: the embedding queue."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import glob
+import os
+import sys
+
+from imgsearch.cli._common import Subparsers, embedders, open_engine, positive
+from imgsearch.settings import Settings
+
+
+def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    # the options become settings, which worker processes read from the environment at start
+    overrides = {
+        "IMGSEARCH_DEVICE": args.device,
+        "IMGSEARCH_BATCH_SIZE": args.batch_size,
+        "IMGSEARCH_QUEUE": args.queue,
+    }
+    for name, value in overrides.items():
+        if value is not None:
+            os.environ[name] = str(value)
+    if "IMGSEARCH_TORCH_THREADS" not in os.environ and args.concurrency > 1:
+        # worker processes share the CPU cores instead of each starting one thread per core
+        os.environ["IMGSEARCH_TORCH_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.concurrency))
+    settings = Settings()
+    if args.drain:
+        return _drain(settings)
+    import tempfile
+
+    from workers.app import configure
+
+    app = configure(settings)
+    argv = [
+        "worker",
+        "--concurrency",
+        str(args.concurrency),
+        "--queues",
+        settings.queue,
+        "--loglevel",
+        "INFO",
+        "--hostname",
+        f"imgsearch-{os.getpid()}@%h",
+    ]
+    if args.concurrency == 1:
+        # one process: run tasks in it rather than in a forked child, where torch's CPU threads ran
+        # at 0.72x of the embedder alone (bench/workers.py); solo ran at the figure in docs/benchmarks.md
+        argv += ["--pool", "solo"]
+    schedule = os.path.join(tempfile.gettempdir(), f"imgsearch-beat-{os.getpid()}")
+    if args.beat:
+        argv += ["--beat", "--schedule", schedule]
+    try:
+        app.worker_main(argv)
+    finally:
+        for leftover in glob.glob(glob.escape(schedule) + "*"):  # beat's schedule shelve files
+            with contextlib.suppress(OSError):
+                os.remove(leftover)
+    return 0
+
+
+def _drain(settings: Settings) -> int:
+    from imgsearch import pipeline
+
+    eng = open_engine(settings)
+    try:
+        totals = pipeline.drain(
+            eng,
+            embedders(settings),
+            batch_size=settings.batch_size,
+            lease_seconds=settings.lease_seconds,
+            downloads=settings.downloads(),
+            progress=sys.stderr.isatty(),
+        )
+    finally:
+        eng.dispose()
+    print(f"embedded {totals.ready}, failed {totals.failed}")
+    for image_id, error in list(totals.errors.items())[:20]:
+        print(f"  image {image_id}: {error}")
+    return 0
+
+
+def _status(args: argparse.Namespace, settings: Settings) -> int:
+    from imgsearch import queue, wake
+
+    eng = open_engine(settings)
+    try:
+        current = queue.status(eng)
+    finally:
+        eng.dispose()
+    print("images: " + ", ".join(f"{state} {count}" for state, count in current.counts.items()))
+    depth = wake.queue_depth(settings.redis_url, settings.queue)
+    print(f"queue {settings.queue!r}: " + ("broker unreachable" if depth is None else f"{depth} messages"))
+    age = current.oldest_pending_seconds
+    print("oldest pending: " + ("none" if age is None else f"{age:.0f} s"))
+    if current.latest_errors:
+        print("latest errors:")
+        for image_id, tenant, error in current.latest_errors:
+            print(f"  image {image_id} ({tenant}): {error}")
+    return 0
+
+
+def _retry_failed(args: argparse.Namespace, settings: Settings) -> int:
+    from imgsearch import queue
+    from imgsearch.wake import celery_waker
+
+    eng = open_engine(settings)
+    try:
+        count = queue.retry_failed(eng, tenant=args.tenant)
+    finally:
+        eng.dispose()
+    if count:
+        celery_waker(settings.redis_url, settings.queue, settings.batch_size)(count)
+    print(f"re-queued {count} failed images")
+    return 0
+
+
+def register(commands: Subparsers) -> None:
+    worker = commands.add_parser(
+        "worker",
+        help="run an embedding worker",
+        description="Run a Celery worker that embeds pending images (broker: IMGSEARCH_REDIS_URL), "
+        "or with --drain embed everything pending in this process and exit.",
+    )
+    worker.add_argument("--concurrency", type=positive, default=1, help="worker processes (default 1)")
+    worker.add_argument("--queue", default=None, help="Celery queue (default IMGSEARCH_QUEUE or 'imgsearch')")
+    worker.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: auto)")
+    worker.add_argument("--batch-size", type=positive, default=None, help="images per forward pass")
+    worker.add_argument(
+        "--no-beat", dest="beat", action="store_false", help="don't run the periodic sweep in this worker"
+    )
+    worker.add_argument("--drain", action="store_true", help="embed everything pending in-process, then exit")
+    worker.set_defaults(func=_worker)
+
+    status = commands.add_parser(
+        "status",
+        help="embedding progress and errors",
+        description="Counts per state, queue depth, oldest pending image, latest errors.",
+    )
+    status.set_defaults(func=_status)
+
+    retry = commands.add_parser(
+        "retry-failed",
+        help="re-queue failed images",
+        description="Put failed images back to pending and wake the workers.",
+    )
+    retry.add_argument("--tenant", default=None, help="only this tenant's images")
+    retry.set_defaults(func=_retry_failed)

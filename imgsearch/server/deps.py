@@ -1,0 +1,61 @@
+"""What routes are given: the catalog, and the caller's key, checked once per request.
+
+A key is checked by :class:`~imgsearch.server.keyring.Keyring` (in memory once verified, until any
+key changes). A tenant's key scopes everything the request does to its tenant: the routes pass that tenant to
+the library, which runs the request's statements under the tenant's row-level security. An admin
+key sees every tenant, and may name one.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
+
+from imgsearch import checks
+from imgsearch.catalog import Catalog
+from imgsearch.keys import Principal
+from imgsearch.server.keyring import Keyring
+from imgsearch.server.problems import Forbidden, Unauthorized
+
+bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="ApiKey",
+    description="A key from `imgsearch tenant create-key TENANT` (or `--admin`), as `Authorization: Bearer KEY`.",
+)
+
+
+async def get_catalog(request: Request) -> Catalog:
+    catalog: Catalog = request.app.state.catalog
+    return catalog
+
+
+async def get_principal(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> Principal:
+    if credentials is None:
+        raise Unauthorized("no API key: send `Authorization: Bearer KEY`")
+    keyring: Keyring = request.app.state.keyring
+    principal = keyring.cached(credentials.credentials)
+    if principal is None:  # the database, in a thread: not on the event loop
+        principal = await run_in_threadpool(keyring.verify, credentials.credentials)
+    if principal is None:
+        raise Unauthorized("the API key is malformed, unknown or revoked")
+    request.state.principal = principal
+    return principal
+
+
+CatalogDep = Annotated[Catalog, Depends(get_catalog)]
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def tenant_of(principal: Principal, requested: Any = None) -> str | None:
+    """The tenant a request acts for: a tenant key's own (it may not name one), or for an admin
+    key the one it names, if any (None: every tenant)."""
+    if principal.admin:
+        return None if requested is None else checks.identifier(requested, "tenant")
+    if requested is not None:
+        raise Forbidden("a tenant's key acts for its own tenant only: leave `tenant` out")
+    return principal.tenant

@@ -1,0 +1,114 @@
+"""Prometheus metrics of the HTTP service, through prometheus-client.
+
+Counted in the process: requests and their latency per route, the plans searches took, query
+forward passes. Read from the catalog at each scrape: images per state (all tenants) and the
+Celery queue's depth. With ``imgsearch serve --workers N`` the processes write their counts to
+``PROMETHEUS_MULTIPROC_DIR`` (set by the command) and a scrape of any of them adds them up.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from imgsearch.search import Plan
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class Metrics:
+    """The service's counters, on a registry of its own (several apps in one process don't clash)."""
+
+    def __init__(self) -> None:
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped upstream; no `_created` series
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "imgsearch_http_requests",
+            "HTTP requests by method, route and status.",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "imgsearch_http_request_duration_seconds",
+            "Time from a request's arrival to its response, by method and route.",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.search_plans = Counter(
+            "imgsearch_search_plans",
+            "Search statements by strategy: exact, hnsw (one pass) or hnsw_iterative.",
+            ["strategy"],
+            registry=self.registry,
+        )
+        self.query_embeddings = Counter(
+            "imgsearch_query_embeddings",
+            "Text and image queries embedded by a forward pass (not from the text cache), by kind.",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.query_passes = Counter(
+            "imgsearch_query_forward_passes",
+            "Forward passes run for queries, by kind; queries / passes is the micro-batches' mean size.",
+            ["kind"],
+            registry=self.registry,
+        )
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(method, route, str(status)).inc()
+        self.latency.labels(method, route).observe(seconds)
+
+    def observe_plan(self, plan: Plan) -> None:
+        self.search_plans.labels(plan.strategy).inc()
+
+    def observe_query_batch(self, kind: str, size: int) -> None:
+        self.query_passes.labels(kind).inc()
+        self.query_embeddings.labels(kind).inc(size)
+
+    def exposition(self, catalog_collector: Collector | None) -> bytes:
+        """The text a scrape gets: this process's metrics, or every process's in multiprocess
+        mode, with the catalog's gauges."""
+        if multiprocess_dir():
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # untyped upstream
+        else:
+            registry = self.registry
+        output = generate_latest(registry)
+        if catalog_collector is not None:
+            extra = CollectorRegistry()
+            extra.register(catalog_collector)
+            output += generate_latest(extra)
+        return output
+
+
+class CatalogCollector(Collector):
+    """Images per state and queue depth, read when scraped (``read`` returns both; a depth of
+    None: the broker can't be reached)."""
+
+    def __init__(self, read: Callable[[], tuple[dict[str, int], int | None]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Any]:
+        counts, depth = self._read()
+        images = GaugeMetricFamily("imgsearch_images", "Images in the catalog by state.", labels=["state"])
+        for state, count in counts.items():
+            images.add_metric([state], count)
+        yield images
+        if depth is not None:
+            yield GaugeMetricFamily(
+                "imgsearch_queue_depth", "Wake-up messages waiting in the Celery queue.", value=depth
+            )
+        yield GaugeMetricFamily(
+            "imgsearch_broker_up", "Whether the Celery broker answered.", value=0 if depth is None else 1
+        )

@@ -1,0 +1,215 @@
+"""``/v1/images``: uploads (JSON of URLs or vectors, or multipart files), an image's state, its
+thumbnail, deletes."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+
+from imgsearch import checks, images
+from imgsearch.errors import ImgSearchError, InvalidImage, InvalidInput
+from imgsearch.keys import Principal
+from imgsearch.server import schemas
+from imgsearch.server.deps import CatalogDep, PrincipalDep, tenant_of
+from imgsearch.server.limits import Limits
+from imgsearch.server.problems import RequestTooLarge, problem
+
+router = APIRouter(prefix="/v1", tags=["images"])
+
+FORM_FIELDS = ("product_id", "category", "price", "currency", "attributes", "tenant")
+THUMBNAIL_MAX_PX = 512
+
+_UPLOAD_BODY: dict[str, Any] = {
+    "required": True,
+    "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/UploadRequest"}},
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["file", "product_id"],
+                "properties": {
+                    "file": {
+                        "type": "array",
+                        "items": {"type": "string", "format": "binary"},
+                        "description": "One or more images of the product.",
+                    },
+                    "product_id": {"type": "string"},
+                    "category": {"type": "string"},
+                    "price": {"type": "string", "description": "A decimal number."},
+                    "currency": {"type": "string"},
+                    "attributes": {"type": "string", "description": "A JSON object."},
+                    "tenant": {"type": "string", "description": "Admin keys only."},
+                },
+            }
+        },
+    },
+}
+
+
+def _with_index(exc: ImgSearchError, index: int) -> ImgSearchError:
+    exc.args = (f"row {index}: {exc}",)
+    exc.index = index
+    return exc
+
+
+def _json_rows(body: bytes, principal: Principal) -> list[dict[str, Any]]:
+    try:
+        upload = schemas.UploadRequest.model_validate_json(body)
+    except ValidationError as exc:
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from exc
+    rows = []
+    for index, item in enumerate(upload.items):
+        try:
+            tenant = tenant_of(principal, item.tenant)
+            url = None if item.url is None else checks.url(item.url, "url")
+        except ImgSearchError as exc:
+            raise _with_index(exc, index) from exc
+        rows.append(
+            {
+                "image": url,
+                "embedding": item.embedding,
+                "tenant": tenant,
+                "product_id": item.product_id,
+                "category": item.category,
+                "price": item.price,
+                "currency": item.currency,
+                "attributes": item.attributes,
+            }
+        )
+    return rows
+
+
+async def _multipart_rows(request: Request, principal: Principal, limits: Limits) -> list[dict[str, Any]]:
+    form = await request.form(max_files=limits.max_items, max_fields=len(FORM_FIELDS) + 10)
+    unknown = sorted(set(form.keys()) - {"file", *FORM_FIELDS})
+    if unknown:
+        raise InvalidInput(f"unknown form fields {unknown}; allowed: {['file', *FORM_FIELDS]}")
+    fields: dict[str, Any] = {}
+    for name in FORM_FIELDS:
+        values = form.getlist(name)
+        if len(values) > 1:
+            raise InvalidInput(f"form field {name!r} is given {len(values)} times")
+        value = values[0] if values else None
+        if value is not None and not isinstance(value, str):
+            raise InvalidInput(f"form field {name!r} must be text, not a file")
+        if value is not None and value.strip():
+            fields[name] = value
+    if "attributes" in fields:
+        try:
+            fields["attributes"] = json.loads(fields["attributes"])
+        except ValueError as exc:
+            raise InvalidInput(f"attributes must be a JSON object: {exc}") from exc
+    tenant = tenant_of(principal, fields.pop("tenant", None))
+    files = form.getlist("file")
+    if not files:
+        raise InvalidInput("a multipart upload needs one or more `file` parts")
+    rows = []
+    for index, part in enumerate(files):
+        if not isinstance(part, UploadFile):
+            raise _with_index(InvalidImage("`file` must be a file part, not text"), index)
+        rows.append({"image": await part.read(), "tenant": tenant, **fields})
+    return rows
+
+
+@router.post(
+    "/images",
+    status_code=201,
+    response_model=schemas.UploadResponse,
+    summary="Upload images: JSON (URLs or vectors) or multipart files",
+    openapi_extra={"requestBody": _UPLOAD_BODY},
+)
+async def upload_images(request: Request, catalog: CatalogDep, principal: PrincipalDep) -> Response:
+    """Store a batch of images, all or nothing: a bad item fails the batch (its index in the
+    problem's `index` and message), with nothing stored. JSON items give a `url` (a worker
+    downloads and embeds it) or an `embedding` (stored as `ready`); multipart uploads give one or
+    more `file` parts, images of one product whose fields are the form's other fields. Answers the
+    image ids in the order given; the same bytes uploaded again by the tenant answer the stored
+    image's id."""
+    limits: Limits = request.app.state.limits
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type == "multipart/form-data":
+        rows = await _multipart_rows(request, principal, limits)
+    elif media_type in ("application/json", ""):
+        rows = _json_rows(await request.body(), principal)
+    else:
+        raise HTTPException(415, f"send application/json or multipart/form-data, not {media_type!r}")
+    if not rows:
+        raise InvalidInput("nothing to upload: `items` is empty")
+    if len(rows) > limits.max_items:
+        raise RequestTooLarge(f"{len(rows)} items in one batch; the limit is {limits.max_items}")
+    ids = await run_in_threadpool(lambda: catalog.add_many(rows, progress=False))
+    return JSONResponse({"ids": ids}, status_code=201)
+
+
+def _image_json(record: Any) -> dict[str, Any]:
+    values = {"id": record.image_id, **record.__dict__}
+    del values["image_id"]
+    values["price"] = None if values["price"] is None else float(values["price"])
+    for name in ("created_at", "updated_at"):
+        values[name] = values[name].isoformat()
+    return values
+
+
+@router.get("/images/{image_id}", response_model=schemas.ImageResponse, summary="An image's state and error")
+def get_image(image_id: int, catalog: CatalogDep, principal: PrincipalDep) -> Response:
+    """The image's state (`pending`, `embedding`, `ready`, `failed`), its error if it failed, and
+    its product's fields. Another tenant's image answers 404, like a missing one."""
+    return JSONResponse(_image_json(catalog.get(image_id, tenant=tenant_of(principal))))
+
+
+@router.delete("/images/{image_id}", status_code=204, summary="Delete an image")
+def delete_image(image_id: int, catalog: CatalogDep, principal: PrincipalDep) -> Response:
+    """Delete the image and its embeddings; its product stays."""
+    catalog.delete(image_id, tenant=tenant_of(principal))
+    return Response(status_code=204)
+
+
+@router.post("/images:delete", response_model=schemas.DeletedResponse, summary="Delete many images")
+def delete_images(
+    body: schemas.DeleteImagesRequest, request: Request, catalog: CatalogDep, principal: PrincipalDep
+) -> Response:
+    """Delete every image listed, or none: one unknown id (or another tenant's) deletes nothing."""
+    limits: Limits = request.app.state.limits
+    if len(body.ids) > limits.max_items:
+        raise RequestTooLarge(f"{len(body.ids)} ids in one batch; the limit is {limits.max_items}")
+    deleted = catalog.delete_many(body.ids, tenant=tenant_of(principal))
+    return JSONResponse({"deleted": deleted})
+
+
+@router.get(
+    "/images/{image_id}/thumbnail",
+    summary="A JPEG thumbnail of a stored image",
+    responses={200: {"content": {"image/jpeg": {}}}, 304: {"description": "Not modified (ETag)"}},
+)
+def thumbnail(
+    image_id: int,
+    request: Request,
+    catalog: CatalogDep,
+    principal: PrincipalDep,
+    size: Annotated[int, Query(ge=16, le=THUMBNAIL_MAX_PX, description="Longest side, in pixels.")] = 256,
+) -> Response:
+    """The stored image scaled to fit `size` pixels, with an `ETag` (an image's bytes never
+    change): a request with `If-None-Match` answers 304. An image uploaded by URL has no stored
+    bytes: 404, with the URL in the problem's `uri`."""
+    tenant = tenant_of(principal)
+    record = catalog.get(image_id, tenant=tenant)
+    etag = f'"{record.image_id}-{(record.sha256 or "url")[:16]}-{size}"'
+    cache = {"ETag": etag, "Cache-Control": "private, max-age=86400"}
+    if etag in [tag.strip() for tag in request.headers.get("if-none-match", "").split(",")]:
+        return Response(status_code=304, headers=cache)
+    content = catalog.image_content(image_id, tenant=tenant)
+    if content is None:
+        how = "it was uploaded by URL" if record.uri else "it was stored as an embedding only"
+        detail = f"image {image_id} has no stored bytes to make a thumbnail of: {how}"
+        return problem(404, "not-found", "Not found", detail, request, uri=record.uri)
+    settings = catalog.settings
+    jpeg = images.thumbnail(content, size, images.Limits(len(content) + 1, settings.max_image_pixels))
+    return Response(jpeg, media_type="image/jpeg", headers=cache)

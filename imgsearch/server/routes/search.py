@@ -1,0 +1,182 @@
+"""``/v1/search``: text, vector, image URL, "more like this" image or product, or (multipart) an
+uploaded query image, with every filter and option of ``catalog.search``; ``/v1/categories``."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from imgsearch import checks
+from imgsearch.catalog import Catalog
+from imgsearch.errors import InvalidInput, InvalidQuery
+from imgsearch.keys import Principal
+from imgsearch.records import Hit
+from imgsearch.server import schemas
+from imgsearch.server.deps import CatalogDep, PrincipalDep, tenant_of
+
+router = APIRouter(prefix="/v1", tags=["search"])
+
+OPTIONS = tuple(name for name in schemas.SearchOptions.model_fields if name != "tenant")
+_IMAGE_BODY: dict[str, Any] = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["file"],
+                "properties": {
+                    "file": {"type": "string", "format": "binary", "description": "The query image."},
+                    "params": {
+                        "type": "string",
+                        "description": "The filters and options as one JSON object (SearchOptions); "
+                        "or give them as form fields of their own.",
+                    },
+                    **{
+                        name: {"type": "string", "description": "As in SearchOptions."}
+                        for name in schemas.SearchOptions.model_fields
+                    },
+                },
+            }
+        }
+    },
+}
+
+
+def hit_json(hit: Hit) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "image_id": hit.image_id,
+        "product_id": hit.product_id,
+        "tenant": hit.tenant,
+        "category": hit.category,
+        "price": None if hit.price is None else float(hit.price),
+        "distance": hit.distance,
+        "score": hit.score,
+    }
+    if hit.probability is not None:
+        body["probability"] = hit.probability
+    return body
+
+
+def _search(
+    catalog: Catalog, principal: Principal, query: dict[str, Any], options: schemas.SearchOptions
+) -> Response:
+    kwargs = {name: getattr(options, name) for name in OPTIONS}
+    hits = catalog.search(**query, tenant=tenant_of(principal, options.tenant), **kwargs)
+    return JSONResponse({"hits": [hit_json(hit) for hit in hits]})
+
+
+@router.post("/search", response_model=schemas.SearchResponse, summary="Hybrid search")
+def search(body: schemas.SearchRequest, catalog: CatalogDep, principal: PrincipalDep) -> Response:
+    """The `k` nearest images (after `offset`) that match every filter, nearest first. Give
+    exactly one query. `min(k, matching images)` hits, with recall against an exact search of at
+    least 0.98 at every filter's selectivity."""
+    queries = {
+        "text": body.text,
+        "vector": body.vector,
+        "image": body.image_url,
+        "similar_to": body.similar_to,
+        "similar_to_product": body.similar_to_product,
+    }
+    given = {name: value for name, value in queries.items() if value is not None}
+    if "image" in given:
+        # a URL only: the library reads any other string as a path on this machine
+        given["image"] = checks.url(str(given["image"]), "image_url", InvalidQuery)
+    if len(given) != 1:
+        names = sorted(("image_url" if name == "image" else name) for name in queries)
+        shown = sorted(("image_url" if name == "image" else name) for name in given)
+        raise InvalidQuery(f"give exactly one query of {names}, got {shown or 'none'}")
+    return _search(catalog, principal, given, body)
+
+
+def _form_options(form: Any) -> dict[str, Any]:
+    """The filters and options of a multipart search: a JSON ``params`` part, or form fields."""
+    allowed = {"file", "params", *schemas.SearchOptions.model_fields}
+    unknown = sorted(set(form.keys()) - allowed)
+    if unknown:
+        raise InvalidInput(f"unknown form fields {unknown}; allowed: {sorted(allowed)}")
+    params = form.get("params")
+    if params is not None and set(form.keys()) - {"file", "params"}:
+        raise InvalidInput("give the filters and options as one JSON `params` part or as form fields, not both")
+    if params is not None:
+        if not isinstance(params, str):
+            raise InvalidInput("`params` must be a JSON object as text, not a file")
+        try:
+            values = json.loads(params)
+        except ValueError as exc:
+            raise InvalidInput(f"`params` must be a JSON object: {exc}") from exc
+        if not isinstance(values, dict):
+            raise InvalidInput("`params` must be a JSON object")
+        return values
+    values = {}
+    for name in schemas.SearchOptions.model_fields:
+        found = [v for v in form.getlist(name) if isinstance(v, str) and v.strip()]
+        if not found:
+            continue
+        if name == "category":
+            values[name] = found if len(found) > 1 else found[0]
+        elif name == "attributes":
+            try:
+                values[name] = json.loads(found[0])
+            except ValueError as exc:
+                raise InvalidInput(f"attributes must be a JSON object: {exc}") from exc
+        elif name in ("k", "offset", "expand"):
+            values[name] = _number(found[0], name, int)
+        elif name in ("diversity", "min_score", "min_probability"):
+            values[name] = _number(found[0], name, float)
+        elif name == "group_by_product":
+            values[name] = found[0].strip().lower() in ("true", "1", "yes", "on")
+        else:
+            values[name] = found[0]
+    return values
+
+
+def _number(text: str, name: str, kind: type[int] | type[float]) -> int | float:
+    try:
+        return kind(text)
+    except ValueError as exc:
+        raise InvalidQuery(
+            f"{name} must be {'an integer' if kind is int else 'a number'}, got {text!r}"
+        ) from exc
+
+
+@router.post(
+    "/search/image",
+    response_model=schemas.SearchResponse,
+    summary="Search with an uploaded query image",
+    openapi_extra={"requestBody": _IMAGE_BODY},
+)
+async def search_image(request: Request, catalog: CatalogDep, principal: PrincipalDep) -> Response:
+    """Image to image: a multipart `file` part is the query; filters and options come as form
+    fields, or as one JSON `params` part."""
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "multipart/form-data":
+        raise InvalidInput("send the query image as multipart/form-data with a `file` part")
+    form = await request.form(max_files=2, max_fields=40)
+    files = form.getlist("file")
+    if len(files) != 1 or not isinstance(files[0], UploadFile):
+        raise InvalidInput(f"give exactly one `file` part, the query image (got {len(files)})")
+    image = await files[0].read()
+    try:
+        options = schemas.SearchOptions.model_validate(_form_options(form))
+    except ValidationError as exc:
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from exc
+    return await run_in_threadpool(_search, catalog, principal, {"image": image}, options)
+
+
+@router.get("/categories", response_model=schemas.CategoriesResponse, summary="The catalog's categories")
+def categories(
+    catalog: CatalogDep,
+    principal: PrincipalDep,
+    tenant: Annotated[str | None, Query(description="Admin keys only: one tenant's.")] = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+) -> Response:
+    """The categories of the tenant's products and how many products each has, most first."""
+    found = catalog.categories(tenant=tenant_of(principal, tenant), limit=limit)
+    return JSONResponse({"categories": [{"name": name, "products": count} for name, count in found]})

@@ -1,0 +1,272 @@
+// The imgsearch search page: plain JS, no build step. Everything the API returns is shown with
+// textContent (never innerHTML), so a product id like <img onerror=...> stays text.
+"use strict";
+
+const KEY_STORAGE = "imgsearch.key";
+const $ = (id) => document.getElementById(id);
+
+const state = {
+  key: sessionStorage.getItem(KEY_STORAGE) || "",
+  query: null, // {text} | {image: File} | {similar_to: id}
+  offset: 0,
+  thumbnails: [], // blob: URLs of the page shown, revoked when it changes
+};
+
+class ApiError extends Error {
+  constructor(status, problem) {
+    super(problem.detail || problem.title || `HTTP ${status}`);
+    this.status = status;
+    this.problem = problem;
+  }
+}
+
+async function api(path, options = {}) {
+  const headers = new Headers(options.headers || {});
+  headers.set("Authorization", `Bearer ${state.key}`);
+  const response = await fetch(path, { ...options, headers });
+  if (!response.ok) {
+    let problem = {};
+    try { problem = await response.json(); } catch (_) { /* not JSON */ }
+    throw new ApiError(response.status, problem);
+  }
+  return response;
+}
+
+function showError(error) {
+  const box = $("error");
+  if (!error) { box.hidden = true; box.textContent = ""; return; }
+  box.hidden = false;
+  box.textContent = error instanceof ApiError && error.status === 401
+    ? `${error.message} — enter a key from \`imgsearch tenant create-key\`.`
+    : String(error.message || error);
+}
+
+// -- key ---------------------------------------------------------------------------------------
+
+function useKey(key) {
+  state.key = key;
+  if (key) sessionStorage.setItem(KEY_STORAGE, key); else sessionStorage.removeItem(KEY_STORAGE);
+  $("key").value = "";
+  $("key").placeholder = key ? "key in use (hidden)" : "isk_…";
+  $("forget").hidden = !key;
+  $("key-state").textContent = key ? "Key in use for this tab." : "Kept in this tab only.";
+  if (key) { loadCategories(); loadStatus(); }
+}
+
+// -- filters -----------------------------------------------------------------------------------
+
+function parseAttributes(text) {
+  text = text.trim();
+  if (!text) return null;
+  if (text.startsWith("{")) return JSON.parse(text);
+  const attributes = {};
+  for (const part of text.split(",")) {
+    if (!part.trim()) continue;
+    const at = part.indexOf("=");
+    if (at < 1) throw new Error(`attributes: write name=value pairs separated by commas, got "${part.trim()}"`);
+    attributes[part.slice(0, at).trim()] = part.slice(at + 1).trim();
+  }
+  return attributes;
+}
+
+function options() {
+  const params = { k: Number($("k").value), offset: state.offset };
+  const category = $("category").value;
+  if (category) params.category = category;
+  if ($("price-min").value !== "") params.price_min = Number($("price-min").value);
+  if ($("price-max").value !== "") params.price_max = Number($("price-max").value);
+  const attributes = parseAttributes($("attributes").value);
+  if (attributes) params.attributes = attributes;
+  return params;
+}
+
+async function loadCategories() {
+  try {
+    const { categories } = await (await api("/v1/categories")).json();
+    const select = $("category");
+    const chosen = select.value;
+    select.replaceChildren(new Option("any", ""));
+    for (const { name, products } of categories) {
+      const option = new Option(`${name} (${products})`, name);
+      select.append(option);
+    }
+    select.value = chosen;
+  } catch (error) { showError(error); }
+}
+
+// -- search ------------------------------------------------------------------------------------
+
+function describe(query) {
+  if (query.text !== undefined) return `“${query.text}”`;
+  if (query.image !== undefined) return `the image ${query.image.name || "dropped"}`;
+  return `more like image ${query.similar_to}`;
+}
+
+async function run() {
+  if (!state.query) return;
+  if (!state.key) { showError(new Error("Enter an API key first.")); return; }
+  showError(null);
+  let params;
+  try { params = options(); } catch (error) { showError(error); return; }
+  $("query-state").textContent = `Searching ${describe(state.query)}…`;
+  try {
+    let response;
+    if (state.query.image !== undefined) {
+      const body = new FormData();
+      body.append("file", state.query.image);
+      body.append("params", JSON.stringify(params));
+      response = await api("/v1/search/image", { method: "POST", body });
+    } else {
+      response = await api("/v1/search", {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ ...state.query, ...params }),
+      });
+    }
+    const { hits } = await response.json();
+    render(hits, params);
+  } catch (error) {
+    $("query-state").textContent = "";
+    showError(error);
+  }
+}
+
+function search(query) {
+  state.query = query;
+  state.offset = 0;
+  run();
+}
+
+function formatPrice(price) {
+  return price === null || price === undefined ? "–" : Number(price).toFixed(2);
+}
+
+function render(hits, params) {
+  for (const url of state.thumbnails) URL.revokeObjectURL(url);
+  state.thumbnails = [];
+  const grid = $("results");
+  grid.replaceChildren();
+  const template = $("hit-template");
+  for (const hit of hits) {
+    const card = template.content.firstElementChild.cloneNode(true);
+    card.dataset.imageId = String(hit.image_id);
+    card.querySelector(".product").textContent = hit.product_id;
+    card.querySelector(".category").textContent = hit.category ?? "–";
+    card.querySelector(".price").textContent = formatPrice(hit.price);
+    card.querySelector(".score").textContent = hit.score.toFixed(3);
+    const probability = card.querySelector(".probability");
+    if (hit.probability === undefined || hit.probability === null) {
+      probability.remove();
+      card.querySelector(".probability-label").remove();
+    } else {
+      probability.textContent = hit.probability.toFixed(3);
+    }
+    const img = card.querySelector("img");
+    img.alt = `image ${hit.image_id} of product ${hit.product_id}`;
+    loadThumbnail(hit.image_id, img);
+    card.querySelector(".more").addEventListener("click", () => search({ similar_to: hit.image_id }));
+    grid.append(card);
+  }
+  const first = params.offset + 1;
+  $("query-state").textContent = hits.length
+    ? `Results ${first}–${params.offset + hits.length} for ${describe(state.query)}`
+    : `No results for ${describe(state.query)}`;
+  $("pager").hidden = params.offset === 0 && hits.length < params.k;
+  $("prev").disabled = params.offset === 0;
+  $("next").disabled = hits.length < params.k;
+  $("page").textContent = `page ${Math.floor(params.offset / params.k) + 1}`;
+}
+
+async function loadThumbnail(imageId, img) {
+  try {
+    const blob = await (await api(`/v1/images/${imageId}/thumbnail?size=256`)).blob();
+    const url = URL.createObjectURL(blob);
+    state.thumbnails.push(url);
+    img.src = url;
+  } catch (error) {
+    // an image uploaded by URL has no stored bytes: show it from its own address
+    const uri = error instanceof ApiError ? error.problem.uri : null;
+    if (typeof uri === "string" && /^https?:\/\//i.test(uri)) {
+      img.src = uri;
+    } else {
+      const note = document.createElement("span");
+      note.className = "muted";
+      note.textContent = error instanceof ApiError && error.status === 404 ? "no picture stored" : "no preview";
+      img.replaceWith(note);
+    }
+  }
+}
+
+// -- status ------------------------------------------------------------------------------------
+
+async function loadStatus() {
+  try {
+    const status = await (await api("/v1/status")).json();
+    const counts = $("counts");
+    counts.replaceChildren();
+    for (const [name, count] of Object.entries(status.counts)) {
+      const dt = document.createElement("dt");
+      dt.textContent = name;
+      const dd = document.createElement("dd");
+      dd.textContent = String(count);
+      dd.dataset.state = name;
+      counts.append(dt, dd);
+    }
+    const failed = $("failed");
+    failed.replaceChildren();
+    if (!status.failed.length) {
+      const li = document.createElement("li");
+      li.className = "muted";
+      li.textContent = "none";
+      failed.append(li);
+    }
+    for (const item of status.failed) {
+      const li = document.createElement("li");
+      li.dataset.imageId = String(item.image_id);
+      li.textContent = `image ${item.image_id}: ${item.error}`;
+      failed.append(li);
+    }
+  } catch (error) { showError(error); }
+}
+
+// -- wiring ------------------------------------------------------------------------------------
+
+function takeImage(file) {
+  if (!file) return;
+  if (!file.type.startsWith("image/")) { showError(new Error(`${file.name} is not an image`)); return; }
+  const preview = $("query-image");
+  if (preview.src) URL.revokeObjectURL(preview.src);
+  preview.src = URL.createObjectURL(file);
+  preview.hidden = false;
+  search({ image: file });
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("key-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const key = $("key").value.trim();
+    if (key) useKey(key);
+  });
+  $("forget").addEventListener("click", () => useKey(""));
+  $("search-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const text = $("q").value.trim();
+    if (text) search({ text });
+  });
+  $("file").addEventListener("change", (event) => takeImage(event.target.files[0]));
+  const drop = $("drop");
+  drop.addEventListener("dragover", (event) => { event.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (event) => {
+    event.preventDefault();
+    drop.classList.remove("over");
+    takeImage(event.dataTransfer.files[0]);
+  });
+  for (const id of ["category", "price-min", "price-max", "attributes", "k"]) {
+    $(id).addEventListener("change", () => { state.offset = 0; run(); });
+  }
+  $("prev").addEventListener("click", () => { state.offset = Math.max(0, state.offset - Number($("k").value)); run(); });
+  $("next").addEventListener("click", () => { state.offset += Number($("k").value); run(); });
+  $("refresh").addEventListener("click", loadStatus);
+  useKey(state.key);
+});

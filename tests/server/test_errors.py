@@ -1,0 +1,215 @@
+"""Bad and hostile requests get a problem (RFC 9457) with the right status and the library's
+message, never a traceback; bodies over the limit are refused; a database that goes away answers
+503 with Retry-After, and the service recovers by itself."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from sqlalchemy import make_url, text
+
+from tests.conftest import new_database
+from tests.helpers import nested, unit
+from tests.server.conftest import MAX_BATCH_ITEMS, MAX_IMAGE_BYTES, Api, problem, start_api
+
+DIM = 32
+VECTOR = unit(DIM, 1).tolist()
+INJECTION = "'; DROP TABLE imgsearch.images; --"
+
+SEARCHES: list[tuple[Any, int, str]] = [
+    ({}, 400, "give exactly one query"),
+    ({"text": "a", "vector": VECTOR}, 400, "give exactly one query"),
+    ({"text": ""}, 400, "non-empty string"),
+    ({"text": "x" * 2001}, 400, "the limit is 2000"),
+    ({"text": 5}, 422, "text: Input should be a valid string"),
+    ({"text": "bad \ud800 surrogate"}, 400, "text query"),
+    ({"vector": []}, 400, "0 dimensions, expected 32"),
+    ({"vector": [0.1] * 33}, 400, "33 dimensions, expected 32"),
+    ({"vector": [0.0] * DIM}, 400, "zero"),
+    ({"vector": ["0.1"] * DIM}, 422, "vector[0]: Input should be a valid number"),
+    ({"vector": [True] * DIM}, 422, "vector[0]: Input should be a valid number"),
+    ({"vector": [[0.1]] * DIM}, 422, "vector[0]"),
+    ({"vector": "0.1, 0.2"}, 422, "vector"),
+    ({"vector": VECTOR, "k": 0}, 400, "k must be an integer from 1 to 1000"),
+    ({"vector": VECTOR, "k": 1001}, 400, "k must be an integer from 1 to 1000"),
+    ({"vector": VECTOR, "k": 2**40}, 400, "k must be an integer from 1 to 1000"),
+    ({"vector": VECTOR, "k": "10"}, 422, "k: Input should be a valid integer"),
+    ({"vector": VECTOR, "k": 1.5}, 422, "k: Input should be a valid integer"),
+    ({"vector": VECTOR, "offset": -1}, 400, "offset must be"),
+    ({"vector": VECTOR, "price_min": "NaN"}, 400, "price_min must be finite"),
+    ({"vector": VECTOR, "price_min": "cheap"}, 400, "price_min must be a number"),
+    ({"vector": VECTOR, "price_min": 5, "price_max": 1}, 400, "above price_max"),
+    ({"vector": VECTOR, "category": []}, 400, "non-empty list"),
+    ({"vector": VECTOR, "category": ""}, 400, "category must not be empty"),
+    ({"vector": VECTOR, "category": "a\x00b"}, 400, "control characters"),
+    ({"vector": VECTOR, "category": {"$ne": 1}}, 422, "category"),
+    ({"vector": VECTOR, "attributes": ["red"]}, 422, "attributes"),
+    ({"vector": VECTOR, "attributes": {"a": nested(40)}}, 400, "deeper than 32"),
+    ({"vector": VECTOR, "diversity": 2}, 400, "diversity must be"),
+    ({"vector": VECTOR, "expand": 0}, 400, "expand must be"),
+    ({"vector": VECTOR, "min_score": 5}, 400, "min_score must be"),
+    ({"vector": VECTOR, "group_by_product": "yes"}, 422, "group_by_product"),
+    ({"vector": VECTOR, "where": "1=1"}, 422, "where: Extra inputs are not permitted"),
+    ({"similar_to": "12"}, 422, "similar_to: Input should be a valid integer"),
+    ({"similar_to": -5}, 404, "no embedded image with id -5"),
+    ({"similar_to_product": INJECTION}, 404, "has no product"),
+    ({"image_url": "/etc/passwd"}, 400, "must be http:// or https://"),
+    ({"image_url": "http://169.254.169.254/latest/meta-data"}, 400, "not a public address"),
+    ([1, 2], 422, "Input should be a valid dictionary"),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "message"), SEARCHES, ids=[repr(s[0])[:60] for s in SEARCHES])
+def test_bad_searches(api: Api, tenant: str, body: Any, status: int, message: str) -> None:
+    # json.dumps escapes a lone surrogate as \ud800: valid JSON that no UTF-8 encoder would send
+    payload = json.dumps(body)
+    with api.client(api.key(tenant)) as client:
+        found = problem(
+            client.post("/v1/search", content=payload, headers={"content-type": "application/json"}), status
+        )
+    assert message in found["detail"], found
+
+
+def test_nan_and_infinity_in_json(api: Api, tenant: str) -> None:
+    with api.client(api.key(tenant)) as client:
+        for literal in ("NaN", "Infinity", "-Infinity"):
+            body = "{" + f'"vector": [{literal}' + ", 0.5" * (DIM - 1) + "]}"
+            response = client.post("/v1/search", content=body, headers={"content-type": "application/json"})
+            assert "only finite numbers" in problem(response, 400)["detail"]
+            item = '{"items": [{"product_id": "p", "embedding": [' + ", ".join([literal] * DIM) + "]}]}"
+            response = client.post("/v1/images", content=item, headers={"content-type": "application/json"})
+            assert problem(response, 400)["index"] == 0
+        response = client.post("/v1/search", content="{nope", headers={"content-type": "application/json"})
+        assert problem(response, 422)["errors"][0]["location"] == "body"
+
+
+def test_injection_strings_are_data(api: Api, tenant: str) -> None:
+    with api.client(api.key(tenant)) as client:
+        response = client.post(
+            "/v1/images",
+            json={
+                "items": [
+                    {
+                        "embedding": VECTOR,
+                        "product_id": INJECTION,
+                        "category": INJECTION,
+                        "attributes": {INJECTION: INJECTION},
+                    }
+                ]
+            },
+        )
+        assert response.status_code == 201, response.text
+        hits = client.post(
+            "/v1/search", json={"vector": VECTOR, "category": INJECTION, "attributes": {INJECTION: INJECTION}}
+        ).json()["hits"]
+        assert [(h["product_id"], h["category"]) for h in hits] == [(INJECTION, INJECTION)]
+    with api.engine.connect() as conn:
+        assert conn.execute(text("SELECT to_regclass('imgsearch.images')")).scalar() == "imgsearch.images"
+
+
+def test_bodies_over_the_limit_are_refused(api: Api, tenant: str) -> None:
+    limit = MAX_IMAGE_BYTES + 1024 * 1024
+    with api.client(api.key(tenant)) as client:
+        body = problem(
+            client.post(
+                "/v1/images", files={"file": ("big.bin", b"\0" * (limit + 10))}, data={"product_id": "p"}
+            ),
+            413,
+        )
+        assert str(limit) in body["detail"]
+
+        def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it arrives
+            for _ in range(limit // 65536 + 2):
+                yield b"x" * 65536
+
+        response = client.post("/v1/search", content=chunks(), headers={"content-type": "application/json"})
+        assert "over the" in problem(response, 413)["detail"]
+        # within the body limit, over the image limit: the library's error
+        large = client.post(
+            "/v1/images",
+            files={"file": ("big.png", b"\x89PNG" + b"\0" * MAX_IMAGE_BYTES)},
+            data={"product_id": "p"},
+        )
+        assert "over the 1000000-byte limit" in problem(large, 400)["detail"]
+        items = [{"embedding": VECTOR, "product_id": f"p{i}"} for i in range(MAX_BATCH_ITEMS + 1)]
+        body = problem(client.post("/v1/images", json={"items": items}), 413)
+        assert f"the limit is {MAX_BATCH_ITEMS}" in body["detail"]
+        problem(client.post("/v1/images:delete", json={"ids": list(range(1, MAX_BATCH_ITEMS + 2))}), 413)
+        feed = [{"product_id": f"p{i}", "price": 1} for i in range(MAX_BATCH_ITEMS + 1)]
+        problem(client.post("/v1/products:update", json={"items": feed}), 413)
+        problem(client.post("/v1/images", json={"items": []}), 400)
+
+
+def test_routes_and_methods_that_dont_exist(api: Api, tenant: str) -> None:
+    with api.client(api.key(tenant)) as client:
+        assert "no route" in problem(client.get("/v1/nothing"), 404)["detail"]
+        response = client.put("/v1/search", json={})
+        problem(response, 405)
+        assert "POST" in response.headers["allow"]
+        problem(client.get("/v1/images/abc"), 422)
+        problem(client.get("/v1/images/1.5"), 422)
+        problem(client.get(f"/v1/images/{2**70}"), 404)
+
+
+@pytest.fixture
+def fragile(
+    server_url: str, template_db: str, tiny_siglip: Path, tmp_path: Path
+) -> Iterator[tuple[Api, str]]:
+    """A server on a database of its own, which the test can cut off."""
+    database_url = new_database(server_url, template_db)
+    api = start_api(database_url, tiny_siglip, tmp_path)
+    try:
+        yield api, make_url(database_url).database or ""
+    finally:
+        api.stop()
+
+
+def _admin(server_url: str) -> psycopg.Connection[Any]:
+    url = make_url(server_url)
+    return psycopg.connect(host=url.query["host"], user="postgres", dbname="postgres", autocommit=True)
+
+
+def test_a_database_that_goes_away_answers_503_then_recovers(
+    fragile: tuple[Api, str], server_url: str, tenant: str
+) -> None:
+    api, name = fragile
+    key = api.key(tenant)
+    with api.client(key) as client:
+        (image_id,) = client.post(
+            "/v1/images", json={"items": [{"embedding": VECTOR, "product_id": "p"}]}
+        ).json()["ids"]
+        assert client.post("/v1/search", json={"vector": VECTOR}).status_code == 200
+        with _admin(server_url) as admin:
+            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
+            )
+            try:
+                for method, path, body in (
+                    ("POST", "/v1/search", {"vector": VECTOR}),
+                    ("GET", f"/v1/images/{image_id}", None),
+                    ("POST", "/v1/images", {"items": [{"embedding": VECTOR, "product_id": "q"}]}),
+                    ("GET", "/v1/status", None),
+                ):
+                    response = client.request(method, path, json=body)
+                    found = problem(response, 503)
+                    assert response.headers["retry-after"].isdigit(), path
+                    assert (
+                        "not currently accepting connections" in found["detail"]
+                        or "database" in found["detail"]
+                    )
+                ready = httpx.get(f"{api.url}/readyz")
+                assert "database: unreachable" in problem(ready, 503)["detail"]
+                assert httpx.get(f"{api.url}/healthz").status_code == 200, "alive while the database is away"
+            finally:
+                admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        hits = client.post("/v1/search", json={"vector": VECTOR}).json()["hits"]
+        assert [h["image_id"] for h in hits] == [image_id], "searches recover without a restart"
+        assert client.get(f"/v1/images/{image_id}").status_code == 200
+        assert httpx.get(f"{api.url}/readyz").status_code == 200

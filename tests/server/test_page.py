@@ -1,0 +1,234 @@
+"""The search page at ``/`` in a real headless Chromium (Debian's, driven by Playwright): a key
+kept in the tab, text search, image search by file, a filter, "more like this", paging, the
+catalog's status, and a product id with HTML in it shown as text. Screenshots go to
+``test-artifacts/`` (``IMGSEARCH_TEST_ARTIFACTS``)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from tests.helpers import image_bytes, serve_files
+from tests.server.conftest import Api
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's: Playwright can't download its own browser here
+ARTIFACTS = Path(os.environ.get("IMGSEARCH_TEST_ARTIFACTS", Path(__file__).parents[2] / "test-artifacts"))
+XSS = '<img src=x onerror="window.__xss=1">'
+XSS_CATEGORY = "<script>window.__xss=2</script>"
+
+
+def samples() -> list[dict[str, str]]:
+    folder = resources.files("imgsearch.samples")
+    with (folder / "manifest.csv").open(encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="module")
+def shop(api: Api, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A tenant with the 36 bundled product pictures, one product whose id and category are HTML,
+    and one image whose URL answers 404; uploaded through the API, embedded by a worker."""
+    tenant = "page-shop"
+    key = api.key(tenant)
+    folder = resources.files("imgsearch.samples")
+    ids: dict[str, int] = {}
+    with api.client(key) as client:
+        for row in samples():
+            picture = (folder / row["image"]).read_bytes()
+            form = {"product_id": row["product_id"], "category": row["category"], "price": row["price"]}
+            response = client.post("/v1/images", files={"file": (row["image"], picture)}, data=form)
+            assert response.status_code == 201, response.text
+            ids[row["product_id"]] = response.json()["ids"][0]
+        xss_picture = image_bytes(77, size=(64, 64))
+        response = client.post(
+            "/v1/images",
+            files={"file": ("x.png", xss_picture)},
+            data={"product_id": XSS, "category": XSS_CATEGORY, "price": "1"},
+        )
+        assert response.status_code == 201, response.text
+        empty = tmp_path_factory.mktemp("nothing-served")
+        with serve_files(empty) as server:
+            response = client.post(
+                "/v1/images", json={"items": [{"url": f"{server.url}/gone.png", "product_id": "gone"}]}
+            )
+            failed_id = response.json()["ids"][0]
+            drained = subprocess.run(
+                [sys.executable, "-m", "imgsearch", "worker", "--drain"],
+                env=api.env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+    assert drained.returncode == 0, drained.stderr
+    assert "embedded 37, failed 1" in drained.stdout, drained.stdout
+    return {"key": key, "ids": ids, "failed_id": failed_id, "folder": folder}
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    assert Path(CHROMIUM).exists(), "install Debian's chromium (apt-get install -y chromium); .ci/run does"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser: Browser, api: Api, shop: dict[str, Any]) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    opened = context.new_page()
+    errors: list[str] = []
+    opened.on("pageerror", lambda error: errors.append(str(error)))
+    opened.on("dialog", lambda dialog: errors.append(f"dialog: {dialog.message}"))
+    opened.goto(api.url + "/")
+    opened.fill("input[type=password]", shop["key"])
+    opened.press("input[type=password]", "Enter")
+    expect(opened.locator("#key-state")).to_have_text("Key in use for this tab.")
+    yield opened
+    assert errors == [], "no script error, no alert"
+    context.close()
+
+
+def search_text(page: Page, query: str) -> None:
+    page.fill("input[type=search]", query)
+    page.press("input[type=search]", "Enter")
+    expect(page.locator("#query-state")).to_contain_text(f"for “{query}”")
+
+
+def result_ids(page: Page) -> list[int]:
+    return [
+        int(v)
+        for v in page.locator("#results [data-image-id]").evaluate_all(
+            "els => els.map(e => e.dataset.imageId)"
+        )
+    ]
+
+
+def test_text_search_shows_results_with_thumbnails(page: Page, shop: dict[str, Any]) -> None:
+    search_text(page, "a red mug")
+    cards = page.locator("#results [data-image-id]")
+    expect(cards).to_have_count(24)
+    first = cards.first
+    expect(first.locator("img")).to_have_attribute("src", re.compile(r"^blob:"))
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#results img')].every(i => i.complete && i.naturalWidth > 0)"
+    )
+    for field in ("product", "price", "score", "probability"):
+        expect(first.locator(f".{field}")).not_to_be_empty()
+    page.screenshot(path=ARTIFACTS / "page-text-search.png", full_page=True)
+    assert page.evaluate("sessionStorage.getItem('imgsearch.key')") == shop["key"]
+    assert page.locator("input[type=password]").input_value() == "", "the key isn't left in the field"
+    page.reload()
+    expect(page.locator("#key-state")).to_have_text("Key in use for this tab.")
+
+
+def test_image_search_by_file(page: Page, shop: dict[str, Any]) -> None:
+    picture = Path(str(shop["folder"] / "images" / "cap-blue.png"))
+    page.set_input_files("#file", str(picture))
+    expect(page.locator("#query-state")).to_contain_text("for the image cap-blue.png")
+    expect(page.locator("#query-image")).to_be_visible()
+    assert result_ids(page)[0] == shop["ids"]["cap-blue"], "the same picture is nearest"
+    expect(page.locator("#results [data-image-id]").first.locator(".score")).to_have_text("1.000")
+    page.screenshot(path=ARTIFACTS / "page-image-search.png", full_page=True)
+
+
+def test_a_filter_and_more_like_this(page: Page, shop: dict[str, Any]) -> None:
+    expect(page.locator("#category option")).to_have_count(8)  # any, 6 sample categories, the HTML one
+    search_text(page, "something to drink from")
+    page.select_option("#category", "mugs")
+    expect(page.locator("#results [data-image-id]")).to_have_count(6)
+    expect(page.locator("#results .category")).to_have_text(["mugs"] * 6)
+    page.fill("#price-max", "12")
+    page.press("#price-max", "Enter")
+    expect(page.locator("#results .price")).to_have_count(3)  # mug-red 8.29, mug-white 9.70, mug-blue 11.94
+    assert sorted(map(float, page.locator("#results .price").all_inner_texts())) == [8.29, 9.70, 11.94]
+    target = result_ids(page)[0]
+    page.locator(f'#results [data-image-id="{target}"] .more').click()
+    expect(page.locator("#query-state")).to_contain_text(f"more like image {target}")
+    expect(page.locator("#results [data-image-id]")).to_have_count(2)  # the other mugs under 12
+    assert target not in result_ids(page)
+    expect(page.locator("#results .category")).to_have_text(["mugs", "mugs"])
+
+
+def test_paging(page: Page) -> None:
+    page.select_option("#k", "12")
+    search_text(page, "product photo")
+    first = result_ids(page)
+    assert len(first) == 12
+    expect(page.locator("#prev")).to_be_disabled()
+    page.click("#next")
+    expect(page.locator("#query-state")).to_contain_text("Results 13–24")
+    second = result_ids(page)
+    assert len(second) == 12 and not set(first) & set(second)
+    page.click("#next")
+    page.click("#next")
+    expect(page.locator("#query-state")).to_contain_text("Results 37–37")
+    expect(page.locator("#next")).to_be_disabled()
+    page.click("#prev")
+    page.click("#prev")
+    page.click("#prev")
+    expect(page.locator("#query-state")).to_contain_text("Results 1–12")
+    assert result_ids(page) == first
+
+
+def test_html_in_a_product_id_is_shown_as_text(page: Page, shop: dict[str, Any]) -> None:
+    page.fill("#attributes", "")
+    search_text(page, "a lamp")
+    page.select_option("#k", "48")
+    expect(page.locator("#results [data-image-id]")).to_have_count(37)
+    product = page.locator("#results .product", has_text="onerror")
+    expect(product).to_have_text(XSS)
+    expect(page.locator("#results .category", has_text="script")).to_have_text(XSS_CATEGORY)
+    expect(page.locator("#category option", has_text="script")).to_have_count(1)
+    assert page.evaluate("window.__xss") is None, "no injected script ran"
+    assert page.locator("#results img[src=x]").count() == 0 and page.locator("#results script").count() == 0
+    page.screenshot(path=ARTIFACTS / "page-xss-as-text.png", full_page=True)
+
+
+def test_catalog_status_with_failed_images(page: Page, shop: dict[str, Any]) -> None:
+    expect(page.locator('#counts dd[data-state="ready"]')).to_have_text("37")
+    expect(page.locator('#counts dd[data-state="failed"]')).to_have_text("1")
+    failed = page.locator(f'#failed li[data-image-id="{shop["failed_id"]}"]')
+    expect(failed).to_contain_text("HTTP 404")
+
+
+def test_errors_are_shown_and_a_phone_gets_one_column(
+    browser: Browser, api: Api, shop: dict[str, Any]
+) -> None:
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    phone = context.new_page()
+    phone.goto(api.url + "/")
+    phone.fill("input[type=password]", "isk_aaaaaaaaaaaa_" + "A" * 43)
+    phone.press("input[type=password]", "Enter")
+    expect(phone.locator("#error")).to_contain_text("malformed, unknown or revoked")
+    phone.click("#forget")
+    phone.fill("input[type=password]", shop["key"])
+    phone.press("input[type=password]", "Enter")
+    phone.fill("input[type=search]", "a blue bag")
+    phone.press("input[type=search]", "Enter")
+    cards = phone.locator("#results [data-image-id]")
+    expect(cards).to_have_count(24)
+    phone.screenshot(path=ARTIFACTS / "page-phone.png", full_page=False)
+    boxes = [cards.nth(i).bounding_box() for i in range(4)]
+    assert all(box is not None and box["x"] + box["width"] <= 390 for box in boxes), "no sideways scrolling"
+    phone.fill("#attributes", "colour")
+    phone.press("#attributes", "Enter")
+    expect(phone.locator("#error")).to_contain_text("name=value pairs")
+    phone.fill("#attributes", "")
+    phone.fill("#price-min", "9")
+    phone.fill("#price-max", "2")
+    phone.press("#price-max", "Enter")
+    expect(phone.locator("#error")).to_contain_text("price_min 9 is above price_max 2")
+    assert phone.evaluate("document.documentElement.scrollWidth") <= 390
+    phone.screenshot(path=ARTIFACTS / "page-phone.png", full_page=False)
+    context.close()

@@ -1,0 +1,204 @@
+"""``/v1/search``, ``/v1/search/image`` and ``/v1/categories`` over real HTTP: every query kind,
+filter and option gives what ``catalog.search`` gives in-process for the same tenant."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from imgsearch import Catalog
+from imgsearch.records import Hit
+from imgsearch.settings import Settings
+from tests.helpers import clustered, image_bytes, serve_files
+from tests.server.conftest import Api, problem
+
+DIM = 32
+N = 120
+
+
+@pytest.fixture(scope="module")
+def shop(api: Api, tiny_siglip: Path) -> Iterator[tuple[str, str, Catalog, list[int]]]:
+    """A tenant with 120 products in 4 categories (bring-your-own vectors in clusters) and 6 real
+    pictures (stored bytes and their embeddings), its key, and an in-process catalog on the same
+    database to compare with."""
+    tenant = "search-shop"
+    settings = Settings(model=str(tiny_siglip), device="cpu")
+    catalog = Catalog.open(api.database_url, settings=settings)
+    data, labels = clustered(N, DIM, clusters=4, seed=5)
+    rows: list[dict[str, Any]] = [
+        {
+            "embedding": data[i],
+            "tenant": tenant,
+            "product_id": f"sku-{i // 2}",  # two images per product
+            "category": ["mugs", "caps", "lamps", "bags"][labels[i]],
+            "price": float(i % 40),
+            "attributes": {"color": ["red", "blue", "green"][i % 3], "i": i},
+        }
+        for i in range(N)
+    ]
+    pictures = [image_bytes(300 + i, size=(40, 40)) for i in range(6)]
+    vectors_of_pictures = [catalog.embedder.embed_image(p) for p in pictures]
+    rows += [
+        {
+            "image": picture,
+            "embedding": vector,
+            "tenant": tenant,
+            "product_id": f"pic-{i}",
+            "category": "pictures",
+            "price": 5,
+        }
+        for i, (picture, vector) in enumerate(zip(pictures, vectors_of_pictures, strict=True))
+    ]
+    ids = catalog.add_many(rows)
+    try:
+        yield tenant, api.key(tenant), catalog, ids
+    finally:
+        catalog.close()
+
+
+def hits_json(hits: list[Hit]) -> list[tuple[int, str, float]]:
+    return [(h.image_id, h.product_id, round(h.distance, 5)) for h in hits]
+
+
+def http_hits(body: dict[str, Any]) -> list[tuple[int, str, float]]:
+    return [(h["image_id"], h["product_id"], round(h["distance"], 5)) for h in body["hits"]]
+
+
+QUERIES: list[dict[str, Any]] = [
+    {"k": 5},
+    {"k": 7, "offset": 3},
+    {"category": "mugs", "k": 10},
+    {"category": ["caps", "bags"], "k": 10},
+    {"price_min": 10, "price_max": 20.5, "k": 10},
+    {"price_min": "3.25", "k": 4},
+    {"attributes": {"color": "red"}, "k": 8},
+    {"group_by_product": True, "k": 10},
+    {"diversity": 0.5, "k": 6},
+    {"expand": 3, "k": 6},
+    {"min_score": 0.5, "k": 50},
+    {"category": "lamps", "price_max": 30, "attributes": {"color": "green"}, "k": 20},
+]
+
+
+@pytest.mark.parametrize("options", QUERIES, ids=[json.dumps(q) for q in QUERIES])
+def test_vector_search_equals_the_library(
+    api: Api, shop: tuple[str, str, Catalog, list[int]], options: dict[str, Any]
+) -> None:
+    tenant, key, catalog, _ = shop
+    vector = [0.3] * DIM
+    expected = catalog.search(vector=vector, tenant=tenant, **options)
+    with api.client(key) as client:
+        response = client.post("/v1/search", json={"vector": vector, **options})
+    assert response.status_code == 200, response.text
+    assert http_hits(response.json()) == hits_json(expected)
+    for hit in response.json()["hits"]:
+        assert set(hit) == {"image_id", "product_id", "tenant", "category", "price", "distance", "score"}
+        assert hit["tenant"] == tenant
+        assert abs(hit["score"] - (1 - hit["distance"])) < 1e-9
+
+
+def test_text_search_has_probabilities(api: Api, shop: tuple[str, str, Catalog, list[int]]) -> None:
+    tenant, key, catalog, _ = shop
+    expected = catalog.search(text="a red mug", tenant=tenant, k=6)
+    with api.client(key) as client:
+        body = client.post("/v1/search", json={"text": "a red mug", "k": 6}).json()
+        assert http_hits(body) == hits_json(expected)
+        assert [h["probability"] for h in body["hits"]] == pytest.approx([h.probability for h in expected])
+        distances = [h["distance"] for h in body["hits"]]
+        assert distances == sorted(distances), "nearest first"
+        cut = sorted(h["probability"] for h in body["hits"])[3]
+        fewer = client.post("/v1/search", json={"text": "a red mug", "k": 6, "min_probability": cut}).json()
+        assert all(h["probability"] >= cut for h in fewer["hits"]) and len(fewer["hits"]) == 3
+        problem(client.post("/v1/search", json={"vector": [0.1] * DIM, "min_probability": 0.5}), 400)
+
+
+def test_more_like_this_image_and_product(api: Api, shop: tuple[str, str, Catalog, list[int]]) -> None:
+    tenant, key, catalog, ids = shop
+    with api.client(key) as client:
+        body = client.post("/v1/search", json={"similar_to": ids[10], "k": 5}).json()
+        assert http_hits(body) == hits_json(catalog.search(similar_to=ids[10], tenant=tenant, k=5))
+        assert ids[10] not in {h["image_id"] for h in body["hits"]}
+        body = client.post(
+            "/v1/search", json={"similar_to_product": "sku-3", "k": 5, "category": "mugs"}
+        ).json()
+        expected = catalog.search(similar_to_product="sku-3", tenant=tenant, k=5, category="mugs")
+        assert http_hits(body) == hits_json(expected)
+        assert "sku-3" not in {h["product_id"] for h in body["hits"]}
+        assert (
+            "no embedded image"
+            in problem(client.post("/v1/search", json={"similar_to": 10**12}), 404)["detail"]
+        )
+        assert (
+            "has no product"
+            in problem(client.post("/v1/search", json={"similar_to_product": "nope"}), 404)["detail"]
+        )
+
+
+def test_paging_by_offset(api: Api, shop: tuple[str, str, Catalog, list[int]]) -> None:
+    _, key, _, _ = shop
+    with api.client(key) as client:
+        everything = client.post("/v1/search", json={"vector": [0.2] * DIM, "k": 30}).json()["hits"]
+        pages = [
+            client.post("/v1/search", json={"vector": [0.2] * DIM, "k": 10, "offset": offset}).json()["hits"]
+            for offset in (0, 10, 20)
+        ]
+    assert [h["image_id"] for page in pages for h in page] == [h["image_id"] for h in everything]
+
+
+def test_search_by_uploaded_image_and_by_url(
+    api: Api, shop: tuple[str, str, Catalog, list[int]], tmp_path: Path
+) -> None:
+    tenant, key, catalog, _ = shop
+    query = image_bytes(302, size=(40, 40))  # the bytes of pic-2
+    expected = hits_json(catalog.search(image=query, tenant=tenant, k=4, category="pictures"))
+    assert expected[0][1] == "pic-2" and expected[0][2] == pytest.approx(0, abs=1e-3)
+    (tmp_path / "q.png").write_bytes(query)
+    with api.client(key) as client:
+        by_fields = client.post(
+            "/v1/search/image", files={"file": ("q.png", query)}, data={"k": "4", "category": "pictures"}
+        )
+        assert by_fields.status_code == 200, by_fields.text
+        assert http_hits(by_fields.json()) == expected
+        params = json.dumps({"k": 4, "category": ["pictures"], "price_max": 100})
+        by_params = client.post(
+            "/v1/search/image", files={"file": ("q.png", query), "params": (None, params)}
+        )
+        assert http_hits(by_params.json()) == expected
+        with serve_files(tmp_path) as server:
+            by_url = client.post(
+                "/v1/search", json={"image_url": f"{server.url}/q.png", "k": 4, "category": "pictures"}
+            )
+            assert http_hits(by_url.json()) == expected
+            missing = client.post("/v1/search", json={"image_url": f"{server.url}/none.png"})
+            assert "HTTP 404" in problem(missing, 400)["detail"]
+        body = problem(client.post("/v1/search/image", files={"file": ("q.txt", b"not an image")}), 400)
+        assert "not a recognised image format" in body["detail"]
+        problem(client.post("/v1/search/image", data={"k": "3"}), 400)
+        problem(client.post("/v1/search/image", files={"file": ("q.png", query)}, data={"k": "three"}), 400)
+        problem(
+            client.post("/v1/search/image", files={"file": ("q.png", query), "params": (None, "[1]")}), 400
+        )
+        problem(client.post("/v1/search/image", json={"k": 3}), 400)
+        body = problem(
+            client.post("/v1/search/image", files={"file": ("q.png", query)}, data={"bogus": "1"}), 400
+        )
+        assert "unknown form fields ['bogus']" in body["detail"]
+        both = client.post(
+            "/v1/search/image", files={"file": ("q.png", query), "params": (None, "{}")}, data={"k": "2"}
+        )
+        assert "not both" in problem(both, 400)["detail"]
+
+
+def test_categories(api: Api, shop: tuple[str, str, Catalog, list[int]]) -> None:
+    tenant, key, catalog, _ = shop
+    with api.client(key) as client:
+        body = client.get("/v1/categories").json()
+    names = [c["name"] for c in body["categories"]]
+    assert set(names) == {"mugs", "caps", "lamps", "bags", "pictures"}
+    assert [(c["name"], c["products"]) for c in body["categories"]] == catalog.categories(tenant=tenant)
+    counts = [c["products"] for c in body["categories"]]
+    assert counts == sorted(counts, reverse=True)
