@@ -69,7 +69,9 @@ def shop(api: Api, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                 timeout=300,
             )
     assert drained.returncode == 0, drained.stderr
-    assert "embedded 37, failed 1" in drained.stdout, drained.stdout
+    with api.client(key) as client:
+        counts = client.get("/v1/status").json()["counts"]
+    assert (counts["ready"], counts["failed"]) == (37, 1), drained.stdout
     return {"key": key, "ids": ids, "failed_id": failed_id, "folder": folder}
 
 
@@ -105,6 +107,13 @@ def search_text(page: Page, query: str) -> None:
     expect(page.locator("#query-state")).to_contain_text(f"for “{query}”")
 
 
+def loaded(page: Page) -> None:
+    """Wait until every result's thumbnail is in."""
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#results img')].every(i => i.complete && i.naturalWidth > 0)"
+    )
+
+
 def result_ids(page: Page) -> list[int]:
     return [
         int(v)
@@ -120,9 +129,7 @@ def test_text_search_shows_results_with_thumbnails(page: Page, shop: dict[str, A
     expect(cards).to_have_count(24)
     first = cards.first
     expect(first.locator("img")).to_have_attribute("src", re.compile(r"^blob:"))
-    page.wait_for_function(
-        "() => [...document.querySelectorAll('#results img')].every(i => i.complete && i.naturalWidth > 0)"
-    )
+    loaded(page)
     for field in ("product", "price", "score", "probability"):
         expect(first.locator(f".{field}")).not_to_be_empty()
     page.screenshot(path=ARTIFACTS / "page-text-search.png", full_page=True)
@@ -139,6 +146,7 @@ def test_image_search_by_file(page: Page, shop: dict[str, Any]) -> None:
     expect(page.locator("#query-image")).to_be_visible()
     assert result_ids(page)[0] == shop["ids"]["cap-blue"], "the same picture is nearest"
     expect(page.locator("#results [data-image-id]").first.locator(".score")).to_have_text("1.000")
+    loaded(page)
     page.screenshot(path=ARTIFACTS / "page-image-search.png", full_page=True)
 
 

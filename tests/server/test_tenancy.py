@@ -3,10 +3,12 @@ like missing ones, admin keys see every tenant, a revoked key fails at once, no 
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from imgsearch import keys
 from tests.helpers import image_bytes, run_cli, unit
@@ -145,6 +147,39 @@ def test_missing_bad_and_revoked_keys_are_401_at_once(api: Api, tenant: str) -> 
         assert client.get("/v1/status").status_code == 200
         revoked = run_cli("tenant", "revoke-key", key_id, IMGSEARCH_DATABASE_URL=api.database_url)
         assert revoked.returncode == 0, revoked.stderr
+        problem(client.get("/v1/status"), 401)
+
+
+def test_keys_changed_by_hand_or_with_the_listener_cut_are_checked_again(api: Api, tenant: str) -> None:
+    """Any change of imgsearch.api_keys notifies the servers (a trigger), and a server whose
+    listening connection died looks every key up until it listens again."""
+    by_hand, survivor = api.key(tenant), api.key(tenant)
+    with api.client(by_hand) as client:
+        assert client.get("/v1/status").status_code == 200
+        with api.engine.begin() as conn:
+            conn.execute(
+                text("DELETE FROM imgsearch.api_keys WHERE key_id = :id"), {"id": keys.key_id_of(by_hand)}
+            )
+        problem(client.get("/v1/status"), 401)
+    cut = api.key(tenant)
+    with api.client(cut) as client, api.client(survivor) as other:
+        assert client.get("/v1/status").status_code == 200 and other.get("/v1/status").status_code == 200
+        with api.engine.begin() as conn:
+            listeners = conn.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE query = 'LISTEN imgsearch_api_keys' AND datname = current_database()"
+                )
+            ).all()
+            assert listeners, "the server listens for key changes"
+            conn.execute(
+                text("UPDATE imgsearch.api_keys SET revoked_at = now() WHERE key_id = :id"),
+                {"id": keys.key_id_of(cut)},
+            )
+        problem(client.get("/v1/status"), 401)
+        assert other.get("/v1/status").status_code == 200
+        time.sleep(2)  # the listener is back
+        assert other.get("/v1/status").status_code == 200
         problem(client.get("/v1/status"), 401)
 
 

@@ -1,0 +1,450 @@
+"""The HTTP service against the library it serves, in one run, on one catalog.
+
+    .venv/bin/python bench/serve.py --rows 100000 --queries 300 --load-seconds 60
+
+1. **Latency**: a shop's vector search (its key, so its tenant, under row-level security), p50
+   over the HTTP API (``POST /v1/search`` on a keep-alive connection, JSON in and out: what a
+   backend in another language pays) against the same search in process (``catalog.search``),
+   each query run both ways back to back, alternating which goes first. Also the floor, the bare
+   HTTP round trip of ``GET /healthz`` (an async route: no thread, no database), and the same pair
+   for an admin key (no tenant, an unfiltered search). Target: HTTP p50 within 1.5x in process.
+2. **Load**: 16 client processes, each a closed loop of vector searches for ``--load-seconds``:
+   errors (target 0), requests/s, p50 and p99 (target p99 <= 5x p50), and the server's RSS each
+   second (target: growth <= 10% from the 10th second to the last).
+3. **Micro-batching**: 16 client processes send distinct texts (no cache hits) for
+   ``--text-seconds`` to a server whose queries share forward passes (``IMGSEARCH_QUERY_BATCH_SIZE``
+   16) and to one that runs them one at a time (1), on the tests' tiny SigLIP and on a base-size
+   SigLIP (``SiglipConfig()``'s defaults, random weights: speed, not quality). Target: batching
+   >= 1.5x the queries/s of one at a time, for both.
+
+The catalog is bench/search.py's (``bench_search`` in ``IMGSEARCH_HOME``'s embedded server: 100k
+768-d vectors in 200 clusters, one tenant), loaded first if missing. Writes a table to stdout and
+a plot to docs/serve_benchmark.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import multiprocessing
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psycopg
+from sqlalchemy import make_url
+
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1]))
+
+from search import query_cases, stored_catalog
+
+from imgsearch import Catalog, keys
+from imgsearch.db import embedded
+from imgsearch.db.engine import make_engine
+from imgsearch.settings import Settings
+
+CLIENTS = 16
+ROOT = Path(__file__).parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def server(
+    database_url: str, model: str, log: Path, **env: str
+) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """``imgsearch serve`` on a free port, until the block ends."""
+    port = free_port()
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("IMGSEARCH_")}
+    environment.update(
+        IMGSEARCH_DATABASE_URL=database_url,
+        IMGSEARCH_MODEL=model,
+        IMGSEARCH_DEVICE="cpu",
+        HF_HUB_OFFLINE="1",
+        **env,
+    )
+    with open(log, "ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "imgsearch", "serve", "--port", str(port)],
+            env=environment,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if process.poll() is not None:
+                raise SystemExit(f"imgsearch serve exited: see {log}")
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                conn.request("GET", "/readyz")
+                if conn.getresponse().status == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit(f"imgsearch serve did not get ready: see {log}")
+            time.sleep(0.2)
+        yield port, process
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+class Client:
+    """One keep-alive HTTP/1.1 connection, as a backend's HTTP client pool would hold."""
+
+    def __init__(self, port: int, key: str) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        self.headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+
+    def search(self, body: dict[str, Any]) -> int:
+        self.conn.request("POST", "/v1/search", body=json.dumps(body), headers=self.headers)
+        response = self.conn.getresponse()
+        response.read()
+        return response.status
+
+    def health(self) -> None:
+        self.conn.request("GET", "/healthz")
+        self.conn.getresponse().read()
+
+
+def p(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q))
+
+
+# -- 1. latency ---------------------------------------------------------------------------------
+
+
+def latency(
+    catalog: Catalog, port: int, tenant_key: str, admin_key: str, queries: list[list[float]]
+) -> dict[str, Any]:
+    shop, admin = Client(port, tenant_key), Client(port, admin_key)
+    times: dict[str, list[float]] = {
+        name: [] for name in ("http", "library", "http admin", "library admin", "healthz")
+    }
+    for q in queries[:20]:  # warm both sides
+        shop.search({"vector": q, "k": 10})
+        catalog.search(vector=q, tenant="acme", k=10)
+        admin.search({"vector": q, "k": 10})
+        catalog.search(vector=q, k=10)
+    for i, q in enumerate(queries[20:]):
+        runs = [
+            ("http", lambda q=q: shop.search({"vector": q, "k": 10})),
+            ("library", lambda q=q: catalog.search(vector=q, tenant="acme", k=10)),
+            ("http admin", lambda q=q: admin.search({"vector": q, "k": 10})),
+            ("library admin", lambda q=q: catalog.search(vector=q, k=10)),
+            ("healthz", shop.health),
+        ]
+        for name, run in runs if i % 2 else runs[1::-1] + runs[3:1:-1] + runs[4:]:
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) * 1000 for name, values in times.items()}
+
+
+# -- 2. load ------------------------------------------------------------------------------------
+
+
+def load_client(port: int, key: str, queries: list[list[float]], seconds: float, seed: int, out: Any) -> None:
+    client = Client(port, key)
+    rng = np.random.default_rng(seed)
+    latencies, errors, started = [], 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        q = queries[int(rng.integers(len(queries)))]
+        t = time.perf_counter()
+        try:
+            status = client.search({"vector": q, "k": 10})
+        except OSError:
+            status = 0
+            client = Client(port, key)
+        if status == 200:
+            latencies.append((t - started, time.perf_counter() - t))
+        else:
+            errors += 1
+    out.put((latencies, errors))
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of the server and its children, MiB."""
+    total = 0
+    for proc in [pid, *children(pid)]:
+        try:
+            for line in Path(f"/proc/{proc}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total / 1024
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+            except (OSError, ValueError, IndexError):
+                pass
+    return found
+
+
+def load(port: int, pid: int, key: str, queries: list[list[float]], seconds: float) -> dict[str, Any]:
+    context = multiprocessing.get_context("fork")
+    out = context.Queue()
+    procs = [
+        context.Process(target=load_client, args=(port, key, queries, seconds, i, out))
+        for i in range(CLIENTS)
+    ]
+    for proc in procs:
+        proc.start()
+    rss = []
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        rss.append((time.perf_counter() - started, rss_mib(pid)))
+        time.sleep(1)
+    results = [out.get() for _ in procs]
+    for proc in procs:
+        proc.join()
+    samples = [latency for latencies, _ in results for _, latency in latencies]
+    at_10 = min((mib for second, mib in rss if second >= 10), default=rss[0][1])
+    return {
+        "requests": len(samples),
+        "errors": sum(errors for _, errors in results),
+        "rps": len(samples) / seconds,
+        "p50": p(samples, 50) * 1000,
+        "p99": p(samples, 99) * 1000,
+        "rss": rss,
+        "rss_growth": rss[-1][1] / at_10 - 1,
+        "per_second": [
+            sum(1 for latencies, _ in results for second, _ in latencies if int(second) == s)
+            for s in range(int(seconds))
+        ],
+    }
+
+
+# -- 3. micro-batching --------------------------------------------------------------------------
+
+WORDS = [
+    "red",
+    "blue",
+    "green",
+    "leather",
+    "cotton",
+    "summer",
+    "winter",
+    "dress",
+    "shoe",
+    "bag",
+    "lamp",
+    "mug",
+    "shirt",
+    "wooden",
+    "steel",
+]
+
+
+def text_client(port: int, key: str, seconds: float, seed: int, out: Any) -> None:
+    client = Client(port, key)
+    rng = np.random.default_rng(seed)
+    done, errors, count, started = 0, 0, 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        count += 1
+        text = " ".join(rng.choice(WORDS, 4)) + f" {seed}-{count}"  # never twice: no cache hits
+        if client.search({"text": text, "k": 10}) == 200:
+            done += 1
+        else:
+            errors += 1
+    out.put((done, errors))
+
+
+def text_throughput(port: int, key: str, seconds: float) -> tuple[float, int]:
+    context = multiprocessing.get_context("fork")
+    out = context.Queue()
+    warm = Client(port, key)
+    warm.search({"text": "warm the model up", "k": 1})
+    procs = [context.Process(target=text_client, args=(port, key, seconds, i, out)) for i in range(CLIENTS)]
+    for proc in procs:
+        proc.start()
+    results = [out.get() for _ in procs]
+    for proc in procs:
+        proc.join()
+    return sum(done for done, _ in results) / seconds, sum(errors for _, errors in results)
+
+
+def build_models(folder: Path) -> dict[str, Path]:
+    import torch
+    from transformers import SiglipConfig, SiglipModel
+
+    from tests.tiny_models import build_tiny_siglip
+
+    tiny = build_tiny_siglip(folder / "tiny")
+    base = folder / "base"
+    build_tiny_siglip(base)  # its tokenizer and processor files; the model is replaced below
+    torch.manual_seed(0)
+    config = SiglipConfig()  # SigLIP base/16 at 224 px: 768-d, 12 + 12 layers
+    config.text_config.vocab_size = 32000
+    config.text_config.max_position_embeddings = 64
+    SiglipModel(config).eval().save_pretrained(base)
+    processor = json.loads((base / "preprocessor_config.json").read_text())
+    processor.update(size={"height": 224, "width": 224})
+    (base / "preprocessor_config.json").write_text(json.dumps(processor))
+    tokenizer = json.loads((base / "tokenizer_config.json").read_text())
+    tokenizer["model_max_length"] = 64
+    (base / "tokenizer_config.json").write_text(json.dumps(tokenizer))
+    return {"tiny": tiny, "base": base}
+
+
+def model_database(home: Path, name: str, model: Path) -> str:
+    """A small catalog of its own for ``model`` (the text benchmark's searches need hits, not many)."""
+    url = make_url(embedded.ensure_started(home))
+    with psycopg.connect(host=url.query["host"], user="postgres", dbname="postgres", autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name}")
+        conn.execute(f"CREATE DATABASE {name}")
+    database_url = url.set(database=name).render_as_string()
+    with Catalog.open(database_url, model=str(model), settings=Settings(model=str(model))) as catalog:
+        rng = np.random.default_rng(0)
+        catalog.add_many(
+            {
+                "embedding": rng.standard_normal(catalog.dim),
+                "tenant": "acme",
+                "product_id": f"p{i}",
+                "category": "c",
+            }
+            for i in range(2000)
+        )
+    return database_url
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--load-seconds", type=float, default=60)
+    parser.add_argument("--text-seconds", type=float, default=20)
+    parser.add_argument("--skip-text", action="store_true", help="only parts 1 and 2")
+    parser.add_argument("--plot", default=str(ROOT / "docs" / "serve_benchmark.png"))
+    args = parser.parse_args()
+
+    settings = Settings()
+    url, data, labels, _ = stored_catalog(args.rows)
+    queries = [q.tolist() for q, _ in query_cases(data, labels, args.queries + 20)]
+    engine = make_engine(url)
+    tenant_key, _ = keys.create_key(engine, "acme", name="bench/serve.py")
+    admin_key, _ = keys.create_key(engine, None, admin=True, name="bench/serve.py")
+    log = Path(tempfile.gettempdir()) / "imgsearch-bench-serve.log"
+    print(f"server log: {log}", flush=True)
+    report: dict[str, Any] = {}
+    with Catalog.open(url, settings=settings) as catalog, server(url, catalog.model, log) as (port, process):
+        print("1. latency ...", flush=True)
+        report["latency"] = latency(catalog, port, tenant_key, admin_key, queries)
+        print(f"2. load: {CLIENTS} clients for {args.load_seconds:g} s ...", flush=True)
+        report["load"] = load(port, process.pid, tenant_key, queries, args.load_seconds)
+    keys.revoke_key(engine, tenant_key)
+    keys.revoke_key(engine, admin_key)
+    engine.dispose()
+
+    if not args.skip_text:
+        report["text"] = {}
+        with tempfile.TemporaryDirectory(prefix="imgsearch-bench-models-") as folder:
+            models = build_models(Path(folder))
+            for name, model in models.items():
+                database_url = model_database(settings.home, f"bench_serve_{name}", model)
+                model_engine = make_engine(database_url)
+                key, _ = keys.create_key(model_engine, "acme")
+                model_engine.dispose()
+                for batch in (1, CLIENTS):
+                    print(f"3. text queries, {name} model, query batch size {batch} ...", flush=True)
+                    with server(database_url, str(model), log, IMGSEARCH_QUERY_BATCH_SIZE=str(batch)) as (
+                        port,
+                        _,
+                    ):
+                        report["text"][(name, batch)] = text_throughput(port, key, args.text_seconds)
+    show(report, args)
+
+
+def show(report: dict[str, Any], args: argparse.Namespace) -> None:
+    lat = report["latency"]
+    print()
+    print("| search | HTTP p50 | in process p50 | HTTP / in process |")
+    print("|---|---|---|---|")
+    print(
+        f"| a shop's (tenant key) | {lat['http']:.2f} ms | {lat['library']:.2f} ms | **{lat['http'] / lat['library']:.2f}x** |"
+    )
+    print(
+        f"| unfiltered (admin key) | {lat['http admin']:.2f} ms | {lat['library admin']:.2f} ms | {lat['http admin'] / lat['library admin']:.2f}x |"
+    )
+    print(f"| floor: GET /healthz | {lat['healthz']:.2f} ms | | |")
+    ld = report["load"]
+    print()
+    print(f"| {CLIENTS} clients, {args.load_seconds:g} s | value |")
+    print("|---|---|")
+    print(f"| requests | {ld['requests']} |")
+    print(f"| errors | {ld['errors']} |")
+    print(f"| requests/s | {ld['rps']:.0f} |")
+    print(f"| p50 / p99 | {ld['p50']:.1f} ms / {ld['p99']:.1f} ms ({ld['p99'] / ld['p50']:.2f}x) |")
+    print(
+        f"| server RSS, 10th s -> last | {min(m for s, m in ld['rss'] if s >= 10):.0f} -> {ld['rss'][-1][1]:.0f} MiB ({ld['rss_growth'] * 100:+.1f}%) |"
+    )
+    if "text" in report:
+        print()
+        print(f"| model | one at a time | micro-batched ({CLIENTS}) | ratio |")
+        print("|---|---|---|---|")
+        for name in ("tiny", "base"):
+            alone, errors_alone = report["text"][(name, 1)]
+            batched, errors_batched = report["text"][(name, CLIENTS)]
+            errors = f" ({errors_alone + errors_batched} errors)" if errors_alone + errors_batched else ""
+            print(f"| {name} | {alone:.1f} q/s | {batched:.1f} q/s | **{batched / alone:.2f}x**{errors} |")
+    plot(report, Path(args.plot))
+    print(f"\nplot: {args.plot}")
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ld = report["load"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    left.plot(range(len(ld["per_second"])), ld["per_second"], color="tab:blue")
+    left.set_xlabel("second")
+    left.set_ylabel("searches completed", color="tab:blue")
+    left.set_ylim(bottom=0)
+    memory = left.twinx()
+    memory.plot([s for s, _ in ld["rss"]], [m for _, m in ld["rss"]], color="tab:red")
+    memory.set_ylabel("server RSS (MiB)", color="tab:red")
+    memory.set_ylim(bottom=0)
+    left.set_title(f"{CLIENTS} clients: {ld['rps']:.0f} req/s, p99 {ld['p99']:.1f} ms")
+    lat = report["latency"]
+    names = ["healthz (floor)", "HTTP", "in process"]
+    values = [lat["healthz"], lat["http"], lat["library"]]
+    right.bar(names, values, color=["tab:gray", "tab:blue", "tab:green"])
+    right.set_ylabel("p50 (ms)")
+    right.set_title(f"a shop's vector search: HTTP {lat['http'] / lat['library']:.2f}x in process")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
