@@ -46,6 +46,13 @@ class ImgSearchError(Exception):
 
     index: int | None = None
 
+    def at_row(self, index: int | None, name: str | None = None) -> ImgSearchError:
+        """This error, naming the row at fault: ``index`` set, and its message prefixed with
+        ``name`` (default ``"row <index>"``). Type and other attributes stay; returns ``self``."""
+        self.args = (f"{name or f'row {index}'}: {self}",)
+        self.index = index
+        return self
+
 
 class InvalidInput(ImgSearchError, ValueError):
     """A value passed by the caller is wrong; the message names it and what was expected."""

@@ -75,8 +75,7 @@ def prepare_rows(rows: Iterable[Mapping[str, Any]], *, dim: int, limits: images.
         try:
             prepared.append(prepare_row(row, dim=dim, limits=limits))
         except InvalidInput as exc:
-            exc.args = (f"row {index}: {exc}",)  # same type and attributes, message names the row
-            exc.index = index
+            exc.at_row(index)  # same type and attributes; the message names the row
             raise
     return prepared
 

@@ -104,17 +104,14 @@ def prepare_all(rows: Iterable[Mapping[str, Any]], names: Sequence[str] | None =
         try:
             change = replace(prepare(row), name=name, index=index)
         except InvalidInput as exc:
-            exc.args = (f"{name}: {exc}",)
-            exc.index = index
+            exc.at_row(index, name)
             raise
         key = (change.tenant, change.product_id)
         if key in first:
             twice = InvalidInput(
-                f"{name}: product {change.product_id!r} of tenant {change.tenant!r} "
-                f"is already changed by {first[key]}"
+                f"product {change.product_id!r} of tenant {change.tenant!r} is already changed by {first[key]}"
             )
-            twice.index = index
-            raise twice
+            raise twice.at_row(index, name)
         first[key] = name
         changes.append(change)
     return changes
@@ -138,13 +135,9 @@ def apply(
         missing = [change for change in rows if change.product_id not in found]
         if missing:
             change = missing[0]
-            row = f"{change.name}: " if change.name else ""
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-            unknown = NotFound(
-                f"{row}tenant {tenant!r} has no product {change.product_id!r}{more}; nothing updated"
-            )
-            unknown.index = change.index
-            raise unknown
+            unknown = NotFound(f"tenant {tenant!r} has no product {change.product_id!r}{more}; nothing updated")
+            raise unknown.at_row(change.index, change.name) if change.name else unknown
     changed = 0
     for tenant, rows in by_tenant.items():
         tenancy.scope(conn, tenant)

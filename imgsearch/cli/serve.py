@@ -23,6 +23,10 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         ) from exc
     if args.preload:
         os.environ["IMGSEARCH_PRELOAD"] = "true"  # worker processes read their settings at start
+    # torch's OpenMP threads sleep between operations instead of spinning: the server's request
+    # threads need those cores (on 2 cores, spinning made micro-batched text queries 0.7x as fast
+    # as one at a time with a small model; bench/serve.py). Read when torch loads, in each process.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     settings = Settings()
     # migrate here, once: N worker processes starting at the same moment would race to
     open_engine(settings).dispose()

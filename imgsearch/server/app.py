@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 
 from imgsearch.catalog import Catalog
 from imgsearch.db import migrate
-from imgsearch.server import problems
+from imgsearch.server import openapi, problems
 from imgsearch.server.keyring import Keyring
 from imgsearch.server.limits import Limits
 from imgsearch.server.metrics import Metrics
@@ -84,7 +84,9 @@ def create_app(settings: Settings | None = None, *, catalog: Catalog | None = No
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        opened = catalog if catalog is not None else await run_in_threadpool(Catalog.open, None, settings=settings)
+        opened = (
+            catalog if catalog is not None else await run_in_threadpool(Catalog.open, None, settings=settings)
+        )
         opened.on_search_plan = metrics.observe_plan
         opened.on_query_batch = metrics.observe_query_batch
         app.state.catalog = opened
@@ -118,6 +120,7 @@ def create_app(settings: Settings | None = None, *, catalog: Catalog | None = No
     app.state.model_state = ModelState(required=settings.preload)
     app.state.migrations_head = migrate.head()
     problems.install(app)
+    openapi.install(app)
     for router in (images.router, products.router, search.router, status.router, ops.router):
         app.include_router(router)
     _page(app)

@@ -32,7 +32,9 @@ RECONNECT_SECONDS = (0.5, 1.0, 2.0, 5.0)
 class Keyring:
     """Checks API keys against the database, keeping verified ones while it hears of changes."""
 
-    def __init__(self, engine: Engine, *, cache: bool = True, max_age_seconds: float = MAX_AGE_SECONDS) -> None:
+    def __init__(
+        self, engine: Engine, *, cache: bool = True, max_age_seconds: float = MAX_AGE_SECONDS
+    ) -> None:
         self.engine = engine
         self.max_age_seconds = max_age_seconds
         self._verified: dict[bytes, tuple[Principal, float]] = {}

@@ -28,7 +28,7 @@ SEARCHES: list[tuple[Any, int, str]] = [
     ({"text": ""}, 400, "non-empty string"),
     ({"text": "x" * 2001}, 400, "the limit is 2000"),
     ({"text": 5}, 422, "text: Input should be a valid string"),
-    ({"text": "bad \ud800 surrogate"}, 400, "text query"),
+    ({"text": "bad \ud800 surrogate"}, 422, "not valid JSON"),  # a lone surrogate: no Unicode text
     ({"vector": []}, 400, "0 dimensions, expected 32"),
     ({"vector": [0.1] * 33}, 400, "33 dimensions, expected 32"),
     ({"vector": [0.0] * DIM}, 400, "zero"),
@@ -61,7 +61,7 @@ SEARCHES: list[tuple[Any, int, str]] = [
     ({"similar_to_product": INJECTION}, 404, "has no product"),
     ({"image_url": "/etc/passwd"}, 400, "must be http:// or https://"),
     ({"image_url": "http://169.254.169.254/latest/meta-data"}, 400, "not a public address"),
-    ([1, 2], 422, "Input should be a valid dictionary"),
+    ([1, 2], 422, "body: Input should be an object"),
 ]
 
 

@@ -7,9 +7,7 @@ import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
@@ -18,7 +16,7 @@ from imgsearch import checks, images
 from imgsearch.errors import ImgSearchError, InvalidImage, InvalidInput
 from imgsearch.keys import Principal
 from imgsearch.server import schemas
-from imgsearch.server.deps import CatalogDep, PrincipalDep, tenant_of
+from imgsearch.server.deps import JSON_TYPES, CatalogDep, PrincipalDep, json_body, tenant_of
 from imgsearch.server.limits import Limits
 from imgsearch.server.problems import RequestTooLarge, problem
 
@@ -54,24 +52,15 @@ _UPLOAD_BODY: dict[str, Any] = {
 }
 
 
-def _with_index(exc: ImgSearchError, index: int) -> ImgSearchError:
-    exc.args = (f"row {index}: {exc}",)
-    exc.index = index
-    return exc
-
-
-def _json_rows(body: bytes, principal: Principal) -> list[dict[str, Any]]:
-    try:
-        upload = schemas.UploadRequest.model_validate_json(body)
-    except ValidationError as exc:
-        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from exc
+def _json_rows(upload: schemas.UploadRequest, principal: Principal) -> list[dict[str, Any]]:
     rows = []
     for index, item in enumerate(upload.items):
         try:
             tenant = tenant_of(principal, item.tenant)
             url = None if item.url is None else checks.url(item.url, "url")
         except ImgSearchError as exc:
-            raise _with_index(exc, index) from exc
+            exc.at_row(index)
+            raise
         rows.append(
             {
                 "image": url,
@@ -114,7 +103,7 @@ async def _multipart_rows(request: Request, principal: Principal, limits: Limits
     rows = []
     for index, part in enumerate(files):
         if not isinstance(part, UploadFile):
-            raise _with_index(InvalidImage("`file` must be a file part, not text"), index)
+            raise InvalidImage("`file` must be a file part, not text").at_row(index)
         rows.append({"image": await part.read(), "tenant": tenant, **fields})
     return rows
 
@@ -137,8 +126,8 @@ async def upload_images(request: Request, catalog: CatalogDep, principal: Princi
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type == "multipart/form-data":
         rows = await _multipart_rows(request, principal, limits)
-    elif media_type in ("application/json", ""):
-        rows = _json_rows(await request.body(), principal)
+    elif media_type in JSON_TYPES:
+        rows = _json_rows(await json_body(request, schemas.UploadRequest), principal)
     else:
         raise HTTPException(415, f"send application/json or multipart/form-data, not {media_type!r}")
     if not rows:

@@ -63,8 +63,7 @@ def update_products(
         try:
             tenant = _required_tenant(tenant_of(principal, item.tenant))
         except ImgSearchError as exc:
-            exc.args = (f"row {index}: {exc}",)
-            exc.index = index
+            exc.at_row(index)
             raise
         fields = {name: getattr(item, name) for name in item.model_fields_set - {"tenant"}}
         rows.append({**fields, "tenant": tenant})

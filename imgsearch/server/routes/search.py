@@ -19,7 +19,7 @@ from imgsearch.errors import InvalidInput, InvalidQuery
 from imgsearch.keys import Principal
 from imgsearch.records import Hit
 from imgsearch.server import schemas
-from imgsearch.server.deps import CatalogDep, PrincipalDep, tenant_of
+from imgsearch.server.deps import CatalogDep, PrincipalDep, json_body, json_body_schema, tenant_of
 
 router = APIRouter(prefix="/v1", tags=["search"])
 
@@ -72,11 +72,17 @@ def _search(
     return JSONResponse({"hits": [hit_json(hit) for hit in hits]})
 
 
-@router.post("/search", response_model=schemas.SearchResponse, summary="Hybrid search")
-def search(body: schemas.SearchRequest, catalog: CatalogDep, principal: PrincipalDep) -> Response:
+@router.post(
+    "/search",
+    response_model=schemas.SearchResponse,
+    summary="Hybrid search",
+    openapi_extra=json_body_schema(schemas.SearchRequest),
+)
+async def search(request: Request, catalog: CatalogDep, principal: PrincipalDep) -> Response:
     """The `k` nearest images (after `offset`) that match every filter, nearest first. Give
     exactly one query. `min(k, matching images)` hits, with recall against an exact search of at
     least 0.98 at every filter's selectivity."""
+    body = await json_body(request, schemas.SearchRequest)
     queries = {
         "text": body.text,
         "vector": body.vector,
@@ -85,14 +91,14 @@ def search(body: schemas.SearchRequest, catalog: CatalogDep, principal: Principa
         "similar_to_product": body.similar_to_product,
     }
     given = {name: value for name, value in queries.items() if value is not None}
-    if "image" in given:
-        # a URL only: the library reads any other string as a path on this machine
-        given["image"] = checks.url(str(given["image"]), "image_url", InvalidQuery)
     if len(given) != 1:
         names = sorted(("image_url" if name == "image" else name) for name in queries)
         shown = sorted(("image_url" if name == "image" else name) for name in given)
         raise InvalidQuery(f"give exactly one query of {names}, got {shown or 'none'}")
-    return _search(catalog, principal, given, body)
+    if "image" in given:
+        # a URL only: the library reads any other string as a path on this machine
+        given["image"] = checks.url(str(given["image"]), "image_url", InvalidQuery)
+    return await run_in_threadpool(_search, catalog, principal, given, body)
 
 
 def _form_options(form: Any) -> dict[str, Any]:
@@ -103,7 +109,9 @@ def _form_options(form: Any) -> dict[str, Any]:
         raise InvalidInput(f"unknown form fields {unknown}; allowed: {sorted(allowed)}")
     params = form.get("params")
     if params is not None and set(form.keys()) - {"file", "params"}:
-        raise InvalidInput("give the filters and options as one JSON `params` part or as form fields, not both")
+        raise InvalidInput(
+            "give the filters and options as one JSON `params` part or as form fields, not both"
+        )
     if params is not None:
         if not isinstance(params, str):
             raise InvalidInput("`params` must be a JSON object as text, not a file")
