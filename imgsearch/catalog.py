@@ -94,7 +94,7 @@ class Catalog:
         of that model for text and image queries.
         """
         settings = settings or Settings()
-        engine = db_engine.make_engine(url or db_engine.resolve_url(settings))
+        engine = db_engine.make_engine(url or db_engine.resolve_url(settings), settings.pool_size)
         try:
             if migrate.current(engine) != migrate.head():
                 migrate.upgrade(engine)
@@ -122,7 +122,8 @@ class Catalog:
             from imgsearch.wake import celery_waker
 
             waker = celery_waker(settings.redis_url, settings.queue, settings.batch_size)
-        return cls(engine, active, settings, waker, embedder, db_engine.make_search_engine(engine))
+        search_engine = db_engine.make_search_engine(engine, settings.pool_size)
+        return cls(engine, active, settings, waker, embedder, search_engine)
 
     def close(self) -> None:
         self.engine.dispose()

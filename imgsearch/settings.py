@@ -73,6 +73,12 @@ class Settings(BaseSettings):
         le=1000,
         description="How long the first query of a batch waits for others to join it, in milliseconds.",
     )
+    pool_size: int = Field(
+        default=5,
+        gt=0,
+        le=1000,
+        description="Idle connections a catalog's pools keep (each of its two); `imgsearch serve` defaults to 20.",
+    )
     max_batch_items: int = Field(
         default=1000,
         gt=0,

@@ -12,6 +12,8 @@ from imgsearch.cli._common import Subparsers, open_engine, positive
 from imgsearch.errors import ConfigurationError
 from imgsearch.settings import Settings
 
+SERVER_POOL_SIZE = 20
+
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     try:
@@ -27,6 +29,10 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     # threads need those cores (on 2 cores, spinning made micro-batched text queries 0.7x as fast
     # as one at a time with a small model; bench/serve.py). Read when torch loads, in each process.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # concurrent requests each hold a connection: a pool of SQLAlchemy's default 5 closes the extra
+    # ones as they come back and opens new ones for the next requests (a connect, and statements
+    # prepared again, on every one; bench/serve.py)
+    os.environ.setdefault("IMGSEARCH_POOL_SIZE", str(SERVER_POOL_SIZE))
     settings = Settings()
     # migrate here, once: N worker processes starting at the same moment would race to
     open_engine(settings).dispose()

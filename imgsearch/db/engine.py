@@ -11,6 +11,7 @@ from imgsearch.settings import Settings
 
 MIN_PGVECTOR = (0, 8)
 CONNECT_ARGS = {"connect_timeout": 10}  # seconds: an unreachable server fails fast
+DEFAULT_POOL_SIZE: int = Settings.model_fields["pool_size"].default
 
 
 def normalize_url(url: str) -> str:
@@ -33,19 +34,29 @@ def resolve_url(settings: Settings) -> str:
     return embedded.ensure_started(settings.home)
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for ``url`` that fails fast with :class:`DatabaseUnavailable` when unreachable."""
-    engine = create_engine(normalize_url(url), pool_pre_ping=True, connect_args=CONNECT_ARGS)
+def make_engine(url: str, pool_size: int = DEFAULT_POOL_SIZE) -> Engine:
+    """An engine for ``url`` that fails fast with :class:`DatabaseUnavailable` when unreachable,
+    keeping up to ``pool_size`` idle connections (and opening as many more, at least 10, which
+    are closed when they come back to a full pool)."""
+    engine = create_engine(
+        normalize_url(url),
+        pool_pre_ping=True,
+        connect_args=CONNECT_ARGS,
+        pool_size=pool_size,
+        max_overflow=max(10, pool_size),
+    )
     check_server(engine)
     return engine
 
 
-def make_search_engine(engine: Engine) -> Engine:
+def make_search_engine(engine: Engine, pool_size: int = DEFAULT_POOL_SIZE) -> Engine:
     """A second pool on ``engine``'s database, for searches: no ping before each checkout. The
     ping is a round trip of its own, 3-9% of a search (bench/search_overheads.py); a search is
     read-only, so the catalog runs one again on a new connection when its connection turns out
     closed (a server restart, an idle timeout) instead. Writes keep the pinged pool."""
-    return create_engine(engine.url, connect_args=CONNECT_ARGS)
+    return create_engine(
+        engine.url, connect_args=CONNECT_ARGS, pool_size=pool_size, max_overflow=max(10, pool_size)
+    )
 
 
 def _version(text_version: str) -> tuple[int, ...]:
