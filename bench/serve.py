@@ -422,29 +422,35 @@ def main() -> None:
     parser.add_argument("--text-seconds", type=float, default=20)
     parser.add_argument("--rounds", type=int, default=2, help="part 3: runs of each setting, alternating")
     parser.add_argument("--skip-text", action="store_true", help="only parts 1 and 2")
+    parser.add_argument("--only-text", action="store_true", help="only part 3")
     parser.add_argument("--plot", default=str(ROOT / "docs" / "serve_benchmark.png"))
     args = parser.parse_args()
 
     settings = Settings()
-    url, data, labels, _ = stored_catalog(args.rows)
-    # a vector of its own for each search of part 1 (six ways)
-    queries = [q.tolist() for q, _ in query_cases(data, labels, 6 * (args.queries + 2))]
-    engine = make_engine(url)
-    tenant_key, _ = keys.create_key(engine, "acme", name="bench/serve.py")
-    admin_key, _ = keys.create_key(engine, None, admin=True, name="bench/serve.py")
     log = Path(tempfile.gettempdir()) / "imgsearch-bench-serve.log"
     print(f"server log: {log}", flush=True)
     report: dict[str, Any] = {}
-    with Catalog.open(url, settings=settings) as catalog, server(url, catalog.model, log) as (port, process):
-        print("1. latency ...", flush=True)
-        report["latency"] = latency(catalog, port, tenant_key, admin_key, queries)
-        print(f"2. load: {CLIENTS} clients for {args.load_seconds:g} s ...", flush=True)
-        report["load"] = load(port, process.pid, tenant_key, queries, args.load_seconds)
-    keys.revoke_key(engine, tenant_key)
-    keys.revoke_key(engine, admin_key)
-    engine.dispose()
-    show_latency_and_load(report, args)
-
+    if not args.only_text:
+        url, data, labels, _ = stored_catalog(args.rows)
+        # a vector of its own for each search of part 1 (six ways)
+        queries = [q.tolist() for q, _ in query_cases(data, labels, 6 * (args.queries + 2))]
+        engine = make_engine(url)
+        tenant_key, _ = keys.create_key(engine, "acme", name="bench/serve.py")
+        admin_key, _ = keys.create_key(engine, None, admin=True, name="bench/serve.py")
+        with (
+            Catalog.open(url, settings=settings) as catalog,
+            server(url, catalog.model, log) as (port, process),
+        ):
+            print("1. latency ...", flush=True)
+            report["latency"] = latency(catalog, port, tenant_key, admin_key, queries)
+            print(f"2. load: {CLIENTS} clients for {args.load_seconds:g} s ...", flush=True)
+            report["load"] = load(port, process.pid, tenant_key, queries, args.load_seconds)
+        keys.revoke_key(engine, tenant_key)
+        keys.revoke_key(engine, admin_key)
+        engine.dispose()
+        show_latency_and_load(report, args)
+        plot(report, Path(args.plot))
+        print(f"\nplot: {args.plot}", flush=True)
     if not args.skip_text:
         report["text"] = {}
         with tempfile.TemporaryDirectory(prefix="imgsearch-bench-models-") as folder:
@@ -452,7 +458,7 @@ def main() -> None:
                 report["text"][name] = text_part(
                     settings.home, name, model, args.text_seconds, args.rounds, log
                 )
-    show(report, args)
+        show_text(report)
 
 
 def show_latency_and_load(report: dict[str, Any], args: argparse.Namespace) -> None:
@@ -485,7 +491,7 @@ def show_latency_and_load(report: dict[str, Any], args: argparse.Namespace) -> N
     )
 
 
-def show(report: dict[str, Any], args: argparse.Namespace) -> None:
+def show_text(report: dict[str, Any]) -> None:
     if "text" in report:
         print()
         print(
@@ -502,8 +508,6 @@ def show(report: dict[str, Any], args: argparse.Namespace) -> None:
                 f"| {vector:.0f} q/s ({vector / alone:.2f}x) | {one:.2f} -> {sixteen:.2f} ms ({one / sixteen:.2f}x) |"
             )
         print("runs (q/s):", {name: part["runs"] for name, part in report["text"].items()})
-    plot(report, Path(args.plot))
-    print(f"\nplot: {args.plot}")
 
 
 def plot(report: dict[str, Any], path: Path) -> None:

@@ -102,6 +102,7 @@ class Embedder:
         self._model: Any = None
         self._processor: Any = None
         self._model_type = ""
+        self._logit_params: tuple[float, float | None] | None = None
         self.device = "cpu"
         self.dtype: Any = None
         # a shop's search box sees the same queries again and again: each costs a text forward
@@ -352,8 +353,11 @@ class Embedder:
         return float(result) if np.ndim(result) == 0 else result
 
     def logit_params(self) -> tuple[float, float | None]:
-        """``(exp(logit_scale), logit_bias)`` of the checkpoint; bias None for CLIP."""
-        self.load()
-        scale = float(self._model.logit_scale.detach().float().exp().item())
-        bias = getattr(self._model, "logit_bias", None)
-        return scale, (None if bias is None else float(bias.detach().float().item()))
+        """``(exp(logit_scale), logit_bias)`` of the checkpoint; bias None for CLIP. Read from the
+        weights once: every text search asks (a few torch calls each, on a server's hot path)."""
+        if self._logit_params is None:
+            self.load()
+            scale = float(self._model.logit_scale.detach().float().exp().item())
+            bias = getattr(self._model, "logit_bias", None)
+            self._logit_params = scale, (None if bias is None else float(bias.detach().float().item()))
+        return self._logit_params
