@@ -4,7 +4,7 @@ A key reads ``isk_<key id>_<secret>``: the key id (12 characters) is public, nam
 ``imgsearch tenant list-keys`` and the server's logs; the secret is 256 random bits. PostgreSQL
 keeps the key id and the SHA-256 of the whole key (migration 0011), never the key itself, which is
 shown once, when it is made. A request's key is looked up by its id on every request, so a revoked
-key stops working at once, and its digest compared in constant time.
+key stops working at once, and its digest is compared in constant time.
 
 >>> key, info = create_key(engine, "acme", name="checkout")     # doctest: +SKIP
 >>> authenticate(conn, key)                                      # doctest: +SKIP
@@ -19,6 +19,7 @@ import hmac
 import re
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Connection, Engine, func, insert, select, update
 
@@ -137,18 +138,33 @@ def revoke_key(engine: Engine, key_or_id: str) -> KeyInfo:
     return KeyInfo(*row)
 
 
+# a key's row, by its public id: what a request's key is checked against (psycopg's placeholder)
+LOOKUP_SQL = (
+    "SELECT key_id, secret_sha256, tenant, admin FROM imgsearch.api_keys "
+    "WHERE key_id = %s AND revoked_at IS NULL"
+)
+
+
+def verified(key: str, row: Any) -> Principal | None:
+    """The principal of ``key`` given its stored ``row`` (key_id, secret_sha256, tenant, admin),
+    or None. The digests are compared in constant time, against a stand-in when there is no row,
+    so an unknown id takes the time a known one does."""
+    stored = bytes(row[1]) if row is not None else _NO_DIGEST
+    given = digest(key if isinstance(key, str) else "")
+    if not hmac.compare_digest(given, stored) or row is None:
+        return None
+    return Principal(key_id=row[0], tenant=row[2], admin=bool(row[3]))
+
+
 def authenticate(conn: Connection, key: str) -> Principal | None:
     """Who ``key`` belongs to, or None when it is malformed, unknown or revoked (alike, and in
     about the same time: the digest is compared in constant time even for an unknown id)."""
     key_id = key_id_of(key)
-    if key_id is None:
-        return None
-    row = conn.execute(
-        select(ApiKey.secret_sha256, ApiKey.tenant, ApiKey.admin).where(
-            ApiKey.key_id == key_id, ApiKey.revoked_at.is_(None)
-        )
-    ).first()
-    stored = bytes(row.secret_sha256) if row is not None else _NO_DIGEST
-    if not hmac.compare_digest(digest(key), stored) or row is None:
-        return None
-    return Principal(key_id=key_id, tenant=row.tenant, admin=bool(row.admin))
+    row = None
+    if key_id is not None:
+        row = conn.execute(
+            select(ApiKey.key_id, ApiKey.secret_sha256, ApiKey.tenant, ApiKey.admin).where(
+                ApiKey.key_id == key_id, ApiKey.revoked_at.is_(None)
+            )
+        ).first()
+    return verified(key, row)

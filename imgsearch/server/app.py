@@ -90,14 +90,14 @@ def create_app(settings: Settings | None = None, *, catalog: Catalog | None = No
         opened.on_search_plan = metrics.observe_plan
         opened.on_query_batch = metrics.observe_query_batch
         app.state.catalog = opened
-        app.state.keyring = keyring = Keyring(opened.search_engine)
+        app.state.keyring = keyring = Keyring(opened.engine.url)
         if settings.preload:
             app.state.model_state.load_in_background(opened)
         log.info("serving %s (%d-d)", opened.model, opened.dim)
         try:
             yield
         finally:
-            keyring.close()
+            await keyring.close()
             if catalog is None:
                 opened.close()
 

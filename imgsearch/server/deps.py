@@ -1,7 +1,7 @@
 """What routes are given: the catalog, and the caller's key, checked once per request.
 
-A key is checked by :class:`~imgsearch.server.keyring.Keyring` (in memory once verified, until any
-key changes). A tenant's key scopes everything the request does to its tenant: the routes pass that tenant to
+A key is checked by :class:`~imgsearch.server.keyring.Keyring` against the database on every
+request. A tenant's key scopes everything the request does to its tenant: the routes pass that tenant to
 the library, which runs the request's statements under the tenant's row-level security. An admin
 key sees every tenant, and may name one.
 """
@@ -14,7 +14,6 @@ from fastapi import Depends, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ValidationError
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from imgsearch import checks
@@ -41,9 +40,7 @@ async def get_principal(
     if credentials is None:
         raise Unauthorized("no API key: send `Authorization: Bearer KEY`")
     keyring: Keyring = request.app.state.keyring
-    principal = keyring.cached(credentials.credentials)
-    if principal is None:  # the database, in a thread: not on the event loop
-        principal = await run_in_threadpool(keyring.verify, credentials.credentials)
+    principal = await keyring.verify(credentials.credentials)
     if principal is None:
         raise Unauthorized("the API key is malformed, unknown or revoked")
     request.state.principal = principal

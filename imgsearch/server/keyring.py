@@ -1,115 +1,89 @@
-"""Turning a request's key into a :class:`~imgsearch.keys.Principal`, fast, and never after its
-revocation.
+"""Turning a request's key into a :class:`~imgsearch.keys.Principal`, on every request.
 
-Looking a key up costs a database round trip, a fair share of a search. So a key verified once is
-kept in memory, and dropped as soon as the database says a key changed: every update or delete
-of ``imgsearch.api_keys`` notifies channel ``imgsearch_api_keys`` (migration 0011), which a thread
-here listens on. Keys are served from memory only while that thread is connected; without it
-every request looks its key up, and the memory is emptied when it reconnects (it may have missed a
-notification). A lookup that raced with a notification doesn't fill the memory with what it read
-(a generation count tells), and nothing is kept longer than ``max_age_seconds``.
+A key is looked up in PostgreSQL for each request, so a revoked key is refused from the first
+request that starts after ``imgsearch tenant revoke-key`` returns, by every server process. The
+lookup is one prepared statement by primary key, on a few connections of the keyring's own, in
+autocommit, with psycopg's asyncio interface: it runs on the event loop without a thread, where
+SQLAlchemy's statement layer and a hop to a worker thread cost several times the round trip
+(docs/benchmarks.md, "The HTTP service").
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import threading
-import time
 from typing import Any
 
-from sqlalchemy import Engine
+import psycopg
+from sqlalchemy import URL
 
 from imgsearch import keys
+from imgsearch.errors import DatabaseUnavailable
 from imgsearch.keys import Principal
 
 log = logging.getLogger(__name__)
 
-CHANNEL = "imgsearch_api_keys"
-MAX_AGE_SECONDS = 300.0
-RECONNECT_SECONDS = (0.5, 1.0, 2.0, 5.0)
+CONNECTIONS = 4  # lookups at once; each takes ~0.1 ms, so a few serve thousands a second
+CONNECT_TIMEOUT_SECONDS = 10
+
+
+def conninfo(url: URL) -> str:
+    """A libpq connection string for a SQLAlchemy URL of PostgreSQL."""
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 class Keyring:
-    """Checks API keys against the database, keeping verified ones while it hears of changes."""
+    """Checks API keys against the database, from the event loop."""
 
-    def __init__(
-        self, engine: Engine, *, cache: bool = True, max_age_seconds: float = MAX_AGE_SECONDS
-    ) -> None:
-        self.engine = engine
-        self.max_age_seconds = max_age_seconds
-        self._verified: dict[bytes, tuple[Principal, float]] = {}
-        self._lock = threading.Lock()
-        self._generation = 0
-        self._listening = False
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        if cache:
-            self._thread = threading.Thread(target=self._listen, name="imgsearch-keyring", daemon=True)
-            self._thread.start()
+    def __init__(self, url: URL, connections: int = CONNECTIONS) -> None:
+        self._conninfo = conninfo(url)
+        self._size = connections
+        self._idle: asyncio.LifoQueue[psycopg.AsyncConnection[Any]] = asyncio.LifoQueue()
+        self._open = 0
 
-    def cached(self, key: str) -> Principal | None:
-        """The principal of a key verified earlier and unchanged since; None: look it up."""
-        if not self._listening:
-            return None
-        found = self._verified.get(keys.digest(key))
-        if found is None or time.monotonic() - found[1] > self.max_age_seconds:
-            return None
-        return found[0]
-
-    def verify(self, key: str) -> Principal | None:
-        """Look ``key`` up in the database (None: malformed, unknown or revoked) and keep it."""
-        generation = self._generation
-        # begin(): the lookup commits. A transaction that ends in ROLLBACK (what returning a
-        # connect()ed connection to the pool does) makes psycopg drop every statement it prepared
-        # on the connection, and the searches sharing the pool would be planned afresh again
-        with self.engine.begin() as conn:
-            principal = keys.authenticate(conn, key)
-        if principal is not None and self._listening:
-            with self._lock:
-                if generation == self._generation:  # no key changed while it was read
-                    self._verified[keys.digest(key)] = (principal, time.monotonic())
-        return principal
-
-    def forget(self) -> None:
-        """Drop every key kept (a key changed, or changes may have been missed)."""
-        with self._lock:
-            self._generation += 1
-            self._verified.clear()
-
-    def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def _listen(self) -> None:
-        attempt = 0
-        while not self._stop.is_set():
-            try:
-                self._listen_once()
-                attempt = 0
-            except Exception as exc:  # the database went away: look every key up until it's back
-                self._listening = False
-                self.forget()
-                delay = RECONNECT_SECONDS[min(attempt, len(RECONNECT_SECONDS) - 1)]
-                attempt += 1
-                log.warning("key notifications lost (%s); looking every key up, retrying in %g s", exc, delay)
-                self._stop.wait(delay)
-
-    def _listen_once(self) -> None:
-        raw = self.engine.raw_connection()
-        conn: Any = raw.driver_connection
-        raw.detach()  # its own connection, not the pool's, for as long as it listens
+    async def verify(self, key: str) -> Principal | None:
+        """Who ``key`` belongs to; None when it is malformed, unknown or revoked.
+        :class:`DatabaseUnavailable` when PostgreSQL can't be asked."""
+        key_id = keys.key_id_of(key)
+        if key_id is None:
+            return keys.verified(key, None)  # the same digest comparison as for a stored key
+        conn = await self._acquire()
         try:
-            conn.autocommit = True
-            conn.execute(f"LISTEN {CHANNEL}")
-            self.forget()  # whatever was kept before may have changed unheard
-            self._listening = True
-            while not self._stop.is_set():
-                for _ in conn.notifies(timeout=1.0, stop_after=1):
-                    self.forget()
-                # a connection lost while waiting ends notifies() quietly: make sure it's alive
-                if conn.closed or conn.broken:
-                    raise ConnectionError("the listening connection closed")
-        finally:
-            self._listening = False
-            raw.close()
+            cursor = await conn.execute(keys.LOOKUP_SQL, (key_id,), prepare=True)
+            row = await cursor.fetchone()
+        except psycopg.OperationalError as exc:
+            await self._discard(conn)
+            raise DatabaseUnavailable(f"database unavailable: {str(exc).strip().splitlines()[0]}") from exc
+        except BaseException:
+            await self._discard(conn)
+            raise
+        self._idle.put_nowait(conn)
+        return keys.verified(key, row)
+
+    async def _acquire(self) -> psycopg.AsyncConnection[Any]:
+        while not self._idle.empty():
+            conn = self._idle.get_nowait()
+            if not conn.closed and not conn.broken:
+                return conn
+            self._open -= 1
+        if self._open >= self._size:
+            return await self._idle.get()
+        self._open += 1
+        try:
+            return await psycopg.AsyncConnection.connect(
+                self._conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS
+            )
+        except psycopg.OperationalError as exc:
+            self._open -= 1
+            raise DatabaseUnavailable(f"database unavailable: {str(exc).strip().splitlines()[0]}") from exc
+
+    async def _discard(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self._open -= 1
+        try:
+            await conn.close()
+        except Exception as exc:  # closing a broken connection may fail too; it's gone either way
+            log.debug("closing a key lookup connection: %s", exc)
+
+    async def close(self) -> None:
+        while not self._idle.empty():
+            await self._discard(self._idle.get_nowait())

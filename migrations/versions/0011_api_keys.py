@@ -5,9 +5,8 @@ A key is shown once when it is made; the table keeps its public id (``key_id``, 
 never the key. The keys are random 256-bit secrets, so a fast hash is enough: there is nothing to
 guess from the digest. The server compares digests in constant time.
 
-Every change of a key (a revocation, a deletion, by imgsearch or by hand) notifies channel
-``imgsearch_api_keys``: servers keep the keys they verified in memory for fast requests and drop
-them when told, so a revoked key stops working within milliseconds.
+Servers look a request's key up on every request (by its primary key), so a revocation, or a
+deletion by hand, takes effect at once.
 
 Only administrators read the table (``imgsearch_admin``, which the server's login needs anyway for
 admin keys; the migrating login owns it); console logins and the app role can't.
@@ -44,27 +43,9 @@ def upgrade() -> None:
         )"""
     )
     op.execute("CREATE INDEX api_keys_tenant_idx ON imgsearch.api_keys (tenant)")
-    op.execute(
-        """CREATE FUNCTION imgsearch.api_keys_changed() RETURNS trigger
-        LANGUAGE plpgsql AS $fn$
-        BEGIN
-            PERFORM pg_notify('imgsearch_api_keys', CASE WHEN TG_OP = 'TRUNCATE' THEN '*' ELSE OLD.key_id END);
-            RETURN NULL;
-        END
-        $fn$"""
-    )
-    op.execute(
-        "CREATE TRIGGER api_keys_changed AFTER UPDATE OR DELETE ON imgsearch.api_keys "
-        "FOR EACH ROW EXECUTE FUNCTION imgsearch.api_keys_changed()"
-    )
-    op.execute(
-        "CREATE TRIGGER api_keys_truncated AFTER TRUNCATE ON imgsearch.api_keys "
-        "FOR EACH STATEMENT EXECUTE FUNCTION imgsearch.api_keys_changed()"
-    )
     op.execute("REVOKE ALL ON imgsearch.api_keys FROM PUBLIC")
     op.execute("GRANT SELECT ON imgsearch.api_keys TO imgsearch_admin")
 
 
 def downgrade() -> None:
     op.execute("DROP TABLE imgsearch.api_keys")
-    op.execute("DROP FUNCTION imgsearch.api_keys_changed()")
