@@ -107,6 +107,7 @@ def test_authenticate_refuses_what_isnt_a_live_key(database_url: str) -> None:
                 "isk",
                 key + "x",
                 key[:-1],
+                key[:-1] + ("A" if key[-1] != "A" else "B"),
                 key.upper(),
                 f"isk_{info.key_id}_{'A' * 43}",
                 secret,

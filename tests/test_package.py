@@ -44,7 +44,11 @@ def test_the_wheel_ships_the_demo_samples_and_the_migrations(tmp_path: Path) -> 
     root = Path(__file__).resolve().parents[1]
     # a copy, so that no earlier build's leftovers (build/lib) end up in this wheel
     source = tmp_path / "source"
-    shutil.copytree(root, source, ignore=shutil.ignore_patterns(".*", "build", "*.egg-info", "__pycache__", "test-artifacts"))
+    shutil.copytree(
+        root,
+        source,
+        ignore=shutil.ignore_patterns(".*", "build", "*.egg-info", "__pycache__", "test-artifacts"),
+    )
     build = subprocess.run(
         [
             sys.executable,
