@@ -31,13 +31,14 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 import numpy as np
 import psycopg
 from sqlalchemy import Engine
 
-from imgsearch import checks, images, ingest, tenancy
+from imgsearch import checks, images, ingest, tenancy, vectors
 from imgsearch.db import vector_index
 from imgsearch.db.models import SCHEMA
 from imgsearch.errors import DatabaseUnavailable, ImgSearchError, InvalidInput, TransientError
@@ -45,6 +46,7 @@ from imgsearch.records import ModelInfo
 
 log = logging.getLogger(__name__)
 
+CHECK_BATCH = 1024  # rows whose vectors are checked in one numpy pass
 REBUILD_MIN_ROWS = 10_000  # below this, inserting into the index costs less than building one
 MAX_AUTO_MAINTENANCE_MEM = 8 * 1024**3
 HASH_PREFIX = b"imgsearch vector\0"  # an imported vector's hash can't equal an image file's
@@ -261,43 +263,61 @@ def import_rows(
 def _checked(
     source: Source, dim: int, limits: images.Limits, tenant: str | None
 ) -> Iterator[tuple[Any, ...]]:
-    """Each row checked as ``add_many`` checks it, as the values of a staging row."""
+    """Each row checked as ``add_many`` checks it, as the values of a staging row. Vectors are
+    checked and normalised a batch at a time (one numpy pass), rows one at a time."""
+    rows = enumerate(iter(source))
+    while batch := list(islice(rows, CHECK_BATCH)):
+        matrix = vectors.as_vectors(
+            [row.get("embedding") if isinstance(row, Mapping) else None for _, (_, row) in batch], dim
+        )
+        for i, (ord_, (where, row)) in enumerate(batch):
+            yield _staged(ord_, where, row, dim, limits, tenant, None if matrix is None else matrix[i])
+
+
+def _staged(
+    ord_: int,
+    where: str,
+    row: Any,
+    dim: int,
+    limits: images.Limits,
+    tenant: str | None,
+    vector: vectors.Vector | None,
+) -> tuple[Any, ...]:
     from pgvector import HalfVector
 
-    for ord_, (where, row) in enumerate(source):
-        try:
-            if not isinstance(row, Mapping):
-                raise InvalidInput(f"a row must be a mapping of fields, got {type(row).__name__}")
-            if tenant is not None:
-                given = row.get("tenant")
-                if given is not None and str(given).strip() != tenant:
-                    raise InvalidInput(f"tenant {given!r} differs from the import's tenant {tenant!r}")
-                row = {**row, "tenant": tenant}
-            if row.get("embedding") is None:
-                raise InvalidInput("each imported row needs an embedding")
-            prepared = ingest.prepare_row(row, dim=dim, limits=limits)
-        except ImgSearchError as exc:
-            exc.at_row(ord_, where)
-            raise
-        assert prepared.embedding is not None
-        info = prepared.info
-        yield (
-            ord_,
-            prepared.tenant,
-            prepared.product_id,
-            prepared.category,
-            prepared.price,
-            prepared.currency,
-            prepared.attributes or None,
-            prepared.uri,
-            prepared.content,
-            info.sha256 if info else vector_hash(prepared.embedding),
-            info.width if info else None,
-            info.height if info else None,
-            info.format if info else None,
-            info.byte_size if info else None,
-            HalfVector(prepared.embedding),
-        )
+    try:
+        if not isinstance(row, Mapping):
+            raise InvalidInput(f"a row must be a mapping of fields, got {type(row).__name__}")
+        if tenant is not None:
+            given = row.get("tenant")
+            if given is not None and str(given).strip() != tenant:
+                raise InvalidInput(f"tenant {given!r} differs from the import's tenant {tenant!r}")
+            row = {**row, "tenant": tenant}
+        if row.get("embedding") is None:
+            raise InvalidInput("each imported row needs an embedding")
+        prepared = ingest.prepare_row(row, dim=dim, limits=limits, vector=vector)
+    except ImgSearchError as exc:
+        exc.at_row(ord_, where)
+        raise
+    assert prepared.embedding is not None
+    info = prepared.info
+    return (
+        ord_,
+        prepared.tenant,
+        prepared.product_id,
+        prepared.category,
+        prepared.price,
+        prepared.currency,
+        prepared.attributes or None,
+        prepared.uri,
+        prepared.content,
+        info.sha256 if info else vector_hash(prepared.embedding),
+        info.width if info else None,
+        info.height if info else None,
+        info.format if info else None,
+        info.byte_size if info else None,
+        HalfVector(prepared.embedding),
+    )
 
 
 def _indexed_rows(conn: psycopg.Connection[Any], model: ModelInfo) -> int:

@@ -671,7 +671,9 @@ class Catalog:
             return self.embedder.embed_text(text)
         if image is not None:
             if images.is_url(image):
-                data = self.settings.downloads().fetch(checks.url(str(image), "query image URL", InvalidQuery))
+                data = self.settings.downloads().fetch(
+                    checks.url(str(image), "query image URL", InvalidQuery)
+                )
             else:
                 data = images.read_source(image, self._limits)
             return self.embedder.embed_image(data)

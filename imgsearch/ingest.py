@@ -44,8 +44,11 @@ def _attributes(value: Any) -> dict[str, Any]:
     return {} if value is None else checks.attributes(value, "attributes")
 
 
-def prepare_row(row: Mapping[str, Any], *, dim: int, limits: images.Limits) -> PreparedRow:
-    """Validate one upload; raises :class:`InvalidInput` naming the bad field."""
+def prepare_row(
+    row: Mapping[str, Any], *, dim: int, limits: images.Limits, vector: vectors.Vector | None = None
+) -> PreparedRow:
+    """Validate one upload; raises :class:`InvalidInput` naming the bad field. ``vector``: the
+    row's embedding, already checked and normalised (a bulk import checks a batch at once)."""
     tenant, product_id = checks.product_row(row, ROW_KEYS)
     prepared = PreparedRow(
         tenant=tenant,
@@ -59,7 +62,7 @@ def prepare_row(row: Mapping[str, Any], *, dim: int, limits: images.Limits) -> P
     if source is None and embedding is None:
         raise InvalidInput("each upload needs an image (path, bytes, file object or URL) or an embedding")
     if embedding is not None:
-        prepared.embedding = vectors.as_vector(embedding, dim)
+        prepared.embedding = vector if vector is not None else vectors.as_vector(embedding, dim)
     if images.is_url(source):
         prepared.uri = checks.url(str(source))
     elif source is not None:

@@ -136,7 +136,9 @@ def apply(
         if missing:
             change = missing[0]
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-            unknown = NotFound(f"tenant {tenant!r} has no product {change.product_id!r}{more}; nothing updated")
+            unknown = NotFound(
+                f"tenant {tenant!r} has no product {change.product_id!r}{more}; nothing updated"
+            )
             raise unknown.at_row(change.index, change.name) if change.name else unknown
     changed = 0
     for tenant, rows in by_tenant.items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -37,3 +38,20 @@ def as_vector(value: Any, dim: int, what: str = "embedding") -> Vector:
     # Cosine distance ignores length, and unit length keeps every value inside float16's range
     # (halfvec storage): no overflow to inf, no underflow of tiny vectors to zero.
     return (array / norm).astype(np.float32)
+
+
+def as_vectors(values: Sequence[Any], dim: int) -> npt.NDArray[np.float32] | None:
+    """Many vectors at once, as :func:`as_vector` makes each: a ``(len(values), dim)`` matrix of
+    unit rows; None when any of them isn't a good vector (check those one at a time, for the
+    message naming which and why)."""
+    try:
+        matrix = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    if matrix.ndim != 2 or matrix.shape[1] != dim or not np.isfinite(matrix).all():
+        return None
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    if not (norms > 0).all():
+        return None
+    unit: npt.NDArray[np.float32] = (matrix / norms).astype(np.float32)
+    return unit

@@ -57,9 +57,14 @@ def register(commands: Subparsers) -> None:
         help="build the HNSW index after the load: when the import at least doubles it (auto, the default)",
     )
     imports.add_argument(
-        "--maintenance-work-mem", metavar="SIZE", help="memory for the index build (default: sized to the graph)"
+        "--maintenance-work-mem",
+        metavar="SIZE",
+        help="memory for the index build (default: sized to the graph)",
     )
     imports.add_argument(
-        "--parallel-workers", type=int, metavar="N", help="parallel workers for the build (default: cores - 1)"
+        "--parallel-workers",
+        type=int,
+        metavar="N",
+        help="parallel workers for the build (default: cores - 1)",
     )
     imports.set_defaults(func=_import)

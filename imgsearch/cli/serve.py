@@ -68,7 +68,5 @@ def register(commands: Subparsers) -> None:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     serve.add_argument("--workers", type=positive, default=1, help="server processes (default 1)")
-    serve.add_argument(
-        "--preload", action="store_true", help="load the model at start; /readyz waits for it"
-    )
+    serve.add_argument("--preload", action="store_true", help="load the model at start; /readyz waits for it")
     serve.set_defaults(func=_serve)

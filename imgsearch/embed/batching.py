@@ -141,7 +141,9 @@ class MicroBatcher(Generic[T, R]):
                 continue
             finally:
                 took = time.monotonic() - started
-                self._busy_wait = min(MAX_BUSY_WAIT_SECONDS, BUSY_WAIT_FRACTION * took) if len(live) > 1 else 0.0
+                self._busy_wait = (
+                    min(MAX_BUSY_WAIT_SECONDS, BUSY_WAIT_FRACTION * took) if len(live) > 1 else 0.0
+                )
             for (_, future), result in zip(live, results, strict=True):
                 if isinstance(result, BaseException):
                     future.set_exception(result)
