@@ -39,7 +39,7 @@ import psycopg
 from sqlalchemy import Engine
 
 from imgsearch import checks, images, ingest, tenancy, vectors
-from imgsearch.db import vector_index
+from imgsearch.db import filter_indexes, vector_index
 from imgsearch.db.models import SCHEMA
 from imgsearch.errors import DatabaseUnavailable, ImgSearchError, InvalidInput, TransientError
 from imgsearch.records import ModelInfo
@@ -65,6 +65,7 @@ class ImportResult:
     build_seconds: float | None = None
     maintenance_work_mem: str | None = None  # the build's settings, when it was rebuilt
     parallel_workers: int | None = None
+    value_indexes: int = 0  # per-value indexes built after the load (imgsearch.db.filter_indexes)
 
 
 def vector_hash(vector: np.ndarray) -> bytes:
@@ -224,6 +225,8 @@ def import_rows(
                 # On a connection of its own, it waits only for the searches running now
                 _drop_index(engine, model)
                 dropped = True
+                # the per-value graphs too: each of their rows is an insert into a graph as well
+                filter_indexes.drop_all(engine, model)
                 log.info("import: index dropped at %.1f s", time.perf_counter() - started)
             conn.execute(_PRODUCTS)
             log.info("import: products at %.1f s", time.perf_counter() - started)
@@ -257,6 +260,13 @@ def import_rows(
             engine, model, maintenance_work_mem=memory, parallel_workers=workers, progress=progress
         )
         result.maintenance_work_mem, result.parallel_workers = memory, workers
+    if imported:  # values that grew past their rule's min_rows get their graphs
+        refreshed = filter_indexes.refresh(
+            engine,
+            model,
+            maintenance_work_mem=maintenance_work_mem or auto_maintenance_work_mem(imported, model.dim),
+        )
+        result.value_indexes = len(refreshed.built)
     return result
 
 
@@ -353,6 +363,7 @@ def _drop_index(engine: Engine, model: ModelInfo) -> None:
 def _build_index_after_failure(engine: Engine, model: ModelInfo) -> None:
     try:
         build_index(engine, model, maintenance_work_mem=None, parallel_workers=None, progress=False)
+        filter_indexes.refresh(engine, model)
     except Exception as exc:  # the import's own error is the one to report
         log.error(
             "the HNSW index of %s is missing after a failed import (%s): run `imgsearch model reindex`",

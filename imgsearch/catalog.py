@@ -17,7 +17,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from imgsearch import bulk, checks, hybrid, images, ingest, removal, tenancy, updates, vectors
 from imgsearch import search as vector_search
 from imgsearch.db import engine as db_engine
-from imgsearch.db import migrate, vector_index
+from imgsearch.db import filter_indexes, migrate, vector_index
 from imgsearch.db.models import Embedding, Image, Product
 from imgsearch.embed.registry import canonical_name, model_dim
 from imgsearch.errors import ConfigurationError, DatabaseUnavailable, InvalidQuery, NotFound
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MODEL_REFRESH_SECONDS = 5.0  # how soon an open catalog follows `imgsearch model activate`
+GRAPHS_REFRESH_SECONDS = 30.0  # how soon searches plan for a new per-value index (only speed depends on it)
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,9 @@ class Catalog:
             embedder if embedder is None or embedder.name == model.name else None
         )
         self._model_checked = time.monotonic()
+        # values of category/tenant with an HNSW graph of their own (imgsearch.db.filter_indexes)
+        self._graphs: dict[str, frozenset[str]] = {}
+        self._graphs_key: tuple[int, float] = (-1, float("-inf"))
         # told the plan of each statement a search runs ("exact", "hnsw", "hnsw_iterative"), e.g.
         # to count strategies in metrics; called on the searching thread
         self.on_search_plan: Callable[[Plan], None] | None = None
@@ -323,6 +327,44 @@ class Catalog:
             parallel_workers=parallel_workers,
             progress=sys.stderr.isatty() if progress is None else progress,
         )
+
+    def index_filter_values(
+        self, column: str, min_rows: int | None, *, progress: bool | None = None
+    ) -> filter_indexes.RefreshResult:
+        """Give each value of ``column`` (``"category"`` or ``"tenant"``) with ``min_rows`` rows or
+        more an HNSW index of its own, so searches filtered to it stay fast and exact wherever its
+        rows lie (:mod:`imgsearch.db.filter_indexes`); ``min_rows=None`` drops them. The rule is
+        kept: :meth:`refresh_filter_indexes`, imports and the workers' sweep follow it as values
+        grow and shrink. Builds run ``CONCURRENTLY``: searches and uploads go on.
+
+        >>> catalog.index_filter_values("category", 10_000)  # doctest: +SKIP
+        """
+        with self.engine.begin() as conn:
+            filter_indexes.set_rule(conn, column, min_rows)
+        return self.refresh_filter_indexes(progress=progress)
+
+    def refresh_filter_indexes(self, *, progress: bool | None = None) -> filter_indexes.RefreshResult:
+        """Build and drop per-value indexes as their rules and the values' rows say now."""
+        from tqdm import tqdm
+
+        self._follow_model_switch()
+        show = sys.stderr.isatty() if progress is None else progress
+        with tqdm(desc="indexing values", unit="index", disable=not show) as bar:
+
+            def on_build(column: str, value: str, done: int, total: int) -> None:
+                bar.total = total
+                bar.set_postfix_str(f"{column} {value}"[:40], refresh=False)
+                bar.update(done - bar.n)
+
+            result = filter_indexes.refresh(self.engine, self._model, on_build=on_build)
+        self._graphs_key = (-1, float("-inf"))  # read the new set at the next search
+        return result
+
+    def filter_graphs(self) -> list[filter_indexes.Graph]:
+        """The per-value indexes of the active model, with their rows and size."""
+        self._follow_model_switch()
+        with self.engine.connect() as conn:
+            return filter_indexes.graphs(conn, self._model.id)
 
     def _wake(self, rows: list[ingest.PreparedRow], created: list[bool]) -> None:
         pending = sum(1 for row, new in zip(rows, created, strict=True) if new and row.embedding is None)
@@ -584,7 +626,27 @@ class Catalog:
                 tenancy.scope(conn, tenant)
             if query is None:
                 query, filters = self._similar(conn, stored, filters)
+            if options.cached_plans and self._own_graph(filters):
+                # the planner picks a value's partial index only when it plans for the value
+                options = replace(options, cached_plans=False)
             return hybrid.run(conn, self._model, query, filters, options)
+
+    def _own_graph(self, filters: vector_search.Filters) -> bool:
+        """Whether a filter's category or tenant has an HNSW index of its own (known values are
+        read every :data:`GRAPHS_REFRESH_SECONDS`)."""
+        model_id, checked = self._graphs_key
+        now = time.monotonic()
+        if model_id != self._model.id or now - checked >= GRAPHS_REFRESH_SECONDS:
+            try:
+                with self.engine.connect() as conn:
+                    self._graphs = filter_indexes.indexed_values(conn, self._model.id)
+            except DBAPIError as exc:  # a login that can't read the registry: no per-value plans
+                log.debug("per-value indexes not readable: %s", exc.orig)
+                self._graphs = {}
+            self._graphs_key = (self._model.id, now)
+        if not self._graphs:
+            return False
+        return any(filters.value(column) in self._graphs.get(column, ()) for column in filter_indexes.COLUMNS)
 
     def search_select(
         self,

@@ -109,6 +109,10 @@ class Filters:
         tenant: str | None = self._values.get("tenant")
         return tenant
 
+    def value(self, name: str) -> Any:
+        """A filter's checked value by name (``tenant``, ``category``, ``categories``, ...), or None."""
+        return self._values.get(name)
+
     def plans_alike(self) -> bool:
         """True when the best way to read every part of a search doesn't depend on the values:
         no filter, one filter on an indexed column (tenant, category or a list of them,

@@ -8,14 +8,16 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
 from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
 
 from imgsearch import pipeline, queue
 from imgsearch.db import engine as db_engine
-from imgsearch.db import vector_index
+from imgsearch.db import filter_indexes, vector_index
 from imgsearch.embed.allocator import retain_freed_memory
 from imgsearch.embed.model import Embedder
-from imgsearch.errors import ConfigurationError, TransientError
+from imgsearch.errors import ConfigurationError, ImgSearchError, TransientError
 from imgsearch.records import ModelInfo
 from imgsearch.settings import Settings
 from workers.app import app
@@ -128,4 +130,18 @@ def sweep() -> int:
         embed_pending.apply_async()
     if tasks:
         log.info("sweep: %d claimable images, %d tasks queued", claimable, tasks)
+    # categories and tenants that grew past their rule get an HNSW index of their own (at most
+    # one refresh runs at a time; a sweep finding one running leaves it to it)
+    try:
+        with rt.engine.connect() as conn:
+            model = vector_index.active_model(conn)
+            ruled = bool(filter_indexes.rules(conn)) or bool(
+                model and filter_indexes.indexed_values(conn, model.id)
+            )
+        if model is not None and ruled:
+            filter_indexes.refresh(rt.engine, model, wait=False)
+    except (DBAPIError, psycopg.Error, ImgSearchError) as exc:
+        # e.g. a worker login without rights on the registry, or a build cut off: searches still
+        # work, on the model's graph
+        log.warning("sweep: per-value indexes not refreshed: %s", exc)
     return tasks

@@ -10,7 +10,19 @@ from collections.abc import Callable, Sequence
 
 from pydantic import ValidationError
 
-from imgsearch.cli import database, demo, imports, ingest, models, products, search, serve, tenants, workers
+from imgsearch.cli import (
+    database,
+    demo,
+    imports,
+    indexes,
+    ingest,
+    models,
+    products,
+    search,
+    serve,
+    tenants,
+    workers,
+)
 from imgsearch.cli._common import EXIT_NOT_FOUND, EXIT_TEMPFAIL, EXIT_USAGE
 from imgsearch.errors import ImgSearchError, NotFound, TransientError
 from imgsearch.settings import Settings, describe_invalid
@@ -18,7 +30,7 @@ from imgsearch.settings import Settings, describe_invalid
 __all__ = ["EXIT_NOT_FOUND", "EXIT_TEMPFAIL", "EXIT_USAGE", "build_parser", "main"]
 
 # in the order `imgsearch --help` lists them
-GROUPS = (database, tenants, ingest, imports, products, workers, search, models, serve, demo)
+GROUPS = (database, tenants, ingest, imports, products, workers, search, models, indexes, serve, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

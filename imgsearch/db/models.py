@@ -230,6 +230,36 @@ class ApiKey(Base):
     revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+class FilterIndexRule(Base):
+    """Which filter column gets per-value HNSW graphs, from how many rows (migration 0012)."""
+
+    __tablename__ = "filter_index_rules"
+    __table_args__ = (
+        CheckConstraint("column_name IN ('category', 'tenant')", name="column_known"),
+        CheckConstraint("min_rows > 0", name="min_rows_positive"),
+    )
+
+    column_name: Mapped[str] = mapped_column(Text, primary_key=True)
+    min_rows: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[dt.datetime] = _created()
+
+
+class FilterIndex(Base):
+    """A value's own partial HNSW index of a model (:mod:`imgsearch.db.filter_indexes`)."""
+
+    __tablename__ = "filter_indexes"
+    __table_args__ = (CheckConstraint("column_name IN ('category', 'tenant')", name="column_known"),)
+
+    model_id: Mapped[int] = mapped_column(
+        SmallInteger, ForeignKey("models.id", ondelete="CASCADE"), primary_key=True
+    )
+    column_name: Mapped[str] = mapped_column(Text, primary_key=True)
+    value: Mapped[str] = mapped_column(Text, primary_key=True)
+    index_name: Mapped[str] = mapped_column(Text, unique=True)
+    rows: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[dt.datetime] = _created()
+
+
 class TenantLogin(Base):
     """A SQL console login bound to one tenant (created by ``imgsearch.create_tenant_login``)."""
 

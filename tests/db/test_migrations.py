@@ -11,7 +11,17 @@ from imgsearch.db import migrate
 from imgsearch.db.engine import make_engine
 from imgsearch.db.models import SCHEMA, Base
 
-TABLES = {"models", "products", "images", "embeddings", "tenant_logins", "api_keys", "alembic_version"}
+TABLES = {
+    "models",
+    "products",
+    "images",
+    "embeddings",
+    "tenant_logins",
+    "api_keys",
+    "filter_index_rules",
+    "filter_indexes",
+    "alembic_version",
+}
 
 
 def _tables(engine) -> set[str]:  # type: ignore[no-untyped-def]

@@ -1,0 +1,64 @@
+"""``imgsearch index``: per-value HNSW indexes for large categories and tenants."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from imgsearch.cli._common import Subparsers, positive
+from imgsearch.settings import Settings
+
+
+def _index(args: argparse.Namespace, settings: Settings) -> int:
+    from imgsearch.catalog import Catalog
+
+    progress = sys.stderr.isatty()
+    with Catalog.open(settings=settings) as catalog:
+        if args.index_command in ("categories", "tenants"):
+            column = {"categories": "category", "tenants": "tenant"}[args.index_command]
+            result = catalog.index_filter_values(
+                column, None if args.off else args.min_rows, progress=progress
+            )
+        elif args.index_command == "refresh":
+            result = catalog.refresh_filter_indexes(progress=progress)
+        else:
+            graphs = catalog.filter_graphs()
+            if not graphs:
+                print("no per-value indexes (imgsearch index categories --min-rows N makes them)")
+                return 0
+            width = max(len(g.value) for g in graphs)
+            print(f"{'column':<8}  {'value':<{width}}  {'rows':>10}  {'size':>9}  state")
+            for g in graphs:
+                state = "ready" if g.valid else "invalid: run imgsearch index refresh"
+                print(
+                    f"{g.column:<8}  {g.value:<{width}}  {g.rows:>10}  {g.size_bytes / 1024**2:>7.1f}MB  {state}"
+                )
+            return 0
+    print(
+        f"{len(result.built)} indexes built, {len(result.dropped)} dropped, {result.kept} kept "
+        f"in {result.seconds:.1f} s"
+    )
+    return 0
+
+
+def register(commands: Subparsers) -> None:
+    index = commands.add_parser(
+        "index",
+        help="HNSW indexes of their own for large categories and tenants",
+        description="Give each category (or tenant) with at least --min-rows rows an HNSW index of "
+        "its own, so a search filtered to it is an unfiltered search of its rows: fast and exact "
+        "wherever they lie. Built CONCURRENTLY (searches and uploads go on). The rule is kept: "
+        "imports and the workers' sweep build indexes for values that grow past it, and drop "
+        "those that shrink below half of it.",
+    )
+    sub = index.add_subparsers(dest="index_command", required=True, metavar="COMMAND")
+    for name, what in (("categories", "category"), ("tenants", "tenant")):
+        rule = sub.add_parser(name, help=f"an index for each {what} with at least --min-rows rows")
+        choice = rule.add_mutually_exclusive_group(required=True)
+        choice.add_argument(
+            "--min-rows", type=positive, metavar="N", help=f"rows a {what} needs for its own index"
+        )
+        choice.add_argument("--off", action="store_true", help=f"drop the {name}' indexes and the rule")
+    sub.add_parser("refresh", help="build and drop indexes as the rules and the rows say now")
+    sub.add_parser("list", help="the per-value indexes, their rows and size")
+    index.set_defaults(func=_index)

@@ -1,0 +1,296 @@
+"""Per-value HNSW graphs: a large category's (or tenant's) own partial HNSW index.
+
+A filter whose rows lie away from the query is the hard case of filtered search: the model's one
+graph reaches those rows late, so imgsearch scans them exactly or runs an iterative scan, and that
+cost grows with the catalog. pgvector's README recommends partial indexes (or partitions) for
+filters on a few values. Here each value of ``category`` (or ``tenant``) with at least
+``min_rows`` rows gets::
+
+    CREATE INDEX CONCURRENTLY embeddings_hnsw_m1_category_<hash of the value> ON imgsearch.embeddings
+        USING hnsw ((embedding::halfvec(768)) halfvec_cosine_ops) WITH (m = 16, ef_construction = 128)
+        WHERE model_id = 1 AND category = 'shoes'
+
+so a search filtered to that value is an unfiltered search of a graph of its rows only.
+
+* Partial indexes rather than list partitions: the table, its keys, its triggers and every query
+  stay as they are; a product moving to another category just moves between indexes; values come
+  and go without DDL on the table. What partitions would add, a Merge Append over a list of
+  categories, PostgreSQL can't build over partial indexes of one table: a list filter
+  (``category = ANY(...)``) keeps using the model's graph (bench/search.py measures both).
+* The planner picks a partial index only when it sees the value at planning time, so a search of
+  such a value is planned for its values (:meth:`imgsearch.catalog.Catalog.search` reads
+  :func:`indexed_values`), where other searches may run on cached plans.
+* PostgreSQL keeps the graphs up to date as rows come and go. :func:`refresh` builds graphs for
+  values that have grown past ``min_rows`` and drops those that have shrunk below half of it; the
+  import runs it, and so do ``imgsearch index refresh`` and the workers' periodic sweep.
+* An index's predicate is DDL, which takes no bind parameters: the value is written into the
+  statement as a literal quoted by psycopg (:class:`psycopg.sql.Literal`), the one place where
+  imgsearch writes a stored value into SQL text. Names come from a hash of the value.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import psycopg
+from psycopg import sql
+from sqlalchemy import Connection, Engine, text
+
+from imgsearch.db import vector_index
+from imgsearch.db.models import SCHEMA
+from imgsearch.errors import DatabaseUnavailable, InvalidInput, TransientError
+from imgsearch.records import ModelInfo
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ("category", "tenant")
+REFRESH_LOCK = 0x696D6778  # one refresh at a time (pg_advisory_lock)
+DROP_BELOW = 0.5  # a value keeps its graph until it shrinks below this share of min_rows
+
+
+@dataclass
+class RefreshResult:
+    built: list[tuple[str, str]] = field(default_factory=list)  # (column, value)
+    dropped: list[tuple[str, str]] = field(default_factory=list)
+    kept: int = 0
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Graph:
+    column: str
+    value: str
+    index_name: str
+    rows: int  # the value's rows when the graph was built
+    valid: bool  # False: an interrupted build left it unusable (the next refresh rebuilds it)
+    size_bytes: int
+
+
+def index_name(model_id: int, column: str, value: str) -> str:
+    digest = hashlib.sha256(value.encode()).hexdigest()[:16]
+    return f"{vector_index.index_name(model_id)}_{column}_{digest}"
+
+
+def check_column(column: str) -> str:
+    if column not in COLUMNS:
+        raise InvalidInput(f"per-value indexes are for {' or '.join(COLUMNS)}, not {column!r}")
+    return column
+
+
+def set_rule(conn: Connection, column: str, min_rows: int | None) -> None:
+    """Give ``column``'s values of ``min_rows`` rows or more their own graphs; None removes the
+    rule (the next :func:`refresh` drops the column's graphs)."""
+    check_column(column)
+    if min_rows is None:
+        conn.execute(text(f"DELETE FROM {SCHEMA}.filter_index_rules WHERE column_name = :c"), {"c": column})
+        return
+    if isinstance(min_rows, bool) or not isinstance(min_rows, int) or min_rows < 1:
+        raise InvalidInput(f"min_rows must be a positive integer, got {min_rows!r}")
+    conn.execute(
+        text(
+            f"INSERT INTO {SCHEMA}.filter_index_rules (column_name, min_rows) VALUES (:c, :n) "
+            "ON CONFLICT (column_name) DO UPDATE SET min_rows = excluded.min_rows"
+        ),
+        {"c": column, "n": min_rows},
+    )
+
+
+def rules(conn: Connection) -> dict[str, int]:
+    rows = conn.execute(text(f"SELECT column_name, min_rows FROM {SCHEMA}.filter_index_rules"))
+    return {str(column): int(n) for column, n in rows}
+
+
+def indexed_values(conn: Connection, model_id: int) -> dict[str, frozenset[str]]:
+    """The values with a graph of the model, by column (what searches plan for)."""
+    rows = conn.execute(
+        text(f"SELECT column_name, value FROM {SCHEMA}.filter_indexes WHERE model_id = :m"),
+        {"m": int(model_id)},
+    )
+    found: dict[str, set[str]] = {}
+    for column, value in rows:
+        found.setdefault(str(column), set()).add(str(value))
+    return {column: frozenset(values) for column, values in found.items()}
+
+
+def graphs(conn: Connection, model_id: int) -> list[Graph]:
+    rows = conn.execute(
+        text(
+            f"""SELECT f.column_name, f.value, f.index_name, f.rows, coalesce(i.indisvalid, false),
+                       coalesce(pg_relation_size(i.indexrelid), 0)
+                FROM {SCHEMA}.filter_indexes f
+                LEFT JOIN pg_index i ON i.indexrelid = to_regclass('{SCHEMA}.' || f.index_name)
+                WHERE f.model_id = :m ORDER BY f.column_name, f.rows DESC, f.value"""
+        ),
+        {"m": int(model_id)},
+    )
+    return [Graph(str(c), str(v), str(n), int(r), bool(ok), int(size)) for c, v, n, r, ok, size in rows]
+
+
+def conninfo(engine: Engine) -> str:
+    return engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+# (column, value, done, total) as the graphs are built
+Progress = Callable[[str, str, int, int], None]
+
+
+def refresh(
+    engine: Engine,
+    model: ModelInfo,
+    *,
+    maintenance_work_mem: str | None = None,
+    on_build: Progress | None = None,
+    wait: bool = True,
+) -> RefreshResult:
+    """Build a graph for each value of a ruled column that has ``min_rows`` rows or more and none
+    yet, drop graphs of values below half of that (or of columns without a rule), and rebuild those
+    an interrupted build left invalid. ``CREATE``/``DROP INDEX CONCURRENTLY``: searches and
+    writes go on. One refresh at a time (an advisory lock; ``wait=False`` returns at once, having
+    done nothing, when another one runs); returns what changed."""
+    started = time.perf_counter()
+    result = RefreshResult()
+    try:
+        conn = psycopg.connect(conninfo(engine), autocommit=True, connect_timeout=10)
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(
+            f"cannot connect to PostgreSQL to refresh the filter indexes: {exc}"
+        ) from exc
+    with conn:
+        if wait:
+            conn.execute("SELECT pg_advisory_lock(%s)", (REFRESH_LOCK,))
+        else:
+            locked = conn.execute("SELECT pg_try_advisory_lock(%s)", (REFRESH_LOCK,)).fetchone()
+            if not (locked and locked[0]):
+                return result
+        if maintenance_work_mem:
+            conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", (maintenance_work_mem,))
+        ruled: dict[str, int] = {
+            str(column): int(n)
+            for column, n in conn.execute(
+                f"SELECT column_name, min_rows FROM {SCHEMA}.filter_index_rules"
+            ).fetchall()
+        }
+        existing = {
+            (str(c), str(v)): (str(name), bool(valid))
+            for c, v, name, valid in conn.execute(
+                f"""SELECT f.column_name, f.value, f.index_name, coalesce(i.indisvalid, false)
+                    FROM {SCHEMA}.filter_indexes f
+                    LEFT JOIN pg_index i ON i.indexrelid = to_regclass('{SCHEMA}.' || f.index_name)
+                    WHERE f.model_id = %s""",
+                (int(model.id),),
+            ).fetchall()
+        }
+        counts: dict[tuple[str, str], int] = {}
+        for column, min_rows in ruled.items():
+            # a column of the embeddings (kept from the product by triggers): an index-only scan
+            for value, n in conn.execute(
+                sql.SQL(
+                    "SELECT {col}, count(*) FROM {schema}.embeddings WHERE model_id = %s AND {col} IS NOT NULL "
+                    "GROUP BY {col} HAVING count(*) >= %s"
+                ).format(col=sql.Identifier(check_column(column)), schema=sql.Identifier(SCHEMA)),
+                (int(model.id), max(1, int(int(min_rows) * DROP_BELOW))),
+            ).fetchall():
+                counts[(column, str(value))] = int(n)
+        wanted = {
+            key
+            for key, n in counts.items()
+            if n >= int(ruled[key[0]]) or (key in existing and n >= int(ruled[key[0]]) * DROP_BELOW)
+        }
+        for key, (name, _) in existing.items():
+            if key not in wanted:
+                _drop(conn, model, key, name)
+                result.dropped.append(key)
+        todo = [key for key in sorted(wanted) if key not in existing or not existing[key][1]]
+        result.kept = len(wanted) - len(todo)
+        for done, key in enumerate(todo):
+            if on_build is not None:
+                on_build(key[0], key[1], done, len(todo))
+            _build(conn, model, key, counts[key])
+            result.built.append(key)
+        if on_build is not None and todo:
+            on_build("", "", len(todo), len(todo))
+        conn.execute("SELECT pg_advisory_unlock(%s)", (REFRESH_LOCK,))
+    result.seconds = time.perf_counter() - started
+    if result.built or result.dropped:
+        log.info(
+            "filter indexes of %s: %d built, %d dropped, %d kept in %.1f s",
+            model.name,
+            len(result.built),
+            len(result.dropped),
+            result.kept,
+            result.seconds,
+        )
+    return result
+
+
+def _build(conn: psycopg.Connection, model: ModelInfo, key: tuple[str, str], rows: int) -> None:
+    column, value = key
+    name = index_name(model.id, column, value)
+    # an earlier build that was interrupted left an invalid index under this name
+    conn.execute(
+        sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}.{}").format(
+            sql.Identifier(SCHEMA), sql.Identifier(name)
+        )
+    )
+    conn.execute(
+        f"DELETE FROM {SCHEMA}.filter_indexes WHERE model_id = %s AND column_name = %s AND value = %s",
+        (int(model.id), column, value),
+    )
+    statement = sql.SQL(
+        "CREATE INDEX CONCURRENTLY {name} ON {schema}.embeddings "
+        "USING hnsw ((embedding::halfvec({dim})) halfvec_cosine_ops) "
+        "WITH (m = {m}, ef_construction = {ef}) WHERE model_id = {model} AND {col} = {value}"
+    ).format(
+        name=sql.Identifier(name),
+        schema=sql.Identifier(SCHEMA),
+        dim=sql.Literal(int(model.dim)),
+        m=sql.Literal(vector_index.HNSW_M),
+        ef=sql.Literal(vector_index.HNSW_EF_CONSTRUCTION),
+        model=sql.Literal(int(model.id)),
+        col=sql.Identifier(column),
+        value=sql.Literal(value),
+    )
+    try:
+        conn.execute(statement)
+    except psycopg.OperationalError as exc:
+        raise TransientError(
+            f"building the index of {column} {value!r} was interrupted "
+            f"({str(exc).strip().splitlines()[0]}); run `imgsearch index refresh`"
+        ) from exc
+    conn.execute(
+        f"INSERT INTO {SCHEMA}.filter_indexes (model_id, column_name, value, index_name, rows) "
+        "VALUES (%s, %s, %s, %s, %s)",
+        (int(model.id), column, value, name, rows),
+    )
+
+
+def _drop(conn: psycopg.Connection, model: ModelInfo, key: tuple[str, str], name: str) -> None:
+    # unregistered first: searches stop planning for it before it goes
+    conn.execute(
+        f"DELETE FROM {SCHEMA}.filter_indexes WHERE model_id = %s AND column_name = %s AND value = %s",
+        (int(model.id), *key),
+    )
+    conn.execute(
+        sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}.{}").format(
+            sql.Identifier(SCHEMA), sql.Identifier(name)
+        )
+    )
+
+
+def drop_all(engine: Engine, model: ModelInfo) -> int:
+    """Drop every graph of the model (a bulk load writes faster without them; :func:`refresh`
+    builds them again); the number dropped."""
+    with psycopg.connect(conninfo(engine), autocommit=True, connect_timeout=10) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (REFRESH_LOCK,))
+        found = conn.execute(
+            f"SELECT column_name, value, index_name FROM {SCHEMA}.filter_indexes WHERE model_id = %s",
+            (int(model.id),),
+        ).fetchall()
+        for column, value, name in found:
+            _drop(conn, model, (str(column), str(value)), str(name))
+        conn.execute("SELECT pg_advisory_unlock(%s)", (REFRESH_LOCK,))
+    return len(found)

@@ -1,0 +1,236 @@
+"""Per-value HNSW indexes (imgsearch/db/filter_indexes.py, `imgsearch index`): built for values
+past the rule, chosen by the planner for searches of that value (EXPLAIN and the index's scan
+count), results equal to an exact search, kept up as values grow and shrink, dropped on request."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy import text
+
+from imgsearch import Catalog
+from imgsearch import search as vector_search
+from imgsearch.db import filter_indexes
+from imgsearch.errors import InvalidInput
+from imgsearch.settings import Settings
+from tests.helpers import explain, explain_generic, run_cli
+
+DIM = 32
+FAR, NEAR = "far 'category\"; --", "near"  # a value that would break naive quoting
+
+
+def clustered(centre: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    rows = centre + rng.standard_normal((n, DIM)) * 0.15
+    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture
+def setup(
+    database_url: str, tiny_siglip: Path
+) -> Iterator[tuple[Catalog, dict[int, np.ndarray], np.ndarray]]:
+    """A catalog of two clusters: FAR's 600 rows on one side, NEAR's 600 and TINY's 30 on the
+    other (tenant acme), and tenant beta's 80 rows; searches scan at most 100 rows exactly."""
+    rng = np.random.default_rng(3)
+    a, b = rng.standard_normal(DIM), rng.standard_normal(DIM)
+    b -= a * (a @ b) / (a @ a)  # b orthogonal to a: FAR's rows lie away from NEAR's
+    a, b = a / np.linalg.norm(a), b / np.linalg.norm(b)
+    groups = [
+        ("acme", FAR, clustered(a, 600, rng)),
+        ("acme", NEAR, clustered(b, 600, rng)),
+        ("acme", "tiny", clustered(b, 30, rng)),
+        ("beta", NEAR, clustered(a, 80, rng)),
+    ]
+    rows: list[dict[str, Any]] = []
+    for tenant, category, data in groups:
+        for vector in data:
+            rows.append(
+                {"tenant": tenant, "product_id": f"p{len(rows)}", "category": category, "embedding": vector}
+            )
+    settings = Settings(model=str(tiny_siglip), exact_max_rows=100)
+    with Catalog.open(database_url, model=str(tiny_siglip), settings=settings) as catalog:
+        assert catalog.import_vectors(rows, progress=False) == len(rows)
+        with catalog.engine.connect() as conn:
+            ids = conn.execute(
+                text("SELECT image_id, embedding::text FROM imgsearch.embeddings ORDER BY image_id")
+            ).all()
+        stored = {int(i): np.array([float(x) for x in e.strip("[]").split(",")]) for i, e in ids}
+        yield catalog, stored, b
+
+
+def exact(catalog: Catalog, stored: dict[int, np.ndarray], query: np.ndarray, **filters: Any) -> list[int]:
+    with catalog.engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT image_id FROM imgsearch.embeddings WHERE (CAST(:c AS text) IS NULL OR category = :c) "
+                "AND (CAST(:t AS text) IS NULL OR tenant = :t)"
+            ),
+            {"c": filters.get("category"), "t": filters.get("tenant")},
+        ).all()
+    candidates = [int(r[0]) for r in rows]
+    q = query / np.linalg.norm(query)
+    scores = {i: float(stored[i] @ q / np.linalg.norm(stored[i])) for i in candidates}
+    return sorted(candidates, key=lambda i: -scores[i])[:10]
+
+
+def index_scans(catalog: Catalog, name: str) -> int:
+    with catalog.engine.connect() as conn:
+        conn.execute(text("SELECT pg_stat_clear_snapshot()"))
+        return int(
+            conn.execute(
+                text("SELECT coalesce(sum(idx_scan), 0) FROM pg_stat_user_indexes WHERE indexrelname = :n"),
+                {"n": name},
+            ).scalar_one()
+        )
+
+
+def scans_after(catalog: Catalog, name: str, before: int) -> int:
+    """The index's scan count once the searching backend reported it (stats flush within ~1 s)."""
+    deadline = time.monotonic() + 15
+    while True:
+        now = index_scans(catalog, name)
+        if now > before or time.monotonic() > deadline:
+            return now
+        time.sleep(0.2)
+
+
+def plans(catalog: Catalog, category: str) -> tuple[str, str]:
+    """The plans of the HNSW pass a search runs for ``category``: planned for its value, and the
+    generic plan PostgreSQL would cache (made without the value)."""
+    model = catalog.active_model
+    stmt = vector_search.hnsw_statement(
+        model, np.ones(DIM, dtype=np.float32), vector_search.Filters(category=category), 10
+    )
+    with catalog.engine.begin() as conn:
+        conn.exec_driver_sql("SET LOCAL plan_cache_mode = force_custom_plan")
+        return explain(conn, stmt), explain_generic(conn, stmt)
+
+
+def test_rule_builds_an_index_per_large_value_and_searches_use_it(setup: Any) -> None:
+    catalog, stored, near_centre = setup
+    result = catalog.index_filter_values("category", 500, progress=False)
+    assert sorted(result.built) == [("category", FAR), ("category", NEAR)]  # NEAR: 600 + beta's 80
+    graphs = {g.value: g for g in catalog.filter_graphs()}
+    assert set(graphs) == {FAR, NEAR}
+    assert graphs[FAR].rows == 600 and graphs[NEAR].rows == 680
+    assert all(g.valid and g.size_bytes > 0 for g in graphs.values())
+    name = filter_indexes.index_name(catalog.active_model.id, "category", FAR)
+    assert graphs[FAR].index_name == name
+    custom, generic = plans(catalog, FAR)
+    assert name in custom
+    # a plan made without the value can't use the value's index: such searches are planned for it
+    assert name not in generic
+    assert "embeddings_hnsw_m1_category_" not in plans(catalog, "tiny")[0]
+
+    # the far category's rows all lie away from the query: its own graph finds its exact top 10
+    chosen: list[vector_search.Plan] = []
+    catalog.on_search_plan = chosen.append
+    before = index_scans(catalog, name)
+    for tenant in (None, "acme"):
+        hits = catalog.search(vector=near_centre, category=FAR, tenant=tenant, k=10)
+        assert [h.image_id for h in hits] == exact(catalog, stored, near_centre, category=FAR, tenant=tenant)
+    assert [p.strategy for p in chosen] == ["hnsw", "hnsw"]
+    assert scans_after(catalog, name, before) >= before + 2
+
+
+def test_tenant_rule_and_values_without_index_stay_exact(setup: Any) -> None:
+    catalog, stored, near_centre = setup
+    result = catalog.index_filter_values("tenant", 1000, progress=False)
+    assert result.built == [("tenant", "acme")]
+    name = filter_indexes.index_name(catalog.active_model.id, "tenant", "acme")
+    before = index_scans(catalog, name)
+    hits = catalog.search(vector=near_centre, tenant="acme", k=10)
+    assert [h.image_id for h in hits] == exact(catalog, stored, near_centre, tenant="acme")
+    assert scans_after(catalog, name, before) > before
+    # beta has no index of its own: the model's graph and the exact scan, as before
+    hits = catalog.search(vector=near_centre, tenant="beta", k=10)
+    assert [h.image_id for h in hits] == exact(catalog, stored, near_centre, tenant="beta")
+
+
+def test_values_grow_and_shrink_and_rules_come_off(setup: Any) -> None:
+    catalog, _, near_centre = setup
+    catalog.index_filter_values("category", 650, progress=False)
+    assert {g.value for g in catalog.filter_graphs()} == {NEAR}
+    # a higher bar keeps an index until its value falls below half of it
+    result = catalog.index_filter_values("category", 1000, progress=False)
+    assert result.dropped == [] and result.kept == 1
+    result = catalog.index_filter_values("category", 1400, progress=False)
+    assert result.dropped == [("category", NEAR)]
+    assert catalog.filter_graphs() == []
+    with catalog.engine.connect() as conn:
+        left = conn.execute(
+            text("SELECT count(*) FROM pg_indexes WHERE indexname LIKE 'embeddings_hnsw_m%\\_category\\_%'")
+        ).scalar_one()
+    assert left == 0
+    # a category that grows past the rule gets its index at the next import
+    catalog.index_filter_values("category", 700, progress=False)
+    assert catalog.filter_graphs() == []
+    rng = np.random.default_rng(9)
+    more = [
+        {"tenant": "acme", "product_id": f"more{i}", "category": FAR, "embedding": v}
+        for i, v in enumerate(clustered(near_centre, 150, rng))
+    ]
+    report = catalog.import_report(more, progress=False)
+    assert report.value_indexes == 1
+    assert [(g.value, g.rows) for g in catalog.filter_graphs()] == [(FAR, 750)]
+    # rows added one at a time go into the index as they are written
+    catalog.add_many([{**more[0], "product_id": "one-more", "embedding": -near_centre}], progress=False)
+    hits = catalog.search(vector=-near_centre, category=FAR, k=1)
+    assert hits[0].product_id == "one-more"
+    catalog.index_filter_values("category", None, progress=False)
+    assert catalog.filter_graphs() == []
+
+
+def test_refresh_rebuilds_an_invalid_index_and_skips_when_busy(setup: Any) -> None:
+    catalog, _, _ = setup
+    catalog.index_filter_values("category", 500, progress=False)
+    name = filter_indexes.index_name(catalog.active_model.id, "category", FAR)
+    with catalog.engine.begin() as conn:  # what an interrupted CREATE INDEX CONCURRENTLY leaves
+        conn.execute(
+            text("UPDATE pg_index SET indisvalid = false WHERE indexrelid = to_regclass(:n)"),
+            {"n": f"imgsearch.{name}"},
+        )
+    assert {g.value: g.valid for g in catalog.filter_graphs()} == {FAR: False, NEAR: True}
+    with catalog.engine.connect() as holder:
+        holder.execute(text("SELECT pg_advisory_lock(:k)"), {"k": filter_indexes.REFRESH_LOCK})
+        skipped = filter_indexes.refresh(catalog.engine, catalog.active_model, wait=False)
+        assert skipped.built == [] and skipped.kept == 0
+        holder.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": filter_indexes.REFRESH_LOCK})
+    result = catalog.refresh_filter_indexes(progress=False)
+    assert result.built == [("category", FAR)] and result.kept == 1
+    assert all(g.valid for g in catalog.filter_graphs())
+
+
+def test_bad_rules_are_refused(setup: Any) -> None:
+    catalog, _, _ = setup
+    with pytest.raises(InvalidInput, match="category or tenant, not 'price'"):
+        catalog.index_filter_values("price", 10)
+    for bad in (0, -5, True, 2.5, "10"):
+        with pytest.raises(InvalidInput, match="min_rows must be a positive integer"):
+            catalog.index_filter_values("category", bad)  # type: ignore[arg-type]
+
+
+def test_cli(setup: Any, database_url: str, tiny_siglip: Path) -> None:
+    env = {"IMGSEARCH_DATABASE_URL": database_url, "IMGSEARCH_MODEL": str(tiny_siglip)}
+
+    def run(*args: str) -> Any:
+        return run_cli("index", *args, **env)
+
+    done = run("categories", "--min-rows", "500")
+    assert done.returncode == 0, done.stderr
+    assert "2 indexes built, 0 dropped, 0 kept" in done.stdout
+    listed = run("list")
+    assert listed.returncode == 0 and FAR in listed.stdout and "ready" in listed.stdout
+    bad = run("categories", "--min-rows", "0")
+    assert (
+        bad.returncode == 2
+        and "must be a whole number above 0" in bad.stderr
+        and "Traceback" not in bad.stderr
+    )
+    off = run("categories", "--off")
+    assert off.returncode == 0 and "0 indexes built, 2 dropped" in off.stdout
+    assert "no per-value indexes" in run("list").stdout
