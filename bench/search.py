@@ -35,6 +35,12 @@ with SQLAlchemy's defaults (no pre-ping). Their statements are built before the 
 No timed search reuses the vector of one of the searches just before it: a repeated vector finds its
 HNSW path in the CPU caches and runs up to 2x faster, which real requests don't get.
 
+``--category-indexes MIN_ROWS`` adds a third phase: each category of MIN_ROWS rows or more gets its
+own HNSW index (``catalog.index_filter_values``), and imgsearch is timed again on every filter
+("imgsearch, own graphs"), against a baseline timed in the same blocks. The sizing table gives the
+disk sizes, ``shared_buffers``, PostgreSQL's memory (PSS of the server's processes) and the HNSW
+build time (``maintenance_work_mem`` sized to the graph, one parallel worker per other core).
+
 Writes the table to stdout and a recall/latency plot to docs/search_benchmark.png. The catalog is
 kept in the database ``bench_search`` of the embedded server (IMGSEARCH_HOME) for reruns.
 """
@@ -56,9 +62,9 @@ from sqlalchemy import Engine, create_engine, literal_column, make_url, text
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from imgsearch import Catalog
+from imgsearch import Catalog, bulk
 from imgsearch import search as vector_search
-from imgsearch.db import embedded
+from imgsearch.db import embedded, filter_indexes
 from imgsearch.db.vector_index import create_index, index_name, query_param, send_binary_queries
 from imgsearch.settings import Settings
 
@@ -91,6 +97,7 @@ def load(catalog: Catalog, rows: int, seed: int) -> tuple[np.ndarray, np.ndarray
     data, labels = clustered_with_labels(rows, catalog.dim, seed)
     with catalog.engine.connect() as conn:
         stored = conn.execute(text("SELECT count(*) FROM imgsearch.embeddings")).scalar_one()
+    drop_value_indexes(catalog)
     if stored == rows:
         print(f"reusing the stored catalog of {rows} rows", flush=True)
         return data, labels
@@ -131,15 +138,84 @@ def load(catalog: Catalog, rows: int, seed: int) -> tuple[np.ndarray, np.ndarray
         conn.execute("SELECT setval(pg_get_serial_sequence('imgsearch.products', 'id'), %s)", (rows,))
         conn.execute("SELECT setval(pg_get_serial_sequence('imgsearch.images', 'id'), %s)", (rows,))
         conn.commit()
+    memory = bulk.auto_maintenance_work_mem(rows, catalog.dim)
+    workers = bulk.auto_parallel_workers()
     with catalog.engine.begin() as conn:
-        conn.execute(text("SET maintenance_work_mem = '2GB'"))
+        conn.execute(text("SELECT set_config('maintenance_work_mem', :m, true)"), {"m": memory})
+        conn.execute(
+            text("SELECT set_config('max_parallel_maintenance_workers', :w, true)"), {"w": str(workers)}
+        )
         start = time.perf_counter()
         create_index(conn, model.id, model.dim)
-        print(f"  HNSW index built in {time.perf_counter() - start:.0f} s", flush=True)
+        built = time.perf_counter() - start
+        conn.execute(text("CREATE TABLE IF NOT EXISTS public.bench_meta (key text PRIMARY KEY, value text)"))
+        conn.execute(
+            text(
+                "INSERT INTO public.bench_meta VALUES ('build', :v) ON CONFLICT (key) DO UPDATE SET value = :v"
+            ),
+            {"v": f"{built:.0f} s ({memory}, {workers} parallel workers)"},
+        )
+        print(f"  HNSW index built in {built:.0f} s ({memory}, {workers} parallel workers)", flush=True)
     with catalog.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         for table in ("products", "images", "embeddings"):
             conn.execute(text(f"VACUUM ANALYZE imgsearch.{table}"))
     return data, labels
+
+
+def drop_value_indexes(catalog: Catalog) -> None:
+    """A stored catalog starts without per-value indexes (an earlier run's ``--category-indexes``)."""
+    with catalog.engine.begin() as conn:
+        filter_indexes.set_rule(conn, "category", None)
+    filter_indexes.refresh(catalog.engine, catalog.active_model)
+
+
+def sizing(catalog: Catalog) -> dict[str, str]:
+    """Disk sizes, shared_buffers, PostgreSQL's RSS and the index build time, for the sizing table."""
+    model = catalog.active_model
+    with catalog.engine.connect() as conn:
+        row = conn.execute(
+            text(
+                "SELECT pg_total_relation_size('imgsearch.embeddings') - pg_indexes_size('imgsearch.embeddings'), "
+                "pg_relation_size(CAST(:index AS regclass)), pg_indexes_size('imgsearch.embeddings'), "
+                "pg_total_relation_size('imgsearch.products') + pg_total_relation_size('imgsearch.images'), "
+                "pg_database_size(current_database()), current_setting('shared_buffers')"
+            ),
+            {"index": f"imgsearch.{index_name(model.id)}"},
+        ).one()
+        build = conn.execute(text("SELECT value FROM public.bench_meta WHERE key = 'build'")).scalar()
+        pid = int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
+    mib = 1024**2
+    return {
+        "embeddings table": f"{row[0] / mib:,.0f} MiB",
+        "HNSW index": f"{row[1] / mib:,.0f} MiB",
+        "all indexes of embeddings": f"{row[2] / mib:,.0f} MiB",
+        "products + images": f"{row[3] / mib:,.0f} MiB",
+        "database": f"{row[4] / mib:,.0f} MiB",
+        "shared_buffers": str(row[5]),
+        "PostgreSQL RSS": f"{postgres_rss(pid) / mib:,.0f} MiB",
+        "HNSW build": str(build),
+    }
+
+
+def postgres_rss(backend_pid: int) -> int:
+    """Resident memory of the server: the postmaster and its children (shared buffers counted once,
+    as the largest RSS; private memory summed with PSS where /proc has it)."""
+    postmaster = int(Path(f"/proc/{backend_pid}/stat").read_text().split()[3])
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().split()
+            if int(entry.name) != postmaster and int(stat[3]) != postmaster:
+                continue
+            rollup = (entry / "smaps_rollup").read_text()
+        except OSError:
+            continue
+        for line in rollup.splitlines():
+            if line.startswith("Pss:"):
+                total += int(line.split()[1]) * 1024
+    return total
 
 
 def clustered_with_labels(rows: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -238,6 +314,13 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=30)
     parser.add_argument(
+        "--category-indexes",
+        type=int,
+        metavar="MIN_ROWS",
+        default=0,
+        help="then give each category of MIN_ROWS rows its own HNSW index and time imgsearch again",
+    )
+    parser.add_argument(
         "--plot", default=str(Path(__file__).resolve().parent.parent / "docs" / "search_benchmark.png")
     )
     args = parser.parse_args()
@@ -289,35 +372,66 @@ def main() -> None:
         # method meets every query once per filter, a vector comes back only about Q searches after
         # its last use; the methods interleave, so machine noise hits them alike, and each filter's
         # ratio is against the baseline timed in its own block.
-        methods = ("naive", "imgsearch", "baseline", "baseline, ef 200", "text baseline")
-        shift = max(1, args.queries // len(methods))
         # plain pgvector as an application runs it: SQLAlchemy's defaults, no pre-ping
         naive_engine = create_engine(catalog.engine.url)
         baseline_engine = create_engine(catalog.engine.url)
-        for position, name in enumerate(names):
-            for n in range(args.queries):
-                for i, method in enumerate(methods):
-                    m = n + i * shift
-                    q, filters = cases[m % args.queries]
-                    kwargs = filters[position][1]
-                    expected = truths[m % args.queries][position]
-                    if method == "naive":
-                        stmt = vector_search.hnsw_statement(
-                            model, binary(q), vector_search.Filters(**kwargs), K
-                        )
-                        naive, ms = timed(in_transaction, naive_engine, stmt)
-                        record(name, method, [r.image_id for r in naive], expected, ms)
-                    elif method == "imgsearch":
-                        ours, ms = timed(catalog.search, vector=q, k=K, **kwargs)
-                        record(name, method, [h.image_id for h in ours], expected, ms)
-                    else:  # plain unfiltered HNSW, its LIMIT in the text; the vector binary, or text
-                        query = q if method == "text baseline" else binary(q)
-                        limit = literal_column(str(K))
-                        stmt = vector_search.hnsw_statement(model, query, vector_search.Filters(), limit)
-                        ef = vector_search.MIN_EF_SEARCH if method == "baseline, ef 200" else None
-                        plain, ms = timed(in_transaction, baseline_engine, stmt, ef_search=ef)
-                        record(name, method, [r.image_id for r in plain], truths[m % args.queries][0], ms)
-            print(f"  timed: {name}", flush=True)
+
+        def run_blocks(methods: tuple[str, ...], phase: str = "") -> None:
+            shift = max(1, args.queries // len(methods))
+            for position, name in enumerate(names):
+                for n in range(args.queries):
+                    for i, method in enumerate(methods):
+                        m = n + i * shift
+                        q, filters = cases[m % args.queries]
+                        kwargs = filters[position][1]
+                        expected = truths[m % args.queries][position]
+                        if method == "naive":
+                            stmt = vector_search.hnsw_statement(
+                                model, binary(q), vector_search.Filters(**kwargs), K
+                            )
+                            naive, ms = timed(in_transaction, naive_engine, stmt)
+                            record(name, method, [r.image_id for r in naive], expected, ms)
+                        elif method.startswith("imgsearch"):
+                            ours, ms = timed(catalog.search, vector=q, k=K, **kwargs)
+                            record(name, method, [h.image_id for h in ours], expected, ms)
+                        else:  # plain unfiltered HNSW, its LIMIT in the text; the vector binary, or text
+                            query = q if method == "text baseline" else binary(q)
+                            limit = literal_column(str(K))
+                            stmt = vector_search.hnsw_statement(model, query, vector_search.Filters(), limit)
+                            ef = vector_search.MIN_EF_SEARCH if method == "baseline, ef 200" else None
+                            plain, ms = timed(in_transaction, baseline_engine, stmt, ef_search=ef)
+                            record(
+                                name,
+                                method + phase,
+                                [r.image_id for r in plain],
+                                truths[m % args.queries][0],
+                                ms,
+                            )
+                print(f"  timed{phase}: {name}", flush=True)
+
+        run_blocks(("naive", "imgsearch", "baseline", "baseline, ef 200", "text baseline"))
+        sizes = sizing(catalog)
+        value_indexes = ""
+        if args.category_indexes:
+            # Phase 3: every category of --category-indexes rows or more gets its own HNSW graph
+            print(f"building per-category indexes (--min-rows {args.category_indexes}) ...", flush=True)
+            start = time.perf_counter()
+            built = catalog.index_filter_values("category", args.category_indexes, progress=False)
+            seconds = time.perf_counter() - start
+            graphs = catalog.filter_graphs()
+            total = sum(g.size_bytes for g in graphs)
+            value_indexes = (
+                f"{len(built.built)} per-category indexes built in {seconds:.0f} s, "
+                f"{total / 1024**2:,.0f} MiB in all"
+            )
+            print(f"  {value_indexes}", flush=True)
+            with catalog.engine.begin() as conn:
+                for g in graphs:
+                    conn.execute(
+                        text("SELECT pg_prewarm(CAST(:relation AS regclass))"),
+                        {"relation": f"imgsearch.{g.index_name}"},
+                    )
+            run_blocks(("imgsearch, own graphs", "baseline"), phase=" (phase 3)")
         for engine in (naive_engine, baseline_engine):
             engine.dispose()
 
@@ -328,15 +442,42 @@ def main() -> None:
     )
     print("| filter | method | recall@10 | rows returned (min / mean) | p50 ms | p95 ms | p50 / baseline |")
     print("|---|---|---|---|---|---|---|")
+    own = "imgsearch, own graphs"
     for name in names:
-        for method in ("imgsearch", "naive", "exact", "baseline", "baseline, ef 200", "text baseline"):
+        methods = ["imgsearch", "naive", "exact", "baseline", "baseline, ef 200", "text baseline"]
+        if (name, own) in results:
+            methods.insert(1, own)
+        for method in methods:
             cell = results[(name, method)]
             p50 = statistics.median(cell["ms"])
             p95 = float(np.percentile(cell["ms"], 95))
+            # phase 3's searches against phase 3's baseline of the same filter block
+            base = (
+                statistics.median(results[(name, "baseline (phase 3)")]["ms"])
+                if method == own
+                else baselines[name]
+            )
             print(
                 f"| {name} | {method} | {np.mean(cell['recall']):.3f} | {min(cell['rows'])} / "
-                f"{np.mean(cell['rows']):.1f} | {p50:.1f} | {p95:.1f} | {p50 / baselines[name]:.2f}x |"
+                f"{np.mean(cell['rows']):.1f} | {p50:.1f} | {p95:.1f} | {p50 / base:.2f}x |"
             )
+    print("\n| sizing | |\n|---|---|")
+    print(f"| rows | {args.rows:,} x 768 (halfvec) |")
+    for key, value in sizes.items():
+        print(f"| {key} | {value} |")
+    print(
+        f"| unfiltered p50 (imgsearch) | {statistics.median(results[('100%', 'imgsearch')]['ms']):.1f} ms |"
+    )
+    if value_indexes:
+        print(f"| per-category indexes | {value_indexes} |")
+        before = statistics.median(results[("100%", "imgsearch")]["ms"]) / baselines["100%"]
+        after = statistics.median(results[("100%", own)]["ms"]) / statistics.median(
+            results[("100%", "baseline (phase 3)")]["ms"]
+        )
+        print(
+            f"\nunfiltered imgsearch / baseline: {before:.2f}x without the per-category indexes, "
+            f"{after:.2f}x with them ({(after / before - 1) * 100:+.0f}%)"
+        )
     plot(results, names, baselines, Path(args.plot))
     print(f"\nplot: {args.plot}")
 
@@ -354,15 +495,16 @@ def plot(
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
     x = np.arange(len(names))
-    for offset, method, colour in (
-        (-0.27, "imgsearch", "tab:blue"),
-        (0.0, "naive", "tab:red"),
-        (0.27, "exact", "tab:gray"),
-    ):
+    bars = [("imgsearch", "tab:blue"), ("naive", "tab:red"), ("exact", "tab:gray")]
+    if (names[0], "imgsearch, own graphs") in results:
+        bars.insert(1, ("imgsearch, own graphs", "tab:green"))
+    width = 0.8 / len(bars)
+    for i, (method, colour) in enumerate(bars):
+        offset = (i - (len(bars) - 1) / 2) * width
         recall = [np.mean(results[(n, method)]["recall"]) for n in names]
         p50 = [statistics.median(results[(n, method)]["ms"]) for n in names]
-        left.bar(x + offset, recall, width=0.27, label=method, color=colour)
-        right.bar(x + offset, p50, width=0.27, label=method, color=colour)
+        left.bar(x + offset, recall, width=width, label=method, color=colour)
+        right.bar(x + offset, p50, width=width, label=method, color=colour)
     left.set_ylabel("recall@10 (vs exact)")
     left.set_ylim(0, 1.05)
     left.axhline(0.98, color="black", linestyle=":", linewidth=1)
