@@ -471,6 +471,24 @@ class Catalog:
             raise NotFound(f"no image with id {image_id}")
         return None if row.content is None else bytes(row.content)
 
+    def image_preview(self, image_id: int, *, tenant: str | None = None) -> bytes | None:
+        """An image to show: its stored bytes, or the thumbnail kept when they were dropped after
+        embedding (``IMGSEARCH_KEEP_CONTENT=false``); None for one uploaded by URL or imported as
+        an embedding only. :class:`NotFound` as :meth:`image_content`."""
+        if not checks.stored_id(image_id):
+            raise NotFound(f"no image with id {image_id!r}")
+        with self.engine.begin() as conn:
+            if tenant is not None:
+                tenancy.scope(conn, tenant)
+            row = conn.execute(
+                select(func.coalesce(Image.content, Image.thumbnail).label("shown")).where(
+                    Image.id == image_id
+                )
+            ).first()
+        if row is None:
+            raise NotFound(f"no image with id {image_id}")
+        return None if row.shown is None else bytes(row.shown)
+
     def categories(self, *, tenant: str | None = None, limit: int = 1000) -> list[tuple[str, int]]:
         """The categories of the catalog's products (of ``tenant``'s, with a tenant) and how many
         products each has, most products first; at most ``limit``.

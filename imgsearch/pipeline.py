@@ -3,6 +3,7 @@ while the model runs on batch n, so a worker's CPU or GPU never waits for JPEG d
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -13,14 +14,17 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
-from imgsearch import queue, tenancy
+from imgsearch import images, queue, tenancy
 from imgsearch.db import vector_index
 from imgsearch.downloads import Downloads
 from imgsearch.embed.model import Embedder, PreparedBatch
-from imgsearch.errors import ConfigurationError, DatabaseUnavailable
+from imgsearch.errors import ConfigurationError, DatabaseUnavailable, InvalidImage
 from imgsearch.records import ModelInfo
 
 log = logging.getLogger(__name__)
+
+THUMBNAIL_PX = 256  # the thumbnail kept when an image's bytes are dropped (IMGSEARCH_KEEP_CONTENT=false)
+THUMBNAIL_LIMITS = images.Limits(max_bytes=1 << 40, max_pixels=200_000_000)  # checked at upload
 
 
 @dataclass
@@ -29,10 +33,16 @@ class _Claimed:
     datas: list[bytes | Exception]  # per claim: the bytes, or why there are none
     good: list[int]  # positions with bytes
     prepared: PreparedBatch
+    thumbnails: dict[int, bytes]  # by image id: what replaces the stored bytes once embedded
 
 
 def _claim_and_prepare(
-    engine: Engine, embedder: Embedder, batch_size: int, lease_seconds: int, downloads: Downloads
+    engine: Engine,
+    embedder: Embedder,
+    batch_size: int,
+    lease_seconds: int,
+    downloads: Downloads,
+    keep_content: bool = True,
 ) -> _Claimed | None:
     with engine.begin() as conn:
         tenancy.run_as_worker(conn)
@@ -42,7 +52,15 @@ def _claim_and_prepare(
     datas = queue.read_claims(claims, downloads)
     good = [i for i, d in enumerate(datas) if isinstance(d, bytes)]
     prepared = embedder.prepare([datas[i] for i in good])  # type: ignore[misc]
-    return _Claimed(claims, datas, good, prepared)
+    thumbnails: dict[int, bytes] = {}
+    if not keep_content:
+        for i in good:
+            claim, data = claims[i], datas[i]
+            if claim.content is not None and isinstance(data, bytes):
+                # an image that can't be read fails embedding the same way, and keeps its bytes
+                with contextlib.suppress(InvalidImage):
+                    thumbnails[claim.image_id] = images.thumbnail(data, THUMBNAIL_PX, THUMBNAIL_LIMITS)
+    return _Claimed(claims, datas, good, prepared, thumbnails)
 
 
 def _results(embedder: Embedder, batch: _Claimed) -> list[Any]:
@@ -70,14 +88,18 @@ def run(
     downloads: Downloads,
     time_budget_seconds: float | None = None,
     on_batch: Callable[[queue.BatchResult], None] | None = None,
+    keep_content: bool = True,
 ) -> queue.BatchResult:
     """Embed claimable images batch after batch until none is left (or the time budget is spent);
-    returns the totals, with ``claimed`` of the last batch deciding whether more may remain."""
+    returns the totals, with ``claimed`` of the last batch deciding whether more may remain.
+    ``keep_content=False``: an uploaded image's bytes give way to a thumbnail once embedded."""
     deadline = None if time_budget_seconds is None else time.monotonic() + time_budget_seconds
     totals = queue.BatchResult()
     try:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="imgsearch-claim") as pool:
-            upcoming = pool.submit(_claim_and_prepare, engine, embedder, batch_size, lease_seconds, downloads)
+            upcoming = pool.submit(
+                _claim_and_prepare, engine, embedder, batch_size, lease_seconds, downloads, keep_content
+            )
             while True:
                 batch = upcoming.result()
                 if batch is None:
@@ -85,12 +107,18 @@ def run(
                 more = deadline is None or time.monotonic() < deadline
                 if more:
                     upcoming = pool.submit(
-                        _claim_and_prepare, engine, embedder, batch_size, lease_seconds, downloads
+                        _claim_and_prepare,
+                        engine,
+                        embedder,
+                        batch_size,
+                        lease_seconds,
+                        downloads,
+                        keep_content,
                     )
                 results = _results(embedder, batch)
                 with engine.begin() as conn:
                     tenancy.run_as_worker(conn)
-                    outcome = queue.store(conn, model, batch.claims, results)
+                    outcome = queue.store(conn, model, batch.claims, results, batch.thumbnails)
                 totals.add(outcome)
                 totals.last_batch_full = outcome.claimed >= batch_size
                 if on_batch is not None:
@@ -119,6 +147,7 @@ def drain(
     lease_seconds: int,
     downloads: Downloads,
     progress: bool,
+    keep_content: bool = True,
 ) -> queue.BatchResult:
     """Embed everything claimable in this process with the active model's embedder (``embedder_for``
     gives it; a model switch mid-way moves on to the new one), with a progress bar; returns the
@@ -140,6 +169,7 @@ def drain(
                 lease_seconds=lease_seconds,
                 downloads=downloads,
                 on_batch=lambda outcome: bar.update(0 if outcome.stale_model else outcome.claimed),
+                keep_content=keep_content,
             )
             totals.add(part)
             if not part.stale_model:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -117,7 +117,13 @@ def read_claims(claims: Sequence[Claim], downloads: Downloads) -> list[bytes | E
         elif item.uri is not None:
             datas.append(next(downloaded))
         else:
-            datas.append(InvalidImage("image has neither stored bytes nor a URI"))
+            datas.append(
+                InvalidImage(
+                    "the image has no stored bytes and no URI: its bytes were dropped after embedding "
+                    "(IMGSEARCH_KEEP_CONTENT=false) or it was imported as an embedding only; "
+                    "upload its image again to embed it"
+                )
+            )
     return datas
 
 
@@ -188,8 +194,16 @@ def model_is_active(conn: Connection, model: ModelInfo) -> bool:
     return bool(conn.execute(select(Model.active).where(Model.id == model.id)).scalar())
 
 
-def store(conn: Connection, model: ModelInfo, claims: Sequence[Claim], results: Sequence[Any]) -> BatchResult:
+def store(
+    conn: Connection,
+    model: ModelInfo,
+    claims: Sequence[Claim],
+    results: Sequence[Any],
+    thumbnails: Mapping[int, bytes] | None = None,
+) -> BatchResult:
     """Write a batch's outcome in the caller's transaction, for the claims still held.
+    ``thumbnails`` (by image id): images embedded now whose bytes give way to that thumbnail
+    (``IMGSEARCH_KEEP_CONTENT=false``).
 
     When the catalog switched models while the batch ran, nothing is written: the claims go back
     to ``pending`` for the new active model (``stale_model`` says so).
@@ -243,6 +257,19 @@ def store(conn: Connection, model: ModelInfo, claims: Sequence[Claim], results: 
             ],
         )
         _set_state(conn, [{"b_id": c.image_id, "b_error": None} for c, _ in ready], ImageState.READY)
+        dropped = [
+            {"b_id": c.image_id, "b_thumbnail": thumbnails[c.image_id]}
+            for c, _ in ready
+            if thumbnails and c.image_id in thumbnails
+        ]
+        if dropped:
+            table = cast(Table, Image.__table__)
+            conn.execute(
+                update(table)
+                .where(table.c.id == bindparam("b_id"))
+                .values(content=None, thumbnail=bindparam("b_thumbnail")),
+                dropped,
+            )
     _set_state(conn, failed, ImageState.FAILED)
     _set_state(conn, [{**r, "b_error": None} for r in released], ImageState.PENDING)
     outcome.ready, outcome.failed = len(ready), len(failed)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 
 from imgsearch import images, tenancy
 from imgsearch.db.models import Image
@@ -87,7 +87,8 @@ def thumbnails(engine: Engine, image_ids: Iterable[int], tenant: str | None = No
     with engine.begin() as conn:
         if tenant is not None:
             tenancy.scope(conn, tenant)
-        rows = conn.execute(select(Image.id, Image.content, Image.uri).where(Image.id.in_(ids))).all()
+        shown = func.coalesce(Image.content, Image.thumbnail).label("content")  # bytes dropped: the thumbnail
+        rows = conn.execute(select(Image.id, shown, Image.uri).where(Image.id.in_(ids))).all()
     found: dict[int, str] = {}
     for row in rows:
         source = thumbnail(row.content) if row.content is not None else None

@@ -102,6 +102,12 @@ class Settings(BaseSettings):
         default=True,
         description="Searches whose best plan doesn't depend on the filter values run on a plan PostgreSQL caches.",
     )
+    keep_content: bool = Field(
+        default=True,
+        description="Keep uploaded images' bytes after embedding. false: workers keep a 256 px "
+        "thumbnail instead (a much smaller table and backup), and another model can't embed "
+        "those images until their source is uploaded again.",
+    )
     queue: str = Field(default="imgsearch", description="Celery queue the workers consume.")
     lease_seconds: int = Field(default=300, gt=0, description="How long a claimed batch is held.")
     sweep_seconds: float = Field(default=60.0, gt=0, description="How often lost work is re-queued.")

@@ -90,6 +90,7 @@ def embed_batches(rt: Runtime) -> queue.BatchResult:
         lease_seconds=rt.settings.lease_seconds,
         downloads=rt.settings.downloads(),
         time_budget_seconds=TASK_TIME_BUDGET_SECONDS,
+        keep_content=rt.settings.keep_content,
     )
 
 

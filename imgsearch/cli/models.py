@@ -45,6 +45,13 @@ def _reembed(args: argparse.Namespace, settings: Settings) -> int:
                 on_batch=bar.update,
             )
         print(f"embedded {result.embedded}, skipped {len(result.errors)}")
+        sourceless = [i for i, e in result.errors.items() if "upload its image again" in e]
+        if sourceless:
+            shown = ", ".join(str(i) for i in sorted(sourceless)[:10])
+            print(
+                f"{len(sourceless)} images need their source again (bytes dropped after embedding, or "
+                f"imported as embeddings only): {shown}{' ...' if len(sourceless) > 10 else ''}"
+            )
         for image_id, error in list(result.errors.items())[:20]:
             print(f"  image {image_id}: {error}")
         if args.activate:

@@ -72,6 +72,7 @@ def _drain(settings: Settings) -> int:
             lease_seconds=settings.lease_seconds,
             downloads=settings.downloads(),
             progress=sys.stderr.isatty(),
+            keep_content=settings.keep_content,
         )
     finally:
         eng.dispose()

@@ -149,6 +149,8 @@ class Image(Base):
     format: Mapped[str | None] = mapped_column(Text)
     byte_size: Mapped[int | None] = mapped_column(BigInteger)
     content: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
+    # a JPEG of at most 256 px kept when the bytes are dropped after embedding (migration 0013)
+    thumbnail: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
     uri: Mapped[str | None] = mapped_column(Text)
     state: Mapped[str] = mapped_column(Text, server_default=text("'pending'"))
     error: Mapped[str | None] = mapped_column(Text)

@@ -255,3 +255,59 @@ def test_a_running_worker_follows_a_model_switch(
         )
     assert per_model == {new.id: 20, old: 10}  # uploads after the switch: new model only
     assert "active model switched" in workers.log_tail()
+
+
+def test_dropped_content_keeps_thumbnails_and_blocks_nothing(
+    setup: tuple[Catalog, Workers, str], tiny_siglip_16: Path
+) -> None:
+    """``IMGSEARCH_KEEP_CONTENT=false``: each embedded upload's bytes give way to a 256 px JPEG
+    thumbnail; a bad image still fails alone and keeps its bytes; searches and previews work; a
+    re-embed with another model names the images that need their source again."""
+    from imgsearch import reembed
+
+    catalog, workers, _ = setup
+    photos = [jpeg(i, size=400) for i in range(12)]
+    ids = catalog.add_many(
+        {"image": data, "tenant": "acme", "product_id": f"p{i}"} for i, data in enumerate(photos)
+    )
+    broken = jpeg(99, size=300)
+    bad = catalog.add(image=broken[: len(broken) // 2], tenant="acme", product_id="broken")
+    workers.start(IMGSEARCH_KEEP_CONTENT="false")
+    wait_until(lambda: counts(catalog) == {"ready": 12, "failed": 1}, 120, workers, "uploads settled")
+    with catalog.engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT id, content IS NULL, thumbnail FROM imgsearch.images ORDER BY id")
+        ).all()
+    kept = {row[0]: (row[1], row[2]) for row in rows}
+    for image_id, original in zip(ids, photos, strict=True):
+        dropped, thumb = kept[image_id]
+        assert dropped and thumb is not None
+        with Image.open(io.BytesIO(thumb)) as shown:
+            assert shown.format == "JPEG" and max(shown.size) == 256
+        assert len(thumb) < len(original) / 2
+        assert catalog.image_content(image_id) is None
+        assert catalog.image_preview(image_id) == bytes(thumb)
+    assert kept[bad] == (False, None)  # the failed image keeps its bytes, for a look at them
+    assert catalog.image_content(bad) == broken[: len(broken) // 2]
+    # searches are untouched: an image's own embedding finds it first
+    with catalog.engine.connect() as conn:
+        vector = conn.execute(
+            text("SELECT embedding::text FROM imgsearch.embeddings WHERE image_id = :i"), {"i": ids[3]}
+        ).scalar_one()
+    hits = catalog.search(vector=[float(x) for x in vector.strip("[]").split(",")], k=1)
+    assert hits[0].image_id == ids[3]
+    # another model can't embed them without their source, and says which and why
+    other = reembed.register(catalog.engine, str(tiny_siglip_16), 16)
+    from imgsearch.embed.model import Embedder
+
+    embedder = Embedder.from_settings(Settings(device="cpu"), name=str(tiny_siglip_16))
+    embedder.load()
+    result = reembed.backfill(
+        catalog.engine, other, embedder.embed_images, batch_size=8, downloads=Downloads()
+    )
+    assert result.embedded == 0
+    assert sorted(result.errors) == sorted(ids)
+    assert all(
+        "bytes were dropped after embedding" in e and "upload its image again" in e
+        for e in result.errors.values()
+    )

@@ -187,14 +187,15 @@ def thumbnail(
 ) -> Response:
     """The stored image scaled to fit `size` pixels, with an `ETag` (an image's bytes never
     change): a request with `If-None-Match` answers 304. An image uploaded by URL has no stored
-    bytes: 404, with the URL in the problem's `uri`."""
+    bytes: 404, with the URL in the problem's `uri`. Where the bytes were dropped after embedding
+    (`IMGSEARCH_KEEP_CONTENT=false`), the 256 px thumbnail kept instead is served (never enlarged)."""
     tenant = tenant_of(principal)
     record = catalog.get(image_id, tenant=tenant)
     etag = f'"{record.image_id}-{(record.sha256 or "url")[:16]}-{size}"'
     cache = {"ETag": etag, "Cache-Control": "private, max-age=86400"}
     if etag in [tag.strip() for tag in request.headers.get("if-none-match", "").split(",")]:
         return Response(status_code=304, headers=cache)
-    content = catalog.image_content(image_id, tenant=tenant)
+    content = catalog.image_preview(image_id, tenant=tenant)
     if content is None:
         how = "it was uploaded by URL" if record.uri else "it was stored as an embedding only"
         detail = f"image {image_id} has no stored bytes to make a thumbnail of: {how}"
