@@ -167,7 +167,7 @@ def main() -> None:
         f"{keep['table'] / thumbs['table']:.1f}x | {keep['table'] * scale / gib:,.0f} GiB / {thumbs['table'] * scale / gib:,.1f} GiB |"
     )
     print(
-        f"| VACUUM after 10% of images deleted | {keep["vacuum"]:.3f} s | {thumbs["vacuum"]:.3f} s | "
+        f"| VACUUM after 10% of images deleted | {keep['vacuum']:.3f} s | {thumbs['vacuum']:.3f} s | "
         f"{keep['vacuum'] / thumbs['vacuum']:.1f}x | {keep['vacuum'] * scale / 60:,.1f} min / {thumbs['vacuum'] * scale / 60:,.1f} min |"
     )
     print(

@@ -644,14 +644,16 @@ class Catalog:
                 tenancy.scope(conn, tenant)
             if query is None:
                 query, filters = self._similar(conn, stored, filters)
-            if options.cached_plans and self._own_graph(filters):
+            own = self._own_graph(filters)
+            if own:
                 # the planner picks a value's partial index only when it plans for the value
-                options = replace(options, cached_plans=False)
+                options = replace(options, cached_plans=False, per_value=own == "per value")
             return hybrid.run(conn, self._model, query, filters, options)
 
-    def _own_graph(self, filters: vector_search.Filters) -> bool:
-        """Whether a filter's category or tenant has an HNSW index of its own (known values are
-        read every :data:`GRAPHS_REFRESH_SECONDS`)."""
+    def _own_graph(self, filters: vector_search.Filters) -> str | None:
+        """'single': the filter's category or tenant has an HNSW index of its own; "per value":
+        each category of its list has one; else None (known values are read every
+        :data:`GRAPHS_REFRESH_SECONDS`)."""
         model_id, checked = self._graphs_key
         now = time.monotonic()
         if model_id != self._model.id or now - checked >= GRAPHS_REFRESH_SECONDS:
@@ -663,8 +665,13 @@ class Catalog:
                 self._graphs = {}
             self._graphs_key = (self._model.id, now)
         if not self._graphs:
-            return False
-        return any(filters.value(column) in self._graphs.get(column, ()) for column in filter_indexes.COLUMNS)
+            return None
+        categories = filters.value("categories")
+        if categories and set(categories) <= self._graphs.get("category", frozenset()):
+            return "per value"
+        if any(filters.value(column) in self._graphs.get(column, ()) for column in filter_indexes.COLUMNS):
+            return "single"
+        return None
 
     def search_select(
         self,

@@ -38,6 +38,8 @@ class Options:
     exact_max_fraction: float = EXACT_MAX_FRACTION
     cached_plans: bool = True
     on_plan: Callable[[Plan], None] | None = None  # told each statement's plan (metrics)
+    # every category of the filter's list has an HNSW index of its own (imgsearch.db.filter_indexes)
+    per_value: bool = False
 
     def check(self) -> None:
         if not isinstance(self.group_by_product, bool):
@@ -104,6 +106,7 @@ def _search(
         exact_max_fraction=options.exact_max_fraction,
         cached_plans=options.cached_plans,
         with_embeddings=with_embeddings,
+        per_value=options.per_value,
     )
     if options.on_plan is not None:
         options.on_plan(result.plan)

@@ -630,13 +630,16 @@ def search_vector(
     exact_max_fraction: float = EXACT_MAX_FRACTION,
     cached_plans: bool = True,
     with_embeddings: bool = False,
+    per_value: bool = False,
 ) -> Result:
     """Top ``k`` (after ``offset``) rows by cosine distance, inside the caller's transaction.
 
     Returns ``min(k, matching rows - offset)`` hits. One statement in the common case (after one
     round trip of ``SET LOCAL``): :func:`filtered_statement`, or for no filters a single HNSW
     pass. A second one only when a pass comes short: an iterative scan over a large filter, or
-    an exact scan. ``cached_plans=False`` plans every statement for its values.
+    an exact scan. ``cached_plans=False`` plans every statement for its values. ``per_value``: each
+    category of the filter's list has an HNSW index of its own: one pass of each, merged
+    (:func:`per_value_statement`), when each gives enough rows.
     """
     run = _Run(conn, model, query, filters, with_embeddings)
     wanted = k + offset
@@ -655,6 +658,12 @@ def search_vector(
             chosen = iterative_plan(wanted, -1, _total_rows(conn))
             set_local(conn, chosen)
         return run.pooled(chosen, k, offset)
+    categories = filters.value("categories")
+    if per_value and first is not None and categories and len(categories) <= MAX_PER_VALUE_ARMS:
+        set_local(conn, first, with_planner=True)
+        hits = _per_value(run, first, categories, k, offset)
+        if hits is not None:
+            return hits
     # settings for the one pass (ignored by the exact scan and the count)
     set_local(
         conn, first or Plan("exact", -1, ef_search=MIN_EF_SEARCH), with_planner=True, cached_plan=cached_plan
@@ -686,6 +695,58 @@ def search_vector(
     return run.pooled(chosen, k, offset)
 
 
+MAX_PER_VALUE_ARMS = 32
+ARM_PREFIX = f"{PARAM_PREFIX}arm_"
+
+
+def per_value_statement(
+    model: ModelInfo,
+    query: Vector | BindParameter[Any],
+    filters: Filters,
+    arms: int,
+    fetched: int | ColumnElement[Any],
+    with_embeddings: bool,
+) -> Select[Any]:
+    """A filter's list of categories, each with an HNSW index of its own: one HNSW pass per
+    category (``category = :arm_i``, which the planner, planning for the values, serves from that
+    category's index), each returning its ``fetched`` nearest rows with its ``arm`` number, all of
+    them together. The caller keeps the nearest when every arm gave ``fetched`` rows: a category's
+    rows beyond its own nearest can't be among the nearest of all."""
+    q = query_param(query, model.dim)
+    others = replace(filters, category=None)
+    distance = embedding_expr(model.dim).cosine_distance(q)
+    columns = hit_columns(distance, with_embeddings, product=Embedding.product_pk)
+    parts = []
+    for i in range(arms):
+        arm = (
+            joined(model, others, literal(i).label("arm"), *columns)
+            .where(Embedding.category == bindparam(f"{ARM_PREFIX}{i}", type_=Text()))
+            .order_by(distance)
+            .limit(fetched)
+        )
+        parts.append(arm.subquery(f"arm_{i}").select())
+    rows = union_all(*parts).subquery("arms")
+    return select(*_with_product_id(rows)).join_from(rows, Product, Product.id == rows.c.product_pk)
+
+
+def _per_value(run: _Run, plan: Plan, categories: Sequence[str], k: int, offset: int) -> Result | None:
+    wanted = k + offset
+    arms = len(categories)
+    rows = run.execute(
+        ("per_value", arms, fetch_size(wanted)),
+        lambda q: per_value_statement(
+            run.model, q, run.filters, arms, fetch_limit(wanted), run.with_embeddings
+        ),
+        {f"{ARM_PREFIX}{i}": category for i, category in enumerate(categories)},
+    )
+    counts = [0] * arms
+    for row in rows:
+        counts[row.arm] += 1
+    if min(counts) < wanted:  # an arm came short: its category's other filters are far, or few
+        return None
+    return _result(rows, replace(plan, strategy="hnsw"), run.with_embeddings, skip=offset, k=k)
+
+
 STATEMENT_CACHE_SIZE = 512
 _statements: dict[tuple[Any, ...], Select[Any]] = {}
 
@@ -705,7 +766,10 @@ class _Run:
         self.key = None if shape is None else (model.id, model.dim, with_embeddings, binary, shape)
 
     def execute(
-        self, kind: tuple[Any, ...], build: Callable[[BindParameter[Any]], Select[Any]]
+        self,
+        kind: tuple[Any, ...],
+        build: Callable[[BindParameter[Any]], Select[Any]],
+        extra: dict[str, Any] | None = None,
     ) -> Sequence[Any]:
         if self.key is None:
             stmt = build(self.query)
@@ -717,7 +781,7 @@ class _Run:
                     _statements.clear()
                 found = _statements[key] = build(self.query)
             stmt = found
-        return self.conn.execute(stmt, self.params).all()
+        return self.conn.execute(stmt, {**self.params, **extra} if extra else self.params).all()
 
     def pooled(self, chosen: Plan, k: int, offset: int) -> Result:
         """The iterative scan's pool, re-sorted exactly; an exact scan if even it comes short."""

@@ -62,7 +62,9 @@ def setup(
         yield catalog, stored, b
 
 
-def exact(catalog: Catalog, stored: dict[int, np.ndarray], query: np.ndarray, **filters: Any) -> list[int]:
+def exact(
+    catalog: Catalog, stored: dict[int, np.ndarray], query: np.ndarray, top: int = 10, **filters: Any
+) -> list[int]:
     with catalog.engine.connect() as conn:
         rows = conn.execute(
             text(
@@ -74,7 +76,7 @@ def exact(catalog: Catalog, stored: dict[int, np.ndarray], query: np.ndarray, **
     candidates = [int(r[0]) for r in rows]
     q = query / np.linalg.norm(query)
     scores = {i: float(stored[i] @ q / np.linalg.norm(stored[i])) for i in candidates}
-    return sorted(candidates, key=lambda i: -scores[i])[:10]
+    return sorted(candidates, key=lambda i: -scores[i])[:top]
 
 
 def index_scans(catalog: Catalog, name: str) -> int:
@@ -135,6 +137,39 @@ def test_rule_builds_an_index_per_large_value_and_searches_use_it(setup: Any) ->
         assert [h.image_id for h in hits] == exact(catalog, stored, near_centre, category=FAR, tenant=tenant)
     assert [p.strategy for p in chosen] == ["hnsw", "hnsw"]
     assert scans_after(catalog, name, before) >= before + 2
+
+
+def test_a_list_of_indexed_categories_merges_their_own_graphs(setup: Any) -> None:
+    catalog, stored, near_centre = setup
+    catalog.index_filter_values("category", 500, progress=False)
+    model_id = catalog.active_model.id
+    names = [filter_indexes.index_name(model_id, "category", value) for value in (FAR, NEAR)]
+    before = [index_scans(catalog, name) for name in names]
+    chosen: list[vector_search.Plan] = []
+    catalog.on_search_plan = chosen.append
+    for query in (near_centre, -near_centre):
+        hits = catalog.search(vector=query, category=[FAR, NEAR], k=10)
+        truth = exact_many(catalog, stored, query, [FAR, NEAR])
+        assert [h.image_id for h in hits] == truth
+    assert [p.strategy for p in chosen] == ["hnsw", "hnsw"]
+    for name, count in zip(names, before, strict=True):
+        assert scans_after(catalog, name, count) >= count + 2  # one pass of each graph per search
+    # a category without an index of its own in the list: the model's graph, exact results
+    hits = catalog.search(vector=near_centre, category=[FAR, "tiny"], k=10)
+    assert [h.image_id for h in hits] == exact_many(catalog, stored, near_centre, [FAR, "tiny"])
+    # paging through the merged lists
+    page = catalog.search(vector=near_centre, category=[FAR, NEAR], k=5, offset=5)
+    assert [h.image_id for h in page] == exact_many(catalog, stored, near_centre, [FAR, NEAR])[5:10]
+
+
+def exact_many(
+    catalog: Catalog, stored: dict[int, np.ndarray], query: np.ndarray, categories: list[str]
+) -> list[int]:
+    merged: list[int] = []
+    for category in categories:
+        merged += exact(catalog, stored, query, category=category, top=10_000)
+    q = query / np.linalg.norm(query)
+    return sorted(merged, key=lambda i: -float(stored[i] @ q / np.linalg.norm(stored[i])))[:10]
 
 
 def test_tenant_rule_and_values_without_index_stay_exact(setup: Any) -> None:
