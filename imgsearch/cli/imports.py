@@ -32,6 +32,8 @@ def _import(args: argparse.Namespace, settings: Settings) -> int:
             f"built the HNSW index in {result.build_seconds or 0:.1f} s "
             f"(maintenance_work_mem {result.maintenance_work_mem}, {result.parallel_workers} parallel workers)"
         )
+    if result.value_indexes:
+        print(f"built {result.value_indexes} per-value HNSW indexes (imgsearch index list)")
     return 0
 
 
