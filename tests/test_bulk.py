@@ -381,3 +381,20 @@ def test_searches_stay_exact_while_the_index_is_built(catalog: Catalog) -> None:
         during += building and build.is_alive()
     build.join()
     assert during >= 5, "searches ran while the index was being built"
+
+
+def test_memory_stays_flat_in_the_row_count(catalog: Catalog, tmp_path: Path) -> None:
+    """Rows stream from the file to COPY: eight times the rows, about the same peak of Python and
+    numpy memory (tracemalloc sees numpy's buffers)."""
+    import tracemalloc
+
+    peaks = {}
+    for n in (1_000, 8_000):
+        path = write_parquet(tmp_path / f"{n}.parquet", vectors(n, n), metadata(n, offset=n * 10))
+        tracemalloc.start()
+        try:
+            assert catalog.import_vectors(path, rebuild_index=False, progress=False) == n
+            peaks[n] = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert peaks[8_000] < 2 * peaks[1_000], peaks
