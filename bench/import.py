@@ -145,8 +145,32 @@ def plain_copy(database_url: str, path: Path) -> float:
         return time.perf_counter() - start
 
 
-def schema_floor(database_url: str, path: Path, settings: Settings) -> float:
-    """COPY the rows straight into imgsearch's own tables (see the module's doc); seconds."""
+BARE = """
+DO $$
+DECLARE r record;
+BEGIN
+    FOR r IN SELECT conrelid::regclass AS tab, conname FROM pg_constraint
+             WHERE connamespace = 'imgsearch'::regnamespace AND contype IN ('f', 'u', 'c')
+               AND conrelid::regclass::text IN ('imgsearch.products', 'imgsearch.images', 'imgsearch.embeddings')
+             ORDER BY contype = 'f' DESC LOOP
+        EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', r.tab, r.conname);
+    END LOOP;
+    FOR r IN SELECT i.indexrelid::regclass AS idx FROM pg_index i
+             WHERE i.indrelid::regclass::text IN ('imgsearch.products', 'imgsearch.images', 'imgsearch.embeddings')
+               AND NOT i.indisprimary LOOP
+        EXECUTE format('DROP INDEX %s', r.idx);
+    END LOOP;
+    ALTER TABLE imgsearch.products DISABLE TRIGGER ALL;
+    ALTER TABLE imgsearch.images DISABLE TRIGGER ALL;
+    ALTER TABLE imgsearch.embeddings DISABLE TRIGGER ALL;
+END $$
+"""
+
+
+def schema_floor(database_url: str, path: Path, settings: Settings, bare: bool = False) -> float:
+    """COPY the rows straight into imgsearch's own tables (see the module's doc); seconds.
+    ``bare``: the three tables with their primary keys only (no other index, constraint or
+    trigger): what writing three tables costs by itself."""
     with Catalog.open(database_url, settings=settings) as catalog:
         catalog.import_vectors([])  # registers the model
     url = make_url(database_url)
@@ -155,6 +179,8 @@ def schema_floor(database_url: str, path: Path, settings: Settings) -> float:
         assert row is not None
         model_id = int(row[0])
         conn.execute(f"DROP INDEX IF EXISTS imgsearch.{vector_index.index_name(model_id)}")
+        if bare:
+            conn.execute(BARE)
         conn.commit()
         register_vector(conn)
         file = pq.ParquetFile(path)
@@ -256,6 +282,12 @@ def main() -> None:
         "--file", default=None, help="the Parquet file (default /tmp/imgsearch-bench-<rows>.parquet)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the databases")
+    parser.add_argument(
+        "--floors-only",
+        action="store_true",
+        help="only the load's baseline and floors: plain COPY, COPY into imgsearch's tables, and "
+        "into those tables with their primary keys only",
+    )
     args = parser.parse_args()
     settings = Settings()
     path = Path(args.file or f"/tmp/imgsearch-bench-{args.rows}.parquet")
@@ -276,6 +308,22 @@ def main() -> None:
     floor_seconds = schema_floor(floor_url, path, settings)
     drop_database(settings.home, "bench_import_floor")
     print(f"    {floor_seconds:.1f} s", flush=True)
+
+    if args.floors_only:
+        bare_url = fresh_database(settings.home, "bench_import_bare")
+        bare_seconds = schema_floor(bare_url, path, settings, bare=True)
+        for name in ("bench_import_bare", "bench_import_plain"):
+            drop_database(settings.home, name)
+        rows = args.rows
+        print(f"\n| {rows:,} rows x {DIM} | seconds | rows/s | plain COPY / this |")
+        print("|---|---|---|---|")
+        for what, seconds in (
+            ("plain COPY into one pgvector table", copy_seconds),
+            ("COPY into imgsearch's tables", floor_seconds),
+            ("COPY into imgsearch's tables, primary keys only", bare_seconds),
+        ):
+            print(f"| {what} | {seconds:.1f} | {rows / seconds:,.0f} | {copy_seconds / seconds:.2f}x |")
+        return
 
     print("1c. imgsearch import ...", flush=True)
     import_url = fresh_database(settings.home, "bench_import_imgsearch")

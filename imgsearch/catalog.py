@@ -639,12 +639,12 @@ class Catalog:
         query: vectors.Vector | None,
         stored: _Stored,
     ) -> list[Hit]:
+        own = self._own_graph(filters)  # before the search's transaction (Django shares one connection)
         with self._search_engine.begin() as conn:
             if tenant is not None:
                 tenancy.scope(conn, tenant)
             if query is None:
                 query, filters = self._similar(conn, stored, filters)
-            own = self._own_graph(filters)
             if own:
                 # the planner picks a value's partial index only when it plans for the value
                 options = replace(options, cached_plans=False, per_value=own == "per value")

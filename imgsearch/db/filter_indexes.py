@@ -104,8 +104,18 @@ def rules(conn: Connection) -> dict[str, int]:
     return {str(column): int(n) for column, n in rows}
 
 
+_READABLE = text(
+    f"SELECT CASE WHEN to_regclass('{SCHEMA}.filter_indexes') IS NULL THEN false "
+    f"ELSE has_table_privilege(to_regclass('{SCHEMA}.filter_indexes'), 'SELECT') END"
+)
+
+
 def indexed_values(conn: Connection, model_id: int) -> dict[str, frozenset[str]]:
-    """The values with a graph of the model, by column (what searches plan for)."""
+    """The values with a graph of the model, by column (what searches plan for); none when the
+    login can't read the registry (checked first: an error would abort a transaction the caller
+    shares, as Django's connection is shared)."""
+    if not conn.execute(_READABLE).scalar():
+        return {}
     rows = conn.execute(
         text(f"SELECT column_name, value FROM {SCHEMA}.filter_indexes WHERE model_id = :m"),
         {"m": int(model_id)},
