@@ -658,7 +658,9 @@ class Catalog:
         now = time.monotonic()
         if model_id != self._model.id or now - checked >= GRAPHS_REFRESH_SECONDS:
             try:
-                with self.engine.connect() as conn:
+                # begin(): committed, not rolled back on return to the pool (psycopg drops the
+                # connection's prepared statements at a ROLLBACK)
+                with self.engine.begin() as conn:
                     self._graphs = filter_indexes.indexed_values(conn, self._model.id)
             except DBAPIError as exc:  # a login that can't read the registry: no per-value plans
                 log.debug("per-value indexes not readable: %s", exc.orig)

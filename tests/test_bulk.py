@@ -384,12 +384,14 @@ def test_searches_stay_exact_while_the_index_is_built(catalog: Catalog) -> None:
 
 
 def test_memory_stays_flat_in_the_row_count(catalog: Catalog, tmp_path: Path) -> None:
-    """Rows stream from the file to COPY: eight times the rows, about the same peak of Python and
-    numpy memory (tracemalloc sees numpy's buffers)."""
+    """Rows stream from the file to COPY: six times the rows, a peak of Python and numpy memory
+    under twice as high (tracemalloc sees numpy's buffers; a first import warms up what every
+    import allocates once). What does grow is bounded: psycopg queues COPY data for its writer
+    thread, up to 1,024 blocks of at most 128 KiB. Keeping the rows would take ~15 MB more at 12,000."""
     import tracemalloc
 
     peaks = {}
-    for n in (1_000, 8_000):
+    for n in (500, 2_000, 12_000):
         path = write_parquet(tmp_path / f"{n}.parquet", vectors(n, n), metadata(n, offset=n * 10))
         tracemalloc.start()
         try:
@@ -397,4 +399,4 @@ def test_memory_stays_flat_in_the_row_count(catalog: Catalog, tmp_path: Path) ->
             peaks[n] = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
-    assert peaks[8_000] < 2 * peaks[1_000], peaks
+    assert peaks[12_000] < 2 * peaks[2_000], peaks
