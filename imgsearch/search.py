@@ -660,7 +660,16 @@ def search_vector(
         return run.pooled(chosen, k, offset)
     categories = filters.value("categories")
     if per_value and first is not None and categories and len(categories) <= MAX_PER_VALUE_ARMS:
+        # the model's graph first: when the list's rows surround the query, its one pass is the
+        # answer at the cost of an unfiltered search; when it comes short, the rows lie away
+        # from the query, and each category's own graph finds them
         set_local(conn, first, with_planner=True)
+        rows = run.execute(
+            ("hnsw_pass", fetch_size(wanted)),
+            lambda q: hnsw_statement(model, q, filters, fetch_limit(wanted), 0, with_embeddings),
+        )
+        if len(rows) >= wanted:
+            return _result(rows, first, with_embeddings, skip=offset, k=k)
         hits = _per_value(run, first, categories, k, offset)
         if hits is not None:
             return hits

@@ -11,6 +11,7 @@ from imgsearch.settings import Settings
 
 def _index(args: argparse.Namespace, settings: Settings) -> int:
     from imgsearch.catalog import Catalog
+    from imgsearch.db.filter_indexes import MIN_RECALL
 
     progress = sys.stderr.isatty()
     with Catalog.open(settings=settings) as catalog:
@@ -27,11 +28,17 @@ def _index(args: argparse.Namespace, settings: Settings) -> int:
                 print("no per-value indexes (imgsearch index categories --min-rows N makes them)")
                 return 0
             width = max(len(g.value) for g in graphs)
-            print(f"{'column':<8}  {'value':<{width}}  {'rows':>10}  {'size':>9}  state")
+            print(f"{'column':<8}  {'value':<{width}}  {'rows':>10}  {'size':>9}  {'recall':>6}  state")
             for g in graphs:
-                state = "ready" if g.valid else "invalid: run imgsearch index refresh"
+                if not g.valid:
+                    state = "invalid: run imgsearch index refresh"
+                elif g.recall < MIN_RECALL:
+                    state = "not used: recall below 0.98 (searches scan this value exactly)"
+                else:
+                    state = "used"
                 print(
-                    f"{g.column:<8}  {g.value:<{width}}  {g.rows:>10}  {g.size_bytes / 1024**2:>7.1f}MB  {state}"
+                    f"{g.column:<8}  {g.value:<{width}}  {g.rows:>10}  {g.size_bytes / 1024**2:>7.1f}MB  "
+                    f"{g.recall:>6.3f}  {state}"
                 )
             return 0
     print(

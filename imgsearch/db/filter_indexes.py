@@ -48,6 +48,9 @@ from imgsearch.records import ModelInfo
 log = logging.getLogger(__name__)
 
 COLUMNS = ("category", "tenant")
+MIN_RECALL = 0.98  # a graph finding less of an exact search's top 10 at its build isn't used
+PROBES = 12  # queries of that check: rows of other values (queries far from the value), then its own
+PROBE_K = 10
 REFRESH_LOCK = 0x696D6778  # one refresh at a time (pg_advisory_lock)
 DROP_BELOW = 0.5  # a value keeps its graph until it shrinks below this share of min_rows
 
@@ -66,6 +69,7 @@ class Graph:
     value: str
     index_name: str
     rows: int  # the value's rows when the graph was built
+    recall: float  # recall@10 of its probes at the build; searches use it from MIN_RECALL up
     valid: bool  # False: an interrupted build left it unusable (the next refresh rebuilds it)
     size_bytes: int
 
@@ -111,14 +115,14 @@ _READABLE = text(
 
 
 def indexed_values(conn: Connection, model_id: int) -> dict[str, frozenset[str]]:
-    """The values with a graph of the model, by column (what searches plan for); none when the
-    login can't read the registry (checked first: an error would abort a transaction the caller
-    shares, as Django's connection is shared)."""
+    """The values whose graph searches use (recall at its build at least :data:`MIN_RECALL`), by
+    column; none when the login can't read the registry (checked first: an error would abort a
+    transaction the caller shares, as Django's connection is shared)."""
     if not conn.execute(_READABLE).scalar():
         return {}
     rows = conn.execute(
-        text(f"SELECT column_name, value FROM {SCHEMA}.filter_indexes WHERE model_id = :m"),
-        {"m": int(model_id)},
+        text(f"SELECT column_name, value FROM {SCHEMA}.filter_indexes WHERE model_id = :m AND recall >= :r"),
+        {"m": int(model_id), "r": MIN_RECALL},
     )
     found: dict[str, set[str]] = {}
     for column, value in rows:
@@ -129,7 +133,7 @@ def indexed_values(conn: Connection, model_id: int) -> dict[str, frozenset[str]]
 def graphs(conn: Connection, model_id: int) -> list[Graph]:
     rows = conn.execute(
         text(
-            f"""SELECT f.column_name, f.value, f.index_name, f.rows, coalesce(i.indisvalid, false),
+            f"""SELECT f.column_name, f.value, f.index_name, f.rows, f.recall, coalesce(i.indisvalid, false),
                        coalesce(pg_relation_size(i.indexrelid), 0)
                 FROM {SCHEMA}.filter_indexes f
                 LEFT JOIN pg_index i ON i.indexrelid = to_regclass('{SCHEMA}.' || f.index_name)
@@ -137,7 +141,10 @@ def graphs(conn: Connection, model_id: int) -> list[Graph]:
         ),
         {"m": int(model_id)},
     )
-    return [Graph(str(c), str(v), str(n), int(r), bool(ok), int(size)) for c, v, n, r, ok, size in rows]
+    return [
+        Graph(str(c), str(v), str(n), int(r), float(recall), bool(ok), int(size))
+        for c, v, n, r, recall, ok, size in rows
+    ]
 
 
 def conninfo(engine: Engine) -> str:
@@ -271,11 +278,69 @@ def _build(conn: psycopg.Connection, model: ModelInfo, key: tuple[str, str], row
             f"building the index of {column} {value!r} was interrupted "
             f"({str(exc).strip().splitlines()[0]}); run `imgsearch index refresh`"
         ) from exc
+    recall = _probe(conn, model, column, value)
     conn.execute(
-        f"INSERT INTO {SCHEMA}.filter_indexes (model_id, column_name, value, index_name, rows) "
-        "VALUES (%s, %s, %s, %s, %s)",
-        (int(model.id), column, value, name, rows),
+        f"INSERT INTO {SCHEMA}.filter_indexes (model_id, column_name, value, index_name, rows, recall) "
+        "VALUES (%s, %s, %s, %s, %s, %s)",
+        (int(model.id), column, value, name, rows, recall),
     )
+    if recall < MIN_RECALL:
+        log.warning(
+            "the HNSW index of %s %r found %.2f of an exact search's top %d at its build: searches "
+            "filtered to it keep using exact scans and the model's index",
+            column,
+            value,
+            recall,
+            PROBE_K,
+        )
+
+
+def _probe(conn: psycopg.Connection, model: ModelInfo, column: str, value: str) -> float:
+    """Recall@10 of the value's new graph against an exact search of its rows, over queries that
+    are rows of other values (the far filters the graph is for: a graph walk finds a far query's
+    neighbours worst) and rows of its own. HNSW's recall depends on the data, so it is measured on
+    the data. 1.0 when there is nothing to probe with."""
+    col = sql.Identifier(column)
+    dim = int(model.dim)
+    queries = conn.execute(
+        sql.SQL(
+            "(SELECT embedding::text FROM {schema}.embeddings WHERE model_id = %s AND {col} IS DISTINCT FROM %s "
+            "ORDER BY image_id DESC LIMIT %s) UNION ALL "
+            "(SELECT embedding::text FROM {schema}.embeddings WHERE model_id = %s AND {col} = %s "
+            "ORDER BY image_id LIMIT %s)"
+        ).format(schema=sql.Identifier(SCHEMA), col=col),
+        (int(model.id), value, PROBES * 2 // 3, int(model.id), value, PROBES // 3),
+    ).fetchall()
+    if not queries:
+        return 1.0
+    graph = sql.SQL(
+        "SELECT image_id FROM {schema}.embeddings WHERE model_id = {model} AND {col} = %s "
+        "ORDER BY embedding::halfvec({dim}) <=> %s::halfvec({dim}) LIMIT {k}"
+    ).format(
+        schema=sql.Identifier(SCHEMA),
+        model=sql.Literal(int(model.id)),
+        col=col,
+        dim=sql.Literal(dim),
+        k=sql.Literal(PROBE_K),
+    )
+    exact = sql.SQL(
+        "SELECT image_id FROM {schema}.embeddings WHERE model_id = {model} AND {col} = %s "
+        "ORDER BY embedding <=> %s::halfvec LIMIT {k}"
+    ).format(schema=sql.Identifier(SCHEMA), model=sql.Literal(int(model.id)), col=col, k=sql.Literal(PROBE_K))
+    found = wanted = 0
+    with conn.transaction():
+        # the search's own settings (imgsearch.search): ef_search 200, planned for the value
+        conn.execute("SET LOCAL hnsw.ef_search = 200")
+        conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+        conn.execute("SET LOCAL enable_seqscan = off")
+        for (query,) in queries:
+            near = {r[0] for r in conn.execute(graph, (value, query))}
+            conn.execute("SET LOCAL enable_indexscan = off")  # the exact top 10: no index orders it
+            truth = {r[0] for r in conn.execute(exact, (value, query))}
+            conn.execute("SET LOCAL enable_indexscan = on")
+            found += len(near & truth)
+            wanted += len(truth)
+    return found / wanted if wanted else 1.0
 
 
 def _drop(conn: psycopg.Connection, model: ModelInfo, key: tuple[str, str], name: str) -> None:

@@ -37,7 +37,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import JSONB, REAL
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 SCHEMA = "imgsearch"
@@ -259,6 +259,7 @@ class FilterIndex(Base):
     value: Mapped[str] = mapped_column(Text, primary_key=True)
     index_name: Mapped[str] = mapped_column(Text, unique=True)
     rows: Mapped[int] = mapped_column(BigInteger)
+    recall: Mapped[float] = mapped_column(REAL)
     created_at: Mapped[dt.datetime] = _created()
 
 

@@ -8,8 +8,10 @@ builds one for each value with at least N rows; :mod:`imgsearch.db.filter_indexe
 
 * ``filter_index_rules``: which column gets graphs, from how many rows.
 * ``filter_indexes``: the graphs built, per model, column and value (the index's name is derived
-  from a hash of the value, so any value makes a valid name). Searches read it to plan a search
-  of such a value for its values (a partial index is only chosen when the planner sees the value).
+  from a hash of the value, so any value makes a valid name), with the recall@10 the graph gave
+  at its build against an exact search of the value's rows. Searches use the graphs whose recall
+  is at least 0.98, planned for their values (a partial index is only chosen when the planner
+  sees the value).
 
 Only administrators read them; the migrating login owns them.
 
@@ -45,6 +47,7 @@ def upgrade() -> None:
             value text NOT NULL,
             index_name text NOT NULL UNIQUE,
             rows bigint NOT NULL,
+            recall real NOT NULL,
             created_at timestamptz NOT NULL DEFAULT now(),
             PRIMARY KEY (model_id, column_name, value),
             CONSTRAINT filter_indexes_column_known_check CHECK (column_name IN ('category', 'tenant'))

@@ -21,6 +21,7 @@ from imgsearch.settings import Settings
 from tests.helpers import explain, explain_generic, run_cli
 
 DIM = 32
+OTHER_CENTRE = np.zeros(DIM)  # where category "other" lies, away from FAR's and NEAR's rows
 FAR, NEAR = "far 'category\"; --", "near"  # a value that would break naive quoting
 
 
@@ -33,18 +34,25 @@ def clustered(centre: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarra
 def setup(
     database_url: str, tiny_siglip: Path
 ) -> Iterator[tuple[Catalog, dict[int, np.ndarray], np.ndarray]]:
-    """A catalog of two clusters: FAR's 600 rows on one side, NEAR's 600 and TINY's 30 on the
-    other (tenant acme), and tenant beta's 80 rows; searches scan at most 100 rows exactly."""
+    """A catalog of three clusters: FAR's 600 rows on one side, NEAR's 600 and TINY's 30 on the
+    other (tenant acme), tenant beta's 80 rows of NEAR beside FAR's, and 450 rows of "other" in a
+    third direction; searches scan at most 100 rows exactly."""
     rng = np.random.default_rng(3)
     a, b = rng.standard_normal(DIM), rng.standard_normal(DIM)
     b -= a * (a @ b) / (a @ a)  # b orthogonal to a: FAR's rows lie away from NEAR's
     a, b = a / np.linalg.norm(a), b / np.linalg.norm(b)
+    c = rng.standard_normal(DIM)
+    c -= a * (a @ c) + b * (b @ c)  # a third direction, away from both
+    c /= np.linalg.norm(c)
     groups = [
         ("acme", FAR, clustered(a, 600, rng)),
         ("acme", NEAR, clustered(b, 600, rng)),
         ("acme", "tiny", clustered(b, 30, rng)),
         ("beta", NEAR, clustered(a, 80, rng)),
+        ("acme", "other", clustered(c, 450, rng)),
     ]
+    global OTHER_CENTRE
+    OTHER_CENTRE = c
     rows: list[dict[str, Any]] = []
     for tenant, category, data in groups:
         for vector in data:
@@ -119,7 +127,9 @@ def test_rule_builds_an_index_per_large_value_and_searches_use_it(setup: Any) ->
     graphs = {g.value: g for g in catalog.filter_graphs()}
     assert set(graphs) == {FAR, NEAR}
     assert graphs[FAR].rows == 600 and graphs[NEAR].rows == 680
-    assert all(g.valid and g.size_bytes > 0 for g in graphs.values())
+    assert all(
+        g.valid and g.size_bytes > 0 and g.recall >= filter_indexes.MIN_RECALL for g in graphs.values()
+    )
     name = filter_indexes.index_name(catalog.active_model.id, "category", FAR)
     assert graphs[FAR].index_name == name
     custom, generic = plans(catalog, FAR)
@@ -147,13 +157,16 @@ def test_a_list_of_indexed_categories_merges_their_own_graphs(setup: Any) -> Non
     before = [index_scans(catalog, name) for name in names]
     chosen: list[vector_search.Plan] = []
     catalog.on_search_plan = chosen.append
-    for query in (near_centre, -near_centre):
+    # the list's rows surround the query: the model's graph answers, as for any list
+    hits = catalog.search(vector=near_centre, category=[FAR, NEAR], k=10)
+    assert [h.image_id for h in hits] == exact_many(catalog, stored, near_centre, [FAR, NEAR])
+    # they all lie away from it ("other" is around it): one pass of each category's own graph
+    for query in (OTHER_CENTRE, OTHER_CENTRE + 0.1 * near_centre):
         hits = catalog.search(vector=query, category=[FAR, NEAR], k=10)
-        truth = exact_many(catalog, stored, query, [FAR, NEAR])
-        assert [h.image_id for h in hits] == truth
-    assert [p.strategy for p in chosen] == ["hnsw", "hnsw"]
+        assert [h.image_id for h in hits] == exact_many(catalog, stored, query, [FAR, NEAR])
+    assert [p.strategy for p in chosen] == ["hnsw", "hnsw", "hnsw"]
     for name, count in zip(names, before, strict=True):
-        assert scans_after(catalog, name, count) >= count + 2  # one pass of each graph per search
+        assert scans_after(catalog, name, count) >= count + 2  # one pass of each graph per far search
     # a category without an index of its own in the list: the model's graph, exact results
     hits = catalog.search(vector=near_centre, category=[FAR, "tiny"], k=10)
     assert [h.image_id for h in hits] == exact_many(catalog, stored, near_centre, [FAR, "tiny"])
@@ -170,6 +183,28 @@ def exact_many(
         merged += exact(catalog, stored, query, category=category, top=10_000)
     q = query / np.linalg.norm(query)
     return sorted(merged, key=lambda i: -float(stored[i] @ q / np.linalg.norm(stored[i])))[:10]
+
+
+def test_a_graph_below_the_recall_bar_is_not_used(setup: Any) -> None:
+    """Each graph's recall is measured at its build against an exact search of the value's rows;
+    one that found less than 0.98 (far queries in a large, structureless value) is left out of
+    searches, which keep their exact scans and the model's graph."""
+    catalog, stored, near_centre = setup
+    catalog.index_filter_values("category", 500, progress=False)
+    name = filter_indexes.index_name(catalog.active_model.id, "category", FAR)
+    with catalog.engine.begin() as conn:
+        conn.execute(
+            text("UPDATE imgsearch.filter_indexes SET recall = 0.6 WHERE index_name = :n"), {"n": name}
+        )
+    catalog.refresh_filter_indexes(progress=False)  # re-reads the registry at the next search
+    chosen: list[vector_search.Plan] = []
+    catalog.on_search_plan = chosen.append
+    before = index_scans(catalog, name)
+    hits = catalog.search(vector=near_centre, category=FAR, k=10)
+    assert [h.image_id for h in hits] == exact(catalog, stored, near_centre, category=FAR)
+    assert chosen[-1].strategy in ("exact", "hnsw_iterative")  # the model's graph, or none
+    time.sleep(2)  # the searching backend's statistics reach the view within ~1 s
+    assert index_scans(catalog, name) == before
 
 
 def test_tenant_rule_and_values_without_index_stay_exact(setup: Any) -> None:
@@ -259,7 +294,7 @@ def test_cli(setup: Any, database_url: str, tiny_siglip: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "2 indexes built, 0 dropped, 0 kept" in done.stdout
     listed = run("list")
-    assert listed.returncode == 0 and FAR in listed.stdout and "ready" in listed.stdout
+    assert listed.returncode == 0 and FAR in listed.stdout and "used" in listed.stdout
     bad = run("categories", "--min-rows", "0")
     assert (
         bad.returncode == 2
