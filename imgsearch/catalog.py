@@ -332,10 +332,12 @@ class Catalog:
         self, column: str, min_rows: int | None, *, progress: bool | None = None
     ) -> filter_indexes.RefreshResult:
         """Give each value of ``column`` (``"category"`` or ``"tenant"``) with ``min_rows`` rows or
-        more an HNSW index of its own, so searches filtered to it stay fast and exact wherever its
-        rows lie (:mod:`imgsearch.db.filter_indexes`); ``min_rows=None`` drops them. The rule is
-        kept: :meth:`refresh_filter_indexes`, imports and the workers' sweep follow it as values
-        grow and shrink. Builds run ``CONCURRENTLY``: searches and uploads go on.
+        more an HNSW index of its own, so a search filtered to it can be an unfiltered search of a
+        graph of its rows (:mod:`imgsearch.db.filter_indexes`); ``min_rows=None`` drops them. Each
+        index's recall is checked at its build against an exact search of its rows, and searches
+        use it only from 0.98 up. The rule is kept: :meth:`refresh_filter_indexes`, imports and the
+        workers' sweep follow it as values grow and shrink. Builds run ``CONCURRENTLY``: searches
+        and uploads go on.
 
         >>> catalog.index_filter_values("category", 10_000)  # doctest: +SKIP
         """

@@ -53,8 +53,9 @@ def register(commands: Subparsers) -> None:
         "index",
         help="HNSW indexes of their own for large categories and tenants",
         description="Give each category (or tenant) with at least --min-rows rows an HNSW index of "
-        "its own, so a search filtered to it is an unfiltered search of its rows: fast and exact "
-        "wherever they lie. Built CONCURRENTLY (searches and uploads go on). The rule is kept: "
+        "its own, so a search filtered to it can be an unfiltered search of its rows. Each index's "
+        "recall is checked at its build against an exact search; searches use it from 0.98 up. "
+        "Built CONCURRENTLY (searches and uploads go on). The rule is kept: "
         "imports and the workers' sweep build indexes for values that grow past it, and drop "
         "those that shrink below half of it.",
     )

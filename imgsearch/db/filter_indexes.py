@@ -10,13 +10,18 @@ filters on a few values. Here each value of ``category`` (or ``tenant``) with at
         USING hnsw ((embedding::halfvec(768)) halfvec_cosine_ops) WITH (m = 16, ef_construction = 128)
         WHERE model_id = 1 AND category = 'shoes'
 
-so a search filtered to that value is an unfiltered search of a graph of its rows only.
+so a search filtered to that value can be an unfiltered search of a graph of its rows only.
 
+* Recall first: HNSW's recall depends on the data, and a graph walk from a query far from all of
+  a value's rows can do badly (bench/value_graphs.py: 0.63 at ef_search 200 on 10,000 rows of
+  isotropic noise). Each graph is checked at its build against an exact search of the value's
+  rows (:func:`_probe`), and searches use it only from :data:`MIN_RECALL` up.
 * Partial indexes rather than list partitions: the table, its keys, its triggers and every query
   stay as they are; a product moving to another category just moves between indexes; values come
   and go without DDL on the table. What partitions would add, a Merge Append over a list of
-  categories, PostgreSQL can't build over partial indexes of one table: a list filter
-  (``category = ANY(...)``) keeps using the model's graph (bench/search.py measures both).
+  categories, PostgreSQL can't build over partial indexes of one table: a list whose categories
+  all have a graph tries the model's graph first and, when that comes short, runs one pass of
+  each category's graph and merges them (:func:`imgsearch.search.per_value_statement`).
 * The planner picks a partial index only when it sees the value at planning time, so a search of
   such a value is planned for its values (:meth:`imgsearch.catalog.Catalog.search` reads
   :func:`indexed_values`), where other searches may run on cached plans.
