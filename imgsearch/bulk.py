@@ -261,12 +261,17 @@ def import_rows(
         )
         result.maintenance_work_mem, result.parallel_workers = memory, workers
     if imported:  # values that grew past their rule's min_rows get their graphs
-        refreshed = filter_indexes.refresh(
-            engine,
-            model,
-            maintenance_work_mem=maintenance_work_mem or auto_maintenance_work_mem(imported, model.dim),
-        )
-        result.value_indexes = len(refreshed.built)
+        try:
+            refreshed = filter_indexes.refresh(
+                engine,
+                model,
+                maintenance_work_mem=maintenance_work_mem or auto_maintenance_work_mem(imported, model.dim),
+            )
+            result.value_indexes = len(refreshed.built)
+        except (psycopg.Error, ImgSearchError) as exc:  # the rows are in: report, don't fail the import
+            log.warning(
+                "per-value indexes not refreshed after the import (%s): run `imgsearch index refresh`", exc
+            )
     return result
 
 
