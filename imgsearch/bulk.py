@@ -40,6 +40,7 @@ from sqlalchemy import Engine
 
 from imgsearch import checks, images, ingest, tenancy, vectors
 from imgsearch.db import filter_indexes, vector_index
+from imgsearch.db.engine import libpq_conninfo
 from imgsearch.db.models import SCHEMA
 from imgsearch.errors import DatabaseUnavailable, ImgSearchError, InvalidInput, TransientError
 from imgsearch.records import ModelInfo
@@ -71,10 +72,6 @@ class ImportResult:
 def vector_hash(vector: np.ndarray) -> bytes:
     """The content hash of an image that is only a vector: its float32 values, little-endian."""
     return hashlib.sha256(HASH_PREFIX + np.asarray(vector, dtype="<f4").tobytes()).digest()
-
-
-def conninfo(engine: Engine) -> str:
-    return engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def auto_maintenance_work_mem(rows: int, dim: int) -> str:
@@ -183,7 +180,7 @@ def import_rows(
     if tenant is not None:
         tenant = checks.identifier(tenant, "tenant")
     try:
-        conn = psycopg.connect(conninfo(engine), connect_timeout=10)
+        conn = psycopg.connect(libpq_conninfo(engine.url), connect_timeout=10)
     except psycopg.OperationalError as exc:
         raise DatabaseUnavailable(f"cannot connect to PostgreSQL for the import: {exc}") from exc
     dropped = False
@@ -347,12 +344,12 @@ def _indexed_rows(conn: psycopg.Connection[Any], model: ModelInfo) -> int:
 def _analyze(engine: Engine) -> None:
     """Fresh statistics for the planner: after a bulk load its estimates of the tables are off by
     the load (it would scan every row rather than use the HNSW index), until autovacuum comes by."""
-    with psycopg.connect(conninfo(engine), autocommit=True, connect_timeout=10) as conn:
+    with psycopg.connect(libpq_conninfo(engine.url), autocommit=True, connect_timeout=10) as conn:
         conn.execute(f"ANALYZE {SCHEMA}.products, {SCHEMA}.images, {SCHEMA}.embeddings")
 
 
 def _index_valid(engine: Engine, model: ModelInfo) -> bool:
-    with psycopg.connect(conninfo(engine), autocommit=True, connect_timeout=10) as conn:
+    with psycopg.connect(libpq_conninfo(engine.url), autocommit=True, connect_timeout=10) as conn:
         row = conn.execute(
             "SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass(%s)",
             (f"{SCHEMA}.{vector_index.index_name(model.id)}",),
@@ -361,7 +358,7 @@ def _index_valid(engine: Engine, model: ModelInfo) -> bool:
 
 
 def _drop_index(engine: Engine, model: ModelInfo) -> None:
-    with psycopg.connect(conninfo(engine), autocommit=True, connect_timeout=10) as conn:
+    with psycopg.connect(libpq_conninfo(engine.url), autocommit=True, connect_timeout=10) as conn:
         conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {SCHEMA}.{vector_index.index_name(model.id)}")
 
 
@@ -397,7 +394,7 @@ def build_index(
         ),
     }
     try:
-        conn = psycopg.connect(conninfo(engine), autocommit=True, connect_timeout=10)
+        conn = psycopg.connect(libpq_conninfo(engine.url), autocommit=True, connect_timeout=10)
     except psycopg.OperationalError as exc:
         raise DatabaseUnavailable(f"cannot connect to PostgreSQL to build the index: {exc}") from exc
     with conn, tqdm(total=0, unit="block", desc="indexing", disable=not progress) as bar:
@@ -447,7 +444,7 @@ def build_index(
 
 
 def _watch(engine: Engine, pid: int, show: Callable[[int, int, str], None], done: threading.Event) -> None:
-    with psycopg.connect(conninfo(engine), autocommit=True, connect_timeout=10) as conn:
+    with psycopg.connect(libpq_conninfo(engine.url), autocommit=True, connect_timeout=10) as conn:
         while not done.wait(vector_index.PROGRESS_INTERVAL_SECONDS):
             row = conn.execute(
                 "SELECT blocks_done, blocks_total, phase FROM pg_stat_progress_create_index WHERE pid = %s",

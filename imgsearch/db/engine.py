@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, create_engine, make_url, text
+from sqlalchemy import URL, Engine, create_engine, make_url, text
 from sqlalchemy.exc import ArgumentError, OperationalError
 
 from imgsearch.db import embedded
@@ -25,6 +25,11 @@ def normalize_url(url: str) -> str:
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     return parsed.render_as_string(hide_password=False)
+
+
+def libpq_conninfo(url: URL) -> str:
+    """A libpq connection string (for psycopg directly) for a SQLAlchemy URL of PostgreSQL."""
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def resolve_url(settings: Settings) -> str:

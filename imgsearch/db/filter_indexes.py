@@ -46,6 +46,7 @@ from psycopg import sql
 from sqlalchemy import Connection, Engine, text
 
 from imgsearch.db import vector_index
+from imgsearch.db.engine import libpq_conninfo
 from imgsearch.db.models import SCHEMA
 from imgsearch.errors import DatabaseUnavailable, InvalidInput, TransientError
 from imgsearch.records import ModelInfo
@@ -152,10 +153,6 @@ def graphs(conn: Connection, model_id: int) -> list[Graph]:
     ]
 
 
-def conninfo(engine: Engine) -> str:
-    return engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-
-
 # (column, value, done, total) as the graphs are built
 Progress = Callable[[str, str, int, int], None]
 
@@ -176,7 +173,7 @@ def refresh(
     started = time.perf_counter()
     result = RefreshResult()
     try:
-        conn = psycopg.connect(conninfo(engine), autocommit=True, connect_timeout=10)
+        conn = psycopg.connect(libpq_conninfo(engine.url), autocommit=True, connect_timeout=10)
     except psycopg.OperationalError as exc:
         raise DatabaseUnavailable(
             f"cannot connect to PostgreSQL to refresh the filter indexes: {exc}"
@@ -364,7 +361,7 @@ def _drop(conn: psycopg.Connection, model: ModelInfo, key: tuple[str, str], name
 def drop_all(engine: Engine, model: ModelInfo) -> int:
     """Drop every graph of the model (a bulk load writes faster without them; :func:`refresh`
     builds them again); the number dropped."""
-    with psycopg.connect(conninfo(engine), autocommit=True, connect_timeout=10) as conn:
+    with psycopg.connect(libpq_conninfo(engine.url), autocommit=True, connect_timeout=10) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (REFRESH_LOCK,))
         found = conn.execute(
             f"SELECT column_name, value, index_name FROM {SCHEMA}.filter_indexes WHERE model_id = %s",

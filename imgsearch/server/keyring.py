@@ -18,6 +18,7 @@ import psycopg
 from sqlalchemy import URL
 
 from imgsearch import keys
+from imgsearch.db.engine import libpq_conninfo
 from imgsearch.errors import DatabaseUnavailable
 from imgsearch.keys import Principal
 
@@ -27,16 +28,11 @@ CONNECTIONS = 4  # lookups at once; each takes ~0.1 ms, so a few serve thousands
 CONNECT_TIMEOUT_SECONDS = 10
 
 
-def conninfo(url: URL) -> str:
-    """A libpq connection string for a SQLAlchemy URL of PostgreSQL."""
-    return url.set(drivername="postgresql").render_as_string(hide_password=False)
-
-
 class Keyring:
     """Checks API keys against the database, from the event loop."""
 
     def __init__(self, url: URL, connections: int = CONNECTIONS) -> None:
-        self._conninfo = conninfo(url)
+        self._conninfo = libpq_conninfo(url)
         self._size = connections
         self._idle: asyncio.LifoQueue[psycopg.AsyncConnection[Any]] = asyncio.LifoQueue()
         self._open = 0
