@@ -649,10 +649,7 @@ def search_vector(
         chosen = first or iterative_plan(wanted, -1, MIN_SCAN_TUPLES)
         set_local(conn, chosen, with_planner=True, cached_plan=cached_plan and first is not None)
         if first is not None:
-            rows = run.execute(
-                ("hnsw", fetch_size(wanted)),
-                lambda q: hnsw_statement(model, q, filters, fetch_limit(wanted), 0, with_embeddings),
-            )
+            rows = run.hnsw_pass(wanted)
             if len(rows) >= wanted:
                 return _result(rows, first, with_embeddings, skip=offset, k=k)
             chosen = iterative_plan(wanted, -1, _total_rows(conn))
@@ -664,10 +661,7 @@ def search_vector(
         # answer at the cost of an unfiltered search; when it comes short, the rows lie away
         # from the query, and each category's own graph finds them
         set_local(conn, first, with_planner=True)
-        rows = run.execute(
-            ("hnsw_pass", fetch_size(wanted)),
-            lambda q: hnsw_statement(model, q, filters, fetch_limit(wanted), 0, with_embeddings),
-        )
+        rows = run.hnsw_pass(wanted)
         if len(rows) >= wanted:
             return _result(rows, first, with_embeddings, skip=offset, k=k)
         hits = _per_value(run, first, categories, k, offset)
@@ -791,6 +785,15 @@ class _Run:
                 found = _statements[key] = build(self.query)
             stmt = found
         return self.conn.execute(stmt, {**self.params, **extra} if extra else self.params).all()
+
+    def hnsw_pass(self, wanted: int) -> Sequence[Any]:
+        """One HNSW pass with the filters in its WHERE, iterative scan as set: the matching rows
+        among the ``ef_search`` nearest, at most :func:`fetch_size` ``(wanted)``."""
+        model, filters, embeddings = self.model, self.filters, self.with_embeddings
+        return self.execute(
+            ("hnsw", fetch_size(wanted)),
+            lambda q: hnsw_statement(model, q, filters, fetch_limit(wanted), 0, embeddings),
+        )
 
     def pooled(self, chosen: Plan, k: int, offset: int) -> Result:
         """The iterative scan's pool, re-sorted exactly; an exact scan if even it comes short."""
