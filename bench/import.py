@@ -30,6 +30,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -167,6 +168,16 @@ END $$
 """
 
 
+def numbered_vectors(file: pq.ParquetFile) -> Iterator[tuple[int, str, np.ndarray]]:
+    """Each row's id (1, 2, ...), tenant and vector, a batch at a time."""
+    row_id = 0
+    for batch in file.iter_batches(batch_size=4096, columns=["embedding", "tenant"]):
+        vectors = batch.column("embedding").flatten().to_numpy().reshape(batch.num_rows, DIM)
+        for tenant, vector in zip(batch.column("tenant").to_pylist(), vectors, strict=True):
+            row_id += 1
+            yield row_id, tenant, vector
+
+
 def schema_floor(database_url: str, path: Path, settings: Settings, bare: bool = False) -> float:
     """COPY the rows straight into imgsearch's own tables (see the module's doc); seconds.
     ``bare``: the three tables with their primary keys only (no other index, constraint or
@@ -204,25 +215,15 @@ def schema_floor(database_url: str, path: Path, settings: Settings, bare: bool =
             "COPY imgsearch.images (id, product_pk, tenant, sha256, state) FROM STDIN (FORMAT BINARY)"
         ) as copy:
             copy.set_types(["int8", "int8", "text", "bytea", "text"])
-            row_id = 0
-            for batch in file.iter_batches(batch_size=4096, columns=["embedding", "tenant"]):
-                vectors = batch.column("embedding").flatten().to_numpy().reshape(batch.num_rows, DIM)
-                tenants = batch.column("tenant").to_pylist()
-                for i in range(batch.num_rows):
-                    row_id += 1
-                    copy.write_row((row_id, row_id, tenants[i], bulk.vector_hash(vectors[i]), "ready"))
+            for row_id, tenant, vector in numbered_vectors(file):
+                copy.write_row((row_id, row_id, tenant, bulk.vector_hash(vector), "ready"))
         with conn.cursor().copy(
             "COPY imgsearch.embeddings (model_id, image_id, product_pk, tenant, embedding) "
             "FROM STDIN (FORMAT BINARY)"
         ) as copy:
             copy.set_types(["int2", "int8", "int8", "text", "halfvec"])
-            row_id = 0
-            for batch in file.iter_batches(batch_size=4096, columns=["embedding", "tenant"]):
-                vectors = batch.column("embedding").flatten().to_numpy().reshape(batch.num_rows, DIM)
-                tenants = batch.column("tenant").to_pylist()
-                for i in range(batch.num_rows):
-                    row_id += 1
-                    copy.write_row((model_id, row_id, row_id, tenants[i], HalfVector(vectors[i])))
+            for row_id, tenant, vector in numbered_vectors(file):
+                copy.write_row((model_id, row_id, row_id, tenant, HalfVector(vector)))
         conn.commit()
         return time.perf_counter() - start
 
