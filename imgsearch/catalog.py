@@ -14,7 +14,7 @@ import numpy as np
 from sqlalchemy import Engine, Select, and_, exists, func, select
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from imgsearch import bulk, checks, hybrid, images, ingest, removal, tenancy, updates, vectors
+from imgsearch import bulk, checks, hybrid, images, ingest, removal, tenancy, text_requests, updates, vectors
 from imgsearch import search as vector_search
 from imgsearch.db import engine as db_engine
 from imgsearch.db import filter_indexes, migrate, vector_index
@@ -98,7 +98,9 @@ class Catalog:
         of that model for text and image queries.
         """
         settings = settings or Settings()
-        engine = db_engine.make_engine(url or db_engine.resolve_url(settings), settings.pool_size)
+        engine = db_engine.make_engine(
+            url or db_engine.resolve_url(settings), settings.pool_size, settings.lock_timeout_ms
+        )
         try:
             if migrate.current(engine) != migrate.head():
                 migrate.upgrade(engine)
@@ -126,7 +128,7 @@ class Catalog:
             from imgsearch.wake import celery_waker
 
             waker = celery_waker(settings.redis_url, settings.queue, settings.batch_size)
-        search_engine = db_engine.make_search_engine(engine, settings.pool_size)
+        search_engine = db_engine.make_search_engine(engine, settings.pool_size, settings.lock_timeout_ms)
         return cls(engine, active, settings, waker, embedder, search_engine)
 
     def close(self) -> None:
@@ -759,7 +761,7 @@ class Catalog:
         if similar_to_product is not None and filters.tenant_name() is None:
             raise InvalidQuery("similar_to_product needs tenant=: product ids name products within a tenant")
         if text is not None:
-            return self.embedder.embed_text(text)
+            return self._text_vector(text)
         if image is not None:
             if images.is_url(image):
                 data = self.settings.downloads().fetch(
@@ -771,6 +773,33 @@ class Catalog:
         if vector is not None:
             return vectors.as_vector(vector, self.dim, "query vector")
         return None
+
+    def _text_vector(self, query: str) -> vectors.Vector:
+        """A text query's vector: from this process's text cache, else from the catalog's
+        (``imgsearch.text_embeddings``, which workers fill for ``imgsearch.search_text``), else
+        embedded here and put in both. The catalog's cache is a convenience: when it can't be read
+        or written, the text is embedded here as before."""
+        embedder = self.embedder
+        row = embedder.cached_text(query)
+        if row is not None:
+            return row
+        model_id = self._model.id
+        try:
+            with self.engine.begin() as conn:
+                shared = text_requests.cached(conn, model_id, query)
+        except DBAPIError as exc:
+            log.debug("text cache not readable: %s", exc.orig)
+            shared = None
+        if shared is not None and len(shared.vector) == self.dim:
+            embedder.remember_text(query, shared.vector)
+            return shared.vector
+        row = embedder.embed_text(query)
+        try:
+            with self.engine.begin() as conn, conn.begin_nested():  # a savepoint: a refusal ends here
+                text_requests.store(conn, model_id, [(query, row)], embedder.logit_params())
+        except DBAPIError as exc:
+            log.debug("text cache not writable: %s", exc.orig)
+        return row
 
     def _similar(
         self, conn: Any, stored: _Stored, filters: vector_search.Filters

@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_LEASE_SECONDS = 300  # a CPU batch of 32 base-size images takes ~15 s here; 20x headroom
 MAX_ATTEMPTS = 5  # claims per image before it is marked failed (each claim counts one)
+# after a transient failure an image waits before its next claim: 5 s, then 10, 20, 40 (about 75 s
+# in all before it fails), so that a short outage of its URL's server doesn't use up its attempts
+RETRY_BASE_SECONDS = 5.0
+RETRY_MAX_SECONDS = 300.0
 MODEL_SWITCH_LOCK = 0x696D6775  # advisory lock key: writes of embeddings vs. model switches
 
 Embed = Callable[[Sequence[bytes]], list[Any]]  # one vector or InvalidImage per image
@@ -71,7 +75,10 @@ def claim(conn: Connection, limit: int, lease_seconds: int = DEFAULT_LEASE_SECON
     claimable = (
         select(Image.id)
         .where(
-            (Image.state == ImageState.PENDING)
+            (
+                (Image.state == ImageState.PENDING)
+                & (Image.retry_at.is_(None) | (Image.retry_at <= func.now()))
+            )
             | ((Image.state == ImageState.EMBEDDING) & (Image.lease_expires_at < func.now()))
         )
         .order_by(Image.id)
@@ -236,7 +243,15 @@ def store(
                     }
                 )
             else:
-                released.append({"b_id": item.image_id})
+                delay = retry_delay(item.attempts)
+                released.append(
+                    {
+                        "b_id": item.image_id,
+                        "b_delay": delay,
+                        "b_error": f"attempt {item.attempts} of {MAX_ATTEMPTS} failed, retrying in "
+                        f"{delay:g} s: {result}"[:2000],
+                    }
+                )
         else:
             ready.append((item, np.asarray(result, dtype=np.float32)))
     if ready:
@@ -271,7 +286,20 @@ def store(
                 dropped,
             )
     _set_state(conn, failed, ImageState.FAILED)
-    _set_state(conn, [{**r, "b_error": None} for r in released], ImageState.PENDING)
+    if released:
+        table = cast(Table, Image.__table__)
+        conn.execute(
+            update(table)
+            .where(table.c.id == bindparam("b_id"))
+            .values(
+                state=ImageState.PENDING.value,
+                error=bindparam("b_error"),
+                lease_expires_at=None,
+                retry_at=func.clock_timestamp() + func.make_interval(0, 0, 0, 0, 0, 0, bindparam("b_delay")),
+                updated_at=func.now(),
+            ),
+            released,
+        )
     outcome.ready, outcome.failed = len(ready), len(failed)
     return outcome
 
@@ -283,9 +311,20 @@ def _set_state(conn: Connection, rows: list[dict[str, Any]], state: ImageState) 
     stmt = (
         update(table)
         .where(table.c.id == bindparam("b_id"))
-        .values(state=state.value, error=bindparam("b_error"), lease_expires_at=None, updated_at=func.now())
+        .values(
+            state=state.value,
+            error=bindparam("b_error"),
+            lease_expires_at=None,
+            retry_at=None,
+            updated_at=func.now(),
+        )
     )
     conn.execute(stmt, rows)
+
+
+def retry_delay(attempts: int) -> float:
+    """Seconds an image waits for its next claim after its ``attempts``-th failed for a passing reason."""
+    return float(min(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * 2 ** max(0, attempts - 1)))
 
 
 def process_batch(
@@ -354,7 +393,8 @@ def claimable_count(engine: Engine) -> int:
         return int(
             conn.execute(
                 text(
-                    "SELECT count(*) FROM imgsearch.images WHERE state = 'pending' "
+                    "SELECT count(*) FROM imgsearch.images "
+                    "WHERE (state = 'pending' AND (retry_at IS NULL OR retry_at <= now())) "
                     "OR (state = 'embedding' AND lease_expires_at < now())"
                 )
             ).scalar_one()
@@ -366,7 +406,7 @@ def retry_failed(engine: Engine, tenant: str | None = None) -> int:
     stmt = (
         update(Image)
         .where(Image.state == ImageState.FAILED)
-        .values(state=ImageState.PENDING, error=None, attempts=0, updated_at=func.now())
+        .values(state=ImageState.PENDING, error=None, attempts=0, retry_at=None, updated_at=func.now())
     )
     if tenant is not None:
         stmt = stmt.where(Image.tenant == checks.identifier(tenant, "tenant"))

@@ -79,6 +79,15 @@ class Settings(BaseSettings):
         le=1000,
         description="Idle connections a catalog's pools keep (each of its two); `imgsearch serve` defaults to 20.",
     )
+    lock_timeout_ms: int = Field(
+        default=0,
+        ge=0,
+        le=3_600_000,
+        description="How long a catalog's statements wait for a lock another session holds (a migration's "
+        "`ALTER TABLE`, a long `LOCK`) before they fail, in milliseconds; 0 waits as long as it takes. "
+        "`imgsearch serve` defaults to 5000: a request then answers 503 with `Retry-After` instead of "
+        "hanging, and doesn't hold a connection and a thread meanwhile.",
+    )
     max_batch_items: int = Field(
         default=1000,
         gt=0,

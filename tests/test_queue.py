@@ -75,12 +75,58 @@ def test_transient_errors_release_then_give_up(catalog: Catalog) -> None:
     def flaky(datas: list[bytes]) -> list[object]:
         return [TransientError("model server busy")] * len(datas)
 
-    for _ in range(queue.MAX_ATTEMPTS):
-        queue.process_batch(catalog.engine, catalog.active_model, flaky, batch_size=6)
+    for attempt in range(1, queue.MAX_ATTEMPTS + 1):
+        result = queue.process_batch(catalog.engine, catalog.active_model, flaky, batch_size=6)
+        assert result.claimed == 6
+        if attempt == queue.MAX_ATTEMPTS:
+            break
+        with catalog.engine.begin() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT state, error, extract(epoch FROM retry_at - now()) AS wait FROM imgsearch.images"
+                )
+            ).all()
+            # given back as pending, not claimable before a backoff that doubles with each attempt,
+            # saying why it waits
+            assert {r.state for r in rows} == {"pending"}
+            delay = queue.retry_delay(attempt)
+            assert delay == queue.RETRY_BASE_SECONDS * 2 ** (attempt - 1)
+            assert all(delay - 2 < r.wait <= delay for r in rows)
+            assert all(
+                r.error == f"attempt {attempt} of {queue.MAX_ATTEMPTS} failed, retrying in {delay:g} s: "
+                "model server busy"
+                for r in rows
+            )
+            assert queue.claimable_count(catalog.engine) == 0
+        assert queue.process_batch(catalog.engine, catalog.active_model, flaky, batch_size=6).claimed == 0
+        with catalog.engine.begin() as conn:  # the backoff has passed
+            conn.execute(text("UPDATE imgsearch.images SET retry_at = now() - interval '1 second'"))
+        assert queue.claimable_count(catalog.engine) == 6
     with catalog.engine.connect() as conn:
-        rows = conn.execute(text("SELECT state, error FROM imgsearch.images")).all()
+        rows = conn.execute(text("SELECT state, error, retry_at FROM imgsearch.images")).all()
     assert {r.state for r in rows} == {"failed"}
     assert all(r.error.startswith(f"gave up after {queue.MAX_ATTEMPTS} attempts") for r in rows)
+    assert all(r.retry_at is None for r in rows)
+
+
+def test_an_image_retried_after_a_passing_failure_becomes_ready(catalog: Catalog) -> None:
+    calls = 0
+
+    def recovers(datas: list[bytes]) -> list[object]:
+        nonlocal calls
+        calls += 1
+        return (
+            [TransientError("host reset the connection")] * len(datas) if calls == 1 else fake_vectors(datas)
+        )
+
+    queue.process_batch(catalog.engine, catalog.active_model, recovers, batch_size=6)
+    with catalog.engine.begin() as conn:
+        conn.execute(text("UPDATE imgsearch.images SET retry_at = now() - interval '1 second'"))
+    result = queue.process_batch(catalog.engine, catalog.active_model, recovers, batch_size=6)
+    assert result.ready == 6
+    with catalog.engine.connect() as conn:
+        rows = conn.execute(text("SELECT state, error, retry_at, attempts FROM imgsearch.images")).all()
+    assert {(r.state, r.error, r.retry_at, r.attempts) for r in rows} == {("ready", None, None, 2)}
 
 
 def test_invalid_image_is_failed_with_its_message(catalog: Catalog) -> None:

@@ -9,14 +9,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from sqlalchemy import Engine
+from celery.signals import worker_process_init
+from sqlalchemy import Engine, make_url
 from sqlalchemy.exc import DBAPIError
 
-from imgsearch import pipeline, queue
+from imgsearch import pipeline, queue, text_requests
 from imgsearch.db import engine as db_engine
 from imgsearch.db import filter_indexes, vector_index
 from imgsearch.embed.allocator import retain_freed_memory
-from imgsearch.embed.model import Embedder
+from imgsearch.embed.model import Embedder, check_text
 from imgsearch.errors import ConfigurationError, ImgSearchError, TransientError
 from imgsearch.records import ModelInfo
 from imgsearch.settings import Settings
@@ -146,3 +147,37 @@ def sweep() -> int:
         # work, on the model's graph
         log.warning("sweep: per-value indexes not refreshed: %s", exc)
     return tasks
+
+
+_listener: text_requests.Listener | None = None
+
+
+def answer_text_requests() -> int:
+    """Embed the texts ``imgsearch.search_text`` is waiting for (the listener thread's work)."""
+    rt = runtime()
+    follow_active_model(rt)
+
+    def embed(texts: list[str]) -> Any:
+        for query in texts:
+            check_text(query)
+        return rt.embedder.embed_texts(texts)
+
+    return text_requests.answer_pending(rt.engine, rt.model, embed, rt.embedder.logit_params)
+
+
+def evict_cached_texts() -> int:
+    rt = runtime()
+    with rt.engine.begin() as conn:
+        return text_requests.evict(conn)
+
+
+@worker_process_init.connect
+def start_text_listener(**_: Any) -> None:
+    """Each worker process (solo or a prefork child) answers ``search_text`` from a thread of its
+    own, on a connection of its own that listens for the requests."""
+    global _listener
+    if _listener is None:
+        settings = Settings()
+        conninfo = db_engine.libpq_conninfo(make_url(db_engine.resolve_url(settings)))
+        _listener = text_requests.Listener(conninfo, answer_text_requests, evict_cached_texts)
+        _listener.start()

@@ -13,6 +13,7 @@ from imgsearch.errors import ConfigurationError
 from imgsearch.settings import Settings
 
 SERVER_POOL_SIZE = 20
+SERVER_LOCK_TIMEOUT_MS = 5000
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -33,6 +34,9 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     # ones as they come back and opens new ones for the next requests (a connect, and statements
     # prepared again, on every one; bench/serve.py)
     os.environ.setdefault("IMGSEARCH_POOL_SIZE", str(SERVER_POOL_SIZE))
+    # a request waiting on a lock (a migration's ALTER TABLE, someone's LOCK) answers 503 with
+    # Retry-After after this long, instead of hanging with a connection and a thread (bench/soak.py)
+    os.environ.setdefault("IMGSEARCH_LOCK_TIMEOUT_MS", str(SERVER_LOCK_TIMEOUT_MS))
     settings = Settings()
     # migrate here, once: N worker processes starting at the same moment would race to
     open_engine(settings).dispose()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import URL, Engine, create_engine, make_url, text
 from sqlalchemy.exc import ArgumentError, OperationalError
 
@@ -39,14 +41,22 @@ def resolve_url(settings: Settings) -> str:
     return embedded.ensure_started(settings.home)
 
 
-def make_engine(url: str, pool_size: int = DEFAULT_POOL_SIZE) -> Engine:
+def connect_args(lock_timeout_ms: int = 0) -> dict[str, Any]:
+    """psycopg's connection arguments: the connect timeout and, when not 0, a ``lock_timeout``."""
+    if not lock_timeout_ms:
+        return dict(CONNECT_ARGS)
+    return {**CONNECT_ARGS, "options": f"-c lock_timeout={int(lock_timeout_ms)}"}
+
+
+def make_engine(url: str, pool_size: int = DEFAULT_POOL_SIZE, lock_timeout_ms: int = 0) -> Engine:
     """An engine for ``url`` that fails fast with :class:`DatabaseUnavailable` when unreachable,
     keeping up to ``pool_size`` idle connections (and opening as many more, at least 10, which
-    are closed when they come back to a full pool)."""
+    are closed when they come back to a full pool). With ``lock_timeout_ms``, a statement waiting
+    longer than that for a lock fails (PostgreSQL's ``lock_timeout``)."""
     engine = create_engine(
         normalize_url(url),
         pool_pre_ping=True,
-        connect_args=CONNECT_ARGS,
+        connect_args=connect_args(lock_timeout_ms),
         pool_size=pool_size,
         max_overflow=max(10, pool_size),
     )
@@ -54,13 +64,18 @@ def make_engine(url: str, pool_size: int = DEFAULT_POOL_SIZE) -> Engine:
     return engine
 
 
-def make_search_engine(engine: Engine, pool_size: int = DEFAULT_POOL_SIZE) -> Engine:
+def make_search_engine(
+    engine: Engine, pool_size: int = DEFAULT_POOL_SIZE, lock_timeout_ms: int = 0
+) -> Engine:
     """A second pool on ``engine``'s database, for searches: no ping before each checkout. The
     ping is a round trip of its own, 3-9% of a search (bench/search_overheads.py); a search is
     read-only, so the catalog runs one again on a new connection when its connection turns out
     closed (a server restart, an idle timeout) instead. Writes keep the pinged pool."""
     return create_engine(
-        engine.url, connect_args=CONNECT_ARGS, pool_size=pool_size, max_overflow=max(10, pool_size)
+        engine.url,
+        connect_args=connect_args(lock_timeout_ms),
+        pool_size=pool_size,
+        max_overflow=max(10, pool_size),
     )
 
 

@@ -17,7 +17,7 @@ import enum
 from decimal import Decimal
 from typing import Any
 
-from pgvector.sqlalchemy import HALFVEC
+from pgvector.sqlalchemy import HALFVEC, VECTOR
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
@@ -37,7 +37,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, REAL
+from sqlalchemy.dialects.postgresql import DOUBLE_PRECISION, JSONB, REAL
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 SCHEMA = "imgsearch"
@@ -156,6 +156,8 @@ class Image(Base):
     error: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     lease_expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    # a pending image that failed for a passing reason is claimable again from then (migration 0014)
+    retry_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[dt.datetime] = _created()
     updated_at: Mapped[dt.datetime] = _created()
 
@@ -272,3 +274,41 @@ class TenantLogin(Base):
     role_name: Mapped[str] = mapped_column(Text, primary_key=True)
     tenant: Mapped[str] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = _created()
+
+
+class TextEmbedding(Base):
+    """A text query's embedding under a model (migration 0015): what ``imgsearch.search_text``
+    reads, workers write, and the library's text queries share."""
+
+    __tablename__ = "text_embeddings"
+    __table_args__ = (Index("text_embeddings_created_idx", "created_at"),)
+
+    model_id: Mapped[int] = mapped_column(
+        SmallInteger, ForeignKey("models.id", ondelete="CASCADE"), primary_key=True
+    )
+    text_hash: Mapped[bytes] = mapped_column(LargeBinary, primary_key=True)  # sha256 of the UTF-8 text
+    text: Mapped[str] = mapped_column(Text)
+    embedding: Mapped[Any] = mapped_column(VECTOR())
+    logit_scale: Mapped[float | None] = mapped_column(DOUBLE_PRECISION)
+    logit_bias: Mapped[float | None] = mapped_column(DOUBLE_PRECISION)
+    created_at: Mapped[dt.datetime] = _created()
+
+
+class TextRequest(Base):
+    """A text ``imgsearch.search_text`` waits for a worker to embed (migration 0015)."""
+
+    __tablename__ = "text_requests"
+    __table_args__ = (
+        UniqueConstraint("model_id", "text_hash"),
+        CheckConstraint("length(text) BETWEEN 1 AND 2000", name="text_length"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    model_id: Mapped[int] = mapped_column(SmallInteger, ForeignKey("models.id", ondelete="CASCADE"))
+    text_hash: Mapped[bytes] = mapped_column(LargeBinary)
+    text: Mapped[str] = mapped_column(Text)
+    requested_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.clock_timestamp()
+    )
+    claimed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    error: Mapped[str | None] = mapped_column(Text)

@@ -182,6 +182,13 @@ class LRUCache(Generic[K, V]):
             self._hits += 1
             return value
 
+    def peek(self, key: K) -> V | None:
+        """The value, counted as a hit and made the most recent when present; a miss isn't counted."""
+        with self._lock:
+            if key not in self._data:
+                return None
+        return self.get(key)
+
     def put(self, key: K, value: V) -> None:
         if self.maxsize == 0:
             return

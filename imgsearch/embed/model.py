@@ -52,7 +52,8 @@ class PreparedBatch:
     errors: dict[int, InvalidImage]
 
 
-def _check_text(text: object) -> None:
+def check_text(text: object) -> None:
+    """Raise :class:`InvalidInput` unless ``text`` is a text query the embedder takes."""
     if not isinstance(text, str) or not text.strip():
         raise InvalidInput(f"a text query must be a non-empty string, got {text!r}")
     if len(text) > MAX_TEXT_CHARS:
@@ -281,7 +282,7 @@ class Embedder:
         if isinstance(texts, str):
             raise InvalidInput("embed_texts takes a list of strings; wrap a single query in a list")
         for text in texts:
-            _check_text(text)
+            check_text(text)
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         self.load()
@@ -303,13 +304,25 @@ class Embedder:
         """One text's unit vector (a query), from a cache of the last ``text_cache_size`` texts
         asked for (the same text gives the same vector: the forward pass is deterministic). Texts
         asked for from several threads at once share a forward pass (:class:`MicroBatcher`)."""
-        _check_text(text)
+        check_text(text)
         row = self._text_cache.get(text)
         if row is None:
             row = self._text_batcher.submit(text)
             row.setflags(write=False)  # shared by every caller of the cache: they get copies
             self._text_cache.put(text, row)
         return row.copy()
+
+    def cached_text(self, text: str) -> Matrix | None:
+        """A text's vector when this embedder's text cache holds it (counted as a hit), else None."""
+        check_text(text)
+        row = self._text_cache.peek(text)
+        return None if row is None else row.copy()
+
+    def remember_text(self, text: str, row: Matrix) -> None:
+        """Put a text's vector, computed elsewhere by this model (a worker), in the text cache."""
+        row = np.asarray(row, dtype=np.float32).copy()
+        row.setflags(write=False)
+        self._text_cache.put(text, row)
 
     def text_cache_info(self) -> CacheInfo:
         """Hits, misses and size of the text cache (as :func:`functools.lru_cache`'s ``cache_info``)."""

@@ -13,6 +13,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -96,6 +97,14 @@ def for_error(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, TransientError):
         log.warning("transient fault: %s", exc)
         return problem(503, "unavailable", "Service unavailable", str(exc), request)
+    if isinstance(exc, DBAPIError) and isinstance(exc.orig, psycopg.errors.LockNotAvailable):
+        # IMGSEARCH_LOCK_TIMEOUT_MS: another session holds a lock this request needs
+        log.warning("lock timeout: %s", str(exc.orig).strip().splitlines()[0])
+        detail = (
+            "the database is busy: another session (a migration?) holds a lock this request needs; "
+            "nothing was written"
+        )
+        return problem(503, "unavailable", "Service unavailable", detail, request)
     if isinstance(exc, OperationalError) or (isinstance(exc, DBAPIError) and exc.connection_invalidated):
         # the database went away mid-request (a restart, a terminated connection): retry
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else "connection lost"

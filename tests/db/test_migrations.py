@@ -18,6 +18,8 @@ TABLES = {
     "embeddings",
     "tenant_logins",
     "api_keys",
+    "text_embeddings",
+    "text_requests",
     "filter_index_rules",
     "filter_indexes",
     "alembic_version",

@@ -5,6 +5,7 @@ message, never a traceback; bodies over the limit are refused; a database that g
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -213,3 +214,39 @@ def test_a_database_that_goes_away_answers_503_then_recovers(
         assert [h["image_id"] for h in hits] == [image_id], "searches recover without a restart"
         assert client.get(f"/v1/images/{image_id}").status_code == 200
         assert httpx.get(f"{api.url}/readyz").status_code == 200
+
+
+def test_a_request_waiting_on_a_lock_answers_503_instead_of_hanging(
+    server_url: str, template_db: str, tiny_siglip: Path, tmp_path: Path, tenant: str
+) -> None:
+    database_url = new_database(server_url, template_db)
+    api = start_api(database_url, tiny_siglip, tmp_path, IMGSEARCH_LOCK_TIMEOUT_MS="500")
+    try:
+        with api.client(api.key(tenant)) as client:
+            (image_id,) = client.post(
+                "/v1/images", json={"items": [{"embedding": VECTOR, "product_id": "p"}]}
+            ).json()["ids"]
+            url = make_url(database_url)
+            with psycopg.connect(host=url.query["host"], user="postgres", dbname=url.database) as holder:
+                # what a migration's ALTER TABLE holds while it runs
+                holder.execute("LOCK TABLE imgsearch.images IN ACCESS EXCLUSIVE MODE")
+                # searches read embeddings and products only: they go on
+                hits = client.post("/v1/search", json={"vector": VECTOR}).json()["hits"]
+                assert [h["image_id"] for h in hits] == [image_id]
+                for method, path, body in (
+                    ("POST", "/v1/images", {"items": [{"embedding": VECTOR, "product_id": "q"}]}),
+                    ("GET", f"/v1/images/{image_id}", None),
+                ):
+                    started = time.monotonic()
+                    response = client.request(method, path, json=body)
+                    assert time.monotonic() - started < 5, "answered after the lock timeout, not the lock"
+                    found = problem(response, 503)
+                    assert response.headers["retry-after"].isdigit()
+                    assert "lock" in found["detail"], found["detail"]
+                holder.rollback()
+            hits = client.post("/v1/search", json={"vector": VECTOR}).json()["hits"]
+            assert [h["image_id"] for h in hits] == [image_id]
+            # the refused upload wrote nothing
+            assert client.get("/v1/status").json()["counts"]["ready"] == 1
+    finally:
+        api.stop()
