@@ -22,6 +22,7 @@ from imgsearch.db.models import Embedding, Image, Product
 from imgsearch.embed.registry import canonical_name, model_dim
 from imgsearch.errors import ConfigurationError, DatabaseUnavailable, InvalidQuery, NotFound
 from imgsearch.records import Hit, ImageRecord, ModelInfo
+from imgsearch.replicas import Replicas, primary_lsn, replica_fault
 from imgsearch.search import MAX_K, Plan
 from imgsearch.settings import Settings
 
@@ -61,9 +62,12 @@ class Catalog:
         waker: Waker | None = None,
         embedder: Embedder | None = None,
         search_engine: Engine | None = None,
+        replicas: Replicas | None = None,
     ) -> None:
         self.engine = engine
         self._search_engine = search_engine or engine
+        # hot standbys searches go to first (imgsearch.replicas); None: the primary only
+        self.replicas = replicas
         self.settings = settings
         self.waker = waker
         self._model = model
@@ -89,13 +93,15 @@ class Catalog:
         model: str | None = None,
         settings: Settings | None = None,
         embedder: Embedder | None = None,
+        replicas: Sequence[str] | None = None,
     ) -> Catalog:
         """Connect, migrate to the latest schema, and make sure an active model is registered.
 
         ``url`` defaults to ``IMGSEARCH_DATABASE_URL``, else the embedded server (started on demand).
         On a new catalog ``model`` (default ``IMGSEARCH_MODEL``) becomes the active model; its
         dimension is known without loading weights. ``embedder`` shares an already loaded embedder
-        of that model for text and image queries.
+        of that model for text and image queries. ``replicas`` (default ``IMGSEARCH_REPLICA_URLS``)
+        are hot standbys of ``url`` that searches go to, round robin; everything else goes to ``url``.
         """
         settings = settings or Settings()
         engine = db_engine.make_engine(
@@ -129,11 +135,23 @@ class Catalog:
 
             waker = celery_waker(settings.redis_url, settings.queue, settings.batch_size)
         search_engine = db_engine.make_search_engine(engine, settings.pool_size, settings.lock_timeout_ms)
-        return cls(engine, active, settings, waker, embedder, search_engine)
+        urls = list(settings.replica_urls if replicas is None else replicas)
+        standbys = None
+        if urls:
+            standbys = Replicas(
+                urls,
+                pool_size=settings.pool_size,
+                lock_timeout_ms=settings.lock_timeout_ms,
+                max_lag_seconds=settings.replica_max_lag_seconds,
+                wait_seconds=settings.replica_wait_ms / 1000,
+            )
+        return cls(engine, active, settings, waker, embedder, search_engine, standbys)
 
     def close(self) -> None:
         self.engine.dispose()
         self._search_engine.dispose()
+        if self.replicas is not None:
+            self.replicas.dispose()
 
     def __enter__(self) -> Catalog:
         return self
@@ -565,6 +583,7 @@ class Catalog:
         expand: int | None = None,
         min_score: float | None = None,
         min_probability: float | None = None,
+        consistent: bool = False,
     ) -> list[Hit]:
         """The ``k`` nearest images (after ``offset``) matching every filter, nearest first.
 
@@ -582,6 +601,11 @@ class Catalog:
         (1 = relevance only); ``expand=m`` searches again with the query averaged with its top m;
         ``min_score`` drops hits below that cosine similarity, ``min_probability`` (text queries
         on SigLIP) below that calibrated match probability.
+
+        With replicas, the search runs on one of them and may miss the last writes they haven't
+        replayed yet; ``consistent=True`` waits until the replica has replayed every write
+        acknowledged before the search started (up to ``IMGSEARCH_REPLICA_WAIT_MS``, else the
+        primary answers).
 
         >>> catalog.search(text="red sneakers", tenant="acme", price_max=100, k=5)  # doctest: +SKIP
         """
@@ -619,32 +643,77 @@ class Catalog:
             similar_to_product=similar_to_product,
             vector=vector,
         )
+        if not isinstance(consistent, bool):
+            raise InvalidQuery(f"consistent must be true or false, got {consistent!r}")
         stored = _Stored(similar_to, similar_to_product)
-        try:
-            hits = self._search_once(tenant, filters, options, query, stored)
-        except DBAPIError as exc:
-            if not exc.connection_invalidated:
-                raise
-            # searches check out connections without a ping (db_engine.make_search_engine): a
-            # search is read-only, so it runs again on a new connection
-            log.warning("a search's database connection was closed (%s); running it again", exc.orig)
-            hits = self._search_once(tenant, filters, options, query, stored)
+        hits = self._search_replicas(tenant, filters, options, query, stored, consistent)
+        if hits is None:
+            try:
+                hits = self._search_once(self._search_engine, tenant, filters, options, query, stored)
+            except DBAPIError as exc:
+                if not exc.connection_invalidated:
+                    raise
+                # searches check out connections without a ping (db_engine.make_search_engine): a
+                # search is read-only, so it runs again on a new connection
+                log.warning("a search's database connection was closed (%s); running it again", exc.orig)
+                hits = self._search_once(self._search_engine, tenant, filters, options, query, stored)
+        assert hits is not None  # only a replica that hasn't caught up answers None
         if text is not None:
             hits = hybrid.with_probability(hits, self.embedder.probability)
             if min_probability is not None:
                 hits = [hit for hit in hits if hit.probability is None or hit.probability >= min_probability]
         return hits
 
-    def _search_once(
+    def _search_replicas(
         self,
         tenant: str | None,
         filters: vector_search.Filters,
         options: hybrid.Options,
         query: vectors.Vector | None,
         stored: _Stored,
-    ) -> list[Hit]:
+        consistent: bool,
+    ) -> list[Hit] | None:
+        """The search on the next healthy replica; None when the primary must answer: no replica
+        in rotation, each one failed, or (``consistent``) the chosen one didn't catch up in time.
+        A replica that can't answer (down, restarting, a query cancelled by recovery) costs no
+        failed search: the next one, then the primary, runs it."""
+        if not self.replicas:
+            return None
+        lsn = None
+        if consistent:
+            with self.engine.begin() as conn:
+                lsn = primary_lsn(conn)
+        for member in self.replicas.rotation():
+            try:
+                hits = self._search_once(member.engine, tenant, filters, options, query, stored, lsn)
+            except DBAPIError as exc:
+                if not replica_fault(exc):
+                    raise
+                self.replicas.failed(member, exc)
+                continue
+            if hits is None:
+                log.info(
+                    "replica %s hadn't replayed %s within the wait; the primary answers", member.name, lsn
+                )
+                return None
+            member.searches += 1
+            return hits
+        return None
+
+    def _search_once(
+        self,
+        engine: Engine,
+        tenant: str | None,
+        filters: vector_search.Filters,
+        options: hybrid.Options,
+        query: vectors.Vector | None,
+        stored: _Stored,
+        lsn: str | None = None,
+    ) -> list[Hit] | None:
         own = self._own_graph(filters)  # before the search's transaction (Django shares one connection)
-        with self._search_engine.begin() as conn:
+        with engine.begin() as conn:
+            if lsn is not None and self.replicas is not None and not self.replicas.wait_for(conn, lsn):
+                return None
             if tenant is not None:
                 tenancy.scope(conn, tenant)
             if query is None:

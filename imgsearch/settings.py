@@ -79,6 +79,21 @@ class Settings(BaseSettings):
         le=1000,
         description="Idle connections a catalog's pools keep (each of its two); `imgsearch serve` defaults to 20.",
     )
+    replica_urls: Annotated[list[str], NoDecode] = Field(
+        default=[],
+        description="Hot standbys of the database that searches go to, round robin, comma-separated "
+        "URLs; uploads, changes, the queue and migrations stay on the primary.",
+    )
+    replica_max_lag_seconds: float = Field(
+        default=30.0, gt=0, description="A replica further behind than this is left out of the rotation."
+    )
+    replica_wait_ms: int = Field(
+        default=1000,
+        ge=0,
+        le=60_000,
+        description="How long a `consistent` search waits for a replica to replay the writes before it, "
+        "in milliseconds, before the primary answers it.",
+    )
     lock_timeout_ms: int = Field(
         default=0,
         ge=0,
@@ -127,7 +142,7 @@ class Settings(BaseSettings):
         description="Embedding processes keep freed memory for the next batch (glibc: no mmap, no trim).",
     )
 
-    @field_validator("download_allow", mode="before")
+    @field_validator("download_allow", "replica_urls", mode="before")
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -8,6 +8,7 @@ import http.server
 import io
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +23,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from imgsearch.db import embedded
 
 
 def image_bytes(
@@ -198,3 +201,68 @@ def wait_until(condition: Callable[[], bool], timeout: float, workers: Workers, 
             return
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}\n{workers.log_tail()}")
+
+
+BIN = Path(embedded._ep().__file__).parent / "pginstall" / "bin"
+AS_SERVER_USER = ["runuser", "-u", embedded.SERVER_USER, "--"] if os.geteuid() == 0 else []
+
+
+@dataclass
+class Standby:
+    """A hot standby of an embedded server, made with its own binaries (``pg_basebackup -R``,
+    streaming replication, ``hot_standby_feedback``), on a Unix socket in its data directory."""
+
+    data: Path
+    log: Path
+
+    @classmethod
+    def copy_of(cls, primary_socket_dir: str, parent: Path) -> Standby:
+        """Copy the primary into ``parent`` (created, owned by the server's user) and start it."""
+        parent.mkdir(parents=True)
+        if AS_SERVER_USER:
+            shutil.chown(parent, embedded.SERVER_USER)
+        standby = cls(parent / "data", parent / "log")
+        subprocess.run(
+            [
+                *AS_SERVER_USER,
+                str(BIN / "pg_basebackup"),
+                "-h",
+                primary_socket_dir,
+                "-U",
+                "postgres",
+                "-D",
+                str(standby.data),
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=600,
+        )
+        (standby.data / ".s.PGSQL.5432.lock").unlink(missing_ok=True)  # the primary's, copied
+        standby.start()
+        return standby
+
+    def url(self, database: str = "imgsearch") -> str:
+        return f"postgresql+psycopg://postgres@/{database}?host={self.data}"
+
+    def pg_ctl(self, *args: str) -> None:
+        subprocess.run(
+            [*AS_SERVER_USER, str(BIN / "pg_ctl"), "-D", str(self.data), "-w", *args],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+
+    def start(self) -> None:
+        options = f"-c listen_addresses='' -c unix_socket_directories={self.data} -c hot_standby_feedback=on"
+        self.pg_ctl("-l", str(self.log), "-o", options, "start")
+
+    def stop(self, mode: str = "immediate") -> None:
+        self.pg_ctl("-m", mode, "stop")
+
+    def running(self) -> bool:
+        return (self.data / "postmaster.pid").exists()

@@ -29,7 +29,16 @@ def environment(service: dict[str, Any]) -> dict[str, str]:
 
 def test_services_images_and_dependencies(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) == {"postgres", "redis", "migrate", "api", "worker", "worker-gpu"}
+    assert set(services) == {
+        "postgres",
+        "postgres-replica",
+        "redis",
+        "migrate",
+        "api",
+        "api-replicas",
+        "worker",
+        "worker-gpu",
+    }
     assert services["postgres"]["image"].startswith("pgvector/pgvector:")
     assert services["redis"]["image"].startswith("redis:")
     for name in ("postgres", "redis", "api", "worker", "worker-gpu"):
@@ -41,8 +50,33 @@ def test_services_images_and_dependencies(compose: dict[str, Any]) -> None:
         assert depends["migrate"]["condition"] == "service_completed_successfully"
         assert depends["redis"]["condition"] == "service_healthy"
         assert "models:/models" in services[name]["volumes"]
-    assert set(compose["volumes"]) == {"pgdata", "models"}
+    assert set(compose["volumes"]) == {"pgdata", "pgdata-replica", "models"}
     assert any(v.startswith("pgdata:/var/lib/postgresql") for v in services["postgres"]["volumes"])
+
+
+def test_replica_profile(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    standby, api = services["postgres-replica"], services["api-replicas"]
+    assert standby["profiles"] == api["profiles"] == ["replica"]
+    assert standby["image"] == services["postgres"]["image"]
+    # the standby copies the primary with pg_basebackup -R and starts as a hot standby
+    script = (ROOT / "deploy" / "postgres" / "standby.sh").read_text()
+    assert 'pg_basebackup -h "$PRIMARY_HOST"' in script and "-R -X stream" in script
+    assert "hot_standby=on" in script
+    assert any(v.endswith(":/standby.sh:ro") for v in standby["volumes"])
+    assert environment(standby)["PRIMARY_HOST"] == "postgres"
+    # the primary lets it stream
+    hba = (ROOT / "deploy" / "postgres" / "allow-replication.sh").read_text()
+    assert "host replication all all scram-sha-256" in hba
+    assert any("docker-entrypoint-initdb.d" in v for v in services["postgres"]["volumes"])
+    # the API's searches go to the standby; everything else to the primary
+    env = environment(api)
+    assert env["IMGSEARCH_REPLICA_URLS"].endswith("@postgres-replica:5432/imgsearch")
+    assert env["IMGSEARCH_DATABASE_URL"].endswith("@postgres:5432/imgsearch")
+    assert Settings(replica_urls=env["IMGSEARCH_REPLICA_URLS"]).replica_urls == [
+        env["IMGSEARCH_REPLICA_URLS"]
+    ]
+    assert api["depends_on"]["postgres-replica"]["condition"] == "service_healthy"
 
 
 def test_gpu_worker_profile(compose: dict[str, Any]) -> None:

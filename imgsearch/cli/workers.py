@@ -95,6 +95,20 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
     print(f"queue {settings.queue!r}: " + ("broker unreachable" if depth is None else f"{depth} messages"))
     age = current.oldest_pending_seconds
     print("oldest pending: " + ("none" if age is None else f"{age:.0f} s"))
+    if settings.replica_urls:
+        from imgsearch.replicas import Replicas
+
+        replicas = Replicas(
+            settings.replica_urls, pool_size=1, max_lag_seconds=settings.replica_max_lag_seconds
+        )
+        try:
+            for name, lag in replicas.lags().items():
+                state = "unreachable" if lag is None else f"{lag:.1f} s behind"
+                if lag is not None and lag > settings.replica_max_lag_seconds:
+                    state += " (out of the search rotation)"
+                print(f"replica {name}: {state}")
+        finally:
+            replicas.dispose()
     if current.latest_errors:
         print("latest errors:")
         for image_id, tenant, error in current.latest_errors:

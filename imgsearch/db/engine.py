@@ -79,6 +79,17 @@ def make_search_engine(
     )
 
 
+def make_replica_engine(url: str, pool_size: int = DEFAULT_POOL_SIZE, lock_timeout_ms: int = 0) -> Engine:
+    """A search pool on a hot standby: like :func:`make_search_engine`, and not checked when made
+    (a replica that is down when the catalog opens joins the rotation when it comes up)."""
+    return create_engine(
+        normalize_url(url),
+        connect_args=connect_args(lock_timeout_ms),
+        pool_size=pool_size,
+        max_overflow=max(10, pool_size),
+    )
+
+
 def _version(text_version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in text_version.split(".")[:2] if part.isdigit())
 

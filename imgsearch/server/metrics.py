@@ -96,10 +96,31 @@ class CatalogCollector(Collector):
     """Images per state and queue depth, read when scraped (``read`` returns both; a depth of
     None: the broker can't be reached)."""
 
-    def __init__(self, read: Callable[[], tuple[dict[str, int], int | None]]) -> None:
+    def __init__(
+        self,
+        read: Callable[[], tuple[dict[str, int], int | None]],
+        lags: Callable[[], dict[str, float | None]] | None = None,
+    ) -> None:
         self._read = read
+        self._lags = lags
 
     def collect(self) -> Iterator[Any]:
+        if self._lags is not None:
+            lags = self._lags()
+            lag = GaugeMetricFamily(
+                "imgsearch_replica_lag_seconds",
+                "How far each replica is behind the primary.",
+                labels=["replica"],
+            )
+            up = GaugeMetricFamily(
+                "imgsearch_replica_up", "Whether each replica answers.", labels=["replica"]
+            )
+            for name, seconds in lags.items():
+                up.add_metric([name], 0 if seconds is None else 1)
+                if seconds is not None:
+                    lag.add_metric([name], seconds)
+            yield lag
+            yield up
         counts, depth = self._read()
         images = GaugeMetricFamily("imgsearch_images", "Images in the catalog by state.", labels=["state"])
         for state, count in counts.items():

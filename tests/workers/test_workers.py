@@ -102,6 +102,31 @@ def test_200_uploads_all_become_ready(setup: tuple[Catalog, Workers, str]) -> No
     assert len(hits) == 3
 
 
+def test_workers_on_separate_hosts_need_only_the_two_urls(
+    setup: tuple[Catalog, Workers, str], tmp_path: Path
+) -> None:
+    """Three "hosts": worker processes in process groups of their own, each with an
+    IMGSEARCH_HOME of its own (no embedded server, no shared files), given only the database and
+    the broker's URLs."""
+    catalog, workers, _ = setup
+    catalog.add_many({"image": jpeg(500 + i), "tenant": "acme", "product_id": f"h{i}"} for i in range(90))
+    for host in range(3):
+        home = tmp_path / f"host{host}"
+        home.mkdir()
+        workers.start("--batch-size", "8", IMGSEARCH_HOME=str(home))
+    wait_until(lambda: counts(catalog).get("ready") == 90, 240, workers, "90 ready images")
+    assert embeddings_per_image(catalog) == [1] * 90
+    with catalog.engine.connect() as conn:
+        assert (
+            conn.execute(text("SELECT max(attempts) FROM imgsearch.images")).scalar() == 1
+        )  # none claimed twice
+    assert all(not any((tmp_path / f"host{host}").iterdir()) for host in range(3)), (
+        "a worker wrote to its home"
+    )
+    assert len({proc.pid for proc in workers.procs}) == 3
+    assert len({os.getpgid(proc.pid) for proc in workers.procs}) == 3
+
+
 def test_killed_worker_loses_nothing_and_embeds_each_image_once(setup: tuple[Catalog, Workers, str]) -> None:
     catalog, workers, _ = setup
     catalog.add_many(

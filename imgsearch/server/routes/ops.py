@@ -73,7 +73,8 @@ def metrics(request: Request) -> Response:
                 counts = {}
             return counts, wake.queue_depth(catalog.settings.redis_url, catalog.settings.queue)
 
-        collector = CatalogCollector(read)
+        replicas = catalog.replicas
+        collector = CatalogCollector(read, replicas.lags if replicas else None)
     return Response(registry.exposition(collector), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -138,7 +138,7 @@ def _form_options(form: Any) -> dict[str, Any]:
             values[name] = _number(found[0], name, int)
         elif name in ("diversity", "min_score", "min_probability"):
             values[name] = _number(found[0], name, float)
-        elif name == "group_by_product":
+        elif name in ("group_by_product", "consistent"):
             values[name] = found[0].strip().lower() in ("true", "1", "yes", "on")
         else:
             values[name] = found[0]
