@@ -62,7 +62,9 @@ def cpu_seconds(data_dir: Path) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rows", type=int, default=50_000)
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--upload-seconds", type=float, default=30)
@@ -85,8 +87,13 @@ def main() -> None:
             print(f"importing {args.rows} rows ...", flush=True)
             catalog.import_vectors(
                 (
-                    {"embedding": data[i], "tenant": f"shop{i % 10}", "product_id": f"p{i}",
-                     "category": f"c{i % 50}", "price": float(i % 300)}
+                    {
+                        "embedding": data[i],
+                        "tenant": f"shop{i % 10}",
+                        "product_id": f"p{i}",
+                        "category": f"c{i % 50}",
+                        "price": float(i % 300),
+                    }
                     for i in range(args.rows)
                 ),
                 progress=False,
@@ -149,9 +156,13 @@ def lag(primary: str, standby: Standby, catalog: Catalog, args: argparse.Namespa
     stop = threading.Event()
 
     def watch() -> None:
-        with psycopg.connect(host=str(standby.data), user="postgres", dbname="imgsearch", autocommit=True) as conn:
+        with psycopg.connect(
+            host=str(standby.data), user="postgres", dbname="imgsearch", autocommit=True
+        ) as conn:
             while not stop.is_set():
-                replayed.append((time.perf_counter(), conn.execute("SELECT pg_last_wal_replay_lsn()::text").fetchone()[0]))
+                replayed.append(
+                    (time.perf_counter(), conn.execute("SELECT pg_last_wal_replay_lsn()::text").fetchone()[0])
+                )
                 time.sleep(0.002)
 
     host = make_url(primary).query["host"]
@@ -167,13 +178,17 @@ def lag(primary: str, standby: Standby, catalog: Catalog, args: argparse.Namespa
                 {"embedding": v, "tenant": "shop0", "product_id": f"u{rows + j}", "category": "c1"}
                 for j, v in enumerate(batch)
             )
-            commits.append((time.perf_counter(), conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]))
+            commits.append(
+                (time.perf_counter(), conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0])
+            )
             rows += args.batch
         elapsed = time.perf_counter() - started
         end_lsn = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
         wal_bytes = conn.execute("SELECT pg_wal_lsn_diff(%s, %s)", (end_lsn, start_lsn)).fetchone()[0]
         deadline = time.perf_counter() + 60
-        while time.perf_counter() < deadline and (not replayed or lsn_value(replayed[-1][1]) < lsn_value(end_lsn)):
+        while time.perf_counter() < deadline and (
+            not replayed or lsn_value(replayed[-1][1]) < lsn_value(end_lsn)
+        ):
             time.sleep(0.05)
         stop.set()
         watcher.join()
@@ -203,18 +218,24 @@ def show(report: dict[str, float], args: argparse.Namespace) -> None:
     print()
     print("| measure | replica | primary | ratio |")
     print("|---|---|---|---|")
-    print(f"| search p50, {args.rows} rows (unfiltered, a tenant, a category in turn) "
-          f"| {report['replica_p50']:.2f} ms | {report['primary_p50']:.2f} ms "
-          f"| **{report['replica_p50'] / report['primary_p50']:.2f}x** |")
-    print(f"| PostgreSQL CPU per search on the standby | {report['cpu_ms_per_search']:.2f} ms "
-          f"(wall {report['wall_ms_per_search']:.2f} ms) | | |")
+    print(
+        f"| search p50, {args.rows} rows (unfiltered, a tenant, a category in turn) "
+        f"| {report['replica_p50']:.2f} ms | {report['primary_p50']:.2f} ms "
+        f"| **{report['replica_p50'] / report['primary_p50']:.2f}x** |"
+    )
+    print(
+        f"| PostgreSQL CPU per search on the standby | {report['cpu_ms_per_search']:.2f} ms "
+        f"(wall {report['wall_ms_per_search']:.2f} ms) | | |"
+    )
     print()
     print("| upload stream (add_many of bring-your-own vectors) | value |")
     print("|---|---|")
     print(f"| rows/s | {report['rows_per_s']:.0f} |")
     print(f"| WAL per row | {report['wal_bytes_per_row'] / 1024:.1f} KiB |")
-    print(f"| lag from commit to replay on the standby: p50 / p99 / max | {report['lag_p50_ms']:.1f} / "
-          f"{report['lag_p99_ms']:.1f} / {report['lag_max_ms']:.1f} ms |")
+    print(
+        f"| lag from commit to replay on the standby: p50 / p99 / max | {report['lag_p50_ms']:.1f} / "
+        f"{report['lag_p99_ms']:.1f} / {report['lag_max_ms']:.1f} ms |"
+    )
 
 
 if __name__ == "__main__":

@@ -76,6 +76,7 @@ class Catalog:
             embedder if embedder is None or embedder.name == model.name else None
         )
         self._model_checked = time.monotonic()
+        self._pinned = False  # a catalog of one model (with_model): no following switches
         # values of category/tenant with an HNSW graph of their own (imgsearch.db.filter_indexes)
         self._graphs: dict[str, frozenset[str]] = {}
         self._graphs_key: tuple[int, float] = (-1, float("-inf"))
@@ -147,6 +148,20 @@ class Catalog:
             )
         return cls(engine, active, settings, waker, embedder, search_engine, standbys)
 
+    def with_model(self, name: str) -> Catalog:
+        """This catalog's searches under another registered model (one ``imgsearch reembed``
+        backfilled, not active yet), e.g. to compare the two before ``model activate``. It shares
+        this catalog's connections: close this one, not it."""
+        with self.engine.connect() as conn:
+            model = vector_index.get_model(conn, canonical_name(name))
+        if model is None:
+            raise NotFound(
+                f"no model {name!r} in the catalog; register and backfill it with `imgsearch reembed`"
+            )
+        pinned = Catalog(self.engine, model, self.settings, None, None, self._search_engine, self.replicas)
+        pinned._pinned = True
+        return pinned
+
     def close(self) -> None:
         self.engine.dispose()
         self._search_engine.dispose()
@@ -168,7 +183,7 @@ class Catalog:
         """Pick up a model switch made elsewhere (checked at most every few seconds): later searches
         and uploads use the new active model, and its embedder."""
         now = time.monotonic()
-        if now - self._model_checked < MODEL_REFRESH_SECONDS:
+        if self._pinned or now - self._model_checked < MODEL_REFRESH_SECONDS:
             return
         with self.engine.connect() as conn:
             active = vector_index.active_model(conn)

@@ -282,3 +282,39 @@ def test_status_metrics_and_the_http_service_use_the_replicas(
         assert "imgsearch_replica_lag_seconds{" in metrics
     finally:
         api.stop()
+
+
+def test_a_promoted_standby_leaves_the_search_rotation(cluster: Cluster, tiny_siglip: Path) -> None:
+    """Failover: a standby promoted to primary takes writes of its own from then on, so searches
+    leave it (the other standbys, then the primary, answer); after the switch an application
+    points IMGSEARCH_DATABASE_URL at it and reconnects."""
+    socket_dir = str(make_url(cluster.primary).query["host"])
+    # beside the others: the folders above are the server user's to traverse
+    promoted = Standby.copy_of(socket_dir, Path(socket_dir).parents[1] / "failover")
+    try:
+        cluster.caught_up()
+        urls = [cluster.standbys[0].url(), promoted.url()]
+        with Catalog.open(
+            cluster.primary, settings=Settings(model=str(tiny_siglip)), replicas=urls
+        ) as catalog:
+            assert catalog.replicas is not None
+            for seed in range(4):
+                catalog.search(vector=query(cluster.dim, seed), k=5)
+            assert catalog.replicas.members[1].searches == 2
+            promoted.pg_ctl("promote")
+            time.sleep(2.5)  # the next lag check sees it
+            before = catalog.replicas.members[1].searches
+            for seed in range(10):
+                assert len(catalog.search(vector=query(cluster.dim, seed), k=5)) == 5
+            assert catalog.replicas.members[1].searches == before
+            assert catalog.replicas.members[1].in_recovery is False
+        # the application now points at the promoted server: it is a primary like any other
+        with Catalog.open(promoted.url(), settings=Settings(model=str(tiny_siglip))) as after:
+            vector = query(cluster.dim, 99)
+            (image_id,) = after.add_many(
+                [{"embedding": vector, "tenant": "acme", "product_id": "after-failover"}]
+            )
+            assert [h.image_id for h in after.search(vector=vector, k=1, tenant="acme")] == [image_id]
+    finally:
+        if promoted.running():
+            promoted.stop()

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from imgsearch.cli import (
     database,
     demo,
+    evaluate,
     imports,
     indexes,
     ingest,
@@ -30,7 +31,20 @@ from imgsearch.settings import Settings, describe_invalid
 __all__ = ["EXIT_NOT_FOUND", "EXIT_TEMPFAIL", "EXIT_USAGE", "build_parser", "main"]
 
 # in the order `imgsearch --help` lists them
-GROUPS = (database, tenants, ingest, imports, products, workers, search, models, indexes, serve, demo)
+GROUPS = (
+    database,
+    tenants,
+    ingest,
+    imports,
+    products,
+    workers,
+    search,
+    evaluate,
+    models,
+    indexes,
+    serve,
+    demo,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,60 @@
+"""``imgsearch eval``: retrieval quality on a labelled set (:mod:`imgsearch.evaluation`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from imgsearch.cli._common import Subparsers, positive
+from imgsearch.settings import Settings
+
+
+def _eval(args: argparse.Namespace, settings: Settings) -> int:
+    from pathlib import Path
+
+    from imgsearch import Catalog, evaluation
+
+    with Catalog.open(settings=settings) as catalog:
+        labelled = evaluation.load_set(args.set, catalog, args.tenant)
+        print(f"{len(labelled.queries)} queries, relevance by {labelled.by}, k={args.k}", file=sys.stderr)
+        catalogs = [catalog] + ([catalog.with_model(args.compare)] if args.compare else [])
+        reports = []
+        for one in catalogs:
+            print(f"evaluating {one.model} (ann, exact, filtered) ...", file=sys.stderr, flush=True)
+            reports.append(evaluation.evaluate(one, labelled, k=args.k, depth=args.depth))
+    print(evaluation.table(reports))
+    if args.json:
+        Path(args.json).write_text(json.dumps([r.as_dict() for r in reports], indent=2))
+        print(f"per-query detail: {args.json}", file=sys.stderr)
+    if args.html:
+        Path(args.html).write_text(evaluation.html_page(reports[0]))
+        print(f"worst queries: {args.html}", file=sys.stderr)
+    return 0
+
+
+def register(commands: Subparsers) -> None:
+    ev = commands.add_parser(
+        "eval",
+        help="measure retrieval quality on a labelled set (recall@k, precision@k, mAP, nDCG@k, MRR)",
+        description="Run a labelled set's queries three ways (the ANN path, an exact scan, the ANN path "
+        "with the set's filters) and print recall@k, precision@k, mAP, nDCG@k and MRR for each, and "
+        "the ANN path's recall against the exact scan. SET is a .jsonl or .csv file, or a folder of "
+        "one folder per class whose images are in the catalog.",
+    )
+    ev.add_argument("set", help="the labelled set: FILE.jsonl, FILE.csv or a folder of class folders")
+    ev.add_argument(
+        "--k", type=positive, default=10, help="the cut-off of recall, precision and nDCG (default 10)"
+    )
+    ev.add_argument(
+        "--depth", type=positive, default=100, help="results per query for mAP and MRR (default 100)"
+    )
+    ev.add_argument(
+        "--tenant", default=None, help="search this tenant's images (and read a folder set's there)"
+    )
+    ev.add_argument(
+        "--compare", metavar="MODEL", default=None, help="also score a model backfilled by reembed"
+    )
+    ev.add_argument("--json", metavar="FILE", default=None, help="write the per-query detail as JSON")
+    ev.add_argument("--html", metavar="FILE", default=None, help="write a page of the worst queries")
+    ev.set_defaults(func=_eval)
