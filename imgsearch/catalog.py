@@ -599,6 +599,7 @@ class Catalog:
         min_score: float | None = None,
         min_probability: float | None = None,
         consistent: bool = False,
+        box: Sequence[float] | None = None,
     ) -> list[Hit]:
         """The ``k`` nearest images (after ``offset``) matching every filter, nearest first.
 
@@ -616,6 +617,9 @@ class Catalog:
         (1 = relevance only); ``expand=m`` searches again with the query averaged with its top m;
         ``min_score`` drops hits below that cosine similarity, ``min_probability`` (text queries
         on SigLIP) below that calibrated match probability.
+
+        ``box=(x0, y0, x1, y1)`` (pixels of ``image``) searches with that region of the query image
+        only: a detail of a photo, as a shopper draws around it.
 
         With replicas, the search runs on one of them and may miss the last writes they haven't
         replayed yet; ``consistent=True`` waits until the replica has replayed every write
@@ -650,6 +654,8 @@ class Catalog:
         filters = vector_search.Filters(tenant, category, price_min, price_max, attributes, where)
         filters.conditions()  # check the filters before any model work
         self._follow_model_switch()
+        if box is not None and image is None:
+            raise InvalidQuery("box applies to image queries only")
         query = self._query_vector(
             filters,
             text=text,
@@ -657,6 +663,7 @@ class Catalog:
             similar_to=similar_to,
             similar_to_product=similar_to_product,
             vector=vector,
+            box=box,
         )
         if not isinstance(consistent, bool):
             raise InvalidQuery(f"consistent must be true or false, got {consistent!r}")
@@ -827,6 +834,7 @@ class Catalog:
         similar_to: Any,
         similar_to_product: Any,
         vector: Any,
+        box: Sequence[float] | None = None,
     ) -> vectors.Vector | None:
         """The query vector of exactly one query kind, before any connection is taken (a text or
         image query's forward pass takes tens of ms on a CPU); None for ``similar_to`` and
@@ -853,6 +861,8 @@ class Catalog:
                 )
             else:
                 data = images.read_source(image, self._limits)
+            if box is not None:
+                data = images.crop(data, box, self._limits)
             return self.embedder.embed_image(data)
         if vector is not None:
             return vectors.as_vector(vector, self.dim, "query vector")

@@ -286,9 +286,13 @@ def _exact(catalog: Catalog, vector: np.ndarray, query: Query, by: str, depth: i
         return [str(r) for r in rows]
 
 
-def _ann(catalog: Catalog, vector: np.ndarray, query: Query, by: str, depth: int, filters: dict[str, Any]) -> list[str]:
+def _ann(
+    catalog: Catalog, vector: np.ndarray, query: Query, by: str, depth: int, filters: dict[str, Any]
+) -> list[str]:
     # an image query leaves its own image out before products are grouped (similar_to does)
-    source: dict[str, Any] = {"similar_to": query.image_id} if query.image_id is not None else {"vector": vector}
+    source: dict[str, Any] = (
+        {"similar_to": query.image_id} if query.image_id is not None else {"vector": vector}
+    )
     hits = catalog.search(**source, tenant=query.tenant, k=depth, group_by_product=by == "product", **filters)
     return [hit.product_id if by == "product" else str(hit.image_id) for hit in hits]
 

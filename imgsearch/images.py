@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -144,4 +145,39 @@ def thumbnail(data: bytes, px: int, limits: Limits) -> bytes:
         raise UnsupportedImage(f"cannot decode the image: {exc}") from exc
     out = io.BytesIO()
     image.save(out, format="JPEG", quality=85)
+    return out.getvalue()
+
+
+def crop(data: bytes, box: Any, limits: Limits) -> bytes:
+    """The region ``box`` = ``(x0, y0, x1, y1)`` of the image, in its pixels (after its EXIF
+    orientation), as PNG bytes: what a region query embeds. :class:`InvalidInput` names a box that
+    isn't four numbers with ``x0 < x1`` and ``y0 < y1`` inside the image."""
+    from PIL import ImageOps
+
+    if isinstance(box, str | bytes) or not hasattr(box, "__len__") or len(box) != 4:
+        raise InvalidInput(f"box must be four numbers x0, y0, x1, y1 (pixels), got {box!r}")
+    try:
+        x0, y0, x1, y1 = (float(v) for v in box)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"box must be four numbers x0, y0, x1, y1 (pixels), got {box!r}") from exc
+    if any(isinstance(v, bool) for v in box) or not all(map(math.isfinite, (x0, y0, x1, y1))):
+        raise InvalidInput(f"box must be four finite numbers, got {box!r}")
+    image = open_image(data, limits)
+    try:
+        image = ImageOps.exif_transpose(image)
+        width, height = image.size
+        if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
+            raise InvalidInput(
+                f"box {x0:g}, {y0:g}, {x1:g}, {y1:g} is not a region of the {width}x{height} image "
+                "(x0 < x1 <= width, y0 < y1 <= height, from 0)"
+            )
+        region = image.crop(
+            (round(x0), round(y0), max(round(x1), round(x0) + 1), max(round(y1), round(y0) + 1))
+        )
+        if region.mode not in ("RGB", "RGBA", "L"):
+            region = region.convert("RGBA")
+        out = io.BytesIO()
+        region.save(out, format="PNG")
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise UnsupportedImage(f"cannot decode the image: {exc}") from exc
     return out.getvalue()

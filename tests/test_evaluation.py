@@ -31,7 +31,12 @@ def test_metrics_match_hand_computed_values() -> None:
     graded = evaluation.metrics(["b", "a"], {"a": 2, "b": 1}, k=2)
     assert graded["ndcg"] == pytest.approx((1 + 3 / math.log2(3)) / (3 + 1 / math.log2(3)))
     late = evaluation.metrics(["x", "y", "a"], {"a": 1}, k=2)
-    assert (late["recall"], late["precision"], late["rr"], late["ap"]) == (0.0, 0.0, pytest.approx(1 / 3), pytest.approx(1 / 3))
+    assert (late["recall"], late["precision"], late["rr"], late["ap"]) == (
+        0.0,
+        0.0,
+        pytest.approx(1 / 3),
+        pytest.approx(1 / 3),
+    )
     with pytest.raises(InvalidInput, match="at least one relevant id"):
         evaluation.metrics(["a"], {}, k=1)
 
@@ -48,9 +53,20 @@ def catalog(database_url: str) -> Catalog:
     """Product A's three images around axis 0; B at 30 degrees from it, C at 60, D at 90."""
     with Catalog.open(database_url, model=MODEL, settings=Settings(model=MODEL)) as catalog:
         rows = [
-            *({"embedding": unit((0, 1), (100 + i, 0.01)), "product_id": "A", "category": "x"} for i in range(3)),
-            {"embedding": unit((0, math.cos(math.pi / 6)), (1, math.sin(math.pi / 6))), "product_id": "B", "category": "y"},
-            {"embedding": unit((0, math.cos(math.pi / 3)), (1, math.sin(math.pi / 3))), "product_id": "C", "category": "x"},
+            *(
+                {"embedding": unit((0, 1), (100 + i, 0.01)), "product_id": "A", "category": "x"}
+                for i in range(3)
+            ),
+            {
+                "embedding": unit((0, math.cos(math.pi / 6)), (1, math.sin(math.pi / 6))),
+                "product_id": "B",
+                "category": "y",
+            },
+            {
+                "embedding": unit((0, math.cos(math.pi / 3)), (1, math.sin(math.pi / 3))),
+                "product_id": "C",
+                "category": "x",
+            },
             {"embedding": unit((1, 1)), "product_id": "D", "category": "x"},
         ]
         catalog.ids = catalog.add_many({**row, "tenant": "acme"} for row in rows)  # type: ignore[attr-defined]
@@ -62,8 +78,16 @@ def test_a_known_ranking_gives_the_hand_computed_metrics_every_way(catalog: Cata
     # by product: A (its other images), B, C, D; relevant A and C
     path = tmp_path / "set.jsonl"
     path.write_text(
-        json.dumps({"id": "q1", "image_id": query_image, "relevant_products": ["A", "C"], "tenant": "acme",
-                    "filters": {"category": "x"}}) + "\n"
+        json.dumps(
+            {
+                "id": "q1",
+                "image_id": query_image,
+                "relevant_products": ["A", "C"],
+                "tenant": "acme",
+                "filters": {"category": "x"},
+            }
+        )
+        + "\n"
     )
     labelled = evaluation.load_set(path)
     report = evaluation.evaluate(catalog, labelled, k=2, depth=10)
@@ -76,9 +100,16 @@ def test_a_known_ranking_gives_the_hand_computed_metrics_every_way(catalog: Cata
     assert ann["ndcg"] == pytest.approx(1 / (1 + 1 / math.log2(3)))
     assert ann["rr"] == 1.0
     filtered = detail["filtered"]
-    assert (filtered["recall"], filtered["precision"], filtered["ap"], filtered["ndcg"]) == (1.0, 1.0, 1.0, 1.0)
+    assert (filtered["recall"], filtered["precision"], filtered["ap"], filtered["ndcg"]) == (
+        1.0,
+        1.0,
+        1.0,
+        1.0,
+    )
     assert report.ann_recall == 1.0
-    assert report.summary["ann"]["ap"] == pytest.approx(ann["ap"]) and report.summary["filtered"]["queries"] == 1
+    assert (
+        report.summary["ann"]["ap"] == pytest.approx(ann["ap"]) and report.summary["filtered"]["queries"] == 1
+    )
     # the same set as CSV, relevance by image: the query's own image never counts as a result
     a2, a3, b = catalog.ids[1], catalog.ids[2], catalog.ids[3]  # type: ignore[attr-defined]
     csv_path = tmp_path / "set.csv"
@@ -109,13 +140,15 @@ def test_bad_sets_name_the_line_and_the_problem(tmp_path: Path) -> None:
         path.write_text('{"text": "fine", "relevant_products": ["A"]}\n' + line + "\n")
         with pytest.raises(InvalidInput, match=message) as error:
             evaluation.load_set(path)
-        assert f"{path}:2" in str(error.value) or message == "not JSON" and f"{path}:2" in str(error.value)
-    with pytest.raises(InvalidInput, match="a .jsonl or .csv file"):
+        assert f"{path}:2" in str(error.value)
+    with pytest.raises(InvalidInput, match=r"a \.jsonl or \.csv file"):
         (tmp_path / "set.txt").write_text("x")
         evaluation.load_set(tmp_path / "set.txt")
 
 
-def test_the_folder_protocol_end_to_end_on_the_bundled_samples(database_url: str, tiny_siglip: Path, tmp_path: Path) -> None:
+def test_the_folder_protocol_end_to_end_on_the_bundled_samples(
+    database_url: str, tiny_siglip: Path, tmp_path: Path
+) -> None:
     folder = tmp_path / "classes"
     for image in sorted(SAMPLES.glob("*.png")):
         kind = image.name.split("-")[0]
@@ -123,16 +156,43 @@ def test_the_folder_protocol_end_to_end_on_the_bundled_samples(database_url: str
         shutil.copy(image, folder / kind / image.name)
     with Catalog.open(database_url, model=str(tiny_siglip)) as catalog:
         catalog.add_many(
-            {"image": path.read_bytes(), "tenant": "acme", "product_id": path.stem} for path in sorted(folder.rglob("*.png"))
+            {"image": path.read_bytes(), "tenant": "acme", "product_id": path.stem}
+            for path in sorted(folder.rglob("*.png"))
         )
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMGSEARCH_")}
-    env.update(IMGSEARCH_DATABASE_URL=database_url, IMGSEARCH_MODEL=str(tiny_siglip), IMGSEARCH_REDIS_URL="redis://127.0.0.1:1/0")
-    drained = subprocess.run([sys.executable, "-m", "imgsearch", "worker", "--drain"], env=env, capture_output=True, text=True, timeout=300)
+    env.update(
+        IMGSEARCH_DATABASE_URL=database_url,
+        IMGSEARCH_MODEL=str(tiny_siglip),
+        IMGSEARCH_REDIS_URL="redis://127.0.0.1:1/0",
+    )
+    drained = subprocess.run(
+        [sys.executable, "-m", "imgsearch", "worker", "--drain"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert drained.returncode == 0, drained.stderr
     run = subprocess.run(
-        [sys.executable, "-m", "imgsearch", "eval", str(folder), "--tenant", "acme", "--k", "5",
-         "--json", str(tmp_path / "detail.json"), "--html", str(tmp_path / "worst.html")],
-        env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "imgsearch",
+            "eval",
+            str(folder),
+            "--tenant",
+            "acme",
+            "--k",
+            "5",
+            "--json",
+            str(tmp_path / "detail.json"),
+            "--html",
+            str(tmp_path / "worst.html"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert run.returncode == 0, run.stderr
     assert "36 queries, relevance by image, k=5" in run.stderr
@@ -148,6 +208,11 @@ def test_the_folder_protocol_end_to_end_on_the_bundled_samples(database_url: str
             assert 0 <= query[way]["recall"] <= 1 and 0 <= query[way]["ap"] <= 1
     page = (tmp_path / "worst.html").read_text()
     assert page.count("<tr>") == 21  # the header and the worst 20
-    bad = subprocess.run([sys.executable, "-m", "imgsearch", "eval", str(tmp_path / "none.jsonl")], env=env,
-                         capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "-m", "imgsearch", "eval", str(tmp_path / "none.jsonl")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "no labelled set at" in bad.stderr and "Traceback" not in bad.stderr

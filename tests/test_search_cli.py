@@ -266,3 +266,27 @@ def test_empty_huge_and_unknown_inputs_are_one_line(shop: dict[str, str], tmp_pa
     assert unknown.returncode == 2 and "unknown model" in unknown.stderr
     for run in (empty, huge, zero, unknown):
         assert len(run.stderr.strip().splitlines()) == 1 and "Traceback" not in run.stderr, run.stderr
+
+
+def test_a_box_searches_with_that_region_of_the_image(shop: dict[str, str], tmp_path: Path) -> None:
+    from PIL import Image
+
+    sample = SAMPLES / "images" / "mug-red.png"
+    with Image.open(sample) as image:
+        width, height = image.size
+        image.crop((0, 0, width // 2, height // 2)).save(tmp_path / "corner.png")
+    boxed = run_cli(
+        "search", "--image", str(sample), "--box", f"0,0,{width // 2},{height // 2}", "--json", **shop
+    )
+    cropped = run_cli("search", "--image", str(tmp_path / "corner.png"), "--json", **shop)
+    assert boxed.returncode == 0, boxed.stderr
+    assert boxed.stdout == cropped.stdout
+    whole = run_cli("search", "--image", str(sample), "--json", **shop)
+    assert whole.stdout != boxed.stdout
+    for args, message in (
+        (["--text", "mug", "--box", "0,0,4,4"], "--box applies to --image queries only"),
+        (["--image", str(sample), "--box", "0,0,x,4"], "--box must be X0,Y0,X1,Y1"),
+        (["--image", str(sample), "--box", f"0,0,{width + 1},4"], "is not a region of the"),
+    ):
+        bad = run_cli("search", *args, **shop)
+        assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr, bad.stderr

@@ -92,7 +92,15 @@ def _search(args: argparse.Namespace, settings: Settings) -> int:
         "expand": args.expand,
         "min_score": args.min_score,
         "min_probability": args.min_probability,
+        "consistent": args.consistent,
     }
+    if args.box is not None:
+        if args.image is None:
+            raise InvalidInput("--box applies to --image queries only")
+        try:
+            options["box"] = [float(part) for part in args.box.split(",")]
+        except ValueError as exc:
+            raise InvalidInput(f"--box must be X0,Y0,X1,Y1 in pixels, got {args.box!r}") from exc
     with Catalog.open(settings=settings) as catalog:
         hits = catalog.search(**query, **filters, **options)
         if args.json:
@@ -148,6 +156,14 @@ def register(commands: Subparsers) -> None:
     search.add_argument("--min-score", type=float, help="drop hits below this cosine similarity")
     search.add_argument(
         "--min-probability", type=float, help="text queries: drop hits below this probability"
+    )
+    search.add_argument(
+        "--box", metavar="X0,Y0,X1,Y1", help="with --image: search with this region of it (pixels)"
+    )
+    search.add_argument(
+        "--consistent",
+        action="store_true",
+        help="with IMGSEARCH_REPLICA_URLS: see every write acknowledged before the search",
     )
     search.add_argument("--json", action="store_true", help="print one JSON object per hit")
     search.add_argument("--html", metavar="FILE", help="also write a results page with thumbnails")

@@ -139,6 +139,10 @@ class SearchOptions(Strict):
     expand: StrictInt | None = Field(None, description="Search again with the query averaged with its top M.")
     min_score: Number | None = Field(None, description="Drop hits below this cosine similarity.")
     min_probability: Number | None = Field(None, description="Text queries: drop hits below this.")
+    box: list[Number] | None = Field(
+        None,
+        description="Image queries: search with this region of the image, [x0, y0, x1, y1] in its pixels.",
+    )
     consistent: StrictBool = Field(
         False,
         description="With replicas: see every write acknowledged before this search (read-your-writes).",

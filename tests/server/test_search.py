@@ -3,6 +3,7 @@ filter and option gives what ``catalog.search`` gives in-process for the same te
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -202,3 +203,45 @@ def test_categories(api: Api, shop: tuple[str, str, Catalog, list[int]]) -> None
     assert [(c["name"], c["products"]) for c in body["categories"]] == catalog.categories(tenant=tenant)
     counts = [c["products"] for c in body["categories"]]
     assert counts == sorted(counts, reverse=True)
+
+
+def test_region_queries_search_with_the_crop(api: Api, shop: tuple[str, str, Catalog, list[int]]) -> None:
+    """A box drawn on the query image: the search embeds that region only, in the library, over
+    HTTP (multipart and image_url alike) and from the CLI; a box that isn't one is refused."""
+    from PIL import Image as PILImage
+
+    tenant, key, catalog, _ = shop
+    # pic-2's bytes pasted into the top-left corner of a bigger, noisy picture
+    pic = PILImage.open(io.BytesIO(image_bytes(302, size=(40, 40))))
+    canvas = PILImage.open(io.BytesIO(image_bytes(999, size=(120, 90))))
+    canvas.paste(pic, (0, 0))
+    buf = io.BytesIO()
+    canvas.save(buf, format="PNG")
+    photo = buf.getvalue()
+    crop = io.BytesIO()
+    canvas.crop((0, 0, 40, 40)).save(crop, format="PNG")
+    expected = hits_json(catalog.search(image=crop.getvalue(), tenant=tenant, k=4, category="pictures"))
+    assert expected[0][1] == "pic-2" and expected[0][2] == pytest.approx(0, abs=1e-3)
+    boxed = hits_json(
+        catalog.search(image=photo, box=(0, 0, 40, 40), tenant=tenant, k=4, category="pictures")
+    )
+    assert boxed == expected
+    assert hits_json(catalog.search(image=photo, tenant=tenant, k=4, category="pictures"))[0][2] > 1e-2
+    with api.client(key) as client:
+        response = client.post(
+            "/v1/search/image",
+            files={"file": ("q.png", photo)},
+            data={"k": "4", "category": "pictures", "box": "0,0,40,40"},
+        )
+        assert response.status_code == 200, response.text
+        assert http_hits(response.json()) == expected
+        for box, message in (
+            ("0,0,400,40", "is not a region of the 120x90 image"),
+            ("10,10,5,40", "is not a region"),
+            ("0,0,40", "box must be four numbers"),
+            ("a,0,40,40", "box must be a number"),
+        ):
+            bad = client.post("/v1/search/image", files={"file": ("q.png", photo)}, data={"box": box})
+            assert message in problem(bad, 400)["detail"], box
+        text_box = client.post("/v1/search", json={"text": "a picture", "box": [0, 0, 4, 4]})
+        assert "box applies to image queries only" in problem(text_box, 400)["detail"]

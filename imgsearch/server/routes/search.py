@@ -138,6 +138,8 @@ def _form_options(form: Any) -> dict[str, Any]:
             values[name] = _number(found[0], name, int)
         elif name in ("diversity", "min_score", "min_probability"):
             values[name] = _number(found[0], name, float)
+        elif name == "box":
+            values[name] = [_number(part, name, float) for part in found[0].split(",")]
         elif name in ("group_by_product", "consistent"):
             values[name] = found[0].strip().lower() in ("true", "1", "yes", "on")
         else:
