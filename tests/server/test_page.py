@@ -240,3 +240,45 @@ def test_errors_are_shown_and_a_phone_gets_one_column(
     assert phone.evaluate("document.documentElement.scrollWidth") <= 390
     phone.screenshot(path=ARTIFACTS / "page-phone.png", full_page=False)
     context.close()
+
+
+def test_a_region_drawn_on_the_query_image_searches_with_it(page: Page, api: Api, shop: dict[str, Any]) -> None:
+    picture = Path(str(shop["folder"] / "images" / "cap-blue.png"))
+    page.set_input_files("#file", str(picture))
+    expect(page.locator("#query-state")).to_contain_text("for the image cap-blue.png")
+    whole = result_ids(page)
+    image = page.locator("#query-image")
+    expect(image).to_be_visible()
+    page.wait_for_function("() => document.getElementById('query-image').naturalWidth > 0")
+    frame = image.bounding_box()
+    assert frame is not None
+    page.mouse.move(frame["x"] + 2, frame["y"] + 2)
+    page.mouse.down()
+    page.mouse.move(frame["x"] + frame["width"] / 2, frame["y"] + frame["height"] / 2, steps=5)
+    page.mouse.up()
+    expect(page.locator("#box")).to_be_visible()
+    expect(page.locator("#query-state")).to_contain_text("(region ")
+    state = page.locator("#region-state").inner_text()
+    box = [int(v) for v in re.search(r"region (\d+), (\d+), (\d+), (\d+)", state).groups()]  # type: ignore[union-attr]
+    natural = page.evaluate("[document.getElementById('query-image').naturalWidth, document.getElementById('query-image').naturalHeight]")
+    assert 0 <= box[0] < box[2] <= natural[0] and 0 <= box[1] < box[3] <= natural[1]
+    assert box[2] == pytest.approx(natural[0] / 2, abs=3) and box[3] == pytest.approx(natural[1] / 2, abs=3)
+    with api.client(shop["key"]) as client:
+        response = client.post(
+            "/v1/search/image",
+            files={"file": ("cap-blue.png", picture.read_bytes())},
+            data={"k": "24", "box": ",".join(map(str, box))},
+        )
+    assert response.status_code == 200, response.text
+    expect(page.locator("#results [data-image-id]").first).to_be_visible()
+    page.wait_for_function(
+        "ids => [...document.querySelectorAll('#results [data-image-id]')].map(e => Number(e.dataset.imageId)).join() === ids.join()",
+        arg=[hit["image_id"] for hit in response.json()["hits"]],
+    )
+    page.screenshot(path=ARTIFACTS / "page-region-search.png", full_page=True)
+    page.click("#whole")
+    expect(page.locator("#box")).to_be_hidden()
+    page.wait_for_function(
+        "ids => [...document.querySelectorAll('#results [data-image-id]')].map(e => Number(e.dataset.imageId)).join() === ids.join()",
+        arg=whole,
+    )

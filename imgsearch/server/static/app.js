@@ -98,7 +98,10 @@ async function loadCategories() {
 
 function describe(query) {
   if (query.text !== undefined) return `“${query.text}”`;
-  if (query.image !== undefined) return `the image ${query.image.name || "dropped"}`;
+  if (query.image !== undefined) {
+    const region = query.box ? ` (region ${query.box.join(", ")})` : "";
+    return `the image ${query.image.name || "dropped"}${region}`;
+  }
   return `more like image ${query.similar_to}`;
 }
 
@@ -114,7 +117,7 @@ async function run() {
     if (state.query.image !== undefined) {
       const body = new FormData();
       body.append("file", state.query.image);
-      body.append("params", JSON.stringify(params));
+      body.append("params", JSON.stringify(query_box(params)));
       response = await api("/v1/search/image", { method: "POST", body });
     } else {
       response = await api("/v1/search", {
@@ -132,6 +135,7 @@ async function run() {
 }
 
 function search(query) {
+  if (query.image === undefined) $("region").hidden = true;
   state.query = query;
   state.offset = 0;
   run();
@@ -231,14 +235,75 @@ async function loadStatus() {
 
 // -- wiring ------------------------------------------------------------------------------------
 
+function query_box(params) {
+  return state.query.box ? { ...params, box: state.query.box } : params;
+}
+
 function takeImage(file) {
   if (!file) return;
   if (!file.type.startsWith("image/")) { showError(new Error(`${file.name} is not an image`)); return; }
   const preview = $("query-image");
   if (preview.src) URL.revokeObjectURL(preview.src);
   preview.src = URL.createObjectURL(file);
-  preview.hidden = false;
+  $("region").hidden = false;
+  showRegion(null);
   search({ image: file });
+}
+
+// a region of the query image, drawn with the mouse or a finger: its box in the image's own pixels
+function showRegion(box) {
+  $("box").hidden = !box;
+  $("whole").hidden = !box;
+  $("region-state").textContent = box
+    ? `Searching with the region ${box.join(", ")} of the image.`
+    : "Drag on the image to search with a part of it.";
+}
+
+function wireRegion() {
+  const image = $("query-image");
+  const frame = $("frame");
+  const mark = $("box");
+  let start = null;
+  const point = (event) => {
+    const rect = image.getBoundingClientRect();
+    return [
+      Math.min(Math.max(event.clientX - rect.left, 0), rect.width),
+      Math.min(Math.max(event.clientY - rect.top, 0), rect.height),
+    ];
+  };
+  const draw = (a, b) => {
+    mark.style.left = `${Math.min(a[0], b[0])}px`;
+    mark.style.top = `${Math.min(a[1], b[1])}px`;
+    mark.style.width = `${Math.abs(a[0] - b[0])}px`;
+    mark.style.height = `${Math.abs(a[1] - b[1])}px`;
+    mark.hidden = false;
+  };
+  frame.addEventListener("pointerdown", (event) => {
+    if (!state.query || state.query.image === undefined) return;
+    event.preventDefault();
+    frame.setPointerCapture(event.pointerId);
+    start = point(event);
+  });
+  frame.addEventListener("pointermove", (event) => { if (start) draw(start, point(event)); });
+  frame.addEventListener("pointerup", (event) => {
+    if (!start) return;
+    const end = point(event);
+    const from = start;
+    start = null;
+    if (Math.abs(end[0] - from[0]) < 4 || Math.abs(end[1] - from[1]) < 4) { showRegion(state.query.box || null); return; }
+    const sx = image.naturalWidth / image.clientWidth;
+    const sy = image.naturalHeight / image.clientHeight;
+    const box = [
+      Math.round(Math.min(from[0], end[0]) * sx), Math.round(Math.min(from[1], end[1]) * sy),
+      Math.round(Math.max(from[0], end[0]) * sx), Math.round(Math.max(from[1], end[1]) * sy),
+    ];
+    showRegion(box);
+    search({ image: state.query.image, box });
+  });
+  $("whole").addEventListener("click", () => {
+    showRegion(null);
+    search({ image: state.query.image });
+  });
 }
 
 document.addEventListener("DOMContentLoaded", () => {
@@ -254,6 +319,7 @@ document.addEventListener("DOMContentLoaded", () => {
     if (text) search({ text });
   });
   $("file").addEventListener("change", (event) => takeImage(event.target.files[0]));
+  wireRegion();
   const drop = $("drop");
   drop.addEventListener("dragover", (event) => { event.preventDefault(); drop.classList.add("over"); });
   drop.addEventListener("dragleave", () => drop.classList.remove("over"));
