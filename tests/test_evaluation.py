@@ -216,3 +216,59 @@ def test_the_folder_protocol_end_to_end_on_the_bundled_samples(
         timeout=120,
     )
     assert bad.returncode == 2 and "no labelled set at" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_compare_scores_a_backfilled_model_before_it_is_active(catalog: Catalog, tmp_path: Path) -> None:
+    from sqlalchemy import text
+
+    from imgsearch import reembed
+
+    other = reembed.register(catalog.engine, "google/siglip2-base-patch16-224", 768)
+    a1, a2, a3, b, c, d = catalog.ids  # type: ignore[attr-defined]
+    with catalog.engine.begin() as conn:
+        # the same vectors, but B and C change places: C now comes right after A
+        conn.execute(
+            text(
+                "INSERT INTO imgsearch.embeddings (model_id, image_id, product_pk, tenant, category, price, embedding) "
+                "SELECT :new, e.image_id, e.product_pk, e.tenant, e.category, e.price, src.embedding "
+                "FROM imgsearch.embeddings e JOIN imgsearch.embeddings src ON src.model_id = :old "
+                "AND src.image_id = CASE e.image_id WHEN :b THEN :c WHEN :c THEN :b ELSE e.image_id END "
+                "WHERE e.model_id = :old"
+            ),
+            {"new": other.id, "old": catalog.active_model.id, "b": b, "c": c},
+        )
+    path = tmp_path / "set.jsonl"
+    path.write_text(json.dumps({"image_id": a1, "relevant_products": ["A", "C"], "tenant": "acme"}) + "\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGSEARCH_")}
+    env.update(
+        IMGSEARCH_DATABASE_URL=catalog.engine.url.render_as_string(hide_password=False), IMGSEARCH_MODEL=MODEL
+    )
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "imgsearch",
+            "eval",
+            str(path),
+            "--k",
+            "2",
+            "--compare",
+            other.name,
+            "--json",
+            str(tmp_path / "both.json"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    active, compared = json.loads((tmp_path / "both.json").read_text())
+    assert (active["model"], compared["model"]) == (MODEL, other.name)
+    assert active["queries"][0]["top"]["exact"] == ["A", "B"]
+    assert compared["queries"][0]["top"]["exact"] == compared["queries"][0]["top"]["ann"] == ["A", "C"]
+    assert active["summary"]["ann"]["recall"] == 0.5 and compared["summary"]["ann"]["recall"] == 1.0
+    assert f"| {other.name} | ann | 1 | 1.000 | 1.000 |" in run.stdout
+    # nothing switched: the active model is still the first
+    with catalog.engine.connect() as conn:
+        assert conn.execute(text("SELECT name FROM imgsearch.models WHERE active")).scalar() == MODEL

@@ -137,20 +137,60 @@ def test_searches_run_on_the_replicas_with_the_primarys_results(cluster: Cluster
 
 def test_read_your_writes_holds_with_consistent_searches(cluster: Cluster, tiny_siglip: Path) -> None:
     with open_catalog(cluster, tiny_siglip) as catalog:
-        stale = 0
         for trial in range(200):
             vector = query(cluster.dim, 10_000 + trial)
             (image_id,) = catalog.add_many(
                 [{"embedding": vector, "tenant": "acme", "product_id": f"ryw{trial}"}]
             )
-            consistent = trial % 2 == 0
-            hits = catalog.search(vector=vector, k=1, tenant="acme", consistent=consistent)
-            if consistent:
-                assert [h.image_id for h in hits] == [image_id], f"trial {trial}: the upload wasn't seen"
-            elif [h.image_id for h in hits] != [image_id]:
-                stale += 1
+            hits = catalog.search(vector=vector, k=1, tenant="acme", consistent=True)
+            assert [h.image_id for h in hits] == [image_id], f"trial {trial}: the upload wasn't seen"
         assert catalog.replicas is not None and all(m.searches > 0 for m in catalog.replicas.members)
-        print(f"\nplain searches right after their upload that missed it: {stale} of 100")
+        served = sum(m.searches for m in catalog.replicas.members)
+        stale = 0
+        for trial in range(100):
+            vector = query(cluster.dim, 20_000 + trial)
+            (image_id,) = catalog.add_many(
+                [{"embedding": vector, "tenant": "acme", "product_id": f"plain{trial}"}]
+            )
+            if [h.image_id for h in catalog.search(vector=vector, k=1, tenant="acme")] != [image_id]:
+                stale += 1
+        print(
+            f"\nconsistent: 200 of 200 found their upload ({served} answered by a standby); "
+            f"plain searches right after their upload that missed it: {stale} of 100"
+        )
+
+
+def test_a_replica_lagging_beyond_the_bound_leaves_the_rotation_until_it_catches_up(
+    cluster: Cluster, tiny_siglip: Path
+) -> None:
+    cluster.caught_up()
+    lagging = cluster.standbys[1]
+    with open_catalog(cluster, tiny_siglip, replica_max_lag_seconds=1.0) as catalog:
+        assert catalog.replicas is not None
+        with psycopg.connect(
+            host=str(lagging.data), user="postgres", dbname="imgsearch", autocommit=True
+        ) as conn:
+            conn.execute("SELECT pg_wal_replay_pause()")
+            try:
+                catalog.add_many(
+                    [{"embedding": query(cluster.dim, 7), "tenant": "acme", "product_id": "while-paused"}]
+                )
+                time.sleep(3.5)  # past the bound, and past the next lag check
+                before = [m.searches for m in catalog.replicas.members]
+                for seed in range(10):
+                    assert len(catalog.search(vector=query(cluster.dim, seed), k=5)) == 5
+                after = [m.searches for m in catalog.replicas.members]
+                assert after[1] == before[1], "the lagging replica stayed in the rotation"
+                assert after[0] == before[0] + 10
+                assert catalog.replicas.lags()[catalog.replicas.members[1].name] > 1.0
+            finally:
+                conn.execute("SELECT pg_wal_replay_resume()")
+        cluster.caught_up()
+        time.sleep(2.5)
+        before = catalog.replicas.members[1].searches
+        for seed in range(10):
+            catalog.search(vector=query(cluster.dim, seed), k=5)
+        assert catalog.replicas.members[1].searches > before, "it didn't come back after catching up"
 
 
 def test_a_standby_killed_mid_traffic_costs_no_failed_search_and_rejoins(

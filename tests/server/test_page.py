@@ -242,7 +242,9 @@ def test_errors_are_shown_and_a_phone_gets_one_column(
     context.close()
 
 
-def test_a_region_drawn_on_the_query_image_searches_with_it(page: Page, api: Api, shop: dict[str, Any]) -> None:
+def test_a_region_drawn_on_the_query_image_searches_with_it(
+    page: Page, api: Api, shop: dict[str, Any]
+) -> None:
     picture = Path(str(shop["folder"] / "images" / "cap-blue.png"))
     page.set_input_files("#file", str(picture))
     expect(page.locator("#query-state")).to_contain_text("for the image cap-blue.png")
@@ -260,7 +262,9 @@ def test_a_region_drawn_on_the_query_image_searches_with_it(page: Page, api: Api
     expect(page.locator("#query-state")).to_contain_text("(region ")
     state = page.locator("#region-state").inner_text()
     box = [int(v) for v in re.search(r"region (\d+), (\d+), (\d+), (\d+)", state).groups()]  # type: ignore[union-attr]
-    natural = page.evaluate("[document.getElementById('query-image').naturalWidth, document.getElementById('query-image').naturalHeight]")
+    natural = page.evaluate(
+        "[document.getElementById('query-image').naturalWidth, document.getElementById('query-image').naturalHeight]"
+    )
     assert 0 <= box[0] < box[2] <= natural[0] and 0 <= box[1] < box[3] <= natural[1]
     assert box[2] == pytest.approx(natural[0] / 2, abs=3) and box[3] == pytest.approx(natural[1] / 2, abs=3)
     with api.client(shop["key"]) as client:
