@@ -224,7 +224,7 @@ def test_compare_scores_a_backfilled_model_before_it_is_active(catalog: Catalog,
     from imgsearch import reembed
 
     other = reembed.register(catalog.engine, "google/siglip2-base-patch16-224", 768)
-    a1, a2, a3, b, c, d = catalog.ids  # type: ignore[attr-defined]
+    a1, _, _, b, c, _ = catalog.ids  # type: ignore[attr-defined]
     with catalog.engine.begin() as conn:
         # the same vectors, but B and C change places: C now comes right after A
         conn.execute(
