@@ -7,8 +7,9 @@ A primary (an embedded server of its own under ``IMGSEARCH_HOME``/replicas) with
 replication), on this machine:
 
 1. **Search**: p50 of the same vector searches (unfiltered, a tenant, a category) through a
-   catalog whose searches go to the standby and through one on the primary, taking turns.
-   Target: the replica within 1.1x the primary (same machine, same data).
+   catalog whose searches go to the standby and through one on the primary, taking turns. Both
+   servers share this machine's two cores and page cache, which a standby on hardware of its own
+   doesn't.
 2. **CPU per search**: the standby's PostgreSQL processes' CPU time (``/proc``) over ``--queries``
    searches, per search: what sizes a replica fleet (docs/scaling.md).
 3. **Lag under an upload stream**: bring-your-own vectors in batches of ``--batch`` for
