@@ -15,12 +15,13 @@ from sqlalchemy import Engine, Select, and_, exists, func, select
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from imgsearch import bulk, checks, hybrid, images, ingest, removal, tenancy, text_requests, updates, vectors
+from imgsearch import duplicates as near_duplicates
 from imgsearch import search as vector_search
 from imgsearch.db import engine as db_engine
 from imgsearch.db import filter_indexes, migrate, vector_index
 from imgsearch.db.models import Embedding, Image, Product
 from imgsearch.embed.registry import canonical_name, model_dim
-from imgsearch.errors import ConfigurationError, DatabaseUnavailable, InvalidQuery, NotFound
+from imgsearch.errors import ConfigurationError, DatabaseUnavailable, DuplicateImage, InvalidQuery, NotFound
 from imgsearch.records import Hit, ImageRecord, ModelInfo
 from imgsearch.replicas import Replicas, primary_lsn, replica_fault
 from imgsearch.search import MAX_K, Plan
@@ -210,6 +211,11 @@ class Catalog:
         return self._model.dim
 
     @property
+    def limits(self) -> images.Limits:
+        """The byte and pixel limits of uploaded images."""
+        return self._limits
+
+    @property
     def active_model(self) -> ModelInfo:
         return self._model
 
@@ -226,12 +232,18 @@ class Catalog:
         price: Any = None,
         currency: str | None = None,
         attributes: Mapping[str, Any] | None = None,
+        on_duplicate: near_duplicates.OnDuplicate = "keep",
     ) -> int:
         """Store one image (a path, bytes, a binary file object or an http(s) URL) and return its id.
 
         Without ``embedding`` the image is committed as ``pending`` for the workers to embed;
         with one (a sequence of ``catalog.dim`` numbers) it is stored as ``ready``. The same bytes
         uploaded again by the same tenant return the existing image's id.
+
+        ``on_duplicate``: what to do with a near-copy of an image of *another* product of the tenant
+        (:mod:`imgsearch.duplicates`): ``"keep"`` stores it as any upload; ``"link"`` stores it with
+        ``duplicate_of`` set to that image; ``"reject"`` raises :class:`DuplicateImage` and writes
+        nothing. Checking needs the bytes (not a URL); a near-copy found is embedded at once.
         """
         row = {
             "image": image,
@@ -243,33 +255,152 @@ class Catalog:
             "currency": currency,
             "attributes": attributes,
         }
-        return self.add_row(row)[0]
+        return self.add_row(row, on_duplicate=on_duplicate)[0]
 
-    def add_row(self, row: Mapping[str, Any]) -> tuple[int, bool]:
+    def add_row(
+        self, row: Mapping[str, Any], *, on_duplicate: near_duplicates.OnDuplicate = "keep"
+    ) -> tuple[int, bool]:
         """:meth:`add` for a row dict (the keys of :meth:`add_many`); also says whether the image
         was new (False: the same bytes were already stored for that tenant)."""
+        near_duplicates.check_policy(on_duplicate)
         self._follow_model_switch()
         prepared = ingest.prepare_row(row, dim=self.dim, limits=self._limits)
+        self._check_checkable([prepared], on_duplicate)
         with self.engine.begin() as conn:
             tenancy.scope(conn, prepared.tenant)
+            links = self._check_duplicates(conn, prepared.tenant, [prepared], [0], on_duplicate)
             ids, created = ingest.write_rows(conn, [prepared], self._model)
+            ingest.link_rows(conn, links, ids)
         self._wake([prepared], created)  # after the commit: the row is durable before anyone hears of it
         return ids[0], created[0]
 
-    def add_many(self, rows: Iterable[Mapping[str, Any]], *, progress: bool | None = None) -> list[int]:
+    def _check_checkable(self, rows: list[ingest.PreparedRow], on_duplicate: str) -> None:
+        if on_duplicate == "keep":
+            return
+        for index, row in enumerate(rows):
+            if row.uri is not None:
+                raise InvalidQuery(
+                    f"on_duplicate={on_duplicate!r} needs the image's bytes, and this upload is a URL "
+                    "that a worker fetches later; upload the bytes, or find copies afterwards with "
+                    "`imgsearch duplicates`"
+                ).at_row(index if len(rows) > 1 else None, None if len(rows) > 1 else "upload")
+
+    def _check_duplicates(
+        self,
+        conn: Any,
+        tenant: str,
+        rows: list[ingest.PreparedRow],
+        positions: list[int],
+        on_duplicate: str,
+    ) -> list[tuple[int, int]]:
+        """Apply ``on_duplicate`` to rows of one tenant (inside the write's transaction): raise for
+        a rejected copy, set ``duplicate_of`` for a linked one. Returns the links to rows of this
+        call, (row, row it copies), to set once both have ids; a copy embedded by the check keeps
+        its embedding and is stored ready."""
+        if on_duplicate == "keep":
+            return []
+        uploads = [near_duplicates.Upload(r.product_id, r.phash, r.content, r.embedding) for r in rows]
+        matches = near_duplicates.find(
+            conn,
+            tenant,
+            uploads,
+            self._model,
+            lambda datas: list(self.embedder.embed_images(datas)),
+            max_hamming=self.settings.duplicate_max_hamming,
+            max_distance=self.settings.duplicate_max_distance,
+        )
+        links: list[tuple[int, int]] = []
+        for i, (row, upload, match) in enumerate(zip(rows, uploads, matches, strict=True)):
+            if row.embedding is None and upload.embedding is not None:
+                row.embedding = vectors.as_vector(upload.embedding, self.dim)
+            if match is None:
+                continue
+            if on_duplicate == "reject":
+                if match.row is not None:
+                    match = replace(match, row=positions[match.row])
+                error = DuplicateImage(
+                    f"the image is {match.describe()}; nothing was written (on_duplicate='reject')",
+                    image_id=match.image_id if match.image_id is not None else -1,
+                    product_id=match.product_id,
+                    hamming=match.hamming,
+                    distance=match.distance,
+                )
+                raise error.at_row(positions[i]) if len(positions) > 1 else error
+            if match.image_id is not None:
+                row.duplicate_of = match.image_id
+            elif match.row is not None:
+                links.append((i, match.row))
+        return links
+
+    def duplicates(
+        self,
+        tenant: str,
+        *,
+        max_hamming: int | None = None,
+        max_distance: float | near_duplicates.Unset | None = near_duplicates.UNSET,
+        progress: bool | None = None,
+    ) -> near_duplicates.Report:
+        """Groups of near-identical images of different products of ``tenant``: every pair of its
+        images within ``max_hamming`` bits of perceptual hash (default
+        ``IMGSEARCH_DUPLICATE_MAX_HAMMING``), confirmed by an embedding distance of at most
+        ``max_distance`` (default ``IMGSEARCH_DUPLICATE_MAX_DISTANCE``; None: the hash alone).
+        Images uploaded before hashes existed are hashed first, from their bytes or thumbnail."""
+        from tqdm import tqdm
+
+        hamming, distance = near_duplicates.check_limits(
+            self.settings.duplicate_max_hamming if max_hamming is None else max_hamming,
+            self.settings.duplicate_max_distance
+            if isinstance(max_distance, near_duplicates.Unset)
+            else max_distance,
+        )
+        show = sys.stderr.isatty() if progress is None else progress
+        self._follow_model_switch()
+        bars: dict[str, Any] = {}
+
+        def on_progress(stage: str, done: int, total: int) -> None:
+            bar = bars.get(stage)
+            if bar is None:
+                bar = bars[stage] = tqdm(total=total, desc=stage, unit="img", disable=not show)
+            bar.update(done - bar.n)
+
+        try:
+            with self.engine.begin() as conn:
+                tenancy.scope(conn, checks.identifier(tenant, "tenant"))
+                return near_duplicates.sweep(
+                    conn,
+                    self._model,
+                    self._limits,
+                    max_hamming=hamming,
+                    max_distance=distance,
+                    progress=on_progress,
+                )
+        finally:
+            for bar in bars.values():
+                bar.close()
+
+    def add_many(
+        self,
+        rows: Iterable[Mapping[str, Any]],
+        *,
+        progress: bool | None = None,
+        on_duplicate: near_duplicates.OnDuplicate = "keep",
+    ) -> list[int]:
         """Store many uploads atomically: every row is validated first, and one bad row fails the
         call (its index in the message) with nothing written. Returns ids in row order.
 
         ``progress`` shows a progress bar; by default only when stderr is a terminal.
+        ``on_duplicate`` as in :meth:`add`; rows of this call count as stored for each other.
         """
         from tqdm import tqdm
 
+        near_duplicates.check_policy(on_duplicate)
         show = sys.stderr.isatty() if progress is None else progress
         self._follow_model_switch()
         rows = list(rows)
         prepared = ingest.prepare_rows(
             tqdm(rows, desc="checking", unit="row", disable=not show), dim=self.dim, limits=self._limits
         )
+        self._check_checkable(prepared, on_duplicate)
         ids: list[int] = [0] * len(prepared)
         created_all = [False] * len(prepared)
         by_tenant: dict[str, list[int]] = {}
@@ -282,6 +413,9 @@ class Catalog:
         ):
             for tenant, positions in by_tenant.items():
                 tenancy.scope(conn, tenant)
+                links = self._check_duplicates(
+                    conn, tenant, [prepared[p] for p in positions], positions, on_duplicate
+                )
                 for start in range(0, len(positions), ingest.WRITE_CHUNK):
                     part = positions[start : start + ingest.WRITE_CHUNK]
                     chunk_ids, created = ingest.write_rows(conn, [prepared[p] for p in part], self._model)
@@ -289,6 +423,7 @@ class Catalog:
                         ids[position] = image_id
                         created_all[position] = new
                     bar.update(len(part))
+                ingest.link_rows(conn, links, [ids[p] for p in positions])
         self._wake(prepared, created_all)
         return ids
 
@@ -480,6 +615,8 @@ class Catalog:
                 Image.created_at,
                 Image.updated_at,
                 has_embedding.label("has_embedding"),
+                Image.phash,
+                Image.duplicate_of,
             )
             .join(Product, Product.id == Image.product_pk)
             .where(Image.id == image_id)

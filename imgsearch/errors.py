@@ -24,6 +24,7 @@ __all__ = [
     "ConfigurationError",
     "DatabaseUnavailable",
     "DimensionMismatch",
+    "DuplicateImage",
     "EmptyImage",
     "ImageTooLarge",
     "ImgSearchError",
@@ -81,6 +82,20 @@ class ImageTooLarge(InvalidImage):
 
 class UnsupportedImage(InvalidImage):
     """Not an image, a truncated one, or one whose shape can't be embedded."""
+
+
+class DuplicateImage(InvalidInput):
+    """An upload with ``on_duplicate="reject"`` is a near-copy of an image of another product of
+    the same tenant; nothing was written. ``image_id`` and ``product_id``: the image it copies."""
+
+    def __init__(
+        self, message: str, *, image_id: int, product_id: str, hamming: int, distance: float | None
+    ) -> None:
+        super().__init__(message)
+        self.image_id = image_id
+        self.product_id = product_id
+        self.hamming = hamming
+        self.distance = distance
 
 
 class InvalidQuery(InvalidInput):

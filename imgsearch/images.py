@@ -126,20 +126,64 @@ def inspect(data: bytes, limits: Limits) -> ImageInfo:
     )
 
 
-def thumbnail(data: bytes, px: int, limits: Limits) -> bytes:
-    """A JPEG of the image scaled to fit ``px`` x ``px`` (never enlarged), first frame, EXIF
-    orientation applied, transparency on white; :class:`InvalidImage` for bytes that aren't one."""
+def _decoded_rgb(data: bytes, limits: Limits, at_least_px: int) -> Image.Image:
+    """The image as RGB, first frame, EXIF orientation applied, transparency on white; a JPEG is
+    decoded at the smallest scale that keeps both sides at least ``at_least_px`` (much faster)."""
     from PIL import ImageOps
 
     image = open_image(data, limits)
     try:
-        image.draft("RGB", (px, px))  # JPEG: decode at a reduced scale, much faster for big photos
+        image.draft("RGB", (at_least_px, at_least_px))
         image = ImageOps.exif_transpose(image)
         if image.mode in ("RGBA", "LA", "P", "PA"):
             image = image.convert("RGBA")
             background = Image.new("RGBA", image.size, (255, 255, 255, 255))
             image = Image.alpha_composite(background, image)
-        image = image.convert("RGB")
+        return image.convert("RGB")
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise UnsupportedImage(f"cannot decode the image: {exc}") from exc
+
+
+PHASH_BITS = 64
+_DCT_SIZE, _LOW = 32, 8
+
+
+def _dct_rows() -> Any:
+    import numpy as np
+
+    n = np.arange(_DCT_SIZE)
+    k = np.arange(_LOW)[:, None]
+    return 2 * np.cos(np.pi * k * (2 * n + 1) / (2 * _DCT_SIZE))  # DCT-II, first 8 frequencies
+
+
+def perceptual_hash(data: bytes, limits: Limits) -> str:
+    """The 64-bit pHash of an image as a string of 64 '0'/'1' (a PostgreSQL ``bit(64)``): the
+    signs against their median of the 8x8 lowest frequencies of the DCT of its 32x32 greyscale
+    version; the same bits as ``imagehash.phash``. Near-copies (re-encoded, resized, lightly
+    edited) differ in few bits; :class:`InvalidImage` for bytes that aren't an image."""
+    import numpy as np
+
+    image = _decoded_rgb(data, limits, 4 * _DCT_SIZE)
+    try:
+        grey = image.convert("L").resize((_DCT_SIZE, _DCT_SIZE), Image.Resampling.LANCZOS)
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise UnsupportedImage(f"cannot decode the image: {exc}") from exc
+    rows = _dct_rows()
+    low = rows @ np.asarray(grey, dtype=np.float64) @ rows.T
+    bits = (low > np.median(low)).ravel()
+    return "".join("1" if b else "0" for b in bits)
+
+
+def hamming(a: str, b: str) -> int:
+    """Bits that differ between two hashes of :func:`perceptual_hash`."""
+    return sum(x != y for x, y in zip(a, b, strict=True))
+
+
+def thumbnail(data: bytes, px: int, limits: Limits) -> bytes:
+    """A JPEG of the image scaled to fit ``px`` x ``px`` (never enlarged), first frame, EXIF
+    orientation applied, transparency on white; :class:`InvalidImage` for bytes that aren't one."""
+    image = _decoded_rgb(data, limits, px)
+    try:
         image.thumbnail((px, px))
     except (OSError, ValueError, SyntaxError) as exc:
         raise UnsupportedImage(f"cannot decode the image: {exc}") from exc

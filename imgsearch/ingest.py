@@ -7,17 +7,18 @@ uploaded again by the same tenant return the existing image.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Connection, func, select, tuple_
+from sqlalchemy import Connection, Table, bindparam, func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from imgsearch import checks, images, vectors
 from imgsearch.db.models import Embedding, Image, ImageState, Product
-from imgsearch.errors import InvalidInput
+from imgsearch.errors import InvalidImage, InvalidInput
 from imgsearch.records import ModelInfo
 
 ROW_KEYS = frozenset(
@@ -38,6 +39,8 @@ class PreparedRow:
     info: images.ImageInfo | None = None
     uri: str | None = None
     embedding: vectors.Vector | None = None
+    phash: str | None = None  # the bytes' perceptual hash (64 '0'/'1')
+    duplicate_of: int | None = None  # on_duplicate="link": the image of another product it copies
 
 
 def _attributes(value: Any) -> dict[str, Any]:
@@ -68,6 +71,10 @@ def prepare_row(
     elif source is not None:
         prepared.content = images.read_source(source, limits)
         prepared.info = images.inspect(prepared.content, limits)
+        # bytes whose header is fine but whose data isn't (a truncated JPEG) are stored as
+        # before: the worker fails them with the decoder's reason, and they keep no hash
+        with contextlib.suppress(InvalidImage):
+            prepared.phash = images.perceptual_hash(prepared.content, limits)
     return prepared
 
 
@@ -129,6 +136,8 @@ def _image_values(row: PreparedRow, product_pk: int) -> dict[str, Any]:
         "byte_size": info.byte_size if info else None,
         "content": row.content,
         "uri": row.uri,
+        "phash": row.phash,
+        "duplicate_of": row.duplicate_of,
         "state": ImageState.READY if row.embedding is not None else ImageState.PENDING,
     }
 
@@ -195,6 +204,20 @@ def write_rows(conn: Connection, rows: list[PreparedRow], model: ModelInfo) -> t
     if embeddings:
         conn.execute(pg_insert(Embedding), embeddings)
     return [int(i) for i in ids if i is not None], created
+
+
+def link_rows(conn: Connection, links: list[tuple[int, int]], ids: list[int]) -> None:
+    """Set ``duplicate_of`` for rows of one call that copy another row of it: ``links`` holds
+    (row, row it copies) positions in ``ids``. A row whose image already existed keeps its link."""
+    values = [{"b_id": ids[row], "b_of": ids[of]} for row, of in links if ids[row] != ids[of]]
+    if values:
+        table = cast(Table, Image.__table__)
+        conn.execute(
+            update(table)
+            .where(table.c.id == bindparam("b_id"), table.c.duplicate_of.is_(None))
+            .values(duplicate_of=bindparam("b_of")),
+            values,
+        )
 
 
 def chunks(rows: list[PreparedRow], size: int = WRITE_CHUNK) -> Iterable[list[PreparedRow]]:

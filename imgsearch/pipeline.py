@@ -34,6 +34,7 @@ class _Claimed:
     good: list[int]  # positions with bytes
     prepared: PreparedBatch
     thumbnails: dict[int, bytes]  # by image id: what replaces the stored bytes once embedded
+    hashes: dict[int, str]  # by image id: the perceptual hash of an image that came by URL
 
 
 def _claim_and_prepare(
@@ -60,7 +61,14 @@ def _claim_and_prepare(
                 # an image that can't be read fails embedding the same way, and keeps its bytes
                 with contextlib.suppress(InvalidImage):
                     thumbnails[claim.image_id] = images.thumbnail(data, THUMBNAIL_PX, THUMBNAIL_LIMITS)
-    return _Claimed(claims, datas, good, prepared, thumbnails)
+    hashes: dict[int, str] = {}
+    for i in good:
+        claim, data = claims[i], datas[i]
+        if claim.content is None and isinstance(data, bytes):
+            # uploads hashed their bytes; a URL's are here for the first time
+            with contextlib.suppress(InvalidImage):
+                hashes[claim.image_id] = images.perceptual_hash(data, THUMBNAIL_LIMITS)
+    return _Claimed(claims, datas, good, prepared, thumbnails, hashes)
 
 
 def _results(embedder: Embedder, batch: _Claimed) -> list[Any]:
@@ -118,7 +126,7 @@ def run(
                 results = _results(embedder, batch)
                 with engine.begin() as conn:
                     tenancy.run_as_worker(conn)
-                    outcome = queue.store(conn, model, batch.claims, results, batch.thumbnails)
+                    outcome = queue.store(conn, model, batch.claims, results, batch.thumbnails, batch.hashes)
                 totals.add(outcome)
                 totals.last_batch_full = outcome.claimed >= batch_size
                 if on_batch is not None:

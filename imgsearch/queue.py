@@ -207,10 +207,12 @@ def store(
     claims: Sequence[Claim],
     results: Sequence[Any],
     thumbnails: Mapping[int, bytes] | None = None,
+    hashes: Mapping[int, str] | None = None,
 ) -> BatchResult:
     """Write a batch's outcome in the caller's transaction, for the claims still held.
     ``thumbnails`` (by image id): images embedded now whose bytes give way to that thumbnail
-    (``IMGSEARCH_KEEP_CONTENT=false``).
+    (``IMGSEARCH_KEEP_CONTENT=false``). ``hashes`` (by image id): perceptual hashes of images
+    that came by URL, kept for the ones embedded now.
 
     When the catalog switched models while the batch ran, nothing is written: the claims go back
     to ``pending`` for the new active model (``stale_model`` says so).
@@ -277,6 +279,19 @@ def store(
             for c, _ in ready
             if thumbnails and c.image_id in thumbnails
         ]
+        hashed = [
+            {"b_id": c.image_id, "b_phash": hashes[c.image_id]}
+            for c, _ in ready
+            if hashes and c.image_id in hashes
+        ]
+        if hashed:
+            table = cast(Table, Image.__table__)
+            conn.execute(
+                update(table)
+                .where(table.c.id == bindparam("b_id"), table.c.phash.is_(None))
+                .values(phash=bindparam("b_phash")),
+                hashed,
+            )
         if dropped:
             table = cast(Table, Image.__table__)
             conn.execute(

@@ -31,6 +31,8 @@ class ImageRecord:
     created_at: dt.datetime
     updated_at: dt.datetime
     has_embedding: bool
+    phash: str | None = None  # the perceptual hash, 64 '0'/'1' (imgsearch.duplicates)
+    duplicate_of: int | None = None  # the image of another product this upload copies (on_duplicate="link")
 
 
 @dataclass(frozen=True)

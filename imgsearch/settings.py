@@ -103,6 +103,19 @@ class Settings(BaseSettings):
         "`imgsearch serve` defaults to 5000: a request then answers 503 with `Retry-After` instead of "
         "hanging, and doesn't hold a connection and a thread meanwhile.",
     )
+    duplicate_max_hamming: int = Field(
+        default=10,
+        ge=0,
+        le=32,
+        description="Near-duplicates: at most this many of the 64 bits of two images' perceptual hashes "
+        "differ (uploads with `on_duplicate`, `imgsearch duplicates`).",
+    )
+    duplicate_max_distance: float = Field(
+        default=0.1,
+        ge=0,
+        le=2,
+        description="Near-duplicates: and their embeddings lie at most this cosine distance apart.",
+    )
     max_batch_items: int = Field(
         default=1000,
         gt=0,

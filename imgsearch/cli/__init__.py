@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from imgsearch.cli import (
     database,
     demo,
+    duplicates,
     evaluate,
     imports,
     indexes,
@@ -40,6 +41,7 @@ GROUPS = (
     workers,
     search,
     evaluate,
+    duplicates,
     models,
     indexes,
     serve,

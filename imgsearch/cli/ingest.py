@@ -23,7 +23,7 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> int:
         for row in tqdm(rows, desc="storing", unit="img", disable=not sys.stderr.isatty()):
             where = row.pop("_where")
             try:
-                _, created = catalog.add_row(row)
+                _, created = catalog.add_row(row, on_duplicate=args.on_duplicate)
             except InvalidInput as exc:
                 failures.append(f"{where}: {exc}")
                 continue
@@ -65,5 +65,12 @@ def register(commands: Subparsers) -> None:
         "--tenant", default="default", help="tenant of rows that don't name one (default 'default')"
     )
     ingest.add_argument("--category", default=None, help="category of rows that don't name one")
+    ingest.add_argument(
+        "--on-duplicate",
+        choices=("keep", "link", "reject"),
+        default="keep",
+        help="a near-copy of another product's image: store it (keep, the default), store it linked to "
+        "that image (link), or refuse it as a failure (reject)",
+    )
     ingest.add_argument("--no-embed", action="store_true", help="only store; leave embedding to the workers")
     ingest.set_defaults(func=_ingest)

@@ -17,7 +17,7 @@ import enum
 from decimal import Decimal
 from typing import Any
 
-from pgvector.sqlalchemy import HALFVEC, VECTOR
+from pgvector.sqlalchemy import BIT, HALFVEC, VECTOR
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
@@ -135,7 +135,22 @@ class Image(Base):
         CheckConstraint("state IN ('pending', 'embedding', 'ready', 'failed')", name="state_known"),
         CheckConstraint("sha256 IS NULL OR octet_length(sha256) = 32", name="sha256_length"),
         CheckConstraint("attempts >= 0", name="attempts_not_negative"),
+        ForeignKeyConstraint(
+            ["duplicate_of", "tenant"],
+            ["images.id", "images.tenant"],
+            ondelete="SET NULL (duplicate_of)",
+            name="images_duplicate_of_fkey",
+        ),
         Index("images_product_pk_idx", "product_pk"),
+        # near-copies of an upload: the images a few bits away from its hash (migration 0016)
+        Index(
+            "images_phash_idx",
+            "phash",
+            postgresql_using="hnsw",
+            postgresql_ops={"phash": "bit_hamming_ops"},
+            postgresql_where=text("phash IS NOT NULL"),
+        ),
+        Index("images_duplicate_of_idx", "duplicate_of", postgresql_where=text("duplicate_of IS NOT NULL")),
         # the work queue: workers claim the oldest pending rows through this partial index
         Index("images_queue_idx", "state", "id", postgresql_where=text("state IN ('pending', 'embedding')")),
     )
@@ -158,6 +173,9 @@ class Image(Base):
     lease_expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     # a pending image that failed for a passing reason is claimable again from then (migration 0014)
     retry_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    # the 64-bit pHash as '0'/'1' text, and the image an upload with on_duplicate="link" copies
+    phash: Mapped[str | None] = mapped_column(BIT(64))
+    duplicate_of: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[dt.datetime] = _created()
     updated_at: Mapped[dt.datetime] = _created()
 

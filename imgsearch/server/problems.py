@@ -20,7 +20,14 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from imgsearch.errors import ConfigurationError, ImgSearchError, InvalidInput, NotFound, TransientError
+from imgsearch.errors import (
+    ConfigurationError,
+    DuplicateImage,
+    ImgSearchError,
+    InvalidInput,
+    NotFound,
+    TransientError,
+)
 
 log = logging.getLogger("imgsearch.server")
 
@@ -30,6 +37,9 @@ RETRY_AFTER_SECONDS = 5
 # type URIs are relative to the server: GET /problems/<name> explains each (PROBLEM_TYPES)
 PROBLEM_TYPES = {
     "invalid-input": "A value in the request is wrong; `detail` names it and what was expected.",
+    "duplicate-image": "An upload with `on_duplicate=reject` is a near-copy of an image of another product "
+    "of the tenant (`image_id`, `product_id`); nothing was stored. Upload it with `on_duplicate=link` to "
+    "keep it linked to that image, or with `keep`.",
     "invalid-request": "The request doesn't fit the API's schema (a missing field, a wrong JSON type); "
     "`errors` lists each problem with its location.",
     "unauthorized": "The request has no API key, or one that is malformed, unknown or revoked. Send "
@@ -92,6 +102,17 @@ def for_error(request: Request, exc: Exception) -> JSONResponse:
         return http_errors(request, exc)
     if isinstance(exc, NotFound):
         return problem(404, "not-found", "Not found", str(exc), request, index=exc.index)
+    if isinstance(exc, DuplicateImage):
+        return problem(
+            409,
+            "duplicate-image",
+            "Duplicate image",
+            str(exc),
+            request,
+            index=exc.index,
+            image_id=exc.image_id,
+            product_id=exc.product_id,
+        )
     if isinstance(exc, InvalidInput):
         return problem(400, "invalid-input", "Invalid input", str(exc), request, index=exc.index)
     if isinstance(exc, TransientError):

@@ -81,8 +81,26 @@ class ImageResponse(BaseModel):
     byte_size: int | None
     uri: str | None
     has_embedding: bool = Field(description="Whether the active model embedded it.")
+    phash: str | None = Field(description="Its 64-bit perceptual hash, as 64 '0'/'1'.")
+    duplicate_of: int | None = Field(
+        description="The image of another product it is a near-copy of (uploaded with `on_duplicate=link`)."
+    )
     created_at: dt.datetime
     updated_at: dt.datetime
+
+
+class DuplicateMember(BaseModel):
+    image_id: int
+    product_id: str
+    hamming: int = Field(description="Hash bits that differ from the group's first image.")
+    distance: float | None = Field(description="Embedding cosine distance to the group's first image.")
+
+
+class DuplicatesResponse(BaseModel):
+    groups: list[list[DuplicateMember]] = Field(description="Largest groups first.")
+    images: int = Field(description="Images compared.")
+    unhashed: int = Field(description="Images without bytes to hash (a URL not fetched yet).")
+    unconfirmed: int = Field(description="Hash-close pairs left out: an image not embedded yet.")
 
 
 # -- products ---------------------------------------------------------------------------------

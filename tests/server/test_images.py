@@ -214,3 +214,57 @@ def test_urls_must_be_http_never_a_path_on_the_server(api: Api, tenant: str, url
     assert body["index"] == 0
     assert image_ids(api, tenant) == set()
     assert os.path.exists("/etc/passwd")
+
+
+SAMPLE_MUG = (Path(__file__).parents[2] / "imgsearch" / "samples" / "images" / "mug-red.png").read_bytes()
+
+
+def _reencoded(data: bytes) -> bytes:
+    out = io.BytesIO()
+    Image.open(io.BytesIO(data)).convert("RGB").save(out, format="JPEG", quality=70)
+    return out.getvalue()
+
+
+def test_near_copies_are_rejected_linked_and_listed(api: Api, tenant: str) -> None:
+    copy = _reencoded(SAMPLE_MUG)
+    with api.client(api.key(tenant)) as client:
+        first = client.post("/v1/images", data={"product_id": "A"}, files={"file": ("a.png", SAMPLE_MUG)})
+        assert first.status_code == 201, first.text
+        original = first.json()["ids"][0]
+        refused = client.post(
+            "/v1/images?on_duplicate=reject", data={"product_id": "B"}, files={"file": ("b.jpg", copy)}
+        )
+        body = problem(refused, 409)
+        assert body["type"] == "/problems/duplicate-image"
+        assert (body["image_id"], body["product_id"]) == (original, "A")
+        assert f"near-copy of image {original} of product 'A'" in body["detail"]
+        assert image_ids(api, tenant) == {original}
+        linked = client.post(
+            "/v1/images?on_duplicate=link", data={"product_id": "B"}, files={"file": ("b.jpg", copy)}
+        )
+        assert linked.status_code == 201, linked.text
+        copy_id = linked.json()["ids"][0]
+        image = client.get(f"/v1/images/{copy_id}").json()
+        assert image["duplicate_of"] == original and len(image["phash"]) == 64
+        assert image["state"] == "ready"  # embedded by the check
+        problem(
+            client.post(
+                "/v1/images?on_duplicate=drop", data={"product_id": "C"}, files={"file": ("c.jpg", copy)}
+            ),
+            422,
+        )
+
+        listed = client.get("/v1/duplicates").json()  # the original isn't embedded yet (no worker here)
+        assert listed["groups"] == [] and listed["unconfirmed"] == 1 and listed["images"] == 2
+        by_hash = client.get("/v1/duplicates", params={"hash_only": "true"}).json()
+        assert [[m["image_id"] for m in g] for g in by_hash["groups"]] == [[original, copy_id]]
+        assert by_hash["groups"][0][1]["hamming"] <= 4
+        problem(client.get("/v1/duplicates", params={"max_hamming": 64}), 422)
+    with api.client(api.key(f"{tenant}-other")) as other:
+        assert other.get("/v1/duplicates", params={"hash_only": "true"}).json()["groups"] == []
+    with api.client(api.key(admin=True)) as admin:
+        assert "names the tenant" in problem(admin.get("/v1/duplicates"), 400)["detail"]
+        assert (
+            len(admin.get("/v1/duplicates", params={"tenant": tenant, "hash_only": "true"}).json()["groups"])
+            == 1
+        )

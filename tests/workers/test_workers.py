@@ -18,7 +18,7 @@ import redis
 from PIL import Image
 from sqlalchemy import text
 
-from imgsearch import Catalog
+from imgsearch import Catalog, images
 from imgsearch.downloads import Downloads
 from imgsearch.settings import Settings
 from tests.helpers import FileServer, Workers, wait_until
@@ -219,6 +219,9 @@ def test_workers_download_from_the_networks_their_settings_allow(
     workers.start(IMGSEARCH_DOWNLOAD_ALLOW="127.0.0.1")
     wait_until(lambda: counts(catalog) == {"ready": 1, "failed": 1}, 120, workers, "both images settled")
     assert catalog.get(allowed).state == "ready"
+    # the worker hashed the downloaded bytes (a URL upload has none to hash at upload)
+    assert catalog.get(allowed).phash == images.perceptual_hash(jpeg(7), images.Limits())
+    assert catalog.get(redirected).phash is None
     assert "127.0.0.2 is not a public address" in (catalog.get(redirected).error or "")
     assert sorted(image_server.paths) == ["/redirect?to=" + elsewhere, "/shoe.jpg"]
 

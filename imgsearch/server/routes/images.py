@@ -4,7 +4,7 @@ thumbnail, deletes."""
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
@@ -115,7 +115,19 @@ async def _multipart_rows(request: Request, principal: Principal, limits: Limits
     summary="Upload images: JSON (URLs or vectors) or multipart files",
     openapi_extra={"requestBody": _UPLOAD_BODY},
 )
-async def upload_images(request: Request, catalog: CatalogDep, principal: PrincipalDep) -> Response:
+async def upload_images(
+    request: Request,
+    catalog: CatalogDep,
+    principal: PrincipalDep,
+    on_duplicate: Annotated[
+        Literal["keep", "link", "reject"],
+        Query(
+            description="A file that is a near-copy of an image of another product of the tenant: "
+            "`keep` stores it, `link` stores it with `duplicate_of` set to that image, `reject` answers "
+            "409 (`duplicate-image`, naming the image and product) and stores nothing."
+        ),
+    ] = "keep",
+) -> Response:
     """Store a batch of images, all or nothing: a bad item fails the batch (its index in the
     problem's `index` and message), with nothing stored. JSON items give a `url` (a worker
     downloads and embeds it) or an `embedding` (stored as `ready`); multipart uploads give one or
@@ -134,7 +146,7 @@ async def upload_images(request: Request, catalog: CatalogDep, principal: Princi
         raise InvalidInput("nothing to upload: `items` is empty")
     if len(rows) > limits.max_items:
         raise RequestTooLarge(f"{len(rows)} items in one batch; the limit is {limits.max_items}")
-    ids = await run_in_threadpool(lambda: catalog.add_many(rows, progress=False))
+    ids = await run_in_threadpool(lambda: catalog.add_many(rows, progress=False, on_duplicate=on_duplicate))
     return JSONResponse({"ids": ids}, status_code=201)
 
 
@@ -203,3 +215,52 @@ def thumbnail(
     settings = catalog.settings
     jpeg = images.thumbnail(content, size, images.Limits(len(content) + 1, settings.max_image_pixels))
     return Response(jpeg, media_type="image/jpeg", headers=cache)
+
+
+@router.get(
+    "/duplicates", response_model=schemas.DuplicatesResponse, summary="Near-duplicate images across products"
+)
+def list_duplicates(
+    catalog: CatalogDep,
+    principal: PrincipalDep,
+    tenant: Annotated[str | None, Query(description="Admin keys: whose images (required for them).")] = None,
+    max_hamming: Annotated[
+        int | None, Query(ge=0, le=32, description="Hash bits that may differ (default 10).")
+    ] = None,
+    max_distance: Annotated[
+        float | None, Query(ge=0, le=2, description="Embedding cosine distance (default 0.1).")
+    ] = None,
+    hash_only: Annotated[bool, Query(description="Don't confirm pairs by embedding.")] = False,
+) -> Response:
+    """Groups of near-identical images of different products of the tenant: every pair of its
+    images compared by perceptual hash, each confirmed by embedding distance. Each member has its
+    hash bits and embedding distance to the group's first image. Compares all pairs: an
+    occasional report, not a per-request call."""
+    from imgsearch import duplicates
+
+    owner = tenant_of(principal, tenant)
+    if owner is None:
+        raise InvalidInput("an admin key names the tenant whose duplicates to list: ?tenant=...")
+    distance: float | duplicates.Unset | None = (
+        None if hash_only else (duplicates.UNSET if max_distance is None else max_distance)
+    )
+    report = catalog.duplicates(owner, max_hamming=max_hamming, max_distance=distance, progress=False)
+    return JSONResponse(
+        {
+            "groups": [
+                [
+                    {
+                        "image_id": m.image_id,
+                        "product_id": m.product_id,
+                        "hamming": m.hamming,
+                        "distance": m.distance,
+                    }
+                    for m in group.members
+                ]
+                for group in report.groups
+            ],
+            "images": report.images,
+            "unhashed": report.unhashed,
+            "unconfirmed": report.unconfirmed,
+        }
+    )
