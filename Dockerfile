@@ -12,7 +12,7 @@ COPY pyproject.toml README.md alembic.ini ./
 COPY imgsearch ./imgsearch
 COPY migrations ./migrations
 COPY workers ./workers
-RUN pip install '.[worker,server]'
+RUN pip install '.[worker,onnx,server]'
 
 # workers never run as root (Celery warns about it, and a model or image bug shouldn't own the box)
 RUN useradd --create-home --uid 10001 imgsearch && mkdir -p /models && chown imgsearch /models

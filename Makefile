@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: 2.13.0 is the CPU build; an unpinned torch pulls a multi-GB CUDA build
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[worker,server,import,django,flask,dev]'
+	$(PY) -m pip install -q -e '.[worker,onnx,server,import,django,flask,dev]'
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -10,6 +10,7 @@ what to fix from what to retry::
     │   │   ├── EmptyImage                     zero bytes
     │   │   ├── ImageTooLarge                  over the byte or pixel limit
     │   │   └── UnsupportedImage               not an image, truncated, or unusable shape
+    │   ├── DuplicateImage                     on_duplicate="reject": a near-copy of another product's image
     │   └── InvalidQuery                       a search asked for the impossible
     ├── NotFound (also a LookupError)          no such image, product or model
     ├── ConfigurationError                     settings or environment are wrong

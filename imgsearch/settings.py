@@ -149,7 +149,21 @@ class Settings(BaseSettings):
     lease_seconds: int = Field(default=300, gt=0, description="How long a claimed batch is held.")
     sweep_seconds: float = Field(default=60.0, gt=0, description="How often lost work is re-queued.")
     wake_workers: bool = Field(default=False, description="Send a Celery wake-up after each upload.")
-    torch_threads: int | None = Field(default=None, gt=0, description="CPU threads per worker process.")
+    torch_threads: int | None = Field(
+        default=None, gt=0, description="CPU threads per worker process (torch's, or ONNX Runtime's)."
+    )
+    runtime: Literal["torch", "onnx", "onnx-int8"] = Field(
+        default="torch",
+        description="What runs the model: torch; onnx (an ONNX Runtime export, float32, CPU); onnx-int8 "
+        "(its int8 weights, for a model registered as NAME@onnx-int8).",
+    )
+    runtime_min_cosine: float = Field(
+        default=0.99,
+        gt=0,
+        le=1,
+        description="An ONNX runtime loads only if its embeddings of a calibration set keep at least this "
+        "cosine to torch float32's, for images and texts.",
+    )
     retain_freed_memory: bool = Field(
         default=True,
         description="Embedding processes keep freed memory for the next batch (glibc: no mmap, no trim).",

@@ -151,7 +151,7 @@ def test_dockerfile_installs_the_project_and_runs_unprivileged() -> None:
     for sources in copies:
         for source in sources:
             assert (ROOT / source).exists(), f"Dockerfile copies missing {source}"
-    assert "pip install torch==2.13.0" in dockerfile and "pip install '.[worker,server]'" in dockerfile
+    assert "pip install torch==2.13.0" in dockerfile and "pip install '.[worker,onnx,server]'" in dockerfile
     users = [line.split()[1] for line in lines if line.startswith("USER")]
     assert users and users[-1] not in ("root", "0")
     assert lines.index(next(line for line in lines if line.startswith("USER"))) < lines.index(

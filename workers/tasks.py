@@ -63,7 +63,12 @@ def runtime() -> Runtime:
             import torch
 
             log.info(
-                "embedder %s on %s, %d torch threads", model.name, embedder.device, torch.get_num_threads()
+                "embedder %s on %s (%s, %s), %d torch threads",
+                model.name,
+                embedder.device,
+                embedder.runtime,
+                embedder.dtype,
+                torch.get_num_threads(),
             )
             _runtime = Runtime(settings, engine, model, embedder)
         return _runtime

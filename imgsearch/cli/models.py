@@ -67,10 +67,52 @@ def _reembed(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if result.errors else 0
 
 
+def _check(args: argparse.Namespace, settings: Settings) -> int:
+    """Load a checkpoint with each ONNX runtime: its export, and its embeddings' cosine to torch's."""
+    from imgsearch.embed.model import Embedder
+    from imgsearch.embed.registry import canonical_name, split_name
+    from imgsearch.errors import ModelUnavailable
+
+    if args.name is None:
+        from imgsearch.db import vector_index
+
+        eng = open_engine(settings)
+        try:
+            with eng.connect() as conn:
+                active = vector_index.active_model(conn)
+        finally:
+            eng.dispose()
+        name = active.name if active is not None else settings.model
+    else:
+        name = canonical_name(args.name)
+    checkpoint, _ = split_name(name)
+    runtimes = ("onnx", "onnx-int8") if args.runtime == "all" else (args.runtime,)
+    refused = 0
+    print(f"checkpoint {checkpoint}; threshold {settings.runtime_min_cosine} (IMGSEARCH_RUNTIME_MIN_COSINE)")
+    for runtime in runtimes:
+        embedder = Embedder.from_settings(
+            settings.model_copy(update={"runtime": runtime}),
+            name=checkpoint + ("@onnx-int8" if runtime == "onnx-int8" else ""),
+        )
+        try:
+            embedder.load()
+        except ModelUnavailable as exc:
+            refused += 1
+            print(f"{runtime:<10} refused: {exc}")
+            continue
+        finally:
+            embedder.close()
+        assert embedder.quality is not None
+        print(f"{runtime:<10} ok: {embedder.quality.describe()}")
+    return 1 if refused else 0
+
+
 def _model(args: argparse.Namespace, settings: Settings) -> int:
     from imgsearch import reembed
     from imgsearch.embed.registry import canonical_name
 
+    if args.model_command == "check":
+        return _check(args, settings)
     eng = open_engine(settings)
     try:
         if args.model_command == "list":
@@ -162,6 +204,18 @@ def register(commands: Subparsers) -> None:
     )
     drop.add_argument("name")
     drop.add_argument("--yes", action="store_true", help="confirm the deletion")
+    check = model_commands.add_parser(
+        "check",
+        help="check the ONNX runtimes of a checkpoint against torch",
+        description="Export the checkpoint for ONNX Runtime if it isn't yet, embed a fixed calibration "
+        "set (the sample pictures, generated ones, a list of texts) through torch float32 and each "
+        "runtime, and print the minimum and mean cosine between them. A runtime below "
+        "IMGSEARCH_RUNTIME_MIN_COSINE is refused (exit 1), as a worker would refuse it.",
+    )
+    check.add_argument("name", nargs="?", help="model or checkpoint (default: the catalog's active model)")
+    check.add_argument(
+        "--runtime", choices=("onnx", "onnx-int8", "all"), default="all", help="which runtime (default: both)"
+    )
     reindex = model_commands.add_parser(
         "reindex",
         help="rebuild a model's HNSW index with the current parameters",

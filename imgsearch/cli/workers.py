@@ -18,6 +18,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
         "IMGSEARCH_DEVICE": args.device,
         "IMGSEARCH_BATCH_SIZE": args.batch_size,
         "IMGSEARCH_QUEUE": args.queue,
+        "IMGSEARCH_RUNTIME": args.runtime,
     }
     for name, value in overrides.items():
         if value is not None:
@@ -142,6 +143,13 @@ def register(commands: Subparsers) -> None:
     worker.add_argument("--queue", default=None, help="Celery queue (default IMGSEARCH_QUEUE or 'imgsearch')")
     worker.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: auto)")
     worker.add_argument("--batch-size", type=positive, default=None, help="images per forward pass")
+    worker.add_argument(
+        "--runtime",
+        choices=("torch", "onnx", "onnx-int8"),
+        default=None,
+        help="what runs the model (default IMGSEARCH_RUNTIME or torch): onnx is a float32 ONNX Runtime "
+        "export on the CPU; onnx-int8 its int8 weights, for a model registered as NAME@onnx-int8",
+    )
     worker.add_argument(
         "--no-beat", dest="beat", action="store_false", help="don't run the periodic sweep in this worker"
     )

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,9 +21,10 @@ import numpy.typing as npt
 
 from imgsearch import checks
 from imgsearch.embed import decode as decoding
+from imgsearch.embed import onnx
 from imgsearch.embed.batching import CacheInfo, LRUCache, MicroBatcher
 from imgsearch.embed.loading import resolve
-from imgsearch.embed.registry import model_dim
+from imgsearch.embed.registry import INT8_SUFFIX, model_dim, split_name
 from imgsearch.errors import ConfigurationError, InvalidImage, InvalidInput, ModelUnavailable
 from imgsearch.images import Limits
 from imgsearch.settings import Settings
@@ -62,7 +64,10 @@ def check_text(text: object) -> None:
 
 
 def _normalise(features: torch.Tensor) -> Matrix:
-    array = features.detach().float().cpu().numpy()
+    return _normalise_array(features.detach().float().cpu().numpy())
+
+
+def _normalise_array(array: npt.NDArray[Any]) -> Matrix:
     norms = np.linalg.norm(array, axis=1, keepdims=True)
     result: Matrix = (array / np.maximum(norms, 1e-12)).astype(np.float32)
     return result
@@ -86,7 +91,28 @@ class Embedder:
         text_cache_size: int = DEFAULT_TEXT_CACHE_SIZE,
         query_batch_size: int = DEFAULT_QUERY_BATCH_SIZE,
         query_batch_wait_ms: float = DEFAULT_QUERY_BATCH_WAIT_MS,
+        runtime: str = "torch",
+        threads: int | None = None,
+        home: Path | None = None,
+        min_cosine: float = onnx.DEFAULT_MIN_COSINE,
     ) -> None:
+        onnx.check_runtime(runtime)
+        self.checkpoint, int8 = split_name(name)
+        if runtime == "onnx-int8" and not int8:
+            raise ConfigurationError(
+                f"the runtime onnx-int8 gives embeddings that differ from {name!r}'s float32 ones and must "
+                f"not mix with them: int8 embeddings are the model {name + INT8_SUFFIX!r}. Switch the "
+                f"catalog with `imgsearch reembed --model {name + INT8_SUFFIX}` and `imgsearch model "
+                "activate`, or use IMGSEARCH_RUNTIME=torch or onnx (float32) for this model"
+            )
+        # the model's name decides its precision; the runtime setting picks float32's executor
+        self.runtime = "onnx-int8" if int8 else runtime
+        self._threads = threads
+        self._home = home
+        self.min_cosine = min_cosine
+        self.quality: onnx.Quality | None = None  # the ONNX runtimes' check against torch
+        self._towers: onnx.Towers | None = None
+        self._config: Any = None
         if batch_size < 1:
             raise ConfigurationError(f"batch size must be at least 1, got {batch_size}")
         if text_cache_size < 0:
@@ -133,12 +159,16 @@ class Embedder:
             text_cache_size=settings.text_cache_size,
             query_batch_size=settings.query_batch_size,
             query_batch_wait_ms=settings.query_batch_wait_ms,
+            runtime=settings.runtime,
+            threads=settings.torch_threads,
+            home=settings.home,
+            min_cosine=settings.runtime_min_cosine,
         )
 
     @property
     def dim(self) -> int:
         """The embedding dimension, known without loading weights."""
-        return model_dim(self.name)
+        return model_dim(self.checkpoint)
 
     @property
     def loaded(self) -> bool:
@@ -153,7 +183,7 @@ class Embedder:
                 self._load()
 
     def _load(self) -> None:
-        source, offline = resolve(self.name)
+        source, offline = resolve(self.checkpoint)
         import torch
         import transformers
         from transformers import AutoConfig, AutoModel, AutoProcessor
@@ -165,6 +195,12 @@ class Embedder:
                 raise ModelUnavailable(
                     f"model {self.name!r} is a {config.model_type!r} model; imgsearch embeds with {', '.join(SUPPORTED)}"
                 )
+            if self.runtime != "torch":
+                processor = AutoProcessor.from_pretrained(  # type: ignore[no-untyped-call]  # untyped upstream
+                    source, local_files_only=offline
+                )
+                self._load_onnx(source, offline, config, processor)
+                return
             device = self._device_setting or ("cuda" if torch.cuda.is_available() else "cpu")
             if device.startswith("cuda"):
                 dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -183,6 +219,86 @@ class Embedder:
         self._model_type = config.model_type
         self._model = model  # last: `loaded` turns true only once everything is in place
         log.info("loaded %s (%s) on %s as %s", self.name, config.model_type, device, dtype)
+
+    def _load_onnx(self, source: str, offline: bool, config: Any, processor: Any) -> None:
+        """Export (once per checkpoint), open the runtime's sessions, check them against torch
+        (once per export) and refuse them below ``min_cosine``."""
+        from transformers import AutoModel
+
+        if self._device_setting and not self._device_setting.startswith("cpu"):
+            raise ConfigurationError(
+                f"the runtime {self.runtime} runs on the CPU; IMGSEARCH_DEVICE is {self._device_setting!r}"
+            )
+        if config.model_type not in onnx.EXPORTABLE:
+            raise ConfigurationError(
+                f"the ONNX runtimes support {', '.join(onnx.EXPORTABLE)} checkpoints; {self.checkpoint!r} is "
+                f"{config.model_type!r} (SigLIP 2's variable-resolution inputs don't export): use IMGSEARCH_RUNTIME=torch"
+            )
+        from imgsearch.settings import Settings
+
+        home = self._home or Settings().home
+        folder = home / "onnx" / onnx.checkpoint_hash(onnx.checkpoint_files(source))[:24]
+        torch_model: Any = None
+
+        def load_torch() -> Any:
+            model = AutoModel.from_pretrained(source, local_files_only=offline, dtype=None)
+            return model.float().eval()
+
+        with onnx.locked(folder):
+            if not onnx.exported(folder):
+                torch_model = load_torch()
+                onnx.export(torch_model, processor, config.model_type, folder, self.checkpoint)
+        meta = onnx.read_meta(folder)
+        if meta is None:
+            raise ModelUnavailable(f"the ONNX export in {folder} has no readable meta.json")
+        towers = onnx.Towers(folder, self.runtime == "onnx-int8", self._threads, meta)
+        quality = onnx.read_quality(folder, self.runtime, towers)
+        if quality is None:
+            with onnx.locked(folder):
+                quality = onnx.read_quality(folder, self.runtime, towers)
+                if quality is None:
+                    torch_model = torch_model or load_torch()
+                    quality = self._check_against_torch(towers, torch_model, processor, config)
+                    onnx.write_quality(folder, quality)
+        del torch_model
+        if not quality.passes(self.min_cosine):
+            raise ModelUnavailable(
+                f"the {self.runtime} runtime is refused for {self.checkpoint!r}: {quality.describe()}, below "
+                f"IMGSEARCH_RUNTIME_MIN_COSINE={self.min_cosine}; use IMGSEARCH_RUNTIME=torch for this checkpoint"
+            )
+        self.quality = quality
+        self._processor, self._config, self._model_type = processor, config, config.model_type
+        self.device, self.dtype = "cpu", "int8" if towers.int8 else "float32"
+        self._logit_params = meta.logit_scale, meta.logit_bias
+        self._towers = towers
+        self._model = towers  # last: `loaded` turns true only once everything is in place
+        log.info(
+            "loaded %s (%s) with ONNX Runtime, %s; %s",
+            self.name,
+            config.model_type,
+            self.dtype,
+            quality.describe(),
+        )
+
+    def _check_against_torch(
+        self, towers: onnx.Towers, model: Any, processor: Any, config: Any
+    ) -> onnx.Quality:
+        import torch
+
+        decoded = [decoding.decode(data, self.options) for data in onnx.calibration_images()]
+        pixels = processor.image_processor(images=decoded, return_tensors="pt")["pixel_values"]
+        tokens = onnx.tokenize(processor, config, config.model_type, list(onnx.CALIBRATION_TEXTS))
+        with torch.inference_mode():
+            images = model.get_image_features(pixel_values=pixels)
+            texts = model.get_text_features(**{k: torch.from_numpy(v) for k, v in tokens.items()})
+        return onnx.quality_check(
+            self.runtime,
+            towers,
+            getattr(images, "pooler_output", images).float().numpy(),
+            getattr(texts, "pooler_output", texts).float().numpy(),
+            pixels.numpy(),
+            tokens,
+        )
 
     # -- images ---------------------------------------------------------------------------
 
@@ -211,6 +327,8 @@ class Embedder:
         if not batch.good:
             return np.zeros((0, self.dim), dtype=np.float32)
         self.load()
+        if self._towers is not None:
+            return _normalise_array(self._towers.run_image(batch.inputs["pixel_values"].numpy()))
         inputs = {
             key: (value.to(self.device, self.dtype) if key == "pixel_values" else value.to(self.device))
             for key, value in batch.inputs.items()
@@ -286,16 +404,11 @@ class Embedder:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         self.load()
-        tokenizer = self._processor.tokenizer
-        if self._model_type in ("siglip", "siglip2"):
-            # SigLIP was trained on max_length padding; other padding changes its embeddings
-            max_length = self._model.config.text_config.max_position_embeddings
-            tokens = tokenizer(
-                list(texts), padding="max_length", truncation=True, max_length=max_length, return_tensors="pt"
-            )
-        else:
-            tokens = tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt")
-        inputs = {key: value.to(self.device) for key, value in tokens.items()}
+        if self._towers is not None:
+            tokens = onnx.tokenize(self._processor, self._config, self._model_type, list(texts))
+            return _normalise_array(self._towers.run_text(tokens))
+        tokens = onnx.tokenize(self._processor, self._model.config, self._model_type, list(texts))
+        inputs = {key: torch.from_numpy(value).to(self.device) for key, value in tokens.items()}
         with torch.inference_mode():
             output = self._model.get_text_features(**inputs)
         return _normalise(getattr(output, "pooler_output", output))

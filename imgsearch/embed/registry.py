@@ -41,6 +41,17 @@ KNOWN_DIMS: dict[str, int] = {
 }
 
 
+INT8_SUFFIX = "@onnx-int8"  # a model registered with its int8 ONNX embeddings: a model of its own
+
+
+def split_name(name: str) -> tuple[str, bool]:
+    """A registered model name as (checkpoint, int8): ``"X@onnx-int8"`` is X's int8 embeddings,
+    which differ from X's float32 ones and so never share a model row with them."""
+    if name.endswith(INT8_SUFFIX):
+        return name[: -len(INT8_SUFFIX)], True
+    return name, False
+
+
 def dim_from_config(config: dict[str, Any]) -> int:
     """The embedding dimension a transformers config describes (SigLIP, SigLIP 2 or CLIP)."""
     model_type = config.get("model_type")
@@ -68,6 +79,7 @@ def _cached_config(name: str) -> Path | None:
 
 def model_dim(name: str) -> int:
     """Dimension of ``name`` (a hub id or a local checkpoint directory), without loading weights."""
+    name, _ = split_name(name)
     path = Path(name).expanduser()
     config_file: Path | None = path / "config.json" if path.is_dir() else None
     if config_file is None:
@@ -88,6 +100,7 @@ def model_dim(name: str) -> int:
 
 def canonical_name(name: str) -> str:
     """How a model is registered: a local checkpoint directory by its absolute path (workers in
-    other directories must find it), a hub id as given."""
-    path = Path(name).expanduser()
-    return str(path.resolve()) if path.is_dir() else name
+    other directories must find it), a hub id as given; ``@onnx-int8`` stays at the end."""
+    checkpoint, int8 = split_name(name)
+    path = Path(checkpoint).expanduser()
+    return (str(path.resolve()) if path.is_dir() else checkpoint) + (INT8_SUFFIX if int8 else "")
