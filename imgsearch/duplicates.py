@@ -17,7 +17,7 @@ Two uses:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
@@ -46,6 +46,20 @@ class Unset:
 UNSET = Unset()
 
 Embed = Callable[[list[bytes]], list[Any]]  # bytes -> unit vectors or the InvalidImage each raised
+
+
+def set_where_unset(conn: Connection, column: str, by_id: Mapping[int, Any]) -> None:
+    """Set ``images.<column>`` (``phash``, ``duplicate_of``) of the images in ``by_id`` to their
+    value there, in one statement; an image whose column is already set keeps it."""
+    if not by_id:
+        return
+    table = cast(Table, Image.__table__)
+    conn.execute(
+        update(table)
+        .where(table.c.id == bindparam("b_id"), table.c[column].is_(None))
+        .values({column: bindparam("b_value")}),
+        [{"b_id": image_id, "b_value": value} for image_id, value in by_id.items()],
+    )
 
 
 def check_policy(value: Any) -> str:
@@ -293,18 +307,13 @@ def fill_hashes(
         if not rows:
             return done
         last = rows[-1].id
-        values = []
+        values: dict[int, str] = {}
         for r in rows:
             try:
-                values.append({"b_id": r.id, "b_phash": images.perceptual_hash(bytes(r.shown), limits)})
+                values[r.id] = images.perceptual_hash(bytes(r.shown), limits)
             except InvalidImage:
                 continue  # a failed image keeps no hash; it is never ready either
-        if values:
-            table = cast(Table, Image.__table__)
-            conn.execute(
-                update(table).where(table.c.id == bindparam("b_id")).values(phash=bindparam("b_phash")),
-                values,
-            )
+        set_where_unset(conn, "phash", values)
         done += len(values)
         if on_progress is not None:
             on_progress(len(rows))

@@ -144,7 +144,6 @@ def _decoded_rgb(data: bytes, limits: Limits, at_least_px: int) -> Image.Image:
         raise UnsupportedImage(f"cannot decode the image: {exc}") from exc
 
 
-PHASH_BITS = 64
 _DCT_SIZE, _LOW = 32, 8
 
 

@@ -11,12 +11,12 @@ import contextlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, func, select, tuple_, update
+from sqlalchemy import Connection, func, select, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from imgsearch import checks, images, vectors
+from imgsearch import checks, duplicates, images, vectors
 from imgsearch.db.models import Embedding, Image, ImageState, Product
 from imgsearch.errors import InvalidImage, InvalidInput
 from imgsearch.records import ModelInfo
@@ -209,15 +209,9 @@ def write_rows(conn: Connection, rows: list[PreparedRow], model: ModelInfo) -> t
 def link_rows(conn: Connection, links: list[tuple[int, int]], ids: list[int]) -> None:
     """Set ``duplicate_of`` for rows of one call that copy another row of it: ``links`` holds
     (row, row it copies) positions in ``ids``. A row whose image already existed keeps its link."""
-    values = [{"b_id": ids[row], "b_of": ids[of]} for row, of in links if ids[row] != ids[of]]
-    if values:
-        table = cast(Table, Image.__table__)
-        conn.execute(
-            update(table)
-            .where(table.c.id == bindparam("b_id"), table.c.duplicate_of.is_(None))
-            .values(duplicate_of=bindparam("b_of")),
-            values,
-        )
+    duplicates.set_where_unset(
+        conn, "duplicate_of", {ids[row]: ids[of] for row, of in links if ids[row] != ids[of]}
+    )
 
 
 def chunks(rows: list[PreparedRow], size: int = WRITE_CHUNK) -> Iterable[list[PreparedRow]]:

@@ -21,7 +21,7 @@ from sqlalchemy import Connection, Engine, Table, bindparam, func, select, text,
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import OperationalError
 
-from imgsearch import checks, tenancy
+from imgsearch import checks, duplicates, tenancy
 from imgsearch.db.models import Embedding, Image, ImageState, Model
 from imgsearch.downloads import PUBLIC_ONLY, Downloads
 from imgsearch.errors import DatabaseUnavailable, InvalidImage, TransientError
@@ -279,18 +279,9 @@ def store(
             for c, _ in ready
             if thumbnails and c.image_id in thumbnails
         ]
-        hashed = [
-            {"b_id": c.image_id, "b_phash": hashes[c.image_id]}
-            for c, _ in ready
-            if hashes and c.image_id in hashes
-        ]
-        if hashed:
-            table = cast(Table, Image.__table__)
-            conn.execute(
-                update(table)
-                .where(table.c.id == bindparam("b_id"), table.c.phash.is_(None))
-                .values(phash=bindparam("b_phash")),
-                hashed,
+        if hashes:
+            duplicates.set_where_unset(
+                conn, "phash", {c.image_id: hashes[c.image_id] for c, _ in ready if c.image_id in hashes}
             )
         if dropped:
             table = cast(Table, Image.__table__)
