@@ -2,8 +2,25 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import numpy.typing as npt
+
+
+def fresh_database(home: Path, name: str) -> str:
+    """The URL of an empty database ``name`` (dropped first if it exists) on the embedded server
+    of ``home``, started if needed."""
+    import psycopg
+    from sqlalchemy import make_url
+
+    from imgsearch.db import embedded
+
+    url = make_url(embedded.ensure_started(home))
+    with psycopg.connect(host=url.query["host"], user="postgres", dbname="postgres", autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name}")
+        conn.execute(f"CREATE DATABASE {name}")
+    return url.set(database=name).render_as_string()
 
 
 def clustered(

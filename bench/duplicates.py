@@ -28,12 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psycopg
-from sqlalchemy import make_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from embedder import build_base_checkpoint
+from _data import fresh_database
+from embedder import base_checkpoint
 
 from imgsearch import Catalog, duplicates, images, pipeline
 from imgsearch.db import embedded
@@ -42,14 +41,6 @@ from imgsearch.settings import Settings
 
 DB = "bench_duplicates"
 LIMITS = images.Limits()
-
-
-def database_url(home: Path) -> str:
-    url = make_url(embedded.ensure_started(home))
-    with psycopg.connect(host=url.query["host"], user="postgres", dbname="postgres", autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {DB}")
-        conn.execute(f"CREATE DATABASE {DB}")
-    return url.set(database=DB).render_as_string()
 
 
 def pr(found: set[tuple[int, int]], truth: set[tuple[int, int]]) -> tuple[float, float]:
@@ -104,7 +95,7 @@ def pairs_of(report: duplicates.Report, name_of: dict[int, int]) -> set[tuple[in
 def detector_stage(
     items: list[Any], model: str, settings: Settings, hammings: list[int], distances: list[float]
 ) -> dict[str, Any]:
-    url = database_url(settings.home)
+    url = fresh_database(settings.home, DB)
     truth = {
         (a, b) for a, b in itertools.combinations(range(len(items)), 2) if items[a].group == items[b].group
     }
@@ -284,12 +275,7 @@ def main() -> None:
     settings = Settings()
     model = args.model
     if model is None:
-        checkpoint = settings.home.parent / f"{settings.home.name}-siglip-base-random"
-        if not (checkpoint / "config.json").exists():
-            print(f"saving a siglip-base-sized checkpoint (random weights) to {checkpoint} ...", flush=True)
-            checkpoint.mkdir(parents=True, exist_ok=True)
-            build_base_checkpoint(checkpoint)
-        model = str(checkpoint)
+        model = str(base_checkpoint(settings.home))
     items = list(near_duplicate_set(args.originals, seed=7))
     print(f"{len(items)} images; the hash alone ...", flush=True)
     hashes = hash_stage(items)

@@ -40,6 +40,16 @@ def build_base_checkpoint(path: Path) -> Path:
     return path
 
 
+def base_checkpoint(home: Path) -> Path:
+    """The base-size checkpoint (random weights) beside ``home``, saved the first time."""
+    path = home.parent / f"{home.name}-siglip-base-random"
+    if not (path / "config.json").exists():
+        print(f"saving a siglip-base-sized checkpoint (random weights) to {path} ...", flush=True)
+        path.mkdir(parents=True, exist_ok=True)
+        build_base_checkpoint(path)
+    return path
+
+
 def product_photos(count: int, size: tuple[int, int] = (800, 800)) -> list[bytes]:
     """JPEGs like product shots: an object on a plain background, some texture, quality 90."""
     rng = np.random.default_rng(0)

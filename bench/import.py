@@ -47,6 +47,8 @@ from sqlalchemy import make_url
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
+from _data import fresh_database
+
 from imgsearch import Catalog, bulk
 from imgsearch.db import embedded, vector_index
 from imgsearch.settings import Settings
@@ -97,14 +99,6 @@ def write_file(path: Path, rows: int, seed: int = 11) -> None:
 def raw_json(text: str) -> Jsonb:
     """A JSON text as jsonb, as it is (psycopg's dumper would make a str a JSON string)."""
     return Jsonb(text, dumps=lambda value: value)
-
-
-def fresh_database(home: Path, name: str) -> str:
-    url = make_url(embedded.ensure_started(home))
-    with psycopg.connect(host=url.query["host"], user="postgres", dbname="postgres", autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name}")
-        conn.execute(f"CREATE DATABASE {name}")
-    return url.set(database=name).render_as_string()
 
 
 def drop_database(home: Path, name: str) -> None:

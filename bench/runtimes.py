@@ -26,12 +26,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psycopg
-from sqlalchemy import make_url
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from embedder import build_base_checkpoint, product_photos
+from _data import fresh_database
+from embedder import base_checkpoint, product_photos
 
 from imgsearch import Catalog, pipeline
 from imgsearch.db import embedded
@@ -40,14 +38,6 @@ from imgsearch.settings import Settings
 
 RUNTIMES = ("torch", "onnx", "onnx-int8")
 TEXT = "round {round} query {i}: a red leather handbag with a gold clasp and a long strap"
-
-
-def database_url(home: Path, name: str) -> str:
-    url = make_url(embedded.ensure_started(home))
-    with psycopg.connect(host=url.query["host"], user="postgres", dbname="postgres", autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name}")
-        conn.execute(f"CREATE DATABASE {name}")
-    return url.set(database=name).render_as_string()
 
 
 def embedder_for(runtime: str, checkpoint: str, settings: Settings, batch_size: int = 32) -> Embedder:
@@ -82,7 +72,7 @@ def text_ms(embedder: Embedder, round_: int, count: int) -> list[float]:
 def drain_rate(
     runtime: str, checkpoint: str, embedder: Embedder, photos: list[bytes], settings: Settings
 ) -> float:
-    url = database_url(settings.home, f"bench_runtime_{runtime.replace('-', '_')}")
+    url = fresh_database(settings.home, f"bench_runtime_{runtime.replace('-', '_')}")
     with Catalog.open(url, model=embedder.name, settings=settings) as catalog:
         catalog.add_many({"image": p, "tenant": "acme", "product_id": f"p{i}"} for i, p in enumerate(photos))
         start = time.perf_counter()
@@ -109,12 +99,7 @@ def main() -> None:
     args = parser.parse_args()
 
     settings = Settings()
-    checkpoint_dir = settings.home.parent / f"{settings.home.name}-siglip-base-random"
-    if not (checkpoint_dir / "config.json").exists():
-        print(f"saving a siglip-base-sized checkpoint (random weights) to {checkpoint_dir} ...", flush=True)
-        checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        build_base_checkpoint(checkpoint_dir)
-    checkpoint = str(checkpoint_dir)
+    checkpoint = str(base_checkpoint(settings.home))
     import torch
 
     if settings.torch_threads:

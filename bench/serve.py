@@ -42,16 +42,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psycopg
-from sqlalchemy import make_url
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
+from _data import fresh_database
 from search import query_cases, stored_catalog
 
 from imgsearch import Catalog, keys
-from imgsearch.db import embedded
 from imgsearch.db.engine import make_engine
 from imgsearch.settings import Settings
 
@@ -326,11 +324,7 @@ def build_models(folder: Path) -> dict[str, Path]:
 
 def model_database(home: Path, name: str, model: Path) -> str:
     """A small catalog of its own for ``model`` (the text benchmark's searches need hits, not many)."""
-    url = make_url(embedded.ensure_started(home))
-    with psycopg.connect(host=url.query["host"], user="postgres", dbname="postgres", autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name}")
-        conn.execute(f"CREATE DATABASE {name}")
-    database_url = url.set(database=name).render_as_string()
+    database_url = fresh_database(home, name)
     with Catalog.open(database_url, model=str(model), settings=Settings(model=str(model))) as catalog:
         rng = np.random.default_rng(0)
         catalog.add_many(

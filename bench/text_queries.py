@@ -37,7 +37,7 @@ from sqlalchemy import make_url, text
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _data import clustered
-from embedder import build_base_checkpoint
+from embedder import base_checkpoint
 
 from imgsearch import Catalog
 from imgsearch.db import embedded
@@ -93,11 +93,7 @@ def main() -> None:
     args = parser.parse_args()
 
     settings = Settings()
-    checkpoint = settings.home.parent / f"{settings.home.name}-siglip-base-random"
-    if not (checkpoint / "config.json").exists():
-        print(f"saving a siglip-base-sized checkpoint (random weights) to {checkpoint} ...", flush=True)
-        checkpoint.mkdir(parents=True, exist_ok=True)
-        build_base_checkpoint(checkpoint)
+    checkpoint = base_checkpoint(settings.home)
     url = database_url(settings.home)
     with Catalog.open(url, model=str(checkpoint), settings=settings) as catalog:
         load(catalog, args.rows)

@@ -21,27 +21,18 @@ import time
 import uuid
 from pathlib import Path
 
-import psycopg
-from sqlalchemy import make_url, text
+from sqlalchemy import text
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _data import fresh_database
 from embedder import build_base_checkpoint, product_photos
 
 from imgsearch import Catalog
-from imgsearch.db import embedded
 from imgsearch.embed.allocator import retain_freed_memory
 from imgsearch.embed.model import Embedder
 from imgsearch.settings import Settings
 
 DB = "bench_workers"
-
-
-def fresh_database(home: Path) -> str:
-    url = make_url(embedded.ensure_started(home))
-    with psycopg.connect(host=url.query["host"], user="postgres", dbname="postgres", autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {DB}")
-        conn.execute(f"CREATE DATABASE {DB}")
-    return url.set(database=DB).render_as_string()
 
 
 def ready_count(catalog: Catalog) -> int:
@@ -63,7 +54,7 @@ def through_workers(
     base: Settings, checkpoint: Path, photos: list[bytes], workers: int, args: argparse.Namespace
 ) -> float:
     """images/s from the first upload to the last image ready, through ``workers`` processes."""
-    url = fresh_database(base.home)
+    url = fresh_database(base.home, DB)
     queue = f"imgsearch-bench-{uuid.uuid4().hex[:8]}"
     settings = Settings(redis_url=base.redis_url, queue=queue, wake_workers=True, batch_size=args.batch_size)
     env = {
