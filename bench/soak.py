@@ -14,14 +14,15 @@ or server that died is started again after 2 s, and PostgreSQL after the stop a 
 else is restarted or repaired by hand.
 
 Traffic, at ``--rate`` operations a second from ``--clients`` threads, each on a keep-alive
-connection: uploads (multipart files, URLs, bring-your-own vectors), searches of every kind with
+connection and sending at random (Poisson) times, so that no fault can put the clients in step: uploads (multipart files, URLs, bring-your-own vectors), searches of every kind with
 filters (vector, text, an uploaded image, more like this image or product), product changes and
 feeds, deletes. Two tenants: ``acme`` takes all the writes; ``stable`` holds vectors loaded before
 the run that nothing changes, so its searches can be checked against an exact search.
 
 Every operation goes into ``history.jsonl`` in ``--out`` (start, end, kind, status, the ids an
 upload was acknowledged with, a search's query and hits), with the fault windows and once a second
-the RSS of the service and the workers and PostgreSQL's connections per program. At the end, the
+the RSS and CPU time of the service, the workers and PostgreSQL, and PostgreSQL's connections per
+program. At the end, the
 run waits for the queue to drain and runs the checker, which writes ``report.json`` and a plot;
 the exit status is the checker's (1 when an invariant broke).
 """
@@ -88,6 +89,9 @@ ALL_FAULTS = [
     "pg-immediate",
     "disk-full",
 ]
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -356,14 +360,36 @@ def rss_mib(pids: list[int]) -> float:
     return round(total / 1024, 1)
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time the processes and their ended children have used so far."""
+    ticks = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+    return ticks / CLOCK_TICKS
+
+
+def postmaster_pid(stack: Stack) -> int | None:
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        return int((stack.pgdata() / "postmaster.pid").read_text().split()[0])
+    return None
+
+
 def sample(stack: Stack, stop: threading.Event) -> None:
-    """Once a second: RSS per program and PostgreSQL's connections per program."""
+    """Once a second: RSS and CPU seconds used per program (PostgreSQL's too) and PostgreSQL's
+    connections per program."""
     conn: psycopg.Connection[Any] | None = None
     while not stop.wait(1.0):
-        record: dict[str, Any] = {"sample": stack.clock.now(), "rss": {}, "connections": None}
+        record: dict[str, Any] = {"sample": stack.clock.now(), "rss": {}, "cpu": {}, "connections": None}
         for service in stack.services:
             if service.proc is not None and service.proc.poll() is None:
-                record["rss"][service.name] = rss_mib(process_tree(service.proc.pid))
+                tree = process_tree(service.proc.pid)
+                record["rss"][service.name] = rss_mib(tree)
+                record["cpu"][service.name] = cpu_seconds(tree)
+        postmaster = postmaster_pid(stack)
+        if postmaster is not None:
+            record["cpu"]["postgres"] = cpu_seconds(process_tree(postmaster))
         try:
             if conn is None or conn.closed:
                 conn = stack.admin_conn()
@@ -535,16 +561,20 @@ class Traffic:
     def client(self, index: int) -> None:
         rng = random.Random(self.seed * 1000 + index)
         api = self.local.api = Api(self.stack.port)
-        interval = self.clients / self.rate
+        mean_gap = self.clients / self.rate
         names, weights = list(OPS), list(OPS.values())
-        next_at = time.monotonic() + rng.random() * interval
+        next_at = time.monotonic() + rng.expovariate(1 / mean_gap)
         while not self.stop.is_set():
             delay = next_at - time.monotonic()
             if delay > 0 and self.stop.wait(delay):
                 break
-            next_at = max(next_at + interval, time.monotonic() - interval)
             op = rng.choices(names, weights)[0]
             getattr(self, op)(api, rng)
+            # Poisson arrivals, each gap counted from the later of the planned start and the end of
+            # this operation: clients stay independent. A fixed period would put them in step after a
+            # fault that releases all of their requests at once (the lock): every client then sends at
+            # the same instant each period, and the service sees bursts instead of a stream.
+            next_at = max(next_at, time.monotonic()) + rng.expovariate(1 / mean_gap)
 
     def record(
         self, op: str, t0: float, status: int, headers: dict[str, str], body: Any, **extra: Any

@@ -21,7 +21,9 @@ Invariants (``ok`` is false when one breaks):
 - connections the service and workers hold at the end, idle, over their pools' bound.
 Reported beside them: errors in the windows by kind (503 with ``Retry-After``, connection errors,
 timeouts), each fault's recovery time (from its end to the last failed request it caused), p50
-and p99 outside the windows, and RSS growth after the warm-up (target < 10%).
+and p99 outside the windows, the search p50 after the last fault against before the first (1x when
+the service recovered its speed), RSS growth after the warm-up (target < 10%), and the CPU each
+program kept busy.
 """
 
 from __future__ import annotations
@@ -195,7 +197,7 @@ def uploads(ops: list[dict[str, Any]], db: dict[str, Any]) -> dict[str, Any]:
         and image not in maybe_deleted
         and op["product_id"] not in products_maybe_deleted
     ]
-    undone = [image for image in deleted if image in present]
+    undone: list[int | str] = [image for image in deleted if image in present]
     undone += [p for p in products_deleted_for_sure if p in db["products"]]
     failed_images = {i: v for i, v in present.items() if v["state"] == "failed"}
     url_images = {i for i, op in acknowledged.items() if op["op"] == "upload_url"}
@@ -322,6 +324,16 @@ def searches(
     writes = [op for op in ops if op["op"] not in SEARCHES]
     inside = [op for op in ops if in_window(op, spans) and failed(op)]
     ok_latency = [op["t1"] - op["t0"] for op in outside if op["status"] == 200]
+    # recovered: searches after the last window as fast as before the first one (after a warm-up)
+    first = min((start for start, _, _ in spans), default=float("inf"))
+    last = max((end for _, end, _ in spans), default=float("inf"))
+    before = [
+        op["t1"] - op["t0"]
+        for op in outside
+        if op["status"] == 200 and first / 3 <= op["t0"] and op["t1"] < first
+    ]
+    after = [op["t1"] - op["t0"] for op in outside if op["status"] == 200 and op["t0"] > last]
+    p50_before, p50_after = percentile(before, 50), percentile(after, 50)
     return {
         "searches": len(found),
         "searches_checked_exact": checked,
@@ -350,6 +362,9 @@ def searches(
         ),
         "p50_ms": percentile(ok_latency, 50),
         "p99_ms": percentile(ok_latency, 99),
+        "p50_before_faults_ms": p50_before,
+        "p50_after_faults_ms": p50_after,
+        "p50_after_over_before": round(p50_after / p50_before, 2) if p50_before and p50_after else None,
     }
 
 
@@ -400,14 +415,27 @@ def resources(h: dict[str, Any]) -> dict[str, Any]:
         "imgsearch-serve": run.get("server_processes", 2) * (2 * 20 + KEYRING_CONNECTIONS),
         "imgsearch-worker": run.get("workers", 2) * (pool + 1),
     }
-    final = next((s["connections"] for s in reversed(samples) if s["connections"] is not None), {}) or {}
+    final: dict[str, int] = (
+        next((s["connections"] for s in reversed(samples) if s["connections"] is not None), {}) or {}
+    )
     peak: dict[str, int] = {}
     for s in samples:
         for name, n in (s["connections"] or {}).items():
             peak[name] = max(peak.get(name, 0), n)
     over = sum(max(0, final.get(name, 0) - limit) for name, limit in bound.items())
+    # CPU seconds are cumulative per process tree; a restart starts them again (negative steps skipped)
+    busy: dict[str, float] = {}
+    timed = [s for s in warm if s.get("cpu")]
+    for a, b in itertools.pairwise(timed):
+        for name, seconds in b["cpu"].items():
+            role = name.split("-")[0]
+            step = seconds - a["cpu"].get(name, seconds)
+            if step > 0:
+                busy[role] = busy.get(role, 0.0) + step
+    span = timed[-1]["sample"] - timed[0]["sample"] if len(timed) > 1 else 0.0
     return {
         "rss": growth,
+        "cpu_cores": {role: round(total / span, 3) for role, total in sorted(busy.items())} if span else {},
         "connections_final": final,
         "connections_peak": peak,
         "connections_bound": bound,
@@ -440,7 +468,9 @@ def summary(report: dict[str, Any]) -> str:
         f"errors in windows: {report['in_windows']}",
         f"images: {report['states']}; failed downloads: {report['failed_download_errors']}",
         f"refused (4xx): {report['refused_4xx']}",
-        f"RSS: {report['rss']}",
+        f"search p50 before the first fault / after the last: {report['p50_before_faults_ms']} / "
+        f"{report['p50_after_faults_ms']} ms ({report['p50_after_over_before']}x)",
+        f"RSS: {report['rss']}; CPU (cores busy, mean over the run): {report['cpu_cores']}",
         f"connections at the end: {report['connections_final']} (bound {report['connections_bound']}, "
         f"peak {report['connections_peak']}); restarts: {report['restarts']}",
         f"ok: {report['ok']}",

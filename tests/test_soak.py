@@ -52,3 +52,8 @@ def test_ninety_seconds_through_three_faults_lose_nothing(tmp_path: Path) -> Non
     # the killed worker was started again by the run's supervisor, and the queue still drained
     assert report["restarts"]["worker-0"] >= 1
     assert report["states"].get("pending", 0) == 0
+    # the resources were sampled for every program, PostgreSQL's CPU included, and searches were
+    # timed on both sides of the faults (their ratio is reported, not held: this box is noisy)
+    assert set(report["cpu_cores"]) == {"server", "worker", "postgres"}
+    assert all(cores > 0 for cores in report["cpu_cores"].values())
+    assert report["p50_before_faults_ms"] > 0 and report["p50_after_faults_ms"] > 0
