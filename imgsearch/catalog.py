@@ -265,16 +265,16 @@ class Catalog:
         near_duplicates.check_policy(on_duplicate)
         self._follow_model_switch()
         prepared = ingest.prepare_row(row, dim=self.dim, limits=self._limits)
-        self._check_checkable([prepared], on_duplicate)
+        self._check_checkable([prepared], on_duplicate, batch=False)
         with self.engine.begin() as conn:
             tenancy.scope(conn, prepared.tenant)
-            links = self._check_duplicates(conn, prepared.tenant, [prepared], [0], on_duplicate)
+            links = self._check_duplicates(conn, prepared.tenant, [prepared], [0], on_duplicate, batch=False)
             ids, created = ingest.write_rows(conn, [prepared], self._model)
             ingest.link_rows(conn, links, ids)
         self._wake([prepared], created)  # after the commit: the row is durable before anyone hears of it
         return ids[0], created[0]
 
-    def _check_checkable(self, rows: list[ingest.PreparedRow], on_duplicate: str) -> None:
+    def _check_checkable(self, rows: list[ingest.PreparedRow], on_duplicate: str, *, batch: bool) -> None:
         if on_duplicate == "keep":
             return
         for index, row in enumerate(rows):
@@ -283,7 +283,7 @@ class Catalog:
                     f"on_duplicate={on_duplicate!r} needs the image's bytes, and this upload is a URL "
                     "that a worker fetches later; upload the bytes, or find copies afterwards with "
                     "`imgsearch duplicates`"
-                ).at_row(index if len(rows) > 1 else None, None if len(rows) > 1 else "upload")
+                ).at_row(index if batch else None, None if batch else "upload")
 
     def _check_duplicates(
         self,
@@ -292,9 +292,11 @@ class Catalog:
         rows: list[ingest.PreparedRow],
         positions: list[int],
         on_duplicate: str,
+        *,
+        batch: bool,
     ) -> list[tuple[int, int]]:
         """Apply ``on_duplicate`` to rows of one tenant (inside the write's transaction): raise for
-        a rejected copy, set ``duplicate_of`` for a linked one. Returns the links to rows of this
+        a rejected copy (naming its row when the call is a batch), set ``duplicate_of`` for a linked one. Returns the links to rows of this
         call, (row, row it copies), to set once both have ids; a copy embedded by the check keeps
         its embedding and is stored ready."""
         if on_duplicate == "keep":
@@ -320,12 +322,13 @@ class Catalog:
                     match = replace(match, row=positions[match.row])
                 error = DuplicateImage(
                     f"the image is {match.describe()}; nothing was written (on_duplicate='reject')",
-                    image_id=match.image_id if match.image_id is not None else -1,
+                    image_id=match.image_id,
                     product_id=match.product_id,
                     hamming=match.hamming,
                     distance=match.distance,
+                    row=match.row,
                 )
-                raise error.at_row(positions[i]) if len(positions) > 1 else error
+                raise error.at_row(positions[i]) if batch else error
             if match.image_id is not None:
                 row.duplicate_of = match.image_id
             elif match.row is not None:
@@ -400,7 +403,7 @@ class Catalog:
         prepared = ingest.prepare_rows(
             tqdm(rows, desc="checking", unit="row", disable=not show), dim=self.dim, limits=self._limits
         )
-        self._check_checkable(prepared, on_duplicate)
+        self._check_checkable(prepared, on_duplicate, batch=True)
         ids: list[int] = [0] * len(prepared)
         created_all = [False] * len(prepared)
         by_tenant: dict[str, list[int]] = {}
@@ -414,7 +417,7 @@ class Catalog:
             for tenant, positions in by_tenant.items():
                 tenancy.scope(conn, tenant)
                 links = self._check_duplicates(
-                    conn, tenant, [prepared[p] for p in positions], positions, on_duplicate
+                    conn, tenant, [prepared[p] for p in positions], positions, on_duplicate, batch=True
                 )
                 for start in range(0, len(positions), ingest.WRITE_CHUNK):
                     part = positions[start : start + ingest.WRITE_CHUNK]

@@ -87,13 +87,22 @@ class UnsupportedImage(InvalidImage):
 
 class DuplicateImage(InvalidInput):
     """An upload with ``on_duplicate="reject"`` is a near-copy of an image of another product of
-    the same tenant; nothing was written. ``image_id`` and ``product_id``: the image it copies."""
+    the same tenant; nothing was written. What it copies: the stored image ``image_id``, or the
+    row ``row`` of the same call (``image_id`` None: that row has no id yet), of ``product_id``."""
 
     def __init__(
-        self, message: str, *, image_id: int, product_id: str, hamming: int, distance: float | None
+        self,
+        message: str,
+        *,
+        image_id: int | None,
+        product_id: str,
+        hamming: int,
+        distance: float | None,
+        row: int | None = None,
     ) -> None:
         super().__init__(message)
         self.image_id = image_id
+        self.row = row
         self.product_id = product_id
         self.hamming = hamming
         self.distance = distance

@@ -38,7 +38,8 @@ RETRY_AFTER_SECONDS = 5
 PROBLEM_TYPES = {
     "invalid-input": "A value in the request is wrong; `detail` names it and what was expected.",
     "duplicate-image": "An upload with `on_duplicate=reject` is a near-copy of an image of another product "
-    "of the tenant (`image_id`, `product_id`); nothing was stored. Upload it with `on_duplicate=link` to "
+    "of the tenant (`image_id` and `product_id`; `row` instead of `image_id` when it copies an earlier item "
+    "of the same request); nothing was stored. Upload it with `on_duplicate=link` to "
     "keep it linked to that image, or with `keep`.",
     "invalid-request": "The request doesn't fit the API's schema (a missing field, a wrong JSON type); "
     "`errors` lists each problem with its location.",
@@ -111,6 +112,7 @@ def for_error(request: Request, exc: Exception) -> JSONResponse:
             request,
             index=exc.index,
             image_id=exc.image_id,
+            row=exc.row,
             product_id=exc.product_id,
         )
     if isinstance(exc, InvalidInput):
