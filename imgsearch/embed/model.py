@@ -234,10 +234,11 @@ class Embedder:
                 f"the ONNX runtimes support {', '.join(onnx.EXPORTABLE)} checkpoints; {self.checkpoint!r} is "
                 f"{config.model_type!r} (SigLIP 2's variable-resolution inputs don't export): use IMGSEARCH_RUNTIME=torch"
             )
-        from imgsearch.settings import Settings
+        from imgsearch.settings import default_home
 
-        home = self._home or Settings().home
-        folder = home / "onnx" / onnx.checkpoint_hash(onnx.checkpoint_files(source))[:24]
+        home = self._home or default_home()  # settings are read by entry points (from_settings)
+        exports = home / "onnx"
+        folder = exports / onnx.checkpoint_hash(onnx.checkpoint_files(source), exports / onnx.DIGESTS)[:24]
         torch_model: Any = None
 
         def load_torch() -> Any:

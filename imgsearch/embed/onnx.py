@@ -81,25 +81,78 @@ def checkpoint_files(source: str) -> Path:
     return Path(found).parent
 
 
-def checkpoint_hash(folder: Path) -> str:
-    """SHA-256 over the names and contents of the checkpoint's config and weight files."""
-    digest = hashlib.sha256()
-    for file in sorted(folder.iterdir()):
-        if file.suffix not in (".json", ".safetensors", ".bin", ".model", ".txt") or not file.is_file():
-            continue
-        digest.update(file.name.encode() + b"\0")
-        with file.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
+def checkpoint_hash(folder: Path, cache: Path | None = None) -> str:
+    """SHA-256 over the names and contents of the checkpoint's config and weight files;
+    remembered in ``cache`` (see :func:`remembered`)."""
+    files = [
+        file
+        for file in sorted(folder.iterdir())
+        if file.suffix in (".json", ".safetensors", ".bin", ".model", ".txt") and file.is_file()
+    ]
+
+    def compute() -> str:
+        digest = hashlib.sha256()
+        for file in files:
+            digest.update(file.name.encode() + b"\0")
+            _update(digest, file)
+        return digest.hexdigest()
+
+    return remembered(cache, files, compute)
 
 
-def file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
+def file_hash(path: Path, cache: Path | None = None) -> str:
+    """SHA-256 of a file's contents; remembered in ``cache`` (see :func:`remembered`)."""
+
+    def compute() -> str:
+        digest = hashlib.sha256()
+        _update(digest, path)
+        return digest.hexdigest()
+
+    return remembered(cache, [path], compute)
+
+
+def _update(digest: Any, path: Path) -> None:
     with path.open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
-    return digest.hexdigest()
+
+
+DIGESTS = "digests.json"  # in IMGSEARCH_HOME/onnx: digests remembered by the files' stat
+MAX_DIGESTS = 256
+
+
+def remembered(cache: Path | None, files: list[Path], compute: Callable[[], str]) -> str:
+    """``compute()`` (a digest of ``files``), remembered in the JSON file ``cache`` under each
+    file's path, size, modification time (ns) and inode, as git's index tells changed files: a
+    worker start then reads no checkpoint (the base model's 800 MB took 1-2 s) unless a file
+    changed. Without ``cache``, computed each time. A cache that can't be read or written only
+    costs the computation."""
+    if cache is None:
+        return compute()
+    stats = []
+    for file in files:
+        stat = file.stat()
+        stats.append(f"{file.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\0{stat.st_ino}")
+    key = hashlib.sha256("\n".join(stats).encode()).hexdigest()
+    try:
+        known = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if not isinstance(known, dict):
+        known = {}
+    value = known.get(key)
+    if isinstance(value, str):
+        return value
+    value = compute()
+    known[key] = value
+    for stale in list(known)[: max(0, len(known) - MAX_DIGESTS)]:
+        del known[stale]
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        _atomic(cache, lambda path: path.write_text(json.dumps(known)))
+    except OSError as exc:
+        log.debug("could not remember digests in %s: %s", cache, exc)
+    return value
 
 
 @contextlib.contextmanager
@@ -394,7 +447,9 @@ def quality_check(
         text_mean=float(texts.mean()),
         images=len(images),
         texts=len(texts),
-        files={tower: file_hash(path) for tower, path in towers.files.items()},
+        files={
+            tower: file_hash(path, towers.folder.parent / DIGESTS) for tower, path in towers.files.items()
+        },
     )
 
 
@@ -404,7 +459,7 @@ def read_quality(folder: Path, runtime: str, towers: Towers) -> Quality | None:
         quality = Quality(**json.loads((folder / f"check-{runtime}.json").read_text()))
     except (OSError, ValueError, TypeError):
         return None
-    current = {tower: file_hash(path) for tower, path in towers.files.items()}
+    current = {tower: file_hash(path, folder.parent / DIGESTS) for tower, path in towers.files.items()}
     return quality if quality.files == current else None
 
 

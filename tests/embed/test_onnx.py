@@ -131,6 +131,33 @@ EXPORT_ONCE = textwrap.dedent(
 )
 
 
+def test_digests_are_remembered_until_a_file_changes(tiny_siglip: Path, tmp_path: Path) -> None:
+    """A worker start doesn't read the checkpoint again to find its export folder: the digest is
+    remembered by the files' stat, and a changed file is hashed again."""
+    checkpoint = tmp_path / "checkpoint"
+    shutil.copytree(tiny_siglip, checkpoint)
+    cache = tmp_path / "onnx" / onnx.DIGESTS
+    real = onnx.checkpoint_hash(checkpoint)
+    assert onnx.checkpoint_hash(checkpoint, cache) == real and cache.exists()
+    # served from the cache while no file changed: a planted value comes back unread
+    planted = {key: "f" * 64 for key in json.loads(cache.read_text())}
+    cache.write_text(json.dumps(planted))
+    assert onnx.checkpoint_hash(checkpoint, cache) == "f" * 64
+    # a changed file (size and mtime) is hashed again, and so is a file of the same size rewritten
+    config = checkpoint / "config.json"
+    config.write_text(config.read_text() + " ")
+    changed = onnx.checkpoint_hash(checkpoint)
+    assert changed != real and onnx.checkpoint_hash(checkpoint, cache) == changed
+    weights = next(checkpoint.glob("*.safetensors"))
+    os.utime(weights, ns=(0, 0))
+    assert onnx.checkpoint_hash(checkpoint, cache) == changed  # same contents, recomputed
+    assert len(json.loads(cache.read_text())) == 3
+    # one file's digest the same way; an unreadable cache only costs the computation
+    assert onnx.file_hash(config, cache) == onnx.file_hash(config)
+    cache.write_text("not json")
+    assert onnx.file_hash(config, cache) == onnx.file_hash(config)
+
+
 def test_exports_are_cached_and_made_once_by_concurrent_workers(tiny_siglip: Path, tmp_path: Path) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
     procs = [
