@@ -166,15 +166,17 @@ def test_rows_of_one_call_are_checked_against_each_other(catalog: Catalog) -> No
 def test_policy_and_limits_are_checked(catalog: Catalog) -> None:
     with pytest.raises(InvalidInput, match="on_duplicate must be one of keep, link, reject, got 'drop'"):
         catalog.add(MUG, tenant="shop", product_id="A", on_duplicate="drop")  # type: ignore[arg-type]
-    with pytest.raises(InvalidQuery, match="^upload: on_duplicate='reject' needs the image's bytes, and this"):
+    with pytest.raises(
+        InvalidQuery, match=r"^upload: on_duplicate='reject' needs the image's bytes, and this"
+    ):
         catalog.add("https://example.com/a.jpg", tenant="shop", product_id="A", on_duplicate="reject")
     # a batch names the row, even a batch of one, as its other errors do
     one = [{"image": "https://example.com/a.jpg", "tenant": "shop", "product_id": "A"}]
-    with pytest.raises(InvalidQuery, match="^row 0: on_duplicate='link' needs the image's bytes") as caught:
+    with pytest.raises(InvalidQuery, match=r"^row 0: on_duplicate='link' needs the image's bytes") as caught:
         catalog.add_many(one, on_duplicate="link")
     assert caught.value.index == 0
-    with pytest.raises(DuplicateImage, match="^row 0: the image is a near-copy of image") as copied:
-        catalog.add(MUG, tenant="shop", product_id="A", embedding=unit(0))
+    catalog.add(MUG, tenant="shop", product_id="A", embedding=unit(0))
+    with pytest.raises(DuplicateImage, match=r"^row 0: the image is a near-copy of image") as copied:
         catalog.add_many(
             [{"image": MUG_COPY, "tenant": "shop", "product_id": "B", "embedding": unit(0, 0.1)}],
             on_duplicate="reject",

@@ -119,6 +119,7 @@ def _update(digest: Any, path: Path) -> None:
 
 DIGESTS = "digests.json"  # in IMGSEARCH_HOME/onnx: digests remembered by the files' stat
 MAX_DIGESTS = 256
+RACY_NS = 2_000_000_000  # files modified this recently are hashed each time
 
 
 def remembered(cache: Path | None, files: list[Path], compute: Callable[[], str]) -> str:
@@ -129,10 +130,15 @@ def remembered(cache: Path | None, files: list[Path], compute: Callable[[], str]
     costs the computation."""
     if cache is None:
         return compute()
-    stats = []
+    stats, newest = [], 0
     for file in files:
         stat = file.stat()
         stats.append(f"{file.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\0{stat.st_ino}")
+        newest = max(newest, stat.st_mtime_ns)
+    if time.time_ns() - newest < RACY_NS:
+        # written just now: a second write within the clock's tick could keep size and mtime
+        # (git's "racy" files); such a digest is computed, not remembered
+        return compute()
     key = hashlib.sha256("\n".join(stats).encode()).hexdigest()
     try:
         known = json.loads(cache.read_text())

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 from pathlib import Path
 
@@ -136,7 +137,19 @@ def test_digests_are_remembered_until_a_file_changes(tiny_siglip: Path, tmp_path
     remembered by the files' stat, and a changed file is hashed again."""
     checkpoint = tmp_path / "checkpoint"
     shutil.copytree(tiny_siglip, checkpoint)
+    old = time.time() - 60
+
+    def settle(path: Path) -> None:  # as if written a minute ago: recent files are never remembered
+        os.utime(path, (old, old))
+
+    for file in checkpoint.iterdir():
+        settle(file)
     cache = tmp_path / "onnx" / onnx.DIGESTS
+    fresh = checkpoint / "config.json"
+    fresh.touch()  # just written: hashed, not remembered
+    assert onnx.checkpoint_hash(checkpoint, cache) == onnx.checkpoint_hash(checkpoint)
+    assert not cache.exists()
+    settle(fresh)
     real = onnx.checkpoint_hash(checkpoint)
     assert onnx.checkpoint_hash(checkpoint, cache) == real and cache.exists()
     # served from the cache while no file changed: a planted value comes back unread
@@ -146,6 +159,7 @@ def test_digests_are_remembered_until_a_file_changes(tiny_siglip: Path, tmp_path
     # a changed file (size and mtime) is hashed again, and so is a file of the same size rewritten
     config = checkpoint / "config.json"
     config.write_text(config.read_text() + " ")
+    settle(config)
     changed = onnx.checkpoint_hash(checkpoint)
     assert changed != real and onnx.checkpoint_hash(checkpoint, cache) == changed
     weights = next(checkpoint.glob("*.safetensors"))
