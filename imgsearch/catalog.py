@@ -81,6 +81,7 @@ class Catalog:
         # values of category/tenant with an HNSW graph of their own (imgsearch.db.filter_indexes)
         self._graphs: dict[str, frozenset[str]] = {}
         self._graphs_key: tuple[int, float] = (-1, float("-inf"))
+        self._min_ef = vector_search.MIN_EF_SEARCH  # for the model's graph's size, read with the graphs
         # told the plan of each statement a search runs ("exact", "hnsw", "hnsw_iterative"), e.g.
         # to count strategies in metrics; called on the searching thread
         self.on_search_plan: Callable[[Plan], None] | None = None
@@ -873,6 +874,7 @@ class Catalog:
         lsn: str | None = None,
     ) -> list[Hit] | None:
         own = self._own_graph(filters)  # before the search's transaction (Django shares one connection)
+        options = replace(options, min_ef=self._min_ef)
         with engine.begin() as conn:
             if lsn is not None and self.replicas is not None and not self.replicas.wait_for(conn, lsn):
                 return None
@@ -896,6 +898,9 @@ class Catalog:
                 # begin(): committed, not rolled back on return to the pool (psycopg drops the
                 # connection's prepared statements at a ROLLBACK)
                 with self.engine.begin() as conn:
+                    self._min_ef = vector_search.min_ef_search(
+                        vector_index.indexed_rows(conn, self._model.id)
+                    )
                     self._graphs = filter_indexes.indexed_values(conn, self._model.id)
             except DBAPIError as exc:  # a login that can't read the registry: no per-value plans
                 log.debug("per-value indexes not readable: %s", exc.orig)

@@ -18,7 +18,15 @@ from sqlalchemy import Connection
 from imgsearch import rerank
 from imgsearch.errors import InvalidQuery
 from imgsearch.records import Hit, ModelInfo
-from imgsearch.search import EXACT_MAX_FRACTION, EXACT_MAX_ROWS, Filters, Plan, Result, search_vector
+from imgsearch.search import (
+    EXACT_MAX_FRACTION,
+    EXACT_MAX_ROWS,
+    MIN_EF_SEARCH,
+    Filters,
+    Plan,
+    Result,
+    search_vector,
+)
 from imgsearch.vectors import Vector
 
 MIN_POOL = 50
@@ -40,6 +48,7 @@ class Options:
     on_plan: Callable[[Plan], None] | None = None  # told each statement's plan (metrics)
     # every category of the filter's list has an HNSW index of its own (imgsearch.db.filter_indexes)
     per_value: bool = False
+    min_ef: int = MIN_EF_SEARCH  # the least ef_search, for the model's graph's size (search.min_ef_search)
 
     def check(self) -> None:
         if not isinstance(self.group_by_product, bool):
@@ -107,6 +116,7 @@ def _search(
         cached_plans=options.cached_plans,
         with_embeddings=with_embeddings,
         per_value=options.per_value,
+        min_ef=options.min_ef,
     )
     if options.on_plan is not None:
         options.on_plan(result.plan)

@@ -27,6 +27,7 @@ query's transaction only, in one round trip before the statement.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
@@ -75,6 +76,11 @@ EXACT_MAX_ROWS: int = Settings.model_fields["exact_max_rows"].default
 MAX_K = 1000
 MIN_EF_SEARCH = 200  # 100 missed a poorly connected cluster in bench/search.py; 200 found it
 MAX_EF_SEARCH = 1000
+# a graph's recall at a fixed ef_search falls as it grows (bench/ef_scale.py, clustered 768-d
+# rows): ef 200 gave recall@10 1.000 at 100k rows and 0.953 at 1M, where 400 gave 0.980. The
+# floor grows as rows ** EF_GROWTH from EF_BASE_ROWS: 200 up to 100k, 400 at 1M, 800 at 10M
+EF_BASE_ROWS = 100_000
+EF_GROWTH = 0.3
 MIN_SCAN_TUPLES = 20_000  # pgvector's default hnsw.max_scan_tuples
 EXACT_MAX_FRACTION: float = Settings.model_fields["exact_max_fraction"].default
 MIN_POOL = 200
@@ -380,19 +386,29 @@ class Plan:
     iterative_scan: str = "off"
 
 
-def one_pass_plan(wanted: int) -> Plan | None:
-    """One HNSW pass over the ``ef_search`` nearest rows, or None when ``wanted`` rows need more
-    candidates than :data:`MAX_EF_SEARCH`."""
-    ef_search = max(MIN_EF_SEARCH, 2 * wanted)
+def min_ef_search(rows: int) -> int:
+    """The least ``hnsw.ef_search`` for a graph of ``rows`` rows: :data:`MIN_EF_SEARCH` up to
+    :data:`EF_BASE_ROWS`, then growing as ``rows ** EF_GROWTH`` (see there), at most
+    :data:`MAX_EF_SEARCH`."""
+    if rows <= EF_BASE_ROWS:
+        return MIN_EF_SEARCH
+    grown = MIN_EF_SEARCH * (rows / EF_BASE_ROWS) ** EF_GROWTH
+    return min(MAX_EF_SEARCH, math.ceil(float(grown)))
+
+
+def one_pass_plan(wanted: int, min_ef: int = MIN_EF_SEARCH) -> Plan | None:
+    """One HNSW pass over the ``ef_search`` nearest rows (at least ``min_ef``), or None when
+    ``wanted`` rows need more candidates than :data:`MAX_EF_SEARCH`."""
+    ef_search = max(min_ef, 2 * wanted)
     return Plan("hnsw", -1, ef_search=ef_search) if ef_search <= MAX_EF_SEARCH else None
 
 
-def iterative_plan(wanted: int, matching: int, total: int) -> Plan:
+def iterative_plan(wanted: int, matching: int, total: int, min_ef: int = MIN_EF_SEARCH) -> Plan:
     """An iterative (relaxed order) scan that collects a pool of matching rows."""
     return Plan(
         "hnsw_iterative",
         matching,
-        ef_search=min(MAX_EF_SEARCH, max(MIN_EF_SEARCH, 2 * wanted)),
+        ef_search=min(MAX_EF_SEARCH, max(min_ef, 2 * wanted)),
         # relaxed_order stops as soon as the pool is full; the cap only bounds a hopeless scan
         max_scan_tuples=min(max(MIN_SCAN_TUPLES, total), 10_000_000),
         pool=min(MAX_POOL, max(MIN_POOL, 4 * wanted)),
@@ -419,7 +435,7 @@ def open_ended_plan(conn: Connection, k: int) -> Plan:
     """Settings for a statement whose filters we don't know (a composed Select): a strict-order
     scan (the caller's ORDER BY must stay exact) that may visit every row before giving up."""
     total = _total_rows(conn)
-    ef_search = min(MAX_EF_SEARCH, max(MIN_EF_SEARCH, 2 * k))
+    ef_search = min(MAX_EF_SEARCH, max(min_ef_search(total), 2 * k))
     return Plan("hnsw", -1, ef_search, min(max(MIN_SCAN_TUPLES, 2 * total), 10_000_000), k, "strict_order")
 
 
@@ -631,6 +647,7 @@ def search_vector(
     cached_plans: bool = True,
     with_embeddings: bool = False,
     per_value: bool = False,
+    min_ef: int = MIN_EF_SEARCH,
 ) -> Result:
     """Top ``k`` (after ``offset``) rows by cosine distance, inside the caller's transaction.
 
@@ -639,20 +656,21 @@ def search_vector(
     pass. A second one only when a pass comes short: an iterative scan over a large filter, or
     an exact scan. ``cached_plans=False`` plans every statement for its values. ``per_value``: each
     category of the filter's list has an HNSW index of its own: one pass of each, merged
-    (:func:`per_value_statement`), when each gives enough rows.
+    (:func:`per_value_statement`), when each gives enough rows. ``min_ef``: the least
+    ``ef_search`` of its HNSW passes (:func:`min_ef_search` of the model's rows).
     """
     run = _Run(conn, model, query, filters, with_embeddings)
     wanted = k + offset
-    first = one_pass_plan(wanted)
+    first = one_pass_plan(wanted, min_ef)
     cached_plan = cached_plans and filters.plans_alike()
     if not filters.conditions():
-        chosen = first or iterative_plan(wanted, -1, MIN_SCAN_TUPLES)
+        chosen = first or iterative_plan(wanted, -1, MIN_SCAN_TUPLES, min_ef)
         set_local(conn, chosen, with_planner=True, cached_plan=cached_plan and first is not None)
         if first is not None:
             rows = run.hnsw_pass(wanted)
             if len(rows) >= wanted:
                 return _result(rows, first, with_embeddings, skip=offset, k=k)
-            chosen = iterative_plan(wanted, -1, _total_rows(conn))
+            chosen = iterative_plan(wanted, -1, _total_rows(conn), min_ef)
             set_local(conn, chosen)
         return run.pooled(chosen, k, offset)
     categories = filters.value("categories")
@@ -668,9 +686,7 @@ def search_vector(
         if hits is not None:
             return hits
     # settings for the one pass (ignored by the exact scan and the count)
-    set_local(
-        conn, first or Plan("exact", -1, ef_search=MIN_EF_SEARCH), with_planner=True, cached_plan=cached_plan
-    )
+    set_local(conn, first or Plan("exact", -1, ef_search=min_ef), with_planner=True, cached_plan=cached_plan)
     rows = run.execute(
         ("filtered", k, offset, exact_max_rows, exact_max_fraction, first is not None),
         lambda q: filtered_statement(
@@ -693,7 +709,7 @@ def search_vector(
         return _result(found, replace(first, matching=matching), with_embeddings, skip=offset, k=k)
     if 0 <= matching <= bound:  # the exact scan ran (and found every matching row when fewer than k)
         return _result(found, Plan("exact", matching), with_embeddings, skip=offset, k=k)
-    chosen = iterative_plan(wanted, matching, total)
+    chosen = iterative_plan(wanted, matching, total, min_ef)
     set_local(conn, chosen)
     return run.pooled(chosen, k, offset)
 

@@ -358,6 +358,41 @@ def test_similar_to_product_needs_an_embedded_image(database_url: str) -> None:
         assert hit.product_id == "other"
 
 
+def test_ef_search_grows_with_the_models_graph(database_url: str) -> None:
+    """A graph's recall at a fixed ef_search falls as it grows (bench/ef_scale.py): searches take
+    the least ef_search for the model's rows, as the planner estimates them."""
+    from imgsearch import search as search_mod
+    from imgsearch.db import vector_index
+
+    sizes = (0, 100_000, 300_000, 1_000_000, 10_000_000, 10**9)
+    assert [search_mod.min_ef_search(n) for n in sizes] == [200, 200, 279, 400, 797, 1000]
+    with Catalog.open(database_url) as catalog:
+        catalog.add_many(
+            {"embedding": unit(catalog.dim, i), "tenant": "acme", "product_id": f"p{i}"} for i in range(30)
+        )
+        model_id = catalog.active_model.id
+        plans: list[Any] = []
+        catalog.on_search_plan = plans.append
+        small = catalog.search(vector=unit(catalog.dim, 3), k=5)
+        assert [p.ef_search for p in plans] == [200]
+        with catalog.engine.begin() as conn:
+            assert vector_index.indexed_rows(conn, model_id) <= 30
+            # what VACUUM would record for a graph of a million rows
+            conn.execute(
+                text("UPDATE pg_catalog.pg_class SET reltuples = 1e6 WHERE oid = to_regclass(:name)"),
+                {"name": f"imgsearch.{vector_index.index_name(model_id)}"},
+            )
+            assert vector_index.indexed_rows(conn, model_id) == 1_000_000
+    with Catalog.open(database_url) as catalog:
+        plans.clear()
+        catalog.on_search_plan = plans.append
+        assert catalog.search(vector=unit(catalog.dim, 3), k=5) == small
+        assert [(p.strategy, p.ef_search) for p in plans] == [("hnsw", 400)]
+    # more rows than that asked for: 2 x (k + offset) when larger, up to MAX_EF_SEARCH
+    assert search_mod.one_pass_plan(300, 400).ef_search == 600  # type: ignore[union-attr]
+    assert search_mod.one_pass_plan(600, 400) is None
+
+
 def test_similar_to_product_as_a_composable_select(catalog: Catalog, data: Fixture) -> None:
     stmt = catalog.search_select(similar_to_product="p5", tenant="acme", k=10)
     with catalog.engine.begin() as conn:

@@ -71,6 +71,16 @@ def create_index(conn: Connection, model_id: int, dim: int) -> None:
     )
 
 
+def indexed_rows(conn: Connection, model_id: int) -> int:
+    """The planner's estimate of the rows in the model's HNSW index (``pg_class.reltuples``, kept
+    by VACUUM, ANALYZE and index builds; free to read), 0 when unknown or there is no index."""
+    found = conn.execute(
+        text("SELECT reltuples FROM pg_catalog.pg_class WHERE oid = to_regclass(:name)"),
+        {"name": f"{SCHEMA}.{index_name(int(model_id))}"},
+    ).scalar()
+    return max(0, int(found)) if found is not None else 0
+
+
 def drop_index(conn: Connection, model_id: int) -> None:
     conn.execute(text(f"DROP INDEX IF EXISTS {SCHEMA}.{index_name(int(model_id))}"))
 
