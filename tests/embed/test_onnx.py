@@ -43,6 +43,11 @@ def truncated_jpeg() -> bytes:
     return out.getvalue()[: len(out.getvalue()) // 2]
 
 
+def exports(home: Path) -> list[Path]:
+    """The export folders under ``home`` (beside them: the remembered digests)."""
+    return [path for path in (home / "onnx").iterdir() if path.is_dir()]
+
+
 def pictures() -> list[bytes]:
     return [f.read_bytes() for f in sorted(SAMPLES.glob("*.png"))[:6]]
 
@@ -77,7 +82,7 @@ def test_int8_passes_its_check_and_keeps_bad_images_apart(tiny_siglip: Path, tmp
     assert quality is not None and quality.runtime == "onnx-int8"
     assert quality.passes(0.99) and quality.images == 42 and quality.texts == len(onnx.CALIBRATION_TEXTS)
     assert embedder.dtype == "int8" and embedder.dim == 32
-    (folder,) = (tmp_path / "onnx").iterdir()
+    (folder,) = exports(tmp_path)
     recorded = json.loads((folder / "check-onnx-int8.json").read_text())
     assert recorded["image_min"] == pytest.approx(quality.image_min)
 
@@ -97,7 +102,7 @@ def _corrupt_a_scale(path: Path) -> None:
 
 def test_a_broken_export_is_refused_naming_the_figures(tiny_siglip: Path, tmp_path: Path) -> None:
     Embedder(f"{tiny_siglip}@onnx-int8", home=tmp_path).load()
-    (folder,) = (tmp_path / "onnx").iterdir()
+    (folder,) = exports(tmp_path)
     for tower in ("image", "text"):
         _corrupt_a_scale(folder / f"{tower}-int8.onnx")
     with pytest.raises(
@@ -189,7 +194,7 @@ def test_exports_are_cached_and_made_once_by_concurrent_workers(tiny_siglip: Pat
     assert all("dim 32" in out for out in outputs)
     logs = "\n".join(outputs)
     assert logs.count("imgsearch.embed.onnx exported") == 1, logs
-    (folder,) = (tmp_path / "onnx").iterdir()
+    (folder,) = exports(tmp_path)
     stamps = {f.name: f.stat().st_mtime_ns for f in folder.glob("*.onnx")}
     again = subprocess.run(
         [sys.executable, "-c", EXPORT_ONCE, str(tiny_siglip), str(tmp_path)],
@@ -207,7 +212,7 @@ def test_exports_are_cached_and_made_once_by_concurrent_workers(tiny_siglip: Pat
     config["logit_scale_init_value"] = 1.5
     (other / "config.json").write_text(json.dumps(config))
     Embedder(str(other), runtime="onnx", home=tmp_path).load()
-    assert len(list((tmp_path / "onnx").iterdir())) == 2
+    assert len(exports(tmp_path)) == 2
 
 
 def test_model_check_prints_both_runtimes(tiny_siglip: Path, tmp_path: Path) -> None:
