@@ -14,17 +14,17 @@ or server that died is started again after 2 s, and PostgreSQL after the stop a 
 else is restarted or repaired by hand.
 
 Traffic, at ``--rate`` operations a second from ``--clients`` threads, each on a keep-alive
-connection and sending at random (Poisson) times, so that no fault can put the clients in step: uploads (multipart files, URLs, bring-your-own vectors), searches of every kind with
-filters (vector, text, an uploaded image, more like this image or product), product changes and
-feeds, deletes. Two tenants: ``acme`` takes all the writes; ``stable`` holds vectors loaded before
+connection and sending at random (Poisson) times, so that no fault can put the clients in step:
+uploads (multipart files, URLs, bring-your-own vectors), searches of every kind with filters
+(vector, text, an uploaded image, more like this image or product), product changes and feeds,
+deletes. Two tenants: ``acme`` takes all the writes; ``stable`` holds vectors loaded before
 the run that nothing changes, so its searches can be checked against an exact search.
 
 Every operation goes into ``history.jsonl`` in ``--out`` (start, end, kind, status, the ids an
 upload was acknowledged with, a search's query and hits), with the fault windows and once a second
 the RSS and CPU time of the service, the workers and PostgreSQL, and PostgreSQL's connections per
-program. At the end, the
-run waits for the queue to drain and runs the checker, which writes ``report.json`` and a plot;
-the exit status is the checker's (1 when an invariant broke).
+program. At the end, the run waits for the queue to drain and runs the checker, which writes
+``report.json`` and a plot; the exit status is the checker's (1 when an invariant broke).
 """
 
 from __future__ import annotations

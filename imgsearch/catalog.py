@@ -297,9 +297,9 @@ class Catalog:
         batch: bool,
     ) -> list[tuple[int, int]]:
         """Apply ``on_duplicate`` to rows of one tenant (inside the write's transaction): raise for
-        a rejected copy (naming its row when the call is a batch), set ``duplicate_of`` for a linked one. Returns the links to rows of this
-        call, (row, row it copies), to set once both have ids; a copy embedded by the check keeps
-        its embedding and is stored ready."""
+        a rejected copy (naming its row when the call is a batch), set ``duplicate_of`` for a
+        linked one. Returns the links to rows of this call, (row, row it copies), to set once both
+        have ids; a copy embedded by the check keeps its embedding and is stored ready."""
         if on_duplicate == "keep":
             return []
         uploads = [near_duplicates.Upload(r.product_id, r.phash, r.content, r.embedding) for r in rows]
@@ -890,7 +890,8 @@ class Catalog:
     def _own_graph(self, filters: vector_search.Filters) -> str | None:
         """'single': the filter's category or tenant has an HNSW index of its own; "per value":
         each category of its list has one; else None (known values are read every
-        :data:`GRAPHS_REFRESH_SECONDS`)."""
+        :data:`GRAPHS_REFRESH_SECONDS`, with the size of the model's graph, which sets the
+        searches' least ``ef_search``)."""
         model_id, checked = self._graphs_key
         now = time.monotonic()
         if model_id != self._model.id or now - checked >= GRAPHS_REFRESH_SECONDS:
