@@ -19,6 +19,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# the TypeScript client check (tests/server/test_client.py): npm packages pinned by its lock file
+TSCLIENT := tests/server/client/node_modules/.package-lock.json
+$(TSCLIENT): tests/server/client/package-lock.json
+	npm ci --prefix tests/server/client --no-audit --no-fund --loglevel=error
+
 $(CHROMIUM):
 	$(SUDO) apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium > /dev/null
@@ -26,7 +31,7 @@ $(CHROMIUM):
 demo: install
 	$(VENV)/bin/imgsearch demo
 
-test: install $(CHROMIUM)
+test: install $(CHROMIUM) $(TSCLIENT)
 	$(PY) -m pytest -q
 
 lint: install
@@ -34,7 +39,7 @@ lint: install
 	$(VENV)/bin/mypy
 
 bench: install
-	$(PY) bench/storage_types.py
+	$(PY) bench/search/storage_types.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

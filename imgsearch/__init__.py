@@ -4,7 +4,8 @@
 >>> catalog = Catalog.open()          # doctest: +SKIP
 """
 
-from imgsearch import errors, tenancy
+from imgsearch import errors
+from imgsearch.access import tenancy
 from imgsearch.catalog import Catalog
 from imgsearch.errors import (
     ConfigurationError,

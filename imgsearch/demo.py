@@ -11,14 +11,16 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from imgsearch import pipeline, report, sources
 from imgsearch.catalog import Catalog
 from imgsearch.db import embedded
 from imgsearch.embed.model import Embedder
 from imgsearch.embed.registry import canonical_name
 from imgsearch.errors import ConfigurationError, InvalidInput
+from imgsearch.ingest import sources
+from imgsearch.quality import report
 from imgsearch.records import Hit
 from imgsearch.settings import Settings
+from imgsearch.work import pipeline
 
 SAMPLES = Path(__file__).parent / "samples"
 DATABASE = "imgsearch_demo"
@@ -70,6 +72,7 @@ def run(settings: Settings, html: Path) -> int:
         totals = pipeline.drain(
             catalog.engine,
             lambda _model: embedder,
+            model=catalog.active_model,
             batch_size=settings.batch_size,
             lease_seconds=settings.lease_seconds,
             downloads=settings.downloads(),

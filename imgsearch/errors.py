@@ -16,7 +16,8 @@ what to fix from what to retry::
     ├── ConfigurationError                     settings or environment are wrong
     │   └── ModelUnavailable                   weights can't be found or downloaded
     └── TransientError                         worth retrying later
-        └── DatabaseUnavailable                PostgreSQL can't be reached
+        ├── DatabaseUnavailable                PostgreSQL can't be reached
+        └── UnknownHost                        a URL's host doesn't resolve (a query's is its caller's mistake)
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ __all__ = [
     "ModelUnavailable",
     "NotFound",
     "TransientError",
+    "UnknownHost",
     "UnsupportedImage",
 ]
 
@@ -130,3 +132,8 @@ class TransientError(ImgSearchError):
 
 class DatabaseUnavailable(TransientError):
     """PostgreSQL can't be reached."""
+
+
+class UnknownHost(TransientError):
+    """A URL's host name doesn't resolve. Transient for a worker downloading an upload (DNS may
+    answer later); for a query's image URL it is the caller's to fix (HTTP 400)."""

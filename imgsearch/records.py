@@ -31,7 +31,7 @@ class ImageRecord:
     created_at: dt.datetime
     updated_at: dt.datetime
     has_embedding: bool
-    phash: str | None = None  # the perceptual hash, 64 '0'/'1' (imgsearch.duplicates)
+    phash: str | None = None  # the perceptual hash, 64 '0'/'1' (imgsearch.ingest.duplicates)
     duplicate_of: int | None = None  # the image of another product this upload copies (on_duplicate="link")
 
 
@@ -57,9 +57,19 @@ class Hit:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """An embedding model registered in the catalog."""
+    """An embedding model of the catalog. ``id`` 0: not registered yet (a new catalog registers
+    its model at the first embedding); ``external``: its vectors come from elsewhere
+    (``imgsearch model add``), imgsearch never loads it."""
 
     id: int
     name: str
     dim: int
     active: bool
+    external: bool = False
+
+    @property
+    def registered(self) -> bool:
+        return self.id != UNREGISTERED
+
+
+UNREGISTERED = 0  # the id of a model not registered yet (model ids start at 1): matches no row

@@ -14,8 +14,8 @@ import platformdirs
 from pydantic import Field, IPvAnyNetwork, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from imgsearch.downloads import Downloads
-from imgsearch.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+from imgsearch.ingest.downloads import Downloads
+from imgsearch.ingest.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 
 DEFAULT_MODEL = "google/siglip-base-patch16-224"
 
@@ -123,7 +123,7 @@ class Settings(BaseSettings):
         description="The HTTP service's largest batch: items of an upload or a feed, ids of a delete.",
     )
     preload: bool = Field(default=False, description="`imgsearch serve` loads the model when it starts.")
-    # up to 1500 rows the exact scan goes first, up to 15% when HNSW comes short (bench/search.py)
+    # up to 1500 rows the exact scan goes first, up to 15% when HNSW comes short (bench/search/search.py)
     exact_max_rows: int = Field(
         default=1500,
         gt=0,

@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -26,6 +27,12 @@ from PIL import Image
 
 from imgsearch.db import embedded
 
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 def image_bytes(
     seed: int = 0, size: tuple[int, int] = (48, 32), fmt: str = "PNG", mode: str = "RGB"

@@ -12,7 +12,13 @@ import pytest
 from sqlalchemy import text
 
 from imgsearch import Catalog, DimensionMismatch, InvalidImage, InvalidInput, NotFound
-from imgsearch.errors import DatabaseUnavailable, EmptyImage, ImageTooLarge, UnsupportedImage
+from imgsearch.errors import (
+    ConfigurationError,
+    DatabaseUnavailable,
+    EmptyImage,
+    ImageTooLarge,
+    UnsupportedImage,
+)
 from imgsearch.settings import Settings
 from tests.helpers import image_bytes, nested, unit
 
@@ -48,9 +54,14 @@ def test_reopen_keeps_data_and_model(database_url: str) -> None:
             assert conn.execute(text("SELECT count(*) FROM imgsearch.models")).scalar_one() == 1
 
 
-def test_open_with_other_model_than_active_is_refused(database_url: str) -> None:
-    Catalog.open(database_url).close()
-    with pytest.raises(Exception, match="active model is 'google/siglip-base-patch16-224'"):
+def test_open_with_other_model_than_active_is_refused_once_it_has_embeddings(database_url: str) -> None:
+    with Catalog.open(database_url) as first:
+        first.add(embedding=unit(768), tenant="acme", product_id="sku-1")
+    with pytest.raises(
+        ConfigurationError,
+        match=r"active model is 'google/siglip-base-patch16-224' and it has embeddings.*"
+        r"`imgsearch reembed --model openai/clip-vit-base-patch32 --activate`",
+    ):
         Catalog.open(database_url, model="openai/clip-vit-base-patch32")
 
 

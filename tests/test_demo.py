@@ -8,8 +8,8 @@ from decimal import Decimal
 from pathlib import Path
 
 from imgsearch.demo import SAMPLES
+from tests.cli.test_search import Page
 from tests.helpers import run_cli
-from tests.test_search_cli import Page
 
 
 def test_demo_ingests_searches_and_writes_a_page(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import csv
+import re
 import shutil
 import subprocess
 import sys
@@ -85,3 +87,48 @@ def test_the_wheel_ships_the_demo_samples_and_the_migrations(tmp_path: Path) -> 
     expected |= {f"imgsearch/server/static/{name}" for name in ("index.html", "app.js", "style.css")}
     expected |= {"imgsearch/server/app.py", "imgsearch/server/routes/search.py", "imgsearch/cli/serve.py"}
     assert expected - shipped == set()
+
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ("ingest", "work", "embed", "db", "search")
+
+
+def test_the_top_level_keeps_only_the_entry_points_and_the_public_types() -> None:
+    """The folders show the data's path; the top level holds the entry points and shared types."""
+    top = {path.name for path in (ROOT / "imgsearch").glob("*.py")}
+    assert top == {
+        "__init__.py",
+        "__main__.py",
+        "errors.py",
+        "settings.py",
+        "records.py",
+        "catalog.py",
+        "demo.py",
+    }
+    packages = {path.parent.name for path in (ROOT / "imgsearch").glob("*/__init__.py")}
+    assert set(STAGES) | {"quality", "access", "server", "cli", "contrib", "samples"} <= packages
+
+
+def test_modules_stay_small_and_the_catalog_only_hands_over() -> None:
+    sizes = {
+        path.relative_to(ROOT).as_posix(): len(path.read_text().splitlines())
+        for folder in ("imgsearch", "workers", "tests")
+        for path in (ROOT / folder).rglob("*.py")
+    }
+    assert sizes["imgsearch/catalog.py"] <= 400
+    assert {name: lines for name, lines in sizes.items() if lines > 500} == {}
+
+
+def test_tests_and_benchmarks_mirror_the_packages() -> None:
+    for stage in (*STAGES, "quality", "access"):
+        assert (ROOT / "tests" / stage).is_dir(), f"tests/{stage}/ is missing"
+    page = (ROOT / "docs" / "benchmarks.md").read_text()
+    scripts = [p for p in (ROOT / "bench").glob("*/*.py") if not p.name.startswith("_")]  # _x.py: helpers
+    assert scripts
+    for script in scripts:
+        doc = ast.get_docstring(ast.parse(script.read_text())) or ""
+        named = re.search(r"The figure it produces: docs/(\w+\.md)", doc)
+        assert named, f"{script.relative_to(ROOT)} doesn't name the figure it produces"
+        assert f"bench/{script.parent.name}/{script.name}" in page or named.group(1) != "benchmarks.md", (
+            script
+        )

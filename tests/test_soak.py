@@ -1,4 +1,4 @@
-"""The soak run's short version (bench/soak.py): 90 s of mixed traffic against the HTTP service,
+"""The soak run's short version (bench/server/soak.py): 90 s of mixed traffic against the HTTP service,
 with workers, a Redis and an embedded PostgreSQL of its own, through three faults. Fails on any
 acknowledged upload lost, anything doubled or stuck, a wrong search answer, or a search that
 failed outside a fault window."""
@@ -19,7 +19,7 @@ def test_ninety_seconds_through_three_faults_lose_nothing(tmp_path: Path) -> Non
     run = subprocess.run(
         [
             sys.executable,
-            str(ROOT / "bench" / "soak.py"),
+            str(ROOT / "bench" / "server" / "soak.py"),
             "--seconds",
             "90",
             "--rate",

@@ -13,14 +13,15 @@ from celery.signals import worker_process_init
 from sqlalchemy import Engine, make_url
 from sqlalchemy.exc import DBAPIError
 
-from imgsearch import pipeline, queue, text_requests
 from imgsearch.db import engine as db_engine
 from imgsearch.db import filter_indexes, vector_index
+from imgsearch.embed.active import configured_model, open_model, register
 from imgsearch.embed.allocator import retain_freed_memory
 from imgsearch.embed.model import Embedder, check_text
-from imgsearch.errors import ConfigurationError, ImgSearchError, TransientError
+from imgsearch.errors import ImgSearchError, TransientError
 from imgsearch.records import ModelInfo
 from imgsearch.settings import Settings
+from imgsearch.work import pipeline, queue, text_requests
 from workers.app import app
 
 log = logging.getLogger(__name__)
@@ -33,8 +34,8 @@ TASK_TIME_BUDGET_SECONDS = 120.0  # then the task re-queues itself, so other mes
 class Runtime:
     settings: Settings
     engine: Engine
-    model: ModelInfo
-    embedder: Embedder
+    model: ModelInfo  # perhaps not registered yet: it is at the first batch (imgsearch.embed.active)
+    embedder: Embedder | None  # None for a model whose vectors come from elsewhere
 
 
 _runtime: Runtime | None = None
@@ -49,45 +50,67 @@ def runtime() -> Runtime:
         if _runtime is None:
             settings = Settings()
             engine = db_engine.make_engine(db_engine.resolve_url(settings))
-            with engine.connect() as conn:
-                model = vector_index.active_model(conn)
-            if model is None:
-                raise ConfigurationError("the catalog has no active model; open it once (imgsearch migrate)")
+            model = open_model(engine, configured_model(settings), settings.model, strict=False)
             retain_freed_memory(settings)
             if settings.torch_threads:
                 import torch
 
                 torch.set_num_threads(settings.torch_threads)
-            embedder = Embedder.from_settings(settings, name=model.name)
-            embedder.load()
-            import torch
-
-            log.info(
-                "embedder %s on %s (%s, %s), %d torch threads",
-                model.name,
-                embedder.device,
-                embedder.runtime,
-                embedder.dtype,
-                torch.get_num_threads(),
-            )
-            _runtime = Runtime(settings, engine, model, embedder)
+            _runtime = Runtime(settings, engine, model, _loaded(settings, model))
         return _runtime
+
+
+def _loaded(settings: Settings, model: ModelInfo) -> Embedder | None:
+    if model.external:
+        log.info("the catalog's model %s embeds nothing here: its vectors come from elsewhere", model.name)
+        return None
+    embedder = Embedder.from_settings(settings, name=model.name)
+    embedder.load()
+    import torch
+
+    log.info(
+        "embedder %s on %s (%s, %s), %d torch threads",
+        model.name,
+        embedder.device,
+        embedder.runtime,
+        embedder.dtype,
+        torch.get_num_threads(),
+    )
+    return embedder
 
 
 def follow_active_model(rt: Runtime) -> None:
     """Load the new active model's embedder when the catalog switched models since the last task."""
-    with rt.engine.connect() as conn:
-        model = vector_index.active_model(conn)
-    if model is None or model.id == rt.model.id:
+    model = open_model(rt.engine, configured_model(rt.settings), rt.settings.model, strict=False)
+    if model.name == rt.model.name and model.id == rt.model.id:
         return
-    embedder = Embedder.from_settings(rt.settings, name=model.name)
-    embedder.load()
-    log.info("active model switched from %s to %s", rt.model.name, model.name)
-    rt.model, rt.embedder = model, embedder
+    if model.name != rt.model.name:
+        log.info("active model switched from %s to %s", rt.model.name, model.name)
+        rt.embedder = _loaded(rt.settings, model)
+    rt.model = model
+
+
+def _ready_to_embed(rt: Runtime) -> bool:
+    """Whether pending images can be embedded now: the model registered at the first batch of a new
+    catalog, and one imgsearch loads."""
+    if not queue.claimable_count(rt.engine):
+        return False
+    if not rt.model.registered:
+        follow = register(rt.engine, rt.model)
+        if follow.name != rt.model.name:
+            rt.embedder = _loaded(rt.settings, follow)
+        rt.model = follow
+    if rt.embedder is None:
+        log.warning(pipeline.external_waiting(rt.model, queue.claimable_count(rt.engine)))
+        return False
+    return True
 
 
 def embed_batches(rt: Runtime) -> queue.BatchResult:
     follow_active_model(rt)
+    if not _ready_to_embed(rt):
+        return queue.BatchResult()
+    assert rt.embedder is not None
     return pipeline.run(
         rt.engine,
         rt.model,
@@ -161,13 +184,16 @@ def answer_text_requests() -> int:
     """Embed the texts ``imgsearch.search_text`` is waiting for (the listener thread's work)."""
     rt = runtime()
     follow_active_model(rt)
+    embedder = rt.embedder
+    if embedder is None or not rt.model.registered:
+        return 0  # no text to embed for: search_text says so itself (no text embeddings come)
 
     def embed(texts: list[str]) -> Any:
         for query in texts:
             check_text(query)
-        return rt.embedder.embed_texts(texts)
+        return embedder.embed_texts(texts)
 
-    return text_requests.answer_pending(rt.engine, rt.model, embed, rt.embedder.logit_params)
+    return text_requests.answer_pending(rt.engine, rt.model, embed, embedder.logit_params)
 
 
 def evict_cached_texts() -> int:

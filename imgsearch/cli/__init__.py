@@ -5,6 +5,7 @@ and exit 2; something not found exits 3; transient faults (database unreachable)
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -30,6 +31,8 @@ from imgsearch.errors import ImgSearchError, NotFound, TransientError
 from imgsearch.settings import Settings, describe_invalid
 
 __all__ = ["EXIT_NOT_FOUND", "EXIT_TEMPFAIL", "EXIT_USAGE", "build_parser", "main"]
+
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a filter whose reader left
 
 # in the order `imgsearch --help` lists them
 GROUPS = (
@@ -79,6 +82,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("imgsearch: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader went away (`imgsearch status | head -1`): as a Unix filter, end quietly. Point
+        # stdout at /dev/null so the interpreter's last flush at exit can't raise it again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

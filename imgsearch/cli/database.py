@@ -11,6 +11,7 @@ from imgsearch.settings import Settings
 
 def _db(args: argparse.Namespace, settings: Settings) -> int:
     from imgsearch.db import embedded
+    from imgsearch.db.engine import libpq_uri
 
     if args.action == "start":
         print(embedded.ensure_started(settings.home))
@@ -18,9 +19,14 @@ def _db(args: argparse.Namespace, settings: Settings) -> int:
         print("stopped" if embedded.stop(settings.home) else "not running")
     elif args.action == "url":
         if settings.database_url:
-            print(settings.database_url)
+            if args.database:
+                raise InvalidInput(
+                    "--database names a database of the embedded server; unset IMGSEARCH_DATABASE_URL"
+                )
+            url = settings.database_url
         else:
-            print(embedded.ensure_started(settings.home))
+            url = embedded.ensure_started(settings.home, args.database or embedded.DATABASE)
+        print(libpq_uri(url) if args.psql else url)
     else:
         status = embedded.status(settings.home)
         where = status.pgdata
@@ -52,6 +58,10 @@ def register(commands: Subparsers) -> None:
         description="Start, stop or inspect the embedded PostgreSQL + pgvector server.",
     )
     db.add_argument("action", choices=["start", "stop", "status", "url"])
+    db.add_argument(
+        "--psql", action="store_true", help="url: a libpq URI, as psql and other libpq clients take it"
+    )
+    db.add_argument("--database", help="url: this database of the embedded server (e.g. imgsearch_demo)")
     db.set_defaults(func=_db)
 
     mig = commands.add_parser("migrate", help="upgrade the schema", description="Run imgsearch's migrations.")

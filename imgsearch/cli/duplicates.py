@@ -14,7 +14,8 @@ def _duplicates(args: argparse.Namespace, settings: Settings) -> int:
     from pathlib import Path
 
     from imgsearch import Catalog
-    from imgsearch import duplicates as near_duplicates
+    from imgsearch.ingest import duplicates as near_duplicates
+    from imgsearch.quality import duplicates as duplicate_groups
 
     with Catalog.open(settings=settings) as catalog:
         report = catalog.duplicates(
@@ -32,7 +33,7 @@ def _duplicates(args: argparse.Namespace, settings: Settings) -> int:
                 for m in g.members
             }
             Path(args.html).write_text(
-                near_duplicates.html_page(report, args.tenant, previews, catalog.limits)
+                duplicate_groups.html_page(report, args.tenant, previews, catalog.limits)
             )
     out = open(args.csv, "w", newline="", encoding="utf-8") if args.csv else sys.stdout  # noqa: SIM115
     try:
@@ -45,7 +46,7 @@ def _duplicates(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         if out is not sys.stdout:
             out.close()
-    print(near_duplicates.summary(report), file=sys.stderr)
+    print(duplicate_groups.summary(report), file=sys.stderr)
     if args.html:
         print(f"page of the groups: {args.html}", file=sys.stderr)
     return 0

@@ -1,4 +1,4 @@
-"""``imgsearch eval``: retrieval quality on a labelled set (:mod:`imgsearch.evaluation`)."""
+"""``imgsearch eval``: retrieval quality on a labelled set (:mod:`imgsearch.quality.evaluation`)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from imgsearch.settings import Settings
 def _eval(args: argparse.Namespace, settings: Settings) -> int:
     from pathlib import Path
 
-    from imgsearch import Catalog, evaluation
+    from imgsearch import Catalog
+    from imgsearch.quality import evaluation
 
     with Catalog.open(settings=settings) as catalog:
         labelled = evaluation.load_set(args.set, catalog, args.tenant)

@@ -13,8 +13,9 @@ from imgsearch.settings import Settings
 def _ingest(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
-    from imgsearch import pipeline, sources
     from imgsearch.catalog import Catalog
+    from imgsearch.ingest import sources
+    from imgsearch.work import pipeline
 
     rows = list(sources.collect(args.paths, tenant=args.tenant, category=args.category))
     added = duplicates = 0
@@ -36,6 +37,7 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> int:
             totals = pipeline.drain(
                 catalog.engine,
                 embedders(settings),
+                model=catalog.active_model,
                 batch_size=settings.batch_size,
                 lease_seconds=settings.lease_seconds,
                 downloads=settings.downloads(),
@@ -58,7 +60,11 @@ def register(commands: Subparsers) -> None:
         help="store images from files, folders or manifests, and embed them",
         description="Store images from files, folders (recursively) or CSV/JSONL manifests (columns: "
         "image path or URL, tenant, product_id, category, price, currency, attributes as JSON), then "
-        "embed everything pending in this process. Exit 1 when some images failed.",
+        "embed everything pending in this process.",
+        epilog="Exit status: 0 every image stored (and embedded, unless --no-embed); 1 some images "
+        "failed, each listed with why, the others stored; 2 a usage error or a refused input, nothing "
+        "stored; 3 something not found; 75 a transient fault (the database unreachable): run it again, "
+        "images already stored are skipped.",
     )
     ingest.add_argument("paths", nargs="+", metavar="PATH")
     ingest.add_argument(

@@ -14,10 +14,10 @@ from imgsearch.settings import Settings
 def _reembed(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
-    from imgsearch import reembed
     from imgsearch.embed.allocator import retain_freed_memory
     from imgsearch.embed.model import Embedder
     from imgsearch.embed.registry import canonical_name, model_dim
+    from imgsearch.work import reembed
 
     name = canonical_name(args.model)
     dim = model_dim(name)  # an unknown model fails here, before anything is registered
@@ -108,8 +108,8 @@ def _check(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _model(args: argparse.Namespace, settings: Settings) -> int:
-    from imgsearch import reembed
     from imgsearch.embed.registry import canonical_name
+    from imgsearch.work import reembed
 
     if args.model_command == "check":
         return _check(args, settings)
@@ -122,7 +122,21 @@ def _model(args: argparse.Namespace, settings: Settings) -> int:
             for row in rows:
                 print(
                     f"{row.name:<{width}}  {row.dim:>5}  {row.embeddings:>10}  {'yes' if row.active else ''}"
+                    + ("  (vectors from elsewhere)" if row.external else "")
                 )
+            if not rows:
+                print(
+                    f"(no model registered yet: {canonical_name(settings.model)} will be, at the first "
+                    "embedding; set IMGSEARCH_MODEL first to choose another)"
+                )
+        elif args.model_command == "add":
+            model = reembed.add_external(eng, args.name, args.dim, make_active=args.activate)
+            state = (
+                "active"
+                if model.active
+                else f"not active: switch with `imgsearch model activate {model.name}`"
+            )
+            print(f"registered {model.name} ({model.dim}-d, vectors from elsewhere); {state}")
         elif args.model_command == "activate":
             model, requeued = reembed.activate(
                 eng, canonical_name(args.name), requeue_missing=args.requeue_missing
@@ -189,6 +203,16 @@ def register(commands: Subparsers) -> None:
     model_commands.add_parser(
         "list", help="models with their dimension and embeddings", description="List models."
     )
+    add = model_commands.add_parser(
+        "add",
+        help="register a model whose vectors come from elsewhere",
+        description="Register a model that imgsearch doesn't load (FashionCLIP, OpenAI or Cohere "
+        "embeddings, your own model): uploads and imports bring its vectors, searches take query "
+        'vectors (--vector-file, "vector" over HTTP). A text or image query on it is an error.',
+    )
+    add.add_argument("name", help="the model's name, e.g. patrickjohncyh/fashion-clip")
+    add.add_argument("--dim", type=positive, required=True, help="the dimension of its vectors")
+    add.add_argument("--activate", action="store_true", help="make it the active model now")
     activate = model_commands.add_parser(
         "activate",
         help="make a backfilled model the one searches use",

@@ -10,8 +10,8 @@ from imgsearch.settings import Settings
 
 
 def _update(args: argparse.Namespace, settings: Settings) -> int:
-    from imgsearch import sources
     from imgsearch.catalog import Catalog
+    from imgsearch.ingest import sources
 
     named = list(sources.feed(args.feeds, tenant=args.tenant))
     if not named:
@@ -25,7 +25,7 @@ def _update(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _delete(args: argparse.Namespace, settings: Settings) -> int:
-    from imgsearch import removal
+    from imgsearch.ingest import removal
 
     if bool(args.image_ids) == bool(args.product):
         raise InvalidInput("give image ids or --product, not both and not neither")

@@ -57,9 +57,9 @@ def _search(args: argparse.Namespace, settings: Settings) -> int:
     import json
     from pathlib import Path
 
-    from imgsearch import report
     from imgsearch.catalog import Catalog
-    from imgsearch.images import Limits, read_source
+    from imgsearch.ingest.images import Limits, read_source
+    from imgsearch.quality import report
 
     if args.html:
         report.check_writable(Path(args.html))  # before the search, not after it

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import errno
 import os
 import shutil
+import socket
 import tempfile
 
 from imgsearch.cli._common import Subparsers, open_engine, positive
@@ -28,15 +30,19 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         os.environ["IMGSEARCH_PRELOAD"] = "true"  # worker processes read their settings at start
     # torch's OpenMP threads sleep between operations instead of spinning: the server's request
     # threads need those cores (on 2 cores, spinning made micro-batched text queries 0.7x as fast
-    # as one at a time with a small model; bench/serve.py). Read when torch loads, in each process.
+    # as one at a time with a small model; bench/server/serve.py). Read when torch loads, in each process.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     # concurrent requests each hold a connection: a pool of SQLAlchemy's default 5 closes the extra
     # ones as they come back and opens new ones for the next requests (a connect, and statements
-    # prepared again, on every one; bench/serve.py)
+    # prepared again, on every one; bench/server/serve.py)
     os.environ.setdefault("IMGSEARCH_POOL_SIZE", str(SERVER_POOL_SIZE))
     # a request waiting on a lock (a migration's ALTER TABLE, someone's LOCK) answers 503 with
-    # Retry-After after this long, instead of hanging with a connection and a thread (bench/soak.py)
+    # Retry-After after this long, instead of hanging with a connection and a thread (bench/server/soak.py)
     os.environ.setdefault("IMGSEARCH_LOCK_TIMEOUT_MS", str(SERVER_LOCK_TIMEOUT_MS))
+    # a service's uploads wake the workers at once (a failed wake-up costs nothing: the workers'
+    # sweep finds the rows); without it a first upload waited for the sweep, up to a minute
+    os.environ.setdefault("IMGSEARCH_WAKE_WORKERS", "true")
+    _check_port_free(args.host, args.port)
     settings = Settings()
     # migrate here, once: N worker processes starting at the same moment would race to
     open_engine(settings).dispose()
@@ -59,6 +65,27 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         timeout_graceful_shutdown=10,
     )
     return 0
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """One line naming the port when it can't be served, before anything starts: uvicorn would log
+    "startup complete" first, then fail to bind and exit 3."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ConfigurationError(f"cannot serve on {host}:{port}: {exc.strerror}") from exc
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            reason = (
+                "is in use (another server?)"
+                if exc.errno == errno.EADDRINUSE
+                else f"can't be used: {exc.strerror}"
+            )
+            raise ConfigurationError(f"port {port} on {host} {reason}; choose another with --port") from exc
 
 
 def register(commands: Subparsers) -> None:

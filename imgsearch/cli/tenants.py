@@ -11,22 +11,25 @@ from imgsearch.settings import Settings
 
 
 def _create_login(args: argparse.Namespace, settings: Settings) -> int:
-    from imgsearch import tenancy
+    from imgsearch.access import tenancy
     from imgsearch.db import engine, migrate
 
     password = sys.stdin.readline().rstrip("\n") if args.password_stdin else None
     eng = engine.make_engine(engine.resolve_url(settings))
     try:
         migrate.upgrade(eng)
-        tenancy.create_login(eng, args.login, args.tenant, password)
+        made = tenancy.create_login(eng, args.login, args.tenant, password)
     finally:
         eng.dispose()
     print(f"created login {args.login!r}, restricted to tenant {args.tenant!r}")
+    if password is None:
+        print("its password, shown once (psql asks for it):")
+        print(made)
     return 0
 
 
 def _create_key(args: argparse.Namespace, settings: Settings) -> int:
-    from imgsearch import keys
+    from imgsearch.access import keys
 
     if args.admin == (args.tenant is not None):
         raise InvalidInput("give a TENANT for a tenant's key, or --admin for an admin key (not both)")
@@ -42,7 +45,7 @@ def _create_key(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _list_keys(args: argparse.Namespace, settings: Settings) -> int:
-    from imgsearch import keys
+    from imgsearch.access import keys
 
     eng = open_engine(settings)
     try:
@@ -70,7 +73,7 @@ def _list_keys(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _revoke_key(args: argparse.Namespace, settings: Settings) -> int:
-    from imgsearch import keys
+    from imgsearch.access import keys
 
     eng = open_engine(settings)
     try:
@@ -96,7 +99,11 @@ def register(commands: Subparsers) -> None:
     )
     login.add_argument("login", help="login name: lowercase letters, digits, underscores")
     login.add_argument("--tenant", required=True, help="the only tenant the login may see")
-    login.add_argument("--password-stdin", action="store_true", help="read the login's password from stdin")
+    login.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the login's password from stdin (default: make one and print it once)",
+    )
     login.set_defaults(func=_create_login)
 
     create_key = tenant_commands.add_parser(

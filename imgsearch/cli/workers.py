@@ -7,9 +7,17 @@ import contextlib
 import glob
 import os
 import sys
+import time
+from typing import TYPE_CHECKING
 
-from imgsearch.cli._common import Subparsers, embedders, open_engine, positive
+from imgsearch.cli._common import Subparsers, embedders, open_engine, positive, seconds
+from imgsearch.errors import ImgSearchError
 from imgsearch.settings import Settings
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from imgsearch.work.queue import QueueStatus
 
 
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
@@ -47,7 +55,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     ]
     if args.concurrency == 1:
         # one process: run tasks in it rather than in a forked child, where torch's CPU threads ran
-        # at 0.72x of the embedder alone (bench/workers.py); solo ran at the figure in docs/benchmarks.md
+        # at 0.72x of the embedder alone (bench/work/workers.py); solo ran at the figure in docs/benchmarks.md
         argv += ["--pool", "solo"]
     schedule = os.path.join(tempfile.gettempdir(), f"imgsearch-beat-{os.getpid()}")
     if args.beat:
@@ -62,13 +70,16 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _drain(settings: Settings) -> int:
-    from imgsearch import pipeline
+    from imgsearch.embed.active import configured_model, open_model
+    from imgsearch.work import pipeline
 
     eng = open_engine(settings)
     try:
+        model = open_model(eng, configured_model(settings), settings.model, strict=False)
         totals = pipeline.drain(
             eng,
             embedders(settings),
+            model=model,
             batch_size=settings.batch_size,
             lease_seconds=settings.lease_seconds,
             downloads=settings.downloads(),
@@ -84,11 +95,13 @@ def _drain(settings: Settings) -> int:
 
 
 def _status(args: argparse.Namespace, settings: Settings) -> int:
-    from imgsearch import queue, wake
+    from imgsearch.work import queue, wake
 
     eng = open_engine(settings)
     try:
         current = queue.status(eng)
+        if args.wait is not None:
+            current = _wait(eng, current, args.wait)
     finally:
         eng.dispose()
     print("images: " + ", ".join(f"{state} {count}" for state, count in current.counts.items()))
@@ -97,7 +110,7 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
     age = current.oldest_pending_seconds
     print("oldest pending: " + ("none" if age is None else f"{age:.0f} s"))
     if settings.replica_urls:
-        from imgsearch.replicas import Replicas
+        from imgsearch.search.replicas import Replicas
 
         replicas = Replicas(
             settings.replica_urls, pool_size=1, max_lag_seconds=settings.replica_max_lag_seconds
@@ -117,9 +130,29 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _wait(eng: Engine, current: QueueStatus, timeout: float) -> QueueStatus:
+    """Poll until no image is pending or embedding; progress on a terminal's stderr."""
+    from imgsearch.work import queue
+
+    deadline = time.monotonic() + timeout
+    while (left := current.counts["pending"] + current.counts["embedding"]) > 0:
+        if time.monotonic() >= deadline:
+            raise ImgSearchError(
+                f"{left} images still pending or embedding after {timeout:g} s: is a worker running "
+                "(`imgsearch worker`)?"
+            )
+        if sys.stderr.isatty():
+            print(f"\rwaiting: {left} images pending or embedding ", end="", file=sys.stderr, flush=True)
+        time.sleep(0.5)
+        current = queue.status(eng)
+    if sys.stderr.isatty():
+        print("\r" + " " * 60 + "\r", end="", file=sys.stderr, flush=True)
+    return current
+
+
 def _retry_failed(args: argparse.Namespace, settings: Settings) -> int:
-    from imgsearch import queue
-    from imgsearch.wake import celery_waker
+    from imgsearch.work import queue
+    from imgsearch.work.wake import celery_waker
 
     eng = open_engine(settings)
     try:
@@ -160,6 +193,16 @@ def register(commands: Subparsers) -> None:
         "status",
         help="embedding progress and errors",
         description="Counts per state, queue depth, oldest pending image, latest errors.",
+    )
+    status.add_argument(
+        "--wait",
+        type=seconds,
+        nargs="?",
+        const=600.0,
+        default=None,
+        metavar="SECONDS",
+        help="first wait until no image is pending or embedding (default at most 600 s; "
+        "exit 2 with one line if they still are)",
     )
     status.set_defaults(func=_status)
 

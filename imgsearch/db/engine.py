@@ -34,6 +34,12 @@ def libpq_conninfo(url: URL) -> str:
     return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
+def libpq_uri(url: str) -> str:
+    """``url`` (a SQLAlchemy URL, as ``imgsearch db url`` prints it) as a libpq URI: what psql and
+    every other libpq client take (``postgresql://user@/db?host=/socket/dir``)."""
+    return libpq_conninfo(make_url(normalize_url(url)))
+
+
 def resolve_url(settings: Settings) -> str:
     """``IMGSEARCH_DATABASE_URL`` when set, else the embedded server (started if needed)."""
     if settings.database_url:
@@ -68,7 +74,7 @@ def make_search_engine(
     engine: Engine, pool_size: int = DEFAULT_POOL_SIZE, lock_timeout_ms: int = 0
 ) -> Engine:
     """A second pool on ``engine``'s database, for searches: no ping before each checkout. The
-    ping is a round trip of its own, 3-9% of a search (bench/search_overheads.py); a search is
+    ping is a round trip of its own, 3-9% of a search (bench/search/search_overheads.py); a search is
     read-only, so the catalog runs one again on a new connection when its connection turns out
     closed (a server restart, an idle timeout) instead. Writes keep the pinged pool."""
     return create_engine(

@@ -13,7 +13,7 @@ filters on a few values. Here each value of ``category`` (or ``tenant``) with at
 so a search filtered to that value can be an unfiltered search of a graph of its rows only.
 
 * Recall first: HNSW's recall depends on the data, and a graph walk from a query far from all of
-  a value's rows can do badly (bench/value_graphs.py: 0.63 at ef_search 200 on 10,000 rows of
+  a value's rows can do badly (bench/search/value_graphs.py: 0.63 at ef_search 200 on 10,000 rows of
   isotropic noise). Each graph is checked at its build against an exact search of the value's
   rows (:func:`_probe`), and searches use it only from :data:`MIN_RECALL` up.
 * Partial indexes rather than list partitions: the table, its keys, its triggers and every query
@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -155,6 +156,21 @@ def graphs(conn: Connection, model_id: int) -> list[Graph]:
 
 # (column, value, done, total) as the graphs are built
 Progress = Callable[[str, str, int, int], None]
+
+
+def refresh_showing(engine: Engine, model: ModelInfo, *, progress: bool | None = None) -> RefreshResult:
+    """:func:`refresh`, with a progress bar of the builds (by default only when stderr is a terminal)."""
+    from tqdm import tqdm
+
+    show = sys.stderr.isatty() if progress is None else progress
+    with tqdm(desc="indexing values", unit="index", disable=not show) as bar:
+
+        def on_build(column: str, value: str, done: int, total: int) -> None:
+            bar.total = total
+            bar.set_postfix_str(f"{column} {value}"[:40], refresh=False)
+            bar.update(done - bar.n)
+
+        return refresh(engine, model, on_build=on_build)
 
 
 def refresh(
@@ -331,7 +347,7 @@ def _probe(conn: psycopg.Connection, model: ModelInfo, column: str, value: str) 
     ).format(schema=sql.Identifier(SCHEMA), model=sql.Literal(int(model.id)), col=col, k=sql.Literal(PROBE_K))
     found = wanted = 0
     with conn.transaction():
-        # the search's own settings (imgsearch.search): ef_search 200, planned for the value
+        # the search's own settings (imgsearch.search.plans): ef_search 200, planned for the value
         conn.execute("SET LOCAL hnsw.ef_search = 200")
         conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
         conn.execute("SET LOCAL enable_seqscan = off")

@@ -10,8 +10,10 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import OperationalError
 
 from imgsearch.db.models import SCHEMA
+from imgsearch.errors import DatabaseUnavailable
 
 
 def alembic_config(engine: Engine | None = None) -> Config:
@@ -25,6 +27,18 @@ def alembic_config(engine: Engine | None = None) -> Config:
     return config
 
 
+def ensure_current(engine: Engine) -> None:
+    """Migrate to the latest schema when behind (what opening a catalog does first); a database
+    that can't be reached is :class:`DatabaseUnavailable`."""
+    try:
+        if current(engine) != head():
+            upgrade(engine)
+    except OperationalError as exc:
+        raise DatabaseUnavailable(
+            f"database connection failed while opening the catalog: {exc.orig}"
+        ) from exc
+
+
 REWRITES_EMBEDDINGS = "0004"  # fills the filter columns of every embedding row
 
 
@@ -35,7 +49,7 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     after = current(engine)
     if before is not None and after is not None and before < REWRITES_EMBEDDINGS <= after:
         # every embedding row was rewritten: until a vacuum the HNSW index holds a dead entry for
-        # each old version, which searches wade through (recall dropped in bench/search.py)
+        # each old version, which searches wade through (recall dropped in bench/search/search.py)
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.execute(text("VACUUM (ANALYZE) imgsearch.embeddings"))
 

@@ -79,6 +79,8 @@ class Model(Base):
     name: Mapped[str] = mapped_column(Text, unique=True)
     dim: Mapped[int] = mapped_column(Integer)
     active: Mapped[bool] = mapped_column(server_default=text("false"))
+    # vectors made elsewhere (`imgsearch model add`): imgsearch never loads it (migration 0018)
+    external: Mapped[bool] = mapped_column(server_default=text("false"))
     created_at: Mapped[dt.datetime] = _created()
 
 
@@ -92,6 +94,7 @@ class Product(Base):
         CheckConstraint("tenant <> ''", name="tenant_not_empty"),
         CheckConstraint("product_id <> ''", name="product_id_not_empty"),
         CheckConstraint("price >= 0", name="price_not_negative"),
+        CheckConstraint("price <> 'NaN'", name="price_not_nan"),  # NaN passes >= 0 (migration 0017)
         CheckConstraint("currency ~ '^[A-Z]{3}$'", name="currency_iso"),
         CheckConstraint("jsonb_typeof(attributes) = 'object'", name="attributes_object"),
         Index("products_tenant_category_idx", "tenant", "category"),
@@ -205,6 +208,8 @@ class Embedding(Base):
             ondelete="CASCADE",
             name="embeddings_product_fkey",
         ),
+        # a zero vector has no direction: its cosine distances are NaN (migration 0017)
+        CheckConstraint("l2_norm(embedding) > 0", name="not_zero"),
         Index("embeddings_image_id_idx", "image_id"),
         Index("embeddings_product_pk_idx", "product_pk", "model_id"),
         Index("embeddings_category_idx", "model_id", "category"),

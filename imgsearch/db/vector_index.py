@@ -32,6 +32,7 @@ from sqlalchemy import (
     Engine,
     bindparam,
     cast,
+    exists,
     insert,
     literal,
     select,
@@ -46,10 +47,12 @@ from imgsearch.errors import InvalidInput, TransientError
 from imgsearch.records import ModelInfo
 
 HNSW_M = 16
-# pgvector's default of 64 left 1-2 of bench/search.py's 200 clusters out of an ef_search 200
+# pgvector's default of 64 left 1-2 of bench/search/search.py's 200 clusters out of an ef_search 200
 # search's reach in each of 4 builds (those queries found 0 of their top 10); 128 left none in
-# 4 of 4, for writes 1.2x and builds 1.5x as costly (bench/index_build.py; m 24 at 64 still missed)
+# 4 of 4, for writes 1.2x and builds 1.5x as costly (bench/search/index_build.py; m 24 at 64 still missed)
 HNSW_EF_CONSTRUCTION = 128
+# taken exclusively by model switches, shared by every write of embeddings (imgsearch.work.queue)
+MODEL_SWITCH_LOCK = 0x696D6775
 REGISTER_LOCK = 0x696D6774
 
 
@@ -170,15 +173,23 @@ def _watch_build(engine: Engine, pid: int, progress: Progress, done: threading.E
                 progress(int(row.blocks_done), int(row.blocks_total), str(row.phase))
 
 
-def register_model(conn: Connection, name: str, dim: int, *, activate: bool = False) -> ModelInfo:
-    """Add ``name`` to the models table (idempotent) with its index; optionally make it active."""
+def register_model(
+    conn: Connection, name: str, dim: int, *, activate: bool = False, external: bool = False
+) -> ModelInfo:
+    """Add ``name`` to the models table (idempotent) with its index; optionally make it active.
+    ``external``: its vectors come from elsewhere (an existing row must say the same)."""
     # concurrent first opens of one catalog serialise here instead of racing on the unique name
     conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": REGISTER_LOCK})
-    found = conn.execute(select(Model.id, Model.dim).where(Model.name == name)).first()
+    found = conn.execute(select(Model.id, Model.dim, Model.external).where(Model.name == name)).first()
     if found is None:
-        model_id = conn.execute(insert(Model).values(name=name, dim=dim).returning(Model.id)).scalar_one()
+        model_id = conn.execute(
+            insert(Model).values(name=name, dim=dim, external=external).returning(Model.id)
+        ).scalar_one()
     elif found.dim != dim:
         raise InvalidInput(f"model {name!r} is registered with dimension {found.dim}, not {dim}")
+    elif found.external != external:
+        made = "elsewhere (imgsearch model add)" if found.external else "by imgsearch"
+        raise InvalidInput(f"model {name!r} is registered with vectors made {made}")
     else:
         model_id = found.id
     create_index(conn, model_id, dim)
@@ -190,9 +201,14 @@ def register_model(conn: Connection, name: str, dim: int, *, activate: bool = Fa
 
 def _model(conn: Connection, model_id: int) -> ModelInfo:
     row = conn.execute(
-        select(Model.id, Model.name, Model.dim, Model.active).where(Model.id == model_id)
+        select(Model.id, Model.name, Model.dim, Model.active, Model.external).where(Model.id == model_id)
     ).one()
-    return ModelInfo(id=row.id, name=row.name, dim=row.dim, active=row.active)
+    return ModelInfo(id=row.id, name=row.name, dim=row.dim, active=row.active, external=row.external)
+
+
+def has_embeddings(conn: Connection, model_id: int) -> bool:
+    """Whether any image has an embedding of the model (one index probe)."""
+    return bool(conn.execute(select(exists().where(Embedding.model_id == model_id))).scalar())
 
 
 def get_model(conn: Connection, name: str) -> ModelInfo | None:

@@ -5,7 +5,7 @@ every allocation above its mmap threshold (32 MiB at most) with a fresh ``mmap``
 heap tops back to the kernel, so each batch page-faults its activations in again: in a Celery
 worker this cost about 385,000 minor page faults and a second of kernel time per batch of 16
 images at 224 px, 0.8x of the same model in a process whose heap happened to keep the pages
-(bench/workers.py, docs/benchmarks.md). With ``mmap``'d allocations and heap trimming off the pages
+(bench/work/workers.py, docs/benchmarks.md). With ``mmap``'d allocations and heap trimming off the pages
 stay: resident memory holds at the peak of a batch, which every batch reaches anyway.
 
 Process-wide, so it is applied by the entry points that embed batch after batch (workers,

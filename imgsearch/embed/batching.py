@@ -9,7 +9,7 @@ each caller its result. What arrives while a pass runs goes into the next one.
 While requests come in batches (the last pass had several), the first of a batch also waits up
 to :data:`BUSY_WAIT_FRACTION` of the last pass's time (at most :data:`MAX_BUSY_WAIT_SECONDS`): the
 callers of the pass that just ended are sending their next requests, and without the wait the
-callers split into two halves that alternate, each a half-full pass (bench/serve.py). A lone
+callers split into two halves that alternate, each a half-full pass (bench/server/serve.py). A lone
 request after a lone request waits ``max_wait_seconds`` only.
 """
 

@@ -16,10 +16,9 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from imgsearch.errors import UnsupportedImage
-from imgsearch.images import Limits, open_image
+from imgsearch.ingest.images import DEFAULT_MAX_ASPECT_RATIO, Limits, check_aspect, open_image
 
 AspectPolicy = Literal["resize", "pad"]
-DEFAULT_MAX_ASPECT_RATIO = 20.0  # a 20:1 banner still shows a product; beyond that it is a strip of pixels
 BACKGROUND = (255, 255, 255)
 
 
@@ -65,11 +64,7 @@ def decode(data: bytes, options: DecodeOptions | None = None) -> Image.Image:
     options = options or DecodeOptions()
     image = open_image(data, options.limits)
     width, height = image.size
-    ratio = max(width, height) / min(width, height)
-    if ratio > options.max_aspect_ratio:
-        raise UnsupportedImage(
-            f"image is {width}x{height}, an aspect ratio of {ratio:.0f}:1, beyond the {options.max_aspect_ratio:g}:1 limit"
-        )
+    check_aspect(width, height, options.max_aspect_ratio)
     try:
         if getattr(image, "n_frames", 1) > 1:
             image.seek(0)

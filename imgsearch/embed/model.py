@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from imgsearch import checks
 from imgsearch.embed import decode as decoding
 from imgsearch.embed import onnx
 from imgsearch.embed.batching import CacheInfo, LRUCache, MicroBatcher
 from imgsearch.embed.loading import resolve
 from imgsearch.embed.registry import INT8_SUFFIX, model_dim, split_name
 from imgsearch.errors import ConfigurationError, InvalidImage, InvalidInput, ModelUnavailable
-from imgsearch.images import Limits
+from imgsearch.ingest import checks
+from imgsearch.ingest.images import Limits
 from imgsearch.settings import Settings
 
 if TYPE_CHECKING:

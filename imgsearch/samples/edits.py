@@ -1,6 +1,6 @@
 """A generated near-duplicate set: distinct pictures and edited copies of them, with the truth.
 
-Used to measure the near-duplicate detector (``bench/duplicates.py``) and in its tests. The
+Used to measure the near-duplicate detector (``bench/ingest/duplicates.py``) and in its tests. The
 originals are of two kinds, drawn by seeded code: product shots on a light background (the
 samples' six kinds of product, any colour, any position and size; the hard case for a
 perceptual hash, since they all share the same bright frame) and busier "photos" (a gradient,

@@ -19,6 +19,7 @@ from importlib import resources
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 
 from imgsearch.catalog import Catalog
@@ -63,6 +64,9 @@ class ModelState:
 
     def load_in_background(self, catalog: Catalog) -> None:
         def load() -> None:
+            if catalog.active_model.external:  # its vectors come from elsewhere: nothing to load
+                self.loaded = True
+                return
             try:
                 catalog.embedder.load()
             except Exception as exc:
@@ -101,7 +105,9 @@ def create_app(settings: Settings | None = None, *, catalog: Catalog | None = No
             if catalog is None:
                 opened.close()
 
-    app = FastAPI(
+    # /docs and /redoc load Swagger UI and ReDoc from the app (fastapi-offline's copies), not a
+    # CDN: the docs work offline and behind a firewall
+    app = FastAPIOffline(
         title="imgsearch",
         version=_version(),
         description=DESCRIPTION,

@@ -16,9 +16,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 
-from imgsearch import checks
+from imgsearch.access.keys import Principal
 from imgsearch.catalog import Catalog
-from imgsearch.keys import Principal
+from imgsearch.ingest import checks
 from imgsearch.server.keyring import Keyring
 from imgsearch.server.problems import Forbidden, Unauthorized
 
@@ -75,7 +75,7 @@ def json_body_schema(model: type[BaseModel]) -> dict[str, Any]:
 async def json_body(request: Request, model: type[Model]) -> Model:
     """The request's JSON body as ``model``, parsed by pydantic's own JSON parser: a 768-number
     vector costs a tenth of what ``json.loads`` and then validating the objects it made costs, a
-    few percent of a search (bench/serve.py)."""
+    few percent of a search (bench/server/serve.py)."""
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type not in JSON_TYPES:
         raise HTTPException(415, f"send application/json, not {media_type!r}")

@@ -1,4 +1,4 @@
-"""Turning a request's key into a :class:`~imgsearch.keys.Principal`, on every request.
+"""Turning a request's key into a :class:`~imgsearch.access.keys.Principal`, on every request.
 
 A key is looked up in PostgreSQL for each request, so a revoked key is refused from the first
 request that starts after ``imgsearch tenant revoke-key`` returns, by every server process. The
@@ -17,10 +17,10 @@ from typing import Any
 import psycopg
 from sqlalchemy import URL
 
-from imgsearch import keys
+from imgsearch.access import keys
+from imgsearch.access.keys import Principal
 from imgsearch.db.engine import libpq_conninfo
 from imgsearch.errors import DatabaseUnavailable
-from imgsearch.keys import Principal
 
 log = logging.getLogger(__name__)
 

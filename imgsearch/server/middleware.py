@@ -14,7 +14,7 @@ import time
 import uuid
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imgsearch.server.metrics import Metrics
@@ -23,6 +23,7 @@ from imgsearch.server.problems import RequestTooLarge, for_error
 access_log = logging.getLogger("imgsearch.server.access")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a request its client abandoned
 
 
 class RequestContext:
@@ -36,6 +37,9 @@ class RequestContext:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if scope["method"] == "HEAD":  # every GET route answers HEAD: its headers, no body
+            await self._head(scope, receive, send)
             return
         started = time.perf_counter()
         headers = dict(scope.get("headers") or [])
@@ -70,6 +74,14 @@ class RequestContext:
             if length is not None and length > limit:
                 raise RequestTooLarge(f"the request body is {length} bytes, over the {limit}-byte limit")
             await self.app(scope, limited_receive, send_with_id)
+        except ClientDisconnect:
+            # the client went away while its body was being read: nothing to answer, nothing wrong
+            # here (nginx's 499 in the access log and metrics, no traceback)
+            status = CLIENT_CLOSED_REQUEST
+            access_log.info(
+                "client disconnected before its request was read",
+                extra={"fields": {"request_id": request_id}},
+            )
         except Exception as exc:  # whatever a route let escape: a problem, never a traceback
             if response_started:
                 access_log.error("error after the response started", exc_info=exc)
@@ -95,6 +107,16 @@ class RequestContext:
                     record["key_id"] = principal.key_id
                     record["tenant"] = principal.tenant
                 access_log.info("request", extra={"fields": record})
+
+    async def _head(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                if message.get("more_body", False):
+                    return
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
+            await send(message)
+
+        await self(dict(scope, method="GET"), receive, headers_only)
 
 
 def _content_length(headers: dict[bytes, bytes]) -> int | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import psycopg
@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from imgsearch.errors import (
     ConfigurationError,
@@ -209,6 +210,33 @@ def validation_errors(request: Request, exc: RequestValidationError) -> JSONResp
     return problem(422, "invalid-request", "Invalid request", detail, request, errors=errors, index=index)
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """Every method of every route of the request's path (Starlette's ``Allow`` names only those
+    of the first route that matched it: GET of ``/v1/images/{id}``, not its DELETE), HEAD with GET."""
+    methods: set[str] = set()
+    path = request.scope["path"]
+    for prefix, route in _routes(request.app.router.routes):
+        if not path.startswith(prefix):
+            continue
+        match, _ = route.matches({**request.scope, "path": path[len(prefix) :], "method": "OPTIONS"})
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods)
+
+
+def _routes(routes: Sequence[Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Every route with the path prefix it sits under, through included routers."""
+    for route in routes:
+        inner = getattr(route, "original_router", None)  # FastAPI's included router
+        if inner is not None:
+            context = getattr(route, "include_context", None)
+            yield from _routes(inner.routes, prefix + str(getattr(context, "prefix", "") or ""))
+        else:
+            yield prefix, route
+
+
 def http_errors(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     """Starlette's own errors (an unknown route, a wrong method) as problems too."""
     if exc.status_code == 404:
@@ -216,11 +244,15 @@ def http_errors(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     if exc.status_code == 413:
         return problem(413, "too-large", "Request too large", str(exc.detail), request)
     if exc.status_code == 405:
+        allowed = allowed_methods(request)
         response = problem(
-            405, "method-not-allowed", "Method not allowed", f"{request.method} is not allowed here", request
+            405,
+            "method-not-allowed",
+            "Method not allowed",
+            f"{request.method} is not allowed here; {', '.join(allowed)} are",
+            request,
         )
-        if exc.headers and "Allow" in exc.headers:
-            response.headers["Allow"] = exc.headers["Allow"]
+        response.headers["Allow"] = ", ".join(allowed)
         return response
     detail = exc.detail if isinstance(exc.detail, str) else "request refused"
     return problem(exc.status_code, "invalid-request", "Request refused", detail, request)

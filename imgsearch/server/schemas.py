@@ -9,20 +9,112 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    WithJsonSchema,
+)
+from pydantic.config import JsonDict
+
+from imgsearch.ingest import checks
+from imgsearch.search.filters import MAX_K
+from imgsearch.search.request import MAX_EXPAND
+
+# (pydantic can't refer to a component it didn't make: "x-component" becomes a $ref in openapi.build)
+# What the library checks, stated in the schema (JSON Schema 2020-12, as OpenAPI 3.1 takes it), so
+# a client generated from it sends what the server takes. The models don't enforce these: values
+# are checked by the library, as for every other caller, with the same messages.
+# spelled out rather than \s, whose meaning differs between regex engines: what Python's
+# str.isspace() and strip() take for a space, as the library does
+SPACE = r"\u0009-\u000d\u001c-\u0020\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+CONTROL = r"\u0000-\u001f\u007f"
+SPACES = rf"[{SPACE}]*"  # and [0-9], not \d: Python's \d takes other scripts' digits too
+# a name is stripped of the spaces around it (control characters among them) before it is checked
+NAME_PATTERN = rf"^[{SPACE}]*[^{CONTROL}]*[^{SPACE}{CONTROL}][^{CONTROL}]*[{SPACE}]*$"
+NAME_SCHEMA: dict[str, Any] = {"minLength": 1, "maxLength": checks.MAX_NAME, "pattern": NAME_PATTERN}
+TEXT_PATTERN = rf"^[^\u0000]*[^{SPACE}\u0000][^\u0000]*$"
+# attribute documents: JSON whose strings hold no NUL (jsonb can't store one)
+JSON_VALUE: dict[str, Any] = {  # one schema, not an anyOf: each keyword applies to its own type
+    "type": ["string", "number", "boolean", "null", "array", "object"],
+    "pattern": r"^[^\u0000]*$",
+    "items": {"$ref": "#/components/schemas/JsonValue"},
+    "propertyNames": {"pattern": r"^[^\u0000]*$"},
+    "additionalProperties": {"$ref": "#/components/schemas/JsonValue"},
+}
+ATTRIBUTES_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "propertyNames": {"pattern": r"^[^\u0000]*$"},
+    "additionalProperties": {"$ref": "#/components/schemas/JsonValue"},
+    "description": "A JSON object (at most 32 levels deep and 64 KiB as JSON); searches match it by "
+    "containment (`@>`).",
+}
+
+
+
+def _integral(value: Any) -> Any:
+    """JSON Schema counts 3.0 as an integer, so the server takes it as 3 (and 3.5 stays an error)."""
+    if type(value) is float and value.is_integer() and abs(value) < 2**63:
+        return int(value)
+    return value
+
+
+Integer = Annotated[StrictInt, BeforeValidator(_integral)]
 
 Name = Annotated[
-    StrictStr | StrictInt, Field(description="A name: a string, or an integer stored as its digits.")
+    StrictStr | Integer,
+    WithJsonSchema({"anyOf": [{"type": "string", **NAME_SCHEMA}, {"type": "integer"}]}),
+    Field(
+        description="A name: a string (no control characters, 1 to 1000 characters), or an integer stored as its digits."
+    ),
 ]
 Number = StrictFloat  # ints too; not booleans or strings
+PRICE_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        # what rounds to four places below 1e10 (numeric(14, 4)): 9999999999.99994 is 9999999999.9999
+        {"type": "number", "minimum": 0, "exclusiveMaximum": 9_999_999_999.99995},
+        {"type": "string", "pattern": rf"^{SPACES}[0-9]{{1,10}}(\.[0-9]{{1,4}})?{SPACES}$"},
+    ],
+    "description": "A price from 0 to 9,999,999,999.9999, as a JSON number or a decimal string.",
+}
 Price = Annotated[
-    StrictInt | Number | StrictStr,  # an integer stays one: "price_min 9", not 9.0, in messages
-    Field(description="A non-negative price, as a JSON number or a decimal string."),
+    Integer | Number | StrictStr,  # an integer stays one: "price_min 9", not 9.0, in messages
+    WithJsonSchema({"x-component": "Price"}),
 ]
-Vector = Annotated[list[Number], Field(description="One number per dimension of the active model.")]
-Attributes = Annotated[
-    dict[str, Any], Field(description="A JSON object; searches match it by containment (`@>`).")
+PRICE_BOUND_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"type": "number"},
+        {
+            "type": "string",
+            "pattern": rf"^{SPACES}[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]{{1,6}})?{SPACES}$",
+        },
+    ],
+    "description": "A bound of a price filter, as a JSON number or a decimal string; a bound past the "
+    "prices a catalog can store selects as the limit does.",
+}
+PriceBound = Annotated[Integer | Number | StrictStr, WithJsonSchema({"x-component": "PriceBound"})]
+CURRENCY_PATTERN = rf"^{SPACES}[A-Za-z]{{3}}{SPACES}$"
+Currency = Annotated[
+    StrictStr,
+    WithJsonSchema({"type": "string", "pattern": CURRENCY_PATTERN}),
+    Field(description="An ISO 4217 code, e.g. EUR (any case)."),
 ]
+Vector = Annotated[
+    list[Number], Field(description="One number per dimension of the active model, not all zero.")
+]
+Attributes = Annotated[dict[str, Any], WithJsonSchema({"x-component": "Attributes"})]
+ImageId = Annotated[Integer, WithJsonSchema({"type": "integer", "minimum": 1, "maximum": checks.MAX_ID})]
+
+
+def instant(value: dt.datetime) -> str:
+    """A timestamp as JSON carries it: UTC, ``Z`` (``2026-11-24T12:00:00.123456Z``), which every
+    ISO 8601 reader takes, Java's ``Instant.parse`` included (it refuses ``+00:00`` before Java 12)."""
+    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 class Strict(BaseModel):
@@ -32,23 +124,44 @@ class Strict(BaseModel):
 # -- uploads ----------------------------------------------------------------------------------
 
 
+PORT = r"6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4}"
+URL_SCHEMA: dict[str, Any] = {
+    "maxLength": checks.MAX_URL,
+    "pattern": rf"^[Hh][Tt][Tt][Pp][Ss]?://[^{SPACE}{CONTROL}/?#@:\[\]]+"
+    rf"(:(0*({PORT}))?)?([/?#][^{SPACE}{CONTROL}]*)?$",
+}
+
+
 class UploadItem(Strict):
-    """One image by URL, or a bring-your-own embedding, with its product's fields."""
+    """One image by URL, or a bring-your-own embedding (or both), with its product's fields."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={
+            "anyOf": [  # one of them, not null
+                {"required": ["url"], "properties": {"url": {"type": "string"}}},
+                {"required": ["embedding"], "properties": {"embedding": {"type": "array"}}},
+            ]
+        }
+    )
 
     url: StrictStr | None = Field(
-        None, description="http(s) URL a worker downloads (public addresses only by default)."
+        None,
+        description="http(s) URL a worker downloads (public addresses only by default).",
+        json_schema_extra=URL_SCHEMA,
     )
     embedding: Vector | None = Field(None, description="Stored as `ready`; no model work.")
     product_id: Name
     category: Name | None = None
     price: Price | None = None
-    currency: StrictStr | None = Field(None, description="ISO 4217 code, e.g. EUR.")
+    currency: Currency | None = None
     attributes: Attributes | None = None
     tenant: Name | None = Field(None, description="Admin keys only: the item's tenant (required then).")
 
 
 class UploadRequest(Strict):
-    items: list[UploadItem] = Field(description="All stored, or none: a bad item fails the batch.")
+    items: list[UploadItem] = Field(
+        description="All stored, or none: a bad item fails the batch.", json_schema_extra={"minItems": 1}
+    )
 
 
 class UploadResponse(BaseModel):
@@ -56,7 +169,7 @@ class UploadResponse(BaseModel):
 
 
 class DeleteImagesRequest(Strict):
-    ids: list[StrictInt] = Field(description="Deleted all, or none when one of them is unknown.")
+    ids: list[ImageId] = Field(description="Deleted all, or none when one of them is unknown.")
 
 
 class DeletedResponse(BaseModel):
@@ -106,17 +219,26 @@ class DuplicatesResponse(BaseModel):
 # -- products ---------------------------------------------------------------------------------
 
 
+CHANGES_SOMETHING: JsonDict = {
+    "anyOf": [{"required": [name]} for name in ("category", "price", "currency", "attributes")]
+}
+
+
 class ProductChange(Strict):
-    """Fields to set; a field left out keeps its value, `null` clears it (attributes: `{}`)."""
+    """Fields to set, at least one; a field left out keeps its value, `null` clears it (attributes: `{}`)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=CHANGES_SOMETHING)
 
     category: Name | None = None
     price: Price | None = None
-    currency: StrictStr | None = None
+    currency: Currency | None = None
     attributes: Attributes | None = None
     tenant: Name | None = Field(None, description="Admin keys only: the product's tenant.")
 
 
 class ProductFeedItem(ProductChange):
+    model_config = ConfigDict(extra="forbid", json_schema_extra=CHANGES_SOMETHING)
+
     product_id: Name
 
 
@@ -146,20 +268,46 @@ class SearchOptions(Strict):
     """Filters and options, as `catalog.search` takes them."""
 
     tenant: Name | None = Field(None, description="Admin keys only: one tenant's images.")
-    category: Name | list[Name] | None = Field(None, description="One category, or any of a list.")
-    price_min: Price | None = None
-    price_max: Price | None = None
+    category: Name | Annotated[list[Name], Field(json_schema_extra={"minItems": 1})] | None = Field(
+        None, description="One category, or any of a (non-empty) list."
+    )
+    price_min: PriceBound | None = None
+    price_max: PriceBound | None = None
     attributes: Attributes | None = None
-    k: StrictInt = Field(10, description="Hits to return, 1 to 1000.")
-    offset: StrictInt = Field(0, description="Hits to skip first (paging), 0 to 10000.")
+    k: Integer = Field(
+        10, description="Hits to return, 1 to 1000.", json_schema_extra={"minimum": 1, "maximum": MAX_K}
+    )
+    offset: Integer = Field(
+        0,
+        description="Hits to skip first (paging), 0 to 10000.",
+        json_schema_extra={"minimum": 0, "maximum": 10 * MAX_K},
+    )
     group_by_product: StrictBool = Field(False, description="Best image per product only.")
-    diversity: Number | None = Field(None, description="MMR trade-off from 0 (varied) to 1 (relevant).")
-    expand: StrictInt | None = Field(None, description="Search again with the query averaged with its top M.")
-    min_score: Number | None = Field(None, description="Drop hits below this cosine similarity.")
-    min_probability: Number | None = Field(None, description="Text queries: drop hits below this.")
+    diversity: Number | None = Field(
+        None,
+        description="MMR trade-off from 0 (varied) to 1 (relevant).",
+        json_schema_extra={"minimum": 0, "maximum": 1},
+    )
+    expand: Integer | None = Field(
+        None,
+        description="Search again with the query averaged with its top M, 1 to 100.",
+        json_schema_extra={"minimum": 1, "maximum": MAX_EXPAND},
+    )
+    min_score: Number | None = Field(
+        None,
+        description="Drop hits below this cosine similarity.",
+        json_schema_extra={"minimum": -1, "maximum": 1},
+    )
+    min_probability: Number | None = Field(
+        None,
+        description="Text queries: drop hits below this.",
+        json_schema_extra={"minimum": 0, "maximum": 1},
+    )
     box: list[Number] | None = Field(
         None,
-        description="Image queries: search with this region of the image, [x0, y0, x1, y1] in its pixels.",
+        description="Image queries: search with this region of the image, [x0, y0, x1, y1] in its pixels "
+        "(x0 < x1 and y0 < y1, inside the image).",
+        json_schema_extra={"minItems": 4, "maxItems": 4, "items": {"type": "number", "minimum": 0}},
     )
     consistent: StrictBool = Field(
         False,
@@ -167,13 +315,45 @@ class SearchOptions(Strict):
     )
 
 
+QUERIES: dict[str, dict[str, Any]] = {  # each query kind, non-null, and what goes with it alone
+    "text": {"type": "string"},
+    "vector": {"type": "array"},
+    "image_url": {"type": "string"},
+    "similar_to": {"type": "integer"},
+    "similar_to_product": {"type": ["string", "integer"]},
+}
+
+
+def _exactly_one_query(schema: dict[str, Any]) -> None:
+    branches = []
+    for name, kind in QUERIES.items():
+        others = {other: {"type": "null"} for other in QUERIES if other != name}
+        branch: dict[str, Any] = {"required": [name], "properties": {name: kind, **others}}
+        if name != "image_url":
+            branch["properties"]["box"] = {"type": "null"}  # a region of an image query only
+        if name != "text":
+            branch["properties"]["min_probability"] = {"type": "null"}  # text queries only
+        branches.append(branch)
+    schema["oneOf"] = branches
+
+
 class SearchRequest(SearchOptions):
     """Exactly one query: `text`, `vector`, `image_url`, `similar_to` or `similar_to_product`."""
 
-    text: StrictStr | None = Field(None, description="Text to image.")
-    vector: Vector | None = Field(None, description="A query vector of the active model's dimension.")
-    image_url: StrictStr | None = Field(None, description="An http(s) image the server downloads.")
-    similar_to: StrictInt | None = Field(None, description="More like this image (itself left out).")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_exactly_one_query)
+
+    text: StrictStr | None = Field(
+        None,
+        description="Text to image: 1 to 2000 characters, not only spaces.",
+        json_schema_extra={"maxLength": 2000, "pattern": TEXT_PATTERN},
+    )
+    vector: Vector | None = Field(
+        None, description="A query vector of the active model's dimension, not all zero."
+    )
+    image_url: StrictStr | None = Field(
+        None, description="An http(s) image the server downloads.", json_schema_extra=URL_SCHEMA
+    )
+    similar_to: ImageId | None = Field(None, description="More like this image (itself left out).")
     similar_to_product: Name | None = Field(
         None, description="More like this product (none of its images in the hits)."
     )

@@ -1,7 +1,7 @@
 """Filter columns on embeddings: each embedding row carries its product's category and price.
 
 A filtered exact scan then reads one table through one index instead of joining every matching
-product to its embedding (bench/search.py: 1,000 matching rows 4.0 -> 1.0 ms, 10,000 rows
+product to its embedding (bench/search/search.py: 1,000 matching rows 4.0 -> 1.0 ms, 10,000 rows
 24 -> 13 ms). Triggers keep the copies right: an inserted embedding takes its product's values,
 and changing a product's category or price updates its embeddings in the same transaction. Both
 run with the caller's rights, so row-level security applies as to any other statement.

@@ -1,8 +1,8 @@
 """HNSW indexes link new rows with ef_construction 128 (was pgvector's default, 64).
 
-At 64, every build of bench/search.py's catalog (100,000 rows in 200 clusters) left one or two
+At 64, every build of bench/search/search.py's catalog (100,000 rows in 200 clusters) left one or two
 clusters so poorly linked that an unfiltered search at ef_search 200 found none of their rows'
-neighbours; at 128 none in four builds (bench/index_build.py, docs/benchmarks.md). New models'
+neighbours; at 128 none in four builds (bench/search/index_build.py, docs/benchmarks.md). New models'
 indexes are created with 128 (``imgsearch.db.vector_index.HNSW_EF_CONSTRUCTION``); this sets it on
 the indexes of the models already registered, so the rows written from now on are linked with
 it. ``ALTER INDEX ... SET`` changes the index's options only (a ShareUpdateExclusiveLock: searches

@@ -1,7 +1,7 @@
 """Per-value HNSW graphs: a category's (or a tenant's) own partial HNSW index of the model.
 
 A search filtered to a value whose rows lie away from the query walks the model's one graph a
-long way before it meets them (bench/search.py "far" filters). A partial index of those rows
+long way before it meets them (bench/search/search.py "far" filters). A partial index of those rows
 alone, ``... WHERE model_id = 1 AND category = 'shoes'``, makes that search an unfiltered HNSW
 search of a small graph. ``imgsearch index categories --min-rows N`` records the rule here and
 builds one for each value with at least N rows; :mod:`imgsearch.db.filter_indexes`.

@@ -4,7 +4,7 @@ A worker that can't embed an image for a transient reason (its URL's server rese
 the GPU is out of memory) gives it back as ``pending`` with ``retry_at`` set a backoff later (5 s,
 then 10, 20, 40), and the reason in ``error``. Before this column it was claimable at once, so a
 20-second outage of an image host burned all five attempts in seconds and failed the image for
-good (bench/soak.py's download-reset fault found it).
+good (bench/server/soak.py's download-reset fault found it).
 
 Revision ID: 0014
 Revises: 0013

@@ -1,6 +1,6 @@
 """Near-duplicate images: a perceptual hash per image, and a link from a near-copy to its original.
 
-``phash`` is the image's 64-bit pHash (:func:`imgsearch.images.perceptual_hash`) as a ``bit(64)``,
+``phash`` is the image's 64-bit pHash (:func:`imgsearch.ingest.images.perceptual_hash`) as a ``bit(64)``,
 set at upload from the bytes, or by the worker for an image that arrives by URL. Its HNSW index
 (pgvector's ``bit_hamming_ops``) finds the images a few bits away from an upload's hash, which is
 what ``on_duplicate="link"|"reject"`` checks. ``duplicate_of``: the image of another product of

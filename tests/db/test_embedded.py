@@ -8,9 +8,12 @@ import sys
 from pathlib import Path
 
 import psycopg
+import pytest
 from sqlalchemy import make_url
 
-from imgsearch.db import embedded
+from imgsearch.access import tenancy
+from imgsearch.db import embedded, migrate
+from imgsearch.db.engine import make_engine
 
 OPEN_AND_PRINT = "from imgsearch import Catalog; c = Catalog.open(); print(c.dim, c.model); c.close()"
 
@@ -57,9 +60,13 @@ def test_fresh_install_prints_768_offline_and_later_processes_reuse_server(home:
 
 
 def test_two_processes_opening_a_new_catalog_at_once(home: Path) -> None:
+    # each opens the new catalog and stores the first embedding: one server, one migration, one model
+    first_embedding = OPEN_AND_PRINT.replace(
+        "c.close()", "c.add(embedding=[1.0] * 768, tenant='t', product_id='p'); c.close()"
+    )
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", OPEN_AND_PRINT],
+            [sys.executable, "-c", first_embedding],
             env=_env(home),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -122,3 +129,66 @@ def test_shared_buffers_rule() -> None:
     assert embedded.shared_buffers_mb(24 * gib) == 2048
     assert embedded.shared_buffers_mb(8 * gib) == 1024
     assert embedded.shared_buffers_mb(512 * 2**20) == 128
+
+
+def test_logins_other_than_the_owner_authenticate_with_their_password(home: Path) -> None:
+    """The wheel's initdb trusts every local login: a tenant's console login would never be asked
+    for its password. A server started before imgsearch required them gets the rule at its next start."""
+    url = embedded.ensure_started(home)
+    pgdata = embedded.status(home).pgdata
+    socket_dir = str(embedded.status(home).socket_dir)
+    (pgdata / "pg_hba.conf").write_text(
+        "local all all trust\nlocal replication all trust\n"
+    )  # as initdb left it
+    with psycopg.connect(host=socket_dir, user="postgres", dbname="postgres", autocommit=True) as conn:
+        conn.execute("SELECT pg_reload_conf()")
+    url = embedded.ensure_started(home)
+    assert (pgdata / "pg_hba.conf").read_text() == embedded.HBA
+    engine = make_engine(url)
+    migrate.upgrade(engine)
+    password = tenancy.create_login(engine, "shop_console", "shop")
+    engine.dispose()
+    assert len(password) >= 24
+    for wrong in (None, "not-it"):
+        with pytest.raises(psycopg.OperationalError, match="password"):
+            psycopg.connect(host=socket_dir, user="shop_console", password=wrong, dbname="imgsearch")
+    with psycopg.connect(host=socket_dir, user="shop_console", password=password, dbname="imgsearch") as conn:
+        assert conn.execute("SELECT current_user").fetchone() == ("shop_console",)
+    with psycopg.connect(
+        host=socket_dir, user="postgres", dbname="imgsearch"
+    ) as conn:  # the owner: no password
+        stored = conn.execute("SELECT rolpassword FROM pg_authid WHERE rolname = 'shop_console'").fetchone()
+        assert stored is not None and stored[0].startswith("SCRAM-SHA-256$")
+
+
+def test_db_url_for_psql(home: Path) -> None:
+    env = _env(home)
+    sqlalchemy_url = subprocess.run(
+        [sys.executable, "-m", "imgsearch", "db", "url"], env=env, capture_output=True, text=True, timeout=120
+    ).stdout.strip()
+    assert sqlalchemy_url.startswith("postgresql+psycopg://")
+    uri = subprocess.run(
+        [sys.executable, "-m", "imgsearch", "db", "url", "--psql"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout.strip()
+    assert uri.startswith("postgresql://postgres@/imgsearch?host=")
+    psql = Path(embedded._ep().__file__).parent / "pginstall" / "bin" / "psql"
+    done = subprocess.run(
+        [str(psql), uri, "-XAtc", "SELECT current_database()"], capture_output=True, text=True, timeout=60
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, "imgsearch"), done.stderr
+    refused = subprocess.run(
+        [str(psql), sqlalchemy_url, "-XAtc", "SELECT 1"], capture_output=True, text=True, timeout=60
+    )
+    assert refused.returncode != 0  # what `db url` prints is SQLAlchemy's, which psql rejects
+    demo = subprocess.run(
+        [sys.executable, "-m", "imgsearch", "db", "url", "--psql", "--database", "imgsearch_demo"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout.strip()
+    assert demo.startswith("postgresql://postgres@/imgsearch_demo?host=")

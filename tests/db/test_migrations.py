@@ -73,10 +73,15 @@ def test_filter_indexes_exist(database_url: str) -> None:
     assert "images_tenant_sha256_key" in indexes
 
 
-def test_open_creates_hnsw_index_for_active_model(database_url: str) -> None:
+def test_the_first_embedding_registers_the_model_with_its_hnsw_index(database_url: str) -> None:
     from imgsearch import Catalog
+    from tests.helpers import unit
 
-    with Catalog.open(database_url) as catalog, catalog.engine.connect() as conn:
+    with Catalog.open(database_url) as catalog:
+        assert not catalog.active_model.registered  # opening registers nothing
+        catalog.add(embedding=unit(768), tenant="acme", product_id="p")
+        assert catalog.active_model.registered
+    with catalog.engine.connect() as conn:
         indexdef = conn.execute(
             text("SELECT indexdef FROM pg_indexes WHERE indexname = :name"),
             {"name": f"embeddings_hnsw_m{catalog.active_model.id}"},
@@ -111,9 +116,48 @@ def test_0009_sets_ef_construction_on_existing_indexes(database_url: str) -> Non
             )
 
     with Catalog.open(database_url) as catalog:
-        model_id = catalog.active_model.id
+        model_id = catalog.registered_model().id
         migrate.downgrade(catalog.engine, "0008")
         assert options(catalog.engine) == ["ef_construction=64", "m=16"]
         migrate.upgrade(catalog.engine)
         assert options(catalog.engine) == ["ef_construction=128", "m=16"]
         assert migrate.current(catalog.engine) == migrate.head()
+
+
+def test_0017_repairs_zero_embeddings_and_nan_prices_then_refuses_them(database_url: str) -> None:
+    """Rows stored before 0017 that broke every search (an all-zero embedding, a NaN price) are
+    repaired: the image is embedded again when it can be, else failed naming why."""
+    from imgsearch import Catalog
+    from tests.helpers import image_bytes, unit
+
+    with Catalog.open(database_url) as catalog:
+        picture = catalog.add(image=image_bytes(1), tenant="acme", product_id="photo", price=5)
+        vector_only = catalog.add(embedding=unit(768, 1), tenant="acme", product_id="vec", price=7)
+        good = catalog.add(embedding=unit(768, 2), tenant="acme", product_id="good", price=9)
+        migrate.downgrade(catalog.engine, "0016")
+        with catalog.engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO imgsearch.embeddings (model_id, image_id, product_pk, tenant, embedding) "
+                    "SELECT :m, id, product_pk, tenant, array_fill(0, ARRAY[768])::halfvec "
+                    "FROM imgsearch.images WHERE id = :picture"
+                ),
+                {"m": catalog.active_model.id, "picture": picture},
+            )
+            conn.execute(text("UPDATE imgsearch.images SET state = 'ready' WHERE id = :i"), {"i": picture})
+            conn.execute(
+                text(
+                    "UPDATE imgsearch.embeddings SET embedding = array_fill(0, ARRAY[768])::halfvec WHERE image_id = :i"
+                ),
+                {"i": vector_only},
+            )
+            conn.execute(text("UPDATE imgsearch.products SET price = 'NaN' WHERE product_id = 'good'"))
+        migrate.upgrade(catalog.engine)
+        records = {i: catalog.get(i) for i in (picture, vector_only, good)}
+        assert (records[picture].state, records[picture].has_embedding) == ("pending", False)
+        assert records[vector_only].state == "failed" and "all zeros" in (records[vector_only].error or "")
+        assert (records[good].state, records[good].price) == ("ready", None)
+        hits = catalog.search(vector=unit(768, 2), k=10)
+        assert [h.image_id for h in hits] == [good]
+        migrate.downgrade(catalog.engine, "0016")
+        migrate.upgrade(catalog.engine)

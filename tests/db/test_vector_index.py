@@ -127,7 +127,7 @@ def _exact_top(vectors: np.ndarray, ids: np.ndarray, q: np.ndarray, k: int = 10)
 
 def test_new_indexes_are_built_with_ef_construction_128(database_url: str) -> None:
     with Catalog.open(database_url) as catalog:
-        options, _, valid = _index(catalog.engine, catalog.active_model.id)
+        options, _, valid = _index(catalog.engine, catalog.registered_model().id)
     assert vector_index.HNSW_EF_CONSTRUCTION == 128
     assert options == ["ef_construction=128", "m=16"] and valid
 
@@ -205,9 +205,10 @@ def test_searches_go_on_during_a_rebuild_and_an_interrupted_one_is_cleaned_up(
 )
 def test_bad_maintenance_work_mem_is_refused_before_anything_changes(database_url: str, memory: str) -> None:
     with Catalog.open(database_url) as catalog:
-        before = _index(catalog.engine, catalog.active_model.id)
+        model = catalog.registered_model()
+        before = _index(catalog.engine, model.id)
         with pytest.raises(InvalidInput, match="maintenance_work_mem must be a size"):
-            vector_index.rebuild_index(catalog.engine, catalog.active_model, maintenance_work_mem=memory)
+            vector_index.rebuild_index(catalog.engine, model, maintenance_work_mem=memory)
         assert _index(catalog.engine, catalog.active_model.id) == before
         with catalog.engine.connect() as conn:
             assert conn.execute(text("SELECT to_regclass('imgsearch.products') IS NOT NULL")).scalar_one()

@@ -10,7 +10,7 @@ from PIL import Image
 
 from imgsearch.embed.decode import DecodeOptions, decode
 from imgsearch.errors import EmptyImage, ImageTooLarge, UnsupportedImage
-from imgsearch.images import Limits
+from imgsearch.ingest.images import Limits
 
 
 def save(image: Image.Image, fmt: str = "PNG", **kwargs: object) -> bytes:

@@ -25,7 +25,7 @@ from imgsearch.errors import (
     ModelUnavailable,
     UnsupportedImage,
 )
-from imgsearch.images import Limits
+from imgsearch.ingest.images import Limits
 from imgsearch.settings import Settings
 
 

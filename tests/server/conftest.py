@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,20 +20,15 @@ import pytest
 import redis
 from sqlalchemy import Engine
 
-from imgsearch import keys
+from imgsearch.access import keys
 from imgsearch.db.engine import make_engine
 from tests.conftest import new_database
+from tests.helpers import free_port
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 # the shared server's limits, small enough to reach in a test
 MAX_IMAGE_BYTES = 1_000_000
 MAX_BATCH_ITEMS = 50
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -4,7 +4,11 @@ message, never a traceback; bodies over the limit are refused; a database that g
 
 from __future__ import annotations
 
+import datetime as dt
+import io
 import json
+import re
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +17,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from PIL import Image as PILImage
 from sqlalchemy import make_url, text
 
 from tests.conftest import new_database
@@ -250,3 +255,117 @@ def test_a_request_waiting_on_a_lock_answers_503_instead_of_hanging(
             assert client.get("/v1/status").json()["counts"]["ready"] == 1
     finally:
         api.stop()
+
+
+def test_a_client_gone_while_its_body_is_read_is_logged_as_that(api: Api, tenant: str) -> None:
+    """Not an "unexpected error" with a traceback and a 500: one line saying what happened."""
+    request_id = f"gone-{tenant}"
+    host, port = api.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(
+            (
+                "POST /v1/search HTTP/1.1\r\n"
+                f"Host: {host}\r\nAuthorization: Bearer {api.key(tenant)}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: 1000\r\nX-Request-ID: {request_id}\r\n\r\n"
+                '{"text": "half a bo'
+            ).encode()
+        )
+        time.sleep(0.5)  # the route is reading the body
+    deadline = time.monotonic() + 10
+    while request_id not in api.log_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    lines = [json.loads(line) for line in api.log_text().splitlines() if request_id in line]
+    assert [line["message"] for line in lines] == [
+        "client disconnected before its request was read",
+        "request",
+    ], lines
+    assert lines[1]["status"] == 499
+    assert all("error" not in line and line["level"] == "info" for line in lines)
+    assert "unexpected error" not in api.log_text()
+
+
+def test_inputs_a_new_user_tripped_on_are_400s_naming_them(api: Api, tenant: str) -> None:
+    banner = io.BytesIO()
+    PILImage.new("RGB", (4000, 100)).save(banner, "PNG")
+    with api.client(api.key(tenant)) as client:
+        body = problem(
+            client.post("/v1/images", files={"file": ("b.png", banner.getvalue())}, data={"product_id": "p"}),
+            400,
+        )
+        assert "aspect ratio of 40:1, beyond the 20:1 limit" in body["detail"]  # not a worker failure later
+        response = client.post("/v1/search", json={"image_url": "https://no-such-host.invalid/shoe.jpg"})
+        body = problem(response, 400)  # not a 503 that invites a retry
+        assert "query image URL" in body["detail"] and "doesn't resolve" in body["detail"]
+        assert "Retry-After" not in response.headers
+
+
+def test_timestamps_parse_as_instants(api: Api, tenant: str) -> None:
+    """UTC with Z, as Java's Instant.parse (before Java 12) requires: never +00:00."""
+    with api.client(api.key(tenant)) as client:
+        (image_id,) = client.post(
+            "/v1/images", json={"items": [{"embedding": VECTOR, "product_id": "p"}]}
+        ).json()["ids"]
+        image = client.get(f"/v1/images/{image_id}").json()
+    for name in ("created_at", "updated_at"):
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z", image[name]), image[name]
+        parsed = dt.datetime.fromisoformat(image[name])
+        assert parsed.utcoffset() == dt.timedelta(0) and abs(dt.datetime.now(dt.UTC) - parsed) < dt.timedelta(
+            minutes=5
+        )
+
+
+def test_a_405_lists_every_method_of_its_path_and_head_answers_get_routes(api: Api, tenant: str) -> None:
+    with api.client(api.key(tenant)) as client:
+        (image_id,) = client.post(
+            "/v1/images", json={"items": [{"embedding": VECTOR, "product_id": "p"}]}
+        ).json()["ids"]
+        for method, path, allowed in [
+            ("PUT", f"/v1/images/{image_id}", "DELETE, GET, HEAD"),
+            ("POST", "/v1/products/p", "DELETE, PATCH"),
+            ("GET", "/v1/search", "POST"),
+            ("DELETE", "/healthz", "GET, HEAD"),
+        ]:
+            response = client.request(method, path)
+            problem(response, 405)
+            assert response.headers["allow"] == allowed, (method, path)
+        for path in (f"/v1/images/{image_id}", "/v1/categories", "/healthz", "/v1/status"):
+            head, get = client.head(path), client.get(path)
+            assert head.status_code == get.status_code == 200, path
+            assert head.content == b"" and head.headers["content-type"] == get.headers["content-type"]
+        assert client.head("/v1/images/999999999").status_code == 404
+
+
+@pytest.mark.parametrize("media_type", ["text/plain", "application/x-www-form-urlencoded"])
+def test_json_routes_answer_another_content_type_with_415(api: Api, tenant: str, media_type: str) -> None:
+    """What PHP's curl and Node's fetch send by default: a 415 on every JSON route, not a 422."""
+    with api.client(api.key(tenant)) as client:
+        client.post("/v1/images", json={"items": [{"embedding": VECTOR, "product_id": "p"}]})
+        for method, path, body in [
+            ("PATCH", "/v1/products/p", {"price": 3}),
+            ("POST", "/v1/products:update", {"items": [{"product_id": "p", "price": 3}]}),
+            ("POST", "/v1/images:delete", {"ids": [1]}),
+            ("POST", "/v1/search", {"text": "shoe"}),
+            ("POST", "/v1/images", {"items": [{"embedding": VECTOR, "product_id": "q"}]}),
+        ]:
+            response = client.request(method, path, content=json.dumps(body), headers={"content-type": media_type})
+            assert "application/json" in problem(response, 415)["detail"], (method, path)
+
+
+def test_a_body_without_a_content_type_is_read_as_json_everywhere(api: Api, tenant: str) -> None:
+    with api.client(api.key(tenant)) as client:
+        def send(method: str, path: str, body: Any) -> httpx.Response:
+            request = client.build_request(method, path, content=json.dumps(body))
+            assert "content-type" not in request.headers  # httpx sets none for raw content
+            return client.send(request)
+
+        uploaded = send("POST", "/v1/images", {"items": [{"embedding": VECTOR, "product_id": "p"}]})
+        assert uploaded.status_code == 201, uploaded.text
+        (image_id,) = uploaded.json()["ids"]
+        assert send("PATCH", "/v1/products/p", {"price": 3}).json() == {"product_id": "p", "changed": True}
+        feed = send("POST", "/v1/products:update", {"items": [{"product_id": "p", "price": 4}]})
+        assert feed.json() == {"updated": 1, "unchanged": 0}
+        hits = send("POST", "/v1/search", {"vector": VECTOR, "k": 1.0}).json()["hits"]  # 1.0: an integer
+        assert [hit["image_id"] for hit in hits] == [image_id]
+        deleted = send("POST", "/v1/images:delete", {"ids": [float(image_id)]})
+        assert deleted.status_code == 200, deleted.text
+        problem(send("POST", "/v1/search", {"vector": VECTOR, "k": 1.5}), 422)

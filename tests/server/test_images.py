@@ -63,6 +63,28 @@ def test_a_bad_item_fails_the_whole_batch_naming_its_index(api: Api, tenant: str
     assert image_ids(api, tenant) == set(), "nothing of a failed batch is stored"
 
 
+def test_vectors_of_any_scale_are_stored_and_found_and_zeros_are_a_400(api: Api, tenant: str) -> None:
+    """A vector of huge finite values used to overflow its norm: stored as zeros with a 201, it
+    made every later search of the tenant a 500 (NaN distances). Tiny ones were refused."""
+    huge, tiny = [1e300] * DIM, [1e-300] * DIM
+    items = [{"embedding": huge, "product_id": "huge"}, {"embedding": tiny, "product_id": "tiny"}]
+    items += [{"embedding": v, "product_id": f"sku-{i}"} for i, v in enumerate(vectors(3, seed=9))]
+    with api.client(api.key(tenant)) as client:
+        assert client.post("/v1/images", json={"items": items}).status_code == 201
+        for query in (huge, tiny, [-1e300] + [1e300] * (DIM - 1)):
+            response = client.post("/v1/search", json={"vector": query, "k": 5})
+            assert response.status_code == 200, response.text
+            hits = response.json()["hits"]
+            assert len(hits) == 5 and all(np.isfinite([h["distance"], h["score"]]).all() for h in hits)
+        top = client.post("/v1/search", json={"vector": huge, "k": 1}).json()["hits"][0]
+        assert top["product_id"] in ("huge", "tiny") and top["distance"] < 1e-3  # the same direction
+        zero = {"embedding": [0.0] * DIM, "product_id": "zero"}
+        body = problem(client.post("/v1/images", json={"items": [zero]}), 400)
+        assert "all zeros" in body["detail"]
+        body = problem(client.post("/v1/search", json={"vector": [0.0] * DIM}), 400)
+        assert "query vector is all zeros" in body["detail"]
+
+
 def test_the_same_bytes_again_answer_the_stored_image(api: Api, tenant: str) -> None:
     picture = image_bytes(7)
     with api.client(api.key(tenant)) as client:

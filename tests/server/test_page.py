@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
@@ -19,7 +20,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tests.helpers import image_bytes, serve_files
-from tests.server.conftest import Api
+from tests.server.conftest import Api, start_api
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's: Playwright can't download its own browser here
 ARTIFACTS = Path(os.environ.get("IMGSEARCH_TEST_ARTIFACTS", Path(__file__).parents[2] / "test-artifacts"))
@@ -219,9 +220,12 @@ def test_errors_are_shown_and_a_phone_gets_one_column(
     phone.fill("input[type=password]", "isk_aaaaaaaaaaaa_" + "A" * 43)
     phone.press("input[type=password]", "Enter")
     expect(phone.locator("#error")).to_contain_text("malformed, unknown or revoked")
-    phone.click("#forget")
+    expect(phone.locator("#key-state")).to_have_text("Key not accepted.")  # not "Key in use"
+    expect(phone.locator("#forget")).to_be_hidden()
     phone.fill("input[type=password]", shop["key"])
     phone.press("input[type=password]", "Enter")
+    expect(phone.locator("#key-state")).to_have_text("Key in use for this tab.")
+    expect(phone.locator("#error")).to_be_hidden()  # the wrong key's error went with it
     phone.fill("input[type=search]", "a blue bag")
     phone.press("input[type=search]", "Enter")
     cards = phone.locator("#results [data-image-id]")
@@ -286,3 +290,94 @@ def test_a_region_drawn_on_the_query_image_searches_with_it(
         "ids => [...document.querySelectorAll('#results [data-image-id]')].map(e => Number(e.dataset.imageId)).join() === ids.join()",
         arg=whole,
     )
+
+
+def test_the_pager_shows_only_with_more_than_a_page(page: Page) -> None:
+    expect(page.locator("#pager")).to_be_hidden()  # before any search
+    search_text(page, "a red mug")
+    expect(page.locator("#pager")).to_be_visible()
+
+
+def test_a_failed_search_leaves_no_results_of_the_one_before(page: Page) -> None:
+    search_text(page, "a red mug")
+    expect(page.locator("#results [data-image-id]")).to_have_count(24)
+    page.fill("#price-min", "9")
+    page.fill("#price-max", "2")
+    page.press("#price-max", "Enter")  # the server refuses it
+    expect(page.locator("#error")).to_contain_text("price_min 9 is above price_max 2")
+    expect(page.locator("#query-state")).to_have_text("The search for “a red mug” failed.")
+    expect(page.locator("#results [data-image-id]")).to_have_count(0)
+    expect(page.locator("#pager")).to_be_hidden()
+
+
+def test_a_server_out_of_reach_is_named(page: Page) -> None:
+    page.route("**/v1/search", lambda route: route.abort("connectionrefused"))
+    page.fill("input[type=search]", "a red mug")
+    page.press("input[type=search]", "Enter")
+    expect(page.locator("#error")).to_contain_text("can't be reached")
+    expect(page.locator("#error")).to_contain_text("imgsearch serve")
+
+
+def test_only_the_latest_search_is_shown(page: Page) -> None:
+    """Next, Next in a hurry: the answer to the first click comes last, and is not shown."""
+    page.select_option("#k", "12")
+    search_text(page, "product photo")
+
+    def slow_second_page(route: Any) -> None:
+        if '"offset":12' in (route.request.post_data or ""):
+            page.wait_for_timeout(1500)
+        route.continue_()
+
+    page.route("**/v1/search", slow_second_page)
+    page.click("#next")
+    page.click("#next")
+    expect(page.locator("#query-state")).to_contain_text("Results 25–36")
+    page.wait_for_timeout(2000)  # the first click's answer has come by now
+    expect(page.locator("#query-state")).to_contain_text("Results 25–36")
+
+
+def test_the_first_search_of_a_fresh_server_answers(
+    browser: Browser, api: Api, shop: dict[str, Any], tmp_path: Path
+) -> None:
+    """A fresh `imgsearch serve` (no --preload), polled on /healthz until it answers, then the
+    page driven as a hurried person does: the key, Enter, a text never searched, Enter, no wait."""
+    fresh = start_api(api.database_url, Path(api.env["IMGSEARCH_MODEL"]), tmp_path, ready=False)
+    try:
+        context = browser.new_context()
+        hurried = context.new_page()
+        hurried.goto(fresh.url + "/")
+        hurried.fill("input[type=password]", shop["key"])
+        hurried.press("input[type=password]", "Enter")
+        hurried.fill("input[type=search]", f"a text never searched before {uuid.uuid4().hex}")
+        hurried.press("input[type=search]", "Enter")
+        expect(hurried.locator("#results [data-image-id]")).to_have_count(24, timeout=30_000)
+        context.close()
+    finally:
+        fresh.stop()
+
+
+def test_the_api_docs_need_no_other_host(browser: Browser, api: Api) -> None:
+    """/docs and /redoc load Swagger UI and ReDoc from the server itself: with every request to
+    another host blocked, both render the schema (ReDoc still asks for Redocly's logo, which it
+    draws in its sidebar; nothing else)."""
+    context = browser.new_context()
+    elsewhere: list[str] = []
+
+    def only_this_server(route: Any) -> None:
+        if route.request.url.startswith(api.url):
+            route.continue_()
+        else:
+            elsewhere.append(route.request.url)
+            route.abort("blockedbyclient")
+
+    context.route("**/*", only_this_server)
+    docs = context.new_page()
+    docs.goto(api.url + "/docs")
+    expect(docs.locator(".swagger-ui .info .title")).to_contain_text("imgsearch")
+    expect(docs.locator(".opblock-summary-path", has_text="/v1/search").first).to_be_visible()
+    docs.screenshot(path=ARTIFACTS / "docs-offline.png")
+    assert elsewhere == [], "Swagger UI asked nothing of another host"
+    docs.goto(api.url + "/redoc")
+    expect(docs.locator("h1", has_text="imgsearch")).to_be_visible(timeout=15_000)
+    assert all(url.startswith("https://cdn.redoc.ly/redoc/logo") for url in elsewhere), elsewhere
+    context.close()

@@ -72,7 +72,7 @@ def test_feed_is_all_or_nothing(api: Api, tenant: str) -> None:
         assert problem(client.post("/v1/products:update", json={"items": bad}), 400)["index"] == 1
         twice = [{"product_id": "a", "price": 1}, {"product_id": "a", "price": 2}]
         assert (
-            "already changed by row 0"
+            f"price of product 'a' of tenant {tenant!r} is 2 here, but 1 in row 0"
             in problem(client.post("/v1/products:update", json={"items": twice}), 400)["detail"]
         )
         assert {client.get(f"/v1/images/{i}").json()["price"] for i in ids} == {10.0}, "nothing written"

@@ -178,20 +178,26 @@ def test_search_by_uploaded_image_and_by_url(
             assert "HTTP 404" in problem(missing, 400)["detail"]
         body = problem(client.post("/v1/search/image", files={"file": ("q.txt", b"not an image")}), 400)
         assert "not a recognised image format" in body["detail"]
-        problem(client.post("/v1/search/image", data={"k": "3"}), 400)
+        problem(client.post("/v1/search/image", data={"k": "3"}), 415)  # a form with no file part
         problem(client.post("/v1/search/image", files={"file": ("q.png", query)}, data={"k": "three"}), 400)
         problem(
             client.post("/v1/search/image", files={"file": ("q.png", query), "params": (None, "[1]")}), 400
         )
-        problem(client.post("/v1/search/image", json={"k": 3}), 400)
+        problem(client.post("/v1/search/image", json={"k": 3}), 415)
         body = problem(
             client.post("/v1/search/image", files={"file": ("q.png", query)}, data={"bogus": "1"}), 400
         )
         assert "unknown form fields ['bogus']" in body["detail"]
         both = client.post(
-            "/v1/search/image", files={"file": ("q.png", query), "params": (None, "{}")}, data={"k": "2"}
+            "/v1/search/image",
+            files={"file": ("q.png", query), "params": (None, '{"k": 4, "category": "pictures"}')},
+            data={"k": "2", "group_by_product": ""},  # a field over params' key; a blank one is not given
         )
-        assert "not both" in problem(both, 400)["detail"]
+        assert http_hits(both.json()) == expected[:2]
+        twice = client.post("/v1/search/image", files={"file": ("q.png", query)}, data={"k": ["2", "3"]})
+        assert "form field 'k' is given 2 times" in problem(twice, 400)["detail"]
+        flag = client.post("/v1/search/image", files={"file": ("q.png", query)}, data={"consistent": "maybe"})
+        assert "consistent must be one of" in problem(flag, 400)["detail"]
 
 
 def test_categories(api: Api, shop: tuple[str, str, Catalog, list[int]]) -> None:

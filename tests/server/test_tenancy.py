@@ -9,7 +9,7 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from imgsearch import keys
+from imgsearch.access import keys
 from tests.helpers import image_bytes, run_cli, unit
 from tests.server.conftest import Api, problem
 

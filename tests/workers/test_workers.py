@@ -18,8 +18,10 @@ import redis
 from PIL import Image
 from sqlalchemy import text
 
-from imgsearch import Catalog, images
-from imgsearch.downloads import Downloads
+from imgsearch import Catalog
+from imgsearch.errors import UnsupportedImage
+from imgsearch.ingest import images
+from imgsearch.ingest.downloads import Downloads
 from imgsearch.settings import Settings
 from tests.helpers import FileServer, Workers, wait_until
 
@@ -160,18 +162,25 @@ def test_flushed_broker_loses_nothing(setup: tuple[Catalog, Workers, str]) -> No
     assert embeddings_per_image(catalog) == [1] * 40
 
 
-def test_bad_images_fail_alone_with_clear_errors(setup: tuple[Catalog, Workers, str], tmp_path: Path) -> None:
+def test_bad_images_fail_alone_with_clear_errors(
+    setup: tuple[Catalog, Workers, str], image_server: FileServer
+) -> None:
+    """Images only the worker can judge (truncated data, a downloaded banner) fail alone, with the
+    reason; a banner uploaded as bytes is refused at upload and never queued."""
     catalog, workers, _ = setup
     good = [catalog.add(image=jpeg(i), tenant="acme", product_id=f"good{i}") for i in range(12)]
     truncated = jpeg(99, size=300, quality=95)
     banner = io.BytesIO()
     Image.new("RGB", (3000, 20), "red").save(banner, "PNG")
+    with pytest.raises(UnsupportedImage, match="aspect ratio of 150:1"):
+        catalog.add(image=banner.getvalue(), tenant="acme", product_id="bad-banner")
+    (image_server.root / "banner.png").write_bytes(banner.getvalue())
     bad = [
         catalog.add(image=truncated[: len(truncated) // 2], tenant="acme", product_id="bad-truncated"),
         catalog.add(image=truncated[: len(truncated) // 3], tenant="acme", product_id="bad-truncated-2"),
-        catalog.add(image=banner.getvalue(), tenant="acme", product_id="bad-banner"),
+        catalog.add(image=f"{image_server.url}/banner.png", tenant="acme", product_id="bad-banner"),
     ]
-    workers.start()
+    workers.start(IMGSEARCH_DOWNLOAD_ALLOW="127.0.0.1")
     wait_until(
         lambda: set(counts(catalog)) <= {"ready", "failed"} and sum(counts(catalog).values()) == 15,
         180,
@@ -257,8 +266,8 @@ def test_unreachable_broker_never_fails_an_upload(database_url: str, tiny_siglip
 def test_a_running_worker_follows_a_model_switch(
     setup: tuple[Catalog, Workers, str], tiny_siglip_16: Path
 ) -> None:
-    from imgsearch import reembed
     from imgsearch.embed.model import Embedder
+    from imgsearch.work import reembed
 
     catalog, workers, _ = setup
     catalog.add_many({"image": jpeg(i), "tenant": "acme", "product_id": f"p{i}"} for i in range(10))
@@ -291,7 +300,7 @@ def test_dropped_content_keeps_thumbnails_and_blocks_nothing(
     """``IMGSEARCH_KEEP_CONTENT=false``: each embedded upload's bytes give way to a 256 px JPEG
     thumbnail; a bad image still fails alone and keeps its bytes; searches and previews work; a
     re-embed with another model names the images that need their source again."""
-    from imgsearch import reembed
+    from imgsearch.work import reembed
 
     catalog, workers, _ = setup
     photos = [jpeg(i, size=400) for i in range(12)]

@@ -9,9 +9,24 @@ from __future__ import annotations
 from typing import Any
 
 from django.db import models
+from pgvector import HalfVector
 from pgvector.django import HalfVectorField
 
 from imgsearch.contrib.django import bridge
+from imgsearch.ingest.vectors import as_vector
+
+
+class UnitHalfVectorField(HalfVectorField):
+    """pgvector's ``HalfVectorField`` that writes unit vectors, as every other path does: a vector
+    of huge finite values can't overflow to zeros, and an empty, zero or non-finite one raises
+    :class:`imgsearch.InvalidInput` naming it."""
+
+    def get_prep_value(self, value: Any) -> str | None:
+        if value is None:
+            return None
+        if isinstance(value, HalfVector):
+            value = value.to_list()
+        return super().get_prep_value(as_vector(value, None, "embedding"))
 
 
 class EmbeddingModel(models.Model):
@@ -144,7 +159,7 @@ class Embedding(models.Model):
     image = models.ForeignKey(Image, models.DO_NOTHING, related_name="embeddings")
     product = models.ForeignKey(Product, models.DO_NOTHING, db_column="product_pk", related_name="+")
     tenant = models.TextField()
-    embedding = HalfVectorField()
+    embedding = UnitHalfVectorField()
     created_at = models.DateTimeField()
 
     class Meta:

@@ -6,21 +6,25 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
-from imgsearch import checks, images
+from imgsearch.access.keys import Principal
 from imgsearch.errors import ImgSearchError, InvalidImage, InvalidInput
-from imgsearch.keys import Principal
+from imgsearch.ingest import checks, images
 from imgsearch.server import schemas
-from imgsearch.server.deps import JSON_TYPES, CatalogDep, PrincipalDep, json_body, tenant_of
+from imgsearch.server.deps import JSON_TYPES, CatalogDep, PrincipalDep, json_body, json_body_schema, tenant_of
 from imgsearch.server.limits import Limits
 from imgsearch.server.problems import RequestTooLarge, problem
 
 router = APIRouter(prefix="/v1", tags=["images"])
+
+ImageIdPath = Annotated[
+    int, Path(description="An image's id.", json_schema_extra={"minimum": 1, "maximum": checks.MAX_ID})
+]
 
 FORM_FIELDS = ("product_id", "category", "price", "currency", "attributes", "tenant")
 THUMBNAIL_MAX_PX = 512
@@ -155,33 +159,38 @@ def _image_json(record: Any) -> dict[str, Any]:
     del values["image_id"]
     values["price"] = None if values["price"] is None else float(values["price"])
     for name in ("created_at", "updated_at"):
-        values[name] = values[name].isoformat()
+        values[name] = schemas.instant(values[name])
     return values
 
 
 @router.get("/images/{image_id}", response_model=schemas.ImageResponse, summary="An image's state and error")
-def get_image(image_id: int, catalog: CatalogDep, principal: PrincipalDep) -> Response:
+def get_image(image_id: ImageIdPath, catalog: CatalogDep, principal: PrincipalDep) -> Response:
     """The image's state (`pending`, `embedding`, `ready`, `failed`), its error if it failed, and
     its product's fields. Another tenant's image answers 404, like a missing one."""
     return JSONResponse(_image_json(catalog.get(image_id, tenant=tenant_of(principal))))
 
 
 @router.delete("/images/{image_id}", status_code=204, summary="Delete an image")
-def delete_image(image_id: int, catalog: CatalogDep, principal: PrincipalDep) -> Response:
+def delete_image(image_id: ImageIdPath, catalog: CatalogDep, principal: PrincipalDep) -> Response:
     """Delete the image and its embeddings; its product stays."""
     catalog.delete(image_id, tenant=tenant_of(principal))
     return Response(status_code=204)
 
 
-@router.post("/images:delete", response_model=schemas.DeletedResponse, summary="Delete many images")
-def delete_images(
-    body: schemas.DeleteImagesRequest, request: Request, catalog: CatalogDep, principal: PrincipalDep
-) -> Response:
+@router.post(
+    "/images:delete",
+    response_model=schemas.DeletedResponse,
+    summary="Delete many images",
+    openapi_extra=json_body_schema(schemas.DeleteImagesRequest),
+)
+async def delete_images(request: Request, catalog: CatalogDep, principal: PrincipalDep) -> Response:
     """Delete every image listed, or none: one unknown id (or another tenant's) deletes nothing."""
+    body = await json_body(request, schemas.DeleteImagesRequest)
     limits: Limits = request.app.state.limits
     if len(body.ids) > limits.max_items:
         raise RequestTooLarge(f"{len(body.ids)} ids in one batch; the limit is {limits.max_items}")
-    deleted = catalog.delete_many(body.ids, tenant=tenant_of(principal))
+    tenant = tenant_of(principal)
+    deleted = await run_in_threadpool(lambda: catalog.delete_many(body.ids, tenant=tenant))
     return JSONResponse({"deleted": deleted})
 
 
@@ -191,7 +200,7 @@ def delete_images(
     responses={200: {"content": {"image/jpeg": {}}}, 304: {"description": "Not modified (ETag)"}},
 )
 def thumbnail(
-    image_id: int,
+    image_id: ImageIdPath,
     request: Request,
     catalog: CatalogDep,
     principal: PrincipalDep,
@@ -223,7 +232,12 @@ def thumbnail(
 def list_duplicates(
     catalog: CatalogDep,
     principal: PrincipalDep,
-    tenant: Annotated[str | None, Query(description="Admin keys: whose images (required for them).")] = None,
+    tenant: Annotated[
+        str | None,
+        Query(
+            description="Admin keys: whose images (required for them).", json_schema_extra=schemas.NAME_SCHEMA
+        ),
+    ] = None,
     max_hamming: Annotated[
         int | None, Query(ge=0, le=32, description="Hash bits that may differ (default 10).")
     ] = None,
@@ -236,7 +250,7 @@ def list_duplicates(
     images compared by perceptual hash, each confirmed by embedding distance. Each member has its
     hash bits and embedding distance to the group's first image. Compares all pairs: an
     occasional report, not a per-request call."""
-    from imgsearch import duplicates
+    from imgsearch.ingest import duplicates
 
     owner = tenant_of(principal, tenant)
     if owner is None:

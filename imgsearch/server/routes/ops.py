@@ -11,11 +11,11 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 
-from imgsearch import queue, wake
 from imgsearch.catalog import Catalog
 from imgsearch.db import migrate
 from imgsearch.server.metrics import CatalogCollector, Metrics
 from imgsearch.server.problems import PROBLEM_TYPES, problem
+from imgsearch.work import queue, wake
 
 router = APIRouter(tags=["operations"])
 

@@ -5,19 +5,24 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
-from imgsearch import checks
 from imgsearch.errors import ImgSearchError, InvalidInput
+from imgsearch.ingest import checks
 from imgsearch.server import schemas
-from imgsearch.server.deps import CatalogDep, PrincipalDep, tenant_of
+from imgsearch.server.deps import CatalogDep, PrincipalDep, json_body, json_body_schema, tenant_of
 from imgsearch.server.limits import Limits
 from imgsearch.server.problems import RequestTooLarge
 
 router = APIRouter(prefix="/v1", tags=["products"])
 
-AdminTenant = Annotated[str | None, Query(description="Admin keys only: the product's tenant.")]
+AdminTenant = Annotated[
+    str | None,
+    Query(description="Admin keys only: the product's tenant.", json_schema_extra=schemas.NAME_SCHEMA),
+]
+ProductIdPath = Annotated[str, Path(description="The product's id.", json_schema_extra=schemas.NAME_SCHEMA)]
 
 
 def _required_tenant(tenant: str | None) -> str:
@@ -33,15 +38,17 @@ def _required_tenant(tenant: str | None) -> str:
     "/products/{product_id:path}",
     response_model=schemas.ProductChangeResponse,
     summary="Change a product's price, category, currency or attributes",
+    openapi_extra=json_body_schema(schemas.ProductChange),
 )
-def update_product(
-    product_id: str, change: schemas.ProductChange, catalog: CatalogDep, principal: PrincipalDep
+async def update_product(
+    product_id: ProductIdPath, request: Request, catalog: CatalogDep, principal: PrincipalDep
 ) -> Response:
     """Set the fields given (`null` clears one; attributes are replaced whole) without uploading
     images again; fields left out keep their values. Searches filter on the new values at once."""
+    change = await json_body(request, schemas.ProductChange)
     fields: dict[str, Any] = {name: getattr(change, name) for name in change.model_fields_set - {"tenant"}}
     tenant = _required_tenant(tenant_of(principal, change.tenant))
-    changed = catalog.update_product(product_id, tenant=tenant, **fields)
+    changed = await run_in_threadpool(lambda: catalog.update_product(product_id, tenant=tenant, **fields))
     return JSONResponse({"product_id": checks.identifier(product_id, "product_id"), "changed": changed})
 
 
@@ -49,12 +56,12 @@ def update_product(
     "/products:update",
     response_model=schemas.ProductFeedResponse,
     summary="Apply a feed of product changes, all or nothing",
+    openapi_extra=json_body_schema(schemas.ProductFeedRequest),
 )
-def update_products(
-    feed: schemas.ProductFeedRequest, request: Request, catalog: CatalogDep, principal: PrincipalDep
-) -> Response:
+async def update_products(request: Request, catalog: CatalogDep, principal: PrincipalDep) -> Response:
     """Every item is checked and every product looked up before anything is written: a bad item
     or an unknown product fails the feed (its index in `index`) with nothing changed."""
+    feed = await json_body(request, schemas.ProductFeedRequest)
     limits: Limits = request.app.state.limits
     if len(feed.items) > limits.max_items:
         raise RequestTooLarge(f"{len(feed.items)} items in one feed; the limit is {limits.max_items}")
@@ -67,7 +74,7 @@ def update_products(
             raise
         fields = {name: getattr(item, name) for name in item.model_fields_set - {"tenant"}}
         rows.append({**fields, "tenant": tenant})
-    updated = catalog.update_products(rows, progress=False)
+    updated = await run_in_threadpool(lambda: catalog.update_products(rows, progress=False))
     return JSONResponse({"updated": updated, "unchanged": len(rows) - updated})
 
 
@@ -77,7 +84,7 @@ def update_products(
     summary="Delete a product with all its images",
 )
 def delete_product(
-    product_id: str, catalog: CatalogDep, principal: PrincipalDep, tenant: AdminTenant = None
+    product_id: ProductIdPath, catalog: CatalogDep, principal: PrincipalDep, tenant: AdminTenant = None
 ) -> Response:
     """Delete the product, its images and their embeddings."""
     owner = _required_tenant(tenant_of(principal, tenant))

@@ -12,11 +12,12 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 
-from imgsearch import checks
+from imgsearch.access.keys import Principal
 from imgsearch.catalog import Catalog
 from imgsearch.errors import InvalidInput, InvalidQuery
-from imgsearch.keys import Principal
+from imgsearch.ingest import checks
 from imgsearch.records import Hit
 from imgsearch.server import schemas
 from imgsearch.server.deps import CatalogDep, PrincipalDep, json_body, json_body_schema, tenant_of
@@ -101,18 +102,20 @@ async def search(request: Request, catalog: CatalogDep, principal: PrincipalDep)
     return await run_in_threadpool(_search, catalog, principal, given, body)
 
 
+FORM_TRUE = frozenset({"true", "1", "yes", "on"})  # what forms and curl -F send for a checkbox
+FORM_FALSE = frozenset({"false", "0", "no", "off"})
+
+
 def _form_options(form: Any) -> dict[str, Any]:
-    """The filters and options of a multipart search: a JSON ``params`` part, or form fields."""
+    """The filters and options of a multipart search: a JSON ``params`` part and form fields, a
+    field taking the place of the same key in ``params``."""
     allowed = {"file", "params", *schemas.SearchOptions.model_fields}
     unknown = sorted(set(form.keys()) - allowed)
     if unknown:
         raise InvalidInput(f"unknown form fields {unknown}; allowed: {sorted(allowed)}")
     params = form.get("params")
-    if params is not None and set(form.keys()) - {"file", "params"}:
-        raise InvalidInput(
-            "give the filters and options as one JSON `params` part or as form fields, not both"
-        )
-    if params is not None:
+    values: dict[str, Any] = {}
+    if params is not None and (not isinstance(params, str) or params.strip()):
         if not isinstance(params, str):
             raise InvalidInput("`params` must be a JSON object as text, not a file")
         try:
@@ -121,10 +124,11 @@ def _form_options(form: Any) -> dict[str, Any]:
             raise InvalidInput(f"`params` must be a JSON object: {exc}") from exc
         if not isinstance(values, dict):
             raise InvalidInput("`params` must be a JSON object")
-        return values
-    values = {}
     for name in schemas.SearchOptions.model_fields:
-        found = [v for v in form.getlist(name) if isinstance(v, str) and v.strip()]
+        given = form.getlist(name)
+        if len(given) > 1 and name != "category":  # only categories add up to a list
+            raise InvalidQuery(f"form field {name!r} is given {len(given)} times")
+        found = [v for v in given if isinstance(v, str) and v.strip()]
         if not found:
             continue
         if name == "category":
@@ -141,7 +145,10 @@ def _form_options(form: Any) -> dict[str, Any]:
         elif name == "box":
             values[name] = [_number(part, name, float) for part in found[0].split(",")]
         elif name in ("group_by_product", "consistent"):
-            values[name] = found[0].strip().lower() in ("true", "1", "yes", "on")
+            flag = found[0].strip().lower()
+            if flag not in FORM_TRUE | FORM_FALSE:
+                raise InvalidQuery(f"{name} must be one of {sorted(FORM_TRUE | FORM_FALSE)}, got {found[0]!r}")
+            values[name] = flag in FORM_TRUE
         else:
             values[name] = found[0]
     return values
@@ -167,7 +174,9 @@ async def search_image(request: Request, catalog: CatalogDep, principal: Princip
     fields, or as one JSON `params` part."""
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type != "multipart/form-data":
-        raise InvalidInput("send the query image as multipart/form-data with a `file` part")
+        raise HTTPException(
+            415, f"send the query image as multipart/form-data with a `file` part, not {media_type!r}"
+        )
     form = await request.form(max_files=2, max_fields=40)
     files = form.getlist("file")
     if len(files) != 1 or not isinstance(files[0], UploadFile):
@@ -184,7 +193,9 @@ async def search_image(request: Request, catalog: CatalogDep, principal: Princip
 def categories(
     catalog: CatalogDep,
     principal: PrincipalDep,
-    tenant: Annotated[str | None, Query(description="Admin keys only: one tenant's.")] = None,
+    tenant: Annotated[
+        str | None, Query(description="Admin keys only: one tenant's.", json_schema_extra=schemas.NAME_SCHEMA)
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> Response:
     """The categories of the tenant's products and how many products each has, most first."""

@@ -7,9 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse
 
-from imgsearch import queue, wake
 from imgsearch.server import schemas
 from imgsearch.server.deps import CatalogDep, PrincipalDep, tenant_of
+from imgsearch.work import queue, wake
 
 router = APIRouter(prefix="/v1", tags=["status"])
 
@@ -19,7 +19,10 @@ def status(
     catalog: CatalogDep,
     principal: PrincipalDep,
     errors: Annotated[int, Query(ge=0, le=100, description="How many of the latest failures.")] = 20,
-    tenant: Annotated[str | None, Query(description="Admin keys only: one tenant's images.")] = None,
+    tenant: Annotated[
+        str | None,
+        Query(description="Admin keys only: one tenant's images.", json_schema_extra=schemas.NAME_SCHEMA),
+    ] = None,
 ) -> Response:
     """Counts of the tenant's images per state (an admin key: every tenant's, or `tenant`'s), how
     long the oldest pending one has waited, and the latest failures with their errors."""

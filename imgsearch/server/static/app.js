@@ -10,6 +10,8 @@ const state = {
   query: null, // {text} | {image: File} | {similar_to: id}
   offset: 0,
   thumbnails: [], // blob: URLs of the page shown, revoked when it changes
+  searches: 0, // searches started: only the latest one's answer is shown
+  keys: 0, // keys entered: only the latest one's check is shown
 };
 
 class ApiError extends Error {
@@ -23,7 +25,12 @@ class ApiError extends Error {
 async function api(path, options = {}) {
   const headers = new Headers(options.headers || {});
   headers.set("Authorization", `Bearer ${state.key}`);
-  const response = await fetch(path, { ...options, headers });
+  let response;
+  try {
+    response = await fetch(path, { ...options, headers });
+  } catch (error) { // the browser's own words ("Failed to fetch") don't say what to do
+    throw new Error(`The imgsearch server at ${location.origin} can't be reached (${error.message}): is \`imgsearch serve\` running?`);
+  }
   if (!response.ok) {
     let problem = {};
     try { problem = await response.json(); } catch (_) { /* not JSON */ }
@@ -43,14 +50,33 @@ function showError(error) {
 
 // -- key ---------------------------------------------------------------------------------------
 
-function useKey(key) {
+async function useKey(key) {
+  const turn = ++state.keys;
   state.key = key;
-  if (key) sessionStorage.setItem(KEY_STORAGE, key); else sessionStorage.removeItem(KEY_STORAGE);
+  showError(null); // an earlier key's error goes with it
   $("key").value = "";
-  $("key").placeholder = key ? "key in use (hidden)" : "isk_…";
   $("forget").hidden = !key;
-  $("key-state").textContent = key ? "Key in use for this tab." : "Kept in this tab only.";
-  if (key) { loadCategories(); loadStatus(); }
+  if (!key) {
+    sessionStorage.removeItem(KEY_STORAGE);
+    $("key").placeholder = "isk_…";
+    $("key-state").textContent = "Kept in this tab only.";
+    return;
+  }
+  $("key-state").textContent = "Checking the key…";
+  const outcome = await loadStatus();
+  if (turn !== state.keys) return; // another key was entered meanwhile
+  if (outcome === "refused") {
+    state.key = "";
+    sessionStorage.removeItem(KEY_STORAGE);
+    $("key").placeholder = "isk_…";
+    $("forget").hidden = true;
+    $("key-state").textContent = "Key not accepted.";
+    return;
+  }
+  sessionStorage.setItem(KEY_STORAGE, key);
+  $("key").placeholder = "key in use (hidden)";
+  $("key-state").textContent = outcome === "ok" ? "Key in use for this tab." : "Key kept; the server didn't answer.";
+  if (outcome === "ok") loadCategories();
 }
 
 // -- filters -----------------------------------------------------------------------------------
@@ -111,7 +137,9 @@ async function run() {
   showError(null);
   let params;
   try { params = options(); } catch (error) { showError(error); return; }
-  $("query-state").textContent = `Searching ${describe(state.query)}…`;
+  const turn = ++state.searches;
+  const query = state.query;
+  $("query-state").textContent = `Searching ${describe(query)}…`;
   try {
     let response;
     if (state.query.image !== undefined) {
@@ -127,11 +155,21 @@ async function run() {
       });
     }
     const { hits } = await response.json();
+    if (turn !== state.searches) return; // a later search (a click on Next, say) answers instead
     render(hits, params);
   } catch (error) {
-    $("query-state").textContent = "";
+    if (turn !== state.searches) return;
+    clearResults(); // no results of an earlier query under this one's title
+    $("query-state").textContent = `The search for ${describe(query)} failed.`;
     showError(error);
   }
+}
+
+function clearResults() {
+  for (const url of state.thumbnails) URL.revokeObjectURL(url);
+  state.thumbnails = [];
+  $("results").replaceChildren();
+  $("pager").hidden = true;
 }
 
 function search(query) {
@@ -146,10 +184,8 @@ function formatPrice(price) {
 }
 
 function render(hits, params) {
-  for (const url of state.thumbnails) URL.revokeObjectURL(url);
-  state.thumbnails = [];
+  clearResults();
   const grid = $("results");
-  grid.replaceChildren();
   const template = $("hit-template");
   for (const hit of hits) {
     const card = template.content.firstElementChild.cloneNode(true);
@@ -203,6 +239,7 @@ async function loadThumbnail(imageId, img) {
 
 // -- status ------------------------------------------------------------------------------------
 
+// the catalog's counts and failures: "ok", "refused" (the key) or "error"
 async function loadStatus() {
   try {
     const status = await (await api("/v1/status")).json();
@@ -230,7 +267,11 @@ async function loadStatus() {
       li.textContent = `image ${item.image_id}: ${item.error}`;
       failed.append(li);
     }
-  } catch (error) { showError(error); }
+    return "ok";
+  } catch (error) {
+    showError(error);
+    return error instanceof ApiError && (error.status === 401 || error.status === 403) ? "refused" : "error";
+  }
 }
 
 // -- wiring ------------------------------------------------------------------------------------

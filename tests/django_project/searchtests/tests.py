@@ -10,7 +10,7 @@ from django.test import TestCase
 
 from imgsearch.contrib.django import bridge
 from imgsearch.contrib.django.models import Embedding, EmbeddingModel, Image, Product
-from imgsearch.errors import DimensionMismatch, InvalidQuery
+from imgsearch.errors import DimensionMismatch, InvalidInput, InvalidQuery
 
 ROWS = 1200
 CATEGORIES = ["shoes", "bags", "hats", "lamps", "mugs", "chairs"]
@@ -142,3 +142,18 @@ class SearchTests(TestCase):
         evil = "x'); DROP TABLE imgsearch.images; --"
         self.assertEqual(Image.objects.filter(tenant=evil).search(vector=self.query, category=evil), [])
         self.assertEqual(Image.objects.count(), ROWS)
+
+    def test_embeddings_written_through_the_orm_are_unit_vectors(self) -> None:
+        """A vector of huge values saved through Django is stored at unit length and found, as the
+        library stores it; one with no direction is refused by name, nothing written."""
+        stored = Embedding.objects.get(image_id=self.ids[3], model__active=True)
+        direction = self.vectors[3].astype(np.float64)
+        stored.embedding = (direction / np.abs(direction).max() * 1e300).tolist()
+        Embedding.objects.filter(pk=stored.pk).update(embedding=stored.embedding)
+        again = np.asarray(Embedding.objects.get(pk=stored.pk).embedding, dtype=np.float64)
+        self.assertAlmostEqual(float(np.linalg.norm(again)), 1.0, places=2)
+        hits = Image.objects.search(vector=direction * 1e300, k=1)
+        self.assertEqual([h.id for h in hits], [self.ids[3]])
+        with self.assertRaisesMessage(InvalidInput, "embedding is all zeros"), transaction.atomic():
+            Embedding.objects.filter(pk=stored.pk).update(embedding=[0.0] * self.dim)
+        self.assertEqual(Image.objects.search(vector=direction, k=1)[0].id, self.ids[3])

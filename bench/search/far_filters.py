@@ -1,0 +1,218 @@
+"""Filters whose rows lie far from the query: what each way of searching them costs and finds, in
+one run, on bench/search/search.py's catalog.
+
+    IMGSEARCH_HOME=/tmp/imgs-bench .venv/bin/python bench/search/far_filters.py --queries 20
+
+bench/search/search.py's "10% far" filter (10 categories, 10,000 rows, all far from the query) is where
+imgsearch misses its latency target: it scans every matching row. This script measures, with
+``EXPLAIN (ANALYZE)`` in the server (planning + execution, no client), for the "10% far" and
+"1% far" filters of the same queries:
+
+* baseline — the unfiltered HNSW query (ef_search 40): the latency target is 2x this
+* exact — every matching row's distance (the ground truth; what imgsearch runs for these filters)
+* fetch only / distances — the exact scan split into reading the rows and computing distances,
+  to give the per-row costs that bound any exact scan
+* iterative — the global HNSW index with ``hnsw.iterative_scan = relaxed_order``: a pool of 400
+  matching rows, re-sorted exactly
+* per-category HNSW — a partial HNSW index per category (built here with imgsearch's m and
+  ef_construction, dropped at the end), one
+  ``ORDER BY ... LIMIT k`` branch per category, merged: the "partition the index by the filter"
+  design, at ef_search 40 and 200
+* binary + rerank — the 400 nearest by Hamming distance of ``binary_quantize`` codes, re-sorted
+  exactly
+
+Recall@10 is against exact. Also reports how much planning time 100 partial indexes add to the
+unfiltered query. Uses (and if missing builds) the database ``bench_search`` of bench/search/search.py.
+
+The figure it produces: docs/benchmarks.md, "Filtered search at 100k rows" (the far filters' server
+times) and "Filtered search at 1M rows" (planning cost).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psycopg
+from psycopg import sql
+from sqlalchemy import make_url
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from _catalog import query_cases, stored_catalog
+
+from imgsearch.db.vector_index import HNSW_EF_CONSTRUCTION, HNSW_M, halfvec_text
+
+K = 10
+POOL = 400
+FILTERS = ("10% far", "1% far")
+DIST = "embedding::halfvec(768) <=> %(q)s::halfvec(768)"  # the HNSW index's expression
+EXACT_DIST = "embedding <=> %(q)s::halfvec"  # the uncast column: no index serves it
+WHERE = "model_id = 1 AND category = ANY(%(cats)s)"
+STATEMENTS = {
+    "baseline": f"SELECT image_id FROM imgsearch.embeddings WHERE model_id = 1 ORDER BY {DIST} LIMIT {K}",
+    "exact": f"SELECT image_id FROM imgsearch.embeddings WHERE {WHERE} ORDER BY {EXACT_DIST} LIMIT {K}",
+    "fetch only": f"SELECT count(embedding) FROM imgsearch.embeddings WHERE {WHERE}",
+    "distances": f"SELECT max({EXACT_DIST}) FROM imgsearch.embeddings WHERE {WHERE}",
+    "iterative": (
+        f"WITH pool AS MATERIALIZED (SELECT image_id, embedding FROM imgsearch.embeddings WHERE {WHERE} "
+        f"ORDER BY {DIST} LIMIT {POOL}) SELECT image_id FROM pool ORDER BY {EXACT_DIST} LIMIT {K}"
+    ),
+    "binary + rerank": (
+        f"SELECT image_id FROM (SELECT image_id, embedding FROM imgsearch.embeddings WHERE {WHERE} "
+        "ORDER BY binary_quantize(embedding)::bit(768) <~> binary_quantize(%(q)s::halfvec) "
+        f"LIMIT {POOL}) c ORDER BY {EXACT_DIST} LIMIT {K}"
+    ),
+}
+SETTINGS = {
+    "iterative": [
+        "SET LOCAL hnsw.iterative_scan = relaxed_order",
+        "SET LOCAL hnsw.ef_search = 200",
+        "SET LOCAL hnsw.max_scan_tuples = 100000",
+        "SET LOCAL hnsw.scan_mem_multiplier = 4",
+    ],
+    "per-category HNSW, ef 40": ["SET LOCAL hnsw.ef_search = 40"],
+    "per-category HNSW, ef 200": ["SET LOCAL hnsw.ef_search = 200"],
+}
+
+
+def per_category(count: int) -> str:
+    """One branch per category, each served by that category's partial index, merged by distance."""
+    branch = (
+        f"(SELECT image_id, {DIST} AS d FROM imgsearch.embeddings "
+        "WHERE model_id = 1 AND category = %(c{i})s ORDER BY {DIST} LIMIT {K})"
+    )
+    branches = " UNION ALL ".join(branch.format(i=i, DIST=DIST, K=K) for i in range(count))
+    return f"SELECT image_id FROM ({branches}) u ORDER BY d LIMIT {K}"
+
+
+def explain(
+    conn: psycopg.Connection[Any], statement: str, params: dict[str, Any], settings: list[str]
+) -> dict[str, Any]:
+    with conn.transaction():
+        conn.execute("SET LOCAL jit = off")
+        conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")  # planned for the actual values
+        for setting in settings:
+            conn.execute(setting)
+        plan: dict[str, Any] = conn.execute(
+            "EXPLAIN (ANALYZE, SUMMARY, FORMAT JSON) " + statement, params
+        ).fetchone()[0][0]  # type: ignore[index]
+        ids = [row[0] for row in conn.execute(statement, params).fetchall()]
+    return {"planning": plan["Planning Time"], "execution": plan["Execution Time"], "ids": ids}
+
+
+def category_indexes(conn: psycopg.Connection[Any], categories: list[str], create: bool) -> float:
+    start = time.perf_counter()
+    for n, category in enumerate(categories):
+        name = sql.Identifier(f"bench_far_cat_{n:03d}")
+        if create:
+            conn.execute(
+                sql.SQL(
+                    "CREATE INDEX IF NOT EXISTS {} ON imgsearch.embeddings USING hnsw "
+                    "((embedding::halfvec(768)) halfvec_cosine_ops) WITH (m = {}, ef_construction = {}) "
+                    "WHERE model_id = 1 AND category = {}"
+                ).format(name, sql.Literal(HNSW_M), sql.Literal(HNSW_EF_CONSTRUCTION), sql.Literal(category))
+            )
+        else:
+            conn.execute(sql.SQL("DROP INDEX IF EXISTS imgsearch.{}").format(name))
+    conn.execute("ANALYZE imgsearch.embeddings")
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--queries", type=int, default=20)
+    args = parser.parse_args()
+
+    url, data, labels, _ = stored_catalog(args.rows)
+    cases = query_cases(data, labels, args.queries)
+    server = make_url(url)
+    results: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    with psycopg.connect(
+        host=server.query["host"], user="postgres", dbname=server.database, autocommit=True
+    ) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_prewarm")
+        for relation in (
+            "imgsearch.embeddings_hnsw_m1",
+            "imgsearch.embeddings",
+            "imgsearch.embeddings_category_idx",
+        ):
+            conn.execute("SELECT pg_prewarm(%s::regclass)", (relation,))
+        categories = sorted(r[0] for r in conn.execute("SELECT DISTINCT category FROM imgsearch.embeddings"))
+
+        def measure(phase: str) -> None:
+            for n, (q, filters) in enumerate(cases):
+                params: dict[str, Any] = {"q": halfvec_text(q)}
+                for name, kwargs in filters:
+                    if name not in FILTERS:
+                        continue
+                    cats = (
+                        kwargs["category"] if isinstance(kwargs["category"], list) else [kwargs["category"]]
+                    )
+                    params |= {"cats": cats} | {f"c{i}": c for i, c in enumerate(cats)}
+                    if phase == "indexed":
+                        methods = {f"per-category HNSW, ef {ef}": per_category(len(cats)) for ef in (40, 200)}
+                        methods["baseline, with 100 partial indexes"] = STATEMENTS["baseline"]
+                    else:
+                        methods = STATEMENTS
+                    for method, statement in methods.items():
+                        got = explain(conn, statement, params, SETTINGS.get(method, []))
+                        results.setdefault((name, method), []).append(got | {"rows": len(cats)})
+                print(f"  {phase}: {n + 1}/{len(cases)} queries", flush=True)
+
+        measure("plain")
+        built = category_indexes(conn, categories, create=True)
+        print(f"  {len(categories)} partial HNSW indexes built in {built:.0f} s", flush=True)
+        try:
+            measure("indexed")
+        finally:
+            category_indexes(conn, categories, create=False)
+
+    report(results, args)
+
+
+def report(results: dict[tuple[str, str], list[dict[str, Any]]], args: argparse.Namespace) -> None:
+    def p50(name: str, method: str, field: str) -> float:
+        return statistics.median(r[field] for r in results[(name, method)])
+
+    print(
+        f"\n{args.rows} rows x 768 dims, {args.queries} queries, k={K}; server time (EXPLAIN ANALYZE), "
+        "p50 over the queries; ratio = (planning + execution) / the unfiltered HNSW query's\n"
+    )
+    print("| filter | method | recall@10 | planning ms | execution ms | ratio |")
+    print("|---|---|---|---|---|---|")
+    for name in FILTERS:
+        base = p50(name, "baseline", "planning") + p50(name, "baseline", "execution")
+        truths = [set(r["ids"]) for r in results[(name, "exact")]]
+        for method in [m for (n, m) in results if n == name]:
+            runs = results[(name, method)]
+            if method in ("fetch only", "distances"):
+                recall = "-"
+            elif method.startswith("baseline"):
+                recall = "(unfiltered)"
+            else:
+                recall = (
+                    f"{np.mean([len(t & set(r['ids'])) / K for t, r in zip(truths, runs, strict=True)]):.3f}"
+                )
+            plan, run = p50(name, method, "planning"), p50(name, method, "execution")
+            print(f"| {name} | {method} | {recall} | {plan:.2f} | {run:.2f} | {(plan + run) / base:.2f}x |")
+    print()
+    for name in FILTERS:
+        rows = statistics.median(r["ids"][0] for r in results[(name, "fetch only")])  # count(embedding)
+        fetch = p50(name, "fetch only", "execution")
+        distances = p50(name, "distances", "execution") - fetch
+        print(
+            f"{name}: {rows:.0f} matching rows; reading them {1000 * fetch / rows:.2f} us/row, their distances "
+            f"{1000 * distances / rows:.2f} us/row more"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""Reading stored rows back: an image's state and metadata, its bytes or preview, and the
+catalog's categories. Each read runs under the tenant's row-level security when it names one, so
+another tenant's image is indistinguishable from a missing one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Engine, exists, func, select
+
+from imgsearch.access import tenancy
+from imgsearch.db.models import Embedding, Image, Product
+from imgsearch.errors import InvalidQuery, NotFound
+from imgsearch.ingest import checks
+from imgsearch.records import ImageRecord, ModelInfo
+
+
+def image_record(engine: Engine, model: ModelInfo, image_id: Any, tenant: str | None) -> ImageRecord:
+    """:meth:`imgsearch.Catalog.get`: ``has_embedding`` says whether ``model`` embedded it."""
+    if not checks.stored_id(image_id):
+        raise NotFound(f"no image with id {image_id!r}")
+    has_embedding = exists().where(Embedding.image_id == Image.id, Embedding.model_id == model.id)
+    stmt = (
+        select(
+            Image.id.label("image_id"),
+            Image.tenant,
+            Product.product_id,
+            Product.category,
+            Product.price,
+            Product.currency,
+            Product.attributes,
+            Image.state,
+            Image.error,
+            Image.attempts,
+            Image.sha256,
+            Image.width,
+            Image.height,
+            Image.format,
+            Image.byte_size,
+            Image.uri,
+            Image.created_at,
+            Image.updated_at,
+            has_embedding.label("has_embedding"),
+            Image.phash,
+            Image.duplicate_of,
+        )
+        .join(Product, Product.id == Image.product_pk)
+        .where(Image.id == image_id)
+    )
+    with engine.begin() as conn:
+        if tenant is not None:
+            tenancy.scope(conn, tenant)
+        row = conn.execute(stmt).first()
+    if row is None:
+        raise NotFound(f"no image with id {image_id}")
+    values = row._asdict()
+    values["sha256"] = values["sha256"].hex() if values["sha256"] else None
+    values["attributes"] = dict(values["attributes"])
+    return ImageRecord(**values)
+
+
+def image_bytes(engine: Engine, image_id: Any, tenant: str | None, *, preview: bool) -> bytes | None:
+    """The bytes stored for an image; ``preview``: those, or the thumbnail kept when they were
+    dropped after embedding. None when there are none (a URL upload, an imported embedding)."""
+    if not checks.stored_id(image_id):
+        raise NotFound(f"no image with id {image_id!r}")
+    shown = func.coalesce(Image.content, Image.thumbnail) if preview else Image.content
+    with engine.begin() as conn:
+        if tenant is not None:
+            tenancy.scope(conn, tenant)
+        row = conn.execute(select(shown.label("shown")).where(Image.id == image_id)).first()
+    if row is None:
+        raise NotFound(f"no image with id {image_id}")
+    return None if row.shown is None else bytes(row.shown)
+
+
+def categories(engine: Engine, tenant: str | None, limit: Any) -> list[tuple[str, int]]:
+    """:meth:`imgsearch.Catalog.categories`: categories by number of products, most first."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
+        raise InvalidQuery(f"limit must be an integer from 1 to 10000, got {limit!r}")
+    count = func.count().label("products")
+    stmt = (
+        select(Product.category, count)
+        .where(Product.category.is_not(None))
+        .group_by(Product.category)
+        .order_by(count.desc(), Product.category)
+        .limit(limit)
+    )
+    with engine.begin() as conn:
+        if tenant is not None:
+            tenancy.scope(conn, tenant)
+        return [(row.category, int(row.products)) for row in conn.execute(stmt)]

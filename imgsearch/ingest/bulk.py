@@ -1,0 +1,458 @@
+"""Bulk import of existing embeddings: rows checked as uploads are, loaded with binary ``COPY``,
+made visible in one transaction, the HNSW index built after the load when that is faster.
+
+``add_many`` costs ~6 ms a row of bring-your-own vectors, almost all of it the HNSW index taking
+each row in. A catalog moving over from another system brings millions. Here:
+
+1. Each row is checked as ``add_many`` checks it (:func:`imgsearch.ingest.rows.prepare_row`) while it is
+   copied, in pgvector's binary form, into a temporary table of the import's transaction. A bad row
+   fails the import with its place (``file.parquet:5000``); nothing was made visible.
+2. When the import's new rows at least double the model's indexed rows (10,000 or more), the
+   model's HNSW index is dropped (``DROP INDEX CONCURRENTLY``) before the rows go in, and built
+   again after (``CREATE INDEX CONCURRENTLY``, with ``maintenance_work_mem`` and parallel workers
+   set for the build). Searches keep working meanwhile, exactly: without the index an ORDER BY
+   of the distance is a scan of every row.
+3. One transaction writes products (merged like ``add_many``'s: a row's fields replace the stored
+   ones, attributes are merged), images and embeddings from the temporary table, and commits.
+
+An interrupted import leaves nothing visible (the transaction never committed) or, interrupted
+during the index build, the rows and an invalid index, which the next import or
+``imgsearch model reindex`` builds again. Running it again is safe: an image is identified by the
+hash of its bytes, or of its vector when it has none, so rows already stored are counted as
+duplicates, as ``add`` does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from itertools import islice
+from typing import Any
+
+import numpy as np
+import psycopg
+from sqlalchemy import Engine
+
+from imgsearch.access import tenancy
+from imgsearch.db import filter_indexes, vector_index
+from imgsearch.db.engine import libpq_conninfo
+from imgsearch.db.models import SCHEMA
+from imgsearch.errors import DatabaseUnavailable, ImgSearchError, InvalidInput, TransientError
+from imgsearch.ingest import checks, images, vectors
+from imgsearch.ingest.rows import prepare_row
+from imgsearch.records import ModelInfo
+
+log = logging.getLogger(__name__)
+
+CHECK_BATCH = 1024  # rows whose vectors are checked in one numpy pass
+REBUILD_MIN_ROWS = 10_000  # below this, inserting into the index costs less than building one
+MAX_AUTO_MAINTENANCE_MEM = 8 * 1024**3
+HASH_PREFIX = b"imgsearch vector\0"  # an imported vector's hash can't equal an image file's
+
+# where a row came from, for errors ("file.parquet:5000", "row 12")
+Source = Iterable[tuple[str, Mapping[str, Any]]]
+
+
+@dataclass
+class ImportResult:
+    rows: int  # rows read and checked
+    imported: int  # new images (with their embeddings)
+    duplicates: int  # rows whose content the tenant had already, or that repeat another row
+    index: str  # "kept": the rows went into the index as they were written; "rebuilt"
+    load_seconds: float
+    build_seconds: float | None = None
+    maintenance_work_mem: str | None = None  # the build's settings, when it was rebuilt
+    parallel_workers: int | None = None
+    value_indexes: int = 0  # per-value indexes built after the load (imgsearch.db.filter_indexes)
+
+
+def vector_hash(vector: np.ndarray) -> bytes:
+    """The content hash of an image that is only a vector: its float32 values, little-endian."""
+    return hashlib.sha256(HASH_PREFIX + np.asarray(vector, dtype="<f4").tobytes()).digest()
+
+
+def auto_maintenance_work_mem(rows: int, dim: int) -> str:
+    """Memory for building an HNSW graph of ``rows`` ``dim``-d halfvecs in one go: the vectors,
+    their neighbour lists and some room; a graph that doesn't fit builds many times slower."""
+    per_row = dim * 2 + 2 * vector_index.HNSW_M * 2 * 6 + 64
+    wanted = min(MAX_AUTO_MAINTENANCE_MEM, max(64 * 1024**2, int(rows * per_row * 1.3)))
+    return f"{-(-wanted // 1024**2)}MB"
+
+
+def auto_parallel_workers() -> int:
+    """Workers beside the leader for a build: one per other core, as PostgreSQL allows at most 7."""
+    return max(0, min((os.cpu_count() or 1) - 1, 7))
+
+
+_STAGE = """CREATE TEMPORARY TABLE imgsearch_import (
+    ord bigint, tenant text, product_id text, category text, price numeric(14, 4), currency text,
+    attributes jsonb, uri text, content bytea, sha256 bytea, width integer, height integer,
+    format text, byte_size bigint, embedding halfvec({dim})
+) ON COMMIT DROP"""
+
+_COPY = (
+    "COPY imgsearch_import (ord, tenant, product_id, category, price, currency, attributes, uri, content, "
+    "sha256, width, height, format, byte_size, embedding) FROM STDIN (FORMAT BINARY)"
+)
+_TYPES = [
+    "bigint", "text", "text", "text", "numeric", "text", "jsonb", "text", "bytea", "bytea", "int4", "int4",
+    "text", "int8", "halfvec",
+]  # fmt: skip
+
+# how many contents the tenant doesn't have yet: what the index would take in
+_NEW_CONTENTS = f"""
+SELECT count(*) FROM (
+    SELECT DISTINCT s.tenant, s.sha256 FROM imgsearch_import s
+    WHERE NOT EXISTS (SELECT FROM {SCHEMA}.images i WHERE i.tenant = s.tenant AND i.sha256 = s.sha256)
+) AS fresh
+"""
+
+# the last row naming a product gives its fields; stored values stay where it gives none
+_PRODUCTS = f"""
+INSERT INTO {SCHEMA}.products AS p (tenant, product_id, category, price, currency, attributes)
+SELECT DISTINCT ON (tenant, product_id) tenant, product_id, category, price, currency,
+       coalesce(attributes, '{{}}'::jsonb)
+FROM imgsearch_import ORDER BY tenant, product_id, ord DESC
+ON CONFLICT (tenant, product_id) DO UPDATE SET
+    category = coalesce(excluded.category, p.category),
+    price = coalesce(excluded.price, p.price),
+    currency = coalesce(excluded.currency, p.currency),
+    attributes = p.attributes || excluded.attributes,
+    updated_at = now()
+"""
+
+# which rows become images: the first of each content the tenant doesn't have yet, each with its
+# image id drawn now (narrow rows: the vectors stay in imgsearch_import until the insert)
+_KEEP = f"""
+CREATE TEMPORARY TABLE imgsearch_keep ON COMMIT DROP AS
+SELECT DISTINCT ON (s.tenant, s.sha256) s.ord, s.tenant, s.sha256, p.id AS product_pk,
+       nextval(pg_get_serial_sequence('{SCHEMA}.images', 'id')) AS image_id
+FROM imgsearch_import s
+JOIN {SCHEMA}.products p ON p.tenant = s.tenant AND p.product_id = s.product_id
+WHERE NOT EXISTS (SELECT FROM {SCHEMA}.images i WHERE i.tenant = s.tenant AND i.sha256 = s.sha256)
+ORDER BY s.tenant, s.sha256, s.ord
+"""
+
+# images and their embeddings in one statement; an image another upload stored meanwhile is
+# left out, with its embedding
+_WRITE = f"""
+WITH added AS (
+    INSERT INTO {SCHEMA}.images (id, product_pk, tenant, sha256, uri, content, width, height, format,
+                                 byte_size, state)
+    SELECT k.image_id, k.product_pk, k.tenant, k.sha256, s.uri, s.content, s.width, s.height, s.format,
+           s.byte_size, 'ready'
+    FROM imgsearch_keep k JOIN imgsearch_import s ON s.ord = k.ord
+    ORDER BY k.image_id
+    ON CONFLICT (tenant, sha256) DO NOTHING
+    RETURNING id
+)
+INSERT INTO {SCHEMA}.embeddings (model_id, image_id, product_pk, tenant, embedding)
+SELECT %(model)s, k.image_id, k.product_pk, k.tenant, s.embedding
+FROM imgsearch_keep k
+JOIN added a ON a.id = k.image_id
+JOIN imgsearch_import s ON s.ord = k.ord
+ORDER BY k.image_id
+"""
+
+
+def import_rows(
+    engine: Engine,
+    model: ModelInfo,
+    source: Source,
+    *,
+    limits: images.Limits,
+    tenant: str | None = None,
+    rebuild_index: bool | None = None,
+    maintenance_work_mem: str | None = None,
+    parallel_workers: int | None = None,
+    progress: bool | None = False,
+) -> ImportResult:
+    """Import rows of embeddings (``source``: each row with where it came from) for ``model``;
+    ``tenant`` for rows that name none (a row naming another tenant is refused).
+    ``rebuild_index``: True, False, or None to decide by size (see the module's doc)."""
+    from pgvector.psycopg import register_vector
+    from tqdm import tqdm
+
+    progress = sys.stderr.isatty() if progress is None else progress
+    started = time.perf_counter()
+    if tenant is not None:
+        tenant = checks.identifier(tenant, "tenant")
+    try:
+        conn = psycopg.connect(libpq_conninfo(engine.url), connect_timeout=10)
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(f"cannot connect to PostgreSQL for the import: {exc}") from exc
+    dropped = False
+    try:
+        register_vector(conn)
+        with conn.transaction():
+            if tenant is not None:  # the tenant's row-level security, as for add_many
+                conn.execute(
+                    "SELECT set_config('role', %s, true), set_config('imgsearch.tenant', %s, true)",
+                    (tenancy.APP_ROLE, tenant),
+                )
+            conn.execute(_STAGE.format(dim=int(model.dim)))
+            with (
+                tqdm(desc="loading", unit="row", disable=not progress) as bar,
+                conn.cursor().copy(_COPY) as copy,
+            ):
+                copy.set_types(_TYPES)
+                count = 0
+                for count, values in enumerate(_checked(source, model.dim, limits, tenant), start=1):
+                    copy.write_row(values)
+                    if count % 1000 == 0:
+                        bar.update(1000)
+                bar.update(count % 1000)
+            if count == 0:
+                return ImportResult(0, 0, 0, "kept", time.perf_counter() - started)
+            indexed = _indexed_rows(conn, model)
+            if rebuild_index is None:
+                fresh = conn.execute(_NEW_CONTENTS).fetchone()
+                new = int(fresh[0]) if fresh else 0
+                rebuild = new >= REBUILD_MIN_ROWS and new >= indexed
+            else:
+                rebuild = rebuild_index
+            log.info(
+                "import: %d rows staged in %.1f s; %d indexed", count, time.perf_counter() - started, indexed
+            )
+            if rebuild:
+                # before anything is written: a changed price reaches embeddings through a trigger,
+                # and a transaction holding a lock on them would keep this drop waiting on itself.
+                # On a connection of its own, it waits only for the searches running now
+                _drop_index(engine, model)
+                dropped = True
+                # the per-value graphs too: each of their rows is an insert into a graph as well
+                filter_indexes.drop_all(engine, model)
+                log.info("import: index dropped at %.1f s", time.perf_counter() - started)
+            conn.execute(_PRODUCTS)
+            log.info("import: products at %.1f s", time.perf_counter() - started)
+            conn.execute(_KEEP)
+            log.info("import: new rows chosen at %.1f s", time.perf_counter() - started)
+            imported = conn.execute(_WRITE, {"model": int(model.id)}).rowcount
+            log.info("import: %d images written at %.1f s", imported, time.perf_counter() - started)
+        load_seconds = time.perf_counter() - started
+    except psycopg.OperationalError as exc:
+        if dropped:
+            _build_index_after_failure(engine, model)
+        raise TransientError(
+            f"the import was interrupted ({str(exc).strip().splitlines()[0]}); run it again"
+        ) from exc
+    except BaseException:
+        if dropped:
+            _build_index_after_failure(engine, model)
+        raise
+    finally:
+        conn.close()
+    if imported:
+        _analyze(engine)
+    result = ImportResult(count, imported, count - imported, "rebuilt" if rebuild else "kept", load_seconds)
+    if not rebuild and not _index_valid(engine, model):
+        rebuild = True  # an earlier import's build was interrupted: finish its work
+        result.index = "rebuilt"
+    if rebuild:
+        memory = maintenance_work_mem or auto_maintenance_work_mem(indexed + imported, model.dim)
+        workers = auto_parallel_workers() if parallel_workers is None else parallel_workers
+        result.build_seconds = build_index(
+            engine, model, maintenance_work_mem=memory, parallel_workers=workers, progress=progress
+        )
+        result.maintenance_work_mem, result.parallel_workers = memory, workers
+    if imported:  # values that grew past their rule's min_rows get their graphs
+        try:
+            refreshed = filter_indexes.refresh(
+                engine,
+                model,
+                maintenance_work_mem=maintenance_work_mem or auto_maintenance_work_mem(imported, model.dim),
+            )
+            result.value_indexes = len(refreshed.built)
+        except (psycopg.Error, ImgSearchError) as exc:  # the rows are in: report, don't fail the import
+            log.warning(
+                "per-value indexes not refreshed after the import (%s): run `imgsearch index refresh`", exc
+            )
+    return result
+
+
+def _checked(
+    source: Source, dim: int, limits: images.Limits, tenant: str | None
+) -> Iterator[tuple[Any, ...]]:
+    """Each row checked as ``add_many`` checks it, as the values of a staging row. Vectors are
+    checked and normalised a batch at a time (one numpy pass), rows one at a time."""
+    rows = enumerate(iter(source))
+    while batch := list(islice(rows, CHECK_BATCH)):
+        matrix = vectors.as_vectors(
+            [row.get("embedding") if isinstance(row, Mapping) else None for _, (_, row) in batch], dim
+        )
+        for i, (ord_, (where, row)) in enumerate(batch):
+            yield _staged(ord_, where, row, dim, limits, tenant, None if matrix is None else matrix[i])
+
+
+def _staged(
+    ord_: int,
+    where: str,
+    row: Any,
+    dim: int,
+    limits: images.Limits,
+    tenant: str | None,
+    vector: vectors.Vector | None,
+) -> tuple[Any, ...]:
+    from pgvector import HalfVector
+
+    try:
+        if not isinstance(row, Mapping):
+            raise InvalidInput(f"a row must be a mapping of fields, got {type(row).__name__}")
+        if tenant is not None:
+            given = row.get("tenant")
+            if given is not None and str(given).strip() != tenant:
+                raise InvalidInput(f"tenant {given!r} differs from the import's tenant {tenant!r}")
+            row = {**row, "tenant": tenant}
+        if row.get("embedding") is None:
+            raise InvalidInput("each imported row needs an embedding")
+        prepared = prepare_row(row, dim=dim, limits=limits, vector=vector)
+    except ImgSearchError as exc:
+        exc.at_row(ord_, where)
+        raise
+    assert prepared.embedding is not None
+    info = prepared.info
+    return (
+        ord_,
+        prepared.tenant,
+        prepared.product_id,
+        prepared.category,
+        prepared.price,
+        prepared.currency,
+        prepared.attributes or None,
+        prepared.uri,
+        prepared.content,
+        info.sha256 if info else vector_hash(prepared.embedding),
+        info.width if info else None,
+        info.height if info else None,
+        info.format if info else None,
+        info.byte_size if info else None,
+        HalfVector(prepared.embedding),
+    )
+
+
+def _indexed_rows(conn: psycopg.Connection[Any], model: ModelInfo) -> int:
+    """The planner's count of the model's index entries (free: no scan); 0 without an index."""
+    row = conn.execute(
+        "SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = to_regclass(%s)",
+        (f"{SCHEMA}.{vector_index.index_name(model.id)}",),
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _analyze(engine: Engine) -> None:
+    """Fresh statistics for the planner: after a bulk load its estimates of the tables are off by
+    the load (it would scan every row rather than use the HNSW index), until autovacuum comes by."""
+    with psycopg.connect(libpq_conninfo(engine.url), autocommit=True, connect_timeout=10) as conn:
+        conn.execute(f"ANALYZE {SCHEMA}.products, {SCHEMA}.images, {SCHEMA}.embeddings")
+
+
+def _index_valid(engine: Engine, model: ModelInfo) -> bool:
+    with psycopg.connect(libpq_conninfo(engine.url), autocommit=True, connect_timeout=10) as conn:
+        row = conn.execute(
+            "SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass(%s)",
+            (f"{SCHEMA}.{vector_index.index_name(model.id)}",),
+        ).fetchone()
+    return bool(row and row[0])
+
+
+def _drop_index(engine: Engine, model: ModelInfo) -> None:
+    with psycopg.connect(libpq_conninfo(engine.url), autocommit=True, connect_timeout=10) as conn:
+        conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {SCHEMA}.{vector_index.index_name(model.id)}")
+
+
+def _build_index_after_failure(engine: Engine, model: ModelInfo) -> None:
+    try:
+        build_index(engine, model, maintenance_work_mem=None, parallel_workers=None, progress=False)
+        filter_indexes.refresh(engine, model)
+    except Exception as exc:  # the import's own error is the one to report
+        log.error(
+            "the HNSW index of %s is missing after a failed import (%s): run `imgsearch model reindex`",
+            model.name,
+            exc,
+        )
+
+
+def build_index(
+    engine: Engine,
+    model: ModelInfo,
+    *,
+    maintenance_work_mem: str | None,
+    parallel_workers: int | None,
+    progress: bool,
+) -> float:
+    """``CREATE INDEX CONCURRENTLY`` of the model's HNSW index (an invalid one left by an
+    interrupted build is dropped first); the seconds it took. Searches and writes go on."""
+    from tqdm import tqdm
+
+    name = vector_index.index_name(model.id)
+    settings = {
+        "maintenance_work_mem": maintenance_work_mem or "1GB",
+        "max_parallel_maintenance_workers": str(
+            auto_parallel_workers() if parallel_workers is None else parallel_workers
+        ),
+    }
+    try:
+        conn = psycopg.connect(libpq_conninfo(engine.url), autocommit=True, connect_timeout=10)
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(f"cannot connect to PostgreSQL to build the index: {exc}") from exc
+    with conn, tqdm(total=0, unit="block", desc="indexing", disable=not progress) as bar:
+        for setting, value in settings.items():
+            try:
+                conn.execute("SELECT set_config(%s, %s, false)", (setting, value))
+            except psycopg.Error as exc:
+                raise InvalidInput(
+                    f"{setting} can't be {value!r}: {str(exc).strip().splitlines()[0]}"
+                ) from exc
+        state = conn.execute(
+            "SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass(%s)", (f"{SCHEMA}.{name}",)
+        ).fetchone()
+        if state is not None and state[0]:
+            return 0.0
+        if state is not None:  # left invalid by an interrupted build
+            conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {SCHEMA}.{name}")
+        pid = conn.info.backend_pid
+        done = threading.Event()
+
+        def show(blocks: int, total: int, phase: str) -> None:
+            bar.total = total
+            bar.set_description(phase, refresh=False)
+            bar.update(blocks - bar.n)
+
+        watcher = threading.Thread(target=_watch, args=(engine, pid, show, done), daemon=True)
+        if progress:
+            watcher.start()
+        start = time.perf_counter()
+        try:
+            conn.execute(
+                f"CREATE INDEX CONCURRENTLY {name} ON {SCHEMA}.embeddings "
+                f"USING hnsw ((embedding::halfvec({int(model.dim)})) halfvec_cosine_ops) "
+                f"WITH (m = {vector_index.HNSW_M}, ef_construction = {vector_index.HNSW_EF_CONSTRUCTION}) "
+                f"WHERE model_id = {int(model.id)}"
+            )
+        except psycopg.OperationalError as exc:
+            raise TransientError(
+                f"building the HNSW index of {model.name} was interrupted ({str(exc).strip().splitlines()[0]}); "
+                "searches run exactly until it is built: run `imgsearch model reindex`"
+            ) from exc
+        finally:
+            done.set()
+            if progress:
+                watcher.join()
+        return time.perf_counter() - start
+
+
+def _watch(engine: Engine, pid: int, show: Callable[[int, int, str], None], done: threading.Event) -> None:
+    with psycopg.connect(libpq_conninfo(engine.url), autocommit=True, connect_timeout=10) as conn:
+        while not done.wait(vector_index.PROGRESS_INTERVAL_SECONDS):
+            row = conn.execute(
+                "SELECT blocks_done, blocks_total, phase FROM pg_stat_progress_create_index WHERE pid = %s",
+                (pid,),
+            ).fetchone()
+            if row is not None:
+                show(int(row[0]), int(row[1]), str(row[2]))

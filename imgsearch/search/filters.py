@@ -1,0 +1,189 @@
+"""What a search restricts its rows to: the filters, checked, as bound SQL conditions; and a page's
+``k`` and ``offset``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from functools import cached_property
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    BindParameter,
+    ColumnElement,
+    Numeric,
+    Text,
+    any_,
+    bindparam,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+
+from imgsearch.db.models import Embedding, Product
+from imgsearch.errors import InvalidQuery
+from imgsearch.ingest import checks
+
+MAX_K = 1000
+
+
+@dataclass(frozen=True)
+class Filters:
+    """What a search restricts its rows to; every field is optional."""
+
+    tenant: str | None = None
+    category: str | Sequence[str] | None = None
+    price_min: Any = None
+    price_max: Any = None
+    attributes: dict[str, Any] | None = None
+    where: ColumnElement[bool] | None = None
+    exclude_image: int | None = None  # "more like this image": the source image itself
+    exclude_product: int | None = None  # "more like this product": its images (products.id)
+
+    def conditions(self) -> list[ColumnElement[bool]]:
+        """The filters as SQL conditions; each value is a bound parameter named in :meth:`params`."""
+        return list(self._conditions)
+
+    def params(self) -> dict[str, Any]:
+        """The filter values by parameter name, to run a statement built for the same
+        :meth:`shape` with other values (checked once per instance)."""
+        return {f"{PARAM_PREFIX}{name}": value for name, value in self._values.items()}
+
+    def tenant_name(self) -> str | None:
+        """The tenant as stored (:func:`imgsearch.ingest.checks.identifier`, checked once per instance)."""
+        tenant: str | None = self._values.get("tenant")
+        return tenant
+
+    def value(self, name: str) -> Any:
+        """A filter's checked value by name (``tenant``, ``category``, ``categories``, ...), or None."""
+        return self._values.get(name)
+
+    def plans_alike(self) -> bool:
+        """True when the best way to read every part of a search doesn't depend on the values:
+        no filter, one filter on an indexed column (tenant, category or a list of them,
+        attributes), or a shop's search, tenant and category (or a list), which one index
+        serves; with or without ``exclude_image`` or ``exclude_product``. A statement of such a shape can run on a plan
+        cached at its first runs. Prices (a range may match a few rows or every row) and other
+        pairs of filters (which index leads depends on the values) are planned for each search."""
+        columns = frozenset(self._values) - {"exclude_image", "exclude_product"}
+        return self.where is None and columns in PLANS_ALIKE
+
+    def shape(self) -> tuple[Any, ...] | None:
+        """What the statement for these filters looks like, apart from the values; None when
+        ``where`` makes it unique."""
+        if self.where is not None:
+            return None
+        values = self._values
+        return tuple(values)
+
+    @cached_property
+    def _values(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        if self.tenant is not None:
+            values["tenant"] = checks.identifier(self.tenant, "tenant", InvalidQuery)
+        if self.category is not None:
+            if isinstance(self.category, list | tuple | set | frozenset):
+                if not self.category:
+                    raise InvalidQuery(
+                        f"category must be a string or a non-empty list of strings, got {self.category!r}"
+                    )
+                categories = [checks.identifier(c, "category", InvalidQuery) for c in self.category]
+            else:
+                categories = [checks.identifier(self.category, "category", InvalidQuery)]
+            values["categories" if len(categories) > 1 else "category"] = (
+                categories if len(categories) > 1 else categories[0]
+            )
+        low, high = _price(self.price_min, "price_min"), _price(self.price_max, "price_max")
+        if low is not None and high is not None and low > high:
+            raise InvalidQuery(f"price_min {low} is above price_max {high}")
+        # every stored price lies in [0, PRICE_LIMIT): a bound past that selects the same rows as
+        # the limit does, and one past numeric's range would fail in the statement
+        limit = checks.PRICE_LIMIT
+        if low is not None:
+            values["price_min"] = max(-limit, min(low, limit))
+        if high is not None:
+            values["price_max"] = max(-limit, min(high, limit))
+        if self.attributes is not None:
+            values["attributes"] = checks.attributes(self.attributes, "attributes", InvalidQuery)
+        if self.exclude_image is not None:
+            if not checks.stored_id(self.exclude_image):
+                raise InvalidQuery(f"exclude_image must be an image id, got {self.exclude_image!r}")
+            values["exclude_image"] = self.exclude_image
+        if self.exclude_product is not None:
+            if not checks.stored_id(self.exclude_product):
+                raise InvalidQuery(f"exclude_product must be a product key, got {self.exclude_product!r}")
+            values["exclude_product"] = self.exclude_product
+        if self.where is not None and not isinstance(self.where, ColumnElement):
+            raise InvalidQuery("where must be a SQLAlchemy expression over the imgsearch models")
+        return values
+
+    @cached_property
+    def _conditions(self) -> list[ColumnElement[bool]]:
+        values = self._values
+
+        def param(name: str, type_: Any = None) -> BindParameter[Any]:
+            return bindparam(f"{PARAM_PREFIX}{name}", values[name], type_=type_)
+
+        conds: list[ColumnElement[bool]] = []
+        if "tenant" in values:
+            conds.append(Embedding.tenant == param("tenant", Text()))
+        if "category" in values:
+            conds.append(Embedding.category == param("category", Text()))
+        if "categories" in values:
+            # one array parameter: the same SQL text (and prepared statement) for every list length
+            conds.append(Embedding.category == any_(param("categories", ARRAY(Text()))))
+        if "price_min" in values:
+            conds.append(Embedding.price >= param("price_min", Numeric()))
+        if "price_max" in values:
+            conds.append(Embedding.price <= param("price_max", Numeric()))
+        if "attributes" in values:
+            conds.append(Product.attributes.op("@>")(param("attributes", JSONB())))
+        if "exclude_image" in values:
+            conds.append(Embedding.image_id != param("exclude_image", BigInteger()))
+        if "exclude_product" in values:
+            conds.append(Embedding.product_pk != param("exclude_product", BigInteger()))
+        if self.where is not None:
+            conds.append(self.where)
+        return conds
+
+
+PARAM_PREFIX = "imgsearch_filter_"
+
+# the filter columns of Filters.plans_alike shapes: none, one indexed column, or a shop's category
+# (embeddings (model_id, tenant, category), migration 0005)
+PLANS_ALIKE = {
+    frozenset(columns)
+    for columns in (
+        (),
+        ("tenant",),
+        ("category",),
+        ("categories",),
+        ("attributes",),
+        ("tenant", "category"),
+        ("tenant", "categories"),
+    )
+}
+
+
+def _price(value: Any, name: str) -> Decimal | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal | str):
+        raise InvalidQuery(f"{name} must be a number, got {type(value).__name__}")
+    try:
+        if isinstance(value, str) and "_" in value:  # Decimal takes "1_000"; JSON and SQL don't
+            raise InvalidOperation
+        price = Decimal(str(value))
+    except InvalidOperation as exc:
+        raise InvalidQuery(f"{name} must be a number, got {value!r}") from exc
+    if not price.is_finite():
+        raise InvalidQuery(f"{name} must be finite, got {value!r}")
+    return price
+
+
+def check_page(k: Any, offset: Any) -> tuple[int, int]:
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+        raise InvalidQuery(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
+    if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset <= 10 * MAX_K:
+        raise InvalidQuery(f"offset must be an integer from 0 to {10 * MAX_K}, got {offset!r}")
+    return k, offset

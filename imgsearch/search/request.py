@@ -1,0 +1,193 @@
+"""One search request from query vector to hits: strategy, candidate pools and re-ranking.
+
+:mod:`imgsearch.search.strategy` answers "top k rows for this vector and these filters"; this module adds
+what users ask for on top: the best image per product, diverse results (MMR), query expansion and
+a score cut-off, each computed on a candidate pool drawn with the same guarantees.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Connection
+
+from imgsearch.errors import InvalidQuery
+from imgsearch.ingest.vectors import Vector
+from imgsearch.records import Hit, ModelInfo
+from imgsearch.search import rerank
+from imgsearch.search.filters import Filters, check_page
+from imgsearch.search.plans import EXACT_MAX_FRACTION, EXACT_MAX_ROWS, MIN_EF_SEARCH, Plan
+from imgsearch.search.strategy import Result, search_vector
+from imgsearch.settings import Settings
+
+MIN_POOL = 50
+MAX_POOL = 4000
+MAX_EXPAND = 100
+
+
+@dataclass(frozen=True)
+class Options:
+    k: int = 10
+    offset: int = 0
+    group_by_product: bool = False
+    diversity: float | None = None  # MMR λ: 1 = relevance only, 0 = variety only
+    expand: int | None = None
+    min_score: float | None = None
+    exact_max_rows: int = EXACT_MAX_ROWS
+    exact_max_fraction: float = EXACT_MAX_FRACTION
+    cached_plans: bool = True
+    on_plan: Callable[[Plan], None] | None = None  # told each statement's plan (metrics)
+    # every category of the filter's list has an HNSW index of its own (imgsearch.db.filter_indexes)
+    per_value: bool = False
+    min_ef: int = MIN_EF_SEARCH  # the least ef_search, for the model's graph's size (search.min_ef_search)
+
+    def check(self) -> None:
+        if not isinstance(self.group_by_product, bool):
+            raise InvalidQuery(f"group_by_product must be True or False, got {self.group_by_product!r}")
+        if self.diversity is not None and (
+            isinstance(self.diversity, bool)
+            or not isinstance(self.diversity, int | float)
+            or not 0.0 <= self.diversity <= 1.0
+        ):
+            raise InvalidQuery(
+                f"diversity must be a number from 0 (most varied) to 1 (most relevant), got {self.diversity!r}"
+            )
+        if self.expand is not None and (
+            isinstance(self.expand, bool)
+            or not isinstance(self.expand, int)
+            or not 1 <= self.expand <= MAX_EXPAND
+        ):
+            raise InvalidQuery(f"expand must be an integer from 1 to {MAX_EXPAND}, got {self.expand!r}")
+        if self.min_score is not None and (
+            isinstance(self.min_score, bool)
+            or not isinstance(self.min_score, int | float)
+            or not math.isfinite(self.min_score)
+            or not -1.0 <= self.min_score <= 1.0
+        ):
+            raise InvalidQuery(f"min_score must be a cosine similarity from -1 to 1, got {self.min_score!r}")
+
+
+def options_for(
+    settings: Settings,
+    text: str | None,
+    k: Any,
+    offset: Any,
+    group_by_product: Any,
+    diversity: Any,
+    expand: Any,
+    min_score: Any,
+    min_probability: Any,
+) -> Options:
+    """A request's options, every one checked (before any model work), with the strategy's
+    thresholds from ``settings``."""
+    k, offset = check_page(k, offset)
+    if min_probability is not None:
+        if text is None:
+            raise InvalidQuery("min_probability applies to text queries only")
+        if isinstance(min_probability, bool) or not (
+            isinstance(min_probability, int | float) and 0 <= min_probability <= 1
+        ):
+            raise InvalidQuery(f"min_probability must be a probability from 0 to 1, got {min_probability!r}")
+    options = Options(
+        k=k,
+        offset=offset,
+        group_by_product=group_by_product,
+        diversity=diversity,
+        expand=expand,
+        min_score=min_score,
+        exact_max_rows=settings.exact_max_rows,
+        exact_max_fraction=settings.exact_max_fraction,
+        cached_plans=settings.cached_plans,
+    )
+    options.check()
+    return options
+
+
+def run(conn: Connection, model: ModelInfo, query: Vector, filters: Filters, options: Options) -> list[Hit]:
+    """Hits for one request, inside the caller's transaction."""
+    options.check()
+    if options.expand:
+        first = _search(conn, model, query, filters, options, options.expand, with_embeddings=True)
+        if not first.hits:
+            return []  # nothing matches the filters: nothing to expand with, nor to find
+        assert first.embeddings is not None
+        query = rerank.expand_query(query, first.embeddings)
+    wanted = options.k + options.offset
+    if not options.group_by_product and options.diversity is None:
+        hits = _search(conn, model, query, filters, options, options.k, options.offset).hits
+    else:
+        hits = _from_pool(conn, model, query, filters, options, wanted)[options.offset : wanted]
+    if options.min_score is not None:
+        hits = [hit for hit in hits if hit.score >= options.min_score]
+    return hits
+
+
+def _search(
+    conn: Connection,
+    model: ModelInfo,
+    query: Vector,
+    filters: Filters,
+    options: Options,
+    k: int,
+    offset: int = 0,
+    with_embeddings: bool = False,
+) -> Result:
+    """:func:`search_vector` with the options' strategy settings."""
+    result = search_vector(
+        conn,
+        model,
+        query,
+        filters,
+        k,
+        offset,
+        exact_max_rows=options.exact_max_rows,
+        exact_max_fraction=options.exact_max_fraction,
+        cached_plans=options.cached_plans,
+        with_embeddings=with_embeddings,
+        per_value=options.per_value,
+        min_ef=options.min_ef,
+    )
+    if options.on_plan is not None:
+        options.on_plan(result.plan)
+    return result
+
+
+def _from_pool(
+    conn: Connection, model: ModelInfo, query: Vector, filters: Filters, options: Options, wanted: int
+) -> list[Hit]:
+    pool = min(MAX_POOL, max(MIN_POOL, 4 * wanted))
+    while True:
+        result = _search(
+            conn, model, query, filters, options, pool, with_embeddings=options.diversity is not None
+        )
+        positions = list(range(len(result.hits)))
+        if options.group_by_product:
+            positions = rerank.best_per_product(result.hits)
+        exhausted = len(result.hits) < pool or pool >= MAX_POOL
+        if len(positions) >= wanted or exhausted:
+            break
+        pool = min(MAX_POOL, pool * 4)  # many images per product: widen the pool and draw again
+    if options.diversity is not None:
+        assert result.embeddings is not None
+        picked = rerank.mmr(query, result.embeddings[positions], wanted, float(options.diversity))
+        positions = [positions[p] for p in picked]
+    return [result.hits[p] for p in positions]
+
+
+def with_probability(hits: list[Hit], probability: Any, min_probability: float | None = None) -> list[Hit]:
+    """Attach the model's calibrated probability (text queries on SigLIP) to each hit; with
+    ``min_probability``, keep only the hits with none or at least that one."""
+    if not hits:
+        return hits
+    scores = np.array([hit.score for hit in hits])
+    values = probability(scores)
+    if values is None:
+        return hits
+    hits = [replace(hit, probability=float(p)) for hit, p in zip(hits, np.atleast_1d(values), strict=True)]
+    if min_probability is not None:
+        hits = [hit for hit in hits if hit.probability is None or hit.probability >= min_probability]
+    return hits

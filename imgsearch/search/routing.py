@@ -1,0 +1,167 @@
+"""Where a search runs: on the next healthy hot standby, else on the primary; under the tenant's
+row-level security; with the per-value graphs and the ``ef_search`` floor of the model's graph.
+
+A :class:`Router` belongs to one catalog. It remembers which categories and tenants have an HNSW
+graph of their own (:mod:`imgsearch.db.filter_indexes`) and how large the model's graph is, read
+at most every :data:`GRAPHS_REFRESH_SECONDS`, so a search pays no extra round trip for them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+from typing import Literal
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
+
+from imgsearch.access import tenancy
+from imgsearch.db import filter_indexes, vector_index
+from imgsearch.errors import InvalidQuery
+from imgsearch.ingest.vectors import Vector
+from imgsearch.records import Hit, ModelInfo
+from imgsearch.search import queries, request
+from imgsearch.search.filters import Filters
+from imgsearch.search.plans import MIN_EF_SEARCH, min_ef_search
+from imgsearch.search.replicas import Replicas, primary_lsn, replica_fault
+from imgsearch.search.request import Options
+
+log = logging.getLogger(__name__)
+
+GRAPHS_REFRESH_SECONDS = 30.0  # how soon searches plan for a new per-value index (only speed depends on it)
+
+OwnGraph = Literal["single", "per value"]
+
+
+class Router:
+    """Runs searches for one catalog: ``engine`` is the primary's pool (also read for the graphs),
+    ``search_engine`` the primary's pool for searches, ``replicas`` the standbys (or None)."""
+
+    def __init__(self, engine: Engine, search_engine: Engine, replicas: Replicas | None) -> None:
+        self.engine, self.search_engine, self.replicas = engine, search_engine, replicas
+        # values of category/tenant with an HNSW graph of their own (imgsearch.db.filter_indexes)
+        self._graphs: dict[str, frozenset[str]] = {}
+        self._graphs_key: tuple[int, float] = (-1, float("-inf"))
+        self._min_ef = MIN_EF_SEARCH  # for the model's graph's size, read with the graphs
+
+    def forget_graphs(self) -> None:
+        """Read the per-value graphs again at the next search (after a refresh built or dropped some)."""
+        self._graphs_key = (-1, float("-inf"))
+
+    def search(
+        self,
+        model: ModelInfo,
+        filters: Filters,
+        options: Options,
+        query: Vector | None,
+        asked: queries.Query,
+        consistent: bool,
+    ) -> list[Hit]:
+        """The hits of one request: on a replica when one is in rotation (and, ``consistent``, has
+        replayed every write acknowledged before the search began), else on the primary."""
+        if not isinstance(consistent, bool):
+            raise InvalidQuery(f"consistent must be true or false, got {consistent!r}")
+        hits = self._on_replicas(model, filters, options, query, asked, consistent)
+        if hits is not None:
+            return hits
+        try:
+            hits = self._once(self.search_engine, model, filters, options, query, asked)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            # searches check out connections without a ping (db_engine.make_search_engine): a
+            # search is read-only, so it runs again on a new connection
+            log.warning("a search's database connection was closed (%s); running it again", exc.orig)
+            hits = self._once(self.search_engine, model, filters, options, query, asked)
+        assert hits is not None  # only a replica that hasn't caught up answers None
+        return hits
+
+    def _on_replicas(
+        self,
+        model: ModelInfo,
+        filters: Filters,
+        options: Options,
+        query: Vector | None,
+        asked: queries.Query,
+        consistent: bool,
+    ) -> list[Hit] | None:
+        """The search on the next healthy replica; None when the primary must answer: no replica
+        in rotation, each one failed, or (``consistent``) the chosen one didn't catch up in time.
+        A replica that can't answer (down, restarting, a query cancelled by recovery) costs no
+        failed search: the next one, then the primary, runs it."""
+        if not self.replicas:
+            return None
+        lsn = None
+        if consistent:
+            with self.engine.begin() as conn:
+                lsn = primary_lsn(conn)
+        for member in self.replicas.rotation():
+            try:
+                hits = self._once(member.engine, model, filters, options, query, asked, lsn)
+            except DBAPIError as exc:
+                if not replica_fault(exc):
+                    raise
+                self.replicas.failed(member, exc)
+                continue
+            if hits is None:
+                log.info(
+                    "replica %s hadn't replayed %s within the wait; the primary answers", member.name, lsn
+                )
+                return None
+            member.searches += 1
+            return hits
+        return None
+
+    def _once(
+        self,
+        engine: Engine,
+        model: ModelInfo,
+        filters: Filters,
+        options: Options,
+        query: Vector | None,
+        asked: queries.Query,
+        lsn: str | None = None,
+    ) -> list[Hit] | None:
+        own = self._own_graph(
+            model, filters
+        )  # before the search's transaction (Django shares one connection)
+        options = replace(options, min_ef=self._min_ef)
+        with engine.begin() as conn:
+            if lsn is not None and self.replicas is not None and not self.replicas.wait_for(conn, lsn):
+                return None
+            if filters.tenant is not None:
+                tenancy.scope(conn, filters.tenant)
+            if query is None:
+                query, filters = queries.stored_vector(conn, model, asked, filters)
+            if own:
+                # the planner picks a value's partial index only when it plans for the value
+                options = replace(options, cached_plans=False, per_value=own == "per value")
+            return request.run(conn, model, query, filters, options)
+
+    def _own_graph(self, model: ModelInfo, filters: Filters) -> OwnGraph | None:
+        """'single': the filter's category or tenant has an HNSW index of its own; "per value":
+        each category of its list has one; else None (known values are read every
+        :data:`GRAPHS_REFRESH_SECONDS`, with the size of the model's graph, which sets the
+        searches' least ``ef_search``)."""
+        model_id, checked = self._graphs_key
+        now = time.monotonic()
+        if model_id != model.id or now - checked >= GRAPHS_REFRESH_SECONDS:
+            try:
+                # begin(): committed, not rolled back on return to the pool (psycopg drops the
+                # connection's prepared statements at a ROLLBACK)
+                with self.engine.begin() as conn:
+                    self._min_ef = min_ef_search(vector_index.indexed_rows(conn, model.id))
+                    self._graphs = filter_indexes.indexed_values(conn, model.id)
+            except DBAPIError as exc:  # a login that can't read the registry: no per-value plans
+                log.debug("per-value indexes not readable: %s", exc.orig)
+                self._graphs = {}
+            self._graphs_key = (model.id, now)
+        if not self._graphs:
+            return None
+        categories = filters.value("categories")
+        if categories and set(categories) <= self._graphs.get("category", frozenset()):
+            return "per value"
+        if any(filters.value(column) in self._graphs.get(column, ()) for column in filter_indexes.COLUMNS):
+            return "single"
+        return None

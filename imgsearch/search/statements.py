@@ -1,0 +1,310 @@
+"""The SQL of a search: an HNSW pass, an exact scan, an iterative pool, the filtered statement that
+chooses among them inside PostgreSQL, and one pass per category's own graph.
+
+Each is built with bound parameters only; :mod:`imgsearch.search.strategy` builds each once per
+shape of filters and runs it with each search's values."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    BindParameter,
+    ColumnElement,
+    Select,
+    Text,
+    and_,
+    bindparam,
+    case,
+    func,
+    literal_column,
+    or_,
+    select,
+    true,
+    union_all,
+)
+from sqlalchemy.sql.expression import literal
+
+from imgsearch.db.models import Embedding, Image, Product
+from imgsearch.db.vector_index import embedding_expr, model_filter, query_param
+from imgsearch.ingest.vectors import Vector
+from imgsearch.records import ModelInfo
+from imgsearch.search.filters import PARAM_PREFIX, Filters
+from imgsearch.search.plans import Plan, reltuples
+
+
+def _mentions(filters: Filters, table: Any) -> bool:
+    from sqlalchemy.sql.util import find_tables
+
+    return filters.where is not None and table in find_tables(
+        filters.where, check_columns=True, include_crud=True
+    )
+
+
+def joined(
+    model: ModelInfo, filters: Filters, *columns: Any, with_images: bool = False, with_products: bool = False
+) -> Select[Any]:
+    """``SELECT columns FROM embeddings [JOIN products] [JOIN images] WHERE <model> AND <filters>``.
+
+    Embeddings carry their product's tenant, category and price (kept by triggers), so those
+    filters read one table; products are joined when asked for or when ``attributes`` or
+    ``where`` need them, images when asked for or when ``where`` mentions them.
+    """
+    stmt = select(*columns).select_from(Embedding)
+    if with_products or filters.attributes is not None or _mentions(filters, Product.__table__):
+        stmt = stmt.join(Product, Product.id == Embedding.product_pk)
+    if with_images or _mentions(filters, Image.__table__):
+        stmt = stmt.join(Image, Image.id == Embedding.image_id)
+    return stmt.where(model_filter(model.id), *filters.conditions())
+
+
+def hit_columns(
+    distance: ColumnElement[Any], with_embeddings: bool = False, product: Any = Product.product_id
+) -> list[Any]:
+    columns = [
+        Embedding.image_id,
+        product,
+        Embedding.tenant,
+        Embedding.category,
+        Embedding.price,
+        distance.label("distance"),
+    ]
+    return [*columns, Embedding.embedding] if with_embeddings else columns
+
+
+def hnsw_statement(
+    model: ModelInfo,
+    query: Vector | BindParameter[Any],
+    filters: Filters,
+    k: int | ColumnElement[Any],
+    offset: int = 0,
+    with_embeddings: bool = False,
+    with_images: bool = False,
+    product_pk: bool = False,
+) -> Select[Any]:
+    """The HNSW form: ORDER BY the indexed expression alone (a tiebreaker would defeat the index).
+    ``product_pk`` returns the product's key instead of joining products for its id."""
+    distance = embedding_expr(model.dim).cosine_distance(query_param(query, model.dim))
+    columns = hit_columns(
+        distance, with_embeddings, Embedding.product_pk if product_pk else Product.product_id
+    )
+    stmt = joined(model, filters, *columns, with_images=with_images, with_products=not product_pk)
+    return _page(stmt.order_by(distance), k, offset)
+
+
+def _page(stmt: Select[Any], k: int | ColumnElement[Any], offset: int) -> Select[Any]:
+    """LIMIT ``k``, and OFFSET only when there is one (a cached plan takes a parameter OFFSET for
+    a tenth of the table)."""
+    stmt = stmt.limit(k)
+    return stmt.offset(offset) if offset else stmt
+
+
+MIN_FETCH = 16
+
+
+def fetch_size(wanted: int) -> int:
+    """How many rows a statement fetches to give ``wanted`` hits: the next power of two from
+    :data:`MIN_FETCH`. It is written into the statement's text (a number of this module's
+    choosing, one of a few), so a plan cached for the statement knows its LIMIT: PostgreSQL plans
+    a LIMIT parameter as a tenth of the table, and then turns HNSW down for a sort."""
+    size = MIN_FETCH
+    while size < wanted:
+        size *= 2
+    return size
+
+
+def fetch_limit(wanted: int) -> ColumnElement[Any]:
+    """``fetch_size(wanted)`` as a constant of the SQL text."""
+    return literal_column(str(fetch_size(int(wanted))))
+
+
+def exact_statement(
+    model: ModelInfo,
+    query: Vector | BindParameter[Any],
+    filters: Filters,
+    k: int,
+    offset: int = 0,
+    with_embeddings: bool = False,
+) -> Select[Any]:
+    """The exact form: the uncast column's distance, which no HNSW index serves, over the filtered
+    rows; products are joined to the ``k`` rows found, not to every row scanned."""
+    top_k = _exact_top(model, query_param(query, model.dim), filters, k, offset, with_embeddings).subquery(
+        "top"
+    )
+    return (
+        select(*_with_product_id(top_k))
+        .join_from(top_k, Product, Product.id == top_k.c.product_pk)
+        .order_by(top_k.c.distance)
+    )
+
+
+def _with_product_id(rows: Any) -> list[Any]:
+    """The columns of a subquery of hits with ``product_pk`` swapped for the joined product's id."""
+    return [Product.product_id if c is rows.c.product_pk else c for c in rows.c]
+
+
+def _exact_top(
+    model: ModelInfo,
+    query: BindParameter[Any],
+    filters: Filters,
+    k: int | ColumnElement[Any],
+    offset: int,
+    with_embeddings: bool,
+    gate: ColumnElement[bool] | None = None,
+) -> Select[Any]:
+    """The exact top-k with ``product_pk`` for its product; ``gate``, a condition without columns,
+    lets PostgreSQL skip the scan when it is false."""
+    distance = Embedding.embedding.cosine_distance(query)
+    top = joined(model, filters, *hit_columns(distance, with_embeddings, product=Embedding.product_pk))
+    if gate is not None:
+        top = top.where(gate)
+    return _page(top.order_by(distance), k, offset)
+
+
+def pooled_statement(
+    model: ModelInfo,
+    query: Vector | BindParameter[Any],
+    filters: Filters,
+    p: Plan,
+    k: int,
+    offset: int,
+    with_embeddings: bool,
+) -> Select[Any]:
+    """HNSW collects ``p.pool`` matching rows (relaxed order, in a materialised CTE so the planner
+    can't push the outer sort into the index scan); the outer query re-sorts them exactly.
+
+    The re-sort is by ``distance + 0``: PostgreSQL 17+ knows the CTE's rows come in its ORDER BY's
+    order, and sorting by the same ``distance`` it would skip the sort and keep the relaxed scan's
+    first ``k`` rows (pgvector's README documents the ``+ 0``)."""
+    pool = (
+        hnsw_statement(model, query, filters, p.pool, 0, with_embeddings)
+        .cte("pool")
+        .prefix_with("MATERIALIZED")
+    )
+    return select(*pool.c).order_by(pool.c.distance + 0).limit(k).offset(offset)
+
+
+def filtered_statement(
+    model: ModelInfo,
+    query: Vector | BindParameter[Any],
+    filters: Filters,
+    k: int,
+    offset: int,
+    *,
+    exact_max_rows: int,
+    exact_max_fraction: float,
+    one_pass: bool,
+    with_embeddings: bool,
+) -> Select[Any]:
+    """Strategy and search of a filtered search in one statement.
+
+    Each part fetches the nearest :func:`fetch_size` ``(k + offset)`` rows, a number in the SQL
+    text; the caller keeps hits ``offset`` to ``offset + k``. Every row carries ``matching`` (the
+    rows the filters match, counted up to ``exact_max_rows + 1`` and, when the one pass came
+    short, up to ``bound + 1``), ``bound`` (the most rows an exact scan
+    may take: ``exact_max_rows``, ``exact_max_fraction`` of the catalog's row estimate, or
+    ``k + offset``), ``total`` (that estimate) and ``source``, then the hit's columns; with no hits,
+    one row of NULL hit columns. Each part runs only when its gate (a condition on materialised
+    counts, evaluated once) holds:
+
+    * ``one_pass`` (more than ``exact_max_rows`` match): the matching rows among HNSW's
+      ``ef_search`` nearest, iterative scan off. When ``k + offset`` of them match, they are the
+      right top-k: a closer matching row would be closer than an ef_search-nearest candidate.
+    * the full count, up to ``bound + 1``: only when the one pass came short.
+    * ``exact`` (at most ``exact_max_rows`` match, or at most ``bound`` and the pass came short):
+      every matching row's distance.
+    * neither (more than ``bound`` match, the pass came short): no hits; the caller runs an
+      iterative scan (:func:`pooled_statement`) next.
+
+    Products are joined once, to the hits found (PostgreSQL plans this statement on every run, for
+    the actual values: each join and table reference left out is planning time saved).
+    """
+    q = query_param(query, model.dim)
+    wanted, small = k + offset, int(exact_max_rows)
+    fetched = fetch_limit(wanted)
+    sizes = select(reltuples().label("total")).subquery("sizes")
+    limits = select(
+        func.greatest(
+            literal(small), func.ceil(literal(float(exact_max_fraction)) * sizes.c.total), literal(wanted)
+        )
+        .cast(BigInteger)
+        .label("bound"),
+        sizes.c.total,
+    ).cte("limits")
+    bound = select(limits.c.bound).scalar_subquery()
+
+    def counted(name: str, limit: Any, gate: ColumnElement[bool] | None = None) -> Any:
+        rows = joined(model, filters, Embedding.image_id)
+        if gate is not None:
+            rows = rows.where(gate)
+        limited = rows.limit(limit + 1).subquery(f"{name}_rows")
+        return select(func.count().label("matching")).select_from(limited).cte(name)
+
+    few = counted("few", literal(small))
+    matching_few = select(few.c.matching).scalar_subquery()
+    parts = []
+    if one_pass:
+        first = (
+            hnsw_statement(model, q, filters, fetched, 0, with_embeddings, product_pk=True)
+            .where(matching_few > small)
+            .cte("one_pass")
+            .prefix_with("MATERIALIZED")
+        )
+        found = select(func.count()).select_from(first).scalar_subquery()
+        parts.append(select(literal("hnsw").label("source"), *first.c).where(found >= wanted))
+        short = and_(matching_few > small, found < wanted)
+    else:
+        short = matching_few > small
+    many = counted("many", bound, gate=short)
+    matching_many = select(many.c.matching).scalar_subquery()
+    gate = or_(matching_few <= small, and_(short, matching_many <= bound))
+    exact = _exact_top(model, q, filters, fetched, 0, with_embeddings, gate).subquery("exact")
+    parts.append(select(literal("exact").label("source"), *exact.c))
+    hits = union_all(*parts).subquery("hits") if len(parts) > 1 else parts[0].subquery("hits")
+    matching = case(
+        (few.c.matching <= small, few.c.matching), (many.c.matching > 0, many.c.matching), else_=-1
+    )
+    return (
+        select(matching.label("matching"), limits.c.bound, limits.c.total, *_with_product_id(hits))
+        .select_from(few)
+        .join(many, true())
+        .join(limits, true())
+        .outerjoin(hits, true())
+        .outerjoin(Product, Product.id == hits.c.product_pk)
+    )
+
+
+MAX_PER_VALUE_ARMS = 32
+ARM_PREFIX = f"{PARAM_PREFIX}arm_"
+
+
+def per_value_statement(
+    model: ModelInfo,
+    query: Vector | BindParameter[Any],
+    filters: Filters,
+    arms: int,
+    fetched: int | ColumnElement[Any],
+    with_embeddings: bool,
+) -> Select[Any]:
+    """A filter's list of categories, each with an HNSW index of its own: one HNSW pass per
+    category (``category = :arm_i``, which the planner, planning for the values, serves from that
+    category's index), each returning its ``fetched`` nearest rows with its ``arm`` number, all of
+    them together. The caller keeps the nearest when every arm gave ``fetched`` rows: a category's
+    rows beyond its own nearest can't be among the nearest of all."""
+    q = query_param(query, model.dim)
+    others = replace(filters, category=None)
+    distance = embedding_expr(model.dim).cosine_distance(q)
+    columns = hit_columns(distance, with_embeddings, product=Embedding.product_pk)
+    parts = []
+    for i in range(arms):
+        arm = (
+            joined(model, others, literal(i).label("arm"), *columns)
+            .where(Embedding.category == bindparam(f"{ARM_PREFIX}{i}", type_=Text()))
+            .order_by(distance)
+            .limit(fetched)
+        )
+        parts.append(arm.subquery(f"arm_{i}").select())
+    rows = union_all(*parts).subquery("arms")
+    return select(*_with_product_id(rows)).join_from(rows, Product, Product.id == rows.c.product_pk)

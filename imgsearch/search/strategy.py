@@ -1,0 +1,265 @@
+"""Hybrid search: vector distance and SQL filters in one statement, with the right top-k.
+
+Plain ``ORDER BY embedding <=> q LIMIT k`` with a selective ``WHERE`` lets HNSW return fewer rows
+than asked and miss close matches. A filtered search here is one statement
+(:func:`filtered_statement`) whose parts run only when cheap counts inside it call for them:
+
+* ``exact``: few rows match (at most :data:`EXACT_MAX_ROWS`): compute every matching row's
+  distance. The ORDER BY uses the uncast column, which the per-model HNSW index can't serve, so
+  PostgreSQL uses the B-tree/GIN filter indexes and sorts.
+* ``hnsw`` (one pass): more match: the matching rows among HNSW's ``ef_search`` nearest, iterative
+  scan off. When ``k`` of them match they are the right top-k (a closer matching row would be
+  closer than one of those nearest rows too), so a filter whose rows surround the query costs about
+  an unfiltered search.
+* when the pass comes short, the filter's rows lie away from the query, where HNSW's graph walk
+  reaches them late and in no useful order: ``exact`` again when at most :data:`EXACT_MAX_FRACTION`
+  of the catalog matches, else ``hnsw_iterative`` (a second statement): ``hnsw.iterative_scan =
+  relaxed_order`` collects a pool of matching rows that the outer query re-sorts exactly, with an
+  exact scan if even the pool comes short.
+
+Unfiltered searches are one HNSW pass. Statements are built once per shape of filters and run with
+each search's values (building one costs more than running it). Shapes whose best plan doesn't
+depend on the values (:meth:`Filters.plans_alike`) also run on a plan PostgreSQL caches, planning
+the others costs 1-1.5 ms per search. pgvector settings are set with ``SET LOCAL`` inside the
+query's transaction only, in one round trip before the statement.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from sqlalchemy import (
+    BindParameter,
+    Connection,
+    Select,
+)
+
+from imgsearch.db.vector_index import query_param, send_binary_queries
+from imgsearch.ingest.vectors import Vector
+from imgsearch.records import Hit, ModelInfo
+from imgsearch.search.filters import Filters
+from imgsearch.search.plans import (
+    EXACT_MAX_FRACTION,
+    EXACT_MAX_ROWS,
+    MIN_EF_SEARCH,
+    MIN_SCAN_TUPLES,
+    Plan,
+    iterative_plan,
+    one_pass_plan,
+    set_local,
+    total_rows,
+)
+from imgsearch.search.statements import (
+    ARM_PREFIX,
+    MAX_PER_VALUE_ARMS,
+    exact_statement,
+    fetch_limit,
+    fetch_size,
+    filtered_statement,
+    hnsw_statement,
+    per_value_statement,
+    pooled_statement,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Result:
+    hits: list[Hit]
+    plan: Plan
+    embeddings: npt.NDArray[np.float32] | None = None  # unit rows of the hits, when asked for
+
+
+def _result(rows: Any, chosen: Plan, with_embeddings: bool, skip: int = 0, k: int | None = None) -> Result:
+    # HNSW orders by the distance between the index's normalised half-precision copies, which can
+    # swap near-ties by ~1e-4 against the distance reported; re-sorting the rows fetched keeps
+    # "nearest first" exact without touching the SQL ORDER BY.
+    rows = sorted(rows, key=lambda r: float(r.distance))[skip : None if k is None else skip + k]
+    hits = [
+        Hit(
+            image_id=r.image_id,
+            product_id=r.product_id,
+            tenant=r.tenant,
+            category=r.category,
+            price=r.price,
+            distance=float(r.distance),
+            score=1.0 - float(r.distance),
+        )
+        for r in rows
+    ]
+    embeddings = None
+    if with_embeddings and not rows:
+        embeddings = np.empty((0, 0), dtype=np.float32)
+    elif with_embeddings:
+        embeddings = np.array([r.embedding for r in rows], dtype=np.float32).reshape(len(rows), -1)
+        embeddings /= np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+    return Result(hits, chosen, embeddings)
+
+
+def search_vector(
+    conn: Connection,
+    model: ModelInfo,
+    query: Vector,
+    filters: Filters,
+    k: int,
+    offset: int = 0,
+    *,
+    exact_max_rows: int = EXACT_MAX_ROWS,
+    exact_max_fraction: float = EXACT_MAX_FRACTION,
+    cached_plans: bool = True,
+    with_embeddings: bool = False,
+    per_value: bool = False,
+    min_ef: int = MIN_EF_SEARCH,
+) -> Result:
+    """Top ``k`` (after ``offset``) rows by cosine distance, inside the caller's transaction.
+
+    Returns ``min(k, matching rows - offset)`` hits. One statement in the common case (after one
+    round trip of ``SET LOCAL``): :func:`filtered_statement`, or for no filters a single HNSW
+    pass. A second one only when a pass comes short: an iterative scan over a large filter, or
+    an exact scan. ``cached_plans=False`` plans every statement for its values. ``per_value``: each
+    category of the filter's list has an HNSW index of its own: one pass of each, merged
+    (:func:`per_value_statement`), when each gives enough rows. ``min_ef``: the least
+    ``ef_search`` of its HNSW passes (:func:`min_ef_search` of the model's rows).
+    """
+    run = _Run(conn, model, query, filters, with_embeddings)
+    wanted = k + offset
+    first = one_pass_plan(wanted, min_ef)
+    cached_plan = cached_plans and filters.plans_alike()
+    if not filters.conditions():
+        chosen = first or iterative_plan(wanted, -1, MIN_SCAN_TUPLES, min_ef)
+        set_local(conn, chosen, with_planner=True, cached_plan=cached_plan and first is not None)
+        if first is not None:
+            rows = run.hnsw_pass(wanted)
+            if len(rows) >= wanted:
+                return _result(rows, first, with_embeddings, skip=offset, k=k)
+            chosen = iterative_plan(wanted, -1, total_rows(conn), min_ef)
+            set_local(conn, chosen)
+        return run.pooled(chosen, k, offset)
+    categories = filters.value("categories")
+    if per_value and first is not None and categories and len(categories) <= MAX_PER_VALUE_ARMS:
+        # the model's graph first: when the list's rows surround the query, its one pass is the
+        # answer at the cost of an unfiltered search; when it comes short, the rows lie away
+        # from the query, and each category's own graph finds them
+        set_local(conn, first, with_planner=True)
+        rows = run.hnsw_pass(wanted)
+        if len(rows) >= wanted:
+            return _result(rows, first, with_embeddings, skip=offset, k=k)
+        hits = _per_value(run, first, categories, k, offset)
+        if hits is not None:
+            return hits
+    # settings for the one pass (ignored by the exact scan and the count)
+    set_local(conn, first or Plan("exact", -1, ef_search=min_ef), with_planner=True, cached_plan=cached_plan)
+    rows = run.execute(
+        ("filtered", k, offset, exact_max_rows, exact_max_fraction, first is not None),
+        lambda q: filtered_statement(
+            model,
+            q,
+            filters,
+            k,
+            offset,
+            exact_max_rows=exact_max_rows,
+            exact_max_fraction=exact_max_fraction,
+            one_pass=first is not None,
+            with_embeddings=with_embeddings,
+        ),
+    )
+    matching, bound, total = rows[0].matching, rows[0].bound, rows[0].total
+    found = [r for r in rows if r.source is not None]
+    log.debug("filtered search: %d rows match (bound %d), hits from %s", matching, bound, rows[0].source)
+    if rows[0].source == "hnsw":
+        assert first is not None
+        return _result(found, replace(first, matching=matching), with_embeddings, skip=offset, k=k)
+    if 0 <= matching <= bound:  # the exact scan ran (and found every matching row when fewer than k)
+        return _result(found, Plan("exact", matching), with_embeddings, skip=offset, k=k)
+    chosen = iterative_plan(wanted, matching, total, min_ef)
+    set_local(conn, chosen)
+    return run.pooled(chosen, k, offset)
+
+
+def _per_value(run: _Run, plan: Plan, categories: Sequence[str], k: int, offset: int) -> Result | None:
+    wanted = k + offset
+    arms = len(categories)
+    rows = run.execute(
+        ("per_value", arms, fetch_size(wanted)),
+        lambda q: per_value_statement(
+            run.model, q, run.filters, arms, fetch_limit(wanted), run.with_embeddings
+        ),
+        {f"{ARM_PREFIX}{i}": category for i, category in enumerate(categories)},
+    )
+    counts = [0] * arms
+    for row in rows:
+        counts[row.arm] += 1
+    if min(counts) < wanted:  # an arm came short: its category's other filters are far, or few
+        return None
+    return _result(rows, replace(plan, strategy="hnsw"), run.with_embeddings, skip=offset, k=k)
+
+
+STATEMENT_CACHE_SIZE = 512
+_statements: dict[tuple[Any, ...], Select[Any]] = {}
+
+
+class _Run:
+    """One search's statements: built once per shape of filters and reused with new values
+    (building one costs more than running it), executed with this search's values."""
+
+    def __init__(
+        self, conn: Connection, model: ModelInfo, query: Vector, filters: Filters, with_embeddings: bool
+    ) -> None:
+        self.conn, self.model, self.filters, self.with_embeddings = conn, model, filters, with_embeddings
+        binary = send_binary_queries(conn)
+        self.query = query_param(query, model.dim, name=QUERY_PARAM, binary=binary)
+        self.params = {QUERY_PARAM: query, **filters.params()}
+        shape = filters.shape()
+        self.key = None if shape is None else (model.id, model.dim, with_embeddings, binary, shape)
+
+    def execute(
+        self,
+        kind: tuple[Any, ...],
+        build: Callable[[BindParameter[Any]], Select[Any]],
+        extra: dict[str, Any] | None = None,
+    ) -> Sequence[Any]:
+        if self.key is None:
+            stmt = build(self.query)
+        else:
+            key = (*self.key, *kind)
+            found = _statements.get(key)
+            if found is None:
+                if len(_statements) >= STATEMENT_CACHE_SIZE:
+                    _statements.clear()
+                found = _statements[key] = build(self.query)
+            stmt = found
+        return self.conn.execute(stmt, {**self.params, **extra} if extra else self.params).all()
+
+    def hnsw_pass(self, wanted: int) -> Sequence[Any]:
+        """One HNSW pass with the filters in its WHERE, iterative scan as set: the matching rows
+        among the ``ef_search`` nearest, at most :func:`fetch_size` ``(wanted)``."""
+        model, filters, embeddings = self.model, self.filters, self.with_embeddings
+        return self.execute(
+            ("hnsw", fetch_size(wanted)),
+            lambda q: hnsw_statement(model, q, filters, fetch_limit(wanted), 0, embeddings),
+        )
+
+    def pooled(self, chosen: Plan, k: int, offset: int) -> Result:
+        """The iterative scan's pool, re-sorted exactly; an exact scan if even it comes short."""
+        model, filters, embeddings = self.model, self.filters, self.with_embeddings
+        rows = self.execute(
+            ("pool", chosen.pool, k, offset),
+            lambda q: pooled_statement(model, q, filters, chosen, k, offset, embeddings),
+        )
+        result = _result(rows, chosen, embeddings)
+        if len(result.hits) == k:
+            return result
+        log.info("hnsw returned %d of %d rows; falling back to an exact scan", len(result.hits), k)
+        rows = self.execute(
+            ("exact", k, offset), lambda q: exact_statement(model, q, filters, k, offset, embeddings)
+        )
+        return _result(rows, Plan("exact", chosen.matching), embeddings)
+
+
+QUERY_PARAM = "imgsearch_query"
