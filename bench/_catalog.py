@@ -56,7 +56,7 @@ def load(catalog: Catalog, rows: int, seed: int) -> tuple[np.ndarray, np.ndarray
     print(f"loading {rows} rows ...", flush=True)
     rng = np.random.default_rng(seed + 1)
     url = make_url(catalog.engine.url)
-    model = catalog.active_model
+    model = catalog.registered_model()  # a fresh catalog registers its model at its first embedding
     with psycopg.connect(host=url.query["host"], user="postgres", dbname=DB) as conn:
         register_vector(conn)
         conn.execute("TRUNCATE imgsearch.products CASCADE")

@@ -318,12 +318,12 @@ class Catalog:
 
     def categories(self, *, tenant: str | None = None, limit: int = 1000) -> list[tuple[str, int]]:
         """The categories of the catalog's products (of ``tenant``'s, with a tenant) and how many
-        products each has, most products first; at most ``limit``.
+        findable products each has (with an embedded image), most first; at most ``limit``.
 
         >>> catalog.categories(tenant="acme")  # doctest: +SKIP
         [('shoes', 120), ('bags', 31)]
         """
-        return lookups.categories(self.engine, tenant, limit)
+        return lookups.categories(self.engine, tenant, limit, self.active_model.id)
 
     # -- search: imgsearch.search ---------------------------------------------------------
 

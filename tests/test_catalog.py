@@ -295,6 +295,40 @@ def test_add_many_one_bad_row_fails_whole_call(catalog: Catalog, bad: dict, mess
     assert counts(catalog) == {"products": 0, "images": 0, "embeddings": 0}
 
 
+def test_rows_of_one_product_merge_and_disagreeing_rows_are_named(catalog: Catalog) -> None:
+    """Rows of a batch that name one product merge (each gives what it gives); two that give one
+    of its fields different values fail the batch naming both, with nothing written."""
+    same = {"tenant": "acme", "product_id": "shirt", "category": "tops"}
+    catalog.add_many(
+        [
+            {**same, "embedding": unit(768, 1), "price": "19.90", "attributes": {"color": "red"}},
+            {**same, "embedding": unit(768, 2), "price": 19.9, "currency": "EUR", "attributes": {"size": "M"}},
+        ]
+    )
+    with catalog.engine.connect() as conn:
+        product = conn.execute(text("SELECT category, price, currency, attributes FROM imgsearch.products")).one()
+    assert tuple(product) == ("tops", Decimal("19.9"), "EUR", {"color": "red", "size": "M"})
+    disagreeing = [
+        ({"price": 24}, "row 2: price of product 'shoe' of tenant 'acme' is 24 here, but 9.5 in row 0"),
+        ({"category": "boots"}, "row 2: category of product 'shoe' of tenant 'acme' is \"boots\" here, but \"shoes\" in row 0"),
+        (
+            {"attributes": {"color": "blue"}},
+            "row 2: attributes.color of product 'shoe' of tenant 'acme' is \"blue\" here, but \"red\" in row 0",
+        ),
+    ]
+    for change, message in disagreeing:
+        shoe = {"tenant": "acme", "product_id": "shoe", "category": "shoes", "price": 9.5, "attributes": {"color": "red"}}
+        rows = [
+            {**shoe, "embedding": unit(768, 3)},
+            {"tenant": "acme", "product_id": "other", "embedding": unit(768, 4)},
+            {**shoe, **change, "embedding": unit(768, 5)},
+        ]
+        with pytest.raises(InvalidInput) as raised:
+            catalog.add_many(rows)
+        assert str(raised.value) == message and raised.value.index == 2
+    assert counts(catalog) == {"products": 1, "images": 2, "embeddings": 2}
+
+
 def test_add_many_rejects_non_mapping_rows(catalog: Catalog) -> None:
     with pytest.raises(InvalidInput, match="row 0: a row must be a mapping"):
         catalog.add_many([("acme", "sku")])  # type: ignore[list-item]
@@ -342,3 +376,14 @@ def test_database_constraints_back_the_validation(catalog: Catalog) -> None:
             text("UPDATE imgsearch.embeddings SET embedding = '[1,2,3]' WHERE image_id = :id"),
             {"id": image_id},
         )
+
+
+def test_categories_count_findable_products_only(catalog: Catalog) -> None:
+    """A product with no embedded image can't be found: its category isn't offered until it has one."""
+    catalog.add(image=image_bytes(1), tenant="acme", product_id="waiting", category="hats")
+    catalog.add(embedding=unit(768, 1), tenant="acme", product_id="a", category="shoes")
+    ready = catalog.add(embedding=unit(768, 2), tenant="acme", product_id="b", category="shoes")
+    catalog.add(embedding=unit(768, 3), tenant="acme", product_id="c", category="bags")
+    assert catalog.categories(tenant="acme") == [("shoes", 2), ("bags", 1)]
+    catalog.delete(ready, tenant="acme")  # b keeps its row, with no image left
+    assert catalog.categories(tenant="acme") == [("bags", 1), ("shoes", 1)]

@@ -495,7 +495,7 @@ def show_latency_and_load(report: dict[str, Any], args: argparse.Namespace) -> N
     print(f"| requests/s | {ld['rps']:.0f} |")
     print(f"| p50 / p99 | {ld['p50']:.1f} ms / {ld['p99']:.1f} ms ({ld['p99'] / ld['p50']:.2f}x) |")
     print(
-        f"| server RSS, 10th s -> last | {min(m for s, m in ld['rss'] if s >= 10):.0f} -> {ld['rss'][-1][1]:.0f} MiB ({ld['rss_growth'] * 100:+.1f}%) |",
+        f"| server RSS, 10th s -> last | {min([m for s, m in ld['rss'] if s >= 10] or [ld['rss'][0][1]]):.0f} -> {ld['rss'][-1][1]:.0f} MiB ({ld['rss_growth'] * 100:+.1f}%) |",
         flush=True,
     )
 

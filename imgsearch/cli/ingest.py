@@ -15,14 +15,18 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> int:
 
     from imgsearch.catalog import Catalog
     from imgsearch.ingest import sources
+    from imgsearch.ingest.rows import check_products_agree
     from imgsearch.work import pipeline
 
     rows = list(sources.collect(args.paths, tenant=args.tenant, category=args.category))
+    wheres = [row.pop("_where") for row in rows]
+    check_products_agree(rows, wheres)  # two rows giving one product different prices: nothing stored
     added = duplicates = 0
     failures: list[str] = []
     with Catalog.open(settings=settings) as catalog:
-        for row in tqdm(rows, desc="storing", unit="img", disable=not sys.stderr.isatty()):
-            where = row.pop("_where")
+        for row, where in tqdm(
+            zip(rows, wheres, strict=True), desc="storing", unit="img", total=len(rows), disable=not sys.stderr.isatty()
+        ):
             try:
                 _, created = catalog.add_row(row, on_duplicate=args.on_duplicate)
             except InvalidInput as exc:

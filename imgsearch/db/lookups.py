@@ -74,14 +74,20 @@ def image_bytes(engine: Engine, image_id: Any, tenant: str | None, *, preview: b
     return None if row.shown is None else bytes(row.shown)
 
 
-def categories(engine: Engine, tenant: str | None, limit: Any) -> list[tuple[str, int]]:
-    """:meth:`imgsearch.Catalog.categories`: categories by number of products, most first."""
+def categories(engine: Engine, tenant: str | None, limit: Any, model_id: int) -> list[tuple[str, int]]:
+    """:meth:`imgsearch.Catalog.categories`: categories by number of findable products (with an
+    embedding of model ``model_id``), most first."""
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
         raise InvalidQuery(f"limit must be an integer from 1 to 10000, got {limit!r}")
     count = func.count().label("products")
+    findable = (
+        select(Embedding.image_id)
+        .where(Embedding.product_pk == Product.id, Embedding.model_id == model_id)
+        .exists()
+    )
     stmt = (
         select(Product.category, count)
-        .where(Product.category.is_not(None))
+        .where(Product.category.is_not(None), findable)
         .group_by(Product.category)
         .order_by(count.desc(), Product.category)
         .limit(limit)

@@ -25,6 +25,7 @@ duplicates, as ``add`` does.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import sys
@@ -32,6 +33,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from itertools import islice
 from typing import Any
 
@@ -93,17 +95,38 @@ def auto_parallel_workers() -> int:
 _STAGE = """CREATE TEMPORARY TABLE imgsearch_import (
     ord bigint, tenant text, product_id text, category text, price numeric(14, 4), currency text,
     attributes jsonb, uri text, content bytea, sha256 bytea, width integer, height integer,
-    format text, byte_size bigint, embedding halfvec({dim})
+    format text, byte_size bigint, embedding halfvec({dim}), origin text
 ) ON COMMIT DROP"""
 
 _COPY = (
     "COPY imgsearch_import (ord, tenant, product_id, category, price, currency, attributes, uri, content, "
-    "sha256, width, height, format, byte_size, embedding) FROM STDIN (FORMAT BINARY)"
+    "sha256, width, height, format, byte_size, embedding, origin) FROM STDIN (FORMAT BINARY)"
 )
 _TYPES = [
     "bigint", "text", "text", "text", "numeric", "text", "jsonb", "text", "bytea", "bytea", "int4", "int4",
-    "text", "int8", "halfvec",
+    "text", "int8", "halfvec", "text",
 ]  # fmt: skip
+
+# the first row giving a product another value of a field (or attribute) than its first row: both origins
+_DISAGREEING = """
+SELECT ord, origin, first_origin, product_id, tenant, field, value, first_value FROM (
+    SELECT s.ord, s.origin, s.product_id, s.tenant, v.field, v.value,
+           first_value(v.value) OVER w AS first_value, first_value(s.origin) OVER w AS first_origin
+    FROM imgsearch_import s
+    JOIN (SELECT tenant, product_id FROM imgsearch_import GROUP BY 1, 2 HAVING count(*) > 1) AS r
+        ON r.tenant = s.tenant AND r.product_id = s.product_id  -- a product of one row agrees
+    CROSS JOIN LATERAL (
+        VALUES ('category', to_jsonb(s.category)), ('price', to_jsonb(s.price)), ('currency', to_jsonb(s.currency))
+        UNION ALL
+        SELECT 'attributes.' || a.key, a.value FROM jsonb_each(coalesce(s.attributes, '{}')) AS a
+    ) AS v (field, value)
+    WHERE v.value IS NOT NULL AND (v.value <> 'null'::jsonb OR v.field LIKE 'attributes.%')
+    WINDOW w AS (PARTITION BY s.tenant, s.product_id, v.field ORDER BY s.ord)
+) AS given
+WHERE value IS DISTINCT FROM first_value
+ORDER BY ord, field
+LIMIT 1
+"""
 
 # how many contents the tenant doesn't have yet: what the index would take in
 _NEW_CONTENTS = f"""
@@ -229,6 +252,7 @@ def import_rows(
                 # the per-value graphs too: each of their rows is an insert into a graph as well
                 filter_indexes.drop_all(engine, model)
                 log.info("import: index dropped at %.1f s", time.perf_counter() - started)
+            _check_products_agree(conn)
             conn.execute(_PRODUCTS)
             log.info("import: products at %.1f s", time.perf_counter() - started)
             conn.execute(_KEEP)
@@ -333,7 +357,24 @@ def _staged(
         info.format if info else None,
         info.byte_size if info else None,
         HalfVector(prepared.embedding),
+        where,
     )
+
+
+def _check_products_agree(conn: psycopg.Connection[Any]) -> None:
+    """:class:`InvalidInput` naming both rows when two rows give one product different values."""
+    found = conn.execute(_DISAGREEING).fetchone()
+    if found is None:
+        return
+    ord_, origin, first_origin, product_id, tenant, field_name, value, first_value = found
+    raise InvalidInput(
+        f"{field_name} of product {product_id!r} of tenant {tenant!r} is {_json(value)} here, "
+        f"but {_json(first_value)} in {first_origin}"
+    ).at_row(ord_, origin)
+
+
+def _json(value: Any) -> str:  # a price as written (9, not 9.0000), anything else as JSON
+    return checks.shown(Decimal(str(value))) if type(value) in (int, float) else json.dumps(value)
 
 
 def _indexed_rows(conn: psycopg.Connection[Any], model: ModelInfo) -> int:

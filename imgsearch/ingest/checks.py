@@ -188,3 +188,10 @@ def unicode(value: str, what: str, error: type[InvalidInput] = InvalidInput) -> 
         value.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise error(f"{what} {value[:40]!r} is not valid Unicode (a lone surrogate)") from exc
+
+
+def shown(value: Any) -> str:
+    """A value as a message shows it: a price as written, anything else as JSON."""
+    if isinstance(value, Decimal):
+        return format(value.normalize(), "f")
+    return "null" if value is None else json.dumps(value)

@@ -8,7 +8,7 @@ uploaded again by the same tenant return the existing image.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -79,15 +79,63 @@ def prepare_row(
 
 
 def prepare_rows(rows: Iterable[Mapping[str, Any]], *, dim: int, limits: images.Limits) -> list[PreparedRow]:
-    """Validate every row first; the first bad one fails the call with its index."""
+    """Validate every row first; the first bad one fails the call with its index, and so does a
+    row that gives a product another value than an earlier row of the call gave it."""
     prepared = []
+    given: dict[tuple[str, str, str], tuple[str, Any]] = {}  # (tenant, product, field): first row, value
     for index, row in enumerate(rows):
         try:
             prepared.append(prepare_row(row, dim=dim, limits=limits))
         except InvalidInput as exc:
             exc.at_row(index)  # same type and attributes; the message names the row
             raise
+        agree(given, prepared[-1], index)
     return prepared
+
+
+def product_fields(row: PreparedRow) -> dict[str, Any]:
+    """The product fields a row gives (an attribute is a field of its own: rows' attributes merge)."""
+    fields = {name: getattr(row, name) for name in ("category", "price", "currency")}
+    fields = {name: value for name, value in fields.items() if value is not None}
+    fields.update({f"attributes.{key}": value for key, value in row.attributes.items()})
+    return fields
+
+
+def agree(
+    given: dict[tuple[str, str, str], tuple[str, Any]], row: PreparedRow, index: int, name: str | None = None
+) -> None:
+    """:class:`InvalidInput` naming both rows when ``row`` (at ``index``, called ``name``: default
+    "row <index>") gives its product a field value other than the one an earlier row gave
+    (``given``, filled as rows pass)."""
+    name = name or f"row {index}"
+    for field_name, value in product_fields(row).items():
+        first = given.setdefault((row.tenant, row.product_id, field_name), (name, value))
+        if first[1] != value:
+            raise InvalidInput(
+                f"{field_name} of product {row.product_id!r} of tenant {row.tenant!r} is "
+                f"{checks.shown(value)} here, but {checks.shown(first[1])} in {first[0]}"
+            ).at_row(index, name)
+
+
+def check_products_agree(rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> None:
+    """Before a batch is stored row by row: :class:`InvalidInput` naming both rows when two give
+    one product different values. A row with a bad value is left to fail on its own."""
+    given: dict[tuple[str, str, str], tuple[str, Any]] = {}
+    for index, (row, name) in enumerate(zip(rows, names, strict=True)):
+        try:
+            tenant, product_id = checks.product_row(row, ROW_KEYS)
+            fields = PreparedRow(
+                tenant=tenant,
+                product_id=product_id,
+                category=checks.identifier_field(row.get("category"), "category", required=False),
+                price=checks.price(row.get("price")),
+                currency=checks.currency(row.get("currency")),
+                attributes=_attributes(row.get("attributes")),
+            )
+        except InvalidInput:
+            continue
+        agree(given, fields, index, name)
+
 
 
 def _upsert_products(conn: Connection, rows: list[PreparedRow]) -> dict[tuple[str, str], int]:

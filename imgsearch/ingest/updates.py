@@ -18,7 +18,6 @@ import json
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Connection, Engine, text
@@ -116,19 +115,13 @@ def prepare_all(rows: Iterable[Mapping[str, Any]], names: Sequence[str] | None =
             if earlier is not None and field in earlier.fields and earlier.fields[field] != value:
                 conflict = InvalidInput(
                     f"{field} of product {change.product_id!r} of tenant {change.tenant!r} is "
-                    f"{_shown(value)} here, but {_shown(earlier.fields[field])} in {given_by[(*key, field)]}"
+                    f"{checks.shown(value)} here, but {checks.shown(earlier.fields[field])} in {given_by[(*key, field)]}"
                 )
                 raise conflict.at_row(index, name)
             given_by.setdefault((*key, field), name)
         merged[key] = change if earlier is None else replace(earlier, fields={**earlier.fields, **change.fields})
     changes = list(merged.values())
     return changes
-
-
-def _shown(value: Any) -> str:
-    if isinstance(value, Decimal):
-        return format(value.normalize(), "f")
-    return "null" if value is None else json.dumps(value)
 
 
 def apply(

@@ -69,6 +69,30 @@ def test_ingest_manifests(database_url: str, tiny_siglip: Path, tmp_path: Path) 
     assert by_sku["sku-2"].tenant == "fallback" and by_sku["sku-2"].state == "ready"
 
 
+def test_a_manifest_whose_rows_disagree_on_a_product_stores_nothing(
+    database_url: str, tiny_siglip: Path, tmp_path: Path
+) -> None:
+    """Two photos of one product are two rows; rows that give it different prices are one error
+    naming both lines, before anything is stored. Rows that agree (or leave a field out) merge."""
+    for i in range(3):
+        (tmp_path / f"{i}.png").write_bytes(image_bytes(30 + i))
+    manifest = tmp_path / "feed.csv"
+    manifest.write_text(
+        "image,product_id,category,price\n0.png,shirt,tops,19.9\n1.png,shirt,,19.90\n2.png,shirt,tops,24\n"
+    )
+    run = run_ingest(database_url, tiny_siglip, str(manifest), "--tenant", "acme")
+    assert run.returncode == 2 and run.stdout == ""
+    assert run.stderr.strip() == (
+        f"imgsearch: {manifest}:4: price of product 'shirt' of tenant 'acme' is 24 here, but 19.9 in {manifest}:2"
+    )
+    with Catalog.open(database_url) as catalog:
+        assert catalog.categories(tenant="acme") == []
+    manifest.write_text("image,product_id,category,price\n0.png,shirt,tops,19.9\n1.png,shirt,,19.90\n")
+    run = run_ingest(database_url, tiny_siglip, str(manifest), "--tenant", "acme")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines()[0] == "added 2, duplicates skipped 0"
+
+
 def test_ingest_missing_path_is_one_line(database_url: str, tiny_siglip: Path) -> None:
     run = run_ingest(database_url, tiny_siglip, "/no/such/folder")
     assert run.returncode == 2

@@ -214,6 +214,11 @@ def test_a_large_import_builds_the_index_after_the_load(
         ("path-image", "d.jsonl:1: image must be an http(s) URL"),
         ("columns", "unknown columns ['colour']"),
         ("price", "d.jsonl:3: price must not be negative"),
+        ("disagreeing-price", "d.jsonl:5: price of product 'sku-1' of tenant 'acme' is 99 here, but 1.5 in /"),
+        (
+            "disagreeing-attribute",
+            "d.jsonl:7: attributes.color of product 'sku-3' of tenant 'acme' is \"green\" here, but \"blue\" in /",
+        ),
     ],
 )
 def test_bad_files_name_file_and_row_and_leave_nothing(
@@ -275,11 +280,17 @@ def test_bad_files_name_file_and_row_and_leave_nothing(
             jsonl[0]["image"] = "/etc/passwd"
         elif make == "price":
             jsonl[2]["price"] = -3
+        elif make == "disagreeing-price":  # the same product again, at another price
+            jsonl[4] = {**jsonl[1], "price": 99, "embedding": jsonl[4]["embedding"]}
+        elif make == "disagreeing-attribute":  # its other attributes merge; color disagrees
+            jsonl[6] = {**jsonl[3], "attributes": {"color": "green", "size": 9}, "embedding": jsonl[6]["embedding"]}
         path = tmp_path / "d.jsonl"
         path.write_text("".join(json.dumps(row) + "\n" for row in jsonl))
     with pytest.raises(InvalidInput) as raised:
         catalog.import_vectors(path, tenant=tenant, **extra)
     assert message in str(raised.value)
+    if make.startswith("disagreeing"):  # and the row it disagrees with, by its path
+        assert str(raised.value).endswith(f"{path}:{2 if make == 'disagreeing-price' else 4}")
     if make == "dimension":
         assert isinstance(raised.value, DimensionMismatch) and raised.value.index == 4999
     assert counts(catalog) == (0, 0, 0), "nothing of a failed import is visible"

@@ -198,6 +198,7 @@ def categories(
     ] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> Response:
-    """The categories of the tenant's products and how many products each has, most first."""
+    """The categories of the tenant's products and how many findable products (with an
+    embedded image) each has, most first."""
     found = catalog.categories(tenant=tenant_of(principal, tenant), limit=limit)
     return JSONResponse({"categories": [{"name": name, "products": count} for name, count in found]})
