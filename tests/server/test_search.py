@@ -34,10 +34,10 @@ def shop(api: Api, tiny_siglip: Path) -> Iterator[tuple[str, str, Catalog, list[
         {
             "embedding": data[i],
             "tenant": tenant,
-            "product_id": f"sku-{i // 2}",  # two images per product
-            "category": ["mugs", "caps", "lamps", "bags"][labels[i]],
-            "price": float(i % 40),
-            "attributes": {"color": ["red", "blue", "green"][i % 3], "i": i},
+            "product_id": f"sku-{i // 2}",  # two images per product, which agree on its fields
+            "category": ["mugs", "caps", "lamps", "bags"][labels[i - i % 2]],
+            "price": float((i - i % 2) % 40),
+            "attributes": {"color": ["red", "blue", "green"][(i // 2) % 3], "i": i // 2},
         }
         for i in range(N)
     ]
