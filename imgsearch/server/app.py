@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
 
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
@@ -25,6 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from imgsearch.catalog import Catalog
 from imgsearch.db import migrate
 from imgsearch.server import openapi, problems
+from imgsearch.server.deps import known_query
 from imgsearch.server.keyring import Keyring
 from imgsearch.server.limits import Limits
 from imgsearch.server.metrics import Metrics
@@ -128,7 +129,7 @@ def create_app(settings: Settings | None = None, *, catalog: Catalog | None = No
     problems.install(app)
     openapi.install(app)
     for router in (images.router, products.router, search.router, status.router, ops.router):
-        app.include_router(router)
+        app.include_router(router, dependencies=[Depends(known_query)])
     _page(app)
     app.add_middleware(RequestContext, max_body_bytes=limits.max_body_bytes, metrics=metrics)
     return app

@@ -11,13 +11,16 @@ from __future__ import annotations
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
+from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 
 from imgsearch.access.keys import Principal
 from imgsearch.catalog import Catalog
+from imgsearch.errors import InvalidInput
 from imgsearch.ingest import checks
 from imgsearch.server.keyring import Keyring
 from imgsearch.server.problems import Forbidden, Unauthorized
@@ -45,6 +48,27 @@ async def get_principal(
         raise Unauthorized("the API key is malformed, unknown or revoked")
     request.state.principal = principal
     return principal
+
+
+async def known_query(request: Request) -> None:
+    """A query parameter the route doesn't take is a 400 naming it: a typo (``?on_duplicat=reject``)
+    would otherwise be ignored, and the request do what it wasn't asked to."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute) or not request.query_params:
+        return
+    allowed = _query_names(route.dependant)
+    unknown = sorted(set(request.query_params.keys()) - allowed)
+    if unknown:
+        takes = f"it takes {sorted(allowed)}" if allowed else "it takes none"
+        raise InvalidInput(f"unknown query parameters {unknown} for {request.method} {route.path}: {takes}")
+
+
+def _query_names(dependant: Dependant) -> set[str]:
+    """The query parameters a route takes, its dependencies' included."""
+    names = {param.alias for param in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
 
 
 CatalogDep = Annotated[Catalog, Depends(get_catalog)]
