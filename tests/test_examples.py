@@ -88,7 +88,7 @@ def stop_group(proc: subprocess.Popen[bytes]) -> None:
 
 def test_the_pages_with_examples_mark_them_runnable() -> None:
     marked = {page.name for page in PAGES if runnable(page)}
-    assert {"README.md", "library.md", "http-api.md", "sql-console.md"} <= marked
+    assert {"README.md", "library.md", "http-api.md", "sql-console.md", "security.md"} <= marked
 
 
 def test_a_block_that_fails_fails_its_page(tmp_path: Path, tiny_siglip: Path) -> None:
