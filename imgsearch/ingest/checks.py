@@ -195,3 +195,19 @@ def shown(value: Any) -> str:
     if isinstance(value, Decimal):
         return format(value.normalize(), "f")
     return "null" if value is None else json.dumps(value)
+
+
+Given = dict[tuple[str, str, str], tuple[str, Any]]  # (tenant, product, field): the first row's name, value
+
+
+def agree(given: Given, tenant: str, product_id: str, fields: Mapping[str, Any], index: int, name: str) -> None:
+    """:class:`InvalidInput` naming both rows when the row at ``index`` (called ``name``) gives
+    its product a field value other than an earlier row of the batch gave (``given``, filled as
+    rows pass)."""
+    for field_name, value in fields.items():
+        first = given.setdefault((tenant, product_id, field_name), (name, value))
+        if first[1] != value:
+            raise InvalidInput(
+                f"{field_name} of product {product_id!r} of tenant {tenant!r} is "
+                f"{shown(value)} here, but {shown(first[1])} in {first[0]}"
+            ).at_row(index, name)

@@ -47,13 +47,10 @@ def _attributes(value: Any) -> dict[str, Any]:
     return {} if value is None else checks.attributes(value, "attributes")
 
 
-def prepare_row(
-    row: Mapping[str, Any], *, dim: int, limits: images.Limits, vector: vectors.Vector | None = None
-) -> PreparedRow:
-    """Validate one upload; raises :class:`InvalidInput` naming the bad field. ``vector``: the
-    row's embedding, already checked and normalised (a bulk import checks a batch at once)."""
+def _product_part(row: Mapping[str, Any]) -> PreparedRow:
+    """A row's tenant, product and product fields, checked; no image or embedding yet."""
     tenant, product_id = checks.product_row(row, ROW_KEYS)
-    prepared = PreparedRow(
+    return PreparedRow(
         tenant=tenant,
         product_id=product_id,
         category=checks.identifier_field(row.get("category"), "category", required=False),
@@ -61,6 +58,14 @@ def prepare_row(
         currency=checks.currency(row.get("currency")),
         attributes=_attributes(row.get("attributes")),
     )
+
+
+def prepare_row(
+    row: Mapping[str, Any], *, dim: int, limits: images.Limits, vector: vectors.Vector | None = None
+) -> PreparedRow:
+    """Validate one upload; raises :class:`InvalidInput` naming the bad field. ``vector``: the
+    row's embedding, already checked and normalised (a bulk import checks a batch at once)."""
+    prepared = _product_part(row)
     source, embedding = row.get("image"), row.get("embedding")
     if source is None and embedding is None:
         raise InvalidInput("each upload needs an image (path, bytes, file object or URL) or an embedding")
@@ -82,14 +87,14 @@ def prepare_rows(rows: Iterable[Mapping[str, Any]], *, dim: int, limits: images.
     """Validate every row first; the first bad one fails the call with its index, and so does a
     row that gives a product another value than an earlier row of the call gave it."""
     prepared = []
-    given: dict[tuple[str, str, str], tuple[str, Any]] = {}  # (tenant, product, field): first row, value
+    given: checks.Given = {}
     for index, row in enumerate(rows):
         try:
             prepared.append(prepare_row(row, dim=dim, limits=limits))
         except InvalidInput as exc:
             exc.at_row(index)  # same type and attributes; the message names the row
             raise
-        agree(given, prepared[-1], index)
+        _agree(given, prepared[-1], index, f"row {index}")
     return prepared
 
 
@@ -101,41 +106,20 @@ def product_fields(row: PreparedRow) -> dict[str, Any]:
     return fields
 
 
-def agree(
-    given: dict[tuple[str, str, str], tuple[str, Any]], row: PreparedRow, index: int, name: str | None = None
-) -> None:
-    """:class:`InvalidInput` naming both rows when ``row`` (at ``index``, called ``name``: default
-    "row <index>") gives its product a field value other than the one an earlier row gave
-    (``given``, filled as rows pass)."""
-    name = name or f"row {index}"
-    for field_name, value in product_fields(row).items():
-        first = given.setdefault((row.tenant, row.product_id, field_name), (name, value))
-        if first[1] != value:
-            raise InvalidInput(
-                f"{field_name} of product {row.product_id!r} of tenant {row.tenant!r} is "
-                f"{checks.shown(value)} here, but {checks.shown(first[1])} in {first[0]}"
-            ).at_row(index, name)
+def _agree(given: checks.Given, row: PreparedRow, index: int, name: str) -> None:
+    checks.agree(given, row.tenant, row.product_id, product_fields(row), index, name)
 
 
 def check_products_agree(rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> None:
     """Before a batch is stored row by row: :class:`InvalidInput` naming both rows when two give
     one product different values. A row with a bad value is left to fail on its own."""
-    given: dict[tuple[str, str, str], tuple[str, Any]] = {}
+    given: checks.Given = {}
     for index, (row, name) in enumerate(zip(rows, names, strict=True)):
         try:
-            tenant, product_id = checks.product_row(row, ROW_KEYS)
-            fields = PreparedRow(
-                tenant=tenant,
-                product_id=product_id,
-                category=checks.identifier_field(row.get("category"), "category", required=False),
-                price=checks.price(row.get("price")),
-                currency=checks.currency(row.get("currency")),
-                attributes=_attributes(row.get("attributes")),
-            )
+            fields = _product_part(row)
         except InvalidInput:
             continue
-        agree(given, fields, index, name)
-
+        _agree(given, fields, index, name)
 
 
 def _upsert_products(conn: Connection, rows: list[PreparedRow]) -> dict[tuple[str, str], int]:

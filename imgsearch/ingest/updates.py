@@ -101,7 +101,7 @@ def prepare_all(rows: Iterable[Mapping[str, Any]], names: Sequence[str] | None =
     if names is not None and len(names) != len(listed):
         raise InvalidInput(f"names must name every row: got {len(names)} names for {len(listed)} rows")
     merged: dict[tuple[str, str], ProductChange] = {}
-    given_by: dict[tuple[str, str, str], str] = {}  # (tenant, product, field): the row that set it
+    given: checks.Given = {}
     for index, row in enumerate(listed):
         name = f"row {index}" if names is None else names[index]
         try:
@@ -109,16 +109,9 @@ def prepare_all(rows: Iterable[Mapping[str, Any]], names: Sequence[str] | None =
         except InvalidInput as exc:
             exc.at_row(index, name)
             raise
+        checks.agree(given, change.tenant, change.product_id, change.fields, index, name)
         key = (change.tenant, change.product_id)
         earlier = merged.get(key)
-        for field, value in change.fields.items():
-            if earlier is not None and field in earlier.fields and earlier.fields[field] != value:
-                conflict = InvalidInput(
-                    f"{field} of product {change.product_id!r} of tenant {change.tenant!r} is "
-                    f"{checks.shown(value)} here, but {checks.shown(earlier.fields[field])} in {given_by[(*key, field)]}"
-                )
-                raise conflict.at_row(index, name)
-            given_by.setdefault((*key, field), name)
         merged[key] = change if earlier is None else replace(earlier, fields={**earlier.fields, **change.fields})
     changes = list(merged.values())
     return changes
