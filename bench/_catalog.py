@@ -16,7 +16,7 @@ from pgvector.psycopg import register_vector
 from sqlalchemy import make_url, text
 
 from imgsearch import Catalog
-from imgsearch.db import embedded, filter_indexes
+from imgsearch.db import embedded, filter_indexes, vector_index
 from imgsearch.db.vector_index import create_index, index_name
 from imgsearch.ingest import bulk
 from imgsearch.settings import Settings
@@ -91,7 +91,7 @@ def load(catalog: Catalog, rows: int, seed: int) -> tuple[np.ndarray, np.ndarray
         conn.execute("SELECT setval(pg_get_serial_sequence('imgsearch.images', 'id'), %s)", (rows,))
         conn.commit()
     memory = bulk.auto_maintenance_work_mem(rows, catalog.dim)
-    workers = bulk.auto_parallel_workers()
+    workers = vector_index.auto_parallel_workers()
     with catalog.engine.begin() as conn:
         conn.execute(text("SELECT set_config('maintenance_work_mem', :m, true)"), {"m": memory})
         conn.execute(

@@ -164,7 +164,8 @@ class Catalog:
         """Store one image (a path, bytes, a binary file object or an http(s) URL); its id.
 
         Committed as ``pending`` for the workers, or ``ready`` with an ``embedding`` (``catalog.dim``
-        numbers). The same bytes again from the same tenant return the stored image's id.
+        numbers). The same bytes again from the same tenant return the stored image's id, now this
+        product's too (a shared photo is stored and embedded once, and found as each product).
         ``on_duplicate`` (``"keep"``, ``"link"``, ``"reject"``): what a near-copy of another
         product's image gets (:mod:`imgsearch.ingest.duplicates`)."""
         fields = {"image": image, "embedding": embedding, "tenant": tenant, "product_id": product_id}
@@ -173,9 +174,9 @@ class Catalog:
 
     def add_row(
         self, row: Mapping[str, Any], *, on_duplicate: near_duplicates.OnDuplicate = "keep"
-    ) -> tuple[int, bool]:
-        """:meth:`add` for a row dict (the keys of :meth:`add_many`); also says whether the image
-        was new (False: the same bytes were already stored for that tenant)."""
+    ) -> uploads.Stored:
+        """:meth:`add` for a row dict (the keys of :meth:`add_many`); also whether the image was new
+        (False: the tenant had the bytes; ``.shared``: for another product, whose it now is too)."""
         self._follow_model_switch()
         return uploads.add_row(self, row, on_duplicate)
 

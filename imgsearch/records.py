@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -33,6 +33,9 @@ class ImageRecord:
     has_embedding: bool
     phash: str | None = None  # the perceptual hash, 64 '0'/'1' (imgsearch.ingest.duplicates)
     duplicate_of: int | None = None  # the image of another product this upload copies (on_duplicate="link")
+    # every product the image belongs to (a photo shared by variants), ``product_id`` first; the
+    # product fields above are ``product_id``'s: the product that uploaded it first
+    product_ids: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
+
 def image_bytes(
     seed: int = 0, size: tuple[int, int] = (48, 32), fmt: str = "PNG", mode: str = "RGB"
 ) -> bytes:

@@ -302,22 +302,39 @@ def test_rows_of_one_product_merge_and_disagreeing_rows_are_named(catalog: Catal
     catalog.add_many(
         [
             {**same, "embedding": unit(768, 1), "price": "19.90", "attributes": {"color": "red"}},
-            {**same, "embedding": unit(768, 2), "price": 19.9, "currency": "EUR", "attributes": {"size": "M"}},
+            {
+                **same,
+                "embedding": unit(768, 2),
+                "price": 19.9,
+                "currency": "EUR",
+                "attributes": {"size": "M"},
+            },
         ]
     )
     with catalog.engine.connect() as conn:
-        product = conn.execute(text("SELECT category, price, currency, attributes FROM imgsearch.products")).one()
+        product = conn.execute(
+            text("SELECT category, price, currency, attributes FROM imgsearch.products")
+        ).one()
     assert tuple(product) == ("tops", Decimal("19.9"), "EUR", {"color": "red", "size": "M"})
     disagreeing = [
         ({"price": 24}, "row 2: price of product 'shoe' of tenant 'acme' is 24 here, but 9.5 in row 0"),
-        ({"category": "boots"}, "row 2: category of product 'shoe' of tenant 'acme' is \"boots\" here, but \"shoes\" in row 0"),
+        (
+            {"category": "boots"},
+            "row 2: category of product 'shoe' of tenant 'acme' is \"boots\" here, but \"shoes\" in row 0",
+        ),
         (
             {"attributes": {"color": "blue"}},
             "row 2: attributes.color of product 'shoe' of tenant 'acme' is \"blue\" here, but \"red\" in row 0",
         ),
     ]
     for change, message in disagreeing:
-        shoe = {"tenant": "acme", "product_id": "shoe", "category": "shoes", "price": 9.5, "attributes": {"color": "red"}}
+        shoe = {
+            "tenant": "acme",
+            "product_id": "shoe",
+            "category": "shoes",
+            "price": 9.5,
+            "attributes": {"color": "red"},
+        }
         rows = [
             {**shoe, "embedding": unit(768, 3)},
             {"tenant": "acme", "product_id": "other", "embedding": unit(768, 4)},

@@ -63,7 +63,9 @@ def script(blocks: list[tuple[str, str]], folder: Path, port: int, model: Path) 
             lines.append(f'"{sys.executable}" {folder / f"block{n}.py"}')
         else:
             (folder / f"block{n}.sql").write_text(body)
-            lines.append(f'psql "$(imgsearch db url --psql)" -X -v ON_ERROR_STOP=1 -f {folder / f"block{n}.sql"}')
+            lines.append(
+                f'psql "$(imgsearch db url --psql)" -X -v ON_ERROR_STOP=1 -f {folder / f"block{n}.sql"}'
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -93,9 +95,16 @@ def test_the_pages_with_examples_mark_them_runnable() -> None:
 
 def test_a_block_that_fails_fails_its_page(tmp_path: Path, tiny_siglip: Path) -> None:
     """The harness itself: a failing command, a failing curl or a failing statement stops the page."""
-    for block in [("sh", "false\necho after\n"), ("sh", "curl -s http://127.0.0.1:1/\n"), ("python", "1/0\n")]:
+    for block in [
+        ("sh", "false\necho after\n"),
+        ("sh", "curl -s http://127.0.0.1:1/\n"),
+        ("python", "1/0\n"),
+    ]:
         done = subprocess.run(
-            ["bash", "-c", script([block], tmp_path, 1, tiny_siglip)], capture_output=True, text=True, timeout=60
+            ["bash", "-c", script([block], tmp_path, 1, tiny_siglip)],
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert done.returncode != 0 and "after" not in done.stdout
 

@@ -117,8 +117,19 @@ def bare_server(log: Path) -> Iterator[int]:
     port = free_port()
     with open(log, "ab") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--app-dir", str(Path(__file__).parent), "_bare:app",
-             "--port", str(port), "--no-access-log", "--log-level", "warning"],
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--app-dir",
+                str(Path(__file__).parent),
+                "_bare:app",
+                "--port",
+                str(port),
+                "--no-access-log",
+                "--log-level",
+                "warning",
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -23,9 +23,10 @@ def _import(args: argparse.Namespace, settings: Settings) -> int:
             maintenance_work_mem=args.maintenance_work_mem,
             parallel_workers=args.parallel_workers,
         )
+    shared = f", {result.linked} of them shared with another product" if result.linked else ""
     print(
-        f"imported {result.imported} of {result.rows} rows ({result.duplicates} already stored or repeated) "
-        f"in {result.load_seconds:.1f} s"
+        f"imported {result.imported} of {result.rows} rows ({result.duplicates} already stored or repeated"
+        f"{shared}) in {result.load_seconds:.1f} s"
     )
     if result.index == "rebuilt":
         print(

@@ -21,19 +21,24 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> int:
     rows = list(sources.collect(args.paths, tenant=args.tenant, category=args.category))
     wheres = [row.pop("_where") for row in rows]
     check_products_agree(rows, wheres)  # two rows giving one product different prices: nothing stored
-    added = duplicates = 0
+    added = duplicates = shared = 0
     failures: list[str] = []
     with Catalog.open(settings=settings) as catalog:
         for row, where in tqdm(
-            zip(rows, wheres, strict=True), desc="storing", unit="img", total=len(rows), disable=not sys.stderr.isatty()
+            zip(rows, wheres, strict=True),
+            desc="storing",
+            unit="img",
+            total=len(rows),
+            disable=not sys.stderr.isatty(),
         ):
             try:
-                _, created = catalog.add_row(row, on_duplicate=args.on_duplicate)
+                stored = catalog.add_row(row, on_duplicate=args.on_duplicate)
             except InvalidInput as exc:
                 failures.append(f"{where}: {exc}")
                 continue
-            added += created
-            duplicates += not created
+            added += stored[1]
+            duplicates += not stored[1] and not stored.shared
+            shared += stored.shared
         embedded_line = (
             "embedding: skipped (--no-embed); run `imgsearch worker` or `imgsearch worker --drain`"
         )
@@ -49,7 +54,10 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> int:
             )
             embedded_line = f"embedded {totals.ready}, failed {totals.failed}"
             failures += [f"image {image_id}: {error}" for image_id, error in totals.errors.items()]
-    print(f"added {added}, duplicates skipped {duplicates}")
+    print(
+        f"added {added}, duplicates skipped {duplicates}"
+        + (f", shared with another product {shared}" if shared else "")
+    )
     print(embedded_line)
     if failures:
         print(f"failed {len(failures)}:")

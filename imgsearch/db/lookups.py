@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import Engine, exists, func, select
 
 from imgsearch.access import tenancy
-from imgsearch.db.models import Embedding, Image, Product
+from imgsearch.db.models import Embedding, Image, ImageProduct, Product
 from imgsearch.errors import InvalidQuery, NotFound
 from imgsearch.ingest import checks
 from imgsearch.records import ImageRecord, ModelInfo
@@ -47,13 +47,23 @@ def image_record(engine: Engine, model: ModelInfo, image_id: Any, tenant: str | 
         .join(Product, Product.id == Image.product_pk)
         .where(Image.id == image_id)
     )
+    owners = (  # its first product first, then the others in the order they linked it
+        select(Product.product_id)
+        .select_from(ImageProduct)
+        .join(Product, Product.id == ImageProduct.product_pk)
+        .join(Image, Image.id == ImageProduct.image_id)
+        .where(ImageProduct.image_id == image_id)
+        .order_by(Product.id != Image.product_pk, ImageProduct.created_at, Product.id)
+    )
     with engine.begin() as conn:
         if tenant is not None:
             tenancy.scope(conn, tenant)
         row = conn.execute(stmt).first()
+        product_ids = list(conn.execute(owners).scalars()) if row is not None else []
     if row is None:
         raise NotFound(f"no image with id {image_id}")
     values = row._asdict()
+    values["product_ids"] = product_ids
     values["sha256"] = values["sha256"].hex() if values["sha256"] else None
     values["attributes"] = dict(values["attributes"])
     return ImageRecord(**values)

@@ -120,10 +120,15 @@ class Product(Base):
     updated_at: Mapped[dt.datetime] = _created()
 
     images: Mapped[list[Image]] = relationship(back_populates="product", passive_deletes=True)
+    # every image of the product, its own and the ones it shares with other products (migration 0019)
+    linked_images: Mapped[list[Image]] = relationship(
+        secondary="imgsearch.image_products", viewonly=True, order_by="Image.id"
+    )
 
 
 class Image(Base):
-    """One image of a product: its bytes (or a URI), metadata and embedding state."""
+    """An image: its bytes (or a URI), metadata and embedding state. ``product`` is the product
+    that uploaded it first; ``products`` are all the products it belongs to (:class:`ImageProduct`)."""
 
     __tablename__ = "images"
     __table_args__ = (
@@ -183,11 +188,42 @@ class Image(Base):
     updated_at: Mapped[dt.datetime] = _created()
 
     product: Mapped[Product] = relationship(back_populates="images")
+    products: Mapped[list[Product]] = relationship(
+        secondary="imgsearch.image_products", viewonly=True, order_by="Product.id"
+    )
     embeddings: Mapped[list[Embedding]] = relationship(back_populates="image", passive_deletes=True)
 
 
+class ImageProduct(Base):
+    """An image belongs to every product that uploads it (migration 0019): its bytes are stored
+    and embedded once, and each product gets its own search row (:class:`Embedding`)."""
+
+    __tablename__ = "image_products"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["image_id", "tenant"],
+            ["images.id", "images.tenant"],
+            ondelete="CASCADE",
+            name="image_products_image_fkey",
+        ),
+        ForeignKeyConstraint(
+            ["product_pk", "tenant"],
+            ["products.id", "products.tenant"],
+            ondelete="CASCADE",
+            name="image_products_product_fkey",
+        ),
+        Index("image_products_product_pk_idx", "product_pk"),
+    )
+
+    image_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    product_pk: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    tenant: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = _created()
+
+
 class Embedding(Base):
-    """An image's embedding under one model; models of different dimensions coexist.
+    """An image's embedding under one model, one row per product the image belongs to (each row
+    carries its product's filter columns); models of different dimensions coexist.
 
     The column has no fixed dimension; each model has its own partial HNSW index over
     ``embedding::halfvec(dim)`` (see :mod:`imgsearch.db.vector_index`).
@@ -208,6 +244,13 @@ class Embedding(Base):
             ondelete="CASCADE",
             name="embeddings_product_fkey",
         ),
+        # a row per link of an image to a product; it goes with the link (migration 0019)
+        ForeignKeyConstraint(
+            ["image_id", "product_pk"],
+            ["image_products.image_id", "image_products.product_pk"],
+            ondelete="CASCADE",
+            name="embeddings_link_fkey",
+        ),
         # a zero vector has no direction: its cosine distances are NaN (migration 0017)
         CheckConstraint("l2_norm(embedding) > 0", name="not_zero"),
         Index("embeddings_image_id_idx", "image_id"),
@@ -222,7 +265,7 @@ class Embedding(Base):
         SmallInteger, ForeignKey("models.id", ondelete="CASCADE"), primary_key=True
     )
     image_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    product_pk: Mapped[int] = mapped_column(BigInteger)
+    product_pk: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     tenant: Mapped[str] = mapped_column(Text)
     # copies of the product's filter columns, kept by triggers (migration 0004), so a filtered
     # exact scan reads one table

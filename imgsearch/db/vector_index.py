@@ -13,6 +13,7 @@ vector of the wrong dimension for that model.
 
 from __future__ import annotations
 
+import os
 import re
 import struct
 import threading
@@ -22,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import psycopg
 from pgvector.sqlalchemy import HALFVEC
 from psycopg.adapt import AdaptersMap, Dumper
 from psycopg.pq import Format
@@ -42,8 +44,9 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.types import UserDefinedType
 
+from imgsearch.db.engine import libpq_conninfo
 from imgsearch.db.models import SCHEMA, Embedding, Model
-from imgsearch.errors import InvalidInput, TransientError
+from imgsearch.errors import DatabaseUnavailable, InvalidInput, TransientError
 from imgsearch.records import ModelInfo
 
 HNSW_M = 16
@@ -139,7 +142,7 @@ def rebuild_index(
         done = threading.Event()
         watcher = None
         if progress is not None:
-            watcher = threading.Thread(target=_watch_build, args=(engine, pid, progress, done), daemon=True)
+            watcher = threading.Thread(target=watch_build, args=(engine, pid, progress, done), daemon=True)
             watcher.start()
         start = time.perf_counter()
         try:
@@ -157,7 +160,7 @@ def rebuild_index(
         return time.perf_counter() - start
 
 
-def _watch_build(engine: Engine, pid: int, progress: Progress, done: threading.Event) -> None:
+def watch_build(engine: Engine, pid: int, progress: Progress, done: threading.Event) -> None:
     """Report backend ``pid``'s index build (``pg_stat_progress_create_index``) until ``done``."""
     with engine.connect() as conn:
         while not done.wait(PROGRESS_INTERVAL_SECONDS):
@@ -317,3 +320,91 @@ def query_param(query: Any, dim: int, name: str | None = None, binary: bool = Fa
     if isinstance(query, BindParameter):
         return query
     return bindparam(name or "query_vector", query, type_=QueryHalfvec(dim, binary), unique=name is None)
+
+
+def auto_parallel_workers() -> int:
+    """Workers beside the leader for a build: one per other core, as PostgreSQL allows at most 7."""
+    return max(0, min((os.cpu_count() or 1) - 1, 7))
+
+
+def index_valid(engine: Engine, model: ModelInfo) -> bool:
+    with psycopg.connect(libpq_conninfo(engine.url), autocommit=True, connect_timeout=10) as conn:
+        row = conn.execute(
+            "SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass(%s)",
+            (f"{SCHEMA}.{index_name(model.id)}",),
+        ).fetchone()
+    return bool(row and row[0])
+
+
+def drop_index_concurrently(engine: Engine, model: ModelInfo) -> None:
+    with psycopg.connect(libpq_conninfo(engine.url), autocommit=True, connect_timeout=10) as conn:
+        conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {SCHEMA}.{index_name(model.id)}")
+
+
+def build_index(
+    engine: Engine,
+    model: ModelInfo,
+    *,
+    maintenance_work_mem: str | None,
+    parallel_workers: int | None,
+    progress: bool,
+) -> float:
+    """``CREATE INDEX CONCURRENTLY`` of the model's HNSW index (an invalid one left by an
+    interrupted build is dropped first); the seconds it took. Searches and writes go on."""
+    from tqdm import tqdm
+
+    name = index_name(model.id)
+    settings = {
+        "maintenance_work_mem": maintenance_work_mem or "1GB",
+        "max_parallel_maintenance_workers": str(
+            auto_parallel_workers() if parallel_workers is None else parallel_workers
+        ),
+    }
+    try:
+        conn = psycopg.connect(libpq_conninfo(engine.url), autocommit=True, connect_timeout=10)
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(f"cannot connect to PostgreSQL to build the index: {exc}") from exc
+    with conn, tqdm(total=0, unit="block", desc="indexing", disable=not progress) as bar:
+        for setting, value in settings.items():
+            try:
+                conn.execute("SELECT set_config(%s, %s, false)", (setting, value))
+            except psycopg.Error as exc:
+                raise InvalidInput(
+                    f"{setting} can't be {value!r}: {str(exc).strip().splitlines()[0]}"
+                ) from exc
+        state = conn.execute(
+            "SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass(%s)", (f"{SCHEMA}.{name}",)
+        ).fetchone()
+        if state is not None and state[0]:
+            return 0.0
+        if state is not None:  # left invalid by an interrupted build
+            conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {SCHEMA}.{name}")
+        pid = conn.info.backend_pid
+        done = threading.Event()
+
+        def show(blocks: int, total: int, phase: str) -> None:
+            bar.total = total
+            bar.set_description(phase, refresh=False)
+            bar.update(blocks - bar.n)
+
+        watcher = threading.Thread(target=watch_build, args=(engine, pid, show, done), daemon=True)
+        if progress:
+            watcher.start()
+        start = time.perf_counter()
+        try:
+            conn.execute(
+                f"CREATE INDEX CONCURRENTLY {name} ON {SCHEMA}.embeddings "
+                f"USING hnsw ((embedding::halfvec({int(model.dim)})) halfvec_cosine_ops) "
+                f"WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION}) "
+                f"WHERE model_id = {int(model.id)}"
+            )
+        except psycopg.OperationalError as exc:
+            raise TransientError(
+                f"building the HNSW index of {model.name} was interrupted ({str(exc).strip().splitlines()[0]}); "
+                "searches run exactly until it is built: run `imgsearch model reindex`"
+            ) from exc
+        finally:
+            done.set()
+            if progress:
+                watcher.join()
+        return time.perf_counter() - start

@@ -27,11 +27,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from itertools import islice
@@ -72,6 +70,7 @@ class ImportResult:
     maintenance_work_mem: str | None = None  # the build's settings, when it was rebuilt
     parallel_workers: int | None = None
     value_indexes: int = 0  # per-value indexes built after the load (imgsearch.db.filter_indexes)
+    linked: int = 0  # of the duplicates, rows whose stored image is now their product's too (shared)
 
 
 def vector_hash(vector: np.ndarray) -> bytes:
@@ -85,11 +84,6 @@ def auto_maintenance_work_mem(rows: int, dim: int) -> str:
     per_row = dim * 2 + 2 * vector_index.HNSW_M * 2 * 6 + 64
     wanted = min(MAX_AUTO_MAINTENANCE_MEM, max(64 * 1024**2, int(rows * per_row * 1.3)))
     return f"{-(-wanted // 1024**2)}MB"
-
-
-def auto_parallel_workers() -> int:
-    """Workers beside the leader for a build: one per other core, as PostgreSQL allows at most 7."""
-    return max(0, min((os.cpu_count() or 1) - 1, 7))
 
 
 _STAGE = """CREATE TEMPORARY TABLE imgsearch_import (
@@ -162,25 +156,49 @@ WHERE NOT EXISTS (SELECT FROM {SCHEMA}.images i WHERE i.tenant = s.tenant AND i.
 ORDER BY s.tenant, s.sha256, s.ord
 """
 
-# images and their embeddings in one statement; an image another upload stored meanwhile is
-# left out, with its embedding
+# the new images; one another upload stored meanwhile is left out
 _WRITE = f"""
-WITH added AS (
-    INSERT INTO {SCHEMA}.images (id, product_pk, tenant, sha256, uri, content, width, height, format,
-                                 byte_size, state)
-    SELECT k.image_id, k.product_pk, k.tenant, k.sha256, s.uri, s.content, s.width, s.height, s.format,
-           s.byte_size, 'ready'
-    FROM imgsearch_keep k JOIN imgsearch_import s ON s.ord = k.ord
-    ORDER BY k.image_id
-    ON CONFLICT (tenant, sha256) DO NOTHING
-    RETURNING id
-)
-INSERT INTO {SCHEMA}.embeddings (model_id, image_id, product_pk, tenant, embedding)
-SELECT %(model)s, k.image_id, k.product_pk, k.tenant, s.embedding
-FROM imgsearch_keep k
-JOIN added a ON a.id = k.image_id
-JOIN imgsearch_import s ON s.ord = k.ord
+INSERT INTO {SCHEMA}.images (id, product_pk, tenant, sha256, uri, content, width, height, format, byte_size, state)
+SELECT k.image_id, k.product_pk, k.tenant, k.sha256, s.uri, s.content, s.width, s.height, s.format, s.byte_size,
+       'ready'
+FROM imgsearch_keep k JOIN imgsearch_import s ON s.ord = k.ord
 ORDER BY k.image_id
+ON CONFLICT (tenant, sha256) DO NOTHING
+"""
+
+# each row's image linked to its product (imgsearch.db.links; a new image is its first product's by
+# a trigger already): the links made now, to images stored before or to new ones of other products
+_LINK = f"""
+CREATE TEMPORARY TABLE imgsearch_links ON COMMIT DROP AS SELECT image_id, product_pk, tenant FROM {SCHEMA}.image_products
+WITH NO DATA;
+WITH linked AS (
+    INSERT INTO {SCHEMA}.image_products (image_id, product_pk, tenant)
+    SELECT DISTINCT i.id, p.id, s.tenant
+    FROM imgsearch_import s
+    JOIN {SCHEMA}.products p ON p.tenant = s.tenant AND p.product_id = s.product_id
+    JOIN {SCHEMA}.images i ON i.tenant = s.tenant AND i.sha256 = s.sha256
+    ON CONFLICT DO NOTHING
+    RETURNING image_id, product_pk, tenant
+)
+INSERT INTO imgsearch_links SELECT * FROM linked
+"""
+
+# a new image's vector for each of its products; a stored image's embeddings (every model's) for
+# the products it gains, once a worker storing it has committed (it holds the image's row)
+_EMBED = f"""
+INSERT INTO {SCHEMA}.embeddings (model_id, image_id, product_pk, tenant, embedding)
+SELECT %(model)s, l.image_id, l.product_pk, l.tenant, s.embedding
+FROM {SCHEMA}.image_products l JOIN imgsearch_keep k ON k.image_id = l.image_id JOIN imgsearch_import s ON s.ord = k.ord
+ORDER BY l.image_id;
+SELECT 1 FROM {SCHEMA}.images WHERE id IN (
+    SELECT image_id FROM imgsearch_links l WHERE NOT EXISTS (SELECT FROM imgsearch_keep k WHERE k.image_id = l.image_id)
+) ORDER BY id FOR SHARE;
+INSERT INTO {SCHEMA}.embeddings (model_id, image_id, product_pk, tenant, embedding)
+SELECT DISTINCT ON (e.model_id, l.image_id, l.product_pk) e.model_id, l.image_id, l.product_pk, l.tenant, e.embedding
+FROM imgsearch_links l JOIN {SCHEMA}.embeddings e ON e.image_id = l.image_id
+WHERE NOT EXISTS (SELECT FROM imgsearch_keep k WHERE k.image_id = l.image_id)
+ORDER BY e.model_id, l.image_id, l.product_pk
+ON CONFLICT DO NOTHING
 """
 
 
@@ -247,7 +265,7 @@ def import_rows(
                 # before anything is written: a changed price reaches embeddings through a trigger,
                 # and a transaction holding a lock on them would keep this drop waiting on itself.
                 # On a connection of its own, it waits only for the searches running now
-                _drop_index(engine, model)
+                vector_index.drop_index_concurrently(engine, model)
                 dropped = True
                 # the per-value graphs too: each of their rows is an insert into a graph as well
                 filter_indexes.drop_all(engine, model)
@@ -257,7 +275,12 @@ def import_rows(
             log.info("import: products at %.1f s", time.perf_counter() - started)
             conn.execute(_KEEP)
             log.info("import: new rows chosen at %.1f s", time.perf_counter() - started)
-            imported = conn.execute(_WRITE, {"model": int(model.id)}).rowcount
+            imported = conn.execute(_WRITE).rowcount
+            for statement in _LINK.split(";\n"):
+                conn.execute(statement)
+            links = conn.execute("SELECT count(*) FROM imgsearch_links").fetchone()
+            for statement in _EMBED.split(";\n"):
+                conn.execute(statement, {"model": int(model.id)} if "%(model)s" in statement else None)
             log.info("import: %d images written at %.1f s", imported, time.perf_counter() - started)
         load_seconds = time.perf_counter() - started
     except psycopg.OperationalError as exc:
@@ -275,13 +298,14 @@ def import_rows(
     if imported:
         _analyze(engine)
     result = ImportResult(count, imported, count - imported, "rebuilt" if rebuild else "kept", load_seconds)
-    if not rebuild and not _index_valid(engine, model):
+    result.linked = int(links[0]) if links else 0
+    if not rebuild and not vector_index.index_valid(engine, model):
         rebuild = True  # an earlier import's build was interrupted: finish its work
         result.index = "rebuilt"
     if rebuild:
         memory = maintenance_work_mem or auto_maintenance_work_mem(indexed + imported, model.dim)
-        workers = auto_parallel_workers() if parallel_workers is None else parallel_workers
-        result.build_seconds = build_index(
+        workers = vector_index.auto_parallel_workers() if parallel_workers is None else parallel_workers
+        result.build_seconds = vector_index.build_index(
             engine, model, maintenance_work_mem=memory, parallel_workers=workers, progress=progress
         )
         result.maintenance_work_mem, result.parallel_workers = memory, workers
@@ -393,23 +417,11 @@ def _analyze(engine: Engine) -> None:
         conn.execute(f"ANALYZE {SCHEMA}.products, {SCHEMA}.images, {SCHEMA}.embeddings")
 
 
-def _index_valid(engine: Engine, model: ModelInfo) -> bool:
-    with psycopg.connect(libpq_conninfo(engine.url), autocommit=True, connect_timeout=10) as conn:
-        row = conn.execute(
-            "SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass(%s)",
-            (f"{SCHEMA}.{vector_index.index_name(model.id)}",),
-        ).fetchone()
-    return bool(row and row[0])
-
-
-def _drop_index(engine: Engine, model: ModelInfo) -> None:
-    with psycopg.connect(libpq_conninfo(engine.url), autocommit=True, connect_timeout=10) as conn:
-        conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {SCHEMA}.{vector_index.index_name(model.id)}")
-
-
 def _build_index_after_failure(engine: Engine, model: ModelInfo) -> None:
     try:
-        build_index(engine, model, maintenance_work_mem=None, parallel_workers=None, progress=False)
+        vector_index.build_index(
+            engine, model, maintenance_work_mem=None, parallel_workers=None, progress=False
+        )
         filter_indexes.refresh(engine, model)
     except Exception as exc:  # the import's own error is the one to report
         log.error(
@@ -417,83 +429,3 @@ def _build_index_after_failure(engine: Engine, model: ModelInfo) -> None:
             model.name,
             exc,
         )
-
-
-def build_index(
-    engine: Engine,
-    model: ModelInfo,
-    *,
-    maintenance_work_mem: str | None,
-    parallel_workers: int | None,
-    progress: bool,
-) -> float:
-    """``CREATE INDEX CONCURRENTLY`` of the model's HNSW index (an invalid one left by an
-    interrupted build is dropped first); the seconds it took. Searches and writes go on."""
-    from tqdm import tqdm
-
-    name = vector_index.index_name(model.id)
-    settings = {
-        "maintenance_work_mem": maintenance_work_mem or "1GB",
-        "max_parallel_maintenance_workers": str(
-            auto_parallel_workers() if parallel_workers is None else parallel_workers
-        ),
-    }
-    try:
-        conn = psycopg.connect(libpq_conninfo(engine.url), autocommit=True, connect_timeout=10)
-    except psycopg.OperationalError as exc:
-        raise DatabaseUnavailable(f"cannot connect to PostgreSQL to build the index: {exc}") from exc
-    with conn, tqdm(total=0, unit="block", desc="indexing", disable=not progress) as bar:
-        for setting, value in settings.items():
-            try:
-                conn.execute("SELECT set_config(%s, %s, false)", (setting, value))
-            except psycopg.Error as exc:
-                raise InvalidInput(
-                    f"{setting} can't be {value!r}: {str(exc).strip().splitlines()[0]}"
-                ) from exc
-        state = conn.execute(
-            "SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass(%s)", (f"{SCHEMA}.{name}",)
-        ).fetchone()
-        if state is not None and state[0]:
-            return 0.0
-        if state is not None:  # left invalid by an interrupted build
-            conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {SCHEMA}.{name}")
-        pid = conn.info.backend_pid
-        done = threading.Event()
-
-        def show(blocks: int, total: int, phase: str) -> None:
-            bar.total = total
-            bar.set_description(phase, refresh=False)
-            bar.update(blocks - bar.n)
-
-        watcher = threading.Thread(target=_watch, args=(engine, pid, show, done), daemon=True)
-        if progress:
-            watcher.start()
-        start = time.perf_counter()
-        try:
-            conn.execute(
-                f"CREATE INDEX CONCURRENTLY {name} ON {SCHEMA}.embeddings "
-                f"USING hnsw ((embedding::halfvec({int(model.dim)})) halfvec_cosine_ops) "
-                f"WITH (m = {vector_index.HNSW_M}, ef_construction = {vector_index.HNSW_EF_CONSTRUCTION}) "
-                f"WHERE model_id = {int(model.id)}"
-            )
-        except psycopg.OperationalError as exc:
-            raise TransientError(
-                f"building the HNSW index of {model.name} was interrupted ({str(exc).strip().splitlines()[0]}); "
-                "searches run exactly until it is built: run `imgsearch model reindex`"
-            ) from exc
-        finally:
-            done.set()
-            if progress:
-                watcher.join()
-        return time.perf_counter() - start
-
-
-def _watch(engine: Engine, pid: int, show: Callable[[int, int, str], None], done: threading.Event) -> None:
-    with psycopg.connect(libpq_conninfo(engine.url), autocommit=True, connect_timeout=10) as conn:
-        while not done.wait(vector_index.PROGRESS_INTERVAL_SECONDS):
-            row = conn.execute(
-                "SELECT blocks_done, blocks_total, phase FROM pg_stat_progress_create_index WHERE pid = %s",
-                (pid,),
-            ).fetchone()
-            if row is not None:
-                show(int(row[0]), int(row[1]), str(row[2]))

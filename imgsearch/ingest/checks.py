@@ -200,7 +200,9 @@ def shown(value: Any) -> str:
 Given = dict[tuple[str, str, str], tuple[str, Any]]  # (tenant, product, field): the first row's name, value
 
 
-def agree(given: Given, tenant: str, product_id: str, fields: Mapping[str, Any], index: int, name: str) -> None:
+def agree(
+    given: Given, tenant: str, product_id: str, fields: Mapping[str, Any], index: int, name: str
+) -> None:
     """:class:`InvalidInput` naming both rows when the row at ``index`` (called ``name``) gives
     its product a field value other than an earlier row of the batch gave (``given``, filled as
     rows pass)."""

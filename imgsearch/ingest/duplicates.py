@@ -24,7 +24,7 @@ from typing import Any, Literal, cast
 import numpy as np
 from sqlalchemy import Connection, Float, Table, bindparam, func, select, text, update
 
-from imgsearch.db.models import Embedding, Image, Product
+from imgsearch.db.models import Embedding, Image, ImageProduct, Product
 from imgsearch.errors import InvalidImage, InvalidInput
 from imgsearch.records import ModelInfo
 
@@ -127,18 +127,30 @@ def _stored_candidates(
     conn: Connection, tenant: str, phash: str, product_id: str, max_hamming: int
 ) -> list[tuple[int, str, int]]:
     """(image id, product id, hamming) of the tenant's images of other products whose hash is at
-    most ``max_hamming`` bits away, nearest first, through the hash's HNSW index."""
+    most ``max_hamming`` bits away, nearest first, through the hash's HNSW index (an image the
+    product shares with another is its own, not a copy)."""
     conn.execute(text("SET LOCAL hnsw.iterative_scan = strict_order"))
     conn.execute(text("SET LOCAL hnsw.ef_search = 64"))
     distance = Image.phash.op("<~>", return_type=Float)(bindparam("h", phash, type_=Image.phash.type))
     rows = conn.execute(
         select(Image.id, Product.product_id, distance.label("hamming"))
         .join(Product, Product.id == Image.product_pk)
-        .where(Image.tenant == tenant, Image.phash.is_not(None), Product.product_id != product_id)
+        .where(
+            Image.tenant == tenant, Image.phash.is_not(None), Image.id.not_in(_images_of(tenant, product_id))
+        )
         .order_by(distance)
         .limit(CANDIDATES)
     )
     return [(r.id, r.product_id, int(r.hamming)) for r in rows if r.hamming <= max_hamming]
+
+
+def _images_of(tenant: str, product_id: str) -> Any:
+    """The ids of the product's images, shared ones included (:mod:`imgsearch.db.links`)."""
+    return (
+        select(ImageProduct.image_id)
+        .join(Product, Product.id == ImageProduct.product_pk)
+        .where(Product.tenant == tenant, Product.product_id == product_id)
+    )
 
 
 def _stored_embeddings(conn: Connection, model: ModelInfo, ids: Iterable[int]) -> dict[int, Any]:

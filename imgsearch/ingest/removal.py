@@ -1,7 +1,8 @@
 """Deleting images and products.
 
 An image's embeddings (every model's) go with it, and a product's images with the product, by
-the schema's cascades, in one transaction. A worker that is embedding a deleted image at that
+the schema's cascades, in one transaction. An image another product shares stays, with that
+product (migration 0019's trigger hands it over before the cascade). A worker that is embedding a deleted image at that
 moment finds its claim gone and stores nothing for it (:func:`imgsearch.work.queue.store`). The HNSW
 indexes drop the rows at the next vacuum; until then searches skip them and still return
 ``min(k, matching rows)`` hits.
@@ -11,10 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sqlalchemy import Engine, delete, select
+from sqlalchemy import Engine, delete, func, select
 
 from imgsearch.access import tenancy
-from imgsearch.db.models import Image, Product
+from imgsearch.db.models import Image, ImageProduct, Product
 from imgsearch.errors import InvalidInput, NotFound
 from imgsearch.ingest import checks
 
@@ -44,7 +45,8 @@ def delete_images(engine: Engine, image_ids: Iterable[int], *, tenant: str | Non
 
 
 def delete_product(engine: Engine, product_id: str, *, tenant: str) -> int:
-    """Delete ``tenant``'s product ``product_id`` with all its images; how many images it had.
+    """Delete ``tenant``'s product ``product_id`` with its images (an image another product shares
+    stays that product's); how many images it had.
     :class:`NotFound` when the tenant has no such product."""
     product_id = checks.identifier(product_id, "product_id")
     with engine.begin() as conn:
@@ -54,6 +56,8 @@ def delete_product(engine: Engine, product_id: str, *, tenant: str) -> int:
         ).scalar()
         if pk is None:
             raise NotFound(f"tenant {tenant!r} has no product {product_id!r}")
-        images = len(conn.execute(delete(Image).where(Image.product_pk == pk).returning(Image.id)).all())
+        images = conn.execute(
+            select(func.count()).select_from(ImageProduct).where(ImageProduct.product_pk == pk)
+        ).scalar_one()
         conn.execute(delete(Product).where(Product.id == pk))
-    return images
+    return int(images)

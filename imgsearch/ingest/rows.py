@@ -2,7 +2,8 @@
 
 An image row is committed as ``pending`` (its bytes stored in PostgreSQL) before anything else
 hears of it; a row that brings its own embedding is committed as ``ready``. The same bytes
-uploaded again by the same tenant return the existing image.
+uploaded again by the same tenant return the existing image, linked to the row's product too
+(:mod:`imgsearch.db.links`): a photo shared by several products is stored and embedded once.
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ import contextlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, func, select, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from imgsearch.db import links
 from imgsearch.db.models import Embedding, Image, ImageState, Product
 from imgsearch.errors import InvalidImage, InvalidInput
 from imgsearch.ingest import checks, duplicates, images, vectors
@@ -174,15 +176,21 @@ def _image_values(row: PreparedRow, product_pk: int) -> dict[str, Any]:
     }
 
 
-def write_rows(conn: Connection, rows: list[PreparedRow], model: ModelInfo) -> tuple[list[int], list[bool]]:
-    """Write validated rows inside the caller's transaction.
+class Written(NamedTuple):
+    """What :func:`write_rows` did, per row."""
 
-    Returns each row's image id and whether the row created it (False: the same bytes were
-    already stored for that tenant, earlier or in this call).
-    """
+    ids: list[int]  # the row's image id
+    created: list[bool]  # the row stored the image (False: the tenant had the bytes, before or in this call)
+    shared: list[bool]  # the row gave a stored image to another product (a photo shared by several)
+
+
+def write_rows(conn: Connection, rows: list[PreparedRow], model: ModelInfo) -> Written:
+    """Write validated rows inside the caller's transaction; an image already stored is linked
+    to the row's product as well."""
     products = _upsert_products(conn, rows)
     ids: list[int | None] = [None] * len(rows)
     created = [False] * len(rows)
+    shared = [False] * len(rows)
 
     first_of: dict[tuple[str, bytes], int] = {}
     hashed, unhashed = [], []
@@ -222,27 +230,37 @@ def write_rows(conn: Connection, rows: list[PreparedRow], model: ModelInfo) -> t
         if row.info is not None:
             ids[index] = by_hash[(row.tenant, row.info.sha256)]
 
+    # every row links its image to its product (a stored image shared by another product gets
+    # that image's embeddings); a new image's vector goes to each product of the call that has it
+    pairs = [
+        (int(image_id), products[(row.tenant, row.product_id)], row.tenant)
+        for image_id, row in zip(ids, rows, strict=True)
+        if image_id is not None
+    ]
+    added = set(links.link(conn, pairs))
+    for index, pair in enumerate(pairs):  # the first row giving a stored image another product
+        if pair in added and not created[index]:
+            shared[index] = True
+        added.discard(pair)
+    vector_of = {
+        ids[i]: row.embedding for i, row in enumerate(rows) if created[i] and row.embedding is not None
+    }
     embeddings = [
-        {
-            "model_id": model.id,
-            "image_id": ids[i],
-            "product_pk": products[(row.tenant, row.product_id)],
-            "tenant": row.tenant,
-            "embedding": row.embedding,
-        }
-        for i, row in enumerate(rows)
-        if created[i] and row.embedding is not None
+        {"model_id": model.id, "image_id": image_id, "product_pk": pk, "tenant": tenant, "embedding": vector}
+        for image_id, pk, tenant in dict.fromkeys(pairs)
+        for vector in (vector_of.get(image_id),)
+        if vector is not None
     ]
     if embeddings:
         conn.execute(pg_insert(Embedding), embeddings)
-    return [int(i) for i in ids if i is not None], created
+    return Written([int(i) for i in ids if i is not None], created, shared)
 
 
-def link_rows(conn: Connection, links: list[tuple[int, int]], ids: list[int]) -> None:
-    """Set ``duplicate_of`` for rows of one call that copy another row of it: ``links`` holds
+def link_rows(conn: Connection, copies: list[tuple[int, int]], ids: list[int]) -> None:
+    """Set ``duplicate_of`` for rows of one call that copy another row of it: ``copies`` holds
     (row, row it copies) positions in ``ids``. A row whose image already existed keeps its link."""
     duplicates.set_where_unset(
-        conn, "duplicate_of", {ids[row]: ids[of] for row, of in links if ids[row] != ids[of]}
+        conn, "duplicate_of", {ids[row]: ids[of] for row, of in copies if ids[row] != ids[of]}
     )
 
 

@@ -112,7 +112,9 @@ def prepare_all(rows: Iterable[Mapping[str, Any]], names: Sequence[str] | None =
         checks.agree(given, change.tenant, change.product_id, change.fields, index, name)
         key = (change.tenant, change.product_id)
         earlier = merged.get(key)
-        merged[key] = change if earlier is None else replace(earlier, fields={**earlier.fields, **change.fields})
+        merged[key] = (
+            change if earlier is None else replace(earlier, fields={**earlier.fields, **change.fields})
+        )
     changes = list(merged.values())
     return changes
 

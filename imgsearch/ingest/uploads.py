@@ -22,8 +22,21 @@ if TYPE_CHECKING:
     from imgsearch.catalog import Catalog
 
 
-def add_row(catalog: Catalog, row: Mapping[str, Any], on_duplicate: str) -> tuple[int, bool]:
-    """One upload: its image id, and whether the image was new (False: the tenant had the bytes)."""
+class Stored(tuple[int, bool]):
+    """One upload's outcome: (image id, whether the image was new; False: the tenant had the
+    bytes), and ``shared``: the tenant had them for another product, and the image is now this
+    product's too."""
+
+    shared: bool
+
+    def __new__(cls, image_id: int, created: bool, shared: bool) -> Stored:
+        stored = super().__new__(cls, (image_id, created))
+        stored.shared = shared
+        return stored
+
+
+def add_row(catalog: Catalog, row: Mapping[str, Any], on_duplicate: str) -> Stored:
+    """One upload: its image id, whether the image was new, and whether it was shared."""
     duplicates.check_policy(on_duplicate)
     prepared = rows.prepare_row(row, dim=catalog.dim, limits=catalog.limits)
     _check_checkable([prepared], on_duplicate, batch=False)
@@ -31,10 +44,10 @@ def add_row(catalog: Catalog, row: Mapping[str, Any], on_duplicate: str) -> tupl
     with catalog.engine.begin() as conn:
         tenancy.scope(conn, prepared.tenant)
         links = _apply_policy(catalog, conn, prepared.tenant, [prepared], [0], on_duplicate, batch=False)
-        ids, created = rows.write_rows(conn, [prepared], model)
-        rows.link_rows(conn, links, ids)
-    _wake(catalog, [prepared], created)  # after the commit: the row is durable before anyone hears of it
-    return ids[0], created[0]
+        written = rows.write_rows(conn, [prepared], model)
+        rows.link_rows(conn, links, written.ids)
+    _wake(catalog, [prepared], written.created)  # after the commit: durable before anyone hears of it
+    return Stored(written.ids[0], written.created[0], written.shared[0])
 
 
 def add_many(
@@ -68,8 +81,8 @@ def add_many(
             )
             for start in range(0, len(positions), rows.WRITE_CHUNK):
                 part = positions[start : start + rows.WRITE_CHUNK]
-                chunk_ids, created = rows.write_rows(conn, [prepared[p] for p in part], model)
-                for position, image_id, new in zip(part, chunk_ids, created, strict=True):
+                written = rows.write_rows(conn, [prepared[p] for p in part], model)
+                for position, image_id, new in zip(part, written.ids, written.created, strict=True):
                     ids[position] = image_id
                     created_all[position] = new
                 bar.update(len(part))

@@ -14,6 +14,7 @@ import numpy.typing as npt
 from sqlalchemy import Connection, func, select
 
 from imgsearch.access import tenancy
+from imgsearch.db import links
 from imgsearch.db.models import Embedding, Image, Product
 from imgsearch.errors import InvalidImage
 from imgsearch.ingest import checks, images
@@ -150,7 +151,8 @@ def _pairs(
     max_hamming: int,
     on_progress: Callable[[int], None] | None = None,
 ) -> list[tuple[int, int, int]]:
-    """Every (i, j, bits) with i < j, different products and at most ``max_hamming`` bits apart."""
+    """Every (i, j, bits) with i < j, different products (``products``: a number per set of
+    products) and at most ``max_hamming`` bits apart."""
     found: list[tuple[int, int, int]] = []
     n = len(hashes)
     for start in range(0, n, SWEEP_BLOCK):
@@ -205,7 +207,17 @@ def sweep(
     if len(rows) < 2:
         return report
     hashes = np.array([as_int(r.phash) for r in rows], dtype=np.uint64)
-    products = np.array([r.product_pk for r in rows], dtype=np.int64)
+    # two images are compared when their products differ: each image's set of products (a photo
+    # shared by variants is theirs alike: imgsearch.db.links) numbered, one number per set
+    owners = links.products_of(conn, [r.id for r in rows])
+    sets: dict[frozenset[int], int] = {}
+    products = np.array(
+        [
+            sets.setdefault(frozenset(pk for pk, _ in owners.get(r.id, [(r.product_pk, "")])), len(sets))
+            for r in rows
+        ],
+        dtype=np.int64,
+    )
     compared = 0
 
     def compared_some(n: int) -> None:
@@ -252,7 +264,7 @@ def sweep(
     for k in range(len(rows)):
         members.setdefault(root(k), []).append(k)
     for positions in members.values():
-        if len({rows[k].product_pk for k in positions}) < 2:
+        if len({int(products[k]) for k in positions}) < 2:
             continue
         first = positions[0]
         group = []

@@ -56,7 +56,6 @@ ATTRIBUTES_SCHEMA: dict[str, Any] = {
 }
 
 
-
 def _integral(value: Any) -> Any:
     """JSON Schema counts 3.0 as an integer, so the server takes it as 3 (and 3.5 stays an error)."""
     if type(value) is float and value.is_integer() and abs(value) < 2**63:
@@ -136,12 +135,13 @@ class UploadItem(Strict):
     """One image by URL, or a bring-your-own embedding (or both), with its product's fields."""
 
     model_config = ConfigDict(
-        extra="forbid", json_schema_extra={
+        extra="forbid",
+        json_schema_extra={
             "anyOf": [  # one of them, not null
                 {"required": ["url"], "properties": {"url": {"type": "string"}}},
                 {"required": ["embedding"], "properties": {"embedding": {"type": "array"}}},
             ]
-        }
+        },
     )
 
     url: StrictStr | None = Field(
@@ -165,7 +165,10 @@ class UploadRequest(Strict):
 
 
 class UploadResponse(BaseModel):
-    ids: list[int] = Field(description="Image ids, in the order given; a duplicate's existing id.")
+    ids: list[int] = Field(
+        description="Image ids, in the order given. Bytes the shop already stored give that image's id; "
+        "for another product, the image is now that product's too (a shared photo)."
+    )
 
 
 class DeleteImagesRequest(Strict):
@@ -179,7 +182,10 @@ class DeletedResponse(BaseModel):
 class ImageResponse(BaseModel):
     id: int
     tenant: str
-    product_id: str
+    product_id: str = Field(description="The product that uploaded it first; the fields below are its.")
+    product_ids: list[str] = Field(
+        description="Every product the image belongs to (a photo shared by several), `product_id` first."
+    )
     state: str = Field(description="pending, embedding, ready or failed.")
     error: str | None = Field(description="Why a failed image failed.")
     category: str | None

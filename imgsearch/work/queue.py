@@ -22,7 +22,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import OperationalError
 
 from imgsearch.access import tenancy
-from imgsearch.db import vector_index
+from imgsearch.db import links, vector_index
 from imgsearch.db.models import Embedding, Image, ImageState, Model
 from imgsearch.errors import DatabaseUnavailable, InvalidImage, TransientError
 from imgsearch.ingest import checks, duplicates
@@ -261,22 +261,17 @@ def store(
         else:
             ready.append((item, np.asarray(result, dtype=np.float32)))
     if ready:
-        conn.execute(
-            pg_insert(Embedding).on_conflict_do_update(
-                index_elements=[Embedding.model_id, Embedding.image_id],
-                set_={"embedding": pg_insert(Embedding).excluded.embedding, "created_at": func.now()},
-            ),
-            [
-                {
-                    "model_id": model.id,
-                    "image_id": c.image_id,
-                    "product_pk": c.product_pk,
-                    "tenant": c.tenant,
-                    "embedding": v,
-                }
-                for c, v in ready
-            ],
-        )
+        # a row for each product the image belongs to, read under the images' locks taken above
+        # (imgsearch.db.links: an upload linking one of them waits for this commit)
+        written = links.embedding_rows(conn, model.id, {c.image_id: v for c, v in ready})
+        if written:
+            conn.execute(
+                pg_insert(Embedding).on_conflict_do_update(
+                    index_elements=[Embedding.model_id, Embedding.image_id, Embedding.product_pk],
+                    set_={"embedding": pg_insert(Embedding).excluded.embedding, "created_at": func.now()},
+                ),
+                written,
+            )
         _set_state(conn, [{"b_id": c.image_id, "b_error": None} for c, _ in ready], ImageState.READY)
         dropped = [
             {"b_id": c.image_id, "b_thumbnail": thumbnails[c.image_id]}

@@ -16,13 +16,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection, Engine, delete, exists, func, select, text, update
+from sqlalchemy import Connection, Engine, delete, distinct, exists, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import OperationalError
 
 from imgsearch.access import tenancy
-from imgsearch.db import vector_index
-from imgsearch.db.models import Embedding, Image, ImageState, Model
+from imgsearch.db import links, vector_index
+from imgsearch.db.models import Embedding, Image, ImageProduct, ImageState, Model
 from imgsearch.errors import ConfigurationError, DatabaseUnavailable, InvalidInput, NotFound
 from imgsearch.ingest import checks
 from imgsearch.ingest.downloads import Downloads
@@ -70,9 +70,15 @@ MAX_DIM = 4000  # the models table's check (and pgvector's largest indexed halfv
 
 
 def _missing(model: ModelInfo) -> Any:
-    """Ready images without an embedding of ``model``."""
-    return (Image.state == ImageState.READY) & ~exists().where(
-        Embedding.image_id == Image.id, Embedding.model_id == model.id
+    """Ready images with a product whose row of ``model`` is missing (an image shared by several
+    products has a row per product: :mod:`imgsearch.db.links`)."""
+    return (Image.state == ImageState.READY) & exists().where(
+        ImageProduct.image_id == Image.id,
+        ~exists().where(
+            Embedding.image_id == ImageProduct.image_id,
+            Embedding.product_pk == ImageProduct.product_pk,
+            Embedding.model_id == model.id,
+        ),
     )
 
 
@@ -122,26 +128,24 @@ def backfill(
     try:
         for claims in _batches(engine, model, batch_size, skip):
             vectors = queue.embed_claims(claims, embed, downloads)
-            rows = []
+            embedded = {}
             for claim, vector in zip(claims, vectors, strict=True):
                 if isinstance(vector, Exception):
                     skip.add(claim.image_id)
                     result.errors[claim.image_id] = str(vector)
                     continue
-                rows.append(
-                    {
-                        "model_id": model.id,
-                        "image_id": claim.image_id,
-                        "product_pk": claim.product_pk,
-                        "tenant": claim.tenant,
-                        "embedding": np.asarray(vector, dtype=np.float32),
-                    }
-                )
-            if rows:
+                embedded[claim.image_id] = np.asarray(vector, dtype=np.float32)
+            if embedded:
                 with engine.begin() as conn:
                     tenancy.run_as_worker(conn)
+                    # the images' locks: an upload linking one of them meanwhile waits, then
+                    # copies these rows (imgsearch.db.links)
+                    conn.execute(
+                        select(Image.id).where(Image.id.in_(sorted(embedded))).with_for_update(key_share=True)
+                    )
+                    rows = links.embedding_rows(conn, model.id, embedded)
                     conn.execute(pg_insert(Embedding).on_conflict_do_nothing(), rows)
-            result.embedded += len(rows)
+            result.embedded += len(embedded)
             if on_batch is not None:
                 on_batch(len(claims))
     except OperationalError as exc:
@@ -208,8 +212,12 @@ def drop(engine: Engine, name: str) -> int:
 
 
 def listing(engine: Engine) -> list[ModelRow]:
-    """Every registered model with its number of embeddings, active first."""
-    counts = select(Embedding.model_id, func.count().label("n")).group_by(Embedding.model_id).subquery()
+    """Every registered model with its number of embedded images, active first."""
+    counts = (
+        select(Embedding.model_id, func.count(distinct(Embedding.image_id)).label("n"))
+        .group_by(Embedding.model_id)
+        .subquery()
+    )
     with engine.connect() as conn:
         rows = conn.execute(
             select(Model.name, Model.dim, Model.active, func.coalesce(counts.c.n, 0), Model.external)

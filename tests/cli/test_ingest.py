@@ -23,7 +23,7 @@ def test_ingest_folder_embeds_in_process_and_summarises(
     (folder / "sub").mkdir(parents=True)
     for i in range(5):
         (folder / f"shoe{i}.png").write_bytes(image_bytes(i))
-    (folder / "sub" / "copy.png").write_bytes(image_bytes(0))  # same bytes as shoe0: a duplicate
+    (folder / "sub" / "copy.png").write_bytes(image_bytes(0))  # shoe0's bytes: a photo two products share
     (folder / "sub" / "fake.jpg").write_bytes(b"this is not an image")
     truncated = image_bytes(9, size=(200, 200), fmt="JPEG")
     (folder / "truncated.jpg").write_bytes(truncated[: len(truncated) // 2])
@@ -33,7 +33,7 @@ def test_ingest_folder_embeds_in_process_and_summarises(
     run = run_ingest(database_url, tiny_siglip, str(folder), "--tenant", "acme", "--category", "shoes")
     assert run.returncode == 1, run.stderr
     lines = run.stdout.splitlines()
-    assert lines[0] == "added 6, duplicates skipped 1"
+    assert lines[0] == "added 6, duplicates skipped 0, shared with another product 1"  # copy: a product of its own
     assert lines[1] == "embedded 5, failed 1"
     assert lines[2] == "failed 2:"
     assert any("fake.jpg: not a recognised image format" in line for line in lines[3:])
@@ -99,7 +99,9 @@ def test_ingest_missing_path_is_one_line(database_url: str, tiny_siglip: Path) -
     assert run.stderr.strip() == "imgsearch: no such file or folder: /no/such/folder"
 
 
-def test_status_wait_returns_when_nothing_is_pending(database_url: str, tiny_siglip: Path, tmp_path: Path) -> None:
+def test_status_wait_returns_when_nothing_is_pending(
+    database_url: str, tiny_siglip: Path, tmp_path: Path
+) -> None:
     """``status --wait`` waits for the workers; with none running it gives up after its seconds
     with one line, exit 2; it returns as soon as a worker has embedded everything."""
     (tmp_path / "a.png").write_bytes(image_bytes(1))

@@ -15,6 +15,7 @@ TABLES = {
     "models",
     "products",
     "images",
+    "image_products",
     "embeddings",
     "tenant_logins",
     "api_keys",

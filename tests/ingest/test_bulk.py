@@ -23,6 +23,7 @@ import pytest
 from sqlalchemy import text
 
 from imgsearch import Catalog
+from imgsearch.db import vector_index
 from imgsearch.errors import DimensionMismatch, InvalidInput
 from imgsearch.ingest import bulk
 from imgsearch.settings import Settings
@@ -214,7 +215,10 @@ def test_a_large_import_builds_the_index_after_the_load(
         ("path-image", "d.jsonl:1: image must be an http(s) URL"),
         ("columns", "unknown columns ['colour']"),
         ("price", "d.jsonl:3: price must not be negative"),
-        ("disagreeing-price", "d.jsonl:5: price of product 'sku-1' of tenant 'acme' is 99 here, but 1.5 in /"),
+        (
+            "disagreeing-price",
+            "d.jsonl:5: price of product 'sku-1' of tenant 'acme' is 99 here, but 1.5 in /",
+        ),
         (
             "disagreeing-attribute",
             "d.jsonl:7: attributes.color of product 'sku-3' of tenant 'acme' is \"green\" here, but \"blue\" in /",
@@ -283,7 +287,11 @@ def test_bad_files_name_file_and_row_and_leave_nothing(
         elif make == "disagreeing-price":  # the same product again, at another price
             jsonl[4] = {**jsonl[1], "price": 99, "embedding": jsonl[4]["embedding"]}
         elif make == "disagreeing-attribute":  # its other attributes merge; color disagrees
-            jsonl[6] = {**jsonl[3], "attributes": {"color": "green", "size": 9}, "embedding": jsonl[6]["embedding"]}
+            jsonl[6] = {
+                **jsonl[3],
+                "attributes": {"color": "green", "size": 9},
+                "embedding": jsonl[6]["embedding"],
+            }
         path = tmp_path / "d.jsonl"
         path.write_text("".join(json.dumps(row) + "\n" for row in jsonl))
     with pytest.raises(InvalidInput) as raised:
@@ -397,7 +405,7 @@ def test_searches_stay_exact_while_the_index_is_built(catalog: Catalog) -> None:
     queries = vectors(30, 13)
     expected = [np.argsort(-exact_similarities(data, q))[:5] for q in queries]
     build = threading.Thread(
-        target=bulk.build_index,
+        target=vector_index.build_index,
         args=(catalog.engine, catalog.active_model),
         kwargs={"maintenance_work_mem": "64MB", "parallel_workers": 0, "progress": False},
     )

@@ -128,7 +128,8 @@ def test_rows_of_one_product_merge_unless_they_disagree(catalog: Catalog) -> Non
     feed[1]["category"] = None
     feed.append({"tenant": "acme", "product_id": "p0", "category": "shoes"})
     with pytest.raises(
-        InvalidInput, match=r"^row 2: category of product 'p0' of tenant 'acme' is \"shoes\" here, but null in row 1$"
+        InvalidInput,
+        match=r"^row 2: category of product 'p0' of tenant 'acme' is \"shoes\" here, but null in row 1$",
     ):
         catalog.update_products(feed)
     assert product(catalog, "p0")["category"] == "sale"
@@ -228,7 +229,8 @@ def test_rows_can_be_named_by_where_they_come_from(catalog: Catalog) -> None:
     with pytest.raises(NotFound, match=r"^feed.csv:3: tenant 'acme' has no product 'p9'; nothing updated$"):
         catalog.update_products(rows, names=["feed.csv:2", "feed.csv:3"])
     with pytest.raises(
-        InvalidInput, match=r"^feed.csv:3: price of product 'p0' of tenant 'acme' is 2 here, but 1 in feed.csv:2$"
+        InvalidInput,
+        match=r"^feed.csv:3: price of product 'p0' of tenant 'acme' is 2 here, but 1 in feed.csv:2$",
     ):
         catalog.update_products([rows[0], {**rows[0], "price": 2}], names=["feed.csv:2", "feed.csv:3"])
     with pytest.raises(InvalidInput, match=r"^names must name every row: got 1 names for 2 rows$"):

@@ -347,12 +347,15 @@ def test_json_routes_answer_another_content_type_with_415(api: Api, tenant: str,
             ("POST", "/v1/search", {"text": "shoe"}),
             ("POST", "/v1/images", {"items": [{"embedding": VECTOR, "product_id": "q"}]}),
         ]:
-            response = client.request(method, path, content=json.dumps(body), headers={"content-type": media_type})
+            response = client.request(
+                method, path, content=json.dumps(body), headers={"content-type": media_type}
+            )
             assert "application/json" in problem(response, 415)["detail"], (method, path)
 
 
 def test_a_body_without_a_content_type_is_read_as_json_everywhere(api: Api, tenant: str) -> None:
     with api.client(api.key(tenant)) as client:
+
         def send(method: str, path: str, body: Any) -> httpx.Response:
             request = client.build_request(method, path, content=json.dumps(body))
             assert "content-type" not in request.headers  # httpx sets none for raw content
@@ -371,21 +374,29 @@ def test_a_body_without_a_content_type_is_read_as_json_everywhere(api: Api, tena
         problem(send("POST", "/v1/search", {"vector": VECTOR, "k": 1.5}), 422)
 
 
-
 def test_an_unknown_query_parameter_is_a_400_naming_it(api: Api, tenant: str) -> None:
     """A typo in a query parameter would be ignored, and the request do what it wasn't asked to."""
     picture = io.BytesIO()
     PILImage.new("RGB", (40, 30), "red").save(picture, "PNG")
     with api.client(api.key(tenant)) as client:
         typo = client.post(
-            "/v1/images?on_duplicat=reject", files={"file": ("a.png", picture.getvalue())}, data={"product_id": "p"}
+            "/v1/images?on_duplicat=reject",
+            files={"file": ("a.png", picture.getvalue())},
+            data={"product_id": "p"},
         )
         assert problem(typo, 400)["detail"] == (
             "unknown query parameters ['on_duplicat'] for POST /v1/images: it takes ['on_duplicate']"
         )
-        assert client.get("/v1/status").json()["counts"] == {"pending": 0, "embedding": 0, "ready": 0, "failed": 0}
+        assert client.get("/v1/status").json()["counts"] == {
+            "pending": 0,
+            "embedding": 0,
+            "ready": 0,
+            "failed": 0,
+        }
         search = problem(client.post("/v1/search?k=5", json={"text": "red"}), 400)["detail"]
         assert search == "unknown query parameters ['k'] for POST /v1/search: it takes none"
-        assert problem(client.get("/healthz?probe=1"), 400)["detail"].startswith("unknown query parameters ['probe']")
+        assert problem(client.get("/healthz?probe=1"), 400)["detail"].startswith(
+            "unknown query parameters ['probe']"
+        )
         assert client.get("/v1/images/999999/thumbnail?size=64").status_code == 404  # one it takes
         assert client.get("/v1/categories?limit=3").status_code == 200

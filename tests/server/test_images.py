@@ -290,3 +290,43 @@ def test_near_copies_are_rejected_linked_and_listed(api: Api, tenant: str) -> No
             len(admin.get("/v1/duplicates", params={"tenant": tenant, "hash_only": "true"}).json()["groups"])
             == 1
         )
+
+
+def test_a_photo_shared_by_variants_is_embedded_once_and_found_as_each(
+    api: Api, tenant: str, tmp_path: Path, tiny_siglip: Path
+) -> None:
+    """Two products upload the same photo: one image, embedded once by a real worker, found as
+    both with each one's price; deleting one product leaves it the other's."""
+    picture = image_bytes(300, size=(64, 64))
+    with api.client(api.key(tenant)) as client:
+        ids = [
+            client.post(
+                "/v1/images", files={"file": ("tee.png", picture)}, data={"product_id": sku, "price": price}
+            ).json()["ids"][0]
+            for sku, price in (("tee-s", "10"), ("tee-m", "12"))
+        ]
+        assert ids[0] == ids[1]
+        workers = Workers({**api.env, "IMGSEARCH_SWEEP_SECONDS": "1", "TMPDIR": str(tmp_path)}, tmp_path)
+        workers.start()
+        try:
+            wait_until(
+                lambda: client.get(f"/v1/images/{ids[0]}").json()["state"] == "ready",
+                180,
+                workers,
+                "embedded",
+            )
+        finally:
+            workers.stop_all()
+        record = client.get(f"/v1/images/{ids[0]}").json()
+        assert (record["product_id"], record["product_ids"]) == ("tee-s", ["tee-s", "tee-m"])
+        hits = client.post("/v1/search", json={"similar_to_product": "tee-m", "k": 5}).json()["hits"]
+        assert [(h["image_id"], h["product_id"], h["price"]) for h in hits] == [(ids[0], "tee-s", 10.0)]
+        found = client.post("/v1/search", json={"text": "a tee", "price_min": 11}).json()["hits"]
+        assert [(h["product_id"], h["price"]) for h in found] == [("tee-m", 12.0)]
+        assert client.delete("/v1/products/tee-s").status_code == 200
+        assert client.get(f"/v1/images/{ids[0]}").json()["product_ids"] == ["tee-m"]
+    with api.engine.connect() as conn:
+        embedded = conn.execute(
+            text("SELECT count(*) FROM imgsearch.embeddings WHERE tenant = :t"), {"t": tenant}
+        )
+        assert embedded.scalar_one() == 1

@@ -26,7 +26,9 @@ FUZZ_SEED = os.environ.get("IMGSEARCH_FUZZ_SEED", "20261124")  # "random" for a 
 
 
 @pytest.fixture(scope="module")
-def fuzzed(server_url: str, template_db: str, tiny_siglip: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+def fuzzed(
+    server_url: str, template_db: str, tiny_siglip: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Api]:
     """A server of its own (what Schemathesis writes stays in its database), taking image URLs
     from the tests' file server on 127.0.0.1."""
     api = start_api(
@@ -107,14 +109,18 @@ def test_the_schema_states_the_rules(schema: dict[str, Any]) -> None:
         ("/v1/search", "post", "415"),
     ]:
         response = paths[path][method]["responses"][code]
-        assert response["content"]["application/problem+json"]["schema"] == {"$ref": "#/components/schemas/Problem"}
+        assert response["content"]["application/problem+json"]["schema"] == {
+            "$ref": "#/components/schemas/Problem"
+        }
     responses = paths["/v1/search"]["post"]["responses"]
     assert "X-Request-ID" in responses["200"]["headers"]
     assert "WWW-Authenticate" in responses["401"]["headers"]
     assert "Retry-After" in responses["503"]["headers"]
     assert "Allow" in responses["405"]["headers"]
     thumbnail = paths["/v1/images/{image_id}/thumbnail"]["get"]["responses"]["200"]
-    assert thumbnail["content"]["image/jpeg"]["schema"]["format"] == "binary" and "ETag" in thumbnail["headers"]
+    assert (
+        thumbnail["content"]["image/jpeg"]["schema"]["format"] == "binary" and "ETag" in thumbnail["headers"]
+    )
     assert paths["/readyz"]["get"]["responses"]["200"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/Ready"
     }

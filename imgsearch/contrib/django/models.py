@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from django.db import models
@@ -79,7 +80,7 @@ class ImageQuerySet(models.QuerySet["Image"]):
     ) -> list[Image]:
         """The ``k`` nearest images that match this QuerySet's filters and the given ones, nearest
         first, each with ``distance``, ``score`` and ``probability`` attributes and its product
-        loaded.
+        loaded (a photo several products share comes once per product, each with its own).
 
         Takes the arguments of :meth:`imgsearch.Catalog.search` (``category``, ``price_min``,
         ``price_max``, ``attributes``, ``offset``, ``group_by_product``, ``diversity``, ``expand``,
@@ -111,9 +112,23 @@ class ImageQuerySet(models.QuerySet["Image"]):
                 .defer("content")
                 .in_bulk([hit.image_id for hit in hits])
             )
+        # a photo shared by several products is a hit of each: the hit's own product, loaded
+        others = {
+            (hit.tenant, hit.product_id)
+            for hit in hits
+            if by_id[hit.image_id].product.product_id != hit.product_id
+        }
+        products = {}
+        if others:
+            match = models.Q()
+            for shop, product_id in others:
+                match |= models.Q(tenant=shop, product_id=product_id)
+            products = {(p.tenant, p.product_id): p for p in Product.objects.using(self.db).filter(match)}
         found = []
         for hit in hits:
-            row = by_id[hit.image_id]
+            row = copy.copy(by_id[hit.image_id])  # its own attributes and product cache
+            if (hit.tenant, hit.product_id) in products:
+                row.product = products[(hit.tenant, hit.product_id)]
             row.distance, row.score, row.probability = hit.distance, hit.score, hit.probability
             found.append(row)
         return found
@@ -151,10 +166,28 @@ class Image(models.Model):
         return f"image {self.pk} ({self.state})"
 
 
-class Embedding(models.Model):
-    """An image's embedding under one model (composite key: model, image)."""
+class ImageProduct(models.Model):
+    """An image belongs to every product that uploads it (a photo shared by variants): stored and
+    embedded once, linked to each product (composite key: image, product)."""
 
-    pk = models.CompositePrimaryKey("model_id", "image_id")
+    pk = models.CompositePrimaryKey("image_id", "product_id")
+    image = models.ForeignKey(Image, models.DO_NOTHING, related_name="links")
+    product = models.ForeignKey(
+        Product, models.DO_NOTHING, db_column="product_pk", related_name="image_links"
+    )
+    tenant = models.TextField()
+    created_at = models.DateTimeField()
+
+    class Meta:
+        managed = False
+        db_table = 'imgsearch"."image_products'
+
+
+class Embedding(models.Model):
+    """An image's embedding under one model, a row per product the image belongs to (composite
+    key: model, image, product)."""
+
+    pk = models.CompositePrimaryKey("model_id", "image_id", "product_id")
     model = models.ForeignKey(EmbeddingModel, models.DO_NOTHING)
     image = models.ForeignKey(Image, models.DO_NOTHING, related_name="embeddings")
     product = models.ForeignKey(Product, models.DO_NOTHING, db_column="product_pk", related_name="+")

@@ -172,7 +172,7 @@ def get_image(image_id: ImageIdPath, catalog: CatalogDep, principal: PrincipalDe
 
 @router.delete("/images/{image_id}", status_code=204, summary="Delete an image")
 def delete_image(image_id: ImageIdPath, catalog: CatalogDep, principal: PrincipalDep) -> Response:
-    """Delete the image and its embeddings; its product stays."""
+    """Delete the image and its embeddings, from every product it belongs to; the products stay."""
     catalog.delete(image_id, tenant=tenant_of(principal))
     return Response(status_code=204)
 

@@ -86,7 +86,8 @@ async def update_products(request: Request, catalog: CatalogDep, principal: Prin
 def delete_product(
     product_id: ProductIdPath, catalog: CatalogDep, principal: PrincipalDep, tenant: AdminTenant = None
 ) -> Response:
-    """Delete the product, its images and their embeddings."""
+    """Delete the product, its images and their embeddings. An image another product shares stays
+    that product's; `deleted_images` counts the images the product had."""
     owner = _required_tenant(tenant_of(principal, tenant))
     deleted = catalog.delete_product(product_id, tenant=owner)
     return JSONResponse(

@@ -147,7 +147,9 @@ def _form_options(form: Any) -> dict[str, Any]:
         elif name in ("group_by_product", "consistent"):
             flag = found[0].strip().lower()
             if flag not in FORM_TRUE | FORM_FALSE:
-                raise InvalidQuery(f"{name} must be one of {sorted(FORM_TRUE | FORM_FALSE)}, got {found[0]!r}")
+                raise InvalidQuery(
+                    f"{name} must be one of {sorted(FORM_TRUE | FORM_FALSE)}, got {found[0]!r}"
+                )
             values[name] = flag in FORM_TRUE
         else:
             values[name] = found[0]
