@@ -5,7 +5,6 @@ settings and the active model with its embedder (:mod:`imgsearch.embed.active`).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -17,8 +16,8 @@ from imgsearch.embed.active import ActiveModel, configured_model, open_model, re
 from imgsearch.ingest import bulk, images, removal, updates, uploads, vector_files
 from imgsearch.ingest import duplicates as near_duplicates
 from imgsearch.quality import duplicates as duplicate_groups
-from imgsearch.records import Hit, ImageRecord, ModelInfo
-from imgsearch.search import plans, queries, request, routing, statements
+from imgsearch.records import ImageRecord, ModelInfo, SearchResult
+from imgsearch.search import plans, queries, routing, service, statements, understanding
 from imgsearch.search.filters import MAX_K, Filters, check_page
 from imgsearch.search.plans import Plan
 from imgsearch.search.replicas import Replicas
@@ -53,6 +52,7 @@ class Catalog:
             settings.max_image_bytes, settings.max_image_pixels, settings.max_aspect_ratio
         )
         self._router = routing.Router(engine, self._search_engine, replicas)
+        self._vocabularies = understanding.Vocabularies()  # each tenant's words, for parse=True
         self.on_search_plan: Callable[[Plan], None] | None = None  # told each statement's plan
         # told each forward pass of text or image queries (kind, queries in it); e.g. for metrics
         self.on_query_batch: Callable[[str, int], None] | None = None
@@ -160,6 +160,7 @@ class Catalog:
         self, image: Any = None, *, tenant: str, product_id: str, embedding: Any = None,
         category: str | None = None, price: Any = None, currency: str | None = None,
         attributes: Mapping[str, Any] | None = None, on_duplicate: near_duplicates.OnDuplicate = "keep",
+        title: str | None = None, description: str | None = None, brand: str | None = None,
     ) -> int:
         """Store one image (a path, bytes, a binary file object or an http(s) URL); its id.
 
@@ -168,8 +169,9 @@ class Catalog:
         product's too (a shared photo is stored and embedded once, and found as each product).
         ``on_duplicate`` (``"keep"``, ``"link"``, ``"reject"``): what a near-copy of another
         product's image gets (:mod:`imgsearch.ingest.duplicates`)."""
-        fields = {"image": image, "embedding": embedding, "tenant": tenant, "product_id": product_id}
-        fields.update(category=category, price=price, currency=currency, attributes=attributes)
+        fields = dict(image=image, embedding=embedding, tenant=tenant, product_id=product_id, category=category)
+        fields.update(price=price, currency=currency, attributes=attributes, title=title, description=description)
+        fields["brand"] = brand
         return self.add_row(fields, on_duplicate=on_duplicate)[0]
 
     def add_row(
@@ -240,8 +242,9 @@ class Catalog:
         )
 
     def update_product(self, product_id: str, *, tenant: str, **fields: Any) -> bool:
-        """Set ``category``, ``price``, ``currency`` (None clears) or ``attributes`` (replaced) of one
-        product without uploading its images again; whether a value changed, or :class:`NotFound`.
+        """Set ``category``, ``price``, ``currency``, ``title``, ``description``, ``brand`` (None
+        clears) or ``attributes`` (replaced) of one product without uploading its images again;
+        whether a value changed, or :class:`NotFound`.
 
         >>> catalog.update_product("sku-1", tenant="acme", price=39.9)  # doctest: +SKIP
         """
@@ -334,38 +337,33 @@ class Catalog:
         similar_to_product: str | None = None, vector: Any = None,
         tenant: str | None = None, category: str | list[str] | None = None, price_min: Any = None,
         price_max: Any = None, attributes: dict[str, Any] | None = None, where: Any = None,
-        k: int = 10, offset: int = 0,
+        brand: str | None = None, k: int = 10, offset: int = 0,
         group_by_product: bool = False, diversity: float | None = None, expand: int | None = None,
         min_score: float | None = None, min_probability: float | None = None,
         consistent: bool = False, box: Sequence[float] | None = None,
-    ) -> list[Hit]:
-        """The ``k`` nearest images (after ``offset``) matching every filter, nearest first:
-        ``min(k, matching rows)`` hits. docs/library.md has every argument in full.
+        mode: str | None = None, parse: bool = True, facets: bool = False, total: bool = False,
+        fusion: service.Fusion | None = None,
+    ) -> SearchResult:
+        """The ``k`` best images (after ``offset``) matching every filter: ``min(k, matching
+        rows)`` hits, a list with ``.total``, ``.facets`` and ``.understood`` (docs/library.md).
 
-        One query: ``text``; ``image`` (a path, bytes, a file object or a public http(s) URL;
-        ``box=(x0, y0, x1, y1)``: a region of it); ``similar_to`` (an image id, left out);
-        ``similar_to_product`` (a product of ``tenant``: its images' mean, all left out); ``vector``.
-        Filters: ``tenant``, ``category`` (one or a list), ``price_min``/``price_max``,
+        One query: ``text``, ``image`` (a path, bytes, a file object or an http(s) URL; ``box``: a
+        region), ``similar_to`` (an image id), ``similar_to_product`` (of ``tenant``), ``vector``.
+        A text's ``mode``: ``"semantic"``, ``"lexical"`` or ``"hybrid"`` (``fusion``; the default
+        with product text); ``parse``: read filters from its words ("red shoes under $50").
+        Filters: ``tenant``, ``category`` (one or a list), ``price_min``/``price_max``, ``brand``,
         ``attributes`` (JSONB containment), ``where`` (SQLAlchemy over :mod:`imgsearch.db.models`).
-        ``group_by_product``, ``diversity`` (MMR λ, 1 = relevance only), ``expand`` (the query
-        averaged with its top m), ``min_score`` (cosine), ``min_probability`` (text on SigLIP).
-        ``consistent``: a replica answers once it has replayed every write acknowledged before.
+        ``facets``/``total``: count the whole match set. ``group_by_product``, ``diversity``
+        (MMR λ), ``expand``, ``min_score`` (cosine), ``min_probability`` (text on SigLIP);
+        ``consistent``: a replica answers once it has replayed every acknowledged write.
 
         >>> catalog.search(text="red sneakers", tenant="acme", price_max=100, k=5)  # doctest: +SKIP
         """
-        options = request.options_for(
-            self.settings, text, k, offset, group_by_product, diversity, expand, min_score, min_probability
-        )
-        options = replace(options, on_plan=self.on_search_plan)
-        filters = Filters(tenant, category, price_min, price_max, attributes, where)
-        filters.conditions()  # check the filters before any model work
-        self._follow_model_switch()
-        asked = queries.Query(text, image, similar_to, similar_to_product, vector, box)
-        query = asked.embed(self, filters)
-        hits = self._router.search(self.active_model, filters, options, query, asked, consistent)
-        if text is not None:
-            hits = request.with_probability(hits, self.embedder.probability, min_probability)
-        return hits
+        query = queries.Query(text, image, similar_to, similar_to_product, vector, box)
+        how = service.Asked(query, mode, parse, facets, total, consistent, fusion, min_probability)
+        filters = Filters(tenant, category, price_min, price_max, attributes, where, brand=brand)
+        page = (k, offset, group_by_product, diversity, expand, min_score)
+        return service.search(self, filters, how, *page)
 
     def search_select(
         self, *,

@@ -84,7 +84,7 @@ def run(settings: Settings, html: Path) -> int:
         searches = [
             (
                 "text: 'a red coffee mug'",
-                {"text": "a red coffee mug"},
+                {"text": "a red coffee mug", "parse": False},  # the model alone, no filter read
                 None,
             ),
             (
@@ -97,10 +97,14 @@ def run(settings: Settings, html: Path) -> int:
                 {"text": "something to wear", "category": ["t-shirts", "caps", "sneakers"], "price_max": 25},
                 None,
             ),
+            ("text: 'mugs under 12 EUR'", {"text": "mugs under 12 EUR"}, None),  # words read as filters
         ]
         sections = []
         for title, query, thumb in searches:
             hits = catalog.search(tenant=TENANT, k=K, **query)  # type: ignore[arg-type]
+            if hits.understood is not None and hits.understood.filters:
+                read = {k: v for k, v in hits.understood.as_json().items() if k not in ("text", "fallback")}
+                title += ", read as " + ", ".join(f"{k} {v}" for k, v in read.items())
             _show(title, hits)
             sections.append(report.Section(title, hits, thumb))
         sources_ = report.thumbnails(catalog.engine, [h.image_id for s in sections for h in s.hits], TENANT)

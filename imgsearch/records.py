@@ -53,9 +53,34 @@ class Hit:
     tenant: str
     category: str | None
     price: Decimal | None
-    distance: float
-    score: float
+    distance: float | None  # None: a lexical search's hit (no query vector)
+    score: float | None
     probability: float | None = None
+    title: str | None = None
+    brand: str | None = None
+    currency: str | None = None
+    # which side of the search found it, and at what rank (1 = first): {"semantic": 3,
+    # "lexical": 1}; a hybrid hit's ``relevance`` is its fused score (Reciprocal Rank Fusion)
+    matched_by: dict[str, int] = field(default_factory=dict)
+    relevance: float | None = None
+
+
+class SearchResult(list[Hit]):
+    """:meth:`Catalog.search`'s answer: the hits, as a list, with what the search also found.
+
+    ``total``: how many products match (its whole match set, not just the page; None when the
+    search didn't count); ``facets``: counts by category, brand, attribute and price
+    (:class:`imgsearch.search.facets.Facets`, with ``facets=True``); ``understood``: the filters
+    read from the query's words and the text left (:class:`imgsearch.search.understanding.Understood`).
+    ``mode``: how the text was searched (``semantic``, ``lexical`` or ``hybrid``).
+    """
+
+    def __init__(
+        self, hits: Any = (), *, total: int | None = None, facets: Any = None, understood: Any = None,
+        mode: str = "semantic",
+    ) -> None:
+        super().__init__(hits)
+        self.total, self.facets, self.understood, self.mode = total, facets, understood, mode
 
 
 @dataclass(frozen=True)

@@ -25,11 +25,14 @@ def test_demo_ingests_searches_and_writes_a_page(
 
     parsed = Page()
     parsed.feed(page.read_text())
-    assert len(parsed.sections) == 3 and len(parsed.hits) == 15
+    assert len(parsed.sections) == 4 and len(parsed.hits) == 15 + 3
     assert parsed.sections[0].startswith("text:") and parsed.sections[1].startswith("image:")
+    # the last query's words read as filters: the three mugs up to 12 EUR
+    assert parsed.sections[3] == "text: 'mugs under 12 EUR', read as category mugs, price_max 12"
+    assert sorted(hit["product"] for hit in parsed.hits[15:]) == ["mug-blue", "mug-red", "mug-white"]
     with (SAMPLES / "manifest.csv").open(newline="") as handle:
         products = {row["product_id"]: row for row in csv.DictReader(handle)}
-    filtered = parsed.hits[10:]
+    filtered = parsed.hits[10:15]
     for hit in filtered:
         assert hit["category"] in ("t-shirts", "caps", "sneakers") and Decimal(hit["price"]) <= 25
         assert products[hit["product"]]["category"] == hit["category"]

@@ -7,6 +7,7 @@ import json
 import sys
 
 from imgsearch.cli._common import Subparsers, positive
+from imgsearch.errors import InvalidInput
 from imgsearch.settings import Settings
 
 
@@ -16,14 +17,19 @@ def _eval(args: argparse.Namespace, settings: Settings) -> int:
     from imgsearch import Catalog
     from imgsearch.quality import evaluation
 
+    modes = [m.strip() for m in args.mode.split(",") if m.strip()] if args.mode else []
+    unknown = [m for m in modes if m not in evaluation.MODES]
+    if unknown:
+        raise InvalidInput(f"--mode takes {', '.join(evaluation.MODES)} (comma-separated), got {args.mode!r}")
     with Catalog.open(settings=settings) as catalog:
         labelled = evaluation.load_set(args.set, catalog, args.tenant)
         print(f"{len(labelled.queries)} queries, relevance by {labelled.by}, k={args.k}", file=sys.stderr)
         catalogs = [catalog] + ([catalog.with_model(args.compare)] if args.compare else [])
         reports = []
         for one in catalogs:
-            print(f"evaluating {one.model} (ann, exact, filtered) ...", file=sys.stderr, flush=True)
-            reports.append(evaluation.evaluate(one, labelled, k=args.k, depth=args.depth))
+            ways = ", ".join(["ann", "exact", "filtered", *modes])
+            print(f"evaluating {one.model} ({ways}) ...", file=sys.stderr, flush=True)
+            reports.append(evaluation.evaluate(one, labelled, k=args.k, depth=args.depth, modes=modes))
     print(evaluation.table(reports))
     if args.json:
         Path(args.json).write_text(json.dumps([r.as_dict() for r in reports], indent=2))
@@ -55,6 +61,13 @@ def register(commands: Subparsers) -> None:
     )
     ev.add_argument(
         "--compare", metavar="MODEL", default=None, help="also score a model backfilled by reembed"
+    )
+    ev.add_argument(
+        "--mode",
+        metavar="MODES",
+        default=None,
+        help="also run text queries in these search modes, comma-separated: semantic,lexical,hybrid "
+        "(the words not parsed into filters)",
     )
     ev.add_argument("--json", metavar="FILE", default=None, help="write the per-query detail as JSON")
     ev.add_argument("--html", metavar="FILE", default=None, help="write a page of the worst queries")

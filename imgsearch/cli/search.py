@@ -83,6 +83,7 @@ def _search(args: argparse.Namespace, settings: Settings) -> int:
         "price_min": args.price_min,
         "price_max": args.price_max,
         "attributes": _attributes(args.attributes),
+        "brand": args.brand,
     }
     options = {
         "k": args.k,
@@ -93,6 +94,8 @@ def _search(args: argparse.Namespace, settings: Settings) -> int:
         "min_score": args.min_score,
         "min_probability": args.min_probability,
         "consistent": args.consistent,
+        "mode": args.mode,
+        "parse": not args.no_parse,
     }
     if args.box is not None:
         if args.image is None:
@@ -103,6 +106,13 @@ def _search(args: argparse.Namespace, settings: Settings) -> int:
             raise InvalidInput(f"--box must be X0,Y0,X1,Y1 in pixels, got {args.box!r}") from exc
     with Catalog.open(settings=settings) as catalog:
         hits = catalog.search(**query, **filters, **options)
+        understood = hits.understood
+        if understood is not None and understood.filters:
+            read = {
+                key: value for key, value in understood.as_json().items() if key not in ("text", "fallback")
+            }
+            note = " (they matched nothing: searched as typed)" if understood.fallback else ""
+            print(f"understood: {json.dumps(read, default=str)}{note}", file=sys.stderr)
         if args.json:
             for hit in hits:
                 row = {**hit.__dict__, "price": None if hit.price is None else str(hit.price)}
@@ -164,6 +174,17 @@ def register(commands: Subparsers) -> None:
         "--consistent",
         action="store_true",
         help="with IMGSEARCH_REPLICA_URLS: see every write acknowledged before the search",
+    )
+    search.add_argument("--brand", help="only this brand's products")
+    search.add_argument(
+        "--mode",
+        choices=("hybrid", "semantic", "lexical"),
+        help="text queries: the model, the products' words, or both (default: hybrid when products have text)",
+    )
+    search.add_argument(
+        "--no-parse",
+        action="store_true",
+        help='text queries: don\'t read filters from the words ("under $50")',
     )
     search.add_argument("--json", action="store_true", help="print one JSON object per hit")
     search.add_argument("--html", metavar="FILE", help="also write a results page with thumbnails")

@@ -89,16 +89,18 @@ def auto_maintenance_work_mem(rows: int, dim: int) -> str:
 _STAGE = """CREATE TEMPORARY TABLE imgsearch_import (
     ord bigint, tenant text, product_id text, category text, price numeric(14, 4), currency text,
     attributes jsonb, uri text, content bytea, sha256 bytea, width integer, height integer,
-    format text, byte_size bigint, embedding halfvec({dim}), origin text
+    format text, byte_size bigint, embedding halfvec({dim}), origin text, title text, description text,
+    brand text
 ) ON COMMIT DROP"""
 
 _COPY = (
     "COPY imgsearch_import (ord, tenant, product_id, category, price, currency, attributes, uri, content, "
-    "sha256, width, height, format, byte_size, embedding, origin) FROM STDIN (FORMAT BINARY)"
+    "sha256, width, height, format, byte_size, embedding, origin, title, description, brand) "
+    "FROM STDIN (FORMAT BINARY)"
 )
 _TYPES = [
     "bigint", "text", "text", "text", "numeric", "text", "jsonb", "text", "bytea", "bytea", "int4", "int4",
-    "text", "int8", "halfvec", "text",
+    "text", "int8", "halfvec", "text", "text", "text", "text",
 ]  # fmt: skip
 
 # the first row giving a product another value of a field (or attribute) than its first row: both origins
@@ -110,7 +112,8 @@ SELECT ord, origin, first_origin, product_id, tenant, field, value, first_value 
     JOIN (SELECT tenant, product_id FROM imgsearch_import GROUP BY 1, 2 HAVING count(*) > 1) AS r
         ON r.tenant = s.tenant AND r.product_id = s.product_id  -- a product of one row agrees
     CROSS JOIN LATERAL (
-        VALUES ('category', to_jsonb(s.category)), ('price', to_jsonb(s.price)), ('currency', to_jsonb(s.currency))
+        VALUES ('category', to_jsonb(s.category)), ('price', to_jsonb(s.price)), ('currency', to_jsonb(s.currency)),
+               ('title', to_jsonb(s.title)), ('description', to_jsonb(s.description)), ('brand', to_jsonb(s.brand))
         UNION ALL
         SELECT 'attributes.' || a.key, a.value FROM jsonb_each(coalesce(s.attributes, '{}')) AS a
     ) AS v (field, value)
@@ -132,14 +135,18 @@ SELECT count(*) FROM (
 
 # the last row naming a product gives its fields; stored values stay where it gives none
 _PRODUCTS = f"""
-INSERT INTO {SCHEMA}.products AS p (tenant, product_id, category, price, currency, attributes)
+INSERT INTO {SCHEMA}.products AS p (tenant, product_id, category, price, currency, attributes, title,
+                                   description, brand)
 SELECT DISTINCT ON (tenant, product_id) tenant, product_id, category, price, currency,
-       coalesce(attributes, '{{}}'::jsonb)
+       coalesce(attributes, '{{}}'::jsonb), title, description, brand
 FROM imgsearch_import ORDER BY tenant, product_id, ord DESC
 ON CONFLICT (tenant, product_id) DO UPDATE SET
     category = coalesce(excluded.category, p.category),
     price = coalesce(excluded.price, p.price),
     currency = coalesce(excluded.currency, p.currency),
+    title = coalesce(excluded.title, p.title),
+    description = coalesce(excluded.description, p.description),
+    brand = coalesce(excluded.brand, p.brand),
     attributes = p.attributes || excluded.attributes,
     updated_at = now()
 """
@@ -382,6 +389,9 @@ def _staged(
         info.byte_size if info else None,
         HalfVector(prepared.embedding),
         where,
+        prepared.title,
+        prepared.description,
+        prepared.brand,
     )
 
 

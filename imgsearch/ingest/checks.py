@@ -24,6 +24,8 @@ MAX_ATTRIBUTES_DEPTH = 32
 MAX_ID = 2**63 - 1  # bigint
 MAX_URL = 8192
 PRICE_LIMIT = Decimal("1e10")  # prices are numeric(14, 4): every stored one is below it
+MAX_DESCRIPTION = 100_000  # characters; a title or a brand is a name (MAX_NAME)
+TEXT_FIELDS = ("title", "description", "brand")  # product text (migration 0020)
 
 
 def name(value: str, what: str, error: type[InvalidInput] = InvalidInput) -> str:
@@ -61,6 +63,26 @@ def identifier_field(value: Any, what: str, *, required: bool) -> str | None:
             raise InvalidInput(f"{what} is required")
         return None
     return identifier(value, what)
+
+
+def product_text(value: Any, what: str, error: type[InvalidInput] = InvalidInput) -> str | None:
+    """A product's ``title``, ``brand`` or ``description`` as stored: a string, surrounding spaces
+    dropped (empty is None), valid Unicode without NUL; a title or a brand at most
+    :data:`MAX_NAME` characters on one line, a description at most :data:`MAX_DESCRIPTION`
+    (line breaks and tabs allowed). ``None`` stays ``None``."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise error(f"{what} must be a string, got {type(value).__name__}")
+    result = value.strip()
+    if what != "description":
+        return name(result, what, error) or None
+    if len(result) > MAX_DESCRIPTION:
+        raise error(f"{what} is {len(result)} characters long; the limit is {MAX_DESCRIPTION}")
+    if "\x00" in result:
+        raise error(f"{what} contains a NUL character; PostgreSQL text can't hold it")
+    unicode(result, what, error)
+    return result or None
 
 
 def product_row(row: Any, allowed: frozenset[str]) -> tuple[str, str]:

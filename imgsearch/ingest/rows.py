@@ -23,9 +23,8 @@ from imgsearch.errors import InvalidImage, InvalidInput
 from imgsearch.ingest import checks, duplicates, images, vectors
 from imgsearch.records import ModelInfo
 
-ROW_KEYS = frozenset(
-    {"image", "embedding", "tenant", "product_id", "category", "price", "currency", "attributes"}
-)
+PRODUCT_FIELDS = ("category", "price", "currency", *checks.TEXT_FIELDS)  # each a column of products
+ROW_KEYS = frozenset({"image", "embedding", "tenant", "product_id", "attributes", *PRODUCT_FIELDS})
 WRITE_CHUNK = 500  # rows per INSERT; ~0.1 s each for bring-your-own 768-d vectors here
 
 
@@ -36,6 +35,9 @@ class PreparedRow:
     category: str | None = None
     price: Decimal | None = None
     currency: str | None = None
+    title: str | None = None
+    description: str | None = None
+    brand: str | None = None
     attributes: dict[str, Any] = field(default_factory=dict)
     content: bytes | None = None
     info: images.ImageInfo | None = None
@@ -59,6 +61,9 @@ def _product_part(row: Mapping[str, Any]) -> PreparedRow:
         price=checks.price(row.get("price")),
         currency=checks.currency(row.get("currency")),
         attributes=_attributes(row.get("attributes")),
+        title=checks.product_text(row.get("title"), "title"),
+        description=checks.product_text(row.get("description"), "description"),
+        brand=checks.product_text(row.get("brand"), "brand"),
     )
 
 
@@ -102,7 +107,7 @@ def prepare_rows(rows: Iterable[Mapping[str, Any]], *, dim: int, limits: images.
 
 def product_fields(row: PreparedRow) -> dict[str, Any]:
     """The product fields a row gives (an attribute is a field of its own: rows' attributes merge)."""
-    fields = {name: getattr(row, name) for name in ("category", "price", "currency")}
+    fields = {name: getattr(row, name) for name in PRODUCT_FIELDS}
     fields = {name: value for name, value in fields.items() if value is not None}
     fields.update({f"attributes.{key}": value for key, value in row.attributes.items()})
     return fields
@@ -129,16 +134,10 @@ def _upsert_products(conn: Connection, rows: list[PreparedRow]) -> dict[tuple[st
     for row in rows:
         values = merged.setdefault(
             (row.tenant, row.product_id),
-            {
-                "tenant": row.tenant,
-                "product_id": row.product_id,
-                "category": None,
-                "price": None,
-                "currency": None,
-                "attributes": {},
-            },
+            {"tenant": row.tenant, "product_id": row.product_id, "attributes": {}}
+            | dict.fromkeys(PRODUCT_FIELDS),
         )
-        for name in ("category", "price", "currency"):
+        for name in PRODUCT_FIELDS:
             if getattr(row, name) is not None:
                 values[name] = getattr(row, name)
         values["attributes"] = {**values["attributes"], **row.attributes}
@@ -147,9 +146,7 @@ def _upsert_products(conn: Connection, rows: list[PreparedRow]) -> dict[tuple[st
     stmt = base.on_conflict_do_update(
         index_elements=[Product.tenant, Product.product_id],
         set_={
-            "category": func.coalesce(base.excluded.category, Product.category),
-            "price": func.coalesce(base.excluded.price, Product.price),
-            "currency": func.coalesce(base.excluded.currency, Product.currency),
+            **{name: func.coalesce(base.excluded[name], Product.__table__.c[name]) for name in PRODUCT_FIELDS},
             "attributes": Product.attributes.op("||")(base.excluded.attributes),
             "updated_at": func.now(),
         },

@@ -1,7 +1,7 @@
 """Changing products' fields (a price feed, a new category) without uploading their images again.
 
 Each row names a product by tenant and product id and gives the fields to set: ``category``,
-``price``, ``currency`` (``None`` clears them) and ``attributes`` (the whole document, replaced).
+``price``, ``currency``, ``title``, ``description``, ``brand`` (``None`` clears them) and ``attributes`` (the whole document, replaced).
 Fields a row leaves out keep their values. Every row is checked first, and the rows are written in
 one transaction: an unknown product fails the call with nothing written.
 
@@ -26,7 +26,7 @@ from imgsearch.access import tenancy
 from imgsearch.errors import InvalidInput, NotFound
 from imgsearch.ingest import checks
 
-FIELDS = ("category", "price", "currency", "attributes")
+FIELDS = ("category", "price", "currency", "attributes", *checks.TEXT_FIELDS)
 CHUNK = 1000  # rows per UPDATE: about 1 s when each changes a price (its embeddings' HNSW entries)
 ROW_KEYS = frozenset({"tenant", "product_id", *FIELDS})
 
@@ -42,20 +42,29 @@ _UPDATE = text(
            price = CASE WHEN v.set_price THEN v.price ELSE p.price END,
            currency = CASE WHEN v.set_currency THEN v.currency ELSE p.currency END,
            attributes = CASE WHEN v.set_attributes THEN v.attributes::jsonb ELSE p.attributes END,
+           title = CASE WHEN v.set_title THEN v.title ELSE p.title END,
+           description = CASE WHEN v.set_description THEN v.description ELSE p.description END,
+           brand = CASE WHEN v.set_brand THEN v.brand ELSE p.brand END,
            updated_at = now()
        FROM unnest(
            CAST(:product_ids AS text[]),
            CAST(:set_category AS boolean[]), CAST(:category AS text[]),
            CAST(:set_price AS boolean[]), CAST(:price AS numeric[]),
            CAST(:set_currency AS boolean[]), CAST(:currency AS text[]),
-           CAST(:set_attributes AS boolean[]), CAST(:attributes AS text[])
+           CAST(:set_attributes AS boolean[]), CAST(:attributes AS text[]),
+           CAST(:set_title AS boolean[]), CAST(:title AS text[]),
+           CAST(:set_description AS boolean[]), CAST(:description AS text[]),
+           CAST(:set_brand AS boolean[]), CAST(:brand AS text[])
        ) AS v(product_id, set_category, category, set_price, price, set_currency, currency,
-              set_attributes, attributes)
+              set_attributes, attributes, set_title, title, set_description, description, set_brand, brand)
        WHERE p.tenant = :tenant AND p.product_id = v.product_id
          AND ((v.set_category AND p.category IS DISTINCT FROM v.category)
               OR (v.set_price AND p.price IS DISTINCT FROM v.price)
               OR (v.set_currency AND p.currency IS DISTINCT FROM v.currency)
-              OR (v.set_attributes AND p.attributes IS DISTINCT FROM v.attributes::jsonb))
+              OR (v.set_attributes AND p.attributes IS DISTINCT FROM v.attributes::jsonb)
+              OR (v.set_title AND p.title IS DISTINCT FROM v.title)
+              OR (v.set_description AND p.description IS DISTINCT FROM v.description)
+              OR (v.set_brand AND p.brand IS DISTINCT FROM v.brand))
        RETURNING p.product_id"""
 )
 
@@ -86,6 +95,8 @@ def prepare(row: Mapping[str, Any]) -> ProductChange:
             fields[key] = checks.price(value)
         elif key == "currency":
             fields[key] = checks.currency(value)
+        elif key in checks.TEXT_FIELDS:
+            fields[key] = checks.product_text(value, key)
         else:
             fields[key] = checks.attributes({} if value is None else value, "attributes")
     if not fields:

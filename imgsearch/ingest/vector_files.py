@@ -22,7 +22,10 @@ from imgsearch.errors import ConfigurationError, InvalidInput, InvalidQuery
 
 SUFFIXES = (".parquet", ".npy", ".jsonl", ".ndjson")
 METADATA_SUFFIXES = (".csv", ".jsonl", ".ndjson")
-COLUMNS = ("embedding", "product_id", "tenant", "category", "price", "currency", "attributes", "image")
+COLUMNS = (
+    "embedding", "product_id", "tenant", "category", "price", "currency", "attributes", "image", "title",
+    "description", "brand",
+)  # fmt: skip
 PARQUET_BATCH_ROWS = 4096
 
 Row = tuple[str, dict[str, Any]]  # (where, row)

@@ -48,6 +48,7 @@ from imgsearch.ingest.vectors import as_vector
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 WAYS = ("ann", "exact", "filtered")
+MODES = ("semantic", "lexical", "hybrid")  # text queries' modes, each a way of its own (--mode)
 
 
 @dataclass
@@ -312,10 +313,26 @@ def _ann(
     return [hit.product_id if by == "product" else str(hit.image_id) for hit in hits]
 
 
-def evaluate(catalog: Catalog, labelled: LabelledSet, *, k: int = 10, depth: int = 100) -> Report:
-    """Run every query of ``labelled`` three ways on ``catalog`` (see the module's doc)."""
+def _by_mode(catalog: Catalog, query: Query, by: str, depth: int, mode: str) -> list[str]:
+    """A text query's results in one search mode (its filters applied, the words not parsed:
+    the modes compare retrieval, not query understanding)."""
+    hits = catalog.search(
+        text=query.text, mode=mode, parse=False, tenant=query.tenant, k=depth,
+        group_by_product=by == "product", total=False, **query.filters,
+    )  # fmt: skip
+    return [hit.product_id if by == "product" else str(hit.image_id) for hit in hits]
+
+
+def evaluate(
+    catalog: Catalog, labelled: LabelledSet, *, k: int = 10, depth: int = 100, modes: Sequence[str] = ()
+) -> Report:
+    """Run every query of ``labelled`` three ways on ``catalog`` (see the module's doc), and each
+    text query in each of ``modes`` (:data:`MODES`) as a way of its own."""
     if not 1 <= k <= depth <= 1000:
         raise InvalidInput(f"k must be from 1 to depth ({depth}) and depth at most 1000, got k={k}")
+    unknown = [mode for mode in modes if mode not in MODES]
+    if unknown:
+        raise InvalidInput(f"unknown modes {unknown}; modes are {', '.join(MODES)}")
     per_query: list[dict[str, Any]] = []
     overlaps: list[float] = []
     for query in labelled.queries:
@@ -326,6 +343,9 @@ def evaluate(catalog: Catalog, labelled: LabelledSet, *, k: int = 10, depth: int
         }
         if query.filters:
             ranked["filtered"] = _ann(catalog, vector, query, labelled.by, depth, query.filters)
+        if query.text is not None:
+            for mode in modes:
+                ranked[mode] = _by_mode(catalog, query, labelled.by, depth, mode)
         exact_top = ranked["exact"][:k]
         if exact_top:
             overlaps.append(len(set(ranked["ann"][:k]) & set(exact_top)) / len(exact_top))
@@ -338,7 +358,7 @@ def evaluate(catalog: Catalog, labelled: LabelledSet, *, k: int = 10, depth: int
             }
         )
     summary = {}
-    for way in WAYS:
+    for way in (*WAYS, *modes):
         rows = [q[way] for q in per_query if way in q]
         if rows:
             summary[way] = {name: float(np.mean([r[name] for r in rows])) for name in rows[0]}

@@ -53,8 +53,8 @@ def table(hits: Sequence[Hit]) -> str:
             hit.tenant,
             hit.category or "-",
             _price(hit.price),
-            f"{hit.distance:.4f}",
-            f"{hit.score:.4f}",
+            "-" if hit.distance is None else f"{hit.distance:.4f}",
+            "-" if hit.score is None else f"{hit.score:.4f}",
         ]
         if with_probability:
             row.append("-" if hit.probability is None else f"{hit.probability:.3f}")
@@ -122,8 +122,8 @@ def _hit_item(rank: int, hit: Hit, source: str | None) -> str:
         ("tenant", hit.tenant),
         ("category", hit.category or "-"),
         ("price", _price(hit.price)),
-        ("score", f"{hit.score:.4f}"),
-        ("distance", f"{hit.distance:.4f}"),
+        ("score", "-" if hit.score is None else f"{hit.score:.4f}"),
+        ("distance", "-" if hit.distance is None else f"{hit.distance:.4f}"),
     ]
     if hit.probability is not None:
         fields.append(("probability", f"{hit.probability:.3f}"))

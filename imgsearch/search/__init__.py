@@ -2,10 +2,15 @@
 
 The modules, in the order a search passes through them:
 
+- :mod:`~imgsearch.search.service`: the arguments checked, then each step below in turn;
+- :mod:`~imgsearch.search.understanding`: a text's words read as filters ("red shoes under $50");
 - :mod:`~imgsearch.search.queries`: the query (text, image, a stored image or product, a vector) as
   a vector;
 - :mod:`~imgsearch.search.routing`: which database answers (a replica or the primary), under which
   tenant, with which per-value graphs;
+- :mod:`~imgsearch.search.hybrid` and :mod:`~imgsearch.search.lexical`: a text's modes, the
+  products' words in SQL and their fusion with the semantic side;
+- :mod:`~imgsearch.search.facets`: the total and the counts of the whole match set;
 - :mod:`~imgsearch.search.request`: what users ask for on top of the top-k (best image per
   product, diversity, query expansion, a score cut-off), on candidate pools;
 - :mod:`~imgsearch.search.strategy`: the top-k rows for a vector and filters, exact at any filter;

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, InvalidOperation
 from functools import cached_property
 from typing import Any
 
@@ -39,6 +39,7 @@ class Filters:
     where: ColumnElement[bool] | None = None
     exclude_image: int | None = None  # "more like this image": the source image itself
     exclude_product: int | None = None  # "more like this product": its images (products.id)
+    brand: str | None = None  # the product's brand (migration 0020)
 
     def conditions(self) -> list[ColumnElement[bool]]:
         """The filters as SQL conditions; each value is a bound parameter named in :meth:`params`."""
@@ -53,6 +54,11 @@ class Filters:
         """The tenant as stored (:func:`imgsearch.ingest.checks.identifier`, checked once per instance)."""
         tenant: str | None = self._values.get("tenant")
         return tenant
+
+    @property
+    def on_products(self) -> bool:
+        """Whether a condition reads ``products`` (attributes, brand): statements join it."""
+        return self.attributes is not None or self.brand is not None
 
     def value(self, name: str) -> Any:
         """A filter's checked value by name (``tenant``, ``category``, ``categories``, ...), or None."""
@@ -98,13 +104,20 @@ class Filters:
             raise InvalidQuery(f"price_min {low} is above price_max {high}")
         # every stored price lies in [0, PRICE_LIMIT): a bound past that selects the same rows as
         # the limit does, and one past numeric's range would fail in the statement
+        # and every stored price has four decimals: a bound rounded inwards to four selects the
+        # same rows (and 1e-30000, which numeric can't hold, becomes 0)
         limit = checks.PRICE_LIMIT
         if low is not None:
-            values["price_min"] = max(-limit, min(low, limit))
+            values["price_min"] = max(-limit, min(low, limit)).quantize(FOUR_PLACES, rounding=ROUND_CEILING)
         if high is not None:
-            values["price_max"] = max(-limit, min(high, limit))
+            values["price_max"] = max(-limit, min(high, limit)).quantize(FOUR_PLACES, rounding=ROUND_FLOOR)
         if self.attributes is not None:
             values["attributes"] = checks.attributes(self.attributes, "attributes", InvalidQuery)
+        if self.brand is not None:
+            brand = checks.product_text(self.brand, "brand", InvalidQuery)
+            if brand is None:
+                raise InvalidQuery("brand must not be empty")
+            values["brand"] = brand
         if self.exclude_image is not None:
             if not checks.stored_id(self.exclude_image):
                 raise InvalidQuery(f"exclude_image must be an image id, got {self.exclude_image!r}")
@@ -138,6 +151,8 @@ class Filters:
             conds.append(Embedding.price <= param("price_max", Numeric()))
         if "attributes" in values:
             conds.append(Product.attributes.op("@>")(param("attributes", JSONB())))
+        if "brand" in values:
+            conds.append(Product.brand == param("brand", Text()))
         if "exclude_image" in values:
             conds.append(Embedding.image_id != param("exclude_image", BigInteger()))
         if "exclude_product" in values:
@@ -148,6 +163,7 @@ class Filters:
 
 
 PARAM_PREFIX = "imgsearch_filter_"
+FOUR_PLACES = Decimal("0.0001")
 
 # the filter columns of Filters.plans_alike shapes: none, one indexed column, or a shop's category
 # (embeddings (model_id, tenant, category), migration 0005)

@@ -114,6 +114,18 @@ def planner_settings(conn: Connection) -> None:
 PLANNER_SETTINGS = {"jit": "off", "random_page_cost": "1.1", "plan_cache_mode": "force_custom_plan"}
 
 
+def plain_settings(conn: Connection, cached_plan: bool = False) -> None:
+    """:func:`planner_settings` for a statement that reads no HNSW graph (the lexical side and the
+    fusion, facets), after a vector statement of the same transaction: sequential scans and sorts
+    allowed again (a cached vector plan turns them off). ``cached_plan``: the statement may run on
+    the plan PostgreSQL cached for it (its filters :meth:`Filters.plans_alike`): planning the
+    fusion statement costs more than running it."""
+    mode = "force_generic_plan" if cached_plan else "force_custom_plan"
+    _set_local(
+        conn, {**PLANNER_SETTINGS, "plan_cache_mode": mode, "enable_seqscan": "on", "enable_sort": "on"}
+    )
+
+
 def set_local(conn: Connection, p: Plan, with_planner: bool = False, cached_plan: bool = False) -> None:
     """pgvector settings for this transaction only (integers computed here, never user text);
     ``with_planner`` adds :func:`planner_settings` in the same round trip.

@@ -43,6 +43,11 @@ class Query:
     vector: Any = None
     box: Sequence[float] | None = None
 
+    @property
+    def stored(self) -> bool:
+        """The query is a stored image or product, read in the search's transaction."""
+        return self.similar_to is not None or self.similar_to_product is not None
+
     def check(self, filters: Filters) -> None:
         """Exactly one query kind, and what it needs of the filters and the other arguments."""
         if self.box is not None and self.image is None:

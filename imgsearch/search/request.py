@@ -107,8 +107,11 @@ def options_for(
     return options
 
 
-def run(conn: Connection, model: ModelInfo, query: Vector, filters: Filters, options: Options) -> list[Hit]:
+def run(
+    conn: Connection, model: ModelInfo, query: Vector | None, filters: Filters, options: Options
+) -> list[Hit]:
     """Hits for one request, inside the caller's transaction."""
+    assert query is not None  # a search by vector (routing reads a stored one first)
     options.check()
     if options.expand:
         first = _search(conn, model, query, filters, options, options.expand, with_embeddings=True)
@@ -122,7 +125,7 @@ def run(conn: Connection, model: ModelInfo, query: Vector, filters: Filters, opt
     else:
         hits = _from_pool(conn, model, query, filters, options, wanted)[options.offset : wanted]
     if options.min_score is not None:
-        hits = [hit for hit in hits if hit.score >= options.min_score]
+        hits = [hit for hit in hits if hit.score is not None and hit.score >= options.min_score]
     return hits
 
 
@@ -183,11 +186,13 @@ def with_probability(hits: list[Hit], probability: Any, min_probability: float |
     ``min_probability``, keep only the hits with none or at least that one."""
     if not hits:
         return hits
-    scores = np.array([hit.score for hit in hits])
-    values = probability(scores)
+    scored = [i for i, hit in enumerate(hits) if hit.score is not None]
+    values = probability(np.array([hits[i].score for i in scored])) if scored else None
     if values is None:
         return hits
-    hits = [replace(hit, probability=float(p)) for hit, p in zip(hits, np.atleast_1d(values), strict=True)]
+    hits = list(hits)
+    for i, p in zip(scored, np.atleast_1d(values), strict=True):
+        hits[i] = replace(hits[i], probability=float(p))
     if min_probability is not None:
         hits = [hit for hit in hits if hit.probability is None or hit.probability >= min_probability]
     return hits

@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from imgsearch.access import tenancy
 from imgsearch.db import filter_indexes, vector_index
 from imgsearch.errors import InvalidQuery
 from imgsearch.ingest.vectors import Vector
-from imgsearch.records import Hit, ModelInfo
+from imgsearch.records import ModelInfo
 from imgsearch.search import queries, request
 from imgsearch.search.filters import Filters
 from imgsearch.search.plans import MIN_EF_SEARCH, min_ef_search
@@ -32,6 +33,9 @@ log = logging.getLogger(__name__)
 GRAPHS_REFRESH_SECONDS = 30.0  # how soon searches plan for a new per-value index (only speed depends on it)
 
 OwnGraph = Literal["single", "per value"]
+T = TypeVar("T")
+# what a search does in its transaction: request.run's signature (query None: a lexical search)
+Runner = Callable[[Connection, ModelInfo, Vector | None, Filters, Options], T]
 
 
 class Router:
@@ -57,25 +61,28 @@ class Router:
         query: Vector | None,
         asked: queries.Query,
         consistent: bool,
-    ) -> list[Hit]:
-        """The hits of one request: on a replica when one is in rotation (and, ``consistent``, has
+        run: Runner[T] | None = None,
+    ) -> T:
+        """The hits of one request (what ``run``, by default :func:`request.run`, returns in the
+        search's transaction): on a replica when one is in rotation (and, ``consistent``, has
         replayed every write acknowledged before the search began), else on the primary."""
         if not isinstance(consistent, bool):
             raise InvalidQuery(f"consistent must be true or false, got {consistent!r}")
-        hits = self._on_replicas(model, filters, options, query, asked, consistent)
+        runner: Runner[Any] = run or request.run
+        hits = self._on_replicas(model, filters, options, query, asked, consistent, runner)
         if hits is not None:
-            return hits
+            return hits  # type: ignore[no-any-return]
         try:
-            hits = self._once(self.search_engine, model, filters, options, query, asked)
+            hits = self._once(self.search_engine, model, filters, options, query, asked, runner)
         except DBAPIError as exc:
             if not exc.connection_invalidated:
                 raise
             # searches check out connections without a ping (db_engine.make_search_engine): a
             # search is read-only, so it runs again on a new connection
             log.warning("a search's database connection was closed (%s); running it again", exc.orig)
-            hits = self._once(self.search_engine, model, filters, options, query, asked)
+            hits = self._once(self.search_engine, model, filters, options, query, asked, runner)
         assert hits is not None  # only a replica that hasn't caught up answers None
-        return hits
+        return hits  # type: ignore[no-any-return]
 
     def _on_replicas(
         self,
@@ -85,7 +92,8 @@ class Router:
         query: Vector | None,
         asked: queries.Query,
         consistent: bool,
-    ) -> list[Hit] | None:
+        run: Runner[Any],
+    ) -> Any:
         """The search on the next healthy replica; None when the primary must answer: no replica
         in rotation, each one failed, or (``consistent``) the chosen one didn't catch up in time.
         A replica that can't answer (down, restarting, a query cancelled by recovery) costs no
@@ -98,7 +106,7 @@ class Router:
                 lsn = primary_lsn(conn)
         for member in self.replicas.rotation():
             try:
-                hits = self._once(member.engine, model, filters, options, query, asked, lsn)
+                hits = self._once(member.engine, model, filters, options, query, asked, run, lsn)
             except DBAPIError as exc:
                 if not replica_fault(exc):
                     raise
@@ -121,8 +129,9 @@ class Router:
         options: Options,
         query: Vector | None,
         asked: queries.Query,
+        run: Runner[Any],
         lsn: str | None = None,
-    ) -> list[Hit] | None:
+    ) -> Any:
         own = self._own_graph(
             model, filters
         )  # before the search's transaction (Django shares one connection)
@@ -132,12 +141,12 @@ class Router:
                 return None
             if filters.tenant is not None:
                 tenancy.scope(conn, filters.tenant)
-            if query is None:
+            if query is None and asked.stored:
                 query, filters = queries.stored_vector(conn, model, asked, filters)
             if own:
                 # the planner picks a value's partial index only when it plans for the value
                 options = replace(options, cached_plans=False, per_value=own == "per value")
-            return request.run(conn, model, query, filters, options)
+            return run(conn, model, query, filters, options)
 
     def _own_graph(self, model: ModelInfo, filters: Filters) -> OwnGraph | None:
         """'single': the filter's category or tenant has an HNSW index of its own; "per value":

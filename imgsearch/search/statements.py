@@ -53,19 +53,26 @@ def joined(
     ``where`` need them, images when asked for or when ``where`` mentions them.
     """
     stmt = select(*columns).select_from(Embedding)
-    if with_products or filters.attributes is not None or _mentions(filters, Product.__table__):
+    if with_products or filters.on_products or _mentions(filters, Product.__table__):
         stmt = stmt.join(Product, Product.id == Embedding.product_pk)
     if with_images or _mentions(filters, Image.__table__):
         stmt = stmt.join(Image, Image.id == Embedding.image_id)
     return stmt.where(model_filter(model.id), *filters.conditions())
 
 
+# what a hit shows of its product (statements that join products once, to the hits, swap
+# ``product_pk`` for these: :func:`_with_product_id`)
+PRODUCT_COLUMNS = (Product.product_id, Product.title, Product.brand, Product.currency)
+
+
 def hit_columns(
-    distance: ColumnElement[Any], with_embeddings: bool = False, product: Any = Product.product_id
+    distance: ColumnElement[Any], with_embeddings: bool = False, product: Any = None
 ) -> list[Any]:
+    """A hit's columns; ``product`` (e.g. ``Embedding.product_pk``) instead of the joined
+    product's :data:`PRODUCT_COLUMNS`."""
     columns = [
         Embedding.image_id,
-        product,
+        *((product,) if product is not None else PRODUCT_COLUMNS),
         Embedding.tenant,
         Embedding.category,
         Embedding.price,
@@ -87,9 +94,7 @@ def hnsw_statement(
     """The HNSW form: ORDER BY the indexed expression alone (a tiebreaker would defeat the index).
     ``product_pk`` returns the product's key instead of joining products for its id."""
     distance = embedding_expr(model.dim).cosine_distance(query_param(query, model.dim))
-    columns = hit_columns(
-        distance, with_embeddings, Embedding.product_pk if product_pk else Product.product_id
-    )
+    columns = hit_columns(distance, with_embeddings, Embedding.product_pk if product_pk else None)
     stmt = joined(model, filters, *columns, with_images=with_images, with_products=not product_pk)
     return _page(stmt.order_by(distance), k, offset)
 
@@ -141,8 +146,12 @@ def exact_statement(
 
 
 def _with_product_id(rows: Any) -> list[Any]:
-    """The columns of a subquery of hits with ``product_pk`` swapped for the joined product's id."""
-    return [Product.product_id if c is rows.c.product_pk else c for c in rows.c]
+    """The columns of a subquery of hits with ``product_pk`` swapped for the joined product's
+    :data:`PRODUCT_COLUMNS`."""
+    columns: list[Any] = []
+    for c in rows.c:
+        columns.extend(PRODUCT_COLUMNS if c is rows.c.product_pk else (c,))
+    return columns
 
 
 def _exact_top(

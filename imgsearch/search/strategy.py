@@ -90,6 +90,9 @@ def _result(rows: Any, chosen: Plan, with_embeddings: bool, skip: int = 0, k: in
             price=r.price,
             distance=float(r.distance),
             score=1.0 - float(r.distance),
+            title=r.title,
+            brand=r.brand,
+            currency=r.currency,
         )
         for r in rows
     ]

@@ -7,7 +7,7 @@ checked by the library, as for every other caller, so the same mistakes get the 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -107,6 +107,16 @@ Vector = Annotated[
     list[Number], Field(description="One number per dimension of the active model, not all zero.")
 ]
 Attributes = Annotated[dict[str, Any], WithJsonSchema({"x-component": "Attributes"})]
+Title = Annotated[
+    StrictStr,
+    WithJsonSchema({"type": "string", "maxLength": checks.MAX_NAME, "pattern": rf"^[^{CONTROL}]*$"}),
+    Field(description="Product text on one line, at most 1000 characters (surrounding spaces dropped)."),
+]
+Description = Annotated[
+    StrictStr,
+    WithJsonSchema({"type": "string", "maxLength": checks.MAX_DESCRIPTION, "pattern": r"^[^\u0000]*$"}),
+    Field(description="The product's description, at most 100,000 characters."),
+]
 ImageId = Annotated[Integer, WithJsonSchema({"type": "integer", "minimum": 1, "maximum": checks.MAX_ID})]
 
 
@@ -155,6 +165,9 @@ class UploadItem(Strict):
     price: Price | None = None
     currency: Currency | None = None
     attributes: Attributes | None = None
+    title: Title | None = None
+    description: Description | None = None
+    brand: Title | None = None
     tenant: Name | None = Field(None, description="Admin keys only: the item's tenant (required then).")
 
 
@@ -226,7 +239,10 @@ class DuplicatesResponse(BaseModel):
 
 
 CHANGES_SOMETHING: JsonDict = {
-    "anyOf": [{"required": [name]} for name in ("category", "price", "currency", "attributes")]
+    "anyOf": [
+        {"required": [name]}
+        for name in ("category", "price", "currency", "attributes", "title", "description", "brand")
+    ]
 }
 
 
@@ -239,6 +255,9 @@ class ProductChange(Strict):
     price: Price | None = None
     currency: Currency | None = None
     attributes: Attributes | None = None
+    title: Title | None = None
+    description: Description | None = None
+    brand: Title | None = None
     tenant: Name | None = Field(None, description="Admin keys only: the product's tenant.")
 
 
@@ -280,6 +299,23 @@ class SearchOptions(Strict):
     price_min: PriceBound | None = None
     price_max: PriceBound | None = None
     attributes: Attributes | None = None
+    brand: Annotated[StrictStr, WithJsonSchema({"type": "string", **NAME_SCHEMA})] | None = Field(
+        None, description="The product's brand, as stored."
+    )
+    mode: Literal["hybrid", "semantic", "lexical"] | None = Field(
+        None,
+        description="Text queries: semantic (the model), lexical (the products' words) or hybrid (both, "
+        "fused, one hit per product); by default hybrid when the catalog has product text.",
+    )
+    parse: StrictBool = Field(
+        True, description='Text queries: read filters from the words ("red shoes under $50").'
+    )
+    facets: StrictBool = Field(
+        False, description="Count the whole match set by category, brand, attribute and price."
+    )
+    total: StrictBool = Field(
+        True, description="Count the products matching (false: `total` is null, one statement less)."
+    )
     k: Integer = Field(
         10, description="Hits to return, 1 to 1000.", json_schema_extra={"minimum": 1, "maximum": MAX_K}
     )
@@ -339,8 +375,17 @@ def _exactly_one_query(schema: dict[str, Any]) -> None:
             branch["properties"]["box"] = {"type": "null"}  # a region of an image query only
         if name != "text":
             branch["properties"]["min_probability"] = {"type": "null"}  # text queries only
+            branch["properties"]["mode"] = {"enum": ["semantic", None]}  # words: text queries only
         branches.append(branch)
     schema["oneOf"] = branches
+    # what the words' modes can't take (diversity re-ranks images; lexical has no query vector)
+    schema["allOf"] = [
+        {
+            "if": {"required": ["mode"], "properties": {"mode": {"const": mode}}},
+            "then": {"properties": {name: {"type": "null"} for name in names}},
+        }
+        for mode, names in (("hybrid", ["diversity"]), ("lexical", ["diversity", "expand", "min_score"]))
+    ]
 
 
 class SearchRequest(SearchOptions):
@@ -371,15 +416,57 @@ class HitResponse(BaseModel):
     tenant: str
     category: str | None
     price: float | None
-    distance: float = Field(description="Cosine distance, 0 (same direction) to 2.")
-    score: float = Field(description="Cosine similarity, 1 - distance.")
+    currency: str | None
+    title: str | None
+    brand: str | None
+    distance: float | None = Field(
+        description="Cosine distance, 0 (same direction) to 2; null in lexical mode."
+    )
+    score: float | None = Field(description="Cosine similarity, 1 - distance; null in lexical mode.")
     probability: float | None = Field(
         None, description="Text queries on SigLIP: the calibrated match probability (absent otherwise)."
     )
+    matched_by: dict[str, int] = Field(
+        description='Which side found it and at what rank: {"semantic": 3, "lexical": 1}.'
+    )
+    relevance: float | None = Field(
+        None, description="Lexical and hybrid: the fused score (Reciprocal Rank Fusion), highest first."
+    )
+
+
+class PriceBucketResponse(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    low: float = Field(alias="from")
+    high: float = Field(alias="to")
+    count: int
+
+
+class FacetsResponse(BaseModel):
+    category: dict[str, int] = Field(description="Products per category, most first.")
+    brand: dict[str, int]
+    attributes: dict[str, dict[str, int]] = Field(description="Per attribute key, its top values.")
+    price: list[PriceBucketResponse] = Field(description="Buckets of a round width; `to` is exclusive.")
+
+
+class UnderstoodResponse(BaseModel):
+    text: str = Field(description="What is left of the query after the filters read from it.")
+    category: str | None = None
+    brand: str | None = None
+    attributes: dict[str, str] | None = None
+    price_min: float | None = None
+    price_max: float | None = None
+    fallback: bool = Field(description="The filters read matched nothing: the query ran as typed.")
 
 
 class SearchResponse(BaseModel):
-    hits: list[HitResponse] = Field(description="Nearest first.")
+    hits: list[HitResponse] = Field(description="Best first.")
+    total: int | None = Field(description="Products matching (the whole match set, not the page).")
+    mode: str = Field(description="How the query was searched: semantic, lexical or hybrid.")
+    facets: FacetsResponse | None = Field(None, description="With `facets`: counts of the whole match set.")
+    understood: UnderstoodResponse | None = Field(
+        None, description="Text queries with `parse`: the filters read from the words, to show and remove."
+    )
 
 
 class CategoryResponse(BaseModel):
@@ -397,6 +484,7 @@ class CategoriesResponse(BaseModel):
 class FailedImage(BaseModel):
     image_id: int
     tenant: str
+    product_id: str | None = Field(description="The product that uploaded it.")
     error: str
 
 

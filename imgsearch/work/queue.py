@@ -23,7 +23,7 @@ from sqlalchemy.exc import OperationalError
 
 from imgsearch.access import tenancy
 from imgsearch.db import links, vector_index
-from imgsearch.db.models import Embedding, Image, ImageState, Model
+from imgsearch.db.models import Embedding, Image, ImageState, Model, Product
 from imgsearch.errors import DatabaseUnavailable, InvalidImage, TransientError
 from imgsearch.ingest import checks, duplicates
 from imgsearch.ingest.downloads import PUBLIC_ONLY, Downloads
@@ -369,6 +369,7 @@ class QueueStatus:
     counts: dict[str, int]
     oldest_pending_seconds: float | None
     latest_errors: list[tuple[int, str, str]]  # image id, tenant, error
+    products: dict[int, str] = field(default_factory=dict)  # each failed image's (first) product id
 
 
 def status(engine: Engine, errors: int = 5, *, tenant: str | None = None) -> QueueStatus:
@@ -390,13 +391,17 @@ def status(engine: Engine, errors: int = 5, *, tenant: str | None = None) -> Que
             )
         ).scalar()
         latest = conn.execute(
-            select(Image.id, Image.tenant, Image.error)
+            select(Image.id, Image.tenant, Image.error, Product.product_id)
+            .join(Product, Product.id == Image.product_pk)
             .where(Image.state == ImageState.FAILED)
             .order_by(Image.updated_at.desc(), Image.id.desc())
             .limit(errors)
         ).all()
     return QueueStatus(
-        counts, None if oldest is None else float(oldest), [(r.id, r.tenant, r.error or "") for r in latest]
+        counts,
+        None if oldest is None else float(oldest),
+        [(r.id, r.tenant, r.error or "") for r in latest],
+        {r.id: r.product_id for r in latest},
     )
 
 

@@ -152,3 +152,25 @@ def test_files_that_are_not_feeds_are_one_line(database_url: str, tmp_path: Path
     empty.write_text("product_id,price\n")
     nothing = run_update(database_url, str(empty))
     assert (nothing.returncode, nothing.stdout.strip()) == (0, "updated 0 products: the feed has no rows")
+
+
+def test_a_feed_sets_titles_brands_and_descriptions_that_searches_match(
+    catalog: Catalog, database_url: str, tmp_path: Path
+) -> None:
+    feed = tmp_path / "text.csv"
+    feed.write_text(
+        "product_id,title,brand,description\n"
+        'sku-0,Enamel camping mug,Stanley,"Keeps coffee hot, twelve ounces"\n'
+        "sku-1,,Kinto,\n"
+    )
+    run = run_update(database_url, str(feed), "--tenant", "acme")
+    assert run.returncode == 0, run.stderr
+    with catalog.engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT product_id, title, brand, description FROM imgsearch.products WHERE tenant = 'acme'")
+        ).all()
+    found = {r.product_id: (r.title, r.brand, r.description) for r in rows}
+    assert found["sku-0"] == ("Enamel camping mug", "Stanley", "Keeps coffee hot, twelve ounces")
+    assert found["sku-1"] == (None, "Kinto", None)  # an empty cell keeps what was stored
+    hits = catalog.search(text="coffee", tenant="acme", mode="lexical", parse=False)
+    assert [h.product_id for h in hits] == ["sku-0"] and hits[0].title == "Enamel camping mug"

@@ -82,7 +82,9 @@ def test_search_filters_match_the_library_as_table_json_and_html(
 ) -> None:
     filters = ["--tenant", "shop", "--category", "mugs", "--category", "caps", "--price-max", "20"]
     page = tmp_path / "results.html"
-    run = run_cli("search", "--text", "a red mug", *filters, "-k", "4", "--json", "--html", str(page), **shop)
+    run = run_cli(
+        "search", "--text", "a red mug", "--no-parse", *filters, "-k", "4", "--json", "--html", str(page), **shop
+    )
     assert run.returncode == 0, run.stderr
     hits = [json.loads(line) for line in run.stdout.splitlines()]
 
@@ -93,7 +95,7 @@ def test_search_filters_match_the_library_as_table_json_and_html(
     assert all(0 < h["probability"] < 1 for h in hits)  # text queries on SigLIP carry probabilities
     with Catalog.open(shop_url) as catalog:
         library = catalog.search(
-            text="a red mug", tenant="shop", category=["mugs", "caps"], price_max=20, k=4
+            text="a red mug", tenant="shop", category=["mugs", "caps"], price_max=20, k=4, parse=False
         )
     assert [h["image_id"] for h in hits] == [h.image_id for h in library]
 
@@ -109,7 +111,7 @@ def test_search_filters_match_the_library_as_table_json_and_html(
         thumb = Image.open(io.BytesIO(base64.b64decode(shown["src"][len(prefix) :])))
         assert thumb.format == "JPEG" and max(thumb.size) <= 192
 
-    table = run_cli("search", "--text", "a red mug", *filters, "-k", "4", **shop)
+    table = run_cli("search", "--text", "a red mug", "--no-parse", *filters, "-k", "4", **shop)
     lines = table.stdout.splitlines()
     assert lines[0].split() == [
         "#",
@@ -123,6 +125,11 @@ def test_search_filters_match_the_library_as_table_json_and_html(
         "prob",
     ]
     assert [line.split()[2] for line in lines[1:]] == [h["product_id"] for h in hits]
+    # the words read as filters by default: "red" is a colour of the shop's products
+    understood = run_cli("search", "--text", "a red mug", *filters, "-k", "4", "--json", **shop)
+    # (the category given wins over "mug": the word stays in the text)
+    assert 'understood: {"attributes": {"color": "red"}}' in understood.stderr
+    assert {json.loads(line)["product_id"] for line in understood.stdout.splitlines()} == {"mug-red", "cap-red"}
 
 
 def test_search_by_image_similar_and_vector_file(shop: dict[str, str], shop_url: str, tmp_path: Path) -> None:
@@ -156,7 +163,7 @@ def test_search_by_image_similar_and_vector_file(shop: dict[str, str], shop_url:
     (tmp_path / "q.json").write_text(json.dumps([float(v) for v in vector]))
     from_npy = run_cli("search", "--vector-file", str(tmp_path / "q.npy"), "--json", **shop)
     from_json = run_cli("search", "--vector-file", str(tmp_path / "q.json"), "--json", **shop)
-    from_text = run_cli("search", "--text", "a cap", "--json", **shop)
+    from_text = run_cli("search", "--text", "a cap", "--no-parse", "--json", **shop)
     ids_of = [
         [json.loads(line)["image_id"] for line in r.stdout.splitlines()]
         for r in (from_npy, from_json, from_text)

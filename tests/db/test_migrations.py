@@ -23,6 +23,7 @@ TABLES = {
     "text_requests",
     "filter_index_rules",
     "filter_indexes",
+    "text_search",
     "alembic_version",
 }
 

@@ -441,3 +441,30 @@ def test_memory_stays_flat_in_the_row_count(catalog: Catalog, tmp_path: Path) ->
         finally:
             tracemalloc.stop()
     assert peaks[12_000] < 2 * peaks[2_000], peaks
+
+
+def test_imports_carry_product_text_into_lexical_search(catalog: Catalog, tmp_path: Path) -> None:
+    data = vectors(3, 7)
+    rows = [
+        {"product_id": "t-1", "title": "Linen summer shirt", "brand": "Arket", "description": "Breathes."},
+        {"product_id": "t-2", "title": "Wool winter coat", "brand": "Arket"},
+        {"product_id": "t-3", "title": None, "brand": None},
+    ]
+    columns: dict[str, Any] = {"embedding": pa.array(list(data), type=pa.list_(pa.float32()))}
+    for name in ("product_id", "title", "brand"):
+        columns[name] = [row[name] for row in rows]
+    columns["description"] = [row.get("description") for row in rows]
+    pq.write_table(pa.table(columns), tmp_path / "text.parquet")
+    (tmp_path / "text.jsonl").write_text(
+        json.dumps({"product_id": "t-4", "title": "Linen trousers", "embedding": vectors(1, 8)[0].tolist()})
+        + "\n"
+    )
+    assert catalog.import_vectors(tmp_path / "text.parquet", tenant="shop") == 3
+    assert catalog.import_vectors(tmp_path / "text.jsonl", tenant="shop") == 1
+    linen = catalog.search(text="linen", tenant="shop", mode="lexical", parse=False)
+    assert {h.product_id for h in linen} == {"t-1", "t-4"}
+    assert catalog.search(text="arket", tenant="shop", mode="lexical", parse=False, total=True).total == 2
+    with pytest.raises(InvalidInput, match="title is 1001 characters"):
+        catalog.import_vectors(
+            [{"embedding": data[0], "tenant": "shop", "product_id": "x", "title": "t" * 1001}]
+        )

@@ -273,3 +273,34 @@ def test_compare_scores_a_backfilled_model_before_it_is_active(catalog: Catalog,
     # nothing switched: the active model is still the first
     with catalog.engine.connect() as conn:
         assert conn.execute(text("SELECT name FROM imgsearch.models WHERE active")).scalar() == MODEL
+
+
+def test_modes_compare_semantic_lexical_and_hybrid_on_text_queries(
+    database_url: str, tiny_siglip: Path, tmp_path: Path
+) -> None:
+    with Catalog.open(database_url, model=str(tiny_siglip)) as shop:
+        rng = np.random.default_rng(3)
+        titles = {"A": "Red canvas sneakers", "B": "Blue wool scarf", "C": "Red wool scarf", "D": "Lamp"}
+        shop.add_many(
+            {"embedding": rng.standard_normal(shop.dim), "tenant": "acme", "product_id": p, "title": t}
+            for p, t in titles.items()
+        )
+        path = tmp_path / "set.jsonl"
+        lines = [
+            {"id": "scarf", "text": "wool scarf", "relevant_products": ["B", "C"], "tenant": "acme"},
+            {"id": "sneaker", "text": "sneakers", "relevant_products": ["A"], "tenant": "acme"},
+        ]
+        path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+        report = evaluation.evaluate(shop, evaluation.load_set(path), k=2, depth=4, modes=evaluation.MODES)
+        assert set(report.summary) == {"ann", "exact", "semantic", "lexical", "hybrid"}
+        lexical = report.summary["lexical"]
+        assert lexical["recall"] == 1.0 and lexical["rr"] == 1.0 and lexical["queries"] == 2
+        for detail in report.queries:
+            assert set(detail["top"]["lexical"]) == set(dict.fromkeys(next(
+                line["relevant_products"] for line in lines if line["id"] == detail["id"]
+            )))  # fmt: skip
+        # the semantic mode is the ANN path's text search, grouped by product
+        assert [q["top"]["semantic"] for q in report.queries] == [q["top"]["ann"] for q in report.queries]
+        assert "| hybrid |" in evaluation.table([report])
+        with pytest.raises(InvalidInput, match="unknown modes"):
+            evaluation.evaluate(shop, evaluation.load_set(path), modes=("fuzzy",))

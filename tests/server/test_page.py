@@ -127,12 +127,23 @@ def result_ids(page: Page) -> list[int]:
 def test_text_search_shows_results_with_thumbnails(page: Page, shop: dict[str, Any]) -> None:
     search_text(page, "a red mug")
     cards = page.locator("#results [data-image-id]")
+    # "mug" is one of the shop's categories: read as a filter, shown as a chip, with the facets
+    expect(page.locator("#understood .chip")).to_have_text(["category: mugs ×"])
+    expect(cards).to_have_count(6)
+    expect(page.locator("#results .category")).to_have_text(["mugs"] * 6)
+    expect(page.locator("#query-state")).to_contain_text("Results 1–6 of 6")
+    expect(page.locator("#facets-panel")).to_contain_text("mugs6")
+    page.locator("#understood .chip").click()  # removed: the words as typed, every product
     expect(cards).to_have_count(24)
+    expect(page.locator("#understood")).to_be_hidden()
+    expect(page.locator("#query-state")).to_contain_text("Results 1–24 of 37")
     first = cards.first
     expect(first.locator("img")).to_have_attribute("src", re.compile(r"^blob:"))
     loaded(page)
-    for field in ("product", "price", "score", "probability"):
+    for field in ("title", "product", "price", "score", "probability", "found-by"):
         expect(first.locator(f".{field}")).not_to_be_empty()
+    expect(first.locator(".score")).to_have_text(re.compile(r"^\d{1,3}%$"))
+    expect(first.locator(".found-by")).to_have_text("image #1")
     page.screenshot(path=ARTIFACTS / "page-text-search.png", full_page=True)
     assert page.evaluate("sessionStorage.getItem('imgsearch.key')") == shop["key"]
     assert page.locator("input[type=password]").input_value() == "", "the key isn't left in the field"
@@ -146,7 +157,7 @@ def test_image_search_by_file(page: Page, shop: dict[str, Any]) -> None:
     expect(page.locator("#query-state")).to_contain_text("for the image cap-blue.png")
     expect(page.locator("#query-image")).to_be_visible()
     assert result_ids(page)[0] == shop["ids"]["cap-blue"], "the same picture is nearest"
-    expect(page.locator("#results [data-image-id]").first.locator(".score")).to_have_text("1.000")
+    expect(page.locator("#results [data-image-id]").first.locator(".score")).to_have_text("100%")
     loaded(page)
     page.screenshot(path=ARTIFACTS / "page-image-search.png", full_page=True)
 
@@ -192,7 +203,7 @@ def test_paging(page: Page) -> None:
 
 def test_html_in_a_product_id_is_shown_as_text(page: Page, shop: dict[str, Any]) -> None:
     page.fill("#attributes", "")
-    search_text(page, "a lamp")
+    search_text(page, "a thing")
     page.select_option("#k", "48")
     expect(page.locator("#results [data-image-id]")).to_have_count(37)
     product = page.locator("#results .product", has_text="onerror")
@@ -209,6 +220,30 @@ def test_catalog_status_with_failed_images(page: Page, shop: dict[str, Any]) -> 
     expect(page.locator('#counts dd[data-state="failed"]')).to_have_text("1")
     failed = page.locator(f'#failed li[data-image-id="{shop["failed_id"]}"]')
     expect(failed).to_contain_text("HTTP 404")
+    expect(failed).to_contain_text("of product gone")  # which product, with its picture's place
+    expect(failed.locator("img, span")).not_to_have_count(0)
+
+
+def test_an_admin_key_sees_each_results_shop(browser: Browser, api: Api, shop: dict[str, Any]) -> None:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    admin = context.new_page()
+    admin.goto(api.url + "/")
+    admin.fill("input[type=password]", api.key(admin=True))
+    admin.press("input[type=password]", "Enter")
+    expect(admin.locator("#key-state")).to_have_text("Key in use for this tab.")
+    admin.fill("input[type=search]", "product photo")
+    admin.press("input[type=search]", "Enter")
+    shops = admin.locator("#results .tenant")
+    expect(shops).not_to_have_count(0)
+    assert all(shops.all_inner_texts()), "each card names its shop"
+    expect(admin.locator("#failed li").first).to_contain_text(re.compile(r"of product .+ of .+: "))
+    context.close()
+
+
+def test_a_shops_key_cards_name_no_shop(page: Page) -> None:
+    search_text(page, "product photo")
+    expect(page.locator("#results [data-image-id]")).to_have_count(24)
+    expect(page.locator("#results .tenant")).to_have_count(0)
 
 
 def test_errors_are_shown_and_a_phone_gets_one_column(
@@ -226,7 +261,7 @@ def test_errors_are_shown_and_a_phone_gets_one_column(
     phone.press("input[type=password]", "Enter")
     expect(phone.locator("#key-state")).to_have_text("Key in use for this tab.")
     expect(phone.locator("#error")).to_be_hidden()  # the wrong key's error went with it
-    phone.fill("input[type=search]", "a blue bag")
+    phone.fill("input[type=search]", "a gift for a friend")
     phone.press("input[type=search]", "Enter")
     cards = phone.locator("#results [data-image-id]")
     expect(cards).to_have_count(24)
@@ -294,25 +329,25 @@ def test_a_region_drawn_on_the_query_image_searches_with_it(
 
 def test_the_pager_shows_only_with_more_than_a_page(page: Page) -> None:
     expect(page.locator("#pager")).to_be_hidden()  # before any search
-    search_text(page, "a red mug")
+    search_text(page, "a gift idea")
     expect(page.locator("#pager")).to_be_visible()
 
 
 def test_a_failed_search_leaves_no_results_of_the_one_before(page: Page) -> None:
-    search_text(page, "a red mug")
+    search_text(page, "a gift idea")
     expect(page.locator("#results [data-image-id]")).to_have_count(24)
     page.fill("#price-min", "9")
     page.fill("#price-max", "2")
     page.press("#price-max", "Enter")  # the server refuses it
     expect(page.locator("#error")).to_contain_text("price_min 9 is above price_max 2")
-    expect(page.locator("#query-state")).to_have_text("The search for “a red mug” failed.")
+    expect(page.locator("#query-state")).to_have_text("The search for “a gift idea” failed.")
     expect(page.locator("#results [data-image-id]")).to_have_count(0)
     expect(page.locator("#pager")).to_be_hidden()
 
 
 def test_a_server_out_of_reach_is_named(page: Page) -> None:
     page.route("**/v1/search", lambda route: route.abort("connectionrefused"))
-    page.fill("input[type=search]", "a red mug")
+    page.fill("input[type=search]", "a gift idea")
     page.press("input[type=search]", "Enter")
     expect(page.locator("#error")).to_contain_text("can't be reached")
     expect(page.locator("#error")).to_contain_text("imgsearch serve")

@@ -80,9 +80,12 @@ def test_the_schema_states_the_rules(schema: dict[str, Any]) -> None:
     change = components["ProductChange"]  # a PATCH: at least one field
     assert sorted(branch["required"][0] for branch in change["anyOf"]) == [
         "attributes",
+        "brand",
         "category",
         "currency",
+        "description",
         "price",
+        "title",
     ]
     name = components["ProductFeedItem"]["properties"]["product_id"]["anyOf"][0]
     assert name["minLength"] == 1 and "\\u0000-\\u001f" in name["pattern"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 
 from imgsearch import Catalog
 from imgsearch.records import Hit
+from imgsearch.search import understanding
 from imgsearch.settings import Settings
 from tests.helpers import clustered, image_bytes, serve_files
 from tests.server.conftest import Api, problem
@@ -97,7 +99,10 @@ def test_vector_search_equals_the_library(
     assert response.status_code == 200, response.text
     assert http_hits(response.json()) == hits_json(expected)
     for hit in response.json()["hits"]:
-        assert set(hit) == {"image_id", "product_id", "tenant", "category", "price", "distance", "score"}
+        assert set(hit) == {
+            "image_id", "product_id", "tenant", "category", "price", "currency", "title", "brand",
+            "distance", "score", "matched_by",
+        }  # fmt: skip
         assert hit["tenant"] == tenant
         assert abs(hit["score"] - (1 - hit["distance"])) < 1e-9
 
@@ -251,3 +256,72 @@ def test_region_queries_search_with_the_crop(api: Api, shop: tuple[str, str, Cat
             assert message in problem(bad, 400)["detail"], box
         text_box = client.post("/v1/search", json={"text": "a picture", "box": [0, 0, 4, 4]})
         assert "box applies to image queries only" in problem(text_box, 400)["detail"]
+
+
+def test_hybrid_search_with_facets_and_the_words_understood(
+    api: Api, shop: tuple[str, str, Catalog, list[int]]
+) -> None:
+    tenant, key, catalog, _ = shop
+    # the two products' categories (drawn by the fixture's clusters): sku-n has attributes i = n
+    first, second = (
+        catalog.search(vector=[0.3] * DIM, tenant=tenant, attributes={"i": n}, k=1)[0].category
+        for n in (1, 2)
+    )
+    catalog.update_products(
+        [
+            {"tenant": tenant, "product_id": "sku-1", "title": "Enamel camping mug", "brand": "Stanley"},
+            {"tenant": tenant, "product_id": "sku-2", "title": "Stoneware coffee mug", "brand": "Kinto"},
+        ]
+    )
+    time.sleep(understanding.VOCABULARY_REFRESH_SECONDS)  # the server reads changed words this often
+    query = {"text": f"stanley {first} under 30", "k": 5, "facets": True}
+    expected = catalog.search(tenant=tenant, **query)
+    with api.client(key) as client:
+        body = client.post("/v1/search", json=query).json()
+        assert body["mode"] == "hybrid" == expected.mode
+        assert body["understood"] == {
+            "text": "", "category": first, "brand": "Stanley", "price_max": 30.0, "fallback": False
+        }  # fmt: skip
+        assert [h["product_id"] for h in body["hits"]] == ["sku-1"] == [h.product_id for h in expected]
+        hit = body["hits"][0]
+        assert (hit["title"], hit["brand"], hit["currency"]) == ("Enamel camping mug", "Stanley", None)
+        assert hit["matched_by"] == {"semantic": 1, "lexical": 1}
+        assert body["total"] == 1 and body["facets"]["brand"] == {"Stanley": 1}
+        assert body["facets"]["price"] == [
+            {"from": b.low, "to": b.high, "count": b.count} for b in expected.facets.price
+        ]
+        lexical = client.post(
+            "/v1/search", json={"text": "coffee", "mode": "lexical", "parse": False, "facets": True}
+        ).json()
+        assert [h["product_id"] for h in lexical["hits"]] == ["sku-2"]
+        assert lexical["hits"][0]["distance"] is None and lexical["hits"][0]["matched_by"] == {"lexical": 1}
+        assert "understood" not in lexical and lexical["facets"]["category"] == {second: 1}
+        problem(client.post("/v1/search", json={"vector": [0.1] * DIM, "mode": "lexical"}), 400)
+        problem(client.post("/v1/search", json={"text": "x", "mode": "fuzzy"}), 422)
+        # product text through an upload and a change, over HTTP
+        item = {
+            "product_id": "desk-1",
+            "embedding": [0.2] * DIM,
+            "title": "Walnut desk lamp",
+            "brand": "Muuto",
+        }
+        assert client.post("/v1/images", json={"items": [item]}).status_code == 201
+        walnut = client.post("/v1/search", json={"text": "walnut", "mode": "lexical", "parse": False}).json()
+        assert [(h["product_id"], h["title"], h["brand"]) for h in walnut["hits"]] == [
+            ("desk-1", "Walnut desk lamp", "Muuto")
+        ]
+        changed = client.patch(
+            "/v1/products/desk-1", json={"title": "Oak desk lamp", "description": "Dimmable."}
+        )
+        assert changed.json() == {"product_id": "desk-1", "changed": True}
+        oak = client.post(
+            "/v1/search", json={"text": "dimmable oak", "mode": "lexical", "parse": False}
+        ).json()
+        assert [h["product_id"] for h in oak["hits"]] == ["desk-1"] and oak["hits"][0][
+            "title"
+        ] == "Oak desk lamp"
+        problem(client.post("/v1/images", json={"items": [{**item, "title": "t" * 1001}]}), 400)
+        assert client.delete("/v1/products/desk-1").status_code == 200
+    catalog.update_products(
+        [{"tenant": tenant, "product_id": p, "title": None, "brand": None} for p in ("sku-1", "sku-2")]
+    )

@@ -125,7 +125,9 @@ def setup(database_url: str, tiny_siglip: Path, tmp_path: Path) -> Iterator[Setu
 
 
 def library(catalog: Catalog, query: str, k: int = 5, **filters: object) -> list[tuple[int, float]]:
-    return [(hit.image_id, hit.distance) for hit in catalog.search(text=query, k=k, **filters)]
+    # search_text searches the words as typed, semantically
+    hits = catalog.search(text=query, k=k, mode="semantic", parse=False, **filters)
+    return [(hit.image_id, hit.distance) for hit in hits]
 
 
 def as_hits(rows: list[list[str]]) -> list[tuple[int, float]]:

@@ -55,6 +55,9 @@ class Product(models.Model):
     price = models.DecimalField(max_digits=14, decimal_places=4, null=True)
     currency = models.CharField(max_length=3, null=True)
     attributes = models.JSONField(default=dict)
+    title = models.TextField(null=True)
+    description = models.TextField(null=True)
+    brand = models.TextField(null=True)
     created_at = models.DateTimeField()
     updated_at = models.DateTimeField()
 
@@ -79,12 +82,13 @@ class ImageQuerySet(models.QuerySet["Image"]):
         **options: Any,
     ) -> list[Image]:
         """The ``k`` nearest images that match this QuerySet's filters and the given ones, nearest
-        first, each with ``distance``, ``score`` and ``probability`` attributes and its product
-        loaded (a photo several products share comes once per product, each with its own).
+        first, each with ``distance``, ``score``, ``probability``, ``matched_by`` and
+        ``relevance`` attributes and its product loaded (a photo several products share comes once
+        per product, each with its own).
 
         Takes the arguments of :meth:`imgsearch.Catalog.search` (``category``, ``price_min``,
         ``price_max``, ``attributes``, ``offset``, ``group_by_product``, ``diversity``, ``expand``,
-        ``min_score``, ``min_probability``) with the same guarantees: ``min(k, matching)`` hits,
+        ``min_score``, ``min_probability``, ``brand``, ``mode``, ``parse``) with the same guarantees: ``min(k, matching)`` hits,
         pgvector settings with ``SET LOCAL`` inside the query's transaction (a savepoint, rolled
         back afterwards, so nothing leaks into the caller's transaction), and with ``tenant`` the
         database's row-level security restricting every row read to that tenant.
@@ -130,6 +134,7 @@ class ImageQuerySet(models.QuerySet["Image"]):
             if (hit.tenant, hit.product_id) in products:
                 row.product = products[(hit.tenant, hit.product_id)]
             row.distance, row.score, row.probability = hit.distance, hit.score, hit.probability
+            row.matched_by, row.relevance = hit.matched_by, hit.relevance
             found.append(row)
         return found
 

@@ -26,7 +26,9 @@ ImageIdPath = Annotated[
     int, Path(description="An image's id.", json_schema_extra={"minimum": 1, "maximum": checks.MAX_ID})
 ]
 
-FORM_FIELDS = ("product_id", "category", "price", "currency", "attributes", "tenant")
+FORM_FIELDS = (
+    "product_id", "category", "price", "currency", "attributes", "title", "description", "brand", "tenant"
+)  # fmt: skip
 THUMBNAIL_MAX_PX = 512
 
 _UPLOAD_BODY: dict[str, Any] = {
@@ -48,6 +50,9 @@ _UPLOAD_BODY: dict[str, Any] = {
                     "price": {"type": "string", "description": "A decimal number."},
                     "currency": {"type": "string"},
                     "attributes": {"type": "string", "description": "A JSON object."},
+                    "title": {"type": "string"},
+                    "description": {"type": "string"},
+                    "brand": {"type": "string"},
                     "tenant": {"type": "string", "description": "Admin keys only."},
                 },
             }
@@ -75,6 +80,9 @@ def _json_rows(upload: schemas.UploadRequest, principal: Principal) -> list[dict
                 "price": item.price,
                 "currency": item.currency,
                 "attributes": item.attributes,
+                "title": item.title,
+                "description": item.description,
+                "brand": item.brand,
             }
         )
     return rows

@@ -18,7 +18,7 @@ from imgsearch.access.keys import Principal
 from imgsearch.catalog import Catalog
 from imgsearch.errors import InvalidInput, InvalidQuery
 from imgsearch.ingest import checks
-from imgsearch.records import Hit
+from imgsearch.records import Hit, SearchResult
 from imgsearch.server import schemas
 from imgsearch.server.deps import CatalogDep, PrincipalDep, json_body, json_body_schema, tenant_of
 
@@ -43,6 +43,11 @@ _IMAGE_BODY: dict[str, Any] = {
                         name: {"type": "string", "description": "As in SearchOptions."}
                         for name in schemas.SearchOptions.model_fields
                     },
+                    "mode": {
+                        "type": "string",
+                        "enum": ["semantic"],
+                        "description": "Image queries are semantic.",
+                    },
                 },
             }
         }
@@ -57,11 +62,41 @@ def hit_json(hit: Hit) -> dict[str, Any]:
         "tenant": hit.tenant,
         "category": hit.category,
         "price": None if hit.price is None else float(hit.price),
+        "currency": hit.currency,
+        "title": hit.title,
+        "brand": hit.brand,
         "distance": hit.distance,
         "score": hit.score,
+        "matched_by": hit.matched_by,
     }
     if hit.probability is not None:
         body["probability"] = hit.probability
+    if hit.relevance is not None:
+        body["relevance"] = hit.relevance
+    return body
+
+
+def _number_or_none(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def result_json(result: SearchResult) -> dict[str, Any]:
+    """A search's answer as the API returns it (``SearchResponse``)."""
+    body: dict[str, Any] = {
+        "hits": [hit_json(hit) for hit in result],
+        "total": result.total,
+        "mode": result.mode,
+    }
+    if result.facets is not None:
+        facets = result.facets.as_json()
+        facets["price"] = [{**b, "from": float(b["from"]), "to": float(b["to"])} for b in facets["price"]]
+        body["facets"] = facets
+    if result.understood is not None:
+        understood = result.understood.as_json()
+        for name in ("price_min", "price_max"):
+            if name in understood:
+                understood[name] = _number_or_none(understood[name])
+        body["understood"] = understood
     return body
 
 
@@ -69,8 +104,8 @@ def _search(
     catalog: Catalog, principal: Principal, query: dict[str, Any], options: schemas.SearchOptions
 ) -> Response:
     kwargs = {name: getattr(options, name) for name in OPTIONS}
-    hits = catalog.search(**query, tenant=tenant_of(principal, options.tenant), **kwargs)
-    return JSONResponse({"hits": [hit_json(hit) for hit in hits]})
+    result = catalog.search(**query, tenant=tenant_of(principal, options.tenant), **kwargs)
+    return JSONResponse(result_json(result))
 
 
 @router.post(
@@ -144,7 +179,7 @@ def _form_options(form: Any) -> dict[str, Any]:
             values[name] = _number(found[0], name, float)
         elif name == "box":
             values[name] = [_number(part, name, float) for part in found[0].split(",")]
-        elif name in ("group_by_product", "consistent"):
+        elif name in ("group_by_product", "consistent", "parse", "facets", "total"):
             flag = found[0].strip().lower()
             if flag not in FORM_TRUE | FORM_FALSE:
                 raise InvalidQuery(

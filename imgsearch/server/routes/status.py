@@ -33,7 +33,12 @@ def status(
         "counts": current.counts,
         "oldest_pending_seconds": current.oldest_pending_seconds,
         "failed": [
-            {"image_id": image_id, "tenant": owner, "error": error}
+            {
+                "image_id": image_id,
+                "tenant": owner,
+                "product_id": current.products.get(image_id),
+                "error": error,
+            }
             for image_id, owner, error in current.latest_errors
         ],
     }

@@ -12,7 +12,10 @@ const state = {
   thumbnails: [], // blob: URLs of the page shown, revoked when it changes
   searches: 0, // searches started: only the latest one's answer is shown
   keys: 0, // keys entered: only the latest one's check is shown
+  brand: null, // a brand picked in the facets
+  read: null, // after a chip is removed: the query's other filters, sent as filters (parse off)
 };
+const BEST_RELEVANCE = 2 / 61; // Reciprocal Rank Fusion: first on both sides (k = 60)
 
 class ApiError extends Error {
   constructor(status, problem) {
@@ -96,7 +99,8 @@ function parseAttributes(text) {
 }
 
 function options() {
-  const params = { k: Number($("k").value), offset: state.offset };
+  const params = { k: Number($("k").value), offset: state.offset, group_by_product: true, facets: true };
+  if (state.brand) params.brand = state.brand;
   const category = $("category").value;
   if (category) params.category = category;
   if ($("price-min").value !== "") params.price_min = Number($("price-min").value);
@@ -148,15 +152,16 @@ async function run() {
       body.append("params", JSON.stringify(query_box(params)));
       response = await api("/v1/search/image", { method: "POST", body });
     } else {
+      const read = state.query.text !== undefined && state.read ? { ...state.read, parse: false } : {};
       response = await api("/v1/search", {
         method: "POST",
         headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ ...state.query, ...params }),
+        body: JSON.stringify({ ...state.query, ...read, ...params }),
       });
     }
-    const { hits } = await response.json();
+    const result = await response.json();
     if (turn !== state.searches) return; // a later search (a click on Next, say) answers instead
-    render(hits, params);
+    render(result, params);
   } catch (error) {
     if (turn !== state.searches) return;
     clearResults(); // no results of an earlier query under this one's title
@@ -170,30 +175,180 @@ function clearResults() {
   state.thumbnails = [];
   $("results").replaceChildren();
   $("pager").hidden = true;
+  $("understood").hidden = true;
+  $("facets-panel").hidden = true;
 }
 
 function search(query) {
   if (query.image === undefined) $("region").hidden = true;
   state.query = query;
   state.offset = 0;
+  state.read = null;
   run();
 }
 
-function formatPrice(price) {
-  return price === null || price === undefined ? "–" : Number(price).toFixed(2);
+function formatPrice(price, currency) {
+  if (price === null || price === undefined) return "–";
+  if (!currency) return Number(price).toFixed(2);
+  try {
+    return new Intl.NumberFormat(undefined, { style: "currency", currency }).format(Number(price));
+  } catch (_) { // a code the browser doesn't know
+    return `${Number(price).toFixed(2)} ${currency}`;
+  }
 }
 
-function render(hits, params) {
+// how well a hit matches, 0 to 100: a fused rank's share of the best possible one, else the
+// model's probability, else the cosine similarity (never below 0)
+function percent(hit) {
+  let value;
+  if (hit.relevance !== undefined && hit.relevance !== null) value = hit.relevance / BEST_RELEVANCE;
+  else if (hit.probability !== undefined && hit.probability !== null) value = hit.probability;
+  else value = Math.max(0, hit.score ?? 0);
+  return Math.round(100 * Math.min(1, value));
+}
+
+function foundBy(matched) {
+  const sides = Object.entries(matched || {}).map(([side, rank]) => `${side === "semantic" ? "image" : "words"} #${rank}`);
+  return sides.length ? sides.join(", ") : "–";
+}
+
+function chip(label, onRemove) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "chip";
+  button.textContent = `${label} ×`;
+  button.title = `Remove ${label}`;
+  button.addEventListener("click", onRemove);
+  return button;
+}
+
+// the filters read from the query, each a chip whose removal searches again without it
+function renderUnderstood(understood) {
+  const box = $("understood");
+  box.replaceChildren();
+  const read = understood ? { ...understood } : (state.read || null);
+  if (!read) { box.hidden = true; return; }
+  const parts = [];
+  if (read.category) parts.push(["category", `category: ${read.category}`]);
+  if (read.brand) parts.push(["brand", `brand: ${read.brand}`]);
+  for (const [key, value] of Object.entries(read.attributes || {})) parts.push([`attributes.${key}`, `${key}: ${value}`]);
+  if (read.price_min !== undefined && read.price_min !== null) parts.push(["price_min", `from ${read.price_min}`]);
+  if (read.price_max !== undefined && read.price_max !== null) parts.push(["price_max", `under ${read.price_max}`]);
+  if (!parts.length) { box.hidden = true; return; }
+  if (read.fallback) {
+    const note = document.createElement("span");
+    note.className = "muted";
+    note.textContent = "Nothing matched these, so the results are for the words as typed:";
+    box.append(note);
+  } else {
+    const note = document.createElement("span");
+    note.className = "muted";
+    note.textContent = "Understood:";
+    box.append(note);
+  }
+  for (const [name, label] of parts) {
+    box.append(chip(label, () => {
+      const rest = { ...read }; // the query as typed, with the other filters it said, given as filters
+      delete rest.fallback;
+      delete rest.text;
+      if (name.startsWith("attributes.")) {
+        rest.attributes = { ...rest.attributes };
+        delete rest.attributes[name.slice("attributes.".length)];
+        if (!Object.keys(rest.attributes).length) delete rest.attributes;
+      } else {
+        delete rest[name];
+      }
+      state.read = rest;
+      state.offset = 0;
+      run();
+    }));
+  }
+  box.hidden = false;
+}
+
+function facetList(title, entries, pick) {
+  if (!entries.length) return null;
+  const section = document.createElement("section");
+  const heading = document.createElement("h3");
+  heading.textContent = title;
+  const list = document.createElement("ul");
+  for (const [label, count, value] of entries) {
+    const li = document.createElement("li");
+    const button = document.createElement("button");
+    button.type = "button";
+    const name = document.createElement("span");
+    name.textContent = label;
+    const number = document.createElement("span");
+    number.className = "count";
+    number.textContent = String(count);
+    button.append(name, number);
+    button.addEventListener("click", () => pick(value));
+    li.append(button);
+    list.append(li);
+  }
+  section.append(heading, list);
+  return section;
+}
+
+function renderFacets(result) {
+  const panel = $("facets-panel");
+  const facets = result.facets;
+  $("total").textContent = result.total === null || result.total === undefined ? "" : `${result.total} products`;
+  const box = $("facets");
+  box.replaceChildren();
+  if (!facets) { panel.hidden = true; return; }
+  const again = () => { state.offset = 0; run(); };
+  const sections = [
+    facetList("Category", Object.entries(facets.category).map(([v, n]) => [v, n, v]), (v) => {
+      const select = $("category");
+      if (![...select.options].some((o) => o.value === v)) select.append(new Option(v, v));
+      select.value = v;
+      again();
+    }),
+    facetList("Brand", Object.entries(facets.brand).map(([v, n]) => [v, n, v]), (v) => { state.brand = v; again(); }),
+    ...Object.entries(facets.attributes).map(([key, values]) =>
+      facetList(key, Object.entries(values).map(([v, n]) => [v, n, v]), (v) => {
+        const given = parseAttributes($("attributes").value) || {};
+        given[key] = v;
+        $("attributes").value = Object.entries(given).map(([k, x]) => `${k}=${x}`).join(", ");
+        again();
+      })),
+    facetList("Price", facets.price.map((b) => [`${b.from} – ${b.to}`, b.count, b]), (b) => {
+      $("price-min").value = String(b.from);
+      $("price-max").value = String(b.to);
+      again();
+    }),
+  ].filter(Boolean);
+  if (state.brand) {
+    box.append(chip(`brand: ${state.brand}`, () => { state.brand = null; again(); }));
+  }
+  box.append(...sections);
+  panel.hidden = false;
+}
+
+function render(result, params) {
+  const hits = result.hits;
   clearResults();
   const grid = $("results");
   const template = $("hit-template");
   for (const hit of hits) {
     const card = template.content.firstElementChild.cloneNode(true);
     card.dataset.imageId = String(hit.image_id);
+    card.querySelector(".title").textContent = hit.title || hit.product_id;
+    card.querySelector(".brand").textContent = hit.brand || "";
     card.querySelector(".product").textContent = hit.product_id;
+    card.querySelector(".tenant").textContent = hit.tenant;
+    if (!state.admin) {
+      card.querySelector(".tenant").remove();
+      card.querySelector(".tenant-label").remove();
+    }
     card.querySelector(".category").textContent = hit.category ?? "–";
-    card.querySelector(".price").textContent = formatPrice(hit.price);
-    card.querySelector(".score").textContent = hit.score.toFixed(3);
+    card.querySelector(".price").textContent = formatPrice(hit.price, hit.currency);
+    const match = percent(hit);
+    card.querySelector(".score").textContent = `${match}%`;
+    card.querySelector(".bar").style.width = `${match}%`;
+    card.querySelector(".relevance").setAttribute("aria-valuenow", String(match));
+    card.querySelector(".found-by").textContent = foundBy(hit.matched_by);
     const probability = card.querySelector(".probability");
     if (hit.probability === undefined || hit.probability === null) {
       probability.remove();
@@ -208,9 +363,12 @@ function render(hits, params) {
     grid.append(card);
   }
   const first = params.offset + 1;
+  const of = result.total === null || result.total === undefined ? "" : ` of ${result.total}`;
   $("query-state").textContent = hits.length
-    ? `Results ${first}–${params.offset + hits.length} for ${describe(state.query)}`
+    ? `Results ${first}–${params.offset + hits.length}${of} for ${describe(state.query)}`
     : `No results for ${describe(state.query)}`;
+  renderUnderstood(result.understood);
+  renderFacets(result);
   $("pager").hidden = params.offset === 0 && hits.length < params.k;
   $("prev").disabled = params.offset === 0;
   $("next").disabled = hits.length < params.k;
@@ -243,6 +401,7 @@ async function loadThumbnail(imageId, img) {
 async function loadStatus() {
   try {
     const status = await (await api("/v1/status")).json();
+    state.admin = "queue_depth" in status; // admin keys only: their searches name each hit's shop
     const counts = $("counts");
     counts.replaceChildren();
     for (const [name, count] of Object.entries(status.counts)) {
@@ -264,7 +423,14 @@ async function loadStatus() {
     for (const item of status.failed) {
       const li = document.createElement("li");
       li.dataset.imageId = String(item.image_id);
-      li.textContent = `image ${item.image_id}: ${item.error}`;
+      const img = document.createElement("img");
+      img.className = "failed-thumb";
+      img.alt = `image ${item.image_id}`;
+      const text = document.createElement("span");
+      const shop = state.admin ? ` of ${item.tenant}` : "";
+      text.textContent = `image ${item.image_id} of product ${item.product_id ?? "–"}${shop}: ${item.error}`;
+      li.append(img, text);
+      loadThumbnail(item.image_id, img);
       failed.append(li);
     }
     return "ok";

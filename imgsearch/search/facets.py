@@ -1,0 +1,145 @@
+"""Facets and totals: exact counts over a search's whole match set, not just its page.
+
+The match set is every product a search can return: matching the filters, with an image embedded
+under the model (so a total is what paging reaches); a lexical search's, those that also match
+its text.
+One statement materialises it once and counts, per category, per brand, the top values of each
+attribute key, and price buckets whose width is a round number (1, 2 or 5 times a power of ten)
+giving about :data:`PRICE_BUCKETS` buckets, plus the total.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Connection, func, literal_column, select, text
+
+from imgsearch.db.models import Product
+from imgsearch.records import ModelInfo
+from imgsearch.search import lexical, plans
+from imgsearch.search.filters import Filters
+
+TOP_VALUES = 20  # values per facet (categories, brands, each attribute key's values), most first
+TOP_KEYS = 20  # attribute keys, those on most products first
+PRICE_BUCKETS = 5
+
+
+@dataclass(frozen=True)
+class PriceBucket:
+    low: Decimal  # "from", inclusive
+    high: Decimal  # "to", exclusive (the last bucket's holds the highest price)
+    count: int
+
+
+@dataclass(frozen=True)
+class Facets:
+    """Counts of products by value, most first (ties by value); see the module."""
+
+    total: int
+    category: dict[str, int] = field(default_factory=dict)
+    brand: dict[str, int] = field(default_factory=dict)
+    attributes: dict[str, dict[str, int]] = field(default_factory=dict)
+    price: list[PriceBucket] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        """The shape of the HTTP API's ``facets``."""
+        return {
+            "category": self.category,
+            "brand": self.brand,
+            "attributes": self.attributes,
+            "price": [{"from": b.low, "to": b.high, "count": b.count} for b in self.price],
+        }
+
+
+# the facets of the materialised match set "matched" (id, category, brand, price, attributes)
+_COUNTS = f"""
+SELECT
+  (SELECT count(*) FROM matched) AS total,
+  (SELECT json_agg(json_build_array(category, n) ORDER BY n DESC, category) FROM (
+     SELECT category, count(*) AS n FROM matched WHERE category IS NOT NULL
+     GROUP BY category ORDER BY n DESC, category LIMIT {TOP_VALUES}) AS c) AS category,
+  (SELECT json_agg(json_build_array(brand, n) ORDER BY n DESC, brand) FROM (
+     SELECT brand, count(*) AS n FROM matched WHERE brand IS NOT NULL
+     GROUP BY brand ORDER BY n DESC, brand LIMIT {TOP_VALUES}) AS b) AS brand,
+  (SELECT json_agg(json_build_array(key, key_n, top) ORDER BY key_n DESC, key) FROM (
+     SELECT key, sum(n) AS key_n,
+            json_agg(json_build_array(value, n) ORDER BY n DESC, value)
+              FILTER (WHERE place <= {TOP_VALUES}) AS top
+     FROM (
+       SELECT key, value, n, row_number() OVER (PARTITION BY key ORDER BY n DESC, value) AS place
+       FROM (
+         SELECT a.key, a.value #>> '{{}}' AS value, count(*) AS n
+         FROM matched m CROSS JOIN LATERAL jsonb_each(m.attributes) AS a
+         WHERE jsonb_typeof(a.value) IN ('string', 'number', 'boolean')
+         GROUP BY a.key, a.value #>> '{{}}'
+       ) AS pairs
+     ) AS placed
+     GROUP BY key ORDER BY key_n DESC, key LIMIT {TOP_KEYS}) AS k) AS attributes,
+  (SELECT json_agg(json_build_array(trim_scale(low)::text, trim_scale(low + width)::text, n) ORDER BY low) FROM (
+     SELECT floor(m.price / s.width) * s.width AS low, s.width, count(*) AS n
+     FROM matched m CROSS JOIN (
+       SELECT CASE WHEN hi > lo THEN mag * CASE WHEN raw / mag <= 1 THEN 1 WHEN raw / mag <= 2 THEN 2
+                                              WHEN raw / mag <= 5 THEN 5 ELSE 10 END
+                   ELSE greatest(hi, 1) END AS width
+       FROM (SELECT lo, hi, (hi - lo) / {PRICE_BUCKETS} AS raw,
+                    power(10::numeric, floor(log(greatest((hi - lo) / {PRICE_BUCKETS}, 0.0001)))) AS mag
+             FROM (SELECT min(price) AS lo, max(price) AS hi FROM matched) AS r
+             WHERE hi IS NOT NULL) AS sized
+       OFFSET 0  -- computed once, not inlined into every row's bucket
+     ) AS s
+     WHERE m.price IS NOT NULL
+     GROUP BY 1, 2) AS p) AS price
+FROM (SELECT 1) AS one
+"""
+
+
+def match_set(model: ModelInfo, filters: Filters, lexical_text: bool) -> Any:
+    """The products a search matches, with the columns the facets count."""
+    stmt = select(Product.id, Product.category, Product.brand, Product.price, Product.attributes).where(
+        *lexical.counted_conditions(model, filters)
+    )
+    if lexical_text:
+        stmt = stmt.where(lexical.text_match())
+    return stmt
+
+
+def statement(model: ModelInfo, filters: Filters, lexical_text: bool) -> Any:
+    matched = match_set(model, filters, lexical_text).cte("matched").prefix_with("MATERIALIZED")
+    counts = text(_COUNTS).columns(
+        literal_column("total"),
+        literal_column("category"),
+        literal_column("brand"),
+        literal_column("attributes"),
+        literal_column("price"),
+    )
+    return counts.subquery("counts").select().add_cte(matched)
+
+
+def total_statement(model: ModelInfo, filters: Filters, lexical_text: bool) -> Any:
+    return select(func.count()).select_from(match_set(model, filters, lexical_text).subquery("matched"))
+
+
+def count(
+    conn: Connection, model: ModelInfo, filters: Filters, text_query: str | None, *, facets: bool
+) -> Facets:
+    """The total of a search's match set and, with ``facets``, its counts; ``text_query``: a
+    lexical search's text (its match set is the products matching it)."""
+    params: dict[str, Any] = filters.params()
+    if text_query is not None:
+        params.update(lexical.text_params(text_query))
+    lexical_text = text_query is not None
+    plans.plain_settings(conn)
+    if not facets:
+        return Facets(
+            total=int(conn.execute(total_statement(model, filters, lexical_text), params).scalar_one())
+        )
+    row = conn.execute(statement(model, filters, lexical_text), params).one()
+    return Facets(
+        total=int(row.total),
+        category={str(v): int(n) for v, n in row.category or []},
+        brand={str(v): int(n) for v, n in row.brand or []},
+        attributes={str(key): {str(v): int(n) for v, n in top or []} for key, _, top in row.attributes or []},
+        price=[PriceBucket(Decimal(str(lo)), Decimal(str(hi)), int(n)) for lo, hi, n in row.price or []],
+    )

@@ -1,0 +1,279 @@
+"""The lexical side of a search, and its fusion with the semantic side, in SQL.
+
+A product matches a text when its weighted document (``products.search_doc``, migration 0020)
+matches ``websearch_to_tsquery`` of the text ("phrases", -exclusions, or), when its title, brand
+or id is a close trigram match (``pg_trgm``: SKUs, brands and typos such as "addidas"), or when
+the text is its product id. They rank in that order of evidence: the exact id first, then the
+document's ``ts_rank_cd``, then the trigram similarity. Each of the three is served by its own
+index (GIN, GIN trigram, B-tree), and only the top ``n`` are ranked.
+
+A product is a candidate only with a search row of the model that matches the filters: the same
+rows the semantic side searches, so both sides answer the same question. :func:`fused_statement`
+fuses the semantic side's product ranking, computed by the filtered strategies
+(:mod:`imgsearch.search.strategy`), with the lexical side by Reciprocal Rank Fusion, and joins each
+product's best image, in one statement.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    BindParameter,
+    ColumnElement,
+    Float,
+    Integer,
+    Numeric,
+    Select,
+    Text,
+    and_,
+    any_,
+    bindparam,
+    case,
+    exists,
+    func,
+    literal,
+    null,
+    select,
+    true,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+
+from imgsearch.db.models import Embedding, Image, Product
+from imgsearch.db.vector_index import model_filter, query_param
+from imgsearch.ingest.vectors import Vector
+from imgsearch.records import ModelInfo
+from imgsearch.search.filters import PARAM_PREFIX, Filters
+
+RRF_K = 60  # Reciprocal Rank Fusion's constant (Cormack et al. 2009): 1 / (k + rank)
+TEXT_PARAM = "imgsearch_text"
+ID_PARAM = "imgsearch_text_id"
+LOWER_PARAM = "imgsearch_text_lower"
+NOT_PARAM = "imgsearch_text_not"
+_EXCLUDED = re.compile(r'(?:^|(?<=\s))-("[^"]*"?|\S+)')
+_OPERATORS = re.compile(r'"|(?:^|(?<=\s))or(?=\s|$)', re.I)
+
+
+def _mentions_images(filters: Filters) -> bool:
+    from sqlalchemy.sql.util import find_tables
+
+    return filters.where is not None and Image.__table__ in find_tables(
+        filters.where, check_columns=True, include_crud=True
+    )
+
+
+def searchable(model: ModelInfo, filters: Filters) -> ColumnElement[bool]:
+    """The product (``products``, correlated) has a search row of ``model`` matching ``filters``."""
+    rows = select(literal(1)).select_from(Embedding)
+    if _mentions_images(filters):
+        rows = rows.join(Image, Image.id == Embedding.image_id)
+    rows = rows.where(Embedding.product_pk == Product.id, model_filter(model.id), *filters.conditions())
+    return exists(rows.correlate(Product))
+
+
+def product_conditions(model: ModelInfo, filters: Filters) -> list[ColumnElement[bool]]:
+    """``filters`` over ``products``: the tenant, category and price on the product's own indexed
+    columns (the search rows' copies agree), then :func:`searchable` for the rest."""
+    conds: list[ColumnElement[bool]] = []
+    tenant, category = filters.value("tenant"), filters.value("category")
+    if tenant is not None:
+        conds.append(Product.tenant == bindparam(f"{PARAM_PREFIX}tenant", type_=Text()))
+    if category is not None:
+        conds.append(Product.category == bindparam(f"{PARAM_PREFIX}category", type_=Text()))
+    return [*conds, searchable(model, filters)]
+
+
+def counted_conditions(model: ModelInfo, filters: Filters) -> list[ColumnElement[bool]]:
+    """``filters`` over ``products``, for totals and facets: every filter on the product's own
+    indexed columns (tenant, category or a list, price, brand, attributes), then
+    :func:`searchable`: a product counts when a search can return it (an image of it is embedded
+    under the model), so a total is what paging reaches."""
+    values = filters.value
+    conds: list[ColumnElement[bool]] = []
+
+    def param(name: str, type_: Any) -> BindParameter[Any]:
+        return bindparam(f"{PARAM_PREFIX}{name}", type_=type_)
+
+    if values("tenant") is not None:
+        conds.append(Product.tenant == param("tenant", Text()))
+    if values("category") is not None:
+        conds.append(Product.category == param("category", Text()))
+    if values("categories") is not None:
+        conds.append(Product.category == any_(param("categories", ARRAY(Text()))))
+    if values("price_min") is not None:
+        conds.append(Product.price >= param("price_min", Numeric()))
+    if values("price_max") is not None:
+        conds.append(Product.price <= param("price_max", Numeric()))
+    if values("attributes") is not None:
+        conds.append(Product.attributes.op("@>")(param("attributes", JSONB())))
+    if values("brand") is not None:
+        conds.append(Product.brand == param("brand", Text()))
+    return [*conds, searchable(model, filters)]
+
+
+def text_params(text: str) -> dict[str, Any]:
+    """The lexical statement's values for a query text: the text for ``websearch_to_tsquery``,
+    for an exact id and, without its operators, for trigrams; its exclusions (``-word``) apply to
+    every kind of match."""
+    excluded = [m.group(1).strip('"') for m in _EXCLUDED.finditer(text)]
+    plain = " ".join(_OPERATORS.sub(" ", _EXCLUDED.sub(" ", text)).split()).lower()
+    return {
+        TEXT_PARAM: text,
+        ID_PARAM: text.strip(),
+        LOWER_PARAM: plain,
+        NOT_PARAM: " or ".join(f'"{word}"' for word in excluded if word.strip()) or None,
+    }
+
+
+def _matches() -> Any:
+    """``imgsearch.lexical_match`` of the text (:func:`text_params`): the matching products' ids
+    and rank parts, read through the text indexes (migration 0020 says why in a function)."""
+    return (
+        func.imgsearch.lexical_match(
+            bindparam(TEXT_PARAM, type_=Text()),
+            bindparam(LOWER_PARAM, type_=Text()),
+            bindparam(ID_PARAM, type_=Text()),
+            bindparam(NOT_PARAM, type_=Text()),
+        )
+        .table_valued("product_pk", "exact_match", "doc_rank", "similarity")
+        .render_derived("lexical_match")
+    )
+
+
+def text_match() -> ColumnElement[bool]:
+    """The product matches the text (:func:`text_params`): its id, its document or a close
+    trigram match of its title, brand or id; and none of the text's exclusions."""
+    return Product.id.in_(select(_matches().c.product_pk))
+
+
+def lexical_ranked(model: ModelInfo, filters: Filters, n: int | ColumnElement[Any]) -> Select[Any]:
+    """The top ``n`` products matching the text (:func:`text_params`) and the filters:
+    ``product_pk`` and ``rank`` (1 = best): an exact id first, then the document's
+    ``ts_rank_cd``, then the trigram similarity."""
+    found = _matches()
+    order = [found.c.exact_match.desc(), found.c.doc_rank.desc(), found.c.similarity.desc(), Product.id]
+    return (
+        select(Product.id.label("product_pk"), func.row_number().over(order_by=order).label("rank"))
+        .select_from(found)
+        .join(Product, Product.id == found.c.product_pk)
+        .where(*product_conditions(model, filters))
+        .order_by(*order)
+        .limit(n)
+    )
+
+
+def semantic_ranked() -> Select[Any]:
+    """The semantic side's products, best first, from arrays of their tenants, ids and best
+    images (``SEMANTIC_PARAMS``): ``product_pk``, ``image_id`` and ``rank`` (the position, from 1)."""
+    rows = (
+        func.unnest(
+            bindparam("imgsearch_sem_tenants", type_=ARRAY(Text())),
+            bindparam("imgsearch_sem_products", type_=ARRAY(Text())),
+            bindparam("imgsearch_sem_images", type_=ARRAY(BigInteger())),
+        )
+        .table_valued("tenant", "product_id", "image_id", with_ordinality="rank")
+        .render_derived("sem_rows")
+    )
+    return select(Product.id.label("product_pk"), rows.c.image_id, rows.c.rank).join_from(
+        rows, Product, and_(Product.tenant == rows.c.tenant, Product.product_id == rows.c.product_id)
+    )
+
+
+def semantic_params(hits: list[Any]) -> dict[str, Any]:
+    """:func:`semantic_ranked`'s values for the semantic side's hits, one per product, best first."""
+    return {
+        "imgsearch_sem_tenants": [hit.tenant for hit in hits],
+        "imgsearch_sem_products": [hit.product_id for hit in hits],
+        "imgsearch_sem_images": [hit.image_id for hit in hits],
+    }
+
+
+def fused_statement(
+    model: ModelInfo,
+    query: Vector | BindParameter[Any] | None,
+    filters: Filters,
+    n: int,
+    k: int,
+    offset: int,
+    *,
+    hybrid: bool,
+) -> Select[Any]:
+    """Products ranked by Reciprocal Rank Fusion of the semantic side (:func:`semantic_ranked`;
+    none when not ``hybrid``) and the lexical side (:func:`lexical_ranked`, its top ``n``), weights
+    ``imgsearch_w_semantic`` and ``imgsearch_w_lexical``, constant ``imgsearch_rrf_k``: ``k`` of
+    them after ``offset``, each with its best image: the semantic side's, else the product's
+    nearest search row to ``query`` (without a query, its first) that matches the filters."""
+    lexical = lexical_ranked(model, filters, literal(n, literal_execute=True)).cte("lexical")
+    rrf_k = bindparam("imgsearch_rrf_k", type_=Float())
+
+    def score(weight: str, rank: Any) -> Any:
+        return func.coalesce(bindparam(weight, type_=Float()) / (rrf_k + rank), 0.0)
+
+    if hybrid:
+        semantic = semantic_ranked().cte("semantic")
+        fused = (
+            select(
+                func.coalesce(semantic.c.product_pk, lexical.c.product_pk).label("product_pk"),
+                semantic.c.image_id,
+                semantic.c.rank.label("semantic_rank"),
+                lexical.c.rank.label("lexical_rank"),
+                (
+                    score("imgsearch_w_semantic", semantic.c.rank)
+                    + score("imgsearch_w_lexical", lexical.c.rank)
+                ).label("relevance"),
+            )
+            .select_from(semantic)
+            .join(lexical, lexical.c.product_pk == semantic.c.product_pk, full=True)
+        )
+    else:
+        fused = select(
+            lexical.c.product_pk,
+            null().cast(BigInteger).label("image_id"),
+            null().cast(BigInteger).label("semantic_rank"),
+            lexical.c.rank.label("lexical_rank"),
+            score("imgsearch_w_lexical", lexical.c.rank).label("relevance"),
+        )
+    top = (
+        fused.order_by(func.coalesce(fused.selected_columns.relevance, 0).desc(), "product_pk")
+        .limit(literal(k, literal_execute=True))
+        .offset(literal(offset, literal_execute=True))
+        .subquery("fused")
+    )
+    if query is not None:
+        distance: ColumnElement[Any] = Embedding.embedding.cosine_distance(query_param(query, model.dim))
+        nearest: list[Any] = [case((Embedding.image_id == top.c.image_id, 0), else_=1), distance]
+    else:
+        distance, nearest = null().cast(Float()), [Embedding.image_id]
+    best = select(
+        Embedding.image_id, Embedding.tenant, Embedding.category, Embedding.price, distance.label("distance")
+    ).select_from(Embedding)
+    if _mentions_images(filters):
+        best = best.join(Image, Image.id == Embedding.image_id)
+    best_row = (
+        best.where(Embedding.product_pk == top.c.product_pk, model_filter(model.id), *filters.conditions())
+        .order_by(*nearest)
+        .limit(1)
+        .lateral("best")
+    )
+    return (
+        select(
+            best_row.c.image_id,
+            Product.product_id,
+            Product.title,
+            Product.brand,
+            Product.currency,
+            best_row.c.tenant,
+            best_row.c.category,
+            best_row.c.price,
+            best_row.c.distance,
+            top.c.semantic_rank.cast(Integer).label("semantic_rank"),
+            top.c.lexical_rank.cast(Integer).label("lexical_rank"),
+            top.c.relevance,
+        )
+        .select_from(top)
+        .join(Product, Product.id == top.c.product_pk)
+        .join(best_row, true())
+        .order_by(top.c.relevance.desc(), top.c.product_pk)
+    )

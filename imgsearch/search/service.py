@@ -1,0 +1,174 @@
+""":meth:`imgsearch.Catalog.search` from the arguments to its :class:`SearchResult`: every argument
+checked before any model work, the query's words read into filters
+(:mod:`~imgsearch.search.understanding`), the text embedded, and then, in one transaction on the
+database that answers (:mod:`~imgsearch.search.routing`), the hits by mode
+(:mod:`~imgsearch.search.hybrid`) and their total and facets (:mod:`~imgsearch.search.facets`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection
+
+from imgsearch.access import tenancy
+from imgsearch.errors import InvalidQuery
+from imgsearch.ingest.vectors import Vector
+from imgsearch.records import Hit, ModelInfo, SearchResult
+from imgsearch.search import facets as facet_counts
+from imgsearch.search import hybrid, queries, request, understanding
+from imgsearch.search.filters import Filters
+from imgsearch.search.hybrid import Fusion
+from imgsearch.search.request import Options
+
+__all__ = ["Asked", "Fusion", "search"]
+
+if TYPE_CHECKING:
+    from imgsearch.catalog import Catalog
+
+
+DEFAULT_FUSION = Fusion()
+
+
+@dataclass(frozen=True)
+class Asked:
+    """A search's arguments besides its filters and options."""
+
+    query: queries.Query
+    mode: str | None = None
+    parse: bool = True
+    facets: bool = False
+    total: bool = False
+    consistent: bool = False
+    fusion: hybrid.Fusion | None = None  # None: the default weights and constant
+    min_probability: float | None = None
+
+
+def check_flags(parse: Any, facets: Any, total: Any) -> None:
+    for name, value in (("parse", parse), ("facets", facets), ("total", total)):
+        if not isinstance(value, bool):
+            raise InvalidQuery(f"{name} must be true or false, got {value!r}")
+
+
+def search(
+    catalog: Catalog, filters: Filters, asked: Asked, k: Any, offset: Any, group_by_product: Any,
+    diversity: Any, expand: Any, min_score: Any,
+) -> SearchResult:  # fmt: skip
+    """See :meth:`imgsearch.Catalog.search`: every argument checked before any model work."""
+    query = asked.query
+    options = request.options_for(
+        catalog.settings, query.text, k, offset, group_by_product, diversity, expand, min_score,
+        asked.min_probability,
+    )  # fmt: skip
+    options = replace(options, on_plan=catalog.on_search_plan)
+    filters.conditions()
+    check_flags(asked.parse, asked.facets, asked.total)
+    query.check(filters)
+    text = query.text
+    if text is not None and (not isinstance(text, str) or not text.strip()):
+        raise InvalidQuery("text must be a non-empty string")
+    mode = hybrid.check_mode(asked.mode, text)
+    if mode is not None:
+        hybrid.check_options(mode, options)
+    fusion = (asked.fusion or DEFAULT_FUSION).check()
+    catalog._follow_model_switch()
+    understood = None
+    parsed = filters
+    if text is not None and asked.parse:
+        understood = _understand(catalog, text, filters)
+        parsed = _with_understood(filters, understood)
+    result = _run(catalog, parsed, options, asked, mode, fusion, understood)
+    if understood is not None and understood.filters and not result and parsed is not filters:
+        # what was read left nothing: the query as typed, and the answer says so
+        understood = replace(understood, fallback=True)
+        result = _run(catalog, filters, options, asked, mode, fusion, None)
+    result.understood = understood
+    return result
+
+
+def _understand(catalog: Catalog, text: str, filters: Filters) -> understanding.Understood:
+    tenant = filters.tenant_name()
+
+    with catalog.engine.begin() as conn:
+        if tenant is not None:
+            tenancy.scope(conn, tenant)
+        vocabulary = catalog._vocabularies.get(
+            tenant, understanding.stamp(conn), lambda: understanding.read(conn)
+        )
+    given = [
+        name for name in ("category", "brand", "price_min", "price_max") if getattr(filters, name) is not None
+    ]
+    given += [f"attributes.{key}" for key in filters.attributes or {}]
+    return understanding.parse(text, vocabulary, given)
+
+
+def _with_understood(filters: Filters, understood: understanding.Understood) -> Filters:
+    """``filters`` with what the query said (only where the caller gave nothing: the parse
+    leaves those words in the text)."""
+    if not understood.filters:
+        return filters
+    changes: dict[str, Any] = {}
+    for name in ("category", "brand", "price_min", "price_max"):
+        if getattr(understood, name) is not None:
+            changes[name] = getattr(understood, name)
+    if understood.attributes:
+        changes["attributes"] = {**(filters.attributes or {}), **understood.attributes}
+    return replace(filters, **changes)
+
+
+def _run(
+    catalog: Catalog,
+    filters: Filters,
+    options: Options,
+    asked: Asked,
+    mode: str | None,
+    fusion: hybrid.Fusion,
+    understood: understanding.Understood | None,
+) -> SearchResult:
+    query = asked.query
+    text = query.text
+    if understood is not None and text is not None:
+        # the words left go to both sides; when the words were all filters, the query as typed
+        # without its prices still says what to look like ("red shoes")
+        text = (
+            understood.text
+            or " ".join(
+                filter(None, [understood.category, understood.brand, *understood.attributes.values()])
+            )
+            or text
+        )
+        query = replace(query, text=text)
+    vector = None if mode == "lexical" else query.embed(catalog, filters)
+    chosen: list[str] = []
+
+    def run(conn: Connection, model: ModelInfo, found: Vector | None, rows: Filters, opts: Options) -> Any:
+        # the default: hybrid for a text when the catalog has product text, unless an option
+        # re-ranks images (diversity), which only a semantic search can take
+        fits = text is not None and opts.diversity is None
+        picked = mode or ("hybrid" if fits and hybrid.has_text(conn) else "semantic")
+        chosen.append(picked)
+        hits: list[Hit]
+        if picked == "semantic":
+            hits = hybrid.ranked(request.run(conn, model, found, rows, opts), opts.offset)
+        else:
+            hybrid.check_options(picked, opts)
+            assert text is not None
+            hits = hybrid.run(conn, model, found, rows, opts, text, picked, fusion)
+        counted = None
+        if asked.facets or asked.total:
+            lexical_text = text if picked == "lexical" else None
+            counted = facet_counts.count(conn, model, rows, lexical_text, facets=asked.facets)
+        return hits, counted
+
+    hits, counted = catalog._router.search(
+        catalog.active_model, filters, options, vector, query, asked.consistent, run
+    )
+    if text is not None and vector is not None:
+        hits = request.with_probability(hits, catalog.embedder.probability, asked.min_probability)
+    return SearchResult(
+        hits,
+        total=None if counted is None else counted.total,
+        facets=counted if asked.facets else None,
+        mode=chosen[-1] if chosen else (mode or "semantic"),
+    )
