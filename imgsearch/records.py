@@ -36,6 +36,9 @@ class ImageRecord:
     # every product the image belongs to (a photo shared by variants), ``product_id`` first; the
     # product fields above are ``product_id``'s: the product that uploaded it first
     product_ids: list[str] = field(default_factory=list)
+    title: str | None = None  # the product text of ``product_id`` (migration 0020)
+    description: str | None = None
+    brand: str | None = None
 
 
 @dataclass(frozen=True)

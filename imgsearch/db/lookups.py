@@ -43,6 +43,9 @@ def image_record(engine: Engine, model: ModelInfo, image_id: Any, tenant: str | 
             has_embedding.label("has_embedding"),
             Image.phash,
             Image.duplicate_of,
+            Product.title,
+            Product.description,
+            Product.brand,
         )
         .join(Product, Product.id == Image.product_pk)
         .where(Image.id == image_id)

@@ -205,6 +205,9 @@ class ImageResponse(BaseModel):
     price: float | None
     currency: str | None
     attributes: dict[str, Any]
+    title: str | None
+    description: str | None
+    brand: str | None
     attempts: int
     sha256: str | None
     width: int | None
@@ -310,12 +313,8 @@ class SearchOptions(Strict):
     parse: StrictBool = Field(
         True, description='Text queries: read filters from the words ("red shoes under $50").'
     )
-    facets: StrictBool = Field(
-        False, description="Count the whole match set by category, brand, attribute and price."
-    )
-    total: StrictBool = Field(
-        True, description="Count the products matching (false: `total` is null, one statement less)."
-    )
+    facets: StrictBool = Field(False, description="Count the match set by category, brand, attribute, price.")
+    total: StrictBool = Field(True, description="Count the products matching (false: `total` is null).")
     k: Integer = Field(
         10, description="Hits to return, 1 to 1000.", json_schema_extra={"minimum": 1, "maximum": MAX_K}
     )

@@ -68,6 +68,12 @@ def test_product_text_comes_back_with_the_hits(shop: Catalog) -> None:
     hits = shop.search(text="leather bag", tenant="acme", mode="lexical", parse=False)
     assert hits[0].product_id == "SKU-102"
     assert (hits[0].title, hits[0].brand, hits[0].currency) == ("Red leather bag", "Gucci", "USD")
+    record = shop.get(hits[0].image_id)
+    assert (record.title, record.brand, record.description) == (
+        "Red leather bag",
+        "Gucci",
+        "Red leather bag, made to last.",
+    )
     semantic = shop.search(text="leather bag", tenant="acme", mode="semantic", parse=False, k=20)
     assert {hit.title for hit in semantic} == {title for _, title, *_ in SHOP}
 
@@ -96,7 +102,10 @@ def test_lexical_search_forgives_typos_and_finds_an_exact_sku_first(shop: Catalo
 def test_lexical_search_keeps_to_the_filters_and_the_tenant(shop: Catalog) -> None:
     hits = shop.search(text="red", tenant="acme", mode="lexical", parse=False, price_max=50, k=20)
     assert set(ids(hits)) == {"SKU-100", "SKU-104"}
-    assert shop.search(text="red", tenant="acme", mode="lexical", parse=False, category="bags", total=True).total == 1
+    assert (
+        shop.search(text="red", tenant="acme", mode="lexical", parse=False, category="bags", total=True).total
+        == 1
+    )
     everyone = shop.search(text="running shoes red", mode="lexical", parse=False, k=20)
     assert {hit.tenant for hit in everyone} == {"acme", "globex"}
     assert "G-1" not in ids(shop.search(text="running shoes red", tenant="acme", mode="lexical", k=20))

@@ -305,7 +305,14 @@ def test_hybrid_search_with_facets_and_the_words_understood(
             "title": "Walnut desk lamp",
             "brand": "Muuto",
         }
-        assert client.post("/v1/images", json={"items": [item]}).status_code == 201
+        uploaded = client.post("/v1/images", json={"items": [item]})
+        assert uploaded.status_code == 201
+        record = client.get(f"/v1/images/{uploaded.json()['ids'][0]}").json()
+        assert (record["title"], record["brand"], record["description"]) == (
+            "Walnut desk lamp",
+            "Muuto",
+            None,
+        )
         walnut = client.post("/v1/search", json={"text": "walnut", "mode": "lexical", "parse": False}).json()
         assert [(h["product_id"], h["title"], h["brand"]) for h in walnut["hits"]] == [
             ("desk-1", "Walnut desk lamp", "Muuto")
