@@ -24,6 +24,7 @@ from imgsearch.records import Hit, ModelInfo
 from imgsearch.search import lexical, plans, request
 from imgsearch.search.filters import Filters
 from imgsearch.search.request import Options
+from imgsearch.search.strategy import hit_of
 
 MODES = ("hybrid", "semantic", "lexical")
 MIN_CANDIDATES = 50  # each side's top products fused, at least
@@ -122,23 +123,8 @@ def run(
     hits = []
     for row in conn.execute(stmt, params):
         ranks = {"semantic": row.semantic_rank, "lexical": row.lexical_rank}
-        distance = None if row.distance is None else float(row.distance)
-        hits.append(
-            Hit(
-                image_id=row.image_id,
-                product_id=row.product_id,
-                tenant=row.tenant,
-                category=row.category,
-                price=row.price,
-                distance=distance,
-                score=None if distance is None else 1.0 - distance,
-                title=row.title,
-                brand=row.brand,
-                currency=row.currency,
-                matched_by={side: int(rank) for side, rank in ranks.items() if rank is not None},
-                relevance=float(row.relevance),
-            )
-        )
+        matched_by = {side: int(rank) for side, rank in ranks.items() if rank is not None}
+        hits.append(hit_of(row, matched_by=matched_by, relevance=float(row.relevance)))
     return hits
 
 
@@ -154,7 +140,9 @@ def _statement(
     values (building it costs more than running it)."""
     binary = send_binary_queries(conn)
     shape = filters.shape()
-    key = None if shape is None else (model.id, model.dim, shape, n, options.k, options.offset, hybrid, binary)
+    key = (
+        None if shape is None else (model.id, model.dim, shape, n, options.k, options.offset, hybrid, binary)
+    )
     found = None if key is None else _statements.get(key)
     if found is None:
         query = query_param(None, model.dim, name=QUERY_PARAM, binary=binary) if hybrid else None

@@ -76,26 +76,31 @@ class Result:
     embeddings: npt.NDArray[np.float32] | None = None  # unit rows of the hits, when asked for
 
 
+def hit_of(row: Any, **extra: Any) -> Hit:
+    """A hit from a statement's row (its hit columns: statements.hit_columns with the product's);
+    a NULL distance (a lexical hit, no query vector) gives no distance nor score."""
+    distance = None if row.distance is None else float(row.distance)
+    return Hit(
+        image_id=row.image_id,
+        product_id=row.product_id,
+        tenant=row.tenant,
+        category=row.category,
+        price=row.price,
+        distance=distance,
+        score=None if distance is None else 1.0 - distance,
+        title=row.title,
+        brand=row.brand,
+        currency=row.currency,
+        **extra,
+    )
+
+
 def _result(rows: Any, chosen: Plan, with_embeddings: bool, skip: int = 0, k: int | None = None) -> Result:
     # HNSW orders by the distance between the index's normalised half-precision copies, which can
     # swap near-ties by ~1e-4 against the distance reported; re-sorting the rows fetched keeps
     # "nearest first" exact without touching the SQL ORDER BY.
     rows = sorted(rows, key=lambda r: float(r.distance))[skip : None if k is None else skip + k]
-    hits = [
-        Hit(
-            image_id=r.image_id,
-            product_id=r.product_id,
-            tenant=r.tenant,
-            category=r.category,
-            price=r.price,
-            distance=float(r.distance),
-            score=1.0 - float(r.distance),
-            title=r.title,
-            brand=r.brand,
-            currency=r.currency,
-        )
-        for r in rows
-    ]
+    hits = [hit_of(r) for r in rows]
     embeddings = None
     if with_embeddings and not rows:
         embeddings = np.empty((0, 0), dtype=np.float32)
