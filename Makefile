@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 CHROMIUM ?= /usr/bin/chromium
 SUDO   := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ lint: install
 
 bench: install
 	$(PY) bench/search/storage_types.py
+
+# the search path's regression guard (bench/search/quick.py): 20k rows, under 2 minutes, ratios
+# beside docs/benchmarks.md's; not a CI test (a shared box's ratios are too noisy to fail a build)
+bench-quick: install
+	IMGSEARCH_HOME=$${IMGSEARCH_HOME:-/tmp/imgs-bench} $(PY) bench/search/quick.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

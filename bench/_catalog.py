@@ -25,13 +25,14 @@ DB = "bench_search"
 CLUSTERS = 200
 
 
-def database_url(home: Path) -> str:
+def database_url(home: Path, database: str = DB) -> str:
+    """The URL of ``database`` (made if missing) on the embedded server at ``home``."""
     server = embedded.ensure_started(home)
     url = make_url(server)
     with psycopg.connect(host=url.query["host"], user="postgres", dbname="postgres", autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DB,)).fetchone():
-            conn.execute(f"CREATE DATABASE {DB}")
-    return url.set(database=DB).render_as_string()
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone():
+            conn.execute(f'CREATE DATABASE "{database}"')
+    return url.set(database=database).render_as_string()
 
 
 def stored_catalog(rows: int) -> tuple[str, np.ndarray, np.ndarray, int]:
@@ -57,7 +58,7 @@ def load(catalog: Catalog, rows: int, seed: int) -> tuple[np.ndarray, np.ndarray
     rng = np.random.default_rng(seed + 1)
     url = make_url(catalog.engine.url)
     model = catalog.registered_model()  # a fresh catalog registers its model at its first embedding
-    with psycopg.connect(host=url.query["host"], user="postgres", dbname=DB) as conn:
+    with psycopg.connect(host=url.query["host"], user="postgres", dbname=url.database) as conn:
         register_vector(conn)
         conn.execute("TRUNCATE imgsearch.products CASCADE")
         conn.execute(f"DROP INDEX IF EXISTS imgsearch.{index_name(model.id)}")

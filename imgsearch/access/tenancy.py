@@ -14,6 +14,7 @@ import secrets
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError, ProgrammingError
 
+from imgsearch.db.compiled import Compiled
 from imgsearch.errors import ConfigurationError, InvalidInput
 from imgsearch.ingest import checks
 
@@ -27,18 +28,24 @@ def scope(conn: Connection, tenant: str) -> str:
     """Restrict the rest of the current transaction to ``tenant`` (SET LOCAL semantics); the
     tenant's name as stored (:func:`imgsearch.ingest.checks.identifier`)."""
     tenant = checks.identifier(tenant, "tenant")
+    driver = conn.dialect.driver
+    scoping = _SCOPE.get(driver)
+    if scoping is None:
+        scoping = _SCOPE[driver] = Compiled.of(_SCOPE_STATEMENT, conn.dialect)
     try:
-        # one round trip: set_config(..., true) is SET LOCAL, and 'role' is what SET ROLE sets
-        conn.execute(
-            text("SELECT set_config('role', :role, true), set_config('imgsearch.tenant', :tenant, true)"),
-            {"role": APP_ROLE, "tenant": tenant},
-        )
+        # one round trip: set_config(..., true) is SET LOCAL, and 'role' is what SET ROLE sets;
+        # compiled once (every search of a shop sends it)
+        scoping.run(conn, {"role": APP_ROLE, "tenant": tenant})
     except ProgrammingError as exc:
         raise ConfigurationError(
             f"the database login cannot switch to role {APP_ROLE} for tenant isolation; "
             f"run `GRANT {APP_ROLE} TO <login>` as an administrator"
         ) from exc
     return tenant
+
+
+_SCOPE_STATEMENT = text("SELECT set_config('role', :role, true), set_config('imgsearch.tenant', :tenant, true)")
+_SCOPE: dict[str, Compiled] = {}  # by driver
 
 
 def run_as_worker(conn: Connection) -> None:

@@ -290,7 +290,7 @@ def export(model: Any, processor: Any, model_type: str, folder: Path, checkpoint
             _atomic(
                 folder / f"{tower}-int8.onnx",
                 lambda path, tower=tower: quantize_dynamic(  # type: ignore[misc]
-                    folder / f"{tower}.onnx", path, weight_type=QuantType.QInt8
+                    folder / f"{tower}.onnx", path, weight_type=QuantType.QInt8, reduce_range=True
                 ),
             )
     scale = float(model.logit_scale.detach().float().exp().item())

@@ -45,6 +45,12 @@ class Filters:
         """The filters as SQL conditions; each value is a bound parameter named in :meth:`params`."""
         return list(self._conditions)
 
+    def check(self) -> bool:
+        """Check every value (:class:`InvalidQuery` naming the first bad one) without building
+        the conditions (a search builds them only for a statement not built before); True when
+        there is a condition."""
+        return bool(self._values) or self.where is not None
+
     def params(self) -> dict[str, Any]:
         """The filter values by parameter name, to run a statement built for the same
         :meth:`shape` with other values (checked once per instance)."""

@@ -62,7 +62,7 @@ def search(
         asked.min_probability,
     )  # fmt: skip
     options = replace(options, on_plan=catalog.on_search_plan)
-    filters.conditions()
+    filters.check()
     check_flags(asked.parse, asked.facets, asked.total)
     query.check(filters)
     text = query.text

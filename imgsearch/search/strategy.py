@@ -39,6 +39,7 @@ from sqlalchemy import (
     Select,
 )
 
+from imgsearch.db.compiled import Compiled
 from imgsearch.db.vector_index import query_param, send_binary_queries
 from imgsearch.ingest.vectors import Vector
 from imgsearch.records import Hit, ModelInfo
@@ -139,7 +140,7 @@ def search_vector(
     wanted = k + offset
     first = one_pass_plan(wanted, min_ef)
     cached_plan = cached_plans and filters.plans_alike()
-    if not filters.conditions():
+    if not filters.check():
         chosen = first or iterative_plan(wanted, -1, MIN_SCAN_TUPLES, min_ef)
         set_local(conn, chosen, with_planner=True, cached_plan=cached_plan and first is not None)
         if first is not None:
@@ -209,12 +210,13 @@ def _per_value(run: _Run, plan: Plan, categories: Sequence[str], k: int, offset:
 
 
 STATEMENT_CACHE_SIZE = 512
-_statements: dict[tuple[Any, ...], Select[Any]] = {}
+_statements: dict[tuple[Any, ...], Select[Any] | Compiled] = {}
 
 
 class _Run:
     """One search's statements: built once per shape of filters and reused with new values
-    (building one costs more than running it), executed with this search's values."""
+    (building one costs more than running it), executed with this search's values. Those
+    without vector columns are kept compiled (:class:`Compiled`: no cache-key walk per run)."""
 
     def __init__(
         self, conn: Connection, model: ModelInfo, query: Vector, filters: Filters, with_embeddings: bool
@@ -224,7 +226,8 @@ class _Run:
         self.query = query_param(query, model.dim, name=QUERY_PARAM, binary=binary)
         self.params = {QUERY_PARAM: query, **filters.params()}
         shape = filters.shape()
-        self.key = None if shape is None else (model.id, model.dim, with_embeddings, binary, shape)
+        driver = conn.dialect.driver
+        self.key = None if shape is None else (model.id, model.dim, with_embeddings, binary, driver, shape)
 
     def execute(
         self,
@@ -232,17 +235,20 @@ class _Run:
         build: Callable[[BindParameter[Any]], Select[Any]],
         extra: dict[str, Any] | None = None,
     ) -> Sequence[Any]:
+        params = {**self.params, **extra} if extra else self.params
         if self.key is None:
+            return self.conn.execute(build(self.query), params).all()
+        key = (*self.key, *kind)
+        found = _statements.get(key)
+        if found is None:
+            if len(_statements) >= STATEMENT_CACHE_SIZE:
+                _statements.clear()
             stmt = build(self.query)
-        else:
-            key = (*self.key, *kind)
-            found = _statements.get(key)
-            if found is None:
-                if len(_statements) >= STATEMENT_CACHE_SIZE:
-                    _statements.clear()
-                found = _statements[key] = build(self.query)
-            stmt = found
-        return self.conn.execute(stmt, {**self.params, **extra} if extra else self.params).all()
+            # vector columns come back parsed by their type, which only a Select's execution applies
+            found = _statements[key] = stmt if self.with_embeddings else Compiled.of(stmt, self.conn.dialect)
+        if isinstance(found, Compiled):
+            return found.run(self.conn, params)
+        return self.conn.execute(found, params).all()
 
     def hnsw_pass(self, wanted: int) -> Sequence[Any]:
         """One HNSW pass with the filters in its WHERE, iterative scan as set: the matching rows

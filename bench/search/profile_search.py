@@ -1,0 +1,281 @@
+"""Where a search's time goes, from ``catalog.search`` to the returned hits.
+
+    IMGSEARCH_HOME=/tmp/imgs-bench .venv/bin/python bench/search/profile_search.py --queries 30 --rounds 4
+
+On bench/search/search.py's catalog (built if missing), times ``catalog.search(vector=q, k=10,
+<filters>)`` at near filters and far ones, and splits each search's wall time into:
+
+* imgsearch's Python: checking the arguments, routing, choosing the plan (exclusive time of
+  imgsearch's own functions);
+* the query vector's check (``Query.embed`` of a vector);
+* SQLAlchemy: executing a statement minus its round trip (the compiled-statement cache lookup,
+  binding the values, setting up the result, making rows);
+* the pool: taking a connection and giving it back;
+* each round trip, from psycopg's send to its answer: the settings (the tenant's row-level
+  security and the ``SET LOCAL`` values, with psycopg's ``BEGIN``), the statement, the ``COMMIT``;
+* building the hits from the rows.
+
+Timers wrap those functions and SQLAlchemy's cursor events (a few microseconds each). Then
+``EXPLAIN (ANALYZE, BUFFERS)`` of the statement actually sent (its SQL and values, after the same
+settings) gives PostgreSQL's own planning and execution time, which the statement's round trip
+contains; the rest of that round trip is the protocol and the socket. The same figures come from
+py-spy when it is installed (``--py-spy``: a sampling profile, top functions by own time).
+
+The figure it produces: docs/benchmarks.md, "Where a search's time goes".
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from _catalog import query_cases, stored_catalog
+from sqlalchemy import event
+
+from imgsearch import Catalog
+from imgsearch.access import tenancy
+from imgsearch.search import hybrid, plans, queries, routing, service, strategy
+from imgsearch.settings import Settings
+
+FILTERS = ("100%", "100% tenant", "10% near", "1% near, shop", "1% far, shop", "3% far", "10% far")
+PARTS = (
+    "imgsearch Python",
+    "query vector check",
+    "SQLAlchemy",
+    "pool",
+    "round trip: settings",
+    "round trip: statement",
+    "round trip: COMMIT",
+    "hits from rows",
+)
+
+
+class Tracer:
+    """Exclusive time per label over nested spans, per search."""
+
+    def __init__(self) -> None:
+        self.stack: list[list[Any]] = []  # [label, start, children's time]
+        self.times: dict[str, float] = defaultdict(float)
+
+    def push(self, label: str) -> None:
+        self.stack.append([label, time.perf_counter(), 0.0])
+
+    def pop(self) -> None:
+        label, start, children = self.stack.pop()
+        elapsed = time.perf_counter() - start
+        self.times[label] += elapsed - children
+        if self.stack:
+            self.stack[-1][2] += elapsed
+
+    @contextlib.contextmanager
+    def span(self, label: str) -> Iterator[None]:
+        self.push(label)
+        try:
+            yield
+        finally:
+            self.pop()
+
+    def wrap(self, owner: Any, name: str, label: str) -> None:
+        original = getattr(owner, name)
+
+        @functools.wraps(original)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            with self.span(label):
+                return original(*args, **kwargs)
+
+        setattr(owner, name, timed)
+
+
+def instrument(catalog: Catalog, tracer: Tracer, sent: list[tuple[str, Any]]) -> None:
+    py = "imgsearch Python"
+    for owner, name in (
+        (service, "search"),
+        (service, "_run"),
+        (routing.Router, "search"),
+        (routing.Router, "_once"),
+        (routing.Router, "_own_graph"),
+        (strategy, "search_vector"),
+    ):
+        tracer.wrap(owner, name, py)
+    tracer.wrap(queries.Query, "embed", "query vector check")
+    for owner, name in ((tenancy, "scope"), (plans, "_set_local"), (strategy._Run, "execute")):
+        tracer.wrap(owner, name, "SQLAlchemy")
+    tracer.wrap(strategy, "_result", "hits from rows")
+    tracer.wrap(hybrid, "ranked", "hits from rows")
+    engine = catalog.search_engine
+    tracer.wrap(engine, "raw_connection", "pool")
+    from sqlalchemy.pool.base import _ConnectionFairy
+
+    tracer.wrap(_ConnectionFairy, "_checkin", "pool")
+    tracer.wrap(engine.dialect, "do_commit", "round trip: COMMIT")
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def before(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
+        settings = statement.startswith(("SELECT set_config", "SET LOCAL"))
+        tracer.push("round trip: settings" if settings else "round trip: statement")
+        sent.append((statement, parameters))
+
+    @event.listens_for(engine, "after_cursor_execute")
+    def after(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
+        tracer.pop()
+
+
+def explain(catalog: Catalog, calls: list[tuple[str, Any]]) -> tuple[float, float, str]:
+    """PostgreSQL's planning and execution time of the search's statements (after its settings,
+    in one transaction), and the plan of the last one."""
+    planning = execution = 0.0
+    plan = ""
+    raw = catalog.search_engine.raw_connection()
+    try:
+        from imgsearch.db.vector_index import HalfvecBinaryDumper, HalfvecValue
+
+        driver = raw.driver_connection
+        driver.adapters.register_dumper(HalfvecValue, HalfvecBinaryDumper)  # type: ignore[union-attr]
+        with driver.cursor() as cur:  # type: ignore[union-attr]
+            for statement, params in calls:
+                if statement.startswith(("SELECT set_config", "SET LOCAL")):
+                    cur.execute(statement, params or None)
+                    continue
+                cur.execute(f"EXPLAIN (ANALYZE, BUFFERS) {statement}", params)
+                lines = [r[0] for r in cur.fetchall()]
+                for line in lines:
+                    if line.startswith("Planning Time:"):
+                        planning += float(line.split()[2])
+                    elif line.startswith("Execution Time:"):
+                        execution += float(line.split()[2])
+                plan = "\n".join(lines)
+        driver.rollback()  # type: ignore[union-attr]
+    finally:
+        raw.close()
+    return planning, execution, plan
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--queries", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument(
+        "--filters", default=";".join(FILTERS), help="which filters, by name, separated by semicolons"
+    )
+    parser.add_argument("--plans", action="store_true", help="print each filter's EXPLAIN output")
+    parser.add_argument("--py-spy", action="store_true", help="also sample the searches with py-spy")
+    args = parser.parse_args()
+
+    url, data, labels, _ = stored_catalog(args.rows)
+    cases = query_cases(data, labels, args.queries)
+    tracer = Tracer()
+    rows: list[str] = []
+    with Catalog.open(url, model="google/siglip-base-patch16-224", settings=Settings()) as catalog:
+        sent: list[tuple[str, Any]] = []
+        for q, filters in cases:  # warm: caches, plans, the pool
+            for _name, kwargs in filters:
+                catalog.search(vector=q, k=10, **kwargs)
+        instrument(catalog, tracer, sent)
+        for name in args.filters.split(";"):
+            walls: list[float] = []
+            parts: dict[str, list[float]] = defaultdict(list)
+            server: list[tuple[float, float]] = []
+            plan, statements = "", 0
+            for round_ in range(args.rounds):
+                for n in range(args.queries):
+                    q, filters = cases[n]
+                    kwargs = dict(filters)[name]
+                    tracer.times.clear()
+                    sent.clear()
+                    start = time.perf_counter()
+                    catalog.search(vector=q, k=10, **kwargs)
+                    walls.append(time.perf_counter() - start)
+                    for part in PARTS:
+                        parts[part].append(tracer.times.get(part, 0.0))
+                    if round_ == 0:
+                        calls = list(sent)
+                        statements = len(calls)
+                        planning, execution, plan = explain(catalog, calls)
+                        server.append((planning, execution))
+            wall = statistics.median(walls) * 1000
+            medians = {part: statistics.median(parts[part]) * 1000 for part in PARTS}
+            pg_plan = statistics.median(p for p, _ in server)
+            pg_exec = statistics.median(e for _, e in server)
+            cells = " | ".join(f"{medians[p]:.2f}" for p in PARTS)
+            rows.append(
+                f"| {name} | {wall:.2f} | {cells} | {pg_plan:.2f} + {pg_exec:.2f} | "
+                f"{sum(medians.values()) / wall:.0%} |"
+            )
+            print(
+                f"  {name}: p50 {wall:.2f} ms, {statements} statements a search (with the settings)",
+                flush=True,
+            )
+            if args.plans:
+                print(plan)
+        if args.py_spy:
+            profile(catalog, cases)
+    print()
+    print(
+        "| filter | p50 ms | "
+        + " | ".join(PARTS)
+        + " | PostgreSQL: planning + execution (EXPLAIN) | parts / p50 |"
+    )
+    print("|---" * (len(PARTS) + 4) + "|")
+    for row in rows:
+        print(row)
+
+
+def profile(catalog: Catalog, cases: list[Any]) -> None:
+    """py-spy's view of the same searches (near and far filters), top functions by own time."""
+    import os
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "profile.txt"
+        spy = subprocess.Popen(
+            [
+                "py-spy",
+                "record",
+                "--pid",
+                str(os.getpid()),
+                "--format",
+                "raw",
+                "-o",
+                str(out),
+                "--rate",
+                "500",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(1.0)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            for q, filters in cases:
+                for name, kwargs in filters:
+                    if name in ("1% near, shop", "100% tenant"):
+                        catalog.search(vector=q, k=10, **kwargs)
+        spy.terminate()
+        spy.wait()
+        own: dict[str, int] = defaultdict(int)
+        total = 0
+        for line in out.read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            frames = stack.split(";")
+            total += int(count)
+            own[frames[-1].split(" (")[0] if frames else "?"] += int(count)
+        print("\npy-spy, near filters: own time by function")
+        for function, count in sorted(own.items(), key=lambda kv: -kv[1])[:20]:
+            print(f"  {count / total:6.1%}  {function}")
+
+
+if __name__ == "__main__":
+    main()

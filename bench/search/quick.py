@@ -1,0 +1,111 @@
+"""The search path's regression guard: bench/search/search.py at 20k rows, each filter's ratios
+beside the ones recorded in docs/benchmarks.md, any that grew by more than 20% marked.
+
+    make bench-quick
+    IMGSEARCH_HOME=/tmp/imgs-bench .venv/bin/python bench/search/quick.py [--write]
+
+Run it whenever the search path changes. It takes under two minutes (the first run also loads the
+20k-row catalog into the database ``bench_quick`` of the embedded server, about 20 s). The ratios
+compared are each filter's imgsearch p50 over its block's unfiltered baseline and over its floor
+(imgsearch's own statements replayed bare); both are measured in the same run, so the box's speed
+cancels out, though not its noise: a single marked ratio is a reason to rerun, one marked twice a
+reason to look. Not a CI test for that reason. ``--write`` records this run's ratios as the new
+reference.
+
+The figure it produces: docs/benchmarks.md, "Regression guard".
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve()
+DOCS = HERE.parents[2] / "docs" / "benchmarks.md"
+SECTION = "## Regression guard"
+GREW = 1.20
+COMMAND = [sys.executable, str(HERE.parent / "search.py"), "--rows", "20000", "--queries", "10"]
+
+
+def run() -> dict[str, tuple[float, float]]:
+    """This run's imgsearch ratios by filter: (p50 / baseline, p50 / floor)."""
+    plot = Path("/tmp") / "imgsearch-bench-quick.png"
+    cmd = [*COMMAND, "--database", "bench_quick", "--plot", str(plot)]
+    lines: list[str] = []
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith(("  ", "loading", "reusing")):
+                print(line, end="", flush=True)  # progress
+    if proc.returncode:
+        sys.exit(f"bench/search/search.py failed with exit code {proc.returncode}")
+    return parse(lines, method_column=1)
+
+
+def parse(lines: list[str], method_column: int | None) -> dict[str, tuple[float, float]]:
+    """Ratios from a markdown table: search.py's (rows of every method; keeps imgsearch's) or
+    the guard's own (filter, p50 / baseline, p50 / floor)."""
+    ratios: dict[str, tuple[float, float]] = {}
+    for line in lines:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if not line.startswith("|") or len(cells) < 3:
+            continue
+        numbers = [float(m.group(1)) for c in cells if (m := re.fullmatch(r"([0-9.]+)x", c))]
+        if method_column is not None:
+            if len(cells) > method_column and cells[method_column] == "imgsearch" and len(numbers) == 2:
+                ratios[cells[0]] = (numbers[0], numbers[1])
+        elif len(numbers) >= 2:
+            ratios[cells[0]] = (numbers[0], numbers[1])
+    return ratios
+
+
+def recorded() -> tuple[dict[str, tuple[float, float]], str]:
+    text = DOCS.read_text()
+    start = text.index(SECTION)
+    end = text.find("\n## ", start + 1)
+    body = text[start : end if end >= 0 else len(text)]
+    return parse(body.splitlines(), method_column=None), body
+
+
+def write(ratios: dict[str, tuple[float, float]]) -> None:
+    _, body = recorded()
+    table = ["| filter | imgsearch / baseline | imgsearch / floor |", "|---|---|---|"]
+    table += [f"| {name} | {base:.2f}x | {floor:.2f}x |" for name, (base, floor) in ratios.items()]
+    # the table's rows, up to the first line that isn't one
+    new = re.sub(r"\| filter \| imgsearch / baseline[^\n]*\n(?:\|[^\n]*\n?)*", "\n".join(table) + "\n", body)
+    DOCS.write_text(DOCS.read_text().replace(body, new))
+    print(f"recorded in {DOCS.relative_to(HERE.parents[2])}, {SECTION[3:]}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--write", action="store_true", help="record this run's ratios in docs/benchmarks.md")
+    args = parser.parse_args()
+    start = time.monotonic()
+    now = run()
+    before, _ = recorded()
+    print(f"\n20k rows, 10 queries per filter, {time.monotonic() - start:.0f} s; ratios now | in docs\n")
+    print("| filter | imgsearch / baseline | docs | imgsearch / floor | docs | |")
+    print("|---|---|---|---|---|---|")
+    marked = 0
+    for name, (base, floor) in now.items():
+        old = before.get(name)
+        grew = old is not None and (base > GREW * old[0] or floor > GREW * old[1])
+        marked += grew
+        was = (f"{old[0]:.2f}x", f"{old[1]:.2f}x") if old else ("-", "-")
+        mark = "**grew > 20%**" if grew else ""
+        print(f"| {name} | {base:.2f}x | {was[0]} | {floor:.2f}x | {was[1]} | {mark} |")
+    print(f"\n{marked} of {len(now)} filters grew by more than 20%" + (": run it again" if marked else ""))
+    if args.write:
+        write(now)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""A search statement compiled once and run with each search's values.
+
+SQLAlchemy runs a Select by walking it for its cache key on every execution, then binding the
+values; for a search's filtered statement that walk costs more than the socket's round trip
+(about 0.4 ms a search, bench/search/profile_search.py). A :class:`Compiled` keeps the statement's
+SQL text and how SQLAlchemy binds each value, and runs it with
+:meth:`~sqlalchemy.engine.Connection.exec_driver_sql`: SQLAlchemy's events, its error wrapping
+and its invalidation of broken connections stay as they were. Only for statements whose result
+columns the driver returns as SQLAlchemy would (no vector columns: those are parsed by their
+type).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+from sqlalchemy import ClauseElement, Connection, Dialect
+from sqlalchemy.sql.compiler import SQLCompiler
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """``sql``: the statement's text for one dialect, its constants (the model's id) written
+    in; ``constants``: its own values (its literals), bound; ``processors``: how SQLAlchemy binds
+    each named value (a query vector's type makes its wire form); ``order``: the parameters'
+    order for a positional driver, else None."""
+
+    sql: str
+    constants: Mapping[str, Any]
+    processors: Mapping[str, Callable[[Any], Any]]
+    order: Sequence[str] | None
+
+    @classmethod
+    def of(cls, stmt: ClauseElement, dialect: Dialect) -> Compiled:
+        compiled = cast(SQLCompiler, stmt.compile(dialect=dialect))
+        # a parameter without a value of its own is supplied by every run
+        state = compiled.construct_expanded_state(
+            {name: None for name, bind in compiled.binds.items() if bind.required}
+        )
+        escaped = compiled.escaped_bind_names
+        processors = {}
+        for bind, name in compiled.bind_names.items():
+            process = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            if process is not None:
+                processors[escaped.get(name, name)] = process
+        constants = {
+            name: processors[name](value) if name in processors else value
+            for name, value in state.parameters.items()
+        }
+        order = list(state.positiontup) if compiled.positional and state.positiontup else None
+        return cls(state.statement, constants, processors, order)
+
+    def run(self, conn: Connection, values: Mapping[str, Any]) -> Sequence[Any]:
+        """The rows of one run, ``values`` by parameter name (names the statement lacks are
+        ignored, as SQLAlchemy ignores them)."""
+        params = dict(self.constants)
+        processors = self.processors
+        for name, value in values.items():
+            if name in params:
+                process = processors.get(name)
+                params[name] = value if process is None else process(value)
+        if self.order is not None:
+            return conn.exec_driver_sql(self.sql, tuple(params[name] for name in self.order)).all()
+        return conn.exec_driver_sql(self.sql, params).all()
