@@ -139,33 +139,43 @@ class Filters:
     @cached_property
     def _conditions(self) -> list[ColumnElement[bool]]:
         values = self._values
+        conds = self.value_conditions(Embedding)
+        if "exclude_image" in values:
+            conds.append(Embedding.image_id != self._param("exclude_image", BigInteger()))
+        if "exclude_product" in values:
+            conds.append(Embedding.product_pk != self._param("exclude_product", BigInteger()))
+        if self.where is not None:
+            conds.append(self.where)
+        return conds
 
-        def param(name: str, type_: Any = None) -> BindParameter[Any]:
-            return bindparam(f"{PARAM_PREFIX}{name}", values[name], type_=type_)
-
+    def value_conditions(self, rows: Any) -> list[ColumnElement[bool]]:
+        """The filters on values (tenant, category or a list, price, attributes, brand) as SQL
+        conditions, tenant, category and price on ``rows``' columns: the search rows
+        (``Embedding``, which carry their product's) or ``Product`` itself (totals and facets);
+        attributes and brand on ``Product``. Each value is a bound parameter named in
+        :meth:`params`."""
+        values = self._values
+        param = self._param
         conds: list[ColumnElement[bool]] = []
         if "tenant" in values:
-            conds.append(Embedding.tenant == param("tenant", Text()))
+            conds.append(rows.tenant == param("tenant", Text()))
         if "category" in values:
-            conds.append(Embedding.category == param("category", Text()))
+            conds.append(rows.category == param("category", Text()))
         if "categories" in values:
             # one array parameter: the same SQL text (and prepared statement) for every list length
-            conds.append(Embedding.category == any_(param("categories", ARRAY(Text()))))
+            conds.append(rows.category == any_(param("categories", ARRAY(Text()))))
         if "price_min" in values:
-            conds.append(Embedding.price >= param("price_min", Numeric()))
+            conds.append(rows.price >= param("price_min", Numeric()))
         if "price_max" in values:
-            conds.append(Embedding.price <= param("price_max", Numeric()))
+            conds.append(rows.price <= param("price_max", Numeric()))
         if "attributes" in values:
             conds.append(Product.attributes.op("@>")(param("attributes", JSONB())))
         if "brand" in values:
             conds.append(Product.brand == param("brand", Text()))
-        if "exclude_image" in values:
-            conds.append(Embedding.image_id != param("exclude_image", BigInteger()))
-        if "exclude_product" in values:
-            conds.append(Embedding.product_pk != param("exclude_product", BigInteger()))
-        if self.where is not None:
-            conds.append(self.where)
         return conds
+
+    def _param(self, name: str, type_: Any) -> BindParameter[Any]:
+        return bindparam(f"{PARAM_PREFIX}{name}", self._values[name], type_=type_)
 
 
 PARAM_PREFIX = "imgsearch_filter_"

@@ -25,11 +25,9 @@ from sqlalchemy import (
     ColumnElement,
     Float,
     Integer,
-    Numeric,
     Select,
     Text,
     and_,
-    any_,
     bindparam,
     case,
     exists,
@@ -39,13 +37,14 @@ from sqlalchemy import (
     select,
     true,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from imgsearch.db.models import Embedding, Image, Product
 from imgsearch.db.vector_index import model_filter, query_param
 from imgsearch.ingest.vectors import Vector
 from imgsearch.records import ModelInfo
 from imgsearch.search.filters import PARAM_PREFIX, Filters
+from imgsearch.search.statements import mentions
 
 RRF_K = 60  # Reciprocal Rank Fusion's constant (Cormack et al. 2009): 1 / (k + rank)
 TEXT_PARAM = "imgsearch_text"
@@ -56,18 +55,10 @@ _EXCLUDED = re.compile(r'(?:^|(?<=\s))-("[^"]*"?|\S+)')
 _OPERATORS = re.compile(r'"|(?:^|(?<=\s))or(?=\s|$)', re.I)
 
 
-def _mentions_images(filters: Filters) -> bool:
-    from sqlalchemy.sql.util import find_tables
-
-    return filters.where is not None and Image.__table__ in find_tables(
-        filters.where, check_columns=True, include_crud=True
-    )
-
-
 def searchable(model: ModelInfo, filters: Filters) -> ColumnElement[bool]:
     """The product (``products``, correlated) has a search row of ``model`` matching ``filters``."""
     rows = select(literal(1)).select_from(Embedding)
-    if _mentions_images(filters):
+    if mentions(filters, Image.__table__):
         rows = rows.join(Image, Image.id == Embedding.image_id)
     rows = rows.where(Embedding.product_pk == Product.id, model_filter(model.id), *filters.conditions())
     return exists(rows.correlate(Product))
@@ -90,27 +81,7 @@ def counted_conditions(model: ModelInfo, filters: Filters) -> list[ColumnElement
     indexed columns (tenant, category or a list, price, brand, attributes), then
     :func:`searchable`: a product counts when a search can return it (an image of it is embedded
     under the model), so a total is what paging reaches."""
-    values = filters.value
-    conds: list[ColumnElement[bool]] = []
-
-    def param(name: str, type_: Any) -> BindParameter[Any]:
-        return bindparam(f"{PARAM_PREFIX}{name}", type_=type_)
-
-    if values("tenant") is not None:
-        conds.append(Product.tenant == param("tenant", Text()))
-    if values("category") is not None:
-        conds.append(Product.category == param("category", Text()))
-    if values("categories") is not None:
-        conds.append(Product.category == any_(param("categories", ARRAY(Text()))))
-    if values("price_min") is not None:
-        conds.append(Product.price >= param("price_min", Numeric()))
-    if values("price_max") is not None:
-        conds.append(Product.price <= param("price_max", Numeric()))
-    if values("attributes") is not None:
-        conds.append(Product.attributes.op("@>")(param("attributes", JSONB())))
-    if values("brand") is not None:
-        conds.append(Product.brand == param("brand", Text()))
-    return [*conds, searchable(model, filters)]
+    return [*filters.value_conditions(Product), searchable(model, filters)]
 
 
 def text_params(text: str) -> dict[str, Any]:
@@ -249,7 +220,7 @@ def fused_statement(
     best = select(
         Embedding.image_id, Embedding.tenant, Embedding.category, Embedding.price, distance.label("distance")
     ).select_from(Embedding)
-    if _mentions_images(filters):
+    if mentions(filters, Image.__table__):
         best = best.join(Image, Image.id == Embedding.image_id)
     best_row = (
         best.where(Embedding.product_pk == top.c.product_pk, model_filter(model.id), *filters.conditions())

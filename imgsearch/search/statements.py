@@ -35,7 +35,8 @@ from imgsearch.search.filters import PARAM_PREFIX, Filters
 from imgsearch.search.plans import Plan, reltuples
 
 
-def _mentions(filters: Filters, table: Any) -> bool:
+def mentions(filters: Filters, table: Any) -> bool:
+    """Whether the filters' ``where`` reads ``table`` (a statement joins it then)."""
     from sqlalchemy.sql.util import find_tables
 
     return filters.where is not None and table in find_tables(
@@ -53,9 +54,9 @@ def joined(
     ``where`` need them, images when asked for or when ``where`` mentions them.
     """
     stmt = select(*columns).select_from(Embedding)
-    if with_products or filters.on_products or _mentions(filters, Product.__table__):
+    if with_products or filters.on_products or mentions(filters, Product.__table__):
         stmt = stmt.join(Product, Product.id == Embedding.product_pk)
-    if with_images or _mentions(filters, Image.__table__):
+    if with_images or mentions(filters, Image.__table__):
         stmt = stmt.join(Image, Image.id == Embedding.image_id)
     return stmt.where(model_filter(model.id), *filters.conditions())
 
