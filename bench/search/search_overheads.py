@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 from _catalog import query_cases, stored_catalog
 
 from imgsearch import Catalog
+from imgsearch.db.compiled import Statements
 from imgsearch.search import strategy as vector_search
 from imgsearch.settings import Settings
 
@@ -57,7 +58,8 @@ def main() -> None:
     print("|---|---|---|---|")
     with Catalog.open(url, model="google/siglip-base-patch16-224", settings=Settings()) as catalog:
         pool = catalog.search_engine.pool
-        statements: dict[bool, dict[tuple[Any, ...], Any]] = {False: {}, True: {}}
+        # statements are kept per encoding: each way's compiled statements bind its own
+        statements = {encoding: Statements(vector_search.STATEMENT_CACHE_SIZE) for encoding in (False, True)}
         for name in FILTERS:
             times: dict[str, list[float]] = {way: [] for way in WAYS}
             hits: dict[str, list[list[int]]] = {way: [] for way in WAYS}

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import ClauseElement, Connection, Dialect
+from sqlalchemy import ClauseElement, Connection, Dialect, Select
 from sqlalchemy.sql.compiler import SQLCompiler
 
 
@@ -37,7 +37,7 @@ class Compiled:
         compiled = cast(SQLCompiler, stmt.compile(dialect=dialect))
         # a parameter without a value of its own is supplied by every run
         state = compiled.construct_expanded_state(
-            {name: None for name, bind in compiled.binds.items() if bind.required}
+            {name: None for bind, name in compiled.bind_names.items() if bind.required}
         )
         escaped = compiled.escaped_bind_names
         processors = {}
@@ -64,3 +64,39 @@ class Compiled:
         if self.order is not None:
             return conn.exec_driver_sql(self.sql, tuple(params[name] for name in self.order)).all()
         return conn.exec_driver_sql(self.sql, params).all()
+
+
+class Statements:
+    """Statements built once per key (the shape of a search: building one costs more than
+    running it) and kept :class:`Compiled` for each driver, at most ``size`` of them (the cache
+    starts over when full). ``compile=False`` keeps a statement as a Select, for those whose
+    result columns only a Select's execution parses (vectors)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._kept: dict[tuple[Any, ...], Select[Any] | Compiled] = {}
+
+    def run(
+        self,
+        conn: Connection,
+        key: tuple[Any, ...] | None,
+        build: Callable[[], Select[Any]],
+        params: Mapping[str, Any],
+        *,
+        compile: bool = True,
+    ) -> Sequence[Any]:
+        """The rows of the statement kept for ``key`` (built by ``build`` the first time), run
+        with ``params``; a None key (a ``where=`` makes each search's statement its own) builds
+        and runs it once."""
+        if key is None:
+            return conn.execute(build(), params).all()
+        key = (conn.dialect.driver, *key)
+        found = self._kept.get(key)
+        if found is None:
+            if len(self._kept) >= self.size:
+                self._kept.clear()
+            stmt = build()
+            found = self._kept[key] = Compiled.of(stmt, conn.dialect) if compile else stmt
+        if isinstance(found, Compiled):
+            return found.run(conn, params)
+        return conn.execute(found, params).all()

@@ -11,11 +11,13 @@ Each side brings its top :func:`candidates`; each hit says which side found it a
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import Connection, Select, exists, or_, select
 
+from imgsearch.db.compiled import Statements
 from imgsearch.db.models import Product
 from imgsearch.db.vector_index import query_param, send_binary_queries
 from imgsearch.errors import InvalidQuery
@@ -119,9 +121,8 @@ def run(
         params.update(lexical.semantic_params(products))
         params[QUERY_PARAM] = query
     plans.plain_settings(conn, cached_plan=options.cached_plans and filters.plans_alike())
-    stmt = _statement(conn, model, filters, n, options, hybrid)
     hits = []
-    for row in conn.execute(stmt, params):
+    for row in _fused(conn, model, filters, n, options, hybrid, params):
         ranks = {"semantic": row.semantic_rank, "lexical": row.lexical_rank}
         matched_by = {side: int(rank) for side, rank in ranks.items() if rank is not None}
         hits.append(hit_of(row, matched_by=matched_by, relevance=float(row.relevance)))
@@ -130,28 +131,31 @@ def run(
 
 QUERY_PARAM = "imgsearch_fusion_query"
 STATEMENT_CACHE_SIZE = 256
-_statements: dict[tuple[Any, ...], Select[Any]] = {}
+_statements = Statements(STATEMENT_CACHE_SIZE)
 
 
-def _statement(
-    conn: Connection, model: ModelInfo, filters: Filters, n: int, options: Options, hybrid: bool
-) -> Select[Any]:
-    """The fusion statement for this shape of filters, built once and run with each search's
-    values (building it costs more than running it)."""
+def _fused(
+    conn: Connection,
+    model: ModelInfo,
+    filters: Filters,
+    n: int,
+    options: Options,
+    hybrid: bool,
+    params: dict[str, Any],
+) -> Sequence[Any]:
+    """The rows of the fusion statement for this shape of filters, built once and run with each
+    search's values (:class:`Statements`)."""
     binary = send_binary_queries(conn)
     shape = filters.shape()
     key = (
         None if shape is None else (model.id, model.dim, shape, n, options.k, options.offset, hybrid, binary)
     )
-    found = None if key is None else _statements.get(key)
-    if found is None:
+
+    def build() -> Select[Any]:
         query = query_param(None, model.dim, name=QUERY_PARAM, binary=binary) if hybrid else None
-        found = lexical.fused_statement(model, query, filters, n, options.k, options.offset, hybrid=hybrid)
-        if key is not None:
-            if len(_statements) >= STATEMENT_CACHE_SIZE:
-                _statements.clear()
-            _statements[key] = found
-    return found
+        return lexical.fused_statement(model, query, filters, n, options.k, options.offset, hybrid=hybrid)
+
+    return _statements.run(conn, key, build, params)
 
 
 def ranked(hits: list[Hit], offset: int) -> list[Hit]:

@@ -39,7 +39,7 @@ from sqlalchemy import (
     Select,
 )
 
-from imgsearch.db.compiled import Compiled
+from imgsearch.db.compiled import Statements
 from imgsearch.db.vector_index import query_param, send_binary_queries
 from imgsearch.ingest.vectors import Vector
 from imgsearch.records import Hit, ModelInfo
@@ -210,13 +210,12 @@ def _per_value(run: _Run, plan: Plan, categories: Sequence[str], k: int, offset:
 
 
 STATEMENT_CACHE_SIZE = 512
-_statements: dict[tuple[Any, ...], Select[Any] | Compiled] = {}
+_statements = Statements(STATEMENT_CACHE_SIZE)
 
 
 class _Run:
-    """One search's statements: built once per shape of filters and reused with new values
-    (building one costs more than running it), executed with this search's values. Those
-    without vector columns are kept compiled (:class:`Compiled`: no cache-key walk per run)."""
+    """One search's statements: built once per shape of filters and reused with new values,
+    kept compiled (:class:`Statements`), executed with this search's values."""
 
     def __init__(
         self, conn: Connection, model: ModelInfo, query: Vector, filters: Filters, with_embeddings: bool
@@ -226,8 +225,7 @@ class _Run:
         self.query = query_param(query, model.dim, name=QUERY_PARAM, binary=binary)
         self.params = {QUERY_PARAM: query, **filters.params()}
         shape = filters.shape()
-        driver = conn.dialect.driver
-        self.key = None if shape is None else (model.id, model.dim, with_embeddings, binary, driver, shape)
+        self.key = None if shape is None else (model.id, model.dim, with_embeddings, binary, shape)
 
     def execute(
         self,
@@ -236,19 +234,11 @@ class _Run:
         extra: dict[str, Any] | None = None,
     ) -> Sequence[Any]:
         params = {**self.params, **extra} if extra else self.params
-        if self.key is None:
-            return self.conn.execute(build(self.query), params).all()
-        key = (*self.key, *kind)
-        found = _statements.get(key)
-        if found is None:
-            if len(_statements) >= STATEMENT_CACHE_SIZE:
-                _statements.clear()
-            stmt = build(self.query)
-            # vector columns come back parsed by their type, which only a Select's execution applies
-            found = _statements[key] = stmt if self.with_embeddings else Compiled.of(stmt, self.conn.dialect)
-        if isinstance(found, Compiled):
-            return found.run(self.conn, params)
-        return self.conn.execute(found, params).all()
+        key = None if self.key is None else (*self.key, *kind)
+        # vector columns come back parsed by their type, which only a Select's execution applies
+        return _statements.run(
+            self.conn, key, lambda: build(self.query), params, compile=not self.with_embeddings
+        )
 
     def hnsw_pass(self, wanted: int) -> Sequence[Any]:
         """One HNSW pass with the filters in its WHERE, iterative scan as set: the matching rows
