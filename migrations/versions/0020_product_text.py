@@ -15,7 +15,9 @@ Revises: 0019
 Create Date: 2026-11-24
 """
 
+import importlib.util
 from collections.abc import Sequence
+from pathlib import Path
 
 from alembic import op
 
@@ -88,20 +90,14 @@ $fn$
 
 
 def _schema_of(extension: str) -> str:
-    from sqlalchemy import text
-
-    schema = (
-        op.get_bind()
-        .execute(
-            text(
-                "SELECT quote_ident(n.nspname) FROM pg_extension e "
-                "JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = :name"
-            ),
-            {"name": extension},
-        )
-        .scalar_one()
-    )
-    return str(schema)
+    """The schema an extension lives in, quoted: migration 0015's ``_schema_of``."""
+    path = Path(__file__).with_name("0015_sql_text_search.py")
+    spec = importlib.util.spec_from_file_location("imgsearch_migration_0015", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    schema: str = module._schema_of(extension)
+    return schema
 
 
 def upgrade() -> None:
