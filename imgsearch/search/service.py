@@ -7,8 +7,9 @@ database that answers (:mod:`~imgsearch.search.routing`), the hits by mode
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Connection
 
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 
 
 DEFAULT_FUSION = Fusion()
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -90,12 +92,16 @@ def search(
 def _understand(catalog: Catalog, text: str, filters: Filters) -> understanding.Understood:
     tenant = filters.tenant_name()
 
-    with catalog.engine.begin() as conn:
-        if tenant is not None:
-            tenancy.scope(conn, tenant)
-        vocabulary = catalog._vocabularies.get(
-            tenant, understanding.stamp(conn), lambda: understanding.read(conn)
-        )
+    def read(what: Callable[[Connection], T]) -> T:  # in a transaction under the tenant's policies
+        with catalog.engine.begin() as conn:
+            if tenant is not None:
+                tenancy.scope(conn, tenant)
+            return what(conn)
+
+    # the stamp only when the last one is old enough to ask again: no round trip for most searches
+    vocabulary = catalog._vocabularies.get(
+        tenant, lambda: read(understanding.stamp), lambda: read(understanding.read)
+    )
     given = [
         name for name in ("category", "brand", "price_min", "price_max") if getattr(filters, name) is not None
     ]

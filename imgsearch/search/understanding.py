@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -260,17 +260,21 @@ class Vocabularies:
         self._known: dict[str | None, tuple[float, Any, Vocabulary]] = {}
         self._lock = threading.Lock()
 
-    def get(self, tenant: str | None, changed: Any, load: Any) -> Vocabulary:
-        """``tenant``'s vocabulary; ``load()`` reads it when there is none, or when ``changed``
-        (the :func:`stamp` now) differs from the one it was read at and that was long enough ago."""
+    def get(
+        self, tenant: str | None, changed: Callable[[], Any], load: Callable[[], Vocabulary]
+    ) -> Vocabulary:
+        """``tenant``'s vocabulary; ``load()`` reads it when there is none, or when ``changed()``
+        (the :func:`stamp` now, asked at most every :data:`VOCABULARY_REFRESH_SECONDS`) differs
+        from the one it was read at."""
         now = time.monotonic()
         with self._lock:
             found = self._known.get(tenant)
-        if found is not None and (found[1] == changed or now - found[0] < VOCABULARY_REFRESH_SECONDS):
+        if found is not None and now - found[0] < VOCABULARY_REFRESH_SECONDS:
             return found[2]
-        vocabulary: Vocabulary = load()
+        stamp = changed()
+        vocabulary = found[2] if found is not None and found[1] == stamp else load()
         with self._lock:
-            self._known[tenant] = (now, changed, vocabulary)
+            self._known[tenant] = (now, stamp, vocabulary)
         return vocabulary
 
     def forget(self) -> None:
