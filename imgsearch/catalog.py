@@ -15,6 +15,8 @@ from imgsearch.db import filter_indexes, lookups, migrate
 from imgsearch.embed.active import ActiveModel, configured_model, open_model, registered_named
 from imgsearch.ingest import bulk, images, removal, updates, uploads, vector_files
 from imgsearch.ingest import duplicates as near_duplicates
+from imgsearch.learning import boosts as learned
+from imgsearch.learning import events as events_log
 from imgsearch.quality import duplicates as duplicate_groups
 from imgsearch.records import ImageRecord, ModelInfo, SearchResult
 from imgsearch.search import plans, queries, routing, service, statements, understanding
@@ -216,11 +218,7 @@ class Catalog:
 
         ``source``: a path (Parquet; ``.npy`` with ``metadata``, a CSV or JSONL of its rows; JSON
         Lines) or an iterable of :meth:`add_many` rows with ``embedding``; ``tenant`` for rows that
-        name none. All or nothing, a bad row named; rows the tenant has already are skipped.
-
-        >>> catalog.import_vectors("catalog.parquet", tenant="acme")  # doctest: +SKIP
-        1000000
-        """
+        name none. All or nothing, a bad row named; rows the tenant has already are skipped."""
         return self.import_report(
             source, tenant=tenant, metadata=metadata, progress=progress, rebuild_index=rebuild_index,
             maintenance_work_mem=maintenance_work_mem, parallel_workers=parallel_workers,
@@ -244,10 +242,7 @@ class Catalog:
     def update_product(self, product_id: str, *, tenant: str, **fields: Any) -> bool:
         """Set ``category``, ``price``, ``currency``, ``title``, ``description``, ``brand`` (None
         clears) or ``attributes`` (replaced) of one product without uploading its images again;
-        whether a value changed, or :class:`NotFound`.
-
-        >>> catalog.update_product("sku-1", tenant="acme", price=39.9)  # doctest: +SKIP
-        """
+        whether a value changed, or :class:`NotFound`."""
         return updates.update_one(self.engine, {"tenant": tenant, "product_id": product_id, **fields})
 
     def update_products(
@@ -281,10 +276,7 @@ class Catalog:
     ) -> filter_indexes.RefreshResult:
         """Give each value of ``column`` (``"category"`` or ``"tenant"``) with ``min_rows`` rows or
         more an HNSW index of its own, recall-checked at its build; ``min_rows=None`` drops them.
-        The rule is kept as values grow and shrink (:mod:`imgsearch.db.filter_indexes`).
-
-        >>> catalog.index_filter_values("category", 10_000)  # doctest: +SKIP
-        """
+        The rule is kept as values grow and shrink (:mod:`imgsearch.db.filter_indexes`)."""
         with self.engine.begin() as conn:
             filter_indexes.set_rule(conn, column, min_rows)
         return self.refresh_filter_indexes(progress=progress)
@@ -322,11 +314,7 @@ class Catalog:
 
     def categories(self, *, tenant: str | None = None, limit: int = 1000) -> list[tuple[str, int]]:
         """The categories of the catalog's products (of ``tenant``'s, with a tenant) and how many
-        findable products each has (with an embedded image), most first; at most ``limit``.
-
-        >>> catalog.categories(tenant="acme")  # doctest: +SKIP
-        [('shoes', 120), ('bags', 31)]
-        """
+        findable products each has (with an embedded image), most first; at most ``limit``."""
         return lookups.categories(self.engine, tenant, limit, self.active_model.id)
 
     # -- search: imgsearch.search ---------------------------------------------------------
@@ -342,7 +330,7 @@ class Catalog:
         min_score: float | None = None, min_probability: float | None = None,
         consistent: bool = False, box: Sequence[float] | None = None,
         mode: str | None = None, parse: bool = True, facets: bool = False, total: bool = False,
-        fusion: service.Fusion | None = None,
+        fusion: service.Fusion | None = None, boost: bool = True, client_id: str | None = None,
     ) -> SearchResult:
         """The ``k`` best images (after ``offset``) matching every filter: ``min(k, matching
         rows)`` hits, a list with ``.total``, ``.facets`` and ``.understood`` (docs/library.md).
@@ -356,14 +344,27 @@ class Catalog:
         ``facets``/``total``: count the whole match set. ``group_by_product``, ``diversity``
         (MMR λ), ``expand``, ``min_score`` (cosine), ``min_probability`` (text on SigLIP);
         ``consistent``: a replica answers once it has replayed every acknowledged write.
-
-        >>> catalog.search(text="red sneakers", tenant="acme", price_max=100, k=5)  # doctest: +SKIP
-        """
+        ``boost``: blend the tenant's learned boosts (hits carry ``boost``). The answer's
+        ``query_id`` names the search for :meth:`record_events` (``client_id``: who searched)."""
         query = queries.Query(text, image, similar_to, similar_to_product, vector, box)
-        how = service.Asked(query, mode, parse, facets, total, consistent, fusion, min_probability)
+        how = service.Asked(query, mode, parse, facets, total, consistent, fusion, min_probability, boost, client_id)
         filters = Filters(tenant, category, price_min, price_max, attributes, where, brand=brand)
         page = (k, offset, group_by_product, diversity, expand, min_score)
         return service.search(self, filters, how, *page)
+
+    # -- learn: imgsearch.learning ------------------------------------------------------
+
+    def record_events(self, tenant: str | None, events: Iterable[Mapping[str, Any]]) -> events_log.Recorded:
+        """Record shoppers' ``impression``, ``click``, ``add_to_cart`` and ``purchase`` events on a
+        search's hits (``query_id``, ``action``, ``object_id``, ``position``, ``time``?,
+        ``event_id``?), all or none: :class:`InvalidEvents` names each bad one by its index
+        (:mod:`imgsearch.learning.events`). ``tenant``: the searches' (None: an admin's)."""
+        return events_log.record(self.engine, tenant, events)
+
+    def refresh_boosts(self, *, tenant: str | None = None) -> learned.Refreshed:
+        """Learn the boosts from the feedback now (beat does it every ``boost_refresh_seconds``)."""
+        self._router.forget_graphs()  # read which tenants have boosts at the next search
+        return learned.refresh(self.engine, learned.Policy.from_settings(self.settings), tenant)
 
     def search_select(
         self, *,

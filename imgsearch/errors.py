@@ -30,6 +30,7 @@ __all__ = [
     "EmptyImage",
     "ImageTooLarge",
     "ImgSearchError",
+    "InvalidEvents",
     "InvalidImage",
     "InvalidInput",
     "InvalidQuery",
@@ -137,3 +138,13 @@ class DatabaseUnavailable(TransientError):
 class UnknownHost(TransientError):
     """A URL's host name doesn't resolve. Transient for a worker downloading an upload (DNS may
     answer later); for a query's image URL it is the caller's to fix (HTTP 400)."""
+
+
+class InvalidEvents(InvalidInput):
+    """A batch of feedback events with bad ones: ``problems`` lists each as ``(index, message)``;
+    nothing of the batch was recorded."""
+
+    def __init__(self, message: str, problems: list[tuple[int, str]], unknown: bool = False) -> None:
+        super().__init__(message)
+        self.problems = problems
+        self.unknown = unknown  # every bad event names a search the caller has none of

@@ -66,6 +66,9 @@ class Hit:
     # "lexical": 1}; a hybrid hit's ``relevance`` is its fused score (Reciprocal Rank Fusion)
     matched_by: dict[str, int] = field(default_factory=dict)
     relevance: float | None = None
+    # the learned boost blended into its place (0: none; None: the search blended none), from 0
+    # to 1: a hit rises at most the boost's lift of places (imgsearch.search.boosting)
+    boost: float | None = None
 
 
 class SearchResult(list[Hit]):
@@ -75,15 +78,17 @@ class SearchResult(list[Hit]):
     search didn't count); ``facets``: counts by category, brand, attribute and price
     (:class:`imgsearch.search.facets.Facets`, with ``facets=True``); ``understood``: the filters
     read from the query's words and the text left (:class:`imgsearch.search.understanding.Understood`).
-    ``mode``: how the text was searched (``semantic``, ``lexical`` or ``hybrid``).
+    ``mode``: how the text was searched (``semantic``, ``lexical`` or ``hybrid``); ``query_id``:
+    the search's id, for the events on its hits (:meth:`Catalog.record_events`).
     """
 
     def __init__(
         self, hits: Any = (), *, total: int | None = None, facets: Any = None, understood: Any = None,
-        mode: str = "semantic",
+        mode: str = "semantic", query_id: str | None = None,
     ) -> None:
         super().__init__(hits)
         self.total, self.facets, self.understood, self.mode = total, facets, understood, mode
+        self.query_id = query_id
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,10 @@ def configure(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
         beat_schedule={
             "imgsearch-sweep": {"task": "imgsearch.sweep", "schedule": float(settings.sweep_seconds)},
+            "imgsearch-boosts": {
+                "task": "imgsearch.refresh_boosts",
+                "schedule": float(settings.boost_refresh_seconds),
+            },
         },
     )
     return app

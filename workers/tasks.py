@@ -19,6 +19,7 @@ from imgsearch.embed.active import configured_model, open_model, register
 from imgsearch.embed.allocator import retain_freed_memory
 from imgsearch.embed.model import Embedder, check_text
 from imgsearch.errors import ImgSearchError, TransientError
+from imgsearch.learning import boosts
 from imgsearch.records import ModelInfo
 from imgsearch.settings import Settings
 from imgsearch.work import pipeline, queue, text_requests
@@ -175,6 +176,28 @@ def sweep() -> int:
         # work, on the model's graph
         log.warning("sweep: per-value indexes not refreshed: %s", exc)
     return tasks
+
+
+_feedback_engine: Engine | None = None
+
+
+@app.task(name="imgsearch.refresh_boosts")
+def refresh_boosts() -> dict[str, int]:
+    """Learn every tenant's boosts from its feedback (:mod:`imgsearch.learning.boosts`), and keep
+    the feedback logs' partitions; beat runs it every ``IMGSEARCH_BOOST_REFRESH_SECONDS``."""
+    global _feedback_engine
+    settings = Settings()
+    with _lock:
+        if _feedback_engine is None:  # the job needs no model: not the embedding runtime
+            _feedback_engine = db_engine.make_engine(db_engine.resolve_url(settings))
+    done = boosts.refresh(_feedback_engine, boosts.Policy.from_settings(settings))
+    log.info(
+        "boosts: %d per query, %d per product, %d tenants",
+        done.query_boosts,
+        done.product_boosts,
+        done.tenants,
+    )
+    return {"query_boosts": done.query_boosts, "product_boosts": done.product_boosts, "tenants": done.tenants}
 
 
 _listener: text_requests.Listener | None = None

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pydantic import ValidationError
 
 from imgsearch.cli import (
+    boosts,
     database,
     demo,
     duplicates,
@@ -43,6 +44,7 @@ GROUPS = (
     products,
     workers,
     search,
+    boosts,
     evaluate,
     duplicates,
     models,

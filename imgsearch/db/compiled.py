@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import ClauseElement, Connection, Dialect, Select
+from sqlalchemy import ClauseElement, Connection, CursorResult, Dialect, Select
 from sqlalchemy.sql.compiler import SQLCompiler
 
 
@@ -55,6 +55,10 @@ class Compiled:
     def run(self, conn: Connection, values: Mapping[str, Any]) -> Sequence[Any]:
         """The rows of one run, ``values`` by parameter name (names the statement lacks are
         ignored, as SQLAlchemy ignores them)."""
+        return self.execute(conn, values).all()
+
+    def execute(self, conn: Connection, values: Mapping[str, Any]) -> CursorResult[Any]:
+        """One run's result (for a statement that returns no rows)."""
         params = dict(self.constants)
         processors = self.processors
         for name, value in values.items():
@@ -62,8 +66,8 @@ class Compiled:
                 process = processors.get(name)
                 params[name] = value if process is None else process(value)
         if self.order is not None:
-            return conn.exec_driver_sql(self.sql, tuple(params[name] for name in self.order)).all()
-        return conn.exec_driver_sql(self.sql, params).all()
+            return conn.exec_driver_sql(self.sql, tuple(params[name] for name in self.order))
+        return conn.exec_driver_sql(self.sql, params)
 
 
 class Statements:

@@ -422,3 +422,7 @@ class TextRequest(Base):
     )
     claimed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     error: Mapped[str | None] = mapped_column(Text)
+
+
+# the feedback tables (migration 0022) belong to this metadata too
+from imgsearch.db import feedback_models  # noqa: E402, F401

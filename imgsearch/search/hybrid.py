@@ -85,8 +85,11 @@ def has_text(conn: Connection) -> bool:
 
 
 def candidates(options: Options) -> int:
-    """How many products each side brings to the fusion."""
-    return min(MAX_CANDIDATES, max(MIN_CANDIDATES, 2 * (options.k + options.offset)))
+    """How many products each side brings to the fusion (with boosts, at least every product a
+    boost could lift onto the page)."""
+    lift = 0 if options.boosting is None else options.boosting.lift
+    wanted = options.k + options.offset
+    return min(MAX_CANDIDATES, max(MIN_CANDIDATES, 2 * wanted, wanted + lift))
 
 
 def run(
@@ -108,11 +111,13 @@ def run(
         "imgsearch_w_semantic": fusion.semantic,
         "imgsearch_w_lexical": fusion.lexical,
     }
+    if options.boosting is not None:
+        params.update(options.boosting.params())
     hybrid = mode == "hybrid"
     if hybrid:
         assert query is not None
         # the nearest n images, their products in order of their best image
-        side = replace(options, k=n, offset=0, group_by_product=False)
+        side = replace(options, k=n, offset=0, group_by_product=False, boosting=None)
         found = request.run(conn, model, query, filters, side)
         best: dict[tuple[str, str], Hit] = {}
         for hit in found:
@@ -125,7 +130,8 @@ def run(
     for row in _fused(conn, model, filters, n, options, hybrid, params):
         ranks = {"semantic": row.semantic_rank, "lexical": row.lexical_rank}
         matched_by = {side: int(rank) for side, rank in ranks.items() if rank is not None}
-        hits.append(hit_of(row, matched_by=matched_by, relevance=float(row.relevance)))
+        boost = None if options.boosting is None else float(row.boost)
+        hits.append(hit_of(row, matched_by=matched_by, relevance=float(row.relevance), boost=boost))
     return hits
 
 
@@ -147,13 +153,15 @@ def _fused(
     search's values (:class:`Statements`)."""
     binary = send_binary_queries(conn)
     shape = filters.shape()
-    key = (
-        None if shape is None else (model.id, model.dim, shape, n, options.k, options.offset, hybrid, binary)
-    )
+    boosted = options.boosting is not None
+    page = (n, options.k, options.offset, hybrid, binary, boosted)
+    key = None if shape is None else (model.id, model.dim, shape, *page)
 
     def build() -> Select[Any]:
         query = query_param(None, model.dim, name=QUERY_PARAM, binary=binary) if hybrid else None
-        return lexical.fused_statement(model, query, filters, n, options.k, options.offset, hybrid=hybrid)
+        return lexical.fused_statement(
+            model, query, filters, n, options.k, options.offset, hybrid=hybrid, boosted=boosted
+        )
 
     return _statements.run(conn, key, build, params)
 

@@ -43,6 +43,7 @@ from imgsearch.db.models import Embedding, Image, Product
 from imgsearch.db.vector_index import model_filter, query_param
 from imgsearch.ingest.vectors import Vector
 from imgsearch.records import ModelInfo
+from imgsearch.search import boosting
 from imgsearch.search.filters import PARAM_PREFIX, Filters
 from imgsearch.search.statements import mentions
 
@@ -170,12 +171,15 @@ def fused_statement(
     offset: int,
     *,
     hybrid: bool,
+    boosted: bool = False,
 ) -> Select[Any]:
     """Products ranked by Reciprocal Rank Fusion of the semantic side (:func:`semantic_ranked`;
     none when not ``hybrid``) and the lexical side (:func:`lexical_ranked`, its top ``n``), weights
     ``imgsearch_w_semantic`` and ``imgsearch_w_lexical``, constant ``imgsearch_rrf_k``: ``k`` of
     them after ``offset``, each with its best image: the semantic side's, else the product's
-    nearest search row to ``query`` (without a query, its first) that matches the filters."""
+    nearest search row to ``query`` (without a query, its first) that matches the filters.
+    ``boosted``: the products in the order of their places less their boosts' lifts
+    (:mod:`imgsearch.search.boosting`), each with its ``boost``."""
     lexical = lexical_ranked(model, filters, literal(n, literal_execute=True)).cte("lexical")
     rrf_k = bindparam("imgsearch_rrf_k", type_=Float())
 
@@ -206,12 +210,32 @@ def fused_statement(
             lexical.c.rank.label("lexical_rank"),
             score("imgsearch_w_lexical", lexical.c.rank).label("relevance"),
         )
-    top = (
-        fused.order_by(func.coalesce(fused.selected_columns.relevance, 0).desc(), "product_pk")
-        .limit(literal(k, literal_execute=True))
-        .offset(literal(offset, literal_execute=True))
-        .subquery("fused")
-    )
+    page = (literal(k, literal_execute=True), literal(offset, literal_execute=True))
+    if boosted:
+        every = fused.subquery("every")
+        place = func.row_number().over(
+            order_by=(func.coalesce(every.c.relevance, 0).desc(), every.c.product_pk)
+        )
+        scored = select(
+            *every.c, boosting.boost_by_pk(every.c.product_pk).label("boost"), place.label("place")
+        ).subquery("scored")
+        top = (
+            select(*scored.c)
+            .order_by(*boosting.order(scored.c.place - boosting.lift() * scored.c.boost, scored.c))
+            .limit(page[0])
+            .offset(page[1])
+            .subquery("fused")
+        )
+        order: list[Any] = boosting.order(top.c.place - boosting.lift() * top.c.boost, top.c)
+        extra: list[Any] = [top.c.boost]
+    else:
+        top = (
+            fused.order_by(func.coalesce(fused.selected_columns.relevance, 0).desc(), "product_pk")
+            .limit(page[0])
+            .offset(page[1])
+            .subquery("fused")
+        )
+        order, extra = [top.c.relevance.desc(), top.c.product_pk], []
     if query is not None:
         distance: ColumnElement[Any] = Embedding.embedding.cosine_distance(query_param(query, model.dim))
         nearest: list[Any] = [case((Embedding.image_id == top.c.image_id, 0), else_=1), distance]
@@ -242,9 +266,10 @@ def fused_statement(
             top.c.semantic_rank.cast(Integer).label("semantic_rank"),
             top.c.lexical_rank.cast(Integer).label("lexical_rank"),
             top.c.relevance,
+            *extra,
         )
         .select_from(top)
         .join(Product, Product.id == top.c.product_pk)
         .join(best_row, true())
-        .order_by(top.c.relevance.desc(), top.c.product_pk)
+        .order_by(*order)
     )

@@ -19,6 +19,7 @@ from imgsearch.errors import InvalidQuery
 from imgsearch.ingest.vectors import Vector
 from imgsearch.records import Hit, ModelInfo
 from imgsearch.search import rerank
+from imgsearch.search.boosting import Boosting
 from imgsearch.search.filters import Filters, check_page
 from imgsearch.search.plans import EXACT_MAX_FRACTION, EXACT_MAX_ROWS, MIN_EF_SEARCH, Plan
 from imgsearch.search.strategy import Result, search_vector
@@ -44,6 +45,7 @@ class Options:
     # every category of the filter's list has an HNSW index of its own (imgsearch.db.filter_indexes)
     per_value: bool = False
     min_ef: int = MIN_EF_SEARCH  # the least ef_search, for the model's graph's size (search.min_ef_search)
+    boosting: Boosting | None = None  # learned boosts to blend in (not with diversity: MMR re-ranks)
 
     def check(self) -> None:
         if not isinstance(self.group_by_product, bool):
@@ -120,10 +122,15 @@ def run(
         assert first.embeddings is not None
         query = rerank.expand_query(query, first.embeddings)
     wanted = options.k + options.offset
-    if not options.group_by_product and options.diversity is None:
+    boosting = options.boosting if options.diversity is None else None
+    if boosting is not None and not options.group_by_product:
+        # every hit a boost could lift onto the page: lift places below it, ranked from the first
+        found = _search(conn, model, query, filters, options, wanted + boosting.lift, boosting=boosting)
+        hits = found.hits[options.offset : wanted]
+    elif not options.group_by_product and options.diversity is None:
         hits = _search(conn, model, query, filters, options, options.k, options.offset).hits
     else:
-        hits = _from_pool(conn, model, query, filters, options, wanted)[options.offset : wanted]
+        hits = _from_pool(conn, model, query, filters, options, wanted, boosting)[options.offset : wanted]
     if options.min_score is not None:
         hits = [hit for hit in hits if hit.score is not None and hit.score >= options.min_score]
     return hits
@@ -138,6 +145,7 @@ def _search(
     k: int,
     offset: int = 0,
     with_embeddings: bool = False,
+    boosting: Boosting | None = None,
 ) -> Result:
     """:func:`search_vector` with the options' strategy settings."""
     result = search_vector(
@@ -153,6 +161,7 @@ def _search(
         with_embeddings=with_embeddings,
         per_value=options.per_value,
         min_ef=options.min_ef,
+        boosting=boosting,
     )
     if options.on_plan is not None:
         options.on_plan(result.plan)
@@ -160,13 +169,21 @@ def _search(
 
 
 def _from_pool(
-    conn: Connection, model: ModelInfo, query: Vector, filters: Filters, options: Options, wanted: int
+    conn: Connection,
+    model: ModelInfo,
+    query: Vector,
+    filters: Filters,
+    options: Options,
+    wanted: int,
+    boosting: Boosting | None = None,
 ) -> list[Hit]:
-    pool = min(MAX_POOL, max(MIN_POOL, 4 * wanted))
+    """The best ``wanted`` of a pool (per product, or picked by MMR); with ``boosting``, the
+    pool's images in their boosted order, each product by its first."""
+    lift = 0 if boosting is None else boosting.lift
+    pool = min(MAX_POOL, max(MIN_POOL, 4 * wanted, wanted + lift))
     while True:
-        result = _search(
-            conn, model, query, filters, options, pool, with_embeddings=options.diversity is not None
-        )
+        embeddings = options.diversity is not None
+        result = _search(conn, model, query, filters, options, pool, 0, embeddings, boosting)
         positions = list(range(len(result.hits)))
         if options.group_by_product:
             positions = rerank.best_per_product(result.hits)

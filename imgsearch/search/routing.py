@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, Literal, TypeVar
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
 from imgsearch.access import tenancy
@@ -48,6 +48,7 @@ class Router:
         self._graphs: dict[str, frozenset[str]] = {}
         self._graphs_key: tuple[int, float] = (-1, float("-inf"))
         self._min_ef = MIN_EF_SEARCH  # for the model's graph's size, read with the graphs
+        self._boosted: frozenset[str] = frozenset()  # tenants with learned boosts, read with the graphs
 
     def forget_graphs(self) -> None:
         """Read the per-value graphs again at the next search (after a refresh built or dropped some)."""
@@ -136,6 +137,8 @@ class Router:
             model, filters
         )  # before the search's transaction (Django shares one connection)
         options = replace(options, min_ef=self._min_ef)
+        if options.boosting is not None and not self.has_boosts(filters.tenant_name()):
+            options = replace(options, boosting=None)  # nothing to blend: the statement without it
         with engine.begin() as conn:
             if lsn is not None and self.replicas is not None and not self.replicas.wait_for(conn, lsn):
                 return None
@@ -147,6 +150,10 @@ class Router:
                 # the planner picks a value's partial index only when it plans for the value
                 options = replace(options, cached_plans=False, per_value=own == "per value")
             return run(conn, model, query, filters, options)
+
+    def has_boosts(self, tenant: Any) -> bool:
+        """Whether ``tenant`` (None: any tenant) had learned boosts at the last reading."""
+        return bool(self._boosted) if tenant is None else tenant in self._boosted
 
     def _own_graph(self, model: ModelInfo, filters: Filters) -> OwnGraph | None:
         """'single': the filter's category or tenant has an HNSW index of its own; "per value":
@@ -165,6 +172,7 @@ class Router:
             except DBAPIError as exc:  # a login that can't read the registry: no per-value plans
                 log.debug("per-value indexes not readable: %s", exc.orig)
                 self._graphs = {}
+            self._boosted = _boosted_tenants(self.engine)
             self._graphs_key = (model.id, now)
         if not self._graphs:
             return None
@@ -174,3 +182,13 @@ class Router:
         if any(filters.value(column) in self._graphs.get(column, ()) for column in filter_indexes.COLUMNS):
             return "single"
         return None
+
+
+def _boosted_tenants(engine: Engine) -> frozenset[str]:
+    """The tenants with learned boosts (imgsearch.learning.boosts); none when unreadable."""
+    try:
+        with engine.begin() as conn:
+            return frozenset(conn.execute(text("SELECT tenant FROM imgsearch.boosts GROUP BY tenant")).scalars())
+    except DBAPIError as exc:
+        log.debug("boosts not readable: %s", exc.orig)
+        return frozenset()

@@ -16,9 +16,11 @@ from sqlalchemy import Connection
 from imgsearch.access import tenancy
 from imgsearch.errors import InvalidQuery
 from imgsearch.ingest.vectors import Vector
+from imgsearch.learning import queries as learned_queries
 from imgsearch.records import Hit, ModelInfo, SearchResult
 from imgsearch.search import facets as facet_counts
 from imgsearch.search import hybrid, queries, request, understanding
+from imgsearch.search.boosting import Boosting
 from imgsearch.search.filters import Filters
 from imgsearch.search.hybrid import Fusion
 from imgsearch.search.request import Options
@@ -45,12 +47,21 @@ class Asked:
     consistent: bool = False
     fusion: hybrid.Fusion | None = None  # None: the default weights and constant
     min_probability: float | None = None
+    boost: bool = True  # blend the tenant's learned boosts (imgsearch.search.boosting)
+    client_id: str | None = None  # who searched, recorded with the search (User Behavior Insights)
 
 
-def check_flags(parse: Any, facets: Any, total: Any) -> None:
-    for name, value in (("parse", parse), ("facets", facets), ("total", total)):
+def check_flags(parse: Any, facets: Any, total: Any, boost: Any = True) -> None:
+    for name, value in (("parse", parse), ("facets", facets), ("total", total), ("boost", boost)):
         if not isinstance(value, bool):
             raise InvalidQuery(f"{name} must be true or false, got {value!r}")
+
+
+def _check_client(client_id: Any) -> None:
+    if client_id is not None and (
+        not isinstance(client_id, str) or not 1 <= len(client_id) <= 200 or "\x00" in client_id
+    ):
+        raise InvalidQuery(f"client_id must be a string of 1 to 200 characters, got {client_id!r}")
 
 
 def search(
@@ -63,9 +74,15 @@ def search(
         catalog.settings, query.text, k, offset, group_by_product, diversity, expand, min_score,
         asked.min_probability,
     )  # fmt: skip
-    options = replace(options, on_plan=catalog.on_search_plan)
     filters.check()
-    check_flags(asked.parse, asked.facets, asked.total)
+    check_flags(asked.parse, asked.facets, asked.total, asked.boost)
+    _check_client(asked.client_id)
+    settings = catalog.settings
+    boosts = None
+    if asked.boost:
+        norm = learned_queries.normalized(query.text if isinstance(query.text, str) else None)
+        boosts = Boosting(norm, settings.boost_max_lift, settings.boost_product_weight).check()
+    options = replace(options, on_plan=catalog.on_search_plan, boosting=boosts)
     query.check(filters)
     text = query.text
     if text is not None and (not isinstance(text, str) or not text.strip()):
@@ -86,7 +103,39 @@ def search(
         understood = replace(understood, fallback=True)
         result = _run(catalog, filters, options, asked, mode, fusion, None)
     result.understood = understood
+    query_id = learned_queries.new_query_id()
+    result.query_id = str(query_id)
+    if settings.record_queries:
+        learned_queries.record(
+            catalog.engine,
+            query_id,
+            tenant=filters.tenant_name(),
+            client_id=asked.client_id,
+            user_query=text,
+            attributes=_attributes(asked, filters, result, options),
+            offset=options.offset,
+            hits=result,
+        )
     return result
+
+
+def _attributes(asked: Asked, filters: Filters, result: SearchResult, options: Options) -> dict[str, Any]:
+    """What a recorded search was (User Behavior Insights' ``query_attributes``)."""
+    query = asked.query
+    kinds = ("text", "image", "similar_to", "similar_to_product", "vector")
+    kind = next((name for name in kinds if getattr(query, name) is not None), "vector")
+    given = {
+        name: getattr(filters, name)
+        for name in ("category", "price_min", "price_max", "brand", "attributes")
+        if getattr(filters, name) is not None
+    }
+    if filters.where is not None:
+        given["where"] = True
+    found: dict[str, Any] = {"kind": kind, "mode": result.mode, "k": options.k, "filters": given}
+    if kind in ("similar_to", "similar_to_product"):
+        found[kind] = getattr(query, kind)
+    found["boost"] = any(hit.boost is not None for hit in result)
+    return found
 
 
 def _understand(catalog: Catalog, text: str, filters: Filters) -> understanding.Understood:

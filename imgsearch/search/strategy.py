@@ -43,6 +43,7 @@ from imgsearch.db.compiled import Statements
 from imgsearch.db.vector_index import query_param, send_binary_queries
 from imgsearch.ingest.vectors import Vector
 from imgsearch.records import Hit, ModelInfo
+from imgsearch.search.boosting import Boosting, ranked
 from imgsearch.search.filters import Filters
 from imgsearch.search.plans import (
     EXACT_MAX_FRACTION,
@@ -96,12 +97,20 @@ def hit_of(row: Any, **extra: Any) -> Hit:
     )
 
 
-def _result(rows: Any, chosen: Plan, with_embeddings: bool, skip: int = 0, k: int | None = None) -> Result:
+def _result(
+    rows: Any, chosen: Plan, with_embeddings: bool, skip: int = 0, k: int | None = None, boosted: bool = False
+) -> Result:
     # HNSW orders by the distance between the index's normalised half-precision copies, which can
     # swap near-ties by ~1e-4 against the distance reported; re-sorting the rows fetched keeps
-    # "nearest first" exact without touching the SQL ORDER BY.
-    rows = sorted(rows, key=lambda r: float(r.distance))[skip : None if k is None else skip + k]
-    hits = [hit_of(r) for r in rows]
+    # "nearest first" exact without touching the SQL ORDER BY. Boosted rows come in the order
+    # their statement gave them (boosting.ranked: its places are ranks by the reported distance).
+    if boosted:
+        rows = sorted(rows, key=lambda r: (float(r.boosted_place), -float(r.boost), r.place))
+        rows = rows[skip : None if k is None else skip + k]
+        hits = [hit_of(r, boost=float(r.boost)) for r in rows]
+    else:
+        rows = sorted(rows, key=lambda r: float(r.distance))[skip : None if k is None else skip + k]
+        hits = [hit_of(r) for r in rows]
     embeddings = None
     if with_embeddings and not rows:
         embeddings = np.empty((0, 0), dtype=np.float32)
@@ -125,6 +134,7 @@ def search_vector(
     with_embeddings: bool = False,
     per_value: bool = False,
     min_ef: int = MIN_EF_SEARCH,
+    boosting: Boosting | None = None,
 ) -> Result:
     """Top ``k`` (after ``offset``) rows by cosine distance, inside the caller's transaction.
 
@@ -134,9 +144,12 @@ def search_vector(
     an exact scan. ``cached_plans=False`` plans every statement for its values. ``per_value``: each
     category of the filter's list has an HNSW index of its own: one pass of each, merged
     (:func:`per_value_statement`), when each gives enough rows. ``min_ef``: the least
-    ``ef_search`` of its HNSW passes (:func:`min_ef_search` of the model's rows).
+    ``ef_search`` of its HNSW passes (:func:`min_ef_search` of the model's rows). ``boosting``:
+    each statement orders its rows by their boosted places (:func:`boosting.ranked`); the caller
+    asks for the ``k`` that any boost could bring onto its page.
     """
-    run = _Run(conn, model, query, filters, with_embeddings)
+    run = _Run(conn, model, query, filters, with_embeddings, boosting)
+    boosted = boosting is not None
     wanted = k + offset
     first = one_pass_plan(wanted, min_ef)
     cached_plan = cached_plans and filters.plans_alike()
@@ -146,7 +159,7 @@ def search_vector(
         if first is not None:
             rows = run.hnsw_pass(wanted)
             if len(rows) >= wanted:
-                return _result(rows, first, with_embeddings, skip=offset, k=k)
+                return _result(rows, first, with_embeddings, skip=offset, k=k, boosted=boosted)
             chosen = iterative_plan(wanted, -1, total_rows(conn), min_ef)
             set_local(conn, chosen)
         return run.pooled(chosen, k, offset)
@@ -158,7 +171,7 @@ def search_vector(
         set_local(conn, first, with_planner=True)
         rows = run.hnsw_pass(wanted)
         if len(rows) >= wanted:
-            return _result(rows, first, with_embeddings, skip=offset, k=k)
+            return _result(rows, first, with_embeddings, skip=offset, k=k, boosted=boosted)
         hits = _per_value(run, first, categories, k, offset)
         if hits is not None:
             return hits
@@ -183,9 +196,11 @@ def search_vector(
     log.debug("filtered search: %d rows match (bound %d), hits from %s", matching, bound, rows[0].source)
     if rows[0].source == "hnsw":
         assert first is not None
-        return _result(found, replace(first, matching=matching), with_embeddings, skip=offset, k=k)
+        return _result(
+            found, replace(first, matching=matching), with_embeddings, skip=offset, k=k, boosted=boosted
+        )
     if 0 <= matching <= bound:  # the exact scan ran (and found every matching row when fewer than k)
-        return _result(found, Plan("exact", matching), with_embeddings, skip=offset, k=k)
+        return _result(found, Plan("exact", matching), with_embeddings, skip=offset, k=k, boosted=boosted)
     chosen = iterative_plan(wanted, matching, total, min_ef)
     set_local(conn, chosen)
     return run.pooled(chosen, k, offset)
@@ -206,7 +221,9 @@ def _per_value(run: _Run, plan: Plan, categories: Sequence[str], k: int, offset:
         counts[row.arm] += 1
     if min(counts) < wanted:  # an arm came short: its category's other filters are far, or few
         return None
-    return _result(rows, replace(plan, strategy="hnsw"), run.with_embeddings, skip=offset, k=k)
+    return _result(
+        rows, replace(plan, strategy="hnsw"), run.with_embeddings, skip=offset, k=k, boosted=run.boosted
+    )
 
 
 STATEMENT_CACHE_SIZE = 512
@@ -218,14 +235,24 @@ class _Run:
     kept compiled (:class:`Statements`), executed with this search's values."""
 
     def __init__(
-        self, conn: Connection, model: ModelInfo, query: Vector, filters: Filters, with_embeddings: bool
+        self,
+        conn: Connection,
+        model: ModelInfo,
+        query: Vector,
+        filters: Filters,
+        with_embeddings: bool,
+        boosting: Boosting | None = None,
     ) -> None:
         self.conn, self.model, self.filters, self.with_embeddings = conn, model, filters, with_embeddings
         binary = send_binary_queries(conn)
         self.query = query_param(query, model.dim, name=QUERY_PARAM, binary=binary)
         self.params = {QUERY_PARAM: query, **filters.params()}
+        self.boosted = boosting is not None
+        if boosting is not None:
+            self.params.update(boosting.params())
         shape = filters.shape()
-        self.key = None if shape is None else (model.id, model.dim, with_embeddings, binary, shape)
+        key = (model.id, model.dim, with_embeddings, binary, self.boosted, shape)
+        self.key = None if shape is None else key
 
     def execute(
         self,
@@ -235,10 +262,12 @@ class _Run:
     ) -> Sequence[Any]:
         params = {**self.params, **extra} if extra else self.params
         key = None if self.key is None else (*self.key, *kind)
+        def built() -> Select[Any]:
+            stmt = build(self.query)
+            return ranked(stmt) if self.boosted else stmt
+
         # vector columns come back parsed by their type, which only a Select's execution applies
-        return _statements.run(
-            self.conn, key, lambda: build(self.query), params, compile=not self.with_embeddings
-        )
+        return _statements.run(self.conn, key, built, params, compile=not self.with_embeddings)
 
     def hnsw_pass(self, wanted: int) -> Sequence[Any]:
         """One HNSW pass with the filters in its WHERE, iterative scan as set: the matching rows
@@ -256,14 +285,14 @@ class _Run:
             ("pool", chosen.pool, k, offset),
             lambda q: pooled_statement(model, q, filters, chosen, k, offset, embeddings),
         )
-        result = _result(rows, chosen, embeddings)
+        result = _result(rows, chosen, embeddings, boosted=self.boosted)
         if len(result.hits) == k:
             return result
         log.info("hnsw returned %d of %d rows; falling back to an exact scan", len(result.hits), k)
         rows = self.execute(
             ("exact", k, offset), lambda q: exact_statement(model, q, filters, k, offset, embeddings)
         )
-        return _result(rows, Plan("exact", chosen.matching), embeddings)
+        return _result(rows, Plan("exact", chosen.matching), embeddings, boosted=self.boosted)
 
 
 QUERY_PARAM = "imgsearch_query"

@@ -30,7 +30,7 @@ from imgsearch.server.keyring import Keyring
 from imgsearch.server.limits import Limits
 from imgsearch.server.metrics import Metrics
 from imgsearch.server.middleware import RequestContext
-from imgsearch.server.routes import images, ops, products, search, status
+from imgsearch.server.routes import events, images, ops, products, search, status
 from imgsearch.settings import Settings
 
 log = logging.getLogger("imgsearch.server")
@@ -128,7 +128,7 @@ def create_app(settings: Settings | None = None, *, catalog: Catalog | None = No
     app.state.migrations_head = migrate.head()
     problems.install(app)
     openapi.install(app)
-    for router in (images.router, products.router, search.router, status.router, ops.router):
+    for router in (images.router, products.router, search.router, events.router, status.router, ops.router):
         app.include_router(router, dependencies=[Depends(known_query)])
     _page(app)
     app.add_middleware(RequestContext, max_body_bytes=limits.max_body_bytes, metrics=metrics)

@@ -32,8 +32,10 @@ class Problem(BaseModel):
     detail: str = Field(description="What is wrong, naming the value and what was expected.")
     request_id: str | None = Field(None, description="The request's id, as in the server's logs.")
     index: int | None = Field(None, description="A batch's item at fault (its position).")
-    errors: list[dict[str, str]] | None = Field(
-        None, description="A request that doesn't fit the schema: each problem's location and message."
+    errors: list[dict[str, str | int]] | None = Field(
+        None,
+        description="A request that doesn't fit the schema: each problem's location and message; "
+        "invalid-events: each bad event's index and error.",
     )
     uri: str | None = Field(None, description="A thumbnail of an image uploaded by URL: the image's URL.")
     image_id: int | None = Field(None, description="duplicate-image: the stored image the upload copies.")
@@ -57,6 +59,7 @@ EXTRA_MODELS: tuple[type[BaseModel], ...] = (
     schemas.DeleteImagesRequest,
     schemas.ProductChange,
     schemas.ProductFeedRequest,
+    schemas.EventsRequest,
 )
 
 ERRORS = {
@@ -225,6 +228,8 @@ REQUESTS = (
     "ProductChange",
     "ProductFeedRequest",
     "ProductFeedItem",
+    "EventsRequest",
+    "EventItem",
 )
 
 

@@ -25,6 +25,7 @@ from imgsearch.errors import (
     ConfigurationError,
     DuplicateImage,
     ImgSearchError,
+    InvalidEvents,
     InvalidInput,
     NotFound,
     TransientError,
@@ -42,14 +43,16 @@ PROBLEM_TYPES = {
     "of the tenant (`image_id` and `product_id`; `row` instead of `image_id` when it copies an earlier item "
     "of the same request); nothing was stored. Upload it with `on_duplicate=link` to "
     "keep it linked to that image, or with `keep`.",
+    "invalid-events": "Some events of a batch are wrong: `errors` lists each as `index` (from 0) and "
+    "`error`; nothing of the batch was recorded.",
     "invalid-request": "The request doesn't fit the API's schema (a missing field, a wrong JSON type); "
     "`errors` lists each problem with its location.",
     "unauthorized": "The request has no API key, or one that is malformed, unknown or revoked. Send "
     "`Authorization: Bearer KEY` with a key from `imgsearch tenant create-key`.",
     "forbidden": "The key can't do this: a tenant's key can't name a tenant, and only admin keys see "
     "every tenant.",
-    "not-found": "No such image, product or route, or it belongs to another tenant (which answers "
-    "exactly like a missing one).",
+    "not-found": "No such image, product, search or route, or it belongs to another tenant (which "
+    "answers exactly like a missing one); /v1/events: `errors` names each event of no search.",
     "too-large": "The request body is over the limit (IMGSEARCH_MAX_IMAGE_BYTES plus 1 MiB), or a "
     "batch has more items than IMGSEARCH_MAX_BATCH_ITEMS.",
     "unavailable": "A transient fault, such as the database being unreachable: retry after "
@@ -116,6 +119,11 @@ def for_error(request: Request, exc: Exception) -> JSONResponse:
             row=exc.row,
             product_id=exc.product_id,
         )
+    if isinstance(exc, InvalidEvents):
+        errors = [{"index": index, "error": message} for index, message in exc.problems]
+        if exc.unknown:  # only searches the key can't see, or none: as a missing product is
+            return problem(404, "not-found", "Not found", str(exc), request, errors=errors)
+        return problem(400, "invalid-events", "Invalid events", str(exc), request, errors=errors)
     if isinstance(exc, InvalidInput):
         return problem(400, "invalid-input", "Invalid input", str(exc), request, index=exc.index)
     if isinstance(exc, TransientError):
@@ -200,7 +208,7 @@ def validation_errors(request: Request, exc: RequestValidationError) -> JSONResp
             part
             for error in exc.errors()
             for position, part in enumerate(error.get("loc", ()))
-            if isinstance(part, int) and position > 0 and error["loc"][position - 1] == "items"
+            if isinstance(part, int) and position > 0 and error["loc"][position - 1] in ("items", "events")
         ),
         None,
     )

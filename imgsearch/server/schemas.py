@@ -26,6 +26,13 @@ from imgsearch.ingest import checks
 from imgsearch.search.filters import MAX_K
 from imgsearch.search.request import MAX_EXPAND
 
+# the search answers, in a module of their own
+from imgsearch.server.responses import FacetsResponse as FacetsResponse
+from imgsearch.server.responses import HitResponse as HitResponse
+from imgsearch.server.responses import PriceBucketResponse as PriceBucketResponse
+from imgsearch.server.responses import SearchResponse as SearchResponse
+from imgsearch.server.responses import UnderstoodResponse as UnderstoodResponse
+
 # (pydantic can't refer to a component it didn't make: "x-component" becomes a $ref in openapi.build)
 # What the library checks, stated in the schema (JSON Schema 2020-12, as OpenAPI 3.1 takes it), so
 # a client generated from it sends what the server takes. The models don't enforce these: values
@@ -73,6 +80,11 @@ Name = Annotated[
     ),
 ]
 Number = StrictFloat  # ints too; not booleans or strings
+UUID_PATTERN = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+TIME_PATTERN = r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?([Zz]|[+-]\d{2}(:?\d{2})?)$"  # with an offset
+ClientId = Annotated[
+    StrictStr, WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 200, "pattern": r"^[^\u0000]+$"})
+]
 PRICE_SCHEMA: dict[str, Any] = {
     "anyOf": [
         # what rounds to four places below 1e10 (numeric(14, 4)): 9999999999.99994 is 9999999999.9999
@@ -344,6 +356,10 @@ class SearchOptions(Strict):
         description="Text queries: drop hits below this.",
         json_schema_extra={"minimum": 0, "maximum": 1},
     )
+    boost: StrictBool = Field(True, description="Blend the tenant's boosts learned from shoppers' feedback.")
+    client_id: ClientId | None = Field(
+        None, description="Who searched (a session or device id), recorded with the search."
+    )
     box: list[Number] | None = Field(
         None,
         description="Image queries: search with this region of the image, [x0, y0, x1, y1] in its pixels "
@@ -409,65 +425,6 @@ class SearchRequest(SearchOptions):
     )
 
 
-class HitResponse(BaseModel):
-    image_id: int
-    product_id: str
-    tenant: str
-    category: str | None
-    price: float | None
-    currency: str | None
-    title: str | None
-    brand: str | None
-    distance: float | None = Field(
-        description="Cosine distance, 0 (same direction) to 2; null in lexical mode."
-    )
-    score: float | None = Field(description="Cosine similarity, 1 - distance; null in lexical mode.")
-    probability: float | None = Field(
-        None, description="Text queries on SigLIP: the calibrated match probability (absent otherwise)."
-    )
-    matched_by: dict[str, int] = Field(
-        description='Which side found it and at what rank: {"semantic": 3, "lexical": 1}.'
-    )
-    relevance: float | None = Field(
-        None, description="Lexical and hybrid: the fused score (Reciprocal Rank Fusion), highest first."
-    )
-
-
-class PriceBucketResponse(BaseModel):
-    model_config = ConfigDict(populate_by_name=True)
-
-    low: float = Field(alias="from")
-    high: float = Field(alias="to")
-    count: int
-
-
-class FacetsResponse(BaseModel):
-    category: dict[str, int] = Field(description="Products per category, most first.")
-    brand: dict[str, int]
-    attributes: dict[str, dict[str, int]] = Field(description="Per attribute key, its top values.")
-    price: list[PriceBucketResponse] = Field(description="Buckets of a round width; `to` is exclusive.")
-
-
-class UnderstoodResponse(BaseModel):
-    text: str = Field(description="What is left of the query after the filters read from it.")
-    category: str | None = None
-    brand: str | None = None
-    attributes: dict[str, str] | None = None
-    price_min: float | None = None
-    price_max: float | None = None
-    fallback: bool = Field(description="The filters read matched nothing: the query ran as typed.")
-
-
-class SearchResponse(BaseModel):
-    hits: list[HitResponse] = Field(description="Best first.")
-    total: int | None = Field(description="Products matching (the whole match set, not the page).")
-    mode: str = Field(description="How the query was searched: semantic, lexical or hybrid.")
-    facets: FacetsResponse | None = Field(None, description="With `facets`: counts of the whole match set.")
-    understood: UnderstoodResponse | None = Field(
-        None, description="Text queries with `parse`: the filters read from the words, to show and remove."
-    )
-
-
 class CategoryResponse(BaseModel):
     name: str
     products: int
@@ -496,3 +453,38 @@ class StatusResponse(BaseModel):
     queue_depth: int | None = Field(
         None, description="Admin keys only: wake-up messages waiting (null: broker unreachable)."
     )
+
+
+# -- feedback events --------------------------------------------------------------------------
+
+
+class EventItem(Strict):
+    query_id: Annotated[StrictStr, WithJsonSchema({"type": "string", "format": "uuid", "pattern": UUID_PATTERN})] = (
+        Field(description="The search's `query_id`, from its answer.")
+    )
+    action: Literal["impression", "click", "add_to_cart", "purchase"]
+    object_id: Annotated[
+        StrictStr | StrictInt,
+        WithJsonSchema({"anyOf": [{"type": "string", "pattern": r"^[^\u0000]*$"}, {"type": "integer"}]}),
+    ] = Field(description="The product id or the image id of the hit at `position`.")
+    position: Integer = Field(
+        description="The hit's place in the search's ranking: 1 for its first (with `offset`, offset + 1).",
+        json_schema_extra={"minimum": 1, "maximum": 999_999_999},
+    )
+    time: Annotated[StrictStr, WithJsonSchema({"type": "string", "pattern": TIME_PATTERN})] | None = Field(
+        None, description="ISO 8601 with a UTC offset; default: when it arrives. Not in the future."
+    )
+    event_id: ClientId | None = Field(None, description="A repeated `event_id` counts once.")
+    client_id: ClientId | None = Field(None, description="Who acted (a session or device id).")
+
+
+class EventsRequest(Strict):
+    events: list[EventItem] = Field(
+        description="1 to 10000 events, recorded all or none.",
+        json_schema_extra={"minItems": 1, "maxItems": 10_000},
+    )
+
+
+class EventsResponse(BaseModel):
+    recorded: int
+    duplicates: int = Field(description="Events left out: an `event_id` seen before, or twice in the batch.")

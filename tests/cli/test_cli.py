@@ -36,7 +36,7 @@ COMMANDS = [
     ["db"], ["migrate"], ["tenant"], ["tenant", "create-login"], ["ingest"], ["worker"], ["status"],
     ["retry-failed"], ["search"], ["reembed"], ["model"], ["model", "list"], ["model", "activate"],
     ["model", "drop"], ["model", "reindex"], ["model", "add"], ["demo"], ["delete"], ["update"], ["serve"],
-    ["tenant", "create-key"], ["tenant", "list-keys"], ["tenant", "revoke-key"],
+    ["tenant", "create-key"], ["tenant", "list-keys"], ["tenant", "revoke-key"], ["boosts"], ["boosts", "refresh"],
 ]  # fmt: skip
 
 

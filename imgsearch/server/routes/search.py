@@ -73,6 +73,8 @@ def hit_json(hit: Hit) -> dict[str, Any]:
         body["probability"] = hit.probability
     if hit.relevance is not None:
         body["relevance"] = hit.relevance
+    if hit.boost is not None:
+        body["boost"] = hit.boost
     return body
 
 
@@ -83,6 +85,7 @@ def _number_or_none(value: Any) -> float | None:
 def result_json(result: SearchResult) -> dict[str, Any]:
     """A search's answer as the API returns it (``SearchResponse``)."""
     body: dict[str, Any] = {
+        "query_id": result.query_id,
         "hits": [hit_json(hit) for hit in result],
         "total": result.total,
         "mode": result.mode,
@@ -179,7 +182,7 @@ def _form_options(form: Any) -> dict[str, Any]:
             values[name] = _number(found[0], name, float)
         elif name == "box":
             values[name] = [_number(part, name, float) for part in found[0].split(",")]
-        elif name in ("group_by_product", "consistent", "parse", "facets", "total"):
+        elif name in ("group_by_product", "consistent", "parse", "facets", "total", "boost"):
             flag = found[0].strip().lower()
             if flag not in FORM_TRUE | FORM_FALSE:
                 raise InvalidQuery(

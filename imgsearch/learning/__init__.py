@@ -1,0 +1,11 @@
+"""Learning from shoppers, the last stage of the data's path (search -> learn -> search):
+
+* :mod:`~imgsearch.learning.queries`: every search recorded with its hits, under a ``query_id``;
+* :mod:`~imgsearch.learning.events`: impressions, clicks, add-to-carts and purchases on those hits;
+* :mod:`~imgsearch.learning.boosts`: the periodic job that turns them into position-bias
+  corrected, smoothed boosts per (query, product) and per product, which searches blend into
+  their ranking (:mod:`imgsearch.search.boosting`);
+* :mod:`~imgsearch.learning.simulate`: synthetic shoppers for tests and benchmarks.
+
+The tables are OpenSearch User Behavior Insights' (migration 0022).
+"""

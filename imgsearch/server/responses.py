@@ -1,0 +1,69 @@
+"""The answers of ``/v1/search`` (part of the API's schema, :mod:`imgsearch.server.schemas`)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class HitResponse(BaseModel):
+    image_id: int
+    product_id: str
+    tenant: str
+    category: str | None
+    price: float | None
+    currency: str | None
+    title: str | None
+    brand: str | None
+    distance: float | None = Field(
+        description="Cosine distance, 0 (same direction) to 2; null in lexical mode."
+    )
+    score: float | None = Field(description="Cosine similarity, 1 - distance; null in lexical mode.")
+    probability: float | None = Field(
+        None, description="Text queries on SigLIP: the calibrated match probability (absent otherwise)."
+    )
+    matched_by: dict[str, int] = Field(
+        description='Which side found it and at what rank: {"semantic": 3, "lexical": 1}.'
+    )
+    relevance: float | None = Field(
+        None, description="Lexical and hybrid: the fused score (Reciprocal Rank Fusion), highest first."
+    )
+    boost: float | None = Field(
+        None,
+        description="The learned boost blended into its place, 0 to 1 (absent: the search blended none).",
+    )
+
+
+class PriceBucketResponse(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    low: float = Field(alias="from")
+    high: float = Field(alias="to")
+    count: int
+
+
+class FacetsResponse(BaseModel):
+    category: dict[str, int] = Field(description="Products per category, most first.")
+    brand: dict[str, int]
+    attributes: dict[str, dict[str, int]] = Field(description="Per attribute key, its top values.")
+    price: list[PriceBucketResponse] = Field(description="Buckets of a round width; `to` is exclusive.")
+
+
+class UnderstoodResponse(BaseModel):
+    text: str = Field(description="What is left of the query after the filters read from it.")
+    category: str | None = None
+    brand: str | None = None
+    attributes: dict[str, str] | None = None
+    price_min: float | None = None
+    price_max: float | None = None
+    fallback: bool = Field(description="The filters read matched nothing: the query ran as typed.")
+
+
+class SearchResponse(BaseModel):
+    query_id: str = Field(description="The search's id (a UUID), for the events on its hits (/v1/events).")
+    hits: list[HitResponse] = Field(description="Best first.")
+    total: int | None = Field(description="Products matching (the whole match set, not the page).")
+    mode: str = Field(description="How the query was searched: semantic, lexical or hybrid.")
+    facets: FacetsResponse | None = Field(None, description="With `facets`: counts of the whole match set.")
+    understood: UnderstoodResponse | None = Field(
+        None, description="Text queries with `parse`: the filters read from the words, to show and remove."
+    )

@@ -1,0 +1,107 @@
+"""Every search is recorded with its hits under the query_id its answer carries."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+from sqlalchemy import text
+
+from imgsearch import Catalog
+from imgsearch.learning.queries import new_query_id, normalized
+from tests.learning.conftest import QUERY, open_shop
+
+
+def test_query_ids_are_uuid7_carrying_the_time() -> None:
+    before = time.time()
+    ids = [new_query_id() for _ in range(100)]
+    assert len(set(ids)) == 100
+    for query_id in ids:
+        assert query_id.version == 7 and query_id.variant == uuid.RFC_4122
+        assert abs((query_id.int >> 80) / 1000 - before) < 5
+
+
+def test_normalisation_folds_case_width_and_spaces() -> None:
+    assert normalized("  Red \t SHOES ") == "red shoes"
+    assert normalized("ＲＥＤ shoes") == "red shoes"  # full-width letters (NFKC)
+    assert normalized("Straße") == "strasse"
+    assert normalized("   ") is None and normalized(None) is None
+
+
+def test_a_search_is_recorded_with_its_hits_in_order(shop: Catalog) -> None:
+    result = shop.search(text=QUERY, tenant="acme", k=5, offset=2, mode="semantic", client_id="web-1",
+                         price_max=100)  # fmt: skip
+    assert uuid.UUID(result.query_id).version == 7
+    with shop.engine.connect() as conn:
+        row = conn.execute(
+            text("SELECT * FROM imgsearch.search_queries WHERE query_id = CAST(:q AS uuid)"), {"q": result.query_id}
+        ).one()
+    assert row.tenant == "acme" and row.client_id == "web-1"
+    assert row.user_query == QUERY and row.query_norm == "red shoes"
+    assert row.result_offset == 2
+    assert row.product_ids == [hit.product_id for hit in result]
+    assert row.image_ids == [hit.image_id for hit in result]
+    assert len(row.product_pks) == 5 and all(row.product_pks)
+    assert row.query_attributes["kind"] == "text" and row.query_attributes["mode"] == "semantic"
+    assert row.query_attributes["filters"] == {"price_max": 100}
+    assert abs((row.searched_at.timestamp()) - (uuid.UUID(result.query_id).int >> 80) / 1000) < 0.001
+
+
+def test_every_kind_of_search_has_a_query_id(shop: Catalog) -> None:
+    first = shop.search(text=QUERY, tenant="acme", k=3, mode="semantic")
+    answers = [
+        shop.search(similar_to=first[0].image_id, tenant="acme", k=3),
+        shop.search(similar_to_product="p01", tenant="acme", k=3),
+        shop.search(text="shoe", tenant="acme", mode="lexical", k=3),
+        shop.search(text="nothing of the sort at all", tenant="acme", mode="lexical", k=3),
+    ]
+    ids = [answer.query_id for answer in answers]
+    assert all(ids) and len(set(ids)) == len(ids)
+    with shop.engine.connect() as conn:
+        kinds = dict(
+            conn.execute(
+                text(
+                    "SELECT query_id::text, query_attributes->>'kind' FROM imgsearch.search_queries "
+                    "WHERE query_id::text = ANY(:ids)"
+                ),
+                {"ids": ids},
+            ).all()
+        )
+    assert [kinds[i] for i in ids] == ["similar_to", "similar_to_product", "text", "text"]
+
+
+def test_recording_can_be_switched_off(shop_url: str, tiny_siglip: Path) -> None:
+    with open_shop(shop_url, str(tiny_siglip), record_queries=False) as catalog:
+        result = catalog.search(text=QUERY, tenant="acme", k=3, mode="semantic")
+        assert result.query_id
+        with catalog.engine.connect() as conn:
+            found = conn.execute(
+                text("SELECT count(*) FROM imgsearch.search_queries WHERE query_id = CAST(:q AS uuid)"),
+                {"q": result.query_id},
+            ).scalar()
+    assert found == 0
+
+
+def test_searches_land_in_the_days_partition(shop: Catalog) -> None:
+    result = shop.search(text=QUERY, tenant="acme", k=1, mode="semantic")
+    with shop.engine.connect() as conn:
+        table = conn.execute(
+            text("SELECT tableoid::regclass::text FROM imgsearch.search_queries WHERE query_id = CAST(:q AS uuid)"),
+            {"q": result.query_id},
+        ).scalar()
+    assert table is not None and table.startswith("imgsearch_log.search_queries_2")
+
+
+def test_a_catalog_opened_without_a_tenant_scope_records_admin_searches(shop: Catalog) -> None:
+    result = shop.search(text=QUERY, k=3, mode="semantic")  # every tenant's
+    with shop.engine.connect() as conn:
+        tenant = conn.execute(
+            text("SELECT tenant FROM imgsearch.search_queries WHERE query_id = CAST(:q AS uuid)"),
+            {"q": result.query_id},
+        ).one()[0]
+    assert tenant is None
+
+
+def test_catalog_type_is_public() -> None:
+    assert Catalog.record_events.__doc__ and Catalog.refresh_boosts.__doc__
