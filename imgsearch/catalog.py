@@ -5,6 +5,7 @@ settings and the active model with its embedder (:mod:`imgsearch.embed.active`).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,7 @@ from imgsearch.ingest import bulk, images, removal, updates, uploads, vector_fil
 from imgsearch.ingest import duplicates as near_duplicates
 from imgsearch.learning import boosts as learned
 from imgsearch.learning import events as events_log
+from imgsearch.learning import tuning
 from imgsearch.quality import duplicates as duplicate_groups
 from imgsearch.records import ImageRecord, ModelInfo, SearchResult
 from imgsearch.search import plans, queries, routing, service, statements, understanding
@@ -55,6 +57,7 @@ class Catalog:
         )
         self._router = routing.Router(engine, self._search_engine, replicas)
         self._vocabularies = understanding.Vocabularies()  # each tenant's words, for parse=True
+        self._adapters = tuning.Adapters()  # each tenant's active query adapter
         self.on_search_plan: Callable[[Plan], None] | None = None  # told each statement's plan
         # told each forward pass of text or image queries (kind, queries in it); e.g. for metrics
         self.on_query_batch: Callable[[str, int], None] | None = None
@@ -331,6 +334,7 @@ class Catalog:
         consistent: bool = False, box: Sequence[float] | None = None,
         mode: str | None = None, parse: bool = True, facets: bool = False, total: bool = False,
         fusion: service.Fusion | None = None, boost: bool = True, client_id: str | None = None,
+        adapter: bool | None = None, interleave: str | None = None,
     ) -> SearchResult:
         """The ``k`` best images (after ``offset``) matching every filter: ``min(k, matching
         rows)`` hits, a list with ``.total``, ``.facets`` and ``.understood`` (docs/library.md).
@@ -345,9 +349,12 @@ class Catalog:
         (MMR λ), ``expand``, ``min_score`` (cosine), ``min_probability`` (text on SigLIP);
         ``consistent``: a replica answers once it has replayed every acknowledged write.
         ``boost``: blend the tenant's learned boosts (hits carry ``boost``). The answer's
-        ``query_id`` names the search for :meth:`record_events` (``client_id``: who searched)."""
+        ``query_id`` names the search for :meth:`record_events` (``client_id``: who searched).
+        ``adapter``: map the query with the tenant's query adapter (default: text and image queries);
+        ``interleave="boost,plain"``: two variants' hits drafted in turns (docs/learning.md)."""
         query = queries.Query(text, image, similar_to, similar_to_product, vector, box)
-        how = service.Asked(query, mode, parse, facets, total, consistent, fusion, min_probability, boost, client_id)
+        how = service.Asked(query, mode, parse, facets, total, consistent, fusion, min_probability)
+        how = replace(how, boost=boost, client_id=client_id, adapter=adapter, interleave=interleave)
         filters = Filters(tenant, category, price_min, price_max, attributes, where, brand=brand)
         page = (k, offset, group_by_product, diversity, expand, min_score)
         return service.search(self, filters, how, *page)
@@ -376,13 +383,7 @@ class Catalog:
     ) -> Select[Any]:
         """The same search as a composable ``Select`` (columns ``image_id, product_id, tenant,
         category, price, distance``) for ORM apps: add joins, columns and ``where`` clauses, keep its
-        ``ORDER BY`` and ``LIMIT``, and run it after :meth:`apply_search_settings`::
-
-            stmt = catalog.search_select(text="red shoes", tenant="acme", k=20).join(Stock, ...)
-            with Session(engine) as session, session.begin():
-                catalog.apply_search_settings(session.connection())
-                rows = session.execute(stmt).all()
-        """
+        ``ORDER BY`` and ``LIMIT``, and run it after :meth:`apply_search_settings` (docs/integrations.md)."""
         k, _ = check_page(k, 0)
         filters = Filters(tenant, category, price_min, price_max, attributes, where)
         filters.conditions()

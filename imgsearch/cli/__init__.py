@@ -20,11 +20,13 @@ from imgsearch.cli import (
     imports,
     indexes,
     ingest,
+    interleave,
     models,
     products,
     search,
     serve,
     tenants,
+    tune,
     workers,
 )
 from imgsearch.cli._common import EXIT_NOT_FOUND, EXIT_TEMPFAIL, EXIT_USAGE
@@ -45,6 +47,8 @@ GROUPS = (
     workers,
     search,
     boosts,
+    tune,
+    interleave,
     evaluate,
     duplicates,
     models,

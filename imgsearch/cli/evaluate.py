@@ -17,6 +17,10 @@ def _eval(args: argparse.Namespace, settings: Settings) -> int:
     from imgsearch import Catalog
     from imgsearch.quality import evaluation
 
+    if args.judgments is not None:
+        return _from_events(args, settings)
+    if args.set is None:
+        raise InvalidInput("give a labelled SET, or --judgments events")
     modes = [m.strip() for m in args.mode.split(",") if m.strip()] if args.mode else []
     unknown = [m for m in modes if m not in evaluation.MODES]
     if unknown:
@@ -40,6 +44,30 @@ def _eval(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _from_events(args: argparse.Namespace, settings: Settings) -> int:
+    from imgsearch import Catalog
+    from imgsearch.learning import judgments
+    from imgsearch.learning.boosts import Policy
+
+    if args.set is not None:
+        raise InvalidInput("--judgments events reads the judgments from the events: give no SET")
+    if args.tenant is None:
+        raise InvalidInput("--judgments events needs --tenant: judgments are a shop's own")
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    quiet = settings.model_copy(update={"record_queries": False})  # these searches aren't shoppers'
+    with Catalog.open(settings=quiet) as catalog:
+        judged = judgments.from_events(catalog.engine, args.tenant, Policy.from_settings(settings))
+        print(f"{len(judged.queries)} judged queries from the events since {judged.since:%Y-%m-%d %H:%M} UTC, "
+              f"k={args.k}", file=sys.stderr)  # fmt: skip
+        found = judgments.compare(catalog, args.tenant, judged, args.k, variants)
+    print(judgments.table(found, args.k))
+    if args.json:
+        from pathlib import Path
+
+        Path(args.json).write_text(json.dumps(found, indent=2))
+    return 0
+
+
 def register(commands: Subparsers) -> None:
     ev = commands.add_parser(
         "eval",
@@ -49,7 +77,21 @@ def register(commands: Subparsers) -> None:
         "the ANN path's recall against the exact scan. SET is a .jsonl or .csv file, or a folder of "
         "one folder per class whose images are in the catalog.",
     )
-    ev.add_argument("set", help="the labelled set: FILE.jsonl, FILE.csv or a folder of class folders")
+    ev.add_argument(
+        "set", nargs="?", default=None, help="the labelled set: FILE.jsonl, FILE.csv or a folder of class folders"
+    )
+    ev.add_argument(
+        "--judgments",
+        choices=["events"],
+        default=None,
+        help="instead of a SET: graded judgments from the tenant's events since the boosts' last refresh "
+        "(clicks and purchases against what their positions predict), and ranking variants compared",
+    )
+    ev.add_argument(
+        "--variants",
+        default="plain,boost,adapter,both",
+        help="with --judgments: the variants compared (plain, boost, adapter, both; default all)",
+    )
     ev.add_argument(
         "--k", type=positive, default=10, help="the cut-off of recall, precision and nDCG (default 10)"
     )

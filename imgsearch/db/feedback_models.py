@@ -7,16 +7,21 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from pgvector.sqlalchemy import VECTOR
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     DateTime,
     ForeignKey,
+    Identity,
     Index,
     Integer,
+    SmallInteger,
     Table,
     Text,
+    UniqueConstraint,
     Uuid,
     func,
     text,
@@ -109,3 +114,38 @@ class Boost(Base):
     conversions: Mapped[int] = mapped_column(Integer)
     expected: Mapped[float] = mapped_column(DOUBLE_PRECISION)
     computed_at: Mapped[dt.datetime] = mapped_column(_TS, server_default=func.now())
+
+
+class QueryAdapter(Base):
+    """A tenant's query adapter for a model (migration 0023, imgsearch.learning.tuning): its
+    held-out figures against the identity, and whether searches use it."""
+
+    __tablename__ = "query_adapters"
+    __table_args__ = (
+        UniqueConstraint("tenant", "model_id", "version"),
+        Index("query_adapters_active_idx", "tenant", "model_id", unique=True, postgresql_where=text("active")),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    tenant: Mapped[str] = mapped_column(Text)
+    model_id: Mapped[int] = mapped_column(SmallInteger, ForeignKey("models.id", ondelete="CASCADE"))
+    version: Mapped[int] = mapped_column(Integer)
+    dim: Mapped[int] = mapped_column(Integer)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    active: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    previous_id: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[dt.datetime] = mapped_column(_TS, server_default=func.now())
+    activated_at: Mapped[dt.datetime | None] = mapped_column(_TS)
+
+
+class QueryAdapterRow(Base):
+    """One row of an adapter's matrix, as a vector (PostgreSQL maps queries with ``<#>``)."""
+
+    __tablename__ = "query_adapter_rows"
+
+    adapter_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("query_adapters.id", ondelete="CASCADE"), primary_key=True
+    )
+    row: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant: Mapped[str] = mapped_column(Text)
+    weights: Mapped[Any] = mapped_column(VECTOR())

@@ -97,17 +97,20 @@ def downgrade_on(connection: Connection, revision: str) -> None:
 
 def include_name(name: str | None, type_: str, parent_names: Mapping[str, str | None]) -> bool:
     """Alembic ``include_name`` hook for your env.py: autogenerate then doesn't reflect imgsearch's
-    schema (its tables, indexes and functions belong to imgsearch's own migrations)."""
+    schemas (their tables, indexes and functions belong to imgsearch's own migrations)."""
     if type_ == "schema":
-        return name != SCHEMA
-    return parent_names.get("schema_name") != SCHEMA
+        return name not in OWN_SCHEMAS
+    return parent_names.get("schema_name") not in OWN_SCHEMAS
 
 
 def include_object(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
     """Alembic ``include_object`` hook for your env.py: imgsearch's tables that your metadata holds
     (for foreign keys to them) are never proposed as new tables."""
     table = obj if type_ == "table" else getattr(obj, "table", None)
-    return getattr(table, "schema", None) != SCHEMA
+    return getattr(table, "schema", None) not in OWN_SCHEMAS
+
+
+OWN_SCHEMAS = (SCHEMA, "imgsearch_log")  # imgsearch_log: the feedback logs' daily partitions (migration 0022)
 
 
 def downgrade(engine: Engine, revision: str) -> None:

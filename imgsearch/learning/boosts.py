@@ -65,7 +65,8 @@ class Refreshed:
     partitions_dropped: int
 
 
-_COMPUTE = """
+# each (normalised query, product) and product (query_norm ''): engagement, expected, ratio
+SCORED = """
 WITH shown AS (  -- every hit of every search in the window: an impression at its position
     SELECT p.tenant, q.query_norm, h.pk AS product_pk, (q.result_offset + h.n)::int AS position
     FROM imgsearch.search_queries q
@@ -109,6 +110,9 @@ WITH shown AS (  -- every hit of every search in the window: an impression at it
     LEFT JOIN per_click c ON c.tenant = g.tenant
     WHERE g.query_norm IS NOT NULL AND (g.clicks >= :min_clicks OR g.conversions >= :min_conversions)
 )
+"""
+
+_COMPUTE = SCORED + """
 INSERT INTO imgsearch.boosts (product_pk, query_norm, tenant, product_id, boost, clicks, conversions, expected)
 SELECT s.product_pk, s.query_norm, s.tenant, p.product_id, least(1.0, ln(s.ratio) / ln(:full_ratio)),
        s.clicks, s.conversions, s.expected

@@ -4,9 +4,10 @@ the events on its hits (:mod:`imgsearch.learning.events`) can name it.
 
 A ``query_id`` is a UUIDv7: its first 48 bits are the search's time in milliseconds, which is
 the row's ``searched_at``, so an event finds its search in one day's partition. The row is
-written on the primary after the search, in one round trip (autocommit, ``synchronous_commit``
-off for that statement only: losing the last searches of a crash loses their clicks, not data
-the catalog needs); a failure to write it is logged, and the search still answers.
+written on the primary after the search, in one round trip on the searches' pool (no ping; a
+closed connection is retried once), in autocommit with ``synchronous_commit`` off for that
+statement only: losing the last searches of a crash loses their clicks, not data the catalog
+needs. A failure to write it is logged, and the search still answers.
 """
 
 from __future__ import annotations
@@ -92,15 +93,19 @@ def record(
         "image_ids": [hit.image_id for hit in hits],
         "tenants": [hit.tenant for hit in hits],
     }
-    try:
-        with engine.connect() as conn:
-            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-            driver = conn.dialect.driver
-            compiled = _COMPILED.get(driver)
-            if compiled is None:
-                compiled = _COMPILED[driver] = Compiled.of(_INSERT, conn.dialect)
-            compiled.execute(conn, values)
-    except DBAPIError as exc:
-        log.warning("search %s not recorded (its events will be refused): %s", query_id, exc.orig)
-        return False
-    return True
+    for attempt in (1, 2):
+        try:
+            with engine.connect() as conn:
+                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+                driver = conn.dialect.driver
+                compiled = _COMPILED.get(driver)
+                if compiled is None:
+                    compiled = _COMPILED[driver] = Compiled.of(_INSERT, conn.dialect)
+                compiled.execute(conn, values)
+            return True
+        except DBAPIError as exc:
+            if exc.connection_invalidated and attempt == 1:
+                continue  # the search pool checks out without a ping: a closed connection, once more
+            log.warning("search %s not recorded (its events will be refused): %s", query_id, exc.orig)
+            return False
+    return False

@@ -14,8 +14,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from sqlalchemy import Connection
 
 from imgsearch.access import tenancy
+from imgsearch.embed.model import MAX_TEXT_CHARS
 from imgsearch.errors import InvalidQuery
 from imgsearch.ingest.vectors import Vector
+from imgsearch.learning import adapter, interleave
 from imgsearch.learning import queries as learned_queries
 from imgsearch.records import Hit, ModelInfo, SearchResult
 from imgsearch.search import facets as facet_counts
@@ -49,6 +51,8 @@ class Asked:
     min_probability: float | None = None
     boost: bool = True  # blend the tenant's learned boosts (imgsearch.search.boosting)
     client_id: str | None = None  # who searched, recorded with the search (User Behavior Insights)
+    adapter: bool | None = None  # the tenant's query adapter (None: for text and image queries)
+    interleave: str | None = None  # "A,B": two variants' hits drafted in turns (imgsearch.learning.interleave)
 
 
 def check_flags(parse: Any, facets: Any, total: Any, boost: Any = True) -> None:
@@ -76,22 +80,69 @@ def search(
     )  # fmt: skip
     filters.check()
     check_flags(asked.parse, asked.facets, asked.total, asked.boost)
+    if asked.adapter is not None and not isinstance(asked.adapter, bool):
+        raise InvalidQuery(f"adapter must be true, false or null, got {asked.adapter!r}")
     _check_client(asked.client_id)
     settings = catalog.settings
-    boosts = None
-    if asked.boost:
-        norm = learned_queries.normalized(query.text if isinstance(query.text, str) else None)
-        boosts = Boosting(norm, settings.boost_max_lift, settings.boost_product_weight).check()
-    options = replace(options, on_plan=catalog.on_search_plan, boosting=boosts)
+    variants = None if asked.interleave is None else interleave.parse(asked.interleave)
+    options = replace(options, on_plan=catalog.on_search_plan, boosting=_boosting(catalog, asked))
     query.check(filters)
     text = query.text
     if text is not None and (not isinstance(text, str) or not text.strip()):
         raise InvalidQuery("text must be a non-empty string")
+    if text is not None and len(text) > MAX_TEXT_CHARS:  # as typed: what parsing leaves may be shorter
+        raise InvalidQuery(f"text query is {len(text)} characters; the limit is {MAX_TEXT_CHARS}")
     mode = hybrid.check_mode(asked.mode, text)
     if mode is not None:
         hybrid.check_options(mode, options)
     fusion = (asked.fusion or DEFAULT_FUSION).check()
     catalog._follow_model_switch()
+    query_id = learned_queries.new_query_id()
+    teams = None
+    if variants is None:
+        result = _answer(catalog, filters, options, asked, mode, fusion)
+    else:
+        answers = []
+        wanted = options.k + options.offset  # the page drafted from the first hits of both
+        for name in variants:  # each variant's own search, then their hits drafted in turns
+            flags = interleave.VARIANTS[name]
+            variant = replace(asked, boost=flags["boost"], adapter=flags["adapter"])
+            own = replace(options, k=wanted, offset=0, boosting=_boosting(catalog, variant))
+            answers.append(_answer(catalog, filters, own, variant, mode, fusion))
+        result, teams = interleave.team_draft(answers[0], answers[1], wanted, query_id.int, skip=options.offset)
+    result.query_id = str(query_id)
+    if settings.record_queries:
+        attributes = _attributes(asked, filters, result, options)
+        if variants is not None:
+            attributes["interleave"] = {"variants": list(variants), "teams": teams}
+        learned_queries.record(
+            catalog.search_engine,
+            query_id,
+            tenant=filters.tenant_name(),
+            client_id=asked.client_id,
+            user_query=text,
+            attributes=attributes,
+            offset=options.offset,
+            hits=result,
+        )
+    return result
+
+
+def _boosting(catalog: Catalog, asked: Asked) -> Boosting | None:
+    """The boosts a search blends: its text's (normalised), at the catalog's lift; None: off."""
+    if not asked.boost:
+        return None
+    text = asked.query.text
+    norm = learned_queries.normalized(text if isinstance(text, str) else None)
+    settings = catalog.settings
+    return Boosting(norm, settings.boost_max_lift, settings.boost_product_weight).check()
+
+
+def _answer(
+    catalog: Catalog, filters: Filters, options: Options, asked: Asked, mode: str | None, fusion: hybrid.Fusion
+) -> SearchResult:
+    """The hits: the query's words read into filters (the query as typed when they leave none)."""
+    text = asked.query.text
     understood = None
     parsed = filters
     if text is not None and asked.parse:
@@ -103,39 +154,7 @@ def search(
         understood = replace(understood, fallback=True)
         result = _run(catalog, filters, options, asked, mode, fusion, None)
     result.understood = understood
-    query_id = learned_queries.new_query_id()
-    result.query_id = str(query_id)
-    if settings.record_queries:
-        learned_queries.record(
-            catalog.engine,
-            query_id,
-            tenant=filters.tenant_name(),
-            client_id=asked.client_id,
-            user_query=text,
-            attributes=_attributes(asked, filters, result, options),
-            offset=options.offset,
-            hits=result,
-        )
     return result
-
-
-def _attributes(asked: Asked, filters: Filters, result: SearchResult, options: Options) -> dict[str, Any]:
-    """What a recorded search was (User Behavior Insights' ``query_attributes``)."""
-    query = asked.query
-    kinds = ("text", "image", "similar_to", "similar_to_product", "vector")
-    kind = next((name for name in kinds if getattr(query, name) is not None), "vector")
-    given = {
-        name: getattr(filters, name)
-        for name in ("category", "price_min", "price_max", "brand", "attributes")
-        if getattr(filters, name) is not None
-    }
-    if filters.where is not None:
-        given["where"] = True
-    found: dict[str, Any] = {"kind": kind, "mode": result.mode, "k": options.k, "filters": given}
-    if kind in ("similar_to", "similar_to_product"):
-        found[kind] = getattr(query, kind)
-    found["boost"] = any(hit.boost is not None for hit in result)
-    return found
 
 
 def _understand(catalog: Catalog, text: str, filters: Filters) -> understanding.Understood:
@@ -195,6 +214,11 @@ def _run(
         )
         query = replace(query, text=text)
     vector = None if mode == "lexical" else query.embed(catalog, filters)
+    if vector is not None and _adapts(asked):
+        tenant = filters.tenant_name()
+        weights = None if tenant is None else catalog._adapters.get(catalog.engine, tenant, catalog.active_model)
+        if weights is not None:
+            vector = adapter.apply(weights, vector)
     chosen: list[str] = []
 
     def run(conn: Connection, model: ModelInfo, found: Vector | None, rows: Filters, opts: Options) -> Any:
@@ -227,3 +251,30 @@ def _run(
         facets=counted if asked.facets else None,
         mode=chosen[-1] if chosen else (mode or "semantic"),
     )
+
+
+def _adapts(asked: Asked) -> bool:
+    """Whether the query's vector goes through the tenant's adapter: text and image queries
+    unless ``adapter=False``, a vector only with ``adapter=True`` (stored images never)."""
+    if asked.adapter is False or asked.query.stored:
+        return False
+    return asked.adapter is True or asked.query.text is not None or asked.query.image is not None
+
+
+def _attributes(asked: Asked, filters: Filters, result: SearchResult, options: Options) -> dict[str, Any]:
+    """What a recorded search was (User Behavior Insights' ``query_attributes``)."""
+    query = asked.query
+    kinds = ("text", "image", "similar_to", "similar_to_product", "vector")
+    kind = next((name for name in kinds if getattr(query, name) is not None), "vector")
+    given = {
+        name: getattr(filters, name)
+        for name in ("category", "price_min", "price_max", "brand", "attributes")
+        if getattr(filters, name) is not None
+    }
+    if filters.where is not None:
+        given["where"] = True
+    found: dict[str, Any] = {"kind": kind, "mode": result.mode, "k": options.k, "filters": given}
+    if kind in ("similar_to", "similar_to_product"):
+        found[kind] = getattr(query, kind)
+    found["boost"] = any(hit.boost is not None for hit in result)
+    return found

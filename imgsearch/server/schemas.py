@@ -82,6 +82,8 @@ Name = Annotated[
 Number = StrictFloat  # ints too; not booleans or strings
 UUID_PATTERN = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 TIME_PATTERN = r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?([Zz]|[+-]\d{2}(:?\d{2})?)$"  # with an offset
+VARIANTS = ("plain", "boost", "adapter", "both")
+INTERLEAVED = tuple(f"{a},{b}" for a in VARIANTS for b in VARIANTS if a != b)
 ClientId = Annotated[
     StrictStr, WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 200, "pattern": r"^[^\u0000]+$"})
 ]
@@ -357,6 +359,14 @@ class SearchOptions(Strict):
         json_schema_extra={"minimum": 0, "maximum": 1},
     )
     boost: StrictBool = Field(True, description="Blend the tenant's boosts learned from shoppers' feedback.")
+    interleave: Literal[INTERLEAVED] | None = Field(  # type: ignore[valid-type]
+        None,
+        description="Compare two variants (plain, boost, adapter, both) on this search: their hits drafted "
+        "in turns, each click credited to its variant (`imgsearch interleave report`).",
+    )
+    adapter: StrictBool | None = Field(
+        None, description="Map the query with the tenant's query adapter (null: for text and image queries)."
+    )
     client_id: ClientId | None = Field(
         None, description="Who searched (a session or device id), recorded with the search."
     )

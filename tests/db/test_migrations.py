@@ -24,6 +24,12 @@ TABLES = {
     "filter_index_rules",
     "filter_indexes",
     "text_search",
+    "search_queries",
+    "search_events",
+    "event_ids",
+    "boosts",
+    "query_adapters",
+    "query_adapter_rows",
     "alembic_version",
 }
 

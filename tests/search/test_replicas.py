@@ -133,7 +133,12 @@ def test_searches_run_on_the_replicas_with_the_primarys_results(cluster: Cluster
                 ).scalars()
             )
         assert "embeddings_hnsw_m1" in plan
-        assert routed.replicas.lags() == {m.name: 0.0 for m in routed.replicas.members}
+        # caught up: each search's record (imgsearch.learning.queries) is a write on the primary,
+        # committed without waiting for its WAL flush, which the standbys replay a moment later
+        deadline = time.monotonic() + 10
+        while routed.replicas.lags() != {m.name: 0.0 for m in routed.replicas.members}:
+            assert time.monotonic() < deadline, routed.replicas.lags()
+            time.sleep(0.1)
 
 
 def test_read_your_writes_holds_with_consistent_searches(cluster: Cluster, tiny_siglip: Path) -> None:

@@ -86,3 +86,14 @@ def test_a_tenant_cannot_record_events_on_another_tenants_search(api: Api, tiny_
         assert "no search has query_id" in refused["errors"][0]["error"]
     with api.client(api.key(admin=True)) as admin:
         assert admin.post("/v1/events", json={"events": [event]}).json() == {"recorded": 1, "duplicates": 0}
+
+
+def test_a_search_takes_the_boost_and_adapter_flags(api: Api, tiny_siglip: Path, tenant: str) -> None:
+    vector = _shop(api, tiny_siglip, tenant)
+    with api.client(api.key(tenant)) as client:
+        plain = _search(client, vector)
+        same = _search(client, vector, adapter=True, boost=True)  # the tenant has neither: the same hits
+        assert [h["image_id"] for h in same["hits"]] == [h["image_id"] for h in plain["hits"]]
+        assert _search(client, vector, adapter=None)["hits"]
+        problem(client.post("/v1/search", json={"vector": vector, "adapter": "yes"}), 422)
+        problem(client.post("/v1/search", json={"vector": vector, "boost": None}), 422)

@@ -36,8 +36,8 @@ _IMAGE_BODY: dict[str, Any] = {
                     "file": {"type": "string", "format": "binary", "description": "The query image."},
                     "params": {
                         "type": "string",
-                        "description": "The filters and options as one JSON object (SearchOptions); "
-                        "or give them as form fields of their own.",
+                        "description": "The filters and options as one JSON object (SearchOptions; `mode`, "
+                        "if given, `semantic`); or give them as form fields of their own.",
                     },
                     **{
                         name: {"type": "string", "description": "As in SearchOptions."}
@@ -182,7 +182,7 @@ def _form_options(form: Any) -> dict[str, Any]:
             values[name] = _number(found[0], name, float)
         elif name == "box":
             values[name] = [_number(part, name, float) for part in found[0].split(",")]
-        elif name in ("group_by_product", "consistent", "parse", "facets", "total", "boost"):
+        elif name in ("group_by_product", "consistent", "parse", "facets", "total", "boost", "adapter"):
             flag = found[0].strip().lower()
             if flag not in FORM_TRUE | FORM_FALSE:
                 raise InvalidQuery(
