@@ -8,7 +8,7 @@ Searches are vector queries of the tenant, k=10, in blocks that rotate between t
 so the box's drift falls on each alike:
 
 * **no log**: ``IMGSEARCH_RECORD_QUERIES=false``: the search alone (the baseline);
-* **floor**: "no log" and then a bare ``SELECT 1`` on the searches' pool in autocommit: the least
+* **floor**: "no log" and then a bare ``SELECT 1`` on the catalog's pool for writes, in autocommit: the least
   any synchronous record of a search adds (a round trip);
 * **log**: every search recorded with its hits (the default);
 * **log + 1k events/s**: as "log", while another process records click events on earlier
@@ -95,7 +95,7 @@ def main() -> None:
             times: dict[str, list[float]] = {"no log": [], "floor": [], "log": [], "log + events": []}
 
             def round_trip() -> None:  # what any synchronous write of a search must add
-                with plain.search_engine.connect() as conn:
+                with plain.engine.connect() as conn:
                     conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("SELECT 1")
 
             loaded_seconds, loaded_events = 0.0, 0

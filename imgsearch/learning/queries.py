@@ -4,10 +4,10 @@ the events on its hits (:mod:`imgsearch.learning.events`) can name it.
 
 A ``query_id`` is a UUIDv7: its first 48 bits are the search's time in milliseconds, which is
 the row's ``searched_at``, so an event finds its search in one day's partition. The row is
-written on the primary after the search, in one round trip on the searches' pool (no ping; a
-closed connection is retried once), in autocommit with ``synchronous_commit`` off for that
-statement only: losing the last searches of a crash loses their clicks, not data the catalog
-needs. A failure to write it is logged, and the search still answers.
+written on the primary after the search (the catalog's pool for writes, not the searches': those
+may all be on replicas), in autocommit with ``synchronous_commit`` off for that statement only:
+losing the last searches of a crash loses their clicks, not data the catalog needs. A failure to
+write it is logged (a closed connection is tried once more), and the search still answers.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def record(
             return True
         except DBAPIError as exc:
             if exc.connection_invalidated and attempt == 1:
-                continue  # the search pool checks out without a ping: a closed connection, once more
+                continue  # a connection closed since its checkout: once more, on a new one
             log.warning("search %s not recorded (its events will be refused): %s", query_id, exc.orig)
             return False
     return False

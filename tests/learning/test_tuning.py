@@ -155,3 +155,37 @@ def test_the_tune_command_trains_lists_activates_and_rolls_back(
     assert "Traceback" not in refused.stderr
     unknown = run_cli("tune", "activate", "999999", "--tenant", "acme", **env)
     assert unknown.returncode == 3
+
+
+def test_a_model_whose_vectors_come_from_elsewhere_tunes_on_a_pairs_files_vectors(
+    database_url: str, tmp_path: Path
+) -> None:
+    """No text tower here: the pairs file brings query vectors (made outside), and only them."""
+    rng = np.random.default_rng(8)
+    with Catalog.open(database_url) as catalog:
+        model = catalog.add_model("outside-16", 16, activate=True)
+        images = rng.standard_normal((120, 16)).astype(np.float32)
+        catalog.add_many([{"tenant": "acme", "product_id": f"sku-{i}", "embedding": v} for i, v in enumerate(images)])
+        skew = np.eye(16) + 0.8 * rng.standard_normal((16, 16)) / 4
+        lines = []
+        for _ in range(600):
+            i = int(rng.integers(0, 120))
+            query = images[i] @ np.linalg.inv(skew).T + 0.1 * rng.standard_normal(16)
+            lines.append(json.dumps({"vector": [float(x) for x in query], "product_id": f"sku-{i}"}))
+        pairs_file = tmp_path / "pairs.jsonl"
+        pairs_file.write_text("\n".join(lines))
+        pairs = tuning.gather(catalog.engine, model, "acme", None, pairs_file)
+        assert pairs.sources == {"events": 0, "titles": 0, "file": 600}
+        trained = adapter.train(pairs.queries, pairs.targets, pairs.products, pairs.groups)
+        assert trained.wins
+        info = tuning.store(catalog.engine, "acme", model, trained)
+        tuning.activate(catalog.engine, "acme", model, info.id)
+        catalog._adapters.forget()
+        query = images[7] @ np.linalg.inv(skew).T
+        plain = {h.product_id: h.distance for h in catalog.search(vector=query, tenant="acme", k=120)}
+        mapped = catalog.search(vector=query, tenant="acme", k=1, adapter=True)[0]
+        assert mapped.product_id == "sku-7" and mapped.distance < plain["sku-7"]  # mapped toward its image
+        bad = tmp_path / "text.jsonl"
+        bad.write_text('{"text": "red boot", "product_id": "sku-1"}\n')
+        with pytest.raises(InvalidInput, match="the model embeds no text"):
+            tuning.gather(catalog.engine, model, "acme", None, bad)
