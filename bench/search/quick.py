@@ -7,7 +7,9 @@ beside the ones recorded in docs/benchmarks.md, any that grew by more than 20% m
 Run it whenever the search path changes. It takes under two minutes (the first run also loads the
 20k-row catalog into the database ``bench_quick`` of the embedded server, about 20 s). The ratios
 compared are each filter's imgsearch p50 over its block's unfiltered baseline and over its floor
-(imgsearch's own statements replayed bare); both are measured in the same run, so the box's speed
+(imgsearch's own statements replayed bare), with searches unrecorded
+(``IMGSEARCH_RECORD_QUERIES=false``: the record's cost is bench/search/feedback_load.py's); both
+are measured in the same run, so the box's speed
 cancels out, though not its noise: a single marked ratio is a reason to rerun, one marked twice a
 reason to look. Not a CI test for that reason. ``--write`` records this run's ratios as the new
 reference.
@@ -18,6 +20,7 @@ The figure it produces: docs/benchmarks.md, "Regression guard".
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import sys
@@ -36,7 +39,9 @@ def run() -> dict[str, tuple[float, float]]:
     plot = Path("/tmp") / "imgsearch-bench-quick.png"
     cmd = [*COMMAND, "--database", "bench_quick", "--plot", str(plot)]
     lines: list[str] = []
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as proc:
+    # the search path alone: each search's record (its own benchmark, feedback_load.py) stays out
+    env = {**os.environ, "IMGSEARCH_RECORD_QUERIES": "false"}
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env) as proc:
         assert proc.stdout is not None
         for line in proc.stdout:
             lines.append(line)
