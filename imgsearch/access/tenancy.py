@@ -10,6 +10,8 @@ tenant on the server, by login name.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError, ProgrammingError
@@ -46,6 +48,15 @@ def scope(conn: Connection, tenant: str) -> str:
 
 _SCOPE_STATEMENT = text("SELECT set_config('role', :role, true), set_config('imgsearch.tenant', :tenant, true)")
 _SCOPE: dict[str, Compiled] = {}  # by driver
+
+
+@contextmanager
+def begin(engine: Engine, tenant: str | None) -> Iterator[Connection]:
+    """A transaction on ``engine``, restricted to ``tenant`` (:func:`scope`) when one is given."""
+    with engine.begin() as conn:
+        if tenant is not None:
+            scope(conn, tenant)
+        yield conn
 
 
 def run_as_worker(conn: Connection) -> None:

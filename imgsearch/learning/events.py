@@ -98,9 +98,7 @@ def record(engine: Engine, tenant: str | None, events: Iterable[Mapping[str, Any
     """Check and record one batch, all or nothing (:class:`InvalidEvents` names each bad event)."""
     plain, problems = as_json(events)
     try:
-        with engine.begin() as conn:
-            if tenant is not None:
-                tenancy.scope(conn, tenant)
+        with tenancy.begin(engine, tenant) as conn:
             found = conn.execute(
                 text("SELECT imgsearch.record_events(CAST(:events AS jsonb))"), {"events": json.dumps(plain)}
             ).scalar_one()

@@ -117,8 +117,7 @@ def report(engine: Engine, tenant: str, days: int = 30) -> list[Comparison]:
     """Each pair of variants ``tenant`` interleaved in the last ``days``, credited by clicks."""
     tenant = checks.identifier(tenant, "tenant")
     since = dt.datetime.now(dt.UTC) - dt.timedelta(days=days)
-    with engine.begin() as conn:
-        tenancy.scope(conn, tenant)
+    with tenancy.begin(engine, tenant) as conn:
         rows = conn.execute(text(_CREDITS), {"since": since}).all()
     tally: dict[tuple[str, str], list[int]] = {}
     for row in rows:

@@ -98,8 +98,7 @@ def from_events(engine: Engine, tenant: str, policy: Policy, since: dt.datetime 
     """``tenant``'s judged queries from its events since ``since`` (default: the boosts' last
     refresh, else the policy's window)."""
     tenant = checks.identifier(tenant, "tenant")
-    with engine.begin() as conn:
-        tenancy.scope(conn, tenant)
+    with tenancy.begin(engine, tenant) as conn:
         if since is None:
             since = conn.execute(text("SELECT max(computed_at) FROM imgsearch.boosts")).scalar()
         if since is None:

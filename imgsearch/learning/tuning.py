@@ -137,8 +137,7 @@ def gather(
     """Every training pair of ``tenant`` (``embed_texts``: the model's text tower; None for a
     model whose vectors come from elsewhere, which can use a file's vectors only)."""
     tenant = checks.identifier(tenant, "tenant")
-    with engine.begin() as conn:
-        tenancy.scope(conn, tenant)
+    with tenancy.begin(engine, tenant) as conn:
         product_ids, products = product_vectors(conn, model)
         found_texts: list[tuple[str, str]] = []
         if events and embed_texts is not None:
@@ -202,8 +201,7 @@ def gather(
 
 def store(engine: Engine, tenant: str, model: ModelInfo, trained: adapter.Trained) -> AdapterInfo:
     """Keep a trained adapter as the next version of ``tenant``'s, not active."""
-    with engine.begin() as conn:
-        tenancy.scope(conn, tenant)
+    with tenancy.begin(engine, tenant) as conn:
         found = conn.execute(
             text(
                 "INSERT INTO imgsearch.query_adapters (tenant, model_id, version, dim, metrics) "
@@ -228,8 +226,7 @@ def store(engine: Engine, tenant: str, model: ModelInfo, trained: adapter.Traine
 
 def listed(engine: Engine, tenant: str, model: ModelInfo) -> list[AdapterInfo]:
     """``tenant``'s adapters for ``model``, newest first."""
-    with engine.begin() as conn:
-        tenancy.scope(conn, tenant)
+    with tenancy.begin(engine, tenant) as conn:
         rows = conn.execute(
             text(
                 "SELECT id, version, active, metrics, created_at FROM imgsearch.query_adapters "
@@ -251,8 +248,7 @@ def activate(engine: Engine, tenant: str, model: ModelInfo, adapter_id: int) -> 
             f"adapter {adapter_id} didn't beat the identity, so it would make searches worse: "
             f"{found.figures()}; not activated"
         )
-    with engine.begin() as conn:
-        tenancy.scope(conn, tenant)
+    with tenancy.begin(engine, tenant) as conn:
         current = conn.execute(
             text("SELECT id FROM imgsearch.query_adapters WHERE model_id = :m AND active FOR UPDATE"),
             {"m": model.id},
@@ -272,8 +268,7 @@ def activate(engine: Engine, tenant: str, model: ModelInfo, adapter_id: int) -> 
 
 def rollback(engine: Engine, tenant: str, model: ModelInfo) -> AdapterInfo | None:
     """Deactivate the active adapter and reactivate the one it replaced (None: the identity)."""
-    with engine.begin() as conn:
-        tenancy.scope(conn, tenant)
+    with tenancy.begin(engine, tenant) as conn:
         current = conn.execute(
             text("SELECT id, previous_id FROM imgsearch.query_adapters WHERE model_id = :m AND active FOR UPDATE"),
             {"m": model.id},
@@ -306,8 +301,7 @@ class Adapters:
         known = self._known.get(key)
         if known is not None and now - known[0] < REFRESH_SECONDS:
             return known[2]
-        with engine.begin() as conn:
-            tenancy.scope(conn, tenant)
+        with tenancy.begin(engine, tenant) as conn:
             active = conn.execute(
                 text("SELECT id FROM imgsearch.query_adapters WHERE model_id = :m AND active"), {"m": model.id}
             ).scalar()
