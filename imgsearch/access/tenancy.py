@@ -5,14 +5,22 @@ Whenever a call names a tenant, its transaction runs as the ``imgsearch_app`` ro
 by migration 0003 hide every other tenant's rows: a forgotten filter, a foreign id or a crafted
 ``where`` can't reach them. SQL console logins made by :func:`create_login` are bound to their
 tenant on the server, by login name.
+
+On a Citus coordinator (:mod:`imgsearch.db.citus`) the policies run on the workers' shards, which
+see a setting only when it comes as ``SET LOCAL`` (``citus.propagate_set_commands = 'local'``,
+set by ``imgsearch db distribute``): there the tenant is also sent that way, as a quoted literal
+(a SET takes no parameters; the name is checked by :func:`~imgsearch.ingest.checks.identifier`
+first).
 """
 
 from __future__ import annotations
 
 import secrets
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from psycopg import sql
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError, ProgrammingError
 
@@ -38,6 +46,11 @@ def scope(conn: Connection, tenant: str) -> str:
         # one round trip: set_config(..., true) is SET LOCAL, and 'role' is what SET ROLE sets;
         # compiled once (every search of a shop sends it)
         scoping.run(conn, {"role": APP_ROLE, "tenant": tenant})
+        if _on_citus(conn):
+            driver_conn = conn.connection.driver_connection
+            assert driver_conn is not None
+            command = sql.SQL("SET LOCAL imgsearch.tenant TO {}").format(sql.Literal(tenant))
+            conn.exec_driver_sql(command.as_string(driver_conn))
     except ProgrammingError as exc:
         raise ConfigurationError(
             f"the database login cannot switch to role {APP_ROLE} for tenant isolation; "
@@ -46,7 +59,22 @@ def scope(conn: Connection, tenant: str) -> str:
     return tenant
 
 
-_SCOPE_STATEMENT = text("SELECT set_config('role', :role, true), set_config('imgsearch.tenant', :tenant, true)")
+_CITUS: weakref.WeakKeyDictionary[Engine, bool] = weakref.WeakKeyDictionary()
+
+
+def _on_citus(conn: Connection) -> bool:
+    """Whether ``conn``'s database is a Citus coordinator (asked once per engine)."""
+    found = _CITUS.get(conn.engine)
+    if found is None:
+        found = _CITUS[conn.engine] = bool(
+            conn.execute(text("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')")).scalar()
+        )
+    return found
+
+
+_SCOPE_STATEMENT = text(
+    "SELECT set_config('role', :role, true), set_config('imgsearch.tenant', :tenant, true)"
+)
 _SCOPE: dict[str, Compiled] = {}  # by driver
 
 

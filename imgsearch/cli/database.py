@@ -13,6 +13,8 @@ def _db(args: argparse.Namespace, settings: Settings) -> int:
     from imgsearch.db import embedded
     from imgsearch.db.engine import libpq_uri
 
+    if args.action == "distribute":
+        return _distribute(settings)
     if args.action == "start":
         print(embedded.ensure_started(settings.home))
     elif args.action == "stop":
@@ -35,6 +37,24 @@ def _db(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _distribute(settings: Settings) -> int:
+    from imgsearch.db import citus, engine
+
+    eng = engine.make_engine(engine.resolve_url(settings))
+    try:
+        done = citus.distribute(eng)
+    finally:
+        eng.dispose()
+    if done.distributed:
+        print(
+            f"distributed by tenant over {done.workers} workers: {', '.join(done.distributed)}; "
+            f"reference tables: {', '.join(done.reference)}"
+        )
+    else:
+        print(f"already distributed ({done.workers} workers)")
+    return 0
+
+
 def _migrate(args: argparse.Namespace, settings: Settings) -> int:
     from alembic.util import CommandError
 
@@ -54,10 +74,12 @@ def _migrate(args: argparse.Namespace, settings: Settings) -> int:
 def register(commands: Subparsers) -> None:
     db = commands.add_parser(
         "db",
-        help="manage the embedded PostgreSQL server",
-        description="Start, stop or inspect the embedded PostgreSQL + pgvector server.",
+        help="manage the embedded PostgreSQL server, or distribute the catalog on Citus",
+        description="Start, stop or inspect the embedded PostgreSQL + pgvector server; `distribute` "
+        "distributes a migrated catalog by tenant on the Citus coordinator IMGSEARCH_DATABASE_URL names "
+        "(docs/scaling.md).",
     )
-    db.add_argument("action", choices=["start", "stop", "status", "url"])
+    db.add_argument("action", choices=["start", "stop", "status", "url", "distribute"])
     db.add_argument(
         "--psql", action="store_true", help="url: a libpq URI, as psql and other libpq clients take it"
     )

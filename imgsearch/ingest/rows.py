@@ -148,7 +148,8 @@ def _upsert_products(conn: Connection, rows: list[PreparedRow]) -> dict[tuple[st
         set_={
             **{name: func.coalesce(base.excluded[name], Product.__table__.c[name]) for name in PRODUCT_FIELDS},
             "attributes": Product.attributes.op("||")(base.excluded.attributes),
-            "updated_at": func.now(),
+            # the proposed row's default, now(): Citus takes no function but an immutable one here
+            "updated_at": base.excluded.updated_at,
         },
     ).returning(Product.id, Product.tenant, Product.product_id)
     result = conn.execute(stmt, list(merged.values()))

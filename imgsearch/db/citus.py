@@ -1,0 +1,247 @@
+"""Citus mode: the catalog's tables distributed by tenant over a Citus cluster
+(``imgsearch db distribute``; docs/scaling.md).
+
+Each shop's rows (products, images, their links, embeddings, boosts, adapters, event ids) live in
+one shard group on one node: the tenant tables are hash-distributed on ``tenant`` and colocated
+with ``products``, so a search that names its tenant is a router query to that node, and a
+shop's joins and foreign keys stay on it. The small shared tables (models, API keys, logins, the
+text cache, the filter-index rules) are reference tables, copied to every node.
+
+Citus enforces a key or a foreign key only where it includes the distribution column, so
+``distribute`` first makes every key of a tenant table include ``tenant`` (the ids stay unique:
+an id is still drawn from one sequence) and every foreign key between tenant tables carry it.
+It runs in one transaction: a cluster is either distributed or untouched. A second run finds
+the catalog distributed and changes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import DBAPIError
+
+from imgsearch.errors import ConfigurationError
+
+ROLES = ("imgsearch_app", "imgsearch_console", "imgsearch_worker", "imgsearch_admin")
+REFERENCE = (
+    "tenant_logins",
+    "text_search",
+    "models",
+    "api_keys",
+    "filter_index_rules",
+    "filter_indexes",
+    "text_embeddings",
+    "text_requests",
+)
+# distributed on tenant, colocated with products (the first)
+DISTRIBUTED = (
+    "products",
+    "images",
+    "image_products",
+    "embeddings",
+    "boosts",
+    "event_ids",
+    "query_adapters",
+    "query_adapter_rows",
+)
+
+# keys that become (..., tenant): (table, constraint, kind, columns)
+KEYS = (
+    ("products", "products_pkey", "PRIMARY KEY", "id, tenant"),
+    ("images", "images_pkey", "PRIMARY KEY", "id, tenant"),
+    ("image_products", "image_products_pkey", "PRIMARY KEY", "image_id, product_pk, tenant"),
+    ("embeddings", "embeddings_pkey", "PRIMARY KEY", "model_id, image_id, product_pk, tenant"),
+    ("boosts", "boosts_pkey", "PRIMARY KEY", "product_pk, query_norm, tenant"),
+    ("query_adapters", "query_adapters_pkey", "PRIMARY KEY", "id, tenant"),
+    ("query_adapter_rows", "query_adapter_rows_pkey", "PRIMARY KEY", 'adapter_id, "row", tenant'),
+)
+# keys the new primary keys make redundant
+REDUNDANT = (("products", "products_id_tenant_key"), ("images", "images_id_tenant_key"))
+# Citus refuses ON DELETE SET NULL on a key that holds the distribution column: a trigger on the
+# shards does what images_duplicate_of_fkey's action did (a deleted original's copies forget it)
+FORGET_ORIGINAL = """
+CREATE OR REPLACE FUNCTION imgsearch._forget_original() RETURNS trigger
+LANGUAGE plpgsql
+AS $fn$
+BEGIN
+    UPDATE imgsearch.images SET duplicate_of = NULL WHERE tenant = OLD.tenant AND duplicate_of = OLD.id;
+    RETURN OLD;
+END
+$fn$
+"""
+REPLACED = {("images", "images_duplicate_of_fkey")}
+
+# The triggers run on the shards, where a query on another table is a query of the cluster: each
+# names its tenant, so that it goes to the colocated shard on the same node (migrations 0004 and
+# 0019 wrote them for one node), and the new images' links are made row by row (a shard's query
+# can't read a statement trigger's transition table).
+TRIGGERS = (
+    """
+CREATE OR REPLACE FUNCTION imgsearch.embedding_takes_product_filters() RETURNS trigger
+LANGUAGE plpgsql AS $fn$
+BEGIN
+    SELECT p.category, p.price INTO NEW.category, NEW.price
+    FROM imgsearch.products p WHERE p.tenant = NEW.tenant AND p.id = NEW.product_pk;
+    RETURN NEW;
+END $fn$
+""",
+    """
+CREATE OR REPLACE FUNCTION imgsearch.product_filters_to_embeddings() RETURNS trigger
+LANGUAGE plpgsql AS $fn$
+BEGIN
+    UPDATE imgsearch.embeddings e SET category = NEW.category, price = NEW.price
+    WHERE e.tenant = NEW.tenant AND e.product_pk = NEW.id;
+    RETURN NULL;
+END $fn$
+""",
+    """
+CREATE OR REPLACE FUNCTION imgsearch._keep_shared_images() RETURNS trigger
+LANGUAGE plpgsql
+AS $fn$
+BEGIN
+    UPDATE imgsearch.images i SET product_pk = other.product_pk, updated_at = now()
+    FROM (
+        SELECT DISTINCT ON (l.image_id) l.image_id, l.product_pk
+        FROM imgsearch.image_products l JOIN imgsearch.images s ON s.id = l.image_id AND s.tenant = l.tenant
+        WHERE l.tenant = OLD.tenant AND s.product_pk = OLD.id AND l.product_pk <> OLD.id
+        ORDER BY l.image_id, l.created_at, l.product_pk
+    ) AS other
+    WHERE i.tenant = OLD.tenant AND i.id = other.image_id;
+    RETURN OLD;
+END
+$fn$
+""",
+    """
+CREATE OR REPLACE FUNCTION imgsearch._link_new_image() RETURNS trigger
+LANGUAGE plpgsql
+AS $fn$
+BEGIN
+    INSERT INTO imgsearch.image_products (image_id, product_pk, tenant)
+    VALUES (NEW.id, NEW.product_pk, NEW.tenant)
+    ON CONFLICT DO NOTHING;
+    RETURN NULL;
+END
+$fn$
+""",
+    "DROP TRIGGER images_link_new ON imgsearch.images",
+    "CREATE TRIGGER images_link_new AFTER INSERT ON imgsearch.images FOR EACH ROW "
+    "EXECUTE FUNCTION imgsearch._link_new_image()",
+)
+# foreign keys between tenant tables that didn't carry tenant: (table, constraint, definition)
+FOREIGN_KEYS = (
+    ("boosts", "boosts_product_pk_fkey",
+     "FOREIGN KEY (product_pk, tenant) REFERENCES imgsearch.products (id, tenant) ON DELETE CASCADE"),
+    ("embeddings", "embeddings_link_fkey",
+     "FOREIGN KEY (image_id, product_pk, tenant) REFERENCES imgsearch.image_products (image_id, product_pk, tenant)"
+     " ON DELETE CASCADE"),
+    ("query_adapter_rows", "query_adapter_rows_adapter_id_fkey",
+     "FOREIGN KEY (adapter_id, tenant) REFERENCES imgsearch.query_adapters (id, tenant) ON DELETE CASCADE"),
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """What ``distribute`` did: the tables it distributed and made reference tables (empty when
+    the catalog was distributed already), and the cluster's worker nodes."""
+
+    distributed: tuple[str, ...]
+    reference: tuple[str, ...]
+    workers: int
+
+
+def is_coordinator(conn: Connection) -> bool:
+    """Whether the database is a Citus coordinator (the extension installed)."""
+    return bool(
+        conn.execute(text("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')")).scalar()
+    )
+
+
+def is_distributed(conn: Connection) -> bool:
+    """Whether the catalog's tables are distributed (Citus mode)."""
+    if not is_coordinator(conn):
+        return False
+    return bool(
+        conn.execute(
+            text(
+                "SELECT EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = 'imgsearch.products'::regclass)"
+            )
+        ).scalar()
+    )
+
+
+def _foreign_keys(conn: Connection) -> list[tuple[str, str, str]]:
+    """Every foreign key of the imgsearch tables: (table, name, definition)."""
+    rows = conn.execute(
+        text(
+            "SELECT t.relname, c.conname, pg_get_constraintdef(c.oid) FROM pg_constraint c "
+            "JOIN pg_class t ON t.oid = c.conrelid JOIN pg_namespace n ON n.oid = t.relnamespace "
+            "WHERE n.nspname = 'imgsearch' AND c.contype = 'f' ORDER BY 1, 2"
+        )
+    ).all()
+    return [(row[0], row[1], row[2]) for row in rows]
+
+
+def _workers(conn: Connection) -> int:
+    return int(conn.execute(text("SELECT count(*) FROM citus_get_active_worker_nodes()")).scalar_one())
+
+
+def distribute(engine: Engine) -> Distributed:
+    """Distribute a migrated catalog on the Citus coordinator ``engine`` points at."""
+    with engine.begin() as conn:
+        try:
+            conn.execute(text("CREATE EXTENSION IF NOT EXISTS citus"))
+        except DBAPIError as exc:
+            raise ConfigurationError(
+                "the database is not a Citus coordinator: its server needs citus in "
+                f"shared_preload_libraries ({str(exc.orig).strip().splitlines()[0]})"
+            ) from exc
+        if is_distributed(conn):
+            return Distributed((), (), _workers(conn))
+        if _workers(conn) == 0:
+            raise ConfigurationError(
+                "the Citus coordinator has no worker nodes: add them with citus_add_node"
+            )
+        conn.execute(text("SET LOCAL citus.multi_shard_modify_mode = 'sequential'"))
+        conn.execute(text("SET LOCAL citus.enable_unsafe_triggers = on"))
+        conn.execute(
+            text("LOCK TABLE imgsearch.products, imgsearch.images IN SHARE MODE")
+        )  # no write between steps
+        keys = _foreign_keys(conn)
+        rewritten = {(table, name) for table, name, _ in FOREIGN_KEYS}
+        for table, name, _ in keys:
+            conn.execute(text(f"ALTER TABLE imgsearch.{table} DROP CONSTRAINT {name}"))
+        for table, name in REDUNDANT:
+            conn.execute(text(f"ALTER TABLE imgsearch.{table} DROP CONSTRAINT IF EXISTS {name}"))
+        for table, name, kind, columns in KEYS:
+            conn.execute(text(f"ALTER TABLE imgsearch.{table} DROP CONSTRAINT {name}"))
+            conn.execute(text(f"ALTER TABLE imgsearch.{table} ADD CONSTRAINT {name} {kind} ({columns})"))
+        # SET LOCAL reaches the shards' sessions: the tenant scope's setting (imgsearch.access.tenancy)
+        database = conn.execute(text("SELECT current_database()")).scalar_one()
+        quoted = '"' + database.replace('"', '""') + '"'
+        conn.execute(text(f"ALTER DATABASE {quoted} SET citus.propagate_set_commands = 'local'"))
+        for role in ROLES:  # Citus reaches the shards as the current role: it must log in on the workers
+            conn.execute(text(f"ALTER ROLE {role} LOGIN"))
+        for statement in TRIGGERS:
+            conn.execute(text(statement))
+        for table in REFERENCE:
+            conn.execute(text("SELECT create_reference_table(:t)"), {"t": f"imgsearch.{table}"})
+        for i, table in enumerate(DISTRIBUTED):
+            colocate = "none" if i == 0 else "imgsearch.products"
+            conn.execute(
+                text("SELECT create_distributed_table(:t, 'tenant', colocate_with => :c)"),
+                {"t": f"imgsearch.{table}", "c": colocate},
+            )
+        conn.execute(text(FORGET_ORIGINAL))
+        conn.execute(
+            text(
+                "CREATE TRIGGER images_forget_original AFTER DELETE ON imgsearch.images "
+                "FOR EACH ROW EXECUTE FUNCTION imgsearch._forget_original()"
+            )
+        )
+        for table, name, definition in keys:
+            if (table, name) not in rewritten | REPLACED:
+                conn.execute(text(f"ALTER TABLE imgsearch.{table} ADD CONSTRAINT {name} {definition}"))
+        for table, name, definition in FOREIGN_KEYS:
+            conn.execute(text(f"ALTER TABLE imgsearch.{table} ADD CONSTRAINT {name} {definition}"))
+        return Distributed(DISTRIBUTED, REFERENCE, _workers(conn))

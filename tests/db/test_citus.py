@@ -1,0 +1,190 @@
+"""Citus mode on a real cluster (a coordinator and 2 workers, ``citus_cluster``): the catalog
+distributed by tenant (``imgsearch db distribute``), the library's writes landing on each shop's
+shards with the triggers' work done there, row-level security enforced on the shards, and a
+shop's nearest-neighbour query routed to one node with the exact top-k."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import DBAPIError
+
+from imgsearch import Catalog
+from imgsearch.access import tenancy
+from imgsearch.db import citus, migrate
+from imgsearch.db.engine import make_engine
+from imgsearch.errors import ConfigurationError
+from imgsearch.settings import Settings
+from tests.citus import CitusCluster
+
+TENANTS = ("acme", "globex", "initech")
+ROWS = 600
+
+
+@pytest.fixture(scope="module")
+def shop(citus_cluster: CitusCluster, tiny_siglip: Path) -> Iterator[tuple[str, np.ndarray]]:
+    """A catalog migrated and distributed on the cluster, with 600 products of 3 tenants added
+    through the library; its URL and the vectors (row i: product p{i})."""
+    url = citus_cluster.create_database("citus_shop")
+    engine = make_engine(url)
+    try:
+        migrate.upgrade(engine)
+        done = citus.distribute(engine)
+        assert (
+            done.distributed == citus.DISTRIBUTED and done.reference == citus.REFERENCE and done.workers == 2
+        )
+    finally:
+        engine.dispose()
+    vectors = np.random.default_rng(0).standard_normal((ROWS, 32)).astype(np.float32)
+    with Catalog.open(url, model=str(tiny_siglip), settings=Settings(model=str(tiny_siglip))) as catalog:
+        catalog.add_many(
+            {"embedding": v, "tenant": TENANTS[i % 3], "product_id": f"p{i}", "category": f"c{i % 4}",
+             "price": i % 50}
+            for i, v in enumerate(vectors)
+        )  # fmt: skip
+    yield url, vectors
+
+
+@pytest.fixture
+def engine(shop: tuple[str, np.ndarray]) -> Iterator[Engine]:
+    eng = make_engine(shop[0])
+    yield eng
+    eng.dispose()
+
+
+def test_the_catalog_is_distributed_by_tenant_and_colocated(engine: Engine) -> None:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT table_name::text, citus_table_type, distribution_column, colocation_id"
+                " FROM citus_tables WHERE table_name::text LIKE 'imgsearch.%'"
+            )
+        ).all()
+        tables = {row[0].removeprefix("imgsearch."): row for row in rows}
+        keys = conn.execute(
+            text(
+                "SELECT t.relname, pg_get_constraintdef(c.oid) FROM pg_constraint c"
+                " JOIN pg_class t ON t.oid = c.conrelid JOIN pg_namespace n ON n.oid = t.relnamespace"
+                " WHERE n.nspname = 'imgsearch' AND c.contype IN ('p', 'u', 'f') AND t.relname = ANY(:tables)"
+            ),
+            {"tables": list(citus.DISTRIBUTED)},
+        ).all()
+        assert citus.is_distributed(conn)
+    assert {name for name, row in tables.items() if row[1] == "reference"} == set(citus.REFERENCE)
+    distributed = {name: row for name, row in tables.items() if row[1] == "distributed"}
+    assert set(distributed) == set(citus.DISTRIBUTED)
+    assert {row[2] for row in distributed.values()} == {"tenant"}
+    assert len({row[3] for row in distributed.values()}) == 1  # one colocation group: a shop's rows together
+    # every key, and every foreign key between tenant tables, includes tenant (a foreign key to a
+    # reference table, models, needs none)
+    between = [(t, d) for t, d in keys if "REFERENCES imgsearch.models" not in d]
+    assert len(between) > 15 and all("tenant" in definition for _, definition in between), between
+
+
+def test_distribute_again_changes_nothing(engine: Engine) -> None:
+    done = citus.distribute(engine)
+    assert done.distributed == () and done.reference == () and done.workers == 2
+
+
+def test_a_server_without_citus_is_named(database_url: str) -> None:
+    eng = make_engine(database_url)
+    try:
+        with pytest.raises(ConfigurationError, match=r"not a Citus coordinator.*shared_preload_libraries"):
+            citus.distribute(eng)
+        with eng.connect() as conn:
+            assert not citus.is_distributed(conn)
+    finally:
+        eng.dispose()
+    cli = subprocess.run(
+        [sys.executable, "-m", "imgsearch", "db", "distribute"],
+        env={**os.environ, "IMGSEARCH_DATABASE_URL": database_url},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert cli.returncode != 0 and "Traceback" not in cli.stderr
+    assert "not a Citus coordinator" in cli.stderr and len(cli.stderr.strip().splitlines()) == 1
+
+
+def test_a_shops_rows_live_on_its_shards_with_the_triggers_work_done(engine: Engine) -> None:
+    with engine.begin() as conn:
+        placements = conn.execute(
+            text(
+                "SELECT p.tenant, count(DISTINCT s.nodeport) FROM imgsearch.products p"
+                " JOIN pg_dist_shard_placement s ON s.shardid = get_shard_id_for_distribution_column("
+                "'imgsearch.products', p.tenant) GROUP BY 1"
+            )
+        ).all()
+        counts = dict(
+            conn.execute(
+                text(
+                    "SELECT e.tenant, count(*) FROM imgsearch.embeddings e"
+                    " JOIN imgsearch.image_products l ON l.image_id = e.image_id AND l.tenant = e.tenant"
+                    " WHERE e.category IS NOT NULL AND e.price IS NOT NULL GROUP BY 1"
+                )
+            ).all()
+        )
+        # a product's new price reaches its embeddings (a trigger on the shard)
+        conn.execute(
+            text("UPDATE imgsearch.products SET price = 999 WHERE tenant = 'acme' AND product_id = 'p0'")
+        )
+        price = conn.execute(
+            text(
+                "SELECT e.price FROM imgsearch.embeddings e JOIN imgsearch.products p"
+                " ON p.id = e.product_pk AND p.tenant = e.tenant WHERE p.tenant = 'acme' AND p.product_id = 'p0'"
+            )
+        ).scalar_one()
+        conn.rollback()
+    assert {tenant: nodes for tenant, nodes in placements} == dict.fromkeys(TENANTS, 1)
+    assert counts == dict.fromkeys(TENANTS, ROWS // 3)  # each image linked, filters copied
+    assert price == 999
+
+
+def test_row_level_security_holds_on_the_shards(engine: Engine) -> None:
+    with tenancy.begin(engine, "acme") as conn:
+        seen = conn.execute(text("SELECT DISTINCT tenant FROM imgsearch.products")).scalars().all()
+        assert seen == ["acme"]
+        count = conn.execute(
+            text("SELECT count(*) FROM imgsearch.embeddings WHERE tenant = 'globex'")
+        ).scalar_one()
+        assert count == 0
+    with pytest.raises(DBAPIError, match="row-level security"), tenancy.begin(engine, "acme") as conn:
+        conn.execute(text("INSERT INTO imgsearch.products (tenant, product_id) VALUES ('globex', 'sneaky')"))
+
+
+def test_a_shops_nearest_neighbours_are_a_router_query_with_the_exact_top_k(
+    engine: Engine, shop: tuple[str, np.ndarray]
+) -> None:
+    _, vectors = shop
+    q = np.random.default_rng(7).standard_normal(32).astype(np.float32)
+    sql = (
+        "SELECT p.product_id FROM imgsearch.embeddings e JOIN imgsearch.products p"
+        " ON p.id = e.product_pk AND p.tenant = e.tenant"
+        " WHERE e.tenant = :tenant AND e.category = 'c1'"
+        " ORDER BY e.embedding::vector <=> CAST(:q AS vector) LIMIT 5"
+    )
+    params = {"tenant": "globex", "q": str(q.tolist())}
+    with engine.begin() as conn:
+        plan = "\n".join(conn.execute(text("EXPLAIN " + sql), params).scalars())
+        found = conn.execute(text(sql), params).scalars().all()
+        indexes = conn.execute(
+            text(
+                "SELECT count(*) FROM run_command_on_shards('imgsearch.embeddings',"
+                " $$SELECT count(*) FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid"
+                " JOIN pg_am a ON a.oid = i.relam WHERE x.indrelid = '%s'::regclass AND a.amname = 'hnsw'$$)"
+                " WHERE result::int > 0"
+            )
+        ).scalar_one()
+    assert "Task Count: 1" in plan, plan
+    unit = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float16).astype(np.float32)
+    mine = [i for i in range(ROWS) if TENANTS[i % 3] == "globex" and i % 4 == 1]
+    distance = 1 - unit[mine] @ (q / np.linalg.norm(q))
+    assert found == [f"p{mine[i]}" for i in np.argsort(distance)[:5]]
+    assert indexes == 8  # the model's HNSW index on every shard
