@@ -89,6 +89,15 @@ class Node:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
 
 
+def _prepare(node: Node, name: str) -> None:
+    """Database ``name`` on ``node``, with citus (first) and vector."""
+    with node.connect() as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    with node.connect(name) as conn:
+        conn.execute("CREATE EXTENSION citus")
+        conn.execute("CREATE EXTENSION vector")
+
+
 @dataclass
 class CitusCluster:
     """A coordinator and ``workers``, Citus and pgvector created in each new database."""
@@ -126,11 +135,7 @@ class CitusCluster:
         its SQLAlchemy URL (the coordinator's)."""
         members = list(self.workers if workers is None else workers)
         for node in self.nodes:
-            with node.connect() as conn:
-                conn.execute(f'CREATE DATABASE "{name}"')
-            with node.connect(name) as conn:
-                conn.execute("CREATE EXTENSION citus")
-                conn.execute("CREATE EXTENSION vector")
+            _prepare(node, name)
         with self.coordinator.connect(name) as conn:
             conn.execute("SELECT citus_set_coordinator_host('127.0.0.1', %s)", [self.coordinator.port])
             for worker in members:
@@ -140,11 +145,7 @@ class CitusCluster:
 
     def add_node(self, name: str, node: Node) -> None:
         """``node`` joins database ``name``'s cluster (its shards stay where they are until a rebalance)."""
-        with node.connect() as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        with node.connect(name) as conn:
-            conn.execute("CREATE EXTENSION citus")
-            conn.execute("CREATE EXTENSION vector")
+        _prepare(node, name)
         with self.coordinator.connect(name) as conn:
             conn.execute("SELECT citus_add_node('127.0.0.1', %s)", [node.port])
 

@@ -24,6 +24,7 @@ from psycopg import sql
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError, ProgrammingError
 
+from imgsearch.db import citus
 from imgsearch.db.compiled import Compiled
 from imgsearch.errors import ConfigurationError, InvalidInput
 from imgsearch.ingest import checks
@@ -66,9 +67,7 @@ def _on_citus(conn: Connection) -> bool:
     """Whether ``conn``'s database is a Citus coordinator (asked once per engine)."""
     found = _CITUS.get(conn.engine)
     if found is None:
-        found = _CITUS[conn.engine] = bool(
-            conn.execute(text("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')")).scalar()
-        )
+        found = _CITUS[conn.engine] = citus.is_coordinator(conn)
     return found
 
 

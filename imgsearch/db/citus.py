@@ -196,9 +196,10 @@ def distribute(engine: Engine) -> Distributed:
                 "the database is not a Citus coordinator: its server needs citus in "
                 f"shared_preload_libraries ({str(exc.orig).strip().splitlines()[0]})"
             ) from exc
+        workers = _workers(conn)
         if is_distributed(conn):
-            return Distributed((), (), _workers(conn))
-        if _workers(conn) == 0:
+            return Distributed((), (), workers)
+        if workers == 0:
             raise ConfigurationError(
                 "the Citus coordinator has no worker nodes: add them with citus_add_node"
             )
@@ -244,4 +245,4 @@ def distribute(engine: Engine) -> Distributed:
                 conn.execute(text(f"ALTER TABLE imgsearch.{table} ADD CONSTRAINT {name} {definition}"))
         for table, name, definition in FOREIGN_KEYS:
             conn.execute(text(f"ALTER TABLE imgsearch.{table} ADD CONSTRAINT {name} {definition}"))
-        return Distributed(DISTRIBUTED, REFERENCE, _workers(conn))
+        return Distributed(DISTRIBUTED, REFERENCE, workers)

@@ -55,9 +55,10 @@ LANGUAGE sql STABLE
 RETURN nullif(current_setting('imgsearch.last_query_id', true), '')::uuid;
 """
 
-# the session's boost settings: the lift (0: boosts off) and a product's own boost's weight
+# the session's boost settings: the lift (0: boosts off, or nothing learned for the tenant searched,
+# every tenant when NULL: the plain search) and a product's own boost's weight
 SETTINGS = r"""
-CREATE FUNCTION imgsearch._boost_lift() RETURNS int
+CREATE FUNCTION imgsearch._boost_lift(tenant text) RETURNS int
 LANGUAGE plpgsql STABLE
 AS $fn$
 DECLARE
@@ -73,6 +74,10 @@ BEGIN
     IF lift !~ '^[0-9]{1,3}$' OR lift::int > 100 THEN
         RAISE EXCEPTION 'imgsearch.boost_max_lift must be a whole number of places from 0 to 100, got %',
             quote_literal(lift) USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF lift::int > 0
+       AND NOT EXISTS (SELECT 1 FROM imgsearch.boosts b WHERE _boost_lift.tenant IS NULL OR b.tenant = _boost_lift.tenant) THEN
+        RETURN 0;
     END IF;
     RETURN lift::int;
 END
@@ -105,7 +110,8 @@ BEGIN ATOMIC
 END;
 """
 
-# one search's row in search_queries, and the session's last_query_id (NULL when not recorded)
+# one search's row in search_queries, and the session's last_query_id (NULL when not recorded);
+# its tenant: the one searched, else the console login's, else the scope's
 RECORD = """
 CREATE FUNCTION imgsearch._record_search(
     tenant text, user_query text, attributes jsonb, tenants text[], product_ids text[], image_ids bigint[]
@@ -117,6 +123,7 @@ DECLARE
     recording text := lower(btrim(coalesce(nullif(current_setting('imgsearch.record_queries', true), ''), 'on')));
 BEGIN
     PERFORM set_config('imgsearch.last_query_id', '', false);
+    tenant := coalesce(tenant, imgsearch.login_tenant(), imgsearch.current_tenant());
     IF recording IN ('off', 'false', 'no', '0') OR pg_is_in_recovery()
        OR current_setting('transaction_read_only') = 'on' THEN
         RETURN NULL;
@@ -165,11 +172,8 @@ BEGIN
         RAISE EXCEPTION 'k must be from 1 to 1000, got %', coalesce(want::text, 'NULL')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    lift := imgsearch._boost_lift();
+    lift := imgsearch._boost_lift(in_tenant);
     weight := imgsearch._boost_product_weight();
-    IF lift > 0 AND NOT EXISTS (SELECT 1 FROM imgsearch.boosts b WHERE in_tenant IS NULL OR b.tenant = in_tenant) THEN
-        lift := 0;  -- nothing learned: the plain search
-    END IF;
     SELECT array_agg(s.image_id ORDER BY s.n), array_agg(s.product_id ORDER BY s.n),
            array_agg(s.distance ORDER BY s.n), array_agg(i.tenant ORDER BY s.n)
     INTO r_images, r_products, r_distances, r_tenants
@@ -181,11 +185,10 @@ BEGIN
     INTO places, r_boosts
     FROM (SELECT h.n::int AS n,
                  CASE WHEN lift > 0 THEN imgsearch._boost(h.tenant, h.product_id, norm, weight) ELSE 0 END AS boost
-          FROM unnest(r_tenants, r_products) WITH ORDINALITY AS h(tenant, product_id, n)
-          ORDER BY 1 LIMIT want + lift) AS o;
+          FROM unnest(r_tenants, r_products) WITH ORDINALITY AS h(tenant, product_id, n)) AS o;
     places := places[1:want];
     PERFORM imgsearch._record_search(
-        coalesce(in_tenant, imgsearch.login_tenant(), imgsearch.current_tenant()), user_query,
+        in_tenant, user_query,
         attributes || jsonb_build_object(
             'k', want, 'boost', lift > 0 AND 0 < ANY (r_boosts[1:want]),
             'filters', jsonb_strip_nulls(jsonb_build_object(
@@ -298,12 +301,8 @@ BEGIN
         RAISE EXCEPTION 'rrf_k must be a number above 0, got %', coalesce(rrf_k::text, 'NULL')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    lift := imgsearch._boost_lift();
+    lift := imgsearch._boost_lift(search_hybrid.tenant);
     weight := imgsearch._boost_product_weight();
-    IF lift > 0 AND NOT EXISTS (SELECT 1 FROM imgsearch.boosts b
-                                WHERE search_hybrid.tenant IS NULL OR b.tenant = search_hybrid.tenant) THEN
-        lift := 0;  -- nothing learned: the plain search
-    END IF;
     -- each side's products (imgsearch.search.hybrid.candidates)
     n := least(2000, greatest(50, 2 * k, k + lift));
     SELECT * INTO q FROM imgsearch._text_embedding(query);
@@ -353,7 +352,7 @@ BEGIN
         ORDER BY (e.image_id = t.semantic_image) DESC NULLS LAST, 2 LIMIT 1
     ) AS best;
     PERFORM imgsearch._record_search(
-        coalesce(search_hybrid.tenant, imgsearch.login_tenant(), imgsearch.current_tenant()), query,
+        search_hybrid.tenant, query,
         jsonb_build_object(
             'kind', 'text', 'mode', 'hybrid', 'k', k, 'boost', lift > 0 AND 0 < ANY (r_boosts),
             'filters', jsonb_strip_nulls(jsonb_build_object(
@@ -366,7 +365,7 @@ $fn$
 """
 
 PRIVATE = (
-    "imgsearch._boost_lift()",
+    "imgsearch._boost_lift(text)",
     "imgsearch._boost_product_weight()",
     "imgsearch._boost(text, text, text, double precision)",
     "imgsearch._record_search(text, text, jsonb, text[], text[], bigint[])",
