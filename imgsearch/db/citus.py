@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
+from imgsearch.db import migrate
 from imgsearch.errors import ConfigurationError
 
 ROLES = ("imgsearch_app", "imgsearch_console", "imgsearch_worker", "imgsearch_admin")
@@ -164,7 +165,8 @@ def is_distributed(conn: Connection) -> bool:
     return bool(
         conn.execute(
             text(
-                "SELECT EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = 'imgsearch.products'::regclass)"
+                "SELECT EXISTS (SELECT 1 FROM pg_dist_partition"
+                " WHERE logicalrelid = to_regclass('imgsearch.products'))"
             )
         ).scalar()
     )
@@ -188,6 +190,11 @@ def _workers(conn: Connection) -> int:
 
 def distribute(engine: Engine) -> Distributed:
     """Distribute a migrated catalog on the Citus coordinator ``engine`` points at."""
+    revision, head = migrate.current(engine), migrate.head()
+    if revision != head:  # the keys and triggers rewritten here are those of the latest schema
+        raise ConfigurationError(
+            f"the catalog is at revision {revision or 'none'}, not {head}: run `imgsearch migrate` first"
+        )
     with engine.begin() as conn:
         try:
             conn.execute(text("CREATE EXTENSION IF NOT EXISTS citus"))

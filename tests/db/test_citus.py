@@ -93,6 +93,19 @@ def test_distribute_again_changes_nothing(engine: Engine) -> None:
     assert done.distributed == () and done.reference == () and done.workers == 2
 
 
+def test_a_catalog_not_migrated_is_named(citus_cluster: CitusCluster) -> None:
+    eng = make_engine(citus_cluster.create_database("citus_bare"))
+    try:
+        with pytest.raises(
+            ConfigurationError, match=r"revision none, not \d{4}: run `imgsearch migrate` first"
+        ):
+            citus.distribute(eng)
+        with eng.connect() as conn:
+            assert citus.is_coordinator(conn) and not citus.is_distributed(conn)
+    finally:
+        eng.dispose()
+
+
 def test_a_server_without_citus_is_named(database_url: str) -> None:
     eng = make_engine(database_url)
     try:
