@@ -168,6 +168,11 @@ def test_row_level_security_holds_on_the_shards(engine: Engine) -> None:
             text("SELECT count(*) FROM imgsearch.embeddings WHERE tenant = 'globex'")
         ).scalar_one()
         assert count == 0
+    # the scope reaches the shards as a quoted SET LOCAL: a name full of quotes is only a name
+    evil = "o'brien\"; SET LOCAL imgsearch.tenant TO 'acme'; --"
+    with tenancy.begin(engine, evil) as conn:
+        assert conn.execute(text("SELECT count(*) FROM imgsearch.products")).scalar_one() == 0
+        assert conn.execute(text("SELECT current_setting('imgsearch.tenant')")).scalar_one() == evil
     with pytest.raises(DBAPIError, match="row-level security"), tenancy.begin(engine, "acme") as conn:
         conn.execute(text("INSERT INTO imgsearch.products (tenant, product_id) VALUES ('globex', 'sneaky')"))
 
