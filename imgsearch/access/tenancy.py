@@ -16,7 +16,6 @@ first).
 from __future__ import annotations
 
 import secrets
-import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -47,7 +46,7 @@ def scope(conn: Connection, tenant: str) -> str:
         # one round trip: set_config(..., true) is SET LOCAL, and 'role' is what SET ROLE sets;
         # compiled once (every search of a shop sends it)
         scoping.run(conn, {"role": APP_ROLE, "tenant": tenant})
-        if _on_citus(conn):
+        if citus.on_coordinator(conn):
             driver_conn = conn.connection.driver_connection
             assert driver_conn is not None
             command = sql.SQL("SET LOCAL imgsearch.tenant TO {}").format(sql.Literal(tenant))
@@ -58,17 +57,6 @@ def scope(conn: Connection, tenant: str) -> str:
             f"run `GRANT {APP_ROLE} TO <login>` as an administrator"
         ) from exc
     return tenant
-
-
-_CITUS: weakref.WeakKeyDictionary[Engine, bool] = weakref.WeakKeyDictionary()
-
-
-def _on_citus(conn: Connection) -> bool:
-    """Whether ``conn``'s database is a Citus coordinator (asked once per engine)."""
-    found = _CITUS.get(conn.engine)
-    if found is None:
-        found = _CITUS[conn.engine] = citus.is_coordinator(conn)
-    return found
 
 
 _SCOPE_STATEMENT = text(

@@ -16,6 +16,7 @@ the catalog distributed and changes nothing.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine, text
@@ -156,6 +157,34 @@ def is_coordinator(conn: Connection) -> bool:
     return bool(
         conn.execute(text("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')")).scalar()
     )
+
+
+_COORDINATORS: weakref.WeakKeyDictionary[Engine, bool] = weakref.WeakKeyDictionary()
+
+
+def on_coordinator(conn: Connection) -> bool:
+    """:func:`is_coordinator`, asked once per engine (a search asks at every run)."""
+    found = _COORDINATORS.get(conn.engine)
+    if found is None:
+        found = _COORDINATORS[conn.engine] = is_coordinator(conn)
+    return found
+
+
+def largest_shard_rows(conn: Connection, index: str | None = None) -> int:
+    """The planner's row estimate of the embeddings' largest shard (``index``: of that index's
+    copy on it), read on the workers (``pg_class.reltuples``, free to read); 0 when unknown. On a
+    coordinator the distributed tables are empty shells, and a shop's search walks one shard."""
+    # run_command_on_shards puts each shard's name (imgsearch.embeddings_<id>) for %s; an index's
+    # copy on a shard is named <index>_<id>. ``index`` is a name of imgsearch's own making.
+    target = "'%s'" if index is None else f"replace('%s', 'embeddings_', '{index}_')"
+    command = (
+        f"SELECT coalesce((SELECT reltuples FROM pg_catalog.pg_class WHERE oid = to_regclass({target})), 0)"
+    )
+    found = conn.execute(
+        text("SELECT result FROM run_command_on_shards('imgsearch.embeddings', :command) WHERE success"),
+        {"command": command},
+    ).scalars()
+    return max((max(0, int(float(rows))) for rows in found), default=0)
 
 
 def is_distributed(conn: Connection) -> bool:

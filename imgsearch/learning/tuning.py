@@ -118,9 +118,9 @@ def read_pairs_file(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             except ValueError as exc:
                 raise InvalidInput(f"{path}, line {number}: not JSON: {exc}") from exc
             if not isinstance(pair, dict) or set(pair) - {"text", "vector", "product_id"}:
-                raise InvalidInput(f"{path}, line {number}: a pair is {{\"text\" or \"vector\", \"product_id\"}}")
+                raise InvalidInput(f'{path}, line {number}: a pair is {{"text" or "vector", "product_id"}}')
             if ("text" in pair) == ("vector" in pair) or "product_id" not in pair:
-                raise InvalidInput(f"{path}, line {number}: give \"product_id\" and one of \"text\" and \"vector\"")
+                raise InvalidInput(f'{path}, line {number}: give "product_id" and one of "text" and "vector"')
             yield number, pair
 
 
@@ -171,10 +171,14 @@ def gather(
         for number, pair in read_pairs_file(pairs_file):
             product_id = str(pair["product_id"])
             if product_id not in row_of:
-                raise InvalidInput(f"{pairs_file}, line {number}: {tenant} has no embedded product {product_id!r}")
+                raise InvalidInput(
+                    f"{pairs_file}, line {number}: {tenant} has no embedded product {product_id!r}"
+                )
             if "text" in pair:
                 if embed_texts is None:
-                    raise InvalidInput(f"{pairs_file}, line {number}: the model embeds no text; give \"vector\"")
+                    raise InvalidInput(
+                        f'{pairs_file}, line {number}: the model embeds no text; give "vector"'
+                    )
                 texts.append((str(pair["text"]), product_id))
             else:
                 vector = as_vector(pair["vector"], model.dim, f"{pairs_file}, line {number}: vector")
@@ -213,7 +217,7 @@ def store(engine: Engine, tenant: str, model: ModelInfo, trained: adapter.Traine
         ).one()
         conn.execute(
             text(
-                "INSERT INTO imgsearch.query_adapter_rows (adapter_id, \"row\", tenant, weights) "
+                'INSERT INTO imgsearch.query_adapter_rows (adapter_id, "row", tenant, weights) '
                 "VALUES (:a, :r, :t, CAST(:w AS vector))"
             ),
             [
@@ -226,13 +230,14 @@ def store(engine: Engine, tenant: str, model: ModelInfo, trained: adapter.Traine
 
 def listed(engine: Engine, tenant: str, model: ModelInfo) -> list[AdapterInfo]:
     """``tenant``'s adapters for ``model``, newest first."""
+    tenant = checks.identifier(tenant, "tenant")  # as stored: the statements name it
     with tenancy.begin(engine, tenant) as conn:
         rows = conn.execute(
             text(
                 "SELECT id, version, active, metrics, created_at FROM imgsearch.query_adapters "
-                "WHERE model_id = :m ORDER BY version DESC"
+                "WHERE tenant = :t AND model_id = :m ORDER BY version DESC"
             ),
-            {"m": model.id},
+            {"t": tenant, "m": model.id},
         ).all()
     return [AdapterInfo(r.id, r.version, r.active, r.metrics, r.created_at) for r in rows]
 
@@ -240,6 +245,7 @@ def listed(engine: Engine, tenant: str, model: ModelInfo) -> list[AdapterInfo]:
 def activate(engine: Engine, tenant: str, model: ModelInfo, adapter_id: int) -> AdapterInfo:
     """Make ``adapter_id`` the one searches use; refused, with its figures, unless it beat the
     identity on its held-out pairs."""
+    tenant = checks.identifier(tenant, "tenant")  # as stored: the statements name it
     found = {info.id: info for info in listed(engine, tenant, model)}.get(adapter_id)
     if found is None:
         raise NotFound(f"{tenant} has no adapter {adapter_id} for model {model.name}")
@@ -250,37 +256,52 @@ def activate(engine: Engine, tenant: str, model: ModelInfo, adapter_id: int) -> 
         )
     with tenancy.begin(engine, tenant) as conn:
         current = conn.execute(
-            text("SELECT id FROM imgsearch.query_adapters WHERE model_id = :m AND active FOR UPDATE"),
-            {"m": model.id},
+            text(
+                "SELECT id FROM imgsearch.query_adapters WHERE tenant = :t AND model_id = :m AND active FOR UPDATE"
+            ),
+            {"t": tenant, "m": model.id},
         ).scalar()
         if current == adapter_id:
             return found
-        conn.execute(text("UPDATE imgsearch.query_adapters SET active = false WHERE id = :c"), {"c": current})
+        conn.execute(
+            text("UPDATE imgsearch.query_adapters SET active = false WHERE tenant = :t AND id = :c"),
+            {"t": tenant, "c": current},
+        )
         conn.execute(
             text(
                 "UPDATE imgsearch.query_adapters SET active = true, activated_at = now(), previous_id = :c "
-                "WHERE id = :a"
+                "WHERE tenant = :t AND id = :a"
             ),
-            {"a": adapter_id, "c": current},
+            {"t": tenant, "a": adapter_id, "c": current},
         )
     return AdapterInfo(found.id, found.version, True, found.metrics, found.created_at)
 
 
 def rollback(engine: Engine, tenant: str, model: ModelInfo) -> AdapterInfo | None:
     """Deactivate the active adapter and reactivate the one it replaced (None: the identity)."""
+    tenant = checks.identifier(tenant, "tenant")  # as stored: the statements name it
     with tenancy.begin(engine, tenant) as conn:
         current = conn.execute(
-            text("SELECT id, previous_id FROM imgsearch.query_adapters WHERE model_id = :m AND active FOR UPDATE"),
-            {"m": model.id},
+            text(
+                "SELECT id, previous_id FROM imgsearch.query_adapters"
+                " WHERE tenant = :t AND model_id = :m AND active FOR UPDATE"
+            ),
+            {"t": tenant, "m": model.id},
         ).one_or_none()
         if current is None:
             raise NotFound(f"{tenant} has no active adapter for model {model.name}: nothing to roll back")
-        conn.execute(text("UPDATE imgsearch.query_adapters SET active = false WHERE id = :c"), {"c": current.id})
+        conn.execute(
+            text("UPDATE imgsearch.query_adapters SET active = false WHERE tenant = :t AND id = :c"),
+            {"t": tenant, "c": current.id},
+        )
         if current.previous_id is None:
             return None
         conn.execute(
-            text("UPDATE imgsearch.query_adapters SET active = true, activated_at = now() WHERE id = :p"),
-            {"p": current.previous_id},
+            text(
+                "UPDATE imgsearch.query_adapters SET active = true, activated_at = now()"
+                " WHERE tenant = :t AND id = :p"
+            ),
+            {"t": tenant, "p": current.previous_id},
         )
     return {info.id: info for info in listed(engine, tenant, model)}.get(current.previous_id)
 
@@ -303,15 +324,18 @@ class Adapters:
             return known[2]
         with tenancy.begin(engine, tenant) as conn:
             active = conn.execute(
-                text("SELECT id FROM imgsearch.query_adapters WHERE model_id = :m AND active"), {"m": model.id}
+                text(
+                    "SELECT id FROM imgsearch.query_adapters WHERE tenant = :t AND model_id = :m AND active"
+                ),
+                {"t": tenant, "m": model.id},
             ).scalar()
             weights = known[2] if known is not None and known[1] == active else None
             if active is not None and weights is None:
                 rows = conn.execute(
                     text(
-                        "SELECT weights FROM imgsearch.query_adapter_rows WHERE adapter_id = :a ORDER BY \"row\""
+                        'SELECT weights FROM imgsearch.query_adapter_rows WHERE tenant = :t AND adapter_id = :a ORDER BY "row"'
                     ),
-                    {"a": active},
+                    {"t": tenant, "a": active},
                 ).scalars()
                 weights = np.asarray([_floats(row) for row in rows], dtype=np.float32)
         self._known[key] = (now, active, weights)

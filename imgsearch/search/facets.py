@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import Connection, func, literal_column, select, text
 
+from imgsearch.db import citus
 from imgsearch.db.models import Product
 from imgsearch.records import ModelInfo
 from imgsearch.search import lexical, plans
@@ -95,18 +96,19 @@ FROM (SELECT 1) AS one
 """
 
 
-def match_set(model: ModelInfo, filters: Filters, lexical_text: bool) -> Any:
-    """The products a search matches, with the columns the facets count."""
+def match_set(model: ModelInfo, filters: Filters, lexical_text: bool, fetched: bool = False) -> Any:
+    """The products a search matches, with the columns the facets count (``fetched``: the
+    text's matches come from :func:`lexical.fetch_matches`)."""
     stmt = select(Product.id, Product.category, Product.brand, Product.price, Product.attributes).where(
         *lexical.counted_conditions(model, filters)
     )
     if lexical_text:
-        stmt = stmt.where(lexical.text_match())
+        stmt = stmt.where(lexical.text_match(fetched))
     return stmt
 
 
-def statement(model: ModelInfo, filters: Filters, lexical_text: bool) -> Any:
-    matched = match_set(model, filters, lexical_text).cte("matched").prefix_with("MATERIALIZED")
+def statement(model: ModelInfo, filters: Filters, lexical_text: bool, fetched: bool = False) -> Any:
+    matched = match_set(model, filters, lexical_text, fetched).cte("matched").prefix_with("MATERIALIZED")
     counts = text(_COUNTS).columns(
         literal_column("total"),
         literal_column("category"),
@@ -117,8 +119,9 @@ def statement(model: ModelInfo, filters: Filters, lexical_text: bool) -> Any:
     return counts.subquery("counts").select().add_cte(matched)
 
 
-def total_statement(model: ModelInfo, filters: Filters, lexical_text: bool) -> Any:
-    return select(func.count()).select_from(match_set(model, filters, lexical_text).subquery("matched"))
+def total_statement(model: ModelInfo, filters: Filters, lexical_text: bool, fetched: bool = False) -> Any:
+    matched = match_set(model, filters, lexical_text, fetched).subquery("matched")
+    return select(func.count()).select_from(matched)
 
 
 def count(
@@ -131,11 +134,13 @@ def count(
         params.update(lexical.text_params(text_query))
     lexical_text = text_query is not None
     plans.plain_settings(conn)
+    fetched = lexical_text and citus.on_coordinator(conn)
+    if fetched:
+        params.update(lexical.fetch_matches(conn, params))
     if not facets:
-        return Facets(
-            total=int(conn.execute(total_statement(model, filters, lexical_text), params).scalar_one())
-        )
-    row = conn.execute(statement(model, filters, lexical_text), params).one()
+        total = conn.execute(total_statement(model, filters, lexical_text, fetched), params).scalar_one()
+        return Facets(total=int(total))
+    row = conn.execute(statement(model, filters, lexical_text, fetched), params).one()
     return Facets(
         total=int(row.total),
         category={str(v): int(n) for v, n in row.category or []},

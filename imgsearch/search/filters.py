@@ -15,6 +15,7 @@ from sqlalchemy import (
     ColumnElement,
     Numeric,
     Text,
+    and_,
     any_,
     bindparam,
 )
@@ -148,6 +149,18 @@ class Filters:
             conds.append(self.where)
         return conds
 
+    def same_shop(self, table: Any, key: Any, rows_key: Any, rows_tenant: Any) -> ColumnElement[bool]:
+        """The join of search rows to ``table`` (``Product``, ``Image``): its ``key`` equal to
+        the rows', in the rows' tenant, and in the filter's tenant when there is one. On one node
+        the key alone decides; on a Citus cluster (tables distributed by tenant) the join must be
+        on tenant to stay on one shard, and the tenant as a value lets the statement run on the
+        shop's node alone, whatever subqueries lie between."""
+        return and_(key == rows_key, table.tenant == rows_tenant, *self.tenant_is(table))
+
+    def tenant_is(self, table: Any) -> list[ColumnElement[bool]]:
+        """``table.tenant`` equal to the filter's tenant; nothing without one."""
+        return [table.tenant == self._param("tenant", Text())] if "tenant" in self._values else []
+
     def value_conditions(self, rows: Any) -> list[ColumnElement[bool]]:
         """The filters on values (tenant, category or a list, price, attributes, brand) as SQL
         conditions, tenant, category and price on ``rows``' columns: the search rows
@@ -156,9 +169,7 @@ class Filters:
         :meth:`params`."""
         values = self._values
         param = self._param
-        conds: list[ColumnElement[bool]] = []
-        if "tenant" in values:
-            conds.append(rows.tenant == param("tenant", Text()))
+        conds = self.tenant_is(rows)
         if "category" in values:
             conds.append(rows.category == param("category", Text()))
         if "categories" in values:

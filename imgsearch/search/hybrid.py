@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Select, exists, or_, select
 
+from imgsearch.db import citus
 from imgsearch.db.compiled import Statements
 from imgsearch.db.models import Product
 from imgsearch.db.vector_index import query_param, send_binary_queries
@@ -77,11 +78,12 @@ def check_options(mode: str, options: Options) -> None:
         )
 
 
-def has_text(conn: Connection) -> bool:
-    """Whether any product (of the transaction's tenant, under row-level security) has a title,
-    a description or a brand."""
+def has_text(conn: Connection, filters: Filters) -> bool:
+    """Whether any product (of the filters' tenant, which row-level security also enforces) has
+    a title, a description or a brand."""
     found = or_(Product.title.is_not(None), Product.description.is_not(None), Product.brand.is_not(None))
-    return bool(conn.execute(select(exists().where(found))).scalar())
+    # the tenant named, not only enforced: a Citus cluster then asks the shop's node alone
+    return bool(conn.execute(select(exists().where(found, *filters.tenant_is(Product)))).scalar())
 
 
 def candidates(options: Options) -> int:
@@ -126,8 +128,11 @@ def run(
         params.update(lexical.semantic_params(products))
         params[QUERY_PARAM] = query
     plans.plain_settings(conn, cached_plan=options.cached_plans and filters.plans_alike())
+    fetched = citus.on_coordinator(conn)
+    if fetched:
+        params.update(lexical.fetch_matches(conn, params))
     hits = []
-    for row in _fused(conn, model, filters, n, options, hybrid, params):
+    for row in _fused(conn, model, filters, n, options, hybrid, params, fetched):
         ranks = {"semantic": row.semantic_rank, "lexical": row.lexical_rank}
         matched_by = {side: int(rank) for side, rank in ranks.items() if rank is not None}
         boost = None if options.boosting is None else float(row.boost)
@@ -148,19 +153,29 @@ def _fused(
     options: Options,
     hybrid: bool,
     params: dict[str, Any],
+    fetched: bool,
 ) -> Sequence[Any]:
     """The rows of the fusion statement for this shape of filters, built once and run with each
-    search's values (:class:`Statements`)."""
+    search's values (:class:`Statements`); ``fetched``: the text's matches are in ``params``
+    (:func:`lexical.fetch_matches`)."""
     binary = send_binary_queries(conn)
     shape = filters.shape()
     boosted = options.boosting is not None
-    page = (n, options.k, options.offset, hybrid, binary, boosted)
+    page = (n, options.k, options.offset, hybrid, binary, boosted, fetched)
     key = None if shape is None else (model.id, model.dim, shape, *page)
 
     def build() -> Select[Any]:
         query = query_param(None, model.dim, name=QUERY_PARAM, binary=binary) if hybrid else None
         return lexical.fused_statement(
-            model, query, filters, n, options.k, options.offset, hybrid=hybrid, boosted=boosted
+            model,
+            query,
+            filters,
+            n,
+            options.k,
+            options.offset,
+            hybrid=hybrid,
+            boosted=boosted,
+            fetched=fetched,
         )
 
     return _statements.run(conn, key, build, params)

@@ -22,7 +22,9 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     BindParameter,
+    Boolean,
     ColumnElement,
+    Connection,
     Float,
     Integer,
     Select,
@@ -37,7 +39,7 @@ from sqlalchemy import (
     select,
     true,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import ARRAY, distinct_on
 
 from imgsearch.db.models import Embedding, Image, Product
 from imgsearch.db.vector_index import model_filter, query_param
@@ -60,8 +62,13 @@ def searchable(model: ModelInfo, filters: Filters) -> ColumnElement[bool]:
     """The product (``products``, correlated) has a search row of ``model`` matching ``filters``."""
     rows = select(literal(1)).select_from(Embedding)
     if mentions(filters, Image.__table__):
-        rows = rows.join(Image, Image.id == Embedding.image_id)
-    rows = rows.where(Embedding.product_pk == Product.id, model_filter(model.id), *filters.conditions())
+        rows = rows.join(Image, filters.same_shop(Image, Image.id, Embedding.image_id, Embedding.tenant))
+    rows = rows.where(
+        Embedding.product_pk == Product.id,
+        Embedding.tenant == Product.tenant,
+        model_filter(model.id),
+        *filters.conditions(),
+    )
     return exists(rows.correlate(Product))
 
 
@@ -99,9 +106,14 @@ def text_params(text: str) -> dict[str, Any]:
     }
 
 
-def _matches() -> Any:
+def _matches(fetched: bool = False) -> Any:
     """``imgsearch.lexical_match`` of the text (:func:`text_params`): the matching products' ids
-    and rank parts, read through the text indexes (migration 0020 says why in a function)."""
+    and rank parts, read through the text indexes (migration 0020 says why in a function).
+    ``fetched``: the function's rows as read before by :func:`fetch_matches`, from its arrays."""
+    columns = ("product_pk", "exact_match", "doc_rank", "similarity")
+    if fetched:
+        arrays = (bindparam(name, type_=ARRAY(type_)) for name, type_ in MATCH_ARRAYS)
+        return func.unnest(*arrays).table_valued(*columns).render_derived("lexical_match")
     return (
         func.imgsearch.lexical_match(
             bindparam(TEXT_PARAM, type_=Text()),
@@ -109,22 +121,45 @@ def _matches() -> Any:
             bindparam(ID_PARAM, type_=Text()),
             bindparam(NOT_PARAM, type_=Text()),
         )
-        .table_valued("product_pk", "exact_match", "doc_rank", "similarity")
+        .table_valued(*columns)
         .render_derived("lexical_match")
     )
 
 
-def text_match() -> ColumnElement[bool]:
+# the arrays :func:`fetch_matches` passes the matches in
+MATCH_ARRAYS = (
+    ("imgsearch_lex_products", BigInteger()),
+    ("imgsearch_lex_exact", Boolean()),
+    ("imgsearch_lex_doc_rank", Float()),
+    ("imgsearch_lex_similarity", Float()),
+)
+
+
+def fetch_matches(conn: Connection, params: dict[str, Any]) -> dict[str, Any]:
+    """The matches of the text (``params``: :func:`text_params`), read by a statement of their
+    own, as the arrays a statement built with ``fetched`` reads (:data:`MATCH_ARRAYS`).
+
+    For a Citus coordinator (:mod:`imgsearch.db.citus`): a statement routed to a shop's node runs
+    there whole, and ``imgsearch.lexical_match`` reads the products through the coordinator's
+    tables, which a query running on a shard must not (nested distributed execution). Run on
+    the coordinator, its own query routes to the shop's node."""
+    rows = conn.execute(select(_matches().c), params).all()
+    return {name: [row[i] for row in rows] for i, (name, _) in enumerate(MATCH_ARRAYS)}
+
+
+def text_match(fetched: bool = False) -> ColumnElement[bool]:
     """The product matches the text (:func:`text_params`): its id, its document or a close
     trigram match of its title, brand or id; and none of the text's exclusions."""
-    return Product.id.in_(select(_matches().c.product_pk))
+    return Product.id.in_(select(_matches(fetched).c.product_pk))
 
 
-def lexical_ranked(model: ModelInfo, filters: Filters, n: int | ColumnElement[Any]) -> Select[Any]:
-    """The top ``n`` products matching the text (:func:`text_params`) and the filters:
-    ``product_pk`` and ``rank`` (1 = best): an exact id first, then the document's
-    ``ts_rank_cd``, then the trigram similarity."""
-    found = _matches()
+def lexical_ranked(
+    model: ModelInfo, filters: Filters, n: int | ColumnElement[Any], fetched: bool = False
+) -> Select[Any]:
+    """The top ``n`` products matching the text (:func:`text_params`; ``fetched``:
+    :func:`fetch_matches`) and the filters: ``product_pk`` and ``rank`` (1 = best): an exact id
+    first, then the document's ``ts_rank_cd``, then the trigram similarity."""
+    found = _matches(fetched)
     order = [found.c.exact_match.desc(), found.c.doc_rank.desc(), found.c.similarity.desc(), Product.id]
     return (
         select(Product.id.label("product_pk"), func.row_number().over(order_by=order).label("rank"))
@@ -136,9 +171,10 @@ def lexical_ranked(model: ModelInfo, filters: Filters, n: int | ColumnElement[An
     )
 
 
-def semantic_ranked() -> Select[Any]:
+def semantic_ranked(filters: Filters) -> Select[Any]:
     """The semantic side's products, best first, from arrays of their tenants, ids and best
-    images (``SEMANTIC_PARAMS``): ``product_pk``, ``image_id`` and ``rank`` (the position, from 1)."""
+    images (``SEMANTIC_PARAMS``): ``product_pk``, ``image_id`` and ``rank`` (the position, from 1);
+    the filter's tenant named on the products (a Citus cluster routes by it)."""
     rows = (
         func.unnest(
             bindparam("imgsearch_sem_tenants", type_=ARRAY(Text())),
@@ -149,7 +185,13 @@ def semantic_ranked() -> Select[Any]:
         .render_derived("sem_rows")
     )
     return select(Product.id.label("product_pk"), rows.c.image_id, rows.c.rank).join_from(
-        rows, Product, and_(Product.tenant == rows.c.tenant, Product.product_id == rows.c.product_id)
+        rows,
+        Product,
+        and_(
+            Product.tenant == rows.c.tenant,
+            Product.product_id == rows.c.product_id,
+            *filters.tenant_is(Product),
+        ),
     )
 
 
@@ -172,6 +214,7 @@ def fused_statement(
     *,
     hybrid: bool,
     boosted: bool = False,
+    fetched: bool = False,
 ) -> Select[Any]:
     """Products ranked by Reciprocal Rank Fusion of the semantic side (:func:`semantic_ranked`;
     none when not ``hybrid``) and the lexical side (:func:`lexical_ranked`, its top ``n``), weights
@@ -179,15 +222,16 @@ def fused_statement(
     them after ``offset``, each with its best image: the semantic side's, else the product's
     nearest search row to ``query`` (without a query, its first) that matches the filters.
     ``boosted``: the products in the order of their places less their boosts' lifts
-    (:mod:`imgsearch.search.boosting`), each with its ``boost``."""
-    lexical = lexical_ranked(model, filters, literal(n, literal_execute=True)).cte("lexical")
+    (:mod:`imgsearch.search.boosting`), each with its ``boost``. ``fetched``: the text's matches
+    come from :func:`fetch_matches`."""
+    lexical = lexical_ranked(model, filters, literal(n, literal_execute=True), fetched).cte("lexical")
     rrf_k = bindparam("imgsearch_rrf_k", type_=Float())
 
     def score(weight: str, rank: Any) -> Any:
         return func.coalesce(bindparam(weight, type_=Float()) / (rrf_k + rank), 0.0)
 
     if hybrid:
-        semantic = semantic_ranked().cte("semantic")
+        semantic = semantic_ranked(filters).cte("semantic")
         fused = (
             select(
                 func.coalesce(semantic.c.product_pk, lexical.c.product_pk).label("product_pk"),
@@ -245,14 +289,36 @@ def fused_statement(
         Embedding.image_id, Embedding.tenant, Embedding.category, Embedding.price, distance.label("distance")
     ).select_from(Embedding)
     if mentions(filters, Image.__table__):
-        best = best.join(Image, Image.id == Embedding.image_id)
-    best_row = (
-        best.where(Embedding.product_pk == top.c.product_pk, model_filter(model.id), *filters.conditions())
-        .order_by(*nearest)
-        .limit(1)
-        .lateral("best")
-    )
-    return (
+        best = best.join(Image, filters.same_shop(Image, Image.id, Embedding.image_id, Embedding.tenant))
+    if fetched and filters.value("tenant") is None:
+        # across a Citus cluster's shards, which run no LIMIT in a subquery joined laterally to
+        # rows gathered from all of them: each product's first row in the same order, by DISTINCT ON
+        best = best.add_columns(Embedding.product_pk).join(top, Embedding.product_pk == top.c.product_pk)
+        if filters.on_products or mentions(filters, Product.__table__):
+            best = best.join(
+                Product, filters.same_shop(Product, Product.id, Embedding.product_pk, Embedding.tenant)
+            )
+        best_row: Any = (
+            best.where(model_filter(model.id), *filters.conditions())
+            .ext(distinct_on(Embedding.tenant, Embedding.product_pk))
+            .order_by(Embedding.tenant, Embedding.product_pk, *nearest)
+            .subquery("best")
+        )
+        product = filters.same_shop(Product, Product.id, top.c.product_pk, best_row.c.tenant)
+        joins: list[Any] = [(best_row, best_row.c.product_pk == top.c.product_pk), (Product, product)]
+    else:
+        best_row = (
+            best.where(
+                Embedding.product_pk == top.c.product_pk, model_filter(model.id), *filters.conditions()
+            )
+            .order_by(*nearest)
+            .limit(1)
+            .lateral("best")
+        )
+        # products before the best row: a filter on them (attributes, brand) reads the joined row
+        product = and_(Product.id == top.c.product_pk, *filters.tenant_is(Product))
+        joins = [(Product, product), (best_row, true())]
+    stmt = (
         select(
             best_row.c.image_id,
             Product.product_id,
@@ -269,7 +335,8 @@ def fused_statement(
             *extra,
         )
         .select_from(top)
-        .join(Product, Product.id == top.c.product_pk)
-        .join(best_row, true())
         .order_by(*order)
     )
+    for joined_table, on in joins:
+        stmt = stmt.join(joined_table, on)
+    return stmt

@@ -45,6 +45,8 @@ class Options:
     # every category of the filter's list has an HNSW index of its own (imgsearch.db.filter_indexes)
     per_value: bool = False
     min_ef: int = MIN_EF_SEARCH  # the least ef_search, for the model's graph's size (search.min_ef_search)
+    # the embeddings' row estimate, where statements can't read it (a Citus coordinator: routing)
+    row_estimate: int | None = None
     boosting: Boosting | None = None  # learned boosts to blend in (not with diversity: MMR re-ranks)
 
     def check(self) -> None:
@@ -161,6 +163,7 @@ def _search(
         with_embeddings=with_embeddings,
         per_value=options.per_value,
         min_ef=options.min_ef,
+        row_estimate=options.row_estimate,
         boosting=boosting,
     )
     if options.on_plan is not None:

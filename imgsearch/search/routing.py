@@ -18,7 +18,7 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
 from imgsearch.access import tenancy
-from imgsearch.db import filter_indexes, vector_index
+from imgsearch.db import citus, filter_indexes, vector_index
 from imgsearch.errors import InvalidQuery
 from imgsearch.ingest.vectors import Vector
 from imgsearch.records import ModelInfo
@@ -48,6 +48,8 @@ class Router:
         self._graphs: dict[str, frozenset[str]] = {}
         self._graphs_key: tuple[int, float] = (-1, float("-inf"))
         self._min_ef = MIN_EF_SEARCH  # for the model's graph's size, read with the graphs
+        # the embeddings' row estimate where statements can't read it (a Citus coordinator), read with the graphs
+        self._rows: int | None = None
         self._boosted: frozenset[str] = frozenset()  # tenants with learned boosts, read with the graphs
 
     def forget_graphs(self) -> None:
@@ -136,7 +138,7 @@ class Router:
         own = self._own_graph(
             model, filters
         )  # before the search's transaction (Django shares one connection)
-        options = replace(options, min_ef=self._min_ef)
+        options = replace(options, min_ef=self._min_ef, row_estimate=self._rows)
         if options.boosting is not None and not self.has_boosts(filters.tenant_name()):
             options = replace(options, boosting=None)  # nothing to blend: the statement without it
         with engine.begin() as conn:
@@ -149,6 +151,10 @@ class Router:
             if own:
                 # the planner picks a value's partial index only when it plans for the value
                 options = replace(options, cached_plans=False, per_value=own == "per value")
+            elif options.cached_plans and citus.on_coordinator(conn):
+                # Citus routes a statement by its values: a generic plan (no values) can't be
+                # distributed, and every statement of a search is planned for its values
+                options = replace(options, cached_plans=False)
             return run(conn, model, query, filters, options)
 
     def has_boosts(self, tenant: Any) -> bool:
@@ -167,7 +173,7 @@ class Router:
                 # begin(): committed, not rolled back on return to the pool (psycopg drops the
                 # connection's prepared statements at a ROLLBACK)
                 with self.engine.begin() as conn:
-                    self._min_ef = min_ef_search(vector_index.indexed_rows(conn, model.id))
+                    self._min_ef, self._rows = _sizes(conn, model)
                     self._graphs = filter_indexes.indexed_values(conn, model.id)
             except DBAPIError as exc:  # a login that can't read the registry: no per-value plans
                 log.debug("per-value indexes not readable: %s", exc.orig)
@@ -184,11 +190,23 @@ class Router:
         return None
 
 
+def _sizes(conn: Connection, model: ModelInfo) -> tuple[int, int | None]:
+    """The least ``ef_search`` for the model's graph's size, and the embeddings' row estimate
+    when statements can't read it: on a Citus coordinator, whose tables are empty shells, both
+    from the largest shard (a shop's search walks one); else None."""
+    if citus.on_coordinator(conn):
+        index = vector_index.index_name(model.id)
+        return min_ef_search(citus.largest_shard_rows(conn, index)), citus.largest_shard_rows(conn)
+    return min_ef_search(vector_index.indexed_rows(conn, model.id)), None
+
+
 def _boosted_tenants(engine: Engine) -> frozenset[str]:
     """The tenants with learned boosts (imgsearch.learning.boosts); none when unreadable."""
     try:
         with engine.begin() as conn:
-            return frozenset(conn.execute(text("SELECT tenant FROM imgsearch.boosts GROUP BY tenant")).scalars())
+            return frozenset(
+                conn.execute(text("SELECT tenant FROM imgsearch.boosts GROUP BY tenant")).scalars()
+            )
     except DBAPIError as exc:
         log.debug("boosts not readable: %s", exc.orig)
         return frozenset()

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from sqlalchemy import Connection
 
 from imgsearch.access import tenancy
+from imgsearch.db import citus
 from imgsearch.embed.model import MAX_TEXT_CHARS
 from imgsearch.errors import InvalidQuery
 from imgsearch.ingest.vectors import Vector
@@ -21,7 +22,7 @@ from imgsearch.learning import adapter, interleave
 from imgsearch.learning import queries as learned_queries
 from imgsearch.records import Hit, ModelInfo, SearchResult
 from imgsearch.search import facets as facet_counts
-from imgsearch.search import hybrid, queries, request, understanding
+from imgsearch.search import hybrid, plans, queries, request, understanding
 from imgsearch.search.boosting import Boosting
 from imgsearch.search.filters import Filters
 from imgsearch.search.hybrid import Fusion
@@ -52,7 +53,9 @@ class Asked:
     boost: bool = True  # blend the tenant's learned boosts (imgsearch.search.boosting)
     client_id: str | None = None  # who searched, recorded with the search (User Behavior Insights)
     adapter: bool | None = None  # the tenant's query adapter (None: for text and image queries)
-    interleave: str | None = None  # "A,B": two variants' hits drafted in turns (imgsearch.learning.interleave)
+    interleave: str | None = (
+        None  # "A,B": two variants' hits drafted in turns (imgsearch.learning.interleave)
+    )
 
 
 def check_flags(parse: Any, facets: Any, total: Any, boost: Any = True) -> None:
@@ -109,7 +112,9 @@ def search(
             variant = replace(asked, boost=flags["boost"], adapter=flags["adapter"])
             own = replace(options, k=wanted, offset=0, boosting=_boosting(catalog, variant))
             answers.append(_answer(catalog, filters, own, variant, mode, fusion))
-        result, teams = interleave.team_draft(answers[0], answers[1], wanted, query_id.int, skip=options.offset)
+        result, teams = interleave.team_draft(
+            answers[0], answers[1], wanted, query_id.int, skip=options.offset
+        )
     result.query_id = str(query_id)
     if settings.record_queries:
         attributes = _attributes(asked, filters, result, options)
@@ -139,7 +144,12 @@ def _boosting(catalog: Catalog, asked: Asked) -> Boosting | None:
 
 
 def _answer(
-    catalog: Catalog, filters: Filters, options: Options, asked: Asked, mode: str | None, fusion: hybrid.Fusion
+    catalog: Catalog,
+    filters: Filters,
+    options: Options,
+    asked: Asked,
+    mode: str | None,
+    fusion: hybrid.Fusion,
 ) -> SearchResult:
     """The hits: the query's words read into filters (the query as typed when they leave none)."""
     text = asked.query.text
@@ -160,11 +170,13 @@ def _answer(
 def _understand(catalog: Catalog, text: str, filters: Filters) -> understanding.Understood:
     tenant = filters.tenant_name()
 
-    def read(what: Callable[[Connection], T]) -> T:  # in a transaction under the tenant's policies
+    def read(what: Callable[[Connection, str | None], T]) -> T:  # under the tenant's policies
         with catalog.engine.begin() as conn:
             if tenant is not None:
                 tenancy.scope(conn, tenant)
-            return what(conn)
+            if citus.on_coordinator(conn):
+                plans.planner_settings(conn)  # a Citus cluster routes a statement planned for its values
+            return what(conn, tenant)
 
     # the stamp only when the last one is old enough to ask again: no round trip for most searches
     vocabulary = catalog._vocabularies.get(
@@ -216,7 +228,9 @@ def _run(
     vector = None if mode == "lexical" else query.embed(catalog, filters)
     if vector is not None and _adapts(asked):
         tenant = filters.tenant_name()
-        weights = None if tenant is None else catalog._adapters.get(catalog.engine, tenant, catalog.active_model)
+        weights = (
+            None if tenant is None else catalog._adapters.get(catalog.engine, tenant, catalog.active_model)
+        )
         if weights is not None:
             vector = adapter.apply(weights, vector)
     chosen: list[str] = []
@@ -225,7 +239,7 @@ def _run(
         # the default: hybrid for a text when the catalog has product text, unless an option
         # re-ranks images (diversity), which only a semantic search can take
         fits = text is not None and opts.diversity is None
-        picked = mode or ("hybrid" if fits and hybrid.has_text(conn) else "semantic")
+        picked = mode or ("hybrid" if fits and hybrid.has_text(conn, rows) else "semantic")
         chosen.append(picked)
         hits: list[Hit]
         if picked == "semantic":

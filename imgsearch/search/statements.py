@@ -6,6 +6,7 @@ shape of filters and runs it with each search's values."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import Any
 
@@ -55,9 +56,11 @@ def joined(
     """
     stmt = select(*columns).select_from(Embedding)
     if with_products or filters.on_products or mentions(filters, Product.__table__):
-        stmt = stmt.join(Product, Product.id == Embedding.product_pk)
+        stmt = stmt.join(
+            Product, filters.same_shop(Product, Product.id, Embedding.product_pk, Embedding.tenant)
+        )
     if with_images or mentions(filters, Image.__table__):
-        stmt = stmt.join(Image, Image.id == Embedding.image_id)
+        stmt = stmt.join(Image, filters.same_shop(Image, Image.id, Embedding.image_id, Embedding.tenant))
     return stmt.where(model_filter(model.id), *filters.conditions())
 
 
@@ -141,7 +144,7 @@ def exact_statement(
     )
     return (
         select(*_with_product_id(top_k))
-        .join_from(top_k, Product, Product.id == top_k.c.product_pk)
+        .join_from(top_k, Product, _product_of(filters, top_k))
         .order_by(top_k.c.distance)
     )
 
@@ -153,6 +156,11 @@ def _with_product_id(rows: Any) -> list[Any]:
     for c in rows.c:
         columns.extend(PRODUCT_COLUMNS if c is rows.c.product_pk else (c,))
     return columns
+
+
+def _product_of(filters: Filters, rows: Any) -> ColumnElement[bool]:
+    """The join of a subquery of hits to their products (:meth:`Filters.same_shop`)."""
+    return filters.same_shop(Product, Product.id, rows.c.product_pk, rows.c.tenant)
 
 
 def _exact_top(
@@ -207,6 +215,7 @@ def filtered_statement(
     exact_max_fraction: float,
     one_pass: bool,
     with_embeddings: bool,
+    sized: bool = False,
 ) -> Select[Any]:
     """Strategy and search of a filtered search in one statement.
 
@@ -230,20 +239,31 @@ def filtered_statement(
 
     Products are joined once, to the hits found (PostgreSQL plans this statement on every run, for
     the actual values: each join and table reference left out is planning time saved).
+
+    ``sized``: the catalog's row estimate and the bound come as the parameters of :func:`sizes`
+    instead of from ``pg_class`` (a Citus coordinator's tables are empty shells, and a sharded
+    statement takes no subquery in a LIMIT).
     """
     q = query_param(query, model.dim)
     wanted, small = k + offset, int(exact_max_rows)
     fetched = fetch_limit(wanted)
-    sizes = select(reltuples().label("total")).subquery("sizes")
-    limits = select(
-        func.greatest(
-            literal(small), func.ceil(literal(float(exact_max_fraction)) * sizes.c.total), literal(wanted)
+    bound: Any
+    if sized:
+        bound = bindparam(BOUND_PARAM, type_=BigInteger())
+        limits = select(bound.label("bound"), bindparam(TOTAL_PARAM, type_=BigInteger()).label("total")).cte(
+            "limits"
         )
-        .cast(BigInteger)
-        .label("bound"),
-        sizes.c.total,
-    ).cte("limits")
-    bound = select(limits.c.bound).scalar_subquery()
+    else:
+        total = select(reltuples().label("total")).subquery("sizes")
+        limits = select(
+            func.greatest(
+                literal(small), func.ceil(literal(float(exact_max_fraction)) * total.c.total), literal(wanted)
+            )
+            .cast(BigInteger)
+            .label("bound"),
+            total.c.total,
+        ).cte("limits")
+        bound = select(limits.c.bound).scalar_subquery()
 
     def counted(name: str, limit: Any, gate: ColumnElement[bool] | None = None) -> Any:
         rows = joined(model, filters, Embedding.image_id)
@@ -282,8 +302,18 @@ def filtered_statement(
         .join(many, true())
         .join(limits, true())
         .outerjoin(hits, true())
-        .outerjoin(Product, Product.id == hits.c.product_pk)
+        .outerjoin(Product, _product_of(filters, hits))
     )
+
+
+TOTAL_PARAM, BOUND_PARAM = "imgsearch_rows_total", "imgsearch_rows_bound"
+
+
+def sizes(total: int, wanted: int, exact_max_rows: int, exact_max_fraction: float) -> dict[str, int]:
+    """A ``sized`` :func:`filtered_statement`'s values: the row estimate ``total`` and the bound
+    it computes itself from ``pg_class`` otherwise."""
+    bound = max(int(exact_max_rows), math.ceil(float(exact_max_fraction) * total), wanted)
+    return {TOTAL_PARAM: total, BOUND_PARAM: bound}
 
 
 MAX_PER_VALUE_ARMS = 32
@@ -317,4 +347,4 @@ def per_value_statement(
         )
         parts.append(arm.subquery(f"arm_{i}").select())
     rows = union_all(*parts).subquery("arms")
-    return select(*_with_product_id(rows)).join_from(rows, Product, Product.id == rows.c.product_pk)
+    return select(*_with_product_id(rows)).join_from(rows, Product, _product_of(others, rows))

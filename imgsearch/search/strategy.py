@@ -66,6 +66,7 @@ from imgsearch.search.statements import (
     hnsw_statement,
     per_value_statement,
     pooled_statement,
+    sizes,
 )
 
 log = logging.getLogger(__name__)
@@ -134,6 +135,7 @@ def search_vector(
     with_embeddings: bool = False,
     per_value: bool = False,
     min_ef: int = MIN_EF_SEARCH,
+    row_estimate: int | None = None,
     boosting: Boosting | None = None,
 ) -> Result:
     """Top ``k`` (after ``offset``) rows by cosine distance, inside the caller's transaction.
@@ -146,7 +148,9 @@ def search_vector(
     (:func:`per_value_statement`), when each gives enough rows. ``min_ef``: the least
     ``ef_search`` of its HNSW passes (:func:`min_ef_search` of the model's rows). ``boosting``:
     each statement orders its rows by their boosted places (:func:`boosting.ranked`); the caller
-    asks for the ``k`` that any boost could bring onto its page.
+    asks for the ``k`` that any boost could bring onto its page. ``row_estimate``: the embeddings' row
+    estimate, for a database whose statements can't read it (a Citus coordinator); None: they
+    read ``pg_class``.
     """
     run = _Run(conn, model, query, filters, with_embeddings, boosting)
     boosted = boosting is not None
@@ -160,7 +164,9 @@ def search_vector(
             rows = run.hnsw_pass(wanted)
             if len(rows) >= wanted:
                 return _result(rows, first, with_embeddings, skip=offset, k=k, boosted=boosted)
-            chosen = iterative_plan(wanted, -1, total_rows(conn), min_ef)
+            chosen = iterative_plan(
+                wanted, -1, total_rows(conn) if row_estimate is None else row_estimate, min_ef
+            )
             set_local(conn, chosen)
         return run.pooled(chosen, k, offset)
     categories = filters.value("categories")
@@ -177,8 +183,8 @@ def search_vector(
             return hits
     # settings for the one pass (ignored by the exact scan and the count)
     set_local(conn, first or Plan("exact", -1, ef_search=min_ef), with_planner=True, cached_plan=cached_plan)
-    rows = run.execute(
-        ("filtered", k, offset, exact_max_rows, exact_max_fraction, first is not None),
+    found = run.execute(
+        ("filtered", k, offset, exact_max_rows, exact_max_fraction, first is not None, row_estimate is None),
         lambda q: filtered_statement(
             model,
             q,
@@ -189,12 +195,15 @@ def search_vector(
             exact_max_fraction=exact_max_fraction,
             one_pass=first is not None,
             with_embeddings=with_embeddings,
+            sized=row_estimate is not None,
         ),
+        None if row_estimate is None else sizes(row_estimate, wanted, exact_max_rows, exact_max_fraction),
     )
-    matching, bound, total = rows[0].matching, rows[0].bound, rows[0].total
-    found = [r for r in rows if r.source is not None]
-    log.debug("filtered search: %d rows match (bound %d), hits from %s", matching, bound, rows[0].source)
-    if rows[0].source == "hnsw":
+    matching, bound, total = found[0].matching, found[0].bound, found[0].total
+    source = found[0].source
+    found = [r for r in found if r.source is not None]
+    log.debug("filtered search: %d rows match (bound %d), hits from %s", matching, bound, source)
+    if source == "hnsw":
         assert first is not None
         return _result(
             found, replace(first, matching=matching), with_embeddings, skip=offset, k=k, boosted=boosted
@@ -262,6 +271,7 @@ class _Run:
     ) -> Sequence[Any]:
         params = {**self.params, **extra} if extra else self.params
         key = None if self.key is None else (*self.key, *kind)
+
         def built() -> Select[Any]:
             stmt = build(self.query)
             return ranked(stmt) if self.boosted else stmt

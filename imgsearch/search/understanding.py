@@ -211,28 +211,28 @@ def parse(query: str, vocabulary: Vocabulary, given: Iterable[str] = ()) -> Unde
     return Understood(" ".join(rest.split()), category, brand, attributes, low, high)
 
 
-_READ = text(
-    f"""
-    SELECT 'category' AS kind, NULL AS key, category AS value FROM imgsearch.products
-    WHERE category IS NOT NULL GROUP BY category
+_VOCABULARY = f"""
+    SELECT 'category' AS kind, NULL AS key, category AS value FROM imgsearch.products p
+    WHERE category IS NOT NULL {{shop}} GROUP BY category
     UNION ALL
-    SELECT 'brand', NULL, brand FROM imgsearch.products WHERE brand IS NOT NULL GROUP BY brand
+    SELECT 'brand', NULL, brand FROM imgsearch.products p WHERE brand IS NOT NULL {{shop}} GROUP BY brand
     UNION ALL
     SELECT 'attribute', key, value FROM (
-        SELECT a.key, a.value #>> '{{}}' AS value, count(*) OVER (PARTITION BY a.key) AS values_of_key
+        SELECT a.key, a.value #>> '{{{{}}}}' AS value, count(*) OVER (PARTITION BY a.key) AS values_of_key
         FROM imgsearch.products p CROSS JOIN LATERAL jsonb_each(p.attributes) AS a
-        WHERE jsonb_typeof(a.value) = 'string' AND char_length(a.value #>> '{{}}') <= 60
-        GROUP BY a.key, a.value #>> '{{}}'
+        WHERE jsonb_typeof(a.value) = 'string' AND char_length(a.value #>> '{{{{}}}}') <= 60 {{shop}}
+        GROUP BY a.key, a.value #>> '{{{{}}}}'
     ) AS v WHERE values_of_key <= {MAX_VALUES_PER_KEY}
-    """
-)
+"""
+# every tenant's, or one's (the tenant a bound parameter)
+_READ = (text(_VOCABULARY.format(shop="")), text(_VOCABULARY.format(shop="AND p.tenant = :tenant")))
 
 
-def read(conn: Connection) -> Vocabulary:
-    """The vocabulary of the products the transaction sees (a tenant's, under its row-level
-    security, or every tenant's)."""
+def read(conn: Connection, tenant: str | None = None) -> Vocabulary:
+    """The vocabulary of ``tenant``'s products (the transaction's row-level security enforces
+    it; named, a Citus cluster asks the shop's node alone), or of every tenant's."""
     categories, brands, attributes = [], [], []
-    for kind, key, value in conn.execute(_READ):
+    for kind, key, value in conn.execute(_READ[tenant is not None], {"tenant": tenant}):
         if kind == "category":
             categories.append(value)
         elif kind == "brand":
@@ -242,13 +242,16 @@ def read(conn: Connection) -> Vocabulary:
     return Vocabulary.of(categories, brands, attributes)
 
 
-_STAMP = text("SELECT max(updated_at) FROM imgsearch.products")
+_STAMP = (
+    text("SELECT max(updated_at) FROM imgsearch.products"),
+    text("SELECT max(updated_at) FROM imgsearch.products WHERE tenant = :tenant"),
+)
 
 
-def stamp(conn: Connection) -> Any:
-    """When the products the transaction sees last changed (an index's last entry): a tenant's
+def stamp(conn: Connection, tenant: str | None = None) -> Any:
+    """When ``tenant``'s products (or every tenant's) last changed (an index's last entry): its
     vocabulary is read again only after it moves."""
-    return conn.execute(_STAMP).scalar()
+    return conn.execute(_STAMP[tenant is not None], {"tenant": tenant}).scalar()
 
 
 class Vocabularies:

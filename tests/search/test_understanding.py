@@ -93,7 +93,7 @@ def test_a_new_brand_is_understood_after_the_refresh(
         assert catalog.search(text="zeta kettle", tenant="other").understood.brand is None
         # an unchanged catalog isn't read again, however long ago it was read
         reads = []
-        monkeypatch.setattr(understanding, "read", lambda conn: reads.append(1) or understanding.Vocabulary())
+        monkeypatch.setattr(understanding, "read", lambda conn, tenant: reads.append(1) or understanding.Vocabulary())
         catalog.search(text="zeta kettle", tenant="t")
         assert reads == []
         catalog.update_product("a", tenant="t", title="Electric kettle")
