@@ -83,14 +83,8 @@ class SearchResult(list[Hit]):
     """
 
     def __init__(
-        self,
-        hits: Any = (),
-        *,
-        total: int | None = None,
-        facets: Any = None,
-        understood: Any = None,
-        mode: str = "semantic",
-        query_id: str | None = None,
+        self, hits: Any = (), *, total: int | None = None, facets: Any = None, understood: Any = None,
+        mode: str = "semantic", query_id: str | None = None,
     ) -> None:
         super().__init__(hits)
         self.total, self.facets, self.understood, self.mode = total, facets, understood, mode

@@ -78,10 +78,7 @@ def register(commands: Subparsers) -> None:
         "one folder per class whose images are in the catalog.",
     )
     ev.add_argument(
-        "set",
-        nargs="?",
-        default=None,
-        help="the labelled set: FILE.jsonl, FILE.csv or a folder of class folders",
+        "set", nargs="?", default=None, help="the labelled set: FILE.jsonl, FILE.csv or a folder of class folders"
     )
     ev.add_argument(
         "--judgments",

@@ -17,10 +17,7 @@ def _report(args: argparse.Namespace, settings: Settings) -> int:
     with Catalog.open(settings=settings) as catalog:
         found = interleave.report(catalog.engine, args.tenant, args.days)
     if not found:
-        print(
-            f"no interleaved search of {args.tenant} drew a click in the last {args.days} days",
-            file=sys.stderr,
-        )
+        print(f"no interleaved search of {args.tenant} drew a click in the last {args.days} days", file=sys.stderr)
     for comparison in found:
         print(comparison.line())
     return 0
@@ -41,7 +38,5 @@ def register(commands: Subparsers) -> None:
         "its hits), the ties, the clicks, and a two-sided sign test's p-value.",
     )
     report.add_argument("--tenant", required=True, help="whose searches")
-    report.add_argument(
-        "--days", type=positive, default=30, help="the searches of the last DAYS (default 30)"
-    )
+    report.add_argument("--days", type=positive, default=30, help="the searches of the last DAYS (default 30)")
     report.set_defaults(func=_report)

@@ -28,9 +28,7 @@ def _tune(args: argparse.Namespace, settings: Settings) -> int:
                 print(f"{tenant} has no adapters for model {model.name}", file=sys.stderr)
             for info in shown:
                 state = "active" if info.active else ("wins" if info.wins else "loses")
-                print(
-                    f"{info.id}\tv{info.version}\t{state}\t{info.created_at:%Y-%m-%d %H:%M}\t{info.figures()}"
-                )
+                print(f"{info.id}\tv{info.version}\t{state}\t{info.created_at:%Y-%m-%d %H:%M}\t{info.figures()}")
             return 0
         if args.action == "activate":
             if args.id is None:
@@ -75,14 +73,12 @@ def register(commands: Subparsers) -> None:
         help="train a tenant's query adapter from its feedback; list, activate, roll back",
         description="Train a linear map of query vectors (d x d, from the identity, held near it) on the "
         "tenant's pairs: queries and the products shoppers clicked or bought from their hits, product "
-        'titles and their images, and --pairs FILE (JSON Lines of {"text" or "vector", '
-        '"product_id"}). It is scored on held-out pairs against the identity and stored as the next '
+        "titles and their images, and --pairs FILE (JSON Lines of {\"text\" or \"vector\", "
+        "\"product_id\"}). It is scored on held-out pairs against the identity and stored as the next "
         "version; --activate makes searches use it, and refuses, naming the figures, when it loses. "
         "Stored embeddings are never changed. `tune list`, `tune activate ID`, `tune rollback`.",
     )
-    tune.add_argument(
-        "action", nargs="?", choices=["list", "activate", "rollback"], help="instead of training"
-    )
+    tune.add_argument("action", nargs="?", choices=["list", "activate", "rollback"], help="instead of training")
     tune.add_argument("id", nargs="?", type=int, help="the adapter to activate")
     tune.add_argument("--tenant", required=True, help="whose adapter")
     tune.add_argument("--pairs", metavar="FILE", default=None, help="more pairs, JSON Lines")

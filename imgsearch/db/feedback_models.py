@@ -123,9 +123,7 @@ class QueryAdapter(Base):
     __tablename__ = "query_adapters"
     __table_args__ = (
         UniqueConstraint("tenant", "model_id", "version"),
-        Index(
-            "query_adapters_active_idx", "tenant", "model_id", unique=True, postgresql_where=text("active")
-        ),
+        Index("query_adapters_active_idx", "tenant", "model_id", unique=True, postgresql_where=text("active")),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)

@@ -44,18 +44,22 @@ UNSET = Unset()
 Embed = Callable[[list[bytes]], list[Any]]  # bytes -> unit vectors or the InvalidImage each raised
 
 
-def set_where_unset(conn: Connection, column: str, by_id: Mapping[int, Any]) -> None:
+def set_where_unset(
+    conn: Connection, column: str, by_id: Mapping[int, Any], tenants: Mapping[int, str] | None = None
+) -> None:
     """Set ``images.<column>`` (``phash``, ``duplicate_of``) of the images in ``by_id`` to their
-    value there, in one statement; an image whose column is already set keeps it."""
+    value there, in one statement; an image whose column is already set keeps it. ``tenants``
+    (by image id) names each row's tenant too (a Citus cluster then writes it on its shop's node
+    alone)."""
     if not by_id:
         return
     table = cast(Table, Image.__table__)
-    conn.execute(
-        update(table)
-        .where(table.c.id == bindparam("b_id"), table.c[column].is_(None))
-        .values({column: bindparam("b_value")}),
-        [{"b_id": image_id, "b_value": value} for image_id, value in by_id.items()],
-    )
+    where = [table.c.id == bindparam("b_id"), table.c[column].is_(None)]
+    rows = [{"b_id": image_id, "b_value": value} for image_id, value in by_id.items()]
+    if tenants is not None:
+        where.append(table.c.tenant == bindparam("b_tenant"))
+        rows = [{**row, "b_tenant": tenants[row["b_id"]]} for row in rows]
+    conn.execute(update(table).where(*where).values({column: bindparam("b_value")}), rows)
 
 
 def check_policy(value: Any) -> str:

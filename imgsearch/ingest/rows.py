@@ -146,9 +146,7 @@ def _upsert_products(conn: Connection, rows: list[PreparedRow]) -> dict[tuple[st
     stmt = base.on_conflict_do_update(
         index_elements=[Product.tenant, Product.product_id],
         set_={
-            **{
-                name: func.coalesce(base.excluded[name], Product.__table__.c[name]) for name in PRODUCT_FIELDS
-            },
+            **{name: func.coalesce(base.excluded[name], Product.__table__.c[name]) for name in PRODUCT_FIELDS},
             "attributes": Product.attributes.op("||")(base.excluded.attributes),
             # the proposed row's default, now(): Citus takes no function but an immutable one here
             "updated_at": base.excluded.updated_at,

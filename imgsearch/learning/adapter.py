@@ -75,9 +75,7 @@ def wins(identity: Scores, adapter: Scores) -> bool:
 
 def _unit(rows: npt.NDArray[Any]) -> Matrix:
     array: Matrix = np.asarray(rows, dtype=np.float32)
-    unit: Matrix = (array / np.maximum(np.linalg.norm(array, axis=-1, keepdims=True), 1e-12)).astype(
-        np.float32
-    )
+    unit: Matrix = (array / np.maximum(np.linalg.norm(array, axis=-1, keepdims=True), 1e-12)).astype(np.float32)
     return unit
 
 
@@ -94,9 +92,7 @@ def scores(queries: Matrix, targets: Any, products: Matrix, weights: Matrix | No
     return Scores(float((found == 1).mean()), float((found <= 10).mean()), float((1.0 / found).mean()))
 
 
-def split(
-    groups: Sequence[Any], held_out: float, seed: int
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+def split(groups: Sequence[Any], held_out: float, seed: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
     """Pair indices for training and for holding out, each group (a query) wholly on one side."""
     names = sorted(set(groups), key=str)
     rng = np.random.default_rng(seed)
@@ -151,17 +147,11 @@ def train(
     w = torch.nn.Parameter(torch.eye(dim))
     optimiser = torch.optim.Adam([w], lr=lr)
     q_all, p_all = torch.from_numpy(queries), torch.from_numpy(products)
-    best = (
-        scores(queries[validation_rows], targets_array[validation_rows], products).mrr,
-        identity.clone(),
-        0,
-    )
+    best = (scores(queries[validation_rows], targets_array[validation_rows], products).mrr, identity.clone(), 0)
     stale = 0
     steps = max(MIN_STEPS, math.ceil(len(train_rows) / batch))  # a round: a pass, or MIN_STEPS batches
     for epoch in range(1, epochs + 1):
-        order = np.concatenate(
-            [rng.permutation(train_rows) for _ in range(math.ceil(steps * batch / len(train_rows)))]
-        )
+        order = np.concatenate([rng.permutation(train_rows) for _ in range(math.ceil(steps * batch / len(train_rows)))])
         for step in range(steps):
             rows = order[step * batch : (step + 1) * batch]
             pool = np.unique(np.concatenate([targets_array[rows], rng.integers(0, len(products), negatives)]))

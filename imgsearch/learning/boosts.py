@@ -112,9 +112,7 @@ WITH shown AS (  -- every hit of every search in the window: an impression at it
 )
 """
 
-_COMPUTE = (
-    SCORED
-    + """
+_COMPUTE = SCORED + """
 INSERT INTO imgsearch.boosts (product_pk, query_norm, tenant, product_id, boost, clicks, conversions, expected)
 SELECT s.product_pk, s.query_norm, s.tenant, p.product_id, least(1.0, ln(s.ratio) / ln(:full_ratio)),
        s.clicks, s.conversions, s.expected
@@ -122,7 +120,6 @@ FROM scored s JOIN imgsearch.products p ON p.id = s.product_pk
 WHERE s.ratio > 1 AND least(1.0, ln(s.ratio) / ln(:full_ratio)) >= 0.001
 RETURNING query_norm = '' AS per_product, tenant
 """
-)
 
 
 def refresh(engine: Engine, policy: Policy, tenant: str | None = None) -> Refreshed:

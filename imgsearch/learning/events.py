@@ -134,6 +134,4 @@ def _invalid(problems: Mapping[int, str], count: int) -> InvalidEvents:
     shown = "; ".join(f"event {index}: {message}" for index, message in found[:5])
     more = f" (and {len(found) - 5} more)" if len(found) > 5 else ""
     unknown = all(message.startswith(UNKNOWN_SEARCH) for _, message in found)
-    return InvalidEvents(
-        f"{len(found)} of {count} events refused, nothing recorded: {shown}{more}", found, unknown
-    )
+    return InvalidEvents(f"{len(found)} of {count} events refused, nothing recorded: {shown}{more}", found, unknown)

@@ -35,9 +35,7 @@ def parse(value: Any) -> tuple[str, str]:
     """``"A,B"``: two different variants."""
     names = [part.strip() for part in value.split(",")] if isinstance(value, str) else []
     if len(names) != 2 or names[0] == names[1] or any(name not in VARIANTS for name in names):
-        raise InvalidQuery(
-            f"interleave takes two different variants of {', '.join(VARIANTS)} as 'A,B', got {value!r}"
-        )
+        raise InvalidQuery(f"interleave takes two different variants of {', '.join(VARIANTS)} as 'A,B', got {value!r}")
     return names[0], names[1]
 
 
@@ -53,9 +51,7 @@ def team_draft(
     lists = {"A": list(a), "B": list(b)}
     counts = {"A": 0, "B": 0}
     while len(picked) < k:
-        left = {
-            team: [h for h in hits if (h.tenant, h.product_id) not in seen] for team, hits in lists.items()
-        }
+        left = {team: [h for h in hits if (h.tenant, h.product_id) not in seen] for team, hits in lists.items()}
         if not left["A"] and not left["B"]:
             break
         if counts["A"] != counts["B"]:

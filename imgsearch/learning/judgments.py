@@ -40,7 +40,6 @@ from imgsearch.quality.evaluation import metrics
 if TYPE_CHECKING:
     from imgsearch.catalog import Catalog
 
-
 @dataclass(frozen=True)
 class Judged:
     """Judged queries: their text as shoppers typed it most, and their products' grades."""
@@ -105,9 +104,7 @@ def from_events(engine: Engine, tenant: str, policy: Policy, since: dt.datetime 
         if since is None:
             since = dt.datetime.now(dt.UTC) - dt.timedelta(days=policy.window_days)
         rows = conn.execute(text(_JUDGED), {"since": since, "prior": float(policy.prior)}).all()
-        spellings: dict[str, str] = {
-            norm: typed for norm, typed in conn.execute(text(_SPELLINGS), {"since": since})
-        }
+        spellings: dict[str, str] = {norm: typed for norm, typed in conn.execute(text(_SPELLINGS), {"since": since})}
     grades: dict[str, dict[str, float]] = {}
     for query_norm, product_id, grade in rows:
         if grade > 0:
@@ -144,10 +141,7 @@ def compare(
 
 
 def table(found: dict[str, dict[str, Any]], k: int) -> str:
-    lines = [
-        f"| variant | queries | nDCG@{k} | MRR | recall@{k} | precision@{k} |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
+    lines = [f"| variant | queries | nDCG@{k} | MRR | recall@{k} | precision@{k} |", "|---|---:|---:|---:|---:|---:|"]
     for name, m in found.items():
         lines.append(
             f"| {name} | {int(m['queries'])} | {m['ndcg']:.3f} | {m['rr']:.3f} | {m['recall']:.3f} | {m['precision']:.3f} |"

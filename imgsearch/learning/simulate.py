@@ -88,9 +88,7 @@ def build_shop(
             noise -= noise.dot(unit) * unit
             noise /= np.linalg.norm(noise)
             embedding = cosines[i] * unit + math.sqrt(1 - cosines[i] ** 2) * noise
-            rows.append(
-                {"tenant": tenant, "product_id": product_id, "title": f"{query} {i}", "embedding": embedding}
-            )
+            rows.append({"tenant": tenant, "product_id": product_id, "title": f"{query} {i}", "embedding": embedding})
         grades[query] = graded
     catalog.add_many(rows)
     ranks = np.arange(1, len(queries) + 1, dtype=np.float64)
@@ -115,9 +113,7 @@ def session(
     ]  # fmt: skip
 
 
-def browse(
-    grades: Sequence[int], rng: np.random.Generator, shopper: Shopper = Shopper()
-) -> list[tuple[int, str]]:
+def browse(grades: Sequence[int], rng: np.random.Generator, shopper: Shopper = Shopper()) -> list[tuple[int, str]]:
     """What a shopper does with hits of these grades, top first: ``(position, action)``, each hit
     she reads an ``impression``, then perhaps a ``click`` and a ``purchase``."""
     acts: list[tuple[int, str]] = []

@@ -81,14 +81,11 @@ Name = Annotated[
 ]
 Number = StrictFloat  # ints too; not booleans or strings
 UUID_PATTERN = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
-TIME_PATTERN = (
-    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?([Zz]|[+-]\d{2}(:?\d{2})?)$"  # with an offset
-)
+TIME_PATTERN = r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?([Zz]|[+-]\d{2}(:?\d{2})?)$"  # with an offset
 VARIANTS = ("plain", "boost", "adapter", "both")
 INTERLEAVED = tuple(f"{a},{b}" for a in VARIANTS for b in VARIANTS if a != b)
 ClientId = Annotated[
-    StrictStr,
-    WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 200, "pattern": r"^[^\u0000]+$"}),
+    StrictStr, WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 200, "pattern": r"^[^\u0000]+$"})
 ]
 PRICE_SCHEMA: dict[str, Any] = {
     "anyOf": [
@@ -472,9 +469,9 @@ class StatusResponse(BaseModel):
 
 
 class EventItem(Strict):
-    query_id: Annotated[
-        StrictStr, WithJsonSchema({"type": "string", "format": "uuid", "pattern": UUID_PATTERN})
-    ] = Field(description="The search's `query_id`, from its answer.")
+    query_id: Annotated[StrictStr, WithJsonSchema({"type": "string", "format": "uuid", "pattern": UUID_PATTERN})] = (
+        Field(description="The search's `query_id`, from its answer.")
+    )
     action: Literal["impression", "click", "add_to_cart", "purchase"]
     object_id: Annotated[
         StrictStr | StrictInt,

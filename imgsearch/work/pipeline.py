@@ -50,7 +50,7 @@ def _claim_and_prepare(
 ) -> _Claimed | None:
     with engine.begin() as conn:
         tenancy.run_as_worker(conn)
-        claims = queue.claim(conn, batch_size, lease_seconds)
+        claims = queue.claim_batch(conn, batch_size, lease_seconds)
     if not claims:
         return None
     datas = queue.read_claims(claims, downloads)

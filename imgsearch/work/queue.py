@@ -22,7 +22,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import OperationalError
 
 from imgsearch.access import tenancy
-from imgsearch.db import links, vector_index
+from imgsearch.db import citus, links, vector_index
 from imgsearch.db.models import Embedding, Image, ImageState, Model, Product
 from imgsearch.errors import DatabaseUnavailable, InvalidImage, TransientError
 from imgsearch.ingest import checks, duplicates
@@ -74,29 +74,60 @@ class BatchResult:
         self.errors.update(other.errors)
 
 
-def claim(conn: Connection, limit: int, lease_seconds: int = DEFAULT_LEASE_SECONDS) -> list[Claim]:
-    """Claim up to ``limit`` of the oldest claimable images (pending, or leased and expired)."""
-    claimable = (
+def _claimable() -> Any:
+    """An image a worker may claim: pending (and due, after a failed attempt), or leased and expired."""
+    return (
+        (Image.state == ImageState.PENDING) & (Image.retry_at.is_(None) | (Image.retry_at <= func.now()))
+    ) | ((Image.state == ImageState.EMBEDDING) & (Image.lease_expires_at < func.now()))
+
+
+def claim_batch(conn: Connection, limit: int, lease_seconds: int = DEFAULT_LEASE_SECONDS) -> list[Claim]:
+    """:func:`claim` of up to ``limit`` images. On a Citus cluster (:mod:`imgsearch.db.citus`),
+    whose shards lock rows (``FOR UPDATE SKIP LOCKED``) only in a statement of one tenant: tenant
+    by tenant, those with the oldest claimable images first, each claim routed to its shop's node."""
+    if not citus.on_coordinator(conn):
+        return claim(conn, limit, lease_seconds)
+    waiting = conn.execute(
+        select(Image.tenant)
+        .where(_claimable())
+        .group_by(Image.tenant)
+        .order_by(func.min(Image.id))
+        .limit(limit)
+    ).scalars()
+    claims: list[Claim] = []
+    for tenant in list(waiting):
+        claims += claim(conn, limit - len(claims), lease_seconds, tenant)
+        if len(claims) >= limit:
+            break
+    return sorted(claims, key=lambda c: c.image_id)
+
+
+def claim(
+    conn: Connection, limit: int, lease_seconds: int = DEFAULT_LEASE_SECONDS, tenant: str | None = None
+) -> list[Claim]:
+    """Claim up to ``limit`` of the oldest claimable images (pending, or leased and expired), of
+    ``tenant`` alone when one is given."""
+    shop = [] if tenant is None else [Image.tenant == tenant]
+    # picked once, in a materialised CTE: a subquery the plan scans again (a nested loop, as on a
+    # Citus shard) would skip the rows it locked the first time and pick more than ``limit``
+    picked = (
         select(Image.id)
-        .where(
-            (
-                (Image.state == ImageState.PENDING)
-                & (Image.retry_at.is_(None) | (Image.retry_at <= func.now()))
-            )
-            | ((Image.state == ImageState.EMBEDDING) & (Image.lease_expires_at < func.now()))
-        )
+        .where(_claimable(), *shop)
         .order_by(Image.id)
         .limit(limit)
         .with_for_update(skip_locked=True)
-        .scalar_subquery()
+        .cte("picked")
+        .prefix_with("MATERIALIZED")
     )
     stmt = (
         update(Image)
-        .where(Image.id.in_(claimable))
+        .where(Image.id.in_(select(picked.c.id)), *shop)
         .values(
             state=ImageState.EMBEDDING,
             attempts=Image.attempts + 1,
-            lease_expires_at=func.clock_timestamp() + func.make_interval(0, 0, 0, 0, 0, 0, lease_seconds),
+            # statement_timestamp(), not clock_timestamp(): Citus runs no VOLATILE function in an
+            # UPDATE (it evaluates a STABLE one once, on the coordinator)
+            lease_expires_at=func.statement_timestamp() + func.make_interval(0, 0, 0, 0, 0, 0, lease_seconds),
             updated_at=func.now(),
         )
         .returning(
@@ -182,6 +213,7 @@ def release(conn: Connection, claims: Sequence[Claim]) -> None:
         update(table)
         .where(
             table.c.id == bindparam("b_id"),
+            table.c.tenant == bindparam("b_tenant"),
             table.c.state == ImageState.EMBEDDING.value,
             table.c.lease_expires_at == bindparam("b_lease"),
         )
@@ -194,7 +226,7 @@ def release(conn: Connection, claims: Sequence[Claim]) -> None:
     )
     if not claims:
         return
-    conn.execute(stmt, [{"b_id": c.image_id, "b_lease": c.lease} for c in claims])
+    conn.execute(stmt, [{"b_id": c.image_id, "b_tenant": c.tenant, "b_lease": c.lease} for c in claims])
 
 
 def model_is_active(conn: Connection, model: ModelInfo) -> bool:
@@ -226,25 +258,38 @@ def store(
         release(conn, claims)
         outcome.stale_model = True
         return outcome
-    held_stmt = (
-        select(Image.id, Image.lease_expires_at)
-        .where(Image.id.in_([c.image_id for c in claims]), Image.state == ImageState.EMBEDDING)
-        .with_for_update()
-    )
-    held = {r.id: r.lease_expires_at for r in conn.execute(held_stmt)}
+    held: dict[int, Any] = {}
+    # one statement; on a Citus cluster one per tenant (its shards lock rows only so)
+    groups: dict[str | None, list[Claim]] = {None: list(claims)}
+    if citus.on_coordinator(conn):
+        groups = {}
+        for c in claims:
+            groups.setdefault(c.tenant, []).append(c)
+    for tenant, group in groups.items():
+        held_stmt = (
+            select(Image.id, Image.lease_expires_at)
+            .where(
+                Image.id.in_([c.image_id for c in group]),
+                Image.state == ImageState.EMBEDDING,
+                *([] if tenant is None else [Image.tenant == tenant]),
+            )
+            .with_for_update()
+        )
+        held.update({r.id: r.lease_expires_at for r in conn.execute(held_stmt)})
     ready, failed, released = [], [], []
     for item, result in zip(claims, results, strict=True):
         if held.get(item.image_id) != item.lease:
             outcome.lost += 1
             continue
         if isinstance(result, InvalidImage):
-            failed.append({"b_id": item.image_id, "b_error": str(result)[:2000]})
+            failed.append({"b_id": item.image_id, "b_tenant": item.tenant, "b_error": str(result)[:2000]})
             outcome.errors[item.image_id] = str(result)
         elif isinstance(result, Exception):
             if item.attempts >= MAX_ATTEMPTS:
                 failed.append(
                     {
                         "b_id": item.image_id,
+                        "b_tenant": item.tenant,
                         "b_error": f"gave up after {item.attempts} attempts: {result}"[:2000],
                     }
                 )
@@ -253,6 +298,7 @@ def store(
                 released.append(
                     {
                         "b_id": item.image_id,
+                        "b_tenant": item.tenant,
                         "b_delay": delay,
                         "b_error": f"attempt {item.attempts} of {MAX_ATTEMPTS} failed; {retry_note(delay)}: "
                         f"{result}"[:2000],
@@ -265,28 +311,41 @@ def store(
         # (imgsearch.db.links: an upload linking one of them waits for this commit)
         written = links.embedding_rows(conn, model.id, {c.image_id: v for c, v in ready})
         if written:
+            # the primary key's columns: on a Citus cluster it holds the tenant too
+            key = [Embedding.model_id, Embedding.image_id, Embedding.product_pk]
             conn.execute(
                 pg_insert(Embedding).on_conflict_do_update(
-                    index_elements=[Embedding.model_id, Embedding.image_id, Embedding.product_pk],
-                    set_={"embedding": pg_insert(Embedding).excluded.embedding, "created_at": func.now()},
+                    index_elements=[*key, Embedding.tenant] if citus.on_coordinator(conn) else key,
+                    # the proposed row's created_at (its default, now()): Citus takes no now() here
+                    set_={
+                        "embedding": pg_insert(Embedding).excluded.embedding,
+                        "created_at": pg_insert(Embedding).excluded.created_at,
+                    },
                 ),
                 written,
             )
-        _set_state(conn, [{"b_id": c.image_id, "b_error": None} for c, _ in ready], ImageState.READY)
+        _set_state(
+            conn,
+            [{"b_id": c.image_id, "b_tenant": c.tenant, "b_error": None} for c, _ in ready],
+            ImageState.READY,
+        )
         dropped = [
-            {"b_id": c.image_id, "b_thumbnail": thumbnails[c.image_id]}
+            {"b_id": c.image_id, "b_tenant": c.tenant, "b_thumbnail": thumbnails[c.image_id]}
             for c, _ in ready
             if thumbnails and c.image_id in thumbnails
         ]
         if hashes:
             duplicates.set_where_unset(
-                conn, "phash", {c.image_id: hashes[c.image_id] for c, _ in ready if c.image_id in hashes}
+                conn,
+                "phash",
+                {c.image_id: hashes[c.image_id] for c, _ in ready if c.image_id in hashes},
+                {c.image_id: c.tenant for c, _ in ready},
             )
         if dropped:
             table = cast(Table, Image.__table__)
             conn.execute(
                 update(table)
-                .where(table.c.id == bindparam("b_id"))
+                .where(table.c.id == bindparam("b_id"), table.c.tenant == bindparam("b_tenant"))
                 .values(content=None, thumbnail=bindparam("b_thumbnail")),
                 dropped,
             )
@@ -295,12 +354,13 @@ def store(
         table = cast(Table, Image.__table__)
         conn.execute(
             update(table)
-            .where(table.c.id == bindparam("b_id"))
+            .where(table.c.id == bindparam("b_id"), table.c.tenant == bindparam("b_tenant"))
             .values(
                 state=ImageState.PENDING.value,
                 error=bindparam("b_error"),
                 lease_expires_at=None,
-                retry_at=func.clock_timestamp() + func.make_interval(0, 0, 0, 0, 0, 0, bindparam("b_delay")),
+                retry_at=func.statement_timestamp()
+                + func.make_interval(0, 0, 0, 0, 0, 0, bindparam("b_delay")),
                 updated_at=func.now(),
             ),
             released,
@@ -315,7 +375,7 @@ def _set_state(conn: Connection, rows: list[dict[str, Any]], state: ImageState) 
     table = cast(Table, Image.__table__)
     stmt = (
         update(table)
-        .where(table.c.id == bindparam("b_id"))
+        .where(table.c.id == bindparam("b_id"), table.c.tenant == bindparam("b_tenant"))
         .values(
             state=state.value,
             error=bindparam("b_error"),
@@ -353,7 +413,7 @@ def process_batch(
     try:
         with engine.begin() as conn:
             tenancy.run_as_worker(conn)
-            claims = claim(conn, batch_size, lease_seconds)
+            claims = claim_batch(conn, batch_size, lease_seconds)
         if not claims:
             return BatchResult()
         results = embed_claims(claims, embed, downloads)

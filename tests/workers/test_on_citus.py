@@ -1,0 +1,107 @@
+"""Uploads -> workers -> ready on a Citus cluster (``citus_cluster``): real ``imgsearch worker``
+processes claim each shop's images on its own node (``FOR UPDATE SKIP LOCKED`` in a statement of
+one tenant), and every upload becomes ready exactly once."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from sqlalchemy import text
+
+from imgsearch import Catalog
+from imgsearch.db import citus, migrate
+from imgsearch.db.engine import make_engine
+from imgsearch.settings import Settings
+from imgsearch.work import queue
+from tests.citus import CitusCluster
+from tests.helpers import Workers, wait_until
+from tests.workers.test_workers import REDIS_URL, jpeg
+
+TENANTS = ("acme", "globex", "initech")
+
+
+@pytest.fixture(scope="module")
+def cluster_url(citus_cluster: CitusCluster) -> str:
+    url = citus_cluster.create_database("citus_workers")
+    engine = make_engine(url)
+    try:
+        migrate.upgrade(engine)
+        citus.distribute(engine)
+    finally:
+        engine.dispose()
+    return url
+
+
+@pytest.fixture
+def setup(cluster_url: str, tiny_siglip: Path, tmp_path: Path) -> Iterator[tuple[Catalog, Workers]]:
+    name = f"imgsearch-test-{uuid.uuid4().hex[:8]}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGSEARCH_")}
+    env.update(
+        IMGSEARCH_DATABASE_URL=cluster_url, IMGSEARCH_MODEL=str(tiny_siglip), IMGSEARCH_REDIS_URL=REDIS_URL,
+        IMGSEARCH_QUEUE=name, IMGSEARCH_SWEEP_SECONDS="1", IMGSEARCH_BATCH_SIZE="8",
+        IMGSEARCH_DEVICE="cpu", HF_HUB_OFFLINE="1", TMPDIR=str(tmp_path),
+    )  # fmt: skip
+    settings = Settings(redis_url=REDIS_URL, queue=name, wake_workers=True, batch_size=8)
+    workers = Workers(env, tmp_path)
+    with Catalog.open(cluster_url, model=str(tiny_siglip), settings=settings) as catalog:
+        try:
+            yield catalog, workers
+        finally:
+            workers.stop_all()
+            redis.Redis.from_url(REDIS_URL).delete(name)
+            with catalog.engine.begin() as conn:
+                conn.execute(
+                    text(
+                        "TRUNCATE imgsearch.embeddings, imgsearch.image_products, imgsearch.images, imgsearch.products CASCADE"
+                    )
+                )
+
+
+def _states(catalog: Catalog) -> dict[str, int]:
+    with catalog.engine.connect() as conn:
+        return dict(conn.execute(text("SELECT state, count(*) FROM imgsearch.images GROUP BY state")).all())
+
+
+def test_claims_take_each_shops_images_on_its_node_and_never_the_same_twice(
+    setup: tuple[Catalog, Workers],
+) -> None:
+    catalog, _ = setup
+    catalog.add_many({"image": jpeg(i), "tenant": TENANTS[i % 3], "product_id": f"p{i}"} for i in range(12))
+    with catalog.engine.begin() as first:
+        a = queue.claim_batch(first, 5)
+        with catalog.engine.begin() as second:
+            b = queue.claim_batch(second, 20)
+    assert len(a) == 5 and len(b) == 7
+    assert not {c.image_id for c in a} & {c.image_id for c in b}
+    # the oldest first: the first batch takes the shop with the oldest image, then the next
+    assert sorted(c.tenant for c in a) == ["acme"] * 4 + ["globex"]
+
+
+def test_uploads_of_three_shops_all_become_ready_once(setup: tuple[Catalog, Workers]) -> None:
+    catalog, workers = setup
+    catalog.add_many(
+        {"image": jpeg(100 + i), "tenant": TENANTS[i % 3], "product_id": f"p{i}"} for i in range(60)
+    )
+    assert _states(catalog) == {"pending": 60}
+    workers.start("--concurrency", "2")
+    wait_until(lambda: _states(catalog).get("ready") == 60, 240, workers, "60 ready images")
+    with catalog.engine.connect() as conn:
+        per_image = (
+            conn.execute(
+                text(
+                    "SELECT count(e.image_id) FROM imgsearch.images i LEFT JOIN imgsearch.embeddings e"
+                    " ON e.image_id = i.id AND e.tenant = i.tenant GROUP BY i.id, i.tenant"
+                )
+            )
+            .scalars()
+            .all()
+        )
+        attempts = conn.execute(text("SELECT max(attempts) FROM imgsearch.images")).scalar()
+    assert per_image == [1] * 60 and attempts == 1
+    hits = catalog.search(similar_to_product="p3", tenant="acme", k=3)
+    assert len(hits) == 3 and {hit.tenant for hit in hits} == {"acme"}
