@@ -41,6 +41,8 @@ class Filters:
     exclude_image: int | None = None  # "more like this image": the source image itself
     exclude_product: int | None = None  # "more like this product": its images (products.id)
     brand: str | None = None  # the product's brand (migration 0020)
+    # the catalog is distributed by tenant (a Citus coordinator, set by routing): joins name it
+    sharded: bool = False
 
     def conditions(self) -> list[ColumnElement[bool]]:
         """The filters as SQL conditions; each value is a bound parameter named in :meth:`params`."""
@@ -87,7 +89,7 @@ class Filters:
         if self.where is not None:
             return None
         values = self._values
-        return tuple(values)
+        return (*values, "sharded") if self.sharded else tuple(values)
 
     @cached_property
     def _values(self) -> dict[str, Any]:
@@ -151,11 +153,18 @@ class Filters:
 
     def same_shop(self, table: Any, key: Any, rows_key: Any, rows_tenant: Any) -> ColumnElement[bool]:
         """The join of search rows to ``table`` (``Product``, ``Image``): its ``key`` equal to
-        the rows', in the rows' tenant, and in the filter's tenant when there is one. On one node
-        the key alone decides; on a Citus cluster (tables distributed by tenant) the join must be
-        on tenant to stay on one shard, and the tenant as a value lets the statement run on the
-        shop's node alone, whatever subqueries lie between."""
-        return and_(key == rows_key, table.tenant == rows_tenant, *self.tenant_is(table))
+        the rows'. On one node the key alone decides (a condition more may change the plan);
+        ``sharded`` (Citus, tables distributed by tenant), also in the rows' tenant, to stay on one
+        shard, and :meth:`routed`."""
+        same: ColumnElement[bool] = key == rows_key
+        return and_(same, table.tenant == rows_tenant, *self.routed(table)) if self.sharded else same
+
+    def routed(self, table: Any) -> list[ColumnElement[bool]]:
+        """``sharded``: :meth:`tenant_is` on a table the search reads besides the filtered rows
+        (the tenant as a value lets Citus run the statement on the shop's node alone, whatever
+        subqueries lie between); nothing on one node, where row-level security and the filtered
+        rows already keep it to the shop."""
+        return self.tenant_is(table) if self.sharded else []
 
     def tenant_is(self, table: Any) -> list[ColumnElement[bool]]:
         """``table.tenant`` equal to the filter's tenant; nothing without one."""

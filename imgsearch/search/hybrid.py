@@ -79,11 +79,10 @@ def check_options(mode: str, options: Options) -> None:
 
 
 def has_text(conn: Connection, filters: Filters) -> bool:
-    """Whether any product (of the filters' tenant, which row-level security also enforces) has
-    a title, a description or a brand."""
+    """Whether any product (of the transaction's tenant, under row-level security) has a title,
+    a description or a brand; on a Citus cluster the tenant is named too (:meth:`Filters.routed`)."""
     found = or_(Product.title.is_not(None), Product.description.is_not(None), Product.brand.is_not(None))
-    # the tenant named, not only enforced: a Citus cluster then asks the shop's node alone
-    return bool(conn.execute(select(exists().where(found, *filters.tenant_is(Product)))).scalar())
+    return bool(conn.execute(select(exists().where(found, *filters.routed(Product)))).scalar())
 
 
 def candidates(options: Options) -> int:

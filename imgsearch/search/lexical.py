@@ -64,8 +64,7 @@ def searchable(model: ModelInfo, filters: Filters) -> ColumnElement[bool]:
     if mentions(filters, Image.__table__):
         rows = rows.join(Image, filters.same_shop(Image, Image.id, Embedding.image_id, Embedding.tenant))
     rows = rows.where(
-        Embedding.product_pk == Product.id,
-        Embedding.tenant == Product.tenant,
+        filters.same_shop(Product, Product.id, Embedding.product_pk, Embedding.tenant),
         model_filter(model.id),
         *filters.conditions(),
     )
@@ -190,7 +189,7 @@ def semantic_ranked(filters: Filters) -> Select[Any]:
         and_(
             Product.tenant == rows.c.tenant,
             Product.product_id == rows.c.product_id,
-            *filters.tenant_is(Product),
+            *filters.routed(Product),
         ),
     )
 
@@ -316,7 +315,7 @@ def fused_statement(
             .lateral("best")
         )
         # products before the best row: a filter on them (attributes, brand) reads the joined row
-        product = and_(Product.id == top.c.product_pk, *filters.tenant_is(Product))
+        product = and_(Product.id == top.c.product_pk, *filters.routed(Product))
         joins = [(Product, product), (best_row, true())]
     stmt = (
         select(

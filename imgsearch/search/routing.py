@@ -151,9 +151,10 @@ class Router:
             if own:
                 # the planner picks a value's partial index only when it plans for the value
                 options = replace(options, cached_plans=False, per_value=own == "per value")
-            elif options.cached_plans and citus.on_coordinator(conn):
-                # Citus routes a statement by its values: a generic plan (no values) can't be
-                # distributed, and every statement of a search is planned for its values
+            if citus.on_coordinator(conn):
+                # joins name the tenant; and Citus routes a statement by its values: a generic
+                # plan (no values) can't be distributed, every statement is planned for its values
+                filters = replace(filters, sharded=True)
                 options = replace(options, cached_plans=False)
             return run(conn, model, query, filters, options)
 
