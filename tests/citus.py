@@ -143,6 +143,21 @@ class CitusCluster:
         self.databases.append(name)
         return self.coordinator.url(name)
 
+    def create_catalog(self, name: str) -> str:
+        """:meth:`create_database`, migrated and distributed (``imgsearch db distribute``): an
+        empty imgsearch catalog in Citus mode; its URL."""
+        from imgsearch.db import citus, migrate
+        from imgsearch.db.engine import make_engine
+
+        url = self.create_database(name)
+        engine = make_engine(url)
+        try:
+            migrate.upgrade(engine)
+            citus.distribute(engine)
+        finally:
+            engine.dispose()
+        return url
+
     def add_node(self, name: str, node: Node) -> None:
         """``node`` joins database ``name``'s cluster (its shards stay where they are until a rebalance)."""
         _prepare(node, name)

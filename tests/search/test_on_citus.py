@@ -15,8 +15,7 @@ from sqlalchemy import Engine, event
 
 from imgsearch import Catalog
 from imgsearch.access import tenancy
-from imgsearch.db import citus, migrate, vector_index
-from imgsearch.db.engine import make_engine
+from imgsearch.db import citus, vector_index
 from imgsearch.settings import Settings
 from tests.citus import CitusCluster
 from tests.conftest import new_database
@@ -47,13 +46,7 @@ def vectors() -> np.ndarray:
 @pytest.fixture(scope="module")
 def cluster_url(citus_cluster: CitusCluster, tiny_siglip: Path, vectors: np.ndarray) -> str:
     """A catalog distributed on the cluster, with 600 products of 3 shops added through the library."""
-    url = citus_cluster.create_database("citus_search")
-    engine = make_engine(url)
-    try:
-        migrate.upgrade(engine)
-        citus.distribute(engine)
-    finally:
-        engine.dispose()
+    url = citus_cluster.create_catalog("citus_search")
     with _catalog(url, tiny_siglip) as catalog:
         catalog.add_many(_rows(vectors))
     return url

@@ -14,8 +14,6 @@ import redis
 from sqlalchemy import text
 
 from imgsearch import Catalog
-from imgsearch.db import citus, migrate
-from imgsearch.db.engine import make_engine
 from imgsearch.settings import Settings
 from imgsearch.work import queue
 from tests.citus import CitusCluster
@@ -27,14 +25,7 @@ TENANTS = ("acme", "globex", "initech")
 
 @pytest.fixture(scope="module")
 def cluster_url(citus_cluster: CitusCluster) -> str:
-    url = citus_cluster.create_database("citus_workers")
-    engine = make_engine(url)
-    try:
-        migrate.upgrade(engine)
-        citus.distribute(engine)
-    finally:
-        engine.dispose()
-    return url
+    return citus_cluster.create_catalog("citus_workers")
 
 
 @pytest.fixture
