@@ -118,9 +118,9 @@ def read_pairs_file(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             except ValueError as exc:
                 raise InvalidInput(f"{path}, line {number}: not JSON: {exc}") from exc
             if not isinstance(pair, dict) or set(pair) - {"text", "vector", "product_id"}:
-                raise InvalidInput(f'{path}, line {number}: a pair is {{"text" or "vector", "product_id"}}')
+                raise InvalidInput(f"{path}, line {number}: a pair is {{\"text\" or \"vector\", \"product_id\"}}")
             if ("text" in pair) == ("vector" in pair) or "product_id" not in pair:
-                raise InvalidInput(f'{path}, line {number}: give "product_id" and one of "text" and "vector"')
+                raise InvalidInput(f"{path}, line {number}: give \"product_id\" and one of \"text\" and \"vector\"")
             yield number, pair
 
 
@@ -171,14 +171,10 @@ def gather(
         for number, pair in read_pairs_file(pairs_file):
             product_id = str(pair["product_id"])
             if product_id not in row_of:
-                raise InvalidInput(
-                    f"{pairs_file}, line {number}: {tenant} has no embedded product {product_id!r}"
-                )
+                raise InvalidInput(f"{pairs_file}, line {number}: {tenant} has no embedded product {product_id!r}")
             if "text" in pair:
                 if embed_texts is None:
-                    raise InvalidInput(
-                        f'{pairs_file}, line {number}: the model embeds no text; give "vector"'
-                    )
+                    raise InvalidInput(f"{pairs_file}, line {number}: the model embeds no text; give \"vector\"")
                 texts.append((str(pair["text"]), product_id))
             else:
                 vector = as_vector(pair["vector"], model.dim, f"{pairs_file}, line {number}: vector")

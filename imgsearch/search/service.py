@@ -53,9 +53,7 @@ class Asked:
     boost: bool = True  # blend the tenant's learned boosts (imgsearch.search.boosting)
     client_id: str | None = None  # who searched, recorded with the search (User Behavior Insights)
     adapter: bool | None = None  # the tenant's query adapter (None: for text and image queries)
-    interleave: str | None = (
-        None  # "A,B": two variants' hits drafted in turns (imgsearch.learning.interleave)
-    )
+    interleave: str | None = None  # "A,B": two variants' hits drafted in turns (imgsearch.learning.interleave)
 
 
 def check_flags(parse: Any, facets: Any, total: Any, boost: Any = True) -> None:
@@ -112,9 +110,7 @@ def search(
             variant = replace(asked, boost=flags["boost"], adapter=flags["adapter"])
             own = replace(options, k=wanted, offset=0, boosting=_boosting(catalog, variant))
             answers.append(_answer(catalog, filters, own, variant, mode, fusion))
-        result, teams = interleave.team_draft(
-            answers[0], answers[1], wanted, query_id.int, skip=options.offset
-        )
+        result, teams = interleave.team_draft(answers[0], answers[1], wanted, query_id.int, skip=options.offset)
     result.query_id = str(query_id)
     if settings.record_queries:
         attributes = _attributes(asked, filters, result, options)
@@ -144,12 +140,7 @@ def _boosting(catalog: Catalog, asked: Asked) -> Boosting | None:
 
 
 def _answer(
-    catalog: Catalog,
-    filters: Filters,
-    options: Options,
-    asked: Asked,
-    mode: str | None,
-    fusion: hybrid.Fusion,
+    catalog: Catalog, filters: Filters, options: Options, asked: Asked, mode: str | None, fusion: hybrid.Fusion
 ) -> SearchResult:
     """The hits: the query's words read into filters (the query as typed when they leave none)."""
     text = asked.query.text
@@ -228,9 +219,7 @@ def _run(
     vector = None if mode == "lexical" else query.embed(catalog, filters)
     if vector is not None and _adapts(asked):
         tenant = filters.tenant_name()
-        weights = (
-            None if tenant is None else catalog._adapters.get(catalog.engine, tenant, catalog.active_model)
-        )
+        weights = None if tenant is None else catalog._adapters.get(catalog.engine, tenant, catalog.active_model)
         if weights is not None:
             vector = adapter.apply(weights, vector)
     chosen: list[str] = []
