@@ -1,8 +1,8 @@
 """Citus mode: the catalog's tables distributed by tenant over a Citus cluster
 (``imgsearch db distribute``; docs/scaling.md).
 
-Each shop's rows (products, images, their links, embeddings, boosts, adapters, event ids) live in
-one shard group on one node: the tenant tables are hash-distributed on ``tenant`` and colocated
+Each shop's rows (products, images, their links, embeddings, boosts, adapters, event ids, its
+searches and their events) live in one shard group on one node: the tenant tables are hash-distributed on ``tenant`` and colocated
 with ``products``, so a search that names its tenant is a router query to that node, and a
 shop's joins and foreign keys stay on it. The small shared tables (models, API keys, logins, the
 text cache, the filter-index rules) are reference tables, copied to every node.
@@ -46,6 +46,8 @@ DISTRIBUTED = (
     "event_ids",
     "query_adapters",
     "query_adapter_rows",
+    "search_queries",  # the query log and events: partitioned by day, each partition distributed
+    "search_events",
 )
 
 # keys that become (..., tenant): (table, constraint, kind, columns)
@@ -57,6 +59,7 @@ KEYS = (
     ("boosts", "boosts_pkey", "PRIMARY KEY", "product_pk, query_norm, tenant"),
     ("query_adapters", "query_adapters_pkey", "PRIMARY KEY", "id, tenant"),
     ("query_adapter_rows", "query_adapter_rows_pkey", "PRIMARY KEY", 'adapter_id, "row", tenant'),
+    ("search_queries", "search_queries_pkey", "PRIMARY KEY", "query_id, searched_at, tenant"),
 )
 # keys the new primary keys make redundant
 REDUNDANT = (("products", "products_id_tenant_key"), ("images", "images_id_tenant_key"))
@@ -217,6 +220,39 @@ def _workers(conn: Connection) -> int:
     return int(conn.execute(text("SELECT count(*) FROM citus_get_active_worker_nodes()")).scalar_one())
 
 
+# every imgsearch function a distributed object (Citus creates it, and each later change, on
+# every node, a node added later included), so that any node can run the console's searches
+_FUNCTIONS = """
+SELECT p.oid::regprocedure::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+WHERE n.nspname = 'imgsearch'
+  AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid
+                  AND d.deptype = 'e')
+  AND NOT EXISTS (SELECT 1 FROM pg_dist_object o WHERE o.classid = 'pg_proc'::regclass AND o.objid = p.oid)
+ORDER BY 1
+"""
+# the text requests' loopback login (migration 0015) on the workers too: a function reaching a
+# worker's session that asks for a text connects with it (Citus copies no user mapping)
+_LOOPBACK_MAPPING = """
+SELECT run_command_on_workers(format(
+    'CREATE USER MAPPING IF NOT EXISTS FOR %I SERVER imgsearch_loopback OPTIONS (%s)', u.usename,
+    (SELECT string_agg(format('%I %L', split_part(o, '=', 1), substr(o, strpos(o, '=') + 1)), ', ')
+     FROM unnest(u.umoptions) AS o)))
+FROM pg_user_mappings u WHERE u.srvname = 'imgsearch_loopback'
+"""
+
+
+def _share_functions(conn: Connection) -> None:
+    """The console's functions on every node, and the loopback login they may ask texts with.
+
+    A console login's row-level security policies run on the shards, and each asks
+    ``imgsearch.login_tenant()``, which reads the logins' reference table: a query of the cluster
+    from within a shard's, which Citus refuses unless told. It reads the node's own copy."""
+    for function in conn.execute(text(_FUNCTIONS)).scalars():
+        conn.execute(text("SELECT create_distributed_function(CAST(:f AS regprocedure))"), {"f": function})
+    conn.execute(text(_LOOPBACK_MAPPING)).all()
+    conn.execute(text("ALTER FUNCTION imgsearch.login_tenant() SET citus.allow_nested_distributed_execution = on"))
+
+
 def distribute(engine: Engine) -> Distributed:
     """Distribute a migrated catalog on the Citus coordinator ``engine`` points at."""
     revision, head = migrate.current(engine), migrate.head()
@@ -234,6 +270,7 @@ def distribute(engine: Engine) -> Distributed:
             ) from exc
         workers = _workers(conn)
         if is_distributed(conn):
+            _share_functions(conn)  # a node added since has them too
             return Distributed((), (), workers)
         if workers == 0:
             raise ConfigurationError(
@@ -281,4 +318,5 @@ def distribute(engine: Engine) -> Distributed:
                 conn.execute(text(f"ALTER TABLE imgsearch.{table} ADD CONSTRAINT {name} {definition}"))
         for table, name, definition in FOREIGN_KEYS:
             conn.execute(text(f"ALTER TABLE imgsearch.{table} ADD CONSTRAINT {name} {definition}"))
+        _share_functions(conn)
         return Distributed(DISTRIBUTED, REFERENCE, workers)

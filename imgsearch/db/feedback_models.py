@@ -46,7 +46,7 @@ class SearchQuery(Base):
     query_id: Mapped[Any] = mapped_column(Uuid, primary_key=True)
     searched_at: Mapped[dt.datetime] = mapped_column(_TS, primary_key=True)  # the UUIDv7's time
     application: Mapped[str] = mapped_column(Text, server_default=text("'imgsearch'::text"))
-    tenant: Mapped[str | None] = mapped_column(Text)
+    tenant: Mapped[str] = mapped_column(Text, server_default=text("''::text"))  # '': none (an admin's)
     client_id: Mapped[str | None] = mapped_column(Text)
     user_query: Mapped[str | None] = mapped_column(Text)
     query_norm: Mapped[str | None] = mapped_column(Text)
@@ -63,7 +63,7 @@ search_events = Table(
     Column("query_id", Uuid, nullable=False),
     Column("occurred_at", _TS, nullable=False),
     Column("received_at", _TS, nullable=False, server_default=func.now()),
-    Column("tenant", Text),
+    Column("tenant", Text, nullable=False, server_default=text("''::text")),  # '': a search without one
     Column("action_name", Text, nullable=False),
     Column("object_id", Text, nullable=False),
     Column("object_id_field", Text, nullable=False),

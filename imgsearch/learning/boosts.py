@@ -12,6 +12,10 @@ prior: few impressions say little), and its logarithm, relative to ``full_ratio`
 from 0 (no better than its positions predict) to 1. A pair needs ``min_clicks`` clicks or
 ``min_conversions`` conversions in the window to get one; the rest rank as they would without.
 
+A shop learns from the searches that named it (an admin's search across shops, recorded under
+tenant '', teaches none), and every statement here joins a search's rows to its own shop's
+products: on a Citus cluster a shop's refresh runs on its node alone.
+
 ``imgsearch boosts refresh`` runs it at once; Celery beat every ``IMGSEARCH_BOOST_REFRESH_SECONDS``.
 Each run also prepares the logs' coming partitions and drops what is past the retention.
 """
@@ -71,16 +75,16 @@ WITH shown AS (  -- every hit of every search in the window: an impression at it
     SELECT p.tenant, q.query_norm, h.pk AS product_pk, (q.result_offset + h.n)::int AS position
     FROM imgsearch.search_queries q
     CROSS JOIN LATERAL unnest(q.product_pks) WITH ORDINALITY AS h(pk, n)
-    JOIN imgsearch.products p ON p.id = h.pk
-    WHERE q.searched_at >= :since AND (CAST(:tenant AS text) IS NULL OR p.tenant = CAST(:tenant AS text))
+    JOIN imgsearch.products p ON p.tenant = q.tenant AND p.id = h.pk
+    WHERE q.searched_at >= :since AND (CAST(:tenant AS text) IS NULL OR q.tenant = CAST(:tenant AS text))
 ), acted AS (  -- what a search's shopper did with one hit, each kind once
     SELECT p.tenant, e.query_norm, e.product_pk, min(e.position) AS position,
            bool_or(e.action_name = 'click')::int AS clicked,
            bool_or(e.action_name IN ('add_to_cart', 'purchase'))::int AS converted
     FROM imgsearch.search_events e
-    JOIN imgsearch.products p ON p.id = e.product_pk
+    JOIN imgsearch.products p ON p.tenant = e.tenant AND p.id = e.product_pk
     WHERE e.occurred_at >= :since AND e.action_name <> 'impression'
-      AND (CAST(:tenant AS text) IS NULL OR p.tenant = CAST(:tenant AS text))
+      AND (CAST(:tenant AS text) IS NULL OR e.tenant = CAST(:tenant AS text))
     GROUP BY p.tenant, e.query_id, e.query_norm, e.product_pk
 ), at_position AS (  -- the position bias: clicks per impression at each position
     SELECT s.tenant, s.position,
@@ -116,7 +120,7 @@ _COMPUTE = SCORED + """
 INSERT INTO imgsearch.boosts (product_pk, query_norm, tenant, product_id, boost, clicks, conversions, expected)
 SELECT s.product_pk, s.query_norm, s.tenant, p.product_id, least(1.0, ln(s.ratio) / ln(:full_ratio)),
        s.clicks, s.conversions, s.expected
-FROM scored s JOIN imgsearch.products p ON p.id = s.product_pk
+FROM scored s JOIN imgsearch.products p ON p.tenant = s.tenant AND p.id = s.product_pk
 WHERE s.ratio > 1 AND least(1.0, ln(s.ratio) / ln(:full_ratio)) >= 0.001
 RETURNING query_norm = '' AS per_product, tenant
 """

@@ -107,8 +107,10 @@ SELECT q.query_id, q.query_attributes->'interleave'->'variants'->>0 AS a,
        count(*) FILTER (WHERE (q.query_attributes->'interleave'->'teams')->>(e.position - q.result_offset - 1) = 'B')
            AS clicks_b
 FROM imgsearch.search_events e
-JOIN imgsearch.search_queries q ON q.query_id = e.query_id AND q.searched_at = uuid_extract_timestamp(e.query_id)
-WHERE e.action_name = 'click' AND e.occurred_at >= :since AND q.query_attributes ? 'interleave'
+JOIN imgsearch.search_queries q ON q.tenant = e.tenant AND q.query_id = e.query_id
+    AND q.searched_at = uuid_extract_timestamp(e.query_id)
+WHERE e.tenant = :tenant AND e.action_name = 'click' AND e.occurred_at >= :since
+  AND q.query_attributes ? 'interleave'
 GROUP BY q.query_id, q.query_attributes
 """
 
@@ -118,7 +120,7 @@ def report(engine: Engine, tenant: str, days: int = 30) -> list[Comparison]:
     tenant = checks.identifier(tenant, "tenant")
     since = dt.datetime.now(dt.UTC) - dt.timedelta(days=days)
     with tenancy.begin(engine, tenant) as conn:
-        rows = conn.execute(text(_CREDITS), {"since": since}).all()
+        rows = conn.execute(text(_CREDITS), {"since": since, "tenant": tenant}).all()
     tally: dict[tuple[str, str], list[int]] = {}
     for row in rows:
         counts = tally.setdefault((row.a, row.b), [0, 0, 0, 0, 0])

@@ -55,8 +55,9 @@ _JUDGED = """
 WITH searches AS (
     SELECT q.query_id, q.query_norm, q.result_offset, q.product_pks, max(e.position) AS last_click
     FROM imgsearch.search_queries q
-    JOIN imgsearch.search_events e ON e.query_id = q.query_id AND q.searched_at = uuid_extract_timestamp(e.query_id)
-    WHERE e.action_name = 'click' AND e.occurred_at >= :since AND q.query_norm IS NOT NULL
+    JOIN imgsearch.search_events e ON e.tenant = q.tenant AND e.query_id = q.query_id
+        AND q.searched_at = uuid_extract_timestamp(e.query_id)
+    WHERE q.tenant = :tenant AND e.action_name = 'click' AND e.occurred_at >= :since AND q.query_norm IS NOT NULL
     GROUP BY q.query_id, q.query_norm, q.result_offset, q.product_pks
 ), examined AS (
     SELECT s.query_id, s.query_norm, h.pk AS product_pk
@@ -66,7 +67,7 @@ WITH searches AS (
     SELECT e.query_id, e.product_pk, bool_or(e.action_name = 'click')::int AS clicked,
            bool_or(e.action_name IN ('add_to_cart', 'purchase'))::int AS converted
     FROM imgsearch.search_events e
-    WHERE e.occurred_at >= :since AND e.action_name <> 'impression'
+    WHERE e.tenant = :tenant AND e.occurred_at >= :since AND e.action_name <> 'impression'
     GROUP BY e.query_id, e.product_pk
 ), pairs AS (
     SELECT x.query_norm, x.product_pk, count(*) AS examined, coalesce(sum(a.clicked), 0) AS clicks,
@@ -83,13 +84,13 @@ SELECT s.query_norm, p.product_id,
             WHEN s.ratio >= 1.5 THEN 2
             WHEN s.clicks > 0 AND s.ratio > 1 THEN 1
             ELSE 0 END AS grade
-FROM scored s JOIN imgsearch.products p ON p.id = s.product_pk
+FROM scored s JOIN imgsearch.products p ON p.tenant = :tenant AND p.id = s.product_pk
 """
 
 _SPELLINGS = """
 SELECT DISTINCT ON (query_norm) query_norm, user_query FROM (
     SELECT query_norm, user_query, count(*) AS n FROM imgsearch.search_queries
-    WHERE searched_at >= :since AND query_norm IS NOT NULL GROUP BY query_norm, user_query
+    WHERE tenant = :tenant AND searched_at >= :since AND query_norm IS NOT NULL GROUP BY query_norm, user_query
 ) AS counted ORDER BY query_norm, n DESC, user_query
 """
 
@@ -100,11 +101,14 @@ def from_events(engine: Engine, tenant: str, policy: Policy, since: dt.datetime 
     tenant = checks.identifier(tenant, "tenant")
     with tenancy.begin(engine, tenant) as conn:
         if since is None:
-            since = conn.execute(text("SELECT max(computed_at) FROM imgsearch.boosts")).scalar()
+            since = conn.execute(
+                text("SELECT max(computed_at) FROM imgsearch.boosts WHERE tenant = :tenant"), {"tenant": tenant}
+            ).scalar()
         if since is None:
             since = dt.datetime.now(dt.UTC) - dt.timedelta(days=policy.window_days)
-        rows = conn.execute(text(_JUDGED), {"since": since, "prior": float(policy.prior)}).all()
-        spellings: dict[str, str] = {norm: typed for norm, typed in conn.execute(text(_SPELLINGS), {"since": since})}
+        rows = conn.execute(text(_JUDGED), {"since": since, "prior": float(policy.prior), "tenant": tenant}).all()
+        spelled = conn.execute(text(_SPELLINGS), {"since": since, "tenant": tenant})
+        spellings: dict[str, str] = {norm: typed for norm, typed in spelled}
     grades: dict[str, dict[str, float]] = {}
     for query_norm, product_id, grade in rows:
         if grade > 0:

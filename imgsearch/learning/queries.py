@@ -59,13 +59,17 @@ _INSERT = text(
         query_attributes, result_offset, product_ids, image_ids, product_pks)
     SELECT q.id, uuid_extract_timestamp(q.id), :tenant, :client_id, :user_query, :query_norm,
         CAST(:attributes AS jsonb), :result_offset, CAST(:product_ids AS text[]), CAST(:image_ids AS bigint[]),
-        ARRAY(SELECT p.id FROM unnest(CAST(:tenants AS text[]), CAST(:product_ids AS text[]))
-                  WITH ORDINALITY AS h(tenant, product_id, n)
-              LEFT JOIN imgsearch.products p ON p.tenant = h.tenant AND p.product_id = h.product_id
-              ORDER BY h.n)
+        ARRAY(SELECT f.id FROM generate_series(1, cardinality(CAST(:product_ids AS text[]))) AS g(n)
+              LEFT JOIN (SELECT h.n, p.id FROM unnest(CAST(:tenants AS text[]), CAST(:product_ids AS text[]))
+                             WITH ORDINALITY AS h(tenant, product_id, n)
+                         JOIN imgsearch.products p ON p.tenant = h.tenant AND p.product_id = h.product_id
+                         WHERE CAST(:tenant AS text) = '' OR p.tenant = CAST(:tenant AS text)) AS f
+              ON f.n = g.n ORDER BY g.n)
     FROM (SELECT CAST(:query_id AS uuid) AS id, set_config('synchronous_commit', 'off', true)) AS q
     """
 )
+# the hits' product keys by an inner join, placed by their order: Citus sends an inner join to the
+# shards with the ids (a shop's to its node alone); an outer join would read every product
 _COMPILED: dict[str, Compiled] = {}  # by driver
 
 
@@ -83,7 +87,7 @@ def record(
     """Write one search's row; False (logged) when the database refused it."""
     values = {
         "query_id": str(query_id),
-        "tenant": tenant,
+        "tenant": tenant or "",  # a search across tenants: '' (a distribution column holds no NULL)
         "client_id": client_id,
         "user_query": user_query,
         "query_norm": normalized(user_query),

@@ -80,14 +80,15 @@ def _floats(value: Any) -> np.ndarray:
     return np.asarray(value.to_list() if hasattr(value, "to_list") else value, dtype=np.float32)
 
 
-def product_vectors(conn: Connection, model: ModelInfo) -> tuple[list[str], np.ndarray]:
-    """The scoped tenant's products with an embedding, and each one's mean image embedding."""
+def product_vectors(conn: Connection, model: ModelInfo, tenant: str) -> tuple[list[str], np.ndarray]:
+    """``tenant``'s products with an embedding, and each one's mean image embedding."""
     rows = conn.execute(
         text(
             "SELECT p.product_id, e.embedding FROM imgsearch.embeddings e "
-            "JOIN imgsearch.products p ON p.id = e.product_pk WHERE e.model_id = :m ORDER BY p.product_id"
+            "JOIN imgsearch.products p ON p.tenant = e.tenant AND p.id = e.product_pk "
+            "WHERE e.tenant = :t AND e.model_id = :m ORDER BY p.product_id"
         ),
-        {"m": model.id},
+        {"t": tenant, "m": model.id},
     ).all()
     ids: list[str] = []
     sums: list[np.ndarray] = []
@@ -138,7 +139,7 @@ def gather(
     model whose vectors come from elsewhere, which can use a file's vectors only)."""
     tenant = checks.identifier(tenant, "tenant")
     with tenancy.begin(engine, tenant) as conn:
-        product_ids, products = product_vectors(conn, model)
+        product_ids, products = product_vectors(conn, model, tenant)
         found_texts: list[tuple[str, str]] = []
         if events and embed_texts is not None:
             found_texts += [
@@ -146,11 +147,13 @@ def gather(
                 for query, product_id in conn.execute(
                     text(
                         "SELECT DISTINCT q.user_query, p.product_id FROM imgsearch.search_events e "
-                        "JOIN imgsearch.search_queries q ON q.query_id = e.query_id "
+                        "JOIN imgsearch.search_queries q ON q.tenant = e.tenant AND q.query_id = e.query_id "
                         "AND q.searched_at = uuid_extract_timestamp(e.query_id) "
-                        "JOIN imgsearch.products p ON p.id = e.product_pk "
-                        "WHERE e.action_name IN ('click', 'add_to_cart', 'purchase') AND q.user_query IS NOT NULL"
-                    )
+                        "JOIN imgsearch.products p ON p.tenant = e.tenant AND p.id = e.product_pk "
+                        "WHERE e.tenant = :t AND e.action_name IN ('click', 'add_to_cart', 'purchase') "
+                        "AND q.user_query IS NOT NULL"
+                    ),
+                    {"t": tenant},
                 ).all()
             ]
         from_events = len(found_texts)
@@ -158,7 +161,8 @@ def gather(
             found_texts += [
                 (title, product_id)
                 for title, product_id in conn.execute(
-                    text("SELECT title, product_id FROM imgsearch.products WHERE title IS NOT NULL")
+                    text("SELECT title, product_id FROM imgsearch.products WHERE tenant = :t AND title IS NOT NULL"),
+                    {"t": tenant},
                 ).all()
             ]
     row_of = {product_id: i for i, product_id in enumerate(product_ids)}

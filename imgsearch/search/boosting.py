@@ -56,27 +56,28 @@ def _boost(*where: ColumnElement[bool]) -> ColumnElement[Any]:
     return func.coalesce(query.scalar_subquery(), weight * product.scalar_subquery(), 0.0)
 
 
-def boost_by_id(tenant: Any, product_id: Any) -> ColumnElement[Any]:
-    """A hit's boost, from its tenant and product id (each a column of the hits)."""
-    return _boost(Boost.tenant == tenant, Boost.product_id == product_id)
+def boost_by_id(tenant: Any, product_id: Any, *routed: ColumnElement[bool]) -> ColumnElement[Any]:
+    """A hit's boost, from its tenant and product id (each a column of the hits); ``routed``:
+    conditions naming the shop as a value (:meth:`Filters.routed`: Citus)."""
+    return _boost(Boost.tenant == tenant, Boost.product_id == product_id, *routed)
 
 
-def boost_by_pk(product_pk: Any) -> ColumnElement[Any]:
-    """A product's boost, from its key."""
-    return _boost(Boost.product_pk == product_pk)
+def boost_by_pk(product_pk: Any, *routed: ColumnElement[bool]) -> ColumnElement[Any]:
+    """A product's boost, from its key (``routed``: as :func:`boost_by_id`'s)."""
+    return _boost(Boost.product_pk == product_pk, *routed)
 
 
 def lift() -> ColumnElement[Any]:
     return bindparam(LIFT, type_=Float())
 
 
-def ranked(hits: Select[Any]) -> Select[Any]:
+def ranked(hits: Select[Any], *routed: ColumnElement[bool]) -> Select[Any]:
     """A statement of hits (nearest first by ``distance``) with each one's ``boost``, ``place``
     (its rank without boosts) and ``boosted_place``, ordered by the latter."""
     rows = hits.subquery("unboosted")
     place = func.row_number().over(order_by=(rows.c.distance, rows.c.image_id))
     scored = select(
-        *rows.c, boost_by_id(rows.c.tenant, rows.c.product_id).label("boost"), place.label("place")
+        *rows.c, boost_by_id(rows.c.tenant, rows.c.product_id, *routed).label("boost"), place.label("place")
     ).subquery("scored")
     boosted = scored.c.place - lift() * scored.c.boost
     return select(*scored.c, boosted.label("boosted_place")).order_by(*order(boosted, scored.c))

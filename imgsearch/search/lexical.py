@@ -41,6 +41,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY, distinct_on
 
+from imgsearch.db.feedback_models import Boost
 from imgsearch.db.models import Embedding, Image, Product
 from imgsearch.db.vector_index import model_filter, query_param
 from imgsearch.ingest.vectors import Vector
@@ -260,7 +261,8 @@ def fused_statement(
             order_by=(func.coalesce(every.c.relevance, 0).desc(), every.c.product_pk)
         )
         scored = select(
-            *every.c, boosting.boost_by_pk(every.c.product_pk).label("boost"), place.label("place")
+            *every.c, boosting.boost_by_pk(every.c.product_pk, *filters.routed(Boost)).label("boost"),
+            place.label("place"),
         ).subquery("scored")
         top = (
             select(*scored.c)

@@ -40,6 +40,7 @@ from sqlalchemy import (
 )
 
 from imgsearch.db.compiled import Statements
+from imgsearch.db.feedback_models import Boost
 from imgsearch.db.vector_index import query_param, send_binary_queries
 from imgsearch.ingest.vectors import Vector
 from imgsearch.records import Hit, ModelInfo
@@ -274,7 +275,7 @@ class _Run:
 
         def built() -> Select[Any]:
             stmt = build(self.query)
-            return ranked(stmt) if self.boosted else stmt
+            return ranked(stmt, *self.filters.routed(Boost)) if self.boosted else stmt
 
         # vector columns come back parsed by their type, which only a Select's execution applies
         return _statements.run(self.conn, key, built, params, compile=not self.with_embeddings)

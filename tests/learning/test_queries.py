@@ -100,7 +100,11 @@ def test_a_catalog_opened_without_a_tenant_scope_records_admin_searches(shop: Ca
             text("SELECT tenant FROM imgsearch.search_queries WHERE query_id = CAST(:q AS uuid)"),
             {"q": result.query_id},
         ).one()[0]
-    assert tenant is None
+        ubi = conn.execute(
+            text("SELECT tenant, document FROM imgsearch.ubi_queries WHERE query_id = :q"), {"q": str(result.query_id)}
+        ).one()
+    assert tenant == ""  # no tenant: '' (the log's tenant is its distribution column on Citus)
+    assert ubi.tenant is None and "tenant" not in ubi.document["query_attributes"]
 
 
 def test_catalog_type_is_public() -> None:
