@@ -140,3 +140,29 @@ def test_a_shops_search_is_routed_to_its_node_alone(
                 plan = "\n".join(row[0] for row in conn.exec_driver_sql("EXPLAIN " + statement, params))
             assert "Task Count: 1\n" in plan + "\n", f"{name}: not routed to one node:\n{statement}\n{plan}"
             assert "Task Count: 8" not in plan, plan
+
+
+@pytest.mark.parametrize("name", ["vector", "attributes", "admin"])
+def test_the_hnsw_settings_reach_the_workers_with_the_statements(
+    name: str, cluster_url: str, tiny_siglip: Path, vectors: np.ndarray
+) -> None:
+    """The library's SET LOCALs go with its transaction to every node its statements reach
+    (``citus.propagate_set_commands = 'local'``, set by ``imgsearch db distribute``)."""
+    sent: list[str] = []
+    with _catalog(cluster_url, tiny_siglip) as catalog:
+
+        catalog.search(**_searches(vectors[0])[name])  # the sizes and graphs read, unlogged
+
+        @event.listens_for(catalog.search_engine, "connect")
+        def log_remote(dbapi_connection: Any, record: Any) -> None:
+            dbapi_connection.add_notice_handler(lambda d: sent.append(d.message_primary or ""))
+            with dbapi_connection.cursor() as cursor:
+                cursor.execute("SET citus.log_remote_commands = on")
+
+        catalog.search_engine.dispose()  # new connections, each logging what it sends
+        catalog.search(**_searches(vectors[0])[name])
+    scans = [c for c in sent if "<=>" in c]
+    assert scans, sent
+    begins = [c for c in sent if c.startswith("issuing BEGIN")]
+    for setting in ("hnsw.ef_search", "hnsw.iterative_scan"):
+        assert begins and all(f"SET LOCAL {setting}" in c for c in begins), begins
