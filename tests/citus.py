@@ -23,6 +23,7 @@ CONF = """
 shared_preload_libraries = 'citus'
 wal_level = logical
 max_connections = 200
+max_worker_processes = 64
 max_wal_senders = 20
 max_replication_slots = 20
 max_prepared_transactions = 200

@@ -29,21 +29,26 @@ from imgsearch.db.models import ImageProduct
 
 Link = tuple[int, int, str]  # (image id, product key, tenant)
 
+# one tenant's links at a time (a link stays within its tenant): on a Citus cluster, each
+# statement runs on the tenant's node alone
 _COPY = text(
     """
     INSERT INTO imgsearch.embeddings (model_id, image_id, product_pk, tenant, embedding)
     SELECT DISTINCT ON (e.model_id, n.image_id, n.product_pk) e.model_id, n.image_id, n.product_pk,
-           n.tenant, e.embedding
-    FROM unnest(:images, :products, :tenants) AS n (image_id, product_pk, tenant)
-    JOIN imgsearch.embeddings e ON e.image_id = n.image_id
+           e.tenant, e.embedding
+    FROM unnest(:images, :products) AS n (image_id, product_pk)
+    JOIN imgsearch.embeddings e ON e.tenant = :tenant AND e.image_id = n.image_id
     ORDER BY e.model_id, n.image_id, n.product_pk
     ON CONFLICT DO NOTHING
     """
 ).bindparams(
     bindparam("images", type_=ARRAY(BigInteger())),
     bindparam("products", type_=ARRAY(BigInteger())),
-    bindparam("tenants", type_=ARRAY(Text())),
+    bindparam("tenant", type_=Text()),
 )
+_LOCK = text(
+    "SELECT 1 FROM imgsearch.images WHERE tenant = :tenant AND id = ANY(:ids) ORDER BY id FOR SHARE"
+).bindparams(bindparam("ids", type_=ARRAY(BigInteger())), bindparam("tenant", type_=Text()))
 
 
 def link(conn: Connection, links: Iterable[Link]) -> list[Link]:
@@ -61,35 +66,28 @@ def link(conn: Connection, links: Iterable[Link]) -> list[Link]:
         (int(r.image_id), int(r.product_pk), str(r.tenant))
         for r in conn.execute(stmt, [{"image_id": i, "product_pk": p, "tenant": t} for i, p, t in wanted])
     ]
-    if added:
+    for tenant in sorted({t for _, _, t in added}):
+        ours = [(i, p) for i, p, t in added if t == tenant]
         # a worker storing one of these images holds its row until it commits: wait for it, so
         # its embeddings are there to copy (and it, in turn, saw no link of ours to write)
-        conn.execute(
-            text("SELECT 1 FROM imgsearch.images WHERE id = ANY(:ids) ORDER BY id FOR SHARE").bindparams(
-                bindparam("ids", type_=ARRAY(BigInteger()))
-            ),
-            {"ids": sorted({i for i, _, _ in added})},
-        )
-        conn.execute(
-            _COPY,
-            {
-                "images": [i for i, _, _ in added],
-                "products": [p for _, p, _ in added],
-                "tenants": [t for _, _, t in added],
-            },
-        )
+        conn.execute(_LOCK, {"tenant": tenant, "ids": sorted({i for i, _ in ours})})
+        conn.execute(_COPY, {"tenant": tenant, "images": [i for i, _ in ours], "products": [p for _, p in ours]})
     return added
 
 
-def products_of(conn: Connection, image_ids: Sequence[int]) -> dict[int, list[tuple[int, str]]]:
-    """Each image's (product key, tenant) links; an image without a link isn't there."""
+def products_of(
+    conn: Connection, image_ids: Sequence[int], tenant: str | None = None
+) -> dict[int, list[tuple[int, str]]]:
+    """Each image's (product key, tenant) links (``tenant``: its images'); an image without a
+    link isn't there."""
     found: dict[int, list[tuple[int, str]]] = {}
     if not image_ids:
         return found
     rows = conn.execute(
         select(ImageProduct.image_id, ImageProduct.product_pk, ImageProduct.tenant)
         .where(
-            ImageProduct.image_id == any_(bindparam("ids", sorted(set(image_ids)), type_=ARRAY(BigInteger())))
+            ImageProduct.image_id == any_(bindparam("ids", sorted(set(image_ids)), type_=ARRAY(BigInteger()))),
+            *([] if tenant is None else [ImageProduct.tenant == tenant]),
         )
         .order_by(ImageProduct.image_id, ImageProduct.product_pk)
     )
@@ -98,12 +96,15 @@ def products_of(conn: Connection, image_ids: Sequence[int]) -> dict[int, list[tu
     return found
 
 
-def embedding_rows(conn: Connection, model_id: int, vectors: Mapping[int, Any]) -> list[dict[str, Any]]:
+def embedding_rows(
+    conn: Connection, model_id: int, vectors: Mapping[int, Any], tenant: str | None = None
+) -> list[dict[str, Any]]:
     """The embeddings rows of ``vectors`` (image id -> its vector under ``model_id``): one per
-    product each image belongs to, read now (call it with the images' rows locked)."""
+    product each image belongs to, read now (call it with the images' rows locked); ``tenant``:
+    the images'."""
     return [
         {"model_id": model_id, "image_id": image_id, "product_pk": pk, "tenant": tenant, "embedding": vector}
-        for image_id, products in products_of(conn, list(vectors)).items()
+        for image_id, products in products_of(conn, list(vectors), tenant).items()
         for pk, tenant in products
         for vector in (vectors[image_id],)
     ]

@@ -125,11 +125,19 @@ ORDER BY ord, field
 LIMIT 1
 """
 
+# the staged contents each tenant has already (an inner join: a Citus coordinator sends the
+# staged keys to the shards; it runs no subquery of the shards correlated with a local table)
+_EXISTING = f"""
+CREATE TEMPORARY TABLE imgsearch_existing ON COMMIT DROP AS
+SELECT DISTINCT i.tenant, i.sha256 FROM imgsearch_import s
+JOIN {SCHEMA}.images i ON i.tenant = s.tenant AND i.sha256 = s.sha256
+"""
+
 # how many contents the tenant doesn't have yet: what the index would take in
-_NEW_CONTENTS = f"""
+_NEW_CONTENTS = """
 SELECT count(*) FROM (
     SELECT DISTINCT s.tenant, s.sha256 FROM imgsearch_import s
-    WHERE NOT EXISTS (SELECT FROM {SCHEMA}.images i WHERE i.tenant = s.tenant AND i.sha256 = s.sha256)
+    WHERE NOT EXISTS (SELECT FROM imgsearch_existing i WHERE i.tenant = s.tenant AND i.sha256 = s.sha256)
 ) AS fresh
 """
 
@@ -148,18 +156,23 @@ ON CONFLICT (tenant, product_id) DO UPDATE SET
     description = coalesce(excluded.description, p.description),
     brand = coalesce(excluded.brand, p.brand),
     attributes = p.attributes || excluded.attributes,
-    updated_at = now()
+    updated_at = excluded.updated_at  -- its default, now() (Citus takes no stable function here)
 """
 
-# which rows become images: the first of each content the tenant doesn't have yet, each with its
-# image id drawn now (narrow rows: the vectors stay in imgsearch_import until the insert)
+# the staged products' keys, then which rows become images: the first of each content the tenant
+# doesn't have yet, each with its image id drawn now (narrow rows: the vectors stay in
+# imgsearch_import until the insert). Each statement that reads the catalog's tables joins them
+# to the staged rows and nothing else: a Citus coordinator ships the staged rows to the shards.
 _KEEP = f"""
+CREATE TEMPORARY TABLE imgsearch_products ON COMMIT DROP AS
+SELECT DISTINCT p.tenant, p.product_id, p.id FROM imgsearch_import s
+JOIN {SCHEMA}.products p ON p.tenant = s.tenant AND p.product_id = s.product_id;
 CREATE TEMPORARY TABLE imgsearch_keep ON COMMIT DROP AS
 SELECT DISTINCT ON (s.tenant, s.sha256) s.ord, s.tenant, s.sha256, p.id AS product_pk,
        nextval(pg_get_serial_sequence('{SCHEMA}.images', 'id')) AS image_id
 FROM imgsearch_import s
-JOIN {SCHEMA}.products p ON p.tenant = s.tenant AND p.product_id = s.product_id
-WHERE NOT EXISTS (SELECT FROM {SCHEMA}.images i WHERE i.tenant = s.tenant AND i.sha256 = s.sha256)
+JOIN imgsearch_products p ON p.tenant = s.tenant AND p.product_id = s.product_id
+WHERE NOT EXISTS (SELECT FROM imgsearch_existing i WHERE i.tenant = s.tenant AND i.sha256 = s.sha256)
 ORDER BY s.tenant, s.sha256, s.ord
 """
 
@@ -176,14 +189,17 @@ ON CONFLICT (tenant, sha256) DO NOTHING
 # each row's image linked to its product (imgsearch.db.links; a new image is its first product's by
 # a trigger already): the links made now, to images stored before or to new ones of other products
 _LINK = f"""
+CREATE TEMPORARY TABLE imgsearch_images ON COMMIT DROP AS
+SELECT DISTINCT i.tenant, i.sha256, i.id FROM imgsearch_import s
+JOIN {SCHEMA}.images i ON i.tenant = s.tenant AND i.sha256 = s.sha256;
 CREATE TEMPORARY TABLE imgsearch_links ON COMMIT DROP AS SELECT image_id, product_pk, tenant FROM {SCHEMA}.image_products
 WITH NO DATA;
 WITH linked AS (
     INSERT INTO {SCHEMA}.image_products (image_id, product_pk, tenant)
     SELECT DISTINCT i.id, p.id, s.tenant
     FROM imgsearch_import s
-    JOIN {SCHEMA}.products p ON p.tenant = s.tenant AND p.product_id = s.product_id
-    JOIN {SCHEMA}.images i ON i.tenant = s.tenant AND i.sha256 = s.sha256
+    JOIN imgsearch_products p ON p.tenant = s.tenant AND p.product_id = s.product_id
+    JOIN imgsearch_images i ON i.tenant = s.tenant AND i.sha256 = s.sha256
     ON CONFLICT DO NOTHING
     RETURNING image_id, product_pk, tenant
 )
@@ -197,13 +213,11 @@ INSERT INTO {SCHEMA}.embeddings (model_id, image_id, product_pk, tenant, embeddi
 SELECT %(model)s, l.image_id, l.product_pk, l.tenant, s.embedding
 FROM {SCHEMA}.image_products l JOIN imgsearch_keep k ON k.image_id = l.image_id JOIN imgsearch_import s ON s.ord = k.ord
 ORDER BY l.image_id;
-SELECT 1 FROM {SCHEMA}.images WHERE id IN (
-    SELECT image_id FROM imgsearch_links l WHERE NOT EXISTS (SELECT FROM imgsearch_keep k WHERE k.image_id = l.image_id)
-) ORDER BY id FOR SHARE;
+CREATE TEMPORARY TABLE imgsearch_gained ON COMMIT DROP AS
+SELECT l.* FROM imgsearch_links l WHERE NOT EXISTS (SELECT FROM imgsearch_keep k WHERE k.image_id = l.image_id);
 INSERT INTO {SCHEMA}.embeddings (model_id, image_id, product_pk, tenant, embedding)
 SELECT DISTINCT ON (e.model_id, l.image_id, l.product_pk) e.model_id, l.image_id, l.product_pk, l.tenant, e.embedding
-FROM imgsearch_links l JOIN {SCHEMA}.embeddings e ON e.image_id = l.image_id
-WHERE NOT EXISTS (SELECT FROM imgsearch_keep k WHERE k.image_id = l.image_id)
+FROM imgsearch_gained l JOIN {SCHEMA}.embeddings e ON e.tenant = l.tenant AND e.image_id = l.image_id
 ORDER BY e.model_id, l.image_id, l.product_pk
 ON CONFLICT DO NOTHING
 """
@@ -239,7 +253,10 @@ def import_rows(
     try:
         register_vector(conn)
         with conn.transaction():
-            if tenant is not None:  # the tenant's row-level security, as for add_many
+            # the tenant's row-level security, as for add_many; on a Citus coordinator the rows go
+            # to the shards through COPY, which row-level security refuses: there the import runs
+            # as the catalog's login, and only the check of each row's tenant (_checked) holds it
+            if tenant is not None and not _on_citus(conn):
                 conn.execute(
                     "SELECT set_config('role', %s, true), set_config('imgsearch.tenant', %s, true)",
                     (tenancy.APP_ROLE, tenant),
@@ -258,6 +275,7 @@ def import_rows(
                 bar.update(count % 1000)
             if count == 0:
                 return ImportResult(0, 0, 0, "kept", time.perf_counter() - started)
+            conn.execute(_EXISTING)
             indexed = _indexed_rows(conn, model)
             if rebuild_index is None:
                 fresh = conn.execute(_NEW_CONTENTS).fetchone()
@@ -280,12 +298,14 @@ def import_rows(
             _check_products_agree(conn)
             conn.execute(_PRODUCTS)
             log.info("import: products at %.1f s", time.perf_counter() - started)
-            conn.execute(_KEEP)
+            for statement in _KEEP.split(";\n"):
+                conn.execute(statement)
             log.info("import: new rows chosen at %.1f s", time.perf_counter() - started)
             imported = conn.execute(_WRITE).rowcount
             for statement in _LINK.split(";\n"):
                 conn.execute(statement)
             links = conn.execute("SELECT count(*) FROM imgsearch_links").fetchone()
+            _lock_linked(conn)
             for statement in _EMBED.split(";\n"):
                 conn.execute(statement, {"model": int(model.id)} if "%(model)s" in statement else None)
             log.info("import: %d images written at %.1f s", imported, time.perf_counter() - started)
@@ -329,6 +349,25 @@ def import_rows(
                 "per-value indexes not refreshed after the import (%s): run `imgsearch index refresh`", exc
             )
     return result
+
+
+def _on_citus(conn: psycopg.Connection[Any]) -> bool:
+    row = conn.execute("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')").fetchone()
+    return bool(row and row[0])
+
+
+def _lock_linked(conn: psycopg.Connection[Any]) -> None:
+    """Wait for any worker storing an image stored before and linked now: it holds the image's
+    row until it commits, and then its embeddings are there to copy to the new links. A tenant's
+    images at a time (Citus locks rows only in a statement of one tenant)."""
+    linked = conn.execute(
+        "SELECT l.tenant, array_agg(DISTINCT l.image_id ORDER BY l.image_id) FROM imgsearch_links l"
+        " WHERE NOT EXISTS (SELECT FROM imgsearch_keep k WHERE k.image_id = l.image_id) GROUP BY 1 ORDER BY 1"
+    ).fetchall()
+    for tenant, ids in linked:
+        conn.execute(
+            f"SELECT 1 FROM {SCHEMA}.images WHERE tenant = %s AND id = ANY(%s) ORDER BY id FOR SHARE", (tenant, ids)
+        )
 
 
 def _checked(

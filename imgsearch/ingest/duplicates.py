@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 import numpy as np
-from sqlalchemy import Connection, Float, Table, bindparam, func, select, text, update
+from sqlalchemy import Connection, Float, Table, and_, bindparam, func, select, text, update
 
 from imgsearch.db.models import Embedding, Image, ImageProduct, Product
 from imgsearch.errors import InvalidImage, InvalidInput
@@ -138,7 +138,7 @@ def _stored_candidates(
     distance = Image.phash.op("<~>", return_type=Float)(bindparam("h", phash, type_=Image.phash.type))
     rows = conn.execute(
         select(Image.id, Product.product_id, distance.label("hamming"))
-        .join(Product, Product.id == Image.product_pk)
+        .join(Product, and_(Product.tenant == Image.tenant, Product.id == Image.product_pk))
         .where(
             Image.tenant == tenant, Image.phash.is_not(None), Image.id.not_in(_images_of(tenant, product_id))
         )
@@ -152,12 +152,12 @@ def _images_of(tenant: str, product_id: str) -> Any:
     """The ids of the product's images, shared ones included (:mod:`imgsearch.db.links`)."""
     return (
         select(ImageProduct.image_id)
-        .join(Product, Product.id == ImageProduct.product_pk)
-        .where(Product.tenant == tenant, Product.product_id == product_id)
+        .join(Product, and_(Product.tenant == ImageProduct.tenant, Product.id == ImageProduct.product_pk))
+        .where(ImageProduct.tenant == tenant, Product.tenant == tenant, Product.product_id == product_id)
     )
 
 
-def _stored_embeddings(conn: Connection, model: ModelInfo, ids: Iterable[int]) -> dict[int, Any]:
+def _stored_embeddings(conn: Connection, tenant: str, model: ModelInfo, ids: Iterable[int]) -> dict[int, Any]:
     """The active model's embeddings of ``ids``; an image not embedded yet is embedded from its
     stored bytes (or thumbnail) by the caller, so these come back as bytes."""
     wanted = sorted(set(ids))
@@ -167,7 +167,7 @@ def _stored_embeddings(conn: Connection, model: ModelInfo, ids: Iterable[int]) -
         r.image_id: r.embedding
         for r in conn.execute(
             select(Embedding.image_id, Embedding.embedding).where(
-                Embedding.model_id == model.id, Embedding.image_id.in_(wanted)
+                Embedding.tenant == tenant, Embedding.model_id == model.id, Embedding.image_id.in_(wanted)
             )
         )
     }
@@ -175,7 +175,7 @@ def _stored_embeddings(conn: Connection, model: ModelInfo, ids: Iterable[int]) -
     if missing:
         for r in conn.execute(
             select(Image.id, func.coalesce(Image.content, Image.thumbnail).label("shown")).where(
-                Image.id.in_(missing)
+                Image.tenant == tenant, Image.id.in_(missing)
             )
         ):
             if r.shown is not None:
@@ -230,7 +230,7 @@ def find(
     for i, vector in zip(to_embed, embedded, strict=True):
         if not isinstance(vector, InvalidImage):
             uploads[i].embedding = vector
-    others = _stored_embeddings(conn, model, (c[0] for cands in stored for c in cands))
+    others = _stored_embeddings(conn, tenant, model, (c[0] for cands in stored for c in cands))
     raw = [image_id for image_id, value in others.items() if isinstance(value, bytes)]
     for image_id, vector in zip(raw, embed([others[i] for i in raw]) if raw else [], strict=True):
         others[image_id] = None if isinstance(vector, InvalidImage) else vector

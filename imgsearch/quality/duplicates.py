@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, and_, func, select
 
 from imgsearch.access import tenancy
 from imgsearch.db import links
@@ -66,11 +66,11 @@ def find_groups(
 
     try:
         with catalog.engine.begin() as conn:
-            tenancy.scope(conn, checks.identifier(tenant, "tenant"))
             return sweep(
                 conn,
                 catalog.active_model,
                 catalog.limits,
+                tenancy.scope(conn, checks.identifier(tenant, "tenant")),
                 max_hamming=hamming,
                 max_distance=within,
                 progress=on_progress,
@@ -117,15 +117,15 @@ class Report:
 
 
 def fill_hashes(
-    conn: Connection, limits: images.Limits, on_progress: Callable[[int], None] | None = None
+    conn: Connection, limits: images.Limits, tenant: str, on_progress: Callable[[int], None] | None = None
 ) -> int:
-    """Hash the images in scope that have bytes (or a thumbnail) but no hash yet; returns how many."""
+    """Hash ``tenant``'s images that have bytes (or a thumbnail) but no hash yet; returns how many."""
     done = 0
     last = 0
     while True:
         rows = conn.execute(
             select(Image.id, func.coalesce(Image.content, Image.thumbnail).label("shown"))
-            .where(Image.phash.is_(None), Image.id > last)
+            .where(Image.tenant == tenant, Image.phash.is_(None), Image.id > last)
             .where((Image.content.is_not(None)) | (Image.thumbnail.is_not(None)))
             .order_by(Image.id)
             .limit(HASH_BATCH)
@@ -139,7 +139,7 @@ def fill_hashes(
                 values[r.id] = images.perceptual_hash(bytes(r.shown), limits)
             except InvalidImage:
                 continue  # a failed image keeps no hash; it is never ready either
-        set_where_unset(conn, "phash", values)
+        set_where_unset(conn, "phash", values, dict.fromkeys(values, tenant))
         done += len(values)
         if on_progress is not None:
             on_progress(len(rows))
@@ -173,17 +173,19 @@ def sweep(
     conn: Connection,
     model: ModelInfo,
     limits: images.Limits,
+    tenant: str,
     *,
     max_hamming: int = DEFAULT_MAX_HAMMING,
     max_distance: float | None = DEFAULT_MAX_DISTANCE,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> Report:
-    """Near-duplicate groups among the images in the connection's scope (one tenant's, under
-    row-level security): all pairs by hash, exactly, then each pair confirmed by embedding."""
+    """Near-duplicate groups among ``tenant``'s images (the connection scoped to it: row-level
+    security; every statement names it too, a query of its node on a Citus cluster): all pairs by
+    hash, exactly, then each pair confirmed by embedding."""
     report = Report()
     todo = conn.execute(
         select(func.count()).where(
-            Image.phash.is_(None), (Image.content.is_not(None)) | (Image.thumbnail.is_not(None))
+            Image.tenant == tenant, Image.phash.is_(None), (Image.content.is_not(None)) | (Image.thumbnail.is_not(None))
         )
     ).scalar_one()
     if todo:
@@ -195,21 +197,23 @@ def sweep(
             if progress is not None:
                 progress("hashing", hashed, todo)
 
-        report.hashed_now = fill_hashes(conn, limits, hashed_some)
+        report.hashed_now = fill_hashes(conn, limits, tenant, hashed_some)
     rows = conn.execute(
         select(Image.id, Image.product_pk, Product.product_id, Image.phash)
-        .join(Product, Product.id == Image.product_pk)
-        .where(Image.phash.is_not(None))
+        .join(Product, and_(Product.tenant == Image.tenant, Product.id == Image.product_pk))
+        .where(Image.tenant == tenant, Image.phash.is_not(None))
         .order_by(Image.id)
     ).all()
-    report.unhashed = conn.execute(select(func.count()).where(Image.phash.is_(None))).scalar_one()
+    report.unhashed = conn.execute(
+        select(func.count()).where(Image.tenant == tenant, Image.phash.is_(None))
+    ).scalar_one()
     report.images = len(rows)
     if len(rows) < 2:
         return report
     hashes = np.array([as_int(r.phash) for r in rows], dtype=np.uint64)
     # two images are compared when their products differ: each image's set of products (a photo
     # shared by variants is theirs alike: imgsearch.db.links) numbered, one number per set
-    owners = links.products_of(conn, [r.id for r in rows])
+    owners = links.products_of(conn, [r.id for r in rows], tenant)
     sets: dict[frozenset[int], int] = {}
     products = np.array(
         [
@@ -237,7 +241,7 @@ def sweep(
                 (r.image_id, np.asarray(r.embedding, dtype=np.float64))
                 for r in conn.execute(
                     select(Embedding.image_id, Embedding.embedding).where(
-                        Embedding.model_id == model.id, Embedding.image_id.in_(part)
+                        Embedding.tenant == tenant, Embedding.model_id == model.id, Embedding.image_id.in_(part)
                     )
                 )
             )

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import numpy as np
-from sqlalchemy import Connection, Engine, Table, bindparam, func, select, text, update
+from sqlalchemy import Connection, Engine, Table, and_, bindparam, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import OperationalError
 
@@ -436,24 +436,24 @@ def status(engine: Engine, errors: int = 5, *, tenant: str | None = None) -> Que
     """Images per state, the age of the oldest one waiting, and the latest ``errors`` failures;
     with ``tenant``, of that tenant's images only (under its row-level security)."""
     with engine.begin() as conn:
-        if tenant is not None:
-            tenancy.scope(conn, tenant)
+        # the tenant named in each statement too: on a Citus cluster, a query of its node alone
+        shop = [] if tenant is None else [Image.tenant == tenancy.scope(conn, tenant)]
         counts = {state.value: 0 for state in ImageState}
         counts.update(
             {
                 r.state: r.n
-                for r in conn.execute(select(Image.state, func.count().label("n")).group_by(Image.state))
+                for r in conn.execute(select(Image.state, func.count().label("n")).where(*shop).group_by(Image.state))
             }
         )
         oldest = conn.execute(
             select(func.extract("epoch", func.now() - func.min(Image.created_at))).where(
-                Image.state.in_([ImageState.PENDING, ImageState.EMBEDDING])
+                Image.state.in_([ImageState.PENDING, ImageState.EMBEDDING]), *shop
             )
         ).scalar()
         latest = conn.execute(
             select(Image.id, Image.tenant, Image.error, Product.product_id)
-            .join(Product, Product.id == Image.product_pk)
-            .where(Image.state == ImageState.FAILED)
+            .join(Product, and_(Product.tenant == Image.tenant, Product.id == Image.product_pk))
+            .where(Image.state == ImageState.FAILED, *shop)
             .order_by(Image.updated_at.desc(), Image.id.desc())
             .limit(errors)
         ).all()

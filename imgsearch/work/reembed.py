@@ -21,7 +21,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import OperationalError
 
 from imgsearch.access import tenancy
-from imgsearch.db import links, vector_index
+from imgsearch.db import citus, links, vector_index
 from imgsearch.db.models import Embedding, Image, ImageProduct, ImageState, Model
 from imgsearch.errors import ConfigurationError, DatabaseUnavailable, InvalidInput, NotFound
 from imgsearch.ingest import checks
@@ -72,9 +72,12 @@ MAX_DIM = 4000  # the models table's check (and pgvector's largest indexed halfv
 def _missing(model: ModelInfo) -> Any:
     """Ready images with a product whose row of ``model`` is missing (an image shared by several
     products has a row per product: :mod:`imgsearch.db.links`)."""
+    # each correlation names the tenant too: a Citus cluster runs it on each shard
     return (Image.state == ImageState.READY) & exists().where(
+        ImageProduct.tenant == Image.tenant,
         ImageProduct.image_id == Image.id,
         ~exists().where(
+            Embedding.tenant == ImageProduct.tenant,
             Embedding.image_id == ImageProduct.image_id,
             Embedding.product_pk == ImageProduct.product_pk,
             Embedding.model_id == model.id,
@@ -128,24 +131,28 @@ def backfill(
     try:
         for claims in _batches(engine, model, batch_size, skip):
             vectors = queue.embed_claims(claims, embed, downloads)
-            embedded = {}
+            embedded: dict[str, dict[int, Any]] = {}  # by tenant
             for claim, vector in zip(claims, vectors, strict=True):
                 if isinstance(vector, Exception):
                     skip.add(claim.image_id)
                     result.errors[claim.image_id] = str(vector)
                     continue
-                embedded[claim.image_id] = np.asarray(vector, dtype=np.float32)
+                embedded.setdefault(claim.tenant, {})[claim.image_id] = np.asarray(vector, dtype=np.float32)
             if embedded:
                 with engine.begin() as conn:
                     tenancy.run_as_worker(conn)
-                    # the images' locks: an upload linking one of them meanwhile waits, then
-                    # copies these rows (imgsearch.db.links)
-                    conn.execute(
-                        select(Image.id).where(Image.id.in_(sorted(embedded))).with_for_update(key_share=True)
-                    )
-                    rows = links.embedding_rows(conn, model.id, embedded)
-                    conn.execute(pg_insert(Embedding).on_conflict_do_nothing(), rows)
-            result.embedded += len(embedded)
+                    for tenant, found in sorted(embedded.items()):
+                        # the images' locks: an upload linking one of them meanwhile waits, then
+                        # copies these rows (imgsearch.db.links); a tenant's at a time (Citus
+                        # locks rows only in a statement of one tenant)
+                        conn.execute(
+                            select(Image.id)
+                            .where(Image.tenant == tenant, Image.id.in_(sorted(found)))
+                            .with_for_update(key_share=True)
+                        )
+                        rows = links.embedding_rows(conn, model.id, found, tenant)
+                        conn.execute(pg_insert(Embedding).on_conflict_do_nothing(), rows)
+            result.embedded += sum(len(found) for found in embedded.values())
             if on_batch is not None:
                 on_batch(len(claims))
     except OperationalError as exc:
@@ -155,6 +162,10 @@ def backfill(
 
 def _locked_model(conn: Connection, name: str) -> ModelInfo:
     checks.unicode(name, "model name")
+    if citus.on_coordinator(conn):
+        # the models table is a reference table, which the shards' foreign keys name: Citus writes
+        # it after a read of every shard only over one connection per node
+        conn.execute(text("SET LOCAL citus.multi_shard_modify_mode = 'sequential'"))
     conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": queue.MODEL_SWITCH_LOCK})
     model = vector_index.get_model(conn, name)
     if model is None:
