@@ -51,6 +51,7 @@ def free_port() -> int:
 class Node:
     data: Path
     port: int
+    conf: str = CONF  # postgresql.conf lines added at init
 
     @property
     def log(self) -> Path:
@@ -71,7 +72,7 @@ class Node:
             check=True, capture_output=True, timeout=300,
         )  # fmt: skip
         with (self.data / "postgresql.conf").open("a") as conf:
-            conf.write(CONF)
+            conf.write(self.conf)
 
     def start(self) -> None:
         options = f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.data}"
@@ -109,12 +110,14 @@ class CitusCluster:
     databases: list[str] = field(default_factory=list)
 
     @classmethod
-    def start(cls, root: Path, workers: int = 2) -> CitusCluster:
+    def start(cls, root: Path, workers: int = 2, conf: str = CONF) -> CitusCluster:
+        """``conf``: each node's postgresql.conf additions (the tests' :data:`CONF` by default: no
+        fsync; a benchmark gives durable ones)."""
         root.mkdir(parents=True, exist_ok=True)
         if AS_SERVER_USER:
             shutil.chown(root, embedded.SERVER_USER)
         nodes = [
-            Node(root / name, free_port())
+            Node(root / name, free_port(), conf)
             for name in ["coordinator", *(f"worker{i}" for i in range(workers))]
         ]
         cluster = cls(root, nodes[0], nodes[1:])

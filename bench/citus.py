@@ -1,0 +1,279 @@
+"""Citus mode against one node: a shop's search through the coordinator, uploads through it, a
+shard move's time per GB, and a sizing table from the measured costs.
+
+    IMGSEARCH_HOME=/tmp/imgs-bench .venv/bin/python bench/citus.py --rows 60000 --shops 20 --queries 300
+
+Two catalogs with the same ``--rows`` 768-d vectors (200 clusters) across ``--shops`` shops and
+20 categories, loaded with ``import_vectors``: one on a node of its own (the embedded server of
+``IMGSEARCH_HOME``, database ``bench_citus``) and one distributed over a cluster of a coordinator
+and 2 workers on this machine (``tests/citus.py``, durable settings: fsync on, 1 GB of shared
+buffers each). All the servers share this box's two cores.
+
+1. **Search**: p50 of the same shop searches (k=10: a shop, a shop and a category), one node and
+   the cluster taking turns: the cluster over one node is the router's overhead (target 1.3x).
+   Its floor: ``SELECT 1`` of one shop's row through the coordinator against on one node, the
+   hop every routed statement pays.
+2. **Uploads**: ``add_many`` of bring-your-own vectors, batches of ``--batch``, for
+   ``--upload-seconds`` on each: rows/s. And the bulk import's rows/s from the load.
+3. **A shard move**: the largest shop's shard group moved to the other worker
+   (``citus_move_shard_placement``, logical), idle: seconds per GB of the group.
+4. **Sizing**: bytes a row takes on the shards (heap, TOAST and indexes, the HNSW graph counted
+   apart), and what those figures say a node holds and 100M images need.
+
+The figures it produces: docs/scaling.md, "Citus: measured".
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psycopg
+from sqlalchemy import make_url, text
+
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent / "search"))
+sys.path.insert(0, str(Path(__file__).parents[1]))
+
+from _data import clustered, fresh_database
+from search import bare_connection, replay
+from sqlalchemy import event
+
+from imgsearch import Catalog
+from imgsearch.settings import Settings
+from tests.citus import CONF, CitusCluster, built
+
+MODEL = "google/siglip-base-patch16-224"  # 768-d; vectors only, the weights are never loaded
+DURABLE = CONF.replace("fsync = off", "fsync = on").replace("synchronous_commit = off", "synchronous_commit = on")
+DURABLE = DURABLE.replace("full_page_writes = off", "full_page_writes = on").replace(
+    "shared_buffers = 128MB", "shared_buffers = 1GB"
+)
+GIB = 1024**3
+
+
+def rows_of(data: np.ndarray, shops: int) -> Any:
+    for i, v in enumerate(data):
+        yield {"embedding": v, "tenant": f"shop{i % shops}", "product_id": f"p{i}", "category": f"c{i % 20}",
+               "price": float(i % 300)}  # fmt: skip
+
+
+def load(url: str, data: np.ndarray, shops: int) -> float:
+    """Import the rows; rows/s."""
+    with Catalog.open(url, model=MODEL, settings=Settings(model=MODEL)) as catalog:
+        started = time.perf_counter()
+        catalog.import_vectors(rows_of(data, shops), progress=False)
+        seconds = time.perf_counter() - started
+        with catalog.engine.connect() as conn:
+            conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("VACUUM ANALYZE")
+    return len(data) / seconds
+
+
+def searches(single: str, cluster: str, shops: int, queries: int) -> dict[str, float]:
+    rng = np.random.default_rng(7)
+    vectors = [q / np.linalg.norm(q) for q in rng.standard_normal((queries + 20, 768))]
+    kinds = [lambda i: {"tenant": f"shop{i % shops}"}, lambda i: {"tenant": f"shop{i % shops}", "category": f"c{i % 20}"}]
+    settings = Settings(model=MODEL, record_queries=False)
+    times: dict[str, list[float]] = {"one node": [], "cluster": [], "one node floor": [], "cluster floor": []}
+    hops: dict[str, list[float]] = {"one node": [], "cluster": []}
+    with Catalog.open(single, settings=settings) as one, Catalog.open(cluster, settings=settings) as many:
+        ways = [("one node", one), ("cluster", many)]
+        for i in range(20):  # warm: pools, plans, the caches
+            for _, catalog in ways:
+                catalog.search(vector=vectors[i], k=10, **kinds[i % 2](i))
+        # the floor: each search's statements as imgsearch sent them (the tenant's scope and the
+        # settings included), replayed on a bare psycopg connection (bench/search/search.py's)
+        calls = {name: captured(catalog, vectors, kinds, queries) for name, catalog in ways}
+        bare = {name: bare_connection(catalog.engine.url) for name, catalog in ways}
+        for i in range(20, 20 + queries):
+            for name, catalog in ways if i % 2 else ways[::-1]:
+                filters = kinds[i % 2](i)
+                started = time.perf_counter()
+                catalog.search(vector=vectors[i], k=10, **filters)
+                times[name].append(time.perf_counter() - started)
+                started = time.perf_counter()
+                replay(bare[name], calls[name][i])
+                times[f"{name} floor"].append(time.perf_counter() - started)
+        for conn in bare.values():
+            conn.close()
+        for name, catalog in ways:  # the hop alone: one shop's row, through the same pool
+            with catalog.engine.connect() as conn:
+                for i in range(queries):
+                    started = time.perf_counter()
+                    conn.execute(
+                        text("SELECT 1 FROM imgsearch.products WHERE tenant = :t LIMIT 1"), {"t": f"shop{i % shops}"}
+                    ).all()
+                    hops[name].append(time.perf_counter() - started)
+    report = {f"{name} p50": statistics.median(values) * 1000 for name, values in times.items()}
+    report.update({f"{name} hop": statistics.median(values) * 1000 for name, values in hops.items()})
+    return report
+
+
+def captured(catalog: Catalog, vectors: list[np.ndarray], kinds: list[Any], queries: int) -> dict[int, Any]:
+    """Each search's statements, with their values, as the catalog sends them (an untimed pass)."""
+    sent: list[tuple[str, Any]] = []
+
+    def record(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
+        sent.append((statement, parameters))
+
+    found = {}
+    event.listen(catalog.search_engine, "before_cursor_execute", record)
+    try:
+        for i in range(20, 20 + queries):
+            sent.clear()
+            catalog.search(vector=vectors[i], k=10, **kinds[i % 2](i))
+            found[i] = list(sent)
+    finally:
+        event.remove(catalog.search_engine, "before_cursor_execute", record)
+    return found
+
+
+def uploads(url: str, seconds: float, batch: int, label: str) -> float:
+    rng = np.random.default_rng(11)
+    rows, started = 0, time.perf_counter()
+    with Catalog.open(url, settings=Settings(model=MODEL)) as catalog:
+        while time.perf_counter() - started < seconds:
+            vectors = rng.standard_normal((batch, 768)).astype(np.float32)
+            catalog.add_many(
+                {"embedding": v, "tenant": f"shop{(rows // batch) % 7}", "product_id": f"{label}{rows + j}"}
+                for j, v in enumerate(vectors)
+            )
+            rows += batch
+    return rows / (time.perf_counter() - started)
+
+
+def move(cluster: CitusCluster, database: str) -> dict[str, float]:
+    """The largest shop's shard group moved to the other worker: seconds, bytes."""
+    with cluster.coordinator.connect(database) as conn:
+        shop = conn.execute(
+            "SELECT tenant FROM imgsearch.embeddings GROUP BY 1 ORDER BY count(*) DESC LIMIT 1"
+        ).fetchone()[0]
+        shard, source = conn.execute(
+            "SELECT shardid, nodeport FROM citus_shards"
+            " WHERE shardid = get_shard_id_for_distribution_column('imgsearch.products', %s::text)",
+            [shop],
+        ).fetchone()
+        group = conn.execute(
+            "SELECT sum(shard_size) FROM citus_shards WHERE nodeport = %s AND shardid IN ("
+            " SELECT s.shardid FROM pg_dist_shard s JOIN pg_dist_partition p USING (logicalrelid)"
+            " WHERE p.colocationid = (SELECT colocationid FROM pg_dist_partition"
+            "                         WHERE logicalrelid = 'imgsearch.products'::regclass)"
+            "   AND s.shardminvalue = (SELECT shardminvalue FROM pg_dist_shard WHERE shardid = %s))",
+            [source, shard],
+        ).fetchone()[0]
+        target = next(w.port for w in cluster.workers if w.port != source)
+        started = time.perf_counter()
+        conn.execute(
+            "SELECT citus_move_shard_placement(%s, '127.0.0.1', %s, '127.0.0.1', %s, shard_transfer_mode => 'force_logical')",
+            [shard, source, target],
+        )
+        seconds = time.perf_counter() - started
+    return {"move seconds": seconds, "move bytes": float(group or 0)}
+
+
+def sizes(cluster: CitusCluster, database: str) -> dict[str, float]:
+    """Bytes per embedding row on the workers: every shard of the catalog (heap, TOAST, indexes),
+    and the HNSW graphs' shards apart."""
+    with cluster.coordinator.connect(database) as conn:
+        rows = conn.execute("SELECT count(*) FROM imgsearch.embeddings").fetchone()[0]
+        model = conn.execute("SELECT id FROM imgsearch.models WHERE active").fetchone()[0]
+        everything = conn.execute(
+            "SELECT sum(shard_size) FROM citus_shards WHERE table_name::text LIKE 'imgsearch.%%'"
+        ).fetchone()[0]
+        graphs = conn.execute(
+            "SELECT sum(result::bigint) FROM run_command_on_shards('imgsearch.embeddings', %s) WHERE success",
+            [f"SELECT pg_relation_size(to_regclass(replace('%s', 'embeddings_', 'embeddings_hnsw_m{int(model)}_')))"],
+        ).fetchone()[0]
+    return {"bytes per row": float(everything) / rows, "hnsw bytes per row": float(graphs) / rows, "rows": rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=60_000)
+    parser.add_argument("--shops", type=int, default=20)
+    parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--upload-seconds", type=float, default=20)
+    parser.add_argument("--batch", type=int, default=50)
+    args = parser.parse_args()
+    if not built():
+        sys.exit("bench/citus.py: Citus is not built into the embedded server: run `make citus`")
+
+    home = Settings().home
+    root = home / "citus-bench"
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    root.chmod(0o755)
+    single = fresh_database(home, "bench_citus")
+    cluster = CitusCluster.start(root / "cluster", conf=DURABLE)
+    report: dict[str, float] = {}
+    try:
+        url = cluster.create_catalog("bench_citus")
+        data = clustered(args.rows, 768, clusters=200, seed=3)
+        print(f"importing {args.rows} rows into each ...", flush=True)
+        report["import one node"] = load(single, data, args.shops)
+        report["import cluster"] = load(url, data, args.shops)
+        print(f"1. {args.queries} shop searches each way ...", flush=True)
+        report.update(searches(single, url, args.shops, args.queries))
+        print(f"2. uploads for {args.upload_seconds:g} s each ...", flush=True)
+        report["uploads one node"] = uploads(single, args.upload_seconds, args.batch, "one")
+        report["uploads cluster"] = uploads(url, args.upload_seconds, args.batch, "many")
+        print("3. sizes, then a shard move ...", flush=True)
+        report.update(sizes(cluster, "bench_citus"))
+        report.update(move(cluster, "bench_citus"))
+    finally:
+        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
+        with psycopg.connect(
+            host=make_url(single).query["host"], user="postgres", dbname="postgres", autocommit=True
+        ) as conn:
+            conn.execute("DROP DATABASE IF EXISTS bench_citus")
+    show(report, args)
+
+
+def show(r: dict[str, float], args: argparse.Namespace) -> None:
+    print()
+    print(f"{args.rows} rows of 768-d vectors, {args.shops} shops, k=10")
+    print()
+    print("| measure | one node | cluster (coordinator + 2 workers) | cluster / one node |")
+    print("|---|---|---|---|")
+    print(f"| a shop's search p50 (a shop; a shop and a category, in turn) | {r['one node p50']:.2f} ms "
+          f"| {r['cluster p50']:.2f} ms | **{r['cluster p50'] / r['one node p50']:.2f}x** |")  # fmt: skip
+    print(f"| floor: the same statements replayed bare (psycopg, prepared) | {r['one node floor p50']:.2f} ms "
+          f"| {r['cluster floor p50']:.2f} ms | {r['cluster floor p50'] / r['one node floor p50']:.2f}x |")  # fmt: skip
+    print(f"| a routed statement's hop: one shop's row (`SELECT 1`) | {r['one node hop']:.2f} ms "
+          f"| {r['cluster hop']:.2f} ms | +{r['cluster hop'] - r['one node hop']:.2f} ms |")  # fmt: skip
+    print(f"| imgsearch / floor | {r['one node p50'] / r['one node floor p50']:.2f}x "
+          f"| {r['cluster p50'] / r['cluster floor p50']:.2f}x | |")  # fmt: skip
+    print(f"| uploads (`add_many`, batches of {args.batch}) | {r['uploads one node']:.0f} rows/s "
+          f"| {r['uploads cluster']:.0f} rows/s | {r['uploads cluster'] / r['uploads one node']:.2f}x |")  # fmt: skip
+    print(f"| bulk import (`import_vectors`) | {r['import one node']:.0f} rows/s | {r['import cluster']:.0f} rows/s "
+          f"| {r['import cluster'] / r['import one node']:.2f}x |")  # fmt: skip
+    gb = r["move bytes"] / GIB
+    print()
+    print("| shard move (the largest shop's group, logical, idle) | value |")
+    print("|---|---|")
+    print(f"| bytes moved | {r['move bytes'] / 1024**2:.0f} MiB |")
+    print(f"| time | {r['move seconds']:.1f} s |")
+    print(f"| per GB | **{r['move seconds'] / gb:.0f} s/GB** |")
+    per_row, hnsw = r["bytes per row"], r["hnsw bytes per row"]
+    print()
+    print("| sizing, from the measured bytes per row | value |")
+    print("|---|---|")
+    print(f"| on the shards, per 768-d row (heap, TOAST, indexes) | {per_row / 1024:.1f} KiB, of which HNSW {hnsw / 1024:.1f} KiB |")
+    shop = 100_000
+    print(f"| a shop of 100k images | {shop * per_row / GIB:.2f} GiB (HNSW {shop * hnsw / GIB:.2f} GiB) |")
+    ram = 24 * GIB * 0.5  # half a 24 GiB node for the hot set: the graphs and the heap they visit
+    print(f"| shops of 100k per node of this box's size (24 GiB, half for the hot set: the HNSW graphs) | {ram / (shop * hnsw):.0f} |")
+    total = 100_000_000
+    for nodes in (4, 8, 16):
+        print(f"| 100M images on {nodes} workers: per node, RAM for the graphs / disk | "
+              f"{total * hnsw / nodes / GIB:.0f} GiB / {total * per_row / nodes / GIB:.0f} GiB |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
