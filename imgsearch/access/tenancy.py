@@ -49,7 +49,7 @@ def scope(conn: Connection, tenant: str) -> str:
         if citus.on_coordinator(conn):
             driver_conn = conn.connection.driver_connection
             assert driver_conn is not None
-            command = sql.SQL("SET LOCAL imgsearch.tenant TO {}").format(sql.Literal(tenant))
+            command = sql.SQL(citus.PROPAGATE + "; SET LOCAL imgsearch.tenant TO {}").format(sql.Literal(tenant))
             conn.exec_driver_sql(command.as_string(driver_conn))
     except ProgrammingError as exc:
         raise ConfigurationError(

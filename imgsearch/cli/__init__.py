@@ -9,7 +9,9 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+import psycopg
 from pydantic import ValidationError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from imgsearch.cli import (
     boosts,
@@ -35,6 +37,7 @@ from imgsearch.settings import Settings, describe_invalid
 
 __all__ = ["EXIT_NOT_FOUND", "EXIT_TEMPFAIL", "EXIT_USAGE", "build_parser", "main"]
 
+EXIT_ERROR = 1  # anything else that stopped the command
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a filter whose reader left
 
 # in the order `imgsearch --help` lists them
@@ -85,6 +88,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ImgSearchError as exc:
         print(f"imgsearch: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except OperationalError as exc:  # the server unreachable, or gone mid-way
+        print(f"imgsearch: database unavailable: {_first_line(exc.orig or exc)}", file=sys.stderr)
+        return EXIT_TEMPFAIL
+    except (DBAPIError, psycopg.Error) as exc:  # a statement the database refused, unforeseen here
+        refused = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+        print(f"imgsearch: the database refused it: {_first_line(refused)}", file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt:
         print("imgsearch: interrupted", file=sys.stderr)
         return 130
@@ -94,6 +104,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 if __name__ == "__main__":

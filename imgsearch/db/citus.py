@@ -164,6 +164,10 @@ def is_coordinator(conn: Connection) -> bool:
 
 _COORDINATORS: weakref.WeakKeyDictionary[Engine, bool] = weakref.WeakKeyDictionary()
 
+# sent before a transaction's SET LOCALs on a coordinator, so that Citus forwards them to the
+# workers' sessions whatever the database's default (distribute sets it, for new sessions)
+PROPAGATE = "SET LOCAL citus.propagate_set_commands = 'local'"
+
 
 def on_coordinator(conn: Connection) -> bool:
     """:func:`is_coordinator`, asked once per engine (a search asks at every run)."""
@@ -230,6 +234,17 @@ WHERE n.nspname = 'imgsearch'
   AND NOT EXISTS (SELECT 1 FROM pg_dist_object o WHERE o.classid = 'pg_proc'::regclass AND o.objid = p.oid)
 ORDER BY 1
 """
+# the text requests' loopback server (migration 0015) pointed at this coordinator, as that migration
+# points it at its server: a catalog restored here from another server still named that one
+_LOOPBACK_HERE = """
+DO $do$
+DECLARE
+    host text := coalesce(host(inet_server_addr()), btrim(split_part(current_setting('unix_socket_directories'), ',', 1)));
+BEGIN
+    EXECUTE format('ALTER SERVER imgsearch_loopback OPTIONS (SET host %L, SET port %L)', host, current_setting('port'));
+END
+$do$
+"""
 # the text requests' loopback login (migration 0015) on the workers too: a function reaching a
 # worker's session that asks for a text connects with it (Citus copies no user mapping)
 _LOOPBACK_MAPPING = """
@@ -249,8 +264,20 @@ def _share_functions(conn: Connection) -> None:
     from within a shard's, which Citus refuses unless told. It reads the node's own copy."""
     for function in conn.execute(text(_FUNCTIONS)).scalars():
         conn.execute(text("SELECT create_distributed_function(CAST(:f AS regprocedure))"), {"f": function})
+    conn.execute(text(_LOOPBACK_HERE))
     conn.execute(text(_LOOPBACK_MAPPING)).all()
     conn.execute(text("ALTER FUNCTION imgsearch.login_tenant() SET citus.allow_nested_distributed_execution = on"))
+
+
+def adopt(engine: Engine) -> Distributed | None:
+    """Citus mode where the catalog's database is a Citus coordinator with workers: after each
+    migration to the latest schema (``imgsearch migrate``, ``Catalog.open``) the catalog is
+    distributed (:func:`distribute`, idempotent: it also gives new functions and nodes what they
+    need). None elsewhere: one node, or a coordinator with no worker yet."""
+    with engine.connect() as conn:
+        if not is_coordinator(conn) or _workers(conn) == 0:
+            return None
+    return distribute(engine)
 
 
 def distribute(engine: Engine) -> Distributed:
@@ -300,12 +327,18 @@ def distribute(engine: Engine) -> Distributed:
             conn.execute(text(statement))
         for table in REFERENCE:
             conn.execute(text("SELECT create_reference_table(:t)"), {"t": f"imgsearch.{table}"})
+        # a catalog with rows (one restored from a single node) is copied into the shards: its
+        # triggers, whose work those rows hold already, must not fire again there
+        for table in DISTRIBUTED:
+            conn.execute(text(f"ALTER TABLE imgsearch.{table} DISABLE TRIGGER USER"))
         for i, table in enumerate(DISTRIBUTED):
             colocate = "none" if i == 0 else "imgsearch.products"
             conn.execute(
                 text("SELECT create_distributed_table(:t, 'tenant', colocate_with => :c)"),
                 {"t": f"imgsearch.{table}", "c": colocate},
             )
+        for table in DISTRIBUTED:
+            conn.execute(text(f"ALTER TABLE imgsearch.{table} ENABLE TRIGGER USER"))
         conn.execute(text(FORGET_ORIGINAL))
         conn.execute(
             text(

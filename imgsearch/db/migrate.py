@@ -47,6 +47,10 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     with engine.begin() as conn:
         upgrade_on(conn, revision)
     after = current(engine)
+    if after == head():  # on a Citus coordinator: Citus mode (imgsearch.db.citus)
+        from imgsearch.db import citus
+
+        citus.adopt(engine)
     if before is not None and after is not None and before < REWRITES_EMBEDDINGS <= after:
         # every embedding row was rewritten: until a vacuum the HNSW index holds a dead entry for
         # each old version, which searches wade through (recall dropped in bench/search/search.py)

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import BigInteger, ColumnElement, Connection, column, func, select, table, text
 
 from imgsearch.access import tenancy
+from imgsearch.db import citus
 from imgsearch.settings import Settings
 
 # the thresholds' defaults are declared once, on Settings (the class, not the environment)
@@ -159,5 +160,7 @@ def set_local(conn: Connection, p: Plan, with_planner: bool = False, cached_plan
 
 def _set_local(conn: Connection, settings: dict[str, str]) -> None:
     """``SET LOCAL`` each setting, in one round trip. Names and values are constants and integers
-    of this module, never user input."""
-    conn.exec_driver_sql("; ".join(f"SET LOCAL {name} = {value}" for name, value in settings.items()))
+    of this module, never user input. On a Citus coordinator they go to the workers' sessions
+    too (:data:`imgsearch.db.citus.PROPAGATE`)."""
+    sets = "; ".join(f"SET LOCAL {name} = {value}" for name, value in settings.items())
+    conn.exec_driver_sql(f"{citus.PROPAGATE}; {sets}" if citus.on_coordinator(conn) else sets)

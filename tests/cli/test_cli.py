@@ -8,7 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psycopg
 import pytest
+from sqlalchemy import make_url
 
 from tests.helpers import run_cli
 
@@ -186,3 +188,16 @@ def test_ingests_exit_codes_are_documented() -> None:
     epilog = ingest.epilog or ""
     for code in ("0", "1", "2", "3", "75"):
         assert f"{code} " in epilog, epilog
+
+
+def test_a_statement_the_database_refuses_is_one_line(empty_database_url: str) -> None:
+    """An error no check foresaw (here a table in the way of the first migration) is the
+    database's own message on one line, not a traceback."""
+    url = make_url(empty_database_url)
+    with psycopg.connect(host=url.query["host"], user="postgres", dbname=url.database, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA imgsearch; CREATE TABLE imgsearch.models (x int)")
+    result = run_cli("migrate", IMGSEARCH_DATABASE_URL=empty_database_url)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("imgsearch: the database refused it: "), result.stderr
+    assert "Traceback" not in result.stderr

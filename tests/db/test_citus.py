@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, make_url, text
 from sqlalchemy.exc import DBAPIError
 
 from imgsearch import Catalog
@@ -23,6 +23,8 @@ from imgsearch.db.engine import make_engine
 from imgsearch.errors import ConfigurationError
 from imgsearch.settings import Settings
 from tests.citus import CitusCluster
+from tests.conftest import new_database
+from tests.helpers import BIN, run_cli
 
 TENANTS = ("acme", "globex", "initech")
 ROWS = 600
@@ -35,8 +37,12 @@ def shop(citus_cluster: CitusCluster, tiny_siglip: Path) -> Iterator[tuple[str, 
     url = citus_cluster.create_database("citus_shop")
     engine = make_engine(url)
     try:
-        migrate.upgrade(engine)
-        done = citus.distribute(engine)
+        with engine.begin() as conn:
+            migrate.upgrade_on(conn)  # the schema alone (migrate.upgrade distributes it too)
+        with engine.connect() as conn:
+            assert not citus.is_distributed(conn)
+        done = citus.adopt(engine)  # what `imgsearch migrate` does on a coordinator with workers
+        assert done is not None
         assert (
             done.distributed == citus.DISTRIBUTED and done.reference == citus.REFERENCE and done.workers == 2
         )
@@ -206,3 +212,73 @@ def test_a_shops_nearest_neighbours_are_a_router_query_with_the_exact_top_k(
     distance = 1 - unit[mine] @ (q / np.linalg.norm(q))
     assert found == [f"p{mine[i]}" for i in np.argsort(distance)[:5]]
     assert indexes == 8  # the model's HNSW index on every shard
+
+
+def test_opening_a_catalog_on_a_coordinator_distributes_it(citus_cluster: CitusCluster, tiny_siglip: Path) -> None:
+    """IMGSEARCH_DATABASE_URL naming a Citus coordinator (with workers) is Citus mode: the first
+    open migrates and distributes; a coordinator with no worker, or one node, stays as it is."""
+    url = citus_cluster.create_database("citus_adopted")
+    with Catalog.open(url, model=str(tiny_siglip), settings=Settings(model=str(tiny_siglip))) as catalog:
+        with catalog.engine.connect() as conn:
+            assert citus.is_distributed(conn)
+        catalog.add_many({"embedding": np.eye(32, dtype=np.float32)[i], "tenant": "acme", "product_id": f"p{i}"}
+                         for i in range(5))  # fmt: skip
+        assert [h.product_id for h in catalog.search(vector=np.eye(32)[2], tenant="acme", k=1)] == ["p2"]
+    lonely = citus_cluster.create_database("citus_lonely", workers=[])
+    engine = make_engine(lonely)
+    try:
+        migrate.upgrade(engine)
+        with engine.connect() as conn:
+            assert citus.is_coordinator(conn) and not citus.is_distributed(conn)
+    finally:
+        engine.dispose()
+
+
+def test_a_single_node_catalog_moves_onto_a_cluster(
+    citus_cluster: CitusCluster, server_url: str, template_db: str, tiny_siglip: Path, tmp_path: Path
+) -> None:
+    """docs/scaling.md's way: the roles and a dump of the catalog restored on a coordinator, then
+    `imgsearch migrate` there distributes it; every search answers as it did on the one node."""
+    single = new_database(server_url, template_db)
+    vectors = np.random.default_rng(8).standard_normal((90, 32)).astype(np.float32)
+    rows = [
+        {"embedding": v, "tenant": TENANTS[i % 3], "product_id": f"p{i}", "category": f"c{i % 4}",
+         "title": f"{('red', 'blue', 'green')[i % 3]} boot {i}", "price": i}
+        for i, v in enumerate(vectors)
+    ]  # fmt: skip
+    searches = [
+        {"vector": vectors[4], "tenant": "acme", "k": 5},
+        {"vector": vectors[5], "tenant": "globex", "category": "c1", "k": 5},
+        {"text": "red boot", "tenant": "acme", "mode": "lexical", "k": 5},
+        {"vector": vectors[6], "k": 5},
+    ]
+    settings = Settings(model=str(tiny_siglip))
+    with Catalog.open(single, model=str(tiny_siglip), settings=settings) as catalog:
+        catalog.add_many(rows)
+        before = [[(h.tenant, h.product_id) for h in catalog.search(**s)] for s in searches]
+    source = make_url(single)
+    dump, roles = tmp_path / "catalog.dump", tmp_path / "roles.sql"
+    subprocess.run(
+        [str(BIN / "pg_dump"), "-h", str(source.query["host"]), "-U", "postgres", "-Fc", "-f", str(dump),
+         str(source.database)], check=True, capture_output=True,
+    )  # fmt: skip
+    subprocess.run(
+        [str(BIN / "pg_dumpall"), "-h", str(source.query["host"]), "-U", "postgres", "--roles-only", "-f", str(roles)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    target = citus_cluster.create_database("citus_moved")
+    coordinator = ["-h", "127.0.0.1", "-p", str(citus_cluster.coordinator.port), "-U", "postgres"]
+    # from the catalog's database, where Citus creates each role on the workers too
+    subprocess.run([str(BIN / "psql"), *coordinator, "-d", "citus_moved", "-q", "-f", str(roles)], capture_output=True)
+    restored = subprocess.run(
+        [str(BIN / "pg_restore"), *coordinator, "-d", "citus_moved", str(dump)], capture_output=True, text=True
+    )
+    assert "imgsearch" not in restored.stderr.replace("imgsearch_log", ""), restored.stderr  # only notices
+    migrated = run_cli("migrate", IMGSEARCH_DATABASE_URL=target, IMGSEARCH_MODEL=str(tiny_siglip))
+    assert migrated.returncode == 0, migrated.stderr
+    with Catalog.open(target, model=str(tiny_siglip), settings=settings) as catalog:
+        with catalog.engine.connect() as conn:
+            assert citus.is_distributed(conn)
+            assert conn.execute(text("SELECT count(*) FROM imgsearch.embeddings")).scalar_one() == 90
+        after = [[(h.tenant, h.product_id) for h in catalog.search(**s)] for s in searches]
+    assert after == before and all(before)
