@@ -38,6 +38,13 @@ def test_services_images_and_dependencies(compose: dict[str, Any]) -> None:
         "api-replicas",
         "worker",
         "worker-gpu",
+        "citus-coordinator",
+        "citus-worker-1",
+        "citus-worker-2",
+        "citus-setup",
+        "migrate-citus",
+        "api-citus",
+        "worker-citus",
     }
     assert services["postgres"]["image"].startswith("pgvector/pgvector:")
     assert services["redis"]["image"].startswith("redis:")
@@ -50,7 +57,9 @@ def test_services_images_and_dependencies(compose: dict[str, Any]) -> None:
         assert depends["migrate"]["condition"] == "service_completed_successfully"
         assert depends["redis"]["condition"] == "service_healthy"
         assert "models:/models" in services[name]["volumes"]
-    assert set(compose["volumes"]) == {"pgdata", "pgdata-replica", "models"}
+    assert set(compose["volumes"]) == {
+        "pgdata", "pgdata-replica", "models", "citus-coordinator", "citus-worker-1", "citus-worker-2"
+    }  # fmt: skip
     assert any(v.startswith("pgdata:/var/lib/postgresql") for v in services["postgres"]["volumes"])
 
 
@@ -120,7 +129,7 @@ def test_commands_exist_in_the_cli(compose: dict[str, Any]) -> None:
     ]
     for command in commands:
         if command[0] != "imgsearch":
-            assert command[0] == "redis-server"
+            assert command[0] in ("redis-server", "postgres")
             continue
         args = parser.parse_args(command[1:])  # exits (fails the test) on an unknown command or option
         assert callable(args.func)
@@ -157,3 +166,44 @@ def test_dockerfile_installs_the_project_and_runs_unprivileged() -> None:
     assert lines.index(next(line for line in lines if line.startswith("USER"))) < lines.index(
         next(line for line in lines if line.startswith("CMD"))
     )
+
+
+def test_citus_profile(compose: dict[str, Any]) -> None:
+    """A coordinator and 2 workers from deploy/citus/Dockerfile (pgvector's image and Citus's
+    package), the workers added by a one-shot setup, and the catalog migrated (and so
+    distributed) on the coordinator before an API and a worker use it."""
+    services = compose["services"]
+    nodes = ["citus-coordinator", "citus-worker-1", "citus-worker-2"]
+    profile = [*nodes, "citus-setup", "migrate-citus", "api-citus", "worker-citus"]
+    assert all(services[name]["profiles"] == ["citus"] for name in profile)
+    dockerfile = (ROOT / "deploy" / "citus" / "Dockerfile").read_text()
+    assert dockerfile.splitlines()[3] == "FROM " + services["postgres"]["image"]  # pgvector's, PostgreSQL 18
+    assert "postgresql-18-citus-14.0" in dockerfile
+    (cmd,) = re.findall(r"^CMD (\[.*\])$", dockerfile, re.MULTILINE)
+    assert {"shared_preload_libraries=citus", "wal_level=logical"} <= set(yaml.safe_load(cmd))
+    for line in dockerfile.splitlines():
+        if line.startswith("COPY"):
+            assert (ROOT / "deploy" / "citus" / shlex.split(line)[1]).exists()
+    init = (ROOT / "deploy" / "citus" / "init-node.sh").read_text()
+    assert "CREATE EXTENSION IF NOT EXISTS citus;\nCREATE EXTENSION IF NOT EXISTS vector;" in init  # citus first
+    for name in nodes:
+        node = services[name]
+        assert node["build"] == "./deploy/citus" and node["image"] == "imgsearch-citus:pg18"
+        assert node["healthcheck"]["test"] and any(v.startswith(f"{name}:") for v in node["volumes"])
+    setup = services["citus-setup"]
+    assert all(setup["depends_on"][name]["condition"] == "service_healthy" for name in nodes)
+    env = environment(setup)
+    assert env["COORDINATOR"] == "citus-coordinator" and env["WORKERS"].split() == nodes[1:]
+    script = (ROOT / "deploy" / "citus" / "setup.sh").read_text()
+    assert "citus_set_coordinator_host" in script and "citus_add_node('$worker', 5432)" in script
+    migrate = services["migrate-citus"]
+    assert migrate["command"] == ["imgsearch", "migrate"] and migrate["restart"] == "no"
+    assert migrate["depends_on"]["citus-setup"]["condition"] == "service_completed_successfully"
+    for name in ("migrate-citus", "api-citus", "worker-citus"):
+        url = environment(services[name])["IMGSEARCH_DATABASE_URL"]
+        assert re.fullmatch(r"postgresql://imgsearch:\S+@citus-coordinator:5432/imgsearch", url), url
+        settings = Settings(database_url=url, queue=environment(services[name])["IMGSEARCH_QUEUE"])
+        assert settings.queue == "imgsearch-citus"  # its own wake-ups, apart from the one-node stack's
+    for name in ("api-citus", "worker-citus"):
+        assert services[name]["depends_on"]["migrate-citus"]["condition"] == "service_completed_successfully"
+    assert "8002:8000" in services["api-citus"]["ports"]
