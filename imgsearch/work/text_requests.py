@@ -25,6 +25,7 @@ import psycopg
 from sqlalchemy import Connection, Engine, text
 
 from imgsearch.access import tenancy
+from imgsearch.db import citus
 from imgsearch.errors import ImgSearchError
 from imgsearch.records import ModelInfo
 
@@ -36,6 +37,15 @@ BATCH = 32  # texts per forward pass
 FALLBACK_SECONDS = 5.0  # a listener looks for requests this often when no notification came
 MAX_CACHED_TEXTS = 100_000  # rows of imgsearch.text_embeddings kept; the oldest go first
 EVICT_SECONDS = 60.0
+
+
+def _as_worker(conn: Connection) -> None:
+    """The worker's role for the requests and the cache (tables of no tenant), except on a Citus
+    coordinator: there a write of a reference table that names another (the models) locks that
+    one's shards too, which Citus allows only a role that may change it; the catalog's own login
+    writes them there."""
+    if not citus.on_coordinator(conn):
+        tenancy.run_as_worker(conn)
 
 
 def text_hash(query: str) -> bytes:
@@ -124,12 +134,14 @@ def answer_pending(
     answered = 0
     while True:
         with engine.begin() as conn:
-            tenancy.run_as_worker(conn)
+            _as_worker(conn)
             claimed = conn.execute(
                 text(
-                    "UPDATE imgsearch.text_requests SET claimed_at = clock_timestamp() WHERE id IN ("
+                    # statement_timestamp(), not clock_timestamp(): a Citus cluster's reference
+                    # table takes no volatile function in an UPDATE
+                    "UPDATE imgsearch.text_requests SET claimed_at = statement_timestamp() WHERE id IN ("
                     " SELECT id FROM imgsearch.text_requests WHERE error IS NULL AND (claimed_at IS NULL"
-                    " OR claimed_at < clock_timestamp() - make_interval(secs => :claim))"
+                    " OR claimed_at < statement_timestamp() - make_interval(secs => :claim))"
                     " ORDER BY id LIMIT :batch FOR UPDATE SKIP LOCKED)"
                     " RETURNING id, model_id, text"
                 ),
@@ -154,7 +166,7 @@ def answer_pending(
                     except ImgSearchError as exc:
                         errors[r.id] = str(exc)
         with engine.begin() as conn:
-            tenancy.run_as_worker(conn)
+            _as_worker(conn)
             store(conn, model.id, vectors, logit_params() if vectors else (1.0, None))
             done = [r.id for r in mine if r.id not in errors]
             if done:

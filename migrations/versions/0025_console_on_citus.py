@@ -17,6 +17,9 @@ route to one shop's node (docs/scaling.md, "Citus mode").
   ``INSERT ... VALUES`` (Citus takes no subquery in one, and runs an ``INSERT ... SELECT`` through
   ``COPY``, which row-level security refuses a console login).
 
+* ``_request_text`` stamps a request asked again with the proposed row's ``requested_at``
+  (Citus takes no volatile function in ``DO UPDATE``).
+
 Results, rankings and errors are those of migration 0024.
 
 Revision ID: 0025
@@ -590,6 +593,22 @@ def _facets() -> str:
     )  # fmt: skip
 
 
+def _request_text() -> str:
+    """Migration 0015's ``_request_text`` with a request asked again stamped by the proposed
+    row's ``requested_at`` (its default, ``clock_timestamp()``): Citus takes no volatile function
+    in ``DO UPDATE``."""
+    earlier: str = _migration("0015_sql_text_search.py").FUNCTIONS
+    start = earlier.index("CREATE FUNCTION imgsearch._request_text")
+    function = earlier[start : earlier.index("$fn$;", start) + len("$fn$;")]
+    return _edited(
+        function,
+        [
+            ("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION"),
+            ("requested_at = clock_timestamp();", "requested_at = excluded.requested_at;"),
+        ],
+    )
+
+
 PRIVATE = (
     "imgsearch._shop(text)",
     "imgsearch._citus()",
@@ -603,7 +622,7 @@ def upgrade() -> None:
     op.execute(UBI)
     op.execute(SHOP)
     op.execute(CLUSTER)
-    for sql in (RECORD, _checked(), _search(), PRODUCT_SOURCE, ANSWERED, ADAPTED, _match_within(), LEXICAL, HYBRID,
+    for sql in (_request_text(), RECORD, _checked(), _search(), PRODUCT_SOURCE, ANSWERED, ADAPTED, _match_within(), LEXICAL, HYBRID,
                 _facets()):
         op.execute(sql)
     op.execute("DROP FUNCTION imgsearch._boost(text, text, text, double precision)")
@@ -638,6 +657,7 @@ def downgrade() -> None:
     checked = m0022.CHECKED[m0022.CHECKED.index("CREATE FUNCTION imgsearch._checked_events") :]
     op.execute(checked.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1))
     op.execute(m0024.RECORD.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1))
+    op.execute(_request_text().replace("requested_at = excluded.requested_at;", "requested_at = clock_timestamp();"))
     op.execute("DROP FUNCTION imgsearch.lexical_match(text, text, text, text, text)")
     op.execute("DROP FUNCTION imgsearch._shop(text), imgsearch._citus(), imgsearch._set_local(text, text)")
     op.execute("DROP FUNCTION imgsearch._begin_distributed()")

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 import redis
 from sqlalchemy import text
@@ -96,3 +97,27 @@ def test_uploads_of_three_shops_all_become_ready_once(setup: tuple[Catalog, Work
     assert per_image == [1] * 60 and attempts == 1
     hits = catalog.search(similar_to_product="p3", tenant="acme", k=3)
     assert len(hits) == 3 and {hit.tenant for hit in hits} == {"acme"}
+
+
+def test_a_console_text_search_is_answered_by_a_worker_through_the_coordinator(
+    setup: tuple[Catalog, Workers],
+) -> None:
+    """search_text in psql on a coordinator: a text no one embedded yet goes to a real worker
+    (the text request's loopback to the coordinator, the worker's listener there), and the hits
+    are the library's."""
+    catalog, workers = setup
+    catalog.add_many(
+        {"image": jpeg(200 + i), "tenant": TENANTS[i % 3], "product_id": f"p{i}", "category": "shoes"}
+        for i in range(9)
+    )
+    workers.start("--concurrency", "1")
+    wait_until(lambda: _states(catalog).get("ready") == 9, 240, workers, "9 ready images")
+    url = catalog.engine.url
+    with psycopg.connect(host=url.host, port=url.port, user=url.username, dbname=url.database, autocommit=True) as conn:
+        conn.execute("SET imgsearch.text_timeout = 60")
+        rows = conn.execute(
+            "SELECT product_id, distance FROM imgsearch.search_text('a pair of shoes never asked for', 3, tenant => 'acme')"
+        ).fetchall()
+    expected = catalog.search(text="a pair of shoes never asked for", tenant="acme", k=3, mode="semantic", parse=False)
+    assert [r[0] for r in rows] == [h.product_id for h in expected] and len(rows) == 3
+    assert [round(r[1], 4) for r in rows] == [round(h.distance or 0, 4) for h in expected]
