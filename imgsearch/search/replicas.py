@@ -9,6 +9,13 @@ the age of the last transaction it replayed.
 Read-your-writes (``consistent=True``): the catalog reads the primary's WAL position when the
 search starts (every write acknowledged before it lies below), and a replica answers only once
 it has replayed up to there (:meth:`Replicas.wait_for`).
+
+A Citus cluster's replica is a standby of the coordinator, its workers' standbys registered as
+secondary nodes (``citus_add_secondary_node``) and its URL asking for them
+(``options=-c citus.use_secondary_nodes=always``). The rows live on the workers, each with a WAL of
+its own: there a position is each node group's (the coordinator's, group 0, and each worker's, read
+with ``run_command_on_all_nodes``), and a replica answers once each of its nodes has replayed its
+group's.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from imgsearch.db import citus
 from imgsearch.db import engine as db_engine
 from imgsearch.settings import Settings
 
@@ -141,12 +149,12 @@ class Replicas:
         )
 
     def wait_for(self, conn: Connection, lsn: str) -> bool:
-        """Whether the replica of ``conn`` has replayed up to ``lsn``, waiting up to ``wait_seconds``."""
+        """Whether the replica of ``conn`` has replayed up to ``lsn`` (:func:`primary_lsn`'s),
+        waiting up to ``wait_seconds``."""
         deadline = time.monotonic() + self.wait_seconds
+        check = _REPLAYED_GROUPS if lsn.startswith("{") else _REPLAYED
         while True:
-            reached = conn.execute(
-                text("SELECT pg_last_wal_replay_lsn() >= CAST(:lsn AS pg_lsn)"), {"lsn": lsn}
-            ).scalar()
+            reached = conn.execute(check, {"lsn": lsn}).scalar()
             if reached:
                 return True
             if time.monotonic() >= deadline:
@@ -169,5 +177,28 @@ def replica_fault(exc: DBAPIError) -> bool:
 
 
 def primary_lsn(conn: Connection) -> str:
-    """The primary's WAL position now: every write acknowledged before lies below it."""
-    return str(conn.execute(text("SELECT pg_current_wal_lsn()")).scalar_one())
+    """The primary's WAL position now: every write acknowledged before lies below it. On a Citus
+    coordinator, each node group's, as JSON (``{"0": "0/1A2B", "1": ...}``)."""
+    if citus.on_coordinator(conn):
+        return str(conn.execute(_GROUP_POSITIONS).scalar_one())
+    return str(conn.execute(text("SELECT pg_current_wal_insert_lsn()")).scalar_one())
+
+
+_REPLAYED = text("SELECT pg_last_wal_replay_lsn() >= CAST(:lsn AS pg_lsn)")
+# a Citus cluster's positions: the coordinator's own (group 0) and each worker group's
+_GROUP_POSITIONS = text(
+    "SELECT json_object_agg(g, lsn)::text FROM ("
+    " SELECT 0 AS g, pg_current_wal_insert_lsn()::text AS lsn"
+    " UNION ALL SELECT n.groupid, r.result FROM run_command_on_all_nodes('SELECT pg_current_wal_insert_lsn()') AS r"
+    " JOIN pg_dist_node n USING (nodeid) WHERE r.success AND n.groupid <> 0) AS positions"
+)
+# whether a Citus replica has replayed every group's position: the standby coordinator's own, and
+# those of the nodes it searches (the secondaries, with citus.use_secondary_nodes = 'always')
+_REPLAYED_GROUPS = text(
+    "WITH want AS (SELECT key::int AS g, value::pg_lsn AS lsn FROM json_each_text(CAST(:lsn AS json))),"
+    " have AS (SELECT 0 AS g, pg_last_wal_replay_lsn() AS lsn"
+    "  UNION ALL SELECT n.groupid, r.result::pg_lsn"
+    "  FROM run_command_on_all_nodes('SELECT coalesce(pg_last_wal_replay_lsn(), pg_current_wal_lsn())') AS r"
+    "  JOIN pg_dist_node n USING (nodeid) WHERE r.success AND n.groupid <> 0)"
+    " SELECT coalesce(bool_and(h.lsn >= w.lsn), false) FROM want w LEFT JOIN have h USING (g)"
+)
