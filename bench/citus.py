@@ -17,11 +17,14 @@ buffers each). All the servers share this box's two cores.
 2. **Uploads**: ``add_many`` of bring-your-own vectors, batches of ``--batch``, for
    ``--upload-seconds`` on each: rows/s. And the bulk import's rows/s from the load.
 3. **A shard move**: the largest shop's shard group moved to the other worker
-   (``citus_move_shard_placement``, logical), idle: seconds per GB of the group.
+   (``citus_move_shard_placement``, logical), idle: seconds per GB of the group. Then moved back
+   while that shop's uploads (batches of 10) and searches run in two threads: the move's seconds
+   under traffic, the searches' p50 during the move against the same traffic's p50 just before
+   it, failed searches and uploads (0 expected), and every acknowledged upload found after.
 4. **Sizing**: bytes a row takes on the shards (heap, TOAST and indexes, the HNSW graph counted
    apart), and what those figures say a node holds and 100M images need.
 
-The figures it produces: docs/scaling.md, "Citus: measured".
+The figures it produces: docs/scaling.md, "Citus: measured", and ``--plot`` (docs/citus_benchmark.png).
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ import argparse
 import shutil
 import statistics
 import sys
+import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -150,8 +155,79 @@ def uploads(url: str, seconds: float, batch: int, label: str) -> float:
     return rows / (time.perf_counter() - started)
 
 
-def move(cluster: CitusCluster, database: str) -> dict[str, float]:
-    """The largest shop's shard group moved to the other worker: seconds, bytes."""
+@dataclass
+class Traffic:
+    """A shop's uploads (batches of 10) and searches (k=10), in two threads, until stopped."""
+
+    url: str
+    shop: str
+    query: np.ndarray
+    acknowledged: list[str] = field(default_factory=list)
+    latencies: list[tuple[float, float]] = field(default_factory=list)  # (when it answered, ms)
+    failures: list[str] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def upload(self, catalog: Catalog) -> None:
+        rng = np.random.default_rng(17)
+        n = 0
+        while not self.stop.is_set():
+            ids = [f"traffic{n + i}" for i in range(10)]
+            vectors = rng.standard_normal((10, 768)).astype(np.float32)
+            try:
+                catalog.add_many(
+                    {"embedding": v, "tenant": self.shop, "product_id": p} for p, v in zip(ids, vectors, strict=True)
+                )
+            except Exception as exc:  # counted and reported: the figure is how many
+                self.failures.append(f"upload: {str(exc).splitlines()[0][:120]}")
+            else:
+                self.acknowledged.extend(ids)
+            n += 10
+
+    def search(self, catalog: Catalog) -> None:
+        while not self.stop.is_set():
+            started = time.perf_counter()
+            try:
+                catalog.search(vector=self.query, tenant=self.shop, k=10)
+            except Exception as exc:
+                self.failures.append(f"search: {str(exc).splitlines()[0][:120]}")
+            else:
+                self.latencies.append((time.monotonic(), (time.perf_counter() - started) * 1000))
+
+    def __enter__(self) -> Traffic:
+        self.catalog = Catalog.open(self.url, settings=Settings(model=MODEL))
+        self.threads = [
+            threading.Thread(target=self.upload, args=(self.catalog,)),
+            threading.Thread(target=self.search, args=(self.catalog,)),
+        ]
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(60)
+        self.catalog.close()
+
+    def p50(self, start: float, end: float) -> float:
+        return statistics.median(ms for t, ms in self.latencies if start <= t <= end)
+
+
+def _move(conn: psycopg.Connection[Any], shard: int, source: int, target: int) -> float:
+    started = time.perf_counter()
+    conn.execute(
+        "SELECT citus_move_shard_placement(%s, '127.0.0.1', %s, '127.0.0.1', %s, shard_transfer_mode => 'force_logical')",
+        [shard, source, target],
+    )
+    return time.perf_counter() - started
+
+
+def move(
+    cluster: CitusCluster, database: str, url: str, before_seconds: float = 10
+) -> tuple[dict[str, float], list[tuple[float, float]]]:
+    """The largest shop's shard group moved to the other worker idle, then back under the shop's
+    traffic: seconds, bytes, and what the traffic saw; and its searches' (seconds from the busy
+    move's start, ms)."""
     with cluster.coordinator.connect(database) as conn:
         shop = conn.execute(
             "SELECT tenant FROM imgsearch.embeddings GROUP BY 1 ORDER BY count(*) DESC LIMIT 1"
@@ -170,13 +246,29 @@ def move(cluster: CitusCluster, database: str) -> dict[str, float]:
             [source, shard],
         ).fetchone()[0]
         target = next(w.port for w in cluster.workers if w.port != source)
-        started = time.perf_counter()
-        conn.execute(
-            "SELECT citus_move_shard_placement(%s, '127.0.0.1', %s, '127.0.0.1', %s, shard_transfer_mode => 'force_logical')",
-            [shard, source, target],
-        )
-        seconds = time.perf_counter() - started
-    return {"move seconds": seconds, "move bytes": float(group or 0)}
+        idle = _move(conn, shard, source, target)
+        query = np.random.default_rng(23).standard_normal(768).astype(np.float32)
+        with Traffic(url, shop, query) as traffic:
+            time.sleep(before_seconds)
+            started = time.monotonic()
+            busy = _move(conn, shard, target, source)
+            ended = time.monotonic()
+            time.sleep(1)
+        found = conn.execute(
+            "SELECT count(*) FROM imgsearch.products WHERE tenant = %s AND product_id = ANY(%s)",
+            [shop, traffic.acknowledged],
+        ).fetchone()[0]
+    # the searches that overlapped the move: answered after it started, sent before it ended
+    during = [ms for t, ms in traffic.latencies if t >= started and t - ms / 1000 <= ended]
+    timeline = [(t - started, ms) for t, ms in traffic.latencies]
+    return {
+        "move seconds": idle, "move bytes": float(group or 0), "busy move seconds": busy,
+        "searches before p50": traffic.p50(started - before_seconds, started),
+        "searches during p50": statistics.median(during) if during else float("nan"),
+        "searches during max": max(during, default=float("nan")),
+        "searches during": len(during), "failures": len(traffic.failures),
+        "acknowledged": len(traffic.acknowledged), "lost": len(traffic.acknowledged) - found,
+    }, timeline  # fmt: skip
 
 
 def sizes(cluster: CitusCluster, database: str) -> dict[str, float]:
@@ -202,6 +294,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--upload-seconds", type=float, default=20)
     parser.add_argument("--batch", type=int, default=50)
+    parser.add_argument("--plot", default="docs/citus_benchmark.png")
     args = parser.parse_args()
     if not built():
         sys.exit("bench/citus.py: Citus is not built into the embedded server: run `make citus`")
@@ -214,6 +307,7 @@ def main() -> None:
     single = fresh_database(home, "bench_citus")
     cluster = CitusCluster.start(root / "cluster", conf=DURABLE)
     report: dict[str, float] = {}
+    timeline: list[tuple[float, float]] = []
     try:
         url = cluster.create_catalog("bench_citus")
         data = clustered(args.rows, 768, clusters=200, seed=3)
@@ -225,9 +319,10 @@ def main() -> None:
         print(f"2. uploads for {args.upload_seconds:g} s each ...", flush=True)
         report["uploads one node"] = uploads(single, args.upload_seconds, args.batch, "one")
         report["uploads cluster"] = uploads(url, args.upload_seconds, args.batch, "many")
-        print("3. sizes, then a shard move ...", flush=True)
+        print("3. sizes, then a shard move idle and one back under traffic ...", flush=True)
         report.update(sizes(cluster, "bench_citus"))
-        report.update(move(cluster, "bench_citus"))
+        moved, timeline = move(cluster, "bench_citus", url)
+        report.update(moved)
     finally:
         cluster.stop()
         shutil.rmtree(root, ignore_errors=True)
@@ -236,6 +331,34 @@ def main() -> None:
         ) as conn:
             conn.execute("DROP DATABASE IF EXISTS bench_citus")
     show(report, args)
+    plot(report, timeline, Path(args.plot))
+
+
+def plot(r: dict[str, float], timeline: list[tuple[float, float]], path: Path) -> None:
+    """Left: a shop's search p50, one node against the cluster, and their floors. Right: the moved
+    shop's searches during the busy move (shaded)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6), gridspec_kw={"width_ratios": [1, 2]})
+    names = ["one node", "cluster"]
+    left.bar([0, 1], [r["one node p50"], r["cluster p50"]], width=0.4, label="imgsearch")
+    left.bar([0.4, 1.4], [r["one node floor p50"], r["cluster floor p50"]], width=0.4, label="floor (bare)")
+    left.set_xticks([0.2, 1.2], names)
+    left.set_ylabel("a shop's search p50, ms")
+    left.legend(fontsize=8)
+    right.scatter([t for t, _ in timeline], [ms for _, ms in timeline], s=3)
+    right.axvspan(0, r["busy move seconds"], color="orange", alpha=0.25, label="the shop's shards moving")
+    right.set_xlabel("seconds from the move's start")
+    right.set_ylabel("the shop's searches, ms")
+    right.set_yscale("log")
+    right.legend(fontsize=8)
+    fig.suptitle(f"Citus: {r['rows']:.0f} rows; a shop's search and a shard move under uploads and searches")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"plot: {path}")
 
 
 def show(r: dict[str, float], args: argparse.Namespace) -> None:
@@ -258,11 +381,19 @@ def show(r: dict[str, float], args: argparse.Namespace) -> None:
           f"| {r['import cluster'] / r['import one node']:.2f}x |")  # fmt: skip
     gb = r["move bytes"] / GIB
     print()
-    print("| shard move (the largest shop's group, logical, idle) | value |")
-    print("|---|---|")
-    print(f"| bytes moved | {r['move bytes'] / 1024**2:.0f} MiB |")
-    print(f"| time | {r['move seconds']:.1f} s |")
-    print(f"| per GB | **{r['move seconds'] / gb:.0f} s/GB** |")
+    print("| shard move (the largest shop's group, logical) | idle | under the shop's uploads and searches |")
+    print("|---|---|---|")
+    print(f"| bytes moved | {r['move bytes'] / 1024**2:.0f} MiB | the same, back, and the rows uploaded meanwhile |")
+    print(f"| time | {r['move seconds']:.1f} s | {r['busy move seconds']:.1f} s |")
+    print(f"| per GB | **{r['move seconds'] / gb:.0f} s/GB** | **{r['busy move seconds'] / gb:.0f} s/GB** |")
+    print(f"| the shop's search p50 during the move / just before it | | {r['searches during p50']:.1f} / "
+          f"{r['searches before p50']:.1f} ms = **{r['searches during p50'] / r['searches before p50']:.2f}x** "
+          f"({r['searches during']:.0f} searches) |")  # fmt: skip
+    print(f"| the slowest search during the move (its cutover waits for the last writes) | | {r['searches during max']:.0f} ms |")
+    print(f"| failed searches and uploads | | {r['failures']:.0f} |")
+    print(f"| acknowledged uploads (batches of 10) / lost | | {r['acknowledged']:.0f} / {r['lost']:.0f} |")
+    if r["failures"] or r["lost"]:
+        sys.exit("bench/citus.py: the move under traffic failed searches or lost uploads")
     per_row, hnsw = r["bytes per row"], r["hnsw bytes per row"]
     print()
     print("| sizing, from the measured bytes per row | value |")
