@@ -155,11 +155,12 @@ class Distributed:
     workers: int
 
 
+IS_COORDINATOR = "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')"
+
+
 def is_coordinator(conn: Connection) -> bool:
     """Whether the database is a Citus coordinator (the extension installed)."""
-    return bool(
-        conn.execute(text("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')")).scalar()
-    )
+    return bool(conn.execute(text(IS_COORDINATOR)).scalar())
 
 
 _COORDINATORS: weakref.WeakKeyDictionary[Engine, bool] = weakref.WeakKeyDictionary()

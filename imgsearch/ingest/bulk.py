@@ -40,7 +40,7 @@ import psycopg
 from sqlalchemy import Engine
 
 from imgsearch.access import tenancy
-from imgsearch.db import filter_indexes, vector_index
+from imgsearch.db import citus, filter_indexes, vector_index
 from imgsearch.db.engine import libpq_conninfo
 from imgsearch.db.models import SCHEMA
 from imgsearch.errors import DatabaseUnavailable, ImgSearchError, InvalidInput, TransientError
@@ -187,7 +187,8 @@ ON CONFLICT (tenant, sha256) DO NOTHING
 """
 
 # each row's image linked to its product (imgsearch.db.links; a new image is its first product's by
-# a trigger already): the links made now, to images stored before or to new ones of other products
+# a trigger already): the links made now, to images stored before or to new ones of other products;
+# and those of them to images stored before (imgsearch_gained: locked, then their embeddings copied)
 _LINK = f"""
 CREATE TEMPORARY TABLE imgsearch_images ON COMMIT DROP AS
 SELECT DISTINCT i.tenant, i.sha256, i.id FROM imgsearch_import s
@@ -203,7 +204,9 @@ WITH linked AS (
     ON CONFLICT DO NOTHING
     RETURNING image_id, product_pk, tenant
 )
-INSERT INTO imgsearch_links SELECT * FROM linked
+INSERT INTO imgsearch_links SELECT * FROM linked;
+CREATE TEMPORARY TABLE imgsearch_gained ON COMMIT DROP AS
+SELECT l.* FROM imgsearch_links l WHERE NOT EXISTS (SELECT FROM imgsearch_keep k WHERE k.image_id = l.image_id)
 """
 
 # a new image's vector for each of its products; a stored image's embeddings (every model's) for
@@ -213,8 +216,6 @@ INSERT INTO {SCHEMA}.embeddings (model_id, image_id, product_pk, tenant, embeddi
 SELECT %(model)s, l.image_id, l.product_pk, l.tenant, s.embedding
 FROM {SCHEMA}.image_products l JOIN imgsearch_keep k ON k.image_id = l.image_id JOIN imgsearch_import s ON s.ord = k.ord
 ORDER BY l.image_id;
-CREATE TEMPORARY TABLE imgsearch_gained ON COMMIT DROP AS
-SELECT l.* FROM imgsearch_links l WHERE NOT EXISTS (SELECT FROM imgsearch_keep k WHERE k.image_id = l.image_id);
 INSERT INTO {SCHEMA}.embeddings (model_id, image_id, product_pk, tenant, embedding)
 SELECT DISTINCT ON (e.model_id, l.image_id, l.product_pk) e.model_id, l.image_id, l.product_pk, l.tenant, e.embedding
 FROM imgsearch_gained l JOIN {SCHEMA}.embeddings e ON e.tenant = l.tenant AND e.image_id = l.image_id
@@ -352,7 +353,7 @@ def import_rows(
 
 
 def _on_citus(conn: psycopg.Connection[Any]) -> bool:
-    row = conn.execute("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')").fetchone()
+    row = conn.execute(citus.IS_COORDINATOR).fetchone()
     return bool(row and row[0])
 
 
@@ -361,8 +362,7 @@ def _lock_linked(conn: psycopg.Connection[Any]) -> None:
     row until it commits, and then its embeddings are there to copy to the new links. A tenant's
     images at a time (Citus locks rows only in a statement of one tenant)."""
     linked = conn.execute(
-        "SELECT l.tenant, array_agg(DISTINCT l.image_id ORDER BY l.image_id) FROM imgsearch_links l"
-        " WHERE NOT EXISTS (SELECT FROM imgsearch_keep k WHERE k.image_id = l.image_id) GROUP BY 1 ORDER BY 1"
+        "SELECT tenant, array_agg(DISTINCT image_id ORDER BY image_id) FROM imgsearch_gained GROUP BY 1 ORDER BY 1"
     ).fetchall()
     for tenant, ids in linked:
         conn.execute(
