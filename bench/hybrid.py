@@ -14,7 +14,8 @@ Per query, in rotating order, each timed from the call to the result:
 * **semantic**: ``mode="semantic"``, one hit per product (``group_by_product``): the baseline;
 * **hybrid**: ``mode="hybrid"``: the semantic side, then the lexical side and the fusion; target
   p50 <= 1.5x semantic;
-* **lexical**: ``mode="lexical"``;
+* **lexical**: ``mode="lexical"``, and its floor: ``imgsearch.lexical_match`` (the text's matches
+  and their rank parts) run bare; hybrid's floor is the semantic p50 plus that one;
 * **facets**: the facets statement alone (``imgsearch.search.facets.count``) over the whole match
   set (every product of the shop), in a transaction of its own; target <= 2x the semantic
   search's p50. Its floor: one pass reading each product's category, brand, price and
@@ -257,8 +258,16 @@ def main() -> None:
                     {"t": TENANT},
                 ).scalar()
 
+        def bare_matches(q: str) -> None:  # the lexical side's floor: its matches, read bare
+            with catalog.search_engine.begin() as conn:
+                conn.execute(
+                    text("SELECT * FROM imgsearch.lexical_match(:q, :plain, :q, NULL, :t)"),
+                    {"q": q, "plain": q.lower(), "t": TENANT},
+                ).all()
+
         ways.update(
             {
+                "lexical floor: lexical_match bare": bare_matches,
                 "facets": facet_counts,
                 "facets floor: read the values": read_columns,
                 "total": total_only,
@@ -286,6 +295,8 @@ def main() -> None:
     for name, values in times.items():
         p50, p90 = statistics.median(values), float(np.percentile(values, 90))
         print(f"| {name} | {p50:.1f} | {p90:.1f} | {p50 / base:.2f} |")
+    floor = base + statistics.median(times["lexical floor: lexical_match bare"])
+    print(f"| hybrid floor: semantic p50 + lexical_match p50 | {floor:.1f} | | {floor / base:.2f} |")
     print(f"| parse ({terms} vocabulary terms) | {per_parse:.3f} | | {per_parse / base:.3f} |")
     print(f"\n(hybrid hits of {texts[1]!r} found by both sides: {both} of {len(hits)})")
     plot(times, base, args.products, Path(args.plot))

@@ -3,7 +3,7 @@
 The match set is every product a search can return: matching the filters, with an image embedded
 under the model (so a total is what paging reaches); a lexical search's, those that also match
 its text.
-One statement materialises it once and counts, per category, per brand, the top values of each
+One statement reads it once and counts, per category, per brand, the top values of each
 attribute key, and price buckets whose width is a round number (1, 2 or 5 times a power of ten)
 giving about :data:`PRICE_BUCKETS` buckets, plus the total.
 """
@@ -54,16 +54,39 @@ class Facets:
         }
 
 
-# the facets of the materialised match set "matched" (id, category, brand, price, attributes)
+# The facets of the match set "matched" (id, category, brand, price, attributes) in one pass:
+# "grouped" counts its products per category, per brand, per price and per attributes object
+# (grouping sets, hashed side by side), and everything else reads those few rows: each attribute
+# object's pairs once however many products share it, the price buckets from the distinct prices.
+# grouping(category, brand, price, attributes) tells the sets apart: 15 the total, 7 a category,
+# 11 a brand, 13 a price, 14 an attributes object.
+_GROUPED = """
+SELECT grouping(category, brand, price, attributes) AS g, category, brand, price, attributes,
+       count(*) AS n
+FROM matched
+GROUP BY GROUPING SETS ((), (category), (brand), (price), (attributes))
+"""
+
+# the price buckets' width (no row when no product has a price), computed once
+_BUCKET = f"""
+SELECT CASE WHEN hi > lo THEN mag * CASE WHEN raw / mag <= 1 THEN 1 WHEN raw / mag <= 2 THEN 2
+                                         WHEN raw / mag <= 5 THEN 5 ELSE 10 END
+            ELSE greatest(hi, 1) END AS width
+FROM (SELECT lo, hi, (hi - lo) / {PRICE_BUCKETS} AS raw,
+             power(10::numeric, floor(log(greatest((hi - lo) / {PRICE_BUCKETS}, 0.0001)))) AS mag
+      FROM (SELECT min(price) AS lo, max(price) AS hi FROM grouped WHERE g = 13) AS r
+      WHERE hi IS NOT NULL) AS sized
+"""
+
 _COUNTS = f"""
 SELECT
-  (SELECT count(*) FROM matched) AS total,
+  (SELECT n FROM grouped WHERE g = 15) AS total,
   (SELECT json_agg(json_build_array(category, n) ORDER BY n DESC, category) FROM (
-     SELECT category, count(*) AS n FROM matched WHERE category IS NOT NULL
-     GROUP BY category ORDER BY n DESC, category LIMIT {TOP_VALUES}) AS c) AS category,
+     SELECT category, n FROM grouped WHERE g = 7 AND category IS NOT NULL
+     ORDER BY n DESC, category LIMIT {TOP_VALUES}) AS c) AS category,
   (SELECT json_agg(json_build_array(brand, n) ORDER BY n DESC, brand) FROM (
-     SELECT brand, count(*) AS n FROM matched WHERE brand IS NOT NULL
-     GROUP BY brand ORDER BY n DESC, brand LIMIT {TOP_VALUES}) AS b) AS brand,
+     SELECT brand, n FROM grouped WHERE g = 11 AND brand IS NOT NULL
+     ORDER BY n DESC, brand LIMIT {TOP_VALUES}) AS b) AS brand,
   (SELECT json_agg(json_build_array(key, key_n, top) ORDER BY key_n DESC, key) FROM (
      SELECT key, sum(n) AS key_n,
             json_agg(json_build_array(value, n) ORDER BY n DESC, value)
@@ -71,26 +94,17 @@ SELECT
      FROM (
        SELECT key, value, n, row_number() OVER (PARTITION BY key ORDER BY n DESC, value) AS place
        FROM (
-         SELECT a.key, a.value #>> '{{}}' AS value, count(*) AS n
-         FROM matched m CROSS JOIN LATERAL jsonb_each(m.attributes) AS a
-         WHERE jsonb_typeof(a.value) IN ('string', 'number', 'boolean')
+         SELECT a.key, a.value #>> '{{}}' AS value, sum(o.n) AS n
+         FROM grouped o CROSS JOIN LATERAL jsonb_each(o.attributes) AS a
+         WHERE o.g = 14 AND jsonb_typeof(a.value) IN ('string', 'number', 'boolean')
          GROUP BY a.key, a.value #>> '{{}}'
        ) AS pairs
      ) AS placed
      GROUP BY key ORDER BY key_n DESC, key LIMIT {TOP_KEYS}) AS k) AS attributes,
   (SELECT json_agg(json_build_array(trim_scale(low)::text, trim_scale(low + width)::text, n) ORDER BY low) FROM (
-     SELECT floor(m.price / s.width) * s.width AS low, s.width, count(*) AS n
-     FROM matched m CROSS JOIN (
-       SELECT CASE WHEN hi > lo THEN mag * CASE WHEN raw / mag <= 1 THEN 1 WHEN raw / mag <= 2 THEN 2
-                                              WHEN raw / mag <= 5 THEN 5 ELSE 10 END
-                   ELSE greatest(hi, 1) END AS width
-       FROM (SELECT lo, hi, (hi - lo) / {PRICE_BUCKETS} AS raw,
-                    power(10::numeric, floor(log(greatest((hi - lo) / {PRICE_BUCKETS}, 0.0001)))) AS mag
-             FROM (SELECT min(price) AS lo, max(price) AS hi FROM matched) AS r
-             WHERE hi IS NOT NULL) AS sized
-       OFFSET 0  -- computed once, not inlined into every row's bucket
-     ) AS s
-     WHERE m.price IS NOT NULL
+     SELECT div(o.price, s.width) * s.width AS low, s.width, sum(o.n) AS n
+     FROM grouped o CROSS JOIN bucket AS s
+     WHERE o.g = 13 AND o.price IS NOT NULL
      GROUP BY 1, 2) AS p) AS price
 FROM (SELECT 1) AS one
 """
@@ -108,7 +122,14 @@ def match_set(model: ModelInfo, filters: Filters, lexical_text: bool, fetched: b
 
 
 def statement(model: ModelInfo, filters: Filters, lexical_text: bool, fetched: bool = False) -> Any:
-    matched = match_set(model, filters, lexical_text, fetched).cte("matched").prefix_with("MATERIALIZED")
+    matched = match_set(model, filters, lexical_text, fetched).cte("matched")
+    grouped = (
+        text(_GROUPED)
+        .columns(*(literal_column(name) for name in ("g", "category", "brand", "price", "attributes", "n")))
+        .cte("grouped")
+        .prefix_with("MATERIALIZED")
+    )
+    bucket = text(_BUCKET).columns(literal_column("width")).cte("bucket").prefix_with("MATERIALIZED")
     counts = text(_COUNTS).columns(
         literal_column("total"),
         literal_column("category"),
@@ -116,7 +137,7 @@ def statement(model: ModelInfo, filters: Filters, lexical_text: bool, fetched: b
         literal_column("attributes"),
         literal_column("price"),
     )
-    return counts.subquery("counts").select().add_cte(matched)
+    return counts.subquery("counts").select().add_cte(matched, grouped, bucket)
 
 
 def total_statement(model: ModelInfo, filters: Filters, lexical_text: bool, fetched: bool = False) -> Any:

@@ -141,8 +141,12 @@ class Filters:
 
     @cached_property
     def _conditions(self) -> list[ColumnElement[bool]]:
+        return [*self.value_conditions(Embedding), *self.row_conditions()]
+
+    def row_conditions(self) -> list[ColumnElement[bool]]:
+        """The conditions only the search rows can answer: the exclusions and ``where``."""
         values = self._values
-        conds = self.value_conditions(Embedding)
+        conds: list[ColumnElement[bool]] = []
         if "exclude_image" in values:
             conds.append(Embedding.image_id != self._param("exclude_image", BigInteger()))
         if "exclude_product" in values:
