@@ -1,11 +1,12 @@
 """The lexical side of a search, and its fusion with the semantic side, in SQL.
 
 A product matches a text when its weighted document (``products.search_doc``, migration 0020)
-matches ``websearch_to_tsquery`` of the text ("phrases", -exclusions, or), when its title, brand
-or id is a close trigram match (``pg_trgm``: SKUs, brands and typos such as "addidas"), or when
-the text is its product id. They rank in that order of evidence: the exact id first, then the
-document's ``ts_rank_cd``, then the trigram similarity. Each of the three is served by its own
-index (GIN, GIN trigram, B-tree), and only the top ``n`` are ranked.
+matches ``websearch_to_tsquery`` of the text ("phrases", -exclusions, or), or when the text is
+its product id; when neither matches any of the shop's products, when its title, brand or id is
+a close trigram match (``pg_trgm``: SKUs, brands and typos such as "addidas"; migration 0027).
+They rank in that order of evidence: the exact id first, then the document's ``ts_rank_cd``,
+then the trigram similarity. Each of the three is served by its own index (GIN, GIN trigram,
+B-tree), and only the top ``n`` are ranked.
 
 A product is a candidate only with a search row of the model that matches the filters: the same
 rows the semantic side searches, so both sides answer the same question. :func:`fused_statement`
@@ -152,7 +153,8 @@ def fetch_matches(conn: Connection, params: dict[str, Any]) -> dict[str, Any]:
 
 def text_match(fetched: bool = False) -> ColumnElement[bool]:
     """The product matches the text (:func:`text_params`): its id, its document or a close
-    trigram match of its title, brand or id; and none of the text's exclusions."""
+    trigram match of its title, brand or id when nothing else matches; and none of the text's
+    exclusions."""
     return Product.id.in_(select(_matches(fetched).c.product_pk))
 
 

@@ -90,6 +90,50 @@ def test_lexical_search_reads_websearch_syntax(shop: Catalog) -> None:
     assert lexical("patagonia")[:2] == ["SKU-103", "SKU-107"]
 
 
+def test_near_spellings_are_searched_only_when_the_words_match_nothing(
+    server_url: str, template_db: str, tiny_siglip: Path
+) -> None:
+    from tests.conftest import new_database
+
+    rng = np.random.default_rng(3)
+    with Catalog.open(new_database(server_url, template_db), model=str(tiny_siglip)) as catalog:
+        catalog.add_many(
+            [
+                {
+                    "tenant": "acme", "product_id": product_id, "title": title, "category": category,
+                    "embedding": rng.standard_normal(catalog.dim),
+                }
+                for product_id, title, category in [
+                    ("SKU-300", "Trail jacket", "jackets"),
+                    ("SKU-301", "Trail jackets for rain", "jackets"),
+                    ("SKU-302", "Rain jacket", "outlet"),
+                    ("SKU-303", "Trail jaket", "coats"),  # a near spelling of "trail jacket"
+                ]
+            ]
+        )  # fmt: skip
+
+        def lexical(words: str, **filters: Any) -> Any:
+            return catalog.search(text=words, tenant="acme", mode="lexical", parse=False, total=True, **filters)
+
+        # the words match: their products alone, however close another title's spelling
+        found = lexical("trail jacket")
+        assert (sorted(ids(found)), found.total) == (["SKU-300", "SKU-301"], 2)
+        assert lexical("trail jacket", facets=True).facets.category == {"jackets": 2}
+        # nothing matches the words: the near spellings of titles, brands and ids
+        assert set(ids(lexical("trail jackt"))) == {"SKU-300", "SKU-301", "SKU-303"}
+        assert set(ids(lexical("SKU-30"))) == {"SKU-300", "SKU-301", "SKU-302", "SKU-303"}
+        # the rule asks the shop's products: a filter leaving none of the words' matches finds none
+        assert ids(lexical("trail jacket", category="outlet")) == []
+        catalog.search(text="trail jacket", tenant="acme", parse=False)  # its embedding into the cache
+        with catalog.engine.begin() as conn:  # the console follows the same rule
+            console = conn.execute(
+                text("SELECT product_id, lexical_rank FROM imgsearch.search_hybrid('trail jacket', 10, tenant => 'acme')")
+            ).all()
+            counted = conn.execute(text("SELECT imgsearch.facets('trail jackt', 'acme')")).scalar_one()
+        assert {r.product_id for r in console if r.lexical_rank is not None} == {"SKU-300", "SKU-301"}
+        assert counted["total"] == 3
+
+
 def test_lexical_search_forgives_typos_and_finds_an_exact_sku_first(shop: Catalog) -> None:
     hits = shop.search(text="addidas", tenant="acme", mode="lexical", parse=False)
     assert set(ids(hits)) == {"SKU-100", "SKU-106"}
