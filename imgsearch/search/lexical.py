@@ -48,7 +48,7 @@ from imgsearch.db.vector_index import model_filter, query_param
 from imgsearch.ingest.vectors import Vector
 from imgsearch.records import ModelInfo
 from imgsearch.search import boosting
-from imgsearch.search.filters import PARAM_PREFIX, Filters
+from imgsearch.search.filters import Filters
 from imgsearch.search.statements import mentions
 
 RRF_K = 60  # Reciprocal Rank Fusion's constant (Cormack et al. 2009): 1 / (k + rank)
@@ -76,23 +76,11 @@ def searchable(model: ModelInfo, filters: Filters, on_product: bool = False) -> 
     return exists(rows.correlate(Product))
 
 
-def product_conditions(model: ModelInfo, filters: Filters) -> list[ColumnElement[bool]]:
-    """``filters`` over ``products``: the tenant, category and price on the product's own indexed
-    columns (the search rows' copies agree), then :func:`searchable` for the rest."""
-    conds: list[ColumnElement[bool]] = []
-    tenant, category = filters.value("tenant"), filters.value("category")
-    if tenant is not None:
-        conds.append(Product.tenant == bindparam(f"{PARAM_PREFIX}tenant", type_=Text()))
-    if category is not None:
-        conds.append(Product.category == bindparam(f"{PARAM_PREFIX}category", type_=Text()))
-    return [*conds, searchable(model, filters)]
-
-
 def counted_conditions(model: ModelInfo, filters: Filters) -> list[ColumnElement[bool]]:
-    """``filters`` over ``products``, for totals and facets: every filter on the product's own
-    indexed columns (tenant, category or a list, price, brand, attributes), then
-    :func:`searchable`: a product counts when a search can return it (an image of it is embedded
-    under the model), so a total is what paging reaches."""
+    """``filters`` over ``products``, for the lexical side, totals and facets: every filter on
+    the product's own indexed columns (tenant, category or a list, price, brand, attributes),
+    then :func:`searchable`: a product counts when a search can return it (an image of it is
+    embedded under the model), so a total is what paging reaches."""
     return [*filters.value_conditions(Product), searchable(model, filters, on_product=True)]
 
 
@@ -170,7 +158,7 @@ def lexical_ranked(
         select(Product.id.label("product_pk"), func.row_number().over(order_by=order).label("rank"))
         .select_from(found)
         .join(Product, Product.id == found.c.product_pk)
-        .where(*product_conditions(model, filters))
+        .where(*counted_conditions(model, filters))
         .order_by(*order)
         .limit(n)
     )
