@@ -1,7 +1,8 @@
 """Facets and totals against counts made in Python from the rows written: more values than a
 facet shows (the top 20 and their ties), missing values, attribute values that are not scalars,
-products no search can return (nothing embedded) and another shop's products; each filter, a
-text's match set and an empty one; the library's counts and the SQL console's ``imgsearch.facets``
+products no search can return (nothing embedded) and another shop's products; each filter
+(``where=`` on the search rows and on the images too), "more like this product", a text's match
+set and an empty one; the library's counts and the SQL console's ``imgsearch.facets``
 agree with the reference — against the real PostgreSQL + pgvector."""
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pytest
 from sqlalchemy import text
 
 from imgsearch import Catalog
+from imgsearch.db.models import Embedding, Image
 from imgsearch.search.facets import PRICE_BUCKETS, TOP_KEYS, TOP_VALUES, Facets
 
 Row = dict[str, Any]
@@ -159,6 +161,16 @@ CASES: list[tuple[str, dict[str, Any], Callable[[Row], bool]]] = [
     ),
     ("a brand", {"brand": "b04"}, lambda r: r["brand"] == "b04"),
     ("attributes", {"attributes": {"organic": True}}, lambda r: r["attributes"]["organic"] is True),
+    (
+        "where= on the search rows",
+        {"where": Embedding.price < 500},
+        lambda r: r["price"] is not None and r["price"] < 500,
+    ),
+    (
+        "where= on the images",
+        {"where": Image.id > 0, "category": "cat05"},
+        lambda r: r["category"] == "cat05",
+    ),
     ("nothing", {"category": "no-such-category"}, lambda r: False),
 ]
 
@@ -213,3 +225,8 @@ def test_the_console_counts_as_the_reference(
         ).scalar_one()
     total, categories, brands, attributes, prices = reference(searchable(keep))
     assert console(result) == (total, categories, brands, dict(attributes), prices)
+
+
+def test_more_like_a_product_counts_every_other_product(catalog: Catalog) -> None:
+    result = catalog.search(similar_to_product="P0010", tenant="acme", facets=True)
+    assert counted(result.facets, result.total) == reference(searchable(lambda r: r["product_id"] != "P0010"))
