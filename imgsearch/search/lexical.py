@@ -151,13 +151,21 @@ def lexical_ranked(
 ) -> Select[Any]:
     """The top ``n`` products matching the text (:func:`text_params`; ``fetched``:
     :func:`fetch_matches`) and the filters: ``product_pk`` and ``rank`` (1 = best): an exact id
-    first, then the document's ``ts_rank_cd``, then the trigram similarity."""
+    first, then the document's ``ts_rank_cd``, then the trigram similarity.
+
+    The matches are ordered before the filters are checked, so the check walks them best first
+    and stops at the ``n``-th that passes (a common word's hundreds of matches: ``n`` checks)."""
     found = _matches(fetched)
-    order = [found.c.exact_match.desc(), found.c.doc_rank.desc(), found.c.similarity.desc(), Product.id]
+
+    def best_first(rows: Any) -> list[Any]:
+        return [rows.c.exact_match.desc(), rows.c.doc_rank.desc(), rows.c.similarity.desc(), rows.c.product_pk]
+
+    ranked = select(found).order_by(*best_first(found)).subquery("ranked_matches")
+    order = best_first(ranked)
     return (
         select(Product.id.label("product_pk"), func.row_number().over(order_by=order).label("rank"))
-        .select_from(found)
-        .join(Product, Product.id == found.c.product_pk)
+        .select_from(ranked)
+        .join(Product, Product.id == ranked.c.product_pk)
         .where(*counted_conditions(model, filters))
         .order_by(*order)
         .limit(n)
