@@ -60,18 +60,18 @@ _EXCLUDED = re.compile(r'(?:^|(?<=\s))-("[^"]*"?|\S+)')
 _OPERATORS = re.compile(r'"|(?:^|(?<=\s))or(?=\s|$)', re.I)
 
 
-def searchable(model: ModelInfo, filters: Filters, on_product: bool = False) -> ColumnElement[bool]:
-    """The product (``products``, correlated) has a search row of ``model`` matching ``filters``;
-    ``on_product``: the value filters are on the product already, and the search rows' copies of
-    its tenant, category and price agree (keys and triggers), so only the rows' own conditions
-    are asked here (the check then reads an index of the rows alone)."""
+def searchable(model: ModelInfo, filters: Filters) -> ColumnElement[bool]:
+    """The product (``products``, correlated) has a search row of ``model`` matching the
+    conditions only the rows answer (:meth:`Filters.row_conditions`): the value filters are on the
+    product itself (:func:`counted_conditions`), and the rows' copies of its tenant, category and
+    price agree (keys and triggers), so the check reads an index of the rows alone."""
     rows = select(literal(1)).select_from(Embedding)
     if mentions(filters, Image.__table__):
         rows = rows.join(Image, filters.same_shop(Image, Image.id, Embedding.image_id, Embedding.tenant))
     rows = rows.where(
         filters.same_shop(Product, Product.id, Embedding.product_pk, Embedding.tenant),
         model_filter(model.id),
-        *(filters.row_conditions() if on_product else filters.conditions()),
+        *filters.row_conditions(),
     )
     return exists(rows.correlate(Product))
 
@@ -81,7 +81,7 @@ def counted_conditions(model: ModelInfo, filters: Filters) -> list[ColumnElement
     the product's own indexed columns (tenant, category or a list, price, brand, attributes),
     then :func:`searchable`: a product counts when a search can return it (an image of it is
     embedded under the model), so a total is what paging reaches."""
-    return [*filters.value_conditions(Product), searchable(model, filters, on_product=True)]
+    return [*filters.value_conditions(Product), searchable(model, filters)]
 
 
 def text_params(text: str) -> dict[str, Any]:

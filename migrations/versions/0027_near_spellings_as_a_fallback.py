@@ -28,43 +28,26 @@ down_revision: str | None = "0026"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-MATCH = """
-CREATE OR REPLACE FUNCTION imgsearch.lexical_match(query text, plain text, exact text, excluded text, within text)
-RETURNS TABLE (product_pk bigint, exact_match boolean, doc_rank real, similarity real)
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, @TRGM@, pg_temp
-AS $fn$
-DECLARE
-    everyone boolean := (SELECT r.rolsuper FROM pg_roles r WHERE r.rolname = session_user)
-        OR pg_has_role(session_user, 'imgsearch_admin', 'MEMBER')
-        OR pg_has_role(session_user, 'imgsearch_worker', 'MEMBER');
-    shop text := coalesce(imgsearch.login_tenant(), imgsearch.current_tenant(),
-                          CASE WHEN everyone THEN within END);
-    tsq tsquery := websearch_to_tsquery(imgsearch.text_search_config(), coalesce(query, ''));
-    nq tsquery := CASE WHEN excluded IS NULL THEN NULL
-                       ELSE websearch_to_tsquery(imgsearch.text_search_config(), excluded) END;
-BEGIN
-    IF shop IS NULL AND NOT coalesce(everyone, false) THEN
-        RETURN;
-    END IF;
-    RETURN QUERY  -- the words and the exact id
-        SELECT p.id, p.product_id = exact,
-               CASE WHEN p.search_doc @@ tsq THEN ts_rank_cd(p.search_doc, tsq, 32) ELSE 0 END::real,
-               word_similarity(plain, p.lexical_text)
-        FROM imgsearch.products p
-        WHERE (p.product_id = exact OR p.search_doc @@ tsq)
-          AND (nq IS NULL OR NOT p.search_doc @@ nq)
-          AND (shop IS NULL OR p.tenant = shop);
-    IF NOT FOUND THEN  -- nothing: the near spellings of the title, brand or id
-        RETURN QUERY
-            SELECT p.id, false, 0::real, word_similarity(plain, p.lexical_text)
-            FROM imgsearch.products p
-            WHERE p.lexical_text %> plain
-              AND (nq IS NULL OR NOT p.search_doc @@ nq)
-              AND (shop IS NULL OR p.tenant = shop);
-    END IF;
-END
-$fn$
-"""
+# the edits of migrations 0020's and 0025's bodies: the words and the id, then the near spellings
+FALLBACK = [
+    ("    RETURN QUERY\n", "    RETURN QUERY  -- the words and the exact id\n"),
+    (
+        "WHERE (p.product_id = exact OR p.search_doc @@ tsq OR p.lexical_text %> plain)\n",
+        "WHERE (p.product_id = exact OR p.search_doc @@ tsq)\n",
+    ),
+    (
+        "          AND (shop IS NULL OR p.tenant = shop);\nEND\n",
+        "          AND (shop IS NULL OR p.tenant = shop);\n"
+        "    IF NOT FOUND THEN  -- nothing: the near spellings of the title, brand or id\n"
+        "        RETURN QUERY\n"
+        "            SELECT p.id, false, 0::real, word_similarity(plain, p.lexical_text)\n"
+        "            FROM imgsearch.products p\n"
+        "            WHERE p.lexical_text %> plain\n"
+        "              AND (nq IS NULL OR NOT p.search_doc @@ nq)\n"
+        "              AND (shop IS NULL OR p.tenant = shop);\n"
+        "    END IF;\nEND\n",
+    ),
+]
 
 
 def _migration(name: str) -> ModuleType:
@@ -76,29 +59,21 @@ def _migration(name: str) -> ModuleType:
     return module
 
 
-def _functions() -> list[str]:
-    """The console's five-argument ``lexical_match`` (migration 0025) and the library's four
-    (migration 0020: its shop the caller's login or scope alone), each with the fallback."""
-    five = MATCH.replace("@TRGM@", _migration("0020_product_text.py")._schema_of("pg_trgm"))
-    declared = (
-        "    shop text := coalesce(imgsearch.login_tenant(), imgsearch.current_tenant(),\n"
-        "                          CASE WHEN everyone THEN within END);\n"
-    )
-    assert five.count(declared) == 1
-    four = five.replace(
-        declared, "    shop text := coalesce(imgsearch.login_tenant(), imgsearch.current_tenant());\n"
-    ).replace("excluded text, within text)", "excluded text)")
-    return [five, four]
-
-
-def upgrade() -> None:
-    for function in _functions():
-        op.execute(function)
-
-
-def downgrade() -> None:
+def _earlier() -> list[str]:
+    """The library's four-argument ``lexical_match`` (migration 0020: its shop the caller's login
+    or scope alone) and the console's five (migration 0025), as they were."""
     m0020 = _migration("0020_product_text.py")
     four = m0020.MATCH.replace("@TRGM@", m0020._schema_of("pg_trgm"))
     five = _migration("0025_console_on_citus.py")._match_within()
-    for function in (five, four):
-        op.execute(function.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1))
+    return [body.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1) for body in (four, five)]
+
+
+def upgrade() -> None:
+    edited = _migration("0025_console_on_citus.py")._edited
+    for body in _earlier():
+        op.execute(edited(body, FALLBACK))
+
+
+def downgrade() -> None:
+    for body in _earlier():
+        op.execute(body)
