@@ -5,7 +5,6 @@ settings and the active model with its embedder (:mod:`imgsearch.embed.active`).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -353,8 +352,8 @@ class Catalog:
         ``adapter``: map the query with the tenant's query adapter (default: text and image queries);
         ``interleave="boost,plain"``: two variants' hits drafted in turns (docs/learning.md)."""
         query = queries.Query(text, image, similar_to, similar_to_product, vector, box)
-        how = service.Asked(query, mode, parse, facets, total, consistent, fusion, min_probability)
-        how = replace(how, boost=boost, client_id=client_id, adapter=adapter, interleave=interleave)
+        learning = (boost, client_id, adapter, interleave)
+        how = service.Asked(query, mode, parse, facets, total, consistent, fusion, min_probability, *learning)
         filters = Filters(tenant, category, price_min, price_max, attributes, where, brand=brand)
         page = (k, offset, group_by_product, diversity, expand, min_score)
         return service.search(self, filters, how, *page)

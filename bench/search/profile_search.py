@@ -6,20 +6,21 @@ On bench/search/search.py's catalog (built if missing), times ``catalog.search(v
 <filters>)`` at near filters and far ones, and splits each search's wall time into:
 
 * imgsearch's Python: checking the arguments, routing, choosing the plan (exclusive time of
-  imgsearch's own functions);
+  imgsearch's own functions, SQLAlchemy's connection and transaction objects included);
 * the query vector's check (``Query.embed`` of a vector);
-* SQLAlchemy: executing a statement minus its round trip (the compiled-statement cache lookup,
-  binding the values, setting up the result, making rows);
 * the pool: taking a connection and giving it back;
-* each round trip, from psycopg's send to its answer: the settings (the tenant's row-level
-  security and the ``SET LOCAL`` values, with psycopg's ``BEGIN``), the statement, the ``COMMIT``;
+* each round trip of imgsearch.db.wire, from psycopg's send to its answer (psycopg's Python
+  included): the statement, with what goes in its round trip (psycopg's ``BEGIN``, synced on its
+  own first, the shop's deferred scope, the settings); a statement sent alone (the settings, or
+  the scope the first time); the ``COMMIT``;
 * building the hits from the rows.
 
-Timers wrap those functions and SQLAlchemy's cursor events (a few microseconds each). Then
-``EXPLAIN (ANALYZE, BUFFERS)`` of the statement actually sent (its SQL and values, after the same
-settings) gives PostgreSQL's own planning and execution time, which the statement's round trip
-contains; the rest of that round trip is the protocol and the socket. The same figures come from
-py-spy when it is installed (``--py-spy``: a sampling profile, top functions by own time).
+Timers wrap those functions (a few microseconds each), not SQLAlchemy's cursor events: a listener
+there sends every statement through SQLAlchemy, one round trip each. Then ``EXPLAIN (ANALYZE,
+BUFFERS)`` of the statement actually sent (its SQL and values, after the same settings) gives
+PostgreSQL's own planning and execution time, which the statement's round trip contains; the rest
+of that round trip is the protocol and the socket. The same figures come from py-spy when it is
+installed (``--py-spy``: a sampling profile, top functions by own time).
 
 The figure it produces: docs/benchmarks.md, "Where a search's time goes".
 """
@@ -41,18 +42,16 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from _catalog import query_cases, stored_catalog
-from sqlalchemy import event
 
 from imgsearch import Catalog
-from imgsearch.access import tenancy
-from imgsearch.search import hybrid, plans, queries, routing, service, strategy
+from imgsearch.db import wire
+from imgsearch.search import hybrid, queries, routing, service, strategy
 from imgsearch.settings import Settings
 
 FILTERS = ("100%", "100% tenant", "10% near", "1% near, shop", "1% far, shop", "3% far", "10% far")
 PARTS = (
     "imgsearch Python",
     "query vector check",
-    "SQLAlchemy",
     "pool",
     "round trip: settings",
     "round trip: statement",
@@ -98,6 +97,10 @@ class Tracer:
 
 
 def instrument(catalog: Catalog, tracer: Tracer, sent: list[tuple[str, Any]]) -> None:
+    """Timers around imgsearch's functions and the round trips of imgsearch.db.wire (not
+    SQLAlchemy's cursor events: a listener on them sends every statement through SQLAlchemy, one
+    round trip each, which is not how a search runs); ``sent`` gets each search's statements, in
+    order (the deferred scope, the settings, the statement)."""
     py = "imgsearch Python"
     for owner, name in (
         (service, "search"),
@@ -109,8 +112,6 @@ def instrument(catalog: Catalog, tracer: Tracer, sent: list[tuple[str, Any]]) ->
     ):
         tracer.wrap(owner, name, py)
     tracer.wrap(queries.Query, "embed", "query vector check")
-    for owner, name in ((tenancy, "scope"), (plans, "_set_local"), (strategy._Run, "execute")):
-        tracer.wrap(owner, name, "SQLAlchemy")
     tracer.wrap(strategy, "_result", "hits from rows")
     tracer.wrap(hybrid, "ranked", "hits from rows")
     engine = catalog.search_engine
@@ -119,16 +120,23 @@ def instrument(catalog: Catalog, tracer: Tracer, sent: list[tuple[str, Any]]) ->
 
     tracer.wrap(_ConnectionFairy, "_checkin", "pool")
     tracer.wrap(engine.dialect, "do_commit", "round trip: COMMIT")
+    for name in ("rows", "send", "defer"):
+        original = getattr(wire, name)
 
-    @event.listens_for(engine, "before_cursor_execute")
-    def before(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
-        settings = statement.startswith(("SELECT set_config", "SET LOCAL"))
-        tracer.push("round trip: settings" if settings else "round trip: statement")
-        sent.append((statement, parameters))
+        def recorded(
+            conn: Any, statement: Any, *args: Any, _original: Any = original, _name: str = name
+        ) -> Any:
+            if _name == "rows":  # what goes in its round trip: the deferred, the settings, it
+                sent.extend(wire._DEFERRED.get(conn, ()))
+                sent.extend(args[0] if args else ())
+            sent.append(statement)
+            if _name == "defer":
+                sent.pop()  # recorded when it goes, with the statement it goes with
+                return _original(conn, statement, *args)
+            with tracer.span("round trip: statement" if _name == "rows" else "round trip: settings"):
+                return _original(conn, statement, *args)
 
-    @event.listens_for(engine, "after_cursor_execute")
-    def after(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
-        tracer.pop()
+        setattr(wire, name, recorded)
 
 
 def explain(catalog: Catalog, calls: list[tuple[str, Any]]) -> tuple[float, float, str]:
@@ -144,7 +152,7 @@ def explain(catalog: Catalog, calls: list[tuple[str, Any]]) -> tuple[float, floa
         driver.adapters.register_dumper(HalfvecValue, HalfvecBinaryDumper)  # type: ignore[union-attr]
         with driver.cursor() as cur:  # type: ignore[union-attr]
             for statement, params in calls:
-                if statement.startswith(("SELECT set_config", "SET LOCAL")):
+                if statement.startswith("SELECT set_config"):
                     cur.execute(statement, params or None)
                     continue
                 cur.execute(f"EXPLAIN (ANALYZE, BUFFERS) {statement}", params)
@@ -179,7 +187,9 @@ def main() -> None:
     cases = query_cases(data, labels, args.queries)
     tracer = Tracer()
     rows: list[str] = []
-    with Catalog.open(url, model="google/siglip-base-patch16-224", settings=Settings()) as catalog:
+    with Catalog.open(
+        url, model="google/siglip-base-patch16-224", settings=Settings(record_queries=False)
+    ) as catalog:
         sent: list[tuple[str, Any]] = []
         for q, filters in cases:  # warm: caches, plans, the pool
             for _name, kwargs in filters:

@@ -177,15 +177,28 @@ def bare_connection(url: Any) -> psycopg.Connection[Any]:
 
 
 def replay(conn: psycopg.Connection[Any], calls: list[tuple[str, Any]]) -> list[Any]:
-    """The floor: a search's statements as imgsearch sent them, prepared (the settings, several
-    statements in one string, as they are), then COMMIT; the image ids of the last statement's
-    ``K`` nearest rows (the filtered statement answers a row of NULL hit columns when it has none)."""
+    """The floor: a search's statements as imgsearch sent them, prepared, in the round trips
+    imgsearch sends them in (imgsearch.db.wire): the statements that only set the transaction's
+    settings (``set_config``: the shop's scope, pgvector's settings) in one pipeline with the
+    statement after them (psycopg syncs the transaction's BEGIN first, as for imgsearch); then
+    COMMIT. The image ids of the last statement's ``K`` nearest rows (the filtered statement
+    answers a row of NULL hit columns when it has none)."""
     ids: list[Any] = []
+    settings: list[tuple[str, Any]] = []
     for statement, params in calls:
-        cursor = conn.execute(statement, params or None, prepare=bool(params))
-        if cursor.description and "image_id" in (names := [c.name for c in cursor.description]):
+        if statement.startswith("SELECT set_config("):
+            settings.append((statement, params or None))
+            continue
+        with conn.pipeline():
+            for sql, values in settings:
+                conn.execute(sql, values, prepare=True)
+            cursor = conn.execute(statement, params or None, prepare=True)
+            rows = cursor.fetchall()
+        settings.clear()
+        names = [c.name for c in cursor.description or ()]
+        if "image_id" in names:
             image, distance = names.index("image_id"), names.index("distance")
-            found = sorted((r for r in cursor.fetchall() if r[image] is not None), key=lambda r: r[distance])
+            found = sorted((r for r in rows if r[image] is not None), key=lambda r: r[distance])
             ids = [r[image] for r in found[:K]]
     conn.commit()
     return ids
@@ -221,7 +234,9 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    settings = Settings()
+    # the search path alone: each search's record of itself (record_queries) is timed by
+    # bench/search/feedback_load.py
+    settings = Settings(record_queries=False)
     url = database_url(settings.home, args.database)
     with Catalog.open(url, model="google/siglip-base-patch16-224", settings=settings) as catalog:
         data, labels = load(catalog, args.rows, seed=11)

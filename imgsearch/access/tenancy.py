@@ -16,6 +16,7 @@ first).
 from __future__ import annotations
 
 import secrets
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -23,7 +24,7 @@ from psycopg import sql
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError, ProgrammingError
 
-from imgsearch.db import citus
+from imgsearch.db import citus, wire
 from imgsearch.db.compiled import Compiled
 from imgsearch.errors import ConfigurationError, InvalidInput
 from imgsearch.ingest import checks
@@ -34,18 +35,26 @@ ADMIN_ROLE = "imgsearch_admin"
 CONSOLE_ROLE = "imgsearch_console"
 
 
-def scope(conn: Connection, tenant: str) -> str:
+def scope(conn: Connection, tenant: str, *, defer: bool = False) -> str:
     """Restrict the rest of the current transaction to ``tenant`` (SET LOCAL semantics); the
-    tenant's name as stored (:func:`imgsearch.ingest.checks.identifier`)."""
+    tenant's name as stored (:func:`imgsearch.ingest.checks.identifier`). ``defer``: sent with
+    the transaction's next statement, in its round trip (:func:`imgsearch.db.wire.defer`: no
+    statement runs before it), once the role switch has worked on this engine (the first time it
+    is sent at once, so a login that can't switch gets the error below)."""
     tenant = checks.identifier(tenant, "tenant")
     driver = conn.dialect.driver
     scoping = _SCOPE.get(driver)
     if scoping is None:
         scoping = _SCOPE[driver] = Compiled.of(_SCOPE_STATEMENT, conn.dialect)
+    values = {"role": APP_ROLE, "tenant": tenant}
     try:
-        # one round trip: set_config(..., true) is SET LOCAL, and 'role' is what SET ROLE sets;
+        # one statement: set_config(..., true) is SET LOCAL, and 'role' is what SET ROLE sets;
         # compiled once (every search of a shop sends it)
-        scoping.run(conn, {"role": APP_ROLE, "tenant": tenant})
+        if defer and conn.engine in _SWITCHED:
+            wire.defer(conn, scoping.bound(values))
+        else:
+            scoping.send(conn, values)
+            _SWITCHED.add(conn.engine)
         if citus.on_coordinator(conn):
             driver_conn = conn.connection.driver_connection
             assert driver_conn is not None
@@ -63,6 +72,7 @@ _SCOPE_STATEMENT = text(
     "SELECT set_config('role', :role, true), set_config('imgsearch.tenant', :tenant, true)"
 )
 _SCOPE: dict[str, Compiled] = {}  # by driver
+_SWITCHED: weakref.WeakSet[Engine] = weakref.WeakSet()  # engines whose login switched to the role
 
 
 @contextmanager

@@ -3,11 +3,12 @@
 SQLAlchemy runs a Select by walking it for its cache key on every execution, then binding the
 values; for a search's filtered statement that walk costs more than the socket's round trip
 (about 0.4 ms a search, bench/search/profile_search.py). A :class:`Compiled` keeps the statement's
-SQL text and how SQLAlchemy binds each value, and runs it with
-:meth:`~sqlalchemy.engine.Connection.exec_driver_sql`: SQLAlchemy's events, its error wrapping
-and its invalidation of broken connections stay as they were. Only for statements whose result
-columns the driver returns as SQLAlchemy would (no vector columns: those are parsed by their
-type).
+SQL text and how SQLAlchemy binds each value, and runs it on psycopg's connection with the
+statements before it (:mod:`imgsearch.db.wire`), or with
+:meth:`~sqlalchemy.engine.Connection.exec_driver_sql` where events are listened to: SQLAlchemy's
+events, its error wrapping and its invalidation of broken connections stay as they were. Only for
+statements whose result columns the driver returns as SQLAlchemy would (no vector columns: those
+are parsed by their type).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import Any, cast
 
 from sqlalchemy import ClauseElement, Connection, CursorResult, Dialect, Select
 from sqlalchemy.sql.compiler import SQLCompiler
+
+from imgsearch.db import wire
 
 
 @dataclass(frozen=True)
@@ -52,13 +55,24 @@ class Compiled:
         order = list(state.positiontup) if compiled.positional and state.positiontup else None
         return cls(state.statement, constants, processors, order)
 
-    def run(self, conn: Connection, values: Mapping[str, Any]) -> Sequence[Any]:
+    def run(
+        self, conn: Connection, values: Mapping[str, Any], before: Sequence[wire.Statement] = ()
+    ) -> Sequence[Any]:
         """The rows of one run, ``values`` by parameter name (names the statement lacks are
-        ignored, as SQLAlchemy ignores them)."""
-        return self.execute(conn, values).all()
+        ignored, as SQLAlchemy ignores them), after the statements ``before`` in the same round
+        trip where :mod:`~imgsearch.db.wire` allows."""
+        return wire.rows(conn, self.bound(values), before)
+
+    def send(self, conn: Connection, values: Mapping[str, Any]) -> None:
+        """One run whose rows nobody reads (:func:`imgsearch.db.wire.send`)."""
+        wire.send(conn, self.bound(values))
 
     def execute(self, conn: Connection, values: Mapping[str, Any]) -> CursorResult[Any]:
-        """One run's result (for a statement that returns no rows)."""
+        """One run's result through SQLAlchemy (for a statement that returns no rows)."""
+        return conn.exec_driver_sql(*self.bound(values))
+
+    def bound(self, values: Mapping[str, Any]) -> wire.Statement:
+        """The statement's SQL and its parameters for one run, as the driver takes them."""
         params = dict(self.constants)
         processors = self.processors
         for name, value in values.items():
@@ -66,8 +80,8 @@ class Compiled:
                 process = processors.get(name)
                 params[name] = value if process is None else process(value)
         if self.order is not None:
-            return conn.exec_driver_sql(self.sql, tuple(params[name] for name in self.order))
-        return conn.exec_driver_sql(self.sql, params)
+            return self.sql, tuple(params[name] for name in self.order)
+        return self.sql, params
 
 
 class Statements:
@@ -88,11 +102,13 @@ class Statements:
         params: Mapping[str, Any],
         *,
         compile: bool = True,
+        before: Sequence[wire.Statement] = (),
     ) -> Sequence[Any]:
         """The rows of the statement kept for ``key`` (built by ``build`` the first time), run
-        with ``params``; a None key (a ``where=`` makes each search's statement its own) builds
-        and runs it once."""
+        with ``params`` after the statements ``before`` (:meth:`Compiled.run`); a None key (a
+        ``where=`` makes each search's statement its own) builds and runs it once."""
         if key is None:
+            _send_all(conn, before)
             return conn.execute(build(), params).all()
         key = (conn.dialect.driver, *key)
         found = self._kept.get(key)
@@ -102,5 +118,12 @@ class Statements:
             stmt = build()
             found = self._kept[key] = Compiled.of(stmt, conn.dialect) if compile else stmt
         if isinstance(found, Compiled):
-            return found.run(conn, params)
+            return found.run(conn, params, before)
+        _send_all(conn, before)
         return conn.execute(found, params).all()
+
+
+def _send_all(conn: Connection, statements: Sequence[wire.Statement]) -> None:
+    """``statements`` before a statement that runs as a Select (one round trip each)."""
+    for statement in statements:
+        wire.send(conn, statement)

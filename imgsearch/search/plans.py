@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import BigInteger, ColumnElement, Connection, column, func, select, table, text
 
 from imgsearch.access import tenancy
-from imgsearch.db import citus
+from imgsearch.db import citus, wire
 from imgsearch.settings import Settings
 
 # the thresholds' defaults are declared once, on Settings (the class, not the environment)
@@ -128,8 +128,17 @@ def plain_settings(conn: Connection, cached_plan: bool = False) -> None:
 
 
 def set_local(conn: Connection, p: Plan, with_planner: bool = False, cached_plan: bool = False) -> None:
-    """pgvector settings for this transaction only (integers computed here, never user text);
-    ``with_planner`` adds :func:`planner_settings` in the same round trip.
+    """:func:`local_settings` for this transaction, now (one round trip)."""
+    wire.send(conn, local_settings(conn, p, with_planner, cached_plan))
+
+
+def local_settings(
+    conn: Connection, p: Plan, with_planner: bool = False, cached_plan: bool = False
+) -> wire.Statement:
+    """The statement that sets pgvector's settings for ``p`` for this transaction only
+    (integers computed here, never user text), for the caller to send before its statement, in
+    its round trip (:func:`imgsearch.db.wire.rows`); ``with_planner`` adds
+    :func:`planner_settings`.
 
     ``cached_plan``: the next statement may run on the plan PostgreSQL cached for it
     (``force_generic_plan``; psycopg prepares a statement at its 5th run on a connection). Only
@@ -155,12 +164,22 @@ def set_local(conn: Connection, p: Plan, with_planner: bool = False, cached_plan
         settings["hnsw.max_scan_tuples"] = str(int(p.max_scan_tuples))
         # iterative scans also stop at work_mem x this multiplier; long scans need the room
         settings["hnsw.scan_mem_multiplier"] = str(SCAN_MEM_MULTIPLIER)
-    _set_local(conn, {**PLANNER_SETTINGS, **settings} if with_planner else settings)
+    return settings_statement(conn, {**PLANNER_SETTINGS, **settings} if with_planner else settings)
 
 
 def _set_local(conn: Connection, settings: dict[str, str]) -> None:
-    """``SET LOCAL`` each setting, in one round trip. Names and values are constants and integers
-    of this module, never user input. On a Citus coordinator they go to the workers' sessions
-    too (:data:`imgsearch.db.citus.PROPAGATE`)."""
-    sets = "; ".join(f"SET LOCAL {name} = {value}" for name, value in settings.items())
-    conn.exec_driver_sql(f"{citus.PROPAGATE}; {sets}" if citus.on_coordinator(conn) else sets)
+    wire.send(conn, settings_statement(conn, settings))
+
+
+def settings_statement(conn: Connection, settings: dict[str, str]) -> wire.Statement:
+    """One statement that sets each setting for this transaction only: ``set_config(name, value,
+    true)``, PostgreSQL's function form of ``SET LOCAL`` (a single statement, so it can share
+    the round trip of the statement after it: :mod:`imgsearch.db.wire`). Names and values are
+    constants and integers of this module, never user input. On a Citus coordinator, ``SET
+    LOCAL`` commands, which it sends to the workers' sessions too
+    (:data:`imgsearch.db.citus.PROPAGATE`)."""
+    if citus.on_coordinator(conn):
+        sets = "; ".join(f"SET LOCAL {name} = {value}" for name, value in settings.items())
+        return f"{citus.PROPAGATE}; {sets}", {}
+    calls = ", ".join(f"set_config('{name}', '{value}', true)" for name, value in settings.items())
+    return f"SELECT {calls}", {}

@@ -85,9 +85,12 @@ def options_for(
     expand: Any,
     min_score: Any,
     min_probability: Any,
+    *,
+    on_plan: Callable[[Plan], None] | None = None,
+    boosting: Boosting | None = None,
 ) -> Options:
     """A request's options, every one checked (before any model work), with the strategy's
-    thresholds from ``settings``."""
+    thresholds from ``settings`` (and ``on_plan``, ``boosting`` as given)."""
     k, offset = check_page(k, offset)
     if min_probability is not None:
         if text is None:
@@ -106,6 +109,8 @@ def options_for(
         exact_max_rows=settings.exact_max_rows,
         exact_max_fraction=settings.exact_max_fraction,
         cached_plans=settings.cached_plans,
+        on_plan=on_plan,
+        boosting=boosting,
     )
     options.check()
     return options

@@ -18,7 +18,7 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
 from imgsearch.access import tenancy
-from imgsearch.db import citus, filter_indexes, vector_index
+from imgsearch.db import citus, filter_indexes, vector_index, wire
 from imgsearch.errors import InvalidQuery
 from imgsearch.ingest.vectors import Vector
 from imgsearch.records import ModelInfo
@@ -138,14 +138,16 @@ class Router:
         own = self._own_graph(
             model, filters
         )  # before the search's transaction (Django shares one connection)
-        options = replace(options, min_ef=self._min_ef, row_estimate=self._rows)
-        if options.boosting is not None and not self.has_boosts(filters.tenant_name()):
-            options = replace(options, boosting=None)  # nothing to blend: the statement without it
+        # nothing to blend: the statement without the boosts
+        unboosted = options.boosting is not None and not self.has_boosts(filters.tenant_name())
+        boosting = None if unboosted else options.boosting
+        options = replace(options, min_ef=self._min_ef, row_estimate=self._rows, boosting=boosting)
+        wire.install(engine)  # before the connection is taken: the scope below may wait for the next statement
         with engine.begin() as conn:
             if lsn is not None and self.replicas is not None and not self.replicas.wait_for(conn, lsn):
                 return None
             if filters.tenant is not None:
-                tenancy.scope(conn, filters.tenant)
+                tenancy.scope(conn, filters.tenant, defer=True)
             if query is None and asked.stored:
                 query, filters = queries.stored_vector(conn, model, asked, filters)
             if own:

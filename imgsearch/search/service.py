@@ -75,18 +75,17 @@ def search(
 ) -> SearchResult:  # fmt: skip
     """See :meth:`imgsearch.Catalog.search`: every argument checked before any model work."""
     query = asked.query
+    check_flags(asked.parse, asked.facets, asked.total, asked.boost)
     options = request.options_for(
         catalog.settings, query.text, k, offset, group_by_product, diversity, expand, min_score,
-        asked.min_probability,
+        asked.min_probability, on_plan=catalog.on_search_plan, boosting=_boosting(catalog, asked),
     )  # fmt: skip
     filters.check()
-    check_flags(asked.parse, asked.facets, asked.total, asked.boost)
     if asked.adapter is not None and not isinstance(asked.adapter, bool):
         raise InvalidQuery(f"adapter must be true, false or null, got {asked.adapter!r}")
     _check_client(asked.client_id)
     settings = catalog.settings
     variants = None if asked.interleave is None else interleave.parse(asked.interleave)
-    options = replace(options, on_plan=catalog.on_search_plan, boosting=_boosting(catalog, asked))
     query.check(filters)
     text = query.text
     if text is not None and (not isinstance(text, str) or not text.strip()):

@@ -35,6 +35,21 @@ def test_any_finite_scale_gives_the_same_unit_vector(scale: float) -> None:
     assert np.allclose(got, direction / np.linalg.norm(direction), atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_one_pass_norm_gives_what_the_scaled_one_gives(dtype: type) -> None:
+    """A sum of squares in its safe range takes one division (as_vector's fast way); the scaled
+    way (every other vector, and as_vectors) gives the same unit vector."""
+    rng = np.random.default_rng(5)
+    values = [rng.standard_normal(DIM) * scale for scale in (1e-90, 1e-3, 1.0, 1e3, 1e90)]
+    values.append(np.array([1.0, 1e-170] * (DIM // 2)))  # a square under float64's range, beside others
+    for value in values:
+        if dtype is np.float32 and np.abs(value).min() > 1e-30 and np.abs(value).max() < 1e30:
+            value = value.astype(np.float32)  # as an embedder's output comes
+        scaled = as_vectors([value], DIM)
+        assert scaled is not None
+        assert np.allclose(as_vector(value, DIM), scaled[0], rtol=0, atol=2e-7)
+
+
 def test_every_value_the_same_huge_number() -> None:
     got = as_vector([1e300] * DIM, DIM)
     assert np.allclose(got, 1 / math.sqrt(DIM))

@@ -1,0 +1,159 @@
+"""A search's statements sent on psycopg's own connection, several in one round trip.
+
+SQLAlchemy's execution of a statement (an execution context, a cursor result, its rows) costs
+about 80 us of Python, and each statement waited for its answer before the next went: a shop's
+search was 5 round trips (BEGIN, its scope, the settings, the statement, COMMIT) and a third of
+its Python went to SQLAlchemy (bench/search/profile_search.py). When the connection is psycopg 3's
+and nothing listens to the engine's cursor events, :func:`rows` sends a statement on psycopg's
+connection in one pipeline with the statements queued before it (a search's settings): all sent
+before the first answer is read (psycopg syncs a transaction's ``BEGIN`` on its own first, and
+ends a pipeline with a Sync). Its rows come back as named tuples (a column by its name, as a
+SQLAlchemy row gives it), its errors as SQLAlchemy's (:class:`sqlalchemy.exc.DBAPIError`, a broken
+connection invalidated, as SQLAlchemy does).
+
+A statement that only sets this transaction's settings (a shop's row-level security scope) may be
+:func:`defer`-red to the round trip of the next statement, whichever way that one runs: through
+:func:`rows` or :func:`send` it takes it into its pipeline; through SQLAlchemy on that connection,
+it runs it first (a ``before_cursor_execute`` listener of this module's, :func:`install`-ed on the
+engine before the connection was taken). No statement of the transaction runs without it.
+
+Otherwise (another driver, a Citus coordinator, whose settings are commands it propagates, or a
+listener on ``before_cursor_execute``, ``after_cursor_execute`` or ``handle_error``: tracing, a
+test's recorder) each statement runs through SQLAlchemy, one after the other: the same statements,
+in the same order, so a listener sees every one.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
+
+import psycopg
+from psycopg.rows import namedtuple_row
+from sqlalchemy import Connection, Engine, event
+from sqlalchemy.exc import DBAPIError
+
+from imgsearch.db import citus
+
+Params = Mapping[str, Any] | Sequence[Any]
+Statement = tuple[str, Params]  # SQL in the driver's parameter style, and its values
+
+
+# statements deferred to the next one, by the connection (its transaction) they belong to
+_DEFERRED: weakref.WeakKeyDictionary[Connection, list[Statement]] = weakref.WeakKeyDictionary()
+
+
+def _run_deferred(
+    conn: Connection, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
+) -> tuple[str, Any]:
+    """Before SQLAlchemy runs a statement: the statements deferred on its connection, first
+    (the statement and its values go on unchanged: ``retval=True`` keeps this function itself
+    among the listeners, for :func:`driver` to tell it from others)."""
+    deferred = _DEFERRED.pop(conn, None)
+    for sql, params in deferred or ():
+        cursor.execute(sql, params)
+    return statement, parameters
+
+
+def install(engine: Engine) -> None:
+    """Let connections taken from ``engine`` from now on :func:`defer` statements (idempotent)."""
+    if engine not in _INSTALLED:
+        event.listen(engine, "before_cursor_execute", _run_deferred, retval=True)
+        _INSTALLED.add(engine)
+
+
+_INSTALLED: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def defer(conn: Connection, statement: Statement) -> None:
+    """Send ``statement`` (its rows unread) with the next statement of ``conn``'s transaction, in
+    its round trip; now, when ``conn`` can't defer it (its engine wasn't :func:`install`-ed,
+    or :func:`driver` says no)."""
+    if conn.engine not in _INSTALLED or driver(conn) is None:
+        send(conn, statement)
+        return
+    _DEFERRED.setdefault(conn, []).append(statement)
+
+
+def driver(conn: Connection) -> psycopg.Connection[Any] | None:
+    """psycopg's connection under ``conn`` when statements may go to it directly (see above);
+    None: through SQLAlchemy."""
+    if conn.dialect.driver != "psycopg":
+        return None
+    # the engine's listeners (a search's connections are its own, taken from the engine); a
+    # connection's joined dispatch would make an object per event asked
+    dispatch = conn.engine.dispatch
+    if dispatch.after_cursor_execute or conn.dialect.dispatch.handle_error:
+        return None
+    if any(listener is not _run_deferred for listener in dispatch.before_cursor_execute):
+        return None
+    if citus.on_coordinator(conn):
+        return None
+    found = conn.connection.driver_connection
+    return found if isinstance(found, psycopg.Connection) else None
+
+
+def rows(conn: Connection, statement: Statement, before: Sequence[Statement] = ()) -> Sequence[Any]:
+    """The rows of ``statement``, sent after ``before`` (statements whose rows nobody reads),
+    in the caller's transaction: in one round trip on psycopg's connection when :func:`driver`
+    allows, else through SQLAlchemy one by one."""
+    raw = driver(conn)
+    if raw is None:
+        for sql, params in before:
+            conn.exec_driver_sql(sql, params)
+        return conn.exec_driver_sql(*statement).all()
+    _begun(conn)
+    sent = [*_DEFERRED.pop(conn, ()), *before]
+    try:
+        with raw.pipeline():
+            for sql, params in sent:
+                raw.execute(sql, params)
+            cursor = raw.cursor(row_factory=namedtuple_row)
+            cursor.execute(*statement)
+            return cursor.fetchall()
+    except psycopg.Error as exc:
+        raise _wrapped(conn, [*sent, statement], exc) from exc
+
+
+def send(conn: Connection, statement: Statement) -> None:
+    """Run ``statement`` (its rows unread) in the caller's transaction, as :func:`rows` does."""
+    raw = driver(conn)
+    if raw is None:
+        conn.exec_driver_sql(*statement)
+        return
+    _begun(conn)
+    sent = [*_DEFERRED.pop(conn, ()), statement]
+    try:
+        with raw.pipeline():
+            for sql, params in sent:
+                raw.execute(sql, params)
+    except psycopg.Error as exc:
+        raise _wrapped(conn, sent, exc) from exc
+
+
+def _begun(conn: Connection) -> None:
+    """SQLAlchemy's transaction begun, as its own execution begins it ("autobegin"): so that its
+    commit or rollback ends the one psycopg begins."""
+    if not conn.in_transaction():
+        conn.begin()
+
+
+def _wrapped(conn: Connection, sent: Sequence[Statement], exc: psycopg.Error) -> DBAPIError:
+    """``exc`` as SQLAlchemy raises a driver's error, naming the statements of its round trip
+    (the one that failed is among them: a pipeline answers each after it); a connection that
+    broke is invalidated (the pool replaces it), and the error says so, as SQLAlchemy's does."""
+    dialect = conn.dialect
+    disconnect = dialect.is_disconnect(cast(Any, exc), conn.connection, None)
+    if disconnect:
+        conn.invalidate(exc)
+    wrapped = DBAPIError.instance(
+        ";\n".join(sql for sql, _ in sent),
+        sent[-1][1] if len(sent) == 1 else [params for _, params in sent],
+        exc,
+        psycopg.Error,
+        hide_parameters=conn.engine.hide_parameters,
+        connection_invalidated=disconnect,
+        dialect=dialect,
+    )
+    return cast(DBAPIError, wrapped)
