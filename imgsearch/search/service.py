@@ -116,7 +116,7 @@ def search(
         if variants is not None:
             attributes["interleave"] = {"variants": list(variants), "teams": teams}
         learned_queries.record(
-            catalog.engine,
+            catalog.search_engine,  # the primary's, without a ping: record() tries a closed one again
             query_id,
             tenant=filters.tenant_name(),
             client_id=asked.client_id,

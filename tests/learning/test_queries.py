@@ -10,7 +10,7 @@ from sqlalchemy import text
 
 from imgsearch import Catalog
 from imgsearch.learning.queries import new_query_id, normalized
-from tests.learning.conftest import QUERY, open_shop
+from tests.learning.conftest import QUERY, open_shop, query_vector
 
 
 def test_query_ids_are_uuid7_carrying_the_time() -> None:
@@ -105,6 +105,34 @@ def test_a_catalog_opened_without_a_tenant_scope_records_admin_searches(shop: Ca
         ).one()
     assert tenant == ""  # no tenant: '' (the log's tenant is its distribution column on Citus)
     assert ubi.tenant is None and "tenant" not in ubi.document["query_attributes"]
+
+
+def test_a_search_is_recorded_after_the_server_closed_the_pools_connections(
+    shop_url: str, tiny_siglip: Path, server_url: str
+) -> None:
+    """The record goes through the primary's search pool, whose connections are taken without a
+    ping: when the server closed them (a restart), the search runs again on a new one and its
+    record is written all the same."""
+    from sqlalchemy import make_url
+
+    from tests.conftest import _admin
+
+    with open_shop(shop_url, str(tiny_siglip)) as shop:
+        first = [shop.search(vector=query_vector(shop), tenant="acme", k=3) for _ in range(3)]
+        with _admin(server_url) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                (make_url(shop_url).database,),
+            )
+        again = shop.search(vector=query_vector(shop), tenant="acme", k=3)
+        assert [h.image_id for h in again] == [h.image_id for h in first[0]]
+        ids = [r.query_id for r in (*first, again)]
+        with shop.engine.connect() as conn:
+            found = conn.execute(
+                text("SELECT count(*) FROM imgsearch.search_queries WHERE query_id = ANY(CAST(:ids AS uuid[]))"),
+                {"ids": ids},
+            ).scalar_one()
+        assert found == 4
 
 
 def test_catalog_type_is_public() -> None:
