@@ -4,11 +4,10 @@ the events on its hits (:mod:`imgsearch.learning.events`) can name it.
 
 A ``query_id`` is a UUIDv7: its first 48 bits are the search's time in milliseconds, which is
 the row's ``searched_at``, so an event finds its search in one day's partition. The row is
-written on the primary after the search (the primary's search pool, whose connections are taken
-without a ping, not a replica's), in autocommit with ``synchronous_commit`` off for that statement
-only: losing the last searches of a crash loses their clicks, not data the catalog needs. A
-failure to write it is logged (a closed connection is tried once more), and the search still
-answers.
+written on the primary after the search (the catalog's pool for writes, not the searches': those
+may all be on replicas), in autocommit with ``synchronous_commit`` off for that statement only:
+losing the last searches of a crash loses their clicks, not data the catalog needs. A failure to
+write it is logged (a closed connection is tried once more), and the search still answers.
 """
 
 from __future__ import annotations

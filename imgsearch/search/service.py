@@ -116,7 +116,7 @@ def search(
         if variants is not None:
             attributes["interleave"] = {"variants": list(variants), "teams": teams}
         learned_queries.record(
-            catalog.search_engine,  # the primary's, without a ping: record() tries a closed one again
+            catalog.engine,
             query_id,
             tenant=filters.tenant_name(),
             client_id=asked.client_id,

@@ -110,9 +110,8 @@ def test_a_catalog_opened_without_a_tenant_scope_records_admin_searches(shop: Ca
 def test_a_search_is_recorded_after_the_server_closed_the_pools_connections(
     shop_url: str, tiny_siglip: Path, server_url: str
 ) -> None:
-    """The record goes through the primary's search pool, whose connections are taken without a
-    ping: when the server closed them (a restart), the search runs again on a new one and its
-    record is written all the same."""
+    """When the server closed every connection (a restart), the search runs again on a new one
+    and its record is written all the same."""
     from sqlalchemy import make_url
 
     from tests.conftest import _admin
