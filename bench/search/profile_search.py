@@ -22,6 +22,11 @@ PostgreSQL's own planning and execution time, which the statement's round trip c
 of that round trip is the protocol and the socket. The same figures come from py-spy when it is
 installed (``--py-spy``: a sampling profile, top functions by own time).
 
+Last, imgsearch's Python alone: each filter's search run again and again with every statement
+answered from memory (the rows its first run got; no statement, BEGIN nor COMMIT reaches the
+server), a hot loop: what imgsearch's own code costs with no waiting, the part no database can
+take away. In a real search the same code runs colder (each wait hands the core to the server).
+
 The figure it produces: docs/benchmarks.md, "Where a search's time goes".
 """
 
@@ -194,6 +199,8 @@ def main() -> None:
         for q, filters in cases:  # warm: caches, plans, the pool
             for _name, kwargs in filters:
                 catalog.search(vector=q, k=10, **kwargs)
+        # before the timers go in (they cost a few microseconds each)
+        alone = {name: python_alone(catalog, cases, name) for name in args.filters.split(";")}
         instrument(catalog, tracer, sent)
         for name in args.filters.split(";"):
             walls: list[float] = []
@@ -242,6 +249,44 @@ def main() -> None:
     print("|---" * (len(PARTS) + 4) + "|")
     for row in rows:
         print(row)
+    print()
+    print("| filter | imgsearch's Python alone, answers from memory (hot loop, p50) |")
+    print("|---|---|")
+    for name, seconds in alone.items():
+        print(f"| {name} | {seconds * 1e6:.0f} us |")
+
+
+def python_alone(catalog: Catalog, cases: list[Any], name: str, runs: int = 2000) -> float:
+    """p50 seconds of ``catalog.search`` for the first query at filter ``name`` when every
+    statement is answered with the rows it got the first time (wire.rows), nothing sent."""
+    q, filters = cases[0]
+    kwargs = dict(filters)[name]
+    answers: list[Any] = []
+    sent = wire.rows
+
+    def remembered(conn: Any, statement: Any, before: Any = ()) -> Any:
+        answers.append(sent(conn, statement, before))
+        return answers[-1]
+
+    wire.rows = remembered  # type: ignore[assignment]
+    try:
+        catalog.search(vector=q, k=10, **kwargs)
+        first = list(answers)
+
+        def replayed(conn: Any, statement: Any, before: Any = ()) -> Any:
+            wire._DEFERRED.pop(conn, None)  # the deferred scope went with the statement
+            return next(replies)
+
+        wire.rows = replayed  # type: ignore[assignment]
+        times = []
+        for _ in range(runs):
+            replies = iter(first)
+            start = time.perf_counter()
+            catalog.search(vector=q, k=10, **kwargs)
+            times.append(time.perf_counter() - start)
+    finally:
+        wire.rows = sent  # type: ignore[assignment]
+    return statistics.median(times)
 
 
 def profile(catalog: Catalog, cases: list[Any]) -> None:
@@ -269,10 +314,10 @@ def profile(catalog: Catalog, cases: list[Any]) -> None:
         own: dict[str, int] = defaultdict(int)
         total = 0
         for line in out.read_text().splitlines():
-            stack, _, count = line.rpartition(" ")
+            stack, _, samples = line.rpartition(" ")
             frames = stack.split(";")
-            total += int(count)
-            own[frames[-1].split(" (")[0] if frames else "?"] += int(count)
+            total += int(samples)
+            own[frames[-1].split(" (")[0] if frames else "?"] += int(samples)
         waiting = own.get("Connection.wait", 0) / total
         print(f"\npy-spy, near filters: {waiting:.0%} of samples wait on the socket (the round trips),")
         print(f"{1 - waiting:.0%} run Python (timers' own cost included); own time by function:")

@@ -70,8 +70,9 @@ def defer(conn: Connection, statement: Statement) -> None:
     """Send ``statement`` (its rows unread) with the next statement of ``conn``'s transaction, in
     its round trip; now, when ``conn`` can't defer it (its engine wasn't :func:`install`-ed,
     or :func:`driver` says no)."""
-    if conn.engine not in _INSTALLED or driver(conn) is None:
-        send(conn, statement)
+    raw = driver(conn)
+    if raw is None or conn.engine not in _INSTALLED:
+        _sent(conn, raw, [statement])
         return
     _DEFERRED.setdefault(conn, []).append(statement)
 
@@ -98,36 +99,40 @@ def rows(conn: Connection, statement: Statement, before: Sequence[Statement] = (
     """The rows of ``statement``, sent after ``before`` (statements whose rows nobody reads),
     in the caller's transaction: in one round trip on psycopg's connection when :func:`driver`
     allows, else through SQLAlchemy one by one."""
-    raw = driver(conn)
-    if raw is None:
-        for sql, params in before:
-            conn.exec_driver_sql(sql, params)
-        return conn.exec_driver_sql(*statement).all()
-    _begun(conn)
-    sent = [*_DEFERRED.pop(conn, ()), *before]
-    try:
-        with raw.pipeline():
-            for sql, params in sent:
-                raw.execute(sql, params)
-            cursor = raw.cursor(row_factory=namedtuple_row)
-            cursor.execute(*statement)
-            return cursor.fetchall()
-    except psycopg.Error as exc:
-        raise _wrapped(conn, [*sent, statement], exc) from exc
+    found = _sent(conn, driver(conn), [*before, statement], rows=True)
+    assert found is not None
+    return found
 
 
 def send(conn: Connection, statement: Statement) -> None:
     """Run ``statement`` (its rows unread) in the caller's transaction, as :func:`rows` does."""
-    raw = driver(conn)
+    _sent(conn, driver(conn), [statement])
+
+
+def _sent(
+    conn: Connection, raw: psycopg.Connection[Any] | None, statements: Sequence[Statement], rows: bool = False
+) -> Sequence[Any] | None:
+    """``statements`` run in order on ``raw`` (psycopg's connection under ``conn``), in one
+    pipeline after those deferred on ``conn``; through SQLAlchemy when ``raw`` is None (the
+    deferred go first there too: :func:`_run_deferred`). With ``rows``: the last one's rows."""
+    *before, last = statements
     if raw is None:
-        conn.exec_driver_sql(*statement)
-        return
+        for sql, params in before:
+            conn.exec_driver_sql(sql, params)
+        result = conn.exec_driver_sql(*last)
+        return result.all() if rows else None
     _begun(conn)
-    sent = [*_DEFERRED.pop(conn, ()), statement]
+    sent = [*_DEFERRED.pop(conn, ()), *statements]
     try:
         with raw.pipeline():
-            for sql, params in sent:
+            for sql, params in sent[:-1]:
                 raw.execute(sql, params)
+            if not rows:
+                raw.execute(*last)
+                return None
+            cursor = raw.cursor(row_factory=namedtuple_row)
+            cursor.execute(*last)
+            return cursor.fetchall()
     except psycopg.Error as exc:
         raise _wrapped(conn, sent, exc) from exc
 
