@@ -30,7 +30,7 @@ from sqlalchemy import create_engine, text
 sys.path.insert(0, str(Path(__file__).parents[1]))
 sys.path.insert(0, str(Path(__file__).parents[2]))
 
-import search as bench_search  # bench/search/search.py
+from _catalog import query_cases, stored_catalog
 from _data import exact_top_k
 
 from imgsearch import Catalog
@@ -50,8 +50,8 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each query and setting")
     args = parser.parse_args()
-    url, data, labels, model_id = bench_search.stored_catalog(args.rows)
-    cases = bench_search.query_cases(data, labels, args.queries)
+    url, data, labels, model_id = stored_catalog(args.rows)
+    cases = query_cases(data, labels, args.queries)
     queries = np.stack([q for q, _ in cases]).astype(np.float32)
     print(f"exact top {K} of {len(queries)} queries ...", flush=True)
     truth = [set((row + 1).tolist()) for row in exact_top_k(data, queries, K)]  # ids are rows + 1

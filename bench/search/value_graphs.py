@@ -36,7 +36,7 @@ from sqlalchemy import make_url
 sys.path.insert(0, str(Path(__file__).parents[1]))
 sys.path.insert(0, str(Path(__file__).parents[2]))
 
-import search as bench_search  # bench/search/search.py
+from _catalog import clustered_with_labels, database_url, query_cases
 
 from imgsearch import Catalog
 from imgsearch.db import filter_indexes
@@ -53,15 +53,15 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=20)
     args = parser.parse_args()
     settings = Settings()
-    url = bench_search.database_url(settings.home)
+    url = database_url(settings.home)
     with Catalog.open(url, model="google/siglip-base-patch16-224", settings=settings) as catalog:
         with catalog.engine.connect() as conn:
             built = len(filter_indexes.graphs(conn, catalog.active_model.id))
         if not built:
             print("building per-category indexes ...", flush=True)
             catalog.index_filter_values("category", max(1, args.rows // 200), progress=False)
-    data, labels = bench_search.clustered_with_labels(args.rows, 768, 11)
-    cases = bench_search.query_cases(data, labels, args.queries)
+    data, labels = clustered_with_labels(args.rows, 768, 11)
+    cases = query_cases(data, labels, args.queries)
     names = [name for name, _ in cases[0][1]]
     server = make_url(url)
     conn = psycopg.connect(
