@@ -57,3 +57,14 @@ def test_ninety_seconds_through_three_faults_lose_nothing(tmp_path: Path) -> Non
     assert set(report["cpu_cores"]) == {"server", "worker", "postgres"}
     assert all(cores > 0 for cores in report["cpu_cores"].values())
     assert report["p50_before_faults_ms"] > 0 and report["p50_after_faults_ms"] > 0
+
+
+def test_the_checker_says_in_one_line_what_its_command_lacks(tmp_path: Path) -> None:
+    checker = str(ROOT / "bench" / "server" / "soak_check.py")
+    for args in ([], [str(tmp_path), "postgresql://nowhere/db"]):
+        run = subprocess.run([sys.executable, checker, *args], capture_output=True, text=True, timeout=60)
+        assert run.returncode == 2
+        assert "Traceback" not in run.stderr
+        last = run.stderr.strip().splitlines()[-1]
+        assert last.startswith("soak_check.py: error:"), run.stderr
+    assert "history.jsonl is missing" in run.stderr

@@ -30,6 +30,7 @@ The figure it produces: docs/reliability.md, with bench/server/soak.py.
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import sys
@@ -546,7 +547,15 @@ def plot(history: Path, report: dict[str, Any], path: Path) -> None:
 
 
 def main() -> int:
-    out, url = Path(sys.argv[1]), sys.argv[2]
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("out", type=Path, help="the soak run's folder (its history.jsonl)")
+    parser.add_argument("database_url", help="the soaked database")
+    args = parser.parse_args()
+    out, url = args.out, args.database_url
+    if not (out / "history.jsonl").is_file():
+        parser.error(f"{out / 'history.jsonl'} is missing: give the folder of a soak run")
     report = check(out / "history.jsonl", url)
     write(report, out)
     print(summary(report))

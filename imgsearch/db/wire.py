@@ -99,7 +99,7 @@ def rows(conn: Connection, statement: Statement, before: Sequence[Statement] = (
     """The rows of ``statement``, sent after ``before`` (statements whose rows nobody reads),
     in the caller's transaction: in one round trip on psycopg's connection when :func:`driver`
     allows, else through SQLAlchemy one by one."""
-    found = _sent(conn, driver(conn), [*before, statement], rows=True)
+    found = _sent(conn, driver(conn), [*before, statement], fetch=True)
     assert found is not None
     return found
 
@@ -110,24 +110,24 @@ def send(conn: Connection, statement: Statement) -> None:
 
 
 def _sent(
-    conn: Connection, raw: psycopg.Connection[Any] | None, statements: Sequence[Statement], rows: bool = False
+    conn: Connection, raw: psycopg.Connection[Any] | None, statements: Sequence[Statement], fetch: bool = False
 ) -> Sequence[Any] | None:
     """``statements`` run in order on ``raw`` (psycopg's connection under ``conn``), in one
     pipeline after those deferred on ``conn``; through SQLAlchemy when ``raw`` is None (the
-    deferred go first there too: :func:`_run_deferred`). With ``rows``: the last one's rows."""
+    deferred go first there too: :func:`_run_deferred`). With ``fetch``: the last one's rows."""
     *before, last = statements
     if raw is None:
         for sql, params in before:
             conn.exec_driver_sql(sql, params)
         result = conn.exec_driver_sql(*last)
-        return result.all() if rows else None
+        return result.all() if fetch else None
     _begun(conn)
     sent = [*_DEFERRED.pop(conn, ()), *statements]
     try:
         with raw.pipeline():
             for sql, params in sent[:-1]:
                 raw.execute(sql, params)
-            if not rows:
+            if not fetch:
                 raw.execute(*last)
                 return None
             cursor = raw.cursor(row_factory=namedtuple_row)
