@@ -131,7 +131,7 @@ def instrument(catalog: Catalog, tracer: Tracer, sent: list[tuple[str, Any]]) ->
         def recorded(
             conn: Any, statement: Any, *args: Any, _original: Any = original, _name: str = name
         ) -> Any:
-            sent.extend(wire._DEFERRED.get(conn, ()))
+            sent.extend(wire.deferred(conn))
             if _name == "rows":  # what goes in its round trip: the deferred, the settings, it
                 sent.extend(args[0] if args else ())
             sent.append(statement)
@@ -266,7 +266,7 @@ def python_alone(catalog: Catalog, cases: list[Any], name: str, runs: int = 2000
         first = list(answers)
 
         def replayed(conn: Any, statement: Any, before: Any = ()) -> Any:
-            wire._DEFERRED.pop(conn, None)  # the deferred scope went with the statement
+            conn._take_deferred()  # the deferred scope went with the statement
             return next(replies)
 
         wire.rows = replayed  # type: ignore[assignment]

@@ -14,8 +14,9 @@ connection invalidated, as SQLAlchemy does).
 A statement that only sets this transaction's settings (a shop's row-level security scope) may be
 :func:`defer`-red to the round trip of the next statement, whichever way that one runs: through
 :func:`rows` or :func:`send` it takes it into its pipeline; through SQLAlchemy on that connection,
-it runs it first (a ``before_cursor_execute`` listener of this module's, :func:`install`-ed on the
-engine before the connection was taken). No statement of the transaction runs without it.
+it runs it first (the connection is a :class:`Deferring` one, from :func:`begin`). No statement of
+the transaction runs without it. (An engine listener did this before: it made every connection
+of the engine dispatch its events, about 12 us a search.)
 
 Otherwise (another driver, a Citus coordinator, whose settings are commands it propagates, or a
 listener on ``before_cursor_execute``, ``after_cursor_execute`` or ``handle_error``: tracing, a
@@ -25,13 +26,13 @@ in the same order, so a listener sees every one.
 
 from __future__ import annotations
 
-import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, cast
 
 import psycopg
 from psycopg.rows import namedtuple_row
-from sqlalchemy import Connection, Engine, event
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from imgsearch.db import citus
@@ -40,41 +41,61 @@ Params = Mapping[str, Any] | Sequence[Any]
 Statement = tuple[str, Params]  # SQL in the driver's parameter style, and its values
 
 
-# statements deferred to the next one, by the connection (its transaction) they belong to
-_DEFERRED: weakref.WeakKeyDictionary[Connection, list[Statement]] = weakref.WeakKeyDictionary()
+class Deferring(Connection):
+    """A connection (:func:`begin`) that can :func:`defer` statements: whatever runs its
+    transaction's next statement sends them first. :func:`rows` and :func:`send` take them into
+    their pipeline; SQLAlchemy's own execution on it (a Select, text, the ORM's, a Sequence's next
+    value) runs them first, in order, one by one (a listener on the engine sees them). Those of a
+    transaction that ended before a statement came are dropped, never sent in the next one."""
+
+    _deferred: tuple[Any, list[Statement]] | None = None  # (the transaction, its statements)
+
+    def _take_deferred(self) -> list[Statement]:
+        """The statements deferred in this transaction, taken (none when it is not the one they
+        were deferred in)."""
+        deferred, self._deferred = self._deferred, None
+        if deferred is None or deferred[0] is not self.get_transaction():
+            return []
+        return deferred[1]
+
+    def _execute_context(self, *args: Any, **kwargs: Any) -> Any:
+        for sql, params in self._take_deferred():
+            self.exec_driver_sql(sql, params)
+        return super()._execute_context(*args, **kwargs)
+
+    def _execute_default(self, *args: Any, **kwargs: Any) -> Any:
+        for sql, params in self._take_deferred():
+            self.exec_driver_sql(sql, params)
+        return super()._execute_default(*args, **kwargs)
 
 
-def _run_deferred(
-    conn: Connection, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
-) -> tuple[str, Any]:
-    """Before SQLAlchemy runs a statement: the statements deferred on its connection, first
-    (the statement and its values go on unchanged: ``retval=True`` keeps this function itself
-    among the listeners, for :func:`driver` to tell it from others)."""
-    deferred = _DEFERRED.pop(conn, None)
-    for sql, params in deferred or ():
-        cursor.execute(sql, params)
-    return statement, parameters
-
-
-def install(engine: Engine) -> None:
-    """Let connections taken from ``engine`` from now on :func:`defer` statements (idempotent)."""
-    if engine not in _INSTALLED:
-        event.listen(engine, "before_cursor_execute", _run_deferred, retval=True)
-        _INSTALLED.add(engine)
-
-
-_INSTALLED: weakref.WeakSet[Engine] = weakref.WeakSet()
+@contextmanager
+def begin(engine: Engine) -> Iterator[Connection]:
+    """``engine.begin()`` on a :class:`Deferring` connection: a transaction, committed at the end
+    of the block (rolled back on an error), whose statements may be :func:`defer`-red."""
+    with Deferring(engine) as conn, conn.begin():
+        yield conn
 
 
 def defer(conn: Connection, statement: Statement) -> None:
     """Send ``statement`` (its rows unread) with the next statement of ``conn``'s transaction, in
-    its round trip; now, when ``conn`` can't defer it (its engine wasn't :func:`install`-ed,
-    or :func:`driver` says no)."""
+    its round trip; now, when ``conn`` can't defer it (not from :func:`begin`, or :func:`driver`
+    says no)."""
     raw = driver(conn)
-    if raw is None or conn.engine not in _INSTALLED:
+    if raw is None or not isinstance(conn, Deferring):
         _sent(conn, raw, [statement])
         return
-    _DEFERRED.setdefault(conn, []).append(statement)
+    _begun(conn)
+    transaction = conn.get_transaction()
+    if conn._deferred is None or conn._deferred[0] is not transaction:
+        conn._deferred = (transaction, [])
+    conn._deferred[1].append(statement)
+
+
+def deferred(conn: Connection) -> list[Statement]:
+    """The statements deferred on ``conn`` in its transaction, not yet sent (for a profiler)."""
+    found = conn._deferred if isinstance(conn, Deferring) else None
+    return list(found[1]) if found is not None and found[0] is conn.get_transaction() else []
 
 
 def driver(conn: Connection) -> psycopg.Connection[Any] | None:
@@ -85,9 +106,7 @@ def driver(conn: Connection) -> psycopg.Connection[Any] | None:
     # the engine's listeners (a search's connections are its own, taken from the engine); a
     # connection's joined dispatch would make an object per event asked
     dispatch = conn.engine.dispatch
-    if dispatch.after_cursor_execute or conn.dialect.dispatch.handle_error:
-        return None
-    if any(listener is not _run_deferred for listener in dispatch.before_cursor_execute):
+    if dispatch.before_cursor_execute or dispatch.after_cursor_execute or conn.dialect.dispatch.handle_error:
         return None
     if citus.on_coordinator(conn):
         return None
@@ -114,7 +133,7 @@ def _sent(
 ) -> Sequence[Any] | None:
     """``statements`` run in order on ``raw`` (psycopg's connection under ``conn``), in one
     pipeline after those deferred on ``conn``; through SQLAlchemy when ``raw`` is None (the
-    deferred go first there too: :func:`_run_deferred`). With ``fetch``: the last one's rows."""
+    deferred go first there too: :class:`Deferring`). With ``fetch``: the last one's rows."""
     *before, last = statements
     if raw is None:
         for sql, params in before:
@@ -122,7 +141,7 @@ def _sent(
         result = conn.exec_driver_sql(*last)
         return result.all() if fetch else None
     _begun(conn)
-    sent = [*_DEFERRED.pop(conn, ()), *statements]
+    sent = [*conn._take_deferred(), *statements] if isinstance(conn, Deferring) else list(statements)
     try:
         with raw.pipeline():
             for sql, params in sent[:-1]:

@@ -142,8 +142,7 @@ class Router:
         unboosted = options.boosting is not None and not self.has_boosts(filters.tenant_name())
         boosting = None if unboosted else options.boosting
         options = replace(options, min_ef=self._min_ef, row_estimate=self._rows, boosting=boosting)
-        wire.install(engine)  # before the connection is taken: the scope below may wait for the next statement
-        with engine.begin() as conn:
+        with wire.begin(engine) as conn:  # the scope below may wait for the next statement
             if lsn is not None and self.replicas is not None and not self.replicas.wait_for(conn, lsn):
                 return None
             if filters.tenant is not None:

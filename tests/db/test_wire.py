@@ -9,8 +9,9 @@ from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, Sequence, create_engine, event, func, select, text
 from sqlalchemy.exc import DataError, DBAPIError
+from sqlalchemy.orm import Session
 
 from imgsearch.db import wire
 
@@ -55,8 +56,7 @@ def test_rows_are_the_rows_sqlalchemy_gives(engine: Engine) -> None:
 
 @pytest.mark.parametrize("name", ["before_cursor_execute", "after_cursor_execute"])
 def test_a_listener_on_the_statements_sends_them_through_sqlalchemy(engine: Engine, name: str) -> None:
-    wire.install(engine)  # wire's own listener alone leaves the direct way open
-    with engine.connect() as conn:
+    with wire.begin(engine) as conn:  # wire's own deferring connection leaves the direct way open
         assert wire.driver(conn) is not None
     listener = lambda *args: None  # noqa: E731
     event.listen(engine, name, listener)
@@ -105,29 +105,71 @@ def test_a_broken_connection_is_invalidated_as_sqlalchemy_does(engine: Engine) -
 
 
 def test_a_deferred_statement_runs_before_the_next_one_either_way(engine: Engine) -> None:
-    wire.install(engine)
-    with engine.begin() as conn:  # the next one on psycopg's connection: in its round trip
+    with wire.begin(engine) as conn:  # the next one on psycopg's connection: in its round trip
         wire.defer(conn, SCOPE)
+        assert wire.deferred(conn) == [SCOPE]
         assert wire.rows(conn, (TENANT + " AS tenant", {}))[0].tenant == "acme"
-    with engine.begin() as conn:  # through SQLAlchemy (a Select, a listener's statement): first
+        assert wire.deferred(conn) == []
+    with wire.begin(engine) as conn:  # through SQLAlchemy (a Select, a listener's statement): first
         wire.defer(conn, SCOPE)
         assert conn.execute(text(TENANT)).scalar() == "acme"
-    with engine.begin() as conn:
+    with wire.begin(engine) as conn:
         wire.defer(conn, SCOPE)
         wire.send(conn, ("SELECT set_config('imgsearch.tenant', %(tenant)s, true)", {"tenant": "globex"}))
         assert conn.execute(text(TENANT)).scalar() == "globex"  # in order: the deferred one first
-    with engine.begin() as conn:  # each transaction its own: nothing deferred is left over
+    with wire.begin(engine) as conn:  # each transaction its own: nothing deferred is left over
         assert conn.execute(text(TENANT)).scalar() in (None, "")
 
 
-def test_an_engine_not_installed_sends_a_deferred_statement_at_once(database_url: str) -> None:
-    engine = create_engine(database_url)
-    try:
-        with engine.begin() as conn:
+@pytest.mark.parametrize("way", ["scalar", "exec_driver_sql", "core select", "orm session", "sequence"])
+def test_every_way_sqlalchemy_executes_runs_the_deferred_first(engine: Engine, way: str) -> None:
+    tenant = func.current_setting("imgsearch.tenant", True)
+    with wire.begin(engine) as conn:
+        wire.defer(conn, SCOPE)
+        if way == "scalar":
+            assert conn.scalar(text(TENANT)) == "acme"
+        elif way == "exec_driver_sql":
+            assert conn.exec_driver_sql(TENANT).scalar() == "acme"
+        elif way == "core select":
+            assert conn.execute(select(tenant)).scalar() == "acme"
+        elif way == "orm session":
+            with Session(bind=conn) as session:
+                assert session.scalar(select(tenant)) == "acme"
+        else:  # a Sequence's next value runs on the cursor, past SQLAlchemy's statement execution
+            conn.exec_driver_sql("CREATE TEMPORARY SEQUENCE wire_seq")
             wire.defer(conn, SCOPE)
-            driver_conn = conn.connection.driver_connection
-            assert isinstance(driver_conn, psycopg.Connection)
-            row = driver_conn.execute(TENANT).fetchone()  # past SQLAlchemy: it ran already
-            assert row is not None and row[0] == "acme"
-    finally:
-        engine.dispose()
+            assert conn.scalar(Sequence("wire_seq")) == 1
+            assert wire.deferred(conn) == []  # sent before the sequence's statement
+            assert wire.rows(conn, (TENANT + " AS tenant", {}))[0].tenant == "acme"
+
+
+def test_a_listener_sees_the_deferred_statement(engine: Engine) -> None:
+    seen: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda conn, cursor, statement, *args: seen.append(statement))
+    with wire.begin(engine) as conn:
+        wire.defer(conn, SCOPE)  # a listener: sent at once, through SQLAlchemy
+        assert seen == [SCOPE[0]]
+        assert wire.rows(conn, (TENANT + " AS tenant", {}))[0].tenant == "acme"
+    assert seen == [SCOPE[0], TENANT + " AS tenant"]
+
+
+def test_a_deferred_statement_of_an_ended_transaction_is_dropped(engine: Engine) -> None:
+    with wire.Deferring(engine) as conn:  # transactions begun and ended by hand
+        wire.defer(conn, SCOPE)
+        conn.rollback()  # the transaction ends before any statement came
+        assert wire.deferred(conn) == []
+        assert conn.execute(text(TENANT)).scalar() in (None, "")  # the next one is not scoped
+        assert wire.rows(conn, (TENANT + " AS tenant", {}))[0].tenant in (None, "")
+        conn.commit()
+        wire.defer(conn, SCOPE)
+        conn.commit()
+        assert wire.rows(conn, (TENANT + " AS tenant", {}))[0].tenant in (None, "")
+
+
+def test_a_connection_not_from_begin_sends_a_deferred_statement_at_once(engine: Engine) -> None:
+    with engine.begin() as conn:
+        wire.defer(conn, SCOPE)
+        driver_conn = conn.connection.driver_connection
+        assert isinstance(driver_conn, psycopg.Connection)
+        row = driver_conn.execute(TENANT).fetchone()  # past SQLAlchemy: it ran already
+        assert row is not None and row[0] == "acme"
