@@ -9,7 +9,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import Engine, Sequence, create_engine, event, func, select, text
+from sqlalchemy import Connection, Engine, Sequence, create_engine, event, func, select, text
 from sqlalchemy.exc import DataError, DBAPIError
 from sqlalchemy.orm import Session
 
@@ -141,6 +141,29 @@ def test_every_way_sqlalchemy_executes_runs_the_deferred_first(engine: Engine, w
             assert conn.scalar(Sequence("wire_seq")) == 1
             assert wire.deferred(conn) == []  # sent before the sequence's statement
             assert wire.rows(conn, (TENANT + " AS tenant", {}))[0].tenant == "acme"
+
+
+@pytest.mark.parametrize("on", ["engine", "every connection"])
+def test_a_listener_on_the_transactions_sees_a_deferring_connections(
+    engine: Engine, on: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with wire.begin(engine) as conn:  # nothing listens: the connection joins no dispatch
+        conn.exec_driver_sql("SELECT 1")
+    seen: list[str] = []
+
+    def commit(conn: Any) -> None:
+        seen.append("commit")
+
+    target: Any = engine if on == "engine" else Connection
+    # a listener marks its target for good: the other tests' connections go back to none
+    monkeypatch.setattr(target, "_has_events", target._has_events)
+    event.listen(target, "commit", commit)
+    try:
+        with wire.begin(engine) as conn:
+            conn.exec_driver_sql("SELECT 1")
+    finally:
+        event.remove(target, "commit", commit)
+    assert seen == ["commit"]
 
 
 def test_a_listener_sees_the_deferred_statement(engine: Engine) -> None:
