@@ -14,9 +14,9 @@ connection invalidated, as SQLAlchemy does).
 A statement that only sets this transaction's settings (a shop's row-level security scope) may be
 :func:`defer`-red to the round trip of the next statement, whichever way that one runs: through
 :func:`rows` or :func:`send` it takes it into its pipeline; through SQLAlchemy on that connection,
-it runs it first (the connection is a :class:`Deferring` one, from :func:`begin`). No statement of
-the transaction runs without it. (An engine listener did this before: it made every connection
-of the engine dispatch its events, about 12 us a search.)
+it runs it first (the connection is a :class:`Deferring` one, from :func:`begin`; not a listener on
+the engine, which would make each of its connections dispatch events: 12 us a search). No
+statement of the transaction runs without it.
 
 Otherwise (another driver, a Citus coordinator, whose settings are commands it propagates, or a
 listener on ``before_cursor_execute``, ``after_cursor_execute`` or ``handle_error``: tracing, a
