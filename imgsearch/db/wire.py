@@ -50,22 +50,35 @@ class Deferring(Connection):
 
     _deferred: tuple[Any, list[Statement]] | None = None  # (the transaction, its statements)
 
-    def _take_deferred(self) -> list[Statement]:
-        """The statements deferred in this transaction, taken (none when it is not the one they
-        were deferred in)."""
-        deferred, self._deferred = self._deferred, None
-        if deferred is None or deferred[0] is not self.get_transaction():
-            return []
-        return deferred[1]
+    def _pending(self) -> list[Statement] | None:
+        """The statements deferred in this transaction (None when none were, or only in one that
+        has ended)."""
+        deferred = self._deferred
+        return deferred[1] if deferred is not None and deferred[0] is self.get_transaction() else None
 
-    def _execute_context(self, *args: Any, **kwargs: Any) -> Any:
+    def _take_deferred(self) -> list[Statement]:
+        """The statements deferred in this transaction, taken."""
+        pending, self._deferred = self._pending(), None
+        return pending or []
+
+    def _defer(self, statement: Statement) -> None:
+        pending = self._pending()
+        if pending is None:
+            pending = []
+            self._deferred = (self.get_transaction(), pending)
+        pending.append(statement)
+
+    def _send_deferred(self) -> None:
+        """The deferred statements through SQLAlchemy, before the one it is about to execute."""
         for sql, params in self._take_deferred():
             self.exec_driver_sql(sql, params)
+
+    def _execute_context(self, *args: Any, **kwargs: Any) -> Any:
+        self._send_deferred()
         return super()._execute_context(*args, **kwargs)
 
     def _execute_default(self, *args: Any, **kwargs: Any) -> Any:
-        for sql, params in self._take_deferred():
-            self.exec_driver_sql(sql, params)
+        self._send_deferred()
         return super()._execute_default(*args, **kwargs)
 
 
@@ -89,16 +102,12 @@ def defer(conn: Connection, statement: Statement) -> None:
         _sent(conn, raw, [statement])
         return
     _begun(conn)
-    transaction = conn.get_transaction()
-    if conn._deferred is None or conn._deferred[0] is not transaction:
-        conn._deferred = (transaction, [])
-    conn._deferred[1].append(statement)
+    conn._defer(statement)
 
 
 def deferred(conn: Connection) -> list[Statement]:
     """The statements deferred on ``conn`` in its transaction, not yet sent (for a profiler)."""
-    found = conn._deferred if isinstance(conn, Deferring) else None
-    return list(found[1]) if found is not None and found[0] is conn.get_transaction() else []
+    return list((conn._pending() if isinstance(conn, Deferring) else None) or ())
 
 
 def driver(conn: Connection) -> psycopg.Connection[Any] | None:
