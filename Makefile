@@ -44,8 +44,12 @@ $(CHROMIUM):
 demo: install
 	$(VENV)/bin/imgsearch demo
 
+# two pytest processes (pytest-xdist): most tests wait on processes they started (workers, servers,
+# a browser), so two keep a 2-core box busy; each has its own embedded server and tiny models.
+# TEST_JOBS=0 runs the suite in one process.
+TEST_JOBS ?= 2
 test: install citus $(CHROMIUM) $(TSCLIENT)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_JOBS) --dist worksteal
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -26,6 +26,9 @@ from imgsearch.settings import Settings
 from tests.helpers import FileServer, Workers, wait_until
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
+# the flushed-broker test empties a Redis database of its own, so tests running beside it (pytest -n)
+# keep their wake-ups
+FLUSHED_REDIS_URL = "redis://127.0.0.1:6379/13"
 
 
 def jpeg(seed: int, size: int = 64, quality: int = 90) -> bytes:
@@ -39,13 +42,20 @@ def jpeg(seed: int, size: int = 64, quality: int = 90) -> bytes:
 
 
 @pytest.fixture
-def setup(database_url: str, tiny_siglip: Path, tmp_path: Path) -> Iterator[tuple[Catalog, Workers, str]]:
+def redis_url() -> str:
+    return REDIS_URL
+
+
+@pytest.fixture
+def setup(
+    database_url: str, tiny_siglip: Path, tmp_path: Path, redis_url: str
+) -> Iterator[tuple[Catalog, Workers, str]]:
     queue = f"imgsearch-test-{uuid.uuid4().hex[:8]}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMGSEARCH_")}
     env.update(
         IMGSEARCH_DATABASE_URL=database_url,
         IMGSEARCH_MODEL=str(tiny_siglip),
-        IMGSEARCH_REDIS_URL=REDIS_URL,
+        IMGSEARCH_REDIS_URL=redis_url,
         IMGSEARCH_QUEUE=queue,
         IMGSEARCH_SWEEP_SECONDS="1",
         IMGSEARCH_BATCH_SIZE="16",
@@ -54,14 +64,14 @@ def setup(database_url: str, tiny_siglip: Path, tmp_path: Path) -> Iterator[tupl
         # a worker killed with SIGKILL can't remove its beat schedule files: keep them in this test's folder
         TMPDIR=str(tmp_path),
     )
-    settings = Settings(redis_url=REDIS_URL, queue=queue, wake_workers=True, batch_size=16)
+    settings = Settings(redis_url=redis_url, queue=queue, wake_workers=True, batch_size=16)
     workers = Workers(env, tmp_path)
     with Catalog.open(database_url, model=str(tiny_siglip), settings=settings) as catalog:
         try:
             yield catalog, workers, queue
         finally:
             workers.stop_all()
-            redis.Redis.from_url(REDIS_URL).delete(queue)
+            redis.Redis.from_url(redis_url).delete(queue)
 
 
 def counts(catalog: Catalog) -> dict[str, int]:
@@ -150,12 +160,13 @@ def test_killed_worker_loses_nothing_and_embeds_each_image_once(setup: tuple[Cat
     assert all(attempts[i] >= 2 for i in stranded), "stranded rows were claimed again after their lease"
 
 
-def test_flushed_broker_loses_nothing(setup: tuple[Catalog, Workers, str]) -> None:
+@pytest.mark.parametrize("redis_url", [FLUSHED_REDIS_URL])
+def test_flushed_broker_loses_nothing(setup: tuple[Catalog, Workers, str], redis_url: str) -> None:
     catalog, workers, queue = setup
     catalog.add_many({"image": jpeg(i), "tenant": "acme", "product_id": f"p{i}"} for i in range(40))
-    broker = redis.Redis.from_url(REDIS_URL)
+    broker = redis.Redis.from_url(redis_url)
     assert broker.llen(queue) > 0, "uploads woke the workers through Redis"
-    broker.flushall()
+    broker.flushdb()  # everything the broker held: its queue, unacknowledged messages, bindings
     assert broker.llen(queue) == 0
     workers.start()
     wait_until(lambda: counts(catalog).get("ready") == 40, 180, workers, "40 ready images after FLUSHALL")
