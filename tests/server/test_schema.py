@@ -30,11 +30,12 @@ def fuzzed(
     server_url: str, template_db: str, tiny_siglip: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Api]:
     """A server of its own (what Schemathesis writes stays in its database), taking image URLs
-    from the tests' file server on 127.0.0.1."""
+    from the tests' file server on 127.0.0.1, with its model loaded before the first request."""
     api = start_api(
         new_database(server_url, template_db),
         tiny_siglip,
         tmp_path_factory.mktemp("fuzzed"),
+        "--preload",
         IMGSEARCH_DOWNLOAD_ALLOW="127.0.0.1",
         IMGSEARCH_MAX_BATCH_ITEMS="20",
     )
