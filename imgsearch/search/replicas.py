@@ -4,7 +4,7 @@ A :class:`Replicas` holds a search pool per standby (``IMGSEARCH_REPLICA_URLS``)
 out round robin, skipping a replica that failed a moment ago (:data:`DOWN_SECONDS`) or lags more
 than ``max_lag_seconds``; with none left, the catalog searches on the primary. Lag is read from
 the replica itself every :data:`LAG_CHECK_SECONDS`: 0 when it has replayed all it received, else
-the age of the last transaction it replayed.
+the age of the last transaction it replayed (its uptime, when it has replayed none since it started).
 
 Read-your-writes (``consistent=True``): the catalog reads the primary's WAL position when the
 search starts (every write acknowledged before it lies below), and a replica answers only once
@@ -40,10 +40,12 @@ DOWN_SECONDS = 5.0  # a replica that failed is left out this long, then tried ag
 LAG_CHECK_SECONDS = 2.0
 WAIT_POLL_SECONDS = 0.002
 
+# a standby that has replayed no transaction since it started has no replay timestamp: behind, it
+# lags at least since its start (read as 0, a paused or stuck standby just restarted kept searching)
 LAG_SQL = text(
     "SELECT pg_is_in_recovery(), CASE WHEN pg_last_wal_receive_lsn() IS NULL "
-    "OR pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 "
-    "ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp()) END"
+    "OR pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn() THEN 0 "
+    "ELSE extract(epoch FROM now() - coalesce(pg_last_xact_replay_timestamp(), pg_postmaster_start_time())) END"
 )
 
 
