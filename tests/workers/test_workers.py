@@ -43,6 +43,7 @@ def jpeg(seed: int, size: int = 64, quality: int = 90) -> bytes:
 
 @pytest.fixture
 def redis_url() -> str:
+    """The workers' broker; the flushed-broker test gives its own."""
     return REDIS_URL
 
 
@@ -169,7 +170,7 @@ def test_flushed_broker_loses_nothing(setup: tuple[Catalog, Workers, str], redis
     broker.flushdb()  # everything the broker held: its queue, unacknowledged messages, bindings
     assert broker.llen(queue) == 0
     workers.start()
-    wait_until(lambda: counts(catalog).get("ready") == 40, 180, workers, "40 ready images after FLUSHALL")
+    wait_until(lambda: counts(catalog).get("ready") == 40, 180, workers, "40 ready images after FLUSHDB")
     assert embeddings_per_image(catalog) == [1] * 40
 
 
