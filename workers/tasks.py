@@ -228,10 +228,13 @@ def evict_cached_texts() -> int:
 @worker_process_init.connect
 def start_text_listener(**_: Any) -> None:
     """Each worker process (solo or a prefork child) answers ``search_text`` from a thread of its
-    own, on a connection of its own that listens for the requests."""
+    own, on a connection of its own that listens for the requests once the thread has loaded the
+    model (``imgsearch status`` counts those connections)."""
     global _listener
     if _listener is None:
         settings = Settings()
         conninfo = db_engine.libpq_conninfo(make_url(db_engine.resolve_url(settings)))
-        _listener = text_requests.Listener(conninfo, answer_text_requests, evict_cached_texts)
+        _listener = text_requests.Listener(
+            conninfo, answer_text_requests, evict_cached_texts, prepare=runtime
+        )
         _listener.start()

@@ -102,6 +102,7 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
         current = queue.status(eng)
         if args.wait is not None:
             current = _wait(eng, current, args.wait)
+        answering = _answering(eng, args.wait_worker)
     finally:
         eng.dispose()
     print("images: " + ", ".join(f"{state} {count}" for state, count in current.counts.items()))
@@ -109,6 +110,7 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
     print(f"queue {settings.queue!r}: " + ("broker unreachable" if depth is None else f"{depth} messages"))
     age = current.oldest_pending_seconds
     print("oldest pending: " + ("none" if age is None else f"{age:.0f} s"))
+    print(f"workers answering search_text: {answering}")
     if settings.replica_urls:
         from imgsearch.search.replicas import Replicas
 
@@ -128,6 +130,34 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
         for image_id, tenant, error in current.latest_errors:
             print(f"  image {image_id} ({tenant}): {error}")
     return 0
+
+
+def _answering(eng: Engine, timeout: float | None) -> int:
+    """Workers whose model is loaded and who listen for ``search_text``'s requests; with a timeout,
+    first wait until there is one."""
+    from imgsearch.work import text_requests
+
+    deadline = time.monotonic() + (timeout or 0.0)
+    shown = False
+    while True:
+        with eng.connect() as conn:
+            answering = text_requests.listening(conn)
+        if answering or timeout is None:
+            break
+        if time.monotonic() >= deadline:
+            if shown:
+                print(file=sys.stderr)
+            raise ImgSearchError(
+                f"no worker answers search_text after {timeout:g} s: start one with `imgsearch worker` "
+                "(a worker answers once its model is loaded)"
+            )
+        if sys.stderr.isatty() and not shown:
+            print("waiting for a worker to load its model", end="", file=sys.stderr, flush=True)
+            shown = True
+        time.sleep(0.2)
+    if shown:
+        print("\r" + " " * 40 + "\r", end="", file=sys.stderr, flush=True)
+    return answering
 
 
 def _wait(eng: Engine, current: QueueStatus, timeout: float) -> QueueStatus:
@@ -192,7 +222,8 @@ def register(commands: Subparsers) -> None:
     status = commands.add_parser(
         "status",
         help="embedding progress and errors",
-        description="Counts per state, queue depth, oldest pending image, latest errors.",
+        description="Counts per state, queue depth, oldest pending image, workers answering "
+        "search_text, latest errors.",
     )
     status.add_argument(
         "--wait",
@@ -203,6 +234,16 @@ def register(commands: Subparsers) -> None:
         metavar="SECONDS",
         help="first wait until no image is pending or embedding (default at most 600 s; "
         "exit 2 with one line if they still are)",
+    )
+    status.add_argument(
+        "--wait-worker",
+        type=seconds,
+        nargs="?",
+        const=120.0,
+        default=None,
+        metavar="SECONDS",
+        help="first wait until a worker answers search_text, its model loaded (default at most "
+        "120 s; exit 2 with one line if none does)",
     )
     status.set_defaults(func=_status)
 

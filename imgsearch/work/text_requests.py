@@ -37,6 +37,9 @@ BATCH = 32  # texts per forward pass
 FALLBACK_SECONDS = 5.0  # a listener looks for requests this often when no notification came
 MAX_CACHED_TEXTS = 100_000  # rows of imgsearch.text_embeddings kept; the oldest go first
 EVICT_SECONDS = 60.0
+# the application_name of a listener's connection, made once its worker's model is loaded: each
+# such connection is a worker that answers search_text now (:func:`listening`)
+LISTENER_NAME = "imgsearch text listener"
 
 
 def _as_worker(conn: Connection) -> None:
@@ -182,19 +185,38 @@ def answer_pending(
         answered += len(done)
 
 
+def listening(conn: Connection) -> int:
+    """How many workers answer ``search_text`` on this database now: their listeners' connections
+    (each made once its worker's model is loaded)."""
+    return int(
+        conn.execute(
+            text(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND application_name = :name"
+            ),
+            {"name": LISTENER_NAME},
+        ).scalar_one()
+    )
+
+
 class Listener:
     """A daemon thread that answers ``search_text``'s requests: woken by ``NOTIFY``, with a look
-    every :data:`FALLBACK_SECONDS` in case a notification was missed (a reconnect)."""
+    every :data:`FALLBACK_SECONDS` in case a notification was missed (a reconnect).
+
+    ``prepare`` (the worker's model loading) runs in the thread before it connects, so a listening
+    connection (:data:`LISTENER_NAME`, :func:`listening`) is a worker ready to answer at once."""
 
     def __init__(
         self,
         conninfo: str,
         answer: Callable[[], int],
         evict_old: Callable[[], int] | None = None,
+        prepare: Callable[[], object] | None = None,
     ) -> None:
         self.conninfo = conninfo
         self.answer = answer
         self.evict_old = evict_old
+        self.prepare = prepare
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._run, name="imgsearch-text-requests", daemon=True)
         self._evicted = 0.0
@@ -209,7 +231,11 @@ class Listener:
     def _run(self) -> None:
         while not self.stopped.is_set():
             try:
-                with psycopg.connect(self.conninfo, autocommit=True, connect_timeout=10) as conn:
+                if self.prepare is not None:
+                    self.prepare()
+                with psycopg.connect(
+                    self.conninfo, autocommit=True, connect_timeout=10, application_name=LISTENER_NAME
+                ) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     self._serve()  # requests that came while no one listened
                     while not self.stopped.is_set():

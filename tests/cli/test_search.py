@@ -256,6 +256,7 @@ def test_status_after_ingest(shop: dict[str, str]) -> None:
     assert lines[0] == "images: pending 0, embedding 0, ready 36, failed 0"
     assert lines[1] == "queue 'imgsearch': broker unreachable"
     assert lines[2] == "oldest pending: none"
+    assert lines[3] == "workers answering search_text: 0"
 
 
 def test_empty_huge_and_unknown_inputs_are_one_line(shop: dict[str, str], tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ from imgsearch.access import tenancy
 from imgsearch.db import embedded
 from imgsearch.settings import Settings
 from imgsearch.work import reembed
-from tests.helpers import Workers, wait_until
+from tests.helpers import Workers, run_cli, wait_until
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 PSQL = Path(embedded._ep().__file__).parent / "pginstall" / "bin" / "psql"
@@ -35,6 +35,7 @@ CATEGORIES = ["shoes", "bags", "lamps"]
 class Setup:
     catalog: Catalog
     workers: Workers
+    env: dict[str, str]  # the workers' settings
     host: str
     database: str
     login: str  # a console login of tenant shop_a
@@ -79,6 +80,11 @@ class Setup:
             host=self.host, user=user, password=password, dbname=self.database, autocommit=True
         )
 
+    def status(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """``imgsearch status ARGS`` on this catalog."""
+        settings = {k: v for k, v in self.env.items() if k.startswith("IMGSEARCH_")}
+        return run_cli("status", *args, **settings)
+
     def cached(self) -> int:
         with self.catalog.engine.connect() as conn:
             return int(conn.execute(text("SELECT count(*) FROM imgsearch.text_embeddings")).scalar_one())
@@ -115,7 +121,7 @@ def setup(database_url: str, tiny_siglip: Path, tmp_path: Path) -> Iterator[Setu
         password = tenancy.create_login(catalog.engine, login, "shop_a")
         workers = Workers(env, tmp_path)
         try:
-            yield Setup(catalog, workers, str(url.query["host"]), str(url.database), login, password)
+            yield Setup(catalog, workers, env, str(url.query["host"]), str(url.database), login, password)
         finally:
             workers.stop_all()
             redis.Redis.from_url(REDIS_URL).delete(queue)
@@ -142,13 +148,10 @@ def same(a: list[tuple[int, float]], b: list[tuple[int, float]]) -> bool:
 
 def test_a_worker_embeds_the_text_then_the_cache_answers_without_one(setup: Setup) -> None:
     setup.workers.start()
+    ready = setup.status("--wait-worker", "120")  # until the worker has loaded its model
+    assert ready.returncode == 0, ready.stderr + setup.workers.log_tail()
     sql = "SELECT image_id, product_id, distance, probability FROM imgsearch.search_text('red leather sneakers', 5, category => 'shoes', price_max => 200)"
-    deadline = time.monotonic() + 90
-    while True:  # the worker loads its model first
-        done = setup.psql(sql)
-        if done.returncode == 0 or time.monotonic() > deadline:
-            break
-        time.sleep(1)
+    done = setup.psql(sql)  # answered within the console's 3 s
     assert done.returncode == 0, done.stderr + setup.workers.log_tail()
     rows = [line.split("|") for line in done.stdout.splitlines()]
     assert len(rows) == 5
@@ -174,6 +177,40 @@ def test_a_worker_embeds_the_text_then_the_cache_answers_without_one(setup: Setu
     assert missing.returncode != 0
     assert "no imgsearch worker answered within 3 s: start one with `imgsearch worker`" in missing.stderr
     assert 3 <= time.monotonic() - started < 15
+
+
+def test_status_counts_the_workers_that_answer_and_waits_for_one(setup: Setup) -> None:
+    """A worker listens for search_text's requests only once its model is loaded: ``status
+    --wait-worker`` returns then, and a console's first text is answered within its timeout; with
+    no worker, the wait gives up with one line."""
+    none = setup.status("--wait-worker", "0.5")
+    assert none.returncode == 2 and none.stdout == ""
+    assert none.stderr.strip().splitlines() == [
+        "imgsearch: no worker answers search_text after 0.5 s: start one with `imgsearch worker` "
+        "(a worker answers once its model is loaded)"
+    ]
+    assert "workers answering search_text: 0" in setup.status().stdout.splitlines()
+    setup.workers.start()
+    setup.workers.start("--concurrency", "2")  # a prefork parent, whose two children each answer
+    started = time.monotonic()
+    ready = setup.status("--wait-worker", "120")
+    assert ready.returncode == 0, ready.stderr + setup.workers.log_tail()
+    assert "embedder" in setup.workers.log_tail()  # loaded before it listened
+    rows = setup.rows("SELECT * FROM imgsearch.search_text('green canvas tote', 5)")  # 3 s at most
+    assert same(as_hits(rows), library(setup.catalog, "green canvas tote"))
+    wait_until(
+        lambda: "workers answering search_text: 3" in setup.status().stdout.splitlines(),
+        120 - (time.monotonic() - started),
+        setup.workers,
+        "three listeners",
+    )
+    setup.workers.stop_all()
+    wait_until(
+        lambda: "workers answering search_text: 0" in setup.status().stdout.splitlines(),
+        30,
+        setup.workers,
+        "the killed workers' listeners to go",
+    )
 
 
 def test_the_library_and_the_console_share_the_text_cache(setup: Setup) -> None:
