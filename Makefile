@@ -44,10 +44,9 @@ $(CHROMIUM):
 demo: install
 	$(VENV)/bin/imgsearch demo
 
-# TEST_JOBS=2 runs two pytest processes (pytest-xdist), each with its own embedded server and tiny
-# models: most tests wait on processes they start, so two take about 0.6x the time on 2 cores. Not
-# yet the default: beside a second process, a few tests' fixed waits still run out (see issue 46's note)
-TEST_JOBS ?= 0
+# two pytest processes (pytest-xdist), each with its own embedded server and tiny models: most tests
+# wait on processes they start, so two take about 0.6x the time of one on 2 cores (TEST_JOBS=0: one)
+TEST_JOBS ?= 2
 test: install citus $(CHROMIUM) $(TSCLIENT)
 	$(PY) -m pytest -q -n $(TEST_JOBS) --dist worksteal
 

@@ -1,10 +1,10 @@
 """Shared fixtures: one real embedded PostgreSQL + pgvector per test session.
 
 Every test that needs a database gets a fresh one, cloned from a migrated template, so
-tests are isolated without sharing rows. ``make test TEST_JOBS=2`` runs two pytest processes
-(pytest-xdist): each is a session of its own, with its own server, template, Citus cluster and
-tiny models, so a test shares nothing with the tests running beside it but the local Redis, where
-each uses queues of its own.
+tests are isolated without sharing rows. ``make test`` runs two pytest processes (pytest-xdist;
+``TEST_JOBS=0`` for one): each is a session of its own, with its own server, template, Citus
+cluster and tiny models, so a test shares nothing with the tests running beside it but the local
+Redis, where each uses queues of its own.
 """
 
 from __future__ import annotations
