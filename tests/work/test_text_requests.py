@@ -190,6 +190,8 @@ def test_status_counts_the_workers_that_answer_and_waits_for_one(setup: Setup) -
         "(a worker answers once its model is loaded)"
     ]
     assert "workers answering search_text: 0" in setup.status().stdout.splitlines()
+    bad = setup.status("--wait-worker", "soon")
+    assert bad.returncode == 2 and "must be a number of seconds" in bad.stderr
     setup.workers.start()
     setup.workers.start("--concurrency", "2")  # a prefork parent, whose two children each answer
     started = time.monotonic()
