@@ -93,12 +93,13 @@ class Metrics:
 
 
 class CatalogCollector(Collector):
-    """Images per state and queue depth, read when scraped (``read`` returns both; a depth of
-    None: the broker can't be reached)."""
+    """Images per state, queue depth and the workers answering ``search_text``, read when scraped
+    (``read`` returns the three; a depth of None: the broker can't be reached; a worker count of
+    None: the database can't)."""
 
     def __init__(
         self,
-        read: Callable[[], tuple[dict[str, int], int | None]],
+        read: Callable[[], tuple[dict[str, int], int | None, int | None]],
         lags: Callable[[], dict[str, float | None]] | None = None,
     ) -> None:
         self._read = read
@@ -121,7 +122,7 @@ class CatalogCollector(Collector):
                     lag.add_metric([name], seconds)
             yield lag
             yield up
-        counts, depth = self._read()
+        counts, depth, answering = self._read()
         images = GaugeMetricFamily("imgsearch_images", "Images in the catalog by state.", labels=["state"])
         for state, count in counts.items():
             images.add_metric([state], count)
@@ -133,3 +134,9 @@ class CatalogCollector(Collector):
         yield GaugeMetricFamily(
             "imgsearch_broker_up", "Whether the Celery broker answered.", value=0 if depth is None else 1
         )
+        if answering is not None:
+            yield GaugeMetricFamily(
+                "imgsearch_text_workers",
+                "Workers answering the SQL function imgsearch.search_text (their model loaded).",
+                value=answering,
+            )

@@ -10,8 +10,11 @@ import threading
 from pathlib import Path
 
 import httpx
-from sqlalchemy import text
+import psycopg
+from sqlalchemy import make_url, text
 
+from imgsearch.db.engine import libpq_conninfo
+from imgsearch.work import text_requests
 from tests.conftest import new_database
 from tests.helpers import unit
 from tests.server.conftest import Api, problem, start_api
@@ -177,6 +180,13 @@ def test_metrics_and_request_logs(api: Api, tenant: str) -> None:
     assert hnsw - metric(before, "imgsearch_search_plans_total", strategy="hnsw") == 1
     assert metric(body, "imgsearch_images", state="ready") >= 3
     assert "imgsearch_queue_depth" in body and metric(body, "imgsearch_broker_up") == 1
+    # no worker answers search_text here; a listener's connection (what a worker makes once its
+    # model is loaded: tests/work/test_text_requests.py) counts
+    assert "imgsearch_text_workers 0.0" in body.splitlines()
+    with psycopg.connect(
+        libpq_conninfo(make_url(api.database_url)), application_name=text_requests.LISTENER_NAME
+    ):
+        assert metric(httpx.get(f"{api.url}/metrics").text, "imgsearch_text_workers") == 1
     lines = [json.loads(line) for line in api.log_text().splitlines() if line.startswith("{")]
     mine = [line for line in lines if line.get("request_id") == "trace-abc.123"]
     assert len(mine) == 1

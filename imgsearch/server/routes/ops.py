@@ -15,7 +15,7 @@ from imgsearch.catalog import Catalog
 from imgsearch.db import migrate
 from imgsearch.server.metrics import CatalogCollector, Metrics
 from imgsearch.server.problems import PROBLEM_TYPES, problem
-from imgsearch.work import queue, wake
+from imgsearch.work import queue, text_requests, wake
 
 router = APIRouter(tags=["operations"])
 
@@ -66,12 +66,15 @@ def metrics(request: Request) -> Response:
     collector = None
     if catalog is not None:
 
-        def read() -> tuple[dict[str, int], int | None]:
+        def read() -> tuple[dict[str, int], int | None, int | None]:
+            answering: int | None
             try:
                 counts = queue.status(catalog.engine, errors=0).counts
+                with catalog.engine.connect() as conn:
+                    answering = text_requests.listening(conn)
             except Exception:  # a scrape still answers, with what it can read
-                counts = {}
-            return counts, wake.queue_depth(catalog.settings.redis_url, catalog.settings.queue)
+                counts, answering = {}, None
+            return counts, wake.queue_depth(catalog.settings.redis_url, catalog.settings.queue), answering
 
         replicas = catalog.replicas
         collector = CatalogCollector(read, replicas.lags if replicas else None)
