@@ -38,7 +38,8 @@ FALLBACK_SECONDS = 5.0  # a listener looks for requests this often when no notif
 MAX_CACHED_TEXTS = 100_000  # rows of imgsearch.text_embeddings kept; the oldest go first
 EVICT_SECONDS = 60.0
 # the application_name of a listener's connection, made once its worker's model is loaded: each
-# such connection is a worker that answers search_text now (:func:`listening`)
+# such connection is a worker that answers search_text now (:func:`listening`; search_text's
+# timeout error counts them too: migration 0028)
 LISTENER_NAME = "imgsearch text listener"
 
 

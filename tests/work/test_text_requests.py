@@ -23,7 +23,7 @@ from imgsearch import Catalog
 from imgsearch.access import tenancy
 from imgsearch.db import embedded
 from imgsearch.settings import Settings
-from imgsearch.work import reembed
+from imgsearch.work import reembed, text_requests
 from tests.helpers import Workers, run_cli, wait_until
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -175,8 +175,23 @@ def test_a_worker_embeds_the_text_then_the_cache_answers_without_one(setup: Setu
     started = time.monotonic()
     missing = setup.psql("SELECT * FROM imgsearch.search_text('a text no worker embedded', 5)")
     assert missing.returncode != 0
-    assert "no imgsearch worker answered within 3 s: start one with `imgsearch worker`" in missing.stderr
+    assert (
+        "no imgsearch worker answered within 3 s: start one with `imgsearch worker` (none listens; a "
+        "worker just started listens once its model is loaded: `imgsearch status --wait-worker` waits "
+        "for it)"
+    ) in missing.stderr
     assert 3 <= time.monotonic() - started < 15
+    # a worker that listens but doesn't answer in time (here a bare connection under a listener's
+    # name): the error says so, and how to wait longer
+    with psycopg.connect(
+        host=setup.host, user="postgres", dbname=setup.database, application_name=text_requests.LISTENER_NAME
+    ):
+        busy = setup.psql("SELECT * FROM imgsearch.search_text('a text no worker embeds', 5)")
+    assert busy.returncode != 0
+    assert (
+        "no imgsearch worker answered within 3 s (1 listening): busy or slow; SET "
+        "imgsearch.text_timeout to wait longer, or start more with `imgsearch worker`"
+    ) in busy.stderr
 
 
 def test_status_counts_the_workers_that_answer_and_waits_for_one(setup: Setup) -> None:
