@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import html
 from typing import Any
 
@@ -67,13 +68,13 @@ def metrics(request: Request) -> Response:
     if catalog is not None:
 
         def read() -> tuple[dict[str, int], int | None, int | None]:
-            answering: int | None
-            try:
+            # a scrape still answers, with what it can read
+            counts: dict[str, int] = {}
+            answering: int | None = None
+            with contextlib.suppress(Exception):
                 counts = queue.status(catalog.engine, errors=0).counts
-                with catalog.engine.connect() as conn:
-                    answering = text_requests.listening(conn)
-            except Exception:  # a scrape still answers, with what it can read
-                counts, answering = {}, None
+            with contextlib.suppress(Exception), catalog.engine.connect() as conn:
+                answering = text_requests.listening(conn)
             return counts, wake.queue_depth(catalog.settings.redis_url, catalog.settings.queue), answering
 
         replicas = catalog.replicas
