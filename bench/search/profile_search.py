@@ -10,9 +10,10 @@ On bench/search/search.py's catalog (built if missing), times ``catalog.search(v
 * the query vector's check (``Query.embed`` of a vector);
 * the pool: taking a connection and giving it back;
 * each round trip of imgsearch.db.wire, from psycopg's send to its answer (psycopg's Python
-  included): the statement, with what goes in its round trip (psycopg's ``BEGIN``, synced on its
-  own first, the shop's deferred scope, the settings); a statement sent alone (the settings, or
-  the scope the first time); the ``COMMIT``;
+  included): the statement, with what goes in its round trip (the shop's deferred scope, the
+  settings; wire's ``BEGIN`` when the search has a transaction, a semantic search's first
+  statement being one of its own); a statement sent alone (the settings, or the scope the first
+  time); the ``COMMIT`` (none after a transaction of its own);
 * building the hits from the rows.
 
 Timers wrap those functions (a few microseconds each), not SQLAlchemy's cursor events: a listener

@@ -26,8 +26,10 @@ searches with a tenant under row-level security. Methods, all on the same databa
   session 11, when imgsearch's searches started sending it in halfvec's binary form; kept to
   compare runs before and after.
 
-Every method is timed the way its caller waits for it: from taking a pooled connection to the
-commit (checkout, BEGIN, the statement, COMMIT), as ``catalog.search`` is. Every method but the text
+Every method is timed the way its caller waits for it: from taking a pooled connection to the end
+of its transaction, as ``catalog.search`` is (naive and the baselines: checkout, BEGIN, the
+statement, COMMIT, as SQLAlchemy runs them; imgsearch and its floor: one round trip, the statement
+its own transaction, unless a second pass follows: imgsearch.db.wire). Every method but the text
 baseline sends the query vector in halfvec's binary form, as ``catalog.search`` does, so the
 comparison is between what the statements do. Naive and both baselines run on engines of their own
 with SQLAlchemy's defaults (no pre-ping). Their statements are built before the clock starts.
@@ -170,8 +172,9 @@ def capture(
 
 
 def bare_connection(url: Any) -> psycopg.Connection[Any]:
-    """A psycopg connection of its own that sends query vectors in binary, as imgsearch's do."""
-    conn = psycopg.connect(libpq_conninfo(url))
+    """A psycopg connection of its own that sends query vectors in binary, as imgsearch's do, in
+    autocommit: :func:`replay` begins its transactions, as imgsearch.db.wire does."""
+    conn = psycopg.connect(libpq_conninfo(url), autocommit=True)
     conn.adapters.register_dumper(HalfvecValue, HalfvecBinaryDumper)
     return conn
 
@@ -180,27 +183,37 @@ def replay(conn: psycopg.Connection[Any], calls: list[tuple[str, Any]]) -> list[
     """The floor: a search's statements as imgsearch sent them, prepared, in the round trips
     imgsearch sends them in (imgsearch.db.wire): the statements that only set the transaction's
     settings (``set_config``: the shop's scope, pgvector's settings) in one pipeline with the
-    statement after them (psycopg syncs the transaction's BEGIN first, as for imgsearch); then
-    COMMIT. The image ids of the last statement's ``K`` nearest rows (the filtered statement
-    answers a row of NULL hit columns when it has none)."""
+    statement after them, its answers read after the pipeline's Sync. The first statement is a
+    transaction of its own (a semantic search's is: its Sync ends it); a later one (a far filter's
+    second pass) begins one transaction for the rest, the first one's settings sent again with its
+    own, then COMMIT. The image ids of the last statement's ``K`` nearest rows (the filtered
+    statement answers a row of NULL hit columns when it has none)."""
     ids: list[Any] = []
     settings: list[tuple[str, Any]] = []
+    carried: list[tuple[str, Any]] | None = None  # what the first transaction set
+    opened = False
     for statement, params in calls:
         if statement.startswith("SELECT set_config("):
             settings.append((statement, params or None))
             continue
+        sent = settings
+        if carried is None:
+            carried = settings
+        elif not opened:
+            sent, opened = [("BEGIN", None), *carried, *settings], True
         with conn.pipeline():
-            for sql, values in settings:
-                conn.execute(sql, values, prepare=True)
+            for sql, values in sent:
+                conn.execute(sql, values, prepare=sql != "BEGIN")
             cursor = conn.execute(statement, params or None, prepare=True)
-            rows = cursor.fetchall()
-        settings.clear()
+        rows = cursor.fetchall()
+        settings = []
         names = [c.name for c in cursor.description or ()]
         if "image_id" in names:
             image, distance = names.index("image_id"), names.index("distance")
             found = sorted((r for r in rows if r[image] is not None), key=lambda r: r[distance])
             ids = [r[image] for r in found[:K]]
-    conn.commit()
+    if opened:
+        conn.commit()
     return ids
 
 

@@ -5,11 +5,11 @@ about 80 us of Python, and each statement waited for its answer before the next 
 search was 5 round trips (BEGIN, its scope, the settings, the statement, COMMIT) and a third of
 its Python went to SQLAlchemy (bench/search/profile_search.py). When the connection is psycopg 3's
 and nothing listens to the engine's cursor events, :func:`rows` sends a statement on psycopg's
-connection in one pipeline with the statements queued before it (a search's settings): all sent
-before the first answer is read (psycopg syncs a transaction's ``BEGIN`` on its own first, and
-ends a pipeline with a Sync). Its rows come back as named tuples (a column by its name, as a
-SQLAlchemy row gives it), its errors as SQLAlchemy's (:class:`sqlalchemy.exc.DBAPIError`, a broken
-connection invalidated, as SQLAlchemy does).
+connection in one pipeline with the statements queued before it (a search's settings): all sent,
+then the pipeline's Sync, before the first answer is read (see "Round trips" below). Its rows
+come back as named tuples (a column by its name, as a SQLAlchemy row gives it), its errors as
+SQLAlchemy's (:class:`sqlalchemy.exc.DBAPIError`, a broken connection invalidated, as SQLAlchemy
+does).
 
 A statement that only sets this transaction's settings (a shop's row-level security scope) may be
 :func:`defer`-red to the round trip of the next statement, whichever way that one runs: through
@@ -22,6 +22,18 @@ Otherwise (another driver, a Citus coordinator, whose settings are commands it p
 listener on ``before_cursor_execute``, ``after_cursor_execute`` or ``handle_error``: tracing, a
 test's recorder) each statement runs through SQLAlchemy, one after the other: the same statements,
 in the same order, so a listener sees every one.
+
+**Round trips.** On psycopg's connection, a transaction from :func:`begin` is begun by wire itself
+(psycopg's connection in autocommit for the block, restored after it), not by psycopg, which syncs
+its ``BEGIN`` alone: the first pipeline starts with ``BEGIN``, and its answers are read after the
+pipeline's Sync, so a pipeline is one round trip; then the ``COMMIT``. ``begin(engine, alone=True)``
+(a search whose statements each give an answer of their own: no hits, counts or facets put together
+from two of them) sends its first statement as a transaction of its own: with its scope and
+settings, before one Sync, which ends it (PostgreSQL's implicit transaction; ``set_config(...,
+true)`` lasts until then), so a search of one statement is one round trip, no ``BEGIN`` nor
+``COMMIT``. A statement after it (a far filter's second pass) begins one transaction for the rest
+of the block, with the scope and settings the first one had, sent again. Statements through
+SQLAlchemy on that connection run in that transaction too: the first one begins it.
 """
 
 from __future__ import annotations
@@ -31,6 +43,7 @@ from contextlib import contextmanager
 from typing import Any, cast
 
 import psycopg
+from psycopg.pq import TransactionStatus
 from psycopg.rows import namedtuple_row
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
@@ -39,6 +52,7 @@ from imgsearch.db import citus
 
 Params = Mapping[str, Any] | Sequence[Any]
 Statement = tuple[str, Params]  # SQL in the driver's parameter style, and its values
+BEGIN: Statement = ("BEGIN", ())
 
 
 class Deferring(Connection):
@@ -49,6 +63,11 @@ class Deferring(Connection):
     transaction that ended before a statement came are dropped, never sent in the next one."""
 
     _deferred: tuple[Any, list[Statement]] | None = None  # (the transaction, its statements)
+    # psycopg's connection while wire begins this block's transaction itself (begin())
+    _raw: psycopg.Connection[Any] | None = None
+    _opened = False  # wire's BEGIN sent: the rest of the block runs in that transaction
+    _alone = False  # the next pipeline may be a transaction of its own (begin(alone=True))
+    _carried: Sequence[Statement] = ()  # what that one set (scope, settings): sent again with BEGIN
 
     def _pending(self) -> list[Statement] | None:
         """The statements deferred in this transaction (None when none were, or only in one that
@@ -69,9 +88,28 @@ class Deferring(Connection):
         pending.append(statement)
 
     def _send_deferred(self) -> None:
-        """The deferred statements through SQLAlchemy, before the one it is about to execute."""
+        """The deferred statements through SQLAlchemy, before the one it is about to execute
+        (wire's transaction begun first, in their round trip, when it hasn't been)."""
+        raw = self._raw
+        if raw is not None and not self._opened:
+            self._opened = True
+            _pipelined(self, raw, [BEGIN, *self._carried, *self._take_deferred()])
+            return
         for sql, params in self._take_deferred():
             self.exec_driver_sql(sql, params)
+
+    def _framed(self, statements: list[Statement], fetch: bool) -> list[Statement]:
+        """``statements`` (the last one's rows read when ``fetch``), framed for wire's own
+        transaction: after ``BEGIN`` and what an earlier transaction of its own set, unless they
+        may be one of their own (``begin(alone=True)``, the block's first pipeline)."""
+        if self._opened:
+            return statements
+        if self._alone and fetch:
+            self._alone = False
+            self._carried = statements[:-1]  # the scope and the settings (rows nobody reads)
+            return statements
+        self._opened = True
+        return [BEGIN, *self._carried, *statements]
 
     def _execute_context(self, *args: Any, **kwargs: Any) -> Any:
         self._send_deferred()
@@ -83,14 +121,49 @@ class Deferring(Connection):
 
 
 @contextmanager
-def begin(engine: Engine) -> Iterator[Connection]:
+def begin(engine: Engine, *, alone: bool = False) -> Iterator[Connection]:
     """``engine.begin()`` on a :class:`Deferring` connection: a transaction, committed at the end
     of the block (rolled back on an error), whose statements may be :func:`defer`-red. When
     nothing listens to the engine's connections (nor to every connection's), the connection
-    doesn't join the engine's event dispatch, as it otherwise does to find none (8 us a search)."""
+    doesn't join the engine's event dispatch, as it otherwise does to find none (8 us a search).
+    On psycopg's connection wire begins the transaction itself, in the first pipeline's round
+    trip; ``alone``: the first pipeline is a transaction of its own (see above). (A connection
+    already in a transaction when the block begins, as after an engine's first question whether
+    it is a Citus coordinator, runs it as psycopg began it.)"""
     listened = engine._has_events or Deferring._has_events
-    with Deferring(engine, _has_events=None if listened else False) as conn, conn.begin():
-        yield conn
+    conn = Deferring(engine, _has_events=None if listened else False)
+    with conn:
+        raw, was = None, False
+        try:
+            with conn.begin():
+                found = driver(conn)
+                if found is not None and found.pgconn.transaction_status == _IDLE:
+                    # no BEGIN of psycopg's, synced alone: wire's goes in the first pipeline
+                    raw, was = found, found.autocommit
+                    found.autocommit = True
+                    conn._raw, conn._alone = raw, alone
+                yield conn
+        finally:
+            if raw is not None:  # committed or rolled back: psycopg's connection as it was
+                conn._raw, conn._opened, conn._alone, conn._carried = None, False, False, ()
+                _restore(conn, raw, was)
+
+
+_IDLE = TransactionStatus.IDLE
+
+
+def _restore(conn: Connection, raw: psycopg.Connection[Any], autocommit: bool) -> None:
+    """psycopg's connection back in its own mode, its transaction ended (committed or rolled
+    back); one that can't be (broken, or a transaction left open) is dropped from the pool."""
+    if raw.closed:
+        return
+    try:
+        if raw.pgconn.transaction_status != _IDLE:
+            status = TransactionStatus(raw.pgconn.transaction_status).name
+            raise psycopg.ProgrammingError(f"transaction {status} at the end of the block")
+        raw.autocommit = autocommit
+    except psycopg.Error as exc:
+        conn.invalidate(exc)
 
 
 def defer(conn: Connection, statement: Statement) -> None:
@@ -153,19 +226,35 @@ def _sent(
         result = conn.exec_driver_sql(*last)
         return result.all() if fetch else None
     _begun(conn)
-    sent = [*conn._take_deferred(), *statements] if isinstance(conn, Deferring) else list(statements)
+    sent = list(statements)
+    if isinstance(conn, Deferring):
+        sent = [*conn._take_deferred(), *sent]
+        if conn._raw is raw:
+            sent = conn._framed(sent, fetch)
+    return _pipelined(conn, raw, sent, fetch)
+
+
+def _pipelined(
+    conn: Connection, raw: psycopg.Connection[Any], sent: Sequence[Statement], fetch: bool = False
+) -> Sequence[Any] | None:
+    """``sent`` in one pipeline on ``raw``, in one round trip: their answers read after its Sync
+    (read inside it, they would wait once more, for the Sync's); with ``fetch``, the last one's
+    rows."""
+    *before, last = sent
     try:
         with raw.pipeline():
-            for sql, params in sent[:-1]:
-                raw.execute(sql, params)
-            if not fetch:
-                raw.execute(*last)
-                return None
-            cursor = raw.cursor(row_factory=namedtuple_row)
-            cursor.execute(*last)
-            return cursor.fetchall()
+            for sql, params in before:
+                raw.execute(sql, params, prepare=_prepare(sql))
+            cursor = raw.cursor(row_factory=namedtuple_row) if fetch else raw.cursor()
+            cursor.execute(*last, prepare=_prepare(last[0]))
+        return cursor.fetchall() if fetch else None
     except psycopg.Error as exc:
         raise _wrapped(conn, sent, exc) from exc
+
+
+def _prepare(sql: str) -> bool | None:
+    """psycopg's prepared statement for ``sql``: its own choice (None), never for ``BEGIN``."""
+    return False if sql == BEGIN[0] else None
 
 
 def _begun(conn: Connection) -> None:

@@ -65,25 +65,29 @@ class Router:
         asked: queries.Query,
         consistent: bool,
         run: Runner[T] | None = None,
+        alone: bool = False,
     ) -> T:
         """The hits of one request (what ``run``, by default :func:`request.run`, returns in the
         search's transaction): on a replica when one is in rotation (and, ``consistent``, has
-        replayed every write acknowledged before the search began), else on the primary."""
+        replayed every write acknowledged before the search began), else on the primary.
+        ``alone``: each statement ``run`` sends gives an answer of its own (nothing is put
+        together from two of them), so the first may be a transaction of its own, one round trip
+        (:func:`imgsearch.db.wire.begin`)."""
         if not isinstance(consistent, bool):
             raise InvalidQuery(f"consistent must be true or false, got {consistent!r}")
         runner: Runner[Any] = run or request.run
-        hits = self._on_replicas(model, filters, options, query, asked, consistent, runner)
+        hits = self._on_replicas(model, filters, options, query, asked, consistent, runner, alone)
         if hits is not None:
             return hits  # type: ignore[no-any-return]
         try:
-            hits = self._once(self.search_engine, model, filters, options, query, asked, runner)
+            hits = self._once(self.search_engine, model, filters, options, query, asked, runner, alone=alone)
         except DBAPIError as exc:
             if not exc.connection_invalidated:
                 raise
             # searches check out connections without a ping (db_engine.make_search_engine): a
             # search is read-only, so it runs again on a new connection
             log.warning("a search's database connection was closed (%s); running it again", exc.orig)
-            hits = self._once(self.search_engine, model, filters, options, query, asked, runner)
+            hits = self._once(self.search_engine, model, filters, options, query, asked, runner, alone=alone)
         assert hits is not None  # only a replica that hasn't caught up answers None
         return hits  # type: ignore[no-any-return]
 
@@ -96,6 +100,7 @@ class Router:
         asked: queries.Query,
         consistent: bool,
         run: Runner[Any],
+        alone: bool = False,
     ) -> Any:
         """The search on the next healthy replica; None when the primary must answer: no replica
         in rotation, each one failed, or (``consistent``) the chosen one didn't catch up in time.
@@ -109,7 +114,7 @@ class Router:
                 lsn = primary_lsn(conn)
         for member in self.replicas.rotation():
             try:
-                hits = self._once(member.engine, model, filters, options, query, asked, run, lsn)
+                hits = self._once(member.engine, model, filters, options, query, asked, run, lsn, alone)
             except DBAPIError as exc:
                 if not replica_fault(exc):
                     raise
@@ -134,6 +139,7 @@ class Router:
         asked: queries.Query,
         run: Runner[Any],
         lsn: str | None = None,
+        alone: bool = False,
     ) -> Any:
         own = self._own_graph(
             model, filters
@@ -142,7 +148,8 @@ class Router:
         unboosted = options.boosting is not None and not self.has_boosts(filters.tenant_name())
         boosting = None if unboosted else options.boosting
         options = replace(options, min_ef=self._min_ef, row_estimate=self._rows, boosting=boosting)
-        with wire.begin(engine) as conn:  # the scope below may wait for the next statement
+        # the scope below may wait for the next statement; alone: one round trip for one statement
+        with wire.begin(engine, alone=alone) as conn:
             if lsn is not None and self.replicas is not None and not self.replicas.wait_for(conn, lsn):
                 return None
             if filters.tenant is not None:

@@ -242,8 +242,12 @@ def _run(
             counted = facet_counts.count(conn, model, rows, lexical_text, facets=asked.facets)
         return hits, counted
 
+    # a semantic search's statements each answer alone (a far filter's second pass replaces the
+    # first's answer): its first statement may be a transaction of its own; hits fused from words
+    # and images, or counted with their total and facets, come from one transaction's statements
+    alone = not (asked.facets or asked.total) and (text is None or mode == "semantic")
     hits, counted = catalog._router.search(
-        catalog.active_model, filters, options, vector, query, asked.consistent, run
+        catalog.active_model, filters, options, vector, query, asked.consistent, run, alone
     )
     if text is not None and vector is not None:
         hits = request.with_probability(hits, catalog.embedder.probability, asked.min_probability)

@@ -1,6 +1,8 @@
 """imgsearch.db.wire: statements sent on psycopg's connection give what SQLAlchemy gives (rows,
 errors, a broken connection invalidated), deferred ones run before the next statement whichever
-way it goes, and anything listening to the statements turns it off."""
+way it goes, and anything listening to the statements turns it off. A block of :func:`wire.begin`
+is one transaction, begun in its first round trip; with ``alone``, its first pipeline is one of
+its own and the rest one more, with what the first set; psycopg's connection is left as it was."""
 
 from __future__ import annotations
 
@@ -9,11 +11,12 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.pq import TransactionStatus
 from sqlalchemy import Connection, Engine, Sequence, create_engine, event, func, select, text
 from sqlalchemy.exc import DataError, DBAPIError
 from sqlalchemy.orm import Session
 
-from imgsearch.db import wire
+from imgsearch.db import citus, wire
 
 STATEMENT = (
     "SELECT n, %(tenant)s || '-' || n AS tag, %(price)s::numeric * n AS price FROM generate_series(1, %(most)s) AS n",
@@ -26,6 +29,8 @@ TENANT = "SELECT current_setting('imgsearch.tenant', true)"
 @pytest.fixture
 def engine(database_url: str) -> Iterator[Engine]:
     made = create_engine(database_url, pool_size=1, max_overflow=0)
+    with made.connect() as conn:  # asked once per engine: a block's statements are its own
+        citus.on_coordinator(conn)
     yield made
     made.dispose()
 
@@ -196,3 +201,93 @@ def test_a_connection_not_from_begin_sends_a_deferred_statement_at_once(engine: 
         assert isinstance(driver_conn, psycopg.Connection)
         row = driver_conn.execute(TENANT).fetchone()  # past SQLAlchemy: it ran already
         assert row is not None and row[0] == "acme"
+
+
+SETTING = ("SELECT set_config('work_mem', '7MB', true)", {})
+SEEN = (
+    "SELECT current_setting('imgsearch.tenant', true) AS tenant, current_setting('work_mem') AS work_mem, "
+    "pg_current_xact_id()::text AS xid",
+    {},
+)
+
+
+def test_a_block_is_one_transaction_begun_in_its_first_round_trip(engine: Engine) -> None:
+    with wire.begin(engine) as conn:
+        raw = wire.driver(conn)
+        assert raw is not None
+        wire.defer(conn, SCOPE)
+        first = wire.rows(conn, SEEN, [SETTING])[0]
+        assert (first.tenant, first.work_mem) == ("acme", "7MB")
+        assert raw.pgconn.transaction_status == TransactionStatus.INTRANS  # its BEGIN went with them
+        assert tuple(wire.rows(conn, SEEN)[0]) == tuple(first)  # the same transaction
+        assert tuple(conn.execute(text(SEEN[0])).one()) == tuple(first)  # SQLAlchemy's too
+    assert raw.pgconn.transaction_status == TransactionStatus.IDLE  # committed
+    assert raw.autocommit is False  # psycopg's connection as the pool lent it
+    with engine.begin() as conn:  # and psycopg's own transactions on it again
+        assert conn.connection.driver_connection is raw
+        conn.exec_driver_sql("SELECT set_config('work_mem', '9MB', true)")
+        assert conn.exec_driver_sql("SHOW work_mem").scalar() == "9MB"
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SHOW work_mem").scalar() != "9MB"
+
+
+@pytest.mark.parametrize("then", ["wire", "sqlalchemy"])
+def test_alone_the_first_pipeline_is_a_transaction_of_its_own_the_rest_one_with_what_it_set(
+    engine: Engine, then: str
+) -> None:
+    with wire.begin(engine, alone=True) as conn:
+        raw = wire.driver(conn)
+        assert raw is not None
+        wire.defer(conn, SCOPE)
+        first = wire.rows(conn, SEEN, [SETTING])[0]
+        assert (first.tenant, first.work_mem) == ("acme", "7MB")
+        assert raw.pgconn.transaction_status == TransactionStatus.IDLE  # its Sync ended it
+        # the next statement begins one transaction for the rest, the scope and setting sent again
+        second = wire.rows(conn, SEEN)[0] if then == "wire" else conn.execute(text(SEEN[0])).one()
+        assert (second.tenant, second.work_mem) == ("acme", "7MB")
+        assert second.xid != first.xid
+        assert raw.pgconn.transaction_status == TransactionStatus.INTRANS
+        assert tuple(wire.rows(conn, SEEN)[0]) == tuple(second)
+    assert raw.autocommit is False and raw.pgconn.transaction_status == TransactionStatus.IDLE
+    with wire.begin(engine, alone=True) as conn:  # nothing carried over from the last block
+        assert tuple(wire.rows(conn, SEEN)[0])[:2] in ((None, first.work_mem), ("", "4MB"))
+
+
+@pytest.mark.parametrize(("alone", "failing"), [(False, 1), (True, 1), (True, 2)])
+def test_an_error_ends_the_transaction_and_leaves_the_connection_as_it_was(
+    engine: Engine, alone: bool, failing: int
+) -> None:
+    with pytest.raises(DataError, match="division by zero"), wire.begin(engine, alone=alone) as conn:
+        raw = wire.driver(conn)
+        assert raw is not None
+        wire.defer(conn, SCOPE)
+        if failing == 2:
+            assert wire.rows(conn, SEEN)[0].tenant == "acme"
+        wire.rows(conn, ("SELECT 1 / %(zero)s AS n", {"zero": 0}))
+    assert not raw.closed and raw.autocommit is False
+    assert raw.pgconn.transaction_status == TransactionStatus.IDLE  # rolled back
+    with wire.begin(engine, alone=alone) as conn:  # the pool's connection serves the next block
+        assert wire.driver(conn) is raw
+        assert wire.rows(conn, SEEN)[0].tenant in (None, "")
+
+
+def test_an_autocommit_engines_block_is_one_transaction_too(database_url: str) -> None:
+    """On an engine in autocommit (``isolation_level="AUTOCOMMIT"``) a block's statements are still
+    one transaction: a setting sent alone holds for the statement after it; the connection goes
+    back in autocommit."""
+    auto = create_engine(database_url, pool_size=1, max_overflow=0, isolation_level="AUTOCOMMIT")
+    with auto.connect() as conn:
+        citus.on_coordinator(conn)
+    try:
+        for alone in (False, True):
+            with wire.begin(auto, alone=alone) as conn:
+                raw = wire.driver(conn)
+                assert raw is not None and raw.autocommit is True
+                wire.send(conn, SCOPE)
+                wire.send(conn, SETTING)
+                seen = wire.rows(conn, SEEN)[0]
+                assert (seen.tenant, seen.work_mem) == ("acme", "7MB")
+                assert tuple(conn.execute(text(SEEN[0])).one()) == tuple(seen)
+            assert raw.autocommit is True and raw.pgconn.transaction_status == TransactionStatus.IDLE
+    finally:
+        auto.dispose()
