@@ -53,6 +53,7 @@ from imgsearch.db import citus
 Params = Mapping[str, Any] | Sequence[Any]
 Statement = tuple[str, Params]  # SQL in the driver's parameter style, and its values
 BEGIN: Statement = ("BEGIN", ())
+_IDLE = TransactionStatus.IDLE
 
 
 class Deferring(Connection):
@@ -65,7 +66,6 @@ class Deferring(Connection):
     _deferred: tuple[Any, list[Statement]] | None = None  # (the transaction, its statements)
     # psycopg's connection while wire begins this block's transaction itself (begin())
     _raw: psycopg.Connection[Any] | None = None
-    _opened = False  # wire's BEGIN sent: the rest of the block runs in that transaction
     _alone = False  # the next pipeline may be a transaction of its own (begin(alone=True))
     _carried: Sequence[Statement] = ()  # what that one set (scope, settings): sent again with BEGIN
 
@@ -91,8 +91,8 @@ class Deferring(Connection):
         """The deferred statements through SQLAlchemy, before the one it is about to execute
         (wire's transaction begun first, in their round trip, when it hasn't been)."""
         raw = self._raw
-        if raw is not None and not self._opened:
-            self._opened = True
+        if raw is not None and raw.pgconn.transaction_status == _IDLE:
+            self._alone = False
             _pipelined(self, raw, [BEGIN, *self._carried, *self._take_deferred()])
             return
         for sql, params in self._take_deferred():
@@ -100,15 +100,16 @@ class Deferring(Connection):
 
     def _framed(self, statements: list[Statement], fetch: bool) -> list[Statement]:
         """``statements`` (the last one's rows read when ``fetch``), framed for wire's own
-        transaction: after ``BEGIN`` and what an earlier transaction of its own set, unless they
-        may be one of their own (``begin(alone=True)``, the block's first pipeline)."""
-        if self._opened:
+        transaction: in the one open, else after ``BEGIN`` and what an earlier transaction of its
+        own set, unless they may be one of their own (``begin(alone=True)``, the block's first
+        pipeline)."""
+        assert self._raw is not None
+        if self._raw.pgconn.transaction_status != _IDLE:
             return statements
-        if self._alone and fetch:
-            self._alone = False
+        alone, self._alone = self._alone, False
+        if alone and fetch:
             self._carried = statements[:-1]  # the scope and the settings (rows nobody reads)
             return statements
-        self._opened = True
         return [BEGIN, *self._carried, *statements]
 
     def _execute_context(self, *args: Any, **kwargs: Any) -> Any:
@@ -145,11 +146,9 @@ def begin(engine: Engine, *, alone: bool = False) -> Iterator[Connection]:
                 yield conn
         finally:
             if raw is not None:  # committed or rolled back: psycopg's connection as it was
-                conn._raw, conn._opened, conn._alone, conn._carried = None, False, False, ()
+                conn._raw, conn._alone, conn._carried = None, False, ()
                 _restore(conn, raw, was)
 
-
-_IDLE = TransactionStatus.IDLE
 
 
 def _restore(conn: Connection, raw: psycopg.Connection[Any], autocommit: bool) -> None:
