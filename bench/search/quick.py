@@ -62,7 +62,8 @@ def parse(lines: list[str], method_column: int | None) -> dict[str, tuple[float,
             continue
         numbers = [float(m.group(1)) for c in cells if (m := re.fullmatch(r"([0-9.]+)x", c))]
         if method_column is not None:
-            if len(cells) > method_column and cells[method_column] == "imgsearch" and len(numbers) == 2:
+            # p50 / baseline, / floor (then / library floor)
+            if len(cells) > method_column and cells[method_column] == "imgsearch" and len(numbers) >= 2:
                 ratios[cells[0]] = (numbers[0], numbers[1])
         elif len(numbers) >= 2:
             ratios[cells[0]] = (numbers[0], numbers[1])
