@@ -150,7 +150,6 @@ def begin(engine: Engine, *, alone: bool = False) -> Iterator[Connection]:
                 _restore(conn, raw, was)
 
 
-
 def _restore(conn: Connection, raw: psycopg.Connection[Any], autocommit: bool) -> None:
     """psycopg's connection back in its own mode, its transaction ended (committed or rolled
     back); one that can't be (broken, or a transaction left open) is dropped from the pool."""

@@ -250,7 +250,8 @@ def test_alone_the_first_pipeline_is_a_transaction_of_its_own_the_rest_one_with_
         assert tuple(wire.rows(conn, SEEN)[0]) == tuple(second)
     assert raw.autocommit is False and raw.pgconn.transaction_status == TransactionStatus.IDLE
     with wire.begin(engine, alone=True) as conn:  # nothing carried over from the last block
-        assert tuple(wire.rows(conn, SEEN)[0])[:2] in ((None, first.work_mem), ("", "4MB"))
+        fresh = wire.rows(conn, SEEN)[0]
+        assert fresh.tenant in (None, "") and fresh.work_mem != "7MB"
 
 
 @pytest.mark.parametrize(("alone", "failing"), [(False, 1), (True, 1), (True, 2)])
