@@ -128,16 +128,16 @@ def begin(engine: Engine, *, alone: bool = False) -> Iterator[Connection]:
     nothing listens to the engine's connections (nor to every connection's), the connection
     doesn't join the engine's event dispatch, as it otherwise does to find none (8 us a search).
     On psycopg's connection wire begins the transaction itself, in the first pipeline's round
-    trip; ``alone``: the first pipeline is a transaction of its own (see above). (A connection
-    already in a transaction when the block begins, as after an engine's first question whether
-    it is a Citus coordinator, runs it as psycopg began it.)"""
+    trip; ``alone``: the first pipeline is a transaction of its own (see above)."""
     listened = engine._has_events or Deferring._has_events
     conn = Deferring(engine, _has_events=None if listened else False)
     with conn:
+        found = driver(conn)
+        if conn.in_transaction():  # the engine's first block asked whether it is a Citus coordinator
+            conn.commit()
         raw, was = None, False
         try:
             with conn.begin():
-                found = driver(conn)
                 if found is not None and found.pgconn.transaction_status == _IDLE:
                     # no BEGIN of psycopg's, synced alone: wire's goes in the first pipeline
                     raw, was = found, found.autocommit

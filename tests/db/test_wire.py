@@ -16,7 +16,7 @@ from sqlalchemy import Connection, Engine, Sequence, create_engine, event, func,
 from sqlalchemy.exc import DataError, DBAPIError
 from sqlalchemy.orm import Session
 
-from imgsearch.db import citus, wire
+from imgsearch.db import wire
 
 STATEMENT = (
     "SELECT n, %(tenant)s || '-' || n AS tag, %(price)s::numeric * n AS price FROM generate_series(1, %(most)s) AS n",
@@ -29,8 +29,6 @@ TENANT = "SELECT current_setting('imgsearch.tenant', true)"
 @pytest.fixture
 def engine(database_url: str) -> Iterator[Engine]:
     made = create_engine(database_url, pool_size=1, max_overflow=0)
-    with made.connect() as conn:  # asked once per engine: a block's statements are its own
-        citus.on_coordinator(conn)
     yield made
     made.dispose()
 
@@ -277,8 +275,6 @@ def test_an_autocommit_engines_block_is_one_transaction_too(database_url: str) -
     one transaction: a setting sent alone holds for the statement after it; the connection goes
     back in autocommit."""
     auto = create_engine(database_url, pool_size=1, max_overflow=0, isolation_level="AUTOCOMMIT")
-    with auto.connect() as conn:
-        citus.on_coordinator(conn)
     try:
         for alone in (False, True):
             with wire.begin(auto, alone=alone) as conn:
