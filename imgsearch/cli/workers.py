@@ -8,7 +8,8 @@ import glob
 import os
 import sys
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 from imgsearch.cli._common import Subparsers, embedders, open_engine, positive, seconds
 from imgsearch.errors import ImgSearchError
@@ -18,6 +19,8 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from imgsearch.work.queue import QueueStatus
+
+T = TypeVar("T")
 
 
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
@@ -99,9 +102,7 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
 
     eng = open_engine(settings)
     try:
-        current = queue.status(eng)
-        if args.wait is not None:
-            current = _wait(eng, current, args.wait)
+        current = queue.status(eng) if args.wait is None else _wait(eng, args.wait)
         answering = _answering(eng, args.wait_worker)
     finally:
         eng.dispose()
@@ -137,47 +138,66 @@ def _answering(eng: Engine, timeout: float | None) -> int:
     first wait until there is one."""
     from imgsearch.work import text_requests
 
-    deadline = time.monotonic() + (timeout or 0.0)
-    shown = False
-    while True:
+    def read() -> int:
         with eng.connect() as conn:
-            answering = text_requests.listening(conn)
-        if answering or timeout is None:
-            break
-        if time.monotonic() >= deadline:
-            if shown:
-                print(file=sys.stderr)
-            raise ImgSearchError(
-                f"no worker answers search_text after {timeout:g} s: start one with `imgsearch worker` "
-                "(a worker answers once its model is loaded)"
-            )
-        if sys.stderr.isatty() and not shown:
-            print("waiting for a worker to load its model", end="", file=sys.stderr, flush=True)
-            shown = True
-        time.sleep(0.2)
-    if shown:
-        print("\r" + " " * 40 + "\r", end="", file=sys.stderr, flush=True)
-    return answering
+            return text_requests.listening(conn)
+
+    if timeout is None:
+        return read()
+    return _poll(
+        read,
+        done=bool,
+        timeout=timeout,
+        every=0.2,
+        progress=lambda _: "waiting for a worker to load its model",
+        failure=lambda _: f"no worker answers search_text after {timeout:g} s: start one with "
+        "`imgsearch worker` (a worker answers once its model is loaded)",
+    )
 
 
-def _wait(eng: Engine, current: QueueStatus, timeout: float) -> QueueStatus:
+def _wait(eng: Engine, timeout: float) -> QueueStatus:
     """Poll until no image is pending or embedding; progress on a terminal's stderr."""
     from imgsearch.work import queue
 
+    def left(current: QueueStatus) -> int:
+        return current.counts["pending"] + current.counts["embedding"]
+
+    return _poll(
+        lambda: queue.status(eng),
+        done=lambda current: left(current) == 0,
+        timeout=timeout,
+        every=0.5,
+        progress=lambda current: f"waiting: {left(current)} images pending or embedding",
+        failure=lambda current: f"{left(current)} images still pending or embedding after {timeout:g} s: "
+        "is a worker running (`imgsearch worker`)?",
+    )
+
+
+def _poll(
+    read: Callable[[], T],
+    *,
+    done: Callable[[T], bool],
+    timeout: float,
+    every: float,
+    progress: Callable[[T], str],
+    failure: Callable[[T], str],
+) -> T:
+    """``read()`` every ``every`` s until ``done`` says so: its last value; after ``timeout`` s the
+    one-line error ``failure`` gives. Progress on a terminal's stderr, erased when it ends."""
     deadline = time.monotonic() + timeout
-    while (left := current.counts["pending"] + current.counts["embedding"]) > 0:
-        if time.monotonic() >= deadline:
-            raise ImgSearchError(
-                f"{left} images still pending or embedding after {timeout:g} s: is a worker running "
-                "(`imgsearch worker`)?"
-            )
-        if sys.stderr.isatty():
-            print(f"\rwaiting: {left} images pending or embedding ", end="", file=sys.stderr, flush=True)
-        time.sleep(0.5)
-        current = queue.status(eng)
-    if sys.stderr.isatty():
-        print("\r" + " " * 60 + "\r", end="", file=sys.stderr, flush=True)
-    return current
+    shown = ""
+    try:
+        while not done(value := read()):
+            if time.monotonic() >= deadline:
+                raise ImgSearchError(failure(value))
+            if sys.stderr.isatty():
+                shown = progress(value)
+                print(f"\r{shown} ", end="", file=sys.stderr, flush=True)
+            time.sleep(every)
+        return value
+    finally:
+        if shown:
+            print("\r" + " " * (len(shown) + 1) + "\r", end="", file=sys.stderr, flush=True)
 
 
 def _retry_failed(args: argparse.Namespace, settings: Settings) -> int:
