@@ -188,15 +188,8 @@ def bare_connection(url: Any) -> psycopg.Connection[Any]:
 
 
 def library_engine(url: Any) -> Engine:
-    """A pool of :func:`bare_connection`-s: in autocommit, sending query vectors in binary."""
-    engine = create_engine(url)
-
-    @event.listens_for(engine, "connect")
-    def bare(dbapi_conn: Any, record: Any) -> None:
-        dbapi_conn.autocommit = True
-        dbapi_conn.adapters.register_dumper(HalfvecValue, HalfvecBinaryDumper)
-
-    return engine
+    """A pool of :func:`bare_connection`-s."""
+    return create_engine(url, creator=lambda: bare_connection(url))
 
 
 def library_floor(engine: Engine, q: np.ndarray, calls: list[tuple[str, Any]]) -> list[Any]:
