@@ -64,11 +64,17 @@ def _schema_of(extension: str) -> str:
     return str(found.scalar_one())
 
 
-def upgrade() -> None:
-    op.execute("ALTER TABLE imgsearch.models ADD COLUMN external boolean NOT NULL DEFAULT false")
+def _text_embedding() -> str:
+    """``imgsearch._text_embedding`` as this migration leaves it: 0015's, with the check of a
+    model whose vectors come from elsewhere (later migrations edit it from here)."""
     function = _text_embedding_0015()
     assert function.count(ANCHOR) == 1, "migration 0015's _text_embedding changed: place the check again"
-    op.execute(function.replace(ANCHOR, ANCHOR + EXTERNAL))
+    return function.replace(ANCHOR, ANCHOR + EXTERNAL)
+
+
+def upgrade() -> None:
+    op.execute("ALTER TABLE imgsearch.models ADD COLUMN external boolean NOT NULL DEFAULT false")
+    op.execute(_text_embedding())
 
 
 def downgrade() -> None:

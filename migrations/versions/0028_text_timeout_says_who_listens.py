@@ -59,10 +59,8 @@ def _migration(name: str) -> ModuleType:
 def _text_embedding_0018() -> str:
     """``imgsearch._text_embedding`` as migration 0018 left it (0015's, with its check of a model
     whose vectors come from elsewhere), as CREATE OR REPLACE."""
-    m0018 = _migration("0018_external_models.py")
-    function: str = m0018._text_embedding_0015()
-    assert function.count(m0018.ANCHOR) == 1, "migration 0015's _text_embedding changed"
-    return function.replace(m0018.ANCHOR, m0018.ANCHOR + m0018.EXTERNAL)
+    function: str = _migration("0018_external_models.py")._text_embedding()
+    return function
 
 
 def upgrade() -> None:
