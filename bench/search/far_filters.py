@@ -142,7 +142,7 @@ def main() -> None:
         for relation in (
             "imgsearch.embeddings_hnsw_m1",
             "imgsearch.embeddings",
-            "imgsearch.embeddings_category_idx",
+            "imgsearch.embeddings_category_price_idx",
         ):
             conn.execute("SELECT pg_prewarm(%s::regclass)", (relation,))
         categories = sorted(r[0] for r in conn.execute("SELECT DISTINCT category FROM imgsearch.embeddings"))

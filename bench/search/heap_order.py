@@ -6,7 +6,7 @@ that order does to an HNSW index built over it, in one run, on bench/search/sear
 imgsearch's embeddings table keeps its rows in the order they were written, so the rows of one
 category lie one or two to a page all over the table. This script copies the table into a scratch
 table ordered by ``(model_id, category)`` (what ``CLUSTER imgsearch.embeddings USING
-embeddings_category_idx`` would make of it), with the same category index and the same HNSW index,
+embeddings_category_price_idx`` would make of it), with the same category index and the same HNSW index,
 and measures, for the same queries, alternating between the two tables:
 
 * the exact scan of bench/search/search.py's category filters (``ORDER BY embedding <=> q LIMIT 16``,
@@ -60,7 +60,7 @@ def copy_in_category_order(conn: psycopg.Connection[Any]) -> float:
     conn.execute(
         "CREATE TABLE public.bench_heap_order AS SELECT * FROM imgsearch.embeddings ORDER BY model_id, category"
     )
-    conn.execute("CREATE INDEX bench_heap_order_category ON public.bench_heap_order (model_id, category)")
+    conn.execute("CREATE INDEX bench_heap_order_category ON public.bench_heap_order (model_id, category, price)")
     conn.execute("SET maintenance_work_mem = '2GB'")
     conn.execute(
         "CREATE INDEX bench_heap_order_hnsw ON public.bench_heap_order USING hnsw ((embedding::halfvec(768)) halfvec_cosine_ops) "
@@ -97,7 +97,7 @@ def main() -> None:
             conn.execute("CREATE EXTENSION IF NOT EXISTS pg_prewarm")
             for relation in (
                 "imgsearch.embeddings",
-                "imgsearch.embeddings_category_idx",
+                "imgsearch.embeddings_category_price_idx",
                 f"imgsearch.{hnsw_index}",
                 "bench_heap_order",
                 "bench_heap_order_category",

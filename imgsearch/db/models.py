@@ -287,10 +287,12 @@ class Embedding(Base):
         CheckConstraint("l2_norm(embedding) > 0", name="not_zero"),
         Index("embeddings_image_id_idx", "image_id"),
         Index("embeddings_product_pk_idx", "product_pk", "model_id"),
-        Index("embeddings_category_idx", "model_id", "category"),
+        # a category's price range (migration 0029); its prefix serves category-only filters
+        Index("embeddings_category_price_idx", "model_id", "category", "price"),
         Index("embeddings_price_idx", "model_id", "price"),
-        # a shop's search within a category (migration 0005); its prefix serves tenant-only filters
-        Index("embeddings_tenant_category_idx", "model_id", "tenant", "category"),
+        # a shop's search within a category and its price range (migrations 0005, 0029); its
+        # prefixes serve tenant-only filters and a shop's category
+        Index("embeddings_tenant_category_price_idx", "model_id", "tenant", "category", "price"),
     )
 
     model_id: Mapped[int] = mapped_column(

@@ -73,15 +73,21 @@ class Filters:
         """A filter's checked value by name (``tenant``, ``category``, ``categories``, ...), or None."""
         return self._values.get(name)
 
-    def plans_alike(self) -> bool:
+    def plans_alike(self, on_embeddings: bool = False) -> bool:
         """True when the best way to read every part of a search doesn't depend on the values:
         no filter, one filter on an indexed column (tenant, category or a list of them,
         attributes), or a shop's search, tenant and category (or a list), which one index
-        serves; with or without ``exclude_image`` or ``exclude_product``. A statement of such a shape can run on a plan
-        cached at its first runs. Prices (a range may match a few rows or every row) and other
-        pairs of filters (which index leads depends on the values) are planned for each search."""
+        serves; with or without ``exclude_image`` or ``exclude_product``. A statement of such a
+        shape can run on a plan cached at its first runs. Other pairs of filters (which index
+        leads depends on the values) are planned for each search.
+
+        ``on_embeddings``: for a statement that reads the filters from embeddings alone (the
+        vector statements), whose indexes also serve a price range alone, a category's (or a
+        list's), and a shop's category's (:data:`PLANS_ALIKE_ON_EMBEDDINGS`); a statement over
+        products (the lexical side) plans those for each search."""
         columns = frozenset(self._values) - {"exclude_image", "exclude_product"}
-        return self.where is None and columns in PLANS_ALIKE
+        shapes = PLANS_ALIKE_ON_EMBEDDINGS if on_embeddings else PLANS_ALIKE
+        return self.where is None and columns in shapes
 
     def shape(self) -> tuple[Any, ...] | None:
         """What the statement for these filters looks like, apart from the values; None when
@@ -206,7 +212,7 @@ PARAM_PREFIX = "imgsearch_filter_"
 FOUR_PLACES = Decimal("0.0001")
 
 # the filter columns of Filters.plans_alike shapes: none, one indexed column, or a shop's category
-# (embeddings (model_id, tenant, category), migration 0005)
+# (embeddings (model_id, tenant, category, price), migrations 0005 and 0029)
 PLANS_ALIKE = {
     frozenset(columns)
     for columns in (
@@ -218,6 +224,16 @@ PLANS_ALIKE = {
         ("tenant", "category"),
         ("tenant", "categories"),
     )
+}
+# and on embeddings, a price range (one bound or both) alone, in a category or a list of them, or
+# in a shop's category or list: embeddings (model_id, price), (model_id, category, price) and
+# (model_id, tenant, category, price) serve each alike (migration 0029); a shop's price range
+# without a category is still planned for each search (its two indexes lead by the values)
+PRICES = [("price_min",), ("price_max",), ("price_min", "price_max")]
+PLANS_ALIKE_ON_EMBEDDINGS = PLANS_ALIKE | {
+    frozenset((*columns, *price))
+    for columns in ((), ("category",), ("categories",), ("tenant", "category"), ("tenant", "categories"))
+    for price in PRICES
 }
 
 

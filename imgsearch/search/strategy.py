@@ -178,7 +178,7 @@ def search_vector(
     boosted = boosting is not None
     wanted = k + offset
     first = one_pass_plan(wanted, min_ef)
-    cached_plan = cached_plans and filters.plans_alike()
+    cached_plan = cached_plans and filters.plans_alike(on_embeddings=True)
     if not filters.check():
         chosen = first or iterative_plan(wanted, -1, MIN_SCAN_TUPLES, min_ef)
         run.set_local(chosen, with_planner=True, cached_plan=cached_plan and first is not None)

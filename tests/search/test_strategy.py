@@ -234,7 +234,8 @@ def test_shapes_that_plan_alike_run_on_a_cached_plan_with_the_exact_top_k(
     """A category list (one indexed column), alone or in a shop (tenant and category: one index),
     runs on the plan PostgreSQL caches for its statement, and that one plan serves lists whose
     rows surround the query (the HNSW pass) and lists whose rows lie far away (the exact scan).
-    Prices are planned for each search's values."""
+    So does a category's price range (one index on both, migration 0029); a category's attributes
+    (an index of each table, which leads depends on the values) are planned for each search's."""
     from imgsearch import search as search_mod
 
     near = [f"c{c:02d}" for c in range(3)]
@@ -264,16 +265,20 @@ def test_shapes_that_plan_alike_run_on_a_cached_plan_with_the_exact_top_k(
             assert len(truth & {h.image_id for h in result.hits}) >= K - 1, (n, result.plan)
         for q in queries(data, 3, 8):
             assert catalog.search(vector=q, k=K, tenant=tenant, category="c03", price_min=30, price_max=35)
+            catalog.search(vector=q, k=K, tenant=tenant, category="c03", attributes={"bucket": 7})
         with catalog.engine.connect() as conn:  # the pool's one connection, where psycopg prepared them
             prepared = conn.execute(
                 text("SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements")
             ).all()
     assert strategies == {"hnsw", "exact"}
-    plans = {("embeddings.price >=" in s): (g, c) for s, g, c in prepared if "one_pass" in s}
-    generic, custom = plans[False]
+    kinds = {"list": "= ANY", "price": "embeddings.price >=", "attributes": "attributes @>"}
+    plans = {kind: (g, c) for s, g, c in prepared if "one_pass" in s for kind, sql in kinds.items() if sql in s}
+    generic, custom = plans["list"]
     assert generic > 0 and custom == 0, "the category list ran on its cached plan"
-    generic, custom = plans[True]
-    assert generic == 0 and custom > 0, "a price range was planned for each search's values"
+    generic, custom = plans["price"]
+    assert generic > 0 and custom == 0, "the category's price range ran on its cached plan"
+    generic, custom = plans["attributes"]
+    assert generic == 0 and custom > 0, "a category's attributes were planned for each search's values"
 
 
 def test_cached_plans_can_be_turned_off(data: Fixture) -> None:
@@ -298,6 +303,10 @@ def test_cached_plans_can_be_turned_off(data: Fixture) -> None:
         {"attributes": {"bucket": 7}},
         {"tenant": "globex", "category": "c00"},
         {"tenant": "globex", "category": ["c00", "c01"]},
+        {"price_min": 10, "price_max": 20},
+        {"category": "c00", "price_max": 20},
+        {"category": ["c00", "c01"], "price_min": 10},
+        {"tenant": "globex", "category": "c00", "price_min": 10, "price_max": 20},
         {},
     ],
     ids=[
@@ -307,6 +316,10 @@ def test_cached_plans_can_be_turned_off(data: Fixture) -> None:
         "attributes",
         "shop category",
         "shop category list",
+        "price range",
+        "category price range",
+        "category list price range",
+        "shop category price range",
         "unfiltered",
     ],
 )
@@ -315,11 +328,12 @@ def test_a_cached_plan_takes_hnsw_for_the_pass_and_reads_no_whole_table(
 ) -> None:
     """Planned without values, from average row estimates, the plan still walks the HNSW index
     for the one pass and reads the filter's rows through their index for the exact scan; a
-    shop's category through the index on both columns."""
+    shop's category through the index on both columns, and a category's price range (a shop's
+    too) through the index on the category then the price (migration 0029)."""
     from imgsearch import search as search_mod
 
     filters = search_mod.Filters(**kwargs)
-    assert filters.plans_alike()
+    assert filters.plans_alike(on_embeddings=True)
     model = catalog.active_model
     q = data.vectors[0]
     if kwargs:
@@ -344,7 +358,11 @@ def test_a_cached_plan_takes_hnsw_for_the_pass_and_reads_no_whole_table(
     assert f"embeddings_hnsw_m{model.id}" in plan
     assert "Seq Scan on embeddings" not in plan and "Seq Scan on products" not in plan, plan
     if "tenant" in kwargs and "category" in kwargs:
-        assert "embeddings_tenant_category_idx" in plan, plan
+        assert "embeddings_tenant_category_price_idx" in plan, plan
+    elif "price_min" in kwargs or "price_max" in kwargs:
+        # a category and its price range both in one index's condition
+        index = "embeddings_category_price_idx" if "category" in kwargs else "embeddings_price_idx"
+        assert index in plan, plan
 
 
 def test_which_shapes_plan_alike() -> None:
@@ -359,17 +377,28 @@ def test_which_shapes_plan_alike() -> None:
         {"tenant": "a", "category": "c"},
         {"tenant": "a", "category": ["a", "b"]},
     ]
-    per_search = [
+    # on embeddings' indexes alone (the vector statements), prices too; over products, per search
+    prices = [
         {"price_max": 5},
+        {"price_min": 1, "price_max": 5},
+        {"category": "c", "price_min": 1},
+        {"category": ["a", "b"], "price_max": 5},
+        {"tenant": "a", "category": "c", "price_max": 5},
+        {"tenant": "a", "category": ["a", "b"], "price_min": 1, "price_max": 5},
+    ]
+    per_search = [
         {"tenant": "a", "price_min": 1},
         {"tenant": "a", "attributes": {"x": 1}},
         {"category": "c", "attributes": {"x": 1}},
-        {"tenant": "a", "category": "c", "price_max": 5},
+        {"price_max": 5, "attributes": {"x": 1}},
+        {"category": "c", "brand": "b", "price_max": 5},
         {"where": Product.price > 1},
     ]
     assert all(Filters(**kw).plans_alike() for kw in alike)
     assert all(Filters(exclude_image=1, **kw).plans_alike() for kw in alike)
-    assert not any(Filters(**kw).plans_alike() for kw in per_search)
+    assert all(Filters(exclude_product=1, **kw).plans_alike(on_embeddings=True) for kw in alike + prices)
+    assert not any(Filters(**kw).plans_alike() for kw in prices)
+    assert not any(Filters(**kw).plans_alike(on_embeddings=True) for kw in per_search)
     assert [fetch_size(n) for n in (1, 10, 16, 17, 500, 4000)] == [16, 16, 16, 32, 512, 4096]
 
 

@@ -1,0 +1,148 @@
+"""Price filters on the plan PostgreSQL caches: what migration 0029's indexes buy, in one run.
+
+    IMGSEARCH_HOME=/tmp/imgs-bench .venv/bin/python bench/search/price_plans.py --queries 60
+
+On bench/search/search.py's catalog (loaded first if missing), for price ranges of several shapes
+and widths (a category's tenth of its prices near the query and far from it, a category's whole
+range, a range that leaves none of a category, three categories with a range, a shop's category
+with a range, a price range alone at 0.1%, 3% and 50% of the catalog), ``catalog.search`` on two
+catalogs of the same database, alternating search by search:
+
+* per search — ``Settings(cached_plans=False)``: every statement planned for its values, as
+  imgsearch planned every price filter before migration 0029;
+* cached — the default: a shape that :meth:`imgsearch.search.Filters.plans_alike` (on embeddings)
+  runs on the plan PostgreSQL caches for its statement, made without the values.
+
+Both give the same hits (the script checks each search's). ``--before``: with the indexes
+migration 0029 replaced, ``(model_id, category)`` and ``(model_id, tenant, category)``, to show
+what a cached plan costs without an index on the category then the price: the script swaps them
+in the benchmark's own database and back at the end.
+
+The figures: docs/benchmarks.md, "Price filters on a cached plan".
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from sqlalchemy import func, make_url, select
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+
+from _catalog import database_url, load, query_cases
+
+from imgsearch import Catalog
+from imgsearch.db.engine import libpq_conninfo
+from imgsearch.db.models import Embedding
+from imgsearch.search import Filters
+from imgsearch.settings import Settings
+
+K = 10
+# (name, SQL) of the indexes before migration 0029 and after it
+BEFORE = [
+    ("embeddings_category_idx", "(model_id, category)"),
+    ("embeddings_tenant_category_idx", "(model_id, tenant, category)"),
+]
+AFTER = [
+    ("embeddings_category_price_idx", "(model_id, category, price)"),
+    ("embeddings_tenant_category_price_idx", "(model_id, tenant, category, price)"),
+]
+
+
+def shapes(filters: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+    """The price filters of one query case, from search.py's (a category spans 10 of the price's
+    1,000: bench/_catalog.py)."""
+    named = dict(filters)
+    near, far = named["1% near"]["category"], named["1% far"]["category"]
+    near_low, far_low = named["0.1% near"]["price_min"], named["0.1% far"]["price_min"]
+    none = {"price_max": far_low - 1} if far_low >= 10 else {"price_min": far_low + 11}
+    return [
+        ("category, a tenth of its prices, near", {"category": near, "price_min": near_low, "price_max": near_low + 1}),
+        ("category, a tenth of its prices, far", {"category": far, "price_min": far_low, "price_max": far_low + 1}),
+        ("category, all its prices", {"category": far, "price_min": 0, "price_max": 1000}),
+        ("category, none of its prices", {"category": far, **none}),
+        ("3 categories, any price", {"category": named["3% near"]["category"], "price_min": 0}),
+        ("shop's category, a tenth of its prices", {"tenant": "acme", "category": far, "price_min": far_low, "price_max": far_low + 1}),
+        ("price alone, 0.1%", {"price_min": far_low, "price_max": far_low + 1}),
+        ("price alone, 3%, near", {"price_min": near_low, "price_max": near_low + 30}),
+        ("price alone, 3%, far", {"price_min": far_low, "price_max": far_low + 30}),
+        ("price alone, 50%", {"price_max": 500}),
+    ]  # fmt: skip
+
+
+def swap(conn: psycopg.Connection[Any], drop: list[tuple[str, str]], create: list[tuple[str, str]]) -> None:
+    """One set of filter indexes for the other (names and columns are this module's constants)."""
+    for name, columns in create:
+        conn.execute(f"CREATE INDEX IF NOT EXISTS {name} ON imgsearch.embeddings {columns}")
+    for name, _ in drop:
+        conn.execute(f"DROP INDEX IF EXISTS imgsearch.{name}")
+    conn.execute("VACUUM ANALYZE imgsearch.embeddings")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--queries", type=int, default=60)
+    parser.add_argument("--before", action="store_true", help="with the indexes before migration 0029")
+    args = parser.parse_args()
+
+    home = Settings().home
+    url = database_url(home, "bench_search")
+    cached_settings, planned_settings = Settings(record_queries=False), Settings(record_queries=False, cached_plans=False)
+    with (
+        Catalog.open(url, model="google/siglip-base-patch16-224", settings=cached_settings) as cached,
+        Catalog.open(url, model="google/siglip-base-patch16-224", settings=planned_settings) as planned,
+        psycopg.connect(libpq_conninfo(make_url(url)), autocommit=True) as admin,
+    ):
+        data, labels = load(cached, args.rows, seed=11)
+        cases = query_cases(data, labels, args.queries)
+        names = [name for name, _ in shapes(cases[0][1])]
+        if args.before:
+            print("the indexes before migration 0029 ...", flush=True)
+            swap(admin, drop=AFTER, create=BEFORE)
+        try:
+            times: dict[tuple[str, str], list[float]] = {}
+            differ: dict[str, int] = {}
+            matching: dict[str, list[int]] = {}
+            for position, name in enumerate(names):
+                with cached.engine.connect() as conn:
+                    kwargs = shapes(cases[0][1])[position][1]
+                    count = select(func.count()).select_from(Embedding).where(*Filters(**kwargs).conditions())
+                    matching[name] = [int(conn.execute(count).scalar_one())]
+                for n in range(-10, args.queries):  # ten untimed searches first: psycopg prepares at the fifth
+                    q, filters = cases[n % args.queries]
+                    kwargs = shapes(filters)[position][1]
+                    found = {}
+                    for how, catalog in (("cached", cached), ("per search", planned)):
+                        start = time.perf_counter()
+                        hits = catalog.search(vector=q, k=K, **kwargs)
+                        ms = (time.perf_counter() - start) * 1000
+                        found[how] = [h.image_id for h in hits]
+                        if n >= 0:
+                            times.setdefault((name, how), []).append(ms)
+                    differ[name] = differ.get(name, 0) + (found["cached"] != found["per search"])
+                print(f"  timed: {name}", flush=True)
+        finally:
+            if args.before:
+                swap(admin, drop=BEFORE, create=AFTER)
+    indexes = "before migration 0029" if args.before else "migration 0029's"
+    print(f"\n{args.rows:,} rows, {args.queries} queries a filter, {indexes} indexes\n")
+    print("| filter | rows matching (first query) | per search p50 ms | cached p50 ms | cached / per search | searches whose hits differ |")
+    print("|---|---|---|---|---|---|")
+    for name in names:
+        per_search = statistics.median(times[(name, "per search")])
+        on_cache = statistics.median(times[(name, "cached")])
+        print(
+            f"| {name} | {matching[name][0]:,} | {per_search:.2f} | {on_cache:.2f} | "
+            f"{on_cache / per_search:.2f}x | {differ[name]} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
