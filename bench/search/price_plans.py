@@ -18,7 +18,7 @@ migration 0029 replaced, ``(model_id, category)`` and ``(model_id, tenant, categ
 what a cached plan costs without an index on the category then the price: the script swaps them
 in the benchmark's own database and back at the end.
 
-The figures: docs/benchmarks.md, "Price filters on a cached plan".
+The figure it produces: docs/benchmarks.md, "Price filters on a cached plan".
 """
 
 from __future__ import annotations
