@@ -5,8 +5,9 @@
 On bench/search/search.py's catalog (loaded first if missing), for price ranges of several shapes
 and widths (a category's tenth of its prices near the query and far from it, a category's whole
 range, a range that leaves none of a category, three categories with a range, a shop's category
-with a range, a price range alone at 0.1%, 3% and 50% of the catalog), ``catalog.search`` on two
-catalogs of the same database, alternating search by search:
+with a range, a price range alone at 0.1%, 3% and 50% of the catalog, and a shop's at 0.1%, which
+is planned for each search on both), ``catalog.search`` on two catalogs of the same database,
+alternating search by search:
 
 * per search — ``Settings(cached_plans=False)``: every statement planned for its values, as
   imgsearch planned every price filter before migration 0029;
@@ -70,6 +71,7 @@ def shapes(filters: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[st
         ("3 categories, any price", {"category": named["3% near"]["category"], "price_min": 0}),
         ("shop's category, a tenth of its prices", {"tenant": "acme", "category": far, "price_min": far_low, "price_max": far_low + 1}),
         ("price alone, 0.1%", {"price_min": far_low, "price_max": far_low + 1}),
+        ("shop's price alone, 0.1%", {"tenant": "acme", "price_min": far_low, "price_max": far_low + 1}),
         ("price alone, 3%, near", {"price_min": near_low, "price_max": near_low + 30}),
         ("price alone, 3%, far", {"price_min": far_low, "price_max": far_low + 30}),
         ("price alone, 50%", {"price_max": 500}),

@@ -4,8 +4,8 @@ category's price range (model_id, tenant, category, price).
 A search with a price range and a category (or a list of them), with or without a tenant, was
 planned for each search's values (0.7-1 ms, half of such a search): with one index per column,
 which one leads depends on the values (a narrow range in a large category, or a category inside
-a broad range), and a plan made without them read a broad range's whole price index (213 ms
-against 5.6 ms planned for the values, bench/search/price_plans.py --before). An index on the category then the price serves every
+a broad range), and a plan made without them read a broad range's whole price index (over 40x
+the search planned for its values, bench/search/price_plans.py --before). An index on the category then the price serves every
 pair alike, so the statement runs on the plan PostgreSQL caches
 (``imgsearch.search.Filters.plans_alike``), and counts a category's price range from the index
 alone. Each new index replaces its prefix, ``(model_id, category)`` and ``(model_id, tenant,
