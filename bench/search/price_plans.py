@@ -111,12 +111,12 @@ def main() -> None:
         try:
             times: dict[tuple[str, str], list[float]] = {}
             differ: dict[str, int] = {}
-            matching: dict[str, list[int]] = {}
+            matching: dict[str, int] = {}
             for position, name in enumerate(names):
                 with cached.engine.connect() as conn:
                     kwargs = shapes(cases[0][1])[position][1]
                     count = select(func.count()).select_from(Embedding).where(*Filters(**kwargs).conditions())
-                    matching[name] = [int(conn.execute(count).scalar_one())]
+                    matching[name] = int(conn.execute(count).scalar_one())
                 for n in range(-10, args.queries):  # ten untimed searches first: psycopg prepares at the fifth
                     q, filters = cases[n % args.queries]
                     kwargs = shapes(filters)[position][1]
@@ -141,7 +141,7 @@ def main() -> None:
         per_search = statistics.median(times[(name, "per search")])
         on_cache = statistics.median(times[(name, "cached")])
         print(
-            f"| {name} | {matching[name][0]:,} | {per_search:.2f} | {on_cache:.2f} | "
+            f"| {name} | {matching[name]:,} | {per_search:.2f} | {on_cache:.2f} | "
             f"{on_cache / per_search:.2f}x | {differ[name]} |"
         )
 

@@ -59,8 +59,7 @@ def _migration(name: str) -> ModuleType:
 def _text_embedding_0018() -> str:
     """``imgsearch._text_embedding`` as migration 0018 left it (0015's, with its check of a model
     whose vectors come from elsewhere), as CREATE OR REPLACE."""
-    function: str = _migration("0018_external_models.py")._text_embedding()
-    return function
+    return str(_migration("0018_external_models.py")._text_embedding())
 
 
 def upgrade() -> None:
