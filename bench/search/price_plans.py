@@ -1,4 +1,5 @@
-"""Price filters on the plan PostgreSQL caches: what migration 0029's indexes buy, in one run.
+"""Price filters on the plan PostgreSQL caches, what migration 0029's indexes buy, and a shop's
+price range on the price in units, what migration 0030 buys, in one run.
 
     IMGSEARCH_HOME=/tmp/imgs-bench .venv/bin/python bench/search/price_plans.py --queries 60
 
@@ -19,7 +20,12 @@ migration 0029 replaced, ``(model_id, category)`` and ``(model_id, tenant, categ
 what a cached plan costs without an index on the category then the price: the script swaps them
 in the benchmark's own database and back at the end.
 
-The figure it produces: docs/benchmarks.md, "Price filters on a cached plan".
+Then a shop's price ranges under its row-level security, both planned for each search, on the
+price in units as searches filter it (migration 0030) and on the price itself (``numeric``, as
+searches filtered it before: ``where=`` the same range on ``Embedding.price``), alternating, the
+hits compared.
+
+The figure it produces: docs/benchmarks.md, "Price filters".
 """
 
 from __future__ import annotations
@@ -51,8 +57,8 @@ BEFORE = [
     ("embeddings_tenant_category_idx", "(model_id, tenant, category)"),
 ]
 AFTER = [
-    ("embeddings_category_price_idx", "(model_id, category, price)"),
-    ("embeddings_tenant_category_price_idx", "(model_id, tenant, category, price)"),
+    ("embeddings_category_price_idx", "(model_id, category, price_units)"),
+    ("embeddings_tenant_category_price_idx", "(model_id, tenant, category, price_units)"),
 ]
 
 
@@ -76,6 +82,23 @@ def shapes(filters: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[st
         ("price alone, 3%, far", {"price_min": far_low, "price_max": far_low + 30}),
         ("price alone, 50%", {"price_max": 500}),
     ]  # fmt: skip
+
+
+def shop_shapes(filters: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+    """A shop's price ranges (the benchmark's one tenant holds every row)."""
+    named = dict(filters)
+    far, near_low, far_low = named["1% far"]["category"], named["0.1% near"]["price_min"], named["0.1% far"]["price_min"]
+    return [
+        ("shop's price alone, 0.1%", {"price_min": far_low, "price_max": far_low + 1}),
+        ("shop's price alone, 3%, near", {"price_min": near_low, "price_max": near_low + 30}),
+        ("shop's category, a tenth of its prices", {"category": far, "price_min": far_low, "price_max": far_low + 1}),
+    ]  # fmt: skip
+
+
+def on_price(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The same filters with the price range on ``Embedding.price`` (numeric) instead."""
+    rest = {k: v for k, v in kwargs.items() if k not in ("price_min", "price_max")}
+    return {**rest, "where": Embedding.price.between(kwargs["price_min"], kwargs["price_max"])}
 
 
 def swap(conn: psycopg.Connection[Any], drop: list[tuple[str, str]], create: list[tuple[str, str]]) -> None:
@@ -130,10 +153,27 @@ def main() -> None:
                             times.setdefault((name, how), []).append(ms)
                     differ[name] = differ.get(name, 0) + (found["cached"] != found["per search"])
                 print(f"  timed: {name}", flush=True)
+            shop_times: dict[tuple[str, str], list[float]] = {}
+            shop_differ: dict[str, int] = {}
+            shop_names = [name for name, _ in shop_shapes(cases[0][1])]
+            for position, name in enumerate(shop_names):
+                for n in range(-10, args.queries):
+                    q, filters = cases[n % args.queries]
+                    kwargs = {"tenant": "acme", **shop_shapes(filters)[position][1]}
+                    found = {}
+                    for how, arguments in (("units", kwargs), ("numeric", on_price(kwargs))):
+                        start = time.perf_counter()
+                        hits = planned.search(vector=q, k=K, **arguments)
+                        ms = (time.perf_counter() - start) * 1000
+                        found[how] = [h.image_id for h in hits]
+                        if n >= 0:
+                            shop_times.setdefault((name, how), []).append(ms)
+                    shop_differ[name] = shop_differ.get(name, 0) + (found["units"] != found["numeric"])
+                print(f"  timed: {name}, on the price in units and on the price", flush=True)
         finally:
             if args.before:
                 swap(admin, drop=BEFORE, create=AFTER)
-    indexes = "before migration 0029" if args.before else "migration 0029's"
+    indexes = "before migration 0029" if args.before else "today's"
     print(f"\n{args.rows:,} rows, {args.queries} queries a filter, {indexes} indexes\n")
     print("| filter | rows matching (first query) | per search p50 ms | cached p50 ms | cached / per search | searches whose hits differ |")
     print("|---|---|---|---|---|---|")
@@ -144,6 +184,13 @@ def main() -> None:
             f"| {name} | {matching[name]:,} | {per_search:.2f} | {on_cache:.2f} | "
             f"{on_cache / per_search:.2f}x | {differ[name]} |"
         )
+    print("\nA shop's price range under its row-level security, planned per search\n")
+    print("| filter | on price (numeric) p50 ms | on price_units p50 ms | units / numeric | searches whose hits differ |")
+    print("|---|---|---|---|---|")
+    for name in shop_names:
+        numeric = statistics.median(shop_times[(name, "numeric")])
+        units = statistics.median(shop_times[(name, "units")])
+        print(f"| {name} | {numeric:.2f} | {units:.2f} | {units / numeric:.3f}x | {shop_differ[name]} |")
 
 
 if __name__ == "__main__":

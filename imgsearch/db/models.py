@@ -287,12 +287,13 @@ class Embedding(Base):
         CheckConstraint("l2_norm(embedding) > 0", name="not_zero"),
         Index("embeddings_image_id_idx", "image_id"),
         Index("embeddings_product_pk_idx", "product_pk", "model_id"),
-        # a category's price range (migration 0029); its prefix serves category-only filters
-        Index("embeddings_category_price_idx", "model_id", "category", "price"),
-        Index("embeddings_price_idx", "model_id", "price"),
-        # a shop's search within a category and its price range (migrations 0005, 0029); its
-        # prefixes serve tenant-only filters and a shop's category
-        Index("embeddings_tenant_category_price_idx", "model_id", "tenant", "category", "price"),
+        # a category's price range (migrations 0029, 0030); its prefix serves category-only filters
+        Index("embeddings_category_price_idx", "model_id", "category", "price_units"),
+        Index("embeddings_price_idx", "model_id", "price_units"),
+        # a shop's search within a category and its price range (migrations 0005, 0029, 0030),
+        # and its price range alone (a skip scan over its categories); its prefixes serve
+        # tenant-only filters and a shop's category
+        Index("embeddings_tenant_category_price_idx", "model_id", "tenant", "category", "price_units"),
     )
 
     model_id: Mapped[int] = mapped_column(
@@ -305,6 +306,12 @@ class Embedding(Base):
     # exact scan reads one table
     category: Mapped[str | None] = mapped_column(Text)
     price: Mapped[Decimal | None] = mapped_column(Numeric(14, 4))
+    # the price in ten-thousandths (numeric(14, 4)'s scale), generated from it (migration 0030):
+    # what searches filter a price range on, as bigint's comparisons are leakproof: under a shop's
+    # row-level security a range is an index condition, which numeric's can't be
+    price_units: Mapped[int | None] = mapped_column(
+        BigInteger, Computed("(price * 10000)::bigint", persisted=True)
+    )
     embedding: Mapped[Any] = mapped_column(HALFVEC())
     created_at: Mapped[dt.datetime] = _created()
 

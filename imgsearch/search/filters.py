@@ -56,8 +56,13 @@ class Filters:
 
     def params(self) -> dict[str, Any]:
         """The filter values by parameter name, to run a statement built for the same
-        :meth:`shape` with other values (checked once per instance)."""
-        return {f"{PARAM_PREFIX}{name}": value for name, value in self._values.items()}
+        :meth:`shape` with other values (checked once per instance); a price bound twice, as a
+        price (over products) and in ``price_units`` (over embeddings)."""
+        params = {f"{PARAM_PREFIX}{name}": value for name, value in self._values.items()}
+        for name in PRICE_BOUNDS:
+            if name in self._values:
+                params[f"{PARAM_PREFIX}{name}{UNITS}"] = self._units(name)
+        return params
 
     def tenant_name(self) -> str | None:
         """The tenant as stored (:func:`imgsearch.ingest.checks.identifier`, checked once per instance)."""
@@ -194,10 +199,18 @@ class Filters:
         if "categories" in values:
             # one array parameter: the same SQL text (and prepared statement) for every list length
             conds.append(rows.category == any_(param("categories", ARRAY(Text()))))
-        if "price_min" in values:
-            conds.append(rows.price >= param("price_min", Numeric()))
-        if "price_max" in values:
-            conds.append(rows.price <= param("price_max", Numeric()))
+        if rows is Embedding:
+            # the bigint copy (migration 0030): a shop's range is an index condition under its
+            # row-level security, where numeric's comparisons (not leakproof) can't be
+            if "price_min" in values:
+                conds.append(Embedding.price_units >= self._units_param("price_min"))
+            if "price_max" in values:
+                conds.append(Embedding.price_units <= self._units_param("price_max"))
+        else:
+            if "price_min" in values:
+                conds.append(rows.price >= param("price_min", Numeric()))
+            if "price_max" in values:
+                conds.append(rows.price <= param("price_max", Numeric()))
         if "attributes" in values:
             conds.append(Product.attributes.op("@>")(param("attributes", JSONB())))
         if "brand" in values:
@@ -207,12 +220,22 @@ class Filters:
     def _param(self, name: str, type_: Any) -> BindParameter[Any]:
         return bindparam(f"{PARAM_PREFIX}{name}", self._values[name], type_=type_)
 
+    def _units_param(self, name: str) -> BindParameter[Any]:
+        return bindparam(f"{PARAM_PREFIX}{name}{UNITS}", self._units(name), type_=BigInteger())
+
+    def _units(self, name: str) -> int:
+        """A price bound in ``price_units``: exact, the bound having four decimals at most
+        (rounded inwards) and lying within numeric(14, 4)'s range (clamped)."""
+        return int(self._values[name].scaleb(4))
+
 
 PARAM_PREFIX = "imgsearch_filter_"
 FOUR_PLACES = Decimal("0.0001")
+PRICE_BOUNDS = ("price_min", "price_max")
+UNITS = "_units"  # a price bound's parameter over embeddings.price_units: its name's suffix
 
 # the filter columns of Filters.plans_alike shapes: none, one indexed column, or a shop's category
-# (embeddings (model_id, tenant, category, price), migrations 0005 and 0029)
+# (embeddings (model_id, tenant, category, price_units), migrations 0005, 0029 and 0030)
 PLANS_ALIKE = {
     frozenset(columns)
     for columns in (
@@ -226,9 +249,10 @@ PLANS_ALIKE = {
     )
 }
 # and on embeddings, a price range (one bound or both) alone, in a category or a list of them, or
-# in a shop's category or list: embeddings (model_id, price), (model_id, category, price) and
-# (model_id, tenant, category, price) serve each alike (migration 0029); a shop's price range
-# without a category is still planned for each search (its two indexes lead by the values)
+# in a shop's category or list: embeddings (model_id, price_units), (model_id, category,
+# price_units) and (model_id, tenant, category, price_units) serve each alike (migrations 0029,
+# 0030); a shop's price range without a category is still planned for each search (made without
+# the values, its plan reads the catalog's price index and filters the shop's rows)
 PRICES = [("price_min",), ("price_max",), ("price_min", "price_max")]
 PLANS_ALIKE_ON_EMBEDDINGS = PLANS_ALIKE | {
     frozenset((*columns, *price))

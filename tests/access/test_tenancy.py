@@ -152,6 +152,35 @@ def test_library_with_a_tenant_never_returns_another(shops: Shops) -> None:
         assert conn.execute(text("SELECT current_setting('imgsearch.tenant', true)")).scalar() in (None, "")
 
 
+def test_a_shops_price_range_is_an_index_condition_under_its_policy(shops: Shops) -> None:
+    """Under the shop's row-level security PostgreSQL lets only leakproof conditions into an
+    index's condition ahead of the policy's: a search's price range is one, on ``price_units``
+    (migration 0030); the same range on ``price`` (numeric, not leakproof) filters every row."""
+    from sqlalchemy import and_
+
+    from imgsearch.search import Filters, exact_statement
+    from tests.helpers import explain_generic
+
+    catalog, q = shops.catalog, unit(DIM, 0)
+    ranges = {
+        "units": Filters(tenant="shop_a", price_min=11, price_max=13),
+        "numeric": Filters(tenant="shop_a", where=and_(Embedding.price >= 11, Embedding.price <= 13)),
+    }
+    plans = {}
+    with catalog.engine.begin() as conn:
+        tenancy.scope(conn, "shop_a")
+        conn.execute(text("SET LOCAL enable_seqscan = off"))  # a dozen rows: have an index tried
+        for name, filters in ranges.items():
+            plans[name] = explain_generic(conn, exact_statement(catalog.active_model, q, filters, 10))
+    conds = [line for line in plans["units"].splitlines() if "Index Cond" in line]
+    assert any("price_units >= " in c and "price_units <= " in c for c in conds), plans["units"]
+    assert not any("price" in line for line in plans["units"].splitlines() if "Filter" in line)
+    assert any("price >= " in line for line in plans["numeric"].splitlines() if "Filter" in line)
+    # and the shop's range answers with its rows alone
+    hits = catalog.search(vector=q, tenant="shop_a", price_min=11, price_max=13, k=20)
+    assert sorted(h.product_id for h in hits) == ["a1", "a2", "a3"]
+
+
 def test_scope_needs_the_app_role(shops: Shops) -> None:
     from sqlalchemy import create_engine
 

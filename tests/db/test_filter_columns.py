@@ -1,5 +1,6 @@
-"""Embeddings carry their product's category and price (migration 0004): the copies follow every
-change of the product, can't be set apart from it, and searches filter on them."""
+"""Embeddings carry their product's category and price (migration 0004), the price also in units
+(migration 0030): the copies follow every change of the product, can't be set apart from it, and
+searches filter on them."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from sqlalchemy import text
-from sqlalchemy.exc import SAWarning
+from sqlalchemy.exc import ProgrammingError, SAWarning
 
 from imgsearch import Catalog
 from imgsearch.db.models import Image, Product
@@ -35,11 +36,14 @@ def copies(catalog: Catalog) -> list[tuple[str, str | None, Decimal | None, str 
     with catalog.engine.connect() as conn:
         rows = conn.execute(
             text(
-                "SELECT p.product_id, e.category, e.price, p.category, p.price FROM imgsearch.embeddings e"
+                "SELECT p.product_id, e.category, e.price, p.category, p.price, e.price_units"
+                " FROM imgsearch.embeddings e"
                 " JOIN imgsearch.products p ON p.id = e.product_pk ORDER BY e.image_id"
             )
         ).all()
-    return [tuple(r) for r in rows]  # type: ignore[misc]
+    # the price in units follows the price, always (generated from it)
+    assert all(r.price_units == (None if r[4] is None else int(r[4] * 10000)) for r in rows)
+    return [tuple(r)[:5] for r in rows]  # type: ignore[misc]
 
 
 def test_new_embeddings_copy_their_product(catalog: Catalog) -> None:
@@ -101,6 +105,56 @@ def test_copies_cannot_be_set_apart_from_the_product(catalog: Catalog) -> None:
     with catalog.engine.begin() as conn:
         conn.execute(text("UPDATE imgsearch.embeddings SET category = 'fake', price = 0"))
     assert copies(catalog)[0][1:3] == ("shoes", Decimal("10.0000"))
+    # the price in units is PostgreSQL's to write: a write names the column, and nothing changed
+    with pytest.raises(ProgrammingError, match="price_units"), catalog.engine.begin() as conn:
+        conn.execute(text("UPDATE imgsearch.embeddings SET price_units = 1"))
+    assert copies(catalog)[0][1:3] == ("shoes", Decimal("10.0000"))
+
+
+@pytest.mark.parametrize("on", ["library", "console"])
+def test_price_bounds_select_exactly_the_prices_they_name(catalog: Catalog, on: str) -> None:
+    """Searches filter the price in units: a bound with more than four decimals, one past
+    numeric(14, 4)'s range, and a negative one select the rows the price itself would."""
+    prices = ["0", "10", "10.0001", "10.0002", "99999.9999", "9999999999.9999"]
+    vs = vectors(len(prices), 5)
+    catalog.add_many(
+        [
+            {"embedding": v, "tenant": "acme", "product_id": f"p{i}", "category": "c", "price": Decimal(price)}
+            for i, (v, price) in enumerate(zip(vs, prices, strict=True))
+        ]
+    )
+    bounds = [
+        ("10.00005", None),
+        (None, "10.00015"),
+        ("10.0001", "10.0001"),
+        ("-5", "0"),
+        ("1e30", None),
+        (None, "1e30"),
+        ("-1e30", "1e-30"),
+        ("9999999999.99991", None),
+        ("1e-30", "1e-29"),
+    ]
+    for low, high in bounds:
+        want = {
+            f"p{i}"
+            for i, price in enumerate(prices)
+            if (low is None or Decimal(price) >= Decimal(low)) and (high is None or Decimal(price) <= Decimal(high))
+        }
+        if on == "library":
+            hits = catalog.search(vector=vs[0], k=10, tenant="acme", price_min=low, price_max=high)
+            got = {h.product_id for h in hits}
+        else:
+            with catalog.engine.connect() as conn:
+                got = set(
+                    conn.execute(
+                        text(
+                            "SELECT product_id FROM imgsearch.search_vector(CAST(:q AS vector), 10,"
+                            " tenant => 'acme', price_min => CAST(:low AS numeric), price_max => CAST(:high AS numeric))"
+                        ),
+                        {"q": str(vs[0].tolist()), "low": low, "high": high},
+                    ).scalars()
+                )
+        assert got == want, (low, high)
 
 
 def test_where_over_products_and_images_joins_them(catalog: Catalog) -> None:
