@@ -91,6 +91,7 @@ SEARCH_DOC = (
     "setweight(jsonb_to_tsvector('english'::regconfig, attributes, '[\"string\", \"numeric\"]'), 'C') || "
     "setweight(to_tsvector('english'::regconfig, coalesce(description, '')), 'D')"
 )
+PRICE_UNITS = "(price * 10000)::bigint"  # products' and embeddings' price_units (migration 0030)
 LEXICAL_TEXT = "lower(coalesce(title, '') || ' ' || coalesce(brand, '') || ' ' || product_id)"
 
 
@@ -122,9 +123,10 @@ class Product(Base):
             postgresql_ops={"lexical_text": "gin_trgm_ops"},
         ),
         Index("products_tenant_category_idx", "tenant", "category"),
-        Index("products_tenant_price_idx", "tenant", "price"),
+        # on the price in units (migration 0030): a shop's range is an index condition
+        Index("products_tenant_price_idx", "tenant", "price_units"),
         Index("products_category_idx", "category"),  # filters without a tenant (admins, one-shop setups)
-        Index("products_price_idx", "price"),
+        Index("products_price_idx", "price_units"),
         Index(
             "products_attributes_idx",
             "attributes",
@@ -138,6 +140,10 @@ class Product(Base):
     product_id: Mapped[str] = mapped_column(Text)
     category: Mapped[str | None] = mapped_column(Text)
     price: Mapped[Decimal | None] = mapped_column(Numeric(14, 4))
+    # the price in ten-thousandths (numeric(14, 4)'s scale), generated from it (migration 0030):
+    # what searches filter a price range on, as bigint's comparisons are leakproof: under a shop's
+    # row-level security a range is an index condition, which numeric's can't be
+    price_units: Mapped[int | None] = mapped_column(BigInteger, Computed(PRICE_UNITS, persisted=True))
     currency: Mapped[str | None] = mapped_column(String(3))
     attributes: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
     created_at: Mapped[dt.datetime] = _created()
@@ -306,12 +312,7 @@ class Embedding(Base):
     # exact scan reads one table
     category: Mapped[str | None] = mapped_column(Text)
     price: Mapped[Decimal | None] = mapped_column(Numeric(14, 4))
-    # the price in ten-thousandths (numeric(14, 4)'s scale), generated from it (migration 0030):
-    # what searches filter a price range on, as bigint's comparisons are leakproof: under a shop's
-    # row-level security a range is an index condition, which numeric's can't be
-    price_units: Mapped[int | None] = mapped_column(
-        BigInteger, Computed("(price * 10000)::bigint", persisted=True)
-    )
+    price_units: Mapped[int | None] = mapped_column(BigInteger, Computed(PRICE_UNITS, persisted=True))  # as products'
     embedding: Mapped[Any] = mapped_column(HALFVEC())
     created_at: Mapped[dt.datetime] = _created()
 

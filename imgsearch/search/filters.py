@@ -13,7 +13,6 @@ from sqlalchemy import (
     BigInteger,
     BindParameter,
     ColumnElement,
-    Numeric,
     Text,
     and_,
     any_,
@@ -56,13 +55,12 @@ class Filters:
 
     def params(self) -> dict[str, Any]:
         """The filter values by parameter name, to run a statement built for the same
-        :meth:`shape` with other values (checked once per instance); a price bound twice, as a
-        price (over products) and in ``price_units`` (over embeddings)."""
-        params = {f"{PARAM_PREFIX}{name}": value for name, value in self._values.items()}
-        for name in PRICE_BOUNDS:
-            if name in self._values:
-                params[f"{PARAM_PREFIX}{name}{UNITS}"] = self._units(name)
-        return params
+        :meth:`shape` with other values (checked once per instance); a price bound in
+        ``price_units``."""
+        return {
+            f"{PARAM_PREFIX}{name}": self._units(name) if name in PRICE_BOUNDS else value
+            for name, value in self._values.items()
+        }
 
     def tenant_name(self) -> str | None:
         """The tenant as stored (:func:`imgsearch.ingest.checks.identifier`, checked once per instance)."""
@@ -199,18 +197,12 @@ class Filters:
         if "categories" in values:
             # one array parameter: the same SQL text (and prepared statement) for every list length
             conds.append(rows.category == any_(param("categories", ARRAY(Text()))))
-        if rows is Embedding:
-            # the bigint copy (migration 0030): a shop's range is an index condition under its
-            # row-level security, where numeric's comparisons (not leakproof) can't be
-            if "price_min" in values:
-                conds.append(Embedding.price_units >= self._units_param("price_min"))
-            if "price_max" in values:
-                conds.append(Embedding.price_units <= self._units_param("price_max"))
-        else:
-            if "price_min" in values:
-                conds.append(rows.price >= param("price_min", Numeric()))
-            if "price_max" in values:
-                conds.append(rows.price <= param("price_max", Numeric()))
+        # on the bigint copy (migration 0030): a shop's range is an index condition under its
+        # row-level security, where numeric's comparisons (not leakproof) can't be
+        if "price_min" in values:
+            conds.append(rows.price_units >= self._units_param("price_min"))
+        if "price_max" in values:
+            conds.append(rows.price_units <= self._units_param("price_max"))
         if "attributes" in values:
             conds.append(Product.attributes.op("@>")(param("attributes", JSONB())))
         if "brand" in values:
@@ -221,7 +213,7 @@ class Filters:
         return bindparam(f"{PARAM_PREFIX}{name}", self._values[name], type_=type_)
 
     def _units_param(self, name: str) -> BindParameter[Any]:
-        return bindparam(f"{PARAM_PREFIX}{name}{UNITS}", self._units(name), type_=BigInteger())
+        return bindparam(f"{PARAM_PREFIX}{name}", self._units(name), type_=BigInteger())
 
     def _units(self, name: str) -> int:
         """A price bound in ``price_units``: exact, the bound having four decimals at most
@@ -232,7 +224,6 @@ class Filters:
 PARAM_PREFIX = "imgsearch_filter_"
 FOUR_PLACES = Decimal("0.0001")
 PRICE_BOUNDS = ("price_min", "price_max")
-UNITS = "_units"  # a price bound's parameter over embeddings.price_units: its name's suffix
 
 # the filter columns of Filters.plans_alike shapes: none, one indexed column, or a shop's category
 # (embeddings (model_id, tenant, category, price_units), migrations 0005, 0029 and 0030)

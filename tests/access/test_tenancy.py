@@ -155,13 +155,14 @@ def test_library_with_a_tenant_never_returns_another(shops: Shops) -> None:
 def test_a_shops_price_range_is_an_index_condition_under_its_policy(shops: Shops) -> None:
     """Under the shop's row-level security PostgreSQL lets only leakproof conditions into an
     index's condition ahead of the policy's: a search's price range is one, on ``price_units``
-    (migration 0030); the same range on ``price`` (numeric, not leakproof) filters every row."""
+    (migration 0030), over embeddings and over products (totals, facets); the same range on
+    ``price`` (numeric, not leakproof) filters every row."""
     from sqlalchemy import and_
 
-    from imgsearch.search import Filters, exact_statement
+    from imgsearch.search import Filters, exact_statement, facets
     from tests.helpers import explain_generic
 
-    catalog, q = shops.catalog, unit(DIM, 0)
+    catalog, q, model = shops.catalog, unit(DIM, 0), shops.catalog.active_model
     ranges = {
         "units": Filters(tenant="shop_a", price_min=11, price_max=13),
         "numeric": Filters(tenant="shop_a", where=and_(Embedding.price >= 11, Embedding.price <= 13)),
@@ -171,10 +172,14 @@ def test_a_shops_price_range_is_an_index_condition_under_its_policy(shops: Shops
         tenancy.scope(conn, "shop_a")
         conn.execute(text("SET LOCAL enable_seqscan = off"))  # a dozen rows: have an index tried
         for name, filters in ranges.items():
-            plans[name] = explain_generic(conn, exact_statement(catalog.active_model, q, filters, 10))
-    conds = [line for line in plans["units"].splitlines() if "Index Cond" in line]
-    assert any("price_units >= " in c and "price_units <= " in c for c in conds), plans["units"]
-    assert not any("price" in line for line in plans["units"].splitlines() if "Filter" in line)
+            plans[name] = explain_generic(conn, exact_statement(model, q, filters, 10))
+        # the shop's total (and facets) over products, on products' price in units
+        plans["total"] = explain_generic(conn, facets.total_statement(model, ranges["units"], False))
+    for name in ("units", "total"):
+        lines = plans[name].splitlines()
+        conds = [line for line in lines if "Index Cond" in line]
+        assert any("price_units >= " in c and "price_units <= " in c for c in conds), plans[name]
+        assert not any("price" in line for line in lines if "Filter" in line), plans[name]
     assert any("price >= " in line for line in plans["numeric"].splitlines() if "Filter" in line)
     # and the shop's range answers with its rows alone
     hits = catalog.search(vector=q, tenant="shop_a", price_min=11, price_max=13, k=20)

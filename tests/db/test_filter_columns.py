@@ -4,6 +4,7 @@ searches filter on them."""
 
 from __future__ import annotations
 
+import re
 import warnings
 from decimal import Decimal
 from pathlib import Path
@@ -113,8 +114,9 @@ def test_copies_cannot_be_set_apart_from_the_product(catalog: Catalog) -> None:
 
 @pytest.mark.parametrize("on", ["library", "console"])
 def test_price_bounds_select_exactly_the_prices_they_name(catalog: Catalog, on: str) -> None:
-    """Searches filter the price in units: a bound with more than four decimals, one past
-    numeric(14, 4)'s range, and a negative one select the rows the price itself would."""
+    """Searches, totals and facets filter the price in units: a bound with more than four
+    decimals, one past numeric(14, 4)'s range, and a negative one select the rows the price
+    itself would."""
     prices = ["0", "10", "10.0001", "10.0002", "99999.9999", "9999999999.9999"]
     vs = vectors(len(prices), 5)
     catalog.add_many(
@@ -140,21 +142,26 @@ def test_price_bounds_select_exactly_the_prices_they_name(catalog: Catalog, on: 
             for i, price in enumerate(prices)
             if (low is None or Decimal(price) >= Decimal(low)) and (high is None or Decimal(price) <= Decimal(high))
         }
-        if on == "library":
-            hits = catalog.search(vector=vs[0], k=10, tenant="acme", price_min=low, price_max=high)
-            got = {h.product_id for h in hits}
+        if on == "library":  # the hits over embeddings, the total over products
+            hits = catalog.search(vector=vs[0], k=10, tenant="acme", price_min=low, price_max=high, total=True)
+            got, total = {h.product_id for h in hits}, hits.total
         else:
+            bounds = {"q": str(vs[0].tolist()), "low": low, "high": high}
+            typed = "price_min => CAST(:low AS numeric), price_max => CAST(:high AS numeric)"
             with catalog.engine.connect() as conn:
                 got = set(
                     conn.execute(
                         text(
                             "SELECT product_id FROM imgsearch.search_vector(CAST(:q AS vector), 10,"
-                            " tenant => 'acme', price_min => CAST(:low AS numeric), price_max => CAST(:high AS numeric))"
+                            f" tenant => 'acme', {typed})"
                         ),
-                        {"q": str(vs[0].tolist()), "low": low, "high": high},
+                        bounds,
                     ).scalars()
                 )
-        assert got == want, (low, high)
+                total = conn.execute(
+                    text(f"SELECT (imgsearch.facets(tenant => 'acme', {typed}) ->> 'total')::int"), bounds
+                ).scalar_one()
+        assert got == want and total == len(want), (low, high)
 
 
 def test_where_over_products_and_images_joins_them(catalog: Catalog) -> None:
@@ -171,3 +178,21 @@ def test_where_over_products_and_images_joins_them(catalog: Catalog) -> None:
         by_product = catalog.search(vector=vs[0], where=Product.product_id == "p3")
     assert sorted(h.image_id for h in by_image) == sorted(ids[:2])
     assert [h.product_id for h in by_product] == ["p3"]
+
+
+def test_console_functions_filter_the_price_in_units(catalog: Catalog) -> None:
+    """Migration 0030 rewrote each console function's price conditions: none compares the
+    numeric price any more."""
+    with catalog.engine.connect() as conn:
+        sources = dict(
+            conn.execute(
+                text(
+                    "SELECT proname, prosrc FROM pg_proc WHERE pronamespace = 'imgsearch'::regnamespace"
+                    " AND proname IN ('_search', '_lexical', 'facets')"
+                )
+            ).all()
+        )
+    assert len(sources) == 3
+    for name, source in sources.items():
+        assert "price_units >= ceil(" in source and "price_units <= floor(" in source, name
+        assert not re.search(r"\.price [<>]=", source), name

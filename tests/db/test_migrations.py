@@ -77,7 +77,7 @@ def test_filter_indexes_exist(database_url: str) -> None:
     engine.dispose()
     assert "USING gin (attributes jsonb_path_ops)" in indexes["products_attributes_idx"]
     assert "(tenant, category)" in indexes["products_tenant_category_idx"]
-    assert "(tenant, price)" in indexes["products_tenant_price_idx"]
+    assert "(tenant, price_units)" in indexes["products_tenant_price_idx"]
     assert "images_tenant_sha256_key" in indexes
 
 
