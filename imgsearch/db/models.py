@@ -91,7 +91,9 @@ SEARCH_DOC = (
     "setweight(jsonb_to_tsvector('english'::regconfig, attributes, '[\"string\", \"numeric\"]'), 'C') || "
     "setweight(to_tsvector('english'::regconfig, coalesce(description, '')), 'D')"
 )
-PRICE_UNITS = "(price * 10000)::bigint"  # products' and embeddings' price_units (migration 0030)
+# products' and embeddings' price_units (migration 0030); a NaN price gives NULL, so that the
+# products' check refuses it by name (a bigint can't hold NaN, and the column is computed first)
+PRICE_UNITS = "(nullif(price, 'NaN') * 10000)::bigint"
 LEXICAL_TEXT = "lower(coalesce(title, '') || ' ' || coalesce(brand, '') || ' ' || product_id)"
 
 

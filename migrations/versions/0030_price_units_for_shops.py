@@ -43,7 +43,9 @@ down_revision: str | None = "0029"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-UNITS = "(price * 10000)::bigint"
+# a NaN price gives NULL: products' check (migration 0017) then refuses it by name, where the
+# cast, computed before any check, would fail unnamed (a bigint can't hold NaN)
+UNITS = "(nullif(price, 'NaN') * 10000)::bigint"
 # the console's price conditions, by function, as before and after: the bounds rounded inwards to
 # four decimals and clamped to numeric(14, 4)'s range (every stored price is below 1e10), which
 # bigint holds
