@@ -5,7 +5,7 @@ price indexes hold it in place of ``price``.
 Under a shop's row-level security PostgreSQL keeps a condition that isn't leakproof out of an
 index's condition, ahead of the policy's; ``numeric``'s comparisons aren't leakproof, ``bigint``'s
 are. So a shop's price range was a filter on every row of the shop (or of its category) that the
-counts, the exact scan, the totals and the facets read: 26x the same range on the price in units
+counts, the exact scan, the totals and the facets read: 32x the same range on the price in units
 at 100k rows (bench/search/price_plans.py). On ``price_units`` it is an index condition:
 ``embeddings (model_id, tenant, category, price_units)`` reads a shop's range within each of its
 categories (PostgreSQL 18's skip scan), and a shop's category's range directly; ``products
@@ -22,10 +22,10 @@ four decimals and clamped to numeric(14, 4)'s range, as the library's are
 (``imgsearch.search.Filters``). ``price`` stays: hits, facets' buckets and users' SQL read it.
 
 Adding a stored column rewrites the table and rebuilds its indexes, the HNSW graphs included,
-while the migration holds it (searches wait): 63 s at 100k rows on the dev machine, about the
+while the migration holds it (searches wait): 61 s at 100k rows on the dev machine, about the
 graph's build alone (docs/benchmarks.md, "Price filters"). It sets ``maintenance_work_mem`` for
 the rebuild from the largest graph's size, as a bulk import does (a graph that doesn't fit in it
-builds several times slower). Filling a plain column by ``UPDATE`` instead took 158 s, holding
+builds several times slower). Filling a plain column on embeddings by ``UPDATE`` took 158 s, holding
 the table as well (``ADD COLUMN`` does), and left every graph with a dead entry per row (the
 table and its indexes grew from 411 to 615 MB).
 
