@@ -35,6 +35,7 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +103,33 @@ def on_price(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {**rest, "where": Embedding.price.between(kwargs["price_min"], kwargs["price_max"])}
 
 
+def low(filters: list[tuple[str, dict[str, Any]]]) -> Any:
+    """The lower bound of a query case's 0.1% price range (far from the query)."""
+    return dict(filters)["0.1% far"]["price_min"]
+
+
+def alternate(
+    arms: dict[str, Callable[[Any, Any], Sequence[Any]]], cases: list[Any], queries: int
+) -> tuple[dict[str, list[float]], int]:
+    """Each arm's search (of a query and its case's filters), alternating query by query, ten
+    untimed rounds first (psycopg prepares at the fifth): each arm's milliseconds, and how many
+    rounds' hits differed between the arms."""
+    times: dict[str, list[float]] = {how: [] for how in arms}
+    differ = 0
+    for n in range(-10, queries):
+        q, filters = cases[n % queries]
+        found = []
+        for how, search in arms.items():
+            start = time.perf_counter()
+            hits = search(q, filters)
+            ms = (time.perf_counter() - start) * 1000
+            found.append([h.image_id for h in hits])
+            if n >= 0:
+                times[how].append(ms)
+        differ += any(ids != found[0] for ids in found)
+    return times, differ
+
+
 def swap(conn: psycopg.Connection[Any], drop: list[tuple[str, str]], create: list[tuple[str, str]]) -> None:
     """One set of filter indexes for the other (names and columns are this module's constants)."""
     for name, columns in create:
@@ -141,44 +169,36 @@ def main() -> None:
                     kwargs = shapes(cases[0][1])[position][1]
                     count = select(func.count()).select_from(Embedding).where(*Filters(**kwargs).conditions())
                     matching[name] = int(conn.execute(count).scalar_one())
-                for n in range(-10, args.queries):  # ten untimed searches first: psycopg prepares at the fifth
-                    q, filters = cases[n % args.queries]
-                    kwargs = shapes(filters)[position][1]
-                    found = {}
-                    for how, catalog in (("cached", cached), ("per search", planned)):
-                        start = time.perf_counter()
-                        hits = catalog.search(vector=q, k=K, **kwargs)
-                        ms = (time.perf_counter() - start) * 1000
-                        found[how] = [h.image_id for h in hits]
-                        if n >= 0:
-                            times.setdefault((name, how), []).append(ms)
-                    differ[name] = differ.get(name, 0) + (found["cached"] != found["per search"])
+                arms = {
+                    how: lambda q, f, c=catalog, i=position: c.search(vector=q, k=K, **shapes(f)[i][1])
+                    for how, catalog in (("cached", cached), ("per search", planned))
+                }
+                timed, differ[name] = alternate(arms, cases, args.queries)
+                times.update({(name, how): ms for how, ms in timed.items()})
                 print(f"  timed: {name}", flush=True)
-            shop_times: dict[tuple[str, str], list[float]] = {}
-            shop_differ: dict[str, int] = {}
             shop_names = [name for name, _ in shop_shapes(cases[0][1])]
+            shop_differ: dict[str, int] = {}
             for position, name in enumerate(shop_names):
-                for n in range(-10, args.queries):
-                    q, filters = cases[n % args.queries]
-                    kwargs = {"tenant": "acme", **shop_shapes(filters)[position][1]}
-                    found = {}
-                    for how, arguments in (("units", kwargs), ("numeric", on_price(kwargs))):
-                        start = time.perf_counter()
-                        hits = planned.search(vector=q, k=K, **arguments)
-                        ms = (time.perf_counter() - start) * 1000
-                        found[how] = [h.image_id for h in hits]
-                        if n >= 0:
-                            shop_times.setdefault((name, how), []).append(ms)
-                    shop_differ[name] = shop_differ.get(name, 0) + (found["units"] != found["numeric"])
+
+                def shop(f: Any, i: int = position) -> dict[str, Any]:
+                    return {"tenant": "acme", **shop_shapes(f)[i][1]}
+
+                arms = {
+                    "units": lambda q, f, s=shop: planned.search(vector=q, k=K, **s(f)),
+                    "numeric": lambda q, f, s=shop: planned.search(vector=q, k=K, **on_price(s(f))),
+                }
+                timed, shop_differ[name] = alternate(arms, cases, args.queries)  # names as the first table's
+                times.update({(name, how): ms for how, ms in timed.items()})
                 print(f"  timed: {name}, on the price in units and on the price", flush=True)
-            for n in range(-10, args.queries):  # the total over products: a shop's range and the catalog's
-                q, filters = cases[n % args.queries]
-                low = dict(filters)["0.1% far"]["price_min"]
-                for how, tenant in (("catalog", None), ("shop", "acme")):
-                    start = time.perf_counter()
-                    planned.search(vector=q, k=K, tenant=tenant, price_min=low, price_max=low + 1, total=True)
-                    if n >= 0:
-                        shop_times.setdefault(("total", how), []).append((time.perf_counter() - start) * 1000)
+            # the total over products: a shop's range and the catalog's
+            arms = {
+                how: lambda q, f, t=tenant: planned.search(
+                    vector=q, k=K, tenant=t, total=True, price_min=low(f), price_max=low(f) + 1
+                )
+                for how, tenant in (("catalog", None), ("shop", "acme"))
+            }
+            timed, _ = alternate(arms, cases, args.queries)
+            times.update({("total", how): ms for how, ms in timed.items()})
             print("  timed: the total of a 0.1% price range, a shop's and the catalog's", flush=True)
         finally:
             if args.before:
@@ -198,10 +218,10 @@ def main() -> None:
     print("| filter | on price (numeric) p50 ms | on price_units p50 ms | units / numeric | searches whose hits differ |")
     print("|---|---|---|---|---|")
     for name in shop_names:
-        numeric = statistics.median(shop_times[(name, "numeric")])
-        units = statistics.median(shop_times[(name, "units")])
+        numeric = statistics.median(times[(name, "numeric")])
+        units = statistics.median(times[(name, "units")])
         print(f"| {name} | {numeric:.2f} | {units:.2f} | {units / numeric:.3f}x | {shop_differ[name]} |")
-    catalog_total, shop_total = (statistics.median(shop_times[("total", how)]) for how in ("catalog", "shop"))
+    catalog_total, shop_total = (statistics.median(times[("total", how)]) for how in ("catalog", "shop"))
     print(
         f"\nWith its total (counted over products), a 0.1% price range: the catalog's {catalog_total:.2f} ms,"
         f" a shop's {shop_total:.2f} ms ({shop_total / catalog_total:.2f}x)"
