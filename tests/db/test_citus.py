@@ -10,9 +10,11 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, make_url, text
 from sqlalchemy.exc import DBAPIError
 
@@ -282,3 +284,84 @@ def test_a_single_node_catalog_moves_onto_a_cluster(
             assert conn.execute(text("SELECT count(*) FROM imgsearch.embeddings")).scalar_one() == 90
         after = [[(h.tenant, h.product_id) for h in catalog.search(**s)] for s in searches]
     assert after == before and all(before)
+
+
+def test_a_distributed_catalog_takes_the_latest_migration_with_its_rows(
+    citus_cluster: CitusCluster, tiny_siglip: Path
+) -> None:
+    """A catalog distributed at the revision before the latest (its last migration undone on the
+    cluster) comes to the latest through `imgsearch migrate`: it stays distributed, the latest
+    migration's changes reach every shard and node (0030: ``price_units`` on every row, the
+    console's functions rewritten on each worker), every search answers as before, and the
+    triggers rewritten for the shards still do their work."""
+    url = citus_cluster.create_database("citus_upgraded")
+    settings = Settings(model=str(tiny_siglip))
+    vectors = np.random.default_rng(11).standard_normal((60, 32)).astype(np.float32)
+    searches = [
+        {"vector": vectors[3], "tenant": "acme", "price_min": "10.0002", "price_max": 40, "k": 5},
+        {"vector": vectors[4], "tenant": "globex", "category": "c1", "price_max": "30.0001", "k": 5},
+        {"vector": vectors[5], "price_min": 5, "k": 5, "total": True},
+        {"text": "red boot", "tenant": "acme", "mode": "lexical", "price_max": 50, "k": 5, "facets": True},
+    ]
+
+    def answers(catalog: Catalog) -> list[Any]:
+        found = []
+        for search in searches:
+            result = catalog.search(**search)
+            found.append(([(h.tenant, h.product_id) for h in result], result.total, result.facets))
+        return found
+
+    with Catalog.open(url, model=str(tiny_siglip), settings=settings) as catalog:
+        catalog.add_many(
+            {"embedding": v, "tenant": TENANTS[i % 3], "product_id": f"p{i}", "category": f"c{i % 4}",
+             "title": f"{('red', 'blue', 'green')[i % 3]} boot {i}", "price": f"{i}.000{i % 3}"}
+            for i, v in enumerate(vectors)
+        )  # fmt: skip
+        before = answers(catalog)
+    engine = make_engine(url)
+    try:
+        latest = migrate.head()
+        previous = ScriptDirectory.from_config(migrate.alembic_config()).get_revision(latest).down_revision
+        assert isinstance(previous, str)
+        migrate.downgrade(engine, previous)
+        with engine.connect() as conn:
+            assert migrate.current(engine) == previous and citus.is_distributed(conn)
+        migrated = run_cli("migrate", IMGSEARCH_DATABASE_URL=url, IMGSEARCH_MODEL=str(tiny_siglip))
+        assert migrated.returncode == 0, migrated.stderr
+        assert migrate.current(engine) == latest
+        with engine.begin() as conn:
+            assert citus.is_distributed(conn)
+            for table in ("products", "embeddings"):
+                rows, wrong = conn.execute(
+                    text(
+                        f"SELECT count(*), count(*) FILTER (WHERE price_units IS DISTINCT FROM"
+                        f" (price * 10000)::bigint) FROM imgsearch.{table}"
+                    )
+                ).one()
+                assert (rows, wrong) == (60, 0), table
+            rewritten = conn.execute(
+                text(
+                    "SELECT result FROM run_command_on_workers($$SELECT count(*) FROM pg_proc"
+                    " WHERE pronamespace = 'imgsearch'::regnamespace AND proname IN ('_search', '_lexical', 'facets')"
+                    " AND prosrc LIKE '%price_units >= ceil(%'$$) WHERE success"
+                )
+            ).scalars().all()
+            assert rewritten == ["3", "3"]
+            # the shards' trigger still copies a product's new price onto its embeddings
+            conn.execute(text("UPDATE imgsearch.products SET price = 12.3456 WHERE tenant = 'acme' AND product_id = 'p0'"))
+            units = conn.execute(
+                text(
+                    "SELECT e.price_units FROM imgsearch.embeddings e JOIN imgsearch.products p"
+                    " ON p.id = e.product_pk AND p.tenant = e.tenant WHERE p.tenant = 'acme' AND p.product_id = 'p0'"
+                )
+            ).scalar_one()
+            assert units == 123456
+            conn.rollback()
+    finally:
+        engine.dispose()
+    with Catalog.open(url, model=str(tiny_siglip), settings=settings) as catalog:
+        after = answers(catalog)
+        added = catalog.add_many([{"embedding": vectors[7], "tenant": "acme", "product_id": "new", "price": "10.0001"}])
+        [hit] = catalog.search(vector=vectors[7], tenant="acme", price_min=10, price_max="10.0001", k=5)
+    assert after == before and all(hits for hits, _, _ in before)
+    assert hit.product_id == "new" and hit.image_id == added[0]
