@@ -51,7 +51,8 @@ own HNSW index (``catalog.index_filter_values``), and imgsearch is timed again o
 disk sizes, ``shared_buffers``, PostgreSQL's memory (PSS of the server's processes) and the HNSW
 build time (``maintenance_work_mem`` sized to the graph, one parallel worker per other core).
 
-Writes the table to stdout and a recall/latency plot to docs/search_benchmark.png. The catalog is
+Writes the table to stdout, then each filter's Python calls in one search (imgsearch's and the
+library floor's: :func:`python_calls`), and a recall/latency plot to docs/search_benchmark.png. The catalog is
 kept in the database ``bench_search`` of the embedded server (IMGSEARCH_HOME) for reruns.
 
 The figure it produces: docs/benchmarks.md, "Sizing: 100k and 1M rows", "Filtered search at 1M rows"
@@ -255,6 +256,25 @@ def binary(q: np.ndarray) -> Any:
     return query_param(q, len(q), binary=True)
 
 
+def python_calls(fn: Any, *args: Any, **kwargs: Any) -> int:
+    """How many Python functions one call of ``fn`` runs (``sys.setprofile``'s "call" events; C
+    functions aren't counted): unlike a time, a count the box's noise doesn't move. The Python a
+    search runs between its waits runs cold (each wait hands the core to the server), so its cost
+    follows how much of it there is."""
+    count = 0
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        nonlocal count
+        count += event == "call"
+
+    sys.setprofile(profile)
+    try:
+        fn(*args, **kwargs)
+    finally:
+        sys.setprofile(None)
+    return count
+
+
 def timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
     start = time.perf_counter()
     result = fn(*args, **kwargs)
@@ -394,6 +414,16 @@ def main() -> None:
                 *("text baseline", "exact"),
             )
         )
+        # a filter's Python calls, imgsearch's and the library floor's: the fewest of 5 searches (one
+        # may do more, once: the catalog's model refresh every few seconds, a statement prepared)
+        calls: dict[str, tuple[int, int]] = {}
+        q = cases[0][0]
+        for position, name in enumerate(names):
+            kwargs = cases[0][1][position][1]
+            calls[name] = (
+                min(python_calls(catalog.search, vector=q, k=K, **kwargs) for _ in range(5)),
+                min(python_calls(library_floor, library, q, captured[(0, position)]) for _ in range(5)),
+            )
         floor_conn.close()
         sizes = sizing(catalog)
         value_indexes = ""
@@ -457,6 +487,9 @@ def main() -> None:
                 f"| {name} | {method} | {np.mean(cell['recall']):.3f} | {min(cell['rows'])} / "
                 f"{np.mean(cell['rows']):.1f} | {p50:.1f} | {p95:.1f} | {p50 / base:.2f}x | {' | '.join(over)} |"
             )
+    print("\n| filter | Python calls a search: imgsearch | library floor |\n|---|---|---|")
+    for name in names:
+        print(f"| {name} | {calls[name][0]} | {calls[name][1]} |")
     print("\n| sizing | |\n|---|---|")
     print(f"| rows | {args.rows:,} x 768 (halfvec) |")
     for key, value in sizes.items():
