@@ -71,7 +71,7 @@ from typing import Any
 
 import numpy as np
 import psycopg
-from psycopg.rows import namedtuple_row
+from psycopg.rows import namedtuple_row, tuple_row
 from sqlalchemy import Engine, create_engine, event, literal_column, text
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
@@ -80,6 +80,7 @@ from _catalog import database_url, load, query_cases
 
 from imgsearch import Catalog
 from imgsearch import search as vector_search
+from imgsearch.db import wire
 from imgsearch.db.engine import libpq_conninfo
 from imgsearch.db.vector_index import (
     HalfvecBinaryDumper,
@@ -207,22 +208,22 @@ def library_floor(engine: Engine, q: np.ndarray, calls: list[tuple[str, Any]]) -
 
 
 def replay(conn: Any, calls: list[tuple[str, Any]], rows: bool = False) -> list[Any]:
-    """The floor: a search's statements as imgsearch sent them, prepared, in the round trips
-    imgsearch sends them in (imgsearch.db.wire): the statements that only set the transaction's
-    settings (``set_config``: the shop's scope, pgvector's settings) in one pipeline with the
-    statement after them, its answers read after the pipeline's Sync. The first statement is a
-    transaction of its own (a semantic search's is: its Sync ends it); a later one (a far filter's
-    second pass) begins one transaction for the rest, the first one's settings sent again with its
-    own, then COMMIT. The image ids of the last statement's ``K`` nearest rows (the filtered
-    statement answers a row of NULL hit columns when it has none); with ``rows``, those rows, by
-    name."""
+    """The floor: a search's statements as imgsearch sent them (in PostgreSQL's own form),
+    prepared, in the round trips imgsearch sends them in (imgsearch.db.wire): the statements
+    that only set the transaction's settings (``set_config``: the shop's scope, pgvector's
+    settings) in one pipeline with the statement after them, its answers read after the
+    pipeline's Sync. The first statement is a transaction of its own (a semantic search's is:
+    its Sync ends it); a later one (a far filter's second pass) begins one transaction for the
+    rest, the first one's settings sent again with its own, then COMMIT. The image ids of the
+    last statement's ``K`` nearest rows (the filtered statement answers a row of NULL hit
+    columns when it has none); with ``rows``, those rows, by name."""
     nearest: list[Any] = []
     settings: list[tuple[str, Any]] = []
     carried: list[tuple[str, Any]] | None = None  # what the first transaction set
     opened = False
     for statement, params in calls:
         if statement.startswith("SELECT set_config("):
-            settings.append((statement, params or None))
+            settings.append((statement, params))
             continue
         sent = settings
         if carried is None:
@@ -231,9 +232,9 @@ def replay(conn: Any, calls: list[tuple[str, Any]], rows: bool = False) -> list[
             sent, opened = [("BEGIN", None), *carried, *settings], True
         with conn.pipeline():
             for sql, values in sent:
-                conn.execute(sql, values, prepare=sql != "BEGIN")
-            cursor = conn.cursor(row_factory=namedtuple_row) if rows else conn.cursor()
-            cursor.execute(statement, params or None, prepare=True)
+                psycopg.RawCursor(conn).execute(*raw_form(sql, values), prepare=sql != "BEGIN")
+            cursor = psycopg.RawCursor(conn, row_factory=namedtuple_row if rows else tuple_row)
+            cursor.execute(*raw_form(statement, params), prepare=True)
         answer = cursor.fetchall()
         settings = []
         names = [c.name for c in cursor.description or ()]
@@ -243,6 +244,14 @@ def replay(conn: Any, calls: list[tuple[str, Any]], rows: bool = False) -> list[
     if opened:
         conn.commit()
     return nearest if rows else [r[image] for r in nearest]
+
+
+def raw_form(sql: str, params: Any) -> tuple[str, Any]:
+    """A statement in PostgreSQL's own form (``$n``), as imgsearch sends it
+    (:func:`imgsearch.db.wire.postgres_form`): the floor doesn't parse its text either."""
+    form = wire.postgres_form((sql, params))
+    assert form is not None
+    return form
 
 
 def far(name: str) -> bool:

@@ -2,7 +2,8 @@
 errors, a broken connection invalidated), deferred ones run before the next statement whichever
 way it goes, and anything listening to the statements turns it off. A block of :func:`wire.begin`
 is one transaction, begun in its first round trip; with ``alone``, its first pipeline is one of
-its own and the rest one more, with what the first set; psycopg's connection is left as it was."""
+its own and the rest one more, with what the first set; psycopg's connection is left as it was.
+Statements go in PostgreSQL's own form (``$n``), each SQL text converted once."""
 
 from __future__ import annotations
 
@@ -93,6 +94,48 @@ def test_errors_are_sqlalchemys(engine: Engine) -> None:
         assert "no_such_function" in str(raised.value)
         conn.rollback()
         assert [tuple(r) for r in wire.rows(conn, ("SELECT 1 AS one", {}))] == [(1,)]
+
+
+def test_statements_go_in_postgres_own_form_converted_once() -> None:
+    """psycopg parses a statement's text for its placeholders at every execution (and remembers
+    only texts up to 4096 characters): wire converts each text once, to ``$n``."""
+    named = "SELECT %(a)s, %(b)s, %(a)s || '%%', 'x %%(a)s'"
+    assert wire.postgres_form((named, {"b": 2, "a": 1, "unused": 3})) == (
+        "SELECT $1, $2, $1 || '%', 'x %(a)s'", [1, 2]
+    )
+    assert wire.postgres_form(("SELECT %s, %s", (1, 2))) == ("SELECT $1, $2", (1, 2))
+    assert wire.postgres_form(("SELECT '100%%'", {})) == ("SELECT '100%'", None)  # a settings' statement
+    assert wire.postgres_form(("SELECT '100%'", None)) == ("SELECT '100%'", None)  # no values: as it is
+    # psycopg's to convert, and to refuse: a format asked for, both kinds, values that don't fit
+    for statement in [
+        ("SELECT %(a)b", {"a": 1}),
+        ("SELECT %(a)s, %s", {"a": 1}),
+        ("SELECT %(a)s", {}),
+        ("SELECT %(a)s", (1,)),
+        ("SELECT %s, %s", (1,)),
+        ("SELECT %s", {"a": 1}),
+        ("SELECT 7 %", {}),
+        ("SELECT %(a)", {"a": 1}),
+        ("SELECT %d", (1,)),
+    ]:
+        assert wire.postgres_form(statement) is None, statement
+    first, again = (wire.postgres_form((named, {"a": 1, "b": 2})) for _ in range(2))
+    assert first is not None and again is not None and first[0] is again[0]  # converted once, remembered
+
+
+def test_a_long_statement_gives_the_rows_sqlalchemy_gives(engine: Engine) -> None:
+    """A statement past psycopg's 4096 characters, its placeholders repeated and a percent sign
+    among them, gives through wire what it gives through SQLAlchemy; a value missing is psycopg's
+    error, as SQLAlchemy raises it."""
+    columns = ", ".join(f"%(tenant)s || '%%' || n || '-{i}' AS c{i}" for i in range(120))
+    long = (f"SELECT n, {columns} FROM generate_series(1, %(most)s) AS n", {"tenant": "o'brien", "most": 2})
+    assert len(long[0]) > 4096
+    with engine.begin() as conn:
+        direct = [tuple(r) for r in wire.rows(conn, long, before=[SCOPE])]
+        through = [tuple(r) for r in conn.exec_driver_sql(*long)]
+        assert direct == through and direct[1][:2] == (2, "o'brien%2-0")
+    with engine.begin() as conn, pytest.raises(DBAPIError, match="most"):
+        wire.rows(conn, (long[0], {"tenant": "acme"}))
 
 
 def test_a_broken_connection_is_invalidated_as_sqlalchemy_does(engine: Engine) -> None:
