@@ -40,6 +40,7 @@ SQLAlchemy on that connection run in that transaction too: the first one begins 
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -272,29 +273,25 @@ def _execute(raw: psycopg.Connection[Any], statement: Statement, fetch: bool = F
 # other % (one at the end included) is psycopg's to refuse
 _PLACEHOLDER = re.compile(r"%(?:\((?P<name>[^)]*)\))?(?P<kind>.|$)", re.DOTALL)
 Form = tuple[str, "tuple[str, ...] | int"]  # SQL with $n, and the parameters' names in order (or how many)
-_FORMS: dict[str, Form | None] = {}  # by SQL text: _converted's
-_FORMS_KEPT = 1000  # distinct SQL texts remembered (a search sends a few per filter shape)
+FORMS_KEPT = 1000  # distinct SQL texts remembered (a search sends a few per filter shape)
 
 
 def postgres_form(statement: Statement) -> tuple[str, Sequence[Any] | None] | None:
     """``statement`` (SQL in psycopg's parameter style, and its values) in PostgreSQL's own form,
     for a :class:`psycopg.RawCursor`: ``$1, $2, ...`` and the values in their order. Each SQL text
-    is converted once and remembered: psycopg parses the text of every execution for its
-    placeholders and remembers only texts up to 4096 characters, which a filtered search's
-    statement passes (0.19 ms a search at 100k rows: bench/search/search_overheads.py). None where psycopg must convert it: a format
-    asked for (``%b``, ``%t``), placeholders of both kinds, values that don't fit them (psycopg's
-    error then says so)."""
+    is converted once and remembered (:func:`_converted`): psycopg parses the text of every
+    execution for its placeholders and remembers only texts up to 4096 characters, which a
+    filtered search's statement passes (0.19 ms a search at 100k rows,
+    bench/search/search_overheads.py). None where psycopg must convert it: a format asked for
+    (``%b``, ``%t``), placeholders of both kinds, values that don't fit them (psycopg's error then
+    says so)."""
     sql, params = statement
     if params is None:
         return sql, None
-    form = _FORMS.get(sql, _UNSEEN)
-    if form is _UNSEEN:
-        if len(_FORMS) >= _FORMS_KEPT:
-            _FORMS.clear()
-        form = _FORMS[sql] = _converted(sql)
+    form = _converted(sql)
     if form is None:
         return None
-    text, names = cast(Form, form)
+    text, names = form
     if isinstance(names, int):  # positional, or none at all (settings: no values, as ``{}``)
         if not names and not params:
             return text, None
@@ -309,9 +306,7 @@ def postgres_form(statement: Statement) -> tuple[str, Sequence[Any] | None] | No
         return None
 
 
-_UNSEEN: Any = object()
-
-
+@functools.lru_cache(maxsize=FORMS_KEPT)
 def _converted(sql: str) -> Form | None:
     """``sql`` with ``$n`` for its placeholders, and the parameters' names in their order (or how
     many positional ones it takes); None when psycopg must convert it itself."""
