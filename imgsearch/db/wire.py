@@ -58,6 +58,7 @@ Params = Mapping[str, Any] | Sequence[Any]
 Statement = tuple[str, Params]  # SQL in the driver's parameter style, and its values
 BEGIN: Statement = ("BEGIN", ())
 _IDLE = TransactionStatus.IDLE
+_UNASKED = object()
 
 
 class Deferring(Connection):
@@ -72,6 +73,7 @@ class Deferring(Connection):
     _raw: psycopg.Connection[Any] | None = None
     _alone = False  # the next pipeline may be a transaction of its own (begin(alone=True))
     _carried: Sequence[Statement] = ()  # what that one set (scope, settings): sent again with BEGIN
+    _driver: Any = _UNASKED  # driver()'s answer when the block began (begin())
 
     def _pending(self) -> list[Statement] | None:
         """The statements deferred in this transaction (None when none were, or only in one that
@@ -136,7 +138,7 @@ def begin(engine: Engine, *, alone: bool = False) -> Iterator[Connection]:
     listened = engine._has_events or Deferring._has_events
     conn = Deferring(engine, _has_events=None if listened else False)
     with conn:
-        found = driver(conn)
+        found = conn._driver = driver(conn)
         if conn.in_transaction():  # the engine's first block asked whether it is a Citus coordinator
             conn.commit()
         raw, was = None, False
@@ -149,6 +151,7 @@ def begin(engine: Engine, *, alone: bool = False) -> Iterator[Connection]:
                     conn._raw, conn._alone = raw, alone
                 yield conn
         finally:
+            conn._driver = _UNASKED
             if raw is not None:  # committed or rolled back: psycopg's connection as it was
                 conn._raw, conn._alone, conn._carried = None, False, ()
                 _restore(conn, raw, was)
@@ -187,7 +190,12 @@ def deferred(conn: Connection) -> list[Statement]:
 
 def driver(conn: Connection) -> psycopg.Connection[Any] | None:
     """psycopg's connection under ``conn`` when statements may go to it directly (see above);
-    None: through SQLAlchemy."""
+    None: through SQLAlchemy. A connection from :func:`begin` keeps the answer it had when its block
+    began (a listener added in the block doesn't move its statements off the pipeline), while
+    psycopg's connection is open."""
+    known: Any = conn._driver if isinstance(conn, Deferring) else _UNASKED
+    if known is None or (known is not _UNASKED and not known.closed):  # closed: SQLAlchemy's error below
+        return cast("psycopg.Connection[Any] | None", known)
     if conn.dialect.driver != "psycopg":
         return None
     # the engine's listeners (a search's connections are its own, taken from the engine); a

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from numbers import Integral, Real
@@ -19,6 +20,7 @@ from urllib.parse import urlsplit
 from imgsearch.errors import InvalidInput
 
 MAX_NAME = 1000  # tenant, product id, category: longer is a mistake, not a name
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # control characters (NUL included)
 MAX_ATTRIBUTES_BYTES = 64 * 1024
 MAX_ATTRIBUTES_DEPTH = 32
 MAX_ID = 2**63 - 1  # bigint
@@ -33,7 +35,7 @@ def name(value: str, what: str, error: type[InvalidInput] = InvalidInput) -> str
     characters (NUL included: PostgreSQL text can't hold it), valid Unicode."""
     if len(value) > MAX_NAME:
         raise error(f"{what} is {len(value)} characters long; the limit is {MAX_NAME}")
-    if any(ord(ch) < 32 for ch in value) or "\x7f" in value:
+    if _CONTROL.search(value):
         raise error(f"{what} {value[:40]!r} contains control characters")
     unicode(value, what, error)
     return value

@@ -3,6 +3,7 @@ pool size) and the ``SET LOCAL`` settings that carry it, inside the query's tran
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,7 @@ EXACT_MAX_FRACTION: float = Settings.model_fields["exact_max_fraction"].default
 MIN_POOL = 200
 MAX_POOL = 4000
 SCAN_MEM_MULTIPLIER = 4
+SETTINGS_KEPT = 256  # distinct plans' settings remembered (an iterative scan's vary with its counts)
 
 
 @dataclass(frozen=True)
@@ -152,19 +154,31 @@ def local_settings(
     few rows match, a read of the whole table; and a small average would sort the filter's rows
     for the HNSW pass, which runs only when many rows match. The exact scan's sort has no other
     way, and stays."""
-    mode = p.iterative_scan if p.iterative_scan in ("strict_order", "relaxed_order") else "off"
+    coordinator = citus.on_coordinator(conn)
+    sql = _settings_sql(p.ef_search, p.iterative_scan, p.max_scan_tuples, with_planner, cached_plan, coordinator)
+    return sql, {}
+
+
+@functools.lru_cache(maxsize=SETTINGS_KEPT)
+def _settings_sql(
+    ef_search: int, iterative_scan: str, max_scan_tuples: int, with_planner: bool, cached_plan: bool,
+    coordinator: bool,
+) -> str:  # fmt: skip
+    """:func:`local_settings`' SQL text, made once per plan's settings and remembered (a search
+    sends one or two; building the text costs more than sending it)."""
+    mode = iterative_scan if iterative_scan in ("strict_order", "relaxed_order") else "off"
     settings = {
-        "hnsw.ef_search": str(int(p.ef_search)),
+        "hnsw.ef_search": str(int(ef_search)),
         "hnsw.iterative_scan": mode,
         "plan_cache_mode": "force_generic_plan" if cached_plan else "force_custom_plan",
         "enable_seqscan": "off" if cached_plan else "on",
         "enable_sort": "off" if cached_plan else "on",
     }
     if mode != "off":
-        settings["hnsw.max_scan_tuples"] = str(int(p.max_scan_tuples))
+        settings["hnsw.max_scan_tuples"] = str(int(max_scan_tuples))
         # iterative scans also stop at work_mem x this multiplier; long scans need the room
         settings["hnsw.scan_mem_multiplier"] = str(SCAN_MEM_MULTIPLIER)
-    return settings_statement(conn, {**PLANNER_SETTINGS, **settings} if with_planner else settings)
+    return _sql({**PLANNER_SETTINGS, **settings} if with_planner else settings, coordinator)
 
 
 def _set_local(conn: Connection, settings: dict[str, str]) -> None:
@@ -178,8 +192,12 @@ def settings_statement(conn: Connection, settings: dict[str, str]) -> wire.State
     constants and integers of this module, never user input. On a Citus coordinator, ``SET
     LOCAL`` commands, which it sends to the workers' sessions too
     (:data:`imgsearch.db.citus.PROPAGATE`)."""
-    if citus.on_coordinator(conn):
+    return _sql(settings, citus.on_coordinator(conn)), {}
+
+
+def _sql(settings: dict[str, str], coordinator: bool) -> str:
+    if coordinator:
         sets = "; ".join(f"SET LOCAL {name} = {value}" for name, value in settings.items())
-        return f"{citus.PROPAGATE}; {sets}", {}
+        return f"{citus.PROPAGATE}; {sets}"
     calls = ", ".join(f"set_config('{name}', '{value}', true)" for name, value in settings.items())
-    return f"SELECT {calls}", {}
+    return f"SELECT {calls}"

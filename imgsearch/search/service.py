@@ -95,7 +95,7 @@ def search(
     mode = hybrid.check_mode(asked.mode, text)
     if mode is not None:
         hybrid.check_options(mode, options)
-    fusion = (asked.fusion or DEFAULT_FUSION).check()
+    fusion = DEFAULT_FUSION if asked.fusion is None else asked.fusion.check()
     catalog._follow_model_switch()
     query_id = learned_queries.new_query_id()
     teams = None

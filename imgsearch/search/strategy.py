@@ -28,6 +28,7 @@ round trip (:mod:`imgsearch.db.wire`).
 from __future__ import annotations
 
 import logging
+import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -117,6 +118,8 @@ def hit_of(row: Any, **extra: Any) -> Hit:
 
 
 _new_hit = object.__new__
+# a row's distance (double precision: a float): a sort key with no Python call per row
+_DISTANCE = operator.attrgetter("distance")
 _HIT_FIELDS = frozenset(f.name for f in fields(Hit))
 
 
@@ -132,7 +135,7 @@ def _result(
         rows = rows[skip : None if k is None else skip + k]
         hits = [hit_of(r, boost=float(r.boost)) for r in rows]
     else:
-        rows = sorted(rows, key=lambda r: float(r.distance))[skip : None if k is None else skip + k]
+        rows = sorted(rows, key=_DISTANCE)[skip : None if k is None else skip + k]
         hits = [hit_of(r) for r in rows]
     embeddings = None
     if with_embeddings and not rows:
