@@ -65,11 +65,10 @@ class Query:
         if self.similar_to_product is not None and filters.tenant_name() is None:
             raise InvalidQuery("similar_to_product needs tenant=: product ids name products within a tenant")
 
-    def embed(self, catalog: Catalog, filters: Filters) -> vectors.Vector | None:
-        """The query vector, checked (:meth:`check`) and computed before any connection is taken;
-        None for ``similar_to`` and ``similar_to_product``, whose vectors :func:`stored_vector`
-        reads in the search's transaction."""
-        self.check(filters)
+    def embed(self, catalog: Catalog) -> vectors.Vector | None:
+        """The query vector (the query :meth:`check`-ed first, by the caller), computed before any
+        connection is taken; None for ``similar_to`` and ``similar_to_product``, whose vectors
+        :func:`stored_vector` reads in the search's transaction."""
         if self.text is not None:
             return text_vector(catalog, self.text)
         if self.image is not None:
@@ -92,7 +91,8 @@ class Query:
 def vector_now(catalog: Catalog, query: Query, filters: Filters) -> tuple[vectors.Vector, Filters]:
     """The query vector at once, a stored one read on a connection of its own (for a statement
     that the caller runs later: :meth:`imgsearch.Catalog.search_select`)."""
-    found = query.embed(catalog, filters)
+    query.check(filters)
+    found = query.embed(catalog)
     if found is not None:
         return found, filters
     with catalog.engine.connect() as conn:

@@ -49,6 +49,9 @@ class Options:
     row_estimate: int | None = None
     boosting: Boosting | None = None  # learned boosts to blend in (not with diversity: MMR re-ranks)
 
+    def __post_init__(self) -> None:
+        self.check()  # every Options is checked, a replace()-d one too
+
     def check(self) -> None:
         if not isinstance(self.group_by_product, bool):
             raise InvalidQuery(f"group_by_product must be True or False, got {self.group_by_product!r}")
@@ -112,7 +115,6 @@ def options_for(
         on_plan=on_plan,
         boosting=boosting,
     )
-    options.check()
     return options
 
 
@@ -121,7 +123,6 @@ def run(
 ) -> list[Hit]:
     """Hits for one request, inside the caller's transaction."""
     assert query is not None  # a search by vector (routing reads a stored one first)
-    options.check()
     if options.expand:
         first = _search(conn, model, query, filters, options, options.expand, with_embeddings=True)
         if not first.hits:

@@ -76,9 +76,10 @@ class Router:
         if not isinstance(consistent, bool):
             raise InvalidQuery(f"consistent must be true or false, got {consistent!r}")
         runner: Runner[Any] = run or request.run
-        hits = self._on_replicas(model, filters, options, query, asked, consistent, runner, alone)
-        if hits is not None:
-            return hits  # type: ignore[no-any-return]
+        if self.replicas:
+            hits = self._on_replicas(model, filters, options, query, asked, consistent, runner, alone)
+            if hits is not None:
+                return hits  # type: ignore[no-any-return]
         try:
             hits = self._once(self.search_engine, model, filters, options, query, asked, runner, alone=alone)
         except DBAPIError as exc:
@@ -147,7 +148,8 @@ class Router:
         # nothing to blend: the statement without the boosts
         unboosted = options.boosting is not None and not self.has_boosts(filters.tenant_name())
         boosting = None if unboosted else options.boosting
-        options = replace(options, min_ef=self._min_ef, row_estimate=self._rows, boosting=boosting)
+        if (options.min_ef, options.row_estimate, options.boosting) != (self._min_ef, self._rows, boosting):
+            options = replace(options, min_ef=self._min_ef, row_estimate=self._rows, boosting=boosting)
         # the scope below may wait for the next statement; alone: one round trip for one statement
         with wire.begin(engine, alone=alone) as conn:
             if lsn is not None and self.replicas is not None and not self.replicas.wait_for(conn, lsn):

@@ -215,7 +215,7 @@ def _run(
             or text
         )
         query = replace(query, text=text)
-    vector = None if mode == "lexical" else query.embed(catalog, filters)
+    vector = None if mode == "lexical" else query.embed(catalog)  # checked in search()
     if vector is not None and _adapts(asked):
         tenant = filters.tenant_name()
         weights = None if tenant is None else catalog._adapters.get(catalog.engine, tenant, catalog.active_model)
