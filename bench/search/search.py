@@ -15,9 +15,11 @@ searches with a tenant under row-level security. Methods, all on the same databa
   (ef_search 40, no iterative scan): what an application gets from plain pgvector
 * floor — imgsearch's own statements, captured, replayed bare on a psycopg connection (below)
 * library floor — the floor with the least Python any library taking an SQLAlchemy engine runs
-  around it: the query vector checked (``as_vector``), a connection checked out of a pool and
-  back, the floor's round trips on it, a hit made from each row; what is above it is imgsearch's
-  own Python (arguments, routing, the plan, the statement's values)
+  around it, checking what it is given as imgsearch must: the query vector (``as_vector``), the
+  page (``check_page``) and the filters' values (``Filters(...).params()``), a connection checked
+  out of a pool and back, the floor's round trips on it, a hit made from each row, the answer with
+  its query id (``SearchResult``); what is above it is imgsearch's own Python (routing, the plan,
+  its layers)
 * exact — the same WHERE with an exact distance sort (no index): the ground truth for recall.
   At a far filter, where imgsearch's answer is an exact scan, it is also timed beside the others
   in the filter's block (the column ``imgsearch / exact``); elsewhere it runs in a phase of its own
@@ -90,6 +92,9 @@ from imgsearch.db.vector_index import (
     send_binary_queries,
 )
 from imgsearch.ingest.vectors import as_vector
+from imgsearch.learning.queries import new_query_id
+from imgsearch.records import SearchResult
+from imgsearch.search.filters import Filters, check_page
 from imgsearch.search.strategy import hit_of
 from imgsearch.settings import Settings
 
@@ -197,14 +202,20 @@ def library_engine(url: Any) -> Engine:
     return create_engine(url, creator=lambda: bare_connection(url))
 
 
-def library_floor(engine: Engine, q: np.ndarray, calls: list[tuple[str, Any]]) -> list[Any]:
-    """The least a library on an SQLAlchemy engine runs around the floor: the query vector
-    checked, a pooled connection taken and given back, :func:`replay` on it, a hit from each row
-    (by distance); the hits' image ids."""
+def library_floor(
+    engine: Engine, q: np.ndarray, calls: list[tuple[str, Any]], filters: dict[str, Any]
+) -> list[Any]:
+    """The least a library on an SQLAlchemy engine runs around the floor, checking its arguments
+    as imgsearch must (bad input gets a typed error): the query vector, the page and the filters'
+    values checked, a pooled connection taken and given back, :func:`replay` on it, a hit from each
+    row (by distance), the answer with its query id; the hits' image ids."""
     as_vector(q, len(q))
+    check_page(K, 0)
+    Filters(**filters).params()
     with engine.connect() as conn:
         rows = replay(conn.connection.driver_connection, calls, rows=True)
-    return [hit_of(r).image_id for r in rows]
+    found = SearchResult([hit_of(r) for r in rows], query_id=str(new_query_id()))
+    return [hit.image_id for hit in found]
 
 
 def replay(conn: Any, calls: list[tuple[str, Any]], rows: bool = False) -> list[Any]:
@@ -355,10 +366,12 @@ def main() -> None:
                 conn.execute(text("SELECT pg_prewarm(CAST(:relation AS regclass))"), {"relation": relation})
         # A search repeated with the same vector finds that vector's HNSW path in the CPU caches and
         # runs up to 2x faster, which a real request doesn't get. So each filter runs as a block of
-        # steps; step n times each method in turn, the i-th on query n + iQ/4 (mod Q): every
-        # method meets every query once per filter, a vector comes back only about Q searches after
-        # its last use; the methods interleave, so machine noise hits them alike, and each filter's
-        # ratio is against the baseline timed in its own block.
+        # steps; step n times each method in turn, the i-th on query n + iQ/4 (mod Q), starting
+        # with the (n mod methods)-th method: every method meets every query once per filter, a
+        # vector comes back only about Q searches after its last use; the methods interleave, so
+        # machine noise hits them alike, each runs after every other as often (one that runs after
+        # a method sharing its code finds that code in the CPU's caches), and each filter's ratio
+        # is against the baseline timed in its own block.
         # plain pgvector as an application runs it: SQLAlchemy's defaults, no pre-ping
         naive_engine = create_engine(catalog.engine.url)
         baseline_engine = create_engine(catalog.engine.url)
@@ -372,7 +385,11 @@ def main() -> None:
             shift = max(1, args.queries // len(methods))
             for position, name in enumerate(names):
                 for n in range(args.queries):
-                    for i, method in enumerate(methods):
+                    # the order turns each step: no method always runs right after one whose code
+                    # it shares (the floor after imgsearch: psycopg's pipeline; the library floor
+                    # after the floor: its replay)
+                    turn = n % len(methods)
+                    for i, method in (*tuple(enumerate(methods))[turn:], *tuple(enumerate(methods))[:turn]):
                         m = n + i * shift
                         q, filters = cases[m % args.queries]
                         kwargs = filters[position][1]
@@ -400,7 +417,7 @@ def main() -> None:
                             record(name, method, [r.image_id for r in plain], expected, ms)
                         elif method == "library floor":
                             calls = captured[(m % args.queries, position)]
-                            least, ms = timed(library_floor, library, q, calls)
+                            least, ms = timed(library_floor, library, q, calls, kwargs)
                             record(name, method, least, expected, ms)
                         else:  # plain unfiltered HNSW, its LIMIT in the text; the vector binary, or text
                             query = q if method == "text baseline" else binary(q)
@@ -431,7 +448,7 @@ def main() -> None:
             kwargs = cases[0][1][position][1]
             calls[name] = (
                 min(python_calls(catalog.search, vector=q, k=K, **kwargs) for _ in range(5)),
-                min(python_calls(library_floor, library, q, captured[(0, position)]) for _ in range(5)),
+                min(python_calls(library_floor, library, q, captured[(0, position)], kwargs) for _ in range(5)),
             )
         floor_conn.close()
         sizes = sizing(catalog)
