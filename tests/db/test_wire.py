@@ -1,6 +1,7 @@
 """imgsearch.db.wire: statements sent on psycopg's connection give what SQLAlchemy gives (rows,
 errors, a broken connection invalidated), deferred ones run before the next statement whichever
-way it goes, and anything listening to the statements turns it off. A block of :func:`wire.begin`
+way it goes, and anything listening to the statements turns it off (a block asks once, at its start, until
+its connection breaks). A block of :func:`wire.begin`
 is one transaction, begun in its first round trip; with ``alone``, its first pipeline is one of
 its own and the rest one more, with what the first set; psycopg's connection is left as it was.
 Statements go in PostgreSQL's own form (``$n``), each SQL text converted once."""
@@ -14,7 +15,7 @@ import psycopg
 import pytest
 from psycopg.pq import TransactionStatus
 from sqlalchemy import Connection, Engine, Sequence, create_engine, event, func, select, text
-from sqlalchemy.exc import DataError, DBAPIError
+from sqlalchemy.exc import DataError, DBAPIError, PendingRollbackError
 from sqlalchemy.orm import Session
 
 from imgsearch.db import wire
@@ -331,3 +332,27 @@ def test_an_autocommit_engines_block_is_one_transaction_too(database_url: str) -
             assert raw.autocommit is True and raw.pgconn.transaction_status == TransactionStatus.IDLE
     finally:
         auto.dispose()
+
+
+def test_a_block_keeps_the_way_it_began_with_until_its_connection_breaks(engine: Engine) -> None:
+    listener = lambda *args: None  # noqa: E731
+    with wire.begin(engine) as conn:
+        raw = wire.driver(conn)
+        assert raw is not None
+        event.listen(engine, "before_cursor_execute", listener)  # asked once a block, at its start
+        assert wire.driver(conn) is raw
+        pid = wire.rows(conn, ("SELECT pg_backend_pid() AS pid", {}))[0].pid
+    with wire.begin(engine) as conn:  # the next block asks again
+        assert wire.driver(conn) is None
+    event.remove(engine, "before_cursor_execute", listener)
+    with pytest.raises(PendingRollbackError), wire.begin(engine) as conn:
+        with engine.pool._creator() as admin:  # type: ignore[attr-defined]
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        with pytest.raises(DBAPIError) as raised:
+            wire.rows(conn, STATEMENT)
+        assert raised.value.connection_invalidated
+        with pytest.raises(PendingRollbackError):  # SQLAlchemy's error, not the closed connection
+            wire.driver(conn)
+    with wire.begin(engine) as conn:  # a new connection, and the way asked of it
+        assert wire.driver(conn) is not None
+        assert wire.rows(conn, ("SELECT pg_backend_pid() AS pid", {}))[0].pid != pid

@@ -119,6 +119,8 @@ def test_exactly_one_query_kind(catalog: Catalog, data: Fixture) -> None:
         ({"tenant": "ac\x00me"}, "tenant .* contains control characters"),
         ({"tenant": "\ud800"}, "tenant .* lone surrogate"),
         ({"category": "c0\x001"}, "category .* contains control characters"),
+        ({"category": "c\x1f0"}, "category .* contains control characters"),
+        ({"category": ["c01", "c\x7f"]}, "category .* contains control characters"),
         ({"category": ["c01", "\udfff"]}, "category .* lone surrogate"),
         ({"category": "c" * 1001}, "category is 1001 characters long; the limit is 1000"),
         ({"diversity": 1.5}, "diversity must be a number from 0"),
