@@ -97,46 +97,6 @@ def test_settings_are_set_local_and_do_not_leak(data: Fixture) -> None:
             assert conn.execute(text("SHOW hnsw.iterative_scan")).scalar() == "off"  # one pass
 
 
-def test_a_plans_settings_are_one_statement_whose_text_is_made_once(database_url: str) -> None:
-    from dataclasses import replace
-
-    from imgsearch.search import plans
-
-    engine = create_engine(database_url)
-    iterative = plans.Plan(
-        "hnsw_iterative", 5000, ef_search=300, max_scan_tuples=40_000, pool=400, iterative_scan="relaxed_order"
-    )
-    try:
-        with engine.begin() as conn:
-            made = plans.local_settings(conn, iterative, with_planner=True)
-            assert made == plans.settings_statement(
-                conn,
-                {
-                    **plans.PLANNER_SETTINGS,
-                    "hnsw.ef_search": "300",
-                    "hnsw.iterative_scan": "relaxed_order",
-                    "plan_cache_mode": "force_custom_plan",
-                    "enable_seqscan": "on",
-                    "enable_sort": "on",
-                    "hnsw.max_scan_tuples": "40000",
-                    "hnsw.scan_mem_multiplier": str(plans.SCAN_MEM_MULTIPLIER),
-                },
-            )
-            hits = plans._settings_sql.cache_info().hits
-            # another plan with the same settings (its counts differ): the text made before
-            assert plans.local_settings(conn, replace(iterative, matching=9), with_planner=True) == made
-            assert plans._settings_sql.cache_info().hits == hits + 1
-            cached = plans.local_settings(conn, plans.Plan("hnsw", -1, ef_search=200), cached_plan=True)
-            assert re.fullmatch(f"SELECT {LOCAL}(, {LOCAL})*", cached[0])
-            assert "force_generic_plan" in cached[0] and "max_scan_tuples" not in cached[0]
-            conn.exec_driver_sql(*made)
-            assert conn.execute(text("SHOW hnsw.ef_search")).scalar() == "300"
-            assert conn.execute(text("SHOW hnsw.max_scan_tuples")).scalar() == "40000"
-            assert conn.execute(text("SHOW jit")).scalar() == "off"
-    finally:
-        engine.dispose()
-
-
 def test_filtered_search_is_one_statement_after_its_settings(data: Fixture) -> None:
     with Catalog.open(data.url) as catalog:
         statements = recorded_statements(catalog.search_engine)
