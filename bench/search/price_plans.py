@@ -230,5 +230,6 @@ def main() -> None:
             f" a shop's {shop_ms:.2f} ms ({shop_ms / catalog_ms:.2f}x)"
         )
 
+
 if __name__ == "__main__":
     main()

@@ -388,8 +388,8 @@ def main() -> None:
                     # the order turns each step: no method always runs right after one whose code
                     # it shares (the floor after imgsearch: psycopg's pipeline; the library floor
                     # after the floor: its replay)
-                    turn = n % len(methods)
-                    for i, method in (*tuple(enumerate(methods))[turn:], *tuple(enumerate(methods))[:turn]):
+                    numbered, turn = list(enumerate(methods)), n % len(methods)
+                    for i, method in numbered[turn:] + numbered[:turn]:
                         m = n + i * shift
                         q, filters = cases[m % args.queries]
                         kwargs = filters[position][1]

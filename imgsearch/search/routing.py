@@ -76,10 +76,9 @@ class Router:
         if not isinstance(consistent, bool):
             raise InvalidQuery(f"consistent must be true or false, got {consistent!r}")
         runner: Runner[Any] = run or request.run
-        if self.replicas:
-            hits = self._on_replicas(model, filters, options, query, asked, consistent, runner, alone)
-            if hits is not None:
-                return hits  # type: ignore[no-any-return]
+        hits = self._on_replicas(model, filters, options, query, asked, consistent, runner, alone)
+        if hits is not None:
+            return hits  # type: ignore[no-any-return]
         try:
             hits = self._once(self.search_engine, model, filters, options, query, asked, runner, alone=alone)
         except DBAPIError as exc:
