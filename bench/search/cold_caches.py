@@ -5,8 +5,8 @@
 On bench/search/search.py's catalog (built if missing), at the filters whose statements cost least
 (where imgsearch's own Python weighs most) and a 1% one, three methods of that script, in turns
 query by query: **imgsearch** (``catalog.search``, unrecorded), its **floor** (its statements
-replayed bare) and its **library floor** (the floor with the least Python a library must run
-around it, its arguments checked). Twice:
+replayed bare) and its **library floor** (the same statements over imgsearch's own transport,
+with the least Python a library must run around them, its arguments checked). Twice:
 
 * **warm** — one search after another, as a process that does nothing else runs them;
 * **swept** — a pass over 32 MB (read and written) before each search, which leaves none of the
