@@ -256,6 +256,51 @@ def test_a_request_claimed_by_a_worker_that_died_is_answered_by_another(setup: S
         assert conn.execute("SELECT count(*) FROM imgsearch.text_requests").fetchone() == (0,)
 
 
+
+def test_a_text_asked_again_once_answered_leaves_no_request(setup: Setup) -> None:
+    """search_text asks again after a second without an answer. An ask that comes once the answer
+    is stored, or while the worker answering it commits, leaves no request behind (migration
+    0031): no worker embeds the text a second time, and the table drains."""
+    model = setup.catalog.active_model.id
+    ask = "SELECT imgsearch._request_text(%s::smallint, %s)"
+    count = "SELECT count(*) FROM imgsearch.text_requests"
+    library(setup.catalog, "paper lamp")  # its answer, stored
+    with setup.console() as conn:
+        conn.execute(ask, (model, "paper lamp"))
+        assert conn.execute(count).fetchone() == (0,)
+        # a waiting text is still asked for, and asked again
+        conn.execute(ask, (model, "desk lamp"))
+        conn.execute(ask, (model, "desk lamp"))
+        assert conn.execute(count).fetchone() == (1,)
+        conn.execute("DELETE FROM imgsearch.text_requests")
+        conn.execute(
+            "INSERT INTO imgsearch.text_requests (model_id, text_hash, text, claimed_at) "
+            "VALUES (%s, imgsearch._text_hash('reading lamp'), 'reading lamp', clock_timestamp())",
+            (model,),
+        )
+    # a worker answering "reading lamp": the answer stored and the request deleted, not committed
+    with setup.console() as worker, setup.console() as asker:
+        worker.autocommit = False
+        worker.execute(
+            "INSERT INTO imgsearch.text_embeddings (model_id, text_hash, text, embedding) "
+            "SELECT model_id, imgsearch._text_hash('reading lamp'), 'reading lamp', embedding "
+            "FROM imgsearch.text_embeddings WHERE text = 'paper lamp'"
+        )
+        worker.execute("DELETE FROM imgsearch.text_requests WHERE text = 'reading lamp'")
+        asked = threading.Thread(target=asker.execute, args=(ask, (model, "reading lamp")))
+        asked.start()
+        waits = "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s"
+        with setup.console() as watch:
+            pid = asker.info.backend_pid
+            wait_until(
+                lambda: watch.execute(waits, (pid,)).fetchone() == ("Lock",), 10, setup.workers, "the ask to wait"
+            )
+        worker.commit()
+        asked.join(10)
+        assert not asked.is_alive()
+        assert asker.execute(count).fetchone() == (0,)
+
+
 def test_twenty_consoles_at_once_get_the_right_answers(setup: Setup) -> None:
     setup.workers.start()
     wait_until(lambda: "embedder" in setup.workers.log_tail(), 90, setup.workers, "the worker's model")
