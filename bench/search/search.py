@@ -75,7 +75,7 @@ from typing import Any
 
 import numpy as np
 import psycopg
-from psycopg.rows import namedtuple_row, tuple_row
+from psycopg.rows import tuple_row
 from sqlalchemy import Engine, create_engine, event, literal_column, text
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
@@ -214,9 +214,7 @@ def library_floor(
     values checked, the floor's statements sent over imgsearch's own transport (the fastest we
     know on an engine: a block's connection of :func:`imgsearch.db.wire.begin`, each statement with
     the settings before it in one pipeline, :func:`imgsearch.db.wire.rows`), a hit from each row
-    (by distance), the answer with its query id; the hits' image ids. Until 2026-11-26 it sent
-    them with :func:`replay` on a plain pooled connection, which costs more Python than imgsearch's
-    whole search when the caches are warm."""
+    (by distance), the answer with its query id; the hits' image ids."""
     as_vector(q, len(q))
     check_page(K, 0)
     Filters(**filters).params()
@@ -236,7 +234,7 @@ def library_floor(
 BY_DISTANCE = operator.attrgetter("distance")  # a C key: no Python call a row
 
 
-def replay(conn: Any, calls: list[tuple[str, Any]], rows: bool = False) -> list[Any]:
+def replay(conn: Any, calls: list[tuple[str, Any]]) -> list[Any]:
     """The floor: a search's statements as imgsearch sent them (in PostgreSQL's own form),
     prepared, in the round trips imgsearch sends them in (imgsearch.db.wire): the statements
     that only set the transaction's settings (``set_config``: the shop's scope, pgvector's
@@ -245,7 +243,7 @@ def replay(conn: Any, calls: list[tuple[str, Any]], rows: bool = False) -> list[
     its Sync ends it); a later one (a far filter's second pass) begins one transaction for the
     rest, the first one's settings sent again with its own, then COMMIT. The image ids of the
     last statement's ``K`` nearest rows (the filtered statement answers a row of NULL hit
-    columns when it has none); with ``rows``, those rows, by name."""
+    columns when it has none)."""
     nearest: list[Any] = []
     settings: list[tuple[str, Any]] = []
     carried: list[tuple[str, Any]] | None = None  # what the first transaction set
@@ -262,7 +260,7 @@ def replay(conn: Any, calls: list[tuple[str, Any]], rows: bool = False) -> list[
         with conn.pipeline():
             for sql, values in sent:
                 psycopg.RawCursor(conn).execute(*raw_form(sql, values), prepare=sql != "BEGIN")
-            cursor = psycopg.RawCursor(conn, row_factory=namedtuple_row if rows else tuple_row)
+            cursor = psycopg.RawCursor(conn, row_factory=tuple_row)
             cursor.execute(*raw_form(statement, params), prepare=True)
         answer = cursor.fetchall()
         settings = []
@@ -272,7 +270,7 @@ def replay(conn: Any, calls: list[tuple[str, Any]], rows: bool = False) -> list[
             nearest = sorted((r for r in answer if r[image] is not None), key=lambda r: r[distance])[:K]
     if opened:
         conn.commit()
-    return nearest if rows else [r[image] for r in nearest]
+    return [r[image] for r in nearest]
 
 
 def raw_form(sql: str, params: Any) -> tuple[str, Any]:
