@@ -69,7 +69,7 @@ import operator
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -220,18 +220,27 @@ def library_floor(
     Filters(**filters).params()
     found: Sequence[Any] = ()
     with wire.begin(engine, alone=True) as conn:
-        settings: list[tuple[str, Any]] = []
-        for statement, params in calls:
-            if statement.startswith("SELECT set_config("):
-                settings.append((statement, params))
-                continue
-            found, settings = wire.rows(conn, (statement, params), settings), []
+        for settings, statement in round_trips(calls):
+            found = wire.rows(conn, statement, settings)
     rows = sorted([r for r in found if r.image_id is not None], key=BY_DISTANCE)[:K]
     answer = SearchResult([hit_of(r) for r in rows], query_id=str(new_query_id()))
     return [hit.image_id for hit in answer]
 
 
 BY_DISTANCE = operator.attrgetter("distance")  # a C key: no Python call a row
+
+
+def round_trips(calls: list[tuple[str, Any]]) -> Iterator[tuple[list[tuple[str, Any]], tuple[str, Any]]]:
+    """A search's captured statements as imgsearch sends them: each statement with the ones
+    before it that only set the transaction's settings (``set_config``: the shop's scope,
+    pgvector's settings), which go in its round trip."""
+    settings: list[tuple[str, Any]] = []
+    for statement, params in calls:
+        if statement.startswith("SELECT set_config("):
+            settings.append((statement, params))
+            continue
+        yield settings, (statement, params)
+        settings = []
 
 
 def replay(conn: Any, calls: list[tuple[str, Any]]) -> list[Any]:
@@ -245,13 +254,9 @@ def replay(conn: Any, calls: list[tuple[str, Any]]) -> list[Any]:
     last statement's ``K`` nearest rows (the filtered statement answers a row of NULL hit
     columns when it has none)."""
     nearest: list[Any] = []
-    settings: list[tuple[str, Any]] = []
     carried: list[tuple[str, Any]] | None = None  # what the first transaction set
     opened = False
-    for statement, params in calls:
-        if statement.startswith("SELECT set_config("):
-            settings.append((statement, params))
-            continue
+    for settings, (statement, params) in round_trips(calls):
         sent = settings
         if carried is None:
             carried = settings
@@ -263,7 +268,6 @@ def replay(conn: Any, calls: list[tuple[str, Any]]) -> list[Any]:
             cursor = psycopg.RawCursor(conn, row_factory=tuple_row)
             cursor.execute(*raw_form(statement, params), prepare=True)
         answer = cursor.fetchall()
-        settings = []
         names = [c.name for c in cursor.description or ()]
         if "image_id" in names:
             image, distance = names.index("image_id"), names.index("distance")

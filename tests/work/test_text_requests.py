@@ -256,7 +256,6 @@ def test_a_request_claimed_by_a_worker_that_died_is_answered_by_another(setup: S
         assert conn.execute("SELECT count(*) FROM imgsearch.text_requests").fetchone() == (0,)
 
 
-
 def test_a_text_asked_again_once_answered_leaves_no_request(setup: Setup) -> None:
     """search_text asks again after a second without an answer. An ask that comes once the answer
     is stored, or while the worker answering it commits, leaves no request behind (migration
