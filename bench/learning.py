@@ -80,7 +80,7 @@ def main() -> None:
                 learned = catalog.refresh_boosts()
                 adapted = tune(catalog, "sim")
                 judge._router.forget_graphs()
-                judge._adapters.forget()
+                judge._searcher.adapters.forget()
                 found = {name: simulate.ndcg(judge, shop, **flags) for name, flags in VARIANTS.items()}
                 rows.append(Row(done, found, learned.query_boosts, learned.product_boosts, adapted))
                 print(
@@ -133,7 +133,7 @@ def tune(catalog: Catalog, tenant: str) -> str:
     if not trained.wins:
         return f"v{info.version} loses ({figures}), not activated"
     tuning.activate(catalog.engine, tenant, model, info.id)
-    catalog._adapters.forget()
+    catalog._searcher.adapters.forget()
     return f"v{info.version} active ({figures})"
 
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, Select
 
+from imgsearch.context import Context
 from imgsearch.db import engine as db_engine
 from imgsearch.db import filter_indexes, lookups, migrate
 from imgsearch.embed.active import ActiveModel, configured_model, open_model, registered_named
@@ -17,10 +18,9 @@ from imgsearch.ingest import bulk, images, removal, updates, uploads, vector_fil
 from imgsearch.ingest import duplicates as near_duplicates
 from imgsearch.learning import boosts as learned
 from imgsearch.learning import events as events_log
-from imgsearch.learning import tuning
 from imgsearch.quality import duplicates as duplicate_groups
 from imgsearch.records import ImageRecord, ModelInfo, SearchResult
-from imgsearch.search import plans, queries, routing, service, statements, understanding
+from imgsearch.search import plans, queries, routing, service, statements
 from imgsearch.search.filters import MAX_K, Filters, check_page
 from imgsearch.search.plans import Plan
 from imgsearch.search.replicas import Replicas
@@ -29,8 +29,6 @@ from imgsearch.work import reembed, wake
 
 if TYPE_CHECKING:
     from imgsearch.embed.model import Embedder
-
-MODEL_REFRESH_SECONDS = 5.0  # how soon an open catalog follows `imgsearch model activate`
 
 
 class Catalog:
@@ -50,16 +48,25 @@ class Catalog:
         self.engine, self.settings, self.waker = engine, settings, waker
         self._search_engine = search_engine or engine
         self.replicas = replicas  # hot standbys searches go to first; None: the primary only
-        self._active = ActiveModel(engine, model, settings, embedder)
-        self._limits = images.Limits(
-            settings.max_image_bytes, settings.max_image_pixels, settings.max_aspect_ratio
-        )
-        self._router = routing.Router(engine, self._search_engine, replicas)
-        self._vocabularies = understanding.Vocabularies()  # each tenant's words, for parse=True
-        self._adapters = tuning.Adapters()  # each tenant's active query adapter
-        self.on_search_plan: Callable[[Plan], None] | None = None  # told each statement's plan
-        # told each forward pass of text or image queries (kind, queries in it); e.g. for metrics
-        self.on_query_batch: Callable[[str, int], None] | None = None
+        limits = images.Limits(settings.max_image_bytes, settings.max_image_pixels, settings.max_aspect_ratio)
+        self._context = Context(engine, settings, limits, ActiveModel(engine, model, settings, embedder), waker)
+        self._searcher = service.Searcher(self._context, routing.Router(engine, self._search_engine, replicas))
+
+    @property
+    def on_search_plan(self) -> Callable[[Plan], None] | None:  # told each search statement's plan
+        return self._searcher.on_search_plan
+
+    @on_search_plan.setter
+    def on_search_plan(self, hook: Callable[[Plan], None] | None) -> None:
+        self._searcher.on_search_plan = hook
+
+    @property
+    def on_query_batch(self) -> Callable[[str, int], None] | None:  # each query forward pass (kind, size)
+        return self._context.on_query_batch
+
+    @on_query_batch.setter
+    def on_query_batch(self, hook: Callable[[str, int], None] | None) -> None:
+        self._context.on_query_batch = hook
 
     @classmethod
     def open(
@@ -89,7 +96,7 @@ class Catalog:
         not active yet), e.g. to compare before ``model activate``; close this catalog, not it."""
         model = registered_named(self.engine, name)
         pinned = Catalog(self.engine, model, self.settings, None, None, self._search_engine, self.replicas)
-        pinned._active.pinned = True  # no following switches
+        pinned._context.active.pinned = True  # no following switches
         return pinned
 
     def close(self) -> None:
@@ -109,9 +116,6 @@ class Catalog:
     def __repr__(self) -> str:
         return f"Catalog({self.engine.url.render_as_string()!r}, model={self.model!r})"
 
-    def _follow_model_switch(self) -> None:
-        self._active.follow(MODEL_REFRESH_SECONDS)
-
     @property
     def search_engine(self) -> Engine:
         """The engine searches run on (:func:`imgsearch.db.engine.make_search_engine`)."""
@@ -120,43 +124,39 @@ class Catalog:
     @property
     def model(self) -> str:
         """Name of the active embedding model."""
-        return self._active.info.name
+        return self._context.active_model.name
 
     @property
     def dim(self) -> int:
         """Dimension of the active model's embeddings."""
-        return self._active.info.dim
+        return self._context.dim
 
     @property
     def limits(self) -> images.Limits:
         """The byte and pixel limits of uploaded images."""
-        return self._limits
+        return self._context.limits
 
     @property
     def active_model(self) -> ModelInfo:  # the model in use (perhaps not registered yet)
-        return self._active.info
+        return self._context.active_model
 
     def registered_model(self) -> ModelInfo:
         """The active model, registered now if the catalog has none yet (its first embedding does)."""
-        return self._active.registered()
+        return self._context.registered_model()
 
     def add_model(self, name: str, dim: int, *, activate: bool = False) -> ModelInfo:
         """Register a model whose vectors come from elsewhere (FashionCLIP, OpenAI, a shop's own):
         uploads and imports bring them, searches take ``vector=``; ``activate`` switches to it."""
         model = reembed.add_external(self.engine, name, dim, make_active=activate)
         if activate:
-            self._active = ActiveModel(self.engine, model, self.settings)
+            self._context.active = ActiveModel(self.engine, model, self.settings)
         return model
 
     @property
     def embedder(self) -> Embedder:
         """The active model's embedder, created on first use; weights load on the first text or image
         query (searching by vector or by image id never loads them)."""
-        return self._active.embedder(self.on_query_batch)
-
-    @property
-    def _embedder(self) -> Embedder | None:  # the embedder if one was created
-        return self._active.created
+        return self._context.embedder
 
     # -- ingest: imgsearch.ingest ---------------------------------------------------------
 
@@ -183,8 +183,8 @@ class Catalog:
     ) -> uploads.Stored:
         """:meth:`add` for a row dict (the keys of :meth:`add_many`); also whether the image was new
         (False: the tenant had the bytes; ``.shared``: for another product, whose it now is too)."""
-        self._follow_model_switch()
-        return uploads.add_row(self, row, on_duplicate)
+        self._context.follow_model_switch()
+        return uploads.add_row(self._context, row, on_duplicate)
 
     def add_many(
         self, rows: Iterable[Mapping[str, Any]], *, progress: bool | None = None,
@@ -194,8 +194,8 @@ class Catalog:
         call (its index in the message) with nothing written; ids in row order. ``progress``: a
         bar (by default when stderr is a terminal). ``on_duplicate`` as in :meth:`add`, rows of this
         call counting as stored for each other."""
-        self._follow_model_switch()
-        return uploads.add_many(self, rows, progress=progress, on_duplicate=on_duplicate)
+        self._context.follow_model_switch()
+        return uploads.add_many(self._context, rows, progress=progress, on_duplicate=on_duplicate)
 
     def duplicates(
         self, tenant: str, *, max_hamming: int | None = None,
@@ -206,9 +206,9 @@ class Catalog:
         ``max_hamming`` bits of perceptual hash confirmed by an embedding distance of at most
         ``max_distance`` (None: the hash alone); defaults from the settings
         (:mod:`imgsearch.quality.duplicates`)."""
-        self._follow_model_switch()
+        self._context.follow_model_switch()
         return duplicate_groups.find_groups(
-            self, tenant, max_hamming=max_hamming, max_distance=max_distance, progress=progress
+            self._context, tenant, max_hamming=max_hamming, max_distance=max_distance, progress=progress
         )
 
     def import_vectors(
@@ -233,10 +233,10 @@ class Catalog:
     ) -> bulk.ImportResult:
         """:meth:`import_vectors`, telling what happened: rows read, imported, duplicates, whether
         the index was rebuilt and with which settings, and how long each step took."""
-        self._follow_model_switch()
+        self._context.follow_model_switch()
         rows = vector_files.rows_of(source, metadata=metadata)
         return bulk.import_rows(
-            self.engine, self.registered_model(), rows, limits=self._limits, tenant=tenant, progress=progress,
+            self.engine, self.registered_model(), rows, limits=self._context.limits, tenant=tenant, progress=progress,
             rebuild_index=rebuild_index, maintenance_work_mem=maintenance_work_mem,
             parallel_workers=parallel_workers,
         )
@@ -285,14 +285,14 @@ class Catalog:
 
     def refresh_filter_indexes(self, *, progress: bool | None = None) -> filter_indexes.RefreshResult:
         """Build and drop per-value indexes as their rules and the values' rows say now."""
-        self._follow_model_switch()
+        self._context.follow_model_switch()
         result = filter_indexes.refresh_showing(self.engine, self.active_model, progress=progress)
-        self._router.forget_graphs()  # read the new set at the next search
+        self._searcher.router.forget_graphs()  # read the new set at the next search
         return result
 
     def filter_graphs(self) -> list[filter_indexes.Graph]:
         """The per-value indexes of the active model, with their rows and size."""
-        self._follow_model_switch()
+        self._context.follow_model_switch()
         with self.engine.connect() as conn:
             return filter_indexes.graphs(conn, self.active_model.id)
 
@@ -301,7 +301,7 @@ class Catalog:
     def get(self, image_id: int, *, tenant: str | None = None) -> ImageRecord:
         """The stored state and metadata of one image; :class:`NotFound` if there is none (with
         ``tenant``, another tenant's image is indistinguishable from a missing one)."""
-        self._follow_model_switch()
+        self._context.follow_model_switch()
         return lookups.image_record(self.engine, self.active_model, image_id, tenant)
 
     def image_content(self, image_id: int, *, tenant: str | None = None) -> bytes | None:
@@ -356,7 +356,7 @@ class Catalog:
         how = service.Asked(query, mode, parse, facets, total, consistent, fusion, min_probability, *learning)
         filters = Filters(tenant, category, price_min, price_max, attributes, where, brand=brand)
         page = (k, offset, group_by_product, diversity, expand, min_score)
-        return service.search(self, filters, how, *page)
+        return service.search(self._searcher, filters, how, *page)
 
     # -- learn: imgsearch.learning ------------------------------------------------------
 
@@ -369,7 +369,7 @@ class Catalog:
 
     def refresh_boosts(self, *, tenant: str | None = None) -> learned.Refreshed:
         """Learn the boosts from the feedback now (beat does it every ``boost_refresh_seconds``)."""
-        self._router.forget_graphs()  # read which tenants have boosts at the next search
+        self._searcher.router.forget_graphs()  # read which tenants have boosts at the next search
         return learned.refresh(self.engine, learned.Policy.from_settings(self.settings), tenant)
 
     def search_select(
@@ -386,9 +386,9 @@ class Catalog:
         k, _ = check_page(k, 0)
         filters = Filters(tenant, category, price_min, price_max, attributes, where)
         filters.conditions()
-        self._follow_model_switch()
+        self._context.follow_model_switch()
         asked = queries.Query(text, image, similar_to, similar_to_product, vector)
-        query, filters = queries.vector_now(self, asked, filters)
+        query, filters = queries.vector_now(self._context, asked, filters)
         return statements.hnsw_statement(self.active_model, query, filters, k, with_images=True)
 
     def apply_search_settings(self, connection: Any, k: int = MAX_K, *, tenant: str | None = None) -> None:

@@ -94,7 +94,8 @@ STAGES = ("ingest", "work", "embed", "db", "search")
 
 
 def test_the_top_level_keeps_only_the_entry_points_and_the_public_types() -> None:
-    """The folders show the data's path; the top level holds the entry points and shared types."""
+    """The folders show the data's path; the top level holds the entry points and shared types
+    (``context.py``: what the Catalog hands its packages)."""
     top = {path.name for path in (ROOT / "imgsearch").glob("*.py")}
     assert top == {
         "__init__.py",
@@ -103,6 +104,7 @@ def test_the_top_level_keeps_only_the_entry_points_and_the_public_types() -> Non
         "settings.py",
         "records.py",
         "catalog.py",
+        "context.py",
         "demo.py",
     }
     packages = {path.parent.name for path in (ROOT / "imgsearch").glob("*/__init__.py")}

@@ -38,11 +38,12 @@ def _db(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _distribute(settings: Settings) -> int:
-    from imgsearch.db import citus, engine
+    from imgsearch.db import citus, engine, migrate
 
     eng = engine.make_engine(engine.resolve_url(settings))
-    try:
-        done = citus.distribute(eng)
+    try:  # a fresh cluster: Citus named first (nothing written without it), then migrated, then distributed
+        citus.make_coordinator(eng)
+        done = migrate.upgrade(eng) or citus.distribute(eng)
     finally:
         eng.dispose()
     if done.distributed:
@@ -76,7 +77,7 @@ def register(commands: Subparsers) -> None:
         "db",
         help="manage the embedded PostgreSQL server, or distribute the catalog on Citus",
         description="Start, stop or inspect the embedded PostgreSQL + pgvector server; `distribute` "
-        "distributes a migrated catalog by tenant on the Citus coordinator IMGSEARCH_DATABASE_URL names "
+        "migrates the catalog when behind and distributes it by tenant on the Citus coordinator IMGSEARCH_DATABASE_URL names "
         "(docs/scaling.md).",
     )
     db.add_argument("action", choices=["start", "stop", "status", "url", "distribute"])

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
-from imgsearch.db import migrate
+from imgsearch.db import revisions
 from imgsearch.errors import ConfigurationError
 
 ROLES = ("imgsearch_app", "imgsearch_console", "imgsearch_worker", "imgsearch_admin")
@@ -281,21 +281,32 @@ def adopt(engine: Engine) -> Distributed | None:
     return distribute(engine)
 
 
+def _create_extension(conn: Connection) -> None:
+    try:
+        conn.execute(text("CREATE EXTENSION IF NOT EXISTS citus"))
+    except DBAPIError as exc:
+        raise ConfigurationError(
+            "the database is not a Citus coordinator: its server needs citus in "
+            f"shared_preload_libraries ({str(exc.orig).strip().splitlines()[0]})"
+        ) from exc
+
+
+def make_coordinator(engine: Engine) -> None:
+    """Create the citus extension in the catalog's database (a fresh cluster's first step, before
+    its migration); :class:`ConfigurationError` when the server has no Citus."""
+    with engine.begin() as conn:
+        _create_extension(conn)
+
+
 def distribute(engine: Engine) -> Distributed:
     """Distribute a migrated catalog on the Citus coordinator ``engine`` points at."""
-    revision, head = migrate.current(engine), migrate.head()
+    revision, head = revisions.current(engine), revisions.head()
     if revision != head:  # the keys and triggers rewritten here are those of the latest schema
         raise ConfigurationError(
             f"the catalog is at revision {revision or 'none'}, not {head}: run `imgsearch migrate` first"
         )
     with engine.begin() as conn:
-        try:
-            conn.execute(text("CREATE EXTENSION IF NOT EXISTS citus"))
-        except DBAPIError as exc:
-            raise ConfigurationError(
-                "the database is not a Citus coordinator: its server needs citus in "
-                f"shared_preload_libraries ({str(exc.orig).strip().splitlines()[0]})"
-            ) from exc
+        _create_extension(conn)
         workers = _workers(conn)
         if is_distributed(conn):
             _share_functions(conn)  # a node added since has them too

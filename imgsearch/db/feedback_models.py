@@ -29,7 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, DOUBLE_PRECISION, JSONB, REAL
 from sqlalchemy.orm import Mapped, mapped_column
 
-from imgsearch.db.models import Base
+from imgsearch.db.base import Base
 
 _TS = DateTime(timezone=True)
 

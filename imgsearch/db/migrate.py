@@ -4,27 +4,21 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping
-from importlib import resources
 from typing import Any
 
 from alembic import command
-from alembic.config import Config
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import OperationalError
 
-from imgsearch.db.models import SCHEMA
+from imgsearch.db import citus
+from imgsearch.db.base import SCHEMA
+from imgsearch.db.revisions import alembic_config, current, head
 from imgsearch.errors import DatabaseUnavailable
 
-
-def alembic_config(engine: Engine | None = None) -> Config:
-    """An Alembic config pointing at the migrations shipped in the package."""
-    config = Config()
-    config.set_main_option("script_location", str(resources.files("imgsearch.migrations")))
-    if engine is not None:
-        config.set_main_option(
-            "sqlalchemy.url", engine.url.render_as_string(hide_password=False).replace("%", "%%")
-        )
-    return config
+__all__ = [
+    "OWN_SCHEMAS", "alembic_config", "current", "downgrade", "downgrade_on", "ensure_current", "head",
+    "include_name", "include_object", "upgrade", "upgrade_on",
+]  # fmt: skip
 
 
 def ensure_current(engine: Engine) -> None:
@@ -42,20 +36,22 @@ def ensure_current(engine: Engine) -> None:
 REWRITES_EMBEDDINGS = "0004"  # fills the filter columns of every embedding row
 
 
-def upgrade(engine: Engine, revision: str = "head") -> None:
+def upgrade(engine: Engine, revision: str = "head") -> citus.Distributed | None:
+    """Migrate to ``revision``; at the latest on a Citus coordinator with workers, the catalog is
+    distributed too (:func:`imgsearch.db.citus.adopt`: what it did, else None)."""
     before = current(engine)
+    adopted = None
     with engine.begin() as conn:
         upgrade_on(conn, revision)
     after = current(engine)
     if after == head():  # on a Citus coordinator: Citus mode (imgsearch.db.citus)
-        from imgsearch.db import citus
-
-        citus.adopt(engine)
+        adopted = citus.adopt(engine)
     if before is not None and after is not None and before < REWRITES_EMBEDDINGS <= after:
         # every embedding row was rewritten: until a vacuum the HNSW index holds a dead entry for
         # each old version, which searches wade through (recall dropped in bench/search/search.py)
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.execute(text("VACUUM (ANALYZE) imgsearch.embeddings"))
+    return adopted
 
 
 def upgrade_on(connection: Connection, revision: str = "head") -> None:
@@ -120,20 +116,3 @@ OWN_SCHEMAS = (SCHEMA, "imgsearch_log")  # imgsearch_log: the feedback logs' dai
 def downgrade(engine: Engine, revision: str) -> None:
     with engine.begin() as conn:
         downgrade_on(conn, revision)
-
-
-def current(engine: Engine) -> str | None:
-    from alembic.runtime.migration import MigrationContext
-
-    with engine.connect() as conn:
-        ctx = MigrationContext.configure(conn, opts={"version_table_schema": SCHEMA})
-        return ctx.get_current_revision()
-
-
-def head() -> str:
-    from alembic.script import ScriptDirectory
-
-    script = ScriptDirectory.from_config(alembic_config())
-    rev = script.get_current_head()
-    assert rev is not None
-    return rev

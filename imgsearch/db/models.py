@@ -29,7 +29,6 @@ from sqlalchemy import (
     Index,
     Integer,
     LargeBinary,
-    MetaData,
     Numeric,
     SmallInteger,
     String,
@@ -39,17 +38,10 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import DOUBLE_PRECISION, JSONB, REAL, REGCONFIG, TSVECTOR
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-SCHEMA = "imgsearch"
-
-NAMING_CONVENTION = {
-    "ix": "%(table_name)s_%(column_0_N_name)s_idx",
-    "uq": "%(table_name)s_%(column_0_N_name)s_key",
-    "ck": "%(table_name)s_%(constraint_name)s_check",
-    "fk": "%(table_name)s_%(column_0_N_name)s_fkey",
-    "pk": "%(table_name)s_pkey",
-}
+from imgsearch.db.base import SCHEMA as SCHEMA  # the schema name, for importers of the models
+from imgsearch.db.base import Base
 
 
 class ImageState(enum.StrEnum):
@@ -57,10 +49,6 @@ class ImageState(enum.StrEnum):
     EMBEDDING = "embedding"
     READY = "ready"
     FAILED = "failed"
-
-
-class Base(DeclarativeBase):
-    metadata = MetaData(schema=SCHEMA, naming_convention=NAMING_CONVENTION)
 
 
 def _created() -> Mapped[dt.datetime]:
@@ -436,5 +424,5 @@ class TextRequest(Base):
     error: Mapped[str | None] = mapped_column(Text)
 
 
-# the feedback tables (migration 0022) belong to this metadata too
+# the feedback tables (migration 0022) belong to this metadata too; they import the base, not this module
 from imgsearch.db import feedback_models  # noqa: E402, F401

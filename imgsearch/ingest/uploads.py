@@ -19,7 +19,7 @@ from imgsearch.ingest import duplicates, rows, vectors
 from imgsearch.records import ModelInfo
 
 if TYPE_CHECKING:
-    from imgsearch.catalog import Catalog
+    from imgsearch.context import Context
 
 
 class Stored(tuple[int, bool]):
@@ -35,23 +35,23 @@ class Stored(tuple[int, bool]):
         return stored
 
 
-def add_row(catalog: Catalog, row: Mapping[str, Any], on_duplicate: str) -> Stored:
+def add_row(context: Context, row: Mapping[str, Any], on_duplicate: str) -> Stored:
     """One upload: its image id, whether the image was new, and whether it was shared."""
     duplicates.check_policy(on_duplicate)
-    prepared = rows.prepare_row(row, dim=catalog.dim, limits=catalog.limits)
+    prepared = rows.prepare_row(row, dim=context.dim, limits=context.limits)
     _check_checkable([prepared], on_duplicate, batch=False)
-    model = _model_for(catalog, [prepared], batch=False)
-    with catalog.engine.begin() as conn:
+    model = _model_for(context, [prepared], batch=False)
+    with context.engine.begin() as conn:
         tenancy.scope(conn, prepared.tenant)
-        links = _apply_policy(catalog, conn, prepared.tenant, [prepared], [0], on_duplicate, batch=False)
+        links = _apply_policy(context, conn, prepared.tenant, [prepared], [0], on_duplicate, batch=False)
         written = rows.write_rows(conn, [prepared], model)
         rows.link_rows(conn, links, written.ids)
-    _wake(catalog, [prepared], written.created)  # after the commit: durable before anyone hears of it
+    _wake(context, [prepared], written.created)  # after the commit: durable before anyone hears of it
     return Stored(written.ids[0], written.created[0], written.shared[0])
 
 
 def add_many(
-    catalog: Catalog, batch: Iterable[Mapping[str, Any]], *, progress: bool | None, on_duplicate: str
+    context: Context, batch: Iterable[Mapping[str, Any]], *, progress: bool | None, on_duplicate: str
 ) -> list[int]:
     """Many uploads, all or nothing: every row checked first, then one transaction; ids in row order."""
     from tqdm import tqdm
@@ -60,10 +60,10 @@ def add_many(
     show = sys.stderr.isatty() if progress is None else progress
     given = list(batch)
     prepared = rows.prepare_rows(
-        tqdm(given, desc="checking", unit="row", disable=not show), dim=catalog.dim, limits=catalog.limits
+        tqdm(given, desc="checking", unit="row", disable=not show), dim=context.dim, limits=context.limits
     )
     _check_checkable(prepared, on_duplicate, batch=True)
-    model = _model_for(catalog, prepared, batch=True)
+    model = _model_for(context, prepared, batch=True)
     ids: list[int] = [0] * len(prepared)
     created_all = [False] * len(prepared)
     by_tenant: dict[str, list[int]] = {}
@@ -71,13 +71,13 @@ def add_many(
         by_tenant.setdefault(row.tenant, []).append(position)
     # one transaction; each tenant's rows are written under that tenant's row-level security
     with (
-        catalog.engine.begin() as conn,
+        context.engine.begin() as conn,
         tqdm(total=len(prepared), desc="writing", unit="row", disable=not show) as bar,
     ):
         for tenant, positions in by_tenant.items():
             tenancy.scope(conn, tenant)
             links = _apply_policy(
-                catalog, conn, tenant, [prepared[p] for p in positions], positions, on_duplicate, batch=True
+                context, conn, tenant, [prepared[p] for p in positions], positions, on_duplicate, batch=True
             )
             for start in range(0, len(positions), rows.WRITE_CHUNK):
                 part = positions[start : start + rows.WRITE_CHUNK]
@@ -87,16 +87,16 @@ def add_many(
                     created_all[position] = new
                 bar.update(len(part))
             rows.link_rows(conn, links, [ids[p] for p in positions])
-    _wake(catalog, prepared, created_all)
+    _wake(context, prepared, created_all)
     return ids
 
 
-def _model_for(catalog: Catalog, prepared: list[rows.PreparedRow], *, batch: bool) -> ModelInfo:
+def _model_for(context: Context, prepared: list[rows.PreparedRow], *, batch: bool) -> ModelInfo:
     """The model the rows are stored for, registered now when they are a new catalog's first:
     pending rows need the model the workers will embed them with, and rows with a vector its id
     (until the model has embeddings, a configured ``IMGSEARCH_MODEL`` still replaces it). A model
     whose vectors come from elsewhere embeds nothing here: every row must bring its vector."""
-    model = catalog.active_model
+    model = context.active_model
     if model.external:
         for index, row in enumerate(prepared):
             if row.embedding is None:
@@ -104,7 +104,7 @@ def _model_for(catalog: Catalog, prepared: list[rows.PreparedRow], *, batch: boo
                     f"the catalog's model {model.name!r} embeds nothing here (its vectors come from "
                     "elsewhere: imgsearch model add); give the upload its embedding"
                 ).at_row(index if batch else None, None if batch else "upload")
-    return catalog.registered_model() if prepared else model
+    return context.registered_model() if prepared else model
 
 
 def _check_checkable(prepared: list[rows.PreparedRow], on_duplicate: str, *, batch: bool) -> None:
@@ -120,7 +120,7 @@ def _check_checkable(prepared: list[rows.PreparedRow], on_duplicate: str, *, bat
 
 
 def _apply_policy(
-    catalog: Catalog,
+    context: Context,
     conn: Connection,
     tenant: str,
     prepared: list[rows.PreparedRow],
@@ -140,15 +140,15 @@ def _apply_policy(
         conn,
         tenant,
         uploads,
-        catalog.registered_model(),
-        lambda datas: list(catalog.embedder.embed_images(datas)),
-        max_hamming=catalog.settings.duplicate_max_hamming,
-        max_distance=catalog.settings.duplicate_max_distance,
+        context.registered_model(),
+        lambda datas: list(context.embedder.embed_images(datas)),
+        max_hamming=context.settings.duplicate_max_hamming,
+        max_distance=context.settings.duplicate_max_distance,
     )
     links: list[tuple[int, int]] = []
     for i, (row, upload, match) in enumerate(zip(prepared, uploads, matches, strict=True)):
         if row.embedding is None and upload.embedding is not None:
-            row.embedding = vectors.as_vector(upload.embedding, catalog.dim)
+            row.embedding = vectors.as_vector(upload.embedding, context.dim)
         if match is None:
             continue
         if on_duplicate == "reject":
@@ -170,7 +170,7 @@ def _apply_policy(
     return links
 
 
-def _wake(catalog: Catalog, prepared: list[rows.PreparedRow], created: list[bool]) -> None:
+def _wake(context: Context, prepared: list[rows.PreparedRow], created: list[bool]) -> None:
     pending = sum(1 for row, new in zip(prepared, created, strict=True) if new and row.embedding is None)
-    if pending and catalog.waker is not None:
-        catalog.waker(pending)
+    if pending and context.waker is not None:
+        context.waker(pending)

@@ -31,14 +31,14 @@ from imgsearch.ingest.duplicates import (
 from imgsearch.records import ModelInfo
 
 if TYPE_CHECKING:
-    from imgsearch.catalog import Catalog
+    from imgsearch.context import Context
 
 SWEEP_BLOCK = 2048  # images compared with all others at once in a sweep (2048 x n uint64s)
 HASH_BATCH = 200  # images hashed per round trip when a sweep fills in missing hashes
 
 
 def find_groups(
-    catalog: Catalog,
+    context: Context,
     tenant: str,
     *,
     max_hamming: int | None = None,
@@ -50,7 +50,7 @@ def find_groups(
     stage."""
     from tqdm import tqdm
 
-    settings = catalog.settings
+    settings = context.settings
     hamming, within = check_limits(
         settings.duplicate_max_hamming if max_hamming is None else max_hamming,
         settings.duplicate_max_distance if isinstance(max_distance, Unset) else max_distance,
@@ -65,11 +65,11 @@ def find_groups(
         bar.update(done - bar.n)
 
     try:
-        with catalog.engine.begin() as conn:
+        with context.engine.begin() as conn:
             return sweep(
                 conn,
-                catalog.active_model,
-                catalog.limits,
+                context.active_model,
+                context.limits,
                 tenancy.scope(conn, checks.identifier(tenant, "tenant")),
                 max_hamming=hamming,
                 max_distance=within,

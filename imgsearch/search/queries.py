@@ -25,7 +25,7 @@ from imgsearch.search.filters import Filters
 from imgsearch.work import text_requests
 
 if TYPE_CHECKING:
-    from imgsearch.catalog import Catalog
+    from imgsearch.context import Context
 
 log = logging.getLogger(__name__)
 
@@ -65,62 +65,62 @@ class Query:
         if self.similar_to_product is not None and filters.tenant_name() is None:
             raise InvalidQuery("similar_to_product needs tenant=: product ids name products within a tenant")
 
-    def embed(self, catalog: Catalog) -> vectors.Vector | None:
+    def embed(self, context: Context) -> vectors.Vector | None:
         """The query vector (the query :meth:`check`-ed first, by the caller), computed before any
         connection is taken; None for ``similar_to`` and ``similar_to_product``, whose vectors
         :func:`stored_vector` reads in the search's transaction."""
         if self.text is not None:
-            return text_vector(catalog, self.text)
+            return text_vector(context, self.text)
         if self.image is not None:
             if images.is_url(self.image):
                 url = checks.url(str(self.image), "query image URL", InvalidQuery)
                 try:
-                    data = catalog.settings.downloads().fetch(url)
+                    data = context.settings.downloads().fetch(url)
                 except UnknownHost as exc:  # a worker would retry; a query's URL is its caller's to fix
                     raise InvalidQuery(f"query image URL: {exc}") from exc
             else:
-                data = images.read_source(self.image, catalog.limits)
+                data = images.read_source(self.image, context.limits)
             if self.box is not None:
-                data = images.crop(data, self.box, catalog.limits)
-            return catalog.embedder.embed_image(data)
+                data = images.crop(data, self.box, context.limits)
+            return context.embedder.embed_image(data)
         if self.vector is not None:
-            return vectors.as_vector(self.vector, catalog.dim, "query vector")
+            return vectors.as_vector(self.vector, context.dim, "query vector")
         return None
 
 
-def vector_now(catalog: Catalog, query: Query, filters: Filters) -> tuple[vectors.Vector, Filters]:
+def vector_now(context: Context, query: Query, filters: Filters) -> tuple[vectors.Vector, Filters]:
     """The query vector at once, a stored one read on a connection of its own (for a statement
     that the caller runs later: :meth:`imgsearch.Catalog.search_select`)."""
     query.check(filters)
-    found = query.embed(catalog)
+    found = query.embed(context)
     if found is not None:
         return found, filters
-    with catalog.engine.connect() as conn:
-        return stored_vector(conn, catalog.active_model, query, filters)
+    with context.engine.connect() as conn:
+        return stored_vector(conn, context.active_model, query, filters)
 
 
-def text_vector(catalog: Catalog, query: str) -> vectors.Vector:
+def text_vector(context: Context, query: str) -> vectors.Vector:
     """A text query's vector: from this process's text cache, else from the catalog's
     (``imgsearch.text_embeddings``, which workers fill for ``imgsearch.search_text``), else
     embedded here and put in both. The catalog's cache is a convenience: when it can't be read
     or written, the text is embedded here as before."""
-    embedder = catalog.embedder
+    embedder = context.embedder
     row = embedder.cached_text(query)
     if row is not None:
         return row
-    model_id = catalog.active_model.id
+    model_id = context.active_model.id
     try:
-        with catalog.engine.begin() as conn:
+        with context.engine.begin() as conn:
             shared = text_requests.cached(conn, model_id, query)
     except DBAPIError as exc:
         log.debug("text cache not readable: %s", exc.orig)
         shared = None
-    if shared is not None and len(shared.vector) == catalog.dim:
+    if shared is not None and len(shared.vector) == context.dim:
         embedder.remember_text(query, shared.vector)
         return shared.vector
     row = embedder.embed_text(query)
     try:
-        with catalog.engine.begin() as conn, conn.begin_nested():  # a savepoint: a refusal ends here
+        with context.engine.begin() as conn, conn.begin_nested():  # a savepoint: a refusal ends here
             text_requests.store(conn, model_id, [(query, row)], embedder.logit_params())
     except DBAPIError as exc:
         log.debug("text cache not writable: %s", exc.orig)

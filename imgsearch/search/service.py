@@ -8,7 +8,7 @@ database that answers (:mod:`~imgsearch.search.routing`), the hits by mode
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Connection
@@ -20,6 +20,7 @@ from imgsearch.errors import InvalidQuery
 from imgsearch.ingest.vectors import Vector
 from imgsearch.learning import adapter, interleave
 from imgsearch.learning import queries as learned_queries
+from imgsearch.learning.tuning import Adapters
 from imgsearch.records import Hit, ModelInfo, SearchResult
 from imgsearch.search import facets as facet_counts
 from imgsearch.search import hybrid, plans, queries, request, understanding
@@ -28,14 +29,28 @@ from imgsearch.search.filters import Filters
 from imgsearch.search.hybrid import Fusion
 from imgsearch.search.request import Options
 
-__all__ = ["Asked", "Fusion", "search"]
+__all__ = ["Asked", "Fusion", "Searcher", "search"]
 
 if TYPE_CHECKING:
-    from imgsearch.catalog import Catalog
+    from imgsearch.context import Context
+    from imgsearch.search.plans import Plan
+    from imgsearch.search.routing import Router
 
 
 DEFAULT_FUSION = Fusion()
 T = TypeVar("T")
+
+
+@dataclass(eq=False)
+class Searcher:
+    """What one catalog's searches share: its :class:`~imgsearch.context.Context`, the router to
+    the database that answers, each tenant's vocabulary and query adapter, and the plan hook."""
+
+    context: Context
+    router: Router
+    vocabularies: understanding.Vocabularies = field(default_factory=understanding.Vocabularies)
+    adapters: Adapters = field(default_factory=Adapters)  # each tenant's active query adapter
+    on_search_plan: Callable[[Plan], None] | None = None  # told each statement's plan
 
 
 @dataclass(frozen=True)
@@ -70,21 +85,21 @@ def _check_client(client_id: Any) -> None:
 
 
 def search(
-    catalog: Catalog, filters: Filters, asked: Asked, k: Any, offset: Any, group_by_product: Any,
+    searcher: Searcher, filters: Filters, asked: Asked, k: Any, offset: Any, group_by_product: Any,
     diversity: Any, expand: Any, min_score: Any,
 ) -> SearchResult:  # fmt: skip
     """See :meth:`imgsearch.Catalog.search`: every argument checked before any model work."""
     query = asked.query
     check_flags(asked.parse, asked.facets, asked.total, asked.boost)
     options = request.options_for(
-        catalog.settings, query.text, k, offset, group_by_product, diversity, expand, min_score,
-        asked.min_probability, on_plan=catalog.on_search_plan, boosting=_boosting(catalog, asked),
+        searcher.context.settings, query.text, k, offset, group_by_product, diversity, expand, min_score,
+        asked.min_probability, on_plan=searcher.on_search_plan, boosting=_boosting(searcher, asked),
     )  # fmt: skip
     filters.check()
     if asked.adapter is not None and not isinstance(asked.adapter, bool):
         raise InvalidQuery(f"adapter must be true, false or null, got {asked.adapter!r}")
     _check_client(asked.client_id)
-    settings = catalog.settings
+    settings = searcher.context.settings
     variants = None if asked.interleave is None else interleave.parse(asked.interleave)
     query.check(filters)
     text = query.text
@@ -96,19 +111,19 @@ def search(
     if mode is not None:
         hybrid.check_options(mode, options)
     fusion = DEFAULT_FUSION if asked.fusion is None else asked.fusion.check()
-    catalog._follow_model_switch()
+    searcher.context.follow_model_switch()
     query_id = learned_queries.new_query_id()
     teams = None
     if variants is None:
-        result = _answer(catalog, filters, options, asked, mode, fusion)
+        result = _answer(searcher, filters, options, asked, mode, fusion)
     else:
         answers = []
         wanted = options.k + options.offset  # the page drafted from the first hits of both
         for name in variants:  # each variant's own search, then their hits drafted in turns
             flags = interleave.VARIANTS[name]
             variant = replace(asked, boost=flags["boost"], adapter=flags["adapter"])
-            own = replace(options, k=wanted, offset=0, boosting=_boosting(catalog, variant))
-            answers.append(_answer(catalog, filters, own, variant, mode, fusion))
+            own = replace(options, k=wanted, offset=0, boosting=_boosting(searcher, variant))
+            answers.append(_answer(searcher, filters, own, variant, mode, fusion))
         result, teams = interleave.team_draft(answers[0], answers[1], wanted, query_id.int, skip=options.offset)
     result.query_id = str(query_id)
     if settings.record_queries:
@@ -116,7 +131,7 @@ def search(
         if variants is not None:
             attributes["interleave"] = {"variants": list(variants), "teams": teams}
         learned_queries.record(
-            catalog.engine,
+            searcher.context.engine,
             query_id,
             tenant=filters.tenant_name(),
             client_id=asked.client_id,
@@ -128,40 +143,40 @@ def search(
     return result
 
 
-def _boosting(catalog: Catalog, asked: Asked) -> Boosting | None:
+def _boosting(searcher: Searcher, asked: Asked) -> Boosting | None:
     """The boosts a search blends: its text's (normalised), at the catalog's lift; None: off."""
     if not asked.boost:
         return None
     text = asked.query.text
     norm = learned_queries.normalized(text if isinstance(text, str) else None)
-    settings = catalog.settings
+    settings = searcher.context.settings
     return Boosting(norm, settings.boost_max_lift, settings.boost_product_weight).check()
 
 
 def _answer(
-    catalog: Catalog, filters: Filters, options: Options, asked: Asked, mode: str | None, fusion: hybrid.Fusion
+    searcher: Searcher, filters: Filters, options: Options, asked: Asked, mode: str | None, fusion: hybrid.Fusion
 ) -> SearchResult:
     """The hits: the query's words read into filters (the query as typed when they leave none)."""
     text = asked.query.text
     understood = None
     parsed = filters
     if text is not None and asked.parse:
-        understood = _understand(catalog, text, filters)
+        understood = _understand(searcher, text, filters)
         parsed = _with_understood(filters, understood)
-    result = _run(catalog, parsed, options, asked, mode, fusion, understood)
+    result = _run(searcher, parsed, options, asked, mode, fusion, understood)
     if understood is not None and understood.filters and not result and parsed is not filters:
         # what was read left nothing: the query as typed, and the answer says so
         understood = replace(understood, fallback=True)
-        result = _run(catalog, filters, options, asked, mode, fusion, None)
+        result = _run(searcher, filters, options, asked, mode, fusion, None)
     result.understood = understood
     return result
 
 
-def _understand(catalog: Catalog, text: str, filters: Filters) -> understanding.Understood:
+def _understand(searcher: Searcher, text: str, filters: Filters) -> understanding.Understood:
     tenant = filters.tenant_name()
 
     def read(what: Callable[[Connection, str | None], T]) -> T:  # under the tenant's policies
-        with catalog.engine.begin() as conn:
+        with searcher.context.engine.begin() as conn:
             if tenant is not None:
                 tenancy.scope(conn, tenant)
             if citus.on_coordinator(conn):
@@ -169,7 +184,7 @@ def _understand(catalog: Catalog, text: str, filters: Filters) -> understanding.
             return what(conn, tenant)
 
     # the stamp only when the last one is old enough to ask again: no round trip for most searches
-    vocabulary = catalog._vocabularies.get(
+    vocabulary = searcher.vocabularies.get(
         tenant, lambda: read(understanding.stamp), lambda: read(understanding.read)
     )
     given = [
@@ -194,7 +209,7 @@ def _with_understood(filters: Filters, understood: understanding.Understood) -> 
 
 
 def _run(
-    catalog: Catalog,
+    searcher: Searcher,
     filters: Filters,
     options: Options,
     asked: Asked,
@@ -215,10 +230,10 @@ def _run(
             or text
         )
         query = replace(query, text=text)
-    vector = None if mode == "lexical" else query.embed(catalog)  # checked in search()
+    vector = None if mode == "lexical" else query.embed(searcher.context)  # checked in search()
     if vector is not None and _adapts(asked):
         tenant = filters.tenant_name()
-        weights = None if tenant is None else catalog._adapters.get(catalog.engine, tenant, catalog.active_model)
+        weights = None if tenant is None else searcher.adapters.get(searcher.context.engine, tenant, searcher.context.active_model)
         if weights is not None:
             vector = adapter.apply(weights, vector)
     chosen: list[str] = []
@@ -246,11 +261,11 @@ def _run(
     # first's answer): its first statement may be a transaction of its own; hits fused from words
     # and images, or counted with their total and facets, come from one transaction's statements
     alone = not (asked.facets or asked.total) and (text is None or mode == "semantic")
-    hits, counted = catalog._router.search(
-        catalog.active_model, filters, options, vector, query, asked.consistent, run, alone
+    hits, counted = searcher.router.search(
+        searcher.context.active_model, filters, options, vector, query, asked.consistent, run, alone
     )
     if text is not None and vector is not None:
-        hits = request.with_probability(hits, catalog.embedder.probability, asked.min_probability)
+        hits = request.with_probability(hits, searcher.context.embedder.probability, asked.min_probability)
     return SearchResult(
         hits,
         total=None if counted is None else counted.total,

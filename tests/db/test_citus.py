@@ -114,6 +114,29 @@ def test_a_catalog_not_migrated_is_named(citus_cluster: CitusCluster) -> None:
         eng.dispose()
 
 
+def test_distribute_on_a_fresh_cluster_migrates_then_distributes(citus_cluster: CitusCluster) -> None:
+    url = citus_cluster.create_database("citus_fresh")
+    env = {**os.environ, "IMGSEARCH_DATABASE_URL": url}
+
+    def distribute() -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "imgsearch", "db", "distribute"]
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+    first = distribute()
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.startswith("distributed by tenant over 2 workers: products"), first.stdout
+    eng = make_engine(url)
+    try:
+        assert migrate.current(eng) == migrate.head()
+        with eng.connect() as conn:
+            assert citus.is_distributed(conn)
+        again = distribute()  # idempotent: nothing migrated or distributed twice
+        assert again.returncode == 0 and again.stdout.strip() == "already distributed (2 workers)", again
+        assert migrate.current(eng) == migrate.head()
+    finally:
+        eng.dispose()
+
+
 def test_a_server_without_citus_is_named(database_url: str) -> None:
     eng = make_engine(database_url)
     try:

@@ -59,7 +59,7 @@ def _boost(catalog: Catalog) -> None:
                 ),
                 {"p": product_id, "q": query_norm, "b": boost},
             )
-    catalog._router.forget_graphs()
+    catalog._searcher.router.forget_graphs()
 
 
 @pytest.fixture

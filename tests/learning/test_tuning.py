@@ -73,7 +73,7 @@ def test_an_adapter_that_beats_the_identity_is_stored_activated_and_used(shop: t
     assert (info.version, info.active) == (1, False)
     before = _top1(catalog, phrases)
     tuning.activate(catalog.engine, "acme", model, info.id)
-    catalog._adapters.forget()
+    catalog._searcher.adapters.forget()
     after = _top1(catalog, phrases)
     assert after > before
     assert _top1(catalog, phrases, adapter=False) == before  # off for one search
@@ -98,7 +98,7 @@ def test_an_adapter_that_beats_the_identity_is_stored_activated_and_used(shop: t
     with pytest.raises(NotFound):
         tuning.rollback(catalog.engine, "globex", model)
     assert tuning.rollback(catalog.engine, "acme", model) is None
-    catalog._adapters.forget()
+    catalog._searcher.adapters.forget()
     assert _top1(catalog, phrases) == before
 
 
@@ -180,7 +180,7 @@ def test_a_model_whose_vectors_come_from_elsewhere_tunes_on_a_pairs_files_vector
         assert trained.wins
         info = tuning.store(catalog.engine, "acme", model, trained)
         tuning.activate(catalog.engine, "acme", model, info.id)
-        catalog._adapters.forget()
+        catalog._searcher.adapters.forget()
         query = images[7] @ np.linalg.inv(skew).T
         plain = {h.product_id: h.distance for h in catalog.search(vector=query, tenant="acme", k=120)}
         mapped = catalog.search(vector=query, tenant="acme", k=1, adapter=True)[0]

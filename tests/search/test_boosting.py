@@ -28,7 +28,7 @@ def _set_boosts(catalog: Catalog, boosts: dict[tuple[str, str], float], tenant: 
                 ),
                 {"q": query_norm, "t": tenant, "p": product_id, "b": boost},
             )
-    catalog._router.forget_graphs()
+    catalog._searcher.router.forget_graphs()
 
 
 @pytest.fixture

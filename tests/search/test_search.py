@@ -400,7 +400,8 @@ def test_text_and_image_queries_hold_no_connection_while_embedding(
 def test_search_by_vector_never_loads_weights(catalog: Catalog, data: Fixture) -> None:
     catalog.search(vector=data.vectors[0], k=3)
     catalog.search(similar_to=int(data.ids[3]), k=3)
-    assert catalog._embedder is None or not catalog._embedder.loaded
+    created = catalog._context.active.created
+    assert created is None or not created.loaded
 
 
 def test_images_table_query_is_tenant_scoped_by_filter(catalog: Catalog) -> None:

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import text
 
 from imgsearch import Catalog
-from imgsearch import catalog as catalog_module
+from imgsearch import context as context_module
 from imgsearch.db import vector_index
 from imgsearch.errors import ConfigurationError, InvalidInput, NotFound
 from imgsearch.work import queue, reembed
@@ -137,7 +137,7 @@ def test_a_batch_embedded_with_the_old_model_is_given_back_not_stored(database_u
 def test_an_open_catalog_follows_a_switch(
     database_url: str, tiny_siglip: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(catalog_module, "MODEL_REFRESH_SECONDS", 0.0)
+    monkeypatch.setattr(context_module, "MODEL_REFRESH_SECONDS", 0.0)
     with Catalog.open(database_url) as catalog:
         catalog.add(embedding=unit(768, 1), tenant="acme", product_id="p1")
         other = reembed.register(catalog.engine, "google/siglip-base-patch16-384", 768)
