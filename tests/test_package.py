@@ -83,6 +83,10 @@ def test_the_wheel_ships_the_demo_samples_and_the_migrations(tmp_path: Path) -> 
         for path in (root / "migrations" / "versions").glob("*.py")
     }
     expected |= {"imgsearch/py.typed", "imgsearch/migrations/script.py.mako", "imgsearch/migrations/env.py"}
+    # the console's SQL, one file per object (imgsearch.db.definitions)
+    sql = root / "imgsearch" / "db" / "sql"
+    expected |= {f"imgsearch/db/sql/{path.relative_to(sql).as_posix()}" for path in sql.glob("*/*.sql")}
+    assert len(expected) > 60
     # the HTTP service, its page, and the command's package
     expected |= {f"imgsearch/server/static/{name}" for name in ("index.html", "app.js", "style.css")}
     expected |= {"imgsearch/server/app.py", "imgsearch/server/routes/search.py", "imgsearch/cli/serve.py"}

@@ -1,0 +1,18 @@
+-- imgsearch._similar_source: the definition a migrated catalog runs (imgsearch/db/definitions.py)
+
+CREATE OR REPLACE FUNCTION imgsearch._similar_source(p_image_id bigint, p_tenant text)
+ RETURNS halfvec
+ LANGUAGE plpgsql
+ STABLE
+AS $function$
+DECLARE
+    source halfvec;
+BEGIN
+    SELECT e.embedding INTO source FROM imgsearch.embeddings e JOIN imgsearch.models m ON m.id = e.model_id
+        WHERE m.active AND e.image_id = p_image_id AND (p_tenant IS NULL OR e.tenant = p_tenant);
+    IF source IS NULL THEN
+        RAISE EXCEPTION 'no embedded image with id %', p_image_id USING ERRCODE = 'no_data_found';
+    END IF;
+    RETURN source;
+END
+$function$;
