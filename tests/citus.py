@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,9 +36,21 @@ citus.shard_count = 8
 """
 
 
+REQUIRED = "IMGSEARCH_REQUIRE_CITUS"  # "1" (.ci/run): a missing Citus fails the Citus tests
+SKIP_PREFIX = "Citus tests not run: "
+
+
 def built() -> bool:
     """Whether Citus is installed in the embedded server's tree (``make citus``)."""
     return (BIN.parent / "lib" / "citus.so").exists()
+
+
+def missing_reason() -> str:
+    """Why Citus isn't there: what ``make citus`` wrote (deploy/citus/build.sh), else the step to run."""
+    written = Path(sys.prefix) / ".citus-unavailable"
+    if written.exists():
+        return written.read_text().strip()
+    return "Citus is not installed in the embedded server: run `make citus`"
 
 
 def free_port() -> int:

@@ -1,21 +1,48 @@
 #!/usr/bin/env bash
-# Build Citus from its source tarball against a PostgreSQL install and install it there
-# (`make citus`: the embedded server's, under .venv; docs/scaling.md).
-#   deploy/citus/build.sh TARBALL PGINSTALL BUILD_DIR
+# Citus for a PostgreSQL install, from the first source that is there (`make citus`: the embedded
+# server's, under .venv; docs/scaling.md):
+#   1. the citus extension already installed in that PostgreSQL: nothing to do;
+#   2. the source tarball at TARBALL (our machines and CI: ../shared/vendor/);
+#   3. a download of the tagged source from URL, checked against SHA256 (a machine with internet).
+# When none can be had, it writes the reason to UNAVAILABLE and exits 0: the Citus tests then say
+# so in one line and are not run (IMGSEARCH_REQUIRE_CITUS=1, as .ci/run sets, turns that into a
+# failure). A download whose checksum differs is an error, never a fallback.
+#   deploy/citus/build.sh TARBALL PGINSTALL BUILD_DIR URL SHA256 UNAVAILABLE
 set -euo pipefail
 tarball=$1
 pginstall=$2
 build=$3
+url=$4
+sha256=$5
+unavailable=$6
 pg_config="$pginstall/bin/pg_config"
 
-if [ ! -f "$tarball" ]; then
-    echo "no Citus source at $tarball (see ../shared/vendor/README.md)" >&2
-    exit 2
-fi
+rm -f "$unavailable"
 if [ -f "$pginstall/lib/citus.so" ] && [ -f "$pginstall/share/extension/citus.control" ]; then
     echo "citus: already installed in $pginstall"
     exit 0
 fi
+
+if [ ! -f "$tarball" ]; then
+    downloaded="$(dirname "$build")/$(basename "$url")"
+    echo "citus: no source at $tarball; downloading $url"
+    if ! error=$(curl -fsSL --connect-timeout 10 --max-time 600 -o "$downloaded.part" "$url" 2>&1); then
+        rm -f "$downloaded.part"
+        reason="Citus is not installed in the embedded server, there is no source at $tarball, and its download failed (${error:-no answer})"
+        echo "$reason" > "$unavailable"
+        echo "citus: $reason; the Citus tests will not run" >&2
+        exit 0
+    fi
+    got=$(sha256sum "$downloaded.part" | cut -d' ' -f1)
+    if [ "$got" != "$sha256" ]; then
+        rm -f "$downloaded.part"
+        echo "citus: the download of $url has sha256 $got, expected $sha256: refusing to build it" >&2
+        exit 1
+    fi
+    mv "$downloaded.part" "$downloaded"
+    tarball=$downloaded
+fi
+
 rm -rf "$build"
 mkdir -p "$build"
 echo "citus: unpacking $(basename "$tarball")"
