@@ -15,6 +15,23 @@ from imgsearch.db.models import SCHEMA, Base
 MIGRATION_LOCK = 0x696D6773  # pg_advisory_xact_lock key shared by every imgsearch migration run
 VERSION_TABLE = "alembic_version"
 
+# pgvector's library loaded in this session before any migration: its hnsw.* parameters are then
+# real ones, not placeholders. A function whose definition sets a placeholder (0002's SET
+# hnsw.ef_search) can be created by a superuser only, and on a managed PostgreSQL the migrating
+# role is not one, the extension having been created by an administrator in another session
+# (docs/operations.md, "Managed PostgreSQL"). Reading a vector value loads the library; where the
+# extension isn't there yet, migration 0001 creates it, which loads it too.
+LOAD_PGVECTOR = """DO $load$
+DECLARE
+    schema text := (SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
+                    WHERE e.extname = 'vector');
+BEGIN
+    IF schema IS NOT NULL THEN
+        EXECUTE format('SELECT %L::%I.vector', '[1]', schema);
+    END IF;
+END
+$load$"""
+
 
 def _migrate(connection: Connection) -> None:
     context.configure(
@@ -29,6 +46,7 @@ def _migrate(connection: Connection) -> None:
     with context.begin_transaction():
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         connection.execute(text(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}"))  # a constant
+        connection.execute(text(LOAD_PGVECTOR))
         context.run_migrations()
 
 

@@ -83,6 +83,8 @@ def test_the_wheel_ships_the_demo_samples_and_the_migrations(tmp_path: Path) -> 
         for path in (root / "migrations" / "versions").glob("*.py")
     }
     expected |= {"imgsearch/py.typed", "imgsearch/migrations/script.py.mako", "imgsearch/migrations/env.py"}
+    # every module of the package (a subpackage missing from pyproject's list is missing here)
+    expected |= {path.relative_to(root).as_posix() for path in (root / "imgsearch").rglob("*.py")}
     # the console's SQL, one file per object (imgsearch.db.definitions)
     sql = root / "imgsearch" / "db" / "sql"
     expected |= {f"imgsearch/db/sql/{path.relative_to(sql).as_posix()}" for path in sql.glob("*/*.sql")}

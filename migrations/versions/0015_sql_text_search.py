@@ -33,7 +33,8 @@ Create Date: 2026-11-23
 from collections.abc import Sequence
 
 from alembic import op
-from sqlalchemy import text
+from sqlalchemy import Connection, text
+from sqlalchemy.exc import DBAPIError
 
 revision: str = "0015"
 down_revision: str | None = "0014"
@@ -270,22 +271,41 @@ def _schema_of(extension: str) -> str:
     return str(schema)
 
 
+def _dblink(bind: Connection) -> bool:
+    """Whether dblink is there: created now, or beforehand by an administrator. A role that is not
+    a superuser can't create it (not a trusted extension): text search from SQL then waits for an
+    administrator and ``imgsearch db console-setup`` (docs/operations.md, "Managed PostgreSQL")."""
+    if bind.execute(text("SELECT 1 FROM pg_extension WHERE extname = 'dblink'")).scalar():
+        return True
+    try:
+        with bind.begin_nested():  # a savepoint: a refusal ends here
+            op.execute("CREATE EXTENSION dblink SCHEMA imgsearch")
+    except DBAPIError:
+        return False
+    # dblink's functions are PUBLIC's to call by default: a console login could then open
+    # connections from the server to anywhere. Ours are for the functions' owner only.
+    op.execute(REVOKE_DBLINK)
+    return True
+
+
 def upgrade() -> None:
     bind = op.get_bind()
-    existed = bind.execute(text("SELECT 1 FROM pg_extension WHERE extname = 'dblink'")).scalar()
-    op.execute("CREATE EXTENSION IF NOT EXISTS dblink SCHEMA imgsearch")
-    if not existed:
-        # dblink's functions are PUBLIC's to call by default: a console login could then open
-        # connections from the server to anywhere. Ours are for the functions' owner only.
-        op.execute(REVOKE_DBLINK)
+    dblink = _dblink(bind)
+    # the loopback server needs USAGE on dblink's foreign-data wrapper, which a managed service's
+    # main role gets only from an administrator: without it, `imgsearch db console-setup` makes it later
+    loopback = dblink and bool(
+        bind.execute(text("SELECT has_foreign_data_wrapper_privilege('dblink_fdw', 'USAGE')")).scalar()
+    )
     op.execute(TABLES)
-    op.execute(FUNCTIONS.replace("@DBLINK@", _schema_of("dblink")).replace("@VECTOR@", _schema_of("vector")))
+    schema = _schema_of("dblink") if dblink else "imgsearch"
+    op.execute(FUNCTIONS.replace("@DBLINK@", schema).replace("@VECTOR@", _schema_of("vector")))
     # the requester: a login of this database's own (roles are the cluster's; two catalogs in one
     # cluster each have theirs) that can only call the two loopback functions
     oid = bind.execute(text("SELECT oid FROM pg_database WHERE datname = current_database()")).scalar_one()
     requester = f"imgsearch_text_{int(oid)}"
-    bind.execute(text(REQUESTER.replace("@REQUESTER@", requester)))
-    op.execute("REVOKE ALL ON FOREIGN SERVER imgsearch_loopback FROM PUBLIC")
+    if loopback:
+        bind.execute(text(REQUESTER.replace("@REQUESTER@", requester)))
+        op.execute("REVOKE ALL ON FOREIGN SERVER imgsearch_loopback FROM PUBLIC")
     op.execute("REVOKE ALL ON imgsearch.text_embeddings, imgsearch.text_requests FROM PUBLIC")
     for function in (
         "imgsearch._request_text(smallint, text)",
@@ -293,9 +313,10 @@ def upgrade() -> None:
         "imgsearch._text_embedding(text)",
     ):
         op.execute(f"REVOKE ALL ON FUNCTION {function} FROM PUBLIC")
-    op.execute(f"GRANT USAGE ON SCHEMA imgsearch TO {requester}")
-    op.execute(f"GRANT EXECUTE ON FUNCTION imgsearch._request_text(smallint, text) TO {requester}")
-    op.execute(f"GRANT EXECUTE ON FUNCTION imgsearch._text_answer(smallint, text) TO {requester}")
+    if loopback:
+        op.execute(f"GRANT USAGE ON SCHEMA imgsearch TO {requester}")
+        op.execute(f"GRANT EXECUTE ON FUNCTION imgsearch._request_text(smallint, text) TO {requester}")
+        op.execute(f"GRANT EXECUTE ON FUNCTION imgsearch._text_answer(smallint, text) TO {requester}")
     op.execute(f"GRANT EXECUTE ON FUNCTION imgsearch._text_embedding(text) TO {CALLERS}")
     op.execute(
         f"GRANT EXECUTE ON FUNCTION imgsearch.search_text(text, int, text, text, numeric, numeric) TO {CALLERS}"
@@ -321,8 +342,8 @@ def downgrade() -> None:
     op.execute("DROP FUNCTION imgsearch._request_text(smallint, text)")
     op.execute("DROP FUNCTION imgsearch._conninfo_quote(text)")
     op.execute("DROP FUNCTION imgsearch._text_hash(text)")
-    op.execute("DROP USER MAPPING FOR CURRENT_USER SERVER imgsearch_loopback")
-    op.execute("DROP SERVER imgsearch_loopback")
+    op.execute("DROP USER MAPPING IF EXISTS FOR CURRENT_USER SERVER imgsearch_loopback")
+    op.execute("DROP SERVER IF EXISTS imgsearch_loopback")
     op.execute("DROP TABLE imgsearch.text_requests, imgsearch.text_embeddings")
     op.execute("DROP EXTENSION IF EXISTS dblink")
     for option in options or []:

@@ -10,12 +10,17 @@ DECLARE
     model smallint;
     hex text;
     answer record;
+    connections text[];
     timeout numeric;
     started timestamptz := clock_timestamp();
     asked timestamptz;
     pause double precision := 0.001;
     conninfo text;
     listening bigint;
+    -- dblink's schema, read here: an administrator may have created it anywhere (a managed service)
+    dblink text := (SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
+                    WHERE e.extname = 'dblink');
+    setup constant text := ' (docs/operations.md, "Managed PostgreSQL")';
 BEGIN
     IF query IS NULL OR btrim(query) = '' THEN
         RAISE EXCEPTION 'a text query must be a non-empty string, got %', quote_nullable(query)
@@ -46,7 +51,13 @@ BEGIN
         RAISE EXCEPTION 'imgsearch.text_timeout must be a number of seconds, got %',
             current_setting('imgsearch.text_timeout', true) USING ERRCODE = 'invalid_parameter_value';
     END;
-    IF NOT ('imgsearch_text' = ANY (coalesce(imgsearch.dblink_get_connections(), '{}'))) THEN
+    IF dblink IS NULL THEN
+        RAISE EXCEPTION 'text search from SQL needs the dblink extension, which this database lacks: an '
+            'administrator runs CREATE EXTENSION dblink, then run `imgsearch db console-setup`%', setup
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    EXECUTE format('SELECT %I.dblink_get_connections()', dblink) INTO connections;
+    IF NOT ('imgsearch_text' = ANY (coalesce(connections, '{}'))) THEN
         -- the server's host and port, the user mapping's login, and this database: a copy of it
         -- (CREATE DATABASE ... TEMPLATE, a restore under another name) asks itself, not its origin
         SELECT string_agg(o.option_name || '=' || imgsearch._conninfo_quote(o.option_value), ' ') INTO conninfo
@@ -58,24 +69,36 @@ BEGIN
                     WHERE u.srvname = 'imgsearch_loopback' AND u.usename = current_user
             ) AS o WHERE o.option_name IN ('host', 'port', 'user', 'password');
         IF conninfo IS NULL THEN
-            RAISE EXCEPTION 'the loopback server imgsearch_loopback or its user mapping is missing; run imgsearch migrate'
+            RAISE EXCEPTION 'text search from SQL needs its loopback connection, which this database lacks: '
+                'an administrator runs GRANT USAGE ON FOREIGN DATA WRAPPER dblink_fdw TO %, then run '
+                '`imgsearch db console-setup`%', quote_ident(current_user), setup
                 USING ERRCODE = 'object_not_in_prerequisite_state';
         END IF;
-        PERFORM imgsearch.dblink_connect('imgsearch_text', conninfo || ' dbname='
-            || imgsearch._conninfo_quote(current_database()) || ' application_name=imgsearch-search-text');
+        BEGIN
+            EXECUTE format('SELECT %I.dblink_connect(%L, %L)', dblink, 'imgsearch_text', conninfo || ' dbname='
+                || imgsearch._conninfo_quote(current_database()) || ' application_name=imgsearch-search-text');
+        EXCEPTION WHEN OTHERS THEN  -- one line saying what to do, not dblink's stack of errors
+            RAISE EXCEPTION 'text search from SQL could not open its loopback connection: %; %', split_part(SQLERRM, E'\n', 1),
+                CASE WHEN SQLERRM LIKE '%password%' THEN 'the server let it in without a password, which dblink '
+                    'refuses to a role that is not a superuser: point it at an address whose pg_hba.conf asks for one '
+                    'with `imgsearch db console-setup --host HOST`' || setup
+                ELSE 'check it with `imgsearch db check`, or make it anew with `imgsearch db console-setup`' || setup END
+                USING ERRCODE = 'sqlclient_unable_to_establish_sqlconnection';
+        END;
     END IF;
     hex := encode(convert_to(query, 'UTF8'), 'hex');  -- only 0-9a-f reaches the loopback's SQL
     LOOP
         IF asked IS NULL OR clock_timestamp() - asked > interval '1 second' THEN
             -- again after a second without an answer: a worker killed with the request claimed
-            PERFORM * FROM imgsearch.dblink('imgsearch_text', format(
+            EXECUTE format('SELECT * FROM %I.dblink(%L, %L) AS r(ok text)', dblink, 'imgsearch_text', format(
                 'SELECT imgsearch._request_text(%s::smallint, convert_from(decode(%L, ''hex''), ''UTF8''))',
-                model, hex)) AS r(ok text);
+                model, hex));
             asked := clock_timestamp();
         END IF;
-        SELECT * INTO answer FROM imgsearch.dblink('imgsearch_text', format(
+        EXECUTE format('SELECT * FROM %I.dblink(%L, %L) AS a(embedding text, logit_scale double precision, '
+            'logit_bias double precision, error text)', dblink, 'imgsearch_text', format(
             'SELECT * FROM imgsearch._text_answer(%s::smallint, convert_from(decode(%L, ''hex''), ''UTF8''))',
-            model, hex)) AS a(embedding text, logit_scale double precision, logit_bias double precision, error text);
+            model, hex)) INTO answer;
         IF answer.embedding IS NOT NULL THEN
             embedding := answer.embedding::vector;
             logit_scale := answer.logit_scale;
