@@ -50,7 +50,10 @@ TEXT_PATTERN = rf"^[^\u0000]*[^{SPACE}\u0000][^\u0000]*$"
 JSON_VALUE: dict[str, Any] = {  # one schema, not an anyOf: each keyword applies to its own type
     "type": ["string", "number", "boolean", "null", "array", "object"],
     "pattern": r"^[^\u0000]*$",
-    "items": {"$ref": "#/components/schemas/JsonValue"},
+    # an array's items are JSON values too; said through `if: true, then:` (the same rule), which
+    # code generators leave out: openapi-typescript makes `JsonValue[]` of a plain $ref, a type
+    # TypeScript rejects as referring to itself (TS2502), and `unknown[]` of this one
+    "items": {"if": True, "then": {"$ref": "#/components/schemas/JsonValue"}},
     "propertyNames": {"pattern": r"^[^\u0000]*$"},
     "additionalProperties": {"$ref": "#/components/schemas/JsonValue"},
 }
@@ -160,10 +163,20 @@ class UploadItem(Strict):
 
     model_config = ConfigDict(
         extra="forbid",
+        # one of them, not null; inside allOf, so that a generated client's type is the fields AND
+        # one of these (openapi-typescript makes a bare anyOf beside properties a union of partial
+        # objects, where `{url}` without product_id would pass)
         json_schema_extra={
-            "anyOf": [  # one of them, not null
-                {"required": ["url"], "properties": {"url": {"type": "string"}}},
-                {"required": ["embedding"], "properties": {"embedding": {"type": "array"}}},
+            "allOf": [
+                {
+                    "anyOf": [
+                        {"required": ["url"], "properties": {"url": {"type": "string"}}},
+                        {
+                            "required": ["embedding"],
+                            "properties": {"embedding": {"type": "array", "items": {"type": "number"}}},
+                        },
+                    ]
+                }
             ]
         },
     )
@@ -255,10 +268,14 @@ class DuplicatesResponse(BaseModel):
 # -- products ---------------------------------------------------------------------------------
 
 
-CHANGES_SOMETHING: JsonDict = {
-    "anyOf": [
-        {"required": [name]}
-        for name in ("category", "price", "currency", "attributes", "title", "description", "brand")
+CHANGES_SOMETHING: JsonDict = {  # inside allOf: a generated client's type stays the fields (UploadItem)
+    "allOf": [
+        {
+            "anyOf": [
+                {"required": [name]}
+                for name in ("category", "price", "currency", "attributes", "title", "description", "brand")
+            ]
+        }
     ]
 }
 

@@ -26,12 +26,26 @@ def run(command: list[str], cwd: Path) -> str:
 
 def test_a_strict_typescript_client_compiles_and_works(api: Api, tmp_path: Path) -> None:
     assert (MODULES / ".bin" / "tsc").exists(), "run `npm ci --prefix tests/server/client` (make test does)"
-    for name in ("client.ts", "tsconfig.json", "package.json"):
+    for name in ("client.ts", "checks.ts", "tsconfig.json", "package.json"):
         shutil.copy(CLIENT / name, tmp_path / name)
+    options = json.loads((CLIENT / "tsconfig.json").read_text())["compilerOptions"]
+    assert options["strict"] and "skipLibCheck" not in options  # the generated api.d.ts is checked too
     (tmp_path / "node_modules").symlink_to(MODULES)
     bin_ = MODULES / ".bin"
-    run([str(bin_ / "openapi-typescript"), f"{api.url}/openapi.json", "-o", "api.d.ts"], tmp_path)
-    run([str(bin_ / "tsc"), "-p", "."], tmp_path)  # strict, exactOptionalPropertyTypes
+    run([str(bin_ / "openapi-typescript"), f"{api.url}/openapi.json", "-o", "api.d.ts"], tmp_path)  # defaults
+    # strict, exactOptionalPropertyTypes; checks.ts's @ts-expect-error lines are each an error found
+    run([str(bin_ / "tsc"), "-p", "."], tmp_path)
+    checks = (tmp_path / "checks.ts").read_text()
+    for expected, error in (
+        ("an image by URL without its product_id", "Property 'product_id' is missing"),
+        ("an embedding of words", "Type 'string' is not assignable to type 'number'"),
+    ):
+        line = f"// @ts-expect-error: {expected}\n"
+        assert line in checks
+        (tmp_path / "checks.ts").write_text(checks.replace(line, ""))
+        compiled = subprocess.run([str(bin_ / "tsc"), "-p", "."], cwd=tmp_path, capture_output=True, text=True)
+        assert compiled.returncode != 0 and error in compiled.stdout, compiled.stdout
+    (tmp_path / "checks.ts").write_text(checks)
 
     dim = embedding_dim(api)
     tenant = f"ts-{tmp_path.name[-8:]}"
