@@ -331,7 +331,7 @@ class Catalog:
         group_by_product: bool = False, diversity: float | None = None, expand: int | None = None,
         min_score: float | None = None, min_probability: float | None = None,
         consistent: bool = False, box: Sequence[float] | None = None,
-        mode: str | None = None, parse: bool = True, facets: bool = False, total: bool = False,
+        mode: str | None = None, parse: bool = True, facets: bool = False, total: bool | int = False,
         fusion: service.Fusion | None = None, boost: bool = True, client_id: str | None = None,
         adapter: bool | None = None, interleave: str | None = None,
     ) -> SearchResult:
@@ -344,7 +344,8 @@ class Catalog:
         with product text); ``parse``: read filters from its words ("red shoes under $50").
         Filters: ``tenant``, ``category`` (one or a list), ``price_min``/``price_max``, ``brand``,
         ``attributes`` (JSONB containment), ``where`` (SQLAlchemy over :mod:`imgsearch.db.models`).
-        ``facets``/``total``: count the whole match set. ``group_by_product``, ``diversity``
+        ``facets``/``total``: count the whole match set (``total=N``: up to N matches, then
+        ``.total_relation`` ``"gte"``). ``group_by_product``, ``diversity``
         (MMR λ), ``expand``, ``min_score`` (cosine), ``min_probability`` (text on SigLIP);
         ``consistent``: a replica answers once it has replayed every acknowledged write.
         ``boost``: blend the tenant's learned boosts (hits carry ``boost``). The answer's

@@ -75,7 +75,8 @@ class SearchResult(list[Hit]):
     """:meth:`Catalog.search`'s answer: the hits, as a list, with what the search also found.
 
     ``total``: how many products match (its whole match set, not just the page; None when the
-    search didn't count); ``facets``: counts by category, brand, attribute and price
+    search didn't count); ``total_relation``: ``"eq"`` when ``total`` is exact, ``"gte"`` when the
+    count stopped at its bound (at least that many; None without a total); ``facets``: counts by category, brand, attribute and price
     (:class:`imgsearch.search.facets.Facets`, with ``facets=True``); ``understood``: the filters
     read from the query's words and the text left (:class:`imgsearch.search.understanding.Understood`).
     ``mode``: how the text was searched (``semantic``, ``lexical`` or ``hybrid``); ``query_id``:
@@ -84,10 +85,11 @@ class SearchResult(list[Hit]):
 
     def __init__(
         self, hits: Any = (), *, total: int | None = None, facets: Any = None, understood: Any = None,
-        mode: str = "semantic", query_id: str | None = None,
+        mode: str = "semantic", query_id: str | None = None, total_relation: str | None = None,
     ) -> None:
         super().__init__(hits)
         self.total, self.facets, self.understood, self.mode = total, facets, understood, mode
+        self.total_relation = total_relation if total_relation is not None or total is None else "eq"
         self.query_id = query_id
 
 

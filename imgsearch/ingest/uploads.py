@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection
 
 from imgsearch.access import tenancy
+from imgsearch.db import statistics
 from imgsearch.errors import DuplicateImage, InvalidInput, InvalidQuery
 from imgsearch.ingest import duplicates, rows, vectors
 from imgsearch.records import ModelInfo
@@ -88,6 +89,9 @@ def add_many(
                 bar.update(len(part))
             rows.link_rows(conn, links, [ids[p] for p in positions])
     _wake(context, prepared, created_all)
+    # a shop's first batch (or one that grows it by a good share): statistics to plan its searches
+    # and totals with at once, not when autovacuum comes by (imgsearch.db.statistics)
+    statistics.after_write(context.engine, sum(created_all))
     return ids
 
 

@@ -65,7 +65,10 @@ def team_draft(
         picked.append(hit)
         teams.append(team)
         counts[team] += 1
-    merged = SearchResult(picked[skip:], total=a.total, facets=a.facets, understood=a.understood, mode=a.mode)
+    merged = SearchResult(
+        picked[skip:], total=a.total, facets=a.facets, understood=a.understood, mode=a.mode,
+        total_relation=a.total_relation,
+    )
     return merged, teams[skip:]
 
 

@@ -6,6 +6,11 @@ its text.
 One statement reads it once and counts, per category, per brand, the top values of each
 attribute key, and price buckets whose width is a round number (1, 2 or 5 times a power of ten)
 giving about :data:`PRICE_BUCKETS` buckets, plus the total.
+
+A total alone may be bounded, as Elasticsearch's ``track_total_hits``: counted up to ``limit``
+matches (it reads at most ``limit + 1``), then reported as that many or more (``relation``
+``"gte"``); the HTTP API counts up to :data:`TRACK_TOTAL` by default, so a broad filter's search
+never pays for its whole match set.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from imgsearch.search.filters import Filters
 TOP_VALUES = 20  # values per facet (categories, brands, each attribute key's values), most first
 TOP_KEYS = 20  # attribute keys, those on most products first
 PRICE_BUCKETS = 5
+TRACK_TOTAL = 10_000  # the HTTP API's default: count up to this many matches, then report a lower bound
+MAX_TRACK_TOTAL = 1_000_000  # a bound past this is an exact count anyway in cost
 
 
 @dataclass(frozen=True)
@@ -39,6 +46,7 @@ class Facets:
     """Counts of products by value, most first (ties by value); see the module."""
 
     total: int
+    relation: str = "eq"  # "gte": the match set has at least ``total`` products (a bounded count)
     category: dict[str, int] = field(default_factory=dict)
     brand: dict[str, int] = field(default_factory=dict)
     attributes: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -140,16 +148,23 @@ def statement(model: ModelInfo, filters: Filters, lexical_text: bool, fetched: b
     return counts.subquery("counts").select().add_cte(matched, grouped, bucket)
 
 
-def total_statement(model: ModelInfo, filters: Filters, lexical_text: bool, fetched: bool = False) -> Any:
-    matched = match_set(model, filters, lexical_text, fetched).subquery("matched")
-    return select(func.count()).select_from(matched)
+def total_statement(
+    model: ModelInfo, filters: Filters, lexical_text: bool, fetched: bool = False, limit: int | None = None
+) -> Any:
+    """How many products match; with ``limit``, up to ``limit + 1`` (more than the bound: ``gte``)."""
+    matched = match_set(model, filters, lexical_text, fetched)
+    if limit is not None:
+        matched = matched.limit(limit + 1)  # a constant per bound: the statement's text is cached by it
+    return select(func.count()).select_from(matched.subquery("matched"))
 
 
 def count(
-    conn: Connection, model: ModelInfo, filters: Filters, text_query: str | None, *, facets: bool
+    conn: Connection, model: ModelInfo, filters: Filters, text_query: str | None, *, facets: bool,
+    limit: int | None = None,
 ) -> Facets:
     """The total of a search's match set and, with ``facets``, its counts; ``text_query``: a
-    lexical search's text (its match set is the products matching it)."""
+    lexical search's text (its match set is the products matching it). ``limit``: without facets,
+    count up to that many (see the module); facets count everything, their total exact."""
     params: dict[str, Any] = filters.params()
     if text_query is not None:
         params.update(lexical.text_params(text_query))
@@ -159,8 +174,11 @@ def count(
     if fetched:
         params.update(lexical.fetch_matches(conn, params))
     if not facets:
-        total = conn.execute(total_statement(model, filters, lexical_text, fetched), params).scalar_one()
-        return Facets(total=int(total))
+        stmt = total_statement(model, filters, lexical_text, fetched, limit)
+        total = int(conn.execute(stmt, params).scalar_one())
+        if limit is not None and total > limit:
+            return Facets(total=limit, relation="gte")
+        return Facets(total=total)
     row = conn.execute(statement(model, filters, lexical_text, fetched), params).one()
     return Facets(
         total=int(row.total),

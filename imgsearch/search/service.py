@@ -61,7 +61,7 @@ class Asked:
     mode: str | None = None
     parse: bool = True
     facets: bool = False
-    total: bool = False
+    total: bool | int = False  # an int: count up to that many matches (facets.TRACK_TOTAL)
     consistent: bool = False
     fusion: hybrid.Fusion | None = None  # None: the default weights and constant
     min_probability: float | None = None
@@ -72,9 +72,23 @@ class Asked:
 
 
 def check_flags(parse: Any, facets: Any, total: Any, boost: Any = True) -> None:
-    for name, value in (("parse", parse), ("facets", facets), ("total", total), ("boost", boost)):
+    for name, value in (("parse", parse), ("facets", facets), ("boost", boost)):
         if not isinstance(value, bool):
             raise InvalidQuery(f"{name} must be true or false, got {value!r}")
+    count_limit(total)
+
+
+def count_limit(total: Any) -> int | None:
+    """What ``total`` asks to count up to: None for every match (``True``) or none (``False``),
+    else the bound (a whole number from 1 to :data:`~imgsearch.search.facets.MAX_TRACK_TOTAL`)."""
+    if isinstance(total, bool):
+        return None
+    if not isinstance(total, int) or not 1 <= total <= facet_counts.MAX_TRACK_TOTAL:
+        raise InvalidQuery(
+            f"total must be true, false or a whole number from 1 to {facet_counts.MAX_TRACK_TOTAL:,} "
+            f"(count up to that many matches), got {total!r}"
+        )
+    return total
 
 
 def _check_client(client_id: Any) -> None:
@@ -252,15 +266,16 @@ def _run(
             assert text is not None
             hits = hybrid.run(conn, model, found, rows, opts, text, picked, fusion)
         counted = None
-        if asked.facets or asked.total:
+        if asked.facets or asked.total is not False:
             lexical_text = text if picked == "lexical" else None
-            counted = facet_counts.count(conn, model, rows, lexical_text, facets=asked.facets)
+            limit = count_limit(asked.total)
+            counted = facet_counts.count(conn, model, rows, lexical_text, facets=asked.facets, limit=limit)
         return hits, counted
 
     # a semantic search's statements each answer alone (a far filter's second pass replaces the
     # first's answer): its first statement may be a transaction of its own; hits fused from words
     # and images, or counted with their total and facets, come from one transaction's statements
-    alone = not (asked.facets or asked.total) and (text is None or mode == "semantic")
+    alone = not (asked.facets or asked.total is not False) and (text is None or mode == "semantic")
     hits, counted = searcher.router.search(
         searcher.context.active_model, filters, options, vector, query, asked.consistent, run, alone
     )
@@ -269,6 +284,7 @@ def _run(
     return SearchResult(
         hits,
         total=None if counted is None else counted.total,
+        total_relation=None if counted is None else counted.relation,
         facets=counted if asked.facets else None,
         mode=chosen[-1] if chosen else (mode or "semantic"),
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -62,6 +64,10 @@ class SearchResponse(BaseModel):
     query_id: str = Field(description="The search's id (a UUID), for the events on its hits (/v1/events).")
     hits: list[HitResponse] = Field(description="Best first.")
     total: int | None = Field(description="Products matching (the whole match set, not the page).")
+    total_relation: Literal["eq", "gte"] | None = Field(
+        description='"eq": `total` is exact; "gte": the count stopped at the request\'s bound, at least '
+        "`total` products match; null without a total."
+    )
     mode: str = Field(description="How the query was searched: semantic, lexical or hybrid.")
     facets: FacetsResponse | None = Field(None, description="With `facets`: counts of the whole match set.")
     understood: UnderstoodResponse | None = Field(

@@ -23,6 +23,7 @@ from pydantic import (
 from pydantic.config import JsonDict
 
 from imgsearch.ingest import checks
+from imgsearch.search.facets import MAX_TRACK_TOTAL, TRACK_TOTAL
 from imgsearch.search.filters import MAX_K
 from imgsearch.search.request import MAX_EXPAND
 
@@ -50,10 +51,10 @@ TEXT_PATTERN = rf"^[^\u0000]*[^{SPACE}\u0000][^\u0000]*$"
 JSON_VALUE: dict[str, Any] = {  # one schema, not an anyOf: each keyword applies to its own type
     "type": ["string", "number", "boolean", "null", "array", "object"],
     "pattern": r"^[^\u0000]*$",
-    # an array's items are JSON values too; said through `if: true, then:` (the same rule), which
-    # code generators leave out: openapi-typescript makes `JsonValue[]` of a plain $ref, a type
-    # TypeScript rejects as referring to itself (TS2502), and `unknown[]` of this one
-    "items": {"if": True, "then": {"$ref": "#/components/schemas/JsonValue"}},
+    # an array's items are JSON values too; said with `unevaluatedItems` (with no `items` beside it,
+    # the same rule as `items`), which openapi-typescript renders `unknown[]`: of `items` it makes
+    # `JsonValue[]`, a type TypeScript rejects as referring to itself (TS2502)
+    "unevaluatedItems": {"$ref": "#/components/schemas/JsonValue"},
     "propertyNames": {"pattern": r"^[^\u0000]*$"},
     "additionalProperties": {"$ref": "#/components/schemas/JsonValue"},
 }
@@ -345,7 +346,13 @@ class SearchOptions(Strict):
         True, description='Text queries: read filters from the words ("red shoes under $50").'
     )
     facets: StrictBool = Field(False, description="Count the match set by category, brand, attribute, price.")
-    total: StrictBool = Field(True, description="Count the products matching (false: `total` is null).")
+    total: StrictBool | Integer = Field(
+        TRACK_TOTAL,
+        description="Count the products matching: up to this many, then `total` is that bound and "
+        '`total_relation` is "gte" (at least; as Elasticsearch\'s `track_total_hits`); true: the exact '
+        "count, however many; false: none (`total` is null).",
+        json_schema_extra={"anyOf": [{"type": "boolean"}, {"type": "integer", "minimum": 1, "maximum": MAX_TRACK_TOTAL}]},
+    )
     k: Integer = Field(
         10, description="Hits to return, 1 to 1000.", json_schema_extra={"minimum": 1, "maximum": MAX_K}
     )

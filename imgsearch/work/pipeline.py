@@ -15,7 +15,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
 from imgsearch.access import tenancy
-from imgsearch.db import vector_index
+from imgsearch.db import statistics, vector_index
 from imgsearch.embed.active import register
 from imgsearch.embed.model import Embedder, PreparedBatch
 from imgsearch.errors import ConfigurationError, DatabaseUnavailable, InvalidImage
@@ -131,6 +131,8 @@ def run(
                     tenancy.run_as_worker(conn)
                     outcome = queue.store(conn, model, batch.claims, results, batch.thumbnails, batch.hashes)
                 totals.add(outcome)
+                if outcome.ready:  # the embeddings' statistics, when a shop's first images land
+                    statistics.after_write(engine, outcome.ready, ("embeddings",))
                 totals.last_batch_full = outcome.claimed >= batch_size
                 if on_batch is not None:
                     on_batch(outcome)

@@ -21,7 +21,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import OperationalError
 
 from imgsearch.access import tenancy
-from imgsearch.db import citus, links, vector_index
+from imgsearch.db import citus, links, statistics, vector_index
 from imgsearch.db.models import Embedding, Image, ImageProduct, ImageState, Model
 from imgsearch.errors import ConfigurationError, DatabaseUnavailable, InvalidInput, NotFound
 from imgsearch.ingest import checks
@@ -153,6 +153,8 @@ def backfill(
                         rows = links.embedding_rows(conn, model.id, found, tenant)
                         conn.execute(pg_insert(Embedding).on_conflict_do_nothing(), rows)
             result.embedded += sum(len(found) for found in embedded.values())
+            if embedded:  # the new model's rows, planned with statistics that count them
+                statistics.after_write(engine, sum(len(found) for found in embedded.values()), ("embeddings",))
             if on_batch is not None:
                 on_batch(len(claims))
     except OperationalError as exc:

@@ -225,6 +225,7 @@ def test_the_console_counts_as_the_reference(
         ).scalar_one()
     total, categories, brands, attributes, prices = reference(searchable(keep))
     assert console(result) == (total, categories, brands, dict(attributes), prices)
+    assert result["total_relation"] == "eq"  # facets read the whole match set
 
 
 def test_more_like_a_product_counts_every_other_product(catalog: Catalog) -> None:

@@ -332,3 +332,25 @@ def test_hybrid_search_with_facets_and_the_words_understood(
     catalog.update_products(
         [{"tenant": tenant, "product_id": p, "title": None, "brand": None} for p in ("sku-1", "sku-2")]
     )
+
+
+def test_totals_are_bounded_by_default_exact_on_request(
+    api: Api, shop: tuple[str, str, Catalog, list[int]]
+) -> None:
+    tenant, key, catalog, _ = shop
+    products = catalog.search(vector=[0.3] * DIM, tenant=tenant, total=True).total
+    assert products == N // 2 + 6
+    with api.client(key) as client:
+        default = client.post("/v1/search", json={"vector": [0.3] * DIM}).json()
+        assert (default["total"], default["total_relation"]) == (products, "eq")  # under 10,000: exact
+        bounded = client.post("/v1/search", json={"vector": [0.3] * DIM, "total": 10}).json()
+        assert (bounded["total"], bounded["total_relation"]) == (10, "gte")
+        exact = client.post("/v1/search", json={"vector": [0.3] * DIM, "total": True}).json()
+        assert (exact["total"], exact["total_relation"]) == (products, "eq")
+        none = client.post("/v1/search", json={"vector": [0.3] * DIM, "total": False}).json()
+        assert (none["total"], none["total_relation"]) == (None, None)
+        for bad in (0, -3, 1_000_001):  # out of range, named as k's range is
+            detail = problem(client.post("/v1/search", json={"vector": [0.3] * DIM, "total": bad}), 400)["detail"]
+            assert detail.startswith("total must be true, false or a whole number from 1 to 1,000,000")
+        for bad in (2.5, "10", None):  # not a boolean or an integer
+            problem(client.post("/v1/search", json={"vector": [0.3] * DIM, "total": bad}), 422)

@@ -88,6 +88,7 @@ def result_json(result: SearchResult) -> dict[str, Any]:
         "query_id": result.query_id,
         "hits": [hit_json(hit) for hit in result],
         "total": result.total,
+        "total_relation": result.total_relation,
         "mode": result.mode,
     }
     if result.facets is not None:
@@ -182,6 +183,8 @@ def _form_options(form: Any) -> dict[str, Any]:
             values[name] = _number(found[0], name, float)
         elif name == "box":
             values[name] = [_number(part, name, float) for part in found[0].split(",")]
+        elif name == "total" and found[0].strip().isdigit():  # a bound: count up to that many
+            values[name] = _number(found[0], name, int)
         elif name in ("group_by_product", "consistent", "parse", "facets", "total", "boost", "adapter"):
             flag = found[0].strip().lower()
             if flag not in FORM_TRUE | FORM_FALSE:

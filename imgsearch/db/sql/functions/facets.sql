@@ -40,6 +40,7 @@ BEGIN
     )
     SELECT jsonb_build_object(
         'total', (SELECT o.n FROM grouped o WHERE o.g = 15),
+        'total_relation', 'eq',  -- facets read the whole match set: their total is exact
         'category', coalesce((SELECT jsonb_object_agg(c.category, c.n) FROM (
             SELECT o.category, o.n FROM grouped o WHERE o.g = 7 AND o.category IS NOT NULL
             ORDER BY o.n DESC, o.category LIMIT 20) AS c), '{}'),
