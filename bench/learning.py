@@ -79,7 +79,7 @@ def main() -> None:
             while True:
                 learned = catalog.refresh_boosts()
                 adapted = tune(catalog, "sim")
-                judge._router.forget_graphs()
+                judge._searcher.router.forget_graphs()
                 judge._searcher.adapters.forget()
                 found = {name: simulate.ndcg(judge, shop, **flags) for name, flags in VARIANTS.items()}
                 rows.append(Row(done, found, learned.query_boosts, learned.product_boosts, adapted))

@@ -182,6 +182,9 @@ class Settings(BaseSettings):
     boost_full_ratio: float = Field(
         default=4.0, gt=1, description="Engagement over expected that earns the full boost (1)."
     )
+    boost_position_prior: float = Field(
+        default=100.0, ge=0, description="Impressions of evidence the examination curve counts as, per position."
+    )
     boost_max_lift: int = Field(default=10, ge=0, le=100, description="Most places a full boost lifts a hit.")
     boost_product_weight: float = Field(
         default=0.5, ge=0, le=1, description="A product's boost across queries, where a query has none of its own."

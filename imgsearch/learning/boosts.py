@@ -5,6 +5,11 @@ ranking (:mod:`imgsearch.search.boosting`).
 Position bias is taken out with COEC (clicks over expected clicks): a tenant's click rate at each
 position (clicks per impression there; a search's hits are its impressions) says how many clicks
 a product would get from where it was shown alone; a product clicked more than that is preferred.
+Each position's rate starts from a prior, an examination curve (shoppers look at position p about
+``1 / log2(p + 1)`` as often as at the first, DCG's discount) scaled to the tenant's own clicks
+per impression, worth ``position_prior`` impressions; the tenant's clicks there move it in
+proportion to its impressions there. A small shop whose shoppers click its 8th hit every time then
+learns that the 8th hit is good, not that position 8 draws every click.
 Engagement counts a search's click on a product once and its add-to-cart or purchase once (weight
 ``conversion_weight``), against the clicks expected times the tenant's conversions per click.
 The ratio is smoothed toward 1 with ``prior`` expected engagements of evidence (a Bayesian
@@ -43,6 +48,7 @@ class Policy:
     conversion_weight: float = 3.0
     full_ratio: float = 4.0
     retention_days: int = 90
+    position_prior: float = 100.0  # impressions of evidence the examination curve counts as, per position
 
     @classmethod
     def from_settings(cls, settings: Any) -> Policy:
@@ -54,6 +60,7 @@ class Policy:
             conversion_weight=settings.boost_conversion_weight,
             full_ratio=settings.boost_full_ratio,
             retention_days=settings.event_retention_days,
+            position_prior=settings.boost_position_prior,
         )
 
 
@@ -86,11 +93,17 @@ WITH shown AS (  -- every hit of every search in the window: an impression at it
     WHERE e.occurred_at >= :since AND e.action_name <> 'impression'
       AND (CAST(:tenant AS text) IS NULL OR e.tenant = CAST(:tenant AS text))
     GROUP BY p.tenant, e.query_id, e.query_norm, e.product_pk
-), at_position AS (  -- the position bias: clicks per impression at each position
+), shop AS (  -- the tenant's clicks per impression, and the examination curve's mean over its impressions
+    SELECT s.tenant,
+           coalesce((SELECT sum(a.clicked) FROM acted a WHERE a.tenant = s.tenant), 0)::float8 / count(*) AS rate,
+           avg(1 / log(2, s.position + 1)) AS examined
+    FROM shown s GROUP BY s.tenant
+), at_position AS (  -- the position bias: clicks per impression at each position, from the prior
     SELECT s.tenant, s.position,
-           coalesce((SELECT sum(a.clicked) FROM acted a WHERE a.tenant = s.tenant AND a.position = s.position), 0)::float8
-           / count(*) AS rate
-    FROM shown s GROUP BY s.tenant, s.position
+           (coalesce((SELECT sum(a.clicked) FROM acted a WHERE a.tenant = s.tenant AND a.position = s.position), 0)
+            + :position_prior * h.rate * (1 / log(2, s.position + 1)) / h.examined)::float8
+           / (count(*) + :position_prior) AS rate
+    FROM shown s JOIN shop h ON h.tenant = s.tenant GROUP BY s.tenant, s.position, h.rate, h.examined
 ), per_click AS (
     SELECT a.tenant, coalesce(sum(a.converted)::float8 / nullif(sum(a.clicked), 0), 0) AS conversions
     FROM acted a GROUP BY a.tenant
@@ -137,6 +150,8 @@ def refresh(engine: Engine, policy: Policy, tenant: str | None = None) -> Refres
             raise InvalidInput(f"boost {name} must be a whole number of at least {int('days' in name)}")
     if not policy.full_ratio > 1 or not policy.prior > 0 or policy.conversion_weight < 0:
         raise InvalidInput("boost full_ratio must be above 1, prior above 0 and conversion_weight at least 0")
+    if not policy.position_prior >= 0:
+        raise InvalidInput(f"boost position_prior must be 0 or more, got {policy.position_prior!r}")
     since = dt.datetime.now(dt.UTC) - dt.timedelta(days=policy.window_days)
     with engine.begin() as conn:
         kept = conn.execute(
@@ -154,6 +169,7 @@ def refresh(engine: Engine, policy: Policy, tenant: str | None = None) -> Refres
                 "prior": float(policy.prior),
                 "conversion_weight": float(policy.conversion_weight),
                 "full_ratio": float(policy.full_ratio),
+                "position_prior": float(policy.position_prior),
                 "min_clicks": policy.min_clicks,
                 "min_conversions": policy.min_conversions,
             },

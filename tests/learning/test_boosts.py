@@ -8,13 +8,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from sqlalchemy import text
 
 from imgsearch import Catalog
 from imgsearch.errors import InvalidInput
 from imgsearch.learning.boosts import Policy, refresh
-from tests.learning.conftest import QUERY, open_shop
+from tests.learning.conftest import QUERY, graded, open_shop
 
 SETTINGS: dict[str, Any] = {"boost_min_clicks": 5, "boost_min_conversions": 2}
 
@@ -56,18 +57,41 @@ def _boosts(catalog: Catalog) -> dict[tuple[str, str], Any]:
     return {(row.product_id, row.query_norm): row for row in rows}
 
 
+def examined(position: int) -> float:
+    """The prior's examination curve: DCG's discount."""
+    return 1 / math.log2(position + 1)
+
+
+def position_rate(clicks: int, impressions: int, position: int, prior: float = 100.0) -> float:
+    """A position's clicks per impression in the fixture's shop, as the job computes it: 80
+    searches of 10 hits, 75 clicks; the examination curve worth ``prior`` impressions."""
+    shop_rate = 75 / 800
+    mean_examined = sum(examined(p) for p in range(1, 11)) / 10
+    return (clicks + prior * shop_rate * examined(position) / mean_examined) / (impressions + prior)
+
+
 def test_clicks_beyond_what_their_position_predicts_earn_a_boost(learned: Catalog) -> None:
     done = learned.refresh_boosts()
     assert done.tenants == 1 and done.query_boosts >= 2 and done.product_boosts >= 1
     boosts = _boosts(learned)
     p07 = boosts[("p07", "red shoes")]
-    # position 8: 30 clicks in 80 impressions; p07 had 40 of them, so 15 expected, against 30 (+ the
-    # conversions' share of the expectation: 2 conversions per 75 clicks, weight 3)
-    expected = 40 * (30 / 80) * (1 + 3 * 2 / 75)
+    # position 8: 30 clicks in 80 impressions, moved toward the curve by its 100 impressions'
+    # worth; p07 had 40 of them (+ the conversions' share of the expectation: 2 conversions per
+    # 75 clicks, weight 3)
+    expected = 40 * position_rate(30, 80, 8) * (1 + 3 * 2 / 75)
     assert p07.clicks == 30 and p07.expected == pytest.approx(expected)
     assert p07.boost == pytest.approx(math.log((30 + 5) / (expected + 5)) / math.log(4), rel=1e-5)
-    # p00 was clicked as often as position 1 is: no boost
-    assert ("p00", "red shoes") not in boosts
+    # p00 was clicked as often as the shop's first hits are (20 of its 40 searches): a boost far
+    # below p07's, from the curve alone (which puts fewer clicks at position 1 than this shop has)
+    p00 = boosts.get(("p00", "red shoes"))
+    assert p00 is None or p00.boost < p07.boost / 2
+    # with no prior, the shop's own rates: as the job did before the curve
+    plain = refresh(learned.engine, Policy(min_clicks=5, min_conversions=2, position_prior=0))
+    assert plain.query_boosts >= 2
+    unsmoothed = _boosts(learned)
+    assert unsmoothed[("p07", "red shoes")].expected == pytest.approx(40 * (30 / 80) * (1 + 3 * 2 / 75))
+    assert ("p00", "red shoes") not in unsmoothed
+    learned.refresh_boosts()
     # p05: two clicks, but two purchases meet the conversions' minimum
     p05 = boosts[("p05", "red shoes")]
     assert (p05.clicks, p05.conversions) == (2, 2) and p05.boost > 0
@@ -100,7 +124,7 @@ def test_a_minimum_of_evidence_keeps_thin_data_out(learned: Catalog) -> None:
     found = refresh(learned.engine, strict)
     assert (found.query_boosts, found.product_boosts) == (0, 0)
     assert _boosts(learned) == {}
-    learned._router.forget_graphs()
+    learned._searcher.router.forget_graphs()
     result = learned.search(text=QUERY, tenant="acme", k=10, mode="semantic")
     assert [hit.product_id for hit in result] == [f"p{i:02d}" for i in range(10)]
     assert {hit.boost for hit in result} == {None}  # nothing to blend: the plain statement
@@ -141,6 +165,8 @@ def test_a_deleted_product_takes_its_boosts(learned: Catalog) -> None:
         (Policy(full_ratio=1.0), "full_ratio"),
         (Policy(prior=0), "prior"),
         (Policy(min_clicks=-1), "min_clicks"),
+        (Policy(position_prior=-1), "position_prior"),
+        (Policy(position_prior=float("nan")), "position_prior"),
     ],
 )
 def test_a_bad_policy_is_refused(learned: Catalog, policy: Policy, message: str) -> None:
@@ -151,3 +177,35 @@ def test_a_bad_policy_is_refused(learned: Catalog, policy: Policy, message: str)
 def test_a_bad_tenant_name_is_refused(learned: Catalog) -> None:
     with pytest.raises(InvalidInput, match="tenant"):
         learned.refresh_boosts(tenant="'; DROP TABLE imgsearch.boosts; --\x00")
+
+
+def test_a_small_shop_lifts_the_hit_its_shoppers_pick(shop_url: str, tiny_siglip: Path) -> None:
+    """One query, and its shoppers click the 8th hit of every search (and buy it 6 times): the
+    shop's own click rate at position 8 is then 1, which alone would explain every click; the
+    examination curve says position 8 draws far fewer, so the product is lifted."""
+    with open_shop(shop_url, str(tiny_siglip), **SETTINGS) as catalog:
+        q = np.asarray(catalog.embedder.embed_text("summer dress"), dtype=np.float32).reshape(-1)
+        catalog.add_many(
+            {"tenant": "solo", "product_id": f"d{i:02d}", "category": "dresses", "embedding": v}
+            for i, v in enumerate(graded(q, 12, seed=4))
+        )
+        first = catalog.search(text="Summer dress", tenant="solo", k=10, mode="semantic", boost=False)
+        picked = first[7].product_id
+        events: list[dict[str, Any]] = []
+        for i in range(60):
+            result = catalog.search(text="summer dress", tenant="solo", k=10, mode="semantic", boost=False)
+            assert result[7].product_id == picked
+            events.append({"query_id": result.query_id, "action": "click", "object_id": picked, "position": 8})
+            if i % 10 == 0:
+                events.append({"query_id": result.query_id, "action": "purchase", "object_id": picked, "position": 8})
+        catalog.record_events("solo", events)
+
+        def place() -> int:
+            catalog._searcher.router.forget_graphs()
+            hits = catalog.search(text="summer dress", tenant="solo", k=10, mode="semantic")
+            return [hit.product_id for hit in hits].index(picked) + 1
+
+        refresh(catalog.engine, Policy(min_clicks=5, min_conversions=2, position_prior=0), tenant="solo")
+        assert place() == 8  # the shop's own rates alone: its clicks are all "position bias"
+        catalog.refresh_boosts(tenant="solo")
+        assert place() < 8

@@ -29,7 +29,7 @@ def test_boosts_learned_from_simulated_shoppers_rank_closer_to_their_preferences
             assert events > 600  # an impression or more a session
             found = catalog.refresh_boosts()
             assert found.query_boosts > 0
-            quiet._router.forget_graphs()
+            quiet._searcher.router.forget_graphs()
             after = simulate.ndcg(quiet, shop)
             unboosted = simulate.ndcg(quiet, shop, boost=False)
     assert unboosted == before  # the ranking without boosts is the same

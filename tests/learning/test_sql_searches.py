@@ -44,7 +44,7 @@ def boosted(shop: Catalog) -> Iterator[Catalog]:
                 ),
                 {"p": product_id, "q": query_norm, "b": boost},
             )
-    shop._router.forget_graphs()  # the router reads which tenants have boosts again
+    shop._searcher.router.forget_graphs()  # the router reads which tenants have boosts again
     try:
         yield shop
     finally:
