@@ -8,11 +8,16 @@ Two passes over the query:
   (``50 EUR``, ``USD 50``) or a word (``50 dollars``);
 * the tenant's own words (:class:`Vocabulary`: its categories, brands and attribute values, read
   from its products), longest phrase first, each word compared without case and without a plural
-  ``s``.
+  ``s``; then, among the words left, near spellings of them: one typo in a word of 5 to 8
+  letters, two from 9 (a letter added, dropped, changed, or two swapped), read only when one value
+  of the shop's is nearest ("Zephyrene" is brand Zephyrine when no other value is as near). Exact
+  words win: a phrase the vocabulary holds as written is never read as a near one.
 
-What was read comes back as :class:`Understood`: filters a page can show as chips and the text
-left, which the semantic and lexical sides search. A parse is a few dictionary lookups per word:
-its cost doesn't grow with the vocabulary (bench/hybrid.py measures it).
+What was read comes back as :class:`Understood`: filters a page can show as chips, the near
+spellings it read (``corrected``) and the text left, which the semantic and lexical sides search.
+A parse is a few dictionary lookups per word, near spellings too (each phrase of the vocabulary is
+indexed by its spellings with a letter or two deleted, SymSpell's way): its cost doesn't grow with
+the vocabulary (bench/hybrid.py measures it).
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from sqlalchemy import Connection, text
 
 MAX_PHRASE_WORDS = 4  # a vocabulary phrase longer than this is a description, not a value
 MAX_VALUES_PER_KEY = 2000  # attribute keys with more distinct values hold free text: not read
+NEAR_MIN_CHARS = 5  # shorter words are read as written only: "red" is one letter from "bed"
+NEAR_TWO_EDITS_CHARS = 9  # from this many characters, two typos
 VOCABULARY_REFRESH_SECONDS = 1.0  # the least time between two reads of a tenant's changed words
 
 _WORD = re.compile(r"[^\W_]+(?:['’.-][^\W_]+)*", re.UNICODE)
@@ -63,6 +70,39 @@ def _phrase(value: str) -> tuple[str, ...]:
     return tuple(_key(w) for w in _WORD.findall(value))
 
 
+def _edits(text: str) -> int:
+    """How many typos a phrase of this spelling may hold and still be read."""
+    if len(text) < NEAR_MIN_CHARS:
+        return 0
+    return 2 if len(text) >= NEAR_TWO_EDITS_CHARS else 1
+
+
+def _deletions(text: str, edits: int) -> set[str]:
+    """``text`` with up to ``edits`` characters deleted (itself included)."""
+    found = {text}
+    frontier = {text}
+    for _ in range(edits):
+        frontier = {word[:i] + word[i + 1 :] for word in frontier for i in range(len(word))}
+        found |= frontier
+    return found
+
+
+def _distance(a: str, b: str) -> int:
+    """Edits from ``a`` to ``b``: a character added, dropped or changed, or two neighbours swapped
+    (optimal string alignment)."""
+    previous2: list[int] = []
+    previous = list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        row = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            cost = a[i - 1] != b[j - 1]
+            row[j] = min(previous[j] + 1, row[j - 1] + 1, previous[j - 1] + cost)
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                row[j] = min(row[j], previous2[j - 2] + 1)
+        previous2, previous = previous, row
+    return previous[-1]
+
+
 @dataclass(frozen=True)
 class Vocabulary:
     """A tenant's words: phrases (as :func:`_phrase` keys) naming a category, a brand or an
@@ -71,6 +111,9 @@ class Vocabulary:
     categories: dict[tuple[str, ...], str] = field(default_factory=dict)
     brands: dict[tuple[str, ...], str] = field(default_factory=dict)
     attributes: dict[tuple[str, ...], tuple[str, str]] = field(default_factory=dict)
+    # near spellings: each phrase's text with up to its typos' worth of characters deleted -> the
+    # phrases (a typed phrase's deletions meet its intended phrase's)
+    near: dict[str, set[tuple[str, ...]]] = field(default_factory=dict)
 
     @classmethod
     def of(
@@ -85,11 +128,35 @@ class Vocabulary:
             vocabulary._add(vocabulary.attributes, value, (key, value))
         return vocabulary
 
-    @staticmethod
-    def _add(table: dict[tuple[str, ...], Any], value: str, meaning: Any) -> None:
+    def _add(self, table: dict[tuple[str, ...], Any], value: str, meaning: Any) -> None:
         phrase = _phrase(value)
         if 0 < len(phrase) <= MAX_PHRASE_WORDS and not all(w.isdigit() for w in phrase):
             table.setdefault(phrase, meaning)
+            spelled = " ".join(phrase)
+            for deleted in _deletions(spelled, _edits(spelled)):
+                self.near.setdefault(deleted, set()).add(phrase)
+
+    def holds(self, phrase: tuple[str, ...]) -> bool:
+        """Whether ``phrase`` is one of the vocabulary's, as written."""
+        return phrase in self.categories or phrase in self.brands or phrase in self.attributes
+
+    def nearest(self, phrase: tuple[str, ...]) -> tuple[str, ...] | None:
+        """The one phrase of the vocabulary within ``phrase``'s typos (:func:`_edits`) and nearer
+        than any other; None when there is none, or several are as near."""
+        spelled = " ".join(phrase)
+        edits = _edits(spelled)
+        if edits == 0:
+            return None
+        candidates: set[tuple[str, ...]] = set()
+        for deleted in _deletions(spelled, edits):
+            candidates |= self.near.get(deleted, set())
+        ranked = sorted(
+            (d, candidate) for candidate in candidates
+            if (d := _distance(spelled, " ".join(candidate))) <= min(edits, _edits(" ".join(candidate)))
+        )  # fmt: skip
+        if not ranked or (len(ranked) > 1 and ranked[1][0] == ranked[0][0]):
+            return None
+        return ranked[0][1]
 
     def __len__(self) -> int:
         return len(self.categories) + len(self.brands) + len(self.attributes)
@@ -107,6 +174,7 @@ class Understood:
     price_min: Decimal | None = None
     price_max: Decimal | None = None
     fallback: bool = False
+    corrected: dict[str, str] = field(default_factory=dict)  # near spellings read: as typed -> the value
 
     @property
     def filters(self) -> bool:
@@ -124,6 +192,8 @@ class Understood:
                 found[name] = getattr(self, name)
         if self.attributes:
             found["attributes"] = dict(self.attributes)
+        if self.corrected:
+            found["corrected"] = dict(self.corrected)
         found["fallback"] = self.fallback
         return found
 
@@ -184,31 +254,55 @@ def parse(query: str, vocabulary: Vocabulary, given: Iterable[str] = ()) -> Unde
     ]  # fmt: skip
     keys = [_key(m.group(0)) for m in words]
     taken: list[tuple[int, int]] = []
+    used = [False] * len(words)
     category = brand = None
     attributes: dict[str, str] = {}
-    i = 0
-    while i < len(words):
-        for size in range(min(MAX_PHRASE_WORDS, len(words) - i), 0, -1):
-            phrase = tuple(keys[i : i + size])
-            if any(words[j].end() != words[j + 1].start() - 1 for j in range(i, i + size - 1)):
-                continue  # the phrase's words must be neighbours, one space apart
-            attribute = vocabulary.attributes.get(phrase)
-            if category is None and "category" not in known and phrase in vocabulary.categories:
-                category = vocabulary.categories[phrase]
-            elif brand is None and "brand" not in known and phrase in vocabulary.brands:
-                brand = vocabulary.brands[phrase]
-            elif attribute and attribute[0] not in attributes and f"attributes.{attribute[0]}" not in known:
-                key, value = vocabulary.attributes[phrase]
-                attributes[key] = value
-            else:
-                continue
-            taken.append((words[i].start(), words[i + size - 1].end()))
-            i += size - 1
-            break
-        i += 1
-    for start, end in reversed(taken):
+    corrected: dict[str, str] = {}
+
+    def read(phrase: tuple[str, ...]) -> str | None:
+        """Take ``phrase`` as a filter when its kind is still open; the value read."""
+        nonlocal category, brand
+        attribute = vocabulary.attributes.get(phrase)
+        if category is None and "category" not in known and phrase in vocabulary.categories:
+            category = vocabulary.categories[phrase]
+            return category
+        if brand is None and "brand" not in known and phrase in vocabulary.brands:
+            brand = vocabulary.brands[phrase]
+            return brand
+        if attribute and attribute[0] not in attributes and f"attributes.{attribute[0]}" not in known:
+            attributes[attribute[0]] = attribute[1]
+            return attribute[1]
+        return None
+
+    for near in (False, True):  # the words as written first: exact words win over near ones
+        i = 0
+        while i < len(words):
+            for size in range(min(MAX_PHRASE_WORDS, len(words) - i), 0, -1):
+                if any(used[i : i + size]):
+                    continue
+                if any(words[j].end() != words[j + 1].start() - 1 for j in range(i, i + size - 1)):
+                    continue  # the phrase's words must be neighbours, one space apart
+                phrase = tuple(keys[i : i + size])
+                if near:
+                    if vocabulary.holds(phrase):
+                        continue  # written as a value of the shop's: never read as another
+                    found = vocabulary.nearest(phrase)
+                    value = None if found is None else read(found)
+                else:
+                    value = read(phrase)
+                if value is None:
+                    continue
+                start, end = words[i].start(), words[i + size - 1].end()
+                if near:
+                    corrected[rest[start:end]] = value
+                taken.append((start, end))
+                used[i : i + size] = [True] * size
+                i += size - 1
+                break
+            i += 1
+    for start, end in sorted(taken, reverse=True):
         rest = rest[:start] + " " + rest[end:]
-    return Understood(" ".join(rest.split()), category, brand, attributes, low, high)
+    return Understood(" ".join(rest.split()), category, brand, attributes, low, high, corrected=corrected)
 
 
 _VOCABULARY = f"""

@@ -57,6 +57,11 @@ class UnderstoodResponse(BaseModel):
     attributes: dict[str, str] | None = None
     price_min: float | None = None
     price_max: float | None = None
+    corrected: dict[str, str] | None = Field(
+        None,
+        description="Near spellings read as the shop's words: as typed -> the value read "
+        '({"Zephyrene": "Zephyrine"}); absent when every word was read as written.',
+    )
     fallback: bool = Field(description="The filters read matched nothing: the query ran as typed.")
 
 

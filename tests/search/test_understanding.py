@@ -99,3 +99,81 @@ def test_a_new_brand_is_understood_after_the_refresh(
         catalog.update_product("a", tenant="t", title="Electric kettle")
         catalog.search(text="zeta kettle", tenant="t")
         assert reads == [1]
+
+
+NEAR = Vocabulary.of(
+    categories=["sneakers", "shoes", "boots", "running shoes"],
+    brands=["Zephyrine", "Tommy Hilfiger", "Lumora", "Lumona", "Bootes"],
+    attributes=[("colour", "burgundy"), ("colour", "red"), ("material", "leather")],
+)
+
+
+@pytest.mark.parametrize(
+    ("query", "read", "corrected", "rest"),
+    [
+        ("Zephyrene", {"brand": "Zephyrine"}, {"Zephyrene": "Zephyrine"}, ""),  # a letter changed
+        ("zephyrne mug", {"brand": "Zephyrine"}, {"zephyrne": "Zephyrine"}, "mug"),  # a letter dropped
+        ("zepyhrine", {"brand": "Zephyrine"}, {"zepyhrine": "Zephyrine"}, ""),  # two letters swapped
+        ("sneekers", {"category": "sneakers"}, {"sneekers": "sneakers"}, ""),  # a category
+        ("burgandy lether", {"attributes": {"colour": "burgundy", "material": "leather"}},
+         {"burgandy": "burgundy", "lether": "leather"}, ""),  # attribute values
+        ("tomy hilfigr shirt", {"brand": "Tommy Hilfiger"}, {"tomy hilfigr": "Tommy Hilfiger"}, "shirt"),  # a phrase
+        ("zphyrne", {}, {}, "zphyrne"),  # two typos in 9 letters' worth is too far for 7 typed
+        ("lumoza", {}, {}, "lumoza"),  # Lumora and Lumona are as near: neither is read
+        ("bed", {}, {}, "bed"),  # short words are read as written only ("red")
+        ("shoes boots", {"category": "shoes"}, {}, "boots"),  # exact "boots" is never read as Bootes
+        ("Zephyrine", {"brand": "Zephyrine"}, {}, ""),  # exact: no correction to tell
+    ],
+)
+def test_near_spellings_of_the_shops_words(
+    query: str, read: dict[str, object], corrected: dict[str, str], rest: str
+) -> None:
+    understood = parse(query, NEAR)
+    found = {name: getattr(understood, name) for name in ("category", "brand", "attributes") if getattr(understood, name)}
+    assert (found, understood.corrected, understood.text) == (read, corrected, rest)
+
+
+def test_the_answer_says_what_was_read_as_near() -> None:
+    assert parse("zephyrene mug", NEAR).as_json() == {
+        "text": "mug", "brand": "Zephyrine", "corrected": {"zephyrene": "Zephyrine"}, "fallback": False
+    }  # fmt: skip
+
+
+def test_near_spellings_cost_no_more_with_a_larger_vocabulary() -> None:
+    """The parse looks up the typed phrase's deletions: the candidates it compares don't grow
+    with the shop's words (here 200 and 20,000 values, the same work: the same candidates)."""
+    small = Vocabulary.of([f"category{i:05d}x" for i in range(200)], ["Zephyrine"], [])
+    large = Vocabulary.of([f"category{i:05d}x" for i in range(20_000)], ["Zephyrine"], [])
+    compared: list[int] = []
+    real = understanding._distance
+
+    def counting(a: str, b: str) -> int:
+        compared.append(1)
+        return real(a, b)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(understanding, "_distance", counting)
+        assert parse("zephyrene", small).brand == parse("zephyrene", large).brand == "Zephyrine"
+    assert len(compared) == 2  # one candidate each
+
+
+def test_a_misspelled_brand_leads_a_hybrid_search(database_url: str, tiny_siglip: Path) -> None:
+    """Three products of brand Zephyrine among others: "Zephyrene" ranks them first, as
+    "Zephyrine" does, and the answer says it read the brand."""
+    with Catalog.open(database_url, model=str(tiny_siglip)) as catalog:
+        rng = np.random.default_rng(3)
+        rows = [
+            {"embedding": rng.standard_normal(catalog.dim), "tenant": "t", "product_id": f"z{i}",
+             "brand": "Zephyrine", "title": f"Ceramic vase {i}"}
+            for i in range(3)
+        ] + [
+            {"embedding": rng.standard_normal(catalog.dim), "tenant": "t", "product_id": f"o{i}",
+             "brand": f"Other{i}", "title": f"Glass bowl {i}"}
+            for i in range(12)
+        ]  # fmt: skip
+        catalog.add_many(rows)
+        for query in ("Zephyrine", "Zephyrene"):
+            result = catalog.search(text=query, tenant="t", k=5, mode="hybrid")
+            assert {hit.product_id for hit in result[:3]} == {"z0", "z1", "z2"}, query
+            assert result.understood.brand == "Zephyrine"
+        assert result.understood.corrected == {"Zephyrene": "Zephyrine"}
