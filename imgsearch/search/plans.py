@@ -123,8 +123,13 @@ def plain_settings(conn: Connection, cached_plan: bool = False) -> None:
     allowed again (a cached vector plan turns them off). ``cached_plan``: the statement may run on
     the plan PostgreSQL cached for it (its filters :meth:`Filters.plans_alike`): planning the
     fusion statement costs more than running it."""
+    wire.send(conn, plain_statement(conn, cached_plan))
+
+
+def plain_statement(conn: Connection, cached_plan: bool = False) -> wire.Statement:
+    """:func:`plain_settings` as one statement, to send in the round trip of the one after it."""
     mode = "force_generic_plan" if cached_plan else "force_custom_plan"
-    _set_local(
+    return settings_statement(
         conn, {**PLANNER_SETTINGS, "plan_cache_mode": mode, "enable_seqscan": "on", "enable_sort": "on"}
     )
 

@@ -8,14 +8,15 @@ Two passes over the query:
   (``50 EUR``, ``USD 50``) or a word (``50 dollars``);
 * the tenant's own words (:class:`Vocabulary`: its categories, brands and attribute values, read
   from its products), longest phrase first, each word compared without case and without a plural
-  ``s``; then, among the words left, near spellings of them: one typo in a word of 5 to 8
-  letters, two from 9 (a letter added, dropped, changed, or two swapped), read only when one value
-  of the shop's is nearest ("Zephyrene" is brand Zephyrine when no other value is as near). Exact
-  words win: a phrase the vocabulary holds as written is never read as a near one.
+  ``s``; then, among the words left, near spellings: a word the vocabulary doesn't hold, of 5
+  letters or more, is read as the one word of the vocabulary's one typo away from it (a letter
+  added, dropped, changed, or two neighbours swapped; none when two are), and the phrases it makes
+  are read as above ("Zephyrene" is brand Zephyrine when no other word of the shop's is one typo
+  away). Exact words win: a word the vocabulary holds is never read as another.
 
 What was read comes back as :class:`Understood`: filters a page can show as chips, the near
 spellings it read (``corrected``) and the text left, which the semantic and lexical sides search.
-A parse is a few dictionary lookups per word, near spellings too (each phrase of the vocabulary is
+A parse is a few dictionary lookups per word, near spellings too (each word of the vocabulary is
 indexed by its spellings with a letter or two deleted, SymSpell's way): its cost doesn't grow with
 the vocabulary (bench/hybrid.py measures it).
 """
@@ -35,7 +36,6 @@ from sqlalchemy import Connection, text
 MAX_PHRASE_WORDS = 4  # a vocabulary phrase longer than this is a description, not a value
 MAX_VALUES_PER_KEY = 2000  # attribute keys with more distinct values hold free text: not read
 NEAR_MIN_CHARS = 5  # shorter words are read as written only: "red" is one letter from "bed"
-NEAR_TWO_EDITS_CHARS = 9  # from this many characters, two typos
 VOCABULARY_REFRESH_SECONDS = 1.0  # the least time between two reads of a tenant's changed words
 
 _WORD = re.compile(r"[^\W_]+(?:['’.-][^\W_]+)*", re.UNICODE)
@@ -70,21 +70,9 @@ def _phrase(value: str) -> tuple[str, ...]:
     return tuple(_key(w) for w in _WORD.findall(value))
 
 
-def _edits(text: str) -> int:
-    """How many typos a phrase of this spelling may hold and still be read."""
-    if len(text) < NEAR_MIN_CHARS:
-        return 0
-    return 2 if len(text) >= NEAR_TWO_EDITS_CHARS else 1
-
-
-def _deletions(text: str, edits: int) -> set[str]:
-    """``text`` with up to ``edits`` characters deleted (itself included)."""
-    found = {text}
-    frontier = {text}
-    for _ in range(edits):
-        frontier = {word[:i] + word[i + 1 :] for word in frontier for i in range(len(word))}
-        found |= frontier
-    return found
+def _deletions(word: str) -> set[str]:
+    """``word``, and ``word`` with one letter deleted."""
+    return {word, *(word[:i] + word[i + 1 :] for i in range(len(word)))}
 
 
 def _distance(a: str, b: str) -> int:
@@ -111,9 +99,9 @@ class Vocabulary:
     categories: dict[tuple[str, ...], str] = field(default_factory=dict)
     brands: dict[tuple[str, ...], str] = field(default_factory=dict)
     attributes: dict[tuple[str, ...], tuple[str, str]] = field(default_factory=dict)
-    # near spellings: each phrase's text with up to its typos' worth of characters deleted -> the
-    # phrases (a typed phrase's deletions meet its intended phrase's)
-    near: dict[str, set[tuple[str, ...]]] = field(default_factory=dict)
+    # near spellings: each word of the phrases (5 letters or more), and it with one letter deleted
+    # -> the words (a typo's deletions meet its intended word's: SymSpell's index)
+    near: dict[str, set[str]] = field(default_factory=dict)
 
     @classmethod
     def of(
@@ -132,31 +120,19 @@ class Vocabulary:
         phrase = _phrase(value)
         if 0 < len(phrase) <= MAX_PHRASE_WORDS and not all(w.isdigit() for w in phrase):
             table.setdefault(phrase, meaning)
-            spelled = " ".join(phrase)
-            for deleted in _deletions(spelled, _edits(spelled)):
-                self.near.setdefault(deleted, set()).add(phrase)
+            for word in phrase:
+                if len(word) >= NEAR_MIN_CHARS and word not in self.near.get(word, ()):
+                    for deleted in _deletions(word):  # a word indexed once, whatever phrases hold it
+                        self.near.setdefault(deleted, set()).add(word)
 
-    def holds(self, phrase: tuple[str, ...]) -> bool:
-        """Whether ``phrase`` is one of the vocabulary's, as written."""
-        return phrase in self.categories or phrase in self.brands or phrase in self.attributes
-
-    def nearest(self, phrase: tuple[str, ...]) -> tuple[str, ...] | None:
-        """The one phrase of the vocabulary within ``phrase``'s typos (:func:`_edits`) and nearer
-        than any other; None when there is none, or several are as near."""
-        spelled = " ".join(phrase)
-        edits = _edits(spelled)
-        if edits == 0:
+    def nearest(self, word: str) -> str | None:
+        """The one word of the vocabulary one typo from ``word`` (both of 5 letters or more);
+        None when ``word`` is one of its words, or none is that near, or several are."""
+        if len(word) < NEAR_MIN_CHARS or word in self.near.get(word, ()):
             return None
-        candidates: set[tuple[str, ...]] = set()
-        for deleted in _deletions(spelled, edits):
-            candidates |= self.near.get(deleted, set())
-        ranked = sorted(
-            (d, candidate) for candidate in candidates
-            if (d := _distance(spelled, " ".join(candidate))) <= min(edits, _edits(" ".join(candidate)))
-        )  # fmt: skip
-        if not ranked or (len(ranked) > 1 and ranked[1][0] == ranked[0][0]):
-            return None
-        return ranked[0][1]
+        candidates = {found for deleted in _deletions(word) for found in self.near.get(deleted, ())}
+        near = [candidate for candidate in candidates if _distance(word, candidate) == 1]
+        return near[0] if len(near) == 1 else None
 
     def __len__(self) -> int:
         return len(self.categories) + len(self.brands) + len(self.attributes)
@@ -274,32 +250,32 @@ def parse(query: str, vocabulary: Vocabulary, given: Iterable[str] = ()) -> Unde
             return attribute[1]
         return None
 
-    for near in (False, True):  # the words as written first: exact words win over near ones
+    def phrases(keys: list[str], fixed: list[bool] | None) -> None:
+        """Read the phrases of ``keys`` not taken yet, longest first; with ``fixed`` (the words
+        read as near spellings), only phrases holding one of them (the others were tried)."""
         i = 0
         while i < len(words):
             for size in range(min(MAX_PHRASE_WORDS, len(words) - i), 0, -1):
-                if any(used[i : i + size]):
+                if any(used[i : i + size]) or (fixed is not None and not any(fixed[i : i + size])):
                     continue
                 if any(words[j].end() != words[j + 1].start() - 1 for j in range(i, i + size - 1)):
                     continue  # the phrase's words must be neighbours, one space apart
-                phrase = tuple(keys[i : i + size])
-                if near:
-                    if vocabulary.holds(phrase):
-                        continue  # written as a value of the shop's: never read as another
-                    found = vocabulary.nearest(phrase)
-                    value = None if found is None else read(found)
-                else:
-                    value = read(phrase)
+                value = read(tuple(keys[i : i + size]))
                 if value is None:
                     continue
                 start, end = words[i].start(), words[i + size - 1].end()
-                if near:
+                if fixed is not None:
                     corrected[rest[start:end]] = value
                 taken.append((start, end))
                 used[i : i + size] = [True] * size
                 i += size - 1
                 break
             i += 1
+
+    phrases(keys, None)  # the words as written first: exact words win over near ones
+    near = [None if used[j] else vocabulary.nearest(key) for j, key in enumerate(keys)]
+    if any(near):
+        phrases([n or key for n, key in zip(near, keys, strict=True)], [n is not None for n in near])
     for start, end in sorted(taken, reverse=True):
         rest = rest[:start] + " " + rest[end:]
     return Understood(" ".join(rest.split()), category, brand, attributes, low, high, corrected=corrected)
