@@ -1,4 +1,5 @@
-"""The answers of ``/v1/search`` (part of the API's schema, :mod:`imgsearch.server.schemas`)."""
+"""The answers of ``/v1/search``, ``/v1/categories``, ``/v1/status`` and ``/v1/events`` (part of the
+API's schema, :mod:`imgsearch.server.schemas`)."""
 
 from __future__ import annotations
 
@@ -78,3 +79,35 @@ class SearchResponse(BaseModel):
     understood: UnderstoodResponse | None = Field(
         None, description="Text queries with `parse`: the filters read from the words, to show and remove."
     )
+
+
+class CategoryResponse(BaseModel):
+    name: str
+    products: int
+
+
+class CategoriesResponse(BaseModel):
+    categories: list[CategoryResponse] = Field(description="Most products first.")
+
+
+class FailedImage(BaseModel):
+    image_id: int
+    tenant: str
+    product_id: str | None = Field(description="The product that uploaded it.")
+    error: str
+
+
+class StatusResponse(BaseModel):
+    model: str = Field(description="The active model.")
+    dim: int
+    counts: dict[str, int] = Field(description="Images per state.")
+    oldest_pending_seconds: float | None
+    failed: list[FailedImage] = Field(description="The latest failures, newest first.")
+    queue_depth: int | None = Field(
+        None, description="Admin keys only: wake-up messages waiting (null: broker unreachable)."
+    )
+
+
+class EventsResponse(BaseModel):
+    recorded: int
+    duplicates: int = Field(description="Events left out: an `event_id` seen before, or twice in the batch.")

@@ -27,11 +27,16 @@ from imgsearch.search.facets import MAX_TRACK_TOTAL, TRACK_TOTAL
 from imgsearch.search.filters import MAX_K
 from imgsearch.search.request import MAX_EXPAND
 
-# the search answers, in a module of their own
+# the answers, in a module of their own
+from imgsearch.server.responses import CategoriesResponse as CategoriesResponse
+from imgsearch.server.responses import CategoryResponse as CategoryResponse
+from imgsearch.server.responses import EventsResponse as EventsResponse
 from imgsearch.server.responses import FacetsResponse as FacetsResponse
+from imgsearch.server.responses import FailedImage as FailedImage
 from imgsearch.server.responses import HitResponse as HitResponse
 from imgsearch.server.responses import PriceBucketResponse as PriceBucketResponse
 from imgsearch.server.responses import SearchResponse as SearchResponse
+from imgsearch.server.responses import StatusResponse as StatusResponse
 from imgsearch.server.responses import UnderstoodResponse as UnderstoodResponse
 
 # (pydantic can't refer to a component it didn't make: "x-component" becomes a $ref in openapi.build)
@@ -459,36 +464,6 @@ class SearchRequest(SearchOptions):
     )
 
 
-class CategoryResponse(BaseModel):
-    name: str
-    products: int
-
-
-class CategoriesResponse(BaseModel):
-    categories: list[CategoryResponse] = Field(description="Most products first.")
-
-
-# -- status -----------------------------------------------------------------------------------
-
-
-class FailedImage(BaseModel):
-    image_id: int
-    tenant: str
-    product_id: str | None = Field(description="The product that uploaded it.")
-    error: str
-
-
-class StatusResponse(BaseModel):
-    model: str = Field(description="The active model.")
-    dim: int
-    counts: dict[str, int] = Field(description="Images per state.")
-    oldest_pending_seconds: float | None
-    failed: list[FailedImage] = Field(description="The latest failures, newest first.")
-    queue_depth: int | None = Field(
-        None, description="Admin keys only: wake-up messages waiting (null: broker unreachable)."
-    )
-
-
 # -- feedback events --------------------------------------------------------------------------
 
 
@@ -517,8 +492,3 @@ class EventsRequest(Strict):
         description="1 to 10000 events, recorded all or none.",
         json_schema_extra={"minItems": 1, "maxItems": 10_000},
     )
-
-
-class EventsResponse(BaseModel):
-    recorded: int
-    duplicates: int = Field(description="Events left out: an `event_id` seen before, or twice in the batch.")

@@ -72,6 +72,9 @@ def shop(api: Api, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     assert drained.returncode == 0, drained.stderr
     with api.client(key) as client:
         counts = client.get("/v1/status").json()["counts"]
+        # the session's server loads its model at its first text query (seconds on a busy box): done
+        # here, whichever test runs first; a fresh server's first search is tested on its own below
+        assert client.post("/v1/search", json={"text": "warm up", "k": 1}).status_code == 200
     assert (counts["ready"], counts["failed"]) == (37, 1), drained.stdout
     return {"key": key, "ids": ids, "failed_id": failed_id, "folder": folder}
 
