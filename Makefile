@@ -7,14 +7,14 @@ STAMP  := $(VENV)/.installed-stamp
 CHROMIUM ?= /usr/bin/chromium
 SUDO   := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: install demo test lint bench bench-quick citus clean
+.PHONY: install demo test lint bench bench-quick citus small-model clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: 2.13.0 is the CPU build; an unpinned torch pulls a multi-GB CUDA build
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[worker,onnx,server,import,django,flask,dev]'
+	$(PY) -m pip install -q -e '.[worker,onnx,server,finetune,import,django,flask,dev]'
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -47,13 +47,21 @@ $(CHROMIUM):
 	$(SUDO) apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium > /dev/null
 
+# the small SigLIP trained here on drawn products (imgsearch/samples/small_model.py, ~3 minutes on
+# 2 cores, once): the tests that judge search quality search with it
+SMALL_MODEL := $(VENV)/small-siglip/small-model.json
+$(SMALL_MODEL): $(STAMP) imgsearch/samples/small_model.py imgsearch/samples/dataset.py imgsearch/finetune/training.py
+	$(PY) -m imgsearch.samples.small_model $(VENV)/small-siglip
+
+small-model: $(SMALL_MODEL)
+
 demo: install
 	$(VENV)/bin/imgsearch demo
 
 # two pytest processes (pytest-xdist), each with its own embedded server and tiny models: most tests
 # wait on processes they start, so two take about 0.6x the time of one on 2 cores (TEST_JOBS=0: one)
 TEST_JOBS ?= 2
-test: install citus $(CHROMIUM) $(TSCLIENT)
+test: install citus small-model $(CHROMIUM) $(TSCLIENT)
 	$(PY) -m pytest -q -n $(TEST_JOBS) --dist worksteal
 
 lint: install

@@ -174,3 +174,20 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     ]
     for reason in sorted(set(reasons)):
         terminalreporter.write_line(f"{reasons.count(reason)} {reason}", yellow=True, bold=True)
+
+
+@pytest.fixture(scope="session")
+def trained_small() -> Path:
+    """The small SigLIP trained on drawn products (imgsearch/samples/small_model.py): `make test`
+    trains it once into .venv/small-siglip; a run without make trains it here (about 3 minutes)."""
+    from imgsearch.samples import small_model
+
+    return small_model.ensure(Path(__file__).resolve().parents[1] / small_model.DEFAULT_FOLDER)
+
+
+@pytest.fixture(scope="session")
+def untrained_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same small SigLIP with random weights (the trained one's start, and its control)."""
+    from imgsearch.samples import small_model
+
+    return small_model.initialise(tmp_path_factory.mktemp("models") / "small-random")
