@@ -117,31 +117,30 @@ class Catalog:
         return f"Catalog({self.engine.url.render_as_string()!r}, model={self.model!r})"
 
     @property
-    def search_engine(self) -> Engine:
-        """The engine searches run on (:func:`imgsearch.db.engine.make_search_engine`)."""
+    def search_engine(self) -> Engine:  # the engine searches run on (imgsearch.db.engine.make_search_engine)
         return self._search_engine
 
     @property
-    def model(self) -> str:
-        """Name of the active embedding model."""
+    def model(self) -> str:  # the name of the active embedding model
         return self._context.active_model.name
 
     @property
-    def dim(self) -> int:
-        """Dimension of the active model's embeddings."""
+    def dim(self) -> int:  # the dimension of the active model's embeddings
         return self._context.dim
 
     @property
-    def limits(self) -> images.Limits:
-        """The byte and pixel limits of uploaded images."""
+    def limits(self) -> images.Limits:  # the byte and pixel limits of uploaded images
         return self._context.limits
 
     @property
     def active_model(self) -> ModelInfo:  # the model in use (perhaps not registered yet)
         return self._context.active_model
 
-    def registered_model(self) -> ModelInfo:
-        """The active model, registered now if the catalog has none yet (its first embedding does)."""
+    @property
+    def image_model(self) -> ModelInfo:  # image queries': the model serving images beside the active one, or it
+        return self._context.image_model
+
+    def registered_model(self) -> ModelInfo:  # the active model, registered now if not yet (its first embedding does)
         return self._context.registered_model()
 
     def add_model(self, name: str, dim: int, *, activate: bool = False) -> ModelInfo:
@@ -157,6 +156,7 @@ class Catalog:
         """The active model's embedder, created on first use; weights load on the first text or image
         query (searching by vector or by image id never loads them)."""
         return self._context.embedder
+
 
     # -- ingest: imgsearch.ingest ---------------------------------------------------------
 
@@ -390,7 +390,7 @@ class Catalog:
         self._context.follow_model_switch()
         asked = queries.Query(text, image, similar_to, similar_to_product, vector)
         query, filters = queries.vector_now(self._context, asked, filters)
-        return statements.hnsw_statement(self.active_model, query, filters, k, with_images=True)
+        return statements.hnsw_statement(asked.model(self._context), query, filters, k, with_images=True)
 
     def apply_search_settings(self, connection: Any, k: int = MAX_K, *, tenant: str | None = None) -> None:
         """``SET LOCAL`` the pgvector settings a :meth:`search_select` statement needs, in the

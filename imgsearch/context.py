@@ -54,6 +54,18 @@ class Context:
         """The active model's embedder, created on first use (weights load on the first forward pass)."""
         return self.active.embedder(self.on_query_batch)
 
+    @property
+    def image_model(self) -> ModelInfo:
+        """The model image queries and "more like this" use: the one serving images beside the
+        active model when the catalog keeps one (``imgsearch model activate NAME --for image``),
+        else the active model."""
+        return self.active.image_info
+
+    @property
+    def image_embedder(self) -> Embedder:
+        """:attr:`image_model`'s embedder, created on first use."""
+        return self.active.image_embedder(self.on_query_batch)
+
     def registered_model(self) -> ModelInfo:
         """The active model, registered now if the catalog has none yet (its first embedding does)."""
         return self.active.registered()

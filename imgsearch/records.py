@@ -80,7 +80,9 @@ class SearchResult(list[Hit]):
     (:class:`imgsearch.search.facets.Facets`, with ``facets=True``); ``understood``: the filters
     read from the query's words and the text left (:class:`imgsearch.search.understanding.Understood`).
     ``mode``: how the text was searched (``semantic``, ``lexical`` or ``hybrid``); ``query_id``:
-    the search's id, for the events on its hits (:meth:`Catalog.record_events`).
+    the search's id, for the events on its hits (:meth:`Catalog.record_events`); ``notice``: what
+    the search did otherwise than asked, in a sentence (a text matched lexically because the
+    model embeds no text), else None.
     """
 
     def __init__(
@@ -91,19 +93,22 @@ class SearchResult(list[Hit]):
         self.total, self.facets, self.understood, self.mode = total, facets, understood, mode
         self.total_relation = total_relation if total_relation is not None or total is None else "eq"
         self.query_id = query_id
+        self.notice: str | None = None
 
 
 @dataclass(frozen=True)
 class ModelInfo:
     """An embedding model of the catalog. ``id`` 0: not registered yet (a new catalog registers
     its model at the first embedding); ``external``: its vectors come from elsewhere
-    (``imgsearch model add``), imgsearch never loads it."""
+    (``imgsearch model add``), imgsearch never loads it; ``serves_images``: image queries and "more
+    like this" use it instead of the active model (``imgsearch model activate NAME --for image``)."""
 
     id: int
     name: str
     dim: int
     active: bool
     external: bool = False
+    serves_images: bool = False
 
     @property
     def registered(self) -> bool:

@@ -191,3 +191,19 @@ def untrained_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from imgsearch.samples import small_model
 
     return small_model.initialise(tmp_path_factory.mktemp("models") / "small-random")
+
+
+@pytest.fixture(scope="session")
+def tiny_dinov2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny DINOv2 backbone (32-d, 32x32 input): image only."""
+    from tests.tiny_models import build_tiny_dino
+
+    return build_tiny_dino(tmp_path_factory.mktemp("tiny-dinov2"), kind="dinov2")
+
+
+@pytest.fixture(scope="session")
+def tiny_dinov3(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny DINOv3 backbone (32-d, 32x32 input, 2 register tokens): image only."""
+    from tests.tiny_models import build_tiny_dino
+
+    return build_tiny_dino(tmp_path_factory.mktemp("tiny-dinov3"), kind="dinov3")

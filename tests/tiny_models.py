@@ -184,3 +184,30 @@ def build_tiny_siglip2(path: Path, *, dim: int = 32, seed: int = 0) -> Path:
     )
     Siglip2Model(config).eval().save_pretrained(path)
     return path
+
+
+def build_tiny_dino(path: Path, *, kind: str = "dinov2", dim: int = 32, image_size: int = 32, seed: int = 0) -> Path:
+    """A tiny image-only backbone: DINOv2 (``kind="dinov2"``, with a processor config naming a
+    shortest edge and a centre crop, as facebook/dinov2-* have) or DINOv3 (``"dinov3"``, with 2
+    register tokens and a processor config of height and width, as facebook/dinov3-* have)."""
+    import json
+
+    import torch
+    from transformers import Dinov2Config, Dinov2Model, DINOv3ViTConfig, DINOv3ViTModel
+
+    path.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    common = {"hidden_size": dim, "intermediate_size": 2 * dim, "num_hidden_layers": 2, "num_attention_heads": 2,
+              "image_size": image_size, "patch_size": 8}  # fmt: skip
+    if kind == "dinov2":
+        Dinov2Model(Dinov2Config(**common)).eval().save_pretrained(path)
+        processor = {"size": {"shortest_edge": image_size + 8}, "do_center_crop": True,
+                     "crop_size": {"height": image_size, "width": image_size},
+                     "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}  # fmt: skip
+    else:
+        DINOv3ViTModel(DINOv3ViTConfig(**common, num_register_tokens=2)).eval().save_pretrained(path)
+        processor = {"size": {"height": image_size, "width": image_size},
+                     "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225],
+                     "image_processor_type": "DINOv3ViTImageProcessorFast"}  # fmt: skip
+    (path / "preprocessor_config.json").write_text(json.dumps(processor))
+    return path

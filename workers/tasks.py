@@ -37,6 +37,13 @@ class Runtime:
     engine: Engine
     model: ModelInfo  # perhaps not registered yet: it is at the first batch (imgsearch.embed.active)
     embedder: Embedder | None  # None for a model whose vectors come from elsewhere
+    image_embedder: Embedder | None = None  # the model serving image queries beside the active one
+
+    def image_embedder_for(self, model: ModelInfo) -> Embedder:
+        """The embedder of the model that serves image queries, loaded once per switch to it."""
+        if self.image_embedder is None or self.image_embedder.name != model.name:
+            self.image_embedder = Embedder.from_settings(self.settings, name=model.name)
+        return self.image_embedder
 
 
 _runtime: Runtime | None = None
@@ -112,10 +119,12 @@ def embed_batches(rt: Runtime) -> queue.BatchResult:
     if not _ready_to_embed(rt):
         return queue.BatchResult()
     assert rt.embedder is not None
+    also = pipeline.image_model_beside(rt.engine, rt.model, rt.image_embedder_for)
     return pipeline.run(
         rt.engine,
         rt.model,
         rt.embedder,
+        also=also,
         batch_size=rt.settings.batch_size,
         lease_seconds=rt.settings.lease_seconds,
         downloads=rt.settings.downloads(),

@@ -35,6 +35,8 @@ def _eval(args: argparse.Namespace, settings: Settings) -> int:
             print(f"evaluating {one.model} ({ways}) ...", file=sys.stderr, flush=True)
             reports.append(evaluation.evaluate(one, labelled, k=args.k, depth=args.depth, modes=modes))
     print(evaluation.table(reports))
+    if len(reports) > 1:
+        print("\n".join(evaluation.compared(reports)))
     if args.json:
         Path(args.json).write_text(json.dumps([r.as_dict() for r in reports], indent=2))
         print(f"per-query detail: {args.json}", file=sys.stderr)

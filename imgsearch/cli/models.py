@@ -118,10 +118,12 @@ def _model(args: argparse.Namespace, settings: Settings) -> int:
         if args.model_command == "list":
             rows = reembed.listing(eng)
             width = max([len(r.name) for r in rows] + [5])
+            separate = any(r.serves_images for r in rows)
             print(f"{'model':<{width}}  {'dim':>5}  {'embeddings':>10}  active")
             for row in rows:
+                active = "yes" if row.active and not separate else "text" if row.active else ""
                 print(
-                    f"{row.name:<{width}}  {row.dim:>5}  {row.embeddings:>10}  {'yes' if row.active else ''}"
+                    f"{row.name:<{width}}  {row.dim:>5}  {row.embeddings:>10}  {'images' if row.serves_images else active}"
                     + ("  (vectors from elsewhere)" if row.external else "")
                 )
             if not rows:
@@ -139,10 +141,17 @@ def _model(args: argparse.Namespace, settings: Settings) -> int:
             print(f"registered {model.name} ({model.dim}-d, vectors from elsewhere); {state}")
         elif args.model_command == "activate":
             model, requeued = reembed.activate(
-                eng, canonical_name(args.name), requeue_missing=args.requeue_missing
+                eng, canonical_name(args.name), requeue_missing=args.requeue_missing, serves=args.serves
             )
             extra = f"; {requeued} images re-queued for it" if requeued else ""
-            print(f"active model: {model.name} ({model.dim}-d){extra}")
+            role = {"both": "active model", "text": "active model (text queries)", "image": "image queries"}
+            print(f"{role[args.serves]}: {model.name} ({model.dim}-d){extra}")
+            listed = reembed.listing(eng)
+            separate = any(r.serves_images for r in listed)
+            for row in listed:
+                if row.serves_images or row.active:
+                    serves = "image" if row.serves_images else "text" if separate else "text and image"
+                    print(f"  {serves} queries: {row.name}")
         elif args.model_command == "reindex":
             _reindex(eng, None if args.name is None else canonical_name(args.name), args.maintenance_work_mem)
         else:
@@ -215,12 +224,19 @@ def register(commands: Subparsers) -> None:
     add.add_argument("--activate", action="store_true", help="make it the active model now")
     activate = model_commands.add_parser(
         "activate",
-        help="make a backfilled model the one searches use",
-        description="Switch the active model in one transaction. Refused while ready images lack "
-        "its embedding, unless --requeue-missing puts them back to pending for the workers.",
+        help="make a backfilled model the one searches use (or the one image queries use)",
+        description="Switch the active model in one transaction, or with --for image the model image "
+        "queries and more-like-this use beside it (e.g. text -> SigLIP, image -> DINOv2). Refused while "
+        "ready images lack its embedding, unless --requeue-missing puts them back to pending for the workers.",
     )
     activate.add_argument("name", help="model name as registered by reembed")
     activate.add_argument("--requeue-missing", action="store_true", help="re-queue images it lacks")
+    activate.add_argument(
+        "--for", dest="serves", choices=("both", "text", "image"), default="both",
+        help="which queries it serves: both (default: the active model), text (the active model; image "
+        "queries stay with the model that served them), image (image queries and more-like-this only, "
+        "beside the active model: workers embed each image with both)",
+    )  # fmt: skip
     drop = model_commands.add_parser(
         "drop",
         help="delete an inactive model's embeddings",

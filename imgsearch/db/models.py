@@ -56,12 +56,14 @@ def _created() -> Mapped[dt.datetime]:
 
 
 class Model(Base):
-    """An embedding model; one is active (used by searches and workers) at a time."""
+    """An embedding model; one is active (used by searches and workers) at a time, and one more may
+    serve image queries beside it (``serves_images``, migration 0034)."""
 
     __tablename__ = "models"
     __table_args__ = (
         CheckConstraint("dim BETWEEN 1 AND 4000", name="dim_range"),
         Index("models_one_active_idx", "active", unique=True, postgresql_where=text("active")),
+        Index("models_one_image_model_idx", "serves_images", unique=True, postgresql_where=text("serves_images")),
     )
 
     id: Mapped[int] = mapped_column(SmallInteger, Identity(), primary_key=True)
@@ -71,6 +73,8 @@ class Model(Base):
     # vectors made elsewhere (`imgsearch model add`): imgsearch never loads it (migration 0018)
     external: Mapped[bool] = mapped_column(server_default=text("false"))
     created_at: Mapped[dt.datetime] = _created()
+    # image queries and "more like this" use this model, not the active one (at most one; 0034)
+    serves_images: Mapped[bool] = mapped_column(server_default=text("false"))
 
 
 SEARCH_DOC = (

@@ -204,9 +204,11 @@ def register_model(
 
 def _model(conn: Connection, model_id: int) -> ModelInfo:
     row = conn.execute(
-        select(Model.id, Model.name, Model.dim, Model.active, Model.external).where(Model.id == model_id)
+        select(Model.id, Model.name, Model.dim, Model.active, Model.external, Model.serves_images).where(
+            Model.id == model_id
+        )
     ).one()
-    return ModelInfo(id=row.id, name=row.name, dim=row.dim, active=row.active, external=row.external)
+    return ModelInfo(row.id, row.name, row.dim, row.active, row.external, row.serves_images)
 
 
 def has_embeddings(conn: Connection, model_id: int) -> bool:
@@ -222,6 +224,13 @@ def get_model(conn: Connection, name: str) -> ModelInfo | None:
 def active_model(conn: Connection) -> ModelInfo | None:
     row = conn.execute(select(Model.id).where(Model.active)).first()
     return None if row is None else _model(conn, row.id)
+
+
+def image_model(conn: Connection) -> ModelInfo | None:
+    """The model image queries and "more like this" use: the one that serves images when the
+    catalog keeps one beside its text model, else the active model."""
+    row = conn.execute(select(Model.id).where(Model.serves_images)).first()
+    return active_model(conn) if row is None else _model(conn, row.id)
 
 
 def model_filter(model_id: int) -> ColumnElement[bool]:

@@ -141,7 +141,24 @@ class ActiveModel:
         self.engine, self.info, self.settings, self.pinned = engine, info, settings, pinned
         # an embedder handed over is shared only when it is the model's
         self.created: Embedder | None = embedder if embedder is None or embedder.name == info.name else None
+        # the model that serves image queries beside the active one (None: the active one does)
+        self.images: ModelInfo | None = None
+        self.images_created: Embedder | None = None
+        if info.registered and not pinned:
+            with engine.connect() as conn:
+                self._set_images(vector_index.image_model(conn))
         self._checked = time.monotonic()
+
+    def _set_images(self, found: ModelInfo | None) -> None:
+        images = None if found is None or found.id == self.info.id else found
+        if (images and images.name) != (self.images and self.images.name):
+            self.images_created = None
+        self.images = images
+
+    @property
+    def image_info(self) -> ModelInfo:
+        """The model image queries and "more like this" use (a pinned model serves them all)."""
+        return self.info if self.images is None or self.pinned else self.images
 
     def follow(self, every_seconds: float) -> None:
         """Pick up a switch made elsewhere, reading the registry at most every ``every_seconds``:
@@ -161,12 +178,15 @@ class ActiveModel:
             )
             if replaceable:
                 active = None  # this catalog's model still replaces it at its first embedding
+            images = vector_index.image_model(conn)
         self._checked = now
         if active is not None and active.id != self.info.id:
             log.info("the catalog's active model is now %s (%d-d)", active.name, active.dim)
             if active.name != self.info.name:
                 self.created = None
             self.info = active
+        if active is not None:
+            self._set_images(images)
 
     def registered(self) -> ModelInfo:
         """The model, registered now if it wasn't (its first embedding is about to be stored)."""
@@ -176,6 +196,24 @@ class ActiveModel:
                 self.created = None
             self.info = found
         return self.info
+
+    def image_embedder(self, on_query_batch: Callable[[str, int], None] | None = None) -> Embedder:
+        """The embedder of the model image queries use (:attr:`image_info`)."""
+        images = self.images
+        if images is None or self.pinned:
+            return self.embedder(on_query_batch)
+        if images.external:
+            raise InvalidQuery(
+                f"the catalog's image model {images.name!r} embeds nothing here: its vectors come from "
+                "elsewhere; search images with a query vector (vector=) made by that model"
+            )
+        if self.images_created is None:
+            from imgsearch.embed.model import Embedder
+
+            self.images_created = Embedder.from_settings(self.settings, name=images.name)
+            if on_query_batch is not None:
+                self.images_created.on_query_batch(on_query_batch)
+        return self.images_created
 
     def embedder(self, on_query_batch: Callable[[str, int], None] | None = None) -> Embedder:
         """The model's embedder, created at the first call, told of each query batch's forward pass.

@@ -1,4 +1,5 @@
-"""The embedder: SigLIP, SigLIP 2 or CLIP image and text towers through transformers.
+"""The embedder: SigLIP, SigLIP 2 or CLIP image and text towers, or an image-only DINOv2 or DINOv3
+backbone (:mod:`imgsearch.embed.backbones`), through transformers.
 
 Loaded once per process, lazily and thread-safely, on first use (immich's pattern: a public
 method that loads under a lock, then calls the private one). Returns L2-normalised float32
@@ -19,12 +20,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from imgsearch.embed import backbones, exported, onnx
 from imgsearch.embed import decode as decoding
-from imgsearch.embed import onnx
 from imgsearch.embed.batching import CacheInfo, LRUCache, MicroBatcher
 from imgsearch.embed.loading import resolve
-from imgsearch.embed.registry import INT8_SUFFIX, model_dim, split_name
-from imgsearch.errors import ConfigurationError, InvalidImage, InvalidInput, ModelUnavailable
+from imgsearch.embed.registry import (
+    DEFAULT_POOLING,
+    IMAGE_ONLY,
+    INT8_SUFFIX,
+    model_dim,
+    split_name,
+    split_pooling,
+)
+from imgsearch.errors import ConfigurationError, InvalidImage, InvalidInput, InvalidQuery, ModelUnavailable
 from imgsearch.ingest import checks
 from imgsearch.ingest.images import Limits
 from imgsearch.settings import Settings
@@ -36,7 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Matrix = npt.NDArray[np.float32]
-SUPPORTED = ("siglip", "siglip2", "clip")
+SUPPORTED = ("siglip", "siglip2", "clip", *IMAGE_ONLY)
 DEFAULT_BATCH_SIZE = 32  # CPU: larger batches gain <5% here; GPU: see docs/benchmarks.md
 MAX_TEXT_CHARS = 2000
 # text queries remembered per embedder (768-d: ~3 KiB each); declared once, on Settings
@@ -98,6 +106,8 @@ class Embedder:
     ) -> None:
         onnx.check_runtime(runtime)
         self.checkpoint, int8 = split_name(name)
+        self.checkpoint, self.pooling = split_pooling(self.checkpoint)  # set at load for a backbone
+        self._gem_p = backbones.DEFAULT_GEM_P
         if runtime == "onnx-int8" and not int8:
             raise ConfigurationError(
                 f"the runtime onnx-int8 gives embeddings that differ from {name!r}'s float32 ones and must "
@@ -201,14 +211,25 @@ class Embedder:
                 )
                 self._load_onnx(source, offline, config, processor)
                 return
+            image_only = config.model_type in IMAGE_ONLY
+            if self.pooling is not None and not image_only:
+                raise ConfigurationError(
+                    f"model {self.name!r}: a pooling after '#' is for image-only backbones (DINOv2, DINOv3); "
+                    f"{config.model_type} pools its own embeddings"
+                )
             device = self._device_setting or ("cuda" if torch.cuda.is_available() else "cpu")
             if device.startswith("cuda"):
                 dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
             else:
                 dtype = torch.float32
-            processor = AutoProcessor.from_pretrained(  # type: ignore[no-untyped-call]  # untyped upstream
-                source, local_files_only=offline
-            )
+            if image_only:  # preprocessed here: DINOv3's own processor imports torchvision
+                processor = backbones.preprocessor(source, config)
+                self.pooling = self.pooling or DEFAULT_POOLING
+                self._gem_p = backbones.gem_p(source)
+            else:
+                processor = AutoProcessor.from_pretrained(  # type: ignore[no-untyped-call]  # untyped upstream
+                    source, local_files_only=offline
+                )
             model = AutoModel.from_pretrained(source, local_files_only=offline, dtype=dtype)
             model = model.to(device).eval()
         except ModelUnavailable:
@@ -221,85 +242,19 @@ class Embedder:
         log.info("loaded %s (%s) on %s as %s", self.name, config.model_type, device, dtype)
 
     def _load_onnx(self, source: str, offline: bool, config: Any, processor: Any) -> None:
-        """Export (once per checkpoint), open the runtime's sessions, check them against torch
-        (once per export) and refuse them below ``min_cosine``."""
-        from transformers import AutoModel
-
-        if self._device_setting and not self._device_setting.startswith("cpu"):
-            raise ConfigurationError(
-                f"the runtime {self.runtime} runs on the CPU; IMGSEARCH_DEVICE is {self._device_setting!r}"
-            )
-        if config.model_type not in onnx.EXPORTABLE:
-            raise ConfigurationError(
-                f"the ONNX runtimes support {', '.join(onnx.EXPORTABLE)} checkpoints; {self.checkpoint!r} is "
-                f"{config.model_type!r} (SigLIP 2's variable-resolution inputs don't export): use IMGSEARCH_RUNTIME=torch"
-            )
-        from imgsearch.settings import default_home
-
-        home = self._home or default_home()  # settings are read by entry points (from_settings)
-        exports = home / "onnx"
-        folder = exports / onnx.checkpoint_hash(onnx.checkpoint_files(source), exports / onnx.DIGESTS)[:24]
-        torch_model: Any = None
-
-        def load_torch() -> Any:
-            model = AutoModel.from_pretrained(source, local_files_only=offline, dtype=None)
-            return model.float().eval()
-
-        with onnx.locked(folder):
-            if not onnx.exported(folder):
-                torch_model = load_torch()
-                onnx.export(torch_model, processor, config.model_type, folder, self.checkpoint)
-        meta = onnx.read_meta(folder)
-        if meta is None:
-            raise ModelUnavailable(f"the ONNX export in {folder} has no readable meta.json")
-        towers = onnx.Towers(folder, self.runtime == "onnx-int8", self._threads, meta)
-        quality = onnx.read_quality(folder, self.runtime, towers)
-        if quality is None:
-            with onnx.locked(folder):
-                quality = onnx.read_quality(folder, self.runtime, towers)
-                if quality is None:
-                    torch_model = torch_model or load_torch()
-                    quality = self._check_against_torch(towers, torch_model, processor, config)
-                    onnx.write_quality(folder, quality)
-        del torch_model
-        if not quality.passes(self.min_cosine):
-            raise ModelUnavailable(
-                f"the {self.runtime} runtime is refused for {self.checkpoint!r}: {quality.describe()}, below "
-                f"IMGSEARCH_RUNTIME_MIN_COSINE={self.min_cosine}; use IMGSEARCH_RUNTIME=torch for this checkpoint"
-            )
+        """The ONNX runtime's towers (:func:`imgsearch.embed.exported.open_towers`)."""
+        towers, quality, meta = exported.open_towers(
+            runtime=self.runtime, checkpoint=self.checkpoint, source=source, offline=offline, config=config,
+            processor=processor, device_setting=self._device_setting, home=self._home, threads=self._threads,
+            min_cosine=self.min_cosine, options=self.options,
+        )  # fmt: skip
         self.quality = quality
         self._processor, self._config, self._model_type = processor, config, config.model_type
         self.device, self.dtype = "cpu", "int8" if towers.int8 else "float32"
         self._logit_params = meta.logit_scale, meta.logit_bias
         self._towers = towers
         self._model = towers  # last: `loaded` turns true only once everything is in place
-        log.info(
-            "loaded %s (%s) with ONNX Runtime, %s; %s",
-            self.name,
-            config.model_type,
-            self.dtype,
-            quality.describe(),
-        )
-
-    def _check_against_torch(
-        self, towers: onnx.Towers, model: Any, processor: Any, config: Any
-    ) -> onnx.Quality:
-        import torch
-
-        decoded = [decoding.decode(data, self.options) for data in onnx.calibration_images()]
-        pixels = processor.image_processor(images=decoded, return_tensors="pt")["pixel_values"]
-        tokens = onnx.tokenize(processor, config, config.model_type, list(onnx.CALIBRATION_TEXTS))
-        with torch.inference_mode():
-            images = model.get_image_features(pixel_values=pixels)
-            texts = model.get_text_features(**{k: torch.from_numpy(v) for k, v in tokens.items()})
-        return onnx.quality_check(
-            self.runtime,
-            towers,
-            getattr(images, "pooler_output", images).float().numpy(),
-            getattr(texts, "pooler_output", texts).float().numpy(),
-            pixels.numpy(),
-            tokens,
-        )
+        log.info("loaded %s (%s) with ONNX Runtime, %s; %s", self.name, config.model_type, self.dtype, quality.describe())
 
     # -- images ---------------------------------------------------------------------------
 
@@ -335,8 +290,25 @@ class Embedder:
             for key, value in batch.inputs.items()
         }
         with torch.inference_mode():
+            if self.image_only:
+                output = self._model(**inputs)
+                register_tokens = backbones.register_tokens(self._model.config)
+                return _normalise(backbones.pool(output, self.pooling or DEFAULT_POOLING, register_tokens, self._gem_p))
             output = self._model.get_image_features(**inputs)
         return _normalise(getattr(output, "pooler_output", output))
+
+    @property
+    def image_only(self) -> bool:
+        """Whether the model has no text tower (DINOv2, DINOv3); known once it is loaded."""
+        return self._model_type in IMAGE_ONLY
+
+    def _refuse_text(self) -> None:
+        self.load()
+        if self.image_only:
+            raise InvalidQuery(
+                f"the model {self.name!r} is an image-only backbone ({self._model_type}): it embeds no text; "
+                "search it with an image, a stored image (similar_to) or a vector, or text with mode='lexical'"
+            )
 
     def assemble(self, batch: PreparedBatch, count: int, vectors: Matrix) -> list[Matrix | InvalidImage]:
         """One result per image of a prepared batch: its vector (rows of ``vectors``) or its error."""
@@ -402,9 +374,9 @@ class Embedder:
             raise InvalidInput("embed_texts takes a list of strings; wrap a single query in a list")
         for text in texts:
             check_text(text)
+        self._refuse_text()
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        self.load()
         if self._towers is not None:
             tokens = onnx.tokenize(self._processor, self._config, self._model_type, list(texts))
             return _normalise_array(self._towers.run_text(tokens))
@@ -419,6 +391,7 @@ class Embedder:
         asked for (the same text gives the same vector: the forward pass is deterministic). Texts
         asked for from several threads at once share a forward pass (:class:`MicroBatcher`)."""
         check_text(text)
+        self._refuse_text()
         row = self._text_cache.get(text)
         if row is None:
             row = self._text_batcher.submit(text)
@@ -484,6 +457,8 @@ class Embedder:
         weights once: every text search asks (a few torch calls each, on a server's hot path)."""
         if self._logit_params is None:
             self.load()
+            if self.image_only:
+                return 1.0, None  # no text tower: no text-image probability
             scale = float(self._model.logit_scale.detach().float().exp().item())
             bias = getattr(self._model, "logit_bias", None)
             self._logit_params = scale, (None if bias is None else float(bias.detach().float().item()))

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Engine
 
 from imgsearch.db import vector_index
-from imgsearch.embed.registry import model_dim, split_name
+from imgsearch.embed.registry import model_dim, split_name, split_pooling
 from imgsearch.errors import ConfigurationError, NotFound
 from imgsearch.finetune import pairs as shop_pairs
 from imgsearch.finetune.scoring import Scores, score
@@ -81,6 +81,7 @@ def destination(home: Path, base: str) -> Path:
     """``HOME/finetuned/NAME+ft-N``: NAME the base checkpoint's folder name or hub id (``/`` as
     ``--``) without an earlier ``+ft-N``; N one more than any there."""
     checkpoint, _ = split_name(base)
+    checkpoint, _ = split_pooling(checkpoint)
     stem = Path(checkpoint).name if Path(checkpoint).is_dir() else checkpoint.replace("/", "--")
     stem = SUFFIX.sub("", stem)
     folder = home / "finetuned"
@@ -136,7 +137,9 @@ def finetune(
         + (f"; {gathered.skipped_images} images skipped (no bytes)" if gathered.skipped_images else "")
     )
     base = embedder_for(active.name)
-    before = score(held_out, base.embed_texts, base.embed_images, seed=seed)
+    base.load()
+    texts = None if base.image_only else base.embed_texts  # an image-only backbone: image→image alone
+    before = score(held_out, texts, base.embed_images, seed=seed)
     say(f"before ({active.name}): {before.describe()}")
     out = destination(home, active.name)
     partial = out.with_name(out.name + ".partial")
@@ -146,10 +149,11 @@ def finetune(
         device=device, seed=seed, options=base.options, on_step=on_step,
     )
     os.replace(partial, out)
-    name = str(out.resolve())
+    pooling = split_pooling(checkpoint)[1]
+    name = str(out.resolve()) + (f"#{pooling}" if pooling else "")
     tuned = embedder_for(name)
     try:
-        after = score(held_out, tuned.embed_texts, tuned.embed_images, seed=seed)
+        after = score(held_out, None if texts is None else tuned.embed_texts, tuned.embed_images, seed=seed)
         say(f"after ({out.name}): {after.describe()}")
         record = {
             "base": active.name, "method": method, "epochs": epochs, "lr": lr, "batch_size": batch_size,
@@ -176,10 +180,11 @@ def listing(engine: Engine) -> list[Listed]:
     """Every registered fine-tune (a model named ``...+ft-N``) with its record, newest last."""
     found = []
     for row in reembed.listing(engine):
-        if not SUFFIX.search(row.name):
+        folder = split_pooling(row.name)[0]
+        if not SUFFIX.search(folder):
             continue
         try:
-            record = json.loads((Path(row.name) / RECORD).read_text())
+            record = json.loads((Path(folder) / RECORD).read_text())
         except (OSError, ValueError):
             record = None
         found.append(Listed(row.name, row.active, record))

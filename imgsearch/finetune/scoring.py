@@ -40,7 +40,7 @@ class Scores:
     @property
     def mean(self) -> float:
         """The mean of the four figures: what the never-worse gate compares."""
-        values = [self.figures[d][m] for d in DIRECTIONS for m in ("recall@10", "ndcg@10")]
+        values = [self.figures[d][m] for d in DIRECTIONS if d in self.figures for m in ("recall@10", "ndcg@10")]
         return float(np.mean(values))
 
     def describe(self) -> str:
@@ -48,6 +48,7 @@ class Scores:
             f"{d.replace('_to_', '→')} "
             f"recall@10 {self.figures[d]['recall@10']:.3f}, nDCG@10 {self.figures[d]['ndcg@10']:.3f}"
             for d in DIRECTIONS
+            if d in self.figures
         )
 
     def as_json(self) -> dict[str, Any]:
@@ -76,13 +77,14 @@ def _figures(ranked: np.ndarray, relevant: list[set[int]]) -> dict[str, float]:
 
 def score(
     held_out: Sequence[Pair],
-    embed_texts: Callable[[list[str]], np.ndarray],
+    embed_texts: Callable[[list[str]], np.ndarray] | None,
     embed_images: Callable[[list[bytes]], list[Any]],
     *,
     seed: int = 0,
 ) -> Scores:
     """Both directions' figures of the model whose towers are ``embed_texts`` and ``embed_images``
-    on the ``held_out`` pairs (each product's first pair names its label)."""
+    on the ``held_out`` pairs (each product's first pair names its label); image→image alone for a
+    model without a text tower (``embed_texts`` None)."""
     from PIL import Image
 
     labels: dict[str, str] = {}
@@ -99,12 +101,14 @@ def score(
     for i, owner in enumerate(owners):
         by_label.setdefault(labels[owner], set()).add(i)
 
-    text_list = sorted(texts)
-    text_rows = np.asarray(embed_texts(text_list), dtype=np.float32)
-    text_relevant = [
-        {i for i, owner in enumerate(owners) if owner in texts[t]} for t in text_list
-    ]
-    t2i = _figures(_ranked(text_rows, gallery), text_relevant)
+    figures: dict[str, dict[str, float]] = {}
+    queries: dict[str, int] = {}
+    if embed_texts is not None:
+        text_list = sorted(texts)
+        text_rows = np.asarray(embed_texts(text_list), dtype=np.float32)
+        text_relevant = [{i for i, owner in enumerate(owners) if owner in texts[t]} for t in text_list]
+        figures["text_to_image"] = _figures(_ranked(text_rows, gallery), text_relevant)
+        queries["text_to_image"] = len(text_list)
 
     # image queries: a new view of each image whose label has other images, ranked against the
     # gallery without its own source; where no label has two, each view finds its source
@@ -122,11 +126,9 @@ def score(
         similarity[np.arange(len(sources)), sources] = -np.inf
     ranked = np.argsort(-similarity, axis=1, kind="stable")[:, :K]
     relevant = [by_label[labels[owners[i]]] - (set() if alone else {i}) for i in sources]
-    i2i = _figures(ranked, relevant)
-    return Scores(
-        {"text_to_image": t2i, "image_to_image": i2i},
-        {"text_to_image": len(text_list), "image_to_image": len(views)},
-    )
+    figures["image_to_image"] = _figures(ranked, relevant)
+    queries["image_to_image"] = len(views)
+    return Scores(figures, queries)
 
 
 def _rows(results: list[Any]) -> np.ndarray:

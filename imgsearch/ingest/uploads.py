@@ -101,6 +101,15 @@ def _model_for(context: Context, prepared: list[rows.PreparedRow], *, batch: boo
     (until the model has embeddings, a configured ``IMGSEARCH_MODEL`` still replaces it). A model
     whose vectors come from elsewhere embeds nothing here: every row must bring its vector."""
     model = context.active_model
+    images = context.image_model
+    if images.id != model.id:
+        for index, row in enumerate(prepared):
+            if row.embedding is not None:
+                raise InvalidInput(
+                    f"this catalog embeds each image with two models ({model.name!r} for text queries, "
+                    f"{images.name!r} for image queries): upload the image without its embedding, and the "
+                    "workers embed it with both"
+                ).at_row(index if batch else None, None if batch else "upload")
     if model.external:
         for index, row in enumerate(prepared):
             if row.embedding is None:
@@ -151,7 +160,8 @@ def _apply_policy(
     )
     links: list[tuple[int, int]] = []
     for i, (row, upload, match) in enumerate(zip(prepared, uploads, matches, strict=True)):
-        if row.embedding is None and upload.embedding is not None:
+        # kept only where it is the one embedding an image needs (a second model's comes from workers)
+        if row.embedding is None and upload.embedding is not None and context.image_model.id == context.active_model.id:
             row.embedding = vectors.as_vector(upload.embedding, context.dim)
         if match is None:
             continue

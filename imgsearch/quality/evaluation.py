@@ -335,14 +335,18 @@ def evaluate(
         raise InvalidInput(f"unknown modes {unknown}; modes are {', '.join(MODES)}")
     per_query: list[dict[str, Any]] = []
     overlaps: list[float] = []
+    # image queries run under the model that serves them (a second model's, when the catalog keeps one)
+    own = catalog.image_model.id == catalog.active_model.id
+    images = catalog if own else catalog.with_model(catalog.image_model.name)
     for query in labelled.queries:
-        vector = _vector(catalog, query)
+        under = images if query.image is not None or query.image_id is not None else catalog
+        vector = _vector(under, query)
         ranked = {
-            "ann": _ann(catalog, vector, query, labelled.by, depth, {}),
-            "exact": _exact(catalog, vector, query, labelled.by, depth),
+            "ann": _ann(under, vector, query, labelled.by, depth, {}),
+            "exact": _exact(under, vector, query, labelled.by, depth),
         }
         if query.filters:
-            ranked["filtered"] = _ann(catalog, vector, query, labelled.by, depth, query.filters)
+            ranked["filtered"] = _ann(under, vector, query, labelled.by, depth, query.filters)
         if query.text is not None:
             for mode in modes:
                 ranked[mode] = _by_mode(catalog, query, labelled.by, depth, mode)
@@ -352,6 +356,8 @@ def evaluate(
         per_query.append(
             {
                 "id": query.id,
+                "kind": "text" if query.text is not None else "vector" if query.vector is not None else "image",
+                "model": under.model,
                 "relevant": sorted(query.relevant),
                 **{way: metrics(ids, query.relevant, k) for way, ids in ranked.items()},
                 "top": {way: ids[:k] for way, ids in ranked.items()},
@@ -363,9 +369,31 @@ def evaluate(
         if rows:
             summary[way] = {name: float(np.mean([r[name] for r in rows])) for name in rows[0]}
             summary[way]["queries"] = float(len(rows))
+    name = catalog.model if own else f"{catalog.model} (images: {images.model})"
     return Report(
-        k, labelled.by, catalog.model, summary, float(np.mean(overlaps)) if overlaps else 1.0, per_query
+        k, labelled.by, name, summary, float(np.mean(overlaps)) if overlaps else 1.0, per_query
     )
+
+
+def by_kind(report: Report) -> dict[str, tuple[int, float]]:
+    """Each kind of query's count and mean nDCG@k on the ANN path (text, image, vector)."""
+    found: dict[str, list[float]] = {}
+    for query in report.queries:
+        found.setdefault(query["kind"], []).append(query["ann"]["ndcg"])
+    return {kind: (len(values), float(np.mean(values))) for kind, values in sorted(found.items())}
+
+
+def compared(reports: Sequence[Report]) -> list[str]:
+    """Which of the reports' models serves each kind of query best, by nDCG@k on the ANN path: a
+    line per kind, e.g. which of a text model and an image model to activate ``--for image``."""
+    lines = []
+    kinds = by_kind(reports[0])
+    for kind, (count, _) in kinds.items():
+        scored = [(by_kind(r).get(kind, (0, 0.0))[1], r) for r in reports]
+        best = max(scored, key=lambda pair: pair[0])[1]
+        figures = ", ".join(f"{r.model} {score:.3f}" for score, r in scored)
+        lines.append(f"{kind} queries ({count}): nDCG@{reports[0].k} {figures}: {best.model} serves them best")
+    return lines
 
 
 def table(reports: Iterable[Report]) -> str:

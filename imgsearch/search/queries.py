@@ -48,6 +48,15 @@ class Query:
         """The query is a stored image or product, read in the search's transaction."""
         return self.similar_to is not None or self.similar_to_product is not None
 
+    @property
+    def of_images(self) -> bool:
+        """An image query or "more like this": searched under the catalog's image model."""
+        return self.image is not None or self.stored
+
+    def model(self, context: Context) -> ModelInfo:
+        """The model this query searches: the image model for images, else the active model."""
+        return context.image_model if self.of_images else context.active_model
+
     def check(self, filters: Filters) -> None:
         """Exactly one query kind, and what it needs of the filters and the other arguments."""
         if self.box is not None and self.image is None:
@@ -82,7 +91,7 @@ class Query:
                 data = images.read_source(self.image, context.limits)
             if self.box is not None:
                 data = images.crop(data, self.box, context.limits)
-            return context.embedder.embed_image(data)
+            return context.image_embedder.embed_image(data)
         if self.vector is not None:
             return vectors.as_vector(self.vector, context.dim, "query vector")
         return None
@@ -96,7 +105,7 @@ def vector_now(context: Context, query: Query, filters: Filters) -> tuple[vector
     if found is not None:
         return found, filters
     with context.engine.connect() as conn:
-        return stored_vector(conn, context.active_model, query, filters)
+        return stored_vector(conn, query.model(context), query, filters)
 
 
 def text_vector(context: Context, query: str) -> vectors.Vector:

@@ -126,6 +126,13 @@ def search(
         hybrid.check_options(mode, options)
     fusion = DEFAULT_FUSION if asked.fusion is None else asked.fusion.check()
     searcher.context.follow_model_switch()
+    notice = None
+    if text is not None and mode in (None, "hybrid") and _embeds_no_text(searcher):
+        mode = "lexical"  # a semantic search of a text is refused by the embedder, naming the model
+        notice = (
+            f"the catalog's model {searcher.context.active_model.name!r} embeds no text (an image-only "
+            "backbone): the text was matched against the products' text alone"
+        )
     query_id = learned_queries.new_query_id()
     teams = None
     if variants is None:
@@ -140,6 +147,7 @@ def search(
             answers.append(_answer(searcher, filters, own, variant, mode, fusion))
         result, teams = interleave.team_draft(answers[0], answers[1], wanted, query_id.int, skip=options.offset)
     result.query_id = str(query_id)
+    result.notice = notice
     if settings.record_queries:
         attributes = _attributes(asked, filters, result, options)
         if variants is not None:
@@ -155,6 +163,17 @@ def search(
             hits=result,
         )
     return result
+
+
+def _embeds_no_text(searcher: Searcher) -> bool:
+    """Whether the active model is an image-only backbone (loaded to know: its first search
+    would load it anyway)."""
+    context = searcher.context
+    if context.active_model.external:
+        return False
+    embedder = context.embedder
+    embedder.load()
+    return embedder.image_only
 
 
 def _boosting(searcher: Searcher, asked: Asked) -> Boosting | None:
@@ -245,9 +264,10 @@ def _run(
         )
         query = replace(query, text=text)
     vector = None if mode == "lexical" else query.embed(searcher.context)  # checked in search()
+    searched = query.model(searcher.context)  # an image query's: the image model, when there is one
     if vector is not None and _adapts(asked):
         tenant = filters.tenant_name()
-        weights = None if tenant is None else searcher.adapters.get(searcher.context.engine, tenant, searcher.context.active_model)
+        weights = None if tenant is None else searcher.adapters.get(searcher.context.engine, tenant, searched)
         if weights is not None:
             vector = adapter.apply(weights, vector)
     chosen: list[str] = []
@@ -277,7 +297,7 @@ def _run(
     # and images, or counted with their total and facets, come from one transaction's statements
     alone = not (asked.facets or asked.total is not False) and (text is None or mode == "semantic")
     hits, counted = searcher.router.search(
-        searcher.context.active_model, filters, options, vector, query, asked.consistent, run, alone
+        searched, filters, options, vector, query, asked.consistent, run, alone
     )
     if text is not None and vector is not None:
         hits = request.with_probability(hits, searcher.context.embedder.probability, asked.min_probability)

@@ -75,6 +75,10 @@ class SearchResponse(BaseModel):
         "`total` products match; null without a total."
     )
     mode: str = Field(description="How the query was searched: semantic, lexical or hybrid.")
+    notice: str | None = Field(
+        None, description="What the search did otherwise than asked, e.g. a text matched lexically because the "
+        "model embeds no text; absent otherwise.",
+    )
     facets: FacetsResponse | None = Field(None, description="With `facets`: counts of the whole match set.")
     understood: UnderstoodResponse | None = Field(
         None, description="Text queries with `parse`: the filters read from the words, to show and remove."

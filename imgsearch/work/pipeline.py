@@ -89,6 +89,16 @@ def _results(embedder: Embedder, batch: _Claimed) -> list[Any]:
     return results
 
 
+def _also(also: tuple[ModelInfo, Embedder], batch: _Claimed) -> tuple[ModelInfo, list[Any]]:
+    """The image model's results for a batch (its own preprocessing: the two models' differ)."""
+    model, embedder = also
+    embedded = queue.embed_splitting([batch.datas[i] for i in batch.good], embedder.embed_images)  # type: ignore[misc]
+    results: list[Any] = list(batch.datas)
+    for position, result in zip(batch.good, embedded, strict=True):
+        results[position] = result
+    return model, results
+
+
 def run(
     engine: Engine,
     model: ModelInfo,
@@ -100,10 +110,13 @@ def run(
     time_budget_seconds: float | None = None,
     on_batch: Callable[[queue.BatchResult], None] | None = None,
     keep_content: bool = True,
+    also: tuple[ModelInfo, Embedder] | None = None,
 ) -> queue.BatchResult:
     """Embed claimable images batch after batch until none is left (or the time budget is spent);
     returns the totals, with ``claimed`` of the last batch deciding whether more may remain.
-    ``keep_content=False``: an uploaded image's bytes give way to a thumbnail once embedded."""
+    ``keep_content=False``: an uploaded image's bytes give way to a thumbnail once embedded.
+    ``also``: the model that serves image queries beside the active one, and its embedder: each
+    image is embedded with both (:func:`imgsearch.work.queue.store`)."""
     deadline = None if time_budget_seconds is None else time.monotonic() + time_budget_seconds
     totals = queue.BatchResult()
     try:
@@ -127,9 +140,12 @@ def run(
                         keep_content,
                     )
                 results = _results(embedder, batch)
+                second = None if also is None else _also(also, batch)
                 with engine.begin() as conn:
                     tenancy.run_as_worker(conn)
-                    outcome = queue.store(conn, model, batch.claims, results, batch.thumbnails, batch.hashes)
+                    outcome = queue.store(
+                        conn, model, batch.claims, results, batch.thumbnails, batch.hashes, also=second
+                    )
                 totals.add(outcome)
                 if outcome.ready:  # the embeddings' statistics, when a shop's first images land
                     statistics.after_write(engine, outcome.ready, ("embeddings",))
@@ -191,6 +207,7 @@ def drain(
                 raise ConfigurationError(external_waiting(active, claimable))
             embedder = embedder_for(active)
             embedder.load()  # before claiming: a model that can't load leaves no image leased
+            also = image_model_beside(engine, active, embedder_for)
             part = run(
                 engine,
                 active,
@@ -200,10 +217,30 @@ def drain(
                 downloads=downloads,
                 on_batch=lambda outcome: bar.update(0 if outcome.stale_model else outcome.claimed),
                 keep_content=keep_content,
+                also=also,
             )
             totals.add(part)
             if not part.stale_model:
                 return totals
+
+
+def image_model_beside(
+    engine: Engine, active: ModelInfo, embedder_for: Callable[[ModelInfo], Embedder]
+) -> tuple[ModelInfo, Embedder] | None:
+    """The model that serves image queries beside ``active``, with its embedder (loaded), when the
+    catalog keeps one; None when the active model serves them."""
+    with engine.connect() as conn:
+        images = vector_index.image_model(conn)
+    if images is None or images.id == active.id:
+        return None
+    if images.external:
+        raise ConfigurationError(
+            f"the model {images.name!r} serves image queries and embeds nothing here (its vectors come from "
+            "elsewhere): upload its vectors with each image, or activate a model imgsearch loads for images"
+        )
+    embedder = embedder_for(images)
+    embedder.load()
+    return images, embedder
 
 
 def external_waiting(model: ModelInfo, pending: int) -> str:

@@ -229,12 +229,15 @@ def release(conn: Connection, claims: Sequence[Claim]) -> None:
     conn.execute(stmt, [{"b_id": c.image_id, "b_tenant": c.tenant, "b_lease": c.lease} for c in claims])
 
 
-def model_is_active(conn: Connection, model: ModelInfo) -> bool:
-    """Whether ``model`` is still the active one. Takes the model-switch lock in shared mode until
-    the transaction ends, so a switch (:func:`imgsearch.models.activate`, exclusive mode) waits for
+def model_is_active(conn: Connection, model: ModelInfo, images: ModelInfo | None = None) -> bool:
+    """Whether ``model`` is still the active one, and ``images`` the one serving image queries beside
+    it (None: none), under the model-switch lock in shared mode: a switch (exclusive) waits for
     this batch's write, or this batch sees the switch."""
     conn.execute(text("SELECT pg_advisory_xact_lock_shared(:key)"), {"key": MODEL_SWITCH_LOCK})
-    return bool(conn.execute(select(Model.active).where(Model.id == model.id)).scalar())
+    found = conn.execute(select(Model.id, Model.active).where(Model.active | Model.serves_images)).all()
+    active = any(r.id == model.id and r.active for r in found)
+    serving = next((r.id for r in found if not r.active), None)
+    return active and serving == (None if images is None else images.id)
 
 
 def store(
@@ -244,17 +247,21 @@ def store(
     results: Sequence[Any],
     thumbnails: Mapping[int, bytes] | None = None,
     hashes: Mapping[int, str] | None = None,
+    also: tuple[ModelInfo, Sequence[Any]] | None = None,
 ) -> BatchResult:
     """Write a batch's outcome in the caller's transaction, for the claims still held.
     ``thumbnails`` (by image id): images embedded now whose bytes give way to that thumbnail
     (``IMGSEARCH_KEEP_CONTENT=false``). ``hashes`` (by image id): perceptual hashes of images
-    that came by URL, kept for the ones embedded now.
+    that came by URL, kept for the ones embedded now. ``also``: the model serving image queries
+    beside ``model``, with its results: an image is ready when both embedded it.
 
     When the catalog switched models while the batch ran, nothing is written: the claims go back
-    to ``pending`` for the new active model (``stale_model`` says so).
+    to ``pending`` for the new models (``stale_model`` says so).
     """
     outcome = BatchResult(claimed=len(claims))
-    if not model_is_active(conn, model):
+    if also is not None:  # the first error of the two decides
+        results = [a if isinstance(a, Exception) else b if isinstance(b, Exception) else a for a, b in zip(results, also[1], strict=True)]
+    if not model_is_active(conn, model, None if also is None else also[0]):
         release(conn, claims)
         outcome.stale_model = True
         return outcome
@@ -286,13 +293,8 @@ def store(
             outcome.errors[item.image_id] = str(result)
         elif isinstance(result, Exception):
             if item.attempts >= MAX_ATTEMPTS:
-                failed.append(
-                    {
-                        "b_id": item.image_id,
-                        "b_tenant": item.tenant,
-                        "b_error": f"gave up after {item.attempts} attempts: {result}"[:2000],
-                    }
-                )
+                gave_up = f"gave up after {item.attempts} attempts: {result}"[:2000]
+                failed.append({"b_id": item.image_id, "b_tenant": item.tenant, "b_error": gave_up})
             else:
                 delay = retry_delay(item.attempts)
                 released.append(
@@ -310,6 +312,9 @@ def store(
         # a row for each product the image belongs to, read under the images' locks taken above
         # (imgsearch.db.links: an upload linking one of them waits for this commit)
         written = links.embedding_rows(conn, model.id, {c.image_id: v for c, v in ready})
+        if also is not None:
+            second = {c.image_id: np.asarray(r, dtype=np.float32) for c, r in zip(claims, also[1], strict=True)}
+            written += links.embedding_rows(conn, also[0].id, {c.image_id: second[c.image_id] for c, _ in ready})
         if written:
             # the primary key's columns: on a Citus cluster it holds the tenant too
             key = [Embedding.model_id, Embedding.image_id, Embedding.product_pk]
@@ -407,9 +412,11 @@ def process_batch(
     batch_size: int,
     lease_seconds: int = DEFAULT_LEASE_SECONDS,
     downloads: Downloads = PUBLIC_ONLY,
+    also: tuple[ModelInfo, Embed] | None = None,
 ) -> BatchResult:
     """Claim one batch, embed it outside any transaction, store the outcome. Every tenant is
-    processed (as ``imgsearch_worker``); rows never change tenant."""
+    processed (as ``imgsearch_worker``); rows never change tenant. ``also``: the model that serves
+    image queries beside ``model``, and its embedding function."""
     try:
         with engine.begin() as conn:
             tenancy.run_as_worker(conn)
@@ -417,9 +424,10 @@ def process_batch(
         if not claims:
             return BatchResult()
         results = embed_claims(claims, embed, downloads)
+        second = None if also is None else (also[0], embed_claims(claims, also[1], downloads))
         with engine.begin() as conn:
             tenancy.run_as_worker(conn)
-            return store(conn, model, claims, results)
+            return store(conn, model, claims, results, also=second)
     except OperationalError as exc:
         raise DatabaseUnavailable(f"database unavailable while embedding: {exc.orig}") from exc
 

@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -43,6 +43,7 @@ class ModelRow:
     active: bool
     embeddings: int
     external: bool = False
+    serves_images: bool = False
 
 
 def register(engine: Engine, name: str, dim: int) -> ModelInfo:
@@ -177,17 +178,33 @@ def _locked_model(conn: Connection, name: str) -> ModelInfo:
     return model
 
 
-def activate(engine: Engine, name: str, *, requeue_missing: bool = False) -> tuple[ModelInfo, int]:
-    """Make ``name`` the active model in one transaction; returns it and how many images were put
-    back to ``pending`` for it.
+ROLES = ("both", "text", "image")
 
-    Refuses while ready images lack its embedding (run :func:`backfill` first), unless
-    ``requeue_missing``: those images then go back to ``pending`` and the workers embed them with
-    the new model (until then searches don't find them).
+
+def activate(
+    engine: Engine, name: str, *, requeue_missing: bool = False, serves: str = "both"
+) -> tuple[ModelInfo, int]:
+    """Make ``name`` the model that serves ``serves`` queries in one transaction; returns it and
+    how many images were put back to ``pending`` for it.
+
+    ``both`` (the default): the active model, for text and image queries alike. ``text``: the
+    active model, text queries; image queries stay with the model that served them (kept beside
+    it). ``image``: image queries and "more like this" only, beside the active model; workers then
+    embed each image with both. Refused while ready images lack its embedding (run :func:`backfill`
+    first), unless ``requeue_missing``: those images then go back to ``pending`` and the workers
+    embed them (until then searches don't find them).
     """
+    if serves not in ROLES:
+        raise InvalidInput(f"a model serves one of {', '.join(ROLES)} queries, got {serves!r}")
     with engine.begin() as conn:
         model = _locked_model(conn, name)
-        if model.active:
+        images_model = vector_index.image_model(conn)
+        already = {
+            "both": model.active and not model.serves_images and (images_model is None or images_model.id == model.id),
+            "text": model.active,
+            "image": images_model is not None and images_model.id == model.id,
+        }[serves]
+        if already:
             return model, 0
         missing = missing_count(conn, model)
         if missing and not requeue_missing:
@@ -206,9 +223,18 @@ def activate(engine: Engine, name: str, *, requeue_missing: bool = False) -> tup
                     .values(state=ImageState.PENDING, attempts=0, updated_at=func.now())
                 ).rowcount
             )
-        conn.execute(update(Model).where(Model.active).values(active=False))
-        conn.execute(update(Model).where(Model.id == model.id).values(active=True))
-    return replace(model, active=True), requeued
+        active = vector_index.active_model(conn)
+        if serves in ("both", "text"):
+            conn.execute(update(Model).where(Model.active).values(active=False))
+            conn.execute(update(Model).where(Model.id == model.id).values(active=True))
+        # the model that serves images when it isn't the active one
+        images_by = {"both": None, "text": images_model, "image": model}[serves]
+        now_active = model if serves in ("both", "text") else active
+        conn.execute(update(Model).where(Model.serves_images).values(serves_images=False))
+        if images_by is not None and (now_active is None or images_by.id != now_active.id):
+            conn.execute(update(Model).where(Model.id == images_by.id).values(serves_images=True))
+        model = vector_index.get_model(conn, model.name) or model
+    return model, requeued
 
 
 def drop(engine: Engine, name: str) -> int:
@@ -218,6 +244,10 @@ def drop(engine: Engine, name: str) -> int:
         model = _locked_model(conn, name)
         if model.active:
             raise InvalidInput(f"{name!r} is the active model; activate another one before dropping it")
+        if model.serves_images:
+            raise InvalidInput(
+                f"{name!r} serves image queries; activate another one for images (--for image) before dropping it"
+            )
         deleted = int(conn.execute(delete(Embedding).where(Embedding.model_id == model.id)).rowcount)
         vector_index.drop_index(conn, model.id)
         conn.execute(delete(Model).where(Model.id == model.id))
@@ -233,8 +263,10 @@ def listing(engine: Engine) -> list[ModelRow]:
     )
     with engine.connect() as conn:
         rows = conn.execute(
-            select(Model.name, Model.dim, Model.active, func.coalesce(counts.c.n, 0), Model.external)
+            select(
+                Model.name, Model.dim, Model.active, func.coalesce(counts.c.n, 0), Model.external, Model.serves_images
+            )
             .outerjoin(counts, counts.c.model_id == Model.id)
-            .order_by(Model.active.desc(), Model.id)
+            .order_by(Model.active.desc(), Model.serves_images.desc(), Model.id)
         ).all()
-    return [ModelRow(r[0], r[1], r[2], int(r[3]), r[4]) for r in rows]
+    return [ModelRow(r[0], r[1], r[2], int(r[3]), r[4], r[5]) for r in rows]

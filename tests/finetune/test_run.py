@@ -147,3 +147,25 @@ def test_the_finetune_command_reports_before_and_after_and_lists(
     assert "Traceback" not in bad.stderr
     refused = run_cli("finetune", "--epochs", "0", **env)
     assert refused.returncode == 2 and "must be a whole number above 0" in refused.stderr
+
+
+def test_an_image_only_model_is_fine_tuned_on_image_pairs_and_judged_image_to_image(
+    server_url: str, template_db: str, tiny_dinov2: Path, tmp_path: Path
+) -> None:
+    from tests.conftest import new_database
+    from tests.finetune.conftest import drawn_rows
+
+    with Catalog.open(new_database(server_url, template_db), model=f"{tiny_dinov2}#gem") as catalog:
+        rows = drawn_rows(60, seed=8)
+        vectors = catalog.embedder.embed_images([r["image"] for r in rows])  # type: ignore[misc]
+        catalog.add_many([{**row, "embedding": v} for row, v in zip(rows, vectors, strict=True)])
+        outcome = run.finetune(
+            catalog.engine, _embedders(catalog), home=tmp_path, downloads=Settings().downloads(),
+            method="full", epochs=2, lr=1e-3, batch_size=16,
+        )  # fmt: skip
+        assert outcome.name.endswith("/tiny-dinov20+ft-1#gem")
+        assert set(outcome.before.figures) == set(outcome.after.figures) == {"image_to_image"}
+        assert outcome.backfilled == 60 and not outcome.activated
+        assert [item.record["base"] for item in run.listing(catalog.engine) if item.record] == [f"{tiny_dinov2}#gem"]
+        tuned = catalog.with_model(outcome.name)
+        assert len(tuned.search(image=rows[0]["image"], tenant="acme", k=3)) == 3

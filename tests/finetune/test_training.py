@@ -83,3 +83,29 @@ def test_bad_training_arguments_are_refused_with_their_names(untrained_small: Pa
     with pytest.raises(InvalidInput, match="a training image of product a can't be read"):
         train(str(untrained_small), tmp_path / "x", broken, method="full", epochs=1)
     assert not (tmp_path / "x").exists()  # nothing half-written
+
+
+@pytest.mark.parametrize(("kind", "method"), [("tiny_dinov2", "full"), ("tiny_dinov3", "lora")])
+def test_an_image_only_backbone_learns_image_to_image_with_info_nce_and_gems_exponent(
+    kind: str, method: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    import torch
+    from transformers import AutoModel
+
+    from imgsearch.embed import backbones
+
+    path: Path = request.getfixturevalue(kind)
+    pairs = _pairs(64, seed=6)
+    # a second image of each of the first 20 products: a positive other than a crop
+    pairs += [Pair(p.product, p.text, dataset.draw(1, seed=100 + i, size=64)[0].png) for i, p in enumerate(pairs[:20])]
+    out = tmp_path / "tuned"
+    trained = train(f"{path}#gem", out, pairs, method=method, epochs=2, lr=1e-2, batch_size=16)
+    assert trained.steps == 8 and np.isfinite(trained.final_loss)
+    kept = json.loads((out / backbones.SETTINGS_FILE).read_text())
+    assert kept["gem_p"] >= 1.0 and kept["gem_p"] != backbones.DEFAULT_GEM_P  # learnt
+    assert (out / "preprocessor_config.json").is_file()
+    before, after = AutoModel.from_pretrained(path), AutoModel.from_pretrained(out)
+    assert not any("lora" in n for n, _ in after.named_parameters())
+    assert any(not torch.equal(p, q) for (_, p), (_, q) in zip(before.named_parameters(), after.named_parameters(), strict=True))
+    row = Embedder(f"{out}#gem").embed_images([pairs[0].image])[0]
+    assert row.shape == (32,) and abs(float(np.linalg.norm(row)) - 1) < 1e-5

@@ -354,3 +354,34 @@ def test_totals_are_bounded_by_default_exact_on_request(
             assert detail.startswith("total must be true, false or a whole number from 1 to 1,000,000")
         for bad in (2.5, "10", None):  # not a boolean or an integer
             problem(client.post("/v1/search", json={"vector": [0.3] * DIM, "total": bad}), 422)
+
+
+def test_a_text_on_an_image_only_model_is_matched_lexically_and_the_answer_says_so(
+    server_url: str, template_db: str, tiny_dinov3: Path, tmp_path: Path
+) -> None:
+    import numpy as np
+
+    from imgsearch.samples import dataset
+    from tests.conftest import new_database
+    from tests.server.conftest import start_api
+
+    url = new_database(server_url, template_db)
+    items = dataset.draw(6, seed=11, size=48)
+    with Catalog.open(url, model=f"{tiny_dinov3}#mean") as catalog:
+        vectors = catalog.embedder.embed_images([item.png for item in items])
+        catalog.add_many([{"tenant": "acme", "product_id": f"p{i}", "image": item.png, "title": item.caption,
+                           "embedding": np.asarray(v)} for i, (item, v) in enumerate(zip(items, vectors, strict=True))])  # fmt: skip
+    api = start_api(url, Path(f"{tiny_dinov3}#mean"), tmp_path)
+    try:
+        with api.client(api.key("acme")) as client:
+            found = client.post("/v1/search", json={"text": items[2].caption, "k": 3})
+            assert found.status_code == 200, found.text
+            body = found.json()
+            assert body["mode"] == "lexical" and "embeds no text" in body["notice"]
+            assert body["hits"][0]["product_id"] in {f"p{i}" for i, d in enumerate(items) if d.caption == items[2].caption}
+            refused = problem(client.post("/v1/search", json={"text": "a red mug", "mode": "semantic"}), 400)
+            assert "image-only backbone" in refused["detail"]
+            plain = client.post("/v1/search", json={"similar_to": body["hits"][0]["image_id"], "k": 2})
+            assert plain.status_code == 200 and "notice" not in plain.json()
+    finally:
+        api.stop()

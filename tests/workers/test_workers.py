@@ -360,3 +360,27 @@ def test_dropped_content_keeps_thumbnails_and_blocks_nothing(
         "bytes were dropped after embedding" in e and "upload its image again" in e
         for e in result.errors.values()
     )
+
+
+def test_workers_embed_each_image_with_the_image_model_too(
+    setup: tuple[Catalog, Workers, str], tiny_dinov2: Path
+) -> None:
+    from imgsearch.embed.model import Embedder
+    from imgsearch.work import reembed
+
+    catalog, workers, _ = setup
+    catalog.add_many({"image": jpeg(900 + i), "tenant": "acme", "product_id": f"d{i}"} for i in range(4))
+    workers.start("--concurrency", "1")
+    wait_until(lambda: counts(catalog).get("ready") == 4, 120, workers, "4 ready images")
+    dino = str(tiny_dinov2)
+    images = reembed.register(catalog.engine, dino, 32)
+    reembed.backfill(catalog.engine, images, Embedder(dino).embed_images, batch_size=8, downloads=Settings().downloads())
+    reembed.activate(catalog.engine, dino, serves="image")
+    ids = catalog.add_many({"image": jpeg(950 + i), "tenant": "acme", "product_id": f"e{i}"} for i in range(20))
+    wait_until(lambda: counts(catalog).get("ready") == 24, 120, workers, "24 ready images")
+    assert embeddings_per_image(catalog) == [2] * 24  # the worker followed: both models, every image
+    with catalog.engine.connect() as conn:
+        dims = conn.execute(text("SELECT m.name, vector_dims(e.embedding) FROM imgsearch.embeddings e "
+                                 "JOIN imgsearch.models m ON m.id = e.model_id WHERE e.image_id = :i"),
+                            {"i": ids[0]}).all()  # fmt: skip
+    assert sorted(dims) == sorted([(catalog.active_model.name, 32), (dino, 32)])

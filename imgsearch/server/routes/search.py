@@ -91,6 +91,8 @@ def result_json(result: SearchResult) -> dict[str, Any]:
         "total_relation": result.total_relation,
         "mode": result.mode,
     }
+    if result.notice is not None:
+        body["notice"] = result.notice
     if result.facets is not None:
         facets = result.facets.as_json()
         facets["price"] = [{**b, "from": float(b["from"]), "to": float(b["to"])} for b in facets["price"]]

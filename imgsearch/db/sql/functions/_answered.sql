@@ -27,7 +27,8 @@ BEGIN
            array_agg(s.distance ORDER BY s.n)
     INTO r_images, r_products, r_distances
     FROM imgsearch._search(source, least(1000, want + lift), shop, in_category, in_price_min, in_price_max,
-                           exclude, exclude_product) WITH ORDINALITY AS s(image_id, product_id, distance, n);
+                           exclude, exclude_product, attributes->>'kind' IN ('similar_to', 'similar_to_product'))
+         WITH ORDINALITY AS s(image_id, product_id, distance, n);
     -- (an inner join: Citus sends it to the shards with the ids; an outer one reads every image)
     r_tenants := ARRAY(SELECT f.tenant FROM generate_series(1, coalesce(cardinality(r_images), 0)) AS g(n)
                        LEFT JOIN (SELECT h.n, i.tenant FROM unnest(r_images) WITH ORDINALITY AS h(id, n)

@@ -5,6 +5,8 @@ CREATE OR REPLACE FUNCTION imgsearch._product_source(p_tenant text, p_product_id
  LANGUAGE plpgsql
  STABLE
 AS $function$
+DECLARE
+    model smallint := imgsearch._image_model_id();  -- read first: see _similar_source
 BEGIN
     IF p_tenant IS NULL THEN
         RAISE EXCEPTION 'search_similar_product needs a tenant: product ids name products within a tenant'
@@ -18,8 +20,8 @@ BEGIN
     END IF;
     -- the unit mean of the product's images, as the library computes it
     SELECT l2_normalize(avg(l2_normalize(e.embedding::vector)))::halfvec INTO source
-        FROM imgsearch.embeddings e JOIN imgsearch.models m ON m.id = e.model_id
-        WHERE m.active AND e.tenant = p_tenant AND e.product_pk = pk;
+        FROM imgsearch.embeddings e
+        WHERE e.model_id = model AND e.tenant = p_tenant AND e.product_pk = pk;
     IF source IS NULL THEN
         RAISE EXCEPTION 'product % of tenant % has no embedded image yet',
             quote_literal(p_product_id), quote_literal(p_tenant) USING ERRCODE = 'no_data_found';

@@ -13,6 +13,17 @@ END;
 
 CREATE OR REPLACE FUNCTION imgsearch._search(query halfvec, k integer, tenant text, category text, price_min numeric, price_max numeric, exclude bigint, exclude_product bigint)
  RETURNS TABLE(image_id bigint, product_id text, distance double precision)
+ LANGUAGE sql
+ STABLE
+BEGIN ATOMIC
+ SELECT _search.image_id,
+     _search.product_id,
+     _search.distance
+    FROM imgsearch._search(_search.query, _search.k, _search.tenant, _search.category, _search.price_min, _search.price_max, _search.exclude, _search.exclude_product, false) _search(image_id, product_id, distance);
+END;
+
+CREATE OR REPLACE FUNCTION imgsearch._search(query halfvec, k integer, tenant text, category text, price_min numeric, price_max numeric, exclude bigint, exclude_product bigint, for_images boolean)
+ RETURNS TABLE(image_id bigint, product_id text, distance double precision)
  LANGUAGE plpgsql
  STABLE
  SET "hnsw.ef_search" TO '200'
@@ -30,6 +41,7 @@ DECLARE
     exact_max_fraction constant numeric := 0.15;
     ef_search constant int := greatest(200, 2 * k);
     active record;
+    images smallint := CASE WHEN for_images THEN imgsearch._image_model_id() END;  -- read first (Citus)
     total bigint;
     bound bigint;
     matching bigint;
@@ -67,7 +79,9 @@ BEGIN
     IF query IS NULL THEN
         RAISE EXCEPTION 'query vector must not be null' USING ERRCODE = 'null_value_not_allowed';
     END IF;
-    SELECT m.id, m.dim INTO active FROM imgsearch.models m WHERE m.active;
+    -- an image query's model: the one serving images beside the active one, if any (migration 0034)
+    SELECT m.id, m.dim INTO active FROM imgsearch.models m
+        WHERE CASE WHEN for_images THEN m.id = images ELSE m.active END;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'no active model: open the catalog once (imgsearch migrate)' USING ERRCODE = 'no_data_found';
     END IF;

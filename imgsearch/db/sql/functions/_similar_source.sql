@@ -7,9 +7,11 @@ CREATE OR REPLACE FUNCTION imgsearch._similar_source(p_image_id bigint, p_tenant
 AS $function$
 DECLARE
     source halfvec;
+    model smallint := imgsearch._image_model_id();
 BEGIN
-    SELECT e.embedding INTO source FROM imgsearch.embeddings e JOIN imgsearch.models m ON m.id = e.model_id
-        WHERE m.active AND e.image_id = p_image_id AND (p_tenant IS NULL OR e.tenant = p_tenant);
+    -- the model read first: a function called in a query Citus sends to the shards can't read the cluster
+    SELECT e.embedding INTO source FROM imgsearch.embeddings e
+        WHERE e.model_id = model AND e.image_id = p_image_id AND (p_tenant IS NULL OR e.tenant = p_tenant);
     IF source IS NULL THEN
         RAISE EXCEPTION 'no embedded image with id %', p_image_id USING ERRCODE = 'no_data_found';
     END IF;
