@@ -109,3 +109,31 @@ def test_an_image_only_backbone_learns_image_to_image_with_info_nce_and_gems_exp
     assert any(not torch.equal(p, q) for (_, p), (_, q) in zip(before.named_parameters(), after.named_parameters(), strict=True))
     row = Embedder(f"{out}#gem").embed_images([pairs[0].image])[0]
     assert row.shape == (32,) and abs(float(np.linalg.norm(row)) - 1) < 1e-5
+
+
+def test_clip_learns_with_its_contrastive_loss(tiny_clip: Path, tmp_path: Path) -> None:
+    import torch
+    from transformers import AutoModel
+
+    pairs = _pairs(96, seed=9)
+    trained = train(str(tiny_clip), tmp_path / "clip", pairs, method="full", epochs=3, lr=1e-3, batch_size=32)
+    assert trained.steps == 9 and np.isfinite(trained.final_loss)
+    model = AutoModel.from_pretrained(tmp_path / "clip")
+    assert model.config.model_type == "clip" and not hasattr(model, "logit_bias")
+    # the loss the model reports on a batch is CLIP's (InfoNCE both ways), and training lowered it
+    from transformers import AutoProcessor
+
+    from imgsearch.embed.decode import decode
+    from imgsearch.embed.onnx import tokenize
+
+    processor = AutoProcessor.from_pretrained(tmp_path / "clip")
+    batch = pairs[:32]
+    pixels = processor.image_processor(images=[decode(p.image) for p in batch], return_tensors="pt")["pixel_values"]
+    tokens = {k: torch.from_numpy(v) for k, v in tokenize(processor, model.config, "clip", [p.text for p in batch]).items()}
+
+    def loss(checkpoint: Path) -> float:
+        m = AutoModel.from_pretrained(checkpoint).eval()
+        with torch.no_grad():
+            return float(m(pixel_values=pixels, return_loss=True, **tokens).loss)
+
+    assert loss(tmp_path / "clip") < loss(tiny_clip)
