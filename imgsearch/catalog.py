@@ -25,7 +25,7 @@ from imgsearch.search.filters import MAX_K, Filters, check_page
 from imgsearch.search.plans import Plan
 from imgsearch.search.replicas import Replicas
 from imgsearch.settings import Settings
-from imgsearch.work import reembed, wake
+from imgsearch.work import ready, reembed, wake
 
 if TYPE_CHECKING:
     from imgsearch.embed.model import Embedder
@@ -108,9 +108,7 @@ class Catalog:
     def __enter__(self) -> Catalog:
         return self
 
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
 
     def __repr__(self) -> str:
@@ -262,13 +260,11 @@ class Catalog:
         removal.delete_images(self.engine, [image_id], tenant=tenant)
 
     def delete_many(self, image_ids: Iterable[int], *, tenant: str | None = None) -> int:
-        """Delete every image of ``image_ids`` in one transaction, or none when one of them is
-        :class:`NotFound`; the number deleted."""
+        """Delete every image of ``image_ids`` in one transaction (none if one is :class:`NotFound`); how many."""
         return removal.delete_images(self.engine, image_ids, tenant=tenant)
 
     def delete_product(self, product_id: str, *, tenant: str) -> int:
-        """Delete a product with all its images and their embeddings; the number of images.
-        :class:`NotFound` when ``tenant`` has no such product."""
+        """Delete a product, its images and their embeddings: how many images (:class:`NotFound`: none)."""
         return removal.delete_product(self.engine, product_id, tenant=tenant)
 
     # -- indexes: imgsearch.db.filter_indexes ---------------------------------------------
@@ -297,6 +293,10 @@ class Catalog:
             return filter_indexes.graphs(conn, self.active_model.id)
 
     # -- read: imgsearch.db.lookups -------------------------------------------------------
+
+    def wait_ready(self, image_ids: Iterable[int], *, tenant: str | None = None, timeout: float = 30) -> dict[int, str]:
+        """Each image's state once all are ready or failed, or at ``timeout`` s (:mod:`imgsearch.work.ready`)."""
+        return ready.wait_ready(self.engine, image_ids, tenant=tenant, timeout=timeout)
 
     def get(self, image_id: int, *, tenant: str | None = None) -> ImageRecord:
         """The stored state and metadata of one image; :class:`NotFound` if there is none (with

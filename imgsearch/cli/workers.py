@@ -156,21 +156,24 @@ def _answering(eng: Engine, timeout: float | None) -> int:
 
 
 def _wait(eng: Engine, timeout: float) -> QueueStatus:
-    """Poll until no image is pending or embedding; progress on a terminal's stderr."""
-    from imgsearch.work import queue
+    """Wait until no image is pending or embedding, reading the counts again when an image turns
+    ready or failed (LISTEN/NOTIFY: :mod:`imgsearch.work.ready`); progress on a terminal's stderr."""
+    from imgsearch.work import queue, ready
 
     def left(current: QueueStatus) -> int:
         return current.counts["pending"] + current.counts["embedding"]
 
-    return _poll(
-        lambda: queue.status(eng),
-        done=lambda current: left(current) == 0,
-        timeout=timeout,
-        every=0.5,
-        progress=lambda current: f"waiting: {left(current)} images pending or embedding",
-        failure=lambda current: f"{left(current)} images still pending or embedding after {timeout:g} s: "
-        "is a worker running (`imgsearch worker`)?",
-    )
+    with ready.Listener(eng) as listener:
+        return _poll(
+            lambda: queue.status(eng),
+            done=lambda current: left(current) == 0,
+            timeout=timeout,
+            every=ready.RECHECK_SECONDS,
+            progress=lambda current: f"waiting: {left(current)} images pending or embedding",
+            failure=lambda current: f"{left(current)} images still pending or embedding after {timeout:g} s: "
+            "is a worker running (`imgsearch worker`)?",
+            pause=listener.changed,
+        )
 
 
 def _poll(
@@ -181,9 +184,11 @@ def _poll(
     every: float,
     progress: Callable[[T], str],
     failure: Callable[[T], str],
+    pause: Callable[[float], object] = time.sleep,
 ) -> T:
-    """``read()`` every ``every`` s until ``done`` says so: its last value; after ``timeout`` s the
-    one-line error ``failure`` gives. Progress on a terminal's stderr, erased when it ends."""
+    """``read()`` every ``every`` s (or sooner, when ``pause`` returns early) until ``done`` says
+    so: its last value; after ``timeout`` s the one-line error ``failure`` gives. Progress on a
+    terminal's stderr, erased when it ends."""
     deadline = time.monotonic() + timeout
     shown = ""
     try:
@@ -193,7 +198,7 @@ def _poll(
             if sys.stderr.isatty():
                 shown = progress(value)
                 print(f"\r{shown} ", end="", file=sys.stderr, flush=True)
-            time.sleep(every)
+            pause(min(every, max(0.0, deadline - time.monotonic())))
         return value
     finally:
         if shown:

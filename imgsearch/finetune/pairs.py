@@ -30,6 +30,7 @@ from imgsearch.work import queue
 
 HELD_OUT = 0.2
 MIN_HELD_OUT_PRODUCTS = 5
+MIN_PRODUCTS = 25
 
 _PRODUCTS = """
 SELECT p.tenant, p.id, p.product_id, p.title,
@@ -200,13 +201,13 @@ def split(pairs: Sequence[Pair], *, held_out: float = HELD_OUT, seed: int = 0) -
     """Training and held-out pairs, split by product (never by pair: a product's texts and
     images are all on one side)."""
     products = sorted({p.product for p in pairs})
+    if len(products) < MIN_PRODUCTS:
+        raise InvalidInput(
+            f"fine-tuning needs pairs of at least {MIN_PRODUCTS} products with a ready image "
+            f"({MIN_HELD_OUT_PRODUCTS} or more held out to judge the result), got {len(products)}"
+        )
     rng = random.Random(seed)
     rng.shuffle(products)
-    count = max(1, round(held_out * len(products)))
-    if count < MIN_HELD_OUT_PRODUCTS or len(products) - count < 2:
-        raise InvalidInput(
-            f"fine-tuning needs pairs of at least {int(MIN_HELD_OUT_PRODUCTS / held_out)} products with a ready image "
-            f"({MIN_HELD_OUT_PRODUCTS} held out to judge the result), got {len(products)}"
-        )
+    count = max(MIN_HELD_OUT_PRODUCTS, round(held_out * len(products)))
     kept = set(products[:count])
     return [p for p in pairs if p.product not in kept], [p for p in pairs if p.product in kept]

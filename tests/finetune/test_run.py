@@ -169,3 +169,13 @@ def test_an_image_only_model_is_fine_tuned_on_image_pairs_and_judged_image_to_im
         assert [item.record["base"] for item in run.listing(catalog.engine) if item.record] == [f"{tiny_dinov2}#gem"]
         tuned = catalog.with_model(outcome.name)
         assert len(tuned.search(image=rows[0]["image"], tenant="acme", k=3)) == 3
+
+
+def test_too_few_products_are_refused_naming_the_count() -> None:
+    from imgsearch.finetune.training import Pair
+
+    pairs = [Pair(f"p{i}", "a red mug", b"x") for i in range(24)]
+    with pytest.raises(InvalidInput, match=r"at least 25 products with a ready image .* got 24"):
+        shop_pairs.split(pairs)
+    training, held_out = shop_pairs.split([*pairs, Pair("p24", "a cap", b"y")])
+    assert len(held_out) == 5 and len(training) == 20

@@ -330,3 +330,37 @@ def test_a_photo_shared_by_variants_is_embedded_once_and_found_as_each(
             text("SELECT count(*) FROM imgsearch.embeddings WHERE tenant = :t"), {"t": tenant}
         )
         assert embedded.scalar_one() == 1
+
+
+def test_get_with_wait_answers_when_the_image_is_ready(
+    server_url: str, template_db: str, tiny_siglip: Path, tmp_path: Path
+) -> None:
+    import threading
+    import time
+
+    from imgsearch import Catalog
+    from imgsearch.settings import Settings
+    from imgsearch.work import pipeline
+    from tests.conftest import new_database
+    from tests.server.conftest import start_api
+
+    url = new_database(server_url, template_db)
+    api = start_api(url, tiny_siglip, tmp_path)
+    try:
+        with Catalog.open(url, model=str(tiny_siglip)) as catalog, api.client(api.key("acme")) as client:
+            image_id = catalog.add(image_bytes(77), tenant="acme", product_id="w1")
+            assert client.get(f"/v1/images/{image_id}", params={"wait": 0.5}).json()["state"] == "pending"
+            drain = threading.Timer(1.0, lambda: pipeline.drain(
+                catalog.engine, lambda model: catalog.embedder, batch_size=8, lease_seconds=60,
+                downloads=Settings().downloads(), progress=False))  # fmt: skip
+            drain.start()
+            started = time.monotonic()
+            answer = client.get(f"/v1/images/{image_id}", params={"wait": 50})
+            drain.join()
+            assert answer.status_code == 200 and answer.json()["state"] == "ready"
+            assert time.monotonic() - started < 40  # the commit's notification, not the limit
+            for bad in ("61", "-1", "nan", "soon"):
+                assert client.get(f"/v1/images/{image_id}", params={"wait": bad}).status_code == 422
+            assert client.get("/v1/images/987654321", params={"wait": 1}).status_code == 404
+    finally:
+        api.stop()

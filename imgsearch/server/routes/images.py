@@ -22,6 +22,8 @@ from imgsearch.server.problems import RequestTooLarge, problem
 
 router = APIRouter(prefix="/v1", tags=["images"])
 
+MAX_WAIT_SECONDS = 60  # a request holds a server thread while it waits
+
 ImageIdPath = Annotated[
     int, Path(description="An image's id.", json_schema_extra={"minimum": 1, "maximum": checks.MAX_ID})
 ]
@@ -172,10 +174,26 @@ def _image_json(record: Any) -> dict[str, Any]:
 
 
 @router.get("/images/{image_id}", response_model=schemas.ImageResponse, summary="An image's state and error")
-def get_image(image_id: ImageIdPath, catalog: CatalogDep, principal: PrincipalDep) -> Response:
+def get_image(
+    image_id: ImageIdPath,
+    catalog: CatalogDep,
+    principal: PrincipalDep,
+    wait: Annotated[
+        float,
+        Query(
+            ge=0, le=MAX_WAIT_SECONDS,
+            description="Seconds to wait, at most, for the image to be `ready` or `failed` before answering "
+            "(PostgreSQL LISTEN/NOTIFY: the answer comes as soon as it is). 0: answer at once.",
+        ),
+    ] = 0,
+) -> Response:
     """The image's state (`pending`, `embedding`, `ready`, `failed`), its error if it failed, and
-    its product's fields. Another tenant's image answers 404, like a missing one."""
-    return JSONResponse(_image_json(catalog.get(image_id, tenant=tenant_of(principal))))
+    its product's fields. Another tenant's image answers 404, like a missing one. With `wait`,
+    the answer waits until the image is ready or failed, or `wait` seconds have passed."""
+    tenant = tenant_of(principal)
+    if wait:
+        catalog.wait_ready([image_id], tenant=tenant, timeout=wait)
+    return JSONResponse(_image_json(catalog.get(image_id, tenant=tenant)))
 
 
 @router.delete("/images/{image_id}", status_code=204, summary="Delete an image")
