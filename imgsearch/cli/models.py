@@ -147,11 +147,10 @@ def _model(args: argparse.Namespace, settings: Settings) -> int:
             role = {"both": "active model", "text": "active model (text queries)", "image": "image queries"}
             print(f"{role[args.serves]}: {model.name} ({model.dim}-d){extra}")
             listed = reembed.listing(eng)
-            separate = any(r.serves_images for r in listed)
-            for row in listed:
-                if row.serves_images or row.active:
-                    serves = "image" if row.serves_images else "text" if separate else "text and image"
-                    print(f"  {serves} queries: {row.name}")
+            if any(r.serves_images for r in listed):  # two models serve: say which serves what
+                for row in listed:
+                    if row.serves_images or row.active:
+                        print(f"  {'image' if row.serves_images else 'text'} queries: {row.name}")
         elif args.model_command == "reindex":
             _reindex(eng, None if args.name is None else canonical_name(args.name), args.maintenance_work_mem)
         else:

@@ -337,6 +337,9 @@ def distribute(engine: Engine) -> Distributed:
             conn.execute(text(f"ALTER ROLE {role} LOGIN"))
         for statement in TRIGGERS:
             conn.execute(text(statement))
+        # a shard's NOTIFY can't be part of Citus's two-phase commit (migration 0036): waiters
+        # read the states from the coordinator instead (imgsearch.work.ready)
+        conn.execute(text("DROP TRIGGER IF EXISTS images_state_notify ON imgsearch.images"))
         for table in REFERENCE:
             conn.execute(text("SELECT create_reference_table(:t)"), {"t": f"imgsearch.{table}"})
         # a catalog with rows (one restored from a single node) is copied into the shards: its

@@ -1,6 +1,6 @@
 """An image that becomes ready or fails tells those waiting for it: a row trigger on
 ``imgsearch.images`` sends ``NOTIFY imgsearch_image_state, '<image id>'``, delivered when the
-worker's transaction commits (never for one that rolls back). ``catalog.wait_ready``,
+worker's transaction commits (never for one that rolls back); not in Citus mode (see upgrade). ``catalog.wait_ready``,
 ``GET /v1/images/{id}?wait=S`` and ``imgsearch status --wait`` listen on it
 (:mod:`imgsearch.work.ready`).
 
@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from alembic import op
 
-from imgsearch.db import definitions
+from imgsearch.db import citus, definitions
 
 revision: str = "0036"
 down_revision: str | None = "0035"
@@ -41,10 +41,15 @@ TRIGGER = r"""CREATE OR REPLACE TRIGGER images_state_notify AFTER UPDATE OF stat
 
 def upgrade() -> None:
     conn = op.get_bind()
-    for text in (NOTIFY_IMAGE_STATE, TRIGGER):
-        definitions.run(conn, text)
+    definitions.run(conn, NOTIFY_IMAGE_STATE)
+    # not on a Citus cluster's distributed images: a shard's NOTIFY can't join Citus's two-phase
+    # commit, and its node's listeners aren't the coordinator's (waiters read the states there)
+    if not citus.is_distributed(conn):
+        definitions.run(conn, TRIGGER)
 
 
 def downgrade() -> None:
-    op.execute("DROP TRIGGER images_state_notify ON imgsearch.images")
+    conn = op.get_bind()
+    if not citus.is_distributed(conn):  # Citus takes no trigger statement on a distributed table
+        op.execute("DROP TRIGGER images_state_notify ON imgsearch.images")
     op.execute("DROP FUNCTION imgsearch._notify_image_state()")
