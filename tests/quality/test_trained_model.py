@@ -76,7 +76,7 @@ def test_text_to_image_finds_the_look_a_caption_names(
     trained_shop: Catalog, random_shop: Catalog, drawings: list[dataset.Drawn]
 ) -> None:
     trained, control = _text_score(trained_shop, drawings, "semantic"), _text_score(random_shop, drawings, "semantic")
-    assert trained >= 0.8 and control <= 0.3, (trained, control)  # measured 0.95 against 0.05
+    assert trained >= 0.8 and control <= 0.3, (trained, control)  # measured 0.93 against 0.01
 
 
 def test_hybrid_search_is_at_least_as_good_as_the_semantic_side(
@@ -90,7 +90,7 @@ def test_image_to_image_finds_other_drawings_of_the_look(
     trained_shop: Catalog, random_shop: Catalog, drawings: list[dataset.Drawn]
 ) -> None:
     trained, control = _image_score(trained_shop, drawings), _image_score(random_shop, drawings)
-    assert trained >= 0.75 and trained > control + 0.2, (trained, control)  # measured 0.90
+    assert trained >= 0.75 and trained > control + 0.2, (trained, control)  # measured 0.90 against 0.37
 
 
 def test_eval_reports_the_trained_models_quality_and_the_index_loses_nothing(
