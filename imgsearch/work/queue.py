@@ -312,9 +312,10 @@ def store(
         # a row for each product the image belongs to, read under the images' locks taken above
         # (imgsearch.db.links: an upload linking one of them waits for this commit)
         written = links.embedding_rows(conn, model.id, {c.image_id: v for c, v in ready})
-        if also is not None:
-            second = {c.image_id: np.asarray(r, dtype=np.float32) for c, r in zip(claims, also[1], strict=True)}
-            written += links.embedding_rows(conn, also[0].id, {c.image_id: second[c.image_id] for c, _ in ready})
+        if also is not None:  # the image model's vectors of the claims ready (an error's is no vector)
+            second = {c.image_id: r for c, r in zip(claims, also[1], strict=True)}
+            vectors = {c.image_id: np.asarray(second[c.image_id], dtype=np.float32) for c, _ in ready}
+            written += links.embedding_rows(conn, also[0].id, vectors)
         if written:
             # the primary key's columns: on a Citus cluster it holds the tenant too
             key = [Embedding.model_id, Embedding.image_id, Embedding.product_pk]

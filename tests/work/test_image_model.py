@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import text
 
 from imgsearch import Catalog
-from imgsearch.errors import ConfigurationError, InvalidInput
+from imgsearch.errors import ConfigurationError, InvalidImage, InvalidInput
 from imgsearch.samples import dataset
 from imgsearch.settings import Settings
 from imgsearch.work import pipeline, queue, reembed
@@ -106,6 +106,17 @@ def test_an_image_model_beside_the_text_model(database_url: str, tiny_siglip: Pa
         assert [line.split(" (")[0] for line in lines] == ["image queries", "text queries"]
         assert all(line.endswith("serves them best") for line in lines)
 
+        # an image neither model can read fails alone; the other of its batch is stored under both
+        catalog.add_many(_rows(2, 8))
+        with catalog.engine.begin() as conn:
+            claims = queue.claim_batch(conn, 8)
+        good = np.ones(32, np.float32)
+        with catalog.engine.begin() as conn:
+            stored = queue.store(conn, catalog.registered_model(), claims, [good, InvalidImage("unreadable")],
+                                 also=(catalog._context.image_model, [good, InvalidImage("unreadable")]))  # fmt: skip
+        assert (stored.ready, stored.failed) == (1, 1) and stored.errors == {claims[1].image_id: "unreadable"}
+        assert _per_model(catalog) == {siglip: 17, dino: 17}
+
         # a batch embedded for the active model alone (a worker that hasn't followed) is given back
         catalog.add_many(_rows(2, 3))
         with catalog.engine.begin() as conn:
@@ -113,7 +124,7 @@ def test_an_image_model_beside_the_text_model(database_url: str, tiny_siglip: Pa
         with catalog.engine.begin() as conn:
             stale = queue.store(conn, catalog.registered_model(), claims, [np.ones(32, np.float32)] * len(claims))
         assert stale.stale_model and stale.ready == 0
-        assert _drain(catalog).ready == 2 and _per_model(catalog) == {siglip: 18, dino: 18}
+        assert _drain(catalog).ready == 2 and _per_model(catalog) == {siglip: 19, dino: 19}
 
         # vectors uploaded with an image would give one model's only: refused, nothing written
         with pytest.raises(InvalidInput, match=r"embeds each image with two models .* upload the image without its embedding"):
