@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from imgsearch.errors import InvalidInput
 from imgsearch.finetune.training import Pair
 from imgsearch.ingest import checks
 from imgsearch.ingest.downloads import Downloads
+from imgsearch.learning.tuning import pairs_file_lines
 from imgsearch.work import queue
 
 HELD_OUT = 0.2
@@ -134,40 +134,29 @@ class _Stored:
 
 def _read_file(path: Path, stored: _Stored) -> Iterator[tuple[str, str | None, bytes | None]]:
     """Each line as (product, text or None, image or None)."""
-    try:
-        handle = path.open(encoding="utf-8")
-    except OSError as exc:
-        raise InvalidInput(f"pairs file {path}: {exc.strerror or exc}") from exc
-    with handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            where = f"{path}, line {number}"
-            try:
-                pair = json.loads(line)
-            except ValueError as exc:
-                raise InvalidInput(f"{where}: not JSON: {exc}") from exc
-            if (
-                not isinstance(pair, dict)
-                or set(pair) - {"text", "image", "product_id", "image_id"}
-                or ("text" in pair) == ("image" in pair)
-                or ("product_id" in pair) == ("image_id" in pair)
-            ):
-                raise InvalidInput(
-                    f'{where}: a pair is one of "text" and "image", with one of "product_id" and "image_id"'
-                )
-            key = _file_product(pair, stored, where)
-            if "text" in pair:
-                if not isinstance(pair["text"], str) or not pair["text"].strip():
-                    raise InvalidInput(f'{where}: "text" must be a non-empty string')
-                image = None
-                if "image_id" in pair:
-                    image = stored.content.get(pair["image_id"])
-                    if image is None:
-                        raise InvalidInput(f"{where}: image {pair['image_id']} has no stored bytes nor a readable URI")
-                yield key, pair["text"], image
-            else:
-                yield key, None, _image_file(path, pair["image"], where)
+    for number, pair in pairs_file_lines(path):
+        where = f"{path}, line {number}"
+        if (
+            not isinstance(pair, dict)
+            or set(pair) - {"text", "image", "product_id", "image_id"}
+            or ("text" in pair) == ("image" in pair)
+            or ("product_id" in pair) == ("image_id" in pair)
+        ):
+            raise InvalidInput(
+                f'{where}: a pair is one of "text" and "image", with one of "product_id" and "image_id"'
+            )
+        key = _file_product(pair, stored, where)
+        if "text" in pair:
+            if not isinstance(pair["text"], str) or not pair["text"].strip():
+                raise InvalidInput(f'{where}: "text" must be a non-empty string')
+            image = None
+            if "image_id" in pair:
+                image = stored.content.get(pair["image_id"])
+                if image is None:
+                    raise InvalidInput(f"{where}: image {pair['image_id']} has no stored bytes nor a readable URI")
+            yield key, pair["text"], image
+        else:
+            yield key, None, _image_file(path, pair["image"], where)
 
 
 def _file_product(pair: dict[str, Any], stored: _Stored, where: str) -> str:

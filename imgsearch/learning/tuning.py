@@ -104,8 +104,10 @@ def product_vectors(conn: Connection, model: ModelInfo, tenant: str) -> tuple[li
     return ids, vectors
 
 
-def read_pairs_file(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """The lines of a pairs file, numbered from 1, each checked for its shape."""
+def pairs_file_lines(path: Path) -> Iterator[tuple[int, Any]]:
+    """Each non-blank line of a pairs file (JSON Lines) with its number from 1, parsed;
+    :class:`InvalidInput` for a file that can't be opened or a line that isn't JSON (``imgsearch
+    tune`` and ``imgsearch finetune`` read theirs so)."""
     try:
         handle = path.open(encoding="utf-8")
     except OSError as exc:
@@ -115,14 +117,19 @@ def read_pairs_file(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             if not line.strip():
                 continue
             try:
-                pair = json.loads(line)
+                yield number, json.loads(line)
             except ValueError as exc:
                 raise InvalidInput(f"{path}, line {number}: not JSON: {exc}") from exc
-            if not isinstance(pair, dict) or set(pair) - {"text", "vector", "product_id"}:
-                raise InvalidInput(f"{path}, line {number}: a pair is {{\"text\" or \"vector\", \"product_id\"}}")
-            if ("text" in pair) == ("vector" in pair) or "product_id" not in pair:
-                raise InvalidInput(f"{path}, line {number}: give \"product_id\" and one of \"text\" and \"vector\"")
-            yield number, pair
+
+
+def read_pairs_file(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """The lines of a pairs file, numbered from 1, each checked for its shape."""
+    for number, pair in pairs_file_lines(path):
+        if not isinstance(pair, dict) or set(pair) - {"text", "vector", "product_id"}:
+            raise InvalidInput(f"{path}, line {number}: a pair is {{\"text\" or \"vector\", \"product_id\"}}")
+        if ("text" in pair) == ("vector" in pair) or "product_id" not in pair:
+            raise InvalidInput(f"{path}, line {number}: give \"product_id\" and one of \"text\" and \"vector\"")
+        yield number, pair
 
 
 def gather(
