@@ -374,9 +374,9 @@ class Embedder:
             raise InvalidInput("embed_texts takes a list of strings; wrap a single query in a list")
         for text in texts:
             check_text(text)
-        self._refuse_text()
-        if not texts:
+        if not texts:  # nothing to embed: no weights loaded for it
             return np.zeros((0, self.dim), dtype=np.float32)
+        self._refuse_text()
         if self._towers is not None:
             tokens = onnx.tokenize(self._processor, self._config, self._model_type, list(texts))
             return _normalise_array(self._towers.run_text(tokens))
