@@ -113,7 +113,8 @@ def finetune(
     on_backfill: Callable[[int], None] | None = None,
     say: Callable[[str], None] = lambda line: None,
 ) -> Outcome:
-    """Train, judge, register and backfill a fine-tune of the active model (the steps above)."""
+    """Train, judge, register and backfill a fine-tune of the active model (the steps above).
+    ``embedder_for(name)`` makes a new embedder of a model; each is closed here when done."""
     with engine.connect() as conn:
         active = vector_index.active_model(conn)
     if active is None:
@@ -138,22 +139,27 @@ def finetune(
     )
     base = embedder_for(active.name)
     base.load()
-    texts = None if base.image_only else base.embed_texts  # an image-only backbone: image→image alone
-    before = score(held_out, texts, base.embed_images, seed=seed)
+    with_text = not base.image_only  # an image-only backbone is judged image→image alone
+    try:
+        before = score(held_out, base.embed_texts if with_text else None, base.embed_images, seed=seed)
+    finally:
+        base.close()
+    options = base.options
+    del base  # its weights aren't held while a second copy trains
     say(f"before ({active.name}): {before.describe()}")
     out = destination(home, active.name)
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     trained = train(
         checkpoint, partial, training, method=method, epochs=epochs, lr=lr, batch_size=batch_size,
-        device=device, seed=seed, options=base.options, on_step=on_step,
+        device=device, seed=seed, options=options, on_step=on_step,
     )
     os.replace(partial, out)
     pooling = split_pooling(checkpoint)[1]
     name = str(out.resolve()) + (f"#{pooling}" if pooling else "")
     tuned = embedder_for(name)
     try:
-        after = score(held_out, None if texts is None else tuned.embed_texts, tuned.embed_images, seed=seed)
+        after = score(held_out, tuned.embed_texts if with_text else None, tuned.embed_images, seed=seed)
         say(f"after ({out.name}): {after.describe()}")
         record = {
             "base": active.name, "method": method, "epochs": epochs, "lr": lr, "batch_size": batch_size,
