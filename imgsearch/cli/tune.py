@@ -56,7 +56,7 @@ def _tune(args: argparse.Namespace, settings: Settings) -> int:
 
         trained = adapter.train(
             pairs.queries, pairs.targets, pairs.products, pairs.groups,
-            weight_decay=args.weight_decay, progress=epoch_done,
+            weight_decay=args.weight_decay, progress=epoch_done, judged=pairs.judged,
         )  # fmt: skip
         info = tuning.store(catalog.engine, tenant, model, trained)
         verdict = "beats the identity" if trained.wins else "does not beat the identity"

@@ -13,7 +13,10 @@ held-out top-1 from 0.815 to 0.60), so training here
   no lower (:func:`wins`).
 
 The loss is a softmax over products (cosine / ``temperature``): each pair's product against the
-other products of its batch and a sample of the catalog.
+other products of its batch and a sample of the catalog, leaving out the query's other right
+products (a title shared by five products, a query with several clicked ones: its twins are not
+negatives). Scores are per query, likewise: every product paired with it is a right answer, so
+an adapter is never judged on the order of equally right products.
 """
 
 from __future__ import annotations
@@ -79,17 +82,41 @@ def _unit(rows: npt.NDArray[Any]) -> Matrix:
     return unit
 
 
-def scores(queries: Matrix, targets: Any, products: Matrix, weights: Matrix | None = None) -> Scores:
+def scores(
+    queries: Matrix, targets: Any, products: Matrix, weights: Matrix | None = None, groups: Sequence[Any] | None = None
+) -> Scores:
     """How well ``queries`` (mapped by ``weights``) find their ``targets`` (row numbers of
-    ``products``, unit vectors) among all ``products``."""
-    mapped = _unit(queries if weights is None else queries @ weights.T)
-    ranks = []
-    for start in range(0, len(mapped), 1024):
+    ``products``, unit vectors) among all ``products``. With ``groups`` (each pair's query), a
+    query is scored once, with every product paired with it right: its rank is the first right
+    product's, its recall the share of its right products in the top 10 (of at most 10)."""
+    targets = np.asarray(targets, dtype=np.int64)
+    names = list(range(len(queries))) if groups is None else list(groups)
+    first: dict[Any, int] = {}
+    right: dict[Any, set[int]] = {}
+    for i, name in enumerate(names):
+        first.setdefault(name, i)
+        right.setdefault(name, set()).add(int(targets[i]))
+    rows = list(first.values())
+    mapped = _unit(queries[rows] if weights is None else queries[rows] @ weights.T)
+    ranks, recalls = [], []
+    for start in range(0, len(rows), 1024):
         sims = mapped[start : start + 1024] @ products.T
-        own = sims[np.arange(len(sims)), np.asarray(targets[start : start + 1024])]
-        ranks.extend((sims > own[:, None]).sum(axis=1) + 1)
+        for sim, row in zip(sims, rows[start : start + 1024], strict=True):
+            wanted = np.fromiter(right[names[row]], dtype=np.int64)
+            best = sim[wanted].max()
+            ranks.append(int((sim > best).sum()) + 1)
+            top = np.argpartition(-sim, min(10, len(sim) - 1))[:10]
+            recalls.append(len(set(top.tolist()) & right[names[row]]) / min(10, len(wanted)))
     found = np.asarray(ranks)
-    return Scores(float((found == 1).mean()), float((found <= 10).mean()), float((1.0 / found).mean()))
+    return Scores(float((found == 1).mean()), float(np.mean(recalls)), float((1.0 / found).mean()))
+
+
+def _twins(groups: Sequence[Any], targets: npt.NDArray[np.int64], count: int) -> tuple[npt.NDArray[np.int64], Any]:
+    """Each pair's query as a number, and the sorted keys ``query * count + product`` of every
+    (query, right product): what :func:`train` leaves out of a pair's negatives."""
+    number: dict[Any, int] = {}
+    ids = np.array([number.setdefault(g, len(number)) for g in groups], dtype=np.int64)
+    return ids, np.unique(ids * count + targets)
 
 
 def split(groups: Sequence[Any], held_out: float, seed: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
@@ -118,11 +145,14 @@ def train(
     held_out: float = 0.2,
     seed: int = 0,
     progress: Callable[[int, float], None] | None = None,
+    judged: Sequence[bool] | None = None,
 ) -> Trained:
     """Train a map on pairs ``queries[i] -> products[targets[i]]`` (``groups[i]``: the pair's
     query, which decides its side of the split) and score it against the identity on the
-    held-out pairs. A round is a pass over the training pairs, or :data:`MIN_STEPS` batches when
-    they are few; ``progress(round, validation MRR)`` after each."""
+    held-out pairs: those marked in ``judged`` when it is given (e.g. what shoppers typed, the
+    queries the adapter will serve; ``Pairs.judged``), each side keeping them when it has any.
+    A round is a pass over the training pairs, or :data:`MIN_STEPS` batches when they are few;
+    ``progress(round, validation MRR)`` after each."""
     import torch
 
     queries, products = _unit(queries), _unit(products)
@@ -140,6 +170,12 @@ def train(
     fit_groups = [groups[i] for i in fit]
     inner, validation = split(fit_groups, 0.15, seed + 1)
     train_rows, validation_rows = fit[inner], fit[validation]
+    if judged is not None:
+        if len(judged) != len(queries):
+            raise InvalidInput("judged must have one entry per pair")
+        marks = np.asarray(judged, dtype=bool)
+        validation_rows = validation_rows[marks[validation_rows]] if marks[validation_rows].any() else validation_rows
+        test = test[marks[test]] if marks[test].any() else test
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     dim = queries.shape[1]
@@ -147,7 +183,13 @@ def train(
     w = torch.nn.Parameter(torch.eye(dim))
     optimiser = torch.optim.Adam([w], lr=lr)
     q_all, p_all = torch.from_numpy(queries), torch.from_numpy(products)
-    best = (scores(queries[validation_rows], targets_array[validation_rows], products).mrr, identity.clone(), 0)
+    query_ids, right_keys = _twins(groups, targets_array, len(products))
+    validation_groups = [groups[i] for i in validation_rows]
+
+    def validate(weights: Matrix | None) -> float:
+        return scores(queries[validation_rows], targets_array[validation_rows], products, weights, validation_groups).mrr
+
+    best = (validate(None), identity.clone(), 0)
     stale = 0
     steps = max(MIN_STEPS, math.ceil(len(train_rows) / batch))  # a round: a pass, or MIN_STEPS batches
     for epoch in range(1, epochs + 1):
@@ -159,13 +201,16 @@ def train(
             labels = torch.tensor([where[int(t)] for t in targets_array[rows]])
             mapped = torch.nn.functional.normalize(q_all[rows] @ w.T, dim=1)
             logits = mapped @ p_all[pool].T / temperature
+            twin = np.isin(query_ids[rows][:, None] * len(products) + pool[None, :], right_keys)
+            twin[np.arange(len(rows)), labels.numpy()] = False
+            logits = logits.masked_fill(torch.from_numpy(twin), float("-inf"))
             loss = torch.nn.functional.cross_entropy(logits, labels)
             loss = loss + weight_decay * ((w - identity) ** 2).sum() / dim
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
         current = w.detach().numpy().astype(np.float32)
-        mrr = scores(queries[validation_rows], targets_array[validation_rows], products, current).mrr
+        mrr = validate(current)
         if progress is not None:
             progress(epoch, mrr)
         if mrr > best[0]:
@@ -175,11 +220,11 @@ def train(
             if stale >= 5:
                 break
     weights = best[1].numpy().astype(np.float32)
-    tested_q, tested_t = queries[test], targets_array[test]
+    tested_q, tested_t, tested_g = queries[test], targets_array[test], [groups[i] for i in test]
     return Trained(
         weights=weights,
-        identity=scores(tested_q, tested_t, products),
-        adapter=scores(tested_q, tested_t, products, weights),
+        identity=scores(tested_q, tested_t, products, None, tested_g),
+        adapter=scores(tested_q, tested_t, products, weights, tested_g),
         pairs=len(fit),
         held_out=len(test),
         epochs=best[2],

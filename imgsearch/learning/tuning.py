@@ -46,6 +46,16 @@ class Pairs:
     products: np.ndarray
     product_ids: list[str]
     sources: dict[str, int]
+    kinds: list[str]  # each pair's source: "events", "titles" or "file"
+
+    @property
+    def judged(self) -> list[bool] | None:
+        """The pairs an adapter is judged on, when the shop has any but titles: what shoppers
+        typed (and the pairs file, the shop's own choice). Titles still train it, but a title
+        ("red mug") is not how shoppers ask ("a red mug"), and a map that learns one may lose on
+        the other; None when titles are all there is."""
+        marks = [kind != "titles" for kind in self.kinds]
+        return marks if any(marks) and not all(marks) else None
 
 
 @dataclass(frozen=True)
@@ -176,7 +186,10 @@ def gather(
     queries: list[np.ndarray] = []
     targets: list[int] = []
     groups: list[Any] = []
-    texts: list[tuple[str, str]] = [(t, p) for t, p in found_texts if p in row_of]
+    kinds: list[str] = []
+    texts: list[tuple[str, str, str]] = [
+        (t, p, "events" if i < from_events else "titles") for i, (t, p) in enumerate(found_texts) if p in row_of
+    ]
     from_file = 0
     if pairs_file is not None:
         for number, pair in read_pairs_file(pairs_file):
@@ -186,28 +199,30 @@ def gather(
             if "text" in pair:
                 if embed_texts is None:
                     raise InvalidInput(f"{pairs_file}, line {number}: the model embeds no text; give \"vector\"")
-                texts.append((str(pair["text"]), product_id))
+                texts.append((str(pair["text"]), product_id, "file"))
             else:
                 vector = as_vector(pair["vector"], model.dim, f"{pairs_file}, line {number}: vector")
                 queries.append(vector)
                 targets.append(row_of[product_id])
                 groups.append(("vector", number))
+                kinds.append("file")
             from_file += 1
     if texts:
         assert embed_texts is not None
-        unique = sorted({t for t, _ in texts})
+        unique = sorted({t for t, _, _ in texts})
         embedded: dict[str, np.ndarray] = {}
         for start in range(0, len(unique), 64):
             chunk = unique[start : start + 64]
             for query, vector in zip(chunk, np.asarray(embed_texts(chunk)), strict=True):
                 embedded[query] = vector
-        for query, product_id in texts:
+        for query, product_id, kind in texts:
             queries.append(embedded[query])
             targets.append(row_of[product_id])
             groups.append(query.casefold().strip())
+            kinds.append(kind)
     sources = {"events": from_events, "titles": len(found_texts) - from_events, "file": from_file}
     matrix = np.asarray(queries, dtype=np.float32).reshape(len(queries), model.dim)
-    return Pairs(matrix, targets, groups, products, product_ids, sources)
+    return Pairs(matrix, targets, groups, products, product_ids, sources, kinds)
 
 
 def store(engine: Engine, tenant: str, model: ModelInfo, trained: adapter.Trained) -> AdapterInfo:

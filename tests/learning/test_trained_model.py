@@ -76,11 +76,18 @@ def test_the_query_adapter_is_used_only_when_it_helps_text_search(
 ) -> None:
     url, items = drawn
     captions = _captions(items, 4)
+    looks = _captions(items, 2)  # what shoppers type, clicking the products of the look they asked for
+    grades = {c: {f"p{i}": 3 for i, item in enumerate(items) if item.caption == c} for c in looks}
+    shop = simulate.Shop("acme", looks, np.full(len(looks), 1 / len(looks)), grades)
     with Catalog.open(url, model=str(trained_small)) as catalog:
         before = _precision(catalog, items, captions)
+        simulate.run_sessions(catalog, shop, 600, seed=3)
         model = catalog.registered_model()
         pairs = tuning.gather(catalog.engine, model, "acme", catalog.embedder.embed_texts)
-        trained = adapter.train(pairs.queries, pairs.targets, pairs.products, pairs.groups)
+        assert pairs.sources["events"] > 0 and pairs.sources["titles"] == len(items)
+        assert pairs.judged is not None and sum(pairs.judged) == pairs.sources["events"]
+        trained = adapter.train(pairs.queries, pairs.targets, pairs.products, pairs.groups, judged=pairs.judged)
+        titles_only = adapter.train(pairs.queries, pairs.targets, pairs.products, pairs.groups)
         info = tuning.store(catalog.engine, "acme", model, trained)
         if trained.wins:
             tuning.activate(catalog.engine, "acme", model, info.id)
@@ -89,5 +96,9 @@ def test_the_query_adapter_is_used_only_when_it_helps_text_search(
                 tuning.activate(catalog.engine, "acme", model, info.id)
         catalog._searcher.adapters.forget()
         after = _precision(catalog, items, captions)
-    assert before >= 0.7, before  # measured 0.80 (top 4 of looks with 4 drawings or more): it reads them
+    assert before >= 0.7, before  # measured 0.87 (top 4 of looks with 4 drawings or more): it reads them
     assert after >= before - 0.02, (before, after, trained.wins)
+    # judged on every held-out pair, titles weigh most ("red mug": the model learned "a red mug"):
+    # the map that learns them wins there (measured MRR 0.37 -> 0.42) while shoppers' own words
+    # lose (0.87 -> 0.83 above): judged on what shoppers typed, it is never activated for that
+    assert titles_only.adapter.mrr > titles_only.identity.mrr, titles_only.metrics()
