@@ -14,6 +14,7 @@ from imgsearch.context import Context
 from imgsearch.db import engine as db_engine
 from imgsearch.db import filter_indexes, lookups, migrate
 from imgsearch.embed.active import ActiveModel, configured_model, open_model, registered_named
+from imgsearch.hooks.webhooks import Webhooks
 from imgsearch.ingest import bulk, images, removal, updates, uploads, vector_files
 from imgsearch.ingest import duplicates as near_duplicates
 from imgsearch.learning import boosts as learned
@@ -155,6 +156,9 @@ class Catalog:
         query (searching by vector or by image id never loads them)."""
         return self._context.embedder
 
+    @property
+    def webhooks(self) -> Webhooks:  # the tenants' webhook endpoints, replays, delivery figures
+        return Webhooks(self.engine, self.settings.webhooks())
 
     # -- ingest: imgsearch.ingest ---------------------------------------------------------
 
@@ -299,14 +303,12 @@ class Catalog:
         return ready.wait_ready(self.engine, image_ids, tenant=tenant, timeout=timeout)
 
     def get(self, image_id: int, *, tenant: str | None = None) -> ImageRecord:
-        """The stored state and metadata of one image; :class:`NotFound` if there is none (with
-        ``tenant``, another tenant's image is indistinguishable from a missing one)."""
+        """One image's stored state and metadata; :class:`NotFound` if none (of ``tenant``'s)."""
         self._context.follow_model_switch()
         return lookups.image_record(self.engine, self.active_model, image_id, tenant)
 
     def image_content(self, image_id: int, *, tenant: str | None = None) -> bytes | None:
-        """The bytes stored for an image, or None for one uploaded by URL (workers download it and
-        keep only its embedding); :class:`NotFound` when there is no such image (of ``tenant``)."""
+        """An image's stored bytes; None for one uploaded by URL (workers keep only its embedding)."""
         return lookups.image_bytes(self.engine, image_id, tenant, preview=False)
 
     def image_preview(self, image_id: int, *, tenant: str | None = None) -> bytes | None:
@@ -362,10 +364,9 @@ class Catalog:
     # -- learn: imgsearch.learning ------------------------------------------------------
 
     def record_events(self, tenant: str | None, events: Iterable[Mapping[str, Any]]) -> events_log.Recorded:
-        """Record shoppers' ``impression``, ``click``, ``add_to_cart`` and ``purchase`` events on a
-        search's hits (``query_id``, ``action``, ``object_id``, ``position``, ``time``?,
-        ``event_id``?), all or none: :class:`InvalidEvents` names each bad one by its index
-        (:mod:`imgsearch.learning.events`). ``tenant``: the searches' (None: an admin's)."""
+        """Record shoppers' ``impression``, ``click``, ``add_to_cart``, ``purchase`` events on a search's
+        hits (``query_id``, ``action``, ``object_id``, ``position``, ``time``?, ``event_id``?), all or none:
+        :class:`InvalidEvents` names each bad one by index. ``tenant``: the searches' (None: an admin's)."""
         return events_log.record(self.engine, tenant, events)
 
     def refresh_boosts(self, *, tenant: str | None = None) -> learned.Refreshed:
@@ -393,8 +394,7 @@ class Catalog:
         return statements.hnsw_statement(asked.model(self._context), query, filters, k, with_images=True)
 
     def apply_search_settings(self, connection: Any, k: int = MAX_K, *, tenant: str | None = None) -> None:
-        """``SET LOCAL`` the pgvector settings a :meth:`search_select` statement needs, in the
-        caller's open transaction: a strict iterative HNSW scan allowed to visit every row, so extra
-        filters never make it return fewer rows than exist. With ``tenant``, the transaction is also
-        restricted to that tenant's rows by row-level security."""
+        """``SET LOCAL`` the pgvector settings a :meth:`search_select` statement needs, in the caller's
+        open transaction: a strict iterative HNSW scan allowed to visit every row, so extra filters never
+        make it return fewer rows than exist. ``tenant``: the transaction is restricted to its rows."""
         plans.apply_open_ended(connection, k, tenant=tenant)

@@ -14,6 +14,7 @@ import platformdirs
 from pydantic import Field, IPvAnyNetwork, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from imgsearch.hooks.delivery import Policy
 from imgsearch.ingest.downloads import Downloads
 from imgsearch.ingest.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 
@@ -53,6 +54,21 @@ class Settings(BaseSettings):
         description="Networks workers may download images from besides public addresses, comma-separated "
         "(10.0.0.0/8,fd00::/8; an address alone is one host); unset: public addresses only.",
     )
+    webhook_allow: Annotated[list[IPvAnyNetwork], NoDecode] = Field(
+        default=[],
+        description="Networks webhook endpoints may be at besides public addresses, comma-separated "
+        "(as IMGSEARCH_DOWNLOAD_ALLOW); unset: public addresses only.",
+    )
+    webhook_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=60, description="Time an endpoint has to answer a delivery."
+    )
+    webhook_retry_seconds: float = Field(
+        default=5.0, gt=0, description="Wait before a failed delivery's first retry; each next one waits 4x longer."
+    )
+    webhook_give_up_hours: float = Field(
+        default=72.0, gt=0, description="Retries stop after this, and an endpoint failing this long is disabled."
+    )
+    webhook_retention_days: int = Field(default=7, ge=1, description="Events are kept this long for a replay.")
     aspect: Literal["resize", "pad"] = Field(
         default="resize",
         description="resize: the checkpoint's own resize; pad: pad to square on white first.",
@@ -190,7 +206,7 @@ class Settings(BaseSettings):
         default=0.5, ge=0, le=1, description="A product's boost across queries, where a query has none of its own."
     )
 
-    @field_validator("download_allow", "replica_urls", mode="before")
+    @field_validator("download_allow", "webhook_allow", "replica_urls", mode="before")
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -200,6 +216,16 @@ class Settings(BaseSettings):
     def downloads(self) -> Downloads:
         """The policy workers download images by: the size limit and the allowed networks."""
         return Downloads(max_bytes=self.max_image_bytes, allow=tuple(self.download_allow))
+
+    def webhooks(self) -> Policy:
+        """How workers deliver webhooks: where endpoints may be, the time they have, the retries."""
+        return Policy(
+            network=Downloads(allow=tuple(self.webhook_allow), timeout=self.webhook_timeout_seconds),
+            timeout=self.webhook_timeout_seconds,
+            retry_seconds=self.webhook_retry_seconds,
+            give_up_hours=self.webhook_give_up_hours,
+            retention_days=self.webhook_retention_days,
+        )
 
 
 def describe_invalid(exc: ValidationError) -> str:

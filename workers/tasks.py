@@ -19,6 +19,7 @@ from imgsearch.embed.active import configured_model, open_model, register
 from imgsearch.embed.allocator import retain_freed_memory
 from imgsearch.embed.model import Embedder, check_text
 from imgsearch.errors import ImgSearchError, TransientError
+from imgsearch.hooks.delivery import Deliverer
 from imgsearch.learning import boosts
 from imgsearch.records import ModelInfo
 from imgsearch.settings import Settings
@@ -247,3 +248,18 @@ def start_text_listener(**_: Any) -> None:
             conninfo, answer_text_requests, evict_cached_texts, prepare=runtime
         )
         _listener.start()
+
+
+_deliverer: Deliverer | None = None
+
+
+@worker_process_init.connect
+def start_webhook_delivery(**_: Any) -> None:
+    """Each worker process delivers webhooks from a thread of its own, on an engine of its own
+    (:mod:`imgsearch.hooks.delivery`): a running ``imgsearch worker`` is all a shop needs."""
+    global _deliverer
+    if _deliverer is None:
+        settings = Settings()
+        engine = db_engine.make_engine(db_engine.resolve_url(settings))
+        _deliverer = Deliverer(engine, settings.webhooks())
+        _deliverer.start()

@@ -48,6 +48,9 @@ DISTRIBUTED = (
     "query_adapter_rows",
     "search_queries",  # the query log and events: partitioned by day, each partition distributed
     "search_events",
+    "webhook_endpoints",  # webhooks (migration 0037): a shop's endpoints, events and deliveries
+    "webhook_events",
+    "webhook_deliveries",
 )
 
 # keys that become (..., tenant): (table, constraint, kind, columns)
@@ -60,6 +63,9 @@ KEYS = (
     ("query_adapters", "query_adapters_pkey", "PRIMARY KEY", "id, tenant"),
     ("query_adapter_rows", "query_adapter_rows_pkey", "PRIMARY KEY", 'adapter_id, "row", tenant'),
     ("search_queries", "search_queries_pkey", "PRIMARY KEY", "query_id, searched_at, tenant"),
+    ("webhook_endpoints", "webhook_endpoints_pkey", "PRIMARY KEY", "id, tenant"),
+    ("webhook_events", "webhook_events_pkey", "PRIMARY KEY", "id, tenant"),
+    ("webhook_deliveries", "webhook_deliveries_pkey", "PRIMARY KEY", "id, tenant"),
 )
 # keys the new primary keys make redundant
 REDUNDANT = (("products", "products_id_tenant_key"), ("images", "images_id_tenant_key"))
@@ -142,6 +148,10 @@ FOREIGN_KEYS = (
      " ON DELETE CASCADE"),
     ("query_adapter_rows", "query_adapter_rows_adapter_id_fkey",
      "FOREIGN KEY (adapter_id, tenant) REFERENCES imgsearch.query_adapters (id, tenant) ON DELETE CASCADE"),
+    ("webhook_deliveries", "webhook_deliveries_endpoint_id_fkey",
+     "FOREIGN KEY (endpoint_id, tenant) REFERENCES imgsearch.webhook_endpoints (id, tenant) ON DELETE CASCADE"),
+    ("webhook_deliveries", "webhook_deliveries_event_id_fkey",
+     "FOREIGN KEY (event_id, tenant) REFERENCES imgsearch.webhook_events (id, tenant) ON DELETE CASCADE"),
 )  # fmt: skip
 
 

@@ -428,5 +428,5 @@ class TextRequest(Base):
     error: Mapped[str | None] = mapped_column(Text)
 
 
-# the feedback tables (migration 0022) belong to this metadata too; they import the base, not this module
-from imgsearch.db import feedback_models  # noqa: E402, F401
+# the feedback tables (migration 0022) and the webhook tables (0037) belong to this metadata too; they import the base, not this module
+from imgsearch.db import feedback_models, webhook_models  # noqa: E402, F401

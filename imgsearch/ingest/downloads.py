@@ -39,7 +39,7 @@ CONCURRENCY = 16  # downloads of one batch at a time: a batch of 32 takes at mos
 _CHUNK = 256 * 1024
 
 
-class _Refused(Exception):
+class Refused(Exception):
     """A connection or redirect the policy doesn't allow. Not an ``OSError``, so urllib passes it
     through instead of wrapping it as a network error (which would be retried)."""
 
@@ -70,11 +70,11 @@ class Downloads:
         image's fault (:class:`InvalidImage`); network errors and slow downloads are transient."""
         started = time.monotonic()
         try:
-            with _opener(self).open(_ascii_url(uri), timeout=self.timeout) as response:
+            with opener(self).open(_ascii_url(uri), timeout=self.timeout) as response:
                 data = self._body(response, uri, started)
         except InvalidImage:  # from _body: not one of urllib's ValueErrors below
             raise
-        except _Refused as exc:
+        except Refused as exc:
             raise InvalidImage(f"cannot download {uri}: {exc}") from exc
         except urllib.error.HTTPError as exc:
             raise InvalidImage(f"cannot download {uri}: HTTP {exc.code}") from exc
@@ -191,7 +191,7 @@ def _connect(
     if error is not None:
         raise error
     where = host if refused == [host] else f"{host} ({', '.join(dict.fromkeys(refused))})"
-    raise _Refused(
+    raise Refused(
         f"{where} is not a public address; workers download from private networks only when "
         "IMGSEARCH_DOWNLOAD_ALLOW lists them"
     )
@@ -236,24 +236,27 @@ class _RedirectHandler(urllib.request.HTTPRedirectHandler):
     ) -> urllib.request.Request | None:
         scheme = urllib.parse.urlsplit(urllib.parse.urljoin(req.full_url, newurl)).scheme.lower()
         if scheme not in ("http", "https"):
-            raise _Refused(f"redirected to {newurl!r}, which is not an http(s) URL")
+            raise Refused(f"redirected to {newurl!r}, which is not an http(s) URL")
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
-@functools.lru_cache(maxsize=16)
-def _opener(policy: Downloads) -> urllib.request.OpenerDirector:
-    """urllib's default opener for http and https alone, every connection checked by ``policy``.
+@functools.lru_cache(maxsize=32)
+def opener(policy: Downloads, *, redirects: bool = True) -> urllib.request.OpenerDirector:
+    """urllib's default opener for http and https alone, every connection checked by ``policy``;
+    without ``redirects``, a 3xx answer is an ``HTTPError`` (webhook deliveries follow none).
     Built once per policy, as urlopen builds its own once: building one (and reading the proxy
     variables) costs ~0.6 ms, more than a local download (bench/ingest/downloads.py)."""
-    opener = urllib.request.OpenerDirector()
-    for handler in (
+    built = urllib.request.OpenerDirector()
+    handlers: list[urllib.request.BaseHandler] = [
         urllib.request.ProxyHandler(),
         urllib.request.UnknownHandler(),
         urllib.request.HTTPDefaultErrorHandler(),
-        _RedirectHandler(),
         urllib.request.HTTPErrorProcessor(),
         _HTTPHandler(policy),
         _HTTPSHandler(policy),
-    ):
-        opener.add_handler(handler)
-    return opener
+    ]
+    if redirects:
+        handlers.append(_RedirectHandler())
+    for handler in handlers:
+        built.add_handler(handler)
+    return built

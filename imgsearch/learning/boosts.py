@@ -34,6 +34,7 @@ from typing import Any
 from sqlalchemy import Engine, text
 
 from imgsearch.errors import InvalidInput
+from imgsearch.hooks import outbox
 from imgsearch.ingest import checks
 
 
@@ -174,6 +175,11 @@ def refresh(engine: Engine, policy: Policy, tenant: str | None = None) -> Refres
                 "min_conversions": policy.min_conversions,
             },
         ).all()
+        for shop in [tenant] if tenant else outbox.live_tenants(conn):
+            mine = [row for row in rows if row.tenant == shop]
+            per_shop = sum(1 for row in mine if row.per_product)
+            counts = {"query_boosts": len(mine) - per_shop, "product_boosts": per_shop}
+            outbox.emit(conn, shop, "boosts.refreshed", counts)  # searches see them when it commits
     per_product = sum(1 for row in rows if row.per_product)
     return Refreshed(
         query_boosts=len(rows) - per_product,

@@ -24,6 +24,7 @@ from imgsearch.access import tenancy
 from imgsearch.db import citus, links, statistics, vector_index
 from imgsearch.db.models import Embedding, Image, ImageProduct, ImageState, Model
 from imgsearch.errors import ConfigurationError, DatabaseUnavailable, InvalidInput, NotFound
+from imgsearch.hooks import outbox
 from imgsearch.ingest import checks
 from imgsearch.ingest.downloads import Downloads
 from imgsearch.records import ModelInfo
@@ -234,6 +235,8 @@ def activate(
         if images_by is not None and (now_active is None or images_by.id != now_active.id):
             conn.execute(update(Model).where(Model.id == images_by.id).values(serves_images=True))
         model = vector_index.get_model(conn, model.name) or model
+        shown = {"model": model.name, "model_id": model.id, "dim": model.dim, "serves": serves, "requeued": requeued}
+        outbox.emit_to_all(conn, "model.activated", shown)  # with the switch, or not at all
     return model, requeued
 
 

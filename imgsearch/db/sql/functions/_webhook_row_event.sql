@@ -1,0 +1,28 @@
+-- imgsearch._webhook_row_event: the definition a migrated catalog runs (imgsearch/db/definitions.py)
+
+CREATE OR REPLACE FUNCTION imgsearch._webhook_row_event()
+ RETURNS trigger
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+BEGIN
+    -- the row's tenant is the one its own statement was allowed to change
+    IF TG_TABLE_NAME = 'products' THEN
+        PERFORM imgsearch._webhook_event(NEW.tenant, 'product.updated',
+            jsonb_build_object('product_id', NEW.product_id, 'tenant', NEW.tenant), 'product:' || NEW.id);
+    ELSIF TG_OP = 'DELETE' THEN
+        PERFORM imgsearch._webhook_event(OLD.tenant, 'image.deleted',
+            jsonb_build_object('image_id', OLD.id, 'tenant', OLD.tenant, 'product_id',
+                (SELECT p.product_id FROM imgsearch.products p WHERE p.tenant = OLD.tenant AND p.id = OLD.product_pk)),
+            'image:' || OLD.id);
+    ELSE
+        PERFORM imgsearch._webhook_event(NEW.tenant, 'image.' || NEW.state,
+            jsonb_build_object('image_id', NEW.id, 'tenant', NEW.tenant, 'product_id',
+                (SELECT p.product_id FROM imgsearch.products p WHERE p.tenant = NEW.tenant AND p.id = NEW.product_pk))
+            || CASE WHEN NEW.state = 'failed' THEN jsonb_build_object('reason', NEW.error) ELSE '{}'::jsonb END,
+            'image:' || NEW.id);
+    END IF;
+    RETURN NULL;
+END
+$function$;
