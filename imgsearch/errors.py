@@ -35,6 +35,7 @@ __all__ = [
     "InvalidImage",
     "InvalidInput",
     "InvalidQuery",
+    "LimitReached",
     "ModelUnavailable",
     "NotFound",
     "TransientError",
@@ -110,6 +111,10 @@ class DuplicateImage(InvalidInput):
         self.product_id = product_id
         self.hamming = hamming
         self.distance = distance
+
+
+class LimitReached(InvalidInput):
+    """A call that would pass a limit on what may be kept (e.g. a tenant's webhook endpoints)."""
 
 
 class InvalidQuery(InvalidInput):

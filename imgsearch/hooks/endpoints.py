@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import Engine, text
 
 from imgsearch.access import tenancy
-from imgsearch.errors import InvalidInput, NotFound
+from imgsearch.errors import InvalidInput, LimitReached, NotFound
 from imgsearch.hooks import EVENT_TYPES, signing
 from imgsearch.ingest import checks
 from imgsearch.ingest.downloads import Downloads
@@ -128,7 +128,7 @@ def add(engine: Engine, tenant: Any, url: Any, events: Any = None, *, policy: Do
             text("SELECT count(*) FROM imgsearch.webhook_endpoints WHERE tenant = :t"), {"t": tenant}
         ).scalar_one()
         if count >= MAX_ENDPOINTS:
-            raise InvalidInput(f"tenant {tenant!r} has {count} webhook endpoints, the most there may be")
+            raise LimitReached(f"tenant {tenant!r} has {count} webhook endpoints, the most there may be")
         found = conn.execute(
             text(
                 "INSERT INTO imgsearch.webhook_endpoints (tenant, url, events, secret) "

@@ -30,7 +30,7 @@ from imgsearch.server.keyring import Keyring
 from imgsearch.server.limits import Limits
 from imgsearch.server.metrics import Metrics
 from imgsearch.server.middleware import RequestContext
-from imgsearch.server.routes import events, images, ops, products, search, status
+from imgsearch.server.routes import events, images, ops, products, search, status, webhooks
 from imgsearch.settings import Settings
 
 log = logging.getLogger("imgsearch.server")
@@ -118,6 +118,7 @@ def create_app(settings: Settings | None = None, *, catalog: Catalog | None = No
             {"name": "products", "description": "Product fields and feeds, product deletes."},
             {"name": "search", "description": "Hybrid searches and the catalog's categories."},
             {"name": "status", "description": "Embedding progress."},
+            {"name": "webhooks", "description": "Endpoints told when images become searchable or fail."},
             {"name": "operations", "description": "Health, readiness, metrics (no key needed)."},
         ],
     )
@@ -128,7 +129,8 @@ def create_app(settings: Settings | None = None, *, catalog: Catalog | None = No
     app.state.migrations_head = migrate.head()
     problems.install(app)
     openapi.install(app)
-    for router in (images.router, products.router, search.router, events.router, status.router, ops.router):
+    routers = (images, products, search, events, status, webhooks, ops)
+    for router in (module.router for module in routers):
         app.include_router(router, dependencies=[Depends(known_query)])
     _page(app)
     app.add_middleware(RequestContext, max_body_bytes=limits.max_body_bytes, metrics=metrics)

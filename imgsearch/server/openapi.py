@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from imgsearch.search.filters import MAX_K
 from imgsearch.search.request import MAX_EXPAND
-from imgsearch.server import schemas
+from imgsearch.server import schemas, webhook_schemas
 
 
 class Problem(BaseModel):
@@ -60,6 +60,8 @@ EXTRA_MODELS: tuple[type[BaseModel], ...] = (
     schemas.ProductChange,
     schemas.ProductFeedRequest,
     schemas.EventsRequest,
+    webhook_schemas.WebhookRequest,
+    webhook_schemas.ReplayRequest,
 )
 
 ERRORS = {
@@ -230,6 +232,8 @@ REQUESTS = (
     "ProductFeedItem",
     "EventsRequest",
     "EventItem",
+    "WebhookRequest",
+    "ReplayRequest",
 )
 
 
@@ -322,6 +326,8 @@ def build(app: FastAPI) -> dict[str, Any]:
                 codes.pop("415", None)
             if path == "/v1/images" and method == "post":
                 codes["409"] = "on_duplicate=reject: the upload is a near-copy of another product's image"
+            if path == "/v1/webhooks" and method == "post":
+                codes["409"] = "The tenant has as many endpoints as it may (20)"
             for code, description in codes.items():
                 responses[code] = _problem_response(description)
             for code, response in responses.items():

@@ -27,6 +27,7 @@ from imgsearch.errors import (
     ImgSearchError,
     InvalidEvents,
     InvalidInput,
+    LimitReached,
     NotFound,
     TransientError,
 )
@@ -124,6 +125,8 @@ def for_error(request: Request, exc: Exception) -> JSONResponse:
         if exc.unknown:  # only searches the key can't see, or none: as a missing product is
             return problem(404, "not-found", "Not found", str(exc), request, errors=errors)
         return problem(400, "invalid-events", "Invalid events", str(exc), request, errors=errors)
+    if isinstance(exc, LimitReached):
+        return problem(409, "limit-reached", "Limit reached", str(exc), request)
     if isinstance(exc, InvalidInput):
         return problem(400, "invalid-input", "Invalid input", str(exc), request, index=exc.index)
     if isinstance(exc, TransientError):

@@ -18,6 +18,7 @@ Loaded by `st run` through ``SCHEMATHESIS_HOOKS=tests.server.fuzz_hooks``."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 from decimal import Decimal, InvalidOperation
@@ -28,6 +29,9 @@ import schemathesis
 from hypothesis import strategies as st
 from PIL import Image
 
+from imgsearch.errors import InvalidInput
+from imgsearch.hooks.endpoints import check_url
+from imgsearch.ingest.downloads import Downloads
 from imgsearch.server.schemas import URL_SCHEMA
 
 IMAGE = Path(os.environ["FUZZ_IMAGE"]).read_bytes()
@@ -109,21 +113,45 @@ def _agreeing(items: list[Any]) -> bool:
     return True
 
 
+def _public_endpoint(url: Any) -> bool:
+    """Whether an endpoint may be at ``url``: a public address (a rule of addresses, not of shapes)."""
+    try:
+        check_url(url, Downloads())
+    except InvalidInput:
+        return False
+    return True
+
+
+def _in_order(since: Any, until: Any) -> bool:
+    """Whether a replay's range runs forward (``until``: now when left out)."""
+    try:
+        start = dt.datetime.fromisoformat(str(since))
+        end = dt.datetime.now(dt.UTC) if until is None else dt.datetime.fromisoformat(str(until))
+        start, end = (t if t.tzinfo else t.replace(tzinfo=dt.UTC) for t in (start, end))
+    except ValueError:
+        return True  # not a date: the schema's own check
+    return start < end
+
+
 @schemathesis.hook
 def filter_case(context: Any, case: Any) -> bool:
     body = case.body
     if isinstance(body, dict) and isinstance(body.get("items"), list) and not _agreeing(body["items"]):
         return False
-    if _path(context) == "/v1/images" and str(case.method).upper() == "POST" and isinstance(body, dict):
-        # on_duplicate=link or reject compares bytes: a URL item (fetched later) is a 400 with them
-        urls = any(isinstance(item, dict) and "url" in item for item in body.get("items") or [])
-        return not (urls and (case.query or {}).get("on_duplicate") in ("link", "reject"))
     if isinstance(body, dict) and case.media_type == "multipart/form-data" and _invalid_body(case):
         # Schemathesis can't check that a form it made invalid is invalid (its validator can't
         # read the file's bytes), and sending it erases some of its changes (a None drops the
         # part, True becomes "True", a list of one is one part): such forms are as often valid
         # as not. test_images.py and test_search.py send invalid forms with what they expect.
         return False
+    if _path(context) == "/v1/images" and str(case.method).upper() == "POST" and isinstance(body, dict):
+        # on_duplicate=link or reject compares bytes: a URL item (fetched later) is a 400 with them
+        urls = any(isinstance(item, dict) and "url" in item for item in body.get("items") or [])
+        return not (urls and (case.query or {}).get("on_duplicate") in ("link", "reject"))
+    if _path(context) == "/v1/webhooks" and isinstance(body, dict):
+        return _public_endpoint(body.get("url"))
+    if _path(context) == "/v1/webhooks:replay" and isinstance(body, dict):
+        return _in_order(body.get("since"), body.get("until"))
     if _path(context) != "/v1/search/image" or not isinstance(body, dict):
         return True
     params = body.get("params")

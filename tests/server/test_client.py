@@ -56,6 +56,7 @@ def test_a_strict_typescript_client_compiles_and_works(api: Api, tmp_path: Path)
     assert out["cheap"] == ["sku-1"]  # price_max 30: sku-2 costs 35.50
     assert out["changed"] is True and out["category"] == "shoes"
     assert out["problem"] == [404, "/problems/not-found", "no image with id 999999999"]
+    assert out["webhook"] == [True, [["image.ready", "image.failed"]]]
     assert second > first
 
 

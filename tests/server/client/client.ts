@@ -40,6 +40,13 @@ async function main(): Promise<void> {
   });
   const image = await client.GET("/v1/images/{image_id}", { params: { path: { image_id: ids[0] ?? 0 } } });
 
+  const hook = await client.POST("/v1/webhooks", {
+    body: { url: "https://hooks.example.com/imgsearch", events: ["image.ready", "image.failed"] },
+  });
+  if (hook.error) throw new Error(`webhook: ${JSON.stringify(hook.error)}`);
+  const secret: string = hook.data.secret;
+  const listed = await client.GET("/v1/webhooks");
+
   const missing = await client.GET("/v1/images/{image_id}", { params: { path: { image_id: 999999999 } } });
   const problem: Problem | undefined = missing.error;
 
@@ -51,6 +58,7 @@ async function main(): Promise<void> {
       changed: patched.data?.changed,
       category: image.data?.category,
       problem: [missing.response.status, problem?.type, problem?.detail],
+      webhook: [secret.startsWith("whsec_"), listed.data?.endpoints.map((e) => e.events)],
     }),
   );
 }
