@@ -30,6 +30,7 @@ from imgsearch.cli import (
     serve,
     tenants,
     tune,
+    webhooks,
     workers,
 )
 from imgsearch.cli._common import EXIT_NOT_FOUND, EXIT_TEMPFAIL, EXIT_USAGE
@@ -58,6 +59,7 @@ GROUPS = (
     duplicates,
     models,
     indexes,
+    webhooks,
     serve,
     demo,
 )

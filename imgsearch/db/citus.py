@@ -17,6 +17,7 @@ the catalog distributed and changes nothing.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine, text
@@ -278,6 +279,30 @@ def _share_functions(conn: Connection) -> None:
     conn.execute(text(_LOOPBACK_HERE))
     conn.execute(text(_LOOPBACK_MAPPING)).all()
     conn.execute(text("ALTER FUNCTION imgsearch.login_tenant() SET citus.allow_nested_distributed_execution = on"))
+
+
+def distribute_new_tables(conn: Connection, tables: Sequence[str]) -> None:
+    """Distribute ``tables``, created by a migration on a distributed catalog, as
+    :func:`distribute` does (their keys with tenant, colocated with products), and let the
+    migration put triggers on distributed tables (``citus.enable_unsafe_triggers``: each trigger
+    names its tenant, so its statements stay on the shop's node)."""
+    conn.execute(text("SET LOCAL citus.multi_shard_modify_mode = 'sequential'"))
+    conn.execute(text("SET LOCAL citus.enable_unsafe_triggers = on"))
+    for table, name, _ in _foreign_keys(conn):
+        if table in tables:
+            conn.execute(text(f"ALTER TABLE imgsearch.{table} DROP CONSTRAINT {name}"))
+    for table, name, kind, columns in KEYS:
+        if table in tables:
+            conn.execute(text(f"ALTER TABLE imgsearch.{table} DROP CONSTRAINT {name}"))
+            conn.execute(text(f"ALTER TABLE imgsearch.{table} ADD CONSTRAINT {name} {kind} ({columns})"))
+    for table in tables:
+        conn.execute(
+            text("SELECT create_distributed_table(:t, 'tenant', colocate_with => 'imgsearch.products')"),
+            {"t": f"imgsearch.{table}"},
+        )
+    for table, name, definition in FOREIGN_KEYS:
+        if table in tables:
+            conn.execute(text(f"ALTER TABLE imgsearch.{table} ADD CONSTRAINT {name} {definition}"))
 
 
 def adopt(engine: Engine) -> Distributed | None:

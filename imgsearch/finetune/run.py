@@ -36,6 +36,7 @@ from imgsearch.errors import ConfigurationError, NotFound
 from imgsearch.finetune import pairs as shop_pairs
 from imgsearch.finetune.scoring import Scores, score
 from imgsearch.finetune.training import Trained, train
+from imgsearch.hooks import outbox
 from imgsearch.ingest.downloads import Downloads
 from imgsearch.work import reembed
 
@@ -176,6 +177,13 @@ def finetune(
     outcome = Outcome(
         name, active.name, before, after, trained, gathered.sources, backfilled.embedded, backfilled.errors, False
     )
+    finished = {"model": name, "base": active.name, "wins": outcome.wins, "backfilled": backfilled.embedded,
+                "before": before.as_json(), "after": after.as_json()}  # fmt: skip
+    with engine.begin() as conn:  # the shop's backend hears of it (imgsearch.hooks)
+        if tenant is None:
+            outbox.emit_to_all(conn, "finetune.finished", finished)
+        else:
+            outbox.emit(conn, tenant, "finetune.finished", finished)
     if activate and outcome.wins:
         reembed.activate(engine, name, requeue_missing=True)
         outcome = Outcome(**{**outcome.__dict__, "activated": True})

@@ -21,6 +21,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import math
 import random
 import threading
 import time
@@ -57,10 +58,15 @@ class Policy:
     timeout: float = 10.0
     retry_seconds: float = 5.0
     give_up_hours: float = 72.0
-    lease_seconds: int = 60
     batch: int = 50
     concurrency: int = 8
     retention_days: int = 7
+
+    @property
+    def lease_seconds(self) -> int:
+        """How long a claim is held: the longest a batch can take (its posts, ``concurrency`` at
+        a time, each within ``timeout``), and a margin; then a killed worker's claims come due."""
+        return math.ceil(self.timeout * math.ceil(self.batch / self.concurrency) * 1.5) + 5
 
 
 @dataclass(frozen=True)

@@ -99,10 +99,10 @@ class Stats:
 STATS = """
 SELECT count(*) FILTER (WHERE state = 'pending'), count(*) FILTER (WHERE state = 'delivered'),
        count(*) FILTER (WHERE state = 'dead'),
-       coalesce(extract(epoch FROM now() - min(created_at) FILTER (WHERE state = 'pending')), 0),
-       (SELECT count(*) FROM imgsearch.webhook_endpoints WHERE disabled_at IS NOT NULL)
+       coalesce(extract(epoch FROM now() - min(created_at) FILTER (WHERE state = 'pending')), 0)
 FROM imgsearch.webhook_deliveries
 """
+DISABLED = "SELECT count(*) FROM imgsearch.webhook_endpoints WHERE disabled_at IS NOT NULL"
 
 
 def stats(engine: Engine) -> Stats:
@@ -110,7 +110,8 @@ def stats(engine: Engine) -> Stats:
     with engine.begin() as conn:
         tenancy.run_as_worker(conn)
         row = conn.execute(text(STATS)).one()
-    return Stats(int(row[0]), int(row[1]), int(row[2]), float(row[3]), int(row[4]))
+        disabled = conn.execute(text(DISABLED)).scalar_one()
+    return Stats(int(row[0]), int(row[1]), int(row[2]), float(row[3]), int(disabled))
 
 
 PRUNE = """

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, disable_cre
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from imgsearch.hooks.outbox import Stats
 from imgsearch.search.plans import Plan
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -101,9 +102,11 @@ class CatalogCollector(Collector):
         self,
         read: Callable[[], tuple[dict[str, int], int | None, int | None]],
         lags: Callable[[], dict[str, float | None]] | None = None,
+        webhooks: Callable[[], Stats | None] | None = None,
     ) -> None:
         self._read = read
         self._lags = lags
+        self._webhooks = webhooks
 
     def collect(self) -> Iterator[Any]:
         if self._lags is not None:
@@ -134,6 +137,22 @@ class CatalogCollector(Collector):
         yield GaugeMetricFamily(
             "imgsearch_broker_up", "Whether the Celery broker answered.", value=0 if depth is None else 1
         )
+        hooks = self._webhooks() if self._webhooks is not None else None
+        if hooks is not None:
+            deliveries = GaugeMetricFamily(
+                "imgsearch_webhook_deliveries", "Webhook deliveries by state.", labels=["state"]
+            )
+            for state in ("pending", "delivered", "dead"):
+                deliveries.add_metric([state], getattr(hooks, state))
+            yield deliveries
+            yield GaugeMetricFamily(
+                "imgsearch_webhook_lag_seconds", "How long the oldest pending delivery has waited.",
+                value=hooks.lag_seconds,
+            )  # fmt: skip
+            yield GaugeMetricFamily(
+                "imgsearch_webhook_disabled_endpoints", "Endpoints disabled after failing too long.",
+                value=hooks.disabled_endpoints,
+            )  # fmt: skip
         if answering is not None:
             yield GaugeMetricFamily(
                 "imgsearch_text_workers",

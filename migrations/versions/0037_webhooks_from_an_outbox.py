@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 from alembic import op
 
-from imgsearch.db import definitions
+from imgsearch.db import citus, definitions
 
 revision: str = "0037"
 down_revision: str | None = "0036"
@@ -92,6 +92,7 @@ WEBHOOK_EVENT = r"""CREATE OR REPLACE FUNCTION imgsearch._webhook_event(tenant t
 AS $function$
 DECLARE
     event bigint;
+    endpoint bigint;
 BEGIN
     -- an event no live endpoint takes is not kept: a shop without webhooks pays one index probe
     IF NOT EXISTS (SELECT 1 FROM imgsearch.webhook_endpoints w WHERE w.tenant = _webhook_event.tenant
@@ -101,9 +102,13 @@ BEGIN
     INSERT INTO imgsearch.webhook_events (tenant, type, data, ordering_key)
         VALUES (_webhook_event.tenant, _webhook_event.type, _webhook_event.data, _webhook_event.ordering_key)
         RETURNING id INTO event;
-    INSERT INTO imgsearch.webhook_deliveries (tenant, endpoint_id, event_id, ordering_key)
-        SELECT w.tenant, w.id, event, _webhook_event.ordering_key FROM imgsearch.webhook_endpoints w
-        WHERE w.tenant = _webhook_event.tenant AND w.disabled_at IS NULL AND _webhook_event.type = ANY (w.events);
+    -- one statement per endpoint, each naming the tenant: on a Citus shard, each stays on the
+    -- shop's node (an INSERT ... SELECT would be a query of the cluster)
+    FOR endpoint IN SELECT w.id FROM imgsearch.webhook_endpoints w WHERE w.tenant = _webhook_event.tenant
+                    AND w.disabled_at IS NULL AND _webhook_event.type = ANY (w.events) LOOP
+        INSERT INTO imgsearch.webhook_deliveries (tenant, endpoint_id, event_id, ordering_key)
+            VALUES (_webhook_event.tenant, endpoint, event, _webhook_event.ordering_key);
+    END LOOP;
     -- the delivering workers wake at once (on a Citus cluster, a shard's NOTIFY can't join the
     -- two-phase commit: they look every second instead)
     IF NOT imgsearch._citus() THEN
@@ -121,8 +126,9 @@ ROW_EVENT = r"""CREATE OR REPLACE FUNCTION imgsearch._webhook_row_event()
  SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
 BEGIN
-    -- the row's tenant is the one its own statement was allowed to change
-    IF TG_TABLE_NAME = 'products' THEN
+    -- the row's tenant is the one its own statement was allowed to change; the table is the
+    -- trigger's argument (on a Citus shard, TG_TABLE_NAME is the shard's name)
+    IF TG_ARGV[0] = 'products' THEN
         PERFORM imgsearch._webhook_event(NEW.tenant, 'product.updated',
             jsonb_build_object('product_id', NEW.product_id, 'tenant', NEW.tenant), 'product:' || NEW.id);
     ELSIF TG_OP = 'DELETE' THEN
@@ -142,19 +148,22 @@ END
 $function$;
 """
 
-TRIGGERS = r"""CREATE OR REPLACE TRIGGER images_webhook_state AFTER UPDATE OF state ON imgsearch.images FOR EACH ROW WHEN ((new.state = ANY (ARRAY['ready'::text, 'failed'::text])) AND old.state IS DISTINCT FROM new.state) EXECUTE FUNCTION imgsearch._webhook_row_event();
+TRIGGERS = r"""CREATE OR REPLACE TRIGGER images_webhook_state AFTER UPDATE OF state ON imgsearch.images FOR EACH ROW WHEN ((new.state = ANY (ARRAY['ready'::text, 'failed'::text])) AND old.state IS DISTINCT FROM new.state) EXECUTE FUNCTION imgsearch._webhook_row_event('images');
 
-CREATE OR REPLACE TRIGGER images_webhook_inserted AFTER INSERT ON imgsearch.images FOR EACH ROW WHEN (new.state = 'ready'::text) EXECUTE FUNCTION imgsearch._webhook_row_event();
+CREATE OR REPLACE TRIGGER images_webhook_inserted AFTER INSERT ON imgsearch.images FOR EACH ROW WHEN (new.state = 'ready'::text) EXECUTE FUNCTION imgsearch._webhook_row_event('images');
 
-CREATE OR REPLACE TRIGGER images_webhook_deleted AFTER DELETE ON imgsearch.images FOR EACH ROW EXECUTE FUNCTION imgsearch._webhook_row_event();
+CREATE OR REPLACE TRIGGER images_webhook_deleted AFTER DELETE ON imgsearch.images FOR EACH ROW EXECUTE FUNCTION imgsearch._webhook_row_event('images');
 
-CREATE OR REPLACE TRIGGER products_webhook_updated AFTER UPDATE ON imgsearch.products FOR EACH ROW WHEN (old.* IS DISTINCT FROM new.*) EXECUTE FUNCTION imgsearch._webhook_row_event();
+CREATE OR REPLACE TRIGGER products_webhook_updated AFTER UPDATE ON imgsearch.products FOR EACH ROW WHEN (old.* IS DISTINCT FROM new.*) EXECUTE FUNCTION imgsearch._webhook_row_event('products');
 """
 
 
 def upgrade() -> None:
     conn = op.get_bind()
-    op.execute(CREATE)
+    distributed = citus.is_distributed(conn)
+    definitions.run(conn, CREATE)  # several statements: one simple query
+    if distributed:  # a catalog distributed already: the tables go with the tenant's shards
+        citus.distribute_new_tables(conn, TABLES)
     for table in TABLES:
         op.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON imgsearch.{table} TO {ROLES}")
         op.execute(f"ALTER TABLE imgsearch.{table} ENABLE ROW LEVEL SECURITY")
@@ -179,10 +188,16 @@ def upgrade() -> None:
         "GRANT EXECUTE ON FUNCTION imgsearch._webhook_event(text, text, jsonb, text) "
         "TO imgsearch_app, imgsearch_worker, imgsearch_admin"
     )
-    definitions.run(conn, TRIGGERS)
+    if distributed:  # the shards' triggers call the functions on their own nodes
+        for function in ("_webhook_event(text, text, jsonb, text)", "_webhook_row_event()"):
+            op.execute(f"SELECT create_distributed_function('imgsearch.{function}')")
+    for trigger in TRIGGERS.strip().split("\n\n"):  # one at a time: Citus propagates each alone
+        definitions.run(conn, trigger)
 
 
 def downgrade() -> None:
+    if citus.is_distributed(op.get_bind()):
+        op.execute("SET LOCAL citus.enable_unsafe_triggers = on")
     for trigger, table in (
         ("images_webhook_state", "images"),
         ("images_webhook_inserted", "images"),

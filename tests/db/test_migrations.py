@@ -30,6 +30,9 @@ TABLES = {
     "boosts",
     "query_adapters",
     "query_adapter_rows",
+    "webhook_endpoints",
+    "webhook_events",
+    "webhook_deliveries",
     "alembic_version",
 }
 

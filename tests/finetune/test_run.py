@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from imgsearch import Catalog
 from imgsearch.embed.model import Embedder
@@ -114,6 +115,7 @@ def test_a_fine_tune_that_does_not_win_is_refused_activation_and_names_the_figur
 ) -> None:
     catalog = drawn_shop
     base = catalog.registered_model().name
+    catalog.webhooks.add("https://hooks.example.com/in", tenant="acme", events=["finetune.finished"])
     # a learning rate so small the weights barely move: it can't beat the model it starts from
     outcome = run.finetune(
         catalog.engine, _embedders(catalog), home=tmp_path, downloads=Settings().downloads(),
@@ -124,6 +126,10 @@ def test_a_fine_tune_that_does_not_win_is_refused_activation_and_names_the_figur
                      outcome.refusal())  # fmt: skip
     active = {m.name for m in reembed.listing(catalog.engine) if m.active}
     assert active == {base}
+    with catalog.engine.connect() as conn:  # the shop's backend is told, figures and all
+        [(kind, data)] = conn.execute(text("SELECT type, data FROM imgsearch.webhook_events")).all()
+    assert kind == "finetune.finished" and data["model"] == outcome.name and data["wins"] is False
+    assert data["after"]["mean"] == outcome.after.mean and data["tenant"] == "acme"
 
 
 def test_the_finetune_command_reports_before_and_after_and_lists(

@@ -14,6 +14,7 @@ from sqlalchemy import text
 
 from imgsearch.catalog import Catalog
 from imgsearch.db import migrate
+from imgsearch.hooks.outbox import Stats
 from imgsearch.server.metrics import CatalogCollector, Metrics
 from imgsearch.server.problems import PROBLEM_TYPES, problem
 from imgsearch.work import queue, text_requests, wake
@@ -77,8 +78,13 @@ def metrics(request: Request) -> Response:
                 answering = text_requests.listening(conn)
             return counts, wake.queue_depth(catalog.settings.redis_url, catalog.settings.queue), answering
 
+        def hooks() -> Stats | None:
+            with contextlib.suppress(Exception):
+                return catalog.webhooks.stats()
+            return None
+
         replicas = catalog.replicas
-        collector = CatalogCollector(read, replicas.lags if replicas else None)
+        collector = CatalogCollector(read, replicas.lags if replicas else None, hooks)
     return Response(registry.exposition(collector), media_type=CONTENT_TYPE_LATEST)
 
 

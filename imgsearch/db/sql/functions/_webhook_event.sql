@@ -8,18 +8,23 @@ CREATE OR REPLACE FUNCTION imgsearch._webhook_event(tenant text, type text, data
 AS $function$
 DECLARE
     event bigint;
+    endpoint bigint;
 BEGIN
-    -- a shop without a live endpoint keeps no events: a change pays one index probe
-    IF NOT EXISTS (SELECT 1 FROM imgsearch.webhook_endpoints w
-                   WHERE w.tenant = _webhook_event.tenant AND w.disabled_at IS NULL) THEN
+    -- an event no live endpoint takes is not kept: a shop without webhooks pays one index probe
+    IF NOT EXISTS (SELECT 1 FROM imgsearch.webhook_endpoints w WHERE w.tenant = _webhook_event.tenant
+                   AND w.disabled_at IS NULL AND _webhook_event.type = ANY (w.events)) THEN
         RETURN NULL;
     END IF;
     INSERT INTO imgsearch.webhook_events (tenant, type, data, ordering_key)
         VALUES (_webhook_event.tenant, _webhook_event.type, _webhook_event.data, _webhook_event.ordering_key)
         RETURNING id INTO event;
-    INSERT INTO imgsearch.webhook_deliveries (tenant, endpoint_id, event_id, ordering_key)
-        SELECT w.tenant, w.id, event, _webhook_event.ordering_key FROM imgsearch.webhook_endpoints w
-        WHERE w.tenant = _webhook_event.tenant AND w.disabled_at IS NULL AND _webhook_event.type = ANY (w.events);
+    -- one statement per endpoint, each naming the tenant: on a Citus shard, each stays on the
+    -- shop's node (an INSERT ... SELECT would be a query of the cluster)
+    FOR endpoint IN SELECT w.id FROM imgsearch.webhook_endpoints w WHERE w.tenant = _webhook_event.tenant
+                    AND w.disabled_at IS NULL AND _webhook_event.type = ANY (w.events) LOOP
+        INSERT INTO imgsearch.webhook_deliveries (tenant, endpoint_id, event_id, ordering_key)
+            VALUES (_webhook_event.tenant, endpoint, event, _webhook_event.ordering_key);
+    END LOOP;
     -- the delivering workers wake at once (on a Citus cluster, a shard's NOTIFY can't join the
     -- two-phase commit: they look every second instead)
     IF NOT imgsearch._citus() THEN

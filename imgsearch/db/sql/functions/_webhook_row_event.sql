@@ -7,8 +7,9 @@ CREATE OR REPLACE FUNCTION imgsearch._webhook_row_event()
  SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
 BEGIN
-    -- the row's tenant is the one its own statement was allowed to change
-    IF TG_TABLE_NAME = 'products' THEN
+    -- the row's tenant is the one its own statement was allowed to change; the table is the
+    -- trigger's argument (on a Citus shard, TG_TABLE_NAME is the shard's name)
+    IF TG_ARGV[0] = 'products' THEN
         PERFORM imgsearch._webhook_event(NEW.tenant, 'product.updated',
             jsonb_build_object('product_id', NEW.product_id, 'tenant', NEW.tenant), 'product:' || NEW.id);
     ELSIF TG_OP = 'DELETE' THEN
