@@ -12,6 +12,7 @@ what to fix from what to retry::
     │   │   └── UnsupportedImage               not an image, truncated, or unusable shape
     │   ├── DuplicateImage                     on_duplicate="reject": a near-copy of another product's image
     │   ├── InvalidEvents                      a batch of feedback events with bad ones, each named
+    │   ├── LimitReached                       past a limit on what may be kept (a shop's endpoints)
     │   └── InvalidQuery                       a search asked for the impossible
     ├── NotFound (also a LookupError)          no such image, product or model
     ├── ConfigurationError                     settings or environment are wrong

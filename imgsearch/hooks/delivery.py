@@ -289,7 +289,7 @@ class Deliverer(threading.Thread):
                         tenancy.run_as_worker(conn)
                         outbox.prune(conn, self.policy.retention_days)
                     pruned = time.monotonic()
-                if len(done) < self.policy.batch:
+                if not done:  # nothing was due: wait for the outbox's NOTIFY, or a second
                     driver = listening.connection.driver_connection
                     for _ in driver.notifies(timeout=self.idle_seconds, stop_after=1):
                         pass

@@ -121,10 +121,15 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+class Server(ThreadingHTTPServer):
+    request_queue_size = 128  # socketserver's 5 would drop the SYNs of a worker's 8 posts at once
+    allow_reuse_address = True  # to come back on the same port at once
+
+
 @contextmanager
 def serving(receiver: Receiver, port: int = 0) -> Iterator[Receiver]:
     """Serve ``receiver`` on 127.0.0.1 (``port``: a given one, to come back on after a stop)."""
-    server = ThreadingHTTPServer(("127.0.0.1", port), _handler(receiver))
+    server = Server(("127.0.0.1", port), _handler(receiver))
     server.daemon_threads = True
     receiver.port = server.server_address[1]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
