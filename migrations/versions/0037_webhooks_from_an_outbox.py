@@ -130,7 +130,11 @@ BEGIN
     -- trigger's argument (on a Citus shard, TG_TABLE_NAME is the shard's name)
     IF TG_ARGV[0] = 'products' THEN
         PERFORM imgsearch._webhook_event(NEW.tenant, 'product.updated',
-            jsonb_build_object('product_id', NEW.product_id, 'tenant', NEW.tenant), 'product:' || NEW.id);
+            jsonb_build_object('product_id', NEW.product_id, 'tenant', NEW.tenant, 'changed',
+                (SELECT jsonb_agg(n.key ORDER BY n.key) FROM jsonb_each(to_jsonb(NEW)) n
+                 WHERE n.key IN ('category', 'price', 'currency', 'attributes', 'title', 'description', 'brand')
+                   AND n.value IS DISTINCT FROM to_jsonb(OLD) -> n.key)),
+            'product:' || NEW.id);
     ELSIF TG_OP = 'DELETE' THEN
         PERFORM imgsearch._webhook_event(OLD.tenant, 'image.deleted',
             jsonb_build_object('image_id', OLD.id, 'tenant', OLD.tenant, 'product_id',
@@ -154,7 +158,7 @@ CREATE OR REPLACE TRIGGER images_webhook_inserted AFTER INSERT ON imgsearch.imag
 
 CREATE OR REPLACE TRIGGER images_webhook_deleted AFTER DELETE ON imgsearch.images FOR EACH ROW EXECUTE FUNCTION imgsearch._webhook_row_event('images');
 
-CREATE OR REPLACE TRIGGER products_webhook_updated AFTER UPDATE ON imgsearch.products FOR EACH ROW WHEN (old.* IS DISTINCT FROM new.*) EXECUTE FUNCTION imgsearch._webhook_row_event('products');
+CREATE OR REPLACE TRIGGER products_webhook_updated AFTER UPDATE ON imgsearch.products FOR EACH ROW WHEN ((old.category, old.price, old.currency, old.attributes, old.title, old.description, old.brand) IS DISTINCT FROM (new.category, new.price, new.currency, new.attributes, new.title, new.description, new.brand)) EXECUTE FUNCTION imgsearch._webhook_row_event('products');
 """
 
 

@@ -44,19 +44,23 @@ def test_no_endpoint_no_event_and_each_change_writes_its_event_with_it(catalog: 
     created = catalog.webhooks.add("http://127.0.0.1:9/hooks", tenant="acme")
     assert created.secret.startswith("whsec_") and len(created.secret) > 40
     image = catalog.add(embedding=unit(catalog.dim, 2), tenant="acme", product_id="p1", title="a mug")
+    catalog.add(embedding=unit(catalog.dim, 3), tenant="acme", product_id="p1")  # a second photo: no change
     catalog.update_product("p1", tenant="acme", price=12)
+    catalog.update_product("p1", tenant="acme", price=12)  # the same price again: nothing changed
     catalog.delete(image, tenant="acme")
+    second = image + 1
     assert events(catalog) == [
         ("image.ready", {"image_id": image, "product_id": "p1", "tenant": "acme"}),
-        ("product.updated", {"product_id": "p1", "tenant": "acme"}),
+        ("image.ready", {"image_id": second, "product_id": "p1", "tenant": "acme"}),
+        ("product.updated", {"product_id": "p1", "tenant": "acme", "changed": ["price"]}),
         ("image.deleted", {"image_id": image, "product_id": "p1", "tenant": "acme"}),
     ]
     with catalog.engine.connect() as conn:
         deliveries = conn.execute(
             text("SELECT endpoint_id, state, ordering_key FROM imgsearch.webhook_deliveries ORDER BY id")
         ).all()
-    assert [(d.endpoint_id, d.state) for d in deliveries] == [(created.id, "pending")] * 3
-    assert deliveries[0].ordering_key == deliveries[2].ordering_key == f"image:{image}"
+    assert [(d.endpoint_id, d.state) for d in deliveries] == [(created.id, "pending")] * 4
+    assert deliveries[0].ordering_key == deliveries[3].ordering_key == f"image:{image}"
 
 
 def test_a_failed_image_says_why_and_a_rolled_back_change_sends_nothing(catalog: Catalog) -> None:

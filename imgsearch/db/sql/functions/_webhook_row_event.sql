@@ -11,7 +11,11 @@ BEGIN
     -- trigger's argument (on a Citus shard, TG_TABLE_NAME is the shard's name)
     IF TG_ARGV[0] = 'products' THEN
         PERFORM imgsearch._webhook_event(NEW.tenant, 'product.updated',
-            jsonb_build_object('product_id', NEW.product_id, 'tenant', NEW.tenant), 'product:' || NEW.id);
+            jsonb_build_object('product_id', NEW.product_id, 'tenant', NEW.tenant, 'changed',
+                (SELECT jsonb_agg(n.key ORDER BY n.key) FROM jsonb_each(to_jsonb(NEW)) n
+                 WHERE n.key IN ('category', 'price', 'currency', 'attributes', 'title', 'description', 'brand')
+                   AND n.value IS DISTINCT FROM to_jsonb(OLD) -> n.key)),
+            'product:' || NEW.id);
     ELSIF TG_OP = 'DELETE' THEN
         PERFORM imgsearch._webhook_event(OLD.tenant, 'image.deleted',
             jsonb_build_object('image_id', OLD.id, 'tenant', OLD.tenant, 'product_id',

@@ -4,4 +4,4 @@ CREATE OR REPLACE TRIGGER products_filters_to_embeddings AFTER UPDATE OF categor
 
 CREATE OR REPLACE TRIGGER products_keep_shared_images BEFORE DELETE ON imgsearch.products FOR EACH ROW EXECUTE FUNCTION imgsearch._keep_shared_images();
 
-CREATE OR REPLACE TRIGGER products_webhook_updated AFTER UPDATE ON imgsearch.products FOR EACH ROW WHEN (old.* IS DISTINCT FROM new.*) EXECUTE FUNCTION imgsearch._webhook_row_event('products');
+CREATE OR REPLACE TRIGGER products_webhook_updated AFTER UPDATE ON imgsearch.products FOR EACH ROW WHEN (old.category IS DISTINCT FROM new.category OR old.price IS DISTINCT FROM new.price OR old.currency::text IS DISTINCT FROM new.currency::text OR old.attributes IS DISTINCT FROM new.attributes OR old.title IS DISTINCT FROM new.title OR old.description IS DISTINCT FROM new.description OR old.brand IS DISTINCT FROM new.brand) EXECUTE FUNCTION imgsearch._webhook_row_event('products');
