@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from imgsearch.cli._common import Subparsers, open_engine
@@ -15,30 +17,30 @@ if TYPE_CHECKING:
     from imgsearch.hooks.webhooks import Webhooks
 
 
-def _webhooks(settings: Settings) -> Webhooks:
+@contextmanager
+def _webhooks(settings: Settings) -> Iterator[Webhooks]:
+    """The catalog's webhooks on a migrated database, its engine disposed of afterwards."""
     from imgsearch.hooks.webhooks import Webhooks
 
-    return Webhooks(open_engine(settings), settings.webhooks())
+    hooks = Webhooks(open_engine(settings), settings.webhooks())
+    try:
+        yield hooks
+    finally:
+        hooks.engine.dispose()
 
 
 def _add(args: argparse.Namespace, settings: Settings) -> int:
-    hooks = _webhooks(settings)
-    try:
+    with _webhooks(settings) as hooks:
         created = hooks.add(args.url, tenant=args.tenant, events=args.events)
-    finally:
-        hooks.engine.dispose()
     print(f"endpoint {created.id} for {args.tenant}; its secret, shown once (verify deliveries with it):")
     print(created.secret)
     return 0
 
 
 def _list(args: argparse.Namespace, settings: Settings) -> int:
-    hooks = _webhooks(settings)
-    try:
+    with _webhooks(settings) as hooks:
         found = hooks.list(args.tenant)
         stats = hooks.stats()
-    finally:
-        hooks.engine.dispose()
     if args.json:
         print(json.dumps([endpoint.as_dict() for endpoint in found]))
         return 0
@@ -54,32 +56,23 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _remove(args: argparse.Namespace, settings: Settings) -> int:
-    hooks = _webhooks(settings)
-    try:
+    with _webhooks(settings) as hooks:
         hooks.remove(args.id, tenant=args.tenant)
-    finally:
-        hooks.engine.dispose()
     print(f"endpoint {args.id} removed, with its deliveries still to go")
     return 0
 
 
 def _rotate(args: argparse.Namespace, settings: Settings) -> int:
-    hooks = _webhooks(settings)
-    try:
+    with _webhooks(settings) as hooks:
         rotated = hooks.rotate_secret(args.id, tenant=args.tenant)
-    finally:
-        hooks.engine.dispose()
     print(f"endpoint {rotated.id}: its new secret, shown once (the old one signs too for a day):")
     print(rotated.secret)
     return 0
 
 
 def _replay(args: argparse.Namespace, settings: Settings) -> int:
-    hooks = _webhooks(settings)
-    try:
+    with _webhooks(settings) as hooks:
         queued = hooks.replay(tenant=args.tenant, since=args.since, until=args.until, endpoint_id=args.endpoint)
-    finally:
-        hooks.engine.dispose()
     print(f"{queued} deliveries queued again (each with its event's own webhook-id)")
     return 0
 

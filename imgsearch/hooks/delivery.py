@@ -276,6 +276,7 @@ class Deliverer(threading.Thread):
     def run(self) -> None:
         listening: Any = None
         pruned = 0.0
+        failing: str | None = None  # the last error logged: a database down or behind says so once
         while not self._stop_event.is_set():
             try:
                 if listening is None:
@@ -289,12 +290,16 @@ class Deliverer(threading.Thread):
                         tenancy.run_as_worker(conn)
                         outbox.prune(conn, self.policy.retention_days)
                     pruned = time.monotonic()
+                failing = None
                 if not done:  # nothing was due: wait for the outbox's NOTIFY, or a second
                     driver = listening.connection.driver_connection
                     for _ in driver.notifies(timeout=self.idle_seconds, stop_after=1):
                         pass
             except Exception as exc:  # the database restarting, say: try again
-                log.warning("webhook delivery: %s", exc)
+                message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                if message != failing:
+                    log.warning("webhook delivery: %s", message)
+                    failing = message
                 if listening is not None:
                     with contextlib.suppress(Exception):
                         listening.close()
