@@ -50,7 +50,7 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
               f"{e.delivered} delivered, {e.dead} given up\t{state}")  # fmt: skip
     if not found:
         print("no webhook endpoints" + (f" for {args.tenant}" if args.tenant else ""))
-    print(f"deliveries: {stats.pending} pending (the oldest {stats.lag_seconds:.1f} s), "
+    print(f"deliveries: {stats.pending} pending (the oldest {stats.lag_seconds:.1f} s, {stats.failing} failing), "
           f"{stats.delivered} delivered, {stats.dead} given up")  # fmt: skip
     return 0
 

@@ -50,7 +50,10 @@ class WebhookEvent(Base):
     """An event in the outbox, written in the transaction of its change."""
 
     __tablename__ = "webhook_events"
-    __table_args__ = (Index("webhook_events_tenant_created_at_idx", "tenant", "created_at"),)
+    __table_args__ = (
+        Index("webhook_events_tenant_created_at_idx", "tenant", "created_at"),  # a shop's replay
+        Index("webhook_events_created_at_idx", "created_at"),  # the retention's prune
+    )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
     tenant: Mapped[str] = mapped_column(Text)

@@ -87,19 +87,21 @@ def replay(engine: Engine, tenant: Any, since: Any, until: Any = None, endpoint_
 
 @dataclass(frozen=True)
 class Stats:
-    """Deliveries by state, and how long the oldest pending one has waited (the lag)."""
+    """Deliveries by state (and those failing), how long the oldest pending one has waited (the lag)."""
 
     pending: int
     delivered: int
     dead: int
     lag_seconds: float
     disabled_endpoints: int
+    failing: int = 0  # pending deliveries whose last attempt failed (waiting to be retried)
 
 
 STATS = """
 SELECT count(*) FILTER (WHERE state = 'pending'), count(*) FILTER (WHERE state = 'delivered'),
        count(*) FILTER (WHERE state = 'dead'),
-       coalesce(extract(epoch FROM now() - min(created_at) FILTER (WHERE state = 'pending')), 0)
+       coalesce(extract(epoch FROM now() - min(created_at) FILTER (WHERE state = 'pending')), 0),
+       count(*) FILTER (WHERE state = 'pending' AND last_error IS NOT NULL)
 FROM imgsearch.webhook_deliveries
 """
 DISABLED = "SELECT count(*) FROM imgsearch.webhook_endpoints WHERE disabled_at IS NOT NULL"
@@ -111,7 +113,7 @@ def stats(engine: Engine) -> Stats:
         tenancy.run_as_worker(conn)
         row = conn.execute(text(STATS)).one()
         disabled = conn.execute(text(DISABLED)).scalar_one()
-    return Stats(int(row[0]), int(row[1]), int(row[2]), float(row[3]), int(disabled))
+    return Stats(int(row[0]), int(row[1]), int(row[2]), float(row[3]), int(disabled), int(row[4]))
 
 
 PRUNE = """

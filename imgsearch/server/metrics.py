@@ -150,6 +150,10 @@ class CatalogCollector(Collector):
                 value=hooks.lag_seconds,
             )  # fmt: skip
             yield GaugeMetricFamily(
+                "imgsearch_webhook_failing_deliveries", "Pending deliveries whose last attempt failed.",
+                value=hooks.failing,
+            )  # fmt: skip
+            yield GaugeMetricFamily(
                 "imgsearch_webhook_disabled_endpoints", "Endpoints disabled after failing too long.",
                 value=hooks.disabled_endpoints,
             )  # fmt: skip

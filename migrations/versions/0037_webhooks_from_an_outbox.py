@@ -60,6 +60,7 @@ CREATE TABLE imgsearch.webhook_events (
     created_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX webhook_events_tenant_created_at_idx ON imgsearch.webhook_events (tenant, created_at);
+CREATE INDEX webhook_events_created_at_idx ON imgsearch.webhook_events (created_at);
 
 CREATE TABLE imgsearch.webhook_deliveries (
     id bigint GENERATED ALWAYS AS IDENTITY CONSTRAINT webhook_deliveries_pkey PRIMARY KEY,

@@ -82,6 +82,7 @@ def test_a_receiver_that_was_down_gets_every_event_once_its_back(catalog: Catalo
     assert len(attempted) == 20 and all("cannot connect" in (o.error or "") for _, o in attempted)
     with catalog.engine.connect() as conn:
         assert conn.execute(text("SELECT min(due_at) > now() FROM imgsearch.webhook_deliveries")).scalar()
+    assert catalog.webhooks.stats().failing == 20  # the metric of deliveries waiting for a retry
     with serving(receiver, port):
         deliver_all(catalog)
     arrived = receiver.events("image.ready")

@@ -182,6 +182,7 @@ def test_metrics_and_request_logs(api: Api, tenant: str) -> None:
     assert "imgsearch_queue_depth" in body and metric(body, "imgsearch_broker_up") == 1
     assert metric(body, "imgsearch_webhook_deliveries", state="pending") >= 0  # deliveries, failures, lag
     assert metric(body, "imgsearch_webhook_lag_seconds") >= 0 and "imgsearch_webhook_disabled_endpoints" in body
+    assert metric(body, "imgsearch_webhook_failing_deliveries") >= 0
     # no worker answers search_text here; a listener's connection (what a worker makes once its
     # model is loaded: tests/work/test_text_requests.py) counts
     assert "imgsearch_text_workers 0.0" in body.splitlines()
