@@ -220,7 +220,7 @@ class Settings(BaseSettings):
     def webhooks(self) -> Policy:
         """How workers deliver webhooks: where endpoints may be, the time they have, the retries."""
         return Policy(
-            network=Downloads(allow=tuple(self.webhook_allow), timeout=self.webhook_timeout_seconds),
+            network=Downloads(allow=tuple(self.webhook_allow)),  # its time limit: the policy's timeout
             timeout=self.webhook_timeout_seconds,
             retry_seconds=self.webhook_retry_seconds,
             give_up_hours=self.webhook_give_up_hours,

@@ -167,6 +167,28 @@ def serve_files(root: Path, routes: dict[str, Route] | None = None) -> Iterator[
         server.server_close()
 
 
+def worker_env(
+    database_url: str, model: Path, redis_url: str, queue: str, tmp_path: Path, **settings: str
+) -> dict[str, str]:
+    """The environment of a test's ``imgsearch worker`` processes: this one's without its
+    ``IMGSEARCH_*`` settings, then the test's database, model, broker and queue, sweeps every
+    second, the CPU, the hub offline, and ``settings`` (``IMGSEARCH_...=value``) besides."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGSEARCH_")}
+    env.update(
+        IMGSEARCH_DATABASE_URL=database_url,
+        IMGSEARCH_MODEL=str(model),
+        IMGSEARCH_REDIS_URL=redis_url,
+        IMGSEARCH_QUEUE=queue,
+        IMGSEARCH_SWEEP_SECONDS="1",
+        IMGSEARCH_DEVICE="cpu",
+        HF_HUB_OFFLINE="1",
+        # a worker killed with SIGKILL can't remove its beat schedule files: keep them in the test's folder
+        TMPDIR=str(tmp_path),
+        **settings,
+    )
+    return env
+
+
 class Workers:
     """Starts ``imgsearch worker`` processes for one test and kills them afterwards."""
 

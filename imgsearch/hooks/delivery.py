@@ -180,8 +180,9 @@ def send(item: Claimed, policy: Policy) -> Outcome:
             return Outcome(exc.code, f"HTTP {exc.code} redirect to {where}: webhooks follow no redirect")
         return Outcome(exc.code, f"HTTP {exc.code}")
     except Refused as exc:
-        where = str(exc).split(" is not a public address", 1)[0]
-        return Outcome(None, f"{where} is not a public address; endpoints are on private networks only "
+        if exc.where is None:
+            return Outcome(None, str(exc))
+        return Outcome(None, f"{exc.where} is not a public address; endpoints are on private networks only "
                              "when IMGSEARCH_WEBHOOK_ALLOW lists them")  # fmt: skip
     except urllib.error.URLError as exc:
         reason = exc.reason
@@ -190,9 +191,7 @@ def send(item: Claimed, policy: Policy) -> Outcome:
         return Outcome(None, f"cannot connect: {reason}")
     except TimeoutError:
         return Outcome(None, f"no answer within {policy.timeout:g} s")
-    except (OSError, ValueError) as exc:
-        return Outcome(None, f"{type(exc).__name__}: {exc}")
-    except Exception as exc:  # e.g. http.client's errors: the endpoint's, retried
+    except Exception as exc:  # OSError, ValueError, http.client's errors: the endpoint's, retried
         return Outcome(None, f"{type(exc).__name__}: {exc}")
 
 
@@ -202,35 +201,35 @@ def backoff(attempts: int, policy: Policy, rng: random.Random) -> float:
     return delay * rng.uniform(0.8, 1.2)
 
 
-DELIVERED = """
-UPDATE imgsearch.webhook_deliveries SET state = 'delivered', delivered_at = now(), last_status = :status,
-    last_error = NULL
-WHERE tenant = :t AND id = :id;
-UPDATE imgsearch.webhook_endpoints SET failing_since = NULL
-WHERE tenant = :t AND id = :endpoint AND failing_since IS NOT NULL;
-"""
-FAILED = """
+DELIVERED = (
+    "UPDATE imgsearch.webhook_deliveries SET state = 'delivered', delivered_at = now(), last_status = :status,"
+    " last_error = NULL WHERE tenant = :t AND id = :id",
+    "UPDATE imgsearch.webhook_endpoints SET failing_since = NULL"
+    " WHERE tenant = :t AND id = :endpoint AND failing_since IS NOT NULL",
+)
+FAILED = (
+    """
 UPDATE imgsearch.webhook_deliveries SET last_status = :status, last_error = :error,
     due_at = now() + make_interval(secs => :delay),
     state = CASE WHEN created_at <= now() - make_interval(secs => :give_up * 3600.0) THEN 'dead' ELSE 'pending' END
-WHERE tenant = :t AND id = :id;
+WHERE tenant = :t AND id = :id
+""",
+    """
 UPDATE imgsearch.webhook_endpoints SET failing_since = coalesce(failing_since, now()),
     disabled_at = CASE WHEN failing_since <= now() - make_interval(secs => :give_up * 3600.0) THEN now() END,
     disabled_reason = CASE WHEN failing_since <= now() - make_interval(secs => :give_up * 3600.0)
         THEN 'failing since ' || failing_since || ': ' || :error END
-WHERE tenant = :t AND id = :endpoint;
-"""
+WHERE tenant = :t AND id = :endpoint
+""",
+)
 
 
 def record(conn: Connection, item: Claimed, outcome: Outcome, policy: Policy, rng: random.Random) -> None:
     """Keep an attempt's outcome: delivered, or due again later (dead once given up on)."""
     values: dict[str, Any] = {"t": item.tenant, "id": item.id, "endpoint": item.endpoint_id, "status": outcome.status}
-    if outcome.delivered:
-        for statement in DELIVERED.strip().split(";\n"):
-            conn.execute(text(statement), values)
-        return
-    values.update(error=outcome.error, delay=backoff(item.attempts, policy, rng), give_up=policy.give_up_hours)
-    for statement in FAILED.strip().split(";\n"):
+    if not outcome.delivered:
+        values.update(error=outcome.error, delay=backoff(item.attempts, policy, rng), give_up=policy.give_up_hours)
+    for statement in DELIVERED if outcome.delivered else FAILED:
         conn.execute(text(statement), values)
 
 

@@ -41,7 +41,13 @@ _CHUNK = 256 * 1024
 
 class Refused(Exception):
     """A connection or redirect the policy doesn't allow. Not an ``OSError``, so urllib passes it
-    through instead of wrapping it as a network error (which would be retried)."""
+    through instead of wrapping it as a network error (which would be retried). ``where``: the
+    host (and its addresses) a connection was refused to, for callers that word it their own way
+    (webhook deliveries name their own setting); None for a refused redirect."""
+
+    def __init__(self, message: str, where: str | None = None) -> None:
+        super().__init__(message)
+        self.where = where
 
 
 @dataclass(frozen=True)
@@ -193,7 +199,8 @@ def _connect(
     where = host if refused == [host] else f"{host} ({', '.join(dict.fromkeys(refused))})"
     raise Refused(
         f"{where} is not a public address; workers download from private networks only when "
-        "IMGSEARCH_DOWNLOAD_ALLOW lists them"
+        "IMGSEARCH_DOWNLOAD_ALLOW lists them",
+        where,
     )
 
 

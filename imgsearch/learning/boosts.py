@@ -28,6 +28,7 @@ Each run also prepares the logs' coming partitions and drops what is past the re
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -175,10 +176,9 @@ def refresh(engine: Engine, policy: Policy, tenant: str | None = None) -> Refres
                 "min_conversions": policy.min_conversions,
             },
         ).all()
+        learned = Counter((row.tenant, bool(row.per_product)) for row in rows)
         for shop in [tenant] if tenant else outbox.live_tenants(conn):
-            mine = [row for row in rows if row.tenant == shop]
-            per_shop = sum(1 for row in mine if row.per_product)
-            counts = {"query_boosts": len(mine) - per_shop, "product_boosts": per_shop}
+            counts = {"query_boosts": learned[shop, False], "product_boosts": learned[shop, True]}
             outbox.emit(conn, shop, "boosts.refreshed", counts)  # searches see them when it commits
     per_product = sum(1 for row in rows if row.per_product)
     return Refreshed(

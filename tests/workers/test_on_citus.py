@@ -4,7 +4,6 @@ one tenant), and every upload becomes ready exactly once."""
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ from imgsearch import Catalog
 from imgsearch.settings import Settings
 from imgsearch.work import queue
 from tests.citus import CitusCluster
-from tests.helpers import Workers, wait_until
+from tests.helpers import Workers, wait_until, worker_env
 from tests.workers.test_workers import REDIS_URL, jpeg
 
 TENANTS = ("acme", "globex", "initech")
@@ -32,12 +31,7 @@ def cluster_url(citus_cluster: CitusCluster) -> str:
 @pytest.fixture
 def setup(cluster_url: str, tiny_siglip: Path, tmp_path: Path) -> Iterator[tuple[Catalog, Workers]]:
     name = f"imgsearch-test-{uuid.uuid4().hex[:8]}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGSEARCH_")}
-    env.update(
-        IMGSEARCH_DATABASE_URL=cluster_url, IMGSEARCH_MODEL=str(tiny_siglip), IMGSEARCH_REDIS_URL=REDIS_URL,
-        IMGSEARCH_QUEUE=name, IMGSEARCH_SWEEP_SECONDS="1", IMGSEARCH_BATCH_SIZE="8",
-        IMGSEARCH_DEVICE="cpu", HF_HUB_OFFLINE="1", TMPDIR=str(tmp_path),
-    )  # fmt: skip
+    env = worker_env(cluster_url, tiny_siglip, REDIS_URL, name, tmp_path, IMGSEARCH_BATCH_SIZE="8")
     settings = Settings(redis_url=REDIS_URL, queue=name, wake_workers=True, batch_size=8)
     workers = Workers(env, tmp_path)
     with Catalog.open(cluster_url, model=str(tiny_siglip), settings=settings) as catalog:

@@ -5,7 +5,6 @@ none is doubled once de-duplicated by ``webhook-id``."""
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,27 +16,16 @@ from sqlalchemy import text
 from imgsearch import Catalog
 from imgsearch.db import embedded
 from imgsearch.settings import Settings
-from tests.helpers import FileServer, Workers, unit, wait_until
+from tests.helpers import FileServer, Workers, unit, wait_until, worker_env
 from tests.hooks.receiver import Receiver, serving
 from tests.workers.test_workers import REDIS_URL, jpeg
 
 
 def _env(database_url: str, model: Path, tmp_path: Path, queue: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGSEARCH_")}
-    env.update(
-        IMGSEARCH_DATABASE_URL=database_url,
-        IMGSEARCH_MODEL=str(model),
-        IMGSEARCH_REDIS_URL=REDIS_URL,
-        IMGSEARCH_QUEUE=queue,
-        IMGSEARCH_SWEEP_SECONDS="1",
-        IMGSEARCH_DEVICE="cpu",
-        IMGSEARCH_WEBHOOK_ALLOW="127.0.0.1",
-        IMGSEARCH_WEBHOOK_RETRY_SECONDS="0.2",
-        IMGSEARCH_WEBHOOK_TIMEOUT_SECONDS="1",
-        HF_HUB_OFFLINE="1",
-        TMPDIR=str(tmp_path),
-    )
-    return env
+    return worker_env(
+        database_url, model, REDIS_URL, queue, tmp_path, IMGSEARCH_WEBHOOK_ALLOW="127.0.0.1",
+        IMGSEARCH_WEBHOOK_RETRY_SECONDS="0.2", IMGSEARCH_WEBHOOK_TIMEOUT_SECONDS="1",
+    )  # fmt: skip
 
 
 @pytest.fixture

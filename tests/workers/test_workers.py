@@ -23,7 +23,7 @@ from imgsearch.errors import UnsupportedImage
 from imgsearch.ingest import images
 from imgsearch.ingest.downloads import Downloads
 from imgsearch.settings import Settings
-from tests.helpers import FileServer, Workers, wait_until
+from tests.helpers import FileServer, Workers, wait_until, worker_env
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 # the flushed-broker test empties a Redis database of its own, so tests running beside it (pytest -n)
@@ -52,19 +52,7 @@ def setup(
     database_url: str, tiny_siglip: Path, tmp_path: Path, redis_url: str
 ) -> Iterator[tuple[Catalog, Workers, str]]:
     queue = f"imgsearch-test-{uuid.uuid4().hex[:8]}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGSEARCH_")}
-    env.update(
-        IMGSEARCH_DATABASE_URL=database_url,
-        IMGSEARCH_MODEL=str(tiny_siglip),
-        IMGSEARCH_REDIS_URL=redis_url,
-        IMGSEARCH_QUEUE=queue,
-        IMGSEARCH_SWEEP_SECONDS="1",
-        IMGSEARCH_BATCH_SIZE="16",
-        IMGSEARCH_DEVICE="cpu",
-        HF_HUB_OFFLINE="1",
-        # a worker killed with SIGKILL can't remove its beat schedule files: keep them in this test's folder
-        TMPDIR=str(tmp_path),
-    )
+    env = worker_env(database_url, tiny_siglip, redis_url, queue, tmp_path, IMGSEARCH_BATCH_SIZE="16")
     settings = Settings(redis_url=redis_url, queue=queue, wake_workers=True, batch_size=16)
     workers = Workers(env, tmp_path)
     with Catalog.open(database_url, model=str(tiny_siglip), settings=settings) as catalog:
