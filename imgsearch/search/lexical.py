@@ -158,7 +158,12 @@ def lexical_ranked(
     found = _matches(fetched)
 
     def best_first(rows: Any) -> list[Any]:
-        return [rows.c.exact_match.desc(), rows.c.doc_rank.desc(), rows.c.similarity.desc(), rows.c.product_pk]
+        return [
+            rows.c.exact_match.desc(),
+            rows.c.doc_rank.desc(),
+            rows.c.similarity.desc(),
+            rows.c.product_pk,
+        ]
 
     ranked = select(found).order_by(*best_first(found)).subquery("ranked_matches")
     order = best_first(ranked)
@@ -262,7 +267,8 @@ def fused_statement(
             order_by=(func.coalesce(every.c.relevance, 0).desc(), every.c.product_pk)
         )
         scored = select(
-            *every.c, boosting.boost_by_pk(every.c.product_pk, *filters.routed(Boost)).label("boost"),
+            *every.c,
+            boosting.boost_by_pk(every.c.product_pk, *filters.routed(Boost)).label("boost"),
             place.label("place"),
         ).subquery("scored")
         top = (

@@ -24,6 +24,7 @@ MAX_EF_SEARCH = 1000
 EF_BASE_ROWS = 100_000
 EF_GROWTH = 0.3
 MIN_SCAN_TUPLES = 20_000  # pgvector's default hnsw.max_scan_tuples
+MAX_SCAN_TUPLES = 10_000_000  # a hopeless scan's bound
 EXACT_MAX_FRACTION: float = Settings.model_fields["exact_max_fraction"].default
 MIN_POOL = 200
 MAX_POOL = 4000
@@ -65,7 +66,7 @@ def iterative_plan(wanted: int, matching: int, total: int, min_ef: int = MIN_EF_
         matching,
         ef_search=min(MAX_EF_SEARCH, max(min_ef, 2 * wanted)),
         # relaxed_order stops as soon as the pool is full; the cap only bounds a hopeless scan
-        max_scan_tuples=min(max(MIN_SCAN_TUPLES, total), 10_000_000),
+        max_scan_tuples=min(max(MIN_SCAN_TUPLES, total), MAX_SCAN_TUPLES),
         pool=min(MAX_POOL, max(MIN_POOL, 4 * wanted)),
         iterative_scan="relaxed_order",
     )
@@ -91,7 +92,9 @@ def open_ended_plan(conn: Connection, k: int) -> Plan:
     scan (the caller's ORDER BY must stay exact) that may visit every row before giving up."""
     total = total_rows(conn)
     ef_search = min(MAX_EF_SEARCH, max(min_ef_search(total), 2 * k))
-    return Plan("hnsw", -1, ef_search, min(max(MIN_SCAN_TUPLES, 2 * total), 10_000_000), k, "strict_order")
+    return Plan(
+        "hnsw", -1, ef_search, min(max(MIN_SCAN_TUPLES, 2 * total), MAX_SCAN_TUPLES), k, "strict_order"
+    )
 
 
 def apply_open_ended(conn: Connection, k: int, *, tenant: str | None = None) -> None:
@@ -160,7 +163,9 @@ def local_settings(
     for the HNSW pass, which runs only when many rows match. The exact scan's sort has no other
     way, and stays."""
     coordinator = citus.on_coordinator(conn)
-    sql = _settings_sql(p.ef_search, p.iterative_scan, p.max_scan_tuples, with_planner, cached_plan, coordinator)
+    sql = _settings_sql(
+        p.ef_search, p.iterative_scan, p.max_scan_tuples, with_planner, cached_plan, coordinator
+    )
     return sql, {}
 
 

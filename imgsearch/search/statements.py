@@ -33,7 +33,7 @@ from imgsearch.db.vector_index import embedding_expr, model_filter, query_param
 from imgsearch.ingest.vectors import Vector
 from imgsearch.records import ModelInfo
 from imgsearch.search.filters import PARAM_PREFIX, Filters
-from imgsearch.search.plans import Plan, reltuples
+from imgsearch.search.plans import reltuples
 
 
 def mentions(filters: Filters, table: Any) -> bool:
@@ -185,30 +185,31 @@ def pooled_statement(
     model: ModelInfo,
     query: Vector | BindParameter[Any],
     filters: Filters,
-    p: Plan,
-    k: int,
+    pool: int | ColumnElement[Any],
+    k: int | ColumnElement[Any],
     offset: int,
     with_embeddings: bool,
 ) -> Select[Any]:
-    """HNSW collects ``p.pool`` matching rows (relaxed order, in a materialised CTE so the planner
-    can't push the outer sort into the index scan); the outer query re-sorts them exactly.
+    """HNSW collects ``pool`` matching rows (a plan's, :mod:`imgsearch.search.plans`; relaxed
+    order, in a materialised CTE so the planner can't push the outer sort into the index scan);
+    the outer query re-sorts them exactly.
 
     The re-sort is by ``distance + 0``: PostgreSQL 17+ knows the CTE's rows come in its ORDER BY's
     order, and sorting by the same ``distance`` it would skip the sort and keep the relaxed scan's
     first ``k`` rows (pgvector's README documents the ``+ 0``)."""
-    pool = (
-        hnsw_statement(model, query, filters, p.pool, 0, with_embeddings)
+    rows = (
+        hnsw_statement(model, query, filters, pool, 0, with_embeddings)
         .cte("pool")
         .prefix_with("MATERIALIZED")
     )
-    return select(*pool.c).order_by(pool.c.distance + 0).limit(k).offset(offset)
+    return _page(select(*rows.c).order_by(rows.c.distance + 0), k, offset)
 
 
 def filtered_statement(
     model: ModelInfo,
     query: Vector | BindParameter[Any],
     filters: Filters,
-    k: int,
+    k: int | ColumnElement[Any],
     offset: int,
     *,
     exact_max_rows: int,
@@ -218,6 +219,9 @@ def filtered_statement(
     sized: bool = False,
 ) -> Select[Any]:
     """Strategy and search of a filtered search in one statement.
+
+    ``k``: a number, or a parameter (the SQL console's, :mod:`imgsearch.search.console`, with
+    ``offset`` 0): every part then fetches that many rows.
 
     Each part fetches the nearest :func:`fetch_size` ``(k + offset)`` rows, a number in the SQL
     text; the caller keeps hits ``offset`` to ``offset + k``. Every row carries ``matching`` (the
@@ -245,8 +249,13 @@ def filtered_statement(
     statement takes no subquery in a LIMIT).
     """
     q = query_param(query, model.dim)
-    wanted, small = k + offset, int(exact_max_rows)
-    fetched = fetch_limit(wanted)
+    small = int(exact_max_rows)
+    wanted: Any
+    if isinstance(k, int):
+        wanted = k + offset
+        fetched = fetch_limit(wanted)
+    else:
+        wanted = fetched = k
     bound: Any
     if sized:
         bound = bindparam(BOUND_PARAM, type_=BigInteger())
@@ -256,12 +265,7 @@ def filtered_statement(
     else:
         total = select(reltuples().label("total")).subquery("sizes")
         limits = select(
-            func.greatest(
-                literal(small), func.ceil(literal(float(exact_max_fraction)) * total.c.total), literal(wanted)
-            )
-            .cast(BigInteger)
-            .label("bound"),
-            total.c.total,
+            exact_bound(total.c.total, wanted, small, exact_max_fraction).label("bound"), total.c.total
         ).cte("limits")
         bound = select(limits.c.bound).scalar_subquery()
 
@@ -307,6 +311,16 @@ def filtered_statement(
 
 
 TOTAL_PARAM, BOUND_PARAM = "imgsearch_rows_total", "imgsearch_rows_bound"
+
+
+def exact_bound(
+    total: Any, wanted: Any, exact_max_rows: int, exact_max_fraction: float
+) -> ColumnElement[Any]:
+    """The most rows an exact scan may take, in SQL: ``exact_max_rows``, ``exact_max_fraction``
+    of the catalog's row estimate ``total``, or ``wanted`` (:func:`sizes` in Python)."""
+    wanted = literal(wanted) if isinstance(wanted, int) else wanted
+    fraction = func.ceil(literal(float(exact_max_fraction)) * total)
+    return func.greatest(literal(int(exact_max_rows)), fraction, wanted).cast(BigInteger)
 
 
 def sizes(total: int, wanted: int, exact_max_rows: int, exact_max_fraction: float) -> dict[str, int]:

@@ -326,7 +326,7 @@ class _Run:
         model, filters, embeddings = self.model, self.filters, self.with_embeddings
         rows = self.execute(
             ("pool", chosen.pool, k, offset),
-            lambda q: pooled_statement(model, q, filters, chosen, k, offset, embeddings),
+            lambda q: pooled_statement(model, q, filters, chosen.pool, k, offset, embeddings),
         )
         result = _result(rows, chosen, embeddings, boosted=self.boosted)
         if len(result.hits) == k:

@@ -194,5 +194,6 @@ def test_console_functions_filter_the_price_in_units(catalog: Catalog) -> None:
         )
     assert len(sources) == 3
     for name, source in sources.items():
-        assert "price_units >= ceil(" in source and "price_units <= floor(" in source, name
+        assert "price_units >= " in source and "price_units <= " in source, name
+        assert "ceil(" in source and "floor(" in source, name  # the bounds rounded inwards
         assert not re.search(r"\.price [<>]=", source), name

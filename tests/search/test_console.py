@@ -1,5 +1,6 @@
 """The SQL console's search functions (imgsearch.search_vector, search_similar, ...): the same
-hits as the library, its strategy, and bad arguments named."""
+hits as the library, its strategy (its very statements: imgsearch.search.console), and bad
+arguments named."""
 
 from __future__ import annotations
 
@@ -93,24 +94,69 @@ def test_sql_similar_product_matches_the_library(catalog: Catalog, data: Fixture
         assert conn.execute(text("SELECT count(*) FROM imgsearch.images")).scalar_one() == N
 
 
+def test_the_console_functions_are_written_from_the_librarys_statements() -> None:
+    from imgsearch.search import console, plans
+
+    written = console.files()
+    assert set(written) == {"_search.sql", "_lexical.sql", "facets.sql"}
+    for name, body in written.items():
+        assert (console.FOLDER / name).read_text() == body, "python -m imgsearch.search.console --write"
+    assert console.main([]) == 0
+    # the library's statements, compiled for the console's filters, are in them as they are
+    for name, texts in [
+        ("_search.sql", console.search_texts()),
+        ("_lexical.sql", console.lexical_texts()),
+        ("facets.sql", console.facets_texts()),
+    ]:
+        for statement, sql in texts.items():
+            assert f"$sql${sql}$sql$" in written[name], (name, statement)
+            # the model's id, known when it runs, is format()'s
+            assert "%1$s" in sql or statement in ("total", "bound"), (name, statement)
+    assert "halfvec(%2$s)" in written["_search.sql"]
+    # and the numbers are the plans'
+    for number in (
+        plans.EXACT_MAX_ROWS,
+        plans.MAX_EF_SEARCH,
+        plans.MIN_POOL,
+        plans.MAX_POOL,
+        plans.MAX_SCAN_TUPLES,
+    ):
+        assert str(number) in written["_search.sql"]
+
+
+def test_a_console_filter_left_null_reads_no_condition() -> None:
+    """A NULL filter's condition folds away when PL/pgSQL plans the statement for its values:
+    each is "value IS NULL OR condition" (a NULL price bound included)."""
+    from imgsearch.search import console
+
+    exact = console.search_texts()["exact"]
+    for column, n in [("tenant", 4), ("category", 5), ("price_units >=", 6), ("price_units <=", 7)]:
+        assert f"(${n} IS NULL OR imgsearch.embeddings.{column}" in exact, column
+    for body in console.files().values():
+        assert "units_min bigint := CASE WHEN price_min IS NOT NULL" in body
+
+
 @pytest.mark.parametrize(
-    ("name", "filters"),
+    ("name", "filters", "k"),
     [
-        ("200 rows: exact", {"category": "c00"}),
-        ("none: one pass", {}),
-        ("2,000 rows around the query: one pass", {"price_max": 100}),
-        ("1,600 rows away from it: iterative scan", {"price_min": 250, "price_max": 330}),
+        ("200 rows: exact", {"category": "c00"}, K),
+        ("none: one pass", {}, K),
+        ("2,000 rows around the query: one pass", {"price_max": 100}, K),
+        ("1,600 rows away from it: iterative scan", {"price_min": 250, "price_max": 330}, K),
+        ("k past the one pass: iterative scan", {}, 600),
+        ("k past the one pass, 2,000 rows: exact", {"price_max": 100}, 600),
+        ("k past the one pass, a shop's 1,000 rows: exact", {"tenant": "globex"}, 600),
     ],
 )
 def test_sql_functions_take_the_librarys_strategy(
-    catalog: Catalog, data: Fixture, name: str, filters: dict[str, Any]
+    catalog: Catalog, data: Fixture, name: str, filters: dict[str, Any], k: int
 ) -> None:
     from imgsearch import search as search_mod
 
     q = queries(data, 0, 1)[0]
     notices: list[str] = []
     with catalog.engine.begin() as conn:
-        library = search_mod.search_vector(conn, catalog.active_model, q, search_mod.Filters(**filters), K)
+        library = search_mod.search_vector(conn, catalog.active_model, q, search_mod.Filters(**filters), k)
     with catalog.engine.begin() as conn:
         driver = conn.connection.driver_connection
         assert driver is not None
@@ -118,16 +164,21 @@ def test_sql_functions_take_the_librarys_strategy(
         conn.execute(text("SET LOCAL client_min_messages = debug1"))
         rows = conn.execute(
             text(
-                "SELECT image_id FROM imgsearch.search_vector(CAST(:q AS vector), :k,"
+                "SELECT image_id FROM imgsearch.search_vector(CAST(:q AS vector), :k, tenant => :tenant,"
                 " category => :category, price_min => :price_min, price_max => :price_max)"
             ),
-            {"q": str(q.tolist()), "k": K, "category": None, "price_min": None, "price_max": None, **filters},
-        ).all()
-    taken = [n.split(": ", 1)[1].split(" ")[0] for n in notices if n.startswith("imgsearch._search: ")]
-    assert taken == [library.plan.strategy], (name, notices)
+            {
+                "q": str(q.tolist()), "k": k, "tenant": None, "category": None, "price_min": None,
+                "price_max": None, **filters,
+            },
+        ).all()  # fmt: skip
+    taken = [n.split(": ", 1)[1] for n in notices if n.startswith("imgsearch._search: ")]
+    assert [t.split(" ")[0] for t in taken] == [library.plan.strategy], (name, notices)
+    if library.plan.strategy == "hnsw_iterative":  # the same pool, at the same ef_search
+        assert taken == [f"hnsw_iterative (pool {library.plan.pool}, ef_search {library.plan.ef_search})"]
     with catalog.engine.begin() as conn:
         exact = search_mod.search_vector(
-            conn, catalog.active_model, q, search_mod.Filters(**filters), K, exact_max_rows=10**6
+            conn, catalog.active_model, q, search_mod.Filters(**filters), k, exact_max_rows=10**6
         )
     assert (
         [r.image_id for r in rows] == [h.image_id for h in library.hits] == [h.image_id for h in exact.hits]

@@ -125,7 +125,9 @@ def test_a_hit_from_a_row_is_the_hit_its_constructor_makes() -> None:
 
     row = namedtuple("Row", "image_id product_id tenant category price distance title brand currency")
     found = row(7, "p7", "acme", "shoes", Decimal("9.50"), 0.25, "Red boot", "Acme", "EUR")
-    made = Hit(7, "p7", "acme", "shoes", Decimal("9.50"), 0.25, 0.75, title="Red boot", brand="Acme", currency="EUR")
+    made = Hit(
+        7, "p7", "acme", "shoes", Decimal("9.50"), 0.25, 0.75, title="Red boot", brand="Acme", currency="EUR"
+    )
     assert hit_of(found) == made and hit_of(found).matched_by is not hit_of(found).matched_by
     extra = {"matched_by": {"lexical": 2}, "relevance": 0.5, "boost": 0.1}
     assert hit_of(found, **extra) == Hit(**{**made.__dict__, **extra})
@@ -189,7 +191,7 @@ def test_the_iterative_pool_is_filled_then_re_sorted(catalog: Catalog, data: Fix
     q = queries(data, 0, 1)[0]
     far = search_mod.Filters(category=[f"c{c:02d}" for c in range(25, 30)])  # 1,000 rows
     plan = search_mod.iterative_plan(K, -1, N)
-    stmt = search_mod.pooled_statement(catalog.active_model, q, far, plan, K, 0, False)
+    stmt = search_mod.pooled_statement(catalog.active_model, q, far, plan.pool, K, 0, False)
     with catalog.engine.begin() as conn:
         search_mod.set_local(conn, plan, with_planner=True)
         lines = explain(conn, stmt, "ANALYZE, COSTS OFF, SUMMARY OFF").splitlines()
@@ -272,7 +274,9 @@ def test_shapes_that_plan_alike_run_on_a_cached_plan_with_the_exact_top_k(
             ).all()
     assert strategies == {"hnsw", "exact"}
     kinds = {"list": "= ANY", "price": "embeddings.price_units >=", "attributes": "attributes @>"}
-    plans = {kind: (g, c) for s, g, c in prepared if "one_pass" in s for kind, sql in kinds.items() if sql in s}
+    plans = {
+        kind: (g, c) for s, g, c in prepared if "one_pass" in s for kind, sql in kinds.items() if sql in s
+    }
     generic, custom = plans["list"]
     assert generic > 0 and custom == 0, "the category list ran on its cached plan"
     generic, custom = plans["price"]

@@ -34,44 +34,125 @@ CREATE OR REPLACE FUNCTION imgsearch._search(query halfvec, k integer, tenant te
  SET random_page_cost TO '1.1'
  SET plan_cache_mode TO 'force_custom_plan'
 AS $function$
+-- Written by imgsearch/search/console.py: the statements are the library's
+-- (imgsearch/search/statements.py), the numbers its plans' (imgsearch/search/plans.py), the order
+-- imgsearch.search.strategy.search_vector's. Edit those, then: python -m imgsearch.search.console --write
 DECLARE
-    -- imgsearch.search: EXACT_MAX_ROWS, EXACT_MAX_FRACTION, MIN_EF_SEARCH, MAX_EF_SEARCH,
-    -- MIN_SCAN_TUPLES, MIN_POOL and MAX_POOL at their defaults
-    exact_max_rows constant int := 1500;
-    exact_max_fraction constant numeric := 0.15;
-    ef_search constant int := greatest(200, 2 * k);
     active record;
     images smallint := CASE WHEN for_images THEN imgsearch._image_model_id() END;  -- read first (Citus)
-    total bigint;
-    bound bigint;
-    matching bigint;
     has_filters boolean := num_nulls(tenant, category, price_min, price_max, exclude, exclude_product) < 6;
+    -- a price bound in price_units: within the stored range, rounded inwards (search.filters;
+    -- NULL: no bound, and greatest and least pass over a NULL)
+    units_min bigint := CASE WHEN price_min IS NOT NULL
+                             THEN ceil(least(greatest(price_min, -10000000000), 10000000000) * 10000)::bigint END;
+    units_max bigint := CASE WHEN price_max IS NOT NULL
+                             THEN floor(least(greatest(price_max, -10000000000), 10000000000) * 10000)::bigint END;
+    total bigint;
+    min_ef int;  -- plans.min_ef_search of the rows
+    ef_search int;
+    pool int;
+    max_scan_tuples bigint;
+    matching bigint := -1;
+    bound bigint;
+    source text;
     strategy text;
     ids bigint[];
-    pks bigint[];
+    products text[];
     distances double precision[];
-    -- the filters read embeddings alone (migration 0004); products are joined to the k hits only
-    filtered text := ' FROM imgsearch.embeddings e'
-        ' WHERE e.model_id = %1$s'
-        ' AND ($1::text IS NULL OR e.tenant = $1)'
-        ' AND ($2::text IS NULL OR e.category = $2)'
-        ' AND ($3::numeric IS NULL OR e.price_units >= ceil(least(greatest($3, -1e10), 1e10) * 10000)::bigint)'
-        ' AND ($4::numeric IS NULL OR e.price_units <= floor(least(greatest($4, -1e10), 1e10) * 10000)::bigint)'
-        ' AND ($5::bigint IS NULL OR e.image_id <> $5)'
-        ' AND ($7::bigint IS NULL OR e.product_pk <> $7)';
-    counted text := 'SELECT count(*) FROM (SELECT 1' || filtered || ' LIMIT %2$s) s';
-    hits text := 'SELECT array_agg(image_id ORDER BY distance), array_agg(product_pk ORDER BY distance),'
-        ' array_agg(distance ORDER BY distance) FROM ';
-    -- the first %3$s matching rows through the model's HNSW index, the nearest %4$s of them,
-    -- re-sorted: MATERIALIZED and "+ 0", or PostgreSQL 17+ takes the scan's order (relaxed, for
-    -- a pool) as sorted and keeps its first rows (pgvector's README)
-    nearest text := 'WITH pool AS MATERIALIZED ('
-        'SELECT e.image_id, e.product_pk, (e.embedding::halfvec(%2$s) <=> $6)::float8 AS distance'
-        || filtered || ' ORDER BY e.embedding::halfvec(%2$s) <=> $6 LIMIT %3$s) '
-        || hits || '(SELECT * FROM pool ORDER BY distance + 0 LIMIT %4$s) top';
-    -- every matching row's distance (the uncast column: no HNSW index serves it)
-    exact text := hits || '(SELECT e.image_id, e.product_pk, (e.embedding <=> $6)::float8 AS distance'
-        || filtered || ' ORDER BY e.embedding <=> $6 LIMIT %2$s) top';
+    hits constant text := 'SELECT array_agg(s.image_id ORDER BY s.distance), array_agg(s.product_id ORDER BY s.distance),'
+        ' array_agg(s.distance ORDER BY s.distance) FROM (%s) s';
+    counted_hits constant text := 'SELECT array_agg(s.image_id ORDER BY s.distance) FILTER (WHERE s.source IS NOT NULL),'
+        ' array_agg(s.product_id ORDER BY s.distance) FILTER (WHERE s.source IS NOT NULL),'
+        ' array_agg(s.distance ORDER BY s.distance) FILTER (WHERE s.source IS NOT NULL),'
+        ' max(s.matching), max(s.bound), max(s.total), max(s.source) FROM (%s) s';
+    -- plans.reltuples: the catalog's row estimate
+    total_rows constant text := $sql$SELECT coalesce((SELECT CAST(greatest(pg_catalog.pg_class.reltuples, 1) AS BIGINT) AS greatest_1
+FROM pg_catalog.pg_class
+WHERE pg_catalog.pg_class.oid = 'imgsearch.embeddings'::regclass), 1) AS coalesce_1$sql$;
+    -- statements.exact_bound: the most rows an exact scan may take
+    exact_rows constant text := $sql$SELECT CAST(greatest(1500, ceil(0.15 * $10), $2) AS BIGINT) AS greatest_1$sql$;
+    -- statements.hnsw_statement: the matching rows among the ef_search nearest
+    one_pass constant text := $sql$SELECT imgsearch.embeddings.image_id, imgsearch.products.product_id, imgsearch.products.title, imgsearch.products.brand, imgsearch.products.currency, imgsearch.embeddings.tenant, imgsearch.embeddings.category, imgsearch.embeddings.price, CAST(imgsearch.embeddings.embedding AS halfvec(%2$s)) <=> $1 AS distance
+FROM imgsearch.embeddings JOIN imgsearch.products ON imgsearch.products.id = imgsearch.embeddings.product_pk AND imgsearch.products.tenant = imgsearch.embeddings.tenant AND ($4 IS NULL OR imgsearch.products.tenant = $4)
+WHERE imgsearch.embeddings.model_id = %1$s AND ($4 IS NULL OR imgsearch.embeddings.tenant = $4) AND ($5 IS NULL OR imgsearch.embeddings.category = $5) AND ($6 IS NULL OR imgsearch.embeddings.price_units >= $6) AND ($7 IS NULL OR imgsearch.embeddings.price_units <= $7) AND ($8 IS NULL OR imgsearch.embeddings.image_id != $8) AND ($9 IS NULL OR imgsearch.embeddings.product_pk != $9) ORDER BY CAST(imgsearch.embeddings.embedding AS halfvec(%2$s)) <=> $1
+ LIMIT $2$sql$;
+    -- statements.filtered_statement: the count, the one pass and the exact scan, each run when
+    -- the counts before it call for it
+    filtered constant text := $sql$WITH few AS
+(SELECT count(*) AS matching
+FROM (SELECT imgsearch.embeddings.image_id AS image_id
+FROM imgsearch.embeddings
+WHERE imgsearch.embeddings.model_id = %1$s AND ($4 IS NULL OR imgsearch.embeddings.tenant = $4) AND ($5 IS NULL OR imgsearch.embeddings.category = $5) AND ($6 IS NULL OR imgsearch.embeddings.price_units >= $6) AND ($7 IS NULL OR imgsearch.embeddings.price_units <= $7) AND ($8 IS NULL OR imgsearch.embeddings.image_id != $8) AND ($9 IS NULL OR imgsearch.embeddings.product_pk != $9)
+ LIMIT 1500 + 1) AS few_rows),
+one_pass AS MATERIALIZED
+(SELECT imgsearch.embeddings.image_id AS image_id, imgsearch.embeddings.product_pk AS product_pk, imgsearch.embeddings.tenant AS tenant, imgsearch.embeddings.category AS category, imgsearch.embeddings.price AS price, CAST(imgsearch.embeddings.embedding AS halfvec(%2$s)) <=> $1 AS distance
+FROM imgsearch.embeddings
+WHERE imgsearch.embeddings.model_id = %1$s AND ($4 IS NULL OR imgsearch.embeddings.tenant = $4) AND ($5 IS NULL OR imgsearch.embeddings.category = $5) AND ($6 IS NULL OR imgsearch.embeddings.price_units >= $6) AND ($7 IS NULL OR imgsearch.embeddings.price_units <= $7) AND ($8 IS NULL OR imgsearch.embeddings.image_id != $8) AND ($9 IS NULL OR imgsearch.embeddings.product_pk != $9) AND (SELECT few.matching
+FROM few) > 1500 ORDER BY CAST(imgsearch.embeddings.embedding AS halfvec(%2$s)) <=> $1
+ LIMIT $2),
+many AS
+(SELECT count(*) AS matching
+FROM (SELECT imgsearch.embeddings.image_id AS image_id
+FROM imgsearch.embeddings
+WHERE imgsearch.embeddings.model_id = %1$s AND ($4 IS NULL OR imgsearch.embeddings.tenant = $4) AND ($5 IS NULL OR imgsearch.embeddings.category = $5) AND ($6 IS NULL OR imgsearch.embeddings.price_units >= $6) AND ($7 IS NULL OR imgsearch.embeddings.price_units <= $7) AND ($8 IS NULL OR imgsearch.embeddings.image_id != $8) AND ($9 IS NULL OR imgsearch.embeddings.product_pk != $9) AND (SELECT few.matching
+FROM few) > 1500 AND (SELECT count(*) AS count_1
+FROM one_pass) < $2
+ LIMIT $11 + 1) AS many_rows),
+limits AS
+(SELECT $11 AS bound, $10 AS total)
+ SELECT CASE WHEN (few.matching <= 1500) THEN few.matching WHEN (many.matching > 0) THEN many.matching ELSE -1 END AS matching, limits.bound, limits.total, hits.source, hits.image_id, imgsearch.products.product_id, imgsearch.products.title, imgsearch.products.brand, imgsearch.products.currency, hits.tenant, hits.category, hits.price, hits.distance
+FROM few JOIN many ON true JOIN limits ON true LEFT OUTER JOIN (SELECT 'hnsw' AS source, one_pass.image_id AS image_id, one_pass.product_pk AS product_pk, one_pass.tenant AS tenant, one_pass.category AS category, one_pass.price AS price, one_pass.distance AS distance
+FROM one_pass
+WHERE (SELECT count(*) AS count_1
+FROM one_pass) >= $2 UNION ALL SELECT 'exact' AS source, exact.image_id AS image_id, exact.product_pk AS product_pk, exact.tenant AS tenant, exact.category AS category, exact.price AS price, exact.distance AS distance
+FROM (SELECT imgsearch.embeddings.image_id AS image_id, imgsearch.embeddings.product_pk AS product_pk, imgsearch.embeddings.tenant AS tenant, imgsearch.embeddings.category AS category, imgsearch.embeddings.price AS price, imgsearch.embeddings.embedding <=> $1 AS distance
+FROM imgsearch.embeddings
+WHERE imgsearch.embeddings.model_id = %1$s AND ($4 IS NULL OR imgsearch.embeddings.tenant = $4) AND ($5 IS NULL OR imgsearch.embeddings.category = $5) AND ($6 IS NULL OR imgsearch.embeddings.price_units >= $6) AND ($7 IS NULL OR imgsearch.embeddings.price_units <= $7) AND ($8 IS NULL OR imgsearch.embeddings.image_id != $8) AND ($9 IS NULL OR imgsearch.embeddings.product_pk != $9) AND ((SELECT few.matching
+FROM few) <= 1500 OR (SELECT few.matching
+FROM few) > 1500 AND (SELECT count(*) AS count_1
+FROM one_pass) < $2 AND (SELECT many.matching
+FROM many) <= $11) ORDER BY imgsearch.embeddings.embedding <=> $1
+ LIMIT $2) AS exact) AS hits ON true LEFT OUTER JOIN imgsearch.products ON imgsearch.products.id = hits.product_pk AND imgsearch.products.tenant = hits.tenant AND ($4 IS NULL OR imgsearch.products.tenant = $4)$sql$;
+    -- the same without the one pass (2 k above plans.MAX_EF_SEARCH)
+    filtered_exact constant text := $sql$WITH few AS
+(SELECT count(*) AS matching
+FROM (SELECT imgsearch.embeddings.image_id AS image_id
+FROM imgsearch.embeddings
+WHERE imgsearch.embeddings.model_id = %1$s AND ($4 IS NULL OR imgsearch.embeddings.tenant = $4) AND ($5 IS NULL OR imgsearch.embeddings.category = $5) AND ($6 IS NULL OR imgsearch.embeddings.price_units >= $6) AND ($7 IS NULL OR imgsearch.embeddings.price_units <= $7) AND ($8 IS NULL OR imgsearch.embeddings.image_id != $8) AND ($9 IS NULL OR imgsearch.embeddings.product_pk != $9)
+ LIMIT 1500 + 1) AS few_rows),
+many AS
+(SELECT count(*) AS matching
+FROM (SELECT imgsearch.embeddings.image_id AS image_id
+FROM imgsearch.embeddings
+WHERE imgsearch.embeddings.model_id = %1$s AND ($4 IS NULL OR imgsearch.embeddings.tenant = $4) AND ($5 IS NULL OR imgsearch.embeddings.category = $5) AND ($6 IS NULL OR imgsearch.embeddings.price_units >= $6) AND ($7 IS NULL OR imgsearch.embeddings.price_units <= $7) AND ($8 IS NULL OR imgsearch.embeddings.image_id != $8) AND ($9 IS NULL OR imgsearch.embeddings.product_pk != $9) AND (SELECT few.matching
+FROM few) > 1500
+ LIMIT $11 + 1) AS many_rows),
+limits AS
+(SELECT $11 AS bound, $10 AS total)
+ SELECT CASE WHEN (few.matching <= 1500) THEN few.matching WHEN (many.matching > 0) THEN many.matching ELSE -1 END AS matching, limits.bound, limits.total, hits.source, hits.image_id, imgsearch.products.product_id, imgsearch.products.title, imgsearch.products.brand, imgsearch.products.currency, hits.tenant, hits.category, hits.price, hits.distance
+FROM few JOIN many ON true JOIN limits ON true LEFT OUTER JOIN (SELECT 'exact' AS source, exact.image_id AS image_id, exact.product_pk AS product_pk, exact.tenant AS tenant, exact.category AS category, exact.price AS price, exact.distance AS distance
+FROM (SELECT imgsearch.embeddings.image_id AS image_id, imgsearch.embeddings.product_pk AS product_pk, imgsearch.embeddings.tenant AS tenant, imgsearch.embeddings.category AS category, imgsearch.embeddings.price AS price, imgsearch.embeddings.embedding <=> $1 AS distance
+FROM imgsearch.embeddings
+WHERE imgsearch.embeddings.model_id = %1$s AND ($4 IS NULL OR imgsearch.embeddings.tenant = $4) AND ($5 IS NULL OR imgsearch.embeddings.category = $5) AND ($6 IS NULL OR imgsearch.embeddings.price_units >= $6) AND ($7 IS NULL OR imgsearch.embeddings.price_units <= $7) AND ($8 IS NULL OR imgsearch.embeddings.image_id != $8) AND ($9 IS NULL OR imgsearch.embeddings.product_pk != $9) AND ((SELECT few.matching
+FROM few) <= 1500 OR (SELECT few.matching
+FROM few) > 1500 AND (SELECT many.matching
+FROM many) <= $11) ORDER BY imgsearch.embeddings.embedding <=> $1
+ LIMIT $2) AS exact) AS hits ON true LEFT OUTER JOIN imgsearch.products ON imgsearch.products.id = hits.product_pk AND imgsearch.products.tenant = hits.tenant AND ($4 IS NULL OR imgsearch.products.tenant = $4)$sql$;
+    -- statements.pooled_statement: a relaxed iterative scan's pool, re-sorted exactly
+    pooled constant text := $sql$WITH pool AS MATERIALIZED
+(SELECT imgsearch.embeddings.image_id AS image_id, imgsearch.products.product_id AS product_id, imgsearch.products.title AS title, imgsearch.products.brand AS brand, imgsearch.products.currency AS currency, imgsearch.embeddings.tenant AS tenant, imgsearch.embeddings.category AS category, imgsearch.embeddings.price AS price, CAST(imgsearch.embeddings.embedding AS halfvec(%2$s)) <=> $1 AS distance
+FROM imgsearch.embeddings JOIN imgsearch.products ON imgsearch.products.id = imgsearch.embeddings.product_pk AND imgsearch.products.tenant = imgsearch.embeddings.tenant AND ($4 IS NULL OR imgsearch.products.tenant = $4)
+WHERE imgsearch.embeddings.model_id = %1$s AND ($4 IS NULL OR imgsearch.embeddings.tenant = $4) AND ($5 IS NULL OR imgsearch.embeddings.category = $5) AND ($6 IS NULL OR imgsearch.embeddings.price_units >= $6) AND ($7 IS NULL OR imgsearch.embeddings.price_units <= $7) AND ($8 IS NULL OR imgsearch.embeddings.image_id != $8) AND ($9 IS NULL OR imgsearch.embeddings.product_pk != $9) ORDER BY CAST(imgsearch.embeddings.embedding AS halfvec(%2$s)) <=> $1
+ LIMIT $3)
+ SELECT pool.image_id, pool.product_id, pool.title, pool.brand, pool.currency, pool.tenant, pool.category, pool.price, pool.distance
+FROM pool ORDER BY pool.distance + 0
+ LIMIT $2$sql$;
+    -- statements.exact_statement: every matching row's distance
+    exact constant text := $sql$SELECT top.image_id, imgsearch.products.product_id, imgsearch.products.title, imgsearch.products.brand, imgsearch.products.currency, top.tenant, top.category, top.price, top.distance
+FROM (SELECT imgsearch.embeddings.image_id AS image_id, imgsearch.embeddings.product_pk AS product_pk, imgsearch.embeddings.tenant AS tenant, imgsearch.embeddings.category AS category, imgsearch.embeddings.price AS price, imgsearch.embeddings.embedding <=> $1 AS distance
+FROM imgsearch.embeddings
+WHERE imgsearch.embeddings.model_id = %1$s AND ($4 IS NULL OR imgsearch.embeddings.tenant = $4) AND ($5 IS NULL OR imgsearch.embeddings.category = $5) AND ($6 IS NULL OR imgsearch.embeddings.price_units >= $6) AND ($7 IS NULL OR imgsearch.embeddings.price_units <= $7) AND ($8 IS NULL OR imgsearch.embeddings.image_id != $8) AND ($9 IS NULL OR imgsearch.embeddings.product_pk != $9) ORDER BY imgsearch.embeddings.embedding <=> $1
+ LIMIT $2) AS top JOIN imgsearch.products ON imgsearch.products.id = top.product_pk AND imgsearch.products.tenant = top.tenant AND ($4 IS NULL OR imgsearch.products.tenant = $4) ORDER BY top.distance$sql$;
 BEGIN
     IF k IS NULL OR k < 1 OR k > 1000 THEN
         RAISE EXCEPTION 'k must be from 1 to 1000, got %', k USING ERRCODE = 'invalid_parameter_value';
@@ -103,66 +184,56 @@ BEGIN
         RAISE EXCEPTION 'price_min % is above price_max %', price_min, price_max
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    SELECT greatest(c.reltuples, 1)::bigint INTO total FROM pg_class c
-        WHERE c.oid = 'imgsearch.embeddings'::regclass;
-
     IF imgsearch._citus() THEN
         PERFORM imgsearch._begin_distributed();
-        PERFORM imgsearch._set_local('hnsw.ef_search', '200');
-        PERFORM imgsearch._set_local('hnsw.iterative_scan', 'off');
-        PERFORM imgsearch._set_local('hnsw.max_scan_tuples', '20000');
-        PERFORM imgsearch._set_local('hnsw.scan_mem_multiplier', '4');
     END IF;
+    EXECUTE total_rows INTO total;
+    EXECUTE exact_rows INTO bound USING query, k, pool, tenant, category, units_min, units_max, exclude, exclude_product, total, bound;
+    min_ef := CASE WHEN total <= 100000 THEN 200
+                   ELSE least(1000, ceil(200 * (total / 100000.0) ^ 0.3))::int END;
+    -- plans.one_pass_plan (none past 1000)
+    ef_search := greatest(min_ef, 2 * k);
+    PERFORM imgsearch._set_local('hnsw.ef_search', CASE WHEN ef_search <= 1000 THEN ef_search ELSE min_ef END::text);
+    PERFORM imgsearch._set_local('hnsw.iterative_scan', 'off');
 
-    -- 1. few rows match: every matching row's distance (below)
-    IF has_filters THEN
-        EXECUTE format(counted, active.id, exact_max_rows + 1)
-            INTO matching USING tenant, category, price_min, price_max, exclude, query, exclude_product;
-        IF matching <= exact_max_rows THEN
+    IF NOT has_filters AND ef_search <= 1000 THEN
+        EXECUTE format(hits, format(one_pass, active.id, active.dim)) INTO ids, products, distances
+            USING query, k, pool, tenant, category, units_min, units_max, exclude, exclude_product, total, bound;
+        IF coalesce(cardinality(ids), 0) >= k THEN
+            strategy := 'hnsw';
+        END IF;
+    ELSIF has_filters THEN
+        EXECUTE format(counted_hits, format(CASE WHEN ef_search <= 1000 THEN filtered ELSE filtered_exact END,
+                                            active.id, active.dim))
+            INTO ids, products, distances, matching, bound, total, source
+            USING query, k, pool, tenant, category, units_min, units_max, exclude, exclude_product, total, bound;
+        IF source = 'hnsw' THEN
+            strategy := 'hnsw';
+        ELSIF 0 <= matching AND matching <= bound THEN
             strategy := format('exact (%s rows match)', matching);
         END IF;
     END IF;
 
-    -- 2. one HNSW pass: the matching rows among the ef_search nearest
-    IF strategy IS NULL AND ef_search <= 1000 THEN
-        PERFORM imgsearch._set_local('hnsw.ef_search', ef_search::text);
-        EXECUTE format(nearest, active.id, active.dim, k, k)
-            INTO ids, pks, distances USING tenant, category, price_min, price_max, exclude, query, exclude_product;
-        IF coalesce(cardinality(ids), 0) = k THEN
-            strategy := 'hnsw';
-        END IF;
-    END IF;
-
-    -- 3. the pass came short, the filter's rows lie away from the query: exact up to a bound
-    IF strategy IS NULL AND has_filters THEN
-        bound := greatest(exact_max_rows, ceil(exact_max_fraction * total)::bigint, k);
-        EXECUTE format(counted, active.id, bound + 1)
-            INTO matching USING tenant, category, price_min, price_max, exclude, query, exclude_product;
-        IF matching <= bound THEN
-            strategy := format('exact (%s rows match, the pass came short)', matching);
-        END IF;
-    END IF;
-
-    -- 4. a relaxed iterative scan fills a pool, re-sorted exactly; an exact scan if it comes short
+    -- plans.iterative_plan: a relaxed scan collects a pool; an exact scan if even it comes short
     IF strategy IS NULL THEN
-        PERFORM imgsearch._set_local('hnsw.ef_search', least(1000, ef_search)::text);
+        ef_search := least(1000, greatest(min_ef, 2 * k));
+        max_scan_tuples := least(greatest(20000, total), 10000000);
+        pool := least(4000, greatest(200, 4 * k));
+        PERFORM imgsearch._set_local('hnsw.ef_search', ef_search::text);
         PERFORM imgsearch._set_local('hnsw.iterative_scan', 'relaxed_order');
-        PERFORM imgsearch._set_local('hnsw.max_scan_tuples', least(10000000, greatest(20000, total))::text);
-        EXECUTE format(nearest, active.id, active.dim, least(4000, greatest(200, 4 * k)), k)
-            INTO ids, pks, distances USING tenant, category, price_min, price_max, exclude, query, exclude_product;
-        strategy := CASE WHEN coalesce(cardinality(ids), 0) = k THEN 'hnsw_iterative'
-            ELSE 'exact (the pool came short)' END;
-    END IF;
-
-    IF strategy LIKE 'exact%' THEN
-        EXECUTE format(exact, active.id, k)
-            INTO ids, pks, distances USING tenant, category, price_min, price_max, exclude, query, exclude_product;
+        PERFORM imgsearch._set_local('hnsw.max_scan_tuples', max_scan_tuples::text);
+        PERFORM imgsearch._set_local('hnsw.scan_mem_multiplier', '4');
+        EXECUTE format(hits, format(pooled, active.id, active.dim)) INTO ids, products, distances
+            USING query, k, pool, tenant, category, units_min, units_max, exclude, exclude_product, total, bound;
+        IF coalesce(cardinality(ids), 0) = k THEN
+            strategy := format('hnsw_iterative (pool %s, ef_search %s)', pool, ef_search);
+        ELSE
+            EXECUTE format(hits, format(exact, active.id, active.dim)) INTO ids, products, distances
+                USING query, k, pool, tenant, category, units_min, units_max, exclude, exclude_product, total, bound;
+            strategy := 'exact (the pool came short)';
+        END IF;
     END IF;
     RAISE DEBUG 'imgsearch._search: %', strategy;
-    RETURN QUERY SELECT hit.i, p.product_id, hit.d
-        FROM unnest(ids, pks, distances) WITH ORDINALITY AS hit (i, pk, d, n)
-        JOIN imgsearch.products p ON p.id = hit.pk
-            AND (_search.tenant IS NULL OR p.tenant = _search.tenant)
-        ORDER BY hit.n;
+    RETURN QUERY SELECT * FROM unnest(ids, products, distances);
 END
 $function$;
