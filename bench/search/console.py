@@ -44,7 +44,10 @@ from imgsearch.settings import Settings
 
 K = 10
 OLD = "imgsearch.bench_search_previous"
-CALL = "SELECT image_id FROM {fn}(%(q)s::halfvec, %(k)s, %(tenant)s, %(category)s, %(lo)s, %(hi)s, NULL)"
+CALL = (
+    "SELECT image_id FROM {fn}(%(q)s::halfvec, %(k)s::int, %(tenant)s, %(category)s, %(lo)s::numeric,"
+    " %(hi)s::numeric, NULL, NULL, false)"
+)
 EXACT = (
     "SELECT image_id FROM imgsearch.embeddings WHERE (%(tenant)s::text IS NULL OR tenant = %(tenant)s)"
     " AND (%(category)s::text IS NULL OR category = %(category)s) AND (%(lo)s::numeric IS NULL OR"
@@ -61,7 +64,9 @@ def previous_function() -> str:
     body: str = migration.PREVIOUS
     last = body.rindex("CREATE OR REPLACE FUNCTION imgsearch._search(")  # the plpgsql overload
     end = body.index("$function$;", last) + len("$function$;")
-    return body[last:end].replace("FUNCTION imgsearch._search(", f"FUNCTION {OLD}(", 1)
+    # its arguments named by the function's new name
+    renamed = body[last:end].replace("_search.tenant", f"{OLD.split('.')[1]}.tenant")
+    return renamed.replace("FUNCTION imgsearch._search(", f"FUNCTION {OLD}(", 1)
 
 
 def filters(q_cluster: int, far_cluster: int) -> dict[str, dict[str, Any]]:

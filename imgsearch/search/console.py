@@ -33,6 +33,7 @@ from sqlalchemy import Integer, bindparam, select
 
 from imgsearch.db.vector_index import query_param
 from imgsearch.ingest import checks
+from imgsearch.search import console_sql as sql_text
 from imgsearch.search import facets, lexical, plans, statements
 from imgsearch.search.filters import MAX_K, PARAM_PREFIX
 from imgsearch.search.plpgsql import MODEL, console_filters, sql, using
@@ -122,262 +123,19 @@ def _settings() -> str:
         '"hnsw.max_scan_tuples"': plans.MIN_SCAN_TUPLES,
         '"hnsw.scan_mem_multiplier"': plans.SCAN_MEM_MULTIPLIER,
         **plans.PLANNER_SETTINGS,
+        # the filtered statement's exact part is planned for every matching row, run only when
+        # its gate holds: planned parallel, its workers start even when it doesn't (5 ms a search
+        # for a shop's whole catalog, bench/search/console.py); the library's plans for such
+        # shapes are cached, planned without the values
+        "max_parallel_workers_per_gather": 0,
     }
     return "".join(f" SET {name} TO '{value}'\n" for name, value in defaults.items())
 
 
-_SEARCH_HEAD = """-- imgsearch._search: the definition a migrated catalog runs (imgsearch/db/definitions.py)
-
-CREATE OR REPLACE FUNCTION imgsearch._search(query halfvec, k integer, tenant text, category text, price_min numeric, price_max numeric, exclude bigint)
- RETURNS TABLE(image_id bigint, product_id text, distance double precision)
- LANGUAGE sql
- STABLE
-BEGIN ATOMIC
- SELECT _search.image_id,
-     _search.product_id,
-     _search.distance
-    FROM imgsearch._search(_search.query, _search.k, _search.tenant, _search.category, _search.price_min, _search.price_max, _search.exclude, NULL::bigint) _search(image_id, product_id, distance);
-END;
-
-CREATE OR REPLACE FUNCTION imgsearch._search(query halfvec, k integer, tenant text, category text, price_min numeric, price_max numeric, exclude bigint, exclude_product bigint)
- RETURNS TABLE(image_id bigint, product_id text, distance double precision)
- LANGUAGE sql
- STABLE
-BEGIN ATOMIC
- SELECT _search.image_id,
-     _search.product_id,
-     _search.distance
-    FROM imgsearch._search(_search.query, _search.k, _search.tenant, _search.category, _search.price_min, _search.price_max, _search.exclude, _search.exclude_product, false) _search(image_id, product_id, distance);
-END;
-
-CREATE OR REPLACE FUNCTION imgsearch._search(query halfvec, k integer, tenant text, category text, price_min numeric, price_max numeric, exclude bigint, exclude_product bigint, for_images boolean)
- RETURNS TABLE(image_id bigint, product_id text, distance double precision)
- LANGUAGE plpgsql
- STABLE
-"""
-
-_SEARCH_BODY = """AS $function$
--- Written by imgsearch/search/console.py: the statements are the library's
--- (imgsearch/search/statements.py), the numbers its plans' (imgsearch/search/plans.py), the order
--- imgsearch.search.strategy.search_vector's. Edit those, then: python -m imgsearch.search.console --write
-DECLARE
-    active record;
-    images smallint := CASE WHEN for_images THEN imgsearch._image_model_id() END;  -- read first (Citus)
-    has_filters boolean := num_nulls(tenant, category, price_min, price_max, exclude, exclude_product) < 6;
-{units}    total bigint;
-    min_ef int;  -- plans.min_ef_search of the rows
-    ef_search int;
-    pool int;
-    max_scan_tuples bigint;
-    matching bigint := -1;
-    bound bigint;
-    source text;
-    strategy text;
-    ids bigint[];
-    products text[];
-    distances double precision[];
-    hits constant text := 'SELECT array_agg(s.image_id ORDER BY s.distance), array_agg(s.product_id ORDER BY s.distance),'
-        ' array_agg(s.distance ORDER BY s.distance) FROM (%s) s';
-    counted_hits constant text := 'SELECT array_agg(s.image_id ORDER BY s.distance) FILTER (WHERE s.source IS NOT NULL),'
-        ' array_agg(s.product_id ORDER BY s.distance) FILTER (WHERE s.source IS NOT NULL),'
-        ' array_agg(s.distance ORDER BY s.distance) FILTER (WHERE s.source IS NOT NULL),'
-        ' max(s.matching), max(s.bound), max(s.total), max(s.source) FROM (%s) s';
-    -- plans.reltuples: the catalog's row estimate
-    total_rows constant text := $sql${total}$sql$;
-    -- statements.exact_bound: the most rows an exact scan may take
-    exact_rows constant text := $sql${bound}$sql$;
-    -- statements.hnsw_statement: the matching rows among the ef_search nearest
-    one_pass constant text := $sql${one_pass}$sql$;
-    -- statements.filtered_statement: the count, the one pass and the exact scan, each run when
-    -- the counts before it call for it
-    filtered constant text := $sql${filtered}$sql$;
-    -- the same without the one pass (2 k above plans.MAX_EF_SEARCH)
-    filtered_exact constant text := $sql${filtered_exact}$sql$;
-    -- statements.pooled_statement: a relaxed iterative scan's pool, re-sorted exactly
-    pooled constant text := $sql${pooled}$sql$;
-    -- statements.exact_statement: every matching row's distance
-    exact constant text := $sql${exact}$sql$;
-BEGIN
-    IF k IS NULL OR k < 1 OR k > {max_k} THEN
-        RAISE EXCEPTION 'k must be from 1 to {max_k}, got %', k USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    IF query IS NULL THEN
-        RAISE EXCEPTION 'query vector must not be null' USING ERRCODE = 'null_value_not_allowed';
-    END IF;
-    -- an image query's model: the one serving images beside the active one, if any (migration 0034)
-    SELECT m.id, m.dim INTO active FROM imgsearch.models m
-        WHERE CASE WHEN for_images THEN m.id = images ELSE m.active END;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'no active model: open the catalog once (imgsearch migrate)' USING ERRCODE = 'no_data_found';
-    END IF;
-    IF vector_dims(query) <> active.dim THEN
-        RAISE EXCEPTION 'query vector has % dimensions, expected %', vector_dims(query), active.dim
-            USING ERRCODE = 'data_exception';
-    END IF;
-    IF l2_norm(query) = 0 THEN
-        RAISE EXCEPTION 'query vector is all zeros; cosine distance is undefined for a zero vector'
-            USING ERRCODE = 'data_exception';
-    END IF;
-    IF price_min IN ('NaN', 'Infinity', '-Infinity') THEN
-        RAISE EXCEPTION 'price_min must be finite, got %', price_min USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    IF price_max IN ('NaN', 'Infinity', '-Infinity') THEN
-        RAISE EXCEPTION 'price_max must be finite, got %', price_max USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    IF price_min > price_max THEN
-        RAISE EXCEPTION 'price_min % is above price_max %', price_min, price_max
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    IF imgsearch._citus() THEN
-        PERFORM imgsearch._begin_distributed();
-    END IF;
-    EXECUTE total_rows INTO total;
-    EXECUTE exact_rows INTO bound USING {using};
-    min_ef := CASE WHEN total <= {ef_base_rows} THEN {min_ef}
-                   ELSE least({max_ef}, ceil({min_ef} * (total / {ef_base_rows}.0) ^ {ef_growth}))::int END;
-    -- plans.one_pass_plan (none past {max_ef})
-    ef_search := greatest(min_ef, 2 * k);
-    PERFORM imgsearch._set_local('hnsw.ef_search', CASE WHEN ef_search <= {max_ef} THEN ef_search ELSE min_ef END::text);
-    PERFORM imgsearch._set_local('hnsw.iterative_scan', 'off');
-
-    IF NOT has_filters AND ef_search <= {max_ef} THEN
-        EXECUTE format(hits, format(one_pass, active.id, active.dim)) INTO ids, products, distances
-            USING {using};
-        IF coalesce(cardinality(ids), 0) >= k THEN
-            strategy := 'hnsw';
-        END IF;
-    ELSIF has_filters THEN
-        EXECUTE format(counted_hits, format(CASE WHEN ef_search <= {max_ef} THEN filtered ELSE filtered_exact END,
-                                            active.id, active.dim))
-            INTO ids, products, distances, matching, bound, total, source
-            USING {using};
-        IF source = 'hnsw' THEN
-            strategy := 'hnsw';
-        ELSIF 0 <= matching AND matching <= bound THEN
-            strategy := format('exact (%s rows match)', matching);
-        END IF;
-    END IF;
-
-    -- plans.iterative_plan: a relaxed scan collects a pool; an exact scan if even it comes short
-    IF strategy IS NULL THEN
-        ef_search := least({max_ef}, greatest(min_ef, 2 * k));
-        max_scan_tuples := least(greatest({min_scan_tuples}, total), {max_scan_tuples});
-        pool := least({max_pool}, greatest({min_pool}, 4 * k));
-        PERFORM imgsearch._set_local('hnsw.ef_search', ef_search::text);
-        PERFORM imgsearch._set_local('hnsw.iterative_scan', 'relaxed_order');
-        PERFORM imgsearch._set_local('hnsw.max_scan_tuples', max_scan_tuples::text);
-        PERFORM imgsearch._set_local('hnsw.scan_mem_multiplier', '{scan_mem_multiplier}');
-        EXECUTE format(hits, format(pooled, active.id, active.dim)) INTO ids, products, distances
-            USING {using};
-        IF coalesce(cardinality(ids), 0) = k THEN
-            strategy := format('hnsw_iterative (pool %s, ef_search %s)', pool, ef_search);
-        ELSE
-            EXECUTE format(hits, format(exact, active.id, active.dim)) INTO ids, products, distances
-                USING {using};
-            strategy := 'exact (the pool came short)';
-        END IF;
-    END IF;
-    RAISE DEBUG 'imgsearch._search: %', strategy;
-    RETURN QUERY SELECT * FROM unnest(ids, products, distances);
-END
-$function$;
-"""
-
-
-_UNITS = """    -- a price bound in price_units: within the stored range, rounded inwards (search.filters;
-    -- NULL: no bound, and greatest and least pass over a NULL)
-    units_min bigint := CASE WHEN price_min IS NOT NULL
-                             THEN ceil(least(greatest(price_min, -{limit}), {limit}) * 10000)::bigint END;
-    units_max bigint := CASE WHEN price_max IS NOT NULL
-                             THEN floor(least(greatest(price_max, -{limit}), {limit}) * 10000)::bigint END;
-"""
-
-# lexical_match's rows as the arrays lexical.lexical_ranked and facets.statement read (fetched)
-_MATCHES = """SELECT array_agg(m.product_pk), array_agg(m.exact_match), array_agg(m.doc_rank), array_agg(m.similarity)
-    INTO m_pks, m_exact, m_ranks, m_similarities
-    FROM imgsearch.lexical_match(query, lower(btrim(query)), btrim(query), NULL, shop) AS m;"""
-
-_LEXICAL = """-- imgsearch._lexical: the definition a migrated catalog runs (imgsearch/db/definitions.py)
-
-CREATE OR REPLACE FUNCTION imgsearch._lexical(query text, n integer, tenant text, category text, price_min numeric, price_max numeric)
- RETURNS TABLE(product_pk bigint, rank bigint)
- LANGUAGE plpgsql
- STABLE
-AS $function$
--- Written by imgsearch/search/console.py: the statement is the library's
--- (imgsearch.search.lexical.lexical_ranked). Edit it, then: python -m imgsearch.search.console --write
-DECLARE
-    shop text := imgsearch._shop(_lexical.tenant);
-{units}    exclude bigint;
-    exclude_product bigint;
-    model_id smallint := (SELECT m.id FROM imgsearch.models m WHERE m.active);
-    m_pks bigint[];
-    m_exact boolean[];
-    m_ranks real[];
-    m_similarities real[];
-    -- the best n products matching the text and the filters: an exact id first, then the
-    -- document's rank, then the trigram similarity
-    ranked constant text := $sql${ranked}$sql$;
-BEGIN
-    -- the matches first: lexical_match reads the products itself (on Citus, a query of the
-    -- cluster, which a statement sent to one shard can't run)
-    {matches}
-    RETURN QUERY EXECUTE format(ranked, coalesce(model_id, 0)) USING {using};
-END
-$function$;
-"""
-
-_FACETS = """-- imgsearch.facets: the definition a migrated catalog runs (imgsearch/db/definitions.py)
-
-CREATE OR REPLACE FUNCTION imgsearch.facets(query text DEFAULT NULL::text, tenant text DEFAULT NULL::text, category text DEFAULT NULL::text, price_min numeric DEFAULT NULL::numeric, price_max numeric DEFAULT NULL::numeric)
- RETURNS jsonb
- LANGUAGE plpgsql
- STABLE
-AS $function$
--- Written by imgsearch/search/console.py: the statements are the library's
--- (imgsearch.search.facets.statement). Edit it, then: python -m imgsearch.search.console --write
-DECLARE
-    shop text := imgsearch._shop(facets.tenant);
-{units}    exclude bigint;
-    exclude_product bigint;
-    model_id smallint := (SELECT m.id FROM imgsearch.models m WHERE m.active);
-    m_pks bigint[];
-    m_exact boolean[];
-    m_ranks real[];
-    m_similarities real[];
-    counted record;
-    -- the whole match set read once, counted per category, brand, attribute value and price
-    every constant text := $sql${every}$sql$;
-    -- the same for the products matching the text
-    matching constant text := $sql${matching}$sql$;
-BEGIN
-    IF query IS NOT NULL THEN  -- first: lexical_match reads the products itself
-    {matches}
-    END IF;
-    EXECUTE format(CASE WHEN query IS NULL THEN every ELSE matching END, coalesce(model_id, 0))
-        INTO counted USING {using};
-    RETURN jsonb_build_object(
-        'total', counted.total,
-        'total_relation', 'eq',  -- facets read the whole match set: their total is exact
-        'category', coalesce((SELECT jsonb_object_agg(c ->> 0, (c ->> 1)::bigint)
-                              FROM json_array_elements(counted.category) AS c), '{{}}'),
-        'brand', coalesce((SELECT jsonb_object_agg(b ->> 0, (b ->> 1)::bigint)
-                           FROM json_array_elements(counted.brand) AS b), '{{}}'),
-        'attributes', coalesce((SELECT jsonb_object_agg(a ->> 0, (SELECT jsonb_object_agg(v ->> 0, (v ->> 1)::bigint)
-                                                                  FROM json_array_elements(a -> 2) AS v))
-                                FROM json_array_elements(counted.attributes) AS a), '{{}}'),
-        'price', coalesce((SELECT jsonb_agg(jsonb_build_object('from', (p ->> 0)::numeric, 'to', (p ->> 1)::numeric,
-                                                               'count', (p ->> 2)::bigint) ORDER BY (p ->> 0)::numeric)
-                           FROM json_array_elements(counted.price) AS p), '[]'));
-END
-$function$;
-"""
-
-
 def files() -> dict[str, str]:
     """The console functions written here, by file name (in ``imgsearch/db/sql/functions/``)."""
-    units = _UNITS.format(limit=int(checks.PRICE_LIMIT))
-    search = _SEARCH_BODY.format(
+    units = sql_text.UNITS.format(limit=int(checks.PRICE_LIMIT))
+    search = sql_text.SEARCH_BODY.format(
         units=units,
         max_k=MAX_K,
         min_ef=plans.MIN_EF_SEARCH,
@@ -392,12 +150,17 @@ def files() -> dict[str, str]:
         using=using(SEARCH),
         **search_texts(),
     )
-    lexical_body = _LEXICAL.format(units=units, matches=_MATCHES, using=using(LEXICAL), **lexical_texts())
-    facets_body = _FACETS.format(
-        units=units, matches=_MATCHES.replace("\n", "\n    "), using=using(FACETS), **facets_texts()
+    lexical_body = sql_text.LEXICAL.format(
+        units=units, matches=sql_text.MATCHES_INTO, using=using(LEXICAL), **lexical_texts()
+    )
+    facets_body = sql_text.FACETS.format(
+        units=units,
+        matches=sql_text.MATCHES_INTO.replace("\n", "\n    "),
+        using=using(FACETS),
+        **facets_texts(),
     )
     return {
-        "_search.sql": _SEARCH_HEAD + _settings() + search,
+        "_search.sql": sql_text.SEARCH_HEAD + _settings() + search,
         "_lexical.sql": lexical_body,
         "facets.sql": facets_body,
     }

@@ -1,8 +1,8 @@
 """The console's search functions from the library's statements.
 
 ``imgsearch._search`` (behind ``search_vector``, ``search_similar``, ``search_similar_product``,
-``search_text`` and the semantic side of ``search_hybrid``), ``imgsearch._lexical`` (the lexical
-side of ``search_hybrid``) and ``imgsearch.facets`` now run the library's own statements,
+``search_text`` and the semantic side of ``search_hybrid``), ``imgsearch._lexical`` (its lexical
+side) and ``imgsearch.facets`` now run the library's own statements,
 compiled for the console's filters by :mod:`imgsearch.search.console`: the filtered statement
 that counts and chooses between the one HNSW pass and the exact scan inside PostgreSQL, the
 iterative pool and the exact scan with the plans' numbers; the lexical ranking; the facets'
@@ -60,6 +60,7 @@ CREATE OR REPLACE FUNCTION imgsearch._search(query halfvec, k integer, tenant te
  SET jit TO 'off'
  SET random_page_cost TO '1.1'
  SET plan_cache_mode TO 'force_custom_plan'
+ SET max_parallel_workers_per_gather TO '0'
 AS $function$
 -- Written by imgsearch/search/console.py: the statements are the library's
 -- (imgsearch/search/statements.py), the numbers its plans' (imgsearch/search/plans.py), the order
@@ -498,44 +499,125 @@ CREATE OR REPLACE FUNCTION imgsearch._search(query halfvec, k integer, tenant te
  SET random_page_cost TO '1.1'
  SET plan_cache_mode TO 'force_custom_plan'
 AS $function$
+-- Written by imgsearch/search/console.py: the statements are the library's
+-- (imgsearch/search/statements.py), the numbers its plans' (imgsearch/search/plans.py), the order
+-- imgsearch.search.strategy.search_vector's. Edit those, then: python -m imgsearch.search.console --write
 DECLARE
-    -- imgsearch.search: EXACT_MAX_ROWS, EXACT_MAX_FRACTION, MIN_EF_SEARCH, MAX_EF_SEARCH,
-    -- MIN_SCAN_TUPLES, MIN_POOL and MAX_POOL at their defaults
-    exact_max_rows constant int := 1500;
-    exact_max_fraction constant numeric := 0.15;
-    ef_search constant int := greatest(200, 2 * k);
     active record;
     images smallint := CASE WHEN for_images THEN imgsearch._image_model_id() END;  -- read first (Citus)
-    total bigint;
-    bound bigint;
-    matching bigint;
     has_filters boolean := num_nulls(tenant, category, price_min, price_max, exclude, exclude_product) < 6;
+    -- a price bound in price_units: within the stored range, rounded inwards (search.filters;
+    -- NULL: no bound, and greatest and least pass over a NULL)
+    units_min bigint := CASE WHEN price_min IS NOT NULL
+                             THEN ceil(least(greatest(price_min, -10000000000), 10000000000) * 10000)::bigint END;
+    units_max bigint := CASE WHEN price_max IS NOT NULL
+                             THEN floor(least(greatest(price_max, -10000000000), 10000000000) * 10000)::bigint END;
+    total bigint;
+    min_ef int;  -- plans.min_ef_search of the rows
+    ef_search int;
+    pool int;
+    max_scan_tuples bigint;
+    matching bigint := -1;
+    bound bigint;
+    source text;
     strategy text;
     ids bigint[];
-    pks bigint[];
+    products text[];
     distances double precision[];
-    -- the filters read embeddings alone (migration 0004); products are joined to the k hits only
-    filtered text := ' FROM imgsearch.embeddings e'
-        ' WHERE e.model_id = %1$s'
-        ' AND ($1::text IS NULL OR e.tenant = $1)'
-        ' AND ($2::text IS NULL OR e.category = $2)'
-        ' AND ($3::numeric IS NULL OR e.price_units >= ceil(least(greatest($3, -1e10), 1e10) * 10000)::bigint)'
-        ' AND ($4::numeric IS NULL OR e.price_units <= floor(least(greatest($4, -1e10), 1e10) * 10000)::bigint)'
-        ' AND ($5::bigint IS NULL OR e.image_id <> $5)'
-        ' AND ($7::bigint IS NULL OR e.product_pk <> $7)';
-    counted text := 'SELECT count(*) FROM (SELECT 1' || filtered || ' LIMIT %2$s) s';
-    hits text := 'SELECT array_agg(image_id ORDER BY distance), array_agg(product_pk ORDER BY distance),'
-        ' array_agg(distance ORDER BY distance) FROM ';
-    -- the first %3$s matching rows through the model's HNSW index, the nearest %4$s of them,
-    -- re-sorted: MATERIALIZED and "+ 0", or PostgreSQL 17+ takes the scan's order (relaxed, for
-    -- a pool) as sorted and keeps its first rows (pgvector's README)
-    nearest text := 'WITH pool AS MATERIALIZED ('
-        'SELECT e.image_id, e.product_pk, (e.embedding::halfvec(%2$s) <=> $6)::float8 AS distance'
-        || filtered || ' ORDER BY e.embedding::halfvec(%2$s) <=> $6 LIMIT %3$s) '
-        || hits || '(SELECT * FROM pool ORDER BY distance + 0 LIMIT %4$s) top';
-    -- every matching row's distance (the uncast column: no HNSW index serves it)
-    exact text := hits || '(SELECT e.image_id, e.product_pk, (e.embedding <=> $6)::float8 AS distance'
-        || filtered || ' ORDER BY e.embedding <=> $6 LIMIT %2$s) top';
+    hits constant text := 'SELECT array_agg(s.image_id ORDER BY s.distance), array_agg(s.product_id ORDER BY s.distance),'
+        ' array_agg(s.distance ORDER BY s.distance) FROM (%s) s';
+    counted_hits constant text := 'SELECT array_agg(s.image_id ORDER BY s.distance) FILTER (WHERE s.source IS NOT NULL),'
+        ' array_agg(s.product_id ORDER BY s.distance) FILTER (WHERE s.source IS NOT NULL),'
+        ' array_agg(s.distance ORDER BY s.distance) FILTER (WHERE s.source IS NOT NULL),'
+        ' max(s.matching), max(s.bound), max(s.total), max(s.source) FROM (%s) s';
+    -- plans.reltuples: the catalog's row estimate
+    total_rows constant text := $sql$SELECT coalesce((SELECT CAST(greatest(pg_catalog.pg_class.reltuples, 1) AS BIGINT) AS greatest_1
+FROM pg_catalog.pg_class
+WHERE pg_catalog.pg_class.oid = 'imgsearch.embeddings'::regclass), 1) AS coalesce_1$sql$;
+    -- statements.exact_bound: the most rows an exact scan may take
+    exact_rows constant text := $sql$SELECT CAST(greatest(1500, ceil(0.15 * $10), $2) AS BIGINT) AS greatest_1$sql$;
+    -- statements.hnsw_statement: the matching rows among the ef_search nearest
+    one_pass constant text := $sql$SELECT imgsearch.embeddings.image_id, imgsearch.products.product_id, imgsearch.products.title, imgsearch.products.brand, imgsearch.products.currency, imgsearch.embeddings.tenant, imgsearch.embeddings.category, imgsearch.embeddings.price, CAST(imgsearch.embeddings.embedding AS halfvec(%2$s)) <=> $1 AS distance
+FROM imgsearch.embeddings JOIN imgsearch.products ON imgsearch.products.id = imgsearch.embeddings.product_pk AND imgsearch.products.tenant = imgsearch.embeddings.tenant AND ($4 IS NULL OR imgsearch.products.tenant = $4)
+WHERE imgsearch.embeddings.model_id = %1$s AND ($4 IS NULL OR imgsearch.embeddings.tenant = $4) AND ($5 IS NULL OR imgsearch.embeddings.category = $5) AND ($6 IS NULL OR imgsearch.embeddings.price_units >= $6) AND ($7 IS NULL OR imgsearch.embeddings.price_units <= $7) AND ($8 IS NULL OR imgsearch.embeddings.image_id != $8) AND ($9 IS NULL OR imgsearch.embeddings.product_pk != $9) ORDER BY CAST(imgsearch.embeddings.embedding AS halfvec(%2$s)) <=> $1
+ LIMIT $2$sql$;
+    -- statements.filtered_statement: the count, the one pass and the exact scan, each run when
+    -- the counts before it call for it
+    filtered constant text := $sql$WITH few AS
+(SELECT count(*) AS matching
+FROM (SELECT imgsearch.embeddings.image_id AS image_id
+FROM imgsearch.embeddings
+WHERE imgsearch.embeddings.model_id = %1$s AND ($4 IS NULL OR imgsearch.embeddings.tenant = $4) AND ($5 IS NULL OR imgsearch.embeddings.category = $5) AND ($6 IS NULL OR imgsearch.embeddings.price_units >= $6) AND ($7 IS NULL OR imgsearch.embeddings.price_units <= $7) AND ($8 IS NULL OR imgsearch.embeddings.image_id != $8) AND ($9 IS NULL OR imgsearch.embeddings.product_pk != $9)
+ LIMIT 1500 + 1) AS few_rows),
+one_pass AS MATERIALIZED
+(SELECT imgsearch.embeddings.image_id AS image_id, imgsearch.embeddings.product_pk AS product_pk, imgsearch.embeddings.tenant AS tenant, imgsearch.embeddings.category AS category, imgsearch.embeddings.price AS price, CAST(imgsearch.embeddings.embedding AS halfvec(%2$s)) <=> $1 AS distance
+FROM imgsearch.embeddings
+WHERE imgsearch.embeddings.model_id = %1$s AND ($4 IS NULL OR imgsearch.embeddings.tenant = $4) AND ($5 IS NULL OR imgsearch.embeddings.category = $5) AND ($6 IS NULL OR imgsearch.embeddings.price_units >= $6) AND ($7 IS NULL OR imgsearch.embeddings.price_units <= $7) AND ($8 IS NULL OR imgsearch.embeddings.image_id != $8) AND ($9 IS NULL OR imgsearch.embeddings.product_pk != $9) AND (SELECT few.matching
+FROM few) > 1500 ORDER BY CAST(imgsearch.embeddings.embedding AS halfvec(%2$s)) <=> $1
+ LIMIT $2),
+many AS
+(SELECT count(*) AS matching
+FROM (SELECT imgsearch.embeddings.image_id AS image_id
+FROM imgsearch.embeddings
+WHERE imgsearch.embeddings.model_id = %1$s AND ($4 IS NULL OR imgsearch.embeddings.tenant = $4) AND ($5 IS NULL OR imgsearch.embeddings.category = $5) AND ($6 IS NULL OR imgsearch.embeddings.price_units >= $6) AND ($7 IS NULL OR imgsearch.embeddings.price_units <= $7) AND ($8 IS NULL OR imgsearch.embeddings.image_id != $8) AND ($9 IS NULL OR imgsearch.embeddings.product_pk != $9) AND (SELECT few.matching
+FROM few) > 1500 AND (SELECT count(*) AS count_1
+FROM one_pass) < $2
+ LIMIT $11 + 1) AS many_rows),
+limits AS
+(SELECT $11 AS bound, $10 AS total)
+ SELECT CASE WHEN (few.matching <= 1500) THEN few.matching WHEN (many.matching > 0) THEN many.matching ELSE -1 END AS matching, limits.bound, limits.total, hits.source, hits.image_id, imgsearch.products.product_id, imgsearch.products.title, imgsearch.products.brand, imgsearch.products.currency, hits.tenant, hits.category, hits.price, hits.distance
+FROM few JOIN many ON true JOIN limits ON true LEFT OUTER JOIN (SELECT 'hnsw' AS source, one_pass.image_id AS image_id, one_pass.product_pk AS product_pk, one_pass.tenant AS tenant, one_pass.category AS category, one_pass.price AS price, one_pass.distance AS distance
+FROM one_pass
+WHERE (SELECT count(*) AS count_1
+FROM one_pass) >= $2 UNION ALL SELECT 'exact' AS source, exact.image_id AS image_id, exact.product_pk AS product_pk, exact.tenant AS tenant, exact.category AS category, exact.price AS price, exact.distance AS distance
+FROM (SELECT imgsearch.embeddings.image_id AS image_id, imgsearch.embeddings.product_pk AS product_pk, imgsearch.embeddings.tenant AS tenant, imgsearch.embeddings.category AS category, imgsearch.embeddings.price AS price, imgsearch.embeddings.embedding <=> $1 AS distance
+FROM imgsearch.embeddings
+WHERE imgsearch.embeddings.model_id = %1$s AND ($4 IS NULL OR imgsearch.embeddings.tenant = $4) AND ($5 IS NULL OR imgsearch.embeddings.category = $5) AND ($6 IS NULL OR imgsearch.embeddings.price_units >= $6) AND ($7 IS NULL OR imgsearch.embeddings.price_units <= $7) AND ($8 IS NULL OR imgsearch.embeddings.image_id != $8) AND ($9 IS NULL OR imgsearch.embeddings.product_pk != $9) AND ((SELECT few.matching
+FROM few) <= 1500 OR (SELECT few.matching
+FROM few) > 1500 AND (SELECT count(*) AS count_1
+FROM one_pass) < $2 AND (SELECT many.matching
+FROM many) <= $11) ORDER BY imgsearch.embeddings.embedding <=> $1
+ LIMIT $2) AS exact) AS hits ON true LEFT OUTER JOIN imgsearch.products ON imgsearch.products.id = hits.product_pk AND imgsearch.products.tenant = hits.tenant AND ($4 IS NULL OR imgsearch.products.tenant = $4)$sql$;
+    -- the same without the one pass (2 k above plans.MAX_EF_SEARCH)
+    filtered_exact constant text := $sql$WITH few AS
+(SELECT count(*) AS matching
+FROM (SELECT imgsearch.embeddings.image_id AS image_id
+FROM imgsearch.embeddings
+WHERE imgsearch.embeddings.model_id = %1$s AND ($4 IS NULL OR imgsearch.embeddings.tenant = $4) AND ($5 IS NULL OR imgsearch.embeddings.category = $5) AND ($6 IS NULL OR imgsearch.embeddings.price_units >= $6) AND ($7 IS NULL OR imgsearch.embeddings.price_units <= $7) AND ($8 IS NULL OR imgsearch.embeddings.image_id != $8) AND ($9 IS NULL OR imgsearch.embeddings.product_pk != $9)
+ LIMIT 1500 + 1) AS few_rows),
+many AS
+(SELECT count(*) AS matching
+FROM (SELECT imgsearch.embeddings.image_id AS image_id
+FROM imgsearch.embeddings
+WHERE imgsearch.embeddings.model_id = %1$s AND ($4 IS NULL OR imgsearch.embeddings.tenant = $4) AND ($5 IS NULL OR imgsearch.embeddings.category = $5) AND ($6 IS NULL OR imgsearch.embeddings.price_units >= $6) AND ($7 IS NULL OR imgsearch.embeddings.price_units <= $7) AND ($8 IS NULL OR imgsearch.embeddings.image_id != $8) AND ($9 IS NULL OR imgsearch.embeddings.product_pk != $9) AND (SELECT few.matching
+FROM few) > 1500
+ LIMIT $11 + 1) AS many_rows),
+limits AS
+(SELECT $11 AS bound, $10 AS total)
+ SELECT CASE WHEN (few.matching <= 1500) THEN few.matching WHEN (many.matching > 0) THEN many.matching ELSE -1 END AS matching, limits.bound, limits.total, hits.source, hits.image_id, imgsearch.products.product_id, imgsearch.products.title, imgsearch.products.brand, imgsearch.products.currency, hits.tenant, hits.category, hits.price, hits.distance
+FROM few JOIN many ON true JOIN limits ON true LEFT OUTER JOIN (SELECT 'exact' AS source, exact.image_id AS image_id, exact.product_pk AS product_pk, exact.tenant AS tenant, exact.category AS category, exact.price AS price, exact.distance AS distance
+FROM (SELECT imgsearch.embeddings.image_id AS image_id, imgsearch.embeddings.product_pk AS product_pk, imgsearch.embeddings.tenant AS tenant, imgsearch.embeddings.category AS category, imgsearch.embeddings.price AS price, imgsearch.embeddings.embedding <=> $1 AS distance
+FROM imgsearch.embeddings
+WHERE imgsearch.embeddings.model_id = %1$s AND ($4 IS NULL OR imgsearch.embeddings.tenant = $4) AND ($5 IS NULL OR imgsearch.embeddings.category = $5) AND ($6 IS NULL OR imgsearch.embeddings.price_units >= $6) AND ($7 IS NULL OR imgsearch.embeddings.price_units <= $7) AND ($8 IS NULL OR imgsearch.embeddings.image_id != $8) AND ($9 IS NULL OR imgsearch.embeddings.product_pk != $9) AND ((SELECT few.matching
+FROM few) <= 1500 OR (SELECT few.matching
+FROM few) > 1500 AND (SELECT many.matching
+FROM many) <= $11) ORDER BY imgsearch.embeddings.embedding <=> $1
+ LIMIT $2) AS exact) AS hits ON true LEFT OUTER JOIN imgsearch.products ON imgsearch.products.id = hits.product_pk AND imgsearch.products.tenant = hits.tenant AND ($4 IS NULL OR imgsearch.products.tenant = $4)$sql$;
+    -- statements.pooled_statement: a relaxed iterative scan's pool, re-sorted exactly
+    pooled constant text := $sql$WITH pool AS MATERIALIZED
+(SELECT imgsearch.embeddings.image_id AS image_id, imgsearch.products.product_id AS product_id, imgsearch.products.title AS title, imgsearch.products.brand AS brand, imgsearch.products.currency AS currency, imgsearch.embeddings.tenant AS tenant, imgsearch.embeddings.category AS category, imgsearch.embeddings.price AS price, CAST(imgsearch.embeddings.embedding AS halfvec(%2$s)) <=> $1 AS distance
+FROM imgsearch.embeddings JOIN imgsearch.products ON imgsearch.products.id = imgsearch.embeddings.product_pk AND imgsearch.products.tenant = imgsearch.embeddings.tenant AND ($4 IS NULL OR imgsearch.products.tenant = $4)
+WHERE imgsearch.embeddings.model_id = %1$s AND ($4 IS NULL OR imgsearch.embeddings.tenant = $4) AND ($5 IS NULL OR imgsearch.embeddings.category = $5) AND ($6 IS NULL OR imgsearch.embeddings.price_units >= $6) AND ($7 IS NULL OR imgsearch.embeddings.price_units <= $7) AND ($8 IS NULL OR imgsearch.embeddings.image_id != $8) AND ($9 IS NULL OR imgsearch.embeddings.product_pk != $9) ORDER BY CAST(imgsearch.embeddings.embedding AS halfvec(%2$s)) <=> $1
+ LIMIT $3)
+ SELECT pool.image_id, pool.product_id, pool.title, pool.brand, pool.currency, pool.tenant, pool.category, pool.price, pool.distance
+FROM pool ORDER BY pool.distance + 0
+ LIMIT $2$sql$;
+    -- statements.exact_statement: every matching row's distance
+    exact constant text := $sql$SELECT top.image_id, imgsearch.products.product_id, imgsearch.products.title, imgsearch.products.brand, imgsearch.products.currency, top.tenant, top.category, top.price, top.distance
+FROM (SELECT imgsearch.embeddings.image_id AS image_id, imgsearch.embeddings.product_pk AS product_pk, imgsearch.embeddings.tenant AS tenant, imgsearch.embeddings.category AS category, imgsearch.embeddings.price AS price, imgsearch.embeddings.embedding <=> $1 AS distance
+FROM imgsearch.embeddings
+WHERE imgsearch.embeddings.model_id = %1$s AND ($4 IS NULL OR imgsearch.embeddings.tenant = $4) AND ($5 IS NULL OR imgsearch.embeddings.category = $5) AND ($6 IS NULL OR imgsearch.embeddings.price_units >= $6) AND ($7 IS NULL OR imgsearch.embeddings.price_units <= $7) AND ($8 IS NULL OR imgsearch.embeddings.image_id != $8) AND ($9 IS NULL OR imgsearch.embeddings.product_pk != $9) ORDER BY imgsearch.embeddings.embedding <=> $1
+ LIMIT $2) AS top JOIN imgsearch.products ON imgsearch.products.id = top.product_pk AND imgsearch.products.tenant = top.tenant AND ($4 IS NULL OR imgsearch.products.tenant = $4) ORDER BY top.distance$sql$;
 BEGIN
     IF k IS NULL OR k < 1 OR k > 1000 THEN
         RAISE EXCEPTION 'k must be from 1 to 1000, got %', k USING ERRCODE = 'invalid_parameter_value';
@@ -567,67 +649,57 @@ BEGIN
         RAISE EXCEPTION 'price_min % is above price_max %', price_min, price_max
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    SELECT greatest(c.reltuples, 1)::bigint INTO total FROM pg_class c
-        WHERE c.oid = 'imgsearch.embeddings'::regclass;
-
     IF imgsearch._citus() THEN
         PERFORM imgsearch._begin_distributed();
-        PERFORM imgsearch._set_local('hnsw.ef_search', '200');
-        PERFORM imgsearch._set_local('hnsw.iterative_scan', 'off');
-        PERFORM imgsearch._set_local('hnsw.max_scan_tuples', '20000');
-        PERFORM imgsearch._set_local('hnsw.scan_mem_multiplier', '4');
     END IF;
+    EXECUTE total_rows INTO total;
+    EXECUTE exact_rows INTO bound USING query, k, pool, tenant, category, units_min, units_max, exclude, exclude_product, total, bound;
+    min_ef := CASE WHEN total <= 100000 THEN 200
+                   ELSE least(1000, ceil(200 * (total / 100000.0) ^ 0.3))::int END;
+    -- plans.one_pass_plan (none past 1000)
+    ef_search := greatest(min_ef, 2 * k);
+    PERFORM imgsearch._set_local('hnsw.ef_search', CASE WHEN ef_search <= 1000 THEN ef_search ELSE min_ef END::text);
+    PERFORM imgsearch._set_local('hnsw.iterative_scan', 'off');
 
-    -- 1. few rows match: every matching row's distance (below)
-    IF has_filters THEN
-        EXECUTE format(counted, active.id, exact_max_rows + 1)
-            INTO matching USING tenant, category, price_min, price_max, exclude, query, exclude_product;
-        IF matching <= exact_max_rows THEN
+    IF NOT has_filters AND ef_search <= 1000 THEN
+        EXECUTE format(hits, format(one_pass, active.id, active.dim)) INTO ids, products, distances
+            USING query, k, pool, tenant, category, units_min, units_max, exclude, exclude_product, total, bound;
+        IF coalesce(cardinality(ids), 0) >= k THEN
+            strategy := 'hnsw';
+        END IF;
+    ELSIF has_filters THEN
+        EXECUTE format(counted_hits, format(CASE WHEN ef_search <= 1000 THEN filtered ELSE filtered_exact END,
+                                            active.id, active.dim))
+            INTO ids, products, distances, matching, bound, total, source
+            USING query, k, pool, tenant, category, units_min, units_max, exclude, exclude_product, total, bound;
+        IF source = 'hnsw' THEN
+            strategy := 'hnsw';
+        ELSIF 0 <= matching AND matching <= bound THEN
             strategy := format('exact (%s rows match)', matching);
         END IF;
     END IF;
 
-    -- 2. one HNSW pass: the matching rows among the ef_search nearest
-    IF strategy IS NULL AND ef_search <= 1000 THEN
-        PERFORM imgsearch._set_local('hnsw.ef_search', ef_search::text);
-        EXECUTE format(nearest, active.id, active.dim, k, k)
-            INTO ids, pks, distances USING tenant, category, price_min, price_max, exclude, query, exclude_product;
-        IF coalesce(cardinality(ids), 0) = k THEN
-            strategy := 'hnsw';
-        END IF;
-    END IF;
-
-    -- 3. the pass came short, the filter's rows lie away from the query: exact up to a bound
-    IF strategy IS NULL AND has_filters THEN
-        bound := greatest(exact_max_rows, ceil(exact_max_fraction * total)::bigint, k);
-        EXECUTE format(counted, active.id, bound + 1)
-            INTO matching USING tenant, category, price_min, price_max, exclude, query, exclude_product;
-        IF matching <= bound THEN
-            strategy := format('exact (%s rows match, the pass came short)', matching);
-        END IF;
-    END IF;
-
-    -- 4. a relaxed iterative scan fills a pool, re-sorted exactly; an exact scan if it comes short
+    -- plans.iterative_plan: a relaxed scan collects a pool; an exact scan if even it comes short
     IF strategy IS NULL THEN
-        PERFORM imgsearch._set_local('hnsw.ef_search', least(1000, ef_search)::text);
+        ef_search := least(1000, greatest(min_ef, 2 * k));
+        max_scan_tuples := least(greatest(20000, total), 10000000);
+        pool := least(4000, greatest(200, 4 * k));
+        PERFORM imgsearch._set_local('hnsw.ef_search', ef_search::text);
         PERFORM imgsearch._set_local('hnsw.iterative_scan', 'relaxed_order');
-        PERFORM imgsearch._set_local('hnsw.max_scan_tuples', least(10000000, greatest(20000, total))::text);
-        EXECUTE format(nearest, active.id, active.dim, least(4000, greatest(200, 4 * k)), k)
-            INTO ids, pks, distances USING tenant, category, price_min, price_max, exclude, query, exclude_product;
-        strategy := CASE WHEN coalesce(cardinality(ids), 0) = k THEN 'hnsw_iterative'
-            ELSE 'exact (the pool came short)' END;
-    END IF;
-
-    IF strategy LIKE 'exact%' THEN
-        EXECUTE format(exact, active.id, k)
-            INTO ids, pks, distances USING tenant, category, price_min, price_max, exclude, query, exclude_product;
+        PERFORM imgsearch._set_local('hnsw.max_scan_tuples', max_scan_tuples::text);
+        PERFORM imgsearch._set_local('hnsw.scan_mem_multiplier', '4');
+        EXECUTE format(hits, format(pooled, active.id, active.dim)) INTO ids, products, distances
+            USING query, k, pool, tenant, category, units_min, units_max, exclude, exclude_product, total, bound;
+        IF coalesce(cardinality(ids), 0) = k THEN
+            strategy := format('hnsw_iterative (pool %s, ef_search %s)', pool, ef_search);
+        ELSE
+            EXECUTE format(hits, format(exact, active.id, active.dim)) INTO ids, products, distances
+                USING query, k, pool, tenant, category, units_min, units_max, exclude, exclude_product, total, bound;
+            strategy := 'exact (the pool came short)';
+        END IF;
     END IF;
     RAISE DEBUG 'imgsearch._search: %', strategy;
-    RETURN QUERY SELECT hit.i, p.product_id, hit.d
-        FROM unnest(ids, pks, distances) WITH ORDINALITY AS hit (i, pk, d, n)
-        JOIN imgsearch.products p ON p.id = hit.pk
-            AND (_search.tenant IS NULL OR p.tenant = _search.tenant)
-        ORDER BY hit.n;
+    RETURN QUERY SELECT * FROM unnest(ids, products, distances);
 END
 $function$;
 CREATE OR REPLACE FUNCTION imgsearch._lexical(query text, n integer, tenant text, category text, price_min numeric, price_max numeric)
@@ -635,30 +707,39 @@ CREATE OR REPLACE FUNCTION imgsearch._lexical(query text, n integer, tenant text
  LANGUAGE plpgsql
  STABLE
 AS $function$
+-- Written by imgsearch/search/console.py: the statement is the library's
+-- (imgsearch.search.lexical.lexical_ranked). Edit it, then: python -m imgsearch.search.console --write
 DECLARE
     shop text := imgsearch._shop(_lexical.tenant);
+    -- a price bound in price_units: within the stored range, rounded inwards (search.filters;
+    -- NULL: no bound, and greatest and least pass over a NULL)
+    units_min bigint := CASE WHEN price_min IS NOT NULL
+                             THEN ceil(least(greatest(price_min, -10000000000), 10000000000) * 10000)::bigint END;
+    units_max bigint := CASE WHEN price_max IS NOT NULL
+                             THEN floor(least(greatest(price_max, -10000000000), 10000000000) * 10000)::bigint END;
+    exclude bigint;
+    exclude_product bigint;
+    model_id smallint := (SELECT m.id FROM imgsearch.models m WHERE m.active);
     m_pks bigint[];
     m_exact boolean[];
     m_ranks real[];
     m_similarities real[];
+    -- the best n products matching the text and the filters: an exact id first, then the
+    -- document's rank, then the trigram similarity
+    ranked constant text := $sql$SELECT imgsearch.products.id AS product_pk, row_number() OVER (ORDER BY ranked_matches.exact_match DESC, ranked_matches.doc_rank DESC, ranked_matches.similarity DESC, ranked_matches.product_pk) AS rank
+FROM (SELECT lexical_match.product_pk AS product_pk, lexical_match.exact_match AS exact_match, lexical_match.doc_rank AS doc_rank, lexical_match.similarity AS similarity
+FROM unnest($8, $9, $10, $11) AS lexical_match(product_pk, exact_match, doc_rank, similarity) ORDER BY lexical_match.exact_match DESC, lexical_match.doc_rank DESC, lexical_match.similarity DESC, lexical_match.product_pk) AS ranked_matches JOIN imgsearch.products ON imgsearch.products.id = ranked_matches.product_pk
+WHERE ($2 IS NULL OR imgsearch.products.tenant = $2) AND ($3 IS NULL OR imgsearch.products.category = $3) AND ($4 IS NULL OR imgsearch.products.price_units >= $4) AND ($5 IS NULL OR imgsearch.products.price_units <= $5) AND (EXISTS (SELECT 1 AS anon_1
+FROM imgsearch.embeddings
+WHERE imgsearch.products.id = imgsearch.embeddings.product_pk AND imgsearch.products.tenant = imgsearch.embeddings.tenant AND ($2 IS NULL OR imgsearch.products.tenant = $2) AND imgsearch.embeddings.model_id = %1$s AND ($6 IS NULL OR imgsearch.embeddings.image_id != $6) AND ($7 IS NULL OR imgsearch.embeddings.product_pk != $7))) ORDER BY ranked_matches.exact_match DESC, ranked_matches.doc_rank DESC, ranked_matches.similarity DESC, ranked_matches.product_pk
+ LIMIT $1$sql$;
 BEGIN
     -- the matches first: lexical_match reads the products itself (on Citus, a query of the
     -- cluster, which a statement sent to one shard can't run)
     SELECT array_agg(m.product_pk), array_agg(m.exact_match), array_agg(m.doc_rank), array_agg(m.similarity)
     INTO m_pks, m_exact, m_ranks, m_similarities
     FROM imgsearch.lexical_match(query, lower(btrim(query)), btrim(query), NULL, shop) AS m;
-    RETURN QUERY
-    SELECT p.id, row_number() OVER (ORDER BY m.exact_match DESC, m.doc_rank DESC, m.similarity DESC, p.id)
-    FROM unnest(m_pks, m_exact, m_ranks, m_similarities) AS m(product_pk, exact_match, doc_rank, similarity)
-    JOIN imgsearch.products p ON p.id = m.product_pk
-    WHERE (shop IS NULL OR p.tenant = shop)
-      AND (_lexical.category IS NULL OR p.category = _lexical.category)
-      AND (_lexical.price_min IS NULL OR p.price_units >= ceil(least(greatest(_lexical.price_min, -1e10), 1e10) * 10000)::bigint)
-      AND (_lexical.price_max IS NULL OR p.price_units <= floor(least(greatest(_lexical.price_max, -1e10), 1e10) * 10000)::bigint)
-      AND EXISTS (SELECT 1 FROM imgsearch.embeddings e WHERE e.tenant = p.tenant AND e.product_pk = p.id
-                  AND e.model_id = (SELECT m2.id FROM imgsearch.models m2 WHERE m2.active))
-    ORDER BY 2
-    LIMIT n;
+    RETURN QUERY EXECUTE format(ranked, coalesce(model_id, 0)) USING n, shop, category, units_min, units_max, exclude, exclude_product, m_pks, m_exact, m_ranks, m_similarities;
 END
 $function$;
 CREATE OR REPLACE FUNCTION imgsearch.facets(query text DEFAULT NULL::text, tenant text DEFAULT NULL::text, category text DEFAULT NULL::text, price_min numeric DEFAULT NULL::numeric, price_max numeric DEFAULT NULL::numeric)
@@ -666,64 +747,156 @@ CREATE OR REPLACE FUNCTION imgsearch.facets(query text DEFAULT NULL::text, tenan
  LANGUAGE plpgsql
  STABLE
 AS $function$
+-- Written by imgsearch/search/console.py: the statements are the library's
+-- (imgsearch.search.facets.statement). Edit it, then: python -m imgsearch.search.console --write
 DECLARE
     shop text := imgsearch._shop(facets.tenant);
-    matches bigint[];
-    counted jsonb;
+    -- a price bound in price_units: within the stored range, rounded inwards (search.filters;
+    -- NULL: no bound, and greatest and least pass over a NULL)
+    units_min bigint := CASE WHEN price_min IS NOT NULL
+                             THEN ceil(least(greatest(price_min, -10000000000), 10000000000) * 10000)::bigint END;
+    units_max bigint := CASE WHEN price_max IS NOT NULL
+                             THEN floor(least(greatest(price_max, -10000000000), 10000000000) * 10000)::bigint END;
+    exclude bigint;
+    exclude_product bigint;
+    model_id smallint := (SELECT m.id FROM imgsearch.models m WHERE m.active);
+    m_pks bigint[];
+    m_exact boolean[];
+    m_ranks real[];
+    m_similarities real[];
+    counted record;
+    -- the whole match set read once, counted per category, brand, attribute value and price
+    every constant text := $sql$WITH matched AS
+(SELECT imgsearch.products.id AS id, imgsearch.products.category AS category, imgsearch.products.brand AS brand, imgsearch.products.price AS price, imgsearch.products.attributes AS attributes
+FROM imgsearch.products
+WHERE ($1 IS NULL OR imgsearch.products.tenant = $1) AND ($2 IS NULL OR imgsearch.products.category = $2) AND ($3 IS NULL OR imgsearch.products.price_units >= $3) AND ($4 IS NULL OR imgsearch.products.price_units <= $4) AND (EXISTS (SELECT 1 AS anon_1
+FROM imgsearch.embeddings
+WHERE imgsearch.products.id = imgsearch.embeddings.product_pk AND imgsearch.products.tenant = imgsearch.embeddings.tenant AND ($1 IS NULL OR imgsearch.products.tenant = $1) AND imgsearch.embeddings.model_id = %1$s AND ($5 IS NULL OR imgsearch.embeddings.image_id != $5) AND ($6 IS NULL OR imgsearch.embeddings.product_pk != $6)))),
+grouped AS MATERIALIZED
+(
+SELECT grouping(category, brand, price, attributes) AS g, category, brand, price, attributes,
+       count(*) AS n
+FROM matched
+GROUP BY GROUPING SETS ((), (category), (brand), (price), (attributes))
+),
+bucket AS MATERIALIZED
+(
+SELECT CASE WHEN hi > lo THEN mag * CASE WHEN raw / mag <= 1 THEN 1 WHEN raw / mag <= 2 THEN 2
+                                         WHEN raw / mag <= 5 THEN 5 ELSE 10 END
+            ELSE greatest(hi, 1) END AS width
+FROM (SELECT lo, hi, (hi - lo) / 5 AS raw,
+             power(10::numeric, floor(log(greatest((hi - lo) / 5, 0.0001)))) AS mag
+      FROM (SELECT min(price) AS lo, max(price) AS hi FROM grouped WHERE g = 13) AS r
+      WHERE hi IS NOT NULL) AS sized
+)
+ SELECT counts.total, counts.category, counts.brand, counts.attributes, counts.price
+FROM (
+SELECT
+  (SELECT n FROM grouped WHERE g = 15) AS total,
+  (SELECT json_agg(json_build_array(category, n) ORDER BY n DESC, category) FROM (
+     SELECT category, n FROM grouped WHERE g = 7 AND category IS NOT NULL
+     ORDER BY n DESC, category LIMIT 20) AS c) AS category,
+  (SELECT json_agg(json_build_array(brand, n) ORDER BY n DESC, brand) FROM (
+     SELECT brand, n FROM grouped WHERE g = 11 AND brand IS NOT NULL
+     ORDER BY n DESC, brand LIMIT 20) AS b) AS brand,
+  (SELECT json_agg(json_build_array(key, key_n, top) ORDER BY key_n DESC, key) FROM (
+     SELECT key, sum(n) AS key_n,
+            json_agg(json_build_array(value, n) ORDER BY n DESC, value)
+              FILTER (WHERE place <= 20) AS top
+     FROM (
+       SELECT key, value, n, row_number() OVER (PARTITION BY key ORDER BY n DESC, value) AS place
+       FROM (
+         SELECT a.key, a.value #>> '{}' AS value, sum(o.n) AS n
+         FROM grouped o CROSS JOIN LATERAL jsonb_each(o.attributes) AS a
+         WHERE o.g = 14 AND jsonb_typeof(a.value) IN ('string', 'number', 'boolean')
+         GROUP BY a.key, a.value #>> '{}'
+       ) AS pairs
+     ) AS placed
+     GROUP BY key ORDER BY key_n DESC, key LIMIT 20) AS k) AS attributes,
+  (SELECT json_agg(json_build_array(trim_scale(low)::text, trim_scale(low + width)::text, n) ORDER BY low) FROM (
+     SELECT div(o.price, s.width) * s.width AS low, s.width, sum(o.n) AS n
+     FROM grouped o CROSS JOIN bucket AS s
+     WHERE o.g = 13 AND o.price IS NOT NULL
+     GROUP BY 1, 2) AS p) AS price
+FROM (SELECT 1) AS one
+) AS counts$sql$;
+    -- the same for the products matching the text
+    matching constant text := $sql$WITH matched AS
+(SELECT imgsearch.products.id AS id, imgsearch.products.category AS category, imgsearch.products.brand AS brand, imgsearch.products.price AS price, imgsearch.products.attributes AS attributes
+FROM imgsearch.products
+WHERE ($1 IS NULL OR imgsearch.products.tenant = $1) AND ($2 IS NULL OR imgsearch.products.category = $2) AND ($3 IS NULL OR imgsearch.products.price_units >= $3) AND ($4 IS NULL OR imgsearch.products.price_units <= $4) AND (EXISTS (SELECT 1 AS anon_1
+FROM imgsearch.embeddings
+WHERE imgsearch.products.id = imgsearch.embeddings.product_pk AND imgsearch.products.tenant = imgsearch.embeddings.tenant AND ($1 IS NULL OR imgsearch.products.tenant = $1) AND imgsearch.embeddings.model_id = %1$s AND ($5 IS NULL OR imgsearch.embeddings.image_id != $5) AND ($6 IS NULL OR imgsearch.embeddings.product_pk != $6))) AND imgsearch.products.id IN (SELECT lexical_match.product_pk
+FROM unnest($7, $8, $9, $10) AS lexical_match(product_pk, exact_match, doc_rank, similarity))),
+grouped AS MATERIALIZED
+(
+SELECT grouping(category, brand, price, attributes) AS g, category, brand, price, attributes,
+       count(*) AS n
+FROM matched
+GROUP BY GROUPING SETS ((), (category), (brand), (price), (attributes))
+),
+bucket AS MATERIALIZED
+(
+SELECT CASE WHEN hi > lo THEN mag * CASE WHEN raw / mag <= 1 THEN 1 WHEN raw / mag <= 2 THEN 2
+                                         WHEN raw / mag <= 5 THEN 5 ELSE 10 END
+            ELSE greatest(hi, 1) END AS width
+FROM (SELECT lo, hi, (hi - lo) / 5 AS raw,
+             power(10::numeric, floor(log(greatest((hi - lo) / 5, 0.0001)))) AS mag
+      FROM (SELECT min(price) AS lo, max(price) AS hi FROM grouped WHERE g = 13) AS r
+      WHERE hi IS NOT NULL) AS sized
+)
+ SELECT counts.total, counts.category, counts.brand, counts.attributes, counts.price
+FROM (
+SELECT
+  (SELECT n FROM grouped WHERE g = 15) AS total,
+  (SELECT json_agg(json_build_array(category, n) ORDER BY n DESC, category) FROM (
+     SELECT category, n FROM grouped WHERE g = 7 AND category IS NOT NULL
+     ORDER BY n DESC, category LIMIT 20) AS c) AS category,
+  (SELECT json_agg(json_build_array(brand, n) ORDER BY n DESC, brand) FROM (
+     SELECT brand, n FROM grouped WHERE g = 11 AND brand IS NOT NULL
+     ORDER BY n DESC, brand LIMIT 20) AS b) AS brand,
+  (SELECT json_agg(json_build_array(key, key_n, top) ORDER BY key_n DESC, key) FROM (
+     SELECT key, sum(n) AS key_n,
+            json_agg(json_build_array(value, n) ORDER BY n DESC, value)
+              FILTER (WHERE place <= 20) AS top
+     FROM (
+       SELECT key, value, n, row_number() OVER (PARTITION BY key ORDER BY n DESC, value) AS place
+       FROM (
+         SELECT a.key, a.value #>> '{}' AS value, sum(o.n) AS n
+         FROM grouped o CROSS JOIN LATERAL jsonb_each(o.attributes) AS a
+         WHERE o.g = 14 AND jsonb_typeof(a.value) IN ('string', 'number', 'boolean')
+         GROUP BY a.key, a.value #>> '{}'
+       ) AS pairs
+     ) AS placed
+     GROUP BY key ORDER BY key_n DESC, key LIMIT 20) AS k) AS attributes,
+  (SELECT json_agg(json_build_array(trim_scale(low)::text, trim_scale(low + width)::text, n) ORDER BY low) FROM (
+     SELECT div(o.price, s.width) * s.width AS low, s.width, sum(o.n) AS n
+     FROM grouped o CROSS JOIN bucket AS s
+     WHERE o.g = 13 AND o.price IS NOT NULL
+     GROUP BY 1, 2) AS p) AS price
+FROM (SELECT 1) AS one
+) AS counts$sql$;
 BEGIN
     IF query IS NOT NULL THEN  -- first: lexical_match reads the products itself
-        matches := ARRAY(SELECT m.product_pk
-                         FROM imgsearch.lexical_match(query, lower(btrim(query)), btrim(query), NULL,
-                                                      shop) AS m);
+    SELECT array_agg(m.product_pk), array_agg(m.exact_match), array_agg(m.doc_rank), array_agg(m.similarity)
+        INTO m_pks, m_exact, m_ranks, m_similarities
+        FROM imgsearch.lexical_match(query, lower(btrim(query)), btrim(query), NULL, shop) AS m;
     END IF;
-    -- grouping(category, brand, price, attributes): 15 the total, 7 a category, 11 a brand,
-    -- 13 a price, 14 an attributes object
-    WITH grouped AS MATERIALIZED (
-        SELECT grouping(p.category, p.brand, p.price, p.attributes) AS g,
-               p.category, p.brand, p.price, p.attributes, count(*) AS n
-        FROM imgsearch.products p
-        WHERE (query IS NULL OR p.id = ANY (matches))
-          AND (shop IS NULL OR p.tenant = shop)
-          AND (facets.category IS NULL OR p.category = facets.category)
-          AND (price_min IS NULL OR p.price_units >= ceil(least(greatest(price_min, -1e10), 1e10) * 10000)::bigint)
-          AND (price_max IS NULL OR p.price_units <= floor(least(greatest(price_max, -1e10), 1e10) * 10000)::bigint)
-          AND EXISTS (SELECT 1 FROM imgsearch.embeddings e WHERE e.tenant = p.tenant AND e.product_pk = p.id
-                      AND e.model_id = (SELECT m.id FROM imgsearch.models m WHERE m.active))
-        GROUP BY GROUPING SETS ((), (p.category), (p.brand), (p.price), (p.attributes))
-    ), prices AS MATERIALIZED (  -- the width once, not inlined into every price's bucket
-        SELECT CASE WHEN hi > lo THEN mag * CASE WHEN raw / mag <= 1 THEN 1 WHEN raw / mag <= 2 THEN 2
-                                             WHEN raw / mag <= 5 THEN 5 ELSE 10 END
-                    ELSE greatest(hi, 1) END AS width
-        FROM (SELECT lo, hi, (hi - lo) / 5 AS raw,
-                     power(10::numeric, floor(log(greatest((hi - lo) / 5, 0.0001)))) AS mag
-              FROM (SELECT min(o.price) AS lo, max(o.price) AS hi FROM grouped o WHERE o.g = 13) AS r
-              WHERE hi IS NOT NULL) AS sized
-    )
-    SELECT jsonb_build_object(
-        'total', (SELECT o.n FROM grouped o WHERE o.g = 15),
+    EXECUTE format(CASE WHEN query IS NULL THEN every ELSE matching END, coalesce(model_id, 0))
+        INTO counted USING shop, category, units_min, units_max, exclude, exclude_product, m_pks, m_exact, m_ranks, m_similarities;
+    RETURN jsonb_build_object(
+        'total', counted.total,
         'total_relation', 'eq',  -- facets read the whole match set: their total is exact
-        'category', coalesce((SELECT jsonb_object_agg(c.category, c.n) FROM (
-            SELECT o.category, o.n FROM grouped o WHERE o.g = 7 AND o.category IS NOT NULL
-            ORDER BY o.n DESC, o.category LIMIT 20) AS c), '{}'),
-        'brand', coalesce((SELECT jsonb_object_agg(b.brand, b.n) FROM (
-            SELECT o.brand, o.n FROM grouped o WHERE o.g = 11 AND o.brand IS NOT NULL
-            ORDER BY o.n DESC, o.brand LIMIT 20) AS b), '{}'),
-        'attributes', coalesce((SELECT jsonb_object_agg(v.key, v.top) FROM (
-            SELECT placed.key, jsonb_object_agg(placed.value, placed.n) AS top FROM (
-                SELECT a.key, a.value #>> '{}' AS value, sum(o.n) AS n,
-                       row_number() OVER (PARTITION BY a.key ORDER BY sum(o.n) DESC, a.value #>> '{}') AS place,
-                       sum(sum(o.n)) OVER (PARTITION BY a.key) AS key_n
-                FROM grouped o CROSS JOIN LATERAL jsonb_each(o.attributes) AS a
-                WHERE o.g = 14 AND jsonb_typeof(a.value) IN ('string', 'number', 'boolean')
-                GROUP BY a.key, a.value #>> '{}'
-            ) AS placed WHERE placed.place <= 20 GROUP BY placed.key
-            ORDER BY max(placed.key_n) DESC, placed.key LIMIT 20) AS v), '{}'),
-        'price', coalesce((SELECT jsonb_agg(jsonb_build_object('from', trim_scale(low), 'to',
-                                            trim_scale(low + width), 'count', n) ORDER BY low) FROM (
-            SELECT div(o.price, w.width) * w.width AS low, w.width, sum(o.n) AS n
-            FROM grouped o, prices w WHERE o.g = 13 AND o.price IS NOT NULL GROUP BY 1, 2) AS buckets), '[]')
-    ) INTO counted;
-    RETURN counted;
+        'category', coalesce((SELECT jsonb_object_agg(c ->> 0, (c ->> 1)::bigint)
+                              FROM json_array_elements(counted.category) AS c), '{}'),
+        'brand', coalesce((SELECT jsonb_object_agg(b ->> 0, (b ->> 1)::bigint)
+                           FROM json_array_elements(counted.brand) AS b), '{}'),
+        'attributes', coalesce((SELECT jsonb_object_agg(a ->> 0, (SELECT jsonb_object_agg(v ->> 0, (v ->> 1)::bigint)
+                                                                  FROM json_array_elements(a -> 2) AS v))
+                                FROM json_array_elements(counted.attributes) AS a), '{}'),
+        'price', coalesce((SELECT jsonb_agg(jsonb_build_object('from', (p ->> 0)::numeric, 'to', (p ->> 1)::numeric,
+                                                               'count', (p ->> 2)::bigint) ORDER BY (p ->> 0)::numeric)
+                           FROM json_array_elements(counted.price) AS p), '[]'));
 END
 $function$;
 """

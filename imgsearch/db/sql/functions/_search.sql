@@ -33,6 +33,7 @@ CREATE OR REPLACE FUNCTION imgsearch._search(query halfvec, k integer, tenant te
  SET jit TO 'off'
  SET random_page_cost TO '1.1'
  SET plan_cache_mode TO 'force_custom_plan'
+ SET max_parallel_workers_per_gather TO '0'
 AS $function$
 -- Written by imgsearch/search/console.py: the statements are the library's
 -- (imgsearch/search/statements.py), the numbers its plans' (imgsearch/search/plans.py), the order
