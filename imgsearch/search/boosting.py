@@ -14,7 +14,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Float, Select, Text, bindparam, func, select
+from sqlalchemy import ColumnElement, Float, Select, Text, and_, bindparam, func, select
+from sqlalchemy.orm import aliased
 
 from imgsearch.db.feedback_models import Boost
 from imgsearch.errors import InvalidQuery
@@ -67,6 +68,19 @@ def boost_by_id(tenant: Any, product_id: Any, *routed: ColumnElement[bool]) -> C
 def boost_by_pk(product_pk: Any, *routed: ColumnElement[bool]) -> ColumnElement[Any]:
     """A product's boost, from its key (``routed``: as :func:`boost_by_id`'s)."""
     return _boost(Boost.product_pk == product_pk, *routed)
+
+
+def joined_boost(stmt: Select[Any], product_pk: Any) -> tuple[Select[Any], ColumnElement[Any]]:
+    """``stmt`` with each row's boosts joined by its product's key (``product_pk``, a column of
+    its rows), and the boost, as :func:`boost_by_pk` gives it. For rows a Citus coordinator
+    gathered from every shop: a subquery correlated with them can't run there, a join can."""
+    own, across = aliased(Boost, name="query_boost"), aliased(Boost, name="product_boost")
+    query_norm = bindparam(QUERY, type_=Text())
+    stmt = stmt.outerjoin(own, and_(own.product_pk == product_pk, own.query_norm == query_norm)).outerjoin(
+        across, and_(across.product_pk == product_pk, across.query_norm == "")
+    )
+    weight = bindparam(PRODUCT_WEIGHT, type_=Float())
+    return stmt, func.coalesce(own.boost, weight * across.boost, 0.0)
 
 
 def lift() -> ColumnElement[Any]:

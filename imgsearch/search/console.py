@@ -33,8 +33,8 @@ from sqlalchemy import Integer, bindparam, select
 
 from imgsearch.db.vector_index import query_param
 from imgsearch.ingest import checks
+from imgsearch.search import boosting, facets, hybrid, lexical, plans, statements
 from imgsearch.search import console_sql as sql_text
-from imgsearch.search import facets, lexical, plans, statements
 from imgsearch.search.filters import MAX_K, PARAM_PREFIX
 from imgsearch.search.plpgsql import MODEL, console_filters, sql, using
 
@@ -69,6 +69,21 @@ MATCHES = dict(
 )
 LEXICAL = {K: "n", **FILTERS, f"{PARAM_PREFIX}tenant": "shop", **MATCHES}
 FACETS = {**FILTERS, f"{PARAM_PREFIX}tenant": "shop", **MATCHES}
+N = "imgsearch_console_n"
+_FUSION = hybrid.Fusion()
+HYBRID = {
+    hybrid.QUERY_PARAM: "qv",
+    K: "k",
+    N: "n",
+    **FACETS,
+    **dict(zip(lexical.SEMANTIC_PARAMS, ("s_tenants", "s_products", "s_images"), strict=True)),
+    "imgsearch_rrf_k": "rrf_k",
+    "imgsearch_w_semantic": f"{float(_FUSION.semantic)}::double precision",
+    "imgsearch_w_lexical": f"{float(_FUSION.lexical)}::double precision",
+    boosting.QUERY: "norm",
+    boosting.LIFT: "lift::double precision",
+    boosting.PRODUCT_WEIGHT: "weight",
+}
 
 
 def search_texts() -> dict[str, str]:
@@ -103,6 +118,21 @@ def lexical_texts() -> dict[str, str]:
     """``_lexical``'s statement."""
     n = bindparam(K, type_=Integer())
     return {"ranked": sql(lexical.lexical_ranked(MODEL, console_filters(), n, fetched=True), LEXICAL)}
+
+
+def hybrid_texts() -> dict[str, str]:
+    """``search_hybrid``'s fusion: a shop's (each product's best image by a lateral LIMIT) and
+    every shop's (by DISTINCT ON, the boosts joined), each boosted or not."""
+    q = query_param(None, MODEL.dim, name=hybrid.QUERY_PARAM)
+    k, n = bindparam(K, type_=Integer()), bindparam(N, type_=Integer())
+    texts = {}
+    for name, filters in [("fused", console_filters()), ("fused_everywhere", console_filters(tenant=False))]:
+        for boosted in (False, True):
+            stmt = lexical.fused_statement(
+                MODEL, q, filters, n, k, 0, hybrid=True, boosted=boosted, fetched=True
+            )
+            texts[f"{name}_boosted" if boosted else name] = sql(stmt, HYBRID)
+    return texts
 
 
 def facets_texts() -> dict[str, str]:
@@ -159,10 +189,20 @@ def files() -> dict[str, str]:
         using=using(FACETS),
         **facets_texts(),
     )
+    hybrid_body = sql_text.HYBRID.format(
+        units=units,
+        matches=sql_text.MATCHES_INTO,
+        using=using(HYBRID),
+        max_k=MAX_K,
+        min_candidates=hybrid.MIN_CANDIDATES,
+        max_candidates=hybrid.MAX_CANDIDATES,
+        **hybrid_texts(),
+    )
     return {
         "_search.sql": sql_text.SEARCH_HEAD + _settings() + search,
         "_lexical.sql": lexical_body,
         "facets.sql": facets_body,
+        "search_hybrid.sql": hybrid_body,
     }
 
 

@@ -249,3 +249,107 @@ BEGIN
 END
 $function$;
 """
+
+HYBRID = """-- imgsearch.search_hybrid: the definition a migrated catalog runs (imgsearch/db/definitions.py)
+
+CREATE OR REPLACE FUNCTION imgsearch.search_hybrid(query text, k integer DEFAULT 10, tenant text DEFAULT NULL::text, category text DEFAULT NULL::text, price_min numeric DEFAULT NULL::numeric, price_max numeric DEFAULT NULL::numeric, rrf_k double precision DEFAULT 60)
+ RETURNS TABLE(image_id bigint, product_id text, title text, brand text, relevance double precision, semantic_rank integer, lexical_rank integer, distance double precision)
+ LANGUAGE plpgsql
+AS $function$
+-- Written by imgsearch/search/console.py: the statements are the library's
+-- (imgsearch.search.lexical.fused_statement), the order imgsearch.search.hybrid.run's. Edit
+-- them, then: python -m imgsearch.search.console --write
+DECLARE
+    q record;
+    qv halfvec;
+    shop text := imgsearch._shop(search_hybrid.tenant);
+    n int;
+    lift int;
+    weight double precision;
+    norm text := imgsearch.normalized_query(query);
+{units}    exclude bigint;
+    exclude_product bigint;
+    model_id smallint := (SELECT m.id FROM imgsearch.models m WHERE m.active);
+    s_images bigint[];
+    s_products text[];
+    s_tenants text[];
+    m_pks bigint[];
+    m_exact boolean[];
+    m_ranks real[];
+    m_similarities real[];
+    hit record;
+    r_images bigint[] := '{{}}';
+    r_products text[] := '{{}}';
+    r_tenants text[] := '{{}}';
+    boosted boolean := false;
+    -- Reciprocal Rank Fusion of the two sides' products, each with its best image: a shop's,
+    -- then every shop's (each product's best row by DISTINCT ON, the boosts joined, as Citus
+    -- needs), each with the learned boosts and without
+    fused constant text := $sql${fused}$sql$;
+    fused_boosted constant text := $sql${fused_boosted}$sql$;
+    fused_everywhere constant text := $sql${fused_everywhere}$sql$;
+    fused_everywhere_boosted constant text := $sql${fused_everywhere_boosted}$sql$;
+BEGIN
+    IF k IS NULL OR k < 1 OR k > {max_k} THEN  -- before asking a worker anything
+        RAISE EXCEPTION 'k must be from 1 to {max_k}, got %', coalesce(k::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF rrf_k IS NULL OR NOT rrf_k > 0 OR rrf_k = 'Infinity' THEN
+        RAISE EXCEPTION 'rrf_k must be a number above 0, got %', coalesce(rrf_k::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    lift := imgsearch._boost_lift(shop);
+    weight := imgsearch._boost_product_weight();
+    -- each side's products (imgsearch.search.hybrid.candidates)
+    n := least({max_candidates}, greatest({min_candidates}, 2 * k, k + lift));
+    SELECT * INTO q FROM imgsearch._text_embedding(query);
+    q.embedding := imgsearch.adapted(q.embedding,
+        coalesce(search_hybrid.tenant, imgsearch.login_tenant(), imgsearch.current_tenant()));
+    qv := l2_normalize(q.embedding)::halfvec;
+    -- the semantic side: the nearest n images (a statement of its own: on Citus, _search
+    -- queries the cluster), their products in the order of their best image, with their tenants
+    -- (an inner join: Citus sends it to the shards with the ids)
+    SELECT array_agg(s.image_id ORDER BY s.place), array_agg(s.product_id ORDER BY s.place)
+    INTO s_images, s_products
+    FROM imgsearch._search(qv, n, shop, search_hybrid.category, price_min, price_max, NULL)
+         WITH ORDINALITY AS s(image_id, product_id, distance, place);
+    SELECT array_agg(b.image_id ORDER BY b.place), array_agg(b.product_id ORDER BY b.place),
+           array_agg(b.tenant ORDER BY b.place)
+    INTO s_images, s_products, s_tenants
+    FROM (SELECT DISTINCT ON (i.tenant, h.product_id) h.image_id, h.product_id, i.tenant, h.place
+          FROM unnest(s_images, s_products) WITH ORDINALITY AS h(image_id, product_id, place)
+          JOIN imgsearch.images i ON i.id = h.image_id AND (shop IS NULL OR i.tenant = shop)
+          ORDER BY i.tenant, h.product_id, h.place) AS b;
+    -- the lexical side's matches: lexical_match reads the products itself
+    {matches}
+    FOR hit IN EXECUTE format(CASE WHEN shop IS NULL AND lift > 0 THEN fused_everywhere_boosted
+                                   WHEN shop IS NULL THEN fused_everywhere
+                                   WHEN lift > 0 THEN fused_boosted ELSE fused END, coalesce(model_id, 0))
+        USING {using}
+    LOOP
+        image_id := hit.image_id;
+        product_id := hit.product_id;
+        title := hit.title;
+        brand := hit.brand;
+        relevance := hit.relevance;
+        semantic_rank := hit.semantic_rank;
+        lexical_rank := hit.lexical_rank;
+        distance := hit.distance;
+        r_images := r_images || hit.image_id;
+        r_products := r_products || hit.product_id;
+        r_tenants := r_tenants || hit.tenant;
+        IF lift > 0 THEN  -- (only the boosted statements have the column)
+            boosted := boosted OR hit.boost > 0;
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+    PERFORM imgsearch._record_search(
+        search_hybrid.tenant, query,
+        jsonb_build_object(
+            'kind', 'text', 'mode', 'hybrid', 'k', k, 'boost', boosted,
+            'filters', jsonb_strip_nulls(jsonb_build_object(
+                'category', search_hybrid.category, 'price_min', price_min, 'price_max', price_max))),
+        r_tenants, r_products, r_images);
+END
+$function$;
+"""

@@ -181,11 +181,12 @@ def semantic_ranked(filters: Filters) -> Select[Any]:
     """The semantic side's products, best first, from arrays of their tenants, ids and best
     images (``SEMANTIC_PARAMS``): ``product_pk``, ``image_id`` and ``rank`` (the position, from 1);
     the filter's tenant named on the products (a Citus cluster routes by it)."""
+    tenants, products, images = SEMANTIC_PARAMS
     rows = (
         func.unnest(
-            bindparam("imgsearch_sem_tenants", type_=ARRAY(Text())),
-            bindparam("imgsearch_sem_products", type_=ARRAY(Text())),
-            bindparam("imgsearch_sem_images", type_=ARRAY(BigInteger())),
+            bindparam(tenants, type_=ARRAY(Text())),
+            bindparam(products, type_=ARRAY(Text())),
+            bindparam(images, type_=ARRAY(BigInteger())),
         )
         .table_valued("tenant", "product_id", "image_id", with_ordinality="rank")
         .render_derived("sem_rows")
@@ -201,21 +202,32 @@ def semantic_ranked(filters: Filters) -> Select[Any]:
     )
 
 
+# the semantic side's arrays: its products' tenants, ids and best images
+SEMANTIC_PARAMS = ("imgsearch_sem_tenants", "imgsearch_sem_products", "imgsearch_sem_images")
+
+
 def semantic_params(hits: list[Any]) -> dict[str, Any]:
     """:func:`semantic_ranked`'s values for the semantic side's hits, one per product, best first."""
+    tenants, products, images = SEMANTIC_PARAMS
     return {
-        "imgsearch_sem_tenants": [hit.tenant for hit in hits],
-        "imgsearch_sem_products": [hit.product_id for hit in hits],
-        "imgsearch_sem_images": [hit.image_id for hit in hits],
+        tenants: [hit.tenant for hit in hits],
+        products: [hit.product_id for hit in hits],
+        images: [hit.image_id for hit in hits],
     }
+
+
+def _constant(value: int | ColumnElement[Any]) -> ColumnElement[Any]:
+    """A number written into the statement's text (a LIMIT the planner knows), or a parameter
+    given for it (the SQL console's, :mod:`imgsearch.search.console`)."""
+    return literal(value, literal_execute=True) if isinstance(value, int) else value
 
 
 def fused_statement(
     model: ModelInfo,
     query: Vector | BindParameter[Any] | None,
     filters: Filters,
-    n: int,
-    k: int,
+    n: int | ColumnElement[Any],
+    k: int | ColumnElement[Any],
     offset: int,
     *,
     hybrid: bool,
@@ -230,7 +242,7 @@ def fused_statement(
     ``boosted``: the products in the order of their places less their boosts' lifts
     (:mod:`imgsearch.search.boosting`), each with its ``boost``. ``fetched``: the text's matches
     come from :func:`fetch_matches`."""
-    lexical = lexical_ranked(model, filters, literal(n, literal_execute=True), fetched).cte("lexical")
+    lexical = lexical_ranked(model, filters, _constant(n), fetched).cte("lexical")
     rrf_k = bindparam("imgsearch_rrf_k", type_=Float())
 
     def score(weight: str, rank: Any) -> Any:
@@ -260,17 +272,23 @@ def fused_statement(
             lexical.c.rank.label("lexical_rank"),
             score("imgsearch_w_lexical", lexical.c.rank).label("relevance"),
         )
-    page = (literal(k, literal_execute=True), literal(offset, literal_execute=True))
+    page = (_constant(k), _constant(offset))
+    # across a Citus cluster's shards (the text's matches fetched, no tenant named): the fused
+    # products materialised on the coordinator, which the shards' rows join by key
+    everywhere = fetched and filters.value("tenant") is None
     if boosted:
-        every = fused.subquery("every")
+        every: Any = fused.cte("every").prefix_with("MATERIALIZED") if everywhere else fused.subquery("every")
         place = func.row_number().over(
             order_by=(func.coalesce(every.c.relevance, 0).desc(), every.c.product_pk)
         )
-        scored = select(
-            *every.c,
-            boosting.boost_by_pk(every.c.product_pk, *filters.routed(Boost)).label("boost"),
-            place.label("place"),
-        ).subquery("scored")
+        if everywhere:
+            with_boosts, boost = boosting.joined_boost(select().select_from(every), every.c.product_pk)
+        else:
+            with_boosts = select().select_from(every)
+            boost = boosting.boost_by_pk(every.c.product_pk, *filters.routed(Boost))
+        scored = with_boosts.add_columns(*every.c, boost.label("boost"), place.label("place")).subquery(
+            "scored"
+        )
         top = (
             select(*scored.c)
             .order_by(*boosting.order(scored.c.place - boosting.lift() * scored.c.boost, scored.c))
@@ -298,7 +316,7 @@ def fused_statement(
     ).select_from(Embedding)
     if mentions(filters, Image.__table__):
         best = best.join(Image, filters.same_shop(Image, Image.id, Embedding.image_id, Embedding.tenant))
-    if fetched and filters.value("tenant") is None:
+    if everywhere:
         # across a Citus cluster's shards, which run no LIMIT in a subquery joined laterally to
         # rows gathered from all of them: each product's first row in the same order, by DISTINCT ON
         best = best.add_columns(Embedding.product_pk).join(top, Embedding.product_pk == top.c.product_pk)

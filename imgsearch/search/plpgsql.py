@@ -50,13 +50,15 @@ def _optional(condition: ColumnElement[bool]) -> ColumnElement[bool]:
     return condition
 
 
-def console_filters() -> ConsoleFilters:
+def console_filters(tenant: bool = True) -> ConsoleFilters:
     """The console's filters: a tenant, a category, a price range, an excluded image or product.
     Their values here only make every condition (the statements bind the function's own);
-    ``sharded``: products are joined in the rows' tenant too, as Citus needs (the shard key)."""
+    ``sharded``: products are joined in the rows' tenant too, as Citus needs (the shard key).
+    ``tenant=False``: for a statement that searches every shop."""
     return ConsoleFilters(
-        tenant="t", category="c", price_min=0, price_max=1, exclude_image=1, exclude_product=1, sharded=True
-    )
+        tenant="t" if tenant else None, category="c", price_min=0, price_max=1, exclude_image=1,
+        exclude_product=1, sharded=True,
+    )  # fmt: skip
 
 
 class _Types(PGTypeCompiler):

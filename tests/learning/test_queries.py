@@ -35,7 +35,8 @@ def test_a_search_is_recorded_with_its_hits_in_order(shop: Catalog) -> None:
     assert uuid.UUID(result.query_id).version == 7
     with shop.engine.connect() as conn:
         row = conn.execute(
-            text("SELECT * FROM imgsearch.search_queries WHERE query_id = CAST(:q AS uuid)"), {"q": result.query_id}
+            text("SELECT * FROM imgsearch.search_queries WHERE query_id = CAST(:q AS uuid)"),
+            {"q": result.query_id},
         ).one()
     assert row.tenant == "acme" and row.client_id == "web-1"
     assert row.user_query == QUERY and row.query_norm == "red shoes"
@@ -87,7 +88,9 @@ def test_searches_land_in_the_days_partition(shop: Catalog) -> None:
     result = shop.search(text=QUERY, tenant="acme", k=1, mode="semantic")
     with shop.engine.connect() as conn:
         table = conn.execute(
-            text("SELECT tableoid::regclass::text FROM imgsearch.search_queries WHERE query_id = CAST(:q AS uuid)"),
+            text(
+                "SELECT tableoid::regclass::text FROM imgsearch.search_queries WHERE query_id = CAST(:q AS uuid)"
+            ),
             {"q": result.query_id},
         ).scalar()
     assert table is not None and table.startswith("imgsearch_log.search_queries_2")
@@ -101,7 +104,8 @@ def test_a_catalog_opened_without_a_tenant_scope_records_admin_searches(shop: Ca
             {"q": result.query_id},
         ).one()[0]
         ubi = conn.execute(
-            text("SELECT tenant, document FROM imgsearch.ubi_queries WHERE query_id = :q"), {"q": str(result.query_id)}
+            text("SELECT tenant, document FROM imgsearch.ubi_queries WHERE query_id = :q"),
+            {"q": str(result.query_id)},
         ).one()
     assert tenant == ""  # no tenant: '' (the log's tenant is its distribution column on Citus)
     assert ubi.tenant is None and "tenant" not in ubi.document["query_attributes"]
@@ -128,7 +132,9 @@ def test_a_search_is_recorded_after_the_server_closed_the_pools_connections(
         ids = [r.query_id for r in (*first, again)]
         with shop.engine.connect() as conn:
             found = conn.execute(
-                text("SELECT count(*) FROM imgsearch.search_queries WHERE query_id = ANY(CAST(:ids AS uuid[]))"),
+                text(
+                    "SELECT count(*) FROM imgsearch.search_queries WHERE query_id = ANY(CAST(:ids AS uuid[]))"
+                ),
                 {"ids": ids},
             ).scalar_one()
         assert found == 4

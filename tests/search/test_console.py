@@ -98,7 +98,7 @@ def test_the_console_functions_are_written_from_the_librarys_statements() -> Non
     from imgsearch.search import console, plans
 
     written = console.files()
-    assert set(written) == {"_search.sql", "_lexical.sql", "facets.sql"}
+    assert set(written) == {"_search.sql", "_lexical.sql", "facets.sql", "search_hybrid.sql"}
     for name, body in written.items():
         assert (console.FOLDER / name).read_text() == body, "python -m imgsearch.search.console --write"
     assert console.main([]) == 0
@@ -107,6 +107,7 @@ def test_the_console_functions_are_written_from_the_librarys_statements() -> Non
         ("_search.sql", console.search_texts()),
         ("_lexical.sql", console.lexical_texts()),
         ("facets.sql", console.facets_texts()),
+        ("search_hybrid.sql", console.hybrid_texts()),
     ]:
         for statement, sql in texts.items():
             assert f"$sql${sql}$sql$" in written[name], (name, statement)
