@@ -101,6 +101,7 @@ class Catalog:
         return pinned
 
     def close(self) -> None:
+        self._searcher.recorder.close()  # the searches' rows written first
         self.engine.dispose()
         self._search_engine.dispose()
         if self.replicas is not None:
@@ -206,8 +207,7 @@ class Catalog:
     ) -> duplicate_groups.Report:
         """Groups of near-identical images of different products of ``tenant``: pairs within
         ``max_hamming`` bits of perceptual hash confirmed by an embedding distance of at most
-        ``max_distance`` (None: the hash alone); defaults from the settings
-        (:mod:`imgsearch.quality.duplicates`)."""
+        ``max_distance`` (None: the hash alone); defaults from the settings (quality/duplicates.py)."""
         self._context.follow_model_switch()
         return duplicate_groups.find_groups(
             self._context, tenant, max_hamming=max_hamming, max_distance=max_distance, progress=progress
@@ -367,7 +367,7 @@ class Catalog:
         """Record shoppers' ``impression``, ``click``, ``add_to_cart``, ``purchase`` events on a search's
         hits (``query_id``, ``action``, ``object_id``, ``position``, ``time``?, ``event_id``?), all or none:
         :class:`InvalidEvents` names each bad one by index. ``tenant``: the searches' (None: an admin's)."""
-        return events_log.record(self.engine, tenant, events)
+        return events_log.record(self.engine, tenant, events, before=self._searcher.recorder.flush)
 
     def refresh_boosts(self, *, tenant: str | None = None) -> learned.Refreshed:
         """Learn the boosts from the feedback now (beat does it every ``boost_refresh_seconds``)."""

@@ -296,3 +296,24 @@ class Standby:
 
     def running(self) -> bool:
         return (self.data / "postmaster.pid").exists()
+
+
+def searches_recorded(engine: Any, query_ids: Any, timeout: float = 5.0) -> int:
+    """Wait until the searches' rows are in ``imgsearch.search_queries`` (a catalog writes them
+    after the search answered: imgsearch.learning.queries), at most ``timeout`` seconds; how many
+    there are."""
+    from sqlalchemy import text
+
+    ids = sorted({str(q) for q in query_ids})
+    deadline = time.monotonic() + timeout
+    while True:
+        with engine.connect() as conn:
+            found = int(
+                conn.execute(
+                    text("SELECT count(*) FROM imgsearch.search_queries WHERE query_id = ANY(CAST(:ids AS uuid[]))"),
+                    {"ids": ids},
+                ).scalar_one()
+            )
+        if found >= len(ids) or time.monotonic() >= deadline:
+            return found
+        time.sleep(0.02)

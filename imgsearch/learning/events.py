@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ from sqlalchemy.exc import DBAPIError
 
 from imgsearch.access import tenancy
 from imgsearch.errors import InvalidEvents, InvalidInput
+from imgsearch.learning import queries
 
 ACTIONS = ("impression", "click", "add_to_cart", "purchase")
 UNKNOWN_SEARCH = "no search has query_id"  # how the database names an event of no (visible) search
@@ -94,23 +96,65 @@ def _storable(value: Any) -> None:
             _storable(item)
 
 
-def record(engine: Engine, tenant: str | None, events: Iterable[Mapping[str, Any]]) -> Recorded:
-    """Check and record one batch, all or nothing (:class:`InvalidEvents` names each bad event)."""
+def record(
+    engine: Engine,
+    tenant: str | None,
+    events: Iterable[Mapping[str, Any]],
+    before: Callable[[], Any] | None = None,
+) -> Recorded:
+    """Check and record one batch, all or nothing (:class:`InvalidEvents` names each bad event).
+    ``before``: called first (a catalog's :meth:`Recorder.flush`: its searches' rows written).
+
+    A search's row is written after it answered (:mod:`imgsearch.learning.queries`): a batch
+    refused only for searches too recent to be written yet, by their ``query_id``'s time, is
+    checked again once they are (at most :data:`queries.MAX_DELAY` after the search)."""
     plain, problems = as_json(events)
+    if before is not None:
+        before()
     try:
-        with tenancy.begin(engine, tenant) as conn:
-            found = conn.execute(
-                text("SELECT imgsearch.record_events(CAST(:events AS jsonb))"), {"events": json.dumps(plain)}
-            ).scalar_one()
+        found = _checked(engine, tenant, plain)
     except DBAPIError as exc:
         refused = _refused(exc)
         if refused is None:
             raise
-        problems = {**dict(refused), **problems}
-        raise _invalid(problems, len(plain)) from None
+        wait = _wait_for_searches(plain, refused)
+        if wait is None:
+            raise _invalid({**dict(refused), **problems}, len(plain)) from None
+        time.sleep(wait)
+        try:
+            found = _checked(engine, tenant, plain)
+        except DBAPIError as again:
+            refused = _refused(again)
+            if refused is None:
+                raise
+            raise _invalid({**dict(refused), **problems}, len(plain)) from None
     if problems:  # the database found nothing wrong with the rest: still none recorded
         raise _invalid(problems, len(plain))
     return Recorded(int(found["recorded"]), int(found["duplicates"]))
+
+
+def _checked(engine: Engine, tenant: str | None, plain: list[Any]) -> Any:
+    with tenancy.begin(engine, tenant) as conn:
+        return conn.execute(
+            text("SELECT imgsearch.record_events(CAST(:events AS jsonb))"), {"events": json.dumps(plain)}
+        ).scalar_one()
+
+
+def _wait_for_searches(plain: list[Any], refused: list[tuple[int, str]]) -> float | None:
+    """Seconds until the searches of a batch refused only for unknown searches, all of them
+    recent, have their rows written; None when a refusal is of another kind or older."""
+    latest = 0.0
+    for index, message in refused:
+        event = plain[index] if 0 <= index < len(plain) else None
+        if not message.startswith(UNKNOWN_SEARCH) or not isinstance(event, dict):
+            return None
+        try:
+            searched = uuid.UUID(str(event.get("query_id"))).int >> 80  # a UUIDv7's milliseconds
+        except ValueError:
+            return None
+        latest = max(latest, searched / 1000 + queries.MAX_DELAY)
+    wait = latest - time.time()
+    return wait if 0 < wait <= queries.MAX_DELAY else None
 
 
 def _refused(exc: DBAPIError) -> list[tuple[int, str]] | None:

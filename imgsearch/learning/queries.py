@@ -3,22 +3,33 @@ client, the query as typed and normalised, its filters and mode, and its hits in
 the events on its hits (:mod:`imgsearch.learning.events`) can name it.
 
 A ``query_id`` is a UUIDv7: its first 48 bits are the search's time in milliseconds, which is
-the row's ``searched_at``, so an event finds its search in one day's partition. The row is
-written on the primary after the search (the catalog's pool for writes, not the searches': those
-may all be on replicas), in autocommit with ``synchronous_commit`` off for that statement only:
-losing the last searches of a crash loses their clicks, not data the catalog needs. A failure to
-write it is logged (a closed connection is tried once more), and the search still answers.
+the row's ``searched_at``, so an event finds its search in one day's partition.
+
+The row is written off the search's path: the search hands it to its catalog's :class:`Recorder`
+and answers; the recorder's thread writes the rows waiting, together, at most
+:data:`WRITE_DELAY` seconds after the first of them (one round trip for a batch, on the
+primary: the catalog's pool for writes, not the searches', which may all be on replicas), in
+autocommit with ``synchronous_commit`` off. What a crash can lose: a process killed loses the
+rows it had not written yet, the searches of its last :data:`WRITE_DELAY` seconds and of the
+write under way; a database crash, as with any commit with ``synchronous_commit`` off, its last
+commits (three times ``wal_writer_delay``, 0.6 s by default). Either way their events are refused
+as events of an unknown search, and nothing the catalog needs is lost. An event may come before
+its search's row is written: it waits for the row (:data:`MAX_DELAY`). A failure to write is
+logged (a closed connection is tried once more), and the searches still answered.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
 import re
+import threading
 import time
 import unicodedata
 import uuid
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -73,8 +84,12 @@ _INSERT = text(
 _COMPILED: dict[str, Compiled] = {}  # by driver
 
 
-def record(
-    engine: Engine,
+WRITE_DELAY = 0.05  # seconds a search's row may wait to be written with others
+BATCH = 500  # rows written in one round trip, at most
+MAX_DELAY = 2.0  # seconds after a search by which its row is written (an event waits that long)
+
+
+def row(
     query_id: uuid.UUID,
     *,
     tenant: str | None,
@@ -83,9 +98,9 @@ def record(
     attributes: Mapping[str, Any],
     offset: int,
     hits: Sequence[Hit],
-) -> bool:
-    """Write one search's row; False (logged) when the database refused it."""
-    values = {
+) -> dict[str, Any]:
+    """One search's row, as :func:`write` takes it."""
+    return {
         "query_id": str(query_id),
         "tenant": tenant or "",  # a search across tenants: '' (a distribution column holds no NULL)
         "client_id": client_id,
@@ -97,19 +112,120 @@ def record(
         "image_ids": [hit.image_id for hit in hits],
         "tenants": [hit.tenant for hit in hits],
     }
+
+
+def write(engine: Engine, rows: Sequence[Mapping[str, Any]]) -> bool:
+    """Write searches' rows, one round trip for all (psycopg's pipeline); False (logged) when the
+    database refused them."""
     for attempt in (1, 2):
         try:
+            # one transaction, one commit, for a batch (executemany: psycopg pipelines the rows)
             with engine.connect() as conn:
-                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+                if len(rows) == 1:
+                    conn = conn.execution_options(isolation_level="AUTOCOMMIT")
                 driver = conn.dialect.driver
                 compiled = _COMPILED.get(driver)
                 if compiled is None:
                     compiled = _COMPILED[driver] = Compiled.of(_INSERT, conn.dialect)
-                compiled.execute(conn, values)
+                if len(rows) == 1:
+                    compiled.execute(conn, rows[0])
+                else:
+                    bound = [compiled.bound(r) for r in rows]
+                    conn.exec_driver_sql(bound[0][0], [params for _, params in bound])  # type: ignore[arg-type]
+                    conn.commit()
             return True
         except DBAPIError as exc:
             if exc.connection_invalidated and attempt == 1:
                 continue  # a connection closed since its checkout: once more, on a new one
-            log.warning("search %s not recorded (its events will be refused): %s", query_id, exc.orig)
+            _refused(rows, exc.orig)
             return False
     return False
+
+
+def _refused(rows: Sequence[Mapping[str, Any]], error: Any) -> None:
+    first = rows[0]["query_id"] if rows else None
+    log.warning(
+        "%d searches not recorded (their events will be refused), %s first: %s", len(rows), first, error
+    )
+
+
+def record(engine: Engine, query_id: uuid.UUID, **search: Any) -> bool:
+    """Write one search's row now (:func:`row`'s arguments); False (logged) when refused."""
+    return write(engine, [row(query_id, **search)])
+
+
+class Recorder:
+    """A catalog's searches' rows, written by a thread of its own (see the module): a search
+    hands its row over (:meth:`record`) and answers (``background=False``: writes it first, for
+    an engine whose connections belong to the calling thread, as Django's do). :meth:`flush` waits until every row handed
+    over before it is written; :meth:`close` flushes and stops the thread (a process that exits
+    without closing its catalog flushes at exit)."""
+
+    def __init__(self, engine: Engine, background: bool = True) -> None:
+        self._engine = engine
+        self._background = background  # False: each row written before record() returns
+        self._rows: list[tuple[uuid.UUID, dict[str, Any]]] = []  # handed over, not written yet
+        self._changed = threading.Condition()
+        self._handed = self._done = 0  # rows handed over, rows written (or refused)
+        self._urgent = False
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        atexit.register(_flush_at_exit, weakref.ref(self))
+
+    def record(self, query_id: uuid.UUID, **search: Any) -> None:
+        """Hand over one search's row (:func:`row`'s arguments; the row is made on the thread)."""
+        if not self._background:
+            write(self._engine, [row(query_id, **search)])
+            return
+        search["hits"] = list(search["hits"])  # (the caller's answer is its own)
+        with self._changed:
+            self._rows.append((query_id, search))
+            self._handed += 1
+            if self._thread is None or not self._thread.is_alive():
+                self._stopping = False
+                self._thread = threading.Thread(target=self._run, name="imgsearch-recorder", daemon=True)
+                self._thread.start()
+            elif len(self._rows) == 1 or len(self._rows) >= BATCH:  # the thread waits for a first row
+                self._changed.notify_all()
+
+    def flush(self, timeout: float = MAX_DELAY) -> bool:
+        """Wait until the rows handed over so far are written; False if ``timeout`` passed first."""
+        with self._changed:
+            wanted = self._handed
+            if self._done >= wanted:
+                return True
+            self._urgent = True
+            self._changed.notify_all()
+            return self._changed.wait_for(lambda: self._done >= wanted, timeout)
+
+    def close(self) -> None:
+        """Flush, and stop the thread."""
+        self.flush()
+        with self._changed:
+            self._stopping = True
+            self._changed.notify_all()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=MAX_DELAY)
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                if not self._rows:
+                    self._changed.wait_for(lambda: bool(self._rows) or self._stopping)
+                if not self._rows:  # stopping, nothing left
+                    return
+                # the first row waits WRITE_DELAY for others, unless a flush or a full batch calls
+                self._changed.wait_for(lambda: self._urgent or len(self._rows) >= BATCH, WRITE_DELAY)
+                batch, self._rows = self._rows[:BATCH], self._rows[BATCH:]
+                self._urgent = bool(self._rows) and self._urgent
+            write(self._engine, [row(query_id, **search) for query_id, search in batch])
+            with self._changed:
+                self._done += len(batch)
+                self._changed.notify_all()
+
+
+def _flush_at_exit(recorder: weakref.ref[Recorder]) -> None:
+    alive = recorder()
+    if alive is not None:
+        alive.flush()

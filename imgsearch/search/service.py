@@ -51,6 +51,11 @@ class Searcher:
     vocabularies: understanding.Vocabularies = field(default_factory=understanding.Vocabularies)
     adapters: Adapters = field(default_factory=Adapters)  # each tenant's active query adapter
     on_search_plan: Callable[[Plan], None] | None = None  # told each statement's plan
+    recorder: learned_queries.Recorder = field(init=False)  # writes the searches' rows
+
+    def __post_init__(self) -> None:
+        settings = self.context.settings
+        self.recorder = learned_queries.Recorder(self.context.engine, settings.record_in_background)
 
 
 @dataclass(frozen=True)
@@ -156,8 +161,7 @@ def search(
         attributes = _attributes(asked, filters, result, options)
         if variants is not None:
             attributes["interleave"] = {"variants": list(variants), "teams": teams}
-        learned_queries.record(
-            searcher.context.engine,
+        searcher.recorder.record(
             query_id,
             tenant=filters.tenant_name(),
             client_id=asked.client_id,

@@ -15,6 +15,7 @@ from imgsearch import Catalog
 from imgsearch.access import tenancy
 from imgsearch.db.engine import libpq_conninfo
 from imgsearch.errors import InvalidEvents, InvalidInput
+from tests.helpers import searches_recorded
 from tests.learning.conftest import QUERY
 
 
@@ -147,6 +148,7 @@ def test_an_admin_records_events_of_any_tenant(shop: Catalog) -> None:
 def test_a_console_login_records_its_own_tenants_events_in_sql(shop: Catalog) -> None:
     mine = shop.search(text=QUERY, tenant="acme", k=3, mode="semantic")
     theirs = shop.search(text=QUERY, tenant="globex", k=3, mode="semantic")
+    assert searches_recorded(shop.engine, [mine.query_id, theirs.query_id]) == 2  # written after they answered
     login = f"acme_events_{uuid.uuid4().hex[:8]}"
     password = tenancy.create_login(shop.engine, login, "acme")
     url = make_url(shop.engine.url).set(username=login, password=password)

@@ -16,7 +16,7 @@ from imgsearch.learning import interleave, judgments, simulate
 from imgsearch.learning.boosts import Policy
 from imgsearch.records import Hit, SearchResult
 from imgsearch.settings import Settings
-from tests.helpers import run_cli
+from tests.helpers import run_cli, searches_recorded
 from tests.learning.test_simulate import QUERIES
 
 
@@ -76,6 +76,7 @@ def test_shoppers_clicks_prefer_the_boosted_variant_when_interleaved(
 ) -> None:
     catalog, shop, url = learned
     result = catalog.search(text=QUERIES[0], tenant="sim", k=10, interleave="plain,boost", parse=False)
+    assert searches_recorded(catalog.engine, [result.query_id]) == 1
     with catalog.engine.connect() as conn:
         recorded = conn.execute(
             text(

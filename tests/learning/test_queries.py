@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
 
+import pytest
 from sqlalchemy import text
 
 from imgsearch import Catalog
+from imgsearch.errors import InvalidEvents
+from imgsearch.learning import queries as learned_queries
 from imgsearch.learning.queries import new_query_id, normalized
+from tests.helpers import searches_recorded
 from tests.learning.conftest import QUERY, open_shop, query_vector
 
 
@@ -33,6 +39,7 @@ def test_a_search_is_recorded_with_its_hits_in_order(shop: Catalog) -> None:
     result = shop.search(text=QUERY, tenant="acme", k=5, offset=2, mode="semantic", client_id="web-1",
                          price_max=100)  # fmt: skip
     assert uuid.UUID(result.query_id).version == 7
+    assert searches_recorded(shop.engine, [result.query_id]) == 1
     with shop.engine.connect() as conn:
         row = conn.execute(
             text("SELECT * FROM imgsearch.search_queries WHERE query_id = CAST(:q AS uuid)"),
@@ -59,6 +66,7 @@ def test_every_kind_of_search_has_a_query_id(shop: Catalog) -> None:
     ]
     ids = [answer.query_id for answer in answers]
     assert all(ids) and len(set(ids)) == len(ids)
+    assert searches_recorded(shop.engine, ids) == len(ids)
     with shop.engine.connect() as conn:
         kinds = dict(
             conn.execute(
@@ -76,6 +84,7 @@ def test_recording_can_be_switched_off(shop_url: str, tiny_siglip: Path) -> None
     with open_shop(shop_url, str(tiny_siglip), record_queries=False) as catalog:
         result = catalog.search(text=QUERY, tenant="acme", k=3, mode="semantic")
         assert result.query_id
+        catalog.close()  # (every row handed over written)
         with catalog.engine.connect() as conn:
             found = conn.execute(
                 text("SELECT count(*) FROM imgsearch.search_queries WHERE query_id = CAST(:q AS uuid)"),
@@ -86,6 +95,7 @@ def test_recording_can_be_switched_off(shop_url: str, tiny_siglip: Path) -> None
 
 def test_searches_land_in_the_days_partition(shop: Catalog) -> None:
     result = shop.search(text=QUERY, tenant="acme", k=1, mode="semantic")
+    assert searches_recorded(shop.engine, [result.query_id]) == 1
     with shop.engine.connect() as conn:
         table = conn.execute(
             text(
@@ -98,6 +108,7 @@ def test_searches_land_in_the_days_partition(shop: Catalog) -> None:
 
 def test_a_catalog_opened_without_a_tenant_scope_records_admin_searches(shop: Catalog) -> None:
     result = shop.search(text=QUERY, k=3, mode="semantic")  # every tenant's
+    assert searches_recorded(shop.engine, [result.query_id]) == 1
     with shop.engine.connect() as conn:
         tenant = conn.execute(
             text("SELECT tenant FROM imgsearch.search_queries WHERE query_id = CAST(:q AS uuid)"),
@@ -130,15 +141,98 @@ def test_a_search_is_recorded_after_the_server_closed_the_pools_connections(
         again = shop.search(vector=query_vector(shop), tenant="acme", k=3)
         assert [h.image_id for h in again] == [h.image_id for h in first[0]]
         ids = [r.query_id for r in (*first, again)]
-        with shop.engine.connect() as conn:
-            found = conn.execute(
-                text(
-                    "SELECT count(*) FROM imgsearch.search_queries WHERE query_id = ANY(CAST(:ids AS uuid[]))"
-                ),
-                {"ids": ids},
-            ).scalar_one()
-        assert found == 4
+        assert searches_recorded(shop.engine, ids) == 4
 
 
 def test_catalog_type_is_public() -> None:
     assert Catalog.record_events.__doc__ and Catalog.refresh_boosts.__doc__
+
+
+def test_a_search_answers_before_its_row_is_written(
+    shop_url: str, tiny_siglip: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The row waits (here 0.3 s) for others, then the burst's rows are written together."""
+    monkeypatch.setattr(learned_queries, "WRITE_DELAY", 0.3)
+    with open_shop(shop_url, str(tiny_siglip)) as catalog:
+        q = query_vector(catalog)
+        ids = [catalog.search(vector=q, tenant="acme", k=3).query_id for _ in range(5)]
+        assert searches_recorded(catalog.engine, ids, timeout=0) == 0  # answered, not written yet
+        assert searches_recorded(catalog.engine, ids) == 5
+
+
+def test_an_event_right_after_its_search_waits_for_the_searchs_row(
+    shop_url: str, tiny_siglip: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From another catalog (another process's): the row not written yet, the batch is checked
+    again once it is; from the searching catalog, its rows are written first."""
+    monkeypatch.setattr(learned_queries, "WRITE_DELAY", 0.5)
+    with open_shop(shop_url, str(tiny_siglip)) as searching, open_shop(shop_url, str(tiny_siglip)) as other:
+        q = query_vector(searching)
+        result = searching.search(vector=q, tenant="acme", k=3)
+        click = {
+            "query_id": result.query_id,
+            "action": "click",
+            "object_id": result[0].product_id,
+            "position": 1,
+        }
+        started = time.monotonic()
+        assert other.record_events("acme", [click]).recorded == 1
+        assert time.monotonic() - started < learned_queries.MAX_DELAY + 1
+        again = searching.search(vector=q, tenant="acme", k=3)
+        started = time.monotonic()
+        click = {**click, "query_id": again.query_id, "object_id": again[0].product_id}
+        assert searching.record_events("acme", [click]).recorded == 1
+        assert time.monotonic() - started < 0.4  # flushed, not waited for
+        # a search of long ago that was never written is refused at once
+        old = uuid.UUID(int=(int((time.time() - 60) * 1000) << 80) | (0x7 << 76) | (0x2 << 62) | 7)
+        started = time.monotonic()
+        with pytest.raises(InvalidEvents, match="no search has query_id"):
+            other.record_events("acme", [{**click, "query_id": str(old)}])
+        assert time.monotonic() - started < 0.5
+
+
+_CRASH = """
+import os, sys, time
+import numpy as np
+from imgsearch import Catalog
+from imgsearch.settings import Settings
+
+url, model, how = sys.argv[1:4]
+catalog = Catalog.open(url, model=model, settings=Settings())
+q = np.asarray(catalog.embedder.embed_text("red shoes"), dtype=np.float32).reshape(-1)
+ids = [catalog.search(vector=q, tenant="acme", k=3).query_id for _ in range(5)]
+time.sleep(0.5)  # past the write's delay: these are written
+ids.append(catalog.search(vector=q, tenant="acme", k=3).query_id)
+print(" ".join(ids), flush=True)
+if how == "killed":
+    os._exit(0)  # no flush, no exit hooks: as a kill -9
+"""
+
+
+@pytest.mark.parametrize("how", ["killed", "exits without closing its catalog"])
+def test_what_a_process_that_dies_loses_is_its_last_searches_rows(
+    shop_url: str, tiny_siglip: Path, tmp_path: Path, how: str
+) -> None:
+    script = tmp_path / "searches.py"
+    script.write_text(_CRASH)
+    done = subprocess.run(
+        [sys.executable, str(script), shop_url, str(tiny_siglip), how.split()[0]],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    ids = done.stdout.split()
+    assert len(ids) == 6
+    with open_shop(shop_url, str(tiny_siglip)) as catalog:
+        assert searches_recorded(catalog.engine, ids[:5], timeout=1) == 5  # older than the delay: written
+        last = searches_recorded(catalog.engine, ids[5:], timeout=1)
+    assert last == (0 if how == "killed" else 1)  # killed at once: its last search's row is lost
+
+
+def test_searches_after_a_quiet_spell_are_written_too(shop_url: str, tiny_siglip: Path) -> None:
+    """The recorder's thread, idle once its rows are written, wakes for the next search's."""
+    with open_shop(shop_url, str(tiny_siglip)) as catalog:
+        q = query_vector(catalog)
+        first = catalog.search(vector=q, tenant="acme", k=3).query_id
+        assert searches_recorded(catalog.engine, [first]) == 1
+        time.sleep(0.2)  # the thread waits for rows now
+        later = [catalog.search(vector=q, tenant="acme", k=3).query_id for _ in range(3)]
+        assert searches_recorded(catalog.engine, later, timeout=1) == 3

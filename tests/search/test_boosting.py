@@ -11,6 +11,7 @@ from sqlalchemy import text
 
 from imgsearch import Catalog
 from imgsearch.errors import InvalidQuery
+from tests.helpers import searches_recorded
 from tests.learning.conftest import QUERY, open_shop, query_vector
 from tests.learning.conftest import shop_url as shop_url
 
@@ -146,6 +147,7 @@ def test_a_recorded_search_says_whether_it_was_boosted(boosted: Catalog) -> None
     _set_boosts(boosted, {("p07", "red shoes"): 1.0})
     on = boosted.search(text=QUERY, tenant="acme", k=3, mode="semantic")
     off = boosted.search(text=QUERY, tenant="acme", k=3, mode="semantic", boost=False)
+    assert searches_recorded(boosted.engine, [on.query_id, off.query_id]) == 2
     with boosted.engine.connect() as conn:
         flags = dict(
             conn.execute(

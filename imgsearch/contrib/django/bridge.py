@@ -80,7 +80,8 @@ def settings() -> Settings:
     """imgsearch settings from ``settings.IMGSEARCH`` (keys as in ``IMGSEARCH_<NAME>``), then the
     environment."""
     given = getattr(django_settings, "IMGSEARCH", {}) or {}
-    return Settings(**{str(key).lower(): value for key, value in given.items()})
+    # a search's record is written on its own thread's connection (Django's are per thread)
+    return Settings(**{"record_in_background": False, **{str(key).lower(): value for key, value in given.items()}})
 
 
 @contextmanager
