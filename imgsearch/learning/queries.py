@@ -7,7 +7,7 @@ the row's ``searched_at``, so an event finds its search in one day's partition.
 
 The row is written off the search's path: the search hands it to its catalog's :class:`Recorder`
 and answers; the recorder's thread writes the rows waiting, together, at most
-:data:`WRITE_DELAY` seconds after the first of them (one round trip for a batch, on the
+:data:`WRITE_DELAY` seconds after the first of them (one statement for a batch, on the
 primary: the catalog's pool for writes, not the searches', which may all be on replicas), in
 autocommit with ``synchronous_commit`` off. What a crash can lose: a process killed loses the
 rows it had not written yet, the searches of its last :data:`WRITE_DELAY` seconds and of the
@@ -66,26 +66,38 @@ def normalized(query: str | None) -> str | None:
 
 _INSERT = text(
     """
+    WITH r AS MATERIALIZED (
+        SELECT * FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(query_id uuid, tenant text, client_id text,
+            user_query text, query_norm text, attributes jsonb, result_offset int, product_ids text[],
+            image_ids bigint[], tenants text[])
+    ), hits AS MATERIALIZED (
+        SELECT r.query_id, r.tenant AS scope, h.tenant, h.product_id, h.n
+        FROM r, unnest(r.tenants, r.product_ids) WITH ORDINALITY AS h(tenant, product_id, n)
+    ), matched AS MATERIALIZED (
+        SELECT hits.query_id, hits.n, p.id
+        FROM hits JOIN imgsearch.products p ON p.tenant = hits.tenant AND p.product_id = hits.product_id
+        WHERE hits.scope = '' OR p.tenant = hits.scope
+    ), placed AS (
+        SELECT hits.query_id, array_agg(matched.id ORDER BY hits.n) AS product_pks
+        FROM hits LEFT JOIN matched ON matched.query_id = hits.query_id AND matched.n = hits.n
+        GROUP BY hits.query_id
+    )
     INSERT INTO imgsearch.search_queries (query_id, searched_at, tenant, client_id, user_query, query_norm,
         query_attributes, result_offset, product_ids, image_ids, product_pks)
-    SELECT q.id, uuid_extract_timestamp(q.id), :tenant, :client_id, :user_query, :query_norm,
-        CAST(:attributes AS jsonb), :result_offset, CAST(:product_ids AS text[]), CAST(:image_ids AS bigint[]),
-        ARRAY(SELECT f.id FROM generate_series(1, cardinality(CAST(:product_ids AS text[]))) AS g(n)
-              LEFT JOIN (SELECT h.n, p.id FROM unnest(CAST(:tenants AS text[]), CAST(:product_ids AS text[]))
-                             WITH ORDINALITY AS h(tenant, product_id, n)
-                         JOIN imgsearch.products p ON p.tenant = h.tenant AND p.product_id = h.product_id
-                         WHERE CAST(:tenant AS text) = '' OR p.tenant = CAST(:tenant AS text)) AS f
-              ON f.n = g.n ORDER BY g.n)
-    FROM (SELECT CAST(:query_id AS uuid) AS id, set_config('synchronous_commit', 'off', true)) AS q
+    SELECT r.query_id, uuid_extract_timestamp(r.query_id), r.tenant, r.client_id, r.user_query, r.query_norm,
+        r.attributes, r.result_offset, r.product_ids, r.image_ids, coalesce(placed.product_pks, '{}')
+    FROM r LEFT JOIN placed ON placed.query_id = r.query_id
+    WHERE set_config('synchronous_commit', 'off', true) = 'off'
     """
 )
-# the hits' product keys by an inner join, placed by their order: Citus sends an inner join to the
-# shards with the ids (a shop's to its node alone); an outer join would read every product
+# a batch of rows as one JSON value, written by one statement: the hits' product keys by an inner
+# join (Citus sends it to the shards with the ids: a shop's to its node alone; an outer join would
+# read every product), then placed by their order, NULL where a product is gone
 _COMPILED: dict[str, Compiled] = {}  # by driver
 
 
 WRITE_DELAY = 0.05  # seconds a search's row may wait to be written with others
-BATCH = 500  # rows written in one round trip, at most
+BATCH = 500  # rows written by one statement, at most
 MAX_DELAY = 2.0  # seconds after a search by which its row is written (an event waits that long)
 
 
@@ -106,7 +118,7 @@ def row(
         "client_id": client_id,
         "user_query": user_query,
         "query_norm": normalized(user_query),
-        "attributes": json.dumps(attributes, default=str),
+        "attributes": attributes,
         "result_offset": offset,
         "product_ids": [hit.product_id for hit in hits],
         "image_ids": [hit.image_id for hit in hits],
@@ -115,24 +127,17 @@ def row(
 
 
 def write(engine: Engine, rows: Sequence[Mapping[str, Any]]) -> bool:
-    """Write searches' rows, one round trip for all (psycopg's pipeline); False (logged) when the
-    database refused them."""
+    """Write searches' rows, all in one statement; False (logged) when the database refused them."""
+    values = {"rows": json.dumps(list(rows), default=str)}
     for attempt in (1, 2):
         try:
-            # one transaction, one commit, for a batch (executemany: psycopg pipelines the rows)
             with engine.connect() as conn:
-                if len(rows) == 1:
-                    conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
                 driver = conn.dialect.driver
                 compiled = _COMPILED.get(driver)
                 if compiled is None:
                     compiled = _COMPILED[driver] = Compiled.of(_INSERT, conn.dialect)
-                if len(rows) == 1:
-                    compiled.execute(conn, rows[0])
-                else:
-                    bound = [compiled.bound(r) for r in rows]
-                    conn.exec_driver_sql(bound[0][0], [params for _, params in bound])  # type: ignore[arg-type]
-                    conn.commit()
+                compiled.execute(conn, values)
             return True
         except DBAPIError as exc:
             if exc.connection_invalidated and attempt == 1:
