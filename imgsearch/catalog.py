@@ -371,7 +371,7 @@ class Catalog:
 
     def refresh_boosts(self, *, tenant: str | None = None) -> learned.Refreshed:
         """Learn the boosts from the feedback now (beat does it every ``boost_refresh_seconds``)."""
-        self._searcher.router.forget_graphs()  # read which tenants have boosts at the next search
+        self._searcher.before_learning()  # its searches' rows written; tenants with boosts read again
         return learned.refresh(self.engine, learned.Policy.from_settings(self.settings), tenant)
 
     def search_select(

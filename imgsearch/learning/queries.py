@@ -66,6 +66,8 @@ def normalized(query: str | None) -> str | None:
 
 _INSERT = text(
     """
+    INSERT INTO imgsearch.search_queries (query_id, searched_at, tenant, client_id, user_query, query_norm,
+        query_attributes, result_offset, product_ids, image_ids, product_pks)
     WITH r AS MATERIALIZED (
         SELECT * FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(query_id uuid, tenant text, client_id text,
             user_query text, query_norm text, attributes jsonb, result_offset int, product_ids text[],
@@ -82,8 +84,6 @@ _INSERT = text(
         FROM hits LEFT JOIN matched ON matched.query_id = hits.query_id AND matched.n = hits.n
         GROUP BY hits.query_id
     )
-    INSERT INTO imgsearch.search_queries (query_id, searched_at, tenant, client_id, user_query, query_norm,
-        query_attributes, result_offset, product_ids, image_ids, product_pks)
     SELECT r.query_id, uuid_extract_timestamp(r.query_id), r.tenant, r.client_id, r.user_query, r.query_norm,
         r.attributes, r.result_offset, r.product_ids, r.image_ids, coalesce(placed.product_pks, '{}')
     FROM r LEFT JOIN placed ON placed.query_id = r.query_id
@@ -91,8 +91,9 @@ _INSERT = text(
     """
 )
 # a batch of rows as one JSON value, written by one statement: the hits' product keys by an inner
-# join (Citus sends it to the shards with the ids: a shop's to its node alone; an outer join would
-# read every product), then placed by their order, NULL where a product is gone
+# join on the shop's key and the product id (an outer join would read every product; on Citus the
+# batch's shops are in no value, so its lookups go to every node, once a batch), then placed by
+# their order, NULL where a product is gone
 _COMPILED: dict[str, Compiled] = {}  # by driver
 
 

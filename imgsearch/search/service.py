@@ -57,6 +57,12 @@ class Searcher:
         settings = self.context.settings
         self.recorder = learned_queries.Recorder(self.context.engine, settings.record_in_background)
 
+    def before_learning(self) -> None:
+        """Before boosts are learned from the feedback: this catalog's searches' rows written, and
+        which tenants have boosts read again at the next search."""
+        self.recorder.flush()
+        self.router.forget_graphs()
+
 
 @dataclass(frozen=True)
 class Asked:
