@@ -44,9 +44,7 @@ def main() -> None:
     )
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=100)
-    parser.add_argument(
-        "--rounds", type=int, default=3, help="each method meets each query this often a regime"
-    )
+    parser.add_argument("--rounds", type=int, default=3, help="each method meets each query this often a regime")
     args = parser.parse_args()
 
     url, data, labels, _ = stored_catalog(args.rows)
@@ -56,15 +54,11 @@ def main() -> None:
     def swept() -> None:
         sweep[::8] += sweep.sum() * 0.0  # every cache line read, then written (8 floats a line)
 
-    print(
-        "| filter | caches | imgsearch p50 ms | floor | library floor | imgsearch / floor "
-        "| library floor / floor | imgsearch / library floor |"
-    )
+    print("| filter | caches | imgsearch p50 ms | floor | library floor | imgsearch / floor "
+          "| library floor / floor | imgsearch / library floor |")
     print("|---|---|---|---|---|---|---|---|")
     calls: dict[str, tuple[int, int, int]] = {}
-    with Catalog.open(
-        url, model="google/siglip-base-patch16-224", settings=Settings(record_queries=False)
-    ) as catalog:
+    with Catalog.open(url, model="google/siglip-base-patch16-224", settings=Settings(record_queries=False)) as catalog:
         library = bench.library_engine(catalog.engine.url)
         floor_conn = bench.bare_connection(catalog.engine.url)
         for name in FILTERS:
@@ -102,10 +96,7 @@ def main() -> None:
             calls[name] = (
                 min(bench.python_calls(catalog.search, vector=q, k=bench.K, **kwargs) for _ in range(5)),
                 min(bench.python_calls(bench.replay, floor_conn, captured[(0, 0)]) for _ in range(5)),
-                min(
-                    bench.python_calls(bench.library_floor, library, q, captured[(0, 0)], kwargs)
-                    for _ in range(5)
-                ),
+                min(bench.python_calls(bench.library_floor, library, q, captured[(0, 0)], kwargs) for _ in range(5)),
             )
         floor_conn.close()
         library.dispose()

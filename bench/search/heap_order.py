@@ -60,9 +60,7 @@ def copy_in_category_order(conn: psycopg.Connection[Any]) -> float:
     conn.execute(
         "CREATE TABLE public.bench_heap_order AS SELECT * FROM imgsearch.embeddings ORDER BY model_id, category"
     )
-    conn.execute(
-        "CREATE INDEX bench_heap_order_category ON public.bench_heap_order (model_id, category, price_units)"
-    )
+    conn.execute("CREATE INDEX bench_heap_order_category ON public.bench_heap_order (model_id, category, price_units)")
     conn.execute("SET maintenance_work_mem = '2GB'")
     conn.execute(
         "CREATE INDEX bench_heap_order_hnsw ON public.bench_heap_order USING hnsw ((embedding::halfvec(768)) halfvec_cosine_ops) "

@@ -89,11 +89,7 @@ def shapes(filters: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[st
 def shop_shapes(filters: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
     """A shop's price ranges (the benchmark's one tenant holds every row)."""
     named = dict(filters)
-    far, near_low, far_low = (
-        named["1% far"]["category"],
-        named["0.1% near"]["price_min"],
-        named["0.1% far"]["price_min"],
-    )
+    far, near_low, far_low = named["1% far"]["category"], named["0.1% near"]["price_min"], named["0.1% far"]["price_min"]
     return [
         ("shop's price alone, 0.1%", {"price_min": far_low, "price_max": far_low + 1}),
         ("shop's price alone, 3%, near", {"price_min": near_low, "price_max": near_low + 30}),
@@ -144,9 +140,7 @@ def swap(conn: psycopg.Connection[Any], drop: list[tuple[str, str]], create: lis
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=60)
     parser.add_argument("--before", action="store_true", help="with the indexes before migration 0029")
@@ -154,10 +148,7 @@ def main() -> None:
 
     home = Settings().home
     url = database_url(home, "bench_search")
-    cached_settings, planned_settings = (
-        Settings(record_queries=False),
-        Settings(record_queries=False, cached_plans=False),
-    )
+    cached_settings, planned_settings = Settings(record_queries=False), Settings(record_queries=False, cached_plans=False)
     with (
         Catalog.open(url, model="google/siglip-base-patch16-224", settings=cached_settings) as cached,
         Catalog.open(url, model="google/siglip-base-patch16-224", settings=planned_settings) as planned,
@@ -215,9 +206,7 @@ def main() -> None:
                 swap(admin, drop=BEFORE, create=AFTER)
     indexes = "before migration 0029" if args.before else "today's"
     print(f"\n{args.rows:,} rows, {args.queries} queries a filter, {indexes} indexes\n")
-    print(
-        "| filter | rows matching (first query) | per search p50 ms | cached p50 ms | cached / per search | searches whose hits differ |"
-    )
+    print("| filter | rows matching (first query) | per search p50 ms | cached p50 ms | cached / per search | searches whose hits differ |")
     print("|---|---|---|---|---|---|")
     for name in names:
         per_search = statistics.median(times[(name, "per search")])
@@ -227,9 +216,7 @@ def main() -> None:
             f"{on_cache / per_search:.2f}x | {differ[name]} |"
         )
     print("\nA shop's price range under its row-level security, planned per search\n")
-    print(
-        "| filter | on price (numeric) p50 ms | on price_units p50 ms | units / numeric | searches whose hits differ |"
-    )
+    print("| filter | on price (numeric) p50 ms | on price_units p50 ms | units / numeric | searches whose hits differ |")
     print("|---|---|---|---|---|")
     for name in shop_names:
         numeric = statistics.median(times[(name, "numeric")])

@@ -334,9 +334,7 @@ def main() -> None:
         default=0,
         help="then give each category of MIN_ROWS rows its own HNSW index and time imgsearch again",
     )
-    parser.add_argument(
-        "--database", default="bench_search", help="the embedded server's database to keep it in"
-    )
+    parser.add_argument("--database", default="bench_search", help="the embedded server's database to keep it in")
     parser.add_argument(
         "--plot", default=str(Path(__file__).resolve().parents[2] / "docs" / "search_benchmark.png")
     )
@@ -470,9 +468,7 @@ def main() -> None:
             kwargs = cases[0][1][position][1]
             calls[name] = (
                 min(python_calls(catalog.search, vector=q, k=K, **kwargs) for _ in range(5)),
-                min(
-                    python_calls(library_floor, library, q, captured[(0, position)], kwargs) for _ in range(5)
-                ),
+                min(python_calls(library_floor, library, q, captured[(0, position)], kwargs) for _ in range(5)),
             )
         floor_conn.close()
         sizes = sizing(catalog)

@@ -108,10 +108,7 @@ def main() -> None:
             before, unparsed = statistics.median(times["both"]), statistics.median(times["parsed"])
             for way in WAYS:
                 p50 = statistics.median(times[way])
-                print(
-                    f"| {name} | {way} | {p50:.2f} | {p50 / before:.2f}x | {p50 / unparsed:.2f}x |",
-                    flush=True,
-                )
+                print(f"| {name} | {way} | {p50:.2f} | {p50 / before:.2f}x | {p50 / unparsed:.2f}x |", flush=True)
 
 
 if __name__ == "__main__":

@@ -111,23 +111,18 @@ def record(
     plain, problems = as_json(events)
     if before is not None:
         before()
-    try:
-        found = _checked(engine, tenant, plain)
-    except DBAPIError as exc:
-        refused = _refused(exc)
-        if refused is None:
-            raise
-        wait = _wait_for_searches(plain, refused)
-        if wait is None:
-            raise _invalid({**dict(refused), **problems}, len(plain)) from None
-        time.sleep(wait)
+    for waited in (False, True):
         try:
             found = _checked(engine, tenant, plain)
-        except DBAPIError as again:
-            refused = _refused(again)
+            break
+        except DBAPIError as exc:
+            refused = _refused(exc)
             if refused is None:
                 raise
-            raise _invalid({**dict(refused), **problems}, len(plain)) from None
+            wait = None if waited else _wait_for_searches(plain, refused)
+            if wait is None:
+                raise _invalid({**dict(refused), **problems}, len(plain)) from None
+            time.sleep(wait)
     if problems:  # the database found nothing wrong with the rest: still none recorded
         raise _invalid(problems, len(plain))
     return Recorded(int(found["recorded"]), int(found["duplicates"]))

@@ -155,17 +155,12 @@ def _refused(rows: Sequence[Mapping[str, Any]], error: Any) -> None:
     )
 
 
-def record(engine: Engine, query_id: uuid.UUID, **search: Any) -> bool:
-    """Write one search's row now (:func:`row`'s arguments); False (logged) when refused."""
-    return write(engine, [row(query_id, **search)])
-
-
 class Recorder:
     """A catalog's searches' rows, written by a thread of its own (see the module): a search
     hands its row over (:meth:`record`) and answers (``background=False``: writes it first, for
-    an engine whose connections belong to the calling thread, as Django's do). :meth:`flush` waits until every row handed
-    over before it is written; :meth:`close` flushes and stops the thread (a process that exits
-    without closing its catalog flushes at exit)."""
+    an engine whose connections belong to the calling thread, as Django's do). :meth:`flush`
+    waits until every row handed over before it is written; :meth:`close` flushes and stops the
+    thread (a process that exits without closing its catalog flushes at exit)."""
 
     def __init__(self, engine: Engine, background: bool = True) -> None:
         self._engine = engine

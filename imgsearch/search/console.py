@@ -109,7 +109,7 @@ def search_texts() -> dict[str, str]:
         "filtered": filtered(True),
         "filtered_exact": filtered(False),
         "pooled": statements.pooled_statement(MODEL, q, filters, pool, k, 0, False),
-        "exact": statements.exact_statement(MODEL, q, filters, k),  # type: ignore[arg-type]
+        "exact": statements.exact_statement(MODEL, q, filters, k),
     }
     return {name: sql(stmt, SEARCH) for name, stmt in built.items()}
 

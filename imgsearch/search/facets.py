@@ -175,12 +175,7 @@ def total_statement(
 
 
 def count(
-    conn: Connection,
-    model: ModelInfo,
-    filters: Filters,
-    text_query: str | None,
-    *,
-    facets: bool,
+    conn: Connection, model: ModelInfo, filters: Filters, text_query: str | None, *, facets: bool,
     limit: int | None = None,
 ) -> Facets:
     """The total of a search's match set and, with ``facets``, its counts; ``text_query``: a

@@ -214,9 +214,7 @@ def _boosted_tenants(engine: Engine) -> frozenset[str]:
     """The tenants with learned boosts (imgsearch.learning.boosts); none when unreadable."""
     try:
         with engine.begin() as conn:
-            return frozenset(
-                conn.execute(text("SELECT tenant FROM imgsearch.boosts GROUP BY tenant")).scalars()
-            )
+            return frozenset(conn.execute(text("SELECT tenant FROM imgsearch.boosts GROUP BY tenant")).scalars())
     except DBAPIError as exc:
         log.debug("boosts not readable: %s", exc.orig)
         return frozenset()

@@ -133,7 +133,7 @@ def exact_statement(
     model: ModelInfo,
     query: Vector | BindParameter[Any],
     filters: Filters,
-    k: int,
+    k: int | ColumnElement[Any],
     offset: int = 0,
     with_embeddings: bool = False,
 ) -> Select[Any]:

@@ -49,9 +49,7 @@ def shop_url(server_url: str, template_db: str, tiny_siglip: Path) -> str:
                  "price": 10 + i, "embedding": vector}
             )  # fmt: skip
         for i, vector in enumerate(graded(q, 5, seed=2)):
-            rows.append(
-                {"tenant": "globex", "product_id": f"g{i}", "category": "footwear", "embedding": vector}
-            )
+            rows.append({"tenant": "globex", "product_id": f"g{i}", "category": "footwear", "embedding": vector})
         catalog.add_many(rows)
     return url
 

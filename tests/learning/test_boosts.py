@@ -111,10 +111,7 @@ def test_searches_blend_the_learned_boosts(learned: Catalog) -> None:
         return 0.5 * float(boosts[(product_id, "")].boost) if (product_id, "") in boosts else 0.0
 
     # the default lift: 10 places; every candidate a boost could bring onto the page
-    keyed = [
-        (place - 10 * boost(f"p{place - 1:02d}"), -boost(f"p{place - 1:02d}"), place)
-        for place in range(1, 21)
-    ]
+    keyed = [(place - 10 * boost(f"p{place - 1:02d}"), -boost(f"p{place - 1:02d}"), place) for place in range(1, 21)]
     expected = [f"p{place - 1:02d}" for *_, place in sorted(keyed)][:10]
     result = learned.search(text=QUERY, tenant="acme", k=10, mode="semantic")
     assert [hit.product_id for hit in result] == expected
@@ -198,13 +195,9 @@ def test_a_small_shop_lifts_the_hit_its_shoppers_pick(shop_url: str, tiny_siglip
         for i in range(60):
             result = catalog.search(text="summer dress", tenant="solo", k=10, mode="semantic", boost=False)
             assert result[7].product_id == picked
-            events.append(
-                {"query_id": result.query_id, "action": "click", "object_id": picked, "position": 8}
-            )
+            events.append({"query_id": result.query_id, "action": "click", "object_id": picked, "position": 8})
             if i % 10 == 0:
-                events.append(
-                    {"query_id": result.query_id, "action": "purchase", "object_id": picked, "position": 8}
-                )
+                events.append({"query_id": result.query_id, "action": "purchase", "object_id": picked, "position": 8})
         catalog.record_events("solo", events)
 
         def place() -> int:

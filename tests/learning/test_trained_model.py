@@ -20,9 +20,7 @@ from imgsearch.settings import Settings
 
 
 @pytest.fixture
-def drawn(
-    server_url: str, template_db: str, trained_small: Path
-) -> Iterator[tuple[str, list[dataset.Drawn]]]:
+def drawn(server_url: str, template_db: str, trained_small: Path) -> Iterator[tuple[str, list[dataset.Drawn]]]:
     from tests.conftest import new_database
 
     url = new_database(server_url, template_db)
@@ -49,10 +47,7 @@ def test_boosts_learn_which_right_looking_products_shoppers_prefer(
     captions = _captions(items, 4)
     assert len(captions) >= 10
     # the right look: grade 3 for a third of its products (what shoppers like and no image shows), 1 else
-    grades = {
-        c: {f"p{i}": 3 if i % 3 == 0 else 1 for i, item in enumerate(items) if item.caption == c}
-        for c in captions
-    }
+    grades = {c: {f"p{i}": 3 if i % 3 == 0 else 1 for i, item in enumerate(items) if item.caption == c} for c in captions}
     ranks = np.arange(1, len(captions) + 1, dtype=np.float64)
     shop = simulate.Shop("acme", captions, (1 / ranks) / (1 / ranks).sum(), grades)
     settings = Settings(model=str(trained_small), boost_min_clicks=5, boost_min_conversions=2)
@@ -91,9 +86,7 @@ def test_the_query_adapter_is_used_only_when_it_helps_text_search(
         pairs = tuning.gather(catalog.engine, model, "acme", catalog.embedder.embed_texts)
         assert pairs.sources["events"] > 0 and pairs.sources["titles"] == len(items)
         assert pairs.judged is not None and sum(pairs.judged) == pairs.sources["events"]
-        trained = adapter.train(
-            pairs.queries, pairs.targets, pairs.products, pairs.groups, judged=pairs.judged
-        )
+        trained = adapter.train(pairs.queries, pairs.targets, pairs.products, pairs.groups, judged=pairs.judged)
         titles_only = adapter.train(pairs.queries, pairs.targets, pairs.products, pairs.groups)
         info = tuning.store(catalog.engine, "acme", model, trained)
         if trained.wins:

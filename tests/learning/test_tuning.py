@@ -44,9 +44,7 @@ def shop(server_url: str, template_db: str, tiny_siglip: Path) -> Iterator[tuple
         phrases = texts()
         vectors = np.asarray(catalog.embedder.embed_texts(phrases), dtype=np.float32)
         rng = np.random.default_rng(0)
-        distortion = np.eye(catalog.dim) + 0.9 * rng.standard_normal((catalog.dim, catalog.dim)) / np.sqrt(
-            catalog.dim
-        )
+        distortion = np.eye(catalog.dim) + 0.9 * rng.standard_normal((catalog.dim, catalog.dim)) / np.sqrt(catalog.dim)
         images = vectors @ distortion.T + 0.05 * rng.standard_normal(vectors.shape)
         catalog.add_many(
             [{"tenant": "acme", "product_id": f"sku-{i}", "title": phrase, "embedding": image}
@@ -57,16 +55,13 @@ def shop(server_url: str, template_db: str, tiny_siglip: Path) -> Iterator[tuple
 
 def _top1(catalog: Catalog, phrases: list[str], **search: Any) -> float:
     found = [
-        catalog.search(text=p, tenant="acme", k=1, mode="semantic", parse=False, **search)[0].product_id
-        == f"sku-{i}"
+        catalog.search(text=p, tenant="acme", k=1, mode="semantic", parse=False, **search)[0].product_id == f"sku-{i}"
         for i, p in enumerate(phrases[:100])
     ]
     return float(np.mean(found))
 
 
-def test_an_adapter_that_beats_the_identity_is_stored_activated_and_used(
-    shop: tuple[Catalog, list[str]],
-) -> None:
+def test_an_adapter_that_beats_the_identity_is_stored_activated_and_used(shop: tuple[Catalog, list[str]]) -> None:
     catalog, phrases = shop
     model = catalog.registered_model()
     pairs = tuning.gather(catalog.engine, model, "acme", catalog.embedder.embed_texts)
@@ -97,9 +92,7 @@ def test_an_adapter_that_beats_the_identity_is_stored_activated_and_used(
             row = conn.execute(
                 text("SELECT product_id FROM imgsearch.search_text(:q, 1, tenant => 'acme')"), {"q": phrase}
             ).scalar_one()
-            library = catalog.search(text=phrase, tenant="acme", k=1, mode="semantic", parse=False)[
-                0
-            ].product_id
+            library = catalog.search(text=phrase, tenant="acme", k=1, mode="semantic", parse=False)[0].product_id
             assert row == library, i
     # another tenant's searches don't use it
     with pytest.raises(NotFound):
@@ -120,18 +113,12 @@ def test_an_adapter_that_loses_is_refused_with_its_figures(shop: tuple[Catalog, 
     with pytest.raises(InvalidInput, match=r"didn.t beat the identity.*held-out MRR"):
         tuning.activate(catalog.engine, "acme", model, info.id)
     listed = tuning.listed(catalog.engine, "acme", model)
-    assert (
-        listed[0].id == info.id
-        and not listed[0].active
-        and listed[0].version == max(i.version for i in listed)
-    )
+    assert listed[0].id == info.id and not listed[0].active and listed[0].version == max(i.version for i in listed)
 
 
 def test_too_few_pairs_are_refused() -> None:
     with pytest.raises(InvalidInput, match="at least 20 pairs"):
-        adapter.train(
-            np.eye(8, dtype=np.float32), list(range(8)), np.eye(8, dtype=np.float32), list(range(8))
-        )
+        adapter.train(np.eye(8, dtype=np.float32), list(range(8)), np.eye(8, dtype=np.float32), list(range(8)))
 
 
 def test_events_become_pairs(shop: tuple[Catalog, list[str]]) -> None:
@@ -141,9 +128,7 @@ def test_events_become_pairs(shop: tuple[Catalog, list[str]]) -> None:
                                     "object_id": found[2].product_id, "position": 3}])  # fmt: skip
     pairs = tuning.gather(catalog.engine, catalog.registered_model(), "acme", catalog.embedder.embed_texts,
                           titles=False)  # fmt: skip
-    assert pairs.sources["events"] == 1 and [pairs.product_ids[t] for t in pairs.targets] == [
-        found[2].product_id
-    ]
+    assert pairs.sources["events"] == 1 and [pairs.product_ids[t] for t in pairs.targets] == [found[2].product_id]
 
 
 def test_the_tune_command_trains_lists_activates_and_rolls_back(
@@ -166,9 +151,7 @@ def test_the_tune_command_trains_lists_activates_and_rolls_back(
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "red boot", "product_id": "no-such-sku"}\n')
     refused = run_cli("tune", "--tenant", "acme", "--pairs", str(bad), **env)
-    assert refused.returncode == 2 and refused.stderr.strip().endswith(
-        "has no embedded product 'no-such-sku'"
-    )
+    assert refused.returncode == 2 and refused.stderr.strip().endswith("has no embedded product 'no-such-sku'")
     assert "Traceback" not in refused.stderr
     unknown = run_cli("tune", "activate", "999999", "--tenant", "acme", **env)
     assert unknown.returncode == 3
@@ -182,9 +165,7 @@ def test_a_model_whose_vectors_come_from_elsewhere_tunes_on_a_pairs_files_vector
     with Catalog.open(database_url) as catalog:
         model = catalog.add_model("outside-16", 16, activate=True)
         images = rng.standard_normal((120, 16)).astype(np.float32)
-        catalog.add_many(
-            [{"tenant": "acme", "product_id": f"sku-{i}", "embedding": v} for i, v in enumerate(images)]
-        )
+        catalog.add_many([{"tenant": "acme", "product_id": f"sku-{i}", "embedding": v} for i, v in enumerate(images)])
         skew = np.eye(16) + 0.8 * rng.standard_normal((16, 16)) / 4
         lines = []
         for _ in range(600):

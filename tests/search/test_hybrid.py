@@ -113,9 +113,7 @@ def test_near_spellings_are_searched_only_when_the_words_match_nothing(
         )  # fmt: skip
 
         def lexical(words: str, **filters: Any) -> Any:
-            return catalog.search(
-                text=words, tenant="acme", mode="lexical", parse=False, total=True, **filters
-            )
+            return catalog.search(text=words, tenant="acme", mode="lexical", parse=False, total=True, **filters)
 
         # the words match: their products alone, however close another title's spelling
         found = lexical("trail jacket")
@@ -129,9 +127,7 @@ def test_near_spellings_are_searched_only_when_the_words_match_nothing(
         catalog.search(text="trail jacket", tenant="acme", parse=False)  # its embedding into the cache
         with catalog.engine.begin() as conn:  # the console follows the same rule
             console = conn.execute(
-                text(
-                    "SELECT product_id, lexical_rank FROM imgsearch.search_hybrid('trail jacket', 10, tenant => 'acme')"
-                )
+                text("SELECT product_id, lexical_rank FROM imgsearch.search_hybrid('trail jacket', 10, tenant => 'acme')")
             ).all()
             counted = conn.execute(text("SELECT imgsearch.facets('trail jackt', 'acme')")).scalar_one()
         assert {r.product_id for r in console if r.lexical_rank is not None} == {"SKU-300", "SKU-301"}

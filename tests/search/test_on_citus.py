@@ -150,6 +150,7 @@ def test_the_hnsw_settings_reach_the_workers_with_the_statements(
     (``citus.propagate_set_commands = 'local'``, set by ``imgsearch db distribute``)."""
     sent: list[str] = []
     with _catalog(cluster_url, tiny_siglip) as catalog:
+
         catalog.search(**_searches(vectors[0])[name])  # the sizes and graphs read, unlogged
 
         @event.listens_for(catalog.search_engine, "connect")

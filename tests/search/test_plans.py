@@ -16,12 +16,7 @@ LOCAL = r"set_config\('[a-z_.]+', '[a-z_0-9.]+', true\)"  # one setting, for the
 def test_a_plans_settings_are_one_statement_whose_text_is_made_once(database_url: str) -> None:
     engine = create_engine(database_url)
     iterative = plans.Plan(
-        "hnsw_iterative",
-        5000,
-        ef_search=300,
-        max_scan_tuples=40_000,
-        pool=400,
-        iterative_scan="relaxed_order",
+        "hnsw_iterative", 5000, ef_search=300, max_scan_tuples=40_000, pool=400, iterative_scan="relaxed_order"
     )
     try:
         with engine.begin() as conn:

@@ -65,9 +65,7 @@ def executed(trip: list[tuple[str, str]]) -> list[str]:
     return [text.split('"')[3] for kind, text in trip if kind == "Parse"]
 
 
-def traced_search(
-    url: str, tmp_path: Path, settings: Settings | None = None, **kwargs: Any
-) -> tuple[Any, Any]:
+def traced_search(url: str, tmp_path: Path, settings: Settings | None = None, **kwargs: Any) -> tuple[Any, Any]:
     """A search's hits (after the same search once, untraced: the statements built and the
     scope's role switch checked) and its round trips."""
     with Catalog.open(url, settings=settings) as catalog:
@@ -83,9 +81,7 @@ def traced_search(
     "kwargs",
     [{"tenant": "acme", "category": "c00"}, {"category": ["c01", "c02"]}, {"tenant": "globex"}, {}],
 )
-def test_a_search_of_one_statement_is_one_round_trip(
-    data: Fixture, kwargs: dict[str, Any], tmp_path: Path
-) -> None:
+def test_a_search_of_one_statement_is_one_round_trip(data: Fixture, kwargs: dict[str, Any], tmp_path: Path) -> None:
     """The shop's scope, the settings and the statement, then one Sync: nothing waits for an
     answer before they are all sent, and no BEGIN nor COMMIT (the Sync ends the transaction)."""
     q = queries(data, 0, 1)[0]

@@ -155,9 +155,7 @@ def test_price_bounds_past_numeric_range_select_what_the_price_limit_does(
     with pytest.raises(InvalidQuery, match="above price_max"):
         catalog.search(vector=q, price_min="1e200000", price_max="1e100000")
     # a bound too small for numeric (found by Schemathesis) selects what 0 does: prices have 4 places
-    assert catalog.search(vector=q, price_max="1.45E-24321", k=5) == catalog.search(
-        vector=q, price_max=0, k=5
-    )
+    assert catalog.search(vector=q, price_max="1.45E-24321", k=5) == catalog.search(vector=q, price_max=0, k=5)
     assert catalog.search(vector=q, price_min="-1e-30000", k=5) == catalog.search(vector=q, k=5)
 
 

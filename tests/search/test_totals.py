@@ -23,13 +23,7 @@ def _shop(catalog: Catalog, products: int) -> np.ndarray:
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((products, catalog.dim)).astype(np.float32)
     catalog.add_many(
-        {
-            "embedding": v,
-            "tenant": "acme",
-            "product_id": f"p{i}",
-            "category": CATEGORIES[i % 3],
-            "price": i % 100,
-        }
+        {"embedding": v, "tenant": "acme", "product_id": f"p{i}", "category": CATEGORIES[i % 3], "price": i % 100}
         for i, v in enumerate(vectors)
     )
     return vectors
@@ -58,20 +52,14 @@ def test_a_bounded_total_counts_up_to_its_bound(catalog: Catalog) -> None:
     none = catalog.search(**query, total=False)
     assert (none.total, none.total_relation) == (None, None)
     with_facets = catalog.search(**query, total=40, facets=True)  # facets read everything: exact
-    assert (with_facets.total, with_facets.total_relation, with_facets.facets.category) == (
-        100,
-        "eq",
-        {"shoes": 100},
-    )
+    assert (with_facets.total, with_facets.total_relation, with_facets.facets.category) == (100, "eq", {"shoes": 100})
     lexical = catalog.search(text="nothing", tenant="acme", mode="lexical", total=5)
     assert (lexical.total, lexical.total_relation) == (0, "eq")
 
 
 @pytest.mark.parametrize("bad", [0, -1, MAX_TRACK_TOTAL + 1, 2.5, "10", None, float("nan")])
 def test_a_bad_bound_is_named(catalog: Catalog, bad: Any) -> None:
-    with pytest.raises(
-        InvalidQuery, match=r"total must be true, false or a whole number from 1 to 1,000,000"
-    ):
+    with pytest.raises(InvalidQuery, match=r"total must be true, false or a whole number from 1 to 1,000,000"):
         catalog.search(vector=np.ones(catalog.dim), total=bad)
 
 
@@ -80,9 +68,7 @@ def test_a_total_right_after_the_first_upload_costs_about_a_search(catalog: Cata
     against 1.8 ms for its search, from a plan made for statistics of empty tables)."""
     with catalog.engine.connect() as conn:
         before = conn.execute(
-            text(
-                "SELECT last_analyze FROM pg_stat_user_tables WHERE relid = 'imgsearch.embeddings'::regclass"
-            )
+            text("SELECT last_analyze FROM pg_stat_user_tables WHERE relid = 'imgsearch.embeddings'::regclass")
         ).scalar()
     assert before is None  # a fresh catalog: never analysed
     vectors = _shop(catalog, 3000)

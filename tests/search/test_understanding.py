@@ -93,9 +93,7 @@ def test_a_new_brand_is_understood_after_the_refresh(
         assert catalog.search(text="zeta kettle", tenant="other").understood.brand is None
         # an unchanged catalog isn't read again, however long ago it was read
         reads = []
-        monkeypatch.setattr(
-            understanding, "read", lambda conn, tenant: reads.append(1) or understanding.Vocabulary()
-        )
+        monkeypatch.setattr(understanding, "read", lambda conn, tenant: reads.append(1) or understanding.Vocabulary())
         catalog.search(text="zeta kettle", tenant="t")
         assert reads == []
         catalog.update_product("a", tenant="t", title="Electric kettle")
@@ -117,18 +115,9 @@ NEAR = Vocabulary.of(
         ("zephyrne mug", {"brand": "Zephyrine"}, {"zephyrne": "Zephyrine"}, "mug"),  # a letter dropped
         ("zepyhrine", {"brand": "Zephyrine"}, {"zepyhrine": "Zephyrine"}, ""),  # two letters swapped
         ("sneekers", {"category": "sneakers"}, {"sneekers": "sneakers"}, ""),  # a category
-        (
-            "burgandy lether",
-            {"attributes": {"colour": "burgundy", "material": "leather"}},
-            {"burgandy": "burgundy", "lether": "leather"},
-            "",
-        ),  # attribute values
-        (
-            "tommy hilfigr shirt",
-            {"brand": "Tommy Hilfiger"},
-            {"tommy hilfigr": "Tommy Hilfiger"},
-            "shirt",
-        ),  # a phrase
+        ("burgandy lether", {"attributes": {"colour": "burgundy", "material": "leather"}},
+         {"burgandy": "burgundy", "lether": "leather"}, ""),  # attribute values
+        ("tommy hilfigr shirt", {"brand": "Tommy Hilfiger"}, {"tommy hilfigr": "Tommy Hilfiger"}, "shirt"),  # a phrase
         ("zphyrne", {}, {}, "zphyrne"),  # two typos: too far
         ("lumoza", {}, {}, "lumoza"),  # Lumora and Lumona are as near: neither is read
         ("bed", {}, {}, "bed"),  # short words are read as written only ("red")
@@ -140,11 +129,7 @@ def test_near_spellings_of_the_shops_words(
     query: str, read: dict[str, object], corrected: dict[str, str], rest: str
 ) -> None:
     understood = parse(query, NEAR)
-    found = {
-        name: getattr(understood, name)
-        for name in ("category", "brand", "attributes")
-        if getattr(understood, name)
-    }
+    found = {name: getattr(understood, name) for name in ("category", "brand", "attributes") if getattr(understood, name)}
     assert (found, understood.corrected, understood.text) == (read, corrected, rest)
 
 
