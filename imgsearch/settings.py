@@ -63,18 +63,12 @@ class Settings(BaseSettings):
         default=10.0, gt=0, le=60, description="Time an endpoint has to answer a delivery."
     )
     webhook_retry_seconds: float = Field(
-        default=5.0,
-        gt=0,
-        description="Wait before a failed delivery's first retry; each next one waits 4x longer.",
+        default=5.0, gt=0, description="Wait before a failed delivery's first retry; each next one waits 4x longer."
     )
     webhook_give_up_hours: float = Field(
-        default=72.0,
-        gt=0,
-        description="Retries stop after this, and an endpoint failing this long is disabled.",
+        default=72.0, gt=0, description="Retries stop after this, and an endpoint failing this long is disabled."
     )
-    webhook_retention_days: int = Field(
-        default=7, ge=1, description="Events are kept this long for a replay."
-    )
+    webhook_retention_days: int = Field(default=7, ge=1, description="Events are kept this long for a replay.")
     aspect: Literal["resize", "pad"] = Field(
         default="resize",
         description="resize: the checkpoint's own resize; pad: pad to square on white first.",
@@ -191,42 +185,29 @@ class Settings(BaseSettings):
         description="Embedding processes keep freed memory for the next batch (glibc: no mmap, no trim).",
     )
     # shoppers' feedback (imgsearch.learning)
-    record_queries: bool = Field(
-        default=True, description="Record every search with its hits, for its events."
-    )
+    record_queries: bool = Field(default=True, description="Record every search with its hits, for its events.")
     record_in_background: bool = Field(
         default=True,
         description="Write searches' records from a thread, off the search's path (False: before answering).",
     )
     event_retention_days: int = Field(default=90, ge=1, description="How long searches and events are kept.")
-    boost_refresh_seconds: float = Field(
-        default=3600.0, gt=0, description="How often beat recomputes boosts."
-    )
-    boost_window_days: int = Field(
-        default=30, ge=1, description="The days of feedback a boost is learned from."
-    )
+    boost_refresh_seconds: float = Field(default=3600.0, gt=0, description="How often beat recomputes boosts.")
+    boost_window_days: int = Field(default=30, ge=1, description="The days of feedback a boost is learned from.")
     boost_min_clicks: int = Field(default=20, ge=0, description="Clicks a boost needs in the window ...")
     boost_min_conversions: int = Field(default=2, ge=0, description="... or add-to-carts and purchases.")
     boost_prior: float = Field(
         default=5.0, gt=0, description="Expected engagements of evidence a boost's ratio is smoothed with."
     )
-    boost_conversion_weight: float = Field(
-        default=3.0, ge=0, description="A conversion's weight, a click's 1."
-    )
+    boost_conversion_weight: float = Field(default=3.0, ge=0, description="A conversion's weight, a click's 1.")
     boost_full_ratio: float = Field(
         default=4.0, gt=1, description="Engagement over expected that earns the full boost (1)."
     )
     boost_position_prior: float = Field(
-        default=100.0,
-        ge=0,
-        description="Impressions of evidence the examination curve counts as, per position.",
+        default=100.0, ge=0, description="Impressions of evidence the examination curve counts as, per position."
     )
     boost_max_lift: int = Field(default=10, ge=0, le=100, description="Most places a full boost lifts a hit.")
     boost_product_weight: float = Field(
-        default=0.5,
-        ge=0,
-        le=1,
-        description="A product's boost across queries, where a query has none of its own.",
+        default=0.5, ge=0, le=1, description="A product's boost across queries, where a query has none of its own."
     )
 
     @field_validator("download_allow", "webhook_allow", "replica_urls", mode="before")

@@ -60,9 +60,7 @@ def loader(url: str, targets: list[tuple[str, str]], active: Any, stop: Any, sen
             events = []
             for _ in range(batch):
                 query_id, product_id = targets[i % len(targets)]
-                events.append(
-                    {"query_id": query_id, "action": "click", "object_id": product_id, "position": 1}
-                )
+                events.append({"query_id": query_id, "action": "click", "object_id": product_id, "position": 1})
                 i += 1
             catalog.record_events(TENANT, events)
             with sent.get_lock():
@@ -83,10 +81,7 @@ def main() -> None:
     url = database_url(home, "bench_quick")
     quiet = Settings(model=MODEL, record_queries=False)
     try:
-        with (
-            Catalog.open(url, settings=Settings(model=MODEL)) as logged,
-            Catalog.open(url, settings=quiet) as plain,
-        ):
+        with Catalog.open(url, settings=Settings(model=MODEL)) as logged, Catalog.open(url, settings=quiet) as plain:
             data, _ = load(logged, args.rows, seed=11)
             rng = np.random.default_rng(5)
             queries = data[rng.integers(0, len(data), 500)] + rng.standard_normal((500, data.shape[1])) * 0.02
@@ -151,9 +146,7 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|")
     for name, found in times.items():
         p50, p95 = statistics.median(found), float(np.percentile(found, 95))
-        print(
-            f"| {name} | {p50 * 1000:.2f} | {p95 * 1000:.2f} | {p50 / base:.2f}x | {p50 / logged_p50:.2f}x |"
-        )
+        print(f"| {name} | {p50 * 1000:.2f} | {p95 * 1000:.2f} | {p50 / base:.2f}x | {p50 / logged_p50:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -40,10 +40,8 @@ class Boosting:
         if isinstance(self.lift, bool) or not isinstance(self.lift, int) or not 0 <= self.lift <= MAX_LIFT:
             raise InvalidQuery(f"boost lift must be a whole number of places from 0 to {MAX_LIFT}")
         weight = self.product_weight
-        if (
-            isinstance(weight, bool)
-            or not isinstance(weight, int | float)
-            or not (math.isfinite(weight) and 0 <= weight <= 1)
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not (
+            math.isfinite(weight) and 0 <= weight <= 1
         ):
             raise InvalidQuery(f"boost product_weight must be from 0 to 1, got {weight!r}")
         return self

@@ -158,12 +158,7 @@ def lexical_ranked(
     found = _matches(fetched)
 
     def best_first(rows: Any) -> list[Any]:
-        return [
-            rows.c.exact_match.desc(),
-            rows.c.doc_rank.desc(),
-            rows.c.similarity.desc(),
-            rows.c.product_pk,
-        ]
+        return [rows.c.exact_match.desc(), rows.c.doc_rank.desc(), rows.c.similarity.desc(), rows.c.product_pk]
 
     ranked = select(found).order_by(*best_first(found)).subquery("ranked_matches")
     order = best_first(ranked)

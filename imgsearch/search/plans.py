@@ -92,9 +92,7 @@ def open_ended_plan(conn: Connection, k: int) -> Plan:
     scan (the caller's ORDER BY must stay exact) that may visit every row before giving up."""
     total = total_rows(conn)
     ef_search = min(MAX_EF_SEARCH, max(min_ef_search(total), 2 * k))
-    return Plan(
-        "hnsw", -1, ef_search, min(max(MIN_SCAN_TUPLES, 2 * total), MAX_SCAN_TUPLES), k, "strict_order"
-    )
+    return Plan("hnsw", -1, ef_search, min(max(MIN_SCAN_TUPLES, 2 * total), MAX_SCAN_TUPLES), k, "strict_order")
 
 
 def apply_open_ended(conn: Connection, k: int, *, tenant: str | None = None) -> None:
@@ -163,9 +161,7 @@ def local_settings(
     for the HNSW pass, which runs only when many rows match. The exact scan's sort has no other
     way, and stays."""
     coordinator = citus.on_coordinator(conn)
-    sql = _settings_sql(
-        p.ef_search, p.iterative_scan, p.max_scan_tuples, with_planner, cached_plan, coordinator
-    )
+    sql = _settings_sql(p.ef_search, p.iterative_scan, p.max_scan_tuples, with_planner, cached_plan, coordinator)
     return sql, {}
 
 

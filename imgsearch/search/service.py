@@ -79,9 +79,7 @@ class Asked:
     boost: bool = True  # blend the tenant's learned boosts (imgsearch.search.boosting)
     client_id: str | None = None  # who searched, recorded with the search (User Behavior Insights)
     adapter: bool | None = None  # the tenant's query adapter (None: for text and image queries)
-    interleave: str | None = (
-        None  # "A,B": two variants' hits drafted in turns (imgsearch.learning.interleave)
-    )
+    interleave: str | None = None  # "A,B": two variants' hits drafted in turns (imgsearch.learning.interleave)
 
 
 def check_flags(parse: Any, facets: Any, total: Any, boost: Any = True) -> None:
@@ -158,9 +156,7 @@ def search(
             variant = replace(asked, boost=flags["boost"], adapter=flags["adapter"])
             own = replace(options, k=wanted, offset=0, boosting=_boosting(searcher, variant))
             answers.append(_answer(searcher, filters, own, variant, mode, fusion))
-        result, teams = interleave.team_draft(
-            answers[0], answers[1], wanted, query_id.int, skip=options.offset
-        )
+        result, teams = interleave.team_draft(answers[0], answers[1], wanted, query_id.int, skip=options.offset)
     result.query_id = str(query_id)
     result.notice = notice
     if settings.record_queries:
@@ -201,12 +197,7 @@ def _boosting(searcher: Searcher, asked: Asked) -> Boosting | None:
 
 
 def _answer(
-    searcher: Searcher,
-    filters: Filters,
-    options: Options,
-    asked: Asked,
-    mode: str | None,
-    fusion: hybrid.Fusion,
+    searcher: Searcher, filters: Filters, options: Options, asked: Asked, mode: str | None, fusion: hybrid.Fusion
 ) -> SearchResult:
     """The hits: the query's words read into filters (the query as typed when they leave none)."""
     text = asked.query.text

@@ -81,11 +81,7 @@ def test_bad_events_are_refused_one_by_one_and_nothing_is_written(shop: Catalog)
     events: list[Any] = [
         _click(mine, 1),  # 0: fine
         {**_click(mine, 1), "query_id": str(uuid.uuid4())},  # 1: unknown
-        {
-            **_click(mine, 1),
-            "query_id": theirs.query_id,
-            "object_id": theirs[0].product_id,
-        },  # 2: another tenant's
+        {**_click(mine, 1), "query_id": theirs.query_id, "object_id": theirs[0].product_id},  # 2: another tenant's
         {**_click(mine, 1), "position": 6},  # 3: beyond the 5 hits
         {**_click(mine, 1), "time": future},  # 4: the future
         {**_click(mine, 1), "action": "like"},  # 5: unknown action
@@ -119,9 +115,7 @@ def test_bad_events_are_refused_one_by_one_and_nothing_is_written(shop: Catalog)
     assert "no search has query_id" in problems[13]
     assert "action" in problems[15]
     assert "before its search" in problems[16]
-    assert str(caught.value).startswith(
-        f"{len(events) - 1} of {len(events)} events refused, nothing recorded"
-    )
+    assert str(caught.value).startswith(f"{len(events) - 1} of {len(events)} events refused, nothing recorded")
     assert isinstance(caught.value, InvalidInput)
     assert _count(shop) == before
     with shop.engine.connect() as conn:
@@ -159,9 +153,7 @@ def test_a_console_login_records_its_own_tenants_events_in_sql(shop: Catalog) ->
         ).fetchone()
         assert found is not None and found[0] == {"recorded": 1, "duplicates": 0}
         with pytest.raises(psycopg.errors.InvalidParameterValue, match="event 0: no search has query_id"):
-            conn.execute(
-                "SELECT imgsearch.record_events(%s::jsonb)", (psycopg.types.json.Jsonb([_click(theirs, 1)]),)
-            )
+            conn.execute("SELECT imgsearch.record_events(%s::jsonb)", (psycopg.types.json.Jsonb([_click(theirs, 1)]),))
         ubi = conn.execute("SELECT document FROM imgsearch.ubi_queries").fetchall()
     assert ubi and {row[0]["query_attributes"]["tenant"] for row in ubi} == {"acme"}
 
@@ -181,10 +173,7 @@ def test_ubi_views_give_user_behavior_insights_documents(shop: Catalog) -> None:
     assert query["query_response_hit_ids"] == [hit.product_id for hit in result]
     assert query["timestamp"].endswith("Z")
     assert event["action_name"] == "click" and event["query_id"] == result.query_id
-    assert event["event_attributes"]["object"] == {
-        "object_id": result[1].product_id,
-        "object_id_field": "product_id",
-    }
+    assert event["event_attributes"]["object"] == {"object_id": result[1].product_id, "object_id_field": "product_id"}
     assert event["event_attributes"]["position"] == {"ordinal": 2}
 
 
@@ -214,13 +203,10 @@ def test_the_logs_keep_daily_partitions_and_drop_what_is_past_the_retention(shop
     with shop.engine.begin() as conn:
         kept = conn.execute(text("SELECT imgsearch.maintain_feedback_log(30)")).scalar_one()
         assert kept["dropped"] == 1
-        assert (
-            conn.execute(
-                text("SELECT count(*) FROM imgsearch.search_queries WHERE query_id = CAST(:q AS uuid)"),
-                {"q": str(query_id)},
-            ).scalar_one()
-            == 0
-        )
+        assert conn.execute(
+            text("SELECT count(*) FROM imgsearch.search_queries WHERE query_id = CAST(:q AS uuid)"),
+            {"q": str(query_id)},
+        ).scalar_one() == 0
         tomorrow = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).strftime("%Y%m%d")
         assert conn.execute(text(f"SELECT to_regclass('imgsearch_log.search_events_{tomorrow}')")).scalar()
         with pytest.raises(Exception, match="retention_days must be at least 1"):

@@ -56,9 +56,7 @@ def test_the_sign_test() -> None:
 
 
 @pytest.fixture(scope="module")
-def learned(
-    server_url: str, template_db: str, tiny_siglip: Path
-) -> Iterator[tuple[Catalog, simulate.Shop, str]]:
+def learned(server_url: str, template_db: str, tiny_siglip: Path) -> Iterator[tuple[Catalog, simulate.Shop, str]]:
     """A simulated shop whose boosts were learned from 600 sessions."""
     from tests.conftest import new_database
 
@@ -79,9 +77,7 @@ def test_shoppers_clicks_prefer_the_boosted_variant_when_interleaved(
     assert searches_recorded(catalog.engine, [result.query_id]) == 1
     with catalog.engine.connect() as conn:
         recorded = conn.execute(
-            text(
-                "SELECT query_attributes->'interleave' FROM imgsearch.search_queries WHERE query_id = CAST(:q AS uuid)"
-            ),
+            text("SELECT query_attributes->'interleave' FROM imgsearch.search_queries WHERE query_id = CAST(:q AS uuid)"),
             {"q": result.query_id},
         ).scalar_one()
     assert recorded["variants"] == ["plain", "boost"] and len(recorded["teams"]) == len(result) == 10
@@ -91,11 +87,7 @@ def test_shoppers_clicks_prefer_the_boosted_variant_when_interleaved(
     assert (found.a, found.b) == ("plain", "boost")
     assert found.wins_b > found.wins_a and found.p_value < 0.05, found
     shown = run_cli("interleave", "report", "--tenant", "sim", IMGSEARCH_DATABASE_URL=url)
-    assert (
-        shown.returncode == 0
-        and shown.stdout.startswith("plain vs boost: ")
-        and "boost leads" in shown.stdout
-    )
+    assert shown.returncode == 0 and shown.stdout.startswith("plain vs boost: ") and "boost leads" in shown.stdout
 
 
 def test_judgments_from_events_rank_the_variants(learned: tuple[Catalog, simulate.Shop, str]) -> None:

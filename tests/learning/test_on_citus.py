@@ -65,10 +65,7 @@ def _boost(catalog: Catalog) -> None:
 @pytest.fixture
 def pair(shop_url: str, cluster_url: str, tiny_siglip: Path) -> Iterator[tuple[Catalog, Catalog]]:
     """The shop on one node and on the cluster, both with the same learned boosts."""
-    with (
-        open_shop(shop_url, str(tiny_siglip)) as single,
-        open_shop(cluster_url, str(tiny_siglip)) as clustered,
-    ):
+    with open_shop(shop_url, str(tiny_siglip)) as single, open_shop(cluster_url, str(tiny_siglip)) as clustered:
         for catalog in (single, clustered):
             _boost(catalog)
         try:
@@ -120,9 +117,7 @@ def test_each_console_search_answers_and_records_as_on_one_node(pair: tuple[Cata
         assert found == expected, name
         assert expected[0], name
     # the learned boosts are in those orders; a session's setting turns them off on both alike
-    unboosted = {
-        name: _console(single, CONSOLE[name], **{"imgsearch.boost": "off"}) for name in ("text", "hybrid")
-    }
+    unboosted = {name: _console(single, CONSOLE[name], **{"imgsearch.boost": "off"}) for name in ("text", "hybrid")}
     for name, expected in unboosted.items():
         assert expected[0] != _console(single, CONSOLE[name])[0], name
         assert _console(clustered, CONSOLE[name], **{"imgsearch.boost": "off"}) == expected, name
@@ -159,9 +154,7 @@ def _remote_commands(url: str, sql: str, params: list[Any]) -> list[str]:
     return [n for n in notices if n.startswith(("issuing", "executing the command locally"))]
 
 
-@pytest.mark.parametrize(
-    "name", ["vector", "vector, category and price", "similar product", "text", "hybrid", "facets"]
-)
+@pytest.mark.parametrize("name", ["vector", "vector, category and price", "similar product", "text", "hybrid", "facets"])
 def test_a_shops_console_search_runs_on_its_node_alone_with_its_hnsw_settings(
     name: str, pair: tuple[Catalog, Catalog], cluster_url: str
 ) -> None:
@@ -193,16 +186,9 @@ def test_a_tenant_login_on_the_coordinator_searches_and_records_its_own_shop(
     q = str(query_vector(clustered).tolist())
     try:
         with psycopg.connect(
-            host=parts.host,
-            port=parts.port,
-            user=login,
-            password="s3cret",
-            dbname=parts.database,
-            autocommit=True,
+            host=parts.host, port=parts.port, user=login, password="s3cret", dbname=parts.database, autocommit=True
         ) as conn:
-            own = conn.execute(
-                "SELECT product_id FROM imgsearch.search_vector(%s::vector, 5)", [q]
-            ).fetchall()
+            own = conn.execute("SELECT product_id FROM imgsearch.search_vector(%s::vector, 5)", [q]).fetchall()
             recorded = conn.execute("SELECT imgsearch.last_query_id()").fetchone()
             seen = conn.execute("SELECT DISTINCT tenant FROM imgsearch.products").fetchall()
             other = conn.execute(
@@ -262,9 +248,7 @@ def test_the_same_sessions_learn_the_same_boosts(shop_url: str, cluster_url: str
     for url in (shop_url, cluster_url):
         with open_shop(url, str(tiny_siglip), boost_min_clicks=5) as catalog:
             with catalog.engine.begin() as conn:  # each from a clean log
-                conn.execute(
-                    text("TRUNCATE imgsearch.search_events, imgsearch.search_queries, imgsearch.event_ids")
-                )
+                conn.execute(text("TRUNCATE imgsearch.search_events, imgsearch.search_queries, imgsearch.event_ids"))
                 conn.execute(text("DELETE FROM imgsearch.boosts"))
             _sessions(catalog)
             done = catalog.refresh_boosts()
@@ -286,9 +270,7 @@ def test_the_same_sessions_learn_the_same_boosts(shop_url: str, cluster_url: str
 
 def test_interleaved_searches_are_credited_on_the_cluster(cluster_url: str, tiny_siglip: Path) -> None:
     with open_shop(cluster_url, str(tiny_siglip)) as catalog:
-        result = catalog.search(
-            text=QUERY, tenant="acme", k=6, mode="semantic", parse=False, interleave="plain,boost"
-        )
+        result = catalog.search(text=QUERY, tenant="acme", k=6, mode="semantic", parse=False, interleave="plain,boost")
         catalog.record_events(
             "acme", [{"query_id": str(result.query_id), "action": "click", "object_id": result[0].product_id,
                       "position": 1}]
@@ -299,9 +281,7 @@ def test_interleaved_searches_are_credited_on_the_cluster(cluster_url: str, tiny
 
 
 def test_the_logs_are_distributed_with_the_shops(cluster_url: str) -> None:
-    with psycopg.connect(
-        make_url(cluster_url).render_as_string(hide_password=False).replace("+psycopg", "")
-    ) as conn:
+    with psycopg.connect(make_url(cluster_url).render_as_string(hide_password=False).replace("+psycopg", "")) as conn:
         colocated = conn.execute(
             "SELECT logicalrelid::text, colocationid FROM pg_dist_partition"
             " WHERE logicalrelid::text IN ('imgsearch.products', 'imgsearch.search_queries', 'imgsearch.search_events')"

@@ -98,9 +98,7 @@ def test_searches_land_in_the_days_partition(shop: Catalog) -> None:
     assert searches_recorded(shop.engine, [result.query_id]) == 1
     with shop.engine.connect() as conn:
         table = conn.execute(
-            text(
-                "SELECT tableoid::regclass::text FROM imgsearch.search_queries WHERE query_id = CAST(:q AS uuid)"
-            ),
+            text("SELECT tableoid::regclass::text FROM imgsearch.search_queries WHERE query_id = CAST(:q AS uuid)"),
             {"q": result.query_id},
         ).scalar()
     assert table is not None and table.startswith("imgsearch_log.search_queries_2")

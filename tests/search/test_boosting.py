@@ -138,9 +138,7 @@ def test_lexical_and_hybrid_searches_blend_them_in_their_fusion(boosted: Catalog
     _set_boosts(boosted, {(hybrid_plain[9], "shoe"): 1.0})
     hybrid = boosted.search(text="shoe", tenant="acme", k=10, mode="hybrid")
     assert _ids(hybrid).index(hybrid_plain[9]) == 6
-    assert [i for i in _ids(hybrid) if i != hybrid_plain[9]] == [
-        i for i in hybrid_plain if i != hybrid_plain[9]
-    ]
+    assert [i for i in _ids(hybrid) if i != hybrid_plain[9]] == [i for i in hybrid_plain if i != hybrid_plain[9]]
 
 
 def test_a_recorded_search_says_whether_it_was_boosted(boosted: Catalog) -> None:

@@ -125,9 +125,7 @@ def test_a_hit_from_a_row_is_the_hit_its_constructor_makes() -> None:
 
     row = namedtuple("Row", "image_id product_id tenant category price distance title brand currency")
     found = row(7, "p7", "acme", "shoes", Decimal("9.50"), 0.25, "Red boot", "Acme", "EUR")
-    made = Hit(
-        7, "p7", "acme", "shoes", Decimal("9.50"), 0.25, 0.75, title="Red boot", brand="Acme", currency="EUR"
-    )
+    made = Hit(7, "p7", "acme", "shoes", Decimal("9.50"), 0.25, 0.75, title="Red boot", brand="Acme", currency="EUR")
     assert hit_of(found) == made and hit_of(found).matched_by is not hit_of(found).matched_by
     extra = {"matched_by": {"lexical": 2}, "relevance": 0.5, "boost": 0.1}
     assert hit_of(found, **extra) == Hit(**{**made.__dict__, **extra})
@@ -274,9 +272,7 @@ def test_shapes_that_plan_alike_run_on_a_cached_plan_with_the_exact_top_k(
             ).all()
     assert strategies == {"hnsw", "exact"}
     kinds = {"list": "= ANY", "price": "embeddings.price_units >=", "attributes": "attributes @>"}
-    plans = {
-        kind: (g, c) for s, g, c in prepared if "one_pass" in s for kind, sql in kinds.items() if sql in s
-    }
+    plans = {kind: (g, c) for s, g, c in prepared if "one_pass" in s for kind, sql in kinds.items() if sql in s}
     generic, custom = plans["list"]
     assert generic > 0 and custom == 0, "the category list ran on its cached plan"
     generic, custom = plans["price"]
