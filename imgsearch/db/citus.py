@@ -140,6 +140,14 @@ $fn$
     "CREATE TRIGGER images_link_new AFTER INSERT ON imgsearch.images FOR EACH ROW "
     "EXECUTE FUNCTION imgsearch._link_new_image()",
 )
+# the triggers that keep facet counts on one node (migration 0039)
+FACET_TRIGGERS = (
+    ("embeddings_facets_added", "embeddings"),
+    ("embeddings_facets_moved", "embeddings"),
+    ("embeddings_facets_removed", "embeddings"),
+    ("embeddings_facets_truncated", "embeddings"),
+    ("products_facets_moved", "products"),
+)
 # foreign keys between tenant tables that didn't carry tenant: (table, constraint, definition)
 FOREIGN_KEYS = (
     ("boosts", "boosts_product_pk_fkey",
@@ -375,6 +383,10 @@ def distribute(engine: Engine) -> Distributed:
         # a shard's NOTIFY can't be part of Citus's two-phase commit (migration 0036): waiters
         # read the states from the coordinator instead (imgsearch.work.ready)
         conn.execute(text("DROP TRIGGER IF EXISTS images_state_notify ON imgsearch.images"))
+        # facets are counted by the one-pass statement on a cluster: the kept counts' triggers
+        # (migration 0039) read transition tables, which a shard's query can't
+        for trigger, table in FACET_TRIGGERS:
+            conn.execute(text(f"DROP TRIGGER IF EXISTS {trigger} ON imgsearch.{table}"))
         for table in REFERENCE:
             conn.execute(text("SELECT create_reference_table(:t)"), {"t": f"imgsearch.{table}"})
         # a catalog with rows (one restored from a single node) is copied into the shards: its

@@ -428,5 +428,6 @@ class TextRequest(Base):
     error: Mapped[str | None] = mapped_column(Text)
 
 
-# the feedback tables (migration 0022) and the webhook tables (0037) belong to this metadata too; they import the base, not this module
-from imgsearch.db import feedback_models, webhook_models  # noqa: E402, F401
+# the feedback tables (migration 0022), the webhook tables (0037) and the facet tables (0039) belong to
+# this metadata too; they import the base, not this module
+from imgsearch.db import facet_models, feedback_models, webhook_models  # noqa: E402, F401

@@ -78,16 +78,18 @@ FROM matched
 GROUP BY GROUPING SETS ((), (category), (brand), (price), (attributes))
 """
 
-# the price buckets' width (no row when no product has a price), computed once
-_BUCKET = f"""
+# the price buckets' width (no row when no product has a price), computed once from the lowest
+# and highest price ({range}: a statement giving lo and hi)
+_WIDTH = f"""
 SELECT CASE WHEN hi > lo THEN mag * CASE WHEN raw / mag <= 1 THEN 1 WHEN raw / mag <= 2 THEN 2
                                          WHEN raw / mag <= 5 THEN 5 ELSE 10 END
             ELSE greatest(hi, 1) END AS width
 FROM (SELECT lo, hi, (hi - lo) / {PRICE_BUCKETS} AS raw,
              power(10::numeric, floor(log(greatest((hi - lo) / {PRICE_BUCKETS}, 0.0001)))) AS mag
-      FROM (SELECT min(price) AS lo, max(price) AS hi FROM grouped WHERE g = 13) AS r
+      FROM ({{range}}) AS r
       WHERE hi IS NOT NULL) AS sized
 """
+_BUCKET = _WIDTH.format(range="SELECT min(price) AS lo, max(price) AS hi FROM grouped WHERE g = 13")
 
 _COUNTS = f"""
 SELECT
@@ -119,6 +121,49 @@ SELECT
      GROUP BY 1, 2) AS p) AS price
 FROM (SELECT 1) AS one
 """
+
+
+# A shop's facets from the counts its triggers keep (migration 0039): its count rows summed per
+# value make the same "grouped" rows as the one pass, and the same _COUNTS reads them. The price
+# range comes from facet_members' index; a price bucket of width c x 10^j is made of the cells of
+# level j (div(price, 10^j)), each given as its lowest price (the same bucket as its prices'). A
+# level below 0 (prices within 5 of each other) has no cells kept: ``level`` says so.
+_KEPT_SOURCES = """
+WITH counts AS MATERIALIZED (
+    SELECT facet, key, value, sum(n) AS n, count(*) AS entries
+    FROM imgsearch.facet_counts WHERE model_id = :facets_model AND tenant = :facets_tenant
+    GROUP BY facet, key, value
+), range AS MATERIALIZED (
+    SELECT (SELECT price FROM imgsearch.facet_members
+            WHERE model_id = :facets_model AND tenant = :facets_tenant AND price IS NOT NULL
+            ORDER BY price LIMIT 1) AS lo,
+           (SELECT price FROM imgsearch.facet_members
+            WHERE model_id = :facets_model AND tenant = :facets_tenant AND price IS NOT NULL
+            ORDER BY price DESC LIMIT 1) AS hi
+), bucket AS MATERIALIZED ({width}
+), level AS MATERIALIZED (
+    SELECT CASE WHEN r.hi = r.lo THEN 0 ELSE floor(log(b.width))::integer END AS j FROM range r, bucket b
+), grouped AS MATERIALIZED (
+    SELECT 15 AS g, NULL::text AS category, NULL::text AS brand, NULL::numeric AS price, NULL::jsonb AS attributes,
+           coalesce((SELECT n FROM counts WHERE facet = 'total'), 0) AS n
+    UNION ALL SELECT 7, value, NULL, NULL, NULL, n FROM counts WHERE facet = 'category' AND n <> 0
+    UNION ALL SELECT 11, NULL, value, NULL, NULL, n FROM counts WHERE facet = 'brand' AND n <> 0
+    UNION ALL SELECT 14, NULL, NULL, NULL, jsonb_build_object(key, value), n FROM counts WHERE facet = 'attribute' AND n <> 0
+    UNION ALL SELECT 13, NULL, NULL, CASE WHEN r.hi = r.lo THEN r.lo ELSE c.value::numeric * power(10::numeric, l.j) END,
+                     NULL, c.n
+              FROM counts c, range r, level l WHERE c.facet = 'price' AND c.n <> 0 AND c.key = l.j::text
+)
+SELECT counts.*, (SELECT j FROM level) AS level, (SELECT count(*) FROM counts) AS values_kept,
+       (SELECT coalesce(sum(entries), 0) FROM counts) AS entries
+FROM ({counts}) AS counts
+"""
+_KEPT = text(_KEPT_SOURCES.format(width=_WIDTH.format(range="SELECT lo, hi FROM range"), counts=_COUNTS))
+_KEPT_TOTAL = text(
+    "SELECT coalesce(sum(n), 0) FROM imgsearch.facet_counts "
+    "WHERE model_id = :facets_model AND tenant = :facets_tenant AND facet = 'total'"
+)
+# a shop's count rows are folded when they are this many more than its values, and twice as many
+COMPACT_AFTER = 1000
 
 
 def match_set(model: ModelInfo, filters: Filters, lexical_text: bool, fetched: bool = False) -> Any:
@@ -188,6 +233,13 @@ def count(
     fetched = lexical_text and citus.on_coordinator(conn)
     if fetched:
         params.update(lexical.fetch_matches(conn, params))
+    kept = kept_counts(conn, filters, lexical_text)
+    if not facets and kept:
+        params = {"facets_model": model.id, "facets_tenant": filters.tenant_name()}
+        kept_total = int(conn.execute(_KEPT_TOTAL, params).scalar_one())
+        if limit is not None and kept_total > limit:  # reported as a bounded count is (the same answer)
+            return Facets(total=limit, relation="gte")
+        return Facets(total=kept_total)
     if not facets:
         # built and compiled once per shape, sent with its settings in one round trip
         shape = filters.shape()
@@ -201,7 +253,9 @@ def count(
             return Facets(total=limit, relation="gte")
         return Facets(total=total)
     plans.plain_settings(conn)
-    row = conn.execute(statement(model, filters, lexical_text, fetched), params).one()
+    row = _kept_facets(conn, model, filters) if kept else None
+    if row is None:
+        row = conn.execute(statement(model, filters, lexical_text, fetched), params).one()
     return Facets(
         total=int(row.total),
         category={str(v): int(n) for v, n in row.category or []},
@@ -209,3 +263,32 @@ def count(
         attributes={str(key): {str(v): int(n) for v, n in top or []} for key, _, top in row.attributes or []},
         price=[PriceBucket(Decimal(str(lo)), Decimal(str(hi)), int(n)) for lo, hi, n in row.price or []],
     )
+
+
+def kept_counts(conn: Connection, filters: Filters, lexical_text: bool) -> bool:
+    """Whether a search's facets and total come from the counts the triggers keep (migration
+    0039): a shop's whole match set (no filter but the tenant, no text), on one node (a Citus
+    cluster counts with the one pass)."""
+    return (
+        not lexical_text
+        and filters.shape() == ("tenant",)
+        and not filters.sharded
+        and not citus.on_coordinator(conn)
+    )
+
+
+def _kept_facets(conn: Connection, model: ModelInfo, filters: Filters) -> Any:
+    """A shop's facets from its kept counts, its count rows folded when they have piled up (on a
+    primary); None where the price buckets are finer than the kept cells (the one pass counts)."""
+    tenant = filters.tenant_name()
+    params = {"facets_model": model.id, "facets_tenant": tenant}
+    row = conn.execute(_KEPT, params).one()
+    if row.entries > 2 * row.values_kept + COMPACT_AFTER and not _read_only(conn):
+        conn.execute(
+            text("SELECT imgsearch.compact_facet_counts(:facets_tenant, CAST(:facets_model AS smallint))"), params
+        )
+    return None if row.level is not None and row.level < 0 else row
+
+
+def _read_only(conn: Connection) -> bool:
+    return bool(conn.execute(text("SELECT current_setting('transaction_read_only') = 'on'")).scalar_one())

@@ -13,6 +13,8 @@ from imgsearch.db.models import SCHEMA, Base
 
 TABLES = {
     "models",
+    "facet_members",
+    "facet_counts",
     "products",
     "images",
     "image_products",

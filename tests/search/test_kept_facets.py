@@ -1,0 +1,205 @@
+"""A shop's facets from the counts triggers keep (migration 0039) against the one-pass statement
+over the same rows, after every kind of write: uploads, a second photo, shared photos, deleted
+images and products, changed values, a second model's rows, concurrent writers of the same
+products, truncation; the count rows folded when they pile up (never in a read-only transaction);
+a price range finer than the kept cells; another shop's counts hidden by row-level security —
+against the real PostgreSQL + pgvector."""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+from sqlalchemy import text
+
+from imgsearch import Catalog
+from imgsearch.search import facets
+from imgsearch.search.filters import Filters
+
+SHOP = "kept"
+COLUMNS = ("total", "category", "brand", "attributes", "price")
+
+
+def _row(i: int, rng: np.random.Generator, dim: int, **fields: Any) -> dict[str, Any]:
+    return {
+        "tenant": SHOP,
+        "product_id": f"K{i:04d}",
+        "embedding": rng.standard_normal(dim),
+        "category": None if i % 11 == 0 else f"cat{i % 7}",
+        "brand": None if i % 5 == 0 else f"brand{i % 4}",
+        "price": None if i % 13 == 0 else Decimal(int(rng.integers(100, 90_000))) / 100,
+        "attributes": {"colour": f"c{i % 6}", "size": 36 + i % 5, "organic": bool(i % 2), "tags": ["x"]},
+        **fields,
+    }
+
+
+@pytest.fixture
+def catalog(server_url: str, template_db: str, tiny_siglip: Path) -> Iterator[Catalog]:
+    from tests.conftest import new_database
+
+    with Catalog.open(new_database(server_url, template_db), model=str(tiny_siglip)) as catalog:
+        yield catalog
+
+
+def one_pass(catalog: Catalog, tenant: str = SHOP) -> tuple[Any, ...]:
+    shop = Filters(tenant=tenant)
+    with catalog.engine.begin() as conn:
+        row = conn.execute(facets.statement(catalog.active_model, shop, False), shop.params()).one()
+    return tuple(getattr(row, c) for c in COLUMNS)
+
+
+def kept(catalog: Catalog, tenant: str = SHOP) -> tuple[Any, ...]:
+    params = {"facets_model": catalog.active_model.id, "facets_tenant": tenant}
+    with catalog.engine.begin() as conn:
+        row = conn.execute(facets._KEPT, params).one()
+    return tuple(getattr(row, c) for c in COLUMNS)
+
+
+def count_rows(catalog: Catalog) -> int:
+    with catalog.engine.connect() as conn:
+        return int(conn.execute(text("SELECT count(*) FROM imgsearch.facet_counts")).scalar_one())
+
+
+def test_kept_counts_follow_every_kind_of_write(catalog: Catalog) -> None:
+    rng = np.random.default_rng(3)
+    ids = catalog.add_many([_row(i, rng, catalog.dim) for i in range(60)])
+    assert kept(catalog)[0] == 60 and kept(catalog) == one_pass(catalog)
+    second = catalog.add(tenant=SHOP, product_id="K0001", embedding=rng.standard_normal(catalog.dim))
+    assert kept(catalog)[0] == 60  # a second photo: the product counts once
+    catalog.delete(ids[1], tenant=SHOP)
+    assert kept(catalog)[0] == 60  # it still has one
+    catalog.delete(second, tenant=SHOP)
+    assert kept(catalog)[0] == 59 and kept(catalog) == one_pass(catalog)
+    catalog.delete_product("K0002", tenant=SHOP)
+    catalog.update_product("K0003", tenant=SHOP, category="moved", brand=None, price=Decimal("12.5"))
+    catalog.update_product("K0004", tenant=SHOP, attributes={"colour": "new", "size": 99})
+    catalog.update_products(
+        [{"tenant": SHOP, "product_id": f"K{i:04d}", "price": Decimal(i)} for i in range(10, 30)]
+    )
+    with catalog.engine.begin() as conn:  # written through SQL, as an admin in psql would
+        conn.execute(text("UPDATE imgsearch.products SET category = 'sql' WHERE product_id = 'K0005'"))
+        conn.execute(
+            text("INSERT INTO imgsearch.products (tenant, product_id, category) VALUES (:t, 'bare', 'none')"),
+            {"t": SHOP},
+        )  # no search row: never counted
+    assert kept(catalog)[0] == 58 and kept(catalog) == one_pass(catalog)
+    assert dict(kept(catalog)[1])["moved"] == 1
+
+
+def test_a_shared_photo_counts_each_of_its_products_and_a_second_model_apart(catalog: Catalog) -> None:
+    rng = np.random.default_rng(4)
+    catalog.add_many([_row(i, rng, catalog.dim) for i in range(20)])
+    photo = io.BytesIO()
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(photo, format="PNG")
+    first = catalog.add_row({**_row(40, rng, catalog.dim), "image": photo.getvalue()})[0]
+    catalog.add_row({**_row(41, rng, catalog.dim), "image": photo.getvalue()})
+    assert kept(catalog)[0] == 22 and kept(catalog) == one_pass(catalog)
+    catalog.delete(first, tenant=SHOP)  # the photo of both products: both go
+    assert kept(catalog)[0] == 20 and kept(catalog) == one_pass(catalog)
+    other = catalog.add_model("other-model", catalog.dim)
+    with catalog.engine.begin() as conn:  # another model's rows for half the products
+        conn.execute(
+            text(
+                "INSERT INTO imgsearch.embeddings (model_id, image_id, product_pk, tenant, embedding) "
+                "SELECT :m, image_id, product_pk, tenant, embedding FROM imgsearch.embeddings "
+                "WHERE model_id = :active AND product_pk % 2 = 0"
+            ),
+            {"m": other.id, "active": catalog.active_model.id},
+        )
+        halves = conn.execute(
+            text("SELECT count(DISTINCT product_pk) FROM imgsearch.embeddings WHERE model_id = :m"),
+            {"m": other.id},
+        ).scalar_one()
+    assert kept(catalog)[0] == 20
+    with catalog.engine.begin() as conn:
+        row = conn.execute(facets._KEPT, {"facets_model": other.id, "facets_tenant": SHOP}).one()
+    assert row.total == halves > 0
+
+
+def test_concurrent_writers_of_the_same_products_leave_exact_counts(catalog: Catalog) -> None:
+    rng = np.random.default_rng(5)
+    products = [_row(i, rng, catalog.dim) for i in range(12)]
+    errors: list[BaseException] = []
+
+    def writer(seed: int) -> None:
+        local = np.random.default_rng(seed)
+        try:
+            for round_ in range(6):
+                order = local.permutation(len(products))
+                ids = catalog.add_many(
+                    [{**products[int(i)], "embedding": local.standard_normal(catalog.dim)} for i in order[:4]]
+                )
+                if round_ % 2:
+                    catalog.delete_many(ids[:2], tenant=SHOP)
+                i = int(order[0])
+                catalog.update_product(products[i]["product_id"], tenant=SHOP, category=f"w{seed}-{round_}")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(seed,)) for seed in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert kept(catalog) == one_pass(catalog)
+
+
+def test_truncation_empties_the_kept_counts(catalog: Catalog) -> None:
+    rng = np.random.default_rng(6)
+    catalog.add_many([_row(i, rng, catalog.dim) for i in range(5)])
+    with catalog.engine.begin() as conn:
+        conn.execute(text("TRUNCATE imgsearch.products, imgsearch.images CASCADE"))
+    assert count_rows(catalog) == 0 and kept(catalog)[0] == 0
+    catalog.add_many([_row(i, rng, catalog.dim) for i in range(3)])
+    assert kept(catalog) == one_pass(catalog) and kept(catalog)[0] == 3
+
+
+def test_a_search_folds_piled_up_counts_on_the_primary_only(catalog: Catalog) -> None:
+    rng = np.random.default_rng(7)
+    for i in range(120):  # one upload at a time, as workers write: each appends its own counts
+        catalog.add_row(_row(i, rng, catalog.dim))
+    piled = count_rows(catalog)
+    assert piled > 2 * 200 + facets.COMPACT_AFTER  # far more rows than values
+    reference = one_pass(catalog)
+    with catalog.engine.connect() as conn, conn.begin():
+        conn.execute(text("SET TRANSACTION READ ONLY"))
+        facets.count(conn, catalog.active_model, Filters(tenant=SHOP), None, facets=True)
+    assert count_rows(catalog) == piled  # a replica's read changes nothing
+    result = catalog.search(vector=np.ones(catalog.dim), tenant=SHOP, facets=True, k=1)
+    assert count_rows(catalog) < piled / 3
+    assert result.total == 120 and kept(catalog) == reference
+
+
+def test_prices_closer_than_the_kept_cells_are_counted_by_the_one_pass(catalog: Catalog) -> None:
+    rng = np.random.default_rng(8)
+    catalog.add_many(
+        [_row(i, rng, catalog.dim, price=Decimal("10.00") + Decimal(i) / 100) for i in range(30)]
+    )
+    with catalog.engine.begin() as conn:
+        assert facets._kept_facets(conn, catalog.active_model, Filters(tenant=SHOP)) is None
+        got = facets.count(conn, catalog.active_model, Filters(tenant=SHOP), None, facets=True)
+    assert [(b.low, b.high, b.count) for b in got.price] == [
+        (Decimal("10.0"), Decimal("10.1"), 10),
+        (Decimal("10.1"), Decimal("10.2"), 10),
+        (Decimal("10.2"), Decimal("10.3"), 10),
+    ]
+
+
+def test_another_shops_counts_are_hidden_by_row_level_security(catalog: Catalog) -> None:
+    rng = np.random.default_rng(9)
+    catalog.add_many([_row(i, rng, catalog.dim) for i in range(4)])
+    catalog.add_many([{**_row(i, rng, catalog.dim), "tenant": "neighbour"} for i in range(3)])
+    with catalog.engine.begin() as conn:
+        conn.execute(text("SET LOCAL ROLE imgsearch_app"))
+        conn.execute(text("SELECT set_config('imgsearch.tenant', 'neighbour', true)"))
+        tenants = conn.execute(text("SELECT DISTINCT tenant FROM imgsearch.facet_counts")).scalars().all()
+        members = conn.execute(text("SELECT DISTINCT tenant FROM imgsearch.facet_members")).scalars().all()
+    assert tenants == members == ["neighbour"]
