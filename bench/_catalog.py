@@ -5,6 +5,7 @@ for reruns. ``query_cases`` gives query vectors with their filters at every sele
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,9 @@ from imgsearch.settings import Settings
 
 DB = "bench_search"
 CLUSTERS = 200
+GROUP = 10  # the calibrated generator's clusters per coarse group (a kind of product: 5 categories)
+CALIBRATION = Path(__file__).with_name("calibration.json")  # written by bench/search/calibration.py
+DATA = ("clustered", "calibrated")  # the kinds of vectors a search benchmark runs on
 
 
 def database_url(home: Path, database: str = DB) -> str:
@@ -35,19 +39,21 @@ def database_url(home: Path, database: str = DB) -> str:
     return url.set(database=database).render_as_string()
 
 
-def stored_catalog(rows: int) -> tuple[str, np.ndarray, np.ndarray, int]:
-    """For the side benchmarks: ``bench_search``'s URL, its catalog's vectors and cluster labels
-    (loaded first if missing, as this script does) and the active model's id."""
+def stored_catalog(rows: int, data_kind: str = "clustered") -> tuple[str, np.ndarray, np.ndarray, int]:
+    """For the side benchmarks: ``bench_search``'s URL (``bench_search_calibrated`` for the
+    calibrated vectors), its catalog's vectors and cluster labels (loaded first if missing, as
+    this script does) and the active model's id."""
     settings = Settings()
-    url = database_url(settings.home)
+    url = database_url(settings.home, DB if data_kind == "clustered" else f"{DB}_{data_kind}")
     with Catalog.open(url, model="google/siglip-base-patch16-224", settings=settings) as catalog:
-        data, labels = load(catalog, rows, seed=11)
+        data, labels = load(catalog, rows, seed=11, data_kind=data_kind)
         model_id = catalog.active_model.id
     return url, data, labels, model_id
 
 
-def load(catalog: Catalog, rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    data, labels = clustered_with_labels(rows, catalog.dim, seed)
+def load(catalog: Catalog, rows: int, seed: int, data_kind: str = "clustered") -> tuple[np.ndarray, np.ndarray]:
+    make = calibrated_with_labels if data_kind == "calibrated" else clustered_with_labels
+    data, labels = make(rows, catalog.dim, seed)
     with catalog.engine.connect() as conn:
         stored = conn.execute(text("SELECT count(*) FROM imgsearch.embeddings")).scalar_one()
     drop_value_indexes(catalog)
@@ -129,6 +135,36 @@ def clustered_with_labels(rows: int, dim: int, seed: int) -> tuple[np.ndarray, n
     labels = rng.integers(0, CLUSTERS, rows)
     data = centres[labels] + rng.standard_normal((rows, dim)) * 0.6 / np.sqrt(dim)
     return (data / np.linalg.norm(data, axis=1, keepdims=True)).astype(np.float32), labels
+
+
+def calibrated_with_labels(rows: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unit vectors shaped as real embeddings are (bench/search/calibration.py measures them and
+    writes ``calibration.json``): a common offset (a cone, not a sphere around the origin); the
+    rest of the variance split between coarse groups of ``GROUP`` clusters, the clusters within
+    them and the items within a cluster, in the measured shares; every part's variance falling
+    as ``i ** -alpha`` over the axes (a low effective dimension). Labels as
+    :func:`clustered_with_labels`' (a category is two clusters)."""
+    p = json.loads(CALIBRATION.read_text())["generator"]
+    rng = np.random.default_rng(seed)
+    scale = np.arange(1, dim + 1) ** (-p["alpha"] / 2)
+    scale /= np.sqrt((scale**2).sum())  # each part's expected squared norm is 1
+    groups = rng.standard_normal((CLUSTERS // GROUP, dim)) * scale
+    centres = rng.standard_normal((CLUSTERS, dim)) * scale
+    offset = rng.standard_normal(dim)
+    offset *= np.sqrt(p["offset"]) / np.linalg.norm(offset)
+    labels = rng.integers(0, CLUSTERS, rows)
+    data = np.empty((rows, dim), dtype=np.float32)
+    for start in range(0, rows, 50_000):  # in slices: 1M x 768 float64 at once is 6 GB
+        part = labels[start : start + 50_000]
+        items = rng.standard_normal((len(part), dim)) * scale
+        block = (
+            offset
+            + np.sqrt(p["group"]) * groups[part // GROUP]
+            + np.sqrt(p["cluster"]) * centres[part]
+            + np.sqrt(p["item"]) * items
+        )
+        data[start : start + len(part)] = block / np.linalg.norm(block, axis=1, keepdims=True)
+    return data, labels
 
 
 def filters_for(

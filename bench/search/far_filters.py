@@ -21,11 +21,12 @@ imgsearch misses its latency target: it scans every matching row. This script me
 * binary + rerank — the 400 nearest by Hamming distance of ``binary_quantize`` codes, re-sorted
   exactly
 
-Recall@10 is against exact. Also reports how much planning time 100 partial indexes add to the
+Recall@10 is against exact. ``--data calibrated``: the same catalog with vectors shaped as real
+embeddings are (bench/search/calibration.py), in the database ``bench_search_calibrated``. Also reports how much planning time 100 partial indexes add to the
 unfiltered query. Uses (and if missing builds) the database ``bench_search`` of bench/search/search.py.
 
 The figure it produces: docs/benchmarks.md, "Filtered search at 100k rows" (the far filters' server
-times) and "Filtered search at 1M rows" (planning cost).
+times), "Filtered search at 1M rows" (planning cost) and "Calibrated vectors" (both kinds).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from psycopg import sql
 from sqlalchemy import make_url
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from _catalog import query_cases, stored_catalog
+from _catalog import DATA, query_cases, stored_catalog
 
 from imgsearch.db.vector_index import HNSW_EF_CONSTRUCTION, HNSW_M, halfvec_text
 
@@ -129,9 +130,13 @@ def main() -> None:
     )
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=20)
+    parser.add_argument(
+        "--data", choices=DATA, default="clustered",
+        help="the vectors: isotropic clusters, or calibrated on real embeddings (bench/search/calibration.py)",
+    )  # fmt: skip
     args = parser.parse_args()
 
-    url, data, labels, _ = stored_catalog(args.rows)
+    url, data, labels, _ = stored_catalog(args.rows, args.data)
     cases = query_cases(data, labels, args.queries)
     server = make_url(url)
     results: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -183,7 +188,7 @@ def report(results: dict[tuple[str, str], list[dict[str, Any]]], args: argparse.
         return statistics.median(r[field] for r in results[(name, method)])
 
     print(
-        f"\n{args.rows} rows x 768 dims, {args.queries} queries, k={K}; server time (EXPLAIN ANALYZE), "
+        f"\n{args.rows} rows x 768 dims ({args.data} vectors), {args.queries} queries, k={K}; server time (EXPLAIN ANALYZE), "
         "p50 over the queries; ratio = (planning + execution) / the unfiltered HNSW query's\n"
     )
     print("| filter | method | recall@10 | planning ms | execution ms | ratio |")
