@@ -7,7 +7,8 @@ beside the ones recorded in docs/benchmarks.md, any that grew by more than 20% m
 Run it whenever the search path changes. It takes under two minutes (the first run also loads the
 20k-row catalog into the database ``bench_quick`` of the embedded server, about 20 s). The ratios
 compared are each filter's imgsearch p50 over its block's unfiltered baseline and over its floor
-(imgsearch's own statements replayed bare), with searches unrecorded
+(imgsearch's own statements replayed bare), and for "shop facets" the shop's facets from the kept
+counts over its unfiltered search and over the one pass (migration 0039), with searches unrecorded
 (``IMGSEARCH_RECORD_QUERIES=false``: the record's cost is bench/search/feedback_load.py's); both
 are measured in the same run, so the box's speed
 cancels out, though not its noise: a single marked ratio is a reason to rerun, one marked twice a
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -50,6 +52,51 @@ def run() -> dict[str, tuple[float, float]]:
     if proc.returncode:
         sys.exit(f"bench/search/search.py failed with exit code {proc.returncode}")
     return parse(lines, method_column=1)
+
+
+def facet_ratios(rounds: int = 15) -> dict[str, tuple[float, float]]:
+    """The shop's facets from the counts the triggers keep (migration 0039): their p50 over the
+    shop's unfiltered search's and over the one pass's (the statement filtered facets use), timed
+    in turns on the same catalog."""
+    import numpy as np
+
+    from imgsearch import Catalog
+    from imgsearch.search import facets, plans
+    from imgsearch.search.filters import Filters
+    from imgsearch.settings import Settings
+
+    sys.path.insert(0, str(HERE.parents[1]))
+    from _catalog import database_url
+
+    settings = Settings()
+    url = database_url(settings.home, "bench_quick")
+    times: dict[str, list[float]] = {"search": [], "kept": [], "one pass": []}
+    shop = Filters(tenant="acme")
+    with Catalog.open(url, model="google/siglip-base-patch16-224", settings=settings) as catalog:
+        model = catalog.active_model
+        queries = np.random.default_rng(3).standard_normal((rounds, catalog.dim))
+
+        def search(i: int) -> None:
+            catalog.search(vector=queries[i], tenant="acme", total=False, k=10)
+
+        def kept(_: int) -> None:
+            with catalog.search_engine.begin() as conn:
+                facets.count(conn, model, shop, None, facets=True)
+
+        def one_pass(_: int) -> None:
+            with catalog.search_engine.begin() as conn:
+                plans.plain_settings(conn)
+                conn.execute(facets.statement(model, shop, False), shop.params()).one()
+
+        ways = {"search": search, "kept": kept, "one pass": one_pass}
+        for i in range(rounds + 2):  # the first two warm the plans
+            for name, fn in ways.items():
+                start = time.perf_counter()
+                fn(i % rounds)
+                if i >= 2:
+                    times[name].append(time.perf_counter() - start)
+    p50 = {name: statistics.median(values) for name, values in times.items()}
+    return {"shop facets": (p50["kept"] / p50["search"], p50["kept"] / p50["one pass"])}
 
 
 def parse(lines: list[str], method_column: int | None) -> dict[str, tuple[float, float]]:
@@ -95,7 +142,7 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help="record this run's ratios in docs/benchmarks.md")
     args = parser.parse_args()
     start = time.monotonic()
-    now = run()
+    now = run() | facet_ratios()
     before, _ = recorded()
     print(f"\n20k rows, 10 queries per filter, {time.monotonic() - start:.0f} s; ratios now | in docs\n")
     print("| filter | imgsearch / baseline | docs | imgsearch / floor | docs | |")
