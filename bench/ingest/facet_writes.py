@@ -36,14 +36,8 @@ from _data import fresh_database
 from _models import base_checkpoint
 
 from imgsearch import Catalog
+from imgsearch.db import citus
 from imgsearch.settings import Settings
-
-TRIGGERS = (
-    ("embeddings", "embeddings_facets_added"),
-    ("embeddings", "embeddings_facets_moved"),
-    ("embeddings", "embeddings_facets_removed"),
-    ("products", "products_facets_moved"),
-)
 
 
 def rows(tenant: str, count: int, dim: int, seed: int) -> list[dict[str, Any]]:
@@ -65,7 +59,7 @@ def rows(tenant: str, count: int, dim: int, seed: int) -> list[dict[str, Any]]:
 
 def switch(catalog: Catalog, on: bool) -> None:
     with catalog.engine.begin() as conn:
-        for table, trigger in TRIGGERS:
+        for trigger, table in citus.FACET_TRIGGERS:
             conn.execute(text(f"ALTER TABLE imgsearch.{table} {'ENABLE' if on else 'DISABLE'} TRIGGER {trigger}"))
 
 

@@ -235,8 +235,7 @@ def count(
         params.update(lexical.fetch_matches(conn, params))
     kept = kept_counts(conn, filters, lexical_text)
     if not facets and kept:
-        params = {"facets_model": model.id, "facets_tenant": filters.tenant_name()}
-        kept_total = int(conn.execute(_KEPT_TOTAL, params).scalar_one())
+        kept_total = int(conn.execute(_KEPT_TOTAL, _kept_params(model, filters)).scalar_one())
         if limit is not None and kept_total > limit:  # reported as a bounded count is (the same answer)
             return Facets(total=limit, relation="gte")
         return Facets(total=kept_total)
@@ -280,14 +279,17 @@ def kept_counts(conn: Connection, filters: Filters, lexical_text: bool) -> bool:
 def _kept_facets(conn: Connection, model: ModelInfo, filters: Filters) -> Any:
     """A shop's facets from its kept counts, its count rows folded when they have piled up (on a
     primary); None where the price buckets are finer than the kept cells (the one pass counts)."""
-    tenant = filters.tenant_name()
-    params = {"facets_model": model.id, "facets_tenant": tenant}
+    params = _kept_params(model, filters)
     row = conn.execute(_KEPT, params).one()
     if row.entries > 2 * row.values_kept + COMPACT_AFTER and not _read_only(conn):
         conn.execute(
             text("SELECT imgsearch.compact_facet_counts(:facets_tenant, CAST(:facets_model AS smallint))"), params
         )
     return None if row.level is not None and row.level < 0 else row
+
+
+def _kept_params(model: ModelInfo, filters: Filters) -> dict[str, Any]:
+    return {"facets_model": model.id, "facets_tenant": filters.tenant_name()}
 
 
 def _read_only(conn: Connection) -> bool:
