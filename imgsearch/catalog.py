@@ -20,13 +20,13 @@ from imgsearch.ingest import duplicates as near_duplicates
 from imgsearch.learning import boosts as learned
 from imgsearch.learning import events as events_log
 from imgsearch.quality import duplicates as duplicate_groups
-from imgsearch.records import ImageRecord, ModelInfo, SearchResult
-from imgsearch.search import plans, queries, routing, service, statements
+from imgsearch.records import ImageRecord, Look, ModelInfo, SearchResult
+from imgsearch.search import look, plans, queries, routing, service, statements
 from imgsearch.search.filters import MAX_K, Filters, check_page
 from imgsearch.search.plans import Plan
 from imgsearch.search.replicas import Replicas
 from imgsearch.settings import Settings
-from imgsearch.work import ready, reembed, wake
+from imgsearch.work import ready, reembed, regions, wake
 
 if TYPE_CHECKING:
     from imgsearch.embed.model import Embedder
@@ -93,8 +93,8 @@ class Catalog:
         return cls(engine, active, settings, wake.from_settings(settings), embedder, search_engine, standbys)
 
     def with_model(self, name: str) -> Catalog:
-        """This catalog's searches under another registered model (backfilled by ``imgsearch reembed``,
-        not active yet), e.g. to compare before ``model activate``; close this catalog, not it."""
+        """This catalog's searches under another registered model (backfilled by ``imgsearch reembed``, not
+        active yet), e.g. to compare before ``model activate``; close this catalog, not it."""
         model = registered_named(self.engine, name)
         pinned = Catalog(self.engine, model, self.settings, None, None, self._search_engine, self.replicas)
         pinned._context.active.pinned = True  # no following switches
@@ -102,8 +102,8 @@ class Catalog:
 
     def close(self) -> None:
         self._searcher.recorder.close()  # the searches' rows written first
-        self.engine.dispose()
-        self._search_engine.dispose()
+        for engine in (self.engine, self._search_engine):
+            engine.dispose()
         if self.replicas is not None:
             self.replicas.dispose()
 
@@ -161,6 +161,10 @@ class Catalog:
     def webhooks(self) -> Webhooks:  # the tenants' webhook endpoints, replays, delivery figures
         return Webhooks(self.engine, self.settings.webhooks())
 
+    @property
+    def regions(self) -> regions.Regions:  # where images' regions come from; their backfill
+        return regions.Regions(self._context, on_change=self._searcher.router.forget_graphs)
+
     # -- ingest: imgsearch.ingest ---------------------------------------------------------
 
     def add(
@@ -177,13 +181,10 @@ class Catalog:
         ``on_duplicate`` (``"keep"``, ``"link"``, ``"reject"``): what a near-copy of another
         product's image gets (:mod:`imgsearch.ingest.duplicates`)."""
         fields = dict(image=image, embedding=embedding, tenant=tenant, product_id=product_id, category=category)
-        fields.update(price=price, currency=currency, attributes=attributes, title=title, description=description)
-        fields["brand"] = brand
+        fields.update(price=price, currency=currency, attributes=attributes, title=title, description=description, brand=brand)
         return self.add_row(fields, on_duplicate=on_duplicate)[0]
 
-    def add_row(
-        self, row: Mapping[str, Any], *, on_duplicate: near_duplicates.OnDuplicate = "keep"
-    ) -> uploads.Stored:
+    def add_row(self, row: Mapping[str, Any], *, on_duplicate: near_duplicates.OnDuplicate = "keep") -> uploads.Stored:
         """:meth:`add` for a row dict (the keys of :meth:`add_many`); also whether the image was new
         (False: the tenant had the bytes; ``.shared``: for another product, whose it now is too)."""
         self._context.follow_model_switch()
@@ -202,36 +203,26 @@ class Catalog:
 
     def duplicates(
         self, tenant: str, *, max_hamming: int | None = None,
-        max_distance: float | near_duplicates.Unset | None = near_duplicates.UNSET,
-        progress: bool | None = None,
+        max_distance: float | near_duplicates.Unset | None = near_duplicates.UNSET, progress: bool | None = None,
     ) -> duplicate_groups.Report:
         """Groups of near-identical images of different products of ``tenant``: pairs within
         ``max_hamming`` bits of perceptual hash confirmed by an embedding distance of at most
         ``max_distance`` (None: the hash alone); defaults from the settings (quality/duplicates.py)."""
         self._context.follow_model_switch()
-        return duplicate_groups.find_groups(
-            self._context, tenant, max_hamming=max_hamming, max_distance=max_distance, progress=progress
-        )
+        return duplicate_groups.find_groups(self._context, tenant, max_hamming=max_hamming, max_distance=max_distance, progress=progress)
 
-    def import_vectors(
-        self, source: Any, *, tenant: str | None = None, metadata: Any = None, progress: bool | None = None,
-        rebuild_index: bool | None = None, maintenance_work_mem: str | None = None,
-        parallel_workers: int | None = None,
-    ) -> int:
+    def import_vectors(self, source: Any, **options: Any) -> int:
         """Bulk import of existing embeddings; the number of images imported (:mod:`imgsearch.ingest.bulk`).
 
         ``source``: a path (Parquet; ``.npy`` with ``metadata``, a CSV or JSONL of its rows; JSON
         Lines) or an iterable of :meth:`add_many` rows with ``embedding``; ``tenant`` for rows that
-        name none. All or nothing, a bad row named; rows the tenant has already are skipped."""
-        return self.import_report(
-            source, tenant=tenant, metadata=metadata, progress=progress, rebuild_index=rebuild_index,
-            maintenance_work_mem=maintenance_work_mem, parallel_workers=parallel_workers,
-        ).imported
+        name none. All or nothing, a bad row named; rows the tenant has already are skipped. The
+        options of :meth:`import_report`."""
+        return self.import_report(source, **options).imported
 
     def import_report(
         self, source: Any, *, tenant: str | None = None, metadata: Any = None, progress: bool | None = None,
-        rebuild_index: bool | None = None, maintenance_work_mem: str | None = None,
-        parallel_workers: int | None = None,
+        rebuild_index: bool | None = None, maintenance_work_mem: str | None = None, parallel_workers: int | None = None,
     ) -> bulk.ImportResult:
         """:meth:`import_vectors`, telling what happened: rows read, imported, duplicates, whether
         the index was rebuilt and with which settings, and how long each step took."""
@@ -250,8 +241,7 @@ class Catalog:
         return updates.update_one(self.engine, {"tenant": tenant, "product_id": product_id, **fields})
 
     def update_products(
-        self, rows: Iterable[Mapping[str, Any]], *, progress: bool | None = None,
-        names: Sequence[str] | None = None,
+        self, rows: Iterable[Mapping[str, Any]], *, progress: bool | None = None, names: Sequence[str] | None = None
     ) -> int:
         """:meth:`update_product` for many rows (``tenant``, ``product_id``, fields), all or
         nothing, a bad row or unknown product named by its index (or its ``names`` entry); how many
@@ -259,8 +249,7 @@ class Catalog:
         return updates.update_many(self.engine, rows, names=names, progress=progress)
 
     def delete(self, image_id: int, *, tenant: str | None = None) -> None:
-        """Delete one image and its embeddings (its product stays); :class:`NotFound` if there is none
-        (with ``tenant``, none of that tenant's)."""
+        """Delete one image and its embeddings (its product stays); :class:`NotFound` if there is none (of ``tenant``'s)."""
         removal.delete_images(self.engine, [image_id], tenant=tenant)
 
     def delete_many(self, image_ids: Iterable[int], *, tenant: str | None = None) -> int:
@@ -335,7 +324,7 @@ class Catalog:
         consistent: bool = False, box: Sequence[float] | None = None,
         mode: str | None = None, parse: bool = True, facets: bool = False, total: bool | int = False,
         fusion: service.Fusion | None = None, boost: bool = True, client_id: str | None = None,
-        adapter: bool | None = None, interleave: str | None = None,
+        adapter: bool | None = None, interleave: str | None = None, regions: bool = True,
     ) -> SearchResult:
         """The ``k`` best images (after ``offset``) matching every filter: ``min(k, matching
         rows)`` hits, a list with ``.total``, ``.facets`` and ``.understood`` (docs/library.md).
@@ -353,13 +342,24 @@ class Catalog:
         ``boost``: blend the tenant's learned boosts (hits carry ``boost``). The answer's
         ``query_id`` names the search for :meth:`record_events` (``client_id``: who searched).
         ``adapter``: map the query with the tenant's query adapter (default: text and image queries);
-        ``interleave="boost,plain"``: two variants' hits drafted in turns (docs/learning.md)."""
+        ``interleave="boost,plain"``: two variants' hits drafted in turns (docs/learning.md). ``regions``:
+        an image ranks by the closer of its whole row and its best region (hits carry ``region``)."""
         query = queries.Query(text, image, similar_to, similar_to_product, vector, box)
-        learning = (boost, client_id, adapter, interleave)
+        learning = (boost, client_id, adapter, interleave, regions)
         how = service.Asked(query, mode, parse, facets, total, consistent, fusion, min_probability, *learning)
         filters = Filters(tenant, category, price_min, price_max, attributes, where, brand=brand)
         page = (k, offset, group_by_product, diversity, expand, min_score)
         return service.search(self._searcher, filters, how, *page)
+
+    def search_look(
+        self, *, image: Any, tenant: str | None = None, category: str | list[str] | None = None,
+        price_min: Any = None, price_max: Any = None, brand: str | None = None, k: int = 10,
+        objects: int = look.MAX_OBJECTS, regions: bool = True, client_id: str | None = None,
+    ) -> list[Look]:
+        """Shop the look: each object of the photo ``image`` (the catalog's detector's, else its quarters and
+        centre) as ``Look(box, label, score, hits)``, its crop's hits (a label naming a shop's category filters)."""
+        filters = Filters(tenant, category, price_min, price_max, brand=brand)
+        return look.search_look(self._searcher, image, filters, k, objects, regions=regions, client_id=client_id)
 
     # -- learn: imgsearch.learning ------------------------------------------------------
 
@@ -386,7 +386,7 @@ class Catalog:
         category, price, distance``) for ORM apps: add joins, columns and ``where`` clauses, keep its
         ``ORDER BY`` and ``LIMIT``, and run it after :meth:`apply_search_settings` (docs/integrations.md)."""
         k, _ = check_page(k, 0)
-        filters = Filters(tenant, category, price_min, price_max, attributes, where)
+        filters = Filters(tenant, category, price_min, price_max, attributes, where, region_rows=False)  # whole images
         filters.conditions()
         self._context.follow_model_switch()
         asked = queries.Query(text, image, similar_to, similar_to_product, vector)

@@ -13,6 +13,7 @@ what to fix from what to retry::
     │   ├── DuplicateImage                     on_duplicate="reject": a near-copy of another product's image
     │   ├── InvalidEvents                      a batch of feedback events with bad ones, each named
     │   ├── LimitReached                       past a limit on what may be kept (a shop's endpoints)
+    │   ├── InvalidRegions                     a region rule that can't be (a grid's size, a detector)
     │   └── InvalidQuery                       a search asked for the impossible
     ├── NotFound (also a LookupError)          no such image, product or model
     ├── ConfigurationError                     settings or environment are wrong
@@ -36,6 +37,7 @@ __all__ = [
     "InvalidImage",
     "InvalidInput",
     "InvalidQuery",
+    "InvalidRegions",
     "LimitReached",
     "ModelUnavailable",
     "NotFound",
@@ -120,6 +122,10 @@ class LimitReached(InvalidInput):
 
 class InvalidQuery(InvalidInput):
     """A search whose arguments contradict each other."""
+
+
+class InvalidRegions(InvalidInput):
+    """A region rule that can't be: a grid's size, a detector that won't load, a bad limit."""
 
 
 class NotFound(ImgSearchError, LookupError):

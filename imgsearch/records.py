@@ -69,6 +69,21 @@ class Hit:
     # the learned boost blended into its place (0: none; None: the search blended none), from 0
     # to 1: a hit rises at most the boost's lift of places (imgsearch.search.boosting)
     boost: float | None = None
+    # the region that matched, [x0, y0, x1, y1] in the image's pixels; None: the whole image
+    # (imgsearch.work.regions: an image is ranked by the closer of its whole row and its regions)
+    region: list[int] | None = None
+
+
+@dataclass(frozen=True)
+class Look:
+    """One object of a "shop the look" photo (:meth:`imgsearch.Catalog.search_look`): its box
+    ``[x0, y0, x1, y1]`` in the photo's pixels, the detector's label and score (None for a grid's
+    cell), and the hits of its crop."""
+
+    box: list[int]
+    label: str | None
+    score: float | None
+    hits: list[Hit]
 
 
 class SearchResult(list[Hit]):

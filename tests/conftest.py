@@ -194,6 +194,14 @@ def untrained_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_yolos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny YOLOS detector labelled mugs, bags, caps (random weights)."""
+    from tests.tiny_models import build_tiny_yolos
+
+    return build_tiny_yolos(tmp_path_factory.mktemp("tiny-yolos"))
+
+
+@pytest.fixture(scope="session")
 def tiny_dinov2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny DINOv2 backbone (32-d, 32x32 input): image only."""
     from tests.tiny_models import build_tiny_dino

@@ -211,3 +211,21 @@ def build_tiny_dino(path: Path, *, kind: str = "dinov2", dim: int = 32, image_si
                      "image_processor_type": "DINOv3ViTImageProcessorFast"}  # fmt: skip
     (path / "preprocessor_config.json").write_text(json.dumps(processor))
     return path
+
+
+def build_tiny_yolos(path: Path, *, labels: tuple[str, ...] = ("mugs", "bags", "caps"), seed: int = 0) -> Path:
+    """A tiny YOLOS object detector (random weights: its boxes are whatever they are, the same
+    every time) with its PIL image processor (no torchvision), labelled with ``labels``."""
+    import torch
+    from transformers import YolosConfig, YolosForObjectDetection, YolosImageProcessorPil
+
+    path.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    config = YolosConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=[64, 64],
+        patch_size=16, num_detection_tokens=10, num_labels=len(labels),
+        id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)},
+    )  # fmt: skip
+    YolosForObjectDetection(config).eval().save_pretrained(path)
+    YolosImageProcessorPil(size={"shortest_edge": 64, "longest_edge": 64}).save_pretrained(path)
+    return path

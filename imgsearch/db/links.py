@@ -33,12 +33,12 @@ Link = tuple[int, int, str]  # (image id, product key, tenant)
 # statement runs on the tenant's node alone
 _COPY = text(
     """
-    INSERT INTO imgsearch.embeddings (model_id, image_id, product_pk, tenant, embedding)
-    SELECT DISTINCT ON (e.model_id, n.image_id, n.product_pk) e.model_id, n.image_id, n.product_pk,
-           e.tenant, e.embedding
+    INSERT INTO imgsearch.embeddings (model_id, image_id, product_pk, tenant, region, box, embedding)
+    SELECT DISTINCT ON (e.model_id, n.image_id, n.product_pk, e.region) e.model_id, n.image_id, n.product_pk,
+           e.tenant, e.region, e.box, e.embedding
     FROM unnest(:images, :products) AS n (image_id, product_pk)
     JOIN imgsearch.embeddings e ON e.tenant = :tenant AND e.image_id = n.image_id
-    ORDER BY e.model_id, n.image_id, n.product_pk
+    ORDER BY e.model_id, n.image_id, n.product_pk, e.region
     ON CONFLICT DO NOTHING
     """
 ).bindparams(

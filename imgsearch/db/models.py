@@ -37,7 +37,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import DOUBLE_PRECISION, JSONB, REAL, REGCONFIG, TSVECTOR
+from sqlalchemy.dialects.postgresql import ARRAY, DOUBLE_PRECISION, JSONB, REAL, REGCONFIG, TSVECTOR
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from imgsearch.db.base import SCHEMA as SCHEMA  # the schema name, for importers of the models
@@ -285,6 +285,11 @@ class Embedding(Base):
         ),
         # a zero vector has no direction: its cosine distances are NaN (migration 0017)
         CheckConstraint("l2_norm(embedding) > 0", name="not_zero"),
+        # a region's box, a whole image's none (migration 0040)
+        CheckConstraint(
+            "region >= 0 AND (region = 0) = (box IS NULL) AND (box IS NULL OR cardinality(box) = 4)",
+            name="region_box",
+        ),
         Index("embeddings_image_id_idx", "image_id"),
         Index("embeddings_product_pk_idx", "product_pk", "model_id"),
         # a category's price range (migrations 0029, 0030); its prefix serves category-only filters
@@ -301,6 +306,10 @@ class Embedding(Base):
     )
     image_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     product_pk: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    # 0: the whole image; 1, 2, ...: its regions, each with its box [x0, y0, x1, y1] in the
+    # image's pixels (migration 0040, imgsearch.embed.regions)
+    region: Mapped[int] = mapped_column(SmallInteger, primary_key=True, server_default=text("0"))
+    box: Mapped[list[int] | None] = mapped_column(ARRAY(Integer))
     tenant: Mapped[str] = mapped_column(Text)
     # copies of the product's filter columns, kept by triggers (migration 0004), so a filtered
     # exact scan reads one table
@@ -347,6 +356,32 @@ class FilterIndexRule(Base):
 
     column_name: Mapped[str] = mapped_column(Text, primary_key=True)
     min_rows: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[dt.datetime] = _created()
+
+
+class RegionRule(Base):
+    """Where an image's regions come from, for the catalog (``category`` '') or one category
+    (migration 0040, :mod:`imgsearch.db.region_rules`)."""
+
+    __tablename__ = "region_rules"
+    __table_args__ = (
+        CheckConstraint("source IN ('grid', 'detector', 'off')", name="source_known"),
+        CheckConstraint("(source = 'grid') = (grid IS NOT NULL) AND grid BETWEEN 2 AND 4", name="grid"),
+        CheckConstraint("(source = 'detector') = (detector IS NOT NULL)", name="detector"),
+        CheckConstraint(
+            "min_score BETWEEN 0 AND 1 AND min_area BETWEEN 0 AND 1 AND max_regions BETWEEN 1 AND 64",
+            name="limits",
+        ),
+    )
+
+    category: Mapped[str] = mapped_column(Text, primary_key=True)
+    source: Mapped[str] = mapped_column(Text)
+    grid: Mapped[int | None] = mapped_column(SmallInteger)
+    detector: Mapped[str | None] = mapped_column(Text)
+    labels: Mapped[list[str] | None] = mapped_column(ARRAY(Text))
+    min_score: Mapped[float] = mapped_column(REAL, server_default=text("0.3"))
+    min_area: Mapped[float] = mapped_column(REAL, server_default=text("0.02"))
+    max_regions: Mapped[int] = mapped_column(SmallInteger, server_default=text("18"))
     created_at: Mapped[dt.datetime] = _created()
 
 

@@ -59,8 +59,14 @@ def _pad_square(image: Image.Image) -> Image.Image:
     return canvas
 
 
-def decode(data: bytes, options: DecodeOptions | None = None) -> Image.Image:
-    """Decode upload bytes into an RGB image, upright, first frame, within the limits."""
+def fit(image: Image.Image, options: DecodeOptions) -> Image.Image:
+    """An upright RGB image as the model sees it: padded to a square under the ``pad`` policy."""
+    return _pad_square(image) if options.aspect == "pad" else image
+
+
+def decode(data: bytes, options: DecodeOptions | None = None, upright: bool = False) -> Image.Image:
+    """Decode upload bytes into an RGB image, upright, first frame, within the limits
+    (``upright``: not padded, whatever the policy: the image whose pixels regions' boxes name)."""
     options = options or DecodeOptions()
     image = open_image(data, options.limits)
     width, height = image.size
@@ -75,4 +81,4 @@ def decode(data: bytes, options: DecodeOptions | None = None) -> Image.Image:
             rgb = _to_rgb(image)
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise UnsupportedImage(f"cannot decode {image.format or 'image'} ({width}x{height}): {exc}") from exc
-    return _pad_square(rgb) if options.aspect == "pad" else rgb
+    return rgb if upright else fit(rgb, options)

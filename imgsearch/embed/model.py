@@ -359,6 +359,21 @@ class Embedder:
             prepared = future.result()
             yield self.assemble(prepared, len(current), self.forward(prepared))
 
+    def decode(self, data: bytes) -> Image.Image:
+        """An image's upright RGB pixels, within this embedder's limits (unpadded: the pixels a
+        region's box names); raises its :class:`InvalidImage`."""
+        return decoding.decode(data, self.options, upright=True)
+
+    def embed_pictures(self, pictures: Sequence[Image.Image]) -> Matrix:
+        """Unit vectors of upright RGB images (an image's regions, cropped), one row each."""
+        self.load()
+        rows = [np.zeros((0, self.dim), dtype=np.float32)]
+        for start in range(0, len(pictures), self.batch_size):
+            chunk = [decoding.fit(p, self.options) for p in pictures[start : start + self.batch_size]]
+            inputs = self._processor.image_processor(images=chunk, return_tensors="pt")
+            rows.append(self.forward(PreparedBatch(dict(inputs), list(range(len(chunk))), {})))
+        return np.concatenate(rows)
+
     def embed_image(self, data: bytes) -> Matrix:
         """One image's unit vector (a query); raises its :class:`InvalidImage`. Images asked for
         from several threads at once share a forward pass (:class:`MicroBatcher`)."""

@@ -216,10 +216,11 @@ INSERT INTO {SCHEMA}.embeddings (model_id, image_id, product_pk, tenant, embeddi
 SELECT %(model)s, l.image_id, l.product_pk, l.tenant, s.embedding
 FROM {SCHEMA}.image_products l JOIN imgsearch_keep k ON k.image_id = l.image_id JOIN imgsearch_import s ON s.ord = k.ord
 ORDER BY l.image_id;
-INSERT INTO {SCHEMA}.embeddings (model_id, image_id, product_pk, tenant, embedding)
-SELECT DISTINCT ON (e.model_id, l.image_id, l.product_pk) e.model_id, l.image_id, l.product_pk, l.tenant, e.embedding
+INSERT INTO {SCHEMA}.embeddings (model_id, image_id, product_pk, tenant, region, box, embedding)
+SELECT DISTINCT ON (e.model_id, l.image_id, l.product_pk, e.region) e.model_id, l.image_id, l.product_pk, l.tenant,
+       e.region, e.box, e.embedding
 FROM imgsearch_gained l JOIN {SCHEMA}.embeddings e ON e.tenant = l.tenant AND e.image_id = l.image_id
-ORDER BY e.model_id, l.image_id, l.product_pk
+ORDER BY e.model_id, l.image_id, l.product_pk, e.region
 ON CONFLICT DO NOTHING
 """
 

@@ -167,7 +167,8 @@ def _stored_embeddings(conn: Connection, tenant: str, model: ModelInfo, ids: Ite
         r.image_id: r.embedding
         for r in conn.execute(
             select(Embedding.image_id, Embedding.embedding).where(
-                Embedding.tenant == tenant, Embedding.model_id == model.id, Embedding.image_id.in_(wanted)
+                Embedding.tenant == tenant, Embedding.model_id == model.id, Embedding.image_id.in_(wanted),
+                Embedding.region == 0,
             )
         )
     }

@@ -96,7 +96,7 @@ def product_vectors(conn: Connection, model: ModelInfo, tenant: str) -> tuple[li
         text(
             "SELECT p.product_id, e.embedding FROM imgsearch.embeddings e "
             "JOIN imgsearch.products p ON p.tenant = e.tenant AND p.id = e.product_pk "
-            "WHERE e.tenant = :t AND e.model_id = :m ORDER BY p.product_id"
+            "WHERE e.tenant = :t AND e.model_id = :m AND e.region = 0 ORDER BY p.product_id"
         ),
         {"t": tenant, "m": model.id},
     ).all()

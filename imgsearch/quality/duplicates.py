@@ -241,7 +241,8 @@ def sweep(
                 (r.image_id, np.asarray(r.embedding, dtype=np.float64))
                 for r in conn.execute(
                     select(Embedding.image_id, Embedding.embedding).where(
-                        Embedding.tenant == tenant, Embedding.model_id == model.id, Embedding.image_id.in_(part)
+                        Embedding.tenant == tenant, Embedding.model_id == model.id, Embedding.image_id.in_(part),
+                        Embedding.region == 0,
                     )
                 )
             )

@@ -276,7 +276,7 @@ def _vector(catalog: Catalog, query: Query) -> np.ndarray:
         if query.tenant is not None:
             tenancy.scope(conn, query.tenant)
         stored = conn.execute(
-            text("SELECT embedding::text FROM imgsearch.embeddings WHERE image_id = :i AND model_id = :m"),
+            text("SELECT embedding::text FROM imgsearch.embeddings WHERE image_id = :i AND model_id = :m AND region = 0"),
             {"i": query.image_id, "m": catalog.active_model.id},
         ).scalar()
     if stored is None:

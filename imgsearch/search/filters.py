@@ -42,6 +42,10 @@ class Filters:
     brand: str | None = None  # the product's brand (migration 0020)
     # the catalog is distributed by tenant (a Citus coordinator, set by routing): joins name it
     sharded: bool = False
+    # set by routing where images may have region rows (imgsearch.work.regions): True, every row
+    # (an image by its best, and hits carry their box); False, whole images' rows only; None: the
+    # catalog has no regions
+    region_rows: bool | None = None
 
     def conditions(self) -> list[ColumnElement[bool]]:
         """The filters as SQL conditions; each value is a bound parameter named in :meth:`params`."""
@@ -51,7 +55,7 @@ class Filters:
         """Check every value (:class:`InvalidQuery` naming the first bad one) without building
         the conditions (a search builds them only for a statement not built before); True when
         there is a condition."""
-        return bool(self._values) or self.where is not None
+        return bool(self._values) or self.where is not None or self.region_rows is False
 
     def params(self) -> dict[str, Any]:
         """The filter values by parameter name, to run a statement built for the same
@@ -98,7 +102,8 @@ class Filters:
         if self.where is not None:
             return None
         values = self._values
-        return (*values, "sharded") if self.sharded else tuple(values)
+        shape = (*values, "sharded") if self.sharded else tuple(values)
+        return shape if self.region_rows is None else (*shape, f"regions {self.region_rows}")
 
     @cached_property
     def _values(self) -> dict[str, Any]:
@@ -162,6 +167,8 @@ class Filters:
             conds.append(Embedding.product_pk != self._param("exclude_product", BigInteger()))
         if self.where is not None:
             conds.append(self.where)
+        if self.region_rows is False:
+            conds.append(Embedding.region == 0)
         return conds
 
     def same_shop(self, table: Any, key: Any, rows_key: Any, rows_tenant: Any) -> ColumnElement[bool]:

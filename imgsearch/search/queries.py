@@ -81,20 +81,24 @@ class Query:
         if self.text is not None:
             return text_vector(context, self.text)
         if self.image is not None:
-            if images.is_url(self.image):
-                url = checks.url(str(self.image), "query image URL", InvalidQuery)
-                try:
-                    data = context.settings.downloads().fetch(url)
-                except UnknownHost as exc:  # a worker would retry; a query's URL is its caller's to fix
-                    raise InvalidQuery(f"query image URL: {exc}") from exc
-            else:
-                data = images.read_source(self.image, context.limits)
+            data = image_bytes(context, self.image)
             if self.box is not None:
                 data = images.crop(data, self.box, context.limits)
             return context.image_embedder.embed_image(data)
         if self.vector is not None:
             return vectors.as_vector(self.vector, context.dim, "query vector")
         return None
+
+
+def image_bytes(context: Context, image: Any) -> bytes:
+    """A query image's bytes: a path, bytes, a file object, or an http(s) URL downloaded."""
+    if images.is_url(image):
+        url = checks.url(str(image), "query image URL", InvalidQuery)
+        try:
+            return context.settings.downloads().fetch(url)
+        except UnknownHost as exc:  # a worker would retry; a query's URL is its caller's to fix
+            raise InvalidQuery(f"query image URL: {exc}") from exc
+    return images.read_source(image, context.limits)
 
 
 def vector_now(context: Context, query: Query, filters: Filters) -> tuple[vectors.Vector, Filters]:
@@ -150,7 +154,10 @@ def stored_vector(
     rows = conn.execute(
         select(Product.id, Embedding.embedding)
         .select_from(Product)
-        .outerjoin(Embedding, and_(Embedding.product_pk == Product.id, Embedding.model_id == model.id))
+        .outerjoin(
+            Embedding,
+            and_(Embedding.product_pk == Product.id, Embedding.model_id == model.id, Embedding.region == 0),
+        )
         .where(Product.tenant == tenant, Product.product_id == product_id)
     ).all()
     if not rows:
@@ -169,7 +176,9 @@ def _embedding_of(conn: Connection, model: ModelInfo, image_id: Any, tenant: str
         raise InvalidQuery(f"similar_to must be an image id (an integer), got {image_id!r}")
     if not checks.stored_id(image_id):
         raise NotFound(f"no embedded image with id {image_id}")
-    stmt = select(Embedding.embedding).where(Embedding.image_id == image_id, Embedding.model_id == model.id)
+    stmt = select(Embedding.embedding).where(
+        Embedding.image_id == image_id, Embedding.model_id == model.id, Embedding.region == 0
+    )
     if tenant is not None:
         stmt = stmt.where(Embedding.tenant == tenant)
     found = conn.execute(stmt).first()

@@ -48,6 +48,10 @@ class Options:
     # the embeddings' row estimate, where statements can't read it (a Citus coordinator: routing)
     row_estimate: int | None = None
     boosting: Boosting | None = None  # learned boosts to blend in (not with diversity: MMR re-ranks)
+    # rank an image by the closer of its whole row and its best region (where it has regions),
+    # a region's distance plus this margin
+    regions: bool = True
+    region_margin: float = 0.0
 
     def __post_init__(self) -> None:
         self.check()  # every Options is checked, a replace()-d one too
@@ -55,6 +59,8 @@ class Options:
     def check(self) -> None:
         if not isinstance(self.group_by_product, bool):
             raise InvalidQuery(f"group_by_product must be True or False, got {self.group_by_product!r}")
+        if not isinstance(self.regions, bool):
+            raise InvalidQuery(f"regions must be true or false, got {self.regions!r}")
         if self.diversity is not None and (
             isinstance(self.diversity, bool)
             or not isinstance(self.diversity, int | float)
@@ -91,6 +97,7 @@ def options_for(
     *,
     on_plan: Callable[[Plan], None] | None = None,
     boosting: Boosting | None = None,
+    regions: Any = True,
 ) -> Options:
     """A request's options, every one checked (before any model work), with the strategy's
     thresholds from ``settings`` (and ``on_plan``, ``boosting`` as given)."""
@@ -114,6 +121,8 @@ def options_for(
         cached_plans=settings.cached_plans,
         on_plan=on_plan,
         boosting=boosting,
+        regions=regions,
+        region_margin=settings.region_margin,
     )
     return options
 
@@ -131,11 +140,13 @@ def run(
         query = rerank.expand_query(query, first.embeddings)
     wanted = options.k + options.offset
     boosting = options.boosting if options.diversity is None else None
-    if boosting is not None and not options.group_by_product:
+    # images with region rows come once, by their best row: drawn from a pool as products are
+    pooled = options.group_by_product or filters.region_rows is True
+    if boosting is not None and not pooled:
         # every hit a boost could lift onto the page: lift places below it, ranked from the first
         found = _search(conn, model, query, filters, options, wanted + boosting.lift, boosting=boosting)
         hits = found.hits[options.offset : wanted]
-    elif not options.group_by_product and options.diversity is None:
+    elif not pooled and options.diversity is None:
         hits = _search(conn, model, query, filters, options, options.k, options.offset).hits
     else:
         hits = _from_pool(conn, model, query, filters, options, wanted, boosting)[options.offset : wanted]
@@ -194,12 +205,17 @@ def _from_pool(
         embeddings = options.diversity is not None
         result = _search(conn, model, query, filters, options, pool, 0, embeddings, boosting)
         positions = list(range(len(result.hits)))
-        if options.group_by_product:
-            positions = rerank.best_per_product(result.hits)
+        if filters.region_rows:
+            # each image by min(its whole row's distance, its best region's + the margin); an
+            # image is placed once no row beyond the pool could place it higher
+            last = None if len(result.hits) < pool or pool >= MAX_POOL else result.hits[-1].distance
+            positions = rerank.best_per_image(result.hits, 0.0 if boosting else options.region_margin, last)
+        if options.group_by_product:  # each product by its best image
+            positions = [positions[p] for p in rerank.best_per_product([result.hits[p] for p in positions])]
         exhausted = len(result.hits) < pool or pool >= MAX_POOL
         if len(positions) >= wanted or exhausted:
             break
-        pool = min(MAX_POOL, pool * 4)  # many images per product: widen the pool and draw again
+        pool = min(MAX_POOL, pool * 4)  # many images per product (rows per image): widen the pool, draw again
     if options.diversity is not None:
         assert result.embeddings is not None
         picked = rerank.mmr(query, result.embeddings[positions], wanted, float(options.diversity))

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -12,10 +13,32 @@ from imgsearch.records import Hit
 
 def best_per_product(hits: Sequence[Hit]) -> list[int]:
     """Positions of the first (nearest) hit of each product, in order."""
-    seen: set[tuple[str, str]] = set()
+    return _first_of(hits, lambda hit: (hit.tenant, hit.product_id))
+
+
+def best_per_image(hits: Sequence[Hit], margin: float = 0.0, last: float | None = None) -> list[int]:
+    """Positions of each image's best row (of a product), best first: an image with region rows
+    ranks by ``min(whole row's distance, best region's distance + margin)`` and shows once.
+    ``hits``: the nearest rows (nearest first); ``last``: the distance beyond which rows weren't
+    fetched (None: every row was), where only images placed at most that far are certain."""
+    if not margin:
+        first = _first_of(hits, lambda hit: (hit.tenant, hit.product_id, hit.image_id))
+        return first
+    best: dict[tuple[Any, ...], tuple[float, int]] = {}
+    for position, hit in enumerate(hits):
+        key = (hit.tenant, hit.product_id, hit.image_id)
+        placed = (hit.distance or 0.0) + (margin if hit.region is not None else 0.0)
+        if key not in best or placed < best[key][0]:
+            best[key] = (placed, position)
+    ranked = sorted(best.values())
+    return [position for placed, position in ranked if last is None or placed <= last]
+
+
+def _first_of(hits: Sequence[Hit], key_of: Callable[[Hit], tuple[Any, ...]]) -> list[int]:
+    seen: set[tuple[Any, ...]] = set()
     keep = []
     for position, hit in enumerate(hits):
-        key = (hit.tenant, hit.product_id)
+        key = key_of(hit)
         if key not in seen:
             seen.add(key)
             keep.append(position)

@@ -27,6 +27,7 @@ from imgsearch.search.filters import Filters
 from imgsearch.search.plans import MIN_EF_SEARCH, min_ef_search
 from imgsearch.search.replicas import Replicas, primary_lsn, replica_fault
 from imgsearch.search.request import Options
+from imgsearch.work import region_rules
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class Router:
         # the embeddings' row estimate where statements can't read it (a Citus coordinator), read with the graphs
         self._rows: int | None = None
         self._boosted: frozenset[str] = frozenset()  # tenants with learned boosts, read with the graphs
+        self._regions = False  # whether a region rule is on (images may have region rows), read with the graphs
 
     def forget_graphs(self) -> None:
         """Read the per-value graphs again at the next search (after a refresh built or dropped some)."""
@@ -153,6 +155,9 @@ class Router:
         with wire.begin(engine, alone=alone) as conn:
             if lsn is not None and self.replicas is not None and not self.replicas.wait_for(conn, lsn):
                 return None
+            if self._regions and filters.region_rows is None:
+                # an image by its best row, or its whole row alone (regions=False)
+                filters = replace(filters, region_rows=options.regions)
             if filters.tenant is not None:
                 tenancy.scope(conn, filters.tenant, defer=True)
             if query is None and asked.stored:
@@ -189,6 +194,7 @@ class Router:
                 log.debug("per-value indexes not readable: %s", exc.orig)
                 self._graphs = {}
             self._boosted = _boosted_tenants(self.engine)
+            self._regions = _regions_on(self.engine)
             self._graphs_key = (model.id, now)
         if not self._graphs:
             return None
@@ -208,6 +214,16 @@ def _sizes(conn: Connection, model: ModelInfo) -> tuple[int, int | None]:
         index = vector_index.index_name(model.id)
         return min_ef_search(citus.largest_shard_rows(conn, index)), citus.largest_shard_rows(conn)
     return min_ef_search(vector_index.indexed_rows(conn, model.id)), None
+
+
+def _regions_on(engine: Engine) -> bool:
+    """Whether a region rule is on (imgsearch.work.region_rules); False when unreadable."""
+    try:
+        with engine.begin() as conn:
+            return region_rules.any_on(conn)
+    except DBAPIError as exc:
+        log.debug("region rules not readable: %s", exc.orig)
+        return False
 
 
 def _boosted_tenants(engine: Engine) -> frozenset[str]:

@@ -80,6 +80,7 @@ class Asked:
     client_id: str | None = None  # who searched, recorded with the search (User Behavior Insights)
     adapter: bool | None = None  # the tenant's query adapter (None: for text and image queries)
     interleave: str | None = None  # "A,B": two variants' hits drafted in turns (imgsearch.learning.interleave)
+    regions: bool = True  # an image by the closer of its whole row and its best region (where it has some)
 
 
 def check_flags(parse: Any, facets: Any, total: Any, boost: Any = True) -> None:
@@ -119,6 +120,7 @@ def search(
     options = request.options_for(
         searcher.context.settings, query.text, k, offset, group_by_product, diversity, expand, min_score,
         asked.min_probability, on_plan=searcher.on_search_plan, boosting=_boosting(searcher, asked),
+        regions=asked.regions,
     )  # fmt: skip
     filters.check()
     if asked.adapter is not None and not isinstance(asked.adapter, bool):

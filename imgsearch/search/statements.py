@@ -70,10 +70,10 @@ PRODUCT_COLUMNS = (Product.product_id, Product.title, Product.brand, Product.cur
 
 
 def hit_columns(
-    distance: ColumnElement[Any], with_embeddings: bool = False, product: Any = None
+    distance: ColumnElement[Any], with_embeddings: bool = False, product: Any = None, box: bool = False
 ) -> list[Any]:
     """A hit's columns; ``product`` (e.g. ``Embedding.product_pk``) instead of the joined
-    product's :data:`PRODUCT_COLUMNS`."""
+    product's :data:`PRODUCT_COLUMNS`; ``box``: the row's region (where images have region rows)."""
     columns = [
         Embedding.image_id,
         *((product,) if product is not None else PRODUCT_COLUMNS),
@@ -81,6 +81,7 @@ def hit_columns(
         Embedding.category,
         Embedding.price,
         distance.label("distance"),
+        *((Embedding.box,) if box else ()),
     ]
     return [*columns, Embedding.embedding] if with_embeddings else columns
 
@@ -98,7 +99,9 @@ def hnsw_statement(
     """The HNSW form: ORDER BY the indexed expression alone (a tiebreaker would defeat the index).
     ``product_pk`` returns the product's key instead of joining products for its id."""
     distance = embedding_expr(model.dim).cosine_distance(query_param(query, model.dim))
-    columns = hit_columns(distance, with_embeddings, Embedding.product_pk if product_pk else None)
+    columns = hit_columns(
+        distance, with_embeddings, Embedding.product_pk if product_pk else None, filters.region_rows is not None
+    )
     stmt = joined(model, filters, *columns, with_images=with_images, with_products=not product_pk)
     return _page(stmt.order_by(distance), k, offset)
 
@@ -175,7 +178,8 @@ def _exact_top(
     """The exact top-k with ``product_pk`` for its product; ``gate``, a condition without columns,
     lets PostgreSQL skip the scan when it is false."""
     distance = Embedding.embedding.cosine_distance(query)
-    top = joined(model, filters, *hit_columns(distance, with_embeddings, product=Embedding.product_pk))
+    columns = hit_columns(distance, with_embeddings, Embedding.product_pk, filters.region_rows is not None)
+    top = joined(model, filters, *columns)
     if gate is not None:
         top = top.where(gate)
     return _page(top.order_by(distance), k, offset)
@@ -350,7 +354,7 @@ def per_value_statement(
     q = query_param(query, model.dim)
     others = replace(filters, category=None)
     distance = embedding_expr(model.dim).cosine_distance(q)
-    columns = hit_columns(distance, with_embeddings, product=Embedding.product_pk)
+    columns = hit_columns(distance, with_embeddings, Embedding.product_pk, filters.region_rows is not None)
     parts = []
     for i in range(arms):
         arm = (

@@ -108,6 +108,7 @@ def hit_of(row: Any, **extra: Any) -> Hit:
         matched_by={},
         relevance=None,
         boost=None,
+        region=None,
     )
     if extra:
         unknown = extra.keys() - _HIT_FIELDS
@@ -137,6 +138,9 @@ def _result(
     else:
         rows = sorted(rows, key=_DISTANCE)[skip : None if k is None else skip + k]
         hits = [hit_of(r) for r in rows]
+    if rows and "box" in rows[0]._fields:  # images with region rows: the region each hit matched by
+        for hit, r in zip(hits, rows, strict=True):
+            hit.__dict__["region"] = None if r.box is None else list(r.box)
     embeddings = None
     if with_embeddings and not rows:
         embeddings = np.empty((0, 0), dtype=np.float32)

@@ -17,6 +17,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, ConfigDict, Field
 
 from imgsearch.search.filters import MAX_K
+from imgsearch.search.look import MAX_OBJECTS
 from imgsearch.search.request import MAX_EXPAND
 from imgsearch.server import schemas, webhook_schemas
 
@@ -177,6 +178,7 @@ def _search_form() -> dict[str, Any]:
         "min_score": _field({"type": "number", "minimum": -1, "maximum": 1}),
         "box": _field({"type": "string", "pattern": BOX_TEXT}, "x0,y0,x1,y1 in the image's pixels."),
         "consistent": _field(FORM_BOOLEAN),
+        "regions": _field(FORM_BOOLEAN),
     }
     params = {
         "allOf": [
@@ -185,6 +187,35 @@ def _search_form() -> dict[str, Any]:
         ],
         "description": "The filters and options as one JSON object; a form field takes the place of "
         "the same key.",
+    }
+    return {
+        "type": "object",
+        "required": ["file"],
+        "additionalProperties": False,
+        "properties": {"file": FILE, "params": params, **fields},
+    }
+
+
+def _look_form() -> dict[str, Any]:
+    """Shop the look's multipart form: the photo, and its few options as form fields or one JSON
+    `params` part."""
+    search = _search_form()["properties"]
+    fields = {name: search[name] for name in ("tenant", "category", "price_min", "price_max", "k", "regions")}
+    fields["objects"] = _field({"type": "integer", "minimum": 1, "maximum": MAX_OBJECTS}, "How many objects at most.")
+    category = {"anyOf": [{"type": "string", **schemas.NAME_SCHEMA}, {"type": "array", "items": {"type": "string", **schemas.NAME_SCHEMA}, "minItems": 1}]}
+    params = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "tenant": {"type": "string", **schemas.NAME_SCHEMA},
+            "category": category,
+            "price_min": {"$ref": "#/components/schemas/PriceBound"},
+            "price_max": {"$ref": "#/components/schemas/PriceBound"},
+            "k": {"type": "integer", "minimum": 1, "maximum": MAX_K},
+            "regions": {"type": "boolean"},
+            "objects": {"type": "integer", "minimum": 1, "maximum": MAX_OBJECTS},
+        },
+        "description": "The options as one JSON object; a form field takes the place of the same key.",
     }
     return {
         "type": "object",
@@ -292,6 +323,10 @@ def build(app: FastAPI) -> dict[str, Any]:
             "params": {"contentType": "application/json"},
             "attributes": {"contentType": "application/json"},
         },
+    }
+    paths["/v1/search/look"]["post"]["requestBody"]["content"]["multipart/form-data"] = {
+        "schema": _look_form(),
+        "encoding": {"params": {"contentType": "application/json"}},
     }
     thumbnail = paths["/v1/images/{image_id}/thumbnail"]["get"]["responses"]
     thumbnail["200"] = {

@@ -34,6 +34,25 @@ class HitResponse(BaseModel):
         None,
         description="The learned boost blended into its place, 0 to 1 (absent: the search blended none).",
     )
+    region: list[int] | None = Field(
+        None,
+        description="The region of the image that matched, [x0, y0, x1, y1] in its pixels; null: the whole image.",
+        json_schema_extra={"minItems": 4, "maxItems": 4},
+    )
+
+
+class LookObjectResponse(BaseModel):
+    box: list[int] = Field(
+        description="The object's box in the query photo, [x0, y0, x1, y1] in its pixels.",
+        json_schema_extra={"minItems": 4, "maxItems": 4},
+    )
+    label: str | None = Field(description="The detector's label; null for a grid's cell.")
+    score: float | None = Field(description="The detector's score, 0 to 1; null for a grid's cell.")
+    hits: list[HitResponse] = Field(description="The hits of the object's crop, best first.")
+
+
+class LookResponse(BaseModel):
+    objects: list[LookObjectResponse] = Field(description="The photo's objects, the detector's best first.")
 
 
 class PriceBucketResponse(BaseModel):

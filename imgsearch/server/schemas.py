@@ -34,6 +34,7 @@ from imgsearch.server.responses import EventsResponse as EventsResponse
 from imgsearch.server.responses import FacetsResponse as FacetsResponse
 from imgsearch.server.responses import FailedImage as FailedImage
 from imgsearch.server.responses import HitResponse as HitResponse
+from imgsearch.server.responses import LookResponse as LookResponse
 from imgsearch.server.responses import PriceBucketResponse as PriceBucketResponse
 from imgsearch.server.responses import SearchResponse as SearchResponse
 from imgsearch.server.responses import StatusResponse as StatusResponse
@@ -409,6 +410,7 @@ class SearchOptions(Strict):
         False,
         description="With replicas: see every write acknowledged before this search (read-your-writes).",
     )
+    regions: StrictBool = Field(True, description="Rank an image by the closer of its whole image and its best region.")
 
 
 QUERIES: dict[str, dict[str, Any]] = {  # each query kind, non-null, and what goes with it alone

@@ -22,7 +22,7 @@ from imgsearch.errors import ConfigurationError, DatabaseUnavailable, InvalidIma
 from imgsearch.ingest import images
 from imgsearch.ingest.downloads import Downloads
 from imgsearch.records import ModelInfo
-from imgsearch.work import queue
+from imgsearch.work import queue, regions
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,14 @@ def _results(embedder: Embedder, batch: _Claimed) -> list[Any]:
     return results
 
 
+def _regions(embedder: Embedder, batch: _Claimed) -> regions.RegionVectors | None:
+    """The regions of the batch's images whose rule is on (:mod:`imgsearch.work.regions`)."""
+    rules = {c.image_id: c.regions for c in batch.claims if c.regions is not None and c.regions.on}
+    if not rules:
+        return None
+    return regions.embed_regions(embedder, rules, {c.image_id: d for c, d in zip(batch.claims, batch.datas, strict=True)})
+
+
 def _also(also: tuple[ModelInfo, Embedder], batch: _Claimed) -> tuple[ModelInfo, list[Any]]:
     """The image model's results for a batch (its own preprocessing: the two models' differ)."""
     model, embedder = also
@@ -141,10 +149,12 @@ def run(
                     )
                 results = _results(embedder, batch)
                 second = None if also is None else _also(also, batch)
+                found = _regions(embedder, batch)
                 with engine.begin() as conn:
                     tenancy.run_as_worker(conn)
                     outcome = queue.store(
-                        conn, model, batch.claims, results, batch.thumbnails, batch.hashes, also=second
+                        conn, model, batch.claims, results, batch.thumbnails, batch.hashes, also=second,
+                        regions=found,
                     )
                 totals.add(outcome)
                 if outcome.ready:  # the embeddings' statistics, when a shop's first images land

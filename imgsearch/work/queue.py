@@ -24,10 +24,13 @@ from sqlalchemy.exc import OperationalError
 from imgsearch.access import tenancy
 from imgsearch.db import citus, links, vector_index
 from imgsearch.db.models import Embedding, Image, ImageState, Model, Product
+from imgsearch.embed.regions import Rule
 from imgsearch.errors import DatabaseUnavailable, InvalidImage, TransientError
 from imgsearch.ingest import checks, duplicates
 from imgsearch.ingest.downloads import PUBLIC_ONLY, Downloads
 from imgsearch.records import ModelInfo
+from imgsearch.work import region_rules
+from imgsearch.work import regions as work_regions
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +40,7 @@ MAX_ATTEMPTS = 5  # claims per image before it is marked failed (each claim coun
 # in all before it fails), so that a short outage of its URL's server doesn't use up its attempts
 RETRY_BASE_SECONDS = 5.0
 RETRY_MAX_SECONDS = 300.0
-MODEL_SWITCH_LOCK = (
-    vector_index.MODEL_SWITCH_LOCK
-)  # advisory lock key: writes of embeddings vs. model switches
+MODEL_SWITCH_LOCK = vector_index.MODEL_SWITCH_LOCK  # advisory lock key: writes of embeddings vs. model switches
 
 Embed = Callable[[Sequence[bytes]], list[Any]]  # one vector or InvalidImage per image
 
@@ -53,6 +54,7 @@ class Claim:
     uri: str | None
     attempts: int
     lease: dt.datetime
+    regions: Rule | None = None  # where its regions come from (imgsearch.work.region_rules), if anywhere
 
 
 @dataclass
@@ -86,7 +88,7 @@ def claim_batch(conn: Connection, limit: int, lease_seconds: int = DEFAULT_LEASE
     whose shards lock rows (``FOR UPDATE SKIP LOCKED``) only in a statement of one tenant: tenant
     by tenant, those with the oldest claimable images first, each claim routed to its shop's node."""
     if not citus.on_coordinator(conn):
-        return claim(conn, limit, lease_seconds)
+        return region_rules.attach(conn, claim(conn, limit, lease_seconds))
     waiting = conn.execute(
         select(Image.tenant)
         .where(_claimable())
@@ -99,7 +101,7 @@ def claim_batch(conn: Connection, limit: int, lease_seconds: int = DEFAULT_LEASE
         claims += claim(conn, limit - len(claims), lease_seconds, tenant)
         if len(claims) >= limit:
             break
-    return sorted(claims, key=lambda c: c.image_id)
+    return region_rules.attach(conn, sorted(claims, key=lambda c: c.image_id))
 
 
 def claim(
@@ -248,12 +250,14 @@ def store(
     thumbnails: Mapping[int, bytes] | None = None,
     hashes: Mapping[int, str] | None = None,
     also: tuple[ModelInfo, Sequence[Any]] | None = None,
+    regions: work_regions.RegionVectors | None = None,
 ) -> BatchResult:
     """Write a batch's outcome in the caller's transaction, for the claims still held.
     ``thumbnails`` (by image id): images embedded now whose bytes give way to that thumbnail
     (``IMGSEARCH_KEEP_CONTENT=false``). ``hashes`` (by image id): perceptual hashes of images
     that came by URL, kept for the ones embedded now. ``also``: the model serving image queries
-    beside ``model``, with its results: an image is ready when both embedded it.
+    beside ``model``, with its results: an image is ready when both embedded it. ``regions``: the
+    regions of images embedded now, by image id, written beside their rows (imgsearch.work.regions).
 
     When the catalog switched models while the batch ran, nothing is written: the claims go back
     to ``pending`` for the new models (``stale_model`` says so).
@@ -318,7 +322,7 @@ def store(
             written += links.embedding_rows(conn, also[0].id, vectors)
         if written:
             # the primary key's columns: on a Citus cluster it holds the tenant too
-            key = [Embedding.model_id, Embedding.image_id, Embedding.product_pk]
+            key = [Embedding.model_id, Embedding.image_id, Embedding.product_pk, Embedding.region]
             conn.execute(
                 pg_insert(Embedding).on_conflict_do_update(
                     index_elements=[*key, Embedding.tenant] if citus.on_coordinator(conn) else key,
@@ -330,6 +334,8 @@ def store(
                 ),
                 written,
             )
+        if regions:  # those of the images ready
+            work_regions.replace_regions(conn, model.id, {c.image_id: regions[c.image_id] for c, _ in ready if c.image_id in regions})
         _set_state(
             conn,
             [{"b_id": c.image_id, "b_tenant": c.tenant, "b_error": None} for c, _ in ready],
@@ -406,18 +412,12 @@ def retry_delay(attempts: int) -> float:
 
 
 def process_batch(
-    engine: Engine,
-    model: ModelInfo,
-    embed: Embed,
-    *,
-    batch_size: int,
-    lease_seconds: int = DEFAULT_LEASE_SECONDS,
-    downloads: Downloads = PUBLIC_ONLY,
-    also: tuple[ModelInfo, Embed] | None = None,
+    engine: Engine, model: ModelInfo, embed: Embed, *, batch_size: int, lease_seconds: int = DEFAULT_LEASE_SECONDS,
+    downloads: Downloads = PUBLIC_ONLY, also: tuple[ModelInfo, Embed] | None = None,
 ) -> BatchResult:
     """Claim one batch, embed it outside any transaction, store the outcome. Every tenant is
-    processed (as ``imgsearch_worker``); rows never change tenant. ``also``: the model that serves
-    image queries beside ``model``, and its embedding function."""
+    processed (as ``imgsearch_worker``); rows never change tenant. ``also``: the model that serves image
+    queries beside ``model``, and its embedding function. Whole images only (pipeline.run: regions too)."""
     try:
         with engine.begin() as conn:
             tenancy.run_as_worker(conn)

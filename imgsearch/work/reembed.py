@@ -83,6 +83,7 @@ def _missing(model: ModelInfo) -> Any:
             Embedding.image_id == ImageProduct.image_id,
             Embedding.product_pk == ImageProduct.product_pk,
             Embedding.model_id == model.id,
+            Embedding.region == 0,
         ),
     )
 

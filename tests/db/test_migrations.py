@@ -25,6 +25,7 @@ TABLES = {
     "text_requests",
     "filter_index_rules",
     "filter_indexes",
+    "region_rules",
     "text_search",
     "search_queries",
     "search_events",

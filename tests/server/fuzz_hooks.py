@@ -152,7 +152,7 @@ def filter_case(context: Any, case: Any) -> bool:
         return _public_endpoint(body.get("url"))
     if _path(context) == "/v1/webhooks:replay" and isinstance(body, dict):
         return _in_order(body.get("since"), body.get("until"))
-    if _path(context) != "/v1/search/image" or not isinstance(body, dict):
+    if _path(context) not in ("/v1/search/image", "/v1/search/look") or not isinstance(body, dict):
         return True
     params = body.get("params")
     given = dict(params) if isinstance(params, dict) else {}

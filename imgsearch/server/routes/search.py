@@ -19,6 +19,7 @@ from imgsearch.catalog import Catalog
 from imgsearch.errors import InvalidInput, InvalidQuery
 from imgsearch.ingest import checks
 from imgsearch.records import Hit, SearchResult
+from imgsearch.search.look import MAX_OBJECTS
 from imgsearch.server import schemas
 from imgsearch.server.deps import CatalogDep, PrincipalDep, json_body, json_body_schema, tenant_of
 
@@ -75,6 +76,7 @@ def hit_json(hit: Hit) -> dict[str, Any]:
         body["relevance"] = hit.relevance
     if hit.boost is not None:
         body["boost"] = hit.boost
+    body["region"] = hit.region
     return body
 
 
@@ -147,10 +149,10 @@ FORM_TRUE = frozenset({"true", "1", "yes", "on"})  # what forms and curl -F send
 FORM_FALSE = frozenset({"false", "0", "no", "off"})
 
 
-def _form_options(form: Any) -> dict[str, Any]:
+def _form_options(form: Any, extra: tuple[str, ...] = ()) -> dict[str, Any]:
     """The filters and options of a multipart search: a JSON ``params`` part and form fields, a
-    field taking the place of the same key in ``params``."""
-    allowed = {"file", "params", *schemas.SearchOptions.model_fields}
+    field taking the place of the same key in ``params`` (``extra``: fields of its own, as text)."""
+    allowed = {"file", "params", *schemas.SearchOptions.model_fields, *extra}
     unknown = sorted(set(form.keys()) - allowed)
     if unknown:
         raise InvalidInput(f"unknown form fields {unknown}; allowed: {sorted(allowed)}")
@@ -165,7 +167,7 @@ def _form_options(form: Any) -> dict[str, Any]:
             raise InvalidInput(f"`params` must be a JSON object: {exc}") from exc
         if not isinstance(values, dict):
             raise InvalidInput("`params` must be a JSON object")
-    for name in schemas.SearchOptions.model_fields:
+    for name in (*schemas.SearchOptions.model_fields, *extra):
         given = form.getlist(name)
         if len(given) > 1 and name != "category":  # only categories add up to a list
             raise InvalidQuery(f"form field {name!r} is given {len(given)} times")
@@ -187,7 +189,7 @@ def _form_options(form: Any) -> dict[str, Any]:
             values[name] = [_number(part, name, float) for part in found[0].split(",")]
         elif name == "total" and found[0].strip().isdigit():  # a bound: count up to that many
             values[name] = _number(found[0], name, int)
-        elif name in ("group_by_product", "consistent", "parse", "facets", "total", "boost", "adapter"):
+        elif name in ("group_by_product", "consistent", "parse", "facets", "total", "boost", "adapter", "regions"):
             flag = found[0].strip().lower()
             if flag not in FORM_TRUE | FORM_FALSE:
                 raise InvalidQuery(
@@ -232,6 +234,56 @@ async def search_image(request: Request, catalog: CatalogDep, principal: Princip
     except ValidationError as exc:
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from exc
     return await run_in_threadpool(_search, catalog, principal, {"image": image}, options)
+
+
+# what shop the look takes of the search's fields (each object is an image query of its crop)
+LOOK_OPTIONS = ("category", "price_min", "price_max", "k", "regions")
+# its form's schema: imgsearch.server.openapi._look_form
+_LOOK_BODY: dict[str, Any] = {"required": True, "content": {"multipart/form-data": {"schema": {"type": "object"}}}}
+
+
+def _look(
+    catalog: Catalog, principal: Principal, image: bytes, options: schemas.SearchOptions, objects: int
+) -> Response:
+    kwargs = {name: getattr(options, name) for name in LOOK_OPTIONS}
+    looks = catalog.search_look(image=image, tenant=tenant_of(principal, options.tenant), objects=objects, **kwargs)
+    found = [
+        {"box": look.box, "label": look.label, "score": look.score, "hits": [hit_json(h) for h in look.hits]}
+        for look in looks
+    ]
+    return JSONResponse({"objects": found})
+
+
+@router.post(
+    "/search/look",
+    response_model=schemas.LookResponse,
+    summary="Shop the look: a photo's objects, each searched",
+    openapi_extra={"requestBody": _LOOK_BODY},
+)
+async def search_look(request: Request, catalog: CatalogDep, principal: PrincipalDep) -> Response:
+    """A multipart `file` part is a photo of a scene: its objects (the catalog's detector's, else
+    its quarters and centre) are each searched with their crop; a detector's label that names a
+    category of the shop filters that object's hits. Filters come as form fields or one JSON `params` part."""
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "multipart/form-data":
+        raise HTTPException(415, f"send the photo as multipart/form-data with a `file` part, not {media_type!r}")
+    form = await request.form(max_files=2, max_fields=40)
+    files = form.getlist("file")
+    if len(files) != 1 or not isinstance(files[0], UploadFile):
+        raise InvalidInput(f"give exactly one `file` part, the photo (got {len(files)})")
+    image = await files[0].read()
+    values = _form_options(form, extra=("objects",))
+    objects = values.pop("objects", MAX_OBJECTS)
+    if isinstance(objects, str):
+        objects = _number(objects, "objects", int)
+    others = sorted(set(values) - {"tenant", *LOOK_OPTIONS})
+    if others:
+        raise InvalidQuery(f"shop the look takes {sorted(('objects', 'tenant', *LOOK_OPTIONS))}, not {others}")
+    try:
+        options = schemas.SearchOptions.model_validate(values)
+    except ValidationError as exc:
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from exc
+    return await run_in_threadpool(_look, catalog, principal, image, options, objects)
 
 
 @router.get("/categories", response_model=schemas.CategoriesResponse, summary="The catalog's categories")

@@ -174,6 +174,9 @@ function clearResults() {
   for (const url of state.thumbnails) URL.revokeObjectURL(url);
   state.thumbnails = [];
   $("results").replaceChildren();
+  $("looks").replaceChildren();
+  $("looks").hidden = true;
+  clearLookBoxes();
   $("pager").hidden = true;
   $("understood").hidden = true;
   $("facets-panel").hidden = true;
@@ -330,38 +333,7 @@ function render(result, params) {
   const hits = result.hits;
   clearResults();
   const grid = $("results");
-  const template = $("hit-template");
-  for (const hit of hits) {
-    const card = template.content.firstElementChild.cloneNode(true);
-    card.dataset.imageId = String(hit.image_id);
-    card.querySelector(".title").textContent = hit.title || hit.product_id;
-    card.querySelector(".brand").textContent = hit.brand || "";
-    card.querySelector(".product").textContent = hit.product_id;
-    card.querySelector(".tenant").textContent = hit.tenant;
-    if (!state.admin) {
-      card.querySelector(".tenant").remove();
-      card.querySelector(".tenant-label").remove();
-    }
-    card.querySelector(".category").textContent = hit.category ?? "–";
-    card.querySelector(".price").textContent = formatPrice(hit.price, hit.currency);
-    const match = percent(hit);
-    card.querySelector(".score").textContent = `${match}%`;
-    card.querySelector(".bar").style.width = `${match}%`;
-    card.querySelector(".relevance").setAttribute("aria-valuenow", String(match));
-    card.querySelector(".found-by").textContent = foundBy(hit.matched_by);
-    const probability = card.querySelector(".probability");
-    if (hit.probability === undefined || hit.probability === null) {
-      probability.remove();
-      card.querySelector(".probability-label").remove();
-    } else {
-      probability.textContent = hit.probability.toFixed(3);
-    }
-    const img = card.querySelector("img");
-    img.alt = `image ${hit.image_id} of product ${hit.product_id}`;
-    loadThumbnail(hit.image_id, img);
-    card.querySelector(".more").addEventListener("click", () => search({ similar_to: hit.image_id }));
-    grid.append(card);
-  }
+  for (const hit of hits) grid.append(hitCard(hit));
   const first = params.offset + 1;
   const of = result.total === null || result.total === undefined ? "" : ` of ${result.total}`;
   $("query-state").textContent = hits.length
@@ -373,6 +345,139 @@ function render(result, params) {
   $("prev").disabled = params.offset === 0;
   $("next").disabled = hits.length < params.k;
   $("page").textContent = `page ${Math.floor(params.offset / params.k) + 1}`;
+}
+
+// one hit's card; the region of its image that matched, when one did, drawn on its picture
+function hitCard(hit) {
+  const template = $("hit-template");
+  const card = template.content.firstElementChild.cloneNode(true);
+  card.dataset.imageId = String(hit.image_id);
+  card.querySelector(".title").textContent = hit.title || hit.product_id;
+  card.querySelector(".brand").textContent = hit.brand || "";
+  card.querySelector(".product").textContent = hit.product_id;
+  card.querySelector(".tenant").textContent = hit.tenant;
+  if (!state.admin) {
+    card.querySelector(".tenant").remove();
+    card.querySelector(".tenant-label").remove();
+  }
+  card.querySelector(".category").textContent = hit.category ?? "–";
+  card.querySelector(".price").textContent = formatPrice(hit.price, hit.currency);
+  const match = percent(hit);
+  card.querySelector(".score").textContent = `${match}%`;
+  card.querySelector(".bar").style.width = `${match}%`;
+  card.querySelector(".relevance").setAttribute("aria-valuenow", String(match));
+  card.querySelector(".found-by").textContent = foundBy(hit.matched_by);
+  const probability = card.querySelector(".probability");
+  if (hit.probability === undefined || hit.probability === null) {
+    probability.remove();
+    card.querySelector(".probability-label").remove();
+  } else {
+    probability.textContent = hit.probability.toFixed(3);
+  }
+  const img = card.querySelector("img");
+  img.alt = `image ${hit.image_id} of product ${hit.product_id}`;
+  loadThumbnail(hit.image_id, img);
+  if (Array.isArray(hit.region)) {
+    card.dataset.region = hit.region.join(",");
+    markRegion(hit, img, card.querySelector(".matched"));
+  }
+  card.querySelector(".more").addEventListener("click", () => search({ similar_to: hit.image_id }));
+  return card;
+}
+
+// the matched region as a share of the image: its stored size, upright as its thumbnail shows it
+async function markRegion(hit, img, mark) {
+  try {
+    const record = await (await api(`/v1/images/${hit.image_id}`)).json();
+    if (!img.complete || !img.naturalWidth) await new Promise((done) => img.addEventListener("load", done, { once: true }));
+    let [width, height] = [record.width, record.height];
+    if (!width || !height) return;
+    if ((width > height) !== (img.naturalWidth > img.naturalHeight) && width !== height) [width, height] = [height, width];
+    // the picture fills the square card's longer side, centred (object-fit: contain)
+    const side = Math.max(img.naturalWidth, img.naturalHeight);
+    const [fw, fh] = [img.naturalWidth / side, img.naturalHeight / side];
+    const [x0, y0, x1, y1] = hit.region;
+    mark.style.left = `${100 * ((1 - fw) / 2 + (fw * x0) / width)}%`;
+    mark.style.top = `${100 * ((1 - fh) / 2 + (fh * y0) / height)}%`;
+    mark.style.width = `${(100 * fw * (x1 - x0)) / width}%`;
+    mark.style.height = `${(100 * fh * (y1 - y0)) / height}%`;
+    mark.title = `matched by the region ${hit.region.join(", ")}`;
+    mark.hidden = false;
+  } catch (error) {
+    // no record to scale by: the card shows the whole image, as for a whole-image match
+  }
+}
+
+// -- shop the look -----------------------------------------------------------------------------
+
+async function shopTheLook() {
+  if (!state.query || state.query.image === undefined) return;
+  if (!state.key) { showError(new Error("Enter an API key first.")); return; }
+  showError(null);
+  let params;
+  try { params = options(); } catch (error) { showError(error); return; }
+  const turn = ++state.searches;
+  const photo = state.query.image;
+  const body = new FormData();
+  body.append("file", photo);
+  const fields = { k: Math.min(params.k, 12) };
+  for (const name of ["category", "price_min", "price_max"]) if (params[name] !== undefined) fields[name] = params[name];
+  body.append("params", JSON.stringify(fields));
+  $("query-state").textContent = `Finding the objects of ${describe({ image: photo })}…`;
+  try {
+    const answer = await (await api("/v1/search/look", { method: "POST", body })).json();
+    if (turn !== state.searches) return;
+    renderLooks(answer.objects, photo);
+  } catch (error) {
+    if (turn !== state.searches) return;
+    clearResults();
+    $("query-state").textContent = `Shop the look of ${describe({ image: photo })} failed.`;
+    showError(error);
+  }
+}
+
+function clearLookBoxes() {
+  for (const old of document.querySelectorAll(".look-box")) old.remove();
+}
+
+function renderLooks(objects, photo) {
+  clearResults();
+  const image = $("query-image");
+  const looks = $("looks");
+  objects.forEach((object, i) => {
+    const name = object.label ? `${object.label}${object.score === null ? "" : ` ${Math.round(object.score * 100)}%`}` : `part ${i + 1}`;
+    const mark = document.createElement("button");
+    mark.type = "button";
+    mark.className = "look-box";
+    const [x0, y0, x1, y1] = object.box;
+    mark.style.left = `${(100 * x0) / image.naturalWidth}%`;
+    mark.style.top = `${(100 * y0) / image.naturalHeight}%`;
+    mark.style.width = `${(100 * (x1 - x0)) / image.naturalWidth}%`;
+    mark.style.height = `${(100 * (y1 - y0)) / image.naturalHeight}%`;
+    mark.setAttribute("aria-label", `search ${name} again (${object.box.join(", ")})`);
+    const tag = document.createElement("span");
+    tag.textContent = String(i + 1);
+    mark.append(tag);
+    mark.addEventListener("pointerdown", (event) => event.stopPropagation()); // not a drawn region
+    mark.addEventListener("click", (event) => {
+      event.stopPropagation();
+      clearLookBoxes();
+      showRegion(object.box);
+      search({ image: photo, box: object.box });
+    });
+    $("frame").append(mark);
+    const title = document.createElement("h3");
+    title.textContent = `${i + 1}. ${name}: ${object.hits.length} results`;
+    const grid = document.createElement("div");
+    grid.className = "grid look";
+    grid.dataset.box = object.box.join(",");
+    for (const hit of object.hits) grid.append(hitCard(hit));
+    looks.append(title, grid);
+  });
+  looks.hidden = false;
+  $("query-state").textContent = objects.length
+    ? `${objects.length} objects in ${describe({ image: photo })}: click one to search it again`
+    : `No objects found in ${describe({ image: photo })}`;
 }
 
 async function loadThumbnail(imageId, img) {
@@ -507,6 +612,7 @@ function wireRegion() {
     showRegion(box);
     search({ image: state.query.image, box });
   });
+  $("look").addEventListener("click", shopTheLook);
   $("whole").addEventListener("click", () => {
     showRegion(null);
     search({ image: state.query.image });

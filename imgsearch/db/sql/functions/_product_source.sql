@@ -18,10 +18,10 @@ BEGIN
         RAISE EXCEPTION 'tenant % has no product %', quote_literal(p_tenant), quote_literal(p_product_id)
             USING ERRCODE = 'no_data_found';
     END IF;
-    -- the unit mean of the product's images, as the library computes it
+    -- the unit mean of the product's images (their whole rows), as the library computes it
     SELECT l2_normalize(avg(l2_normalize(e.embedding::vector)))::halfvec INTO source
         FROM imgsearch.embeddings e
-        WHERE e.model_id = model AND e.tenant = p_tenant AND e.product_pk = pk;
+        WHERE e.model_id = model AND e.tenant = p_tenant AND e.product_pk = pk AND e.region = 0;
     IF source IS NULL THEN
         RAISE EXCEPTION 'product % of tenant % has no embedded image yet',
             quote_literal(p_product_id), quote_literal(p_tenant) USING ERRCODE = 'no_data_found';

@@ -11,7 +11,8 @@ DECLARE
 BEGIN
     -- the model read first: a function called in a query Citus sends to the shards can't read the cluster
     SELECT e.embedding INTO source FROM imgsearch.embeddings e
-        WHERE e.model_id = model AND e.image_id = p_image_id AND (p_tenant IS NULL OR e.tenant = p_tenant);
+        WHERE e.model_id = model AND e.image_id = p_image_id AND e.region = 0
+          AND (p_tenant IS NULL OR e.tenant = p_tenant);
     IF source IS NULL THEN
         RAISE EXCEPTION 'no embedded image with id %', p_image_id USING ERRCODE = 'no_data_found';
     END IF;

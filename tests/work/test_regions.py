@@ -1,0 +1,193 @@
+"""Region rows: written by the workers with the whole image, backfilled, copied to a product that
+links the image, deleted when a rule goes off; searches rank an image by its best row, exactly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy import text
+
+from imgsearch import Catalog
+from imgsearch.errors import InvalidQuery, InvalidRegions
+from imgsearch.work import pipeline
+from tests.helpers import image_bytes
+
+
+def drain(catalog: Catalog) -> Any:
+    return pipeline.drain(
+        catalog.engine, lambda model: catalog.embedder, batch_size=8, lease_seconds=60,
+        downloads=catalog.settings.downloads(), progress=False,
+    )  # fmt: skip
+
+
+def rows(catalog: Catalog) -> list[Any]:
+    with catalog.engine.connect() as conn:
+        return conn.execute(
+            text(
+                "SELECT image_id, product_pk, region, box, category, embedding::text AS v "
+                "FROM imgsearch.embeddings ORDER BY image_id, product_pk, region"
+            )
+        ).all()
+
+
+def vector(row: Any) -> np.ndarray:
+    v = np.array(row.v.strip("[]").split(","), dtype=np.float64)
+    return v / np.linalg.norm(v)
+
+
+def test_workers_write_an_images_regions_with_it(database_url: str, tiny_siglip: Path) -> None:
+    with Catalog.open(database_url, model=str(tiny_siglip)) as catalog:
+        rule = catalog.regions.set(grid=2)
+        assert (rule.source, rule.grid, rule.max_regions) == ("grid", 2, 5)
+        catalog.add(image_bytes(1, (60, 40)), tenant="acme", product_id="a", category="tees")
+        catalog.add(image_bytes(2, (40, 40)), tenant="acme", product_id="b", category="bags")
+        assert drain(catalog).ready == 2
+        found = rows(catalog)
+        assert [(r.region, r.box) for r in found[:6]] == [
+            (0, None), (1, [0, 0, 30, 20]), (2, [30, 0, 60, 20]), (3, [0, 20, 30, 40]), (4, [30, 20, 60, 40]),
+            (5, [15, 10, 45, 30]),
+        ]  # fmt: skip
+        assert len(found) == 12 and {r.category for r in found} == {"tees", "bags"}
+        assert catalog.regions.counts() == {"images": 2, "rows": 10}
+        # the same bytes linked to another product: its rows come with the regions
+        catalog.add(image_bytes(1, (60, 40)), tenant="acme", product_id="c", category="sale")
+        assert len(rows(catalog)) == 18
+        assert {r.category for r in rows(catalog) if r.region > 0} == {"tees", "bags", "sale"}
+
+
+def test_a_search_ranks_each_image_by_its_best_row_exactly(database_url: str, tiny_siglip: Path) -> None:
+    with Catalog.open(database_url, model=str(tiny_siglip)) as catalog:
+        catalog.regions.set(grid=2)
+        for i in range(12):
+            catalog.add(image_bytes(i, (48, 32)), tenant="acme", product_id=f"p{i}", category="a" if i % 2 else "b")
+        drain(catalog)
+        stored = rows(catalog)
+        target = next(r for r in stored if r.region == 3 and r.image_id == stored[-1].image_id)
+        query = vector(target)
+        margin = catalog.settings.region_margin
+        assert margin > 0
+        for filters in ({}, {"category": "a"}, {"tenant": "acme", "price_max": None}):
+            hits = catalog.search(vector=query.tolist(), k=5, **filters)
+            ids = [h.image_id for h in hits]
+            assert len(ids) == len(set(ids)) == 5  # each image once
+            best: dict[int, tuple[float, float]] = {}  # (placed, distance) of each image's best row
+            for r in stored:
+                if filters.get("category") in (None, r.category):
+                    distance = 1 - float(vector(r) @ query)
+                    placed = (distance + (margin if r.region else 0.0), distance)
+                    best[r.image_id] = min(best.get(r.image_id, (9.0, 9.0)), placed)
+            assert ids == sorted(best, key=best.__getitem__)[:5]  # max-sim with the margin, the exact top 5
+            for hit in hits:
+                assert hit.distance == pytest.approx(best[hit.image_id][1], abs=2e-3)
+        top = catalog.search(vector=query.tolist(), k=3)[0]
+        assert (top.image_id, top.region) == (target.image_id, target.box)
+        whole = catalog.search(vector=query.tolist(), k=12, regions=False)
+        assert {h.region for h in whole} == {None} and len(whole) == 12
+        wholes = {r.image_id: 1 - float(vector(r) @ query) for r in stored if r.region == 0}
+        assert [h.image_id for h in whole] == sorted(wholes, key=wholes.__getitem__)
+        paged = catalog.search(vector=query.tolist(), k=4, offset=4)
+        assert [h.image_id for h in paged] == sorted(best, key=best.__getitem__)[4:8]
+        assert (paged[0].region is None) == (best[paged[0].image_id][0] == best[paged[0].image_id][1])
+        grouped = catalog.search(vector=query.tolist(), k=4, group_by_product=True)
+        assert [h.image_id for h in grouped] == sorted(best, key=best.__getitem__)[:4]  # one image a product
+        with pytest.raises(InvalidQuery, match="regions must be"):
+            catalog.search(vector=query.tolist(), regions="yes")  # type: ignore[arg-type]
+
+
+def test_backfill_adds_regions_to_stored_images_and_off_removes_them(database_url: str, tiny_siglip: Path) -> None:
+    with Catalog.open(database_url, model=str(tiny_siglip)) as catalog:
+        for i in range(5):
+            catalog.add(image_bytes(i, (40, 40)), tenant="acme", product_id=f"p{i}", category="tees" if i < 3 else "bags")
+        drain(catalog)
+        assert len(rows(catalog)) == 5
+        catalog.regions.set(grid=2, category="tees")  # the catalog's rule stays off
+        done = catalog.regions.backfill(batch_size=2)
+        assert (done.images, done.rows) == (3, 15)
+        assert catalog.regions.backfill().images == 0  # nothing left to do
+        catalog.regions.set(grid=3)
+        catalog.regions.backfill()
+        assert catalog.regions.counts() == {"images": 5, "rows": 3 * 5 + 2 * 18}
+        catalog.regions.set(off=True, category="tees")
+        assert catalog.regions.counts() == {"images": 2, "rows": 36}
+        catalog.regions.set(off=True)
+        assert catalog.regions.counts() == {"images": 0, "rows": 0}
+        assert len(rows(catalog)) == 5
+
+
+@pytest.mark.parametrize(
+    ("how", "named"),
+    [
+        ({}, "one of grid, detector or off"),
+        ({"grid": 2, "off": True}, "one of grid, detector or off"),
+        ({"grid": 9}, "grid must be"),
+        ({"grid": "3"}, "grid must be"),
+        ({"grid": 2, "max_regions": 100}, "max_regions"),
+        ({"grid": 2, "category": ""}, "category"),
+    ],
+)
+def test_bad_region_settings_are_refused_and_change_nothing(
+    database_url: str, tiny_siglip: Path, how: dict[str, Any], named: str
+) -> None:
+    with Catalog.open(database_url, model=str(tiny_siglip)) as catalog:
+        with pytest.raises(InvalidRegions, match=named):
+            catalog.regions.set(**how)
+        assert catalog.regions.rules() == {}
+
+
+def test_a_category_named_like_an_injection_is_a_value(database_url: str, tiny_siglip: Path) -> None:
+    with Catalog.open(database_url, model=str(tiny_siglip)) as catalog:
+        name = "x'); DROP TABLE imgsearch.products; --"
+        catalog.regions.set(grid=2, category=name)
+        assert list(catalog.regions.rules()) == [name]
+        assert catalog.categories() == []  # products is still there
+
+
+def test_shop_the_look_without_a_detector_searches_the_quarters_and_centre(
+    database_url: str, tiny_siglip: Path
+) -> None:
+    with Catalog.open(database_url, model=str(tiny_siglip)) as catalog:
+        for i in range(6):
+            catalog.add(image_bytes(i, (32, 32)), tenant="acme", product_id=f"p{i}")
+        drain(catalog)
+        looks = catalog.search_look(image=image_bytes(99, (64, 48)), tenant="acme", k=3)
+        assert [look.box for look in looks] == [
+            [0, 0, 32, 24], [32, 0, 64, 24], [0, 24, 32, 48], [32, 24, 64, 48], [16, 12, 48, 36],
+        ]  # fmt: skip
+        assert all(look.label is None and look.score is None and len(look.hits) == 3 for look in looks)
+        assert len(catalog.search_look(image=image_bytes(99, (64, 48)), objects=2)) == 2
+        with pytest.raises(InvalidQuery, match="objects must be"):
+            catalog.search_look(image=image_bytes(99), objects=0)
+
+
+def test_a_detectors_boxes_become_regions_and_name_the_shops_categories(
+    database_url: str, tiny_siglip: Path, tiny_yolos: Path
+) -> None:
+    from imgsearch.embed.regions import Detector, Rule, kept_boxes
+
+    picture = image_bytes(7, (80, 60))
+    with Catalog.open(database_url, model=str(tiny_siglip)) as catalog:
+        rule = catalog.regions.set(detector=str(tiny_yolos), min_score=0.2, min_area=0.05)
+        found = Detector(str(tiny_yolos)).detect(catalog.embedder.decode(picture), rule)
+        assert found and all(f.label in ("mugs", "bags", "caps") and f.score >= 0.2 for f in found)
+        boxes = [f.box for f in found]
+        assert all(0 <= x0 < x1 <= 80 and 0 <= y0 < y1 <= 60 for x0, y0, x1, y1 in boxes)
+        catalog.add(picture, tenant="acme", product_id="a", category="mugs")
+        catalog.add(image_bytes(8, (40, 40)), tenant="acme", product_id="b", category="bags")
+        drain(catalog)
+        stored = rows(catalog)
+        assert [tuple(r.box) for r in stored if r.region > 0 and r.category == "mugs"] == boxes
+        # the tiny detector's ten boxes overlap: merged into fewer by NMS
+        _, model, _ = Detector(str(tiny_yolos)).load()
+        assert len(boxes) < model.config.num_detection_tokens
+        # none reaches a higher score: no regions, whatever else the image holds
+        assert kept_boxes([(0, 0, 80, 60)], [f.score for f in found][:1], 80, 60, Rule("detector", detector="x", min_score=0.9)) == []
+        looks = catalog.search_look(image=picture, tenant="acme", k=5)
+        assert [look.box for look in looks] == [list(b) for b in boxes]
+        for look in looks:  # a label naming a category of the shop filters its hits
+            assert look.label in ("mugs", "bags", "caps")
+            assert {h.category for h in look.hits} <= ({look.label} if look.label in ("mugs", "bags") else {"mugs", "bags"})
+        with pytest.raises(InvalidRegions, match="cannot load the detector"):
+            catalog.regions.set(detector=str(tiny_siglip))  # a checkpoint, but not a detector's
