@@ -202,6 +202,14 @@ def tiny_yolos(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_owlv2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny OWLv2 open-vocabulary detector (each patch proposes its prior box)."""
+    from tests.tiny_models import build_tiny_owlv2
+
+    return build_tiny_owlv2(tmp_path_factory.mktemp("tiny-owlv2"))
+
+
+@pytest.fixture(scope="session")
 def tiny_dinov2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny DINOv2 backbone (32-d, 32x32 input): image only."""
     from tests.tiny_models import build_tiny_dino

@@ -175,3 +175,41 @@ def test_a_shops_reads_go_to_its_node_alone(citus_cluster: CitusCluster, tiny_si
                 conn.exec_driver_sql("SET LOCAL plan_cache_mode = force_custom_plan")  # as run: planned for its values
                 plan = "\n".join(row[0] for row in conn.exec_driver_sql("EXPLAIN " + statement, params))
             assert "Task Count: 1\n" in plan + "\n", f"not routed to one node:\n{statement}\n{plan}"
+
+
+def test_regions_on_a_cluster_as_on_one_node(
+    citus_cluster: CitusCluster, server_url: str, template_db: str, tiny_siglip: Path
+) -> None:
+    """A grid rule, the workers' drain, a backfill after a second rule, and searches ranking images
+    by their best region: the same on a distributed catalog as on one node."""
+
+    def story(catalog: Catalog) -> list[Any]:
+        catalog.regions.set(grid=2, category="shoes")
+        for i in range(4):
+            catalog.add(image=jpeg(i), tenant=TENANTS[i % 2], product_id=f"s{i}", category="shoes")
+            catalog.add(image=jpeg(10 + i), tenant=TENANTS[i % 2], product_id=f"b{i}", category="bags")
+        drained = _drain(catalog)
+        counts = catalog.regions.counts()
+        catalog.regions.set(grid=2)
+        done = catalog.regions.backfill()
+        from imgsearch.embed.regions import grid_boxes
+        from imgsearch.ingest.images import crop
+
+        photo = jpeg(2)
+        width, height = catalog.embedder.decode(photo).size
+        query = catalog.embedder.embed_image(crop(photo, grid_boxes(width, height, 2)[0], catalog.limits))
+        found = [
+            [(h.product_id, h.region) for h in catalog.search(vector=query, tenant=tenant, k=4, regions=regions)]
+            for tenant in TENANTS[:2] for regions in (True, False)
+        ]  # fmt: skip
+        look = [(o.box, [h.product_id for h in o.hits]) for o in catalog.search_look(image=jpeg(3), tenant="acme", k=2)]
+        return [drained, counts, (done.images, done.rows), found, look]
+
+    settings = Settings(model=str(tiny_siglip))
+    with Catalog.open(citus_cluster.create_catalog("citus_regions"), settings=settings) as catalog:
+        cluster = story(catalog)
+    with Catalog.open(new_database(server_url, template_db), settings=settings) as catalog:
+        single = story(catalog)
+    assert cluster == single
+    assert single[:3] == [(8, 0), {"images": 4, "rows": 20}, (4, 20)]
+    assert any(region is not None for hits in single[3] for _, region in hits)

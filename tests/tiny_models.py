@@ -229,3 +229,39 @@ def build_tiny_yolos(path: Path, *, labels: tuple[str, ...] = ("mugs", "bags", "
     YolosForObjectDetection(config).eval().save_pretrained(path)
     YolosImageProcessorPil(size={"shortest_edge": 64, "longest_edge": 64}).save_pretrained(path)
     return path
+
+
+def build_tiny_owlv2(path: Path, *, seed: int = 0) -> Path:
+    """A tiny OWLv2 (open-vocabulary detection: boxes for names, or by objectness), 64 px input in
+    a 4 x 4 grid of patches, with a CLIP tokenizer and OWLv2's PIL image processor. Its box head's
+    last layer is zero, so each patch proposes the box OWLv2's prior gives it (random weights would
+    propose boxes of no area); its scores are the random weights'."""
+    import torch
+    from transformers import (
+        CLIPTokenizer,
+        Owlv2Config,
+        Owlv2ForObjectDetection,
+        Owlv2ImageProcessorPil,
+        Owlv2Processor,
+    )
+
+    path.mkdir(parents=True, exist_ok=True)
+    symbols = _byte_symbols()
+    vocab_list = symbols + [s + "</w>" for s in symbols] + ["<|startoftext|>", "<|endoftext|>"]
+    tokenizer = CLIPTokenizer(vocab={tok: i for i, tok in enumerate(vocab_list)}, merges=[])
+    Owlv2Processor(image_processor=Owlv2ImageProcessorPil(size={"height": 64, "width": 64}), tokenizer=tokenizer).save_pretrained(path)
+    torch.manual_seed(seed)
+    small = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
+    config = Owlv2Config(
+        text_config={**small, "vocab_size": len(vocab_list), "max_position_embeddings": 16,
+                     "bos_token_id": len(vocab_list) - 2, "eos_token_id": len(vocab_list) - 1,
+                     "pad_token_id": len(vocab_list) - 1},
+        vision_config={**small, "image_size": 64, "patch_size": 16},
+        projection_dim=32,
+    )  # fmt: skip
+    model = Owlv2ForObjectDetection(config).eval()
+    with torch.no_grad():
+        model.box_head.dense2.weight.zero_()
+        model.box_head.dense2.bias.zero_()
+    model.save_pretrained(path)
+    return path

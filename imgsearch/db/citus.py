@@ -59,7 +59,7 @@ KEYS = (
     ("products", "products_pkey", "PRIMARY KEY", "id, tenant"),
     ("images", "images_pkey", "PRIMARY KEY", "id, tenant"),
     ("image_products", "image_products_pkey", "PRIMARY KEY", "image_id, product_pk, tenant"),
-    ("embeddings", "embeddings_pkey", "PRIMARY KEY", "model_id, image_id, product_pk, region, tenant"),
+    ("embeddings", "embeddings_pkey", "PRIMARY KEY", "image_id, product_pk, model_id, region, tenant"),
     ("boosts", "boosts_pkey", "PRIMARY KEY", "product_pk, query_norm, tenant"),
     ("query_adapters", "query_adapters_pkey", "PRIMARY KEY", "id, tenant"),
     ("query_adapter_rows", "query_adapter_rows_pkey", "PRIMARY KEY", 'adapter_id, "row", tenant'),

@@ -30,6 +30,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     Numeric,
+    PrimaryKeyConstraint,
     SmallInteger,
     String,
     Text,
@@ -285,6 +286,8 @@ class Embedding(Base):
         ),
         # a zero vector has no direction: its cosine distances are NaN (migration 0017)
         CheckConstraint("l2_norm(embedding) > 0", name="not_zero"),
+        # an image's rows together (migration 0040)
+        PrimaryKeyConstraint("image_id", "product_pk", "model_id", "region", name="embeddings_pkey"),
         # a region's box, a whole image's none (migration 0040)
         CheckConstraint(
             "region >= 0 AND (region = 0) = (box IS NULL) AND (box IS NULL OR cardinality(box) = 4)",
@@ -301,14 +304,12 @@ class Embedding(Base):
         Index("embeddings_tenant_category_price_idx", "model_id", "tenant", "category", "price_units"),
     )
 
-    model_id: Mapped[int] = mapped_column(
-        SmallInteger, ForeignKey("models.id", ondelete="CASCADE"), primary_key=True
-    )
-    image_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    product_pk: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    model_id: Mapped[int] = mapped_column(SmallInteger, ForeignKey("models.id", ondelete="CASCADE"))
+    image_id: Mapped[int] = mapped_column(BigInteger)
+    product_pk: Mapped[int] = mapped_column(BigInteger)
     # 0: the whole image; 1, 2, ...: its regions, each with its box [x0, y0, x1, y1] in the
     # image's pixels (migration 0040, imgsearch.embed.regions)
-    region: Mapped[int] = mapped_column(SmallInteger, primary_key=True, server_default=text("0"))
+    region: Mapped[int] = mapped_column(SmallInteger, server_default=text("0"))
     box: Mapped[list[int] | None] = mapped_column(ARRAY(Integer))
     tenant: Mapped[str] = mapped_column(Text)
     # copies of the product's filter columns, kept by triggers (migration 0004), so a filtered

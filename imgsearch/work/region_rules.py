@@ -88,10 +88,11 @@ def any_on(conn: Connection) -> bool:
     return bool(conn.execute(text("SELECT EXISTS (SELECT 1 FROM imgsearch.region_rules WHERE source <> 'off')")).scalar())
 
 
+# each image's products' categories (a join in the tenant: on a Citus cluster, on each shop's node)
 _CATEGORIES = text(
-    "SELECT DISTINCT ON (l.image_id) l.image_id, p.category FROM imgsearch.image_products l "
+    "SELECT l.image_id, l.product_pk, p.category FROM imgsearch.image_products l "
     "JOIN imgsearch.products p ON p.id = l.product_pk AND p.tenant = l.tenant "
-    "WHERE l.image_id = ANY(:ids) ORDER BY l.image_id, l.product_pk"
+    "WHERE l.image_id = ANY(:ids)"
 ).bindparams(bindparam("ids", type_=ARRAY(BigInteger())))
 
 
@@ -113,10 +114,15 @@ def rules_for_images(conn: Connection, image_ids: Sequence[int]) -> dict[int, Ru
     if not image_ids or not any(rule.on for rule in rules.values()):
         return {}
     catalog = rules.get(CATALOG, OFF)
-    found: dict[int, Rule] = {}
+    first: dict[int, tuple[int, str | None]] = {}  # each image's first product's category
     for row in conn.execute(_CATEGORIES, {"ids": sorted(set(image_ids))}):
-        rule = rules.get(row.category, catalog) if row.category is not None else catalog
+        image_id = int(row.image_id)
+        if image_id not in first or int(row.product_pk) < first[image_id][0]:
+            first[image_id] = (int(row.product_pk), row.category)
+    found: dict[int, Rule] = {}
+    for image_id, (_, category) in first.items():
+        rule = catalog if category is None else rules.get(category, catalog)
         if rule.on:
-            found[int(row.image_id)] = rule
+            found[image_id] = rule
     return found
 

@@ -133,8 +133,10 @@ _WAITING = text(
     ORDER BY i.id LIMIT :n
     """
 )
+# a tenant's at a time: Citus locks rows only in a statement of one tenant
 _LOCK = text(
-    "SELECT id FROM imgsearch.images WHERE id = ANY(:ids) AND state = 'ready' ORDER BY id FOR UPDATE"
+    "SELECT id FROM imgsearch.images WHERE tenant = :tenant AND id = ANY(:ids) AND state = 'ready' "
+    "ORDER BY id FOR UPDATE"
 ).bindparams(bindparam("ids", type_=ARRAY(BigInteger())))
 
 
@@ -166,7 +168,11 @@ def backfill(
         regions = embed_regions(embedder, {i: rules[i] for i in datas}, datas)
         with engine.begin() as conn:
             tenancy.run_as_worker(conn)
-            held = set(conn.execute(_LOCK, {"ids": sorted(regions)}).scalars())
+            tenant_of = {int(r.id): str(r.tenant) for r in wanted}
+            held: set[int] = set()
+            for tenant in sorted({tenant_of[i] for i in regions}):
+                ids = sorted(i for i in regions if tenant_of[i] == tenant)
+                held.update(conn.execute(_LOCK, {"tenant": tenant, "ids": ids}).scalars())
             kept = {i: found_ for i, found_ in regions.items() if i in held and found_}
             done.rows += replace_regions(conn, model.id, kept)
             done.images += len(kept)

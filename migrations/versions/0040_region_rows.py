@@ -28,14 +28,15 @@ down_revision: str | None = "0039"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# one subcommand a statement: Citus runs no ADD CONSTRAINT beside others on a distributed table
-COLUMNS = """
-ALTER TABLE imgsearch.embeddings ADD COLUMN region smallint NOT NULL DEFAULT 0;
-ALTER TABLE imgsearch.embeddings ADD COLUMN box integer[];
-ALTER TABLE imgsearch.embeddings ADD CONSTRAINT embeddings_region_box_check CHECK (
+# one subcommand a statement, each sent alone: Citus runs no ADD CONSTRAINT beside others on a
+# distributed table, and propagates a DDL statement with the whole query string it came in
+COLUMNS = (
+    "ALTER TABLE imgsearch.embeddings ADD COLUMN region smallint NOT NULL DEFAULT 0",
+    "ALTER TABLE imgsearch.embeddings ADD COLUMN box integer[]",
+    """ALTER TABLE imgsearch.embeddings ADD CONSTRAINT embeddings_region_box_check CHECK (
     region >= 0 AND (region = 0) = (box IS NULL) AND (box IS NULL OR cardinality(box) = 4)
-);
-"""
+)""",
+)
 
 RULES = """
 CREATE TABLE imgsearch.region_rules (
@@ -57,6 +58,7 @@ CREATE TABLE imgsearch.region_rules (
 );
 """
 
+# each function alone: Citus sends a distributed function's whole query string to its workers
 SOURCES = r"""
 CREATE OR REPLACE FUNCTION imgsearch._similar_source(p_image_id bigint, p_tenant text)
  RETURNS halfvec
@@ -160,25 +162,36 @@ $function$;
 
 
 def _key(distributed: bool, region: bool) -> None:
-    """The embeddings' primary key, with ``region`` or without (on a Citus cluster: the tenant last)."""
-    columns = "model_id, image_id, product_pk" + (", region" if region else "") + (", tenant" if distributed else "")
+    """The embeddings' primary key, with ``region`` or without (on a Citus cluster: the tenant last).
+    With regions it leads with the image (an image's rows together; a search's ``model_id = ...``
+    is served by the filter indexes, not by a key of every row)."""
+    columns = "image_id, product_pk, model_id, region" if region else "model_id, image_id, product_pk"
+    columns += ", tenant" if distributed else ""
     op.execute("ALTER TABLE imgsearch.embeddings DROP CONSTRAINT embeddings_pkey")
     op.execute(f"ALTER TABLE imgsearch.embeddings ADD CONSTRAINT embeddings_pkey PRIMARY KEY ({columns})")
 
 
 def upgrade() -> None:
     conn = op.get_bind()
-    definitions.run(conn, COLUMNS)
+    for statement in COLUMNS:
+        op.execute(statement)
     _key(citus.is_distributed(conn), region=True)
     definitions.run(conn, RULES)
     op.execute("REVOKE ALL ON imgsearch.region_rules FROM PUBLIC")
     op.execute("GRANT SELECT ON imgsearch.region_rules TO imgsearch_worker, imgsearch_admin, imgsearch_app")
-    definitions.run(conn, SOURCES)
+    for function in _each(SOURCES):
+        definitions.run(conn, function)
+
+
+def _each(functions: str) -> list[str]:
+    """The definitions of ``functions``, one by one."""
+    return [f"CREATE OR REPLACE FUNCTION{part}" for part in functions.split("CREATE OR REPLACE FUNCTION")[1:]]
 
 
 def downgrade() -> None:
     conn = op.get_bind()
-    definitions.run(conn, PREVIOUS_SOURCES)
+    for function in _each(PREVIOUS_SOURCES):
+        definitions.run(conn, function)
     op.execute("DROP TABLE imgsearch.region_rules")
     op.execute("DELETE FROM imgsearch.embeddings WHERE region <> 0")
     _key(citus.is_distributed(conn), region=False)

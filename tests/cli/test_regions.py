@@ -46,6 +46,6 @@ def test_regions_mistakes_are_one_line(database_url: str, tiny_siglip: Path) -> 
     score = run_cli("regions", "set", "--detector", "x", "--min-score", "1.5", **env)
     assert score.returncode == 2 and "must be from 0 to 1" in score.stderr
     missing = run_cli("regions", "set", "--detector", "/nowhere/detector", **env)
-    assert missing.returncode == 1 and "cannot load the detector '/nowhere/detector'" in missing.stderr
+    assert missing.returncode == 2 and "cannot load the detector '/nowhere/detector'" in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1
     assert "regions: off" in run_cli("regions", "show", **env).stdout  # nothing was set

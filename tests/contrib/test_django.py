@@ -30,6 +30,6 @@ def test_django_test_project_passes(server_url: str, tiny_siglip: Path) -> None:
     )
     report = run.stdout + run.stderr
     assert run.returncode == 0, report
-    assert "Ran 8 tests" in report and "\nOK" in report, report
+    assert "Ran 9 tests" in report and "\nOK" in report, report
     assert "Applying imgsearch.0001_initial... OK" in report  # migrate ran imgsearch's schema
     assert "skipped" not in report

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from imgsearch.embed.regions import Rule, grid_boxes, grid_size, iou, kept_boxes, suppress
@@ -56,3 +58,23 @@ def test_a_rule_drops_weak_small_and_outside_boxes_and_caps_the_rest() -> None:
 def test_bad_rules_are_named(fields: dict[str, object], named: str) -> None:
     with pytest.raises(InvalidRegions, match=named):
         Rule(**fields)  # type: ignore[arg-type]
+
+
+def test_an_open_vocabulary_detector_names_the_shops_labels_or_ranks_by_objectness(tiny_owlv2: Path) -> None:
+    from PIL import Image
+
+    from imgsearch.embed.regions import Detector
+
+    picture = Image.new("RGB", (80, 60), (200, 10, 10))  # padded to 80 x 80 for the model
+    named = Rule("detector", detector=str(tiny_owlv2), labels=("mugs", "bags"), min_score=0.0, min_area=0.01, max_regions=64)
+    found = Detector(str(tiny_owlv2)).detect(picture, named)
+    assert found and {f.label for f in found} <= {"mugs", "bags"}
+    assert all(0 <= x0 < x1 <= 80 and 0 <= y0 < y1 <= 60 for x0, y0, x1, y1 in (f.box for f in found))
+    assert all(iou(a.box, b.box) <= 0.5 for i, a in enumerate(found) for b in found[i + 1 :])
+    assert [f.score for f in found] == sorted((f.score for f in found), reverse=True)
+    anything = Rule("detector", detector=str(tiny_owlv2), min_score=0.0, min_area=0.01, max_regions=3)
+    objects = Detector(str(tiny_owlv2)).detect(picture, anything)
+    assert len(objects) == 3 and {f.label for f in objects} == {"object"}
+    # the boxes past the picture's bottom (the model's padding) are not regions of it
+    everything = Detector(str(tiny_owlv2)).detect(picture, Rule("detector", detector="x", min_score=0.0, min_area=0.0, max_regions=64))
+    assert len(everything) == 12 and max(f.box[3] for f in everything) == 60

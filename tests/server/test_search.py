@@ -101,7 +101,7 @@ def test_vector_search_equals_the_library(
     for hit in response.json()["hits"]:
         assert set(hit) == {
             "image_id", "product_id", "tenant", "category", "price", "currency", "title", "brand",
-            "distance", "score", "matched_by",
+            "distance", "score", "matched_by", "region",
         }  # fmt: skip
         assert hit["tenant"] == tenant
         assert abs(hit["score"] - (1 - hit["distance"])) < 1e-9

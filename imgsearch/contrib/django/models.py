@@ -188,17 +188,29 @@ class ImageProduct(models.Model):
         db_table = 'imgsearch"."image_products'
 
 
+class WholeImages(models.Manager["Embedding"]):
+    """Whole images' rows: one per (model, image, product), the key's rows (regions: ``all_rows``)."""
+
+    def get_queryset(self) -> models.QuerySet[Embedding]:
+        return super().get_queryset().filter(region=0)
+
+
 class Embedding(models.Model):
     """An image's embedding under one model, a row per product the image belongs to (composite
-    key: model, image, product)."""
+    key: model, image, product). ``objects`` reads whole images; ``all_rows`` their regions' rows
+    too (``region`` 1, 2, ...; imgsearch's migration 0040)."""
 
     pk = models.CompositePrimaryKey("model_id", "image_id", "product_id")
     model = models.ForeignKey(EmbeddingModel, models.DO_NOTHING)
     image = models.ForeignKey(Image, models.DO_NOTHING, related_name="embeddings")
     product = models.ForeignKey(Product, models.DO_NOTHING, db_column="product_pk", related_name="+")
     tenant = models.TextField()
+    region = models.SmallIntegerField(default=0)
     embedding = UnitHalfVectorField()
     created_at = models.DateTimeField()
+
+    objects = WholeImages()
+    all_rows = models.Manager()
 
     class Meta:
         managed = False

@@ -69,6 +69,20 @@ class SearchTests(TestCase):
         stored = Embedding.objects.get(image_id=self.ids[0], model=active)
         self.assertEqual(np.asarray(stored.embedding, dtype=np.float32).shape, (self.dim,))
 
+    def test_embeddings_read_whole_images_and_all_rows_reads_their_regions(self) -> None:
+        stored = Embedding.objects.get(image_id=self.ids[1], model__active=True)
+        with connection.cursor() as cursor:  # a region row of that image, as a worker writes one
+            cursor.execute(
+                "INSERT INTO imgsearch.embeddings (model_id, image_id, product_pk, tenant, region, box, embedding) "
+                "SELECT model_id, image_id, product_pk, tenant, 1, ARRAY[0, 0, 8, 8], embedding "
+                "FROM imgsearch.embeddings WHERE image_id = %s AND region = 0",
+                [self.ids[1]],
+            )
+        self.assertEqual(Embedding.objects.get(image_id=self.ids[1], model__active=True).pk, stored.pk)
+        self.assertEqual(Embedding.objects.filter(image_id=self.ids[1]).count(), 1)
+        self.assertEqual(sorted(Embedding.all_rows.filter(image_id=self.ids[1]).values_list("region", flat=True)), [0, 1])
+        self.assertEqual(Image.objects.get(pk=self.ids[1]).embeddings.count(), 1)
+
     def test_filtered_search_returns_k_rows_with_high_recall(self) -> None:
         for tenant, category, price_max in [
             ("acme", None, None),
