@@ -207,7 +207,12 @@ class Detector:
         with torch.inference_mode():
             if open_vocabulary:
                 names = list(self.labels or rule.labels) or [OBJECT_LABEL]
-                inputs = processor(text=[names], images=[image], return_tensors="pt").to(self.device)
+                # names of different lengths padded to the longest, a long one cut to the model's
+                # text positions (OWLv2's are 16 tokens)
+                longest = model.config.text_config.max_position_embeddings
+                inputs = processor(
+                    text=[names], images=[image], return_tensors="pt", padding=True, truncation=True, max_length=longest
+                ).to(self.device)
                 output = model(**inputs)
                 boxes, scores, labels = _open_vocabulary(output, names, width, height, bool(self.labels or rule.labels))
             else:

@@ -14,14 +14,15 @@ from typing import Any
 
 import pytest
 from PIL import Image
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from imgsearch import Catalog
 from imgsearch.settings import Settings
 from imgsearch.work import pipeline
 from tests.conftest import new_database
 from tests.server.conftest import Api, start_api
-from tests.server.test_page import ARTIFACTS, CHROMIUM
+from tests.server.test_page import ARTIFACTS
+from tests.server.test_page import browser as browser  # its Chromium, launched as it launches it
 
 
 def scene(names: list[str]) -> bytes:
@@ -60,15 +61,6 @@ def shop(
         yield {"api": api, "key": api.key("looks"), "photo": photos / "look.png"}
     finally:
         api.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield launched
-        launched.close()
 
 
 @pytest.fixture

@@ -201,6 +201,18 @@ def _form_options(form: Any, extra: tuple[str, ...] = ()) -> dict[str, Any]:
     return values
 
 
+async def _form_with_file(request: Request, what: str) -> tuple[Any, bytes]:
+    """A multipart form and the bytes of its one ``file`` part (``what`` it is, for the errors)."""
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "multipart/form-data":
+        raise HTTPException(415, f"send {what} as multipart/form-data with a `file` part, not {media_type!r}")
+    form = await request.form(max_files=2, max_fields=40)
+    files = form.getlist("file")
+    if len(files) != 1 or not isinstance(files[0], UploadFile):
+        raise InvalidInput(f"give exactly one `file` part, {what} (got {len(files)})")
+    return form, await files[0].read()
+
+
 def _number(text: str, name: str, kind: type[int] | type[float]) -> int | float:
     try:
         return kind(text)
@@ -219,16 +231,7 @@ def _number(text: str, name: str, kind: type[int] | type[float]) -> int | float:
 async def search_image(request: Request, catalog: CatalogDep, principal: PrincipalDep) -> Response:
     """Image to image: a multipart `file` part is the query; filters and options come as form
     fields, or as one JSON `params` part."""
-    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media_type != "multipart/form-data":
-        raise HTTPException(
-            415, f"send the query image as multipart/form-data with a `file` part, not {media_type!r}"
-        )
-    form = await request.form(max_files=2, max_fields=40)
-    files = form.getlist("file")
-    if len(files) != 1 or not isinstance(files[0], UploadFile):
-        raise InvalidInput(f"give exactly one `file` part, the query image (got {len(files)})")
-    image = await files[0].read()
+    form, image = await _form_with_file(request, "the query image")
     try:
         options = schemas.SearchOptions.model_validate(_form_options(form))
     except ValidationError as exc:
@@ -264,14 +267,7 @@ async def search_look(request: Request, catalog: CatalogDep, principal: Principa
     """A multipart `file` part is a photo of a scene: its objects (the catalog's detector's, else
     its quarters and centre) are each searched with their crop; a detector's label that names a
     category of the shop filters that object's hits. Filters come as form fields or one JSON `params` part."""
-    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media_type != "multipart/form-data":
-        raise HTTPException(415, f"send the photo as multipart/form-data with a `file` part, not {media_type!r}")
-    form = await request.form(max_files=2, max_fields=40)
-    files = form.getlist("file")
-    if len(files) != 1 or not isinstance(files[0], UploadFile):
-        raise InvalidInput(f"give exactly one `file` part, the photo (got {len(files)})")
-    image = await files[0].read()
+    form, image = await _form_with_file(request, "the photo")
     values = _form_options(form, extra=("objects",))
     objects = values.pop("objects", MAX_OBJECTS)
     if isinstance(objects, str):
