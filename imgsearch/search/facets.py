@@ -15,7 +15,7 @@ never pays for its whole match set.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
@@ -267,10 +267,11 @@ def count(
 def kept_counts(conn: Connection, filters: Filters, lexical_text: bool) -> bool:
     """Whether a search's facets and total come from the counts the triggers keep (migration
     0039): a shop's whole match set (no filter but the tenant, no text), on one node (a Citus
-    cluster counts with the one pass)."""
+    cluster counts with the one pass). Region rows change no product's membership: a search over
+    them or over whole images alone counts the same products."""
     return (
         not lexical_text
-        and filters.shape() == ("tenant",)
+        and replace(filters, region_rows=None).shape() == ("tenant",)
         and not filters.sharded
         and not citus.on_coordinator(conn)
     )

@@ -110,6 +110,18 @@ def test_backfill_adds_regions_to_stored_images_and_off_removes_them(database_ur
         catalog.regions.set(grid=3)
         catalog.regions.backfill()
         assert catalog.regions.counts() == {"images": 5, "rows": 3 * 5 + 2 * 18}
+        # a shop's facets and total count products, from the kept counts, with regions or without
+        from imgsearch.search import facets
+        from imgsearch.search.filters import Filters
+
+        with catalog.engine.connect() as conn:
+            for region_rows in (True, False):
+                assert facets.kept_counts(conn, Filters(tenant="acme", region_rows=region_rows), False)
+            assert not facets.kept_counts(conn, Filters(tenant="acme", category="tees", region_rows=True), False)
+        for regions in (True, False):
+            counted = catalog.search(vector=vector(rows(catalog)[0]).tolist(), tenant="acme", facets=True, total=True, regions=regions)
+            assert counted.total == 5 and counted.facets is not None
+            assert counted.facets.category == {"tees": 3, "bags": 2}
         catalog.regions.set(off=True, category="tees")
         assert catalog.regions.counts() == {"images": 2, "rows": 36}
         catalog.regions.set(off=True)
