@@ -263,7 +263,3 @@ def boxes_for(image: Image.Image, rule: Rule, detector: Detector | None = None) 
 
 def _area(box: Box) -> int:
     return (box[2] - box[0]) * (box[3] - box[1])
-
-
-def crop(image: Image.Image, box: Box) -> Image.Image:
-    return image.crop(box)

@@ -21,9 +21,8 @@ def best_per_image(hits: Sequence[Hit], margin: float = 0.0, last: float | None 
     ranks by ``min(whole row's distance, best region's distance + margin)`` and shows once.
     ``hits``: the nearest rows (nearest first); ``last``: the distance beyond which rows weren't
     fetched (None: every row was), where only images placed at most that far are certain."""
-    if not margin:
-        first = _first_of(hits, lambda hit: (hit.tenant, hit.product_id, hit.image_id))
-        return first
+    if not margin:  # rows come nearest first: each image's first is its best
+        return _first_of(hits, lambda hit: (hit.tenant, hit.product_id, hit.image_id))
     best: dict[tuple[Any, ...], tuple[float, int]] = {}
     for position, hit in enumerate(hits):
         key = (hit.tenant, hit.product_id, hit.image_id)

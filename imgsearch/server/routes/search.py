@@ -213,6 +213,14 @@ async def _form_with_file(request: Request, what: str) -> tuple[Any, bytes]:
     return form, await files[0].read()
 
 
+def _form_search_options(values: dict[str, Any]) -> schemas.SearchOptions:
+    """A form's options checked as ``SearchOptions``; a mistake is a 422 naming the body's field."""
+    try:
+        return schemas.SearchOptions.model_validate(values)
+    except ValidationError as exc:
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from exc
+
+
 def _number(text: str, name: str, kind: type[int] | type[float]) -> int | float:
     try:
         return kind(text)
@@ -232,10 +240,7 @@ async def search_image(request: Request, catalog: CatalogDep, principal: Princip
     """Image to image: a multipart `file` part is the query; filters and options come as form
     fields, or as one JSON `params` part."""
     form, image = await _form_with_file(request, "the query image")
-    try:
-        options = schemas.SearchOptions.model_validate(_form_options(form))
-    except ValidationError as exc:
-        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from exc
+    options = _form_search_options(_form_options(form))
     return await run_in_threadpool(_search, catalog, principal, {"image": image}, options)
 
 
@@ -275,10 +280,7 @@ async def search_look(request: Request, catalog: CatalogDep, principal: Principa
     others = sorted(set(values) - {"tenant", *LOOK_OPTIONS})
     if others:
         raise InvalidQuery(f"shop the look takes {sorted(('objects', 'tenant', *LOOK_OPTIONS))}, not {others}")
-    try:
-        options = schemas.SearchOptions.model_validate(values)
-    except ValidationError as exc:
-        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from exc
+    options = _form_search_options(values)
     return await run_in_threadpool(_look, catalog, principal, image, options, objects)
 
 
