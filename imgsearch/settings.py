@@ -19,6 +19,11 @@ from imgsearch.ingest.downloads import Downloads
 from imgsearch.ingest.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 
 DEFAULT_MODEL = "google/siglip-base-patch16-224"
+# a region must be this much (cosine distance) closer than its image's whole row to rank the image:
+# single-product photos lose at most 0.02 precision@10 to their own crops at 0.08
+# (bench/quality/regions.py, the trained small model). The library's default and the SQL
+# console's (``imgsearch.region_margin``, imgsearch/search/console.py)
+REGION_MARGIN = 0.08
 
 
 def default_home() -> Path:
@@ -151,10 +156,8 @@ class Settings(BaseSettings):
         le=1,
         description="...or at most this share of the catalog, when HNSW finds too few of them near the query.",
     )
-    # a region must be this much closer than its image to rank it: single-product photos lose at most
-    # 0.02 precision@10 to their own crops at 0.08 (bench/quality/regions.py, the trained small model)
     region_margin: float = Field(
-        default=0.08,
+        default=REGION_MARGIN,
         ge=0,
         le=2,
         description="Cosine distance a region's match is handicapped by against its whole image's.",

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image as PILImage
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, event, text
 
 from imgsearch import Catalog
 from imgsearch.access import tenancy
@@ -203,7 +203,16 @@ def test_regions_on_a_cluster_as_on_one_node(
             for tenant in TENANTS[:2] for regions in (True, False)
         ]  # fmt: skip
         look = [(o.box, [h.product_id for h in o.hits]) for o in catalog.search_look(image=jpeg(3), tenant="acme", k=2)]
-        return [drained, counts, (done.images, done.rows), found, look]
+        with catalog.engine.connect() as conn:  # the SQL console's search: each image once, as the library's
+            console = [
+                conn.execute(
+                    text("SELECT product_id FROM imgsearch.search_vector(CAST(:q AS vector), 4, :t)"),
+                    {"q": str([float(x) for x in query]), "t": tenant},
+                ).scalars().all()
+                for tenant in TENANTS[:2]
+            ]  # fmt: skip
+        assert console == [[p for p, _ in hits] for hits in found[::2]]
+        return [drained, counts, (done.images, done.rows), found, look, console]
 
     settings = Settings(model=str(tiny_siglip))
     with Catalog.open(citus_cluster.create_catalog("citus_regions"), settings=settings) as catalog:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +34,11 @@ from sqlalchemy import Integer, bindparam, select
 
 from imgsearch.db.vector_index import query_param
 from imgsearch.ingest import checks
-from imgsearch.search import boosting, facets, hybrid, lexical, plans, statements
+from imgsearch.search import boosting, facets, hybrid, lexical, plans, request, statements
 from imgsearch.search import console_sql as sql_text
 from imgsearch.search.filters import MAX_K, PARAM_PREFIX
 from imgsearch.search.plpgsql import MODEL, console_filters, sql, using
+from imgsearch.settings import REGION_MARGIN
 
 FOLDER = Path(__file__).parent.parent / "db" / "sql" / "functions"
 
@@ -53,7 +55,7 @@ FILTERS = {
 }
 SEARCH = {
     QUERY: "query",
-    K: "k",
+    K: "rows_k",  # k, or a pool of rows where images have regions
     POOL: "pool",
     **FILTERS,
     statements.TOTAL_PARAM: "total",
@@ -90,7 +92,7 @@ def search_texts() -> dict[str, str]:
     """``_search``'s statements by name."""
     q = query_param(None, MODEL.dim, name=QUERY)
     k, pool = bindparam(K, type_=Integer()), bindparam(POOL, type_=Integer())
-    filters = console_filters()
+    filters = replace(console_filters(), region_rows=True)  # every row, with its box
 
     # sized: the row estimate and the bound as values (a Citus coordinator's statement takes no
     # subquery in a LIMIT), as the library's on Citus
@@ -177,6 +179,9 @@ def files() -> dict[str, str]:
         min_pool=plans.MIN_POOL,
         max_pool=plans.MAX_POOL,
         scan_mem_multiplier=plans.SCAN_MEM_MULTIPLIER,
+        margin=REGION_MARGIN,
+        min_rows=request.MIN_POOL,
+        max_rows=request.MAX_POOL,
         using=using(SEARCH),
         **search_texts(),
     )

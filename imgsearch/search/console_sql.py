@@ -33,7 +33,7 @@ CREATE OR REPLACE FUNCTION imgsearch._search(query halfvec, k integer, tenant te
  STABLE
 """
 
-SEARCH_BODY = """AS $function$
+SEARCH_BODY = r"""AS $function$
 -- Written by imgsearch/search/console.py: the statements are the library's
 -- (imgsearch/search/statements.py), the numbers its plans' (imgsearch/search/plans.py), the order
 -- imgsearch.search.strategy.search_vector's. Edit those, then: python -m imgsearch.search.console --write
@@ -53,11 +53,20 @@ DECLARE
     ids bigint[];
     products text[];
     distances double precision[];
+    boxed boolean[];  -- each row: a region's (true) or the whole image's
+    -- images with region rows (a region rule is on, imgsearch.work.region_rules): each image
+    -- once, by the closer of its whole row and its best region plus the margin, from a pool of
+    -- rows (imgsearch.search.request, rerank.best_per_image)
+    regioned boolean := EXISTS (SELECT 1 FROM imgsearch.region_rules r WHERE r.source <> 'off');
+    margin text := btrim(coalesce(nullif(current_setting('imgsearch.region_margin', true), ''), '{margin}'));
+    rows_k int := k;  -- the rows each statement fetches: k, or the pool
+    last double precision;
     hits constant text := 'SELECT array_agg(s.image_id ORDER BY s.distance), array_agg(s.product_id ORDER BY s.distance),'
-        ' array_agg(s.distance ORDER BY s.distance) FROM (%s) s';
+        ' array_agg(s.distance ORDER BY s.distance), array_agg(s.box IS NOT NULL ORDER BY s.distance) FROM (%s) s';
     counted_hits constant text := 'SELECT array_agg(s.image_id ORDER BY s.distance) FILTER (WHERE s.source IS NOT NULL),'
         ' array_agg(s.product_id ORDER BY s.distance) FILTER (WHERE s.source IS NOT NULL),'
         ' array_agg(s.distance ORDER BY s.distance) FILTER (WHERE s.source IS NOT NULL),'
+        ' array_agg(s.box IS NOT NULL ORDER BY s.distance) FILTER (WHERE s.source IS NOT NULL),'
         ' max(s.matching), max(s.bound), max(s.total), max(s.source) FROM (%s) s';
     -- plans.reltuples: the catalog's row estimate
     total_rows constant text := $sql${total}$sql$;
@@ -105,57 +114,82 @@ BEGIN
         RAISE EXCEPTION 'price_min % is above price_max %', price_min, price_max
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    IF regioned THEN
+        IF margin !~ '^([0-9]+(\.[0-9]*)?|\.[0-9]+)$' OR margin::numeric > 2 THEN
+            RAISE EXCEPTION 'imgsearch.region_margin must be from 0 to 2, got %', quote_literal(margin)
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        rows_k := least({max_rows}, greatest({min_rows}, 4 * k));
+    END IF;
     IF imgsearch._citus() THEN
         PERFORM imgsearch._begin_distributed();
     END IF;
     EXECUTE total_rows INTO total;
-    EXECUTE exact_rows INTO bound USING {using};
     min_ef := CASE WHEN total <= {ef_base_rows} THEN {min_ef}
                    ELSE least({max_ef}, ceil({min_ef} * (total / {ef_base_rows}.0) ^ {ef_growth}))::int END;
-    -- plans.one_pass_plan (none past {max_ef})
-    ef_search := greatest(min_ef, 2 * k);
-    PERFORM imgsearch._set_local('hnsw.ef_search', CASE WHEN ef_search <= {max_ef} THEN ef_search ELSE min_ef END::text);
-    PERFORM imgsearch._set_local('hnsw.iterative_scan', 'off');
+    LOOP
+        strategy := NULL;
+        EXECUTE exact_rows INTO bound USING {using};
+        -- plans.one_pass_plan (none past {max_ef})
+        ef_search := greatest(min_ef, 2 * rows_k);
+        PERFORM imgsearch._set_local('hnsw.ef_search', CASE WHEN ef_search <= {max_ef} THEN ef_search ELSE min_ef END::text);
+        PERFORM imgsearch._set_local('hnsw.iterative_scan', 'off');
 
-    IF NOT has_filters AND ef_search <= {max_ef} THEN
-        EXECUTE format(hits, format(one_pass, active.id, active.dim)) INTO ids, products, distances
-            USING {using};
-        IF coalesce(cardinality(ids), 0) >= k THEN
-            strategy := 'hnsw';
-        END IF;
-    ELSIF has_filters THEN
-        EXECUTE format(counted_hits, format(CASE WHEN ef_search <= {max_ef} THEN filtered ELSE filtered_exact END,
-                                            active.id, active.dim))
-            INTO ids, products, distances, matching, bound, total, source
-            USING {using};
-        IF source = 'hnsw' THEN
-            strategy := 'hnsw';
-        ELSIF 0 <= matching AND matching <= bound THEN
-            strategy := format('exact (%s rows match)', matching);
-        END IF;
-    END IF;
-
-    -- plans.iterative_plan: a relaxed scan collects a pool; an exact scan if even it comes short
-    IF strategy IS NULL THEN
-        ef_search := least({max_ef}, greatest(min_ef, 2 * k));
-        max_scan_tuples := least(greatest({min_scan_tuples}, total), {max_scan_tuples});
-        pool := least({max_pool}, greatest({min_pool}, 4 * k));
-        PERFORM imgsearch._set_local('hnsw.ef_search', ef_search::text);
-        PERFORM imgsearch._set_local('hnsw.iterative_scan', 'relaxed_order');
-        PERFORM imgsearch._set_local('hnsw.max_scan_tuples', max_scan_tuples::text);
-        PERFORM imgsearch._set_local('hnsw.scan_mem_multiplier', '{scan_mem_multiplier}');
-        EXECUTE format(hits, format(pooled, active.id, active.dim)) INTO ids, products, distances
-            USING {using};
-        IF coalesce(cardinality(ids), 0) = k THEN
-            strategy := format('hnsw_iterative (pool %s, ef_search %s)', pool, ef_search);
-        ELSE
-            EXECUTE format(hits, format(exact, active.id, active.dim)) INTO ids, products, distances
+        IF NOT has_filters AND ef_search <= {max_ef} THEN
+            EXECUTE format(hits, format(one_pass, active.id, active.dim)) INTO ids, products, distances, boxed
                 USING {using};
-            strategy := 'exact (the pool came short)';
+            IF coalesce(cardinality(ids), 0) >= rows_k THEN
+                strategy := 'hnsw';
+            END IF;
+        ELSIF has_filters THEN
+            EXECUTE format(counted_hits, format(CASE WHEN ef_search <= {max_ef} THEN filtered ELSE filtered_exact END,
+                                                active.id, active.dim))
+                INTO ids, products, distances, boxed, matching, bound, total, source
+                USING {using};
+            IF source = 'hnsw' THEN
+                strategy := 'hnsw';
+            ELSIF 0 <= matching AND matching <= bound THEN
+                strategy := format('exact (%s rows match)', matching);
+            END IF;
         END IF;
-    END IF;
+
+        -- plans.iterative_plan: a relaxed scan collects a pool; an exact scan if even it comes short
+        IF strategy IS NULL THEN
+            ef_search := least({max_ef}, greatest(min_ef, 2 * rows_k));
+            max_scan_tuples := least(greatest({min_scan_tuples}, total), {max_scan_tuples});
+            pool := least({max_pool}, greatest({min_pool}, 4 * rows_k));
+            PERFORM imgsearch._set_local('hnsw.ef_search', ef_search::text);
+            PERFORM imgsearch._set_local('hnsw.iterative_scan', 'relaxed_order');
+            PERFORM imgsearch._set_local('hnsw.max_scan_tuples', max_scan_tuples::text);
+            PERFORM imgsearch._set_local('hnsw.scan_mem_multiplier', '{scan_mem_multiplier}');
+            EXECUTE format(hits, format(pooled, active.id, active.dim)) INTO ids, products, distances, boxed
+                USING {using};
+            IF coalesce(cardinality(ids), 0) = rows_k THEN
+                strategy := format('hnsw_iterative (pool %s, ef_search %s)', pool, ef_search);
+            ELSE
+                EXECUTE format(hits, format(exact, active.id, active.dim)) INTO ids, products, distances, boxed
+                    USING {using};
+                strategy := 'exact (the pool came short)';
+            END IF;
+        END IF;
+        EXIT WHEN NOT regioned;
+        -- each image (of a product) once, by min(its whole row's distance, its best region's +
+        -- the margin), placed once no row beyond those fetched could place it higher
+        last := CASE WHEN coalesce(cardinality(ids), 0) = rows_k AND rows_k < {max_rows}
+                     THEN distances[rows_k] END;
+        SELECT array_agg(b.id ORDER BY b.placed, b.n), array_agg(b.product ORDER BY b.placed, b.n),
+               array_agg(b.distance ORDER BY b.placed, b.n)
+        INTO ids, products, distances
+        FROM (SELECT DISTINCT ON (u.id, u.product) u.id, u.product, u.distance, u.n,
+                     u.distance + CASE WHEN u.boxed THEN margin::double precision ELSE 0 END AS placed
+              FROM unnest(ids, products, distances, boxed) WITH ORDINALITY AS u(id, product, distance, boxed, n)
+              ORDER BY u.id, u.product, placed, u.n) AS b
+        WHERE last IS NULL OR b.placed <= last;
+        EXIT WHEN last IS NULL OR coalesce(cardinality(ids), 0) >= k;
+        rows_k := least({max_rows}, 4 * rows_k);  -- many rows an image: a wider pool
+    END LOOP;
     RAISE DEBUG 'imgsearch._search: %', strategy;
-    RETURN QUERY SELECT * FROM unnest(ids, products, distances);
+    RETURN QUERY SELECT * FROM unnest(ids[1:k], products[1:k], distances[1:k]);
 END
 $function$;
 """

@@ -115,12 +115,12 @@ def run(
     if options.boosting is not None:
         params.update(options.boosting.params())
     hybrid = mode == "hybrid"
+    best: dict[tuple[str, str], Hit] = {}
     if hybrid:
         assert query is not None
         # the nearest n images, their products in order of their best image
         side = replace(options, k=n, offset=0, group_by_product=False, boosting=None)
         found = request.run(conn, model, query, filters, side)
-        best: dict[tuple[str, str], Hit] = {}
         for hit in found:
             best.setdefault((hit.tenant, hit.product_id), hit)
         products = list(best.values())
@@ -135,7 +135,12 @@ def run(
         ranks = {"semantic": row.semantic_rank, "lexical": row.lexical_rank}
         matched_by = {side: int(rank) for side, rank in ranks.items() if rank is not None}
         boost = None if options.boosting is None else float(row.boost)
-        hits.append(hit_of(row, matched_by=matched_by, relevance=float(row.relevance), boost=boost))
+        hit = hit_of(row, matched_by=matched_by, relevance=float(row.relevance), boost=boost)
+        seen = best.get((hit.tenant, hit.product_id)) if hybrid else None
+        if seen is not None and seen.image_id == hit.image_id and seen.region is not None:
+            # the semantic side ranked the image by a region: the hit shows it, at its distance
+            hit = replace(hit, region=seen.region, distance=seen.distance, score=seen.score)
+        hits.append(hit)
     return hits
 
 

@@ -233,7 +233,8 @@ def fused_statement(
     none when not ``hybrid``) and the lexical side (:func:`lexical_ranked`, its top ``n``), weights
     ``imgsearch_w_semantic`` and ``imgsearch_w_lexical``, constant ``imgsearch_rrf_k``: ``k`` of
     them after ``offset``, each with its best image: the semantic side's, else the product's
-    nearest search row to ``query`` (without a query, its first) that matches the filters.
+    nearest search row to ``query`` (without a query, its first) that matches the filters, by its
+    whole row (the caller shows a semantic hit's matched region: :func:`imgsearch.search.hybrid.run`).
     ``boosted``: the products in the order of their places less their boosts' lifts
     (:mod:`imgsearch.search.boosting`), each with its ``boost``. ``fetched``: the text's matches
     come from :func:`fetch_matches`."""
@@ -320,7 +321,7 @@ def fused_statement(
                 Product, filters.same_shop(Product, Product.id, Embedding.product_pk, Embedding.tenant)
             )
         best_row: Any = (
-            best.where(model_filter(model.id), *filters.conditions())
+            best.where(model_filter(model.id), Embedding.region == 0, *filters.conditions())
             .ext(distinct_on(Embedding.tenant, Embedding.product_pk))
             .order_by(Embedding.tenant, Embedding.product_pk, *nearest)
             .subquery("best")
@@ -330,7 +331,10 @@ def fused_statement(
     else:
         best_row = (
             best.where(
-                Embedding.product_pk == top.c.product_pk, model_filter(model.id), *filters.conditions()
+                Embedding.product_pk == top.c.product_pk,
+                model_filter(model.id),
+                Embedding.region == 0,
+                *filters.conditions(),
             )
             .order_by(*nearest)
             .limit(1)

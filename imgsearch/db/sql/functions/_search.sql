@@ -60,11 +60,20 @@ DECLARE
     ids bigint[];
     products text[];
     distances double precision[];
+    boxed boolean[];  -- each row: a region's (true) or the whole image's
+    -- images with region rows (a region rule is on, imgsearch.work.region_rules): each image
+    -- once, by the closer of its whole row and its best region plus the margin, from a pool of
+    -- rows (imgsearch.search.request, rerank.best_per_image)
+    regioned boolean := EXISTS (SELECT 1 FROM imgsearch.region_rules r WHERE r.source <> 'off');
+    margin text := btrim(coalesce(nullif(current_setting('imgsearch.region_margin', true), ''), '0.08'));
+    rows_k int := k;  -- the rows each statement fetches: k, or the pool
+    last double precision;
     hits constant text := 'SELECT array_agg(s.image_id ORDER BY s.distance), array_agg(s.product_id ORDER BY s.distance),'
-        ' array_agg(s.distance ORDER BY s.distance) FROM (%s) s';
+        ' array_agg(s.distance ORDER BY s.distance), array_agg(s.box IS NOT NULL ORDER BY s.distance) FROM (%s) s';
     counted_hits constant text := 'SELECT array_agg(s.image_id ORDER BY s.distance) FILTER (WHERE s.source IS NOT NULL),'
         ' array_agg(s.product_id ORDER BY s.distance) FILTER (WHERE s.source IS NOT NULL),'
         ' array_agg(s.distance ORDER BY s.distance) FILTER (WHERE s.source IS NOT NULL),'
+        ' array_agg(s.box IS NOT NULL ORDER BY s.distance) FILTER (WHERE s.source IS NOT NULL),'
         ' max(s.matching), max(s.bound), max(s.total), max(s.source) FROM (%s) s';
     -- plans.reltuples: the catalog's row estimate
     total_rows constant text := $sql$SELECT coalesce((SELECT CAST(greatest(pg_catalog.pg_class.reltuples, 1) AS BIGINT) AS greatest_1
@@ -73,7 +82,7 @@ WHERE pg_catalog.pg_class.oid = 'imgsearch.embeddings'::regclass), 1) AS coalesc
     -- statements.exact_bound: the most rows an exact scan may take
     exact_rows constant text := $sql$SELECT CAST(greatest(1500, ceil(0.15 * $10), $2) AS BIGINT) AS greatest_1$sql$;
     -- statements.hnsw_statement: the matching rows among the ef_search nearest
-    one_pass constant text := $sql$SELECT imgsearch.embeddings.image_id, imgsearch.products.product_id, imgsearch.products.title, imgsearch.products.brand, imgsearch.products.currency, imgsearch.embeddings.tenant, imgsearch.embeddings.category, imgsearch.embeddings.price, CAST(imgsearch.embeddings.embedding AS halfvec(%2$s)) <=> $1 AS distance
+    one_pass constant text := $sql$SELECT imgsearch.embeddings.image_id, imgsearch.products.product_id, imgsearch.products.title, imgsearch.products.brand, imgsearch.products.currency, imgsearch.embeddings.tenant, imgsearch.embeddings.category, imgsearch.embeddings.price, CAST(imgsearch.embeddings.embedding AS halfvec(%2$s)) <=> $1 AS distance, imgsearch.embeddings.box
 FROM imgsearch.embeddings JOIN imgsearch.products ON imgsearch.products.id = imgsearch.embeddings.product_pk AND imgsearch.products.tenant = imgsearch.embeddings.tenant AND ($4 IS NULL OR imgsearch.products.tenant = $4)
 WHERE imgsearch.embeddings.model_id = %1$s AND ($4 IS NULL OR imgsearch.embeddings.tenant = $4) AND ($5 IS NULL OR imgsearch.embeddings.category = $5) AND ($6 IS NULL OR imgsearch.embeddings.price_units >= $6) AND ($7 IS NULL OR imgsearch.embeddings.price_units <= $7) AND ($8 IS NULL OR imgsearch.embeddings.image_id != $8) AND ($9 IS NULL OR imgsearch.embeddings.product_pk != $9) ORDER BY CAST(imgsearch.embeddings.embedding AS halfvec(%2$s)) <=> $1
  LIMIT $2$sql$;
@@ -86,7 +95,7 @@ FROM imgsearch.embeddings
 WHERE imgsearch.embeddings.model_id = %1$s AND ($4 IS NULL OR imgsearch.embeddings.tenant = $4) AND ($5 IS NULL OR imgsearch.embeddings.category = $5) AND ($6 IS NULL OR imgsearch.embeddings.price_units >= $6) AND ($7 IS NULL OR imgsearch.embeddings.price_units <= $7) AND ($8 IS NULL OR imgsearch.embeddings.image_id != $8) AND ($9 IS NULL OR imgsearch.embeddings.product_pk != $9)
  LIMIT 1500 + 1) AS few_rows),
 one_pass AS MATERIALIZED
-(SELECT imgsearch.embeddings.image_id AS image_id, imgsearch.embeddings.product_pk AS product_pk, imgsearch.embeddings.tenant AS tenant, imgsearch.embeddings.category AS category, imgsearch.embeddings.price AS price, CAST(imgsearch.embeddings.embedding AS halfvec(%2$s)) <=> $1 AS distance
+(SELECT imgsearch.embeddings.image_id AS image_id, imgsearch.embeddings.product_pk AS product_pk, imgsearch.embeddings.tenant AS tenant, imgsearch.embeddings.category AS category, imgsearch.embeddings.price AS price, CAST(imgsearch.embeddings.embedding AS halfvec(%2$s)) <=> $1 AS distance, imgsearch.embeddings.box AS box
 FROM imgsearch.embeddings
 WHERE imgsearch.embeddings.model_id = %1$s AND ($4 IS NULL OR imgsearch.embeddings.tenant = $4) AND ($5 IS NULL OR imgsearch.embeddings.category = $5) AND ($6 IS NULL OR imgsearch.embeddings.price_units >= $6) AND ($7 IS NULL OR imgsearch.embeddings.price_units <= $7) AND ($8 IS NULL OR imgsearch.embeddings.image_id != $8) AND ($9 IS NULL OR imgsearch.embeddings.product_pk != $9) AND (SELECT few.matching
 FROM few) > 1500 ORDER BY CAST(imgsearch.embeddings.embedding AS halfvec(%2$s)) <=> $1
@@ -101,12 +110,12 @@ FROM one_pass) < $2
  LIMIT $11 + 1) AS many_rows),
 limits AS
 (SELECT $11 AS bound, $10 AS total)
- SELECT CASE WHEN (few.matching <= 1500) THEN few.matching WHEN (many.matching > 0) THEN many.matching ELSE -1 END AS matching, limits.bound, limits.total, hits.source, hits.image_id, imgsearch.products.product_id, imgsearch.products.title, imgsearch.products.brand, imgsearch.products.currency, hits.tenant, hits.category, hits.price, hits.distance
-FROM few JOIN many ON true JOIN limits ON true LEFT OUTER JOIN (SELECT 'hnsw' AS source, one_pass.image_id AS image_id, one_pass.product_pk AS product_pk, one_pass.tenant AS tenant, one_pass.category AS category, one_pass.price AS price, one_pass.distance AS distance
+ SELECT CASE WHEN (few.matching <= 1500) THEN few.matching WHEN (many.matching > 0) THEN many.matching ELSE -1 END AS matching, limits.bound, limits.total, hits.source, hits.image_id, imgsearch.products.product_id, imgsearch.products.title, imgsearch.products.brand, imgsearch.products.currency, hits.tenant, hits.category, hits.price, hits.distance, hits.box
+FROM few JOIN many ON true JOIN limits ON true LEFT OUTER JOIN (SELECT 'hnsw' AS source, one_pass.image_id AS image_id, one_pass.product_pk AS product_pk, one_pass.tenant AS tenant, one_pass.category AS category, one_pass.price AS price, one_pass.distance AS distance, one_pass.box AS box
 FROM one_pass
 WHERE (SELECT count(*) AS count_1
-FROM one_pass) >= $2 UNION ALL SELECT 'exact' AS source, exact.image_id AS image_id, exact.product_pk AS product_pk, exact.tenant AS tenant, exact.category AS category, exact.price AS price, exact.distance AS distance
-FROM (SELECT imgsearch.embeddings.image_id AS image_id, imgsearch.embeddings.product_pk AS product_pk, imgsearch.embeddings.tenant AS tenant, imgsearch.embeddings.category AS category, imgsearch.embeddings.price AS price, imgsearch.embeddings.embedding <=> $1 AS distance
+FROM one_pass) >= $2 UNION ALL SELECT 'exact' AS source, exact.image_id AS image_id, exact.product_pk AS product_pk, exact.tenant AS tenant, exact.category AS category, exact.price AS price, exact.distance AS distance, exact.box AS box
+FROM (SELECT imgsearch.embeddings.image_id AS image_id, imgsearch.embeddings.product_pk AS product_pk, imgsearch.embeddings.tenant AS tenant, imgsearch.embeddings.category AS category, imgsearch.embeddings.price AS price, imgsearch.embeddings.embedding <=> $1 AS distance, imgsearch.embeddings.box AS box
 FROM imgsearch.embeddings
 WHERE imgsearch.embeddings.model_id = %1$s AND ($4 IS NULL OR imgsearch.embeddings.tenant = $4) AND ($5 IS NULL OR imgsearch.embeddings.category = $5) AND ($6 IS NULL OR imgsearch.embeddings.price_units >= $6) AND ($7 IS NULL OR imgsearch.embeddings.price_units <= $7) AND ($8 IS NULL OR imgsearch.embeddings.image_id != $8) AND ($9 IS NULL OR imgsearch.embeddings.product_pk != $9) AND ((SELECT few.matching
 FROM few) <= 1500 OR (SELECT few.matching
@@ -130,9 +139,9 @@ FROM few) > 1500
  LIMIT $11 + 1) AS many_rows),
 limits AS
 (SELECT $11 AS bound, $10 AS total)
- SELECT CASE WHEN (few.matching <= 1500) THEN few.matching WHEN (many.matching > 0) THEN many.matching ELSE -1 END AS matching, limits.bound, limits.total, hits.source, hits.image_id, imgsearch.products.product_id, imgsearch.products.title, imgsearch.products.brand, imgsearch.products.currency, hits.tenant, hits.category, hits.price, hits.distance
-FROM few JOIN many ON true JOIN limits ON true LEFT OUTER JOIN (SELECT 'exact' AS source, exact.image_id AS image_id, exact.product_pk AS product_pk, exact.tenant AS tenant, exact.category AS category, exact.price AS price, exact.distance AS distance
-FROM (SELECT imgsearch.embeddings.image_id AS image_id, imgsearch.embeddings.product_pk AS product_pk, imgsearch.embeddings.tenant AS tenant, imgsearch.embeddings.category AS category, imgsearch.embeddings.price AS price, imgsearch.embeddings.embedding <=> $1 AS distance
+ SELECT CASE WHEN (few.matching <= 1500) THEN few.matching WHEN (many.matching > 0) THEN many.matching ELSE -1 END AS matching, limits.bound, limits.total, hits.source, hits.image_id, imgsearch.products.product_id, imgsearch.products.title, imgsearch.products.brand, imgsearch.products.currency, hits.tenant, hits.category, hits.price, hits.distance, hits.box
+FROM few JOIN many ON true JOIN limits ON true LEFT OUTER JOIN (SELECT 'exact' AS source, exact.image_id AS image_id, exact.product_pk AS product_pk, exact.tenant AS tenant, exact.category AS category, exact.price AS price, exact.distance AS distance, exact.box AS box
+FROM (SELECT imgsearch.embeddings.image_id AS image_id, imgsearch.embeddings.product_pk AS product_pk, imgsearch.embeddings.tenant AS tenant, imgsearch.embeddings.category AS category, imgsearch.embeddings.price AS price, imgsearch.embeddings.embedding <=> $1 AS distance, imgsearch.embeddings.box AS box
 FROM imgsearch.embeddings
 WHERE imgsearch.embeddings.model_id = %1$s AND ($4 IS NULL OR imgsearch.embeddings.tenant = $4) AND ($5 IS NULL OR imgsearch.embeddings.category = $5) AND ($6 IS NULL OR imgsearch.embeddings.price_units >= $6) AND ($7 IS NULL OR imgsearch.embeddings.price_units <= $7) AND ($8 IS NULL OR imgsearch.embeddings.image_id != $8) AND ($9 IS NULL OR imgsearch.embeddings.product_pk != $9) AND ((SELECT few.matching
 FROM few) <= 1500 OR (SELECT few.matching
@@ -141,16 +150,16 @@ FROM many) <= $11) ORDER BY imgsearch.embeddings.embedding <=> $1
  LIMIT $2) AS exact) AS hits ON true LEFT OUTER JOIN imgsearch.products ON imgsearch.products.id = hits.product_pk AND imgsearch.products.tenant = hits.tenant AND ($4 IS NULL OR imgsearch.products.tenant = $4)$sql$;
     -- statements.pooled_statement: a relaxed iterative scan's pool, re-sorted exactly
     pooled constant text := $sql$WITH pool AS MATERIALIZED
-(SELECT imgsearch.embeddings.image_id AS image_id, imgsearch.products.product_id AS product_id, imgsearch.products.title AS title, imgsearch.products.brand AS brand, imgsearch.products.currency AS currency, imgsearch.embeddings.tenant AS tenant, imgsearch.embeddings.category AS category, imgsearch.embeddings.price AS price, CAST(imgsearch.embeddings.embedding AS halfvec(%2$s)) <=> $1 AS distance
+(SELECT imgsearch.embeddings.image_id AS image_id, imgsearch.products.product_id AS product_id, imgsearch.products.title AS title, imgsearch.products.brand AS brand, imgsearch.products.currency AS currency, imgsearch.embeddings.tenant AS tenant, imgsearch.embeddings.category AS category, imgsearch.embeddings.price AS price, CAST(imgsearch.embeddings.embedding AS halfvec(%2$s)) <=> $1 AS distance, imgsearch.embeddings.box AS box
 FROM imgsearch.embeddings JOIN imgsearch.products ON imgsearch.products.id = imgsearch.embeddings.product_pk AND imgsearch.products.tenant = imgsearch.embeddings.tenant AND ($4 IS NULL OR imgsearch.products.tenant = $4)
 WHERE imgsearch.embeddings.model_id = %1$s AND ($4 IS NULL OR imgsearch.embeddings.tenant = $4) AND ($5 IS NULL OR imgsearch.embeddings.category = $5) AND ($6 IS NULL OR imgsearch.embeddings.price_units >= $6) AND ($7 IS NULL OR imgsearch.embeddings.price_units <= $7) AND ($8 IS NULL OR imgsearch.embeddings.image_id != $8) AND ($9 IS NULL OR imgsearch.embeddings.product_pk != $9) ORDER BY CAST(imgsearch.embeddings.embedding AS halfvec(%2$s)) <=> $1
  LIMIT $3)
- SELECT pool.image_id, pool.product_id, pool.title, pool.brand, pool.currency, pool.tenant, pool.category, pool.price, pool.distance
+ SELECT pool.image_id, pool.product_id, pool.title, pool.brand, pool.currency, pool.tenant, pool.category, pool.price, pool.distance, pool.box
 FROM pool ORDER BY pool.distance + 0
  LIMIT $2$sql$;
     -- statements.exact_statement: every matching row's distance
-    exact constant text := $sql$SELECT top.image_id, imgsearch.products.product_id, imgsearch.products.title, imgsearch.products.brand, imgsearch.products.currency, top.tenant, top.category, top.price, top.distance
-FROM (SELECT imgsearch.embeddings.image_id AS image_id, imgsearch.embeddings.product_pk AS product_pk, imgsearch.embeddings.tenant AS tenant, imgsearch.embeddings.category AS category, imgsearch.embeddings.price AS price, imgsearch.embeddings.embedding <=> $1 AS distance
+    exact constant text := $sql$SELECT top.image_id, imgsearch.products.product_id, imgsearch.products.title, imgsearch.products.brand, imgsearch.products.currency, top.tenant, top.category, top.price, top.distance, top.box
+FROM (SELECT imgsearch.embeddings.image_id AS image_id, imgsearch.embeddings.product_pk AS product_pk, imgsearch.embeddings.tenant AS tenant, imgsearch.embeddings.category AS category, imgsearch.embeddings.price AS price, imgsearch.embeddings.embedding <=> $1 AS distance, imgsearch.embeddings.box AS box
 FROM imgsearch.embeddings
 WHERE imgsearch.embeddings.model_id = %1$s AND ($4 IS NULL OR imgsearch.embeddings.tenant = $4) AND ($5 IS NULL OR imgsearch.embeddings.category = $5) AND ($6 IS NULL OR imgsearch.embeddings.price_units >= $6) AND ($7 IS NULL OR imgsearch.embeddings.price_units <= $7) AND ($8 IS NULL OR imgsearch.embeddings.image_id != $8) AND ($9 IS NULL OR imgsearch.embeddings.product_pk != $9) ORDER BY imgsearch.embeddings.embedding <=> $1
  LIMIT $2) AS top JOIN imgsearch.products ON imgsearch.products.id = top.product_pk AND imgsearch.products.tenant = top.tenant AND ($4 IS NULL OR imgsearch.products.tenant = $4) ORDER BY top.distance$sql$;
@@ -185,56 +194,81 @@ BEGIN
         RAISE EXCEPTION 'price_min % is above price_max %', price_min, price_max
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    IF regioned THEN
+        IF margin !~ '^([0-9]+(\.[0-9]*)?|\.[0-9]+)$' OR margin::numeric > 2 THEN
+            RAISE EXCEPTION 'imgsearch.region_margin must be from 0 to 2, got %', quote_literal(margin)
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        rows_k := least(4000, greatest(50, 4 * k));
+    END IF;
     IF imgsearch._citus() THEN
         PERFORM imgsearch._begin_distributed();
     END IF;
     EXECUTE total_rows INTO total;
-    EXECUTE exact_rows INTO bound USING query, k, pool, tenant, category, units_min, units_max, exclude, exclude_product, total, bound;
     min_ef := CASE WHEN total <= 100000 THEN 200
                    ELSE least(1000, ceil(200 * (total / 100000.0) ^ 0.3))::int END;
-    -- plans.one_pass_plan (none past 1000)
-    ef_search := greatest(min_ef, 2 * k);
-    PERFORM imgsearch._set_local('hnsw.ef_search', CASE WHEN ef_search <= 1000 THEN ef_search ELSE min_ef END::text);
-    PERFORM imgsearch._set_local('hnsw.iterative_scan', 'off');
+    LOOP
+        strategy := NULL;
+        EXECUTE exact_rows INTO bound USING query, rows_k, pool, tenant, category, units_min, units_max, exclude, exclude_product, total, bound;
+        -- plans.one_pass_plan (none past 1000)
+        ef_search := greatest(min_ef, 2 * rows_k);
+        PERFORM imgsearch._set_local('hnsw.ef_search', CASE WHEN ef_search <= 1000 THEN ef_search ELSE min_ef END::text);
+        PERFORM imgsearch._set_local('hnsw.iterative_scan', 'off');
 
-    IF NOT has_filters AND ef_search <= 1000 THEN
-        EXECUTE format(hits, format(one_pass, active.id, active.dim)) INTO ids, products, distances
-            USING query, k, pool, tenant, category, units_min, units_max, exclude, exclude_product, total, bound;
-        IF coalesce(cardinality(ids), 0) >= k THEN
-            strategy := 'hnsw';
+        IF NOT has_filters AND ef_search <= 1000 THEN
+            EXECUTE format(hits, format(one_pass, active.id, active.dim)) INTO ids, products, distances, boxed
+                USING query, rows_k, pool, tenant, category, units_min, units_max, exclude, exclude_product, total, bound;
+            IF coalesce(cardinality(ids), 0) >= rows_k THEN
+                strategy := 'hnsw';
+            END IF;
+        ELSIF has_filters THEN
+            EXECUTE format(counted_hits, format(CASE WHEN ef_search <= 1000 THEN filtered ELSE filtered_exact END,
+                                                active.id, active.dim))
+                INTO ids, products, distances, boxed, matching, bound, total, source
+                USING query, rows_k, pool, tenant, category, units_min, units_max, exclude, exclude_product, total, bound;
+            IF source = 'hnsw' THEN
+                strategy := 'hnsw';
+            ELSIF 0 <= matching AND matching <= bound THEN
+                strategy := format('exact (%s rows match)', matching);
+            END IF;
         END IF;
-    ELSIF has_filters THEN
-        EXECUTE format(counted_hits, format(CASE WHEN ef_search <= 1000 THEN filtered ELSE filtered_exact END,
-                                            active.id, active.dim))
-            INTO ids, products, distances, matching, bound, total, source
-            USING query, k, pool, tenant, category, units_min, units_max, exclude, exclude_product, total, bound;
-        IF source = 'hnsw' THEN
-            strategy := 'hnsw';
-        ELSIF 0 <= matching AND matching <= bound THEN
-            strategy := format('exact (%s rows match)', matching);
-        END IF;
-    END IF;
 
-    -- plans.iterative_plan: a relaxed scan collects a pool; an exact scan if even it comes short
-    IF strategy IS NULL THEN
-        ef_search := least(1000, greatest(min_ef, 2 * k));
-        max_scan_tuples := least(greatest(20000, total), 10000000);
-        pool := least(4000, greatest(200, 4 * k));
-        PERFORM imgsearch._set_local('hnsw.ef_search', ef_search::text);
-        PERFORM imgsearch._set_local('hnsw.iterative_scan', 'relaxed_order');
-        PERFORM imgsearch._set_local('hnsw.max_scan_tuples', max_scan_tuples::text);
-        PERFORM imgsearch._set_local('hnsw.scan_mem_multiplier', '4');
-        EXECUTE format(hits, format(pooled, active.id, active.dim)) INTO ids, products, distances
-            USING query, k, pool, tenant, category, units_min, units_max, exclude, exclude_product, total, bound;
-        IF coalesce(cardinality(ids), 0) = k THEN
-            strategy := format('hnsw_iterative (pool %s, ef_search %s)', pool, ef_search);
-        ELSE
-            EXECUTE format(hits, format(exact, active.id, active.dim)) INTO ids, products, distances
-                USING query, k, pool, tenant, category, units_min, units_max, exclude, exclude_product, total, bound;
-            strategy := 'exact (the pool came short)';
+        -- plans.iterative_plan: a relaxed scan collects a pool; an exact scan if even it comes short
+        IF strategy IS NULL THEN
+            ef_search := least(1000, greatest(min_ef, 2 * rows_k));
+            max_scan_tuples := least(greatest(20000, total), 10000000);
+            pool := least(4000, greatest(200, 4 * rows_k));
+            PERFORM imgsearch._set_local('hnsw.ef_search', ef_search::text);
+            PERFORM imgsearch._set_local('hnsw.iterative_scan', 'relaxed_order');
+            PERFORM imgsearch._set_local('hnsw.max_scan_tuples', max_scan_tuples::text);
+            PERFORM imgsearch._set_local('hnsw.scan_mem_multiplier', '4');
+            EXECUTE format(hits, format(pooled, active.id, active.dim)) INTO ids, products, distances, boxed
+                USING query, rows_k, pool, tenant, category, units_min, units_max, exclude, exclude_product, total, bound;
+            IF coalesce(cardinality(ids), 0) = rows_k THEN
+                strategy := format('hnsw_iterative (pool %s, ef_search %s)', pool, ef_search);
+            ELSE
+                EXECUTE format(hits, format(exact, active.id, active.dim)) INTO ids, products, distances, boxed
+                    USING query, rows_k, pool, tenant, category, units_min, units_max, exclude, exclude_product, total, bound;
+                strategy := 'exact (the pool came short)';
+            END IF;
         END IF;
-    END IF;
+        EXIT WHEN NOT regioned;
+        -- each image (of a product) once, by min(its whole row's distance, its best region's +
+        -- the margin), placed once no row beyond those fetched could place it higher
+        last := CASE WHEN coalesce(cardinality(ids), 0) = rows_k AND rows_k < 4000
+                     THEN distances[rows_k] END;
+        SELECT array_agg(b.id ORDER BY b.placed, b.n), array_agg(b.product ORDER BY b.placed, b.n),
+               array_agg(b.distance ORDER BY b.placed, b.n)
+        INTO ids, products, distances
+        FROM (SELECT DISTINCT ON (u.id, u.product) u.id, u.product, u.distance, u.n,
+                     u.distance + CASE WHEN u.boxed THEN margin::double precision ELSE 0 END AS placed
+              FROM unnest(ids, products, distances, boxed) WITH ORDINALITY AS u(id, product, distance, boxed, n)
+              ORDER BY u.id, u.product, placed, u.n) AS b
+        WHERE last IS NULL OR b.placed <= last;
+        EXIT WHEN last IS NULL OR coalesce(cardinality(ids), 0) >= k;
+        rows_k := least(4000, 4 * rows_k);  -- many rows an image: a wider pool
+    END LOOP;
     RAISE DEBUG 'imgsearch._search: %', strategy;
-    RETURN QUERY SELECT * FROM unnest(ids, products, distances);
+    RETURN QUERY SELECT * FROM unnest(ids[1:k], products[1:k], distances[1:k]);
 END
 $function$;
