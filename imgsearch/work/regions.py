@@ -20,7 +20,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from imgsearch.access import tenancy
-from imgsearch.db import links
+from imgsearch.db import links, statistics
 from imgsearch.db.models import Embedding
 from imgsearch.embed.regions import MAX_GRID, Box, Detector, Rule, boxes_for, grid_size
 from imgsearch.errors import InvalidImage, InvalidRegions
@@ -174,8 +174,11 @@ def backfill(
                 ids = sorted(i for i in regions if tenant_of[i] == tenant)
                 held.update(conn.execute(_LOCK, {"tenant": tenant, "ids": ids}).scalars())
             kept = {i: found_ for i, found_ in regions.items() if i in held and found_}
-            done.rows += replace_regions(conn, model.id, kept)
+            written = replace_regions(conn, model.id, kept)
+            done.rows += written
             done.images += len(kept)
+        # the planner's row counts follow (a category's rows grow several-fold: statistics)
+        statistics.after_write(engine, written, ("embeddings",))
         if on_batch is not None:
             on_batch(done)
 
@@ -221,7 +224,8 @@ class Regions:
         if found is not None:
             found.load()  # a checkpoint that won't load is refused now, not by every worker later
         with self._context.engine.begin() as conn:
-            region_rules.set_rule(conn, rule, category)
+            dropped = region_rules.set_rule(conn, rule, category)
+        statistics.after_write(self._context.engine, dropped, ("embeddings",))
         if self._on_change is not None:
             self._on_change()  # the catalog's searches read the rules again
         return rule

@@ -129,6 +129,22 @@ def test_backfill_adds_regions_to_stored_images_and_off_removes_them(database_ur
         assert len(rows(catalog)) == 5
 
 
+def test_a_backfill_leaves_the_planner_counting_its_rows(database_url: str, tiny_siglip: Path) -> None:
+    """Region rows multiply a catalog's rows: past autovacuum's rule, the backfill analyses the table
+    at once (a plan made on the old count would be made for a sixth of the rows)."""
+    reltuples = text("SELECT reltuples FROM pg_class WHERE oid = 'imgsearch.embeddings'::regclass")
+    with Catalog.open(database_url, model=str(tiny_siglip)) as catalog:
+        for i in range(12):
+            catalog.add(image_bytes(i, (40, 40)), tenant="acme", product_id=f"p{i}")
+        drain(catalog)
+        with catalog.engine.connect() as conn:
+            assert conn.execute(reltuples).scalar() < 12  # 12 rows: under the rule, not analysed
+        catalog.regions.set(grid=2)
+        assert catalog.regions.backfill().rows == 60
+        with catalog.engine.connect() as conn:
+            assert conn.execute(reltuples).scalar() == 72
+
+
 @pytest.mark.parametrize(
     ("how", "named"),
     [
