@@ -205,15 +205,21 @@ def _from_pool(
         embeddings = options.diversity is not None
         result = _search(conn, model, query, filters, options, pool, 0, embeddings, boosting)
         positions = list(range(len(result.hits)))
+        exhausted = len(result.hits) < pool or pool >= MAX_POOL
+        needed = wanted
         if filters.region_rows:
             # each image by min(its whole row's distance, its best region's + the margin); an
             # image is placed once no row beyond the pool could place it higher
-            last = None if len(result.hits) < pool or pool >= MAX_POOL else result.hits[-1].distance
-            positions = rerank.best_per_image(result.hits, 0.0 if boosting else options.region_margin, last)
+            last = None if exhausted else max(hit.distance or 0.0 for hit in result.hits)
+            positions = rerank.best_per_image(result.hits, options.region_margin, last, boosting is None)
+            if boosting is not None:
+                # the images' places, then their boosts' lifts: every image a boost could lift
+                # onto the page is placed first
+                positions = rerank.lifted(result.hits, positions, boosting.lift)
+                needed = wanted + boosting.lift
         if options.group_by_product:  # each product by its best image
             positions = [positions[p] for p in rerank.best_per_product([result.hits[p] for p in positions])]
-        exhausted = len(result.hits) < pool or pool >= MAX_POOL
-        if len(positions) >= wanted or exhausted:
+        if len(positions) >= needed or exhausted:
             break
         pool = min(MAX_POOL, pool * 4)  # many images per product (rows per image): widen the pool, draw again
     if options.diversity is not None:

@@ -16,12 +16,15 @@ def best_per_product(hits: Sequence[Hit]) -> list[int]:
     return _first_of(hits, lambda hit: (hit.tenant, hit.product_id))
 
 
-def best_per_image(hits: Sequence[Hit], margin: float = 0.0, last: float | None = None) -> list[int]:
+def best_per_image(
+    hits: Sequence[Hit], margin: float = 0.0, last: float | None = None, nearest_first: bool = True
+) -> list[int]:
     """Positions of each image's best row (of a product), best first: an image with region rows
     ranks by ``min(whole row's distance, best region's distance + margin)`` and shows once.
-    ``hits``: the nearest rows (nearest first); ``last``: the distance beyond which rows weren't
-    fetched (None: every row was), where only images placed at most that far are certain."""
-    if not margin:  # rows come nearest first: each image's first is its best
+    ``hits``: the nearest rows (``nearest_first``, or in another order: boosted); ``last``: the
+    distance beyond which rows weren't fetched (None: every row was), where only images placed at
+    most that far are certain."""
+    if not margin and nearest_first:  # each image's first row is its best
         return _first_of(hits, lambda hit: (hit.tenant, hit.product_id, hit.image_id))
     best: dict[tuple[Any, ...], tuple[float, int]] = {}
     for position, hit in enumerate(hits):
@@ -31,6 +34,17 @@ def best_per_image(hits: Sequence[Hit], margin: float = 0.0, last: float | None 
             best[key] = (placed, position)
     ranked = sorted(best.values())
     return [position for placed, position in ranked if last is None or placed <= last]
+
+
+def lifted(hits: Sequence[Hit], positions: Sequence[int], lift: int) -> list[int]:
+    """``positions`` (best first: places 1, 2, ...) in the order of ``place - lift * boost``, as
+    :func:`imgsearch.search.boosting.order` orders a statement's rows: at a tie, the higher boost,
+    then the place. For hits ranked in Python (images by their best region) before their boosts."""
+    keyed = []
+    for place, position in enumerate(positions, start=1):
+        boost = hits[position].boost or 0.0
+        keyed.append((place - lift * boost, -boost, place, position))
+    return [position for *_, position in sorted(keyed)]
 
 
 def _first_of(hits: Sequence[Hit], key_of: Callable[[Hit], tuple[Any, ...]]) -> list[int]:

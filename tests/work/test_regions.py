@@ -12,6 +12,7 @@ from sqlalchemy import text
 
 from imgsearch import Catalog
 from imgsearch.errors import InvalidQuery, InvalidRegions
+from imgsearch.settings import Settings
 from imgsearch.work import pipeline
 from tests.helpers import image_bytes
 
@@ -171,6 +172,49 @@ def test_a_category_named_like_an_injection_is_a_value(database_url: str, tiny_s
         catalog.regions.set(grid=2, category=name)
         assert list(catalog.regions.rules()) == [name]
         assert catalog.categories() == []  # products is still there
+
+
+def test_boosts_lift_images_placed_by_their_best_region(database_url: str, tiny_siglip: Path) -> None:
+    """With learned boosts, an image keeps its place by its best row and the margin, and is
+    lifted from there (boosting.order's rule over the images' places)."""
+    settings = Settings(model=str(tiny_siglip), boost_max_lift=4, boost_product_weight=1.0)
+    with Catalog.open(database_url, settings=settings) as catalog:
+        catalog.regions.set(grid=2)
+        for i in range(12):
+            catalog.add(image_bytes(i, (48, 32)), tenant="acme", product_id=f"p{i}")
+        drain(catalog)
+        stored = rows(catalog)
+        query = vector(next(r for r in stored if r.region == 2))
+        margin = catalog.settings.region_margin
+        best: dict[int, float] = {}
+        for r in stored:
+            placed = 1 - float(vector(r) @ query) + (margin if r.region else 0.0)
+            best[r.image_id] = min(best.get(r.image_id, 9.0), placed)
+        plain = sorted(best, key=best.__getitem__)
+        assert [h.image_id for h in catalog.search(vector=query.tolist(), k=12)] == plain
+        lifted, half = plain[9], plain[6]  # a full boost at place 10, half of one at place 7
+        with catalog.engine.begin() as conn:
+            for image_id, boost in ((lifted, 1.0), (half, 0.5)):
+                conn.execute(
+                    text(
+                        "INSERT INTO imgsearch.boosts (product_pk, query_norm, tenant, product_id, boost, clicks, "
+                        "conversions, expected) SELECT p.id, '', p.tenant, p.product_id, :b, 50, 0, 10 "
+                        "FROM imgsearch.products p JOIN imgsearch.image_products l ON l.product_pk = p.id "
+                        "WHERE l.image_id = :i"
+                    ),
+                    {"b": boost, "i": image_id},
+                )
+        catalog._searcher.router.forget_graphs()
+        boosts = {lifted: 1.0, half: 0.5}
+        # place - lift x boost; at a tie, the boosted hit first: 7 - 2 = 5, 10 - 4 = 6
+        expected = sorted(plain, key=lambda i: (plain.index(i) + 1 - 4 * boosts.get(i, 0), -boosts.get(i, 0)))
+        assert expected.index(half) == 4 and expected.index(lifted) == 6
+        hits = catalog.search(vector=query.tolist(), k=8)
+        assert [h.image_id for h in hits] == expected[:8]
+        assert {h.image_id: h.boost for h in hits}[lifted] == pytest.approx(1.0)
+        assert len({h.image_id for h in hits}) == 8
+        page2 = catalog.search(vector=query.tolist(), k=4, offset=8)
+        assert [h.image_id for h in page2] == expected[8:12]  # pages follow the one order
 
 
 def test_shop_the_look_without_a_detector_searches_the_quarters_and_centre(
