@@ -14,8 +14,11 @@ ROOT = Path(__file__).parents[1]
 FAULTS = ["pg-immediate", "worker-kill", "redis-flush"]
 
 
-def test_ninety_seconds_through_three_faults_lose_nothing(tmp_path: Path) -> None:
-    out = tmp_path / "soak"
+def test_ninety_seconds_through_three_faults_lose_nothing(home: Path) -> None:
+    # under a folder of /tmp of its own, as every embedded server of the tests: the run's server
+    # reads its data through it, and another pytest session closes pytest's own tmp_path folders
+    # to other users (the server's) when it starts
+    out = home / "soak"
     run = subprocess.run(
         [
             sys.executable,

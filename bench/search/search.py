@@ -47,6 +47,9 @@ with SQLAlchemy's defaults (no pre-ping). Their statements are built before the 
 No timed search reuses the vector of one of the searches just before it: a repeated vector finds its
 HNSW path in the CPU caches and runs up to 2x faster, which real requests don't get.
 
+``--data calibrated`` runs it all on vectors shaped as real embeddings are (a steep spectrum,
+neighbours that stand out: bench/search/calibration.py), kept in ``bench_search_calibrated``.
+
 ``--category-indexes MIN_ROWS`` adds a third phase: each category of MIN_ROWS rows or more gets its
 own HNSW index (``catalog.index_filter_values``), and imgsearch is timed again on every filter
 ("imgsearch, own graphs"), against a baseline timed in the same blocks. The sizing table gives the
@@ -80,7 +83,7 @@ from sqlalchemy import Engine, create_engine, event, literal_column, text
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
-from _catalog import database_url, load, query_cases
+from _catalog import DATA, database_url, load, query_cases
 
 from imgsearch import Catalog
 from imgsearch import search as vector_search
@@ -334,7 +337,13 @@ def main() -> None:
         default=0,
         help="then give each category of MIN_ROWS rows its own HNSW index and time imgsearch again",
     )
-    parser.add_argument("--database", default="bench_search", help="the embedded server's database to keep it in")
+    parser.add_argument(
+        "--data", choices=DATA, default="clustered",
+        help="the vectors: isotropic clusters, or calibrated on real embeddings (bench/search/calibration.py)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--database", help="the embedded server's database to keep it in (bench_search, bench_search_calibrated)"
+    )
     parser.add_argument(
         "--plot", default=str(Path(__file__).resolve().parents[2] / "docs" / "search_benchmark.png")
     )
@@ -343,9 +352,10 @@ def main() -> None:
     # the search path alone: each search's record of itself (record_queries) is timed by
     # bench/search/feedback_load.py
     settings = Settings(record_queries=False)
-    url = database_url(settings.home, args.database)
+    database = args.database or ("bench_search" if args.data == "clustered" else f"bench_search_{args.data}")
+    url = database_url(settings.home, database)
     with Catalog.open(url, model="google/siglip-base-patch16-224", settings=settings) as catalog:
-        data, labels = load(catalog, args.rows, seed=11)
+        data, labels = load(catalog, args.rows, seed=11, data_kind=args.data)
         model = catalog.active_model
         cases = query_cases(data, labels, args.queries)
         names = [name for name, _ in cases[0][1]]
