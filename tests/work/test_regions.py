@@ -83,8 +83,9 @@ def test_a_search_ranks_each_image_by_its_best_row_exactly(database_url: str, ti
             assert ids == sorted(best, key=best.__getitem__)[:5]  # max-sim with the margin, the exact top 5
             for hit in hits:
                 assert hit.distance == pytest.approx(best[hit.image_id][1], abs=2e-3)
-        top = catalog.search(vector=query.tolist(), k=3)[0]
-        assert (top.image_id, top.region) == (target.image_id, target.box)
+        with Catalog.open(database_url, settings=Settings(model=str(tiny_siglip), region_margin=0.0)) as nearest:
+            top = nearest.search(vector=query.tolist(), k=3)[0]  # no margin: the region itself, first
+            assert (top.image_id, top.region, top.distance) == (target.image_id, target.box, pytest.approx(0, abs=2e-3))
         whole = catalog.search(vector=query.tolist(), k=12, regions=False)
         assert {h.region for h in whole} == {None} and len(whole) == 12
         wholes = {r.image_id: 1 - float(vector(r) @ query) for r in stored if r.region == 0}

@@ -65,7 +65,7 @@ DECLARE
     -- once, by the closer of its whole row and its best region plus the margin, from a pool of
     -- rows (imgsearch.search.request, rerank.best_per_image)
     regioned boolean := EXISTS (SELECT 1 FROM imgsearch.region_rules r WHERE r.source <> 'off');
-    margin text := btrim(coalesce(nullif(current_setting('imgsearch.region_margin', true), ''), '0.08'));
+    margin text := btrim(coalesce(nullif(current_setting('imgsearch.region_margin', true), ''), '0.16'));
     rows_k int := k;  -- the rows each statement fetches: k, or the pool
     last double precision;
     hits constant text := 'SELECT array_agg(s.image_id ORDER BY s.distance), array_agg(s.product_id ORDER BY s.distance),'
