@@ -85,7 +85,8 @@ def read(conn: Connection) -> dict[str, Rule]:
 
 def any_on(conn: Connection) -> bool:
     """Whether any rule is on (then an image may have region rows beside its whole row)."""
-    return bool(conn.execute(text("SELECT EXISTS (SELECT 1 FROM imgsearch.region_rules WHERE source <> 'off')")).scalar())
+    # imgsearch._regions_on (migration 0041): every role may ask, only the catalog's roles read the rules
+    return bool(conn.execute(text("SELECT imgsearch._regions_on()")).scalar())
 
 
 # each image's products' categories (a join in the tenant: on a Citus cluster, on each shop's node)

@@ -8,6 +8,8 @@
   pool widens until k images are certain, as the library's search does. With no rule on, the
   statements run as before.
 * ``imgsearch.search_hybrid``: a product's image is shown by its whole row.
+* ``imgsearch._regions_on()``: whether a rule is on, for every role (a tenant's console login
+  among them), which reads no rule itself (SECURITY DEFINER, a boolean).
 
 The whole definitions are held here, upgrade and downgrade (imgsearch/db/sql/functions/;
 written by imgsearch/search/console.py).
@@ -29,6 +31,19 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 FUNCTIONS = r"""
+CREATE OR REPLACE FUNCTION imgsearch._regions_on()
+ RETURNS boolean
+ LANGUAGE plpgsql
+ STABLE SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+BEGIN
+    -- PL/pgSQL, not BEGIN ATOMIC: a Citus cluster shares every function of the schema with its
+    -- workers, and one that depended on the rules (a table of the coordinator's) couldn't be
+    RETURN EXISTS (SELECT 1 FROM imgsearch.region_rules r WHERE r.source <> 'off');
+END
+$function$;
+
 CREATE OR REPLACE FUNCTION imgsearch._search(query halfvec, k integer, tenant text, category text, price_min numeric, price_max numeric, exclude bigint, exclude_product bigint, for_images boolean)
  RETURNS TABLE(image_id bigint, product_id text, distance double precision)
  LANGUAGE plpgsql
@@ -71,7 +86,7 @@ DECLARE
     -- images with region rows (a region rule is on, imgsearch.work.region_rules): each image
     -- once, by the closer of its whole row and its best region plus the margin, from a pool of
     -- rows (imgsearch.search.request, rerank.best_per_image)
-    regioned boolean := EXISTS (SELECT 1 FROM imgsearch.region_rules r WHERE r.source <> 'off');
+    regioned boolean := imgsearch._regions_on();  -- any role may ask, none reads the rules
     margin text := btrim(coalesce(nullif(current_setting('imgsearch.region_margin', true), ''), '0.16'));
     rows_k int := k;  -- the rows each statement fetches: k, or the pool
     last double precision;
@@ -895,3 +910,4 @@ def upgrade() -> None:
 def downgrade() -> None:
     for function in _each(PREVIOUS):
         definitions.run(op.get_bind(), function)
+    op.execute("DROP FUNCTION imgsearch._regions_on()")

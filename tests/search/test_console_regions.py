@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psycopg
 import pytest
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 from sqlalchemy.exc import DBAPIError
 
 from imgsearch import Catalog
+from imgsearch.access import tenancy
 from imgsearch.settings import Settings
 from imgsearch.work import pipeline
 from tests.conftest import new_database
@@ -147,3 +149,23 @@ def test_a_hybrid_hit_shows_the_region_its_semantic_side_matched(
         elif "semantic" not in hit.matched_by:
             assert hit.region is None  # a product only the words found: its whole image
     assert checked and any(h.region is not None for h in hybrid)
+
+
+def test_a_tenants_console_login_searches_by_regions_without_reading_the_rules(shop: tuple[Catalog, str]) -> None:
+    catalog = shop[0]
+    rows = stored(catalog)
+    query = next(r for r in rows if r[1] == 4)[2]
+    tenancy.create_login(catalog.engine, "regions_acme", "acme", password="s3cret")
+    url = make_url(catalog.engine.url)
+    with psycopg.connect(
+        host=url.query["host"], user="regions_acme", password="s3cret", dbname=url.database, autocommit=True
+    ) as conn:
+        found = conn.execute(
+            "SELECT image_id FROM imgsearch.search_vector(%s::vector, 6)", (str(query.tolist()),)
+        ).fetchall()
+        ids = [r[0] for r in found]
+        assert ids == [h.image_id for h in catalog.search(vector=query.tolist(), k=6, tenant="acme")]
+        assert len(set(ids)) == 6
+        assert conn.execute("SELECT imgsearch._regions_on()").fetchone() == (True,)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT category FROM imgsearch.region_rules")  # the rules stay the catalog's

@@ -64,7 +64,7 @@ DECLARE
     -- images with region rows (a region rule is on, imgsearch.work.region_rules): each image
     -- once, by the closer of its whole row and its best region plus the margin, from a pool of
     -- rows (imgsearch.search.request, rerank.best_per_image)
-    regioned boolean := EXISTS (SELECT 1 FROM imgsearch.region_rules r WHERE r.source <> 'off');
+    regioned boolean := imgsearch._regions_on();  -- any role may ask, none reads the rules
     margin text := btrim(coalesce(nullif(current_setting('imgsearch.region_margin', true), ''), '0.16'));
     rows_k int := k;  -- the rows each statement fetches: k, or the pool
     last double precision;
