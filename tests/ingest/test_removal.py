@@ -3,6 +3,8 @@ neither a worker's batch nor a search trips over what was deleted."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -193,3 +195,50 @@ def test_the_delete_command(database_url: str, catalog: Catalog) -> None:
     ]:
         refused = run_cli("delete", *args, **db)
         assert refused.returncode == 2 and refused.stderr.strip() == f"imgsearch: {error}"
+
+
+def test_a_delete_waits_for_a_writer_of_its_products_before_counting_their_facets_off(
+    catalog: Catalog,
+) -> None:
+    first = catalog.add(image_bytes(11), embedding=unit(768, 11), tenant="acme", product_id="first")
+    second = catalog.add(image_bytes(12), embedding=unit(768, 12), tenant="acme", product_id="second")
+    with catalog.engine.connect() as conn:
+        pks = dict(
+            conn.execute(text("SELECT product_id, id FROM imgsearch.products WHERE tenant = 'acme'")).all()
+        )
+    done: list[int] = []
+    with catalog.engine.connect() as writer, writer.begin():
+        # an upload of "second" in flight: it holds the product's row, as its upsert does
+        writer.execute(
+            text("SELECT 1 FROM imgsearch.products WHERE id = :p FOR NO KEY UPDATE"), {"p": pks["second"]}
+        )
+        thread = threading.Thread(
+            target=lambda: done.append(catalog.delete_many([second, first], tenant="acme"))
+        )
+        thread.start()
+        waiting = False
+        for _ in range(200):
+            with catalog.engine.connect() as conn:
+                waiting = bool(
+                    conn.execute(
+                        text(
+                            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                            "AND query LIKE '%FOR NO KEY UPDATE%' AND pid <> pg_backend_pid()"
+                        )
+                    ).scalar_one()
+                )
+            if waiting:
+                break
+            time.sleep(0.05)
+        assert waiting and not done  # the delete waits on the products, in id order
+        with catalog.engine.connect() as conn, conn.begin():  # and has counted no product off yet
+            locked = conn.execute(
+                text(
+                    "SELECT product_pk FROM imgsearch.facet_members WHERE product_pk = :p FOR UPDATE NOWAIT"
+                ),
+                {"p": pks["first"]},
+            ).all()
+            assert len(locked) == 1
+    thread.join(timeout=30)
+    assert done == [2]
+    assert counts(catalog) == {"products": 2, "images": 0, "embeddings": 0}
