@@ -3,6 +3,7 @@
     .venv/bin/python bench/hybrid.py --products 100000 --queries 60
 
 A catalog of ``--products`` products of one shop, one 768-d image each (clustered unit vectors,
+or with ``--data calibrated`` vectors shaped as real embeddings are, bench/search/calibration.py;
 imported), each with a title, a brand, a category and attributes drawn from a synthetic
 vocabulary (200 brands, 100 categories, 24 colours, 12 materials, 400 nouns), and a base-size
 SigLIP (random weights: speed, not quality) for the text side. Query texts are 1-3 words of that
@@ -48,7 +49,7 @@ from sqlalchemy import text
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
-from _catalog import clustered_with_labels
+from _catalog import DATA, calibrated_with_labels, clustered_with_labels
 from _models import base_checkpoint
 
 from imgsearch import Catalog
@@ -82,10 +83,11 @@ def vocabulary(rng: np.random.Generator) -> dict[str, list[str]]:
 
 
 def rows(
-    count: int, dim: int, words: dict[str, list[str]], seed: int
+    count: int, dim: int, words: dict[str, list[str]], seed: int, data: str = "clustered"
 ) -> tuple[list[dict[str, Any]], np.ndarray]:
     rng = np.random.default_rng(seed)
-    vectors, labels = clustered_with_labels(count, dim, seed)
+    make = calibrated_with_labels if data == "calibrated" else clustered_with_labels
+    vectors, labels = make(count, dim, seed)
     out = []
     for i in range(count):
         cluster = int(labels[i])
@@ -108,7 +110,7 @@ def rows(
     return out, vectors
 
 
-def load(catalog: Catalog, count: int, words: dict[str, list[str]]) -> None:
+def load(catalog: Catalog, count: int, words: dict[str, list[str]], data: str = "clustered") -> None:
     with catalog.engine.connect() as conn:
         have = conn.execute(text("SELECT count(*) FROM imgsearch.products")).scalar_one()
     if have == count:
@@ -116,7 +118,7 @@ def load(catalog: Catalog, count: int, words: dict[str, list[str]]) -> None:
     if have:
         with catalog.engine.begin() as conn:
             conn.execute(text("TRUNCATE imgsearch.products, imgsearch.images CASCADE"))
-    made, _ = rows(count, catalog.dim, words, seed=5)
+    made, _ = rows(count, catalog.dim, words, seed=5, data=data)
     started = time.perf_counter()
     catalog.import_vectors(made, progress=True)
     with catalog.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
@@ -142,8 +144,9 @@ def queries(words: dict[str, list[str]], count: int, seed: int) -> list[str]:
     return out
 
 
-def own_database(settings: Settings) -> str:
-    """The database ``bench_hybrid`` of the embedded server, made the first time."""
+def own_database(settings: Settings, data: str = "clustered") -> str:
+    """The database ``bench_hybrid`` (``bench_hybrid_calibrated``) of the embedded server, made the first time."""
+    name = DB if data == "clustered" else f"{DB}_{data}"
     import psycopg
     from sqlalchemy import make_url
 
@@ -151,9 +154,9 @@ def own_database(settings: Settings) -> str:
     with psycopg.connect(
         host=parsed.query["host"], user="postgres", dbname="postgres", autocommit=True
     ) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DB,)).fetchone():
-            conn.execute(f"CREATE DATABASE {DB}")
-    return parsed.set(database=DB).render_as_string()
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            conn.execute(f"CREATE DATABASE {name}")
+    return parsed.set(database=name).render_as_string()
 
 
 def timed(fn: Callable[[], Any]) -> float:
@@ -209,15 +212,16 @@ def main() -> None:
     parser.add_argument(
         "--plot", default=str(Path(__file__).resolve().parents[1] / "docs" / "hybrid_benchmark.png")
     )
+    parser.add_argument("--data", choices=DATA, default="clustered", help="the images' vectors")
     args = parser.parse_args()
 
     settings = Settings()
     checkpoint = base_checkpoint(settings.home)
-    url = own_database(settings)
+    url = own_database(settings, args.data)
     rng = np.random.default_rng(1)
     words = vocabulary(np.random.default_rng(2))
     with Catalog.open(url, model=str(checkpoint), settings=settings) as catalog:
-        load(catalog, args.products, words)
+        load(catalog, args.products, words, args.data)
         texts = queries(words, args.queries, seed=3)
         print(f"embedding {len(texts)} query texts once (base-size SigLIP, random weights) ...", flush=True)
         for q in texts:  # into the text cache: the timings below are the searches'

@@ -3,7 +3,9 @@ events/s sustained into ``record_events`` while searches run.
 
     IMGSEARCH_HOME=/tmp/imgs-bench .venv/bin/python bench/search/feedback_load.py --rows 20000
 
-The 20k-row catalog of bench/search/quick.py (database ``bench_quick``, 768-d, tenant ``acme``).
+The 20k-row catalog of bench/search/quick.py (database ``bench_quick``, 768-d, tenant ``acme``;
+``--data calibrated``: vectors shaped as real embeddings are, bench/search/calibration.py, in
+``bench_quick_calibrated``).
 Searches are vector queries of the tenant, k=10, in blocks that rotate between three conditions,
 so the box's drift falls on each alike:
 
@@ -36,7 +38,7 @@ from sqlalchemy import text
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
-from _catalog import database_url, load
+from _catalog import DATA, database_url, load
 
 from imgsearch import Catalog
 from imgsearch.db import embedded
@@ -75,14 +77,15 @@ def main() -> None:
     parser.add_argument("--searches", type=int, default=3000, help="per condition")
     parser.add_argument("--block", type=int, default=250)
     parser.add_argument("--rate", type=int, default=1000, help="events a second")
+    parser.add_argument("--data", choices=DATA, default="clustered", help="the catalog's vectors")
     args = parser.parse_args()
     settings = Settings()
     home = settings.home
-    url = database_url(home, "bench_quick")
+    url = database_url(home, "bench_quick" if args.data == "clustered" else f"bench_quick_{args.data}")
     quiet = Settings(model=MODEL, record_queries=False)
     try:
         with Catalog.open(url, settings=Settings(model=MODEL)) as logged, Catalog.open(url, settings=quiet) as plain:
-            data, _ = load(logged, args.rows, seed=11)
+            data, _ = load(logged, args.rows, seed=11, data_kind=args.data)
             rng = np.random.default_rng(5)
             queries = data[rng.integers(0, len(data), 500)] + rng.standard_normal((500, data.shape[1])) * 0.02
             print("recording 500 searches for the loader's events ...", flush=True)
