@@ -39,12 +39,15 @@ def database_url(home: Path, database: str = DB) -> str:
     return url.set(database=database).render_as_string()
 
 
-def stored_catalog(rows: int, data_kind: str = "clustered") -> tuple[str, np.ndarray, np.ndarray, int]:
+def stored_catalog(
+    rows: int, data_kind: str = "clustered", database: str | None = None
+) -> tuple[str, np.ndarray, np.ndarray, int]:
     """For the side benchmarks: ``bench_search``'s URL (``bench_search_calibrated`` for the
-    calibrated vectors), its catalog's vectors and cluster labels (loaded first if missing, as
-    this script does) and the active model's id."""
+    calibrated vectors, or ``database``), its catalog's vectors and cluster labels (loaded first
+    if missing, as this script does) and the active model's id."""
     settings = Settings()
-    url = database_url(settings.home, DB if data_kind == "clustered" else f"{DB}_{data_kind}")
+    name = database or (DB if data_kind == "clustered" else f"{DB}_{data_kind}")
+    url = database_url(settings.home, name)
     with Catalog.open(url, model="google/siglip-base-patch16-224", settings=settings) as catalog:
         data, labels = load(catalog, rows, seed=11, data_kind=data_kind)
         model_id = catalog.active_model.id

@@ -178,9 +178,10 @@ def main() -> None:
     parser.add_argument(
         "--no-graphs", action="store_true", help="skip the per-category HNSW indexes (their build)"
     )
+    parser.add_argument("--database", help="the embedded server's database holding the catalog (search.py's)")
     args = parser.parse_args()
 
-    url, data, labels, _ = stored_catalog(args.rows, args.data)
+    url, data, labels, _ = stored_catalog(args.rows, args.data, args.database)
     cases = query_cases(data, labels, args.queries)
     server = make_url(url)
     results: dict[tuple[str, str], list[dict[str, Any]]] = {}
