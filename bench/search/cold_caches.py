@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 import search as bench
-from _catalog import query_cases, stored_catalog
+from _catalog import DATA, query_cases, stored_catalog
 
 from imgsearch import Catalog
 from imgsearch.settings import Settings
@@ -45,9 +45,10 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3, help="each method meets each query this often a regime")
+    parser.add_argument("--data", choices=DATA, default="clustered", help="the catalog's vectors")
     args = parser.parse_args()
 
-    url, data, labels, _ = stored_catalog(args.rows)
+    url, data, labels, _ = stored_catalog(args.rows, args.data)
     cases = query_cases(data, labels, args.queries)
     sweep = np.ones(SWEEP_BYTES // 8)
 

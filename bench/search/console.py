@@ -36,7 +36,7 @@ from sqlalchemy import make_url
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 sys.path.insert(0, str(Path(__file__).parents[2] / "migrations" / "versions"))
-from _catalog import CLUSTERS, cluster_centres, farthest_cluster, query_cases, stored_catalog
+from _catalog import CLUSTERS, DATA, cluster_centres, farthest_cluster, query_cases, stored_catalog
 
 from imgsearch import Catalog
 from imgsearch.db.vector_index import halfvec_text
@@ -93,9 +93,10 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--data", choices=DATA, default="clustered", help="the catalog's vectors")
     args = parser.parse_args()
 
-    url, data, labels, _ = stored_catalog(args.rows)
+    url, data, labels, _ = stored_catalog(args.rows, args.data)
     cases = query_cases(data, labels, args.queries)
     centres = cluster_centres(data, labels)
     parsed = make_url(url)

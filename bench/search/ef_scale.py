@@ -30,7 +30,7 @@ from sqlalchemy import create_engine, text
 sys.path.insert(0, str(Path(__file__).parents[1]))
 sys.path.insert(0, str(Path(__file__).parents[2]))
 
-from _catalog import query_cases, stored_catalog
+from _catalog import DATA, query_cases, stored_catalog
 from _data import exact_top_k
 
 from imgsearch import Catalog
@@ -49,8 +49,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each query and setting")
+    parser.add_argument("--data", choices=DATA, default="clustered", help="the catalog's vectors")
     args = parser.parse_args()
-    url, data, labels, model_id = stored_catalog(args.rows)
+    url, data, labels, model_id = stored_catalog(args.rows, args.data)
     cases = query_cases(data, labels, args.queries)
     queries = np.stack([q for q, _ in cases]).astype(np.float32)
     print(f"exact top {K} of {len(queries)} queries ...", flush=True)

@@ -38,7 +38,7 @@ import psycopg
 from sqlalchemy import make_url
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from _catalog import query_cases, stored_catalog
+from _catalog import DATA, query_cases, stored_catalog
 
 from imgsearch.db.vector_index import HNSW_EF_CONSTRUCTION, HNSW_M, halfvec_text, index_name
 
@@ -79,9 +79,10 @@ def main() -> None:
     parser.add_argument(
         "--repeats", type=int, default=3, help="timed runs of each filter per query and table"
     )
+    parser.add_argument("--data", choices=DATA, default="clustered", help="the catalog's vectors")
     args = parser.parse_args()
 
-    url, data, labels, model_id = stored_catalog(args.rows)
+    url, data, labels, model_id = stored_catalog(args.rows, args.data)
     hnsw_index = index_name(model_id)
     cases = query_cases(data, labels, args.queries)
     server = make_url(url)

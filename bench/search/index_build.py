@@ -44,7 +44,7 @@ from pgvector.psycopg import register_vector
 from sqlalchemy import make_url
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from _catalog import CLUSTERS, stored_catalog
+from _catalog import CLUSTERS, DATA, stored_catalog
 
 from imgsearch.db.vector_index import HNSW_EF_CONSTRUCTION, HNSW_M, halfvec_text, index_name
 
@@ -151,10 +151,11 @@ def main() -> None:
     parser.add_argument(
         "--writes", type=int, default=500, help="rows inserted (and rolled back) after each build"
     )
+    parser.add_argument("--data", choices=DATA, default="clustered", help="the catalog's vectors")
     args = parser.parse_args()
     pairs = [tuple(int(x) for x in p.split(":")) for p in args.params.split(",")]
 
-    url, data, labels, model_id = stored_catalog(args.rows)
+    url, data, labels, model_id = stored_catalog(args.rows, args.data)
     queries, _ = queries_per_cluster(data, labels, args.per_cluster)
     truth = exact_ids(data, queries)
     server = make_url(url)

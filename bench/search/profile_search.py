@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from _catalog import query_cases, stored_catalog
+from _catalog import DATA, query_cases, stored_catalog
 
 from imgsearch import Catalog
 from imgsearch.db import wire
@@ -184,9 +184,10 @@ def main() -> None:
     )
     parser.add_argument("--plans", action="store_true", help="print each filter's EXPLAIN output")
     parser.add_argument("--py-spy", action="store_true", help="also sample the searches with py-spy")
+    parser.add_argument("--data", choices=DATA, default="clustered", help="the catalog's vectors")
     args = parser.parse_args()
 
-    url, data, labels, _ = stored_catalog(args.rows)
+    url, data, labels, _ = stored_catalog(args.rows, args.data)
     cases = query_cases(data, labels, args.queries)
     tracer = Tracer()
     rows: list[str] = []

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from _catalog import query_cases, stored_catalog
+from _catalog import DATA, query_cases, stored_catalog
 
 from imgsearch import Catalog
 from imgsearch.db import wire
@@ -57,9 +57,10 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--data", choices=DATA, default="clustered", help="the catalog's vectors")
     args = parser.parse_args()
 
-    url, data, labels, _ = stored_catalog(args.rows)
+    url, data, labels, _ = stored_catalog(args.rows, args.data)
     cases = query_cases(data, labels, args.queries)
     binary_param = vector_search.query_param
 

@@ -49,7 +49,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parents[1]))
 sys.path.insert(0, str(Path(__file__).parents[2]))
 
-from _catalog import query_cases, stored_catalog
+from _catalog import DATA, query_cases, stored_catalog
 from _data import fresh_database
 from _models import build_models
 
@@ -441,6 +441,7 @@ def main() -> None:
     parser.add_argument("--skip-text", action="store_true", help="only parts 1 and 2")
     parser.add_argument("--only-text", action="store_true", help="only part 3")
     parser.add_argument("--plot", default=str(ROOT / "docs" / "serve_benchmark.png"))
+    parser.add_argument("--data", choices=DATA, default="clustered", help="the catalog's vectors")
     args = parser.parse_args()
 
     settings = Settings()
@@ -448,7 +449,7 @@ def main() -> None:
     print(f"server log: {log}", flush=True)
     report: dict[str, Any] = {}
     if not args.only_text:
-        url, data, labels, _ = stored_catalog(args.rows)
+        url, data, labels, _ = stored_catalog(args.rows, args.data)
         # a vector of its own for each search of part 1 (seven ways)
         queries = [q.tolist() for q, _ in query_cases(data, labels, 7 * (args.queries + 2))]
         engine = make_engine(url)

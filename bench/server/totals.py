@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 sys.path.insert(0, str(Path(__file__).parents[2]))
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _catalog import stored_catalog
+from _catalog import DATA, stored_catalog
 from _data import fresh_database
 from serve import Client, server
 
@@ -137,6 +137,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--rows", type=int, default=100_000, help="the large catalog's rows")
+    parser.add_argument("--data", choices=DATA, default="clustered", help="the catalog's vectors")
     args = parser.parse_args()
     settings = Settings()
     log = Path(tempfile.gettempdir()) / "imgsearch-bench-totals.log"
@@ -151,7 +152,7 @@ def main() -> None:
             results.append(("3k, a category (1,000)", case(catalog, port, key, vectors, "shoes", args.queries)))
 
     print(f"{args.rows // 1000}k ...", flush=True)
-    url, data, labels, _ = stored_catalog(args.rows)
+    url, data, labels, _ = stored_catalog(args.rows, args.data)
     category = f"cat-{int(labels[0]) // 2:03d}"
     order = np.random.default_rng(5).permutation(len(data))
     with Catalog.open(url, settings=settings) as catalog:
