@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, InvalidOperation
@@ -19,6 +20,7 @@ from sqlalchemy import (
     bindparam,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.types import TypeDecorator
 
 from imgsearch.db.models import Embedding, Product
 from imgsearch.errors import InvalidQuery
@@ -42,6 +44,10 @@ class Filters:
     brand: str | None = None  # the product's brand (migration 0020)
     # the catalog is distributed by tenant (a Citus coordinator, set by routing): joins name it
     sharded: bool = False
+    # set by routing for a shop's attribute filter that few products match: their keys, which
+    # stand for the attributes' condition, as PostgreSQL writes an array ('{4,17}'; sent back
+    # as it came: imgsearch.search.shop_filters)
+    products: str | None = None
     # set by routing where images may have region rows (imgsearch.work.regions): True, every row
     # (an image by its best, and hits carry their box); False, whole images' rows only; None: the
     # catalog has no regions
@@ -73,8 +79,9 @@ class Filters:
 
     @property
     def on_products(self) -> bool:
-        """Whether a condition reads ``products`` (attributes, brand): statements join it."""
-        return self.attributes is not None or self.brand is not None
+        """Whether a condition reads ``products`` (attributes, unless :attr:`products` lists
+        the products they match; brand): statements join it."""
+        return (self.attributes is not None and self.products is None) or self.brand is not None
 
     def value(self, name: str) -> Any:
         """A filter's checked value by name (``tenant``, ``category``, ``categories``, ...), or None."""
@@ -149,6 +156,12 @@ class Filters:
             if not checks.stored_id(self.exclude_product):
                 raise InvalidQuery(f"exclude_product must be a product key, got {self.exclude_product!r}")
             values["exclude_product"] = self.exclude_product
+        if self.products is not None:
+            if not isinstance(self.products, str) or not KEYS_TEXT.fullmatch(self.products):
+                raise InvalidQuery(
+                    f"products must be an array of product keys such as '{{4,17}}', got {self.products!r:.80}"
+                )
+            values["products"] = self.products
         if self.where is not None and not isinstance(self.where, ColumnElement):
             raise InvalidQuery("where must be a SQLAlchemy expression over the imgsearch models")
         return values
@@ -210,7 +223,12 @@ class Filters:
             conds.append(rows.price_units >= self._units_param("price_min"))
         if "price_max" in values:
             conds.append(rows.price_units <= self._units_param("price_max"))
-        if "attributes" in values:
+        if "products" in values:
+            # the products the attributes match, listed (imgsearch.search.shop_filters): bigint
+            # equality, which an index serves under row-level security, where @> can't be
+            keys = Product.id if rows is Product else rows.product_pk
+            conds.append(keys == any_(param("products", KeysText())))
+        elif "attributes" in values:
             conds.append(Product.attributes.op("@>")(param("attributes", JSONB())))
         if "brand" in values:
             conds.append(Product.brand == param("brand", Text()))
@@ -228,6 +246,19 @@ class Filters:
         return int(self._values[name].scaleb(4))
 
 
+class KeysText(TypeDecorator[str]):
+    """``bigint[]`` in SQL, bound from its text form as it is (``'{4,17}'``: psycopg sends a
+    ``str`` untyped, and PostgreSQL reads it as the statement's ``bigint[]``): a list of 10,000
+    keys costs no Python."""
+
+    impl = ARRAY(BigInteger())
+    cache_ok = True
+
+    def bind_processor(self, dialect: Any) -> None:
+        return None
+
+
+KEYS_TEXT = re.compile(r"\{(?:[0-9]+(?:,[0-9]+)*)?\}")
 PARAM_PREFIX = "imgsearch_filter_"
 FOUR_PLACES = Decimal("0.0001")
 PRICE_BOUNDS = ("price_min", "price_max")

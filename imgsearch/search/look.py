@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from PIL import Image
 from sqlalchemy import func, select
 
 from imgsearch.access import tenancy
@@ -27,12 +28,14 @@ MAX_OBJECTS = 10
 LOOK_GRID = 2  # without a detector: the photo's four quarters and its centre
 
 
-def objects(searcher: service.Searcher, data: bytes, limit: int) -> list[tuple[Box, str | None, float | None]]:
-    """The photo's objects by the catalog's rule: (box, label, score), best first."""
+def objects(
+    searcher: service.Searcher, picture: Image.Image, limit: int
+) -> list[tuple[Box, str | None, float | None]]:
+    """The objects of the photo (decoded, upright) by the catalog's rule: (box, label, score),
+    best first."""
     context = searcher.context
     with context.engine.begin() as conn:
         rule = region_rules.read(conn).get(region_rules.CATALOG)
-    picture = context.image_embedder.decode(data)
     if rule is not None and rule.source == "detector":
         detector = detector_for(rule, context.image_embedder.device)
         assert detector is not None
@@ -62,15 +65,20 @@ def search_look(
         raise InvalidQuery("shop the look needs an image")
     filters.check()
     data = queries.image_bytes(searcher.context, image)
-    found = objects(searcher, data, limit)
+    embedder = searcher.context.image_embedder
+    picture = embedder.decode(data)  # once: each object's crop is cut from it, all embedded at once
+    found = objects(searcher, picture, limit)
+    if not found:
+        return []
+    crops = embedder.embed_pictures([picture.crop(box) for box, _, _ in found])
     named = _categories(searcher, filters.tenant_name()) if any(label for _, label, _ in found) else {}
     looks = []
-    for box, label, score in found:
+    for (box, label, score), vector in zip(found, crops, strict=True):
         own = filters
         category = named.get(label.lower()) if label else None
         if category is not None and filters.category is None:
             own = replace(filters, category=category)
-        asked = service.Asked(queries.Query(image=data, box=box), **options)
+        asked = service.Asked(queries.Query(image=data, box=box, embedded=vector), **options)
         hits = service.search(searcher, own, asked, k, 0, False, None, None, None)
         looks.append(Look(list(box), label, score, list(hits)))
     return looks

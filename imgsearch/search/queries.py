@@ -42,6 +42,9 @@ class Query:
     similar_to_product: Any = None
     vector: Any = None
     box: Sequence[float] | None = None
+    # the image's (or its box's) vector, already embedded by the caller (shop the look: one
+    # photo's crops, decoded once and embedded together)
+    embedded: vectors.Vector | None = None
 
     @property
     def stored(self) -> bool:
@@ -81,6 +84,8 @@ class Query:
         if self.text is not None:
             return text_vector(context, self.text)
         if self.image is not None:
+            if self.embedded is not None:
+                return self.embedded
             data = image_bytes(context, self.image)
             if self.box is not None:
                 data = images.crop(data, self.box, context.limits)

@@ -22,7 +22,7 @@ from imgsearch.db import citus, filter_indexes, vector_index, wire
 from imgsearch.errors import InvalidQuery
 from imgsearch.ingest.vectors import Vector
 from imgsearch.records import ModelInfo
-from imgsearch.search import queries, request
+from imgsearch.search import queries, request, shop_filters
 from imgsearch.search.filters import Filters
 from imgsearch.search.plans import MIN_EF_SEARCH, min_ef_search
 from imgsearch.search.replicas import Replicas, primary_lsn, replica_fault
@@ -53,6 +53,7 @@ class Router:
         self._rows: int | None = None
         self._boosted: frozenset[str] = frozenset()  # tenants with learned boosts, read with the graphs
         self._regions = False  # whether a region rule is on (images may have region rows), read with the graphs
+        self._shop_filters = shop_filters.ShopFilters()
 
     def forget_graphs(self) -> None:
         """Read the per-value graphs again at the next search (after a refresh built or dropped some)."""
@@ -170,6 +171,9 @@ class Router:
                 # plan (no values) can't be distributed, every statement is planned for its values
                 filters = replace(filters, sharded=True)
                 options = replace(options, cached_plans=False)
+            elif filters.attributes is not None and filters.tenant is not None:
+                # under the shop's policies the attributes' index serves its keys alone
+                filters = self._shop_filters.resolved(conn, filters)
             return run(conn, model, query, filters, options)
 
     def has_boosts(self, tenant: Any) -> bool:

@@ -235,7 +235,8 @@ def test_shapes_that_plan_alike_run_on_a_cached_plan_with_the_exact_top_k(
     runs on the plan PostgreSQL caches for its statement, and that one plan serves lists whose
     rows surround the query (the HNSW pass) and lists whose rows lie far away (the exact scan).
     So does a category's price range (one index on both, migration 0029); a category's attributes
-    (an index of each table, which leads depends on the values) are planned for each search's."""
+    (an index of each table, which leads depends on the values; in a shop, the keys of the
+    products they match) are planned for each search's."""
     from imgsearch import search as search_mod
 
     near = [f"c{c:02d}" for c in range(3)]
@@ -271,7 +272,9 @@ def test_shapes_that_plan_alike_run_on_a_cached_plan_with_the_exact_top_k(
                 text("SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements")
             ).all()
     assert strategies == {"hnsw", "exact"}
-    kinds = {"list": "= ANY", "price": "embeddings.price_units >=", "attributes": "attributes @>"}
+    # a shop's attributes: the keys of its products that match (imgsearch.search.shop_filters)
+    attributes = "attributes @>" if tenant is None else "embeddings.product_pk = ANY"
+    kinds = {"list": "embeddings.category = ANY", "price": "embeddings.price_units >=", "attributes": attributes}
     plans = {kind: (g, c) for s, g, c in prepared if "one_pass" in s for kind, sql in kinds.items() if sql in s}
     generic, custom = plans["list"]
     assert generic > 0 and custom == 0, "the category list ran on its cached plan"

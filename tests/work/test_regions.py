@@ -230,6 +230,12 @@ def test_shop_the_look_without_a_detector_searches_the_quarters_and_centre(
             [0, 0, 32, 24], [32, 0, 64, 24], [0, 24, 32, 48], [32, 24, 64, 48], [16, 12, 48, 36],
         ]  # fmt: skip
         assert all(look.label is None and look.score is None and len(look.hits) == 3 for look in looks)
+        # the photo is decoded once and its crops embedded together: each object finds what a
+        # search of its box finds
+        for look in looks:
+            alone = catalog.search(image=image_bytes(99, (64, 48)), box=look.box, tenant="acme", k=3)
+            assert [h.image_id for h in look.hits] == [h.image_id for h in alone]
+            assert [h.distance for h in look.hits] == pytest.approx([h.distance for h in alone], abs=1e-5)
         assert len(catalog.search_look(image=image_bytes(99, (64, 48)), objects=2)) == 2
         with pytest.raises(InvalidQuery, match="objects must be"):
             catalog.search_look(image=image_bytes(99), objects=0)
