@@ -8,7 +8,9 @@ Run it whenever the search path changes. It takes under two minutes (the first r
 20k-row catalog into the database ``bench_quick`` of the embedded server, about 20 s). The ratios
 compared are each filter's imgsearch p50 over its block's unfiltered baseline and over its floor
 (imgsearch's own statements replayed bare), and for "shop facets" the shop's facets from the kept
-counts over its unfiltered search and over the one pass (migration 0039), with searches unrecorded
+counts over its unfiltered search and over the one pass (migration 0039), for "shop attributes" a
+shop's attribute filter over the same search without a shop and over the shop's search without
+the list of its matching products (migration 0042), with searches unrecorded
 (``IMGSEARCH_RECORD_QUERIES=false``: the record's cost is bench/search/feedback_load.py's); both
 are measured in the same run, so the box's speed
 cancels out, though not its noise: a single marked ratio is a reason to rerun, one marked twice a
@@ -28,6 +30,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve()
 DOCS = HERE.parents[2] / "docs" / "benchmarks.md"
@@ -99,6 +102,49 @@ def facet_ratios(rounds: int = 15) -> dict[str, tuple[float, float]]:
     return {"shop facets": (p50["kept"] / p50["search"], p50["kept"] / p50["one pass"])}
 
 
+def attribute_ratios(rounds: int = 15) -> dict[str, tuple[float, float]]:
+    """A shop's attribute filter (one value of ``bucket``, under its row-level security: the list
+    of its matching products, migration 0042): its p50 over the same search without a shop and
+    over the shop's search without the list (bench/search/shop_attributes.py's columns), in turns."""
+    import numpy as np
+
+    from imgsearch import Catalog
+    from imgsearch.search.shop_filters import ShopFilters
+    from imgsearch.settings import Settings
+
+    sys.path.insert(0, str(HERE.parents[1]))
+    from _catalog import database_url
+
+    settings = Settings()
+    url = database_url(settings.home, "bench_quick")
+    resolved = ShopFilters.resolved
+
+    def unlisted(self: ShopFilters, conn: Any, filters: Any) -> Any:
+        return filters  # the shop's search as before migration 0042
+
+    times: dict[str, list[float]] = {"catalog": [], "no list": [], "shop": []}
+    with Catalog.open(url, model="google/siglip-base-patch16-224", settings=settings) as catalog:
+        rng = np.random.default_rng(4)
+        queries = rng.standard_normal((rounds, catalog.dim))
+        buckets = rng.integers(0, 10_000, rounds)
+        for i in range(rounds + 2):  # the first two warm the plans
+            for name in times:
+                ShopFilters.resolved = unlisted if name == "no list" else resolved  # type: ignore[method-assign]
+                start = time.perf_counter()
+                catalog.search(
+                    vector=queries[i % rounds],
+                    tenant=None if name == "catalog" else "acme",
+                    attributes={"bucket": int(buckets[i % rounds])},
+                    total=False,
+                    k=10,
+                )
+                if i >= 2:
+                    times[name].append(time.perf_counter() - start)
+    ShopFilters.resolved = resolved  # type: ignore[method-assign]
+    p50 = {name: statistics.median(values) for name, values in times.items()}
+    return {"shop attributes": (p50["shop"] / p50["catalog"], p50["shop"] / p50["no list"])}
+
+
 def parse(lines: list[str], method_column: int | None) -> dict[str, tuple[float, float]]:
     """Ratios from a markdown table: search.py's (rows of every method; keeps imgsearch's) or
     the guard's own (filter, p50 / baseline, p50 / floor)."""
@@ -142,7 +188,7 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help="record this run's ratios in docs/benchmarks.md")
     args = parser.parse_args()
     start = time.monotonic()
-    now = run() | facet_ratios()
+    now = run() | facet_ratios() | attribute_ratios()
     before, _ = recorded()
     print(f"\n20k rows, 10 queries per filter, {time.monotonic() - start:.0f} s; ratios now | in docs\n")
     print("| filter | imgsearch / baseline | docs | imgsearch / floor | docs | |")

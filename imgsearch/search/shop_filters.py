@@ -14,7 +14,9 @@ as many products).
 
 One round trip more, for a shop's attribute filter only. The list is read in the search's
 transaction, one statement before the search's own: a product whose attributes change in between
-is judged by its attributes at the lookup.
+is judged by its attributes at the lookup. On a Citus coordinator a shop's search runs as before
+(its statements run on the shop's worker; the lookup isn't sent there). The catalog's own search
+(no shop, no policy) reads the GIN index itself.
 """
 
 from __future__ import annotations
