@@ -42,10 +42,7 @@ def scope(conn: Connection, tenant: str, *, defer: bool = False) -> str:
     statement runs before it), once the role switch has worked on this engine (the first time it
     is sent at once, so a login that can't switch gets the error below)."""
     tenant = checks.identifier(tenant, "tenant")
-    driver = conn.dialect.driver
-    scoping = _SCOPE.get(driver)
-    if scoping is None:
-        scoping = _SCOPE[driver] = Compiled.of(_SCOPE_STATEMENT, conn.dialect)
+    scoping = Compiled.once(_SCOPE_STATEMENT, conn)
     values = {"role": APP_ROLE, "tenant": tenant}
     try:
         # one statement: set_config(..., true) is SET LOCAL, and 'role' is what SET ROLE sets;
@@ -71,7 +68,6 @@ def scope(conn: Connection, tenant: str, *, defer: bool = False) -> str:
 _SCOPE_STATEMENT = text(
     "SELECT set_config('role', :role, true), set_config('imgsearch.tenant', :tenant, true)"
 )
-_SCOPE: dict[str, Compiled] = {}  # by driver
 _SWITCHED: weakref.WeakSet[Engine] = weakref.WeakSet()  # engines whose login switched to the role
 
 

@@ -22,6 +22,9 @@ from sqlalchemy.sql.compiler import SQLCompiler
 
 from imgsearch.db import wire
 
+# module constants' statements compiled once per driver (Compiled.once)
+_ONCE: dict[tuple[ClauseElement, str], Compiled] = {}
+
 
 @dataclass(frozen=True)
 class Compiled:
@@ -34,6 +37,16 @@ class Compiled:
     constants: Mapping[str, Any]
     processors: Mapping[str, Callable[[Any], Any]]
     order: Sequence[str] | None
+
+    @classmethod
+    def once(cls, stmt: ClauseElement, conn: Connection) -> Compiled:
+        """``stmt`` (a module's constant statement) compiled for ``conn``'s driver the first time
+        it runs there, then kept."""
+        key = (stmt, conn.dialect.driver)
+        found = _ONCE.get(key)
+        if found is None:
+            found = _ONCE[key] = cls.of(stmt, conn.dialect)
+        return found
 
     @classmethod
     def of(cls, stmt: ClauseElement, dialect: Dialect) -> Compiled:

@@ -94,7 +94,6 @@ _INSERT = text(
 # join on the shop's key and the product id (an outer join would read every product; on Citus the
 # batch's shops are in no value, so its lookups go to every node, once a batch), then placed by
 # their order, NULL where a product is gone
-_COMPILED: dict[str, Compiled] = {}  # by driver
 
 
 WRITE_DELAY = 0.05  # seconds a search's row may wait to be written with others
@@ -134,11 +133,7 @@ def write(engine: Engine, rows: Sequence[Mapping[str, Any]]) -> bool:
         try:
             with engine.connect() as conn:
                 conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-                driver = conn.dialect.driver
-                compiled = _COMPILED.get(driver)
-                if compiled is None:
-                    compiled = _COMPILED[driver] = Compiled.of(_INSERT, conn.dialect)
-                compiled.execute(conn, values)
+                Compiled.once(_INSERT, conn).execute(conn, values)
             return True
         except DBAPIError as exc:
             if exc.connection_invalidated and attempt == 1:

@@ -61,7 +61,6 @@ SELECT CAST(imgsearch._shop_products(
     bindparam("least", type_=Integer()),
     bindparam("factor", type_=Float()),
 )
-_COMPILED: dict[str, Compiled] = {}  # by dialect
 
 
 class ShopFilters:
@@ -84,12 +83,8 @@ class ShopFilters:
         now = time.monotonic()
         if self._broad.get(key, now) > now:
             return filters
-        name = conn.dialect.name
-        compiled = _COMPILED.get(name)
-        if compiled is None:
-            compiled = _COMPILED[name] = Compiled.of(_LOOKUP, conn.dialect)
         values = {"wanted": wanted, "most": MOST_PRODUCTS, "least": LEAST_PRODUCTS, "factor": LIST_FACTOR}
-        found = compiled.run(conn, values)[0][0]
+        found = Compiled.once(_LOOKUP, conn).run(conn, values)[0][0]
         if found is not None:
             return replace(filters, products=found)
         with self._lock:
