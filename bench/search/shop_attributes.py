@@ -14,8 +14,8 @@ and each attribute filter (one value of ``bucket``: 0.01% of the products; of ``
   under the shop's row-level security, testing ``attributes @> ...`` on the shop's products one by
   one (``imgsearch.search.shop_filters.ShopFilters.resolved`` replaced: no list);
 * **shop**: the same, as imgsearch runs it: the keys of the shop's matching products read first
-  through the attributes' GIN index (``imgsearch._shop_products``), when at most ``MOST_PRODUCTS``
-  match, and the search keeps their rows. A filter found broad (more match) skips the lookup for
+  through the attributes' GIN index (``imgsearch._shop_products``), when few enough match
+  (``imgsearch.search.shop_filters.LIST_FACTOR``), and the search keeps their rows. A filter found broad (more match) skips the lookup for
   a minute: after the untimed rounds, the 10% filter's ten values are all known broad.
 
 Each search's hits are checked against the catalog's.

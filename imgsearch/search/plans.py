@@ -184,7 +184,7 @@ def _settings_sql(
         # nor with parallel workers: planned without the values, a filter on attributes is
         # expected to match 1% of the products (jsonb @>'s default), whose exact scan a Gather
         # would split; at 1M that estimate is 10,000 rows, and starting the workers cost more
-        # than a one-value filter's whole search (11.1 -> 2.5 ms; bench/search/shop_attributes.py).
+        # than a one-value filter's whole search (11.1 -> 2.35 ms; bench/search/shop_attributes.py).
         # It stays off for the rest of the transaction (its later statements read HNSW graphs or
         # a pool, which workers don't serve)
         settings["max_parallel_workers_per_gather"] = "0"

@@ -231,3 +231,26 @@ def test_a_list_is_bounded_by_the_square_root_of_the_catalogs_products(
     sent.clear()
     catalog.search(vector=q, k=10, tenant="shop_a", attributes={"tone": 1})
     assert not any("product_pk = ANY" in s for s in sent)
+
+
+def test_right_after_a_first_upload_a_shops_attribute_filter_is_listed(database_url: str) -> None:
+    """No statistics yet (``reltuples`` -1): the list's bound is LEAST_PRODUCTS, and the search
+    keeps the listed products' rows with the hits of the catalog's own search."""
+    with Catalog.open(database_url) as catalog:
+        catalog.add_many(
+            {
+                "embedding": unit(DIM, i),
+                "tenant": "shop_a",
+                "product_id": f"a{i}",
+                "attributes": {"bucket": i % 10},
+            }
+            for i in range(200)
+        )
+        sent = recorded_statements(catalog.search_engine)
+        q = unit(DIM, 3)
+        hits = catalog.search(vector=q, k=10, tenant="shop_a", attributes={"bucket": 3})
+        assert any("product_pk = ANY" in s for s in sent)
+        expected = catalog.search(
+            vector=q, k=10, attributes={"bucket": 3}, where=Embedding.tenant == "shop_a"
+        )
+        assert hits and [h.image_id for h in hits] == [h.image_id for h in expected]
