@@ -157,6 +157,13 @@ class Settings(BaseSettings):
         le=1,
         description="...or at most this share of the catalog, when HNSW finds too few of them near the query.",
     )
+    binary_codes: bool = Field(
+        default=True,
+        description=(
+            "Far filters of a few thousand rows or more compare binary codes first, then re-rank exactly "
+            "(where the model's codes passed their recall check)."
+        ),
+    )
     region_margin: float = Field(
         default=REGION_MARGIN,
         ge=0,

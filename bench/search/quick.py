@@ -10,7 +10,9 @@ compared are each filter's imgsearch p50 over its block's unfiltered baseline an
 (imgsearch's own statements replayed bare), and for "shop facets" the shop's facets from the kept
 counts over its unfiltered search and over the one pass (migration 0039), for "shop attributes" a
 shop's attribute filter over the same search without a shop and over the shop's search without
-the list of its matching products (migration 0042), with searches unrecorded
+the list of its matching products (migration 0042), for "far codes" a far filter of 4,000 rows
+read by the binary codes over the unfiltered search and over the same search without the codes
+(migration 0043, on calibrated vectors: ``bench_quick_calibrated``), with searches unrecorded
 (``IMGSEARCH_RECORD_QUERIES=false``: the record's cost is bench/search/feedback_load.py's); both
 are measured in the same run, so the box's speed
 cancels out, though not its noise: a single marked ratio is a reason to rerun, one marked twice a
@@ -145,6 +147,62 @@ def attribute_ratios(rounds: int = 15) -> dict[str, tuple[float, float]]:
     return {"shop attributes": (p50["shop"] / p50["catalog"], p50["shop"] / p50["no list"])}
 
 
+def codes_ratios(rounds: int = 15) -> dict[str, tuple[float, float]]:
+    """A far filter read by the binary codes (migration 0043): 20 categories (4,000 rows) far from
+    the query, on calibrated vectors (``bench_quick_calibrated``, where the codes pass their
+    check; the clustered catalog's don't), searched with ``exact_max_fraction`` 0.3 (at 20k rows
+    the default bound, 3,000 rows, is the codes' least); its p50 over the unfiltered search and
+    over the same search without the codes (bench/search/far_codes.py's columns), in turns, each
+    way on another query vector than the one before it."""
+    import numpy as np
+
+    from imgsearch import Catalog
+    from imgsearch.db import filter_indexes
+    from imgsearch.settings import Settings
+
+    sys.path.insert(0, str(HERE.parents[1]))
+    from _catalog import cluster_centres, stored_catalog
+
+    url, data, labels, _ = stored_catalog(20_000, "calibrated", "bench_quick_calibrated")
+    centres = cluster_centres(data, labels)
+    settings = Settings(exact_max_fraction=0.3)
+    ways = ("search", "codes", "no codes")
+    times: dict[str, list[float]] = {name: [] for name in ways}
+    with (
+        Catalog.open(url, model="google/siglip-base-patch16-224", settings=settings) as on,
+        Catalog.open(
+            url,
+            model="google/siglip-base-patch16-224",
+            settings=settings.model_copy(update={"binary_codes": False}),
+        ) as off,
+    ):
+        filter_indexes.refresh(on.engine, on.active_model)  # the codes' check, as the import runs it
+        strategies: list[str] = []
+        on.on_search_plan = lambda plan: strategies.append(plan.strategy)
+        rng = np.random.default_rng(6)
+        rows = rng.integers(0, len(data), rounds)
+        for i in range(rounds + 2):  # the first two warm the plans
+            for j, name in enumerate(ways):
+                row = int(rows[(i + 5 * j) % rounds])
+                far = np.argsort(centres @ centres[labels[row]])  # the clusters least like it first
+                categories = list(dict.fromkeys(f"cat-{c // 2:03d}" for c in far))[:20]
+                start = time.perf_counter()
+                if name == "search":
+                    on.search(vector=data[row], total=False, k=10)
+                else:
+                    (on if name == "codes" else off).search(
+                        vector=data[row], category=categories, total=False, k=10
+                    )
+                if i >= 2:
+                    times[name].append(time.perf_counter() - start)
+    if strategies.count("codes") < rounds:
+        sys.exit(
+            f"far codes: the searches didn't read the codes ({strategies}): run `imgsearch index refresh`?"
+        )
+    p50 = {name: statistics.median(values) for name, values in times.items()}
+    return {"far codes": (p50["codes"] / p50["search"], p50["codes"] / p50["no codes"])}
+
+
 def parse(lines: list[str], method_column: int | None) -> dict[str, tuple[float, float]]:
     """Ratios from a markdown table: search.py's (rows of every method; keeps imgsearch's) or
     the guard's own (filter, p50 / baseline, p50 / floor)."""
@@ -188,7 +246,7 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help="record this run's ratios in docs/benchmarks.md")
     args = parser.parse_args()
     start = time.monotonic()
-    now = run() | facet_ratios() | attribute_ratios()
+    now = run() | facet_ratios() | attribute_ratios() | codes_ratios()
     before, _ = recorded()
     print(f"\n20k rows, 10 queries per filter, {time.monotonic() - start:.0f} s; ratios now | in docs\n")
     print("| filter | imgsearch / baseline | docs | imgsearch / floor | docs | |")

@@ -11,6 +11,7 @@ from imgsearch.settings import Settings
 
 def _index(args: argparse.Namespace, settings: Settings) -> int:
     from imgsearch.catalog import Catalog
+    from imgsearch.db import binary_codes
     from imgsearch.db.filter_indexes import MIN_RECALL
 
     progress = sys.stderr.isatty()
@@ -23,6 +24,8 @@ def _index(args: argparse.Namespace, settings: Settings) -> int:
         elif args.index_command == "refresh":
             result = catalog.refresh_filter_indexes(progress=progress)
         else:
+            with catalog.engine.connect() as conn:
+                print(binary_codes.describe(binary_codes.last_check(conn, catalog.active_model.id)))
             graphs = catalog.filter_graphs()
             if not graphs:
                 print("no per-value indexes (imgsearch index categories --min-rows N makes them)")
@@ -41,10 +44,13 @@ def _index(args: argparse.Namespace, settings: Settings) -> int:
                     f"{g.recall:>6.3f}  {state}"
                 )
             return 0
-    print(
-        f"{len(result.built)} indexes built, {len(result.dropped)} dropped, {result.kept} kept "
-        f"in {result.seconds:.1f} s"
-    )
+        print(
+            f"{len(result.built)} indexes built, {len(result.dropped)} dropped, {result.kept} kept "
+            f"in {result.seconds:.1f} s"
+        )
+        if result.codes_recall is not None:  # checked again by this refresh
+            with catalog.engine.connect() as conn:
+                print(binary_codes.describe(binary_codes.last_check(conn, catalog.active_model.id)))
     return 0
 
 
@@ -57,7 +63,8 @@ def register(commands: Subparsers) -> None:
         "recall is checked at its build against an exact search; searches use it from 0.98 up. "
         "Built CONCURRENTLY (searches and uploads go on). The rule is kept: "
         "imports and the workers' sweep build indexes for values that grow past it, and drop "
-        "those that shrink below half of it.",
+        "those that shrink below half of it. A refresh also checks the model's binary codes (which far "
+        "filters read) when they are new or its rows have doubled or halved; list shows that check.",
     )
     sub = index.add_subparsers(dest="index_command", required=True, metavar="COMMAND")
     for name, what in (("categories", "category"), ("tenants", "tenant")):

@@ -34,6 +34,7 @@ REFERENCE = (
     "api_keys",
     "filter_index_rules",
     "filter_indexes",
+    "binary_code_checks",
     "text_embeddings",
     "text_requests",
 )

@@ -46,7 +46,7 @@ import psycopg
 from psycopg import sql
 from sqlalchemy import Connection, Engine, text
 
-from imgsearch.db import vector_index
+from imgsearch.db import binary_codes, vector_index
 from imgsearch.db.engine import libpq_conninfo
 from imgsearch.db.models import SCHEMA
 from imgsearch.errors import DatabaseUnavailable, InvalidInput, TransientError
@@ -68,6 +68,7 @@ class RefreshResult:
     dropped: list[tuple[str, str]] = field(default_factory=list)
     kept: int = 0
     seconds: float = 0.0
+    codes_recall: float | None = None  # the model's binary codes, checked again (imgsearch.db.binary_codes)
 
 
 @dataclass(frozen=True)
@@ -203,6 +204,8 @@ def refresh(
                 return result
         if maintenance_work_mem:
             conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", (maintenance_work_mem,))
+        # the codes far filters read, checked on a new model and when its rows doubled or halved
+        result.codes_recall = binary_codes.check_if_due(conn, model)
         ruled: dict[str, int] = {
             str(column): int(n)
             for column, n in conn.execute(

@@ -39,6 +39,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, DOUBLE_PRECISION, JSONB, REAL, REGCONFIG, TSVECTOR
+from sqlalchemy.dialects.postgresql import BIT as PG_BIT
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from imgsearch.db.base import SCHEMA as SCHEMA  # the schema name, for importers of the models
@@ -87,6 +88,8 @@ SEARCH_DOC = (
 # products' and embeddings' price_units (migration 0030); a NaN price gives NULL, so that the
 # products' check refuses it by name (a bigint can't hold NaN, and the column is computed first)
 PRICE_UNITS = "(nullif(price, 'NaN') * 10000)::bigint"
+# embeddings' binary codes (migration 0043)
+BINARY_CODE = "binary_quantize(embedding)::bit varying"
 LEXICAL_TEXT = "lower(coalesce(title, '') || ' ' || coalesce(brand, '') || ' ' || product_id)"
 
 
@@ -300,8 +303,17 @@ class Embedding(Base):
         Index("embeddings_price_idx", "model_id", "price_units"),
         # a shop's search within a category and its price range (migrations 0005, 0029, 0030),
         # and its price range alone (a skip scan over its categories); its prefixes serve
-        # tenant-only filters and a shop's category
-        Index("embeddings_tenant_category_price_idx", "model_id", "tenant", "category", "price_units"),
+        # tenant-only filters and a shop's category; it carries each row's binary code and key,
+        # so a far filter's nearest codes are an index-only scan (migration 0043,
+        # imgsearch.db.binary_codes)
+        Index(
+            "embeddings_tenant_category_price_idx",
+            "model_id",
+            "tenant",
+            "category",
+            "price_units",
+            postgresql_include=["code", "image_id", "product_pk", "region"],
+        ),
     )
 
     model_id: Mapped[int] = mapped_column(SmallInteger, ForeignKey("models.id", ondelete="CASCADE"))
@@ -318,6 +330,8 @@ class Embedding(Base):
     price: Mapped[Decimal | None] = mapped_column(Numeric(14, 4))
     price_units: Mapped[int | None] = mapped_column(BigInteger, Computed(PRICE_UNITS, persisted=True))  # as products'
     embedding: Mapped[Any] = mapped_column(HALFVEC())
+    # its sign bits, one a dimension, kept by PostgreSQL (migration 0043, imgsearch.db.binary_codes)
+    code: Mapped[str] = mapped_column(PG_BIT(varying=True), Computed(BINARY_CODE, persisted=True))
     created_at: Mapped[dt.datetime] = _created()
 
     image: Mapped[Image] = relationship(back_populates="embeddings")
@@ -413,6 +427,23 @@ class FilterIndex(Base):
     rows: Mapped[int] = mapped_column(BigInteger)
     recall: Mapped[float] = mapped_column(REAL)
     created_at: Mapped[dt.datetime] = _created()
+
+
+class BinaryCodeCheck(Base):
+    """How well a model's binary codes find an exact search's top 10, at its last check
+    (:mod:`imgsearch.db.binary_codes`, migration 0043)."""
+
+    __tablename__ = "binary_code_checks"
+    __table_args__ = (CheckConstraint("recall BETWEEN 0 AND 1", name="recall"),)
+
+    model_id: Mapped[int] = mapped_column(
+        SmallInteger, ForeignKey("models.id", ondelete="CASCADE"), primary_key=True
+    )
+    rows: Mapped[int] = mapped_column(BigInteger)
+    recall: Mapped[float] = mapped_column(REAL)
+    checked_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), server_default=text("now()")
+    )
 
 
 class TenantLogin(Base):

@@ -34,7 +34,9 @@ SETTINGS_KEPT = 256  # distinct plans' settings remembered (an iterative scan's 
 
 @dataclass(frozen=True)
 class Plan:
-    strategy: str  # "exact", "hnsw" (one pass) or "hnsw_iterative" (a pool, then an exact re-sort)
+    # "exact", "hnsw" (one pass), "hnsw_iterative" (a pool, then an exact re-sort) or "codes" (the
+    # rows nearest by binary codes, then an exact re-sort: imgsearch.db.binary_codes)
+    strategy: str
     matching: int  # rows the filters match, counted up to a bound (-1: not counted)
     ef_search: int = 0
     max_scan_tuples: int = 0

@@ -52,6 +52,9 @@ class Options:
     # a region's distance plus this margin
     regions: bool = True
     region_margin: float = 0.0
+    # far filters may compare binary codes first (settings.binary_codes; routing turns it off
+    # where the model's codes didn't pass their check: imgsearch.db.binary_codes)
+    codes: bool = True
 
     def __post_init__(self) -> None:
         self.check()  # every Options is checked, a replace()-d one too
@@ -123,6 +126,7 @@ def options_for(
         boosting=boosting,
         regions=regions,
         region_margin=settings.region_margin,
+        codes=settings.binary_codes,
     )
     return options
 
@@ -182,6 +186,7 @@ def _search(
         min_ef=options.min_ef,
         row_estimate=options.row_estimate,
         boosting=boosting,
+        codes=options.codes,
     )
     if options.on_plan is not None:
         options.on_plan(result.plan)

@@ -18,7 +18,7 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
 from imgsearch.access import tenancy
-from imgsearch.db import citus, filter_indexes, vector_index, wire
+from imgsearch.db import binary_codes, citus, filter_indexes, vector_index, wire
 from imgsearch.errors import InvalidQuery
 from imgsearch.ingest.vectors import Vector
 from imgsearch.records import ModelInfo
@@ -53,6 +53,7 @@ class Router:
         self._rows: int | None = None
         self._boosted: frozenset[str] = frozenset()  # tenants with learned boosts, read with the graphs
         self._regions = False  # whether a region rule is on (images may have region rows), read with the graphs
+        self._codes = False  # whether the model's binary codes passed their check, read with the graphs
         self._shop_filters = shop_filters.ShopFilters()
 
     def forget_graphs(self) -> None:
@@ -150,8 +151,10 @@ class Router:
         # nothing to blend: the statement without the boosts
         unboosted = options.boosting is not None and not self.has_boosts(filters.tenant_name())
         boosting = None if unboosted else options.boosting
-        if (options.min_ef, options.row_estimate, options.boosting) != (self._min_ef, self._rows, boosting):
-            options = replace(options, min_ef=self._min_ef, row_estimate=self._rows, boosting=boosting)
+        codes = options.codes and self._codes
+        known = (self._min_ef, self._rows, boosting, codes)
+        if (options.min_ef, options.row_estimate, options.boosting, options.codes) != known:
+            options = replace(options, min_ef=self._min_ef, row_estimate=self._rows, boosting=boosting, codes=codes)
         # the scope below may wait for the next statement; alone: one round trip for one statement
         with wire.begin(engine, alone=alone) as conn:
             if lsn is not None and self.replicas is not None and not self.replicas.wait_for(conn, lsn):
@@ -199,6 +202,7 @@ class Router:
                 self._graphs = {}
             self._boosted = _boosted_tenants(self.engine)
             self._regions = _regions_on(self.engine)
+            self._codes = _codes_usable(self.engine, model)
             self._graphs_key = (model.id, now)
         if not self._graphs:
             return None
@@ -227,6 +231,17 @@ def _regions_on(engine: Engine) -> bool:
             return region_rules.any_on(conn)
     except DBAPIError as exc:
         log.debug("region rules not readable: %s", exc.orig)
+        return False
+
+
+def _codes_usable(engine: Engine, model: ModelInfo) -> bool:
+    """Whether far filters may read the model's binary codes (imgsearch.db.binary_codes); not on
+    a Citus coordinator (its statements are planned for each shop's shard); False when unreadable."""
+    try:
+        with engine.begin() as conn:
+            return not citus.on_coordinator(conn) and binary_codes.usable(conn, model.id)
+    except DBAPIError as exc:
+        log.debug("binary code checks not readable: %s", exc.orig)
         return False
 
 

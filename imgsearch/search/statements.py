@@ -14,6 +14,7 @@ from sqlalchemy import (
     BigInteger,
     BindParameter,
     ColumnElement,
+    Float,
     Select,
     Text,
     and_,
@@ -28,6 +29,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.expression import literal
 
+from imgsearch.db import binary_codes
 from imgsearch.db.models import Embedding, Image, Product
 from imgsearch.db.vector_index import embedding_expr, model_filter, query_param
 from imgsearch.ingest.vectors import Vector
@@ -221,6 +223,7 @@ def filtered_statement(
     one_pass: bool,
     with_embeddings: bool,
     sized: bool = False,
+    codes: bool = False,
 ) -> Select[Any]:
     """Strategy and search of a filtered search in one statement.
 
@@ -242,6 +245,11 @@ def filtered_statement(
     * the full count, up to ``bound + 1``: only when the one pass came short.
     * ``exact`` (at most ``exact_max_rows`` match, or at most ``bound`` and the pass came short):
       every matching row's distance.
+    * ``codes`` (when asked for, :func:`codes_cover` the filters, more than
+      :data:`binary_codes.MIN_ROWS` and at most ``bound`` match, and the pass came short) in
+      place of ``exact``: the :data:`binary_codes.POOL` rows nearest by their codes' Hamming
+      distance, read from an index that carries them, re-ranked by their full distance
+      (:func:`_codes_top`).
     * neither (more than ``bound`` match, the pass came short): no hits; the caller runs an
       iterative scan (:func:`pooled_statement`) next.
 
@@ -297,7 +305,14 @@ def filtered_statement(
         short = matching_few > small
     many = counted("many", bound, gate=short)
     matching_many = select(many.c.matching).scalar_subquery()
-    gate = or_(matching_few <= small, and_(short, matching_many <= bound))
+    scanned = and_(short, matching_many <= bound)
+    if codes:
+        by_codes = literal(binary_codes.MIN_ROWS) < matching_many
+        pool = max(binary_codes.POOL, fetch_size(wanted)) if isinstance(wanted, int) else binary_codes.POOL
+        coded = _codes_top(model, q, filters, fetched, pool, with_embeddings, and_(scanned, by_codes))
+        parts.append(select(literal("codes").label("source"), *coded.subquery("codes").c))
+        scanned = and_(scanned, ~by_codes)
+    gate = or_(matching_few <= small, scanned)
     exact = _exact_top(model, q, filters, fetched, 0, with_embeddings, gate).subquery("exact")
     parts.append(select(literal("exact").label("source"), *exact.c))
     hits = union_all(*parts).subquery("hits") if len(parts) > 1 else parts[0].subquery("hits")
@@ -312,6 +327,50 @@ def filtered_statement(
         .outerjoin(hits, true())
         .outerjoin(Product, _product_of(filters, hits))
     )
+
+
+def codes_cover(filters: Filters) -> bool:
+    """Whether the index that carries the codes (``embeddings_tenant_category_price_idx``: the
+    keys tenant, category, price, and each row's image, product and region) answers every filter,
+    so the codes' scan reads no table: no condition on products (brand, attributes not listed by
+    :mod:`imgsearch.search.shop_filters`), no ``where``, not sharded (a Citus coordinator)."""
+    return not filters.on_products and filters.where is None and not filters.sharded
+
+
+def _codes_top(
+    model: ModelInfo,
+    query: BindParameter[Any],
+    filters: Filters,
+    fetched: Any,
+    pool: int,
+    with_embeddings: bool,
+    gate: ColumnElement[bool],
+) -> Select[Any]:
+    """The ``pool`` matching rows nearest by Hamming distance between their
+    codes and the query's (an index-only scan, in a materialised CTE so the planner can't fold
+    it into the re-rank), then those rows by their full distance: their ``fetched`` nearest, as
+    :func:`_exact_top` gives them."""
+    # the query's code as a subquery: computed once (a cached plan would compute it for each row)
+    hamming = Embedding.code.op("<~>", return_type=Float())(
+        select(func.binary_quantize(query)).scalar_subquery()
+    )
+    nearest = (
+        joined(model, filters, Embedding.image_id, Embedding.product_pk, Embedding.region)
+        .where(gate)
+        .order_by(hamming)
+        .limit(pool)
+        .cte("code_pool")
+        .prefix_with("MATERIALIZED")
+    )
+    distance = Embedding.embedding.cosine_distance(query)
+    columns = hit_columns(distance, with_embeddings, Embedding.product_pk, filters.region_rows is not None)
+    same_row = and_(
+        Embedding.image_id == nearest.c.image_id,
+        Embedding.product_pk == nearest.c.product_pk,
+        Embedding.region == nearest.c.region,
+    )
+    rows = select(*columns).join_from(nearest, Embedding, same_row).where(model_filter(model.id))
+    return rows.order_by(distance).limit(fetched)
 
 
 TOTAL_PARAM, BOUND_PARAM = "imgsearch_rows_total", "imgsearch_rows_bound"

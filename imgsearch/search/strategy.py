@@ -13,7 +13,9 @@ than asked and miss close matches. A filtered search here is one statement
   an unfiltered search.
 * when the pass comes short, the filter's rows lie away from the query, where HNSW's graph walk
   reaches them late and in no useful order: ``exact`` again when at most :data:`EXACT_MAX_FRACTION`
-  of the catalog matches, else ``hnsw_iterative`` (a second statement): ``hnsw.iterative_scan =
+  of the catalog matches (``codes`` past a few thousand rows, where the model's binary codes
+  passed their check: the rows nearest by their codes, re-ranked exactly,
+  :mod:`imgsearch.db.binary_codes`), else ``hnsw_iterative`` (a second statement): ``hnsw.iterative_scan =
   relaxed_order`` collects a pool of matching rows that the outer query re-sorts exactly, with an
   exact scan if even the pool comes short.
 
@@ -63,6 +65,7 @@ from imgsearch.search.plans import (
 from imgsearch.search.statements import (
     ARM_PREFIX,
     MAX_PER_VALUE_ARMS,
+    codes_cover,
     exact_statement,
     fetch_limit,
     fetch_size,
@@ -166,6 +169,7 @@ def search_vector(
     min_ef: int = MIN_EF_SEARCH,
     row_estimate: int | None = None,
     boosting: Boosting | None = None,
+    codes: bool = False,
 ) -> Result:
     """Top ``k`` (after ``offset``) rows by cosine distance, inside the caller's transaction.
 
@@ -179,7 +183,9 @@ def search_vector(
     each statement orders its rows by their boosted places (:func:`boosting.ranked`); the caller
     asks for the ``k`` that any boost could bring onto its page. ``row_estimate``: the embeddings' row
     estimate, for a database whose statements can't read it (a Citus coordinator); None: they
-    read ``pg_class``.
+    read ``pg_class``. ``codes``: the model's binary codes passed their check
+    (:func:`imgsearch.db.binary_codes.usable`): a far filter of a few thousand rows or more,
+    which the index carrying the codes answers, compares them before its full distances.
     """
     run = _Run(conn, model, query, filters, with_embeddings, boosting)
     boosted = boosting is not None
@@ -212,8 +218,18 @@ def search_vector(
             return hits
     # settings for the one pass (ignored by the exact scan and the count)
     run.set_local(first or Plan("exact", -1, ef_search=min_ef), with_planner=True, cached_plan=cached_plan)
+    codes = codes and codes_cover(filters)
     found = run.execute(
-        ("filtered", k, offset, exact_max_rows, exact_max_fraction, first is not None, row_estimate is None),
+        (
+            "filtered",
+            k,
+            offset,
+            exact_max_rows,
+            exact_max_fraction,
+            first is not None,
+            row_estimate is None,
+            codes,
+        ),
         lambda q: filtered_statement(
             model,
             q,
@@ -225,6 +241,7 @@ def search_vector(
             one_pass=first is not None,
             with_embeddings=with_embeddings,
             sized=row_estimate is not None,
+            codes=codes,
         ),
         None if row_estimate is None else sizes(row_estimate, wanted, exact_max_rows, exact_max_fraction),
     )
@@ -237,6 +254,8 @@ def search_vector(
         return _result(
             found, replace(first, matching=matching), with_embeddings, skip=offset, k=k, boosted=boosted
         )
+    if source == "codes":
+        return _result(found, Plan("codes", matching), with_embeddings, skip=offset, k=k, boosted=boosted)
     if 0 <= matching <= bound:  # the exact scan ran (and found every matching row when fewer than k)
         return _result(found, Plan("exact", matching), with_embeddings, skip=offset, k=k, boosted=boosted)
     chosen = iterative_plan(wanted, matching, total, min_ef)

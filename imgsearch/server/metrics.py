@@ -47,7 +47,7 @@ class Metrics:
         )
         self.search_plans = Counter(
             "imgsearch_search_plans",
-            "Search statements by strategy: exact, hnsw (one pass) or hnsw_iterative.",
+            "Search statements by strategy: exact, hnsw (one pass), hnsw_iterative or codes.",
             ["strategy"],
             registry=self.registry,
         )

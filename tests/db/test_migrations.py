@@ -24,6 +24,7 @@ TABLES = {
     "text_embeddings",
     "text_requests",
     "filter_index_rules",
+    "binary_code_checks",
     "filter_indexes",
     "region_rules",
     "text_search",
