@@ -32,6 +32,7 @@ import psycopg
 from psycopg import sql
 from sqlalchemy import Connection, text
 
+from imgsearch.db import citus
 from imgsearch.db.models import SCHEMA
 from imgsearch.records import ModelInfo
 from imgsearch.settings import Settings
@@ -78,7 +79,11 @@ def describe(check: tuple[int, float, dt.datetime] | None) -> str:
 
 def check_if_due(conn: psycopg.Connection, model: ModelInfo) -> float | None:
     """:func:`check` when the model has rows and no check yet, or its rows have grown or shrunk
-    :data:`RECHECK` times since; the recall found, or None when no check was due."""
+    :data:`RECHECK` times since; the recall found, or None when no check was due (or on a Citus
+    coordinator, whose searches don't read the codes)."""
+    on_coordinator = conn.execute(citus.IS_COORDINATOR).fetchone()
+    if on_coordinator is not None and on_coordinator[0]:
+        return None  # a Citus coordinator's searches don't read the codes (imgsearch.search.routing)
     rows = _rows(conn, model)
     if rows == 0:
         return None
@@ -117,7 +122,7 @@ def check(conn: psycopg.Connection, model: ModelInfo) -> float:
     recall = found / wanted if wanted else 1.0
     conn.execute(
         f"INSERT INTO {SCHEMA}.binary_code_checks (model_id, rows, recall) VALUES (%s, %s, %s) "
-        "ON CONFLICT (model_id) DO UPDATE SET rows = excluded.rows, recall = excluded.recall, checked_at = now()",
+        "ON CONFLICT (model_id) DO UPDATE SET rows = excluded.rows, recall = excluded.recall, checked_at = excluded.checked_at",
         (int(model.id), rows, recall),
     )
     level = logging.INFO if recall >= MIN_RECALL else logging.WARNING

@@ -7,7 +7,8 @@ and its counts ``imgsearch.facets``. Their statements are the library's own, com
 console's filters (:mod:`imgsearch.search.plpgsql`):
 
 * ``_search``: :func:`statements.filtered_statement` (the count, the one HNSW pass and the exact
-  scan, chosen inside PostgreSQL), :func:`statements.hnsw_statement`,
+  scan, chosen inside PostgreSQL; with the binary codes' part where the model's codes passed
+  their check, ``imgsearch._binary_codes_on``), :func:`statements.hnsw_statement`,
   :func:`statements.pooled_statement` and :func:`statements.exact_statement`, with the numbers of
   :mod:`imgsearch.search.plans` (thresholds, ``ef_search``, pools, the planner's settings), run in
   the order of :func:`imgsearch.search.strategy.search_vector`;
@@ -96,10 +97,11 @@ def search_texts() -> dict[str, str]:
 
     # sized: the row estimate and the bound as values (a Citus coordinator's statement takes no
     # subquery in a LIMIT), as the library's on Citus
-    def filtered(one_pass: bool) -> Any:
+    def filtered(one_pass: bool, codes: bool = False) -> Any:
         return statements.filtered_statement(
             MODEL, q, filters, k, 0, exact_max_rows=plans.EXACT_MAX_ROWS,
             exact_max_fraction=plans.EXACT_MAX_FRACTION, one_pass=one_pass, with_embeddings=False, sized=True,
+            codes=codes,
         )  # fmt: skip
 
     total = bindparam(statements.TOTAL_PARAM, type_=Integer())
@@ -110,6 +112,7 @@ def search_texts() -> dict[str, str]:
         "one_pass": statements.hnsw_statement(MODEL, q, filters, k),
         "filtered": filtered(True),
         "filtered_exact": filtered(False),
+        "filtered_codes": filtered(True, codes=True),
         "pooled": statements.pooled_statement(MODEL, q, filters, pool, k, 0, False),
         "exact": statements.exact_statement(MODEL, q, filters, k),
     }

@@ -58,6 +58,7 @@ DECLARE
     -- once, by the closer of its whole row and its best region plus the margin, from a pool of
     -- rows (imgsearch.search.request, rerank.best_per_image)
     regioned boolean := imgsearch._regions_on();  -- any role may ask, none reads the rules
+    codes boolean := false;  -- the model's binary codes passed their check (imgsearch.db.binary_codes)
     margin text := btrim(coalesce(nullif(current_setting('imgsearch.region_margin', true), ''), '{margin}'));
     rows_k int := k;  -- the rows each statement fetches: k, or the pool
     last double precision;
@@ -79,6 +80,8 @@ DECLARE
     filtered constant text := $sql${filtered}$sql$;
     -- the same without the one pass (2 k above plans.MAX_EF_SEARCH)
     filtered_exact constant text := $sql${filtered_exact}$sql$;
+    -- the same with the binary codes' part: a far filter's rows nearest by their codes, re-ranked
+    filtered_codes constant text := $sql${filtered_codes}$sql$;
     -- statements.pooled_statement: a relaxed iterative scan's pool, re-sorted exactly
     pooled constant text := $sql${pooled}$sql$;
     -- statements.exact_statement: every matching row's distance
@@ -123,6 +126,8 @@ BEGIN
     END IF;
     IF imgsearch._citus() THEN
         PERFORM imgsearch._begin_distributed();
+    ELSE  -- (a coordinator plans each shop's statement on its shard: no codes there, as in the library)
+        codes := imgsearch._binary_codes_on(active.id);
     END IF;
     EXECUTE total_rows INTO total;
     min_ef := CASE WHEN total <= {ef_base_rows} THEN {min_ef}
@@ -142,12 +147,15 @@ BEGIN
                 strategy := 'hnsw';
             END IF;
         ELSIF has_filters THEN
-            EXECUTE format(counted_hits, format(CASE WHEN ef_search <= {max_ef} THEN filtered ELSE filtered_exact END,
+            EXECUTE format(counted_hits, format(CASE WHEN ef_search > {max_ef} THEN filtered_exact
+                                                     WHEN codes THEN filtered_codes ELSE filtered END,
                                                 active.id, active.dim))
                 INTO ids, products, distances, boxed, matching, bound, total, source
                 USING {using};
             IF source = 'hnsw' THEN
                 strategy := 'hnsw';
+            ELSIF source = 'codes' THEN
+                strategy := format('codes (%s rows match)', matching);
             ELSIF 0 <= matching AND matching <= bound THEN
                 strategy := format('exact (%s rows match)', matching);
             END IF;

@@ -308,7 +308,11 @@ def filtered_statement(
     scanned = and_(short, matching_many <= bound)
     if codes:
         by_codes = literal(binary_codes.MIN_ROWS) < matching_many
-        pool = max(binary_codes.POOL, fetch_size(wanted)) if isinstance(wanted, int) else binary_codes.POOL
+        pool: Any = (
+            max(binary_codes.POOL, fetch_size(wanted))
+            if isinstance(wanted, int)
+            else func.greatest(literal(binary_codes.POOL), wanted)  # the console's k, a parameter
+        )
         coded = _codes_top(model, q, filters, fetched, pool, with_embeddings, and_(scanned, by_codes))
         parts.append(select(literal("codes").label("source"), *coded.subquery("codes").c))
         scanned = and_(scanned, ~by_codes)
@@ -342,7 +346,7 @@ def _codes_top(
     query: BindParameter[Any],
     filters: Filters,
     fetched: Any,
-    pool: int,
+    pool: int | ColumnElement[Any],
     with_embeddings: bool,
     gate: ColumnElement[bool],
 ) -> Select[Any]:

@@ -65,6 +65,7 @@ DECLARE
     -- once, by the closer of its whole row and its best region plus the margin, from a pool of
     -- rows (imgsearch.search.request, rerank.best_per_image)
     regioned boolean := imgsearch._regions_on();  -- any role may ask, none reads the rules
+    codes boolean := false;  -- the model's binary codes passed their check (imgsearch.db.binary_codes)
     margin text := btrim(coalesce(nullif(current_setting('imgsearch.region_margin', true), ''), '0.16'));
     rows_k int := k;  -- the rows each statement fetches: k, or the pool
     last double precision;
@@ -148,6 +149,56 @@ FROM few) <= 1500 OR (SELECT few.matching
 FROM few) > 1500 AND (SELECT many.matching
 FROM many) <= $11) ORDER BY imgsearch.embeddings.embedding <=> $1
  LIMIT $2) AS exact) AS hits ON true LEFT OUTER JOIN imgsearch.products ON imgsearch.products.id = hits.product_pk AND imgsearch.products.tenant = hits.tenant AND ($4 IS NULL OR imgsearch.products.tenant = $4)$sql$;
+    -- the same with the binary codes' part: a far filter's rows nearest by their codes, re-ranked
+    filtered_codes constant text := $sql$WITH few AS
+(SELECT count(*) AS matching
+FROM (SELECT imgsearch.embeddings.image_id AS image_id
+FROM imgsearch.embeddings
+WHERE imgsearch.embeddings.model_id = %1$s AND ($4 IS NULL OR imgsearch.embeddings.tenant = $4) AND ($5 IS NULL OR imgsearch.embeddings.category = $5) AND ($6 IS NULL OR imgsearch.embeddings.price_units >= $6) AND ($7 IS NULL OR imgsearch.embeddings.price_units <= $7) AND ($8 IS NULL OR imgsearch.embeddings.image_id != $8) AND ($9 IS NULL OR imgsearch.embeddings.product_pk != $9)
+ LIMIT 1500 + 1) AS few_rows),
+one_pass AS MATERIALIZED
+(SELECT imgsearch.embeddings.image_id AS image_id, imgsearch.embeddings.product_pk AS product_pk, imgsearch.embeddings.tenant AS tenant, imgsearch.embeddings.category AS category, imgsearch.embeddings.price AS price, CAST(imgsearch.embeddings.embedding AS halfvec(%2$s)) <=> $1 AS distance, imgsearch.embeddings.box AS box
+FROM imgsearch.embeddings
+WHERE imgsearch.embeddings.model_id = %1$s AND ($4 IS NULL OR imgsearch.embeddings.tenant = $4) AND ($5 IS NULL OR imgsearch.embeddings.category = $5) AND ($6 IS NULL OR imgsearch.embeddings.price_units >= $6) AND ($7 IS NULL OR imgsearch.embeddings.price_units <= $7) AND ($8 IS NULL OR imgsearch.embeddings.image_id != $8) AND ($9 IS NULL OR imgsearch.embeddings.product_pk != $9) AND (SELECT few.matching
+FROM few) > 1500 ORDER BY CAST(imgsearch.embeddings.embedding AS halfvec(%2$s)) <=> $1
+ LIMIT $2),
+many AS
+(SELECT count(*) AS matching
+FROM (SELECT imgsearch.embeddings.image_id AS image_id
+FROM imgsearch.embeddings
+WHERE imgsearch.embeddings.model_id = %1$s AND ($4 IS NULL OR imgsearch.embeddings.tenant = $4) AND ($5 IS NULL OR imgsearch.embeddings.category = $5) AND ($6 IS NULL OR imgsearch.embeddings.price_units >= $6) AND ($7 IS NULL OR imgsearch.embeddings.price_units <= $7) AND ($8 IS NULL OR imgsearch.embeddings.image_id != $8) AND ($9 IS NULL OR imgsearch.embeddings.product_pk != $9) AND (SELECT few.matching
+FROM few) > 1500 AND (SELECT count(*) AS count_1
+FROM one_pass) < $2
+ LIMIT $11 + 1) AS many_rows),
+limits AS
+(SELECT $11 AS bound, $10 AS total),
+code_pool AS MATERIALIZED
+(SELECT imgsearch.embeddings.image_id AS image_id, imgsearch.embeddings.product_pk AS product_pk, imgsearch.embeddings.region AS region
+FROM imgsearch.embeddings
+WHERE imgsearch.embeddings.model_id = %1$s AND ($4 IS NULL OR imgsearch.embeddings.tenant = $4) AND ($5 IS NULL OR imgsearch.embeddings.category = $5) AND ($6 IS NULL OR imgsearch.embeddings.price_units >= $6) AND ($7 IS NULL OR imgsearch.embeddings.price_units <= $7) AND ($8 IS NULL OR imgsearch.embeddings.image_id != $8) AND ($9 IS NULL OR imgsearch.embeddings.product_pk != $9) AND (SELECT few.matching
+FROM few) > 1500 AND (SELECT count(*) AS count_1
+FROM one_pass) < $2 AND (SELECT many.matching
+FROM many) <= $11 AND 3000 < (SELECT many.matching
+FROM many) ORDER BY imgsearch.embeddings.code <~> (SELECT binary_quantize($1) AS binary_quantize_1)
+ LIMIT greatest(400, $2))
+ SELECT CASE WHEN (few.matching <= 1500) THEN few.matching WHEN (many.matching > 0) THEN many.matching ELSE -1 END AS matching, limits.bound, limits.total, hits.source, hits.image_id, imgsearch.products.product_id, imgsearch.products.title, imgsearch.products.brand, imgsearch.products.currency, hits.tenant, hits.category, hits.price, hits.distance, hits.box
+FROM few JOIN many ON true JOIN limits ON true LEFT OUTER JOIN (SELECT 'hnsw' AS source, one_pass.image_id AS image_id, one_pass.product_pk AS product_pk, one_pass.tenant AS tenant, one_pass.category AS category, one_pass.price AS price, one_pass.distance AS distance, one_pass.box AS box
+FROM one_pass
+WHERE (SELECT count(*) AS count_1
+FROM one_pass) >= $2 UNION ALL SELECT 'codes' AS source, codes.image_id AS image_id, codes.product_pk AS product_pk, codes.tenant AS tenant, codes.category AS category, codes.price AS price, codes.distance AS distance, codes.box AS box
+FROM (SELECT imgsearch.embeddings.image_id AS image_id, imgsearch.embeddings.product_pk AS product_pk, imgsearch.embeddings.tenant AS tenant, imgsearch.embeddings.category AS category, imgsearch.embeddings.price AS price, imgsearch.embeddings.embedding <=> $1 AS distance, imgsearch.embeddings.box AS box
+FROM code_pool JOIN imgsearch.embeddings ON imgsearch.embeddings.image_id = code_pool.image_id AND imgsearch.embeddings.product_pk = code_pool.product_pk AND imgsearch.embeddings.region = code_pool.region
+WHERE imgsearch.embeddings.model_id = %1$s ORDER BY imgsearch.embeddings.embedding <=> $1
+ LIMIT $2) AS codes UNION ALL SELECT 'exact' AS source, exact.image_id AS image_id, exact.product_pk AS product_pk, exact.tenant AS tenant, exact.category AS category, exact.price AS price, exact.distance AS distance, exact.box AS box
+FROM (SELECT imgsearch.embeddings.image_id AS image_id, imgsearch.embeddings.product_pk AS product_pk, imgsearch.embeddings.tenant AS tenant, imgsearch.embeddings.category AS category, imgsearch.embeddings.price AS price, imgsearch.embeddings.embedding <=> $1 AS distance, imgsearch.embeddings.box AS box
+FROM imgsearch.embeddings
+WHERE imgsearch.embeddings.model_id = %1$s AND ($4 IS NULL OR imgsearch.embeddings.tenant = $4) AND ($5 IS NULL OR imgsearch.embeddings.category = $5) AND ($6 IS NULL OR imgsearch.embeddings.price_units >= $6) AND ($7 IS NULL OR imgsearch.embeddings.price_units <= $7) AND ($8 IS NULL OR imgsearch.embeddings.image_id != $8) AND ($9 IS NULL OR imgsearch.embeddings.product_pk != $9) AND ((SELECT few.matching
+FROM few) <= 1500 OR (SELECT few.matching
+FROM few) > 1500 AND (SELECT count(*) AS count_1
+FROM one_pass) < $2 AND (SELECT many.matching
+FROM many) <= $11 AND 3000 >= (SELECT many.matching
+FROM many)) ORDER BY imgsearch.embeddings.embedding <=> $1
+ LIMIT $2) AS exact) AS hits ON true LEFT OUTER JOIN imgsearch.products ON imgsearch.products.id = hits.product_pk AND imgsearch.products.tenant = hits.tenant AND ($4 IS NULL OR imgsearch.products.tenant = $4)$sql$;
     -- statements.pooled_statement: a relaxed iterative scan's pool, re-sorted exactly
     pooled constant text := $sql$WITH pool AS MATERIALIZED
 (SELECT imgsearch.embeddings.image_id AS image_id, imgsearch.products.product_id AS product_id, imgsearch.products.title AS title, imgsearch.products.brand AS brand, imgsearch.products.currency AS currency, imgsearch.embeddings.tenant AS tenant, imgsearch.embeddings.category AS category, imgsearch.embeddings.price AS price, CAST(imgsearch.embeddings.embedding AS halfvec(%2$s)) <=> $1 AS distance, imgsearch.embeddings.box AS box
@@ -203,6 +254,8 @@ BEGIN
     END IF;
     IF imgsearch._citus() THEN
         PERFORM imgsearch._begin_distributed();
+    ELSE  -- (a coordinator plans each shop's statement on its shard: no codes there, as in the library)
+        codes := imgsearch._binary_codes_on(active.id);
     END IF;
     EXECUTE total_rows INTO total;
     min_ef := CASE WHEN total <= 100000 THEN 200
@@ -222,12 +275,15 @@ BEGIN
                 strategy := 'hnsw';
             END IF;
         ELSIF has_filters THEN
-            EXECUTE format(counted_hits, format(CASE WHEN ef_search <= 1000 THEN filtered ELSE filtered_exact END,
+            EXECUTE format(counted_hits, format(CASE WHEN ef_search > 1000 THEN filtered_exact
+                                                     WHEN codes THEN filtered_codes ELSE filtered END,
                                                 active.id, active.dim))
                 INTO ids, products, distances, boxed, matching, bound, total, source
                 USING query, rows_k, pool, tenant, category, units_min, units_max, exclude, exclude_product, total, bound;
             IF source = 'hnsw' THEN
                 strategy := 'hnsw';
+            ELSIF source = 'codes' THEN
+                strategy := format('codes (%s rows match)', matching);
             ELSIF 0 <= matching AND matching <= bound THEN
                 strategy := format('exact (%s rows match)', matching);
             END IF;
