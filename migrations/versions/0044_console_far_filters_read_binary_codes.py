@@ -317,8 +317,10 @@ BEGIN
                 strategy := 'hnsw';
             END IF;
         ELSIF has_filters THEN
+            -- the codes' part where a tenant or a category leads their index (statements.codes_cover)
             EXECUTE format(counted_hits, format(CASE WHEN ef_search > 1000 THEN filtered_exact
-                                                     WHEN codes THEN filtered_codes ELSE filtered END,
+                                                     WHEN codes AND num_nulls(tenant, category) < 2 THEN filtered_codes
+                                                     ELSE filtered END,
                                                 active.id, active.dim))
                 INTO ids, products, distances, boxed, matching, bound, total, source
                 USING query, rows_k, pool, tenant, category, units_min, units_max, exclude, exclude_product, total, bound;

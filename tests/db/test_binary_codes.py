@@ -187,7 +187,10 @@ def test_below_min_rows_or_off_or_not_covered_far_filters_scan_exactly(
     hits, plans = searched(catalog, q, k=10, category=far, brand="none")  # a products' column
     assert [p.strategy for p in plans] == ["exact"] and hits == []
     assert not codes_cover(Filters(category=far, brand="x"))
-    assert codes_cover(Filters(category=far, tenant="a"))
+    assert codes_cover(Filters(category=far, tenant="a")) and codes_cover(Filters(tenant="a", price_min=3))
+    # a price range alone: no tenant nor category leads the codes' index (it would read the table)
+    assert not codes_cover(Filters(price_min=3, price_max=9))
+    assert not codes_cover(Filters(exclude_image=1))  # "more like this" over the whole catalog
     with Catalog.open(database_url, settings=Settings(**SETTINGS, binary_codes=False)) as off:
         hits, plans = searched(off, q, k=10, category=far)
     assert [p.strategy for p in plans] == ["exact"] and hits == exact_top(catalog, q, 10, category=far)
