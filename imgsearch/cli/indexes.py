@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from imgsearch.cli._common import Subparsers, positive
 from imgsearch.settings import Settings
 
+if TYPE_CHECKING:
+    from imgsearch.catalog import Catalog
+
 
 def _index(args: argparse.Namespace, settings: Settings) -> int:
     from imgsearch.catalog import Catalog
-    from imgsearch.db import binary_codes
     from imgsearch.db.filter_indexes import MIN_RECALL
 
     progress = sys.stderr.isatty()
@@ -24,8 +27,7 @@ def _index(args: argparse.Namespace, settings: Settings) -> int:
         elif args.index_command == "refresh":
             result = catalog.refresh_filter_indexes(progress=progress)
         else:
-            with catalog.engine.connect() as conn:
-                print(binary_codes.describe(binary_codes.last_check(conn, catalog.active_model.id)))
+            print(_codes_line(catalog))
             graphs = catalog.filter_graphs()
             if not graphs:
                 print("no per-value indexes (imgsearch index categories --min-rows N makes them)")
@@ -49,9 +51,16 @@ def _index(args: argparse.Namespace, settings: Settings) -> int:
             f"in {result.seconds:.1f} s"
         )
         if result.codes_recall is not None:  # checked again by this refresh
-            with catalog.engine.connect() as conn:
-                print(binary_codes.describe(binary_codes.last_check(conn, catalog.active_model.id)))
+            print(_codes_line(catalog))
     return 0
+
+
+def _codes_line(catalog: Catalog) -> str:
+    """The active model's binary codes at their last check, in one line."""
+    from imgsearch.db import binary_codes
+
+    with catalog.engine.connect() as conn:
+        return binary_codes.describe(binary_codes.last_check(conn, catalog.active_model.id))
 
 
 def register(commands: Subparsers) -> None:

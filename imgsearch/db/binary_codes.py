@@ -51,10 +51,8 @@ RECHECK = 2.0  # the check is made again when the model's rows have grown or shr
 
 def usable(conn: Connection, model_id: int) -> bool:
     """Whether searches of the model may read its codes: its last check kept :data:`MIN_RECALL`."""
-    recall = conn.execute(
-        text(f"SELECT recall FROM {SCHEMA}.binary_code_checks WHERE model_id = :m"), {"m": int(model_id)}
-    ).scalar()
-    return recall is not None and float(recall) >= MIN_RECALL
+    last = last_check(conn, model_id)
+    return last is not None and last[1] >= MIN_RECALL
 
 
 def last_check(conn: Connection, model_id: int) -> tuple[int, float, dt.datetime] | None:
@@ -92,14 +90,15 @@ def check_if_due(conn: psycopg.Connection, model: ModelInfo) -> float | None:
     ).fetchone()
     if last is not None and int(last[0]) / RECHECK <= rows <= int(last[0]) * RECHECK:
         return None
-    return check(conn, model)
+    return check(conn, model, rows)
 
 
-def check(conn: psycopg.Connection, model: ModelInfo) -> float:
+def check(conn: psycopg.Connection, model: ModelInfo, rows: int | None = None) -> float:
     """Recall@10 of the codes, re-ranked as searches re-rank them, against an exact search, on
     the model's rows (see the module's docstring); recorded for :func:`usable`. ``conn``: in
-    autocommit (the check's table of rows lives for its transaction)."""
-    rows = _rows(conn, model)
+    autocommit (the check's table of rows lives for its transaction); ``rows``: the model's
+    whole rows, when the caller has just counted them."""
+    rows = _rows(conn, model) if rows is None else rows
     found = wanted = 0
     with conn.transaction():
         queries = _filter_rows(conn, model, rows)
