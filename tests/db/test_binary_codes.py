@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import make_url, text
 
 from imgsearch import Catalog
-from imgsearch.db import binary_codes
+from imgsearch.db import binary_codes, filter_indexes
 from imgsearch.db.models import Embedding
 from imgsearch.search import Filters, search_vector
 from imgsearch.search.boosting import Boosting
@@ -304,3 +304,27 @@ def test_boosts_blend_into_the_codes_hits(shop: tuple[Catalog, np.ndarray, np.nd
             *expected[4:7],
             *expected[8:],
         ]
+
+
+def test_right_after_a_first_upload_the_codes_give_the_exact_top_k(database_url: str) -> None:
+    """Rows added by ``add_many``, no ANALYZE nor VACUUM of ours after them (statistics and the
+    pages' all-visible marks only as autovacuum leaves them: the codes' scan may read the table
+    too), then the workers' sweep's refresh: far filters take the codes with the exact hits."""
+    vectors, labels = embeddings_like_real_ones(seed=9)
+    keep = labels < 32  # 6,400 rows: the bound at 0.5 is 3,200, past binary_codes.MIN_ROWS
+    vectors, labels = vectors[keep], labels[keep]
+    with Catalog.open(database_url, settings=Settings(**SETTINGS)) as catalog:
+        catalog.add_many(
+            {"embedding": v, "tenant": "acme", "product_id": f"p{i}", "category": f"c{int(c):02d}"}
+            for i, (v, c) in enumerate(zip(vectors, labels, strict=True))
+        )
+        filter_indexes.refresh(catalog.engine, catalog.active_model)  # the sweep's
+        with catalog.engine.connect() as conn:
+            assert binary_codes.usable(conn, catalog.active_model.id)
+        catalog._searcher.router.forget_graphs()
+        q = vectors[3]
+        mean = np.array([vectors[labels == c].mean(axis=0) @ q for c in range(32)])
+        far = [f"c{int(c):02d}" for c in np.argsort(mean)[:16]]  # 3,200 rows
+        hits, plans = searched(catalog, q, k=10, category=far)
+        assert [p.strategy for p in plans] == ["codes"], plans
+        assert hits == exact_top(catalog, q, 10, category=far)
