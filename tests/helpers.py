@@ -317,3 +317,50 @@ def searches_recorded(engine: Any, query_ids: Any, timeout: float = 5.0) -> int:
         if found >= len(ids) or time.monotonic() >= deadline:
             return found
         time.sleep(0.02)
+
+
+def locks_in_key_order(catalog: Any, write: Callable[[list[str]], Any]) -> None:
+    """That ``write`` (given the product ids ``["a-first", "b-second"]``, in that key order, the
+    second created first so that id order is the other way round) locks the products in key
+    order, as uploads do: while another transaction holds ``a-first``, as an upload of both does
+    before it goes on to ``b-second``, ``write`` waits for it holding neither, so that transaction
+    then takes ``b-second`` without waiting (in id order ``write`` would hold ``b-second``: a
+    deadlock, one of the two failing)."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.pool import NullPool
+
+    from imgsearch.access import tenancy
+
+    for product_id in ("b-second", "a-first"):
+        row = {"embedding": unit(catalog.dim, len(product_id)), "tenant": "acme", "product_id": product_id}
+        catalog.add_many([row])
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            write(["a-first", "b-second"])
+        except BaseException as exc:
+            errors.append(exc)
+
+    lock = "SELECT id FROM imgsearch.products WHERE tenant = 'acme' AND product_id = :p FOR NO KEY UPDATE"
+    # connections of their own: the catalog's pool is the writer's
+    others = create_engine(catalog.engine.url, poolclass=NullPool)
+    with others.connect() as upload, others.connect() as watch:
+        tenancy.scope(upload, "acme")  # the shop's rows under row-level security
+        upload.execute(text("SET LOCAL lock_timeout = '30s'"))
+        assert upload.execute(text(lock), {"p": "a-first"}).all()
+        thread = threading.Thread(target=run)
+        thread.start()
+        waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        deadline = time.monotonic() + 30
+        while watch.execute(text(waiting)).scalar_one() == 0:  # the writer waits for a-first
+            watch.rollback()  # a transaction reads one snapshot of pg_stat_activity
+            assert time.monotonic() < deadline, f"the writer never waited for the upload's product: {errors}"
+            time.sleep(0.02)
+        started = time.monotonic()
+        assert upload.execute(text(lock), {"p": "b-second"}).all()  # free: the writer holds nothing yet
+        assert time.monotonic() - started < 0.5
+        upload.commit()
+    others.dispose()
+    thread.join(timeout=30)
+    assert not thread.is_alive() and errors == []

@@ -141,13 +141,14 @@ SELECT count(*) FROM (
 ) AS fresh
 """
 
-# the last row naming a product gives its fields; stored values stay where it gives none
+# the last row naming a product gives its fields; stored values stay where it gives none. In key
+# order, byte by byte, as every writer of products locks them (imgsearch.ingest.rows: Python's sorted)
 _PRODUCTS = f"""
 INSERT INTO {SCHEMA}.products AS p (tenant, product_id, category, price, currency, attributes, title,
                                    description, brand)
-SELECT DISTINCT ON (tenant, product_id) tenant, product_id, category, price, currency,
-       coalesce(attributes, '{{}}'::jsonb), title, description, brand
-FROM imgsearch_import ORDER BY tenant, product_id, ord DESC
+SELECT DISTINCT ON (tenant COLLATE "C", product_id COLLATE "C") tenant, product_id, category, price,
+       currency, coalesce(attributes, '{{}}'::jsonb), title, description, brand
+FROM imgsearch_import ORDER BY tenant COLLATE "C", product_id COLLATE "C", ord DESC
 ON CONFLICT (tenant, product_id) DO UPDATE SET
     category = coalesce(excluded.category, p.category),
     price = coalesce(excluded.price, p.price),

@@ -36,15 +36,18 @@ def delete_images(engine: Engine, image_ids: Iterable[int], *, tenant: str | Non
     with engine.begin() as conn:
         if tenant is not None:
             tenant = tenancy.scope(conn, tenant)
-        # the images' products first, in id order, as uploads lock them: the cascade then counts
-        # their facets off image by image (imgsearch._facets_follow), and a writer of the same
-        # products waits here instead of in a circle
+        # the images' products first, in key order (tenant, product_id), as uploads lock them
+        # (imgsearch.ingest.rows): the cascade then counts their facets off image by image
+        # (imgsearch._facets_follow), and a writer of the same products waits here instead of in
+        # a circle (in id order, which isn't key order once batches created them, two such writers
+        # deadlocked: tests/ingest/test_removal.py)
         linked = select(ImageProduct.product_pk).where(ImageProduct.image_id.in_(ids))
         products = select(Product.id).where(Product.id.in_(linked))
         if tenant is not None:  # one shop's rows: on Citus, one shard's
             linked = linked.where(ImageProduct.tenant == tenant)
             products = select(Product.id).where(Product.tenant == tenant, Product.id.in_(linked))
-        conn.execute(products.order_by(Product.id).with_for_update(key_share=True))
+        in_key_order = (Product.tenant.collate("C"), Product.product_id.collate("C"))  # Python's sorted()
+        conn.execute(products.order_by(*in_key_order).with_for_update(key_share=True))
         deleted = set(conn.execute(delete(Image).where(Image.id.in_(ids)).returning(Image.id)).scalars())
         missing = [i for i in ids if i not in deleted]
         if missing:  # raising rolls the transaction back

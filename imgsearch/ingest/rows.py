@@ -152,7 +152,8 @@ def _upsert_products(conn: Connection, rows: list[PreparedRow]) -> dict[tuple[st
             "updated_at": base.excluded.updated_at,
         },
     ).returning(Product.id, Product.tenant, Product.product_id)
-    # in key order: two batches of the same products lock them in one order (none waits in a circle)
+    # in key order, byte by byte, as every writer of products locks them (their ORDER BY ... COLLATE
+    # "C"): two batches of the same products lock them in one order (none waits in a circle)
     result = conn.execute(stmt, [merged[key] for key in sorted(merged)])
     return {(r.tenant, r.product_id): r.id for r in result}
 

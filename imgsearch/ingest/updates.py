@@ -34,6 +34,7 @@ ROW_KEYS = frozenset({"tenant", "product_id", *FIELDS})
 _LOCK = text(
     """SELECT p.product_id FROM imgsearch.products p
        WHERE p.tenant = :tenant AND p.product_id = ANY(CAST(:product_ids AS text[]))
+       ORDER BY p.product_id COLLATE "C"
        FOR UPDATE"""
 )
 _UPDATE = text(

@@ -27,7 +27,7 @@ from imgsearch.db import vector_index
 from imgsearch.errors import DimensionMismatch, InvalidInput
 from imgsearch.ingest import bulk
 from imgsearch.settings import Settings
-from tests.helpers import exact_similarities, run_cli
+from tests.helpers import exact_similarities, locks_in_key_order, run_cli, unit
 
 DIM = 32
 INJECTION = "'; DROP TABLE imgsearch.embeddings; --"
@@ -468,3 +468,14 @@ def test_imports_carry_product_text_into_lexical_search(catalog: Catalog, tmp_pa
         catalog.import_vectors(
             [{"embedding": data[0], "tenant": "shop", "product_id": "x", "title": "t" * 1001}]
         )
+
+
+def test_an_import_locks_its_products_in_key_order_as_uploads_do(catalog: Catalog) -> None:
+    def imported(product_ids: list[str]) -> None:
+        rows = [
+            {"embedding": unit(catalog.dim, 7 + n), "tenant": "acme", "product_id": p, "category": "again"}
+            for n, p in enumerate(reversed(product_ids))
+        ]
+        assert catalog.import_vectors(rows, progress=False) == 2
+
+    locks_in_key_order(catalog, imported)

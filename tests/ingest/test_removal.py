@@ -14,7 +14,7 @@ from sqlalchemy import text
 from imgsearch import Catalog
 from imgsearch.errors import InvalidInput, NotFound
 from imgsearch.work import queue
-from tests.helpers import clustered, exact_similarities, image_bytes, run_cli, unit
+from tests.helpers import clustered, exact_similarities, image_bytes, locks_in_key_order, run_cli, unit
 
 
 @pytest.fixture
@@ -241,4 +241,21 @@ def test_a_delete_waits_for_a_writer_of_its_products_before_counting_their_facet
             assert len(locked) == 1
     thread.join(timeout=30)
     assert done == [2]
+    assert counts(catalog) == {"products": 2, "images": 0, "embeddings": 0}
+
+
+def test_a_delete_locks_its_products_in_key_order_as_uploads_do(catalog: Catalog) -> None:
+    def delete(product_ids: list[str]) -> None:
+        with catalog.engine.connect() as conn:
+            images = conn.execute(
+                text(
+                    "SELECT l.image_id FROM imgsearch.image_products l JOIN imgsearch.products p "
+                    "ON p.id = l.product_pk WHERE p.product_id = ANY(:ids)"
+                ),
+                {"ids": product_ids},
+            ).scalars()
+            image_ids = list(images)
+        assert catalog.delete_many(image_ids, tenant="acme") == 2
+
+    locks_in_key_order(catalog, delete)
     assert counts(catalog) == {"products": 2, "images": 0, "embeddings": 0}

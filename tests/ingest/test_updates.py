@@ -14,7 +14,7 @@ from sqlalchemy import text
 from imgsearch import Catalog
 from imgsearch.errors import InvalidInput, NotFound
 from imgsearch.ingest import updates
-from tests.helpers import clustered, exact_similarities, unit
+from tests.helpers import clustered, exact_similarities, locks_in_key_order, unit
 
 
 @pytest.fixture
@@ -275,3 +275,12 @@ def test_large_feeds_are_written_in_chunks_with_progress(
     ]
     err = capsys.readouterr().err
     assert "updating: 100%" in err and "7/7" in err
+
+
+def test_an_update_locks_its_products_in_key_order_as_uploads_do(catalog: Catalog) -> None:
+    def update(product_ids: list[str]) -> None:
+        rows = [{"tenant": "acme", "product_id": p, "category": "moved"} for p in reversed(product_ids)]
+        assert catalog.update_products(rows, progress=False) == 2
+
+    locks_in_key_order(catalog, update)
+    assert {product(catalog, p)["category"] for p in ("a-first", "b-second")} == {"moved"}
