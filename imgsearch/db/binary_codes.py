@@ -41,7 +41,10 @@ log = logging.getLogger(__name__)
 
 MIN_RECALL = 0.98  # codes finding less of an exact search's top 10 at their check aren't used
 POOL = 400  # rows nearest by Hamming distance, re-ranked by their full distance
-MIN_ROWS = 3000  # below this many matching rows the exact scan costs less than the re-rank
+# below this many matching rows the exact scan costs less than the re-rank: at 100k calibrated
+# rows, 981 rows cost 1.17x their exact scan, 1,934 rows 0.68x (bench/search/far_codes.py
+# --thresholds, docs/benchmarks.md); the same as the exact scan's own bound, EXACT_MAX_ROWS' default
+MIN_ROWS = 1500
 PROBES = 12  # queries of the check: rows of other categories (far queries), then its own
 PROBE_K = 10
 # the filter of the check: the largest share of the catalog a search scans exactly or by codes

@@ -180,9 +180,18 @@ def test_below_min_rows_or_off_or_not_covered_far_filters_scan_exactly(
 ) -> None:
     catalog, vectors, labels = shop
     q = vectors[3]
-    few = far_from(vectors, labels, q, 14)  # 2,800 rows: the exact scan costs less
-    hits, plans = searched(catalog, q, k=10, category=few)
-    assert [p.strategy for p in plans] == ["exact"] and hits == exact_top(catalog, q, 10, category=few)
+    # 1,200 rows: past an exact_max_rows of 500 (one pass first), under binary_codes.MIN_ROWS,
+    # where the exact scan costs less than the codes' re-rank
+    few = far_from(vectors, labels, q, 6)
+    with Catalog.open(database_url, settings=Settings(**SETTINGS, exact_max_rows=500)) as lower:
+        hits, plans = searched(lower, q, k=10, category=few)
+    assert [(p.strategy, p.matching) for p in plans] == [("exact", 1200)]
+    assert hits == exact_top(catalog, q, 10, category=few)
+    # 1,600 rows: past the default exact_max_rows and MIN_ROWS both: the codes
+    some = far_from(vectors, labels, q, 8)
+    hits, plans = searched(catalog, q, k=10, category=some)
+    assert [(p.strategy, p.matching) for p in plans] == [("codes", 1600)]
+    assert hits == exact_top(catalog, q, 10, category=some)
     far = far_from(vectors, labels, q, FAR_CLUSTERS)
     hits, plans = searched(catalog, q, k=10, category=far, brand="none")  # a products' column
     assert [p.strategy for p in plans] == ["exact"] and hits == []

@@ -178,7 +178,7 @@ FROM imgsearch.embeddings
 WHERE imgsearch.embeddings.model_id = %1$s AND ($4 IS NULL OR imgsearch.embeddings.tenant = $4) AND ($5 IS NULL OR imgsearch.embeddings.category = $5) AND ($6 IS NULL OR imgsearch.embeddings.price_units >= $6) AND ($7 IS NULL OR imgsearch.embeddings.price_units <= $7) AND ($8 IS NULL OR imgsearch.embeddings.image_id != $8) AND ($9 IS NULL OR imgsearch.embeddings.product_pk != $9) AND (SELECT few.matching
 FROM few) > 1500 AND (SELECT count(*) AS count_1
 FROM one_pass) < $2 AND (SELECT many.matching
-FROM many) <= $11 AND 3000 < (SELECT many.matching
+FROM many) <= $11 AND 1500 < (SELECT many.matching
 FROM many) ORDER BY imgsearch.embeddings.code <~> (SELECT binary_quantize($1) AS binary_quantize_1)
  LIMIT greatest(400, $2))
  SELECT CASE WHEN (few.matching <= 1500) THEN few.matching WHEN (many.matching > 0) THEN many.matching ELSE -1 END AS matching, limits.bound, limits.total, hits.source, hits.image_id, imgsearch.products.product_id, imgsearch.products.title, imgsearch.products.brand, imgsearch.products.currency, hits.tenant, hits.category, hits.price, hits.distance, hits.box
@@ -196,7 +196,7 @@ WHERE imgsearch.embeddings.model_id = %1$s AND ($4 IS NULL OR imgsearch.embeddin
 FROM few) <= 1500 OR (SELECT few.matching
 FROM few) > 1500 AND (SELECT count(*) AS count_1
 FROM one_pass) < $2 AND (SELECT many.matching
-FROM many) <= $11 AND 3000 >= (SELECT many.matching
+FROM many) <= $11 AND 1500 >= (SELECT many.matching
 FROM many)) ORDER BY imgsearch.embeddings.embedding <=> $1
  LIMIT $2) AS exact) AS hits ON true LEFT OUTER JOIN imgsearch.products ON imgsearch.products.id = hits.product_pk AND imgsearch.products.tenant = hits.tenant AND ($4 IS NULL OR imgsearch.products.tenant = $4)$sql$;
     -- statements.pooled_statement: a relaxed iterative scan's pool, re-sorted exactly
