@@ -1,7 +1,7 @@
 """Citus mode against one node: a shop's search through the coordinator, uploads through it, a
 shard move's time per GB, and a sizing table from the measured costs.
 
-    IMGSEARCH_HOME=/tmp/imgs-bench .venv/bin/python bench/citus.py --rows 60000 --shops 20 --queries 300
+    IMGSEARCH_HOME=/tmp/imgs-bench .venv/bin/python bench/citus.py --rows 60000 --shops 20 --queries 300 [--data calibrated]
 
 Two catalogs with the same ``--rows`` 768-d vectors (200 clusters) across ``--shops`` shops and
 20 categories, loaded with ``import_vectors``: one on a node of its own (the embedded server of
@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent / "search"))
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
+from _catalog import DATA, calibrated_with_labels
 from _data import clustered, fresh_database
 from search import bare_connection, replay
 from sqlalchemy import event
@@ -295,6 +296,7 @@ def main() -> None:
     parser.add_argument("--upload-seconds", type=float, default=20)
     parser.add_argument("--batch", type=int, default=50)
     parser.add_argument("--plot", default="docs/citus_benchmark.png")
+    parser.add_argument("--data", choices=DATA, default="clustered", help="the catalog's vectors")
     args = parser.parse_args()
     if not built():
         sys.exit("bench/citus.py: Citus is not built into the embedded server: run `make citus`")
@@ -310,7 +312,11 @@ def main() -> None:
     timeline: list[tuple[float, float]] = []
     try:
         url = cluster.create_catalog("bench_citus")
-        data = clustered(args.rows, 768, clusters=200, seed=3)
+        data = (
+            calibrated_with_labels(args.rows, 768, seed=3)[0]
+            if args.data == "calibrated"
+            else clustered(args.rows, 768, clusters=200, seed=3)
+        )
         print(f"importing {args.rows} rows into each ...", flush=True)
         report["import one node"] = load(single, data, args.shops)
         report["import cluster"] = load(url, data, args.shops)

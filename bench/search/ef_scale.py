@@ -2,6 +2,7 @@
 range of ``hnsw.ef_search``, in one run.
 
     IMGSEARCH_HOME=/tmp/imgs-bench .venv/bin/python bench/search/ef_scale.py --rows 1000000
+    IMGSEARCH_HOME=/tmp/imgs-bench .venv/bin/python bench/search/ef_scale.py --rows 1000000 --data calibrated --database bench_search_cal1m
 
 On bench/search/search.py's catalog (loaded first when missing, as that script loads it: clustered 768-d
 rows, m 16, ef_construction 128), ``--queries`` of bench/search/search.py's query vectors (a catalog row
@@ -50,8 +51,9 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each query and setting")
     parser.add_argument("--data", choices=DATA, default="clustered", help="the catalog's vectors")
+    parser.add_argument("--database", help="the embedded server's database holding the catalog (search.py's)")
     args = parser.parse_args()
-    url, data, labels, model_id = stored_catalog(args.rows, args.data)
+    url, data, labels, model_id = stored_catalog(args.rows, args.data, args.database)
     cases = query_cases(data, labels, args.queries)
     queries = np.stack([q for q, _ in cases]).astype(np.float32)
     print(f"exact top {K} of {len(queries)} queries ...", flush=True)

@@ -29,6 +29,20 @@ the searches took. Also prints the storage the codes add: the column (``pg_colum
 the index that carries them against its size without them (measured by building that index
 without the INCLUDE list beside it, then dropping it).
 
+Before the timed blocks, the two numbers the codes' path is built on, measured on this run's
+vectors (``--thresholds`` alone: only this part):
+
+* :data:`binary_codes.POOL`, the rows re-ranked: recall@10 when only the 100, 200 or 400 rows
+  nearest by Hamming distance are re-ranked, far filters of 1 to 10 categories and the 10% near one
+  (a pool's rows are the first of the next larger pool's, so one ordering gives all three);
+* :data:`binary_codes.MIN_ROWS`, where the codes start: the bare exact scan of a far filter of 1,
+  2, 3, 5 and 10 categories against the codes' two steps bare (the scan, then the re-rank of
+  :data:`binary_codes.POOL` rows), statement by statement in turns, p50 of 3 rounds;
+* the settings' ``exact_max_fraction`` (0.15), the largest share of the catalog a search scans
+  (exactly or by codes) before it turns to an iterative HNSW scan: far filters of 20 and 30
+  categories through ``catalog.search`` as it is (iterative) and on a catalog opened with 0.35
+  (codes), in turns, p50 and recall@10.
+
 The figure it produces: docs/benchmarks.md, "Far filters read binary codes".
 """
 
@@ -96,6 +110,127 @@ def scan(kwargs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return SCAN.format(where=" AND ".join(where)), params
 
 
+THRESHOLD_SIZES = (1, 2, 3, 5, 10)  # far categories, 1% of the catalog each
+POOLS = (100, 200, binary_codes.POOL)
+EXACT = (
+    "SELECT image_id FROM imgsearch.embeddings WHERE model_id = 1 AND category = ANY(%(cats)s) "
+    f"ORDER BY embedding <=> %(q)s::halfvec LIMIT {K}"
+)
+BY_CODES = (
+    "SELECT image_id FROM imgsearch.embeddings WHERE model_id = 1 AND category = ANY(%(cats)s) "
+    "ORDER BY code <~> binary_quantize(%(q)s::halfvec(768)), image_id LIMIT %(pool)s"
+)
+RERANKED = (
+    f"WITH pool AS MATERIALIZED ({BY_CODES.replace('image_id FROM', 'image_id, product_pk, region FROM', 1)}) "
+    "SELECT e.image_id FROM pool JOIN imgsearch.embeddings e USING (image_id, product_pk, region) "
+    f"WHERE e.model_id = 1 ORDER BY e.embedding <=> %(q)s::halfvec LIMIT {K}"
+)
+
+
+def thresholds(conn: psycopg.Connection[Any], cases: list[Any]) -> None:
+    """The module docstring's two numbers: recall by pool, and the exact scan against the codes by
+    the filter's size."""
+    named = [(f"{n} far", "far", n) for n in THRESHOLD_SIZES] + [("10 near", "near", 10)]
+
+    def categories(filters: list[Any], side: str, n: int) -> list[str]:
+        return list(dict(filters)[f"10% {side}"]["category"])[:n]
+
+    print(f"\n| filter (categories) | rows | recall@{K}, pool {' / '.join(map(str, POOLS))} |", flush=True)
+    print("|---|---|---|")
+    for name, side, n in named:
+        recalls: dict[int, list[float]] = {p: [] for p in POOLS}
+        rows = 0
+        for q, filters in cases:
+            values = {"q": halfvec_text(q), "cats": categories(filters, side, n)}
+            truth = {r[0] for r in conn.execute(EXACT, values)}
+            order = [r[0] for r in conn.execute(BY_CODES, {**values, "pool": max(POOLS)})]
+            for pool in POOLS:
+                top = conn.execute(
+                    "SELECT image_id FROM imgsearch.embeddings WHERE model_id = 1 AND image_id = ANY(%(ids)s) "
+                    f"ORDER BY embedding <=> %(q)s::halfvec LIMIT {K}",
+                    {"q": values["q"], "ids": order[:pool]},
+                )
+                recalls[pool].append(len({r[0] for r in top} & truth) / K)
+            rows = conn.execute(
+                "SELECT count(*) FROM imgsearch.embeddings WHERE model_id = 1 AND category = ANY(%(cats)s)",
+                values,
+            ).fetchone()[0]  # type: ignore[index]
+        cells = " / ".join(f"{np.mean(recalls[p]):.3f}" for p in POOLS)
+        print(f"| {name} | {rows} | {cells} |", flush=True)
+
+    times: dict[tuple[int, str], list[float]] = collections.defaultdict(list)
+    for _ in range(3):
+        for n in THRESHOLD_SIZES:
+            for how, statement in (("exact", EXACT), ("codes", RERANKED)):
+                for q, filters in cases:
+                    values = {
+                        "q": halfvec_text(q),
+                        "cats": categories(filters, "far", n),
+                        "pool": binary_codes.POOL,
+                    }
+                    start = time.perf_counter()
+                    conn.execute(statement, values).fetchall()
+                    times[(n, how)].append(1000 * (time.perf_counter() - start))
+    print(
+        f"\n| far categories | exact scan p50 ms | codes (scan + re-rank of {binary_codes.POOL}) p50 ms | codes / exact |"
+    )
+    print("|---|---|---|---|")
+    for n in THRESHOLD_SIZES:
+        exact_ms, codes_ms = (statistics.median(times[(n, how)]) for how in ("exact", "codes"))
+        print(f"| {n} | {exact_ms:.2f} | {codes_ms:.2f} | {codes_ms / exact_ms:.2f}x |", flush=True)
+
+
+WIDE_SIZES = (20, 30)
+WIDE_FRACTION = 0.35
+
+
+def wider(conn: psycopg.Connection[Any], cases: list[Any], narrow: Catalog, wide: Catalog) -> None:
+    """Far filters beyond ``exact_max_fraction``: the iterative scan they take against the codes."""
+    print(
+        "\n| far categories | rows | iterative scan p50 ms (recall, plans) "
+        f"| codes, exact_max_fraction {WIDE_FRACTION} p50 ms (recall, plans) |"
+    )
+    print("|---|---|---|---|")
+    for n in WIDE_SIZES:
+        times: dict[str, list[float]] = collections.defaultdict(list)
+        recalls: dict[str, list[float]] = collections.defaultdict(list)
+        plans: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+        rows = 0
+        for q, filters in cases:
+            far = int(dict(filters)["1% far"]["category"][4:])
+            cats = [f"cat-{(far + i) % 100:03d}" for i in range(n)]
+            truth = {r[0] for r in conn.execute(EXACT, {"q": halfvec_text(q), "cats": cats})}
+            for how, catalog in (("iterative", narrow), ("codes", wide)):
+                found: list[Any] = []
+                catalog.on_search_plan = found.append
+                start = time.perf_counter()
+                hits = catalog.search(vector=q, k=K, category=cats)
+                times[how].append(1000 * (time.perf_counter() - start))
+                catalog.on_search_plan = None
+                recalls[how].append(len({h.image_id for h in hits} & truth) / K)
+                plans[how].update(p.strategy for p in found)
+            rows = conn.execute(
+                "SELECT count(*) FROM imgsearch.embeddings WHERE model_id = 1 AND category = ANY(%s)", (cats,)
+            ).fetchone()[0]  # type: ignore[index]
+        cells = [
+            f"{statistics.median(times[how]):.2f} ({np.mean(recalls[how]):.3f}; "
+            + ", ".join(f"{s} {c}" for s, c in plans[how].most_common())
+            + ")"
+            for how in ("iterative", "codes")
+        ]
+        print(f"| {n} | {rows} | {cells[0]} | {cells[1]} |", flush=True)
+
+
+def prewarm(conn: psycopg.Connection[Any]) -> None:
+    conn.execute("CREATE EXTENSION IF NOT EXISTS pg_prewarm")
+    for relation in (
+        "imgsearch.embeddings_hnsw_m1",
+        "imgsearch.embeddings",
+        "imgsearch.embeddings_tenant_category_price_idx",
+    ):
+        conn.execute("SELECT pg_prewarm(%s::regclass)", (relation,))
+
+
 def storage(conn: psycopg.Connection[Any]) -> str:
     code = conn.execute("SELECT avg(pg_column_size(code)) FROM imgsearch.embeddings").fetchone()[0]  # type: ignore[index]
     rows = conn.execute("SELECT count(*) FROM imgsearch.embeddings").fetchone()[0]  # type: ignore[index]
@@ -124,6 +259,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=20)
     parser.add_argument("--data", choices=("clustered", "calibrated"), default="clustered")
     parser.add_argument("--database", help="the embedded server's database holding the catalog (search.py's)")
+    parser.add_argument("--thresholds", action="store_true", help="only the pool's and MIN_ROWS's figures")
     args = parser.parse_args()
 
     url, data, labels, _ = stored_catalog(args.rows, args.data, args.database)
@@ -141,6 +277,17 @@ def main() -> None:
             host=server.query["host"], user="postgres", dbname=server.database, autocommit=True
         ) as conn,
     ):
+        if args.thresholds:
+            filter_indexes.refresh(on.engine, on.active_model)  # checks the codes when due
+            prewarm(conn)
+            thresholds(conn, cases)
+            with Catalog.open(
+                url,
+                model="google/siglip-base-patch16-224",
+                settings=settings.model_copy(update={"exact_max_fraction": WIDE_FRACTION}),
+            ) as wide:
+                wider(conn, cases, on, wide)
+            return
         started = time.perf_counter()
         conn.execute(
             "DELETE FROM imgsearch.binary_code_checks"
@@ -153,13 +300,8 @@ def main() -> None:
             flush=True,
         )
         print(storage(conn), flush=True)
-        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_prewarm")
-        for relation in (
-            "imgsearch.embeddings_hnsw_m1",
-            "imgsearch.embeddings",
-            "imgsearch.embeddings_tenant_category_price_idx",
-        ):
-            conn.execute("SELECT pg_prewarm(%s::regclass)", (relation,))
+        prewarm(conn)
+        thresholds(conn, cases)
         truths = {
             (n, name): exact(conn, q, kwargs)
             for n, (q, filters) in enumerate(cases)

@@ -2,10 +2,11 @@
 events/s sustained into ``record_events`` while searches run.
 
     IMGSEARCH_HOME=/tmp/imgs-bench .venv/bin/python bench/search/feedback_load.py --rows 20000
+    IMGSEARCH_HOME=/tmp/imgs-bench .venv/bin/python bench/search/feedback_load.py --rows 1000000 --data calibrated --database bench_search_cal1m
 
 The 20k-row catalog of bench/search/quick.py (database ``bench_quick``, 768-d, tenant ``acme``;
 ``--data calibrated``: vectors shaped as real embeddings are, bench/search/calibration.py, in
-``bench_quick_calibrated``).
+``bench_quick_calibrated``; ``--database``: another database's catalog, search.py's 1M one).
 Searches are vector queries of the tenant, k=10, in blocks that rotate between three conditions,
 so the box's drift falls on each alike:
 
@@ -78,10 +79,13 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=250)
     parser.add_argument("--rate", type=int, default=1000, help="events a second")
     parser.add_argument("--data", choices=DATA, default="clustered", help="the catalog's vectors")
+    parser.add_argument("--database", help="the embedded server's database holding the catalog (search.py's)")
     args = parser.parse_args()
     settings = Settings()
     home = settings.home
-    url = database_url(home, "bench_quick" if args.data == "clustered" else f"bench_quick_{args.data}")
+    url = database_url(
+        home, args.database or ("bench_quick" if args.data == "clustered" else f"bench_quick_{args.data}")
+    )
     quiet = Settings(model=MODEL, record_queries=False)
     try:
         with Catalog.open(url, settings=Settings(model=MODEL)) as logged, Catalog.open(url, settings=quiet) as plain:

@@ -2,6 +2,7 @@
 price range on the price in units, what migration 0030 buys, in one run.
 
     IMGSEARCH_HOME=/tmp/imgs-bench .venv/bin/python bench/search/price_plans.py --queries 60
+    IMGSEARCH_HOME=/tmp/imgs-bench .venv/bin/python bench/search/price_plans.py --queries 60 --data calibrated
 
 On bench/search/search.py's catalog (loaded first if missing), for price ranges of several shapes
 and widths (a category's tenth of its prices near the query and far from it, a category's whole
@@ -44,7 +45,7 @@ from sqlalchemy import func, make_url, select
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
-from _catalog import database_url, load, query_cases
+from _catalog import DATA, DB, database_url, load, query_cases
 
 from imgsearch import Catalog
 from imgsearch.db.engine import libpq_conninfo
@@ -144,17 +145,18 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=60)
     parser.add_argument("--before", action="store_true", help="with the indexes before migration 0029")
+    parser.add_argument("--data", choices=DATA, default="clustered", help="the catalog's vectors")
     args = parser.parse_args()
 
     home = Settings().home
-    url = database_url(home, "bench_search")
+    url = database_url(home, DB if args.data == "clustered" else f"{DB}_{args.data}")
     cached_settings, planned_settings = Settings(record_queries=False), Settings(record_queries=False, cached_plans=False)
     with (
         Catalog.open(url, model="google/siglip-base-patch16-224", settings=cached_settings) as cached,
         Catalog.open(url, model="google/siglip-base-patch16-224", settings=planned_settings) as planned,
         psycopg.connect(libpq_conninfo(make_url(url)), autocommit=True) as admin,
     ):
-        data, labels = load(cached, args.rows, seed=11)
+        data, labels = load(cached, args.rows, seed=11, data_kind=args.data)
         cases = query_cases(data, labels, args.queries)
         names = [name for name, _ in shapes(cases[0][1])]
         if args.before:

@@ -1,6 +1,6 @@
 """Searches on a streaming hot standby against the primary, and the replication lag of uploads.
 
-    .venv/bin/python bench/search/replicas.py --rows 50000 --queries 300 --upload-seconds 30
+    .venv/bin/python bench/search/replicas.py --rows 50000 --queries 300 --upload-seconds 30 [--data calibrated]
 
 A primary (an embedded server of its own under ``IMGSEARCH_HOME``/replicas) with ``--rows``
 768-d vectors in 200 clusters, and one hot standby of it (``pg_basebackup -R``, streaming
@@ -38,6 +38,7 @@ from sqlalchemy import make_url
 sys.path.insert(0, str(Path(__file__).parents[1]))
 sys.path.insert(0, str(Path(__file__).parents[2]))
 
+from _catalog import DATA, calibrated_with_labels
 from _data import clustered
 
 from imgsearch import Catalog
@@ -72,6 +73,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--upload-seconds", type=float, default=30)
     parser.add_argument("--batch", type=int, default=50)
+    parser.add_argument("--data", choices=DATA, default="clustered", help="the catalog's vectors")
     args = parser.parse_args()
 
     root = Settings().home / "replicas"
@@ -85,7 +87,11 @@ def main() -> None:
     primary = embedded.ensure_started(root / "primary")
     standby = None
     try:
-        data = clustered(args.rows, 768, clusters=200, seed=3)
+        data = (
+            calibrated_with_labels(args.rows, 768, seed=3)[0]
+            if args.data == "calibrated"
+            else clustered(args.rows, 768, clusters=200, seed=3)
+        )
         with Catalog.open(primary, model=MODEL, settings=Settings(model=MODEL)) as catalog:
             print(f"importing {args.rows} rows ...", flush=True)
             catalog.import_vectors(

@@ -1,6 +1,6 @@
 """``imgsearch.search_text`` from SQL against the library's text search, in one run.
 
-    .venv/bin/python bench/search/sql_text.py --rows 20000 --queries 40 --seconds 20
+    .venv/bin/python bench/search/sql_text.py --rows 20000 --queries 40 --seconds 20 [--data calibrated]
 
 On a catalog of ``--rows`` 768-d vectors, with a base-size SigLIP (``SiglipConfig()``'s sizes,
 random weights: speed, not quality) in one ``imgsearch worker`` and in this process:
@@ -38,6 +38,7 @@ from sqlalchemy import make_url
 sys.path.insert(0, str(Path(__file__).parents[1]))
 sys.path.insert(0, str(Path(__file__).parents[2]))
 
+from _catalog import calibrated_with_labels
 from _models import build_models
 
 from imgsearch import Catalog
@@ -68,6 +69,12 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=20_000)
     parser.add_argument("--queries", type=int, default=40)
     parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument(
+        "--data",
+        choices=("random", "calibrated"),
+        default="random",
+        help="the rows' vectors: normal noise, or shaped as real embeddings are (bench/_catalog.py)",
+    )
     args = parser.parse_args()
 
     settings = Settings()
@@ -77,10 +84,15 @@ def main() -> None:
         bench_settings = Settings(model=str(model))
         with Catalog.open(url, model=str(model), settings=bench_settings) as catalog:
             rng = np.random.default_rng(0)
+            vectors = (
+                calibrated_with_labels(args.rows, catalog.dim, seed=0)[0]
+                if args.data == "calibrated"
+                else rng.standard_normal((args.rows, catalog.dim))
+            )
             print(f"loading {args.rows} rows ...", flush=True)
             catalog.add_many(
                 {
-                    "embedding": rng.standard_normal(catalog.dim),
+                    "embedding": vectors[i],
                     "tenant": "acme",
                     "product_id": f"p{i}",
                     "category": f"c{i % 20}",

@@ -2,6 +2,10 @@
 index size and HNSW build time for both, on one synthetic catalog, in one run.
 
     .venv/bin/python bench/search/storage_types.py --rows 20000 --dim 768
+    .venv/bin/python bench/search/storage_types.py --rows 20000 --dim 768 --data calibrated
+
+``--data calibrated``: bench/_catalog.py's vectors shaped as real embeddings are, in place of the
+isotropic clusters.
 
 Uses the embedded database (IMGSEARCH_HOME, or a temporary one) and drops its tables afterwards.
 
@@ -20,6 +24,7 @@ import psycopg
 from pgvector.psycopg import register_vector
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
+from _catalog import DATA, calibrated_with_labels
 from _data import clustered, exact_top_k
 
 from imgsearch.db import embedded
@@ -33,16 +38,23 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=20000)
     parser.add_argument("--dim", type=int, default=768)
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--data", choices=DATA, default="clustered", help="the catalog's vectors")
     args = parser.parse_args()
 
     url = embedded.ensure_started(Settings().home).replace("postgresql+psycopg", "postgresql")
-    data = clustered(args.rows, args.dim, seed=1)
+
+    def make(rows: int) -> np.ndarray:
+        if args.data == "calibrated":
+            return calibrated_with_labels(rows, args.dim, seed=1)[0]
+        return clustered(rows, args.dim, seed=1)
+
+    data = make(args.rows)
     rng = np.random.default_rng(2)
-    queries = clustered(args.queries, args.dim, seed=1)  # same centres: queries land inside clusters
+    queries = make(args.queries)  # same centres: queries land inside clusters
     queries = queries + rng.standard_normal(queries.shape).astype(np.float32) * 0.01
     truth = exact_top_k(data, queries, 10)
 
-    print(f"{args.rows} rows x {args.dim} dims, {args.queries} queries", flush=True)
+    print(f"{args.rows} rows x {args.dim} dims ({args.data} vectors), {args.queries} queries", flush=True)
     rows = []
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("CREATE EXTENSION IF NOT EXISTS vector")

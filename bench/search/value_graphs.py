@@ -1,6 +1,7 @@
 """A category's own HNSW graph against an exact scan of its rows, for queries near and far, in one run.
 
     IMGSEARCH_HOME=/tmp/imgs-bench .venv/bin/python bench/search/value_graphs.py --rows 1000000 --queries 20
+    IMGSEARCH_HOME=/tmp/imgs-bench .venv/bin/python bench/search/value_graphs.py --rows 1000000 --queries 20 --data calibrated --database bench_search_cal1m
 
 On bench/search/search.py's catalog (run it first, with ``--category-indexes``, or this script builds the
 per-category indexes), for each query of bench/search/search.py's "1% near" and "1% far" filters:
@@ -36,7 +37,7 @@ from sqlalchemy import make_url
 sys.path.insert(0, str(Path(__file__).parents[1]))
 sys.path.insert(0, str(Path(__file__).parents[2]))
 
-from _catalog import clustered_with_labels, database_url, query_cases
+from _catalog import DATA, DB, calibrated_with_labels, clustered_with_labels, database_url, query_cases
 
 from imgsearch import Catalog
 from imgsearch.db import filter_indexes
@@ -51,16 +52,21 @@ def main() -> None:
     )
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--queries", type=int, default=20)
+    parser.add_argument("--data", choices=DATA, default="clustered", help="the catalog's vectors")
+    parser.add_argument("--database", help="the embedded server's database holding the catalog (search.py's)")
     args = parser.parse_args()
     settings = Settings()
-    url = database_url(settings.home)
+    url = database_url(
+        settings.home, args.database or (DB if args.data == "clustered" else f"{DB}_{args.data}")
+    )
     with Catalog.open(url, model="google/siglip-base-patch16-224", settings=settings) as catalog:
         with catalog.engine.connect() as conn:
             built = len(filter_indexes.graphs(conn, catalog.active_model.id))
         if not built:
             print("building per-category indexes ...", flush=True)
             catalog.index_filter_values("category", max(1, args.rows // 200), progress=False)
-    data, labels = clustered_with_labels(args.rows, 768, 11)
+    make = calibrated_with_labels if args.data == "calibrated" else clustered_with_labels
+    data, labels = make(args.rows, 768, 11)
     cases = query_cases(data, labels, args.queries)
     names = [name for name, _ in cases[0][1]]
     server = make_url(url)
