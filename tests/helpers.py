@@ -319,6 +319,22 @@ def searches_recorded(engine: Any, query_ids: Any, timeout: float = 5.0) -> int:
         time.sleep(0.02)
 
 
+def waits_for_a_lock(watch: Any, thread: threading.Thread, timeout: float = 30) -> bool:
+    """Whether a session of ``watch``'s database waits for a lock before ``thread`` ends (within
+    ``timeout`` seconds; ``watch``: a connection of its own)."""
+    from sqlalchemy import text
+
+    waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+    deadline = time.monotonic() + timeout
+    while watch.execute(text(waiting)).scalar_one() == 0:
+        watch.rollback()  # a transaction reads one snapshot of pg_stat_activity
+        if not thread.is_alive() or time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    watch.rollback()
+    return True
+
+
 def locks_in_key_order(catalog: Any, write: Callable[[list[str]], Any]) -> None:
     """That ``write`` (given the product ids ``["a-first", "b-second"]``, in that key order, the
     second created first so that id order is the other way round) locks the products in key
@@ -351,12 +367,8 @@ def locks_in_key_order(catalog: Any, write: Callable[[list[str]], Any]) -> None:
         assert upload.execute(text(lock), {"p": "a-first"}).all()
         thread = threading.Thread(target=run)
         thread.start()
-        waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
-        deadline = time.monotonic() + 30
-        while watch.execute(text(waiting)).scalar_one() == 0:  # the writer waits for a-first
-            watch.rollback()  # a transaction reads one snapshot of pg_stat_activity
-            assert time.monotonic() < deadline, f"the writer never waited for the upload's product: {errors}"
-            time.sleep(0.02)
+        # the writer waits for a-first
+        assert waits_for_a_lock(watch, thread), f"the writer never waited for the upload's product: {errors}"
         started = time.monotonic()
         assert upload.execute(text(lock), {"p": "b-second"}).all()  # free: the writer holds nothing yet
         assert time.monotonic() - started < 0.5

@@ -149,6 +149,11 @@ FACET_TRIGGERS = (
     ("embeddings_facets_truncated", "embeddings"),
     ("products_facets_moved", "products"),
 )
+# the triggers that read the filter columns again after the facets' waits (migration 0046)
+FILTER_RECHECKS = (
+    ("embeddings_filters_rechecked", "embeddings"),
+    ("products_filters_rechecked", "products"),
+)
 # foreign keys between tenant tables that didn't carry tenant: (table, constraint, definition)
 FOREIGN_KEYS = (
     ("boosts", "boosts_product_pk_fkey",
@@ -385,8 +390,9 @@ def distribute(engine: Engine) -> Distributed:
         # read the states from the coordinator instead (imgsearch.work.ready)
         conn.execute(text("DROP TRIGGER IF EXISTS images_state_notify ON imgsearch.images"))
         # facets are counted by the one-pass statement on a cluster: the kept counts' triggers
-        # (migration 0039) read transition tables, which a shard's query can't
-        for trigger, table in FACET_TRIGGERS:
+        # (migration 0039), and the filter columns' rechecks after their waits (0046), read
+        # transition tables, which a shard's query can't
+        for trigger, table in (*FACET_TRIGGERS, *FILTER_RECHECKS):
             conn.execute(text(f"DROP TRIGGER IF EXISTS {trigger} ON imgsearch.{table}"))
         for table in REFERENCE:
             conn.execute(text("SELECT create_reference_table(:t)"), {"t": f"imgsearch.{table}"})

@@ -8,4 +8,6 @@ CREATE OR REPLACE TRIGGER embeddings_facets_removed AFTER DELETE ON imgsearch.em
 
 CREATE OR REPLACE TRIGGER embeddings_facets_truncated AFTER TRUNCATE ON imgsearch.embeddings FOR EACH STATEMENT EXECUTE FUNCTION imgsearch._facets_truncated();
 
+CREATE OR REPLACE TRIGGER embeddings_filters_rechecked AFTER INSERT ON imgsearch.embeddings REFERENCING NEW TABLE AS added FOR EACH STATEMENT EXECUTE FUNCTION imgsearch._filters_recheck_rows();
+
 CREATE OR REPLACE TRIGGER embeddings_product_filters BEFORE INSERT OR UPDATE OF product_pk, category, price ON imgsearch.embeddings FOR EACH ROW EXECUTE FUNCTION imgsearch.embedding_takes_product_filters();
