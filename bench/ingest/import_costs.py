@@ -1,0 +1,236 @@
+"""What each part of a bulk import's writes costs: its phases, and the embeddings' insert with each
+table part turned off in turn (issue 72: "say what each table and column an import now writes
+costs").
+
+    IMGSEARCH_HOME=/tmp/imgs-bench .venv/bin/python bench/ingest/import_costs.py --rows 100000
+
+1. **Phases.** ``catalog.import_report`` of ``--rows`` 768-d vectors (clustered, as
+   bench/search/search.py's; one product each, 100 categories, a price and an attribute) into an
+   empty catalog, timed from its own log: staging (each row checked, binary ``COPY`` into a
+   temporary table), products, choosing the new rows, then images, links and embeddings
+   together, and the HNSW build after.
+2. **The embeddings' insert, part by part.** The import's rows copied aside, then, in a
+   transaction rolled back each time (the HNSW index dropped in it, as the import drops it), the
+   table emptied and the same ``INSERT ... SELECT`` timed: as the import runs it, and with one
+   part off: the facet counts' statement trigger (migration 0039), the filter columns' recheck
+   (0046), the filter columns' row trigger with its recheck (the columns left empty), the index
+   carrying the binary codes (0043), the code column with it, every secondary index, every
+   trigger, every trigger and foreign key (``session_replication_role = replica``), and the
+   floor: primary key only, nothing else. The variants run in turns, ``--rounds`` times; the
+   median is reported, with what the part costs (the insert as imported, less the insert
+   without it).
+3. **The images' insert, part by part**, the same way (the table emptied with what references
+   it): as imported, without the webhook trigger (migration 0037: a shop without endpoints pays
+   its call per row), without the link trigger (0019: each new image's first link), without
+   any trigger, and without triggers and foreign keys.
+
+Run as the embedded server's superuser (it turns foreign keys off); the database
+``bench_import_costs`` is dropped after (``--keep`` keeps it).
+
+The figure it produces: docs/benchmarks.md, "Bulk import" (what each part costs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psycopg
+from sqlalchemy import make_url
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from _data import clustered, fresh_database
+
+from imgsearch import Catalog
+from imgsearch.db import embedded
+from imgsearch.ingest import bulk
+from imgsearch.settings import Settings
+
+DIM = 768
+INDEXES = (
+    "embeddings_category_price_idx",
+    "embeddings_image_id_idx",
+    "embeddings_price_idx",
+    "embeddings_product_pk_idx",
+    "embeddings_tenant_category_price_idx",
+)
+OFF = "ALTER TABLE imgsearch.embeddings DISABLE TRIGGER"
+VARIANTS: dict[str, str] = {
+    "as the import writes them": "",
+    "facet counts' trigger off (0039)": f"{OFF} embeddings_facets_added",
+    "filter columns' recheck off (0046)": f"{OFF} embeddings_filters_rechecked",
+    "filter columns' row trigger and recheck off": f"{OFF} embeddings_product_filters; {OFF} embeddings_filters_rechecked",
+    "index carrying the codes dropped (0043)": "DROP INDEX imgsearch.embeddings_tenant_category_price_idx",
+    "code column dropped, with that index": "ALTER TABLE imgsearch.embeddings DROP COLUMN code CASCADE",
+    "every secondary index dropped": "DROP INDEX " + ", ".join(f"imgsearch.{i}" for i in INDEXES),
+    "every trigger off": f"{OFF} USER",
+    "every trigger and foreign key off": "SET LOCAL session_replication_role = replica",
+    "floor: primary key only": "SET LOCAL session_replication_role = replica; DROP INDEX "
+    + ", ".join(f"imgsearch.{i}" for i in INDEXES),
+}
+INSERT = (
+    "INSERT INTO imgsearch.embeddings (model_id, image_id, product_pk, tenant, embedding) "
+    "SELECT model_id, image_id, product_pk, tenant, embedding FROM imgsearch_costs_rows ORDER BY image_id"
+)
+IMAGE_OFF = "ALTER TABLE imgsearch.images DISABLE TRIGGER"
+IMAGE_VARIANTS: dict[str, str] = {
+    "as the import writes them": "",
+    "webhook trigger off (0037)": f"{IMAGE_OFF} images_webhook_inserted",
+    "link trigger off (0019)": f"{IMAGE_OFF} images_link_new",
+    "every trigger off": f"{IMAGE_OFF} USER",
+    "every trigger and foreign key off": "SET LOCAL session_replication_role = replica",
+}
+IMAGE_COLUMNS = "id, product_pk, tenant, sha256, uri, content, width, height, format, byte_size"
+IMAGE_INSERT = (
+    f"INSERT INTO imgsearch.images ({IMAGE_COLUMNS}, state) SELECT {IMAGE_COLUMNS}, 'ready' "
+    "FROM imgsearch_costs_images ORDER BY id ON CONFLICT (tenant, sha256) DO NOTHING"
+)
+
+
+class Phases(logging.Handler):
+    """The import's own log lines ("import: ... at 5.9 s"), with when each came."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.marks: list[tuple[str, float]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.marks.append((record.getMessage(), time.perf_counter()))
+
+
+def rows(n: int) -> list[dict[str, Any]]:
+    vectors = clustered(n, DIM, seed=7)
+    rng = np.random.default_rng(7)
+    return [
+        {
+            "tenant": "shop",
+            "product_id": f"p{i}",
+            "category": f"c{i % 100}",
+            "price": round(float(rng.uniform(5, 500)), 2),
+            "attributes": {"colour": f"c{i % 24}"},
+            "embedding": vectors[i],
+        }
+        for i in range(n)
+    ]
+
+
+def phases(catalog: Catalog, n: int) -> list[tuple[str, float]]:
+    """Seconds of each of the import's phases."""
+    handler = Phases()
+    log = logging.getLogger(bulk.__name__)
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    given = rows(n)
+    try:
+        start = time.perf_counter()
+        result = catalog.import_report(given, tenant="shop", progress=False)
+    finally:
+        log.removeHandler(handler)
+    names = {
+        "staged": "staging: rows checked, COPY into a temporary table",
+        "index dropped": "HNSW index dropped",
+        "products at": "products",
+        "new rows chosen": "new rows chosen",
+        "images written": "images, links and embeddings",
+    }
+    out, last = [], start
+    for message, at in handler.marks:
+        name = next((v for k, v in names.items() if k in message), message)
+        out.append((name, at - last))
+        last = at
+    out.append(("HNSW build (CONCURRENTLY)", result.build_seconds or 0.0))
+    return out
+
+
+def insert_times(
+    url: str, rounds: int, model_id: int, table: str, variants: dict[str, str], insert: str
+) -> dict[str, list[float]]:
+    """Seconds of ``insert`` into an emptied ``table`` (its dependants emptied with it) under
+    each of ``variants``' settings, in turns, each rolled back."""
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    with psycopg.connect(url) as conn:
+        for round_ in range(rounds):
+            for name, setup in variants.items():
+                with conn.transaction(force_rollback=True):
+                    conn.execute(f"DROP INDEX imgsearch.embeddings_hnsw_m{model_id}")
+                    conn.execute(f"TRUNCATE imgsearch.{table} CASCADE")
+                    for statement in filter(None, setup.split("; ")):
+                        conn.execute(statement)  # the script's own DDL, no user value
+                    start = time.perf_counter()
+                    conn.execute(insert)
+                    times[name].append(time.perf_counter() - start)
+            print(f"  round {round_ + 1}: " + ", ".join(f"{t[-1]:.1f}" for t in times.values()), flush=True)
+    return times
+
+
+def copy_aside(url: str) -> None:
+    """The imported images and embeddings rows, copied into tables of their own."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "CREATE UNLOGGED TABLE imgsearch_costs_rows AS "
+            "SELECT model_id, image_id, product_pk, tenant, embedding FROM imgsearch.embeddings"
+        )
+        conn.execute(
+            f"CREATE UNLOGGED TABLE imgsearch_costs_images AS SELECT {IMAGE_COLUMNS} FROM imgsearch.images"
+        )
+        conn.execute("VACUUM ANALYZE imgsearch_costs_rows, imgsearch_costs_images")
+        conn.execute("CHECKPOINT")
+
+
+def table(title: str, times: dict[str, list[float]]) -> None:
+    base = statistics.median(next(iter(times.values())))
+    print(f"\n| {title} | median s | what the part costs |")
+    print("|---|---|---|")
+    for name, values in times.items():
+        median = statistics.median(values)
+        print(f"| {name} | {median:.2f} | {'' if median == base else f'{base - median:+.2f} s'} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--keep", action="store_true", help="keep the database")
+    args = parser.parse_args()
+    settings = Settings()
+    url = fresh_database(settings.home, "bench_import_costs")
+    print(f"1. import of {args.rows:,} rows ...", flush=True)
+    with Catalog.open(url, settings=settings) as catalog:
+        parts = phases(catalog, args.rows)
+        model_id = catalog.registered_model().id
+    sa_url = make_url(url)
+    conninfo = f"host={sa_url.query['host']} user=postgres dbname={sa_url.database}"
+    copy_aside(conninfo)
+    print(f"2. the embeddings' insert, part by part, {args.rounds} rounds ...", flush=True)
+    times = insert_times(conninfo, args.rounds, model_id, "embeddings", VARIANTS, INSERT)
+    print(f"3. the images' insert, part by part, {args.rounds} rounds ...", flush=True)
+    image_times = insert_times(conninfo, args.rounds, model_id, "images", IMAGE_VARIANTS, IMAGE_INSERT)
+
+    load = sum(seconds for name, seconds in parts if not name.startswith("HNSW"))
+    print(f"\n| import of {args.rows:,} rows, phase | seconds | share of the load |")
+    print("|---|---|---|")
+    for name, seconds in parts:
+        share = "" if name.startswith("HNSW") else f"{seconds / load:.0%}"
+        print(f"| {name} | {seconds:.1f} | {share} |")
+    table(f"the embeddings' {args.rows:,} rows written", times)
+    table(f"the images' {args.rows:,} rows written", image_times)
+
+    if args.keep:
+        return
+    server = make_url(embedded.ensure_started(settings.home))
+    with psycopg.connect(
+        host=str(server.query["host"]), user="postgres", dbname="postgres", autocommit=True
+    ) as conn:
+        conn.execute("DROP DATABASE IF EXISTS bench_import_costs WITH (FORCE)")
+
+
+if __name__ == "__main__":
+    main()
