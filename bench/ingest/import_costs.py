@@ -20,9 +20,10 @@ costs").
    median is reported, with what the part costs (the insert as imported, less the insert
    without it).
 3. **The images' insert, part by part**, the same way (the table emptied with what references
-   it): as imported, without the webhook trigger (migration 0037: a shop without endpoints pays
-   its call per row), without the link trigger (0019: each new image's first link), without
-   any trigger, and without triggers and foreign keys.
+   it): as imported, without the webhook trigger (migration 0037's row trigger made a shop
+   without endpoints pay a call per image; 0047's statement trigger one probe), without the link
+   trigger (0019: each new image's first link), without any trigger, and without triggers and
+   foreign keys.
 
 Run as the embedded server's superuser (it turns foreign keys off); the database
 ``bench_import_costs`` is dropped after (``--keep`` keeps it).
@@ -81,7 +82,7 @@ INSERT = (
 IMAGE_OFF = "ALTER TABLE imgsearch.images DISABLE TRIGGER"
 IMAGE_VARIANTS: dict[str, str] = {
     "as the import writes them": "",
-    "webhook trigger off (0037)": f"{IMAGE_OFF} images_webhook_inserted",
+    "webhook trigger off (0037, 0047)": f"{IMAGE_OFF} images_webhook_inserted",
     "link trigger off (0019)": f"{IMAGE_OFF} images_link_new",
     "every trigger off": f"{IMAGE_OFF} USER",
     "every trigger and foreign key off": "SET LOCAL session_replication_role = replica",

@@ -85,6 +85,11 @@ $fn$
 """
 REPLACED = {("images", "images_duplicate_of_fkey")}
 
+IMAGE_WEBHOOK_ROW_TRIGGER = (
+    "CREATE TRIGGER images_webhook_inserted AFTER INSERT ON imgsearch.images FOR EACH ROW "
+    "WHEN (new.state = 'ready') EXECUTE FUNCTION imgsearch._webhook_row_event('images')"
+)
+
 # The triggers run on the shards, where a query on another table is a query of the cluster: each
 # names its tenant, so that it goes to the colocated shard on the same node (migrations 0004 and
 # 0019 wrote them for one node), and the new images' links are made row by row (a shard's query
@@ -140,6 +145,10 @@ $fn$
     "DROP TRIGGER images_link_new ON imgsearch.images",
     "CREATE TRIGGER images_link_new AFTER INSERT ON imgsearch.images FOR EACH ROW "
     "EXECUTE FUNCTION imgsearch._link_new_image()",
+    # a new image's image.ready event, row by row as migration 0037 wrote it (0047 made it a
+    # statement trigger on one node)
+    "DROP TRIGGER images_webhook_inserted ON imgsearch.images",
+    IMAGE_WEBHOOK_ROW_TRIGGER,
 )
 # the triggers that keep facet counts on one node (migration 0039)
 FACET_TRIGGERS = (

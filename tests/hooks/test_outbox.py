@@ -161,3 +161,32 @@ def test_localhost_by_name_is_refused_unless_allowed() -> None:
     with pytest.raises(InvalidInput, match="not at a public address"):
         check_url("http://api.localhost/hooks", Downloads())
     assert check_url(" https://hooks.example.com/x ", Downloads()) == "https://hooks.example.com/x"
+
+
+def test_an_import_writes_each_ready_image_its_event_in_order_and_none_for_a_shop_without_webhooks(
+    catalog: Catalog,
+) -> None:
+    """Migration 0047's statement trigger: the events the row trigger wrote, one per image added
+    ready, in id order with its product, for shops with an endpoint taking image.ready only."""
+    catalog.webhooks.add("http://127.0.0.1:9/hooks", tenant="acme", events=["image.ready"])
+    catalog.webhooks.add("http://127.0.0.1:9/other", tenant="initech", events=["product.updated"])
+    rows = [
+        {"embedding": unit(catalog.dim, 10 + i), "tenant": tenant, "product_id": f"{tenant}-{i % 2}"}
+        for i, tenant in enumerate(["acme", "globex", "acme", "initech", "acme", "globex"])
+    ]
+    catalog.import_vectors(rows)
+    with catalog.engine.connect() as conn:
+        ids = dict(
+            conn.execute(
+                text(
+                    "SELECT i.id, p.product_id FROM imgsearch.images i JOIN imgsearch.products p ON p.id = i.product_pk"
+                    " WHERE i.tenant = 'acme' ORDER BY i.id"
+                )
+            ).all()
+        )
+        keys = conn.execute(text("SELECT ordering_key FROM imgsearch.webhook_events ORDER BY id")).scalars().all()
+    assert len(ids) == 3
+    assert events(catalog) == [
+        ("image.ready", {"image_id": image, "product_id": product, "tenant": "acme"}) for image, product in ids.items()
+    ]
+    assert keys == [f"image:{image}" for image in ids]

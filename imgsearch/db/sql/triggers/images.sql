@@ -6,6 +6,6 @@ CREATE OR REPLACE TRIGGER images_state_notify AFTER UPDATE OF state ON imgsearch
 
 CREATE OR REPLACE TRIGGER images_webhook_deleted AFTER DELETE ON imgsearch.images FOR EACH ROW EXECUTE FUNCTION imgsearch._webhook_row_event('images');
 
-CREATE OR REPLACE TRIGGER images_webhook_inserted AFTER INSERT ON imgsearch.images FOR EACH ROW WHEN (new.state = 'ready'::text) EXECUTE FUNCTION imgsearch._webhook_row_event('images');
+CREATE OR REPLACE TRIGGER images_webhook_inserted AFTER INSERT ON imgsearch.images REFERENCING NEW TABLE AS added FOR EACH STATEMENT EXECUTE FUNCTION imgsearch._webhook_images_added();
 
 CREATE OR REPLACE TRIGGER images_webhook_state AFTER UPDATE OF state ON imgsearch.images FOR EACH ROW WHEN ((new.state = ANY (ARRAY['ready'::text, 'failed'::text])) AND old.state IS DISTINCT FROM new.state) EXECUTE FUNCTION imgsearch._webhook_row_event('images');
