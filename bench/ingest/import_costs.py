@@ -11,9 +11,10 @@ costs").
    together, and the HNSW build after.
 2. **The embeddings' insert, part by part.** The import's rows copied aside, then, in a
    transaction rolled back each time (the HNSW index dropped in it, as the import drops it), the
-   table emptied and the same ``INSERT ... SELECT`` timed: as the import runs it, and with one
-   part off: the facet counts' statement trigger (migration 0039), the filter columns' recheck
-   (0046), the filter columns' row trigger with its recheck (the columns left empty), the index
+   table emptied and the same ``INSERT ... SELECT`` timed: as the import runs it (each row with
+   its product's category and price, migration 0048), and with one part off or on: the facet
+   counts' statement trigger (migration 0039), the filter columns' recheck (0046), the filter
+   columns not given (as other writers write: the row trigger reads each row's product), the index
    carrying the binary codes (0043), the code column with it, every secondary index, every
    trigger, every trigger and foreign key (``session_replication_role = replica``), and the
    floor: primary key only, nothing else. The variants run in turns, ``--rounds`` times; the
@@ -66,7 +67,7 @@ VARIANTS: dict[str, str] = {
     "as the import writes them": "",
     "facet counts' trigger off (0039)": f"{OFF} embeddings_facets_added",
     "filter columns' recheck off (0046)": f"{OFF} embeddings_filters_rechecked",
-    "filter columns' row trigger and recheck off": f"{OFF} embeddings_product_filters; {OFF} embeddings_filters_rechecked",
+    "filter columns not given: the row trigger looks each product up (before 0048)": "",
     "index carrying the codes dropped (0043)": "DROP INDEX imgsearch.embeddings_tenant_category_price_idx",
     "code column dropped, with that index": "ALTER TABLE imgsearch.embeddings DROP COLUMN code CASCADE",
     "every secondary index dropped": "DROP INDEX " + ", ".join(f"imgsearch.{i}" for i in INDEXES),
@@ -75,10 +76,19 @@ VARIANTS: dict[str, str] = {
     "floor: primary key only": "SET LOCAL session_replication_role = replica; DROP INDEX "
     + ", ".join(f"imgsearch.{i}" for i in INDEXES),
 }
+# as the import writes them: each row with its product's filter columns (migration 0048)
 INSERT = (
-    "INSERT INTO imgsearch.embeddings (model_id, image_id, product_pk, tenant, embedding) "
-    "SELECT model_id, image_id, product_pk, tenant, embedding FROM imgsearch_costs_rows ORDER BY image_id"
+    "INSERT INTO imgsearch.embeddings (model_id, image_id, product_pk, tenant, category, price, embedding) "
+    "SELECT model_id, image_id, product_pk, tenant, category, price, embedding FROM imgsearch_costs_rows "
+    "ORDER BY image_id"
 )
+# as other writers do: the row trigger (``embeddings_product_filters_added``) reads each product
+LOOKED_UP = {
+    "filter columns not given: the row trigger looks each product up (before 0048)": (
+        "INSERT INTO imgsearch.embeddings (model_id, image_id, product_pk, tenant, embedding) "
+        "SELECT model_id, image_id, product_pk, tenant, embedding FROM imgsearch_costs_rows ORDER BY image_id"
+    )
+}
 IMAGE_OFF = "ALTER TABLE imgsearch.images DISABLE TRIGGER"
 IMAGE_VARIANTS: dict[str, str] = {
     "as the import writes them": "",
@@ -150,10 +160,16 @@ def phases(catalog: Catalog, n: int) -> list[tuple[str, float]]:
 
 
 def insert_times(
-    url: str, rounds: int, model_id: int, table: str, variants: dict[str, str], insert: str
+    url: str,
+    rounds: int,
+    model_id: int,
+    table: str,
+    variants: dict[str, str],
+    insert: str,
+    inserts: dict[str, str] | None = None,
 ) -> dict[str, list[float]]:
-    """Seconds of ``insert`` into an emptied ``table`` (its dependants emptied with it) under
-    each of ``variants``' settings, in turns, each rolled back."""
+    """Seconds of ``insert`` (or a variant's own, ``inserts``) into an emptied ``table`` (its
+    dependants emptied with it) under each of ``variants``' settings, in turns, each rolled back."""
     times: dict[str, list[float]] = {name: [] for name in variants}
     with psycopg.connect(url) as conn:
         for round_ in range(rounds):
@@ -164,7 +180,7 @@ def insert_times(
                     for statement in filter(None, setup.split("; ")):
                         conn.execute(statement)  # the script's own DDL, no user value
                     start = time.perf_counter()
-                    conn.execute(insert)
+                    conn.execute((inserts or {}).get(name, insert))
                     times[name].append(time.perf_counter() - start)
             print(f"  round {round_ + 1}: " + ", ".join(f"{t[-1]:.1f}" for t in times.values()), flush=True)
     return times
@@ -175,7 +191,7 @@ def copy_aside(url: str) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(
             "CREATE UNLOGGED TABLE imgsearch_costs_rows AS "
-            "SELECT model_id, image_id, product_pk, tenant, embedding FROM imgsearch.embeddings"
+            "SELECT model_id, image_id, product_pk, tenant, category, price, embedding FROM imgsearch.embeddings"
         )
         conn.execute(
             f"CREATE UNLOGGED TABLE imgsearch_costs_images AS SELECT {IMAGE_COLUMNS} FROM imgsearch.images"
@@ -211,7 +227,7 @@ def main() -> None:
     conninfo = f"host={sa_url.query['host']} user=postgres dbname={sa_url.database}"
     copy_aside(conninfo)
     print(f"2. the embeddings' insert, part by part, {args.rounds} rounds ...", flush=True)
-    times = insert_times(conninfo, args.rounds, model_id, "embeddings", VARIANTS, INSERT)
+    times = insert_times(conninfo, args.rounds, model_id, "embeddings", VARIANTS, INSERT, LOOKED_UP)
     print(f"3. the images' insert, part by part, {args.rounds} rounds ...", flush=True)
     image_times = insert_times(conninfo, args.rounds, model_id, "images", IMAGE_VARIANTS, IMAGE_INSERT)
 

@@ -85,6 +85,12 @@ $fn$
 """
 REPLACED = {("images", "images_duplicate_of_fkey")}
 
+# the filter columns' row trigger on every insert, as migration 0004 wrote it (0048 fires it on one
+# node only for a row that gives neither column, the recheck of 0046 correcting the others)
+PRODUCT_FILTERS_TRIGGER = (
+    "CREATE TRIGGER embeddings_product_filters BEFORE INSERT OR UPDATE OF product_pk, category, price "
+    "ON imgsearch.embeddings FOR EACH ROW EXECUTE FUNCTION imgsearch.embedding_takes_product_filters()"
+)
 IMAGE_WEBHOOK_ROW_TRIGGER = (
     "CREATE TRIGGER images_webhook_inserted AFTER INSERT ON imgsearch.images FOR EACH ROW "
     "WHEN (new.state = 'ready') EXECUTE FUNCTION imgsearch._webhook_row_event('images')"
@@ -149,6 +155,11 @@ $fn$
     # statement trigger on one node)
     "DROP TRIGGER images_webhook_inserted ON imgsearch.images",
     IMAGE_WEBHOOK_ROW_TRIGGER,
+    # every new row reads its product (migration 0048 skips rows that give their filter columns,
+    # leaving them to a recheck a cluster doesn't run)
+    "DROP TRIGGER embeddings_product_filters_added ON imgsearch.embeddings",
+    "DROP TRIGGER embeddings_product_filters ON imgsearch.embeddings",
+    PRODUCT_FILTERS_TRIGGER,
 )
 # the triggers that keep facet counts on one node (migration 0039)
 FACET_TRIGGERS = (

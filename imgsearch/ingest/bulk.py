@@ -166,10 +166,10 @@ ON CONFLICT (tenant, product_id) DO UPDATE SET
 # to the staged rows and nothing else: a Citus coordinator ships the staged rows to the shards.
 _KEEP = f"""
 CREATE TEMPORARY TABLE imgsearch_products ON COMMIT DROP AS
-SELECT DISTINCT p.tenant, p.product_id, p.id FROM imgsearch_import s
+SELECT DISTINCT p.tenant, p.product_id, p.id, p.category, p.price FROM imgsearch_import s
 JOIN {SCHEMA}.products p ON p.tenant = s.tenant AND p.product_id = s.product_id;
 CREATE TEMPORARY TABLE imgsearch_keep ON COMMIT DROP AS
-SELECT DISTINCT ON (s.tenant, s.sha256) s.ord, s.tenant, s.sha256, p.id AS product_pk,
+SELECT DISTINCT ON (s.tenant, s.sha256) s.ord, s.tenant, s.sha256, p.id AS product_pk, p.category, p.price,
        nextval(pg_get_serial_sequence('{SCHEMA}.images', 'id')) AS image_id
 FROM imgsearch_import s
 JOIN imgsearch_products p ON p.tenant = s.tenant AND p.product_id = s.product_id
@@ -211,10 +211,15 @@ SELECT l.* FROM imgsearch_links l WHERE NOT EXISTS (SELECT FROM imgsearch_keep k
 """
 
 # a new image's vector for each of its products; a stored image's embeddings (every model's) for
-# the products it gains, once a worker storing it has committed (it holds the image's row)
+# the products it gains, once a worker storing it has committed (it holds the image's row). A new
+# image's first product gives its row the filter columns it was read with (after its upsert, which
+# holds it until commit: no change of it is in flight), so the row trigger that would look the
+# product up is skipped (migration 0048); its other products' rows are looked up
 _EMBED = f"""
-INSERT INTO {SCHEMA}.embeddings (model_id, image_id, product_pk, tenant, embedding)
-SELECT %(model)s, l.image_id, l.product_pk, l.tenant, s.embedding
+INSERT INTO {SCHEMA}.embeddings (model_id, image_id, product_pk, tenant, category, price, embedding)
+SELECT %(model)s, l.image_id, l.product_pk, l.tenant,
+       CASE WHEN l.product_pk = k.product_pk THEN k.category END,
+       CASE WHEN l.product_pk = k.product_pk THEN k.price END, s.embedding
 FROM {SCHEMA}.image_products l JOIN imgsearch_keep k ON k.image_id = l.image_id JOIN imgsearch_import s ON s.ord = k.ord
 ORDER BY l.image_id;
 INSERT INTO {SCHEMA}.embeddings (model_id, image_id, product_pk, tenant, region, box, embedding)

@@ -185,10 +185,34 @@ def test_a_shops_rows_live_on_its_shards_with_the_triggers_work_done(engine: Eng
                 " ON p.id = e.product_pk AND p.tenant = e.tenant WHERE p.tenant = 'acme' AND p.product_id = 'p0'"
             )
         ).scalar_one()
+        # a row written with filter columns of its own takes its product's: on a cluster the row
+        # trigger reads the product for every insert (no recheck runs there; migration 0048)
+        row = conn.execute(
+            text(
+                "DELETE FROM imgsearch.embeddings WHERE tenant = 'acme' AND product_pk ="
+                " (SELECT id FROM imgsearch.products WHERE tenant = 'acme' AND product_id = 'p0')"
+                " RETURNING model_id, image_id, product_pk, embedding::text"
+            )
+        ).one()
+        conn.execute(
+            text(
+                "INSERT INTO imgsearch.embeddings (model_id, image_id, product_pk, tenant, category, price, embedding)"
+                " VALUES (:m, :i, :p, 'acme', 'fake', 1, CAST(:e AS halfvec))"
+            ),
+            {"m": row[0], "i": row[1], "p": row[2], "e": row[3]},
+        )
+        given = conn.execute(
+            text("SELECT category, price FROM imgsearch.embeddings WHERE tenant = 'acme' AND product_pk = :p"),
+            {"p": row[2]},
+        ).one()
+        product = conn.execute(
+            text("SELECT category, price FROM imgsearch.products WHERE tenant = 'acme' AND id = :p"), {"p": row[2]}
+        ).one()
         conn.rollback()
     assert {tenant: nodes for tenant, nodes in placements} == dict.fromkeys(TENANTS, 1)
     assert counts == dict.fromkeys(TENANTS, ROWS // 3)  # each image linked, filters copied
     assert price == 999
+    assert tuple(given) == tuple(product) and product[1] == 999
 
 
 def test_row_level_security_holds_on_the_shards(engine: Engine) -> None:

@@ -107,6 +107,19 @@ def test_copies_cannot_be_set_apart_from_the_product(catalog: Catalog) -> None:
     with catalog.engine.begin() as conn:
         conn.execute(text("UPDATE imgsearch.embeddings SET category = 'fake', price = 0"))
     assert copies(catalog)[0][1:3] == ("shoes", Decimal("10.0000"))
+    # a row inserted with values of its own (the bulk import gives them, and no row trigger looks
+    # its product up then, migration 0048) takes its product's where they differ
+    for given in ("'fake', NULL", "NULL, 0", "'fake', 0"):
+        with catalog.engine.begin() as conn:
+            conn.execute(
+                text(
+                    "WITH gone AS (DELETE FROM imgsearch.embeddings RETURNING *)"
+                    " INSERT INTO imgsearch.embeddings (model_id, image_id, product_pk, tenant, category, price,"
+                    f" embedding) SELECT model_id, image_id, product_pk, tenant, {given}, embedding FROM gone"
+                )
+            )
+        assert copies(catalog)[0][1:3] == ("shoes", Decimal("10.0000")), given
+    assert [h.product_id for h in catalog.search(vector=vectors(1, 3)[0], category="shoes", price_min=9)] == ["a"]
     # the price in units is PostgreSQL's to write: a write names the column, and nothing changed
     with pytest.raises(ProgrammingError, match="price_units"), catalog.engine.begin() as conn:
         conn.execute(text("UPDATE imgsearch.embeddings SET price_units = 1"))

@@ -143,8 +143,8 @@ def test_importing_a_repeated_vector_shares_it(catalog: Catalog) -> None:
             {"embedding": vector, "tenant": "acme", "product_id": "b", "price": 7},
             {"embedding": vector, "tenant": "acme", "product_id": "c", "price": 9},
             {"embedding": vector, "tenant": "acme", "product_id": "a"},
-            {"embedding": unit(DIM, 4), "tenant": "acme", "product_id": "d"},
-            {"embedding": unit(DIM, 4), "tenant": "acme", "product_id": "e"},
+            {"embedding": unit(DIM, 4), "tenant": "acme", "product_id": "d", "category": "dee", "price": 3},
+            {"embedding": unit(DIM, 4), "tenant": "acme", "product_id": "e", "category": "eee", "price": 4},
         ]
     )
     # one new image (d's, shared by e in the same import); b and c now share a's
@@ -152,7 +152,16 @@ def test_importing_a_repeated_vector_shares_it(catalog: Catalog) -> None:
     assert table_counts(catalog) == {"products": 5, "images": 2, "image_products": 5, "embeddings": 5}
     hits = catalog.search(vector=vector, tenant="acme", k=3)
     assert [(h.product_id, float(h.price or 0)) for h in hits[:3]] == [("a", 5.0), ("b", 7.0), ("c", 9.0)]
-    assert sorted(h.product_id for h in catalog.search(vector=unit(DIM, 4), tenant="acme", k=2)) == ["d", "e"]
+    # each of the new image's products' rows with that product's filter columns (the import gives
+    # the first product's, the row trigger reads the others', migration 0048)
+    shared = catalog.search(vector=unit(DIM, 4), tenant="acme", k=2)
+    assert sorted((h.product_id, h.category, float(h.price or 0)) for h in shared) == [
+        ("d", "dee", 3.0),
+        ("e", "eee", 4.0),
+    ]
+    assert [h.product_id for h in catalog.search(vector=unit(DIM, 4), tenant="acme", category="eee", price_min=4)] == [
+        "e"
+    ]
 
 
 def test_a_near_copy_check_treats_a_shared_photo_as_the_products_own(catalog: Catalog) -> None:

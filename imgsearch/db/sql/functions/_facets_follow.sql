@@ -8,39 +8,62 @@ CREATE OR REPLACE FUNCTION imgsearch._facets_follow(products bigint[], models sm
 AS $function$
 BEGIN
     -- each (product, model)'s number of rows moves by its delta; its member row is locked until
-    -- commit, keys in order (two statements of the same products never wait in a circle). One
-    -- left with no row is counted off under the values it was counted with.
+    -- commit, keys in order (two statements of the same products never wait in a circle). A key
+    -- made now takes its product's values and is counted under them; one left with no row is
+    -- counted off under the values it was counted with.
     WITH changed AS (
-        SELECT c.product_pk, c.model_id, c.delta
+        SELECT c.product_pk, c.model_id, c.delta, p.tenant, p.category, p.brand, p.price, p.attributes
         FROM unnest(products, models, deltas) AS c(product_pk, model_id, delta)
+        LEFT JOIN imgsearch.products p ON p.id = c.product_pk
         WHERE c.delta <> 0
         ORDER BY c.product_pk, c.model_id
     ), kept AS (
-        INSERT INTO imgsearch.facet_members AS m (product_pk, model_id, rows)
-        SELECT product_pk, model_id, delta FROM changed
+        INSERT INTO imgsearch.facet_members AS m (product_pk, model_id, rows, tenant, category, brand, price, attributes)
+        SELECT product_pk, model_id, delta, tenant, category, brand, price, attributes FROM changed
         ON CONFLICT (product_pk, model_id) DO UPDATE SET rows = m.rows + EXCLUDED.rows
         RETURNING WITH (OLD AS was, NEW AS now)
-            now.rows AS left_rows, now.model_id, was.tenant, was.category, was.brand, was.price, was.attributes
+            was.product_pk IS NULL AS made, now.rows AS left_rows, now.model_id,
+            was.tenant AS old_tenant, was.category AS old_category, was.brand AS old_brand,
+            was.price AS old_price, was.attributes AS old_attributes,
+            now.tenant, now.category, now.brand, now.price, now.attributes
     )
     INSERT INTO imgsearch.facet_counts (tenant, model_id, facet, key, value, n)
-    SELECT k.tenant, k.model_id, f.facet, f.key, f.value, -count(*)
-    FROM kept k CROSS JOIN LATERAL imgsearch._facet_values(k.category, k.brand, k.price, k.attributes) f
-    WHERE k.left_rows <= 0 AND k.tenant IS NOT NULL
-    GROUP BY 1, 2, 3, 4, 5;
+    SELECT moved.tenant, moved.model_id, f.facet, f.key, f.value, sum(moved.n)
+    FROM (SELECT k.tenant, k.model_id, k.category, k.brand, k.price, k.attributes, 1 AS n
+          FROM kept k WHERE k.made AND k.left_rows > 0 AND k.tenant IS NOT NULL
+          UNION ALL
+          SELECT k.old_tenant, k.model_id, k.old_category, k.old_brand, k.old_price, k.old_attributes, -1
+          FROM kept k WHERE NOT k.made AND k.left_rows <= 0 AND k.old_tenant IS NOT NULL) AS moved
+    CROSS JOIN LATERAL imgsearch._facet_values(moved.category, moved.brand, moved.price, moved.attributes) f
+    GROUP BY 1, 2, 3, 4, 5
+    HAVING sum(moved.n) <> 0;
     DELETE FROM imgsearch.facet_members m USING unnest(products, models) AS c(product_pk, model_id)
     WHERE m.product_pk = c.product_pk AND m.model_id = c.model_id AND m.rows <= 0;
-    -- a product counted for the first time, under its values as they are now: this statement
-    -- reads after any wait above, so a concurrent change of the product committed is seen
-    WITH counted AS (
+    -- read again after any wait above: a key made after waiting for a concurrent change of its
+    -- product (which took that change's values as they were before it), or one not yet counted,
+    -- moves to the values its product has now (the check alone reads the keys and their
+    -- products; the move is the rare case)
+    WITH moved AS (
         UPDATE imgsearch.facet_members m
         SET tenant = p.tenant, category = p.category, brand = p.brand, price = p.price, attributes = p.attributes
         FROM unnest(products, models) AS c(product_pk, model_id), imgsearch.products p
-        WHERE m.product_pk = c.product_pk AND m.model_id = c.model_id AND m.tenant IS NULL AND p.id = m.product_pk
-        RETURNING m.tenant, m.model_id, m.category, m.brand, m.price, m.attributes
+        WHERE m.product_pk = c.product_pk AND m.model_id = c.model_id AND p.id = m.product_pk
+          AND (m.tenant, m.category, m.brand, m.price, m.attributes)
+              IS DISTINCT FROM (p.tenant, p.category, p.brand, p.price, p.attributes)
+        RETURNING OLD.tenant AS old_tenant, OLD.category AS old_category, OLD.brand AS old_brand,
+            OLD.price AS old_price, OLD.attributes AS old_attributes,
+            NEW.model_id, NEW.tenant, NEW.category, NEW.brand, NEW.price, NEW.attributes
     )
     INSERT INTO imgsearch.facet_counts (tenant, model_id, facet, key, value, n)
-    SELECT c.tenant, c.model_id, f.facet, f.key, f.value, count(*)
-    FROM counted c CROSS JOIN LATERAL imgsearch._facet_values(c.category, c.brand, c.price, c.attributes) f
-    GROUP BY 1, 2, 3, 4, 5;
+    SELECT moved.tenant, moved.model_id, f.facet, f.key, f.value, sum(moved.n)
+    FROM (SELECT m.old_tenant AS tenant, m.model_id, m.old_category AS category, m.old_brand AS brand,
+                 m.old_price AS price, m.old_attributes AS attributes, -1 AS n
+          FROM moved m WHERE m.old_tenant IS NOT NULL
+          UNION ALL
+          SELECT m.tenant, m.model_id, m.category, m.brand, m.price, m.attributes, 1
+          FROM moved m WHERE m.tenant IS NOT NULL) AS moved
+    CROSS JOIN LATERAL imgsearch._facet_values(moved.category, moved.brand, moved.price, moved.attributes) f
+    GROUP BY 1, 2, 3, 4, 5
+    HAVING sum(moved.n) <> 0;
 END
 $function$;

@@ -10,4 +10,6 @@ CREATE OR REPLACE TRIGGER embeddings_facets_truncated AFTER TRUNCATE ON imgsearc
 
 CREATE OR REPLACE TRIGGER embeddings_filters_rechecked AFTER INSERT ON imgsearch.embeddings REFERENCING NEW TABLE AS added FOR EACH STATEMENT EXECUTE FUNCTION imgsearch._filters_recheck_rows();
 
-CREATE OR REPLACE TRIGGER embeddings_product_filters BEFORE INSERT OR UPDATE OF product_pk, category, price ON imgsearch.embeddings FOR EACH ROW EXECUTE FUNCTION imgsearch.embedding_takes_product_filters();
+CREATE OR REPLACE TRIGGER embeddings_product_filters BEFORE UPDATE OF product_pk, category, price ON imgsearch.embeddings FOR EACH ROW EXECUTE FUNCTION imgsearch.embedding_takes_product_filters();
+
+CREATE OR REPLACE TRIGGER embeddings_product_filters_added BEFORE INSERT ON imgsearch.embeddings FOR EACH ROW WHEN (new.category IS NULL AND new.price IS NULL) EXECUTE FUNCTION imgsearch.embedding_takes_product_filters();
