@@ -335,6 +335,56 @@ def waits_for_a_lock(watch: Any, thread: threading.Thread, timeout: float = 30) 
     return True
 
 
+def first_row_again(catalog: Any) -> tuple[Any, dict[str, Any]]:
+    """The catalog's one embeddings row deleted, and the statement (with its parameters) that
+    writes it again as a worker writes it: no filter columns given."""
+    from sqlalchemy import text
+
+    with catalog.engine.begin() as conn:
+        row = conn.execute(
+            text("DELETE FROM imgsearch.embeddings RETURNING model_id, image_id, product_pk, tenant, embedding::text")
+        ).one()
+    insert = text(
+        "INSERT INTO imgsearch.embeddings (model_id, image_id, product_pk, tenant, embedding)"
+        " VALUES (:m, :i, :p, :t, CAST(:e AS halfvec))"
+    )
+    return insert, {"m": row[0], "i": row[1], "p": row[2], "t": row[3], "e": row[4]}
+
+
+def written_beside(url: Any, held: tuple[Any, dict[str, Any]], other: tuple[Any, dict[str, Any]]) -> bool:
+    """``held`` (a statement and its parameters) run in a transaction left open while ``other``
+    runs in a transaction of its own, in a thread; then ``held`` commits and ``other`` is waited
+    for (what it raised is raised). Whether ``other`` was seen waiting for a lock meanwhile
+    (within 10 s)."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    errors: list[BaseException] = []
+    engine = create_engine(url, poolclass=NullPool)
+
+    def write_other() -> None:
+        try:
+            with engine.begin() as conn:
+                conn.execute(*other)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=write_other)
+    try:
+        with engine.connect() as holder, engine.connect() as watch:
+            holder.execute(*held)
+            thread.start()
+            waited = waits_for_a_lock(watch, thread, timeout=10)
+            holder.commit()
+            thread.join(timeout=30)
+    finally:
+        engine.dispose()
+    assert not thread.is_alive(), "the other writer did not end"
+    if errors:
+        raise errors[0]
+    return waited
+
+
 def locks_in_key_order(catalog: Any, write: Callable[[list[str]], Any]) -> None:
     """That ``write`` (given the product ids ``["a-first", "b-second"]``, in that key order, the
     second created first so that id order is the other way round) locks the products in key

@@ -5,7 +5,6 @@ searches filter on them."""
 from __future__ import annotations
 
 import re
-import threading
 import warnings
 from decimal import Decimal
 from pathlib import Path
@@ -219,41 +218,14 @@ def test_an_embedding_written_beside_a_change_of_its_product_takes_the_new_value
     whichever commits second, the row ends with the product's new category and price (the
     change can't see a row not yet committed, and the row read the product before the change
     committed; migration 0046)."""
-    from sqlalchemy import create_engine
-    from sqlalchemy.pool import NullPool
-
-    from tests.helpers import waits_for_a_lock
+    from tests.helpers import first_row_again, written_beside
 
     catalog.add_many([{"embedding": vectors(1, 6)[0], "tenant": "acme", "product_id": "a", "category": "shoes", "price": 10}])
-    with catalog.engine.begin() as conn:  # the row is written again below, as a worker writes it
-        row = conn.execute(text("DELETE FROM imgsearch.embeddings RETURNING model_id, image_id, product_pk, tenant, embedding::text")).one()
-    insert = text(
-        "INSERT INTO imgsearch.embeddings (model_id, image_id, product_pk, tenant, embedding)"
-        " VALUES (:m, :i, :p, :t, CAST(:e AS halfvec))"
-    )
-    values = {"m": row[0], "i": row[1], "p": row[2], "t": row[3], "e": row[4]}
-    change = text("UPDATE imgsearch.products SET category = 'boots', price = 12.5 WHERE product_id = 'a'")
-    statements = {"product change": (change, {}), "embedding": (insert, values)}
-    held, other = statements[first], statements["embedding" if first == "product change" else "product change"]
-    errors: list[BaseException] = []
-
-    def write_other() -> None:
-        try:
-            with engine.begin() as conn:
-                conn.execute(*other)
-        except BaseException as exc:
-            errors.append(exc)
-
-    engine = create_engine(catalog.engine.url, poolclass=NullPool)
-    with engine.connect() as holder, engine.connect() as watch:
-        holder.execute(*held)
-        thread = threading.Thread(target=write_other)
-        thread.start()
-        waits_for_a_lock(watch, thread, timeout=5)  # the other writer waits, or has committed already
-        holder.commit()
-        thread.join(timeout=30)
-    engine.dispose()
-    assert not thread.is_alive() and errors == []
+    insert = first_row_again(catalog)
+    change = (text("UPDATE imgsearch.products SET category = 'boots', price = 12.5 WHERE product_id = 'a'"), {})
+    statements = {"product change": change, "embedding": insert}
+    second = "embedding" if first == "product change" else "product change"
+    written_beside(catalog.engine.url, statements[first], statements[second])  # waits, or has committed
     assert copies(catalog) == [("a", "boots", Decimal("12.5000"), "boots", Decimal("12.5000"))]
     hits = catalog.search(vector=vectors(1, 6)[0], tenant="acme", category="boots", price_min=12, price_max=13)
     assert [h.product_id for h in hits] == ["a"]

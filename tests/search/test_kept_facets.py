@@ -213,50 +213,20 @@ def test_a_first_row_written_beside_a_change_of_its_product_is_counted_under_the
     is written: whichever commits second, the product is counted once, under its new values (a
     member key made after waiting for the change took the values the product had before it, and
     is moved by the statement after the wait; migration 0048)."""
-    from sqlalchemy import create_engine
-    from sqlalchemy.pool import NullPool
-
-    from tests.helpers import waits_for_a_lock
+    from tests.helpers import first_row_again, written_beside
 
     rng = np.random.default_rng(10)
     catalog.add_many([_row(1, rng, catalog.dim, category="shoes", price=Decimal(10))])
-    with catalog.engine.begin() as conn:  # written again below, as a worker writes it
-        row = conn.execute(
-            text(
-                "DELETE FROM imgsearch.embeddings RETURNING model_id, image_id, product_pk, tenant, embedding::text"
-            )
-        ).one()
+    insert = first_row_again(catalog)  # written again below, as a worker writes it
     assert kept(catalog)[0] == 0
-    insert = text(
-        "INSERT INTO imgsearch.embeddings (model_id, image_id, product_pk, tenant, embedding)"
-        " VALUES (:m, :i, :p, :t, CAST(:e AS halfvec))"
+    change = (
+        text("UPDATE imgsearch.products SET category = 'boots', price = 12.5 WHERE product_id = 'K0001'"),
+        {},
     )
-    values = {"m": row[0], "i": row[1], "p": row[2], "t": row[3], "e": row[4]}
-    change = text("UPDATE imgsearch.products SET category = 'boots', price = 12.5 WHERE product_id = 'K0001'")
-    statements = {"product change": (change, {}), "first row": (insert, values)}
-    held, other = (
-        statements[first],
-        statements["first row" if first == "product change" else "product change"],
-    )
-    errors: list[BaseException] = []
-
-    def write_other() -> None:
-        try:
-            with engine.begin() as conn:
-                conn.execute(*other)
-        except BaseException as exc:
-            errors.append(exc)
-
-    engine = create_engine(catalog.engine.url, poolclass=NullPool)
-    with engine.connect() as holder, engine.connect() as watch:
-        holder.execute(*held)
-        thread = threading.Thread(target=write_other)
-        thread.start()
-        assert waits_for_a_lock(watch, thread, timeout=10)  # the other writer waits at the member key
-        holder.commit()
-        thread.join(timeout=30)
-    engine.dispose()
-    assert not thread.is_alive() and errors == []
+    statements = {"product change": change, "first row": insert}
+    second = "first row" if first == "product change" else "product change"
+    # the second writer waits at the product's member key
+    assert written_beside(catalog.engine.url, statements[first], statements[second])
     counted = kept(catalog)
     assert counted == one_pass(catalog)
     assert counted[0] == 1 and dict(counted[1]) == {"boots": 1}
