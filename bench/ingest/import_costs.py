@@ -17,14 +17,21 @@ costs").
    columns not given (as other writers write: the row trigger reads each row's product), the index
    carrying the binary codes (0043), the code column with it, every secondary index, every
    trigger, every trigger and foreign key (``session_replication_role = replica``), and the
-   floor: primary key only, nothing else. The variants run in turns, ``--rounds`` times; the
-   median is reported, with what the part costs (the insert as imported, less the insert
+   floor: primary key only, nothing else; and with the server's ``work_mem`` rather than the
+   import's (its sort and the rows the statement triggers read spill to temporary files). The
+   variants run in turns, each round starting at the next one, ``--rounds`` times; the median is
+   reported, with what the part costs (the insert as imported, less the insert
    without it).
 3. **The images' insert, part by part**, the same way (the table emptied with what references
    it): as imported, without the webhook trigger (migration 0037's row trigger made a shop
    without endpoints pay a call per image; 0047's statement trigger one probe), without the link
    trigger (0019: each new image's first link), without any trigger, and without triggers and
    foreign keys.
+4. **The products' upsert, part by part**, the import's own statement from a copy of its
+   products: as imported, without the text indexes (full text and trigrams), without the
+   attributes' index, without the single-column indexes that serve filters naming no tenant,
+   without those of a shop's filters, without any index but the keys, and the floor: the keys
+   only, no trigger or foreign key.
 
 Run as the embedded server's superuser (it turns foreign keys off); the database
 ``bench_import_costs`` is dropped after (``--keep`` keeps it).
@@ -73,6 +80,7 @@ VARIANTS: dict[str, str] = {
     "every secondary index dropped": "DROP INDEX " + ", ".join(f"imgsearch.{i}" for i in INDEXES),
     "every trigger off": f"{OFF} USER",
     "every trigger and foreign key off": "SET LOCAL session_replication_role = replica",
+    "the server's work_mem (4MB): the sort and the statement triggers' rows spill": "SET LOCAL work_mem TO DEFAULT",
     "floor: primary key only": "SET LOCAL session_replication_role = replica; DROP INDEX "
     + ", ".join(f"imgsearch.{i}" for i in INDEXES),
 }
@@ -97,6 +105,36 @@ IMAGE_VARIANTS: dict[str, str] = {
     "every trigger off": f"{IMAGE_OFF} USER",
     "every trigger and foreign key off": "SET LOCAL session_replication_role = replica",
 }
+PRODUCT_INDEXES = {
+    "text": ("products_search_doc_idx", "products_lexical_text_idx"),
+    "attributes": ("products_attributes_idx",),
+    "without a tenant": (
+        "products_category_idx",
+        "products_price_idx",
+        "products_product_id_idx",
+        "products_updated_at_idx",
+    ),
+    "with a tenant": (
+        "products_tenant_category_idx",
+        "products_tenant_price_idx",
+        "products_tenant_updated_at_idx",
+    ),
+}
+EVERY_PRODUCT_INDEX = "DROP INDEX " + ", ".join(f"imgsearch.{i}" for v in PRODUCT_INDEXES.values() for i in v)
+PRODUCT_VARIANTS: dict[str, str] = {
+    "as the import writes them": "",
+    "text indexes dropped (full text, trigrams: 0020, 0025)": "DROP INDEX "
+    + ", ".join(f"imgsearch.{i}" for i in PRODUCT_INDEXES["text"]),
+    "attributes' index dropped": "DROP INDEX imgsearch.products_attributes_idx",
+    "indexes for filters without a tenant dropped (category, price, SKU, updated)": "DROP INDEX "
+    + ", ".join(f"imgsearch.{i}" for i in PRODUCT_INDEXES["without a tenant"]),
+    "indexes for a shop's filters dropped (category, price, updated)": "DROP INDEX "
+    + ", ".join(f"imgsearch.{i}" for i in PRODUCT_INDEXES["with a tenant"]),
+    "every index but the keys dropped": EVERY_PRODUCT_INDEX,
+    "floor: the keys only, no trigger or foreign key": f"SET LOCAL session_replication_role = replica; {EVERY_PRODUCT_INDEX}",
+}
+# the import's own upsert, from a copy of its staged products
+PRODUCT_INSERT = bulk._PRODUCTS.replace("FROM imgsearch_import", "FROM imgsearch_costs_products")
 IMAGE_COLUMNS = "id, product_pk, tenant, sha256, uri, content, width, height, format, byte_size"
 IMAGE_INSERT = (
     f"INSERT INTO imgsearch.images ({IMAGE_COLUMNS}, state) SELECT {IMAGE_COLUMNS}, 'ready' "
@@ -171,10 +209,16 @@ def insert_times(
     """Seconds of ``insert`` (or a variant's own, ``inserts``) into an emptied ``table`` (its
     dependants emptied with it) under each of ``variants``' settings, in turns, each rolled back."""
     times: dict[str, list[float]] = {name: [] for name in variants}
+    names = list(variants)
     with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT count(*) FROM imgsearch_costs_rows").fetchone()
+        work_mem = bulk.import_work_mem(int(rows[0]) if rows else 0, DIM)
         for round_ in range(rounds):
-            for name, setup in variants.items():
+            turn = round_ % len(names)  # each round starts at another variant: none always goes first
+            for name in names[turn:] + names[:turn]:
+                setup = variants[name]
                 with conn.transaction(force_rollback=True):
+                    conn.execute(bulk.RAISE_WORK_MEM, (work_mem,))  # as the import sets it
                     conn.execute(f"DROP INDEX imgsearch.embeddings_hnsw_m{model_id}")
                     conn.execute(f"TRUNCATE imgsearch.{table} CASCADE")
                     for statement in filter(None, setup.split("; ")):
@@ -196,7 +240,11 @@ def copy_aside(url: str) -> None:
         conn.execute(
             f"CREATE UNLOGGED TABLE imgsearch_costs_images AS SELECT {IMAGE_COLUMNS} FROM imgsearch.images"
         )
-        conn.execute("VACUUM ANALYZE imgsearch_costs_rows, imgsearch_costs_images")
+        conn.execute(
+            "CREATE UNLOGGED TABLE imgsearch_costs_products AS SELECT row_number() OVER () AS ord, tenant, "
+            "product_id, category, price, currency, attributes, title, description, brand FROM imgsearch.products"
+        )
+        conn.execute("VACUUM ANALYZE imgsearch_costs_rows, imgsearch_costs_images, imgsearch_costs_products")
         conn.execute("CHECKPOINT")
 
 
@@ -230,6 +278,10 @@ def main() -> None:
     times = insert_times(conninfo, args.rounds, model_id, "embeddings", VARIANTS, INSERT, LOOKED_UP)
     print(f"3. the images' insert, part by part, {args.rounds} rounds ...", flush=True)
     image_times = insert_times(conninfo, args.rounds, model_id, "images", IMAGE_VARIANTS, IMAGE_INSERT)
+    print(f"4. the products' upsert, part by part, {args.rounds} rounds ...", flush=True)
+    product_times = insert_times(
+        conninfo, args.rounds, model_id, "products", PRODUCT_VARIANTS, PRODUCT_INSERT
+    )
 
     load = sum(seconds for name, seconds in parts if not name.startswith("HNSW"))
     print(f"\n| import of {args.rows:,} rows, phase | seconds | share of the load |")
@@ -239,6 +291,7 @@ def main() -> None:
         print(f"| {name} | {seconds:.1f} | {share} |")
     table(f"the embeddings' {args.rows:,} rows written", times)
     table(f"the images' {args.rows:,} rows written", image_times)
+    table(f"the products' {args.rows:,} rows upserted", product_times)
 
     if args.keep:
         return

@@ -13,7 +13,10 @@ each row in. A catalog moving over from another system brings millions. Here:
    set for the build). Searches keep working meanwhile, exactly: without the index an ORDER BY
    of the distance is a scan of every row.
 3. One transaction writes products (merged like ``add_many``'s: a row's fields replace the stored
-   ones, attributes are merged), images and embeddings from the temporary table, and commits.
+   ones, attributes are merged), images and embeddings from the temporary table, and commits. Its
+   ``work_mem`` is sized to the rows (:func:`import_work_mem`, never below the server's, for the
+   transaction only): the embeddings' sort and the rows their statement triggers read stay in
+   memory rather than spill to temporary files.
 
 An interrupted import leaves nothing visible (the transaction never committed) or, interrupted
 during the index build, the rows and an invalid index, which the next import or
@@ -53,6 +56,7 @@ log = logging.getLogger(__name__)
 CHECK_BATCH = 1024  # rows whose vectors are checked in one numpy pass
 REBUILD_MIN_ROWS = 10_000  # below this, inserting into the index costs less than building one
 MAX_AUTO_MAINTENANCE_MEM = 8 * 1024**3
+MAX_IMPORT_WORK_MEM = 256 * 1024**2  # a sort or hash of the import's writes (a few may run at once)
 HASH_PREFIX = b"imgsearch vector\0"  # an imported vector's hash can't equal an image file's
 
 # where a row came from, for errors ("file.parquet:5000", "row 12")
@@ -85,6 +89,19 @@ def auto_maintenance_work_mem(rows: int, dim: int) -> str:
     wanted = min(MAX_AUTO_MAINTENANCE_MEM, max(64 * 1024**2, int(rows * per_row * 1.3)))
     return f"{-(-wanted // 1024**2)}MB"
 
+
+def import_work_mem(rows: int, dim: int) -> int:
+    """Bytes of ``work_mem`` for the import's writes: room for its rows' vectors, so that the
+    sort of the embeddings' insert and the rows its statement triggers read (their transition
+    tables) stay in memory rather than spill to temporary files; at most 256 MiB."""
+    return min(MAX_IMPORT_WORK_MEM, int(rows * (dim * 2 + 512) * 1.25))
+
+
+# never below the server's own setting (for this transaction only)
+RAISE_WORK_MEM = (
+    "SELECT set_config('work_mem', "
+    "greatest(pg_size_bytes(current_setting('work_mem')), %s) / 1024 || 'kB', true)"
+)
 
 _STAGE = """CREATE TEMPORARY TABLE imgsearch_import (
     ord bigint, tenant text, product_id text, category text, price numeric(14, 4), currency text,
@@ -283,6 +300,7 @@ def import_rows(
                 bar.update(count % 1000)
             if count == 0:
                 return ImportResult(0, 0, 0, "kept", time.perf_counter() - started)
+            conn.execute(RAISE_WORK_MEM, (import_work_mem(count, model.dim),))
             conn.execute(_EXISTING)
             indexed = _indexed_rows(conn, model)
             if rebuild_index is None:
