@@ -111,15 +111,26 @@ def test_tenants_see_their_own_endpoints_and_events_alone(catalog: Catalog) -> N
     assert len(catalog.webhooks.list()) == 2
 
 
-def test_a_console_login_cannot_write_events_for_any_shop(catalog: Catalog) -> None:
+def test_a_console_login_writes_no_event_and_reads_no_product_of_another_shop(catalog: Catalog) -> None:
     password = "s3cret-enough"
     catalog.webhooks.add("http://127.0.0.1:9/a", tenant="acme")
+    theirs = catalog.add(embedding=unit(catalog.dim, 6), tenant="globex", product_id="g-secret")
+    ours = catalog.add(embedding=unit(catalog.dim, 7), tenant="acme", product_id="a1")
+    with catalog.engine.begin() as conn:
+        pks = dict(conn.execute(text("SELECT id, product_pk FROM imgsearch.images")).all())
     tenancy.create_login(catalog.engine, "acme_console_hooks", "acme", password)
     url = catalog.engine.url
     with psycopg.connect(
         host=url.query["host"], dbname=url.database, user="acme_console_hooks", password=password
-    ) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
-        conn.execute("SELECT imgsearch._webhook_event('globex', 'image.ready', '{}', NULL)")
+    ) as conn:
+        # an image event's payload, asked for directly, reads products under the login's own rules
+        data = "SELECT imgsearch._image_event_data(%s, %s, %s)"
+        mine = conn.execute(data, (ours, "acme", pks[ours])).fetchone()
+        other = conn.execute(data, (theirs, "globex", pks[theirs])).fetchone()
+        assert mine is not None and mine[0] == {"image_id": ours, "tenant": "acme", "product_id": "a1"}
+        assert other is not None and other[0]["product_id"] is None
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT imgsearch._webhook_event('globex', 'image.ready', '{}', NULL)")
 
 
 @pytest.mark.parametrize(

@@ -18,13 +18,10 @@ BEGIN
             'product:' || NEW.id);
     ELSIF TG_OP = 'DELETE' THEN
         PERFORM imgsearch._webhook_event(OLD.tenant, 'image.deleted',
-            jsonb_build_object('image_id', OLD.id, 'tenant', OLD.tenant, 'product_id',
-                (SELECT p.product_id FROM imgsearch.products p WHERE p.tenant = OLD.tenant AND p.id = OLD.product_pk)),
-            'image:' || OLD.id);
+            imgsearch._image_event_data(OLD.id, OLD.tenant, OLD.product_pk), 'image:' || OLD.id);
     ELSE
         PERFORM imgsearch._webhook_event(NEW.tenant, 'image.' || NEW.state,
-            jsonb_build_object('image_id', NEW.id, 'tenant', NEW.tenant, 'product_id',
-                (SELECT p.product_id FROM imgsearch.products p WHERE p.tenant = NEW.tenant AND p.id = NEW.product_pk))
+            imgsearch._image_event_data(NEW.id, NEW.tenant, NEW.product_pk)
             || CASE WHEN NEW.state = 'failed' THEN jsonb_build_object('reason', NEW.error) ELSE '{}'::jsonb END,
             'image:' || NEW.id);
     END IF;
