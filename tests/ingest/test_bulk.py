@@ -515,3 +515,22 @@ def test_an_import_writes_with_room_for_its_rows_never_less_than_the_servers(
     with psycopg.connect(libpq_conninfo(catalog.engine.url)) as fresh:
         row = fresh.execute("SELECT pg_size_bytes(current_setting('work_mem'))").fetchone()
     assert row is not None and row[0] == (expected or 64 * 1024)
+
+
+def test_the_planner_knows_every_table_an_import_wrote(catalog: Catalog) -> None:
+    """Right after an import, the planner's row counts of each table it wrote (its triggers'
+    included) are the rows there, not what they were before the load."""
+    rows = [
+        {"embedding": v, "tenant": "acme", "product_id": f"p{i}", "category": f"c{i % 3}"}
+        for i, v in enumerate(vectors(300, 12))
+    ]
+    assert catalog.import_vectors(rows, progress=False) == 300
+    counted, known = {}, {}
+    with catalog.engine.begin() as conn:
+        for table in bulk.ANALYZED:
+            counted[table] = conn.execute(text(f"SELECT count(*) FROM imgsearch.{table}")).scalar_one()
+            known[table] = conn.execute(
+                text("SELECT reltuples FROM pg_class WHERE oid = to_regclass(:t)"), {"t": f"imgsearch.{table}"}
+            ).scalar_one()
+    assert known == counted
+    assert all(counted[t] == 300 for t in ("products", "images", "image_products", "embeddings", "facet_members"))
