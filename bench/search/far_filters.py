@@ -18,6 +18,10 @@ imgsearch misses its latency target: it scans every matching row. This script me
   ef_construction, dropped at the end), one
   ``ORDER BY ... LIMIT k`` branch per category, merged: the "partition the index by the filter"
   design, at ef_search 40 and 200
+* IVF lists (``--ivf``) — an ivfflat index (a list per 1,000 rows), ``ivfflat.iterative_scan =
+  relaxed_order`` from 10 or 40 probes: a pool of 400 matching rows, re-sorted exactly. Built over
+  the normalised vectors (the same ranking for unit vectors), an expression the HNSW index doesn't
+  serve, so that each index answers only its own queries
 * binary + rerank — the 400 nearest by Hamming distance of ``binary_quantize`` codes computed
   from each row as it is read, re-sorted exactly
 * stored codes + rerank — the same codes stored (a side table holding each row's keys, its
@@ -87,7 +91,24 @@ STORED = {
         f"ORDER BY {EXACT_DIST.replace('embedding', 'e.embedding')} LIMIT {K}"
     ),
 }
+# IVF lists (ivfflat) over an expression of their own, so that the HNSW index can't serve their
+# queries nor they the baseline's: the vectors are unit, so their normalised copies rank the same
+IVF_DIST = "l2_normalize(embedding)::halfvec(768) <=> %(q)s::halfvec(768)"
+IVF = {
+    f"IVF lists, iterative, probes {probes}": (
+        f"WITH pool AS MATERIALIZED (SELECT image_id, embedding FROM imgsearch.embeddings WHERE {WHERE} "
+        f"ORDER BY {IVF_DIST} LIMIT {POOL}) SELECT image_id FROM pool ORDER BY {EXACT_DIST} LIMIT {K}"
+    )
+    for probes in (10, 40)
+}
 SETTINGS = {
+    **{
+        method: [
+            f"SET LOCAL ivfflat.probes = {method.rsplit(' ', 1)[1]}",
+            "SET LOCAL ivfflat.iterative_scan = relaxed_order",
+        ]
+        for method in IVF
+    },
     "iterative": [
         "SET LOCAL hnsw.iterative_scan = relaxed_order",
         "SET LOCAL hnsw.ef_search = 200",
@@ -142,6 +163,28 @@ def category_indexes(conn: psycopg.Connection[Any], categories: list[str], creat
     return time.perf_counter() - start
 
 
+def ivf_lists(conn: psycopg.Connection[Any], rows: int, create: bool) -> float:
+    """The IVF index (pgvector's guidance: a list per 1,000 rows up to 1M, the square root past
+    it), made or dropped; its size is printed."""
+    start = time.perf_counter()
+    conn.execute("DROP INDEX IF EXISTS imgsearch.bench_far_ivf")
+    if not create:
+        return 0.0
+    lists = max(10, rows // 1000 if rows <= 1_000_000 else int(rows**0.5))
+    conn.execute("SET maintenance_work_mem = '1GB'")
+    conn.execute(
+        sql.SQL(
+            "CREATE INDEX bench_far_ivf ON imgsearch.embeddings USING ivfflat "
+            "((l2_normalize(embedding)::halfvec(768)) halfvec_cosine_ops) WITH (lists = {})"
+        ).format(sql.Literal(lists))
+    )
+    conn.execute("ANALYZE imgsearch.embeddings")
+    conn.execute("SELECT pg_prewarm('imgsearch.bench_far_ivf'::regclass)")
+    size = conn.execute("SELECT pg_relation_size('imgsearch.bench_far_ivf')").fetchone()[0]  # type: ignore[index]
+    print(f"  IVF index: {lists} lists, {size / 2**20:.1f} MiB, {size / rows:.0f} bytes a row", flush=True)
+    return time.perf_counter() - start
+
+
 def stored_codes(conn: psycopg.Connection[Any], create: bool) -> float:
     """The side table of codes (see the module's docstring), made or dropped; its size is printed."""
     start = time.perf_counter()
@@ -178,6 +221,7 @@ def main() -> None:
     parser.add_argument(
         "--no-graphs", action="store_true", help="skip the per-category HNSW indexes (their build)"
     )
+    parser.add_argument("--ivf", action="store_true", help="also IVF lists (ivfflat) with iterative scans")
     parser.add_argument("--database", help="the embedded server's database holding the catalog (search.py's)")
     args = parser.parse_args()
 
@@ -209,6 +253,8 @@ def main() -> None:
                     params |= {"cats": cats} | {f"c{i}": c for i, c in enumerate(cats)}
                     if phase == "codes":
                         methods = STORED | {"baseline, codes": STATEMENTS["baseline"]}
+                    elif phase == "ivf":
+                        methods = IVF | {"baseline, with IVF lists": STATEMENTS["baseline"]}
                     elif phase == "indexed":
                         methods = {f"per-category HNSW, ef {ef}": per_category(len(cats)) for ef in (40, 200)}
                         methods["baseline, with 100 partial indexes"] = STATEMENTS["baseline"]
@@ -226,6 +272,13 @@ def main() -> None:
             measure("codes")
         finally:
             stored_codes(conn, create=False)
+        if args.ivf:
+            built = ivf_lists(conn, args.rows, create=True)
+            print(f"  IVF lists built in {built:.0f} s", flush=True)
+            try:
+                measure("ivf")
+            finally:
+                ivf_lists(conn, args.rows, create=False)
         if not args.no_graphs:
             built = category_indexes(conn, categories, create=True)
             print(f"  {len(categories)} partial HNSW indexes built in {built:.0f} s", flush=True)
