@@ -22,6 +22,11 @@ imgsearch misses its latency target: it scans every matching row. This script me
   relaxed_order`` from 10 or 40 probes: a pool of 400 matching rows, re-sorted exactly. Built over
   the normalised vectors (the same ranking for unit vectors), an expression the HNSW index doesn't
   serve, so that each index answers only its own queries
+* partitions (``--partitions``) — the rows copied into a table partitioned by category (a
+  partition each, each with its own HNSW index, imgsearch's m and ef_construction), the filter
+  pruning the partitions: as planned (the planner scans each partition left exactly), and with
+  their graphs forced (one ordered index scan per partition, merged) at ef_search 40 and 200; and
+  the unfiltered query on that table through every partition's graph
 * binary + rerank — the 400 nearest by Hamming distance of ``binary_quantize`` codes computed
   from each row as it is read, re-sorted exactly
 * stored codes + rerank — the same codes stored (a side table holding each row's keys, its
@@ -101,7 +106,30 @@ IVF = {
     )
     for probes in (10, 40)
 }
+# the catalog's rows copied into a table partitioned by category, an HNSW index on each partition
+PART_DIST = DIST.replace("embedding::halfvec(768)", "embedding")
+PARTS = {
+    # the planner's own choice: each partition's 1,000-odd rows scanned exactly, read contiguously
+    "partitions by category, as planned": (
+        f"SELECT image_id FROM public.bench_parts WHERE category = ANY(%(cats)s) ORDER BY {PART_DIST} LIMIT {K}"
+    ),
+    # each partition's graph, forced: one ordered index scan per partition left, merged
+    **{
+        f"partitions by category, their graphs, ef {ef}": (
+            f"SELECT image_id FROM public.bench_parts WHERE category = ANY(%(cats)s) ORDER BY {PART_DIST} LIMIT {K}"
+        )
+        for ef in (40, 200)
+    },
+    "unfiltered, partitioned, their graphs, ef 40": (
+        f"SELECT image_id FROM public.bench_parts ORDER BY {PART_DIST} LIMIT {K}"
+    ),
+}
 SETTINGS = {
+    **{
+        method: ["SET LOCAL enable_seqscan = off", f"SET LOCAL hnsw.ef_search = {method.rsplit(' ', 1)[1]}"]
+        for method in PARTS
+        if "graphs" in method
+    },
     **{
         method: [
             f"SET LOCAL ivfflat.probes = {method.rsplit(' ', 1)[1]}",
@@ -185,6 +213,47 @@ def ivf_lists(conn: psycopg.Connection[Any], rows: int, create: bool) -> float:
     return time.perf_counter() - start
 
 
+def partitions(conn: psycopg.Connection[Any], categories: list[str], create: bool) -> float:
+    """The partitioned copy (see PARTS), made or dropped; its indexes' size is printed."""
+    start = time.perf_counter()
+    conn.execute("DROP TABLE IF EXISTS public.bench_parts")
+    if not create:
+        return 0.0
+    conn.execute(
+        "CREATE TABLE public.bench_parts (image_id bigint, category text, embedding halfvec(768)) "
+        "PARTITION BY LIST (category)"
+    )
+    for n, category in enumerate(categories):
+        conn.execute(
+            sql.SQL("CREATE TABLE public.{} PARTITION OF public.bench_parts FOR VALUES IN ({})").format(
+                sql.Identifier(f"bench_parts_{n:03d}"), sql.Literal(category)
+            )
+        )
+    conn.execute(
+        "INSERT INTO public.bench_parts SELECT image_id, category, embedding FROM imgsearch.embeddings "
+        "WHERE model_id = 1"
+    )
+    conn.execute("SET maintenance_work_mem = '1GB'")
+    conn.execute(
+        sql.SQL(
+            "CREATE INDEX bench_parts_hnsw ON public.bench_parts USING hnsw (embedding halfvec_cosine_ops) "
+            "WITH (m = {}, ef_construction = {})"
+        ).format(sql.Literal(HNSW_M), sql.Literal(HNSW_EF_CONSTRUCTION))
+    )
+    conn.execute("VACUUM ANALYZE public.bench_parts")
+    conn.execute(
+        "SELECT pg_prewarm(r) FROM (SELECT h.inhrelid AS r FROM pg_inherits h WHERE h.inhparent = "
+        "'public.bench_parts'::regclass UNION ALL SELECT i.indexrelid FROM pg_inherits h JOIN pg_index i "
+        "ON i.indrelid = h.inhrelid WHERE h.inhparent = 'public.bench_parts'::regclass) AS each"
+    )
+    size = conn.execute(
+        "SELECT sum(pg_relation_size(i.indexrelid)) FROM pg_inherits h JOIN pg_index i ON i.indrelid = h.inhrelid "
+        "WHERE h.inhparent = 'public.bench_parts'::regclass"
+    ).fetchone()[0]  # type: ignore[index]
+    print(f"  {len(categories)} partitions, their HNSW indexes {size / 2**20:.1f} MiB", flush=True)
+    return time.perf_counter() - start
+
+
 def stored_codes(conn: psycopg.Connection[Any], create: bool) -> float:
     """The side table of codes (see the module's docstring), made or dropped; its size is printed."""
     start = time.perf_counter()
@@ -222,6 +291,9 @@ def main() -> None:
         "--no-graphs", action="store_true", help="skip the per-category HNSW indexes (their build)"
     )
     parser.add_argument("--ivf", action="store_true", help="also IVF lists (ivfflat) with iterative scans")
+    parser.add_argument(
+        "--partitions", action="store_true", help="also a copy partitioned by category, a graph each"
+    )
     parser.add_argument("--database", help="the embedded server's database holding the catalog (search.py's)")
     args = parser.parse_args()
 
@@ -253,6 +325,8 @@ def main() -> None:
                     params |= {"cats": cats} | {f"c{i}": c for i, c in enumerate(cats)}
                     if phase == "codes":
                         methods = STORED | {"baseline, codes": STATEMENTS["baseline"]}
+                    elif phase == "partitions":
+                        methods = PARTS | {"baseline, partitions": STATEMENTS["baseline"]}
                     elif phase == "ivf":
                         methods = IVF | {"baseline, with IVF lists": STATEMENTS["baseline"]}
                     elif phase == "indexed":
@@ -279,6 +353,13 @@ def main() -> None:
                 measure("ivf")
             finally:
                 ivf_lists(conn, args.rows, create=False)
+        if args.partitions:
+            built = partitions(conn, categories, create=True)
+            print(f"  partitions and their indexes built in {built:.0f} s", flush=True)
+            try:
+                measure("partitions")
+            finally:
+                partitions(conn, categories, create=False)
         if not args.no_graphs:
             built = category_indexes(conn, categories, create=True)
             print(f"  {len(categories)} partial HNSW indexes built in {built:.0f} s", flush=True)
@@ -307,7 +388,7 @@ def report(results: dict[tuple[str, str], list[dict[str, Any]]], args: argparse.
             runs = results[(name, method)]
             if method in ("fetch only", "distances", "stored codes, scan only"):
                 recall = "-"
-            elif method.startswith("baseline"):
+            elif method.startswith(("baseline", "unfiltered")):
                 recall = "(unfiltered)"
             else:
                 recall = (
