@@ -58,7 +58,7 @@ from _data import clustered, fresh_database
 
 from imgsearch import Catalog
 from imgsearch.db import embedded
-from imgsearch.ingest import bulk
+from imgsearch.ingest import bulk, bulk_statements
 from imgsearch.settings import Settings
 
 DIM = 768
@@ -134,7 +134,7 @@ PRODUCT_VARIANTS: dict[str, str] = {
     "floor: the keys only, no trigger or foreign key": f"SET LOCAL session_replication_role = replica; {EVERY_PRODUCT_INDEX}",
 }
 # the import's own upsert, from a copy of its staged products
-PRODUCT_INSERT = bulk._PRODUCTS.replace("FROM imgsearch_import", "FROM imgsearch_costs_products")
+PRODUCT_INSERT = bulk_statements.PRODUCTS.replace("FROM imgsearch_import", "FROM imgsearch_costs_products")
 IMAGE_COLUMNS = "id, product_pk, tenant, sha256, uri, content, width, height, format, byte_size"
 IMAGE_INSERT = (
     f"INSERT INTO imgsearch.images ({IMAGE_COLUMNS}, state) SELECT {IMAGE_COLUMNS}, 'ready' "
@@ -218,7 +218,7 @@ def insert_times(
             for name in names[turn:] + names[:turn]:
                 setup = variants[name]
                 with conn.transaction(force_rollback=True):
-                    conn.execute(bulk.RAISE_WORK_MEM, (work_mem,))  # as the import sets it
+                    conn.execute(bulk_statements.RAISE_WORK_MEM, (work_mem,))  # as the import sets it
                     conn.execute(f"DROP INDEX imgsearch.embeddings_hnsw_m{model_id}")
                     conn.execute(f"TRUNCATE imgsearch.{table} CASCADE")
                     for statement in filter(None, setup.split("; ")):

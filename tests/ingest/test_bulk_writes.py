@@ -1,0 +1,98 @@
+"""How a bulk import writes (imgsearch/ingest/bulk.py): its products locked in the order every
+writer locks them, its writes given memory for their rows, and the planner told of every table it
+filled."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import psycopg
+import pytest
+from sqlalchemy import text
+
+from imgsearch import Catalog
+from imgsearch.db.engine import libpq_conninfo
+from imgsearch.ingest import bulk
+from imgsearch.settings import Settings
+from tests.helpers import locks_in_key_order, unit
+
+
+@pytest.fixture
+def catalog(database_url: str, tiny_siglip: Path) -> Iterator[Catalog]:
+    with Catalog.open(
+        database_url, model=str(tiny_siglip), settings=Settings(model=str(tiny_siglip))
+    ) as opened:
+        yield opened
+
+
+def vectors(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, 32)).astype(np.float32)
+
+
+def test_an_import_locks_its_products_in_key_order_as_uploads_do(catalog: Catalog) -> None:
+    def imported(product_ids: list[str]) -> None:
+        rows = [
+            {"embedding": unit(catalog.dim, 7 + n), "tenant": "acme", "product_id": p, "category": "again"}
+            for n, p in enumerate(reversed(product_ids))
+        ]
+        assert catalog.import_vectors(rows, progress=False) == 2
+
+    locks_in_key_order(catalog, imported)
+
+
+@pytest.mark.parametrize(("server", "expected"), [("64kB", None), ("1GB", 1024**3)])
+def test_an_import_writes_with_room_for_its_rows_never_less_than_the_servers(
+    catalog: Catalog, server: str, expected: int | None
+) -> None:
+    """The import's writes run with ``work_mem`` sized to its rows (its sort and the rows its
+    statement triggers read stay in memory), for its transaction only, never below the setting."""
+    with catalog.engine.begin() as conn:
+        database = conn.execute(text("SELECT current_database()")).scalar_one()
+        conn.execute(text(f"ALTER DATABASE \"{database}\" SET work_mem = '{server}'"))  # the test's own name
+        conn.execute(text("CREATE TABLE public.seen (work_mem text)"))
+        conn.execute(
+            text(
+                "CREATE FUNCTION public.see() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                "INSERT INTO public.seen VALUES (current_setting('work_mem')); RETURN NULL; END $$"
+            )
+        )
+        conn.execute(
+            text("CREATE TRIGGER z_seen AFTER INSERT ON imgsearch.embeddings EXECUTE FUNCTION public.see()")
+        )
+        conn.execute(text("GRANT INSERT ON public.seen TO PUBLIC"))
+    rows = [{"embedding": v, "tenant": "acme", "product_id": f"p{i}"} for i, v in enumerate(vectors(300, 9))]
+    assert catalog.import_vectors(rows, progress=False) == 300
+    wanted = expected or bulk.import_work_mem(300, catalog.dim) // 1024 * 1024
+    assert wanted > 64 * 1024
+    with catalog.engine.begin() as conn:
+        seen = conn.execute(text("SELECT pg_size_bytes(work_mem) FROM public.seen")).scalars().all()
+    assert seen and set(seen) == {wanted}  # each of its inserts
+    assert bulk.import_work_mem(10_000_000, 768) == bulk.MAX_IMPORT_WORK_MEM
+    # for the import's transaction only: a new session of the database has the setting it had
+    with psycopg.connect(libpq_conninfo(catalog.engine.url)) as fresh:
+        row = fresh.execute("SELECT pg_size_bytes(current_setting('work_mem'))").fetchone()
+    assert row is not None and row[0] == (expected or 64 * 1024)
+
+
+def test_the_planner_knows_every_table_an_import_wrote(catalog: Catalog) -> None:
+    """Right after an import, the planner's row counts of each table it wrote (its triggers'
+    included) are the rows there, not what they were before the load."""
+    rows = [
+        {"embedding": v, "tenant": "acme", "product_id": f"p{i}", "category": f"c{i % 3}"}
+        for i, v in enumerate(vectors(300, 12))
+    ]
+    assert catalog.import_vectors(rows, progress=False) == 300
+    counted, known = {}, {}
+    with catalog.engine.begin() as conn:
+        for table in bulk.ANALYZED:
+            counted[table] = conn.execute(text(f"SELECT count(*) FROM imgsearch.{table}")).scalar_one()
+            known[table] = conn.execute(
+                text("SELECT reltuples FROM pg_class WHERE oid = to_regclass(:t)"),
+                {"t": f"imgsearch.{table}"},
+            ).scalar_one()
+    assert known == counted
+    assert all(
+        counted[t] == 300 for t in ("products", "images", "image_products", "embeddings", "facet_members")
+    )
