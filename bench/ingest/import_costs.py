@@ -70,6 +70,13 @@ INDEXES = (
     "embeddings_tenant_category_price_idx",
 )
 OFF = "ALTER TABLE imgsearch.embeddings DISABLE TRIGGER"
+
+
+def drop(indexes: tuple[str, ...]) -> str:
+    """The statement dropping ``indexes`` of imgsearch's schema (the script's own names)."""
+    return "DROP INDEX " + ", ".join(f"imgsearch.{i}" for i in indexes)
+
+
 VARIANTS: dict[str, str] = {
     "as the import writes them": "",
     "facet counts' trigger off (0039)": f"{OFF} embeddings_facets_added",
@@ -77,12 +84,11 @@ VARIANTS: dict[str, str] = {
     "filter columns not given: the row trigger looks each product up (before 0048)": "",
     "index carrying the codes dropped (0043)": "DROP INDEX imgsearch.embeddings_tenant_category_price_idx",
     "code column dropped, with that index": "ALTER TABLE imgsearch.embeddings DROP COLUMN code CASCADE",
-    "every secondary index dropped": "DROP INDEX " + ", ".join(f"imgsearch.{i}" for i in INDEXES),
+    "every secondary index dropped": drop(INDEXES),
     "every trigger off": f"{OFF} USER",
     "every trigger and foreign key off": "SET LOCAL session_replication_role = replica",
     "the server's work_mem (4MB): the sort and the statement triggers' rows spill": "SET LOCAL work_mem TO DEFAULT",
-    "floor: primary key only": "SET LOCAL session_replication_role = replica; DROP INDEX "
-    + ", ".join(f"imgsearch.{i}" for i in INDEXES),
+    "floor: primary key only": f"SET LOCAL session_replication_role = replica; {drop(INDEXES)}",
 }
 # as the import writes them: each row with its product's filter columns (migration 0048)
 INSERT = (
@@ -120,16 +126,15 @@ PRODUCT_INDEXES = {
         "products_tenant_updated_at_idx",
     ),
 }
-EVERY_PRODUCT_INDEX = "DROP INDEX " + ", ".join(f"imgsearch.{i}" for v in PRODUCT_INDEXES.values() for i in v)
+EVERY_PRODUCT_INDEX = drop(tuple(i for group in PRODUCT_INDEXES.values() for i in group))
 PRODUCT_VARIANTS: dict[str, str] = {
     "as the import writes them": "",
-    "text indexes dropped (full text, trigrams: 0020, 0025)": "DROP INDEX "
-    + ", ".join(f"imgsearch.{i}" for i in PRODUCT_INDEXES["text"]),
-    "attributes' index dropped": "DROP INDEX imgsearch.products_attributes_idx",
-    "indexes for filters without a tenant dropped (category, price, SKU, updated)": "DROP INDEX "
-    + ", ".join(f"imgsearch.{i}" for i in PRODUCT_INDEXES["without a tenant"]),
-    "indexes for a shop's filters dropped (category, price, updated)": "DROP INDEX "
-    + ", ".join(f"imgsearch.{i}" for i in PRODUCT_INDEXES["with a tenant"]),
+    "text indexes dropped (full text, trigrams: 0020, 0025)": drop(PRODUCT_INDEXES["text"]),
+    "attributes' index dropped": drop(PRODUCT_INDEXES["attributes"]),
+    "indexes for filters without a tenant dropped (category, price, SKU, updated)": drop(
+        PRODUCT_INDEXES["without a tenant"]
+    ),
+    "indexes for a shop's filters dropped (category, price, updated)": drop(PRODUCT_INDEXES["with a tenant"]),
     "every index but the keys dropped": EVERY_PRODUCT_INDEX,
     "floor: the keys only, no trigger or foreign key": f"SET LOCAL session_replication_role = replica; {EVERY_PRODUCT_INDEX}",
 }

@@ -50,6 +50,8 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -99,43 +101,42 @@ STORED = {
 # IVF lists (ivfflat) over an expression of their own, so that the HNSW index can't serve their
 # queries nor they the baseline's: the vectors are unit, so their normalised copies rank the same
 IVF_DIST = "l2_normalize(embedding)::halfvec(768) <=> %(q)s::halfvec(768)"
+IVF_PROBES = (10, 40)
 IVF = {
     f"IVF lists, iterative, probes {probes}": (
         f"WITH pool AS MATERIALIZED (SELECT image_id, embedding FROM imgsearch.embeddings WHERE {WHERE} "
         f"ORDER BY {IVF_DIST} LIMIT {POOL}) SELECT image_id FROM pool ORDER BY {EXACT_DIST} LIMIT {K}"
     )
-    for probes in (10, 40)
+    for probes in IVF_PROBES
 }
 # the catalog's rows copied into a table partitioned by category, an HNSW index on each partition
 PART_DIST = DIST.replace("embedding::halfvec(768)", "embedding")
+PART_FILTERED = (
+    f"SELECT image_id FROM public.bench_parts WHERE category = ANY(%(cats)s) ORDER BY {PART_DIST} LIMIT {K}"
+)
+PART_EFS = (40, 200)
 PARTS = {
     # the planner's own choice: each partition's 1,000-odd rows scanned exactly, read contiguously
-    "partitions by category, as planned": (
-        f"SELECT image_id FROM public.bench_parts WHERE category = ANY(%(cats)s) ORDER BY {PART_DIST} LIMIT {K}"
-    ),
+    "partitions by category, as planned": PART_FILTERED,
     # each partition's graph, forced: one ordered index scan per partition left, merged
-    **{
-        f"partitions by category, their graphs, ef {ef}": (
-            f"SELECT image_id FROM public.bench_parts WHERE category = ANY(%(cats)s) ORDER BY {PART_DIST} LIMIT {K}"
-        )
-        for ef in (40, 200)
-    },
+    **{f"partitions by category, their graphs, ef {ef}": PART_FILTERED for ef in PART_EFS},
     "unfiltered, partitioned, their graphs, ef 40": (
         f"SELECT image_id FROM public.bench_parts ORDER BY {PART_DIST} LIMIT {K}"
     ),
 }
+GRAPHS_FORCED = ["SET LOCAL enable_seqscan = off"]
 SETTINGS = {
     **{
-        method: ["SET LOCAL enable_seqscan = off", f"SET LOCAL hnsw.ef_search = {method.rsplit(' ', 1)[1]}"]
-        for method in PARTS
-        if "graphs" in method
+        f"partitions by category, their graphs, ef {ef}": [*GRAPHS_FORCED, f"SET LOCAL hnsw.ef_search = {ef}"]
+        for ef in PART_EFS
     },
+    "unfiltered, partitioned, their graphs, ef 40": [*GRAPHS_FORCED, "SET LOCAL hnsw.ef_search = 40"],
     **{
-        method: [
-            f"SET LOCAL ivfflat.probes = {method.rsplit(' ', 1)[1]}",
+        f"IVF lists, iterative, probes {probes}": [
+            f"SET LOCAL ivfflat.probes = {probes}",
             "SET LOCAL ivfflat.iterative_scan = relaxed_order",
         ]
-        for method in IVF
+        for probes in IVF_PROBES
     },
     "iterative": [
         "SET LOCAL hnsw.iterative_scan = relaxed_order",
@@ -339,34 +340,27 @@ def main() -> None:
                         results.setdefault((name, method), []).append(got | {"rows": len(cats)})
                 print(f"  {phase}: {n + 1}/{len(cases)} queries", flush=True)
 
+        def measure_with(phase: str, what: str, make: Callable[[bool], float]) -> None:
+            """``phase`` measured with ``make(True)``'s objects, dropped after (``make(False)``)."""
+            built = make(True)
+            print(f"  {what} built in {built:.0f} s", flush=True)
+            try:
+                measure(phase)
+            finally:
+                make(False)
+
         measure("plain")
-        built = stored_codes(conn, create=True)
-        print(f"  stored codes and their covering index built in {built:.0f} s", flush=True)
-        try:
-            measure("codes")
-        finally:
-            stored_codes(conn, create=False)
+        measure_with("codes", "stored codes and their covering index", partial(stored_codes, conn))
         if args.ivf:
-            built = ivf_lists(conn, args.rows, create=True)
-            print(f"  IVF lists built in {built:.0f} s", flush=True)
-            try:
-                measure("ivf")
-            finally:
-                ivf_lists(conn, args.rows, create=False)
+            measure_with("ivf", "IVF lists", partial(ivf_lists, conn, args.rows))
         if args.partitions:
-            built = partitions(conn, categories, create=True)
-            print(f"  partitions and their indexes built in {built:.0f} s", flush=True)
-            try:
-                measure("partitions")
-            finally:
-                partitions(conn, categories, create=False)
+            measure_with("partitions", "partitions and their indexes", partial(partitions, conn, categories))
         if not args.no_graphs:
-            built = category_indexes(conn, categories, create=True)
-            print(f"  {len(categories)} partial HNSW indexes built in {built:.0f} s", flush=True)
-            try:
-                measure("indexed")
-            finally:
-                category_indexes(conn, categories, create=False)
+            measure_with(
+                "indexed",
+                f"{len(categories)} partial HNSW indexes",
+                partial(category_indexes, conn, categories),
+            )
 
     report(results, args)
 
