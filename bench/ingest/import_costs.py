@@ -17,7 +17,8 @@ costs").
    columns not given (as other writers write: the row trigger reads each row's product), the index
    carrying the binary codes (0043), the code column with it, every secondary index, every
    trigger, every trigger and foreign key (``session_replication_role = replica``), and the
-   floor: primary key only, nothing else; and with the server's ``work_mem`` rather than the
+   floor: primary key only, nothing else; what migration 0050 dropped, put back (the product's
+   key, the ``image_id`` index, each and both); and with the server's ``work_mem`` rather than the
    import's (its sort and the rows the statement triggers read spill to temporary files). The
    variants run in turns, each round starting at the next one, ``--rounds`` times; the median is
    reported, with what the part costs (the insert as imported, less the insert
@@ -64,12 +65,17 @@ from imgsearch.settings import Settings
 DIM = 768
 INDEXES = (
     "embeddings_category_price_idx",
-    "embeddings_image_id_idx",
     "embeddings_price_idx",
     "embeddings_product_pk_idx",
     "embeddings_tenant_category_price_idx",
 )
 OFF = "ALTER TABLE imgsearch.embeddings DISABLE TRIGGER"
+# what migration 0050 dropped: a key the image's and the link's imply, an index the primary key's prefix is
+PRODUCT_KEY = (
+    "ALTER TABLE imgsearch.embeddings ADD CONSTRAINT embeddings_product_fkey "
+    "FOREIGN KEY (product_pk, tenant) REFERENCES imgsearch.products (id, tenant) ON DELETE CASCADE"
+)
+IMAGE_ID_INDEX = "CREATE INDEX embeddings_image_id_idx ON imgsearch.embeddings (image_id)"
 
 
 def drop(indexes: tuple[str, ...]) -> str:
@@ -87,6 +93,9 @@ VARIANTS: dict[str, str] = {
     "every secondary index dropped": drop(INDEXES),
     "every trigger off": f"{OFF} USER",
     "every trigger and foreign key off": "SET LOCAL session_replication_role = replica",
+    "the product's key and the image_id index back (before 0050)": f"{PRODUCT_KEY}; {IMAGE_ID_INDEX}",
+    "the product's key back": PRODUCT_KEY,
+    "the image_id index back": IMAGE_ID_INDEX,
     "the server's work_mem (4MB): the sort and the statement triggers' rows spill": "SET LOCAL work_mem TO DEFAULT",
     "floor: primary key only": f"SET LOCAL session_replication_role = replica; {drop(INDEXES)}",
 }

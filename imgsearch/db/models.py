@@ -273,14 +273,10 @@ class Embedding(Base):
             ondelete="CASCADE",
             name="embeddings_image_fkey",
         ),
-        # the product is repeated here so filtered searches join embeddings to products directly
-        ForeignKeyConstraint(
-            ["product_pk", "tenant"],
-            ["products.id", "products.tenant"],
-            ondelete="CASCADE",
-            name="embeddings_product_fkey",
-        ),
-        # a row per link of an image to a product; it goes with the link (migration 0019)
+        # a row per link of an image to a product; it goes with the link (migration 0019). The
+        # link's own keys hold its image and product under one tenant, the image key above gives
+        # the row that tenant: the row's product (repeated so that filtered searches join
+        # embeddings to products directly) needs no key of its own (migration 0050)
         ForeignKeyConstraint(
             ["image_id", "product_pk"],
             ["image_products.image_id", "image_products.product_pk"],
@@ -289,14 +285,13 @@ class Embedding(Base):
         ),
         # a zero vector has no direction: its cosine distances are NaN (migration 0017)
         CheckConstraint("l2_norm(embedding) > 0", name="not_zero"),
-        # an image's rows together (migration 0040)
+        # an image's rows together (migration 0040); its first column serves lookups by image
         PrimaryKeyConstraint("image_id", "product_pk", "model_id", "region", name="embeddings_pkey"),
         # a region's box, a whole image's none (migration 0040)
         CheckConstraint(
             "region >= 0 AND (region = 0) = (box IS NULL) AND (box IS NULL OR cardinality(box) = 4)",
             name="region_box",
         ),
-        Index("embeddings_image_id_idx", "image_id"),
         Index("embeddings_product_pk_idx", "product_pk", "model_id"),
         # a category's price range (migrations 0029, 0030); its prefix serves category-only filters
         Index("embeddings_category_price_idx", "model_id", "category", "price_units"),

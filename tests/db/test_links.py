@@ -279,3 +279,35 @@ def test_an_image_written_in_sql_is_its_products_and_gets_its_search_row(catalog
         )
     assert catalog.get(image).product_ids == ["mug"]
     assert catalog.search(vector=unit(DIM, 2), k=1)[0].image_id == image
+
+
+def test_a_search_row_needs_its_link_and_its_images_tenant(catalog: Catalog) -> None:
+    """The row's product has no key of its own (migration 0050): the link's key and the image's
+    hold it. A row naming a product its image isn't linked to, or another shop, is refused; a
+    product deleted takes its rows through its links."""
+    from sqlalchemy.exc import IntegrityError
+
+    image = catalog.add(image_bytes(1), embedding=unit(DIM, 1), tenant="acme", product_id="mug")
+    catalog.add(image_bytes(2), embedding=unit(DIM, 2), tenant="acme", product_id="cup")
+    catalog.add(image_bytes(3), embedding=unit(DIM, 3), tenant="globex", product_id="mug")
+    insert = text(
+        "INSERT INTO imgsearch.embeddings (model_id, image_id, product_pk, tenant, region, box, embedding) "
+        "SELECT m.id, :image, p.id, :tenant, 1, '{0,0,8,8}', CAST(:v AS halfvec) "
+        "FROM imgsearch.models m, imgsearch.products p "
+        "WHERE m.active AND p.tenant = :shop AND p.product_id = :product"
+    )
+    vector = str(unit(DIM, 4).tolist())
+    refused = {
+        "a product of the shop the image isn't linked to": ("acme", "acme", "cup", "embeddings_link_fkey"),
+        "another shop's product of the same name": ("acme", "globex", "mug", "embeddings_link_fkey"),
+        "the image's own product under another shop's name": ("globex", "acme", "mug", "embeddings_image_fkey"),
+    }
+    for why, (tenant, shop, product, key) in refused.items():
+        with pytest.raises(IntegrityError, match=key), catalog.engine.begin() as conn:
+            conn.execute(insert, {"image": image, "tenant": tenant, "shop": shop, "product": product, "v": vector})
+        assert table_counts(catalog)["embeddings"] == 3, why
+    with catalog.engine.begin() as conn:  # the row its link holds goes in (a region's: a second row)
+        conn.execute(insert, {"image": image, "tenant": "acme", "shop": "acme", "product": "mug", "v": vector})
+        assert conn.execute(text("SELECT count(*) FROM imgsearch.embeddings")).scalar_one() == 4
+        conn.execute(text("DELETE FROM imgsearch.products WHERE tenant = 'acme' AND product_id = 'mug'"))
+    assert table_counts(catalog) == {"products": 2, "images": 2, "image_products": 2, "embeddings": 2}

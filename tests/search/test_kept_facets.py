@@ -230,3 +230,19 @@ def test_a_first_row_written_beside_a_change_of_its_product_is_counted_under_the
     counted = kept(catalog)
     assert counted == one_pass(catalog)
     assert counted[0] == 1 and dict(counted[1]) == {"boots": 1}
+
+
+def test_a_price_is_counted_in_the_bucket_of_each_width_its_value_truncated(catalog: Catalog) -> None:
+    """The kept price cells (migration 0050 writes the widths out): for width 10^j, the price
+    divided by 10^j and truncated toward zero, at the column's limits and below zero too."""
+    prices = ["0.0001", "9.99", "10", "12.5", "99999.5", "9999999999.9999", "-0.5", "-12.5"]
+    with catalog.engine.connect() as conn:
+        got = conn.execute(
+            text(
+                "SELECT p, f.key, f.value FROM unnest(CAST(:prices AS numeric(14,4)[])) AS p "
+                "CROSS JOIN LATERAL imgsearch._facet_values(NULL, NULL, p, NULL) f WHERE f.facet = 'price'"
+            ),
+            {"prices": prices},
+        ).all()
+    want = [(Decimal(p), str(j), str(int(Decimal(p) / 10**j))) for p in prices for j in range(10)]
+    assert sorted(got) == sorted(want)
