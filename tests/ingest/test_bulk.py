@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,19 +25,10 @@ from imgsearch import Catalog
 from imgsearch.db import vector_index
 from imgsearch.errors import DimensionMismatch, InvalidInput
 from imgsearch.ingest import bulk
-from imgsearch.settings import Settings
 from tests.helpers import exact_similarities, run_cli
 
 DIM = 32
 INJECTION = "'; DROP TABLE imgsearch.embeddings; --"
-
-
-@pytest.fixture
-def catalog(database_url: str, tiny_siglip: Path) -> Iterator[Catalog]:
-    with Catalog.open(
-        database_url, model=str(tiny_siglip), settings=Settings(model=str(tiny_siglip))
-    ) as opened:
-        yield opened
 
 
 def vectors(n: int, seed: int = 0) -> np.ndarray:

@@ -4,9 +4,6 @@ filled."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import numpy as np
 import psycopg
 import pytest
@@ -15,16 +12,7 @@ from sqlalchemy import text
 from imgsearch import Catalog
 from imgsearch.db.engine import libpq_conninfo
 from imgsearch.ingest import bulk
-from imgsearch.settings import Settings
 from tests.helpers import locks_in_key_order, unit
-
-
-@pytest.fixture
-def catalog(database_url: str, tiny_siglip: Path) -> Iterator[Catalog]:
-    with Catalog.open(
-        database_url, model=str(tiny_siglip), settings=Settings(model=str(tiny_siglip))
-    ) as opened:
-        yield opened
 
 
 def vectors(n: int, seed: int = 0) -> np.ndarray:
