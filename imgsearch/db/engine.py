@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import URL, Engine, create_engine, make_url, text
+import psycopg
+from sqlalchemy import URL, Connection, Engine, create_engine, make_url, text
 from sqlalchemy.exc import ArgumentError, OperationalError
 
 from imgsearch.db import embedded
@@ -14,6 +15,11 @@ from imgsearch.settings import Settings
 MIN_PGVECTOR = (0, 8)
 CONNECT_ARGS = {"connect_timeout": 10}  # seconds: an unreachable server fails fast
 DEFAULT_POOL_SIZE: int = Settings.model_fields["pool_size"].default
+# long work on a connection of its own (an index build, an import, a wait for a lock) stops within
+# this many milliseconds once its client is gone (killed, its machine lost) rather than running on
+# for minutes with its locks held: PostgreSQL checks the socket while a statement runs (14+)
+GONE_CLIENT_CHECK_MS = 5000
+GONE_CLIENT_CHECK = "SELECT set_config('client_connection_check_interval', %s, %s)"
 
 
 def normalize_url(url: str) -> str:
@@ -32,6 +38,29 @@ def normalize_url(url: str) -> str:
 def libpq_conninfo(url: URL) -> str:
     """A libpq connection string (for psycopg directly) for a SQLAlchemy URL of PostgreSQL."""
     return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def connect(url: URL, what: str, *, autocommit: bool = True) -> psycopg.Connection[Any]:
+    """A psycopg connection of its own to ``url``'s database, for long work (its statements stop
+    once the client is gone: :data:`GONE_CLIENT_CHECK_MS`); :class:`DatabaseUnavailable` naming
+    ``what`` ("to build the index") when the server can't be reached."""
+    try:
+        conn = psycopg.connect(libpq_conninfo(url), autocommit=True, connect_timeout=CONNECT_ARGS["connect_timeout"])
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(f"cannot connect to PostgreSQL {what}: {exc}") from exc
+    try:
+        conn.execute(GONE_CLIENT_CHECK, (str(GONE_CLIENT_CHECK_MS), False))
+        conn.autocommit = autocommit
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def stop_when_client_gone(conn: Connection, *, local: bool = False) -> None:
+    """The same check for long work on a connection of SQLAlchemy's: for its session, or with
+    ``local`` for its transaction."""
+    conn.exec_driver_sql(GONE_CLIENT_CHECK, (str(GONE_CLIENT_CHECK_MS), local))
 
 
 def libpq_uri(url: str) -> str:

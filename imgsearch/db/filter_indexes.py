@@ -47,9 +47,9 @@ from psycopg import sql
 from sqlalchemy import Connection, Engine, text
 
 from imgsearch.db import binary_codes, vector_index
-from imgsearch.db.engine import libpq_conninfo
+from imgsearch.db.engine import connect
 from imgsearch.db.models import SCHEMA
-from imgsearch.errors import DatabaseUnavailable, InvalidInput, TransientError
+from imgsearch.errors import InvalidInput, TransientError
 from imgsearch.records import ModelInfo
 
 log = logging.getLogger(__name__)
@@ -189,13 +189,7 @@ def refresh(
     done nothing, when another one runs); returns what changed."""
     started = time.perf_counter()
     result = RefreshResult()
-    try:
-        conn = psycopg.connect(libpq_conninfo(engine.url), autocommit=True, connect_timeout=10)
-    except psycopg.OperationalError as exc:
-        raise DatabaseUnavailable(
-            f"cannot connect to PostgreSQL to refresh the filter indexes: {exc}"
-        ) from exc
-    with conn:
+    with connect(engine.url, "to refresh the filter indexes") as conn:
         if wait:
             conn.execute("SELECT pg_advisory_lock(%s)", (REFRESH_LOCK,))
         else:
@@ -380,7 +374,7 @@ def _drop(conn: psycopg.Connection, model: ModelInfo, key: tuple[str, str], name
 def drop_all(engine: Engine, model: ModelInfo) -> int:
     """Drop every graph of the model (a bulk load writes faster without them; :func:`refresh`
     builds them again); the number dropped."""
-    with psycopg.connect(libpq_conninfo(engine.url), autocommit=True, connect_timeout=10) as conn:
+    with connect(engine.url, "to drop the filter indexes") as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (REFRESH_LOCK,))
         found = conn.execute(
             f"SELECT column_name, value, index_name FROM {SCHEMA}.filter_indexes WHERE model_id = %s",

@@ -12,6 +12,7 @@ from sqlalchemy.exc import OperationalError
 
 from imgsearch.db import citus
 from imgsearch.db.base import SCHEMA
+from imgsearch.db.engine import stop_when_client_gone
 from imgsearch.db.revisions import alembic_config, current, head
 from imgsearch.errors import DatabaseUnavailable
 
@@ -42,6 +43,7 @@ def upgrade(engine: Engine, revision: str = "head") -> citus.Distributed | None:
     before = current(engine)
     adopted = None
     with engine.begin() as conn:
+        stop_when_client_gone(conn, local=True)  # a migration rewriting a table holds its lock
         upgrade_on(conn, revision)
     after = current(engine)
     if after == head():  # on a Citus coordinator: Citus mode (imgsearch.db.citus)
@@ -50,6 +52,7 @@ def upgrade(engine: Engine, revision: str = "head") -> citus.Distributed | None:
         # every embedding row was rewritten: until a vacuum the HNSW index holds a dead entry for
         # each old version, which searches wade through (recall dropped in bench/search/search.py)
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            stop_when_client_gone(conn)
             conn.execute(text("VACUUM (ANALYZE) imgsearch.embeddings"))
     return adopted
 

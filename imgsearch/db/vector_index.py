@@ -44,9 +44,9 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.types import UserDefinedType
 
-from imgsearch.db.engine import libpq_conninfo
+from imgsearch.db.engine import connect, stop_when_client_gone
 from imgsearch.db.models import SCHEMA, Embedding, Model
-from imgsearch.errors import DatabaseUnavailable, InvalidInput, TransientError
+from imgsearch.errors import InvalidInput, TransientError
 from imgsearch.records import ModelInfo
 
 HNSW_M = 16
@@ -113,6 +113,7 @@ def rebuild_index(
     """
     name = index_name(model.id)
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        stop_when_client_gone(conn)
         try:
             conn.execute(
                 text("SELECT set_config('maintenance_work_mem', :m, false)"), {"m": maintenance_work_mem}
@@ -337,7 +338,7 @@ def auto_parallel_workers() -> int:
 
 
 def index_valid(engine: Engine, model: ModelInfo) -> bool:
-    with psycopg.connect(libpq_conninfo(engine.url), autocommit=True, connect_timeout=10) as conn:
+    with connect(engine.url, "to check the index") as conn:
         row = conn.execute(
             "SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass(%s)",
             (f"{SCHEMA}.{index_name(model.id)}",),
@@ -346,7 +347,7 @@ def index_valid(engine: Engine, model: ModelInfo) -> bool:
 
 
 def drop_index_concurrently(engine: Engine, model: ModelInfo) -> None:
-    with psycopg.connect(libpq_conninfo(engine.url), autocommit=True, connect_timeout=10) as conn:
+    with connect(engine.url, "to drop the index") as conn:
         conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {SCHEMA}.{index_name(model.id)}")
 
 
@@ -369,10 +370,7 @@ def build_index(
             auto_parallel_workers() if parallel_workers is None else parallel_workers
         ),
     }
-    try:
-        conn = psycopg.connect(libpq_conninfo(engine.url), autocommit=True, connect_timeout=10)
-    except psycopg.OperationalError as exc:
-        raise DatabaseUnavailable(f"cannot connect to PostgreSQL to build the index: {exc}") from exc
+    conn = connect(engine.url, "to build the index")
     with conn, tqdm(total=0, unit="block", desc="indexing", disable=not progress) as bar:
         for setting, value in settings.items():
             try:

@@ -44,9 +44,9 @@ from sqlalchemy import Engine
 
 from imgsearch.access import tenancy
 from imgsearch.db import citus, filter_indexes, vector_index
-from imgsearch.db.engine import libpq_conninfo
+from imgsearch.db.engine import connect
 from imgsearch.db.models import SCHEMA
-from imgsearch.errors import DatabaseUnavailable, ImgSearchError, InvalidInput, TransientError
+from imgsearch.errors import ImgSearchError, InvalidInput, TransientError
 from imgsearch.ingest import bulk_statements as statements
 from imgsearch.ingest import checks, images, vectors
 from imgsearch.ingest.rows import prepare_row
@@ -120,10 +120,7 @@ def import_rows(
     started = time.perf_counter()
     if tenant is not None:
         tenant = checks.identifier(tenant, "tenant")
-    try:
-        conn = psycopg.connect(libpq_conninfo(engine.url), connect_timeout=10)
-    except psycopg.OperationalError as exc:
-        raise DatabaseUnavailable(f"cannot connect to PostgreSQL for the import: {exc}") from exc
+    conn = connect(engine.url, "for the import", autocommit=False)
     dropped = False
     try:
         register_vector(conn)
@@ -342,7 +339,7 @@ def _analyze(engine: Engine) -> None:
     """Fresh statistics for the planner: after a bulk load its estimates of the tables are off by
     the load (it would scan every row rather than use the HNSW index, or sort every link to join
     a few), until autovacuum comes by."""
-    with psycopg.connect(libpq_conninfo(engine.url), autocommit=True, connect_timeout=10) as conn:
+    with connect(engine.url, "to analyze the imported rows") as conn:
         conn.execute("ANALYZE " + ", ".join(f"{SCHEMA}.{table}" for table in ANALYZED))
 
 
