@@ -97,14 +97,19 @@ def explain_generic(conn, stmt) -> str:  # type: ignore[no-untyped-def]
     return "\n".join(row[0] for row in conn.exec_driver_sql("EXPLAIN (GENERIC_PLAN) " + sql))
 
 
-def run_cli(*args: str, timeout: float = 300, **env: str) -> subprocess.CompletedProcess[str]:
-    """``python -m imgsearch ARGS`` in a subprocess, with only the given ``IMGSEARCH_*`` settings
-    (and the hub offline), capturing its output."""
+def cli_environment(**env: str) -> dict[str, str]:
+    """The environment of a ``python -m imgsearch`` subprocess: only the given ``IMGSEARCH_*``
+    settings, and the hub offline."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith("IMGSEARCH_")}
     environment.update(HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", **env)
+    return environment
+
+
+def run_cli(*args: str, timeout: float = 300, **env: str) -> subprocess.CompletedProcess[str]:
+    """``python -m imgsearch ARGS`` in a subprocess (:func:`cli_environment`), capturing its output."""
     return subprocess.run(
         [sys.executable, "-m", "imgsearch", *args],
-        env=environment,
+        env=cli_environment(**env),
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 from imgsearch import Catalog
-from tests.helpers import image_bytes, run_cli
+from tests.helpers import cli_environment, image_bytes, run_cli
 
 
 def run_ingest(database_url: str, model: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -116,10 +115,9 @@ def test_status_wait_returns_when_nothing_is_pending(
     ]
     bad = run_cli("status", "--wait", "soon", **env)
     assert bad.returncode == 2 and "must be a number of seconds" in bad.stderr
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("IMGSEARCH_")}
     worker = subprocess.Popen(
         [sys.executable, "-m", "imgsearch", "worker", "--drain"],
-        env={**environment, "HF_HUB_OFFLINE": "1", **env},
+        env=cli_environment(**env),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

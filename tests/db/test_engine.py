@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ from imgsearch import Catalog
 from imgsearch.db import engine as db_engine
 from imgsearch.db import vector_index
 from imgsearch.errors import DatabaseUnavailable
-from tests.helpers import run_cli, unit
+from tests.helpers import cli_environment, run_cli, unit
 
 
 def _waiting_statement(catalog: Catalog, writer_pid: int, timeout: float = 120) -> tuple[int, str]:
@@ -58,8 +57,6 @@ def test_a_killed_command_leaves_no_statement_waiting_on_the_server(
         "".join(json.dumps({"embedding": unit(768, i).tolist(), "product_id": f"n{i}"}) + "\n" for i in range(20))
     )
     args = [*command, str(rows), "--tenant", "acme", "--rebuild-index", "always"] if command == ("import",) else list(command)
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("IMGSEARCH_")}
-    environment.update(HF_HUB_OFFLINE="1", IMGSEARCH_DATABASE_URL=database_url)
     with Catalog.open(database_url) as catalog:
         catalog.add_many(
             [{"embedding": unit(768, 100 + i), "tenant": "acme", "product_id": f"p{i}"} for i in range(5)],
@@ -72,7 +69,7 @@ def test_a_killed_command_leaves_no_statement_waiting_on_the_server(
                 writer_pid = int(writer.execute(text("SELECT pg_backend_pid()")).scalar_one())
                 process = subprocess.Popen(
                     [sys.executable, "-m", "imgsearch", *args],
-                    env=environment,
+                    env=cli_environment(IMGSEARCH_DATABASE_URL=database_url),
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                 )
