@@ -12,8 +12,8 @@ each row in. A catalog moving over from another system brings millions. Here:
    again after (``CREATE INDEX CONCURRENTLY``, with ``maintenance_work_mem`` and parallel workers
    set for the build). Searches keep working meanwhile, exactly: without the index an ORDER BY
    of the distance is a scan of every row.
-3. One transaction writes products (merged like ``add_many``'s: a row's fields replace the stored
-   ones, attributes are merged), images and embeddings from the temporary table, and commits. Its
+3. One transaction writes products (merged like ``add_many``'s: a product's rows each give what
+   they give, the fields given replace the stored ones, attributes are merged), images and embeddings from the temporary table, and commits. Its
    ``work_mem`` is sized to the rows (:func:`import_work_mem`, never below the server's, for the
    transaction only): the embeddings' sort and the rows their statement triggers read stay in
    memory rather than spill to temporary files.

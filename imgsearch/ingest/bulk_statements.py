@@ -71,14 +71,20 @@ SELECT count(*) FROM (
 ) AS fresh
 """
 
-# the last row naming a product gives its fields; stored values stay where it gives none. In key
-# order, byte by byte, as every writer of products locks them (imgsearch.ingest.rows: Python's sorted)
+# a product's rows merge as add_many merges them: each field is the value its rows give (they give
+# one value: DISAGREEING), its attributes those of all its rows; stored values stay where none gives
+# one. A product of one row (most) takes its attributes as they are. In key order, byte by byte, as
+# every writer of products locks them (imgsearch.ingest.rows: Python's sorted)
 PRODUCTS = f"""
 INSERT INTO {SCHEMA}.products AS p (tenant, product_id, category, price, currency, attributes, title,
                                    description, brand)
-SELECT DISTINCT ON (tenant COLLATE "C", product_id COLLATE "C") tenant, product_id, category, price,
-       currency, coalesce(attributes, '{{}}'::jsonb), title, description, brand
-FROM imgsearch_import ORDER BY tenant COLLATE "C", product_id COLLATE "C", ord DESC
+SELECT tenant, product_id, max(category), max(price), max(currency),
+       CASE WHEN count(*) = 1 THEN coalesce((array_agg(attributes))[1], '{{}}'::jsonb)
+            ELSE (SELECT coalesce(jsonb_object_agg(a.key, a.value), '{{}}'::jsonb)
+                  FROM unnest(array_agg(attributes)) AS r (attributes), jsonb_each(r.attributes) AS a)
+       END,
+       max(title), max(description), max(brand)
+FROM imgsearch_import GROUP BY tenant, product_id ORDER BY tenant COLLATE "C", product_id COLLATE "C"
 ON CONFLICT (tenant, product_id) DO UPDATE SET
     category = coalesce(excluded.category, p.category),
     price = coalesce(excluded.price, p.price),

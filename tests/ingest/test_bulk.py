@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -190,6 +191,68 @@ def test_a_large_import_builds_the_index_after_the_load(
         [{"embedding": vectors(1, 5)[0], "tenant": "acme", "product_id": "two"}], rebuild_index=True
     )
     assert forced.index == "rebuilt"
+
+
+def test_rows_of_one_product_merge_as_uploads_merge_them(catalog: Catalog, tmp_path: Path) -> None:
+    """A product's rows each give what they give (a feed giving its fields on its first image's
+    row only): the import keeps all of it, as add_many does, and each image's filter columns are
+    its product's."""
+    data = vectors(3, 9)
+
+    def rows(tenant: str, offset: int) -> list[dict[str, Any]]:
+        first = {"category": "shoes", "price": 10, "title": "Red shoe", "attributes": {"color": "red"}}
+        return [
+            {"tenant": tenant, "product_id": "p1", **first, "embedding": data[0] + offset},
+            {
+                "tenant": tenant,
+                "product_id": "p1",
+                "attributes": {"size": "M"},
+                "embedding": data[1] + offset,
+            },
+            {"tenant": tenant, "product_id": "p1", "currency": "EUR", "embedding": data[2] + offset},
+        ]
+
+    catalog.add_many(rows("uploaded", 0), progress=False)
+    path = tmp_path / "feed.jsonl"
+    path.write_text(
+        "".join(json.dumps({**row, "embedding": row["embedding"].tolist()}) + "\n" for row in rows("acme", 1))
+    )
+    assert catalog.import_report(path).imported == 3
+    with catalog.engine.connect() as conn:
+        products = conn.execute(
+            text(
+                "SELECT tenant, category, price, currency, title, attributes FROM imgsearch.products ORDER BY tenant"
+            )
+        ).all()
+        columns = conn.execute(
+            text("SELECT DISTINCT tenant, category, price FROM imgsearch.embeddings ORDER BY tenant")
+        ).all()
+    assert products[0][1:] == products[1][1:] == (
+        "shoes", Decimal("10"), "EUR", "Red shoe", {"color": "red", "size": "M"}
+    )  # fmt: skip
+    assert [tuple(row) for row in columns] == [
+        ("acme", "shoes", Decimal("10")),
+        ("uploaded", "shoes", Decimal("10")),
+    ]
+    # a later import giving fewer fields keeps the stored ones, and merges attributes
+    again = tmp_path / "again.jsonl"
+    again.write_text(
+        json.dumps(
+            {
+                "tenant": "acme",
+                "product_id": "p1",
+                "attributes": {"fit": "wide"},
+                "embedding": (data[0] + 1).tolist(),
+            }
+        )
+        + "\n"
+    )
+    assert catalog.import_report(again).duplicates == 1
+    with catalog.engine.connect() as conn:
+        merged = conn.execute(
+            text("SELECT category, title, attributes FROM imgsearch.products WHERE tenant = 'acme'")
+        ).one()
+    assert tuple(merged) == ("shoes", "Red shoe", {"color": "red", "size": "M", "fit": "wide"})
 
 
 @pytest.mark.parametrize(
