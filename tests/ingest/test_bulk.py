@@ -255,6 +255,71 @@ def test_rows_of_one_product_merge_as_uploads_merge_them(catalog: Catalog, tmp_p
     assert tuple(merged) == ("shoes", "Red shoe", {"color": "red", "size": "M", "fit": "wide"})
 
 
+def snapshot(catalog: Catalog, tenant: str) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """A tenant's products, and its embeddings as (product, first values of the vector, filter columns)."""
+    with catalog.engine.connect() as conn:
+        products = conn.execute(
+            text(
+                "SELECT product_id, category, price, currency, title, description, brand, attributes "
+                "FROM imgsearch.products WHERE tenant = :t ORDER BY product_id"
+            ),
+            {"t": tenant},
+        ).all()
+        embeddings = conn.execute(
+            text(
+                "SELECT p.product_id, e.embedding::text, e.category, e.price FROM imgsearch.embeddings e "
+                "JOIN imgsearch.products p ON p.id = e.product_pk WHERE e.tenant = :t ORDER BY 1, 2"
+            ),
+            {"t": tenant},
+        ).all()
+    return [tuple(row) for row in products], [tuple(row) for row in embeddings]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_an_import_stores_what_add_many_stores(catalog: Catalog, seed: int) -> None:
+    """Random batches of rows (products named by several rows, each row giving some of its
+    product's fields and attributes; a second batch over the first) leave the same products and
+    embeddings whether uploaded with add_many or imported."""
+    rng = np.random.default_rng(seed)
+    products = {
+        f"p{i}": {
+            "category": f"c{i % 3}",
+            "price": float(rng.integers(1, 500)) / 4,
+            "currency": ["EUR", "USD"][i % 2],
+            "title": f"Product {i}",
+            "description": f"about {i}",
+            "brand": f"b{i % 2}",
+            "attributes": {key: int(rng.integers(0, 9)) for key in ("size", "color", "fit")},
+        }
+        for i in range(6)
+    }
+    vector_seed = 1000 * seed
+
+    def batch(n: int) -> list[dict[str, Any]]:
+        nonlocal vector_seed
+        rows = []
+        for _ in range(n):
+            product_id = f"p{rng.integers(0, 6)}"
+            given = products[product_id]
+            row: dict[str, Any] = {"product_id": product_id}
+            for field in ("category", "price", "currency", "title", "description", "brand"):
+                if rng.random() < 0.4:
+                    row[field] = given[field]
+            keys = [key for key in given["attributes"] if rng.random() < 0.4]
+            if keys:
+                row["attributes"] = {key: given["attributes"][key] for key in keys}
+            vector_seed += 1
+            row["embedding"] = vectors(1, vector_seed)[0]
+            rows.append(row)
+        return rows
+
+    for rows in (batch(12), batch(8)):
+        catalog.add_many([{**row, "tenant": "uploaded"} for row in rows], progress=False)
+        catalog.import_report([{**row, "tenant": "imported"} for row in rows])
+    assert snapshot(catalog, "imported") == snapshot(catalog, "uploaded")
+    assert len(snapshot(catalog, "imported")[1]) == 20
+
+
 @pytest.mark.parametrize(
     ("make", "message"),
     [
