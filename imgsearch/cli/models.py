@@ -119,13 +119,21 @@ def _model(args: argparse.Namespace, settings: Settings) -> int:
             rows = reembed.listing(eng)
             width = max([len(r.name) for r in rows] + [5])
             separate = any(r.serves_images for r in rows)
-            print(f"{'model':<{width}}  {'dim':>5}  {'embeddings':>10}  active")
+            print(f"{'model':<{width}}  {'dim':>5}  {'embeddings':>10}  {'index':<7}  active")
             for row in rows:
                 active = "yes" if row.active and not separate else "text" if row.active else ""
                 print(
-                    f"{row.name:<{width}}  {row.dim:>5}  {row.embeddings:>10}  {'images' if row.serves_images else active}"
+                    f"{row.name:<{width}}  {row.dim:>5}  {row.embeddings:>10}  {row.index:<7}  "
+                    f"{'images' if row.serves_images else active}"
                     + ("  (vectors from elsewhere)" if row.external else "")
                 )
+            for row in rows:
+                if row.index != "valid" and row.embeddings:
+                    print(
+                        f"the HNSW index of {row.name} is {row.index}: its searches scan every row; "
+                        f"build it with `imgsearch model reindex {row.name}`",
+                        file=sys.stderr,
+                    )
             if not rows:
                 print(
                     f"(no model registered yet: {canonical_name(settings.model)} will be, at the first "

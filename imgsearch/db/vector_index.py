@@ -63,18 +63,22 @@ def index_name(model_id: int) -> str:
     return f"embeddings_hnsw_m{int(model_id)}"
 
 
-def create_index(conn: Connection, model_id: int, dim: int) -> None:
-    """Create the model's HNSW index if missing (ids and dims are integers from our own table)."""
+def create_statement(model_id: int, dim: int, *, concurrently: bool = False) -> str:
+    """The model's HNSW index's ``CREATE INDEX`` (ids and dims are integers from our own table)."""
     model_id, dim = int(model_id), int(dim)
     if not 1 <= dim <= 4000:
         raise InvalidInput(f"dimension {dim} is outside 1..4000 (pgvector's halfvec HNSW limit)")
-    conn.execute(
-        text(
-            f"CREATE INDEX IF NOT EXISTS {index_name(model_id)} ON {SCHEMA}.embeddings "
-            f"USING hnsw ((embedding::halfvec({dim})) halfvec_cosine_ops) "
-            f"WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION}) WHERE model_id = {model_id}"
-        )
+    how = "CONCURRENTLY" if concurrently else "IF NOT EXISTS"
+    return (
+        f"CREATE INDEX {how} {index_name(model_id)} ON {SCHEMA}.embeddings "
+        f"USING hnsw ((embedding::halfvec({dim})) halfvec_cosine_ops) "
+        f"WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION}) WHERE model_id = {model_id}"
     )
+
+
+def create_index(conn: Connection, model_id: int, dim: int) -> None:
+    """Create the model's HNSW index if missing, in the caller's transaction."""
+    conn.execute(text(create_statement(model_id, dim)))
 
 
 def indexed_rows(conn: Connection, model_id: int) -> int:
@@ -85,6 +89,23 @@ def indexed_rows(conn: Connection, model_id: int) -> int:
         {"name": f"{SCHEMA}.{index_name(int(model_id))}"},
     ).scalar()
     return max(0, int(found)) if found is not None else 0
+
+
+# each registered model's HNSW index: "valid"; "invalid", a build that was interrupted (an import
+# or rebuild killed during its CREATE INDEX CONCURRENTLY); or "missing". Without a valid one, the
+# model's searches stay exact but scan every row: `imgsearch model reindex` builds it again
+_INDEX_STATES = text(
+    f"""SELECT m.name, CASE WHEN i.indisvalid THEN 'valid' WHEN i.indexrelid IS NULL THEN 'missing'
+                           ELSE 'invalid' END
+        FROM {SCHEMA}.models m
+        LEFT JOIN pg_catalog.pg_index i ON i.indexrelid = to_regclass('{SCHEMA}.embeddings_hnsw_m' || m.id)
+        ORDER BY m.id"""
+)
+
+
+def index_states(conn: Connection) -> dict[str, str]:
+    """Each registered model's name with the state of its HNSW index: valid, invalid or missing."""
+    return {name: state for name, state in conn.execute(_INDEX_STATES).tuples()}
 
 
 def drop_index(conn: Connection, model_id: int) -> None:
@@ -109,6 +130,9 @@ def rebuild_index(
     interrupted (cancelled, a timeout) raises :class:`TransientError` and leaves an invalid copy,
     which the next one drops first.
 
+    An index left invalid by an interrupted build is rebuilt the same way; a missing one (an import
+    killed between its drop and its build) is built once, by ``CREATE INDEX CONCURRENTLY``.
+
         rebuild_index(catalog.engine, catalog.active_model)
     """
     name = index_name(model.id)
@@ -132,12 +156,17 @@ def rebuild_index(
         ).scalars():
             if re.fullmatch(rf"{name}_ccnew\d*", leftover):  # our own name, safe in the statement
                 conn.execute(text(f"DROP INDEX CONCURRENTLY IF EXISTS {SCHEMA}.{leftover}"))
-        # CREATE INDEX IF NOT EXISTS would take a ShareLock on the table (waiting for writers, then
-        # holding them off) before finding the index there; only a lost index is made again
-        if conn.execute(text("SELECT to_regclass(:name)"), {"name": f"{SCHEMA}.{name}"}).scalar() is None:
-            create_index(conn, model.id, model.dim)
-        conn.execute(
-            text(f"ALTER INDEX {SCHEMA}.{name} SET (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION})")
+        # a lost index (an import killed between its drop and its build) is built once, concurrently;
+        # one there, valid or left invalid by an interrupted build, is rebuilt in place
+        missing = conn.execute(text("SELECT to_regclass(:name)"), {"name": f"{SCHEMA}.{name}"}).scalar() is None
+        if not missing:
+            conn.execute(
+                text(f"ALTER INDEX {SCHEMA}.{name} SET (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION})")
+            )
+        statement = (
+            create_statement(model.id, model.dim, concurrently=True)
+            if missing
+            else f"REINDEX INDEX CONCURRENTLY {SCHEMA}.{name}"
         )
         pid = int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
         done = threading.Event()
@@ -147,7 +176,7 @@ def rebuild_index(
             watcher.start()
         start = time.perf_counter()
         try:
-            conn.execute(text(f"REINDEX INDEX CONCURRENTLY {SCHEMA}.{name}"))
+            conn.execute(text(statement))
         except OperationalError as exc:  # cancelled, a timeout, a deadlock with another DDL
             reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
             raise TransientError(
@@ -399,12 +428,7 @@ def build_index(
             watcher.start()
         start = time.perf_counter()
         try:
-            conn.execute(
-                f"CREATE INDEX CONCURRENTLY {name} ON {SCHEMA}.embeddings "
-                f"USING hnsw ((embedding::halfvec({int(model.dim)})) halfvec_cosine_ops) "
-                f"WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION}) "
-                f"WHERE model_id = {int(model.id)}"
-            )
+            conn.execute(create_statement(model.id, model.dim, concurrently=True))
         except psycopg.OperationalError as exc:
             raise TransientError(
                 f"building the HNSW index of {model.name} was interrupted ({str(exc).strip().splitlines()[0]}); "

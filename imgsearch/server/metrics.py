@@ -1,9 +1,10 @@
 """Prometheus metrics of the HTTP service, through prometheus-client.
 
 Counted in the process: requests and their latency per route, the plans searches took, query
-forward passes. Read from the catalog at each scrape: images per state (all tenants) and the
-Celery queue's depth. With ``imgsearch serve --workers N`` the processes write their counts to
-``PROMETHEUS_MULTIPROC_DIR`` (set by the command) and a scrape of any of them adds them up.
+forward passes. Read from the catalog at each scrape: images per state (all tenants), the Celery
+queue's depth, and whether each model's HNSW index is valid. With ``imgsearch serve --workers N``
+the processes write their counts to ``PROMETHEUS_MULTIPROC_DIR`` (set by the command) and a scrape
+of any of them adds them up.
 """
 
 from __future__ import annotations
@@ -103,10 +104,12 @@ class CatalogCollector(Collector):
         read: Callable[[], tuple[dict[str, int], int | None, int | None]],
         lags: Callable[[], dict[str, float | None]] | None = None,
         webhooks: Callable[[], Stats | None] | None = None,
+        indexes: Callable[[], dict[str, str] | None] | None = None,
     ) -> None:
         self._read = read
         self._lags = lags
         self._webhooks = webhooks
+        self._indexes = indexes
 
     def collect(self) -> Iterator[Any]:
         if self._lags is not None:
@@ -157,6 +160,17 @@ class CatalogCollector(Collector):
                 "imgsearch_webhook_disabled_endpoints", "Endpoints disabled after failing too long.",
                 value=hooks.disabled_endpoints,
             )  # fmt: skip
+        states = self._indexes() if self._indexes is not None else None
+        if states is not None:
+            valid = GaugeMetricFamily(
+                "imgsearch_hnsw_index_valid",
+                "Whether each registered model's HNSW index is there and valid (0: a build was "
+                "interrupted or the index is missing; its searches scan every row).",
+                labels=["model"],
+            )
+            for name, state in states.items():
+                valid.add_metric([name], 1 if state == "valid" else 0)
+            yield valid
         if answering is not None:
             yield GaugeMetricFamily(
                 "imgsearch_text_workers",

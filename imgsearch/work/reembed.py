@@ -45,6 +45,7 @@ class ModelRow:
     embeddings: int
     external: bool = False
     serves_images: bool = False
+    index: str = "valid"  # its HNSW index: valid, invalid (a build interrupted) or missing
 
 
 def register(engine: Engine, name: str, dim: int) -> ModelInfo:
@@ -259,7 +260,7 @@ def drop(engine: Engine, name: str) -> int:
 
 
 def listing(engine: Engine) -> list[ModelRow]:
-    """Every registered model with its number of embedded images, active first."""
+    """Every registered model with its number of embedded images and its index's state, active first."""
     counts = (
         select(Embedding.model_id, func.count(distinct(Embedding.image_id)).label("n"))
         .group_by(Embedding.model_id)
@@ -273,4 +274,5 @@ def listing(engine: Engine) -> list[ModelRow]:
             .outerjoin(counts, counts.c.model_id == Model.id)
             .order_by(Model.active.desc(), Model.serves_images.desc(), Model.id)
         ).all()
-    return [ModelRow(r[0], r[1], r[2], int(r[3]), r[4], r[5]) for r in rows]
+        indexes = vector_index.index_states(conn)
+    return [ModelRow(r[0], r[1], r[2], int(r[3]), r[4], r[5], indexes.get(r[0], "missing")) for r in rows]

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import httpx
 import psycopg
+import pytest
 from sqlalchemy import make_url, text
 
 from imgsearch.db.engine import libpq_conninfo
 from imgsearch.work import text_requests
 from tests.conftest import new_database
-from tests.helpers import unit
+from tests.helpers import run_cli, unit
 from tests.server.conftest import Api, problem, start_api
 
 DIM = 32
@@ -132,6 +133,68 @@ def test_readiness_names_migrations_behind(
             conn.execute(text("UPDATE imgsearch.alembic_version SET version_num = '0010'"))
         body = problem(httpx.get(f"{other.url}/readyz"), 503)
         assert "migrations: at 0010, head is" in body["detail"]
+    finally:
+        other.stop()
+
+
+def test_metrics_and_model_list_name_a_model_left_without_its_index(
+    server_url: str, template_db: str, tiny_siglip: Path, tmp_path: Path
+) -> None:
+    """An import or rebuild killed during its CREATE INDEX CONCURRENTLY leaves the model's index
+    invalid (or, killed between its drop and its build, missing): searches stay exact but scan
+    every row. /metrics and `imgsearch model list` say so; `imgsearch model reindex` mends it."""
+    database_url = new_database(server_url, template_db)
+    other = start_api(database_url, tiny_siglip, tmp_path)
+    env = {"IMGSEARCH_DATABASE_URL": database_url, "IMGSEARCH_MODEL": str(tiny_siglip)}
+    try:
+        rows = tmp_path / "rows.jsonl"
+        rows.write_text(
+            "".join(json.dumps({"embedding": unit(DIM, i).tolist(), "product_id": f"p{i}"}) + "\n" for i in range(5))
+        )
+        assert run_cli("import", str(rows), "--tenant", "acme", **env).returncode == 0
+        with other.engine.connect() as conn:
+            model, model_id = conn.execute(text("SELECT name, id FROM imgsearch.models")).one()
+        index = f"imgsearch.embeddings_hnsw_m{model_id}"
+
+        def gauge() -> float:
+            body = httpx.get(f"{other.url}/metrics").text
+            assert f'imgsearch_hnsw_index_valid{{model="{model}"}}' in body
+            return metric(body, "imgsearch_hnsw_index_valid", model=model)
+
+        def listed() -> tuple[str, str]:
+            shown = run_cli("model", "list", **env)
+            assert shown.returncode == 0, shown.stderr
+            return shown.stdout.splitlines()[1].split()[3], shown.stderr
+
+        def reindex() -> None:
+            done = run_cli("model", "reindex", **env)
+            assert done.returncode == 0, done.stderr
+            assert gauge() == 1 and listed() == ("valid", "")
+
+        assert gauge() == 1 and listed() == ("valid", "")
+        # a build that stops waiting (a writer's transaction open): its index is left invalid
+        conninfo = libpq_conninfo(make_url(database_url))
+        with psycopg.connect(conninfo, autocommit=True) as admin, psycopg.connect(conninfo) as writer:
+            admin.execute(f"DROP INDEX {index}")
+            writer.execute("LOCK TABLE imgsearch.embeddings IN ROW EXCLUSIVE MODE")
+            admin.execute("SET statement_timeout = '1s'")
+            with pytest.raises(psycopg.errors.QueryCanceled):
+                admin.execute(
+                    f"CREATE INDEX CONCURRENTLY embeddings_hnsw_m{model_id} ON imgsearch.embeddings "
+                    f"USING hnsw ((embedding::halfvec({DIM})) halfvec_cosine_ops) WHERE model_id = {model_id}"
+                )
+        assert gauge() == 0
+        state, hint = listed()
+        assert state == "invalid"
+        assert hint.strip() == (
+            f"the HNSW index of {model} is invalid: its searches scan every row; "
+            f"build it with `imgsearch model reindex {model}`"
+        )
+        reindex()
+        with other.engine.begin() as conn:
+            conn.execute(text(f"DROP INDEX {index}"))
+        assert gauge() == 0 and listed()[0] == "missing"
+        reindex()
     finally:
         other.stop()
 

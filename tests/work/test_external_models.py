@@ -105,7 +105,7 @@ def test_the_commands_http_and_sql(database_url: str, tmp_path: Path) -> None:
     )
     assert run_cli("import", str(rows), "--tenant", "acme", **env).returncode == 0
     listed = run_cli("model", "list", **env).stdout.splitlines()
-    assert listed[1].split() == [NAME, str(DIM), "5", "yes", "(vectors", "from", "elsewhere)"]
+    assert listed[1].split() == [NAME, str(DIM), "5", "valid", "yes", "(vectors", "from", "elsewhere)"]
     text_search = run_cli("search", "--text", "a red bag", **env)
     assert text_search.returncode == 2 and f"model '{NAME}' embeds nothing here" in text_search.stderr
     assert len(text_search.stderr.strip().splitlines()) == 1

@@ -21,7 +21,8 @@ from tests.helpers import image_bytes, run_cli, unit
 def model_rows(run_stdout: str) -> dict[str, tuple[int, int, bool]]:
     rows = {}
     for line in run_stdout.splitlines()[1:]:
-        name, dim, count, *active = line.split()
+        name, dim, count, index, *active = line.split()
+        assert index == "valid"
         rows[Path(name).name] = (int(dim), int(count), active == ["yes"])
     return rows
 

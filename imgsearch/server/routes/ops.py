@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 
 from imgsearch.catalog import Catalog
-from imgsearch.db import migrate
+from imgsearch.db import migrate, vector_index
 from imgsearch.hooks.outbox import Stats
 from imgsearch.server.metrics import CatalogCollector, Metrics
 from imgsearch.server.problems import PROBLEM_TYPES, problem
@@ -83,8 +83,13 @@ def metrics(request: Request) -> Response:
                 return catalog.webhooks.stats()
             return None
 
+        def indexes() -> dict[str, str] | None:
+            with contextlib.suppress(Exception), catalog.engine.connect() as conn:
+                return vector_index.index_states(conn)
+            return None
+
         replicas = catalog.replicas
-        collector = CatalogCollector(read, replicas.lags if replicas else None, hooks)
+        collector = CatalogCollector(read, replicas.lags if replicas else None, hooks, indexes)
     return Response(registry.exposition(collector), media_type=CONTENT_TYPE_LATEST)
 
 
