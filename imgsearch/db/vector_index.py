@@ -105,7 +105,7 @@ _INDEX_STATES = text(
 
 def index_states(conn: Connection) -> dict[str, str]:
     """Each registered model's name with the state of its HNSW index: valid, invalid or missing."""
-    return {name: state for name, state in conn.execute(_INDEX_STATES).tuples()}
+    return {str(row[0]): str(row[1]) for row in conn.execute(_INDEX_STATES)}
 
 
 def drop_index(conn: Connection, model_id: int) -> None:

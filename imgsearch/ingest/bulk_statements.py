@@ -78,13 +78,13 @@ SELECT count(*) FROM (
 PRODUCTS = f"""
 INSERT INTO {SCHEMA}.products AS p (tenant, product_id, category, price, currency, attributes, title,
                                    description, brand)
-SELECT tenant, product_id, max(category), max(price), max(currency),
+SELECT tenant COLLATE "C", product_id COLLATE "C", max(category), max(price), max(currency),
        CASE WHEN count(*) = 1 THEN coalesce((array_agg(attributes))[1], '{{}}'::jsonb)
             ELSE (SELECT coalesce(jsonb_object_agg(a.key, a.value), '{{}}'::jsonb)
                   FROM unnest(array_agg(attributes)) AS r (attributes), jsonb_each(r.attributes) AS a)
        END,
        max(title), max(description), max(brand)
-FROM imgsearch_import GROUP BY tenant, product_id ORDER BY tenant COLLATE "C", product_id COLLATE "C"
+FROM imgsearch_import GROUP BY 1, 2 ORDER BY 1, 2  -- one sort (1M products: 1.3 s, 1.0 s when it took the last row)
 ON CONFLICT (tenant, product_id) DO UPDATE SET
     category = coalesce(excluded.category, p.category),
     price = coalesce(excluded.price, p.price),
