@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import _data
 import numpy as np
 import psycopg
 from pgvector import HalfVector
@@ -17,7 +18,7 @@ from pgvector.psycopg import register_vector
 from sqlalchemy import make_url, text
 
 from imgsearch import Catalog
-from imgsearch.db import embedded, filter_indexes, vector_index
+from imgsearch.db import filter_indexes, vector_index
 from imgsearch.db.vector_index import create_index, index_name
 from imgsearch.ingest import bulk
 from imgsearch.settings import Settings
@@ -31,12 +32,7 @@ DATA = ("clustered", "calibrated")  # the kinds of vectors a search benchmark ru
 
 def database_url(home: Path, database: str = DB) -> str:
     """The URL of ``database`` (made if missing) on the embedded server at ``home``."""
-    server = embedded.ensure_started(home)
-    url = make_url(server)
-    with psycopg.connect(host=url.query["host"], user="postgres", dbname="postgres", autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone():
-            conn.execute(f'CREATE DATABASE "{database}"')
-    return url.set(database=database).render_as_string()
+    return _data.database_url(home, database)
 
 
 def stored_catalog(

@@ -10,16 +10,28 @@ import numpy.typing as npt
 
 def fresh_database(home: Path, name: str) -> str:
     """The URL of an empty database ``name`` (dropped first if it exists) on the embedded server
-    of ``home``, started if needed."""
+    of ``home``, started if needed (:func:`database_url`)."""
+    return database_url(home, name, fresh=True)
+
+
+def database_url(home: Path, name: str, *, fresh: bool = False) -> str:
+    """The URL of database ``name`` on the embedded server of ``home``, started if needed; made
+    if missing (dropped and made again with ``fresh``). Its sessions stop their statement within
+    5 s of their client going away: a benchmark killed mid-statement leaves nothing running on the
+    server to skew the next."""
     import psycopg
     from sqlalchemy import make_url
 
     from imgsearch.db import embedded
+    from imgsearch.db.engine import GONE_CLIENT_CHECK_MS
 
     url = make_url(embedded.ensure_started(home))
     with psycopg.connect(host=url.query["host"], user="postgres", dbname="postgres", autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name}")
-        conn.execute(f"CREATE DATABASE {name}")
+        if fresh:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            conn.execute(f'CREATE DATABASE "{name}"')
+        conn.execute(f'ALTER DATABASE "{name}" SET client_connection_check_interval = {GONE_CLIENT_CHECK_MS}')
     return url.set(database=name).render_as_string()
 
 

@@ -50,10 +50,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
 from _catalog import DATA, calibrated_with_labels, clustered_with_labels
+from _data import database_url
 from _models import base_checkpoint
 
 from imgsearch import Catalog
-from imgsearch.db import embedded
 from imgsearch.search import facets, plans, understanding
 from imgsearch.search.filters import Filters
 from imgsearch.settings import Settings
@@ -146,17 +146,7 @@ def queries(words: dict[str, list[str]], count: int, seed: int) -> list[str]:
 
 def own_database(settings: Settings, data: str = "clustered") -> str:
     """The database ``bench_hybrid`` (``bench_hybrid_calibrated``) of the embedded server, made the first time."""
-    name = DB if data == "clustered" else f"{DB}_{data}"
-    import psycopg
-    from sqlalchemy import make_url
-
-    parsed = make_url(embedded.ensure_started(settings.home))
-    with psycopg.connect(
-        host=parsed.query["host"], user="postgres", dbname="postgres", autocommit=True
-    ) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
-            conn.execute(f"CREATE DATABASE {name}")
-    return parsed.set(database=name).render_as_string()
+    return database_url(settings.home, DB if data == "clustered" else f"{DB}_{data}")
 
 
 def timed(fn: Callable[[], Any]) -> float:

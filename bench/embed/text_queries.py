@@ -33,16 +33,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psycopg
 import torch
-from sqlalchemy import make_url, text
+from sqlalchemy import text
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from _data import clustered
+from _data import clustered, database_url
 from _models import base_checkpoint
 
 from imgsearch import Catalog
-from imgsearch.db import embedded
 from imgsearch.settings import Settings
 
 DB = "bench_text"
@@ -56,14 +54,6 @@ def timed(catalog: Catalog, query: dict[str, Any], into: list[float]) -> list[in
     hits = catalog.search(**query, **FILTERS)
     into.append((time.perf_counter() - start) * 1000)
     return [hit.image_id for hit in hits]
-
-
-def database_url(home: Path) -> str:
-    url = make_url(embedded.ensure_started(home))
-    with psycopg.connect(host=url.query["host"], user="postgres", dbname="postgres", autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DB,)).fetchone():
-            conn.execute(f"CREATE DATABASE {DB}")
-    return url.set(database=DB).render_as_string()
 
 
 def load(catalog: Catalog, rows: int) -> None:
@@ -96,7 +86,7 @@ def main() -> None:
 
     settings = Settings()
     checkpoint = base_checkpoint(settings.home)
-    url = database_url(settings.home)
+    url = database_url(settings.home, DB)
     with Catalog.open(url, model=str(checkpoint), settings=settings) as catalog:
         load(catalog, args.rows)
         catalog.search(text="warm up the model", tenant="acme", k=10)

@@ -29,7 +29,10 @@ import psycopg
 from PIL import Image
 from sqlalchemy import make_url
 
+sys.path.insert(0, str(Path(__file__).parents[1]))
 sys.path.insert(0, str(Path(__file__).parents[2]))
+
+from _data import fresh_database
 
 from imgsearch import Catalog
 from imgsearch.db import embedded
@@ -60,11 +63,7 @@ def photos(kb: int, count: int = 20) -> list[bytes]:
 
 
 def fresh(home: Path, name: str) -> str:
-    url = make_url(embedded.ensure_started(home))
-    with psycopg.connect(host=url.query["host"], user="postgres", dbname="postgres", autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {name}")
-    database = url.set(database=name).render_as_string()
+    database = fresh_database(home, name)
     with Catalog.open(database, settings=Settings()):
         pass  # the schema
     return database
