@@ -97,12 +97,16 @@ def explain_generic(conn, stmt) -> str:  # type: ignore[no-untyped-def]
     return "\n".join(row[0] for row in conn.exec_driver_sql("EXPLAIN (GENERIC_PLAN) " + sql))
 
 
+def clean_environment(**env: str) -> dict[str, str]:
+    """This process's environment without its ``IMGSEARCH_*`` settings, with ``env``: what a
+    subprocess of a test gets, so that no setting of the developer's shell leaks into it."""
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("IMGSEARCH_")}, **env}
+
+
 def cli_environment(**env: str) -> dict[str, str]:
     """The environment of a ``python -m imgsearch`` subprocess: only the given ``IMGSEARCH_*``
     settings, and the hub offline."""
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("IMGSEARCH_")}
-    environment.update(HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", **env)
-    return environment
+    return clean_environment(HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", **env)
 
 
 def run_cli(*args: str, timeout: float = 300, **env: str) -> subprocess.CompletedProcess[str]:
@@ -178,7 +182,7 @@ def worker_env(
     """The environment of a test's ``imgsearch worker`` processes: this one's without its
     ``IMGSEARCH_*`` settings, then the test's database, model, broker and queue, sweeps every
     second, the CPU, the hub offline, and ``settings`` (``IMGSEARCH_...=value``) besides."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGSEARCH_")}
+    env = clean_environment()
     env.update(
         IMGSEARCH_DATABASE_URL=database_url,
         IMGSEARCH_MODEL=str(model),

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.helpers import free_port
+from tests.helpers import clean_environment, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -111,7 +111,7 @@ def test_a_block_that_fails_fails_its_page(tmp_path: Path, tiny_siglip: Path) ->
 
 @pytest.mark.parametrize("page", [p for p in PAGES if runnable(p)], ids=lambda p: p.name)
 def test_examples_run_as_written(page: Path, home: Path, tiny_siglip: Path, tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGSEARCH_")}
+    env = clean_environment()
     queue = f"imgsearch-docs-{uuid.uuid4().hex[:8]}"
     env.update(
         IMGSEARCH_HOME=str(home),

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from sqlalchemy import make_url
 
-from tests.helpers import run_cli
+from tests.helpers import clean_environment, run_cli
 
 
 def imgsearch(*args: str, home: Path, **env: str) -> subprocess.CompletedProcess[str]:
@@ -120,10 +120,7 @@ def test_tenant_create_login(home: Path) -> None:
             "acme",
             "--password-stdin",
         ],
-        env={
-            **{k: v for k, v in os.environ.items() if not k.startswith("IMGSEARCH_")},
-            "IMGSEARCH_HOME": str(home),
-        },
+        env=clean_environment(IMGSEARCH_HOME=str(home)),
         input="pw\n",
         capture_output=True,
         text=True,
@@ -146,10 +143,7 @@ def test_tenant_create_login(home: Path) -> None:
 def test_a_reader_gone_ends_the_command_quietly(home: Path) -> None:
     """`imgsearch status | head -1`: no BrokenPipeError traceback."""
     imgsearch("db", "start", home=home)
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("IMGSEARCH_")},
-        "IMGSEARCH_HOME": str(home),
-    }
+    env = clean_environment(IMGSEARCH_HOME=str(home))
     read, write = os.pipe()
     os.close(read)  # the reader is gone before the command writes a line
     try:

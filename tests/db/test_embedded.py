@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,12 +13,13 @@ from sqlalchemy import make_url
 from imgsearch.access import tenancy
 from imgsearch.db import embedded, migrate
 from imgsearch.db.engine import make_engine
+from tests.helpers import clean_environment
 
 OPEN_AND_PRINT = "from imgsearch import Catalog; c = Catalog.open(); print(c.dim, c.model); c.close()"
 
 
 def _env(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGSEARCH_")}
+    env = clean_environment()
     env.update(IMGSEARCH_HOME=str(home), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     return env
 

@@ -26,7 +26,7 @@ from imgsearch.access import tenancy
 from imgsearch.db import definitions, migrate
 from imgsearch.db.engine import make_engine
 from imgsearch.settings import Settings
-from tests.helpers import BIN, Workers, run_cli, wait_until
+from tests.helpers import BIN, Workers, clean_environment, run_cli, wait_until
 from tests.managed import ManagedServer
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -121,8 +121,7 @@ def test_migrate_from_empty_as_the_owner_not_a_superuser(shop: Shop) -> None:
 
 def test_uploads_a_worker_and_searches(shop: Shop, tiny_siglip: Path) -> None:
     settings = Settings(model=str(tiny_siglip), redis_url=REDIS_URL, queue=shop.env["IMGSEARCH_QUEUE"])
-    workers = Workers({**{k: v for k, v in os.environ.items() if not k.startswith("IMGSEARCH_")}, **shop.env},
-                      Path(shop.env["TMPDIR"]))  # fmt: skip
+    workers = Workers(clean_environment(**shop.env), Path(shop.env["TMPDIR"]))
     try:
         with Catalog.open(shop.url, model=str(tiny_siglip), settings=settings) as catalog:
             rows = [

@@ -5,7 +5,6 @@ naming the command that switches, and a model switched from is followed (issue 4
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ from imgsearch import Catalog, ConfigurationError
 from imgsearch.db import vector_index
 from imgsearch.settings import Settings
 from imgsearch.work import reembed
-from tests.helpers import image_bytes, run_cli, unit
+from tests.helpers import clean_environment, image_bytes, run_cli, unit
 
 HUB_MODEL = "google/siglip-base-patch16-224"  # the default: offline here, it can't load
 
@@ -116,7 +115,7 @@ def test_concurrent_first_uploads_register_one_model(database_url: str, tiny_sig
         f"c = Catalog.open({database_url!r}, settings=Settings(model={str(tiny_siglip)!r}))\n"
         "c.add(embedding=[1.0] * 32, tenant='t', product_id=sys.argv[1]); c.close()"
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGSEARCH_")}
+    env = clean_environment()
     procs = [subprocess.Popen([sys.executable, "-c", code, f"p{i}"], env=env) for i in range(4)]
     assert [p.wait(timeout=120) for p in procs] == [0] * 4
     with Catalog.open(database_url) as catalog:

@@ -25,7 +25,7 @@ from imgsearch.embed import onnx
 from imgsearch.embed.model import Embedder
 from imgsearch.errors import ConfigurationError, InvalidImage, ModelUnavailable
 from imgsearch.settings import Settings
-from tests.helpers import Workers, wait_until
+from tests.helpers import Workers, clean_environment, wait_until
 
 SAMPLES = Path(__file__).parents[2] / "imgsearch" / "samples" / "images"
 TEXTS = ["a red shoe", "a blue leather bag", "white cotton shirt with buttons"]
@@ -216,7 +216,7 @@ def test_exports_are_cached_and_made_once_by_concurrent_workers(tiny_siglip: Pat
 
 
 def test_model_check_prints_both_runtimes(tiny_siglip: Path, tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGSEARCH_")}
+    env = clean_environment()
     env.update(IMGSEARCH_HOME=str(tmp_path / "home"), HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
     (tmp_path / "home").mkdir()
     run = subprocess.run(
@@ -248,7 +248,7 @@ def test_a_celery_worker_embeds_with_int8(database_url: str, tiny_siglip: Path, 
     model = f"{tiny_siglip}@onnx-int8"
     home = tmp_path / "home"
     home.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGSEARCH_")}
+    env = clean_environment()
     env.update(
         IMGSEARCH_DATABASE_URL=database_url,
         IMGSEARCH_HOME=str(home),

@@ -25,7 +25,7 @@ from imgsearch import Catalog
 from imgsearch.db import vector_index
 from imgsearch.errors import DimensionMismatch, InvalidInput
 from imgsearch.ingest import bulk
-from tests.helpers import exact_similarities, run_cli
+from tests.helpers import clean_environment, exact_similarities, run_cli
 
 DIM = 32
 INJECTION = "'; DROP TABLE imgsearch.embeddings; --"
@@ -362,7 +362,7 @@ def test_an_interrupted_import_leaves_nothing_and_runs_again(
             handle.write(
                 json.dumps({"embedding": [round(float(x), 5) for x in v], "product_id": f"p{i}"}) + "\n"
             )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGSEARCH_")}
+    env = clean_environment()
     env.update(IMGSEARCH_DATABASE_URL=database_url, IMGSEARCH_MODEL=str(tiny_siglip), HF_HUB_OFFLINE="1")
     process = subprocess.Popen(
         [sys.executable, "-m", "imgsearch", "import", str(path), "--tenant", "acme"],

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import subprocess
 import sys
@@ -17,6 +16,7 @@ import pytest
 from imgsearch import Catalog, InvalidInput
 from imgsearch.quality import evaluation
 from imgsearch.settings import Settings
+from tests.helpers import clean_environment
 
 SAMPLES = Path(__file__).parents[2] / "imgsearch" / "samples" / "images"
 MODEL = "google/siglip-base-patch16-224"  # 768-d; vectors only, the weights are never loaded
@@ -160,7 +160,7 @@ def test_the_folder_protocol_end_to_end_on_the_bundled_samples(
             {"image": path.read_bytes(), "tenant": "acme", "product_id": path.stem}
             for path in sorted(folder.rglob("*.png"))
         )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGSEARCH_")}
+    env = clean_environment()
     env.update(
         IMGSEARCH_DATABASE_URL=database_url,
         IMGSEARCH_MODEL=str(tiny_siglip),
@@ -240,7 +240,7 @@ def test_compare_scores_a_backfilled_model_before_it_is_active(catalog: Catalog,
         )
     path = tmp_path / "set.jsonl"
     path.write_text(json.dumps({"image_id": a1, "relevant_products": ["A", "C"], "tenant": "acme"}) + "\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGSEARCH_")}
+    env = clean_environment()
     env.update(
         IMGSEARCH_DATABASE_URL=catalog.engine.url.render_as_string(hide_password=False), IMGSEARCH_MODEL=MODEL
     )

@@ -3,7 +3,6 @@ PostgreSQL's own binaries (``pg_basebackup -R``), each on its own socket."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
@@ -21,7 +20,7 @@ from imgsearch import Catalog
 from imgsearch.access import tenancy
 from imgsearch.db import embedded
 from imgsearch.settings import Settings
-from tests.helpers import Standby
+from tests.helpers import Standby, clean_environment
 
 ROWS = 3000
 
@@ -303,7 +302,7 @@ def test_status_metrics_and_the_http_service_use_the_replicas(
 
     cluster.caught_up()
     urls = ",".join(s.url() for s in cluster.standbys)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGSEARCH_")}
+    env = clean_environment()
     env.update(
         IMGSEARCH_DATABASE_URL=cluster.primary, IMGSEARCH_REPLICA_URLS=urls, IMGSEARCH_MODEL=str(tiny_siglip)
     )

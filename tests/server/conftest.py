@@ -23,7 +23,7 @@ from sqlalchemy import Engine
 from imgsearch.access import keys
 from imgsearch.db.engine import make_engine
 from tests.conftest import new_database
-from tests.helpers import free_port
+from tests.helpers import clean_environment, free_port
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 # the shared server's limits, small enough to reach in a test
@@ -73,7 +73,7 @@ class Api:
 
 
 def server_env(database_url: str, model: Path, **env: str) -> dict[str, str]:
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("IMGSEARCH_")}
+    environment = clean_environment()
     environment.update(
         IMGSEARCH_DATABASE_URL=database_url,
         IMGSEARCH_MODEL=str(model),

@@ -24,7 +24,7 @@ from imgsearch.access import tenancy
 from imgsearch.db import embedded
 from imgsearch.settings import Settings
 from imgsearch.work import reembed, text_requests
-from tests.helpers import Workers, run_cli, wait_until
+from tests.helpers import Workers, clean_environment, run_cli, wait_until
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 PSQL = Path(embedded._ep().__file__).parent / "pginstall" / "bin" / "psql"
@@ -93,7 +93,7 @@ class Setup:
 @pytest.fixture
 def setup(database_url: str, tiny_siglip: Path, tmp_path: Path) -> Iterator[Setup]:
     queue = f"imgsearch-test-{uuid.uuid4().hex[:8]}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGSEARCH_")}
+    env = clean_environment()
     env.update(
         IMGSEARCH_DATABASE_URL=database_url,
         IMGSEARCH_MODEL=str(tiny_siglip),

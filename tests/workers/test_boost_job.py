@@ -3,7 +3,6 @@ and a queued one runs at once; neither needs the model."""
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,7 @@ import redis
 from sqlalchemy import text
 
 from imgsearch import Catalog
-from tests.helpers import Workers, wait_until
+from tests.helpers import Workers, clean_environment, wait_until
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -23,7 +22,7 @@ REDIS_URL = "redis://127.0.0.1:6379/0"
 @pytest.fixture
 def shop(database_url: str, tiny_siglip: Path, tmp_path: Path) -> Iterator[tuple[Catalog, Workers, str]]:
     queue = f"imgsearch-test-{uuid.uuid4().hex[:8]}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGSEARCH_")}
+    env = clean_environment()
     env.update(
         IMGSEARCH_DATABASE_URL=database_url, IMGSEARCH_MODEL=str(tiny_siglip), IMGSEARCH_REDIS_URL=REDIS_URL,
         IMGSEARCH_QUEUE=queue, IMGSEARCH_DEVICE="cpu", HF_HUB_OFFLINE="1", TMPDIR=str(tmp_path),

@@ -23,7 +23,7 @@ from imgsearch.errors import UnsupportedImage
 from imgsearch.ingest import images
 from imgsearch.ingest.downloads import Downloads
 from imgsearch.settings import Settings
-from tests.helpers import FileServer, Workers, wait_until, worker_env
+from tests.helpers import FileServer, Workers, clean_environment, wait_until, worker_env
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 # the flushed-broker test empties a Redis database of its own, so tests running beside it (pytest -n)
@@ -240,7 +240,7 @@ def test_drain_embeds_in_process_without_a_broker(database_url: str, tiny_siglip
         catalog.add_many({"image": jpeg(i), "tenant": "acme", "product_id": f"p{i}"} for i in range(20))
         broken = jpeg(5, size=300, quality=95)
         catalog.add(image=broken[: len(broken) // 2], tenant="acme", product_id="broken")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("IMGSEARCH_")}
+        env = clean_environment()
         env.update(IMGSEARCH_DATABASE_URL=database_url, IMGSEARCH_REDIS_URL="redis://127.0.0.1:1/0")
         run = subprocess.run(
             [sys.executable, "-m", "imgsearch", "worker", "--drain", "--batch-size", "8"],
