@@ -59,8 +59,11 @@ MODEL_SWITCH_LOCK = 0x696D6775
 REGISTER_LOCK = 0x696D6774
 
 
+INDEX_PREFIX = "embeddings_hnsw_m"  # a model's HNSW index: this and its id
+
+
 def index_name(model_id: int) -> str:
-    return f"embeddings_hnsw_m{int(model_id)}"
+    return f"{INDEX_PREFIX}{int(model_id)}"
 
 
 def create_statement(model_id: int, dim: int, *, concurrently: bool = False) -> str:
@@ -98,14 +101,15 @@ _INDEX_STATES = text(
     f"""SELECT m.name, CASE WHEN i.indisvalid THEN 'valid' WHEN i.indexrelid IS NULL THEN 'missing'
                            ELSE 'invalid' END
         FROM {SCHEMA}.models m
-        LEFT JOIN pg_catalog.pg_index i ON i.indexrelid = to_regclass('{SCHEMA}.embeddings_hnsw_m' || m.id)
+        LEFT JOIN pg_catalog.pg_index i ON i.indexrelid = to_regclass(:prefix || m.id)
         ORDER BY m.id"""
 )
 
 
 def index_states(conn: Connection) -> dict[str, str]:
     """Each registered model's name with the state of its HNSW index: valid, invalid or missing."""
-    return {str(row[0]): str(row[1]) for row in conn.execute(_INDEX_STATES)}
+    found = conn.execute(_INDEX_STATES, {"prefix": f"{SCHEMA}.{INDEX_PREFIX}"})
+    return {str(row[0]): str(row[1]) for row in found}
 
 
 def drop_index(conn: Connection, model_id: int) -> None:
@@ -367,12 +371,8 @@ def auto_parallel_workers() -> int:
 
 
 def index_valid(engine: Engine, model: ModelInfo) -> bool:
-    with connect(engine.url, "to check the index") as conn:
-        row = conn.execute(
-            "SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass(%s)",
-            (f"{SCHEMA}.{index_name(model.id)}",),
-        ).fetchone()
-    return bool(row and row[0])
+    with engine.connect() as conn:
+        return index_states(conn).get(model.name) == "valid"
 
 
 def drop_index_concurrently(engine: Engine, model: ModelInfo) -> None:

@@ -13,10 +13,11 @@ each row in. A catalog moving over from another system brings millions. Here:
    set for the build). Searches keep working meanwhile, exactly: without the index an ORDER BY
    of the distance is a scan of every row.
 3. One transaction writes products (merged like ``add_many``'s: a product's rows each give what
-   they give, the fields given replace the stored ones, attributes are merged), images and embeddings from the temporary table, and commits. Its
-   ``work_mem`` is sized to the rows (:func:`import_work_mem`, never below the server's, for the
-   transaction only): the embeddings' sort and the rows their statement triggers read stay in
-   memory rather than spill to temporary files.
+   they give, the fields given replace the stored ones, attributes are merged), images and
+   embeddings from the temporary table, and commits. Its ``work_mem`` is sized to the rows
+   (:func:`import_work_mem`, never below the server's, for the transaction only): the embeddings'
+   sort and the rows their statement triggers read stay in memory rather than spill to temporary
+   files.
 
 An interrupted import leaves nothing visible (the transaction never committed) or, interrupted
 during the index build, the rows and an invalid index, which the next import or
