@@ -246,3 +246,41 @@ def test_a_price_is_counted_in_the_bucket_of_each_width_its_value_truncated(cata
         ).all()
     want = [(Decimal(p), str(j), str(int(Decimal(p) / 10**j))) for p in prices for j in range(10)]
     assert sorted(got) == sorted(want)
+
+
+def test_a_writer_of_a_product_and_its_first_row_counts_it_under_its_values_and_holds_off_changes(
+    catalog: Catalog,
+) -> None:
+    """A writer that changes a product and then writes its first row (as an upload or a bulk
+    import does) counts it under the values it just wrote, without reading them again (migration
+    0051: the product's row is the writer's until commit); a change of the product from elsewhere
+    waits for the commit, then moves the count."""
+    from tests.helpers import first_row_again, waits_for_a_lock
+
+    rng = np.random.default_rng(11)
+    catalog.add_many([_row(1, rng, catalog.dim, category="shoes")])
+    insert = first_row_again(catalog)
+    change = text("UPDATE imgsearch.products SET category = 'sandals' WHERE product_id = 'K0001'")
+    errors: list[BaseException] = []
+
+    def change_elsewhere() -> None:
+        try:
+            with catalog.engine.begin() as conn:
+                conn.execute(change)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=change_elsewhere)
+    with catalog.engine.connect() as writer, catalog.engine.connect() as watch:
+        writer.execute(text("UPDATE imgsearch.products SET category = 'boots' WHERE product_id = 'K0001'"))
+        writer.execute(*insert)
+        row = writer.execute(text("SELECT rows, category FROM imgsearch.facet_members")).one()
+        assert tuple(row) == (1, "boots")
+        thread.start()
+        assert waits_for_a_lock(watch, thread, timeout=10)
+        writer.commit()
+        thread.join(timeout=30)
+    assert not thread.is_alive() and not errors
+    counted = kept(catalog)
+    assert counted == one_pass(catalog)
+    assert counted[0] == 1 and dict(counted[1]) == {"sandals": 1}

@@ -6,13 +6,19 @@ CREATE OR REPLACE FUNCTION imgsearch._facets_follow(products bigint[], models sm
  SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
+DECLARE
+    unsure_products bigint[];
+    unsure_models smallint[];
 BEGIN
     -- each (product, model)'s number of rows moves by its delta; its member row is locked until
     -- commit, keys in order (two statements of the same products never wait in a circle). A key
     -- made now takes its product's values and is counted under them; one left with no row is
-    -- counted off under the values it was counted with.
+    -- counted off under the values it was counted with. The keys to read again below: all but
+    -- those made now of a product this transaction wrote (its row is ours until commit, so the
+    -- values just read stay its values: a bulk import's or an upload's new products)
     WITH changed AS (
-        SELECT c.product_pk, c.model_id, c.delta, p.tenant, p.category, p.brand, p.price, p.attributes
+        SELECT c.product_pk, c.model_id, c.delta, p.tenant, p.category, p.brand, p.price, p.attributes,
+               coalesce(p.xmin = pg_current_xact_id()::xid, false) AS ours
         FROM unnest(products, models, deltas) AS c(product_pk, model_id, delta)
         LEFT JOIN imgsearch.products p ON p.id = c.product_pk
         WHERE c.delta <> 0
@@ -22,23 +28,31 @@ BEGIN
         SELECT product_pk, model_id, delta, tenant, category, brand, price, attributes FROM changed
         ON CONFLICT (product_pk, model_id) DO UPDATE SET rows = m.rows + EXCLUDED.rows
         RETURNING WITH (OLD AS was, NEW AS now)
-            was.product_pk IS NULL AS made, now.rows AS left_rows, now.model_id,
+            was.product_pk IS NULL AS made, now.rows AS left_rows, now.product_pk, now.model_id,
             was.tenant AS old_tenant, was.category AS old_category, was.brand AS old_brand,
             was.price AS old_price, was.attributes AS old_attributes,
             now.tenant, now.category, now.brand, now.price, now.attributes
+    ), counted AS (
+        INSERT INTO imgsearch.facet_counts (tenant, model_id, facet, key, value, n)
+        SELECT moved.tenant, moved.model_id, f.facet, f.key, f.value, sum(moved.n)
+        FROM (SELECT k.tenant, k.model_id, k.category, k.brand, k.price, k.attributes, 1 AS n
+              FROM kept k WHERE k.made AND k.left_rows > 0 AND k.tenant IS NOT NULL
+              UNION ALL
+              SELECT k.old_tenant, k.model_id, k.old_category, k.old_brand, k.old_price, k.old_attributes, -1
+              FROM kept k WHERE NOT k.made AND k.left_rows <= 0 AND k.old_tenant IS NOT NULL) AS moved
+        CROSS JOIN LATERAL imgsearch._facet_values(moved.category, moved.brand, moved.price, moved.attributes) f
+        GROUP BY 1, 2, 3, 4, 5
+        HAVING sum(moved.n) <> 0
     )
-    INSERT INTO imgsearch.facet_counts (tenant, model_id, facet, key, value, n)
-    SELECT moved.tenant, moved.model_id, f.facet, f.key, f.value, sum(moved.n)
-    FROM (SELECT k.tenant, k.model_id, k.category, k.brand, k.price, k.attributes, 1 AS n
-          FROM kept k WHERE k.made AND k.left_rows > 0 AND k.tenant IS NOT NULL
-          UNION ALL
-          SELECT k.old_tenant, k.model_id, k.old_category, k.old_brand, k.old_price, k.old_attributes, -1
-          FROM kept k WHERE NOT k.made AND k.left_rows <= 0 AND k.old_tenant IS NOT NULL) AS moved
-    CROSS JOIN LATERAL imgsearch._facet_values(moved.category, moved.brand, moved.price, moved.attributes) f
-    GROUP BY 1, 2, 3, 4, 5
-    HAVING sum(moved.n) <> 0;
-    DELETE FROM imgsearch.facet_members m USING unnest(products, models) AS c(product_pk, model_id)
-    WHERE m.product_pk = c.product_pk AND m.model_id = c.model_id AND m.rows <= 0;
+    SELECT array_agg(u.product_pk), array_agg(u.model_id) INTO unsure_products, unsure_models
+    FROM (SELECT k.product_pk, k.model_id FROM kept k WHERE NOT k.made
+          UNION SELECT c.product_pk, c.model_id FROM changed c WHERE NOT c.ours) AS u;
+    -- a key is left with no row only by a negative delta (one that grew never reaches zero)
+    DELETE FROM imgsearch.facet_members m USING unnest(products, models, deltas) AS c(product_pk, model_id, delta)
+    WHERE c.delta < 0 AND m.product_pk = c.product_pk AND m.model_id = c.model_id AND m.rows <= 0;
+    IF unsure_products IS NULL THEN
+        RETURN;
+    END IF;
     -- read again after any wait above: a key made after waiting for a concurrent change of its
     -- product (which took that change's values as they were before it), or one not yet counted,
     -- moves to the values its product has now (the check alone reads the keys and their
@@ -46,7 +60,7 @@ BEGIN
     WITH moved AS (
         UPDATE imgsearch.facet_members m
         SET tenant = p.tenant, category = p.category, brand = p.brand, price = p.price, attributes = p.attributes
-        FROM unnest(products, models) AS c(product_pk, model_id), imgsearch.products p
+        FROM unnest(unsure_products, unsure_models) AS c(product_pk, model_id), imgsearch.products p
         WHERE m.product_pk = c.product_pk AND m.model_id = c.model_id AND p.id = m.product_pk
           AND (m.tenant, m.category, m.brand, m.price, m.attributes)
               IS DISTINCT FROM (p.tenant, p.category, p.brand, p.price, p.attributes)
