@@ -46,7 +46,7 @@ from sqlalchemy.types import UserDefinedType
 
 from imgsearch.db.engine import connect, stop_when_client_gone
 from imgsearch.db.models import SCHEMA, Embedding, Model
-from imgsearch.errors import InvalidInput, TransientError
+from imgsearch.errors import ConfigurationError, InvalidInput, TransientError
 from imgsearch.records import ModelInfo
 
 HNSW_M = 16
@@ -314,6 +314,40 @@ class HalfvecValue:
 
     def __init__(self, value: Any) -> None:
         self.values = np.asarray(value, dtype=np.float16)
+
+
+class EncodedHalfvec(bytes):
+    """A halfvec already in pgvector's binary form (:func:`encoded_halfvecs`): what a binary
+    ``COPY`` sends of it, on a connection given :func:`copy_encoded_halfvecs`."""
+
+
+def encoded_halfvecs(matrix: npt.NDArray[np.float32]) -> list[EncodedHalfvec]:
+    """Each row of ``matrix`` as ``halfvec_recv`` reads it (see :class:`HalfvecBinaryDumper`),
+    rounded to float16 in one numpy pass: a bulk import's ~1 us a row, where pgvector's
+    ``HalfVector`` takes ~10 (a conversion and a copy of each row)."""
+    rows, dim = matrix.shape
+    words = np.empty((rows, dim + 2), dtype=">u2")
+    words[:, 0], words[:, 1] = dim, 0
+    words[:, 2:] = np.asarray(matrix, dtype=">f2").view(">u2")
+    data, width = words.tobytes(), (dim + 2) * 2
+    return [EncodedHalfvec(data[i * width : (i + 1) * width]) for i in range(rows)]
+
+
+class EncodedHalfvecDumper(Dumper):
+    format = Format.BINARY
+
+    def dump(self, obj: Any) -> bytes:
+        return bytes(obj)
+
+
+def copy_encoded_halfvecs(conn: psycopg.Connection[Any]) -> None:
+    """Make ``conn``'s binary ``COPY`` write a halfvec column from :class:`EncodedHalfvec` values
+    (a ``COPY`` picks its columns' writers by type, the last registered for it)."""
+    info = conn.adapters.types.get("halfvec")  # registered by pgvector's register_vector
+    if info is None:
+        raise ConfigurationError("halfvec isn't registered on this connection: call pgvector's register_vector first")
+    dumper = type("HalfvecCopyDumper", (EncodedHalfvecDumper,), {"oid": info.oid})
+    conn.adapters.register_dumper(EncodedHalfvec, dumper)
 
 
 class HalfvecTextDumper(Dumper):

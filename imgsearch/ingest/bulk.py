@@ -81,7 +81,9 @@ class ImportResult:
 
 def vector_hash(vector: np.ndarray) -> bytes:
     """The content hash of an image that is only a vector: its float32 values, little-endian."""
-    return hashlib.sha256(HASH_PREFIX + np.asarray(vector, dtype="<f4").tobytes()).digest()
+    digest = hashlib.sha256(HASH_PREFIX)
+    digest.update(np.ascontiguousarray(vector, dtype="<f4").data)
+    return digest.digest()
 
 
 def auto_maintenance_work_mem(rows: int, dim: int) -> str:
@@ -125,6 +127,7 @@ def import_rows(
     dropped = False
     try:
         register_vector(conn)
+        vector_index.copy_encoded_halfvecs(conn)
         with conn.transaction():
             # the tenant's row-level security, as for add_many; on a Citus coordinator the rows go
             # to the shards through COPY, which row-level security refuses: there the import runs
@@ -253,8 +256,13 @@ def _checked(
         matrix = vectors.as_vectors(
             [row.get("embedding") if isinstance(row, Mapping) else None for _, (_, row) in batch], dim
         )
+        if matrix is None:  # a bad or odd vector among them: each row is checked, and encoded, alone
+            for ord_, (where, row) in batch:
+                yield _staged(ord_, where, row, dim, limits, tenant, None, None)
+            continue
+        encoded = vector_index.encoded_halfvecs(matrix)
         for i, (ord_, (where, row)) in enumerate(batch):
-            yield _staged(ord_, where, row, dim, limits, tenant, None if matrix is None else matrix[i])
+            yield _staged(ord_, where, row, dim, limits, tenant, matrix[i], encoded[i])
 
 
 def _staged(
@@ -265,9 +273,8 @@ def _staged(
     limits: images.Limits,
     tenant: str | None,
     vector: vectors.Vector | None,
+    encoded: vector_index.EncodedHalfvec | None,
 ) -> tuple[Any, ...]:
-    from pgvector import HalfVector
-
     try:
         if not isinstance(row, Mapping):
             raise InvalidInput(f"a row must be a mapping of fields, got {type(row).__name__}")
@@ -299,7 +306,7 @@ def _staged(
         info.height if info else None,
         info.format if info else None,
         info.byte_size if info else None,
-        HalfVector(prepared.embedding),
+        encoded if encoded is not None else vector_index.encoded_halfvecs(prepared.embedding[np.newaxis, :])[0],
         where,
         prepared.title,
         prepared.description,

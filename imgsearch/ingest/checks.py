@@ -92,8 +92,8 @@ def product_row(row: Any, allowed: frozenset[str]) -> tuple[str, str]:
     mapping of ``allowed`` keys only; both names are required (:func:`identifier_field`)."""
     if not isinstance(row, Mapping):
         raise InvalidInput(f"a row must be a mapping of fields, got {type(row).__name__}")
-    unknown = sorted(str(key) for key in set(row) - allowed)
-    if unknown:
+    if not row.keys() <= allowed:
+        unknown = sorted(str(key) for key in set(row) - allowed)
         raise InvalidInput(f"unknown keys {unknown}; allowed: {sorted(allowed)}")
     tenant = identifier_field(row.get("tenant"), "tenant", required=True)
     product_id = identifier_field(row.get("product_id"), "product_id", required=True)

@@ -93,19 +93,21 @@ def _parquet(path: Path) -> Iterator[Row]:
     unknown = sorted(names - set(COLUMNS))
     if unknown:
         raise InvalidInput(f"{path}: unknown columns {unknown}; allowed: {list(COLUMNS)}")
-    line = 0
+    line, prefix = 0, f"{path}:"
     try:
         for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS):
             columns = {name: batch.column(name) for name in batch.schema.names}
             vectors = _parquet_vectors(columns.pop("embedding"))
-            values = {name: column.to_pylist() for name, column in columns.items()}
-            for i in range(batch.num_rows):
+            fields = list(columns)
+            values_of = zip(*(column.to_pylist() for column in columns.values()), strict=True)
+            for vector, values in zip(vectors, values_of, strict=True):
                 line += 1
-                row: dict[str, Any] = {name: values[name][i] for name in values}
-                row["embedding"] = vectors[i]
+                where = prefix + str(line)
+                row: dict[str, Any] = dict(zip(fields, values, strict=True))
+                row["embedding"] = vector
                 if isinstance(row.get("attributes"), str):
-                    row["attributes"] = _json_object(row["attributes"], f"{path}:{line}")
-                yield f"{path}:{line}", row
+                    row["attributes"] = _json_object(row["attributes"], where)
+                yield where, row
     except (pa.ArrowException, OSError) as exc:
         raise InvalidInput(f"{path}: cannot read rows after row {line} ({exc})") from exc
 

@@ -46,6 +46,34 @@ def test_float32_queries_are_rounded_as_halfvec_rounds_them() -> None:
     assert np.array_equal(written, query.astype(np.float16))
 
 
+def test_a_bulk_imports_encoded_halfvecs_are_what_pgvector_writes_and_copy_reads(database_url: str) -> None:
+    """:func:`vector_index.encoded_halfvecs` (a bulk import's vectors, a batch at a time) against
+    pgvector's own writer, row by row, and through a binary COPY into a halfvec column: unit
+    rows, rows of float16's edge values (zero, subnormals, the largest, rounding ties), one row."""
+    rng = np.random.default_rng(3)
+    unit_rows = rng.standard_normal((50, 768)).astype(np.float32)
+    unit_rows /= np.linalg.norm(unit_rows, axis=1, keepdims=True)
+    finite = np.arange(0, 2**16, dtype=np.uint16).view(np.float16)
+    edges = finite[np.isfinite(finite)].astype(np.float32)[: 64 * 960].reshape(64, 960)
+    ties = (np.float32(1) + np.arange(64, dtype=np.float32) * np.float32(2**-11)).reshape(1, 64)
+    for matrix in (unit_rows, edges, ties, unit_rows[:1]):
+        encoded = vector_index.encoded_halfvecs(matrix)
+        assert [bytes(e) for e in encoded] == [HalfVector(row).to_binary() for row in matrix]
+    with psycopg.connect(database_url.replace("postgresql+psycopg://", "postgresql://")) as conn:
+        from pgvector.psycopg import register_vector
+
+        register_vector(conn)
+        vector_index.copy_encoded_halfvecs(conn)
+        conn.execute("CREATE TEMPORARY TABLE copied (i int, v halfvec(768))")
+        with conn.cursor().copy("COPY copied (i, v) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(["int4", "halfvec"])
+            for i, value in enumerate(vector_index.encoded_halfvecs(unit_rows)):
+                copy.write_row((i, value))
+        stored = conn.execute("SELECT v::text FROM copied ORDER BY i").fetchall()
+    read = np.array([row[0][1:-1].split(",") for row in stored], dtype=np.float32).astype(np.float16)
+    assert np.array_equal(read, unit_rows.astype(np.float16))
+
+
 def _binary_and_text(engine: Engine, chunk: np.ndarray) -> tuple[str, str]:
     with engine.connect() as conn:
         send_binary_queries(conn)
