@@ -123,9 +123,10 @@ ORDER BY k.image_id
 ON CONFLICT (tenant, sha256) DO NOTHING
 """
 
-# each row's image linked to its product (imgsearch.db.links; a new image is its first product's by
-# a trigger already): the links made now, to images stored before or to new ones of other products;
-# and those of them to images stored before (imgsearch_gained: locked, then their embeddings copied)
+# each row's image linked to its product (imgsearch.db.links): the links made now, to images stored
+# before or to new ones of other products (a new image's link to its first product was made by the
+# images' trigger: left out, rather than each looked up as a conflict); and those of them to images
+# stored before (imgsearch_gained: locked, then their embeddings copied)
 LINK = f"""
 CREATE TEMPORARY TABLE imgsearch_images ON COMMIT DROP AS
 SELECT DISTINCT i.tenant, i.sha256, i.id FROM imgsearch_import s
@@ -138,6 +139,7 @@ WITH linked AS (
     FROM imgsearch_import s
     JOIN imgsearch_products p ON p.tenant = s.tenant AND p.product_id = s.product_id
     JOIN imgsearch_images i ON i.tenant = s.tenant AND i.sha256 = s.sha256
+    WHERE NOT EXISTS (SELECT FROM imgsearch_keep k WHERE k.image_id = i.id AND k.product_pk = p.id)
     ON CONFLICT DO NOTHING
     RETURNING image_id, product_pk, tenant
 )
