@@ -414,6 +414,11 @@ def main() -> None:
     print(
         f"| total | add_many: {extrapolated / 60:.0f} min ({rate:.0f} rows/s on {args.sample:,}) | {total / 60:.1f} min | **{extrapolated / total:.1f}x faster** | >= 20x |"
     )
+    plain = copy_seconds + index_seconds
+    print(
+        f"| total against plain COPY + plain build ({plain:.0f} s) | | {total:.0f} s | **{total / plain:.2f}x** | <= 1.3x |"
+    )
+    print(f"| the floor + the plain build | {floor_seconds + index_seconds:.0f} s | | {(floor_seconds + index_seconds) / plain:.2f}x | |")
     print()
     print(f"build settings: maintenance_work_mem {memory}, {workers} parallel workers")
     plain_table = plain_sizes.get("plain", 0)
