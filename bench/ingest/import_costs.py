@@ -199,17 +199,20 @@ def phases(catalog: Catalog, n: int) -> list[tuple[str, float]]:
         log.removeHandler(handler)
     names = {
         "staged": "staging: rows checked, COPY into a temporary table",
-        "index dropped": "HNSW index dropped",
+        "index dropped": "HNSW index (and search indexes) dropped",
         "products at": "products",
         "new rows chosen": "new rows chosen",
         "images written": "images, links and embeddings",
     }
     out, last = [], start
     for message, at in handler.marks:
+        if "indexes built" in message:  # after the load (and its ANALYZE): the build's row below
+            continue
         name = next((v for k, v in names.items() if k in message), message)
         out.append((name, at - last))
         last = at
     out.append(("HNSW build (CONCURRENTLY)", result.build_seconds or 0.0))
+    out.append(("search indexes set aside, built (CONCURRENTLY)", result.filters_build_seconds or 0.0))
     return out
 
 
@@ -312,11 +315,11 @@ def main() -> None:
 
 
 def print_phases(rows: int, parts: list[tuple[str, float]]) -> None:
-    load = sum(seconds for name, seconds in parts if not name.startswith("HNSW"))
+    load = sum(seconds for name, seconds in parts if not name.endswith("(CONCURRENTLY)"))
     print(f"\n| import of {rows:,} rows, phase | seconds | share of the load |")
     print("|---|---|---|")
     for name, seconds in parts:
-        share = "" if name.startswith("HNSW") else f"{seconds / load:.0%}"
+        share = "" if name.endswith("(CONCURRENTLY)") else f"{seconds / load:.0%}"
         print(f"| {name} | {seconds:.1f} | {share} |")
 
 

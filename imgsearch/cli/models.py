@@ -176,7 +176,7 @@ def _model(args: argparse.Namespace, settings: Settings) -> int:
 def _reindex(eng: Any, name: str | None, maintenance_work_mem: str) -> None:
     from tqdm import tqdm
 
-    from imgsearch.db import vector_index
+    from imgsearch.db import load_indexes, vector_index
 
     with eng.connect() as conn:
         model = vector_index.active_model(conn) if name is None else vector_index.get_model(conn, name)
@@ -196,6 +196,10 @@ def _reindex(eng: Any, name: str | None, maintenance_work_mem: str) -> None:
         f"rebuilt the HNSW index of {model.name} (m {vector_index.HNSW_M}, "
         f"ef_construction {vector_index.HNSW_EF_CONSTRUCTION}) in {seconds:.1f} s"
     )
+    missing = load_indexes.not_valid(eng)
+    if missing:  # an interrupted bulk import's
+        built = load_indexes.restore(eng, maintenance_work_mem=maintenance_work_mem)
+        print(f"built the search indexes a load left missing ({len(missing)}) in {built:.1f} s")
 
 
 def register(commands: Subparsers) -> None:

@@ -11,7 +11,9 @@ each row in. A catalog moving over from another system brings millions. Here:
    model's HNSW index is dropped (``DROP INDEX CONCURRENTLY``) before the rows go in, and built
    again after (``CREATE INDEX CONCURRENTLY``, with ``maintenance_work_mem`` and parallel workers
    set for the build). Searches keep working meanwhile, exactly: without the index an ORDER BY
-   of the distance is a scan of every row.
+   of the distance is a scan of every row. The indexes only searches read of each table they at
+   least double (embeddings, every model's; products) are set aside the same way and built
+   first (:mod:`imgsearch.db.load_indexes`).
 3. One transaction writes products (merged like ``add_many``'s: a product's rows each give what
    they give, the fields given replace the stored ones, attributes are merged), images and
    embeddings from the temporary table, and commits. Its ``work_mem`` is sized to the rows
@@ -44,7 +46,7 @@ import psycopg
 from sqlalchemy import Engine
 
 from imgsearch.access import tenancy
-from imgsearch.db import citus, filter_indexes, vector_index
+from imgsearch.db import citus, filter_indexes, load_indexes, vector_index
 from imgsearch.db.engine import connect
 from imgsearch.db.models import SCHEMA
 from imgsearch.errors import ImgSearchError, InvalidInput, TransientError
@@ -77,6 +79,7 @@ class ImportResult:
     parallel_workers: int | None = None
     value_indexes: int = 0  # per-value indexes built after the load (imgsearch.db.filter_indexes)
     linked: int = 0  # of the duplicates, rows whose stored image is now their product's too (shared)
+    filters_build_seconds: float | None = None  # the search indexes set aside for the load, built after
 
 
 def vector_hash(vector: np.ndarray) -> bytes:
@@ -124,7 +127,7 @@ def import_rows(
     if tenant is not None:
         tenant = checks.identifier(tenant, "tenant")
     conn = connect(engine.url, "for the import", autocommit=False)
-    dropped = False
+    dropped = set_aside = False
     try:
         register_vector(conn)
         vector_index.copy_encoded_halfvecs(conn)
@@ -154,6 +157,7 @@ def import_rows(
             conn.execute(statements.RAISE_WORK_MEM, (import_work_mem(count, model.dim),))
             conn.execute(statements.EXISTING)
             indexed = _indexed_rows(conn, model)
+            new = count  # at most
             if rebuild_index is None:
                 fresh = conn.execute(statements.NEW_CONTENTS).fetchone()
                 new = int(fresh[0]) if fresh else 0
@@ -171,6 +175,8 @@ def import_rows(
                 dropped = True
                 # the per-value graphs too: each of their rows is an insert into a graph as well
                 filter_indexes.drop_all(engine, model)
+                if not _on_citus(conn):  # and the search indexes of the tables it at least doubles
+                    set_aside = bool(load_indexes.set_aside(engine, new))
                 log.info("import: index dropped at %.1f s", time.perf_counter() - started)
             _check_products_agree(conn)
             conn.execute(statements.PRODUCTS)
@@ -202,6 +208,13 @@ def import_rows(
     if imported:
         _analyze(engine)
     result = ImportResult(count, imported, count - imported, "rebuilt" if rebuild else "kept", load_seconds)
+    # the filter indexes set aside, or one an interrupted import left missing or invalid
+    filters_seconds = load_indexes.restore(
+        engine, maintenance_work_mem=maintenance_work_mem or auto_maintenance_work_mem(indexed + imported, model.dim)
+    )
+    if set_aside or filters_seconds:
+        result.filters_build_seconds = filters_seconds
+        log.info("import: set-aside indexes built in %.1f s", filters_seconds)
     result.linked = int(links[0]) if links else 0
     if not rebuild and not vector_index.index_valid(engine, model):
         rebuild = True  # an earlier import's build was interrupted: finish its work
@@ -353,6 +366,7 @@ def _analyze(engine: Engine) -> None:
 
 def _build_index_after_failure(engine: Engine, model: ModelInfo) -> None:
     try:
+        load_indexes.restore(engine)
         vector_index.build_index(
             engine, model, maintenance_work_mem=None, parallel_workers=None, progress=False
         )
