@@ -397,7 +397,7 @@ def main() -> None:
             drop_database(settings.home, name)
 
     rows = args.rows
-    filters_build = result.filters_build_seconds or 0
+    filters_build = result.set_aside_build_seconds or 0
     total = result.load_seconds + (result.build_seconds or 0) + filters_build
     extrapolated = rows / rate
     print()

@@ -212,7 +212,7 @@ def phases(catalog: Catalog, n: int) -> list[tuple[str, float]]:
         out.append((name, at - last))
         last = at
     out.append(("HNSW build (CONCURRENTLY)", result.build_seconds or 0.0))
-    out.append(("search indexes set aside, built (CONCURRENTLY)", result.filters_build_seconds or 0.0))
+    out.append(("search indexes set aside, built (CONCURRENTLY)", result.set_aside_build_seconds or 0.0))
     return out
 
 

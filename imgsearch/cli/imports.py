@@ -33,8 +33,8 @@ def _import(args: argparse.Namespace, settings: Settings) -> int:
             f"built the HNSW index in {result.build_seconds or 0:.1f} s "
             f"(maintenance_work_mem {result.maintenance_work_mem}, {result.parallel_workers} parallel workers)"
         )
-    if result.filters_build_seconds is not None:
-        print(f"built the search indexes set aside for the load in {result.filters_build_seconds:.1f} s")
+    if result.set_aside_build_seconds is not None:
+        print(f"built the search indexes set aside for the load in {result.set_aside_build_seconds:.1f} s")
     if result.value_indexes:
         print(f"built {result.value_indexes} per-value HNSW indexes (imgsearch index list)")
     return 0

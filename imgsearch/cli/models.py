@@ -196,10 +196,9 @@ def _reindex(eng: Any, name: str | None, maintenance_work_mem: str) -> None:
         f"rebuilt the HNSW index of {model.name} (m {vector_index.HNSW_M}, "
         f"ef_construction {vector_index.HNSW_EF_CONSTRUCTION}) in {seconds:.1f} s"
     )
-    missing = load_indexes.not_valid(eng)
-    if missing:  # an interrupted bulk import's
-        built = load_indexes.restore(eng, maintenance_work_mem=maintenance_work_mem)
-        print(f"built the search indexes a load left missing ({len(missing)}) in {built:.1f} s")
+    restored = load_indexes.restore(eng, maintenance_work_mem=maintenance_work_mem)
+    if restored.names:  # an interrupted bulk import's
+        print(f"built the search indexes a load left missing ({len(restored.names)}) in {restored.seconds:.1f} s")
 
 
 def register(commands: Subparsers) -> None:

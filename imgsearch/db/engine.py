@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import psycopg
@@ -9,7 +10,7 @@ from sqlalchemy import URL, Connection, Engine, create_engine, make_url, text
 from sqlalchemy.exc import ArgumentError, OperationalError
 
 from imgsearch.db import embedded
-from imgsearch.errors import ConfigurationError, DatabaseUnavailable
+from imgsearch.errors import ConfigurationError, DatabaseUnavailable, InvalidInput
 from imgsearch.settings import Settings
 
 MIN_PGVECTOR = (0, 8)
@@ -55,6 +56,17 @@ def connect(url: URL, what: str, *, autocommit: bool = True) -> psycopg.Connecti
         conn.close()
         raise
     return conn
+
+
+def apply_settings(conn: psycopg.Connection[Any], settings: Mapping[str, str], *, local: bool = False) -> None:
+    """Set each of ``settings`` (server settings a caller chose, as ``maintenance_work_mem``) on
+    ``conn``'s session, or its transaction with ``local``; :class:`InvalidInput` naming the one
+    the server refuses, as it gives the reason."""
+    for setting, value in settings.items():
+        try:
+            conn.execute("SELECT set_config(%s, %s, %s)", (setting, value, local))
+        except psycopg.Error as exc:
+            raise InvalidInput(f"{setting} can't be {value!r}: {str(exc).strip().splitlines()[0]}") from exc
 
 
 def stop_when_client_gone(conn: Connection, *, local: bool = False) -> None:

@@ -20,13 +20,14 @@ or ``imgsearch model reindex`` (:func:`restore`).
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import cast
 
 from sqlalchemy import Engine, Index, Table
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.schema import CreateIndex
 
-from imgsearch.db.engine import connect
+from imgsearch.db.engine import apply_settings, connect
 from imgsearch.db.models import SCHEMA, Embedding, Product
 
 SET_ASIDE: dict[str, tuple[str, ...]] = {
@@ -95,17 +96,23 @@ def set_aside(engine: Engine, new_rows: int) -> list[str]:
     return chosen
 
 
-def restore(engine: Engine, *, maintenance_work_mem: str | None = None) -> float:
+@dataclass(frozen=True)
+class Restored:
+    names: list[str]  # the indexes built, none when every one was there
+    seconds: float
+
+
+def restore(engine: Engine, *, maintenance_work_mem: str | None = None) -> Restored:
     """Build each set-aside index that is missing or invalid (``CONCURRENTLY``: searches and
-    writes go on); the seconds it took, 0 when every one was there."""
+    writes go on)."""
     missing = not_valid(engine)
     if not missing:
-        return 0.0
+        return Restored([], 0.0)
     started = time.perf_counter()
     with connect(engine.url, "to build the set-aside indexes") as conn:
         if maintenance_work_mem:
-            conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", (maintenance_work_mem,))
+            apply_settings(conn, {"maintenance_work_mem": maintenance_work_mem})
         for name in missing:
             conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {SCHEMA}.{name}")  # an invalid one's leftover
             conn.execute(create_statement(name))
-    return time.perf_counter() - started
+    return Restored(missing, time.perf_counter() - started)

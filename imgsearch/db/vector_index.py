@@ -44,7 +44,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.types import UserDefinedType
 
-from imgsearch.db.engine import connect, stop_when_client_gone
+from imgsearch.db.engine import apply_settings, connect, stop_when_client_gone
 from imgsearch.db.models import SCHEMA, Embedding, Model
 from imgsearch.errors import ConfigurationError, InvalidInput, TransientError
 from imgsearch.records import ModelInfo
@@ -437,13 +437,7 @@ def build_index(
     }
     conn = connect(engine.url, "to build the index")
     with conn, tqdm(total=0, unit="block", desc="indexing", disable=not progress) as bar:
-        for setting, value in settings.items():
-            try:
-                conn.execute("SELECT set_config(%s, %s, false)", (setting, value))
-            except psycopg.Error as exc:
-                raise InvalidInput(
-                    f"{setting} can't be {value!r}: {str(exc).strip().splitlines()[0]}"
-                ) from exc
+        apply_settings(conn, settings)
         state = conn.execute(
             "SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass(%s)", (f"{SCHEMA}.{name}",)
         ).fetchone()

@@ -79,7 +79,7 @@ class ImportResult:
     parallel_workers: int | None = None
     value_indexes: int = 0  # per-value indexes built after the load (imgsearch.db.filter_indexes)
     linked: int = 0  # of the duplicates, rows whose stored image is now their product's too (shared)
-    filters_build_seconds: float | None = None  # the search indexes set aside for the load, built after
+    set_aside_build_seconds: float | None = None  # the search indexes set aside for the load, built after
 
 
 def vector_hash(vector: np.ndarray) -> bytes:
@@ -208,13 +208,13 @@ def import_rows(
     if imported:
         _analyze(engine)
     result = ImportResult(count, imported, count - imported, "rebuilt" if rebuild else "kept", load_seconds)
-    # the filter indexes set aside, or one an interrupted import left missing or invalid
-    filters_seconds = load_indexes.restore(
+    # the search indexes set aside, or one an interrupted import left missing or invalid
+    restored = load_indexes.restore(
         engine, maintenance_work_mem=maintenance_work_mem or auto_maintenance_work_mem(indexed + imported, model.dim)
     )
-    if set_aside or filters_seconds:
-        result.filters_build_seconds = filters_seconds
-        log.info("import: set-aside indexes built in %.1f s", filters_seconds)
+    if set_aside or restored.names:
+        result.set_aside_build_seconds = restored.seconds
+        log.info("import: set-aside indexes built in %.1f s", restored.seconds)
     result.linked = int(links[0]) if links else 0
     if not rebuild and not vector_index.index_valid(engine, model):
         rebuild = True  # an earlier import's build was interrupted: finish its work

@@ -60,7 +60,7 @@ def test_an_import_that_doubles_the_table_builds_the_filter_indexes_after_as_the
     before = indexes(catalog)
     assert set(before) == set(load_indexes.NAMES) and all(valid for _, valid, _ in before.values())
     result = catalog.import_report(rows(200))
-    assert result.index == "rebuilt" and result.filters_build_seconds is not None
+    assert result.index == "rebuilt" and result.set_aside_build_seconds is not None
     after = indexes(catalog)
     assert {name: (valid, ddl) for name, (_, valid, ddl) in after.items()} == {
         name: (valid, ddl) for name, (_, valid, ddl) in before.items()
@@ -91,7 +91,7 @@ def test_an_import_smaller_than_the_table_keeps_the_filter_indexes(catalog: Cata
     result = catalog.import_report(rows(60, 1000), rebuild_index=True)
     assert result.index == "rebuilt"
     # ...but 60 rows don't double a table of 200: its filter indexes took them in as they came
-    assert result.filters_build_seconds is None and indexes(catalog) == before
+    assert result.set_aside_build_seconds is None and indexes(catalog) == before
 
 
 def test_an_import_failing_after_the_drop_builds_every_index_again(catalog: Catalog) -> None:
@@ -117,7 +117,7 @@ def test_an_index_an_interrupted_import_left_missing_is_built_by_the_next_import
     assert load_indexes.set_aside(catalog.engine, 0) == ["embeddings", "products"]
     assert load_indexes.not_valid(catalog.engine) == list(load_indexes.NAMES)
     small = catalog.import_report(rows(3))
-    assert small.index == "kept" and small.filters_build_seconds is not None
+    assert small.index == "kept" and small.set_aside_build_seconds is not None
     assert {n: ddl for n, (_, _, ddl) in indexes(catalog).items()} == {n: ddl for n, (_, _, ddl) in before.items()}
 
     with catalog.engine.begin() as conn:
@@ -140,8 +140,10 @@ def test_only_the_tables_the_rows_at_least_double_have_their_indexes_set_aside(c
     assert load_indexes.not_valid(catalog.engine) == []
     assert load_indexes.set_aside(catalog.engine, 150) == ["products"]
     assert load_indexes.not_valid(catalog.engine) == list(load_indexes.SET_ASIDE["products"])
-    assert load_indexes.restore(catalog.engine) > 0 and load_indexes.not_valid(catalog.engine) == []
-    assert load_indexes.restore(catalog.engine) == 0
+    restored = load_indexes.restore(catalog.engine)
+    assert restored.names == list(load_indexes.SET_ASIDE["products"]) and restored.seconds > 0
+    assert load_indexes.not_valid(catalog.engine) == []
+    assert load_indexes.restore(catalog.engine) == load_indexes.Restored([], 0.0)
 
 
 def test_a_set_aside_index_is_defined_by_the_models() -> None:
