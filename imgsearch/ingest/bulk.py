@@ -47,7 +47,7 @@ from sqlalchemy import Engine
 
 from imgsearch.access import tenancy
 from imgsearch.db import citus, filter_indexes, load_indexes, vector_index
-from imgsearch.db.engine import connect
+from imgsearch.db.engine import apply_settings, connect
 from imgsearch.db.models import SCHEMA
 from imgsearch.errors import ImgSearchError, InvalidInput, TransientError
 from imgsearch.ingest import bulk_statements as statements
@@ -132,6 +132,10 @@ def import_rows(
         register_vector(conn)
         vector_index.copy_encoded_halfvecs(conn)
         with conn.transaction():
+            # the build's settings the caller chose, refused before anything is read or dropped
+            # (tried for this transaction only; the builds set them on their own connections)
+            chosen = {"maintenance_work_mem": maintenance_work_mem, "max_parallel_maintenance_workers": parallel_workers}
+            apply_settings(conn, {k: str(v) for k, v in chosen.items() if v is not None}, local=True)
             # the tenant's row-level security, as for add_many; on a Citus coordinator the rows go
             # to the shards through COPY, which row-level security refuses: there the import runs
             # as the catalog's login, and only the check of each row's tenant (_checked) holds it

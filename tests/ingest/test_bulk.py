@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -292,6 +293,36 @@ def test_bad_files_name_file_and_row_and_leave_nothing(
     if make == "dimension":
         assert isinstance(raised.value, DimensionMismatch) and raised.value.index == 4999
     assert counts(catalog) == (0, 0, 0), "nothing of a failed import is visible"
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("maintenance_work_mem", "lots"),
+        ("maintenance_work_mem", "1GB'; DROP TABLE imgsearch.products; --"),
+        ("maintenance_work_mem", "9" * 40),
+        ("parallel_workers", -1),
+        ("parallel_workers", 10**6),
+    ],
+)
+def test_bad_build_settings_are_refused_before_anything_is_written_or_dropped(
+    catalog: Catalog, monkeypatch: pytest.MonkeyPatch, setting: str, value: Any
+) -> None:
+    monkeypatch.setattr(bulk, "REBUILD_MIN_ROWS", 50)
+    rows = [{"embedding": v, "tenant": "acme", "product_id": f"p{i}"} for i, v in enumerate(vectors(200, 8))]
+    name = "max_parallel_maintenance_workers" if setting == "parallel_workers" else setting
+    with pytest.raises(InvalidInput, match=rf"^{name} can't be {re.escape(repr(str(value)))}: "):
+        catalog.import_report(rows, **{setting: value})
+    assert counts(catalog) == (0, 0, 0)
+    with catalog.engine.connect() as conn:  # the HNSW index and every other stayed
+        assert conn.execute(
+            text(
+                "SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                "WHERE c.relname IN ('embeddings_hnsw_m1', 'embeddings_tenant_category_price_idx', "
+                "'products_search_doc_idx') AND i.indisvalid"
+            )
+        ).scalar_one() == 3
+    assert catalog.import_report(rows).imported == 200  # and the same rows import with good ones
 
 
 def test_vectors_of_any_scale_import_at_unit_length_and_zeros_are_named(
