@@ -19,7 +19,8 @@ each row in. A catalog moving over from another system brings millions. Here:
    embeddings from the temporary table, and commits. Its ``work_mem`` is sized to the rows
    (:func:`import_work_mem`, never below the server's, for the transaction only): the embeddings'
    sort and the rows their statement triggers read stay in memory rather than spill to temporary
-   files.
+   files. Its ``temp_buffers`` too (:data:`IMPORT_TEMP_BUFFERS`): the staged rows and the tables
+   chosen from them are read from the session's own buffers rather than written out and read back.
 
 An interrupted import leaves nothing visible (the transaction never committed) or, interrupted
 during the index build, the rows and an invalid index, which the next import or
@@ -61,6 +62,9 @@ CHECK_BATCH = 1024  # rows whose vectors are checked in one numpy pass
 REBUILD_MIN_ROWS = 10_000  # below this, inserting into the index costs less than building one
 MAX_AUTO_MAINTENANCE_MEM = 8 * 1024**3
 MAX_IMPORT_WORK_MEM = 256 * 1024**2  # a sort or hash of the import's writes (a few may run at once)
+# the session's buffers for its temporary tables (taken as they fill: a small import takes little);
+# the server's default, 8 MB, writes 100k staged rows (200 MB) out to files and reads them back
+IMPORT_TEMP_BUFFERS = "256MB"
 HASH_PREFIX = b"imgsearch vector\0"  # an imported vector's hash can't equal an image file's
 
 # where a row came from, for errors ("file.parquet:5000", "row 12")
@@ -144,6 +148,7 @@ def import_rows(
                     "SELECT set_config('role', %s, true), set_config('imgsearch.tenant', %s, true)",
                     (tenancy.APP_ROLE, tenant),
                 )
+            _raise_temp_buffers(conn)
             conn.execute(statements.STAGE.format(dim=int(model.dim)))
             with (
                 tqdm(desc="loading", unit="row", disable=not progress) as bar,
@@ -243,6 +248,17 @@ def import_rows(
                 "per-value indexes not refreshed after the import (%s): run `imgsearch index refresh`", exc
             )
     return result
+
+
+def _raise_temp_buffers(conn: psycopg.Connection[Any]) -> None:
+    """:data:`IMPORT_TEMP_BUFFERS` for this transaction, where the server's own setting is lower.
+    The server takes it only before the session first uses a temporary table: a session that did
+    (a pooler's connection handed over again) keeps its setting."""
+    try:
+        with conn.transaction():  # a savepoint: a refusal leaves the import's transaction as it was
+            conn.execute(statements.RAISE_TEMP_BUFFERS, {"size": IMPORT_TEMP_BUFFERS})
+    except psycopg.errors.InvalidParameterValue as exc:
+        log.info("import: temp_buffers kept (%s)", str(exc).strip().splitlines()[0])
 
 
 def _on_citus(conn: psycopg.Connection[Any]) -> bool:

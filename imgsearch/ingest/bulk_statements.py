@@ -16,6 +16,13 @@ RAISE_WORK_MEM = (
     "greatest(pg_size_bytes(current_setting('work_mem')), %s) / 1024 || 'kB', true)"
 )
 
+# never below the server's own setting either; the server refuses a change after the session's
+# first temporary table
+RAISE_TEMP_BUFFERS = """
+SELECT set_config('temp_buffers', %(size)s, true)
+WHERE pg_size_bytes(%(size)s) > pg_size_bytes(current_setting('temp_buffers'))
+"""
+
 STAGE = """CREATE TEMPORARY TABLE imgsearch_import (
     ord bigint, tenant text, product_id text, category text, price numeric(14, 4), currency text,
     attributes jsonb, uri text, content bytea, sha256 bytea, width integer, height integer,
