@@ -21,6 +21,9 @@ from imgsearch.errors import InvalidInput
 
 MAX_NAME = 1000  # tenant, product id, category: longer is a mistake, not a name
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # control characters (NUL included)
+# an attribute document's size as JSON, as json.dumps(allow_nan=False) writes it (json.dumps makes
+# an encoder per call when given an argument: an import checks a document per row)
+_SIZE_ENCODER = json.JSONEncoder(allow_nan=False)
 MAX_ATTRIBUTES_BYTES = 64 * 1024
 MAX_ATTRIBUTES_DEPTH = 32
 MAX_ID = 2**63 - 1  # bigint
@@ -141,7 +144,7 @@ def attributes(value: Any, what: str, error: type[InvalidInput] = InvalidInput) 
     if not isinstance(value, Mapping):
         raise error(f"{what} must be a mapping of names to JSON values, got {type(value).__name__}")
     document = _json(value, what, error, depth=1)
-    size = len(json.dumps(document, allow_nan=False))
+    size = len(_SIZE_ENCODER.encode(document))
     if size > MAX_ATTRIBUTES_BYTES:
         raise error(f"{what} are {size} bytes as JSON; the limit is {MAX_ATTRIBUTES_BYTES}")
     assert isinstance(document, dict)
@@ -176,6 +179,11 @@ def stored_id(value: Any) -> bool:
 def _json(value: Any, what: str, error: type[InvalidInput], depth: int) -> Any:
     if depth > MAX_ATTRIBUTES_DEPTH:
         raise error(f"{what} nest deeper than {MAX_ATTRIBUTES_DEPTH} levels")
+    kind = type(value)
+    if kind is int:  # the plain types first, without the abstract classes' checks below
+        return value
+    if kind is float and math.isfinite(value):
+        return value
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, str):
@@ -208,6 +216,8 @@ def _json(value: Any, what: str, error: type[InvalidInput], depth: int) -> Any:
 def unicode(value: str, what: str, error: type[InvalidInput] = InvalidInput) -> None:
     """Raise unless ``value`` is valid Unicode: Python strings may hold lone surrogates, which no
     UTF-8 encoder (PostgreSQL's client, a tokenizer) accepts."""
+    if value.isascii():  # no surrogate, and a check that costs nothing
+        return
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:

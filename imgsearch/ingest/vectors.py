@@ -43,8 +43,7 @@ def as_vector(value: Any, dim: int | None, what: str = "embedding") -> Vector:
         raise DimensionMismatch(array.shape[0], dim, what)
     if array.shape[0] == 0:
         raise InvalidInput(f"{what} is empty; a vector needs at least one number")
-    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
-        squares = float(array @ array)  # inf, or nan, when a value is
+    squares = float(_squares(array[np.newaxis, :])[0])
     if _SAFE_SQUARES[0] < squares < _SAFE_SQUARES[1]:
         # finite, not zero, and its norm neither overflows nor underflows: divide by it at once
         # (the checks and the scaling below cost more than a search's statement's binding)
@@ -73,9 +72,29 @@ def as_vectors(values: Sequence[Any], dim: int) -> npt.NDArray[np.float32] | Non
         matrix = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError, OverflowError):
         return None
-    if matrix.ndim != 2 or matrix.shape[1] != dim or not np.isfinite(matrix).all():
+    if matrix.ndim != 2 or matrix.shape[1] != dim:
         return None
-    return _unit_rows(matrix)
+    squares = _squares(matrix)
+    safe = (squares > _SAFE_SQUARES[0]) & (squares < _SAFE_SQUARES[1])  # each row as as_vector takes it
+    if safe.all():
+        unit: npt.NDArray[np.float32] = (matrix / np.sqrt(squares)[:, np.newaxis]).astype(np.float32)
+        return unit
+    rest = _unit_rows(matrix[~safe]) if np.isfinite(matrix[~safe]).all() else None
+    if rest is None:
+        return None
+    unit = np.empty(matrix.shape, dtype=np.float32)
+    unit[safe] = matrix[safe] / np.sqrt(squares[safe])[:, np.newaxis]
+    unit[~safe] = rest
+    return unit
+
+
+def _squares(matrix: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Each row's sum of squares (inf or nan where a value is), summed alike for one row
+    (:func:`as_vector`) and many (:func:`as_vectors`): the same vector comes out the same, to the
+    bit, either way (its content hash depends on it)."""
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        squares: npt.NDArray[np.float64] = np.einsum("ij,ij->i", matrix, matrix)
+    return squares
 
 
 def _unit_rows(matrix: npt.NDArray[np.float64]) -> npt.NDArray[np.float32] | None:

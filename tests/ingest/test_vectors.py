@@ -102,6 +102,15 @@ def test_many_at_once_as_each_alone() -> None:
     for row, got in zip(rows, matrix, strict=True):
         assert np.array_equal(got, as_vector(row, DIM))
     assert as_vectors([*rows, [0.0] * DIM], DIM) is None  # a bad row: checked one at a time, by name
+    # to the bit (an imported vector's content hash is that of the same vector added alone), at
+    # every scale, rows of the fast way beside rows of the scaled one
+    rng = np.random.default_rng(3)
+    mixed = [rng.standard_normal(DIM) * scale for scale in (1e-300, 1e-90, 1e-3, 1.0, 7e5, 1e90, 1e300)]
+    mixed += [rng.standard_normal(DIM).astype(np.float32) for _ in range(50)]  # as an embedder gives them
+    for batch in (mixed, mixed[2:5], mixed[7:]):
+        matrix = as_vectors(batch, DIM)
+        assert matrix is not None
+        assert all(np.array_equal(got, as_vector(row, DIM)) for row, got in zip(batch, matrix, strict=True))
     assert as_vectors([[math.nan] * DIM], DIM) is None
 
 
