@@ -34,15 +34,19 @@ BEGIN
             now.tenant, now.category, now.brand, now.price, now.attributes
     ), counted AS (
         INSERT INTO imgsearch.facet_counts (tenant, model_id, facet, key, value, n)
-        SELECT moved.tenant, moved.model_id, f.facet, f.key, f.value, sum(moved.n)
-        FROM (SELECT k.tenant, k.model_id, k.category, k.brand, k.price, k.attributes, 1 AS n
-              FROM kept k WHERE k.made AND k.left_rows > 0 AND k.tenant IS NOT NULL
-              UNION ALL
-              SELECT k.old_tenant, k.model_id, k.old_category, k.old_brand, k.old_price, k.old_attributes, -1
-              FROM kept k WHERE NOT k.made AND k.left_rows <= 0 AND k.old_tenant IS NOT NULL) AS moved
-        CROSS JOIN LATERAL imgsearch._facet_values(moved.category, moved.brand, moved.price, moved.attributes) f
-        GROUP BY 1, 2, 3, 4, 5
-        HAVING sum(moved.n) <> 0
+        SELECT f.* FROM (
+            SELECT array_agg(moved.tenant) AS tenants, array_agg(moved.model_id) AS models,
+                   array_agg(moved.category) AS categories, array_agg(moved.brand) AS brands,
+                   array_agg(moved.price) AS prices, array_agg(moved.attributes) AS attributes,
+                   array_agg(moved.n) AS ns
+            FROM (SELECT k.tenant, k.model_id, k.category, k.brand, k.price, k.attributes, 1 AS n
+                  FROM kept k WHERE k.made AND k.left_rows > 0 AND k.tenant IS NOT NULL
+                  UNION ALL
+                  SELECT k.old_tenant, k.model_id, k.old_category, k.old_brand, k.old_price, k.old_attributes, -1
+                  FROM kept k WHERE NOT k.made AND k.left_rows <= 0 AND k.old_tenant IS NOT NULL) AS moved
+        ) AS given
+        CROSS JOIN LATERAL imgsearch._facet_counts_moved(given.tenants, given.models, given.categories, given.brands,
+                                                     given.prices, given.attributes, given.ns) f
     )
     SELECT array_agg(u.product_pk), array_agg(u.model_id) INTO unsure_products, unsure_models
     FROM (SELECT k.product_pk, k.model_id FROM kept k WHERE NOT k.made
@@ -69,15 +73,19 @@ BEGIN
             NEW.model_id, NEW.tenant, NEW.category, NEW.brand, NEW.price, NEW.attributes
     )
     INSERT INTO imgsearch.facet_counts (tenant, model_id, facet, key, value, n)
-    SELECT moved.tenant, moved.model_id, f.facet, f.key, f.value, sum(moved.n)
-    FROM (SELECT m.old_tenant AS tenant, m.model_id, m.old_category AS category, m.old_brand AS brand,
-                 m.old_price AS price, m.old_attributes AS attributes, -1 AS n
-          FROM moved m WHERE m.old_tenant IS NOT NULL
-          UNION ALL
-          SELECT m.tenant, m.model_id, m.category, m.brand, m.price, m.attributes, 1
-          FROM moved m WHERE m.tenant IS NOT NULL) AS moved
-    CROSS JOIN LATERAL imgsearch._facet_values(moved.category, moved.brand, moved.price, moved.attributes) f
-    GROUP BY 1, 2, 3, 4, 5
-    HAVING sum(moved.n) <> 0;
+    SELECT f.* FROM (
+        SELECT array_agg(moved.tenant) AS tenants, array_agg(moved.model_id) AS models,
+               array_agg(moved.category) AS categories, array_agg(moved.brand) AS brands,
+               array_agg(moved.price) AS prices, array_agg(moved.attributes) AS attributes,
+               array_agg(moved.n) AS ns
+        FROM (SELECT m.old_tenant AS tenant, m.model_id, m.old_category AS category, m.old_brand AS brand,
+                     m.old_price AS price, m.old_attributes AS attributes, -1 AS n
+              FROM moved m WHERE m.old_tenant IS NOT NULL
+              UNION ALL
+              SELECT m.tenant, m.model_id, m.category, m.brand, m.price, m.attributes, 1
+              FROM moved m WHERE m.tenant IS NOT NULL) AS moved
+    ) AS given
+    CROSS JOIN LATERAL imgsearch._facet_counts_moved(given.tenants, given.models, given.categories, given.brands,
+                                                 given.prices, given.attributes, given.ns) f;
 END
 $function$;

@@ -28,16 +28,20 @@ BEGIN
             now.tenant, now.category, now.brand, now.price, now.attributes
     )
     INSERT INTO imgsearch.facet_counts (tenant, model_id, facet, key, value, n)
-    SELECT moved.tenant, moved.model_id, f.facet, f.key, f.value, sum(moved.n)
-    FROM (SELECT k.old_tenant AS tenant, k.model_id, k.old_category AS category, k.old_brand AS brand,
-                 k.old_price AS price, k.old_attributes AS attributes, -1 AS n
-          FROM kept k WHERE k.rows > 0 AND k.old_tenant IS NOT NULL
-          UNION ALL
-          SELECT k.tenant, k.model_id, k.category, k.brand, k.price, k.attributes, 1
-          FROM kept k WHERE k.rows > 0 AND k.old_tenant IS NOT NULL) AS moved
-    CROSS JOIN LATERAL imgsearch._facet_values(moved.category, moved.brand, moved.price, moved.attributes) f
-    GROUP BY 1, 2, 3, 4, 5
-    HAVING sum(moved.n) <> 0;
+    SELECT f.* FROM (
+        SELECT array_agg(moved.tenant) AS tenants, array_agg(moved.model_id) AS models,
+               array_agg(moved.category) AS categories, array_agg(moved.brand) AS brands,
+               array_agg(moved.price) AS prices, array_agg(moved.attributes) AS attributes,
+               array_agg(moved.n) AS ns
+        FROM (SELECT k.old_tenant AS tenant, k.model_id, k.old_category AS category, k.old_brand AS brand,
+                     k.old_price AS price, k.old_attributes AS attributes, -1 AS n
+              FROM kept k WHERE k.rows > 0 AND k.old_tenant IS NOT NULL
+              UNION ALL
+              SELECT k.tenant, k.model_id, k.category, k.brand, k.price, k.attributes, 1
+              FROM kept k WHERE k.rows > 0 AND k.old_tenant IS NOT NULL) AS moved
+    ) AS given
+    CROSS JOIN LATERAL imgsearch._facet_counts_moved(given.tenants, given.models, given.categories, given.brands,
+                                                 given.prices, given.attributes, given.ns) f;
     DELETE FROM imgsearch.facet_members m USING new_products a JOIN old_products b ON b.id = a.id
     WHERE m.product_pk = a.id AND m.rows = 0
       AND (a.tenant, a.category, a.brand, a.price, a.attributes)
