@@ -237,7 +237,7 @@ def insert_times(
             for name in names[turn:] + names[:turn]:
                 setup = variants[name]
                 with conn.transaction(force_rollback=True):
-                    conn.execute(bulk_statements.RAISE_WORK_MEM, (work_mem,))  # as the import sets it
+                    conn.execute(bulk_statements.RAISE_SETTING, {"name": "work_mem", "bytes": work_mem})  # as the import sets it
                     conn.execute(f"DROP INDEX imgsearch.embeddings_hnsw_m{model_id}")
                     conn.execute(f"TRUNCATE imgsearch.{table} CASCADE")
                     for statement in filter(None, setup.split("; ")):

@@ -64,7 +64,7 @@ MAX_AUTO_MAINTENANCE_MEM = 8 * 1024**3
 MAX_IMPORT_WORK_MEM = 256 * 1024**2  # a sort or hash of the import's writes (a few may run at once)
 # the session's buffers for its temporary tables (taken as they fill: a small import takes little);
 # the server's default, 8 MB, writes 100k staged rows (200 MB) out to files and reads them back
-IMPORT_TEMP_BUFFERS = "256MB"
+IMPORT_TEMP_BUFFERS = 256 * 1024**2
 HASH_PREFIX = b"imgsearch vector\0"  # an imported vector's hash can't equal an image file's
 
 # where a row came from, for errors ("file.parquet:5000", "row 12")
@@ -163,7 +163,7 @@ def import_rows(
                 bar.update(count % 1000)
             if count == 0:
                 return ImportResult(0, 0, 0, "kept", time.perf_counter() - started)
-            conn.execute(statements.RAISE_WORK_MEM, (import_work_mem(count, model.dim),))
+            conn.execute(statements.RAISE_SETTING, {"name": "work_mem", "bytes": import_work_mem(count, model.dim)})
             conn.execute(statements.EXISTING)
             indexed = _indexed_rows(conn, model)
             new = count  # at most
@@ -256,7 +256,7 @@ def _raise_temp_buffers(conn: psycopg.Connection[Any]) -> None:
     (a pooler's connection handed over again) keeps its setting."""
     try:
         with conn.transaction():  # a savepoint: a refusal leaves the import's transaction as it was
-            conn.execute(statements.RAISE_TEMP_BUFFERS, {"size": IMPORT_TEMP_BUFFERS})
+            conn.execute(statements.RAISE_SETTING, {"name": "temp_buffers", "bytes": IMPORT_TEMP_BUFFERS})
     except psycopg.errors.InvalidParameterValue as exc:
         log.info("import: temp_buffers kept (%s)", str(exc).strip().splitlines()[0])
 

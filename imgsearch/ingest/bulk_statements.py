@@ -11,17 +11,12 @@ from __future__ import annotations
 from imgsearch.db.models import SCHEMA
 
 # never below the server's own setting (for this transaction only)
-RAISE_WORK_MEM = (
-    "SELECT set_config('work_mem', "
-    "greatest(pg_size_bytes(current_setting('work_mem')), %s) / 1024 || 'kB', true)"
+# a setting in bytes for this transaction, never below the server's own (the server refuses a
+# change of temp_buffers after the session's first use of a temporary table: the caller's savepoint)
+RAISE_SETTING = (
+    "SELECT set_config(%(name)s, "
+    "greatest(pg_size_bytes(current_setting(%(name)s)), %(bytes)s) / 1024 || 'kB', true)"
 )
-
-# never below the server's own setting either; the server refuses a change after the session's
-# first temporary table
-RAISE_TEMP_BUFFERS = """
-SELECT set_config('temp_buffers', %(size)s, true)
-WHERE pg_size_bytes(%(size)s) > pg_size_bytes(current_setting('temp_buffers'))
-"""
 
 STAGE = """CREATE TEMPORARY TABLE imgsearch_import (
     ord bigint, tenant text, product_id text, category text, price numeric(14, 4), currency text,

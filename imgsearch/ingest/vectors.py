@@ -75,16 +75,14 @@ def as_vectors(values: Sequence[Any], dim: int) -> npt.NDArray[np.float32] | Non
     if matrix.ndim != 2 or matrix.shape[1] != dim:
         return None
     squares = _squares(matrix)
-    safe = (squares > _SAFE_SQUARES[0]) & (squares < _SAFE_SQUARES[1])  # each row as as_vector takes it
-    if safe.all():
+    with np.errstate(divide="ignore", over="ignore", under="ignore", invalid="ignore"):
         unit: npt.NDArray[np.float32] = (matrix / np.sqrt(squares)[:, np.newaxis]).astype(np.float32)
-        return unit
-    rest = _unit_rows(matrix[~safe]) if np.isfinite(matrix[~safe]).all() else None
-    if rest is None:
-        return None
-    unit = np.empty(matrix.shape, dtype=np.float32)
-    unit[safe] = matrix[safe] / np.sqrt(squares[safe])[:, np.newaxis]
-    unit[~safe] = rest
+    unsafe = ~((squares > _SAFE_SQUARES[0]) & (squares < _SAFE_SQUARES[1]))  # each row as as_vector takes it
+    if unsafe.any():  # the rest the scaled way, if they are vectors at all
+        rest = _unit_rows(matrix[unsafe]) if np.isfinite(matrix[unsafe]).all() else None
+        if rest is None:
+            return None
+        unit[unsafe] = rest
     return unit
 
 
