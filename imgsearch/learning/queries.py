@@ -64,7 +64,7 @@ def normalized(query: str | None) -> str | None:
     return folded[:MAX_NORMALIZED] or None
 
 
-_INSERT = text(
+INSERT = text(
     """
     INSERT INTO imgsearch.search_queries (query_id, searched_at, tenant, client_id, user_query, query_norm,
         query_attributes, result_offset, product_ids, image_ids, product_pks)
@@ -72,28 +72,22 @@ _INSERT = text(
         SELECT * FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(query_id uuid, tenant text, client_id text,
             user_query text, query_norm text, attributes jsonb, result_offset int, product_ids text[],
             image_ids bigint[], tenants text[])
-    ), hits AS MATERIALIZED (
-        SELECT r.query_id, r.tenant AS scope, h.tenant, h.product_id, h.n
-        FROM r, unnest(r.tenants, r.product_ids) WITH ORDINALITY AS h(tenant, product_id, n)
-    ), matched AS MATERIALIZED (
-        SELECT hits.query_id, hits.n, p.id
-        FROM hits JOIN imgsearch.products p ON p.tenant = hits.tenant AND p.product_id = hits.product_id
-        WHERE hits.scope = '' OR p.tenant = hits.scope
-    ), placed AS (
-        SELECT hits.query_id, array_agg(matched.id ORDER BY hits.n) AS product_pks
-        FROM hits LEFT JOIN matched ON matched.query_id = hits.query_id AND matched.n = hits.n
-        GROUP BY hits.query_id
     )
     SELECT r.query_id, uuid_extract_timestamp(r.query_id), r.tenant, r.client_id, r.user_query, r.query_norm,
-        r.attributes, r.result_offset, r.product_ids, r.image_ids, coalesce(placed.product_pks, '{}')
-    FROM r LEFT JOIN placed ON placed.query_id = r.query_id
+        r.attributes, r.result_offset, r.product_ids, r.image_ids,
+        ARRAY(SELECT p.id FROM unnest(r.tenants, r.product_ids) WITH ORDINALITY AS h(tenant, product_id, n)
+              LEFT JOIN imgsearch.products p ON p.tenant = h.tenant AND p.product_id = h.product_id
+                  AND (r.tenant = '' OR p.tenant = r.tenant)
+              ORDER BY h.n)
+    FROM r
     WHERE set_config('synchronous_commit', 'off', true) = 'off'
     """
 )
-# a batch of rows as one JSON value, written by one statement: the hits' product keys by an inner
-# join on the shop's key and the product id (an outer join would read every product; on Citus the
-# batch's shops are in no value, so its lookups go to every node, once a batch), then placed by
-# their order, NULL where a product is gone
+# a batch of rows as one JSON value, written by one statement; each search's hits, in order, with
+# their product's key (NULL where the product is gone): a lookup of the shop's key and the
+# product id per hit, whatever the catalog's size (a join of the batch's hits with products was
+# planned for the 1,000 hits a JSON batch is estimated to hold, and read every product to hash
+# them: 30-60 ms a batch at 100,000 products, bench/search/record_writes.py)
 
 
 WRITE_DELAY = 0.05  # seconds a search's row may wait to be written with others
@@ -133,7 +127,7 @@ def write(engine: Engine, rows: Sequence[Mapping[str, Any]]) -> bool:
         try:
             with engine.connect() as conn:
                 conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-                Compiled.once(_INSERT, conn).execute(conn, values)
+                Compiled.once(INSERT, conn).execute(conn, values)
             return True
         except DBAPIError as exc:
             if exc.connection_invalidated and attempt == 1:

@@ -1,0 +1,138 @@
+"""What writing searches' records costs the server: the recorder's statement for a batch of 1, 10,
+100 and 500 searches (10 hits each), against the statement it replaced, in one run.
+
+    IMGSEARCH_HOME=/tmp/imgs-bench .venv/bin/python bench/search/record_writes.py --rows 100000 --data calibrated
+    IMGSEARCH_HOME=/tmp/imgs-bench .venv/bin/python bench/search/record_writes.py --rows 1000000 --data calibrated --database bench_search_cal1m
+
+On bench/search/search.py's catalog (``--rows`` products, one shop; loaded first if missing).
+Each batch is written as ``imgsearch.learning.queries.write`` writes it (a connection of the
+pool, autocommit, ``synchronous_commit`` off, one statement), its hits products drawn at random:
+
+* **join** (the baseline, the statement before 2026-11-29): the batch's hits joined with
+  ``products`` on the shop's key and product id, planned for the 1,000 hits PostgreSQL assumes a
+  JSON batch holds (100 searches of 10), whatever the batch holds;
+* **lookups** (``queries.INSERT``): each search's hits looked up one by one, by the same key.
+
+Both statements in turns, 3 rounds of 15 batches per size, p50 of the write from checkout to
+commit; then each statement's rows are checked to be the same (the product keys, in order).
+
+The figure it produces: docs/benchmarks.md, "Feedback load".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, TextClause, create_engine, text
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from _catalog import stored_catalog
+
+from imgsearch.learning import queries
+
+SIZES = (1, 10, 100, 500)
+ROUNDS, BATCHES, HITS = 3, 15, 10
+JOIN = text(
+    """
+    INSERT INTO imgsearch.search_queries (query_id, searched_at, tenant, client_id, user_query, query_norm,
+        query_attributes, result_offset, product_ids, image_ids, product_pks)
+    WITH r AS MATERIALIZED (
+        SELECT * FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(query_id uuid, tenant text, client_id text,
+            user_query text, query_norm text, attributes jsonb, result_offset int, product_ids text[],
+            image_ids bigint[], tenants text[])
+    ), hits AS MATERIALIZED (
+        SELECT r.query_id, r.tenant AS scope, h.tenant, h.product_id, h.n
+        FROM r, unnest(r.tenants, r.product_ids) WITH ORDINALITY AS h(tenant, product_id, n)
+    ), matched AS MATERIALIZED (
+        SELECT hits.query_id, hits.n, p.id
+        FROM hits JOIN imgsearch.products p ON p.tenant = hits.tenant AND p.product_id = hits.product_id
+        WHERE hits.scope = '' OR p.tenant = hits.scope
+    ), placed AS (
+        SELECT hits.query_id, array_agg(matched.id ORDER BY hits.n) AS product_pks
+        FROM hits LEFT JOIN matched ON matched.query_id = hits.query_id AND matched.n = hits.n
+        GROUP BY hits.query_id
+    )
+    SELECT r.query_id, uuid_extract_timestamp(r.query_id), r.tenant, r.client_id, r.user_query, r.query_norm,
+        r.attributes, r.result_offset, r.product_ids, r.image_ids, coalesce(placed.product_pks, '{}')
+    FROM r LEFT JOIN placed ON placed.query_id = r.query_id
+    WHERE set_config('synchronous_commit', 'off', true) = 'off'
+    """
+)
+STATEMENTS = {"join": JOIN, "lookups": queries.INSERT}
+
+
+def batch(products: list[tuple[str, str]], size: int, rng: random.Random) -> list[dict[str, Any]]:
+    rows = []
+    for _ in range(size):
+        hits = rng.sample(products, HITS)
+        rows.append(
+            {"query_id": str(queries.new_query_id()), "tenant": hits[0][0], "client_id": None, "user_query": None,
+             "query_norm": None, "attributes": {"bench": "record_writes"}, "result_offset": 0,
+             "product_ids": [p for _, p in hits], "image_ids": list(range(1, HITS + 1)), "tenants": [t for t, _ in hits]}
+        )  # fmt: skip
+    return rows
+
+
+def write(engine: Engine, statement: TextClause, rows: list[dict[str, Any]]) -> float:
+    started = time.perf_counter()
+    with engine.connect() as conn:
+        conn.execution_options(isolation_level="AUTOCOMMIT").execute(statement, {"rows": json.dumps(rows)})
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--data", choices=("clustered", "calibrated"), default="clustered")
+    parser.add_argument("--database", help="the embedded server's database holding the catalog (search.py's)")
+    args = parser.parse_args()
+    url, _, _, _ = stored_catalog(args.rows, args.data, args.database)
+    engine = create_engine(url, pool_size=2)
+    with engine.connect() as conn:
+        products = [(str(t), str(p)) for t, p in conn.execute(text("SELECT tenant, product_id FROM imgsearch.products"))]
+    rng = random.Random(7)
+    print(f"{len(products)} products; batches of {HITS} hits a search")
+    print("\n| searches a batch | join p50 ms | lookups p50 ms | lookups / join | per search: join / lookups |")
+    print("|---:|---:|---:|---:|---|")
+    for size in SIZES:
+        times: dict[str, list[float]] = {name: [] for name in STATEMENTS}
+        for round_ in range(ROUNDS):
+            order = list(STATEMENTS) if round_ % 2 == 0 else list(reversed(STATEMENTS))
+            for _ in range(BATCHES):
+                for name in order:
+                    times[name].append(write(engine, STATEMENTS[name], batch(products, size, rng)))
+        join, lookups = (statistics.median(times[name]) * 1000 for name in STATEMENTS)
+        print(f"| {size} | {join:.2f} | {lookups:.2f} | **{lookups / join:.2f}x** | {join / size:.3f} / {lookups / size:.3f} ms |")
+    same = batch(products, 100, rng) + [
+        {**row, "tenant": "", "product_ids": [*row["product_ids"], "no-such-product"], "tenants": [*row["tenants"], "acme"],
+         "image_ids": [*row["image_ids"], 0]}
+        for row in batch(products, 10, rng)
+    ]  # fmt: skip
+    stored = {}
+    for name, statement in STATEMENTS.items():
+        rows = [{**row, "query_id": str(queries.new_query_id())} for row in same]
+        write(engine, statement, rows)
+        with engine.connect() as conn:
+            found = dict(
+                conn.execute(
+                    text("SELECT query_id::text, product_pks FROM imgsearch.search_queries WHERE query_id = ANY(CAST(:ids AS uuid[]))"),
+                    {"ids": [r["query_id"] for r in rows]},
+                ).all()
+            )
+        stored[name] = [found[r["query_id"]] for r in rows]
+    assert stored["join"] == stored["lookups"], "the statements stored different product keys"
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM imgsearch.search_queries WHERE query_attributes->>'bench' = 'record_writes'"))
+    print(f"\nboth statements stored the same product keys for {len(same)} searches (10 of them across shops, a product gone)")
+    engine.dispose()
+
+
+if __name__ == "__main__":
+    main()
