@@ -16,6 +16,12 @@ pool, autocommit, ``synchronous_commit`` off, one statement), its hits products 
 Both statements in turns, 3 rounds of 15 batches per size, p50 of the write from checkout to
 commit; then each statement's rows are checked to be the same (the product keys, in order).
 
+``--throughput SECONDS``: what the record costs searches when they use the whole machine. Two
+processes (one a core) search as fast as they can, ``catalog.search(vector=q, tenant="acme",
+k=10)``, for SECONDS: **no log** (``record_queries`` off), **log** (each search recorded, the
+statement above), **log, the join** (the statement before); 3 rounds in turns, searches a second
+summed over the processes, median of the rounds, each against "no log".
+
 The figure it produces: docs/benchmarks.md, "Feedback load".
 """
 
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import random
 import statistics
 import sys
@@ -30,12 +37,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from sqlalchemy import Engine, TextClause, create_engine, text
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from _catalog import stored_catalog
 
+from imgsearch import Catalog
 from imgsearch.learning import queries
+from imgsearch.settings import Settings
 
 SIZES = (1, 10, 100, 500)
 ROUNDS, BATCHES, HITS = 3, 15, 10
@@ -66,6 +76,9 @@ JOIN = text(
     """
 )
 STATEMENTS = {"join": JOIN, "lookups": queries.INSERT}
+MODEL = "google/siglip-base-patch16-224"
+CONDITIONS = ("no log", "log", "log, the join")
+SEARCHERS = 2
 
 
 def batch(products: list[tuple[str, str]], size: int, rng: random.Random) -> list[dict[str, Any]]:
@@ -87,13 +100,64 @@ def write(engine: Engine, statement: TextClause, rows: list[dict[str, Any]]) -> 
     return time.perf_counter() - started
 
 
+def searcher(url: str, condition: str, seconds: float, vectors: np.ndarray, ready: Any, go: Any, done: Any) -> None:
+    """Search for ``seconds`` once ``go`` is set; add the searches made to ``done``."""
+    if condition == "log, the join":
+        queries.INSERT = JOIN  # the recorder's statement before 2026-11-29
+    settings = Settings(model=MODEL, record_queries=condition != "no log")
+    with Catalog.open(url, settings=settings) as catalog:
+        for q in vectors[:20]:  # warm: the pools' connections, the statements' caches
+            catalog.search(vector=q, tenant="acme", k=10)
+        ready.release()
+        go.wait()
+        count, ends = 0, time.perf_counter() + seconds
+        while time.perf_counter() < ends:
+            catalog.search(vector=vectors[count % len(vectors)], tenant="acme", k=10)
+            count += 1
+        with done.get_lock():
+            done.value += count
+
+
+def throughput(url: str, data: np.ndarray, seconds: float) -> None:
+    rng = np.random.default_rng(5)
+    vectors = data[rng.integers(0, len(data), 400)] + rng.standard_normal((400, data.shape[1])) * 0.02
+    ctx = mp.get_context("spawn")
+    rates: dict[str, list[float]] = {name: [] for name in CONDITIONS}
+    for round_ in range(3):
+        for condition in CONDITIONS[round_:] + CONDITIONS[:round_]:
+            ready, go, done = ctx.Semaphore(0), ctx.Event(), ctx.Value("q", 0)
+            processes = [
+                ctx.Process(target=searcher, args=(url, condition, seconds, vectors[i::SEARCHERS], ready, go, done))
+                for i in range(SEARCHERS)
+            ]
+            for process in processes:
+                process.start()
+            for _ in processes:
+                ready.acquire()
+            go.set()
+            for process in processes:
+                process.join()
+            rates[condition].append(done.value / seconds)
+            print(f"  round {round_ + 1}, {condition}: {done.value / seconds:.0f} searches/s", flush=True)
+    base = statistics.median(rates["no log"])
+    print(f"\n| {SEARCHERS} processes searching, {seconds:.0f} s | searches/s (median of 3) | / no log |")
+    print("|---|---:|---:|")
+    for condition in CONDITIONS:
+        rate = statistics.median(rates[condition])
+        print(f"| {condition} | {rate:.0f} | **{rate / base:.2f}x** |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--data", choices=("clustered", "calibrated"), default="clustered")
     parser.add_argument("--database", help="the embedded server's database holding the catalog (search.py's)")
+    parser.add_argument("--throughput", type=float, metavar="SECONDS", help="only the searches' throughput, each condition this long")
     args = parser.parse_args()
-    url, _, _, _ = stored_catalog(args.rows, args.data, args.database)
+    url, data, _, _ = stored_catalog(args.rows, args.data, args.database)
+    if args.throughput:
+        throughput(url, data, args.throughput)
+        return
     engine = create_engine(url, pool_size=2)
     with engine.connect() as conn:
         products = [(str(t), str(p)) for t, p in conn.execute(text("SELECT tenant, product_id FROM imgsearch.products"))]
@@ -120,7 +184,7 @@ def main() -> None:
         rows = [{**row, "query_id": str(queries.new_query_id())} for row in same]
         write(engine, statement, rows)
         with engine.connect() as conn:
-            found = dict(
+            found: dict[str, list[int | None]] = dict(
                 conn.execute(
                     text("SELECT query_id::text, product_pks FROM imgsearch.search_queries WHERE query_id = ANY(CAST(:ids AS uuid[]))"),
                     {"ids": [r["query_id"] for r in rows]},
