@@ -2,7 +2,7 @@
 100 and 500 searches (10 hits each), against the statement it replaced, in one run.
 
     IMGSEARCH_HOME=/tmp/imgs-bench .venv/bin/python bench/search/record_writes.py --rows 100000 --data calibrated
-    IMGSEARCH_HOME=/tmp/imgs-bench .venv/bin/python bench/search/record_writes.py --rows 1000000 --data calibrated --database bench_search_cal1m
+    IMGSEARCH_HOME=/tmp/imgs-bench .venv/bin/python bench/search/record_writes.py --events 10000 30000 100000 300000
 
 On bench/search/search.py's catalog (``--rows`` products, one shop; loaded first if missing).
 Each batch is written as ``imgsearch.learning.queries.write`` writes it (a connection of the
@@ -15,6 +15,16 @@ pool, autocommit, ``synchronous_commit`` off, one statement), its hits products 
 
 Both statements in turns, 3 rounds of 15 batches per size, p50 of the write from checkout to
 commit; then each statement's rows are checked to be the same (the product keys, in order).
+
+``--events N [N ...]``: what checking a batch of feedback events costs as a day of the log grows
+to each N searches (``imgsearch._checked_events``, which ``record_events`` runs first), in a
+database of its own (``bench_record_writes_events``, dropped after): batches of 1, 20 and 1,000
+clicks on searches of that day, as the shop, against the definition before migration 0053 (the
+events joined with the log), made for the run as ``pg_temp._checked_events``; each call planned
+afresh (``DISCARD PLANS``: as a session's first calls are, and every call of an app that connects
+per request), the day's partition without statistics (as a new day's partition is until
+autovacuum analyzes it: PostgreSQL 18's ``pg_clear_*_stats``); in turns, 15 rounds, p50.
+``--kept``: plans kept from call to call (a long session's), the day's statistics gathered.
 
 ``--throughput SECONDS``: what the record costs searches when they use the whole machine. Two
 processes (one a core) search as fast as they can, ``catalog.search(vector=q, tenant="acme",
@@ -38,12 +48,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine, TextClause, create_engine, text
+import psycopg
+from sqlalchemy import Engine, TextClause, create_engine, make_url, text
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from _catalog import stored_catalog
+from _catalog import database_url, stored_catalog
 
 from imgsearch import Catalog
+from imgsearch.db import definitions
 from imgsearch.learning import queries
 from imgsearch.settings import Settings
 
@@ -147,13 +159,108 @@ def throughput(url: str, data: np.ndarray, seconds: float) -> None:
         print(f"| {condition} | {rate:.0f} | **{rate / base:.2f}x** |")
 
 
+EVENT_SIZES = (1, 20, 1000)
+EVENTS_DB = "bench_record_writes_events"
+FILLER = text(
+    # rows as a vector search of the shop records them (10 hits, its filters), spread over the day
+    # so far as a shop's searches come (the ids of one statement would share milliseconds)
+    "INSERT INTO imgsearch.search_queries (query_id, searched_at, tenant, query_attributes, result_offset, "
+    "product_ids, image_ids, product_pks) SELECT u, uuid_extract_timestamp(u), 'acme', "
+    "'{\"k\": 10, \"kind\": \"vector\", \"mode\": \"semantic\", \"boost\": false, "
+    "\"filters\": {\"category\": \"cat-014\"}}', 0, "
+    "ARRAY(SELECT 'sku-' || (g * 10 + h) FROM generate_series(1, 10) AS h), "
+    "ARRAY(SELECT (g * 10 + h)::bigint FROM generate_series(1, 10) AS h), "
+    "ARRAY(SELECT (g * 10 + h)::bigint FROM generate_series(1, 10) AS h) "
+    "FROM (SELECT g, uuidv7(-(g * (now() - date_trunc('day', now())) / (:n + 1))) AS u "
+    "FROM generate_series(:first, :first + :n - 1) AS g) AS s"
+)
+# statistics none, as a day's partition has until autovacuum analyzes it (PostgreSQL 18)
+CLEAR = (
+    "SELECT pg_clear_relation_stats('imgsearch_log', :day), pg_clear_attribute_stats('imgsearch_log', :day, a.attname, false) "
+    "FROM pg_attribute a WHERE a.attrelid = ('imgsearch_log.' || :day)::regclass AND a.attnum > 0 AND NOT a.attisdropped"
+)
+
+
+def _migration_0053() -> Any:
+    import importlib.util
+
+    path = Path(__file__).parents[2] / "migrations/versions/0053_events_find_searches_by_key.py"
+    spec = importlib.util.spec_from_file_location("m0053", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _check(conn: Any, function: str, batch: str, kept: bool) -> float:
+    if not kept:
+        conn.execute(text("DISCARD PLANS"))  # planned afresh, as a session's first calls are
+    started = time.perf_counter()
+    refused = conn.execute(
+        text(f"SELECT count(*) FILTER (WHERE c.problem IS NOT NULL) FROM {function}(CAST(:e AS jsonb)) c"), {"e": batch}
+    ).scalar_one()
+    assert refused == 0, f"{function}: {refused} events refused"
+    return time.perf_counter() - started
+
+
+def events(home: Path, logs: list[int], kept: bool) -> None:
+    """The events' check, before 0053 and now, on a log of each size in ``logs`` (a database of
+    its own, grown from one size to the next); ``kept``: plans kept, statistics gathered."""
+    before = _migration_0053().PREVIOUS_CHECKED.replace("imgsearch._checked_events(", "pg_temp._checked_events(", 1)
+    url = database_url(home, EVENTS_DB)
+    with Catalog.open(url, settings=Settings(model=MODEL)):
+        pass  # migrated
+    engine = create_engine(url, pool_size=1)
+    rng = random.Random(3)
+    print("\n| searches in the day's partition | events a batch | before 0053 p50 ms | now p50 ms | now / before |")
+    print("|---:|---:|---:|---:|---:|")
+    try:
+        with engine.connect() as conn:
+            definitions.run(conn, before)
+            conn.execute(text("SELECT set_config('imgsearch.tenant', 'acme', false)"))  # the shop's scope
+            functions = {"before": "pg_temp._checked_events", "now": "imgsearch._checked_events"}
+            stored = 0
+            for size in logs:
+                conn.execute(FILLER, {"n": size - stored, "first": stored + 1})
+                stored = size
+                day = conn.execute(
+                    text("SELECT c.relname FROM pg_class c WHERE c.oid = (SELECT tableoid FROM imgsearch.search_queries LIMIT 1)")
+                ).scalar_one()
+                conn.execute(text(f"ANALYZE imgsearch_log.{day}" if kept else CLEAR), {"day": day})
+                conn.commit()
+                named = [(str(q), str(first)) for q, first in conn.execute(text(
+                    "SELECT query_id, product_ids[1] FROM imgsearch.search_queries ORDER BY random() LIMIT 5000"
+                ))]  # fmt: skip
+                for events_ in EVENT_SIZES:
+                    times: dict[str, list[float]] = {name: [] for name in functions}
+                    for round_ in range(15):
+                        batch = json.dumps(
+                            [{"query_id": q, "action": "click", "object_id": first, "position": 1}
+                             for q, first in rng.choices(named, k=events_)]
+                        )  # fmt: skip
+                        for name in functions if round_ % 2 == 0 else reversed(functions):
+                            times[name].append(_check(conn, functions[name], batch, kept))
+                    old, new = (statistics.median(times[name]) * 1000 for name in functions)
+                    print(f"| {size:,} | {events_:,} | {old:.2f} | {new:.2f} | **{new / old:.2f}x** |", flush=True)
+    finally:
+        engine.dispose()
+        url_ = make_url(url)
+        with psycopg.connect(host=str(url_.query["host"]), user="postgres", dbname="postgres", autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {EVENTS_DB} WITH (FORCE)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--data", choices=("clustered", "calibrated"), default="clustered")
     parser.add_argument("--database", help="the embedded server's database holding the catalog (search.py's)")
+    parser.add_argument("--events", type=int, nargs="+", metavar="N", help="only the events' check, on a day of N searches (each N)")
+    parser.add_argument("--kept", action="store_true", help="with --events: plans kept, the day's statistics gathered")
     parser.add_argument("--throughput", type=float, metavar="SECONDS", help="only the searches' throughput, each condition this long")
     args = parser.parse_args()
+    if args.events:
+        events(Settings().home, sorted(args.events), args.kept)
+        return
     url, data, _, _ = stored_catalog(args.rows, args.data, args.database)
     if args.throughput:
         throughput(url, data, args.throughput)

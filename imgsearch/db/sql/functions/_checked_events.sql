@@ -50,7 +50,7 @@ BEGIN
                     THEN 'client_id must be a string of 1 to 200 characters'
             END AS late
         FROM given g
-    ), parsed AS (
+    ), parsed AS MATERIALIZED (
         SELECT s.index, s.problem, s.late,
             CASE WHEN s.problem IS NULL THEN (s.e->>'query_id')::uuid END AS query_id,
             CASE WHEN s.problem IS NULL THEN (s.e->>'position')::int END AS position,
@@ -59,13 +59,22 @@ BEGIN
             s.e->>'action' AS action_name, s.e->>'object_id' AS object_id,
             s.e->>'event_id' AS event_id, s.e->>'client_id' AS client_id
         FROM shaped s
+    ), named AS MATERIALIZED (
+        -- the searches the events name, read by their keys (each day's partition pruned by the
+        -- times the ids carry): a join of the events with the log was planned for the 100 events
+        -- PostgreSQL assumes a JSON array holds, and read the whole log to hash it
+        SELECT q.query_id, q.tenant, q.query_norm, q.searched_at, q.result_offset, q.product_ids,
+               q.image_ids, q.product_pks
+        FROM imgsearch.search_queries q
+        WHERE q.query_id = ANY(ARRAY(SELECT p.query_id FROM parsed p WHERE p.query_id IS NOT NULL))
+          AND q.searched_at = ANY(ARRAY(SELECT uuid_extract_timestamp(p.query_id) FROM parsed p
+                                        WHERE p.query_id IS NOT NULL))
+          AND (shop IS NULL OR q.tenant = shop)
     ), matched AS (
         SELECT p.*, q.query_id AS found, q.tenant, q.query_norm, q.searched_at, q.result_offset,
                q.product_ids, q.image_ids, q.product_pks, p.position - q.result_offset AS slot
         FROM parsed p
-        LEFT JOIN imgsearch.search_queries q
-          ON q.query_id = p.query_id AND q.searched_at = uuid_extract_timestamp(p.query_id)
-         AND (shop IS NULL OR q.tenant = shop)
+        LEFT JOIN named q ON q.query_id = p.query_id AND q.searched_at = uuid_extract_timestamp(p.query_id)
     )
     SELECT m.index,
         CASE
