@@ -3,13 +3,12 @@ its events, for free).
 
 ``imgsearch._checked_events`` joined a batch's events with the query log. PostgreSQL assumes a
 JSON array holds 100 elements, so the join was planned by hashing the log: every search of the
-log's partitions read for each batch, 175-230 ms for 20 events once a day holds 100,000 searches
-(``EXPLAIN ANALYZE``, bench/search/record_writes.py's catalog), so that 1,000 events a second would
-have kept two cores busy. The searches the events name are now read first, by their keys
-(``query_id = ANY(...)`` with ``searched_at = ANY(...)``: the days' partitions the ids' times fall
-in, pruned as the statement runs, then their index), and the events joined with those: 4 ms for
-the same 20 events. Results and errors are unchanged. The definition is held whole
-(imgsearch/db/sql/).
+day read for each batch, 147 ms for one event once a day holds 100,000 searches, 500 ms at
+300,000 (bench/search/record_writes.py --events), so that 1,000 events a second would have kept
+several cores busy. The searches the events name are now read first, by their keys
+(``query_id = ANY(...)`` with ``searched_at = ANY(...)``, each day's partition through its
+index), and the events joined with those: 2-3 ms for 1 to 20 events at any of those sizes.
+Results and errors are unchanged. The definition is held whole (imgsearch/db/sql/).
 
 Revision ID: 0053
 Revises: 0052
