@@ -11,6 +11,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine, and_, exists, func, select
 
 from imgsearch.access import tenancy
+from imgsearch.db import citus
+from imgsearch.db.facet_models import facet_counts
 from imgsearch.db.models import Embedding, Image, ImageProduct, Product
 from imgsearch.errors import InvalidQuery, NotFound
 from imgsearch.ingest import checks
@@ -107,25 +109,41 @@ def image_bytes(engine: Engine, image_id: Any, tenant: str | None, *, preview: b
 
 def categories(engine: Engine, tenant: str | None, limit: Any, model_id: int) -> list[tuple[str, int]]:
     """:meth:`imgsearch.Catalog.categories`: categories by number of findable products (with an
-    embedding of model ``model_id``), most first."""
+    embedding of model ``model_id``), most first. Read from the counts the facets' triggers keep
+    (migration 0039: a product counts under its category while it has search rows of the model),
+    whatever the catalog's size; a Citus cluster, which keeps none, counts the products."""
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
         raise InvalidQuery(f"limit must be an integer from 1 to 10000, got {limit!r}")
-    count = func.count().label("products")
     with engine.begin() as conn:
         shop = None if tenant is None else tenancy.scope(conn, tenant)
-        findable = (
-            select(Embedding.image_id)
-            .where(
-                Embedding.tenant == Product.tenant, Embedding.product_pk == Product.id,
-                Embedding.model_id == model_id, *_named(Embedding, shop),
-            )
-            .exists()
-        )  # fmt: skip
-        stmt = (
-            select(Product.category, count)
-            .where(Product.category.is_not(None), findable, *_named(Product, shop))
-            .group_by(Product.category)
-            .order_by(count.desc(), Product.category)
-            .limit(limit)
+        stmt = _counted_categories(model_id, shop) if citus.on_coordinator(conn) else _kept_categories(model_id, shop)
+        return [(row.category, int(row.products)) for row in conn.execute(stmt.limit(limit))]
+
+
+def _kept_categories(model_id: int, shop: str | None) -> Any:  # a Select
+    count = func.sum(facet_counts.c.n).label("products")
+    return (
+        select(facet_counts.c.value.label("category"), count)
+        .where(facet_counts.c.model_id == model_id, facet_counts.c.facet == "category", *_named(facet_counts.c, shop))
+        .group_by(facet_counts.c.value)
+        .having(count > 0)
+        .order_by(count.desc(), facet_counts.c.value)
+    )
+
+
+def _counted_categories(model_id: int, shop: str | None) -> Any:  # a Select
+    count = func.count().label("products")
+    findable = (
+        select(Embedding.image_id)
+        .where(
+            Embedding.tenant == Product.tenant, Embedding.product_pk == Product.id,
+            Embedding.model_id == model_id, *_named(Embedding, shop),
         )
-        return [(row.category, int(row.products)) for row in conn.execute(stmt)]
+        .exists()
+    )  # fmt: skip
+    return (
+        select(Product.category, count)
+        .where(Product.category.is_not(None), findable, *_named(Product, shop))
+        .group_by(Product.category)
+        .order_by(count.desc(), Product.category)
+    )
