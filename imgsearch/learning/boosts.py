@@ -95,30 +95,38 @@ WITH shown AS (  -- every hit of every search in the window: an impression at it
     WHERE e.occurred_at >= :since AND e.action_name <> 'impression'
       AND (CAST(:tenant AS text) IS NULL OR e.tenant = CAST(:tenant AS text))
     GROUP BY p.tenant, e.query_id, e.query_norm, e.product_pk
+), placed AS (  -- a tenant's impressions at each position, and the examination curve there
+    SELECT s.tenant, s.position, count(*) AS n, 1 / log(2, s.position + 1) AS examined
+    FROM shown s GROUP BY s.tenant, s.position
 ), shop AS (  -- the tenant's clicks per impression, and the examination curve's mean over its impressions
-    SELECT s.tenant,
-           coalesce((SELECT sum(a.clicked) FROM acted a WHERE a.tenant = s.tenant), 0)::float8 / count(*) AS rate,
-           avg(1 / log(2, s.position + 1)) AS examined
-    FROM shown s GROUP BY s.tenant
+    SELECT i.tenant,
+           coalesce((SELECT sum(a.clicked) FROM acted a WHERE a.tenant = i.tenant), 0)::float8 / sum(i.n)::bigint AS rate,
+           sum(i.n * i.examined) / sum(i.n) AS examined
+    FROM placed i GROUP BY i.tenant
 ), at_position AS (  -- the position bias: clicks per impression at each position, from the prior
-    SELECT s.tenant, s.position,
-           (coalesce((SELECT sum(a.clicked) FROM acted a WHERE a.tenant = s.tenant AND a.position = s.position), 0)
-            + :position_prior * h.rate * (1 / log(2, s.position + 1)) / h.examined)::float8
-           / (count(*) + :position_prior) AS rate
-    FROM shown s JOIN shop h ON h.tenant = s.tenant GROUP BY s.tenant, s.position, h.rate, h.examined
+    SELECT i.tenant, i.position,
+           (coalesce((SELECT sum(a.clicked) FROM acted a WHERE a.tenant = i.tenant AND a.position = i.position), 0)
+            + :position_prior * h.rate * i.examined / h.examined)::float8
+           / (i.n + :position_prior) AS rate
+    FROM placed i JOIN shop h ON h.tenant = i.tenant
 ), per_click AS (
     SELECT a.tenant, coalesce(sum(a.converted)::float8 / nullif(sum(a.clicked), 0), 0) AS conversions
     FROM acted a GROUP BY a.tenant
-), expected AS (
-    SELECT s.tenant, CASE WHEN grouping(s.query_norm) = 1 THEN '' ELSE s.query_norm END AS query_norm,
-           s.product_pk, sum(r.rate) AS clicks
-    FROM shown s JOIN at_position r ON r.tenant = s.tenant AND r.position = s.position
-    GROUP BY GROUPING SETS ((s.tenant, s.query_norm, s.product_pk), (s.tenant, s.product_pk))
 ), engaged AS (
     SELECT a.tenant, CASE WHEN grouping(a.query_norm) = 1 THEN '' ELSE a.query_norm END AS query_norm,
            a.product_pk, sum(a.clicked)::int AS clicks, sum(a.converted)::int AS conversions
     FROM acted a
     GROUP BY GROUPING SETS ((a.tenant, a.query_norm, a.product_pk), (a.tenant, a.product_pk))
+), evidenced AS MATERIALIZED (  -- the products with a pair engaged enough to be scored
+    SELECT DISTINCT g.tenant, g.product_pk FROM engaged g
+    WHERE g.query_norm IS NOT NULL AND (g.clicks >= :min_clicks OR g.conversions >= :min_conversions)
+), expected AS (  -- summed over those products' impressions alone (a scored pair's are all among them)
+    SELECT s.tenant, CASE WHEN grouping(s.query_norm) = 1 THEN '' ELSE s.query_norm END AS query_norm,
+           s.product_pk, sum(r.rate) AS clicks
+    FROM shown s
+    JOIN evidenced v ON v.tenant = s.tenant AND v.product_pk = s.product_pk
+    JOIN at_position r ON r.tenant = s.tenant AND r.position = s.position
+    GROUP BY GROUPING SETS ((s.tenant, s.query_norm, s.product_pk), (s.tenant, s.product_pk))
 ), scored AS (
     SELECT g.tenant, g.query_norm, g.product_pk, g.clicks, g.conversions,
            x.clicks * (1 + :conversion_weight * coalesce(c.conversions, 0)) AS expected,

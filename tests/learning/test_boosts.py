@@ -3,6 +3,7 @@ minimum of evidence; per query and per product; what searches then do with them.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from sqlalchemy import text
 
 from imgsearch import Catalog
 from imgsearch.errors import InvalidInput
+from imgsearch.learning import boosts
 from imgsearch.learning.boosts import Policy, refresh
 from tests.learning.conftest import QUERY, graded, open_shop
 
@@ -209,3 +211,27 @@ def test_a_small_shop_lifts_the_hit_its_shoppers_pick(shop_url: str, tiny_siglip
         assert place() == 8  # the shop's own rates alone: its clicks are all "position bias"
         catalog.refresh_boosts(tenant="solo")
         assert place() < 8
+
+
+EVERY_IMPRESSION = "    JOIN evidenced v ON v.tenant = s.tenant AND v.product_pk = s.product_pk\n"
+
+
+@pytest.mark.parametrize(("min_clicks", "min_conversions"), [(0, 0), (1, 1), (5, 2), (20, 3)])
+def test_scores_sum_only_the_scored_products_impressions_and_come_out_as_over_every_impression(
+    learned: Catalog, min_clicks: int, min_conversions: int
+) -> None:
+    """``expected`` sums the impressions of products with a pair engaged enough to be scored
+    only: every pair scored, its engagement, expected clicks and ratio, are those of summing
+    every impression, at any minimum of evidence."""
+    assert EVERY_IMPRESSION in boosts.SCORED
+    values = {
+        "since": dt.datetime.now(dt.UTC) - dt.timedelta(days=30), "tenant": "acme", "prior": 5.0,
+        "conversion_weight": 3.0, "position_prior": 100.0, "min_clicks": min_clicks, "min_conversions": min_conversions,
+    }  # fmt: skip
+    scored = " SELECT tenant, query_norm, product_pk, clicks, conversions, expected, ratio FROM scored ORDER BY 1, 2, 3"
+    with learned.engine.connect() as conn:
+        kept = conn.execute(text(boosts.SCORED + scored), values).all()
+        every = conn.execute(text(boosts.SCORED.replace(EVERY_IMPRESSION, "") + scored), values).all()
+    assert kept and len(kept) == len(every)
+    for a, b in zip(kept, every, strict=True):
+        assert a[:5] == b[:5] and math.isclose(a.expected, b.expected) and math.isclose(a.ratio, b.ratio)
