@@ -87,9 +87,9 @@ BEGIN
             s.e->>'event_id' AS event_id, s.e->>'client_id' AS client_id
         FROM shaped s
     ), named AS MATERIALIZED (
-        -- the searches the events name, read by their keys (each day's partition pruned by the
-        -- times the ids carry): a join of the events with the log was planned for the 100 events
-        -- PostgreSQL assumes a JSON array holds, and read the whole log to hash it
+        -- the searches the events name, read by their keys through each day's partition's index:
+        -- a join of the events with the log was planned for the 100 events PostgreSQL assumes a
+        -- JSON array holds, and read the whole log to hash it
         SELECT q.query_id, q.tenant, q.query_norm, q.searched_at, q.result_offset, q.product_ids,
                q.image_ids, q.product_pks
         FROM imgsearch.search_queries q
