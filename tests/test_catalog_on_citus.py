@@ -19,7 +19,7 @@ from imgsearch import Catalog
 from imgsearch.access import tenancy
 from imgsearch.errors import DuplicateImage, NotFound
 from imgsearch.settings import Settings
-from imgsearch.work import pipeline, queue, reembed
+from imgsearch.work import pipeline, progress, reembed
 from tests.citus import CitusCluster
 from tests.conftest import new_database
 from tests.search.test_on_citus import DISTRIBUTED
@@ -75,8 +75,8 @@ def _story(catalog: Catalog, other_model: Path, files: Path) -> dict[str, Any]:
     with pytest.raises(NotFound):
         catalog.get(seen["uploads"][1], tenant="acme")  # globex's
     seen["categories"] = (catalog.categories(tenant="acme"), catalog.categories())
-    status = queue.status(catalog.engine, tenant="acme")
-    seen["status"] = (status.counts, queue.status(catalog.engine).counts)
+    status = progress.status(catalog.engine, tenant="acme")
+    seen["status"] = (status.counts, progress.status(catalog.engine).counts)
     seen["updated"] = (
         catalog.update_product("v0", tenant="acme", price=500, title="moved"),
         catalog.update_products([{"tenant": "globex", "product_id": "v1", "category": "c9"}]),
@@ -166,7 +166,7 @@ def test_a_shops_reads_go_to_its_node_alone(citus_cluster: CitusCluster, tiny_si
         try:
             catalog.get(ids[0], tenant="acme")
             catalog.categories(tenant="acme")
-            queue.status(catalog.engine, tenant="acme")
+            progress.status(catalog.engine, tenant="acme")
         finally:
             event.remove(Engine, "before_cursor_execute", caught)
         assert len(sent) >= 5

@@ -18,7 +18,7 @@ from imgsearch.settings import Settings
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
-    from imgsearch.work.queue import QueueStatus
+    from imgsearch.work.progress import QueueStatus
 
 T = TypeVar("T")
 
@@ -98,11 +98,11 @@ def _drain(settings: Settings) -> int:
 
 
 def _status(args: argparse.Namespace, settings: Settings) -> int:
-    from imgsearch.work import queue, wake
+    from imgsearch.work import progress, wake
 
     eng = open_engine(settings)
     try:
-        current = queue.status(eng) if args.wait is None else _wait(eng, args.wait)
+        current = progress.status(eng) if args.wait is None else _wait(eng, args.wait)
         answering = _answering(eng, args.wait_worker)
     finally:
         eng.dispose()
@@ -158,14 +158,14 @@ def _answering(eng: Engine, timeout: float | None) -> int:
 def _wait(eng: Engine, timeout: float) -> QueueStatus:
     """Wait until no image is pending or embedding, reading the counts again when an image turns
     ready or failed (LISTEN/NOTIFY: :mod:`imgsearch.work.ready`); progress on a terminal's stderr."""
-    from imgsearch.work import queue, ready
+    from imgsearch.work import progress, ready
 
     def left(current: QueueStatus) -> int:
         return current.counts["pending"] + current.counts["embedding"]
 
     with ready.Listener(eng) as listener:
         return _poll(
-            lambda: queue.status(eng),
+            lambda: progress.status(eng),
             done=lambda current: left(current) == 0,
             timeout=timeout,
             every=ready.RECHECK_SECONDS,

@@ -169,6 +169,13 @@ FACET_TRIGGERS = (
     ("embeddings_facets_truncated", "embeddings"),
     ("products_facets_moved", "products"),
 )
+# the triggers that keep the images' counts per state on one node (migration 0054)
+IMAGE_COUNT_TRIGGERS = (
+    ("images_counts_added", "images"),
+    ("images_counts_moved", "images"),
+    ("images_counts_removed", "images"),
+    ("images_counts_truncated", "images"),
+)
 # the triggers that read the filter columns again after the facets' waits (migration 0046)
 FILTER_RECHECKS = (
     ("embeddings_filters_rechecked", "embeddings"),
@@ -409,10 +416,10 @@ def distribute(engine: Engine) -> Distributed:
         # a shard's NOTIFY can't be part of Citus's two-phase commit (migration 0036): waiters
         # read the states from the coordinator instead (imgsearch.work.ready)
         conn.execute(text("DROP TRIGGER IF EXISTS images_state_notify ON imgsearch.images"))
-        # facets are counted by the one-pass statement on a cluster: the kept counts' triggers
-        # (migration 0039), and the filter columns' rechecks after their waits (0046), read
-        # transition tables, which a shard's query can't
-        for trigger, table in (*FACET_TRIGGERS, *FILTER_RECHECKS):
+        # facets and images per state are counted on a cluster: the kept counts' triggers
+        # (migrations 0039 and 0054), and the filter columns' rechecks after their waits (0046),
+        # read transition tables, which a shard's query can't
+        for trigger, table in (*FACET_TRIGGERS, *IMAGE_COUNT_TRIGGERS, *FILTER_RECHECKS):
             conn.execute(text(f"DROP TRIGGER IF EXISTS {trigger} ON imgsearch.{table}"))
         for table in REFERENCE:
             conn.execute(text("SELECT create_reference_table(:t)"), {"t": f"imgsearch.{table}"})

@@ -161,3 +161,8 @@ def check_server(engine: Engine) -> None:
         )
     if _version(str(available)) < MIN_PGVECTOR:
         raise ConfigurationError(f"PostgreSQL at {where} has pgvector {available}; imgsearch needs >= 0.8")
+
+
+def read_only(conn: Connection) -> bool:
+    """Whether ``conn``'s transaction can't write (a standby's, or one begun read-only)."""
+    return bool(conn.execute(text("SELECT current_setting('transaction_read_only') = 'on'")).scalar_one())

@@ -197,6 +197,11 @@ class Image(Base):
         Index("images_duplicate_of_idx", "duplicate_of", postgresql_where=text("duplicate_of IS NOT NULL")),
         # the work queue: workers claim the oldest pending rows through this partial index
         Index("images_queue_idx", "state", "id", postgresql_where=text("state IN ('pending', 'embedding')")),
+        # a status's latest failures and oldest waiting image (migration 0054)
+        Index("images_failed_idx", "tenant", "updated_at", "id", postgresql_where=text("state = 'failed'")),
+        Index(
+            "images_waiting_idx", "tenant", "created_at", postgresql_where=text("state IN ('pending', 'embedding')")
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
@@ -490,6 +495,6 @@ class TextRequest(Base):
     error: Mapped[str | None] = mapped_column(Text)
 
 
-# the feedback tables (migration 0022), the webhook tables (0037) and the facet tables (0039) belong to
-# this metadata too; they import the base, not this module
-from imgsearch.db import facet_models, feedback_models, webhook_models  # noqa: E402, F401
+# the feedback tables (migration 0022), the webhook tables (0037), the facet tables (0039) and the
+# images' counts (0054) belong to this metadata too; they import the base, not this module
+from imgsearch.db import facet_models, feedback_models, image_counts, webhook_models  # noqa: E402, F401

@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlalchemy import Connection, func, literal_column, select, text
 
-from imgsearch.db import citus
+from imgsearch.db import citus, engine
 from imgsearch.db.compiled import Statements
 from imgsearch.db.models import Embedding, Product
 from imgsearch.db.vector_index import model_filter
@@ -298,7 +298,7 @@ def _kept_facets(conn: Connection, model: ModelInfo, filters: Filters) -> Any:
     primary); None where the price buckets are finer than the kept cells (the one pass counts)."""
     params = _kept_params(model, filters)
     row = conn.execute(_KEPT, params).one()
-    if row.entries > 2 * row.values_kept + COMPACT_AFTER and not _read_only(conn):
+    if row.entries > 2 * row.values_kept + COMPACT_AFTER and not engine.read_only(conn):
         conn.execute(
             text("SELECT imgsearch.compact_facet_counts(:facets_tenant, CAST(:facets_model AS smallint))"), params
         )
@@ -307,7 +307,3 @@ def _kept_facets(conn: Connection, model: ModelInfo, filters: Filters) -> Any:
 
 def _kept_params(model: ModelInfo, filters: Filters) -> dict[str, Any]:
     return {"facets_model": model.id, "facets_tenant": filters.tenant_name()}
-
-
-def _read_only(conn: Connection) -> bool:
-    return bool(conn.execute(text("SELECT current_setting('transaction_read_only') = 'on'")).scalar_one())

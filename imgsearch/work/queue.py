@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import numpy as np
-from sqlalchemy import Connection, Engine, Table, and_, bindparam, func, select, text, update
+from sqlalchemy import Connection, Engine, Table, bindparam, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import OperationalError
 
 from imgsearch.access import tenancy
 from imgsearch.db import citus, links, vector_index
-from imgsearch.db.models import Embedding, Image, ImageState, Model, Product
+from imgsearch.db.models import Embedding, Image, ImageState, Model
 from imgsearch.embed.regions import Rule
 from imgsearch.errors import DatabaseUnavailable, InvalidImage, TransientError
 from imgsearch.ingest import checks, duplicates
@@ -431,47 +431,6 @@ def process_batch(
             return store(conn, model, claims, results, also=second)
     except OperationalError as exc:
         raise DatabaseUnavailable(f"database unavailable while embedding: {exc.orig}") from exc
-
-
-@dataclass(frozen=True)
-class QueueStatus:
-    counts: dict[str, int]
-    oldest_pending_seconds: float | None
-    latest_errors: list[tuple[int, str, str]]  # image id, tenant, error
-    products: dict[int, str] = field(default_factory=dict)  # each failed image's (first) product id
-
-
-def status(engine: Engine, errors: int = 5, *, tenant: str | None = None) -> QueueStatus:
-    """Images per state, the age of the oldest one waiting, and the latest ``errors`` failures;
-    with ``tenant``, of that tenant's images only (under its row-level security)."""
-    with engine.begin() as conn:
-        # the tenant named in each statement too: on a Citus cluster, a query of its node alone
-        shop = [] if tenant is None else [Image.tenant == tenancy.scope(conn, tenant)]
-        counts = {state.value: 0 for state in ImageState}
-        counts.update(
-            {
-                r.state: r.n
-                for r in conn.execute(select(Image.state, func.count().label("n")).where(*shop).group_by(Image.state))
-            }
-        )
-        oldest = conn.execute(
-            select(func.extract("epoch", func.now() - func.min(Image.created_at))).where(
-                Image.state.in_([ImageState.PENDING, ImageState.EMBEDDING]), *shop
-            )
-        ).scalar()
-        latest = conn.execute(
-            select(Image.id, Image.tenant, Image.error, Product.product_id)
-            .join(Product, and_(Product.tenant == Image.tenant, Product.id == Image.product_pk))
-            .where(Image.state == ImageState.FAILED, *shop)
-            .order_by(Image.updated_at.desc(), Image.id.desc())
-            .limit(errors)
-        ).all()
-    return QueueStatus(
-        counts,
-        None if oldest is None else float(oldest),
-        [(r.id, r.tenant, r.error or "") for r in latest],
-        {r.id: r.product_id for r in latest},
-    )
 
 
 def claimable_count(engine: Engine) -> int:

@@ -15,6 +15,7 @@ TABLES = {
     "models",
     "facet_members",
     "facet_counts",
+    "image_counts",
     "products",
     "images",
     "image_products",
@@ -176,3 +177,26 @@ def test_0017_repairs_zero_embeddings_and_nan_prices_then_refuses_them(database_
         assert [h.image_id for h in hits] == [good]
         migrate.downgrade(catalog.engine, "0016")
         migrate.upgrade(catalog.engine)
+
+
+def test_0054_counts_the_images_a_catalog_holds(database_url: str) -> None:
+    """The images stored before 0054 are counted by it; the triggers count those after."""
+    from imgsearch import Catalog
+    from imgsearch.work import progress
+    from tests.helpers import image_bytes, unit
+
+    with Catalog.open(database_url) as catalog:
+        catalog.add(embedding=unit(768, 1), tenant="acme", product_id="a")
+        migrate.downgrade(catalog.engine, "0053")
+        catalog.add(image=image_bytes(1), tenant="acme", product_id="b")
+        catalog.add(image=image_bytes(2), tenant="globex", product_id="c")
+        with catalog.engine.begin() as conn:
+            conn.execute(text("UPDATE imgsearch.images SET state = 'failed', error = 'bad' WHERE tenant = 'globex'"))
+        migrate.upgrade(catalog.engine)
+        catalog.add(embedding=unit(768, 2), tenant="globex", product_id="d")
+        assert progress.status(catalog.engine, 5, tenant="acme").counts == {
+            "pending": 1, "embedding": 0, "ready": 1, "failed": 0
+        }  # fmt: skip
+        status = progress.status(catalog.engine, 5)
+        assert status.counts == {"pending": 1, "embedding": 0, "ready": 2, "failed": 1}
+        assert [(tenant, error) for _, tenant, error in status.latest_errors] == [("globex", "bad")]

@@ -17,7 +17,7 @@ from imgsearch.db import migrate, vector_index
 from imgsearch.hooks.outbox import Stats
 from imgsearch.server.metrics import CatalogCollector, Metrics
 from imgsearch.server.problems import PROBLEM_TYPES, problem
-from imgsearch.work import queue, text_requests, wake
+from imgsearch.work import progress, text_requests, wake
 
 router = APIRouter(tags=["operations"])
 
@@ -73,7 +73,7 @@ def metrics(request: Request) -> Response:
             counts: dict[str, int] = {}
             answering: int | None = None
             with contextlib.suppress(Exception):
-                counts = queue.status(catalog.engine, errors=0).counts
+                counts = progress.status(catalog.engine, errors=0).counts
             with contextlib.suppress(Exception), catalog.engine.connect() as conn:
                 answering = text_requests.listening(conn)
             return counts, wake.queue_depth(catalog.settings.redis_url, catalog.settings.queue), answering

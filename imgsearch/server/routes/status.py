@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 
 from imgsearch.server import schemas
 from imgsearch.server.deps import CatalogDep, PrincipalDep, tenant_of
-from imgsearch.work import queue, wake
+from imgsearch.work import progress, wake
 
 router = APIRouter(prefix="/v1", tags=["status"])
 
@@ -26,7 +26,7 @@ def status(
 ) -> Response:
     """Counts of the tenant's images per state (an admin key: every tenant's, or `tenant`'s), how
     long the oldest pending one has waited, and the latest failures with their errors."""
-    current = queue.status(catalog.engine, errors, tenant=tenant_of(principal, tenant))
+    current = progress.status(catalog.engine, errors, tenant=tenant_of(principal, tenant))
     body = {
         "model": catalog.model,
         "dim": catalog.dim,
