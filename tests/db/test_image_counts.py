@@ -184,3 +184,54 @@ def test_a_shop_sees_its_own_counts_only(database_url: str) -> None:
             assert image_counts.per_state(conn, None) == {"ready": 1}
         assert progress.status(catalog.engine, 0, tenant="globex").counts["pending"] == 1
         assert progress.status(catalog.engine, 0, tenant="globex").counts["ready"] == 0
+
+
+def test_folding_while_shops_write_keeps_every_count(database_url: str) -> None:
+    """Four writers move images between states while two others fold the counts again and again
+    (each folding deletes the rows it sums; rows appended meanwhile stay): the sums end exact."""
+    import threading
+
+    with Catalog.open(database_url) as catalog:
+        for i in range(40):
+            catalog.add(image=image_bytes(i), tenant=TENANTS[i % 2], product_id=f"p{i}")
+    engine = create_engine(database_url, pool_size=8)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def write(seed: int) -> None:
+        rng = random.Random(seed)
+        try:
+            for _ in range(60):
+                with engine.begin() as conn:
+                    conn.execute(
+                        text("UPDATE imgsearch.images SET state = :s WHERE id IN (SELECT id FROM imgsearch.images "
+                             "ORDER BY random() LIMIT 3 FOR UPDATE SKIP LOCKED)"),
+                        {"s": rng.choice(STATES)},
+                    )  # fmt: skip
+        except BaseException as exc:
+            errors.append(exc)
+
+    def fold(tenant: str | None) -> None:
+        try:
+            while not stop.is_set():
+                with engine.begin() as conn:
+                    conn.execute(text("SELECT imgsearch.compact_image_counts(:t)"), {"t": tenant})
+        except BaseException as exc:
+            errors.append(exc)
+
+    writers = [threading.Thread(target=write, args=(seed,)) for seed in range(4)]
+    folders = [threading.Thread(target=fold, args=(tenant,)) for tenant in ("acme", None)]
+    try:
+        for thread in (*writers, *folders):
+            thread.start()
+        for thread in writers:
+            thread.join()
+        stop.set()
+        for thread in folders:
+            thread.join()
+        assert not errors, errors
+        assert_kept_as_counted(engine)
+        assert sum(counted(engine, None).values()) == 40
+    finally:
+        stop.set()
+        engine.dispose()
