@@ -1,6 +1,7 @@
 """Images per state kept by triggers (imgsearch.db.image_counts, migration 0054): the same counts
 as counting the images, after any mix of uploads, claims, outcomes, retries and deletes, per shop
-and across shops; folded when they pile up; and appended without writers waiting on each other."""
+and across shops; folded when they pile up, also while shops write; and appended without writers
+waiting on each other."""
 
 from __future__ import annotations
 
