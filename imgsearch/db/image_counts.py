@@ -1,12 +1,13 @@
 """Images per state (migration 0054): the signed counts per (tenant, state) that triggers on
-``images`` append, summed by a read and folded when they pile up; a Citus coordinator, whose
-shards keep no counts, counts its images. Part of :data:`imgsearch.db.models.Base`'s metadata."""
+``images`` append, summed by a read and folded when they pile up (a Citus coordinator, whose
+shards keep no counts, counts its images: :mod:`imgsearch.work.progress`). Part of
+:data:`imgsearch.db.models.Base`'s metadata."""
 
 from __future__ import annotations
 
 from sqlalchemy import BigInteger, Column, Connection, Index, Table, Text, func, select, text
 
-from imgsearch.db import citus, engine
+from imgsearch.db import engine
 from imgsearch.db.base import Base
 
 # an append-only log of signed counts per (tenant, state); a read sums them
@@ -22,19 +23,12 @@ image_counts = Table(
 # the rows are folded when they are this many more than their (tenant, state) cells, and twice as many
 COMPACT_AFTER = 1000
 
-# a Citus coordinator's counts: a shop's names its tenant, so that the statement goes to its node alone
-_COUNTED = text("SELECT state, count(*) AS n FROM imgsearch.images GROUP BY state")
-_COUNTED_SHOP = text("SELECT state, count(*) AS n FROM imgsearch.images WHERE tenant = :tenant GROUP BY state")
-
 
 def per_state(conn: Connection, tenant: str | None) -> dict[str, int]:
     """The images of ``tenant`` (None: every tenant the connection sees) per state, for the states
     that have any. Folds the count rows first where they have piled up (on a primary)."""
-    if citus.on_coordinator(conn):
-        found = conn.execute(_COUNTED) if tenant is None else conn.execute(_COUNTED_SHOP, {"tenant": tenant})
-        return {r.state: int(r.n) for r in found}
     shop = [] if tenant is None else [image_counts.c.tenant == tenant]
-    cells = (
+    per_cell = (
         select(
             image_counts.c.state,
             func.sum(image_counts.c.n).label("n"),
@@ -45,9 +39,11 @@ def per_state(conn: Connection, tenant: str | None) -> dict[str, int]:
         .subquery()
     )
     rows = conn.execute(
-        select(cells.c.state, func.sum(cells.c.n), func.sum(cells.c.entries), func.count()).group_by(cells.c.state)
+        select(per_cell.c.state, func.sum(per_cell.c.n), func.sum(per_cell.c.entries), func.count()).group_by(
+            per_cell.c.state
+        )
     ).all()
-    entries, folded = sum(int(r[2]) for r in rows), sum(int(r[3]) for r in rows)
-    if entries > 2 * folded + COMPACT_AFTER and not engine.read_only(conn):
+    entries, cells = sum(int(r[2]) for r in rows), sum(int(r[3]) for r in rows)
+    if entries > 2 * cells + COMPACT_AFTER and not engine.read_only(conn):
         conn.execute(text("SELECT imgsearch.compact_image_counts(:tenant)"), {"tenant": tenant})
     return {str(r[0]): int(r[1]) for r in rows if int(r[1])}

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Connection, Engine, and_, func, select
 
 from imgsearch.access import tenancy
-from imgsearch.db import image_counts
+from imgsearch.db import citus, image_counts
 from imgsearch.db.models import Image, ImageState, Product
 
 
@@ -35,7 +35,10 @@ def read_status(conn: Connection, errors: int, tenant: str | None) -> QueueStatu
     shop_name = None if tenant is None else tenancy.scope(conn, tenant)
     shop = [] if shop_name is None else [Image.tenant == shop_name]
     counts = {state.value: 0 for state in ImageState}
-    counts.update(image_counts.per_state(conn, shop_name))
+    if citus.on_coordinator(conn):  # the shards keep no counts
+        counts.update(conn.execute(select(Image.state, func.count()).where(*shop).group_by(Image.state)).tuples().all())
+    else:
+        counts.update(image_counts.per_state(conn, shop_name))
     oldest = conn.execute(
         select(func.extract("epoch", func.now() - func.min(Image.created_at))).where(
             Image.state.in_([ImageState.PENDING, ImageState.EMBEDDING]), *shop
