@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 def _index(args: argparse.Namespace, settings: Settings) -> int:
     from imgsearch.catalog import Catalog
-    from imgsearch.db.filter_indexes import MIN_RECALL
+    from imgsearch.db.filter_indexes import MIN_RECALL, RETRY_GROWTH
 
     progress = sys.stderr.isatty()
     with Catalog.open(settings=settings) as catalog:
@@ -35,10 +35,13 @@ def _index(args: argparse.Namespace, settings: Settings) -> int:
             width = max(len(g.value) for g in graphs)
             print(f"{'column':<8}  {'value':<{width}}  {'rows':>10}  {'size':>9}  {'recall':>6}  state")
             for g in graphs:
-                if not g.valid:
+                if g.refused:
+                    state = (
+                        f"refused: recall below {MIN_RECALL} at its build, index dropped (searches "
+                        f"scan this value exactly; tried again at {g.rows * RETRY_GROWTH} rows)"
+                    )
+                elif not g.valid:
                     state = "invalid: run imgsearch index refresh"
-                elif g.recall < MIN_RECALL:
-                    state = "not used: recall below 0.98 (searches scan this value exactly)"
                 else:
                     state = "used"
                 print(
@@ -47,8 +50,8 @@ def _index(args: argparse.Namespace, settings: Settings) -> int:
                 )
             return 0
         print(
-            f"{len(result.built)} indexes built, {len(result.dropped)} dropped, {result.kept} kept "
-            f"in {result.seconds:.1f} s"
+            f"{len(result.built)} indexes built, {len(result.dropped)} dropped, {result.kept} kept, "
+            f"{len(result.refused)} refused (recall below {MIN_RECALL}) in {result.seconds:.1f} s"
         )
         if result.codes_recall is not None:  # checked again by this refresh
             print(_codes_line(catalog))

@@ -15,7 +15,10 @@ so a search filtered to that value can be an unfiltered search of a graph of its
 * Recall first: HNSW's recall depends on the data, and a graph walk from a query far from all of
   a value's rows can do badly (bench/search/value_graphs.py: 0.63 at ef_search 200 on 10,000 rows of
   isotropic noise). Each graph is checked at its build against an exact search of the value's
-  rows (:func:`_probe`), and searches use it only from :data:`MIN_RECALL` up.
+  rows (:func:`_probe`), and searches use it only from :data:`MIN_RECALL` up. A graph below it
+  is refused: its index is dropped (a statement planned for the value would otherwise pick it,
+  and every write would keep it up to date for nothing), and its registry row stays, so that
+  the value is tried again only once its rows have grown :data:`RETRY_GROWTH` times.
 * Partial indexes rather than list partitions: the table, its keys, its triggers and every query
   stay as they are; a product moving to another category just moves between indexes; values come
   and go without DDL on the table. What partitions would add, a Merge Append over a list of
@@ -60,6 +63,7 @@ PROBES = 12  # queries of that check: rows of other values (queries far from the
 PROBE_K = 10
 REFRESH_LOCK = 0x696D6778  # one refresh at a time (pg_advisory_lock)
 DROP_BELOW = 0.5  # a value keeps its graph until it shrinks below this share of min_rows
+RETRY_GROWTH = 2  # a value whose graph was refused is tried again once its rows grew this many times
 
 
 @dataclass
@@ -67,6 +71,7 @@ class RefreshResult:
     built: list[tuple[str, str]] = field(default_factory=list)  # (column, value)
     dropped: list[tuple[str, str]] = field(default_factory=list)
     kept: int = 0
+    refused: list[tuple[str, str]] = field(default_factory=list)  # built, below MIN_RECALL, dropped
     seconds: float = 0.0
     codes_recall: float | None = None  # the model's binary codes, checked again (imgsearch.db.binary_codes)
 
@@ -78,8 +83,13 @@ class Graph:
     index_name: str
     rows: int  # the value's rows when the graph was built
     recall: float  # recall@10 of its probes at the build; searches use it from MIN_RECALL up
-    valid: bool  # False: an interrupted build left it unusable (the next refresh rebuilds it)
+    valid: bool  # False: no usable index (refused, or an interrupted build: the next refresh rebuilds it)
     size_bytes: int
+
+    @property
+    def refused(self) -> bool:
+        """Below :data:`MIN_RECALL` at its build: its index is dropped, its row kept."""
+        return self.recall < MIN_RECALL
 
 
 def index_name(model_id: int, column: str, value: str) -> str:
@@ -183,8 +193,9 @@ def refresh(
     wait: bool = True,
 ) -> RefreshResult:
     """Build a graph for each value of a ruled column that has ``min_rows`` rows or more and none
-    yet, drop graphs of values below half of that (or of columns without a rule), and rebuild those
-    an interrupted build left invalid. ``CREATE``/``DROP INDEX CONCURRENTLY``: searches and
+    yet, drop graphs of values below half of that (or of columns without a rule), rebuild those
+    an interrupted build left invalid, and try a refused value's again once its rows grew
+    :data:`RETRY_GROWTH` times. ``CREATE``/``DROP INDEX CONCURRENTLY``: searches and
     writes go on. One refresh at a time (an advisory lock; ``wait=False`` returns at once, having
     done nothing, when another one runs); returns what changed."""
     started = time.perf_counter()
@@ -207,9 +218,16 @@ def refresh(
             ).fetchall()
         }
         existing = {
-            (str(c), str(v)): (str(name), bool(valid))
-            for c, v, name, valid in conn.execute(
-                f"""SELECT f.column_name, f.value, f.index_name, coalesce(i.indisvalid, false)
+            (str(c), str(v)): (
+                str(name),
+                bool(valid),
+                int(rows),
+                float(recall) < MIN_RECALL,
+                found is not None,
+            )
+            for c, v, name, valid, rows, recall, found in conn.execute(
+                f"""SELECT f.column_name, f.value, f.index_name, coalesce(i.indisvalid, false), f.rows,
+                           f.recall, i.indexrelid
                     FROM {SCHEMA}.filter_indexes f
                     LEFT JOIN pg_index i ON i.indexrelid = to_regclass('{SCHEMA}.' || f.index_name)
                     WHERE f.model_id = %s""",
@@ -232,17 +250,28 @@ def refresh(
             for key, n in counts.items()
             if n >= int(ruled[key[0]]) or (key in existing and n >= int(ruled[key[0]]) * DROP_BELOW)
         }
-        for key, (name, _) in existing.items():
+        for key, (name, _, _, refused, indexed) in existing.items():
             if key not in wanted:
                 _drop(conn, model, key, name)
                 result.dropped.append(key)
-        todo = [key for key in sorted(wanted) if key not in existing or not existing[key][1]]
-        result.kept = len(wanted) - len(todo)
+            elif refused and indexed:  # refused before refused indexes were dropped (or marked so by hand)
+                _drop_index(conn, name)
+
+        def due(key: tuple[str, str]) -> bool:
+            if key not in existing:
+                return True
+            _, valid, rows, refused, _ = existing[key]
+            return counts[key] >= rows * RETRY_GROWTH if refused else not valid
+
+        todo = [key for key in sorted(wanted) if due(key)]
+        result.kept = sum(1 for key in wanted if key not in todo and not existing[key][3])
         for done, key in enumerate(todo):
             if on_build is not None:
                 on_build(key[0], key[1], done, len(todo))
-            _build(conn, model, key, counts[key])
-            result.built.append(key)
+            if _build(conn, model, key, counts[key]):
+                result.built.append(key)
+            else:
+                result.refused.append(key)
         if on_build is not None and todo:
             on_build("", "", len(todo), len(todo))
         conn.execute("SELECT pg_advisory_unlock(%s)", (REFRESH_LOCK,))
@@ -259,15 +288,12 @@ def refresh(
     return result
 
 
-def _build(conn: psycopg.Connection, model: ModelInfo, key: tuple[str, str], rows: int) -> None:
+def _build(conn: psycopg.Connection, model: ModelInfo, key: tuple[str, str], rows: int) -> bool:
+    """Build the value's graph and check it; False: refused (below :data:`MIN_RECALL`), its
+    index dropped, its registry row kept."""
     column, value = key
     name = index_name(model.id, column, value)
-    # an earlier build that was interrupted left an invalid index under this name
-    conn.execute(
-        sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}.{}").format(
-            sql.Identifier(SCHEMA), sql.Identifier(name)
-        )
-    )
+    _drop_index(conn, name)  # an earlier build that was interrupted left an invalid index under this name
     conn.execute(
         f"DELETE FROM {SCHEMA}.filter_indexes WHERE model_id = %s AND column_name = %s AND value = %s",
         (int(model.id), column, value),
@@ -299,15 +325,20 @@ def _build(conn: psycopg.Connection, model: ModelInfo, key: tuple[str, str], row
         "VALUES (%s, %s, %s, %s, %s, %s)",
         (int(model.id), column, value, name, rows, recall),
     )
-    if recall < MIN_RECALL:
-        log.warning(
-            "the HNSW index of %s %r found %.2f of an exact search's top %d at its build: searches "
-            "filtered to it keep using exact scans and the model's index",
-            column,
-            value,
-            recall,
-            PROBE_K,
-        )
+    if recall >= MIN_RECALL:
+        return True
+    _drop_index(conn, name)
+    log.warning(
+        "the HNSW index of %s %r found %.2f of an exact search's top %d at its build: dropped, "
+        "searches filtered to it keep using exact scans and the model's index (tried again at "
+        "%d rows)",
+        column,
+        value,
+        recall,
+        PROBE_K,
+        rows * RETRY_GROWTH,
+    )
+    return False
 
 
 def _probe(conn: psycopg.Connection, model: ModelInfo, column: str, value: str) -> float:
@@ -364,6 +395,10 @@ def _drop(conn: psycopg.Connection, model: ModelInfo, key: tuple[str, str], name
         f"DELETE FROM {SCHEMA}.filter_indexes WHERE model_id = %s AND column_name = %s AND value = %s",
         (int(model.id), *key),
     )
+    _drop_index(conn, name)
+
+
+def _drop_index(conn: psycopg.Connection, name: str) -> None:
     conn.execute(
         sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}.{}").format(
             sql.Identifier(SCHEMA), sql.Identifier(name)
