@@ -12,8 +12,8 @@ in turns, p50 of ``--queries``:
 * search — the shop's search, ``total=False``: the baseline;
 * facets — the same with ``facets=True``: the shop's whole facets, read from the kept counts;
 * a category — the shop's search in a 1% category, ``total=False``;
-* a category, facets — the same with ``facets=True``: a filtered match set, counted in one pass
-  over its products (the kept counts are per shop, not per filter).
+* a category, facets — the same with ``facets=True``: the category's facets, read from its kept
+  counts (migration 0055; before it, counted in one pass over its products).
 
 The figure it produces: docs/benchmarks.md, "Hybrid search".
 """

@@ -34,9 +34,11 @@ facet_members = Table(
     Column("attributes", JSONB),
     PrimaryKeyConstraint("product_pk", "model_id", name="facet_members_pkey"),
     Index("facet_members_price_idx", "model_id", "tenant", "price"),
+    Index("facet_members_category_price_idx", "model_id", "tenant", "category", "price"),  # a category's range
 )
 
-# an append-only log of signed counts per (tenant, model, facet, key, value); a read sums them
+# an append-only log of signed counts per (tenant, model, facet, key, value), of a shop's products and
+# again of each category's; a read sums its scope's
 facet_counts = Table(
     "facet_counts",
     Base.metadata,
@@ -46,5 +48,6 @@ facet_counts = Table(
     Column("key", Text, nullable=False),
     Column("value", Text, nullable=False),
     Column("n", BigInteger, nullable=False),
-    Index("facet_counts_model_id_tenant_idx", "model_id", "tenant"),
+    Column("category", Text),  # NULL: the shop's counts; a category's name: its products' (migration 0055)
+    Index("facet_counts_model_id_tenant_category_idx", "model_id", "tenant", "category"),
 )

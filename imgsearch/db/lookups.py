@@ -124,7 +124,10 @@ def _kept_categories(model_id: int, shop: str | None) -> Any:  # a Select
     count = func.sum(facet_counts.c.n).label("products")
     return (
         select(facet_counts.c.value.label("category"), count)
-        .where(facet_counts.c.model_id == model_id, facet_counts.c.facet == "category", *_named(facet_counts.c, shop))
+        .where(
+            facet_counts.c.model_id == model_id, facet_counts.c.category.is_(None),  # the shops' own counts
+            facet_counts.c.facet == "category", *_named(facet_counts.c, shop),
+        )
         .group_by(facet_counts.c.value)
         .having(count > 0)
         .order_by(count.desc(), facet_counts.c.value)

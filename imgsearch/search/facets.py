@@ -132,25 +132,19 @@ FROM (SELECT 1) AS one
 _COUNTS = _counts(_PAIRS)
 
 
-# A shop's facets from the counts its triggers keep (migration 0039): its count rows summed per
-# value make the same "grouped" rows as the one pass (but attribute objects), and the same
-# _counts reads them, the attributes' pairs taken from the sums (_KEPT_PAIRS). The price
-# range comes from facet_members' index; a price bucket of width c x 10^j is made of the cells of
-# level j (div(price, 10^j)), each given as its lowest price (the same bucket as its prices'). A
-# level below 0 (prices within 5 of each other) has no cells kept: ``level`` says so.
+# A shop's facets from the counts its triggers keep (migration 0039), or those of one of its
+# categories or a list of them (kept apart since 0055; {scope}): its count rows summed per value
+# make the same "grouped" rows as the one pass (but attribute objects), and the same _counts reads
+# them, the attributes' pairs taken from the sums (_KEPT_PAIRS). The price range comes from
+# facet_members' index ({range}); a price bucket of width c x 10^j is made of the cells of level
+# j (div(price, 10^j)), each given as its lowest price (the same bucket as its prices'). A level
+# below 0 (prices within 5 of each other) has no cells kept: ``level`` says so.
 _KEPT_SOURCES = """
 WITH counts AS MATERIALIZED (
     SELECT facet, key, value, sum(n) AS n, count(*) AS entries
-    FROM imgsearch.facet_counts WHERE model_id = :facets_model AND tenant = :facets_tenant
+    FROM imgsearch.facet_counts WHERE model_id = :facets_model AND tenant = :facets_tenant AND {scope}
     GROUP BY facet, key, value
-), range AS MATERIALIZED (
-    SELECT (SELECT price FROM imgsearch.facet_members
-            WHERE model_id = :facets_model AND tenant = :facets_tenant AND price IS NOT NULL
-            ORDER BY price LIMIT 1) AS lo,
-           (SELECT price FROM imgsearch.facet_members
-            WHERE model_id = :facets_model AND tenant = :facets_tenant AND price IS NOT NULL
-            ORDER BY price DESC LIMIT 1) AS hi
-), bucket AS MATERIALIZED ({width}
+), {range}, bucket AS MATERIALIZED ({width}
 ), level AS MATERIALIZED (
     SELECT CASE WHEN r.hi = r.lo THEN 0 ELSE floor(log(b.width))::integer END AS j FROM range r, bucket b
 ), grouped AS MATERIALIZED (
@@ -171,13 +165,50 @@ FROM ({counts}) AS counts
 # bench/search/facets_scale.py)
 _KEPT_PAIRS = """
          SELECT key, value, n FROM counts WHERE facet = 'attribute' AND n <> 0"""
-_KEPT = text(
-    _KEPT_SOURCES.format(width=_WIDTH.format(range="SELECT lo, hi FROM range"), counts=_counts(_KEPT_PAIRS))
-)
-_KEPT_TOTAL = text(
+# the scopes' rows: the shop's, or its categories'
+_SHOP, _CATEGORIES = "category IS NULL", "category = ANY(CAST(:facets_categories AS text[]))"
+# the shop's lowest and highest price, each the first of its members' index
+_SHOP_RANGE = """range AS MATERIALIZED (
+    SELECT (SELECT price FROM imgsearch.facet_members
+            WHERE model_id = :facets_model AND tenant = :facets_tenant AND price IS NOT NULL
+            ORDER BY price LIMIT 1) AS lo,
+           (SELECT price FROM imgsearch.facet_members
+            WHERE model_id = :facets_model AND tenant = :facets_tenant AND price IS NOT NULL
+            ORDER BY price DESC LIMIT 1) AS hi
+)"""
+# the categories' lowest and highest price: the first of each category's members in their index
+# (migration 0055), the list's extremes of those (row-level security keeps a price range, whose
+# numeric comparisons aren't leakproof, out of an index's conditions: an order is what it reads)
+_CATEGORIES_RANGE = """range AS MATERIALIZED (
+    SELECT min(r.lo) AS lo, max(r.hi) AS hi
+    FROM unnest(CAST(:facets_categories AS text[])) AS c (category)
+    CROSS JOIN LATERAL (
+        SELECT (SELECT price FROM imgsearch.facet_members
+                WHERE model_id = :facets_model AND tenant = :facets_tenant AND category = c.category
+                  AND price IS NOT NULL
+                ORDER BY price LIMIT 1) AS lo,
+               (SELECT price FROM imgsearch.facet_members
+                WHERE model_id = :facets_model AND tenant = :facets_tenant AND category = c.category
+                  AND price IS NOT NULL
+                ORDER BY price DESC LIMIT 1) AS hi
+    ) AS r
+)"""
+
+
+def _kept(scope: str, range_: str) -> Any:
+    """The facets from the kept counts of ``scope`` (its rows' condition), priced by ``range_``."""
+    width = _WIDTH.format(range="SELECT lo, hi FROM range")
+    return text(_KEPT_SOURCES.format(scope=scope, range=range_, width=width, counts=_counts(_KEPT_PAIRS)))
+
+
+_KEPT, _KEPT_IN_CATEGORIES = _kept(_SHOP, _SHOP_RANGE), _kept(_CATEGORIES, _CATEGORIES_RANGE)
+_TOTAL = (
     "SELECT coalesce(sum(n), 0) FROM imgsearch.facet_counts "
-    "WHERE model_id = :facets_model AND tenant = :facets_tenant AND facet = 'total'"
+    "WHERE model_id = :facets_model AND tenant = :facets_tenant AND facet = 'total' AND "
 )
+_KEPT_TOTAL, _KEPT_TOTAL_IN_CATEGORIES = text(_TOTAL + _SHOP), text(_TOTAL + _CATEGORIES)
+# the filters whose match set the kept counts hold (imgsearch.search.filters.Filters.shape)
+KEPT_SHAPES = frozenset({("tenant",), ("tenant", "category"), ("tenant", "categories")})
 # a shop's count rows are folded when they are this many more than its values, and twice as many
 COMPACT_AFTER = 1000
 
@@ -251,7 +282,9 @@ def count(
         params.update(lexical.fetch_matches(conn, params))
     kept = kept_counts(conn, filters, lexical_text)
     if not facets and kept:
-        kept_total = int(conn.execute(_KEPT_TOTAL, _kept_params(model, filters)).scalar_one())
+        params = _kept_params(model, filters)
+        statement_ = _KEPT_TOTAL_IN_CATEGORIES if "facets_categories" in params else _KEPT_TOTAL
+        kept_total = int(conn.execute(statement_, params).scalar_one())
         if limit is not None and kept_total > limit:  # reported as a bounded count is (the same answer)
             return Facets(total=limit, relation="gte")
         return Facets(total=kept_total)
@@ -282,12 +315,12 @@ def count(
 
 def kept_counts(conn: Connection, filters: Filters, lexical_text: bool) -> bool:
     """Whether a search's facets and total come from the counts the triggers keep (migration
-    0039): a shop's whole match set (no filter but the tenant, no text), on one node (a Citus
-    cluster counts with the one pass). Region rows change no product's membership: a search over
-    them or over whole images alone counts the same products."""
+    0039): a shop's whole match set, or one category's or a list's (0055; no other filter, no
+    text), on one node (a Citus cluster counts with the one pass). Region rows change no
+    product's membership: a search over them or over whole images alone counts the same products."""
     return (
         not lexical_text
-        and replace(filters, region_rows=None).shape() == ("tenant",)
+        and replace(filters, region_rows=None).shape() in KEPT_SHAPES
         and not filters.sharded
         and not citus.on_coordinator(conn)
     )
@@ -297,7 +330,7 @@ def _kept_facets(conn: Connection, model: ModelInfo, filters: Filters) -> Any:
     """A shop's facets from its kept counts, its count rows folded when they have piled up (on a
     primary); None where the price buckets are finer than the kept cells (the one pass counts)."""
     params = _kept_params(model, filters)
-    row = conn.execute(_KEPT, params).one()
+    row = conn.execute(_KEPT_IN_CATEGORIES if "facets_categories" in params else _KEPT, params).one()
     if row.entries > 2 * row.values_kept + COMPACT_AFTER and not engine.read_only(conn):
         conn.execute(
             text("SELECT imgsearch.compact_facet_counts(:facets_tenant, CAST(:facets_model AS smallint))"), params
@@ -306,4 +339,9 @@ def _kept_facets(conn: Connection, model: ModelInfo, filters: Filters) -> Any:
 
 
 def _kept_params(model: ModelInfo, filters: Filters) -> dict[str, Any]:
-    return {"facets_model": model.id, "facets_tenant": filters.tenant_name()}
+    """The kept counts' scope: the shop, with ``facets_categories`` its categories."""
+    params: dict[str, Any] = {"facets_model": model.id, "facets_tenant": filters.tenant_name()}
+    category, categories = filters.value("category"), filters.value("categories")
+    if category is not None or categories is not None:
+        params["facets_categories"] = [category] if category is not None else list(categories)
+    return params

@@ -200,3 +200,47 @@ def test_0054_counts_the_images_a_catalog_holds(database_url: str) -> None:
         status = progress.status(catalog.engine, 5)
         assert status.counts == {"pending": 1, "embedding": 0, "ready": 2, "failed": 1}
         assert [(tenant, error) for _, tenant, error in status.latest_errors] == [("globex", "bad")]
+
+
+def test_0055_counts_the_categories_a_catalog_holds(database_url: str) -> None:
+    """The products counted before 0055 are counted in their categories by it (their shops'
+    counts kept as they were); the triggers count those after; down and up again, the same."""
+    from imgsearch import Catalog
+    from imgsearch.search import facets
+    from imgsearch.search.filters import Filters
+    from tests.helpers import unit
+
+    columns = ("total", "category", "brand", "attributes", "price")
+
+    def kept_and_one_pass(catalog: Catalog, categories: list[str] | None) -> tuple[tuple[object, ...], ...]:
+        params = {"facets_model": catalog.active_model.id, "facets_tenant": "acme", "facets_categories": categories}
+        shop = Filters(tenant="acme", category=categories)
+        with catalog.engine.begin() as conn:
+            kept = conn.execute(facets._KEPT if categories is None else facets._KEPT_IN_CATEGORIES, params).one()
+            counted = conn.execute(facets.statement(catalog.active_model, shop, False), shop.params()).one()
+        return tuple(tuple(getattr(row, c) for c in columns) for row in (kept, counted))
+
+    def shop_total(catalog: Catalog) -> int:
+        with catalog.engine.connect() as conn:
+            return int(
+                conn.execute(text("SELECT sum(n) FROM imgsearch.facet_counts WHERE facet = 'total'")).scalar_one()
+            )
+
+    with Catalog.open(database_url) as catalog:
+        migrate.downgrade(catalog.engine, "0054")
+        for i in range(6):
+            catalog.add(
+                embedding=unit(768, i), tenant="acme", product_id=f"p{i}", category=f"c{i % 2}", brand=f"b{i % 3}",
+                price=10 * i + 0.5, attributes={"colour": f"k{i % 2}"},
+            )  # fmt: skip
+        assert shop_total(catalog) == 6
+        for n in range(2):  # up (the catalog's products counted in their categories), then down
+            migrate.upgrade(catalog.engine)
+            catalog.add(embedding=unit(768, 9 + n), tenant="acme", product_id=f"q{n}", category="c1", price=3)
+            totals = {None: 7 + n, ("c0",): 3, ("c1",): 4 + n, ("c0", "c1"): 7 + n}
+            for scope, total in totals.items():
+                kept, counted = kept_and_one_pass(catalog, None if scope is None else list(scope))
+                assert kept == counted and kept[0] == total
+            migrate.downgrade(catalog.engine, "0054")
+            assert shop_total(catalog) == 7 + n  # the shops' counts, as they were
+        migrate.upgrade(catalog.engine)

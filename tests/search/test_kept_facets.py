@@ -48,18 +48,37 @@ def catalog(server_url: str, template_db: str, tiny_siglip: Path) -> Iterator[Ca
         yield catalog
 
 
-def one_pass(catalog: Catalog, tenant: str = SHOP) -> tuple[Any, ...]:
-    shop = Filters(tenant=tenant)
+def one_pass(catalog: Catalog, tenant: str = SHOP, categories: list[str] | None = None) -> tuple[Any, ...]:
+    """The facets of the shop's (or its ``categories``') match set, counted in one pass."""
+    category = None if categories is None else categories[0] if len(categories) == 1 else categories
+    shop = Filters(tenant=tenant, category=category)
     with catalog.engine.begin() as conn:
         row = conn.execute(facets.statement(catalog.active_model, shop, False), shop.params()).one()
     return tuple(getattr(row, c) for c in COLUMNS)
 
 
-def kept(catalog: Catalog, tenant: str = SHOP) -> tuple[Any, ...]:
-    params = {"facets_model": catalog.active_model.id, "facets_tenant": tenant}
+def kept(catalog: Catalog, tenant: str = SHOP, categories: list[str] | None = None) -> tuple[Any, ...]:
+    """The same from the kept counts: the shop's, or its ``categories``' (migration 0055)."""
+    params: dict[str, Any] = {"facets_model": catalog.active_model.id, "facets_tenant": tenant}
+    if categories is not None:
+        params["facets_categories"] = categories
     with catalog.engine.begin() as conn:
-        row = conn.execute(facets._KEPT, params).one()
+        row = conn.execute(facets._KEPT if categories is None else facets._KEPT_IN_CATEGORIES, params).one()
     return tuple(getattr(row, c) for c in COLUMNS)
+
+
+def same(catalog: Catalog, tenant: str = SHOP) -> tuple[Any, ...]:
+    """The kept counts equal the one pass for the shop, each category its products have, two of
+    them together and one it has none of; the shop's."""
+    with catalog.engine.connect() as conn:
+        names = conn.execute(
+            text("SELECT DISTINCT category FROM imgsearch.products WHERE tenant = :t AND category IS NOT NULL"),
+            {"t": tenant},
+        ).scalars()
+        found = sorted(names)
+    for categories in (None, *([c] for c in found), found[:2], ["none of them"]):
+        assert kept(catalog, tenant, categories) == one_pass(catalog, tenant, categories), categories
+    return kept(catalog, tenant)
 
 
 def count_rows(catalog: Catalog) -> int:
@@ -70,13 +89,13 @@ def count_rows(catalog: Catalog) -> int:
 def test_kept_counts_follow_every_kind_of_write(catalog: Catalog) -> None:
     rng = np.random.default_rng(3)
     ids = catalog.add_many([_row(i, rng, catalog.dim) for i in range(60)])
-    assert kept(catalog)[0] == 60 and kept(catalog) == one_pass(catalog)
+    assert kept(catalog)[0] == 60 and same(catalog)
     second = catalog.add(tenant=SHOP, product_id="K0001", embedding=rng.standard_normal(catalog.dim))
     assert kept(catalog)[0] == 60  # a second photo: the product counts once
     catalog.delete(ids[1], tenant=SHOP)
     assert kept(catalog)[0] == 60  # it still has one
     catalog.delete(second, tenant=SHOP)
-    assert kept(catalog)[0] == 59 and kept(catalog) == one_pass(catalog)
+    assert kept(catalog)[0] == 59 and same(catalog)
     catalog.delete_product("K0002", tenant=SHOP)
     catalog.update_product("K0003", tenant=SHOP, category="moved", brand=None, price=Decimal("12.5"))
     catalog.update_product("K0004", tenant=SHOP, attributes={"colour": "new", "size": 99})
@@ -89,7 +108,7 @@ def test_kept_counts_follow_every_kind_of_write(catalog: Catalog) -> None:
             text("INSERT INTO imgsearch.products (tenant, product_id, category) VALUES (:t, 'bare', 'none')"),
             {"t": SHOP},
         )  # no search row: never counted
-    assert kept(catalog)[0] == 58 and kept(catalog) == one_pass(catalog)
+    assert kept(catalog)[0] == 58 and same(catalog)
     assert dict(kept(catalog)[1])["moved"] == 1
 
 
@@ -100,9 +119,9 @@ def test_a_shared_photo_counts_each_of_its_products_and_a_second_model_apart(cat
     Image.new("RGB", (32, 32), (200, 30, 30)).save(photo, format="PNG")
     first = catalog.add_row({**_row(40, rng, catalog.dim), "image": photo.getvalue()})[0]
     catalog.add_row({**_row(41, rng, catalog.dim), "image": photo.getvalue()})
-    assert kept(catalog)[0] == 22 and kept(catalog) == one_pass(catalog)
+    assert kept(catalog)[0] == 22 and same(catalog)
     catalog.delete(first, tenant=SHOP)  # the photo of both products: both go
-    assert kept(catalog)[0] == 20 and kept(catalog) == one_pass(catalog)
+    assert kept(catalog)[0] == 20 and same(catalog)
     other = catalog.add_model("other-model", catalog.dim)
     with catalog.engine.begin() as conn:  # another model's rows for half the products
         conn.execute(
@@ -149,7 +168,7 @@ def test_concurrent_writers_of_the_same_products_leave_exact_counts(catalog: Cat
     for thread in threads:
         thread.join()
     assert not errors
-    assert kept(catalog) == one_pass(catalog)
+    assert same(catalog)
 
 
 def test_truncation_empties_the_kept_counts(catalog: Catalog) -> None:
@@ -159,7 +178,7 @@ def test_truncation_empties_the_kept_counts(catalog: Catalog) -> None:
         conn.execute(text("TRUNCATE imgsearch.products, imgsearch.images CASCADE"))
     assert count_rows(catalog) == 0 and kept(catalog)[0] == 0
     catalog.add_many([_row(i, rng, catalog.dim) for i in range(3)])
-    assert kept(catalog) == one_pass(catalog) and kept(catalog)[0] == 3
+    assert same(catalog) and kept(catalog)[0] == 3
 
 
 def test_a_search_folds_piled_up_counts_on_the_primary_only(catalog: Catalog) -> None:
@@ -176,6 +195,7 @@ def test_a_search_folds_piled_up_counts_on_the_primary_only(catalog: Catalog) ->
     result = catalog.search(vector=np.ones(catalog.dim), tenant=SHOP, facets=True, k=1)
     assert count_rows(catalog) < piled / 3
     assert result.total == 120 and kept(catalog) == reference
+    same(catalog)
 
 
 def test_prices_closer_than_the_kept_cells_are_counted_by_the_one_pass(catalog: Catalog) -> None:
@@ -227,8 +247,7 @@ def test_a_first_row_written_beside_a_change_of_its_product_is_counted_under_the
     second = "first row" if first == "product change" else "product change"
     # the second writer waits at the product's member key
     assert written_beside(catalog.engine.url, statements[first], statements[second])
-    counted = kept(catalog)
-    assert counted == one_pass(catalog)
+    counted = same(catalog)
     assert counted[0] == 1 and dict(counted[1]) == {"boots": 1}
 
 
@@ -281,6 +300,36 @@ def test_a_writer_of_a_product_and_its_first_row_counts_it_under_its_values_and_
         writer.commit()
         thread.join(timeout=30)
     assert not thread.is_alive() and not errors
-    counted = kept(catalog)
-    assert counted == one_pass(catalog)
+    counted = same(catalog)
     assert counted[0] == 1 and dict(counted[1]) == {"sandals": 1}
+
+
+def test_a_search_in_categories_reads_their_kept_counts_and_other_filters_count_in_one_pass(
+    catalog: Catalog,
+) -> None:
+    """A shop's search in a category or a list of them takes its facets and total from those
+    categories' kept counts (migration 0055): a count planted in cat1's shows in its searches
+    alone; a price range beside the category counts in one pass."""
+    rng = np.random.default_rng(12)
+    catalog.add_many([_row(i, rng, catalog.dim) for i in range(40)])
+    with catalog.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO imgsearch.facet_counts (tenant, model_id, category, facet, key, value, n) "
+                "VALUES (:t, :m, 'cat1', 'brand', '', 'planted', 5), (:t, :m, 'cat1', 'total', '', '', 1000)"
+            ),
+            {"t": SHOP, "m": catalog.active_model.id},
+        )
+    q = np.ones(catalog.dim)
+
+    def search(**filters: Any) -> Any:
+        return catalog.search(vector=q, tenant=SHOP, k=1, **filters)
+
+    for category in ("cat1", ["cat1", "cat2"]):
+        result = search(category=category, facets=True)
+        assert result.facets.brand["planted"] == 5 and result.total > 1000
+        assert search(category=category, total=True).total == result.total
+        bounded = search(category=category, total=500)
+        assert (bounded.total, bounded.total_relation) == (500, "gte")
+    for filters in ({"category": "cat2"}, {}, {"category": "cat1", "price_max": 10_000}):
+        assert "planted" not in search(facets=True, **filters).facets.brand

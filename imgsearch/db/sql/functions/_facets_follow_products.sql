@@ -27,7 +27,7 @@ BEGIN
             was.brand AS old_brand, was.price AS old_price, was.attributes AS old_attributes,
             now.tenant, now.category, now.brand, now.price, now.attributes
     )
-    INSERT INTO imgsearch.facet_counts (tenant, model_id, facet, key, value, n)
+    INSERT INTO imgsearch.facet_counts (tenant, model_id, category, facet, key, value, n)
     SELECT f.* FROM (
         SELECT array_agg(moved.tenant) AS tenants, array_agg(moved.model_id) AS models,
                array_agg(moved.category) AS categories, array_agg(moved.brand) AS brands,
