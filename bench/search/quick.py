@@ -8,7 +8,8 @@ Run it whenever the search path changes. It takes under two minutes (the first r
 20k-row catalog into the database ``bench_quick`` of the embedded server, about 20 s). The ratios
 compared are each filter's imgsearch p50 over its block's unfiltered baseline and over its floor
 (imgsearch's own statements replayed bare), and for "shop facets" the shop's facets from the kept
-counts over its unfiltered search and over the one pass (migration 0039), for "shop attributes" a
+counts over its unfiltered search and over the one pass (migration 0039), for "category facets"
+the same in a 1% category (migration 0055), for "shop attributes" a
 shop's attribute filter over the same search without a shop and over the shop's search without
 the list of its matching products (migration 0042), for "far codes" a far filter of 4,000 rows
 read by the binary codes over the unfiltered search and over the same search without the codes
@@ -62,14 +63,12 @@ def run() -> dict[str, tuple[float, float]]:
 
 
 def facet_ratios(rounds: int = 15) -> dict[str, tuple[float, float]]:
-    """The shop's facets from the counts the triggers keep (migration 0039): their p50 over the
-    shop's unfiltered search's and over the one pass's (the statement filtered facets use), timed
-    in turns on the same catalog."""
+    """The facets from the counts the triggers keep, the shop's (migration 0039) and a 1%
+    category's (0055): their p50 over the same search's without facets and over the one pass's
+    (the statement other filters' facets use), timed in turns on the same catalog."""
     import numpy as np
 
     from imgsearch import Catalog
-    from imgsearch.search import facets, plans
-    from imgsearch.search.filters import Filters
     from imgsearch.settings import Settings
 
     sys.path.insert(0, str(HERE.parents[1]))
@@ -77,33 +76,42 @@ def facet_ratios(rounds: int = 15) -> dict[str, tuple[float, float]]:
 
     settings = Settings()
     url = database_url(settings.home, "bench_quick")
-    times: dict[str, list[float]] = {"search": [], "kept": [], "one pass": []}
-    shop = Filters(tenant="acme")
     with Catalog.open(url, model="google/siglip-base-patch16-224", settings=settings) as catalog:
-        model = catalog.active_model
         queries = np.random.default_rng(3).standard_normal((rounds, catalog.dim))
+        return {
+            "shop facets": _facet_ratios(catalog, queries, {}),
+            "category facets": _facet_ratios(catalog, queries, {"category": "cat-042"}),
+        }
 
-        def search(i: int) -> None:
-            catalog.search(vector=queries[i], tenant="acme", total=False, k=10)
 
-        def kept(_: int) -> None:
-            with catalog.search_engine.begin() as conn:
-                facets.count(conn, model, shop, None, facets=True)
+def _facet_ratios(catalog: Any, queries: Any, where: dict[str, Any]) -> tuple[float, float]:
+    from imgsearch.search import facets, plans
+    from imgsearch.search.filters import Filters
 
-        def one_pass(_: int) -> None:
-            with catalog.search_engine.begin() as conn:
-                plans.plain_settings(conn)
-                conn.execute(facets.statement(model, shop, False), shop.params()).one()
+    model, shop = catalog.active_model, Filters(tenant="acme", **where)
+    times: dict[str, list[float]] = {"search": [], "kept": [], "one pass": []}
 
-        ways = {"search": search, "kept": kept, "one pass": one_pass}
-        for i in range(rounds + 2):  # the first two warm the plans
-            for name, fn in ways.items():
-                start = time.perf_counter()
-                fn(i % rounds)
-                if i >= 2:
-                    times[name].append(time.perf_counter() - start)
-    p50 = {name: statistics.median(values) for name, values in times.items()}
-    return {"shop facets": (p50["kept"] / p50["search"], p50["kept"] / p50["one pass"])}
+    def search(i: int) -> None:
+        catalog.search(vector=queries[i], tenant="acme", total=False, k=10, **where)
+
+    def kept(_: int) -> None:
+        with catalog.search_engine.begin() as conn:
+            facets.count(conn, model, shop, None, facets=True)
+
+    def one_pass(_: int) -> None:
+        with catalog.search_engine.begin() as conn:
+            plans.plain_settings(conn)
+            conn.execute(facets.statement(model, shop, False), shop.params()).one()
+
+    ways = {"search": search, "kept": kept, "one pass": one_pass}
+    for i in range(len(queries) + 2):  # the first two warm the plans
+        for way, fn in ways.items():
+            start = time.perf_counter()
+            fn(i % len(queries))
+            if i >= 2:
+                times[way].append(time.perf_counter() - start)
+    p50 = {way: statistics.median(values) for way, values in times.items()}
+    return p50["kept"] / p50["search"], p50["kept"] / p50["one pass"]
 
 
 def attribute_ratios(rounds: int = 15) -> dict[str, tuple[float, float]]:

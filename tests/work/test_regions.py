@@ -119,11 +119,14 @@ def test_backfill_adds_regions_to_stored_images_and_off_removes_them(database_ur
         with catalog.engine.connect() as conn:
             for region_rows in (True, False):
                 assert facets.kept_counts(conn, Filters(tenant="acme", region_rows=region_rows), False)
-            assert not facets.kept_counts(conn, Filters(tenant="acme", category="tees", region_rows=True), False)
+                assert facets.kept_counts(conn, Filters(tenant="acme", category="tees", region_rows=region_rows), False)
+            assert not facets.kept_counts(conn, Filters(tenant="acme", price_max=10, region_rows=True), False)
         for regions in (True, False):
             counted = catalog.search(vector=vector(rows(catalog)[0]).tolist(), tenant="acme", facets=True, total=True, regions=regions)
             assert counted.total == 5 and counted.facets is not None
             assert counted.facets.category == {"tees": 3, "bags": 2}
+            tees = catalog.search(vector=vector(rows(catalog)[0]).tolist(), tenant="acme", category="tees", facets=True, total=True, regions=regions)
+            assert tees.total == 3 and tees.facets is not None and tees.facets.category == {"tees": 3}
         catalog.regions.set(off=True, category="tees")
         assert catalog.regions.counts() == {"images": 2, "rows": 36}
         catalog.regions.set(off=True)
