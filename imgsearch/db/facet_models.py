@@ -49,5 +49,5 @@ facet_counts = Table(
     Column("value", Text, nullable=False),
     Column("n", BigInteger, nullable=False),
     Column("category", Text),  # NULL: the shop's counts; a category's name: its products' (migration 0055)
-    Index("facet_counts_model_id_tenant_category_idx", "model_id", "tenant", "category"),
+    Index("facet_counts_scope_idx", "model_id", "tenant", "category", "facet"),
 )

@@ -202,8 +202,9 @@ def _kept(scope: str, range_: str) -> Any:
 
 
 _KEPT, _KEPT_IN_CATEGORIES = _kept(_SHOP, _SHOP_RANGE), _kept(_CATEGORIES, _CATEGORIES_RANGE)
+# the total and its count rows (folded when they pile up, as the facets' are)
 _TOTAL = (
-    "SELECT coalesce(sum(n), 0) FROM imgsearch.facet_counts "
+    "SELECT coalesce(sum(n), 0), count(*) FROM imgsearch.facet_counts "
     "WHERE model_id = :facets_model AND tenant = :facets_tenant AND facet = 'total' AND "
 )
 _KEPT_TOTAL, _KEPT_TOTAL_IN_CATEGORIES = text(_TOTAL + _SHOP), text(_TOTAL + _CATEGORIES)
@@ -284,7 +285,10 @@ def count(
     if not facets and kept:
         params = _kept_params(model, filters)
         statement_ = _KEPT_TOTAL_IN_CATEGORIES if "facets_categories" in params else _KEPT_TOTAL
-        kept_total = int(conn.execute(statement_, params).scalar_one())
+        summed, entries = conn.execute(statement_, params).one()
+        kept_total = int(summed)
+        if entries > COMPACT_AFTER:  # a total's rows: one a scope once folded
+            _compact(conn, params)
         if limit is not None and kept_total > limit:  # reported as a bounded count is (the same answer)
             return Facets(total=limit, relation="gte")
         return Facets(total=kept_total)
@@ -331,11 +335,17 @@ def _kept_facets(conn: Connection, model: ModelInfo, filters: Filters) -> Any:
     primary); None where the price buckets are finer than the kept cells (the one pass counts)."""
     params = _kept_params(model, filters)
     row = conn.execute(_KEPT_IN_CATEGORIES if "facets_categories" in params else _KEPT, params).one()
-    if row.entries > 2 * row.values_kept + COMPACT_AFTER and not engine.read_only(conn):
+    if row.entries > 2 * row.values_kept + COMPACT_AFTER:
+        _compact(conn, params)
+    return None if row.level is not None and row.level < 0 else row
+
+
+def _compact(conn: Connection, params: dict[str, Any]) -> None:
+    """Fold the shop's count rows, on a primary (a replica's read changes nothing)."""
+    if not engine.read_only(conn):
         conn.execute(
             text("SELECT imgsearch.compact_facet_counts(:facets_tenant, CAST(:facets_model AS smallint))"), params
         )
-    return None if row.level is not None and row.level < 0 else row
 
 
 def _kept_params(model: ModelInfo, filters: Filters) -> dict[str, Any]:

@@ -8,7 +8,9 @@ is kept twice: for the shop (``category`` NULL, as before) and for the product's
 
 * ``facet_counts.category``: NULL for the shop's counts (every existing row), a category's name
   for that category's products; the index on (model_id, tenant) becomes (model_id, tenant,
-  category), so a read takes its scope's rows alone.
+  category, facet), so a read takes its scope's rows alone, and a total its total's rows alone
+  (a shop's total read every count row of the shop: 3.5 ms over 12,000 rows right after an
+  upload of 3,000 products, before a facets read folded them).
 * ``facet_members_category_price_idx`` (model_id, tenant, category, price): a category's lowest
   and highest price, which its price buckets start from, are the first entries of its members
   (the shop's index, on (model_id, tenant, price), would be read up to the category's lowest
@@ -49,7 +51,7 @@ LOCK TABLE imgsearch.facet_counts IN ACCESS EXCLUSIVE MODE;
 SCOPE = """
 ALTER TABLE imgsearch.facet_counts ADD COLUMN category text;
 DROP INDEX imgsearch.facet_counts_model_id_tenant_idx;
-CREATE INDEX facet_counts_model_id_tenant_category_idx ON imgsearch.facet_counts (model_id, tenant, category);
+CREATE INDEX facet_counts_scope_idx ON imgsearch.facet_counts (model_id, tenant, category, facet);
 CREATE INDEX facet_members_category_price_idx ON imgsearch.facet_members (model_id, tenant, category, price);
 """
 
@@ -482,7 +484,7 @@ $function$;
 
 PREVIOUS_SCOPE = """
 DELETE FROM imgsearch.facet_counts WHERE category IS NOT NULL;
-DROP INDEX imgsearch.facet_counts_model_id_tenant_category_idx;
+DROP INDEX imgsearch.facet_counts_scope_idx;
 ALTER TABLE imgsearch.facet_counts DROP COLUMN category;
 DROP INDEX imgsearch.facet_members_category_price_idx;
 CREATE INDEX facet_counts_model_id_tenant_idx ON imgsearch.facet_counts (model_id, tenant);

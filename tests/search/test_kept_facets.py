@@ -198,6 +198,24 @@ def test_a_search_folds_piled_up_counts_on_the_primary_only(catalog: Catalog) ->
     same(catalog)
 
 
+def test_a_total_folds_piled_up_counts_on_the_primary_only(catalog: Catalog, monkeypatch: Any) -> None:
+    """A total alone reads its scope's total rows (one a statement that wrote them, until
+    folded): past COMPACT_AFTER it folds them too, but not in a read-only transaction."""
+    monkeypatch.setattr(facets, "COMPACT_AFTER", 100)  # 1,000 in service: 100 uploads here
+    rng = np.random.default_rng(13)
+    for i in range(120):  # one at a time, as workers write: each appends a total row to both scopes
+        catalog.add_row(_row(i, rng, catalog.dim, category="one"))
+    piled = count_rows(catalog)
+    for category in (None, "one"):
+        with catalog.engine.connect() as conn, conn.begin():
+            conn.execute(text("SET TRANSACTION READ ONLY"))
+            read = facets.count(conn, catalog.active_model, Filters(tenant=SHOP, category=category), None, facets=False)
+        assert read.total == 120 and count_rows(catalog) == piled
+    result = catalog.search(vector=np.ones(catalog.dim), tenant=SHOP, category="one", total=True, k=1)
+    assert result.total == 120 and count_rows(catalog) < piled / 3
+    same(catalog)
+
+
 def test_prices_closer_than_the_kept_cells_are_counted_by_the_one_pass(catalog: Catalog) -> None:
     rng = np.random.default_rng(8)
     catalog.add_many(
