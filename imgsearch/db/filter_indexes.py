@@ -44,6 +44,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import psycopg
 from psycopg import sql
@@ -74,6 +75,16 @@ class RefreshResult:
     refused: list[tuple[str, str]] = field(default_factory=list)  # built, below MIN_RECALL, dropped
     seconds: float = 0.0
     codes_recall: float | None = None  # the model's binary codes, checked again (imgsearch.db.binary_codes)
+
+
+class _Registered(NamedTuple):
+    """A value's registry row as a refresh reads it, with its index's state."""
+
+    name: str
+    valid: bool
+    rows: int
+    refused: bool  # below MIN_RECALL at its build
+    indexed: bool  # its index exists (valid or not)
 
 
 @dataclass(frozen=True)
@@ -218,12 +229,8 @@ def refresh(
             ).fetchall()
         }
         existing = {
-            (str(c), str(v)): (
-                str(name),
-                bool(valid),
-                int(rows),
-                float(recall) < MIN_RECALL,
-                found is not None,
+            (str(c), str(v)): _Registered(
+                str(name), bool(valid), int(rows), float(recall) < MIN_RECALL, found is not None
             )
             for c, v, name, valid, rows, recall, found in conn.execute(
                 f"""SELECT f.column_name, f.value, f.index_name, coalesce(i.indisvalid, false), f.rows,
@@ -260,11 +267,11 @@ def refresh(
         def due(key: tuple[str, str]) -> bool:
             if key not in existing:
                 return True
-            _, valid, rows, refused, _ = existing[key]
-            return counts[key] >= rows * RETRY_GROWTH if refused else not valid
+            entry = existing[key]
+            return counts[key] >= entry.rows * RETRY_GROWTH if entry.refused else not entry.valid
 
         todo = [key for key in sorted(wanted) if due(key)]
-        result.kept = sum(1 for key in wanted if key not in todo and not existing[key][3])
+        result.kept = sum(1 for key in wanted if key not in todo and not existing[key].refused)
         for done, key in enumerate(todo):
             if on_build is not None:
                 on_build(key[0], key[1], done, len(todo))
